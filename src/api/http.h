@@ -1,0 +1,133 @@
+/* http.h - the HTTP server: routing, JSON replies, WebSocket and SSE.
+ *
+ * Built on GNU libmicrohttpd, driven from the daemon's libuv loop (MHD's
+ * epoll fd is polled by libuv; nothing runs on another thread). Serves one
+ * route table (kh_route) which is also the source of the OpenAPI document.
+ *
+ * Listeners: a unix socket (trusted: its file mode is the access control)
+ * and optionally TCP, where every request except KH_ROUTE_PUBLIC ones needs
+ * "Authorization: Bearer <token>" (compared in constant time), optionally
+ * with TLS. Bodies over max_body get 413 before they are buffered; a body
+ * that is not a JSON object where one is expected gets 400.
+ *
+ * Request lifetime: the handler receives a kh_http_req and must reply
+ * exactly once, now or later (async: the connection is suspended meanwhile).
+ * After the reply, the request is gone. If the client disconnects before a
+ * late reply, the abort callback runs and the request is gone after it.
+ */
+#ifndef KH_API_HTTP_H
+#define KH_API_HTTP_H
+
+#include <jansson.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <sys/types.h>
+#include <uv.h>
+
+#include "util/err.h"
+
+typedef struct kh_http_server kh_http_server;
+typedef struct kh_http_req kh_http_req;
+typedef struct kh_ws kh_ws;
+typedef struct kh_sse kh_sse;
+
+typedef void (*kh_route_fn)(kh_http_req *req, void *app);
+
+enum {
+    KH_ROUTE_PUBLIC = 1u << 0,    /* no token needed, even on TCP */
+    KH_ROUTE_WEBSOCKET = 1u << 1, /* documented as a WebSocket upgrade */
+    KH_ROUTE_SSE = 1u << 2,       /* documented as text/event-stream */
+    KH_ROUTE_RAW = 1u << 3,       /* body is not JSON (not parsed) */
+};
+
+typedef struct kh_route {
+    const char *method;          /* "GET", "POST", "PATCH", "DELETE", "PUT" */
+    const char *path;            /* "/api/v1/vms/{name}/start" */
+    kh_route_fn handler;
+    unsigned flags;
+    const char *summary;         /* one line, for OpenAPI and docs */
+    const char *request_schema;  /* components/schemas name or NULL */
+    const char *response_schema; /* components/schemas name or NULL */
+} kh_route;
+
+typedef struct kh_http_config {
+    const char *unix_path;   /* NULL: no unix listener */
+    mode_t unix_mode;        /* e.g. 0660 */
+    const char *tcp_listen;  /* "ADDR:PORT" ("[::1]:8443" for v6) or NULL */
+    const char *token;       /* required on TCP (must be set when tcp_listen is) */
+    const char *tls_cert;    /* PEM file; with tls_key enables TLS on TCP */
+    const char *tls_key;
+    size_t max_body;         /* bytes; 0 = 1 MiB */
+    unsigned max_connections;/* 0 = 256 */
+    const char *web_dir;     /* static files served under "/" (GET), or NULL */
+} kh_http_config;
+
+kh_http_server *kh_http_server_new(uv_loop_t *loop, const kh_http_config *cfg,
+                                   const kh_route *routes, size_t nroutes, void *app,
+                                   kh_err *err);
+/* Stop listening, close every connection (WebSockets and SSE included). */
+void kh_http_server_free(kh_http_server *srv);
+
+/* The OpenAPI 3.0 document for the routes; schemas (borrowed) becomes
+ * components/schemas. A new reference. */
+json_t *kh_http_openapi(const kh_route *routes, size_t nroutes, const json_t *schemas,
+                        const char *version);
+
+/* ---- request ---- */
+const char *kh_http_req_method(const kh_http_req *req);
+const char *kh_http_req_path(const kh_http_req *req);
+/* Path parameter from the route pattern ("name" for {name}); URL-decoded. */
+const char *kh_http_req_param(const kh_http_req *req, const char *name);
+const char *kh_http_req_query(const kh_http_req *req, const char *key);
+const char *kh_http_req_header(const kh_http_req *req, const char *name);
+/* The body parsed as a JSON object (borrowed; NULL with err set when it is
+ * missing, malformed, or not an object: KH_E_INVALID with the parse error
+ * position). An empty body gives NULL with err set. */
+json_t *kh_http_req_json(kh_http_req *req, kh_err *err);
+/* As kh_http_req_json, but an empty body gives an empty object. */
+json_t *kh_http_req_json_or_empty(kh_http_req *req, kh_err *err);
+const char *kh_http_req_body(const kh_http_req *req, size_t *len);
+/* True when the request came over the unix socket. */
+bool kh_http_req_is_local(const kh_http_req *req);
+
+/* ---- replies (exactly one per request) ---- */
+void kh_http_reply_json(kh_http_req *req, int status, json_t *body /* stolen */);
+/* {"error": {"code": "<kh_code_name>", "message": "..."}} with the status
+ * from kh_code_http_status(). */
+void kh_http_reply_error(kh_http_req *req, const kh_err *err);
+void kh_http_reply_data(kh_http_req *req, int status, const char *content_type,
+                        const void *data, size_t len);
+/* Add a response header to the coming reply (e.g. Location). */
+void kh_http_req_add_header(kh_http_req *req, const char *name, const char *value);
+/* Called if the client goes away before a late reply. */
+void kh_http_req_on_abort(kh_http_req *req, void (*cb)(kh_http_req *req, void *opaque),
+                          void *opaque);
+
+/* ---- WebSocket (RFC 6455, via wslay) ---- */
+typedef struct kh_ws_callbacks {
+    void (*on_open)(kh_ws *ws, void *opaque);
+    void (*on_message)(kh_ws *ws, bool binary, const void *data, size_t len, void *opaque);
+    /* After on_close returns, ws is freed. */
+    void (*on_close)(kh_ws *ws, void *opaque);
+} kh_ws_callbacks;
+
+/* Answer an upgrade request (400 if it is not one). */
+void kh_http_reply_websocket(kh_http_req *req, const kh_ws_callbacks *cbs, void *opaque);
+/* Queue a message. If the peer is too slow (over 1 MiB queued) the
+ * connection is closed rather than growing memory. */
+int kh_ws_send(kh_ws *ws, bool binary, const void *data, size_t len);
+void kh_ws_close(kh_ws *ws);
+
+/* ---- Server-sent events ---- */
+typedef struct kh_sse_callbacks {
+    void (*on_open)(kh_sse *sse, void *opaque);
+    void (*on_close)(kh_sse *sse, void *opaque); /* then sse is freed */
+} kh_sse_callbacks;
+
+void kh_http_reply_sse(kh_http_req *req, const kh_sse_callbacks *cbs, void *opaque);
+/* Queue one event ("id: N\nevent: type\ndata: json\n\n"); id may be 0 for none.
+ * A slow client (over 1 MiB queued) is disconnected. */
+int kh_sse_send(kh_sse *sse, unsigned long long id, const char *event, const char *data);
+void kh_sse_close(kh_sse *sse);
+
+#endif

@@ -1,0 +1,89 @@
+/* vm_spec.h - what a VM is, as the user defines it.
+ *
+ * The spec is the user's part of a VM: it is parsed and validated from
+ * request JSON here (pure: no file-system access), stored as JSON, and is
+ * the input of the QEMU argv builder. Runtime facts (id, state, pid) live in
+ * the VM record (vm/vm.h), not here.
+ *
+ * JSON form (also the flattened user part of the API's VM object):
+ *   { "name": "web1", "vcpus": 2, "memory_mib": 512,
+ *     "machine": "q35" | "microvm",
+ *     "boot": { "kernel": "/abs", "initrd": "/abs", "cmdline": "console=ttyS0" },
+ *     "disks": [ { "path": "/abs/img.qcow2", "format": "qcow2" | "raw",
+ *                  "readonly": false } ],
+ *     "serial": true,
+ *     "graphics": "none" | "vnc",
+ *     "description": "free text" }
+ * `boot` absent or without `kernel` = boot from the first disk (q35 only).
+ */
+#ifndef KH_CONF_VM_SPEC_H
+#define KH_CONF_VM_SPEC_H
+
+#include <jansson.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "util/err.h"
+
+#define KH_VM_VCPUS_MAX 255
+#define KH_VM_MEMORY_MIN_MIB 16ULL
+#define KH_VM_MEMORY_MAX_MIB (16ULL * 1024 * 1024) /* 16 TiB */
+#define KH_VM_DISKS_MAX 16
+#define KH_VM_CMDLINE_MAX 4096
+#define KH_VM_DESCRIPTION_MAX 1024
+
+typedef enum kh_machine {
+    KH_MACHINE_Q35,
+    KH_MACHINE_MICROVM,
+} kh_machine;
+
+typedef enum kh_disk_format {
+    KH_DISK_RAW,
+    KH_DISK_QCOW2,
+} kh_disk_format;
+
+typedef enum kh_graphics {
+    KH_GRAPHICS_NONE,
+    KH_GRAPHICS_VNC,
+} kh_graphics;
+
+typedef struct kh_disk_spec {
+    char *path;            /* absolute host path */
+    kh_disk_format format; /* given by the user, never guessed */
+    bool readonly;
+} kh_disk_spec;
+
+typedef struct kh_vm_spec {
+    char *name;
+    unsigned vcpus;
+    uint64_t memory_mib;
+    kh_machine machine;
+    char *kernel;   /* NULL: boot from disk */
+    char *initrd;   /* optional, only with kernel */
+    char *cmdline;  /* optional, only with kernel */
+    kh_disk_spec *disks;
+    size_t ndisks;
+    bool serial;
+    kh_graphics graphics;
+    char *description; /* may be NULL */
+} kh_vm_spec;
+
+/* Parse and validate a spec from a JSON object. Unknown keys are rejected
+ * (no mass assignment); every message names the field. Returns NULL with
+ * err set (KH_E_INVALID) on any problem. */
+kh_vm_spec *kh_vm_spec_from_json(const json_t *obj, kh_err *err);
+/* The JSON form above (a new reference). */
+json_t *kh_vm_spec_to_json(const kh_vm_spec *spec);
+/* Apply a PATCH object: only the allow-listed keys vcpus, memory_mib,
+ * machine, boot, disks, serial, graphics, description; "name" and any
+ * other key is rejected. Validates the result as a whole; on error the spec
+ * is unchanged. */
+int kh_vm_spec_patch(kh_vm_spec *spec, const json_t *patch, kh_err *err);
+kh_vm_spec *kh_vm_spec_dup(const kh_vm_spec *spec);
+void kh_vm_spec_free(kh_vm_spec *spec);
+
+const char *kh_machine_name(kh_machine m);
+const char *kh_disk_format_name(kh_disk_format f);
+
+#endif

@@ -1,0 +1,65 @@
+/* argv.h - the QEMU command line, built by a pure function.
+ *
+ * kh_qemu_argv_build() turns a VM spec, the host's QEMU capabilities and
+ * the runtime environment (fds and paths the process runner prepared) into
+ * an argv. It touches nothing outside its arguments, so it is golden-tested:
+ * tests/unit/argv/NAME.json -> NAME.args (or NAME.err for rejected specs).
+ *
+ * Rules it keeps:
+ *  - `-nodefaults -no-user-config`, `-S` (the driver sends `cont` after
+ *    setup), QMP on an inherited listening socket, `-sandbox` with every
+ *    deny option, JSON `-blockdev` and JSON `-device`.
+ *  - Any user string that reaches a QEMU option goes through JSON
+ *    encoding (blockdev/device) or kh_qemu_opt_escape() (comma doubling);
+ *    strings that cannot be made safe are rejected with KH_E_INVALID.
+ */
+#ifndef KH_QEMU_ARGV_H
+#define KH_QEMU_ARGV_H
+
+#include <stdbool.h>
+
+#include "conf/vm_spec.h"
+#include "util/err.h"
+#include "util/strv.h"
+
+typedef enum kh_accel {
+    KH_ACCEL_TCG,
+    KH_ACCEL_KVM,
+} kh_accel;
+
+const char *kh_accel_name(kh_accel a);
+
+typedef struct kh_qemu_caps {
+    unsigned version;   /* major * 10000 + minor * 100 + micro, e.g. 70202 */
+    bool sandbox;       /* -sandbox (seccomp) compiled in */
+    bool io_uring;      /* aio=io_uring supported by the file driver */
+} kh_qemu_caps;
+
+typedef struct kh_argv_env {
+    const char *binary;     /* argv[0], e.g. "/usr/bin/qemu-system-x86_64" */
+    const char *vm_id;      /* the VM's uuid: -uuid, and the -name guest= */
+    kh_accel accel;
+    int qmp_fd;             /* listening unix socket QEMU inherits for QMP */
+    int serial_fd;          /* listening unix socket for the serial chardev (-1: none) */
+    const char *pidfile;    /* -pidfile */
+    const char *vnc_socket; /* path for -vnc unix: when graphics is vnc */
+    /* Files QEMU reads: the kernel/initrd it should load (e.g.
+     * "/proc/self/fd/5" or a cached PVH vmlinux), NULL when not booting a
+     * kernel. */
+    const char *kernel_file;
+    const char *initrd_file;
+    /* One per disk: an inherited fd to put in an fd set (-add-fd), or -1 to
+     * let QEMU open the spec's path. */
+    const int *disk_fds;
+} kh_argv_env;
+
+/* Build the argv. Returns NULL with err set when the spec cannot be
+ * expressed safely (KH_E_INVALID) or the host cannot run it
+ * (KH_E_UNSUPPORTED, e.g. microvm without a kernel). */
+kh_strv *kh_qemu_argv_build(const kh_vm_spec *spec, const kh_qemu_caps *caps,
+                            const kh_argv_env *env, kh_err *err);
+
+/* QEMU option-value escaping: ',' doubled. Returns a new string. */
+char *kh_qemu_opt_escape(const char *s);
+
+#endif

@@ -1,0 +1,24 @@
+/* fs.h - small file-system helpers with kh_err reporting. */
+#ifndef KH_UTIL_FS_H
+#define KH_UTIL_FS_H
+
+#include <stddef.h>
+#include <sys/types.h>
+
+#include "util/err.h"
+
+/* mkdir -p with the given mode for the directories it creates. */
+int kh_fs_mkdir_p(const char *path, mode_t mode, kh_err *err);
+/* Write data to path atomically (temp file in the same folder, fsync,
+ * rename), with the given mode. */
+int kh_fs_write_atomic(const char *path, const void *data, size_t len, mode_t mode, kh_err *err);
+/* Read a whole file (at most max bytes; more is an error). NUL-terminated;
+ * *len_out gets the length when not NULL. The caller frees. */
+char *kh_fs_read(const char *path, size_t max, size_t *len_out, kh_err *err);
+/* Remove a directory tree (no symlinks followed). Missing is not an error. */
+int kh_fs_rm_rf(const char *path, kh_err *err);
+/* Set FD_CLOEXEC / O_NONBLOCK. */
+int kh_fd_set_cloexec(int fd, int on);
+int kh_fd_set_nonblock(int fd, int on);
+
+#endif
