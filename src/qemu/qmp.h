@@ -9,9 +9,9 @@
  * and asynchronous events to the event callback.
  *
  * Callback rules: callbacks run on the loop thread. A callback may call
- * kh_qmp_command(); it may call kh_qmp_free() only from on_closed or
- * through kh_qmp_close_later() (freeing inside a reply callback is
- * deferred safely by that call).
+ * kh_qmp_command() and kh_qmp_close() (from any callback, any number of
+ * times). There is no kh_qmp_free(): kh_qmp_close(), or the connection going
+ * away, frees the object from the loop after on_closed has run.
  */
 #ifndef KH_QEMU_QMP_H
 #define KH_QEMU_QMP_H
@@ -30,8 +30,12 @@ typedef struct kh_qmp_parser kh_qmp_parser;
 
 kh_qmp_parser *kh_qmp_parser_new(void);
 void kh_qmp_parser_free(kh_qmp_parser *p);
-/* Feed bytes. Returns 0, or -1 with err set when the stream is broken (a
- * line that is not a JSON object, or longer than KH_QMP_MAX_MESSAGE). */
+/* Feed bytes. Returns 0, or -1 with err set (KH_E_QEMU) when the stream is
+ * broken (a line that is not a JSON object, or longer than
+ * KH_QMP_MAX_MESSAGE); it then stays broken, while the messages completed
+ * before the bad line can still be taken. Blank lines are skipped; a message
+ * whose integers overflow json_int_t (a QEMU uint64) is kept with its numbers
+ * decoded as reals. */
 int kh_qmp_parser_feed(kh_qmp_parser *p, const char *data, size_t len, kh_err *err);
 /* Next complete message (a new reference), or NULL when none is ready. */
 json_t *kh_qmp_parser_next(kh_qmp_parser *p);
@@ -42,12 +46,14 @@ typedef struct kh_qmp kh_qmp;
 
 /* ret: the "return" value (borrowed, valid during the call) or NULL when err
  * is set (QMP "error" reply -> KH_E_QEMU with QEMU's desc; connection lost
- * -> KH_E_QEMU "connection closed"). */
+ * or closed -> KH_E_QEMU "QMP connection closed[: reason]"). */
 typedef void (*kh_qmp_reply_cb)(kh_qmp *qmp, json_t *ret, const kh_err *err, void *opaque);
 
 typedef struct kh_qmp_callbacks {
     /* Greeting read and qmp_capabilities accepted (err NULL), or the
-     * handshake failed (err set; on_closed follows). */
+     * handshake failed or the connection closed before it (err set;
+     * on_closed follows). Runs exactly once after a successful attach or
+     * connect call. */
     void (*on_ready)(kh_qmp *qmp, const kh_err *err, void *opaque);
     /* An asynchronous event: name, data (borrowed, may be NULL), and the
      * timestamp QEMU gave it in seconds. */
@@ -58,7 +64,8 @@ typedef struct kh_qmp_callbacks {
 } kh_qmp_callbacks;
 
 kh_qmp *kh_qmp_new(uv_loop_t *loop, const kh_qmp_callbacks *cbs, void *opaque);
-/* Take over a connected stream socket fd (the qmp owns and closes it). */
+/* Take over a connected stream socket fd (the qmp owns and closes it, also
+ * when this call fails). */
 int kh_qmp_attach_fd(kh_qmp *qmp, int fd, kh_err *err);
 /* Connect to a unix socket path (non-blocking connect; errors surface through
  * on_ready). */
@@ -71,7 +78,9 @@ int kh_qmp_command(kh_qmp *qmp, const char *command, json_t *args, kh_qmp_reply_
 unsigned long kh_qmp_last_rtt_us(const kh_qmp *qmp);
 /* Close now; pending callbacks get an error, then on_closed runs (from a
  * later loop iteration), then the object frees itself. Safe to call from any
- * callback and more than once. After it the caller must not use qmp. */
+ * callback and more than once (until on_closed has returned). on_closed runs
+ * for every kh_qmp, attached or not, so this is also how a qmp that was never
+ * attached is disposed of. The loop must run for the free to happen. */
 void kh_qmp_close(kh_qmp *qmp);
 
 #endif
