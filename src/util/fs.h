@@ -17,6 +17,10 @@ int kh_fs_write_atomic(const char *path, const void *data, size_t len, mode_t mo
 char *kh_fs_read(const char *path, size_t max, size_t *len_out, kh_err *err);
 /* Remove a directory tree (no symlinks followed). Missing is not an error. */
 int kh_fs_rm_rf(const char *path, kh_err *err);
+/* snprintf that reports truncation: returns -1 (and leaves a truncated
+ * string) when the result does not fit. Paths are built with it so that a
+ * long name can never silently become another path. */
+int kh_fmt(char *buf, size_t size, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 /* Set FD_CLOEXEC / O_NONBLOCK. */
 int kh_fd_set_cloexec(int fd, int on);
 int kh_fd_set_nonblock(int fd, int on);

@@ -1,0 +1,59 @@
+/* api.h - the REST API v1: its context and its route table.
+ *
+ * The route table (routes.c) is the one list of endpoints: the router serves
+ * it and the OpenAPI document is generated from it. Handlers live in one
+ * file per resource (host_routes.c, vm_routes.c, ...), take the request and
+ * the kh_api context, call the layer below and reply; they hold no state of
+ * their own beyond a request.
+ */
+#ifndef KH_API_API_H
+#define KH_API_API_H
+
+#include <jansson.h>
+#include <uv.h>
+
+#include "api/http.h"
+#include "vm/event.h"
+#include "vm/manager.h"
+#include "vm/task.h"
+
+typedef struct kh_api {
+    uv_loop_t *loop;
+    kh_manager *mgr;
+    kh_tasks *tasks;
+    kh_events *events;
+    json_t *host;      /* static host facts, computed at start (owned) */
+    json_t *openapi;   /* generated once from the route table (owned) */
+    double started_at; /* wall time */
+} kh_api;
+
+/* The route table and its size. */
+const kh_route *kh_routes_table(size_t *n);
+/* components/schemas for the OpenAPI document (a new reference). */
+json_t *kh_routes_schemas(void);
+
+/* Handlers, by resource. */
+void kh_host_routes_get(kh_http_req *req, void *app);
+void kh_host_routes_openapi(kh_http_req *req, void *app);
+
+void kh_vm_routes_list(kh_http_req *req, void *app);
+void kh_vm_routes_create(kh_http_req *req, void *app);
+void kh_vm_routes_get(kh_http_req *req, void *app);
+void kh_vm_routes_patch(kh_http_req *req, void *app);
+void kh_vm_routes_delete(kh_http_req *req, void *app);
+void kh_vm_routes_start(kh_http_req *req, void *app);
+void kh_vm_routes_stop(kh_http_req *req, void *app);
+void kh_vm_routes_kill(kh_http_req *req, void *app);
+void kh_vm_routes_reboot(kh_http_req *req, void *app);
+void kh_vm_routes_pause(kh_http_req *req, void *app);
+void kh_vm_routes_resume(kh_http_req *req, void *app);
+
+void kh_task_routes_list(kh_http_req *req, void *app);
+void kh_task_routes_get(kh_http_req *req, void *app);
+
+void kh_event_routes_stream(kh_http_req *req, void *app);
+
+void kh_console_routes_ws(kh_http_req *req, void *app);
+void kh_console_routes_log(kh_http_req *req, void *app);
+
+#endif

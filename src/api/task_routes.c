@@ -1,0 +1,33 @@
+/* task_routes.c - GET /api/v1/tasks[/{id}]. */
+#include "api/api.h"
+#include "util/check.h"
+
+void kh_task_routes_list(kh_http_req *req, void *app)
+{
+    kh_api *api = app;
+    kh_err err = KH_ERR_INIT;
+    json_t *arr = kh_tasks_list_json(api->tasks, 100, &err);
+    if (!arr) {
+        kh_http_reply_error(req, &err);
+        return;
+    }
+    kh_http_reply_json(req, 200, json_pack("{s:o}", "tasks", arr));
+}
+
+void kh_task_routes_get(kh_http_req *req, void *app)
+{
+    kh_api *api = app;
+    kh_err err = KH_ERR_INIT;
+    const char *id = kh_http_req_param(req, "id");
+    if (!kh_check_uuid(id)) {
+        kh_err_set(&err, KH_E_NOTFOUND, "no task %s", id ? id : "");
+        kh_http_reply_error(req, &err);
+        return;
+    }
+    json_t *j = kh_tasks_get_json(api->tasks, id, &err);
+    if (!j) {
+        kh_http_reply_error(req, &err);
+        return;
+    }
+    kh_http_reply_json(req, 200, j);
+}

@@ -1,0 +1,202 @@
+/* vm_routes.c - /api/v1/vms and the lifecycle actions.
+ *
+ * Actions are checked at once (409 changes nothing), then run as tasks; the
+ * request waits for the task up to "wait" seconds and answers 200 with the
+ * finished task, the task's error, or 202 with the running task.
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include "api/api.h"
+#include "util/mem.h"
+
+#define WAIT_DEFAULT 30
+#define WAIT_MAX 3600
+
+static void reply_err(kh_http_req *req, const kh_err *err)
+{
+    kh_http_reply_error(req, err);
+}
+
+void kh_vm_routes_list(kh_http_req *req, void *app)
+{
+    kh_api *api = app;
+    kh_http_reply_json(req, 200, json_pack("{s:o}", "vms", kh_manager_list_json(api->mgr)));
+}
+
+void kh_vm_routes_create(kh_http_req *req, void *app)
+{
+    kh_api *api = app;
+    kh_err err = KH_ERR_INIT;
+    json_t *body = kh_http_req_json(req, &err);
+    json_t *vm = body ? kh_manager_create(api->mgr, body, &err) : NULL;
+    if (!vm) {
+        reply_err(req, &err);
+        return;
+    }
+    char *loc = xasprintf("/api/v1/vms/%s", json_string_value(json_object_get(vm, "name")));
+    kh_http_req_add_header(req, "Location", loc);
+    free(loc);
+    kh_http_reply_json(req, 201, vm);
+}
+
+void kh_vm_routes_get(kh_http_req *req, void *app)
+{
+    kh_api *api = app;
+    kh_err err = KH_ERR_INIT;
+    json_t *vm = kh_manager_vm_json(api->mgr, kh_http_req_param(req, "name"), &err);
+    if (!vm) {
+        reply_err(req, &err);
+        return;
+    }
+    kh_http_reply_json(req, 200, vm);
+}
+
+void kh_vm_routes_patch(kh_http_req *req, void *app)
+{
+    kh_api *api = app;
+    kh_err err = KH_ERR_INIT;
+    json_t *body = kh_http_req_json(req, &err);
+    json_t *vm = body ? kh_manager_patch(api->mgr, kh_http_req_param(req, "name"), body, &err)
+                      : NULL;
+    if (!vm) {
+        reply_err(req, &err);
+        return;
+    }
+    kh_http_reply_json(req, 200, vm);
+}
+
+void kh_vm_routes_delete(kh_http_req *req, void *app)
+{
+    kh_api *api = app;
+    kh_err err = KH_ERR_INIT;
+    if (kh_manager_delete(api->mgr, kh_http_req_param(req, "name"), &err) < 0) {
+        reply_err(req, &err);
+        return;
+    }
+    kh_http_reply_data(req, 204, "application/json", "", 0);
+}
+
+/* ---- actions ---- */
+
+typedef struct action_wait {
+    kh_http_req *req;
+    kh_task_waiter *waiter;
+    uv_timer_t *timer;
+    kh_task *task;
+} action_wait;
+
+static void timer_closed(uv_handle_t *h)
+{
+    free(h);
+}
+
+static void action_wait_free(action_wait *w)
+{
+    kh_task_unwait(w->waiter);
+    if (w->timer)
+        uv_close((uv_handle_t *)w->timer, timer_closed);
+    free(w);
+}
+
+/* Reply for a finished task: 200 with it, or its error (with the task id). */
+static void reply_finished(kh_http_req *req, kh_task *task)
+{
+    if (kh_task_get_state(task) == KH_TASK_SUCCEEDED) {
+        kh_http_reply_json(req, 200, kh_task_to_json(task));
+        return;
+    }
+    const kh_err *e = kh_task_error(task);
+    kh_http_reply_json(req, kh_code_http_status(e->code),
+                       json_pack("{s:{s:s, s:s, s:s}}", "error", "code", kh_code_name(e->code),
+                                 "message", e->msg, "task", kh_task_id(task)));
+}
+
+static void reply_running(kh_http_req *req, kh_task *task)
+{
+    char *loc = xasprintf("/api/v1/tasks/%s", kh_task_id(task));
+    kh_http_req_add_header(req, "Location", loc);
+    free(loc);
+    kh_http_reply_json(req, 202, kh_task_to_json(task));
+}
+
+static void on_task_done(kh_task *task, void *opaque)
+{
+    action_wait *w = opaque;
+    w->waiter = NULL; /* freed by the task after this callback */
+    reply_finished(w->req, task);
+    action_wait_free(w);
+}
+
+static void on_wait_timeout(uv_timer_t *t)
+{
+    action_wait *w = t->data;
+    reply_running(w->req, w->task);
+    action_wait_free(w);
+}
+
+static void on_client_gone(kh_http_req *req, void *opaque)
+{
+    (void)req;
+    action_wait_free(opaque);
+}
+
+static void action(kh_http_req *req, kh_api *api, kh_vm_action act)
+{
+    kh_err err = KH_ERR_INIT;
+    json_t *opts = kh_http_req_json_or_empty(req, &err);
+    if (!opts) {
+        reply_err(req, &err);
+        return;
+    }
+    const char *key;
+    json_t *val;
+    json_object_foreach(opts, key, val) {
+        if (strcmp(key, "wait") != 0 && !(act == KH_ACTION_STOP && strcmp(key, "timeout") == 0)) {
+            kh_err_set(&err, KH_E_INVALID, "%s: unknown option", key);
+            reply_err(req, &err);
+            return;
+        }
+    }
+    json_int_t wait = WAIT_DEFAULT;
+    json_t *jw = json_object_get(opts, "wait");
+    if (jw) {
+        if (!json_is_integer(jw) || json_integer_value(jw) < 0 ||
+            json_integer_value(jw) > WAIT_MAX) {
+            kh_err_set(&err, KH_E_INVALID, "wait: must be an integer from 0 to %d seconds",
+                       WAIT_MAX);
+            reply_err(req, &err);
+            return;
+        }
+        wait = json_integer_value(jw);
+    }
+    kh_task *task = kh_manager_action(api->mgr, kh_http_req_param(req, "name"), act, opts, &err);
+    if (!task) {
+        reply_err(req, &err);
+        return;
+    }
+    if (kh_task_get_state(task) != KH_TASK_RUNNING) {
+        reply_finished(req, task);
+        return;
+    }
+    if (wait == 0) {
+        reply_running(req, task);
+        return;
+    }
+    action_wait *w = xcalloc(1, sizeof(*w));
+    w->req = req;
+    w->task = task;
+    w->waiter = kh_task_wait(task, on_task_done, w);
+    w->timer = xcalloc(1, sizeof(*w->timer));
+    uv_timer_init(api->loop, w->timer);
+    w->timer->data = w;
+    uv_timer_start(w->timer, on_wait_timeout, (uint64_t)wait * 1000, 0);
+    kh_http_req_on_abort(req, on_client_gone, w);
+}
+
+void kh_vm_routes_start(kh_http_req *req, void *app) { action(req, app, KH_ACTION_START); }
+void kh_vm_routes_stop(kh_http_req *req, void *app) { action(req, app, KH_ACTION_STOP); }
+void kh_vm_routes_kill(kh_http_req *req, void *app) { action(req, app, KH_ACTION_KILL); }
+void kh_vm_routes_reboot(kh_http_req *req, void *app) { action(req, app, KH_ACTION_REBOOT); }
+void kh_vm_routes_pause(kh_http_req *req, void *app) { action(req, app, KH_ACTION_PAUSE); }
+void kh_vm_routes_resume(kh_http_req *req, void *app) { action(req, app, KH_ACTION_RESUME); }

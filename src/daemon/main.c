@@ -1,0 +1,432 @@
+/* main.c - kvmhostd: one daemon per host (per state directory).
+ *
+ * Start-up, in order: arguments; the state directory and its lock (a second
+ * daemon on the same directory exits at once); the API token; the host
+ * probes (QEMU binary and capabilities, whether KVM can run a guest, the
+ * cgroup layout, the unprivileged QEMU user); the store; the VM manager,
+ * which reattaches to the QEMUs that kept running; the HTTP server. Then the
+ * libuv loop runs until SIGTERM/SIGINT. Stopping the daemon never stops a
+ * guest.
+ */
+#include <errno.h>
+#include <stdarg.h>
+#include <fcntl.h>
+#include <getopt.h>
+#include <grp.h>
+#include <pwd.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/file.h>
+#include <sys/prctl.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "api/api.h"
+#include "api/http.h"
+#include "host/cgroup.h"
+#include "kh_config.h"
+#include "qemu/accel.h"
+#include "qemu/caps.h"
+#include "store/store.h"
+#include "util/fs.h"
+#include "util/log.h"
+#include "util/mem.h"
+#include "util/misc.h"
+#include "vm/event.h"
+#include "vm/manager.h"
+#include "vm/task.h"
+
+typedef struct options {
+    const char *state_dir;
+    const char *run_dir;
+    const char *socket;
+    const char *listen;
+    const char *tls_cert;
+    const char *tls_key;
+    const char *log_file;
+    const char *log_level;
+    const char *qemu;
+    const char *qemu_user;
+    const char *web_dir;
+} options;
+
+/* Everything the daemon holds, reachable from one place (and by leak
+ * checkers at exit: the daemon does not tear down what the kernel frees). */
+static struct daemon {
+    uv_loop_t *loop;
+    kh_store *store;
+    kh_events *events;
+    kh_tasks *tasks;
+    kh_manager *mgr;
+    kh_http_server *http;
+    kh_api api;
+    kh_cgroups cgroups;
+    kh_accel_probe accel;
+    kh_qemu_caps caps;
+    char *qemu_binary;
+    char *token;
+    uv_signal_t sigterm, sigint, sigchld;
+    int lock_fd;
+} d;
+
+static void usage(FILE *fp)
+{
+    fprintf(fp,
+            "Usage: kvmhostd [OPTIONS]\n"
+            "\n"
+            "The kvmhost daemon: runs and supervises this host's virtual machines and\n"
+            "serves the REST API (docs/api.md).\n"
+            "\n"
+            "Options:\n"
+            "  --state-dir DIR     persistent state (default %s)\n"
+            "  --run-dir DIR       sockets and pid files of running VMs (default\n"
+            "                      %s, or STATE_DIR/run when --state-dir is given)\n"
+            "  --socket PATH       the API's unix socket (default %s)\n"
+            "  --listen ADDR:PORT  also serve the API on TCP (token required)\n"
+            "  --tls-cert FILE     serve TCP with TLS (PEM certificate; with --tls-key)\n"
+            "  --tls-key FILE      PEM private key for --tls-cert\n"
+            "  --web-dir DIR       static web console files (default %s if present)\n"
+            "  --qemu PATH         QEMU binary (default: $KVMHOST_QEMU or\n"
+            "                      qemu-system-x86_64 from PATH)\n"
+            "  --qemu-user USER    run QEMU as this user when started as root\n"
+            "                      (default kvmhost-qemu)\n"
+            "  --log-file FILE     log here instead of stderr\n"
+            "  --log-level LEVEL   debug, info, warn or error (default info)\n"
+            "  --version           print the version and exit\n"
+            "  --help              print this help and exit\n"
+            "\n"
+            "Environment: KVMHOST_ACCEL=tcg|kvm forces the accelerator.\n",
+            KH_DEFAULT_STATE_DIR, KH_DEFAULT_RUN_DIR, KH_DEFAULT_SOCKET, KH_WEB_DIR);
+}
+
+static void die(const char *fmt, ...) __attribute__((format(printf, 1, 2), noreturn));
+static void die(const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    fputs("kvmhostd: error: ", stderr);
+    vfprintf(stderr, fmt, ap);
+    fputc('\n', stderr);
+    va_end(ap);
+    exit(1);
+}
+
+static void parse_args(int argc, char **argv, options *o)
+{
+    enum { O_STATE = 256, O_RUN, O_SOCKET, O_LISTEN, O_CERT, O_KEY, O_LOGF, O_LOGL, O_QEMU,
+           O_QUSER, O_WEB, O_VERSION, O_HELP };
+    static const struct option longopts[] = {
+        { "state-dir", required_argument, NULL, O_STATE },
+        { "run-dir", required_argument, NULL, O_RUN },
+        { "socket", required_argument, NULL, O_SOCKET },
+        { "listen", required_argument, NULL, O_LISTEN },
+        { "tls-cert", required_argument, NULL, O_CERT },
+        { "tls-key", required_argument, NULL, O_KEY },
+        { "log-file", required_argument, NULL, O_LOGF },
+        { "log-level", required_argument, NULL, O_LOGL },
+        { "qemu", required_argument, NULL, O_QEMU },
+        { "qemu-user", required_argument, NULL, O_QUSER },
+        { "web-dir", required_argument, NULL, O_WEB },
+        { "version", no_argument, NULL, O_VERSION },
+        { "help", no_argument, NULL, O_HELP },
+        { NULL, 0, NULL, 0 },
+    };
+    memset(o, 0, sizeof(*o));
+    int c;
+    while ((c = getopt_long(argc, argv, "", longopts, NULL)) != -1) {
+        switch (c) {
+        case O_STATE: o->state_dir = optarg; break;
+        case O_RUN: o->run_dir = optarg; break;
+        case O_SOCKET: o->socket = optarg; break;
+        case O_LISTEN: o->listen = optarg; break;
+        case O_CERT: o->tls_cert = optarg; break;
+        case O_KEY: o->tls_key = optarg; break;
+        case O_LOGF: o->log_file = optarg; break;
+        case O_LOGL: o->log_level = optarg; break;
+        case O_QEMU: o->qemu = optarg; break;
+        case O_QUSER: o->qemu_user = optarg; break;
+        case O_WEB: o->web_dir = optarg; break;
+        case O_VERSION: printf("kvmhostd %s\n", KH_VERSION); exit(0);
+        case O_HELP: usage(stdout); exit(0);
+        default: usage(stderr); exit(2);
+        }
+    }
+    if (optind < argc) {
+        fprintf(stderr, "kvmhostd: unexpected argument '%s'\n", argv[optind]);
+        usage(stderr);
+        exit(2);
+    }
+    if (!!o->tls_cert != !!o->tls_key)
+        die("--tls-cert and --tls-key go together");
+    if (o->tls_cert && !o->listen)
+        die("--tls-cert needs --listen");
+}
+
+/* Absolute form of a path given on the command line. */
+static char *absolute(const char *p)
+{
+    if (p[0] == '/')
+        return xstrdup(p);
+    char cwd[4096];
+    if (!getcwd(cwd, sizeof(cwd)))
+        die("getcwd: %s", strerror(errno));
+    return xasprintf("%s/%s", cwd, p);
+}
+
+/* One daemon per state directory: an exclusive flock that dies with us. */
+static void take_lock(const char *state_dir)
+{
+    char *path = xasprintf("%s/kvmhostd.lock", state_dir);
+    d.lock_fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
+    if (d.lock_fd < 0)
+        die("cannot open %s: %s", path, strerror(errno));
+    if (flock(d.lock_fd, LOCK_EX | LOCK_NB) < 0) {
+        char buf[32] = { 0 };
+        ssize_t n = pread(d.lock_fd, buf, sizeof(buf) - 1, 0);
+        long other = n > 0 ? strtol(buf, NULL, 10) : 0;
+        if (errno == EWOULDBLOCK || errno == EAGAIN) {
+            fprintf(stderr, "kvmhostd: error: another kvmhostd (pid %ld) is already using the "
+                    "state directory %s\n", other, state_dir);
+            exit(1);
+        }
+        die("cannot lock %s: %s", path, strerror(errno));
+    }
+    char pid[32];
+    int len = snprintf(pid, sizeof(pid), "%d\n", (int)getpid());
+    if (ftruncate(d.lock_fd, 0) < 0 || pwrite(d.lock_fd, pid, (size_t)len, 0) != len)
+        die("cannot write %s: %s", path, strerror(errno));
+    free(path);
+}
+
+/* The TCP API token: generated once, kept 0600, never logged. */
+static char *load_token(const char *state_dir)
+{
+    char *path = xasprintf("%s/api-token", state_dir);
+    kh_err err = KH_ERR_INIT;
+    char *tok = kh_fs_read(path, 4096, NULL, &err);
+    if (tok) {
+        tok[strcspn(tok, "\r\n")] = '\0';
+        struct stat st;
+        if (stat(path, &st) == 0 && (st.st_mode & 077))
+            chmod(path, 0600);
+        if (strlen(tok) >= 32) {
+            free(path);
+            return tok;
+        }
+        free(tok);
+    }
+    unsigned char raw[32];
+    kh_random_bytes(raw, sizeof(raw));
+    tok = xmalloc(2 * sizeof(raw) + 2);
+    for (size_t i = 0; i < sizeof(raw); i++)
+        snprintf(tok + 2 * i, 3, "%02x", raw[i]);
+    char *line = xasprintf("%s\n", tok);
+    kh_err_clear(&err);
+    if (kh_fs_write_atomic(path, line, strlen(line), 0600, &err) < 0)
+        die("%s", err.msg);
+    free(line);
+    free(path);
+    return tok;
+}
+
+static void on_term(uv_signal_t *h, int sig)
+{
+    kh_log(KH_LOG_INFO, "daemon.stop", "signal=%d note=\"guests keep running\"", sig);
+    uv_stop(h->loop);
+}
+
+static void on_chld(uv_signal_t *h, int sig)
+{
+    (void)h;
+    (void)sig;
+    int status;
+    pid_t pid;
+    /* As the subreaper we also collect orphans of our helpers. */
+    while ((pid = waitpid(-1, &status, WNOHANG)) > 0)
+        if (d.mgr)
+            kh_manager_child_exited(d.mgr, pid, status);
+}
+
+/* Resolve the QEMU user and its groups (kvm for /dev/kvm). */
+static void qemu_identity(const char *user, kh_manager_config *cfg, gid_t *groups, size_t max)
+{
+    if (geteuid() != 0) {
+        cfg->drop_privileges = false;
+        return;
+    }
+    struct passwd *pw = getpwnam(user);
+    if (!pw)
+        die("the QEMU user '%s' does not exist. Create it with\n"
+            "  useradd --system --no-create-home --shell /usr/sbin/nologin %s\n"
+            "or pass --qemu-user USER (QEMU never runs as root)", user, user);
+    if (pw->pw_uid == 0)
+        die("--qemu-user %s is root: QEMU never runs as root", user);
+    cfg->drop_privileges = true;
+    cfg->uid = pw->pw_uid;
+    cfg->gid = pw->pw_gid;
+    size_t n = 0;
+    groups[n++] = pw->pw_gid;
+    struct group *kvm = getgrnam("kvm");
+    if (kvm && n < max)
+        groups[n++] = kvm->gr_gid;
+    cfg->groups = groups;
+    cfg->ngroups = n;
+}
+
+static json_t *host_facts(const options *o, const char *state_dir, const char *run_dir,
+                          const char *socket_path)
+{
+    char hostname[256] = "";
+    gethostname(hostname, sizeof(hostname) - 1);
+    char ver[32];
+    snprintf(ver, sizeof(ver), "%u.%u.%u", d.caps.version / 10000, d.caps.version / 100 % 100,
+             d.caps.version % 100);
+    const char *cg = d.cgroups.version == 2 ? "v2" : d.cgroups.version == 1 ? "v1" : "none";
+    return json_pack("{s:s, s:s, s:{s:s, s:s, s:b, s:b}, s:s, s:s, s:i, s:s, s:s, s:s, s:s, s:s?}",
+                     "hostname", hostname, "version", KH_VERSION, "qemu", "binary",
+                     d.qemu_binary, "version", ver, "sandbox", d.caps.sandbox, "io_uring",
+                     d.caps.io_uring, "accelerator", kh_accel_name(d.accel.accel),
+                     "accelerator_reason", d.accel.reason, "cpus",
+                     (int)sysconf(_SC_NPROCESSORS_ONLN), "cgroup", cg, "state_dir", state_dir,
+                     "run_dir", run_dir, "socket", socket_path, "listen", o->listen);
+}
+
+int main(int argc, char **argv)
+{
+    options o;
+    parse_args(argc, argv, &o);
+
+    kh_log_level level = KH_LOG_INFO;
+    if (o.log_level && kh_log_level_parse(o.log_level, &level) < 0)
+        die("--log-level must be debug, info, warn or error");
+    if (kh_log_init(o.log_file, level) < 0)
+        die("cannot open log file %s: %s", o.log_file, strerror(errno));
+
+    char *state_dir = absolute(o.state_dir ? o.state_dir : KH_DEFAULT_STATE_DIR);
+    char *run_dir = o.run_dir ? absolute(o.run_dir)
+                              : o.state_dir ? xasprintf("%s/run", state_dir)
+                                            : xstrdup(KH_DEFAULT_RUN_DIR);
+    char *socket_path = absolute(o.socket ? o.socket : KH_DEFAULT_SOCKET);
+    kh_err err = KH_ERR_INIT;
+    umask(022);
+    if (kh_fs_mkdir_p(state_dir, 0700, &err) < 0 || kh_fs_mkdir_p(run_dir, 0711, &err) < 0)
+        die("%s", err.msg);
+    take_lock(state_dir);
+
+    /* QEMU children reparent to us if a helper between us exits; PID 1 may
+     * reap them seconds late on some hosts. */
+    prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0);
+    signal(SIGPIPE, SIG_IGN);
+
+    d.token = load_token(state_dir);
+
+    d.qemu_binary = kh_qemu_caps_probe(o.qemu, &d.caps, &err);
+    if (!d.qemu_binary)
+        die("%s", err.msg);
+    kh_accel_probe_run(NULL, &d.accel);
+    if (d.accel.accel == KH_ACCEL_TCG)
+        kh_log(KH_LOG_WARN, "host.accel",
+               "accel=tcg reason=\"%s\" note=\"guests run under software emulation, "
+               "much slower than KVM\"", d.accel.reason);
+    else
+        kh_log(KH_LOG_INFO, "host.accel", "accel=kvm reason=\"%s\"", d.accel.reason);
+    kh_cgroups_detect(&d.cgroups, NULL, NULL);
+    if (!d.cgroups.version)
+        kh_log(KH_LOG_WARN, "host.cgroup", "reason=\"%s\" note=\"VMs run without cgroups\"",
+               d.cgroups.reason);
+
+    kh_manager_config mcfg = {
+        .state_dir = state_dir,
+        .run_dir = run_dir,
+        .qemu_binary = d.qemu_binary,
+        .caps = d.caps,
+        .accel = d.accel.accel,
+        .cgroups = &d.cgroups,
+    };
+    gid_t groups[4];
+    qemu_identity(o.qemu_user ? o.qemu_user : "kvmhost-qemu", &mcfg, groups, 4);
+
+    char *db = xasprintf("%s/kvmhost.db", state_dir);
+    d.store = kh_store_open(db, &err);
+    free(db);
+    if (!d.store)
+        die("%s", err.msg);
+    kh_store_task_fail_unfinished(d.store, "the daemon stopped before the task finished",
+                                  kh_wall_time(), NULL);
+    kh_store_task_prune(d.store, 1000, NULL);
+
+    d.loop = uv_default_loop();
+    d.events = kh_events_new();
+    d.tasks = kh_tasks_new(d.store, d.events);
+    uv_signal_init(d.loop, &d.sigchld);
+    uv_signal_start(&d.sigchld, on_chld, SIGCHLD);
+    d.mgr = kh_manager_new(d.loop, d.store, d.events, d.tasks, &mcfg, &err);
+    if (!d.mgr)
+        die("%s", err.msg);
+
+    size_t nroutes;
+    const kh_route *routes = kh_routes_table(&nroutes);
+    json_t *schemas = kh_routes_schemas();
+    d.api.loop = d.loop;
+    d.api.mgr = d.mgr;
+    d.api.tasks = d.tasks;
+    d.api.events = d.events;
+    d.api.started_at = kh_wall_time();
+    d.api.host = host_facts(&o, state_dir, run_dir, socket_path);
+    d.api.openapi = kh_http_openapi(routes, nroutes, schemas, KH_VERSION);
+    json_decref(schemas);
+
+    char *sock_dir = xstrdup(socket_path);
+    *strrchr(sock_dir, '/') = '\0';
+    if (*sock_dir && kh_fs_mkdir_p(sock_dir, 0755, &err) < 0)
+        die("%s", err.msg);
+    free(sock_dir);
+    const char *web_dir = o.web_dir;
+    struct stat st;
+    if (!web_dir && stat(KH_WEB_DIR "/index.html", &st) == 0)
+        web_dir = KH_WEB_DIR;
+    kh_http_config hcfg = {
+        .unix_path = socket_path,
+        .unix_mode = 0660,
+        .tcp_listen = o.listen,
+        .token = d.token,
+        .tls_cert = o.tls_cert,
+        .tls_key = o.tls_key,
+        .max_body = 1024 * 1024,
+        .max_connections = 256,
+        .web_dir = web_dir,
+    };
+    d.http = kh_http_server_new(d.loop, &hcfg, routes, nroutes, &d.api, &err);
+    if (!d.http)
+        die("%s", err.msg);
+
+    uv_signal_init(d.loop, &d.sigterm);
+    uv_signal_start(&d.sigterm, on_term, SIGTERM);
+    uv_signal_init(d.loop, &d.sigint);
+    uv_signal_start(&d.sigint, on_term, SIGINT);
+
+    unsigned total, running;
+    kh_manager_counts(d.mgr, &total, &running);
+    kh_log(KH_LOG_INFO, "daemon.ready",
+           "version=%s pid=%d socket=%s listen=%s tls=%s state_dir=%s accel=%s vms=%u",
+           KH_VERSION, (int)getpid(), socket_path, o.listen ? o.listen : "none",
+           o.tls_cert ? "on" : "off", state_dir, kh_accel_name(d.accel.accel), total);
+    if (o.listen)
+        kh_log(KH_LOG_INFO, "daemon.token", "file=%s/api-token", state_dir);
+
+    uv_run(d.loop, UV_RUN_DEFAULT);
+
+    /* Shutdown: stop serving; QEMUs, their sockets and cgroups stay. */
+    kh_http_server_free(d.http);
+    d.http = NULL;
+    kh_store_close(d.store);
+    d.store = NULL;
+    kh_log(KH_LOG_INFO, "daemon.exit", "pid=%d", (int)getpid());
+    free(state_dir);
+    free(run_dir);
+    free(socket_path);
+    return 0;
+}

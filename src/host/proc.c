@@ -1,0 +1,91 @@
+#include "host/proc.h"
+
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+/* Read /proc/PID/stat; returns the state char and start time. */
+static int read_stat(pid_t pid, char *state, unsigned long long *start)
+{
+    char path[64], buf[1024];
+    snprintf(path, sizeof(path), "/proc/%d/stat", (int)pid);
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return -1;
+    ssize_t n = read(fd, buf, sizeof(buf) - 1);
+    close(fd);
+    if (n <= 0)
+        return -1;
+    buf[n] = '\0';
+    /* comm may hold spaces and parens: parse from the last ')'. */
+    char *p = strrchr(buf, ')');
+    if (!p || p[1] != ' ')
+        return -1;
+    p += 2;
+    *state = *p;
+    /* Fields after comm start at 3 (state); starttime is field 22. */
+    int field = 3;
+    while (*p && field < 22) {
+        if (*p == ' ')
+            field++;
+        p++;
+    }
+    if (field != 22)
+        return -1;
+    *start = strtoull(p, NULL, 10);
+    return 0;
+}
+
+unsigned long long kh_proc_start_time(pid_t pid)
+{
+    char st;
+    unsigned long long start;
+    if (pid <= 0 || read_stat(pid, &st, &start) < 0)
+        return 0;
+    return start;
+}
+
+bool kh_proc_alive(pid_t pid, unsigned long long start_time)
+{
+    char st;
+    unsigned long long start;
+    if (pid <= 0 || read_stat(pid, &st, &start) < 0)
+        return false;
+    return st != 'Z' && st != 'X' && start == start_time;
+}
+
+bool kh_proc_cmdline_has(pid_t pid, const char *needle)
+{
+    char path[64];
+    snprintf(path, sizeof(path), "/proc/%d/cmdline", (int)pid);
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return false;
+    static char buf[65536];
+    ssize_t n = read(fd, buf, sizeof(buf) - 1);
+    close(fd);
+    if (n <= 0)
+        return false;
+    buf[n] = '\0';
+    for (ssize_t i = 0; i < n; i += (ssize_t)strlen(buf + i) + 1)
+        if (strstr(buf + i, needle))
+            return true;
+    return false;
+}
+
+unsigned long kh_proc_rss_kib(pid_t pid)
+{
+    char path[64], line[256];
+    snprintf(path, sizeof(path), "/proc/%d/status", (int)pid);
+    FILE *fp = fopen(path, "re");
+    if (!fp)
+        return 0;
+    unsigned long kib = 0;
+    while (fgets(line, sizeof(line), fp))
+        if (sscanf(line, "VmRSS: %lu kB", &kib) == 1)
+            break;
+    fclose(fp);
+    return kib;
+}

@@ -1,0 +1,1390 @@
+#include "vm/manager.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "conf/vm_spec.h"
+#include "host/proc.h"
+#include "qemu/kernel.h"
+#include "qemu/process.h"
+#include "qemu/qmp.h"
+#include "util/check.h"
+#include "util/fs.h"
+#include "util/log.h"
+#include "util/mem.h"
+#include "util/misc.h"
+#include "util/sock.h"
+
+#define CONSOLE_LOG_MAX (1024 * 1024)
+#define QEMU_LOG_MAX (256 * 1024)
+#define STOP_TIMEOUT_DEFAULT 60
+#define STOP_TIMEOUT_MAX 3600
+
+/* Fixed fd numbers inside QEMU (see kh_process_spawn): golden-testable argv. */
+enum { FD_QMP = 3, FD_SERIAL, FD_KERNEL, FD_INITRD, FD_DISK0 };
+
+typedef enum vm_state {
+    VM_STOPPED,
+    VM_STARTING,
+    VM_RUNNING,
+    VM_PAUSED,
+    VM_STOPPING,
+} vm_state;
+
+static const char *const state_names[] = { "stopped", "starting", "running", "paused",
+                                            "stopping" };
+
+typedef struct vm vm;
+typedef struct start_job start_job;
+
+/* QMP callbacks reach their VM through a link that is cut when the VM lets
+ * go of the connection; the link itself is freed by the last callback
+ * (on_closed). So a late reply never touches a VM that moved on or is gone. */
+typedef struct qmp_link {
+    vm *v;
+} qmp_link;
+
+struct vm {
+    kh_manager *mgr;
+    char id[37];
+    kh_vm_spec *spec;
+    vm_state state;
+    char *reason;
+    double created_at, updated_at, started_at;
+
+    /* While a QEMU exists. */
+    pid_t pid;
+    unsigned long long pid_start;
+    bool is_child;         /* spawned by this daemon: waitpid gives the status */
+    kh_accel accel;
+    int pidfd;
+    uv_poll_t *pidfd_poll;
+    kh_qmp *qmp;
+    qmp_link *qlink;
+    kh_console *console;
+    start_job *start_job;  /* kernel preparation in the thread pool */
+    uv_timer_t *timer;     /* start deadline or stop grace */
+    char *going_down;      /* why QEMU is expected to exit ("stopped", ...) */
+    bool reattaching;
+
+    kh_task *task;         /* the action in progress */
+    kh_vm_action task_action;
+    kh_task *kill_task;    /* a kill that overtook task */
+    vm *next;
+};
+
+struct start_job {
+    uv_work_t work;
+    vm *v;
+    char *kernel_in;
+    char *cache_dir;
+    char *kernel_out;
+    kh_err err;
+    bool cancelled;
+};
+
+struct kh_manager {
+    uv_loop_t *loop;
+    kh_store *store;
+    kh_events *events;
+    kh_tasks *tasks;
+    kh_manager_config cfg;
+    char *state_dir, *run_dir, *qemu_binary, *kernel_cache;
+    gid_t *groups;
+    vm *vms;
+    unsigned count;
+};
+
+/* ---- helpers ---- */
+
+const char *kh_vm_action_name(kh_vm_action action)
+{
+    static const char *const names[] = { "vm.start", "vm.stop", "vm.kill", "vm.reboot",
+                                         "vm.pause", "vm.resume" };
+    return (unsigned)action < KH_ARRAY_LEN(names) ? names[action] : "vm.action";
+}
+
+static vm *find(kh_manager *mgr, const char *name, kh_err *err)
+{
+    if (kh_check_name(name, "vm name", err) < 0)
+        return NULL;
+    for (vm *v = mgr->vms; v; v = v->next)
+        if (strcmp(v->spec->name, name) == 0)
+            return v;
+    kh_err_set(err, KH_E_NOTFOUND, "no vm named %s", name);
+    return NULL;
+}
+
+static char *vm_state_path(const vm *v, const char *file)
+{
+    return xasprintf("%s/vms/%s%s%s", v->mgr->state_dir, v->id, file ? "/" : "", file ? file : "");
+}
+
+static char *vm_run_path(const vm *v, const char *file)
+{
+    return xasprintf("%s/vms/%s%s%s", v->mgr->run_dir, v->id, file ? "/" : "", file ? file : "");
+}
+
+static json_t *time_json(double t)
+{
+    if (t <= 0)
+        return json_null();
+    char s[32];
+    kh_time_format(t, s);
+    return json_string(s);
+}
+
+static json_t *vm_json(const vm *v)
+{
+    json_t *j = kh_vm_spec_to_json(v->spec);
+    json_object_set_new(j, "id", json_string(v->id));
+    json_object_set_new(j, "state", json_string(state_names[v->state]));
+    json_object_set_new(j, "state_reason", v->reason ? json_string(v->reason) : json_null());
+    json_object_set_new(j, "pid", v->pid > 0 ? json_integer(v->pid) : json_null());
+    json_object_set_new(j, "accelerator",
+                        v->pid > 0 ? json_string(kh_accel_name(v->accel)) : json_null());
+    json_object_set_new(j, "created_at", time_json(v->created_at));
+    json_object_set_new(j, "updated_at", time_json(v->updated_at));
+    json_object_set_new(j, "started_at", v->pid > 0 ? time_json(v->started_at) : json_null());
+    json_object_set_new(j, "console_viewers",
+                        json_integer(v->console ? kh_console_viewer_count(v->console) : 0));
+    return j;
+}
+
+static void persist_runtime(vm *v)
+{
+    kh_vm_row row;
+    memset(&row, 0, sizeof(row));
+    memcpy(row.id, v->id, sizeof(row.id));
+    row.state = (char *)(uintptr_t)state_names[v->state];
+    row.state_reason = v->reason;
+    row.pid = v->pid;
+    row.pid_start = v->pid_start;
+    row.accel = v->pid > 0 ? (char *)(uintptr_t)kh_accel_name(v->accel) : NULL;
+    row.started_at = v->started_at;
+    kh_err err = KH_ERR_INIT;
+    if (kh_store_vm_update_runtime(v->mgr->store, &row, &err) < 0)
+        kh_log(KH_LOG_ERROR, "vm.persist", "vm=%s error=\"%s\"", v->spec->name, err.msg);
+}
+
+static void set_state(vm *v, vm_state state, const char *reason)
+{
+    vm_state prev = v->state;
+    v->state = state;
+    if (reason) {
+        free(v->reason);
+        v->reason = xstrdup(reason);
+    }
+    persist_runtime(v);
+    char q[300];
+    kh_log(KH_LOG_INFO, "vm.state", "vm=%s state=%s previous=%s reason=%s", v->spec->name,
+           state_names[state], state_names[prev], kh_log_quote(q, sizeof(q), v->reason));
+    kh_events_publish(v->mgr->events, "vm.state", v->spec->name,
+                      json_pack("{s:s, s:s, s:s?}", "state", state_names[state], "previous",
+                                state_names[prev], "reason", v->reason));
+}
+
+static void going_down(vm *v, const char *why)
+{
+    /* The first cause wins: a guest power-off after a stop is still a stop. */
+    if (!v->going_down)
+        v->going_down = xstrdup(why);
+}
+
+static void timer_closed(uv_handle_t *h)
+{
+    free(h);
+}
+
+static void timer_stop(vm *v)
+{
+    if (v->timer) {
+        uv_close((uv_handle_t *)v->timer, timer_closed);
+        v->timer = NULL;
+    }
+}
+
+static void timer_start(vm *v, uint64_t ms, uv_timer_cb cb)
+{
+    timer_stop(v);
+    v->timer = xcalloc(1, sizeof(*v->timer));
+    uv_timer_init(v->mgr->loop, v->timer);
+    v->timer->data = v;
+    uv_timer_start(v->timer, cb, ms, 0);
+}
+
+static void kill_qemu(vm *v)
+{
+    if (v->pid <= 0)
+        return;
+    /* Through the pidfd when we have one: no risk of hitting a reused pid. */
+    if (v->pidfd >= 0 && syscall(SYS_pidfd_send_signal, v->pidfd, SIGKILL, NULL, 0) == 0)
+        return;
+    if (kh_proc_alive(v->pid, v->pid_start))
+        kill(v->pid, SIGKILL);
+}
+
+static void task_finish_ok(vm *v)
+{
+    if (v->task) {
+        kh_task *t = v->task;
+        v->task = NULL;
+        kh_task_succeed(t, vm_json(v));
+    }
+}
+
+static void task_finish_err(vm *v, const kh_err *err)
+{
+    if (v->task) {
+        kh_task *t = v->task;
+        v->task = NULL;
+        kh_task_fail(t, err);
+    }
+}
+
+/* The last lines of qemu.log, for error messages. */
+static char *qemu_log_tail(vm *v)
+{
+    char *path = vm_state_path(v, "qemu.log");
+    size_t len = 0;
+    kh_err err = KH_ERR_INIT;
+    char *text = kh_console_log_read(path, 300, &len, &err);
+    free(path);
+    if (!text)
+        return xstrdup("");
+    for (char *p = text; *p; p++)
+        if (*p == '\n' || *p == '\r')
+            *p = ' ';
+    return text;
+}
+
+/* ---- process end ---- */
+
+static void pidfd_closed(uv_handle_t *h)
+{
+    free(h);
+}
+
+static void release_runtime(vm *v)
+{
+    timer_stop(v);
+    if (v->start_job) {
+        v->start_job->cancelled = true;
+        v->start_job = NULL;
+    }
+    if (v->pidfd_poll) {
+        uv_close((uv_handle_t *)v->pidfd_poll, pidfd_closed);
+        v->pidfd_poll = NULL;
+    }
+    if (v->pidfd >= 0) {
+        close(v->pidfd);
+        v->pidfd = -1;
+    }
+    if (v->qmp) {
+        kh_qmp *q = v->qmp;
+        v->qmp = NULL;
+        v->qlink->v = NULL;
+        v->qlink = NULL;
+        kh_qmp_close(q);
+    }
+    if (v->console) {
+        kh_console *c = v->console;
+        v->console = NULL;
+        kh_console_free(c);
+    }
+}
+
+/* QEMU is gone: release everything and settle the state. status < 0 when
+ * unknown (not our child). */
+static void process_ended(vm *v, int status)
+{
+    if (v->pid <= 0)
+        return;
+    kh_manager *mgr = v->mgr;
+    char why[256];
+    if (v->going_down)
+        snprintf(why, sizeof(why), "%s", v->going_down);
+    else if (status >= 0 && WIFSIGNALED(status))
+        snprintf(why, sizeof(why), "crashed: QEMU killed by signal %d", WTERMSIG(status));
+    else if (status >= 0 && WIFEXITED(status) && WEXITSTATUS(status) != 0)
+        snprintf(why, sizeof(why), "crashed: QEMU exited with status %d", WEXITSTATUS(status));
+    else if (status >= 0)
+        snprintf(why, sizeof(why), "QEMU exited");
+    else
+        snprintf(why, sizeof(why), "QEMU exited (status unknown)");
+
+    kh_log(KH_LOG_INFO, "vm.exit", "vm=%s pid=%d status=%d", v->spec->name, (int)v->pid, status);
+    vm_state was = v->state;
+    release_runtime(v);
+    v->pid = 0;
+    v->pid_start = 0;
+    v->is_child = false;
+    KH_FREE(v->going_down);
+
+    kh_err err = KH_ERR_INIT;
+    kh_cgroups_vm_remove(mgr->cfg.cgroups, v->id, &err);
+    char *run = vm_run_path(v, NULL);
+    kh_fs_rm_rf(run, NULL);
+    free(run);
+
+    if (was == VM_STARTING && v->task && v->task_action == KH_ACTION_START) {
+        char *tail = qemu_log_tail(v);
+        kh_err_set(&err, KH_E_QEMU, "QEMU exited during start (%s)%s%s", why,
+                   *tail ? ": " : "", tail);
+        free(tail);
+        set_state(v, VM_STOPPED, why);
+        task_finish_err(v, &err);
+    } else {
+        set_state(v, VM_STOPPED, why);
+        if (v->task && (v->task_action == KH_ACTION_STOP || v->task_action == KH_ACTION_KILL)) {
+            task_finish_ok(v);
+        } else if (v->task) {
+            kh_err_set(&err, KH_E_CONFLICT, "vm %s stopped (%s) during %s", v->spec->name, why,
+                       kh_vm_action_name(v->task_action));
+            task_finish_err(v, &err);
+        }
+    }
+    if (v->kill_task) {
+        kh_task *t = v->kill_task;
+        v->kill_task = NULL;
+        kh_task_succeed(t, vm_json(v));
+    }
+}
+
+static void pidfd_ready(uv_poll_t *h, int status, int events)
+{
+    (void)status;
+    (void)events;
+    vm *v = h->data;
+    int wstatus = -1;
+    if (v->is_child) {
+        pid_t r = waitpid(v->pid, &wstatus, WNOHANG);
+        if (r == 0)
+            return; /* not yet: spurious wake-up */
+        if (r < 0)
+            wstatus = -1; /* already reaped by the SIGCHLD path */
+    }
+    process_ended(v, wstatus);
+}
+
+void kh_manager_child_exited(kh_manager *mgr, pid_t pid, int status)
+{
+    for (vm *v = mgr->vms; v; v = v->next) {
+        if (v->pid == pid && v->is_child) {
+            process_ended(v, status);
+            return;
+        }
+    }
+}
+
+static int watch_pid(vm *v, kh_err *err)
+{
+    v->pidfd = kh_process_pidfd(v->pid);
+    if (v->pidfd < 0) {
+        kh_err_errno(err, KH_E_INTERNAL, errno, "pidfd_open(%d)", (int)v->pid);
+        return -1;
+    }
+    v->pidfd_poll = xcalloc(1, sizeof(*v->pidfd_poll));
+    uv_poll_init(v->mgr->loop, v->pidfd_poll, v->pidfd);
+    v->pidfd_poll->data = v;
+    uv_poll_start(v->pidfd_poll, UV_READABLE, pidfd_ready);
+    return 0;
+}
+
+/* ---- QMP ---- */
+
+static vm *link_vm(void *opaque)
+{
+    return ((qmp_link *)opaque)->v;
+}
+
+static void qmp_ignore_reply(kh_qmp *q, json_t *ret, const kh_err *err, void *opaque)
+{
+    (void)q;
+    (void)ret;
+    vm *v = link_vm(opaque);
+    if (v && err)
+        kh_log(KH_LOG_WARN, "vm.qmp", "vm=%s error=\"%s\"", v->spec->name, err->msg);
+}
+
+static void qmp_send(vm *v, const char *cmd, kh_qmp_reply_cb cb)
+{
+    kh_err err = KH_ERR_INIT;
+    if (!v->qmp ||
+        kh_qmp_command(v->qmp, cmd, NULL, cb ? cb : qmp_ignore_reply, v->qlink, &err) < 0) {
+        kh_err_set(&err, KH_E_QEMU, "QMP is not connected");
+        if (cb) {
+            qmp_link tmp = { v };
+            cb(NULL, NULL, &err, &tmp);
+        }
+    }
+}
+
+static void qmp_open(vm *v)
+{
+    v->qlink = xcalloc(1, sizeof(*v->qlink));
+    v->qlink->v = v;
+}
+
+static void on_qmp_event(kh_qmp *q, const char *event, json_t *data, double ts, void *opaque)
+{
+    (void)q;
+    (void)ts;
+    vm *v = link_vm(opaque);
+    if (!v)
+        return;
+    kh_log(KH_LOG_DEBUG, "vm.qmp_event", "vm=%s event=%s", v->spec->name, event);
+    if (strcmp(event, "SHUTDOWN") == 0) {
+        /* With -no-shutdown QEMU stays until told: the reason is ours to keep. */
+        const char *reason = json_string_value(json_object_get(data, "reason"));
+        bool guest = json_is_true(json_object_get(data, "guest"));
+        if (v->state == VM_STOPPING)
+            going_down(v, "stopped: guest powered off on ACPI request");
+        else if (guest)
+            going_down(v, "guest shut down");
+        else {
+            char why[128];
+            snprintf(why, sizeof(why), "shut down (%s)", reason ? reason : "host");
+            going_down(v, why);
+        }
+        qmp_send(v, "quit", NULL);
+    } else if (strcmp(event, "STOP") == 0 && !v->task && v->state == VM_RUNNING) {
+        set_state(v, VM_PAUSED, "paused by QEMU");
+    } else if (strcmp(event, "RESUME") == 0 && !v->task && v->state == VM_PAUSED) {
+        set_state(v, VM_RUNNING, "resumed");
+    } else if (strcmp(event, "RESET") == 0) {
+        kh_events_publish(v->mgr->events, "vm.reset", v->spec->name, NULL);
+    }
+}
+
+static void on_qmp_closed(kh_qmp *q, void *opaque)
+{
+    qmp_link *link = opaque;
+    vm *v = link->v;
+    if (v && v->qmp == q) {
+        /* QEMU closed it (it is exiting): the pidfd tells the end. */
+        v->qmp = NULL;
+        v->qlink = NULL;
+    }
+    free(link);
+}
+
+static void start_fail(vm *v, const kh_err *err)
+{
+    /* Kill whatever was started; process_ended() settles the rest. If no
+     * QEMU exists yet, settle here. */
+    kh_err copy = *err;
+    if (v->pid > 0) {
+        going_down(v, "start failed");
+        kh_task *t = v->task;
+        v->task = NULL;
+        kill_qemu(v);
+        if (t)
+            kh_task_fail(t, &copy);
+        return;
+    }
+    release_runtime(v);
+    set_state(v, VM_STOPPED, "start failed");
+    task_finish_err(v, &copy);
+}
+
+static void on_cont(kh_qmp *q, json_t *ret, const kh_err *err, void *opaque)
+{
+    (void)q;
+    (void)ret;
+    vm *v = link_vm(opaque);
+    if (!v || v->state != VM_STARTING)
+        return;
+    if (err) {
+        kh_err e = KH_ERR_INIT;
+        kh_err_set(&e, KH_E_QEMU, "cont: %s", err->msg);
+        start_fail(v, &e);
+        return;
+    }
+    timer_stop(v);
+    v->started_at = kh_wall_time();
+    set_state(v, VM_RUNNING, "started");
+    task_finish_ok(v);
+}
+
+static void reattach_status(kh_qmp *q, json_t *ret, const kh_err *err, void *opaque);
+
+static void on_qmp_ready(kh_qmp *q, const kh_err *err, void *opaque)
+{
+    vm *v = link_vm(opaque);
+    if (!v)
+        return;
+    if (err) {
+        kh_log(KH_LOG_WARN, "vm.qmp", "vm=%s error=\"%s\"", v->spec->name, err->msg);
+        if (v->state == VM_STARTING)
+            start_fail(v, err);
+        return;
+    }
+    if (v->reattaching) {
+        kh_err e = KH_ERR_INIT;
+        if (kh_qmp_command(q, "query-status", NULL, reattach_status, v->qlink, &e) < 0)
+            kh_log(KH_LOG_WARN, "vm.reattach", "vm=%s error=\"%s\"", v->spec->name, e.msg);
+        return;
+    }
+    if (v->state == VM_STARTING) {
+        if (v->task)
+            kh_task_progress(v->task, 80, "starting vCPUs");
+        qmp_send(v, "cont", on_cont);
+    }
+}
+
+static const kh_qmp_callbacks qmp_cbs = {
+    .on_ready = on_qmp_ready,
+    .on_event = on_qmp_event,
+    .on_closed = on_qmp_closed,
+};
+
+/* ---- start ---- */
+
+
+static void start_deadline(uv_timer_t *t)
+{
+    vm *v = t->data;
+    kh_err err = KH_ERR_INIT;
+    kh_err_set(&err, KH_E_TIMEOUT, "QEMU did not become ready within %u ms",
+               v->mgr->cfg.start_timeout_ms);
+    start_fail(v, &err);
+}
+
+static int open_ro(const char *path, const char *what, kh_err *err)
+{
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        kh_err_errno(err, errno == ENOENT ? KH_E_INVALID : KH_E_INTERNAL, errno,
+                     "%s: cannot open %s", what, path);
+    return fd;
+}
+
+/* Create the run dir, sockets and fds, build the argv, spawn QEMU. */
+static void start_spawn(vm *v, const char *kernel_file)
+{
+    kh_manager *mgr = v->mgr;
+    kh_err err = KH_ERR_INIT;
+    int fds[FD_DISK0 + KH_VM_DISKS_MAX];
+    for (size_t i = 0; i < KH_ARRAY_LEN(fds); i++)
+        fds[i] = -1;
+    int disk_fds[KH_VM_DISKS_MAX];
+    int dirfd = -1, log_fd = -1, qmp_conn = -1, serial_conn = -1;
+    char *run = vm_run_path(v, NULL), *state = vm_state_path(v, NULL);
+    char *pidfile = vm_run_path(v, "qemu.pid"), *vnc = vm_run_path(v, "vnc.sock");
+    char *log_path = vm_state_path(v, "qemu.log");
+    char *kernel_arg = NULL, *initrd_arg = NULL;
+    kh_strv *argv = NULL;
+
+    if (kh_fs_mkdir_p(state, 0700, &err) < 0)
+        goto fail;
+    kh_fs_rm_rf(run, NULL);
+    if (kh_fs_mkdir_p(run, 0700, &err) < 0)
+        goto fail;
+    if (mgr->cfg.drop_privileges && chown(run, mgr->cfg.uid, mgr->cfg.gid) < 0) {
+        kh_err_errno(&err, KH_E_INTERNAL, errno, "chown %s", run);
+        goto fail;
+    }
+    dirfd = open(run, O_PATH | O_DIRECTORY | O_CLOEXEC);
+    if (dirfd < 0) {
+        kh_err_errno(&err, KH_E_INTERNAL, errno, "open %s", run);
+        goto fail;
+    }
+    fds[FD_QMP] = kh_sock_listen_at(dirfd, "qmp.sock", 4, &err);
+    if (fds[FD_QMP] < 0)
+        goto fail;
+    if (v->spec->serial) {
+        fds[FD_SERIAL] = kh_sock_listen_at(dirfd, "serial.sock", 4, &err);
+        if (fds[FD_SERIAL] < 0)
+            goto fail;
+    }
+    if (kernel_file) {
+        if ((fds[FD_KERNEL] = open_ro(kernel_file, "boot.kernel", &err)) < 0)
+            goto fail;
+        kernel_arg = xasprintf("/proc/self/fd/%d", FD_KERNEL);
+        if (v->spec->initrd) {
+            if ((fds[FD_INITRD] = open_ro(v->spec->initrd, "boot.initrd", &err)) < 0)
+                goto fail;
+            initrd_arg = xasprintf("/proc/self/fd/%d", FD_INITRD);
+        }
+    }
+    for (size_t i = 0; i < v->spec->ndisks; i++) {
+        const kh_disk_spec *d = &v->spec->disks[i];
+        int fd = open(d->path, (d->readonly ? O_RDONLY : O_RDWR) | O_CLOEXEC);
+        if (fd < 0) {
+            kh_err_errno(&err, errno == ENOENT || errno == EACCES || errno == EROFS
+                                   ? KH_E_INVALID : KH_E_INTERNAL,
+                         errno, "disks[%zu]: cannot open %s", i, d->path);
+            goto fail;
+        }
+        fds[FD_DISK0 + i] = fd;
+        disk_fds[i] = FD_DISK0 + (int)i;
+    }
+    log_fd = open(log_path, O_WRONLY | O_CREAT | O_CLOEXEC | O_NOFOLLOW |
+                  O_TRUNC, 0600);
+
+    kh_argv_env env = {
+        .binary = mgr->qemu_binary,
+        .vm_id = v->id,
+        .accel = mgr->cfg.accel,
+        .qmp_fd = FD_QMP,
+        .serial_fd = v->spec->serial ? FD_SERIAL : -1,
+        .pidfile = pidfile,
+        .vnc_socket = vnc,
+        .kernel_file = kernel_arg,
+        .initrd_file = initrd_arg,
+        .disk_fds = disk_fds,
+    };
+    argv = kh_qemu_argv_build(v->spec, &mgr->cfg.caps, &env, &err);
+    if (!argv)
+        goto fail;
+    if (mgr->cfg.cgroups && mgr->cfg.cgroups->version &&
+        kh_cgroups_vm_create(mgr->cfg.cgroups, v->id, &err) < 0)
+        goto fail;
+
+    kh_process_fd pfds[KH_ARRAY_LEN(fds)];
+    size_t npfds = 0;
+    for (int i = 0; i < (int)KH_ARRAY_LEN(fds); i++)
+        if (fds[i] >= 0)
+            pfds[npfds++] = (kh_process_fd){ fds[i], i };
+    kh_process_spec ps = {
+        .argv = argv->v,
+        .fds = pfds,
+        .nfds = npfds,
+        .log_fd = log_fd,
+        .drop_privileges = mgr->cfg.drop_privileges,
+        .uid = mgr->cfg.uid,
+        .gid = mgr->cfg.gid,
+        .groups = mgr->groups,
+        .ngroups = mgr->cfg.ngroups,
+        .cgroups = mgr->cfg.cgroups,
+        .vm_id = v->id,
+    };
+    if (v->task)
+        kh_task_progress(v->task, 40, "starting QEMU");
+    pid_t pid = kh_process_spawn(&ps, &err);
+    if (pid < 0)
+        goto fail;
+    v->pid = pid;
+    v->is_child = true;
+    v->pid_start = kh_proc_start_time(pid);
+    v->accel = mgr->cfg.accel;
+    v->started_at = kh_wall_time();
+    /* Recorded before anything else can fail: a daemon crash from here on
+     * finds this QEMU and kills or adopts it. */
+    persist_runtime(v);
+    {
+        char *line = kh_strv_join(argv, " ");
+        kh_log(KH_LOG_INFO, "vm.spawn", "vm=%s pid=%d accel=%s", v->spec->name, (int)pid,
+               kh_accel_name(v->accel));
+        kh_log(KH_LOG_DEBUG, "vm.argv", "vm=%s argv=\"%s\"", v->spec->name, line);
+        free(line);
+    }
+    if (watch_pid(v, &err) < 0)
+        goto fail_running;
+
+    /* The listening sockets accept our connection through their backlog
+     * even before QEMU runs its main loop. */
+    qmp_conn = kh_sock_connect_at(dirfd, "qmp.sock", &err);
+    if (qmp_conn < 0)
+        goto fail_running;
+    qmp_open(v);
+    v->qmp = kh_qmp_new(mgr->loop, &qmp_cbs, v->qlink);
+    if (kh_qmp_attach_fd(v->qmp, qmp_conn, &err) < 0)
+        goto fail_running;
+    qmp_conn = -1;
+    if (v->spec->serial) {
+        char *clog = vm_state_path(v, "console.log");
+        v->console = kh_console_new(mgr->loop, clog, CONSOLE_LOG_MAX);
+        free(clog);
+        char note[128], when[32];
+        kh_time_format(kh_wall_time(), when);
+        snprintf(note, sizeof(note), "\r\n[kvmhost: vm started at %s]\r\n", when);
+        kh_console_note(v->console, note);
+        serial_conn = kh_sock_connect_at(dirfd, "serial.sock", &err);
+        if (serial_conn < 0 || kh_console_attach_fd(v->console, serial_conn, &err) < 0)
+            goto fail_running;
+        serial_conn = -1;
+    }
+    if (v->task)
+        kh_task_progress(v->task, 60, "waiting for QEMU");
+    timer_start(v, mgr->cfg.start_timeout_ms, start_deadline);
+    goto out;
+
+fail_running:
+    if (qmp_conn >= 0)
+        close(qmp_conn);
+    if (serial_conn >= 0)
+        close(serial_conn);
+    start_fail(v, &err);
+    goto out;
+fail:
+    kh_err_prefix(&err, "starting vm %s", v->spec->name);
+    start_fail(v, &err);
+    kh_fs_rm_rf(run, NULL);
+out:
+    for (size_t i = 0; i < KH_ARRAY_LEN(fds); i++)
+        if (fds[i] >= 0)
+            close(fds[i]);
+    if (dirfd >= 0)
+        close(dirfd);
+    if (log_fd >= 0)
+        close(log_fd);
+    kh_strv_free(argv);
+    free(run);
+    free(state);
+    free(pidfile);
+    free(vnc);
+    free(log_path);
+    free(kernel_arg);
+    free(initrd_arg);
+}
+
+static void start_resolve_work(uv_work_t *w)
+{
+    start_job *job = w->data;
+    job->kernel_out = kh_kernel_resolve(job->kernel_in, job->cache_dir, &job->err);
+}
+
+static void start_resolve_done(uv_work_t *w, int status)
+{
+    start_job *job = w->data;
+    vm *v = job->v;
+    if (!job->cancelled)
+        v->start_job = NULL;
+    if (status == UV_ECANCELED || job->cancelled) {
+        /* The start was abandoned (kill, delete, shutdown) meanwhile. */
+    } else if (v->state != VM_STARTING || v->pid > 0) {
+        /* Killed while preparing: nothing to do. */
+    } else if (!job->kernel_out) {
+        kh_err_prefix(&job->err, "starting vm %s", v->spec->name);
+        start_fail(v, &job->err);
+    } else {
+        start_spawn(v, job->kernel_out);
+    }
+    free(job->kernel_in);
+    free(job->cache_dir);
+    free(job->kernel_out);
+    free(job);
+}
+
+static void action_start(vm *v)
+{
+    set_state(v, VM_STARTING, "starting");
+    KH_FREE(v->going_down);
+    if (!v->spec->kernel) {
+        start_spawn(v, NULL);
+        return;
+    }
+    kh_task_progress(v->task, 10, "preparing the kernel");
+    /* Decompressing a kernel once takes a second: off the loop thread. */
+    start_job *job = xcalloc(1, sizeof(*job));
+    job->v = v;
+    job->kernel_in = xstrdup(v->spec->kernel);
+    job->cache_dir = xstrdup(v->mgr->kernel_cache);
+    job->work.data = job;
+    v->start_job = job;
+    uv_queue_work(v->mgr->loop, &job->work, start_resolve_work, start_resolve_done);
+}
+
+/* ---- other actions ---- */
+
+static void stop_deadline(uv_timer_t *t)
+{
+    vm *v = t->data;
+    KH_FREE(v->going_down);
+    going_down(v, "stopped: killed after the stop timeout");
+    kill_qemu(v);
+}
+
+static void on_powerdown(kh_qmp *q, json_t *ret, const kh_err *err, void *opaque)
+{
+    (void)q;
+    (void)ret;
+    vm *v = link_vm(opaque);
+    if (v && err && v->state == VM_STOPPING) {
+        /* QMP failed: no graceful path left. */
+        KH_FREE(v->going_down);
+        going_down(v, "stopped: killed (ACPI power-down failed)");
+        kill_qemu(v);
+    }
+}
+
+static void on_simple_reply(kh_qmp *q, json_t *ret, const kh_err *err, void *opaque)
+{
+    (void)q;
+    (void)ret;
+    vm *v = link_vm(opaque);
+    if (!v || !v->task)
+        return;
+    if (err) {
+        kh_err e = KH_ERR_INIT;
+        kh_err_set(&e, KH_E_QEMU, "%s: %s", kh_vm_action_name(v->task_action), err->msg);
+        task_finish_err(v, &e);
+        return;
+    }
+    switch (v->task_action) {
+    case KH_ACTION_PAUSE:
+        set_state(v, VM_PAUSED, "paused");
+        break;
+    case KH_ACTION_RESUME:
+        set_state(v, VM_RUNNING, "resumed");
+        break;
+    case KH_ACTION_REBOOT:
+        kh_events_publish(v->mgr->events, "vm.reset", v->spec->name, NULL);
+        break;
+    default:
+        break;
+    }
+    task_finish_ok(v);
+}
+
+static int stop_timeout(const json_t *opts, unsigned *out, kh_err *err)
+{
+    *out = STOP_TIMEOUT_DEFAULT;
+    json_t *t = opts ? json_object_get(opts, "timeout") : NULL;
+    if (!t)
+        return 0;
+    if (!json_is_integer(t) || json_integer_value(t) < 0 ||
+        json_integer_value(t) > STOP_TIMEOUT_MAX) {
+        kh_err_set(err, KH_E_INVALID, "timeout: must be an integer from 0 to %d seconds",
+                   STOP_TIMEOUT_MAX);
+        return -1;
+    }
+    *out = (unsigned)json_integer_value(t);
+    return 0;
+}
+
+static int check_action(const vm *v, kh_vm_action action, kh_err *err)
+{
+    const char *name = v->spec->name, *st = state_names[v->state];
+    if (action == KH_ACTION_KILL) {
+        if (v->state == VM_STOPPED && !v->task) {
+            kh_err_set(err, KH_E_CONFLICT, "vm %s is not running", name);
+            return -1;
+        }
+        if (v->kill_task) {
+            kh_err_set(err, KH_E_CONFLICT, "vm %s is already being killed", name);
+            return -1;
+        }
+        return 0;
+    }
+    if (v->task) {
+        kh_err_set(err, KH_E_CONFLICT, "vm %s is busy: %s is in progress", name,
+                   kh_vm_action_name(v->task_action));
+        return -1;
+    }
+    bool ok = false;
+    switch (action) {
+    case KH_ACTION_START: ok = v->state == VM_STOPPED; break;
+    case KH_ACTION_STOP: ok = v->state == VM_RUNNING || v->state == VM_PAUSED; break;
+    case KH_ACTION_REBOOT: ok = v->state == VM_RUNNING; break;
+    case KH_ACTION_PAUSE: ok = v->state == VM_RUNNING; break;
+    case KH_ACTION_RESUME: ok = v->state == VM_PAUSED; break;
+    case KH_ACTION_KILL: ok = true; break;
+    }
+    if (!ok) {
+        kh_err_set(err, KH_E_CONFLICT, "cannot %s vm %s: it is %s",
+                   kh_vm_action_name(action) + 3, name, st);
+        return -1;
+    }
+    return 0;
+}
+
+kh_task *kh_manager_action(kh_manager *mgr, const char *name, kh_vm_action action,
+                           const json_t *opts, kh_err *err)
+{
+    vm *v = find(mgr, name, err);
+    if (!v)
+        return NULL;
+    unsigned timeout = 0;
+    if (action == KH_ACTION_STOP && stop_timeout(opts, &timeout, err) < 0)
+        return NULL;
+    if (check_action(v, action, err) < 0)
+        return NULL;
+    kh_task *task = kh_task_new(mgr->tasks, kh_vm_action_name(action), name);
+
+    if (action == KH_ACTION_KILL) {
+        v->kill_task = task;
+        KH_FREE(v->going_down);
+        going_down(v, "killed");
+        if (v->pid > 0) {
+            kill_qemu(v);
+        } else {
+            /* Still preparing (no QEMU yet): the start is abandoned. */
+            kh_err e = KH_ERR_INIT;
+            kh_err_set(&e, KH_E_CONFLICT, "vm %s was killed while starting", name);
+            release_runtime(v);
+            set_state(v, VM_STOPPED, "killed");
+            task_finish_err(v, &e);
+            v->kill_task = NULL;
+            kh_task_succeed(task, vm_json(v));
+        }
+        return task;
+    }
+
+    v->task = task;
+    v->task_action = action;
+    switch (action) {
+    case KH_ACTION_START:
+        action_start(v);
+        break;
+    case KH_ACTION_STOP:
+        set_state(v, VM_STOPPING, "stopping: ACPI power-down requested");
+        if (timeout == 0) {
+            going_down(v, "stopped: killed (timeout 0)");
+            kill_qemu(v);
+            break;
+        }
+        kh_task_progress(task, 20, "waiting for the guest to power off");
+        timer_start(v, (uint64_t)timeout * 1000, stop_deadline);
+        qmp_send(v, "cont", NULL); /* a paused guest cannot see the button */
+        qmp_send(v, "system_powerdown", on_powerdown);
+        break;
+    case KH_ACTION_REBOOT:
+        qmp_send(v, "system_reset", on_simple_reply);
+        break;
+    case KH_ACTION_PAUSE:
+        qmp_send(v, "stop", on_simple_reply);
+        break;
+    case KH_ACTION_RESUME:
+        qmp_send(v, "cont", on_simple_reply);
+        break;
+    case KH_ACTION_KILL:
+        break;
+    }
+    return task;
+}
+
+/* ---- reattach ---- */
+
+static void reattach_status(kh_qmp *q, json_t *ret, const kh_err *err, void *opaque)
+{
+    (void)q;
+    vm *v = link_vm(opaque);
+    if (!v)
+        return;
+    v->reattaching = false;
+    if (err) {
+        kh_log(KH_LOG_WARN, "vm.reattach", "vm=%s error=\"%s\"", v->spec->name, err->msg);
+        return;
+    }
+    const char *status = json_string_value(json_object_get(ret, "status"));
+    bool running = json_is_true(json_object_get(ret, "running"));
+    if (!status)
+        status = "unknown";
+    if (strcmp(status, "prelaunch") == 0) {
+        /* A start the previous daemon never finished: kill, do not guess. */
+        going_down(v, "start interrupted by a daemon restart");
+        kill_qemu(v);
+    } else if (strcmp(status, "shutdown") == 0) {
+        going_down(v, "guest shut down while the daemon was down");
+        qmp_send(v, "quit", NULL);
+    } else if (running) {
+        set_state(v, VM_RUNNING, "reattached after a daemon restart");
+    } else {
+        char why[128];
+        snprintf(why, sizeof(why), "reattached after a daemon restart (QEMU status: %s)",
+                 status);
+        set_state(v, VM_PAUSED, why);
+    }
+}
+
+/* Kill any process left in the VM's cgroup that is not the recorded QEMU. */
+static void kill_strays(vm *v)
+{
+    pid_t *pids = NULL;
+    int n = kh_cgroups_vm_pids(v->mgr->cfg.cgroups, v->id, &pids, NULL);
+    for (int i = 0; i < n; i++) {
+        if (pids[i] == v->pid)
+            continue;
+        kh_log(KH_LOG_WARN, "vm.stray", "vm=%s pid=%d action=kill", v->spec->name, (int)pids[i]);
+        kill(pids[i], SIGKILL);
+    }
+    free(pids);
+}
+
+static void reattach(vm *v)
+{
+    kh_err err = KH_ERR_INIT;
+    bool alive = v->pid > 0 && kh_proc_alive(v->pid, v->pid_start) &&
+                 kh_proc_cmdline_has(v->pid, v->id);
+    if (!alive) {
+        bool had = v->pid > 0 || v->state != VM_STOPPED;
+        v->pid = 0;
+        v->pid_start = 0;
+        kill_strays(v);
+        kh_cgroups_vm_remove(v->mgr->cfg.cgroups, v->id, NULL);
+        char *run = vm_run_path(v, NULL);
+        kh_fs_rm_rf(run, NULL);
+        free(run);
+        if (had)
+            set_state(v, VM_STOPPED, v->state == VM_STARTING && !v->started_at
+                                         ? "start interrupted by a daemon restart"
+                                         : "QEMU exited while the daemon was down");
+        return;
+    }
+    kill_strays(v);
+    v->is_child = false;
+    v->reattaching = true;
+    char *run = vm_run_path(v, NULL);
+    int dirfd = open(run, O_PATH | O_DIRECTORY | O_CLOEXEC);
+    free(run);
+    if (watch_pid(v, &err) < 0 || dirfd < 0)
+        goto fail;
+    int fd = kh_sock_connect_at(dirfd, "qmp.sock", &err);
+    if (fd < 0)
+        goto fail;
+    qmp_open(v);
+    v->qmp = kh_qmp_new(v->mgr->loop, &qmp_cbs, v->qlink);
+    if (kh_qmp_attach_fd(v->qmp, fd, &err) < 0)
+        goto fail;
+    if (v->spec->serial) {
+        char *clog = vm_state_path(v, "console.log");
+        v->console = kh_console_new(v->mgr->loop, clog, CONSOLE_LOG_MAX);
+        free(clog);
+        fd = kh_sock_connect_at(dirfd, "serial.sock", &err);
+        if (fd < 0 || kh_console_attach_fd(v->console, fd, &err) < 0) {
+            if (fd >= 0)
+                close(fd);
+            kh_log(KH_LOG_WARN, "vm.reattach", "vm=%s console=\"%s\"", v->spec->name, err.msg);
+        }
+    }
+    close(dirfd);
+    kh_log(KH_LOG_INFO, "vm.reattach", "vm=%s pid=%d", v->spec->name, (int)v->pid);
+    return;
+fail:
+    if (dirfd >= 0)
+        close(dirfd);
+    /* A QEMU we cannot talk to is of no use and would hold the disks. */
+    kh_log(KH_LOG_ERROR, "vm.reattach", "vm=%s pid=%d error=\"%s\" action=kill", v->spec->name,
+           (int)v->pid, err.msg);
+    going_down(v, "killed: could not reattach after a daemon restart");
+    kill_qemu(v);
+    if (v->pidfd < 0)
+        process_ended(v, -1);
+}
+
+/* ---- create, load, delete ---- */
+
+static vm *vm_new(kh_manager *mgr, const char *id, kh_vm_spec *spec)
+{
+    vm *v = xcalloc(1, sizeof(*v));
+    v->mgr = mgr;
+    snprintf(v->id, sizeof(v->id), "%s", id);
+    v->spec = spec;
+    v->pidfd = -1;
+    /* Keep the list in name order. */
+    vm **pp = &mgr->vms;
+    while (*pp && strcmp((*pp)->spec->name, spec->name) < 0)
+        pp = &(*pp)->next;
+    v->next = *pp;
+    *pp = v;
+    mgr->count++;
+    return v;
+}
+
+static void vm_free(vm *v)
+{
+    release_runtime(v);
+    kh_vm_spec_free(v->spec);
+    free(v->reason);
+    free(v->going_down);
+    free(v);
+}
+
+static int load_row(const kh_vm_row *row, void *opaque)
+{
+    kh_manager *mgr = opaque;
+    kh_err err = KH_ERR_INIT;
+    json_t *j = json_loads(row->spec_json, 0, NULL);
+    kh_vm_spec *spec = j ? kh_vm_spec_from_json(j, &err) : NULL;
+    json_decref(j);
+    if (!spec) {
+        kh_log(KH_LOG_ERROR, "vm.load", "id=%s error=\"%s\"", row->id,
+               err.msg[0] ? err.msg : "unreadable spec");
+        return 0;
+    }
+    vm *v = vm_new(mgr, row->id, spec);
+    for (int s = 0; s < (int)KH_ARRAY_LEN(state_names); s++)
+        if (row->state && strcmp(row->state, state_names[s]) == 0)
+            v->state = (vm_state)s;
+    v->reason = xstrdup(row->state_reason);
+    v->pid = (pid_t)row->pid;
+    v->pid_start = row->pid_start;
+    v->accel = row->accel && strcmp(row->accel, "kvm") == 0 ? KH_ACCEL_KVM : KH_ACCEL_TCG;
+    v->created_at = row->created_at;
+    v->updated_at = row->updated_at;
+    v->started_at = row->started_at;
+    return 0;
+}
+
+kh_manager *kh_manager_new(uv_loop_t *loop, kh_store *store, kh_events *events,
+                           kh_tasks *tasks, const kh_manager_config *cfg, kh_err *err)
+{
+    kh_manager *mgr = xcalloc(1, sizeof(*mgr));
+    mgr->loop = loop;
+    mgr->store = store;
+    mgr->events = events;
+    mgr->tasks = tasks;
+    mgr->cfg = *cfg;
+    if (!mgr->cfg.start_timeout_ms)
+        mgr->cfg.start_timeout_ms = 30000;
+    mgr->state_dir = xstrdup(cfg->state_dir);
+    mgr->run_dir = xstrdup(cfg->run_dir);
+    mgr->qemu_binary = xstrdup(cfg->qemu_binary);
+    mgr->kernel_cache = xasprintf("%s/cache/kernels", cfg->state_dir);
+    if (cfg->ngroups) {
+        mgr->groups = xcalloc(cfg->ngroups, sizeof(gid_t));
+        memcpy(mgr->groups, cfg->groups, cfg->ngroups * sizeof(gid_t));
+    }
+    mgr->cfg.state_dir = mgr->state_dir;
+    mgr->cfg.run_dir = mgr->run_dir;
+    mgr->cfg.qemu_binary = mgr->qemu_binary;
+    mgr->cfg.groups = mgr->groups;
+
+    char *vms_dir = xasprintf("%s/vms", mgr->run_dir);
+    int rc = kh_fs_mkdir_p(vms_dir, 0711, err);
+    free(vms_dir);
+    if (rc < 0 || kh_fs_mkdir_p(mgr->kernel_cache, 0755, err) < 0 ||
+        kh_store_vm_foreach(store, load_row, mgr, err) < 0) {
+        kh_manager_free(mgr);
+        return NULL;
+    }
+    for (vm *v = mgr->vms; v; v = v->next)
+        reattach(v);
+    return mgr;
+}
+
+void kh_manager_free(kh_manager *mgr)
+{
+    if (!mgr)
+        return;
+    for (vm *v = mgr->vms, *n; v; v = n) {
+        n = v->next;
+        /* Tasks in flight end with the daemon; the store marks them failed
+         * at the next start. QEMU keeps running. */
+        vm_free(v);
+    }
+    free(mgr->state_dir);
+    free(mgr->run_dir);
+    free(mgr->qemu_binary);
+    free(mgr->kernel_cache);
+    free(mgr->groups);
+    free(mgr);
+}
+
+json_t *kh_manager_list_json(kh_manager *mgr)
+{
+    json_t *arr = json_array();
+    for (vm *v = mgr->vms; v; v = v->next)
+        json_array_append_new(arr, vm_json(v));
+    return arr;
+}
+
+json_t *kh_manager_vm_json(kh_manager *mgr, const char *name, kh_err *err)
+{
+    vm *v = find(mgr, name, err);
+    return v ? vm_json(v) : NULL;
+}
+
+/* Host-side checks the pure spec validation cannot do: the files exist, are
+ * what the spec says, and a qcow2 has no backing file of its own. */
+static int check_files(const kh_vm_spec *spec, kh_err *err)
+{
+    struct stat st;
+    const char *files[2] = { spec->kernel, spec->initrd };
+    const char *what[2] = { "boot.kernel", "boot.initrd" };
+    for (int i = 0; i < 2; i++) {
+        if (!files[i])
+            continue;
+        if (stat(files[i], &st) < 0 || !S_ISREG(st.st_mode)) {
+            kh_err_set(err, KH_E_INVALID, "%s: %s is not a readable file", what[i], files[i]);
+            return -1;
+        }
+    }
+    for (size_t i = 0; i < spec->ndisks; i++) {
+        const kh_disk_spec *d = &spec->disks[i];
+        if (stat(d->path, &st) < 0 || !(S_ISREG(st.st_mode) || S_ISBLK(st.st_mode))) {
+            kh_err_set(err, KH_E_INVALID, "disks[%zu].path: %s is not a file or block device", i,
+                       d->path);
+            return -1;
+        }
+        if (d->format != KH_DISK_QCOW2)
+            continue;
+        unsigned char hdr[24];
+        int fd = open(d->path, O_RDONLY | O_CLOEXEC);
+        ssize_t n = fd >= 0 ? pread(fd, hdr, sizeof(hdr), 0) : -1;
+        if (fd >= 0)
+            close(fd);
+        if (n != (ssize_t)sizeof(hdr) || memcmp(hdr, "QFI\xfb", 4) != 0) {
+            kh_err_set(err, KH_E_INVALID, "disks[%zu]: %s is not a qcow2 image", i, d->path);
+            return -1;
+        }
+        uint64_t backing = 0;
+        for (int b = 8; b < 16; b++)
+            backing = (backing << 8) | hdr[b];
+        if (backing) {
+            kh_err_set(err, KH_E_INVALID,
+                       "disks[%zu]: %s has a backing file; images with backing files are "
+                       "not accepted as plain disks", i, d->path);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+json_t *kh_manager_create(kh_manager *mgr, const json_t *body, kh_err *err)
+{
+    kh_vm_spec *spec = kh_vm_spec_from_json(body, err);
+    if (!spec)
+        return NULL;
+    for (vm *o = mgr->vms; o; o = o->next) {
+        if (strcmp(o->spec->name, spec->name) == 0) {
+            kh_err_set(err, KH_E_CONFLICT, "a vm named %s already exists", spec->name);
+            kh_vm_spec_free(spec);
+            return NULL;
+        }
+    }
+    if (check_files(spec, err) < 0) {
+        kh_vm_spec_free(spec);
+        return NULL;
+    }
+    char id[37];
+    kh_uuid_generate(id);
+    json_t *sj = kh_vm_spec_to_json(spec);
+    char *text = json_dumps(sj, JSON_COMPACT | JSON_SORT_KEYS);
+    json_decref(sj);
+    double now = kh_wall_time();
+    kh_vm_row row;
+    memset(&row, 0, sizeof(row));
+    memcpy(row.id, id, sizeof(id));
+    row.name = spec->name;
+    row.spec_json = text;
+    row.state = (char *)(uintptr_t)"stopped";
+    row.state_reason = (char *)(uintptr_t)"created";
+    row.created_at = row.updated_at = now;
+    int rc = kh_store_vm_insert(mgr->store, &row, err);
+    free(text);
+    if (rc < 0) {
+        kh_vm_spec_free(spec);
+        return NULL;
+    }
+    vm *v = vm_new(mgr, id, spec);
+    v->reason = xstrdup("created");
+    v->created_at = v->updated_at = now;
+    kh_log(KH_LOG_INFO, "vm.create", "vm=%s id=%s", spec->name, id);
+    json_t *j = vm_json(v);
+    kh_events_publish(mgr->events, "vm.created", spec->name, json_incref(j));
+    return j;
+}
+
+json_t *kh_manager_patch(kh_manager *mgr, const char *name, const json_t *patch, kh_err *err)
+{
+    vm *v = find(mgr, name, err);
+    if (!v)
+        return NULL;
+    if (v->state != VM_STOPPED || v->task) {
+        const char *key;
+        json_t *val;
+        json_object_foreach((json_t *)(uintptr_t)patch, key, val) {
+            if (strcmp(key, "description") != 0) {
+                kh_err_set(err, KH_E_CONFLICT,
+                           "vm %s is %s: only description can change now; stop it to "
+                           "change %s", name, state_names[v->state], key);
+                return NULL;
+            }
+        }
+    }
+    kh_vm_spec *next = kh_vm_spec_dup(v->spec);
+    if (kh_vm_spec_patch(next, patch, err) < 0 || check_files(next, err) < 0) {
+        kh_vm_spec_free(next);
+        return NULL;
+    }
+    json_t *sj = kh_vm_spec_to_json(next);
+    char *text = json_dumps(sj, JSON_COMPACT | JSON_SORT_KEYS);
+    json_decref(sj);
+    double now = kh_wall_time();
+    int rc = kh_store_vm_update_spec(mgr->store, v->id, text, now, err);
+    free(text);
+    if (rc < 0) {
+        kh_vm_spec_free(next);
+        return NULL;
+    }
+    kh_vm_spec_free(v->spec);
+    v->spec = next;
+    v->updated_at = now;
+    json_t *j = vm_json(v);
+    kh_events_publish(mgr->events, "vm.updated", name, json_incref(j));
+    return j;
+}
+
+int kh_manager_delete(kh_manager *mgr, const char *name, kh_err *err)
+{
+    vm *v = find(mgr, name, err);
+    if (!v)
+        return -1;
+    if (v->state != VM_STOPPED || v->task || v->pid > 0) {
+        kh_err_set(err, KH_E_CONFLICT, "vm %s is %s: stop it before deleting it", name,
+                   state_names[v->state]);
+        return -1;
+    }
+    if (kh_store_vm_delete(mgr->store, v->id, err) < 0)
+        return -1;
+    char *dir = vm_state_path(v, NULL);
+    kh_fs_rm_rf(dir, NULL);
+    free(dir);
+    for (vm **pp = &mgr->vms; *pp; pp = &(*pp)->next) {
+        if (*pp == v) {
+            *pp = v->next;
+            break;
+        }
+    }
+    mgr->count--;
+    kh_log(KH_LOG_INFO, "vm.delete", "vm=%s id=%s", name, v->id);
+    kh_events_publish(mgr->events, "vm.deleted", name, json_pack("{s:s}", "id", v->id));
+    vm_free(v);
+    return 0;
+}
+
+kh_console *kh_manager_console(kh_manager *mgr, const char *name, kh_err *err)
+{
+    vm *v = find(mgr, name, err);
+    if (!v)
+        return NULL;
+    if (!v->console || v->pid <= 0) {
+        kh_err_set(err, KH_E_CONFLICT, "vm %s has no console now: it is %s%s", name,
+                   state_names[v->state], v->spec->serial ? "" : " (serial is off)");
+        return NULL;
+    }
+    return v->console;
+}
+
+char *kh_manager_console_log(kh_manager *mgr, const char *name, size_t tail, size_t *len,
+                             kh_err *err)
+{
+    vm *v = find(mgr, name, err);
+    if (!v)
+        return NULL;
+    char *path = vm_state_path(v, "console.log");
+    char *text = kh_console_log_read(path, tail, len, err);
+    free(path);
+    return text;
+}
+
+void kh_manager_counts(const kh_manager *mgr, unsigned *total, unsigned *running)
+{
+    *total = mgr->count;
+    *running = 0;
+    for (const vm *v = mgr->vms; v; v = v->next)
+        *running += v->state == VM_RUNNING || v->state == VM_PAUSED;
+}

@@ -1,0 +1,97 @@
+/* manager.h - the VMs of this host and their lifecycle.
+ *
+ * The manager owns every VM: its spec (from the store), its state machine
+ * and, while it runs, its QEMU process, QMP connection, console and cgroup.
+ * It runs on the loop thread; actions are tasks (vm/task.h) and every state
+ * change is written to the store and published as a "vm.state" event.
+ *
+ * State machine (one action at a time per VM; kill is always accepted while
+ * a QEMU exists):
+ *
+ *   stopped --start--> starting --QMP ready + cont--> running
+ *   running --pause--> paused --resume--> running
+ *   running|paused --stop--> stopping --(guest powers off | timeout: kill)--> stopped
+ *   any but stopped --kill--> stopped
+ *   QEMU exits for any reason --> stopped (state_reason says why)
+ *
+ * Restart safety: QEMU runs in its own session and cgroup, with its pid and
+ * start time recorded before `cont`. kh_manager_new() reattaches to every
+ * QEMU that still runs (QMP and console again), reconciles the ones that
+ * ended meanwhile, and kills the QEMU of a start that never completed.
+ */
+#ifndef KH_VM_MANAGER_H
+#define KH_VM_MANAGER_H
+
+#include <jansson.h>
+#include <stdbool.h>
+#include <sys/types.h>
+#include <uv.h>
+
+#include "host/cgroup.h"
+#include "qemu/accel.h"
+#include "qemu/argv.h"
+#include "store/store.h"
+#include "util/err.h"
+#include "vm/console.h"
+#include "vm/event.h"
+#include "vm/task.h"
+
+typedef struct kh_manager kh_manager;
+
+typedef struct kh_manager_config {
+    const char *state_dir;     /* kvmhost.db, vms/<id>/{console.log,qemu.log}, cache/ */
+    const char *run_dir;       /* vms/<id>/{qmp.sock,serial.sock,qemu.pid,vnc.sock} */
+    const char *qemu_binary;
+    kh_qemu_caps caps;
+    kh_accel accel;
+    const kh_cgroups *cgroups;
+    bool drop_privileges;      /* run QEMU as uid/gid/groups */
+    uid_t uid;
+    gid_t gid;
+    const gid_t *groups;
+    size_t ngroups;
+    unsigned start_timeout_ms; /* QMP ready deadline; 0 = 30 s */
+} kh_manager_config;
+
+typedef enum kh_vm_action {
+    KH_ACTION_START,
+    KH_ACTION_STOP,
+    KH_ACTION_KILL,
+    KH_ACTION_REBOOT,
+    KH_ACTION_PAUSE,
+    KH_ACTION_RESUME,
+} kh_vm_action;
+
+/* Load the VMs from the store and reattach to running QEMUs (asynchronously:
+ * the states settle within the next loop iterations). cfg is copied. */
+kh_manager *kh_manager_new(uv_loop_t *loop, kh_store *store, kh_events *events,
+                           kh_tasks *tasks, const kh_manager_config *cfg, kh_err *err);
+/* Detach from every QEMU without touching it (daemon shutdown). */
+void kh_manager_free(kh_manager *mgr);
+
+json_t *kh_manager_list_json(kh_manager *mgr);
+json_t *kh_manager_vm_json(kh_manager *mgr, const char *name, kh_err *err);
+/* Create from a spec object; returns the VM object. */
+json_t *kh_manager_create(kh_manager *mgr, const json_t *spec, kh_err *err);
+json_t *kh_manager_patch(kh_manager *mgr, const char *name, const json_t *patch, kh_err *err);
+int kh_manager_delete(kh_manager *mgr, const char *name, kh_err *err);
+
+/* Check and begin an action. opts may hold "timeout" (stop). Returns the
+ * running task, or NULL with err set (KH_E_CONFLICT when the state forbids
+ * it, KH_E_NOTFOUND, KH_E_INVALID for bad opts) and nothing changed. */
+kh_task *kh_manager_action(kh_manager *mgr, const char *name, kh_vm_action action,
+                           const json_t *opts, kh_err *err);
+const char *kh_vm_action_name(kh_vm_action action);
+
+/* The console of a running VM (KH_E_CONFLICT when it is not running). The
+ * pointer is valid until the VM stops; viewers learn it via on_closed. */
+kh_console *kh_manager_console(kh_manager *mgr, const char *name, kh_err *err);
+/* The console log of any VM (the last `tail` bytes, 0 = all). */
+char *kh_manager_console_log(kh_manager *mgr, const char *name, size_t tail, size_t *len,
+                             kh_err *err);
+
+/* A child process ended (the daemon's SIGCHLD reaper calls this). */
+void kh_manager_child_exited(kh_manager *mgr, pid_t pid, int status);
+void kh_manager_counts(const kh_manager *mgr, unsigned *total, unsigned *running);
+
+#endif
