@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Install what kvmhost needs to build, run and test on Debian 12, and the
+# unprivileged user QEMU runs as. Idempotent; apt-get runs only when a
+# package is missing.
+set -euo pipefail
+
+BUILD_PKGS=(gcc clang meson ninja-build pkg-config
+  libjansson-dev libuv1-dev libsqlite3-dev libmicrohttpd-dev libcurl4-openssl-dev
+  libwslay-dev liblzma-dev zlib1g-dev libzstd-dev libssl-dev libseccomp-dev)
+RUN_PKGS=(qemu-system-x86 qemu-utils sqlite3)
+TEST_PKGS=(busybox-static cpio e2fsprogs xz-utils zstd python3 python3-pytest python3-websocket
+  clang-tidy cppcheck libclang-rt-14-dev)
+
+want=("${BUILD_PKGS[@]}" "${RUN_PKGS[@]}")
+[ "${1:-}" = "--test" ] && want+=("${TEST_PKGS[@]}")
+
+missing=()
+for p in "${want[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "kvmhost: these packages are missing: ${missing[*]}; run as root to install them" >&2
+    exit 1
+  fi
+  echo "kvmhost: installing ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# QEMU never runs as root: it runs as this system user (in group kvm for
+# /dev/kvm where KVM works).
+if [ "$(id -u)" -eq 0 ] && ! getent passwd kvmhost-qemu >/dev/null; then
+  getent group kvm >/dev/null || groupadd --system kvm
+  useradd --system --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin \
+    --groups kvm kvmhost-qemu
+  echo "kvmhost: created system user kvmhost-qemu"
+fi

@@ -1,0 +1,98 @@
+#!/usr/bin/env bash
+# The whole test suite: what `make test` and CI run.
+#
+#   1. unit tests, normal build (build/)
+#   2. unit tests, ASan+UBSan build (build-asan/)
+#   3. lint: cppcheck and clang-tidy over src/
+#   4. fuzz smoke: each libFuzzer target for a bounded number of runs
+#   5. black-box tests: the real daemon (ASan+UBSan build) in temp dirs,
+#      real QEMU guests under whatever accelerator the host can run
+#
+# Ends with one line "kvmhost: N passed, N failed".
+set -uo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+BUILD=${BUILD:-build}
+ASAN=${ASAN:-build-asan}
+FUZZ=${FUZZ:-build-fuzz}
+LOGS=${KH_TEST_LOGS:-$ROOT/test-logs}
+mkdir -p "$LOGS"
+
+passed=0
+failed=0
+failures=()
+
+stage() { printf '\n=== %s\n' "$*"; }
+ok() { passed=$((passed + ${2:-1})); printf -- '--- ok: %s\n' "$1"; }
+bad() { failed=$((failed + ${2:-1})); failures+=("$1"); printf -- '--- FAILED: %s\n' "$1"; }
+
+stage "dependencies"
+scripts/install-deps.sh --test || { echo "cannot install dependencies"; exit 1; }
+
+# meson test: count its Ok/Fail lines.
+meson_tests() {
+  local dir=$1 name=$2 out
+  out=$(meson test -C "$dir" --suite unit --print-errorlogs --num-processes 2 2>&1)
+  local rc=$?
+  echo "$out" | tail -n 25
+  local okn failn
+  okn=$(echo "$out" | sed -n 's/^Ok:[[:space:]]*\([0-9]*\).*/\1/p' | tail -1)
+  failn=$(echo "$out" | sed -n 's/^Fail:[[:space:]]*\([0-9]*\).*/\1/p' | tail -1)
+  okn=${okn:-0}; failn=${failn:-0}
+  [ "$rc" -ne 0 ] && [ "$failn" -eq 0 ] && failn=1
+  [ "$okn" -gt 0 ] && ok "$name ($okn suites)" "$okn"
+  [ "$failn" -gt 0 ] && bad "$name ($failn suites)" "$failn"
+}
+
+stage "build and unit tests"
+if { [ -f "$BUILD/build.ninja" ] || meson setup "$BUILD" >"$LOGS/setup.log" 2>&1; } &&
+   ninja -C "$BUILD" >"$LOGS/build.log" 2>&1; then
+  meson_tests "$BUILD" "unit tests"
+else
+  tail -n 40 "$LOGS/build.log" "$LOGS/setup.log" 2>/dev/null
+  bad "build"
+fi
+
+stage "ASan+UBSan build and unit tests"
+if { [ -f "$ASAN/build.ninja" ] ||
+     meson setup "$ASAN" -Db_sanitize=address,undefined -Db_lundef=false \
+       -Dbuildtype=debug >"$LOGS/setup-asan.log" 2>&1; } &&
+   ninja -C "$ASAN" >"$LOGS/build-asan.log" 2>&1; then
+  UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 meson_tests "$ASAN" "unit tests (ASan+UBSan)"
+else
+  tail -n 40 "$LOGS/build-asan.log" 2>/dev/null
+  bad "ASan build"
+fi
+
+stage "lint"
+if scripts/lint.sh "$BUILD" >"$LOGS/lint.log" 2>&1; then ok "lint (cppcheck, clang-tidy)"
+else tail -n 60 "$LOGS/lint.log"; bad "lint"; fi
+
+stage "fuzz smoke"
+if scripts/fuzz.sh smoke >"$LOGS/fuzz.log" 2>&1; then ok "fuzz smoke"
+else tail -n 40 "$LOGS/fuzz.log"; bad "fuzz smoke"; fi
+
+stage "test guest"
+if tests/guest/build.sh >"$LOGS/guest.log" 2>&1; then ok "test guest"
+else tail -n 40 "$LOGS/guest.log"; bad "test guest"; fi
+
+stage "black-box tests (real daemon, real QEMU)"
+export KH_BUILD_DIR=$ROOT/$ASAN
+export ASAN_OPTIONS=detect_leaks=1:abort_on_error=0
+export UBSAN_OPTIONS=print_stacktrace=1
+out=$(/usr/bin/python3 -m pytest -q -p no:cacheprovider tests/blackbox 2>&1)
+echo "$out" | tail -n 60
+summary=$(echo "$out" | grep -E '^[0-9]+ (passed|failed)|^=+ .*(passed|failed)' | tail -1)
+pp=$(echo "$summary" | grep -oE '[0-9]+ passed' | grep -oE '[0-9]+'); pp=${pp:-0}
+pf=$(echo "$summary" | grep -oE '[0-9]+ failed' | grep -oE '[0-9]+'); pf=${pf:-0}
+pe=$(echo "$summary" | grep -oE '[0-9]+ error' | grep -oE '[0-9]+'); pe=${pe:-0}
+[ "$pp" -gt 0 ] && ok "black-box ($pp tests)" "$pp"
+[ $((pf + pe)) -gt 0 ] && bad "black-box ($pf failed, $pe errors)" $((pf + pe))
+[ "$pp" -eq 0 ] && [ $((pf + pe)) -eq 0 ] && bad "black-box (no test ran)"
+
+echo
+if [ ${#failures[@]} -gt 0 ]; then
+  printf 'failed stages:\n'; printf '  %s\n' "${failures[@]}"
+fi
+echo "kvmhost: $passed passed, $failed failed"
+[ "$failed" -eq 0 ]
