@@ -6,7 +6,7 @@ ASAN ?= build-asan
 
 # Install dependencies, build, and run kvmhostd with its defaults.
 run:
-	scripts/run-daemon.sh
+	scripts/run-daemon.sh $(ARGS)
 
 # Everything CI runs: unit tests (normal and ASan+UBSan builds), lint, the
 # test guest, and the black-box tests against the real daemon and QEMU.
