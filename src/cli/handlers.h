@@ -1,0 +1,23 @@
+/* handlers.h - what each command of the table does (handlers.c). Each
+ * returns an exit status >= 0, or -1 with err set (the caller prints it
+ * and exits with kh_code_exit_status). */
+#ifndef KH_CLI_HANDLERS_H
+#define KH_CLI_HANDLERS_H
+
+#include "cli/commands.h"
+
+int cli_do_vm_create(cli_ctx *ctx, const cli_args *a, kh_err *err);
+int cli_do_vm_list(cli_ctx *ctx, const cli_args *a, kh_err *err);
+int cli_do_vm_show(cli_ctx *ctx, const cli_args *a, kh_err *err);
+int cli_do_vm_edit(cli_ctx *ctx, const cli_args *a, kh_err *err);
+int cli_do_vm_action(cli_ctx *ctx, const cli_args *a, kh_err *err);
+int cli_do_vm_delete(cli_ctx *ctx, const cli_args *a, kh_err *err);
+int cli_do_vm_console(cli_ctx *ctx, const cli_args *a, kh_err *err);
+int cli_do_vm_log(cli_ctx *ctx, const cli_args *a, kh_err *err);
+int cli_do_host_show(cli_ctx *ctx, const cli_args *a, kh_err *err);
+int cli_do_task_show(cli_ctx *ctx, const cli_args *a, kh_err *err);
+int cli_do_task_list(cli_ctx *ctx, const cli_args *a, kh_err *err);
+int cli_do_events(cli_ctx *ctx, const cli_args *a, kh_err *err);
+int cli_do_version(cli_ctx *ctx, const cli_args *a, kh_err *err);
+
+#endif
