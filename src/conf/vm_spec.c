@@ -1,0 +1,485 @@
+/* vm_spec.c - parse, validate, print and patch the user's VM spec.
+ *
+ * Everything that comes from a request goes through spec_parse(): unknown
+ * keys are rejected first (no mass assignment), then each field is checked
+ * for type and range, then the fields are checked together. Every message
+ * names the field ("disks[1].format: must be ..."). No file-system access.
+ */
+#include "conf/vm_spec.h"
+
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "util/check.h"
+#include "util/mem.h"
+
+/* Longest field label we print: "disks[15].readonly" and the like. */
+#define FIELD_MAX 64
+
+static const char *const top_keys[] = {
+    "name", "vcpus", "memory_mib", "machine", "boot", "disks", "serial", "graphics",
+    "description", NULL,
+};
+static const char *const boot_keys[] = { "kernel", "initrd", "cmdline", NULL };
+static const char *const disk_keys[] = { "path", "format", "readonly", NULL };
+/* What PATCH may touch: everything but the name. */
+static const char *const patch_keys[] = {
+    "vcpus", "memory_mib", "machine", "boot", "disks", "serial", "graphics", "description",
+    NULL,
+};
+
+/* jansson's iterators take a non-const object but do not change it. */
+static json_t *unconst(const json_t *j)
+{
+    return (json_t *)(uintptr_t)j;
+}
+
+static bool key_in(const char *key, size_t len, const char *const *allowed)
+{
+    if (strlen(key) != len) /* a key with a NUL byte in it */
+        return false;
+    for (size_t i = 0; allowed[i]; i++)
+        if (strcmp(key, allowed[i]) == 0)
+            return true;
+    return false;
+}
+
+/* Is key fit to be quoted back in a message (printable ASCII, short)? */
+static bool key_printable(const char *key, size_t len)
+{
+    if (len == 0 || len > 64 || strlen(key) != len)
+        return false;
+    for (size_t i = 0; i < len; i++)
+        if (key[i] <= 0x20 || key[i] >= 0x7f)
+            return false;
+    return true;
+}
+
+static void err_unknown_key(const char *prefix, const char *key, size_t len, kh_err *err)
+{
+    if (key_printable(key, len))
+        kh_err_set(err, KH_E_INVALID, "%s%s: unknown field", prefix, key);
+    else
+        kh_err_set(err, KH_E_INVALID, "%sunknown field (a key with unprintable characters)",
+                   prefix);
+}
+
+/* Reject the first key of obj (in document order) that is not allowed. */
+static int check_keys(const json_t *obj, const char *const *allowed, const char *prefix,
+                      kh_err *err)
+{
+    const char *key;
+    size_t len;
+    json_t *val;
+    json_t *o = unconst(obj);
+    json_object_keylen_foreach(o, key, len, val) {
+        (void)val;
+        if (!key_in(key, len, allowed)) {
+            err_unknown_key(prefix, key, len, err);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+/* A string field: NULL with err set unless it is a JSON string without NUL
+ * bytes (a loader with JSON_ALLOW_NUL would otherwise cut it short). */
+static const char *get_string(const json_t *v, const char *field, kh_err *err)
+{
+    if (!json_is_string(v)) {
+        kh_err_set(err, KH_E_INVALID, "%s: must be a string", field);
+        return NULL;
+    }
+    const char *s = json_string_value(v);
+    if (strlen(s) != json_string_length(v)) {
+        kh_err_set(err, KH_E_INVALID, "%s: must not contain NUL characters", field);
+        return NULL;
+    }
+    return s;
+}
+
+static int get_uint(const json_t *v, const char *field, unsigned long long min,
+                    unsigned long long max, unsigned long long *out, kh_err *err)
+{
+    if (!v) {
+        kh_err_set(err, KH_E_INVALID, "%s is required", field);
+        return -1;
+    }
+    if (!json_is_integer(v) || json_integer_value(v) < 0 ||
+        (unsigned long long)json_integer_value(v) < min ||
+        (unsigned long long)json_integer_value(v) > max) {
+        kh_err_set(err, KH_E_INVALID, "%s: must be an integer between %llu and %llu", field,
+                   min, max);
+        return -1;
+    }
+    *out = (unsigned long long)json_integer_value(v);
+    return 0;
+}
+
+static int get_bool(const json_t *v, const char *field, bool *out, kh_err *err)
+{
+    if (!json_is_boolean(v)) {
+        kh_err_set(err, KH_E_INVALID, "%s: must be true or false", field);
+        return -1;
+    }
+    *out = json_is_true(v);
+    return 0;
+}
+
+/* A string that must be one of names[0..n); its index goes to *out. */
+static int get_enum(const json_t *v, const char *field, const char *const *names, size_t n,
+                    int *out, kh_err *err)
+{
+    const char *s = json_is_string(v) ? json_string_value(v) : NULL;
+    for (size_t i = 0; s && i < n; i++) {
+        if (strlen(s) == json_string_length(v) && strcmp(s, names[i]) == 0) {
+            *out = (int)i;
+            return 0;
+        }
+    }
+    /* "must be "a" or "b"" or "must be one of ..." for longer lists */
+    char list[128] = "";
+    for (size_t i = 0; i < n; i++) {
+        size_t len = strlen(list);
+        snprintf(list + len, sizeof(list) - len, "%s\"%s\"",
+                 i == 0 ? "" : (i + 1 == n ? " or " : ", "), names[i]);
+    }
+    kh_err_set(err, KH_E_INVALID, "%s: must be %s", field, list);
+    return -1;
+}
+
+static const char *const machine_names[] = { [KH_MACHINE_Q35] = "q35",
+                                             [KH_MACHINE_MICROVM] = "microvm" };
+static const char *const format_names[] = { [KH_DISK_RAW] = "raw", [KH_DISK_QCOW2] = "qcow2" };
+static const char *const graphics_names[] = { [KH_GRAPHICS_NONE] = "none",
+                                              [KH_GRAPHICS_VNC] = "vnc" };
+
+const char *kh_machine_name(kh_machine m)
+{
+    return (size_t)m < KH_ARRAY_LEN(machine_names) ? machine_names[m] : "unknown";
+}
+
+const char *kh_disk_format_name(kh_disk_format f)
+{
+    return (size_t)f < KH_ARRAY_LEN(format_names) ? format_names[f] : "unknown";
+}
+
+static const char *graphics_name(kh_graphics g)
+{
+    return (size_t)g < KH_ARRAY_LEN(graphics_names) ? graphics_names[g] : "unknown";
+}
+
+/* Free what the spec owns, not the struct. */
+static void spec_clear(kh_vm_spec *spec)
+{
+    free(spec->name);
+    free(spec->kernel);
+    free(spec->initrd);
+    free(spec->cmdline);
+    for (size_t i = 0; i < spec->ndisks; i++)
+        free(spec->disks[i].path);
+    free(spec->disks);
+    free(spec->description);
+    memset(spec, 0, sizeof(*spec));
+}
+
+void kh_vm_spec_free(kh_vm_spec *spec)
+{
+    if (!spec)
+        return;
+    spec_clear(spec);
+    free(spec);
+}
+
+static int parse_boot(kh_vm_spec *spec, const json_t *boot, kh_err *err)
+{
+    if (!json_is_object(boot)) {
+        kh_err_set(err, KH_E_INVALID, "boot: must be an object");
+        return -1;
+    }
+    if (check_keys(boot, boot_keys, "boot.", err) < 0)
+        return -1;
+    const json_t *v;
+    const char *s;
+    if ((v = json_object_get(boot, "kernel"))) {
+        if (!(s = get_string(v, "boot.kernel", err)) ||
+            kh_check_abs_path(s, "boot.kernel", err) < 0)
+            return -1;
+        spec->kernel = xstrdup(s);
+    }
+    if ((v = json_object_get(boot, "initrd"))) {
+        if (!(s = get_string(v, "boot.initrd", err)) ||
+            kh_check_abs_path(s, "boot.initrd", err) < 0)
+            return -1;
+        spec->initrd = xstrdup(s);
+    }
+    if ((v = json_object_get(boot, "cmdline"))) {
+        if (!(s = get_string(v, "boot.cmdline", err)) ||
+            kh_check_text(s, KH_VM_CMDLINE_MAX, "boot.cmdline", err) < 0)
+            return -1;
+        if (*s) /* "" means no command line */
+            spec->cmdline = xstrdup(s);
+    }
+    if (!spec->kernel && spec->initrd) {
+        kh_err_set(err, KH_E_INVALID, "boot.initrd: requires boot.kernel");
+        return -1;
+    }
+    if (!spec->kernel && spec->cmdline) {
+        kh_err_set(err, KH_E_INVALID, "boot.cmdline: requires boot.kernel");
+        return -1;
+    }
+    return 0;
+}
+
+static int parse_disk(kh_disk_spec *d, const json_t *obj, size_t i, kh_err *err)
+{
+    char prefix[FIELD_MAX], field[FIELD_MAX];
+    snprintf(prefix, sizeof(prefix), "disks[%zu].", i);
+    if (!json_is_object(obj)) {
+        kh_err_set(err, KH_E_INVALID, "disks[%zu]: must be an object", i);
+        return -1;
+    }
+    if (check_keys(obj, disk_keys, prefix, err) < 0)
+        return -1;
+
+    snprintf(field, sizeof(field), "disks[%zu].path", i);
+    const json_t *v = json_object_get(obj, "path");
+    const char *s;
+    if (!v) {
+        kh_err_set(err, KH_E_INVALID, "%s is required", field);
+        return -1;
+    }
+    if (!(s = get_string(v, field, err)) || kh_check_abs_path(s, field, err) < 0)
+        return -1;
+    d->path = xstrdup(s);
+
+    /* The format is the user's word, never guessed from the file. */
+    snprintf(field, sizeof(field), "disks[%zu].format", i);
+    if (!(v = json_object_get(obj, "format"))) {
+        kh_err_set(err, KH_E_INVALID, "%s is required (\"raw\" or \"qcow2\")", field);
+        return -1;
+    }
+    int fmt;
+    if (get_enum(v, field, format_names, KH_ARRAY_LEN(format_names), &fmt, err) < 0)
+        return -1;
+    d->format = (kh_disk_format)fmt;
+
+    snprintf(field, sizeof(field), "disks[%zu].readonly", i);
+    d->readonly = false;
+    if ((v = json_object_get(obj, "readonly")) && get_bool(v, field, &d->readonly, err) < 0)
+        return -1;
+    return 0;
+}
+
+static int parse_disks(kh_vm_spec *spec, const json_t *arr, kh_err *err)
+{
+    if (!json_is_array(arr)) {
+        kh_err_set(err, KH_E_INVALID, "disks: must be an array");
+        return -1;
+    }
+    size_t n = json_array_size(arr);
+    if (n > KH_VM_DISKS_MAX) {
+        kh_err_set(err, KH_E_INVALID, "disks: at most %d disks (got %zu)", KH_VM_DISKS_MAX, n);
+        return -1;
+    }
+    if (n == 0)
+        return 0;
+    spec->disks = xcalloc(n, sizeof(*spec->disks));
+    for (size_t i = 0; i < n; i++) {
+        /* count as we go so spec_clear() frees exactly what was set */
+        spec->ndisks = i + 1;
+        if (parse_disk(&spec->disks[i], json_array_get(arr, i), i, err) < 0)
+            return -1;
+        for (size_t j = 0; j < i; j++) {
+            if (strcmp(spec->disks[i].path, spec->disks[j].path) == 0) {
+                kh_err_set(err, KH_E_INVALID, "disks[%zu].path: same file as disks[%zu]", i, j);
+                return -1;
+            }
+        }
+    }
+    return 0;
+}
+
+/* Checks that need several fields. */
+static int spec_check_whole(const kh_vm_spec *spec, kh_err *err)
+{
+    if (spec->machine == KH_MACHINE_MICROVM && !spec->kernel) {
+        kh_err_set(err, KH_E_INVALID,
+                   "machine: \"microvm\" requires boot.kernel (it cannot boot from a disk)");
+        return -1;
+    }
+    if (spec->machine == KH_MACHINE_MICROVM && spec->graphics != KH_GRAPHICS_NONE) {
+        kh_err_set(err, KH_E_INVALID, "graphics: \"%s\" is not available with machine \"microvm\"",
+                   graphics_name(spec->graphics));
+        return -1;
+    }
+    return 0;
+}
+
+static int spec_parse(kh_vm_spec *spec, const json_t *obj, kh_err *err)
+{
+    if (!json_is_object(obj)) {
+        kh_err_set(err, KH_E_INVALID, "vm spec: must be a JSON object");
+        return -1;
+    }
+    if (check_keys(obj, top_keys, "", err) < 0)
+        return -1;
+
+    const json_t *v;
+    const char *s;
+    if (!(v = json_object_get(obj, "name"))) {
+        kh_err_set(err, KH_E_INVALID, "vm name is required");
+        return -1;
+    }
+    if (!(s = get_string(v, "name", err)) || kh_check_name(s, "vm name", err) < 0)
+        return -1;
+    spec->name = xstrdup(s);
+
+    unsigned long long u;
+    if (get_uint(json_object_get(obj, "vcpus"), "vcpus", 1, KH_VM_VCPUS_MAX, &u, err) < 0)
+        return -1;
+    spec->vcpus = (unsigned)u;
+    if (get_uint(json_object_get(obj, "memory_mib"), "memory_mib", KH_VM_MEMORY_MIN_MIB,
+                 KH_VM_MEMORY_MAX_MIB, &u, err) < 0)
+        return -1;
+    spec->memory_mib = u;
+
+    int e;
+    spec->machine = KH_MACHINE_Q35;
+    if ((v = json_object_get(obj, "machine"))) {
+        if (get_enum(v, "machine", machine_names, KH_ARRAY_LEN(machine_names), &e, err) < 0)
+            return -1;
+        spec->machine = (kh_machine)e;
+    }
+    if ((v = json_object_get(obj, "boot")) && parse_boot(spec, v, err) < 0)
+        return -1;
+    if ((v = json_object_get(obj, "disks")) && parse_disks(spec, v, err) < 0)
+        return -1;
+    spec->serial = true;
+    if ((v = json_object_get(obj, "serial")) && get_bool(v, "serial", &spec->serial, err) < 0)
+        return -1;
+    spec->graphics = KH_GRAPHICS_NONE;
+    if ((v = json_object_get(obj, "graphics"))) {
+        if (get_enum(v, "graphics", graphics_names, KH_ARRAY_LEN(graphics_names), &e, err) < 0)
+            return -1;
+        spec->graphics = (kh_graphics)e;
+    }
+    if ((v = json_object_get(obj, "description"))) {
+        if (!(s = get_string(v, "description", err)) ||
+            kh_check_text(s, KH_VM_DESCRIPTION_MAX, "description", err) < 0)
+            return -1;
+        if (*s) /* "" means none */
+            spec->description = xstrdup(s);
+    }
+    return spec_check_whole(spec, err);
+}
+
+kh_vm_spec *kh_vm_spec_from_json(const json_t *obj, kh_err *err)
+{
+    kh_vm_spec *spec = xcalloc(1, sizeof(*spec));
+    if (spec_parse(spec, obj, err) < 0) {
+        kh_vm_spec_free(spec);
+        return NULL;
+    }
+    return spec;
+}
+
+/* Keys in the documented order; "boot" is {} and "description" "" when
+ * unset, so the shape is the same for every VM. */
+json_t *kh_vm_spec_to_json(const kh_vm_spec *spec)
+{
+    json_t *o = json_object();
+    json_object_set_new(o, "name", json_string(spec->name ? spec->name : ""));
+    json_object_set_new(o, "vcpus", json_integer((json_int_t)spec->vcpus));
+    json_object_set_new(o, "memory_mib", json_integer((json_int_t)spec->memory_mib));
+    json_object_set_new(o, "machine", json_string(kh_machine_name(spec->machine)));
+    json_t *boot = json_object();
+    if (spec->kernel)
+        json_object_set_new(boot, "kernel", json_string(spec->kernel));
+    if (spec->initrd)
+        json_object_set_new(boot, "initrd", json_string(spec->initrd));
+    if (spec->cmdline)
+        json_object_set_new(boot, "cmdline", json_string(spec->cmdline));
+    json_object_set_new(o, "boot", boot);
+    json_t *disks = json_array();
+    for (size_t i = 0; i < spec->ndisks; i++) {
+        const kh_disk_spec *d = &spec->disks[i];
+        json_t *dj = json_object();
+        json_object_set_new(dj, "path", json_string(d->path));
+        json_object_set_new(dj, "format", json_string(kh_disk_format_name(d->format)));
+        json_object_set_new(dj, "readonly", json_boolean(d->readonly));
+        json_array_append_new(disks, dj);
+    }
+    json_object_set_new(o, "disks", disks);
+    json_object_set_new(o, "serial", json_boolean(spec->serial));
+    json_object_set_new(o, "graphics", json_string(graphics_name(spec->graphics)));
+    json_object_set_new(o, "description",
+                        json_string(spec->description ? spec->description : ""));
+    return o;
+}
+
+/* The patch replaces top-level keys as a whole ("disks" is the new list,
+ * "boot" the new boot object); a null value resets the key to its default
+ * (boot: null = boot from disk). The merged spec is then parsed as a new
+ * spec, so every rule applies to the result. */
+int kh_vm_spec_patch(kh_vm_spec *spec, const json_t *patch, kh_err *err)
+{
+    if (!json_is_object(patch)) {
+        kh_err_set(err, KH_E_INVALID, "patch: must be a JSON object");
+        return -1;
+    }
+    const char *key;
+    size_t len;
+    json_t *val;
+    json_t *p = unconst(patch);
+    json_object_keylen_foreach(p, key, len, val) {
+        (void)val;
+        if (strlen(key) == len && strcmp(key, "name") == 0) {
+            kh_err_set(err, KH_E_INVALID, "name cannot be changed");
+            return -1;
+        }
+        if (!key_in(key, len, patch_keys)) {
+            err_unknown_key("", key, len, err);
+            return -1;
+        }
+    }
+    json_t *merged = kh_vm_spec_to_json(spec);
+    json_object_foreach(p, key, val) {
+        if (json_is_null(val))
+            json_object_del(merged, key);
+        else
+            json_object_set(merged, key, val);
+    }
+    kh_vm_spec *next = kh_vm_spec_from_json(merged, err);
+    json_decref(merged);
+    if (!next)
+        return -1;
+    spec_clear(spec);
+    *spec = *next;
+    free(next);
+    return 0;
+}
+
+kh_vm_spec *kh_vm_spec_dup(const kh_vm_spec *spec)
+{
+    if (!spec)
+        return NULL;
+    kh_vm_spec *d = xcalloc(1, sizeof(*d));
+    *d = *spec;
+    d->name = xstrdup(spec->name);
+    d->kernel = xstrdup(spec->kernel);
+    d->initrd = xstrdup(spec->initrd);
+    d->cmdline = xstrdup(spec->cmdline);
+    d->description = xstrdup(spec->description);
+    d->disks = NULL;
+    if (spec->ndisks) {
+        d->disks = xcalloc(spec->ndisks, sizeof(*d->disks));
+        for (size_t i = 0; i < spec->ndisks; i++) {
+            d->disks[i] = spec->disks[i];
+            d->disks[i].path = xstrdup(spec->disks[i].path);
+        }
+    }
+    return d;
+}
