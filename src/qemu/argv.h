@@ -27,6 +27,7 @@ typedef enum kh_accel {
     KH_ACCEL_KVM,
 } kh_accel;
 
+/* QEMU's name for the accelerator ("tcg", "kvm"), as in -accel. */
 const char *kh_accel_name(kh_accel a);
 
 typedef struct kh_qemu_caps {
@@ -49,7 +50,9 @@ typedef struct kh_argv_env {
     const char *kernel_file;
     const char *initrd_file;
     /* One per disk: an inherited fd to put in an fd set (-add-fd), or -1 to
-     * let QEMU open the spec's path. */
+     * let QEMU open the spec's path. NULL: all -1. QEMU picks an fd-set fd
+     * by access mode, so open it O_RDONLY for a read-only disk and O_RDWR
+     * otherwise. */
     const int *disk_fds;
 } kh_argv_env;
 

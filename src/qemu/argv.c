@@ -1,0 +1,487 @@
+/* argv.c - the QEMU command line, built by a pure function.
+ *
+ * Shape (QEMU 7.2 and newer, in this order; see tests/unit/argv/data for
+ * complete examples):
+ *
+ *   BINARY -name guest=<vm id>,debug-threads=on -uuid <vm id> -S
+ *   -msg timestamp=on -no-user-config -nodefaults -no-shutdown
+ *   -machine q35,usb=off,vmport=off,dump-guest-core=off | microvm,dump-guest-core=off
+ *   -accel kvm|tcg -cpu host|max -m size=<MiB>M -smp <vcpus>
+ *   -chardev socket,id=qmp,fd=<qmp_fd>,server=on,wait=off -mon chardev=qmp,mode=control
+ *   [-sandbox on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny]
+ *   [-pidfile <path>]
+ *   [-boot strict=on]                                  (q35)
+ *   [-kernel <file> [-initrd <file>] [-append <cmdline>]]
+ *   per disk i:
+ *     [-object {"qom-type":"iothread","id":"iothread-disk<i>"}]      (q35)
+ *     [-add-fd fd=<fd>,set=<i+1>,opaque=disk<i>]   (when the runner passed an fd)
+ *     -blockdev {"driver":"file","node-name":"disk<i>-file","filename":...}
+ *     -blockdev {"driver":"raw|qcow2","node-name":"disk<i>","file":"disk<i>-file"}
+ *     -device {"driver":"virtio-blk-pci|virtio-blk-device","drive":"disk<i>",...}
+ *   [-chardev socket,id=serial0,fd=<serial_fd>,server=on,wait=off
+ *    -device {"driver":"isa-serial","chardev":"serial0","id":"serial0-dev","index":0}]
+ *   -display none
+ *   [-vnc vnc=unix:<socket, commas doubled>
+ *    -device {"driver":"VGA","id":"video0","bus":"pcie.0","addr":"0x1"}]
+ *
+ * Decisions:
+ *  - The guest is named by its id (-name guest=<uuid>): the user's name
+ *    never reaches QEMU, so it needs no escaping and renames cannot break a
+ *    running process's identity.
+ *  - User strings reach QEMU in exactly three ways: inside JSON built with
+ *    jansson (disk paths: escaped by construction), as a whole plain option
+ *    argument that QEMU does not split (-kernel, -append, -pidfile), or
+ *    through kh_qemu_opt_escape() (the -vnc socket path, given with an
+ *    explicit "vnc=" key so a '=' in the path cannot turn into a key).
+ *    -initrd is plain for Linux/PVH kernels, but a multiboot kernel splits
+ *    it at ',' (modules) and ' ' (arguments), so those are rejected there.
+ *  - Disks are two JSON -blockdev nodes each: a "file" protocol node
+ *    (host page cache with flushes honoured: cache.direct=false,
+ *    no-flush=false; aio io_uring when QEMU has it, else threads;
+ *    discard=unmap for writable disks so guest TRIM frees host space) and a
+ *    format node whose driver is the user's declared format. qcow2 gets
+ *    "backing":null: QEMU never opens a backing file named inside the
+ *    image. Disks on q35 are virtio-blk-pci at fixed slots 0x4 + i of
+ *    pcie.0 (stable guest topology), each with its own iothread; microvm
+ *    uses virtio-blk-device on virtio-mmio (no PCI).
+ *  - The serial port is an isa-serial device (COM1, index 0) on both
+ *    machines: with -nodefaults microvm's built-in serial gets no chardev,
+ *    while -device isa-serial works on its ISA bus (checked with a guest).
+ *  - -no-shutdown: a guest power-off leaves QEMU in the "shutdown" state,
+ *    so the daemon reads the reason over QMP before it quits QEMU.
+ *  - Anything that cannot be made safe is KH_E_INVALID, even if the spec
+ *    validator should have caught it; microvm without a kernel or with
+ *    graphics is KH_E_UNSUPPORTED; an env that does not match the spec
+ *    (no serial socket for a serial console) is KH_E_INTERNAL.
+ */
+#include "qemu/argv.h"
+
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/un.h>
+
+#include "util/check.h"
+#include "util/mem.h"
+
+#define DISK_PCI_SLOT_BASE 0x4
+#define VGA_PCI_SLOT 0x1
+
+const char *kh_accel_name(kh_accel a)
+{
+    switch (a) {
+    case KH_ACCEL_TCG:
+        return "tcg";
+    case KH_ACCEL_KVM:
+        return "kvm";
+    }
+    return "unknown";
+}
+
+char *kh_qemu_opt_escape(const char *s)
+{
+    size_t n = 1;
+    for (const char *p = s; *p; p++)
+        n += *p == ',' ? 2 : 1;
+    char *out = xmalloc(n), *q = out;
+    for (const char *p = s; *p; p++) {
+        *q++ = *p;
+        if (*p == ',')
+            *q++ = ',';
+    }
+    *q = '\0';
+    return out;
+}
+
+/* The argv under construction, with a sticky error: once err is set every
+ * add is a no-op and kh_qemu_argv_build() checks once at the end. */
+typedef struct argv_builder {
+    kh_strv *sv;
+    kh_err *err;
+} argv_builder;
+
+static bool failed(const argv_builder *b)
+{
+    return kh_err_isset(b->err);
+}
+
+static void add(argv_builder *b, const char *s)
+{
+    if (!failed(b))
+        kh_strv_add(b->sv, s);
+}
+
+static void add2(argv_builder *b, const char *opt, const char *val)
+{
+    add(b, opt);
+    add(b, val);
+}
+
+static void addf(argv_builder *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void addf(argv_builder *b, const char *fmt, ...)
+{
+    if (failed(b))
+        return;
+    va_list ap;
+    char *s = NULL;
+    va_start(ap, fmt);
+    int n = vasprintf(&s, fmt, ap);
+    va_end(ap);
+    if (n < 0)
+        abort(); /* out of memory, as xmalloc does */
+    kh_strv_add_steal(b->sv, s);
+}
+
+/* opt followed by obj as compact JSON with sorted keys (stable goldens).
+ * Takes the reference to obj. */
+static void add_json(argv_builder *b, const char *opt, json_t *obj)
+{
+    char *s = json_dumps(obj, JSON_COMPACT | JSON_SORT_KEYS);
+    json_decref(obj);
+    if (!s) {
+        kh_err_set(b->err, KH_E_INVALID, "cannot encode the %s argument", opt);
+        return;
+    }
+    add(b, opt);
+    add(b, s);
+    free(s);
+}
+
+/* json_string() that records a failure (invalid UTF-8) in the builder. */
+static json_t *jstr(argv_builder *b, const char *s, const char *what)
+{
+    json_t *j = json_string(s);
+    if (!j)
+        kh_err_set(b->err, KH_E_INVALID, "%s is not valid UTF-8", what);
+    return j;
+}
+
+/* An inherited fd must be a real descriptor, not stdin/out/err (QEMU's
+ * -add-fd refuses those too). */
+static int check_fd(int fd, const char *what, kh_err *err)
+{
+    if (fd < 3) {
+        kh_err_set(err, KH_E_INVALID, "%s: %d is not a usable inherited descriptor", what, fd);
+        return -1;
+    }
+    return 0;
+}
+
+static int disk_fd(const kh_argv_env *env, size_t i)
+{
+    return env->disk_fds ? env->disk_fds[i] : -1;
+}
+
+static const char *kernel_file(const kh_vm_spec *spec, const kh_argv_env *env)
+{
+    return env->kernel_file ? env->kernel_file : spec->kernel;
+}
+
+static const char *initrd_file(const kh_vm_spec *spec, const kh_argv_env *env)
+{
+    if (!spec->initrd)
+        return NULL;
+    return env->initrd_file ? env->initrd_file : spec->initrd;
+}
+
+/* Everything the builder relies on, checked again here: the spec may come
+ * from an older store or a caller that skipped the validator. */
+static int check_spec(const kh_vm_spec *spec, kh_err *err)
+{
+    if (spec->machine != KH_MACHINE_Q35 && spec->machine != KH_MACHINE_MICROVM) {
+        kh_err_set(err, KH_E_INVALID, "machine: unknown machine type %d", (int)spec->machine);
+        return -1;
+    }
+    if (spec->graphics != KH_GRAPHICS_NONE && spec->graphics != KH_GRAPHICS_VNC) {
+        kh_err_set(err, KH_E_INVALID, "graphics: unknown graphics type %d", (int)spec->graphics);
+        return -1;
+    }
+    if (spec->vcpus < 1 || spec->vcpus > KH_VM_VCPUS_MAX) {
+        kh_err_set(err, KH_E_INVALID, "vcpus: must be an integer between 1 and %d",
+                   KH_VM_VCPUS_MAX);
+        return -1;
+    }
+    if (spec->memory_mib < KH_VM_MEMORY_MIN_MIB || spec->memory_mib > KH_VM_MEMORY_MAX_MIB) {
+        kh_err_set(err, KH_E_INVALID, "memory_mib: must be an integer between %llu and %llu",
+                   KH_VM_MEMORY_MIN_MIB, KH_VM_MEMORY_MAX_MIB);
+        return -1;
+    }
+    if (spec->kernel && kh_check_abs_path(spec->kernel, "boot.kernel", err) < 0)
+        return -1;
+    if (spec->initrd && kh_check_abs_path(spec->initrd, "boot.initrd", err) < 0)
+        return -1;
+    if (spec->cmdline && kh_check_text(spec->cmdline, KH_VM_CMDLINE_MAX, "boot.cmdline", err) < 0)
+        return -1;
+    if (!spec->kernel && (spec->initrd || spec->cmdline)) {
+        kh_err_set(err, KH_E_INVALID, "boot.%s: requires boot.kernel",
+                   spec->initrd ? "initrd" : "cmdline");
+        return -1;
+    }
+    if (spec->ndisks > KH_VM_DISKS_MAX) {
+        kh_err_set(err, KH_E_INVALID, "disks: at most %d disks (got %zu)", KH_VM_DISKS_MAX,
+                   spec->ndisks);
+        return -1;
+    }
+    for (size_t i = 0; i < spec->ndisks; i++) {
+        const kh_disk_spec *d = &spec->disks[i];
+        char what[48];
+        snprintf(what, sizeof(what), "disks[%zu].path", i);
+        if (kh_check_abs_path(d->path, what, err) < 0)
+            return -1;
+        if (d->format != KH_DISK_RAW && d->format != KH_DISK_QCOW2) {
+            kh_err_set(err, KH_E_INVALID, "disks[%zu].format: must be \"raw\" or \"qcow2\"", i);
+            return -1;
+        }
+    }
+    if (spec->machine == KH_MACHINE_MICROVM) {
+        if (!spec->kernel) {
+            kh_err_set(err, KH_E_UNSUPPORTED,
+                       "machine \"microvm\" cannot boot from a disk: it needs boot.kernel");
+            return -1;
+        }
+        if (spec->graphics != KH_GRAPHICS_NONE) {
+            kh_err_set(err, KH_E_UNSUPPORTED, "machine \"microvm\" has no graphics");
+            return -1;
+        }
+    }
+    if (!spec->kernel && spec->ndisks == 0) {
+        kh_err_set(err, KH_E_INVALID, "nothing to boot: no boot.kernel and no disks");
+        return -1;
+    }
+    return 0;
+}
+
+static int check_env(const kh_vm_spec *spec, const kh_argv_env *env, kh_err *err)
+{
+    if (!env->binary) {
+        kh_err_set(err, KH_E_INTERNAL, "qemu binary: no path given");
+        return -1;
+    }
+    if (kh_check_abs_path(env->binary, "qemu binary", err) < 0)
+        return -1;
+    if (env->accel != KH_ACCEL_TCG && env->accel != KH_ACCEL_KVM) {
+        kh_err_set(err, KH_E_INTERNAL, "unknown accelerator %d", (int)env->accel);
+        return -1;
+    }
+    if (!kh_check_uuid(env->vm_id)) {
+        kh_err_set(err, KH_E_INVALID, "vm id: must be a lowercase UUID");
+        return -1;
+    }
+    if (check_fd(env->qmp_fd, "qmp socket", err) < 0)
+        return -1;
+    if (spec->serial && env->serial_fd < 0) {
+        kh_err_set(err, KH_E_INTERNAL, "serial console requested but no serial socket given");
+        return -1;
+    }
+    if (spec->serial && check_fd(env->serial_fd, "serial socket", err) < 0)
+        return -1;
+    if (env->pidfile && kh_check_abs_path(env->pidfile, "pidfile", err) < 0)
+        return -1;
+    if (spec->graphics == KH_GRAPHICS_VNC) {
+        if (!env->vnc_socket) {
+            kh_err_set(err, KH_E_INTERNAL, "vnc requested but no vnc socket path given");
+            return -1;
+        }
+        if (kh_check_abs_path(env->vnc_socket, "vnc socket", err) < 0)
+            return -1;
+        if (strlen(env->vnc_socket) >= sizeof(((struct sockaddr_un *)NULL)->sun_path)) {
+            kh_err_set(err, KH_E_INVALID, "vnc socket: path longer than a unix socket allows");
+            return -1;
+        }
+    }
+    if (spec->kernel) {
+        const char *k = kernel_file(spec, env), *i = initrd_file(spec, env);
+        if (kh_check_abs_path(k, "kernel file", err) < 0)
+            return -1;
+        if (i && kh_check_abs_path(i, "initrd file", err) < 0)
+            return -1;
+        if (i && strpbrk(i, ", ")) {
+            /* a multiboot kernel would read "a,b" as two modules */
+            kh_err_set(err, KH_E_INVALID, "initrd file: must not contain ',' or spaces");
+            return -1;
+        }
+    }
+    for (size_t i = 0; i < spec->ndisks; i++) {
+        char what[48];
+        snprintf(what, sizeof(what), "disks[%zu] fd", i);
+        int fd = disk_fd(env, i);
+        if (fd != -1 && check_fd(fd, what, err) < 0)
+            return -1;
+    }
+    return 0;
+}
+
+static void add_machine(argv_builder *b, const kh_vm_spec *spec, const kh_argv_env *env)
+{
+    if (spec->machine == KH_MACHINE_Q35)
+        add2(b, "-machine", "q35,usb=off,vmport=off,dump-guest-core=off");
+    else
+        add2(b, "-machine", "microvm,dump-guest-core=off");
+    add2(b, "-accel", kh_accel_name(env->accel));
+    add2(b, "-cpu", env->accel == KH_ACCEL_KVM ? "host" : "max");
+    add(b, "-m");
+    addf(b, "size=%lluM", (unsigned long long)spec->memory_mib);
+    add(b, "-smp");
+    addf(b, "%u", spec->vcpus);
+}
+
+static void add_disk(argv_builder *b, const kh_vm_spec *spec, const kh_qemu_caps *caps,
+                     const kh_argv_env *env, size_t i)
+{
+    const kh_disk_spec *d = &spec->disks[i];
+    bool q35 = spec->machine == KH_MACHINE_Q35;
+    char node[32], file_node[40], iothread[48], dev_id[40], what[48];
+    snprintf(node, sizeof(node), "disk%zu", i);
+    snprintf(file_node, sizeof(file_node), "disk%zu-file", i);
+    snprintf(iothread, sizeof(iothread), "iothread-disk%zu", i);
+    snprintf(dev_id, sizeof(dev_id), "disk%zu-dev", i);
+    snprintf(what, sizeof(what), "disks[%zu].path", i);
+
+    if (q35) {
+        json_t *io = json_object();
+        json_object_set_new(io, "qom-type", json_string("iothread"));
+        json_object_set_new(io, "id", json_string(iothread));
+        add_json(b, "-object", io);
+    }
+
+    int fd = disk_fd(env, i);
+    char *fdset_path = NULL;
+    if (fd >= 0) {
+        add(b, "-add-fd");
+        addf(b, "fd=%d,set=%zu,opaque=%s", fd, i + 1, node);
+        fdset_path = xasprintf("/dev/fdset/%zu", i + 1);
+    }
+
+    json_t *filename = fdset_path ? json_string(fdset_path) : jstr(b, d->path, what);
+    free(fdset_path);
+    if (!filename)
+        return;
+    json_t *file = json_object();
+    json_object_set_new(file, "driver", json_string("file"));
+    json_object_set_new(file, "node-name", json_string(file_node));
+    json_object_set_new(file, "filename", filename);
+    json_object_set_new(file, "read-only", json_boolean(d->readonly));
+    json_object_set_new(file, "aio", json_string(caps->io_uring ? "io_uring" : "threads"));
+    json_t *cache = json_object();
+    json_object_set_new(cache, "direct", json_false());
+    json_object_set_new(cache, "no-flush", json_false());
+    json_object_set_new(file, "cache", cache);
+    if (!d->readonly)
+        json_object_set_new(file, "discard", json_string("unmap"));
+    add_json(b, "-blockdev", file);
+
+    json_t *fmt = json_object();
+    json_object_set_new(fmt, "driver", json_string(kh_disk_format_name(d->format)));
+    json_object_set_new(fmt, "node-name", json_string(node));
+    json_object_set_new(fmt, "file", json_string(file_node));
+    json_object_set_new(fmt, "read-only", json_boolean(d->readonly));
+    if (!d->readonly)
+        json_object_set_new(fmt, "discard", json_string("unmap"));
+    if (d->format == KH_DISK_QCOW2)
+        json_object_set_new(fmt, "backing", json_null());
+    add_json(b, "-blockdev", fmt);
+
+    json_t *dev = json_object();
+    json_object_set_new(dev, "driver", json_string(q35 ? "virtio-blk-pci" : "virtio-blk-device"));
+    json_object_set_new(dev, "drive", json_string(node));
+    json_object_set_new(dev, "id", json_string(dev_id));
+    if (q35) {
+        char addr[16];
+        snprintf(addr, sizeof(addr), "0x%zx", DISK_PCI_SLOT_BASE + i);
+        json_object_set_new(dev, "bus", json_string("pcie.0"));
+        json_object_set_new(dev, "addr", json_string(addr));
+        json_object_set_new(dev, "iothread", json_string(iothread));
+    }
+    if (i == 0 && !spec->kernel)
+        json_object_set_new(dev, "bootindex", json_integer(1));
+    add_json(b, "-device", dev);
+}
+
+static void add_serial(argv_builder *b, const kh_vm_spec *spec, const kh_argv_env *env)
+{
+    if (!spec->serial)
+        return;
+    add(b, "-chardev");
+    addf(b, "socket,id=serial0,fd=%d,server=on,wait=off", env->serial_fd);
+    json_t *dev = json_object();
+    json_object_set_new(dev, "driver", json_string("isa-serial"));
+    json_object_set_new(dev, "chardev", json_string("serial0"));
+    json_object_set_new(dev, "id", json_string("serial0-dev"));
+    json_object_set_new(dev, "index", json_integer(0));
+    add_json(b, "-device", dev);
+}
+
+static void add_display(argv_builder *b, const kh_vm_spec *spec, const kh_argv_env *env)
+{
+    add2(b, "-display", "none");
+    if (spec->graphics != KH_GRAPHICS_VNC)
+        return;
+    char *path = kh_qemu_opt_escape(env->vnc_socket);
+    add(b, "-vnc");
+    addf(b, "vnc=unix:%s", path);
+    free(path);
+    char addr[16];
+    snprintf(addr, sizeof(addr), "0x%x", VGA_PCI_SLOT);
+    json_t *dev = json_object();
+    json_object_set_new(dev, "driver", json_string("VGA"));
+    json_object_set_new(dev, "id", json_string("video0"));
+    json_object_set_new(dev, "bus", json_string("pcie.0"));
+    json_object_set_new(dev, "addr", json_string(addr));
+    add_json(b, "-device", dev);
+}
+
+kh_strv *kh_qemu_argv_build(const kh_vm_spec *spec, const kh_qemu_caps *caps,
+                            const kh_argv_env *env, kh_err *err)
+{
+    kh_err local = KH_ERR_INIT;
+    kh_err *e = err ? err : &local; /* the builder needs somewhere to stick */
+    if (!spec || !caps || !env) {
+        kh_err_set(e, KH_E_INTERNAL, "argv build: missing spec, caps or env");
+        return NULL;
+    }
+    if (check_spec(spec, e) < 0 || check_env(spec, env, e) < 0)
+        return NULL;
+
+    argv_builder b = { kh_strv_new(), e };
+    add(&b, env->binary);
+    add(&b, "-name");
+    addf(&b, "guest=%s,debug-threads=on", env->vm_id);
+    add2(&b, "-uuid", env->vm_id);
+    add(&b, "-S");
+    add2(&b, "-msg", "timestamp=on");
+    add(&b, "-no-user-config");
+    add(&b, "-nodefaults");
+    add(&b, "-no-shutdown");
+    add_machine(&b, spec, env);
+
+    add(&b, "-chardev");
+    addf(&b, "socket,id=qmp,fd=%d,server=on,wait=off", env->qmp_fd);
+    add2(&b, "-mon", "chardev=qmp,mode=control");
+    if (caps->sandbox)
+        add2(&b, "-sandbox", "on,obsolete=deny,elevateprivileges=deny,spawn=deny,"
+                             "resourcecontrol=deny");
+    if (env->pidfile)
+        add2(&b, "-pidfile", env->pidfile);
+
+    if (spec->machine == KH_MACHINE_Q35)
+        add2(&b, "-boot", "strict=on");
+    if (spec->kernel) {
+        add2(&b, "-kernel", kernel_file(spec, env));
+        if (spec->initrd)
+            add2(&b, "-initrd", initrd_file(spec, env));
+        if (spec->cmdline)
+            add2(&b, "-append", spec->cmdline);
+    }
+    for (size_t i = 0; i < spec->ndisks; i++)
+        add_disk(&b, spec, caps, env, i);
+    add_serial(&b, spec, env);
+    add_display(&b, spec, env);
+
+    if (failed(&b)) {
+        kh_strv_free(b.sv);
+        return NULL;
+    }
+    return b.sv;
+}
