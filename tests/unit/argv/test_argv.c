@@ -26,39 +26,11 @@
 #include "conf/vm_spec.h"
 #include "qemu/argv.h"
 #include "util/err.h"
+#include "util/fs.h"
 #include "util/mem.h"
 #include "util/strv.h"
 
 #define DEFAULT_ID "8a6e0804-2bd0-4672-b79d-d97027f1f86b"
-
-static char *read_file(const char *path)
-{
-    FILE *f = fopen(path, "rb");
-    if (!f)
-        return NULL;
-    size_t cap = 4096, len = 0;
-    char *buf = xmalloc(cap);
-    size_t n;
-    while ((n = fread(buf + len, 1, cap - len - 1, f)) > 0) {
-        len += n;
-        if (cap - len < 2) {
-            cap *= 2;
-            buf = xrealloc(buf, cap);
-        }
-    }
-    fclose(f);
-    buf[len] = '\0';
-    return buf;
-}
-
-static int write_file(const char *path, const char *text)
-{
-    FILE *f = fopen(path, "wb");
-    if (!f)
-        return -1;
-    fputs(text, f);
-    return fclose(f);
-}
 
 static bool has_suffix(const char *s, const char *suffix)
 {
@@ -311,11 +283,11 @@ static void run_goldens(const char *dir)
         char *gpath = xasprintf("%s/%s", dir, gname);
         char *other = xasprintf("%s/%s%s", dir, base, is_err ? ".args" : ".err");
         if (regen) {
-            CHECK(write_file(gpath, out) == 0);
+            CHECK(kh_fs_write_atomic(gpath, out, strlen(out), 0644, NULL) == 0);
             remove(other);
         }
         kh_strv_add(used, gname);
-        char *want = read_file(gpath);
+        char *want = kh_fs_read(gpath, 1 << 20, NULL, NULL);
         kh_test_count++;
         if (!want || strcmp(want, out) != 0) {
             kh_test_failures++;
