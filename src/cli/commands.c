@@ -151,8 +151,8 @@ const cli_cmd cli_commands[] = {
         "      --initrd ./initrd.img --cmdline \"console=ttyS0 root=/dev/vda\" \\\n"
         "      --disk web1.qcow2,format=qcow2\n"
         "# a raw data disk attached read-only; a path holding a comma\n"
-        "$ kvmhost vm create db --vcpus 1 --memory 512 \\\n"
-        "      --disk /srv/boot.img,format=raw --disk /srv/a,,b.img,format=raw,readonly",
+        "$ kvmhost vm create db --vcpus 1 --memory 512 --disk /srv/db,format=raw \\\n"
+        "      --disk /srv/a,,b.img,format=raw,readonly",
         cli_do_vm_create,
     },
     {
@@ -183,7 +183,8 @@ const cli_cmd cli_commands[] = {
         opts_vm_edit,
         "$ kvmhost vm edit web1 --vcpus 4 --memory 4G\n"
         "$ kvmhost vm edit web1 --description \"front end, team A\"\n"
-        "$ kvmhost vm edit web1 --disk web1.qcow2,format=qcow2 --disk data.img,format=raw",
+        "$ kvmhost vm edit web1 --disk web1.qcow2,format=qcow2 \\\n"
+        "      --disk data.img,format=raw",
         cli_do_vm_edit,
     },
     {
@@ -440,8 +441,8 @@ static int opt_index(const cli_cmd *cmd, const char *name, size_t nlen)
     return -1;
 }
 
-int cli_args_parse(const cli_cmd *cmd, int argc, char **argv, cli_ctx *ctx, cli_args *out,
-                   kh_err *err)
+int cli_args_parse(const cli_cmd *cmd, int argc, const char *const *argv, cli_ctx *ctx,
+                   cli_args *out, kh_err *err)
 {
     memset(out, 0, sizeof(*out));
     out->cmd = cmd;
@@ -756,8 +757,8 @@ static void overview(FILE *f, const void *unused)
     cli_wrap(f, "The bearer token for --url when --token-file is not given.", 8, HELP_WIDTH);
     fputc('\n', f);
     print_exit_status(f);
-    print_examples(f, "$ kvmhost vm create web1 --vcpus 1 --memory 512 --disk "
-                      "web1.qcow2,format=qcow2\n"
+    print_examples(f, "$ kvmhost vm create web1 --vcpus 1 --memory 512 \\\n"
+                      "      --disk web1.qcow2,format=qcow2\n"
                       "$ kvmhost vm start web1\n"
                       "$ kvmhost vm list\n"
                       "$ kvmhost vm console web1\n"

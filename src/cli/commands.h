@@ -78,8 +78,8 @@ const char *cli_noun_summary(const char *noun);
 /* Parse a command's arguments (argv after NOUN [VERB]). Global options are
  * accepted anywhere and stored in ctx. Returns 0, or -1 with a usage error
  * (KH_E_INVALID, ctx->usage_cmd set). Release with cli_args_clear. */
-int cli_args_parse(const cli_cmd *cmd, int argc, char **argv, cli_ctx *ctx, cli_args *out,
-                   kh_err *err);
+int cli_args_parse(const cli_cmd *cmd, int argc, const char *const *argv, cli_ctx *ctx,
+                   cli_args *out, kh_err *err);
 void cli_args_clear(cli_args *a);
 /* A global option by name: 1 if it was one (value consumed when it takes
  * one: *used_next tells whether argv's next element was the value),

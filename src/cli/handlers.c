@@ -791,7 +791,8 @@ static void event_details(kh_strv *out, const char *prefix, const json_t *data)
                 s = xstrdup(json_is_true(v) ? "true" : "false");
             }
             char q[512];
-            kh_strv_addf(out, "%s=%s", full, kh_log_quote(q, sizeof(q), s));
+            bool plain = *s && !strpbrk(s, " \t\"\\=\r\n");
+            kh_strv_addf(out, "%s=%s", full, plain ? s : kh_log_quote(q, sizeof(q), s));
             free(s);
         }
         free(full);

@@ -154,7 +154,7 @@ int main(int argc, char **argv)
     }
 
     cli_args args;
-    if (cli_args_parse(cmd, argc - i, argv + i, &ctx, &args, &err) < 0) {
+    if (cli_args_parse(cmd, argc - i, (const char *const *)(argv + i), &ctx, &args, &err) < 0) {
         cli_args_clear(&args);
         return fail(&ctx, &err);
     }
