@@ -239,7 +239,7 @@ const cli_cmd cli_commands[] = {
         "Remove the VM's definition and the files kvmhostd keeps for it (logs, sockets). Disk "
         "images named with --disk are never deleted. A VM that is not stopped is refused "
         "(exit status 5) unless --force, which kills it first. There is no confirmation "
-        "prompt.",
+        "prompt. With --json nothing is printed on success.",
         opts_vm_delete,
         "$ kvmhost vm delete web1\n"
         "$ kvmhost vm delete web1 --force",
