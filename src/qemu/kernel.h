@@ -10,6 +10,8 @@
 #ifndef KH_QEMU_KERNEL_H
 #define KH_QEMU_KERNEL_H
 
+#include <stddef.h>
+
 #include "util/err.h"
 
 /* Returns a new string: the cached vmlinux path when the kernel has a PVH
@@ -17,5 +19,17 @@
  * set only when path cannot be read or the cache cannot be written. May
  * take a second on first use: call it off the event loop. */
 char *kh_kernel_resolve(const char *path, const char *cache_dir, kh_err *err);
+
+/* The largest vmlinux a payload may decompress to; past it the bzImage is
+ * booted as is. */
+#define KH_KERNEL_MAX_VMLINUX ((size_t)512 << 20)
+
+/* kh_kernel_resolve with the decompressed size bounded by max_size (0:
+ * KH_KERNEL_MAX_VMLINUX) and, when reason is not NULL, a sentence in reason
+ * saying which PVH image is used or why the kernel is booted as is (e.g.
+ * "payload is lz4-compressed; no decompressor here"). kh_kernel_resolve
+ * logs that sentence instead. */
+char *kh_kernel_resolve_ex(const char *path, const char *cache_dir, size_t max_size,
+                           char *reason, size_t reason_size, kh_err *err);
 
 #endif
