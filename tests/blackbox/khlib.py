@@ -715,7 +715,7 @@ def guest_paths():
 def cli(daemon_or_socket, *args, input=None, timeout=60, json_out=False):
     """Run the kvmhost CLI against a socket. Returns CompletedProcess (text)."""
     sock = daemon_or_socket.socket if hasattr(daemon_or_socket, "socket") else daemon_or_socket
-    argv = [CLI_BIN, "--socket", sock] + list(args)
+    argv = [CLI_BIN, "--socket", sock] + (["--json"] if json_out else []) + list(args)
     env = dict(os.environ, KVMHOST_SOCKET=sock)
     return subprocess.run(argv, input=input, capture_output=True, text=True,
                           timeout=timeout, env=env, stdin=None if input is not None else subprocess.DEVNULL)

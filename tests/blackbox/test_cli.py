@@ -30,7 +30,7 @@ def create_args(name, spec):
         if k in boot:
             a += ["--" + k, boot[k]]
     for disk in spec.get("disks", []):
-        a += ["--disk", disk["path"]]
+        a += ["--disk", disk["path"].replace(",", ",,") + ",format=" + disk["format"]]
     return a
 
 
@@ -43,7 +43,7 @@ def parse_json(p):
 
 
 def vm_list_json(d):
-    j = parse_json(cli(d, "vm", "list", "--json"))
+    j = parse_json(cli(d, "vm", "list", json_out=True))
     return j["vms"] if isinstance(j, dict) else j
 
 
@@ -89,13 +89,13 @@ def test_cli_list_show_json(daemon, fake_boot):
     vms = vm_list_json(daemon)
     assert sorted(v["name"] for v in vms) == ["alpha", "beta"], vms
     assert all(v["state"] == "stopped" for v in vms)
-    j = parse_json(cli(daemon, "vm", "show", "alpha", "--json"))
+    j = parse_json(cli(daemon, "vm", "show", "alpha", json_out=True))
     assert j["name"] == "alpha" and j["vcpus"] == 2 and j["memory_mib"] == 128, j
     assert j["id"] == daemon.api.vm("alpha")["id"]
     p = cli(daemon, "vm", "delete", "beta")
     assert p.returncode == 0, p.stderr
     assert daemon.api.vm_names() == ["alpha"]
-    p = cli(daemon, "host", "show", "--json")
+    p = cli(daemon, "host", "show", json_out=True)
     if p.returncode == 0:
         assert json.loads(p.stdout)["accelerator"] == "tcg"
 
