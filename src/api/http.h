@@ -60,6 +60,8 @@ typedef struct kh_http_config {
     size_t max_body;         /* bytes; 0 = 1 MiB */
     unsigned max_connections;/* 0 = 256 */
     const char *web_dir;     /* static files served under "/" (GET), or NULL */
+    unsigned idle_timeout;   /* seconds an idle plain HTTP connection is kept;
+                              * 0 = 60 (WebSocket and SSE are exempt) */
 } kh_http_config;
 
 kh_http_server *kh_http_server_new(uv_loop_t *loop, const kh_http_config *cfg,
@@ -67,6 +69,8 @@ kh_http_server *kh_http_server_new(uv_loop_t *loop, const kh_http_config *cfg,
                                    kh_err *err);
 /* Stop listening, close every connection (WebSockets and SSE included). */
 void kh_http_server_free(kh_http_server *srv);
+/* The bound TCP port (useful with "ADDR:0"), or -1 without a TCP listener. */
+int kh_http_server_tcp_port(const kh_http_server *srv);
 
 /* The OpenAPI 3.0 document for the routes; schemas (borrowed) becomes
  * components/schemas. A new reference. */
@@ -129,5 +133,27 @@ void kh_http_reply_sse(kh_http_req *req, const kh_sse_callbacks *cbs, void *opaq
  * A slow client (over 1 MiB queued) is disconnected. */
 int kh_sse_send(kh_sse *sse, unsigned long long id, const char *event, const char *data);
 void kh_sse_close(kh_sse *sse);
+
+/* ---- internal: shared by http.c and ws.c only, not for callers ---- */
+#ifdef KH_HTTP_INTERNAL
+/* A WebSocket session over a connected, upgraded socket (wslay framing,
+ * driven by a uv_poll_t). Created pending by kh_http_reply_websocket,
+ * attached once MHD hands over the socket. */
+kh_ws *kh_ws__new(uv_loop_t *loop, const kh_ws_callbacks *cbs, void *opaque);
+/* Start the session on fd (borrowed: the caller closes it after gone()
+ * ran); extra holds bytes MHD already read (copied). hangup_fd (or -1) is
+ * the client's own socket when fd is a relay (TLS): a hang-up there ends
+ * the session too. on_open runs now. gone(ws, ctx) runs once, right after
+ * on_close, when neither fd is watched any more; ws memory is released
+ * later by the loop. */
+void kh_ws__attach(kh_ws *ws, int fd, int hangup_fd, const void *extra, size_t extra_len,
+                   void (*gone)(kh_ws *ws, void *ctx), void *ctx);
+/* Close now (server shutdown, or an upgrade that never happened): on_close
+ * runs if it has not yet, then gone() if attached. */
+void kh_ws__shutdown(kh_ws *ws);
+/* Sec-WebSocket-Accept for a Sec-WebSocket-Key; false if the key is not
+ * base64 of 16 bytes. */
+bool kh_ws__accept_key(const char *key, char out[29]);
+#endif
 
 #endif
