@@ -5,6 +5,9 @@
 #include "qemu/argv.h"
 #include "util/err.h"
 
+/* The oldest QEMU the argv builder targets (caps->version encoding). */
+#define KH_QEMU_MIN_VERSION 70200
+
 /* Find the binary (NULL: $KVMHOST_QEMU, else qemu-system-x86_64 in PATH)
  * and fill caps by running it (`-version`, and a `-sandbox` check). Returns
  * the absolute binary path (caller frees) or NULL with err set. */
