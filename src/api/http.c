@@ -1787,7 +1787,7 @@ kh_http_server *kh_http_server_new(uv_loop_t *loop, const kh_http_config *cfg,
         lis->local = true;
         lis->port = -1;
         srv->lis[srv->nlis++] = lis;
-        int fd = unix_listen(cfg->unix_path, cfg->unix_mode, err);
+        int fd = unix_listen(cfg->unix_path, cfg->unix_mode ? cfg->unix_mode : 0660, err);
         if (fd < 0)
             goto fail;
         lis->unix_path = xstrdup(cfg->unix_path);

@@ -14,6 +14,22 @@
  * exactly once, now or later (async: the connection is suspended meanwhile).
  * After the reply, the request is gone. If the client disconnects before a
  * late reply, the abort callback runs and the request is gone after it.
+ *
+ * Rules for callers (see http.c for the details):
+ *  - Everything runs on the loop's thread; no call is thread-safe.
+ *  - A late reply to a request whose client left is dropped quietly when
+ *    no abort callback was set (the request lives until that reply).
+ *  - on_close of a WebSocket or an event stream runs exactly once per
+ *    kh_http_reply_websocket/_sse call, even when the upgrade or the stream
+ *    never started (then without on_open); never from inside kh_ws_send,
+ *    kh_ws_close, kh_sse_send or kh_sse_close.
+ *  - kh_http_server_free must not be called from inside one of the server's
+ *    callbacks. It closes handles asynchronously: run the loop once more
+ *    (uv_run) before uv_loop_close. The same after a kh_http_server_new
+ *    that failed.
+ *  - max_connections and idle_timeout apply per listener. WebSockets and
+ *    event streams are exempt from idle_timeout; requests waiting for a
+ *    late reply too.
  */
 #ifndef KH_API_HTTP_H
 #define KH_API_HTTP_H
@@ -52,7 +68,7 @@ typedef struct kh_route {
 
 typedef struct kh_http_config {
     const char *unix_path;   /* NULL: no unix listener */
-    mode_t unix_mode;        /* e.g. 0660 */
+    mode_t unix_mode;        /* e.g. 0660; 0 = 0660 */
     const char *tcp_listen;  /* "ADDR:PORT" ("[::1]:8443" for v6) or NULL */
     const char *token;       /* required on TCP (must be set when tcp_listen is) */
     const char *tls_cert;    /* PEM file; with tls_key enables TLS on TCP */
