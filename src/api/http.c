@@ -77,6 +77,8 @@
 #define SSE_KEEPALIVE_MS 15000u
 #define SSE_BLOCK 16384u
 #define WS_LINGER_MS 1000u            /* TLS: wait for MHD to relay our last bytes */
+#define DRAIN_MS 10000u               /* read and drop an unwanted body this long at most */
+#define DRAIN_MAX_OPEN 64u
 
 static const char csp_value[] =
     "default-src 'self'; connect-src 'self' ws: wss:; img-src 'self' data:; "
@@ -85,6 +87,21 @@ static const char csp_value[] =
 
 typedef struct listener listener;
 typedef struct ws_link ws_link;
+typedef struct drainer drainer;
+
+/* A connection answered before its body was read (413, 401, 404...): MHD
+ * closes it after the reply, and a client still sending would get EPIPE or
+ * a reset instead of reading the answer. So the socket is kept (a dup) and
+ * what comes is read and dropped until EOF, a byte budget or a timeout. */
+struct drainer {
+    int fd;
+    uv_poll_t poll;
+    uv_timer_t timer;
+    int open_handles;
+    uint64_t left;
+    kh_http_server *srv;
+    drainer *prev, *next;
+};
 
 struct listener {
     kh_http_server *srv;
@@ -131,6 +148,8 @@ struct kh_http_server {
     ws_link *links;
     ws_link *lingering;       /* closed TLS WebSockets whose last bytes are in flight */
     uv_timer_t linger;
+    drainer *drainers;
+    unsigned ndrainers;
     uv_timer_t keepalive;
     int refs;                 /* 1 for the owner + one per open uv handle */
     bool freeing;
@@ -163,6 +182,8 @@ struct kh_http_req {
     char *body;                /* NUL-terminated */
     size_t body_len, body_cap, body_seen;
     bool too_large;
+    bool body_pending;         /* a body was announced */
+    bool early;                /* answered before the body was read */
     json_t *json;
     bool local;                /* came over the unix socket */
     bool app_holds, replied, suspended, peer_gone;
@@ -540,6 +561,8 @@ static enum MHD_Result req_queue(kh_http_req *req)
 {
     struct MHD_Response *resp = req->resp;
     req->resp = NULL;
+    if (req->state == REQ_NEW)
+        req->early = true;
     req->state = REQ_DONE;
     enum MHD_Result r = MHD_queue_response(req->conn, req->status, resp);
     MHD_destroy_response(resp);
@@ -848,6 +871,9 @@ static enum MHD_Result req_begin(kh_http_req *req, const char *method)
 {
     kh_http_server *srv = req->srv;
     req->method = xstrdup(method);
+    const char *clen = conn_header(req, MHD_HTTP_HEADER_CONTENT_LENGTH);
+    req->body_pending = conn_header(req, MHD_HTTP_HEADER_TRANSFER_ENCODING) ||
+                        (clen && strspn(clen, "0") != strlen(clen));
     const char *t = req->target ? req->target : "";
     size_t plen = strcspn(t, "?#");
     req->path = xstrndup(t, plen);
@@ -1019,19 +1045,89 @@ static void *on_uri(void *cls, const char *uri, struct MHD_Connection *conn)
     return req;
 }
 
+static void drainer_closed(uv_handle_t *h)
+{
+    drainer *d = h->data;
+    if (--d->open_handles == 0)
+        free(d);
+}
+
+static void drainer_stop(drainer *d)
+{
+    DL_REMOVE(d->srv->drainers, d);
+    d->srv->ndrainers--;
+    uv_close((uv_handle_t *)&d->poll, drainer_closed); /* leaves the loop's epoll now */
+    uv_close((uv_handle_t *)&d->timer, drainer_closed);
+    close(d->fd);
+}
+
+static void drainer_poll_cb(uv_poll_t *h, int status, int events)
+{
+    (void)events;
+    drainer *d = h->data;
+    char buf[16384];
+    for (int i = 0; status == 0 && i < 16; i++) {
+        ssize_t n = recv(d->fd, buf, sizeof(buf), MSG_DONTWAIT);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+            return;
+        if (n <= 0 || (uint64_t)n >= d->left)
+            break;
+        d->left -= (uint64_t)n;
+    }
+    if (status == 0 && d->left > 0 && !(events & UV_DISCONNECT))
+        return; /* budget for this round used: more at the next */
+    drainer_stop(d);
+}
+
+static void drainer_timer_cb(uv_timer_t *t)
+{
+    drainer_stop(t->data);
+}
+
+static void drainer_start(kh_http_server *srv, struct MHD_Connection *conn)
+{
+    const union MHD_ConnectionInfo *ci =
+        MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CONNECTION_FD);
+    if (!ci || srv->freeing || srv->ndrainers >= DRAIN_MAX_OPEN)
+        return;
+    int fd = fcntl(ci->connect_fd, F_DUPFD_CLOEXEC, 0);
+    if (fd < 0)
+        return;
+    drainer *d = xcalloc(1, sizeof(*d));
+    d->fd = fd;
+    d->srv = srv;
+    d->left = 8 * (uint64_t)srv->max_body + 65536;
+    if (uv_poll_init(srv->loop, &d->poll, fd) != 0) {
+        close(fd);
+        free(d);
+        return;
+    }
+    uv_timer_init(srv->loop, &d->timer);
+    d->poll.data = d;
+    d->timer.data = d;
+    d->open_handles = 2;
+    DL_INSERT(srv->drainers, d);
+    srv->ndrainers++;
+    uv_poll_start(&d->poll, UV_READABLE | UV_DISCONNECT, drainer_poll_cb);
+    uv_timer_start(&d->timer, drainer_timer_cb, DRAIN_MS, 0);
+}
+
 static void sse_end(kh_sse *sse);
 
 static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
                          enum MHD_RequestTerminationCode toe)
 {
     (void)cls;
-    (void)conn;
     kh_http_req *req = *con_cls;
     if (!req)
         return;
     *con_cls = NULL;
     req_unwatch(req);
     req->suspended = false;
+    if (req->early && req->body_pending && req->srv && toe == MHD_REQUEST_TERMINATED_COMPLETED_OK)
+        drainer_start(req->srv, conn);
     req->conn = NULL;
     if (req->srv)
         DL_REMOVE(req->srv->reqs, req);
@@ -1846,6 +1942,8 @@ void kh_http_server_free(kh_http_server *srv)
         DL_REMOVE(srv->lingering, l);
         link_close(l);
     }
+    while (srv->drainers)
+        drainer_stop(srv->drainers);
     /* MHD cannot stop with suspended connections: resume them all. */
     for (kh_http_req *r = srv->reqs; r; r = r->next) {
         if (r->suspended) {

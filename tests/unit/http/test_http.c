@@ -782,6 +782,39 @@ static void test_too_large(void)
     CHECK(st == 413);
     close(fd);
 
+    /* A client that sends the whole body before reading (no Expect) still
+     * reads its 413: the rest of the body is drained, not reset. */
+    size_t bn = 3u * 1024 * 1024;
+    char *blob = xmalloc(bn);
+    memset(blob, ' ', bn);
+    for (int via = 0; via < 2; via++) {
+        fd = via == 0 ? raw_unix() : raw_tcp(tcp_port, false);
+        char head[512];
+        snprintf(head, sizeof(head),
+                 "POST /api/v1/items HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                 "Authorization: Bearer " TOKEN "\r\nContent-Length: %zu\r\n\r\n",
+                 bn);
+        CHECK(send_all(fd, head, strlen(head)));
+        CHECK(send_all(fd, blob, bn));
+        char rbuf[2048];
+        read_until(fd, rbuf, sizeof(rbuf), "}}", 3000, NULL);
+        CHECK(status_of(rbuf) == 413);
+        close(fd);
+    }
+    /* The same for an early 404 with a body. */
+    fd = raw_unix();
+    char head[256];
+    snprintf(head, sizeof(head),
+             "POST /api/v1/nope HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+             "Content-Length: %zu\r\n\r\n", (size_t)(512 * 1024));
+    CHECK(send_all(fd, head, strlen(head)));
+    CHECK(send_all(fd, blob, 512 * 1024));
+    char rbuf[2048];
+    read_until(fd, rbuf, sizeof(rbuf), "}}", 3000, NULL);
+    CHECK(status_of(rbuf) == 404);
+    close(fd);
+    free(blob);
+
     /* The same with curl and a real 2 MiB body. */
     size_t n = 2u * 1024 * 1024;
     char *big = xmalloc(n + 1);
