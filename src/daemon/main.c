@@ -232,6 +232,34 @@ static char *load_token(const char *state_dir)
     return tok;
 }
 
+/* The KVM probe runs a test guest for up to a second: on the thread pool,
+ * so that reattaching and serving the API do not wait for it. */
+static uv_work_t accel_work;
+
+static void accel_probe_work(uv_work_t *w)
+{
+    (void)w;
+    kh_accel_probe_run(NULL, &d.accel);
+}
+
+static void accel_probe_done(uv_work_t *w, int status)
+{
+    (void)w;
+    (void)status;
+    if (d.accel.accel == KH_ACCEL_TCG)
+        kh_log(KH_LOG_WARN, "host.accel",
+               "accel=tcg reason=\"%s\" note=\"guests run under software emulation, "
+               "much slower than KVM\"", d.accel.reason);
+    else
+        kh_log(KH_LOG_INFO, "host.accel", "accel=kvm reason=\"%s\"", d.accel.reason);
+    json_object_set_new(d.api.host, "accelerator", json_string(kh_accel_name(d.accel.accel)));
+    json_object_set_new(d.api.host, "accelerator_reason", json_string(d.accel.reason));
+    kh_manager_set_accel(d.mgr, d.accel.accel);
+    kh_events_publish(d.events, "host.accelerator", NULL,
+                      json_pack("{s:s, s:s}", "accelerator", kh_accel_name(d.accel.accel),
+                                "reason", d.accel.reason));
+}
+
 static void on_term(uv_signal_t *h, int sig)
 {
     kh_log(KH_LOG_INFO, "daemon.stop", "signal=%d note=\"guests keep running\"", sig);
@@ -288,8 +316,8 @@ static json_t *host_facts(const options *o, const char *state_dir, const char *r
     return json_pack("{s:s, s:s, s:{s:s, s:s, s:b, s:b}, s:s, s:s, s:i, s:s, s:s, s:s, s:s, s:s?}",
                      "hostname", hostname, "version", KH_VERSION, "qemu", "binary",
                      d.qemu_binary, "version", ver, "sandbox", d.caps.sandbox, "io_uring",
-                     d.caps.io_uring, "accelerator", kh_accel_name(d.accel.accel),
-                     "accelerator_reason", d.accel.reason, "cpus",
+                     d.caps.io_uring, "accelerator", "probing",
+                     "accelerator_reason", "the KVM probe is running", "cpus",
                      (int)sysconf(_SC_NPROCESSORS_ONLN), "cgroup", cg, "state_dir", state_dir,
                      "run_dir", run_dir, "socket", socket_path, "listen", o->listen);
 }
@@ -311,9 +339,14 @@ int main(int argc, char **argv)
                                             : xstrdup(KH_DEFAULT_RUN_DIR);
     char *socket_path = absolute(o.socket ? o.socket : KH_DEFAULT_SOCKET);
     kh_err err = KH_ERR_INIT;
-    umask(022);
-    if (kh_fs_mkdir_p(state_dir, 0700, &err) < 0 || kh_fs_mkdir_p(run_dir, 0711, &err) < 0)
+    /* Everything we write is private unless made otherwise on purpose. The
+     * state and run dirs are 0711: QEMU (another user) walks through them to
+     * its own VM run dir, but cannot list them or read anything else. */
+    umask(077);
+    if (kh_fs_mkdir_p(state_dir, 0711, &err) < 0 || kh_fs_mkdir_p(run_dir, 0711, &err) < 0)
         die("%s", err.msg);
+    if (chmod(state_dir, 0711) < 0 || chmod(run_dir, 0711) < 0)
+        die("cannot set the mode of %s or %s: %s", state_dir, run_dir, strerror(errno));
     take_lock(state_dir);
 
     /* QEMU children reparent to us if a helper between us exits; PID 1 may
@@ -326,13 +359,6 @@ int main(int argc, char **argv)
     d.qemu_binary = kh_qemu_caps_probe(o.qemu, &d.caps, &err);
     if (!d.qemu_binary)
         die("%s", err.msg);
-    kh_accel_probe_run(NULL, &d.accel);
-    if (d.accel.accel == KH_ACCEL_TCG)
-        kh_log(KH_LOG_WARN, "host.accel",
-               "accel=tcg reason=\"%s\" note=\"guests run under software emulation, "
-               "much slower than KVM\"", d.accel.reason);
-    else
-        kh_log(KH_LOG_INFO, "host.accel", "accel=kvm reason=\"%s\"", d.accel.reason);
     kh_cgroups_detect(&d.cgroups, NULL, NULL);
     if (!d.cgroups.version)
         kh_log(KH_LOG_WARN, "host.cgroup", "reason=\"%s\" note=\"VMs run without cgroups\"",
@@ -343,7 +369,8 @@ int main(int argc, char **argv)
         .run_dir = run_dir,
         .qemu_binary = d.qemu_binary,
         .caps = d.caps,
-        .accel = d.accel.accel,
+        .accel = KH_ACCEL_TCG,
+        .accel_pending = true,
         .cgroups = &d.cgroups,
     };
     gid_t groups[4];
@@ -403,6 +430,7 @@ int main(int argc, char **argv)
     if (!d.http)
         die("%s", err.msg);
 
+    uv_queue_work(d.loop, &accel_work, accel_probe_work, accel_probe_done);
     uv_signal_init(d.loop, &d.sigterm);
     uv_signal_start(&d.sigterm, on_term, SIGTERM);
     uv_signal_init(d.loop, &d.sigint);
@@ -411,9 +439,9 @@ int main(int argc, char **argv)
     unsigned total, running;
     kh_manager_counts(d.mgr, &total, &running);
     kh_log(KH_LOG_INFO, "daemon.ready",
-           "version=%s pid=%d socket=%s listen=%s tls=%s state_dir=%s accel=%s vms=%u",
+           "version=%s pid=%d socket=%s listen=%s tls=%s state_dir=%s vms=%u running=%u",
            KH_VERSION, (int)getpid(), socket_path, o.listen ? o.listen : "none",
-           o.tls_cert ? "on" : "off", state_dir, kh_accel_name(d.accel.accel), total);
+           o.tls_cert ? "on" : "off", state_dir, total, running);
     if (o.listen)
         kh_log(KH_LOG_INFO, "daemon.token", "file=%s/api-token", state_dir);
 

@@ -75,6 +75,7 @@ struct vm {
     uv_timer_t *timer;     /* start deadline or stop grace */
     char *going_down;      /* why QEMU is expected to exit ("stopped", ...) */
     bool reattaching;
+    bool await_accel;      /* a start waiting for the accelerator probe */
 
     kh_task *task;         /* the action in progress */
     kh_vm_action task_action;
@@ -277,6 +278,8 @@ static void pidfd_closed(uv_handle_t *h)
 static void release_runtime(vm *v)
 {
     timer_stop(v);
+    v->reattaching = false;
+    v->await_accel = false;
     if (v->start_job) {
         v->start_job->cancelled = true;
         v->start_job = NULL;
@@ -777,10 +780,8 @@ static void start_resolve_done(uv_work_t *w, int status)
     free(job);
 }
 
-static void action_start(vm *v)
+static void start_prepare(vm *v)
 {
-    set_state(v, VM_STARTING, "starting");
-    KH_FREE(v->going_down);
     if (!v->spec->kernel) {
         start_spawn(v, NULL);
         return;
@@ -794,6 +795,30 @@ static void action_start(vm *v)
     job->work.data = job;
     v->start_job = job;
     uv_queue_work(v->mgr->loop, &job->work, start_resolve_work, start_resolve_done);
+}
+
+static void action_start(vm *v)
+{
+    set_state(v, VM_STARTING, "starting");
+    KH_FREE(v->going_down);
+    if (v->mgr->cfg.accel_pending) {
+        v->await_accel = true;
+        kh_task_progress(v->task, 5, "waiting for the accelerator probe");
+        return;
+    }
+    start_prepare(v);
+}
+
+void kh_manager_set_accel(kh_manager *mgr, kh_accel accel)
+{
+    mgr->cfg.accel = accel;
+    mgr->cfg.accel_pending = false;
+    for (vm *v = mgr->vms; v; v = v->next) {
+        if (v->await_accel && v->state == VM_STARTING) {
+            v->await_accel = false;
+            start_prepare(v);
+        }
+    }
 }
 
 /* ---- other actions ---- */
@@ -1154,6 +1179,10 @@ kh_manager *kh_manager_new(uv_loop_t *loop, kh_store *store, kh_events *events,
 
     char *vms_dir = xasprintf("%s/vms", mgr->run_dir);
     int rc = kh_fs_mkdir_p(vms_dir, 0711, err);
+    if (rc == 0 && chmod(vms_dir, 0711) < 0) {
+        kh_err_errno(err, KH_E_INTERNAL, errno, "chmod %s", vms_dir);
+        rc = -1;
+    }
     free(vms_dir);
     if (rc < 0 || kh_fs_mkdir_p(mgr->kernel_cache, 0755, err) < 0 ||
         kh_store_vm_foreach(store, load_row, mgr, err) < 0) {

@@ -44,6 +44,8 @@ typedef struct kh_manager_config {
     const char *qemu_binary;
     kh_qemu_caps caps;
     kh_accel accel;
+    bool accel_pending;        /* the probe still runs: starts wait for
+                                * kh_manager_set_accel() */
     const kh_cgroups *cgroups;
     bool drop_privileges;      /* run QEMU as uid/gid/groups */
     uid_t uid;
@@ -90,6 +92,8 @@ kh_console *kh_manager_console(kh_manager *mgr, const char *name, kh_err *err);
 char *kh_manager_console_log(kh_manager *mgr, const char *name, size_t tail, size_t *len,
                              kh_err *err);
 
+/* The accelerator probe finished: starts that waited for it go on. */
+void kh_manager_set_accel(kh_manager *mgr, kh_accel accel);
 /* A child process ended (the daemon's SIGCHLD reaper calls this). */
 void kh_manager_child_exited(kh_manager *mgr, pid_t pid, int status);
 void kh_manager_counts(const kh_manager *mgr, unsigned *total, unsigned *running);

@@ -31,6 +31,7 @@ static int kh_test_count;
 
 #define RUN(fn)                                                                        \
     do {                                                                               \
+        setvbuf(stdout, NULL, _IOLBF, 0);                                              \
         int before_ = kh_test_failures;                                                \
         fn();                                                                          \
         printf("%s %s\n", kh_test_failures == before_ ? "ok" : "not ok", #fn);          \
