@@ -80,9 +80,9 @@
 #define DRAIN_MS 10000u               /* read and drop an unwanted body this long at most */
 #define DRAIN_MAX_OPEN 64u
 
+/* Static files: same-origin everything, no framing, no inline script or style. */
 static const char csp_value[] =
-    "default-src 'self'; connect-src 'self' ws: wss:; img-src 'self' data:; "
-    "style-src 'self' 'unsafe-inline'; frame-ancestors 'none'; base-uri 'self'; "
+    "default-src 'self'; img-src 'self' data:; frame-ancestors 'none'; base-uri 'self'; "
     "form-action 'self'";
 
 typedef struct listener listener;
@@ -570,7 +570,7 @@ static enum MHD_Result req_queue(kh_http_req *req)
         kh_log(KH_LOG_WARN, "http.queue", "status=%u reason=\"MHD refused the response\"",
                req->status);
     char q[512];
-    kh_log(KH_LOG_DEBUG, "http.request", "method=%s path=%s status=%u ms=%llu",
+    kh_log(req->status >= 500 ? KH_LOG_WARN : KH_LOG_DEBUG, "http.request", "method=%s path=%s status=%u ms=%llu",
            req->method ? req->method : "?",
            kh_log_quote(q, sizeof(q), req->path ? req->path : "?"), req->status,
            (unsigned long long)(kh_now_ms() - req->start_ms));

@@ -195,7 +195,8 @@ static void h_slow(kh_http_req *req, void *app)
     s->req = req;
     uv_timer_init(l, &s->t);
     s->t.data = s;
-    uv_timer_start(&s->t, slow_fire, 50, 0);
+    const char *ms = kh_http_req_query(req, "ms");
+    uv_timer_start(&s->t, slow_fire, ms ? strtoull(ms, NULL, 10) : 50, 0);
     kh_http_req_on_abort(req, slow_abort, s);
 }
 
@@ -1182,6 +1183,10 @@ static void test_timeouts(void)
 {
     char buf[4096];
     int idle = raw_unix();
+    /* A late reply that takes longer than the idle timeout still arrives. */
+    int late = raw_unix();
+    const char *lreq = "GET /api/v1/slow?ms=3000 HTTP/1.1\r\nHost: x\r\n\r\n";
+    send_all(late, lreq, strlen(lreq));
     int ws = ws_connect(VIA_UNIX, NULL, buf, sizeof(buf));
     int sse = raw_unix();
     const char *req = "GET /api/v1/events HTTP/1.1\r\nHost: x\r\n\r\n";
@@ -1209,6 +1214,10 @@ static void test_timeouts(void)
 
     CHECK(ws_echo(ws, "still open"));
     close(ws);
+    read_until(late, buf, sizeof(buf), "}", 3000, NULL);
+    CHECK(status_of(buf) == 200);
+    CHECK(strstr(buf, "\"slow\":true") != NULL);
+    close(late);
     loop_call(send_late_event, NULL);
     read_until(sse, buf, sizeof(buf), "data: line2\n\n", 3000, NULL);
     CHECK(strstr(buf, "data: line1\ndata: line2\n\n") != NULL);
@@ -1594,6 +1603,36 @@ static void tcp_errors(void *arg)
     kh_http_server_free(s);
 }
 
+/* A stale socket file is replaced; a regular file is not touched. */
+static void unix_cases(void *arg)
+{
+    int *bad = arg;
+    char path[400];
+    snprintf(path, sizeof(path), "%s/stale.sock", tmpdir);
+    int fd = socket(AF_UNIX, SOCK_STREAM, 0);
+    struct sockaddr_un sa = { .sun_family = AF_UNIX };
+    memcpy(sa.sun_path, path, strlen(path) + 1);
+    if (bind(fd, (struct sockaddr *)&sa, sizeof(sa)) != 0)
+        (*bad)++;
+    close(fd); /* the file stays: stale */
+    kh_err err = KH_ERR_INIT;
+    kh_http_config cfg = { .unix_path = path };
+    kh_http_server *s = kh_http_server_new(&loop, &cfg, routes, 1, NULL, &err);
+    struct stat st;
+    if (!s || stat(path, &st) != 0 || (st.st_mode & 0777) != 0660)
+        (*bad)++;
+    kh_http_server_free(s);
+    if (stat(path, &st) == 0)
+        (*bad)++;
+    snprintf(path, sizeof(path), "%s/regular", tmpdir);
+    write_file(tmpdir, "regular", "keep me");
+    kh_http_config cfg2 = { .unix_path = path };
+    s = kh_http_server_new(&loop, &cfg2, routes, 1, NULL, &err);
+    if (s || err.code != KH_E_CONFLICT || stat(path, &st) != 0 || !S_ISREG(st.st_mode))
+        (*bad)++;
+    kh_http_server_free(s);
+}
+
 /* ---- OpenAPI ---- */
 
 /* j["a"]["b"]... for "a|b|..." */
@@ -1804,6 +1843,8 @@ int main(void)
     RUN(test_tls);
     int bad = 0;
     loop_call(tcp_errors, &bad);
+    CHECK(bad == 0);
+    loop_call(unix_cases, &bad);
     CHECK(bad == 0);
     RUN(test_shutdown);
 
