@@ -114,7 +114,9 @@ struct listener {
     bool kick;                /* run MHD at the next loop iteration */
     bool running;             /* inside MHD_run */
     bool was_full;            /* at the connection limit after the last run */
-    char *unix_path;          /* unlinked at free */
+    char *unix_path;          /* unlinked at free (if still ours) */
+    dev_t unix_dev;
+    ino_t unix_ino;
     int port;
     char *tls_cert, *tls_key; /* PEM, kept while the daemon lives */
 };
@@ -1887,6 +1889,11 @@ kh_http_server *kh_http_server_new(uv_loop_t *loop, const kh_http_config *cfg,
         if (fd < 0)
             goto fail;
         lis->unix_path = xstrdup(cfg->unix_path);
+        struct stat st;
+        if (stat(cfg->unix_path, &st) == 0) {
+            lis->unix_dev = st.st_dev;
+            lis->unix_ino = st.st_ino;
+        }
         if (lis_start(srv, lis, fd, err) != 0)
             goto fail;
     }
@@ -1963,8 +1970,10 @@ void kh_http_server_free(kh_http_server *srv)
         if (lis->mhd)
             MHD_stop_daemon(lis->mhd); /* completions: aborts, pending WebSockets */
         lis->mhd = NULL;
-        if (lis->unix_path)
-            unlink(lis->unix_path);
+        struct stat st;
+        if (lis->unix_path && lstat(lis->unix_path, &st) == 0 && st.st_dev == lis->unix_dev &&
+            st.st_ino == lis->unix_ino)
+            unlink(lis->unix_path); /* not a socket a successor bound meanwhile */
     }
     uv_close((uv_handle_t *)&srv->keepalive, srv_handle_closed);
     uv_close((uv_handle_t *)&srv->linger, srv_handle_closed);
