@@ -1655,6 +1655,19 @@ static int unix_listen(const char *path, mode_t mode, kh_err *err)
             kh_err_set(err, KH_E_CONFLICT, "%s exists and is not a socket", path);
             return -1;
         }
+        /* Replace a stale socket of an earlier run, never a live one:
+         * another daemon may be serving on it. */
+        int probe = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        bool live = probe >= 0 && connect(probe, (struct sockaddr *)&sa, sizeof(sa)) == 0;
+        if (probe >= 0)
+            close(probe);
+        if (live) {
+            if (dirfd >= 0)
+                close(dirfd);
+            kh_err_set(err, KH_E_CONFLICT,
+                       "another server is already listening on %s (another kvmhostd?)", path);
+            return -1;
+        }
         unlink(path); /* stale socket of an earlier run */
     }
     int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);

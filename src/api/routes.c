@@ -8,8 +8,7 @@
 static const kh_route routes[] = {
     { "GET", "/api/v1/host", kh_host_routes_get, 0, "Host facts: accelerator, QEMU, capacity",
       NULL, "Host" },
-    { "GET", "/api/v1/openapi.json", kh_host_routes_openapi, KH_ROUTE_PUBLIC,
-      "This document", NULL, NULL },
+    { "GET", "/api/v1/openapi.json", kh_host_routes_openapi, 0, "This document", NULL, NULL },
     { "GET", "/api/v1/vms", kh_vm_routes_list, 0, "List VMs", NULL, "VMList" },
     { "POST", "/api/v1/vms", kh_vm_routes_create, 0, "Create a VM", "VMSpec", "VM" },
     { "GET", "/api/v1/vms/{name}", kh_vm_routes_get, 0, "Show a VM", NULL, "VM" },
@@ -66,7 +65,7 @@ static const struct {
       "{\"path\":{\"type\":\"string\"},\"format\":{\"type\":\"string\",\"enum\":[\"raw\",\"qcow2\"]},\"readonly\":{"
       "\"type\":\"boolean\",\"default\":false}}}" },
     { "VMSpec",
-      "{\"type\":\"object\",\"additionalProperties\":false,\"required\":[\"name\",\"vcpus\",\"memory_mib\"],\""
+      "{\"type\":\"object\",\"additionalProperties\":false,\"required\":[\"name\"],\""
       "properties\":{\"name\":{\"type\":\"string\",\"pattern\":\"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$\"},\"vc"
       "pus\":{\"type\":\"integer\",\"minimum\":1,\"maximum\":255},\"memory_mib\":{\"type\":\"integer\",\"minimu"
       "m\":16,\"maximum\":16777216},\"machine\":{\"type\":\"string\",\"enum\":[\"q35\",\"microvm\"],\"default\":"

@@ -337,12 +337,15 @@ static int spec_parse(kh_vm_spec *spec, const json_t *obj, kh_err *err)
         return -1;
     spec->name = xstrdup(s);
 
-    unsigned long long u;
-    if (get_uint(json_object_get(obj, "vcpus"), "vcpus", 1, KH_VM_VCPUS_MAX, &u, err) < 0)
+    /* Defaults as Proxmox and Incus users know them: 1 vCPU, 512 MiB. */
+    unsigned long long u = KH_VM_VCPUS_DEFAULT;
+    if ((v = json_object_get(obj, "vcpus")) &&
+        get_uint(v, "vcpus", 1, KH_VM_VCPUS_MAX, &u, err) < 0)
         return -1;
     spec->vcpus = (unsigned)u;
-    if (get_uint(json_object_get(obj, "memory_mib"), "memory_mib", KH_VM_MEMORY_MIN_MIB,
-                 KH_VM_MEMORY_MAX_MIB, &u, err) < 0)
+    u = KH_VM_MEMORY_DEFAULT_MIB;
+    if ((v = json_object_get(obj, "memory_mib")) &&
+        get_uint(v, "memory_mib", KH_VM_MEMORY_MIN_MIB, KH_VM_MEMORY_MAX_MIB, &u, err) < 0)
         return -1;
     spec->memory_mib = u;
 

@@ -14,6 +14,7 @@
  *     "serial": true,
  *     "graphics": "none" | "vnc",
  *     "description": "free text" }
+ * Only name is required: vcpus defaults to 1, memory_mib to 512.
  * `boot` absent or without `kernel` = boot from the first disk (q35 only).
  */
 #ifndef KH_CONF_VM_SPEC_H
@@ -27,6 +28,8 @@
 #include "util/err.h"
 
 #define KH_VM_VCPUS_MAX 255
+#define KH_VM_VCPUS_DEFAULT 1
+#define KH_VM_MEMORY_DEFAULT_MIB 512ULL
 #define KH_VM_MEMORY_MIN_MIB 16ULL
 #define KH_VM_MEMORY_MAX_MIB (16ULL * 1024 * 1024) /* 16 TiB */
 #define KH_VM_DISKS_MAX 16

@@ -15,6 +15,7 @@
 #include <grp.h>
 #include <pwd.h>
 #include <signal.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -176,23 +177,47 @@ static char *absolute(const char *p)
     return xasprintf("%s/%s", cwd, p);
 }
 
-/* One daemon per state directory: an exclusive flock that dies with us. */
+/* True when pid names a process that is alive and not exiting. */
+static bool holder_alive(long pid)
+{
+    if (pid <= 0)
+        return false;
+    char path[64], buf[256];
+    snprintf(path, sizeof(path), "/proc/%ld/stat", pid);
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return false;
+    ssize_t n = read(fd, buf, sizeof(buf) - 1);
+    close(fd);
+    if (n <= 0)
+        return false;
+    buf[n] = '\0';
+    const char *p = strrchr(buf, ')');
+    return p && p[1] == ' ' && p[2] != 'Z' && p[2] != 'X';
+}
+
+/* One daemon per state directory: an exclusive flock that dies with us. A
+ * holder that is alive means another daemon: exit at once. A holder that is
+ * gone or exiting (kill -9 a moment ago; its last children still closing)
+ * releases the lock within moments: wait for that, up to 5 s. */
 static void take_lock(const char *state_dir)
 {
     char *path = xasprintf("%s/kvmhostd.lock", state_dir);
     d.lock_fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
     if (d.lock_fd < 0)
         die("cannot open %s: %s", path, strerror(errno));
-    if (flock(d.lock_fd, LOCK_EX | LOCK_NB) < 0) {
+    for (int tries = 0; flock(d.lock_fd, LOCK_EX | LOCK_NB) < 0; tries++) {
+        if (errno != EWOULDBLOCK)
+            die("cannot lock %s: %s", path, strerror(errno));
         char buf[32] = { 0 };
         ssize_t n = pread(d.lock_fd, buf, sizeof(buf) - 1, 0);
         long other = n > 0 ? strtol(buf, NULL, 10) : 0;
-        if (errno == EWOULDBLOCK || errno == EAGAIN) {
+        if (holder_alive(other) || tries >= 250) {
             fprintf(stderr, "kvmhostd: error: another kvmhostd (pid %ld) is already using the "
                     "state directory %s\n", other, state_dir);
             exit(1);
         }
-        die("cannot lock %s: %s", path, strerror(errno));
+        usleep(20000);
     }
     char pid[32];
     int len = snprintf(pid, sizeof(pid), "%d\n", (int)getpid());

@@ -21,10 +21,11 @@ int kh_check_name(const char *name, const char *what, kh_err *err)
     for (const char *p = name; *p; p++) {
         unsigned char c = (unsigned char)*p;
         if (!(isascii(c) && (isalnum(c) || c == '-' || c == '_' || c == '.'))) {
-            if (c < 0x20 || c == 0x7f)
+            if (c < 0x20 || c >= 0x7f)
+                /* Named by value: the message itself must stay valid UTF-8. */
                 kh_err_set(err, KH_E_INVALID,
                            "%s may only contain letters, digits, '-', '_' and '.' "
-                           "(found a control character)", what);
+                           "(found byte 0x%02x)", what, c);
             else
                 kh_err_set(err, KH_E_INVALID,
                            "%s may only contain letters, digits, '-', '_' and '.' (found '%c')",
