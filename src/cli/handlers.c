@@ -782,7 +782,9 @@ static void event_details(kh_strv *out, const char *prefix, const json_t *data)
     json_object_foreach(o, key, v) {
         char *full = prefix ? xasprintf("%s.%s", prefix, key) : xstrdup(key);
         if (json_is_object(v)) {
-            if (!prefix) /* one level deep is enough for a line */
+            /* One level deep is enough for a line; a task's result (the
+             * whole VM) is too much: --json has it. */
+            if (!prefix && strcmp(key, "result") != 0)
                 event_details(out, full, v);
         } else if (!json_is_array(v) && !json_is_null(v)) {
             char *s = cli_json_scalar(v);
