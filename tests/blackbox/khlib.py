@@ -224,6 +224,15 @@ class Api:
         assert r.status == 200, r
         return r.text
 
+    def wait_accel(self, timeout=15):
+        """GET /host once the start-up KVM probe is over."""
+        deadline = time.time() + timeout
+        h = self.get("/api/v1/host").json
+        while h.get("accelerator") == "probing" and time.time() < deadline:
+            time.sleep(0.2)
+            h = self.get("/api/v1/host").json
+        return h
+
     def wait_state(self, name, states, timeout=60):
         if isinstance(states, str):
             states = (states,)
@@ -499,6 +508,10 @@ def kill_pid(pid):
 
 # --------------------------------------------------------------------------
 # Daemon
+
+
+def wait_accel(api, timeout=15):
+    return api.wait_accel(timeout)
 
 
 def free_port():

@@ -95,6 +95,7 @@ def test_cli_list_show_json(daemon, fake_boot):
     p = cli(daemon, "vm", "delete", "beta")
     assert p.returncode == 0, p.stderr
     assert daemon.api.vm_names() == ["alpha"]
+    khlib.wait_accel(daemon.api)
     p = cli(daemon, "host", "show", json_out=True)
     if p.returncode == 0:
         assert json.loads(p.stdout)["accelerator"] == "tcg"

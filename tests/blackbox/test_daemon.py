@@ -25,7 +25,7 @@ def test_tcp_requires_token(daemons):
     assert r.status == 401, r
     r = d.tcp_api().get("/api/v1/vms")
     assert r.status == 401, r
-    r = d.tcp_api().post("/api/v1/vms", {"name": "sneaky", "memory_mib": 64})
+    r = d.tcp_api().post("/api/v1/vms", {"name": "sneaky", "vcpus": 1, "memory_mib": 64})
     assert r.status == 401, r
     r = d.tcp_api().get("/api/v1/openapi.json")
     assert r.status == 401, r

@@ -39,16 +39,18 @@ def snapshot(mdaemon):
     assert not os.path.exists("/etc/x")
 
 
-def _assert_invalid(r, what):
+def _assert_invalid(r, what, field=None):
     assert r.status == 400, (what, r)
     e = r.error
     assert e["code"] == "invalid", (what, r)
+    if field and not e["message"].startswith("malformed JSON"):  # the message names the field
+        assert field in e["message"], (what, e)
 
 
 @pytest.mark.parametrize("name", BAD_NAMES, ids=lambda n: repr(n)[:20])
 def test_bad_vm_name_rejected(mdaemon, snapshot, fake_boot, name):
-    r = mdaemon.api.post("/api/v1/vms", {"name": name, "memory_mib": 64, "boot": fake_boot})
-    _assert_invalid(r, name)
+    r = mdaemon.api.post("/api/v1/vms", {"name": name, "vcpus": 1, "memory_mib": 64, "boot": fake_boot})
+    _assert_invalid(r, name, "name")
 
 
 def test_bad_names_in_urls(mdaemon, snapshot):
@@ -81,19 +83,19 @@ def test_bad_strings_in_paths(mdaemon, snapshot, fake_boot):
         {"disks": "/tmp/x.img"},
     ]
     for i, extra in enumerate(cases):
-        spec = {"name": "strs%d" % i, "memory_mib": 64, "boot": fake_boot}
+        spec = {"name": "strs%d" % i, "vcpus": 1, "memory_mib": 64, "boot": fake_boot}
         spec.update(extra)
         _assert_invalid(api.post("/api/v1/vms", spec), extra)
 
 
 BAD_BODIES = [
     ("not json", b"{"),
-    ("trailing garbage", b'{"name": "j1", "memory_mib": 64} x'),
+    ("trailing garbage", b'{"name": "j1", "vcpus": 1, "memory_mib": 64} x'),
     ("array", b"[]"),
     ("null", b"null"),
     ("string", b'"j1"'),
     ("empty", b""),
-    ("bad utf8", b'{"name": "j\xff1", "memory_mib": 64}'),
+    ("bad utf8", b'{"name": "j\xff1", "vcpus": 1, "memory_mib": 64}'),
 ]
 
 BAD_FIELDS = [
@@ -115,14 +117,15 @@ def test_malformed_json_rejected(mdaemon, snapshot, what, raw):
 
 @pytest.mark.parametrize("field", BAD_FIELDS, ids=lambda f: json.dumps(f)[:30])
 def test_wrong_types_and_ranges_rejected(mdaemon, snapshot, fake_boot, field):
-    spec = {"name": "typed", "memory_mib": 64, "vcpus": 1, "boot": fake_boot}
+    spec = {"name": "typed", "vcpus": 1, "memory_mib": 64, "boot": fake_boot}
     spec.update(field)
-    _assert_invalid(mdaemon.api.post("/api/v1/vms", spec), field)
+    key = list(field)[0]
+    _assert_invalid(mdaemon.api.post("/api/v1/vms", spec), field, key)
 
 
 def test_bad_patch_changes_nothing(mdaemon, fake_boot):
     api = mdaemon.api
-    api.create({"name": "patchme", "memory_mib": 64, "boot": fake_boot})
+    api.create({"name": "patchme", "vcpus": 1, "memory_mib": 64, "boot": fake_boot})
     before = api.vm("patchme")
     for field in BAD_FIELDS:
         _assert_invalid(api.patch("/api/v1/vms/patchme", field), field)
@@ -135,7 +138,7 @@ def test_bad_patch_changes_nothing(mdaemon, fake_boot):
 
 def test_boundaries_accepted(mdaemon, fake_boot):
     api = mdaemon.api
-    r = api.post("/api/v1/vms", {"name": "bounds", "memory_mib": 16, "vcpus": 255, "boot": fake_boot})
+    r = api.post("/api/v1/vms", {"name": "bounds", "vcpus": 255, "memory_mib": 16, "boot": fake_boot})
     assert r.status == 201, r
     r = api.patch("/api/v1/vms/bounds", {"memory_mib": 16777216, "vcpus": 1})
     assert r.status == 200, r
@@ -179,7 +182,7 @@ def test_body_over_1mib_rejected_before_read(mdaemon, snapshot):
 
 
 def test_body_over_1mib_sent_in_full(mdaemon, snapshot, fake_boot):
-    body = json.dumps({"name": "huge", "memory_mib": 64, "boot": fake_boot,
+    body = json.dumps({"name": "huge", "vcpus": 1, "memory_mib": 64, "boot": fake_boot,
                        "description": "x" * (1024 * 1024 + 10)}).encode()
     r = mdaemon.api.post("/api/v1/vms", raw=body)
     assert r.status == 413, r
@@ -205,7 +208,7 @@ def test_chunked_body_over_1mib_rejected(mdaemon, snapshot):
 
 def test_body_exactly_under_limit_ok(mdaemon, fake_boot):
     """A large but legal body (just under 1 MiB of whitespace) is read."""
-    spec = json.dumps({"name": "padded", "memory_mib": 64, "boot": fake_boot}).encode()
+    spec = json.dumps({"name": "padded", "vcpus": 1, "memory_mib": 64, "boot": fake_boot}).encode()
     raw = spec[:-1] + b" " * (1024 * 1024 - len(spec) - 16) + b"}"
     r = mdaemon.api.post("/api/v1/vms", raw=raw)
     assert r.status == 201, r
