@@ -1722,7 +1722,7 @@ static int tcp_listen(const char *spec, int *port_out, kh_err *err)
         port = c + 1;
     }
     if (!*port || strspn(port, "0123456789") != strlen(port) || strlen(port) > 5 ||
-        atoi(port) > 65535) {
+        strtol(port, NULL, 10) > 65535) {
         kh_err_set(err, KH_E_INVALID, "bad port in listen address %s", spec);
         return -1;
     }
@@ -1760,6 +1760,7 @@ static int tcp_listen(const char *spec, int *port_out, kh_err *err)
         return -1;
     }
     struct sockaddr_storage ss;
+    memset(&ss, 0, sizeof(ss));
     socklen_t sl = sizeof(ss);
     *port_out = 0;
     if (getsockname(fd, (struct sockaddr *)&ss, &sl) == 0) {
@@ -1955,13 +1956,19 @@ void kh_http_server_free(kh_http_server *srv)
     /* Streams first: their on_close runs now, their connections end below. */
     while (srv->sses)
         sse_end(srv->sses);
+    /* ws_gone moves each link off `links` (onto `lingering` or freed); the
+     * analyzer cannot follow that through the callback and reports a
+     * use-after-free here. The ASan unit test frees a server with WebSocket
+     * sessions open, lingering and not, to prove the lists stay sound. */
+    // NOLINTBEGIN(clang-analyzer-unix.Malloc)
     while (srv->links)
-        kh_ws__shutdown(srv->links->ws); /* ws_gone unlinks */
+        kh_ws__shutdown(srv->links->ws);
     while (srv->lingering) {
         ws_link *l = srv->lingering;
         DL_REMOVE(srv->lingering, l);
         link_close(l);
     }
+    // NOLINTEND(clang-analyzer-unix.Malloc)
     while (srv->drainers)
         drainer_stop(srv->drainers);
     /* MHD cannot stop with suspended connections: resume them all. */

@@ -227,7 +227,7 @@ json_t *kh_http_openapi(const kh_route *routes, size_t nroutes, const json_t *sc
     json_object_set_new(doc, "paths", paths);
 
     json_t *comp = json_object();
-    json_t *sch = schemas && json_is_object(schemas) ? json_deep_copy(schemas) : json_object();
+    json_t *sch = json_is_object(schemas) ? json_deep_copy(schemas) : json_object();
     if (!json_object_get(sch, "Error"))
         json_object_set_new(
             sch, "Error",

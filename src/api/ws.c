@@ -277,7 +277,9 @@ static void ws_tick(uv_timer_t *t)
     uint64_t now = kh_now_ms();
     if (ws->extra_off < ws->extra_len) {
         ws_io(ws, 0, 0); /* bytes that came with the handshake */
-        if (ws->state != WS_OPEN)
+        /* A ticking session is attached, so ws_finish() defers the free to
+         * the handles' close callbacks: ws is still valid here. */
+        if (ws->state != WS_OPEN) // NOLINT(clang-analyzer-unix.Malloc)
             return;
     }
     if (ws->close_sent_ms && now - ws->close_sent_ms >= WS_CLOSE_WAIT_MS) {

@@ -351,9 +351,7 @@ int cli_client_stream(cli_client *c, const char *path, const char *const *header
     if (s.status >= 300) {
         cli_error_from_answer(s.status, s.errbody.data, s.errbody.len, err);
         ret = -1;
-    } else if (rc == CURLE_OK || s.stopped) {
-        ret = 0;
-    } else if (rc == CURLE_OPERATION_TIMEDOUT && s.status) {
+    } else if (rc == CURLE_OK || s.stopped || (rc == CURLE_OPERATION_TIMEDOUT && s.status)) {
         ret = 0;
     } else {
         set_transport_error(c, rc, errbuf, err);
@@ -472,7 +470,7 @@ void cli_sse_clear(cli_sse *s)
 
 static void grow_append(char **p, size_t *len, size_t *cap, const char *data, size_t n)
 {
-    if (*len + n + 1 > *cap) {
+    if (!*p || *len + n + 1 > *cap) {
         size_t c = *cap ? *cap : 256;
         while (c < *len + n + 1)
             c *= 2;

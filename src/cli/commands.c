@@ -844,6 +844,7 @@ cli_client *cli_ctx_client(cli_ctx *ctx, kh_err *err)
             return NULL;
         }
         char *token = NULL;
+        const char *env_token;
         if (ctx->token_file) {
             kh_err ferr = KH_ERR_INIT;
             token = kh_fs_read(ctx->token_file, 4096, NULL, &ferr);
@@ -851,8 +852,8 @@ cli_client *cli_ctx_client(cli_ctx *ctx, kh_err *err)
                 kh_err_set(err, KH_E_INVALID, "reading the token file: %s", ferr.msg);
                 return NULL;
             }
-        } else if (getenv("KVMHOST_TOKEN") && *getenv("KVMHOST_TOKEN")) {
-            token = xstrdup(getenv("KVMHOST_TOKEN"));
+        } else if ((env_token = getenv("KVMHOST_TOKEN")) && *env_token) {
+            token = xstrdup(env_token);
         } else {
             cli_usage_error(ctx, NULL, err,
                             "--url needs the API token: --token-file FILE or KVMHOST_TOKEN");

@@ -63,6 +63,8 @@ static size_t text_width(const char *s)
 char *cli_table_render(const cli_table *t)
 {
     size_t ncols = t->ncols, ncells = t->cells->n;
+    if (ncols == 0)
+        return xstrdup("");
     size_t *width = xcalloc(ncols ? ncols : 1, sizeof(*width));
     for (size_t i = 0; i < ncells; i++) {
         size_t w = text_width(t->cells->v[i]);

@@ -83,9 +83,12 @@ unsigned long kh_proc_rss_kib(pid_t pid)
     if (!fp)
         return 0;
     unsigned long kib = 0;
-    while (fgets(line, sizeof(line), fp))
-        if (sscanf(line, "VmRSS: %lu kB", &kib) == 1)
+    while (fgets(line, sizeof(line), fp)) {
+        if (strncmp(line, "VmRSS:", 6) == 0) {
+            kib = strtoul(line + 6, NULL, 10);
             break;
+        }
+    }
     fclose(fp);
     return kib;
 }

@@ -138,8 +138,7 @@ static int run_capture(char *const argv[], const char *input, int timeout_ms, ch
     }
 
     uint64_t deadline = kh_now_ms() + (uint64_t)timeout_ms;
-    bool eof = false;
-    while (!eof) {
+    for (;;) {
         uint64_t now = kh_now_ms();
         if (now >= deadline)
             break;
@@ -153,10 +152,8 @@ static int run_capture(char *const argv[], const char *input, int timeout_ms, ch
         ssize_t n = read(outp[0], tmp, sizeof(tmp));
         if (n < 0 && errno == EINTR)
             continue;
-        if (n <= 0) {
-            eof = true;
-            break;
-        }
+        if (n <= 0)
+            break; /* end of output */
         size_t take = (size_t)n < OUTPUT_MAX - len ? (size_t)n : OUTPUT_MAX - len;
         memcpy(buf + len, tmp, take);
         len += take;

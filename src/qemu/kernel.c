@@ -334,7 +334,7 @@ static int find_payload(const unsigned char *p, size_t size, size_t *off, size_t
     if (plen == 0 || base + poff > size || plen > size - (base + poff)) {
         reasonf(reason, reason_size,
                 "payload (offset %llu, length %llu) lies outside the %zu-byte file",
-                (unsigned long long)(base + poff), (unsigned long long)plen, size);
+                (unsigned long long)base + poff, (unsigned long long)plen, size);
         return 1;
     }
     *off = (size_t)(base + poff);

@@ -11,6 +11,7 @@
  */
 #include "qemu/qmp.h"
 
+#include <assert.h>
 #include <errno.h>
 #include <stdbool.h>
 #include <stdint.h>
@@ -58,13 +59,13 @@ static void parser_push(kh_qmp_parser *p, json_t *msg)
         p->head = p->count = 0;
     if (p->count == p->msgs_cap) {
         if (p->head > 0) {
-            memmove(p->msgs, p->msgs + p->head, (p->count - p->head) * sizeof(*p->msgs));
+            memmove(p->msgs, p->msgs + p->head, (p->count - p->head) * sizeof(json_t *));
             p->count -= p->head;
             p->head = 0;
         }
         if (p->count == p->msgs_cap) {
             p->msgs_cap = p->msgs_cap ? p->msgs_cap * 2 : 8;
-            p->msgs = xreallocarray(p->msgs, p->msgs_cap, sizeof(*p->msgs));
+            p->msgs = xreallocarray(p->msgs, p->msgs_cap, sizeof(json_t *));
         }
     }
     p->msgs[p->count++] = msg;
@@ -454,7 +455,10 @@ static void handle_reply(kh_qmp *qmp, json_t *msg)
         qmp_shutdown_msg(qmp, "protocol error: reply to a command not in flight", 0);
         return;
     }
-    cmd_pop(qmp);
+    /* One command in flight at a time, always the queue's head. */
+    qmp_cmd *popped = cmd_pop(qmp);
+    assert(popped == c);
+    (void)popped;
     qmp->rtt_us = (unsigned long)((uv_hrtime() - c->sent_ns) / 1000);
 
     kh_err err = KH_ERR_INIT;

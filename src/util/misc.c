@@ -17,7 +17,8 @@ double kh_wall_time(void)
 {
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
-    return (double)ts.tv_sec + (double)(ts.tv_nsec / 1000000) / 1000.0;
+    long ms = ts.tv_nsec / 1000000; /* whole milliseconds */
+    return (double)ts.tv_sec + (double)ms / 1000.0;
 }
 
 void kh_time_format(double t, char out[32])

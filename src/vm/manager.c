@@ -714,9 +714,12 @@ static void start_spawn(vm *v, const char *kernel_file)
         snprintf(note, sizeof(note), "\r\n[kvmhost: vm started at %s]\r\n", when);
         kh_console_note(v->console, note);
         serial_conn = kh_sock_connect_at(dirfd, "serial.sock", &err);
-        if (serial_conn < 0 || kh_console_attach_fd(v->console, serial_conn, &err) < 0)
+        if (serial_conn < 0)
             goto fail_running;
-        serial_conn = -1;
+        int conn = serial_conn;
+        serial_conn = -1; /* the console owns it from here, even on failure */
+        if (kh_console_attach_fd(v->console, conn, &err) < 0)
+            goto fail_running;
     }
     if (v->task)
         kh_task_progress(v->task, 60, "waiting for QEMU");
@@ -758,26 +761,33 @@ static void start_resolve_work(uv_work_t *w)
     job->kernel_out = kh_kernel_resolve(job->kernel_in, job->cache_dir, &job->err);
 }
 
+static void start_job_free(start_job *job)
+{
+    free(job->kernel_in);
+    free(job->cache_dir);
+    free(job->kernel_out);
+    free(job);
+}
+
 static void start_resolve_done(uv_work_t *w, int status)
 {
     start_job *job = w->data;
+    if (job->cancelled) {
+        /* Abandoned (kill, delete, shutdown): the VM may be gone. */
+        start_job_free(job);
+        return;
+    }
     vm *v = job->v;
-    if (!job->cancelled)
-        v->start_job = NULL;
-    if (status == UV_ECANCELED || job->cancelled) {
-        /* The start was abandoned (kill, delete, shutdown) meanwhile. */
-    } else if (v->state != VM_STARTING || v->pid > 0) {
-        /* Killed while preparing: nothing to do. */
+    v->start_job = NULL;
+    if (status == UV_ECANCELED || v->state != VM_STARTING || v->pid > 0) {
+        /* nothing left to do */
     } else if (!job->kernel_out) {
         kh_err_prefix(&job->err, "starting vm %s", v->spec->name);
         start_fail(v, &job->err);
     } else {
         start_spawn(v, job->kernel_out);
     }
-    free(job->kernel_in);
-    free(job->cache_dir);
-    free(job->kernel_out);
-    free(job);
+    start_job_free(job);
 }
 
 static void start_prepare(vm *v)
@@ -912,7 +922,7 @@ static int check_action(const vm *v, kh_vm_action action, kh_err *err)
     switch (action) {
     case KH_ACTION_START: ok = v->state == VM_STOPPED; break;
     case KH_ACTION_STOP: ok = v->state == VM_RUNNING || v->state == VM_PAUSED; break;
-    case KH_ACTION_REBOOT: ok = v->state == VM_RUNNING; break;
+    case KH_ACTION_REBOOT:
     case KH_ACTION_PAUSE: ok = v->state == VM_RUNNING; break;
     case KH_ACTION_RESUME: ok = v->state == VM_PAUSED; break;
     case KH_ACTION_KILL: ok = true; break;
