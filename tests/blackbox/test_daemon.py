@@ -77,10 +77,21 @@ def test_second_daemon_same_socket_refused(daemon):
     base2 = daemon.base + "-2"
     os.makedirs(base2)
     try:
-        p = subprocess.run([khlib.DAEMON_BIN, "--state-dir", os.path.join(base2, "state"),
-                            "--socket", daemon.socket], capture_output=True, text=True, timeout=20)
-        assert p.returncode != 0, p
-        assert daemon.api.get("/api/v1/host").status == 200
+        p = subprocess.Popen([khlib.DAEMON_BIN, "--state-dir", os.path.join(base2, "state"),
+                              "--socket", daemon.socket], stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            out, _ = p.communicate(timeout=8)
+        except subprocess.TimeoutExpired:
+            # still running: did it take the first daemon's socket over?
+            r = daemon.api.get("/api/v1/host")
+            p.kill()
+            out, _ = p.communicate()
+            raise AssertionError("a second kvmhostd on the socket of a running one kept running "
+                                 "(GET /host now answers state_dir=%s): %r"
+                                 % (r.json.get("state_dir"), out[-500:])) from None
+        assert p.returncode != 0, out
+        assert daemon.api.get("/api/v1/host").json["state_dir"] == daemon.state_dir
     finally:
         subprocess.run(["rm", "-rf", base2])
 
