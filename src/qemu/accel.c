@@ -331,9 +331,11 @@ static int phase_long(int vcpu, struct kvm_run *run, int run_size, unsigned char
 static void set_cpuid(int kvm, int vcpu)
 {
     enum { MAX_ENTRIES = 256 };
-    static struct {
+    /* kvm_cpuid2 ends in a flexible array: back it with aligned storage. */
+    static union {
         struct kvm_cpuid2 head;
-        struct kvm_cpuid_entry2 entries[MAX_ENTRIES];
+        unsigned char bytes[sizeof(struct kvm_cpuid2) +
+                            MAX_ENTRIES * sizeof(struct kvm_cpuid_entry2)];
     } cpuid;
     memset(&cpuid, 0, sizeof(cpuid));
     cpuid.head.nent = MAX_ENTRIES;
