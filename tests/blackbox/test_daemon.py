@@ -31,7 +31,7 @@ def test_tcp_requires_token(daemons):
     assert r.status == 401, r
     r = d.tcp_api(token=token).get("/api/v1/host")
     assert r.status == 200, r
-    assert r.json["accelerator"] == "tcg"
+    assert d.tcp_api(token=token).wait_accel()["accelerator"] == "tcg"
     r = d.tcp_api(token=token).get("/api/v1/vms")
     assert r.status == 200 and r.json == {"vms": []}, r
     assert d.api.vms() == []  # nothing was created by the unauthorized POST
