@@ -35,6 +35,18 @@ def test_tcp_requires_token(daemons):
     r = d.tcp_api(token=token).get("/api/v1/vms")
     assert r.status == 200 and r.json == {"vms": []}, r
     assert d.api.vms() == []  # nothing was created by the unauthorized POST
+    # the console WebSocket and the event stream need the token too
+    import websocket
+    host, port_s = d.listen.rsplit(":", 1)
+    for path in ("/api/v1/vms/nope/console", "/api/v1/events"):
+        try:
+            ws = websocket.create_connection("ws://%s:%s%s" % (host, port_s, path), timeout=5)
+            ws.close()
+            raise AssertionError("WebSocket %s opened without a token" % path)
+        except websocket.WebSocketBadStatusException as e:
+            assert e.status_code == 401, (path, e)
+    r = d.tcp_api().get("/api/v1/events")
+    assert r.status == 401, r
     # the unix socket needs no token
     assert d.api.get("/api/v1/host").status == 200
     # the token survives a restart (same file, same token)
