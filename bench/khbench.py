@@ -430,8 +430,8 @@ def main():
     a = ap.parse_args()
     parts = set(a.parts.split(","))
     Q = a.quick
-    N_START = 3 if Q else 8
-    N_MARK = 1 if Q else 3
+    N_START = 3 if Q else 10
+    N_MARK = 1 if Q else 5
     N_CREATE = 5 if Q else 15
     N_LIST = 200
     N_REATTACH = 10 if Q else 50
