@@ -1,0 +1,231 @@
+"""Storage: pools and volumes with the real qemu-img (issue 3).
+
+No guest boots here except in the tests marked slow."""
+
+import json
+import os
+import subprocess
+import threading
+
+import pytest
+
+import khlib
+
+QIMG = "/usr/bin/qemu-img"
+
+
+def qinfo(path):
+    out = subprocess.run([QIMG, "info", "-U", "--output=json", path], capture_output=True,
+                         text=True, check=True).stdout
+    return json.loads(out)
+
+
+def pool_files(daemon, pool="default"):
+    d = os.path.join(daemon.state_dir, "pools", pool)
+    return sorted(os.listdir(d))
+
+
+def vol_path(daemon, vol):
+    return os.path.join(daemon.state_dir, "pools", "default", vol["id"])
+
+
+def test_default_pool(daemon):
+    api = daemon.api
+    pools = api.get("/api/v1/pools").json["pools"]
+    assert [p["name"] for p in pools] == ["default"]
+    p = pools[0]
+    assert p["type"] == "dir" and p["default"] is True
+    assert p["path"] == os.path.join(daemon.state_dir, "pools", "default")
+    assert p["capacity"] > 0 and 0 < p["free"] <= p["capacity"]
+    assert api.get("/api/v1/pools/default").json["volumes"] == 0
+    assert api.get("/api/v1/pools/nope").status == 404
+    r = api.delete("/api/v1/pools/default")
+    assert r.status == 409, r
+
+
+def test_volume_crud(daemon):
+    api = daemon.api
+    r = api.post("/api/v1/pools/default/volumes", {"name": "data1", "size": "64M"})
+    assert r.status == 201, r
+    v = r.json
+    assert r.headers.get("location") == "/api/v1/pools/default/volumes/data1"
+    assert v["format"] == "qcow2" and v["capacity"] == 64 << 20 and v["ref"] == "default/data1"
+    # named by id on disk, never by the user's name
+    assert pool_files(daemon) == [v["id"]]
+    info = qinfo(vol_path(daemon, v))
+    assert info["format"] == "qcow2" and info["virtual-size"] == 64 << 20
+
+    r = api.post("/api/v1/pools/default/volumes", {"name": "raw1", "format": "raw", "size": 1048576})
+    assert r.status == 201, r
+    assert qinfo(vol_path(daemon, r.json))["format"] == "raw"
+
+    # duplicate name
+    r = api.post("/api/v1/pools/default/volumes", {"name": "data1", "size": "1M"})
+    assert r.status == 409, r
+
+    names = [x["name"] for x in api.get("/api/v1/pools/default/volumes").json["volumes"]]
+    assert names == ["data1", "raw1"]
+
+    s = api.get("/api/v1/pools/default/volumes/data1").json
+    assert s["virtual_size"] == 64 << 20 and s["backing_chain"][0]["format"] == "qcow2"
+    assert s["used_by"] == [] and s["backing"] is None
+
+    # grow only
+    r = api.post("/api/v1/pools/default/volumes/data1/resize", {"size": "128M"})
+    assert r.status == 200, r
+    assert r.json["capacity"] == 128 << 20
+    assert qinfo(vol_path(daemon, v))["virtual-size"] == 128 << 20
+    r = api.post("/api/v1/pools/default/volumes/data1/resize", {"size": "1M"})
+    assert r.status == 400 and "only grow" in r.error["message"], r
+
+    assert api.delete("/api/v1/pools/default/volumes/data1").status == 204
+    assert api.get("/api/v1/pools/default/volumes/data1").status == 404
+    assert not os.path.exists(vol_path(daemon, v))
+    assert api.delete("/api/v1/pools/default/volumes/data1").status == 404
+
+    # survives a daemon restart
+    daemon.restart()
+    names = [x["name"] for x in daemon.api.get("/api/v1/pools/default/volumes").json["volumes"]]
+    assert names == ["raw1"]
+
+
+@pytest.mark.parametrize("name", ["a/b", "..", "x,y", ".hidden", "-x", "", "a" * 65,
+                                  "a b", "vol\n"])
+def test_bad_volume_names(daemon, name):
+    r = daemon.api.post("/api/v1/pools/default/volumes", {"name": name, "size": "1M"})
+    assert r.status == 400, r
+    assert pool_files(daemon) == []
+
+
+@pytest.mark.parametrize("body,status", [
+    ({"name": "v", "size": "1E"}, 400),
+    ({"name": "v", "size": "-1"}, 400),
+    ({"name": "v", "size": 0}, 400),
+    ({"name": "v", "size": "10x"}, 400),
+    ({"name": "v"}, 400),
+    ({"name": "v", "size": "1M", "format": "vmdk"}, 400),
+    ({"name": "v", "size": "1M", "owner": "root"}, 400),
+    ({"name": "v", "size": "100P"}, 413),
+    ({"name": "v", "size": "99999999999999999999999"}, 413),
+    ({"name": "v", "size": "60T"}, 413),  # under the max, over the free space
+])
+def test_bad_volume_bodies(daemon, body, status):
+    r = daemon.api.post("/api/v1/pools/default/volumes", body)
+    assert r.status == status, r
+    assert pool_files(daemon) == []
+
+
+def test_enospc_leaves_nothing(daemons, tmp_path):
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)], check=True)
+    try:
+        d = daemons()
+        api = d.api
+        r = api.post("/api/v1/pools", {"name": "small", "type": "dir", "path": str(mnt)})
+        assert r.status == 201, r
+        assert r.json["capacity"] == 1 << 20
+        # within the free space, but qcow2 metadata on top of a full
+        # preallocation does not fit: qemu-img hits ENOSPC
+        r = api.post("/api/v1/pools/small/volumes",
+                     {"name": "big", "size": "900K", "preallocate": True})
+        assert r.status == 413, r
+        assert "No space left" in r.error["message"]
+        assert os.listdir(mnt) == []
+        assert api.get("/api/v1/pools/small/volumes").json["volumes"] == []
+        # the pool still works
+        r = api.post("/api/v1/pools/small/volumes", {"name": "ok", "size": "512K"})
+        assert r.status == 201, r
+        assert r.status == 201
+        assert api.delete("/api/v1/pools/small").status == 409
+        assert api.delete("/api/v1/pools/small/volumes/ok").status == 204
+        assert api.delete("/api/v1/pools/small").status == 204
+        assert os.listdir(mnt) == []
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)])
+
+
+def test_pool_create_checks(daemon, tmp_path):
+    api = daemon.api
+    assert api.post("/api/v1/pools", {"name": "p", "path": str(tmp_path / "missing")}).status == 400
+    assert api.post("/api/v1/pools", {"name": "p", "path": "relative"}).status == 400
+    assert api.post("/api/v1/pools", {"name": "p", "type": "rbd", "path": str(tmp_path)}).status == 400
+    assert api.post("/api/v1/pools", {"name": "a/b", "path": str(tmp_path)}).status == 400
+    r = api.post("/api/v1/pools", {"name": "p", "path": str(tmp_path)})
+    assert r.status == 201, r
+    assert api.post("/api/v1/pools", {"name": "p", "path": "/tmp"}).status == 409
+    assert api.post("/api/v1/pools", {"name": "q", "path": str(tmp_path)}).status == 409
+
+
+def test_linked_clone_and_dependents(daemon):
+    api = daemon.api
+    assert api.post("/api/v1/pools/default/volumes", {"name": "base", "size": "32M"}).status == 201
+    r = api.post("/api/v1/pools/default/volumes", {"name": "c1", "backing": "base"})
+    assert r.status == 201, r
+    c1 = r.json
+    assert c1["backing"] == "default/base" and c1["capacity"] == 32 << 20
+    s = api.get("/api/v1/pools/default/volumes/c1").json
+    assert [l.get("volume") for l in s["backing_chain"]] == ["default/c1", "default/base"]
+    assert api.get("/api/v1/pools/default/volumes/base").json["dependents"] == 1
+    r = api.delete("/api/v1/pools/default/volumes/base")
+    assert r.status == 409 and "base of 1" in r.error["message"], r
+    # raw overlays do not exist
+    r = api.post("/api/v1/pools/default/volumes", {"name": "c2", "backing": "base", "format": "raw"})
+    assert r.status == 400
+    assert api.post("/api/v1/pools/default/volumes", {"name": "c3", "backing": "nope"}).status == 404
+    assert api.delete("/api/v1/pools/default/volumes/c1").status == 204
+    assert api.delete("/api/v1/pools/default/volumes/base").status == 204
+
+
+def test_parallel_linked_clones(daemon):
+    api = daemon.api
+    assert api.post("/api/v1/pools/default/volumes", {"name": "tpl", "size": "20G"}).status == 201
+    results = [None] * 10
+
+    def one(i):
+        a = khlib.Api(daemon.socket)
+        results[i] = a.post("/api/v1/pools/default/volumes", {"name": "clone%d" % i,
+                                                              "backing": "tpl"})
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(10)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert [r.status for r in results] == [201] * 10, results
+    for r in results:
+        assert qinfo(vol_path(daemon, r.json))["backing-filename"].endswith(
+            api.get("/api/v1/pools/default/volumes/tpl").json["id"])
+    assert api.get("/api/v1/pools/default/volumes/tpl").json["dependents"] == 10
+
+
+def test_import_refuses_images_naming_other_files(daemon, tmp_path):
+    api = daemon.api
+    base = tmp_path / "base.raw"
+    base.write_bytes(b"\0" * 65536)
+    over = tmp_path / "over.qcow2"
+    subprocess.run([QIMG, "create", "-q", "-f", "qcow2", "-b", str(base), "-F", "raw",
+                    str(over)], check=True)
+    r = api.post("/api/v1/pools/default/volumes", {"name": "i1", "format": "qcow2",
+                                                   "import": str(over)})
+    assert r.status == 400 and "backing file" in r.error["message"], r
+    dataf = tmp_path / "data.qcow2"
+    subprocess.run([QIMG, "create", "-q", "-f", "qcow2", "-o",
+                    "data_file=%s" % (tmp_path / "data.bin"), str(dataf), "1M"], check=True)
+    r = api.post("/api/v1/pools/default/volumes", {"name": "i2", "format": "qcow2",
+                                                   "import": str(dataf)})
+    assert r.status == 400 and "data file" in r.error["message"], r
+    # the format is given, never guessed: a qcow2 is not a raw... it is
+    # refused as qcow2 when declared raw? No: declared qcow2 for a raw file
+    r = api.post("/api/v1/pools/default/volumes", {"name": "i3", "format": "qcow2",
+                                                   "import": str(base)})
+    assert r.status == 400, r
+    assert pool_files(daemon) == []
+    # a clean image imports
+    good = tmp_path / "good.qcow2"
+    subprocess.run([QIMG, "create", "-q", "-f", "qcow2", str(good), "4M"], check=True)
+    r = api.post("/api/v1/pools/default/volumes", {"name": "i4", "format": "qcow2",
+                                                   "import": str(good)})
+    assert r.status == 201, r
+    assert r.json["capacity"] == 4 << 20
+    assert pool_files(daemon) == [r.json["id"]]
