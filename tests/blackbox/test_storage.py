@@ -229,3 +229,31 @@ def test_import_refuses_images_naming_other_files(daemon, tmp_path):
     assert r.status == 201, r
     assert r.json["capacity"] == 4 << 20
     assert pool_files(daemon) == [r.json["id"]]
+
+
+def test_cli_pool_and_volume(daemon, tmp_path):
+    cli = khlib.cli
+    p = cli(daemon, "pool", "list")
+    assert p.returncode == 0 and "default" in p.stdout, p
+    p = cli(daemon, "pool", "create", "extra", "--path", str(tmp_path))
+    assert p.returncode == 0, p
+    p = cli(daemon, "volume", "create", "extra/v1", "--size", "8M", json_out=True)
+    assert p.returncode == 0, p
+    assert json.loads(p.stdout)["ref"] == "extra/v1"
+    p = cli(daemon, "volume", "create", "c1", "--backing", "extra/v1")
+    assert p.returncode == 0, p
+    p = cli(daemon, "volume", "list", "--pool", "extra")
+    assert p.returncode == 0 and "extra/v1" in p.stdout, p
+    p = cli(daemon, "volume", "show", "default/c1", json_out=True)
+    assert p.returncode == 0, p
+    assert [l["volume"] for l in json.loads(p.stdout)["backing_chain"]] == ["default/c1", "extra/v1"]
+    p = cli(daemon, "volume", "resize", "extra/v1", "--size", "4M")
+    assert p.returncode == 2 and "only grow" in p.stderr, p
+    p = cli(daemon, "volume", "delete", "extra/v1")
+    assert p.returncode == 5, p
+    p = cli(daemon, "volume", "create", "a,b", "--size", "1M")
+    assert p.returncode == 2, p
+    for ref in ("default/c1", "extra/v1"):
+        assert cli(daemon, "volume", "delete", ref).returncode == 0
+    assert cli(daemon, "pool", "delete", "extra").returncode == 0
+    assert os.listdir(tmp_path) == []
