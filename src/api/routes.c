@@ -80,9 +80,12 @@ static const struct {
       "escription\":\"absolute path\"},\"initrd\":{\"type\":\"string\"},\"cmdline\":{\"type\":\"string\",\"maxL"
       "ength\":4096}}}" },
     { "Disk",
-      "{\"type\":\"object\",\"additionalProperties\":false,\"required\":[\"path\",\"format\"],\"properties\":"
-      "{\"path\":{\"type\":\"string\"},\"format\":{\"type\":\"string\",\"enum\":[\"raw\",\"qcow2\"]},\"readonly\":{"
-      "\"type\":\"boolean\",\"default\":false}}}" },
+      "{\"type\":\"object\",\"additionalProperties\":false,\"description\":\"a host file (path and "
+      "format) or a volume (pool/name)\",\"properties\":"
+      "{\"path\":{\"type\":\"string\"},\"format\":{\"type\":\"string\",\"enum\":[\"raw\",\"qcow2\"]},\"volume\":{"
+      "\"type\":\"string\",\"pattern\":\"^[A-Za-z0-9_][A-Za-z0-9_.-]*/[A-Za-z0-9_][A-Za-z0-9_.-]*$\"},\"readonly\":{"
+      "\"type\":\"boolean\",\"default\":false}},\"oneOf\":[{\"required\":[\"path\",\"format\"]},{\"required\":"
+      "[\"volume\"]}]}" },
     { "VMSpec",
       "{\"type\":\"object\",\"additionalProperties\":false,\"required\":[\"name\"],\""
       "properties\":{\"name\":{\"type\":\"string\",\"pattern\":\"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$\"},\"vc"

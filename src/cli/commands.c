@@ -57,7 +57,8 @@ static const cli_opt opts_vm_create[] = {
     "\"readonly\" needs the path= form or a leading \"./\". Relative paths are made "       \
     "absolute against the current directory before they are sent; \".\" and \"..\" are "   \
     "resolved by name, without following symlinks. kvmhostd opens the files, so they must " \
-    "exist on its host."
+    "exist on its host. A volume of a storage pool is given as volume=POOL/NAME instead of " \
+    "a path and format (see 'kvmhost volume')."
 
 static const cli_opt opts_vm_edit[] = {
     { "vcpus", "N", CLI_OPT_ARG, "New number of virtual CPUs." },

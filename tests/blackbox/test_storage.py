@@ -257,3 +257,81 @@ def test_cli_pool_and_volume(daemon, tmp_path):
         assert cli(daemon, "volume", "delete", ref).returncode == 0
     assert cli(daemon, "pool", "delete", "extra").returncode == 0
     assert os.listdir(tmp_path) == []
+
+
+def sha256(path):
+    import hashlib
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def guest_vm(guest, name, disks):
+    s = guest.spec(name, None, disk=False)
+    s["disks"] = disks
+    return s
+
+
+@pytest.mark.slow
+def test_linked_clone_boots_writes_base_unchanged(daemon, guest, consoles, tmp_path):
+    """A volume imported from the test guest's ext4 disk becomes the base of
+    a linked clone; a VM on the clone boots from the chain (-blockdev per
+    layer), writes a file; the base's bytes do not change and the write is
+    in the overlay."""
+    api = daemon.api
+    khlib.wait_accel(api)
+    r = api.post("/api/v1/pools/default/volumes", {"name": "base", "format": "raw",
+                                                   "import": guest.disk})
+    assert r.status == 201, r
+    base = r.json
+    base_file = vol_path(daemon, base)
+    before = sha256(base_file)
+    r = api.post("/api/v1/pools/default/volumes", {"name": "c1", "backing": "base"})
+    assert r.status == 201, r
+    clone = r.json
+
+    # a writable attach of a base would corrupt its clones
+    r = api.post("/api/v1/vms", guest_vm(guest, "bad", [{"volume": "default/base"}]))
+    assert r.status == 400 and "base of 1" in r.error["message"], r
+    r = api.post("/api/v1/vms", guest_vm(guest, "ghost", [{"volume": "default/nope"}]))
+    assert r.status == 400, r
+
+    api.create(guest_vm(guest, "cl", [{"volume": "default/c1"}]))
+    assert api.vm("cl")["disks"] == [{"volume": "default/c1", "readonly": False}]
+    # attached: cannot be deleted
+    r = api.delete("/api/v1/pools/default/volumes/c1")
+    assert r.status == 409 and "attached to VM cl" in r.error["message"], r
+    api.act_ok("cl", "start")
+    con = consoles(daemon, "cl")
+    api.wait_console("cl", "KVMHOST-DISK: kvmhost-disk-ok")
+    # the argv names the chain: the overlay's node has the base's node as backing
+    pid = api.vm("cl")["pid"]
+    argv = khlib.proc_cmdline(pid)
+    nodes = [json.loads(argv[i + 1]) for i, a in enumerate(argv) if a == "-blockdev"]
+    fmt = {n["node-name"]: n for n in nodes if n["driver"] != "file"}
+    assert fmt["disk0"]["backing"] == "disk0-b1" and fmt["disk0-b1"]["read-only"] is True
+    # used by a running VM: no resize, and no second writer (security case 23)
+    r = api.post("/api/v1/pools/default/volumes/c1/resize", {"size": "64M"})
+    assert r.status == 409, r
+    api.create(guest_vm(guest, "cl2", [{"volume": "default/c1"}]))
+    r = api.post("/api/v1/vms/cl2/start", {})
+    assert r.status == 409 and "in use by the running vm cl" in r.error["message"], r
+    assert api.vm("cl2")["state"] == "stopped"
+    used = api.get("/api/v1/pools/default/volumes/c1").json["used_by"]
+    assert {u["vm"]: u["running"] for u in used} == {"cl": True, "cl2": False}
+
+    con.run("mount -o remount,rw /mnt && echo clone-wrote > /mnt/new.txt && "
+            "mount -o remount,ro /mnt && sync && echo kh-$((%d+1))", timeout=60)
+    api.act_ok("cl", "kill")
+    assert sha256(base_file) == before
+    # the write is in the overlay: read it back through the chain
+    flat = tmp_path / "flat.raw"
+    subprocess.run([QIMG, "convert", "-O", "raw", vol_path(daemon, clone), str(flat)], check=True)
+    p = subprocess.run(["/sbin/debugfs", "-c", "-R", "cat /new.txt", str(flat)], capture_output=True,
+                       text=True)
+    assert "clone-wrote" in p.stdout, p
+    assert api.delete("/api/v1/vms/cl").status == 204
+    assert api.delete("/api/v1/vms/cl2").status == 204
+    assert api.delete("/api/v1/pools/default/volumes/c1").status == 204
