@@ -13,6 +13,7 @@
 #include <uv.h>
 
 #include "api/http.h"
+#include "storage/storage.h"
 #include "vm/event.h"
 #include "vm/manager.h"
 #include "vm/task.h"
@@ -22,6 +23,7 @@ typedef struct kh_api {
     kh_manager *mgr;
     kh_tasks *tasks;
     kh_events *events;
+    kh_storage *storage; /* pools and volumes (NULL: storage unavailable) */
     json_t *host;      /* static host facts, computed at start (owned) */
     json_t *openapi;   /* generated once from the route table (owned) */
     double started_at; /* wall time */
@@ -47,6 +49,16 @@ void kh_vm_routes_kill(kh_http_req *req, void *app);
 void kh_vm_routes_reboot(kh_http_req *req, void *app);
 void kh_vm_routes_pause(kh_http_req *req, void *app);
 void kh_vm_routes_resume(kh_http_req *req, void *app);
+
+void kh_storage_routes_pools(kh_http_req *req, void *app);
+void kh_storage_routes_pool_get(kh_http_req *req, void *app);
+void kh_storage_routes_pool_create(kh_http_req *req, void *app);
+void kh_storage_routes_pool_delete(kh_http_req *req, void *app);
+void kh_storage_routes_volumes(kh_http_req *req, void *app);
+void kh_storage_routes_volume_create(kh_http_req *req, void *app);
+void kh_storage_routes_volume_get(kh_http_req *req, void *app);
+void kh_storage_routes_volume_resize(kh_http_req *req, void *app);
+void kh_storage_routes_volume_delete(kh_http_req *req, void *app);
 
 void kh_task_routes_list(kh_http_req *req, void *app);
 void kh_task_routes_get(kh_http_req *req, void *app);

@@ -32,6 +32,25 @@ static const kh_route routes[] = {
       "Serial console (WebSocket, binary frames both ways)", NULL, NULL },
     { "GET", "/api/v1/vms/{name}/console/log", kh_console_routes_log, 0,
       "Serial output so far (text/plain, ?tail=BYTES)", NULL, NULL },
+    { "GET", "/api/v1/pools", kh_storage_routes_pools, 0, "List storage pools", NULL,
+      "PoolList" },
+    { "POST", "/api/v1/pools", kh_storage_routes_pool_create, 0,
+      "Add a dir pool at an existing directory", "PoolSpec", "Pool" },
+    { "GET", "/api/v1/pools/{pool}", kh_storage_routes_pool_get, 0,
+      "Show a pool: capacity, allocation, free space", NULL, "Pool" },
+    { "DELETE", "/api/v1/pools/{pool}", kh_storage_routes_pool_delete, 0,
+      "Forget an empty pool (its directory stays)", NULL, NULL },
+    { "GET", "/api/v1/pools/{pool}/volumes", kh_storage_routes_volumes, 0,
+      "List the volumes of a pool", NULL, "VolumeList" },
+    { "POST", "/api/v1/pools/{pool}/volumes", kh_storage_routes_volume_create, 0,
+      "Create a volume (empty, a linked clone of a backing volume, or an import)",
+      "VolumeSpec", "Volume" },
+    { "GET", "/api/v1/pools/{pool}/volumes/{volume}", kh_storage_routes_volume_get, 0,
+      "Show a volume with its backing chain (qemu-img info)", NULL, "Volume" },
+    { "POST", "/api/v1/pools/{pool}/volumes/{volume}/resize", kh_storage_routes_volume_resize,
+      0, "Grow a volume that no running VM uses", "VolumeResize", "Volume" },
+    { "DELETE", "/api/v1/pools/{pool}/volumes/{volume}", kh_storage_routes_volume_delete, 0,
+      "Delete a volume no VM and no other volume depends on", NULL, NULL },
     { "GET", "/api/v1/tasks", kh_task_routes_list, 0, "Recent tasks", NULL, "TaskList" },
     { "GET", "/api/v1/tasks/{id}", kh_task_routes_get, 0, "Show a task", NULL, "Task" },
     { "GET", "/api/v1/events", kh_event_routes_stream, KH_ROUTE_SSE,
@@ -61,9 +80,12 @@ static const struct {
       "escription\":\"absolute path\"},\"initrd\":{\"type\":\"string\"},\"cmdline\":{\"type\":\"string\",\"maxL"
       "ength\":4096}}}" },
     { "Disk",
-      "{\"type\":\"object\",\"additionalProperties\":false,\"required\":[\"path\",\"format\"],\"properties\":"
-      "{\"path\":{\"type\":\"string\"},\"format\":{\"type\":\"string\",\"enum\":[\"raw\",\"qcow2\"]},\"readonly\":{"
-      "\"type\":\"boolean\",\"default\":false}}}" },
+      "{\"type\":\"object\",\"additionalProperties\":false,\"description\":\"a host file (path and "
+      "format) or a volume (pool/name)\",\"properties\":"
+      "{\"path\":{\"type\":\"string\"},\"format\":{\"type\":\"string\",\"enum\":[\"raw\",\"qcow2\"]},\"volume\":{"
+      "\"type\":\"string\",\"pattern\":\"^[A-Za-z0-9_][A-Za-z0-9_.-]*/[A-Za-z0-9_][A-Za-z0-9_.-]*$\"},\"readonly\":{"
+      "\"type\":\"boolean\",\"default\":false}},\"oneOf\":[{\"required\":[\"path\",\"format\"]},{\"required\":"
+      "[\"volume\"]}]}" },
     { "VMSpec",
       "{\"type\":\"object\",\"additionalProperties\":false,\"required\":[\"name\"],\""
       "properties\":{\"name\":{\"type\":\"string\",\"pattern\":\"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$\"},\"vc"
@@ -106,6 +128,45 @@ static const struct {
     { "TaskList",
       "{\"type\":\"object\",\"properties\":{\"tasks\":{\"type\":\"array\",\"items\":{\"$ref\":\"#/components/sch"
       "emas/Task\"}}}}" },
+    { "PoolSpec",
+      "{\"type\":\"object\",\"additionalProperties\":false,\"required\":[\"name\",\"path\"],\"properties\":{"
+      "\"name\":{\"type\":\"string\",\"pattern\":\"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$\"},\"type\":{\"type\":"
+      "\"string\",\"enum\":[\"dir\"],\"default\":\"dir\"},\"path\":{\"type\":\"string\",\"description\":"
+      "\"an existing directory (absolute)\"}}}" },
+    { "Pool",
+      "{\"type\":\"object\",\"properties\":{\"id\":{\"type\":\"string\"},\"name\":{\"type\":\"string\"},"
+      "\"type\":{\"type\":\"string\"},\"path\":{\"type\":\"string\"},\"default\":{\"type\":\"boolean\"},"
+      "\"capacity\":{\"type\":\"integer\"},\"allocation\":{\"type\":\"integer\"},\"free\":{\"type\":"
+      "\"integer\"},\"available\":{\"type\":\"boolean\"},\"volumes\":{\"type\":\"integer\"},"
+      "\"created_at\":{\"type\":\"string\"}}}" },
+    { "PoolList",
+      "{\"type\":\"object\",\"properties\":{\"pools\":{\"type\":\"array\",\"items\":{\"$ref\":"
+      "\"#/components/schemas/Pool\"}}}}" },
+    { "VolumeSpec",
+      "{\"type\":\"object\",\"additionalProperties\":false,\"required\":[\"name\"],\"properties\":{"
+      "\"name\":{\"type\":\"string\",\"pattern\":\"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$\"},\"format\":{"
+      "\"type\":\"string\",\"enum\":[\"qcow2\",\"raw\"],\"default\":\"qcow2\"},\"size\":{\"oneOf\":[{"
+      "\"type\":\"integer\",\"minimum\":1},{\"type\":\"string\",\"pattern\":"
+      "\"^[0-9]+([KMGTPkmgtp]i?)?[Bb]?$\"}],\"description\":\"bytes, or with a unit (powers of 1024); "
+      "at most 64 TiB and the pool's free space\"},\"preallocate\":{\"type\":\"boolean\",\"default\":"
+      "false},\"backing\":{\"type\":\"string\",\"description\":\"[pool/]volume: create a qcow2 "
+      "overlay on it (a linked clone)\"},\"import\":{\"type\":\"string\",\"description\":\"a host "
+      "image to copy, of the given format; images with a backing or data file are refused\"}}}" },
+    { "VolumeResize",
+      "{\"type\":\"object\",\"additionalProperties\":false,\"required\":[\"size\"],\"properties\":{"
+      "\"size\":{\"oneOf\":[{\"type\":\"integer\"},{\"type\":\"string\"}],\"description\":\"the new "
+      "size, not smaller than the current one\"}}}" },
+    { "Volume",
+      "{\"type\":\"object\",\"properties\":{\"id\":{\"type\":\"string\"},\"name\":{\"type\":\"string\"},"
+      "\"pool\":{\"type\":\"string\"},\"ref\":{\"type\":\"string\",\"description\":\"pool/name, as "
+      "used in a VM's disks\"},\"format\":{\"type\":\"string\"},\"capacity\":{\"type\":\"integer\"},"
+      "\"allocation\":{\"type\":\"integer\"},\"virtual_size\":{\"type\":\"integer\"},\"actual_size\":{"
+      "\"type\":\"integer\"},\"readonly\":{\"type\":\"boolean\"},\"backing\":{\"type\":\"string\","
+      "\"nullable\":true},\"backing_chain\":{\"type\":\"array\"},\"dependents\":{\"type\":\"integer\"},"
+      "\"used_by\":{\"type\":\"array\"},\"created_at\":{\"type\":\"string\"}}}" },
+    { "VolumeList",
+      "{\"type\":\"object\",\"properties\":{\"volumes\":{\"type\":\"array\",\"items\":{\"$ref\":"
+      "\"#/components/schemas/Volume\"}}}}" },
     { "Host",
       "{\"type\":\"object\",\"properties\":{\"hostname\":{\"type\":\"string\"},\"version\":{\"type\":\"string\"},"
       "\"accelerator\":{\"type\":\"string\",\"enum\":[\"kvm\",\"tcg\"]},\"accelerator_reason\":{\"type\":\"strin"

@@ -58,7 +58,8 @@ static const cli_opt opts_vm_create[] = {
     "\"readonly\" needs the path= form or a leading \"./\". Relative paths are made "       \
     "absolute against the current directory before they are sent; \".\" and \"..\" are "   \
     "resolved by name, without following symlinks. kvmhostd opens the files, so they must " \
-    "exist on its host."
+    "exist on its host. A volume of a storage pool is given as volume=POOL/NAME instead of " \
+    "a path and format (see 'kvmhost volume')."
 
 static const cli_opt opts_vm_edit[] = {
     { "vcpus", "N", CLI_OPT_ARG, "New number of virtual CPUs." },
@@ -136,6 +137,37 @@ const cli_opt cli_global_opts[] = {
     { "help", NULL, 0, "Show help: with a command, its options and examples. 'kvmhost help NOUN VERB' is the "
       "same as 'kvmhost NOUN VERB --help'." },
     { "version", NULL, 0, "Print the client version and exit." },
+    { NULL, NULL, 0, NULL },
+};
+
+static const cli_opt opts_pool_create[] = {
+    { "path", "DIR", CLI_OPT_ARG | CLI_OPT_REQUIRED,
+      "An existing directory on the host (an NFS mount, a bigger disk)." },
+    { NULL, NULL, 0, NULL },
+};
+
+static const cli_opt opts_volume_create[] = {
+    { "size", "SIZE", CLI_OPT_ARG,
+      "Virtual size: bytes or with a unit (512M, 10G, 1T; powers of 1024). Required "
+      "unless --backing or --import gives it." },
+    { "format", "FMT", CLI_OPT_ARG, "qcow2 (the default) or raw." },
+    { "backing", "[POOL/]VOL", CLI_OPT_ARG,
+      "Make a qcow2 overlay on this volume: a linked clone, made in O(1)." },
+    { "preallocate", NULL, 0, "Allocate the whole size now (refused if it does not fit)." },
+    { "import", "FILE", CLI_OPT_ARG,
+      "Copy this host image (of --format, never guessed). Images that name a backing or "
+      "data file are refused." },
+    { NULL, NULL, 0, NULL },
+};
+
+static const cli_opt opts_volume_list[] = {
+    { "pool", "POOL", CLI_OPT_ARG, "The pool (default: default)." },
+    { NULL, NULL, 0, NULL },
+};
+
+static const cli_opt opts_volume_resize[] = {
+    { "size", "SIZE", CLI_OPT_ARG | CLI_OPT_REQUIRED,
+      "The new size (512M, 10G, ...); volumes only grow." },
     { NULL, NULL, 0, NULL },
 };
 
@@ -317,6 +349,85 @@ const cli_cmd cli_commands[] = {
         "$ kvmhost version",
         cli_do_version,
     },
+    {
+        "pool", "list", NULL, "list the storage pools",
+        "One line per pool: name, type, capacity, space used and free on its file system, "
+        "how many volumes it holds, and its directory. The pool \"default\" lives in the "
+        "state directory and always exists.",
+        NULL,
+        "$ kvmhost pool list",
+        cli_do_pool_list,
+    },
+    {
+        "pool", "show", "NAME", "show one storage pool",
+        "The pool's type, directory, capacity, allocation and free space (statvfs of its "
+        "file system) and its number of volumes.",
+        NULL,
+        "$ kvmhost pool show default",
+        cli_do_pool_show,
+    },
+    {
+        "pool", "create", "NAME", "add a pool at an existing directory",
+        "Add a pool of type dir at an existing, writable directory: an NFS mount or a "
+        "bigger disk. Volumes are files in it named by their id. kvmhostd does not create "
+        "or remove the directory.",
+        opts_pool_create,
+        "$ kvmhost pool create fast --path /srv/nvme/kvmhost",
+        cli_do_pool_create,
+    },
+    {
+        "pool", "delete", "NAME", "forget an empty pool",
+        "Forget a pool that holds no volumes. Its directory stays. The default pool cannot "
+        "be deleted.",
+        NULL,
+        "$ kvmhost pool delete fast",
+        cli_do_pool_delete,
+    },
+    {
+        "volume", "create", "[POOL/]NAME", "create a volume",
+        "Create a qcow2 or raw volume in POOL (default: default): empty with --size, a "
+        "linked clone of another volume with --backing, or a copy of a host image with "
+        "--import. A size over the pool's free space is refused (exit status 2). NAME "
+        "takes letters, digits, '-', '_' and '.'.",
+        opts_volume_create,
+        "$ kvmhost volume create data1 --size 10G\n"
+        "$ kvmhost volume create default/web1-root --backing debian12\n"
+        "$ kvmhost volume create debian12 --format qcow2 --import ./debian-12.qcow2",
+        cli_do_volume_create,
+    },
+    {
+        "volume", "list", NULL, "list the volumes of a pool",
+        "One line per volume: pool/name, format, virtual size, space allocated on the host, "
+        "its backing volume and the VMs that use it.",
+        opts_volume_list,
+        "$ kvmhost volume list\n"
+        "$ kvmhost volume list --pool fast",
+        cli_do_volume_list,
+    },
+    {
+        "volume", "show", "[POOL/]NAME", "show one volume",
+        "Everything about the volume, with its backing chain as qemu-img reads it: virtual "
+        "and allocated size and format of every layer.",
+        NULL,
+        "$ kvmhost volume show default/data1",
+        cli_do_volume_show,
+    },
+    {
+        "volume", "resize", "[POOL/]NAME", "grow a volume",
+        "Grow the volume to --size. Volumes never shrink. Refused (exit status 5) while a "
+        "running VM uses it.",
+        opts_volume_resize,
+        "$ kvmhost volume resize data1 --size 20G",
+        cli_do_volume_resize,
+    },
+    {
+        "volume", "delete", "[POOL/]NAME", "delete a volume",
+        "Delete the volume and its file. Refused (exit status 5) while a VM refers to it or "
+        "another volume is based on it.",
+        NULL,
+        "$ kvmhost volume delete data1",
+        cli_do_volume_delete,
+    },
     { NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL },
 };
 
@@ -327,6 +438,8 @@ static const struct {
     { "vm", "manage virtual machines" },
     { "host", "show the host" },
     { "task", "follow long operations" },
+    { "pool", "manage storage pools" },
+    { "volume", "manage disk volumes in pools" },
     { "events", "follow what happens on the host" },
     { "version", "show versions" },
 };

@@ -31,6 +31,8 @@
 #include "kh_config.h"
 #include "qemu/accel.h"
 #include "qemu/caps.h"
+#include "storage/qimg.h"
+#include "storage/storage.h"
 #include "store/store.h"
 #include "util/fs.h"
 #include "util/log.h"
@@ -62,6 +64,8 @@ static struct daemon {
     kh_events *events;
     kh_tasks *tasks;
     kh_manager *mgr;
+    kh_qimg *qimg;
+    kh_storage *storage;
     kh_http_server *http;
     kh_api api;
     kh_cgroups cgroups;
@@ -299,7 +303,9 @@ static void on_chld(uv_signal_t *h, int sig)
     pid_t pid;
     /* As the subreaper we also collect orphans of our helpers. */
     while ((pid = waitpid(-1, &status, WNOHANG)) > 0)
-        if (d.mgr)
+        if (kh_qimg_child_exited(d.qimg, pid, status))
+            continue;
+        else if (d.mgr)
             kh_manager_child_exited(d.mgr, pid, status);
 }
 
@@ -415,6 +421,19 @@ int main(int argc, char **argv)
     d.tasks = kh_tasks_new(d.store, d.events);
     uv_signal_init(d.loop, &d.sigchld);
     uv_signal_start(&d.sigchld, on_chld, SIGCHLD);
+    {
+        /* qemu-img from the folder of the QEMU binary, else PATH's usual place. */
+        char *qimg = xstrdup(d.qemu_binary);
+        char *slash = strrchr(qimg, '/');
+        char *cand = slash ? xasprintf("%.*s/qemu-img", (int)(slash - qimg), qimg) : NULL;
+        d.qimg = kh_qimg_new(d.loop, cand && access(cand, X_OK) == 0 ? cand : "/usr/bin/qemu-img");
+        free(cand);
+        free(qimg);
+    }
+    d.storage = kh_storage_new(d.loop, d.store, d.qimg, state_dir, &err);
+    if (!d.storage)
+        die("%s", err.msg);
+    mcfg.storage = d.storage;
     d.mgr = kh_manager_new(d.loop, d.store, d.events, d.tasks, &mcfg, &err);
     if (!d.mgr)
         die("%s", err.msg);
@@ -426,6 +445,7 @@ int main(int argc, char **argv)
     d.api.mgr = d.mgr;
     d.api.tasks = d.tasks;
     d.api.events = d.events;
+    d.api.storage = d.storage;
     d.api.started_at = kh_wall_time();
     d.api.host = host_facts(&o, state_dir, run_dir, socket_path);
     d.api.openapi = kh_http_openapi(routes, nroutes, schemas, KH_VERSION);

@@ -42,6 +42,26 @@ static const char *const migrations[] = {
     "  finished_at REAL NOT NULL DEFAULT 0"
     ");"
     "CREATE INDEX tasks_created ON tasks(created_at);",
+    /* 2: storage pools and volumes (storage/storage.c). */
+    "CREATE TABLE pools ("
+    "  id TEXT PRIMARY KEY,"
+    "  name TEXT NOT NULL UNIQUE,"
+    "  type TEXT NOT NULL,"
+    "  path TEXT NOT NULL UNIQUE,"
+    "  created_at REAL NOT NULL"
+    ");"
+    "CREATE TABLE volumes ("
+    "  id TEXT PRIMARY KEY,"
+    "  pool_id TEXT NOT NULL REFERENCES pools(id),"
+    "  name TEXT NOT NULL,"
+    "  format TEXT NOT NULL,"
+    "  capacity INTEGER NOT NULL,"
+    "  backing_id TEXT REFERENCES volumes(id),"
+    "  readonly INTEGER NOT NULL DEFAULT 0,"
+    "  created_at REAL NOT NULL,"
+    "  UNIQUE (pool_id, name)"
+    ");"
+    "CREATE INDEX volumes_backing ON volumes(backing_id);",
 };
 
 static int db_error(kh_store *st, kh_err *err, const char *what)
@@ -167,6 +187,11 @@ kh_store *kh_store_open(const char *path, kh_err *err)
         return NULL;
     }
     return st;
+}
+
+sqlite3 *kh_store_sqlite(kh_store *st)
+{
+    return st->db;
 }
 
 void kh_store_close(kh_store *st)

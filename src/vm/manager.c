@@ -31,6 +31,9 @@
 
 /* Fixed fd numbers inside QEMU (see kh_process_spawn): golden-testable argv. */
 enum { FD_QMP = 3, FD_SERIAL, FD_KERNEL, FD_INITRD, FD_DISK0 };
+/* Backing layers of volume disks: FD_BACKING0 + i * KH_DISK_BACKING_MAX + j. */
+#define FD_BACKING0 (FD_DISK0 + KH_VM_DISKS_MAX)
+#define FD_COUNT (FD_BACKING0 + KH_VM_DISKS_MAX * KH_DISK_BACKING_MAX)
 
 typedef enum vm_state {
     VM_STOPPED,
@@ -577,6 +580,102 @@ static void start_deadline(uv_timer_t *t)
     start_fail(v, &err);
 }
 
+/* ---- disks given as volumes (storage/storage.h) ---- */
+
+static bool has_qemu(const vm *v)
+{
+    return v->state != VM_STOPPED || v->pid > 0;
+}
+
+/* Resolve the volume disks of spec in place: file, format and backing
+ * chain from the storage records. A writable disk may not be a read-only
+ * base or the base of other volumes (writing it would corrupt them), and
+ * when `self` is given (a start), a volume used by another VM with a QEMU
+ * is refused unless both use it read-only (security case 23). code is the
+ * error code for those refusals (400 at create, 409 at start). */
+static int resolve_volumes(kh_manager *mgr, const vm *self, kh_vm_spec *spec, kh_code code,
+                           kh_err *err)
+{
+    for (size_t i = 0; i < spec->ndisks; i++) {
+        kh_disk_spec *d = &spec->disks[i];
+        if (!d->volume)
+            continue;
+        if (!mgr->cfg.storage) {
+            kh_err_set(err, KH_E_UNAVAILABLE, "disks[%zu]: storage is not available", i);
+            return -1;
+        }
+        kh_volume_chain c;
+        kh_err rerr = KH_ERR_INIT;
+        if (kh_storage_resolve(mgr->cfg.storage, d->volume, &c, &rerr) < 0) {
+            kh_err_set(err, rerr.code == KH_E_NOTFOUND ? KH_E_INVALID : rerr.code,
+                       "disks[%zu].volume: %s", i, rerr.msg);
+            return -1;
+        }
+        int rc = 0;
+        if (!d->readonly && c.readonly) {
+            kh_err_set(err, code, "disks[%zu]: volume %s is a read-only base; attach it "
+                                  "readonly or use a clone", i, d->volume);
+            rc = -1;
+        } else if (!d->readonly && c.dependents) {
+            kh_err_set(err, code, "disks[%zu]: volume %s is the base of %u other volume(s); "
+                                  "attach it readonly", i, d->volume, c.dependents);
+            rc = -1;
+        }
+        for (const vm *o = mgr->vms; rc == 0 && self && o; o = o->next) {
+            if (o == self || !has_qemu(o))
+                continue;
+            for (size_t k = 0; k < o->spec->ndisks; k++) {
+                const kh_disk_spec *od = &o->spec->disks[k];
+                if (od->volume && strcmp(od->volume, d->volume) == 0 &&
+                    !(od->readonly && d->readonly)) {
+                    kh_err_set(err, KH_E_CONFLICT,
+                               "disks[%zu]: volume %s is in use by the running vm %s; a "
+                               "volume is shared only read-only", i, d->volume, o->spec->name);
+                    rc = -1;
+                    break;
+                }
+            }
+        }
+        if (rc == 0) {
+            free(d->path);
+            d->path = xstrdup(c.layer[0].path);
+            d->format = c.layer[0].format;
+            kh_disk_spec_clear_backing(d);
+            if (c.n > 1) {
+                d->nbacking = c.n - 1;
+                d->backing = xcalloc(d->nbacking, sizeof(*d->backing));
+                for (size_t j = 1; j < c.n; j++) {
+                    d->backing[j - 1].path = xstrdup(c.layer[j].path);
+                    d->backing[j - 1].format = c.layer[j].format;
+                }
+            }
+        }
+        kh_volume_chain_clear(&c);
+        if (rc < 0)
+            return -1;
+    }
+    return 0;
+}
+
+/* The storage layer asks which VMs refer to a volume. */
+static json_t *volume_users(void *opaque, const char *ref)
+{
+    kh_manager *mgr = opaque;
+    json_t *arr = json_array();
+    for (const vm *v = mgr->vms; v; v = v->next) {
+        for (size_t i = 0; i < v->spec->ndisks; i++) {
+            const kh_disk_spec *d = &v->spec->disks[i];
+            if (d->volume && strcmp(d->volume, ref) == 0) {
+                json_array_append_new(arr, json_pack("{s:s, s:b, s:b}", "vm", v->spec->name,
+                                                     "running", has_qemu(v), "readonly",
+                                                     d->readonly));
+                break;
+            }
+        }
+    }
+    return arr;
+}
+
 static int open_ro(const char *path, const char *what, kh_err *err)
 {
     int fd = open(path, O_RDONLY | O_CLOEXEC);
@@ -591,10 +690,13 @@ static void start_spawn(vm *v, const char *kernel_file)
 {
     kh_manager *mgr = v->mgr;
     kh_err err = KH_ERR_INIT;
-    int fds[FD_DISK0 + KH_VM_DISKS_MAX];
+    int fds[FD_COUNT];
     for (size_t i = 0; i < KH_ARRAY_LEN(fds); i++)
         fds[i] = -1;
     int disk_fds[KH_VM_DISKS_MAX];
+    int backing_fds[KH_VM_DISKS_MAX][KH_DISK_BACKING_MAX];
+    const int *backing_ptrs[KH_VM_DISKS_MAX] = { NULL };
+    kh_vm_spec *rs = kh_vm_spec_dup(v->spec); /* volumes resolved to files */
     int dirfd = -1, log_fd = -1, qmp_conn = -1, serial_conn = -1;
     char *run = vm_run_path(v, NULL), *state = vm_state_path(v, NULL);
     char *pidfile = vm_run_path(v, "qemu.pid"), *vnc = vm_run_path(v, "vnc.sock");
@@ -634,8 +736,22 @@ static void start_spawn(vm *v, const char *kernel_file)
             initrd_arg = xasprintf("/proc/self/fd/%d", FD_INITRD);
         }
     }
-    for (size_t i = 0; i < v->spec->ndisks; i++) {
-        const kh_disk_spec *d = &v->spec->disks[i];
+    if (resolve_volumes(mgr, v, rs, KH_E_CONFLICT, &err) < 0)
+        goto fail;
+    for (size_t i = 0; i < rs->ndisks; i++) {
+        const kh_disk_spec *d = &rs->disks[i];
+        for (size_t j = 0; j < d->nbacking; j++) {
+            int bfd = open(d->backing[j].path, O_RDONLY | O_CLOEXEC);
+            if (bfd < 0) {
+                kh_err_errno(&err, KH_E_INTERNAL, errno, "disks[%zu]: cannot open layer %zu of %s",
+                             i, j + 1, d->volume ? d->volume : d->path);
+                goto fail;
+            }
+            int target = FD_BACKING0 + (int)(i * KH_DISK_BACKING_MAX + j);
+            fds[target] = bfd;
+            backing_fds[i][j] = target;
+            backing_ptrs[i] = backing_fds[i];
+        }
         int fd = open(d->path, (d->readonly ? O_RDONLY : O_RDWR) | O_CLOEXEC);
         if (fd < 0) {
             kh_err_errno(&err, errno == ENOENT || errno == EACCES || errno == EROFS
@@ -660,8 +776,9 @@ static void start_spawn(vm *v, const char *kernel_file)
         .kernel_file = kernel_arg,
         .initrd_file = initrd_arg,
         .disk_fds = disk_fds,
+        .backing_fds = backing_ptrs,
     };
-    argv = kh_qemu_argv_build(v->spec, &mgr->cfg.caps, &env, &err);
+    argv = kh_qemu_argv_build(rs, &mgr->cfg.caps, &env, &err);
     if (!argv)
         goto fail;
     if (mgr->cfg.cgroups && mgr->cfg.cgroups->version &&
@@ -760,6 +877,7 @@ out:
     if (log_fd >= 0)
         close(log_fd);
     kh_strv_free(argv);
+    kh_vm_spec_free(rs);
     free(run);
     free(state);
     free(pidfile);
@@ -1268,6 +1386,8 @@ kh_manager *kh_manager_new(uv_loop_t *loop, kh_store *store, kh_events *events,
     }
     for (vm *v = mgr->vms; v; v = v->next)
         reattach(v);
+    if (mgr->cfg.storage)
+        kh_storage_set_users(mgr->cfg.storage, volume_users, mgr);
     return mgr;
 }
 
@@ -1275,6 +1395,8 @@ void kh_manager_free(kh_manager *mgr)
 {
     if (!mgr)
         return;
+    if (mgr->cfg.storage)
+        kh_storage_set_users(mgr->cfg.storage, NULL, NULL);
     for (vm *v = mgr->vms, *n; v; v = n) {
         n = v->next;
         /* Tasks in flight end with the daemon; the store marks them failed
@@ -1326,6 +1448,8 @@ static int check_files(const kh_vm_spec *spec, kh_err *err)
     }
     for (size_t i = 0; i < spec->ndisks; i++) {
         const kh_disk_spec *d = &spec->disks[i];
+        if (d->volume)
+            continue; /* checked against the storage records */
         if (stat(d->path, &st) < 0 || !(S_ISREG(st.st_mode) || S_ISBLK(st.st_mode))) {
             kh_err_set(err, KH_E_INVALID, "disks[%zu].path: %s is not a file or block device", i,
                        d->path);
@@ -1355,6 +1479,16 @@ static int check_files(const kh_vm_spec *spec, kh_err *err)
     return 0;
 }
 
+/* Volume disks must exist and be attachable as asked (checked on a copy:
+ * the stored spec keeps the references, never the files). */
+static int check_volumes(kh_manager *mgr, const kh_vm_spec *spec, kh_err *err)
+{
+    kh_vm_spec *copy = kh_vm_spec_dup(spec);
+    int rc = resolve_volumes(mgr, NULL, copy, KH_E_INVALID, err);
+    kh_vm_spec_free(copy);
+    return rc;
+}
+
 json_t *kh_manager_create(kh_manager *mgr, const json_t *body, kh_err *err)
 {
     kh_vm_spec *spec = kh_vm_spec_from_json(body, err);
@@ -1367,7 +1501,7 @@ json_t *kh_manager_create(kh_manager *mgr, const json_t *body, kh_err *err)
             return NULL;
         }
     }
-    if (check_files(spec, err) < 0) {
+    if (check_files(spec, err) < 0 || check_volumes(mgr, spec, err) < 0) {
         kh_vm_spec_free(spec);
         return NULL;
     }
@@ -1418,7 +1552,8 @@ json_t *kh_manager_patch(kh_manager *mgr, const char *name, const json_t *patch,
         }
     }
     kh_vm_spec *next = kh_vm_spec_dup(v->spec);
-    if (kh_vm_spec_patch(next, patch, err) < 0 || check_files(next, err) < 0) {
+    if (kh_vm_spec_patch(next, patch, err) < 0 || check_files(next, err) < 0 ||
+        check_volumes(mgr, next, err) < 0) {
         kh_vm_spec_free(next);
         return NULL;
     }

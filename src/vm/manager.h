@@ -30,6 +30,7 @@
 #include "host/cgroup.h"
 #include "qemu/accel.h"
 #include "qemu/argv.h"
+#include "storage/storage.h"
 #include "store/store.h"
 #include "util/err.h"
 #include "vm/console.h"
@@ -53,6 +54,7 @@ typedef struct kh_manager_config {
     const gid_t *groups;
     size_t ngroups;
     unsigned start_timeout_ms; /* QMP ready deadline; 0 = 30 s */
+    kh_storage *storage;       /* resolves disks given as volumes (NULL: none) */
 } kh_manager_config;
 
 typedef enum kh_vm_action {
