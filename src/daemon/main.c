@@ -62,6 +62,7 @@ static struct daemon {
     kh_events *events;
     kh_tasks *tasks;
     kh_manager *mgr;
+    kh_netmgr *net;
     kh_http_server *http;
     kh_api api;
     kh_cgroups cgroups;
@@ -415,6 +416,10 @@ int main(int argc, char **argv)
     d.tasks = kh_tasks_new(d.store, d.events);
     uv_signal_init(d.loop, &d.sigchld);
     uv_signal_start(&d.sigchld, on_chld, SIGCHLD);
+    d.net = kh_netmgr_new(d.loop, d.store, state_dir, &err);
+    if (!d.net)
+        die("%s", err.msg);
+    mcfg.net = d.net;
     d.mgr = kh_manager_new(d.loop, d.store, d.events, d.tasks, &mcfg, &err);
     if (!d.mgr)
         die("%s", err.msg);
@@ -424,6 +429,7 @@ int main(int argc, char **argv)
     json_t *schemas = kh_routes_schemas();
     d.api.loop = d.loop;
     d.api.mgr = d.mgr;
+    d.api.net = d.net;
     d.api.tasks = d.tasks;
     d.api.events = d.events;
     d.api.started_at = kh_wall_time();

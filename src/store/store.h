@@ -76,4 +76,17 @@ int kh_store_task_fail_unfinished(kh_store *st, const char *reason, double now, 
 int kh_store_task_prune(kh_store *st, unsigned keep, kh_err *err);
 void kh_task_row_clear(kh_task_row *row);
 
+/* Networks (net/netmgr.c): the spec is the network's stored JSON. put
+ * inserts or replaces the spec of an existing id. */
+typedef struct kh_net_row {
+    char id[37];
+    char *name;
+    char *spec_json;
+    double created_at;
+} kh_net_row;
+int kh_store_net_put(kh_store *st, const kh_net_row *row, kh_err *err);
+int kh_store_net_delete(kh_store *st, const char *id, kh_err *err);
+int kh_store_net_foreach(kh_store *st, int (*cb)(const kh_net_row *row, void *opaque),
+                         void *opaque, kh_err *err);
+
 #endif

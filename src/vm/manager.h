@@ -28,6 +28,7 @@
 #include <uv.h>
 
 #include "host/cgroup.h"
+#include "net/netmgr.h"
 #include "qemu/accel.h"
 #include "qemu/argv.h"
 #include "store/store.h"
@@ -53,6 +54,7 @@ typedef struct kh_manager_config {
     const gid_t *groups;
     size_t ngroups;
     unsigned start_timeout_ms; /* QMP ready deadline; 0 = 30 s */
+    kh_netmgr *net;            /* networks for NICs (NULL: VMs with NICs are refused) */
 } kh_manager_config;
 
 typedef enum kh_vm_action {
