@@ -195,16 +195,11 @@ static struct nlmsghdr *build_bridge(nl_req *r, const void *arg)
     return nlh;
 }
 
-int kh_link_bridge_add(const char *name, const char *alias, kh_err *err)
-{
-    const char *a[2] = { name, alias };
-    return simple(build_bridge, a, "create bridge", err);
-}
-
 typedef struct link_set {
     int index;
     int master; /* -1: leave */
     bool up;
+    const char *alias;
 } link_set;
 
 static struct nlmsghdr *build_set(nl_req *r, const void *arg)
@@ -220,19 +215,38 @@ static struct nlmsghdr *build_set(nl_req *r, const void *arg)
     }
     if (s->master >= 0)
         mnl_attr_put_u32(nlh, IFLA_MASTER, (uint32_t)s->master);
+    if (s->alias)
+        mnl_attr_put_strz(nlh, IFLA_IFALIAS, s->alias);
     return nlh;
 }
 
 int kh_link_set_up(int index, kh_err *err)
 {
-    link_set s = { index, -1, true };
+    link_set s = { index, -1, true, NULL };
     return simple(build_set, &s, "set link up", err);
 }
 
 int kh_link_set_master(int index, int master, kh_err *err)
 {
-    link_set s = { index, master, false };
+    link_set s = { index, master, false, NULL };
     return simple(build_set, &s, "set link master", err);
+}
+
+int kh_link_bridge_add(const char *name, const char *alias, kh_err *err)
+{
+    const char *a[2] = { name, NULL };
+    if (simple(build_bridge, a, "create bridge", err) < 0)
+        return -1;
+    /* the kernel takes IFLA_IFALIAS on a change, not on creation */
+    unsigned idx = if_nametoindex(name);
+    link_set s = { (int)idx, -1, false, alias };
+    if (!idx || (alias && simple(build_set, &s, "set link alias", err) < 0)) {
+        kh_err_set(err, KH_E_INTERNAL, "bridge %s: cannot mark it as kvmhost's", name);
+        if (idx)
+            kh_link_del((int)idx, NULL);
+        return -1;
+    }
+    return 0;
 }
 
 typedef struct addr_set {

@@ -356,9 +356,18 @@ static int rt_up(net_rt *r, kh_err *err)
 {
     if (!kh_network_owns_bridge(r->n))
         return 0;
-    if (kh_fs_mkdir_p(r->dir, 0755, err) < 0 || chmod(r->dir, 0755) < 0 ||
-        bridge_ensure(r->nm, r->n, err) < 0)
+    /* dnsmasq drops to nobody and re-reads its hosts file on SIGHUP: the
+     * way there must be searchable (the state dir is 0711). */
+    char *parent = xasprintf("%s/networks", r->nm->state_dir);
+    int rc = kh_fs_mkdir_p(parent, 0711, err);
+    if (rc == 0 && chmod(parent, 0711) < 0)
+        rc = -1;
+    free(parent);
+    if (rc < 0 || kh_fs_mkdir_p(r->dir, 0755, err) < 0 || chmod(r->dir, 0755) < 0 ||
+        bridge_ensure(r->nm, r->n, err) < 0) {
+        kh_err_set(err, KH_E_INTERNAL, "network %s: cannot prepare %s", r->n->name, r->dir);
         return -1;
+    }
     dns_kill_stale(r);
     dns_start(r);
     return 0;

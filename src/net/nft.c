@@ -103,7 +103,7 @@ char *kh_nft_render(const kh_network *const *nets, size_t n)
     }
     put(&b, "\t}\n");
     static const char *const dnat_chains[2][2] = { { "prerouting", "dstnat" },
-                                                   { "output", "dstnat" } };
+                                                   { "output", "-100" } }; /* dstnat is not a keyword on output */
     for (int c = 0; c < 2; c++) {
         put(&b, "\tchain %s {\n\t\ttype nat hook %s priority %s; policy accept;\n",
             dnat_chains[c][0], dnat_chains[c][0], dnat_chains[c][1]);
