@@ -21,6 +21,7 @@
 typedef struct kh_api {
     uv_loop_t *loop;
     kh_manager *mgr;
+    kh_netmgr *net;    /* networks (net/netmgr.h) */
     kh_tasks *tasks;
     kh_events *events;
     kh_storage *storage; /* pools and volumes (NULL: storage unavailable) */
@@ -66,6 +67,14 @@ void kh_task_routes_get(kh_http_req *req, void *app);
 void kh_event_routes_stream(kh_http_req *req, void *app);
 
 void kh_console_routes_ws(kh_http_req *req, void *app);
+
+void kh_net_routes_list(kh_http_req *req, void *app);
+void kh_net_routes_create(kh_http_req *req, void *app);
+void kh_net_routes_get(kh_http_req *req, void *app);
+void kh_net_routes_delete(kh_http_req *req, void *app);
+void kh_net_routes_leases(kh_http_req *req, void *app);
+void kh_net_routes_forward_add(kh_http_req *req, void *app);
+void kh_net_routes_forward_delete(kh_http_req *req, void *app);
 void kh_console_routes_log(kh_http_req *req, void *app);
 
 #endif

@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "cli/handlers.h"
+#include "cli/net_handlers.h"
 #include "cli/output.h"
 #include "kh_config.h"
 #include "util/fs.h"
@@ -119,6 +120,25 @@ static const cli_opt opts_events[] = {
       "First replay the buffered events newer than event ID (0 replays all of them)." },
     { "count", "N", CLI_OPT_ARG, "Exit 0 after N events." },
     { "timeout", "SECONDS", CLI_OPT_ARG, "Exit 0 after this many seconds." },
+    { NULL, NULL, 0, NULL },
+};
+
+static const cli_opt opts_net_create[] = {
+    { "type", "TYPE", CLI_OPT_ARG | CLI_OPT_REQUIRED,
+      "nat (a private subnet with DHCP and masquerade out), isolated (DHCP, no way out) or "
+      "bridged (NICs join an existing host bridge)." },
+    { "subnet", "CIDR", CLI_OPT_ARG,
+      "nat/isolated: the IPv4 network, e.g. 10.10.0.0/24; the gateway is its first address. "
+      "Default: a free 10.X.Y.0/24." },
+    { "bridge", "NAME", CLI_OPT_ARG, "bridged: the existing host bridge." },
+    { NULL, NULL, 0, NULL },
+};
+
+static const cli_opt opts_net_forward[] = {
+    { "vm", "NAME", CLI_OPT_ARG | CLI_OPT_REQUIRED, "The VM to reach (it has a NIC here)." },
+    { "host-port", "PORT", CLI_OPT_ARG | CLI_OPT_REQUIRED, "Port on the host's addresses." },
+    { "vm-port", "PORT", CLI_OPT_ARG | CLI_OPT_REQUIRED, "Port in the VM." },
+    { "proto", "tcp|udp", CLI_OPT_ARG, "Protocol (default tcp)." },
     { NULL, NULL, 0, NULL },
 };
 
@@ -305,6 +325,60 @@ const cli_cmd cli_commands[] = {
         cli_do_vm_log,
     },
     {
+        "network", "create", "NAME", "create a network",
+        "Create a network called NAME. A nat or isolated network gets a Linux bridge of "
+        "kvmhost's own (khbr + 8 hex digits), an IPv4 subnet whose first address is the "
+        "gateway, and a dnsmasq serving DHCP (and DNS) on that bridge only; a nat network "
+        "also masquerades its guests' traffic out through the host (nftables table "
+        "'inet kvmhost'). A bridged network attaches NICs to a bridge the administrator "
+        "made. VMs join a network with \"nics\": [{\"network\": \"NAME\"}] in their spec.",
+        opts_net_create,
+        "$ kvmhost network create lan --type nat --subnet 10.10.0.0/24\n"
+        "$ kvmhost network create lab --type isolated\n"
+        "$ kvmhost network create uplink --type bridged --bridge br0",
+        cli_do_net_create,
+    },
+    {
+        "network", "list", NULL, "list the networks",
+        "One line per network: name, type, bridge, subnet, and how many NICs and port "
+        "forwards it has.",
+        NULL,
+        "$ kvmhost network list",
+        cli_do_net_list,
+    },
+    {
+        "network", "show", "NAME", "show one network",
+        "Everything about the network: subnet, gateway, DHCP range, bridge, the NICs on it, "
+        "its port forwards and its dnsmasq's pid.",
+        NULL,
+        "$ kvmhost network show lan",
+        cli_do_net_show,
+    },
+    {
+        "network", "delete", "NAME", "delete a network no VM uses",
+        "Remove the network, its bridge, rules and dnsmasq. A network that a VM has a NIC on "
+        "is refused (exit status 5): remove the NIC or the VM first.",
+        NULL,
+        "$ kvmhost network delete lan",
+        cli_do_net_delete,
+    },
+    {
+        "network", "leases", "NAME", "show the DHCP leases of a network",
+        "The leases dnsmasq handed out on a nat or isolated network, with the VM each MAC "
+        "belongs to.",
+        NULL,
+        "$ kvmhost network leases lan",
+        cli_do_net_leases,
+    },
+    {
+        "network", "forward", "NAME", "forward a host port to a VM",
+        "On a nat network, forward --host-port on every address of the host to --vm-port of "
+        "the VM's address on the network (its static ip, else its current DHCP lease).",
+        opts_net_forward,
+        "$ kvmhost network forward lan --vm web1 --host-port 8080 --vm-port 80",
+        cli_do_net_forward,
+    },
+    {
         "host", "show", NULL, "show facts about the host",
         "The host as kvmhostd sees it: name, versions of kvmhostd and QEMU, the accelerator "
         "VMs get (kvm, or tcg with the reason KVM is not usable), CPUs, memory, cgroup "
@@ -436,6 +510,7 @@ static const struct {
     const char *summary;
 } noun_summaries[] = {
     { "vm", "manage virtual machines" },
+    { "network", "manage networks" },
     { "host", "show the host" },
     { "task", "follow long operations" },
     { "pool", "manage storage pools" },

@@ -66,6 +66,7 @@ static struct daemon {
     kh_manager *mgr;
     kh_qimg *qimg;
     kh_storage *storage;
+    kh_netmgr *net;
     kh_http_server *http;
     kh_api api;
     kh_cgroups cgroups;
@@ -434,6 +435,10 @@ int main(int argc, char **argv)
     if (!d.storage)
         die("%s", err.msg);
     mcfg.storage = d.storage;
+    d.net = kh_netmgr_new(d.loop, d.store, state_dir, &err);
+    if (!d.net)
+        die("%s", err.msg);
+    mcfg.net = d.net;
     d.mgr = kh_manager_new(d.loop, d.store, d.events, d.tasks, &mcfg, &err);
     if (!d.mgr)
         die("%s", err.msg);
@@ -443,6 +448,7 @@ int main(int argc, char **argv)
     json_t *schemas = kh_routes_schemas();
     d.api.loop = d.loop;
     d.api.mgr = d.mgr;
+    d.api.net = d.net;
     d.api.tasks = d.tasks;
     d.api.events = d.events;
     d.api.storage = d.storage;

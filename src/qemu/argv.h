@@ -58,6 +58,11 @@ typedef struct kh_argv_env {
      * same rules as disk_fds: -1 lets QEMU open the layer's path. NULL:
      * all -1. */
     const int *const *backing_fds;
+    /* One per NIC: the inherited tap fd (opened with IFF_VNET_HDR), and a
+     * /dev/vhost-net fd or -1 for no vhost. Required when the spec has
+     * NICs; every NIC must have its mac assigned. */
+    const int *nic_fds;
+    const int *nic_vhost_fds;
 } kh_argv_env;
 
 /* Build the argv. Returns NULL with err set when the spec cannot be

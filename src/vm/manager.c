@@ -19,6 +19,7 @@
 #include "qemu/qmp.h"
 #include "util/check.h"
 #include "util/fs.h"
+#include "util/inet.h"
 #include "util/log.h"
 #include "util/mem.h"
 #include "util/misc.h"
@@ -34,6 +35,8 @@ enum { FD_QMP = 3, FD_SERIAL, FD_KERNEL, FD_INITRD, FD_DISK0 };
 /* Backing layers of volume disks: FD_BACKING0 + i * KH_DISK_BACKING_MAX + j. */
 #define FD_BACKING0 (FD_DISK0 + KH_VM_DISKS_MAX)
 #define FD_COUNT (FD_BACKING0 + KH_VM_DISKS_MAX * KH_DISK_BACKING_MAX)
+/* Then per NIC i: the tap at FD_NIC0 + 2i, its vhost-net fd at FD_NIC0 + 2i + 1. */
+enum { FD_NIC0 = FD_COUNT, FD_END = FD_NIC0 + 2 * KH_VM_NICS_MAX };
 
 typedef enum vm_state {
     VM_STOPPED,
@@ -686,17 +689,48 @@ static int open_ro(const char *path, const char *what, kh_err *err)
 }
 
 /* Create the run dir, sockets and fds, build the argv, spawn QEMU. */
+/* The VM's taps, named kh<first 8 hex of the id><n> (within IFNAMSIZ), on
+ * their networks' bridges; QEMU inherits them (it cannot open
+ * /dev/net/tun itself), and a /dev/vhost-net fd each when the host has it. */
+static int open_nics(vm *v, int *fds, int *nic_fds, int *nic_vhost_fds, kh_err *err)
+{
+    const kh_vm_spec *spec = v->spec;
+    if (spec->nnics && !v->mgr->cfg.net) {
+        kh_err_set(err, KH_E_UNAVAILABLE, "nics: networks are not available on this daemon");
+        return -1;
+    }
+    for (size_t i = 0; i < spec->nnics; i++) {
+        char ifname[16];
+        snprintf(ifname, sizeof(ifname), "kh%.8s%u", v->id, (unsigned)i % 10u);
+        int fd = kh_netmgr_tap_open(v->mgr->cfg.net, spec->nics[i].network, ifname, err);
+        if (fd < 0) {
+            kh_err_prefix(err, "nics[%zu]", i);
+            return -1;
+        }
+        fds[FD_NIC0 + 2 * i] = fd;
+        nic_fds[i] = FD_NIC0 + 2 * (int)i;
+        nic_vhost_fds[i] = -1;
+        int vfd = open("/dev/vhost-net", O_RDWR | O_CLOEXEC);
+        if (vfd >= 0) {
+            fds[FD_NIC0 + 2 * i + 1] = vfd;
+            nic_vhost_fds[i] = FD_NIC0 + 2 * (int)i + 1;
+        }
+    }
+    return 0;
+}
+
 static void start_spawn(vm *v, const char *kernel_file)
 {
     kh_manager *mgr = v->mgr;
     kh_err err = KH_ERR_INIT;
-    int fds[FD_COUNT];
+    int fds[FD_END];
     for (size_t i = 0; i < KH_ARRAY_LEN(fds); i++)
         fds[i] = -1;
     int disk_fds[KH_VM_DISKS_MAX];
     int backing_fds[KH_VM_DISKS_MAX][KH_DISK_BACKING_MAX];
     const int *backing_ptrs[KH_VM_DISKS_MAX] = { NULL };
     kh_vm_spec *rs = kh_vm_spec_dup(v->spec); /* volumes resolved to files */
+    int nic_fds[KH_VM_NICS_MAX], nic_vhost_fds[KH_VM_NICS_MAX];
     int dirfd = -1, log_fd = -1, qmp_conn = -1, serial_conn = -1;
     char *run = vm_run_path(v, NULL), *state = vm_state_path(v, NULL);
     char *pidfile = vm_run_path(v, "qemu.pid"), *vnc = vm_run_path(v, "vnc.sock");
@@ -762,6 +796,8 @@ static void start_spawn(vm *v, const char *kernel_file)
         fds[FD_DISK0 + i] = fd;
         disk_fds[i] = FD_DISK0 + (int)i;
     }
+    if (open_nics(v, fds, nic_fds, nic_vhost_fds, &err) < 0)
+        goto fail;
     log_fd = open(log_path, O_WRONLY | O_CREAT | O_CLOEXEC | O_NOFOLLOW |
                   O_TRUNC, 0600);
 
@@ -777,6 +813,8 @@ static void start_spawn(vm *v, const char *kernel_file)
         .initrd_file = initrd_arg,
         .disk_fds = disk_fds,
         .backing_fds = backing_ptrs,
+        .nic_fds = nic_fds,
+        .nic_vhost_fds = nic_vhost_fds,
     };
     argv = kh_qemu_argv_build(rs, &mgr->cfg.caps, &env, &err);
     if (!argv)
@@ -1348,6 +1386,81 @@ static int load_row(const kh_vm_row *row, void *opaque)
     return 0;
 }
 
+/* Tell the network manager every VM's NICs (reservations, "in use"). */
+static void sync_bindings(kh_manager *mgr)
+{
+    if (!mgr->cfg.net)
+        return;
+    size_t n = 0;
+    for (vm *v = mgr->vms; v; v = v->next)
+        n += v->spec->nnics;
+    kh_net_binding *b = xcalloc(n + 1, sizeof(*b));
+    size_t k = 0;
+    for (vm *v = mgr->vms; v; v = v->next) {
+        for (size_t i = 0; i < v->spec->nnics; i++) {
+            const kh_nic_spec *nic = &v->spec->nics[i];
+            b[k++] = (kh_net_binding){ v->spec->name, nic->network, nic->mac, nic->ip };
+        }
+    }
+    kh_netmgr_set_bindings(mgr->cfg.net, b, k);
+    free(b);
+}
+
+static bool mac_taken(kh_manager *mgr, const char *vm_id, const kh_vm_spec *spec, size_t upto,
+                      const char *mac)
+{
+    for (vm *o = mgr->vms; o; o = o->next) {
+        if (strcmp(o->id, vm_id) == 0)
+            continue;
+        for (size_t i = 0; i < o->spec->nnics; i++)
+            if (o->spec->nics[i].mac && strcmp(o->spec->nics[i].mac, mac) == 0)
+                return true;
+    }
+    for (size_t i = 0; i < spec->nnics; i++)
+        if (i != upto && spec->nics[i].mac && strcmp(spec->nics[i].mac, mac) == 0)
+            return true;
+    return false;
+}
+
+/* Check a spec's NICs against the networks and give each a MAC: the
+ * user's (unique on this host) or a stable one from the VM id. */
+static int nics_prepare(kh_manager *mgr, const char *vm_id, kh_vm_spec *spec, kh_err *err)
+{
+    if (spec->nnics && !mgr->cfg.net) {
+        kh_err_set(err, KH_E_UNAVAILABLE, "nics: networks are not available on this daemon");
+        return -1;
+    }
+    for (size_t i = 0; i < spec->nnics; i++) {
+        kh_nic_spec *nic = &spec->nics[i];
+        if (kh_netmgr_nic_check(mgr->cfg.net, spec->name, nic->network, nic->ip, err) < 0) {
+            kh_err_prefix(err, "nics[%zu]", i);
+            return -1;
+        }
+        for (size_t j = 0; j < i && nic->ip; j++) {
+            if (spec->nics[j].ip && strcmp(spec->nics[j].ip, nic->ip) == 0 &&
+                strcmp(spec->nics[j].network, nic->network) == 0) {
+                kh_err_set(err, KH_E_INVALID, "nics[%zu].ip: same address as nics[%zu]", i, j);
+                return -1;
+            }
+        }
+        if (nic->mac) {
+            if (mac_taken(mgr, vm_id, spec, i, nic->mac)) {
+                kh_err_set(err, KH_E_CONFLICT, "nics[%zu].mac: %s is used by another NIC", i,
+                           nic->mac);
+                return -1;
+            }
+            continue;
+        }
+        char mac[KH_MAC_STRLEN];
+        unsigned attempt = 0;
+        do
+            kh_inet_mac_generate(vm_id, (unsigned)i, attempt++, mac);
+        while (mac_taken(mgr, vm_id, spec, i, mac) && attempt < 1000);
+        nic->mac = xstrdup(mac);
+    }
+    return 0;
+}
+
 kh_manager *kh_manager_new(uv_loop_t *loop, kh_store *store, kh_events *events,
                            kh_tasks *tasks, const kh_manager_config *cfg, kh_err *err)
 {
@@ -1388,6 +1501,7 @@ kh_manager *kh_manager_new(uv_loop_t *loop, kh_store *store, kh_events *events,
         reattach(v);
     if (mgr->cfg.storage)
         kh_storage_set_users(mgr->cfg.storage, volume_users, mgr);
+    sync_bindings(mgr);
     return mgr;
 }
 
@@ -1501,12 +1615,13 @@ json_t *kh_manager_create(kh_manager *mgr, const json_t *body, kh_err *err)
             return NULL;
         }
     }
-    if (check_files(spec, err) < 0 || check_volumes(mgr, spec, err) < 0) {
+    char id[37];
+    kh_uuid_generate(id);
+    if (check_files(spec, err) < 0 || check_volumes(mgr, spec, err) < 0 ||
+        nics_prepare(mgr, id, spec, err) < 0) {
         kh_vm_spec_free(spec);
         return NULL;
     }
-    char id[37];
-    kh_uuid_generate(id);
     json_t *sj = kh_vm_spec_to_json(spec);
     char *text = json_dumps(sj, JSON_COMPACT | JSON_SORT_KEYS);
     json_decref(sj);
@@ -1528,6 +1643,7 @@ json_t *kh_manager_create(kh_manager *mgr, const json_t *body, kh_err *err)
     vm *v = vm_new(mgr, id, spec);
     v->reason = xstrdup("created");
     v->created_at = v->updated_at = now;
+    sync_bindings(mgr);
     kh_log(KH_LOG_INFO, "vm.create", "vm=%s id=%s", spec->name, id);
     json_t *j = vm_json(v);
     kh_events_publish(mgr->events, "vm.created", spec->name, json_incref(j));
@@ -1553,7 +1669,7 @@ json_t *kh_manager_patch(kh_manager *mgr, const char *name, const json_t *patch,
     }
     kh_vm_spec *next = kh_vm_spec_dup(v->spec);
     if (kh_vm_spec_patch(next, patch, err) < 0 || check_files(next, err) < 0 ||
-        check_volumes(mgr, next, err) < 0) {
+        check_volumes(mgr, next, err) < 0 || nics_prepare(mgr, v->id, next, err) < 0) {
         kh_vm_spec_free(next);
         return NULL;
     }
@@ -1570,6 +1686,7 @@ json_t *kh_manager_patch(kh_manager *mgr, const char *name, const json_t *patch,
     kh_vm_spec_free(v->spec);
     v->spec = next;
     v->updated_at = now;
+    sync_bindings(mgr);
     json_t *j = vm_json(v);
     kh_events_publish(mgr->events, "vm.updated", name, json_incref(j));
     return j;
@@ -1597,6 +1714,7 @@ int kh_manager_delete(kh_manager *mgr, const char *name, kh_err *err)
         }
     }
     mgr->count--;
+    sync_bindings(mgr);
     kh_log(KH_LOG_INFO, "vm.delete", "vm=%s id=%s", name, v->id);
     kh_events_publish(mgr->events, "vm.deleted", name, json_pack("{s:s}", "id", v->id));
     vm_free(v);

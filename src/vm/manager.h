@@ -28,6 +28,7 @@
 #include <uv.h>
 
 #include "host/cgroup.h"
+#include "net/netmgr.h"
 #include "qemu/accel.h"
 #include "qemu/argv.h"
 #include "storage/storage.h"
@@ -55,6 +56,7 @@ typedef struct kh_manager_config {
     size_t ngroups;
     unsigned start_timeout_ms; /* QMP ready deadline; 0 = 30 s */
     kh_storage *storage;       /* resolves disks given as volumes (NULL: none) */
+    kh_netmgr *net;            /* networks for NICs (NULL: VMs with NICs are refused) */
 } kh_manager_config;
 
 typedef enum kh_vm_action {
