@@ -15,6 +15,7 @@
 #include "api/http.h"
 #include "vm/event.h"
 #include "vm/manager.h"
+#include "vm/metrics.h"
 #include "vm/task.h"
 
 typedef struct kh_api {
@@ -25,6 +26,7 @@ typedef struct kh_api {
     json_t *host;      /* static host facts, computed at start (owned) */
     json_t *openapi;   /* generated once from the route table (owned) */
     double started_at; /* wall time */
+    kh_metrics *metrics;
 } kh_api;
 
 /* The route table and its size. */
@@ -55,5 +57,9 @@ void kh_event_routes_stream(kh_http_req *req, void *app);
 
 void kh_console_routes_ws(kh_http_req *req, void *app);
 void kh_console_routes_log(kh_http_req *req, void *app);
+
+void kh_metrics_routes_prometheus(kh_http_req *req, void *app);
+void kh_metrics_routes_vm(kh_http_req *req, void *app);
+void kh_metrics_routes_host(kh_http_req *req, void *app);
 
 #endif

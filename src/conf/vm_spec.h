@@ -13,7 +13,8 @@
  *                  "readonly": false } ],
  *     "serial": true,
  *     "graphics": "none" | "vnc",
- *     "description": "free text" }
+ *     "description": "free text",
+ *     "limits": { ... } }      (conf/limits.h; PATCH merges it key by key)
  * Only name is required: vcpus defaults to 1, memory_mib to 512.
  * `boot` absent or without `kernel` = boot from the first disk (q35 only).
  */
@@ -70,6 +71,7 @@ typedef struct kh_vm_spec {
     bool serial;
     kh_graphics graphics;
     char *description; /* may be NULL */
+    struct kh_limits *limits; /* conf/limits.h; NULL = no limits */
 } kh_vm_spec;
 
 /* Parse and validate a spec from a JSON object. Unknown keys are rejected
