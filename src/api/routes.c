@@ -80,7 +80,7 @@ static const struct {
       "\"q35\"},\"boot\":{\"$ref\":\"#/components/schemas/Boot\"},\"disks\":{\"type\":\"array\",\"maxItems\":16"
       ",\"items\":{\"$ref\":\"#/components/schemas/Disk\"}},\"serial\":{\"type\":\"boolean\",\"default\":true"
       "},\"graphics\":{\"type\":\"string\",\"enum\":[\"none\",\"vnc\"],\"default\":\"none\"},\"description\":{\"ty"
-      "pe\":\"string\",\"maxLength\":1024}}}" },
+      "pe\":\"string\",\"maxLength\":1024},\"limits\":{\"$ref\":\"#/components/schemas/Limits\"}}}" },
     { "VMPatch",
       "{\"type\":\"object\",\"additionalProperties\":false,\"properties\":{\"vcpus\":{\"type\":\"integer\"},\""
       "memory_mib\":{\"type\":\"integer\"},\"machine\":{\"type\":\"string\"},\"boot\":{\"$ref\":\"#/components/"

@@ -14,7 +14,9 @@ static int write_file(const char *dir, const char *file, const char *value, kh_e
 {
     char p[700];
     kh_fmt(p, sizeof(p), "%s/%s", dir, file);
-    int fd = open(p, O_WRONLY | O_CLOEXEC);
+    /* O_TRUNC as a shell's ">" does: cgroupfs ignores it, a plain file
+     * (the unit test's stand-in tree) needs it. */
+    int fd = open(p, O_WRONLY | O_TRUNC | O_CLOEXEC);
     ssize_t n = -1;
     int saved = errno;
     if (fd >= 0) {
