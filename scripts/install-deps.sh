@@ -9,6 +9,7 @@ BUILD_PKGS=(gcc clang meson ninja-build pkg-config
   libwslay-dev liblzma-dev zlib1g-dev libzstd-dev libssl-dev libseccomp-dev)
 RUN_PKGS=(qemu-system-x86 qemu-utils sqlite3)
 TEST_PKGS=(busybox-static cpio e2fsprogs xz-utils zstd python3 python3-pytest python3-websocket
+  prometheus
   clang-tidy cppcheck libclang-rt-14-dev)
 
 want=("${BUILD_PKGS[@]}" "${RUN_PKGS[@]}")

@@ -852,21 +852,34 @@ json_t *kh_metrics_vm_history(kh_metrics *m, const char *name, double range, kh_
     return o;
 }
 
+typedef struct latest_ctx {
+    kh_metrics *m;
+    json_t *vms;
+} latest_ctx;
+
+/* The latest sample of one VM (nulls before its first one, or when it is
+ * not running). */
+static void latest_vm(const kh_vm_info *info, void *opaque)
+{
+    latest_ctx *c = opaque;
+    vm_entry *e = entry_find(c->m, info->id);
+    json_t *v = json_object();
+    json_object_set_new(v, "state", json_string(info->state));
+    size_t n = e ? kh_series_count(e->hist) : 0;
+    double t = 0;
+    const double *last =
+        info->pid > 0 && e && e->pid == info->pid && n ? kh_series_at(e->hist, n - 1, &t) : NULL;
+    for (size_t k = 0; k < VF_N; k++)
+        json_object_set_new(v, vm_fields[k], last ? json_real(last[k]) : json_null());
+    json_object_set_new(v, "time", last ? json_real(t) : json_null());
+    json_object_set_new(c->vms, info->name, v);
+}
+
 json_t *kh_metrics_host_history(kh_metrics *m, double range)
 {
     json_t *o = series_json(m->host_hist, host_fields, HF_N, range, m->interval_ms);
-    json_t *vms = json_object();
-    for (vm_entry *e = m->vms; e; e = e->next) {
-        json_t *v = json_object();
-        json_object_set_new(v, "state", json_string(e->state));
-        size_t n = kh_series_count(e->hist);
-        double t = 0;
-        const double *last = e->pid > 0 && n ? kh_series_at(e->hist, n - 1, &t) : NULL;
-        for (size_t k = 0; k < VF_N; k++)
-            json_object_set_new(v, vm_fields[k], last ? json_real(last[k]) : json_null());
-        json_object_set_new(v, "time", last ? json_real(t) : json_null());
-        json_object_set_new(vms, e->name, v);
-    }
-    json_object_set_new(o, "vms", vms);
+    latest_ctx c = { m, json_object() };
+    kh_manager_foreach(m->mgr, latest_vm, &c);
+    json_object_set_new(o, "vms", c.vms);
     return o;
 }
