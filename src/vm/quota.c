@@ -104,10 +104,15 @@ int kh_quota_apply_cgroup(const kh_cgroups *cg, const char *vm_id, const kh_limi
     return cg->version == 2 ? apply_v2(cg, vm_id, l, err) : apply_v1(cg, vm_id, l, err);
 }
 
-json_t *kh_quota_throttle_args(unsigned index, const kh_disk_limits *d)
+json_t *kh_quota_throttle_args(unsigned index, bool pci, const kh_disk_limits *d)
 {
-    char id[32];
-    snprintf(id, sizeof(id), "disk%u-dev", index);
+    char id[64];
+    /* QEMU finds the BlockBackend on the virtio device itself: behind a PCI
+     * proxy that is its "virtio-backend" child. */
+    if (pci)
+        snprintf(id, sizeof(id), "/machine/peripheral/disk%u-dev/virtio-backend", index);
+    else
+        snprintf(id, sizeof(id), "disk%u-dev", index);
     json_t *a = json_object();
     json_object_set_new(a, "id", json_string(id));
     /* The six base values are mandatory in QMP; bursts only when set. */

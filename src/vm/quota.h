@@ -8,12 +8,14 @@
  * An unset limit writes the kernel's default (100 / 1024, "max" / -1), so
  * removing a limit on a running VM takes effect too.
  * Disk limits go to QEMU: block_set_io_throttle on the disk's device
- * "disk<i>-dev" (the argv builder's ids), at start before `cont` and live.
+ * "disk<i>-dev" (the argv builder's ids; on q35 its virtio-backend child),
+ * at start before `cont` and live.
  */
 #ifndef KH_VM_QUOTA_H
 #define KH_VM_QUOTA_H
 
 #include <jansson.h>
+#include <stdbool.h>
 
 #include "conf/limits.h"
 #include "host/cgroup.h"
@@ -25,8 +27,9 @@
  * or memory limit, else KH_E_UNSUPPORTED. */
 int kh_quota_apply_cgroup(const kh_cgroups *cg, const char *vm_id, const kh_limits *l,
                           kh_err *err);
-/* The arguments of block_set_io_throttle for disk index (d NULL: no limits).
- * A new object. */
-json_t *kh_quota_throttle_args(unsigned index, const kh_disk_limits *d);
+/* The arguments of block_set_io_throttle for disk index (d NULL: no limits);
+ * pci: the disk is a virtio-blk-pci (q35), else a virtio-blk-device. A new
+ * object. */
+json_t *kh_quota_throttle_args(unsigned index, bool pci, const kh_disk_limits *d);
 
 #endif

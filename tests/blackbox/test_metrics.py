@@ -362,6 +362,7 @@ def test_busy_guest_cpu_cap_and_iops_cap(daemons, guest, consoles):
     assert r.status == 200 and "disk" not in r.json["limits"], r
     time.sleep(0.5)
     free = timed_dd(3000)
+    print("\nfigures: 100 direct reads capped at 20 IOPS %.2fs, uncapped %.2fs" % (capped, free))
     assert free < capped / 2, "uncapped %.2fs vs capped %.2fs" % (free, capped)
     # The reads show in the per-disk counters (sampled asynchronously).
     deadline = time.time() + 10
@@ -389,6 +390,7 @@ def test_busy_guest_cpu_cap_and_iops_cap(daemons, guest, consoles):
         assert open(cgroup_file(vid, "cpu", "cpu.max")).read().split() == ["20000", "100000"]
     time.sleep(0.5)
     capped_cpu = cpu_rate(api, "busy")
+    print("figures: busy guest %.2f CPU, with cpu_max_percent=20 %.2f CPU" % (busy, capped_cpu))
     assert 0.05 <= capped_cpu <= 0.30, "with a 20%% cap the VM used %.2f CPU" % capped_cpu
 
     # History: the sampler saw it (cpu_percent column) and vm top lists it.

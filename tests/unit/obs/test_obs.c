@@ -228,15 +228,16 @@ static void test_throttle_args(void)
     d.v[0] = 100; /* iops_total */
     d.v[6] = 300; /* iops_total_max */
     d.v[4] = 1048576; /* bps_read */
-    json_t *a = kh_quota_throttle_args(1, &d);
+    json_t *a = kh_quota_throttle_args(1, false, &d);
     char *text = json_dumps(a, JSON_COMPACT | JSON_SORT_KEYS);
     CHECK_STR(text, "{\"bps\":0,\"bps_rd\":1048576,\"bps_wr\":0,\"id\":\"disk1-dev\",\"iops\":100,"
                     "\"iops_max\":300,\"iops_rd\":0,\"iops_wr\":0}");
     free(text);
     json_decref(a);
-    a = kh_quota_throttle_args(0, NULL);
+    a = kh_quota_throttle_args(0, true, NULL);
     text = json_dumps(a, JSON_COMPACT | JSON_SORT_KEYS);
-    CHECK_STR(text, "{\"bps\":0,\"bps_rd\":0,\"bps_wr\":0,\"id\":\"disk0-dev\",\"iops\":0,"
+    CHECK_STR(text, "{\"bps\":0,\"bps_rd\":0,\"bps_wr\":0,"
+                    "\"id\":\"/machine/peripheral/disk0-dev/virtio-backend\",\"iops\":0,"
                     "\"iops_rd\":0,\"iops_wr\":0}");
     free(text);
     json_decref(a);
