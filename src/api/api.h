@@ -16,6 +16,7 @@
 #include "storage/storage.h"
 #include "vm/event.h"
 #include "vm/manager.h"
+#include "vm/metrics.h"
 #include "vm/task.h"
 
 typedef struct kh_api {
@@ -28,6 +29,7 @@ typedef struct kh_api {
     json_t *host;      /* static host facts, computed at start (owned) */
     json_t *openapi;   /* generated once from the route table (owned) */
     double started_at; /* wall time */
+    kh_metrics *metrics;
 } kh_api;
 
 /* The route table and its size. */
@@ -76,5 +78,9 @@ void kh_net_routes_leases(kh_http_req *req, void *app);
 void kh_net_routes_forward_add(kh_http_req *req, void *app);
 void kh_net_routes_forward_delete(kh_http_req *req, void *app);
 void kh_console_routes_log(kh_http_req *req, void *app);
+
+void kh_metrics_routes_prometheus(kh_http_req *req, void *app);
+void kh_metrics_routes_vm(kh_http_req *req, void *app);
+void kh_metrics_routes_host(kh_http_req *req, void *app);
 
 #endif

@@ -68,6 +68,14 @@ static const kh_route routes[] = {
     { "GET", "/api/v1/tasks/{id}", kh_task_routes_get, 0, "Show a task", NULL, "Task" },
     { "GET", "/api/v1/events", kh_event_routes_stream, KH_ROUTE_SSE,
       "Event stream (Server-Sent Events; ?since=ID or Last-Event-ID)", NULL, NULL },
+    { "GET", "/metrics", kh_metrics_routes_prometheus, KH_ROUTE_LOOPBACK_PUBLIC,
+      "Prometheus metrics (text format 0.0.4); token on TCP unless --metrics-public and "
+      "the client is on loopback", NULL, NULL },
+    { "GET", "/api/v1/host/metrics", kh_metrics_routes_host, 0,
+      "Host history (?range=SECONDS, up to 3600) and the latest sample of every VM", NULL,
+      "History" },
+    { "GET", "/api/v1/vms/{name}/metrics", kh_metrics_routes_vm, 0,
+      "A VM's history (?range=SECONDS, up to 3600)", NULL, "History" },
 };
 
 const kh_route *kh_routes_table(size_t *n)
@@ -108,12 +116,29 @@ static const struct {
       ",\"items\":{\"$ref\":\"#/components/schemas/Disk\"}},\"serial\":{\"type\":\"boolean\",\"default\":true"
       "},\"graphics\":{\"type\":\"string\",\"enum\":[\"none\",\"vnc\"],\"default\":\"none\"},\"description\":{\"ty"
       "pe\":\"string\",\"maxLength\":1024},\"nics\":{\"type\":\"array\",\"maxItems\":8,\"items\":{\"$ref\":\"#/co"
-      "mponents/schemas/NIC\"}}}}" },
+      "mponents/schemas/NIC\"}},\"limits\":{\"$ref\":\"#/components/schemas/Limits\"}}}" },
     { "VMPatch",
       "{\"type\":\"object\",\"additionalProperties\":false,\"properties\":{\"vcpus\":{\"type\":\"integer\"},\""
       "memory_mib\":{\"type\":\"integer\"},\"machine\":{\"type\":\"string\"},\"boot\":{\"$ref\":\"#/components/"
       "schemas/Boot\"},\"disks\":{\"type\":\"array\",\"items\":{\"$ref\":\"#/components/schemas/Disk\"}},\"se"
-      "rial\":{\"type\":\"boolean\"},\"graphics\":{\"type\":\"string\"},\"description\":{\"type\":\"string\"}}}" },
+      "rial\":{\"type\":\"boolean\"},\"graphics\":{\"type\":\"string\"},\"description\":{\"type\":\"string\"},"
+      "\"limits\":{\"$ref\":\"#/components/schemas/Limits\"}}}" },
+    { "Limits",
+      "{\"type\":\"object\",\"additionalProperties\":false,\"description\":\"Changeable on a running VM; "
+      "PATCH merges key by key, null removes one\",\"properties\":{\"cpu_weight\":{\"type\":\"integer\",\"m"
+      "inimum\":1,\"maximum\":10000},\"cpu_max_percent\":{\"type\":\"integer\",\"minimum\":1,\"descr"
+      "iption\":\"percent of one host CPU, at most 100 per vCPU\"},\"memory_max_mib\":{\"type\":\"intege"
+      "r\",\"description\":\"at least memory_mib\"},\"disk\":{\"type\":\"array\",\"items\":{\"type\":\"o"
+      "bject\",\"required\":[\"index\"],\"properties\":{\"index\":{\"type\":\"integer\"},\"iops_total\":"
+      "{\"type\":\"integer\"},\"iops_read\":{\"type\":\"integer\"},\"iops_write\":{\"type\":\"integer\"}"
+      ",\"bps_total\":{\"type\":\"integer\"},\"bps_read\":{\"type\":\"integer\"},\"bps_write\":{\"type\""
+      ":\"integer\"},\"iops_total_max\":{\"type\":\"integer\"},\"iops_read_max\":{\"type\":\"integer\"},\""
+      "iops_write_max\":{\"type\":\"integer\"},\"bps_total_max\":{\"type\":\"integer\"},\"bps_read_max\":{"
+      "\"type\":\"integer\"},\"bps_write_max\":{\"type\":\"integer\"}}}}}}" },
+    { "History",
+      "{\"type\":\"object\",\"properties\":{\"interval_seconds\":{\"type\":\"number\"},\"fields\":{\"t"
+      "ype\":\"array\",\"items\":{\"type\":\"string\"}},\"samples\":{\"type\":\"array\",\"items\":{\"ty"
+      "pe\":\"array\",\"items\":{\"type\":\"number\"}}},\"vms\":{\"type\":\"object\"}}}" },
     { "VM",
       "{\"allOf\":[{\"$ref\":\"#/components/schemas/VMSpec\"},{\"type\":\"object\",\"properties\":{\"id\":{\"t"
       "ype\":\"string\",\"format\":\"uuid\"},\"state\":{\"type\":\"string\",\"enum\":[\"stopped\",\"starting\",\"ru"

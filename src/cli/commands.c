@@ -80,6 +80,32 @@ static const cli_opt opts_vm_edit[] = {
     { NULL, NULL, 0, NULL },
 };
 
+static const cli_opt opts_vm_top[] = {
+    { "once", NULL, 0, "Print one frame and exit (also when stdout is not a terminal)." },
+    { "interval", "SECONDS", CLI_OPT_ARG, "Refresh period (default 2)." },
+    { "sort", "KEY", CLI_OPT_ARG, "cpu (default), mem or name." },
+    { "all", NULL, 0, "Also list VMs that are not running." },
+    { NULL, NULL, 0, NULL },
+};
+
+static const cli_opt opts_vm_limit[] = {
+    { "cpu-weight", "N", CLI_OPT_ARG, "Relative CPU share, 1 to 10000 (100 is the default)." },
+    { "cpu-max", "PERCENT", CLI_OPT_ARG,
+      "Hard CPU cap in percent of one host CPU (at most 100 per vCPU)." },
+    { "memory-max", "MIB", CLI_OPT_ARG,
+      "Hard memory limit of the VM's QEMU (suffix M or G); at least the guest's memory." },
+    { "disk", "INDEX", CLI_OPT_ARG, "The disk the --disk-* options apply to (default 0)." },
+    { "disk-iops", "N", CLI_OPT_ARG, "Total I/O operations per second." },
+    { "disk-read-iops", "N", CLI_OPT_ARG, "Read operations per second." },
+    { "disk-write-iops", "N", CLI_OPT_ARG, "Write operations per second." },
+    { "disk-bps", "BYTES", CLI_OPT_ARG, "Total bytes per second." },
+    { "disk-read-bps", "BYTES", CLI_OPT_ARG, "Read bytes per second." },
+    { "disk-write-bps", "BYTES", CLI_OPT_ARG, "Written bytes per second." },
+    { "disk-iops-burst", "N", CLI_OPT_ARG, "Burst for --disk-iops." },
+    { "disk-bps-burst", "BYTES", CLI_OPT_ARG, "Burst for --disk-bps." },
+    { NULL, NULL, 0, NULL },
+};
+
 static const cli_opt opts_wait_only[] = {
     OPT_NO_WAIT,
     { NULL, NULL, 0, NULL },
@@ -239,6 +265,33 @@ const cli_cmd cli_commands[] = {
         "$ kvmhost vm edit web1 --disk web1.qcow2,format=qcow2 \\\n"
         "      --disk data.img,format=raw",
         cli_do_vm_edit,
+    },
+    {
+        "vm", "top", NULL, "live CPU, memory and disk use of the VMs",
+        "A virt-top-like view from the daemon's samples (taken every 10 s by default): the "
+        "host's CPU, memory and load, then one line per running VM with its CPU use in "
+        "percent of one host CPU, the memory charged to its cgroup, its QEMU's resident "
+        "memory and its disk rates. Refreshes until Ctrl-C; --once (or --json, or a stdout "
+        "that is not a terminal) prints one frame.",
+        opts_vm_top,
+        "$ kvmhost vm top\n"
+        "$ kvmhost vm top --once --sort mem\n"
+        "$ kvmhost --json vm top",
+        cli_do_vm_top,
+    },
+    {
+        "vm", "limit", "NAME", "show or change the limits of a VM",
+        "Without options, show the VM's limits. With options, change them; a running VM "
+        "takes them at once (CPU and memory through its cgroup, disk limits through QEMU's "
+        "I/O throttling) and keeps them across restarts. The value \"none\" removes a "
+        "limit. A memory limit under what QEMU already uses fails with exit status 5 and "
+        "changes nothing.",
+        opts_vm_limit,
+        "$ kvmhost vm limit web1 --cpu-max 20 --memory-max 1G\n"
+        "$ kvmhost vm limit web1 --disk 0 --disk-iops 100 --disk-bps 10485760\n"
+        "$ kvmhost vm limit web1 --cpu-max none\n"
+        "$ kvmhost vm limit web1",
+        cli_do_vm_limit,
     },
     {
         "vm", "start", "NAME", "start a virtual machine",

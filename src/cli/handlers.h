@@ -28,5 +28,8 @@ int cli_do_volume_show(cli_ctx *ctx, const cli_args *a, kh_err *err);
 int cli_do_volume_resize(cli_ctx *ctx, const cli_args *a, kh_err *err);
 int cli_do_volume_delete(cli_ctx *ctx, const cli_args *a, kh_err *err);
 int cli_do_version(cli_ctx *ctx, const cli_args *a, kh_err *err);
+/* obs.c */
+int cli_do_vm_top(cli_ctx *ctx, const cli_args *a, kh_err *err);
+int cli_do_vm_limit(cli_ctx *ctx, const cli_args *a, kh_err *err);
 
 #endif

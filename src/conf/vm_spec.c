@@ -12,6 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "conf/limits.h"
 #include "util/check.h"
 #include "util/inet.h"
 #include "util/mem.h"
@@ -21,7 +22,7 @@
 
 static const char *const top_keys[] = {
     "name", "vcpus", "memory_mib", "machine", "boot", "disks", "serial", "graphics",
-    "description", "nics", NULL,
+    "description", "nics", "limits", NULL,
 };
 static const char *const boot_keys[] = { "kernel", "initrd", "cmdline", NULL };
 static const char *const disk_keys[] = { "path", "format", "readonly", "volume", NULL };
@@ -29,7 +30,7 @@ static const char *const nic_keys[] = { "network", "mac", "ip", NULL };
 /* What PATCH may touch: everything but the name. */
 static const char *const patch_keys[] = {
     "vcpus", "memory_mib", "machine", "boot", "disks", "serial", "graphics", "description",
-    "nics", NULL,
+    "nics", "limits", NULL,
 };
 
 /* jansson's iterators take a non-const object but do not change it. */
@@ -202,6 +203,7 @@ static void spec_clear(kh_vm_spec *spec)
     }
     free(spec->nics);
     free(spec->description);
+    kh_limits_free(spec->limits);
     memset(spec, 0, sizeof(*spec));
 }
 
@@ -440,7 +442,7 @@ static int spec_check_whole(const kh_vm_spec *spec, kh_err *err)
                    graphics_name(spec->graphics));
         return -1;
     }
-    return 0;
+    return kh_limits_check(spec->limits, spec->vcpus, spec->memory_mib, spec->ndisks, err);
 }
 
 static int spec_parse(kh_vm_spec *spec, const json_t *obj, kh_err *err)
@@ -503,6 +505,8 @@ static int spec_parse(kh_vm_spec *spec, const json_t *obj, kh_err *err)
         if (*s) /* "" means none */
             spec->description = xstrdup(s);
     }
+    if ((v = json_object_get(obj, "limits")) && !(spec->limits = kh_limits_from_json(v, err)))
+        return -1;
     return spec_check_whole(spec, err);
 }
 
@@ -564,6 +568,11 @@ json_t *kh_vm_spec_to_json(const kh_vm_spec *spec)
         }
         json_object_set_new(o, "nics", nics);
     }
+    json_t *limits = kh_limits_to_json(spec->limits);
+    if (json_object_size(limits)) /* only when some limit is set */
+        json_object_set_new(o, "limits", limits);
+    else
+        json_decref(limits);
     return o;
 }
 
@@ -596,6 +605,8 @@ int kh_vm_spec_patch(kh_vm_spec *spec, const json_t *patch, kh_err *err)
     json_object_foreach(p, key, val) {
         if (json_is_null(val))
             json_object_del(merged, key);
+        else if (strcmp(key, "limits") == 0) /* merged key by key (see limits.h) */
+            json_object_set_new(merged, key, kh_limits_merge(json_object_get(merged, key), val));
         else
             json_object_set(merged, key, val);
     }
@@ -620,6 +631,7 @@ kh_vm_spec *kh_vm_spec_dup(const kh_vm_spec *spec)
     d->initrd = xstrdup(spec->initrd);
     d->cmdline = xstrdup(spec->cmdline);
     d->description = xstrdup(spec->description);
+    d->limits = kh_limits_dup(spec->limits);
     d->disks = NULL;
     if (spec->ndisks) {
         d->disks = xcalloc(spec->ndisks, sizeof(*d->disks));

@@ -15,7 +15,8 @@
  *     "serial": true,
  *     "graphics": "none" | "vnc",
  *     "description": "free text",
- *     "nics": [ { "network": "net1", "mac": "52:54:00:..", "ip": "10.0.0.5" } ] }
+ *     "nics": [ { "network": "net1", "mac": "52:54:00:..", "ip": "10.0.0.5" } ],
+ *     "limits": { ... } }      (conf/limits.h; PATCH merges it key by key)
  * Only name is required: vcpus defaults to 1, memory_mib to 512.
  * `boot` absent or without `kernel` = boot from the first disk (q35 only).
  */
@@ -97,6 +98,7 @@ typedef struct kh_vm_spec {
     char *description; /* may be NULL */
     kh_nic_spec *nics;
     size_t nnics;
+    struct kh_limits *limits; /* conf/limits.h; NULL = no limits */
 } kh_vm_spec;
 
 /* Parse and validate a spec from a JSON object. Unknown keys are rejected

@@ -12,6 +12,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "conf/limits.h"
 #include "conf/vm_spec.h"
 #include "host/proc.h"
 #include "qemu/kernel.h"
@@ -24,6 +25,7 @@
 #include "util/mem.h"
 #include "util/misc.h"
 #include "util/sock.h"
+#include "vm/quota.h"
 
 #define CONSOLE_LOG_MAX (1024 * 1024)
 #define QEMU_LOG_MAX (256 * 1024)
@@ -541,6 +543,41 @@ static void on_cont(kh_qmp *q, json_t *ret, const kh_err *err, void *opaque)
 
 static void reattach_status(kh_qmp *q, json_t *ret, const kh_err *err, void *opaque);
 
+static void on_throttle_reply(kh_qmp *q, json_t *ret, const kh_err *err, void *opaque)
+{
+    (void)q;
+    (void)ret;
+    vm *v = link_vm(opaque);
+    if (v && err) {
+        kh_log(KH_LOG_WARN, "vm.limits", "vm=%s error=\"block_set_io_throttle: %s\"",
+               v->spec->name, err->msg);
+        kh_events_publish(v->mgr->events, "vm.limits_failed", v->spec->name,
+                          json_pack("{s:s}", "message", err->msg));
+    }
+}
+
+/* Disk limits through QMP, for each disk whose limits differ from old (old
+ * NULL: at start, only disks with limits). */
+static void send_throttles(vm *v, const kh_limits *old)
+{
+    for (size_t i = 0; i < v->spec->ndisks && v->qmp; i++) {
+        const kh_disk_limits *now = kh_limits_disk(v->spec->limits, (unsigned)i);
+        const kh_disk_limits *was = old ? kh_limits_disk(old, (unsigned)i) : NULL;
+        if (!old && !now)
+            continue;
+        if (old && ((!now && !was) ||
+                    (now && was && memcmp(now->v, was->v, sizeof(now->v)) == 0)))
+            continue;
+        kh_err e = KH_ERR_INIT;
+        if (kh_qmp_command(v->qmp, "block_set_io_throttle",
+                           kh_quota_throttle_args((unsigned)i,
+                                                  v->spec->machine == KH_MACHINE_Q35, now),
+                           on_throttle_reply, v->qlink,
+                           &e) < 0)
+            kh_log(KH_LOG_WARN, "vm.limits", "vm=%s error=\"%s\"", v->spec->name, e.msg);
+    }
+}
+
 static void on_qmp_ready(kh_qmp *q, const kh_err *err, void *opaque)
 {
     vm *v = link_vm(opaque);
@@ -561,6 +598,7 @@ static void on_qmp_ready(kh_qmp *q, const kh_err *err, void *opaque)
     if (v->state == VM_STARTING) {
         if (v->task)
             kh_task_progress(v->task, 80, "starting vCPUs");
+        send_throttles(v, NULL); /* queued before cont: the guest never runs unthrottled */
         qmp_send(v, "cont", on_cont);
     }
 }
@@ -821,6 +859,8 @@ static void start_spawn(vm *v, const char *kernel_file)
         goto fail;
     if (mgr->cfg.cgroups && mgr->cfg.cgroups->version &&
         kh_cgroups_vm_create(mgr->cfg.cgroups, v->id, &err) < 0)
+        goto fail;
+    if (kh_quota_apply_cgroup(mgr->cfg.cgroups, v->id, v->spec->limits, &err) < 0)
         goto fail;
 
     kh_process_fd pfds[KH_ARRAY_LEN(fds)];
@@ -1659,10 +1699,14 @@ json_t *kh_manager_patch(kh_manager *mgr, const char *name, const json_t *patch,
         const char *key;
         json_t *val;
         json_object_foreach((json_t *)(uintptr_t)patch, key, val) {
-            if (strcmp(key, "description") != 0) {
+            bool live = strcmp(key, "limits") == 0 && !v->task &&
+                        (v->state == VM_RUNNING || v->state == VM_PAUSED);
+            if (strcmp(key, "description") != 0 && !live) {
                 kh_err_set(err, KH_E_CONFLICT,
-                           "vm %s is %s: only description can change now; stop it to "
-                           "change %s", name, state_names[v->state], key);
+                           "vm %s is %s: only description%s can change now; stop it to "
+                           "change %s", name, state_names[v->state],
+                           v->state == VM_RUNNING || v->state == VM_PAUSED ? " and limits" : "",
+                           key);
                 return NULL;
             }
         }
@@ -1670,6 +1714,14 @@ json_t *kh_manager_patch(kh_manager *mgr, const char *name, const json_t *patch,
     kh_vm_spec *next = kh_vm_spec_dup(v->spec);
     if (kh_vm_spec_patch(next, patch, err) < 0 || check_files(next, err) < 0 ||
         check_volumes(mgr, next, err) < 0 || nics_prepare(mgr, v->id, next, err) < 0) {
+        kh_vm_spec_free(next);
+        return NULL;
+    }
+    bool live_limits = v->pid > 0 && json_object_get(patch, "limits");
+    if (live_limits &&
+        kh_quota_apply_cgroup(mgr->cfg.cgroups, v->id, next->limits, err) < 0) {
+        /* Put back what was there; the spec stays as it was. */
+        kh_quota_apply_cgroup(mgr->cfg.cgroups, v->id, v->spec->limits, NULL);
         kh_vm_spec_free(next);
         return NULL;
     }
@@ -1683,10 +1735,15 @@ json_t *kh_manager_patch(kh_manager *mgr, const char *name, const json_t *patch,
         kh_vm_spec_free(next);
         return NULL;
     }
-    kh_vm_spec_free(v->spec);
+    kh_vm_spec *prev = v->spec;
     v->spec = next;
     v->updated_at = now;
     sync_bindings(mgr);
+    if (live_limits) {
+        send_throttles(v, prev->limits);
+        kh_log(KH_LOG_INFO, "vm.limits", "vm=%s live=true", name);
+    }
+    kh_vm_spec_free(prev);
     json_t *j = vm_json(v);
     kh_events_publish(mgr->events, "vm.updated", name, json_incref(j));
     return j;
@@ -1752,4 +1809,40 @@ void kh_manager_counts(const kh_manager *mgr, unsigned *total, unsigned *running
     *running = 0;
     for (const vm *v = mgr->vms; v; v = v->next)
         *running += v->state == VM_RUNNING || v->state == VM_PAUSED;
+}
+
+void kh_manager_foreach(kh_manager *mgr, kh_manager_vm_fn fn, void *opaque)
+{
+    for (const vm *v = mgr->vms; v; v = v->next) {
+        kh_vm_info info = {
+            .name = v->spec->name,
+            .id = v->id,
+            .state = state_names[v->state],
+            .pid = v->pid,
+            .started_at = v->pid > 0 ? v->started_at : 0,
+            .spec = v->spec,
+            .qmp_ready = v->qmp != NULL && (v->state == VM_RUNNING || v->state == VM_PAUSED),
+            .qmp_rtt_us = v->qmp ? kh_qmp_last_rtt_us(v->qmp) : 0,
+        };
+        fn(&info, opaque);
+    }
+}
+
+int kh_manager_qmp(kh_manager *mgr, const char *id, const char *command, json_t *args,
+                   kh_qmp_reply_cb cb, void *opaque, kh_err *err)
+{
+    for (vm *v = mgr->vms; v; v = v->next) {
+        if (strcmp(v->id, id) != 0)
+            continue;
+        if (!v->qmp || (v->state != VM_RUNNING && v->state != VM_PAUSED)) {
+            json_decref(args);
+            kh_err_set(err, KH_E_CONFLICT, "vm %s is %s", v->spec->name,
+                       state_names[v->state]);
+            return -1;
+        }
+        return kh_qmp_command(v->qmp, command, args, cb, opaque, err);
+    }
+    json_decref(args);
+    kh_err_set(err, KH_E_NOTFOUND, "no vm with id %s", id);
+    return -1;
 }
