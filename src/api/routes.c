@@ -36,6 +36,13 @@ static const kh_route routes[] = {
     { "GET", "/api/v1/tasks/{id}", kh_task_routes_get, 0, "Show a task", NULL, "Task" },
     { "GET", "/api/v1/events", kh_event_routes_stream, KH_ROUTE_SSE,
       "Event stream (Server-Sent Events; ?since=ID or Last-Event-ID)", NULL, NULL },
+    { "POST", "/api/v1/session", kh_http_session_post, KH_ROUTE_PUBLIC,
+      "Browser login: the API token for a session cookie and a CSRF token", "SessionLogin",
+      "Session" },
+    { "GET", "/api/v1/session", kh_http_session_get, 0, "How this request is authenticated",
+      NULL, "Session" },
+    { "DELETE", "/api/v1/session", kh_http_session_delete, 0, "Log out (end the session)", NULL,
+      NULL },
 };
 
 const kh_route *kh_routes_table(size_t *n)
@@ -106,6 +113,13 @@ static const struct {
     { "TaskList",
       "{\"type\":\"object\",\"properties\":{\"tasks\":{\"type\":\"array\",\"items\":{\"$ref\":\"#/components/sch"
       "emas/Task\"}}}}" },
+    { "SessionLogin",
+      "{\"type\":\"object\",\"additionalProperties\":false,\"required\":[\"token\"],\"properties\":{\"t"
+      "oken\":{\"type\":\"string\",\"description\":\"the API token (STATE_DIR/api-token)\"}}}" },
+    { "Session",
+      "{\"type\":\"object\",\"properties\":{\"authenticated\":{\"type\":\"boolean\"},\"via\":{\"ty"
+      "pe\":\"string\"},\"csrf_token\":{\"type\":\"string\",\"description\":\"send as X-CSRF-Token on "
+      "writes made with the session cookie\"}}}" },
     { "Host",
       "{\"type\":\"object\",\"properties\":{\"hostname\":{\"type\":\"string\"},\"version\":{\"type\":\"string\"},"
       "\"accelerator\":{\"type\":\"string\",\"enum\":[\"kvm\",\"tcg\"]},\"accelerator_reason\":{\"type\":\"strin"
