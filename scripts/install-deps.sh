@@ -31,6 +31,22 @@ if [ ${#missing[@]} -gt 0 ]; then
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
+# The web console's browser tests (scripts/test.sh): Chromium, and Node.js
+# with npm for the build. Not fatal here: without them the browser stage
+# says so and fails on its own.
+if [ "${1:-}" = "--test" ] && [ "$(id -u)" -eq 0 ]; then
+  web=()
+  dpkg-query -W -f='${Status}' chromium 2>/dev/null | grep -q "install ok installed" || web+=(chromium)
+  command -v npm >/dev/null || web+=(nodejs npm)
+  if [ ${#web[@]} -gt 0 ]; then
+    echo "kvmhost: installing ${web[*]} (browser tests)"
+    export DEBIAN_FRONTEND=noninteractive
+    { apt-get install -y -qq --no-install-recommends "${web[@]}" >/dev/null 2>&1 ||
+      { apt-get update -qq && apt-get install -y -qq --no-install-recommends "${web[@]}" >/dev/null; }; } ||
+      echo "kvmhost: warning: cannot install ${web[*]}; the browser tests will fail" >&2
+  fi
+fi
+
 # QEMU never runs as root: it runs as this system user (in group kvm for
 # /dev/kvm where KVM works).
 if [ "$(id -u)" -eq 0 ] && ! getent passwd kvmhost-qemu >/dev/null; then

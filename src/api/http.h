@@ -161,6 +161,17 @@ void kh_http_reply_sse(kh_http_req *req, const kh_sse_callbacks *cbs, void *opaq
 int kh_sse_send(kh_sse *sse, unsigned long long id, const char *event, const char *data);
 void kh_sse_close(kh_sse *sse);
 
+/* ---- browser sessions (TCP): route handlers for /api/v1/session ----
+ * POST (a KH_ROUTE_PUBLIC route) {"token": "<API token>"} -> 201
+ * {"csrf_token": ...} and an HttpOnly, SameSite=Strict session cookie;
+ * afterwards the cookie authenticates like the bearer token, and writes
+ * (anything but GET/HEAD) also need "X-CSRF-Token: <csrf_token>" (403
+ * without). GET tells how the request was authenticated (and the CSRF
+ * token again for a session). DELETE logs out. See session.h. */
+void kh_http_session_post(kh_http_req *req, void *app);
+void kh_http_session_get(kh_http_req *req, void *app);
+void kh_http_session_delete(kh_http_req *req, void *app);
+
 /* ---- internal: shared by http.c and ws.c only, not for callers ---- */
 #ifdef KH_HTTP_INTERNAL
 /* A WebSocket session over a connected, upgraded socket (wslay framing,

@@ -76,6 +76,13 @@ static const kh_route routes[] = {
       "History" },
     { "GET", "/api/v1/vms/{name}/metrics", kh_metrics_routes_vm, 0,
       "A VM's history (?range=SECONDS, up to 3600)", NULL, "History" },
+    { "POST", "/api/v1/session", kh_http_session_post, KH_ROUTE_PUBLIC,
+      "Browser login: the API token for a session cookie and a CSRF token", "SessionLogin",
+      "Session" },
+    { "GET", "/api/v1/session", kh_http_session_get, 0, "How this request is authenticated",
+      NULL, "Session" },
+    { "DELETE", "/api/v1/session", kh_http_session_delete, 0, "Log out (end the session)", NULL,
+      NULL },
 };
 
 const kh_route *kh_routes_table(size_t *n)
@@ -239,6 +246,13 @@ static const struct {
     { "VolumeList",
       "{\"type\":\"object\",\"properties\":{\"volumes\":{\"type\":\"array\",\"items\":{\"$ref\":"
       "\"#/components/schemas/Volume\"}}}}" },
+    { "SessionLogin",
+      "{\"type\":\"object\",\"additionalProperties\":false,\"required\":[\"token\"],\"properties\":{\"t"
+      "oken\":{\"type\":\"string\",\"description\":\"the API token (STATE_DIR/api-token)\"}}}" },
+    { "Session",
+      "{\"type\":\"object\",\"properties\":{\"authenticated\":{\"type\":\"boolean\"},\"via\":{\"ty"
+      "pe\":\"string\"},\"csrf_token\":{\"type\":\"string\",\"description\":\"send as X-CSRF-Token on "
+      "writes made with the session cookie\"}}}" },
     { "Host",
       "{\"type\":\"object\",\"properties\":{\"hostname\":{\"type\":\"string\"},\"version\":{\"type\":\"string\"},"
       "\"accelerator\":{\"type\":\"string\",\"enum\":[\"kvm\",\"tcg\"]},\"accelerator_reason\":{\"type\":\"strin"
