@@ -93,7 +93,7 @@ static int apply_nft(kh_netmgr *nm, kh_err *err)
     size_t count = 0;
     for (net_rt *r = nm->nets; r; r = r->next)
         count++;
-    const kh_network **v = xcalloc(count + 1, sizeof(*v));
+    const kh_network **v = xcalloc(count + 1, sizeof(const kh_network *));
     size_t i = 0;
     bool nat = false;
     for (net_rt *r = nm->nets; r; r = r->next) {
@@ -220,8 +220,9 @@ static void dns_kill_stale(net_rt *r)
     char *cmd = kh_fs_read(path, 8192, &len, NULL);
     char *conf = xasprintf("--conf-file=%s/dnsmasq.conf", r->dir);
     bool ours = false;
-    for (size_t off = 0; cmd && off < len; off += strlen(cmd + off) + 1)
-        ours = ours || strcmp(cmd + off, conf) == 0;
+    if (cmd)
+        for (size_t off = 0; off < len; off += strlen(cmd + off) + 1)
+            ours = ours || strcmp(cmd + off, conf) == 0;
     free(cmd);
     free(conf);
     if (!ours)

@@ -375,10 +375,10 @@ static void pool_space(const pool *p, json_t *o)
 {
     struct statvfs sv;
     if (statvfs(p->path, &sv) == 0) {
-        json_object_set_new(o, "capacity", json_integer((json_int_t)(sv.f_blocks * sv.f_frsize)));
+        json_object_set_new(o, "capacity", json_integer((json_int_t)sv.f_blocks * (json_int_t)sv.f_frsize));
         json_object_set_new(o, "allocation",
-                            json_integer((json_int_t)((sv.f_blocks - sv.f_bfree) * sv.f_frsize)));
-        json_object_set_new(o, "free", json_integer((json_int_t)(sv.f_bavail * sv.f_frsize)));
+                            json_integer((json_int_t)(sv.f_blocks - sv.f_bfree) * (json_int_t)sv.f_frsize));
+        json_object_set_new(o, "free", json_integer((json_int_t)sv.f_bavail * (json_int_t)sv.f_frsize));
         json_object_set_new(o, "available", json_true());
     } else {
         json_object_set_new(o, "available", json_false());
@@ -930,8 +930,7 @@ int kh_storage_volume_create(kh_storage *st, const char *pool_name, const json_t
             kh_strv_add(a, base.format);
         } else if (json_is_true(jpre)) {
             kh_strv_add(a, "-o");
-            kh_strv_add(a, strcmp(fmt, "qcow2") == 0 ? "preallocation=full"
-                                                     : "preallocation=full");
+            kh_strv_add(a, "preallocation=full");
         }
         kh_strv_add(a, o->part);
         kh_strv_addf(a, "%" PRIu64, size);

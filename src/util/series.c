@@ -67,7 +67,7 @@ size_t kh_series_first_since(const kh_series *s, double since)
     size_t lo = 0, hi = s->n;
     while (lo < hi) {
         size_t mid = lo + (hi - lo) / 2;
-        double t;
+        double t = 0;
         kh_series_at(s, mid, &t);
         if (t < since)
             lo = mid + 1;
