@@ -54,6 +54,15 @@ typedef struct kh_argv_env {
      * by access mode, so open it O_RDONLY for a read-only disk and O_RDWR
      * otherwise. */
     const int *disk_fds;
+    /* Per disk, NULL or one fd per backing layer (disks[i].backing[j]),
+     * same rules as disk_fds: -1 lets QEMU open the layer's path. NULL:
+     * all -1. */
+    const int *const *backing_fds;
+    /* One per NIC: the inherited tap fd (opened with IFF_VNET_HDR), and a
+     * /dev/vhost-net fd or -1 for no vhost. Required when the spec has
+     * NICs; every NIC must have its mac assigned. */
+    const int *nic_fds;
+    const int *nic_vhost_fds;
 } kh_argv_env;
 
 /* Build the argv. Returns NULL with err set when the spec cannot be
