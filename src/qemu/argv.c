@@ -624,8 +624,16 @@ kh_strv *kh_qemu_argv_build(const kh_vm_spec *spec, const kh_qemu_caps *caps,
         add2(&b, "-kernel", kernel_file(spec, env));
         if (spec->initrd)
             add2(&b, "-initrd", initrd_file(spec, env));
-        if (spec->cmdline)
+        bool tsc = spec->machine == KH_MACHINE_MICROVM && env->accel == KH_ACCEL_TCG &&
+                   env->tsc_khz;
+        if (tsc) {
+            char *append = xasprintf("%s%stsc_early_khz=%u", spec->cmdline ? spec->cmdline : "",
+                                     spec->cmdline ? " " : "", env->tsc_khz);
+            add2(&b, "-append", append);
+            free(append);
+        } else if (spec->cmdline) {
             add2(&b, "-append", spec->cmdline);
+        }
     }
     for (size_t i = 0; i < spec->ndisks; i++)
         add_disk(&b, spec, caps, env, i);

@@ -40,6 +40,10 @@ typedef struct kh_argv_env {
     const char *binary;     /* argv[0], e.g. "/usr/bin/qemu-system-x86_64" */
     const char *vm_id;      /* the VM's uuid: -uuid, and the -name guest= */
     kh_accel accel;
+    /* Host TSC frequency in kHz, 0 when unknown. microvm has no HPET or PM
+     * timer; under TCG the kernel's PIT calibration fails on a busy host and
+     * the boot stalls, so the builder tells the kernel (tsc_early_khz). */
+    unsigned tsc_khz;
     int qmp_fd;             /* listening unix socket QEMU inherits for QMP */
     int serial_fd;          /* listening unix socket for the serial chardev (-1: none) */
     const char *pidfile;    /* -pidfile */

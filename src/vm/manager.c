@@ -843,6 +843,7 @@ static void start_spawn(vm *v, const char *kernel_file)
         .binary = mgr->qemu_binary,
         .vm_id = v->id,
         .accel = mgr->cfg.accel,
+        .tsc_khz = kh_proc_cpu_khz(),
         .qmp_fd = FD_QMP,
         .serial_fd = v->spec->serial ? FD_SERIAL : -1,
         .pidfile = pidfile,

@@ -167,7 +167,7 @@ static char *run_case(const char *name, const json_t *tc, bool *is_err)
     static const char *const env_keys[] = { "binary", "vm_id", "accel", "qmp_fd", "serial_fd",
                                             "pidfile", "vnc_socket", "kernel_file",
                                             "initrd_file", "disk_fds", "backing_fds", "nic_fds",
-                                            "nic_vhost_fds", NULL };
+                                            "nic_vhost_fds", "tsc_khz", NULL };
     const json_t *sj = json_object_get(tc, "spec");
     const json_t *cj = json_object_get(tc, "caps");
     const json_t *ej = json_object_get(tc, "env");
@@ -267,6 +267,7 @@ static char *run_case(const char *name, const json_t *tc, bool *is_err)
         .backing_fds = (const int *const *)bfds,
         .nic_fds = nfds,
         .nic_vhost_fds = vfds,
+        .tsc_khz = (unsigned)int_or(ej, "tsc_khz", 0),
     };
     if (fds && json_array_size(fdj) != spec->ndisks)
         printf("# %s: disk_fds has %zu entries for %zu disks\n", name, json_array_size(fdj),
