@@ -673,7 +673,7 @@ static void emit_vm(const kh_vm_info *info, void *opaque)
         if (strcmp(f, "kvmhost_vm_vcpu_seconds_total") == 0) {
             for (size_t i = 0; i < e->nvcpus; i++) {
                 double s;
-                char idx[16];
+                char idx[24];
                 snprintf(idx, sizeof(idx), "%zu", i);
                 const char *lv[] = { VM_LABELS(info), "vcpu", idx, NULL };
                 if (thread_cpu_seconds(info->pid, e->vcpu_tids[i], &s))
