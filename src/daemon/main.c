@@ -499,7 +499,8 @@ int main(int argc, char **argv)
         .unix_path = socket_path,
         .unix_mode = 0660,
         .tcp_listen = o.listen,
-        .token = d.token,
+        /* Only TCP needs it; unix-socket-only daemons never touch OpenSSL. */
+        .token = o.listen ? d.token : NULL,
         .tls_cert = o.tls_cert,
         .tls_key = o.tls_key,
         .max_body = 1024 * 1024,
