@@ -44,6 +44,11 @@ static const kh_route routes[] = {
       "History" },
     { "GET", "/api/v1/vms/{name}/metrics", kh_metrics_routes_vm, 0,
       "A VM's history (?range=SECONDS, up to 3600)", NULL, "History" },
+    { "GET", "/api/v1/alerts", kh_metrics_routes_alerts, 0,
+      "Alert rules and the alerts pending or firing now", NULL, NULL },
+    { "PUT", "/api/v1/alerts/rules", kh_metrics_routes_alert_rules, 0,
+      "Replace the alert rules (body {\"rules\": [...]}; until the daemon restarts)", NULL,
+      NULL },
 };
 
 const kh_route *kh_routes_table(size_t *n)

@@ -67,8 +67,8 @@ size_t kh_series_first_since(const kh_series *s, double since)
     size_t lo = 0, hi = s->n;
     while (lo < hi) {
         size_t mid = lo + (hi - lo) / 2;
-        double t;
-        kh_series_at(s, mid, &t);
+        double t = 0;
+        (void)kh_series_at(s, mid, &t); /* mid < n: always found */
         if (t < since)
             lo = mid + 1;
         else

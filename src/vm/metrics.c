@@ -16,6 +16,7 @@
 #include "util/misc.h"
 #include "util/prom.h"
 #include "util/series.h"
+#include "vm/alert.h"
 
 #define HISTORY_SECONDS 3600.0
 #define HISTORY_MAX 3600
@@ -75,6 +76,7 @@ struct kh_metrics {
     uv_loop_t *loop;
     kh_manager *mgr;
     kh_tasks *tasks;
+    kh_alerts *alerts;       /* optional, borrowed */
     const kh_cgroups *cg;
     uv_timer_t *timer;
     unsigned interval_ms;
@@ -444,6 +446,22 @@ static void sample_vm(const kh_vm_info *info, void *opaque)
         row[VF_RD_IOPS] = rdo >= e->last_rdo ? (rdo - e->last_rdo) / dt : 0;
         row[VF_WR_IOPS] = wro >= e->last_wro ? (wro - e->last_wro) / dt : 0;
         kh_series_push(e->hist, now, row);
+        if (m->alerts) {
+            /* Saturation: use over capacity (vCPUs, or the CPU cap when lower). */
+            double cap = 100.0 * info->spec->vcpus;
+            if (info->spec->limits && info->spec->limits->cpu_max_percent &&
+                info->spec->limits->cpu_max_percent < cap)
+                cap = info->spec->limits->cpu_max_percent;
+            const char *fields[VF_N + 1];
+            double vals[VF_N + 1];
+            for (size_t k = 0; k < VF_N; k++) {
+                fields[k] = vm_fields[k];
+                vals[k] = row[k];
+            }
+            fields[VF_N] = "cpu_saturation_percent";
+            vals[VF_N] = row[VF_CPU] / cap * 100;
+            kh_alerts_feed(m->alerts, info->name, fields, vals, VF_N + 1, now);
+        }
     }
     e->last_t = now;
     e->last_cpu = cpu;
@@ -458,6 +476,8 @@ static void sample(kh_metrics *m)
     uint64_t t0 = uv_hrtime();
     for (vm_entry *e = m->vms; e; e = e->next)
         e->seen = false;
+    if (m->alerts)
+        kh_alerts_begin(m->alerts);
     kh_manager_foreach(m->mgr, sample_vm, m);
     /* Forget deleted VMs. */
     for (vm_entry **pp = &m->vms; *pp;) {
@@ -491,8 +511,22 @@ static void sample(kh_metrics *m)
     unsigned total_vms, running;
     kh_manager_counts(m->mgr, &total_vms, &running);
     row[HF_RUNNING] = running;
-    if (m->last_host_t > 0)
+    if (m->last_host_t > 0) {
         kh_series_push(m->host_hist, now, row);
+        if (m->alerts) {
+            const char *fields[HF_N + 1];
+            double vals[HF_N + 1];
+            for (size_t k = 0; k < HF_N; k++) {
+                fields[k] = host_fields[k];
+                vals[k] = row[k];
+            }
+            fields[HF_N] = "memory_used_percent";
+            vals[HF_N] = mt > 0 ? (mt - ma) / mt * 100 : 0;
+            kh_alerts_feed(m->alerts, NULL, fields, vals, HF_N + 1, now);
+        }
+    }
+    if (m->alerts)
+        kh_alerts_end(m->alerts, now);
     m->last_host_t = now;
     m->samples++;
     m->sample_seconds += (double)(uv_hrtime() - t0) / 1e9;
@@ -550,6 +584,11 @@ void kh_metrics_free(kh_metrics *m)
     m->dead = true;
     if (m->pending == 0)
         metrics_destroy(m);
+}
+
+void kh_metrics_set_alerts(kh_metrics *m, kh_alerts *alerts)
+{
+    m->alerts = alerts;
 }
 
 void kh_metrics_set_accel(kh_metrics *m, const char *accel)

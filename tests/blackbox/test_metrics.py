@@ -230,6 +230,45 @@ def test_cli_vm_limit_and_top(qd, fake_boot):
     assert p.returncode == 2, p
 
 
+def rule_of(e):
+    return (e.get("data") or {}).get("data", {}).get("rule")
+
+
+def test_alert_rules_fire_and_resolve(qd):
+    api = qd.api
+    names = [r["name"] for r in api.get("/api/v1/alerts").json["rules"]]
+    assert names == ["host_memory_high", "vm_cpu_saturated"], names
+    bad = [
+        {"rules": [{"name": "x", "scope": "host", "metric": "nope", "op": ">", "threshold": 1}]},
+        {"rules": [{"name": "x", "scope": "host", "metric": "load1", "op": "~", "threshold": 1}]},
+        {"rules": "all"},
+        {},
+    ]
+    for b in bad:
+        r = api.request("PUT", "/api/v1/alerts/rules", b)
+        assert r.status == 400, (b, r)
+    assert [r["name"] for r in api.get("/api/v1/alerts").json["rules"]] == names
+    sse = khlib.SSE(qd.socket)
+    try:
+        rule = {"name": "load_any", "scope": "host", "metric": "load1", "op": ">=",
+                "threshold": 0, "for_seconds": 0}
+        r = api.request("PUT", "/api/v1/alerts/rules", {"rules": [rule]})
+        assert r.status == 200 and r.json["rules"][0]["name"] == "load_any", r
+        ev = sse.read_until(lambda e: e.get("event") == "alert.firing"
+                            and rule_of(e) == "load_any", timeout=10)
+        assert ev, "no alert.firing event"
+        assert ev["data"]["vm"] is None and ev["data"]["data"]["value"] >= 0, ev
+        act = api.get("/api/v1/alerts").json["active"]
+        assert act and act[0]["rule"] == "load_any" and act[0]["state"] == "firing", act
+        r = api.request("PUT", "/api/v1/alerts/rules", {"rules": []})
+        assert r.status == 200 and r.json == {"rules": [], "active": []}, r
+        ev = sse.read_until(lambda e: e.get("event") == "alert.resolved"
+                            and rule_of(e) == "load_any", timeout=10)
+        assert ev, "no alert.resolved event"
+    finally:
+        sse.close()
+
+
 # --------------------------------------------------------------------------
 # A real Prometheus scrapes the daemon
 
@@ -315,7 +354,11 @@ def cpu_rate(api, name, seconds=3.0):
 
 @pytest.mark.slow
 def test_busy_guest_cpu_cap_and_iops_cap(daemons, guest, consoles):
-    d = daemons(extra_args=["--sample-interval-ms", "1000"])
+    rules = os.path.join(tempfile.mkdtemp(prefix="khbb-r-", dir="/tmp"), "rules.json")
+    with open(rules, "w") as f:
+        json.dump({"rules": [{"name": "vm_busy", "scope": "vm", "metric": "cpu_percent",
+                              "op": ">", "threshold": 30, "for_seconds": 2}]}, f)
+    d = daemons(extra_args=["--sample-interval-ms", "1000", "--alert-rules", rules])
     api = d.api
     work = d.base + "/w"
     os.makedirs(work)
@@ -378,7 +421,11 @@ def test_busy_guest_cpu_cap_and_iops_cap(daemons, guest, consoles):
     # A busy guest: CPU seconds rise.
     c.run("while :; do :; done & echo kh-$((%d+1))", timeout=30)
     busy = cpu_rate(api, "busy")
-    assert busy > 0.3, "busy guest used only %.2f CPU" % busy
+    assert busy > 0.25, "busy guest used only %.2f CPU" % busy
+    sse = khlib.SSE(d.socket, path="/api/v1/events?since=0")
+    ev = sse.read_until(lambda e: e.get("event") == "alert.firing" and rule_of(e) == "vm_busy",
+                        timeout=15)
+    assert ev and ev["data"]["vm"] == "busy" and ev["data"]["data"]["value"] > 30, ev
 
     # CPU cap 20%, live: the cgroup file and the counters both show it.
     r = api.patch("/api/v1/vms/busy", {"limits": {"cpu_max_percent": 20}})
@@ -392,6 +439,10 @@ def test_busy_guest_cpu_cap_and_iops_cap(daemons, guest, consoles):
     capped_cpu = cpu_rate(api, "busy")
     print("figures: busy guest %.2f CPU, with cpu_max_percent=20 %.2f CPU" % (busy, capped_cpu))
     assert 0.05 <= capped_cpu <= 0.30, "with a 20%% cap the VM used %.2f CPU" % capped_cpu
+    ev = sse.read_until(lambda e: e.get("event") == "alert.resolved" and rule_of(e) == "vm_busy",
+                        timeout=15)
+    sse.close()
+    assert ev and ev["data"]["vm"] == "busy" and ev["data"]["data"]["value"] <= 30, ev
 
     # History: the sampler saw it (cpu_percent column) and vm top lists it.
     h = api.get("/api/v1/vms/busy/metrics?range=120").json

@@ -15,6 +15,7 @@
 #include "util/mem.h"
 #include "util/prom.h"
 #include "util/series.h"
+#include "vm/alert.h"
 #include "vm/quota.h"
 
 static void test_prom_values(void)
@@ -357,6 +358,115 @@ static void test_quota_cgroup(void)
     kh_fs_rm_rf(base, NULL);
 }
 
+static char seen[2048];
+
+static void on_event(const kh_event *ev, void *opaque)
+{
+    (void)opaque;
+    size_t n = strlen(seen);
+    snprintf(seen + n, sizeof(seen) - n, "%s:%s:%s;", ev->type, ev->vm ? ev->vm : "-",
+             json_string_value(json_object_get(ev->data, "rule")));
+}
+
+static void test_alerts(void)
+{
+    kh_events *ev = kh_events_new();
+    kh_event_sub *sub = kh_events_subscribe(ev, 0, on_event, NULL);
+    kh_alerts *a = kh_alerts_new(ev);
+    json_t *j = kh_alerts_json(a);
+    CHECK(json_array_size(json_object_get(j, "rules")) == 2); /* the defaults */
+    json_decref(j);
+    kh_err err = KH_ERR_INIT;
+    json_t *rules = json_loads(
+        "[{\"name\":\"busy\",\"scope\":\"vm\",\"metric\":\"cpu_percent\",\"op\":\">\","
+        "\"threshold\":50,\"for_seconds\":20},"
+        "{\"name\":\"mem\",\"scope\":\"host\",\"metric\":\"memory_used_percent\",\"op\":\">=\","
+        "\"threshold\":90}]", 0, NULL);
+    CHECK(kh_alerts_set_rules(a, rules, &err) == 0);
+    json_decref(rules);
+    const char *vf[] = { "cpu_percent" };
+    const char *hf[] = { "memory_used_percent" };
+    double hi = 80, lo = 10, mem_hi = 95, mem_lo = 50;
+    /* t=0: busy holds (pending), host memory fires at once (for 0 s). */
+    kh_alerts_begin(a);
+    kh_alerts_feed(a, "web1", vf, &hi, 1, 100);
+    kh_alerts_feed(a, NULL, hf, &mem_hi, 1, 100);
+    kh_alerts_end(a, 100);
+    CHECK_STR(seen, "alert.firing:-:mem;");
+    /* t=10: still pending; t=20: fires (held 20 s). */
+    kh_alerts_begin(a);
+    kh_alerts_feed(a, "web1", vf, &hi, 1, 110);
+    kh_alerts_feed(a, NULL, hf, &mem_hi, 1, 110);
+    kh_alerts_end(a, 110);
+    CHECK_STR(seen, "alert.firing:-:mem;");
+    j = kh_alerts_json(a);
+    CHECK(json_array_size(json_object_get(j, "active")) == 2);
+    json_decref(j);
+    kh_alerts_begin(a);
+    kh_alerts_feed(a, "web1", vf, &hi, 1, 120);
+    kh_alerts_feed(a, NULL, hf, &mem_lo, 1, 120);
+    kh_alerts_end(a, 120);
+    CHECK_STR(seen, "alert.firing:-:mem;alert.firing:web1:busy;alert.resolved:-:mem;");
+    /* A dip resets the clock: pending again, no event. */
+    seen[0] = '\0';
+    kh_alerts_begin(a);
+    kh_alerts_feed(a, "web1", vf, &lo, 1, 130);
+    kh_alerts_end(a, 130);
+    CHECK_STR(seen, "alert.resolved:web1:busy;");
+    kh_alerts_begin(a);
+    kh_alerts_feed(a, "web1", vf, &hi, 1, 140);
+    kh_alerts_end(a, 140);
+    CHECK_STR(seen, "alert.resolved:web1:busy;");
+    /* A VM no longer fed (it stopped) resolves; pending ones vanish quietly. */
+    kh_alerts_begin(a);
+    kh_alerts_feed(a, "web1", vf, &hi, 1, 160);
+    kh_alerts_end(a, 160);
+    CHECK_STR(seen, "alert.resolved:web1:busy;alert.firing:web1:busy;");
+    kh_alerts_begin(a);
+    kh_alerts_end(a, 170);
+    CHECK_STR(seen, "alert.resolved:web1:busy;alert.firing:web1:busy;alert.resolved:web1:busy;");
+    j = kh_alerts_json(a);
+    CHECK(json_array_size(json_object_get(j, "active")) == 0);
+    json_decref(j);
+    /* Bad rules: clear messages, nothing changes. */
+    const char *bad[][2] = {
+        { "{}", "must be an array" },
+        { "[{\"name\":\"x\",\"scope\":\"vm\",\"metric\":\"load1\",\"op\":\">\",\"threshold\":1}]",
+          "rules[0].metric: not a vm metric" },
+        { "[{\"name\":\"x\",\"scope\":\"pod\",\"metric\":\"load1\",\"op\":\">\",\"threshold\":1}]",
+          "rules[0].scope" },
+        { "[{\"name\":\"x\",\"scope\":\"host\",\"metric\":\"load1\",\"op\":\"!=\",\"threshold\":1}]",
+          "rules[0].op" },
+        { "[{\"name\":\"x\",\"scope\":\"host\",\"metric\":\"load1\",\"op\":\">\"}]",
+          "rules[0].threshold" },
+        { "[{\"name\":\"../x\",\"scope\":\"host\",\"metric\":\"load1\",\"op\":\">\",\"threshold\":1}]",
+          "rule name" },
+        { "[{\"name\":\"x\",\"scope\":\"host\",\"metric\":\"load1\",\"op\":\">\",\"threshold\":1,"
+          "\"for_seconds\":-1}]", "for_seconds" },
+        { "[{\"name\":\"x\",\"scope\":\"host\",\"metric\":\"load1\",\"op\":\">\",\"threshold\":1,"
+          "\"webhook\":\"http://x\"}]", "unknown field webhook" },
+        { "[{\"name\":\"x\",\"scope\":\"host\",\"metric\":\"load1\",\"op\":\">\",\"threshold\":1},"
+          "{\"name\":\"x\",\"scope\":\"host\",\"metric\":\"load1\",\"op\":\"<\",\"threshold\":1}]",
+          "appears twice" },
+    };
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        json_t *r = json_loads(bad[i][0], 0, NULL);
+        kh_err_clear(&err);
+        CHECK(r && kh_alerts_set_rules(a, r, &err) < 0 && strstr(err.msg, bad[i][1]));
+        if (!strstr(err.msg, bad[i][1]))
+            printf("# %s -> %s\n", bad[i][0], err.msg);
+        json_decref(r);
+    }
+    j = kh_alerts_json(a);
+    CHECK(json_array_size(json_object_get(j, "rules")) == 2);
+    CHECK_STR(json_string_value(json_object_get(json_array_get(json_object_get(j, "rules"), 0),
+                                                "name")), "busy");
+    json_decref(j);
+    kh_alerts_free(a);
+    kh_events_unsubscribe(ev, sub);
+    kh_events_free(ev);
+}
+
 int main(void)
 {
     RUN(test_prom_values);
@@ -367,5 +477,6 @@ int main(void)
     RUN(test_limits_patch);
     RUN(test_throttle_args);
     RUN(test_quota_cgroup);
+    RUN(test_alerts);
     TEST_DONE();
 }
