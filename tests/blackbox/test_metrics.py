@@ -353,8 +353,8 @@ def cpu_rate(api, name, seconds=3.0):
 
 
 @pytest.mark.slow
-def test_busy_guest_cpu_cap_and_iops_cap(daemons, guest, consoles):
-    rules = os.path.join(tempfile.mkdtemp(prefix="khbb-r-", dir="/tmp"), "rules.json")
+def test_busy_guest_cpu_cap_and_iops_cap(daemons, guest, consoles, workdir):
+    rules = os.path.join(workdir, "rules.json")
     with open(rules, "w") as f:
         json.dump({"rules": [{"name": "vm_busy", "scope": "vm", "metric": "cpu_percent",
                               "op": ">", "threshold": 30, "for_seconds": 2}]}, f)
