@@ -712,7 +712,7 @@ static void emit_vm(const kh_vm_info *info, void *opaque)
         if (strcmp(f, "kvmhost_vm_vcpu_seconds_total") == 0) {
             for (size_t i = 0; i < e->nvcpus; i++) {
                 double s;
-                char idx[16];
+                char idx[24];
                 snprintf(idx, sizeof(idx), "%zu", i);
                 const char *lv[] = { VM_LABELS(info), "vcpu", idx, NULL };
                 if (thread_cpu_seconds(info->pid, e->vcpu_tids[i], &s))
@@ -827,7 +827,7 @@ char *kh_metrics_render(kh_metrics *m, size_t *len)
     kh_prom_family(p, "kvmhost_http_requests_total", "counter",
                    "API requests by method, route and status");
     for (size_t i = 0; i < m->nreqs; i++) {
-        char code[8];
+        char code[16];
         snprintf(code, sizeof(code), "%u", m->reqs[i].status);
         const char *l[] = { "method", m->reqs[i].method, "route", m->reqs[i].route, "code",
                             code, NULL };
