@@ -691,7 +691,8 @@ static void start_spawn(vm *v, const char *kernel_file)
     if (mgr->cfg.cgroups && mgr->cfg.cgroups->version &&
         kh_cgroups_vm_create(mgr->cfg.cgroups, v->id, &err) < 0)
         goto fail;
-    if (kh_quota_apply_cgroup(mgr->cfg.cgroups, v->id, v->spec->limits, &err) < 0)
+    /* A fresh cgroup has the kernel's defaults: write only what is asked. */
+    if (v->spec->limits && kh_quota_apply_cgroup(mgr->cfg.cgroups, v->id, v->spec->limits, &err) < 0)
         goto fail;
 
     kh_process_fd pfds[KH_ARRAY_LEN(fds)];
