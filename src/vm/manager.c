@@ -691,9 +691,15 @@ static void start_spawn(vm *v, const char *kernel_file)
     if (mgr->cfg.cgroups && mgr->cfg.cgroups->version &&
         kh_cgroups_vm_create(mgr->cfg.cgroups, v->id, &err) < 0)
         goto fail;
-    /* A fresh cgroup has the kernel's defaults: write only what is asked. */
-    if (v->spec->limits && kh_quota_apply_cgroup(mgr->cfg.cgroups, v->id, v->spec->limits, &err) < 0)
-        goto fail;
+    /* Limits must hold from the first instruction; without limits the
+     * defaults are written best-effort (a cgroup left over from an earlier
+     * run may still carry old values). */
+    if (v->spec->limits) {
+        if (kh_quota_apply_cgroup(mgr->cfg.cgroups, v->id, v->spec->limits, &err) < 0)
+            goto fail;
+    } else {
+        (void)kh_quota_apply_cgroup(mgr->cfg.cgroups, v->id, NULL, NULL);
+    }
 
     kh_process_fd pfds[KH_ARRAY_LEN(fds)];
     size_t npfds = 0;
