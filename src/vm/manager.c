@@ -536,6 +536,38 @@ static void on_throttle_reply(kh_qmp *q, json_t *ret, const kh_err *err, void *o
     }
 }
 
+static void on_cpus_pin(kh_qmp *q, json_t *ret, const kh_err *err, void *opaque)
+{
+    (void)q;
+    vm *v = link_vm(opaque);
+    if (!v || v->pid <= 0)
+        return;
+    kh_err e = KH_ERR_INIT;
+    pid_t tids[256];
+    size_t n = err ? 0 : kh_quota_vcpu_threads(ret, tids, KH_ARRAY_LEN(tids));
+    if (err)
+        kh_err_set(&e, KH_E_QEMU, "query-cpus-fast: %s", err->msg);
+    else if (kh_quota_pin(v->pid, tids, n, v->spec->limits, &e) == 0)
+        return;
+    kh_log(KH_LOG_WARN, "vm.limits", "vm=%s error=\"%s\"", v->spec->name, e.msg);
+    kh_events_publish(v->mgr->events, "vm.limits_failed", v->spec->name,
+                      json_pack("{s:s}", "message", e.msg));
+}
+
+/* vCPU pinning: ask QEMU for its vCPU threads, then pin them. */
+static void send_pinning(vm *v)
+{
+    kh_err e = KH_ERR_INIT;
+    if (v->qmp && kh_qmp_command(v->qmp, "query-cpus-fast", NULL, on_cpus_pin, v->qlink, &e) < 0)
+        kh_log(KH_LOG_WARN, "vm.limits", "vm=%s error=\"%s\"", v->spec->name, e.msg);
+}
+
+static bool same_affinity(const kh_limits *a, const kh_limits *b)
+{
+    size_t na = a ? a->ncpus : 0, nb = b ? b->ncpus : 0;
+    return na == nb && (na == 0 || memcmp(a->cpus, b->cpus, na * sizeof(*a->cpus)) == 0);
+}
+
 /* Disk limits through QMP, for each disk whose limits differ from old (old
  * NULL: at start, only disks with limits). */
 static void send_throttles(vm *v, const kh_limits *old)
@@ -579,6 +611,8 @@ static void on_qmp_ready(kh_qmp *q, const kh_err *err, void *opaque)
         if (v->task)
             kh_task_progress(v->task, 80, "starting vCPUs");
         send_throttles(v, NULL); /* queued before cont: the guest never runs unthrottled */
+        if (v->spec->limits && v->spec->limits->ncpus)
+            send_pinning(v);
         qmp_send(v, "cont", on_cont);
     }
 }
@@ -1341,7 +1375,7 @@ json_t *kh_manager_create(kh_manager *mgr, const json_t *body, kh_err *err)
             return NULL;
         }
     }
-    if (check_files(spec, err) < 0) {
+    if (check_files(spec, err) < 0 || kh_quota_check_host(spec->limits, err) < 0) {
         kh_vm_spec_free(spec);
         return NULL;
     }
@@ -1396,7 +1430,8 @@ json_t *kh_manager_patch(kh_manager *mgr, const char *name, const json_t *patch,
         }
     }
     kh_vm_spec *next = kh_vm_spec_dup(v->spec);
-    if (kh_vm_spec_patch(next, patch, err) < 0 || check_files(next, err) < 0) {
+    if (kh_vm_spec_patch(next, patch, err) < 0 || check_files(next, err) < 0 ||
+        kh_quota_check_host(next->limits, err) < 0) {
         kh_vm_spec_free(next);
         return NULL;
     }
@@ -1423,6 +1458,8 @@ json_t *kh_manager_patch(kh_manager *mgr, const char *name, const json_t *patch,
     v->updated_at = now;
     if (live_limits) {
         send_throttles(v, prev->limits);
+        if (!same_affinity(prev->limits, v->spec->limits))
+            send_pinning(v);
         kh_log(KH_LOG_INFO, "vm.limits", "vm=%s live=true", name);
     }
     kh_vm_spec_free(prev);

@@ -212,6 +212,12 @@ def test_cli_vm_limit_and_top(qd, fake_boot):
     assert p.returncode != 0 and "cpu_max_percent" in p.stderr, p
     p = khlib.cli(qd, "vm", "limit", "clim", "--cpu-max", "abc")
     assert p.returncode == 2 and "--cpu-max" in p.stderr, p
+    p = khlib.cli(qd, "vm", "limit", "clim", "--cpu-affinity", "0", json_out=True)
+    assert p.returncode == 0 and json.loads(p.stdout)["cpu_affinity"] == [0], p
+    p = khlib.cli(qd, "vm", "limit", "clim", "--cpu-affinity", "0,x")
+    assert p.returncode == 2 and "--cpu-affinity" in p.stderr, p
+    p = khlib.cli(qd, "vm", "limit", "clim", "--cpu-affinity", "none", json_out=True)
+    assert p.returncode == 0 and "cpu_affinity" not in json.loads(p.stdout), p
     p = khlib.cli(qd, "vm", "limit", "clim", "--disk-iops", "10")
     assert p.returncode != 0 and "no disk 0" in p.stderr, p
     p = khlib.cli(qd, "vm", "top", "--once", "--all")
@@ -451,6 +457,34 @@ def test_busy_guest_cpu_cap_and_iops_cap(daemons, guest, consoles, workdir):
     assert 5 <= h["samples"][-1][cpu_col] <= 35, h["samples"][-3:]
     p = khlib.cli(d, "vm", "top", "--once")
     assert p.returncode == 0 and re.search(r"^busy\s+running\s+\d", p.stdout, re.M), p
+
+    # vCPU pinning, live: every vCPU thread ("CPU n/TCG" or "CPU n/KVM") may
+    # run on CPU 0 only; removing it lets them run anywhere again.
+    def vcpu_allowed(pid):
+        out = []
+        for tid in os.listdir("/proc/%d/task" % pid):
+            with open("/proc/%d/task/%s/comm" % (pid, tid)) as f:
+                if not f.read().startswith("CPU "):
+                    continue
+            with open("/proc/%d/task/%s/status" % (pid, tid)) as f:
+                out += [ln.split(":", 1)[1].strip() for ln in f
+                        if ln.startswith("Cpus_allowed_list:")]
+        return out
+    pid = api.vm("busy")["pid"]
+    r = api.patch("/api/v1/vms/busy", {"limits": {"cpu_affinity": [0]}})
+    assert r.status == 200 and r.json["limits"]["cpu_affinity"] == [0], r
+    deadline = time.time() + 10
+    while time.time() < deadline and vcpu_allowed(pid) != ["0"]:
+        time.sleep(0.2)
+    assert vcpu_allowed(pid) == ["0"], vcpu_allowed(pid)
+    r = api.patch("/api/v1/vms/busy", {"limits": {"cpu_affinity": [os.cpu_count()]}})
+    assert r.status == 400 and "no CPU" in r.error["message"], r
+    r = api.patch("/api/v1/vms/busy", {"limits": {"cpu_affinity": None}})
+    assert r.status == 200, r
+    deadline = time.time() + 10
+    while time.time() < deadline and vcpu_allowed(pid) == ["0"]:
+        time.sleep(0.2)
+    assert vcpu_allowed(pid) != ["0"] and os.cpu_count() > 1, vcpu_allowed(pid)
 
     # Removing the cap lifts it.
     r = api.patch("/api/v1/vms/busy", {"limits": {"cpu_max_percent": None}})

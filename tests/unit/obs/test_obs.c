@@ -2,6 +2,8 @@
  * history ring, limit validation, and the quota writers on a cgroup tree
  * made in a temp dir. */
 #include <math.h>
+#include <sched.h>
+#include <sys/syscall.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -175,6 +177,17 @@ static void test_limits_validation(void)
               "limits.disk[0].rate: unknown field");
     CHECK_STR(spec_err(SPEC("{\"disk\":{}}")),
               "limits.disk: must be an array of at most 16 objects");
+    CHECK_STR(spec_err(SPEC("{\"cpu_affinity\":[1,0,3]}")), "");
+    CHECK_STR(spec_err(SPEC("{\"cpu_affinity\":[]}")),
+              "limits.cpu_affinity: must be a non-empty array of host CPU numbers");
+    CHECK_STR(spec_err(SPEC("{\"cpu_affinity\":[0,2,0]}")),
+              "limits.cpu_affinity[2]: CPU 0 appears twice");
+    CHECK_STR(spec_err(SPEC("{\"cpu_affinity\":[1024]}")),
+              "limits.cpu_affinity[0]: must be an integer between 0 and 1023");
+    CHECK_STR(spec_err(SPEC("{\"cpu_affinity\":[-1]}")),
+              "limits.cpu_affinity[0]: must be an integer between 0 and 1023");
+    CHECK_STR(spec_err(SPEC("{\"cpu_affinity\":\"0-3\"}")),
+              "limits.cpu_affinity: must be a non-empty array of host CPU numbers");
 }
 
 static void test_limits_patch(void)
@@ -210,6 +223,31 @@ static void test_limits_patch(void)
     CHECK_STR(text, "{\"cpu_max_percent\":20,\"memory_max_mib\":512}");
     free(text);
     json_decref(out);
+    /* cpu_affinity is kept sorted, and survives dup. */
+    p = json_loads("{\"limits\":{\"cpu_affinity\":[3,1,2]}}", 0, NULL);
+    CHECK(kh_vm_spec_patch(s, p, &err) == 0);
+    json_decref(p);
+    CHECK(s->limits->ncpus == 3 && s->limits->cpus[0] == 1 && s->limits->cpus[2] == 3);
+    out = kh_vm_spec_to_json(s);
+    text = json_dumps(json_object_get(json_object_get(out, "limits"), "cpu_affinity"),
+                      JSON_COMPACT);
+    CHECK_STR(text, "[1,2,3]");
+    free(text);
+    json_decref(out);
+    {
+        kh_vm_spec *d2 = kh_vm_spec_dup(s);
+        CHECK(d2 && d2->limits->cpus != s->limits->cpus && d2->limits->cpus[1] == 2);
+        kh_vm_spec_free(d2);
+    }
+    kh_err_clear(&err);
+    kh_limits huge = { .cpus = (unsigned[]){ 1023 }, .ncpus = 1 };
+    CHECK(kh_quota_check_host(&huge, &err) < 0 && strstr(err.msg, "no CPU 1023"));
+    kh_limits zero = { .cpus = (unsigned[]){ 0 }, .ncpus = 1 };
+    CHECK(kh_quota_check_host(&zero, &err) == 0 && kh_quota_check_host(NULL, &err) == 0);
+    p = json_loads("{\"limits\":{\"cpu_affinity\":null}}", 0, NULL);
+    CHECK(kh_vm_spec_patch(s, p, &err) == 0);
+    json_decref(p);
+    CHECK(s->limits->ncpus == 0 && s->limits->cpus == NULL);
     kh_vm_spec *d = kh_vm_spec_dup(s);
     CHECK(d && d->limits && d->limits != s->limits && d->limits->memory_max_mib == 512);
     kh_vm_spec_free(d);
@@ -358,6 +396,29 @@ static void test_quota_cgroup(void)
     kh_fs_rm_rf(base, NULL);
 }
 
+/* Pinning on a real thread: this test's own. */
+static void test_pin_self(void)
+{
+    cpu_set_t before, now;
+    CHECK(sched_getaffinity(0, sizeof(before), &before) == 0);
+    pid_t self = (pid_t)syscall(SYS_gettid);
+    kh_err err = KH_ERR_INIT;
+    kh_limits l = { .cpus = (unsigned[]){ 0 }, .ncpus = 1 };
+    CHECK(kh_quota_pin(getpid(), &self, 1, &l, &err) == 0);
+    CHECK(sched_getaffinity(0, sizeof(now), &now) == 0);
+    CHECK(CPU_COUNT(&now) == 1 && CPU_ISSET(0, &now));
+    CHECK(kh_quota_pin(getpid(), &self, 1, NULL, &err) == 0);
+    CHECK(sched_getaffinity(0, sizeof(now), &now) == 0);
+    CHECK(CPU_COUNT(&now) == sysconf(_SC_NPROCESSORS_ONLN) || CPU_COUNT(&now) >= CPU_COUNT(&before));
+    json_t *reply = json_loads("[{\"cpu-index\":0,\"thread-id\":4242},{\"cpu-index\":1,"
+                               "\"thread-id\":4243},{\"cpu-index\":2}]", 0, NULL);
+    pid_t tids[4];
+    CHECK(kh_quota_vcpu_threads(reply, tids, 4) == 2 && tids[0] == 4242 && tids[1] == 4243);
+    CHECK(kh_quota_vcpu_threads(reply, tids, 1) == 1);
+    json_decref(reply);
+    sched_setaffinity(0, sizeof(before), &before);
+}
+
 static char seen[2048];
 
 static void on_event(const kh_event *ev, void *opaque)
@@ -478,5 +539,6 @@ int main(void)
     RUN(test_throttle_args);
     RUN(test_quota_cgroup);
     RUN(test_alerts);
+    RUN(test_pin_self);
     TEST_DONE();
 }
