@@ -8,6 +8,8 @@
  *     "cpu_max_percent": 1..100*vcpus   hard cap in percent of one host CPU
  *     "memory_max_mib": N           hard limit of the QEMU cgroup, >= memory_mib
  *     "cpu_affinity": [0, 2, ...]   host CPUs the vCPU threads may run on
+ *     "balloon_mib": N              balloon target: the RAM the guest keeps,
+ *                                   16..memory_mib (q35 only)
  *     "disk": [ { "index": 0,       the disk (position in "disks")
  *                 "iops_total", "iops_read", "iops_write",
  *                 "bps_total", "bps_read", "bps_write",          (per second)
@@ -42,6 +44,7 @@ typedef struct kh_limits {
     unsigned cpu_weight;       /* 0 = unset */
     unsigned cpu_max_percent;  /* 0 = unset */
     uint64_t memory_max_mib;   /* 0 = unset */
+    uint64_t balloon_mib;      /* 0 = unset (the balloon stays deflated) */
     unsigned *cpus;            /* cpu_affinity, ascending; NULL = unset */
     size_t ncpus;
     kh_disk_limits *disks;

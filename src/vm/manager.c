@@ -529,8 +529,7 @@ static void on_throttle_reply(kh_qmp *q, json_t *ret, const kh_err *err, void *o
     (void)ret;
     vm *v = link_vm(opaque);
     if (v && err) {
-        kh_log(KH_LOG_WARN, "vm.limits", "vm=%s error=\"block_set_io_throttle: %s\"",
-               v->spec->name, err->msg);
+        kh_log(KH_LOG_WARN, "vm.limits", "vm=%s error=\"%s\"", v->spec->name, err->msg);
         kh_events_publish(v->mgr->events, "vm.limits_failed", v->spec->name,
                           json_pack("{s:s}", "message", err->msg));
     }
@@ -560,6 +559,32 @@ static void send_pinning(vm *v)
     kh_err e = KH_ERR_INIT;
     if (v->qmp && kh_qmp_command(v->qmp, "query-cpus-fast", NULL, on_cpus_pin, v->qlink, &e) < 0)
         kh_log(KH_LOG_WARN, "vm.limits", "vm=%s error=\"%s\"", v->spec->name, e.msg);
+}
+
+/* The balloon target (q35 only): limits.balloon_mib, or all of the guest's
+ * memory when unset. At start the statistics are switched on too. */
+static void send_balloon(vm *v, bool starting)
+{
+    if (v->spec->machine != KH_MACHINE_Q35 || !v->qmp)
+        return;
+    kh_err e = KH_ERR_INIT;
+    if (starting)
+        (void)kh_qmp_command(v->qmp, "qom-set",
+                             json_pack("{s:s, s:s, s:i}", "path", "/machine/peripheral/balloon0",
+                                       "property", "guest-stats-polling-interval", "value", 10),
+                             on_throttle_reply, v->qlink, &e);
+    uint64_t mib = v->spec->limits && v->spec->limits->balloon_mib ? v->spec->limits->balloon_mib
+                                                                    : v->spec->memory_mib;
+    if (starting && mib == v->spec->memory_mib)
+        return; /* a fresh balloon is deflated already */
+    if (kh_qmp_command(v->qmp, "balloon", json_pack("{s:I}", "value", (json_int_t)(mib << 20)),
+                       on_throttle_reply, v->qlink, &e) < 0)
+        kh_log(KH_LOG_WARN, "vm.limits", "vm=%s error=\"%s\"", v->spec->name, e.msg);
+}
+
+static uint64_t balloon_of(const kh_limits *l)
+{
+    return l ? l->balloon_mib : 0;
 }
 
 static bool same_affinity(const kh_limits *a, const kh_limits *b)
@@ -613,6 +638,7 @@ static void on_qmp_ready(kh_qmp *q, const kh_err *err, void *opaque)
         send_throttles(v, NULL); /* queued before cont: the guest never runs unthrottled */
         if (v->spec->limits && v->spec->limits->ncpus)
             send_pinning(v);
+        send_balloon(v, true);
         qmp_send(v, "cont", on_cont);
     }
 }
@@ -1460,6 +1486,8 @@ json_t *kh_manager_patch(kh_manager *mgr, const char *name, const json_t *patch,
         send_throttles(v, prev->limits);
         if (!same_affinity(prev->limits, v->spec->limits))
             send_pinning(v);
+        if (balloon_of(prev->limits) != balloon_of(v->spec->limits))
+            send_balloon(v, false);
         kh_log(KH_LOG_INFO, "vm.limits", "vm=%s live=true", name);
     }
     kh_vm_spec_free(prev);

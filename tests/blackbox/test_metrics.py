@@ -486,6 +486,38 @@ def test_busy_guest_cpu_cap_and_iops_cap(daemons, guest, consoles, workdir):
         time.sleep(0.2)
     assert vcpu_allowed(pid) != ["0"] and os.cpu_count() > 1, vcpu_allowed(pid)
 
+    # Balloon: the guest gives back memory (its MemTotal shrinks), QEMU
+    # reports the new size, and deflating gives it back.
+    def guest_memtotal_kib():
+        m_ = c.run("grep MemTotal /proc/meminfo; echo kh-$((%d+1))", timeout=30)
+        mm = re.findall(r"MemTotal:\s+(\d+) kB", c.text()[:m_.start()])
+        assert mm, c.text()[-500:]
+        return int(mm[-1])
+    before = guest_memtotal_kib()
+    r = api.patch("/api/v1/vms/busy", {"limits": {"balloon_mib": 96}})
+    assert r.status == 200 and r.json["limits"]["balloon_mib"] == 96, r
+    deadline = time.time() + 30
+    actual = None
+    while time.time() < deadline:
+        m = parse_prom(api.get("/metrics").text)
+        actual = sample(m, "kvmhost_vm_balloon_actual_bytes", vm="busy")
+        if actual is not None and actual <= 96 * khlib.MIB:
+            break
+        time.sleep(0.5)
+    assert actual is not None and actual <= 96 * khlib.MIB, actual
+    after = guest_memtotal_kib()
+    print("figures: guest MemTotal %d KiB, with balloon_mib=96 (of 128) %d KiB"
+          % (before, after))
+    assert after <= before - 24 * 1024, (before, after)
+    assert sample(m, "kvmhost_vm_guest_memory_total_bytes", vm="busy") is None or \
+        sample(m, "kvmhost_vm_guest_memory_total_bytes", vm="busy") > 0
+    r = api.patch("/api/v1/vms/busy", {"limits": {"balloon_mib": None}})
+    assert r.status == 200, r
+    deadline = time.time() + 30
+    while time.time() < deadline and guest_memtotal_kib() < before - 1024:
+        time.sleep(0.5)
+    assert guest_memtotal_kib() >= before - 1024
+
     # Removing the cap lifts it.
     r = api.patch("/api/v1/vms/busy", {"limits": {"cpu_max_percent": None}})
     assert r.status == 200, r

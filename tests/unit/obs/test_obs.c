@@ -178,6 +178,14 @@ static void test_limits_validation(void)
     CHECK_STR(spec_err(SPEC("{\"disk\":{}}")),
               "limits.disk: must be an array of at most 16 objects");
     CHECK_STR(spec_err(SPEC("{\"cpu_affinity\":[1,0,3]}")), "");
+    CHECK_STR(spec_err(SPEC("{\"balloon_mib\":128}")), "");
+    CHECK_STR(spec_err(SPEC("{\"balloon_mib\":257}")),
+              "limits.balloon_mib: must be at most memory_mib (256)");
+    CHECK_STR(spec_err(SPEC("{\"balloon_mib\":8}")),
+              "limits.balloon_mib: must be an integer between 16 and 16777216");
+    CHECK_STR(spec_err("{\"name\":\"a\",\"machine\":\"microvm\",\"boot\":{\"kernel\":\"/k\"},"
+                       "\"limits\":{\"balloon_mib\":64}}"),
+              "limits.balloon_mib: only q35 VMs have a balloon");
     CHECK_STR(spec_err(SPEC("{\"cpu_affinity\":[]}")),
               "limits.cpu_affinity: must be a non-empty array of host CPU numbers");
     CHECK_STR(spec_err(SPEC("{\"cpu_affinity\":[0,2,0]}")),
