@@ -98,6 +98,7 @@ static const struct {
       "inimum\":1,\"maximum\":10000},\"cpu_max_percent\":{\"type\":\"integer\",\"minimum\":1,\"descr"
       "iption\":\"percent of one host CPU, at most 100 per vCPU\"},\"cpu_affinity\":{\"type\":\"array\",\"i"
       "tems\":{\"type\":\"integer\",\"minimum\":0},\"description\":\"host CPUs the vCPU threads run on\"},"
+      "\"balloon_mib\":{\"type\":\"integer\",\"description\":\"balloon target, at most memory_mib (q35)\"},"
       "\"memory_max_mib\":{\"type\":\"intege"
       "r\",\"description\":\"at least memory_mib\"},\"disk\":{\"type\":\"array\",\"items\":{\"type\":\"o"
       "bject\",\"required\":[\"index\"],\"properties\":{\"index\":{\"type\":\"integer\"},\"iops_total\":"

@@ -91,6 +91,8 @@ static const cli_opt opts_vm_limit[] = {
       "Hard CPU cap in percent of one host CPU (at most 100 per vCPU)." },
     { "memory-max", "MIB", CLI_OPT_ARG,
       "Hard memory limit of the VM's QEMU (suffix M or G); at least the guest's memory." },
+    { "balloon", "MIB", CLI_OPT_ARG,
+      "Balloon target: the memory the guest keeps (suffix M or G; q35 only)." },
     { "cpu-affinity", "LIST", CLI_OPT_ARG,
       "Host CPUs the vCPU threads may run on, comma-separated (\"0,2,3\")." },
     { "disk", "INDEX", CLI_OPT_ARG, "The disk the --disk-* options apply to (default 0)." },

@@ -279,6 +279,7 @@ int cli_do_vm_limit(cli_ctx *ctx, const cli_args *a, kh_err *err)
         { "cpu-weight", "cpu_weight", 10000, false },
         { "cpu-max", "cpu_max_percent", 25500, false },
         { "memory-max", "memory_max_mib", 0, true },
+        { "balloon", "balloon_mib", 0, true },
     };
     for (size_t i = 0; i < sizeof(top_opts) / sizeof(top_opts[0]); i++) {
         const char *s = cli_arg(a, top_opts[i].opt);

@@ -212,6 +212,10 @@ def test_cli_vm_limit_and_top(qd, fake_boot):
     assert p.returncode != 0 and "cpu_max_percent" in p.stderr, p
     p = khlib.cli(qd, "vm", "limit", "clim", "--cpu-max", "abc")
     assert p.returncode == 2 and "--cpu-max" in p.stderr, p
+    p = khlib.cli(qd, "vm", "limit", "clim", "--balloon", "256M", json_out=True)
+    assert p.returncode == 0 and json.loads(p.stdout)["balloon_mib"] == 256, p
+    p = khlib.cli(qd, "vm", "limit", "clim", "--balloon", "none", json_out=True)
+    assert p.returncode == 0 and "balloon_mib" not in json.loads(p.stdout), p
     p = khlib.cli(qd, "vm", "limit", "clim", "--cpu-affinity", "0", json_out=True)
     assert p.returncode == 0 and json.loads(p.stdout)["cpu_affinity"] == [0], p
     p = khlib.cli(qd, "vm", "limit", "clim", "--cpu-affinity", "0,x")
