@@ -577,7 +577,8 @@ static void send_balloon(vm *v, bool starting)
                                                                     : v->spec->memory_mib;
     if (starting && mib == v->spec->memory_mib)
         return; /* a fresh balloon is deflated already */
-    if (kh_qmp_command(v->qmp, "balloon", json_pack("{s:I}", "value", (json_int_t)(mib << 20)),
+    json_int_t bytes = (json_int_t)mib * 1048576; /* mib <= 16 TiB: no overflow */
+    if (kh_qmp_command(v->qmp, "balloon", json_pack("{s:I}", "value", bytes),
                        on_throttle_reply, v->qlink, &e) < 0)
         kh_log(KH_LOG_WARN, "vm.limits", "vm=%s error=\"%s\"", v->spec->name, e.msg);
 }
