@@ -220,8 +220,10 @@ static void dns_kill_stale(net_rt *r)
     char *cmd = kh_fs_read(path, 8192, &len, NULL);
     char *conf = xasprintf("--conf-file=%s/dnsmasq.conf", r->dir);
     bool ours = false;
-    for (size_t off = 0; cmd && off < len; off += strlen(cmd + off) + 1)
-        ours = ours || strcmp(cmd + off, conf) == 0;
+    if (cmd) {
+        for (size_t off = 0; off < len; off += strlen(cmd + off) + 1)
+            ours = ours || strcmp(cmd + off, conf) == 0;
+    }
     free(cmd);
     free(conf);
     if (!ours)

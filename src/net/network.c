@@ -47,7 +47,7 @@ static int check_keys(const json_t *obj, const char *const *allowed, const char 
         if (!ok) {
             char safe[65];
             size_t j = 0;
-            for (; key[j] && j < 64; j++)
+            for (; j < 64 && key[j]; j++)
                 safe[j] = key[j] > 0x20 && key[j] < 0x7f ? key[j] : '?';
             safe[j] = '\0';
             kh_err_set(err, KH_E_INVALID, "%s%s: unknown field", what, safe);

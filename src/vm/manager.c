@@ -10,6 +10,7 @@
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "conf/vm_spec.h"
@@ -24,6 +25,13 @@
 #include "util/mem.h"
 #include "util/misc.h"
 #include "util/sock.h"
+
+static uint64_t kh_now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
 
 #define CONSOLE_LOG_MAX (1024 * 1024)
 #define QEMU_LOG_MAX (256 * 1024)
@@ -582,6 +590,7 @@ static int open_ro(const char *path, const char *what, kh_err *err)
 static int open_nics(vm *v, int *fds, int *nic_fds, int *nic_vhost_fds, kh_err *err)
 {
     const kh_vm_spec *spec = v->spec;
+    uint64_t t0 = kh_now_ns();
     if (spec->nnics && !v->mgr->cfg.net) {
         kh_err_set(err, KH_E_UNAVAILABLE, "nics: networks are not available on this daemon");
         return -1;
@@ -603,6 +612,9 @@ static int open_nics(vm *v, int *fds, int *nic_fds, int *nic_vhost_fds, kh_err *
             nic_vhost_fds[i] = FD_NIC0 + 2 * (int)i + 1;
         }
     }
+    if (spec->nnics)
+        kh_log(KH_LOG_DEBUG, "vm.nics", "vm=%s nics=%zu us=%llu", spec->name, spec->nnics,
+               (unsigned long long)((kh_now_ns() - t0) / 1000));
     return 0;
 }
 
