@@ -93,7 +93,7 @@ static int apply_nft(kh_netmgr *nm, kh_err *err)
     size_t count = 0;
     for (net_rt *r = nm->nets; r; r = r->next)
         count++;
-    const kh_network **v = xcalloc(count + 1, sizeof(*v));
+    const kh_network **v = xcalloc(count + 1, sizeof(const kh_network *));
     size_t i = 0;
     bool nat = false;
     for (net_rt *r = nm->nets; r; r = r->next) {
