@@ -54,6 +54,8 @@ struct kh_netmgr {
     size_t nbinds;
 };
 
+static void bindings_replace(kh_netmgr *nm, const kh_net_binding *b, size_t n);
+
 /* ---- helpers ---- */
 
 static net_rt *find(kh_netmgr *nm, const char *name, kh_err *err)
@@ -100,7 +102,7 @@ static int apply_nft(kh_netmgr *nm, kh_err *err)
         v[i++] = r->n;
         nat = nat || r->n->type == KH_NET_NAT;
     }
-    char *script = kh_nft_render(v, count);
+    char *script = kh_nft_render(v, count, nm->binds, nm->nbinds);
     free(v);
     int rc = kh_nft_apply(script, err);
     free(script);
@@ -458,7 +460,7 @@ void kh_netmgr_free(kh_netmgr *nm)
         return;
     while (nm->nets)
         rt_unlink_free(nm->nets); /* dnsmasq keeps running: the next daemon replaces it */
-    kh_netmgr_set_bindings(nm, NULL, 0);
+    bindings_replace(nm, NULL, 0);
     free(nm->state_dir);
     free(nm);
 }
@@ -612,10 +614,9 @@ int kh_netmgr_delete(kh_netmgr *nm, const char *name, kh_err *err)
     bridge_remove(nm, r->n);
     kh_fs_rm_rf(r->dir, NULL);
     kh_log(KH_LOG_INFO, "net.delete", "network=%s id=%s", name, r->n->id);
-    bool owned = kh_network_owns_bridge(r->n);
     rt_unlink_free(r);
     kh_err e = KH_ERR_INIT;
-    if (owned && apply_nft(nm, &e) < 0)
+    if (apply_nft(nm, &e) < 0)
         kh_log(KH_LOG_ERROR, "net.nft", "error=\"%s\"", e.msg);
     return 0;
 }
@@ -815,13 +816,14 @@ static void sync_hosts(kh_netmgr *nm)
     }
 }
 
-void kh_netmgr_set_bindings(kh_netmgr *nm, const kh_net_binding *b, size_t n)
+static void bindings_replace(kh_netmgr *nm, const kh_net_binding *b, size_t n)
 {
     for (size_t i = 0; i < nm->nbinds; i++) {
         free((char *)(uintptr_t)nm->binds[i].vm);
         free((char *)(uintptr_t)nm->binds[i].network);
         free((char *)(uintptr_t)nm->binds[i].mac);
         free((char *)(uintptr_t)nm->binds[i].ip);
+        free((char *)(uintptr_t)nm->binds[i].tap);
     }
     free(nm->binds);
     nm->binds = NULL;
@@ -833,11 +835,21 @@ void kh_netmgr_set_bindings(kh_netmgr *nm, const kh_net_binding *b, size_t n)
             nm->binds[i].network = xstrdup(b[i].network);
             nm->binds[i].mac = xstrdup(b[i].mac);
             nm->binds[i].ip = xstrdup(b[i].ip);
+            nm->binds[i].tap = xstrdup(b[i].tap);
         }
         nm->nbinds = n;
     }
-    if (nm->nets)
+}
+
+void kh_netmgr_set_bindings(kh_netmgr *nm, const kh_net_binding *b, size_t n)
+{
+    bindings_replace(nm, b, n);
+    if (nm->nets) {
         sync_hosts(nm);
+        kh_err err = KH_ERR_INIT;
+        if (apply_nft(nm, &err) < 0) /* the anti-spoofing rules follow the NICs */
+            kh_log(KH_LOG_ERROR, "net.nft", "error=\"%s\"", err.msg);
+    }
 }
 
 int kh_netmgr_tap_open(kh_netmgr *nm, const char *network, const char *ifname, kh_err *err)

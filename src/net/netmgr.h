@@ -20,17 +20,11 @@
 #include <stddef.h>
 #include <uv.h>
 
+#include "net/network.h"
 #include "store/store.h"
 #include "util/err.h"
 
 typedef struct kh_netmgr kh_netmgr;
-
-typedef struct kh_net_binding {
-    const char *vm;      /* VM name */
-    const char *network; /* network name */
-    const char *mac;
-    const char *ip;      /* static reservation or NULL */
-} kh_net_binding;
 
 /* Load the networks and reconcile the host with them. Failures to set up
  * one network are logged and leave it listed (a later start retries);

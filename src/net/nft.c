@@ -54,10 +54,52 @@ static void cidr(const kh_network *n, char out[24])
     snprintf(out, 24, "%s/%u", a, n->prefix);
 }
 
-char *kh_nft_render(const kh_network *const *nets, size_t n)
+static const kh_network *net_named(const kh_network *const *nets, size_t n, const char *name)
+{
+    for (size_t i = 0; i < n; i++)
+        if (strcmp(nets[i]->name, name) == 0)
+            return nets[i];
+    return NULL;
+}
+
+static void render_bridge(buf *b, const kh_network *const *nets, size_t n,
+                          const kh_net_binding *binds, size_t nbinds)
+{
+    put(b, "table bridge " KH_NFT_TABLE " {\n");
+    put(b, "\tchain prerouting {\n\t\ttype filter hook prerouting priority filter; "
+           "policy accept;\n");
+    for (size_t i = 0; i < nbinds; i++) {
+        const kh_net_binding *nb = &binds[i];
+        const kh_network *w = net_named(nets, n, nb->network);
+        if (!w || !nb->tap || !nb->mac)
+            continue;
+        put(b, "\t\tiifname \"%s\" ether saddr != %s drop\n", nb->tap, nb->mac);
+        if (!kh_network_owns_bridge(w))
+            continue;
+        char allowed[40];
+        if (nb->ip) {
+            snprintf(allowed, sizeof(allowed), "%s", nb->ip);
+        } else {
+            char a[KH_IPV4_STRLEN];
+            kh_inet_ipv4_format(w->subnet, a);
+            snprintf(allowed, sizeof(allowed), "%s/%u", a, w->prefix);
+        }
+        put(b, "\t\tiifname \"%s\" ip saddr != { 0.0.0.0, %s } drop\n", nb->tap, allowed);
+        put(b, "\t\tiifname \"%s\" arp saddr ether != %s drop\n", nb->tap, nb->mac);
+        put(b, "\t\tiifname \"%s\" arp saddr ip != { 0.0.0.0, %s } drop\n", nb->tap, allowed);
+    }
+    put(b, "\t}\n}\n");
+}
+
+char *kh_nft_render(const kh_network *const *nets, size_t n, const kh_net_binding *binds,
+                    size_t nbinds)
 {
     buf b = { NULL, 0, 0 };
     put(&b, "table inet " KH_NFT_TABLE "\ndelete table inet " KH_NFT_TABLE "\n");
+    put(&b, "table bridge " KH_NFT_TABLE "\ndelete table bridge " KH_NFT_TABLE "\n");
+    if (n == 0)
+        return b.s;
+    render_bridge(&b, nets, n, binds, nbinds);
     size_t owned = 0;
     for (size_t i = 0; i < n; i++)
         owned += kh_network_owns_bridge(nets[i]) ? 1 : 0;

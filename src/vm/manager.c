@@ -598,6 +598,11 @@ static int open_ro(const char *path, const char *what, kh_err *err)
 }
 
 /* Create the run dir, sockets and fds, build the argv, spawn QEMU. */
+static void tap_name(const vm *v, size_t i, char out[16])
+{
+    snprintf(out, 16, "kh%.8s%u", v->id, (unsigned)i % 10u);
+}
+
 /* The VM's taps, named kh<first 8 hex of the id><n> (within IFNAMSIZ), on
  * their networks' bridges; QEMU inherits them (it cannot open
  * /dev/net/tun itself), and a /dev/vhost-net fd each when the host has it. */
@@ -611,7 +616,7 @@ static int open_nics(vm *v, int *fds, int *nic_fds, int *nic_vhost_fds, kh_err *
     }
     for (size_t i = 0; i < spec->nnics; i++) {
         char ifname[16];
-        snprintf(ifname, sizeof(ifname), "kh%.8s%u", v->id, (unsigned)i % 10u);
+        tap_name(v, i, ifname);
         int fd = kh_netmgr_tap_open(v->mgr->cfg.net, spec->nics[i].network, ifname, err);
         if (fd < 0) {
             kh_err_prefix(err, "nics[%zu]", i);
@@ -1289,15 +1294,19 @@ static void sync_bindings(kh_manager *mgr)
     for (vm *v = mgr->vms; v; v = v->next)
         n += v->spec->nnics;
     kh_net_binding *b = xcalloc(n + 1, sizeof(*b));
+    char (*taps)[16] = xcalloc(n + 1, sizeof(*taps));
     size_t k = 0;
     for (vm *v = mgr->vms; v; v = v->next) {
         for (size_t i = 0; i < v->spec->nnics; i++) {
             const kh_nic_spec *nic = &v->spec->nics[i];
-            b[k++] = (kh_net_binding){ v->spec->name, nic->network, nic->mac, nic->ip };
+            tap_name(v, i, taps[k]);
+            b[k] = (kh_net_binding){ v->spec->name, nic->network, nic->mac, nic->ip, taps[k] };
+            k++;
         }
     }
     kh_netmgr_set_bindings(mgr->cfg.net, b, k);
     free(b);
+    free(taps);
 }
 
 static bool mac_taken(kh_manager *mgr, const char *vm_id, const kh_vm_spec *spec, size_t upto,

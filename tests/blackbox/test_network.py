@@ -151,6 +151,7 @@ def test_network_create_validate_delete(nsd, netns, fake_boot):
     assert br not in netns.links() and "brx" in netns.links()  # the admin's bridge stays
     netlib.wait_for(lambda: not netlib.dnsmasq_pids(nsd.state_dir), 5, "dnsmasq gone")
     assert netns.nft_table() is None
+    assert not [t for t in netns.nft_tables() if t[1] == "kvmhost"]
 
 
 def test_network_cli(nsd, netns):
@@ -195,7 +196,8 @@ def test_network_kill9_restart_and_dnsmasq_supervision(nsdaemons, netns):
     assert len(after) == len(before), (before, after)
     strip = lambda rules: sorted(str(r["expr"]) for r in rules)  # noqa: E731
     assert strip(after) == strip(before)
-    assert [t for t in netns.nft_tables() if t[1] == "kvmhost"] == [("inet", "kvmhost")]
+    assert [t for t in netns.nft_tables() if t[1] == "kvmhost"] == [("bridge", "kvmhost"),
+                                                                   ("inet", "kvmhost")]
     links = netns.links()
     assert a["bridge"] in links and b["bridge"] in links and "foreign0" in links
     now = netlib.wait_for(lambda: len(netlib.dnsmasq_pids(d.state_dir)) == 2 and
@@ -255,8 +257,22 @@ def test_nat_two_guests_ping_forward_restart(nsdaemons, netns, guest, consoles):
     c1.run("ping -c 1 -W 3 10.96.0.1 >/dev/null && echo kh-$((%d+1))", timeout=30)
     c1.run("ping -c 1 -W 3 192.0.2.1 >/dev/null && echo kh-$((%d+1))", timeout=30)
 
-    # a port forward to a busybox httpd in g2
+    # anti-spoofing: a guest that takes another MAC, or another IP, is dropped
     c2 = consoles(d, "g2")
+    mac1 = api.vm("g1")["nics"][0]["mac"]
+    c1.run("ip link set eth0 down; ip link set eth0 address 52:54:00:de:ad:01; "
+           "ip link set eth0 up; ping -c 2 -W 2 10.96.0.1 >/dev/null || echo kh-$((%d+1))",
+           timeout=40, retries=1)
+    c1.run("ip link set eth0 down; ip link set eth0 address " + mac1 + "; ip link set eth0 up; "
+           "sleep 1; ping -c 1 -W 3 10.96.0.1 >/dev/null && echo kh-$((%d+1))", timeout=40)
+    c2.run("ip addr add 10.96.0.99/24 dev eth0; ping -c 2 -W 2 -I 10.96.0.99 10.96.0.1 "
+           ">/dev/null || echo kh-$((%d+1))", timeout=40, retries=1)
+    c2.run("ip addr del 10.96.0.99/24 dev eth0; ping -c 1 -W 3 -I 10.96.0.50 10.96.0.1 "
+           ">/dev/null && echo kh-$((%d+1))", timeout=40)
+    spoof = netns.exec(["nft", "list", "table", "bridge", "kvmhost"]).stdout
+    assert spoof.count("ether saddr != ") == 2 and "10.96.0.50" in spoof, spoof
+
+    # a port forward to a busybox httpd in g2
     c2.run("mkdir -p /www && echo kvmhost-fwd-ok > /www/index.html && httpd -p 80 -h /www "
            "&& echo kh-$((%d+1))", timeout=30)
     r = api.post("/api/v1/networks/nat1/forwards",

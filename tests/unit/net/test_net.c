@@ -259,10 +259,26 @@ static void test_nft_render(void)
     json_decref(fw);
     n->nforwards = 1;
     const kh_network *v[] = { n, iso, br };
-    char *s = kh_nft_render(v, 3);
-    /* one transaction that replaces the whole table */
-    CHECK(strncmp(s, "table inet kvmhost\ndelete table inet kvmhost\ntable inet kvmhost {\n",
-                  66) == 0);
+    kh_net_binding binds[] = {
+        { "web1", "lan", "52:54:00:00:00:01", "10.9.0.5", "kh0000aaaa0" },
+        { "web2", "lab", "52:54:00:00:00:02", NULL, "kh0000bbbb0" },
+        { "web3", "up", "52:54:00:00:00:03", NULL, "kh0000cccc0" },
+        { "web4", "gone", "52:54:00:00:00:04", NULL, "kh0000dddd0" },
+    };
+    char *s = kh_nft_render(v, 3, binds, 4);
+    /* one transaction that replaces both tables */
+    const char *head = "table inet kvmhost\ndelete table inet kvmhost\n"
+                       "table bridge kvmhost\ndelete table bridge kvmhost\n";
+    CHECK(strncmp(s, head, strlen(head)) == 0);
+    /* anti-spoofing per tap: MAC always; IPv4/ARP to the reservation or the subnet */
+    CHECK(strstr(s, "iifname \"kh0000aaaa0\" ether saddr != 52:54:00:00:00:01 drop\n"));
+    CHECK(strstr(s, "iifname \"kh0000aaaa0\" ip saddr != { 0.0.0.0, 10.9.0.5 } drop\n"));
+    CHECK(strstr(s, "iifname \"kh0000aaaa0\" arp saddr ether != 52:54:00:00:00:01 drop\n"));
+    CHECK(strstr(s, "iifname \"kh0000aaaa0\" arp saddr ip != { 0.0.0.0, 10.9.0.5 } drop\n"));
+    CHECK(strstr(s, "iifname \"kh0000bbbb0\" ip saddr != { 0.0.0.0, 10.8.0.0/24 } drop\n"));
+    CHECK(strstr(s, "iifname \"kh0000cccc0\" ether saddr != 52:54:00:00:00:03 drop\n"));
+    CHECK(!strstr(s, "iifname \"kh0000cccc0\" ip saddr")); /* bridged: not our subnet */
+    CHECK(!strstr(s, "kh0000dddd0")); /* a network that does not exist */
     CHECK(strstr(s, "iifname \"khbr0123abcd\" ip saddr 10.9.0.0/24 accept\n"));
     CHECK(strstr(s, "ip saddr 10.9.0.0/24 ip daddr != 10.9.0.0/24 oifname != \"khbr0123abcd\" "
                     "masquerade\n"));
@@ -273,15 +289,17 @@ static void test_nft_render(void)
     const char *dnat = "fib daddr type local tcp dport 8080 dnat ip to 10.9.0.5:80\n";
     const char *p1 = strstr(s, dnat);
     CHECK(p1 && strstr(p1 + 1, dnat) && !strstr(strstr(p1 + 1, dnat) + 1, dnat));
-    /* exactly one table body */
+    /* exactly one body per table */
     CHECK(strstr(strstr(s, "table inet kvmhost {") + 1, "table inet") == NULL);
+    CHECK(strstr(strstr(s, "table bridge kvmhost {") + 1, "table bridge") == NULL);
     free(s);
-    s = kh_nft_render(NULL, 0);
-    CHECK_STR(s, "table inet kvmhost\ndelete table inet kvmhost\n");
+    s = kh_nft_render(NULL, 0, NULL, 0);
+    CHECK_STR(s, head);
     free(s);
     const kh_network *only_br[] = { br };
-    s = kh_nft_render(only_br, 1);
-    CHECK_STR(s, "table inet kvmhost\ndelete table inet kvmhost\n");
+    s = kh_nft_render(only_br, 1, binds + 2, 1);
+    CHECK(strncmp(s, head, strlen(head)) == 0 && strstr(s, "table bridge kvmhost {") &&
+          !strstr(s, "table inet kvmhost {"));
     free(s);
     kh_network_free(n);
     kh_network_free(iso);
