@@ -154,7 +154,7 @@ def test_network_create_validate_delete(nsd, netns, fake_boot):
     assert not [t for t in netns.nft_tables() if t[1] == "kvmhost"]
 
 
-def test_network_cli(nsd, netns):
+def test_network_cli(nsd, netns, fake_boot):
     out = khlib.cli(nsd, "network", "create", "cl", "--type", "nat", "--subnet", "10.93.0.0/24")
     assert out.returncode == 0 and "10.93.0.1" in out.stdout, out
     out = khlib.cli(nsd, "network", "list")
@@ -166,6 +166,17 @@ def test_network_cli(nsd, netns):
     assert out.returncode == 2 and "host bits" in out.stderr, out
     out = khlib.cli(nsd, "network", "leases", "cl")
     assert out.returncode == 0, out
+    out = khlib.cli(nsd, "vm", "create", "v", "--kernel", fake_boot["kernel"],
+                    "--nic", "cl,ip=10.93.0.9", "--nic", "cl,mac=52:54:00:aa:bb:cc")
+    assert out.returncode == 0, out
+    nics = nsd.api.vm("v")["nics"]
+    assert nics[0]["ip"] == "10.93.0.9" and nics[1]["mac"] == "52:54:00:aa:bb:cc", nics
+    out = khlib.cli(nsd, "vm", "create", "w", "--kernel", fake_boot["kernel"], "--nic", "cl,x=1")
+    assert out.returncode == 2, out
+    out = khlib.cli(nsd, "network", "delete", "cl")
+    assert out.returncode == 5 and "in use by vm v" in out.stderr, out
+    out = khlib.cli(nsd, "vm", "edit", "v", "--no-nics")
+    assert out.returncode == 0 and "nics" not in nsd.api.vm("v"), out
     out = khlib.cli(nsd, "network", "delete", "cl")
     assert out.returncode == 0, out
     out = khlib.cli(nsd, "network", "delete", "cl")
