@@ -42,6 +42,7 @@ typedef struct kh_net_binding {
     const char *mac;
     const char *ip;      /* static reservation or NULL */
     const char *tap;     /* the tap's name while (or whenever) the VM runs */
+    const char *groups;  /* security group names joined by ',', or NULL */
 } kh_net_binding;
 
 typedef struct kh_network {

@@ -11,6 +11,7 @@
 #include <stddef.h>
 
 #include "net/network.h"
+#include "net/secgroup.h"
 #include "util/err.h"
 
 #define KH_NFT_TABLE "kvmhost"
@@ -22,9 +23,10 @@
  * port forwards) and `bridge kvmhost`: anti-spoofing per tap, frames a
  * guest sends with another MAC than its NIC's, or IPv4/ARP from an address
  * that is not its own (its reservation; without one, its network's subnet)
- * are dropped. */
+ * are dropped; and the security groups of each NIC (secgroup.h), on the
+ * bridge's forward (guest to guest) and output (host to guest) hooks. */
 char *kh_nft_render(const kh_network *const *nets, size_t n, const kh_net_binding *binds,
-                    size_t nbinds);
+                    size_t nbinds, const kh_secgroup *const *groups, size_t ngroups);
 /* Run an nft script through libnftables. KH_E_INTERNAL with nft's message. */
 int kh_nft_apply(const char *script, kh_err *err);
 

@@ -1300,7 +1300,8 @@ static void sync_bindings(kh_manager *mgr)
         for (size_t i = 0; i < v->spec->nnics; i++) {
             const kh_nic_spec *nic = &v->spec->nics[i];
             tap_name(v, i, taps[k]);
-            b[k] = (kh_net_binding){ v->spec->name, nic->network, nic->mac, nic->ip, taps[k] };
+            b[k] = (kh_net_binding){ v->spec->name, nic->network, nic->mac, nic->ip, taps[k],
+                                     nic->security_groups };
             k++;
         }
     }
@@ -1335,7 +1336,8 @@ static int nics_prepare(kh_manager *mgr, const char *vm_id, kh_vm_spec *spec, kh
     }
     for (size_t i = 0; i < spec->nnics; i++) {
         kh_nic_spec *nic = &spec->nics[i];
-        if (kh_netmgr_nic_check(mgr->cfg.net, spec->name, nic->network, nic->ip, err) < 0) {
+        if (kh_netmgr_nic_check(mgr->cfg.net, spec->name, nic->network, nic->ip, err) < 0 ||
+            kh_netmgr_groups_check(mgr->cfg.net, nic->security_groups, err) < 0) {
             kh_err_prefix(err, "nics[%zu]", i);
             return -1;
         }

@@ -154,6 +154,43 @@ def test_network_create_validate_delete(nsd, netns, fake_boot):
     assert not [t for t in netns.nft_tables() if t[1] == "kvmhost"]
 
 
+def test_security_groups_api(nsd, netns, fake_boot):
+    api = nsd.api
+    r = api.request("PUT", "/api/v1/security-groups/web",
+                    {"rules": [{"proto": "tcp", "ports": "80"}, {"proto": "udp", "ports": "5000-5010",
+                                                                 "cidr": "10.0.0.0/8"}]})
+    assert r.status == 201, r
+    assert r.json["rules"][1] == {"direction": "in", "proto": "udp", "ports": "5000-5010",
+                                  "cidr": "10.0.0.0/8"}
+    for body in ({"rules": [{"direction": "out"}]}, {"rules": [{"ports": "0"}]},
+                 {"rules": [{"proto": "icmp", "ports": "1"}]}, {"rules": [{"cidr": "1.2.3.4/8"}]},
+                 {"name": "other"}, {"bogus": 1}):
+        r = api.request("PUT", "/api/v1/security-groups/web", body)
+        assert r.status == 400, (body, r)
+    assert api.request("PUT", "/api/v1/security-groups/a%20b", {}).status in (400, 404)
+    assert api.get("/api/v1/security-groups/web").json["rules"][0]["ports"] == "80"
+    assert [g["name"] for g in api.get("/api/v1/security-groups").json["security_groups"]] == ["web"]
+    create_net(api, {"name": "lan", "type": "nat", "subnet": "10.98.0.0/24"})
+    r = api.post("/api/v1/vms", {"name": "v", "boot": fake_boot,
+                                 "nics": [{"network": "lan", "security_groups": ["nosuch"]}]})
+    assert r.status == 400, r
+    api.create({"name": "v", "boot": fake_boot,
+                "nics": [{"network": "lan", "security_groups": ["web"]}]})
+    assert api.vm("v")["nics"][0]["security_groups"] == ["web"]
+    table = netns.exec(["nft", "list", "table", "bridge", "kvmhost"]).stdout
+    assert "tcp dport 80 accept" in table and table.count("drop") >= 2, table
+    assert api.delete("/api/v1/security-groups/web").status == 409
+    assert api.delete("/api/v1/vms/v").status == 204
+    assert api.delete("/api/v1/security-groups/web").status == 204
+    assert api.get("/api/v1/security-groups/web").status == 404
+    # kept across restarts
+    r = api.request("PUT", "/api/v1/security-groups/db", {"rules": []})
+    assert r.status == 201, r
+    nsd.stop()
+    nsd.restart()
+    assert [g["name"] for g in api.get("/api/v1/security-groups").json["security_groups"]] == ["db"]
+
+
 def test_network_cli(nsd, netns, fake_boot):
     out = khlib.cli(nsd, "network", "create", "cl", "--type", "nat", "--subnet", "10.93.0.0/24")
     assert out.returncode == 0 and "10.93.0.1" in out.stdout, out
@@ -251,10 +288,13 @@ def test_nat_two_guests_ping_forward_restart(nsdaemons, netns, guest, consoles):
     d = nsdaemons()
     api = d.api
     n = create_net(api, {"name": "nat1", "type": "nat", "subnet": "10.96.0.0/24"})
+    r = api.request("PUT", "/api/v1/security-groups/web", {"rules": [{"proto": "icmp"}]})
+    assert r.status == 201, r
     netns.sh(BEYOND)
     ips = boot_net_vms(api, guest, [
         net_vm_spec(guest, "g1", [{"network": "nat1"}]),
-        net_vm_spec(guest, "g2", [{"network": "nat1", "ip": "10.96.0.50"}]),
+        net_vm_spec(guest, "g2", [{"network": "nat1", "ip": "10.96.0.50",
+                                   "security_groups": ["web"]}]),
     ])
     assert ips["g2"] == "10.96.0.50", ips  # the static reservation
     assert ips["g1"].startswith("10.96.0.") and ips["g1"] != "10.96.0.50", ips
@@ -283,9 +323,18 @@ def test_nat_two_guests_ping_forward_restart(nsdaemons, netns, guest, consoles):
     spoof = netns.exec(["nft", "list", "table", "bridge", "kvmhost"]).stdout
     assert spoof.count("ether saddr != ") == 2 and "10.96.0.50" in spoof, spoof
 
-    # a port forward to a busybox httpd in g2
+    # security group "web" on g2 allows icmp only (pings above went through):
+    # its httpd is unreachable until the group allows tcp 80
     c2.run("mkdir -p /www && echo kvmhost-fwd-ok > /www/index.html && httpd -p 80 -h /www "
            "&& echo kh-$((%d+1))", timeout=30)
+    assert "kvmhost-fwd-ok" not in http_get(netns, "http://10.96.0.50/").stdout
+    assert api.delete("/api/v1/security-groups/web").status == 409  # in use
+    r = api.request("PUT", "/api/v1/security-groups/web",
+                    {"rules": [{"proto": "icmp"}, {"proto": "tcp", "ports": "80"}]})
+    assert r.status == 200, r
+    assert "kvmhost-fwd-ok" in http_get(netns, "http://10.96.0.50/").stdout
+
+    # a port forward to the busybox httpd in g2
     r = api.post("/api/v1/networks/nat1/forwards",
                  {"proto": "tcp", "host_port": 18080, "vm": "g2", "vm_port": 80})
     assert r.status == 201, r

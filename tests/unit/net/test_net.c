@@ -8,6 +8,7 @@
 #include "net/dnsmasq.h"
 #include "net/network.h"
 #include "net/nft.h"
+#include "net/secgroup.h"
 #include "util/inet.h"
 #include "util/mem.h"
 
@@ -260,12 +261,27 @@ static void test_nft_render(void)
     n->nforwards = 1;
     const kh_network *v[] = { n, iso, br };
     kh_net_binding binds[] = {
-        { "web1", "lan", "52:54:00:00:00:01", "10.9.0.5", "kh0000aaaa0" },
-        { "web2", "lab", "52:54:00:00:00:02", NULL, "kh0000bbbb0" },
-        { "web3", "up", "52:54:00:00:00:03", NULL, "kh0000cccc0" },
-        { "web4", "gone", "52:54:00:00:00:04", NULL, "kh0000dddd0" },
+        { "web1", "lan", "52:54:00:00:00:01", "10.9.0.5", "kh0000aaaa0", "web,nosuch" },
+        { "web2", "lab", "52:54:00:00:00:02", NULL, "kh0000bbbb0", NULL },
+        { "web3", "up", "52:54:00:00:00:03", NULL, "kh0000cccc0", NULL },
+        { "web4", "gone", "52:54:00:00:00:04", NULL, "kh0000dddd0", NULL },
     };
-    char *s = kh_nft_render(v, 3, binds, 4);
+    json_t *gj = J("{\"name\":\"web\",\"rules\":[{\"proto\":\"tcp\",\"ports\":\"80\"},"
+                   "{\"proto\":\"udp\",\"ports\":\"5000-5010\",\"cidr\":\"10.0.0.0/8\"},"
+                   "{\"proto\":\"icmp\"}]}");
+    kh_secgroup *web = kh_secgroup_from_json(gj, &err);
+    json_decref(gj);
+    CHECK(web && web->nrules == 3);
+    const kh_secgroup *groups[] = { web };
+    char *s = kh_nft_render(v, 3, binds, 4, groups, web ? 1 : 0);
+    /* security groups: inbound per the rules, then drop; only NICs with groups */
+    CHECK(strstr(s, "oifname \"kh0000aaaa0\" ip saddr 0.0.0.0/0 tcp dport 80 accept\n"));
+    CHECK(strstr(s, "oifname \"kh0000aaaa0\" ip saddr 10.0.0.0/8 udp dport 5000-5010 accept\n"));
+    CHECK(strstr(s, "oifname \"kh0000aaaa0\" ip saddr 0.0.0.0/0 ip protocol icmp accept\n"));
+    CHECK(strstr(s, "oifname \"kh0000aaaa0\" tcp flags & (syn | ack) != syn accept\n"));
+    CHECK(strstr(s, "oifname \"kh0000aaaa0\" drop\n"));
+    CHECK(strstr(s, "chain sg_forward {") && strstr(s, "chain sg_output {"));
+    CHECK(!strstr(s, "oifname \"kh0000bbbb0\""));
     /* one transaction that replaces both tables */
     const char *head = "table inet kvmhost\ndelete table inet kvmhost\n"
                        "table bridge kvmhost\ndelete table bridge kvmhost\n";
@@ -293,17 +309,63 @@ static void test_nft_render(void)
     CHECK(strstr(strstr(s, "table inet kvmhost {") + 1, "table inet") == NULL);
     CHECK(strstr(strstr(s, "table bridge kvmhost {") + 1, "table bridge") == NULL);
     free(s);
-    s = kh_nft_render(NULL, 0, NULL, 0);
+    s = kh_nft_render(NULL, 0, NULL, 0, NULL, 0);
     CHECK_STR(s, head);
     free(s);
     const kh_network *only_br[] = { br };
-    s = kh_nft_render(only_br, 1, binds + 2, 1);
+    s = kh_nft_render(only_br, 1, binds + 2, 1, NULL, 0);
     CHECK(strncmp(s, head, strlen(head)) == 0 && strstr(s, "table bridge kvmhost {") &&
           !strstr(s, "table inet kvmhost {"));
     free(s);
     kh_network_free(n);
     kh_network_free(iso);
     kh_network_free(br);
+    kh_secgroup_free(web);
+}
+
+static void test_secgroup(void)
+{
+    static const char *const bad[] = {
+        "{\"rules\":[]}",
+        "{\"name\":\"a b\"}",
+        "{\"name\":\"g\",\"rules\":[{\"direction\":\"out\"}]}",
+        "{\"name\":\"g\",\"rules\":[{\"proto\":\"gre\"}]}",
+        "{\"name\":\"g\",\"rules\":[{\"proto\":\"icmp\",\"ports\":\"80\"}]}",
+        "{\"name\":\"g\",\"rules\":[{\"ports\":\"0\"}]}",
+        "{\"name\":\"g\",\"rules\":[{\"ports\":\"90-80\"}]}",
+        "{\"name\":\"g\",\"rules\":[{\"ports\":\"80-65536\"}]}",
+        "{\"name\":\"g\",\"rules\":[{\"ports\":\"8x\"}]}",
+        "{\"name\":\"g\",\"rules\":[{\"cidr\":\"10.0.0.1/8\"}]}",
+        "{\"name\":\"g\",\"rules\":[{\"x\":1}]}",
+        "{\"name\":\"g\",\"rules\":{}}",
+        "{\"name\":\"g\",\"x\":1}",
+    };
+    for (size_t i = 0; i < KH_ARRAY_LEN(bad); i++) {
+        kh_err e = KH_ERR_INIT;
+        json_t *j = J(bad[i]);
+        kh_secgroup *g = kh_secgroup_from_json(j, &e);
+        CHECK(!g && e.code == KH_E_INVALID);
+        if (g)
+            printf("# accepted %s\n", bad[i]);
+        kh_secgroup_free(g);
+        json_decref(j);
+    }
+    kh_err err = KH_ERR_INIT;
+    json_t *j = J("{\"name\":\"g\",\"rules\":[{\"ports\":443},{\"proto\":\"any\","
+                  "\"cidr\":\"192.168.0.0/16\"}]}");
+    kh_secgroup *g = kh_secgroup_from_json(j, &err);
+    json_decref(j);
+    CHECK(g != NULL);
+    if (!g)
+        return;
+    json_t *out = kh_secgroup_to_json(g);
+    json_t *want = J("{\"name\":\"g\",\"rules\":[{\"direction\":\"in\",\"proto\":\"tcp\","
+                     "\"ports\":\"443\",\"cidr\":\"0.0.0.0/0\"},{\"direction\":\"in\","
+                     "\"proto\":\"any\",\"cidr\":\"192.168.0.0/16\"}]}");
+    CHECK(json_equal(out, want));
+    json_decref(out);
+    json_decref(want);
+    kh_secgroup_free(g);
 }
 
 int main(void)
@@ -313,5 +375,6 @@ int main(void)
     RUN(test_network_spec);
     RUN(test_dnsmasq);
     RUN(test_nft_render);
+    RUN(test_secgroup);
     TEST_DONE();
 }
