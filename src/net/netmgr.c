@@ -409,7 +409,7 @@ static int load_sg(const char *name, const char *spec_json, double created_at, v
         return 0;
     }
     g->created_at = created_at;
-    nm->groups = xreallocarray(nm->groups, nm->ngroups + 1, sizeof(*nm->groups));
+    nm->groups = xreallocarray(nm->groups, nm->ngroups + 1, sizeof(kh_secgroup *));
     nm->groups[nm->ngroups++] = g;
     return 0;
 }
@@ -997,7 +997,7 @@ json_t *kh_netmgr_sg_put(kh_netmgr *nm, const char *name, const json_t *body, bo
         kh_secgroup_free(*slot);
         *slot = g;
     } else {
-        nm->groups = xreallocarray(nm->groups, nm->ngroups + 1, sizeof(*nm->groups));
+        nm->groups = xreallocarray(nm->groups, nm->ngroups + 1, sizeof(kh_secgroup *));
         nm->groups[nm->ngroups++] = g;
     }
     kh_err e = KH_ERR_INIT;
@@ -1027,7 +1027,8 @@ int kh_netmgr_sg_delete(kh_netmgr *nm, const char *name, kh_err *err)
         return -1;
     size_t idx = (size_t)(slot - nm->groups);
     kh_secgroup_free(*slot);
-    memmove(&nm->groups[idx], &nm->groups[idx + 1], (nm->ngroups - idx - 1) * sizeof(*slot));
+    memmove(&nm->groups[idx], &nm->groups[idx + 1],
+            (nm->ngroups - idx - 1) * sizeof(kh_secgroup *));
     nm->ngroups--;
     return 0;
 }

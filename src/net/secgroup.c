@@ -70,8 +70,8 @@ static int parse_rule(const json_t *o, kh_sg_rule *r, size_t i, kh_err *err)
     const char *proto = json_string_value(json_object_get(o, "proto"));
     if (!proto)
         proto = "tcp";
-    if (strcmp(proto, "tcp") && strcmp(proto, "udp") && strcmp(proto, "icmp") &&
-        strcmp(proto, "any")) {
+    if (strcmp(proto, "tcp") != 0 && strcmp(proto, "udp") != 0 && strcmp(proto, "icmp") != 0 &&
+        strcmp(proto, "any") != 0) {
         kh_err_set(err, KH_E_INVALID, "%s.proto: must be tcp, udp, icmp or any", what);
         return -1;
     }
