@@ -100,7 +100,8 @@ static const struct {
       "{\"type\":\"object\",\"additionalProperties\":false,\"properties\":{\"vcpus\":{\"type\":\"integer\"},\""
       "memory_mib\":{\"type\":\"integer\"},\"machine\":{\"type\":\"string\"},\"boot\":{\"$ref\":\"#/components/"
       "schemas/Boot\"},\"disks\":{\"type\":\"array\",\"items\":{\"$ref\":\"#/components/schemas/Disk\"}},\"se"
-      "rial\":{\"type\":\"boolean\"},\"graphics\":{\"type\":\"string\"},\"description\":{\"type\":\"string\"}}}" },
+      "rial\":{\"type\":\"boolean\"},\"graphics\":{\"type\":\"string\"},\"description\":{\"type\":\"string\"},"
+      "\"nics\":{\"type\":\"array\",\"maxItems\":8,\"items\":{\"$ref\":\"#/components/schemas/NIC\"}}}}" },
     { "VM",
       "{\"allOf\":[{\"$ref\":\"#/components/schemas/VMSpec\"},{\"type\":\"object\",\"properties\":{\"id\":{\"t"
       "ype\":\"string\",\"format\":\"uuid\"},\"state\":{\"type\":\"string\",\"enum\":[\"stopped\",\"starting\",\"ru"
@@ -141,7 +142,8 @@ static const struct {
       "{\"type\":\"object\",\"additionalProperties\":false,\"required\":[\"network\"],\"propertie"
       "s\":{\"network\":{\"type\":\"string\",\"pattern\":\"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$\"},"
       "\"mac\":{\"type\":\"string\",\"pattern\":\"^[0-9A-Fa-f]{2}(:[0-9A-Fa-f]{2}){5}$\"},\"ip\":"
-      "{\"type\":\"string\"}}}" },
+      "{\"type\":\"string\"},\"security_groups\":{\"type\":\"array\",\"maxItems\":8,\"items\":{"
+      "\"type\":\"string\"}}}}" },
     { "SecurityGroup",
       "{\"type\":\"object\",\"additionalProperties\":false,\"properties\":{\"name\":{\"type\":\"s"
       "tring\"},\"rules\":{\"type\":\"array\",\"maxItems\":64,\"items\":{\"type\":\"object\",\"ad"
