@@ -42,14 +42,34 @@ static const char *const migrations[] = {
     "  finished_at REAL NOT NULL DEFAULT 0"
     ");"
     "CREATE INDEX tasks_created ON tasks(created_at);",
-    /* 2: networks and security groups (net/netmgr.c); spec is the stored
-     * JSON form. */
+    /* 2: storage pools and volumes (storage/storage.c). */
+    "CREATE TABLE pools ("
+    "  id TEXT PRIMARY KEY,"
+    "  name TEXT NOT NULL UNIQUE,"
+    "  type TEXT NOT NULL,"
+    "  path TEXT NOT NULL UNIQUE,"
+    "  created_at REAL NOT NULL"
+    ");"
+    "CREATE TABLE volumes ("
+    "  id TEXT PRIMARY KEY,"
+    "  pool_id TEXT NOT NULL REFERENCES pools(id),"
+    "  name TEXT NOT NULL,"
+    "  format TEXT NOT NULL,"
+    "  capacity INTEGER NOT NULL,"
+    "  backing_id TEXT REFERENCES volumes(id),"
+    "  readonly INTEGER NOT NULL DEFAULT 0,"
+    "  created_at REAL NOT NULL,"
+    "  UNIQUE (pool_id, name)"
+    ");"
+    "CREATE INDEX volumes_backing ON volumes(backing_id);",
+    /* 3: networks (net/netmgr.c); spec is the stored JSON form. */
     "CREATE TABLE networks ("
     "  id TEXT PRIMARY KEY,"
     "  name TEXT NOT NULL UNIQUE,"
     "  spec TEXT NOT NULL,"
     "  created_at REAL NOT NULL"
-    ");"
+    ");",
+    /* 4: security groups (net/netmgr.c), by name; spec is the stored JSON. */
     "CREATE TABLE security_groups ("
     "  name TEXT PRIMARY KEY,"
     "  spec TEXT NOT NULL,"
@@ -117,6 +137,11 @@ static char *col_text(sqlite3_stmt *stmt, int i)
     return s ? xstrdup((const char *)s) : NULL;
 }
 
+int kh_store_schema_latest(void)
+{
+    return (int)KH_ARRAY_LEN(migrations);
+}
+
 int kh_store_schema_version(kh_store *st)
 {
     sqlite3_stmt *stmt = NULL;
@@ -180,6 +205,11 @@ kh_store *kh_store_open(const char *path, kh_err *err)
         return NULL;
     }
     return st;
+}
+
+sqlite3 *kh_store_sqlite(kh_store *st)
+{
+    return st->db;
 }
 
 void kh_store_close(kh_store *st)

@@ -47,6 +47,12 @@ typedef struct kh_task_row {
 kh_store *kh_store_open(const char *path, kh_err *err);
 void kh_store_close(kh_store *st);
 int kh_store_schema_version(kh_store *st);
+/* The schema version this build migrates to (the number of migrations). */
+int kh_store_schema_latest(void);
+/* The connection, for modules that keep their own tables (storage/). It
+ * stays owned by the store and is used on the loop thread only. */
+typedef struct sqlite3 sqlite3;
+sqlite3 *kh_store_sqlite(kh_store *st);
 
 /* VMs. insert: KH_E_CONFLICT when the name is taken. update_*: KH_E_NOTFOUND
  * when the id is unknown. */
