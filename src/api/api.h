@@ -27,7 +27,8 @@ typedef struct kh_api {
     kh_events *events;
     kh_storage *storage; /* pools and volumes (NULL: storage unavailable) */
     json_t *host;      /* static host facts, computed at start (owned) */
-    json_t *openapi;   /* generated once from the route table (owned) */
+    char *openapi;     /* generated once from the route table, serialised (owned):
+                        * as text it is a fraction of its jansson tree */
     double started_at; /* wall time */
     kh_metrics *metrics;
 } kh_api;

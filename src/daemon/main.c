@@ -12,6 +12,7 @@
 #include <stdarg.h>
 #include <fcntl.h>
 #include <getopt.h>
+#include <malloc.h>
 #include <grp.h>
 #include <pwd.h>
 #include <signal.h>
@@ -483,7 +484,9 @@ int main(int argc, char **argv)
     d.api.metrics = d.metrics;
     d.api.started_at = kh_wall_time();
     d.api.host = host_facts(&o, state_dir, run_dir, socket_path);
-    d.api.openapi = kh_http_openapi(routes, nroutes, schemas, KH_VERSION);
+    json_t *openapi = kh_http_openapi(routes, nroutes, schemas, KH_VERSION);
+    d.api.openapi = json_dumps(openapi, JSON_COMPACT);
+    json_decref(openapi);
     json_decref(schemas);
 
     char *sock_dir = xstrdup(socket_path);
@@ -529,6 +532,9 @@ int main(int argc, char **argv)
     if (o.listen)
         kh_log(KH_LOG_INFO, "daemon.token", "file=%s/api-token", state_dir);
 
+    /* Start-up built and freed large temporaries (schemas, the OpenAPI
+     * tree): give that memory back before settling in. */
+    malloc_trim(0);
     uv_run(d.loop, UV_RUN_DEFAULT);
 
     /* Shutdown: stop serving; QEMUs, their sockets and cgroups stay. */
