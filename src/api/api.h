@@ -56,4 +56,6 @@ void kh_event_routes_stream(kh_http_req *req, void *app);
 void kh_console_routes_ws(kh_http_req *req, void *app);
 void kh_console_routes_log(kh_http_req *req, void *app);
 
+void kh_vnc_routes_ws(kh_http_req *req, void *app);
+
 #endif

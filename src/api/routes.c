@@ -32,6 +32,10 @@ static const kh_route routes[] = {
       "Serial console (WebSocket, binary frames both ways)", NULL, NULL },
     { "GET", "/api/v1/vms/{name}/console/log", kh_console_routes_log, 0,
       "Serial output so far (text/plain, ?tail=BYTES)", NULL, NULL },
+    { "GET", "/api/v1/vms/{name}/vnc", kh_vnc_routes_ws, KH_ROUTE_WEBSOCKET,
+      "Graphical console: the VM's VNC (RFB) stream as a WebSocket, binary frames both ways "
+      "(VMs with graphics \"vnc\")",
+      NULL, NULL },
     { "GET", "/api/v1/tasks", kh_task_routes_list, 0, "Recent tasks", NULL, "TaskList" },
     { "GET", "/api/v1/tasks/{id}", kh_task_routes_get, 0, "Show a task", NULL, "Task" },
     { "GET", "/api/v1/events", kh_event_routes_stream, KH_ROUTE_SSE,
@@ -39,8 +43,8 @@ static const kh_route routes[] = {
     { "POST", "/api/v1/session", kh_http_session_post, KH_ROUTE_PUBLIC,
       "Browser login: the API token for a session cookie and a CSRF token", "SessionLogin",
       "Session" },
-    { "GET", "/api/v1/session", kh_http_session_get, 0, "How this request is authenticated",
-      NULL, "Session" },
+    { "GET", "/api/v1/session", kh_http_session_get, KH_ROUTE_PUBLIC,
+      "Whether and how this request is authenticated", NULL, "Session" },
     { "DELETE", "/api/v1/session", kh_http_session_delete, 0, "Log out (end the session)", NULL,
       NULL },
 };
