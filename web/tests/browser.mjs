@@ -124,6 +124,7 @@ async function main() {
     await page.getByLabel('Kernel (absolute path on the host)').fill(join(guest, 'vmlinuz'));
     await page.getByLabel('Initrd (optional)').fill(join(guest, 'initrd.img'));
     await page.getByLabel('Kernel command line').fill('console=ttyS0 quiet panic=-1');
+    await page.getByLabel('Graphics').selectOption('vnc');
     await page.getByRole('button', { name: 'Next' }).click();
     ok(await page.locator('#review').textContent().then((t) => t.includes(VM) && t.includes('vmlinuz')), 'the review step shows the spec');
     const loadsBefore = await page.evaluate(() => performance.getEntriesByType('navigation').length);
@@ -143,6 +144,13 @@ async function main() {
     await waitFor(async () => (await termText()).some((l) => l.trim() === 'hi-web'), 30000, 'hi-web echoed back');
     ok(true, 'typing "echo hi-web" in the console prints hi-web');
     await page.screenshot({ path: join(logs, 'web-vm-console.png') });
+
+    // the graphical console: noVNC through the daemon's VNC relay
+    await page.getByRole('tab', { name: 'Display' }).click();
+    await page.locator('#display-status[data-status="connected"]').waitFor({ timeout: 30000 });
+    const canvas = await page.locator('#screen canvas').boundingBox();
+    ok(canvas && canvas.width > 100 && canvas.height > 100, `the display tab shows the VM's screen over VNC (${canvas ? `${Math.round(canvas.width)}x${Math.round(canvas.height)}` : 'none'})`);
+    await page.screenshot({ path: join(logs, 'web-vm-display.png') });
 
     await page.getByRole('tab', { name: 'Summary' }).click();
     await page.locator('.tabpanel .state-running').waitFor();
