@@ -28,9 +28,10 @@
     "task's outcome. Interrupting the wait (Ctrl-C) leaves the task running and exits 130."
 
 static const cli_opt opts_vm_create[] = {
-    { "vcpus", "N", CLI_OPT_ARG | CLI_OPT_REQUIRED, "Number of virtual CPUs, 1 to 255." },
-    { "memory", "MIB", CLI_OPT_ARG | CLI_OPT_REQUIRED,
-      "Guest memory in MiB, 16 to 16777216. A suffix M or G (512M, 2G) is accepted." },
+    { "vcpus", "N", CLI_OPT_ARG, "Number of virtual CPUs, 1 to 255 (default 1)." },
+    { "memory", "MIB", CLI_OPT_ARG,
+      "Guest memory in MiB, 16 to 16777216 (default 512). A suffix M or G (512M, 2G) is "
+      "accepted." },
     { "machine", "TYPE", CLI_OPT_ARG,
       "Machine type: q35 (the default, a PC with PCIe) or microvm (minimal, virtio-mmio, "
       "needs --kernel)." },
