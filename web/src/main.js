@@ -8,6 +8,7 @@ import { dashboardPage } from './pages/dashboard.js';
 import { vmListPage } from './pages/vmlist.js';
 import { vmDetailPage } from './pages/vmdetail.js';
 import { createPage } from './pages/create.js';
+import { topologyPage } from './pages/topology.js';
 
 const main = document.getElementById('main');
 const top = document.getElementById('top');
@@ -20,6 +21,7 @@ const ROUTES = [
   { re: /^#\/vms\/?$/, nav: 'vms', page: vmListPage, title: 'Virtual machines' },
   { re: /^#\/vms\/([^/]+)(?:\/([a-z]+))?$/, nav: 'vms', page: vmDetailPage, title: null },
   { re: /^#\/create$/, nav: 'create', page: createPage, title: 'Create VM' },
+  { re: /^#\/topology$/, nav: 'topology', page: topologyPage, title: 'Topology' },
 ];
 
 function teardown() {

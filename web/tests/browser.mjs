@@ -164,6 +164,12 @@ async function main() {
     ok(await page.locator('#recent-events li').count() > 0, 'the dashboard lists recent events');
     await page.screenshot({ path: join(logs, 'web-dashboard.png'), fullPage: true });
 
+    // topology: the host, the VM, its kernel
+    await page.getByRole('link', { name: 'Topology' }).click();
+    await page.locator(`svg.topo a[href="#/vms/${VM}"]`).waitFor();
+    ok((await page.locator('svg.topo .topo-kernel').count()) === 1, 'the topology shows the VM and its kernel');
+    await page.screenshot({ path: join(logs, 'web-topology.png') });
+
     // 5. stop from the list; the state changes without a reload
     await page.getByRole('link', { name: 'Virtual machines' }).first().click();
     const row = page.locator(`tr[data-vm="${VM}"]`);
@@ -176,6 +182,12 @@ async function main() {
     const noReload = await page.evaluate(() => window.__noReload === 1 && performance.getEntriesByType('navigation').length);
     ok(noReload === loadsBefore, 'no page reload happened since the wizard');
     await page.screenshot({ path: join(logs, 'web-vm-list.png') });
+    // a small laptop screen: nothing sticks out sideways
+    await page.setViewportSize({ width: 1024, height: 640 });
+    const overflow = await page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
+    ok(overflow <= 0, `the VM list fits a 1024 px wide screen (overflow ${overflow} px)`);
+    await page.screenshot({ path: join(logs, 'web-vm-list-1024.png') });
+    await page.setViewportSize({ width: 1366, height: 850 });
 
     // 6. settings: edit memory while stopped (PATCH)
     await row.getByRole('link', { name: VM }).click();
