@@ -96,6 +96,21 @@ subscribe((kind) => {
   live.setAttribute('aria-label', live.title);
 });
 
+// The event stream gave up: logged out (e.g. the daemon restarted), or
+// the daemon is away for now; check, then log in again or retry.
+subscribe(async (kind) => {
+  if (kind !== 'stream-closed' || !authed) return;
+  try {
+    const s = await sessionInfo();
+    if (!s.authenticated) {
+      toast('The session ended: log in again.', 'error');
+      loggedOut();
+      return;
+    }
+  } catch { /* the daemon is away: retry below */ }
+  setTimeout(() => { if (authed) startEvents(); }, 3000);
+});
+
 window.addEventListener('hashchange', route);
 
 (async () => {
