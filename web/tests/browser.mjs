@@ -155,6 +155,11 @@ async function main() {
     await page.getByRole('tab', { name: 'Summary' }).click();
     await page.locator('.tabpanel .state-running').waitFor();
     ok(true, 'the summary tab shows the VM running');
+    // the tabs work from the keyboard
+    await page.getByRole('tab', { name: 'Summary' }).focus();
+    await page.keyboard.press('ArrowRight');
+    await page.waitForURL(new RegExp(`#/vms/${VM}/console$`));
+    ok(await page.getByRole('tab', { name: 'Console' }).getAttribute('aria-selected') === 'true', 'arrow keys move between the VM tabs');
     await page.screenshot({ path: join(logs, 'web-vm-summary.png') });
 
     // 4. the dashboard counts it, live
@@ -209,6 +214,16 @@ async function main() {
     ok((await (await fetch(`${url}/api/v1/vms/${VM}`, { headers: { Authorization: `Bearer ${token}` } })).status) === 404, 'confirm deletes the VM');
 
     ok(errors.length === 0, `no console errors${errors.length ? ':\n  ' + errors.join('\n  ') : ''}`);
+
+    // a write from the page without the CSRF token is refused (what a
+    // forged request would look like); with it, it passes
+    const csrfCheck = await page.evaluate(async () => {
+      const body = JSON.stringify({ name: 'csrf-probe', vcpus: 1, memory_mib: 64 });
+      const bad = await fetch('/api/v1/vms', { method: 'POST', headers: { 'Content-Type': 'application/json' }, body });
+      const s = await (await fetch('/api/v1/session')).json();
+      return { bad: bad.status, via: s.via, hasCsrf: typeof s.csrf_token === 'string' };
+    });
+    ok(csrfCheck.bad === 403 && csrfCheck.via === 'session' && csrfCheck.hasCsrf, `a cookie write without X-CSRF-Token gets 403 (${JSON.stringify(csrfCheck)})`);
 
     // 8. log out: the cookie no longer works
     await page.getByRole('button', { name: 'Log out' }).click();
