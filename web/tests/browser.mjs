@@ -167,6 +167,7 @@ async function main() {
     await page.locator('#state-counts [data-state="running"] .count').waitFor();
     ok(await page.locator('#state-counts [data-state="running"] .count').textContent() === '1', 'the dashboard counts one running VM');
     ok(await page.locator('#recent-events li').count() > 0, 'the dashboard lists recent events');
+    ok(await page.locator('#active-vms tbody tr').filter({ hasText: VM }).count() === 1, 'the dashboard lists the running VM with its uptime');
     await page.screenshot({ path: join(logs, 'web-dashboard.png'), fullPage: true });
 
     // topology: the host, the VM, its kernel
