@@ -143,6 +143,9 @@ struct kh_http_server {
     unsigned idle_timeout;
     bool has_token;
     unsigned char token_hash[32]; /* SHA-256 of the token; the token is not kept */
+    bool loopback_public;     /* KH_ROUTE_LOOPBACK_PUBLIC routes open to 127/8, ::1 */
+    kh_http_request_cb on_request;
+    void *on_request_opaque;
     kh_sessions *sessions;    /* browser logins (cookie + CSRF token), see session.h */
     int web_fd;
     listener *lis[2];
@@ -200,6 +203,7 @@ struct kh_http_req {
     kh_sse *sse;
     kh_ws *ws;                 /* pending WebSocket (before the upgrade) */
     uint64_t start_ms;
+    uint64_t start_ns;         /* uv_hrtime(), for the latency hook */
     kh_http_req *prev, *next;
 };
 
@@ -418,6 +422,27 @@ static void token_hash(const char *s, size_t len, unsigned char out[32])
         memset(out, 0, 32);
 }
 
+/* Did the TCP client connect from a loopback address? */
+static bool peer_is_loopback(const kh_http_req *req)
+{
+    const union MHD_ConnectionInfo *ci =
+        req->conn ? MHD_get_connection_info(req->conn, MHD_CONNECTION_INFO_CLIENT_ADDRESS)
+                  : NULL;
+    const struct sockaddr *sa = ci ? ci->client_addr : NULL;
+    if (!sa)
+        return false;
+    if (sa->sa_family == AF_INET) {
+        const struct sockaddr_in *in = (const struct sockaddr_in *)(const void *)sa;
+        return (ntohl(in->sin_addr.s_addr) >> 24) == 127;
+    }
+    if (sa->sa_family == AF_INET6) {
+        const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *)(const void *)sa;
+        if (IN6_IS_ADDR_LOOPBACK(&in6->sin6_addr))
+            return true;
+        return IN6_IS_ADDR_V4MAPPED(&in6->sin6_addr) && in6->sin6_addr.s6_addr[12] == 127;
+    }
+    return false;
+}
 static bool origin_ok(const kh_http_req *req);
 
 /* Bearer token check, constant time (both sides hashed first, so the
@@ -447,6 +472,9 @@ static kh_code req_auth(const kh_http_req *req)
 {
     const kh_http_server *srv = req->srv;
     if (req->lis->local || (req->route && (req->route->flags & KH_ROUTE_PUBLIC)))
+        return KH_OK;
+    if (req->route && (req->route->flags & KH_ROUTE_LOOPBACK_PUBLIC) && srv->loopback_public &&
+        peer_is_loopback(req))
         return KH_OK;
     const char *auth = conn_header(req, MHD_HTTP_HEADER_AUTHORIZATION);
     if (auth)
@@ -594,6 +622,10 @@ static enum MHD_Result req_queue(kh_http_req *req)
            req->method ? req->method : "?",
            kh_log_quote(q, sizeof(q), req->path ? req->path : "?"), req->status,
            (unsigned long long)(kh_now_ms() - req->start_ms));
+    if (req->srv && req->srv->on_request)
+        req->srv->on_request(req->srv->on_request_opaque, req->method ? req->method : "?",
+                             req->route ? req->route->path : NULL, req->status,
+                             (double)(uv_hrtime() - req->start_ns) / 1e9);
     return r;
 }
 
@@ -1068,6 +1100,7 @@ static void *on_uri(void *cls, const char *uri, struct MHD_Connection *conn)
     req->target = xstrdup(uri ? uri : "");
     req->state = REQ_NEW;
     req->start_ms = kh_now_ms();
+    req->start_ns = uv_hrtime();
     DL_INSERT(srv->reqs, req);
     return req;
 }
@@ -1996,6 +2029,9 @@ kh_http_server *kh_http_server_new(uv_loop_t *loop, const kh_http_config *cfg,
     srv->idle_timeout = cfg->idle_timeout ? cfg->idle_timeout : HTTP_DEFAULT_IDLE_S;
     srv->web_fd = -1;
     srv->refs = 1;
+    srv->loopback_public = cfg->loopback_public;
+    srv->on_request = cfg->on_request;
+    srv->on_request_opaque = cfg->on_request_opaque;
     srv->sessions = kh_sessions_new(0, 0, 0);
     if (cfg->token && cfg->token[0]) {
         srv->has_token = true;

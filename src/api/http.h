@@ -54,7 +54,14 @@ enum {
     KH_ROUTE_WEBSOCKET = 1u << 1, /* documented as a WebSocket upgrade */
     KH_ROUTE_SSE = 1u << 2,       /* documented as text/event-stream */
     KH_ROUTE_RAW = 1u << 3,       /* body is not JSON (not parsed) */
+    KH_ROUTE_LOOPBACK_PUBLIC = 1u << 4, /* no token from a loopback TCP client when the
+                                         * server has loopback_public */
 };
+
+/* Called once per answered request (after the reply is queued): the method,
+ * the route pattern (NULL when no route matched) and the latency. */
+typedef void (*kh_http_request_cb)(void *opaque, const char *method, const char *route,
+                                   unsigned status, double seconds);
 
 typedef struct kh_route {
     const char *method;          /* "GET", "POST", "PATCH", "DELETE", "PUT" */
@@ -78,6 +85,10 @@ typedef struct kh_http_config {
     const char *web_dir;     /* static files served under "/" (GET), or NULL */
     unsigned idle_timeout;   /* seconds an idle plain HTTP connection is kept;
                               * 0 = 60 (WebSocket and SSE are exempt) */
+    bool loopback_public;    /* KH_ROUTE_LOOPBACK_PUBLIC routes need no token from
+                              * 127.0.0.0/8 or ::1 */
+    kh_http_request_cb on_request; /* optional */
+    void *on_request_opaque;
 } kh_http_config;
 
 kh_http_server *kh_http_server_new(uv_loop_t *loop, const kh_http_config *cfg,

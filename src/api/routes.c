@@ -36,10 +36,50 @@ static const kh_route routes[] = {
       "Graphical console: the VM's VNC (RFB) stream as a WebSocket, binary frames both ways "
       "(VMs with graphics \"vnc\")",
       NULL, NULL },
+    { "GET", "/api/v1/pools", kh_storage_routes_pools, 0, "List storage pools", NULL,
+      "PoolList" },
+    { "POST", "/api/v1/pools", kh_storage_routes_pool_create, 0,
+      "Add a dir pool at an existing directory", "PoolSpec", "Pool" },
+    { "GET", "/api/v1/pools/{pool}", kh_storage_routes_pool_get, 0,
+      "Show a pool: capacity, allocation, free space", NULL, "Pool" },
+    { "DELETE", "/api/v1/pools/{pool}", kh_storage_routes_pool_delete, 0,
+      "Forget an empty pool (its directory stays)", NULL, NULL },
+    { "GET", "/api/v1/pools/{pool}/volumes", kh_storage_routes_volumes, 0,
+      "List the volumes of a pool", NULL, "VolumeList" },
+    { "POST", "/api/v1/pools/{pool}/volumes", kh_storage_routes_volume_create, 0,
+      "Create a volume (empty, a linked clone of a backing volume, or an import)",
+      "VolumeSpec", "Volume" },
+    { "GET", "/api/v1/pools/{pool}/volumes/{volume}", kh_storage_routes_volume_get, 0,
+      "Show a volume with its backing chain (qemu-img info)", NULL, "Volume" },
+    { "POST", "/api/v1/pools/{pool}/volumes/{volume}/resize", kh_storage_routes_volume_resize,
+      0, "Grow a volume that no running VM uses", "VolumeResize", "Volume" },
+    { "DELETE", "/api/v1/pools/{pool}/volumes/{volume}", kh_storage_routes_volume_delete, 0,
+      "Delete a volume no VM and no other volume depends on", NULL, NULL },
+    { "GET", "/api/v1/networks", kh_net_routes_list, 0, "List networks", NULL, "NetworkList" },
+    { "POST", "/api/v1/networks", kh_net_routes_create, 0,
+      "Create a network (nat, isolated or bridged)", "NetworkSpec", "Network" },
+    { "GET", "/api/v1/networks/{name}", kh_net_routes_get, 0, "Show a network", NULL,
+      "Network" },
+    { "DELETE", "/api/v1/networks/{name}", kh_net_routes_delete, 0,
+      "Delete a network no VM uses (409 while one does)", NULL, NULL },
+    { "GET", "/api/v1/networks/{name}/leases", kh_net_routes_leases, 0,
+      "DHCP leases of a network (dnsmasq's lease file)", NULL, "LeaseList" },
+    { "POST", "/api/v1/networks/{name}/forwards", kh_net_routes_forward_add, 0,
+      "Forward a host port to a VM on a nat network", "Forward", "Network" },
+    { "DELETE", "/api/v1/networks/{name}/forwards/{proto}/{port}", kh_net_routes_forward_delete,
+      0, "Remove a port forward", NULL, NULL },
     { "GET", "/api/v1/tasks", kh_task_routes_list, 0, "Recent tasks", NULL, "TaskList" },
     { "GET", "/api/v1/tasks/{id}", kh_task_routes_get, 0, "Show a task", NULL, "Task" },
     { "GET", "/api/v1/events", kh_event_routes_stream, KH_ROUTE_SSE,
       "Event stream (Server-Sent Events; ?since=ID or Last-Event-ID)", NULL, NULL },
+    { "GET", "/metrics", kh_metrics_routes_prometheus, KH_ROUTE_LOOPBACK_PUBLIC,
+      "Prometheus metrics (text format 0.0.4); token on TCP unless --metrics-public and "
+      "the client is on loopback", NULL, NULL },
+    { "GET", "/api/v1/host/metrics", kh_metrics_routes_host, 0,
+      "Host history (?range=SECONDS, up to 3600) and the latest sample of every VM", NULL,
+      "History" },
+    { "GET", "/api/v1/vms/{name}/metrics", kh_metrics_routes_vm, 0,
+      "A VM's history (?range=SECONDS, up to 3600)", NULL, "History" },
     { "POST", "/api/v1/session", kh_http_session_post, KH_ROUTE_PUBLIC,
       "Browser login: the API token for a session cookie and a CSRF token", "SessionLogin",
       "Session" },
@@ -72,9 +112,12 @@ static const struct {
       "escription\":\"absolute path\"},\"initrd\":{\"type\":\"string\"},\"cmdline\":{\"type\":\"string\",\"maxL"
       "ength\":4096}}}" },
     { "Disk",
-      "{\"type\":\"object\",\"additionalProperties\":false,\"required\":[\"path\",\"format\"],\"properties\":"
-      "{\"path\":{\"type\":\"string\"},\"format\":{\"type\":\"string\",\"enum\":[\"raw\",\"qcow2\"]},\"readonly\":{"
-      "\"type\":\"boolean\",\"default\":false}}}" },
+      "{\"type\":\"object\",\"additionalProperties\":false,\"description\":\"a host file (path and "
+      "format) or a volume (pool/name)\",\"properties\":"
+      "{\"path\":{\"type\":\"string\"},\"format\":{\"type\":\"string\",\"enum\":[\"raw\",\"qcow2\"]},\"volume\":{"
+      "\"type\":\"string\",\"pattern\":\"^[A-Za-z0-9_][A-Za-z0-9_.-]*/[A-Za-z0-9_][A-Za-z0-9_.-]*$\"},\"readonly\":{"
+      "\"type\":\"boolean\",\"default\":false}},\"oneOf\":[{\"required\":[\"path\",\"format\"]},{\"required\":"
+      "[\"volume\"]}]}" },
     { "VMSpec",
       "{\"type\":\"object\",\"additionalProperties\":false,\"required\":[\"name\"],\""
       "properties\":{\"name\":{\"type\":\"string\",\"pattern\":\"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$\"},\"vc"
@@ -83,12 +126,30 @@ static const struct {
       "\"q35\"},\"boot\":{\"$ref\":\"#/components/schemas/Boot\"},\"disks\":{\"type\":\"array\",\"maxItems\":16"
       ",\"items\":{\"$ref\":\"#/components/schemas/Disk\"}},\"serial\":{\"type\":\"boolean\",\"default\":true"
       "},\"graphics\":{\"type\":\"string\",\"enum\":[\"none\",\"vnc\"],\"default\":\"none\"},\"description\":{\"ty"
-      "pe\":\"string\",\"maxLength\":1024}}}" },
+      "pe\":\"string\",\"maxLength\":1024},\"nics\":{\"type\":\"array\",\"maxItems\":8,\"items\":{\"$ref\":\"#/co"
+      "mponents/schemas/NIC\"}},\"limits\":{\"$ref\":\"#/components/schemas/Limits\"}}}" },
     { "VMPatch",
       "{\"type\":\"object\",\"additionalProperties\":false,\"properties\":{\"vcpus\":{\"type\":\"integer\"},\""
       "memory_mib\":{\"type\":\"integer\"},\"machine\":{\"type\":\"string\"},\"boot\":{\"$ref\":\"#/components/"
       "schemas/Boot\"},\"disks\":{\"type\":\"array\",\"items\":{\"$ref\":\"#/components/schemas/Disk\"}},\"se"
-      "rial\":{\"type\":\"boolean\"},\"graphics\":{\"type\":\"string\"},\"description\":{\"type\":\"string\"}}}" },
+      "rial\":{\"type\":\"boolean\"},\"graphics\":{\"type\":\"string\"},\"description\":{\"type\":\"string\"},"
+      "\"limits\":{\"$ref\":\"#/components/schemas/Limits\"}}}" },
+    { "Limits",
+      "{\"type\":\"object\",\"additionalProperties\":false,\"description\":\"Changeable on a running VM; "
+      "PATCH merges key by key, null removes one\",\"properties\":{\"cpu_weight\":{\"type\":\"integer\",\"m"
+      "inimum\":1,\"maximum\":10000},\"cpu_max_percent\":{\"type\":\"integer\",\"minimum\":1,\"descr"
+      "iption\":\"percent of one host CPU, at most 100 per vCPU\"},\"memory_max_mib\":{\"type\":\"intege"
+      "r\",\"description\":\"at least memory_mib\"},\"disk\":{\"type\":\"array\",\"items\":{\"type\":\"o"
+      "bject\",\"required\":[\"index\"],\"properties\":{\"index\":{\"type\":\"integer\"},\"iops_total\":"
+      "{\"type\":\"integer\"},\"iops_read\":{\"type\":\"integer\"},\"iops_write\":{\"type\":\"integer\"}"
+      ",\"bps_total\":{\"type\":\"integer\"},\"bps_read\":{\"type\":\"integer\"},\"bps_write\":{\"type\""
+      ":\"integer\"},\"iops_total_max\":{\"type\":\"integer\"},\"iops_read_max\":{\"type\":\"integer\"},\""
+      "iops_write_max\":{\"type\":\"integer\"},\"bps_total_max\":{\"type\":\"integer\"},\"bps_read_max\":{"
+      "\"type\":\"integer\"},\"bps_write_max\":{\"type\":\"integer\"}}}}}}" },
+    { "History",
+      "{\"type\":\"object\",\"properties\":{\"interval_seconds\":{\"type\":\"number\"},\"fields\":{\"t"
+      "ype\":\"array\",\"items\":{\"type\":\"string\"}},\"samples\":{\"type\":\"array\",\"items\":{\"ty"
+      "pe\":\"array\",\"items\":{\"type\":\"number\"}}},\"vms\":{\"type\":\"object\"}}}" },
     { "VM",
       "{\"allOf\":[{\"$ref\":\"#/components/schemas/VMSpec\"},{\"type\":\"object\",\"properties\":{\"id\":{\"t"
       "ype\":\"string\",\"format\":\"uuid\"},\"state\":{\"type\":\"string\",\"enum\":[\"stopped\",\"starting\",\"ru"
@@ -97,6 +158,39 @@ static const struct {
       "able\":true},\"console_viewers\":{\"type\":\"integer\"},\"created_at\":{\"type\":\"string\",\"format\":"
       "\"date-time\"},\"updated_at\":{\"type\":\"string\",\"format\":\"date-time\"},\"started_at\":{\"type\":\"s"
       "tring\",\"format\":\"date-time\",\"nullable\":true}}}]}" },
+    { "NetworkSpec",
+      "{\"type\":\"object\",\"additionalProperties\":false,\"required\":[\"name\"],\"properties\""
+      ":{\"name\":{\"type\":\"string\",\"pattern\":\"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$\"},\"type"
+      "\":{\"type\":\"string\",\"enum\":[\"nat\",\"isolated\",\"bridged\"],\"default\":\"nat\"},\""
+      "subnet\":{\"type\":\"string\",\"description\":\"IPv4 network (nat, isolated), e.g. 10.10.0"
+      ".0/24; the gateway is its first address. Picked when absent.\"},\"bridge\":{\"type\":\"str"
+      "ing\",\"maxLength\":15,\"description\":\"bridged: the existing host bridge\"}}}" },
+    { "Network",
+      "{\"type\":\"object\",\"properties\":{\"id\":{\"type\":\"string\"},\"name\":{\"type\":\"str"
+      "ing\"},\"type\":{\"type\":\"string\"},\"subnet\":{\"type\":\"string\"},\"bridge\":{\"type\""
+      ":\"string\"},\"gateway\":{\"type\":\"string\"},\"dhcp\":{\"type\":\"object\"},\"forwards\""
+      ":{\"type\":\"array\",\"items\":{\"$ref\":\"#/components/schemas/Forward\"}},\"nics\":{\"ty"
+      "pe\":\"array\",\"items\":{\"type\":\"object\"}},\"dnsmasq_pid\":{\"type\":\"integer\"}}}" },
+    { "NetworkList",
+      "{\"type\":\"object\",\"properties\":{\"networks\":{\"type\":\"array\",\"items\":{\"$ref\":"
+      "\"#/components/schemas/Network\"}}}}" },
+    { "Forward",
+      "{\"type\":\"object\",\"additionalProperties\":false,\"required\":[\"host_port\",\"vm\",\"v"
+      "m_port\"],\"properties\":{\"proto\":{\"type\":\"string\",\"enum\":[\"tcp\",\"udp\"],\"defa"
+      "ult\":\"tcp\"},\"host_port\":{\"type\":\"integer\",\"minimum\":1,\"maximum\":65535},\"vm\""
+      ":{\"type\":\"string\",\"pattern\":\"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$\"},\"vm_port\":{\"t"
+      "ype\":\"integer\",\"minimum\":1,\"maximum\":65535},\"ip\":{\"type\":\"string\",\"readOnly\""
+      ":true}}}" },
+    { "LeaseList",
+      "{\"type\":\"object\",\"properties\":{\"leases\":{\"type\":\"array\",\"items\":{\"type\":\""
+      "object\",\"properties\":{\"expires\":{\"type\":\"integer\"},\"mac\":{\"type\":\"string\"},"
+      "\"ip\":{\"type\":\"string\"},\"hostname\":{\"type\":\"string\"},\"vm\":{\"type\":\"string\""
+      "}}}}}}" },
+    { "NIC",
+      "{\"type\":\"object\",\"additionalProperties\":false,\"required\":[\"network\"],\"propertie"
+      "s\":{\"network\":{\"type\":\"string\",\"pattern\":\"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$\"},"
+      "\"mac\":{\"type\":\"string\",\"pattern\":\"^[0-9A-Fa-f]{2}(:[0-9A-Fa-f]{2}){5}$\"},\"ip\":"
+      "{\"type\":\"string\"}}}" },
     { "VMList",
       "{\"type\":\"object\",\"properties\":{\"vms\":{\"type\":\"array\",\"items\":{\"$ref\":\"#/components/schem"
       "as/VM\"}}}}" },
@@ -117,6 +211,45 @@ static const struct {
     { "TaskList",
       "{\"type\":\"object\",\"properties\":{\"tasks\":{\"type\":\"array\",\"items\":{\"$ref\":\"#/components/sch"
       "emas/Task\"}}}}" },
+    { "PoolSpec",
+      "{\"type\":\"object\",\"additionalProperties\":false,\"required\":[\"name\",\"path\"],\"properties\":{"
+      "\"name\":{\"type\":\"string\",\"pattern\":\"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$\"},\"type\":{\"type\":"
+      "\"string\",\"enum\":[\"dir\"],\"default\":\"dir\"},\"path\":{\"type\":\"string\",\"description\":"
+      "\"an existing directory (absolute)\"}}}" },
+    { "Pool",
+      "{\"type\":\"object\",\"properties\":{\"id\":{\"type\":\"string\"},\"name\":{\"type\":\"string\"},"
+      "\"type\":{\"type\":\"string\"},\"path\":{\"type\":\"string\"},\"default\":{\"type\":\"boolean\"},"
+      "\"capacity\":{\"type\":\"integer\"},\"allocation\":{\"type\":\"integer\"},\"free\":{\"type\":"
+      "\"integer\"},\"available\":{\"type\":\"boolean\"},\"volumes\":{\"type\":\"integer\"},"
+      "\"created_at\":{\"type\":\"string\"}}}" },
+    { "PoolList",
+      "{\"type\":\"object\",\"properties\":{\"pools\":{\"type\":\"array\",\"items\":{\"$ref\":"
+      "\"#/components/schemas/Pool\"}}}}" },
+    { "VolumeSpec",
+      "{\"type\":\"object\",\"additionalProperties\":false,\"required\":[\"name\"],\"properties\":{"
+      "\"name\":{\"type\":\"string\",\"pattern\":\"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$\"},\"format\":{"
+      "\"type\":\"string\",\"enum\":[\"qcow2\",\"raw\"],\"default\":\"qcow2\"},\"size\":{\"oneOf\":[{"
+      "\"type\":\"integer\",\"minimum\":1},{\"type\":\"string\",\"pattern\":"
+      "\"^[0-9]+([KMGTPkmgtp]i?)?[Bb]?$\"}],\"description\":\"bytes, or with a unit (powers of 1024); "
+      "at most 64 TiB and the pool's free space\"},\"preallocate\":{\"type\":\"boolean\",\"default\":"
+      "false},\"backing\":{\"type\":\"string\",\"description\":\"[pool/]volume: create a qcow2 "
+      "overlay on it (a linked clone)\"},\"import\":{\"type\":\"string\",\"description\":\"a host "
+      "image to copy, of the given format; images with a backing or data file are refused\"}}}" },
+    { "VolumeResize",
+      "{\"type\":\"object\",\"additionalProperties\":false,\"required\":[\"size\"],\"properties\":{"
+      "\"size\":{\"oneOf\":[{\"type\":\"integer\"},{\"type\":\"string\"}],\"description\":\"the new "
+      "size, not smaller than the current one\"}}}" },
+    { "Volume",
+      "{\"type\":\"object\",\"properties\":{\"id\":{\"type\":\"string\"},\"name\":{\"type\":\"string\"},"
+      "\"pool\":{\"type\":\"string\"},\"ref\":{\"type\":\"string\",\"description\":\"pool/name, as "
+      "used in a VM's disks\"},\"format\":{\"type\":\"string\"},\"capacity\":{\"type\":\"integer\"},"
+      "\"allocation\":{\"type\":\"integer\"},\"virtual_size\":{\"type\":\"integer\"},\"actual_size\":{"
+      "\"type\":\"integer\"},\"readonly\":{\"type\":\"boolean\"},\"backing\":{\"type\":\"string\","
+      "\"nullable\":true},\"backing_chain\":{\"type\":\"array\"},\"dependents\":{\"type\":\"integer\"},"
+      "\"used_by\":{\"type\":\"array\"},\"created_at\":{\"type\":\"string\"}}}" },
+    { "VolumeList",
+      "{\"type\":\"object\",\"properties\":{\"volumes\":{\"type\":\"array\",\"items\":{\"$ref\":"
+      "\"#/components/schemas/Volume\"}}}}" },
     { "SessionLogin",
       "{\"type\":\"object\",\"additionalProperties\":false,\"required\":[\"token\"],\"properties\":{\"t"
       "oken\":{\"type\":\"string\",\"description\":\"the API token (STATE_DIR/api-token)\"}}}" },

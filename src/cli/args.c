@@ -15,6 +15,7 @@ void cli_disk_clear(cli_disk *d)
         return;
     KH_FREE(d->path);
     KH_FREE(d->format);
+    KH_FREE(d->volume);
     d->readonly = false;
 }
 
@@ -73,7 +74,7 @@ int cli_disk_parse(const char *spec, const char *cwd, cli_disk *out, kh_err *err
         return -1;
     }
     kh_strv *items = split_items(spec);
-    const char *path = NULL, *format = NULL;
+    const char *path = NULL, *format = NULL, *volume = NULL;
     bool have_ro = false;
     int rc = -1;
     for (size_t i = 0; i < items->n; i++) {
@@ -83,7 +84,13 @@ int cli_disk_parse(const char *spec, const char *cwd, cli_disk *out, kh_err *err
                        "--disk '%s': empty option (a ',' in a path is written ',,')", spec);
             goto out;
         }
-        if (starts_with(it, "path=")) {
+        if (starts_with(it, "volume=")) {
+            if (volume) {
+                kh_err_set(err, KH_E_INVALID, "--disk '%s': volume= is given twice", spec);
+                goto out;
+            }
+            volume = it + 7;
+        } else if (starts_with(it, "path=")) {
             if (path) {
                 kh_err_set(err, KH_E_INVALID, "--disk '%s': the path is given twice", spec);
                 goto out;
@@ -122,6 +129,16 @@ int cli_disk_parse(const char *spec, const char *cwd, cli_disk *out, kh_err *err
                        spec, it);
             goto out;
         }
+    }
+    if (volume) {
+        if (path || format || !*volume) {
+            kh_err_set(err, KH_E_INVALID,
+                       "--disk '%s': give volume=POOL/NAME alone, or a path with format=", spec);
+            goto out;
+        }
+        out->volume = xstrdup(volume);
+        rc = 0;
+        goto out;
     }
     if (!path || !*path) {
         kh_err_set(err, KH_E_INVALID, "--disk '%s': no path (PATH,format=raw|qcow2)", spec);

@@ -17,12 +17,14 @@ typedef struct cli_disk {
     char *path;      /* owned, absolute and lexically normalised */
     char *format;    /* owned, "raw" or "qcow2" */
     bool readonly;
+    char *volume;    /* owned, "pool/name" (volume=...): then path and format are NULL */
 } cli_disk;
 
 /* Parse a --disk SPEC (grammar in the help of `vm create`):
  *
  *   SPEC := ITEM[,ITEM]...    ITEM := PATH | path=PATH | format=raw|qcow2
  *                                   | readonly[=on|off|yes|no|true|false]
+ *                                   | volume=POOL/NAME (instead of a path and format)
  *
  * A bare PATH is allowed only as the first item and is taken literally
  * ('=' included) unless it starts with "path=", "format=" or "readonly".

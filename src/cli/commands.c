@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "cli/handlers.h"
+#include "cli/net_handlers.h"
 #include "cli/output.h"
 #include "kh_config.h"
 #include "util/fs.h"
@@ -58,7 +59,8 @@ static const cli_opt opts_vm_create[] = {
     "\"readonly\" needs the path= form or a leading \"./\". Relative paths are made "       \
     "absolute against the current directory before they are sent; \".\" and \"..\" are "   \
     "resolved by name, without following symlinks. kvmhostd opens the files, so they must " \
-    "exist on its host."
+    "exist on its host. A volume of a storage pool is given as volume=POOL/NAME instead of " \
+    "a path and format (see 'kvmhost volume')."
 
 static const cli_opt opts_vm_edit[] = {
     { "vcpus", "N", CLI_OPT_ARG, "New number of virtual CPUs." },
@@ -75,6 +77,32 @@ static const cli_opt opts_vm_edit[] = {
     { "graphics", "TYPE", CLI_OPT_ARG, "none or vnc." },
     { "description", "TEXT", CLI_OPT_ARG,
       "New description (the only field a running VM accepts)." },
+    { NULL, NULL, 0, NULL },
+};
+
+static const cli_opt opts_vm_top[] = {
+    { "once", NULL, 0, "Print one frame and exit (also when stdout is not a terminal)." },
+    { "interval", "SECONDS", CLI_OPT_ARG, "Refresh period (default 2)." },
+    { "sort", "KEY", CLI_OPT_ARG, "cpu (default), mem or name." },
+    { "all", NULL, 0, "Also list VMs that are not running." },
+    { NULL, NULL, 0, NULL },
+};
+
+static const cli_opt opts_vm_limit[] = {
+    { "cpu-weight", "N", CLI_OPT_ARG, "Relative CPU share, 1 to 10000 (100 is the default)." },
+    { "cpu-max", "PERCENT", CLI_OPT_ARG,
+      "Hard CPU cap in percent of one host CPU (at most 100 per vCPU)." },
+    { "memory-max", "MIB", CLI_OPT_ARG,
+      "Hard memory limit of the VM's QEMU (suffix M or G); at least the guest's memory." },
+    { "disk", "INDEX", CLI_OPT_ARG, "The disk the --disk-* options apply to (default 0)." },
+    { "disk-iops", "N", CLI_OPT_ARG, "Total I/O operations per second." },
+    { "disk-read-iops", "N", CLI_OPT_ARG, "Read operations per second." },
+    { "disk-write-iops", "N", CLI_OPT_ARG, "Write operations per second." },
+    { "disk-bps", "BYTES", CLI_OPT_ARG, "Total bytes per second." },
+    { "disk-read-bps", "BYTES", CLI_OPT_ARG, "Read bytes per second." },
+    { "disk-write-bps", "BYTES", CLI_OPT_ARG, "Written bytes per second." },
+    { "disk-iops-burst", "N", CLI_OPT_ARG, "Burst for --disk-iops." },
+    { "disk-bps-burst", "BYTES", CLI_OPT_ARG, "Burst for --disk-bps." },
     { NULL, NULL, 0, NULL },
 };
 
@@ -121,6 +149,25 @@ static const cli_opt opts_events[] = {
     { NULL, NULL, 0, NULL },
 };
 
+static const cli_opt opts_net_create[] = {
+    { "type", "TYPE", CLI_OPT_ARG | CLI_OPT_REQUIRED,
+      "nat (a private subnet with DHCP and masquerade out), isolated (DHCP, no way out) or "
+      "bridged (NICs join an existing host bridge)." },
+    { "subnet", "CIDR", CLI_OPT_ARG,
+      "nat/isolated: the IPv4 network, e.g. 10.10.0.0/24; the gateway is its first address. "
+      "Default: a free 10.X.Y.0/24." },
+    { "bridge", "NAME", CLI_OPT_ARG, "bridged: the existing host bridge." },
+    { NULL, NULL, 0, NULL },
+};
+
+static const cli_opt opts_net_forward[] = {
+    { "vm", "NAME", CLI_OPT_ARG | CLI_OPT_REQUIRED, "The VM to reach (it has a NIC here)." },
+    { "host-port", "PORT", CLI_OPT_ARG | CLI_OPT_REQUIRED, "Port on the host's addresses." },
+    { "vm-port", "PORT", CLI_OPT_ARG | CLI_OPT_REQUIRED, "Port in the VM." },
+    { "proto", "tcp|udp", CLI_OPT_ARG, "Protocol (default tcp)." },
+    { NULL, NULL, 0, NULL },
+};
+
 const cli_opt cli_global_opts[] = {
     { "socket", "PATH", CLI_OPT_ARG,
       "The unix socket of kvmhostd. Default: $KVMHOST_SOCKET, else " KH_DEFAULT_SOCKET "." },
@@ -136,6 +183,37 @@ const cli_opt cli_global_opts[] = {
     { "help", NULL, 0, "Show help: with a command, its options and examples. 'kvmhost help NOUN VERB' is the "
       "same as 'kvmhost NOUN VERB --help'." },
     { "version", NULL, 0, "Print the client version and exit." },
+    { NULL, NULL, 0, NULL },
+};
+
+static const cli_opt opts_pool_create[] = {
+    { "path", "DIR", CLI_OPT_ARG | CLI_OPT_REQUIRED,
+      "An existing directory on the host (an NFS mount, a bigger disk)." },
+    { NULL, NULL, 0, NULL },
+};
+
+static const cli_opt opts_volume_create[] = {
+    { "size", "SIZE", CLI_OPT_ARG,
+      "Virtual size: bytes or with a unit (512M, 10G, 1T; powers of 1024). Required "
+      "unless --backing or --import gives it." },
+    { "format", "FMT", CLI_OPT_ARG, "qcow2 (the default) or raw." },
+    { "backing", "[POOL/]VOL", CLI_OPT_ARG,
+      "Make a qcow2 overlay on this volume: a linked clone, made in O(1)." },
+    { "preallocate", NULL, 0, "Allocate the whole size now (refused if it does not fit)." },
+    { "import", "FILE", CLI_OPT_ARG,
+      "Copy this host image (of --format, never guessed). Images that name a backing or "
+      "data file are refused." },
+    { NULL, NULL, 0, NULL },
+};
+
+static const cli_opt opts_volume_list[] = {
+    { "pool", "POOL", CLI_OPT_ARG, "The pool (default: default)." },
+    { NULL, NULL, 0, NULL },
+};
+
+static const cli_opt opts_volume_resize[] = {
+    { "size", "SIZE", CLI_OPT_ARG | CLI_OPT_REQUIRED,
+      "The new size (512M, 10G, ...); volumes only grow." },
     { NULL, NULL, 0, NULL },
 };
 
@@ -187,6 +265,33 @@ const cli_cmd cli_commands[] = {
         "$ kvmhost vm edit web1 --disk web1.qcow2,format=qcow2 \\\n"
         "      --disk data.img,format=raw",
         cli_do_vm_edit,
+    },
+    {
+        "vm", "top", NULL, "live CPU, memory and disk use of the VMs",
+        "A virt-top-like view from the daemon's samples (taken every 10 s by default): the "
+        "host's CPU, memory and load, then one line per running VM with its CPU use in "
+        "percent of one host CPU, the memory charged to its cgroup, its QEMU's resident "
+        "memory and its disk rates. Refreshes until Ctrl-C; --once (or --json, or a stdout "
+        "that is not a terminal) prints one frame.",
+        opts_vm_top,
+        "$ kvmhost vm top\n"
+        "$ kvmhost vm top --once --sort mem\n"
+        "$ kvmhost --json vm top",
+        cli_do_vm_top,
+    },
+    {
+        "vm", "limit", "NAME", "show or change the limits of a VM",
+        "Without options, show the VM's limits. With options, change them; a running VM "
+        "takes them at once (CPU and memory through its cgroup, disk limits through QEMU's "
+        "I/O throttling) and keeps them across restarts. The value \"none\" removes a "
+        "limit. A memory limit under what QEMU already uses fails with exit status 5 and "
+        "changes nothing.",
+        opts_vm_limit,
+        "$ kvmhost vm limit web1 --cpu-max 20 --memory-max 1G\n"
+        "$ kvmhost vm limit web1 --disk 0 --disk-iops 100 --disk-bps 10485760\n"
+        "$ kvmhost vm limit web1 --cpu-max none\n"
+        "$ kvmhost vm limit web1",
+        cli_do_vm_limit,
     },
     {
         "vm", "start", "NAME", "start a virtual machine",
@@ -273,6 +378,60 @@ const cli_cmd cli_commands[] = {
         cli_do_vm_log,
     },
     {
+        "network", "create", "NAME", "create a network",
+        "Create a network called NAME. A nat or isolated network gets a Linux bridge of "
+        "kvmhost's own (khbr + 8 hex digits), an IPv4 subnet whose first address is the "
+        "gateway, and a dnsmasq serving DHCP (and DNS) on that bridge only; a nat network "
+        "also masquerades its guests' traffic out through the host (nftables table "
+        "'inet kvmhost'). A bridged network attaches NICs to a bridge the administrator "
+        "made. VMs join a network with \"nics\": [{\"network\": \"NAME\"}] in their spec.",
+        opts_net_create,
+        "$ kvmhost network create lan --type nat --subnet 10.10.0.0/24\n"
+        "$ kvmhost network create lab --type isolated\n"
+        "$ kvmhost network create uplink --type bridged --bridge br0",
+        cli_do_net_create,
+    },
+    {
+        "network", "list", NULL, "list the networks",
+        "One line per network: name, type, bridge, subnet, and how many NICs and port "
+        "forwards it has.",
+        NULL,
+        "$ kvmhost network list",
+        cli_do_net_list,
+    },
+    {
+        "network", "show", "NAME", "show one network",
+        "Everything about the network: subnet, gateway, DHCP range, bridge, the NICs on it, "
+        "its port forwards and its dnsmasq's pid.",
+        NULL,
+        "$ kvmhost network show lan",
+        cli_do_net_show,
+    },
+    {
+        "network", "delete", "NAME", "delete a network no VM uses",
+        "Remove the network, its bridge, rules and dnsmasq. A network that a VM has a NIC on "
+        "is refused (exit status 5): remove the NIC or the VM first.",
+        NULL,
+        "$ kvmhost network delete lan",
+        cli_do_net_delete,
+    },
+    {
+        "network", "leases", "NAME", "show the DHCP leases of a network",
+        "The leases dnsmasq handed out on a nat or isolated network, with the VM each MAC "
+        "belongs to.",
+        NULL,
+        "$ kvmhost network leases lan",
+        cli_do_net_leases,
+    },
+    {
+        "network", "forward", "NAME", "forward a host port to a VM",
+        "On a nat network, forward --host-port on every address of the host to --vm-port of "
+        "the VM's address on the network (its static ip, else its current DHCP lease).",
+        opts_net_forward,
+        "$ kvmhost network forward lan --vm web1 --host-port 8080 --vm-port 80",
+        cli_do_net_forward,
+    },
+    {
         "host", "show", NULL, "show facts about the host",
         "The host as kvmhostd sees it: name, versions of kvmhostd and QEMU, the accelerator "
         "VMs get (kvm, or tcg with the reason KVM is not usable), CPUs, memory, cgroup "
@@ -317,6 +476,85 @@ const cli_cmd cli_commands[] = {
         "$ kvmhost version",
         cli_do_version,
     },
+    {
+        "pool", "list", NULL, "list the storage pools",
+        "One line per pool: name, type, capacity, space used and free on its file system, "
+        "how many volumes it holds, and its directory. The pool \"default\" lives in the "
+        "state directory and always exists.",
+        NULL,
+        "$ kvmhost pool list",
+        cli_do_pool_list,
+    },
+    {
+        "pool", "show", "NAME", "show one storage pool",
+        "The pool's type, directory, capacity, allocation and free space (statvfs of its "
+        "file system) and its number of volumes.",
+        NULL,
+        "$ kvmhost pool show default",
+        cli_do_pool_show,
+    },
+    {
+        "pool", "create", "NAME", "add a pool at an existing directory",
+        "Add a pool of type dir at an existing, writable directory: an NFS mount or a "
+        "bigger disk. Volumes are files in it named by their id. kvmhostd does not create "
+        "or remove the directory.",
+        opts_pool_create,
+        "$ kvmhost pool create fast --path /srv/nvme/kvmhost",
+        cli_do_pool_create,
+    },
+    {
+        "pool", "delete", "NAME", "forget an empty pool",
+        "Forget a pool that holds no volumes. Its directory stays. The default pool cannot "
+        "be deleted.",
+        NULL,
+        "$ kvmhost pool delete fast",
+        cli_do_pool_delete,
+    },
+    {
+        "volume", "create", "[POOL/]NAME", "create a volume",
+        "Create a qcow2 or raw volume in POOL (default: default): empty with --size, a "
+        "linked clone of another volume with --backing, or a copy of a host image with "
+        "--import. A size over the pool's free space is refused (exit status 2). NAME "
+        "takes letters, digits, '-', '_' and '.'.",
+        opts_volume_create,
+        "$ kvmhost volume create data1 --size 10G\n"
+        "$ kvmhost volume create default/web1-root --backing debian12\n"
+        "$ kvmhost volume create debian12 --format qcow2 --import ./debian-12.qcow2",
+        cli_do_volume_create,
+    },
+    {
+        "volume", "list", NULL, "list the volumes of a pool",
+        "One line per volume: pool/name, format, virtual size, space allocated on the host, "
+        "its backing volume and the VMs that use it.",
+        opts_volume_list,
+        "$ kvmhost volume list\n"
+        "$ kvmhost volume list --pool fast",
+        cli_do_volume_list,
+    },
+    {
+        "volume", "show", "[POOL/]NAME", "show one volume",
+        "Everything about the volume, with its backing chain as qemu-img reads it: virtual "
+        "and allocated size and format of every layer.",
+        NULL,
+        "$ kvmhost volume show default/data1",
+        cli_do_volume_show,
+    },
+    {
+        "volume", "resize", "[POOL/]NAME", "grow a volume",
+        "Grow the volume to --size. Volumes never shrink. Refused (exit status 5) while a "
+        "running VM uses it.",
+        opts_volume_resize,
+        "$ kvmhost volume resize data1 --size 20G",
+        cli_do_volume_resize,
+    },
+    {
+        "volume", "delete", "[POOL/]NAME", "delete a volume",
+        "Delete the volume and its file. Refused (exit status 5) while a VM refers to it or "
+        "another volume is based on it.",
+        NULL,
+        "$ kvmhost volume delete data1",
+        cli_do_volume_delete,
+    },
     { NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL },
 };
 
@@ -325,8 +563,11 @@ static const struct {
     const char *summary;
 } noun_summaries[] = {
     { "vm", "manage virtual machines" },
+    { "network", "manage networks" },
     { "host", "show the host" },
     { "task", "follow long operations" },
+    { "pool", "manage storage pools" },
+    { "volume", "manage disk volumes in pools" },
     { "events", "follow what happens on the host" },
     { "version", "show versions" },
 };

@@ -138,8 +138,13 @@ static json_t *disks_json(const kh_strv *specs, const char *cwd, kh_err *err)
             return NULL;
         }
         json_t *disk = json_object();
-        int rc = set_user_string(disk, "path", d.path, "a --disk path", err);
-        json_object_set_new(disk, "format", json_string(d.format));
+        int rc;
+        if (d.volume) {
+            rc = set_user_string(disk, "volume", d.volume, "a --disk volume", err);
+        } else {
+            rc = set_user_string(disk, "path", d.path, "a --disk path", err);
+            json_object_set_new(disk, "format", json_string(d.format));
+        }
         json_object_set_new(disk, "readonly", json_boolean(d.readonly));
         json_array_append_new(arr, disk);
         cli_disk_clear(&d);
@@ -317,8 +322,10 @@ static void vm_kv(cli_kv *kv, const json_t *vm)
     size_t i;
     json_t *d;
     json_array_foreach(json_object_get(vm, "disks"), i, d) {
-        kh_strv_addf(lines, "%s (%s%s)", jstr(d, "path") ? jstr(d, "path") : "?",
-                     jstr(d, "format") ? jstr(d, "format") : "?",
+        kh_strv_addf(lines, "%s (%s%s)",
+                     jstr(d, "volume") ? jstr(d, "volume")
+                                       : jstr(d, "path") ? jstr(d, "path") : "?",
+                     jstr(d, "volume") ? "volume" : jstr(d, "format") ? jstr(d, "format") : "?",
                      json_is_true(json_object_get(d, "readonly")) ? ", readonly" : "");
     }
     char *joined = lines->n ? kh_strv_join(lines, "\n") : xstrdup("-");

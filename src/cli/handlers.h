@@ -18,6 +18,18 @@ int cli_do_host_show(cli_ctx *ctx, const cli_args *a, kh_err *err);
 int cli_do_task_show(cli_ctx *ctx, const cli_args *a, kh_err *err);
 int cli_do_task_list(cli_ctx *ctx, const cli_args *a, kh_err *err);
 int cli_do_events(cli_ctx *ctx, const cli_args *a, kh_err *err);
+int cli_do_pool_list(cli_ctx *ctx, const cli_args *a, kh_err *err);
+int cli_do_pool_show(cli_ctx *ctx, const cli_args *a, kh_err *err);
+int cli_do_pool_create(cli_ctx *ctx, const cli_args *a, kh_err *err);
+int cli_do_pool_delete(cli_ctx *ctx, const cli_args *a, kh_err *err);
+int cli_do_volume_create(cli_ctx *ctx, const cli_args *a, kh_err *err);
+int cli_do_volume_list(cli_ctx *ctx, const cli_args *a, kh_err *err);
+int cli_do_volume_show(cli_ctx *ctx, const cli_args *a, kh_err *err);
+int cli_do_volume_resize(cli_ctx *ctx, const cli_args *a, kh_err *err);
+int cli_do_volume_delete(cli_ctx *ctx, const cli_args *a, kh_err *err);
 int cli_do_version(cli_ctx *ctx, const cli_args *a, kh_err *err);
+/* obs.c */
+int cli_do_vm_top(cli_ctx *ctx, const cli_args *a, kh_err *err);
+int cli_do_vm_limit(cli_ctx *ctx, const cli_args *a, kh_err *err);
 
 #endif

@@ -12,7 +12,9 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "conf/limits.h"
 #include "util/check.h"
+#include "util/inet.h"
 #include "util/mem.h"
 
 /* Longest field label we print: "disks[15].readonly" and the like. */
@@ -20,14 +22,15 @@
 
 static const char *const top_keys[] = {
     "name", "vcpus", "memory_mib", "machine", "boot", "disks", "serial", "graphics",
-    "description", NULL,
+    "description", "nics", "limits", NULL,
 };
 static const char *const boot_keys[] = { "kernel", "initrd", "cmdline", NULL };
-static const char *const disk_keys[] = { "path", "format", "readonly", NULL };
+static const char *const disk_keys[] = { "path", "format", "readonly", "volume", NULL };
+static const char *const nic_keys[] = { "network", "mac", "ip", NULL };
 /* What PATCH may touch: everything but the name. */
 static const char *const patch_keys[] = {
     "vcpus", "memory_mib", "machine", "boot", "disks", "serial", "graphics", "description",
-    NULL,
+    "nics", "limits", NULL,
 };
 
 /* jansson's iterators take a non-const object but do not change it. */
@@ -171,6 +174,15 @@ static const char *graphics_name(kh_graphics g)
     return (size_t)g < KH_ARRAY_LEN(graphics_names) ? graphics_names[g] : "unknown";
 }
 
+void kh_disk_spec_clear_backing(kh_disk_spec *d)
+{
+    for (size_t j = 0; j < d->nbacking; j++)
+        free(d->backing[j].path);
+    free(d->backing);
+    d->backing = NULL;
+    d->nbacking = 0;
+}
+
 /* Free what the spec owns, not the struct. */
 static void spec_clear(kh_vm_spec *spec)
 {
@@ -178,10 +190,20 @@ static void spec_clear(kh_vm_spec *spec)
     free(spec->kernel);
     free(spec->initrd);
     free(spec->cmdline);
-    for (size_t i = 0; i < spec->ndisks; i++)
+    for (size_t i = 0; i < spec->ndisks; i++) {
         free(spec->disks[i].path);
+        free(spec->disks[i].volume);
+        kh_disk_spec_clear_backing(&spec->disks[i]);
+    }
     free(spec->disks);
+    for (size_t i = 0; i < spec->nnics; i++) {
+        free(spec->nics[i].network);
+        free(spec->nics[i].mac);
+        free(spec->nics[i].ip);
+    }
+    free(spec->nics);
     free(spec->description);
+    kh_limits_free(spec->limits);
     memset(spec, 0, sizeof(*spec));
 }
 
@@ -247,6 +269,34 @@ static int parse_disk(kh_disk_spec *d, const json_t *obj, size_t i, kh_err *err)
     snprintf(field, sizeof(field), "disks[%zu].path", i);
     const json_t *v = json_object_get(obj, "path");
     const char *s;
+    const json_t *vol = json_object_get(obj, "volume");
+    if (vol) {
+        /* A volume: its file, format and chain come from the storage
+         * records when the VM starts. */
+        snprintf(field, sizeof(field), "disks[%zu].volume", i);
+        if (v || json_object_get(obj, "format")) {
+            kh_err_set(err, KH_E_INVALID,
+                       "disks[%zu]: give either volume or path and format, not both", i);
+            return -1;
+        }
+        if (!(s = get_string(vol, field, err)))
+            return -1;
+        const char *slash = strchr(s, '/');
+        char *pool = slash ? xstrndup(s, (size_t)(slash - s)) : NULL;
+        int bad = !slash || kh_check_name(pool, field, err) < 0 ||
+                  kh_check_name(slash + 1, field, err) < 0;
+        free(pool);
+        if (bad) {
+            kh_err_set(err, KH_E_INVALID, "%s: must be \"pool/name\"", field);
+            return -1;
+        }
+        d->volume = xstrdup(s);
+        snprintf(field, sizeof(field), "disks[%zu].readonly", i);
+        d->readonly = false;
+        if ((v = json_object_get(obj, "readonly")) && get_bool(v, field, &d->readonly, err) < 0)
+            return -1;
+        return 0;
+    }
     if (!v) {
         kh_err_set(err, KH_E_INVALID, "%s is required", field);
         return -1;
@@ -293,8 +343,85 @@ static int parse_disks(kh_vm_spec *spec, const json_t *arr, kh_err *err)
         if (parse_disk(&spec->disks[i], json_array_get(arr, i), i, err) < 0)
             return -1;
         for (size_t j = 0; j < i; j++) {
+            const kh_disk_spec *a = &spec->disks[i], *b = &spec->disks[j];
+            if (a->volume || b->volume) {
+                if (a->volume && b->volume && strcmp(a->volume, b->volume) == 0) {
+                    kh_err_set(err, KH_E_INVALID, "disks[%zu].volume: same volume as disks[%zu]",
+                               i, j);
+                    return -1;
+                }
+                continue;
+            }
             if (strcmp(spec->disks[i].path, spec->disks[j].path) == 0) {
                 kh_err_set(err, KH_E_INVALID, "disks[%zu].path: same file as disks[%zu]", i, j);
+                return -1;
+            }
+        }
+    }
+    return 0;
+}
+
+static int parse_nic(kh_nic_spec *n, const json_t *obj, size_t i, kh_err *err)
+{
+    char prefix[FIELD_MAX], field[FIELD_MAX];
+    snprintf(prefix, sizeof(prefix), "nics[%zu].", i);
+    if (!json_is_object(obj)) {
+        kh_err_set(err, KH_E_INVALID, "nics[%zu]: must be an object", i);
+        return -1;
+    }
+    if (check_keys(obj, nic_keys, prefix, err) < 0)
+        return -1;
+    const json_t *v;
+    const char *s;
+    snprintf(field, sizeof(field), "nics[%zu].network", i);
+    if (!(v = json_object_get(obj, "network"))) {
+        kh_err_set(err, KH_E_INVALID, "%s is required", field);
+        return -1;
+    }
+    if (!(s = get_string(v, field, err)) || kh_check_name(s, field, err) < 0)
+        return -1;
+    n->network = xstrdup(s);
+    snprintf(field, sizeof(field), "nics[%zu].mac", i);
+    if ((v = json_object_get(obj, "mac"))) {
+        uint8_t mac[6];
+        char text[KH_MAC_STRLEN];
+        if (!(s = get_string(v, field, err)) || kh_inet_mac_parse(s, mac, field, err) < 0)
+            return -1;
+        kh_inet_mac_format(mac, text);
+        n->mac = xstrdup(text);
+    }
+    snprintf(field, sizeof(field), "nics[%zu].ip", i);
+    if ((v = json_object_get(obj, "ip"))) {
+        uint32_t a;
+        if (!(s = get_string(v, field, err)) || kh_inet_ipv4_parse(s, &a, field, err) < 0)
+            return -1;
+        n->ip = xstrdup(s);
+    }
+    return 0;
+}
+
+static int parse_nics(kh_vm_spec *spec, const json_t *arr, kh_err *err)
+{
+    if (!json_is_array(arr)) {
+        kh_err_set(err, KH_E_INVALID, "nics: must be an array");
+        return -1;
+    }
+    size_t n = json_array_size(arr);
+    if (n > KH_VM_NICS_MAX) {
+        kh_err_set(err, KH_E_INVALID, "nics: at most %d NICs (got %zu)", KH_VM_NICS_MAX, n);
+        return -1;
+    }
+    if (n == 0)
+        return 0;
+    spec->nics = xcalloc(n, sizeof(*spec->nics));
+    for (size_t i = 0; i < n; i++) {
+        spec->nnics = i + 1;
+        if (parse_nic(&spec->nics[i], json_array_get(arr, i), i, err) < 0)
+            return -1;
+        for (size_t j = 0; j < i; j++) {
+            if (spec->nics[i].mac && spec->nics[j].mac &&
+                strcmp(spec->nics[i].mac, spec->nics[j].mac) == 0) {
+                kh_err_set(err, KH_E_INVALID, "nics[%zu].mac: same address as nics[%zu]", i, j);
                 return -1;
             }
         }
@@ -315,7 +442,7 @@ static int spec_check_whole(const kh_vm_spec *spec, kh_err *err)
                    graphics_name(spec->graphics));
         return -1;
     }
-    return 0;
+    return kh_limits_check(spec->limits, spec->vcpus, spec->memory_mib, spec->ndisks, err);
 }
 
 static int spec_parse(kh_vm_spec *spec, const json_t *obj, kh_err *err)
@@ -369,6 +496,8 @@ static int spec_parse(kh_vm_spec *spec, const json_t *obj, kh_err *err)
             return -1;
         spec->graphics = (kh_graphics)e;
     }
+    if ((v = json_object_get(obj, "nics")) && parse_nics(spec, v, err) < 0)
+        return -1;
     if ((v = json_object_get(obj, "description"))) {
         if (!(s = get_string(v, "description", err)) ||
             kh_check_text(s, KH_VM_DESCRIPTION_MAX, "description", err) < 0)
@@ -376,6 +505,8 @@ static int spec_parse(kh_vm_spec *spec, const json_t *obj, kh_err *err)
         if (*s) /* "" means none */
             spec->description = xstrdup(s);
     }
+    if ((v = json_object_get(obj, "limits")) && !(spec->limits = kh_limits_from_json(v, err)))
+        return -1;
     return spec_check_whole(spec, err);
 }
 
@@ -410,8 +541,12 @@ json_t *kh_vm_spec_to_json(const kh_vm_spec *spec)
     for (size_t i = 0; i < spec->ndisks; i++) {
         const kh_disk_spec *d = &spec->disks[i];
         json_t *dj = json_object();
-        json_object_set_new(dj, "path", json_string(d->path));
-        json_object_set_new(dj, "format", json_string(kh_disk_format_name(d->format)));
+        if (d->volume) {
+            json_object_set_new(dj, "volume", json_string(d->volume));
+        } else {
+            json_object_set_new(dj, "path", json_string(d->path));
+            json_object_set_new(dj, "format", json_string(kh_disk_format_name(d->format)));
+        }
         json_object_set_new(dj, "readonly", json_boolean(d->readonly));
         json_array_append_new(disks, dj);
     }
@@ -420,6 +555,24 @@ json_t *kh_vm_spec_to_json(const kh_vm_spec *spec)
     json_object_set_new(o, "graphics", json_string(graphics_name(spec->graphics)));
     json_object_set_new(o, "description",
                         json_string(spec->description ? spec->description : ""));
+    if (spec->nnics) { /* absent when none: the shape of NIC-less VMs is unchanged */
+        json_t *nics = json_array();
+        for (size_t i = 0; i < spec->nnics; i++) {
+            const kh_nic_spec *n = &spec->nics[i];
+            json_t *nj = json_pack("{s:s}", "network", n->network);
+            if (n->mac)
+                json_object_set_new(nj, "mac", json_string(n->mac));
+            if (n->ip)
+                json_object_set_new(nj, "ip", json_string(n->ip));
+            json_array_append_new(nics, nj);
+        }
+        json_object_set_new(o, "nics", nics);
+    }
+    json_t *limits = kh_limits_to_json(spec->limits);
+    if (json_object_size(limits)) /* only when some limit is set */
+        json_object_set_new(o, "limits", limits);
+    else
+        json_decref(limits);
     return o;
 }
 
@@ -452,6 +605,8 @@ int kh_vm_spec_patch(kh_vm_spec *spec, const json_t *patch, kh_err *err)
     json_object_foreach(p, key, val) {
         if (json_is_null(val))
             json_object_del(merged, key);
+        else if (strcmp(key, "limits") == 0) /* merged key by key (see limits.h) */
+            json_object_set_new(merged, key, kh_limits_merge(json_object_get(merged, key), val));
         else
             json_object_set(merged, key, val);
     }
@@ -476,12 +631,33 @@ kh_vm_spec *kh_vm_spec_dup(const kh_vm_spec *spec)
     d->initrd = xstrdup(spec->initrd);
     d->cmdline = xstrdup(spec->cmdline);
     d->description = xstrdup(spec->description);
+    d->limits = kh_limits_dup(spec->limits);
     d->disks = NULL;
     if (spec->ndisks) {
         d->disks = xcalloc(spec->ndisks, sizeof(*d->disks));
         for (size_t i = 0; i < spec->ndisks; i++) {
             d->disks[i] = spec->disks[i];
             d->disks[i].path = xstrdup(spec->disks[i].path);
+            d->disks[i].volume = xstrdup(spec->disks[i].volume);
+            d->disks[i].backing = NULL;
+            d->disks[i].nbacking = 0;
+            if (spec->disks[i].nbacking) {
+                d->disks[i].backing = xcalloc(spec->disks[i].nbacking, sizeof(kh_disk_layer));
+                for (size_t j = 0; j < spec->disks[i].nbacking; j++) {
+                    d->disks[i].backing[j].path = xstrdup(spec->disks[i].backing[j].path);
+                    d->disks[i].backing[j].format = spec->disks[i].backing[j].format;
+                }
+                d->disks[i].nbacking = spec->disks[i].nbacking;
+            }
+        }
+    }
+    d->nics = NULL;
+    if (spec->nnics) {
+        d->nics = xcalloc(spec->nnics, sizeof(*d->nics));
+        for (size_t i = 0; i < spec->nnics; i++) {
+            d->nics[i].network = xstrdup(spec->nics[i].network);
+            d->nics[i].mac = xstrdup(spec->nics[i].mac);
+            d->nics[i].ip = xstrdup(spec->nics[i].ip);
         }
     }
     return d;

@@ -10,10 +10,13 @@
  *     "machine": "q35" | "microvm",
  *     "boot": { "kernel": "/abs", "initrd": "/abs", "cmdline": "console=ttyS0" },
  *     "disks": [ { "path": "/abs/img.qcow2", "format": "qcow2" | "raw",
- *                  "readonly": false } ],
+ *                  "readonly": false }
+ *              | { "volume": "pool/name", "readonly": false } ],
  *     "serial": true,
  *     "graphics": "none" | "vnc",
- *     "description": "free text" }
+ *     "description": "free text",
+ *     "nics": [ { "network": "net1", "mac": "52:54:00:..", "ip": "10.0.0.5" } ],
+ *     "limits": { ... } }      (conf/limits.h; PATCH merges it key by key)
  * Only name is required: vcpus defaults to 1, memory_mib to 512.
  * `boot` absent or without `kernel` = boot from the first disk (q35 only).
  */
@@ -33,8 +36,10 @@
 #define KH_VM_MEMORY_MIN_MIB 16ULL
 #define KH_VM_MEMORY_MAX_MIB (16ULL * 1024 * 1024) /* 16 TiB */
 #define KH_VM_DISKS_MAX 16
+#define KH_DISK_BACKING_MAX 8 /* backing layers below a disk's top image */
 #define KH_VM_CMDLINE_MAX 4096
 #define KH_VM_DESCRIPTION_MAX 1024
+#define KH_VM_NICS_MAX 8
 
 typedef enum kh_machine {
     KH_MACHINE_Q35,
@@ -51,11 +56,32 @@ typedef enum kh_graphics {
     KH_GRAPHICS_VNC,
 } kh_graphics;
 
+/* One backing layer of a disk, below the top image (runtime only). */
+typedef struct kh_disk_layer {
+    char *path;
+    kh_disk_format format;
+} kh_disk_layer;
+
 typedef struct kh_disk_spec {
-    char *path;            /* absolute host path */
+    char *path;            /* absolute host path; NULL for an unresolved volume */
     kh_disk_format format; /* given by the user, never guessed */
     bool readonly;
+    char *volume;          /* "pool/name" instead of path+format, or NULL */
+    /* Runtime only (never parsed from or written to JSON): the backing
+     * chain of a resolved volume, nearest first, filled by the VM manager
+     * from the storage records. */
+    kh_disk_layer *backing;
+    size_t nbacking;
 } kh_disk_spec;
+
+/* A NIC on a network (net/netmgr.h). mac is filled by the VM manager when
+ * the user gave none (stable per VM and index); ip is an optional static
+ * DHCP reservation. */
+typedef struct kh_nic_spec {
+    char *network;
+    char *mac; /* canonical lowercase, or NULL until assigned */
+    char *ip;  /* dotted quad, or NULL */
+} kh_nic_spec;
 
 typedef struct kh_vm_spec {
     char *name;
@@ -70,6 +96,9 @@ typedef struct kh_vm_spec {
     bool serial;
     kh_graphics graphics;
     char *description; /* may be NULL */
+    kh_nic_spec *nics;
+    size_t nnics;
+    struct kh_limits *limits; /* conf/limits.h; NULL = no limits */
 } kh_vm_spec;
 
 /* Parse and validate a spec from a JSON object. Unknown keys are rejected
@@ -84,6 +113,8 @@ json_t *kh_vm_spec_to_json(const kh_vm_spec *spec);
  * is unchanged. */
 int kh_vm_spec_patch(kh_vm_spec *spec, const json_t *patch, kh_err *err);
 kh_vm_spec *kh_vm_spec_dup(const kh_vm_spec *spec);
+/* Free a disk's resolved backing layers (the runtime-only part). */
+void kh_disk_spec_clear_backing(kh_disk_spec *d);
 void kh_vm_spec_free(kh_vm_spec *spec);
 
 const char *kh_machine_name(kh_machine m);

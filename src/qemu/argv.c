@@ -15,9 +15,18 @@
  *   per disk i:
  *     [-object {"qom-type":"iothread","id":"iothread-disk<i>"}]      (q35)
  *     [-add-fd fd=<fd>,set=<i+1>,opaque=disk<i>]   (when the runner passed an fd)
+ *     per backing layer j of a volume's chain, deepest first (read-only):
+ *       [-add-fd fd=<fd>,set=<(i+1)*100+j+1>,opaque=disk<i>-b<j+1>]
+ *       -blockdev {"driver":"file","node-name":"disk<i>-b<j+1>-file",...}
+ *       -blockdev {"driver":"raw|qcow2","node-name":"disk<i>-b<j+1>",
+ *                  "backing":"disk<i>-b<j+2>"|null,...}
  *     -blockdev {"driver":"file","node-name":"disk<i>-file","filename":...}
  *     -blockdev {"driver":"raw|qcow2","node-name":"disk<i>","file":"disk<i>-file"}
  *     -device {"driver":"virtio-blk-pci|virtio-blk-device","drive":"disk<i>",...}
+ *   per NIC i:
+ *     -netdev {"type":"tap","id":"net<i>","fd":"<fd>","vhost":true|false[,"vhostfd":"<fd>"]}
+ *     -device {"driver":"virtio-net-pci|virtio-net-device","netdev":"net<i>","mac":...,
+ *              "id":"net<i>-dev"[,"bus":"pcie.0","addr":"0x14"+i]}
  *   [-chardev socket,id=serial0,fd=<serial_fd>,server=on,wait=off
  *    -device {"driver":"isa-serial","chardev":"serial0","id":"serial0-dev","index":0}]
  *   -display none
@@ -41,7 +50,8 @@
  *    discard=unmap for writable disks so guest TRIM frees host space) and a
  *    format node whose driver is the user's declared format. qcow2 gets
  *    "backing":null: QEMU never opens a backing file named inside the
- *    image. Disks on q35 are virtio-blk-pci at fixed slots 0x4 + i of
+ *    image. A volume's chain comes from kvmhost's own records, one node
+ *    per layer, and each qcow2 layer names the next node explicitly. Disks on q35 are virtio-blk-pci at fixed slots 0x4 + i of
  *    pcie.0 (stable guest topology), each with its own iothread; microvm
  *    uses virtio-blk-device on virtio-mmio (no PCI).
  *  - The serial port is an isa-serial device (COM1, index 0) on both
@@ -68,6 +78,7 @@
 
 #define DISK_PCI_SLOT_BASE 0x4
 #define VGA_PCI_SLOT 0x1
+#define NIC_PCI_SLOT_BASE 0x14
 
 const char *kh_accel_name(kh_accel a)
 {
@@ -174,6 +185,11 @@ static int disk_fd(const kh_argv_env *env, size_t i)
     return env->disk_fds ? env->disk_fds[i] : -1;
 }
 
+static int backing_fd(const kh_argv_env *env, size_t i, size_t j)
+{
+    return env->backing_fds && env->backing_fds[i] ? env->backing_fds[i][j] : -1;
+}
+
 static const char *kernel_file(const kh_vm_spec *spec, const kh_argv_env *env)
 {
     return env->kernel_file ? env->kernel_file : spec->kernel;
@@ -233,6 +249,27 @@ static int check_spec(const kh_vm_spec *spec, kh_err *err)
         if (d->format != KH_DISK_RAW && d->format != KH_DISK_QCOW2) {
             kh_err_set(err, KH_E_INVALID, "disks[%zu].format: must be \"raw\" or \"qcow2\"", i);
             return -1;
+        }
+        if (d->nbacking && d->format != KH_DISK_QCOW2) {
+            kh_err_set(err, KH_E_INVALID, "disks[%zu]: only a qcow2 image has backing layers", i);
+            return -1;
+        }
+        if (d->nbacking > KH_DISK_BACKING_MAX) {
+            kh_err_set(err, KH_E_INVALID, "disks[%zu]: more than %d backing layers", i,
+                       KH_DISK_BACKING_MAX);
+            return -1;
+        }
+        for (size_t j = 0; j < d->nbacking; j++) {
+            const kh_disk_layer *l = &d->backing[j];
+            char lwhat[80];
+            snprintf(lwhat, sizeof(lwhat), "disks[%zu].backing[%zu].path", i, j);
+            if (kh_check_abs_path(l->path, lwhat, err) < 0)
+                return -1;
+            if ((l->format != KH_DISK_RAW && l->format != KH_DISK_QCOW2) ||
+                (j + 1 < d->nbacking && l->format != KH_DISK_QCOW2)) {
+                kh_err_set(err, KH_E_INVALID, "disks[%zu].backing[%zu]: bad format", i, j);
+                return -1;
+            }
         }
     }
     if (spec->machine == KH_MACHINE_MICROVM) {
@@ -309,6 +346,36 @@ static int check_env(const kh_vm_spec *spec, const kh_argv_env *env, kh_err *err
         int fd = disk_fd(env, i);
         if (fd != -1 && check_fd(fd, what, err) < 0)
             return -1;
+        for (size_t j = 0; j < spec->disks[i].nbacking; j++) {
+            char lwhat[80];
+            snprintf(lwhat, sizeof(lwhat), "disks[%zu].backing[%zu] fd", i, j);
+            fd = backing_fd(env, i, j);
+            if (fd != -1 && check_fd(fd, lwhat, err) < 0)
+                return -1;
+        }
+    }
+    if (spec->nnics > KH_VM_NICS_MAX) {
+        kh_err_set(err, KH_E_INVALID, "nics: at most %d NICs (got %zu)", KH_VM_NICS_MAX,
+                   spec->nnics);
+        return -1;
+    }
+    if (spec->nnics && !env->nic_fds) {
+        kh_err_set(err, KH_E_INTERNAL, "nics requested but no tap fds given");
+        return -1;
+    }
+    for (size_t i = 0; i < spec->nnics; i++) {
+        char what[48];
+        snprintf(what, sizeof(what), "nics[%zu] tap fd", i);
+        if (check_fd(env->nic_fds[i], what, err) < 0)
+            return -1;
+        int vfd = env->nic_vhost_fds ? env->nic_vhost_fds[i] : -1;
+        snprintf(what, sizeof(what), "nics[%zu] vhost fd", i);
+        if (vfd != -1 && check_fd(vfd, what, err) < 0)
+            return -1;
+        if (!spec->nics[i].mac) {
+            kh_err_set(err, KH_E_INTERNAL, "nics[%zu]: no MAC address assigned", i);
+            return -1;
+        }
     }
     return 0;
 }
@@ -325,6 +392,51 @@ static void add_machine(argv_builder *b, const kh_vm_spec *spec, const kh_argv_e
     addf(b, "size=%lluM", (unsigned long long)spec->memory_mib);
     add(b, "-smp");
     addf(b, "%u", spec->vcpus);
+}
+
+/* One read-only backing layer: its file node and format node. */
+static void add_backing_layer(argv_builder *b, const kh_qemu_caps *caps, const kh_argv_env *env,
+                              const kh_disk_spec *d, size_t i, size_t j)
+{
+    const kh_disk_layer *l = &d->backing[j];
+    char node[48], file_node[56], next[48], what[80];
+    snprintf(node, sizeof(node), "disk%zu-b%zu", i, j + 1);
+    snprintf(file_node, sizeof(file_node), "disk%zu-b%zu-file", i, j + 1);
+    snprintf(next, sizeof(next), "disk%zu-b%zu", i, j + 2);
+    snprintf(what, sizeof(what), "disks[%zu].backing[%zu].path", i, j);
+    int fd = backing_fd(env, i, j);
+    char *fdset_path = NULL;
+    if (fd >= 0) {
+        size_t set = (i + 1) * 100 + j + 1;
+        add(b, "-add-fd");
+        addf(b, "fd=%d,set=%zu,opaque=%s", fd, set, node);
+        fdset_path = xasprintf("/dev/fdset/%zu", set);
+    }
+    json_t *filename = fdset_path ? json_string(fdset_path) : jstr(b, l->path, what);
+    free(fdset_path);
+    if (!filename)
+        return;
+    json_t *file = json_object();
+    json_object_set_new(file, "driver", json_string("file"));
+    json_object_set_new(file, "node-name", json_string(file_node));
+    json_object_set_new(file, "filename", filename);
+    json_object_set_new(file, "read-only", json_true());
+    json_object_set_new(file, "aio", json_string(caps->io_uring ? "io_uring" : "threads"));
+    json_t *cache = json_object();
+    json_object_set_new(cache, "direct", json_false());
+    json_object_set_new(cache, "no-flush", json_false());
+    json_object_set_new(file, "cache", cache);
+    add_json(b, "-blockdev", file);
+
+    json_t *fmt = json_object();
+    json_object_set_new(fmt, "driver", json_string(kh_disk_format_name(l->format)));
+    json_object_set_new(fmt, "node-name", json_string(node));
+    json_object_set_new(fmt, "file", json_string(file_node));
+    json_object_set_new(fmt, "read-only", json_true());
+    if (l->format == KH_DISK_QCOW2)
+        json_object_set_new(fmt, "backing",
+                            j + 1 < d->nbacking ? json_string(next) : json_null());
+    add_json(b, "-blockdev", fmt);
 }
 
 static void add_disk(argv_builder *b, const kh_vm_spec *spec, const kh_qemu_caps *caps,
@@ -345,6 +457,10 @@ static void add_disk(argv_builder *b, const kh_vm_spec *spec, const kh_qemu_caps
         json_object_set_new(io, "id", json_string(iothread));
         add_json(b, "-object", io);
     }
+
+    /* The chain's nodes exist before the node that names them. */
+    for (size_t j = d->nbacking; j-- > 0;)
+        add_backing_layer(b, caps, env, d, i, j);
 
     int fd = disk_fd(env, i);
     char *fdset_path = NULL;
@@ -379,8 +495,11 @@ static void add_disk(argv_builder *b, const kh_vm_spec *spec, const kh_qemu_caps
     json_object_set_new(fmt, "read-only", json_boolean(d->readonly));
     if (!d->readonly)
         json_object_set_new(fmt, "discard", json_string("unmap"));
-    if (d->format == KH_DISK_QCOW2)
-        json_object_set_new(fmt, "backing", json_null());
+    if (d->format == KH_DISK_QCOW2) {
+        char first[48];
+        snprintf(first, sizeof(first), "disk%zu-b1", i);
+        json_object_set_new(fmt, "backing", d->nbacking ? json_string(first) : json_null());
+    }
     add_json(b, "-blockdev", fmt);
 
     json_t *dev = json_object();
@@ -396,6 +515,40 @@ static void add_disk(argv_builder *b, const kh_vm_spec *spec, const kh_qemu_caps
     }
     if (i == 0 && !spec->kernel)
         json_object_set_new(dev, "bootindex", json_integer(1));
+    add_json(b, "-device", dev);
+}
+
+static void add_nic(argv_builder *b, const kh_vm_spec *spec, const kh_argv_env *env, size_t i)
+{
+    char id[32], dev_id[40], fd[16];
+    snprintf(id, sizeof(id), "net%zu", i);
+    snprintf(dev_id, sizeof(dev_id), "net%zu-dev", i);
+    snprintf(fd, sizeof(fd), "%d", env->nic_fds[i]);
+    int vfd = env->nic_vhost_fds ? env->nic_vhost_fds[i] : -1;
+    json_t *nd = json_object();
+    json_object_set_new(nd, "type", json_string("tap"));
+    json_object_set_new(nd, "id", json_string(id));
+    json_object_set_new(nd, "fd", json_string(fd));
+    json_object_set_new(nd, "vhost", json_boolean(vfd >= 0));
+    if (vfd >= 0) {
+        char vfds[16];
+        snprintf(vfds, sizeof(vfds), "%d", vfd);
+        json_object_set_new(nd, "vhostfd", json_string(vfds));
+    }
+    add_json(b, "-netdev", nd);
+    bool q35 = spec->machine == KH_MACHINE_Q35;
+    json_t *dev = json_object();
+    json_object_set_new(dev, "driver", json_string(q35 ? "virtio-net-pci" : "virtio-net-device"));
+    json_object_set_new(dev, "netdev", json_string(id));
+    json_object_set_new(dev, "mac", json_string(spec->nics[i].mac));
+    json_object_set_new(dev, "id", json_string(dev_id));
+    if (q35) {
+        char addr[16];
+        snprintf(addr, sizeof(addr), "0x%zx", NIC_PCI_SLOT_BASE + i);
+        json_object_set_new(dev, "bus", json_string("pcie.0"));
+        json_object_set_new(dev, "addr", json_string(addr));
+        json_object_set_new(dev, "romfile", json_string(""));
+    }
     add_json(b, "-device", dev);
 }
 
@@ -471,11 +624,21 @@ kh_strv *kh_qemu_argv_build(const kh_vm_spec *spec, const kh_qemu_caps *caps,
         add2(&b, "-kernel", kernel_file(spec, env));
         if (spec->initrd)
             add2(&b, "-initrd", initrd_file(spec, env));
-        if (spec->cmdline)
+        bool tsc = spec->machine == KH_MACHINE_MICROVM && env->accel == KH_ACCEL_TCG &&
+                   env->tsc_khz;
+        if (tsc) {
+            char *append = xasprintf("%s%stsc_early_khz=%u", spec->cmdline ? spec->cmdline : "",
+                                     spec->cmdline ? " " : "", env->tsc_khz);
+            add2(&b, "-append", append);
+            free(append);
+        } else if (spec->cmdline) {
             add2(&b, "-append", spec->cmdline);
+        }
     }
     for (size_t i = 0; i < spec->ndisks; i++)
         add_disk(&b, spec, caps, env, i);
+    for (size_t i = 0; i < spec->nnics; i++)
+        add_nic(&b, spec, env, i);
     add_serial(&b, spec, env);
     add_display(&b, spec, env);
 

@@ -27,9 +27,13 @@
 #include <sys/types.h>
 #include <uv.h>
 
+#include "conf/vm_spec.h"
 #include "host/cgroup.h"
+#include "net/netmgr.h"
 #include "qemu/accel.h"
 #include "qemu/argv.h"
+#include "storage/storage.h"
+#include "qemu/qmp.h"
 #include "store/store.h"
 #include "util/err.h"
 #include "vm/console.h"
@@ -53,6 +57,8 @@ typedef struct kh_manager_config {
     const gid_t *groups;
     size_t ngroups;
     unsigned start_timeout_ms; /* QMP ready deadline; 0 = 30 s */
+    kh_storage *storage;       /* resolves disks given as volumes (NULL: none) */
+    kh_netmgr *net;            /* networks for NICs (NULL: VMs with NICs are refused) */
 } kh_manager_config;
 
 typedef enum kh_vm_action {
@@ -100,5 +106,25 @@ void kh_manager_set_accel(kh_manager *mgr, kh_accel accel);
 /* A child process ended (the daemon's SIGCHLD reaper calls this). */
 void kh_manager_child_exited(kh_manager *mgr, pid_t pid, int status);
 void kh_manager_counts(const kh_manager *mgr, unsigned *total, unsigned *running);
+
+/* A read-only view of one VM for observers (vm/metrics.c). Valid during the
+ * callback only. */
+typedef struct kh_vm_info {
+    const char *name;
+    const char *id;
+    const char *state;        /* "stopped", "running", ... */
+    pid_t pid;                /* QEMU, or 0 */
+    double started_at;        /* wall time, 0 when not running */
+    const kh_vm_spec *spec;
+    bool qmp_ready;           /* running or paused with QMP connected */
+    unsigned long qmp_rtt_us; /* last QMP round trip */
+} kh_vm_info;
+typedef void (*kh_manager_vm_fn)(const kh_vm_info *info, void *opaque);
+void kh_manager_foreach(kh_manager *mgr, kh_manager_vm_fn fn, void *opaque);
+/* Send a read-only QMP query to a running VM by id (args stolen). The
+ * reply callback always runs (with an error if QEMU goes away). -1 with err
+ * (KH_E_CONFLICT when the VM is not running) and no callback otherwise. */
+int kh_manager_qmp(kh_manager *mgr, const char *id, const char *command, json_t *args,
+                   kh_qmp_reply_cb cb, void *opaque, kh_err *err);
 
 #endif

@@ -144,12 +144,15 @@ static void check_invariants(const char *name, const kh_vm_spec *spec, const kh_
         json_decref(j);
         i++;
     }
-    CHECK(nfile == spec->ndisks);
-    CHECK(nfmt == spec->ndisks);
+    size_t nlayers = spec->ndisks;
+    for (size_t d = 0; d < spec->ndisks; d++)
+        nlayers += spec->disks[d].nbacking;
+    CHECK(nfile == nlayers);
+    CHECK(nfmt == nlayers);
     CHECK(ndev == spec->ndisks);
     for (size_t d = 0; d < spec->ndisks; d++)
         CHECK(file_hits[d] == 1);
-    if (nfile != spec->ndisks || ndev != spec->ndisks)
+    if (nfile != nlayers || ndev != spec->ndisks)
         printf("# %s: %zu disks but %zu file nodes, %zu devices\n", name, spec->ndisks, nfile,
                ndev);
     free(file_hits);
@@ -158,11 +161,13 @@ static void check_invariants(const char *name, const kh_vm_spec *spec, const kh_
 /* Run one case; returns the outcome text and sets *is_err. */
 static char *run_case(const char *name, const json_t *tc, bool *is_err)
 {
-    static const char *const top[] = { "spec", "caps", "env", "validate", "comment", NULL };
+    static const char *const top[] = { "spec", "caps", "env", "validate", "comment", "resolved",
+                                       NULL };
     static const char *const caps_keys[] = { "version", "sandbox", "io_uring", NULL };
     static const char *const env_keys[] = { "binary", "vm_id", "accel", "qmp_fd", "serial_fd",
                                             "pidfile", "vnc_socket", "kernel_file",
-                                            "initrd_file", "disk_fds", NULL };
+                                            "initrd_file", "disk_fds", "backing_fds", "nic_fds",
+                                            "nic_vhost_fds", "tsc_khz", NULL };
     const json_t *sj = json_object_get(tc, "spec");
     const json_t *cj = json_object_get(tc, "caps");
     const json_t *ej = json_object_get(tc, "env");
@@ -182,6 +187,44 @@ static char *run_case(const char *name, const json_t *tc, bool *is_err)
         }
     }
 
+    /* "resolved": what the VM manager fills in for volume disks at start
+     * (file, format and backing chain from the storage records), per disk
+     * index: {"path", "format", "backing": [{"path", "format"}, ...]}. */
+    const json_t *rj = json_object_get(tc, "resolved");
+    for (size_t i = 0; i < json_array_size(rj) && i < spec->ndisks; i++) {
+        const json_t *r = json_array_get(rj, i);
+        kh_disk_spec *d = &spec->disks[i];
+        if (!json_is_object(r))
+            continue;
+        free(d->path);
+        d->path = xstrdup(opt_str(r, "path", NULL));
+        d->format = strcmp(opt_str(r, "format", "raw"), "qcow2") == 0 ? KH_DISK_QCOW2
+                                                                       : KH_DISK_RAW;
+        const json_t *bk = json_object_get(r, "backing");
+        d->nbacking = json_array_size(bk);
+        d->backing = d->nbacking ? xcalloc(d->nbacking, sizeof(*d->backing)) : NULL;
+        for (size_t j = 0; j < d->nbacking; j++) {
+            const json_t *l = json_array_get(bk, j);
+            d->backing[j].path = xstrdup(opt_str(l, "path", NULL));
+            d->backing[j].format = strcmp(opt_str(l, "format", "raw"), "qcow2") == 0
+                                       ? KH_DISK_QCOW2 : KH_DISK_RAW;
+        }
+    }
+    /* "backing_fds": per disk null or an array of fds, one per layer. */
+    const json_t *bfj = json_object_get(ej, "backing_fds");
+    int **bfds = NULL;
+    if (json_is_array(bfj)) {
+        bfds = xcalloc(spec->ndisks + 1, sizeof(int *));
+        for (size_t i = 0; i < json_array_size(bfj) && i < spec->ndisks; i++) {
+            const json_t *a = json_array_get(bfj, i);
+            if (!json_is_array(a))
+                continue;
+            bfds[i] = xcalloc(json_array_size(a) + 1, sizeof(int));
+            for (size_t j = 0; j < json_array_size(a); j++)
+                bfds[i][j] = (int)json_integer_value(json_array_get(a, j));
+        }
+    }
+
     kh_qemu_caps caps = {
         .version = (unsigned)int_or(cj, "version", 70202),
         .sandbox = json_object_get(cj, "sandbox") ? json_is_true(json_object_get(cj, "sandbox"))
@@ -197,6 +240,18 @@ static char *run_case(const char *name, const json_t *tc, bool *is_err)
         for (size_t i = 0; i < json_array_size(fdj); i++)
             fds[i] = (int)json_integer_value(json_array_get(fdj, i));
     }
+    int *nfds = NULL, *vfds = NULL;
+    const json_t *nj = json_object_get(ej, "nic_fds"), *vj = json_object_get(ej, "nic_vhost_fds");
+    if (json_is_array(nj)) {
+        nfds = xcalloc(json_array_size(nj) + 1, sizeof(int));
+        for (size_t i = 0; i < json_array_size(nj); i++)
+            nfds[i] = (int)json_integer_value(json_array_get(nj, i));
+    }
+    if (json_is_array(vj)) {
+        vfds = xcalloc(json_array_size(vj) + 1, sizeof(int));
+        for (size_t i = 0; i < json_array_size(vj); i++)
+            vfds[i] = (int)json_integer_value(json_array_get(vj, i));
+    }
     const char *accel = opt_str(ej, "accel", "kvm");
     kh_argv_env env = {
         .binary = opt_str(ej, "binary", "/usr/bin/qemu-system-x86_64"),
@@ -209,6 +264,10 @@ static char *run_case(const char *name, const json_t *tc, bool *is_err)
         .kernel_file = opt_str(ej, "kernel_file", NULL),
         .initrd_file = opt_str(ej, "initrd_file", NULL),
         .disk_fds = fds,
+        .backing_fds = (const int *const *)bfds,
+        .nic_fds = nfds,
+        .nic_vhost_fds = vfds,
+        .tsc_khz = (unsigned)int_or(ej, "tsc_khz", 0),
     };
     if (fds && json_array_size(fdj) != spec->ndisks)
         printf("# %s: disk_fds has %zu entries for %zu disks\n", name, json_array_size(fdj),
@@ -230,6 +289,11 @@ static char *run_case(const char *name, const json_t *tc, bool *is_err)
         kh_strv_free(sv);
     }
     free(fds);
+    for (size_t i = 0; bfds && i < spec->ndisks; i++)
+        free(bfds[i]);
+    free(bfds);
+    free(nfds);
+    free(vfds);
     kh_vm_spec_free(spec);
     return out;
 }

@@ -1,0 +1,202 @@
+/* storage_routes.c - /api/v1/pools and /api/v1/pools/{pool}/volumes.
+ *
+ * Volume operations that run qemu-img answer when it finishes; a client
+ * that leaves meanwhile does not stop the operation (it completes and is
+ * recorded, or fails and leaves nothing behind).
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include "api/api.h"
+#include "util/mem.h"
+
+typedef struct pending {
+    kh_http_req *req; /* NULL once the client went away */
+    int status;       /* on success */
+    bool location;
+} pending;
+
+static void on_gone(kh_http_req *req, void *opaque)
+{
+    (void)req;
+    pending *p = opaque;
+    p->req = NULL;
+}
+
+static void on_done(json_t *result, const kh_err *err, void *opaque)
+{
+    pending *p = opaque;
+    if (p->req) {
+        if (!result) {
+            kh_http_reply_error(p->req, err);
+        } else {
+            if (p->location) {
+                char *loc = xasprintf("/api/v1/pools/%s/volumes/%s",
+                                      json_string_value(json_object_get(result, "pool")),
+                                      json_string_value(json_object_get(result, "name")));
+                kh_http_req_add_header(p->req, "Location", loc);
+                free(loc);
+            }
+            kh_http_reply_json(p->req, p->status, result);
+            result = NULL;
+        }
+    }
+    json_decref(result);
+    free(p);
+}
+
+static pending *pending_new(kh_http_req *req, int status, bool location)
+{
+    pending *p = xcalloc(1, sizeof(*p));
+    p->req = req;
+    p->status = status;
+    p->location = location;
+    return p;
+}
+
+static bool storage_ready(kh_http_req *req, kh_api *api)
+{
+    if (api->storage)
+        return true;
+    kh_err err = KH_ERR_INIT;
+    kh_err_set(&err, KH_E_UNAVAILABLE, "storage is not available on this host");
+    kh_http_reply_error(req, &err);
+    return false;
+}
+
+void kh_storage_routes_pools(kh_http_req *req, void *app)
+{
+    kh_api *api = app;
+    if (!storage_ready(req, api))
+        return;
+    kh_http_reply_json(req, 200, json_pack("{s:o}", "pools", kh_storage_pools_json(api->storage)));
+}
+
+void kh_storage_routes_pool_get(kh_http_req *req, void *app)
+{
+    kh_api *api = app;
+    kh_err err = KH_ERR_INIT;
+    if (!storage_ready(req, api))
+        return;
+    json_t *p = kh_storage_pool_json(api->storage, kh_http_req_param(req, "pool"), &err);
+    if (!p)
+        kh_http_reply_error(req, &err);
+    else
+        kh_http_reply_json(req, 200, p);
+}
+
+void kh_storage_routes_pool_create(kh_http_req *req, void *app)
+{
+    kh_api *api = app;
+    kh_err err = KH_ERR_INIT;
+    if (!storage_ready(req, api))
+        return;
+    json_t *body = kh_http_req_json(req, &err);
+    json_t *p = body ? kh_storage_pool_create(api->storage, body, &err) : NULL;
+    if (!p) {
+        kh_http_reply_error(req, &err);
+        return;
+    }
+    char *loc = xasprintf("/api/v1/pools/%s", json_string_value(json_object_get(p, "name")));
+    kh_http_req_add_header(req, "Location", loc);
+    free(loc);
+    kh_http_reply_json(req, 201, p);
+}
+
+void kh_storage_routes_pool_delete(kh_http_req *req, void *app)
+{
+    kh_api *api = app;
+    kh_err err = KH_ERR_INIT;
+    if (!storage_ready(req, api))
+        return;
+    if (kh_storage_pool_delete(api->storage, kh_http_req_param(req, "pool"), &err) < 0) {
+        kh_http_reply_error(req, &err);
+        return;
+    }
+    kh_http_reply_data(req, 204, "application/json", "", 0);
+}
+
+void kh_storage_routes_volumes(kh_http_req *req, void *app)
+{
+    kh_api *api = app;
+    kh_err err = KH_ERR_INIT;
+    if (!storage_ready(req, api))
+        return;
+    json_t *v = kh_storage_volumes_json(api->storage, kh_http_req_param(req, "pool"), &err);
+    if (!v)
+        kh_http_reply_error(req, &err);
+    else
+        kh_http_reply_json(req, 200, json_pack("{s:o}", "volumes", v));
+}
+
+void kh_storage_routes_volume_create(kh_http_req *req, void *app)
+{
+    kh_api *api = app;
+    kh_err err = KH_ERR_INIT;
+    if (!storage_ready(req, api))
+        return;
+    json_t *body = kh_http_req_json(req, &err);
+    if (!body) {
+        kh_http_reply_error(req, &err);
+        return;
+    }
+    pending *p = pending_new(req, 201, true);
+    if (kh_storage_volume_create(api->storage, kh_http_req_param(req, "pool"), body, on_done, p,
+                                 &err) < 0) {
+        free(p);
+        kh_http_reply_error(req, &err);
+        return;
+    }
+    kh_http_req_on_abort(req, on_gone, p);
+}
+
+void kh_storage_routes_volume_get(kh_http_req *req, void *app)
+{
+    kh_api *api = app;
+    kh_err err = KH_ERR_INIT;
+    if (!storage_ready(req, api))
+        return;
+    pending *p = pending_new(req, 200, false);
+    if (kh_storage_volume_show(api->storage, kh_http_req_param(req, "pool"),
+                               kh_http_req_param(req, "volume"), on_done, p, &err) < 0) {
+        free(p);
+        kh_http_reply_error(req, &err);
+        return;
+    }
+    kh_http_req_on_abort(req, on_gone, p);
+}
+
+void kh_storage_routes_volume_resize(kh_http_req *req, void *app)
+{
+    kh_api *api = app;
+    kh_err err = KH_ERR_INIT;
+    if (!storage_ready(req, api))
+        return;
+    json_t *body = kh_http_req_json(req, &err);
+    if (!body) {
+        kh_http_reply_error(req, &err);
+        return;
+    }
+    pending *p = pending_new(req, 200, false);
+    if (kh_storage_volume_resize(api->storage, kh_http_req_param(req, "pool"),
+                                 kh_http_req_param(req, "volume"), body, on_done, p, &err) < 0) {
+        free(p);
+        kh_http_reply_error(req, &err);
+        return;
+    }
+    kh_http_req_on_abort(req, on_gone, p);
+}
+
+void kh_storage_routes_volume_delete(kh_http_req *req, void *app)
+{
+    kh_api *api = app;
+    kh_err err = KH_ERR_INIT;
+    if (!storage_ready(req, api))
+        return;
+    if (kh_storage_volume_delete(api->storage, kh_http_req_param(req, "pool"),
+                                 kh_http_req_param(req, "volume"), &err) < 0) {
+        kh_http_reply_error(req, &err);
+        return;
+    }
+    kh_http_reply_data(req, 204, "application/json", "", 0);
+}

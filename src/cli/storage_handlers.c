@@ -1,0 +1,279 @@
+/* storage_handlers.c - `kvmhost pool ...` and `kvmhost volume ...`. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "cli/args.h"
+#include "cli/handlers.h"
+#include "cli/output.h"
+#include "util/mem.h"
+
+static const char *jstr(const json_t *o, const char *key)
+{
+    return json_string_value(json_object_get(o, key));
+}
+
+static void human_bytes(json_int_t n, char *buf, size_t size)
+{
+    static const char *const units[] = { "B", "KiB", "MiB", "GiB", "TiB", "PiB" };
+    double v = (double)n;
+    size_t u = 0;
+    while (v >= 1024 && u + 1 < KH_ARRAY_LEN(units)) {
+        v /= 1024;
+        u++;
+    }
+    if (u == 0)
+        snprintf(buf, size, "%lld B", (long long)n);
+    else
+        snprintf(buf, size, "%.1f %s", v, units[u]);
+}
+
+static void add_bytes(cli_table *t, const json_t *o, const char *key)
+{
+    json_t *v = json_object_get(o, key);
+    if (!json_is_integer(v)) {
+        cli_table_add(t, NULL);
+        return;
+    }
+    char buf[32];
+    human_bytes(json_integer_value(v), buf, sizeof(buf));
+    cli_table_add(t, buf);
+}
+
+static void print_out(char *s)
+{
+    fputs(s, stdout);
+    free(s);
+}
+
+/* "POOL/NAME" or "NAME" (the default pool) -> the API path. */
+static char *volume_path(const char *ref, const char *suffix)
+{
+    const char *slash = strchr(ref, '/');
+    char *pool = slash ? xstrndup(ref, (size_t)(slash - ref)) : xstrdup("default");
+    char *pe = cli_path_escape(pool), *ne = cli_path_escape(slash ? slash + 1 : ref);
+    char *p = xasprintf("/api/v1/pools/%s/volumes/%s%s", pe, ne, suffix ? suffix : "");
+    free(pool);
+    free(pe);
+    free(ne);
+    return p;
+}
+
+static char *pool_path(const char *name, const char *suffix)
+{
+    char *e = cli_path_escape(name);
+    char *p = xasprintf("/api/v1/pools/%s%s", e, suffix ? suffix : "");
+    free(e);
+    return p;
+}
+
+static int show_json(cli_ctx *ctx, const char *method, const char *path, const json_t *body,
+                     void (*human)(const json_t *), kh_err *err)
+{
+    cli_client *c = cli_ctx_client(ctx, err);
+    json_t *resp = NULL;
+    if (!c || cli_client_json(c, method, path, body, &resp, NULL, err) < 0)
+        return -1;
+    if (ctx->json)
+        cli_print_json(stdout, resp);
+    else
+        human(resp);
+    json_decref(resp);
+    return 0;
+}
+
+static void pool_human(const json_t *p)
+{
+    cli_kv *kv = cli_kv_new();
+    cli_kv_add_json(kv, NULL, p, NULL);
+    print_out(cli_kv_render(kv));
+    cli_kv_free(kv);
+}
+
+static void pools_human(const json_t *resp)
+{
+    static const char *const head[] = { "NAME", "TYPE", "CAPACITY", "USED", "FREE", "VOLUMES",
+                                        "PATH" };
+    cli_table *t = cli_table_new(KH_ARRAY_LEN(head), head);
+    size_t i;
+    json_t *p;
+    json_array_foreach(json_object_get(resp, "pools"), i, p) {
+        cli_table_add(t, jstr(p, "name"));
+        cli_table_add(t, jstr(p, "type"));
+        add_bytes(t, p, "capacity");
+        add_bytes(t, p, "allocation");
+        add_bytes(t, p, "free");
+        cli_table_addf(t, "%" JSON_INTEGER_FORMAT, json_integer_value(json_object_get(p, "volumes")));
+        cli_table_add(t, jstr(p, "path"));
+    }
+    print_out(cli_table_render(t));
+    cli_table_free(t);
+}
+
+static void volumes_human(const json_t *resp)
+{
+    static const char *const head[] = { "NAME", "FORMAT", "SIZE", "ALLOCATED", "BACKING",
+                                        "USED BY" };
+    cli_table *t = cli_table_new(KH_ARRAY_LEN(head), head);
+    size_t i;
+    json_t *v;
+    json_array_foreach(json_object_get(resp, "volumes"), i, v) {
+        cli_table_add(t, jstr(v, "ref"));
+        cli_table_addf(t, "%s%s", jstr(v, "format"),
+                       json_is_true(json_object_get(v, "readonly")) ? " (ro)" : "");
+        add_bytes(t, v, "capacity");
+        add_bytes(t, v, "allocation");
+        cli_table_add(t, jstr(v, "backing"));
+        kh_strv *users = kh_strv_new();
+        size_t j;
+        json_t *u;
+        json_array_foreach(json_object_get(v, "used_by"), j, u)
+            kh_strv_add(users, jstr(u, "vm"));
+        char *s = kh_strv_join(users, ",");
+        cli_table_add(t, *s ? s : NULL);
+        free(s);
+        kh_strv_free(users);
+    }
+    print_out(cli_table_render(t));
+    cli_table_free(t);
+}
+
+int cli_do_pool_list(cli_ctx *ctx, const cli_args *a, kh_err *err)
+{
+    (void)a;
+    return show_json(ctx, "GET", "/api/v1/pools", NULL, pools_human, err);
+}
+
+int cli_do_pool_show(cli_ctx *ctx, const cli_args *a, kh_err *err)
+{
+    char *path = pool_path(a->pos, NULL);
+    int rc = show_json(ctx, "GET", path, NULL, pool_human, err);
+    free(path);
+    return rc;
+}
+
+int cli_do_pool_create(cli_ctx *ctx, const cli_args *a, kh_err *err)
+{
+    char cwd[4096];
+    if (!getcwd(cwd, sizeof(cwd))) {
+        kh_err_set(err, KH_E_INTERNAL, "cannot read the current directory");
+        return -1;
+    }
+    char *abs = cli_path_absolute(cli_arg(a, "path"), cwd);
+    json_t *body = json_pack("{s:s, s:s, s:s?}", "name", a->pos, "type", "dir", "path", abs);
+    free(abs);
+    if (!body) {
+        kh_err_set(err, KH_E_INVALID, "the name and path must be valid UTF-8");
+        return -1;
+    }
+    int rc = show_json(ctx, "POST", "/api/v1/pools", body, pool_human, err);
+    json_decref(body);
+    return rc;
+}
+
+static int do_delete(cli_ctx *ctx, char *path, const char *what, const char *name, kh_err *err)
+{
+    cli_client *c = cli_ctx_client(ctx, err);
+    json_t *resp = NULL;
+    int rc = c ? cli_client_json(c, "DELETE", path, NULL, &resp, NULL, err) : -1;
+    free(path);
+    json_decref(resp);
+    if (rc < 0)
+        return -1;
+    if (!ctx->json)
+        printf("%s %s deleted\n", what, name);
+    return 0;
+}
+
+int cli_do_pool_delete(cli_ctx *ctx, const cli_args *a, kh_err *err)
+{
+    return do_delete(ctx, pool_path(a->pos, NULL), "pool", a->pos, err);
+}
+
+static void volume_human(const json_t *v)
+{
+    cli_kv *kv = cli_kv_new();
+    cli_kv_add_json(kv, NULL, v, NULL);
+    print_out(cli_kv_render(kv));
+    cli_kv_free(kv);
+}
+
+int cli_do_volume_create(cli_ctx *ctx, const cli_args *a, kh_err *err)
+{
+    const char *slash = strchr(a->pos, '/');
+    char *pool = slash ? xstrndup(a->pos, (size_t)(slash - a->pos)) : xstrdup("default");
+    const char *name = slash ? slash + 1 : a->pos;
+    json_t *body = json_object();
+    int rc = -1;
+    char *path = NULL;
+    json_t *jname = json_string(name);
+    if (!jname) {
+        kh_err_set(err, KH_E_INVALID, "the volume name must be valid UTF-8");
+        goto out;
+    }
+    json_object_set_new(body, "name", jname);
+    if (cli_arg(a, "format"))
+        json_object_set_new(body, "format", json_string(cli_arg(a, "format")));
+    if (cli_arg(a, "size"))
+        json_object_set_new(body, "size", json_string(cli_arg(a, "size")));
+    if (cli_arg(a, "backing"))
+        json_object_set_new(body, "backing", json_string(cli_arg(a, "backing")));
+    if (cli_flag(a, "preallocate"))
+        json_object_set_new(body, "preallocate", json_true());
+    if (cli_arg(a, "import")) {
+        char cwd[4096];
+        if (!getcwd(cwd, sizeof(cwd))) {
+            kh_err_set(err, KH_E_INTERNAL, "cannot read the current directory");
+            goto out;
+        }
+        char *abs = cli_path_absolute(cli_arg(a, "import"), cwd);
+        json_object_set_new(body, "import", json_string(abs));
+        free(abs);
+    }
+    char *pe = cli_path_escape(pool);
+    path = xasprintf("/api/v1/pools/%s/volumes", pe);
+    free(pe);
+    rc = show_json(ctx, "POST", path, body, volume_human, err);
+out:
+    free(path);
+    free(pool);
+    json_decref(body);
+    return rc;
+}
+
+int cli_do_volume_list(cli_ctx *ctx, const cli_args *a, kh_err *err)
+{
+    const char *pool = cli_arg(a, "pool") ? cli_arg(a, "pool") : "default";
+    char *path = pool_path(pool, "/volumes");
+    int rc = show_json(ctx, "GET", path, NULL, volumes_human, err);
+    free(path);
+    return rc;
+}
+
+int cli_do_volume_show(cli_ctx *ctx, const cli_args *a, kh_err *err)
+{
+    char *path = volume_path(a->pos, NULL);
+    int rc = show_json(ctx, "GET", path, NULL, volume_human, err);
+    free(path);
+    return rc;
+}
+
+int cli_do_volume_resize(cli_ctx *ctx, const cli_args *a, kh_err *err)
+{
+    char *path = volume_path(a->pos, "/resize");
+    json_t *body = json_pack("{s:s}", "size", cli_arg(a, "size"));
+    int rc = -1;
+    if (!body)
+        kh_err_set(err, KH_E_INVALID, "--size must be valid UTF-8");
+    else
+        rc = show_json(ctx, "POST", path, body, volume_human, err);
+    json_decref(body);
+    free(path);
+    return rc;
+}
+
+int cli_do_volume_delete(cli_ctx *ctx, const cli_args *a, kh_err *err)
+{
+    return do_delete(ctx, volume_path(a->pos, NULL), "volume", a->pos, err);
+}

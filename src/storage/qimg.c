@@ -1,0 +1,292 @@
+#include "storage/qimg.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "util/fs.h"
+#include "util/mem.h"
+
+#define OUT_MAX (4u * 1024 * 1024)
+#define ERR_MAX (64u * 1024)
+
+typedef struct job job;
+
+typedef struct stream {
+    uv_pipe_t pipe;
+    char *buf;
+    size_t len, cap, max;
+    size_t line_start;
+    bool open;
+    job *j;
+} stream;
+
+struct job {
+    kh_qimg *q;
+    pid_t pid;
+    bool exited, timed_out, cancelled;
+    int status;
+    stream out, err;
+    uv_timer_t timer;
+    int closing;
+    kh_qimg_line_cb on_line;
+    kh_qimg_done_cb done;
+    void *opaque;
+    job *next;
+};
+
+struct kh_qimg {
+    uv_loop_t *loop;
+    char *binary;
+    job *jobs;
+    unsigned running;
+};
+
+kh_qimg *kh_qimg_new(uv_loop_t *loop, const char *binary)
+{
+    kh_qimg *q = xcalloc(1, sizeof(*q));
+    q->loop = loop;
+    q->binary = xstrdup(binary);
+    return q;
+}
+
+const char *kh_qimg_binary(const kh_qimg *q)
+{
+    return q->binary;
+}
+
+unsigned kh_qimg_running(const kh_qimg *q)
+{
+    return q->running;
+}
+
+static void unlink_job(job *j)
+{
+    for (job **p = &j->q->jobs; *p; p = &(*p)->next) {
+        if (*p == j) {
+            *p = j->next;
+            return;
+        }
+    }
+}
+
+static void handle_closed(uv_handle_t *h)
+{
+    job *j = h->data;
+    if (--j->closing > 0)
+        return;
+    free(j->out.buf);
+    free(j->err.buf);
+    free(j);
+}
+
+static void job_finish(job *j)
+{
+    if (!j->exited || j->out.open || j->err.open)
+        return;
+    kh_qimg *q = j->q;
+    unlink_job(j);
+    q->running--;
+    uv_timer_stop(&j->timer);
+    if (!j->cancelled) {
+        while (j->err.len && (j->err.buf[j->err.len - 1] == '\n' ||
+                              j->err.buf[j->err.len - 1] == '\r'))
+            j->err.buf[--j->err.len] = '\0';
+        kh_qimg_result res = {
+            .status = j->timed_out ? -1 : j->status,
+            .timed_out = j->timed_out,
+            .out = j->out.buf,
+            .outlen = j->out.len,
+            .errtext = j->err.buf,
+        };
+        j->done(&res, j->opaque);
+    }
+    j->closing = 3;
+    j->out.pipe.data = j->err.pipe.data = j; /* handle_closed takes the job */
+    uv_close((uv_handle_t *)&j->timer, handle_closed);
+    uv_close((uv_handle_t *)&j->out.pipe, handle_closed);
+    uv_close((uv_handle_t *)&j->err.pipe, handle_closed);
+}
+
+static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
+{
+    (void)h;
+    (void)suggested;
+    static char scratch[65536];
+    /* One loop thread: a static buffer is enough; data is copied at once. */
+    *buf = uv_buf_init(scratch, sizeof(scratch));
+}
+
+static void emit_lines(stream *s)
+{
+    job *j = s->j;
+    for (size_t i = s->line_start; i < s->len; i++) {
+        if (s->buf[i] == '\n' || s->buf[i] == '\r') {
+            char save = s->buf[i];
+            s->buf[i] = '\0';
+            if (i > s->line_start && !j->cancelled)
+                j->on_line(s->buf + s->line_start, j->opaque);
+            s->buf[i] = save;
+            s->line_start = i + 1;
+        }
+    }
+}
+
+static void on_read(uv_stream_t *st, ssize_t n, const uv_buf_t *buf)
+{
+    stream *s = st->data;
+    if (n > 0) {
+        size_t take = (size_t)n;
+        if (s->len + take > s->max)
+            take = s->max - s->len;
+        if (take) {
+            if (s->len + take + 1 > s->cap) {
+                s->cap = s->len + take + 1 > 2 * s->cap ? s->len + take + 1 : 2 * s->cap;
+                s->buf = xrealloc(s->buf, s->cap);
+            }
+            memcpy(s->buf + s->len, buf->base, take);
+            s->len += take;
+            s->buf[s->len] = '\0';
+        }
+        if (s == &s->j->out && s->j->on_line)
+            emit_lines(s);
+        return;
+    }
+    if (n < 0) {
+        uv_read_stop(st);
+        s->open = false;
+        job_finish(s->j);
+    }
+}
+
+static void on_timeout(uv_timer_t *t)
+{
+    job *j = t->data;
+    j->timed_out = true;
+    kill(j->pid, SIGKILL);
+}
+
+bool kh_qimg_child_exited(kh_qimg *q, pid_t pid, int status)
+{
+    if (!q)
+        return false;
+    for (job *j = q->jobs; j; j = j->next) {
+        if (j->pid == pid && !j->exited) {
+            j->exited = true;
+            j->status = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+            job_finish(j);
+            return true;
+        }
+    }
+    return false;
+}
+
+static int stream_open(kh_qimg *q, stream *s, job *j, int fd, size_t max, kh_err *err)
+{
+    s->j = j;
+    s->max = max;
+    s->cap = 256;
+    s->buf = xcalloc(1, s->cap);
+    uv_pipe_init(q->loop, &s->pipe, 0);
+    s->pipe.data = s;
+    int rc = uv_pipe_open(&s->pipe, fd);
+    if (rc == 0)
+        rc = uv_read_start((uv_stream_t *)&s->pipe, on_alloc, on_read);
+    if (rc < 0) {
+        kh_err_set(err, KH_E_INTERNAL, "watching a helper's output: %s", uv_strerror(rc));
+        return -1;
+    }
+    s->open = true;
+    return 0;
+}
+
+pid_t kh_qimg_run(kh_qimg *q, char *const *argv, unsigned timeout_ms, kh_qimg_line_cb on_line,
+                  kh_qimg_done_cb done, void *opaque, kh_err *err)
+{
+    static char env_lc[] = "LC_ALL=C", env_path[] = "PATH=/usr/sbin:/usr/bin:/sbin:/bin";
+    static char *const envp[] = { env_lc, env_path, NULL };
+    int outp[2] = { -1, -1 }, errp[2] = { -1, -1 };
+    int devnull = open("/dev/null", O_RDONLY | O_CLOEXEC);
+    if (devnull < 0 || pipe2(outp, O_CLOEXEC) < 0 || pipe2(errp, O_CLOEXEC) < 0) {
+        kh_err_errno(err, KH_E_INTERNAL, errno, "running %s", argv[0]);
+        goto fail;
+    }
+    pid_t pid = fork();
+    if (pid < 0) {
+        kh_err_errno(err, KH_E_INTERNAL, errno, "fork for %s", argv[0]);
+        goto fail;
+    }
+    if (pid == 0) {
+        /* Child: only async-signal-safe calls from here. */
+        sigset_t all;
+        sigemptyset(&all);
+        sigprocmask(SIG_SETMASK, &all, NULL);
+        if (dup2(devnull, 0) < 0 || dup2(outp[1], 1) < 0 || dup2(errp[1], 2) < 0)
+            _exit(127);
+        syscall(SYS_close_range, 3u, ~0u, 0u);
+        execve(argv[0], argv, envp);
+        _exit(127);
+    }
+    close(devnull);
+    close(outp[1]);
+    close(errp[1]);
+    job *j = xcalloc(1, sizeof(*j));
+    j->q = q;
+    j->pid = pid;
+    j->on_line = on_line;
+    j->done = done;
+    j->opaque = opaque;
+    j->next = q->jobs;
+    q->jobs = j;
+    q->running++;
+    uv_timer_init(q->loop, &j->timer);
+    j->timer.data = j;
+    j->out.pipe.data = &j->out;
+    j->err.pipe.data = &j->err;
+    /* The handles exist from here on, so the job ends through job_finish. */
+    kh_err serr = KH_ERR_INIT;
+    if (stream_open(q, &j->out, j, outp[0], OUT_MAX, &serr) < 0)
+        close(outp[0]);
+    if (stream_open(q, &j->err, j, errp[0], ERR_MAX, &serr) < 0)
+        close(errp[0]);
+    uv_timer_start(&j->timer, on_timeout, timeout_ms ? timeout_ms : 60000, 0);
+    if (kh_err_isset(&serr))
+        kill(pid, SIGKILL); /* it ends as a failed job */
+    return pid;
+
+fail:
+    if (devnull >= 0)
+        close(devnull);
+    for (int i = 0; i < 2; i++) {
+        if (outp[i] >= 0)
+            close(outp[i]);
+        if (errp[i] >= 0)
+            close(errp[i]);
+    }
+    return -1;
+}
+
+void kh_qimg_free(kh_qimg *q)
+{
+    if (!q)
+        return;
+    /* Daemon shutdown: the jobs are killed and reaped here; their handles
+     * close (and free the jobs) when the loop runs its last iteration. */
+    for (job *j = q->jobs, *next; j; j = next) {
+        next = j->next;
+        j->cancelled = true;
+        kill(j->pid, SIGKILL);
+        waitpid(j->pid, NULL, 0);
+        j->closing = 3;
+        uv_close((uv_handle_t *)&j->timer, handle_closed);
+        uv_close((uv_handle_t *)&j->out.pipe, handle_closed);
+        uv_close((uv_handle_t *)&j->err.pipe, handle_closed);
+    }
+    free(q->binary);
+    free(q);
+}

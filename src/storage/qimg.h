@@ -1,0 +1,52 @@
+/* qimg.h - run qemu-img (or any short helper) asynchronously on the loop.
+ *
+ * fork + exec of an argv (never a shell), stdin from /dev/null, stdout and
+ * stderr collected through pipes watched by libuv, a hard timeout (SIGKILL),
+ * and one completion callback once the process has exited and both pipes
+ * are drained. The loop never blocks, so any number of jobs run at once.
+ *
+ * The daemon has one SIGCHLD reaper (waitpid(-1)); it hands every exit to
+ * kh_qimg_child_exited(), which returns true for the pids of this runner.
+ */
+#ifndef KH_STORAGE_QIMG_H
+#define KH_STORAGE_QIMG_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <sys/types.h>
+#include <uv.h>
+
+#include "util/err.h"
+
+typedef struct kh_qimg kh_qimg;
+
+typedef struct kh_qimg_result {
+    int status;      /* exit status (0..255), or -1 when killed by a signal or the timeout */
+    bool timed_out;
+    const char *out; /* stdout, NUL-terminated (at most 4 MiB kept) */
+    size_t outlen;
+    const char *errtext; /* stderr, NUL-terminated, trailing newlines removed */
+} kh_qimg_result;
+
+/* Called once when the job ends; the result is valid during the call. */
+typedef void (*kh_qimg_done_cb)(const kh_qimg_result *res, void *opaque);
+/* Called for every line (ended by '\n' or '\r') on stdout while it runs. */
+typedef void (*kh_qimg_line_cb)(const char *line, void *opaque);
+
+/* binary: the default argv[0] for kh_qimg_run_img ("qemu-img" found in PATH
+ * at start, or an absolute path). */
+kh_qimg *kh_qimg_new(uv_loop_t *loop, const char *binary);
+/* Kills the jobs still running (SIGKILL); their callbacks never run. */
+void kh_qimg_free(kh_qimg *q);
+const char *kh_qimg_binary(const kh_qimg *q);
+
+/* Start argv (argv[0] absolute). Returns the pid, or -1 with err set and
+ * no callback. on_line may be NULL. */
+pid_t kh_qimg_run(kh_qimg *q, char *const *argv, unsigned timeout_ms, kh_qimg_line_cb on_line,
+                  kh_qimg_done_cb done, void *opaque, kh_err *err);
+/* The reaper's hook: true when pid was one of ours (its status is taken). */
+bool kh_qimg_child_exited(kh_qimg *q, pid_t pid, int status);
+/* Jobs still running. */
+unsigned kh_qimg_running(const kh_qimg *q);
+
+#endif

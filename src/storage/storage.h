@@ -1,0 +1,98 @@
+/* storage.h - storage pools and the volumes in them.
+ *
+ * A pool is a directory on the host (type "dir"): the default pool
+ * STATE_DIR/pools/default is created at first start; an admin may add a
+ * "dir" pool at an existing directory (an NFS mount, a bigger disk). The
+ * pool layer keeps room for other types (rbd through QEMU's own driver)
+ * behind the "type" field; only "dir" exists now.
+ *
+ * A volume is one image file in a pool, qcow2 or raw, named on disk by its
+ * id (never by the user's name), recorded in the store. A qcow2 volume may
+ * sit on a backing volume (a linked clone): the chain is recorded here, so
+ * the VM manager resolves "pool/name" to the files of the chain without
+ * trusting what an image header says.
+ *
+ * Everything that runs qemu-img is asynchronous (storage/qimg.h): the
+ * function checks its input at once (returning -1 with err set and doing
+ * nothing) or returns 0 and calls cb exactly once later.
+ */
+#ifndef KH_STORAGE_STORAGE_H
+#define KH_STORAGE_STORAGE_H
+
+#include <jansson.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <uv.h>
+
+#include "conf/vm_spec.h"
+#include "storage/qimg.h"
+#include "store/store.h"
+#include "util/err.h"
+
+#define KH_VOLUME_SIZE_MAX (64ULL << 40) /* 64 TiB */
+#define KH_VOLUME_CHAIN_MAX 8
+
+typedef struct kh_storage kh_storage;
+
+/* result is stolen (NULL on error); err is set when result is NULL. */
+typedef void (*kh_storage_cb)(json_t *result, const kh_err *err, void *opaque);
+
+/* Which VMs refer to a volume: a JSON array of {"vm": NAME, "running": bool}
+ * (a new reference). Set by the VM manager. */
+typedef json_t *(*kh_volume_users_fn)(void *opaque, const char *ref);
+
+/* Opens the pools of the store, creating the default pool under
+ * state_dir/pools/default at first start, and removes the leftovers of
+ * creations a previous daemon did not finish. */
+kh_storage *kh_storage_new(uv_loop_t *loop, kh_store *store, kh_qimg *qimg,
+                           const char *state_dir, kh_err *err);
+void kh_storage_free(kh_storage *st);
+void kh_storage_set_users(kh_storage *st, kh_volume_users_fn fn, void *opaque);
+
+/* Pools. */
+json_t *kh_storage_pools_json(kh_storage *st);
+json_t *kh_storage_pool_json(kh_storage *st, const char *name, kh_err *err);
+/* {"name", "type": "dir", "path": "/existing/dir"}. */
+json_t *kh_storage_pool_create(kh_storage *st, const json_t *body, kh_err *err);
+/* KH_E_CONFLICT while it holds volumes, and for the default pool. The
+ * directory itself is left alone. */
+int kh_storage_pool_delete(kh_storage *st, const char *name, kh_err *err);
+
+/* Volumes. create body: {"name", "format": "qcow2"|"raw" (default qcow2),
+ * "size": BYTES | "10G", "preallocate": bool, "backing": "[pool/]name"
+ * (a qcow2 overlay: a linked clone), "import": "/host/file" (a copy of a
+ * host image whose format is given, never guessed)}. */
+int kh_storage_volume_create(kh_storage *st, const char *pool, const json_t *body,
+                             kh_storage_cb cb, void *opaque, kh_err *err);
+json_t *kh_storage_volumes_json(kh_storage *st, const char *pool, kh_err *err);
+/* Show with qemu-img info --backing-chain. */
+int kh_storage_volume_show(kh_storage *st, const char *pool, const char *name,
+                           kh_storage_cb cb, void *opaque, kh_err *err);
+/* Grow only: body {"size"}. KH_E_CONFLICT while a running VM uses it. */
+int kh_storage_volume_resize(kh_storage *st, const char *pool, const char *name,
+                             const json_t *body, kh_storage_cb cb, void *opaque, kh_err *err);
+/* KH_E_CONFLICT while a VM refers to it or another volume is based on it. */
+int kh_storage_volume_delete(kh_storage *st, const char *pool, const char *name, kh_err *err);
+
+/* A volume reference "pool/name" resolved to its chain of files, top first. */
+typedef struct kh_volume_chain {
+    size_t n;
+    struct {
+        char id[37];
+        char *path;
+        kh_disk_format format;
+    } layer[KH_VOLUME_CHAIN_MAX];
+    bool readonly;       /* the top volume is a read-only base (a template) */
+    unsigned dependents; /* volumes based on the top one */
+} kh_volume_chain;
+
+/* KH_E_INVALID for a malformed reference, KH_E_NOTFOUND when unknown. */
+int kh_storage_resolve(kh_storage *st, const char *ref, kh_volume_chain *out, kh_err *err);
+void kh_volume_chain_clear(kh_volume_chain *c);
+
+/* Parse "pool/name" (both checked names) into its parts (caller frees). */
+int kh_volume_ref_parse(const char *ref, char **pool, char **name, kh_err *err);
+/* A size: a JSON integer (bytes) or a string "512M", "10G", "1TiB"... */
+int kh_volume_size_parse(const json_t *v, uint64_t *out, kh_err *err);
+
+#endif
