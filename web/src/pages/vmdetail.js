@@ -42,8 +42,12 @@ function summary(vm) {
           kv('Command line', vm.boot.cmdline ? h('code', {}, vm.boot.cmdline) : null),
         ] : kv('Boot', 'first disk')),
       disks.length ? h('ul', { class: 'disks' }, disks.map((d, i) => h('li', {},
-        h('span', { class: 'badge' }, `disk${i}`), ' ', h('code', {}, d.path), ` ${d.format}${d.readonly ? ', read-only' : ''}`)))
-        : h('p', { class: 'muted' }, 'No disks.')));
+        h('span', { class: 'badge' }, `disk${i}`), ' ', d.volume ? ['volume ', h('code', {}, d.volume)] : h('code', {}, d.path),
+        `${d.format ? ` ${d.format}` : ''}${d.readonly ? ', read-only' : ''}`)))
+        : h('p', { class: 'muted' }, 'No disks.'),
+      (vm.nics || []).length ? h('ul', { class: 'disks', 'aria-label': 'Network interfaces' }, vm.nics.map((n, i) => h('li', {},
+        h('span', { class: 'badge' }, `nic${i}`), ` network ${n.network}`, n.mac ? [' ', h('code', {}, n.mac)] : null, n.ip ? ` ${n.ip}` : '')))
+        : null));
 }
 
 function settingsForm(vm) {
