@@ -155,12 +155,12 @@ async function main() {
     await page.getByRole('tab', { name: 'Summary' }).click();
     await page.locator('.tabpanel .state-running').waitFor();
     ok(true, 'the summary tab shows the VM running');
+    await page.screenshot({ path: join(logs, 'web-vm-summary.png') });
     // the tabs work from the keyboard
     await page.getByRole('tab', { name: 'Summary' }).focus();
     await page.keyboard.press('ArrowRight');
     await page.waitForURL(new RegExp(`#/vms/${VM}/console$`));
     ok(await page.getByRole('tab', { name: 'Console' }).getAttribute('aria-selected') === 'true', 'arrow keys move between the VM tabs');
-    await page.screenshot({ path: join(logs, 'web-vm-summary.png') });
 
     // 4. the dashboard counts it, live
     await page.getByRole('link', { name: 'Dashboard' }).click();
