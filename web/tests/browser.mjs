@@ -115,6 +115,15 @@ async function main() {
     await waitFor(async () => /kvm|tcg/.test(await page.locator('#accel').textContent()), 20000, 'the accelerator probe');
     ok(true, `dashboard shows the accelerator: ${await page.locator('#accel').textContent()}`);
 
+    // a storage pool with a volume, for the wizard's disk picker
+    const poolDir = join(base, 'pool');
+    mkdirSync(poolDir, { mode: 0o755 });
+    const bearer = { Authorization: `Bearer ${token}`, 'Content-Type': 'application/json' };
+    let r = await fetch(`${url}/api/v1/pools`, { method: 'POST', headers: bearer, body: JSON.stringify({ name: 'webpool', path: poolDir }) });
+    ok(r.status === 201, `a storage pool for the test (${r.status})`);
+    r = await fetch(`${url}/api/v1/pools/webpool/volumes`, { method: 'POST', headers: bearer, body: JSON.stringify({ name: 'data1', format: 'qcow2', size: 16777216 }) });
+    ok(r.status === 201, `a volume in it (${r.status})`);
+
     // 2. the create wizard
     await page.getByRole('link', { name: 'Create VM' }).first().click();
     await page.getByLabel('Name').fill(VM);
@@ -125,8 +134,9 @@ async function main() {
     await page.getByLabel('Initrd (optional)').fill(join(guest, 'initrd.img'));
     await page.getByLabel('Kernel command line').fill('console=ttyS0 quiet panic=-1');
     await page.getByLabel('Graphics').selectOption('vnc');
+    await page.getByLabel('Disk from a storage pool').selectOption('webpool/data1');
     await page.getByRole('button', { name: 'Next' }).click();
-    ok(await page.locator('#review').textContent().then((t) => t.includes(VM) && t.includes('vmlinuz')), 'the review step shows the spec');
+    ok(await page.locator('#review').textContent().then((t) => t.includes(VM) && t.includes('vmlinuz') && t.includes('volume webpool/data1')), 'the review step shows the spec, with the volume');
     const loadsBefore = await page.evaluate(() => performance.getEntriesByType('navigation').length);
     await page.evaluate(() => { window.__noReload = 1; });
     await page.getByRole('button', { name: 'Create' }).click();
@@ -155,6 +165,7 @@ async function main() {
     await page.getByRole('tab', { name: 'Summary' }).click();
     await page.locator('.tabpanel .state-running').waitFor();
     ok(true, 'the summary tab shows the VM running');
+    ok((await page.locator('.tabpanel .disks').first().textContent()).includes('webpool/data1'), 'the summary lists the volume disk');
     await page.screenshot({ path: join(logs, 'web-vm-summary.png') });
     // the tabs work from the keyboard
     await page.getByRole('tab', { name: 'Summary' }).focus();
