@@ -59,7 +59,8 @@ function graph() {
     for (const d of vm.disks || []) items.push({ label: diskLabel(d), kind: d.volume ? 'volume' : d.format, title: diskTitle(d) });
     items.forEach((it, j) => {
       const y = diskY + j * 46;
-      svg.append(s('line', { x1: x, y1: vmY + 22, x2: x, y2: y - 14, class: 'topo-edge' }),
+      // each item hangs from the one above it, so no edge crosses a box
+      svg.append(s('line', { x1: x, y1: j === 0 ? vmY + 22 : y - 46 + 16, x2: x, y2: y - 14, class: 'topo-edge' }),
         s('rect', { x: x - 62, y: y - 14, width: 124, height: 30, rx: 4, class: `topo-disk topo-${it.kind === 'kernel' ? 'kernel' : 'disk'}` }),
         s('text', { x, y: y + 5, 'text-anchor': 'middle', class: 'topo-small' }, it.label.length > 18 ? `${it.label.slice(0, 17)}…` : it.label),
         s('title', {}, it.kind === 'kernel' ? `kernel: ${it.title}` : it.title));
