@@ -1902,6 +1902,23 @@ char *kh_manager_console_log(kh_manager *mgr, const char *name, size_t tail, siz
     return text;
 }
 
+char *kh_manager_vnc_path(kh_manager *mgr, const char *name, kh_err *err)
+{
+    vm *v = find(mgr, name, err);
+    if (!v)
+        return NULL;
+    if (v->spec->graphics != KH_GRAPHICS_VNC) {
+        kh_err_set(err, KH_E_CONFLICT, "vm %s has no display (graphics is \"none\")", name);
+        return NULL;
+    }
+    if (v->pid <= 0 || (v->state != VM_RUNNING && v->state != VM_PAUSED)) {
+        kh_err_set(err, KH_E_CONFLICT, "vm %s has no display now: it is %s", name,
+                   state_names[v->state]);
+        return NULL;
+    }
+    return vm_run_path(v, "vnc.sock");
+}
+
 void kh_manager_counts(const kh_manager *mgr, unsigned *total, unsigned *running)
 {
     *total = mgr->count;
