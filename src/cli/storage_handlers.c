@@ -128,8 +128,9 @@ static void volumes_human(const json_t *resp)
         kh_strv *users = kh_strv_new();
         size_t j;
         json_t *u;
-        json_array_foreach(json_object_get(v, "used_by"), j, u)
+        json_array_foreach(json_object_get(v, "used_by"), j, u) {
             kh_strv_add(users, jstr(u, "vm"));
+        }
         char *s = kh_strv_join(users, ",");
         cli_table_add(t, *s ? s : NULL);
         free(s);

@@ -284,9 +284,10 @@ static bool any_running(const json_t *users)
 {
     size_t i;
     json_t *u;
-    json_array_foreach(users, i, u)
+    json_array_foreach(users, i, u) {
         if (json_is_true(json_object_get(u, "running")))
             return true;
+    }
     return false;
 }
 
@@ -375,10 +376,12 @@ static void pool_space(const pool *p, json_t *o)
 {
     struct statvfs sv;
     if (statvfs(p->path, &sv) == 0) {
-        json_object_set_new(o, "capacity", json_integer((json_int_t)(sv.f_blocks * sv.f_frsize)));
-        json_object_set_new(o, "allocation",
-                            json_integer((json_int_t)((sv.f_blocks - sv.f_bfree) * sv.f_frsize)));
-        json_object_set_new(o, "free", json_integer((json_int_t)(sv.f_bavail * sv.f_frsize)));
+        uint64_t bs = sv.f_frsize;
+        uint64_t cap = (uint64_t)sv.f_blocks * bs, used = (uint64_t)(sv.f_blocks - sv.f_bfree) * bs;
+        uint64_t avail = (uint64_t)sv.f_bavail * bs;
+        json_object_set_new(o, "capacity", json_integer((json_int_t)cap));
+        json_object_set_new(o, "allocation", json_integer((json_int_t)used));
+        json_object_set_new(o, "free", json_integer((json_int_t)avail));
         json_object_set_new(o, "available", json_true());
     } else {
         json_object_set_new(o, "available", json_false());
@@ -930,8 +933,7 @@ int kh_storage_volume_create(kh_storage *st, const char *pool_name, const json_t
             kh_strv_add(a, base.format);
         } else if (json_is_true(jpre)) {
             kh_strv_add(a, "-o");
-            kh_strv_add(a, strcmp(fmt, "qcow2") == 0 ? "preallocation=full"
-                                                     : "preallocation=full");
+            kh_strv_add(a, "preallocation=full");
         }
         kh_strv_add(a, o->part);
         kh_strv_addf(a, "%" PRIu64, size);
