@@ -60,6 +60,11 @@ void kh_storage_routes_volume_get(kh_http_req *req, void *app);
 void kh_storage_routes_volume_resize(kh_http_req *req, void *app);
 void kh_storage_routes_volume_delete(kh_http_req *req, void *app);
 
+void kh_template_routes_make(kh_http_req *req, void *app);
+void kh_template_routes_list(kh_http_req *req, void *app);
+/* POST /api/v1/vms with "from_template" (vm_routes.c hands it over). */
+void kh_template_routes_clone(kh_http_req *req, kh_api *api, const json_t *body);
+
 void kh_task_routes_list(kh_http_req *req, void *app);
 void kh_task_routes_get(kh_http_req *req, void *app);
 

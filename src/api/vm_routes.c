@@ -29,6 +29,10 @@ void kh_vm_routes_create(kh_http_req *req, void *app)
     kh_api *api = app;
     kh_err err = KH_ERR_INIT;
     json_t *body = kh_http_req_json(req, &err);
+    if (body && json_object_get(body, "from_template")) {
+        kh_template_routes_clone(req, api, body);
+        return;
+    }
     json_t *vm = body ? kh_manager_create(api->mgr, body, &err) : NULL;
     if (!vm) {
         reply_err(req, &err);

@@ -27,6 +27,11 @@ int cli_do_volume_list(cli_ctx *ctx, const cli_args *a, kh_err *err);
 int cli_do_volume_show(cli_ctx *ctx, const cli_args *a, kh_err *err);
 int cli_do_volume_resize(cli_ctx *ctx, const cli_args *a, kh_err *err);
 int cli_do_volume_delete(cli_ctx *ctx, const cli_args *a, kh_err *err);
+int cli_do_template_create(cli_ctx *ctx, const cli_args *a, kh_err *err);
+int cli_do_template_list(cli_ctx *ctx, const cli_args *a, kh_err *err);
+/* Wait for a task (polling) and replace *task with the finished one. Returns
+ * 0 when it succeeded, -1 with err set to its error otherwise. */
+int cli_task_wait(cli_ctx *ctx, json_t **task, kh_err *err);
 int cli_do_version(cli_ctx *ctx, const cli_args *a, kh_err *err);
 
 #endif

@@ -278,3 +278,86 @@ int cli_do_volume_delete(cli_ctx *ctx, const cli_args *a, kh_err *err)
 {
     return do_delete(ctx, volume_path(a->pos, NULL), "volume", a->pos, err);
 }
+
+/* ---- templates ---- */
+
+int cli_do_template_create(cli_ctx *ctx, const cli_args *a, kh_err *err)
+{
+    char *e = cli_path_escape(a->pos);
+    char *path = xasprintf("/api/v1/vms/%s/template", e);
+    free(e);
+    cli_client *c = cli_ctx_client(ctx, err);
+    json_t *resp = NULL, *body = json_object();
+    int rc = c ? cli_client_json(c, "POST", path, body, &resp, NULL, err) : -1;
+    json_decref(body);
+    free(path);
+    if (rc < 0)
+        return -1;
+    if (ctx->json)
+        cli_print_json(stdout, resp);
+    else
+        printf("vm %s is now a template\n", a->pos);
+    json_decref(resp);
+    return 0;
+}
+
+static void templates_human(const json_t *resp)
+{
+    static const char *const head[] = { "NAME", "VCPUS", "MEMORY", "DISKS" };
+    cli_table *t = cli_table_new(KH_ARRAY_LEN(head), head);
+    size_t i;
+    json_t *vm;
+    json_array_foreach(json_object_get(resp, "templates"), i, vm) {
+        cli_table_add(t, jstr(vm, "name"));
+        cli_table_addf(t, "%" JSON_INTEGER_FORMAT, json_integer_value(json_object_get(vm, "vcpus")));
+        cli_table_addf(t, "%" JSON_INTEGER_FORMAT " MiB",
+                       json_integer_value(json_object_get(vm, "memory_mib")));
+        kh_strv *disks = kh_strv_new();
+        size_t j;
+        json_t *d;
+        json_array_foreach(json_object_get(vm, "disks"), j, d) {
+            kh_strv_add(disks, jstr(d, "volume") ? jstr(d, "volume") : jstr(d, "path"));
+        }
+        char *s = kh_strv_join(disks, ",");
+        cli_table_add(t, *s ? s : NULL);
+        free(s);
+        kh_strv_free(disks);
+    }
+    print_out(cli_table_render(t));
+    cli_table_free(t);
+}
+
+int cli_do_template_list(cli_ctx *ctx, const cli_args *a, kh_err *err)
+{
+    (void)a;
+    return show_json(ctx, "GET", "/api/v1/templates", NULL, templates_human, err);
+}
+
+int cli_task_wait(cli_ctx *ctx, json_t **task, kh_err *err)
+{
+    cli_client *c = cli_ctx_client(ctx, err);
+    if (!c)
+        return -1;
+    for (;;) {
+        const char *state = jstr(*task, "state");
+        if (state && strcmp(state, "running") != 0)
+            break;
+        usleep(200 * 1000);
+        char *e = cli_path_escape(jstr(*task, "id") ? jstr(*task, "id") : "");
+        char *path = xasprintf("/api/v1/tasks/%s", e);
+        free(e);
+        json_t *next = NULL;
+        int rc = cli_client_json(c, "GET", path, NULL, &next, NULL, err);
+        free(path);
+        if (rc < 0)
+            return -1;
+        json_decref(*task);
+        *task = next;
+    }
+    if (strcmp(jstr(*task, "state"), "succeeded") == 0)
+        return 0;
+    const json_t *e = json_object_get(*task, "error");
+    kh_err_set(err, kh_code_from_name(jstr(e, "code") ? jstr(e, "code") : "internal"), "%s",
+               jstr(e, "message") ? jstr(e, "message") : "the task failed");
+    return -1;
+}

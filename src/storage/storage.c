@@ -597,7 +597,14 @@ json_t *kh_storage_volumes_json(kh_storage *st, const char *pool_name, kh_err *e
 
 /* ---- volumes: operations ---- */
 
-typedef enum op_kind { OP_CREATE, OP_IMPORT_CHECK, OP_IMPORT_COPY, OP_SHOW, OP_RESIZE } op_kind;
+typedef enum op_kind {
+    OP_CREATE,
+    OP_IMPORT_CHECK,
+    OP_IMPORT_COPY,
+    OP_SHOW,
+    OP_RESIZE,
+    OP_COPY,
+} op_kind;
 
 typedef struct op {
     kh_storage *st;
@@ -608,6 +615,8 @@ typedef struct op {
     char *final;
     char *import; /* the host file */
     uint64_t new_size;
+    kh_storage_progress_cb on_progress;
+    int last_percent;
     kh_storage_cb cb;
     void *opaque;
 } op;
@@ -676,7 +685,9 @@ static void create_done(const kh_qimg_result *r, void *opaque)
     op *o = opaque;
     kh_err err = KH_ERR_INIT;
     if (r->status != 0) {
-        qimg_error(r, o->kind == OP_IMPORT_COPY ? "importing" : "creating the volume", &err);
+        qimg_error(r, o->kind == OP_IMPORT_COPY ? "importing"
+                      : o->kind == OP_COPY     ? "copying the volume"
+                                               : "creating the volume", &err);
     } else if (rename(o->part, o->final) < 0) {
         kh_err_errno(&err, KH_E_INTERNAL, errno, "renaming %s", o->part);
     } else if (volume_insert(o->st, &o->v, &err) < 0) {
@@ -1164,6 +1175,146 @@ int kh_storage_volume_delete(kh_storage *st, const char *pool_name, const char *
     json_decref(u);
     op_free(o);
     return rc;
+}
+
+/* qemu-img convert -p prints "    (12.50/100%)" lines. */
+static void copy_progress(const char *line, void *opaque)
+{
+    op *o = opaque;
+    double pct;
+    const char *p = strchr(line, '(');
+    if (!p || sscanf(p, "(%lf/100%%)", &pct) != 1)
+        return;
+    int ip = (int)pct;
+    if (ip != o->last_percent && o->on_progress) {
+        o->last_percent = ip;
+        o->on_progress(ip, o->opaque);
+    }
+}
+
+int kh_storage_volume_copy(kh_storage *st, const char *src_ref, const char *dst_name,
+                           kh_storage_progress_cb on_progress, kh_storage_cb cb, void *opaque,
+                           kh_err *err)
+{
+    char *pn = NULL, *vn = NULL;
+    if (kh_volume_ref_parse(src_ref, &pn, &vn, err) < 0)
+        return -1;
+    if (kh_check_name(dst_name, "name", err) < 0) {
+        free(pn);
+        free(vn);
+        return -1;
+    }
+    op *o = op_for(st, pn, vn, OP_COPY, cb, opaque, err);
+    free(pn);
+    free(vn);
+    if (!o)
+        return -1;
+    volume existing = { 0 };
+    int have = volume_get(st, o->p.id, dst_name, NULL, &existing, err);
+    volume_clear(&existing);
+    if (have != 0 || busy_find(st, o->p.id, dst_name)) {
+        if (have >= 0)
+            kh_err_set(err, KH_E_CONFLICT, "a volume named %s already exists in pool %s",
+                       dst_name, o->p.name);
+        op_free(o);
+        return -1;
+    }
+    struct stat sb;
+    if (stat(o->final, &sb) == 0 && (uint64_t)sb.st_blocks * 512 > pool_free(&o->p)) {
+        kh_err_set(err, KH_E_TOOLARGE, "not enough free space in pool %s for a full copy",
+                   o->p.name);
+        op_free(o);
+        return -1;
+    }
+    char *src = o->final;
+    char *src_fmt = xstrdup(o->v.format);
+    uint64_t capacity = o->v.capacity;
+    /* The op now describes the new volume. */
+    volume_clear(&o->v);
+    kh_uuid_generate(o->v.id);
+    snprintf(o->v.pool_id, sizeof(o->v.pool_id), "%s", o->p.id);
+    o->v.name = xstrdup(dst_name);
+    o->v.format = src_fmt;
+    o->v.capacity = capacity;
+    o->v.created_at = kh_wall_time();
+    o->final = volume_path(&o->p, o->v.id, NULL);
+    o->part = volume_path(&o->p, o->v.id, ".part");
+    o->on_progress = on_progress;
+    o->last_percent = -1;
+    busy_take(st, o->p.id, dst_name, NULL);
+    kh_strv *a = kh_strv_new();
+    kh_strv_add(a, kh_qimg_binary(st->qimg));
+    kh_strv_add(a, "convert");
+    kh_strv_add(a, "-p");
+    kh_strv_add(a, "-U");
+    kh_strv_add(a, "-f");
+    kh_strv_add(a, src_fmt);
+    kh_strv_add(a, "-O");
+    kh_strv_add(a, src_fmt);
+    kh_strv_add(a, src);
+    kh_strv_add(a, o->part);
+    free(src);
+    pid_t pid = kh_qimg_run(st->qimg, a->v, QIMG_CONVERT_TIMEOUT_MS, copy_progress, create_done,
+                            o, err);
+    kh_strv_free(a);
+    if (pid < 0) {
+        busy_release(st, o->p.id, dst_name);
+        op_free(o);
+        return -1;
+    }
+    return 0;
+}
+
+int kh_storage_volume_set_readonly(kh_storage *st, const char *ref, bool readonly, kh_err *err)
+{
+    char *pn = NULL, *vn = NULL;
+    if (kh_volume_ref_parse(ref, &pn, &vn, err) < 0)
+        return -1;
+    pool p = { 0 };
+    volume v = { 0 };
+    int rc = -1;
+    if (pool_find(st, pn, &p, err) == 0 && volume_find(st, &p, vn, &v, err) == 0) {
+        sqlite3_stmt *s = prep(st, "UPDATE volumes SET readonly = ? WHERE id = ?", err);
+        if (s) {
+            sqlite3_bind_int(s, 1, readonly);
+            sqlite3_bind_text(s, 2, v.id, -1, SQLITE_TRANSIENT);
+            rc = sqlite3_step(s) == SQLITE_DONE ? 0 : db_fail(st, err, "marking a volume");
+            sqlite3_finalize(s);
+        }
+    }
+    pool_clear(&p);
+    volume_clear(&v);
+    free(pn);
+    free(vn);
+    return rc;
+}
+
+int kh_storage_template_mark(kh_storage *st, const char *vm_id, kh_err *err)
+{
+    sqlite3_stmt *s = prep(st, "INSERT OR IGNORE INTO templates (vm_id, created_at) VALUES (?, ?)",
+                           err);
+    if (!s)
+        return -1;
+    sqlite3_bind_text(s, 1, vm_id, -1, SQLITE_TRANSIENT);
+    sqlite3_bind_double(s, 2, kh_wall_time());
+    int rc = sqlite3_step(s) == SQLITE_DONE ? 0 : db_fail(st, err, "marking a template");
+    sqlite3_finalize(s);
+    return rc;
+}
+
+bool kh_storage_is_template(kh_storage *st, const char *vm_id)
+{
+    return st && count_where(st, "SELECT count(*) FROM templates WHERE vm_id = ?", vm_id) > 0;
+}
+
+void kh_storage_template_forget(kh_storage *st, const char *vm_id)
+{
+    sqlite3_stmt *s = st ? prep(st, "DELETE FROM templates WHERE vm_id = ?", NULL) : NULL;
+    if (!s)
+        return;
+    sqlite3_bind_text(s, 1, vm_id, -1, SQLITE_TRANSIENT);
+    sqlite3_step(s);
+    sqlite3_finalize(s);
 }
 
 /* ---- resolution for the VM manager ---- */

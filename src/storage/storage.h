@@ -74,6 +74,21 @@ int kh_storage_volume_resize(kh_storage *st, const char *pool, const char *name,
 /* KH_E_CONFLICT while a VM refers to it or another volume is based on it. */
 int kh_storage_volume_delete(kh_storage *st, const char *pool, const char *name, kh_err *err);
 
+/* A full copy of volume src_ref (its whole chain flattened) as a new
+ * volume dst_name in the same pool, with qemu-img convert -p; on_progress
+ * (may be NULL) gets 0..100 as it goes. */
+typedef void (*kh_storage_progress_cb)(int percent, void *opaque);
+int kh_storage_volume_copy(kh_storage *st, const char *src_ref, const char *dst_name,
+                           kh_storage_progress_cb on_progress, kh_storage_cb cb, void *opaque,
+                           kh_err *err);
+/* Mark a volume as a read-only base (templates) or writable again. */
+int kh_storage_volume_set_readonly(kh_storage *st, const char *ref, bool readonly, kh_err *err);
+
+/* Templates: VMs (by id) whose volumes are read-only bases for clones. */
+int kh_storage_template_mark(kh_storage *st, const char *vm_id, kh_err *err);
+bool kh_storage_is_template(kh_storage *st, const char *vm_id);
+void kh_storage_template_forget(kh_storage *st, const char *vm_id);
+
 /* A volume reference "pool/name" resolved to its chain of files, top first. */
 typedef struct kh_volume_chain {
     size_t n;

@@ -61,7 +61,11 @@ static const char *const migrations[] = {
     "  created_at REAL NOT NULL,"
     "  UNIQUE (pool_id, name)"
     ");"
-    "CREATE INDEX volumes_backing ON volumes(backing_id);",
+    "CREATE INDEX volumes_backing ON volumes(backing_id);"
+    "CREATE TABLE templates ("
+    "  vm_id TEXT PRIMARY KEY,"
+    "  created_at REAL NOT NULL"
+    ");",
 };
 
 static int db_error(kh_store *st, kh_err *err, const char *what)

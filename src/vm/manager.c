@@ -161,6 +161,8 @@ static json_t *vm_json(const vm *v)
     json_object_set_new(j, "started_at", v->pid > 0 ? time_json(v->started_at) : json_null());
     json_object_set_new(j, "console_viewers",
                         json_integer(v->console ? kh_console_viewer_count(v->console) : 0));
+    json_object_set_new(j, "template",
+                        json_boolean(kh_storage_is_template(v->mgr->cfg.storage, v->id)));
     return j;
 }
 
@@ -1036,6 +1038,11 @@ static int check_action(const vm *v, kh_vm_action action, kh_err *err)
                    kh_vm_action_name(v->task_action));
         return -1;
     }
+    if (action == KH_ACTION_START && kh_storage_is_template(v->mgr->cfg.storage, v->id)) {
+        kh_err_set(err, KH_E_CONFLICT, "vm %s is a template: create a clone of it and start that",
+                   name);
+        return -1;
+    }
     bool ok = false;
     switch (action) {
     case KH_ACTION_START: ok = v->state == VM_STOPPED; break;
@@ -1514,6 +1521,7 @@ int kh_manager_delete(kh_manager *mgr, const char *name, kh_err *err)
     }
     if (kh_store_vm_delete(mgr->store, v->id, err) < 0)
         return -1;
+    kh_storage_template_forget(mgr->cfg.storage, v->id);
     char *dir = vm_state_path(v, NULL);
     kh_fs_rm_rf(dir, NULL);
     free(dir);

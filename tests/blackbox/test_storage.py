@@ -335,3 +335,106 @@ def test_linked_clone_boots_writes_base_unchanged(daemon, guest, consoles, tmp_p
     assert api.delete("/api/v1/vms/cl").status == 204
     assert api.delete("/api/v1/vms/cl2").status == 204
     assert api.delete("/api/v1/pools/default/volumes/c1").status == 204
+
+
+def wait_task(api, tid, timeout=60):
+    import time
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        t = api.get("/api/v1/tasks/" + tid).json
+        if t["state"] != "running":
+            return t
+        time.sleep(0.1)
+    raise AssertionError("task %s still running" % tid)
+
+
+def test_template_and_clones(daemon, fake_boot):
+    api = daemon.api
+    assert api.post("/api/v1/pools/default/volumes", {"name": "tpl-root", "size": "20G"}).status == 201
+    assert api.post("/api/v1/pools/default/volumes", {"name": "shared", "size": "1M"}).status == 201
+    api.create({"name": "tpl", "vcpus": 1, "memory_mib": 128, "boot": fake_boot,
+                "disks": [{"volume": "default/tpl-root"},
+                          {"volume": "default/shared", "readonly": True}]})
+    # a VM with a host-file disk cannot become a template
+    api.create({"name": "plain", "vcpus": 1, "boot": fake_boot})
+    assert api.post("/api/v1/vms/plain/template", {}).status == 400
+    r = api.post("/api/v1/vms/tpl/template", {})
+    assert r.status == 200 and r.json["template"] is True, r
+    assert api.post("/api/v1/vms/tpl/template", {}).status == 409
+    assert [t["name"] for t in api.get("/api/v1/templates").json["templates"]] == ["tpl"]
+    r = api.post("/api/v1/vms/tpl/start", {})
+    assert r.status == 409 and "template" in r.error["message"], r
+    root = api.get("/api/v1/pools/default/volumes/tpl-root").json
+    assert root["readonly"] is True
+    assert api.post("/api/v1/pools/default/volumes/tpl-root/resize", {"size": "30G"}).status == 409
+
+    # bad clone requests change nothing
+    for body, status in [({"name": "x", "from_template": "nope"}, 400),
+                         ({"name": "x", "from_template": "plain"}, 400),
+                         ({"name": "x", "from_template": "tpl", "clone": "deep"}, 400),
+                         ({"name": "x", "from_template": "tpl", "disks": []}, 400),
+                         ({"name": "a/b", "from_template": "tpl"}, 400),
+                         ({"name": "tpl", "from_template": "tpl"}, 409)]:
+        r = api.post("/api/v1/vms", body)
+        assert r.status == status, (body, r)
+    assert len(api.get("/api/v1/pools/default/volumes").json["volumes"]) == 2
+
+    # ten linked clones at once: all succeed
+    results = [None] * 10
+
+    def one(i):
+        a = khlib.Api(daemon.socket)
+        results[i] = a.post("/api/v1/vms", {"name": "br%d" % i, "from_template": "tpl",
+                                            "memory_mib": 256})
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(10)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert [r.status for r in results] == [201] * 10, results
+    vm = results[3].json
+    assert vm["memory_mib"] == 256 and vm["template"] is False
+    assert vm["disks"] == [{"volume": "default/br3-disk0", "readonly": False},
+                           {"volume": "default/shared", "readonly": True}]
+    v = api.get("/api/v1/pools/default/volumes/br3-disk0").json
+    assert v["backing"] == "default/tpl-root" and v["allocation"] < 1 << 20
+    assert api.get("/api/v1/pools/default/volumes/tpl-root").json["dependents"] == 10
+
+    # a full clone is a task with progress; its volume stands alone
+    r = api.post("/api/v1/vms", {"name": "full1", "from_template": "tpl", "clone": "full"})
+    assert r.status == 202, r
+    t = wait_task(api, r.json["id"])
+    assert t["state"] == "succeeded", t
+    assert t["result"]["name"] == "full1"
+    v = api.get("/api/v1/pools/default/volumes/full1-disk0").json
+    assert v["backing"] is None and v["capacity"] == 20 << 30
+    assert len(v["backing_chain"]) == 1
+
+    # the base cannot go while clones depend on it
+    r = api.delete("/api/v1/pools/default/volumes/tpl-root")
+    assert r.status == 409, r
+    assert api.delete("/api/v1/vms/br0").status == 204
+    assert api.delete("/api/v1/pools/default/volumes/br0-disk0").status == 204
+    assert api.get("/api/v1/pools/default/volumes/tpl-root").json["dependents"] == 9
+
+
+def test_cli_template(daemon, fake_boot):
+    cli = khlib.cli
+    api = daemon.api
+    assert api.post("/api/v1/pools/default/volumes", {"name": "root", "size": "64M"}).status == 201
+    p = cli(daemon, "vm", "create", "t1", "--vcpus", "1", "--memory", "128",
+            "--kernel", fake_boot["kernel"], "--disk", "volume=default/root")
+    assert p.returncode == 0, p
+    p = cli(daemon, "template", "create", "t1")
+    assert p.returncode == 0, p
+    p = cli(daemon, "template", "list")
+    assert p.returncode == 0 and "t1" in p.stdout, p
+    p = cli(daemon, "vm", "create", "c1", "--from-template", "t1")
+    assert p.returncode == 0, p
+    p = cli(daemon, "vm", "create", "c2", "--from-template", "t1", "--full")
+    assert p.returncode == 0, p
+    assert api.get("/api/v1/pools/default/volumes/c1-disk0").json["backing"] == "default/root"
+    assert api.get("/api/v1/pools/default/volumes/c2-disk0").json["backing"] is None
+    p = cli(daemon, "vm", "create", "c3", "--from-template", "nope")
+    assert p.returncode == 2, p
