@@ -32,6 +32,16 @@ static const kh_route routes[] = {
       "ActionOptions", "Task" },
     { "POST", "/api/v1/vms/{name}/template", kh_template_routes_make, 0,
       "Make a stopped VM a template: its volumes become read-only bases", NULL, "VM" },
+    { "GET", "/api/v1/vms/{name}/snapshots", kh_snapshot_routes_list, 0,
+      "List the VM's snapshots", NULL, "SnapshotList" },
+    { "POST", "/api/v1/vms/{name}/snapshots", kh_snapshot_routes_create, 0,
+      "Snapshot the VM: with its memory while it runs, disk-only when stopped (a task)",
+      "SnapshotSpec", "Task" },
+    { "POST", "/api/v1/vms/{name}/snapshots/{snap}/revert", kh_snapshot_routes_revert, 0,
+      "Revert to a snapshot: a running VM runs on from that instant (a task)",
+      "ActionOptions", "Task" },
+    { "DELETE", "/api/v1/vms/{name}/snapshots/{snap}", kh_snapshot_routes_delete, 0,
+      "Delete one snapshot; the others keep their data (a task)", NULL, "Task" },
     { "GET", "/api/v1/templates", kh_template_routes_list, 0, "List the templates", NULL,
       "TemplateList" },
     { "GET", "/api/v1/vms/{name}/console", kh_console_routes_ws, KH_ROUTE_WEBSOCKET,
@@ -134,6 +144,14 @@ static const struct {
     { "TaskList",
       "{\"type\":\"object\",\"properties\":{\"tasks\":{\"type\":\"array\",\"items\":{\"$ref\":\"#/components/sch"
       "emas/Task\"}}}}" },
+    { "SnapshotSpec",
+      "{\"type\":\"object\",\"additionalProperties\":false,\"required\":[\"name\"],\"properties\":{"
+      "\"name\":{\"type\":\"string\",\"pattern\":\"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$\"},\"wait\":{"
+      "\"type\":\"integer\",\"minimum\":0,\"maximum\":3600,\"default\":30}}}" },
+    { "SnapshotList",
+      "{\"type\":\"object\",\"properties\":{\"snapshots\":{\"type\":\"array\",\"items\":{\"type\":"
+      "\"object\",\"properties\":{\"name\":{\"type\":\"string\"},\"memory\":{\"type\":\"boolean\"},"
+      "\"created_at\":{\"type\":\"string\"}}}}}}" },
     { "CloneSpec",
       "{\"type\":\"object\",\"additionalProperties\":false,\"required\":[\"name\",\"from_template\"],"
       "\"properties\":{\"name\":{\"type\":\"string\"},\"from_template\":{\"type\":\"string\"},\"clone\":{"

@@ -179,6 +179,11 @@ static void action(kh_http_req *req, kh_api *api, kh_vm_action act)
         reply_err(req, &err);
         return;
     }
+    kh_vm_routes_reply_task(req, api, task, (int)wait);
+}
+
+void kh_vm_routes_reply_task(kh_http_req *req, kh_api *api, kh_task *task, int wait)
+{
     if (kh_task_get_state(task) != KH_TASK_RUNNING) {
         reply_finished(req, task);
         return;

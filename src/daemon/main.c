@@ -446,6 +446,7 @@ int main(int argc, char **argv)
     d.api.tasks = d.tasks;
     d.api.events = d.events;
     d.api.storage = d.storage;
+    d.api.snapshots = kh_snapshots_new(d.loop, d.mgr, d.storage, d.tasks);
     d.api.started_at = kh_wall_time();
     d.api.host = host_facts(&o, state_dir, run_dir, socket_path);
     d.api.openapi = kh_http_openapi(routes, nroutes, schemas, KH_VERSION);

@@ -1317,6 +1317,83 @@ void kh_storage_template_forget(kh_storage *st, const char *vm_id)
     sqlite3_finalize(s);
 }
 
+/* ---- snapshot records ---- */
+
+int kh_storage_snapshot_add(kh_storage *st, const char *vm_id, const char *name, bool memory,
+                            kh_err *err)
+{
+    sqlite3_stmt *s = prep(st, "INSERT INTO snapshots (vm_id, name, memory, created_at) "
+                               "VALUES (?, ?, ?, ?)", err);
+    if (!s)
+        return -1;
+    sqlite3_bind_text(s, 1, vm_id, -1, SQLITE_TRANSIENT);
+    sqlite3_bind_text(s, 2, name, -1, SQLITE_TRANSIENT);
+    sqlite3_bind_int(s, 3, memory);
+    sqlite3_bind_double(s, 4, kh_wall_time());
+    int rc = sqlite3_step(s) == SQLITE_DONE ? 0 : db_fail(st, err, "recording a snapshot");
+    sqlite3_finalize(s);
+    return rc;
+}
+
+int kh_storage_snapshot_get(kh_storage *st, const char *vm_id, const char *name, bool *memory,
+                            kh_err *err)
+{
+    sqlite3_stmt *s = prep(st, "SELECT memory FROM snapshots WHERE vm_id = ? AND name = ?", err);
+    if (!s)
+        return -1;
+    sqlite3_bind_text(s, 1, vm_id, -1, SQLITE_TRANSIENT);
+    sqlite3_bind_text(s, 2, name, -1, SQLITE_TRANSIENT);
+    int rc = sqlite3_step(s), found = 0;
+    if (rc == SQLITE_ROW) {
+        *memory = sqlite3_column_int(s, 0) != 0;
+        found = 1;
+    } else if (rc != SQLITE_DONE) {
+        found = db_fail(st, err, "reading a snapshot");
+    }
+    sqlite3_finalize(s);
+    return found;
+}
+
+int kh_storage_snapshot_remove(kh_storage *st, const char *vm_id, const char *name, kh_err *err)
+{
+    sqlite3_stmt *s = prep(st, "DELETE FROM snapshots WHERE vm_id = ? AND name = ?", err);
+    if (!s)
+        return -1;
+    sqlite3_bind_text(s, 1, vm_id, -1, SQLITE_TRANSIENT);
+    sqlite3_bind_text(s, 2, name, -1, SQLITE_TRANSIENT);
+    int rc = sqlite3_step(s) == SQLITE_DONE ? 0 : db_fail(st, err, "removing a snapshot");
+    sqlite3_finalize(s);
+    return rc;
+}
+
+json_t *kh_storage_snapshot_list(kh_storage *st, const char *vm_id)
+{
+    json_t *arr = json_array();
+    sqlite3_stmt *s = prep(st, "SELECT name, memory, created_at FROM snapshots WHERE vm_id = ? "
+                               "ORDER BY created_at, name", NULL);
+    if (!s)
+        return arr;
+    sqlite3_bind_text(s, 1, vm_id, -1, SQLITE_TRANSIENT);
+    while (sqlite3_step(s) == SQLITE_ROW) {
+        json_array_append_new(arr, json_pack("{s:s, s:b, s:o}", "name",
+                                             (const char *)sqlite3_column_text(s, 0), "memory",
+                                             sqlite3_column_int(s, 1) != 0, "created_at",
+                                             time_json(sqlite3_column_double(s, 2))));
+    }
+    sqlite3_finalize(s);
+    return arr;
+}
+
+void kh_storage_snapshot_forget_vm(kh_storage *st, const char *vm_id)
+{
+    sqlite3_stmt *s = st ? prep(st, "DELETE FROM snapshots WHERE vm_id = ?", NULL) : NULL;
+    if (!s)
+        return;
+    sqlite3_bind_text(s, 1, vm_id, -1, SQLITE_TRANSIENT);
+    sqlite3_step(s);
+    sqlite3_finalize(s);
+}
+
 /* ---- resolution for the VM manager ---- */
 
 void kh_volume_chain_clear(kh_volume_chain *c)
@@ -1442,6 +1519,11 @@ void kh_storage_free(kh_storage *st)
     }
     free(st->state_dir);
     free(st);
+}
+
+kh_qimg *kh_storage_qimg(kh_storage *st)
+{
+    return st->qimg;
 }
 
 void kh_storage_set_users(kh_storage *st, kh_volume_users_fn fn, void *opaque)

@@ -48,6 +48,8 @@ kh_storage *kh_storage_new(uv_loop_t *loop, kh_store *store, kh_qimg *qimg,
                            const char *state_dir, kh_err *err);
 void kh_storage_free(kh_storage *st);
 void kh_storage_set_users(kh_storage *st, kh_volume_users_fn fn, void *opaque);
+/* The qemu-img runner (for other modules that run qemu-img on volumes). */
+kh_qimg *kh_storage_qimg(kh_storage *st);
 
 /* Pools. */
 json_t *kh_storage_pools_json(kh_storage *st);
@@ -88,6 +90,18 @@ int kh_storage_volume_set_readonly(kh_storage *st, const char *ref, bool readonl
 int kh_storage_template_mark(kh_storage *st, const char *vm_id, kh_err *err);
 bool kh_storage_is_template(kh_storage *st, const char *vm_id);
 void kh_storage_template_forget(kh_storage *st, const char *vm_id);
+
+/* Snapshot records of VMs (internal qcow2 snapshots; vm/snapshot.c). A
+ * record is written only after the snapshot exists in every image. */
+int kh_storage_snapshot_add(kh_storage *st, const char *vm_id, const char *name, bool memory,
+                            kh_err *err);
+/* 1 found (*memory set), 0 not found, -1 error. */
+int kh_storage_snapshot_get(kh_storage *st, const char *vm_id, const char *name, bool *memory,
+                            kh_err *err);
+int kh_storage_snapshot_remove(kh_storage *st, const char *vm_id, const char *name, kh_err *err);
+/* [{"name", "memory", "created_at"}], oldest first. */
+json_t *kh_storage_snapshot_list(kh_storage *st, const char *vm_id);
+void kh_storage_snapshot_forget_vm(kh_storage *st, const char *vm_id);
 
 /* A volume reference "pool/name" resolved to its chain of files, top first. */
 typedef struct kh_volume_chain {

@@ -65,6 +65,13 @@ static const char *const migrations[] = {
     "CREATE TABLE templates ("
     "  vm_id TEXT PRIMARY KEY,"
     "  created_at REAL NOT NULL"
+    ");"
+    "CREATE TABLE snapshots ("
+    "  vm_id TEXT NOT NULL,"
+    "  name TEXT NOT NULL,"
+    "  memory INTEGER NOT NULL,"
+    "  created_at REAL NOT NULL,"
+    "  PRIMARY KEY (vm_id, name)"
     ");",
 };
 

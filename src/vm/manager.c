@@ -1522,6 +1522,7 @@ int kh_manager_delete(kh_manager *mgr, const char *name, kh_err *err)
     if (kh_store_vm_delete(mgr->store, v->id, err) < 0)
         return -1;
     kh_storage_template_forget(mgr->cfg.storage, v->id);
+    kh_storage_snapshot_forget_vm(mgr->cfg.storage, v->id);
     char *dir = vm_state_path(v, NULL);
     kh_fs_rm_rf(dir, NULL);
     free(dir);
@@ -1561,6 +1562,22 @@ char *kh_manager_console_log(kh_manager *mgr, const char *name, size_t tail, siz
     char *text = kh_console_log_read(path, tail, len, err);
     free(path);
     return text;
+}
+
+int kh_manager_qmp(kh_manager *mgr, const char *name, const char *command, json_t *args,
+                   kh_qmp_reply_cb cb, void *opaque, kh_err *err)
+{
+    vm *v = find(mgr, name, err);
+    if (!v) {
+        json_decref(args);
+        return -1;
+    }
+    if (!v->qmp || (v->state != VM_RUNNING && v->state != VM_PAUSED)) {
+        json_decref(args);
+        kh_err_set(err, KH_E_CONFLICT, "vm %s is %s", name, state_names[v->state]);
+        return -1;
+    }
+    return kh_qmp_command(v->qmp, command, args, cb, opaque, err);
 }
 
 void kh_manager_counts(const kh_manager *mgr, unsigned *total, unsigned *running)

@@ -30,6 +30,7 @@
 #include "host/cgroup.h"
 #include "qemu/accel.h"
 #include "qemu/argv.h"
+#include "qemu/qmp.h"
 #include "storage/storage.h"
 #include "store/store.h"
 #include "util/err.h"
@@ -93,6 +94,13 @@ kh_console *kh_manager_console(kh_manager *mgr, const char *name, kh_err *err);
 /* The console log of any VM (the last `tail` bytes, 0 = all). */
 char *kh_manager_console_log(kh_manager *mgr, const char *name, size_t tail, size_t *len,
                              kh_err *err);
+
+/* Send a QMP command to the QEMU of a VM that runs (args stolen; cb gets
+ * the reply, or an error when the connection ends first). KH_E_CONFLICT
+ * when the VM has no QMP connection; then cb is not called. For modules
+ * that drive QEMU features of their own (vm/snapshot.c). */
+int kh_manager_qmp(kh_manager *mgr, const char *name, const char *command, json_t *args,
+                   kh_qmp_reply_cb cb, void *opaque, kh_err *err);
 
 /* The accelerator probe finished: starts that waited for it go on. */
 void kh_manager_set_accel(kh_manager *mgr, kh_accel accel);
