@@ -27,6 +27,10 @@ int cli_do_volume_list(cli_ctx *ctx, const cli_args *a, kh_err *err);
 int cli_do_volume_show(cli_ctx *ctx, const cli_args *a, kh_err *err);
 int cli_do_volume_resize(cli_ctx *ctx, const cli_args *a, kh_err *err);
 int cli_do_volume_delete(cli_ctx *ctx, const cli_args *a, kh_err *err);
+int cli_do_snapshot_create(cli_ctx *ctx, const cli_args *a, kh_err *err);
+int cli_do_snapshot_list(cli_ctx *ctx, const cli_args *a, kh_err *err);
+int cli_do_snapshot_revert(cli_ctx *ctx, const cli_args *a, kh_err *err);
+int cli_do_snapshot_delete(cli_ctx *ctx, const cli_args *a, kh_err *err);
 int cli_do_template_create(cli_ctx *ctx, const cli_args *a, kh_err *err);
 int cli_do_template_list(cli_ctx *ctx, const cli_args *a, kh_err *err);
 /* Wait for a task (polling) and replace *task with the finished one. Returns

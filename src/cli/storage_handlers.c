@@ -361,3 +361,89 @@ int cli_task_wait(cli_ctx *ctx, json_t **task, kh_err *err)
                jstr(e, "message") ? jstr(e, "message") : "the task failed");
     return -1;
 }
+
+/* ---- snapshots ---- */
+
+static char *snap_path(const char *vm, const char *snap, const char *suffix)
+{
+    char *ve = cli_path_escape(vm);
+    char *se = snap ? cli_path_escape(snap) : NULL;
+    char *p = se ? xasprintf("/api/v1/vms/%s/snapshots/%s%s", ve, se, suffix ? suffix : "")
+                 : xasprintf("/api/v1/vms/%s/snapshots", ve);
+    free(ve);
+    free(se);
+    return p;
+}
+
+/* Send the request for a task and wait for it to finish. */
+static int snap_task(cli_ctx *ctx, const char *method, char *path, json_t *body,
+                     const char *done_fmt, const cli_args *a, kh_err *err)
+{
+    cli_client *c = cli_ctx_client(ctx, err);
+    json_t *task = NULL;
+    int rc = c ? cli_client_json(c, method, path, body, &task, NULL, err) : -1;
+    free(path);
+    json_decref(body);
+    if (rc < 0)
+        return -1;
+    if (rc == 202 && cli_task_wait(ctx, &task, err) < 0) {
+        json_decref(task);
+        return -1;
+    }
+    if (ctx->json) {
+        cli_print_json(stdout, task);
+    } else {
+        bool mem = json_is_true(json_object_get(json_object_get(task, "result"), "memory"));
+        printf(done_fmt, a->pos2, a->pos, mem ? " (with memory)" : " (disk only)");
+        putchar('\n');
+    }
+    json_decref(task);
+    return 0;
+}
+
+int cli_do_snapshot_create(cli_ctx *ctx, const cli_args *a, kh_err *err)
+{
+    json_t *body = json_pack("{s:s, s:i}", "name", a->pos2, "wait", 2);
+    if (!body) {
+        kh_err_set(err, KH_E_INVALID, "the snapshot name must be valid UTF-8");
+        return -1;
+    }
+    return snap_task(ctx, "POST", snap_path(a->pos, NULL, NULL), body,
+                     "snapshot %s of vm %s created%s", a, err);
+}
+
+int cli_do_snapshot_revert(cli_ctx *ctx, const cli_args *a, kh_err *err)
+{
+    return snap_task(ctx, "POST", snap_path(a->pos, a->pos2, "/revert"),
+                     json_pack("{s:i}", "wait", 2), "vm %2$s reverted to snapshot %1$s%3$s", a,
+                     err);
+}
+
+int cli_do_snapshot_delete(cli_ctx *ctx, const cli_args *a, kh_err *err)
+{
+    return snap_task(ctx, "DELETE", snap_path(a->pos, a->pos2, "?wait=2"), NULL,
+                     "snapshot %s of vm %s deleted%.0s", a, err);
+}
+
+static void snapshots_human(const json_t *resp)
+{
+    static const char *const head[] = { "NAME", "MEMORY", "CREATED" };
+    cli_table *t = cli_table_new(KH_ARRAY_LEN(head), head);
+    size_t i;
+    json_t *s;
+    json_array_foreach(json_object_get(resp, "snapshots"), i, s) {
+        cli_table_add(t, jstr(s, "name"));
+        cli_table_add(t, json_is_true(json_object_get(s, "memory")) ? "yes" : "no");
+        cli_table_add(t, jstr(s, "created_at"));
+    }
+    print_out(cli_table_render(t));
+    cli_table_free(t);
+}
+
+int cli_do_snapshot_list(cli_ctx *ctx, const cli_args *a, kh_err *err)
+{
+    char *path = snap_path(a->pos, NULL, NULL);
+    int rc = show_json(ctx, "GET", path, NULL, snapshots_human, err);
+    free(path);
+    return rc;
+}

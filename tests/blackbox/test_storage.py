@@ -543,3 +543,32 @@ def test_memory_snapshots_revert_delete_and_kill(daemon, guest, consoles):
     assert names == ["s3"]
     chk = subprocess.run([QIMG, "check", vol_path(daemon, root)], capture_output=True, text=True)
     assert chk.returncode == 0, chk
+
+
+def test_cli_disk_snapshots_of_a_stopped_vm(daemon, fake_boot):
+    cli = khlib.cli
+    api = daemon.api
+    assert api.post("/api/v1/pools/default/volumes", {"name": "r", "size": "16M"}).status == 201
+    api.create({"name": "v", "vcpus": 1, "boot": fake_boot, "disks": [{"volume": "default/r"}]})
+    p = cli(daemon, "snapshot", "create", "v", "s1")
+    assert p.returncode == 0 and "disk only" in p.stdout, p
+    p = cli(daemon, "snapshot", "create", "v", "s2")
+    assert p.returncode == 0, p
+    p = cli(daemon, "snapshot", "create", "v", "s1")
+    assert p.returncode == 5, p
+    p = cli(daemon, "snapshot", "create", "v")
+    assert p.returncode == 2 and "missing SNAP" in p.stderr, p
+    p = cli(daemon, "snapshot", "list", "v")
+    assert p.returncode == 0 and "s1" in p.stdout and "s2" in p.stdout, p
+    p = cli(daemon, "snapshot", "revert", "v", "s1")
+    assert p.returncode == 0, p
+    p = cli(daemon, "snapshot", "delete", "v", "s1")
+    assert p.returncode == 0, p
+    p = cli(daemon, "snapshot", "delete", "v", "s1")
+    assert p.returncode == 4, p
+    out = subprocess.run([QIMG, "snapshot", "-l", vol_path(daemon, api.get(
+        "/api/v1/pools/default/volumes/r").json)], capture_output=True, text=True).stdout
+    assert " s2 " in out and " s1 " not in out
+    # a host-file disk cannot be snapshotted
+    api.create({"name": "h", "vcpus": 1, "boot": fake_boot})
+    assert api.post("/api/v1/vms/h/snapshots", {"name": "x"}).status == 400
