@@ -28,10 +28,11 @@
     "task's outcome. Interrupting the wait (Ctrl-C) leaves the task running and exits 130."
 
 static const cli_opt opts_vm_create[] = {
-    { "vcpus", "N", CLI_OPT_ARG | CLI_OPT_REQUIRED,
-      "Number of virtual CPUs, 1 to 255 (with --from-template: the template's by default)." },
-    { "memory", "MIB", CLI_OPT_ARG | CLI_OPT_REQUIRED,
-      "Guest memory in MiB, 16 to 16777216. A suffix M or G (512M, 2G) is accepted." },
+    { "vcpus", "N", CLI_OPT_ARG,
+      "Number of virtual CPUs, 1 to 255 (default 1; with --from-template, the template's)." },
+    { "memory", "MIB", CLI_OPT_ARG,
+      "Guest memory in MiB, 16 to 16777216 (default 512; with --from-template, the "
+      "template's). A suffix M or G (512M, 2G) is accepted." },
     { "from-template", "TPL", CLI_OPT_ARG,
       "Clone template TPL: its spec, and for each of its volumes a linked clone (a qcow2 "
       "overlay, made in O(1)). Only --vcpus, --memory and --description may be given too." },
@@ -701,8 +702,7 @@ int cli_args_parse(const cli_cmd *cmd, int argc, const char *const *argv, cli_ct
     }
     for (int i = 0; cmd->opts && cmd->opts[i].name; i++) {
         const cli_opt *o = &cmd->opts[i];
-        /* a clone takes its CPUs and memory from the template */
-        if ((o->flags & CLI_OPT_REQUIRED) && !out->vals[i] && !cli_arg(out, "from-template")) {
+        if ((o->flags & CLI_OPT_REQUIRED) && !out->vals[i]) {
             cli_usage_error(ctx, cmd, err, "missing --%s %s", o->name, o->metavar);
             return -1;
         }

@@ -288,6 +288,10 @@ static int phase_long(int vcpu, struct kvm_run *run, int run_size, unsigned char
     memset(&sa, 0, sizeof(sa));
     sa.sa_handler = on_alarm; /* no SA_RESTART: KVM_RUN returns EINTR */
     sigaction(SIGALRM, &sa, NULL);
+    sigset_t alrm;
+    sigemptyset(&alrm);
+    sigaddset(&alrm, SIGALRM);
+    sigprocmask(SIG_UNBLOCK, &alrm, NULL); /* the daemon may block it */
     struct itimerval it = { { 0, 0 }, { PROBE_RUN_MS / 1000, (PROBE_RUN_MS % 1000) * 1000 } };
     setitimer(ITIMER_REAL, &it, NULL);
     int r = run_expect(vcpu, run, run_size, PORT64, UD2_64 ^ PROBE_XOR, "long mode", v);
@@ -331,9 +335,11 @@ static int phase_long(int vcpu, struct kvm_run *run, int run_size, unsigned char
 static void set_cpuid(int kvm, int vcpu)
 {
     enum { MAX_ENTRIES = 256 };
-    static struct {
+    /* kvm_cpuid2 ends in a flexible array: back it with aligned storage. */
+    static union {
         struct kvm_cpuid2 head;
-        struct kvm_cpuid_entry2 entries[MAX_ENTRIES];
+        unsigned char bytes[sizeof(struct kvm_cpuid2) +
+                            MAX_ENTRIES * sizeof(struct kvm_cpuid_entry2)];
     } cpuid;
     memset(&cpuid, 0, sizeof(cpuid));
     cpuid.head.nent = MAX_ENTRIES;

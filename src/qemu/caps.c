@@ -336,9 +336,9 @@ char *kh_qemu_caps_probe(const char *binary, kh_qemu_caps *caps, kh_err *err)
      * the VMs get. Usually one run answers both questions; when it fails,
      * the sandbox alone tells which one failed. */
     char sandbox_why[256] = "", uring_why[256] = "";
-    const char *both[] = { "-sandbox", SANDBOX_OPTS, "-blockdev",
-                           "driver=file,filename=/proc/self/exe,aio=io_uring,read-only=on,"
-                           "node-name=kh-probe" };
+    static const char blockdev[] =
+        "driver=file,filename=/proc/self/exe,aio=io_uring,read-only=on,node-name=kh-probe";
+    const char *both[] = { "-sandbox", SANDBOX_OPTS, "-blockdev", blockdev };
     int uring_errno = caps->version < 50000 ? 0 : kernel_io_uring();
     if (caps->version < 50000)
         snprintf(uring_why, sizeof(uring_why), "QEMU older than 5.0");

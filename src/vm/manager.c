@@ -96,6 +96,19 @@ struct start_job {
     bool cancelled;
 };
 
+/* Which boot file a kernel resolved to, remembered by the kernel file's
+ * identity so that a start does not hash the kernel again (~10 ms for a
+ * distribution bzImage). A changed file has a new identity. */
+typedef struct kernel_memo {
+    dev_t dev;
+    ino_t ino;
+    off_t size;
+    struct timespec mtime;
+    char *in;
+    char *out;
+    struct kernel_memo *next;
+} kernel_memo;
+
 struct kh_manager {
     uv_loop_t *loop;
     kh_store *store;
@@ -106,6 +119,7 @@ struct kh_manager {
     gid_t *groups;
     vm *vms;
     unsigned count;
+    kernel_memo *kernels;
 };
 
 /* ---- helpers ---- */
@@ -889,6 +903,50 @@ static void start_job_free(start_job *job)
     free(job);
 }
 
+static bool same_file(const kernel_memo *m, const struct stat *st)
+{
+    return m->dev == st->st_dev && m->ino == st->st_ino && m->size == st->st_size &&
+           m->mtime.tv_sec == st->st_mtim.tv_sec && m->mtime.tv_nsec == st->st_mtim.tv_nsec;
+}
+
+/* The remembered resolution of path, or NULL. The result still exists. */
+static const char *kernel_memo_get(kh_manager *mgr, const char *path)
+{
+    struct stat st, out;
+    if (stat(path, &st) < 0)
+        return NULL;
+    for (kernel_memo *m = mgr->kernels; m; m = m->next)
+        if (strcmp(m->in, path) == 0 && same_file(m, &st) && stat(m->out, &out) == 0)
+            return m->out;
+    return NULL;
+}
+
+static void kernel_memo_put(kh_manager *mgr, const char *path, const char *resolved)
+{
+    struct stat st;
+    if (stat(path, &st) < 0)
+        return;
+    for (kernel_memo **pp = &mgr->kernels; *pp; pp = &(*pp)->next) {
+        if (strcmp((*pp)->in, path) == 0) {
+            kernel_memo *old = *pp;
+            *pp = old->next;
+            free(old->in);
+            free(old->out);
+            free(old);
+            break;
+        }
+    }
+    kernel_memo *m = xcalloc(1, sizeof(*m));
+    m->dev = st.st_dev;
+    m->ino = st.st_ino;
+    m->size = st.st_size;
+    m->mtime = st.st_mtim;
+    m->in = xstrdup(path);
+    m->out = xstrdup(resolved);
+    m->next = mgr->kernels;
+    mgr->kernels = m;
+}
+
 static void start_resolve_done(uv_work_t *w, int status)
 {
     start_job *job = w->data;
@@ -899,6 +957,8 @@ static void start_resolve_done(uv_work_t *w, int status)
     }
     vm *v = job->v;
     v->start_job = NULL;
+    if (job->kernel_out)
+        kernel_memo_put(v->mgr, job->kernel_in, job->kernel_out);
     if (status == UV_ECANCELED || v->state != VM_STARTING || v->pid > 0) {
         /* nothing left to do */
     } else if (!job->kernel_out) {
@@ -914,6 +974,13 @@ static void start_prepare(vm *v)
 {
     if (!v->spec->kernel) {
         start_spawn(v, NULL);
+        return;
+    }
+    const char *known = kernel_memo_get(v->mgr, v->spec->kernel);
+    if (known) {
+        char *file = xstrdup(known); /* start_spawn may reach kernel_memo_put */
+        start_spawn(v, file);
+        free(file);
         return;
     }
     kh_task_progress(v->task, 10, "preparing the kernel");
@@ -1347,6 +1414,12 @@ void kh_manager_free(kh_manager *mgr)
     free(mgr->run_dir);
     free(mgr->qemu_binary);
     free(mgr->kernel_cache);
+    for (kernel_memo *m = mgr->kernels, *n; m; m = n) {
+        n = m->next;
+        free(m->in);
+        free(m->out);
+        free(m);
+    }
     free(mgr->groups);
     free(mgr);
 }

@@ -6,8 +6,10 @@ Environment: KH_BUILD_DIR (default <repo>/build), KH_GUEST_KERNEL/INITRD/DISK
 (default: tests/guest/build.sh --print-env, building the guest if needed).
 """
 
+import atexit
 import os
 import shutil
+import signal
 import sys
 import tempfile
 
@@ -18,8 +20,15 @@ sys.path.insert(0, os.path.dirname(__file__))
 import khlib  # noqa: E402
 
 
+def _sigterm(signum, frame):
+    # `timeout` and CI send SIGTERM: unwind like Ctrl-C so teardowns run
+    raise KeyboardInterrupt("SIGTERM")
+
+
 def pytest_configure(config):
     config.addinivalue_line("markers", "slow: boots guests (minutes under TCG)")
+    signal.signal(signal.SIGTERM, _sigterm)
+    atexit.register(khlib.cleanup_all_daemons)
 
 
 @pytest.hookimpl(hookwrapper=True, tryfirst=True)

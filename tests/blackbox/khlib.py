@@ -522,6 +522,20 @@ def free_port():
     return p
 
 
+_LIVE = []  # daemons not cleaned up yet (for the atexit safety net)
+
+
+def cleanup_all_daemons():
+    """Stop every daemon this process started and kill its QEMUs (QEMU
+    outlives kvmhostd by design); for interrupted runs."""
+    for d in list(_LIVE):
+        try:
+            d.cleanup()
+            d.remove()
+        except Exception:
+            pass
+
+
 class Daemon:
     """One kvmhostd in a fresh temp dir: BASE/state (state dir),
     BASE/sock (socket), BASE/daemon.log (stdout+stderr of every run)."""
@@ -540,6 +554,7 @@ class Daemon:
         self.vm_ids = set()
         self.api = Api(self.socket, on_vm=self._note_vm)
         self.runs = 0
+        _LIVE.append(self)
 
     def _note_vm(self, vm):
         if isinstance(vm.get("id"), str):
@@ -647,6 +662,8 @@ class Daemon:
                 kill_pid(pid)
             for pid in self.qemu_pids():
                 wait_pid_gone(pid, 10)
+            if self in _LIVE:
+                _LIVE.remove(self)
 
     def remove(self):
         shutil.rmtree(self.base, ignore_errors=True)

@@ -44,7 +44,7 @@ def test_socket_mode(daemon):
     assert st.st_mode & 0o007 == 0, "socket is world-accessible: %o" % st.st_mode
 
 
-def test_vm_crud(api, fake_boot):
+def test_vm_crud(daemon, api, fake_boot):
     assert api.vms() == []
     spec = {"name": "web1", "vcpus": 1, "memory_mib": 256, "boot": fake_boot,
             "description": "first"}
@@ -86,6 +86,11 @@ def test_vm_crud(api, fake_boot):
 
     host = api.get("/api/v1/host").json
     assert host["vms"]["total"] == 1, host
+
+    # paths on disk come from the VM's id, never from its name (case 1)
+    for root, dirs, files in os.walk(daemon.state_dir):
+        for n in dirs + files:
+            assert "web1" not in n, "state dir entry named after the VM: %s" % os.path.join(root, n)
 
     # delete
     r = api.delete("/api/v1/vms/web1")
@@ -178,3 +183,21 @@ def test_events_stream(daemon, api, fake_boot):
         assert ev, "vm.created not replayed with ?since=0"
     finally:
         sse.close()
+
+
+def test_start_that_qemu_refuses(daemon, api, fake_boot):
+    """A kernel and initrd of zeros (QEMU refuses to load them): the start
+    fails cleanly (never 500), the VM is stopped with a reason, and no QEMU
+    is left behind."""
+    vm = api.create({"name": "broken", "vcpus": 1, "memory_mib": 64, "boot": fake_boot})
+    r = api.post("/api/v1/vms/broken/start", {"wait": 60}, timeout=120)
+    assert r.status >= 400 and r.status != 500, r
+    e = r.error
+    if r.status in (502, 504):
+        assert e.get("task"), "a failed task's error names the task: %r" % r.json
+        t = api.get("/api/v1/tasks/" + e["task"])
+        assert t.status == 200 and t.json["state"] == "failed", t
+    after = api.wait_state("broken", "stopped", timeout=30)
+    assert after["pid"] is None and after["state_reason"], after
+    assert khlib.qemu_pids(vm["id"]) == []
+    assert daemon.alive()

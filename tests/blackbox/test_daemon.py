@@ -31,10 +31,22 @@ def test_tcp_requires_token(daemons):
     assert r.status == 401, r
     r = d.tcp_api(token=token).get("/api/v1/host")
     assert r.status == 200, r
-    assert r.json["accelerator"] == "tcg"
+    assert d.tcp_api(token=token).wait_accel()["accelerator"] == "tcg"
     r = d.tcp_api(token=token).get("/api/v1/vms")
     assert r.status == 200 and r.json == {"vms": []}, r
     assert d.api.vms() == []  # nothing was created by the unauthorized POST
+    # the console WebSocket and the event stream need the token too
+    import websocket
+    host, port_s = d.listen.rsplit(":", 1)
+    for path in ("/api/v1/vms/nope/console", "/api/v1/events"):
+        try:
+            ws = websocket.create_connection("ws://%s:%s%s" % (host, port_s, path), timeout=5)
+            ws.close()
+            raise AssertionError("WebSocket %s opened without a token" % path)
+        except websocket.WebSocketBadStatusException as e:
+            assert e.status_code == 401, (path, e)
+    r = d.tcp_api().get("/api/v1/events")
+    assert r.status == 401, r
     # the unix socket needs no token
     assert d.api.get("/api/v1/host").status == 200
     # the token survives a restart (same file, same token)
@@ -77,10 +89,21 @@ def test_second_daemon_same_socket_refused(daemon):
     base2 = daemon.base + "-2"
     os.makedirs(base2)
     try:
-        p = subprocess.run([khlib.DAEMON_BIN, "--state-dir", os.path.join(base2, "state"),
-                            "--socket", daemon.socket], capture_output=True, text=True, timeout=20)
-        assert p.returncode != 0, p
-        assert daemon.api.get("/api/v1/host").status == 200
+        p = subprocess.Popen([khlib.DAEMON_BIN, "--state-dir", os.path.join(base2, "state"),
+                              "--socket", daemon.socket], stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            out, _ = p.communicate(timeout=8)
+        except subprocess.TimeoutExpired:
+            # still running: did it take the first daemon's socket over?
+            r = daemon.api.get("/api/v1/host")
+            p.kill()
+            out, _ = p.communicate()
+            raise AssertionError("a second kvmhostd on the socket of a running one kept running "
+                                 "(GET /host now answers state_dir=%s): %r"
+                                 % (r.json.get("state_dir"), out[-500:])) from None
+        assert p.returncode != 0, out
+        assert daemon.api.get("/api/v1/host").json["state_dir"] == daemon.state_dir
     finally:
         subprocess.run(["rm", "-rf", base2])
 

@@ -26,6 +26,7 @@
 
 #include "../kh_test.h"
 #include "qemu/qmp.h"
+#include "util/fs.h"
 #include "util/err.h"
 #include "util/mem.h"
 
@@ -333,7 +334,8 @@ static void peer_tick(uv_timer_t *t)
 static chunk *peer_push(peer *pr, const char *data, size_t len, bool close, bool end)
 {
     chunk *c = xcalloc(1, sizeof(*c) + len);
-    memcpy(c->data, data, len);
+    if (len)
+        memcpy(c->data, data, len);
     c->len = len;
     c->close = close;
     c->end_of_step = end;
@@ -1149,14 +1151,31 @@ static void test_qemu_path(const char *dir)
     memset(&q, 0, sizeof(q));
     uv_loop_init(&q.loop);
     q.pid = spawn_qemu(argv, NULL, 0);
+    /* QEMU creates the socket file at bind() and listens a moment later:
+     * wait until a connect is accepted, not merely until the file exists.
+     * (The connection attempts that fail are refused, not accepted, so
+     * QEMU's single client slot stays free.) */
     struct stat st;
     for (int i = 0; i < 1000 && stat(sock, &st) < 0; i++) {
         struct timespec ts = { 0, 10 * 1000 * 1000 };
         nanosleep(&ts, NULL);
     }
+    int fd = -1;
+    for (int i = 0; i < 500 && fd < 0; i++) {
+        struct sockaddr_un sa = { .sun_family = AF_UNIX };
+        if (kh_fmt(sa.sun_path, sizeof(sa.sun_path), "%s", sock) < 0)
+            break;
+        fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        if (fd >= 0 && connect(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
+            close(fd);
+            fd = -1;
+            struct timespec ts = { 0, 10 * 1000 * 1000 };
+            nanosleep(&ts, NULL);
+        }
+    }
     q.qmp = kh_qmp_new(&q.loop, &q_cbs, &q);
     kh_err err = KH_ERR_INIT;
-    CHECK(kh_qmp_connect_path(q.qmp, sock, &err) == 0);
+    CHECK(fd >= 0 && kh_qmp_attach_fd(q.qmp, fd, &err) == 0);
     qtest_run(&q);
     printf("# QEMU %s over path=%s\n", q.version, sock);
     for (size_t i = 0; argv[i]; i++)
