@@ -64,7 +64,7 @@ static const kh_route routes[] = {
     { "GET", "/api/v1/pools/{pool}/volumes/{volume}", kh_storage_routes_volume_get, 0,
       "Show a volume with its backing chain (qemu-img info)", NULL, "Volume" },
     { "POST", "/api/v1/pools/{pool}/volumes/{volume}/resize", kh_storage_routes_volume_resize,
-      0, "Grow a volume that no running VM uses", "VolumeResize", "Volume" },
+      0, "Grow a volume (online through QMP block_resize while a VM runs on it)", "VolumeResize", "Volume" },
     { "DELETE", "/api/v1/pools/{pool}/volumes/{volume}", kh_storage_routes_volume_delete, 0,
       "Delete a volume no VM and no other volume depends on", NULL, NULL },
     { "GET", "/api/v1/tasks", kh_task_routes_list, 0, "Recent tasks", NULL, "TaskList" },

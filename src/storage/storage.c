@@ -55,6 +55,8 @@ struct kh_storage {
     busy *busy;
     kh_volume_users_fn users;
     void *users_opaque;
+    kh_volume_live_resize_fn live_resize;
+    void *live_resize_opaque;
 };
 
 /* ---- small helpers ---- */
@@ -1050,13 +1052,33 @@ int kh_storage_volume_show(kh_storage *st, const char *pool_name, const char *na
     return 0;
 }
 
+static void resize_record(op *o, kh_err *err_in);
+
 static void resize_done(const kh_qimg_result *r, void *opaque)
 {
     op *o = opaque;
     kh_err err = KH_ERR_INIT;
-    if (r->status != 0) {
+    if (r->status != 0)
         qimg_error(r, "resizing the volume", &err);
-        op_end(o, NULL, &err);
+    resize_record(o, kh_err_isset(&err) ? &err : NULL);
+}
+
+static void live_resized(const kh_err *err, void *opaque)
+{
+    op *o = opaque;
+    kh_err e = KH_ERR_INIT;
+    if (err) {
+        kh_err_copy(&e, err);
+        kh_err_prefix(&e, "resizing the volume online");
+    }
+    resize_record(o, err ? &e : NULL);
+}
+
+static void resize_record(op *o, kh_err *err_in)
+{
+    kh_err err = KH_ERR_INIT;
+    if (err_in) {
+        op_end(o, NULL, err_in);
         return;
     }
     sqlite3_stmt *s = prep(o->st, "UPDATE volumes SET capacity = ? WHERE id = ?", &err);
@@ -1105,9 +1127,11 @@ int kh_storage_volume_resize(kh_storage *st, const char *pool_name, const char *
         goto fail;
     }
     u = users_of(st, o->p.name, o->v.name);
-    if (any_running(u)) {
-        kh_err_set(err, KH_E_CONFLICT, "volume %s is in use by a running VM; stop it first",
-                   name);
+    bool live = any_running(u);
+    if (live && (json_array_size(u) != 1 || !st->live_resize ||
+                 json_is_true(json_object_get(json_array_get(u, 0), "readonly")))) {
+        kh_err_set(err, KH_E_CONFLICT, "volume %s is in use read-only by running VMs; stop "
+                                       "them first", name);
         goto fail;
     }
     if (strcmp(o->v.format, "raw") == 0 && size - o->v.capacity > pool_free(&o->p)) {
@@ -1119,6 +1143,16 @@ int kh_storage_volume_resize(kh_storage *st, const char *pool_name, const char *
     if (busy_take(st, o->p.id, o->v.name, err) < 0)
         goto fail;
     o->new_size = size;
+    if (live) {
+        char *ref = xasprintf("%s/%s", o->p.name, o->v.name);
+        int lrc = st->live_resize(st->live_resize_opaque, ref, size, live_resized, o, err);
+        free(ref);
+        if (lrc < 0) {
+            busy_release(st, o->p.id, o->v.name);
+            goto fail;
+        }
+        return 0;
+    }
     kh_strv *a = kh_strv_new();
     kh_strv_add(a, kh_qimg_binary(st->qimg));
     kh_strv_add(a, "resize");
@@ -1519,6 +1553,12 @@ void kh_storage_free(kh_storage *st)
     }
     free(st->state_dir);
     free(st);
+}
+
+void kh_storage_set_live_resize(kh_storage *st, kh_volume_live_resize_fn fn, void *opaque)
+{
+    st->live_resize = fn;
+    st->live_resize_opaque = opaque;
 }
 
 kh_qimg *kh_storage_qimg(kh_storage *st)

@@ -48,6 +48,14 @@ kh_storage *kh_storage_new(uv_loop_t *loop, kh_store *store, kh_qimg *qimg,
                            const char *state_dir, kh_err *err);
 void kh_storage_free(kh_storage *st);
 void kh_storage_set_users(kh_storage *st, kh_volume_users_fn fn, void *opaque);
+/* Grow a volume in the running VM that uses it (QMP block_resize): calls
+ * done(err_or_NULL, done_opaque) later and returns 0, or -1 with err set
+ * and done never called. Set by the VM manager. */
+typedef void (*kh_volume_resize_done)(const kh_err *err, void *opaque);
+typedef int (*kh_volume_live_resize_fn)(void *opaque, const char *ref, uint64_t size,
+                                        kh_volume_resize_done done, void *done_opaque,
+                                        kh_err *err);
+void kh_storage_set_live_resize(kh_storage *st, kh_volume_live_resize_fn fn, void *opaque);
 /* The qemu-img runner (for other modules that run qemu-img on volumes). */
 kh_qimg *kh_storage_qimg(kh_storage *st);
 
@@ -70,7 +78,8 @@ json_t *kh_storage_volumes_json(kh_storage *st, const char *pool, kh_err *err);
 /* Show with qemu-img info --backing-chain. */
 int kh_storage_volume_show(kh_storage *st, const char *pool, const char *name,
                            kh_storage_cb cb, void *opaque, kh_err *err);
-/* Grow only: body {"size"}. KH_E_CONFLICT while a running VM uses it. */
+/* Grow only: body {"size"}. A volume a running VM writes to is grown
+ * online (QMP block_resize); KH_E_CONFLICT when it is shared read-only. */
 int kh_storage_volume_resize(kh_storage *st, const char *pool, const char *name,
                              const json_t *body, kh_storage_cb cb, void *opaque, kh_err *err);
 /* KH_E_CONFLICT while a VM refers to it or another volume is based on it. */

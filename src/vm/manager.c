@@ -678,6 +678,53 @@ static json_t *volume_users(void *opaque, const char *ref)
     return arr;
 }
 
+typedef struct live_resize {
+    kh_volume_resize_done done;
+    void *opaque;
+} live_resize;
+
+static void on_block_resize(kh_qmp *q, json_t *ret, const kh_err *err, void *opaque)
+{
+    (void)q;
+    (void)ret;
+    live_resize *lr = opaque;
+    lr->done(err, lr->opaque);
+    free(lr);
+}
+
+/* The storage layer grows a volume that a running VM writes to. */
+static int volume_live_resize(void *opaque, const char *ref, uint64_t size,
+                              kh_volume_resize_done done, void *done_opaque, kh_err *err)
+{
+    kh_manager *mgr = opaque;
+    for (vm *v = mgr->vms; v; v = v->next) {
+        if (!v->qmp || (v->state != VM_RUNNING && v->state != VM_PAUSED))
+            continue;
+        for (size_t i = 0; i < v->spec->ndisks; i++) {
+            const kh_disk_spec *d = &v->spec->disks[i];
+            if (!d->volume || strcmp(d->volume, ref) != 0 || d->readonly)
+                continue;
+            char node[32];
+            snprintf(node, sizeof(node), "disk%zu", i);
+            live_resize *lr = xcalloc(1, sizeof(*lr));
+            lr->done = done;
+            lr->opaque = done_opaque;
+            if (kh_qmp_command(v->qmp, "block_resize",
+                               json_pack("{s:s, s:I}", "node-name", node, "size",
+                                         (json_int_t)size),
+                               on_block_resize, lr, err) < 0) {
+                free(lr);
+                return -1;
+            }
+            kh_log(KH_LOG_INFO, "volume.resize_online", "vm=%s volume=%s size=%llu",
+                   v->spec->name, ref, (unsigned long long)size);
+            return 0;
+        }
+    }
+    kh_err_set(err, KH_E_CONFLICT, "volume %s: no running VM writes to it now", ref);
+    return -1;
+}
+
 static int open_ro(const char *path, const char *what, kh_err *err)
 {
     int fd = open(path, O_RDONLY | O_CLOEXEC);
@@ -1393,8 +1440,10 @@ kh_manager *kh_manager_new(uv_loop_t *loop, kh_store *store, kh_events *events,
     }
     for (vm *v = mgr->vms; v; v = v->next)
         reattach(v);
-    if (mgr->cfg.storage)
+    if (mgr->cfg.storage) {
         kh_storage_set_users(mgr->cfg.storage, volume_users, mgr);
+        kh_storage_set_live_resize(mgr->cfg.storage, volume_live_resize, mgr);
+    }
     return mgr;
 }
 
@@ -1402,8 +1451,10 @@ void kh_manager_free(kh_manager *mgr)
 {
     if (!mgr)
         return;
-    if (mgr->cfg.storage)
+    if (mgr->cfg.storage) {
         kh_storage_set_users(mgr->cfg.storage, NULL, NULL);
+        kh_storage_set_live_resize(mgr->cfg.storage, NULL, NULL);
+    }
     for (vm *v = mgr->vms, *n; v; v = n) {
         n = v->next;
         /* Tasks in flight end with the daemon; the store marks them failed

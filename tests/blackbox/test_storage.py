@@ -312,9 +312,16 @@ def test_linked_clone_boots_writes_base_unchanged(daemon, guest, consoles, tmp_p
     nodes = [json.loads(argv[i + 1]) for i, a in enumerate(argv) if a == "-blockdev"]
     fmt = {n["node-name"]: n for n in nodes if n["driver"] != "file"}
     assert fmt["disk0"]["backing"] == "disk0-b1" and fmt["disk0-b1"]["read-only"] is True
-    # used by a running VM: no resize, and no second writer (security case 23)
+    # used by a running VM: grown online (QMP block_resize); the guest sees it
     r = api.post("/api/v1/pools/default/volumes/c1/resize", {"size": "64M"})
-    assert r.status == 409, r
+    assert r.status == 200 and r.json["capacity"] == 64 << 20, r
+    assert qinfo(vol_path(daemon, clone))["virtual-size"] == 64 << 20
+    import time
+    deadline = time.time() + 20
+    while shell_value(con, "$(cat /sys/block/vda/size)") != str(64 << 11):
+        assert time.time() < deadline, "the guest never saw the new size"
+        time.sleep(0.5)
+    # no second writer (security case 23)
     api.create(guest_vm(guest, "cl2", [{"volume": "default/c1"}]))
     r = api.post("/api/v1/vms/cl2/start", {})
     assert r.status == 409 and "in use by the running vm cl" in r.error["message"], r
