@@ -42,6 +42,8 @@ struct snap_op {
     char *vmstate;   /* the node that keeps the memory */
     kh_strv *files;  /* their files (a stopped VM) */
     size_t next;     /* qemu-img: the file being done */
+    kh_err failure;  /* a live failure, kept while the images are repaired */
+    int repair_tries;
     char job_id[64];
     uv_timer_t *timer;
     snap_op *link;
@@ -118,6 +120,73 @@ static void op_finish(snap_op *o, const kh_err *err)
     op_free(o);
 }
 
+/* ---- after a QEMU died mid-snapshot ----
+ *
+ * An interrupted internal snapshot can leave clusters allocated but
+ * referenced by nothing (qemu-img check: "leaked clusters"; harmless, no
+ * data is at risk). When a live operation fails because its QEMU is gone,
+ * kvmhost reclaims them with qemu-img check -r leaks before the task ends
+ * (the operation stays in progress meanwhile), so the images check clean. */
+
+static void repair_step(snap_op *o);
+
+static void repair_done(const kh_qimg_result *res, void *opaque)
+{
+    snap_op *o = opaque;
+    kh_log(res->status == 0 ? KH_LOG_INFO : KH_LOG_WARN, "snapshot.repair",
+           "vm=%s file=%s status=%d error=\"%s\"", o->vm, o->files->v[o->next], res->status,
+           res->errtext ? res->errtext : "");
+    o->next++;
+    repair_step(o);
+}
+
+static void repair_step(snap_op *o)
+{
+    kh_qimg *q = kh_storage_qimg(o->s->st);
+    while (o->next < o->files->n) {
+        char *argv[] = { (char *)(uintptr_t)kh_qimg_binary(q), (char *)(uintptr_t)"check",
+                         (char *)(uintptr_t)"-q", (char *)(uintptr_t)"-r",
+                         (char *)(uintptr_t)"leaks", (char *)(uintptr_t)"-f",
+                         (char *)(uintptr_t)"qcow2", o->files->v[o->next], NULL };
+        if (kh_qimg_run(q, argv, QIMG_SNAPSHOT_TIMEOUT_MS, NULL, repair_done, o, NULL) >= 0)
+            return;
+        o->next++;
+    }
+    op_finish(o, &o->failure);
+}
+
+static void repair_tick(uv_timer_t *t)
+{
+    snap_op *o = t->data;
+    json_t *vm = kh_manager_vm_json(o->s->mgr, o->vm, NULL);
+    const char *state = json_string_value(json_object_get(vm, "state"));
+    bool gone = !vm || (state && strcmp(state, "stopped") == 0 &&
+                        json_is_null(json_object_get(vm, "pid")));
+    bool alive = vm && state && strcmp(state, "stopped") != 0 &&
+                 kh_manager_qmp(o->s->mgr, o->vm, "query-status", NULL, NULL, NULL, NULL) == 0;
+    json_decref(vm);
+    if (gone) {
+        o->next = 0;
+        repair_step(o);
+    } else if (alive || ++o->repair_tries >= 100) {
+        op_finish(o, &o->failure); /* QEMU lives on: it keeps its images consistent */
+    } else {
+        uv_timer_start(o->timer, repair_tick, 100, 0);
+    }
+}
+
+/* A live operation failed: if its QEMU died, repair first, then fail. */
+static void live_failed(snap_op *o, const kh_err *err)
+{
+    kh_err_copy(&o->failure, err);
+    if (o->kind == SNAP_REVERT) {
+        op_finish(o, &o->failure);
+        return;
+    }
+    kh_task_progress(o->task, 95, "checking the images");
+    uv_timer_start(o->timer, repair_tick, 100, 0);
+}
+
 /* ---- live: QMP jobs ---- */
 
 static void poll_jobs(uv_timer_t *t);
@@ -130,7 +199,7 @@ static void on_jobs(kh_qmp *q, json_t *ret, const kh_err *err, void *opaque)
         kh_err e = KH_ERR_INIT;
         kh_err_copy(&e, err);
         kh_err_prefix(&e, "%s", qmp_commands[o->kind]);
-        op_finish(o, &e);
+        live_failed(o, &e);
         return;
     }
     size_t i;
@@ -168,7 +237,7 @@ static void poll_jobs(uv_timer_t *t)
     kh_err err = KH_ERR_INIT;
     if (kh_manager_qmp(o->s->mgr, o->vm, "query-jobs", NULL, on_jobs, o, &err) < 0) {
         kh_err_prefix(&err, "%s", qmp_commands[o->kind]);
-        op_finish(o, &err);
+        live_failed(o, &err);
     }
 }
 
@@ -181,7 +250,7 @@ static void on_job_started(kh_qmp *q, json_t *ret, const kh_err *err, void *opaq
         kh_err e = KH_ERR_INIT;
         kh_err_copy(&e, err);
         kh_err_prefix(&e, "%s", qmp_commands[o->kind]);
-        op_finish(o, &e);
+        live_failed(o, &e);
         return;
     }
     kh_task_progress(o->task, 10, "QEMU is working");

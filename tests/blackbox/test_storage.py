@@ -348,7 +348,9 @@ def wait_task(api, tid, timeout=60):
     import time
     deadline = time.time() + timeout
     while time.time() < deadline:
-        t = api.get("/api/v1/tasks/" + tid).json
+        r = api.get("/api/v1/tasks/" + tid)
+        assert r.status == 200, r
+        t = r.json
         if t["state"] != "running":
             return t
         time.sleep(0.1)
@@ -535,8 +537,18 @@ def test_memory_snapshots_revert_delete_and_kill(daemon, guest, consoles):
     api.wait_state("sn", ["stopped"])
     names = [s["name"] for s in api.get("/api/v1/vms/sn/snapshots").json["snapshots"]]
     assert names == ["s1", "s3"]
-    chk = subprocess.run([QIMG, "check", vol_path(daemon, root)], capture_output=True, text=True)
+    # an interrupted internal snapshot may leak clusters (harmless); once the
+    # QEMU is gone the daemon reclaims them, and the image checks clean
+    import time
+    deadline = time.time() + 20
+    while True:
+        chk = subprocess.run([QIMG, "check", vol_path(daemon, root)], capture_output=True,
+                             text=True)
+        if chk.returncode == 0 or time.time() > deadline:
+            break
+        time.sleep(0.2)
     assert chk.returncode == 0, chk
+    assert "Leaked" not in chk.stdout + chk.stderr
 
     # stopped: disk-only snapshots with qemu-img; a memory one needs the VM running
     r = snap(api, "sn", "revert", "s1")[0]
