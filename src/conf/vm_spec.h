@@ -69,6 +69,7 @@ typedef struct kh_disk_spec {
      * from the storage records. */
     kh_disk_layer *backing;
     size_t nbacking;
+    bool encrypted;        /* runtime only: the top image is LUKS-encrypted qcow2 */
 } kh_disk_spec;
 
 typedef struct kh_vm_spec {

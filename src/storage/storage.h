@@ -69,7 +69,8 @@ json_t *kh_storage_pool_create(kh_storage *st, const json_t *body, kh_err *err);
 int kh_storage_pool_delete(kh_storage *st, const char *name, kh_err *err);
 
 /* Volumes. create body: {"name", "format": "qcow2"|"raw" (default qcow2),
- * "size": BYTES | "10G", "preallocate": bool, "backing": "[pool/]name"
+ * "size": BYTES | "10G", "preallocate": bool, "encrypt": bool (qcow2 with
+ * LUKS, AES-256, a random key per volume), "backing": "[pool/]name"
  * (a qcow2 overlay: a linked clone), "import": "/host/file" (a copy of a
  * host image whose format is given, never guessed)}. */
 int kh_storage_volume_create(kh_storage *st, const char *pool, const json_t *body,
@@ -122,11 +123,19 @@ typedef struct kh_volume_chain {
     } layer[KH_VOLUME_CHAIN_MAX];
     bool readonly;       /* the top volume is a read-only base (a template) */
     unsigned dependents; /* volumes based on the top one */
+    bool encrypted;      /* the top volume is LUKS-encrypted (kh_storage_volume_secret) */
 } kh_volume_chain;
 
 /* KH_E_INVALID for a malformed reference, KH_E_NOTFOUND when unknown. */
 int kh_storage_resolve(kh_storage *st, const char *ref, kh_volume_chain *out, kh_err *err);
 void kh_volume_chain_clear(kh_volume_chain *c);
+
+/* The passphrase of an encrypted volume (by id) - its random per-volume
+ * key, unwrapped with the host master key (STATE_DIR/master.key, 0600,
+ * AES-256-GCM) - in a sealed memfd (close-on-exec) for a child to inherit
+ * and read as a QEMU secret object ("file=/proc/self/fd/N"). The key never
+ * appears in an argv, a file, a log line or the API. -1 with err set. */
+int kh_storage_volume_secret_fd(kh_storage *st, const char *volume_id, kh_err *err);
 
 /* Parse "pool/name" (both checked names) into its parts (caller frees). */
 int kh_volume_ref_parse(const char *ref, char **pool, char **name, kh_err *err);

@@ -59,6 +59,7 @@ static const char *const migrations[] = {
     "  backing_id TEXT REFERENCES volumes(id),"
     "  readonly INTEGER NOT NULL DEFAULT 0,"
     "  created_at REAL NOT NULL,"
+    "  key_wrapped TEXT,"
     "  UNIQUE (pool_id, name)"
     ");"
     "CREATE INDEX volumes_backing ON volumes(backing_id);"

@@ -33,7 +33,8 @@
 enum { FD_QMP = 3, FD_SERIAL, FD_KERNEL, FD_INITRD, FD_DISK0 };
 /* Backing layers of volume disks: FD_BACKING0 + i * KH_DISK_BACKING_MAX + j. */
 #define FD_BACKING0 (FD_DISK0 + KH_VM_DISKS_MAX)
-#define FD_COUNT (FD_BACKING0 + KH_VM_DISKS_MAX * KH_DISK_BACKING_MAX)
+#define FD_SECRET0 (FD_BACKING0 + KH_VM_DISKS_MAX * KH_DISK_BACKING_MAX)
+#define FD_COUNT (FD_SECRET0 + KH_VM_DISKS_MAX)
 
 typedef enum vm_state {
     VM_STOPPED,
@@ -642,6 +643,7 @@ static int resolve_volumes(kh_manager *mgr, const vm *self, kh_vm_spec *spec, kh
             free(d->path);
             d->path = xstrdup(c.layer[0].path);
             d->format = c.layer[0].format;
+            d->encrypted = c.encrypted;
             kh_disk_spec_clear_backing(d);
             if (c.n > 1) {
                 d->nbacking = c.n - 1;
@@ -745,6 +747,7 @@ static void start_spawn(vm *v, const char *kernel_file)
     int disk_fds[KH_VM_DISKS_MAX];
     int backing_fds[KH_VM_DISKS_MAX][KH_DISK_BACKING_MAX];
     const int *backing_ptrs[KH_VM_DISKS_MAX] = { NULL };
+    int secret_fds[KH_VM_DISKS_MAX];
     kh_vm_spec *rs = kh_vm_spec_dup(v->spec); /* volumes resolved to files */
     int dirfd = -1, log_fd = -1, qmp_conn = -1, serial_conn = -1;
     char *run = vm_run_path(v, NULL), *state = vm_state_path(v, NULL);
@@ -801,6 +804,20 @@ static void start_spawn(vm *v, const char *kernel_file)
             backing_fds[i][j] = target;
             backing_ptrs[i] = backing_fds[i];
         }
+        secret_fds[i] = -1;
+        if (d->encrypted) {
+            /* the key reaches QEMU through an inherited memfd only */
+            kh_volume_chain c;
+            int sfd = -1;
+            if (kh_storage_resolve(mgr->cfg.storage, d->volume, &c, &err) == 0) {
+                sfd = kh_storage_volume_secret_fd(mgr->cfg.storage, c.layer[0].id, &err);
+                kh_volume_chain_clear(&c);
+            }
+            if (sfd < 0)
+                goto fail;
+            fds[FD_SECRET0 + i] = sfd;
+            secret_fds[i] = FD_SECRET0 + (int)i;
+        }
         int fd = open(d->path, (d->readonly ? O_RDONLY : O_RDWR) | O_CLOEXEC);
         if (fd < 0) {
             kh_err_errno(&err, errno == ENOENT || errno == EACCES || errno == EROFS
@@ -826,6 +843,7 @@ static void start_spawn(vm *v, const char *kernel_file)
         .initrd_file = initrd_arg,
         .disk_fds = disk_fds,
         .backing_fds = backing_ptrs,
+        .secret_fds = secret_fds,
     };
     argv = kh_qemu_argv_build(rs, &mgr->cfg.caps, &env, &err);
     if (!argv)

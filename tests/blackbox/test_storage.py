@@ -591,3 +591,65 @@ def test_cli_disk_snapshots_of_a_stopped_vm(daemon, fake_boot):
     # a host-file disk cannot be snapshotted
     api.create({"name": "h", "vcpus": 1, "boot": fake_boot})
     assert api.post("/api/v1/vms/h/snapshots", {"name": "x"}).status == 400
+
+
+def test_encrypted_volume_api(daemon, fake_boot):
+    api = daemon.api
+    key = os.path.join(daemon.state_dir, "master.key")
+    st = os.stat(key)
+    assert st.st_mode & 0o777 == 0o600 and st.st_size == 32
+    r = api.post("/api/v1/pools/default/volumes", {"name": "sec", "size": "16M", "encrypt": True})
+    assert r.status == 201, r
+    v = r.json
+    assert v["encrypted"] is True
+    assert not any("key" in k for k in v), v
+    info = qinfo(vol_path(daemon, v))
+    assert info["encrypted"] is True
+    assert info["format-specific"]["data"]["encrypt"]["format"] == "luks"
+    for body in ({"name": "e1", "size": "1M", "encrypt": True, "format": "raw"},
+                 {"name": "e2", "backing": "sec", "encrypt": True},
+                 {"name": "e3", "size": "1M", "encrypt": "yes"}):
+        assert api.post("/api/v1/pools/default/volumes", body).status == 400, body
+    assert api.post("/api/v1/pools/default/volumes", {"name": "e4", "backing": "sec"}).status == 415
+    assert api.post("/api/v1/pools/default/volumes/sec/resize", {"size": "32M"}).status == 415
+    # the key is wrapped in the database, never stored or logged in clear
+    with open(os.path.join(daemon.state_dir, "kvmhost.db"), "rb") as f:
+        db = f.read()
+    assert b"encrypt.key-secret" not in db
+    assert "secret" not in daemon.log_tail(100000).replace("kh-secret", "")
+
+
+@pytest.mark.slow
+def test_encrypted_volume_in_a_guest(daemon, guest, consoles):
+    api = daemon.api
+    khlib.wait_accel(api)
+    assert api.post("/api/v1/pools/default/volumes", {"name": "gb", "format": "raw",
+                                                      "import": guest.disk}).status == 201
+    r = api.post("/api/v1/pools/default/volumes", {"name": "vault", "size": "16M",
+                                                   "encrypt": True})
+    assert r.status == 201, r
+    vault = r.json
+    api.create(guest_vm(guest, "enc", [{"volume": "default/gb", "readonly": True},
+                                       {"volume": "default/vault"}]))
+    api.act_ok("enc", "start")
+    con = consoles(daemon, "enc")
+    api.wait_console("enc", "KVMHOST-DISK: kvmhost-disk-ok")
+    argv = khlib.proc_cmdline(api.vm("enc")["pid"])
+    objs = [json.loads(argv[i + 1]) for i, a in enumerate(argv) if a == "-object"]
+    sec = [o for o in objs if o["qom-type"] == "secret"]
+    assert len(sec) == 1 and sec[0]["file"].startswith("/proc/self/fd/") and "data" not in sec[0]
+    con.run("echo KH-PLAINTEXT-MARK | dd of=/dev/vdb conv=fsync 2>/dev/null; "
+            "echo kh-$((%d+1))", timeout=60)
+    assert shell_value(con, "$(head -c 17 /dev/vdb)").startswith("KH-PLAINTEXT-MARK")
+    api.act_ok("enc", "kill")
+    with open(vol_path(daemon, vault), "rb") as f:
+        assert b"KH-PLAINTEXT-MARK" not in f.read()
+    # the key survives a daemon restart (wrapped by the master key)
+    daemon.restart()
+    api = daemon.api
+    khlib.wait_accel(api)
+    api.act_ok("enc", "start")
+    con = consoles(daemon, "enc")
+    api.wait_console("enc", "KVMHOST-DISK: kvmhost-disk-ok")
+    assert shell_value(con, "$(head -c 17 /dev/vdb)").startswith("KH-PLAINTEXT-MARK")
+    api.act_ok("enc", "kill")
