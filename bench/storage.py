@@ -27,7 +27,10 @@ N = int(os.environ.get("KH_BENCH_N", "20"))
 
 
 def ms(xs):
-    return "%.1f ms" % (statistics.median(xs) * 1000)
+    return "%.1f ms (min %.1f)" % (statistics.median(xs) * 1000, min(xs) * 1000)
+
+
+save, load = [], []
 
 
 def main():
@@ -86,7 +89,7 @@ def main():
         api.act_ok("idle", "start")
         api.wait_console("idle", "KVMHOST-DISK")
         time.sleep(2)
-        save, load = [], []
+        save[:], load[:] = [], []
         for i in range(5):
             t0 = time.time()
             r = api.post("/api/v1/vms/idle/snapshots", {"name": "s%d" % i, "wait": 120})
@@ -102,9 +105,11 @@ def main():
         d.cleanup()
         d.remove()
     w = max(len(r[0]) for r in rows)
-    print("%-*s | %-22s | %-22s | %s" % (w, "metric", "kvmhost", "reference", "target"))
+    print("%-*s | %-26s | %-32s | %s" % (w, "metric", "kvmhost", "reference", "target"))
     for r in rows:
-        print("%-*s | %-22s | %-22s | %s" % (w, r[0], r[1], r[2], r[3]))
+        print("%-*s | %-26s | %-32s | %s" % (w, r[0], r[1], r[2], r[3]))
+    print("snapshot samples (s): " + " ".join("%.2f" % x for x in save))
+    print("revert samples (s):   " + " ".join("%.2f" % x for x in load))
 
 
 if __name__ == "__main__":

@@ -118,7 +118,10 @@ def test_bad_volume_bodies(daemon, body, status):
 def test_enospc_leaves_nothing(daemons, tmp_path):
     mnt = tmp_path / "small"
     mnt.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)], check=True)
+    m = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)],
+                       capture_output=True, text=True)
+    if m.returncode != 0:
+        pytest.skip("cannot mount a small tmpfs here: " + m.stderr.strip())
     try:
         d = daemons()
         api = d.api
