@@ -6,10 +6,12 @@ set -euo pipefail
 
 BUILD_PKGS=(gcc clang meson ninja-build pkg-config
   libjansson-dev libuv1-dev libsqlite3-dev libmicrohttpd-dev libcurl4-openssl-dev
-  libwslay-dev liblzma-dev zlib1g-dev libzstd-dev libssl-dev libseccomp-dev)
-RUN_PKGS=(qemu-system-x86 qemu-utils sqlite3)
+  libwslay-dev liblzma-dev zlib1g-dev libzstd-dev libssl-dev libseccomp-dev
+  libmnl-dev libnftables-dev)
+RUN_PKGS=(qemu-system-x86 qemu-utils sqlite3 dnsmasq-base)
 TEST_PKGS=(busybox-static cpio e2fsprogs xz-utils zstd python3 python3-pytest python3-websocket
-  clang-tidy cppcheck libclang-rt-14-dev)
+  prometheus
+  clang-tidy cppcheck libclang-rt-14-dev iproute2 nftables)
 
 want=("${BUILD_PKGS[@]}" "${RUN_PKGS[@]}")
 [ "${1:-}" = "--test" ] && want+=("${TEST_PKGS[@]}")
@@ -27,6 +29,22 @@ if [ ${#missing[@]} -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# The web console's browser tests (scripts/test.sh): Chromium, and Node.js
+# with npm for the build. Not fatal here: without them the browser stage
+# says so and fails on its own.
+if [ "${1:-}" = "--test" ] && [ "$(id -u)" -eq 0 ]; then
+  web=()
+  dpkg-query -W -f='${Status}' chromium 2>/dev/null | grep -q "install ok installed" || web+=(chromium)
+  command -v npm >/dev/null || web+=(nodejs npm)
+  if [ ${#web[@]} -gt 0 ]; then
+    echo "kvmhost: installing ${web[*]} (browser tests)"
+    export DEBIAN_FRONTEND=noninteractive
+    { apt-get install -y -qq --no-install-recommends "${web[@]}" >/dev/null 2>&1 ||
+      { apt-get update -qq && apt-get install -y -qq --no-install-recommends "${web[@]}" >/dev/null; }; } ||
+      echo "kvmhost: warning: cannot install ${web[*]}; the browser tests will fail" >&2
+  fi
 fi
 
 # QEMU never runs as root: it runs as this system user (in group kvm for

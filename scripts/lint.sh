@@ -8,10 +8,12 @@ BUILD=${1:-build}
 mapfile -t files < <(find src -name '*.c' | sort)
 
 echo "cppcheck: ${#files[@]} files"
+# cppcheck does not read system headers, so jansson's loop macros are
+# "unknown" to it (unknownMacro is a configuration notice, not a finding).
 cppcheck --quiet --error-exitcode=1 --inline-suppr --std=c11 \
   --enable=warning,performance,portability \
   --suppress=missingIncludeSystem --suppress=unmatchedSuppression \
-  -D_GNU_SOURCE -I src -I "$BUILD" "${files[@]}"
+  --suppress=unknownMacro -D_GNU_SOURCE -I src -I "$BUILD" "${files[@]}"
 
 echo "clang-tidy: ${#files[@]} files"
 out=$(printf '%s\n' "${files[@]}" |

@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# Build kvmhost and run kvmhostd in the foreground with its defaults.
+# Build kvmhost and its web console, and run kvmhostd in the foreground with
+# its defaults plus the web console on http://127.0.0.1:8006/.
+# KVMHOST_LISTEN=ADDR:PORT changes the TCP address ("" turns TCP off).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BUILD=${BUILD:-build}
@@ -7,13 +9,30 @@ scripts/install-deps.sh
 [ -f "$BUILD/build.ninja" ] || meson setup "$BUILD" >/dev/null
 ninja -C "$BUILD" >/dev/null
 sock=${KVMHOST_SOCKET:-/run/kvmhost/kvmhostd.sock}
+listen=${KVMHOST_LISTEN-127.0.0.1:8006}
+daemon="$BUILD/src/daemon/kvmhostd"
+state=$("$daemon" --help | sed -n 's/.*--state-dir DIR.*(default \(.*\)).*/\1/p')
+state=${state:-/var/lib/kvmhost}
+args=()
+web="off (npm missing or the build failed: scripts/build-web.sh)"
+if scripts/build-web.sh; then
+  args+=(--web-dir web/dist)
+  web="web/dist"
+fi
+if [ -n "$listen" ]; then
+  args+=(--listen "$listen")
+  tcp="http://$listen/   (token: $state/api-token, created at first start)"
+else
+  tcp="off (KVMHOST_LISTEN=127.0.0.1:8006 turns it on)"
+fi
 cat <<MSG
 kvmhostd is starting with its defaults:
   REST API     unix socket $sock   (try: $BUILD/src/cli/kvmhost host show)
   API document GET /api/v1/openapi.json on that socket (docs/api.md)
-  TCP API      off; add --listen 127.0.0.1:8006 (token in /var/lib/kvmhost/api-token)
-  state        /var/lib/kvmhost      logs: this terminal
+  web console  $tcp
+               files: $web; log in with the token: cat $state/api-token
+  state        $state      logs: this terminal
 A test guest for a first VM: tests/guest/build.sh (see README).  Ctrl-C stops the
 daemon; running VMs keep running and are reattached at the next start.
 MSG
-exec "$BUILD/src/daemon/kvmhostd" --socket "$sock" "$@"
+exec "$daemon" --socket "$sock" "${args[@]}" "$@"

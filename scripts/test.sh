@@ -7,6 +7,8 @@
 #   4. fuzz smoke: each libFuzzer target for a bounded number of runs
 #   5. black-box tests: the real daemon (ASan+UBSan build) in temp dirs,
 #      real QEMU guests under whatever accelerator the host can run
+#   6. browser tests: the web console (web/) in headless Chromium against
+#      the real daemon (ASan+UBSan) and the test guest
 #
 # Ends with one line "kvmhost: N passed, N failed".
 set -uo pipefail
@@ -89,6 +91,26 @@ pe=$(echo "$summary" | grep -oE '[0-9]+ error' | grep -oE '[0-9]+'); pe=${pe:-0}
 [ "$pp" -gt 0 ] && ok "black-box ($pp tests)" "$pp"
 [ $((pf + pe)) -gt 0 ] && bad "black-box ($pf failed, $pe errors)" $((pf + pe))
 [ "$pp" -eq 0 ] && [ $((pf + pe)) -eq 0 ] && bad "black-box (no test ran)"
+
+stage "browser tests (web console in Chromium, real daemon and guest)"
+if [ ! -x /usr/bin/chromium ]; then
+  echo "browser tests: NOT RUN - chromium is not installed and could not be installed" \
+       "(apt-get install chromium); counted as failed"
+  bad "browser tests (no chromium)"
+elif ! scripts/build-web.sh --force >"$LOGS/web-build.log" 2>&1; then
+  tail -n 40 "$LOGS/web-build.log"
+  bad "web console build (npm ci, esbuild)"
+else
+  tail -n 1 "$LOGS/web-build.log"
+  out=$(KH_DAEMON="$ROOT/$ASAN/src/daemon/kvmhostd" KH_TEST_LOGS="$LOGS" \
+        timeout 600 node web/tests/browser.mjs 2>&1)
+  echo "$out" | tail -n 40
+  summary=$(echo "$out" | grep -E '^[0-9]+ passed, [0-9]+ failed$' | tail -1)
+  wp=$(echo "$summary" | grep -oE '^[0-9]+'); wp=${wp:-0}
+  wf=$(echo "$summary" | grep -oE '[0-9]+ failed' | grep -oE '[0-9]+'); wf=${wf:-1}
+  [ "$wp" -gt 0 ] && ok "browser ($wp checks; screenshots in $LOGS/web-*.png)" "$wp"
+  [ "$wf" -gt 0 ] && bad "browser ($wf failed)" "$wf"
+fi
 
 echo
 if [ ${#failures[@]} -gt 0 ]; then

@@ -17,18 +17,22 @@
 #include "vm/snapshot.h"
 #include "vm/event.h"
 #include "vm/manager.h"
+#include "vm/metrics.h"
 #include "vm/task.h"
 
 typedef struct kh_api {
     uv_loop_t *loop;
     kh_manager *mgr;
+    kh_netmgr *net;    /* networks (net/netmgr.h) */
     kh_tasks *tasks;
     kh_events *events;
     kh_storage *storage; /* pools and volumes (NULL: storage unavailable) */
     kh_snapshots *snapshots;
     json_t *host;      /* static host facts, computed at start (owned) */
-    json_t *openapi;   /* generated once from the route table (owned) */
+    char *openapi;     /* generated once from the route table, serialised (owned):
+                        * as text it is a fraction of its jansson tree */
     double started_at; /* wall time */
+    kh_metrics *metrics;
 } kh_api;
 
 /* The route table and its size. */
@@ -81,6 +85,18 @@ void kh_task_routes_get(kh_http_req *req, void *app);
 void kh_event_routes_stream(kh_http_req *req, void *app);
 
 void kh_console_routes_ws(kh_http_req *req, void *app);
+
+void kh_net_routes_list(kh_http_req *req, void *app);
+void kh_net_routes_create(kh_http_req *req, void *app);
+void kh_net_routes_get(kh_http_req *req, void *app);
+void kh_net_routes_delete(kh_http_req *req, void *app);
+void kh_net_routes_leases(kh_http_req *req, void *app);
+void kh_net_routes_forward_add(kh_http_req *req, void *app);
+void kh_net_routes_forward_delete(kh_http_req *req, void *app);
 void kh_console_routes_log(kh_http_req *req, void *app);
+
+void kh_metrics_routes_prometheus(kh_http_req *req, void *app);
+void kh_metrics_routes_vm(kh_http_req *req, void *app);
+void kh_metrics_routes_host(kh_http_req *req, void *app);
 
 #endif

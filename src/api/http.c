@@ -60,6 +60,7 @@
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
 
+#include "api/session.h"
 #include "util/fs.h"
 #include "util/log.h"
 #include "util/mem.h"
@@ -83,7 +84,7 @@
 /* Static files: same-origin everything, no framing, no inline script or style. */
 static const char csp_value[] =
     "default-src 'self'; img-src 'self' data:; frame-ancestors 'none'; base-uri 'self'; "
-    "form-action 'self'";
+    "form-action 'self'; style-src 'self' 'unsafe-inline'";
 
 typedef struct listener listener;
 typedef struct ws_link ws_link;
@@ -142,6 +143,10 @@ struct kh_http_server {
     unsigned idle_timeout;
     bool has_token;
     unsigned char token_hash[32]; /* SHA-256 of the token; the token is not kept */
+    bool loopback_public;     /* KH_ROUTE_LOOPBACK_PUBLIC routes open to 127/8, ::1 */
+    kh_http_request_cb on_request;
+    void *on_request_opaque;
+    kh_sessions *sessions;    /* browser logins (cookie + CSRF token), see session.h */
     int web_fd;
     listener *lis[2];
     size_t nlis;
@@ -198,6 +203,7 @@ struct kh_http_req {
     kh_sse *sse;
     kh_ws *ws;                 /* pending WebSocket (before the upgrade) */
     uint64_t start_ms;
+    uint64_t start_ns;         /* uv_hrtime(), for the latency hook */
     kh_http_req *prev, *next;
 };
 
@@ -246,6 +252,7 @@ static void srv_unref(kh_http_server *srv)
         }
         free(l);
     }
+    kh_sessions_free(srv->sessions);
     free(srv);
 }
 
@@ -415,17 +422,34 @@ static void token_hash(const char *s, size_t len, unsigned char out[32])
         memset(out, 0, 32);
 }
 
+/* Did the TCP client connect from a loopback address? */
+static bool peer_is_loopback(const kh_http_req *req)
+{
+    const union MHD_ConnectionInfo *ci =
+        req->conn ? MHD_get_connection_info(req->conn, MHD_CONNECTION_INFO_CLIENT_ADDRESS)
+                  : NULL;
+    const struct sockaddr *sa = ci ? ci->client_addr : NULL;
+    if (!sa)
+        return false;
+    if (sa->sa_family == AF_INET) {
+        const struct sockaddr_in *in = (const struct sockaddr_in *)(const void *)sa;
+        return (ntohl(in->sin_addr.s_addr) >> 24) == 127;
+    }
+    if (sa->sa_family == AF_INET6) {
+        const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *)(const void *)sa;
+        if (IN6_IS_ADDR_LOOPBACK(&in6->sin6_addr))
+            return true;
+        return IN6_IS_ADDR_V4MAPPED(&in6->sin6_addr) && in6->sin6_addr.s6_addr[12] == 127;
+    }
+    return false;
+}
+static bool origin_ok(const kh_http_req *req);
+
 /* Bearer token check, constant time (both sides hashed first, so the
  * comparison does not even depend on the length). */
-static bool req_authorized(const kh_http_req *req)
+static bool bearer_ok(const kh_http_server *srv, const char *auth)
 {
-    const kh_http_server *srv = req->srv;
-    if (req->lis->local || (req->route && (req->route->flags & KH_ROUTE_PUBLIC)))
-        return true;
-    if (!srv->has_token)
-        return false;
-    const char *auth = conn_header(req, MHD_HTTP_HEADER_AUTHORIZATION);
-    if (!auth || strncasecmp(auth, "Bearer ", 7) != 0)
+    if (!srv->has_token || !auth || strncasecmp(auth, "Bearer ", 7) != 0)
         return false;
     const char *tok = auth + 7;
     while (*tok == ' ')
@@ -438,6 +462,28 @@ static bool req_authorized(const kh_http_req *req)
     unsigned char h[32];
     token_hash(tok, len, h);
     return CRYPTO_memcmp(h, srv->token_hash, 32) == 0;
+}
+
+/* KH_OK, KH_E_UNAUTHORIZED, or KH_E_FORBIDDEN (a session cookie without
+ * the CSRF token on a write, or from another origin). A request with an
+ * Authorization header is judged by it alone; otherwise by its session
+ * cookie. */
+static kh_code req_auth(const kh_http_req *req)
+{
+    const kh_http_server *srv = req->srv;
+    if (req->lis->local || (req->route && (req->route->flags & KH_ROUTE_PUBLIC)))
+        return KH_OK;
+    if (req->route && (req->route->flags & KH_ROUTE_LOOPBACK_PUBLIC) && srv->loopback_public &&
+        peer_is_loopback(req))
+        return KH_OK;
+    const char *auth = conn_header(req, MHD_HTTP_HEADER_AUTHORIZATION);
+    if (auth)
+        return bearer_ok(srv, auth) ? KH_OK : KH_E_UNAUTHORIZED;
+    kh_code c = kh_sessions_check(srv->sessions, conn_header(req, MHD_HTTP_HEADER_COOKIE),
+                                  req->method, conn_header(req, "X-CSRF-Token"), kh_now_ms());
+    if (c == KH_OK && !origin_ok(req))
+        return KH_E_FORBIDDEN;
+    return c;
 }
 
 /* ---- requests: suspend, resume, free ---- */
@@ -576,6 +622,10 @@ static enum MHD_Result req_queue(kh_http_req *req)
            req->method ? req->method : "?",
            kh_log_quote(q, sizeof(q), req->path ? req->path : "?"), req->status,
            (unsigned long long)(kh_now_ms() - req->start_ms));
+    if (req->srv && req->srv->on_request)
+        req->srv->on_request(req->srv->on_request_opaque, req->method ? req->method : "?",
+                             req->route ? req->route->path : NULL, req->status,
+                             (double)(uv_hrtime() - req->start_ns) / 1e9);
     return r;
 }
 
@@ -908,9 +958,16 @@ static enum MHD_Result req_begin(kh_http_req *req, const char *method)
         return ret;
     }
     req->route = route;
-    if (!req_authorized(req)) {
+    kh_code auth = req_auth(req);
+    if (auth == KH_E_FORBIDDEN) {
         segs_clear(&ps);
-        return req_fail(req, KH_E_UNAUTHORIZED, "missing or invalid bearer token");
+        return req_fail(req, KH_E_FORBIDDEN,
+                        "a write with a session cookie needs its X-CSRF-Token, from the same "
+                        "origin");
+    }
+    if (auth != KH_OK) {
+        segs_clear(&ps);
+        return req_fail(req, KH_E_UNAUTHORIZED, "missing or invalid bearer token or session");
     }
     if (!route) {
         segs_clear(&ps);
@@ -1043,6 +1100,7 @@ static void *on_uri(void *cls, const char *uri, struct MHD_Connection *conn)
     req->target = xstrdup(uri ? uri : "");
     req->state = REQ_NEW;
     req->start_ms = kh_now_ms();
+    req->start_ns = uv_hrtime();
     DL_INSERT(srv->reqs, req);
     return req;
 }
@@ -1615,6 +1673,94 @@ void kh_http_reply_data(kh_http_req *req, int status, const char *content_type,
     req_set_response(req, (unsigned)status, resp);
 }
 
+/* ---- browser sessions (see session.h) ---- */
+
+static bool req_session_id(const kh_http_req *req, char id[KH_SESSION_HEX + 1])
+{
+    return kh_sessions_cookie(conn_header(req, MHD_HTTP_HEADER_COOKIE), KH_SESSION_COOKIE, id,
+                              KH_SESSION_HEX + 1);
+}
+
+void kh_http_session_post(kh_http_req *req, void *app)
+{
+    (void)app;
+    kh_err err = KH_ERR_INIT;
+    kh_http_server *srv = req->srv;
+    json_t *body = kh_http_req_json(req, &err);
+    if (!body) {
+        kh_http_reply_error(req, &err);
+        return;
+    }
+    const char *key;
+    json_t *v;
+    json_object_foreach(body, key, v) {
+        if (strcmp(key, "token") != 0) {
+            kh_err_set(&err, KH_E_INVALID, "unknown key \"%s\" (only \"token\")", key);
+            kh_http_reply_error(req, &err);
+            return;
+        }
+    }
+    const char *tok = json_string_value(json_object_get(body, "token"));
+    if (!tok || !tok[0]) {
+        kh_err_set(&err, KH_E_INVALID, "\"token\" must be a non-empty string");
+        kh_http_reply_error(req, &err);
+        return;
+    }
+    if (!srv || !srv->has_token) {
+        kh_err_set(&err, KH_E_UNSUPPORTED, "no API token is configured (no TCP listener)");
+        kh_http_reply_error(req, &err);
+        return;
+    }
+    unsigned char h[32];
+    token_hash(tok, strlen(tok), h);
+    if (CRYPTO_memcmp(h, srv->token_hash, 32) != 0) {
+        kh_err_set(&err, KH_E_UNAUTHORIZED, "wrong token");
+        kh_http_reply_error(req, &err);
+        return;
+    }
+    char id[KH_SESSION_HEX + 1], csrf[KH_SESSION_HEX + 1];
+    if (kh_sessions_create(srv->sessions, kh_now_ms(), id, csrf, &err) != 0) {
+        kh_http_reply_error(req, &err);
+        return;
+    }
+    char cookie[256];
+    snprintf(cookie, sizeof(cookie), "%s=%s; Path=/; HttpOnly; SameSite=Strict%s",
+             KH_SESSION_COOKIE, id, req->lis && req->lis->tls ? "; Secure" : "");
+    OPENSSL_cleanse(id, sizeof(id));
+    kh_http_req_add_header(req, MHD_HTTP_HEADER_SET_COOKIE, cookie);
+    OPENSSL_cleanse(cookie, sizeof(cookie));
+    kh_http_req_add_header(req, MHD_HTTP_HEADER_CACHE_CONTROL, "no-store");
+    kh_http_reply_json(req, 201, json_pack("{s:s}", "csrf_token", csrf));
+}
+
+void kh_http_session_get(kh_http_req *req, void *app)
+{
+    (void)app;
+    char id[KH_SESSION_HEX + 1];
+    const char *csrf = NULL;
+    if (req->srv && req_session_id(req, id))
+        csrf = kh_sessions_lookup(req->srv->sessions, id, kh_now_ms());
+    const char *via = req->local ? "unix socket" : csrf ? "session" : "token";
+    json_t *j = json_pack("{s:b, s:s}", "authenticated", 1, "via", via);
+    if (csrf)
+        json_object_set_new(j, "csrf_token", json_string(csrf));
+    kh_http_req_add_header(req, MHD_HTTP_HEADER_CACHE_CONTROL, "no-store");
+    kh_http_reply_json(req, 200, j);
+}
+
+void kh_http_session_delete(kh_http_req *req, void *app)
+{
+    (void)app;
+    char id[KH_SESSION_HEX + 1];
+    if (req->srv && req_session_id(req, id))
+        kh_sessions_remove(req->srv->sessions, id);
+    char cookie[128];
+    snprintf(cookie, sizeof(cookie), "%s=; Path=/; Max-Age=0; HttpOnly; SameSite=Strict",
+             KH_SESSION_COOKIE);
+    kh_http_req_add_header(req, MHD_HTTP_HEADER_SET_COOKIE, cookie);
+    kh_http_reply_data(req, 204, "application/json", "", 0);
+}
+
 /* ---- listeners ---- */
 
 static int unix_listen(const char *path, mode_t mode, kh_err *err)
@@ -1873,6 +2019,10 @@ kh_http_server *kh_http_server_new(uv_loop_t *loop, const kh_http_config *cfg,
     srv->idle_timeout = cfg->idle_timeout ? cfg->idle_timeout : HTTP_DEFAULT_IDLE_S;
     srv->web_fd = -1;
     srv->refs = 1;
+    srv->loopback_public = cfg->loopback_public;
+    srv->on_request = cfg->on_request;
+    srv->on_request_opaque = cfg->on_request_opaque;
+    srv->sessions = kh_sessions_new(0, 0, 0);
     if (cfg->token && cfg->token[0]) {
         srv->has_token = true;
         token_hash(cfg->token, strlen(cfg->token), srv->token_hash);

@@ -54,7 +54,14 @@ enum {
     KH_ROUTE_WEBSOCKET = 1u << 1, /* documented as a WebSocket upgrade */
     KH_ROUTE_SSE = 1u << 2,       /* documented as text/event-stream */
     KH_ROUTE_RAW = 1u << 3,       /* body is not JSON (not parsed) */
+    KH_ROUTE_LOOPBACK_PUBLIC = 1u << 4, /* no token from a loopback TCP client when the
+                                         * server has loopback_public */
 };
+
+/* Called once per answered request (after the reply is queued): the method,
+ * the route pattern (NULL when no route matched) and the latency. */
+typedef void (*kh_http_request_cb)(void *opaque, const char *method, const char *route,
+                                   unsigned status, double seconds);
 
 typedef struct kh_route {
     const char *method;          /* "GET", "POST", "PATCH", "DELETE", "PUT" */
@@ -78,6 +85,10 @@ typedef struct kh_http_config {
     const char *web_dir;     /* static files served under "/" (GET), or NULL */
     unsigned idle_timeout;   /* seconds an idle plain HTTP connection is kept;
                               * 0 = 60 (WebSocket and SSE are exempt) */
+    bool loopback_public;    /* KH_ROUTE_LOOPBACK_PUBLIC routes need no token from
+                              * 127.0.0.0/8 or ::1 */
+    kh_http_request_cb on_request; /* optional */
+    void *on_request_opaque;
 } kh_http_config;
 
 kh_http_server *kh_http_server_new(uv_loop_t *loop, const kh_http_config *cfg,
@@ -149,6 +160,17 @@ void kh_http_reply_sse(kh_http_req *req, const kh_sse_callbacks *cbs, void *opaq
  * A slow client (over 1 MiB queued) is disconnected. */
 int kh_sse_send(kh_sse *sse, unsigned long long id, const char *event, const char *data);
 void kh_sse_close(kh_sse *sse);
+
+/* ---- browser sessions (TCP): route handlers for /api/v1/session ----
+ * POST (a KH_ROUTE_PUBLIC route) {"token": "<API token>"} -> 201
+ * {"csrf_token": ...} and an HttpOnly, SameSite=Strict session cookie;
+ * afterwards the cookie authenticates like the bearer token, and writes
+ * (anything but GET/HEAD) also need "X-CSRF-Token: <csrf_token>" (403
+ * without). GET tells how the request was authenticated (and the CSRF
+ * token again for a session). DELETE logs out. See session.h. */
+void kh_http_session_post(kh_http_req *req, void *app);
+void kh_http_session_get(kh_http_req *req, void *app);
+void kh_http_session_delete(kh_http_req *req, void *app);
 
 /* ---- internal: shared by http.c and ws.c only, not for callers ---- */
 #ifdef KH_HTTP_INTERNAL

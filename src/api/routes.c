@@ -67,10 +67,38 @@ static const kh_route routes[] = {
       0, "Grow a volume (online through QMP block_resize while a VM runs on it)", "VolumeResize", "Volume" },
     { "DELETE", "/api/v1/pools/{pool}/volumes/{volume}", kh_storage_routes_volume_delete, 0,
       "Delete a volume no VM and no other volume depends on", NULL, NULL },
+    { "GET", "/api/v1/networks", kh_net_routes_list, 0, "List networks", NULL, "NetworkList" },
+    { "POST", "/api/v1/networks", kh_net_routes_create, 0,
+      "Create a network (nat, isolated or bridged)", "NetworkSpec", "Network" },
+    { "GET", "/api/v1/networks/{name}", kh_net_routes_get, 0, "Show a network", NULL,
+      "Network" },
+    { "DELETE", "/api/v1/networks/{name}", kh_net_routes_delete, 0,
+      "Delete a network no VM uses (409 while one does)", NULL, NULL },
+    { "GET", "/api/v1/networks/{name}/leases", kh_net_routes_leases, 0,
+      "DHCP leases of a network (dnsmasq's lease file)", NULL, "LeaseList" },
+    { "POST", "/api/v1/networks/{name}/forwards", kh_net_routes_forward_add, 0,
+      "Forward a host port to a VM on a nat network", "Forward", "Network" },
+    { "DELETE", "/api/v1/networks/{name}/forwards/{proto}/{port}", kh_net_routes_forward_delete,
+      0, "Remove a port forward", NULL, NULL },
     { "GET", "/api/v1/tasks", kh_task_routes_list, 0, "Recent tasks", NULL, "TaskList" },
     { "GET", "/api/v1/tasks/{id}", kh_task_routes_get, 0, "Show a task", NULL, "Task" },
     { "GET", "/api/v1/events", kh_event_routes_stream, KH_ROUTE_SSE,
       "Event stream (Server-Sent Events; ?since=ID or Last-Event-ID)", NULL, NULL },
+    { "GET", "/metrics", kh_metrics_routes_prometheus, KH_ROUTE_LOOPBACK_PUBLIC,
+      "Prometheus metrics (text format 0.0.4); token on TCP unless --metrics-public and "
+      "the client is on loopback", NULL, NULL },
+    { "GET", "/api/v1/host/metrics", kh_metrics_routes_host, 0,
+      "Host history (?range=SECONDS, up to 3600) and the latest sample of every VM", NULL,
+      "History" },
+    { "GET", "/api/v1/vms/{name}/metrics", kh_metrics_routes_vm, 0,
+      "A VM's history (?range=SECONDS, up to 3600)", NULL, "History" },
+    { "POST", "/api/v1/session", kh_http_session_post, KH_ROUTE_PUBLIC,
+      "Browser login: the API token for a session cookie and a CSRF token", "SessionLogin",
+      "Session" },
+    { "GET", "/api/v1/session", kh_http_session_get, 0, "How this request is authenticated",
+      NULL, "Session" },
+    { "DELETE", "/api/v1/session", kh_http_session_delete, 0, "Log out (end the session)", NULL,
+      NULL },
 };
 
 const kh_route *kh_routes_table(size_t *n)
@@ -110,12 +138,30 @@ static const struct {
       "\"q35\"},\"boot\":{\"$ref\":\"#/components/schemas/Boot\"},\"disks\":{\"type\":\"array\",\"maxItems\":16"
       ",\"items\":{\"$ref\":\"#/components/schemas/Disk\"}},\"serial\":{\"type\":\"boolean\",\"default\":true"
       "},\"graphics\":{\"type\":\"string\",\"enum\":[\"none\",\"vnc\"],\"default\":\"none\"},\"description\":{\"ty"
-      "pe\":\"string\",\"maxLength\":1024}}}" },
+      "pe\":\"string\",\"maxLength\":1024},\"nics\":{\"type\":\"array\",\"maxItems\":8,\"items\":{\"$ref\":\"#/co"
+      "mponents/schemas/NIC\"}},\"limits\":{\"$ref\":\"#/components/schemas/Limits\"}}}" },
     { "VMPatch",
       "{\"type\":\"object\",\"additionalProperties\":false,\"properties\":{\"vcpus\":{\"type\":\"integer\"},\""
       "memory_mib\":{\"type\":\"integer\"},\"machine\":{\"type\":\"string\"},\"boot\":{\"$ref\":\"#/components/"
       "schemas/Boot\"},\"disks\":{\"type\":\"array\",\"items\":{\"$ref\":\"#/components/schemas/Disk\"}},\"se"
-      "rial\":{\"type\":\"boolean\"},\"graphics\":{\"type\":\"string\"},\"description\":{\"type\":\"string\"}}}" },
+      "rial\":{\"type\":\"boolean\"},\"graphics\":{\"type\":\"string\"},\"description\":{\"type\":\"string\"},"
+      "\"limits\":{\"$ref\":\"#/components/schemas/Limits\"}}}" },
+    { "Limits",
+      "{\"type\":\"object\",\"additionalProperties\":false,\"description\":\"Changeable on a running VM; "
+      "PATCH merges key by key, null removes one\",\"properties\":{\"cpu_weight\":{\"type\":\"integer\",\"m"
+      "inimum\":1,\"maximum\":10000},\"cpu_max_percent\":{\"type\":\"integer\",\"minimum\":1,\"descr"
+      "iption\":\"percent of one host CPU, at most 100 per vCPU\"},\"memory_max_mib\":{\"type\":\"intege"
+      "r\",\"description\":\"at least memory_mib\"},\"disk\":{\"type\":\"array\",\"items\":{\"type\":\"o"
+      "bject\",\"required\":[\"index\"],\"properties\":{\"index\":{\"type\":\"integer\"},\"iops_total\":"
+      "{\"type\":\"integer\"},\"iops_read\":{\"type\":\"integer\"},\"iops_write\":{\"type\":\"integer\"}"
+      ",\"bps_total\":{\"type\":\"integer\"},\"bps_read\":{\"type\":\"integer\"},\"bps_write\":{\"type\""
+      ":\"integer\"},\"iops_total_max\":{\"type\":\"integer\"},\"iops_read_max\":{\"type\":\"integer\"},\""
+      "iops_write_max\":{\"type\":\"integer\"},\"bps_total_max\":{\"type\":\"integer\"},\"bps_read_max\":{"
+      "\"type\":\"integer\"},\"bps_write_max\":{\"type\":\"integer\"}}}}}}" },
+    { "History",
+      "{\"type\":\"object\",\"properties\":{\"interval_seconds\":{\"type\":\"number\"},\"fields\":{\"t"
+      "ype\":\"array\",\"items\":{\"type\":\"string\"}},\"samples\":{\"type\":\"array\",\"items\":{\"ty"
+      "pe\":\"array\",\"items\":{\"type\":\"number\"}}},\"vms\":{\"type\":\"object\"}}}" },
     { "VM",
       "{\"allOf\":[{\"$ref\":\"#/components/schemas/VMSpec\"},{\"type\":\"object\",\"properties\":{\"id\":{\"t"
       "ype\":\"string\",\"format\":\"uuid\"},\"state\":{\"type\":\"string\",\"enum\":[\"stopped\",\"starting\",\"ru"
@@ -124,6 +170,39 @@ static const struct {
       "able\":true},\"console_viewers\":{\"type\":\"integer\"},\"created_at\":{\"type\":\"string\",\"format\":"
       "\"date-time\"},\"updated_at\":{\"type\":\"string\",\"format\":\"date-time\"},\"started_at\":{\"type\":\"s"
       "tring\",\"format\":\"date-time\",\"nullable\":true}}}]}" },
+    { "NetworkSpec",
+      "{\"type\":\"object\",\"additionalProperties\":false,\"required\":[\"name\"],\"properties\""
+      ":{\"name\":{\"type\":\"string\",\"pattern\":\"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$\"},\"type"
+      "\":{\"type\":\"string\",\"enum\":[\"nat\",\"isolated\",\"bridged\"],\"default\":\"nat\"},\""
+      "subnet\":{\"type\":\"string\",\"description\":\"IPv4 network (nat, isolated), e.g. 10.10.0"
+      ".0/24; the gateway is its first address. Picked when absent.\"},\"bridge\":{\"type\":\"str"
+      "ing\",\"maxLength\":15,\"description\":\"bridged: the existing host bridge\"}}}" },
+    { "Network",
+      "{\"type\":\"object\",\"properties\":{\"id\":{\"type\":\"string\"},\"name\":{\"type\":\"str"
+      "ing\"},\"type\":{\"type\":\"string\"},\"subnet\":{\"type\":\"string\"},\"bridge\":{\"type\""
+      ":\"string\"},\"gateway\":{\"type\":\"string\"},\"dhcp\":{\"type\":\"object\"},\"forwards\""
+      ":{\"type\":\"array\",\"items\":{\"$ref\":\"#/components/schemas/Forward\"}},\"nics\":{\"ty"
+      "pe\":\"array\",\"items\":{\"type\":\"object\"}},\"dnsmasq_pid\":{\"type\":\"integer\"}}}" },
+    { "NetworkList",
+      "{\"type\":\"object\",\"properties\":{\"networks\":{\"type\":\"array\",\"items\":{\"$ref\":"
+      "\"#/components/schemas/Network\"}}}}" },
+    { "Forward",
+      "{\"type\":\"object\",\"additionalProperties\":false,\"required\":[\"host_port\",\"vm\",\"v"
+      "m_port\"],\"properties\":{\"proto\":{\"type\":\"string\",\"enum\":[\"tcp\",\"udp\"],\"defa"
+      "ult\":\"tcp\"},\"host_port\":{\"type\":\"integer\",\"minimum\":1,\"maximum\":65535},\"vm\""
+      ":{\"type\":\"string\",\"pattern\":\"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$\"},\"vm_port\":{\"t"
+      "ype\":\"integer\",\"minimum\":1,\"maximum\":65535},\"ip\":{\"type\":\"string\",\"readOnly\""
+      ":true}}}" },
+    { "LeaseList",
+      "{\"type\":\"object\",\"properties\":{\"leases\":{\"type\":\"array\",\"items\":{\"type\":\""
+      "object\",\"properties\":{\"expires\":{\"type\":\"integer\"},\"mac\":{\"type\":\"string\"},"
+      "\"ip\":{\"type\":\"string\"},\"hostname\":{\"type\":\"string\"},\"vm\":{\"type\":\"string\""
+      "}}}}}}" },
+    { "NIC",
+      "{\"type\":\"object\",\"additionalProperties\":false,\"required\":[\"network\"],\"propertie"
+      "s\":{\"network\":{\"type\":\"string\",\"pattern\":\"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$\"},"
+      "\"mac\":{\"type\":\"string\",\"pattern\":\"^[0-9A-Fa-f]{2}(:[0-9A-Fa-f]{2}){5}$\"},\"ip\":"
+      "{\"type\":\"string\"}}}" },
     { "VMList",
       "{\"type\":\"object\",\"properties\":{\"vms\":{\"type\":\"array\",\"items\":{\"$ref\":\"#/components/schem"
       "as/VM\"}}}}" },
@@ -199,6 +278,13 @@ static const struct {
     { "VolumeList",
       "{\"type\":\"object\",\"properties\":{\"volumes\":{\"type\":\"array\",\"items\":{\"$ref\":"
       "\"#/components/schemas/Volume\"}}}}" },
+    { "SessionLogin",
+      "{\"type\":\"object\",\"additionalProperties\":false,\"required\":[\"token\"],\"properties\":{\"t"
+      "oken\":{\"type\":\"string\",\"description\":\"the API token (STATE_DIR/api-token)\"}}}" },
+    { "Session",
+      "{\"type\":\"object\",\"properties\":{\"authenticated\":{\"type\":\"boolean\"},\"via\":{\"ty"
+      "pe\":\"string\"},\"csrf_token\":{\"type\":\"string\",\"description\":\"send as X-CSRF-Token on "
+      "writes made with the session cookie\"}}}" },
     { "Host",
       "{\"type\":\"object\",\"properties\":{\"hostname\":{\"type\":\"string\"},\"version\":{\"type\":\"string\"},"
       "\"accelerator\":{\"type\":\"string\",\"enum\":[\"kvm\",\"tcg\"]},\"accelerator_reason\":{\"type\":\"strin"

@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "cli/handlers.h"
+#include "cli/net_handlers.h"
 #include "cli/output.h"
 #include "kh_config.h"
 #include "util/fs.h"
@@ -84,6 +85,32 @@ static const cli_opt opts_vm_edit[] = {
     { NULL, NULL, 0, NULL },
 };
 
+static const cli_opt opts_vm_top[] = {
+    { "once", NULL, 0, "Print one frame and exit (also when stdout is not a terminal)." },
+    { "interval", "SECONDS", CLI_OPT_ARG, "Refresh period (default 2)." },
+    { "sort", "KEY", CLI_OPT_ARG, "cpu (default), mem or name." },
+    { "all", NULL, 0, "Also list VMs that are not running." },
+    { NULL, NULL, 0, NULL },
+};
+
+static const cli_opt opts_vm_limit[] = {
+    { "cpu-weight", "N", CLI_OPT_ARG, "Relative CPU share, 1 to 10000 (100 is the default)." },
+    { "cpu-max", "PERCENT", CLI_OPT_ARG,
+      "Hard CPU cap in percent of one host CPU (at most 100 per vCPU)." },
+    { "memory-max", "MIB", CLI_OPT_ARG,
+      "Hard memory limit of the VM's QEMU (suffix M or G); at least the guest's memory." },
+    { "disk", "INDEX", CLI_OPT_ARG, "The disk the --disk-* options apply to (default 0)." },
+    { "disk-iops", "N", CLI_OPT_ARG, "Total I/O operations per second." },
+    { "disk-read-iops", "N", CLI_OPT_ARG, "Read operations per second." },
+    { "disk-write-iops", "N", CLI_OPT_ARG, "Write operations per second." },
+    { "disk-bps", "BYTES", CLI_OPT_ARG, "Total bytes per second." },
+    { "disk-read-bps", "BYTES", CLI_OPT_ARG, "Read bytes per second." },
+    { "disk-write-bps", "BYTES", CLI_OPT_ARG, "Written bytes per second." },
+    { "disk-iops-burst", "N", CLI_OPT_ARG, "Burst for --disk-iops." },
+    { "disk-bps-burst", "BYTES", CLI_OPT_ARG, "Burst for --disk-bps." },
+    { NULL, NULL, 0, NULL },
+};
+
 static const cli_opt opts_wait_only[] = {
     OPT_NO_WAIT,
     { NULL, NULL, 0, NULL },
@@ -124,6 +151,25 @@ static const cli_opt opts_events[] = {
       "First replay the buffered events newer than event ID (0 replays all of them)." },
     { "count", "N", CLI_OPT_ARG, "Exit 0 after N events." },
     { "timeout", "SECONDS", CLI_OPT_ARG, "Exit 0 after this many seconds." },
+    { NULL, NULL, 0, NULL },
+};
+
+static const cli_opt opts_net_create[] = {
+    { "type", "TYPE", CLI_OPT_ARG | CLI_OPT_REQUIRED,
+      "nat (a private subnet with DHCP and masquerade out), isolated (DHCP, no way out) or "
+      "bridged (NICs join an existing host bridge)." },
+    { "subnet", "CIDR", CLI_OPT_ARG,
+      "nat/isolated: the IPv4 network, e.g. 10.10.0.0/24; the gateway is its first address. "
+      "Default: a free 10.X.Y.0/24." },
+    { "bridge", "NAME", CLI_OPT_ARG, "bridged: the existing host bridge." },
+    { NULL, NULL, 0, NULL },
+};
+
+static const cli_opt opts_net_forward[] = {
+    { "vm", "NAME", CLI_OPT_ARG | CLI_OPT_REQUIRED, "The VM to reach (it has a NIC here)." },
+    { "host-port", "PORT", CLI_OPT_ARG | CLI_OPT_REQUIRED, "Port on the host's addresses." },
+    { "vm-port", "PORT", CLI_OPT_ARG | CLI_OPT_REQUIRED, "Port in the VM." },
+    { "proto", "tcp|udp", CLI_OPT_ARG, "Protocol (default tcp)." },
     { NULL, NULL, 0, NULL },
 };
 
@@ -226,6 +272,33 @@ const cli_cmd cli_commands[] = {
         cli_do_vm_edit,
     },
     {
+        "vm", "top", NULL, "live CPU, memory and disk use of the VMs",
+        "A virt-top-like view from the daemon's samples (taken every 10 s by default): the "
+        "host's CPU, memory and load, then one line per running VM with its CPU use in "
+        "percent of one host CPU, the memory charged to its cgroup, its QEMU's resident "
+        "memory and its disk rates. Refreshes until Ctrl-C; --once (or --json, or a stdout "
+        "that is not a terminal) prints one frame.",
+        opts_vm_top,
+        "$ kvmhost vm top\n"
+        "$ kvmhost vm top --once --sort mem\n"
+        "$ kvmhost --json vm top",
+        cli_do_vm_top,
+    },
+    {
+        "vm", "limit", "NAME", "show or change the limits of a VM",
+        "Without options, show the VM's limits. With options, change them; a running VM "
+        "takes them at once (CPU and memory through its cgroup, disk limits through QEMU's "
+        "I/O throttling) and keeps them across restarts. The value \"none\" removes a "
+        "limit. A memory limit under what QEMU already uses fails with exit status 5 and "
+        "changes nothing.",
+        opts_vm_limit,
+        "$ kvmhost vm limit web1 --cpu-max 20 --memory-max 1G\n"
+        "$ kvmhost vm limit web1 --disk 0 --disk-iops 100 --disk-bps 10485760\n"
+        "$ kvmhost vm limit web1 --cpu-max none\n"
+        "$ kvmhost vm limit web1",
+        cli_do_vm_limit,
+    },
+    {
         "vm", "start", "NAME", "start a virtual machine",
         "Start QEMU for the VM and wait until it runs. " ACTION_TAIL,
         opts_wait_only,
@@ -308,6 +381,60 @@ const cli_cmd cli_commands[] = {
         "$ kvmhost vm log web1 --tail 4096\n"
         "$ kvmhost vm log web1 --follow",
         cli_do_vm_log,
+    },
+    {
+        "network", "create", "NAME", "create a network",
+        "Create a network called NAME. A nat or isolated network gets a Linux bridge of "
+        "kvmhost's own (khbr + 8 hex digits), an IPv4 subnet whose first address is the "
+        "gateway, and a dnsmasq serving DHCP (and DNS) on that bridge only; a nat network "
+        "also masquerades its guests' traffic out through the host (nftables table "
+        "'inet kvmhost'). A bridged network attaches NICs to a bridge the administrator "
+        "made. VMs join a network with \"nics\": [{\"network\": \"NAME\"}] in their spec.",
+        opts_net_create,
+        "$ kvmhost network create lan --type nat --subnet 10.10.0.0/24\n"
+        "$ kvmhost network create lab --type isolated\n"
+        "$ kvmhost network create uplink --type bridged --bridge br0",
+        cli_do_net_create,
+    },
+    {
+        "network", "list", NULL, "list the networks",
+        "One line per network: name, type, bridge, subnet, and how many NICs and port "
+        "forwards it has.",
+        NULL,
+        "$ kvmhost network list",
+        cli_do_net_list,
+    },
+    {
+        "network", "show", "NAME", "show one network",
+        "Everything about the network: subnet, gateway, DHCP range, bridge, the NICs on it, "
+        "its port forwards and its dnsmasq's pid.",
+        NULL,
+        "$ kvmhost network show lan",
+        cli_do_net_show,
+    },
+    {
+        "network", "delete", "NAME", "delete a network no VM uses",
+        "Remove the network, its bridge, rules and dnsmasq. A network that a VM has a NIC on "
+        "is refused (exit status 5): remove the NIC or the VM first.",
+        NULL,
+        "$ kvmhost network delete lan",
+        cli_do_net_delete,
+    },
+    {
+        "network", "leases", "NAME", "show the DHCP leases of a network",
+        "The leases dnsmasq handed out on a nat or isolated network, with the VM each MAC "
+        "belongs to.",
+        NULL,
+        "$ kvmhost network leases lan",
+        cli_do_net_leases,
+    },
+    {
+        "network", "forward", "NAME", "forward a host port to a VM",
+        "On a nat network, forward --host-port on every address of the host to --vm-port of "
+        "the VM's address on the network (its static ip, else its current DHCP lease).",
+        opts_net_forward,
+        "$ kvmhost network forward lan --vm web1 --host-port 8080 --vm-port 80",
+        cli_do_net_forward,
     },
     {
         "host", "show", NULL, "show facts about the host",
@@ -494,6 +621,7 @@ static const struct {
     const char *summary;
 } noun_summaries[] = {
     { "vm", "manage virtual machines" },
+    { "network", "manage networks" },
     { "host", "show the host" },
     { "task", "follow long operations" },
     { "pool", "manage storage pools" },

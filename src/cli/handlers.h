@@ -37,5 +37,8 @@ int cli_do_template_list(cli_ctx *ctx, const cli_args *a, kh_err *err);
  * 0 when it succeeded, -1 with err set to its error otherwise. */
 int cli_task_wait(cli_ctx *ctx, json_t **task, kh_err *err);
 int cli_do_version(cli_ctx *ctx, const cli_args *a, kh_err *err);
+/* obs.c */
+int cli_do_vm_top(cli_ctx *ctx, const cli_args *a, kh_err *err);
+int cli_do_vm_limit(cli_ctx *ctx, const cli_args *a, kh_err *err);
 
 #endif

@@ -12,7 +12,9 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "conf/limits.h"
 #include "util/check.h"
+#include "util/inet.h"
 #include "util/mem.h"
 
 /* Longest field label we print: "disks[15].readonly" and the like. */
@@ -20,14 +22,15 @@
 
 static const char *const top_keys[] = {
     "name", "vcpus", "memory_mib", "machine", "boot", "disks", "serial", "graphics",
-    "description", NULL,
+    "description", "nics", "limits", NULL,
 };
 static const char *const boot_keys[] = { "kernel", "initrd", "cmdline", NULL };
 static const char *const disk_keys[] = { "path", "format", "readonly", "volume", NULL };
+static const char *const nic_keys[] = { "network", "mac", "ip", NULL };
 /* What PATCH may touch: everything but the name. */
 static const char *const patch_keys[] = {
     "vcpus", "memory_mib", "machine", "boot", "disks", "serial", "graphics", "description",
-    NULL,
+    "nics", "limits", NULL,
 };
 
 /* jansson's iterators take a non-const object but do not change it. */
@@ -193,7 +196,14 @@ static void spec_clear(kh_vm_spec *spec)
         kh_disk_spec_clear_backing(&spec->disks[i]);
     }
     free(spec->disks);
+    for (size_t i = 0; i < spec->nnics; i++) {
+        free(spec->nics[i].network);
+        free(spec->nics[i].mac);
+        free(spec->nics[i].ip);
+    }
+    free(spec->nics);
     free(spec->description);
+    kh_limits_free(spec->limits);
     memset(spec, 0, sizeof(*spec));
 }
 
@@ -351,6 +361,74 @@ static int parse_disks(kh_vm_spec *spec, const json_t *arr, kh_err *err)
     return 0;
 }
 
+static int parse_nic(kh_nic_spec *n, const json_t *obj, size_t i, kh_err *err)
+{
+    char prefix[FIELD_MAX], field[FIELD_MAX];
+    snprintf(prefix, sizeof(prefix), "nics[%zu].", i);
+    if (!json_is_object(obj)) {
+        kh_err_set(err, KH_E_INVALID, "nics[%zu]: must be an object", i);
+        return -1;
+    }
+    if (check_keys(obj, nic_keys, prefix, err) < 0)
+        return -1;
+    const json_t *v;
+    const char *s;
+    snprintf(field, sizeof(field), "nics[%zu].network", i);
+    if (!(v = json_object_get(obj, "network"))) {
+        kh_err_set(err, KH_E_INVALID, "%s is required", field);
+        return -1;
+    }
+    if (!(s = get_string(v, field, err)) || kh_check_name(s, field, err) < 0)
+        return -1;
+    n->network = xstrdup(s);
+    snprintf(field, sizeof(field), "nics[%zu].mac", i);
+    if ((v = json_object_get(obj, "mac"))) {
+        uint8_t mac[6];
+        char text[KH_MAC_STRLEN];
+        if (!(s = get_string(v, field, err)) || kh_inet_mac_parse(s, mac, field, err) < 0)
+            return -1;
+        kh_inet_mac_format(mac, text);
+        n->mac = xstrdup(text);
+    }
+    snprintf(field, sizeof(field), "nics[%zu].ip", i);
+    if ((v = json_object_get(obj, "ip"))) {
+        uint32_t a;
+        if (!(s = get_string(v, field, err)) || kh_inet_ipv4_parse(s, &a, field, err) < 0)
+            return -1;
+        n->ip = xstrdup(s);
+    }
+    return 0;
+}
+
+static int parse_nics(kh_vm_spec *spec, const json_t *arr, kh_err *err)
+{
+    if (!json_is_array(arr)) {
+        kh_err_set(err, KH_E_INVALID, "nics: must be an array");
+        return -1;
+    }
+    size_t n = json_array_size(arr);
+    if (n > KH_VM_NICS_MAX) {
+        kh_err_set(err, KH_E_INVALID, "nics: at most %d NICs (got %zu)", KH_VM_NICS_MAX, n);
+        return -1;
+    }
+    if (n == 0)
+        return 0;
+    spec->nics = xcalloc(n, sizeof(*spec->nics));
+    for (size_t i = 0; i < n; i++) {
+        spec->nnics = i + 1;
+        if (parse_nic(&spec->nics[i], json_array_get(arr, i), i, err) < 0)
+            return -1;
+        for (size_t j = 0; j < i; j++) {
+            if (spec->nics[i].mac && spec->nics[j].mac &&
+                strcmp(spec->nics[i].mac, spec->nics[j].mac) == 0) {
+                kh_err_set(err, KH_E_INVALID, "nics[%zu].mac: same address as nics[%zu]", i, j);
+                return -1;
+            }
+        }
+    }
+    return 0;
+}
+
 /* Checks that need several fields. */
 static int spec_check_whole(const kh_vm_spec *spec, kh_err *err)
 {
@@ -364,7 +442,7 @@ static int spec_check_whole(const kh_vm_spec *spec, kh_err *err)
                    graphics_name(spec->graphics));
         return -1;
     }
-    return 0;
+    return kh_limits_check(spec->limits, spec->vcpus, spec->memory_mib, spec->ndisks, err);
 }
 
 static int spec_parse(kh_vm_spec *spec, const json_t *obj, kh_err *err)
@@ -418,6 +496,8 @@ static int spec_parse(kh_vm_spec *spec, const json_t *obj, kh_err *err)
             return -1;
         spec->graphics = (kh_graphics)e;
     }
+    if ((v = json_object_get(obj, "nics")) && parse_nics(spec, v, err) < 0)
+        return -1;
     if ((v = json_object_get(obj, "description"))) {
         if (!(s = get_string(v, "description", err)) ||
             kh_check_text(s, KH_VM_DESCRIPTION_MAX, "description", err) < 0)
@@ -425,6 +505,8 @@ static int spec_parse(kh_vm_spec *spec, const json_t *obj, kh_err *err)
         if (*s) /* "" means none */
             spec->description = xstrdup(s);
     }
+    if ((v = json_object_get(obj, "limits")) && !(spec->limits = kh_limits_from_json(v, err)))
+        return -1;
     return spec_check_whole(spec, err);
 }
 
@@ -473,6 +555,24 @@ json_t *kh_vm_spec_to_json(const kh_vm_spec *spec)
     json_object_set_new(o, "graphics", json_string(graphics_name(spec->graphics)));
     json_object_set_new(o, "description",
                         json_string(spec->description ? spec->description : ""));
+    if (spec->nnics) { /* absent when none: the shape of NIC-less VMs is unchanged */
+        json_t *nics = json_array();
+        for (size_t i = 0; i < spec->nnics; i++) {
+            const kh_nic_spec *n = &spec->nics[i];
+            json_t *nj = json_pack("{s:s}", "network", n->network);
+            if (n->mac)
+                json_object_set_new(nj, "mac", json_string(n->mac));
+            if (n->ip)
+                json_object_set_new(nj, "ip", json_string(n->ip));
+            json_array_append_new(nics, nj);
+        }
+        json_object_set_new(o, "nics", nics);
+    }
+    json_t *limits = kh_limits_to_json(spec->limits);
+    if (json_object_size(limits)) /* only when some limit is set */
+        json_object_set_new(o, "limits", limits);
+    else
+        json_decref(limits);
     return o;
 }
 
@@ -505,6 +605,8 @@ int kh_vm_spec_patch(kh_vm_spec *spec, const json_t *patch, kh_err *err)
     json_object_foreach(p, key, val) {
         if (json_is_null(val))
             json_object_del(merged, key);
+        else if (strcmp(key, "limits") == 0) /* merged key by key (see limits.h) */
+            json_object_set_new(merged, key, kh_limits_merge(json_object_get(merged, key), val));
         else
             json_object_set(merged, key, val);
     }
@@ -529,6 +631,7 @@ kh_vm_spec *kh_vm_spec_dup(const kh_vm_spec *spec)
     d->initrd = xstrdup(spec->initrd);
     d->cmdline = xstrdup(spec->cmdline);
     d->description = xstrdup(spec->description);
+    d->limits = kh_limits_dup(spec->limits);
     d->disks = NULL;
     if (spec->ndisks) {
         d->disks = xcalloc(spec->ndisks, sizeof(*d->disks));
@@ -546,6 +649,15 @@ kh_vm_spec *kh_vm_spec_dup(const kh_vm_spec *spec)
                 }
                 d->disks[i].nbacking = spec->disks[i].nbacking;
             }
+        }
+    }
+    d->nics = NULL;
+    if (spec->nnics) {
+        d->nics = xcalloc(spec->nnics, sizeof(*d->nics));
+        for (size_t i = 0; i < spec->nnics; i++) {
+            d->nics[i].network = xstrdup(spec->nics[i].network);
+            d->nics[i].mac = xstrdup(spec->nics[i].mac);
+            d->nics[i].ip = xstrdup(spec->nics[i].ip);
         }
     }
     return d;

@@ -14,7 +14,9 @@
  *              | { "volume": "pool/name", "readonly": false } ],
  *     "serial": true,
  *     "graphics": "none" | "vnc",
- *     "description": "free text" }
+ *     "description": "free text",
+ *     "nics": [ { "network": "net1", "mac": "52:54:00:..", "ip": "10.0.0.5" } ],
+ *     "limits": { ... } }      (conf/limits.h; PATCH merges it key by key)
  * Only name is required: vcpus defaults to 1, memory_mib to 512.
  * `boot` absent or without `kernel` = boot from the first disk (q35 only).
  */
@@ -37,6 +39,7 @@
 #define KH_DISK_BACKING_MAX 8 /* backing layers below a disk's top image */
 #define KH_VM_CMDLINE_MAX 4096
 #define KH_VM_DESCRIPTION_MAX 1024
+#define KH_VM_NICS_MAX 8
 
 typedef enum kh_machine {
     KH_MACHINE_Q35,
@@ -72,6 +75,15 @@ typedef struct kh_disk_spec {
     bool encrypted;        /* runtime only: the top image is LUKS-encrypted qcow2 */
 } kh_disk_spec;
 
+/* A NIC on a network (net/netmgr.h). mac is filled by the VM manager when
+ * the user gave none (stable per VM and index); ip is an optional static
+ * DHCP reservation. */
+typedef struct kh_nic_spec {
+    char *network;
+    char *mac; /* canonical lowercase, or NULL until assigned */
+    char *ip;  /* dotted quad, or NULL */
+} kh_nic_spec;
+
 typedef struct kh_vm_spec {
     char *name;
     unsigned vcpus;
@@ -85,6 +97,9 @@ typedef struct kh_vm_spec {
     bool serial;
     kh_graphics graphics;
     char *description; /* may be NULL */
+    kh_nic_spec *nics;
+    size_t nnics;
+    struct kh_limits *limits; /* conf/limits.h; NULL = no limits */
 } kh_vm_spec;
 
 /* Parse and validate a spec from a JSON object. Unknown keys are rejected

@@ -12,6 +12,7 @@
 #include <stdarg.h>
 #include <fcntl.h>
 #include <getopt.h>
+#include <malloc.h>
 #include <grp.h>
 #include <pwd.h>
 #include <signal.h>
@@ -40,6 +41,7 @@
 #include "util/misc.h"
 #include "vm/event.h"
 #include "vm/manager.h"
+#include "vm/metrics.h"
 #include "vm/task.h"
 
 typedef struct options {
@@ -54,6 +56,8 @@ typedef struct options {
     const char *qemu;
     const char *qemu_user;
     const char *web_dir;
+    bool metrics_public;
+    unsigned sample_interval_ms;
 } options;
 
 /* Everything the daemon holds, reachable from one place (and by leak
@@ -66,6 +70,8 @@ static struct daemon {
     kh_manager *mgr;
     kh_qimg *qimg;
     kh_storage *storage;
+    kh_netmgr *net;
+    kh_metrics *metrics;
     kh_http_server *http;
     kh_api api;
     kh_cgroups cgroups;
@@ -94,6 +100,9 @@ static void usage(FILE *fp)
             "  --tls-cert FILE     serve TCP with TLS (PEM certificate; with --tls-key)\n"
             "  --tls-key FILE      PEM private key for --tls-cert\n"
             "  --web-dir DIR       static web console files (default %s if present)\n"
+            "  --metrics-public    serve GET /metrics on TCP without the token, to\n"
+            "                      loopback clients only (127.0.0.0/8, ::1)\n"
+            "  --sample-interval-ms N  metrics sampling period (default 10000)\n"
             "  --qemu PATH         QEMU binary (default: $KVMHOST_QEMU or\n"
             "                      qemu-system-x86_64 from PATH)\n"
             "  --qemu-user USER    run QEMU as this user when started as root\n"
@@ -122,7 +131,7 @@ static void die(const char *fmt, ...)
 static void parse_args(int argc, char **argv, options *o)
 {
     enum { O_STATE = 256, O_RUN, O_SOCKET, O_LISTEN, O_CERT, O_KEY, O_LOGF, O_LOGL, O_QEMU,
-           O_QUSER, O_WEB, O_VERSION, O_HELP };
+           O_QUSER, O_WEB, O_VERSION, O_HELP, O_MPUBLIC, O_SAMPLE };
     static const struct option longopts[] = {
         { "state-dir", required_argument, NULL, O_STATE },
         { "run-dir", required_argument, NULL, O_RUN },
@@ -135,6 +144,8 @@ static void parse_args(int argc, char **argv, options *o)
         { "qemu", required_argument, NULL, O_QEMU },
         { "qemu-user", required_argument, NULL, O_QUSER },
         { "web-dir", required_argument, NULL, O_WEB },
+        { "metrics-public", no_argument, NULL, O_MPUBLIC },
+        { "sample-interval-ms", required_argument, NULL, O_SAMPLE },
         { "version", no_argument, NULL, O_VERSION },
         { "help", no_argument, NULL, O_HELP },
         { NULL, 0, NULL, 0 },
@@ -154,6 +165,15 @@ static void parse_args(int argc, char **argv, options *o)
         case O_QEMU: o->qemu = optarg; break;
         case O_QUSER: o->qemu_user = optarg; break;
         case O_WEB: o->web_dir = optarg; break;
+        case O_MPUBLIC: o->metrics_public = true; break;
+        case O_SAMPLE: {
+            char *end;
+            unsigned long ms = strtoul(optarg, &end, 10);
+            if (!*optarg || *end || ms < 100 || ms > 3600000)
+                die("--sample-interval-ms must be from 100 to 3600000");
+            o->sample_interval_ms = (unsigned)ms;
+            break;
+        }
         case O_VERSION: printf("kvmhostd %s\n", KH_VERSION); exit(0);
         case O_HELP: usage(stdout); exit(0);
         default: usage(stderr); exit(2);
@@ -284,9 +304,17 @@ static void accel_probe_done(uv_work_t *w, int status)
     json_object_set_new(d.api.host, "accelerator", json_string(kh_accel_name(d.accel.accel)));
     json_object_set_new(d.api.host, "accelerator_reason", json_string(d.accel.reason));
     kh_manager_set_accel(d.mgr, d.accel.accel);
+    kh_metrics_set_accel(d.metrics, kh_accel_name(d.accel.accel));
     kh_events_publish(d.events, "host.accelerator", NULL,
                       json_pack("{s:s, s:s}", "accelerator", kh_accel_name(d.accel.accel),
                                 "reason", d.accel.reason));
+}
+
+static void on_request(void *opaque, const char *method, const char *route, unsigned status,
+                       double seconds)
+{
+    (void)opaque;
+    kh_metrics_observe_request(d.metrics, method, route, status, seconds);
 }
 
 static void on_term(uv_signal_t *h, int sig)
@@ -434,22 +462,32 @@ int main(int argc, char **argv)
     if (!d.storage)
         die("%s", err.msg);
     mcfg.storage = d.storage;
+    d.net = kh_netmgr_new(d.loop, d.store, state_dir, &err);
+    if (!d.net)
+        die("%s", err.msg);
+    mcfg.net = d.net;
     d.mgr = kh_manager_new(d.loop, d.store, d.events, d.tasks, &mcfg, &err);
     if (!d.mgr)
         die("%s", err.msg);
+
+    d.metrics = kh_metrics_new(d.loop, d.mgr, d.tasks, &d.cgroups, o.sample_interval_ms);
 
     size_t nroutes;
     const kh_route *routes = kh_routes_table(&nroutes);
     json_t *schemas = kh_routes_schemas();
     d.api.loop = d.loop;
     d.api.mgr = d.mgr;
+    d.api.net = d.net;
     d.api.tasks = d.tasks;
     d.api.events = d.events;
     d.api.storage = d.storage;
+    d.api.metrics = d.metrics;
     d.api.snapshots = kh_snapshots_new(d.loop, d.mgr, d.storage, d.tasks);
     d.api.started_at = kh_wall_time();
     d.api.host = host_facts(&o, state_dir, run_dir, socket_path);
-    d.api.openapi = kh_http_openapi(routes, nroutes, schemas, KH_VERSION);
+    json_t *openapi = kh_http_openapi(routes, nroutes, schemas, KH_VERSION);
+    d.api.openapi = json_dumps(openapi, JSON_COMPACT);
+    json_decref(openapi);
     json_decref(schemas);
 
     char *sock_dir = xstrdup(socket_path);
@@ -465,12 +503,16 @@ int main(int argc, char **argv)
         .unix_path = socket_path,
         .unix_mode = 0660,
         .tcp_listen = o.listen,
-        .token = d.token,
+        /* Only TCP needs it; unix-socket-only daemons never touch OpenSSL. */
+        .token = o.listen ? d.token : NULL,
         .tls_cert = o.tls_cert,
         .tls_key = o.tls_key,
         .max_body = 1024 * 1024,
         .max_connections = 256,
         .web_dir = web_dir,
+        .loopback_public = o.metrics_public,
+        .on_request = on_request,
+        .on_request_opaque = NULL,
     };
     d.http = kh_http_server_new(d.loop, &hcfg, routes, nroutes, &d.api, &err);
     if (!d.http)
@@ -491,6 +533,9 @@ int main(int argc, char **argv)
     if (o.listen)
         kh_log(KH_LOG_INFO, "daemon.token", "file=%s/api-token", state_dir);
 
+    /* Start-up built and freed large temporaries (schemas, the OpenAPI
+     * tree): give that memory back before settling in. */
+    malloc_trim(0);
     uv_run(d.loop, UV_RUN_DEFAULT);
 
     /* Shutdown: stop serving; QEMUs, their sockets and cgroups stay. */

@@ -92,3 +92,23 @@ unsigned long kh_proc_rss_kib(pid_t pid)
     fclose(fp);
     return kib;
 }
+
+unsigned kh_proc_cpu_khz(void)
+{
+    FILE *fp = fopen("/proc/cpuinfo", "re");
+    if (!fp)
+        return 0;
+    char line[256];
+    unsigned khz = 0;
+    while (fgets(line, sizeof(line), fp)) {
+        if (strncmp(line, "cpu MHz", 7) == 0) {
+            const char *colon = strchr(line, ':');
+            double mhz = colon ? strtod(colon + 1, NULL) : 0;
+            if (mhz > 0 && mhz < 100000)
+                khz = (unsigned)(mhz * 1000.0);
+            break;
+        }
+    }
+    fclose(fp);
+    return khz;
+}

@@ -14,6 +14,8 @@ bool kh_proc_alive(pid_t pid, unsigned long long start_time);
 /* True when /proc/PID/cmdline contains needle as one whole argument or
  * inside one (used to recognise our QEMU by its -uuid). */
 bool kh_proc_cmdline_has(pid_t pid, const char *needle);
+/* The host CPU's clock in kHz from /proc/cpuinfo ("cpu MHz"), 0 if unknown. */
+unsigned kh_proc_cpu_khz(void);
 /* Resident set size of a process in KiB (VmRSS), 0 if unknown. */
 unsigned long kh_proc_rss_kib(pid_t pid);
 

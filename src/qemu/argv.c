@@ -26,6 +26,10 @@
  *     -blockdev {"driver":"raw|qcow2","node-name":"disk<i>","file":"disk<i>-file",
  *                ["encrypt":{"format":"luks","key-secret":"disk<i>-secret"}]}
  *     -device {"driver":"virtio-blk-pci|virtio-blk-device","drive":"disk<i>",...}
+ *   per NIC i:
+ *     -netdev {"type":"tap","id":"net<i>","fd":"<fd>","vhost":true|false[,"vhostfd":"<fd>"]}
+ *     -device {"driver":"virtio-net-pci|virtio-net-device","netdev":"net<i>","mac":...,
+ *              "id":"net<i>-dev"[,"bus":"pcie.0","addr":"0x14"+i]}
  *   [-chardev socket,id=serial0,fd=<serial_fd>,server=on,wait=off
  *    -device {"driver":"isa-serial","chardev":"serial0","id":"serial0-dev","index":0}]
  *   -display none
@@ -77,6 +81,7 @@
 
 #define DISK_PCI_SLOT_BASE 0x4
 #define VGA_PCI_SLOT 0x1
+#define NIC_PCI_SLOT_BASE 0x14
 
 const char *kh_accel_name(kh_accel a)
 {
@@ -366,6 +371,29 @@ static int check_env(const kh_vm_spec *spec, const kh_argv_env *env, kh_err *err
                 return -1;
         }
     }
+    if (spec->nnics > KH_VM_NICS_MAX) {
+        kh_err_set(err, KH_E_INVALID, "nics: at most %d NICs (got %zu)", KH_VM_NICS_MAX,
+                   spec->nnics);
+        return -1;
+    }
+    if (spec->nnics && !env->nic_fds) {
+        kh_err_set(err, KH_E_INTERNAL, "nics requested but no tap fds given");
+        return -1;
+    }
+    for (size_t i = 0; i < spec->nnics; i++) {
+        char what[48];
+        snprintf(what, sizeof(what), "nics[%zu] tap fd", i);
+        if (check_fd(env->nic_fds[i], what, err) < 0)
+            return -1;
+        int vfd = env->nic_vhost_fds ? env->nic_vhost_fds[i] : -1;
+        snprintf(what, sizeof(what), "nics[%zu] vhost fd", i);
+        if (vfd != -1 && check_fd(vfd, what, err) < 0)
+            return -1;
+        if (!spec->nics[i].mac) {
+            kh_err_set(err, KH_E_INTERNAL, "nics[%zu]: no MAC address assigned", i);
+            return -1;
+        }
+    }
     return 0;
 }
 
@@ -523,6 +551,40 @@ static void add_disk(argv_builder *b, const kh_vm_spec *spec, const kh_qemu_caps
     add_json(b, "-device", dev);
 }
 
+static void add_nic(argv_builder *b, const kh_vm_spec *spec, const kh_argv_env *env, size_t i)
+{
+    char id[32], dev_id[40], fd[16];
+    snprintf(id, sizeof(id), "net%zu", i);
+    snprintf(dev_id, sizeof(dev_id), "net%zu-dev", i);
+    snprintf(fd, sizeof(fd), "%d", env->nic_fds[i]);
+    int vfd = env->nic_vhost_fds ? env->nic_vhost_fds[i] : -1;
+    json_t *nd = json_object();
+    json_object_set_new(nd, "type", json_string("tap"));
+    json_object_set_new(nd, "id", json_string(id));
+    json_object_set_new(nd, "fd", json_string(fd));
+    json_object_set_new(nd, "vhost", json_boolean(vfd >= 0));
+    if (vfd >= 0) {
+        char vfds[16];
+        snprintf(vfds, sizeof(vfds), "%d", vfd);
+        json_object_set_new(nd, "vhostfd", json_string(vfds));
+    }
+    add_json(b, "-netdev", nd);
+    bool q35 = spec->machine == KH_MACHINE_Q35;
+    json_t *dev = json_object();
+    json_object_set_new(dev, "driver", json_string(q35 ? "virtio-net-pci" : "virtio-net-device"));
+    json_object_set_new(dev, "netdev", json_string(id));
+    json_object_set_new(dev, "mac", json_string(spec->nics[i].mac));
+    json_object_set_new(dev, "id", json_string(dev_id));
+    if (q35) {
+        char addr[16];
+        snprintf(addr, sizeof(addr), "0x%zx", NIC_PCI_SLOT_BASE + i);
+        json_object_set_new(dev, "bus", json_string("pcie.0"));
+        json_object_set_new(dev, "addr", json_string(addr));
+        json_object_set_new(dev, "romfile", json_string(""));
+    }
+    add_json(b, "-device", dev);
+}
+
 static void add_serial(argv_builder *b, const kh_vm_spec *spec, const kh_argv_env *env)
 {
     if (!spec->serial)
@@ -595,11 +657,21 @@ kh_strv *kh_qemu_argv_build(const kh_vm_spec *spec, const kh_qemu_caps *caps,
         add2(&b, "-kernel", kernel_file(spec, env));
         if (spec->initrd)
             add2(&b, "-initrd", initrd_file(spec, env));
-        if (spec->cmdline)
+        bool tsc = spec->machine == KH_MACHINE_MICROVM && env->accel == KH_ACCEL_TCG &&
+                   env->tsc_khz;
+        if (tsc) {
+            char *append = xasprintf("%s%stsc_early_khz=%u", spec->cmdline ? spec->cmdline : "",
+                                     spec->cmdline ? " " : "", env->tsc_khz);
+            add2(&b, "-append", append);
+            free(append);
+        } else if (spec->cmdline) {
             add2(&b, "-append", spec->cmdline);
+        }
     }
     for (size_t i = 0; i < spec->ndisks; i++)
         add_disk(&b, spec, caps, env, i);
+    for (size_t i = 0; i < spec->nnics; i++)
+        add_nic(&b, spec, env, i);
     add_serial(&b, spec, env);
     add_display(&b, spec, env);
 

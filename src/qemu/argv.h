@@ -40,6 +40,10 @@ typedef struct kh_argv_env {
     const char *binary;     /* argv[0], e.g. "/usr/bin/qemu-system-x86_64" */
     const char *vm_id;      /* the VM's uuid: -uuid, and the -name guest= */
     kh_accel accel;
+    /* Host TSC frequency in kHz, 0 when unknown. microvm has no HPET or PM
+     * timer; under TCG the kernel's PIT calibration fails on a busy host and
+     * the boot stalls, so the builder tells the kernel (tsc_early_khz). */
+    unsigned tsc_khz;
     int qmp_fd;             /* listening unix socket QEMU inherits for QMP */
     int serial_fd;          /* listening unix socket for the serial chardev (-1: none) */
     const char *pidfile;    /* -pidfile */
@@ -58,6 +62,11 @@ typedef struct kh_argv_env {
      * same rules as disk_fds: -1 lets QEMU open the layer's path. NULL:
      * all -1. */
     const int *const *backing_fds;
+    /* One per NIC: the inherited tap fd (opened with IFF_VNET_HDR), and a
+     * /dev/vhost-net fd or -1 for no vhost. Required when the spec has
+     * NICs; every NIC must have its mac assigned. */
+    const int *nic_fds;
+    const int *nic_vhost_fds;
     /* Per disk, an inherited fd holding the passphrase of an encrypted disk
      * (-1 for the others); NULL: none. Read by a secret object from
      * /proc/self/fd/N: the key is never in the argv. */

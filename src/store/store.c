@@ -59,10 +59,19 @@ static const char *const migrations[] = {
     "  backing_id TEXT REFERENCES volumes(id),"
     "  readonly INTEGER NOT NULL DEFAULT 0,"
     "  created_at REAL NOT NULL,"
-    "  key_wrapped TEXT,"
     "  UNIQUE (pool_id, name)"
     ");"
-    "CREATE INDEX volumes_backing ON volumes(backing_id);"
+    "CREATE INDEX volumes_backing ON volumes(backing_id);",
+    /* 3: networks (net/netmgr.c); spec is the stored JSON form. */
+    "CREATE TABLE networks ("
+    "  id TEXT PRIMARY KEY,"
+    "  name TEXT NOT NULL UNIQUE,"
+    "  spec TEXT NOT NULL,"
+    "  created_at REAL NOT NULL"
+    ");",
+    /* 4: encrypted volumes (their wrapped key), templates, snapshots
+     * (storage/storage.c, vm/template.c, vm/snapshot.c). */
+    "ALTER TABLE volumes ADD COLUMN key_wrapped TEXT;"
     "CREATE TABLE templates ("
     "  vm_id TEXT PRIMARY KEY,"
     "  created_at REAL NOT NULL"
@@ -134,6 +143,11 @@ static char *col_text(sqlite3_stmt *stmt, int i)
 {
     const unsigned char *s = sqlite3_column_text(stmt, i);
     return s ? xstrdup((const char *)s) : NULL;
+}
+
+int kh_store_schema_latest(void)
+{
+    return (int)KH_ARRAY_LEN(migrations);
 }
 
 int kh_store_schema_version(kh_store *st)
@@ -465,4 +479,67 @@ void kh_task_row_clear(kh_task_row *row)
     free(row->error_message);
     free(row->result_json);
     memset(row, 0, sizeof(*row));
+}
+
+/* ---- networks ---- */
+
+int kh_store_net_put(kh_store *st, const kh_net_row *row, kh_err *err)
+{
+    sqlite3_stmt *stmt = prepare(st,
+                                 "INSERT INTO networks (id, name, spec, created_at) "
+                                 "VALUES (?, ?, ?, ?) ON CONFLICT(id) DO UPDATE SET "
+                                 "spec = excluded.spec",
+                                 err);
+    if (!stmt)
+        return -1;
+    bind_text(stmt, 1, row->id);
+    bind_text(stmt, 2, row->name);
+    bind_text(stmt, 3, row->spec_json);
+    sqlite3_bind_double(stmt, 4, row->created_at);
+    return step_done(st, stmt, "saving network", err);
+}
+
+int kh_store_net_delete(kh_store *st, const char *id, kh_err *err)
+{
+    sqlite3_stmt *stmt = prepare(st, "DELETE FROM networks WHERE id = ?", err);
+    if (!stmt)
+        return -1;
+    bind_text(stmt, 1, id);
+    return step_done(st, stmt, "deleting network", err);
+}
+
+int kh_store_net_foreach(kh_store *st, int (*cb)(const kh_net_row *row, void *opaque),
+                         void *opaque, kh_err *err)
+{
+    sqlite3_stmt *stmt = prepare(st,
+                                 "SELECT id, name, spec, created_at FROM networks "
+                                 "ORDER BY created_at, name",
+                                 err);
+    if (!stmt)
+        return -1;
+    int rc;
+    while ((rc = sqlite3_step(stmt)) == SQLITE_ROW) {
+        kh_net_row row;
+        memset(&row, 0, sizeof(row));
+        const unsigned char *id = sqlite3_column_text(stmt, 0);
+        snprintf(row.id, sizeof(row.id), "%s", id ? (const char *)id : "");
+        row.name = col_text(stmt, 1);
+        row.spec_json = col_text(stmt, 2);
+        row.created_at = sqlite3_column_double(stmt, 3);
+        int r = cb(&row, opaque);
+        free(row.name);
+        free(row.spec_json);
+        if (r < 0) {
+            sqlite3_finalize(stmt);
+            kh_err_set(err, KH_E_INTERNAL, "loading networks");
+            return -1;
+        }
+    }
+    if (rc != SQLITE_DONE) {
+        db_error(st, err, "reading networks");
+        sqlite3_finalize(stmt);
+        return -1;
+    }
+    sqlite3_finalize(stmt);
+    return 0;
 }

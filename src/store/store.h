@@ -47,6 +47,8 @@ typedef struct kh_task_row {
 kh_store *kh_store_open(const char *path, kh_err *err);
 void kh_store_close(kh_store *st);
 int kh_store_schema_version(kh_store *st);
+/* The schema version this build migrates to (the number of migrations). */
+int kh_store_schema_latest(void);
 /* The connection, for modules that keep their own tables (storage/). It
  * stays owned by the store and is used on the loop thread only. */
 typedef struct sqlite3 sqlite3;
@@ -79,5 +81,18 @@ int kh_store_task_fail_unfinished(kh_store *st, const char *reason, double now, 
 /* Keep only the newest `keep` finished tasks. */
 int kh_store_task_prune(kh_store *st, unsigned keep, kh_err *err);
 void kh_task_row_clear(kh_task_row *row);
+
+/* Networks (net/netmgr.c): the spec is the network's stored JSON. put
+ * inserts or replaces the spec of an existing id. */
+typedef struct kh_net_row {
+    char id[37];
+    char *name;
+    char *spec_json;
+    double created_at;
+} kh_net_row;
+int kh_store_net_put(kh_store *st, const kh_net_row *row, kh_err *err);
+int kh_store_net_delete(kh_store *st, const char *id, kh_err *err);
+int kh_store_net_foreach(kh_store *st, int (*cb)(const kh_net_row *row, void *opaque),
+                         void *opaque, kh_err *err);
 
 #endif

@@ -108,6 +108,10 @@ void kh_events_publish(kh_events *evs, const char *type, const char *vm, json_t 
         if (!s->dead)
             s->cb(&ev, s->opaque);
     evs->delivering--;
+    /* The ring keeps the serialised form only: a jansson tree costs several
+     * times its text, and replays need just the text. */
+    json_decref(e->data);
+    e->data = NULL;
     sweep(evs);
 }
 

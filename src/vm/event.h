@@ -21,7 +21,7 @@ typedef struct kh_event {
     const char *type;   /* "vm.state", ... */
     const char *vm;     /* VM name or NULL */
     double time;
-    json_t *data;       /* borrowed */
+    json_t *data;       /* borrowed; NULL for events replayed from the ring */
     const char *json;   /* the whole event serialised (borrowed) */
 } kh_event;
 

@@ -12,6 +12,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "conf/limits.h"
 #include "conf/vm_spec.h"
 #include "host/proc.h"
 #include "qemu/kernel.h"
@@ -19,10 +20,12 @@
 #include "qemu/qmp.h"
 #include "util/check.h"
 #include "util/fs.h"
+#include "util/inet.h"
 #include "util/log.h"
 #include "util/mem.h"
 #include "util/misc.h"
 #include "util/sock.h"
+#include "vm/quota.h"
 
 #define CONSOLE_LOG_MAX (1024 * 1024)
 #define QEMU_LOG_MAX (256 * 1024)
@@ -35,6 +38,8 @@ enum { FD_QMP = 3, FD_SERIAL, FD_KERNEL, FD_INITRD, FD_DISK0 };
 #define FD_BACKING0 (FD_DISK0 + KH_VM_DISKS_MAX)
 #define FD_SECRET0 (FD_BACKING0 + KH_VM_DISKS_MAX * KH_DISK_BACKING_MAX)
 #define FD_COUNT (FD_SECRET0 + KH_VM_DISKS_MAX)
+/* Then per NIC i: the tap at FD_NIC0 + 2i, its vhost-net fd at FD_NIC0 + 2i + 1. */
+enum { FD_NIC0 = FD_COUNT, FD_END = FD_NIC0 + 2 * KH_VM_NICS_MAX };
 
 typedef enum vm_state {
     VM_STOPPED,
@@ -541,6 +546,41 @@ static void on_cont(kh_qmp *q, json_t *ret, const kh_err *err, void *opaque)
 
 static void reattach_status(kh_qmp *q, json_t *ret, const kh_err *err, void *opaque);
 
+static void on_throttle_reply(kh_qmp *q, json_t *ret, const kh_err *err, void *opaque)
+{
+    (void)q;
+    (void)ret;
+    vm *v = link_vm(opaque);
+    if (v && err) {
+        kh_log(KH_LOG_WARN, "vm.limits", "vm=%s error=\"block_set_io_throttle: %s\"",
+               v->spec->name, err->msg);
+        kh_events_publish(v->mgr->events, "vm.limits_failed", v->spec->name,
+                          json_pack("{s:s}", "message", err->msg));
+    }
+}
+
+/* Disk limits through QMP, for each disk whose limits differ from old (old
+ * NULL: at start, only disks with limits). */
+static void send_throttles(vm *v, const kh_limits *old)
+{
+    for (size_t i = 0; i < v->spec->ndisks && v->qmp; i++) {
+        const kh_disk_limits *now = kh_limits_disk(v->spec->limits, (unsigned)i);
+        const kh_disk_limits *was = old ? kh_limits_disk(old, (unsigned)i) : NULL;
+        if (!old && !now)
+            continue;
+        if (old && ((!now && !was) ||
+                    (now && was && memcmp(now->v, was->v, sizeof(now->v)) == 0)))
+            continue;
+        kh_err e = KH_ERR_INIT;
+        if (kh_qmp_command(v->qmp, "block_set_io_throttle",
+                           kh_quota_throttle_args((unsigned)i,
+                                                  v->spec->machine == KH_MACHINE_Q35, now),
+                           on_throttle_reply, v->qlink,
+                           &e) < 0)
+            kh_log(KH_LOG_WARN, "vm.limits", "vm=%s error=\"%s\"", v->spec->name, e.msg);
+    }
+}
+
 static void on_qmp_ready(kh_qmp *q, const kh_err *err, void *opaque)
 {
     vm *v = link_vm(opaque);
@@ -561,6 +601,7 @@ static void on_qmp_ready(kh_qmp *q, const kh_err *err, void *opaque)
     if (v->state == VM_STARTING) {
         if (v->task)
             kh_task_progress(v->task, 80, "starting vCPUs");
+        send_throttles(v, NULL); /* queued before cont: the guest never runs unthrottled */
         qmp_send(v, "cont", on_cont);
     }
 }
@@ -737,11 +778,41 @@ static int open_ro(const char *path, const char *what, kh_err *err)
 }
 
 /* Create the run dir, sockets and fds, build the argv, spawn QEMU. */
+/* The VM's taps, named kh<first 8 hex of the id><n> (within IFNAMSIZ), on
+ * their networks' bridges; QEMU inherits them (it cannot open
+ * /dev/net/tun itself), and a /dev/vhost-net fd each when the host has it. */
+static int open_nics(vm *v, int *fds, int *nic_fds, int *nic_vhost_fds, kh_err *err)
+{
+    const kh_vm_spec *spec = v->spec;
+    if (spec->nnics && !v->mgr->cfg.net) {
+        kh_err_set(err, KH_E_UNAVAILABLE, "nics: networks are not available on this daemon");
+        return -1;
+    }
+    for (size_t i = 0; i < spec->nnics; i++) {
+        char ifname[16];
+        snprintf(ifname, sizeof(ifname), "kh%.8s%u", v->id, (unsigned)i % 10u);
+        int fd = kh_netmgr_tap_open(v->mgr->cfg.net, spec->nics[i].network, ifname, err);
+        if (fd < 0) {
+            kh_err_prefix(err, "nics[%zu]", i);
+            return -1;
+        }
+        fds[FD_NIC0 + 2 * i] = fd;
+        nic_fds[i] = FD_NIC0 + 2 * (int)i;
+        nic_vhost_fds[i] = -1;
+        int vfd = open("/dev/vhost-net", O_RDWR | O_CLOEXEC);
+        if (vfd >= 0) {
+            fds[FD_NIC0 + 2 * i + 1] = vfd;
+            nic_vhost_fds[i] = FD_NIC0 + 2 * (int)i + 1;
+        }
+    }
+    return 0;
+}
+
 static void start_spawn(vm *v, const char *kernel_file)
 {
     kh_manager *mgr = v->mgr;
     kh_err err = KH_ERR_INIT;
-    int fds[FD_COUNT];
+    int fds[FD_END];
     for (size_t i = 0; i < KH_ARRAY_LEN(fds); i++)
         fds[i] = -1;
     int disk_fds[KH_VM_DISKS_MAX];
@@ -749,6 +820,7 @@ static void start_spawn(vm *v, const char *kernel_file)
     const int *backing_ptrs[KH_VM_DISKS_MAX] = { NULL };
     int secret_fds[KH_VM_DISKS_MAX];
     kh_vm_spec *rs = kh_vm_spec_dup(v->spec); /* volumes resolved to files */
+    int nic_fds[KH_VM_NICS_MAX], nic_vhost_fds[KH_VM_NICS_MAX];
     int dirfd = -1, log_fd = -1, qmp_conn = -1, serial_conn = -1;
     char *run = vm_run_path(v, NULL), *state = vm_state_path(v, NULL);
     char *pidfile = vm_run_path(v, "qemu.pid"), *vnc = vm_run_path(v, "vnc.sock");
@@ -828,6 +900,8 @@ static void start_spawn(vm *v, const char *kernel_file)
         fds[FD_DISK0 + i] = fd;
         disk_fds[i] = FD_DISK0 + (int)i;
     }
+    if (open_nics(v, fds, nic_fds, nic_vhost_fds, &err) < 0)
+        goto fail;
     log_fd = open(log_path, O_WRONLY | O_CREAT | O_CLOEXEC | O_NOFOLLOW |
                   O_TRUNC, 0600);
 
@@ -835,6 +909,7 @@ static void start_spawn(vm *v, const char *kernel_file)
         .binary = mgr->qemu_binary,
         .vm_id = v->id,
         .accel = mgr->cfg.accel,
+        .tsc_khz = kh_proc_cpu_khz(),
         .qmp_fd = FD_QMP,
         .serial_fd = v->spec->serial ? FD_SERIAL : -1,
         .pidfile = pidfile,
@@ -844,12 +919,16 @@ static void start_spawn(vm *v, const char *kernel_file)
         .disk_fds = disk_fds,
         .backing_fds = backing_ptrs,
         .secret_fds = secret_fds,
+        .nic_fds = nic_fds,
+        .nic_vhost_fds = nic_vhost_fds,
     };
     argv = kh_qemu_argv_build(rs, &mgr->cfg.caps, &env, &err);
     if (!argv)
         goto fail;
     if (mgr->cfg.cgroups && mgr->cfg.cgroups->version &&
         kh_cgroups_vm_create(mgr->cfg.cgroups, v->id, &err) < 0)
+        goto fail;
+    if (kh_quota_apply_cgroup(mgr->cfg.cgroups, v->id, v->spec->limits, &err) < 0)
         goto fail;
 
     kh_process_fd pfds[KH_ARRAY_LEN(fds)];
@@ -1420,6 +1499,81 @@ static int load_row(const kh_vm_row *row, void *opaque)
     return 0;
 }
 
+/* Tell the network manager every VM's NICs (reservations, "in use"). */
+static void sync_bindings(kh_manager *mgr)
+{
+    if (!mgr->cfg.net)
+        return;
+    size_t n = 0;
+    for (vm *v = mgr->vms; v; v = v->next)
+        n += v->spec->nnics;
+    kh_net_binding *b = xcalloc(n + 1, sizeof(*b));
+    size_t k = 0;
+    for (vm *v = mgr->vms; v; v = v->next) {
+        for (size_t i = 0; i < v->spec->nnics; i++) {
+            const kh_nic_spec *nic = &v->spec->nics[i];
+            b[k++] = (kh_net_binding){ v->spec->name, nic->network, nic->mac, nic->ip };
+        }
+    }
+    kh_netmgr_set_bindings(mgr->cfg.net, b, k);
+    free(b);
+}
+
+static bool mac_taken(kh_manager *mgr, const char *vm_id, const kh_vm_spec *spec, size_t upto,
+                      const char *mac)
+{
+    for (vm *o = mgr->vms; o; o = o->next) {
+        if (strcmp(o->id, vm_id) == 0)
+            continue;
+        for (size_t i = 0; i < o->spec->nnics; i++)
+            if (o->spec->nics[i].mac && strcmp(o->spec->nics[i].mac, mac) == 0)
+                return true;
+    }
+    for (size_t i = 0; i < spec->nnics; i++)
+        if (i != upto && spec->nics[i].mac && strcmp(spec->nics[i].mac, mac) == 0)
+            return true;
+    return false;
+}
+
+/* Check a spec's NICs against the networks and give each a MAC: the
+ * user's (unique on this host) or a stable one from the VM id. */
+static int nics_prepare(kh_manager *mgr, const char *vm_id, kh_vm_spec *spec, kh_err *err)
+{
+    if (spec->nnics && !mgr->cfg.net) {
+        kh_err_set(err, KH_E_UNAVAILABLE, "nics: networks are not available on this daemon");
+        return -1;
+    }
+    for (size_t i = 0; i < spec->nnics; i++) {
+        kh_nic_spec *nic = &spec->nics[i];
+        if (kh_netmgr_nic_check(mgr->cfg.net, spec->name, nic->network, nic->ip, err) < 0) {
+            kh_err_prefix(err, "nics[%zu]", i);
+            return -1;
+        }
+        for (size_t j = 0; j < i && nic->ip; j++) {
+            if (spec->nics[j].ip && strcmp(spec->nics[j].ip, nic->ip) == 0 &&
+                strcmp(spec->nics[j].network, nic->network) == 0) {
+                kh_err_set(err, KH_E_INVALID, "nics[%zu].ip: same address as nics[%zu]", i, j);
+                return -1;
+            }
+        }
+        if (nic->mac) {
+            if (mac_taken(mgr, vm_id, spec, i, nic->mac)) {
+                kh_err_set(err, KH_E_CONFLICT, "nics[%zu].mac: %s is used by another NIC", i,
+                           nic->mac);
+                return -1;
+            }
+            continue;
+        }
+        char mac[KH_MAC_STRLEN];
+        unsigned attempt = 0;
+        do
+            kh_inet_mac_generate(vm_id, (unsigned)i, attempt++, mac);
+        while (mac_taken(mgr, vm_id, spec, i, mac) && attempt < 1000);
+        nic->mac = xstrdup(mac);
+    }
+    return 0;
+}
+
 kh_manager *kh_manager_new(uv_loop_t *loop, kh_store *store, kh_events *events,
                            kh_tasks *tasks, const kh_manager_config *cfg, kh_err *err)
 {
@@ -1462,6 +1616,7 @@ kh_manager *kh_manager_new(uv_loop_t *loop, kh_store *store, kh_events *events,
         kh_storage_set_users(mgr->cfg.storage, volume_users, mgr);
         kh_storage_set_live_resize(mgr->cfg.storage, volume_live_resize, mgr);
     }
+    sync_bindings(mgr);
     return mgr;
 }
 
@@ -1577,12 +1732,13 @@ json_t *kh_manager_create(kh_manager *mgr, const json_t *body, kh_err *err)
             return NULL;
         }
     }
-    if (check_files(spec, err) < 0 || check_volumes(mgr, spec, err) < 0) {
+    char id[37];
+    kh_uuid_generate(id);
+    if (check_files(spec, err) < 0 || check_volumes(mgr, spec, err) < 0 ||
+        nics_prepare(mgr, id, spec, err) < 0) {
         kh_vm_spec_free(spec);
         return NULL;
     }
-    char id[37];
-    kh_uuid_generate(id);
     json_t *sj = kh_vm_spec_to_json(spec);
     char *text = json_dumps(sj, JSON_COMPACT | JSON_SORT_KEYS);
     json_decref(sj);
@@ -1604,6 +1760,7 @@ json_t *kh_manager_create(kh_manager *mgr, const json_t *body, kh_err *err)
     vm *v = vm_new(mgr, id, spec);
     v->reason = xstrdup("created");
     v->created_at = v->updated_at = now;
+    sync_bindings(mgr);
     kh_log(KH_LOG_INFO, "vm.create", "vm=%s id=%s", spec->name, id);
     json_t *j = vm_json(v);
     kh_events_publish(mgr->events, "vm.created", spec->name, json_incref(j));
@@ -1619,17 +1776,29 @@ json_t *kh_manager_patch(kh_manager *mgr, const char *name, const json_t *patch,
         const char *key;
         json_t *val;
         json_object_foreach((json_t *)(uintptr_t)patch, key, val) {
-            if (strcmp(key, "description") != 0) {
+            bool live = strcmp(key, "limits") == 0 && !v->task &&
+                        (v->state == VM_RUNNING || v->state == VM_PAUSED);
+            if (strcmp(key, "description") != 0 && !live) {
                 kh_err_set(err, KH_E_CONFLICT,
-                           "vm %s is %s: only description can change now; stop it to "
-                           "change %s", name, state_names[v->state], key);
+                           "vm %s is %s: only description%s can change now; stop it to "
+                           "change %s", name, state_names[v->state],
+                           v->state == VM_RUNNING || v->state == VM_PAUSED ? " and limits" : "",
+                           key);
                 return NULL;
             }
         }
     }
     kh_vm_spec *next = kh_vm_spec_dup(v->spec);
     if (kh_vm_spec_patch(next, patch, err) < 0 || check_files(next, err) < 0 ||
-        check_volumes(mgr, next, err) < 0) {
+        check_volumes(mgr, next, err) < 0 || nics_prepare(mgr, v->id, next, err) < 0) {
+        kh_vm_spec_free(next);
+        return NULL;
+    }
+    bool live_limits = v->pid > 0 && json_object_get(patch, "limits");
+    if (live_limits &&
+        kh_quota_apply_cgroup(mgr->cfg.cgroups, v->id, next->limits, err) < 0) {
+        /* Put back what was there; the spec stays as it was. */
+        kh_quota_apply_cgroup(mgr->cfg.cgroups, v->id, v->spec->limits, NULL);
         kh_vm_spec_free(next);
         return NULL;
     }
@@ -1643,9 +1812,15 @@ json_t *kh_manager_patch(kh_manager *mgr, const char *name, const json_t *patch,
         kh_vm_spec_free(next);
         return NULL;
     }
-    kh_vm_spec_free(v->spec);
+    kh_vm_spec *prev = v->spec;
     v->spec = next;
     v->updated_at = now;
+    sync_bindings(mgr);
+    if (live_limits) {
+        send_throttles(v, prev->limits);
+        kh_log(KH_LOG_INFO, "vm.limits", "vm=%s live=true", name);
+    }
+    kh_vm_spec_free(prev);
     json_t *j = vm_json(v);
     kh_events_publish(mgr->events, "vm.updated", name, json_incref(j));
     return j;
@@ -1675,6 +1850,7 @@ int kh_manager_delete(kh_manager *mgr, const char *name, kh_err *err)
         }
     }
     mgr->count--;
+    sync_bindings(mgr);
     kh_log(KH_LOG_INFO, "vm.delete", "vm=%s id=%s", name, v->id);
     kh_events_publish(mgr->events, "vm.deleted", name, json_pack("{s:s}", "id", v->id));
     vm_free(v);
@@ -1706,26 +1882,46 @@ char *kh_manager_console_log(kh_manager *mgr, const char *name, size_t tail, siz
     return text;
 }
 
-int kh_manager_qmp(kh_manager *mgr, const char *name, const char *command, json_t *args,
-                   kh_qmp_reply_cb cb, void *opaque, kh_err *err)
-{
-    vm *v = find(mgr, name, err);
-    if (!v) {
-        json_decref(args);
-        return -1;
-    }
-    if (!v->qmp || (v->state != VM_RUNNING && v->state != VM_PAUSED)) {
-        json_decref(args);
-        kh_err_set(err, KH_E_CONFLICT, "vm %s is %s", name, state_names[v->state]);
-        return -1;
-    }
-    return kh_qmp_command(v->qmp, command, args, cb, opaque, err);
-}
-
 void kh_manager_counts(const kh_manager *mgr, unsigned *total, unsigned *running)
 {
     *total = mgr->count;
     *running = 0;
     for (const vm *v = mgr->vms; v; v = v->next)
         *running += v->state == VM_RUNNING || v->state == VM_PAUSED;
+}
+
+void kh_manager_foreach(kh_manager *mgr, kh_manager_vm_fn fn, void *opaque)
+{
+    for (const vm *v = mgr->vms; v; v = v->next) {
+        kh_vm_info info = {
+            .name = v->spec->name,
+            .id = v->id,
+            .state = state_names[v->state],
+            .pid = v->pid,
+            .started_at = v->pid > 0 ? v->started_at : 0,
+            .spec = v->spec,
+            .qmp_ready = v->qmp != NULL && (v->state == VM_RUNNING || v->state == VM_PAUSED),
+            .qmp_rtt_us = v->qmp ? kh_qmp_last_rtt_us(v->qmp) : 0,
+        };
+        fn(&info, opaque);
+    }
+}
+
+int kh_manager_qmp(kh_manager *mgr, const char *id, const char *command, json_t *args,
+                   kh_qmp_reply_cb cb, void *opaque, kh_err *err)
+{
+    for (vm *v = mgr->vms; v; v = v->next) {
+        if (strcmp(v->id, id) != 0)
+            continue;
+        if (!v->qmp || (v->state != VM_RUNNING && v->state != VM_PAUSED)) {
+            json_decref(args);
+            kh_err_set(err, KH_E_CONFLICT, "vm %s is %s", v->spec->name,
+                       state_names[v->state]);
+            return -1;
+        }
+        return kh_qmp_command(v->qmp, command, args, cb, opaque, err);
+    }
+    json_decref(args);
+    kh_err_set(err, KH_E_NOTFOUND, "no vm with id %s", id);
+    return -1;
 }

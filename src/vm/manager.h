@@ -27,11 +27,14 @@
 #include <sys/types.h>
 #include <uv.h>
 
+#include "conf/vm_spec.h"
 #include "host/cgroup.h"
+#include "net/netmgr.h"
 #include "qemu/accel.h"
 #include "qemu/argv.h"
 #include "qemu/qmp.h"
 #include "storage/storage.h"
+#include "qemu/qmp.h"
 #include "store/store.h"
 #include "util/err.h"
 #include "vm/console.h"
@@ -56,6 +59,7 @@ typedef struct kh_manager_config {
     size_t ngroups;
     unsigned start_timeout_ms; /* QMP ready deadline; 0 = 30 s */
     kh_storage *storage;       /* resolves disks given as volumes (NULL: none) */
+    kh_netmgr *net;            /* networks for NICs (NULL: VMs with NICs are refused) */
 } kh_manager_config;
 
 typedef enum kh_vm_action {
@@ -95,17 +99,31 @@ kh_console *kh_manager_console(kh_manager *mgr, const char *name, kh_err *err);
 char *kh_manager_console_log(kh_manager *mgr, const char *name, size_t tail, size_t *len,
                              kh_err *err);
 
-/* Send a QMP command to the QEMU of a VM that runs (args stolen; cb gets
- * the reply, or an error when the connection ends first). KH_E_CONFLICT
- * when the VM has no QMP connection; then cb is not called. For modules
- * that drive QEMU features of their own (vm/snapshot.c). */
-int kh_manager_qmp(kh_manager *mgr, const char *name, const char *command, json_t *args,
-                   kh_qmp_reply_cb cb, void *opaque, kh_err *err);
-
 /* The accelerator probe finished: starts that waited for it go on. */
 void kh_manager_set_accel(kh_manager *mgr, kh_accel accel);
 /* A child process ended (the daemon's SIGCHLD reaper calls this). */
 void kh_manager_child_exited(kh_manager *mgr, pid_t pid, int status);
 void kh_manager_counts(const kh_manager *mgr, unsigned *total, unsigned *running);
+
+/* A read-only view of one VM for observers (vm/metrics.c). Valid during the
+ * callback only. */
+typedef struct kh_vm_info {
+    const char *name;
+    const char *id;
+    const char *state;        /* "stopped", "running", ... */
+    pid_t pid;                /* QEMU, or 0 */
+    double started_at;        /* wall time, 0 when not running */
+    const kh_vm_spec *spec;
+    bool qmp_ready;           /* running or paused with QMP connected */
+    unsigned long qmp_rtt_us; /* last QMP round trip */
+} kh_vm_info;
+typedef void (*kh_manager_vm_fn)(const kh_vm_info *info, void *opaque);
+void kh_manager_foreach(kh_manager *mgr, kh_manager_vm_fn fn, void *opaque);
+/* Send a QMP command to a running VM by id (args stolen): read-only
+ * queries (vm/metrics.c) and the snapshot jobs (vm/snapshot.c). The
+ * reply callback always runs (with an error if QEMU goes away). -1 with err
+ * (KH_E_CONFLICT when the VM is not running) and no callback otherwise. */
+int kh_manager_qmp(kh_manager *mgr, const char *id, const char *command, json_t *args,
+                   kh_qmp_reply_cb cb, void *opaque, kh_err *err);
 
 #endif

@@ -163,7 +163,7 @@ static void repair_tick(uv_timer_t *t)
     bool gone = !vm || (state && strcmp(state, "stopped") == 0 &&
                         json_is_null(json_object_get(vm, "pid")));
     bool alive = vm && state && strcmp(state, "stopped") != 0 &&
-                 kh_manager_qmp(o->s->mgr, o->vm, "query-status", NULL, NULL, NULL, NULL) == 0;
+                 kh_manager_qmp(o->s->mgr, o->vm_id, "query-status", NULL, NULL, NULL, NULL) == 0;
     json_decref(vm);
     if (gone) {
         o->next = 0;
@@ -214,7 +214,7 @@ static void on_jobs(kh_qmp *q, json_t *ret, const kh_err *err, void *opaque)
             kh_err e = KH_ERR_INIT;
             if (jerr)
                 kh_err_set(&e, KH_E_QEMU, "%s: %s", qmp_commands[o->kind], jerr);
-            kh_manager_qmp(o->s->mgr, o->vm, "job-dismiss",
+            kh_manager_qmp(o->s->mgr, o->vm_id, "job-dismiss",
                            json_pack("{s:s}", "id", o->job_id), NULL, NULL, NULL);
             op_finish(o, jerr ? &e : NULL);
             return;
@@ -235,7 +235,7 @@ static void poll_jobs(uv_timer_t *t)
 {
     snap_op *o = t->data;
     kh_err err = KH_ERR_INIT;
-    if (kh_manager_qmp(o->s->mgr, o->vm, "query-jobs", NULL, on_jobs, o, &err) < 0) {
+    if (kh_manager_qmp(o->s->mgr, o->vm_id, "query-jobs", NULL, on_jobs, o, &err) < 0) {
         kh_err_prefix(&err, "%s", qmp_commands[o->kind]);
         live_failed(o, &err);
     }
@@ -263,7 +263,7 @@ static int start_live(snap_op *o, kh_err *err)
                              o->devices);
     if (o->kind != SNAP_DELETE)
         json_object_set_new(args, "vmstate", json_string(o->vmstate));
-    return kh_manager_qmp(o->s->mgr, o->vm, qmp_commands[o->kind], args, on_job_started, o, err);
+    return kh_manager_qmp(o->s->mgr, o->vm_id, qmp_commands[o->kind], args, on_job_started, o, err);
 }
 
 /* ---- stopped: qemu-img snapshot per file ---- */

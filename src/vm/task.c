@@ -179,6 +179,8 @@ void kh_task_succeed(kh_task *task, json_t *result)
     }
     task->state = KH_TASK_SUCCEEDED;
     task->progress = 100;
+    free(task->message);
+    task->message = xstrdup("done");
     task->result = result;
     finish(task);
 }

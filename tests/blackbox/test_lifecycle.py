@@ -267,3 +267,25 @@ def test_guest_poweroff_shows_stopped(env, consoles):
     assert vm2["pid"] is None, vm2
     assert re.search(r"shut|power|guest", vm2["state_reason"].lower()), vm2["state_reason"]
     assert khlib.wait_pid_gone(vm["pid"], 10)
+
+
+def test_microvm_boots_to_its_disk(env, guest):
+    """microvm (virtio-mmio, no PCI, no firmware) boots the same guest; under
+    TCG the daemon tells the kernel the TSC frequency or the boot stalls."""
+    api = env["api"]
+    spec = guest.spec("mv", env["work"])
+    spec["machine"] = "microvm"
+    r = api.post("/api/v1/vms", spec)
+    assert r.status == 201, r
+    st, j = api.action("mv", "start")
+    assert st == 200, j
+    try:
+        log = api.wait_console("mv", khlib.GUEST_DISK, timeout=120)
+        assert khlib.GUEST_READY in log
+        vm = api.vm("mv")
+        with open("/proc/%d/cmdline" % vm["pid"], "rb") as f:
+            args = f.read().split(b"\0")
+        assert b"microvm,dump-guest-core=off" in args
+        assert any(a.startswith(b"console=ttyS0") and b"tsc_early_khz=" in a for a in args)
+    finally:
+        api.action("mv", "kill")

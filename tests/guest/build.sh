@@ -202,6 +202,34 @@ done
 if [ -b /dev/vda ] && mount -t ext4 -o ro /dev/vda /mnt 2>/dev/null; then
     echo "KVMHOST-DISK: $(cat /mnt/marker.txt 2>/dev/null)"
 fi
+# kvmhost.net=dhcp on the kernel command line: bring eth0 up over DHCP
+# (busybox udhcpc) and print the address it got.
+case " $(cat /proc/cmdline) " in
+*" kvmhost.net=dhcp "*)
+    mkdir -p /usr/share/udhcpc
+    cat >/usr/share/udhcpc/default.script <<'SCRIPT'
+#!/bin/sh
+case "$1" in
+deconfig) ip addr flush dev "$interface"; ip link set "$interface" up ;;
+bound|renew)
+    ip addr flush dev "$interface"
+    ip addr add "$ip/${mask:-24}" dev "$interface"
+    [ -n "$router" ] && ip route replace default via "${router%% *}" dev "$interface"
+    echo "$ip" >/tmp/net-ip ;;
+esac
+exit 0
+SCRIPT
+    chmod 755 /usr/share/udhcpc/default.script
+    ip link set lo up
+    i=0
+    while [ ! -e /sys/class/net/eth0 ] && [ $i -lt 100 ]; do usleep 20000; i=$((i + 1)); done
+    ip link set eth0 up
+    if udhcpc -i eth0 -q -n -t 10 -T 1 -s /usr/share/udhcpc/default.script >/dev/null 2>&1; then
+        echo "KVMHOST-NET: $(cat /tmp/net-ip)"
+    else
+        echo "KVMHOST-NET: none"
+    fi ;;
+esac
 echo "kvmhost test guest: shell on the console; 'poweroff -f' to stop"
 while true; do
     setsid cttyhack sh -l

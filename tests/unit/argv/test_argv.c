@@ -166,8 +166,8 @@ static char *run_case(const char *name, const json_t *tc, bool *is_err)
     static const char *const caps_keys[] = { "version", "sandbox", "io_uring", NULL };
     static const char *const env_keys[] = { "binary", "vm_id", "accel", "qmp_fd", "serial_fd",
                                             "pidfile", "vnc_socket", "kernel_file",
-                                            "initrd_file", "disk_fds", "backing_fds", "secret_fds",
-                                            NULL };
+                                            "initrd_file", "disk_fds", "backing_fds", "nic_fds",
+                                            "nic_vhost_fds", "tsc_khz", "secret_fds", NULL };
     const json_t *sj = json_object_get(tc, "spec");
     const json_t *cj = json_object_get(tc, "caps");
     const json_t *ej = json_object_get(tc, "env");
@@ -249,6 +249,18 @@ static char *run_case(const char *name, const json_t *tc, bool *is_err)
         for (size_t i = 0; i < json_array_size(fdj); i++)
             fds[i] = (int)json_integer_value(json_array_get(fdj, i));
     }
+    int *nfds = NULL, *vfds = NULL;
+    const json_t *nj = json_object_get(ej, "nic_fds"), *vj = json_object_get(ej, "nic_vhost_fds");
+    if (json_is_array(nj)) {
+        nfds = xcalloc(json_array_size(nj) + 1, sizeof(int));
+        for (size_t i = 0; i < json_array_size(nj); i++)
+            nfds[i] = (int)json_integer_value(json_array_get(nj, i));
+    }
+    if (json_is_array(vj)) {
+        vfds = xcalloc(json_array_size(vj) + 1, sizeof(int));
+        for (size_t i = 0; i < json_array_size(vj); i++)
+            vfds[i] = (int)json_integer_value(json_array_get(vj, i));
+    }
     const char *accel = opt_str(ej, "accel", "kvm");
     kh_argv_env env = {
         .binary = opt_str(ej, "binary", "/usr/bin/qemu-system-x86_64"),
@@ -263,6 +275,9 @@ static char *run_case(const char *name, const json_t *tc, bool *is_err)
         .disk_fds = fds,
         .backing_fds = (const int *const *)bfds,
         .secret_fds = sfds,
+        .nic_fds = nfds,
+        .nic_vhost_fds = vfds,
+        .tsc_khz = (unsigned)int_or(ej, "tsc_khz", 0),
     };
     if (fds && json_array_size(fdj) != spec->ndisks)
         printf("# %s: disk_fds has %zu entries for %zu disks\n", name, json_array_size(fdj),
@@ -288,6 +303,8 @@ static char *run_case(const char *name, const json_t *tc, bool *is_err)
     for (size_t i = 0; bfds && i < spec->ndisks; i++)
         free(bfds[i]);
     free(bfds);
+    free(nfds);
+    free(vfds);
     kh_vm_spec_free(spec);
     return out;
 }

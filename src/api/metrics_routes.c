@@ -1,0 +1,59 @@
+/* metrics_routes.c - GET /metrics (Prometheus) and the history endpoints. */
+#include <stdlib.h>
+#include <string.h>
+
+#include "api/api.h"
+#include "vm/metrics.h"
+
+void kh_metrics_routes_prometheus(kh_http_req *req, void *app)
+{
+    kh_api *api = app;
+    size_t len;
+    char *text = kh_metrics_render(api->metrics, &len);
+    kh_http_reply_data(req, 200, "text/plain; version=0.0.4; charset=utf-8", text, len);
+    free(text);
+}
+
+/* ?range=SECONDS: 1..3600, default 3600. */
+static int parse_range(kh_http_req *req, double *out, kh_err *err)
+{
+    const char *r = kh_http_req_query(req, "range");
+    *out = 3600;
+    if (!r)
+        return 0;
+    char *end;
+    long v = strtol(r, &end, 10);
+    if (!*r || *end || v < 1 || v > 3600) {
+        kh_err_set(err, KH_E_INVALID, "range: must be a number of seconds from 1 to 3600");
+        return -1;
+    }
+    *out = (double)v;
+    return 0;
+}
+
+void kh_metrics_routes_vm(kh_http_req *req, void *app)
+{
+    kh_api *api = app;
+    kh_err err = KH_ERR_INIT;
+    double range;
+    json_t *j = NULL;
+    if (parse_range(req, &range, &err) == 0)
+        j = kh_metrics_vm_history(api->metrics, kh_http_req_param(req, "name"), range, &err);
+    if (!j) {
+        kh_http_reply_error(req, &err);
+        return;
+    }
+    kh_http_reply_json(req, 200, j);
+}
+
+void kh_metrics_routes_host(kh_http_req *req, void *app)
+{
+    kh_api *api = app;
+    kh_err err = KH_ERR_INIT;
+    double range;
+    if (parse_range(req, &range, &err) < 0) {
+        kh_http_reply_error(req, &err);
+        return;
+    }
+    kh_http_reply_json(req, 200, kh_metrics_host_history(api->metrics, range));
+}

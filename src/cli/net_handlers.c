@@ -1,0 +1,219 @@
+/* net_handlers.c - `kvmhost network create|list|show|delete|leases|forward`. */
+#include "cli/net_handlers.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cli/output.h"
+#include "util/mem.h"
+
+static char *net_path(const char *name, const char *suffix)
+{
+    char *esc = cli_path_escape(name);
+    char *p = xasprintf("/api/v1/networks/%s%s", esc, suffix ? suffix : "");
+    free(esc);
+    return p;
+}
+
+static const char *jstr(const json_t *o, const char *key)
+{
+    return json_string_value(json_object_get(o, key));
+}
+
+static void print_out(char *s)
+{
+    fputs(s, stdout);
+    free(s);
+}
+
+static int set_str(json_t *o, const char *key, const char *v, kh_err *err)
+{
+    json_t *s = v ? json_string(v) : NULL;
+    if (v && !s) {
+        kh_err_set(err, KH_E_INVALID, "--%s: must be UTF-8 text", key);
+        return -1;
+    }
+    if (s)
+        json_object_set_new(o, key, s);
+    return 0;
+}
+
+int cli_do_net_create(cli_ctx *ctx, const cli_args *a, kh_err *err)
+{
+    json_t *body = json_pack("{s:s}", "name", a->pos);
+    if (!body) {
+        kh_err_set(err, KH_E_INVALID, "network name: must be UTF-8 text");
+        return -1;
+    }
+    if (set_str(body, "type", cli_arg(a, "type"), err) < 0 ||
+        set_str(body, "subnet", cli_arg(a, "subnet"), err) < 0 ||
+        set_str(body, "bridge", cli_arg(a, "bridge"), err) < 0) {
+        json_decref(body);
+        return -1;
+    }
+    cli_client *c = cli_ctx_client(ctx, err);
+    json_t *resp = NULL;
+    int rc = c ? cli_client_json(c, "POST", "/api/v1/networks", body, &resp, NULL, err) : -1;
+    json_decref(body);
+    if (rc < 0)
+        return -1;
+    if (ctx->json)
+        cli_print_json(stdout, resp);
+    else if (jstr(resp, "subnet"))
+        printf("network %s created (%s, bridge %s, subnet %s, gateway %s)\n", a->pos,
+               jstr(resp, "type"), jstr(resp, "bridge"), jstr(resp, "subnet"),
+               jstr(resp, "gateway"));
+    else
+        printf("network %s created (%s on %s)\n", a->pos, jstr(resp, "type"),
+               jstr(resp, "bridge"));
+    json_decref(resp);
+    return 0;
+}
+
+int cli_do_net_list(cli_ctx *ctx, const cli_args *a, kh_err *err)
+{
+    (void)a;
+    cli_client *c = cli_ctx_client(ctx, err);
+    json_t *resp = NULL;
+    if (!c || cli_client_json(c, "GET", "/api/v1/networks", NULL, &resp, NULL, err) < 0)
+        return -1;
+    if (ctx->json) {
+        cli_print_json(stdout, resp);
+        json_decref(resp);
+        return 0;
+    }
+    static const char *const head[] = { "NAME", "TYPE", "BRIDGE", "SUBNET", "NICS",
+                                        "FORWARDS" };
+    cli_table *t = cli_table_new(KH_ARRAY_LEN(head), head);
+    size_t i;
+    json_t *n;
+    json_array_foreach(json_object_get(resp, "networks"), i, n) {
+        cli_table_add(t, jstr(n, "name"));
+        cli_table_add(t, jstr(n, "type"));
+        cli_table_add(t, jstr(n, "bridge"));
+        cli_table_add(t, jstr(n, "subnet"));
+        cli_table_addf(t, "%zu", json_array_size(json_object_get(n, "nics")));
+        cli_table_addf(t, "%zu", json_array_size(json_object_get(n, "forwards")));
+    }
+    print_out(cli_table_render(t));
+    cli_table_free(t);
+    json_decref(resp);
+    return 0;
+}
+
+int cli_do_net_show(cli_ctx *ctx, const cli_args *a, kh_err *err)
+{
+    cli_client *c = cli_ctx_client(ctx, err);
+    if (!c)
+        return -1;
+    char *path = net_path(a->pos, NULL);
+    json_t *resp = NULL;
+    int rc = cli_client_json(c, "GET", path, NULL, &resp, NULL, err);
+    free(path);
+    if (rc < 0)
+        return -1;
+    if (ctx->json) {
+        cli_print_json(stdout, resp);
+    } else {
+        cli_kv *kv = cli_kv_new();
+        cli_kv_add_json(kv, "", resp, NULL);
+        print_out(cli_kv_render(kv));
+        cli_kv_free(kv);
+    }
+    json_decref(resp);
+    return 0;
+}
+
+int cli_do_net_delete(cli_ctx *ctx, const cli_args *a, kh_err *err)
+{
+    cli_client *c = cli_ctx_client(ctx, err);
+    if (!c)
+        return -1;
+    char *path = net_path(a->pos, NULL);
+    json_t *resp = NULL;
+    int rc = cli_client_json(c, "DELETE", path, NULL, &resp, NULL, err);
+    free(path);
+    json_decref(resp);
+    if (rc < 0)
+        return -1;
+    if (!ctx->json)
+        printf("network %s deleted\n", a->pos);
+    return 0;
+}
+
+int cli_do_net_leases(cli_ctx *ctx, const cli_args *a, kh_err *err)
+{
+    cli_client *c = cli_ctx_client(ctx, err);
+    if (!c)
+        return -1;
+    char *path = net_path(a->pos, "/leases");
+    json_t *resp = NULL;
+    int rc = cli_client_json(c, "GET", path, NULL, &resp, NULL, err);
+    free(path);
+    if (rc < 0)
+        return -1;
+    if (ctx->json) {
+        cli_print_json(stdout, resp);
+        json_decref(resp);
+        return 0;
+    }
+    static const char *const head[] = { "IP", "MAC", "VM", "HOSTNAME", "EXPIRES" };
+    cli_table *t = cli_table_new(KH_ARRAY_LEN(head), head);
+    size_t i;
+    json_t *l;
+    json_array_foreach(json_object_get(resp, "leases"), i, l) {
+        cli_table_add(t, jstr(l, "ip"));
+        cli_table_add(t, jstr(l, "mac"));
+        cli_table_add(t, jstr(l, "vm"));
+        cli_table_add(t, jstr(l, "hostname"));
+        cli_table_addf(t, "%" JSON_INTEGER_FORMAT,
+                       json_integer_value(json_object_get(l, "expires")));
+    }
+    print_out(cli_table_render(t));
+    cli_table_free(t);
+    json_decref(resp);
+    return 0;
+}
+
+static int port_arg(const char *s, const char *what, json_int_t *out, kh_err *err)
+{
+    char *end = NULL;
+    long v = s ? strtol(s, &end, 10) : 0;
+    if (!s || !end || *end || v < 1 || v > 65535) {
+        kh_err_set(err, KH_E_INVALID, "--%s: must be a port from 1 to 65535", what);
+        return -1;
+    }
+    *out = v;
+    return 0;
+}
+
+int cli_do_net_forward(cli_ctx *ctx, const cli_args *a, kh_err *err)
+{
+    json_int_t hp, vp;
+    if (port_arg(cli_arg(a, "host-port"), "host-port", &hp, err) < 0 ||
+        port_arg(cli_arg(a, "vm-port"), "vm-port", &vp, err) < 0)
+        return -1;
+    json_t *body = json_pack("{s:I,s:I}", "host_port", hp, "vm_port", vp);
+    if (set_str(body, "vm", cli_arg(a, "vm"), err) < 0 ||
+        set_str(body, "proto", cli_arg(a, "proto"), err) < 0) {
+        json_decref(body);
+        return -1;
+    }
+    cli_client *c = cli_ctx_client(ctx, err);
+    char *path = net_path(a->pos, "/forwards");
+    json_t *resp = NULL;
+    int rc = c ? cli_client_json(c, "POST", path, body, &resp, NULL, err) : -1;
+    free(path);
+    json_decref(body);
+    if (rc < 0)
+        return -1;
+    if (ctx->json)
+        cli_print_json(stdout, resp);
+    else
+        printf("forwarding %s port %" JSON_INTEGER_FORMAT " to %s port %" JSON_INTEGER_FORMAT
+               "\n", cli_arg(a, "proto") ? cli_arg(a, "proto") : "tcp", hp, cli_arg(a, "vm"),
+               vp);
+    json_decref(resp);
+    return 0;
+}

@@ -1,0 +1,14 @@
+/* net_handlers.h - `kvmhost network ...` (the rows are in commands.c). */
+#ifndef KH_CLI_NET_HANDLERS_H
+#define KH_CLI_NET_HANDLERS_H
+
+#include "cli/commands.h"
+
+int cli_do_net_create(cli_ctx *ctx, const cli_args *a, kh_err *err);
+int cli_do_net_list(cli_ctx *ctx, const cli_args *a, kh_err *err);
+int cli_do_net_show(cli_ctx *ctx, const cli_args *a, kh_err *err);
+int cli_do_net_delete(cli_ctx *ctx, const cli_args *a, kh_err *err);
+int cli_do_net_leases(cli_ctx *ctx, const cli_args *a, kh_err *err);
+int cli_do_net_forward(cli_ctx *ctx, const cli_args *a, kh_err *err);
+
+#endif

@@ -1,0 +1,280 @@
+/* limits.c - parse, check and print a VM's resource limits. */
+#include "conf/limits.h"
+
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "util/mem.h"
+
+const char *const kh_disk_limit_names[KH_LIMITS_DISK_FIELDS] = {
+    "iops_total",     "iops_read",     "iops_write",     "bps_total",     "bps_read",
+    "bps_write",      "iops_total_max", "iops_read_max", "iops_write_max", "bps_total_max",
+    "bps_read_max",   "bps_write_max",
+};
+const char *const kh_disk_limit_qmp[KH_LIMITS_DISK_FIELDS] = {
+    "iops",     "iops_rd",     "iops_wr",     "bps",     "bps_rd",     "bps_wr",
+    "iops_max", "iops_rd_max", "iops_wr_max", "bps_max", "bps_rd_max", "bps_wr_max",
+};
+
+/* QEMU caps every throttle value at 1e15. */
+#define DISK_LIMIT_MAX 1000000000000000ULL
+#define MEMORY_MAX_MIB (16ULL * 1024 * 1024)
+
+static json_t *unconst(const json_t *j)
+{
+    return (json_t *)(uintptr_t)j;
+}
+
+static int get_uint(const json_t *v, const char *field, unsigned long long min,
+                    unsigned long long max, unsigned long long *out, kh_err *err)
+{
+    if (!json_is_integer(v) || json_integer_value(v) < 0 ||
+        (unsigned long long)json_integer_value(v) < min ||
+        (unsigned long long)json_integer_value(v) > max) {
+        kh_err_set(err, KH_E_INVALID, "%s: must be an integer between %llu and %llu", field,
+                   min, max);
+        return -1;
+    }
+    *out = (unsigned long long)json_integer_value(v);
+    return 0;
+}
+
+static int bad_key(const char *prefix, const char *key, size_t len, kh_err *err)
+{
+    bool printable = len > 0 && len <= 64 && strlen(key) == len;
+    for (size_t i = 0; printable && i < len; i++)
+        printable = key[i] > 0x20 && key[i] < 0x7f;
+    if (printable)
+        kh_err_set(err, KH_E_INVALID, "%s%s: unknown field", prefix, key);
+    else
+        kh_err_set(err, KH_E_INVALID, "%sunknown field (a key with unprintable characters)",
+                   prefix);
+    return -1;
+}
+
+static int parse_disk(kh_disk_limits *d, const json_t *obj, size_t i, kh_err *err)
+{
+    char prefix[48], field[80];
+    snprintf(prefix, sizeof(prefix), "limits.disk[%zu].", i);
+    if (!json_is_object(obj)) {
+        kh_err_set(err, KH_E_INVALID, "limits.disk[%zu]: must be an object", i);
+        return -1;
+    }
+    const char *key;
+    size_t len;
+    json_t *val;
+    json_object_keylen_foreach(unconst(obj), key, len, val) {
+        bool known = strlen(key) == len && strcmp(key, "index") == 0;
+        for (size_t f = 0; !known && f < KH_LIMITS_DISK_FIELDS; f++)
+            known = strlen(key) == len && strcmp(key, kh_disk_limit_names[f]) == 0;
+        if (!known)
+            return bad_key(prefix, key, len, err);
+    }
+    unsigned long long u;
+    const json_t *v = json_object_get(obj, "index");
+    if (!v) {
+        kh_err_set(err, KH_E_INVALID, "%sindex is required", prefix);
+        return -1;
+    }
+    snprintf(field, sizeof(field), "%sindex", prefix);
+    if (get_uint(v, field, 0, 255, &u, err) < 0)
+        return -1;
+    d->index = (unsigned)u;
+    for (size_t f = 0; f < KH_LIMITS_DISK_FIELDS; f++) {
+        if (!(v = json_object_get(obj, kh_disk_limit_names[f])))
+            continue;
+        snprintf(field, sizeof(field), "%s%s", prefix, kh_disk_limit_names[f]);
+        if (get_uint(v, field, 1, DISK_LIMIT_MAX, &u, err) < 0)
+            return -1;
+        d->v[f] = u;
+    }
+    /* QEMU's rules: total excludes read/write; a burst needs its base and
+     * is not below it. */
+    for (size_t k = 0; k < 12; k += 3) {
+        if (d->v[k] && (d->v[k + 1] || d->v[k + 2])) {
+            kh_err_set(err, KH_E_INVALID, "%s%s cannot be combined with %s or %s", prefix,
+                       kh_disk_limit_names[k], kh_disk_limit_names[k + 1],
+                       kh_disk_limit_names[k + 2]);
+            return -1;
+        }
+    }
+    for (size_t f = 0; f < 6; f++) {
+        uint64_t base = d->v[f], burst = d->v[f + 6];
+        if (burst && !base) {
+            kh_err_set(err, KH_E_INVALID, "%s%s needs %s", prefix, kh_disk_limit_names[f + 6],
+                       kh_disk_limit_names[f]);
+            return -1;
+        }
+        if (burst && burst < base) {
+            kh_err_set(err, KH_E_INVALID, "%s%s must be at least %s", prefix,
+                       kh_disk_limit_names[f + 6], kh_disk_limit_names[f]);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+kh_limits *kh_limits_from_json(const json_t *obj, kh_err *err)
+{
+    static const char *const keys[] = { "cpu_weight", "cpu_max_percent", "memory_max_mib",
+                                        "disk", NULL };
+    if (!json_is_object(obj)) {
+        kh_err_set(err, KH_E_INVALID, "limits: must be an object");
+        return NULL;
+    }
+    const char *key;
+    size_t len;
+    json_t *val;
+    json_object_keylen_foreach(unconst(obj), key, len, val) {
+        bool known = false;
+        for (size_t i = 0; keys[i] && !known; i++)
+            known = strlen(key) == len && strcmp(key, keys[i]) == 0;
+        if (!known) {
+            bad_key("limits.", key, len, err);
+            return NULL;
+        }
+    }
+    kh_limits *l = xcalloc(1, sizeof(*l));
+    unsigned long long u;
+    const json_t *v;
+    if ((v = json_object_get(obj, "cpu_weight"))) {
+        if (get_uint(v, "limits.cpu_weight", 1, KH_LIMITS_WEIGHT_MAX, &u, err) < 0)
+            goto fail;
+        l->cpu_weight = (unsigned)u;
+    }
+    if ((v = json_object_get(obj, "cpu_max_percent"))) {
+        if (get_uint(v, "limits.cpu_max_percent", 1, 100ULL * 255, &u, err) < 0)
+            goto fail;
+        l->cpu_max_percent = (unsigned)u;
+    }
+    if ((v = json_object_get(obj, "memory_max_mib"))) {
+        if (get_uint(v, "limits.memory_max_mib", 16, MEMORY_MAX_MIB, &u, err) < 0)
+            goto fail;
+        l->memory_max_mib = u;
+    }
+    if ((v = json_object_get(obj, "disk"))) {
+        if (!json_is_array(v) || json_array_size(v) > 16) {
+            kh_err_set(err, KH_E_INVALID, "limits.disk: must be an array of at most 16 objects");
+            goto fail;
+        }
+        l->ndisks = json_array_size(v);
+        l->disks = l->ndisks ? xcalloc(l->ndisks, sizeof(*l->disks)) : NULL;
+        for (size_t i = 0; i < l->ndisks; i++)
+            if (parse_disk(&l->disks[i], json_array_get(v, i), i, err) < 0)
+                goto fail;
+    }
+    return l;
+fail:
+    kh_limits_free(l);
+    return NULL;
+}
+
+int kh_limits_check(const kh_limits *l, unsigned vcpus, uint64_t memory_mib, size_t ndisks,
+                    kh_err *err)
+{
+    if (!l)
+        return 0;
+    if (l->cpu_max_percent > 100U * vcpus) {
+        kh_err_set(err, KH_E_INVALID,
+                   "limits.cpu_max_percent: must be at most %u (100 per vCPU, %u vCPUs)",
+                   100U * vcpus, vcpus);
+        return -1;
+    }
+    if (l->memory_max_mib && l->memory_max_mib < memory_mib) {
+        kh_err_set(err, KH_E_INVALID,
+                   "limits.memory_max_mib: must be at least memory_mib (%llu): the guest's "
+                   "RAM lives in the QEMU process",
+                   (unsigned long long)memory_mib);
+        return -1;
+    }
+    for (size_t i = 0; i < l->ndisks; i++) {
+        if (l->disks[i].index >= ndisks) {
+            kh_err_set(err, KH_E_INVALID, "limits.disk[%zu].index: the VM has no disk %u", i,
+                       l->disks[i].index);
+            return -1;
+        }
+        for (size_t j = 0; j < i; j++) {
+            if (l->disks[j].index == l->disks[i].index) {
+                kh_err_set(err, KH_E_INVALID, "limits.disk[%zu].index: disk %u appears twice",
+                           i, l->disks[i].index);
+                return -1;
+            }
+        }
+    }
+    return 0;
+}
+
+json_t *kh_limits_to_json(const kh_limits *l)
+{
+    json_t *o = json_object();
+    if (!l)
+        return o;
+    if (l->cpu_weight)
+        json_object_set_new(o, "cpu_weight", json_integer(l->cpu_weight));
+    if (l->cpu_max_percent)
+        json_object_set_new(o, "cpu_max_percent", json_integer(l->cpu_max_percent));
+    if (l->memory_max_mib)
+        json_object_set_new(o, "memory_max_mib", json_integer((json_int_t)l->memory_max_mib));
+    if (l->ndisks) {
+        json_t *arr = json_array();
+        for (size_t i = 0; i < l->ndisks; i++) {
+            json_t *d = json_object();
+            json_object_set_new(d, "index", json_integer(l->disks[i].index));
+            for (size_t f = 0; f < KH_LIMITS_DISK_FIELDS; f++)
+                if (l->disks[i].v[f])
+                    json_object_set_new(d, kh_disk_limit_names[f],
+                                        json_integer((json_int_t)l->disks[i].v[f]));
+            json_array_append_new(arr, d);
+        }
+        json_object_set_new(o, "disk", arr);
+    }
+    return o;
+}
+
+kh_limits *kh_limits_dup(const kh_limits *l)
+{
+    if (!l)
+        return NULL;
+    kh_limits *d = xcalloc(1, sizeof(*d));
+    *d = *l;
+    d->disks = NULL;
+    if (l->ndisks) {
+        d->disks = xcalloc(l->ndisks, sizeof(*d->disks));
+        memcpy(d->disks, l->disks, l->ndisks * sizeof(*d->disks));
+    }
+    return d;
+}
+
+void kh_limits_free(kh_limits *l)
+{
+    if (!l)
+        return;
+    free(l->disks);
+    free(l);
+}
+
+const kh_disk_limits *kh_limits_disk(const kh_limits *l, unsigned index)
+{
+    for (size_t i = 0; l && i < l->ndisks; i++)
+        if (l->disks[i].index == index)
+            return &l->disks[i];
+    return NULL;
+}
+
+json_t *kh_limits_merge(const json_t *base, const json_t *patch)
+{
+    if (!json_is_object(patch) || !json_is_object(base))
+        return json_incref(unconst(patch));
+    json_t *m = json_deep_copy(base);
+    const char *key;
+    json_t *val;
+    json_object_foreach(unconst(patch), key, val) {
+        if (json_is_null(val))
+            json_object_del(m, key);
+        else
+            json_object_set(m, key, val);
+    }
+    return m;
+}

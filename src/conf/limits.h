@@ -1,0 +1,63 @@
+/* limits.h - a VM's resource limits (quotas), as the user sets them.
+ *
+ * Pure parse/validate/print, like vm_spec.c; applying them is vm/quota.c.
+ * JSON form (every key optional; absent = no limit):
+ *   "limits": {
+ *     "cpu_weight": 1..10000        relative share (cgroup v2 cpu.weight; 100 is
+ *                                   the default; v1 cpu.shares = weight*1024/100)
+ *     "cpu_max_percent": 1..100*vcpus   hard cap in percent of one host CPU
+ *     "memory_max_mib": N           hard limit of the QEMU cgroup, >= memory_mib
+ *     "disk": [ { "index": 0,       the disk (position in "disks")
+ *                 "iops_total", "iops_read", "iops_write",
+ *                 "bps_total", "bps_read", "bps_write",          (per second)
+ *                 "iops_total_max", ..., "bps_write_max" } ]     (bursts)
+ *   }
+ * Total and read/write of one kind exclude each other (QEMU's rule); a burst
+ * needs its base limit and must be at least as large.
+ */
+#ifndef KH_CONF_LIMITS_H
+#define KH_CONF_LIMITS_H
+
+#include <jansson.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "util/err.h"
+
+#define KH_LIMITS_WEIGHT_MAX 10000
+#define KH_LIMITS_DISK_FIELDS 12
+
+/* Field order of kh_disk_limits.v: QEMU's block_set_io_throttle names. */
+extern const char *const kh_disk_limit_names[KH_LIMITS_DISK_FIELDS];
+extern const char *const kh_disk_limit_qmp[KH_LIMITS_DISK_FIELDS];
+
+typedef struct kh_disk_limits {
+    unsigned index;
+    uint64_t v[KH_LIMITS_DISK_FIELDS]; /* 0 = unlimited */
+} kh_disk_limits;
+
+typedef struct kh_limits {
+    unsigned cpu_weight;       /* 0 = unset */
+    unsigned cpu_max_percent;  /* 0 = unset */
+    uint64_t memory_max_mib;   /* 0 = unset */
+    kh_disk_limits *disks;
+    size_t ndisks;
+} kh_limits;
+
+/* Parse a "limits" object (fields checked alone; kh_limits_check does the
+ * checks against the rest of the spec). NULL with err set (KH_E_INVALID). */
+kh_limits *kh_limits_from_json(const json_t *obj, kh_err *err);
+/* Checks against the VM: cpu_max_percent <= 100 * vcpus, memory_max_mib >=
+ * memory_mib, disk indexes exist and appear once. */
+int kh_limits_check(const kh_limits *l, unsigned vcpus, uint64_t memory_mib, size_t ndisks,
+                    kh_err *err);
+json_t *kh_limits_to_json(const kh_limits *l);
+kh_limits *kh_limits_dup(const kh_limits *l);
+void kh_limits_free(kh_limits *l);
+/* The limits of disk index (NULL when none). */
+const kh_disk_limits *kh_limits_disk(const kh_limits *l, unsigned index);
+/* PATCH merge: top-level keys of patch replace those of base (null removes
+ * one; "disk" is replaced whole). A new object. */
+json_t *kh_limits_merge(const json_t *base, const json_t *patch);
+
+#endif

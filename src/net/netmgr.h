@@ -1,0 +1,66 @@
+/* netmgr.h - the networks of this host: bridges, nftables, dnsmasq, taps.
+ *
+ * The network manager owns every network: its spec (in the store), its
+ * bridge (nat, isolated: created through netlink, marked with an ifalias
+ * "kvmhost:<owner>:<id>"), the `inet kvmhost` nftables table (rebuilt
+ * whole, atomically, at every change) and one supervised dnsmasq per
+ * nat/isolated network (restarted when it dies). It runs on the loop
+ * thread, in the daemon's network namespace.
+ *
+ * Reconcile at start: create what is missing, delete bridges it marked and
+ * no longer has, never touch links it did not mark, replace any dnsmasq
+ * left from the previous daemon. The VM manager tells it which NICs exist
+ * (kh_netmgr_set_bindings): they give the static DHCP reservations, the
+ * port-forward targets and "in use" (409 on delete).
+ */
+#ifndef KH_NET_NETMGR_H
+#define KH_NET_NETMGR_H
+
+#include <jansson.h>
+#include <stddef.h>
+#include <uv.h>
+
+#include "store/store.h"
+#include "util/err.h"
+
+typedef struct kh_netmgr kh_netmgr;
+
+typedef struct kh_net_binding {
+    const char *vm;      /* VM name */
+    const char *network; /* network name */
+    const char *mac;
+    const char *ip;      /* static reservation or NULL */
+} kh_net_binding;
+
+/* Load the networks and reconcile the host with them. Failures to set up
+ * one network are logged and leave it listed (a later start retries);
+ * only a store error fails. */
+kh_netmgr *kh_netmgr_new(uv_loop_t *loop, kh_store *store, const char *state_dir,
+                         kh_err *err);
+/* Stop supervising (daemon shutdown): bridges, rules and dnsmasq stay. */
+void kh_netmgr_free(kh_netmgr *nm);
+
+json_t *kh_netmgr_list_json(kh_netmgr *nm);
+json_t *kh_netmgr_get_json(kh_netmgr *nm, const char *name, kh_err *err);
+json_t *kh_netmgr_create(kh_netmgr *nm, const json_t *body, kh_err *err);
+/* KH_E_CONFLICT while a VM has a NIC on it. */
+int kh_netmgr_delete(kh_netmgr *nm, const char *name, kh_err *err);
+json_t *kh_netmgr_leases_json(kh_netmgr *nm, const char *name, kh_err *err);
+/* Port forwards (nat networks): host_port on every local address -> the
+ * VM's address on the network (its reservation, else its current lease). */
+json_t *kh_netmgr_forward_add(kh_netmgr *nm, const char *name, const json_t *body,
+                              kh_err *err);
+int kh_netmgr_forward_delete(kh_netmgr *nm, const char *name, const char *proto,
+                             unsigned host_port, kh_err *err);
+
+/* Is this NIC acceptable: the network exists and the ip (may be NULL) is
+ * a free host address of its subnet? vm is the VM asking (its own
+ * reservations do not conflict). */
+int kh_netmgr_nic_check(kh_netmgr *nm, const char *vm, const char *network, const char *ip,
+                        kh_err *err);
+/* Replace the set of NICs (copied). Rewrites the reservations. */
+void kh_netmgr_set_bindings(kh_netmgr *nm, const kh_net_binding *b, size_t n);
+/* Create tap ifname on the network's bridge, up. Returns the tap fd. */
+int kh_netmgr_tap_open(kh_netmgr *nm, const char *network, const char *ifname, kh_err *err);
+
+#endif

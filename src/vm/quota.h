@@ -1,0 +1,35 @@
+/* quota.h - apply a VM's limits (conf/limits.h) to its cgroup and QEMU.
+ *
+ * CPU and memory go to the VM's cgroup, on v1 or v2:
+ *   weight   v2 cpu.weight            v1 cpu.shares = max(2, weight*1024/100)
+ *   max %    v2 cpu.max "Q 100000"    v1 cpu.cfs_period_us 100000,
+ *                                        cpu.cfs_quota_us Q  (Q = percent*1000)
+ *   memory   v2 memory.max            v1 memory.limit_in_bytes
+ * An unset limit writes the kernel's default (100 / 1024, "max" / -1), so
+ * removing a limit on a running VM takes effect too.
+ * Disk limits go to QEMU: block_set_io_throttle on the disk's device
+ * "disk<i>-dev" (the argv builder's ids; on q35 its virtio-backend child),
+ * at start before `cont` and live.
+ */
+#ifndef KH_VM_QUOTA_H
+#define KH_VM_QUOTA_H
+
+#include <jansson.h>
+#include <stdbool.h>
+
+#include "conf/limits.h"
+#include "host/cgroup.h"
+#include "util/err.h"
+
+/* Write the CPU and memory limits (l may be NULL: all defaults). Returns 0,
+ * or -1 with err set (KH_E_CONFLICT when the kernel refuses, e.g. a memory
+ * limit below what QEMU already uses). Without cgroups: 0 if l sets no CPU
+ * or memory limit, else KH_E_UNSUPPORTED. */
+int kh_quota_apply_cgroup(const kh_cgroups *cg, const char *vm_id, const kh_limits *l,
+                          kh_err *err);
+/* The arguments of block_set_io_throttle for disk index (d NULL: no limits);
+ * pci: the disk is a virtio-blk-pci (q35), else a virtio-blk-device. A new
+ * object. */
+json_t *kh_quota_throttle_args(unsigned index, bool pci, const kh_disk_limits *d);
+
+#endif

@@ -1,0 +1,421 @@
+"""Resource control and observability (issue 5): GET /metrics checked by
+promtool and scraped by a real Prometheus, the history endpoints, `vm top`,
+limits validated, applied at start and changed live (cgroup counters and the
+cgroup files prove the CPU cap; a guest dd proves the IOPS cap)."""
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+import time
+import urllib.parse
+import urllib.request
+
+import pytest
+
+import khlib
+from conftest import DaemonFactory
+
+
+def parse_prom(text):
+    """{(name, frozenset(labels.items())): value} from the text format."""
+    out = {}
+    rx = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{(.*)\})? (\S+)$')
+    lrx = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"')
+    for ln in text.splitlines():
+        if not ln or ln.startswith("#"):
+            continue
+        m = rx.match(ln)
+        assert m, "bad exposition line: %r" % ln
+        labels = frozenset(lrx.findall(m.group(3) or ""))
+        out[(m.group(1), labels)] = float(m.group(4))
+    return out
+
+
+def sample(metrics, name, **labels):
+    for (n, ls), v in metrics.items():
+        if n == name and all((k, str(val)) in ls for k, val in labels.items()):
+            return v
+    return None
+
+
+def promtool_check(data):
+    if not shutil.which("promtool"):
+        pytest.fail("promtool missing: scripts/install-deps.sh --test installs prometheus")
+    p = subprocess.run(["promtool", "check", "metrics"], input=data, capture_output=True,
+                       timeout=30)
+    return p.returncode, (p.stdout + p.stderr).decode()
+
+
+# --------------------------------------------------------------------------
+# Quick tests: no guest boots
+
+
+@pytest.fixture(scope="module")
+def qd(request):
+    f = DaemonFactory()
+    port = khlib.free_port()
+    d = f(listen="127.0.0.1:%d" % port, extra_args=["--sample-interval-ms", "200"])
+    yield d
+    failed = any(getattr(i, "rep_call", None) is not None and i.rep_call.failed
+                 for i in request.session.items if i.module is request.module)
+    f.finish(failed)
+
+
+def test_metrics_unix_socket_and_promtool(qd, fake_boot):
+    api = qd.api
+    assert api.create({"name": "idle1", "boot": fake_boot, "vcpus": 2,
+                       "memory_mib": 64})["state"] == "stopped"
+    # An odd but valid name must stay a well-formed label.
+    assert api.create({"name": "x.y_z-1", "boot": fake_boot})["name"] == "x.y_z-1"
+    api.wait_accel()
+    api.get("/api/v1/nope")  # a 404 shows in the request counters
+    r = api.get("/metrics")
+    assert r.status == 200, r
+    assert r.headers["content-type"].startswith("text/plain; version=0.0.4"), r.headers
+    rc, out = promtool_check(r.data)
+    assert rc == 0 and out.strip() == "", out
+    m = parse_prom(r.text)
+    assert sample(m, "kvmhost_vms", state="stopped") == 2
+    assert sample(m, "kvmhost_vms", state="running") == 0
+    assert sample(m, "kvmhost_vm_state", vm="idle1", state="stopped") == 1
+    assert sample(m, "kvmhost_vm_state", vm="idle1", state="running") == 0
+    assert sample(m, "kvmhost_vm_vcpus", vm="idle1") == 2
+    assert sample(m, "kvmhost_vm_memory_configured_bytes", vm="idle1") == 64 * khlib.MIB
+    assert sample(m, "kvmhost_vm_vcpus", vm="x.y_z-1") == 1
+    assert sample(m, "kvmhost_host_memory_total_bytes") > 0
+    assert sample(m, "kvmhost_host_cpu_seconds_total", mode="idle") > 0
+    assert sample(m, "kvmhost_host_accelerator_info", accelerator="tcg") == 1 or \
+        sample(m, "kvmhost_host_accelerator_info", accelerator="kvm") == 1
+    assert sample(m, "kvmhost_http_requests_total", method="POST", route="/api/v1/vms",
+                  code="201") >= 2
+    assert sample(m, "kvmhost_http_requests_total", method="GET", route="none",
+                  code="404") >= 1
+    assert sample(m, "kvmhost_http_request_duration_seconds_count",
+                  route="/api/v1/vms") >= 2
+    assert sample(m, "kvmhost_sampler_runs_total") >= 1
+    # A stopped VM has no runtime series.
+    assert sample(m, "kvmhost_vm_cpu_seconds_total", vm="idle1") is None
+
+
+def test_metrics_tcp_needs_token_unless_loopback_public(qd, daemons):
+    r = qd.tcp_api().get("/metrics")
+    assert r.status == 401, r
+    assert r.headers.get("www-authenticate") == "Bearer", r.headers
+    r = qd.tcp_api(token="wrong").get("/metrics")
+    assert r.status == 401, r
+    r = qd.tcp_api(token=qd.token()).get("/metrics")
+    assert r.status == 200 and b"kvmhost_vms{" in r.data, r
+    # --metrics-public: /metrics open to loopback clients, nothing else.
+    port = khlib.free_port()
+    pub = daemons(listen="127.0.0.1:%d" % port, extra_args=["--metrics-public"])
+    t = pub.tcp_api()
+    r = t.get("/metrics")
+    assert r.status == 200 and b"kvmhost_vms{" in r.data, r
+    assert t.get("/api/v1/vms").status == 401
+    assert t.get("/api/v1/host/metrics").status == 401
+
+
+def test_history_endpoints(qd, fake_boot):
+    api = qd.api
+    api.create({"name": "hist1", "boot": fake_boot})
+    deadline = time.time() + 10
+    while time.time() < deadline:
+        h = api.get("/api/v1/host/metrics?range=60").json
+        if len(h["samples"]) >= 2:
+            break
+        time.sleep(0.2)
+    assert h["fields"][:3] == ["time", "cpu_percent", "memory_used_bytes"], h
+    assert len(h["samples"]) >= 2, h
+    row = h["samples"][-1]
+    assert len(row) == len(h["fields"])
+    assert abs(row[0] - time.time()) < 30
+    assert 0 <= row[1] <= 100 and row[3] > 0, row
+    assert h["interval_seconds"] == 0.2
+    assert h["vms"]["hist1"]["state"] == "stopped", h["vms"]
+    assert h["vms"]["hist1"]["cpu_percent"] is None
+    # range keeps only recent samples
+    short = api.get("/api/v1/host/metrics?range=1").json
+    assert 1 <= len(short["samples"]) <= 8, short
+    v = api.get("/api/v1/vms/hist1/metrics?range=60")
+    assert v.status == 200 and v.json["vm"] == "hist1" and v.json["samples"] == [], v
+    assert "cpu_percent" in v.json["fields"]
+    assert api.get("/api/v1/vms/nope/metrics").status == 404
+    for bad in ("0", "-5", "abc", "3601", "", "1e3"):
+        r = api.get("/api/v1/vms/hist1/metrics?range=" + bad)
+        assert r.status == 400 and "range" in r.error["message"], (bad, r)
+    assert api.get("/api/v1/host/metrics?range=x").status == 400
+
+
+def test_limits_validation(qd, fake_boot, workdir):
+    api = qd.api
+    disk = os.path.join(workdir, "d.img")
+    with open(disk, "wb") as f:
+        f.truncate(1 << 20)
+    spec = {"name": "lim1", "boot": fake_boot, "vcpus": 2, "memory_mib": 128,
+            "disks": [{"path": disk, "format": "raw"}]}
+    bad = [
+        ({"cpu_max_percent": 201}, "cpu_max_percent"),
+        ({"cpu_max_percent": 0}, "cpu_max_percent"),
+        ({"cpu_weight": 10001}, "cpu_weight"),
+        ({"memory_max_mib": 64}, "memory_max_mib"),
+        ({"memory_max_mib": "1G"}, "memory_max_mib"),
+        ({"disk": [{"index": 1, "iops_total": 10}]}, "index"),
+        ({"disk": [{"index": 0, "iops_total": 10, "iops_read": 5}]}, "iops_total"),
+        ({"disk": [{"index": 0, "bps_read_max": 10}]}, "bps_read"),
+        ({"owner": "root"}, "owner"),
+        ({"cpu_max_percent": 1.5}, "cpu_max_percent"),
+    ]
+    for lim, word in bad:
+        r = api.post("/api/v1/vms", dict(spec, limits=lim))
+        assert r.status == 400 and word in r.error["message"], (lim, r)
+        assert "lim1" not in api.vm_names()
+    good = {"cpu_weight": 200, "cpu_max_percent": 150, "memory_max_mib": 512,
+            "disk": [{"index": 0, "iops_total": 100, "iops_total_max": 200, "bps_read": 1048576}]}
+    vm = api.create(dict(spec, limits=good))
+    assert vm["limits"] == good, vm
+    # PATCH merges key by key; null removes; a bad value changes nothing.
+    r = api.patch("/api/v1/vms/lim1", {"limits": {"cpu_max_percent": 20, "cpu_weight": None}})
+    assert r.status == 200, r
+    lim = api.vm("lim1")["limits"]
+    assert lim.get("cpu_max_percent") == 20 and "cpu_weight" not in lim, lim
+    assert lim["disk"] == good["disk"], lim
+    r = api.patch("/api/v1/vms/lim1", {"limits": {"cpu_max_percent": 500}})
+    assert r.status == 400, r
+    assert api.vm("lim1")["limits"] == lim
+    r = api.patch("/api/v1/vms/lim1", {"vcpus": 1, "limits": {"cpu_max_percent": 150}})
+    assert r.status == 400 and "cpu_max_percent" in r.error["message"], r
+    # Persisted: the limits survive a daemon restart.
+    qd.stop()
+    qd.start()
+    assert api.vm("lim1")["limits"] == lim
+    r = api.patch("/api/v1/vms/lim1", {"limits": None})
+    assert r.status == 200 and "limits" not in r.json, r
+
+
+def test_cli_vm_limit_and_top(qd, fake_boot):
+    qd.api.create({"name": "clim", "boot": fake_boot, "vcpus": 2})
+    p = khlib.cli(qd, "vm", "limit", "clim")
+    assert p.returncode == 0 and "no limits" in p.stdout, p
+    p = khlib.cli(qd, "vm", "limit", "clim", "--cpu-max", "30", "--memory-max", "1G",
+                  "--cpu-weight", "50")
+    assert p.returncode == 0, p
+    assert re.search(r"cpu_max_percent:\s+30", p.stdout), p.stdout
+    assert qd.api.vm("clim")["limits"] == {"cpu_max_percent": 30, "memory_max_mib": 1024,
+                                           "cpu_weight": 50}
+    p = khlib.cli(qd, "vm", "limit", "clim", "--cpu-max", "none", json_out=True)
+    assert p.returncode == 0 and json.loads(p.stdout) == {"memory_max_mib": 1024,
+                                                         "cpu_weight": 50}, p
+    p = khlib.cli(qd, "vm", "limit", "clim", "--cpu-max", "201")
+    assert p.returncode != 0 and "cpu_max_percent" in p.stderr, p
+    p = khlib.cli(qd, "vm", "limit", "clim", "--cpu-max", "abc")
+    assert p.returncode == 2 and "--cpu-max" in p.stderr, p
+    p = khlib.cli(qd, "vm", "limit", "clim", "--disk-iops", "10")
+    assert p.returncode != 0 and "no disk 0" in p.stderr, p
+    p = khlib.cli(qd, "vm", "top", "--once", "--all")
+    assert p.returncode == 0 and p.stdout.startswith("host: "), p
+    assert re.search(r"^clim\s+stopped", p.stdout, re.M), p.stdout
+    deadline = time.time() + 10
+    while True:  # the host row needs two samples after the restart above
+        p = khlib.cli(qd, "vm", "top", json_out=True)
+        assert p.returncode == 0, p
+        j = json.loads(p.stdout)
+        if j["host"] or time.time() > deadline:
+            break
+        time.sleep(0.2)
+    assert j["vms"]["clim"]["state"] == "stopped" and "memory_total_bytes" in j["host"], j
+    p = khlib.cli(qd, "vm", "top", "--once", "--sort", "bogus")
+    assert p.returncode == 2, p
+
+
+# --------------------------------------------------------------------------
+# A real Prometheus scrapes the daemon
+
+
+def test_prometheus_scrapes_kvmhost(daemons, fake_boot):
+    prom = shutil.which("prometheus")
+    if not prom:
+        pytest.fail("prometheus missing: scripts/install-deps.sh --test installs it")
+    port = khlib.free_port()
+    d = daemons(listen="127.0.0.1:%d" % port)
+    d.api.create({"name": "scraped", "boot": fake_boot})
+    work = tempfile.mkdtemp(prefix="khbb-prom-", dir="/tmp")
+    pport = khlib.free_port()
+    cfg = os.path.join(work, "prometheus.yml")
+    with open(cfg, "w") as f:
+        f.write("global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n"
+                "scrape_configs:\n  - job_name: kvmhost\n"
+                "    authorization:\n      type: Bearer\n      credentials_file: %s\n"
+                "    static_configs:\n      - targets: ['127.0.0.1:%d']\n"
+                % (os.path.join(d.state_dir, "api-token"), port))
+    log = open(os.path.join(work, "prometheus.log"), "wb")
+    p = subprocess.Popen([prom, "--config.file=" + cfg, "--storage.tsdb.path=" + work + "/data",
+                          "--web.listen-address=127.0.0.1:%d" % pport],
+                         stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        q = urllib.parse.quote('kvmhost_vm_state{vm="scraped",state="stopped"}')
+        url = "http://127.0.0.1:%d/api/v1/query?query=%s" % (pport, q)
+        deadline = time.time() + 90
+        result, last = None, None
+        while time.time() < deadline and p.poll() is None:
+            try:
+                with urllib.request.urlopen(url, timeout=5) as r:
+                    last = json.loads(r.read())
+                if last.get("data", {}).get("result"):
+                    result = last["data"]["result"]
+                    break
+            except OSError as e:
+                last = e
+            time.sleep(0.5)
+        assert result, "no kvmhost series in Prometheus: %r\n%s" % (
+            last, open(os.path.join(work, "prometheus.log")).read()[-3000:])
+        assert result[0]["metric"]["job"] == "kvmhost"
+        assert result[0]["value"][1] == "1", result
+        # The scrape was authenticated and healthy.
+        url = "http://127.0.0.1:%d/api/v1/query?query=up" % pport
+        with urllib.request.urlopen(url, timeout=5) as r:
+            up = json.loads(r.read())["data"]["result"]
+        assert up and up[0]["value"][1] == "1", up
+    finally:
+        os.killpg(p.pid, 15)
+        try:
+            p.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(p.pid, 9)
+            p.wait()
+        log.close()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------
+# With a booted guest
+
+
+def cgroup_file(vm_id, v1_ctrl, name):
+    """The path of a cgroup file of the VM (v1 or v2 layout)."""
+    v1 = "/sys/fs/cgroup/%s/kvmhost/vm-%s/%s" % (v1_ctrl, vm_id, name)
+    if os.path.exists(v1):
+        return v1
+    return "/sys/fs/cgroup/kvmhost/vm-%s/%s" % (vm_id, name)
+
+
+def cpu_seconds(api, name):
+    m = parse_prom(api.get("/metrics").text)
+    return sample(m, "kvmhost_vm_cpu_seconds_total", vm=name)
+
+
+def cpu_rate(api, name, seconds=3.0):
+    a, t0 = cpu_seconds(api, name), time.time()
+    time.sleep(seconds)
+    b, t1 = cpu_seconds(api, name), time.time()
+    return (b - a) / (t1 - t0)
+
+
+@pytest.mark.slow
+def test_busy_guest_cpu_cap_and_iops_cap(daemons, guest, consoles):
+    d = daemons(extra_args=["--sample-interval-ms", "1000"])
+    api = d.api
+    work = d.base + "/w"
+    os.makedirs(work)
+    os.chmod(work, 0o755)
+    spec = guest.spec("busy", work, memory_mib=128)
+    spec["limits"] = {"disk": [{"index": 0, "iops_total": 20}], "memory_max_mib": 2048}
+    api.create(spec)
+    st, j = api.action("busy", "start")
+    assert st == 200, j
+    api.wait_console("busy", khlib.GUEST_READY, timeout=150)
+    vm = api.vm("busy")
+    vid = vm["id"]
+
+    # Applied at start: the memory limit is in the cgroup and in /metrics.
+    with open(cgroup_file(vid, "memory", "memory.limit_in_bytes")
+              if os.path.exists("/sys/fs/cgroup/memory") else
+              cgroup_file(vid, "memory", "memory.max")) as f:
+        assert int(f.read()) == 2048 * khlib.MIB
+    m = parse_prom(api.get("/metrics").text)
+    assert sample(m, "kvmhost_vm_memory_limit_bytes", vm="busy") == 2048 * khlib.MIB
+    assert sample(m, "kvmhost_vm_rss_bytes", vm="busy") > 16 * khlib.MIB
+    assert sample(m, "kvmhost_vm_uptime_seconds", vm="busy") > 0
+    assert sample(m, "kvmhost_vm_state", vm="busy", state="running") == 1
+    rc, out = promtool_check(api.get("/metrics").data)
+    assert rc == 0 and out.strip() == "", out
+
+    c = consoles(d, "busy")
+    c.run("echo kh-$((%d+1))", timeout=60)
+
+    # IOPS cap: 100 direct 4 KiB reads at 20 IOPS take about 5 s; without the
+    # cap the same reads take well under that.
+    def timed_dd(skip):
+        m_ = c.run("t0=$(cut -d' ' -f1 /proc/uptime); dd if=/dev/vda of=/dev/null bs=4096 "
+                   "count=100 skip=%d iflag=direct 2>/dev/null; t1=$(cut -d' ' -f1 /proc/uptime);"
+                   " echo kh-$((%%d+1)) dd=$t0,$t1" % skip, timeout=90, retries=1)
+        tail = c.text()[m_.start():]
+        mm = re.search(r"dd=([\d.]+),([\d.]+)", tail)
+        assert mm, tail[-300:]
+        return float(mm.group(2)) - float(mm.group(1))
+
+    capped = timed_dd(1000)
+    assert capped >= 3.0, "100 reads at 20 IOPS took only %.2fs" % capped
+    r = api.patch("/api/v1/vms/busy", {"limits": {"disk": None}})
+    assert r.status == 200 and "disk" not in r.json["limits"], r
+    time.sleep(0.5)
+    free = timed_dd(3000)
+    print("\nfigures: 100 direct reads capped at 20 IOPS %.2fs, uncapped %.2fs" % (capped, free))
+    assert free < capped / 2, "uncapped %.2fs vs capped %.2fs" % (free, capped)
+    # The reads show in the per-disk counters (sampled asynchronously).
+    deadline = time.time() + 10
+    while time.time() < deadline:
+        m = parse_prom(api.get("/metrics").text)
+        ops = sample(m, "kvmhost_vm_disk_read_ops_total", vm="busy", disk="disk0")
+        if ops and ops >= 200:
+            break
+        time.sleep(0.5)
+    assert ops and ops >= 200, ops
+    assert sample(m, "kvmhost_vm_disk_read_bytes_total", vm="busy", disk="disk0") >= 200 * 4096
+
+    # A busy guest: CPU seconds rise.
+    c.run("while :; do :; done & echo kh-$((%d+1))", timeout=30)
+    busy = cpu_rate(api, "busy")
+    assert busy > 0.3, "busy guest used only %.2f CPU" % busy
+
+    # CPU cap 20%, live: the cgroup file and the counters both show it.
+    r = api.patch("/api/v1/vms/busy", {"limits": {"cpu_max_percent": 20}})
+    assert r.status == 200 and r.json["limits"]["cpu_max_percent"] == 20, r
+    v1 = cgroup_file(vid, "cpu", "cpu.cfs_quota_us")
+    if os.path.exists(v1):
+        assert int(open(v1).read()) == 20000
+    else:
+        assert open(cgroup_file(vid, "cpu", "cpu.max")).read().split() == ["20000", "100000"]
+    time.sleep(0.5)
+    capped_cpu = cpu_rate(api, "busy")
+    print("figures: busy guest %.2f CPU, with cpu_max_percent=20 %.2f CPU" % (busy, capped_cpu))
+    assert 0.05 <= capped_cpu <= 0.30, "with a 20%% cap the VM used %.2f CPU" % capped_cpu
+
+    # History: the sampler saw it (cpu_percent column) and vm top lists it.
+    h = api.get("/api/v1/vms/busy/metrics?range=120").json
+    cpu_col = h["fields"].index("cpu_percent")
+    assert any(row[cpu_col] > 25 for row in h["samples"]), h["samples"]
+    assert 5 <= h["samples"][-1][cpu_col] <= 35, h["samples"][-3:]
+    p = khlib.cli(d, "vm", "top", "--once")
+    assert p.returncode == 0 and re.search(r"^busy\s+running\s+\d", p.stdout, re.M), p
+
+    # Removing the cap lifts it.
+    r = api.patch("/api/v1/vms/busy", {"limits": {"cpu_max_percent": None}})
+    assert r.status == 200, r
+    if os.path.exists(v1):
+        assert int(open(v1).read()) == -1
+    # Only limits and description change on a running VM.
+    r = api.patch("/api/v1/vms/busy", {"vcpus": 2})
+    assert r.status == 409, r
+    # The cap is applied at start too: kill, set it while stopped, start.
+    api.act_ok("busy", "kill")
+    r = api.patch("/api/v1/vms/busy", {"limits": {"cpu_max_percent": 30}})
+    assert r.status == 200, r
+    st, j = api.action("busy", "start")
+    assert st == 200, j
+    if os.path.exists(v1):
+        assert int(open(v1).read()) == 30000
+    else:
+        assert open(cgroup_file(vid, "cpu", "cpu.max")).read().split()[0] == "30000"

@@ -1,0 +1,306 @@
+"""Networks (issue 4): nat / isolated / bridged networks, NICs, DHCP,
+port forwards, restart safety. Every daemon here runs inside a network
+namespace the test creates (netlib), never in the host's own.
+"""
+
+import os
+import re
+import time
+
+import pytest
+
+import khlib
+import netlib
+
+NET_CMDLINE = khlib.GUEST_CMDLINE + " kvmhost.net=dhcp"
+
+
+@pytest.fixture
+def netns():
+    ns = netlib.NetNS()
+    yield ns
+    ns.delete()
+
+
+@pytest.fixture
+def nsdaemons(request, netns):
+    made = []
+
+    def make(start=True, **kw):
+        d = netlib.NsDaemon(netns, **kw)
+        made.append(d)
+        if start:
+            d.start()
+        return d
+
+    yield make
+    failed = any(getattr(request.node, "rep_" + w, None) is not None and
+                 getattr(request.node, "rep_" + w).failed for w in ("setup", "call"))
+    for d in made:
+        try:
+            d.cleanup()
+        finally:
+            if failed:
+                print("\n----- kvmhostd log (%s) -----\n%s" % (d.base, d.log_tail(20000)))
+            d.remove()
+
+
+@pytest.fixture
+def nsd(nsdaemons):
+    return nsdaemons()
+
+
+def create_net(api, body, status=201):
+    r = api.post("/api/v1/networks", body)
+    assert r.status == status, r
+    return r.json
+
+
+def net_vm_spec(guest, name, nics, memory_mib=192):
+    return {
+        "name": name, "vcpus": 1, "memory_mib": memory_mib,
+        "boot": {"kernel": guest.kernel, "initrd": guest.initrd, "cmdline": NET_CMDLINE},
+        "serial": True, "nics": nics,
+    }
+
+
+# ---------------------------------------------------------------- quick
+
+
+def test_network_create_validate_delete(nsd, netns, fake_boot):
+    api = nsd.api
+    n = create_net(api, {"name": "lan", "type": "nat", "subnet": "10.91.0.0/24"})
+    assert n["gateway"] == "10.91.0.1" and n["subnet"] == "10.91.0.0/24"
+    assert n["dhcp"] == {"first": "10.91.0.2", "last": "10.91.0.254"}
+    br = n["bridge"]
+    assert re.fullmatch(r"khbr[0-9a-f]{8}", br)
+    links = netns.links()
+    assert br in links and links[br]["linkinfo"]["info_kind"] == "bridge"
+    assert links[br].get("ifalias", "").startswith("kvmhost:")
+    addrs = netns.exec(["ip", "-j", "addr", "show", br]).stdout
+    assert '"10.91.0.1"' in addrs
+    pids = netlib.dnsmasq_pids(nsd.state_dir)
+    assert len(pids) == 1 and n["dnsmasq_pid"] == pids[0]
+    rules = netns.nft_table()
+    assert rules and any("masquerade" in str(r["expr"]) for r in rules)
+
+    # bad input: 400, nothing made
+    for body in ({"name": "x", "type": "nat", "subnet": "10.92.0.1/24"},
+                 {"name": "x", "type": "nat", "subnet": "10.92.0.0/31"},
+                 {"name": "x", "type": "nat", "subnet": "10.92.0.0"},
+                 {"name": "x", "type": "nat", "subnet": "300.1.0.0/16"},
+                 {"name": "x", "type": "nat", "subnet": "010.92.0.0/24"},
+                 {"name": "x", "type": "bogus"},
+                 {"name": "../x", "type": "nat"},
+                 {"name": "", "type": "nat"},
+                 {"name": "x", "type": "nat", "bridge": "br0"},
+                 {"name": "x", "type": "bridged"},
+                 {"name": "x", "type": "bridged", "bridge": "nosuchbr"},
+                 {"name": "x", "type": "bridged", "bridge": "a b"},
+                 {"name": "x", "type": "nat", "extra": 1}):
+        r = api.post("/api/v1/networks", body)
+        assert r.status == 400, (body, r)
+        assert r.error["code"] == "invalid"
+    assert [x["name"] for x in api.get("/api/v1/networks").json["networks"]] == ["lan"]
+    # conflicts: same name, overlapping subnet
+    assert api.post("/api/v1/networks", {"name": "lan", "type": "isolated"}).status == 409
+    assert api.post("/api/v1/networks", {"name": "o", "subnet": "10.91.0.128/25"}).status == 409
+
+    iso = create_net(api, {"name": "lab", "type": "isolated"})  # subnet picked
+    assert iso["subnet"].endswith("/24") and iso["subnet"] != "10.91.0.0/24"
+    netns.sh("ip link add brx type bridge")
+    brd = create_net(api, {"name": "up", "type": "bridged", "bridge": "brx"})
+    assert brd["bridge"] == "brx" and "dnsmasq_pid" not in brd
+    assert len(netlib.dnsmasq_pids(nsd.state_dir)) == 2
+
+    # a VM with NICs: MACs generated stable and unique, bad ones refused
+    spec = {"name": "v1", "boot": fake_boot,
+            "nics": [{"network": "lan"}, {"network": "lab", "ip": iso["dhcp"]["first"]}]}
+    vm = api.create(spec)
+    macs = [x["mac"] for x in vm["nics"]]
+    assert all(re.fullmatch(r"52:54:00(:[0-9a-f]{2}){3}", m) for m in macs)
+    assert len(set(macs)) == 2
+    assert api.vm("v1")["nics"] == vm["nics"]
+    for nics, code in (([{"network": "nope"}], 400),
+                       ([{"network": "lan", "mac": "01:00:5e:00:00:01"}], 400),
+                       ([{"network": "lan", "mac": "52:54:00:zz:00:01"}], 400),
+                       ([{"network": "lan", "mac": macs[0]}], 409),
+                       ([{"network": "lan", "ip": "10.91.0.1"}], 400),   # the gateway
+                       ([{"network": "lan", "ip": "10.99.0.5"}], 400),   # not in the subnet
+                       ([{"network": "lab", "ip": iso["dhcp"]["first"]}], 409),
+                       ([{"network": "up", "ip": "10.1.1.1"}], 400),
+                       ([{"network": "lan", "bogus": 1}], 400),
+                       ([{"network": "lan"}] * 9, 400)):
+        r = api.post("/api/v1/vms", {"name": "v2", "boot": fake_boot, "nics": nics})
+        assert r.status == code, (nics, r)
+    hosts = open(os.path.join(nsd.state_dir, "networks", iso["id"], "hosts")).read()
+    assert hosts == "%s,%s,v1\n" % (macs[1], iso["dhcp"]["first"])
+
+    # in use: 409 and nothing changes
+    r = api.delete("/api/v1/networks/lan")
+    assert r.status == 409 and "v1" in r.error["message"], r
+    assert br in netns.links()
+    assert api.delete("/api/v1/vms/v1").status == 204
+    for name in ("lan", "lab", "up"):
+        assert api.delete("/api/v1/networks/" + name).status == 204
+    assert api.get("/api/v1/networks/lan").status == 404
+    assert br not in netns.links() and "brx" in netns.links()  # the admin's bridge stays
+    netlib.wait_for(lambda: not netlib.dnsmasq_pids(nsd.state_dir), 5, "dnsmasq gone")
+    assert netns.nft_table() is None
+
+
+def test_network_cli(nsd, netns):
+    out = khlib.cli(nsd, "network", "create", "cl", "--type", "nat", "--subnet", "10.93.0.0/24")
+    assert out.returncode == 0 and "10.93.0.1" in out.stdout, out
+    out = khlib.cli(nsd, "network", "list")
+    assert out.returncode == 0 and re.search(r"^cl\s+nat\s+khbr\w+\s+10\.93\.0\.0/24", out.stdout,
+                                             re.M), out
+    out = khlib.cli(nsd, "network", "show", "cl")
+    assert out.returncode == 0 and "10.93.0.254" in out.stdout, out
+    out = khlib.cli(nsd, "network", "create", "bad", "--type", "nat", "--subnet", "10.93.1.1/24")
+    assert out.returncode == 2 and "host bits" in out.stderr, out
+    out = khlib.cli(nsd, "network", "leases", "cl")
+    assert out.returncode == 0, out
+    out = khlib.cli(nsd, "network", "delete", "cl")
+    assert out.returncode == 0, out
+    out = khlib.cli(nsd, "network", "delete", "cl")
+    assert out.returncode != 0 and "no network" in out.stderr, out
+
+
+def test_network_kill9_restart_and_dnsmasq_supervision(nsdaemons, netns):
+    d = nsdaemons()
+    api = d.api
+    a = create_net(api, {"name": "a", "type": "nat", "subnet": "10.94.0.0/24"})
+    b = create_net(api, {"name": "b", "type": "isolated", "subnet": "10.95.0.0/24"})
+    netns.sh("ip link add foreign0 type bridge")
+    before = netns.nft_table()
+    assert before
+    # dnsmasq dies: the daemon starts a new one
+    old = netlib.dnsmasq_pids(d.state_dir)
+    assert len(old) == 2
+    os.kill(old[0], 9)
+    netlib.wait_for(lambda: len(netlib.dnsmasq_pids(d.state_dir)) == 2 and
+                    old[0] not in netlib.dnsmasq_pids(d.state_dir), 10, "dnsmasq restarted")
+
+    # kill -9 the daemon; meanwhile someone removes a bridge of ours
+    d.kill9()
+    netns.sh("ip link del " + a["bridge"])
+    left = netlib.dnsmasq_pids(d.state_dir)
+    d.restart()
+    after = netns.nft_table()
+    assert len(after) == len(before), (before, after)
+    strip = lambda rules: sorted(str(r["expr"]) for r in rules)  # noqa: E731
+    assert strip(after) == strip(before)
+    assert [t for t in netns.nft_tables() if t[1] == "kvmhost"] == [("inet", "kvmhost")]
+    links = netns.links()
+    assert a["bridge"] in links and b["bridge"] in links and "foreign0" in links
+    now = netlib.wait_for(lambda: len(netlib.dnsmasq_pids(d.state_dir)) == 2 and
+                          netlib.dnsmasq_pids(d.state_dir), 10, "two dnsmasq")
+    assert not set(now) & set(left)  # the old ones were replaced, no duplicates
+    # a second restart in a row is still idempotent
+    d.stop()
+    d.restart()
+    assert strip(netns.nft_table()) == strip(before)
+    nets = {n["name"]: n for n in api.get("/api/v1/networks").json["networks"]}
+    assert set(nets) == {"a", "b"} and nets["a"]["bridge"] == a["bridge"]
+
+
+# ---------------------------------------------------------------- guests
+
+
+def boot_net_vms(api, guest, specs, timeout=150):
+    for s in specs:
+        api.create(s)
+    for s in specs:
+        st, j = api.action(s["name"], "start", wait=0)
+        assert st in (200, 202), (s["name"], st, j)
+    ips = {}
+    for s in specs:
+        log = api.wait_console(s["name"], "KVMHOST-NET: ", timeout=timeout)
+        m = re.search(r"KVMHOST-NET: (\S+)", log)
+        ips[s["name"]] = m.group(1)
+    return ips
+
+
+@pytest.mark.slow
+def test_nat_two_guests_ping_forward_restart(nsdaemons, netns, guest, consoles):
+    d = nsdaemons()
+    api = d.api
+    n = create_net(api, {"name": "nat1", "type": "nat", "subnet": "10.96.0.0/24"})
+    # an address "beyond the bridge": a dummy link in the namespace
+    netns.sh("ip link add kh-dummy type dummy && ip addr add 192.0.2.1/24 dev kh-dummy && "
+             "ip link set kh-dummy up")
+    ips = boot_net_vms(api, guest, [
+        net_vm_spec(guest, "g1", [{"network": "nat1"}]),
+        net_vm_spec(guest, "g2", [{"network": "nat1", "ip": "10.96.0.50"}]),
+    ])
+    assert ips["g2"] == "10.96.0.50", ips  # the static reservation
+    assert ips["g1"].startswith("10.96.0.") and ips["g1"] != "10.96.0.50", ips
+    leases = api.get("/api/v1/networks/nat1/leases").json["leases"]
+    assert sorted(l["vm"] for l in leases) == ["g1", "g2"], leases
+    taps = [l for l in netns.links() if re.fullmatch(r"kh[0-9a-f]{8}0", l)]
+    assert len(taps) == 2
+
+    c1 = consoles(d, "g1")
+    c1.run("ping -c 1 -W 3 %s >/dev/null && echo kh-$((%%d+1))" % ips["g2"], timeout=30)
+    c1.run("ping -c 1 -W 3 10.96.0.1 >/dev/null && echo kh-$((%%d+1))", timeout=30)
+    c1.run("ping -c 1 -W 3 192.0.2.1 >/dev/null && echo kh-$((%%d+1))", timeout=30)
+
+    # a port forward to a busybox httpd in g2
+    c2 = consoles(d, "g2")
+    c2.run("mkdir -p /www && echo kvmhost-fwd-ok > /www/index.html && httpd -p 80 -h /www "
+           "&& echo kh-$((%d+1))", timeout=30)
+    r = api.post("/api/v1/networks/nat1/forwards",
+                 {"proto": "tcp", "host_port": 18080, "vm": "g2", "vm_port": 80})
+    assert r.status == 201, r
+    assert r.json["forwards"][0]["ip"] == "10.96.0.50"
+    assert api.post("/api/v1/networks/nat1/forwards",
+                    {"proto": "tcp", "host_port": 18080, "vm": "g1", "vm_port": 80}).status == 409
+    for addr in ("10.96.0.1", "192.0.2.1"):
+        out = netns.exec(["busybox", "wget", "-q", "-T", "5", "-O", "-",
+                          "http://%s:18080/" % addr], check=False)
+        assert "kvmhost-fwd-ok" in out.stdout, (addr, out)
+
+    # in use
+    assert api.delete("/api/v1/networks/nat1").status == 409
+
+    # kill -9 and restart: same rules, no duplicates, guests still talk
+    rules = netns.nft_table()
+    c1.close()
+    c2.close()
+    d.kill9()
+    d.restart()
+    api.wait_state("g1", "running", timeout=30)
+    after = netns.nft_table()
+    assert sorted(str(r["expr"]) for r in after) == sorted(str(r["expr"]) for r in rules)
+    out = netns.exec(["busybox", "wget", "-q", "-T", "5", "-O", "-", "http://10.96.0.1:18080/"],
+                     check=False)
+    assert "kvmhost-fwd-ok" in out.stdout, out
+    c1 = consoles(d, "g1")
+    c1.run("ping -c 1 -W 3 %s >/dev/null && echo kh-$((%%d+1))" % ips["g2"], timeout=30)
+    # forward removal
+    assert api.delete("/api/v1/networks/nat1/forwards/tcp/18080").status == 204
+    assert not any("dnat" in str(r["expr"]) for r in netns.nft_table())
+
+
+@pytest.mark.slow
+def test_isolated_guest_cannot_reach_beyond_bridge(nsdaemons, netns, guest, consoles):
+    d = nsdaemons()
+    api = d.api
+    create_net(api, {"name": "iso", "type": "isolated", "subnet": "10.97.0.0/24"})
+    netns.sh("ip link add kh-dummy type dummy && ip addr add 192.0.2.1/24 dev kh-dummy && "
+             "ip link set kh-dummy up")
+    ips = boot_net_vms(api, guest, [net_vm_spec(guest, "i1", [{"network": "iso"}])])
+    assert ips["i1"].startswith("10.97.0."), ips
+    c = consoles(d, "i1")
+    # no default route is handed out; the gateway answers
+    c.run("ip route | grep -q default || echo kh-$((%d+1))", timeout=20)
+    c.run("ping -c 1 -W 3 10.97.0.1 >/dev/null && echo kh-$((%d+1))", timeout=30)
+    # even with a route the guest adds itself, nothing beyond the bridge answers
+    c.run("ip route add default via 10.97.0.1; ping -c 2 -W 2 192.0.2.1 >/dev/null "
+          "|| echo kh-$((%d+1))", timeout=30)
+    # the taps go away when the VM stops
+    st, _ = api.action("i1", "kill", wait=30)
+    assert st == 200
+    netlib.wait_for(lambda: not [l for l in netns.links() if l.startswith("kh") and
+                                 not l.startswith("khbr")], 10, "tap removed")

@@ -1,0 +1,371 @@
+/* Resource control and observability: the exposition formatter, the
+ * history ring, limit validation, and the quota writers on a cgroup tree
+ * made in a temp dir. */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "../kh_test.h"
+#include "conf/limits.h"
+#include "conf/vm_spec.h"
+#include "util/fs.h"
+#include "util/mem.h"
+#include "util/prom.h"
+#include "util/series.h"
+#include "vm/quota.h"
+
+static void test_prom_values(void)
+{
+    char v[32];
+    kh_prom_format_value(0, v);
+    CHECK_STR(v, "0");
+    kh_prom_format_value(25276502016.0, v);
+    CHECK_STR(v, "25276502016");
+    kh_prom_format_value(-3, v);
+    CHECK_STR(v, "-3");
+    kh_prom_format_value(0.1, v);
+    CHECK_STR(v, "0.1");
+    kh_prom_format_value(2205.2, v);
+    CHECK_STR(v, "2205.2");
+    kh_prom_format_value(1.0 / 3, v);
+    CHECK(strtod(v, NULL) == 1.0 / 3);
+    kh_prom_format_value(NAN, v);
+    CHECK_STR(v, "NaN");
+    kh_prom_format_value(INFINITY, v);
+    CHECK_STR(v, "+Inf");
+    kh_prom_format_value(-INFINITY, v);
+    CHECK_STR(v, "-Inf");
+    kh_prom_format_value(1e300, v);
+    CHECK(strtod(v, NULL) == 1e300);
+}
+
+static void test_prom_text(void)
+{
+    kh_prom *p = kh_prom_new();
+    kh_prom_family(p, "kvmhost_vms", "gauge", "VMs by\nstate \\ kind");
+    const char *l[] = { "state", "running", NULL };
+    kh_prom_sample(p, "kvmhost_vms", l, 3);
+    kh_prom_sample(p, "kvmhost_up", NULL, 1);
+    /* A hostile VM name stays inside its quotes. */
+    const char *evil[] = { "vm", "a\"b\\c\nd}", "id", "x", NULL };
+    kh_prom_sample(p, "kvmhost_vm_vcpus", evil, 2);
+    size_t len;
+    char *text = kh_prom_steal(p, &len);
+    CHECK(len == strlen(text));
+    CHECK_STR(text, "# HELP kvmhost_vms VMs by\\nstate \\\\ kind\n"
+                    "# TYPE kvmhost_vms gauge\n"
+                    "kvmhost_vms{state=\"running\"} 3\n"
+                    "kvmhost_up 1\n"
+                    "kvmhost_vm_vcpus{vm=\"a\\\"b\\\\c\\nd}\",id=\"x\"} 2\n");
+    free(text);
+}
+
+static void test_prom_histogram(void)
+{
+    kh_prom *p = kh_prom_new();
+    const double bounds[] = { 0.01, 0.1, 1 };
+    const uint64_t counts[] = { 2, 0, 3, 1 }; /* per bucket; the last is +Inf */
+    const char *l[] = { "route", "/metrics", NULL };
+    kh_prom_histogram(p, "lat_seconds", l, bounds, counts, 3, 7.5);
+    CHECK_STR(kh_prom_text(p, NULL),
+              "lat_seconds_bucket{route=\"/metrics\",le=\"0.01\"} 2\n"
+              "lat_seconds_bucket{route=\"/metrics\",le=\"0.1\"} 2\n"
+              "lat_seconds_bucket{route=\"/metrics\",le=\"1\"} 5\n"
+              "lat_seconds_bucket{route=\"/metrics\",le=\"+Inf\"} 6\n"
+              "lat_seconds_sum{route=\"/metrics\"} 7.5\n"
+              "lat_seconds_count{route=\"/metrics\"} 6\n");
+    kh_prom_free(p);
+    kh_prom_free(NULL);
+}
+
+static void test_series(void)
+{
+    kh_series *s = kh_series_new(4, 2);
+    double t;
+    CHECK(kh_series_count(s) == 0);
+    CHECK(kh_series_at(s, 0, &t) == NULL);
+    CHECK(kh_series_first_since(s, 0) == 0);
+    for (int i = 1; i <= 3; i++) {
+        double v[2] = { i, i * 10.0 };
+        kh_series_push(s, 100.0 + i, v);
+    }
+    CHECK(kh_series_count(s) == 3);
+    const double *v = kh_series_at(s, 0, &t);
+    CHECK(v && t == 101 && v[0] == 1 && v[1] == 10);
+    /* Wrap: 6 pushes into 4 slots keep the newest 4, oldest first. */
+    for (int i = 4; i <= 6; i++) {
+        double w[2] = { i, i * 10.0 };
+        kh_series_push(s, 100.0 + i, w);
+    }
+    CHECK(kh_series_count(s) == 4);
+    CHECK(kh_series_width(s) == 2);
+    for (size_t i = 0; i < 4; i++) {
+        v = kh_series_at(s, i, &t);
+        CHECK(v && t == 103.0 + (double)i && v[0] == 3.0 + (double)i);
+    }
+    CHECK(kh_series_at(s, 4, &t) == NULL);
+    CHECK(kh_series_first_since(s, 0) == 0);
+    CHECK(kh_series_first_since(s, 104.5) == 2);
+    CHECK(kh_series_first_since(s, 105) == 2);
+    CHECK(kh_series_first_since(s, 107) == 4);
+    kh_series_free(s);
+    kh_series_free(NULL);
+}
+
+/* Parse a spec with limits; returns the error message or "" on success. */
+static const char *spec_err(const char *json)
+{
+    static kh_err err;
+    kh_err_clear(&err);
+    json_error_t jerr;
+    json_t *j = json_loads(json, 0, &jerr);
+    if (!j)
+        return "bad test json";
+    kh_vm_spec *s = kh_vm_spec_from_json(j, &err);
+    json_decref(j);
+    if (!s)
+        return err.msg;
+    kh_vm_spec_free(s);
+    return "";
+}
+
+#define SPEC(limits)                                                                  \
+    "{\"name\":\"a\",\"vcpus\":2,\"memory_mib\":256,\"boot\":{\"kernel\":\"/k\"},"     \
+    "\"disks\":[{\"path\":\"/d\",\"format\":\"raw\"}],\"limits\":" limits "}"
+
+static void test_limits_validation(void)
+{
+    CHECK_STR(spec_err(SPEC("{}")), "");
+    CHECK_STR(spec_err(SPEC("{\"cpu_weight\":1,\"cpu_max_percent\":200,\"memory_max_mib\":256,"
+                            "\"disk\":[{\"index\":0,\"iops_total\":100,\"iops_total_max\":200,"
+                            "\"bps_read\":1048576,\"bps_write\":1}]}")),
+              "");
+    CHECK_STR(spec_err(SPEC("{\"cpu_max_percent\":201}")),
+              "limits.cpu_max_percent: must be at most 200 (100 per vCPU, 2 vCPUs)");
+    CHECK_STR(spec_err(SPEC("{\"cpu_max_percent\":0}")),
+              "limits.cpu_max_percent: must be an integer between 1 and 25500");
+    CHECK_STR(spec_err(SPEC("{\"cpu_weight\":10001}")),
+              "limits.cpu_weight: must be an integer between 1 and 10000");
+    CHECK_STR(spec_err(SPEC("{\"cpu_weight\":\"5\"}")),
+              "limits.cpu_weight: must be an integer between 1 and 10000");
+    CHECK_STR(spec_err(SPEC("{\"memory_max_mib\":128}")),
+              "limits.memory_max_mib: must be at least memory_mib (256): the guest's RAM "
+              "lives in the QEMU process");
+    CHECK_STR(spec_err(SPEC("{\"owner\":\"root\"}")), "limits.owner: unknown field");
+    CHECK_STR(spec_err(SPEC("[]")), "limits: must be an object");
+    CHECK_STR(spec_err(SPEC("{\"disk\":[{\"index\":1,\"iops_total\":5}]}")),
+              "limits.disk[0].index: the VM has no disk 1");
+    CHECK_STR(spec_err(SPEC("{\"disk\":[{\"iops_total\":5}]}")),
+              "limits.disk[0].index is required");
+    CHECK_STR(spec_err(SPEC("{\"disk\":[{\"index\":0},{\"index\":0}]}")),
+              "limits.disk[1].index: disk 0 appears twice");
+    CHECK_STR(spec_err(SPEC("{\"disk\":[{\"index\":0,\"iops_total\":5,\"iops_read\":1}]}")),
+              "limits.disk[0].iops_total cannot be combined with iops_read or iops_write");
+    CHECK_STR(spec_err(SPEC("{\"disk\":[{\"index\":0,\"bps_write_max\":5}]}")),
+              "limits.disk[0].bps_write_max needs bps_write");
+    CHECK_STR(spec_err(SPEC("{\"disk\":[{\"index\":0,\"iops_read\":50,\"iops_read_max\":5}]}")),
+              "limits.disk[0].iops_read_max must be at least iops_read");
+    CHECK_STR(spec_err(SPEC("{\"disk\":[{\"index\":0,\"iops_total\":0}]}")),
+              "limits.disk[0].iops_total: must be an integer between 1 and 1000000000000000");
+    CHECK_STR(spec_err(SPEC("{\"disk\":[{\"index\":0,\"rate\":1}]}")),
+              "limits.disk[0].rate: unknown field");
+    CHECK_STR(spec_err(SPEC("{\"disk\":{}}")),
+              "limits.disk: must be an array of at most 16 objects");
+}
+
+static void test_limits_patch(void)
+{
+    kh_err err = KH_ERR_INIT;
+    json_t *j = json_loads(SPEC("{\"cpu_weight\":50,\"cpu_max_percent\":100}"), 0, NULL);
+    kh_vm_spec *s = kh_vm_spec_from_json(j, &err);
+    json_decref(j);
+    CHECK(s && s->limits && s->limits->cpu_weight == 50 && s->limits->cpu_max_percent == 100);
+    if (!s)
+        return;
+    /* Key by key: cpu_max_percent changes, cpu_weight stays, null removes. */
+    json_t *p = json_loads("{\"limits\":{\"cpu_max_percent\":20,\"memory_max_mib\":512}}", 0, NULL);
+    CHECK(kh_vm_spec_patch(s, p, &err) == 0);
+    json_decref(p);
+    CHECK(s->limits->cpu_weight == 50 && s->limits->cpu_max_percent == 20 &&
+          s->limits->memory_max_mib == 512);
+    p = json_loads("{\"limits\":{\"cpu_weight\":null}}", 0, NULL);
+    CHECK(kh_vm_spec_patch(s, p, &err) == 0);
+    json_decref(p);
+    CHECK(s->limits->cpu_weight == 0 && s->limits->cpu_max_percent == 20);
+    /* A bad patch leaves the spec as it was. */
+    p = json_loads("{\"limits\":{\"cpu_max_percent\":900}}", 0, NULL);
+    CHECK(kh_vm_spec_patch(s, p, &err) < 0);
+    json_decref(p);
+    CHECK(s->limits->cpu_max_percent == 20);
+    /* vcpus down under the cap is refused too (the whole spec is checked). */
+    p = json_loads("{\"vcpus\":1,\"limits\":{\"cpu_max_percent\":150}}", 0, NULL);
+    CHECK(kh_vm_spec_patch(s, p, &err) < 0);
+    json_decref(p);
+    json_t *out = kh_vm_spec_to_json(s);
+    char *text = json_dumps(json_object_get(out, "limits"), JSON_COMPACT | JSON_SORT_KEYS);
+    CHECK_STR(text, "{\"cpu_max_percent\":20,\"memory_max_mib\":512}");
+    free(text);
+    json_decref(out);
+    kh_vm_spec *d = kh_vm_spec_dup(s);
+    CHECK(d && d->limits && d->limits != s->limits && d->limits->memory_max_mib == 512);
+    kh_vm_spec_free(d);
+    /* limits: null removes all; to_json then has no "limits" key. */
+    p = json_loads("{\"limits\":null}", 0, NULL);
+    CHECK(kh_vm_spec_patch(s, p, &err) == 0);
+    json_decref(p);
+    out = kh_vm_spec_to_json(s);
+    CHECK(json_object_get(out, "limits") == NULL);
+    json_decref(out);
+    kh_vm_spec_free(s);
+}
+
+static void test_throttle_args(void)
+{
+    kh_disk_limits d = { .index = 1 };
+    d.v[0] = 100; /* iops_total */
+    d.v[6] = 300; /* iops_total_max */
+    d.v[4] = 1048576; /* bps_read */
+    json_t *a = kh_quota_throttle_args(1, false, &d);
+    char *text = json_dumps(a, JSON_COMPACT | JSON_SORT_KEYS);
+    CHECK_STR(text, "{\"bps\":0,\"bps_rd\":1048576,\"bps_wr\":0,\"id\":\"disk1-dev\",\"iops\":100,"
+                    "\"iops_max\":300,\"iops_rd\":0,\"iops_wr\":0}");
+    free(text);
+    json_decref(a);
+    a = kh_quota_throttle_args(0, true, NULL);
+    text = json_dumps(a, JSON_COMPACT | JSON_SORT_KEYS);
+    CHECK_STR(text, "{\"bps\":0,\"bps_rd\":0,\"bps_wr\":0,"
+                    "\"id\":\"/machine/peripheral/disk0-dev/virtio-backend\",\"iops\":0,"
+                    "\"iops_rd\":0,\"iops_wr\":0}");
+    free(text);
+    json_decref(a);
+}
+
+static char *slurp(const char *dir, const char *file)
+{
+    char p[512];
+    kh_fmt(p, sizeof(p), "%s/%s", dir, file);
+    char *t = kh_fs_read(p, 4096, NULL, NULL);
+    if (t) {
+        size_t n = strlen(t);
+        while (n && t[n - 1] == '\n')
+            t[--n] = '\0';
+    }
+    return t;
+}
+
+static void touch(const char *dir, const char *file)
+{
+    char p[512];
+    kh_fmt(p, sizeof(p), "%s/%s", dir, file);
+    FILE *fp = fopen(p, "w");
+    if (fp)
+        fclose(fp);
+}
+
+/* The writers against a cgroup tree in a temp dir (regular files stand in
+ * for the kernel's): what lands in each file, for v2 and v1. */
+static void test_quota_cgroup(void)
+{
+    char base[] = "/tmp/kh-obs-XXXXXX";
+    if (!mkdtemp(base)) {
+        CHECK(!"mkdtemp");
+        return;
+    }
+    const char *id = "0b8e4f4e-7c39-4f86-9c0e-6a2b8d1e5f00";
+    kh_err err = KH_ERR_INIT;
+    kh_limits l = { .cpu_weight = 50, .cpu_max_percent = 20, .memory_max_mib = 256 };
+
+    /* v2 */
+    kh_cgroups cg2;
+    memset(&cg2, 0, sizeof(cg2));
+    cg2.version = 2;
+    kh_fmt(cg2.mount, sizeof(cg2.mount), "%s/v2", base);
+    kh_fmt(cg2.root, sizeof(cg2.root), "kvmhost");
+    char dir[600];
+    CHECK(kh_cgroups_vm_dir(&cg2, id, NULL, dir, sizeof(dir)) == 0);
+    CHECK(kh_fs_mkdir_p(dir, 0755, &err) == 0);
+    touch(dir, "cpu.weight");
+    touch(dir, "cpu.max");
+    touch(dir, "memory.max");
+    CHECK(kh_quota_apply_cgroup(&cg2, id, &l, &err) == 0);
+    char *t;
+    CHECK_STR(t = slurp(dir, "cpu.weight"), "50");
+    free(t);
+    CHECK_STR(t = slurp(dir, "cpu.max"), "20000 100000");
+    free(t);
+    CHECK_STR(t = slurp(dir, "memory.max"), "268435456");
+    free(t);
+    CHECK(kh_quota_apply_cgroup(&cg2, id, NULL, &err) == 0);
+    CHECK_STR(t = slurp(dir, "cpu.max"), "max 100000");
+    free(t);
+    CHECK_STR(t = slurp(dir, "memory.max"), "max");
+    free(t);
+    CHECK_STR(t = slurp(dir, "cpu.weight"), "100");
+    free(t);
+
+    /* v1: cpu and memory hierarchies */
+    kh_cgroups cg1;
+    memset(&cg1, 0, sizeof(cg1));
+    cg1.version = 1;
+    kh_fmt(cg1.root, sizeof(cg1.root), "kvmhost");
+    kh_fmt(cg1.v1_dirs[0], sizeof(cg1.v1_dirs[0]), "%s/v1/cpu", base);
+    kh_fmt(cg1.v1_dirs[1], sizeof(cg1.v1_dirs[1]), "%s/v1/memory", base);
+    cg1.v1_count = 2;
+    char cdir[600], mdir[600];
+    CHECK(kh_cgroups_vm_dir(&cg1, id, "cpu", cdir, sizeof(cdir)) == 0);
+    CHECK(kh_cgroups_vm_dir(&cg1, id, "memory", mdir, sizeof(mdir)) == 0);
+    CHECK(kh_fs_mkdir_p(cdir, 0755, &err) == 0 && kh_fs_mkdir_p(mdir, 0755, &err) == 0);
+    touch(cdir, "cpu.shares");
+    touch(cdir, "cpu.cfs_period_us");
+    touch(cdir, "cpu.cfs_quota_us");
+    touch(mdir, "memory.limit_in_bytes");
+    l.cpu_weight = 1; /* shares never go under the kernel's minimum of 2 */
+    CHECK(kh_quota_apply_cgroup(&cg1, id, &l, &err) == 0);
+    CHECK_STR(t = slurp(cdir, "cpu.shares"), "10");
+    free(t);
+    l.cpu_weight = 0;
+    l.cpu_max_percent = 150;
+    CHECK(kh_quota_apply_cgroup(&cg1, id, &l, &err) == 0);
+    CHECK_STR(t = slurp(cdir, "cpu.shares"), "1024");
+    free(t);
+    CHECK_STR(t = slurp(cdir, "cpu.cfs_period_us"), "100000");
+    free(t);
+    CHECK_STR(t = slurp(cdir, "cpu.cfs_quota_us"), "150000");
+    free(t);
+    CHECK_STR(t = slurp(mdir, "memory.limit_in_bytes"), "268435456");
+    free(t);
+    CHECK(kh_quota_apply_cgroup(&cg1, id, NULL, &err) == 0);
+    CHECK_STR(t = slurp(cdir, "cpu.cfs_quota_us"), "-1");
+    free(t);
+    CHECK_STR(t = slurp(mdir, "memory.limit_in_bytes"), "-1");
+    free(t);
+
+    /* A VM whose cgroup files are missing: a clear error, not a crash. */
+    kh_err_clear(&err);
+    CHECK(kh_quota_apply_cgroup(&cg2, "11111111-2222-3333-4444-555555555555", &l, &err) < 0);
+    CHECK(err.code != KH_OK && strstr(err.msg, "cpu.weight") != NULL);
+    /* No cgroups at all: limits are refused, no limits are fine. */
+    kh_cgroups none;
+    memset(&none, 0, sizeof(none));
+    kh_fmt(none.reason, sizeof(none.reason), "not mounted");
+    kh_err_clear(&err);
+    CHECK(kh_quota_apply_cgroup(&none, id, &l, &err) < 0 && err.code == KH_E_UNSUPPORTED);
+    CHECK(kh_quota_apply_cgroup(&none, id, NULL, &err) == 0);
+    kh_fs_rm_rf(base, NULL);
+}
+
+int main(void)
+{
+    RUN(test_prom_values);
+    RUN(test_prom_text);
+    RUN(test_prom_histogram);
+    RUN(test_series);
+    RUN(test_limits_validation);
+    RUN(test_limits_patch);
+    RUN(test_throttle_args);
+    RUN(test_quota_cgroup);
+    TEST_DONE();
+}

@@ -1,0 +1,79 @@
+// actions.js - VM actions (start, stop, ...) and delete with confirmation.
+import { api, vmPath } from './api.js';
+import { h, toast } from './dom.js';
+
+export const ACTIONS = [
+  { id: 'start', label: 'Start', when: ['stopped'] },
+  { id: 'stop', label: 'Stop', when: ['running', 'paused'], title: 'ACPI power-down, killed after 30 s' },
+  { id: 'reboot', label: 'Reboot', when: ['running'] },
+  { id: 'pause', label: 'Pause', when: ['running'] },
+  { id: 'resume', label: 'Resume', when: ['paused'] },
+  { id: 'kill', label: 'Kill', when: ['running', 'paused', 'starting', 'stopping'], danger: true,
+    title: 'Kill QEMU at once' },
+];
+
+export async function runAction(name, id) {
+  const a = ACTIONS.find((x) => x.id === id);
+  toast(`${a.label}: ${name}…`);
+  try {
+    const body = id === 'stop' ? { timeout: 30, wait: 60 } : { wait: 60 };
+    const task = await api('POST', vmPath(name, `/${id}`), body);
+    if (task && task.state === 'running') toast(`${a.label} ${name}: still running (task ${task.id})`);
+    else toast(`${a.label} ${name}: done`, 'ok');
+  } catch (e) {
+    toast(`${a.label} ${name}: ${e.message}`, 'error');
+  }
+}
+
+export function actionButtons(vm, { compact = false, onDeleted } = {}) {
+  const row = h('div', { class: 'actions', role: 'group', 'aria-label': `Actions for ${vm.name}` });
+  for (const a of ACTIONS) {
+    const enabled = a.when.includes(vm.state);
+    row.append(h('button', {
+      type: 'button',
+      class: `btn ${compact ? 'small' : ''} ${a.danger ? 'danger' : ''}`,
+      disabled: !enabled,
+      title: a.title,
+      'aria-label': `${a.label} ${vm.name}`,
+      dataset: { action: a.id },
+      onclick: (e) => { e.currentTarget.disabled = true; runAction(vm.name, a.id); },
+    }, a.label));
+  }
+  row.append(h('button', {
+    type: 'button', class: `btn ${compact ? 'small' : ''} danger`,
+    disabled: vm.state !== 'stopped',
+    title: vm.state === 'stopped' ? 'Delete this VM' : 'Stop the VM to delete it',
+    'aria-label': `Delete ${vm.name}`,
+    dataset: { action: 'delete' },
+    onclick: () => confirmDelete(vm.name, onDeleted),
+  }, 'Delete'));
+  return row;
+}
+
+export function confirmDelete(name, onDeleted) {
+  const msg = h('p', { id: 'del-desc' }, 'Delete the VM ', h('strong', {}, name),
+    '? Its definition is removed; disk images you gave it are left as they are.');
+  const dlg = h('dialog', { class: 'dialog', 'aria-labelledby': 'del-title', 'aria-describedby': 'del-desc' },
+    h('h2', { id: 'del-title' }, 'Delete VM'), msg,
+    h('form', { method: 'dialog', class: 'dialog-buttons' },
+      h('button', { class: 'btn', value: 'cancel', autofocus: true }, 'Cancel'),
+      h('button', { class: 'btn danger', value: 'delete' }, 'Delete')));
+  dlg.addEventListener('close', async () => {
+    const ok = dlg.returnValue === 'delete';
+    dlg.remove();
+    if (!ok) return;
+    try {
+      await api('DELETE', vmPath(name));
+      toast(`Deleted ${name}`, 'ok');
+      if (onDeleted) onDeleted();
+    } catch (e) {
+      toast(`Delete ${name}: ${e.message}`, 'error');
+    }
+  });
+  document.body.append(dlg);
+  dlg.showModal();
+}
+
+export function stateBadge(vm) {
+  return h('span', { class: `badge state-${vm.state}`, title: vm.state_reason || '' }, vm.state);
+}

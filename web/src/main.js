@@ -1,0 +1,110 @@
+// main.js - the kvmhost web console: session check, routing (#/...),
+// the live event stream. Everything goes through the public REST API.
+import { sessionInfo, logout, setUnauthorizedHandler } from './api.js';
+import { h, replace, toast } from './dom.js';
+import { store, subscribe, startEvents, stopEvents, loadVms, loadHost } from './store.js';
+import { loginPage } from './pages/login.js';
+import { dashboardPage } from './pages/dashboard.js';
+import { vmListPage } from './pages/vmlist.js';
+import { vmDetailPage } from './pages/vmdetail.js';
+import { createPage } from './pages/create.js';
+
+const main = document.getElementById('main');
+const top = document.getElementById('top');
+const live = document.getElementById('live-status');
+let authed = false;
+let current = null; // { re, page, cleanup, update }
+
+const ROUTES = [
+  { re: /^#?\/?$/, nav: 'dashboard', page: dashboardPage, title: 'Dashboard' },
+  { re: /^#\/vms\/?$/, nav: 'vms', page: vmListPage, title: 'Virtual machines' },
+  { re: /^#\/vms\/([^/]+)(?:\/([a-z]+))?$/, nav: 'vms', page: vmDetailPage, title: null },
+  { re: /^#\/create$/, nav: 'create', page: createPage, title: 'Create VM' },
+];
+
+function teardown() {
+  if (!current) return;
+  const c = current.cleanup;
+  if (typeof c === 'function') c();
+  else if (c && c.cleanup) c.cleanup();
+  current = null;
+}
+
+function route() {
+  if (!authed) {
+    teardown();
+    top.hidden = true;
+    document.title = 'Log in · kvmhost';
+    loginPage(main, [], { onLogin });
+    return;
+  }
+  top.hidden = false;
+  const hash = location.hash || '#/';
+  const r = ROUTES.find((x) => x.re.test(hash));
+  if (!r) {
+    teardown();
+    replace(main, h('h1', {}, 'Not found'), h('p', {}, h('a', { href: '#/' }, 'Back to the dashboard')));
+    return;
+  }
+  const params = hash.match(r.re).slice(1);
+  for (const a of top.querySelectorAll('[data-nav]')) {
+    if (a.dataset.nav === r.nav) a.setAttribute('aria-current', 'page');
+    else a.removeAttribute('aria-current');
+  }
+  document.title = `${r.title || decodeURIComponent(params[0])} · kvmhost`;
+  // Same page with other parameters (a VM's tabs): let it update itself.
+  if (current && current.route === r && current.cleanup && current.cleanup.update &&
+      current.cleanup.update(params)) return;
+  teardown();
+  current = { route: r, cleanup: r.page(main, params, { onLogin }) };
+  main.focus({ preventScroll: true });
+}
+
+async function onLogin() {
+  authed = true;
+  startEvents();
+  await Promise.all([loadVms(), loadHost()]).catch((e) => toast(e.message, 'error'));
+  if (!location.hash || location.hash === '#/login') location.hash = '#/';
+  route();
+}
+
+function loggedOut() {
+  if (!authed) return;
+  authed = false;
+  stopEvents();
+  store.vms.clear();
+  store.host = null;
+  route();
+}
+
+setUnauthorizedHandler(() => {
+  toast('The session ended: log in again.', 'error');
+  loggedOut();
+});
+
+document.getElementById('logout').addEventListener('click', async () => {
+  try { await logout(); } catch { /* gone anyway */ }
+  loggedOut();
+});
+
+subscribe((kind) => {
+  if (kind !== 'connection') return;
+  live.classList.toggle('on', store.connected);
+  live.title = store.connected ? 'Live: event stream connected' : 'Event stream disconnected';
+  live.setAttribute('aria-label', live.title);
+});
+
+window.addEventListener('hashchange', route);
+
+(async () => {
+  try {
+    const s = await sessionInfo();
+    if (s.authenticated) {
+      await onLogin();
+      return;
+    }
+  } catch (e) {
+    toast(e.message, 'error');
+  }
+  route();
+})();

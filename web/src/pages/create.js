@@ -1,0 +1,144 @@
+// create.js - the create wizard: basics, boot, review. Talks only to
+// POST /api/v1/vms (and start, when asked).
+import { h, replace, toast, fmtMiB } from '../dom.js';
+import { api, vmPath } from '../api.js';
+
+const NAME_RE = /^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$/;
+
+function field(id, label, input, help) {
+  input.id = id;
+  if (help) input.setAttribute('aria-describedby', `${id}-help`);
+  return h('div', { class: 'field' }, h('label', { for: id }, label), input,
+    help ? h('p', { class: 'muted small', id: `${id}-help` }, help) : null);
+}
+
+export function createPage(main) {
+  const f = {
+    name: h('input', { type: 'text', required: true, maxlength: 64, pattern: NAME_RE.source, autocomplete: 'off', spellcheck: 'false' }),
+    vcpus: h('input', { type: 'number', min: 1, max: 255, value: 1, required: true }),
+    memory: h('input', { type: 'number', min: 16, max: 16777216, value: 512, required: true }),
+    kernel: h('input', { type: 'text', placeholder: '/path/to/vmlinuz', spellcheck: 'false' }),
+    initrd: h('input', { type: 'text', placeholder: '/path/to/initrd.img', spellcheck: 'false' }),
+    cmdline: h('input', { type: 'text', value: 'console=ttyS0', spellcheck: 'false' }),
+    disk: h('input', { type: 'text', placeholder: '/path/to/disk.qcow2', spellcheck: 'false' }),
+    format: h('select', {}, h('option', { value: 'qcow2' }, 'qcow2'), h('option', { value: 'raw' }, 'raw')),
+    graphics: h('select', {}, h('option', { value: 'none' }, 'none (serial console only)'), h('option', { value: 'vnc' }, 'VNC display')),
+    description: h('input', { type: 'text', maxlength: 1024 }),
+    start: h('input', { type: 'checkbox', checked: true }),
+  };
+  const bootKernel = h('input', { type: 'radio', name: 'bootmode', id: 'boot-kernel', value: 'kernel', checked: true });
+  const bootDisk = h('input', { type: 'radio', name: 'bootmode', id: 'boot-disk', value: 'disk' });
+  const kernelBox = h('div', { class: 'sub' },
+    field('kernel', 'Kernel (absolute path on the host)', f.kernel),
+    field('initrd', 'Initrd (optional)', f.initrd),
+    field('cmdline', 'Kernel command line', f.cmdline));
+  const err = h('p', { class: 'error', role: 'alert', id: 'wizard-error', hidden: true });
+  const review = h('dl', { class: 'kv', id: 'review' });
+
+  const steps = [
+    h('fieldset', { class: 'step' }, h('legend', {}, '1. Basics'),
+      field('vm-name', 'Name', f.name, 'Letters, digits, - _ . ; up to 64; not starting with . or -'),
+      field('vm-vcpus', 'vCPUs', f.vcpus),
+      field('vm-memory', 'Memory (MiB)', f.memory),
+      field('vm-desc', 'Description (optional)', f.description)),
+    h('fieldset', { class: 'step' }, h('legend', {}, '2. Boot and disk'),
+      h('div', { class: 'radios', role: 'radiogroup', 'aria-label': 'Boot from' },
+        h('label', {}, bootKernel, ' Linux kernel'), h('label', {}, bootDisk, ' Disk image')),
+      kernelBox,
+      field('disk-path', 'Disk image (absolute path; optional with a kernel)', f.disk),
+      field('disk-format', 'Disk format', f.format),
+      field('graphics', 'Graphics', f.graphics)),
+    h('fieldset', { class: 'step' }, h('legend', {}, '3. Review'),
+      review,
+      h('label', { class: 'check' }, f.start, ' Start the VM after creating it')),
+  ];
+  let step = 0;
+  const back = h('button', { type: 'button', class: 'btn' }, 'Back');
+  const next = h('button', { type: 'submit', class: 'btn primary', id: 'wizard-next' }, 'Next');
+  const progress = h('ol', { class: 'wizard-steps', 'aria-label': 'Steps' },
+    ['Basics', 'Boot', 'Review'].map((s, i) => h('li', { dataset: { i } }, s)));
+  const form = h('form', { class: 'card form wizard', 'aria-labelledby': 'create-title', novalidate: true },
+    h('h1', { id: 'create-title', class: 'page-title' }, 'Create a VM'), progress, ...steps, err,
+    h('div', { class: 'buttons' }, back, next));
+
+  const syncBoot = () => { kernelBox.hidden = !bootKernel.checked; };
+  bootKernel.addEventListener('change', syncBoot);
+  bootDisk.addEventListener('change', syncBoot);
+
+  function spec() {
+    const s = { name: f.name.value.trim(), vcpus: Number(f.vcpus.value), memory_mib: Number(f.memory.value), graphics: f.graphics.value };
+    if (f.description.value) s.description = f.description.value;
+    if (bootKernel.checked) {
+      s.boot = { kernel: f.kernel.value.trim() };
+      if (f.initrd.value.trim()) s.boot.initrd = f.initrd.value.trim();
+      if (f.cmdline.value.trim()) s.boot.cmdline = f.cmdline.value.trim();
+    }
+    if (f.disk.value.trim()) s.disks = [{ path: f.disk.value.trim(), format: f.format.value }];
+    return s;
+  }
+
+  function check() {
+    const bad = (input, msg) => { input.setAttribute('aria-invalid', 'true'); input.focus(); return msg; };
+    for (const i of Object.values(f)) i.removeAttribute('aria-invalid');
+    if (step === 0) {
+      if (!NAME_RE.test(f.name.value.trim())) return bad(f.name, 'The name must be 1-64 letters, digits, - _ . and not start with . or -.');
+      const v = Number(f.vcpus.value);
+      if (!Number.isInteger(v) || v < 1 || v > 255) return bad(f.vcpus, 'vCPUs must be 1 to 255.');
+      const m = Number(f.memory.value);
+      if (!Number.isInteger(m) || m < 16) return bad(f.memory, 'Memory must be at least 16 MiB.');
+    } else if (step === 1) {
+      if (bootKernel.checked && !f.kernel.value.trim().startsWith('/')) return bad(f.kernel, 'The kernel must be an absolute path.');
+      if (f.initrd.value.trim() && !f.initrd.value.trim().startsWith('/')) return bad(f.initrd, 'The initrd must be an absolute path.');
+      if (bootDisk.checked && !f.disk.value.trim()) return bad(f.disk, 'Booting from a disk needs a disk image.');
+      if (f.disk.value.trim() && !f.disk.value.trim().startsWith('/')) return bad(f.disk, 'The disk must be an absolute path.');
+    }
+    return null;
+  }
+
+  function show() {
+    steps.forEach((s, i) => { s.hidden = i !== step; });
+    for (const li of progress.children) li.setAttribute('aria-current', Number(li.dataset.i) === step ? 'step' : 'false');
+    back.disabled = step === 0;
+    next.textContent = step === steps.length - 1 ? 'Create' : 'Next';
+    if (step === 2) {
+      const s = spec();
+      replace(review,
+        h('dt', {}, 'Name'), h('dd', {}, s.name),
+        h('dt', {}, 'CPU / memory'), h('dd', {}, `${s.vcpus} vCPU, ${fmtMiB(s.memory_mib)}`),
+        h('dt', {}, 'Boot'), h('dd', {}, s.boot ? h('code', {}, `${s.boot.kernel}${s.boot.initrd ? ` + ${s.boot.initrd}` : ''}`) : 'first disk'),
+        s.boot && s.boot.cmdline ? [h('dt', {}, 'Command line'), h('dd', {}, h('code', {}, s.boot.cmdline))] : null,
+        h('dt', {}, 'Disk'), h('dd', {}, s.disks ? h('code', {}, `${s.disks[0].path} (${s.disks[0].format})`) : 'none'),
+        h('dt', {}, 'Graphics'), h('dd', {}, s.graphics));
+    }
+    const first = steps[step].querySelector('input:not([type=radio]), select');
+    if (first && step < 2) first.focus();
+  }
+
+  back.addEventListener('click', () => { if (step > 0) { step--; err.hidden = true; show(); } });
+  form.addEventListener('submit', async (e) => {
+    e.preventDefault();
+    err.hidden = true;
+    const problem = check();
+    if (problem) { err.textContent = problem; err.hidden = false; return; }
+    if (step < steps.length - 1) { step++; show(); return; }
+    next.disabled = true;
+    const s = spec();
+    try {
+      await api('POST', '/api/v1/vms', s);
+      toast(`Created ${s.name}`, 'ok');
+      location.hash = `#/vms/${encodeURIComponent(s.name)}/${f.start.checked ? 'console' : 'summary'}`;
+      if (f.start.checked) {
+        api('POST', vmPath(s.name, '/start'), { wait: 60 })
+          .then(() => toast(`Started ${s.name}`, 'ok'))
+          .catch((ex) => toast(`Start ${s.name}: ${ex.message}`, 'error'));
+      }
+    } catch (ex) {
+      err.textContent = ex.message;
+      err.hidden = false;
+      next.disabled = false;
+    }
+  });
+  replace(main, form);
+  syncBoot();
+  show();
+}

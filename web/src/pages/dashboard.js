@@ -1,0 +1,60 @@
+// dashboard.js - host facts, VMs by state, recent events (live).
+import { h, replace, fmtMiB, fmtDuration } from '../dom.js';
+import { store, subscribe, loadHost } from '../store.js';
+import { stateBadge } from '../actions.js';
+import { eventRow } from './events.js';
+
+const STATES = ['running', 'paused', 'starting', 'stopping', 'stopped'];
+
+function fact(label, value, extra) {
+  return h('div', { class: 'fact' }, h('dt', {}, label), h('dd', {}, value, extra || null));
+}
+
+function hostCard(host) {
+  if (!host) return h('section', { class: 'card' }, h('p', {}, 'Loading host facts…'));
+  const mem = host.memory_mib, free = host.memory_free_mib;
+  const used = mem && free !== undefined ? mem - free : null;
+  const pct = used !== null ? Math.round((used / mem) * 100) : null;
+  const load = Array.isArray(host.load_average) ? host.load_average.map((x) => x.toFixed(2)).join('  ') : '–';
+  return h('section', { class: 'card', 'aria-labelledby': 'host-title' },
+    h('h2', { id: 'host-title' }, `Host ${host.hostname || ''}`),
+    h('dl', { class: 'facts' },
+      fact('Accelerator', h('span', { class: `badge accel-${host.accelerator}`, id: 'accel' }, host.accelerator || '–')),
+      host.accelerator_reason ? fact('Why', h('span', { class: 'small' }, host.accelerator_reason)) : null,
+      fact('CPUs', String(host.cpus ?? '–'), h('span', { class: 'muted small' }, `  load ${load}`)),
+      fact('Memory', `${fmtMiB(used)} used of ${fmtMiB(mem)}`,
+        pct !== null ? h('meter', { min: 0, max: 100, value: pct, 'aria-label': `memory used ${pct}%`, class: 'meter' }) : null),
+      fact('QEMU', host.qemu ? `${host.qemu.version || ''}` : '–'),
+      fact('cgroup', host.cgroup || '–'),
+      fact('kvmhostd', `${host.version || ''}, up ${fmtDuration(host.uptime_seconds)}`)));
+}
+
+function vmsCard() {
+  const counts = Object.fromEntries(STATES.map((s) => [s, 0]));
+  for (const vm of store.vms.values()) counts[vm.state] = (counts[vm.state] || 0) + 1;
+  const total = store.vms.size;
+  return h('section', { class: 'card', 'aria-labelledby': 'vms-title' },
+    h('h2', { id: 'vms-title' }, h('a', { href: '#/vms' }, `Virtual machines (${total})`)),
+    h('ul', { class: 'state-counts', id: 'state-counts' },
+      STATES.map((s) => h('li', { dataset: { state: s } }, stateBadge({ state: s }), h('span', { class: 'count' }, String(counts[s]))))),
+    total === 0 ? h('p', {}, 'No VMs yet. ', h('a', { href: '#/create' }, 'Create one')) : null);
+}
+
+function eventsCard() {
+  const list = store.events.slice(0, 12);
+  return h('section', { class: 'card wide', 'aria-labelledby': 'ev-title' },
+    h('h2', { id: 'ev-title' }, 'Recent events ', h('span', { class: `live-dot ${store.connected ? 'on' : ''}`, title: store.connected ? 'live' : 'disconnected' })),
+    list.length ? h('ol', { class: 'events', id: 'recent-events' }, list.map((ev) => eventRow(ev, true)))
+      : h('p', { class: 'muted' }, 'No events yet.'));
+}
+
+export function dashboardPage(main) {
+  const root = h('div', { class: 'grid' });
+  const render = () => replace(root, hostCard(store.host), vmsCard(), eventsCard());
+  replace(main, h('h1', { class: 'page-title' }, 'Dashboard'), root);
+  render();
+  loadHost().catch(() => {});
+  const timer = setInterval(() => loadHost().catch(() => {}), 5000);
+  const unsub = subscribe(render);
+  return () => { clearInterval(timer); unsub(); };
+}

@@ -1,0 +1,39 @@
+// login.js - log in with the API token (STATE_DIR/api-token). The token is
+// sent once and not kept; the daemon sets a session cookie.
+import { login } from '../api.js';
+import { h, replace } from '../dom.js';
+
+export function loginPage(main, _params, { onLogin }) {
+  const err = h('p', { class: 'error', id: 'login-error', role: 'alert', hidden: true });
+  const input = h('input', {
+    id: 'token', name: 'token', type: 'password', required: true, autocomplete: 'current-password',
+    spellcheck: 'false', 'aria-describedby': 'token-help login-error',
+  });
+  const button = h('button', { type: 'submit', class: 'btn primary' }, 'Log in');
+  const form = h('form', { class: 'card login', 'aria-labelledby': 'login-title' },
+    h('h1', { id: 'login-title' }, 'kvmhost'),
+    h('label', { for: 'token' }, 'API token'),
+    input,
+    h('p', { id: 'token-help', class: 'muted small' },
+      'The token is in STATE_DIR/api-token on the host (default /var/lib/kvmhost/api-token). ',
+      'It is exchanged for a session cookie and not stored in the browser.'),
+    err, button);
+  form.addEventListener('submit', async (e) => {
+    e.preventDefault();
+    button.disabled = true;
+    err.hidden = true;
+    try {
+      await login(input.value.trim());
+      input.value = '';
+      onLogin();
+    } catch (ex) {
+      err.textContent = ex.status === 401 ? 'Wrong token.' : ex.message;
+      err.hidden = false;
+      input.focus();
+    } finally {
+      button.disabled = false;
+    }
+  });
+  replace(main, h('div', { class: 'center' }, form));
+  input.focus();
+}

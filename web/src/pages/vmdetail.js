@@ -1,0 +1,197 @@
+// vmdetail.js - one VM: summary, serial console, settings, events (tabs).
+import { h, replace, fmtMiB, fmtTime, toast } from '../dom.js';
+import { api, vmPath } from '../api.js';
+import { store, subscribe, loadVms } from '../store.js';
+import { actionButtons, stateBadge } from '../actions.js';
+import { eventRow } from './events.js';
+
+const TABS = [
+  { id: 'summary', label: 'Summary' },
+  { id: 'console', label: 'Console' },
+  { id: 'settings', label: 'Settings' },
+  { id: 'events', label: 'Events' },
+];
+
+function kv(label, value) {
+  return [h('dt', {}, label), h('dd', {}, value ?? '–')];
+}
+
+function summary(vm) {
+  const disks = vm.disks || [];
+  return h('div', { class: 'grid' },
+    h('section', { class: 'card', 'aria-labelledby': 'sum-title' },
+      h('h2', { id: 'sum-title' }, 'Summary'),
+      h('dl', { class: 'kv' },
+        kv('State', [stateBadge(vm), vm.state_reason ? h('span', { class: 'muted small' }, ` ${vm.state_reason}`) : null]),
+        kv('vCPUs', String(vm.vcpus)),
+        kv('Memory', fmtMiB(vm.memory_mib)),
+        kv('Machine', vm.machine),
+        kv('Accelerator', vm.accelerator),
+        kv('PID', vm.pid ? String(vm.pid) : null),
+        kv('Started', vm.started_at ? fmtTime(vm.started_at) : null),
+        kv('Graphics', vm.graphics),
+        kv('Description', vm.description || null),
+        kv('ID', h('code', {}, vm.id)))),
+    h('section', { class: 'card', 'aria-labelledby': 'boot-title' },
+      h('h2', { id: 'boot-title' }, 'Boot and disks'),
+      h('dl', { class: 'kv' },
+        vm.boot && vm.boot.kernel ? [
+          kv('Kernel', h('code', {}, vm.boot.kernel)),
+          kv('Initrd', vm.boot.initrd ? h('code', {}, vm.boot.initrd) : null),
+          kv('Command line', vm.boot.cmdline ? h('code', {}, vm.boot.cmdline) : null),
+        ] : kv('Boot', 'first disk')),
+      disks.length ? h('ul', { class: 'disks' }, disks.map((d, i) => h('li', {},
+        h('span', { class: 'badge' }, `disk${i}`), ' ', h('code', {}, d.path), ` ${d.format}${d.readonly ? ', read-only' : ''}`)))
+        : h('p', { class: 'muted' }, 'No disks.')));
+}
+
+function settingsForm(vm) {
+  const stopped = vm.state === 'stopped';
+  const err = h('p', { class: 'error', role: 'alert', hidden: true });
+  const vcpus = h('input', { id: 'set-vcpus', type: 'number', min: 1, max: 255, required: true, value: vm.vcpus, disabled: !stopped });
+  const mem = h('input', { id: 'set-memory', type: 'number', min: 16, max: 16777216, step: 1, required: true, value: vm.memory_mib, disabled: !stopped });
+  const desc = h('input', { id: 'set-desc', type: 'text', maxlength: 1024, value: vm.description || '' });
+  const form = h('form', { class: 'card form', 'aria-labelledby': 'set-title' },
+    h('h2', { id: 'set-title' }, 'Settings'),
+    stopped ? null : h('p', { class: 'note' }, 'CPU and memory can be changed while the VM is stopped.'),
+    h('div', { class: 'field' }, h('label', { for: 'set-vcpus' }, 'vCPUs'), vcpus),
+    h('div', { class: 'field' }, h('label', { for: 'set-memory' }, 'Memory (MiB)'), mem),
+    h('div', { class: 'field' }, h('label', { for: 'set-desc' }, 'Description'), desc),
+    err,
+    h('div', { class: 'buttons' }, h('button', { type: 'submit', class: 'btn primary' }, 'Save')));
+  form.addEventListener('submit', async (e) => {
+    e.preventDefault();
+    err.hidden = true;
+    const patch = {};
+    if (stopped && Number(vcpus.value) !== vm.vcpus) patch.vcpus = Number(vcpus.value);
+    if (stopped && Number(mem.value) !== vm.memory_mib) patch.memory_mib = Number(mem.value);
+    if (desc.value !== (vm.description || '')) patch.description = desc.value;
+    if (!Object.keys(patch).length) { toast('Nothing changed'); return; }
+    try {
+      const updated = await api('PATCH', vmPath(vm.name), patch);
+      store.vms.set(vm.name, updated);
+      toast(`Saved ${vm.name}`, 'ok');
+    } catch (ex) {
+      err.textContent = ex.message;
+      err.hidden = false;
+    }
+  });
+  return form;
+}
+
+export function vmDetailPage(main, params) {
+  const name = decodeURIComponent(params[0]);
+  let tab = TABS.some((t) => t.id === params[1]) ? params[1] : 'summary';
+  const head = h('div', { class: 'page-head' });
+  const tablist = h('div', { class: 'tabs', role: 'tablist', 'aria-label': `${name} views` });
+  const panel = h('div', { class: 'tabpanel', role: 'tabpanel', id: 'vm-panel', tabindex: 0 });
+  let term = null; // the mounted console, kept while its tab shows
+  let termBox = null;
+  let consoleStatus = h('span', { class: 'muted small', id: 'console-status', role: 'status' });
+  let lastState = null;
+
+  const tabButtons = TABS.map((t) => h('button', {
+    type: 'button', role: 'tab', id: `tab-${t.id}`, 'aria-controls': 'vm-panel',
+    onclick: () => { location.hash = `#/vms/${encodeURIComponent(name)}/${t.id}`; },
+  }, t.label));
+  tablist.append(...tabButtons);
+  tablist.addEventListener('keydown', (e) => {
+    const i = TABS.findIndex((t) => t.id === tab);
+    let j = null;
+    if (e.key === 'ArrowRight') j = (i + 1) % TABS.length;
+    else if (e.key === 'ArrowLeft') j = (i + TABS.length - 1) % TABS.length;
+    if (j === null) return;
+    e.preventDefault();
+    location.hash = `#/vms/${encodeURIComponent(name)}/${TABS[j].id}`;
+  });
+
+  function renderHead(vm) {
+    replace(head,
+      h('h1', { class: 'page-title' }, h('a', { href: '#/vms', class: 'crumb' }, 'VMs'), ' / ', name, ' ', stateBadge(vm)),
+      actionButtons(vm, { onDeleted: () => { location.hash = '#/vms'; } }));
+  }
+
+  function setTabs() {
+    for (const b of tabButtons) {
+      const on = b.id === `tab-${tab}`;
+      b.setAttribute('aria-selected', on ? 'true' : 'false');
+      b.tabIndex = on ? 0 : -1;
+    }
+    panel.setAttribute('aria-labelledby', `tab-${tab}`);
+  }
+
+  async function showConsole(vm) {
+    if (!termBox) {
+      termBox = h('div', { class: 'terminal', id: 'terminal' });
+      consoleStatus = h('span', { class: 'muted small', id: 'console-status', role: 'status' });
+      replace(panel, h('div', { class: 'console-head' }, h('h2', {}, 'Serial console'), consoleStatus), termBox);
+      consoleStatus.textContent = 'loading…';
+      const mod = await import('../console.js');
+      if (!termBox.isConnected) return;
+      term = mod.mountConsole(termBox, name, (s) => {
+        consoleStatus.textContent = s;
+        consoleStatus.dataset.status = s;
+      });
+    }
+    if (vm.state === 'running' || vm.state === 'paused') term.connect();
+    else {
+      consoleStatus.textContent = 'not running: start the VM to use its console';
+      consoleStatus.dataset.status = 'stopped';
+    }
+  }
+
+  function dropConsole() {
+    if (term) term.dispose();
+    term = null;
+    termBox = null;
+  }
+
+  function renderPanel(vm) {
+    if (tab !== 'console') dropConsole();
+    if (tab === 'summary') replace(panel, summary(vm));
+    else if (tab === 'settings') replace(panel, settingsForm(vm));
+    else if (tab === 'events') {
+      const evs = store.events.filter((e) => e.vm === name);
+      replace(panel, h('section', { class: 'card' }, h('h2', {}, 'Events'),
+        evs.length ? h('ol', { class: 'events', id: 'vm-events' }, evs.map((e) => eventRow(e, false)))
+          : h('p', { class: 'muted' }, 'No events since this page opened.')));
+    } else if (tab === 'console') showConsole(vm);
+  }
+
+  function render(full) {
+    const vm = store.vms.get(name);
+    if (!vm) {
+      replace(head, h('h1', { class: 'page-title' }, name));
+      replace(panel, h('p', {}, store.vms.size ? `No VM named ${name}.` : 'Loading…'));
+      return;
+    }
+    renderHead(vm);
+    const stateChanged = lastState !== vm.state;
+    lastState = vm.state;
+    // Settings and console keep their state across live updates; the
+    // console reconnects when the VM comes up.
+    if (full || tab === 'summary' || tab === 'events' || (tab === 'settings' && stateChanged)) renderPanel(vm);
+    else if (tab === 'console' && stateChanged) showConsole(vm);
+  }
+
+  replace(main, head, tablist, panel);
+  setTabs();
+  render(true);
+  if (!store.vms.has(name)) loadVms().then(() => render(true)).catch(() => {});
+  const unsub = subscribe((kind, detail) => {
+    if (kind === 'vms' || (kind === 'vm' && detail === name) || (kind === 'event' && tab === 'events' && detail.vm === name)) render(false);
+  });
+  return {
+    // same page, another tab: keep the page, switch the panel
+    update(newParams) {
+      if (decodeURIComponent(newParams[0]) !== name) return false;
+      tab = TABS.some((t) => t.id === newParams[1]) ? newParams[1] : 'summary';
+      setTabs();
+      const vm = store.vms.get(name);
+      if (vm) renderPanel(vm);
+      document.getElementById(`tab-${tab}`)?.focus();
+      return true;
+    },
+    cleanup() { unsub(); dropConsole(); },
+  };
+}
