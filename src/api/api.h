@@ -33,6 +33,7 @@ typedef struct kh_api {
                         * as text it is a fraction of its jansson tree */
     double started_at; /* wall time */
     kh_metrics *metrics;
+    kh_alerts *alerts;
 } kh_api;
 
 /* The route table and its size. */
@@ -98,5 +99,7 @@ void kh_console_routes_log(kh_http_req *req, void *app);
 void kh_metrics_routes_prometheus(kh_http_req *req, void *app);
 void kh_metrics_routes_vm(kh_http_req *req, void *app);
 void kh_metrics_routes_host(kh_http_req *req, void *app);
+void kh_metrics_routes_alerts(kh_http_req *req, void *app);
+void kh_metrics_routes_alert_rules(kh_http_req *req, void *app);
 
 #endif

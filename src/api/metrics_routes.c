@@ -57,3 +57,21 @@ void kh_metrics_routes_host(kh_http_req *req, void *app)
     }
     kh_http_reply_json(req, 200, kh_metrics_host_history(api->metrics, range));
 }
+
+void kh_metrics_routes_alerts(kh_http_req *req, void *app)
+{
+    kh_api *api = app;
+    kh_http_reply_json(req, 200, kh_alerts_json(api->alerts));
+}
+
+void kh_metrics_routes_alert_rules(kh_http_req *req, void *app)
+{
+    kh_api *api = app;
+    kh_err err = KH_ERR_INIT;
+    json_t *body = kh_http_req_json(req, &err);
+    if (!body || kh_alerts_set_rules(api->alerts, json_object_get(body, "rules"), &err) < 0) {
+        kh_http_reply_error(req, &err);
+        return;
+    }
+    kh_http_reply_json(req, 200, kh_alerts_json(api->alerts));
+}

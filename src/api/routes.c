@@ -99,6 +99,11 @@ static const kh_route routes[] = {
       NULL, "Session" },
     { "DELETE", "/api/v1/session", kh_http_session_delete, 0, "Log out (end the session)", NULL,
       NULL },
+    { "GET", "/api/v1/alerts", kh_metrics_routes_alerts, 0,
+      "Alert rules and the alerts pending or firing now", NULL, NULL },
+    { "PUT", "/api/v1/alerts/rules", kh_metrics_routes_alert_rules, 0,
+      "Replace the alert rules (body {\"rules\": [...]}; until the daemon restarts)", NULL,
+      NULL },
 };
 
 const kh_route *kh_routes_table(size_t *n)
@@ -150,7 +155,10 @@ static const struct {
       "{\"type\":\"object\",\"additionalProperties\":false,\"description\":\"Changeable on a running VM; "
       "PATCH merges key by key, null removes one\",\"properties\":{\"cpu_weight\":{\"type\":\"integer\",\"m"
       "inimum\":1,\"maximum\":10000},\"cpu_max_percent\":{\"type\":\"integer\",\"minimum\":1,\"descr"
-      "iption\":\"percent of one host CPU, at most 100 per vCPU\"},\"memory_max_mib\":{\"type\":\"intege"
+      "iption\":\"percent of one host CPU, at most 100 per vCPU\"},\"cpu_affinity\":{\"type\":\"array\",\"i"
+      "tems\":{\"type\":\"integer\",\"minimum\":0},\"description\":\"host CPUs the vCPU threads run on\"},"
+      "\"balloon_mib\":{\"type\":\"integer\",\"description\":\"balloon target, at most memory_mib (q35)\"},"
+      "\"memory_max_mib\":{\"type\":\"intege"
       "r\",\"description\":\"at least memory_mib\"},\"disk\":{\"type\":\"array\",\"items\":{\"type\":\"o"
       "bject\",\"required\":[\"index\"],\"properties\":{\"index\":{\"type\":\"integer\"},\"iops_total\":"
       "{\"type\":\"integer\"},\"iops_read\":{\"type\":\"integer\"},\"iops_write\":{\"type\":\"integer\"}"

@@ -99,6 +99,10 @@ static const cli_opt opts_vm_limit[] = {
       "Hard CPU cap in percent of one host CPU (at most 100 per vCPU)." },
     { "memory-max", "MIB", CLI_OPT_ARG,
       "Hard memory limit of the VM's QEMU (suffix M or G); at least the guest's memory." },
+    { "balloon", "MIB", CLI_OPT_ARG,
+      "Balloon target: the memory the guest keeps (suffix M or G; q35 only)." },
+    { "cpu-affinity", "LIST", CLI_OPT_ARG,
+      "Host CPUs the vCPU threads may run on, comma-separated (\"0,2,3\")." },
     { "disk", "INDEX", CLI_OPT_ARG, "The disk the --disk-* options apply to (default 0)." },
     { "disk-iops", "N", CLI_OPT_ARG, "Total I/O operations per second." },
     { "disk-read-iops", "N", CLI_OPT_ARG, "Read operations per second." },
@@ -294,6 +298,7 @@ const cli_cmd cli_commands[] = {
         opts_vm_limit,
         "$ kvmhost vm limit web1 --cpu-max 20 --memory-max 1G\n"
         "$ kvmhost vm limit web1 --disk 0 --disk-iops 100 --disk-bps 10485760\n"
+        "$ kvmhost vm limit web1 --cpu-affinity 2,3\n"
         "$ kvmhost vm limit web1 --cpu-max none\n"
         "$ kvmhost vm limit web1",
         cli_do_vm_limit,

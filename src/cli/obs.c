@@ -279,6 +279,7 @@ int cli_do_vm_limit(cli_ctx *ctx, const cli_args *a, kh_err *err)
         { "cpu-weight", "cpu_weight", 10000, false },
         { "cpu-max", "cpu_max_percent", 25500, false },
         { "memory-max", "memory_max_mib", 0, true },
+        { "balloon", "balloon_mib", 0, true },
     };
     for (size_t i = 0; i < sizeof(top_opts) / sizeof(top_opts[0]); i++) {
         const char *s = cli_arg(a, top_opts[i].opt);
@@ -290,6 +291,28 @@ int cli_do_vm_limit(cli_ctx *ctx, const cli_args *a, kh_err *err)
             goto out;
         }
         json_object_set_new(limits, top_opts[i].key, v);
+    }
+    const char *aff = cli_arg(a, "cpu-affinity");
+    if (aff && strcmp(aff, "none") == 0) {
+        json_object_set_new(limits, "cpu_affinity", json_null());
+    } else if (aff) {
+        json_t *list = json_array();
+        char *copy = xstrdup(aff), *save = NULL;
+        for (char *tok = strtok_r(copy, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
+            int64_t cpu;
+            if (cli_parse_int(tok, 0, 1023, "--cpu-affinity", &cpu, err) < 0)
+                break;
+            json_array_append_new(list, json_integer(cpu));
+        }
+        free(copy);
+        if (err->code != KH_OK || json_array_size(list) == 0) {
+            json_decref(list);
+            if (err->code == KH_OK)
+                kh_err_set(err, KH_E_INVALID, "--cpu-affinity: a list of CPU numbers (0,2,3)");
+            usage_again(ctx, a, err);
+            goto out;
+        }
+        json_object_set_new(limits, "cpu_affinity", list);
     }
     int64_t index = 0;
     if (cli_arg(a, "disk") && cli_parse_int(cli_arg(a, "disk"), 0, 15, "--disk", &index, err)) {

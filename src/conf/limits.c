@@ -119,7 +119,7 @@ static int parse_disk(kh_disk_limits *d, const json_t *obj, size_t i, kh_err *er
 kh_limits *kh_limits_from_json(const json_t *obj, kh_err *err)
 {
     static const char *const keys[] = { "cpu_weight", "cpu_max_percent", "memory_max_mib",
-                                        "disk", NULL };
+                                        "disk", "cpu_affinity", "balloon_mib", NULL };
     if (!json_is_object(obj)) {
         kh_err_set(err, KH_E_INVALID, "limits: must be an object");
         return NULL;
@@ -153,6 +153,38 @@ kh_limits *kh_limits_from_json(const json_t *obj, kh_err *err)
         if (get_uint(v, "limits.memory_max_mib", 16, MEMORY_MAX_MIB, &u, err) < 0)
             goto fail;
         l->memory_max_mib = u;
+    }
+    if ((v = json_object_get(obj, "balloon_mib"))) {
+        if (get_uint(v, "limits.balloon_mib", 16, MEMORY_MAX_MIB, &u, err) < 0)
+            goto fail;
+        l->balloon_mib = u;
+    }
+    if ((v = json_object_get(obj, "cpu_affinity"))) {
+        if (!json_is_array(v) || json_array_size(v) == 0 ||
+            json_array_size(v) > KH_LIMITS_CPU_MAX + 1) {
+            kh_err_set(err, KH_E_INVALID,
+                       "limits.cpu_affinity: must be a non-empty array of host CPU numbers");
+            goto fail;
+        }
+        l->ncpus = json_array_size(v);
+        l->cpus = xcalloc(l->ncpus, sizeof(*l->cpus));
+        for (size_t i = 0; i < l->ncpus; i++) {
+            char field[48];
+            snprintf(field, sizeof(field), "limits.cpu_affinity[%zu]", i);
+            if (get_uint(json_array_get(v, i), field, 0, KH_LIMITS_CPU_MAX, &u, err) < 0)
+                goto fail;
+            /* Kept ascending and unique: insertion sort, duplicates refused. */
+            size_t j = i;
+            while (j > 0 && l->cpus[j - 1] > u) {
+                l->cpus[j] = l->cpus[j - 1];
+                j--;
+            }
+            if (j > 0 && l->cpus[j - 1] == u) {
+                kh_err_set(err, KH_E_INVALID, "%s: CPU %llu appears twice", field, u);
+                goto fail;
+            }
+            l->cpus[j] = (unsigned)u;
+        }
     }
     if ((v = json_object_get(obj, "disk"))) {
         if (!json_is_array(v) || json_array_size(v) > 16) {
@@ -189,6 +221,11 @@ int kh_limits_check(const kh_limits *l, unsigned vcpus, uint64_t memory_mib, siz
                    (unsigned long long)memory_mib);
         return -1;
     }
+    if (l->balloon_mib > memory_mib) {
+        kh_err_set(err, KH_E_INVALID, "limits.balloon_mib: must be at most memory_mib (%llu)",
+                   (unsigned long long)memory_mib);
+        return -1;
+    }
     for (size_t i = 0; i < l->ndisks; i++) {
         if (l->disks[i].index >= ndisks) {
             kh_err_set(err, KH_E_INVALID, "limits.disk[%zu].index: the VM has no disk %u", i,
@@ -217,6 +254,14 @@ json_t *kh_limits_to_json(const kh_limits *l)
         json_object_set_new(o, "cpu_max_percent", json_integer(l->cpu_max_percent));
     if (l->memory_max_mib)
         json_object_set_new(o, "memory_max_mib", json_integer((json_int_t)l->memory_max_mib));
+    if (l->balloon_mib)
+        json_object_set_new(o, "balloon_mib", json_integer((json_int_t)l->balloon_mib));
+    if (l->ncpus) {
+        json_t *arr = json_array();
+        for (size_t i = 0; i < l->ncpus; i++)
+            json_array_append_new(arr, json_integer(l->cpus[i]));
+        json_object_set_new(o, "cpu_affinity", arr);
+    }
     if (l->ndisks) {
         json_t *arr = json_array();
         for (size_t i = 0; i < l->ndisks; i++) {
@@ -240,6 +285,11 @@ kh_limits *kh_limits_dup(const kh_limits *l)
     kh_limits *d = xcalloc(1, sizeof(*d));
     *d = *l;
     d->disks = NULL;
+    d->cpus = NULL;
+    if (l->ncpus) {
+        d->cpus = xcalloc(l->ncpus, sizeof(*d->cpus));
+        memcpy(d->cpus, l->cpus, l->ncpus * sizeof(*d->cpus));
+    }
     if (l->ndisks) {
         d->disks = xcalloc(l->ndisks, sizeof(*d->disks));
         memcpy(d->disks, l->disks, l->ndisks * sizeof(*d->disks));
@@ -252,6 +302,7 @@ void kh_limits_free(kh_limits *l)
     if (!l)
         return;
     free(l->disks);
+    free(l->cpus);
     free(l);
 }
 

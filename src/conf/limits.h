@@ -7,6 +7,9 @@
  *                                   the default; v1 cpu.shares = weight*1024/100)
  *     "cpu_max_percent": 1..100*vcpus   hard cap in percent of one host CPU
  *     "memory_max_mib": N           hard limit of the QEMU cgroup, >= memory_mib
+ *     "cpu_affinity": [0, 2, ...]   host CPUs the vCPU threads may run on
+ *     "balloon_mib": N              balloon target: the RAM the guest keeps,
+ *                                   16..memory_mib (q35 only)
  *     "disk": [ { "index": 0,       the disk (position in "disks")
  *                 "iops_total", "iops_read", "iops_write",
  *                 "bps_total", "bps_read", "bps_write",          (per second)
@@ -26,6 +29,7 @@
 
 #define KH_LIMITS_WEIGHT_MAX 10000
 #define KH_LIMITS_DISK_FIELDS 12
+#define KH_LIMITS_CPU_MAX 1023 /* highest host CPU number accepted */
 
 /* Field order of kh_disk_limits.v: QEMU's block_set_io_throttle names. */
 extern const char *const kh_disk_limit_names[KH_LIMITS_DISK_FIELDS];
@@ -40,6 +44,9 @@ typedef struct kh_limits {
     unsigned cpu_weight;       /* 0 = unset */
     unsigned cpu_max_percent;  /* 0 = unset */
     uint64_t memory_max_mib;   /* 0 = unset */
+    uint64_t balloon_mib;      /* 0 = unset (the balloon stays deflated) */
+    unsigned *cpus;            /* cpu_affinity, ascending; NULL = unset */
+    size_t ncpus;
     kh_disk_limits *disks;
     size_t ndisks;
 } kh_limits;

@@ -442,6 +442,10 @@ static int spec_check_whole(const kh_vm_spec *spec, kh_err *err)
                    graphics_name(spec->graphics));
         return -1;
     }
+    if (spec->limits && spec->limits->balloon_mib && spec->machine != KH_MACHINE_Q35) {
+        kh_err_set(err, KH_E_INVALID, "limits.balloon_mib: only q35 VMs have a balloon");
+        return -1;
+    }
     return kh_limits_check(spec->limits, spec->vcpus, spec->memory_mib, spec->ndisks, err);
 }
 

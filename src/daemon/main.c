@@ -57,6 +57,7 @@ typedef struct options {
     const char *qemu_user;
     const char *web_dir;
     bool metrics_public;
+    const char *alert_rules;
     unsigned sample_interval_ms;
 } options;
 
@@ -72,6 +73,7 @@ static struct daemon {
     kh_storage *storage;
     kh_netmgr *net;
     kh_metrics *metrics;
+    kh_alerts *alerts;
     kh_http_server *http;
     kh_api api;
     kh_cgroups cgroups;
@@ -103,6 +105,7 @@ static void usage(FILE *fp)
             "  --metrics-public    serve GET /metrics on TCP without the token, to\n"
             "                      loopback clients only (127.0.0.0/8, ::1)\n"
             "  --sample-interval-ms N  metrics sampling period (default 10000)\n"
+            "  --alert-rules FILE  alert rules ({\"rules\": [...]}) instead of the defaults\n"
             "  --qemu PATH         QEMU binary (default: $KVMHOST_QEMU or\n"
             "                      qemu-system-x86_64 from PATH)\n"
             "  --qemu-user USER    run QEMU as this user when started as root\n"
@@ -131,7 +134,7 @@ static void die(const char *fmt, ...)
 static void parse_args(int argc, char **argv, options *o)
 {
     enum { O_STATE = 256, O_RUN, O_SOCKET, O_LISTEN, O_CERT, O_KEY, O_LOGF, O_LOGL, O_QEMU,
-           O_QUSER, O_WEB, O_VERSION, O_HELP, O_MPUBLIC, O_SAMPLE };
+           O_QUSER, O_WEB, O_VERSION, O_HELP, O_MPUBLIC, O_SAMPLE, O_ALERTS };
     static const struct option longopts[] = {
         { "state-dir", required_argument, NULL, O_STATE },
         { "run-dir", required_argument, NULL, O_RUN },
@@ -146,6 +149,7 @@ static void parse_args(int argc, char **argv, options *o)
         { "web-dir", required_argument, NULL, O_WEB },
         { "metrics-public", no_argument, NULL, O_MPUBLIC },
         { "sample-interval-ms", required_argument, NULL, O_SAMPLE },
+        { "alert-rules", required_argument, NULL, O_ALERTS },
         { "version", no_argument, NULL, O_VERSION },
         { "help", no_argument, NULL, O_HELP },
         { NULL, 0, NULL, 0 },
@@ -166,6 +170,7 @@ static void parse_args(int argc, char **argv, options *o)
         case O_QUSER: o->qemu_user = optarg; break;
         case O_WEB: o->web_dir = optarg; break;
         case O_MPUBLIC: o->metrics_public = true; break;
+        case O_ALERTS: o->alert_rules = optarg; break;
         case O_SAMPLE: {
             char *end;
             unsigned long ms = strtoul(optarg, &end, 10);
@@ -471,6 +476,10 @@ int main(int argc, char **argv)
         die("%s", err.msg);
 
     d.metrics = kh_metrics_new(d.loop, d.mgr, d.tasks, &d.cgroups, o.sample_interval_ms);
+    d.alerts = kh_alerts_new(d.events);
+    if (o.alert_rules && kh_alerts_load_file(d.alerts, o.alert_rules, &err) < 0)
+        die("--alert-rules %s", err.msg);
+    kh_metrics_set_alerts(d.metrics, d.alerts);
 
     size_t nroutes;
     const kh_route *routes = kh_routes_table(&nroutes);
@@ -482,6 +491,7 @@ int main(int argc, char **argv)
     d.api.events = d.events;
     d.api.storage = d.storage;
     d.api.metrics = d.metrics;
+    d.api.alerts = d.alerts;
     d.api.snapshots = kh_snapshots_new(d.loop, d.mgr, d.storage, d.tasks);
     d.api.started_at = kh_wall_time();
     d.api.host = host_facts(&o, state_dir, run_dir, socket_path);

@@ -30,6 +30,8 @@
  *     -netdev {"type":"tap","id":"net<i>","fd":"<fd>","vhost":true|false[,"vhostfd":"<fd>"]}
  *     -device {"driver":"virtio-net-pci|virtio-net-device","netdev":"net<i>","mac":...,
  *              "id":"net<i>-dev"[,"bus":"pcie.0","addr":"0x14"+i]}
+ *   [-device {"driver":"virtio-balloon-pci","id":"balloon0","bus":"pcie.0",
+ *             "addr":"0x3"}]                                          (q35)
  *   [-chardev socket,id=serial0,fd=<serial_fd>,server=on,wait=off
  *    -device {"driver":"isa-serial","chardev":"serial0","id":"serial0-dev","index":0}]
  *   -display none
@@ -82,6 +84,7 @@
 #define DISK_PCI_SLOT_BASE 0x4
 #define VGA_PCI_SLOT 0x1
 #define NIC_PCI_SLOT_BASE 0x14
+#define BALLOON_PCI_SLOT 0x3
 
 const char *kh_accel_name(kh_accel a)
 {
@@ -585,6 +588,22 @@ static void add_nic(argv_builder *b, const kh_vm_spec *spec, const kh_argv_env *
     add_json(b, "-device", dev);
 }
 
+/* q35 VMs always get a balloon: its target (limits.balloon_mib) and its
+ * statistics can then change on a running VM. */
+static void add_balloon(argv_builder *b, const kh_vm_spec *spec)
+{
+    if (spec->machine != KH_MACHINE_Q35)
+        return;
+    char addr[16];
+    snprintf(addr, sizeof(addr), "0x%x", BALLOON_PCI_SLOT);
+    json_t *dev = json_object();
+    json_object_set_new(dev, "driver", json_string("virtio-balloon-pci"));
+    json_object_set_new(dev, "id", json_string("balloon0"));
+    json_object_set_new(dev, "bus", json_string("pcie.0"));
+    json_object_set_new(dev, "addr", json_string(addr));
+    add_json(b, "-device", dev);
+}
+
 static void add_serial(argv_builder *b, const kh_vm_spec *spec, const kh_argv_env *env)
 {
     if (!spec->serial)
@@ -672,6 +691,7 @@ kh_strv *kh_qemu_argv_build(const kh_vm_spec *spec, const kh_qemu_caps *caps,
         add_disk(&b, spec, caps, env, i);
     for (size_t i = 0; i < spec->nnics; i++)
         add_nic(&b, spec, env, i);
+    add_balloon(&b, spec);
     add_serial(&b, spec, env);
     add_display(&b, spec, env);
 

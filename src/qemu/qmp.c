@@ -451,7 +451,11 @@ static void handle_reply(kh_qmp *qmp, json_t *msg)
     json_t *id = json_object_get(msg, "id");
     /* QEMU echoes our id; a reply without one (a parse error on its side)
      * still belongs to the only command in flight. */
-    if (!c || (id && (!json_is_integer(id) || json_integer_value(id) != c->id))) {
+    /* A reply with a uint64 over INT64_MAX (balloon statistics) is decoded
+     * with every number as a real, our id included. */
+    bool id_ok = !id || (json_is_integer(id) && json_integer_value(id) == c->id) ||
+                 (c && json_is_real(id) && json_real_value(id) == (double)c->id);
+    if (!c || !id_ok) {
         qmp_shutdown_msg(qmp, "protocol error: reply to a command not in flight", 0);
         return;
     }

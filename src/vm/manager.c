@@ -552,11 +552,69 @@ static void on_throttle_reply(kh_qmp *q, json_t *ret, const kh_err *err, void *o
     (void)ret;
     vm *v = link_vm(opaque);
     if (v && err) {
-        kh_log(KH_LOG_WARN, "vm.limits", "vm=%s error=\"block_set_io_throttle: %s\"",
-               v->spec->name, err->msg);
+        kh_log(KH_LOG_WARN, "vm.limits", "vm=%s error=\"%s\"", v->spec->name, err->msg);
         kh_events_publish(v->mgr->events, "vm.limits_failed", v->spec->name,
                           json_pack("{s:s}", "message", err->msg));
     }
+}
+
+static void on_cpus_pin(kh_qmp *q, json_t *ret, const kh_err *err, void *opaque)
+{
+    (void)q;
+    vm *v = link_vm(opaque);
+    if (!v || v->pid <= 0)
+        return;
+    kh_err e = KH_ERR_INIT;
+    pid_t tids[256];
+    size_t n = err ? 0 : kh_quota_vcpu_threads(ret, tids, KH_ARRAY_LEN(tids));
+    if (err)
+        kh_err_set(&e, KH_E_QEMU, "query-cpus-fast: %s", err->msg);
+    else if (kh_quota_pin(v->pid, tids, n, v->spec->limits, &e) == 0)
+        return;
+    kh_log(KH_LOG_WARN, "vm.limits", "vm=%s error=\"%s\"", v->spec->name, e.msg);
+    kh_events_publish(v->mgr->events, "vm.limits_failed", v->spec->name,
+                      json_pack("{s:s}", "message", e.msg));
+}
+
+/* vCPU pinning: ask QEMU for its vCPU threads, then pin them. */
+static void send_pinning(vm *v)
+{
+    kh_err e = KH_ERR_INIT;
+    if (v->qmp && kh_qmp_command(v->qmp, "query-cpus-fast", NULL, on_cpus_pin, v->qlink, &e) < 0)
+        kh_log(KH_LOG_WARN, "vm.limits", "vm=%s error=\"%s\"", v->spec->name, e.msg);
+}
+
+/* The balloon target (q35 only): limits.balloon_mib, or all of the guest's
+ * memory when unset. At start the statistics are switched on too. */
+static void send_balloon(vm *v, bool starting)
+{
+    if (v->spec->machine != KH_MACHINE_Q35 || !v->qmp)
+        return;
+    kh_err e = KH_ERR_INIT;
+    if (starting)
+        (void)kh_qmp_command(v->qmp, "qom-set",
+                             json_pack("{s:s, s:s, s:i}", "path", "/machine/peripheral/balloon0",
+                                       "property", "guest-stats-polling-interval", "value", 10),
+                             on_throttle_reply, v->qlink, &e);
+    uint64_t mib = v->spec->limits && v->spec->limits->balloon_mib ? v->spec->limits->balloon_mib
+                                                                    : v->spec->memory_mib;
+    if (starting && mib == v->spec->memory_mib)
+        return; /* a fresh balloon is deflated already */
+    json_int_t bytes = (json_int_t)mib * 1048576; /* mib <= 16 TiB: no overflow */
+    if (kh_qmp_command(v->qmp, "balloon", json_pack("{s:I}", "value", bytes),
+                       on_throttle_reply, v->qlink, &e) < 0)
+        kh_log(KH_LOG_WARN, "vm.limits", "vm=%s error=\"%s\"", v->spec->name, e.msg);
+}
+
+static uint64_t balloon_of(const kh_limits *l)
+{
+    return l ? l->balloon_mib : 0;
+}
+
+static bool same_affinity(const kh_limits *a, const kh_limits *b)
+{
+    size_t na = a ? a->ncpus : 0, nb = b ? b->ncpus : 0;
+    return na == nb && (na == 0 || memcmp(a->cpus, b->cpus, na * sizeof(*a->cpus)) == 0);
 }
 
 /* Disk limits through QMP, for each disk whose limits differ from old (old
@@ -602,6 +660,9 @@ static void on_qmp_ready(kh_qmp *q, const kh_err *err, void *opaque)
         if (v->task)
             kh_task_progress(v->task, 80, "starting vCPUs");
         send_throttles(v, NULL); /* queued before cont: the guest never runs unthrottled */
+        if (v->spec->limits && v->spec->limits->ncpus)
+            send_pinning(v);
+        send_balloon(v, true);
         qmp_send(v, "cont", on_cont);
     }
 }
@@ -928,8 +989,15 @@ static void start_spawn(vm *v, const char *kernel_file)
     if (mgr->cfg.cgroups && mgr->cfg.cgroups->version &&
         kh_cgroups_vm_create(mgr->cfg.cgroups, v->id, &err) < 0)
         goto fail;
-    if (kh_quota_apply_cgroup(mgr->cfg.cgroups, v->id, v->spec->limits, &err) < 0)
-        goto fail;
+    /* Limits must hold from the first instruction; without limits the
+     * defaults are written best-effort (a cgroup left over from an earlier
+     * run may still carry old values). */
+    if (v->spec->limits) {
+        if (kh_quota_apply_cgroup(mgr->cfg.cgroups, v->id, v->spec->limits, &err) < 0)
+            goto fail;
+    } else {
+        (void)kh_quota_apply_cgroup(mgr->cfg.cgroups, v->id, NULL, NULL);
+    }
 
     kh_process_fd pfds[KH_ARRAY_LEN(fds)];
     size_t npfds = 0;
@@ -1735,6 +1803,7 @@ json_t *kh_manager_create(kh_manager *mgr, const json_t *body, kh_err *err)
     char id[37];
     kh_uuid_generate(id);
     if (check_files(spec, err) < 0 || check_volumes(mgr, spec, err) < 0 ||
+        kh_quota_check_host(spec->limits, err) < 0 ||
         nics_prepare(mgr, id, spec, err) < 0) {
         kh_vm_spec_free(spec);
         return NULL;
@@ -1790,7 +1859,9 @@ json_t *kh_manager_patch(kh_manager *mgr, const char *name, const json_t *patch,
     }
     kh_vm_spec *next = kh_vm_spec_dup(v->spec);
     if (kh_vm_spec_patch(next, patch, err) < 0 || check_files(next, err) < 0 ||
-        check_volumes(mgr, next, err) < 0 || nics_prepare(mgr, v->id, next, err) < 0) {
+        check_volumes(mgr, next, err) < 0 ||
+        kh_quota_check_host(next->limits, err) < 0 ||
+        nics_prepare(mgr, v->id, next, err) < 0) {
         kh_vm_spec_free(next);
         return NULL;
     }
@@ -1818,6 +1889,10 @@ json_t *kh_manager_patch(kh_manager *mgr, const char *name, const json_t *patch,
     sync_bindings(mgr);
     if (live_limits) {
         send_throttles(v, prev->limits);
+        if (!same_affinity(prev->limits, v->spec->limits))
+            send_pinning(v);
+        if (balloon_of(prev->limits) != balloon_of(v->spec->limits))
+            send_balloon(v, false);
         kh_log(KH_LOG_INFO, "vm.limits", "vm=%s live=true", name);
     }
     kh_vm_spec_free(prev);

@@ -16,6 +16,7 @@
 #include "util/misc.h"
 #include "util/prom.h"
 #include "util/series.h"
+#include "vm/alert.h"
 
 #define HISTORY_SECONDS 3600.0
 #define HISTORY_MAX 3600
@@ -52,6 +53,8 @@ typedef struct vm_entry {
     size_t ndisks;
     pid_t vcpu_tids[VCPUS_MAX];
     size_t nvcpus;
+    double balloon_actual;   /* bytes, 0 = unknown */
+    double guest_total, guest_free, guest_avail; /* balloon statistics, 0 = unknown */
     /* previous sample, for rates */
     double last_t, last_cpu, last_rd, last_wr, last_rdo, last_wro;
     kh_series *hist;
@@ -75,6 +78,7 @@ struct kh_metrics {
     uv_loop_t *loop;
     kh_manager *mgr;
     kh_tasks *tasks;
+    kh_alerts *alerts;       /* optional, borrowed */
     const kh_cgroups *cg;
     uv_timer_t *timer;
     unsigned interval_ms;
@@ -293,6 +297,7 @@ static vm_entry *entry_sync(kh_metrics *m, const kh_vm_info *info)
         e->ndisks = 0;
         e->nvcpus = 0;
         e->last_t = 0;
+        e->balloon_actual = e->guest_total = e->guest_free = e->guest_avail = 0;
     }
     e->seen = true;
     return e;
@@ -300,7 +305,7 @@ static vm_entry *entry_sync(kh_metrics *m, const kh_vm_info *info)
 
 /* ---- QMP replies ---- */
 
-enum { Q_BLOCKSTATS, Q_CPUS };
+enum { Q_BLOCKSTATS, Q_CPUS, Q_BALLOON, Q_GSTATS };
 
 typedef struct qmp_req {
     kh_metrics *m;
@@ -375,10 +380,21 @@ static void on_qmp_reply(kh_qmp *q, json_t *ret, const kh_err *err, void *opaque
     m->pending--;
     vm_entry *e = m->dead ? NULL : entry_find(m, r->id);
     if (e && !err && e->pid == r->pid) {
-        if (r->kind == Q_BLOCKSTATS)
+        if (r->kind == Q_BLOCKSTATS) {
             on_blockstats(e, ret);
-        else
+        } else if (r->kind == Q_CPUS) {
             on_cpus(e, ret);
+        } else if (r->kind == Q_BALLOON) {
+            e->balloon_actual = jnum(ret, "actual");
+        } else {
+            /* -1 means "not reported yet" in QEMU's stats. */
+            const json_t *st = json_object_get(ret, "stats");
+            double t = jnum(st, "stat-total-memory"), f = jnum(st, "stat-free-memory"),
+                   a = jnum(st, "stat-available-memory");
+            e->guest_total = t > 0 ? t : 0;
+            e->guest_free = f > 0 ? f : 0;
+            e->guest_avail = a > 0 ? a : 0;
+        }
     }
     free(r);
     if (m->dead && m->pending == 0)
@@ -393,7 +409,12 @@ static void ask(kh_metrics *m, const vm_entry *e, const char *cmd, int kind)
     r->pid = e->pid;
     r->kind = kind;
     kh_err err = KH_ERR_INIT;
-    json_t *args = kind == Q_BLOCKSTATS ? json_pack("{s:b}", "query-nodes", 0) : NULL;
+    json_t *args = NULL;
+    if (kind == Q_BLOCKSTATS)
+        args = json_pack("{s:b}", "query-nodes", 0);
+    else if (kind == Q_GSTATS)
+        args = json_pack("{s:s, s:s}", "path", "/machine/peripheral/balloon0", "property",
+                         "guest-stats");
     if (kh_manager_qmp(m->mgr, e->id, cmd, args, on_qmp_reply, r, &err) < 0) {
         free(r);
         return;
@@ -424,6 +445,10 @@ static void sample_vm(const kh_vm_info *info, void *opaque)
         ask(m, e, "query-blockstats", Q_BLOCKSTATS);
         if (e->nvcpus == 0)
             ask(m, e, "query-cpus-fast", Q_CPUS);
+        if (info->spec->machine == KH_MACHINE_Q35) {
+            ask(m, e, "query-balloon", Q_BALLOON);
+            ask(m, e, "qom-get", Q_GSTATS);
+        }
     }
     double now = kh_wall_time();
     double cpu = 0, mem = 0, limit = 0, rd, wr, rdo, wro;
@@ -444,6 +469,22 @@ static void sample_vm(const kh_vm_info *info, void *opaque)
         row[VF_RD_IOPS] = rdo >= e->last_rdo ? (rdo - e->last_rdo) / dt : 0;
         row[VF_WR_IOPS] = wro >= e->last_wro ? (wro - e->last_wro) / dt : 0;
         kh_series_push(e->hist, now, row);
+        if (m->alerts) {
+            /* Saturation: use over capacity (vCPUs, or the CPU cap when lower). */
+            double cap = 100.0 * info->spec->vcpus;
+            if (info->spec->limits && info->spec->limits->cpu_max_percent &&
+                info->spec->limits->cpu_max_percent < cap)
+                cap = info->spec->limits->cpu_max_percent;
+            const char *fields[VF_N + 1];
+            double vals[VF_N + 1];
+            for (size_t k = 0; k < VF_N; k++) {
+                fields[k] = vm_fields[k];
+                vals[k] = row[k];
+            }
+            fields[VF_N] = "cpu_saturation_percent";
+            vals[VF_N] = row[VF_CPU] / cap * 100;
+            kh_alerts_feed(m->alerts, info->name, fields, vals, VF_N + 1, now);
+        }
     }
     e->last_t = now;
     e->last_cpu = cpu;
@@ -458,6 +499,8 @@ static void sample(kh_metrics *m)
     uint64_t t0 = uv_hrtime();
     for (vm_entry *e = m->vms; e; e = e->next)
         e->seen = false;
+    if (m->alerts)
+        kh_alerts_begin(m->alerts);
     kh_manager_foreach(m->mgr, sample_vm, m);
     /* Forget deleted VMs. */
     for (vm_entry **pp = &m->vms; *pp;) {
@@ -491,8 +534,22 @@ static void sample(kh_metrics *m)
     unsigned total_vms, running;
     kh_manager_counts(m->mgr, &total_vms, &running);
     row[HF_RUNNING] = running;
-    if (m->last_host_t > 0)
+    if (m->last_host_t > 0) {
         kh_series_push(m->host_hist, now, row);
+        if (m->alerts) {
+            const char *fields[HF_N + 1];
+            double vals[HF_N + 1];
+            for (size_t k = 0; k < HF_N; k++) {
+                fields[k] = host_fields[k];
+                vals[k] = row[k];
+            }
+            fields[HF_N] = "memory_used_percent";
+            vals[HF_N] = mt > 0 ? (mt - ma) / mt * 100 : 0;
+            kh_alerts_feed(m->alerts, NULL, fields, vals, HF_N + 1, now);
+        }
+    }
+    if (m->alerts)
+        kh_alerts_end(m->alerts, now);
     m->last_host_t = now;
     m->samples++;
     m->sample_seconds += (double)(uv_hrtime() - t0) / 1e9;
@@ -550,6 +607,11 @@ void kh_metrics_free(kh_metrics *m)
     m->dead = true;
     if (m->pending == 0)
         metrics_destroy(m);
+}
+
+void kh_metrics_set_alerts(kh_metrics *m, kh_alerts *alerts)
+{
+    m->alerts = alerts;
 }
 
 void kh_metrics_set_accel(kh_metrics *m, const char *accel)
@@ -670,6 +732,15 @@ static void emit_vm(const kh_vm_info *info, void *opaque)
         vm_entry *e = entry_find(m, info->id);
         if (!e || e->pid != info->pid)
             return;
+        if (strncmp(f, "kvmhost_vm_balloon_", 19) == 0 || strncmp(f, "kvmhost_vm_guest_", 17) == 0) {
+            double v = strcmp(f, "kvmhost_vm_balloon_actual_bytes") == 0 ? e->balloon_actual
+                       : strcmp(f, "kvmhost_vm_guest_memory_total_bytes") == 0 ? e->guest_total
+                       : strcmp(f, "kvmhost_vm_guest_memory_free_bytes") == 0 ? e->guest_free
+                                                                              : e->guest_avail;
+            if (v > 0)
+                kh_prom_sample(p, f, l, v);
+            return;
+        }
         if (strcmp(f, "kvmhost_vm_vcpu_seconds_total") == 0) {
             for (size_t i = 0; i < e->nvcpus; i++) {
                 double s;
@@ -718,6 +789,11 @@ static const struct {
     { "kvmhost_vm_memory_limit_bytes", "gauge", "Memory limit of the VM's cgroup" },
     { "kvmhost_vm_cpu_max_ratio", "gauge", "CPU cap in host CPUs (limits.cpu_max_percent/100)" },
     { "kvmhost_vm_rss_bytes", "gauge", "Resident memory of the VM's QEMU" },
+    { "kvmhost_vm_balloon_actual_bytes", "gauge", "Guest RAM left by the balloon (query-balloon)" },
+    { "kvmhost_vm_guest_memory_total_bytes", "gauge", "Guest-reported total memory (balloon stats)" },
+    { "kvmhost_vm_guest_memory_free_bytes", "gauge", "Guest-reported free memory (balloon stats)" },
+    { "kvmhost_vm_guest_memory_available_bytes", "gauge",
+      "Guest-reported available memory (balloon stats)" },
     { "kvmhost_vm_uptime_seconds", "gauge", "Seconds since the VM started" },
     { "kvmhost_vm_qmp_rtt_seconds", "gauge", "Round trip of the last QMP command" },
     { "kvmhost_vm_disk_read_bytes_total", "counter", "Bytes read by the guest, per disk" },
@@ -788,7 +864,7 @@ char *kh_metrics_render(kh_metrics *m, size_t *len)
     kh_prom_family(p, "kvmhost_http_requests_total", "counter",
                    "API requests by method, route and status");
     for (size_t i = 0; i < m->nreqs; i++) {
-        char code[8];
+        char code[16];
         snprintf(code, sizeof(code), "%u", m->reqs[i].status);
         const char *l[] = { "method", m->reqs[i].method, "route", m->reqs[i].route, "code",
                             code, NULL };

@@ -19,6 +19,7 @@
 
 #include "host/cgroup.h"
 #include "util/err.h"
+#include "vm/alert.h"
 #include "vm/manager.h"
 #include "vm/task.h"
 
@@ -31,6 +32,8 @@ kh_metrics *kh_metrics_new(uv_loop_t *loop, kh_manager *mgr, kh_tasks *tasks,
 /* Stop sampling and free (later, once QMP replies in flight have come back:
  * the loop must run). NULL is fine. */
 void kh_metrics_free(kh_metrics *m);
+/* Feed every sampling round to these alert rules (borrowed; NULL: none). */
+void kh_metrics_set_alerts(kh_metrics *m, kh_alerts *alerts);
 /* The accelerator VMs run under ("kvm", "tcg", "probing"); copied. */
 void kh_metrics_set_accel(kh_metrics *m, const char *accel);
 /* One finished API request (the HTTP server's hook). route is the route

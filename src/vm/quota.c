@@ -2,6 +2,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <sched.h>
 #include <stdio.h>
 #include <string.h>
 #include <unistd.h>
@@ -102,6 +103,55 @@ int kh_quota_apply_cgroup(const kh_cgroups *cg, const char *vm_id, const kh_limi
         return 0;
     }
     return cg->version == 2 ? apply_v2(cg, vm_id, l, err) : apply_v1(cg, vm_id, l, err);
+}
+
+int kh_quota_check_host(const kh_limits *l, kh_err *err)
+{
+    long n = sysconf(_SC_NPROCESSORS_CONF);
+    for (size_t i = 0; l && i < l->ncpus; i++) {
+        if (n > 0 && l->cpus[i] >= (unsigned long)n) {
+            kh_err_set(err, KH_E_INVALID,
+                       "limits.cpu_affinity: the host has no CPU %u (CPUs 0 to %ld)",
+                       l->cpus[i], n - 1);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+int kh_quota_pin(pid_t pid, const pid_t *tids, size_t n, const kh_limits *l, kh_err *err)
+{
+    cpu_set_t set;
+    CPU_ZERO(&set);
+    if (l && l->ncpus) {
+        for (size_t i = 0; i < l->ncpus; i++)
+            if (l->cpus[i] < CPU_SETSIZE)
+                CPU_SET(l->cpus[i], &set);
+    } else {
+        long ncpu = sysconf(_SC_NPROCESSORS_CONF);
+        for (long c = 0; c < ncpu && c < CPU_SETSIZE; c++)
+            CPU_SET((size_t)c, &set);
+    }
+    for (size_t i = 0; i < n; i++) {
+        if (sched_setaffinity(tids[i], sizeof(set), &set) < 0) {
+            kh_err_set(err, errno == EINVAL ? KH_E_INVALID : KH_E_INTERNAL,
+                       "cannot pin vCPU thread %d of QEMU %d: %s", (int)tids[i], (int)pid,
+                       strerror(errno));
+            return -1;
+        }
+    }
+    return 0;
+}
+
+size_t kh_quota_vcpu_threads(const json_t *reply, pid_t *tids, size_t max)
+{
+    size_t n = 0;
+    for (size_t i = 0; i < json_array_size(reply) && n < max; i++) {
+        const json_t *tid = json_object_get(json_array_get(reply, i), "thread-id");
+        if (json_is_integer(tid) && json_integer_value(tid) > 0)
+            tids[n++] = (pid_t)json_integer_value(tid);
+    }
+    return n;
 }
 
 json_t *kh_quota_throttle_args(unsigned index, bool pci, const kh_disk_limits *d)

@@ -7,6 +7,8 @@
  *   memory   v2 memory.max            v1 memory.limit_in_bytes
  * An unset limit writes the kernel's default (100 / 1024, "max" / -1), so
  * removing a limit on a running VM takes effect too.
+ * cpu_affinity pins every vCPU thread (sched_setaffinity on the thread ids
+ * QEMU reports in query-cpus-fast), at start before `cont` and live.
  * Disk limits go to QEMU: block_set_io_throttle on the disk's device
  * "disk<i>-dev" (the argv builder's ids; on q35 its virtio-backend child),
  * at start before `cont` and live.
@@ -16,6 +18,7 @@
 
 #include <jansson.h>
 #include <stdbool.h>
+#include <sys/types.h>
 
 #include "conf/limits.h"
 #include "host/cgroup.h"
@@ -27,6 +30,14 @@
  * or memory limit, else KH_E_UNSUPPORTED. */
 int kh_quota_apply_cgroup(const kh_cgroups *cg, const char *vm_id, const kh_limits *l,
                           kh_err *err);
+/* The host has every CPU of l's cpu_affinity (KH_E_INVALID if not). */
+int kh_quota_check_host(const kh_limits *l, kh_err *err);
+/* Pin threads (the vCPU threads of QEMU pid) to l's cpu_affinity, or to
+ * every CPU when l has none. Returns 0, or -1 with err set. */
+int kh_quota_pin(pid_t pid, const pid_t *tids, size_t n, const kh_limits *l, kh_err *err);
+/* The thread ids in a query-cpus-fast reply (at most max). */
+size_t kh_quota_vcpu_threads(const json_t *reply, pid_t *tids, size_t max);
+
 /* The arguments of block_set_io_throttle for disk index (d NULL: no limits);
  * pci: the disk is a virtio-blk-pci (q35), else a virtio-blk-device. A new
  * object. */

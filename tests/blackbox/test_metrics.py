@@ -212,6 +212,16 @@ def test_cli_vm_limit_and_top(qd, fake_boot):
     assert p.returncode != 0 and "cpu_max_percent" in p.stderr, p
     p = khlib.cli(qd, "vm", "limit", "clim", "--cpu-max", "abc")
     assert p.returncode == 2 and "--cpu-max" in p.stderr, p
+    p = khlib.cli(qd, "vm", "limit", "clim", "--balloon", "256M", json_out=True)
+    assert p.returncode == 0 and json.loads(p.stdout)["balloon_mib"] == 256, p
+    p = khlib.cli(qd, "vm", "limit", "clim", "--balloon", "none", json_out=True)
+    assert p.returncode == 0 and "balloon_mib" not in json.loads(p.stdout), p
+    p = khlib.cli(qd, "vm", "limit", "clim", "--cpu-affinity", "0", json_out=True)
+    assert p.returncode == 0 and json.loads(p.stdout)["cpu_affinity"] == [0], p
+    p = khlib.cli(qd, "vm", "limit", "clim", "--cpu-affinity", "0,x")
+    assert p.returncode == 2 and "--cpu-affinity" in p.stderr, p
+    p = khlib.cli(qd, "vm", "limit", "clim", "--cpu-affinity", "none", json_out=True)
+    assert p.returncode == 0 and "cpu_affinity" not in json.loads(p.stdout), p
     p = khlib.cli(qd, "vm", "limit", "clim", "--disk-iops", "10")
     assert p.returncode != 0 and "no disk 0" in p.stderr, p
     p = khlib.cli(qd, "vm", "top", "--once", "--all")
@@ -228,6 +238,45 @@ def test_cli_vm_limit_and_top(qd, fake_boot):
     assert j["vms"]["clim"]["state"] == "stopped" and "memory_total_bytes" in j["host"], j
     p = khlib.cli(qd, "vm", "top", "--once", "--sort", "bogus")
     assert p.returncode == 2, p
+
+
+def rule_of(e):
+    return (e.get("data") or {}).get("data", {}).get("rule")
+
+
+def test_alert_rules_fire_and_resolve(qd):
+    api = qd.api
+    names = [r["name"] for r in api.get("/api/v1/alerts").json["rules"]]
+    assert names == ["host_memory_high", "vm_cpu_saturated"], names
+    bad = [
+        {"rules": [{"name": "x", "scope": "host", "metric": "nope", "op": ">", "threshold": 1}]},
+        {"rules": [{"name": "x", "scope": "host", "metric": "load1", "op": "~", "threshold": 1}]},
+        {"rules": "all"},
+        {},
+    ]
+    for b in bad:
+        r = api.request("PUT", "/api/v1/alerts/rules", b)
+        assert r.status == 400, (b, r)
+    assert [r["name"] for r in api.get("/api/v1/alerts").json["rules"]] == names
+    sse = khlib.SSE(qd.socket)
+    try:
+        rule = {"name": "load_any", "scope": "host", "metric": "load1", "op": ">=",
+                "threshold": 0, "for_seconds": 0}
+        r = api.request("PUT", "/api/v1/alerts/rules", {"rules": [rule]})
+        assert r.status == 200 and r.json["rules"][0]["name"] == "load_any", r
+        ev = sse.read_until(lambda e: e.get("event") == "alert.firing"
+                            and rule_of(e) == "load_any", timeout=10)
+        assert ev, "no alert.firing event"
+        assert ev["data"]["vm"] is None and ev["data"]["data"]["value"] >= 0, ev
+        act = api.get("/api/v1/alerts").json["active"]
+        assert act and act[0]["rule"] == "load_any" and act[0]["state"] == "firing", act
+        r = api.request("PUT", "/api/v1/alerts/rules", {"rules": []})
+        assert r.status == 200 and r.json == {"rules": [], "active": []}, r
+        ev = sse.read_until(lambda e: e.get("event") == "alert.resolved"
+                            and rule_of(e) == "load_any", timeout=10)
+        assert ev, "no alert.resolved event"
+    finally:
+        sse.close()
 
 
 # --------------------------------------------------------------------------
@@ -314,8 +363,12 @@ def cpu_rate(api, name, seconds=3.0):
 
 
 @pytest.mark.slow
-def test_busy_guest_cpu_cap_and_iops_cap(daemons, guest, consoles):
-    d = daemons(extra_args=["--sample-interval-ms", "1000"])
+def test_busy_guest_cpu_cap_and_iops_cap(daemons, guest, consoles, workdir):
+    rules = os.path.join(workdir, "rules.json")
+    with open(rules, "w") as f:
+        json.dump({"rules": [{"name": "vm_busy", "scope": "vm", "metric": "cpu_percent",
+                              "op": ">", "threshold": 30, "for_seconds": 2}]}, f)
+    d = daemons(extra_args=["--sample-interval-ms", "1000", "--alert-rules", rules])
     api = d.api
     work = d.base + "/w"
     os.makedirs(work)
@@ -351,9 +404,8 @@ def test_busy_guest_cpu_cap_and_iops_cap(daemons, guest, consoles):
         m_ = c.run("t0=$(cut -d' ' -f1 /proc/uptime); dd if=/dev/vda of=/dev/null bs=4096 "
                    "count=100 skip=%d iflag=direct 2>/dev/null; t1=$(cut -d' ' -f1 /proc/uptime);"
                    " echo kh-$((%%d+1)) dd=$t0,$t1" % skip, timeout=90, retries=1)
-        tail = c.text()[m_.start():]
-        mm = re.search(r"dd=([\d.]+),([\d.]+)", tail)
-        assert mm, tail[-300:]
+        # the marker may arrive before the rest of its line
+        mm = c.wait_for(r"dd=([\d.]+),([\d.]+)\r?\n", timeout=10, start=m_.start())
         return float(mm.group(2)) - float(mm.group(1))
 
     capped = timed_dd(1000)
@@ -378,7 +430,11 @@ def test_busy_guest_cpu_cap_and_iops_cap(daemons, guest, consoles):
     # A busy guest: CPU seconds rise.
     c.run("while :; do :; done & echo kh-$((%d+1))", timeout=30)
     busy = cpu_rate(api, "busy")
-    assert busy > 0.3, "busy guest used only %.2f CPU" % busy
+    assert busy > 0.25, "busy guest used only %.2f CPU" % busy
+    sse = khlib.SSE(d.socket, path="/api/v1/events?since=0")
+    ev = sse.read_until(lambda e: e.get("event") == "alert.firing" and rule_of(e) == "vm_busy",
+                        timeout=15)
+    assert ev and ev["data"]["vm"] == "busy" and ev["data"]["data"]["value"] > 30, ev
 
     # CPU cap 20%, live: the cgroup file and the counters both show it.
     r = api.patch("/api/v1/vms/busy", {"limits": {"cpu_max_percent": 20}})
@@ -392,6 +448,10 @@ def test_busy_guest_cpu_cap_and_iops_cap(daemons, guest, consoles):
     capped_cpu = cpu_rate(api, "busy")
     print("figures: busy guest %.2f CPU, with cpu_max_percent=20 %.2f CPU" % (busy, capped_cpu))
     assert 0.05 <= capped_cpu <= 0.30, "with a 20%% cap the VM used %.2f CPU" % capped_cpu
+    ev = sse.read_until(lambda e: e.get("event") == "alert.resolved" and rule_of(e) == "vm_busy",
+                        timeout=15)
+    sse.close()
+    assert ev and ev["data"]["vm"] == "busy" and ev["data"]["data"]["value"] <= 30, ev
 
     # History: the sampler saw it (cpu_percent column) and vm top lists it.
     h = api.get("/api/v1/vms/busy/metrics?range=120").json
@@ -400,6 +460,66 @@ def test_busy_guest_cpu_cap_and_iops_cap(daemons, guest, consoles):
     assert 5 <= h["samples"][-1][cpu_col] <= 35, h["samples"][-3:]
     p = khlib.cli(d, "vm", "top", "--once")
     assert p.returncode == 0 and re.search(r"^busy\s+running\s+\d", p.stdout, re.M), p
+
+    # vCPU pinning, live: every vCPU thread ("CPU n/TCG" or "CPU n/KVM") may
+    # run on CPU 0 only; removing it lets them run anywhere again.
+    def vcpu_allowed(pid):
+        out = []
+        for tid in os.listdir("/proc/%d/task" % pid):
+            with open("/proc/%d/task/%s/comm" % (pid, tid)) as f:
+                if not f.read().startswith("CPU "):
+                    continue
+            with open("/proc/%d/task/%s/status" % (pid, tid)) as f:
+                out += [ln.split(":", 1)[1].strip() for ln in f
+                        if ln.startswith("Cpus_allowed_list:")]
+        return out
+    pid = api.vm("busy")["pid"]
+    r = api.patch("/api/v1/vms/busy", {"limits": {"cpu_affinity": [0]}})
+    assert r.status == 200 and r.json["limits"]["cpu_affinity"] == [0], r
+    deadline = time.time() + 10
+    while time.time() < deadline and vcpu_allowed(pid) != ["0"]:
+        time.sleep(0.2)
+    assert vcpu_allowed(pid) == ["0"], vcpu_allowed(pid)
+    r = api.patch("/api/v1/vms/busy", {"limits": {"cpu_affinity": [os.cpu_count()]}})
+    assert r.status == 400 and "no CPU" in r.error["message"], r
+    r = api.patch("/api/v1/vms/busy", {"limits": {"cpu_affinity": None}})
+    assert r.status == 200, r
+    deadline = time.time() + 10
+    while time.time() < deadline and vcpu_allowed(pid) == ["0"]:
+        time.sleep(0.2)
+    assert vcpu_allowed(pid) != ["0"] and os.cpu_count() > 1, vcpu_allowed(pid)
+
+    # Balloon: the guest gives back memory (its MemTotal shrinks), QEMU
+    # reports the new size, and deflating gives it back.
+    def guest_memtotal_kib():
+        m_ = c.run("grep MemTotal /proc/meminfo; echo kh-$((%d+1))", timeout=30)
+        mm = re.findall(r"MemTotal:\s+(\d+) kB", c.text()[:m_.start()])
+        assert mm, c.text()[-500:]
+        return int(mm[-1])
+    before = guest_memtotal_kib()
+    r = api.patch("/api/v1/vms/busy", {"limits": {"balloon_mib": 96}})
+    assert r.status == 200 and r.json["limits"]["balloon_mib"] == 96, r
+    deadline = time.time() + 30
+    actual = None
+    while time.time() < deadline:
+        m = parse_prom(api.get("/metrics").text)
+        actual = sample(m, "kvmhost_vm_balloon_actual_bytes", vm="busy")
+        if actual is not None and actual <= 96 * khlib.MIB:
+            break
+        time.sleep(0.5)
+    assert actual is not None and actual <= 96 * khlib.MIB, actual
+    after = guest_memtotal_kib()
+    print("figures: guest MemTotal %d KiB, with balloon_mib=96 (of 128) %d KiB"
+          % (before, after))
+    assert after <= before - 24 * 1024, (before, after)
+    assert sample(m, "kvmhost_vm_guest_memory_total_bytes", vm="busy") is None or \
+        sample(m, "kvmhost_vm_guest_memory_total_bytes", vm="busy") > 0
+    r = api.patch("/api/v1/vms/busy", {"limits": {"balloon_mib": None}})
+    assert r.status == 200, r
+    deadline = time.time() + 30
+    while time.time() < deadline and guest_memtotal_kib() < before - 1024:
+        time.sleep(0.5)
+    assert guest_memtotal_kib() >= before - 1024
 
     # Removing the cap lifts it.
     r = api.patch("/api/v1/vms/busy", {"limits": {"cpu_max_percent": None}})

@@ -43,7 +43,7 @@ die() { echo "guest: error: $*" >&2; exit 1; }
 # Modules the guest loads, as module names; dependencies are added from
 # each module's own .modinfo "depends=" and loaded first. crc32c_generic
 # stands for ext4/jbd2's "softdep pre: crypto-crc32c".
-wanted_modules=(crc32c_generic virtio_pci virtio_mmio virtio_blk virtio_net ext4)
+wanted_modules=(crc32c_generic virtio_pci virtio_mmio virtio_blk virtio_net virtio_balloon ext4)
 
 need_tools() {
     local missing=() t pkg

@@ -2,6 +2,8 @@
  * history ring, limit validation, and the quota writers on a cgroup tree
  * made in a temp dir. */
 #include <math.h>
+#include <sched.h>
+#include <sys/syscall.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -15,6 +17,7 @@
 #include "util/mem.h"
 #include "util/prom.h"
 #include "util/series.h"
+#include "vm/alert.h"
 #include "vm/quota.h"
 
 static void test_prom_values(void)
@@ -174,6 +177,25 @@ static void test_limits_validation(void)
               "limits.disk[0].rate: unknown field");
     CHECK_STR(spec_err(SPEC("{\"disk\":{}}")),
               "limits.disk: must be an array of at most 16 objects");
+    CHECK_STR(spec_err(SPEC("{\"cpu_affinity\":[1,0,3]}")), "");
+    CHECK_STR(spec_err(SPEC("{\"balloon_mib\":128}")), "");
+    CHECK_STR(spec_err(SPEC("{\"balloon_mib\":257}")),
+              "limits.balloon_mib: must be at most memory_mib (256)");
+    CHECK_STR(spec_err(SPEC("{\"balloon_mib\":8}")),
+              "limits.balloon_mib: must be an integer between 16 and 16777216");
+    CHECK_STR(spec_err("{\"name\":\"a\",\"machine\":\"microvm\",\"boot\":{\"kernel\":\"/k\"},"
+                       "\"limits\":{\"balloon_mib\":64}}"),
+              "limits.balloon_mib: only q35 VMs have a balloon");
+    CHECK_STR(spec_err(SPEC("{\"cpu_affinity\":[]}")),
+              "limits.cpu_affinity: must be a non-empty array of host CPU numbers");
+    CHECK_STR(spec_err(SPEC("{\"cpu_affinity\":[0,2,0]}")),
+              "limits.cpu_affinity[2]: CPU 0 appears twice");
+    CHECK_STR(spec_err(SPEC("{\"cpu_affinity\":[1024]}")),
+              "limits.cpu_affinity[0]: must be an integer between 0 and 1023");
+    CHECK_STR(spec_err(SPEC("{\"cpu_affinity\":[-1]}")),
+              "limits.cpu_affinity[0]: must be an integer between 0 and 1023");
+    CHECK_STR(spec_err(SPEC("{\"cpu_affinity\":\"0-3\"}")),
+              "limits.cpu_affinity: must be a non-empty array of host CPU numbers");
 }
 
 static void test_limits_patch(void)
@@ -209,6 +231,31 @@ static void test_limits_patch(void)
     CHECK_STR(text, "{\"cpu_max_percent\":20,\"memory_max_mib\":512}");
     free(text);
     json_decref(out);
+    /* cpu_affinity is kept sorted, and survives dup. */
+    p = json_loads("{\"limits\":{\"cpu_affinity\":[3,1,2]}}", 0, NULL);
+    CHECK(kh_vm_spec_patch(s, p, &err) == 0);
+    json_decref(p);
+    CHECK(s->limits->ncpus == 3 && s->limits->cpus[0] == 1 && s->limits->cpus[2] == 3);
+    out = kh_vm_spec_to_json(s);
+    text = json_dumps(json_object_get(json_object_get(out, "limits"), "cpu_affinity"),
+                      JSON_COMPACT);
+    CHECK_STR(text, "[1,2,3]");
+    free(text);
+    json_decref(out);
+    {
+        kh_vm_spec *d2 = kh_vm_spec_dup(s);
+        CHECK(d2 && d2->limits->cpus != s->limits->cpus && d2->limits->cpus[1] == 2);
+        kh_vm_spec_free(d2);
+    }
+    kh_err_clear(&err);
+    kh_limits huge = { .cpus = (unsigned[]){ 1023 }, .ncpus = 1 };
+    CHECK(kh_quota_check_host(&huge, &err) < 0 && strstr(err.msg, "no CPU 1023"));
+    kh_limits zero = { .cpus = (unsigned[]){ 0 }, .ncpus = 1 };
+    CHECK(kh_quota_check_host(&zero, &err) == 0 && kh_quota_check_host(NULL, &err) == 0);
+    p = json_loads("{\"limits\":{\"cpu_affinity\":null}}", 0, NULL);
+    CHECK(kh_vm_spec_patch(s, p, &err) == 0);
+    json_decref(p);
+    CHECK(s->limits->ncpus == 0 && s->limits->cpus == NULL);
     kh_vm_spec *d = kh_vm_spec_dup(s);
     CHECK(d && d->limits && d->limits != s->limits && d->limits->memory_max_mib == 512);
     kh_vm_spec_free(d);
@@ -357,6 +404,138 @@ static void test_quota_cgroup(void)
     kh_fs_rm_rf(base, NULL);
 }
 
+/* Pinning on a real thread: this test's own. */
+static void test_pin_self(void)
+{
+    cpu_set_t before, now;
+    CHECK(sched_getaffinity(0, sizeof(before), &before) == 0);
+    pid_t self = (pid_t)syscall(SYS_gettid);
+    kh_err err = KH_ERR_INIT;
+    kh_limits l = { .cpus = (unsigned[]){ 0 }, .ncpus = 1 };
+    CHECK(kh_quota_pin(getpid(), &self, 1, &l, &err) == 0);
+    CHECK(sched_getaffinity(0, sizeof(now), &now) == 0);
+    CHECK(CPU_COUNT(&now) == 1 && CPU_ISSET(0, &now));
+    CHECK(kh_quota_pin(getpid(), &self, 1, NULL, &err) == 0);
+    CHECK(sched_getaffinity(0, sizeof(now), &now) == 0);
+    CHECK(CPU_COUNT(&now) == sysconf(_SC_NPROCESSORS_ONLN) || CPU_COUNT(&now) >= CPU_COUNT(&before));
+    json_t *reply = json_loads("[{\"cpu-index\":0,\"thread-id\":4242},{\"cpu-index\":1,"
+                               "\"thread-id\":4243},{\"cpu-index\":2}]", 0, NULL);
+    pid_t tids[4];
+    CHECK(kh_quota_vcpu_threads(reply, tids, 4) == 2 && tids[0] == 4242 && tids[1] == 4243);
+    CHECK(kh_quota_vcpu_threads(reply, tids, 1) == 1);
+    json_decref(reply);
+    sched_setaffinity(0, sizeof(before), &before);
+}
+
+static char seen[2048];
+
+static void on_event(const kh_event *ev, void *opaque)
+{
+    (void)opaque;
+    size_t n = strlen(seen);
+    snprintf(seen + n, sizeof(seen) - n, "%s:%s:%s;", ev->type, ev->vm ? ev->vm : "-",
+             json_string_value(json_object_get(ev->data, "rule")));
+}
+
+static void test_alerts(void)
+{
+    kh_events *ev = kh_events_new();
+    kh_event_sub *sub = kh_events_subscribe(ev, 0, on_event, NULL);
+    kh_alerts *a = kh_alerts_new(ev);
+    json_t *j = kh_alerts_json(a);
+    CHECK(json_array_size(json_object_get(j, "rules")) == 2); /* the defaults */
+    json_decref(j);
+    kh_err err = KH_ERR_INIT;
+    json_t *rules = json_loads(
+        "[{\"name\":\"busy\",\"scope\":\"vm\",\"metric\":\"cpu_percent\",\"op\":\">\","
+        "\"threshold\":50,\"for_seconds\":20},"
+        "{\"name\":\"mem\",\"scope\":\"host\",\"metric\":\"memory_used_percent\",\"op\":\">=\","
+        "\"threshold\":90}]", 0, NULL);
+    CHECK(kh_alerts_set_rules(a, rules, &err) == 0);
+    json_decref(rules);
+    const char *vf[] = { "cpu_percent" };
+    const char *hf[] = { "memory_used_percent" };
+    double hi = 80, lo = 10, mem_hi = 95, mem_lo = 50;
+    /* t=0: busy holds (pending), host memory fires at once (for 0 s). */
+    kh_alerts_begin(a);
+    kh_alerts_feed(a, "web1", vf, &hi, 1, 100);
+    kh_alerts_feed(a, NULL, hf, &mem_hi, 1, 100);
+    kh_alerts_end(a, 100);
+    CHECK_STR(seen, "alert.firing:-:mem;");
+    /* t=10: still pending; t=20: fires (held 20 s). */
+    kh_alerts_begin(a);
+    kh_alerts_feed(a, "web1", vf, &hi, 1, 110);
+    kh_alerts_feed(a, NULL, hf, &mem_hi, 1, 110);
+    kh_alerts_end(a, 110);
+    CHECK_STR(seen, "alert.firing:-:mem;");
+    j = kh_alerts_json(a);
+    CHECK(json_array_size(json_object_get(j, "active")) == 2);
+    json_decref(j);
+    kh_alerts_begin(a);
+    kh_alerts_feed(a, "web1", vf, &hi, 1, 120);
+    kh_alerts_feed(a, NULL, hf, &mem_lo, 1, 120);
+    kh_alerts_end(a, 120);
+    CHECK_STR(seen, "alert.firing:-:mem;alert.firing:web1:busy;alert.resolved:-:mem;");
+    /* A dip resets the clock: pending again, no event. */
+    seen[0] = '\0';
+    kh_alerts_begin(a);
+    kh_alerts_feed(a, "web1", vf, &lo, 1, 130);
+    kh_alerts_end(a, 130);
+    CHECK_STR(seen, "alert.resolved:web1:busy;");
+    kh_alerts_begin(a);
+    kh_alerts_feed(a, "web1", vf, &hi, 1, 140);
+    kh_alerts_end(a, 140);
+    CHECK_STR(seen, "alert.resolved:web1:busy;");
+    /* A VM no longer fed (it stopped) resolves; pending ones vanish quietly. */
+    kh_alerts_begin(a);
+    kh_alerts_feed(a, "web1", vf, &hi, 1, 160);
+    kh_alerts_end(a, 160);
+    CHECK_STR(seen, "alert.resolved:web1:busy;alert.firing:web1:busy;");
+    kh_alerts_begin(a);
+    kh_alerts_end(a, 170);
+    CHECK_STR(seen, "alert.resolved:web1:busy;alert.firing:web1:busy;alert.resolved:web1:busy;");
+    j = kh_alerts_json(a);
+    CHECK(json_array_size(json_object_get(j, "active")) == 0);
+    json_decref(j);
+    /* Bad rules: clear messages, nothing changes. */
+    const char *bad[][2] = {
+        { "{}", "must be an array" },
+        { "[{\"name\":\"x\",\"scope\":\"vm\",\"metric\":\"load1\",\"op\":\">\",\"threshold\":1}]",
+          "rules[0].metric: not a vm metric" },
+        { "[{\"name\":\"x\",\"scope\":\"pod\",\"metric\":\"load1\",\"op\":\">\",\"threshold\":1}]",
+          "rules[0].scope" },
+        { "[{\"name\":\"x\",\"scope\":\"host\",\"metric\":\"load1\",\"op\":\"!=\",\"threshold\":1}]",
+          "rules[0].op" },
+        { "[{\"name\":\"x\",\"scope\":\"host\",\"metric\":\"load1\",\"op\":\">\"}]",
+          "rules[0].threshold" },
+        { "[{\"name\":\"../x\",\"scope\":\"host\",\"metric\":\"load1\",\"op\":\">\",\"threshold\":1}]",
+          "rule name" },
+        { "[{\"name\":\"x\",\"scope\":\"host\",\"metric\":\"load1\",\"op\":\">\",\"threshold\":1,"
+          "\"for_seconds\":-1}]", "for_seconds" },
+        { "[{\"name\":\"x\",\"scope\":\"host\",\"metric\":\"load1\",\"op\":\">\",\"threshold\":1,"
+          "\"webhook\":\"http://x\"}]", "unknown field webhook" },
+        { "[{\"name\":\"x\",\"scope\":\"host\",\"metric\":\"load1\",\"op\":\">\",\"threshold\":1},"
+          "{\"name\":\"x\",\"scope\":\"host\",\"metric\":\"load1\",\"op\":\"<\",\"threshold\":1}]",
+          "appears twice" },
+    };
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        json_t *r = json_loads(bad[i][0], 0, NULL);
+        kh_err_clear(&err);
+        CHECK(r && kh_alerts_set_rules(a, r, &err) < 0 && strstr(err.msg, bad[i][1]));
+        if (!strstr(err.msg, bad[i][1]))
+            printf("# %s -> %s\n", bad[i][0], err.msg);
+        json_decref(r);
+    }
+    j = kh_alerts_json(a);
+    CHECK(json_array_size(json_object_get(j, "rules")) == 2);
+    CHECK_STR(json_string_value(json_object_get(json_array_get(json_object_get(j, "rules"), 0),
+                                                "name")), "busy");
+    json_decref(j);
+    kh_alerts_free(a);
+    kh_events_unsubscribe(ev, sub);
+    kh_events_free(ev);
+}
+
 int main(void)
 {
     RUN(test_prom_values);
@@ -367,5 +546,7 @@ int main(void)
     RUN(test_limits_patch);
     RUN(test_throttle_args);
     RUN(test_quota_cgroup);
+    RUN(test_alerts);
+    RUN(test_pin_self);
     TEST_DONE();
 }

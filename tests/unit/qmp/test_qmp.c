@@ -672,6 +672,33 @@ static void test_fake_basic(void)
     fake_finish(&f);
 }
 
+/* A reply with a uint64 over INT64_MAX (balloon statistics): every number,
+ * our id included, is decoded as a real; the reply still matches its
+ * command and the connection goes on. */
+static void test_fake_bigint_reply(void)
+{
+    static const step script[] = {
+        CAPS_OK,
+        { "qom-get", { "{\"return\": {\"stats\": {\"stat-free-memory\": "
+                       "18446744073709551615}}, \"id\": $ID}" }, 0, 0 },
+        { "query-name", { "{\"return\": {}, \"id\": $ID}" }, 0, 0 },
+    };
+    fake f;
+    fake_start(&f, script, KH_ARRAY_LEN(script), NULL);
+    cmdctx c1 = { .tag = "big" }, c2 = { .tag = "name" };
+    fake_cmd(&f, &c1, "qom-get", NULL);
+    fake_cmd(&f, &c2, "query-name", NULL);
+    uv_run(&f.loop, UV_RUN_NOWAIT);
+    for (int i = 0; i < 2000 && !strstr(f.r.log, "name="); i++)
+        uv_run(&f.loop, UV_RUN_ONCE);
+    CHECK(strstr(f.r.log, "big={\"stats\":{\"stat-free-memory\":1.8446744073709552e") != NULL);
+    CHECK(strstr(f.r.log, "name={};") != NULL);
+    CHECK(strstr(f.r.log, "closed") == NULL);
+    kh_qmp_close(f.r.qmp);
+    uv_run(&f.loop, UV_RUN_DEFAULT);
+    fake_finish(&f);
+}
+
 static void test_fake_events_and_split(void)
 {
     static const step script[] = {
@@ -1258,6 +1285,7 @@ int main(int argc, char **argv)
     RUN(test_parser_many_per_feed);
     RUN(test_parser_errors);
     RUN(test_parser_bigint);
+    RUN(test_fake_bigint_reply);
     RUN(test_parser_oversized);
     RUN(test_fake_basic);
     RUN(test_fake_events_and_split);
