@@ -14,6 +14,7 @@
 
 #include "api/http.h"
 #include "storage/storage.h"
+#include "vm/snapshot.h"
 #include "vm/event.h"
 #include "vm/manager.h"
 #include "vm/metrics.h"
@@ -26,6 +27,7 @@ typedef struct kh_api {
     kh_tasks *tasks;
     kh_events *events;
     kh_storage *storage; /* pools and volumes (NULL: storage unavailable) */
+    kh_snapshots *snapshots;
     json_t *host;      /* static host facts, computed at start (owned) */
     char *openapi;     /* generated once from the route table, serialised (owned):
                         * as text it is a fraction of its jansson tree */
@@ -54,6 +56,14 @@ void kh_vm_routes_kill(kh_http_req *req, void *app);
 void kh_vm_routes_reboot(kh_http_req *req, void *app);
 void kh_vm_routes_pause(kh_http_req *req, void *app);
 void kh_vm_routes_resume(kh_http_req *req, void *app);
+/* Answer with a task: wait up to `wait` seconds for it (200 with the task,
+ * or its error), else 202 with the running task (vm_routes.c). */
+void kh_vm_routes_reply_task(kh_http_req *req, kh_api *api, kh_task *task, int wait);
+
+void kh_snapshot_routes_list(kh_http_req *req, void *app);
+void kh_snapshot_routes_create(kh_http_req *req, void *app);
+void kh_snapshot_routes_revert(kh_http_req *req, void *app);
+void kh_snapshot_routes_delete(kh_http_req *req, void *app);
 
 void kh_storage_routes_pools(kh_http_req *req, void *app);
 void kh_storage_routes_pool_get(kh_http_req *req, void *app);
@@ -64,6 +74,11 @@ void kh_storage_routes_volume_create(kh_http_req *req, void *app);
 void kh_storage_routes_volume_get(kh_http_req *req, void *app);
 void kh_storage_routes_volume_resize(kh_http_req *req, void *app);
 void kh_storage_routes_volume_delete(kh_http_req *req, void *app);
+
+void kh_template_routes_make(kh_http_req *req, void *app);
+void kh_template_routes_list(kh_http_req *req, void *app);
+/* POST /api/v1/vms with "from_template" (vm_routes.c hands it over). */
+void kh_template_routes_clone(kh_http_req *req, kh_api *api, const json_t *body);
 
 void kh_task_routes_list(kh_http_req *req, void *app);
 void kh_task_routes_get(kh_http_req *req, void *app);

@@ -10,7 +10,9 @@ static const kh_route routes[] = {
       NULL, "Host" },
     { "GET", "/api/v1/openapi.json", kh_host_routes_openapi, 0, "This document", NULL, NULL },
     { "GET", "/api/v1/vms", kh_vm_routes_list, 0, "List VMs", NULL, "VMList" },
-    { "POST", "/api/v1/vms", kh_vm_routes_create, 0, "Create a VM", "VMSpec", "VM" },
+    { "POST", "/api/v1/vms", kh_vm_routes_create, 0,
+      "Create a VM (a spec, or a clone: CloneSpec; a full clone answers 202 with a Task)",
+      "VMSpec", "VM" },
     { "GET", "/api/v1/vms/{name}", kh_vm_routes_get, 0, "Show a VM", NULL, "VM" },
     { "PATCH", "/api/v1/vms/{name}", kh_vm_routes_patch, 0,
       "Change allow-listed fields of a VM", "VMPatch", "VM" },
@@ -28,6 +30,20 @@ static const kh_route routes[] = {
       "ActionOptions", "Task" },
     { "POST", "/api/v1/vms/{name}/resume", kh_vm_routes_resume, 0, "Resume the vCPUs",
       "ActionOptions", "Task" },
+    { "POST", "/api/v1/vms/{name}/template", kh_template_routes_make, 0,
+      "Make a stopped VM a template: its volumes become read-only bases", NULL, "VM" },
+    { "GET", "/api/v1/vms/{name}/snapshots", kh_snapshot_routes_list, 0,
+      "List the VM's snapshots", NULL, "SnapshotList" },
+    { "POST", "/api/v1/vms/{name}/snapshots", kh_snapshot_routes_create, 0,
+      "Snapshot the VM: with its memory while it runs, disk-only when stopped (a task)",
+      "SnapshotSpec", "Task" },
+    { "POST", "/api/v1/vms/{name}/snapshots/{snap}/revert", kh_snapshot_routes_revert, 0,
+      "Revert to a snapshot: a running VM runs on from that instant (a task)",
+      "ActionOptions", "Task" },
+    { "DELETE", "/api/v1/vms/{name}/snapshots/{snap}", kh_snapshot_routes_delete, 0,
+      "Delete one snapshot; the others keep their data (a task)", NULL, "Task" },
+    { "GET", "/api/v1/templates", kh_template_routes_list, 0, "List the templates", NULL,
+      "TemplateList" },
     { "GET", "/api/v1/vms/{name}/console", kh_console_routes_ws, KH_ROUTE_WEBSOCKET,
       "Serial console (WebSocket, binary frames both ways)", NULL, NULL },
     { "GET", "/api/v1/vms/{name}/console/log", kh_console_routes_log, 0,
@@ -52,7 +68,7 @@ static const kh_route routes[] = {
     { "GET", "/api/v1/pools/{pool}/volumes/{volume}", kh_storage_routes_volume_get, 0,
       "Show a volume with its backing chain (qemu-img info)", NULL, "Volume" },
     { "POST", "/api/v1/pools/{pool}/volumes/{volume}/resize", kh_storage_routes_volume_resize,
-      0, "Grow a volume that no running VM uses", "VolumeResize", "Volume" },
+      0, "Grow a volume (online through QMP block_resize while a VM runs on it)", "VolumeResize", "Volume" },
     { "DELETE", "/api/v1/pools/{pool}/volumes/{volume}", kh_storage_routes_volume_delete, 0,
       "Delete a volume no VM and no other volume depends on", NULL, NULL },
     { "GET", "/api/v1/networks", kh_net_routes_list, 0, "List networks", NULL, "NetworkList" },
@@ -237,6 +253,22 @@ static const struct {
     { "TaskList",
       "{\"type\":\"object\",\"properties\":{\"tasks\":{\"type\":\"array\",\"items\":{\"$ref\":\"#/components/sch"
       "emas/Task\"}}}}" },
+    { "SnapshotSpec",
+      "{\"type\":\"object\",\"additionalProperties\":false,\"required\":[\"name\"],\"properties\":{"
+      "\"name\":{\"type\":\"string\",\"pattern\":\"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$\"},\"wait\":{"
+      "\"type\":\"integer\",\"minimum\":0,\"maximum\":3600,\"default\":30}}}" },
+    { "SnapshotList",
+      "{\"type\":\"object\",\"properties\":{\"snapshots\":{\"type\":\"array\",\"items\":{\"type\":"
+      "\"object\",\"properties\":{\"name\":{\"type\":\"string\"},\"memory\":{\"type\":\"boolean\"},"
+      "\"created_at\":{\"type\":\"string\"}}}}}}" },
+    { "CloneSpec",
+      "{\"type\":\"object\",\"additionalProperties\":false,\"required\":[\"name\",\"from_template\"],"
+      "\"properties\":{\"name\":{\"type\":\"string\"},\"from_template\":{\"type\":\"string\"},\"clone\":{"
+      "\"type\":\"string\",\"enum\":[\"linked\",\"full\"],\"default\":\"linked\"},\"vcpus\":{\"type\":"
+      "\"integer\"},\"memory_mib\":{\"type\":\"integer\"},\"description\":{\"type\":\"string\"}}}" },
+    { "TemplateList",
+      "{\"type\":\"object\",\"properties\":{\"templates\":{\"type\":\"array\",\"items\":{\"$ref\":"
+      "\"#/components/schemas/VM\"}}}}" },
     { "PoolSpec",
       "{\"type\":\"object\",\"additionalProperties\":false,\"required\":[\"name\",\"path\"],\"properties\":{"
       "\"name\":{\"type\":\"string\",\"pattern\":\"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$\"},\"type\":{\"type\":"

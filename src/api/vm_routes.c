@@ -29,6 +29,10 @@ void kh_vm_routes_create(kh_http_req *req, void *app)
     kh_api *api = app;
     kh_err err = KH_ERR_INIT;
     json_t *body = kh_http_req_json(req, &err);
+    if (body && json_object_get(body, "from_template")) {
+        kh_template_routes_clone(req, api, body);
+        return;
+    }
     json_t *vm = body ? kh_manager_create(api->mgr, body, &err) : NULL;
     if (!vm) {
         reply_err(req, &err);
@@ -175,6 +179,11 @@ static void action(kh_http_req *req, kh_api *api, kh_vm_action act)
         reply_err(req, &err);
         return;
     }
+    kh_vm_routes_reply_task(req, api, task, (int)wait);
+}
+
+void kh_vm_routes_reply_task(kh_http_req *req, kh_api *api, kh_task *task, int wait)
+{
     if (kh_task_get_state(task) != KH_TASK_RUNNING) {
         reply_finished(req, task);
         return;

@@ -29,10 +29,15 @@
     "task's outcome. Interrupting the wait (Ctrl-C) leaves the task running and exits 130."
 
 static const cli_opt opts_vm_create[] = {
-    { "vcpus", "N", CLI_OPT_ARG, "Number of virtual CPUs, 1 to 255 (default 1)." },
+    { "vcpus", "N", CLI_OPT_ARG,
+      "Number of virtual CPUs, 1 to 255 (default 1; with --from-template, the template's)." },
     { "memory", "MIB", CLI_OPT_ARG,
-      "Guest memory in MiB, 16 to 16777216 (default 512). A suffix M or G (512M, 2G) is "
-      "accepted." },
+      "Guest memory in MiB, 16 to 16777216 (default 512; with --from-template, the "
+      "template's). A suffix M or G (512M, 2G) is accepted." },
+    { "from-template", "TPL", CLI_OPT_ARG,
+      "Clone template TPL: its spec, and for each of its volumes a linked clone (a qcow2 "
+      "overlay, made in O(1)). Only --vcpus, --memory and --description may be given too." },
+    { "full", NULL, 0, "With --from-template: full copies of the volumes instead (a task)." },
     { "machine", "TYPE", CLI_OPT_ARG,
       "Machine type: q35 (the default, a PC with PCIe) or microvm (minimal, virtio-mmio, "
       "needs --kernel)." },
@@ -488,6 +493,59 @@ const cli_cmd cli_commands[] = {
         cli_do_version,
     },
     {
+        "snapshot", "create", "VM SNAP", "snapshot a VM",
+        "Take snapshot SNAP of the VM. While the VM runs, the snapshot holds its memory and "
+        "device state too (QEMU's internal qcow2 snapshots); a stopped VM gets a disk-only "
+        "snapshot. Every writable disk must be a qcow2 volume. kvmhost waits for the task; "
+        "the snapshot is recorded only once it is complete.",
+        NULL,
+        "$ kvmhost snapshot create web1 before-upgrade",
+        cli_do_snapshot_create,
+    },
+    {
+        "snapshot", "list", "VM", "list the snapshots of a VM",
+        "One line per snapshot: its name, whether it holds the VM's memory, and when it was "
+        "taken.",
+        NULL,
+        "$ kvmhost snapshot list web1",
+        cli_do_snapshot_list,
+    },
+    {
+        "snapshot", "revert", "VM SNAP", "go back to a snapshot",
+        "Revert the VM to SNAP. A snapshot with memory needs the VM running: it runs on from "
+        "the instant of the snapshot, and everything since is lost. A disk-only snapshot "
+        "needs the VM stopped. The other snapshots stay.",
+        NULL,
+        "$ kvmhost snapshot revert web1 before-upgrade",
+        cli_do_snapshot_revert,
+    },
+    {
+        "snapshot", "delete", "VM SNAP", "delete one snapshot",
+        "Delete SNAP. Snapshots are independent: the others keep all their data, whichever "
+        "is deleted.",
+        NULL,
+        "$ kvmhost snapshot delete web1 before-upgrade",
+        cli_do_snapshot_delete,
+    },
+    {
+        "template", "create", "VM", "make a stopped VM a template",
+        "Turn the stopped VM into a template: its volumes become read-only bases and it can "
+        "no longer start. Every disk must be a volume. Clone it with 'kvmhost vm create NAME "
+        "--from-template VM [--full]': a linked clone is a qcow2 overlay per volume, made "
+        "in O(1) whatever the size; many clones can be made at once.",
+        NULL,
+        "$ kvmhost template create debian12\n"
+        "$ kvmhost vm create web1 --from-template debian12",
+        cli_do_template_create,
+    },
+    {
+        "template", "list", NULL, "list the templates",
+        "One line per template: its name, CPUs, memory and disks.",
+        NULL,
+        "$ kvmhost template list",
+        cli_do_template_list,
+    },
+    {
         "pool", "list", NULL, "list the storage pools",
         "One line per pool: name, type, capacity, space used and free on its file system, "
         "how many volumes it holds, and its directory. The pool \"default\" lives in the "
@@ -578,6 +636,8 @@ static const struct {
     { "host", "show the host" },
     { "task", "follow long operations" },
     { "pool", "manage storage pools" },
+    { "template", "make templates of VMs, to clone" },
+    { "snapshot", "snapshot VMs and go back to a snapshot" },
     { "volume", "manage disk volumes in pools" },
     { "events", "follow what happens on the host" },
     { "version", "show versions" },
@@ -764,11 +824,19 @@ int cli_args_parse(const cli_cmd *cmd, int argc, const char *const *argv, cli_ct
             out->pos = arg;
             continue;
         }
+        if (cmd->positional && strchr(cmd->positional, ' ') && !out->pos2) {
+            out->pos2 = arg;
+            continue;
+        }
         cli_usage_error(ctx, cmd, err, "unexpected argument '%s'", arg);
         return -1;
     }
     if (cmd->positional && !out->pos) {
         cli_usage_error(ctx, cmd, err, "missing %s", cmd->positional);
+        return -1;
+    }
+    if (cmd->positional && strchr(cmd->positional, ' ') && !out->pos2) {
+        cli_usage_error(ctx, cmd, err, "missing %s", strchr(cmd->positional, ' ') + 1);
         return -1;
     }
     for (int i = 0; cmd->opts && cmd->opts[i].name; i++) {

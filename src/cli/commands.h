@@ -46,6 +46,7 @@ typedef struct cli_opt {
 typedef struct cli_args {
     const struct cli_cmd *cmd;
     const char *pos;               /* the positional argument (borrowed from argv) */
+    const char *pos2;              /* the second one, when positional names two ("VM SNAP") */
     kh_strv *vals[CLI_MAX_OPTS];   /* values per cmd->opts index; NULL = not given */
     bool help;                     /* -h/--help was among the arguments */
 } cli_args;
@@ -55,7 +56,7 @@ typedef int (*cli_handler)(cli_ctx *ctx, const cli_args *a, kh_err *err);
 typedef struct cli_cmd {
     const char *noun;        /* NULL ends the table */
     const char *verb;        /* NULL: the noun alone is the command (events, version) */
-    const char *positional;  /* "NAME", "ID", or NULL; required when set */
+    const char *positional;  /* "NAME", "ID", "VM SNAP" (two), or NULL; required when set */
     const char *summary;     /* one line, no final period */
     const char *description; /* paragraphs separated by "\n\n"; lines starting with ' ' verbatim */
     const cli_opt *opts;     /* NULL or a list ended by a NULL name */

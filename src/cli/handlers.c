@@ -240,8 +240,28 @@ int cli_do_vm_create(cli_ctx *ctx, const cli_args *a, kh_err *err)
             goto out;
         }
     }
-    if (cli_client_json(c, "POST", "/api/v1/vms", spec, &vm, NULL, err) < 0)
+    if (cli_arg(a, "from-template")) {
+        /* kvmhostd refuses what a clone cannot take (--kernel, --disk, ...) */
+        if (set_user_string(spec, "from_template", cli_arg(a, "from-template"),
+                            "--from-template", err) < 0) {
+            mark_usage(ctx, a);
+            goto out;
+        }
+        json_object_set_new(spec, "clone", json_string(cli_flag(a, "full") ? "full" : "linked"));
+    } else if (cli_flag(a, "full")) {
+        cli_usage_error(ctx, a->cmd, err, "--full needs --from-template");
         goto out;
+    }
+    int status = cli_client_json(c, "POST", "/api/v1/vms", spec, &vm, NULL, err);
+    if (status < 0)
+        goto out;
+    if (status == 202 && cli_task_wait(ctx, &vm, err) < 0)
+        goto out;
+    if (status == 202) {
+        json_t *res = json_incref(json_object_get(vm, "result"));
+        json_decref(vm);
+        vm = res;
+    }
     if (ctx->json)
         cli_print_json(stdout, vm);
     else

@@ -27,6 +27,15 @@ int cli_do_volume_list(cli_ctx *ctx, const cli_args *a, kh_err *err);
 int cli_do_volume_show(cli_ctx *ctx, const cli_args *a, kh_err *err);
 int cli_do_volume_resize(cli_ctx *ctx, const cli_args *a, kh_err *err);
 int cli_do_volume_delete(cli_ctx *ctx, const cli_args *a, kh_err *err);
+int cli_do_snapshot_create(cli_ctx *ctx, const cli_args *a, kh_err *err);
+int cli_do_snapshot_list(cli_ctx *ctx, const cli_args *a, kh_err *err);
+int cli_do_snapshot_revert(cli_ctx *ctx, const cli_args *a, kh_err *err);
+int cli_do_snapshot_delete(cli_ctx *ctx, const cli_args *a, kh_err *err);
+int cli_do_template_create(cli_ctx *ctx, const cli_args *a, kh_err *err);
+int cli_do_template_list(cli_ctx *ctx, const cli_args *a, kh_err *err);
+/* Wait for a task (polling) and replace *task with the finished one. Returns
+ * 0 when it succeeded, -1 with err set to its error otherwise. */
+int cli_task_wait(cli_ctx *ctx, json_t **task, kh_err *err);
 int cli_do_version(cli_ctx *ctx, const cli_args *a, kh_err *err);
 /* obs.c */
 int cli_do_vm_top(cli_ctx *ctx, const cli_args *a, kh_err *err);

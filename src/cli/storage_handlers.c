@@ -128,8 +128,9 @@ static void volumes_human(const json_t *resp)
         kh_strv *users = kh_strv_new();
         size_t j;
         json_t *u;
-        json_array_foreach(json_object_get(v, "used_by"), j, u)
+        json_array_foreach(json_object_get(v, "used_by"), j, u) {
             kh_strv_add(users, jstr(u, "vm"));
+        }
         char *s = kh_strv_join(users, ",");
         cli_table_add(t, *s ? s : NULL);
         free(s);
@@ -276,4 +277,173 @@ int cli_do_volume_resize(cli_ctx *ctx, const cli_args *a, kh_err *err)
 int cli_do_volume_delete(cli_ctx *ctx, const cli_args *a, kh_err *err)
 {
     return do_delete(ctx, volume_path(a->pos, NULL), "volume", a->pos, err);
+}
+
+/* ---- templates ---- */
+
+int cli_do_template_create(cli_ctx *ctx, const cli_args *a, kh_err *err)
+{
+    char *e = cli_path_escape(a->pos);
+    char *path = xasprintf("/api/v1/vms/%s/template", e);
+    free(e);
+    cli_client *c = cli_ctx_client(ctx, err);
+    json_t *resp = NULL, *body = json_object();
+    int rc = c ? cli_client_json(c, "POST", path, body, &resp, NULL, err) : -1;
+    json_decref(body);
+    free(path);
+    if (rc < 0)
+        return -1;
+    if (ctx->json)
+        cli_print_json(stdout, resp);
+    else
+        printf("vm %s is now a template\n", a->pos);
+    json_decref(resp);
+    return 0;
+}
+
+static void templates_human(const json_t *resp)
+{
+    static const char *const head[] = { "NAME", "VCPUS", "MEMORY", "DISKS" };
+    cli_table *t = cli_table_new(KH_ARRAY_LEN(head), head);
+    size_t i;
+    json_t *vm;
+    json_array_foreach(json_object_get(resp, "templates"), i, vm) {
+        cli_table_add(t, jstr(vm, "name"));
+        cli_table_addf(t, "%" JSON_INTEGER_FORMAT, json_integer_value(json_object_get(vm, "vcpus")));
+        cli_table_addf(t, "%" JSON_INTEGER_FORMAT " MiB",
+                       json_integer_value(json_object_get(vm, "memory_mib")));
+        kh_strv *disks = kh_strv_new();
+        size_t j;
+        json_t *d;
+        json_array_foreach(json_object_get(vm, "disks"), j, d) {
+            kh_strv_add(disks, jstr(d, "volume") ? jstr(d, "volume") : jstr(d, "path"));
+        }
+        char *s = kh_strv_join(disks, ",");
+        cli_table_add(t, *s ? s : NULL);
+        free(s);
+        kh_strv_free(disks);
+    }
+    print_out(cli_table_render(t));
+    cli_table_free(t);
+}
+
+int cli_do_template_list(cli_ctx *ctx, const cli_args *a, kh_err *err)
+{
+    (void)a;
+    return show_json(ctx, "GET", "/api/v1/templates", NULL, templates_human, err);
+}
+
+int cli_task_wait(cli_ctx *ctx, json_t **task, kh_err *err)
+{
+    cli_client *c = cli_ctx_client(ctx, err);
+    if (!c)
+        return -1;
+    for (;;) {
+        const char *state = jstr(*task, "state");
+        if (state && strcmp(state, "running") != 0)
+            break;
+        usleep(200 * 1000);
+        char *e = cli_path_escape(jstr(*task, "id") ? jstr(*task, "id") : "");
+        char *path = xasprintf("/api/v1/tasks/%s", e);
+        free(e);
+        json_t *next = NULL;
+        int rc = cli_client_json(c, "GET", path, NULL, &next, NULL, err);
+        free(path);
+        if (rc < 0)
+            return -1;
+        json_decref(*task);
+        *task = next;
+    }
+    if (strcmp(jstr(*task, "state"), "succeeded") == 0)
+        return 0;
+    const json_t *e = json_object_get(*task, "error");
+    kh_err_set(err, kh_code_from_name(jstr(e, "code") ? jstr(e, "code") : "internal"), "%s",
+               jstr(e, "message") ? jstr(e, "message") : "the task failed");
+    return -1;
+}
+
+/* ---- snapshots ---- */
+
+static char *snap_path(const char *vm, const char *snap, const char *suffix)
+{
+    char *ve = cli_path_escape(vm);
+    char *se = snap ? cli_path_escape(snap) : NULL;
+    char *p = se ? xasprintf("/api/v1/vms/%s/snapshots/%s%s", ve, se, suffix ? suffix : "")
+                 : xasprintf("/api/v1/vms/%s/snapshots", ve);
+    free(ve);
+    free(se);
+    return p;
+}
+
+/* Send the request for a task and wait for it to finish. */
+static int snap_task(cli_ctx *ctx, const char *method, char *path, json_t *body,
+                     const char *done_fmt, const cli_args *a, kh_err *err)
+{
+    cli_client *c = cli_ctx_client(ctx, err);
+    json_t *task = NULL;
+    int rc = c ? cli_client_json(c, method, path, body, &task, NULL, err) : -1;
+    free(path);
+    json_decref(body);
+    if (rc < 0)
+        return -1;
+    if (rc == 202 && cli_task_wait(ctx, &task, err) < 0) {
+        json_decref(task);
+        return -1;
+    }
+    if (ctx->json) {
+        cli_print_json(stdout, task);
+    } else {
+        bool mem = json_is_true(json_object_get(json_object_get(task, "result"), "memory"));
+        printf(done_fmt, a->pos2, a->pos, mem ? " (with memory)" : " (disk only)");
+        putchar('\n');
+    }
+    json_decref(task);
+    return 0;
+}
+
+int cli_do_snapshot_create(cli_ctx *ctx, const cli_args *a, kh_err *err)
+{
+    json_t *body = json_pack("{s:s, s:i}", "name", a->pos2, "wait", 2);
+    if (!body) {
+        kh_err_set(err, KH_E_INVALID, "the snapshot name must be valid UTF-8");
+        return -1;
+    }
+    return snap_task(ctx, "POST", snap_path(a->pos, NULL, NULL), body,
+                     "snapshot %s of vm %s created%s", a, err);
+}
+
+int cli_do_snapshot_revert(cli_ctx *ctx, const cli_args *a, kh_err *err)
+{
+    return snap_task(ctx, "POST", snap_path(a->pos, a->pos2, "/revert"),
+                     json_pack("{s:i}", "wait", 2), "vm %2$s reverted to snapshot %1$s%3$s", a,
+                     err);
+}
+
+int cli_do_snapshot_delete(cli_ctx *ctx, const cli_args *a, kh_err *err)
+{
+    return snap_task(ctx, "DELETE", snap_path(a->pos, a->pos2, "?wait=2"), NULL,
+                     "snapshot %s of vm %s deleted%.0s", a, err);
+}
+
+static void snapshots_human(const json_t *resp)
+{
+    static const char *const head[] = { "NAME", "MEMORY", "CREATED" };
+    cli_table *t = cli_table_new(KH_ARRAY_LEN(head), head);
+    size_t i;
+    json_t *s;
+    json_array_foreach(json_object_get(resp, "snapshots"), i, s) {
+        cli_table_add(t, jstr(s, "name"));
+        cli_table_add(t, json_is_true(json_object_get(s, "memory")) ? "yes" : "no");
+        cli_table_add(t, jstr(s, "created_at"));
+    }
+    print_out(cli_table_render(t));
+    cli_table_free(t);
+}
+
+int cli_do_snapshot_list(cli_ctx *ctx, const cli_args *a, kh_err *err)
+{
+    char *path = snap_path(a->pos, NULL, NULL);
+    int rc = show_json(ctx, "GET", path, NULL, snapshots_human, err);
+    free(path);
+    return rc;
 }

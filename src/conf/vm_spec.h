@@ -73,6 +73,7 @@ typedef struct kh_disk_spec {
      * from the storage records. */
     kh_disk_layer *backing;
     size_t nbacking;
+    bool encrypted;        /* runtime only: the top image is LUKS-encrypted qcow2 */
 } kh_disk_spec;
 
 /* A NIC on a network (net/netmgr.h). mac is filled by the VM manager when

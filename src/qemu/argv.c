@@ -20,8 +20,11 @@
  *       -blockdev {"driver":"file","node-name":"disk<i>-b<j+1>-file",...}
  *       -blockdev {"driver":"raw|qcow2","node-name":"disk<i>-b<j+1>",
  *                  "backing":"disk<i>-b<j+2>"|null,...}
+ *     [-object {"qom-type":"secret","id":"disk<i>-secret","format":"raw",
+ *               "file":"/proc/self/fd/<fd>"}]           (an encrypted disk)
  *     -blockdev {"driver":"file","node-name":"disk<i>-file","filename":...}
- *     -blockdev {"driver":"raw|qcow2","node-name":"disk<i>","file":"disk<i>-file"}
+ *     -blockdev {"driver":"raw|qcow2","node-name":"disk<i>","file":"disk<i>-file",
+ *                ["encrypt":{"format":"luks","key-secret":"disk<i>-secret"}]}
  *     -device {"driver":"virtio-blk-pci|virtio-blk-device","drive":"disk<i>",...}
  *   per NIC i:
  *     -netdev {"type":"tap","id":"net<i>","fd":"<fd>","vhost":true|false[,"vhostfd":"<fd>"]}
@@ -253,6 +256,10 @@ static int check_spec(const kh_vm_spec *spec, kh_err *err)
             kh_err_set(err, KH_E_INVALID, "disks[%zu].format: must be \"raw\" or \"qcow2\"", i);
             return -1;
         }
+        if (d->encrypted && d->format != KH_DISK_QCOW2) {
+            kh_err_set(err, KH_E_INVALID, "disks[%zu]: only a qcow2 image is encrypted", i);
+            return -1;
+        }
         if (d->nbacking && d->format != KH_DISK_QCOW2) {
             kh_err_set(err, KH_E_INVALID, "disks[%zu]: only a qcow2 image has backing layers", i);
             return -1;
@@ -349,6 +356,16 @@ static int check_env(const kh_vm_spec *spec, const kh_argv_env *env, kh_err *err
         int fd = disk_fd(env, i);
         if (fd != -1 && check_fd(fd, what, err) < 0)
             return -1;
+        if (spec->disks[i].encrypted) {
+            snprintf(what, sizeof(what), "disks[%zu] secret fd", i);
+            fd = env->secret_fds ? env->secret_fds[i] : -1;
+            if (fd == -1) {
+                kh_err_set(err, KH_E_INTERNAL, "disks[%zu]: encrypted, but no secret fd", i);
+                return -1;
+            }
+            if (check_fd(fd, what, err) < 0)
+                return -1;
+        }
         for (size_t j = 0; j < spec->disks[i].nbacking; j++) {
             char lwhat[80];
             snprintf(lwhat, sizeof(lwhat), "disks[%zu].backing[%zu] fd", i, j);
@@ -465,6 +482,19 @@ static void add_disk(argv_builder *b, const kh_vm_spec *spec, const kh_qemu_caps
     for (size_t j = d->nbacking; j-- > 0;)
         add_backing_layer(b, caps, env, d, i, j);
 
+    char secret_id[48];
+    snprintf(secret_id, sizeof(secret_id), "disk%zu-secret", i);
+    if (d->encrypted) {
+        json_t *sec = json_object();
+        char *file = xasprintf("/proc/self/fd/%d", env->secret_fds[i]);
+        json_object_set_new(sec, "qom-type", json_string("secret"));
+        json_object_set_new(sec, "id", json_string(secret_id));
+        json_object_set_new(sec, "format", json_string("raw"));
+        json_object_set_new(sec, "file", json_string(file));
+        free(file);
+        add_json(b, "-object", sec);
+    }
+
     int fd = disk_fd(env, i);
     char *fdset_path = NULL;
     if (fd >= 0) {
@@ -502,6 +532,9 @@ static void add_disk(argv_builder *b, const kh_vm_spec *spec, const kh_qemu_caps
         char first[48];
         snprintf(first, sizeof(first), "disk%zu-b1", i);
         json_object_set_new(fmt, "backing", d->nbacking ? json_string(first) : json_null());
+        if (d->encrypted)
+            json_object_set_new(fmt, "encrypt", json_pack("{s:s, s:s}", "format", "luks",
+                                                          "key-secret", secret_id));
     }
     add_json(b, "-blockdev", fmt);
 

@@ -67,6 +67,10 @@ typedef struct kh_argv_env {
      * NICs; every NIC must have its mac assigned. */
     const int *nic_fds;
     const int *nic_vhost_fds;
+    /* Per disk, an inherited fd holding the passphrase of an encrypted disk
+     * (-1 for the others); NULL: none. Read by a secret object from
+     * /proc/self/fd/N: the key is never in the argv. */
+    const int *secret_fds;
 } kh_argv_env;
 
 /* Build the argv. Returns NULL with err set when the spec cannot be

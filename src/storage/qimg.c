@@ -208,6 +208,12 @@ static int stream_open(kh_qimg *q, stream *s, job *j, int fd, size_t max, kh_err
 pid_t kh_qimg_run(kh_qimg *q, char *const *argv, unsigned timeout_ms, kh_qimg_line_cb on_line,
                   kh_qimg_done_cb done, void *opaque, kh_err *err)
 {
+    return kh_qimg_run_fd(q, argv, -1, timeout_ms, on_line, done, opaque, err);
+}
+
+pid_t kh_qimg_run_fd(kh_qimg *q, char *const *argv, int fd3, unsigned timeout_ms,
+                     kh_qimg_line_cb on_line, kh_qimg_done_cb done, void *opaque, kh_err *err)
+{
     static char env_lc[] = "LC_ALL=C", env_path[] = "PATH=/usr/sbin:/usr/bin:/sbin:/bin";
     static char *const envp[] = { env_lc, env_path, NULL };
     int outp[2] = { -1, -1 }, errp[2] = { -1, -1 };
@@ -228,7 +234,15 @@ pid_t kh_qimg_run(kh_qimg *q, char *const *argv, unsigned timeout_ms, kh_qimg_li
         sigprocmask(SIG_SETMASK, &all, NULL);
         if (dup2(devnull, 0) < 0 || dup2(outp[1], 1) < 0 || dup2(errp[1], 2) < 0)
             _exit(127);
-        syscall(SYS_close_range, 3u, ~0u, 0u);
+        if (fd3 >= 0) {
+            if (fd3 != 3 && dup2(fd3, 3) < 0)
+                _exit(127);
+            if (fcntl(3, F_SETFD, 0) < 0) /* dup2 clears it; fd3 == 3 keeps CLOEXEC */
+                _exit(127);
+            syscall(SYS_close_range, 4u, ~0u, 0u);
+        } else {
+            syscall(SYS_close_range, 3u, ~0u, 0u);
+        }
         execve(argv[0], argv, envp);
         _exit(127);
     }

@@ -44,6 +44,11 @@ const char *kh_qimg_binary(const kh_qimg *q);
  * no callback. on_line may be NULL. */
 pid_t kh_qimg_run(kh_qimg *q, char *const *argv, unsigned timeout_ms, kh_qimg_line_cb on_line,
                   kh_qimg_done_cb done, void *opaque, kh_err *err);
+/* As kh_qimg_run, with fd3 (when >= 0) inherited as fd 3 in the child, for
+ * a secret that must never touch the disk ("file=/proc/self/fd/3"). The
+ * caller keeps and closes its fd. */
+pid_t kh_qimg_run_fd(kh_qimg *q, char *const *argv, int fd3, unsigned timeout_ms,
+                     kh_qimg_line_cb on_line, kh_qimg_done_cb done, void *opaque, kh_err *err);
 /* The reaper's hook: true when pid was one of ours (its status is taken). */
 bool kh_qimg_child_exited(kh_qimg *q, pid_t pid, int status);
 /* Jobs still running. */

@@ -1,13 +1,16 @@
 #include "storage/storage.h"
 
 #include <dirent.h>
+#include <fcntl.h>
 #include <errno.h>
 #include <inttypes.h>
+#include <openssl/evp.h>
 #include <sqlite3.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
 #include <unistd.h>
@@ -36,6 +39,7 @@ typedef struct volume {
     char backing_id[37]; /* "" when none */
     bool readonly;
     double created_at;
+    char *key_wrapped;   /* hex of iv|ciphertext|tag, NULL when not encrypted */
 } volume;
 
 /* A volume being created, resized or deleted: its name is taken and other
@@ -55,6 +59,9 @@ struct kh_storage {
     busy *busy;
     kh_volume_users_fn users;
     void *users_opaque;
+    kh_volume_live_resize_fn live_resize;
+    void *live_resize_opaque;
+    unsigned char master[32]; /* STATE_DIR/master.key */
 };
 
 /* ---- small helpers ---- */
@@ -90,6 +97,7 @@ static void volume_clear(volume *v)
 {
     free(v->name);
     free(v->format);
+    free(v->key_wrapped);
     memset(v, 0, sizeof(*v));
 }
 
@@ -131,7 +139,7 @@ static void row_pool(sqlite3_stmt *s, pool *p)
 }
 
 #define POOL_COLS "id, name, type, path, created_at"
-#define VOL_COLS "id, pool_id, name, format, capacity, backing_id, readonly, created_at"
+#define VOL_COLS "id, pool_id, name, format, capacity, backing_id, readonly, created_at, key_wrapped"
 
 static void row_volume(sqlite3_stmt *s, volume *v)
 {
@@ -143,6 +151,7 @@ static void row_volume(sqlite3_stmt *s, volume *v)
     col_id(s, 5, v->backing_id);
     v->readonly = sqlite3_column_int(s, 6) != 0;
     v->created_at = sqlite3_column_double(s, 7);
+    v->key_wrapped = col_text(s, 8);
 }
 
 /* 1 found, 0 not found, -1 error. */
@@ -284,9 +293,10 @@ static bool any_running(const json_t *users)
 {
     size_t i;
     json_t *u;
-    json_array_foreach(users, i, u)
+    json_array_foreach(users, i, u) {
         if (json_is_true(json_object_get(u, "running")))
             return true;
+    }
     return false;
 }
 
@@ -375,10 +385,12 @@ static void pool_space(const pool *p, json_t *o)
 {
     struct statvfs sv;
     if (statvfs(p->path, &sv) == 0) {
-        json_object_set_new(o, "capacity", json_integer((json_int_t)sv.f_blocks * (json_int_t)sv.f_frsize));
-        json_object_set_new(o, "allocation",
-                            json_integer((json_int_t)(sv.f_blocks - sv.f_bfree) * (json_int_t)sv.f_frsize));
-        json_object_set_new(o, "free", json_integer((json_int_t)sv.f_bavail * (json_int_t)sv.f_frsize));
+        uint64_t bs = sv.f_frsize;
+        uint64_t cap = (uint64_t)sv.f_blocks * bs, used = (uint64_t)(sv.f_blocks - sv.f_bfree) * bs;
+        uint64_t avail = (uint64_t)sv.f_bavail * bs;
+        json_object_set_new(o, "capacity", json_integer((json_int_t)cap));
+        json_object_set_new(o, "allocation", json_integer((json_int_t)used));
+        json_object_set_new(o, "free", json_integer((json_int_t)avail));
         json_object_set_new(o, "available", json_true());
     } else {
         json_object_set_new(o, "available", json_false());
@@ -563,6 +575,7 @@ static json_t *volume_json(kh_storage *st, const pool *p, const volume *v)
         pool_clear(&bp);
     }
     json_object_set_new(o, "backing", backing);
+    json_object_set_new(o, "encrypted", json_boolean(v->key_wrapped != NULL));
     json_object_set_new(o, "dependents",
                         json_integer(count_where(st, "SELECT count(*) FROM volumes "
                                                      "WHERE backing_id = ?", v->id)));
@@ -592,9 +605,159 @@ json_t *kh_storage_volumes_json(kh_storage *st, const char *pool_name, kh_err *e
     return arr;
 }
 
+/* ---- encryption keys ---- */
+
+static void hex_encode(const unsigned char *in, size_t n, char *out)
+{
+    static const char digits[] = "0123456789abcdef";
+    for (size_t i = 0; i < n; i++) {
+        out[2 * i] = digits[in[i] >> 4];
+        out[2 * i + 1] = digits[in[i] & 15];
+    }
+    out[2 * n] = '\0';
+}
+
+static int hex_decode(const char *in, unsigned char *out, size_t n)
+{
+    if (!in || strlen(in) != 2 * n)
+        return -1;
+    for (size_t i = 0; i < n; i++) {
+        unsigned v;
+        if (sscanf(in + 2 * i, "%2x", &v) != 1)
+            return -1;
+        out[i] = (unsigned char)v;
+    }
+    return 0;
+}
+
+#define KEY_LEN 32
+#define IV_LEN 12
+#define TAG_LEN 16
+#define WRAPPED_LEN (IV_LEN + KEY_LEN + TAG_LEN)
+
+/* AES-256-GCM with the master key; the volume id is the associated data, so
+ * a wrapped key moved to another volume does not unwrap. */
+static int key_crypt(kh_storage *st, bool wrap, const char *vol_id, const unsigned char *in,
+                     unsigned char *out)
+{
+    EVP_CIPHER_CTX *c = EVP_CIPHER_CTX_new();
+    int ok = 0, len = 0;
+    if (!c)
+        return -1;
+    if (wrap) {
+        unsigned char *iv = out, *ct = out + IV_LEN, *tag = out + IV_LEN + KEY_LEN;
+        kh_random_bytes(iv, IV_LEN);
+        ok = EVP_EncryptInit_ex(c, EVP_aes_256_gcm(), NULL, st->master, iv) == 1 &&
+             EVP_EncryptUpdate(c, NULL, &len, (const unsigned char *)vol_id,
+                               (int)strlen(vol_id)) == 1 &&
+             EVP_EncryptUpdate(c, ct, &len, in, KEY_LEN) == 1 &&
+             EVP_EncryptFinal_ex(c, ct + len, &len) == 1 &&
+             EVP_CIPHER_CTX_ctrl(c, EVP_CTRL_GCM_GET_TAG, TAG_LEN, tag) == 1;
+    } else {
+        const unsigned char *iv = in, *ct = in + IV_LEN, *tag = in + IV_LEN + KEY_LEN;
+        ok = EVP_DecryptInit_ex(c, EVP_aes_256_gcm(), NULL, st->master, iv) == 1 &&
+             EVP_DecryptUpdate(c, NULL, &len, (const unsigned char *)vol_id,
+                               (int)strlen(vol_id)) == 1 &&
+             EVP_DecryptUpdate(c, out, &len, ct, KEY_LEN) == 1 &&
+             EVP_CIPHER_CTX_ctrl(c, EVP_CTRL_GCM_SET_TAG, TAG_LEN,
+                                 (void *)(uintptr_t)tag) == 1 &&
+             EVP_DecryptFinal_ex(c, out + len, &len) == 1;
+    }
+    EVP_CIPHER_CTX_free(c);
+    return ok ? 0 : -1;
+}
+
+/* The volume's passphrase: the hex of its key (what qemu-img and QEMU read
+ * from the secret object). */
+static int secret_of(kh_storage *st, const volume *v, char out[65], kh_err *err)
+{
+    unsigned char wrapped[WRAPPED_LEN], key[KEY_LEN];
+    if (hex_decode(v->key_wrapped, wrapped, sizeof(wrapped)) < 0 ||
+        key_crypt(st, false, v->id, wrapped, key) < 0) {
+        kh_err_set(err, KH_E_INTERNAL, "volume %s: its key does not unwrap with this host's "
+                                       "master key", v->name);
+        return -1;
+    }
+    hex_encode(key, KEY_LEN, out);
+    OPENSSL_cleanse(key, sizeof(key));
+    return 0;
+}
+
+/* A sealed in-memory file holding the secret, to hand to a child as an fd. */
+static int secret_fd(const char *secret, kh_err *err)
+{
+    int fd = memfd_create("kh-secret", MFD_CLOEXEC | MFD_ALLOW_SEALING);
+    if (fd < 0) {
+        kh_err_errno(err, KH_E_INTERNAL, errno, "memfd_create");
+        return -1;
+    }
+    size_t n = strlen(secret);
+    if (write(fd, secret, n) != (ssize_t)n || lseek(fd, 0, SEEK_SET) < 0 ||
+        fcntl(fd, F_ADD_SEALS, F_SEAL_WRITE | F_SEAL_GROW | F_SEAL_SHRINK | F_SEAL_SEAL) < 0) {
+        kh_err_errno(err, KH_E_INTERNAL, errno, "writing a secret");
+        close(fd);
+        return -1;
+    }
+    return fd;
+}
+
+int kh_storage_volume_secret_fd(kh_storage *st, const char *volume_id, kh_err *err)
+{
+    volume v = { 0 };
+    char secret[2 * KEY_LEN + 1];
+    int fd = -1;
+    int rc = volume_get(st, NULL, NULL, volume_id, &v, err);
+    if (rc == 1 && v.key_wrapped) {
+        if (secret_of(st, &v, secret, err) == 0)
+            fd = secret_fd(secret, err);
+        OPENSSL_cleanse(secret, sizeof(secret));
+    } else if (rc >= 0) {
+        kh_err_set(err, KH_E_NOTFOUND, "no encrypted volume %s", volume_id);
+    }
+    volume_clear(&v);
+    return fd;
+}
+
+static int master_key_load(kh_storage *st, const char *state_dir, kh_err *err)
+{
+    char *path = xasprintf("%s/master.key", state_dir);
+    int rc = -1;
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+    if (fd < 0 && errno == ENOENT) {
+        unsigned char k[32];
+        kh_random_bytes(k, sizeof(k));
+        rc = kh_fs_write_atomic(path, k, sizeof(k), 0600, err);
+        OPENSSL_cleanse(k, sizeof(k));
+        if (rc == 0)
+            fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+        rc = -1;
+    }
+    struct stat sb;
+    if (fd < 0 || fstat(fd, &sb) < 0) {
+        kh_err_errno(err, KH_E_INTERNAL, errno, "master key %s", path);
+    } else if ((sb.st_mode & 077) != 0 || sb.st_size != 32) {
+        kh_err_set(err, KH_E_INTERNAL, "master key %s: must be 32 bytes with mode 0600", path);
+    } else if (read(fd, st->master, 32) != 32) {
+        kh_err_errno(err, KH_E_INTERNAL, errno, "reading %s", path);
+    } else {
+        rc = 0;
+    }
+    if (fd >= 0)
+        close(fd);
+    free(path);
+    return rc;
+}
+
 /* ---- volumes: operations ---- */
 
-typedef enum op_kind { OP_CREATE, OP_IMPORT_CHECK, OP_IMPORT_COPY, OP_SHOW, OP_RESIZE } op_kind;
+typedef enum op_kind {
+    OP_CREATE,
+    OP_IMPORT_CHECK,
+    OP_IMPORT_COPY,
+    OP_SHOW,
+    OP_RESIZE,
+    OP_COPY,
+} op_kind;
 
 typedef struct op {
     kh_storage *st;
@@ -605,12 +768,20 @@ typedef struct op {
     char *final;
     char *import; /* the host file */
     uint64_t new_size;
+    kh_storage_progress_cb on_progress;
+    int last_percent;
+    int secret_fd; /* encrypted create: closed when the op ends */
+    kh_strv *retry_argv; /* encrypted create: run again after a PBKDF timing glitch */
+    int retries;
     kh_storage_cb cb;
     void *opaque;
 } op;
 
 static void op_free(op *o)
 {
+    if (o->secret_fd > 0)
+        close(o->secret_fd);
+    kh_strv_free(o->retry_argv);
     pool_clear(&o->p);
     volume_clear(&o->v);
     free(o->part);
@@ -641,7 +812,7 @@ static void qimg_error(const kh_qimg_result *r, const char *what, kh_err *err)
 
 static int volume_insert(kh_storage *st, const volume *v, kh_err *err)
 {
-    sqlite3_stmt *s = prep(st, "INSERT INTO volumes (" VOL_COLS ") VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+    sqlite3_stmt *s = prep(st, "INSERT INTO volumes (" VOL_COLS ") VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                            err);
     if (!s)
         return -1;
@@ -656,6 +827,10 @@ static int volume_insert(kh_storage *st, const volume *v, kh_err *err)
         sqlite3_bind_null(s, 6);
     sqlite3_bind_int(s, 7, v->readonly);
     sqlite3_bind_double(s, 8, v->created_at);
+    if (v->key_wrapped)
+        sqlite3_bind_text(s, 9, v->key_wrapped, -1, SQLITE_TRANSIENT);
+    else
+        sqlite3_bind_null(s, 9);
     int rc = sqlite3_step(s);
     sqlite3_finalize(s);
     if (rc != SQLITE_DONE) {
@@ -672,8 +847,23 @@ static void create_done(const kh_qimg_result *r, void *opaque)
 {
     op *o = opaque;
     kh_err err = KH_ERR_INIT;
-    if (r->status != 0) {
-        qimg_error(r, o->kind == OP_IMPORT_COPY ? "importing" : "creating the volume", &err);
+    /* LUKS formatting times its PBKDF on this CPU; on a loaded host
+     * qemu-img sometimes cannot measure ("Unable to get accurate CPU
+     * usage"). Nothing was made: try again. */
+    if (r->status != 0 && o->retry_argv && o->retries < 5 && r->errtext &&
+        strstr(r->errtext, "accurate CPU usage")) {
+        o->retries++;
+        unlink(o->part);
+        if (kh_qimg_run_fd(o->st->qimg, o->retry_argv->v, o->secret_fd, QIMG_TIMEOUT_MS, NULL,
+                           create_done, o, &err) >= 0)
+            return;
+    }
+    if (kh_err_isset(&err)) {
+        /* could not even retry */
+    } else if (r->status != 0) {
+        qimg_error(r, o->kind == OP_IMPORT_COPY ? "importing"
+                      : o->kind == OP_COPY     ? "copying the volume"
+                                               : "creating the volume", &err);
     } else if (rename(o->part, o->final) < 0) {
         kh_err_errno(&err, KH_E_INTERNAL, errno, "renaming %s", o->part);
     } else if (volume_insert(o->st, &o->v, &err) < 0) {
@@ -762,7 +952,7 @@ fail:
 }
 
 static const char *const create_keys[] = { "name", "format", "size", "preallocate", "backing",
-                                           "import" };
+                                           "import", "encrypt" };
 
 int kh_storage_volume_create(kh_storage *st, const char *pool_name, const json_t *body,
                              kh_storage_cb cb, void *opaque, kh_err *err)
@@ -776,8 +966,18 @@ int kh_storage_volume_create(kh_storage *st, const char *pool_name, const json_t
     json_t *jpre = json_object_get(body, "preallocate");
     json_t *jback = json_object_get(body, "backing");
     json_t *jimp = json_object_get(body, "import");
+    json_t *jenc = json_object_get(body, "encrypt");
     if (kh_check_name(name, "name", err) < 0)
         return -1;
+    if (jenc && !json_is_boolean(jenc)) {
+        kh_err_set(err, KH_E_INVALID, "encrypt: must be true or false");
+        return -1;
+    }
+    if (json_is_true(jenc) && (strcmp(fmt ? fmt : "", "qcow2") != 0 || jback || jimp)) {
+        kh_err_set(err, KH_E_INVALID, "encrypt: only a new empty qcow2 volume can be encrypted "
+                                      "(not raw, not a clone, not an import)");
+        return -1;
+    }
     if (!fmt || (strcmp(fmt, "qcow2") != 0 && strcmp(fmt, "raw") != 0)) {
         kh_err_set(err, KH_E_INVALID, "format: must be \"qcow2\" or \"raw\"");
         return -1;
@@ -851,6 +1051,12 @@ int kh_storage_volume_create(kh_storage *st, const char *pool_name, const json_t
         }
         if (busy_find(st, bpool.id, base.name)) {
             kh_err_set(err, KH_E_CONFLICT, "backing: volume %s is busy", base.name);
+            goto out;
+        }
+        if (base.key_wrapped) {
+            kh_err_set(err, KH_E_UNSUPPORTED, "backing: volume %s is encrypted: clones of "
+                                              "encrypted volumes are not supported yet",
+                       base.name);
             goto out;
         }
         if (base.capacity > size)
@@ -932,9 +1138,42 @@ int kh_storage_volume_create(kh_storage *st, const char *pool_name, const json_t
             kh_strv_add(a, "-o");
             kh_strv_add(a, "preallocation=full");
         }
+        if (json_is_true(jenc)) {
+            /* a random key per volume, wrapped by the master key; the
+             * passphrase reaches qemu-img through fd 3 only */
+            unsigned char key[KEY_LEN], wrapped[WRAPPED_LEN];
+            char secret[2 * KEY_LEN + 1], whex[2 * WRAPPED_LEN + 1];
+            kh_random_bytes(key, sizeof(key));
+            int krc = key_crypt(st, true, o->v.id, key, wrapped);
+            hex_encode(key, KEY_LEN, secret);
+            OPENSSL_cleanse(key, sizeof(key));
+            hex_encode(wrapped, WRAPPED_LEN, whex);
+            o->secret_fd = krc == 0 ? secret_fd(secret, err) : -1;
+            OPENSSL_cleanse(secret, sizeof(secret));
+            if (krc < 0)
+                kh_err_set(err, KH_E_INTERNAL, "wrapping the volume key failed");
+            if (o->secret_fd < 0) {
+                kh_strv_free(a);
+                busy_release(st, o->p.id, name);
+                op_free(o);
+                o = NULL;
+                goto out;
+            }
+            o->v.key_wrapped = xstrdup(whex);
+            kh_strv_add(a, "--object");
+            kh_strv_add(a, "secret,id=sec0,file=/proc/self/fd/3,format=raw");
+            kh_strv_add(a, "-o");
+            kh_strv_add(a, "encrypt.format=luks,encrypt.key-secret=sec0");
+        }
         kh_strv_add(a, o->part);
         kh_strv_addf(a, "%" PRIu64, size);
-        rc = run_qimg(o, a, QIMG_TIMEOUT_MS, create_done, err);
+        pid_t pid = kh_qimg_run_fd(st->qimg, a->v, o->secret_fd, QIMG_TIMEOUT_MS, NULL,
+                                   create_done, o, err);
+        if (o->secret_fd > 0)
+            o->retry_argv = a;
+        else
+            kh_strv_free(a);
+        rc = pid < 0 ? -1 : 0;
     }
     if (rc < 0) {
         busy_release(st, o->p.id, name);
@@ -1036,13 +1275,33 @@ int kh_storage_volume_show(kh_storage *st, const char *pool_name, const char *na
     return 0;
 }
 
+static void resize_record(op *o, kh_err *err_in);
+
 static void resize_done(const kh_qimg_result *r, void *opaque)
 {
     op *o = opaque;
     kh_err err = KH_ERR_INIT;
-    if (r->status != 0) {
+    if (r->status != 0)
         qimg_error(r, "resizing the volume", &err);
-        op_end(o, NULL, &err);
+    resize_record(o, kh_err_isset(&err) ? &err : NULL);
+}
+
+static void live_resized(const kh_err *err, void *opaque)
+{
+    op *o = opaque;
+    kh_err e = KH_ERR_INIT;
+    if (err) {
+        kh_err_copy(&e, err);
+        kh_err_prefix(&e, "resizing the volume online");
+    }
+    resize_record(o, err ? &e : NULL);
+}
+
+static void resize_record(op *o, kh_err *err_in)
+{
+    kh_err err = KH_ERR_INIT;
+    if (err_in) {
+        op_end(o, NULL, err_in);
         return;
     }
     sqlite3_stmt *s = prep(o->st, "UPDATE volumes SET capacity = ? WHERE id = ?", &err);
@@ -1090,10 +1349,17 @@ int kh_storage_volume_resize(kh_storage *st, const char *pool_name, const char *
         kh_err_set(err, KH_E_CONFLICT, "volume %s is a read-only base", name);
         goto fail;
     }
+    if (o->v.key_wrapped) {
+        kh_err_set(err, KH_E_UNSUPPORTED, "volume %s is encrypted: resizing it is not "
+                                          "supported yet", name);
+        goto fail;
+    }
     u = users_of(st, o->p.name, o->v.name);
-    if (any_running(u)) {
-        kh_err_set(err, KH_E_CONFLICT, "volume %s is in use by a running VM; stop it first",
-                   name);
+    bool live = any_running(u);
+    if (live && (json_array_size(u) != 1 || !st->live_resize ||
+                 json_is_true(json_object_get(json_array_get(u, 0), "readonly")))) {
+        kh_err_set(err, KH_E_CONFLICT, "volume %s is in use read-only by running VMs; stop "
+                                       "them first", name);
         goto fail;
     }
     if (strcmp(o->v.format, "raw") == 0 && size - o->v.capacity > pool_free(&o->p)) {
@@ -1105,6 +1371,16 @@ int kh_storage_volume_resize(kh_storage *st, const char *pool_name, const char *
     if (busy_take(st, o->p.id, o->v.name, err) < 0)
         goto fail;
     o->new_size = size;
+    if (live) {
+        char *ref = xasprintf("%s/%s", o->p.name, o->v.name);
+        int lrc = st->live_resize(st->live_resize_opaque, ref, size, live_resized, o, err);
+        free(ref);
+        if (lrc < 0) {
+            busy_release(st, o->p.id, o->v.name);
+            goto fail;
+        }
+        return 0;
+    }
     kh_strv *a = kh_strv_new();
     kh_strv_add(a, kh_qimg_binary(st->qimg));
     kh_strv_add(a, "resize");
@@ -1163,6 +1439,229 @@ int kh_storage_volume_delete(kh_storage *st, const char *pool_name, const char *
     return rc;
 }
 
+/* qemu-img convert -p prints "    (12.50/100%)" lines. */
+static void copy_progress(const char *line, void *opaque)
+{
+    op *o = opaque;
+    double pct;
+    const char *p = strchr(line, '(');
+    if (!p || sscanf(p, "(%lf/100%%)", &pct) != 1)
+        return;
+    int ip = (int)pct;
+    if (ip != o->last_percent && o->on_progress) {
+        o->last_percent = ip;
+        o->on_progress(ip, o->opaque);
+    }
+}
+
+int kh_storage_volume_copy(kh_storage *st, const char *src_ref, const char *dst_name,
+                           kh_storage_progress_cb on_progress, kh_storage_cb cb, void *opaque,
+                           kh_err *err)
+{
+    char *pn = NULL, *vn = NULL;
+    if (kh_volume_ref_parse(src_ref, &pn, &vn, err) < 0)
+        return -1;
+    if (kh_check_name(dst_name, "name", err) < 0) {
+        free(pn);
+        free(vn);
+        return -1;
+    }
+    op *o = op_for(st, pn, vn, OP_COPY, cb, opaque, err);
+    free(pn);
+    free(vn);
+    if (!o)
+        return -1;
+    volume existing = { 0 };
+    int have = volume_get(st, o->p.id, dst_name, NULL, &existing, err);
+    volume_clear(&existing);
+    if (have != 0 || busy_find(st, o->p.id, dst_name)) {
+        if (have >= 0)
+            kh_err_set(err, KH_E_CONFLICT, "a volume named %s already exists in pool %s",
+                       dst_name, o->p.name);
+        op_free(o);
+        return -1;
+    }
+    struct stat sb;
+    if (stat(o->final, &sb) == 0 && (uint64_t)sb.st_blocks * 512 > pool_free(&o->p)) {
+        kh_err_set(err, KH_E_TOOLARGE, "not enough free space in pool %s for a full copy",
+                   o->p.name);
+        op_free(o);
+        return -1;
+    }
+    if (o->v.key_wrapped) {
+        kh_err_set(err, KH_E_UNSUPPORTED, "volume %s is encrypted: copies of encrypted volumes "
+                                          "are not supported yet", o->v.name);
+        op_free(o);
+        return -1;
+    }
+    char *src = o->final;
+    char *src_fmt = xstrdup(o->v.format);
+    uint64_t capacity = o->v.capacity;
+    /* The op now describes the new volume. */
+    volume_clear(&o->v);
+    kh_uuid_generate(o->v.id);
+    snprintf(o->v.pool_id, sizeof(o->v.pool_id), "%s", o->p.id);
+    o->v.name = xstrdup(dst_name);
+    o->v.format = src_fmt;
+    o->v.capacity = capacity;
+    o->v.created_at = kh_wall_time();
+    o->final = volume_path(&o->p, o->v.id, NULL);
+    o->part = volume_path(&o->p, o->v.id, ".part");
+    o->on_progress = on_progress;
+    o->last_percent = -1;
+    busy_take(st, o->p.id, dst_name, NULL);
+    kh_strv *a = kh_strv_new();
+    kh_strv_add(a, kh_qimg_binary(st->qimg));
+    kh_strv_add(a, "convert");
+    kh_strv_add(a, "-p");
+    kh_strv_add(a, "-U");
+    kh_strv_add(a, "-f");
+    kh_strv_add(a, src_fmt);
+    kh_strv_add(a, "-O");
+    kh_strv_add(a, src_fmt);
+    kh_strv_add(a, src);
+    kh_strv_add(a, o->part);
+    free(src);
+    pid_t pid = kh_qimg_run(st->qimg, a->v, QIMG_CONVERT_TIMEOUT_MS, copy_progress, create_done,
+                            o, err);
+    kh_strv_free(a);
+    if (pid < 0) {
+        busy_release(st, o->p.id, dst_name);
+        op_free(o);
+        return -1;
+    }
+    return 0;
+}
+
+int kh_storage_volume_set_readonly(kh_storage *st, const char *ref, bool readonly, kh_err *err)
+{
+    char *pn = NULL, *vn = NULL;
+    if (kh_volume_ref_parse(ref, &pn, &vn, err) < 0)
+        return -1;
+    pool p = { 0 };
+    volume v = { 0 };
+    int rc = -1;
+    if (pool_find(st, pn, &p, err) == 0 && volume_find(st, &p, vn, &v, err) == 0) {
+        sqlite3_stmt *s = prep(st, "UPDATE volumes SET readonly = ? WHERE id = ?", err);
+        if (s) {
+            sqlite3_bind_int(s, 1, readonly);
+            sqlite3_bind_text(s, 2, v.id, -1, SQLITE_TRANSIENT);
+            rc = sqlite3_step(s) == SQLITE_DONE ? 0 : db_fail(st, err, "marking a volume");
+            sqlite3_finalize(s);
+        }
+    }
+    pool_clear(&p);
+    volume_clear(&v);
+    free(pn);
+    free(vn);
+    return rc;
+}
+
+int kh_storage_template_mark(kh_storage *st, const char *vm_id, kh_err *err)
+{
+    sqlite3_stmt *s = prep(st, "INSERT OR IGNORE INTO templates (vm_id, created_at) VALUES (?, ?)",
+                           err);
+    if (!s)
+        return -1;
+    sqlite3_bind_text(s, 1, vm_id, -1, SQLITE_TRANSIENT);
+    sqlite3_bind_double(s, 2, kh_wall_time());
+    int rc = sqlite3_step(s) == SQLITE_DONE ? 0 : db_fail(st, err, "marking a template");
+    sqlite3_finalize(s);
+    return rc;
+}
+
+bool kh_storage_is_template(kh_storage *st, const char *vm_id)
+{
+    return st && count_where(st, "SELECT count(*) FROM templates WHERE vm_id = ?", vm_id) > 0;
+}
+
+void kh_storage_template_forget(kh_storage *st, const char *vm_id)
+{
+    sqlite3_stmt *s = st ? prep(st, "DELETE FROM templates WHERE vm_id = ?", NULL) : NULL;
+    if (!s)
+        return;
+    sqlite3_bind_text(s, 1, vm_id, -1, SQLITE_TRANSIENT);
+    sqlite3_step(s);
+    sqlite3_finalize(s);
+}
+
+/* ---- snapshot records ---- */
+
+int kh_storage_snapshot_add(kh_storage *st, const char *vm_id, const char *name, bool memory,
+                            kh_err *err)
+{
+    sqlite3_stmt *s = prep(st, "INSERT INTO snapshots (vm_id, name, memory, created_at) "
+                               "VALUES (?, ?, ?, ?)", err);
+    if (!s)
+        return -1;
+    sqlite3_bind_text(s, 1, vm_id, -1, SQLITE_TRANSIENT);
+    sqlite3_bind_text(s, 2, name, -1, SQLITE_TRANSIENT);
+    sqlite3_bind_int(s, 3, memory);
+    sqlite3_bind_double(s, 4, kh_wall_time());
+    int rc = sqlite3_step(s) == SQLITE_DONE ? 0 : db_fail(st, err, "recording a snapshot");
+    sqlite3_finalize(s);
+    return rc;
+}
+
+int kh_storage_snapshot_get(kh_storage *st, const char *vm_id, const char *name, bool *memory,
+                            kh_err *err)
+{
+    sqlite3_stmt *s = prep(st, "SELECT memory FROM snapshots WHERE vm_id = ? AND name = ?", err);
+    if (!s)
+        return -1;
+    sqlite3_bind_text(s, 1, vm_id, -1, SQLITE_TRANSIENT);
+    sqlite3_bind_text(s, 2, name, -1, SQLITE_TRANSIENT);
+    int rc = sqlite3_step(s), found = 0;
+    if (rc == SQLITE_ROW) {
+        *memory = sqlite3_column_int(s, 0) != 0;
+        found = 1;
+    } else if (rc != SQLITE_DONE) {
+        found = db_fail(st, err, "reading a snapshot");
+    }
+    sqlite3_finalize(s);
+    return found;
+}
+
+int kh_storage_snapshot_remove(kh_storage *st, const char *vm_id, const char *name, kh_err *err)
+{
+    sqlite3_stmt *s = prep(st, "DELETE FROM snapshots WHERE vm_id = ? AND name = ?", err);
+    if (!s)
+        return -1;
+    sqlite3_bind_text(s, 1, vm_id, -1, SQLITE_TRANSIENT);
+    sqlite3_bind_text(s, 2, name, -1, SQLITE_TRANSIENT);
+    int rc = sqlite3_step(s) == SQLITE_DONE ? 0 : db_fail(st, err, "removing a snapshot");
+    sqlite3_finalize(s);
+    return rc;
+}
+
+json_t *kh_storage_snapshot_list(kh_storage *st, const char *vm_id)
+{
+    json_t *arr = json_array();
+    sqlite3_stmt *s = prep(st, "SELECT name, memory, created_at FROM snapshots WHERE vm_id = ? "
+                               "ORDER BY created_at, name", NULL);
+    if (!s)
+        return arr;
+    sqlite3_bind_text(s, 1, vm_id, -1, SQLITE_TRANSIENT);
+    while (sqlite3_step(s) == SQLITE_ROW) {
+        json_array_append_new(arr, json_pack("{s:s, s:b, s:o}", "name",
+                                             (const char *)sqlite3_column_text(s, 0), "memory",
+                                             sqlite3_column_int(s, 1) != 0, "created_at",
+                                             time_json(sqlite3_column_double(s, 2))));
+    }
+    sqlite3_finalize(s);
+    return arr;
+}
+
+void kh_storage_snapshot_forget_vm(kh_storage *st, const char *vm_id)
+{
+    sqlite3_stmt *s = st ? prep(st, "DELETE FROM snapshots WHERE vm_id = ?", NULL) : NULL;
+    if (!s)
+        return;
+    sqlite3_bind_text(s, 1, vm_id, -1, SQLITE_TRANSIENT);
+    sqlite3_step(s);
+    sqlite3_finalize(s);
+}
+
 /* ---- resolution for the VM manager ---- */
 
 void kh_volume_chain_clear(kh_volume_chain *c)
@@ -1184,6 +1683,7 @@ int kh_storage_resolve(kh_storage *st, const char *ref, kh_volume_chain *out, kh
     if (pool_find(st, pn, &p, err) < 0 || volume_find(st, &p, vn, &v, err) < 0)
         goto out;
     out->readonly = v.readonly;
+    out->encrypted = v.key_wrapped != NULL;
     out->dependents = (unsigned)count_where(st, "SELECT count(*) FROM volumes "
                                                 "WHERE backing_id = ?", v.id);
     for (;;) {
@@ -1250,6 +1750,11 @@ kh_storage *kh_storage_new(uv_loop_t *loop, kh_store *store, kh_qimg *qimg,
     st->db = kh_store_sqlite(store);
     st->qimg = qimg;
     st->state_dir = xstrdup(state_dir);
+    if (master_key_load(st, state_dir, err) < 0) {
+        kh_err_prefix(err, "storage");
+        kh_storage_free(st);
+        return NULL;
+    }
     pool p = { 0 };
     int rc = pool_get(st, "default", false, &p, err);
     if (rc == 0) {
@@ -1286,8 +1791,20 @@ void kh_storage_free(kh_storage *st)
         free(b->name);
         free(b);
     }
+    OPENSSL_cleanse(st->master, sizeof(st->master));
     free(st->state_dir);
     free(st);
+}
+
+void kh_storage_set_live_resize(kh_storage *st, kh_volume_live_resize_fn fn, void *opaque)
+{
+    st->live_resize = fn;
+    st->live_resize_opaque = opaque;
+}
+
+kh_qimg *kh_storage_qimg(kh_storage *st)
+{
+    return st->qimg;
 }
 
 void kh_storage_set_users(kh_storage *st, kh_volume_users_fn fn, void *opaque)

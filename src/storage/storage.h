@@ -48,6 +48,16 @@ kh_storage *kh_storage_new(uv_loop_t *loop, kh_store *store, kh_qimg *qimg,
                            const char *state_dir, kh_err *err);
 void kh_storage_free(kh_storage *st);
 void kh_storage_set_users(kh_storage *st, kh_volume_users_fn fn, void *opaque);
+/* Grow a volume in the running VM that uses it (QMP block_resize): calls
+ * done(err_or_NULL, done_opaque) later and returns 0, or -1 with err set
+ * and done never called. Set by the VM manager. */
+typedef void (*kh_volume_resize_done)(const kh_err *err, void *opaque);
+typedef int (*kh_volume_live_resize_fn)(void *opaque, const char *ref, uint64_t size,
+                                        kh_volume_resize_done done, void *done_opaque,
+                                        kh_err *err);
+void kh_storage_set_live_resize(kh_storage *st, kh_volume_live_resize_fn fn, void *opaque);
+/* The qemu-img runner (for other modules that run qemu-img on volumes). */
+kh_qimg *kh_storage_qimg(kh_storage *st);
 
 /* Pools. */
 json_t *kh_storage_pools_json(kh_storage *st);
@@ -59,7 +69,8 @@ json_t *kh_storage_pool_create(kh_storage *st, const json_t *body, kh_err *err);
 int kh_storage_pool_delete(kh_storage *st, const char *name, kh_err *err);
 
 /* Volumes. create body: {"name", "format": "qcow2"|"raw" (default qcow2),
- * "size": BYTES | "10G", "preallocate": bool, "backing": "[pool/]name"
+ * "size": BYTES | "10G", "preallocate": bool, "encrypt": bool (qcow2 with
+ * LUKS, AES-256, a random key per volume), "backing": "[pool/]name"
  * (a qcow2 overlay: a linked clone), "import": "/host/file" (a copy of a
  * host image whose format is given, never guessed)}. */
 int kh_storage_volume_create(kh_storage *st, const char *pool, const json_t *body,
@@ -68,11 +79,39 @@ json_t *kh_storage_volumes_json(kh_storage *st, const char *pool, kh_err *err);
 /* Show with qemu-img info --backing-chain. */
 int kh_storage_volume_show(kh_storage *st, const char *pool, const char *name,
                            kh_storage_cb cb, void *opaque, kh_err *err);
-/* Grow only: body {"size"}. KH_E_CONFLICT while a running VM uses it. */
+/* Grow only: body {"size"}. A volume a running VM writes to is grown
+ * online (QMP block_resize); KH_E_CONFLICT when it is shared read-only. */
 int kh_storage_volume_resize(kh_storage *st, const char *pool, const char *name,
                              const json_t *body, kh_storage_cb cb, void *opaque, kh_err *err);
 /* KH_E_CONFLICT while a VM refers to it or another volume is based on it. */
 int kh_storage_volume_delete(kh_storage *st, const char *pool, const char *name, kh_err *err);
+
+/* A full copy of volume src_ref (its whole chain flattened) as a new
+ * volume dst_name in the same pool, with qemu-img convert -p; on_progress
+ * (may be NULL) gets 0..100 as it goes. */
+typedef void (*kh_storage_progress_cb)(int percent, void *opaque);
+int kh_storage_volume_copy(kh_storage *st, const char *src_ref, const char *dst_name,
+                           kh_storage_progress_cb on_progress, kh_storage_cb cb, void *opaque,
+                           kh_err *err);
+/* Mark a volume as a read-only base (templates) or writable again. */
+int kh_storage_volume_set_readonly(kh_storage *st, const char *ref, bool readonly, kh_err *err);
+
+/* Templates: VMs (by id) whose volumes are read-only bases for clones. */
+int kh_storage_template_mark(kh_storage *st, const char *vm_id, kh_err *err);
+bool kh_storage_is_template(kh_storage *st, const char *vm_id);
+void kh_storage_template_forget(kh_storage *st, const char *vm_id);
+
+/* Snapshot records of VMs (internal qcow2 snapshots; vm/snapshot.c). A
+ * record is written only after the snapshot exists in every image. */
+int kh_storage_snapshot_add(kh_storage *st, const char *vm_id, const char *name, bool memory,
+                            kh_err *err);
+/* 1 found (*memory set), 0 not found, -1 error. */
+int kh_storage_snapshot_get(kh_storage *st, const char *vm_id, const char *name, bool *memory,
+                            kh_err *err);
+int kh_storage_snapshot_remove(kh_storage *st, const char *vm_id, const char *name, kh_err *err);
+/* [{"name", "memory", "created_at"}], oldest first. */
+json_t *kh_storage_snapshot_list(kh_storage *st, const char *vm_id);
+void kh_storage_snapshot_forget_vm(kh_storage *st, const char *vm_id);
 
 /* A volume reference "pool/name" resolved to its chain of files, top first. */
 typedef struct kh_volume_chain {
@@ -84,11 +123,19 @@ typedef struct kh_volume_chain {
     } layer[KH_VOLUME_CHAIN_MAX];
     bool readonly;       /* the top volume is a read-only base (a template) */
     unsigned dependents; /* volumes based on the top one */
+    bool encrypted;      /* the top volume is LUKS-encrypted (kh_storage_volume_secret) */
 } kh_volume_chain;
 
 /* KH_E_INVALID for a malformed reference, KH_E_NOTFOUND when unknown. */
 int kh_storage_resolve(kh_storage *st, const char *ref, kh_volume_chain *out, kh_err *err);
 void kh_volume_chain_clear(kh_volume_chain *c);
+
+/* The passphrase of an encrypted volume (by id) - its random per-volume
+ * key, unwrapped with the host master key (STATE_DIR/master.key, 0600,
+ * AES-256-GCM) - in a sealed memfd (close-on-exec) for a child to inherit
+ * and read as a QEMU secret object ("file=/proc/self/fd/N"). The key never
+ * appears in an argv, a file, a log line or the API. -1 with err set. */
+int kh_storage_volume_secret_fd(kh_storage *st, const char *volume_id, kh_err *err);
 
 /* Parse "pool/name" (both checked names) into its parts (caller frees). */
 int kh_volume_ref_parse(const char *ref, char **pool, char **name, kh_err *err);

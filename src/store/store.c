@@ -75,6 +75,20 @@ static const char *const migrations[] = {
     "  spec TEXT NOT NULL,"
     "  created_at REAL NOT NULL"
     ");",
+    /* 5: encrypted volumes (their wrapped key), templates, snapshots
+     * (storage/storage.c, vm/template.c, vm/snapshot.c). */
+    "ALTER TABLE volumes ADD COLUMN key_wrapped TEXT;"
+    "CREATE TABLE templates ("
+    "  vm_id TEXT PRIMARY KEY,"
+    "  created_at REAL NOT NULL"
+    ");"
+    "CREATE TABLE snapshots ("
+    "  vm_id TEXT NOT NULL,"
+    "  name TEXT NOT NULL,"
+    "  memory INTEGER NOT NULL,"
+    "  created_at REAL NOT NULL,"
+    "  PRIMARY KEY (vm_id, name)"
+    ");",
 };
 
 static int db_error(kh_store *st, kh_err *err, const char *what)

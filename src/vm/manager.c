@@ -44,7 +44,8 @@ static uint64_t kh_now_ns(void)
 enum { FD_QMP = 3, FD_SERIAL, FD_KERNEL, FD_INITRD, FD_DISK0 };
 /* Backing layers of volume disks: FD_BACKING0 + i * KH_DISK_BACKING_MAX + j. */
 #define FD_BACKING0 (FD_DISK0 + KH_VM_DISKS_MAX)
-#define FD_COUNT (FD_BACKING0 + KH_VM_DISKS_MAX * KH_DISK_BACKING_MAX)
+#define FD_SECRET0 (FD_BACKING0 + KH_VM_DISKS_MAX * KH_DISK_BACKING_MAX)
+#define FD_COUNT (FD_SECRET0 + KH_VM_DISKS_MAX)
 /* Then per NIC i: the tap at FD_NIC0 + 2i, its vhost-net fd at FD_NIC0 + 2i + 1. */
 enum { FD_NIC0 = FD_COUNT, FD_END = FD_NIC0 + 2 * KH_VM_NICS_MAX };
 
@@ -188,6 +189,8 @@ static json_t *vm_json(const vm *v)
     json_object_set_new(j, "started_at", v->pid > 0 ? time_json(v->started_at) : json_null());
     json_object_set_new(j, "console_viewers",
                         json_integer(v->console ? kh_console_viewer_count(v->console) : 0));
+    json_object_set_new(j, "template",
+                        json_boolean(kh_storage_is_template(v->mgr->cfg.storage, v->id)));
     return j;
 }
 
@@ -750,6 +753,7 @@ static int resolve_volumes(kh_manager *mgr, const vm *self, kh_vm_spec *spec, kh
             free(d->path);
             d->path = xstrdup(c.layer[0].path);
             d->format = c.layer[0].format;
+            d->encrypted = c.encrypted;
             kh_disk_spec_clear_backing(d);
             if (c.n > 1) {
                 d->nbacking = c.n - 1;
@@ -784,6 +788,53 @@ static json_t *volume_users(void *opaque, const char *ref)
         }
     }
     return arr;
+}
+
+typedef struct live_resize {
+    kh_volume_resize_done done;
+    void *opaque;
+} live_resize;
+
+static void on_block_resize(kh_qmp *q, json_t *ret, const kh_err *err, void *opaque)
+{
+    (void)q;
+    (void)ret;
+    live_resize *lr = opaque;
+    lr->done(err, lr->opaque);
+    free(lr);
+}
+
+/* The storage layer grows a volume that a running VM writes to. */
+static int volume_live_resize(void *opaque, const char *ref, uint64_t size,
+                              kh_volume_resize_done done, void *done_opaque, kh_err *err)
+{
+    kh_manager *mgr = opaque;
+    for (vm *v = mgr->vms; v; v = v->next) {
+        if (!v->qmp || (v->state != VM_RUNNING && v->state != VM_PAUSED))
+            continue;
+        for (size_t i = 0; i < v->spec->ndisks; i++) {
+            const kh_disk_spec *d = &v->spec->disks[i];
+            if (!d->volume || strcmp(d->volume, ref) != 0 || d->readonly)
+                continue;
+            char node[32];
+            snprintf(node, sizeof(node), "disk%zu", i);
+            live_resize *lr = xcalloc(1, sizeof(*lr));
+            lr->done = done;
+            lr->opaque = done_opaque;
+            if (kh_qmp_command(v->qmp, "block_resize",
+                               json_pack("{s:s, s:I}", "node-name", node, "size",
+                                         (json_int_t)size),
+                               on_block_resize, lr, err) < 0) {
+                free(lr);
+                return -1;
+            }
+            kh_log(KH_LOG_INFO, "volume.resize_online", "vm=%s volume=%s size=%llu",
+                   v->spec->name, ref, (unsigned long long)size);
+            return 0;
+        }
+    }
+    kh_err_set(err, KH_E_CONFLICT, "volume %s: no running VM writes to it now", ref);
+    return -1;
 }
 
 static int open_ro(const char *path, const char *what, kh_err *err)
@@ -845,6 +896,7 @@ static void start_spawn(vm *v, const char *kernel_file)
     int disk_fds[KH_VM_DISKS_MAX];
     int backing_fds[KH_VM_DISKS_MAX][KH_DISK_BACKING_MAX];
     const int *backing_ptrs[KH_VM_DISKS_MAX] = { NULL };
+    int secret_fds[KH_VM_DISKS_MAX];
     kh_vm_spec *rs = kh_vm_spec_dup(v->spec); /* volumes resolved to files */
     int nic_fds[KH_VM_NICS_MAX], nic_vhost_fds[KH_VM_NICS_MAX];
     int dirfd = -1, log_fd = -1, qmp_conn = -1, serial_conn = -1;
@@ -902,6 +954,20 @@ static void start_spawn(vm *v, const char *kernel_file)
             backing_fds[i][j] = target;
             backing_ptrs[i] = backing_fds[i];
         }
+        secret_fds[i] = -1;
+        if (d->encrypted) {
+            /* the key reaches QEMU through an inherited memfd only */
+            kh_volume_chain c;
+            int sfd = -1;
+            if (kh_storage_resolve(mgr->cfg.storage, d->volume, &c, &err) == 0) {
+                sfd = kh_storage_volume_secret_fd(mgr->cfg.storage, c.layer[0].id, &err);
+                kh_volume_chain_clear(&c);
+            }
+            if (sfd < 0)
+                goto fail;
+            fds[FD_SECRET0 + i] = sfd;
+            secret_fds[i] = FD_SECRET0 + (int)i;
+        }
         int fd = open(d->path, (d->readonly ? O_RDONLY : O_RDWR) | O_CLOEXEC);
         if (fd < 0) {
             kh_err_errno(&err, errno == ENOENT || errno == EACCES || errno == EROFS
@@ -930,6 +996,7 @@ static void start_spawn(vm *v, const char *kernel_file)
         .initrd_file = initrd_arg,
         .disk_fds = disk_fds,
         .backing_fds = backing_ptrs,
+        .secret_fds = secret_fds,
         .nic_fds = nic_fds,
         .nic_vhost_fds = nic_vhost_fds,
     };
@@ -1265,6 +1332,11 @@ static int check_action(const vm *v, kh_vm_action action, kh_err *err)
     if (v->task) {
         kh_err_set(err, KH_E_CONFLICT, "vm %s is busy: %s is in progress", name,
                    kh_vm_action_name(v->task_action));
+        return -1;
+    }
+    if (action == KH_ACTION_START && kh_storage_is_template(v->mgr->cfg.storage, v->id)) {
+        kh_err_set(err, KH_E_CONFLICT, "vm %s is a template: create a clone of it and start that",
+                   name);
         return -1;
     }
     bool ok = false;
@@ -1631,8 +1703,10 @@ kh_manager *kh_manager_new(uv_loop_t *loop, kh_store *store, kh_events *events,
     }
     for (vm *v = mgr->vms; v; v = v->next)
         reattach(v);
-    if (mgr->cfg.storage)
+    if (mgr->cfg.storage) {
         kh_storage_set_users(mgr->cfg.storage, volume_users, mgr);
+        kh_storage_set_live_resize(mgr->cfg.storage, volume_live_resize, mgr);
+    }
     sync_bindings(mgr);
     return mgr;
 }
@@ -1641,8 +1715,10 @@ void kh_manager_free(kh_manager *mgr)
 {
     if (!mgr)
         return;
-    if (mgr->cfg.storage)
+    if (mgr->cfg.storage) {
         kh_storage_set_users(mgr->cfg.storage, NULL, NULL);
+        kh_storage_set_live_resize(mgr->cfg.storage, NULL, NULL);
+    }
     for (vm *v = mgr->vms, *n; v; v = n) {
         n = v->next;
         /* Tasks in flight end with the daemon; the store marks them failed
@@ -1860,6 +1936,8 @@ int kh_manager_delete(kh_manager *mgr, const char *name, kh_err *err)
     }
     if (kh_store_vm_delete(mgr->store, v->id, err) < 0)
         return -1;
+    kh_storage_template_forget(mgr->cfg.storage, v->id);
+    kh_storage_snapshot_forget_vm(mgr->cfg.storage, v->id);
     char *dir = vm_state_path(v, NULL);
     kh_fs_rm_rf(dir, NULL);
     free(dir);

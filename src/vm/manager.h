@@ -32,6 +32,7 @@
 #include "net/netmgr.h"
 #include "qemu/accel.h"
 #include "qemu/argv.h"
+#include "qemu/qmp.h"
 #include "storage/storage.h"
 #include "qemu/qmp.h"
 #include "store/store.h"
@@ -121,7 +122,8 @@ typedef struct kh_vm_info {
 } kh_vm_info;
 typedef void (*kh_manager_vm_fn)(const kh_vm_info *info, void *opaque);
 void kh_manager_foreach(kh_manager *mgr, kh_manager_vm_fn fn, void *opaque);
-/* Send a read-only QMP query to a running VM by id (args stolen). The
+/* Send a QMP command to a running VM by id (args stolen): read-only
+ * queries (vm/metrics.c) and the snapshot jobs (vm/snapshot.c). The
  * reply callback always runs (with an error if QEMU goes away). -1 with err
  * (KH_E_CONFLICT when the VM is not running) and no callback otherwise. */
 int kh_manager_qmp(kh_manager *mgr, const char *id, const char *command, json_t *args,

@@ -34,6 +34,9 @@ QEMU = os.environ.get("KVMHOST_QEMU") or shutil.which("qemu-system-x86_64")
 MEM_CAP_MIB = 1024
 
 
+SECRET = "kh-test-passphrase"
+
+
 def pvh_kernel():
     """A 32-bit ELF with a Xen PVH entry note: print, power off, halt."""
     base, ehsize, phsize = 0x100000, 52, 32
@@ -99,11 +102,25 @@ class Case:
         a[0] = QEMU
         addfd = {}  # set -> target fd
         formats = {}  # file node -> (format driver, read-only)
+        encrypted = set()  # file nodes under a LUKS-encrypted qcow2 node
         for i in range(1, len(a) - 1):
             if a[i] == "-blockdev":
                 j = json.loads(a[i + 1])
                 if j["driver"] in ("raw", "qcow2"):
                     formats[j["file"]] = (j["driver"], j.get("read-only", False))
+                    if "encrypt" in j:
+                        encrypted.add(j["file"])
+            if a[i] == "-object":
+                j = json.loads(a[i + 1])
+                if j.get("qom-type") == "secret":
+                    # the passphrase comes from an inherited fd, as kvmhostd passes it
+                    assert j["file"].startswith("/proc/self/fd/"), j
+                    p = os.path.join(self.tmp, "secret-" + j["id"])
+                    with open(p, "w") as f:
+                        f.write(SECRET)
+                    fd = os.open(p, os.O_RDONLY)
+                    self.keep.append(fd)
+                    self.fd_map[int(j["file"][len("/proc/self/fd/"):])] = fd
             if a[i] == "-add-fd":
                 kv = dict(x.split("=", 1) for x in a[i + 1].split(","))
                 addfd[kv["set"]] = int(kv["fd"])
@@ -147,7 +164,11 @@ class Case:
                 if j["driver"] == "file":
                     fmt, ro = formats[j["node-name"]]
                     img = os.path.join(self.tmp, "img-%s" % j["node-name"])
-                    subprocess.run(["qemu-img", "create", "-q", "-f", fmt, img, "16M"],
+                    enc = []
+                    if j["node-name"] in encrypted:
+                        enc = ["--object", "secret,id=s0,data=" + SECRET,
+                               "-o", "encrypt.format=luks,encrypt.key-secret=s0"]
+                    subprocess.run(["qemu-img", "create", "-q", "-f", fmt] + enc + [img, "16M"],
                                    check=True)
                     fn = j["filename"]
                     if fn.startswith("/dev/fdset/"):

@@ -167,7 +167,7 @@ static char *run_case(const char *name, const json_t *tc, bool *is_err)
     static const char *const env_keys[] = { "binary", "vm_id", "accel", "qmp_fd", "serial_fd",
                                             "pidfile", "vnc_socket", "kernel_file",
                                             "initrd_file", "disk_fds", "backing_fds", "nic_fds",
-                                            "nic_vhost_fds", "tsc_khz", NULL };
+                                            "nic_vhost_fds", "tsc_khz", "secret_fds", NULL };
     const json_t *sj = json_object_get(tc, "spec");
     const json_t *cj = json_object_get(tc, "caps");
     const json_t *ej = json_object_get(tc, "env");
@@ -200,6 +200,7 @@ static char *run_case(const char *name, const json_t *tc, bool *is_err)
         d->path = xstrdup(opt_str(r, "path", NULL));
         d->format = strcmp(opt_str(r, "format", "raw"), "qcow2") == 0 ? KH_DISK_QCOW2
                                                                        : KH_DISK_RAW;
+        d->encrypted = json_is_true(json_object_get(r, "encrypted"));
         const json_t *bk = json_object_get(r, "backing");
         d->nbacking = json_array_size(bk);
         d->backing = d->nbacking ? xcalloc(d->nbacking, sizeof(*d->backing)) : NULL;
@@ -223,6 +224,14 @@ static char *run_case(const char *name, const json_t *tc, bool *is_err)
             for (size_t j = 0; j < json_array_size(a); j++)
                 bfds[i][j] = (int)json_integer_value(json_array_get(a, j));
         }
+    }
+
+    int *sfds = NULL;
+    const json_t *sfj = json_object_get(ej, "secret_fds");
+    if (json_is_array(sfj)) {
+        sfds = xcalloc(json_array_size(sfj) + 1, sizeof(int));
+        for (size_t i = 0; i < json_array_size(sfj); i++)
+            sfds[i] = (int)json_integer_value(json_array_get(sfj, i));
     }
 
     kh_qemu_caps caps = {
@@ -265,6 +274,7 @@ static char *run_case(const char *name, const json_t *tc, bool *is_err)
         .initrd_file = opt_str(ej, "initrd_file", NULL),
         .disk_fds = fds,
         .backing_fds = (const int *const *)bfds,
+        .secret_fds = sfds,
         .nic_fds = nfds,
         .nic_vhost_fds = vfds,
         .tsc_khz = (unsigned)int_or(ej, "tsc_khz", 0),
@@ -289,6 +299,7 @@ static char *run_case(const char *name, const json_t *tc, bool *is_err)
         kh_strv_free(sv);
     }
     free(fds);
+    free(sfds);
     for (size_t i = 0; bfds && i < spec->ndisks; i++)
         free(bfds[i]);
     free(bfds);
