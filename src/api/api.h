@@ -94,8 +94,13 @@ void kh_net_routes_delete(kh_http_req *req, void *app);
 void kh_net_routes_leases(kh_http_req *req, void *app);
 void kh_net_routes_forward_add(kh_http_req *req, void *app);
 void kh_net_routes_forward_delete(kh_http_req *req, void *app);
+void kh_net_routes_sg_list(kh_http_req *req, void *app);
+void kh_net_routes_sg_get(kh_http_req *req, void *app);
+void kh_net_routes_sg_put(kh_http_req *req, void *app);
+void kh_net_routes_sg_delete(kh_http_req *req, void *app);
 void kh_console_routes_log(kh_http_req *req, void *app);
 
+void kh_vnc_routes_ws(kh_http_req *req, void *app);
 void kh_metrics_routes_prometheus(kh_http_req *req, void *app);
 void kh_metrics_routes_vm(kh_http_req *req, void *app);
 void kh_metrics_routes_host(kh_http_req *req, void *app);

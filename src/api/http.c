@@ -1740,9 +1740,19 @@ void kh_http_session_get(kh_http_req *req, void *app)
     const char *csrf = NULL;
     if (req->srv && req_session_id(req, id))
         csrf = kh_sessions_lookup(req->srv->sessions, id, kh_now_ms());
-    const char *via = req->local ? "unix socket" : csrf ? "session" : "token";
-    json_t *j = json_pack("{s:b, s:s}", "authenticated", 1, "via", via);
-    if (csrf)
+    const char *via = NULL;
+    if (req->local)
+        via = "unix socket";
+    else if (req->srv && bearer_ok(req->srv, conn_header(req, MHD_HTTP_HEADER_AUTHORIZATION)))
+        via = "token";
+    else if (csrf)
+        via = "session";
+    /* A public route: a page asks it before logging in, and a 401 would
+     * be noise in its console. */
+    json_t *j = json_pack("{s:b}", "authenticated", via != NULL);
+    if (via)
+        json_object_set_new(j, "via", json_string(via));
+    if (csrf && via && strcmp(via, "session") == 0)
         json_object_set_new(j, "csrf_token", json_string(csrf));
     kh_http_req_add_header(req, MHD_HTTP_HEADER_CACHE_CONTROL, "no-store");
     kh_http_reply_json(req, 200, j);

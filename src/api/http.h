@@ -147,6 +147,9 @@ void kh_http_reply_websocket(kh_http_req *req, const kh_ws_callbacks *cbs, void 
 /* Queue a message. If the peer is too slow (over 1 MiB queued) the
  * connection is closed rather than growing memory. */
 int kh_ws_send(kh_ws *ws, bool binary, const void *data, size_t len);
+/* Bytes queued for the peer and not yet written: a relay stops reading
+ * its source while this is high (kh_ws_send gives up over 1 MiB). */
+size_t kh_ws_queued(const kh_ws *ws);
 void kh_ws_close(kh_ws *ws);
 
 /* ---- Server-sent events ---- */
@@ -166,8 +169,9 @@ void kh_sse_close(kh_sse *sse);
  * {"csrf_token": ...} and an HttpOnly, SameSite=Strict session cookie;
  * afterwards the cookie authenticates like the bearer token, and writes
  * (anything but GET/HEAD) also need "X-CSRF-Token: <csrf_token>" (403
- * without). GET tells how the request was authenticated (and the CSRF
- * token again for a session). DELETE logs out. See session.h. */
+ * without). GET (public) tells whether and how the request is
+ * authenticated ({"authenticated": false} rather than 401), with the CSRF
+ * token again for a session. DELETE logs out. See session.h. */
 void kh_http_session_post(kh_http_req *req, void *app);
 void kh_http_session_get(kh_http_req *req, void *app);
 void kh_http_session_delete(kh_http_req *req, void *app);

@@ -99,3 +99,51 @@ void kh_net_routes_forward_delete(kh_http_req *req, void *app)
     }
     kh_http_reply_data(req, 204, "application/json", "", 0);
 }
+
+/* ---- security groups ---- */
+
+void kh_net_routes_sg_list(kh_http_req *req, void *app)
+{
+    kh_api *api = app;
+    kh_http_reply_json(req, 200,
+                       json_pack("{s:o}", "security_groups", kh_netmgr_sg_list_json(api->net)));
+}
+
+void kh_net_routes_sg_get(kh_http_req *req, void *app)
+{
+    kh_api *api = app;
+    kh_err err = KH_ERR_INIT;
+    json_t *g = kh_netmgr_sg_get_json(api->net, kh_http_req_param(req, "name"), &err);
+    if (!g) {
+        kh_http_reply_error(req, &err);
+        return;
+    }
+    kh_http_reply_json(req, 200, g);
+}
+
+void kh_net_routes_sg_put(kh_http_req *req, void *app)
+{
+    kh_api *api = app;
+    kh_err err = KH_ERR_INIT;
+    bool created = false;
+    json_t *body = kh_http_req_json(req, &err);
+    json_t *g = body ? kh_netmgr_sg_put(api->net, kh_http_req_param(req, "name"), body,
+                                        &created, &err)
+                     : NULL;
+    if (!g) {
+        kh_http_reply_error(req, &err);
+        return;
+    }
+    kh_http_reply_json(req, created ? 201 : 200, g);
+}
+
+void kh_net_routes_sg_delete(kh_http_req *req, void *app)
+{
+    kh_api *api = app;
+    kh_err err = KH_ERR_INIT;
+    if (kh_netmgr_sg_delete(api->net, kh_http_req_param(req, "name"), &err) < 0) {
+        kh_http_reply_error(req, &err);
+        return;
+    }
+    kh_http_reply_data(req, 204, "application/json", "", 0);
+}

@@ -48,6 +48,10 @@ static const kh_route routes[] = {
       "Serial console (WebSocket, binary frames both ways)", NULL, NULL },
     { "GET", "/api/v1/vms/{name}/console/log", kh_console_routes_log, 0,
       "Serial output so far (text/plain, ?tail=BYTES)", NULL, NULL },
+    { "GET", "/api/v1/vms/{name}/vnc", kh_vnc_routes_ws, KH_ROUTE_WEBSOCKET,
+      "Graphical console: the VM's VNC (RFB) stream as a WebSocket, binary frames both ways "
+      "(VMs with graphics \"vnc\")",
+      NULL, NULL },
     { "GET", "/api/v1/pools", kh_storage_routes_pools, 0, "List storage pools", NULL,
       "PoolList" },
     { "POST", "/api/v1/pools", kh_storage_routes_pool_create, 0,
@@ -80,6 +84,15 @@ static const kh_route routes[] = {
       "Forward a host port to a VM on a nat network", "Forward", "Network" },
     { "DELETE", "/api/v1/networks/{name}/forwards/{proto}/{port}", kh_net_routes_forward_delete,
       0, "Remove a port forward", NULL, NULL },
+    { "GET", "/api/v1/security-groups", kh_net_routes_sg_list, 0, "List security groups", NULL,
+      NULL },
+    { "GET", "/api/v1/security-groups/{name}", kh_net_routes_sg_get, 0, "Show a security group",
+      NULL, "SecurityGroup" },
+    { "PUT", "/api/v1/security-groups/{name}", kh_net_routes_sg_put, 0,
+      "Create or replace a security group (inbound rules for the NICs that name it)",
+      "SecurityGroup", "SecurityGroup" },
+    { "DELETE", "/api/v1/security-groups/{name}", kh_net_routes_sg_delete, 0,
+      "Delete a security group no NIC uses", NULL, NULL },
     { "GET", "/api/v1/tasks", kh_task_routes_list, 0, "Recent tasks", NULL, "TaskList" },
     { "GET", "/api/v1/tasks/{id}", kh_task_routes_get, 0, "Show a task", NULL, "Task" },
     { "GET", "/api/v1/events", kh_event_routes_stream, KH_ROUTE_SSE,
@@ -95,8 +108,8 @@ static const kh_route routes[] = {
     { "POST", "/api/v1/session", kh_http_session_post, KH_ROUTE_PUBLIC,
       "Browser login: the API token for a session cookie and a CSRF token", "SessionLogin",
       "Session" },
-    { "GET", "/api/v1/session", kh_http_session_get, 0, "How this request is authenticated",
-      NULL, "Session" },
+    { "GET", "/api/v1/session", kh_http_session_get, KH_ROUTE_PUBLIC,
+      "Whether and how this request is authenticated", NULL, "Session" },
     { "DELETE", "/api/v1/session", kh_http_session_delete, 0, "Log out (end the session)", NULL,
       NULL },
     { "GET", "/api/v1/alerts", kh_metrics_routes_alerts, 0,
@@ -150,7 +163,8 @@ static const struct {
       "memory_mib\":{\"type\":\"integer\"},\"machine\":{\"type\":\"string\"},\"boot\":{\"$ref\":\"#/components/"
       "schemas/Boot\"},\"disks\":{\"type\":\"array\",\"items\":{\"$ref\":\"#/components/schemas/Disk\"}},\"se"
       "rial\":{\"type\":\"boolean\"},\"graphics\":{\"type\":\"string\"},\"description\":{\"type\":\"string\"},"
-      "\"limits\":{\"$ref\":\"#/components/schemas/Limits\"}}}" },
+      "\"limits\":{\"$ref\":\"#/components/schemas/Limits\"},"
+      "\"nics\":{\"type\":\"array\",\"maxItems\":8,\"items\":{\"$ref\":\"#/components/schemas/NIC\"}}}}" },
     { "Limits",
       "{\"type\":\"object\",\"additionalProperties\":false,\"description\":\"Changeable on a running VM; "
       "PATCH merges key by key, null removes one\",\"properties\":{\"cpu_weight\":{\"type\":\"integer\",\"m"
@@ -210,7 +224,15 @@ static const struct {
       "{\"type\":\"object\",\"additionalProperties\":false,\"required\":[\"network\"],\"propertie"
       "s\":{\"network\":{\"type\":\"string\",\"pattern\":\"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$\"},"
       "\"mac\":{\"type\":\"string\",\"pattern\":\"^[0-9A-Fa-f]{2}(:[0-9A-Fa-f]{2}){5}$\"},\"ip\":"
-      "{\"type\":\"string\"}}}" },
+      "{\"type\":\"string\"},\"security_groups\":{\"type\":\"array\",\"maxItems\":8,\"items\":{"
+      "\"type\":\"string\"}}}}" },
+    { "SecurityGroup",
+      "{\"type\":\"object\",\"additionalProperties\":false,\"properties\":{\"name\":{\"type\":\"s"
+      "tring\"},\"rules\":{\"type\":\"array\",\"maxItems\":64,\"items\":{\"type\":\"object\",\"ad"
+      "ditionalProperties\":false,\"properties\":{\"direction\":{\"type\":\"string\",\"enum\":[\""
+      "in\"]},\"proto\":{\"type\":\"string\",\"enum\":[\"tcp\",\"udp\",\"icmp\",\"any\"],\"defaul"
+      "t\":\"tcp\"},\"ports\":{\"type\":\"string\",\"description\":\"80 or 8000-8080\"},\"cidr\":"
+      "{\"type\":\"string\",\"default\":\"0.0.0.0/0\"}}}}}}" },
     { "VMList",
       "{\"type\":\"object\",\"properties\":{\"vms\":{\"type\":\"array\",\"items\":{\"$ref\":\"#/components/schem"
       "as/VM\"}}}}" },

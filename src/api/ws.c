@@ -426,6 +426,13 @@ int kh_ws_send(kh_ws *ws, bool binary, const void *data, size_t len)
     return 0;
 }
 
+size_t kh_ws_queued(const kh_ws *ws)
+{
+    if (!ws || !ws->ctx || ws->state == WS_DEAD)
+        return 0;
+    return wslay_event_get_queued_msg_length(ws->ctx);
+}
+
 void kh_ws_close(kh_ws *ws)
 {
     if (!ws || ws->state == WS_DEAD)

@@ -49,6 +49,9 @@ static const cli_opt opts_vm_create[] = {
     { "disk", "SPEC", CLI_OPT_ARG | CLI_OPT_REPEAT,
       "Attach a disk image; disks keep the order given. SPEC is "
       "PATH,format=raw|qcow2[,readonly]; see DISKS above." },
+    { "nic", "SPEC", CLI_OPT_ARG | CLI_OPT_REPEAT,
+      "Add a virtio NIC on a network: NETWORK[,mac=MAC][,ip=IP] (ip: a static DHCP "
+      "reservation; mac: generated when absent). At most 8." },
     { "serial", "on|off", CLI_OPT_ARG, "Serial console (default on)." },
     { "graphics", "TYPE", CLI_OPT_ARG, "none (the default) or vnc." },
     { "description", "TEXT", CLI_OPT_ARG, "Free text for people, one line." },
@@ -78,6 +81,9 @@ static const cli_opt opts_vm_edit[] = {
     { "disk", "SPEC", CLI_OPT_ARG | CLI_OPT_REPEAT,
       "Replace the whole disk list with these disks, in order (same SPEC as vm create)." },
     { "no-disks", NULL, 0, "Remove every disk." },
+    { "nic", "SPEC", CLI_OPT_ARG | CLI_OPT_REPEAT,
+      "Replace the whole NIC list with these NICs (same SPEC as vm create)." },
+    { "no-nics", NULL, 0, "Remove every NIC." },
     { "serial", "on|off", CLI_OPT_ARG, "Serial console on or off." },
     { "graphics", "TYPE", CLI_OPT_ARG, "none or vnc." },
     { "description", "TEXT", CLI_OPT_ARG,

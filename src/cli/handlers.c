@@ -1,4 +1,5 @@
 #include "cli/handlers.h"
+#include "cli/net_handlers.h"
 
 #include <errno.h>
 #include <signal.h>
@@ -179,6 +180,12 @@ static int spec_common(const cli_args *a, const char *cwd, json_t *spec, kh_err 
         if (!disks)
             return -1;
         json_object_set_new(spec, "disks", disks);
+    }
+    if (cli_arg_all(a, "nic")) {
+        json_t *nics = cli_nics_json(cli_arg_all(a, "nic"), err);
+        if (!nics)
+            return -1;
+        json_object_set_new(spec, "nics", nics);
     }
     if ((v = cli_arg(a, "serial"))) {
         bool on;
@@ -407,6 +414,10 @@ int cli_do_vm_edit(cli_ctx *ctx, const cli_args *a, kh_err *err)
         cli_usage_error(ctx, a->cmd, err, "--no-disks excludes --disk");
         return -1;
     }
+    if (cli_flag(a, "no-nics") && cli_arg_all(a, "nic")) {
+        cli_usage_error(ctx, a->cmd, err, "--no-nics excludes --nic");
+        return -1;
+    }
     cli_client *c = cli_ctx_client(ctx, err);
     if (!c)
         return -1;
@@ -422,6 +433,8 @@ int cli_do_vm_edit(cli_ctx *ctx, const cli_args *a, kh_err *err)
     }
     if (cli_flag(a, "no-disks"))
         json_object_set_new(patch, "disks", json_array());
+    if (cli_flag(a, "no-nics"))
+        json_object_set_new(patch, "nics", json_array());
     if (cli_flag(a, "no-kernel"))
         json_object_set_new(patch, "boot", json_object());
     if (boot_opts) {

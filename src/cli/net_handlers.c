@@ -217,3 +217,56 @@ int cli_do_net_forward(cli_ctx *ctx, const cli_args *a, kh_err *err)
     json_decref(resp);
     return 0;
 }
+
+json_t *cli_nics_json(const kh_strv *specs, kh_err *err)
+{
+    json_t *arr = json_array();
+    for (size_t i = 0; specs && i < specs->n; i++) {
+        char *copy = xstrdup(specs->v[i]);
+        json_t *nic = json_object();
+        char *save = NULL;
+        int rc = 0;
+        size_t k = 0;
+        for (char *item = strtok_r(copy, ",", &save); item && rc == 0;
+             item = strtok_r(NULL, ",", &save), k++) {
+            const char *key = "network", *val = item;
+            char *eq = strchr(item, '=');
+            if (k > 0 || eq) {
+                if (!eq) {
+                    kh_err_set(err, KH_E_INVALID, "--nic %s: '%s' is not mac=... or ip=...",
+                               specs->v[i], item);
+                    rc = -1;
+                    break;
+                }
+                *eq = '\0';
+                key = item;
+                val = eq + 1;
+                if (strcmp(key, "mac") != 0 && strcmp(key, "ip") != 0 &&
+                    strcmp(key, "network") != 0) {
+                    kh_err_set(err, KH_E_INVALID, "--nic %s: unknown item %s", specs->v[i], key);
+                    rc = -1;
+                    break;
+                }
+            }
+            json_t *js = json_string(val);
+            if (!js) {
+                kh_err_set(err, KH_E_INVALID, "--nic: must be UTF-8 text");
+                rc = -1;
+                break;
+            }
+            json_object_set_new(nic, key, js);
+        }
+        free(copy);
+        if (rc == 0 && !json_object_get(nic, "network")) {
+            kh_err_set(err, KH_E_INVALID, "--nic %s: names no network", specs->v[i]);
+            rc = -1;
+        }
+        if (rc < 0) {
+            json_decref(nic);
+            json_decref(arr);
+            return NULL;
+        }
+        json_array_append_new(arr, nic);
+    }
+    return arr;
+}

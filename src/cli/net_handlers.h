@@ -2,6 +2,8 @@
 #ifndef KH_CLI_NET_HANDLERS_H
 #define KH_CLI_NET_HANDLERS_H
 
+#include <jansson.h>
+
 #include "cli/commands.h"
 
 int cli_do_net_create(cli_ctx *ctx, const cli_args *a, kh_err *err);
@@ -10,5 +12,8 @@ int cli_do_net_show(cli_ctx *ctx, const cli_args *a, kh_err *err);
 int cli_do_net_delete(cli_ctx *ctx, const cli_args *a, kh_err *err);
 int cli_do_net_leases(cli_ctx *ctx, const cli_args *a, kh_err *err);
 int cli_do_net_forward(cli_ctx *ctx, const cli_args *a, kh_err *err);
+/* The "nics" array for `vm create|edit --nic NETWORK[,mac=MAC][,ip=IP]`
+ * values, or NULL with err (KH_E_INVALID). */
+json_t *cli_nics_json(const kh_strv *specs, kh_err *err);
 
 #endif

@@ -26,7 +26,7 @@ static const char *const top_keys[] = {
 };
 static const char *const boot_keys[] = { "kernel", "initrd", "cmdline", NULL };
 static const char *const disk_keys[] = { "path", "format", "readonly", "volume", NULL };
-static const char *const nic_keys[] = { "network", "mac", "ip", NULL };
+static const char *const nic_keys[] = { "network", "mac", "ip", "security_groups", NULL };
 /* What PATCH may touch: everything but the name. */
 static const char *const patch_keys[] = {
     "vcpus", "memory_mib", "machine", "boot", "disks", "serial", "graphics", "description",
@@ -200,6 +200,7 @@ static void spec_clear(kh_vm_spec *spec)
         free(spec->nics[i].network);
         free(spec->nics[i].mac);
         free(spec->nics[i].ip);
+        free(spec->nics[i].security_groups);
     }
     free(spec->nics);
     free(spec->description);
@@ -397,6 +398,26 @@ static int parse_nic(kh_nic_spec *n, const json_t *obj, size_t i, kh_err *err)
             return -1;
         n->ip = xstrdup(s);
     }
+    snprintf(field, sizeof(field), "nics[%zu].security_groups", i);
+    if ((v = json_object_get(obj, "security_groups"))) {
+        if (!json_is_array(v) || json_array_size(v) > 8) {
+            kh_err_set(err, KH_E_INVALID, "%s: must be an array of at most 8 names", field);
+            return -1;
+        }
+        size_t k;
+        const json_t *g;
+        char *joined = NULL;
+        json_array_foreach(unconst(v), k, g) {
+            if (!(s = get_string(g, field, err)) || kh_check_name(s, field, err) < 0) {
+                free(joined);
+                return -1;
+            }
+            char *next = joined ? xasprintf("%s,%s", joined, s) : xstrdup(s);
+            free(joined);
+            joined = next;
+        }
+        n->security_groups = joined;
+    }
     return 0;
 }
 
@@ -568,6 +589,14 @@ json_t *kh_vm_spec_to_json(const kh_vm_spec *spec)
                 json_object_set_new(nj, "mac", json_string(n->mac));
             if (n->ip)
                 json_object_set_new(nj, "ip", json_string(n->ip));
+            if (n->security_groups) {
+                json_t *ga = json_array();
+                char *copy = xstrdup(n->security_groups), *save = NULL;
+                for (char *t = strtok_r(copy, ",", &save); t; t = strtok_r(NULL, ",", &save))
+                    json_array_append_new(ga, json_string(t));
+                free(copy);
+                json_object_set_new(nj, "security_groups", ga);
+            }
             json_array_append_new(nics, nj);
         }
         json_object_set_new(o, "nics", nics);
@@ -662,6 +691,7 @@ kh_vm_spec *kh_vm_spec_dup(const kh_vm_spec *spec)
             d->nics[i].network = xstrdup(spec->nics[i].network);
             d->nics[i].mac = xstrdup(spec->nics[i].mac);
             d->nics[i].ip = xstrdup(spec->nics[i].ip);
+            d->nics[i].security_groups = xstrdup(spec->nics[i].security_groups);
         }
     }
     return d;

@@ -15,7 +15,8 @@
  *     "serial": true,
  *     "graphics": "none" | "vnc",
  *     "description": "free text",
- *     "nics": [ { "network": "net1", "mac": "52:54:00:..", "ip": "10.0.0.5" } ],
+ *     "nics": [ { "network": "net1", "mac": "52:54:00:..", "ip": "10.0.0.5",
+ *                "security_groups": ["web"] } ],
  *     "limits": { ... } }      (conf/limits.h; PATCH merges it key by key)
  * Only name is required: vcpus defaults to 1, memory_mib to 512.
  * `boot` absent or without `kernel` = boot from the first disk (q35 only).
@@ -82,6 +83,7 @@ typedef struct kh_nic_spec {
     char *network;
     char *mac; /* canonical lowercase, or NULL until assigned */
     char *ip;  /* dotted quad, or NULL */
+    char *security_groups; /* group names joined by ',', or NULL */
 } kh_nic_spec;
 
 typedef struct kh_vm_spec {

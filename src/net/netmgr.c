@@ -16,6 +16,7 @@
 #include "net/link.h"
 #include "net/network.h"
 #include "net/nft.h"
+#include "net/secgroup.h"
 #include "qemu/process.h"
 #include "util/check.h"
 #include "util/fs.h"
@@ -52,7 +53,11 @@ struct kh_netmgr {
     net_rt *nets;
     kh_net_binding *binds;
     size_t nbinds;
+    kh_secgroup **groups;
+    size_t ngroups;
 };
+
+static void bindings_replace(kh_netmgr *nm, const kh_net_binding *b, size_t n);
 
 /* ---- helpers ---- */
 
@@ -100,7 +105,8 @@ static int apply_nft(kh_netmgr *nm, kh_err *err)
         v[i++] = r->n;
         nat = nat || r->n->type == KH_NET_NAT;
     }
-    char *script = kh_nft_render(v, count);
+    char *script = kh_nft_render(v, count, nm->binds, nm->nbinds,
+                                 (const kh_secgroup *const *)nm->groups, nm->ngroups);
     free(v);
     int rc = kh_nft_apply(script, err);
     free(script);
@@ -220,9 +226,10 @@ static void dns_kill_stale(net_rt *r)
     char *cmd = kh_fs_read(path, 8192, &len, NULL);
     char *conf = xasprintf("--conf-file=%s/dnsmasq.conf", r->dir);
     bool ours = false;
-    if (cmd)
+    if (cmd) {
         for (size_t off = 0; off < len; off += strlen(cmd + off) + 1)
             ours = ours || strcmp(cmd + off, conf) == 0;
+    }
     free(cmd);
     free(conf);
     if (!ours)
@@ -390,6 +397,23 @@ static int load_row(const kh_net_row *row, void *opaque)
     return 0;
 }
 
+static int load_sg(const char *name, const char *spec_json, double created_at, void *opaque)
+{
+    kh_netmgr *nm = opaque;
+    kh_err err = KH_ERR_INIT;
+    json_t *j = json_loads(spec_json, 0, NULL);
+    kh_secgroup *g = j ? kh_secgroup_from_json(j, &err) : NULL;
+    json_decref(j);
+    if (!g) {
+        kh_log(KH_LOG_ERROR, "net.load", "security_group=%s error=\"%s\"", name, err.msg);
+        return 0;
+    }
+    g->created_at = created_at;
+    nm->groups = xreallocarray(nm->groups, nm->ngroups + 1, sizeof(kh_secgroup *));
+    nm->groups[nm->ngroups++] = g;
+    return 0;
+}
+
 typedef struct orphan_ctx {
     kh_netmgr *nm;
     int idx[64];
@@ -424,7 +448,8 @@ kh_netmgr *kh_netmgr_new(uv_loop_t *loop, kh_store *store, const char *state_dir
     for (const char *p = state_dir; *p; p++)
         h = (h ^ (uint8_t)*p) * 16777619u;
     snprintf(nm->owner, sizeof(nm->owner), "%08x", h);
-    if (kh_store_net_foreach(store, load_row, nm, err) < 0) {
+    if (kh_store_net_foreach(store, load_row, nm, err) < 0 ||
+        kh_store_sg_foreach(store, load_sg, nm, err) < 0) {
         kh_netmgr_free(nm);
         return NULL;
     }
@@ -457,7 +482,10 @@ void kh_netmgr_free(kh_netmgr *nm)
         return;
     while (nm->nets)
         rt_unlink_free(nm->nets); /* dnsmasq keeps running: the next daemon replaces it */
-    kh_netmgr_set_bindings(nm, NULL, 0);
+    bindings_replace(nm, NULL, 0);
+    for (size_t i = 0; i < nm->ngroups; i++)
+        kh_secgroup_free(nm->groups[i]);
+    free(nm->groups);
     free(nm->state_dir);
     free(nm);
 }
@@ -611,10 +639,9 @@ int kh_netmgr_delete(kh_netmgr *nm, const char *name, kh_err *err)
     bridge_remove(nm, r->n);
     kh_fs_rm_rf(r->dir, NULL);
     kh_log(KH_LOG_INFO, "net.delete", "network=%s id=%s", name, r->n->id);
-    bool owned = kh_network_owns_bridge(r->n);
     rt_unlink_free(r);
     kh_err e = KH_ERR_INIT;
-    if (owned && apply_nft(nm, &e) < 0)
+    if (apply_nft(nm, &e) < 0)
         kh_log(KH_LOG_ERROR, "net.nft", "error=\"%s\"", e.msg);
     return 0;
 }
@@ -814,13 +841,15 @@ static void sync_hosts(kh_netmgr *nm)
     }
 }
 
-void kh_netmgr_set_bindings(kh_netmgr *nm, const kh_net_binding *b, size_t n)
+static void bindings_replace(kh_netmgr *nm, const kh_net_binding *b, size_t n)
 {
     for (size_t i = 0; i < nm->nbinds; i++) {
         free((char *)(uintptr_t)nm->binds[i].vm);
         free((char *)(uintptr_t)nm->binds[i].network);
         free((char *)(uintptr_t)nm->binds[i].mac);
         free((char *)(uintptr_t)nm->binds[i].ip);
+        free((char *)(uintptr_t)nm->binds[i].tap);
+        free((char *)(uintptr_t)nm->binds[i].groups);
     }
     free(nm->binds);
     nm->binds = NULL;
@@ -832,11 +861,22 @@ void kh_netmgr_set_bindings(kh_netmgr *nm, const kh_net_binding *b, size_t n)
             nm->binds[i].network = xstrdup(b[i].network);
             nm->binds[i].mac = xstrdup(b[i].mac);
             nm->binds[i].ip = xstrdup(b[i].ip);
+            nm->binds[i].tap = xstrdup(b[i].tap);
+            nm->binds[i].groups = xstrdup(b[i].groups);
         }
         nm->nbinds = n;
     }
-    if (nm->nets)
+}
+
+void kh_netmgr_set_bindings(kh_netmgr *nm, const kh_net_binding *b, size_t n)
+{
+    bindings_replace(nm, b, n);
+    if (nm->nets) {
         sync_hosts(nm);
+        kh_err err = KH_ERR_INIT;
+        if (apply_nft(nm, &err) < 0) /* the anti-spoofing rules follow the NICs */
+            kh_log(KH_LOG_ERROR, "net.nft", "error=\"%s\"", err.msg);
+    }
 }
 
 int kh_netmgr_tap_open(kh_netmgr *nm, const char *network, const char *ifname, kh_err *err)
@@ -874,4 +914,137 @@ int kh_netmgr_tap_open(kh_netmgr *nm, const char *network, const char *ifname, k
         return -1;
     }
     return fd;
+}
+
+/* ---- security groups ---- */
+
+static kh_secgroup **sg_find(kh_netmgr *nm, const char *name)
+{
+    for (size_t i = 0; i < nm->ngroups; i++)
+        if (strcmp(nm->groups[i]->name, name) == 0)
+            return &nm->groups[i];
+    return NULL;
+}
+
+static bool binding_has_group(const kh_net_binding *b, const char *name)
+{
+    if (!b->groups)
+        return false;
+    size_t len = strlen(name);
+    for (const char *p = b->groups; p && *p;) {
+        const char *comma = strchr(p, ',');
+        size_t l = comma ? (size_t)(comma - p) : strlen(p);
+        if (l == len && strncmp(p, name, len) == 0)
+            return true;
+        p = comma ? comma + 1 : NULL;
+    }
+    return false;
+}
+
+json_t *kh_netmgr_sg_list_json(kh_netmgr *nm)
+{
+    json_t *arr = json_array();
+    for (size_t i = 0; i < nm->ngroups; i++)
+        json_array_append_new(arr, kh_secgroup_to_json(nm->groups[i]));
+    return arr;
+}
+
+json_t *kh_netmgr_sg_get_json(kh_netmgr *nm, const char *name, kh_err *err)
+{
+    if (kh_check_name(name, "security group name", err) < 0)
+        return NULL;
+    kh_secgroup **g = sg_find(nm, name);
+    if (!g) {
+        kh_err_set(err, KH_E_NOTFOUND, "no security group named %s", name);
+        return NULL;
+    }
+    return kh_secgroup_to_json(*g);
+}
+
+json_t *kh_netmgr_sg_put(kh_netmgr *nm, const char *name, const json_t *body, bool *created,
+                         kh_err *err)
+{
+    if (kh_check_name(name, "security group name", err) < 0)
+        return NULL;
+    if (!json_is_object(body)) {
+        kh_err_set(err, KH_E_INVALID, "security group: must be a JSON object");
+        return NULL;
+    }
+    const char *bn = json_string_value(json_object_get(body, "name"));
+    if (bn && strcmp(bn, name) != 0) {
+        kh_err_set(err, KH_E_INVALID, "name: does not match the path");
+        return NULL;
+    }
+    json_t *copy = json_deep_copy(body);
+    json_object_set_new(copy, "name", json_string(name));
+    kh_secgroup *g = kh_secgroup_from_json(copy, err);
+    json_decref(copy);
+    if (!g)
+        return NULL;
+    kh_secgroup **slot = sg_find(nm, name);
+    g->created_at = slot ? (*slot)->created_at : kh_wall_time();
+    json_t *j = kh_secgroup_to_json(g);
+    char *text = json_dumps(j, JSON_COMPACT | JSON_SORT_KEYS);
+    int rc = kh_store_sg_put(nm->store, name, text, g->created_at, err);
+    free(text);
+    if (rc < 0) {
+        json_decref(j);
+        kh_secgroup_free(g);
+        return NULL;
+    }
+    *created = !slot;
+    if (slot) {
+        kh_secgroup_free(*slot);
+        *slot = g;
+    } else {
+        nm->groups = xreallocarray(nm->groups, nm->ngroups + 1, sizeof(kh_secgroup *));
+        nm->groups[nm->ngroups++] = g;
+    }
+    kh_err e = KH_ERR_INIT;
+    if (nm->nets && apply_nft(nm, &e) < 0)
+        kh_log(KH_LOG_ERROR, "net.nft", "error=\"%s\"", e.msg);
+    kh_log(KH_LOG_INFO, "net.sg.put", "security_group=%s rules=%zu", name, g->nrules);
+    return j;
+}
+
+int kh_netmgr_sg_delete(kh_netmgr *nm, const char *name, kh_err *err)
+{
+    if (kh_check_name(name, "security group name", err) < 0)
+        return -1;
+    kh_secgroup **slot = sg_find(nm, name);
+    if (!slot) {
+        kh_err_set(err, KH_E_NOTFOUND, "no security group named %s", name);
+        return -1;
+    }
+    for (size_t i = 0; i < nm->nbinds; i++) {
+        if (binding_has_group(&nm->binds[i], name)) {
+            kh_err_set(err, KH_E_CONFLICT, "security group %s is used by vm %s", name,
+                       nm->binds[i].vm);
+            return -1;
+        }
+    }
+    if (kh_store_sg_delete(nm->store, name, err) < 0)
+        return -1;
+    size_t idx = (size_t)(slot - nm->groups);
+    kh_secgroup_free(*slot);
+    memmove(&nm->groups[idx], &nm->groups[idx + 1],
+            (nm->ngroups - idx - 1) * sizeof(kh_secgroup *));
+    nm->ngroups--;
+    return 0;
+}
+
+int kh_netmgr_groups_check(kh_netmgr *nm, const char *groups, kh_err *err)
+{
+    if (!groups)
+        return 0;
+    char *copy = xstrdup(groups), *save = NULL;
+    int rc = 0;
+    for (char *t = strtok_r(copy, ",", &save); t && rc == 0; t = strtok_r(NULL, ",", &save)) {
+        if (!sg_find(nm, t)) {
+            kh_err_set(err, KH_E_INVALID, "security_groups: no security group named %s", t);
+            rc = -1;
+        }
+    }
+    free(copy);
+    return rc;
 }

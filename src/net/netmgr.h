@@ -17,20 +17,15 @@
 #define KH_NET_NETMGR_H
 
 #include <jansson.h>
+#include <stdbool.h>
 #include <stddef.h>
 #include <uv.h>
 
+#include "net/network.h"
 #include "store/store.h"
 #include "util/err.h"
 
 typedef struct kh_netmgr kh_netmgr;
-
-typedef struct kh_net_binding {
-    const char *vm;      /* VM name */
-    const char *network; /* network name */
-    const char *mac;
-    const char *ip;      /* static reservation or NULL */
-} kh_net_binding;
 
 /* Load the networks and reconcile the host with them. Failures to set up
  * one network are logged and leave it listed (a later start retries);
@@ -60,6 +55,16 @@ int kh_netmgr_nic_check(kh_netmgr *nm, const char *vm, const char *network, cons
                         kh_err *err);
 /* Replace the set of NICs (copied). Rewrites the reservations. */
 void kh_netmgr_set_bindings(kh_netmgr *nm, const kh_net_binding *b, size_t n);
+/* Security groups (secgroup.h). put creates or replaces (201 / 200 by
+ * *created); delete is KH_E_CONFLICT while a NIC uses the group. */
+json_t *kh_netmgr_sg_list_json(kh_netmgr *nm);
+json_t *kh_netmgr_sg_get_json(kh_netmgr *nm, const char *name, kh_err *err);
+json_t *kh_netmgr_sg_put(kh_netmgr *nm, const char *name, const json_t *body, bool *created,
+                         kh_err *err);
+int kh_netmgr_sg_delete(kh_netmgr *nm, const char *name, kh_err *err);
+/* Every name in groups (joined by ',', may be NULL) is a security group. */
+int kh_netmgr_groups_check(kh_netmgr *nm, const char *groups, kh_err *err);
+
 /* Create tap ifname on the network's bridge, up. Returns the tap fd. */
 int kh_netmgr_tap_open(kh_netmgr *nm, const char *network, const char *ifname, kh_err *err);
 

@@ -35,6 +35,16 @@ typedef struct kh_net_forward {
     char *ip;          /* the VM's address on this network when the rule was made */
 } kh_net_forward;
 
+/* A VM's NIC on a network, as the VM manager reports it. */
+typedef struct kh_net_binding {
+    const char *vm;      /* VM name */
+    const char *network; /* network name */
+    const char *mac;
+    const char *ip;      /* static reservation or NULL */
+    const char *tap;     /* the tap's name while (or whenever) the VM runs */
+    const char *groups;  /* security group names joined by ',', or NULL */
+} kh_net_binding;
+
 typedef struct kh_network {
     char id[37];
     char *name;

@@ -54,10 +54,112 @@ static void cidr(const kh_network *n, char out[24])
     snprintf(out, 24, "%s/%u", a, n->prefix);
 }
 
-char *kh_nft_render(const kh_network *const *nets, size_t n)
+static const kh_network *net_named(const kh_network *const *nets, size_t n, const char *name)
+{
+    for (size_t i = 0; i < n; i++)
+        if (strcmp(nets[i]->name, name) == 0)
+            return nets[i];
+    return NULL;
+}
+
+static void render_bridge(buf *b, const kh_network *const *nets, size_t n,
+                          const kh_net_binding *binds, size_t nbinds)
+{
+    put(b, "table bridge " KH_NFT_TABLE " {\n");
+    put(b, "\tchain prerouting {\n\t\ttype filter hook prerouting priority filter; "
+           "policy accept;\n");
+    for (size_t i = 0; i < nbinds; i++) {
+        const kh_net_binding *nb = &binds[i];
+        const kh_network *w = net_named(nets, n, nb->network);
+        if (!w || !nb->tap || !nb->mac)
+            continue;
+        put(b, "\t\tiifname \"%s\" ether saddr != %s drop\n", nb->tap, nb->mac);
+        if (!kh_network_owns_bridge(w))
+            continue;
+        char allowed[40];
+        if (nb->ip) {
+            snprintf(allowed, sizeof(allowed), "%s", nb->ip);
+        } else {
+            char a[KH_IPV4_STRLEN];
+            kh_inet_ipv4_format(w->subnet, a);
+            snprintf(allowed, sizeof(allowed), "%s/%u", a, w->prefix);
+        }
+        put(b, "\t\tiifname \"%s\" ip saddr != { 0.0.0.0, %s } drop\n", nb->tap, allowed);
+        put(b, "\t\tiifname \"%s\" arp saddr ether != %s drop\n", nb->tap, nb->mac);
+        put(b, "\t\tiifname \"%s\" arp saddr ip != { 0.0.0.0, %s } drop\n", nb->tap, allowed);
+    }
+    put(b, "\t}\n");
+}
+
+static const kh_secgroup *group_named(const kh_secgroup *const *groups, size_t n,
+                                      const char *name)
+{
+    for (size_t i = 0; i < n; i++)
+        if (strcmp(groups[i]->name, name) == 0)
+            return groups[i];
+    return NULL;
+}
+
+static void render_groups(buf *b, const char *hook, const kh_net_binding *binds, size_t nbinds,
+                          const kh_secgroup *const *groups, size_t ngroups)
+{
+    put(b, "\tchain sg_%s {\n\t\ttype filter hook %s priority filter; policy accept;\n", hook,
+        hook);
+    for (size_t i = 0; i < nbinds; i++) {
+        const kh_net_binding *nb = &binds[i];
+        if (!nb->groups || !nb->tap)
+            continue;
+        const char *t = nb->tap;
+        /* Stateless (no conntrack in the bridge family here): non-IPv4,
+         * DHCP and DNS replies, TCP segments that do not open a connection
+         * and ICMP errors/echo replies pass; new inbound traffic must match
+         * a rule. */
+        put(b, "\t\toifname \"%s\" ether type != ip accept\n", t);
+        put(b, "\t\toifname \"%s\" udp sport 67 udp dport 68 accept\n", t);
+        put(b, "\t\toifname \"%s\" udp sport 53 accept\n", t);
+        put(b, "\t\toifname \"%s\" tcp flags & (syn | ack) != syn accept\n", t);
+        put(b, "\t\toifname \"%s\" icmp type { echo-reply, destination-unreachable, "
+               "time-exceeded } accept\n", t);
+        char *copy = xstrdup(nb->groups), *save = NULL;
+        for (char *gname = strtok_r(copy, ",", &save); gname;
+             gname = strtok_r(NULL, ",", &save)) {
+            const kh_secgroup *g = group_named(groups, ngroups, gname);
+            for (size_t r = 0; g && r < g->nrules; r++) {
+                const kh_sg_rule *rule = &g->rules[r];
+                char a[KH_IPV4_STRLEN], match[64] = "";
+                kh_inet_ipv4_format(rule->cidr, a);
+                if (strcmp(rule->proto, "icmp") == 0)
+                    snprintf(match, sizeof(match), " ip protocol icmp");
+                else if (strcmp(rule->proto, "any") != 0 && rule->port_min == rule->port_max &&
+                         rule->port_min)
+                    snprintf(match, sizeof(match), " %s dport %u", rule->proto, rule->port_min);
+                else if (strcmp(rule->proto, "any") != 0 && rule->port_min)
+                    snprintf(match, sizeof(match), " %s dport %u-%u", rule->proto,
+                             rule->port_min, rule->port_max);
+                else if (strcmp(rule->proto, "any") != 0)
+                    snprintf(match, sizeof(match), " ip protocol %s", rule->proto);
+                put(b, "\t\toifname \"%s\" ip saddr %s/%u%s accept\n", t, a, rule->prefix,
+                    match);
+            }
+        }
+        free(copy);
+        put(b, "\t\toifname \"%s\" drop\n", t);
+    }
+    put(b, "\t}\n");
+}
+
+char *kh_nft_render(const kh_network *const *nets, size_t n, const kh_net_binding *binds,
+                    size_t nbinds, const kh_secgroup *const *groups, size_t ngroups)
 {
     buf b = { NULL, 0, 0 };
     put(&b, "table inet " KH_NFT_TABLE "\ndelete table inet " KH_NFT_TABLE "\n");
+    put(&b, "table bridge " KH_NFT_TABLE "\ndelete table bridge " KH_NFT_TABLE "\n");
+    if (n == 0)
+        return b.s;
+    render_bridge(&b, nets, n, binds, nbinds);
+    render_groups(&b, "forward", binds, nbinds, groups, ngroups);
+    render_groups(&b, "output", binds, nbinds, groups, ngroups);
+    put(&b, "}\n");
     size_t owned = 0;
     for (size_t i = 0; i < n; i++)
         owned += kh_network_owns_bridge(nets[i]) ? 1 : 0;

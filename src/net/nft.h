@@ -11,13 +11,22 @@
 #include <stddef.h>
 
 #include "net/network.h"
+#include "net/secgroup.h"
 #include "util/err.h"
 
 #define KH_NFT_TABLE "kvmhost"
 
-/* The nft script for these networks (bridged ones add nothing). Returns a
- * new string; with n == 0 it only removes the table. */
-char *kh_nft_render(const kh_network *const *nets, size_t n);
+/* The nft script for these networks and NICs. Returns a new string; with
+ * no networks it only removes the tables.
+ *
+ * Two tables, both kvmhost's own: `inet kvmhost` (forwarding, masquerade,
+ * port forwards) and `bridge kvmhost`: anti-spoofing per tap, frames a
+ * guest sends with another MAC than its NIC's, or IPv4/ARP from an address
+ * that is not its own (its reservation; without one, its network's subnet)
+ * are dropped; and the security groups of each NIC (secgroup.h), on the
+ * bridge's forward (guest to guest) and output (host to guest) hooks. */
+char *kh_nft_render(const kh_network *const *nets, size_t n, const kh_net_binding *binds,
+                    size_t nbinds, const kh_secgroup *const *groups, size_t ngroups);
 /* Run an nft script through libnftables. KH_E_INTERNAL with nft's message. */
 int kh_nft_apply(const char *script, kh_err *err);
 

@@ -69,7 +69,13 @@ static const char *const migrations[] = {
     "  spec TEXT NOT NULL,"
     "  created_at REAL NOT NULL"
     ");",
-    /* 4: encrypted volumes (their wrapped key), templates, snapshots
+    /* 4: security groups (net/netmgr.c), by name; spec is the stored JSON. */
+    "CREATE TABLE security_groups ("
+    "  name TEXT PRIMARY KEY,"
+    "  spec TEXT NOT NULL,"
+    "  created_at REAL NOT NULL"
+    ");",
+    /* 5: encrypted volumes (their wrapped key), templates, snapshots
      * (storage/storage.c, vm/template.c, vm/snapshot.c). */
     "ALTER TABLE volumes ADD COLUMN key_wrapped TEXT;"
     "CREATE TABLE templates ("
@@ -537,6 +543,64 @@ int kh_store_net_foreach(kh_store *st, int (*cb)(const kh_net_row *row, void *op
     }
     if (rc != SQLITE_DONE) {
         db_error(st, err, "reading networks");
+        sqlite3_finalize(stmt);
+        return -1;
+    }
+    sqlite3_finalize(stmt);
+    return 0;
+}
+
+/* ---- security groups ---- */
+
+int kh_store_sg_put(kh_store *st, const char *name, const char *spec_json, double created_at,
+                    kh_err *err)
+{
+    sqlite3_stmt *stmt = prepare(st,
+                                 "INSERT INTO security_groups (name, spec, created_at) "
+                                 "VALUES (?, ?, ?) ON CONFLICT(name) DO UPDATE SET "
+                                 "spec = excluded.spec",
+                                 err);
+    if (!stmt)
+        return -1;
+    bind_text(stmt, 1, name);
+    bind_text(stmt, 2, spec_json);
+    sqlite3_bind_double(stmt, 3, created_at);
+    return step_done(st, stmt, "saving security group", err);
+}
+
+int kh_store_sg_delete(kh_store *st, const char *name, kh_err *err)
+{
+    sqlite3_stmt *stmt = prepare(st, "DELETE FROM security_groups WHERE name = ?", err);
+    if (!stmt)
+        return -1;
+    bind_text(stmt, 1, name);
+    return step_done(st, stmt, "deleting security group", err);
+}
+
+int kh_store_sg_foreach(kh_store *st,
+                        int (*cb)(const char *name, const char *spec_json, double created_at,
+                                  void *opaque),
+                        void *opaque, kh_err *err)
+{
+    sqlite3_stmt *stmt = prepare(st,
+                                 "SELECT name, spec, created_at FROM security_groups "
+                                 "ORDER BY name",
+                                 err);
+    if (!stmt)
+        return -1;
+    int rc;
+    while ((rc = sqlite3_step(stmt)) == SQLITE_ROW) {
+        const unsigned char *name = sqlite3_column_text(stmt, 0);
+        const unsigned char *spec = sqlite3_column_text(stmt, 1);
+        if (cb(name ? (const char *)name : "", spec ? (const char *)spec : "{}",
+               sqlite3_column_double(stmt, 2), opaque) < 0) {
+            sqlite3_finalize(stmt);
+            kh_err_set(err, KH_E_INTERNAL, "loading security groups");
+            return -1;
+        }
+    }
+    if (rc != SQLITE_DONE) {
+        db_error(st, err, "reading security groups");
         sqlite3_finalize(stmt);
         return -1;
     }

@@ -95,4 +95,13 @@ int kh_store_net_delete(kh_store *st, const char *id, kh_err *err);
 int kh_store_net_foreach(kh_store *st, int (*cb)(const kh_net_row *row, void *opaque),
                          void *opaque, kh_err *err);
 
+/* Security groups (net/netmgr.c), by name. */
+int kh_store_sg_put(kh_store *st, const char *name, const char *spec_json, double created_at,
+                    kh_err *err);
+int kh_store_sg_delete(kh_store *st, const char *name, kh_err *err);
+int kh_store_sg_foreach(kh_store *st,
+                        int (*cb)(const char *name, const char *spec_json, double created_at,
+                                  void *opaque),
+                        void *opaque, kh_err *err);
+
 #endif

@@ -10,6 +10,7 @@
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "conf/limits.h"
@@ -26,6 +27,13 @@
 #include "util/misc.h"
 #include "util/sock.h"
 #include "vm/quota.h"
+
+static uint64_t kh_now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
 
 #define CONSOLE_LOG_MAX (1024 * 1024)
 #define QEMU_LOG_MAX (256 * 1024)
@@ -839,19 +847,25 @@ static int open_ro(const char *path, const char *what, kh_err *err)
 }
 
 /* Create the run dir, sockets and fds, build the argv, spawn QEMU. */
+static void tap_name(const vm *v, size_t i, char out[16])
+{
+    snprintf(out, 16, "kh%.8s%u", v->id, (unsigned)i % 10u);
+}
+
 /* The VM's taps, named kh<first 8 hex of the id><n> (within IFNAMSIZ), on
  * their networks' bridges; QEMU inherits them (it cannot open
  * /dev/net/tun itself), and a /dev/vhost-net fd each when the host has it. */
 static int open_nics(vm *v, int *fds, int *nic_fds, int *nic_vhost_fds, kh_err *err)
 {
     const kh_vm_spec *spec = v->spec;
+    uint64_t t0 = kh_now_ns();
     if (spec->nnics && !v->mgr->cfg.net) {
         kh_err_set(err, KH_E_UNAVAILABLE, "nics: networks are not available on this daemon");
         return -1;
     }
     for (size_t i = 0; i < spec->nnics; i++) {
         char ifname[16];
-        snprintf(ifname, sizeof(ifname), "kh%.8s%u", v->id, (unsigned)i % 10u);
+        tap_name(v, i, ifname);
         int fd = kh_netmgr_tap_open(v->mgr->cfg.net, spec->nics[i].network, ifname, err);
         if (fd < 0) {
             kh_err_prefix(err, "nics[%zu]", i);
@@ -866,6 +880,9 @@ static int open_nics(vm *v, int *fds, int *nic_fds, int *nic_vhost_fds, kh_err *
             nic_vhost_fds[i] = FD_NIC0 + 2 * (int)i + 1;
         }
     }
+    if (spec->nnics)
+        kh_log(KH_LOG_DEBUG, "vm.nics", "vm=%s nics=%zu us=%llu", spec->name, spec->nnics,
+               (unsigned long long)((kh_now_ns() - t0) / 1000));
     return 0;
 }
 
@@ -1576,15 +1593,20 @@ static void sync_bindings(kh_manager *mgr)
     for (vm *v = mgr->vms; v; v = v->next)
         n += v->spec->nnics;
     kh_net_binding *b = xcalloc(n + 1, sizeof(*b));
+    char (*taps)[16] = xcalloc(n + 1, sizeof(*taps));
     size_t k = 0;
     for (vm *v = mgr->vms; v; v = v->next) {
         for (size_t i = 0; i < v->spec->nnics; i++) {
             const kh_nic_spec *nic = &v->spec->nics[i];
-            b[k++] = (kh_net_binding){ v->spec->name, nic->network, nic->mac, nic->ip };
+            tap_name(v, i, taps[k]);
+            b[k] = (kh_net_binding){ v->spec->name, nic->network, nic->mac, nic->ip, taps[k],
+                                     nic->security_groups };
+            k++;
         }
     }
     kh_netmgr_set_bindings(mgr->cfg.net, b, k);
     free(b);
+    free(taps);
 }
 
 static bool mac_taken(kh_manager *mgr, const char *vm_id, const kh_vm_spec *spec, size_t upto,
@@ -1613,7 +1635,8 @@ static int nics_prepare(kh_manager *mgr, const char *vm_id, kh_vm_spec *spec, kh
     }
     for (size_t i = 0; i < spec->nnics; i++) {
         kh_nic_spec *nic = &spec->nics[i];
-        if (kh_netmgr_nic_check(mgr->cfg.net, spec->name, nic->network, nic->ip, err) < 0) {
+        if (kh_netmgr_nic_check(mgr->cfg.net, spec->name, nic->network, nic->ip, err) < 0 ||
+            kh_netmgr_groups_check(mgr->cfg.net, nic->security_groups, err) < 0) {
             kh_err_prefix(err, "nics[%zu]", i);
             return -1;
         }
@@ -1955,6 +1978,23 @@ char *kh_manager_console_log(kh_manager *mgr, const char *name, size_t tail, siz
     char *text = kh_console_log_read(path, tail, len, err);
     free(path);
     return text;
+}
+
+char *kh_manager_vnc_path(kh_manager *mgr, const char *name, kh_err *err)
+{
+    vm *v = find(mgr, name, err);
+    if (!v)
+        return NULL;
+    if (v->spec->graphics != KH_GRAPHICS_VNC) {
+        kh_err_set(err, KH_E_CONFLICT, "vm %s has no display (graphics is \"none\")", name);
+        return NULL;
+    }
+    if (v->pid <= 0 || (v->state != VM_RUNNING && v->state != VM_PAUSED)) {
+        kh_err_set(err, KH_E_CONFLICT, "vm %s has no display now: it is %s", name,
+                   state_names[v->state]);
+        return NULL;
+    }
+    return vm_run_path(v, "vnc.sock");
 }
 
 void kh_manager_counts(const kh_manager *mgr, unsigned *total, unsigned *running)

@@ -95,6 +95,9 @@ const char *kh_vm_action_name(kh_vm_action action);
 /* The console of a running VM (KH_E_CONFLICT when it is not running). The
  * pointer is valid until the VM stops; viewers learn it via on_closed. */
 kh_console *kh_manager_console(kh_manager *mgr, const char *name, kh_err *err);
+/* The VNC unix socket of a running VM with "graphics": "vnc" (a new
+ * string), else NULL with err set (409 when it has no display now). */
+char *kh_manager_vnc_path(kh_manager *mgr, const char *name, kh_err *err);
 /* The console log of any VM (the last `tail` bytes, 0 = all). */
 char *kh_manager_console_log(kh_manager *mgr, const char *name, size_t tail, size_t *len,
                              kh_err *err);

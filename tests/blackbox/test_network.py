@@ -13,6 +13,10 @@ import khlib
 import netlib
 
 NET_CMDLINE = khlib.GUEST_CMDLINE + " kvmhost.net=dhcp"
+# An address "beyond the bridge": a veth pair inside the namespace (the
+# kernel here has no dummy links).
+BEYOND = ("ip link add kh-va type veth peer name kh-vb && ip addr add 192.0.2.1/24 dev kh-va && "
+          "ip link set kh-va up && ip link set kh-vb up")
 
 
 @pytest.fixture
@@ -147,9 +151,47 @@ def test_network_create_validate_delete(nsd, netns, fake_boot):
     assert br not in netns.links() and "brx" in netns.links()  # the admin's bridge stays
     netlib.wait_for(lambda: not netlib.dnsmasq_pids(nsd.state_dir), 5, "dnsmasq gone")
     assert netns.nft_table() is None
+    assert not [t for t in netns.nft_tables() if t[1] == "kvmhost"]
 
 
-def test_network_cli(nsd, netns):
+def test_security_groups_api(nsd, netns, fake_boot):
+    api = nsd.api
+    r = api.request("PUT", "/api/v1/security-groups/web",
+                    {"rules": [{"proto": "tcp", "ports": "80"}, {"proto": "udp", "ports": "5000-5010",
+                                                                 "cidr": "10.0.0.0/8"}]})
+    assert r.status == 201, r
+    assert r.json["rules"][1] == {"direction": "in", "proto": "udp", "ports": "5000-5010",
+                                  "cidr": "10.0.0.0/8"}
+    for body in ({"rules": [{"direction": "out"}]}, {"rules": [{"ports": "0"}]},
+                 {"rules": [{"proto": "icmp", "ports": "1"}]}, {"rules": [{"cidr": "1.2.3.4/8"}]},
+                 {"name": "other"}, {"bogus": 1}):
+        r = api.request("PUT", "/api/v1/security-groups/web", body)
+        assert r.status == 400, (body, r)
+    assert api.request("PUT", "/api/v1/security-groups/a%20b", {}).status in (400, 404)
+    assert api.get("/api/v1/security-groups/web").json["rules"][0]["ports"] == "80"
+    assert [g["name"] for g in api.get("/api/v1/security-groups").json["security_groups"]] == ["web"]
+    create_net(api, {"name": "lan", "type": "nat", "subnet": "10.98.0.0/24"})
+    r = api.post("/api/v1/vms", {"name": "v", "boot": fake_boot,
+                                 "nics": [{"network": "lan", "security_groups": ["nosuch"]}]})
+    assert r.status == 400, r
+    api.create({"name": "v", "boot": fake_boot,
+                "nics": [{"network": "lan", "security_groups": ["web"]}]})
+    assert api.vm("v")["nics"][0]["security_groups"] == ["web"]
+    table = netns.exec(["nft", "list", "table", "bridge", "kvmhost"]).stdout
+    assert "tcp dport 80 accept" in table and table.count("drop") >= 2, table
+    assert api.delete("/api/v1/security-groups/web").status == 409
+    assert api.delete("/api/v1/vms/v").status == 204
+    assert api.delete("/api/v1/security-groups/web").status == 204
+    assert api.get("/api/v1/security-groups/web").status == 404
+    # kept across restarts
+    r = api.request("PUT", "/api/v1/security-groups/db", {"rules": []})
+    assert r.status == 201, r
+    nsd.stop()
+    nsd.restart()
+    assert [g["name"] for g in api.get("/api/v1/security-groups").json["security_groups"]] == ["db"]
+
+
+def test_network_cli(nsd, netns, fake_boot):
     out = khlib.cli(nsd, "network", "create", "cl", "--type", "nat", "--subnet", "10.93.0.0/24")
     assert out.returncode == 0 and "10.93.0.1" in out.stdout, out
     out = khlib.cli(nsd, "network", "list")
@@ -161,6 +203,17 @@ def test_network_cli(nsd, netns):
     assert out.returncode == 2 and "host bits" in out.stderr, out
     out = khlib.cli(nsd, "network", "leases", "cl")
     assert out.returncode == 0, out
+    out = khlib.cli(nsd, "vm", "create", "v", "--kernel", fake_boot["kernel"],
+                    "--nic", "cl,ip=10.93.0.9", "--nic", "cl,mac=52:54:00:aa:bb:cc")
+    assert out.returncode == 0, out
+    nics = nsd.api.vm("v")["nics"]
+    assert nics[0]["ip"] == "10.93.0.9" and nics[1]["mac"] == "52:54:00:aa:bb:cc", nics
+    out = khlib.cli(nsd, "vm", "create", "w", "--kernel", fake_boot["kernel"], "--nic", "cl,x=1")
+    assert out.returncode == 2, out
+    out = khlib.cli(nsd, "network", "delete", "cl")
+    assert out.returncode == 5 and "in use by vm v" in out.stderr, out
+    out = khlib.cli(nsd, "vm", "edit", "v", "--no-nics")
+    assert out.returncode == 0 and "nics" not in nsd.api.vm("v"), out
     out = khlib.cli(nsd, "network", "delete", "cl")
     assert out.returncode == 0, out
     out = khlib.cli(nsd, "network", "delete", "cl")
@@ -191,7 +244,8 @@ def test_network_kill9_restart_and_dnsmasq_supervision(nsdaemons, netns):
     assert len(after) == len(before), (before, after)
     strip = lambda rules: sorted(str(r["expr"]) for r in rules)  # noqa: E731
     assert strip(after) == strip(before)
-    assert [t for t in netns.nft_tables() if t[1] == "kvmhost"] == [("inet", "kvmhost")]
+    assert [t for t in netns.nft_tables() if t[1] == "kvmhost"] == [("bridge", "kvmhost"),
+                                                                   ("inet", "kvmhost")]
     links = netns.links()
     assert a["bridge"] in links and b["bridge"] in links and "foreign0" in links
     now = netlib.wait_for(lambda: len(netlib.dnsmasq_pids(d.state_dir)) == 2 and
@@ -206,6 +260,13 @@ def test_network_kill9_restart_and_dnsmasq_supervision(nsdaemons, netns):
 
 
 # ---------------------------------------------------------------- guests
+
+
+def http_get(netns, url):
+    """GET url from inside the namespace (the host's side of the forward)."""
+    return netns.exec(["python3", "-c", "import sys, urllib.request; sys.stdout.write("
+                       "urllib.request.urlopen(sys.argv[1], timeout=5).read().decode())", url],
+                      check=False)
 
 
 def boot_net_vms(api, guest, specs, timeout=150):
@@ -227,12 +288,13 @@ def test_nat_two_guests_ping_forward_restart(nsdaemons, netns, guest, consoles):
     d = nsdaemons()
     api = d.api
     n = create_net(api, {"name": "nat1", "type": "nat", "subnet": "10.96.0.0/24"})
-    # an address "beyond the bridge": a dummy link in the namespace
-    netns.sh("ip link add kh-dummy type dummy && ip addr add 192.0.2.1/24 dev kh-dummy && "
-             "ip link set kh-dummy up")
+    r = api.request("PUT", "/api/v1/security-groups/web", {"rules": [{"proto": "icmp"}]})
+    assert r.status == 201, r
+    netns.sh(BEYOND)
     ips = boot_net_vms(api, guest, [
         net_vm_spec(guest, "g1", [{"network": "nat1"}]),
-        net_vm_spec(guest, "g2", [{"network": "nat1", "ip": "10.96.0.50"}]),
+        net_vm_spec(guest, "g2", [{"network": "nat1", "ip": "10.96.0.50",
+                                   "security_groups": ["web"]}]),
     ])
     assert ips["g2"] == "10.96.0.50", ips  # the static reservation
     assert ips["g1"].startswith("10.96.0.") and ips["g1"] != "10.96.0.50", ips
@@ -243,13 +305,36 @@ def test_nat_two_guests_ping_forward_restart(nsdaemons, netns, guest, consoles):
 
     c1 = consoles(d, "g1")
     c1.run("ping -c 1 -W 3 %s >/dev/null && echo kh-$((%%d+1))" % ips["g2"], timeout=30)
-    c1.run("ping -c 1 -W 3 10.96.0.1 >/dev/null && echo kh-$((%%d+1))", timeout=30)
-    c1.run("ping -c 1 -W 3 192.0.2.1 >/dev/null && echo kh-$((%%d+1))", timeout=30)
+    c1.run("ping -c 1 -W 3 10.96.0.1 >/dev/null && echo kh-$((%d+1))", timeout=30)
+    c1.run("ping -c 1 -W 3 192.0.2.1 >/dev/null && echo kh-$((%d+1))", timeout=30)
 
-    # a port forward to a busybox httpd in g2
+    # anti-spoofing: a guest that takes another MAC, or another IP, is dropped
     c2 = consoles(d, "g2")
+    mac1 = api.vm("g1")["nics"][0]["mac"]
+    c1.run("ip link set eth0 down; ip link set eth0 address 52:54:00:de:ad:01; "
+           "ip link set eth0 up; ping -c 2 -W 2 10.96.0.1 >/dev/null || echo kh-$((%d+1))",
+           timeout=40, retries=1)
+    c1.run("ip link set eth0 down; ip link set eth0 address " + mac1 + "; ip link set eth0 up; "
+           "sleep 1; ping -c 1 -W 3 10.96.0.1 >/dev/null && echo kh-$((%d+1))", timeout=40)
+    c2.run("ip addr add 10.96.0.99/24 dev eth0; ping -c 2 -W 2 -I 10.96.0.99 10.96.0.1 "
+           ">/dev/null || echo kh-$((%d+1))", timeout=40, retries=1)
+    c2.run("ip addr del 10.96.0.99/24 dev eth0; ping -c 1 -W 3 -I 10.96.0.50 10.96.0.1 "
+           ">/dev/null && echo kh-$((%d+1))", timeout=40)
+    spoof = netns.exec(["nft", "list", "table", "bridge", "kvmhost"]).stdout
+    assert spoof.count("ether saddr != ") == 2 and "10.96.0.50" in spoof, spoof
+
+    # security group "web" on g2 allows icmp only (pings above went through):
+    # its httpd is unreachable until the group allows tcp 80
     c2.run("mkdir -p /www && echo kvmhost-fwd-ok > /www/index.html && httpd -p 80 -h /www "
            "&& echo kh-$((%d+1))", timeout=30)
+    assert "kvmhost-fwd-ok" not in http_get(netns, "http://10.96.0.50/").stdout
+    assert api.delete("/api/v1/security-groups/web").status == 409  # in use
+    r = api.request("PUT", "/api/v1/security-groups/web",
+                    {"rules": [{"proto": "icmp"}, {"proto": "tcp", "ports": "80"}]})
+    assert r.status == 200, r
+    assert "kvmhost-fwd-ok" in http_get(netns, "http://10.96.0.50/").stdout
+
+    # a port forward to the busybox httpd in g2
     r = api.post("/api/v1/networks/nat1/forwards",
                  {"proto": "tcp", "host_port": 18080, "vm": "g2", "vm_port": 80})
     assert r.status == 201, r
@@ -257,8 +342,7 @@ def test_nat_two_guests_ping_forward_restart(nsdaemons, netns, guest, consoles):
     assert api.post("/api/v1/networks/nat1/forwards",
                     {"proto": "tcp", "host_port": 18080, "vm": "g1", "vm_port": 80}).status == 409
     for addr in ("10.96.0.1", "192.0.2.1"):
-        out = netns.exec(["busybox", "wget", "-q", "-T", "5", "-O", "-",
-                          "http://%s:18080/" % addr], check=False)
+        out = http_get(netns, "http://%s:18080/" % addr)
         assert "kvmhost-fwd-ok" in out.stdout, (addr, out)
 
     # in use
@@ -273,14 +357,17 @@ def test_nat_two_guests_ping_forward_restart(nsdaemons, netns, guest, consoles):
     api.wait_state("g1", "running", timeout=30)
     after = netns.nft_table()
     assert sorted(str(r["expr"]) for r in after) == sorted(str(r["expr"]) for r in rules)
-    out = netns.exec(["busybox", "wget", "-q", "-T", "5", "-O", "-", "http://10.96.0.1:18080/"],
-                     check=False)
+    out = http_get(netns, "http://10.96.0.1:18080/")
     assert "kvmhost-fwd-ok" in out.stdout, out
     c1 = consoles(d, "g1")
     c1.run("ping -c 1 -W 3 %s >/dev/null && echo kh-$((%%d+1))" % ips["g2"], timeout=30)
     # forward removal
+    dnat = lambda: [r for r in netns.nft_table() if r["chain"] in ("prerouting", "output")]  # noqa: E731
+    assert len(dnat()) == 2
     assert api.delete("/api/v1/networks/nat1/forwards/tcp/18080").status == 204
-    assert not any("dnat" in str(r["expr"]) for r in netns.nft_table())
+    assert api.delete("/api/v1/networks/nat1/forwards/tcp/18080").status == 404
+    assert dnat() == []
+    assert "kvmhost-fwd-ok" not in http_get(netns, "http://10.96.0.1:18080/").stdout
 
 
 @pytest.mark.slow
@@ -288,10 +375,11 @@ def test_isolated_guest_cannot_reach_beyond_bridge(nsdaemons, netns, guest, cons
     d = nsdaemons()
     api = d.api
     create_net(api, {"name": "iso", "type": "isolated", "subnet": "10.97.0.0/24"})
-    netns.sh("ip link add kh-dummy type dummy && ip addr add 192.0.2.1/24 dev kh-dummy && "
-             "ip link set kh-dummy up")
+    netns.sh(BEYOND)
     ips = boot_net_vms(api, guest, [net_vm_spec(guest, "i1", [{"network": "iso"}])])
     assert ips["i1"].startswith("10.97.0."), ips
+    taps = lambda: [l for l in netns.links() if re.fullmatch(r"kh[0-9a-f]{8}\d", l)]  # noqa: E731
+    assert len(taps()) == 1
     c = consoles(d, "i1")
     # no default route is handed out; the gateway answers
     c.run("ip route | grep -q default || echo kh-$((%d+1))", timeout=20)
@@ -302,5 +390,4 @@ def test_isolated_guest_cannot_reach_beyond_bridge(nsdaemons, netns, guest, cons
     # the taps go away when the VM stops
     st, _ = api.action("i1", "kill", wait=30)
     assert st == 200
-    netlib.wait_for(lambda: not [l for l in netns.links() if l.startswith("kh") and
-                                 not l.startswith("khbr")], 10, "tap removed")
+    netlib.wait_for(lambda: not taps(), 10, "tap removed")

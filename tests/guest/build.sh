@@ -222,9 +222,9 @@ SCRIPT
     chmod 755 /usr/share/udhcpc/default.script
     ip link set lo up
     i=0
-    while [ ! -e /sys/class/net/eth0 ] && [ $i -lt 100 ]; do usleep 20000; i=$((i + 1)); done
+    while [ ! -e /sys/class/net/eth0 ] && [ $i -lt 500 ]; do usleep 20000; i=$((i + 1)); done
     ip link set eth0 up
-    if udhcpc -i eth0 -q -n -t 10 -T 1 -s /usr/share/udhcpc/default.script >/dev/null 2>&1; then
+    if udhcpc -i eth0 -q -n -t 15 -T 3 -s /usr/share/udhcpc/default.script >/dev/null 2>&1; then
         echo "KVMHOST-NET: $(cat /tmp/net-ip)"
     else
         echo "KVMHOST-NET: none"

@@ -8,6 +8,7 @@ import { dashboardPage } from './pages/dashboard.js';
 import { vmListPage } from './pages/vmlist.js';
 import { vmDetailPage } from './pages/vmdetail.js';
 import { createPage } from './pages/create.js';
+import { topologyPage } from './pages/topology.js';
 
 const main = document.getElementById('main');
 const top = document.getElementById('top');
@@ -20,6 +21,7 @@ const ROUTES = [
   { re: /^#\/vms\/?$/, nav: 'vms', page: vmListPage, title: 'Virtual machines' },
   { re: /^#\/vms\/([^/]+)(?:\/([a-z]+))?$/, nav: 'vms', page: vmDetailPage, title: null },
   { re: /^#\/create$/, nav: 'create', page: createPage, title: 'Create VM' },
+  { re: /^#\/topology$/, nav: 'topology', page: topologyPage, title: 'Topology' },
 ];
 
 function teardown() {
@@ -92,6 +94,21 @@ subscribe((kind) => {
   live.classList.toggle('on', store.connected);
   live.title = store.connected ? 'Live: event stream connected' : 'Event stream disconnected';
   live.setAttribute('aria-label', live.title);
+});
+
+// The event stream gave up: logged out (e.g. the daemon restarted), or
+// the daemon is away for now; check, then log in again or retry.
+subscribe(async (kind) => {
+  if (kind !== 'stream-closed' || !authed) return;
+  try {
+    const s = await sessionInfo();
+    if (!s.authenticated) {
+      toast('The session ended: log in again.', 'error');
+      loggedOut();
+      return;
+    }
+  } catch { /* the daemon is away: retry below */ }
+  setTimeout(() => { if (authed) startEvents(); }, 3000);
 });
 
 window.addEventListener('hashchange', route);

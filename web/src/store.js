@@ -91,7 +91,16 @@ export function startEvents() {
   // since=0: replay what the daemon still buffers, for "recent events".
   source = new EventSource('/api/v1/events?since=0');
   source.onopen = () => { store.connected = true; notify('connection'); };
-  source.onerror = () => { store.connected = false; notify('connection'); };
+  source.onerror = () => {
+    store.connected = false;
+    notify('connection');
+    // The browser retries by itself unless the answer was not a stream
+    // (a 401 after the daemon restarted and forgot the session).
+    if (source && source.readyState === EventSource.CLOSED) {
+      source = null;
+      notify('stream-closed');
+    }
+  };
   for (const t of EVENT_TYPES) source.addEventListener(t, (m) => handle(t, m));
 }
 

@@ -115,6 +115,15 @@ async function main() {
     await waitFor(async () => /kvm|tcg/.test(await page.locator('#accel').textContent()), 20000, 'the accelerator probe');
     ok(true, `dashboard shows the accelerator: ${await page.locator('#accel').textContent()}`);
 
+    // a storage pool with a volume, for the wizard's disk picker
+    const poolDir = join(base, 'pool');
+    mkdirSync(poolDir, { mode: 0o755 });
+    const bearer = { Authorization: `Bearer ${token}`, 'Content-Type': 'application/json' };
+    let r = await fetch(`${url}/api/v1/pools`, { method: 'POST', headers: bearer, body: JSON.stringify({ name: 'webpool', path: poolDir }) });
+    ok(r.status === 201, `a storage pool for the test (${r.status})`);
+    r = await fetch(`${url}/api/v1/pools/webpool/volumes`, { method: 'POST', headers: bearer, body: JSON.stringify({ name: 'data1', format: 'qcow2', size: 16777216 }) });
+    ok(r.status === 201, `a volume in it (${r.status})`);
+
     // 2. the create wizard
     await page.getByRole('link', { name: 'Create VM' }).first().click();
     await page.getByLabel('Name').fill(VM);
@@ -124,8 +133,10 @@ async function main() {
     await page.getByLabel('Kernel (absolute path on the host)').fill(join(guest, 'vmlinuz'));
     await page.getByLabel('Initrd (optional)').fill(join(guest, 'initrd.img'));
     await page.getByLabel('Kernel command line').fill('console=ttyS0 quiet panic=-1');
+    await page.getByLabel('Graphics').selectOption('vnc');
+    await page.getByLabel('Disk from a storage pool').selectOption('webpool/data1');
     await page.getByRole('button', { name: 'Next' }).click();
-    ok(await page.locator('#review').textContent().then((t) => t.includes(VM) && t.includes('vmlinuz')), 'the review step shows the spec');
+    ok(await page.locator('#review').textContent().then((t) => t.includes(VM) && t.includes('vmlinuz') && t.includes('volume webpool/data1')), 'the review step shows the spec, with the volume');
     const loadsBefore = await page.evaluate(() => performance.getEntriesByType('navigation').length);
     await page.evaluate(() => { window.__noReload = 1; });
     await page.getByRole('button', { name: 'Create' }).click();
@@ -144,17 +155,37 @@ async function main() {
     ok(true, 'typing "echo hi-web" in the console prints hi-web');
     await page.screenshot({ path: join(logs, 'web-vm-console.png') });
 
+    // the graphical console: noVNC through the daemon's VNC relay
+    await page.getByRole('tab', { name: 'Display' }).click();
+    await page.locator('#display-status[data-status="connected"]').waitFor({ timeout: 30000 });
+    const canvas = await page.locator('#screen canvas').boundingBox();
+    ok(canvas && canvas.width > 100 && canvas.height > 100, `the display tab shows the VM's screen over VNC (${canvas ? `${Math.round(canvas.width)}x${Math.round(canvas.height)}` : 'none'})`);
+    await page.screenshot({ path: join(logs, 'web-vm-display.png') });
+
     await page.getByRole('tab', { name: 'Summary' }).click();
     await page.locator('.tabpanel .state-running').waitFor();
     ok(true, 'the summary tab shows the VM running');
+    ok((await page.locator('.tabpanel .disks').first().textContent()).includes('webpool/data1'), 'the summary lists the volume disk');
     await page.screenshot({ path: join(logs, 'web-vm-summary.png') });
+    // the tabs work from the keyboard
+    await page.getByRole('tab', { name: 'Summary' }).focus();
+    await page.keyboard.press('ArrowRight');
+    await page.waitForURL(new RegExp(`#/vms/${VM}/console$`));
+    ok(await page.getByRole('tab', { name: 'Console' }).getAttribute('aria-selected') === 'true', 'arrow keys move between the VM tabs');
 
     // 4. the dashboard counts it, live
     await page.getByRole('link', { name: 'Dashboard' }).click();
     await page.locator('#state-counts [data-state="running"] .count').waitFor();
     ok(await page.locator('#state-counts [data-state="running"] .count').textContent() === '1', 'the dashboard counts one running VM');
     ok(await page.locator('#recent-events li').count() > 0, 'the dashboard lists recent events');
+    ok(await page.locator('#active-vms tbody tr').filter({ hasText: VM }).count() === 1, 'the dashboard lists the running VM with its uptime');
     await page.screenshot({ path: join(logs, 'web-dashboard.png'), fullPage: true });
+
+    // topology: the host, the VM, its kernel
+    await page.getByRole('link', { name: 'Topology' }).click();
+    await page.locator(`svg.topo a[href="#/vms/${VM}"]`).waitFor();
+    ok((await page.locator('svg.topo .topo-kernel').count()) === 1, 'the topology shows the VM and its kernel');
+    await page.screenshot({ path: join(logs, 'web-topology.png') });
 
     // 5. stop from the list; the state changes without a reload
     await page.getByRole('link', { name: 'Virtual machines' }).first().click();
@@ -168,6 +199,12 @@ async function main() {
     const noReload = await page.evaluate(() => window.__noReload === 1 && performance.getEntriesByType('navigation').length);
     ok(noReload === loadsBefore, 'no page reload happened since the wizard');
     await page.screenshot({ path: join(logs, 'web-vm-list.png') });
+    // a small laptop screen: nothing sticks out sideways
+    await page.setViewportSize({ width: 1024, height: 640 });
+    const overflow = await page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
+    ok(overflow <= 0, `the VM list fits a 1024 px wide screen (overflow ${overflow} px)`);
+    await page.screenshot({ path: join(logs, 'web-vm-list-1024.png') });
+    await page.setViewportSize({ width: 1366, height: 850 });
 
     // 6. settings: edit memory while stopped (PATCH)
     await row.getByRole('link', { name: VM }).click();
@@ -189,6 +226,16 @@ async function main() {
     ok((await (await fetch(`${url}/api/v1/vms/${VM}`, { headers: { Authorization: `Bearer ${token}` } })).status) === 404, 'confirm deletes the VM');
 
     ok(errors.length === 0, `no console errors${errors.length ? ':\n  ' + errors.join('\n  ') : ''}`);
+
+    // a write from the page without the CSRF token is refused (what a
+    // forged request would look like); with it, it passes
+    const csrfCheck = await page.evaluate(async () => {
+      const body = JSON.stringify({ name: 'csrf-probe', vcpus: 1, memory_mib: 64 });
+      const bad = await fetch('/api/v1/vms', { method: 'POST', headers: { 'Content-Type': 'application/json' }, body });
+      const s = await (await fetch('/api/v1/session')).json();
+      return { bad: bad.status, via: s.via, hasCsrf: typeof s.csrf_token === 'string' };
+    });
+    ok(csrfCheck.bad === 403 && csrfCheck.via === 'session' && csrfCheck.hasCsrf, `a cookie write without X-CSRF-Token gets 403 (${JSON.stringify(csrfCheck)})`);
 
     // 8. log out: the cookie no longer works
     await page.getByRole('button', { name: 'Log out' }).click();

@@ -294,7 +294,7 @@ static const kh_route routes[] = {
     { "GET", "/api/v1/ws", h_ws, KH_ROUTE_WEBSOCKET, "echo WebSocket", NULL, NULL },
     { "GET", "/api/v1/events", h_events, KH_ROUTE_SSE, "event stream", NULL, NULL },
     { "POST", "/api/v1/session", kh_http_session_post, KH_ROUTE_PUBLIC, "log in", NULL, NULL },
-    { "GET", "/api/v1/session", kh_http_session_get, 0, "session", NULL, NULL },
+    { "GET", "/api/v1/session", kh_http_session_get, KH_ROUTE_PUBLIC, "session", NULL, NULL },
     { "DELETE", "/api/v1/session", kh_http_session_delete, 0, "log out", NULL, NULL },
 };
 
@@ -995,6 +995,13 @@ static void test_session(void)
     resp_clear(&r);
     do_req(VIA_TCP, "GET", "/api/v1/hello", with_cookie, NULL, 0, &r);
     CHECK(r.status == 401);
+    resp_clear(&r);
+    do_req(VIA_TCP, "GET", "/api/v1/session", with_cookie, NULL, 0, &r);
+    CHECK(r.status == 200);
+    j = resp_json(&r);
+    CHECK(json_is_false(json_object_get(j, "authenticated")));
+    CHECK(json_object_get(j, "csrf_token") == NULL);
+    json_decref(j);
     resp_clear(&r);
     /* the bearer token still works, and says so */
     const char *bearer[] = { "Authorization: Bearer " TOKEN, NULL };

@@ -25,7 +25,23 @@ export function createPage(main) {
     graphics: h('select', {}, h('option', { value: 'none' }, 'none (serial console only)'), h('option', { value: 'vnc' }, 'VNC display')),
     description: h('input', { type: 'text', maxlength: 1024 }),
     start: h('input', { type: 'checkbox', checked: true }),
+    volume: h('select', {}, h('option', { value: '' }, 'none')),
+    network: h('select', {}, h('option', { value: '' }, 'none (no network card)')),
   };
+  // Volumes from the storage pools and the networks, for the pickers.
+  (async () => {
+    try {
+      const { pools } = await api('GET', '/api/v1/pools');
+      for (const p of pools || []) {
+        const { volumes } = await api('GET', `/api/v1/pools/${encodeURIComponent(p.name)}/volumes`);
+        for (const v of volumes || []) f.volume.append(h('option', { value: `${p.name}/${v.name}` }, `${p.name}/${v.name}`));
+      }
+    } catch { /* no storage pools on this daemon */ }
+    try {
+      const { networks } = await api('GET', '/api/v1/networks');
+      for (const n of networks || []) f.network.append(h('option', { value: n.name }, `${n.name}${n.type ? ` (${n.type})` : ''}`));
+    } catch { /* no networks on this daemon */ }
+  })();
   const bootKernel = h('input', { type: 'radio', name: 'bootmode', id: 'boot-kernel', value: 'kernel', checked: true });
   const bootDisk = h('input', { type: 'radio', name: 'bootmode', id: 'boot-disk', value: 'disk' });
   const kernelBox = h('div', { class: 'sub' },
@@ -45,8 +61,10 @@ export function createPage(main) {
       h('div', { class: 'radios', role: 'radiogroup', 'aria-label': 'Boot from' },
         h('label', {}, bootKernel, ' Linux kernel'), h('label', {}, bootDisk, ' Disk image')),
       kernelBox,
-      field('disk-path', 'Disk image (absolute path; optional with a kernel)', f.disk),
+      field('volume', 'Disk from a storage pool', f.volume),
+      field('disk-path', 'Or a disk image (absolute path; optional with a kernel)', f.disk),
       field('disk-format', 'Disk format', f.format),
+      field('network', 'Network', f.network),
       field('graphics', 'Graphics', f.graphics)),
     h('fieldset', { class: 'step' }, h('legend', {}, '3. Review'),
       review,
@@ -73,7 +91,11 @@ export function createPage(main) {
       if (f.initrd.value.trim()) s.boot.initrd = f.initrd.value.trim();
       if (f.cmdline.value.trim()) s.boot.cmdline = f.cmdline.value.trim();
     }
-    if (f.disk.value.trim()) s.disks = [{ path: f.disk.value.trim(), format: f.format.value }];
+    const disks = [];
+    if (f.volume.value) disks.push({ volume: f.volume.value });
+    if (f.disk.value.trim()) disks.push({ path: f.disk.value.trim(), format: f.format.value });
+    if (disks.length) s.disks = disks;
+    if (f.network.value) s.nics = [{ network: f.network.value }];
     return s;
   }
 
@@ -89,7 +111,7 @@ export function createPage(main) {
     } else if (step === 1) {
       if (bootKernel.checked && !f.kernel.value.trim().startsWith('/')) return bad(f.kernel, 'The kernel must be an absolute path.');
       if (f.initrd.value.trim() && !f.initrd.value.trim().startsWith('/')) return bad(f.initrd, 'The initrd must be an absolute path.');
-      if (bootDisk.checked && !f.disk.value.trim()) return bad(f.disk, 'Booting from a disk needs a disk image.');
+      if (bootDisk.checked && !f.disk.value.trim() && !f.volume.value) return bad(f.volume, 'Booting from a disk needs a volume or a disk image.');
       if (f.disk.value.trim() && !f.disk.value.trim().startsWith('/')) return bad(f.disk, 'The disk must be an absolute path.');
     }
     return null;
@@ -107,7 +129,8 @@ export function createPage(main) {
         h('dt', {}, 'CPU / memory'), h('dd', {}, `${s.vcpus} vCPU, ${fmtMiB(s.memory_mib)}`),
         h('dt', {}, 'Boot'), h('dd', {}, s.boot ? h('code', {}, `${s.boot.kernel}${s.boot.initrd ? ` + ${s.boot.initrd}` : ''}`) : 'first disk'),
         s.boot && s.boot.cmdline ? [h('dt', {}, 'Command line'), h('dd', {}, h('code', {}, s.boot.cmdline))] : null,
-        h('dt', {}, 'Disk'), h('dd', {}, s.disks ? h('code', {}, `${s.disks[0].path} (${s.disks[0].format})`) : 'none'),
+        h('dt', {}, 'Disks'), h('dd', {}, s.disks ? s.disks.map((d) => h('div', {}, h('code', {}, d.volume ? `volume ${d.volume}` : `${d.path} (${d.format})`))) : 'none'),
+        h('dt', {}, 'Network'), h('dd', {}, s.nics ? s.nics[0].network : 'none'),
         h('dt', {}, 'Graphics'), h('dd', {}, s.graphics));
     }
     const first = steps[step].querySelector('input:not([type=radio]), select');

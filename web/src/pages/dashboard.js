@@ -37,7 +37,27 @@ function vmsCard() {
     h('h2', { id: 'vms-title' }, h('a', { href: '#/vms' }, `Virtual machines (${total})`)),
     h('ul', { class: 'state-counts', id: 'state-counts' },
       STATES.map((s) => h('li', { dataset: { state: s } }, stateBadge({ state: s }), h('span', { class: 'count' }, String(counts[s]))))),
-    total === 0 ? h('p', {}, 'No VMs yet. ', h('a', { href: '#/create' }, 'Create one')) : null);
+    total === 0 ? h('p', {}, 'No VMs yet. ', h('a', { href: '#/create' }, 'Create one')) : null,
+    activeList());
+}
+
+// The VMs that are up, with how long (from started_at).
+function activeList() {
+  const up = [...store.vms.values()].filter((v) => v.state !== 'stopped').sort((a, b) => a.name.localeCompare(b.name));
+  if (!up.length) return null;
+  const now = Date.now();
+  return h('table', { class: 'mini', id: 'active-vms', 'aria-label': 'VMs that are up' },
+    up.length > 8 ? h('caption', { class: 'muted small' }, `the first 8 of ${up.length}`) : null,
+    h('thead', {}, h('tr', {}, h('th', { scope: 'col' }, 'VM'), h('th', { scope: 'col' }, 'State'),
+      h('th', { scope: 'col' }, 'CPU / memory'), h('th', { scope: 'col' }, 'Up'))),
+    h('tbody', {}, up.slice(0, 8).map((v) => {
+      const t = v.started_at ? Date.parse(v.started_at) : NaN;
+      return h('tr', {},
+        h('th', { scope: 'row' }, h('a', { href: `#/vms/${encodeURIComponent(v.name)}` }, v.name)),
+        h('td', {}, stateBadge(v)),
+        h('td', {}, `${v.vcpus} vCPU, ${fmtMiB(v.memory_mib)}`),
+        h('td', {}, isNaN(t) ? '–' : fmtDuration((now - t) / 1000)));
+    })));
 }
 
 function eventsCard() {

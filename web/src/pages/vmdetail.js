@@ -8,6 +8,7 @@ import { eventRow } from './events.js';
 const TABS = [
   { id: 'summary', label: 'Summary' },
   { id: 'console', label: 'Console' },
+  { id: 'display', label: 'Display' },
   { id: 'settings', label: 'Settings' },
   { id: 'events', label: 'Events' },
 ];
@@ -41,8 +42,12 @@ function summary(vm) {
           kv('Command line', vm.boot.cmdline ? h('code', {}, vm.boot.cmdline) : null),
         ] : kv('Boot', 'first disk')),
       disks.length ? h('ul', { class: 'disks' }, disks.map((d, i) => h('li', {},
-        h('span', { class: 'badge' }, `disk${i}`), ' ', h('code', {}, d.path), ` ${d.format}${d.readonly ? ', read-only' : ''}`)))
-        : h('p', { class: 'muted' }, 'No disks.')));
+        h('span', { class: 'badge' }, `disk${i}`), ' ', d.volume ? ['volume ', h('code', {}, d.volume)] : h('code', {}, d.path),
+        `${d.format ? ` ${d.format}` : ''}${d.readonly ? ', read-only' : ''}`)))
+        : h('p', { class: 'muted' }, 'No disks.'),
+      (vm.nics || []).length ? h('ul', { class: 'disks', 'aria-label': 'Network interfaces' }, vm.nics.map((n, i) => h('li', {},
+        h('span', { class: 'badge' }, `nic${i}`), ` network ${n.network}`, n.mac ? [' ', h('code', {}, n.mac)] : null, n.ip ? ` ${n.ip}` : '')))
+        : null));
 }
 
 function settingsForm(vm) {
@@ -51,11 +56,15 @@ function settingsForm(vm) {
   const vcpus = h('input', { id: 'set-vcpus', type: 'number', min: 1, max: 255, required: true, value: vm.vcpus, disabled: !stopped });
   const mem = h('input', { id: 'set-memory', type: 'number', min: 16, max: 16777216, step: 1, required: true, value: vm.memory_mib, disabled: !stopped });
   const desc = h('input', { id: 'set-desc', type: 'text', maxlength: 1024, value: vm.description || '' });
+  const graphics = h('select', { id: 'set-graphics', disabled: !stopped },
+    h('option', { value: 'none' }, 'none (serial console only)'), h('option', { value: 'vnc' }, 'VNC display'));
+  graphics.value = vm.graphics || 'none';
   const form = h('form', { class: 'card form', 'aria-labelledby': 'set-title' },
     h('h2', { id: 'set-title' }, 'Settings'),
-    stopped ? null : h('p', { class: 'note' }, 'CPU and memory can be changed while the VM is stopped.'),
+    stopped ? null : h('p', { class: 'note' }, 'CPU, memory and graphics can be changed while the VM is stopped.'),
     h('div', { class: 'field' }, h('label', { for: 'set-vcpus' }, 'vCPUs'), vcpus),
     h('div', { class: 'field' }, h('label', { for: 'set-memory' }, 'Memory (MiB)'), mem),
+    h('div', { class: 'field' }, h('label', { for: 'set-graphics' }, 'Graphics'), graphics),
     h('div', { class: 'field' }, h('label', { for: 'set-desc' }, 'Description'), desc),
     err,
     h('div', { class: 'buttons' }, h('button', { type: 'submit', class: 'btn primary' }, 'Save')));
@@ -65,6 +74,7 @@ function settingsForm(vm) {
     const patch = {};
     if (stopped && Number(vcpus.value) !== vm.vcpus) patch.vcpus = Number(vcpus.value);
     if (stopped && Number(mem.value) !== vm.memory_mib) patch.memory_mib = Number(mem.value);
+    if (stopped && graphics.value !== (vm.graphics || 'none')) patch.graphics = graphics.value;
     if (desc.value !== (vm.description || '')) patch.description = desc.value;
     if (!Object.keys(patch).length) { toast('Nothing changed'); return; }
     try {
@@ -146,8 +156,44 @@ export function vmDetailPage(main, params) {
     termBox = null;
   }
 
+  let screen = null; // the mounted display, kept while its tab shows
+  let screenBox = null;
+  let displayStatus = null;
+  async function showDisplay(vm) {
+    if (vm.graphics !== 'vnc') {
+      dropDisplay();
+      replace(panel, h('section', { class: 'card' }, h('h2', {}, 'Display'),
+        h('p', {}, 'This VM has no display (graphics "none"). Set Graphics to VNC in Settings while it is stopped.')));
+      return;
+    }
+    if (!screenBox) {
+      screenBox = h('div', { class: 'screen', id: 'screen', role: 'application', 'aria-label': `Display of ${name}` });
+      displayStatus = h('span', { class: 'muted small', id: 'display-status', role: 'status' }, 'loading…');
+      const cad = h('button', { type: 'button', class: 'btn small', onclick: () => screen && screen.ctrlAltDel() }, 'Send Ctrl-Alt-Del');
+      replace(panel, h('div', { class: 'console-head' }, h('h2', {}, 'Display'), displayStatus, cad), screenBox);
+      const mod = await import('../display.js');
+      if (!screenBox || !screenBox.isConnected) return;
+      screen = mod.mountDisplay(screenBox, name, (st) => {
+        displayStatus.textContent = st;
+        displayStatus.dataset.status = st;
+      });
+    }
+    if (vm.state === 'running' || vm.state === 'paused') screen.connect();
+    else {
+      displayStatus.textContent = 'not running: start the VM to see its display';
+      displayStatus.dataset.status = 'stopped';
+    }
+  }
+
+  function dropDisplay() {
+    if (screen) screen.dispose();
+    screen = null;
+    screenBox = null;
+  }
+
   function renderPanel(vm) {
     if (tab !== 'console') dropConsole();
+    if (tab !== 'display') dropDisplay();
     if (tab === 'summary') replace(panel, summary(vm));
     else if (tab === 'settings') replace(panel, settingsForm(vm));
     else if (tab === 'events') {
@@ -156,6 +202,7 @@ export function vmDetailPage(main, params) {
         evs.length ? h('ol', { class: 'events', id: 'vm-events' }, evs.map((e) => eventRow(e, false)))
           : h('p', { class: 'muted' }, 'No events since this page opened.')));
     } else if (tab === 'console') showConsole(vm);
+    else if (tab === 'display') showDisplay(vm);
   }
 
   function render(full) {
@@ -172,6 +219,7 @@ export function vmDetailPage(main, params) {
     // console reconnects when the VM comes up.
     if (full || tab === 'summary' || tab === 'events' || (tab === 'settings' && stateChanged)) renderPanel(vm);
     else if (tab === 'console' && stateChanged) showConsole(vm);
+    else if (tab === 'display' && stateChanged) showDisplay(vm);
   }
 
   replace(main, head, tablist, panel);
@@ -192,6 +240,6 @@ export function vmDetailPage(main, params) {
       document.getElementById(`tab-${tab}`)?.focus();
       return true;
     },
-    cleanup() { unsub(); dropConsole(); },
+    cleanup() { unsub(); dropConsole(); dropDisplay(); },
   };
 }
