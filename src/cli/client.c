@@ -538,3 +538,16 @@ int cli_sse_feed(cli_sse *s, const char *buf, size_t len)
     }
     return 0;
 }
+
+char *cli_api_path(const char *collection, const char *name, const char *suffix)
+{
+    char *esc = cli_path_escape(name);
+    char *p = xasprintf("/api/v1/%s/%s%s", collection, esc, suffix ? suffix : "");
+    free(esc);
+    return p;
+}
+
+const char *cli_jstr(const json_t *o, const char *key)
+{
+    return json_string_value(json_object_get(o, key));
+}

@@ -76,6 +76,11 @@ int cli_client_connect(cli_client *c, char *host, size_t host_size, const char *
 
 /* Percent-encode one path segment (a VM name, a task id). Caller frees. */
 char *cli_path_escape(const char *segment);
+/* "/api/v1/<collection>/<name escaped><suffix>" (suffix may be NULL), e.g.
+ * cli_api_path("vms", "web1", "/start"). Caller frees. */
+char *cli_api_path(const char *collection, const char *name, const char *suffix);
+/* A string member of a JSON object, or NULL. */
+const char *cli_jstr(const json_t *o, const char *key);
 
 /* The error for an HTTP error answer: code from the body when it has the
  * contract's shape, else from the status. Pure; used by the console too. */

@@ -32,19 +32,6 @@ static void mark_usage(cli_ctx *ctx, const cli_args *a)
     ctx->usage_cmd = a->cmd;
 }
 
-static char *vm_path(const char *name, const char *suffix)
-{
-    char *esc = cli_path_escape(name);
-    char *p = xasprintf("/api/v1/vms/%s%s", esc, suffix ? suffix : "");
-    free(esc);
-    return p;
-}
-
-static const char *jstr(const json_t *o, const char *key)
-{
-    return json_string_value(json_object_get(o, key));
-}
-
 /* Print s on stdout, or the JSON. */
 static void print_kv(cli_kv *kv)
 {
@@ -102,11 +89,11 @@ static char *current_dir(kh_err *err)
 /* Seconds the VM has run, if it runs; -1 otherwise. */
 static double vm_uptime(const json_t *vm)
 {
-    const char *state = jstr(vm, "state");
+    const char *state = cli_jstr(vm, "state");
     double started;
     if (!state || (strcmp(state, "running") != 0 && strcmp(state, "paused") != 0))
         return -1;
-    if (cli_parse_time(jstr(vm, "started_at"), &started) < 0)
+    if (cli_parse_time(cli_jstr(vm, "started_at"), &started) < 0)
         return -1;
     double up = kh_wall_time() - started;
     return up < 0 ? 0 : up;
@@ -265,7 +252,7 @@ int cli_do_vm_create(cli_ctx *ctx, const cli_args *a, kh_err *err)
     if (ctx->json)
         cli_print_json(stdout, vm);
     else
-        printf("vm %s created (%s)\n", a->pos, jstr(vm, "state") ? jstr(vm, "state") : "stopped");
+        printf("vm %s created (%s)\n", a->pos, cli_jstr(vm, "state") ? cli_jstr(vm, "state") : "stopped");
     rc = 0;
 out:
     free(cwd);
@@ -292,13 +279,13 @@ int cli_do_vm_list(cli_ctx *ctx, const cli_args *a, kh_err *err)
     json_t *vm;
     json_array_foreach(json_object_get(resp, "vms"), i, vm) {
         char mem[32], up[32];
-        cli_table_add(t, jstr(vm, "name"));
-        cli_table_add(t, jstr(vm, "state"));
+        cli_table_add(t, cli_jstr(vm, "name"));
+        cli_table_add(t, cli_jstr(vm, "state"));
         cli_table_addf(t, "%" JSON_INTEGER_FORMAT, json_integer_value(json_object_get(vm, "vcpus")));
         cli_fmt_mib(json_integer_value(json_object_get(vm, "memory_mib")), mem, sizeof(mem));
         cli_table_add(t, mem);
         double uptime = vm_uptime(vm);
-        cli_table_add(t, uptime >= 0 ? jstr(vm, "accelerator") : NULL);
+        cli_table_add(t, uptime >= 0 ? cli_jstr(vm, "accelerator") : NULL);
         json_t *pid = json_object_get(vm, "pid");
         if (json_is_integer(pid))
             cli_table_addf(t, "%" JSON_INTEGER_FORMAT, json_integer_value(pid));
@@ -324,24 +311,24 @@ static void vm_kv(cli_kv *kv, const json_t *vm)
                                          "serial", "graphics", "pid", "accelerator",
                                          "created_at", "updated_at", "started_at", NULL };
     char buf[64];
-    cli_kv_add(kv, "name", jstr(vm, "name"));
-    cli_kv_add(kv, "id", jstr(vm, "id"));
-    if (jstr(vm, "state_reason") && *jstr(vm, "state_reason"))
-        cli_kv_addf(kv, "state", "%s (%s)", jstr(vm, "state"), jstr(vm, "state_reason"));
+    cli_kv_add(kv, "name", cli_jstr(vm, "name"));
+    cli_kv_add(kv, "id", cli_jstr(vm, "id"));
+    if (cli_jstr(vm, "state_reason") && *cli_jstr(vm, "state_reason"))
+        cli_kv_addf(kv, "state", "%s (%s)", cli_jstr(vm, "state"), cli_jstr(vm, "state_reason"));
     else
-        cli_kv_add(kv, "state", jstr(vm, "state"));
-    const char *desc = jstr(vm, "description");
+        cli_kv_add(kv, "state", cli_jstr(vm, "state"));
+    const char *desc = cli_jstr(vm, "description");
     cli_kv_add(kv, "description", desc && *desc ? desc : "-");
     cli_kv_addf(kv, "vcpus", "%" JSON_INTEGER_FORMAT,
                 json_integer_value(json_object_get(vm, "vcpus")));
     cli_fmt_mib(json_integer_value(json_object_get(vm, "memory_mib")), buf, sizeof(buf));
     cli_kv_add(kv, "memory", buf);
-    cli_kv_add(kv, "machine", jstr(vm, "machine"));
+    cli_kv_add(kv, "machine", cli_jstr(vm, "machine"));
     const json_t *boot = json_object_get(vm, "boot");
-    if (jstr(boot, "kernel")) {
-        cli_kv_add(kv, "kernel", jstr(boot, "kernel"));
-        cli_kv_add(kv, "initrd", jstr(boot, "initrd"));
-        cli_kv_add(kv, "cmdline", jstr(boot, "cmdline"));
+    if (cli_jstr(boot, "kernel")) {
+        cli_kv_add(kv, "kernel", cli_jstr(boot, "kernel"));
+        cli_kv_add(kv, "initrd", cli_jstr(boot, "initrd"));
+        cli_kv_add(kv, "cmdline", cli_jstr(boot, "cmdline"));
     } else {
         cli_kv_add(kv, "boot", "first disk");
     }
@@ -350,9 +337,9 @@ static void vm_kv(cli_kv *kv, const json_t *vm)
     json_t *d;
     json_array_foreach(json_object_get(vm, "disks"), i, d) {
         kh_strv_addf(lines, "%s (%s%s)",
-                     jstr(d, "volume") ? jstr(d, "volume")
-                                       : jstr(d, "path") ? jstr(d, "path") : "?",
-                     jstr(d, "volume") ? "volume" : jstr(d, "format") ? jstr(d, "format") : "?",
+                     cli_jstr(d, "volume") ? cli_jstr(d, "volume")
+                                       : cli_jstr(d, "path") ? cli_jstr(d, "path") : "?",
+                     cli_jstr(d, "volume") ? "volume" : cli_jstr(d, "format") ? cli_jstr(d, "format") : "?",
                      json_is_true(json_object_get(d, "readonly")) ? ", readonly" : "");
     }
     char *joined = lines->n ? kh_strv_join(lines, "\n") : xstrdup("-");
@@ -361,21 +348,21 @@ static void vm_kv(cli_kv *kv, const json_t *vm)
     kh_strv_free(lines);
     const json_t *serial = json_object_get(vm, "serial");
     cli_kv_add(kv, "serial", serial ? (json_is_true(serial) ? "yes" : "no") : NULL);
-    cli_kv_add(kv, "graphics", jstr(vm, "graphics"));
+    cli_kv_add(kv, "graphics", cli_jstr(vm, "graphics"));
     json_t *pid = json_object_get(vm, "pid");
     if (json_is_integer(pid))
         cli_kv_addf(kv, "pid", "%" JSON_INTEGER_FORMAT, json_integer_value(pid));
     else
         cli_kv_add(kv, "pid", NULL);
     double up = vm_uptime(vm);
-    cli_kv_add(kv, "accelerator", up >= 0 ? jstr(vm, "accelerator") : NULL);
+    cli_kv_add(kv, "accelerator", up >= 0 ? cli_jstr(vm, "accelerator") : NULL);
     if (up >= 0) {
         cli_fmt_duration(up, buf, sizeof(buf));
         cli_kv_add(kv, "uptime", buf);
     }
-    cli_kv_add(kv, "created", jstr(vm, "created_at"));
-    cli_kv_add(kv, "updated", jstr(vm, "updated_at"));
-    cli_kv_add(kv, "started", jstr(vm, "started_at"));
+    cli_kv_add(kv, "created", cli_jstr(vm, "created_at"));
+    cli_kv_add(kv, "updated", cli_jstr(vm, "updated_at"));
+    cli_kv_add(kv, "started", cli_jstr(vm, "started_at"));
     /* Fields newer than this client, as they are. */
     cli_kv_add_json(kv, NULL, vm, known);
 }
@@ -385,7 +372,7 @@ int cli_do_vm_show(cli_ctx *ctx, const cli_args *a, kh_err *err)
     cli_client *c = cli_ctx_client(ctx, err);
     if (!c)
         return -1;
-    char *path = vm_path(a->pos, NULL);
+    char *path = cli_api_path("vms", a->pos, NULL);
     json_t *vm = NULL;
     int rc = cli_client_json(c, "GET", path, NULL, &vm, NULL, err);
     free(path);
@@ -424,7 +411,7 @@ int cli_do_vm_edit(cli_ctx *ctx, const cli_args *a, kh_err *err)
     char *cwd = current_dir(err);
     if (!cwd)
         return -1;
-    char *path = vm_path(a->pos, NULL);
+    char *path = cli_api_path("vms", a->pos, NULL);
     json_t *patch = json_object(), *vm = NULL, *cur = NULL;
     int rc = -1;
     if (spec_common(a, cwd, patch, err) < 0) {
@@ -490,7 +477,7 @@ static void draw_progress(const json_t *task)
 {
     char line[512];
     cli_fmt_progress((int)json_integer_value(json_object_get(task, "progress")),
-                     jstr(task, "message"), terminal_width() - 1, line, sizeof(line));
+                     cli_jstr(task, "message"), terminal_width() - 1, line, sizeof(line));
     fprintf(stderr, "\r%s\033[K", line);
     fflush(stderr);
 }
@@ -498,11 +485,11 @@ static void draw_progress(const json_t *task)
 /* Report a finished task: the result on stdout (unless quiet), or its error. */
 static int task_outcome(cli_ctx *ctx, const json_t *task, bool quiet, kh_err *err)
 {
-    const char *state = jstr(task, "state");
+    const char *state = cli_jstr(task, "state");
     if (state && strcmp(state, "failed") == 0) {
         const json_t *e = json_object_get(task, "error");
-        const char *code = jstr(e, "code");
-        const char *msg = jstr(e, "message");
+        const char *code = cli_jstr(e, "code");
+        const char *msg = cli_jstr(e, "message");
         kh_err_set(err, code ? kh_code_from_name(code) : KH_E_INTERNAL, "%s",
                    msg ? msg : "the task failed without a message");
         return -1;
@@ -514,11 +501,11 @@ static int task_outcome(cli_ctx *ctx, const json_t *task, bool quiet, kh_err *er
         return 0;
     }
     const json_t *vm = json_object_get(task, "result");
-    const char *name = jstr(vm, "name") ? jstr(vm, "name") : jstr(task, "vm");
-    if (jstr(vm, "state"))
-        printf("vm %s is %s\n", name ? name : "?", jstr(vm, "state"));
+    const char *name = cli_jstr(vm, "name") ? cli_jstr(vm, "name") : cli_jstr(task, "vm");
+    if (cli_jstr(vm, "state"))
+        printf("vm %s is %s\n", name ? name : "?", cli_jstr(vm, "state"));
     else
-        printf("%s %s: %s\n", jstr(task, "kind") ? jstr(task, "kind") : "task",
+        printf("%s %s: %s\n", cli_jstr(task, "kind") ? cli_jstr(task, "kind") : "task",
                name ? name : "", state ? state : "done");
     return 0;
 }
@@ -526,7 +513,7 @@ static int task_outcome(cli_ctx *ctx, const json_t *task, bool quiet, kh_err *er
 /* Poll a running task until it ends; takes task (a reference). */
 static int task_wait(cli_ctx *ctx, cli_client *c, json_t *task, bool quiet, kh_err *err)
 {
-    const char *id0 = jstr(task, "id");
+    const char *id0 = cli_jstr(task, "id");
     if (!id0) {
         json_decref(task);
         kh_err_set(err, KH_E_INTERNAL, "kvmhostd answered 202 without a task id");
@@ -546,7 +533,7 @@ static int task_wait(cli_ctx *ctx, cli_client *c, json_t *task, bool quiet, kh_e
     int rc = -1;
     bool drawn = false;
     for (;;) {
-        const char *state = jstr(task, "state");
+        const char *state = cli_jstr(task, "state");
         if (state && strcmp(state, "running") != 0)
             break;
         if (ctx->stderr_tty) {
@@ -592,20 +579,20 @@ static int run_action(cli_ctx *ctx, cli_client *c, const char *name, const char 
 {
     json_object_set_new(body, "wait", json_integer(no_wait ? 0 : ACTION_WAIT_SECONDS));
     char *suffix = xasprintf("/%s", verb);
-    char *path = vm_path(name, suffix);
+    char *path = cli_api_path("vms", name, suffix);
     free(suffix);
     json_t *task = NULL;
     int status = cli_client_json(c, "POST", path, body, &task, NULL, err);
     free(path);
     if (status < 0)
         return -1;
-    const char *state = jstr(task, "state");
+    const char *state = cli_jstr(task, "state");
     bool running = status == 202 || (state && strcmp(state, "running") == 0);
     if (running && no_wait) {
         if (ctx->json)
             cli_print_json(stdout, task);
         else
-            printf("%s\n", jstr(task, "id") ? jstr(task, "id") : "");
+            printf("%s\n", cli_jstr(task, "id") ? cli_jstr(task, "id") : "");
         json_decref(task);
         return 0;
     }
@@ -652,7 +639,7 @@ int cli_do_vm_delete(cli_ctx *ctx, const cli_args *a, kh_err *err)
             return rc;
         }
     }
-    char *path = vm_path(a->pos, NULL);
+    char *path = cli_api_path("vms", a->pos, NULL);
     json_t *resp = NULL;
     int rc = cli_client_json(c, "DELETE", path, NULL, &resp, NULL, err);
     free(path);
@@ -705,7 +692,7 @@ int cli_do_vm_log(cli_ctx *ctx, const cli_args *a, kh_err *err)
         return -1;
     char *suffix = tail >= 0 ? xasprintf("/console/log?tail=%lld", (long long)tail)
                              : xstrdup("/console/log");
-    char *path = vm_path(a->pos, suffix);
+    char *path = cli_api_path("vms", a->pos, suffix);
     free(suffix);
     char *text = NULL;
     size_t len = 0;
@@ -762,8 +749,8 @@ int cli_do_task_show(cli_ctx *ctx, const cli_args *a, kh_err *err)
         cli_kv_add_json(kv, NULL, task, skip);
         const json_t *vm = json_object_get(task, "result");
         if (json_is_object(vm))
-            cli_kv_addf(kv, "result", "vm %s, %s", jstr(vm, "name") ? jstr(vm, "name") : "?",
-                        jstr(vm, "state") ? jstr(vm, "state") : "?");
+            cli_kv_addf(kv, "result", "vm %s, %s", cli_jstr(vm, "name") ? cli_jstr(vm, "name") : "?",
+                        cli_jstr(vm, "state") ? cli_jstr(vm, "state") : "?");
         print_kv(kv);
         cli_kv_free(kv);
     }
@@ -788,15 +775,15 @@ int cli_do_task_list(cli_ctx *ctx, const cli_args *a, kh_err *err)
     size_t i;
     json_t *task;
     json_array_foreach(json_object_get(resp, "tasks"), i, task) {
-        cli_table_add(t, jstr(task, "id"));
-        cli_table_add(t, jstr(task, "kind"));
-        cli_table_add(t, jstr(task, "vm"));
-        cli_table_add(t, jstr(task, "state"));
+        cli_table_add(t, cli_jstr(task, "id"));
+        cli_table_add(t, cli_jstr(task, "kind"));
+        cli_table_add(t, cli_jstr(task, "vm"));
+        cli_table_add(t, cli_jstr(task, "state"));
         cli_table_addf(t, "%" JSON_INTEGER_FORMAT "%%",
                        json_integer_value(json_object_get(task, "progress")));
-        cli_table_add(t, jstr(task, "created_at"));
-        const char *emsg = jstr(json_object_get(task, "error"), "message");
-        const char *msg = emsg ? emsg : jstr(task, "message");
+        cli_table_add(t, cli_jstr(task, "created_at"));
+        const char *emsg = cli_jstr(json_object_get(task, "error"), "message");
+        const char *msg = emsg ? emsg : cli_jstr(task, "message");
         cli_table_add(t, msg && *msg ? msg : NULL);
     }
     print_table(t);
@@ -857,10 +844,10 @@ static int on_event(const char *type, const char *id, const char *data, void *ud
         printf("%s %s\n", type, data);
     } else {
         kh_strv *parts = kh_strv_new();
-        const char *t = jstr(ev, "type") ? jstr(ev, "type") : type;
-        kh_strv_add(parts, jstr(ev, "time") ? jstr(ev, "time") : "-");
+        const char *t = cli_jstr(ev, "type") ? cli_jstr(ev, "type") : type;
+        kh_strv_add(parts, cli_jstr(ev, "time") ? cli_jstr(ev, "time") : "-");
         kh_strv_add(parts, t);
-        kh_strv_add(parts, jstr(ev, "vm") ? jstr(ev, "vm") : "-");
+        kh_strv_add(parts, cli_jstr(ev, "vm") ? cli_jstr(ev, "vm") : "-");
         event_details(parts, NULL, json_object_get(ev, "data"));
         char *line = kh_strv_join(parts, " ");
         printf("%s\n", line);
@@ -935,8 +922,8 @@ int cli_do_version(cli_ctx *ctx, const cli_args *a, kh_err *err)
     } else {
         printf("client: %s\n", KH_VERSION);
         if (rc >= 0) {
-            printf("daemon: %s\n", jstr(host, "version") ? jstr(host, "version") : "-");
-            printf("qemu:   %s\n", jstr(qemu, "version") ? jstr(qemu, "version") : "-");
+            printf("daemon: %s\n", cli_jstr(host, "version") ? cli_jstr(host, "version") : "-");
+            printf("qemu:   %s\n", cli_jstr(qemu, "version") ? cli_jstr(qemu, "version") : "-");
         }
     }
     json_decref(host);

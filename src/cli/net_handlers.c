@@ -8,19 +8,6 @@
 #include "cli/output.h"
 #include "util/mem.h"
 
-static char *net_path(const char *name, const char *suffix)
-{
-    char *esc = cli_path_escape(name);
-    char *p = xasprintf("/api/v1/networks/%s%s", esc, suffix ? suffix : "");
-    free(esc);
-    return p;
-}
-
-static const char *jstr(const json_t *o, const char *key)
-{
-    return json_string_value(json_object_get(o, key));
-}
-
 static void print_out(char *s)
 {
     fputs(s, stdout);
@@ -60,13 +47,13 @@ int cli_do_net_create(cli_ctx *ctx, const cli_args *a, kh_err *err)
         return -1;
     if (ctx->json)
         cli_print_json(stdout, resp);
-    else if (jstr(resp, "subnet"))
+    else if (cli_jstr(resp, "subnet"))
         printf("network %s created (%s, bridge %s, subnet %s, gateway %s)\n", a->pos,
-               jstr(resp, "type"), jstr(resp, "bridge"), jstr(resp, "subnet"),
-               jstr(resp, "gateway"));
+               cli_jstr(resp, "type"), cli_jstr(resp, "bridge"), cli_jstr(resp, "subnet"),
+               cli_jstr(resp, "gateway"));
     else
-        printf("network %s created (%s on %s)\n", a->pos, jstr(resp, "type"),
-               jstr(resp, "bridge"));
+        printf("network %s created (%s on %s)\n", a->pos, cli_jstr(resp, "type"),
+               cli_jstr(resp, "bridge"));
     json_decref(resp);
     return 0;
 }
@@ -89,10 +76,10 @@ int cli_do_net_list(cli_ctx *ctx, const cli_args *a, kh_err *err)
     size_t i;
     json_t *n;
     json_array_foreach(json_object_get(resp, "networks"), i, n) {
-        cli_table_add(t, jstr(n, "name"));
-        cli_table_add(t, jstr(n, "type"));
-        cli_table_add(t, jstr(n, "bridge"));
-        cli_table_add(t, jstr(n, "subnet"));
+        cli_table_add(t, cli_jstr(n, "name"));
+        cli_table_add(t, cli_jstr(n, "type"));
+        cli_table_add(t, cli_jstr(n, "bridge"));
+        cli_table_add(t, cli_jstr(n, "subnet"));
         cli_table_addf(t, "%zu", json_array_size(json_object_get(n, "nics")));
         cli_table_addf(t, "%zu", json_array_size(json_object_get(n, "forwards")));
     }
@@ -107,7 +94,7 @@ int cli_do_net_show(cli_ctx *ctx, const cli_args *a, kh_err *err)
     cli_client *c = cli_ctx_client(ctx, err);
     if (!c)
         return -1;
-    char *path = net_path(a->pos, NULL);
+    char *path = cli_api_path("networks", a->pos, NULL);
     json_t *resp = NULL;
     int rc = cli_client_json(c, "GET", path, NULL, &resp, NULL, err);
     free(path);
@@ -130,7 +117,7 @@ int cli_do_net_delete(cli_ctx *ctx, const cli_args *a, kh_err *err)
     cli_client *c = cli_ctx_client(ctx, err);
     if (!c)
         return -1;
-    char *path = net_path(a->pos, NULL);
+    char *path = cli_api_path("networks", a->pos, NULL);
     json_t *resp = NULL;
     int rc = cli_client_json(c, "DELETE", path, NULL, &resp, NULL, err);
     free(path);
@@ -147,7 +134,7 @@ int cli_do_net_leases(cli_ctx *ctx, const cli_args *a, kh_err *err)
     cli_client *c = cli_ctx_client(ctx, err);
     if (!c)
         return -1;
-    char *path = net_path(a->pos, "/leases");
+    char *path = cli_api_path("networks", a->pos, "/leases");
     json_t *resp = NULL;
     int rc = cli_client_json(c, "GET", path, NULL, &resp, NULL, err);
     free(path);
@@ -163,10 +150,10 @@ int cli_do_net_leases(cli_ctx *ctx, const cli_args *a, kh_err *err)
     size_t i;
     json_t *l;
     json_array_foreach(json_object_get(resp, "leases"), i, l) {
-        cli_table_add(t, jstr(l, "ip"));
-        cli_table_add(t, jstr(l, "mac"));
-        cli_table_add(t, jstr(l, "vm"));
-        cli_table_add(t, jstr(l, "hostname"));
+        cli_table_add(t, cli_jstr(l, "ip"));
+        cli_table_add(t, cli_jstr(l, "mac"));
+        cli_table_add(t, cli_jstr(l, "vm"));
+        cli_table_add(t, cli_jstr(l, "hostname"));
         cli_table_addf(t, "%" JSON_INTEGER_FORMAT,
                        json_integer_value(json_object_get(l, "expires")));
     }
@@ -201,7 +188,7 @@ int cli_do_net_forward(cli_ctx *ctx, const cli_args *a, kh_err *err)
         return -1;
     }
     cli_client *c = cli_ctx_client(ctx, err);
-    char *path = net_path(a->pos, "/forwards");
+    char *path = cli_api_path("networks", a->pos, "/forwards");
     json_t *resp = NULL;
     int rc = c ? cli_client_json(c, "POST", path, body, &resp, NULL, err) : -1;
     free(path);

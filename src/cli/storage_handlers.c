@@ -9,11 +9,6 @@
 #include "cli/output.h"
 #include "util/mem.h"
 
-static const char *jstr(const json_t *o, const char *key)
-{
-    return json_string_value(json_object_get(o, key));
-}
-
 static void human_bytes(json_int_t n, char *buf, size_t size)
 {
     static const char *const units[] = { "B", "KiB", "MiB", "GiB", "TiB", "PiB" };
@@ -60,14 +55,6 @@ static char *volume_path(const char *ref, const char *suffix)
     return p;
 }
 
-static char *pool_path(const char *name, const char *suffix)
-{
-    char *e = cli_path_escape(name);
-    char *p = xasprintf("/api/v1/pools/%s%s", e, suffix ? suffix : "");
-    free(e);
-    return p;
-}
-
 static int show_json(cli_ctx *ctx, const char *method, const char *path, const json_t *body,
                      void (*human)(const json_t *), kh_err *err)
 {
@@ -99,13 +86,13 @@ static void pools_human(const json_t *resp)
     size_t i;
     json_t *p;
     json_array_foreach(json_object_get(resp, "pools"), i, p) {
-        cli_table_add(t, jstr(p, "name"));
-        cli_table_add(t, jstr(p, "type"));
+        cli_table_add(t, cli_jstr(p, "name"));
+        cli_table_add(t, cli_jstr(p, "type"));
         add_bytes(t, p, "capacity");
         add_bytes(t, p, "allocation");
         add_bytes(t, p, "free");
         cli_table_addf(t, "%" JSON_INTEGER_FORMAT, json_integer_value(json_object_get(p, "volumes")));
-        cli_table_add(t, jstr(p, "path"));
+        cli_table_add(t, cli_jstr(p, "path"));
     }
     print_out(cli_table_render(t));
     cli_table_free(t);
@@ -119,17 +106,17 @@ static void volumes_human(const json_t *resp)
     size_t i;
     json_t *v;
     json_array_foreach(json_object_get(resp, "volumes"), i, v) {
-        cli_table_add(t, jstr(v, "ref"));
-        cli_table_addf(t, "%s%s", jstr(v, "format"),
+        cli_table_add(t, cli_jstr(v, "ref"));
+        cli_table_addf(t, "%s%s", cli_jstr(v, "format"),
                        json_is_true(json_object_get(v, "readonly")) ? " (ro)" : "");
         add_bytes(t, v, "capacity");
         add_bytes(t, v, "allocation");
-        cli_table_add(t, jstr(v, "backing"));
+        cli_table_add(t, cli_jstr(v, "backing"));
         kh_strv *users = kh_strv_new();
         size_t j;
         json_t *u;
         json_array_foreach(json_object_get(v, "used_by"), j, u) {
-            kh_strv_add(users, jstr(u, "vm"));
+            kh_strv_add(users, cli_jstr(u, "vm"));
         }
         char *s = kh_strv_join(users, ",");
         cli_table_add(t, *s ? s : NULL);
@@ -148,7 +135,7 @@ int cli_do_pool_list(cli_ctx *ctx, const cli_args *a, kh_err *err)
 
 int cli_do_pool_show(cli_ctx *ctx, const cli_args *a, kh_err *err)
 {
-    char *path = pool_path(a->pos, NULL);
+    char *path = cli_api_path("pools", a->pos, NULL);
     int rc = show_json(ctx, "GET", path, NULL, pool_human, err);
     free(path);
     return rc;
@@ -189,7 +176,7 @@ static int do_delete(cli_ctx *ctx, char *path, const char *what, const char *nam
 
 int cli_do_pool_delete(cli_ctx *ctx, const cli_args *a, kh_err *err)
 {
-    return do_delete(ctx, pool_path(a->pos, NULL), "pool", a->pos, err);
+    return do_delete(ctx, cli_api_path("pools", a->pos, NULL), "pool", a->pos, err);
 }
 
 static void volume_human(const json_t *v)
@@ -246,7 +233,7 @@ out:
 int cli_do_volume_list(cli_ctx *ctx, const cli_args *a, kh_err *err)
 {
     const char *pool = cli_arg(a, "pool") ? cli_arg(a, "pool") : "default";
-    char *path = pool_path(pool, "/volumes");
+    char *path = cli_api_path("pools", pool, "/volumes");
     int rc = show_json(ctx, "GET", path, NULL, volumes_human, err);
     free(path);
     return rc;
@@ -308,7 +295,7 @@ static void templates_human(const json_t *resp)
     size_t i;
     json_t *vm;
     json_array_foreach(json_object_get(resp, "templates"), i, vm) {
-        cli_table_add(t, jstr(vm, "name"));
+        cli_table_add(t, cli_jstr(vm, "name"));
         cli_table_addf(t, "%" JSON_INTEGER_FORMAT, json_integer_value(json_object_get(vm, "vcpus")));
         cli_table_addf(t, "%" JSON_INTEGER_FORMAT " MiB",
                        json_integer_value(json_object_get(vm, "memory_mib")));
@@ -316,7 +303,7 @@ static void templates_human(const json_t *resp)
         size_t j;
         json_t *d;
         json_array_foreach(json_object_get(vm, "disks"), j, d) {
-            kh_strv_add(disks, jstr(d, "volume") ? jstr(d, "volume") : jstr(d, "path"));
+            kh_strv_add(disks, cli_jstr(d, "volume") ? cli_jstr(d, "volume") : cli_jstr(d, "path"));
         }
         char *s = kh_strv_join(disks, ",");
         cli_table_add(t, *s ? s : NULL);
@@ -339,11 +326,11 @@ int cli_task_wait(cli_ctx *ctx, json_t **task, kh_err *err)
     if (!c)
         return -1;
     for (;;) {
-        const char *state = jstr(*task, "state");
+        const char *state = cli_jstr(*task, "state");
         if (state && strcmp(state, "running") != 0)
             break;
         usleep(200 * 1000);
-        char *e = cli_path_escape(jstr(*task, "id") ? jstr(*task, "id") : "");
+        char *e = cli_path_escape(cli_jstr(*task, "id") ? cli_jstr(*task, "id") : "");
         char *path = xasprintf("/api/v1/tasks/%s", e);
         free(e);
         json_t *next = NULL;
@@ -354,11 +341,11 @@ int cli_task_wait(cli_ctx *ctx, json_t **task, kh_err *err)
         json_decref(*task);
         *task = next;
     }
-    if (strcmp(jstr(*task, "state"), "succeeded") == 0)
+    if (strcmp(cli_jstr(*task, "state"), "succeeded") == 0)
         return 0;
     const json_t *e = json_object_get(*task, "error");
-    kh_err_set(err, kh_code_from_name(jstr(e, "code") ? jstr(e, "code") : "internal"), "%s",
-               jstr(e, "message") ? jstr(e, "message") : "the task failed");
+    kh_err_set(err, kh_code_from_name(cli_jstr(e, "code") ? cli_jstr(e, "code") : "internal"), "%s",
+               cli_jstr(e, "message") ? cli_jstr(e, "message") : "the task failed");
     return -1;
 }
 
@@ -432,9 +419,9 @@ static void snapshots_human(const json_t *resp)
     size_t i;
     json_t *s;
     json_array_foreach(json_object_get(resp, "snapshots"), i, s) {
-        cli_table_add(t, jstr(s, "name"));
+        cli_table_add(t, cli_jstr(s, "name"));
         cli_table_add(t, json_is_true(json_object_get(s, "memory")) ? "yes" : "no");
-        cli_table_add(t, jstr(s, "created_at"));
+        cli_table_add(t, cli_jstr(s, "created_at"));
     }
     print_out(cli_table_render(t));
     cli_table_free(t);
