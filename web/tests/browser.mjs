@@ -65,7 +65,7 @@ async function main() {
   const daemonLog = join(logs, 'web-daemon.log');
   const daemon = spawn(daemonBin, ['--state-dir', state, '--socket', join(base, 'api.sock'),
     '--listen', `127.0.0.1:${port}`, '--web-dir', webDir, '--log-file', daemonLog,
-    '--log-level', 'debug'], { stdio: ['ignore', 'inherit', 'inherit'] });
+    '--log-level', 'debug', '--sample-interval-ms', '1000'], { stdio: ['ignore', 'inherit', 'inherit'] });
   let daemonExit = null;
   daemon.on('exit', (code, sig) => { daemonExit = sig || code; });
   let ctx = null;
@@ -166,7 +166,21 @@ async function main() {
     await page.locator('.tabpanel .state-running').waitFor();
     ok(true, 'the summary tab shows the VM running');
     ok((await page.locator('.tabpanel .disks').first().textContent()).includes('webpool/data1'), 'the summary lists the volume disk');
-    await page.screenshot({ path: join(logs, 'web-vm-summary.png') });
+    // the VM's CPU chart, from the metrics history (sampled every second here)
+    const vmChart = page.locator('figure#vm-cpu-chart');
+    const chartState = () => vmChart.evaluate((f) => ({
+      n: Number(f.dataset.points), latest: f.dataset.latest,
+      drawn: (f.querySelector('polyline.chart-line')?.getAttribute('points') || '').trim().split(/\s+/).filter(Boolean).length,
+      label: f.querySelector('svg')?.getAttribute('aria-label') || '',
+      caption: f.querySelector('figcaption')?.textContent || '',
+    }));
+    const c1 = await waitFor(async () => { const c = await chartState(); return c.n >= 2 && c; }, 20000, 'the VM CPU chart to have 2 points');
+    ok(c1.drawn >= 2 && /CPU/.test(c1.caption) && /% now/.test(c1.label),
+      `the VM CPU chart shows ${c1.n} points, captioned, labelled "${c1.label}"`);
+    const c2 = await waitFor(async () => { const c = await chartState(); return (c.n > c1.n || c.latest !== c1.latest) && c; }, 15000, 'the VM CPU chart to update');
+    ok(true, `the VM CPU chart updates by itself (${c1.n} -> ${c2.n} points, latest ${Number(c1.latest).toFixed(1)} -> ${Number(c2.latest).toFixed(1)} %)`);
+    ok(Number(await page.locator('figure#vm-mem-chart').getAttribute('data-points')) >= 1, 'the VM memory chart has points');
+    await page.screenshot({ path: join(logs, 'web-vm-summary.png'), fullPage: true });
     // the tabs work from the keyboard
     await page.getByRole('tab', { name: 'Summary' }).focus();
     await page.keyboard.press('ArrowRight');
@@ -179,6 +193,13 @@ async function main() {
     ok(await page.locator('#state-counts [data-state="running"] .count').textContent() === '1', 'the dashboard counts one running VM');
     ok(await page.locator('#recent-events li').count() > 0, 'the dashboard lists recent events');
     ok(await page.locator('#active-vms tbody tr').filter({ hasText: VM }).count() === 1, 'the dashboard lists the running VM with its uptime');
+    const hostChart = await waitFor(async () => {
+      const n = Number(await page.locator('figure#host-cpu-chart').getAttribute('data-points'));
+      return n >= 2 && n;
+    }, 15000, 'the host CPU chart');
+    ok((await page.locator('figure#host-cpu-chart polyline.chart-line').count()) === 1 &&
+      Number(await page.locator('figure#host-mem-chart').getAttribute('data-points')) >= 2,
+      `the dashboard draws the host CPU (${hostChart} points) and memory charts`);
     await page.screenshot({ path: join(logs, 'web-dashboard.png'), fullPage: true });
 
     // topology: the host, the VM, its kernel

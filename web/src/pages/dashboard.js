@@ -3,6 +3,10 @@ import { h, replace, fmtMiB, fmtDuration } from '../dom.js';
 import { store, subscribe, loadHost } from '../store.js';
 import { stateBadge } from '../actions.js';
 import { eventRow } from './events.js';
+import { lineChart, pollMetrics, column, chartsGrid } from '../chart.js';
+
+const RANGE = 300; // seconds of history in the charts
+const MiB = 1048576;
 
 const STATES = ['running', 'paused', 'starting', 'stopping', 'stopped'];
 
@@ -68,13 +72,29 @@ function eventsCard() {
       : h('p', { class: 'muted' }, 'No events yet.'));
 }
 
+// Host CPU and memory over the last minutes (kept across re-renders).
+function hostCharts() {
+  const cpu = lineChart({ id: 'host-cpu-chart', title: 'Host CPU', unit: '%' });
+  const mem = lineChart({ id: 'host-mem-chart', title: 'Host memory used', unit: 'MiB', fmt: (v) => `${Math.round(v)} MiB` });
+  const card = h('section', { class: 'card wide', 'aria-labelledby': 'host-charts-title' },
+    h('h2', { id: 'host-charts-title' }, 'Host usage, the last minutes'),
+    chartsGrid(cpu, mem));
+  const { stop } = pollMetrics('/api/v1/host/metrics', RANGE, (d) => {
+    cpu.set(column(d, 'cpu_percent'), { range: RANGE, yMax: 100 });
+    const total = column(d, 'memory_total_bytes', MiB).pop();
+    mem.set(column(d, 'memory_used_bytes', MiB), { range: RANGE, yMax: total && total[1] ? total[1] : undefined });
+  });
+  return { card, stop };
+}
+
 export function dashboardPage(main) {
   const root = h('div', { class: 'grid' });
-  const render = () => replace(root, hostCard(store.host), vmsCard(), eventsCard());
+  const charts = hostCharts();
+  const render = () => replace(root, hostCard(store.host), vmsCard(), charts.card, eventsCard());
   replace(main, h('h1', { class: 'page-title' }, 'Dashboard'), root);
   render();
   loadHost().catch(() => {});
   const timer = setInterval(() => loadHost().catch(() => {}), 5000);
   const unsub = subscribe(render);
-  return () => { clearInterval(timer); unsub(); };
+  return () => { clearInterval(timer); unsub(); charts.stop(); };
 }

@@ -4,6 +4,32 @@ import { api, vmPath } from '../api.js';
 import { store, subscribe, loadVms } from '../store.js';
 import { actionButtons, stateBadge } from '../actions.js';
 import { eventRow } from './events.js';
+import { lineChart, pollMetrics, column, chartsGrid } from '../chart.js';
+
+const RANGE = 300; // seconds of history in the charts
+const MiB = 1048576;
+const UP = ['running', 'paused', 'stopping'];
+
+// The VM's CPU use and memory over the last minutes; the card is kept
+// across re-renders of the summary and polls only while it shows a VM
+// that runs (stopped VMs have no history).
+function vmCharts(name, active) {
+  const cpu = lineChart({ id: 'vm-cpu-chart', title: `${name} CPU`, unit: '%' });
+  const mem = lineChart({ id: 'vm-mem-chart', title: `${name} memory`, unit: 'MiB', fmt: (v) => `${Math.round(v)} MiB` });
+  const card = h('section', { class: 'card wide', 'aria-labelledby': 'vm-charts-title' },
+    h('h2', { id: 'vm-charts-title' }, 'Usage, the last minutes'),
+    h('p', { class: 'muted small' }, 'CPU in percent of one host CPU (200 % = two CPUs busy); memory used by the VM\'s QEMU.'),
+    chartsGrid(cpu, mem));
+  const poll = pollMetrics(vmPath(name, '/metrics'), RANGE, (d) => {
+    const vm = store.vms.get(name);
+    const cap = vm && vm.vcpus ? 100 * vm.vcpus : 100;
+    const pts = column(d, 'cpu_percent');
+    cpu.set(pts, { range: RANGE, yMax: Math.max(100, Math.min(cap, Math.ceil(Math.max(0, ...pts.map((p) => p[1] || 0)) / 100) * 100)) });
+    mem.set(column(d, 'memory_bytes', MiB, 'rss_bytes'), { range: RANGE });
+  }, active);
+  const notRunning = () => { for (const c of [cpu, mem]) c.empty('not running: charts show while the VM runs'); };
+  return { card, stop: poll.stop, refresh: poll.now, notRunning };
+}
 
 const TABS = [
   { id: 'summary', label: 'Summary' },
@@ -17,7 +43,7 @@ function kv(label, value) {
   return [h('dt', {}, label), h('dd', {}, value ?? '–')];
 }
 
-function summary(vm) {
+function summary(vm, charts) {
   const disks = vm.disks || [];
   return h('div', { class: 'grid' },
     h('section', { class: 'card', 'aria-labelledby': 'sum-title' },
@@ -47,7 +73,8 @@ function summary(vm) {
         : h('p', { class: 'muted' }, 'No disks.'),
       (vm.nics || []).length ? h('ul', { class: 'disks', 'aria-label': 'Network interfaces' }, vm.nics.map((n, i) => h('li', {},
         h('span', { class: 'badge' }, `nic${i}`), ` network ${n.network}`, n.mac ? [' ', h('code', {}, n.mac)] : null, n.ip ? ` ${n.ip}` : '')))
-        : null));
+        : null),
+    charts.card);
 }
 
 function settingsForm(vm) {
@@ -99,6 +126,10 @@ export function vmDetailPage(main, params) {
   let termBox = null;
   let consoleStatus = h('span', { class: 'muted small', id: 'console-status', role: 'status' });
   let lastState = null;
+  const charts = vmCharts(name, () => {
+    const vm = store.vms.get(name);
+    return tab === 'summary' && !!vm && UP.includes(vm.state);
+  });
 
   const tabButtons = TABS.map((t) => h('button', {
     type: 'button', role: 'tab', id: `tab-${t.id}`, 'aria-controls': 'vm-panel',
@@ -191,11 +222,17 @@ export function vmDetailPage(main, params) {
     screenBox = null;
   }
 
+  let chartsFor = null; // the VM state the charts were last refreshed for, on the summary tab
   function renderPanel(vm) {
+    if (tab !== 'summary') chartsFor = null;
     if (tab !== 'console') dropConsole();
     if (tab !== 'display') dropDisplay();
-    if (tab === 'summary') replace(panel, summary(vm));
-    else if (tab === 'settings') replace(panel, settingsForm(vm));
+    if (tab === 'summary') {
+      if (!UP.includes(vm.state)) charts.notRunning();
+      else if (chartsFor !== vm.state) charts.refresh(); // the tab shows, or the VM came up
+      chartsFor = vm.state;
+      replace(panel, summary(vm, charts));
+    } else if (tab === 'settings') replace(panel, settingsForm(vm));
     else if (tab === 'events') {
       const evs = store.events.filter((e) => e.vm === name);
       replace(panel, h('section', { class: 'card' }, h('h2', {}, 'Events'),
@@ -240,6 +277,6 @@ export function vmDetailPage(main, params) {
       document.getElementById(`tab-${tab}`)?.focus();
       return true;
     },
-    cleanup() { unsub(); dropConsole(); dropDisplay(); },
+    cleanup() { unsub(); charts.stop(); dropConsole(); dropDisplay(); },
   };
 }
