@@ -284,6 +284,27 @@ async function main() {
     await waitFor(async () => (await page.locator(`tr[data-vm="${VM}"]`).count()) === 0, 10000, 'the row to go');
     ok((await (await fetch(`${url}/api/v1/vms/${VM}`, { headers: { Authorization: `Bearer ${token}` } })).status) === 404, 'confirm deletes the VM');
 
+    // the wizard creates a linked clone of a template (a stopped VM whose
+    // disks are all volumes, made a template through the API)
+    r = await fetch(`${url}/api/v1/pools/webpool/volumes`, { method: 'POST', headers: bearer, body: JSON.stringify({ name: 'tpl0', format: 'qcow2', size: 16777216 }) });
+    r = await fetch(`${url}/api/v1/vms`, { method: 'POST', headers: bearer, body: JSON.stringify({ name: 'tplsrc', vcpus: 1, memory_mib: 64, disks: [{ volume: 'webpool/tpl0' }] }) });
+    r = await fetch(`${url}/api/v1/vms/tplsrc/template`, { method: 'POST', headers: bearer });
+    ok(r.status === 200, `a template for the wizard (${r.status})`);
+    await page.getByRole('link', { name: 'Create VM' }).first().click();
+    await page.getByLabel('Name').fill('clone1');
+    await page.locator('#vm-template option[value="tplsrc"]').waitFor({ state: 'attached' });
+    await page.getByLabel('From template').selectOption('tplsrc');
+    await page.getByLabel('Linked clone').check();
+    ok(await page.getByLabel('Memory (MiB)').inputValue() === '64', 'picking a template fills in its memory');
+    await page.screenshot({ path: join(logs, 'web-create-template.png'), fullPage: true });
+    await page.getByRole('button', { name: 'Next' }).click();
+    ok((await page.locator('#review').textContent()).includes('tplsrc (linked clone)'), 'the wizard goes from basics to review with a template');
+    await page.getByLabel('Start the VM after creating it').uncheck();
+    await page.getByRole('button', { name: 'Create' }).click();
+    await page.waitForURL(/#\/vms\/clone1\/summary$/);
+    const clone = await (await fetch(`${url}/api/v1/vms/clone1`, { headers: { Authorization: `Bearer ${token}` } })).json();
+    ok(clone.disks && clone.disks[0] && clone.disks[0].volume === 'webpool/clone1-disk0', `the wizard made a linked clone of the template (${JSON.stringify(clone.disks)})`);
+
     ok(errors.length === 0, `no console errors${errors.length ? ':\n  ' + errors.join('\n  ') : ''}`);
 
     // a write from the page without the CSRF token is refused (what a
