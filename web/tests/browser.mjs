@@ -185,7 +185,45 @@ async function main() {
     await page.getByRole('tab', { name: 'Summary' }).focus();
     await page.keyboard.press('ArrowRight');
     await page.waitForURL(new RegExp(`#/vms/${VM}/console$`));
+    await page.locator('#tab-console[aria-selected="true"]').waitFor({ timeout: 5000 }).catch(() => {});
     ok(await page.getByRole('tab', { name: 'Console' }).getAttribute('aria-selected') === 'true', 'arrow keys move between the VM tabs');
+
+    // snapshots of the running VM (its disk is a qcow2 pool volume): take one
+    // with memory, see it listed, a duplicate name shows the API's error,
+    // delete it behind a confirmation
+    await page.getByRole('tab', { name: 'Snapshots' }).click();
+    await page.locator('#snap-list').filter({ hasText: 'No snapshots.' }).waitFor();
+    await page.getByLabel('Snapshot name').fill('snap1');
+    await page.getByRole('button', { name: 'Take snapshot (with memory)' }).click();
+    const snapRow = page.locator('#snap-table tr[data-snap="snap1"]');
+    await snapRow.waitFor({ timeout: 120000 });
+    ok((await snapRow.textContent()).includes('memory'), 'the snapshots tab takes a memory snapshot of the running VM and lists it');
+    await page.screenshot({ path: join(logs, 'web-vm-snapshots.png') });
+    const errsBefore = errors.length;
+    await page.getByLabel('Snapshot name').fill('snap1');
+    await page.getByRole('button', { name: 'Take snapshot (with memory)' }).click();
+    await page.locator('#snap-error:not([hidden])').waitFor();
+    ok((await page.locator('#snap-error').textContent()).includes('already has a snapshot named snap1'), 'a refused snapshot shows the API\'s message');
+    errors.splice(errsBefore, errors.length - errsBefore, ...errors.slice(errsBefore).filter((e) => !/status of 409/.test(e)));
+    await page.getByRole('button', { name: 'Delete snapshot snap1' }).click();
+    await page.getByRole('dialog').getByRole('button', { name: 'Cancel' }).click();
+    ok(await snapRow.count() === 1, 'cancel keeps the snapshot');
+    await page.getByRole('button', { name: 'Delete snapshot snap1' }).click();
+    await page.getByRole('dialog').getByRole('button', { name: 'Delete' }).click();
+    await page.locator('#snap-list').filter({ hasText: 'No snapshots.' }).waitFor({ timeout: 60000 });
+    const snapsLeft = await (await fetch(`${url}/api/v1/vms/${VM}/snapshots`, { headers: { Authorization: `Bearer ${token}` } })).json();
+    ok(snapsLeft.snapshots && snapsLeft.snapshots.length === 0, 'confirm deletes the snapshot');
+
+    // limits, applied live to the running VM (PATCH {"limits": {...}})
+    await page.getByRole('tab', { name: 'Settings' }).click();
+    await page.getByLabel('CPU cap (% of one host CPU)').fill('50');
+    await page.screenshot({ path: join(logs, 'web-vm-settings-limits.png'), fullPage: true });
+    await page.getByRole('button', { name: 'Save' }).click();
+    const lim = await waitFor(async () => {
+      const v = await (await fetch(`${url}/api/v1/vms/${VM}`, { headers: { Authorization: `Bearer ${token}` } })).json();
+      return v.limits && v.limits.cpu_max_percent === 50 && v;
+    }, 10000, 'limits.cpu_max_percent 50');
+    ok(lim.state === 'running', `settings set cpu_max_percent on the running VM (limits ${JSON.stringify(lim.limits)})`);
 
     // 4. the dashboard counts it, live
     await page.getByRole('link', { name: 'Dashboard' }).click();
@@ -245,6 +283,27 @@ async function main() {
     await page.waitForURL(/#\/vms$/);
     await waitFor(async () => (await page.locator(`tr[data-vm="${VM}"]`).count()) === 0, 10000, 'the row to go');
     ok((await (await fetch(`${url}/api/v1/vms/${VM}`, { headers: { Authorization: `Bearer ${token}` } })).status) === 404, 'confirm deletes the VM');
+
+    // the wizard creates a linked clone of a template (a stopped VM whose
+    // disks are all volumes, made a template through the API)
+    r = await fetch(`${url}/api/v1/pools/webpool/volumes`, { method: 'POST', headers: bearer, body: JSON.stringify({ name: 'tpl0', format: 'qcow2', size: 16777216 }) });
+    r = await fetch(`${url}/api/v1/vms`, { method: 'POST', headers: bearer, body: JSON.stringify({ name: 'tplsrc', vcpus: 1, memory_mib: 64, disks: [{ volume: 'webpool/tpl0' }] }) });
+    r = await fetch(`${url}/api/v1/vms/tplsrc/template`, { method: 'POST', headers: bearer });
+    ok(r.status === 200, `a template for the wizard (${r.status})`);
+    await page.getByRole('link', { name: 'Create VM' }).first().click();
+    await page.getByLabel('Name').fill('clone1');
+    await page.locator('#vm-template option[value="tplsrc"]').waitFor({ state: 'attached' });
+    await page.getByLabel('From template').selectOption('tplsrc');
+    await page.getByLabel('Linked clone').check();
+    ok(await page.getByLabel('Memory (MiB)').inputValue() === '64', 'picking a template fills in its memory');
+    await page.screenshot({ path: join(logs, 'web-create-template.png'), fullPage: true });
+    await page.getByRole('button', { name: 'Next' }).click();
+    ok((await page.locator('#review').textContent()).includes('tplsrc (linked clone)'), 'the wizard goes from basics to review with a template');
+    await page.getByLabel('Start the VM after creating it').uncheck();
+    await page.getByRole('button', { name: 'Create' }).click();
+    await page.waitForURL(/#\/vms\/clone1\/summary$/);
+    const clone = await (await fetch(`${url}/api/v1/vms/clone1`, { headers: { Authorization: `Bearer ${token}` } })).json();
+    ok(clone.disks && clone.disks[0] && clone.disks[0].volume === 'webpool/clone1-disk0', `the wizard made a linked clone of the template (${JSON.stringify(clone.disks)})`);
 
     ok(errors.length === 0, `no console errors${errors.length ? ':\n  ' + errors.join('\n  ') : ''}`);
 

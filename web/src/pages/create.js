@@ -27,9 +27,30 @@ export function createPage(main) {
     start: h('input', { type: 'checkbox', checked: true }),
     volume: h('select', {}, h('option', { value: '' }, 'none')),
     network: h('select', {}, h('option', { value: '' }, 'none (no network card)')),
+    template: h('select', {}, h('option', { value: '' }, 'none: define the VM in the next step')),
   };
+  const cloneLinked = h('input', { type: 'radio', name: 'clone', id: 'clone-linked', value: 'linked', checked: true });
+  const cloneFull = h('input', { type: 'radio', name: 'clone', id: 'clone-full', value: 'full' });
+  const cloneBox = h('div', { class: 'radios', role: 'radiogroup', 'aria-label': 'Clone' },
+    h('label', {}, cloneLinked, ' Linked clone (qcow2 overlay, instant)'), h('label', {}, cloneFull, ' Full copy'));
+  // the template picker shows only when the daemon has templates
+  const templateBox = h('div', { class: 'sub', hidden: true }, field('vm-template', 'From template', f.template), cloneBox);
+  const fromTemplate = () => !!f.template.value;
+  const tpls = new Map();
+  f.template.addEventListener('change', () => {
+    cloneBox.hidden = !fromTemplate();
+    const t = tpls.get(f.template.value); // start from the template's size
+    if (t) { f.vcpus.value = t.vcpus; f.memory.value = t.memory_mib; }
+  });
   // Volumes from the storage pools and the networks, for the pickers.
   (async () => {
+    try {
+      const { templates } = await api('GET', '/api/v1/templates');
+      for (const t of templates || []) tpls.set(t.name, t);
+      for (const t of templates || []) f.template.append(h('option', { value: t.name }, `${t.name} (${t.vcpus} vCPU, ${fmtMiB(t.memory_mib)})`));
+      templateBox.hidden = !(templates || []).length;
+      cloneBox.hidden = !fromTemplate();
+    } catch { /* no templates */ }
     try {
       const { pools } = await api('GET', '/api/v1/pools');
       for (const p of pools || []) {
@@ -56,7 +77,8 @@ export function createPage(main) {
       field('vm-name', 'Name', f.name, 'Letters, digits, - _ . ; up to 64; not starting with . or -'),
       field('vm-vcpus', 'vCPUs', f.vcpus),
       field('vm-memory', 'Memory (MiB)', f.memory),
-      field('vm-desc', 'Description (optional)', f.description)),
+      field('vm-desc', 'Description (optional)', f.description),
+      templateBox),
     h('fieldset', { class: 'step' }, h('legend', {}, '2. Boot and disk'),
       h('div', { class: 'radios', role: 'radiogroup', 'aria-label': 'Boot from' },
         h('label', {}, bootKernel, ' Linux kernel'), h('label', {}, bootDisk, ' Disk image')),
@@ -84,6 +106,12 @@ export function createPage(main) {
   bootDisk.addEventListener('change', syncBoot);
 
   function spec() {
+    if (fromTemplate()) {
+      const t = { name: f.name.value.trim(), from_template: f.template.value, clone: cloneFull.checked ? 'full' : 'linked',
+        vcpus: Number(f.vcpus.value), memory_mib: Number(f.memory.value) };
+      if (f.description.value) t.description = f.description.value;
+      return t;
+    }
     const s = { name: f.name.value.trim(), vcpus: Number(f.vcpus.value), memory_mib: Number(f.memory.value), graphics: f.graphics.value };
     if (f.description.value) s.description = f.description.value;
     if (bootKernel.checked) {
@@ -122,7 +150,12 @@ export function createPage(main) {
     for (const li of progress.children) li.setAttribute('aria-current', Number(li.dataset.i) === step ? 'step' : 'false');
     back.disabled = step === 0;
     next.textContent = step === steps.length - 1 ? 'Create' : 'Next';
-    if (step === 2) {
+    if (step === 2 && fromTemplate()) {
+      const s = spec();
+      replace(review, h('dt', {}, 'Name'), h('dd', {}, s.name),
+        h('dt', {}, 'CPU / memory'), h('dd', {}, `${s.vcpus} vCPU, ${fmtMiB(s.memory_mib)}`),
+        h('dt', {}, 'From template'), h('dd', {}, `${s.from_template} (${s.clone === 'full' ? 'full copy' : 'linked clone'})`));
+    } else if (step === 2) {
       const s = spec();
       replace(review,
         h('dt', {}, 'Name'), h('dd', {}, s.name),
@@ -137,17 +170,24 @@ export function createPage(main) {
     if (first && step < 2) first.focus();
   }
 
-  back.addEventListener('click', () => { if (step > 0) { step--; err.hidden = true; show(); } });
+  back.addEventListener('click', () => { if (step > 0) { step = step === 2 && fromTemplate() ? 0 : step - 1; err.hidden = true; show(); } });
   form.addEventListener('submit', async (e) => {
     e.preventDefault();
     err.hidden = true;
     const problem = check();
     if (problem) { err.textContent = problem; err.hidden = false; return; }
-    if (step < steps.length - 1) { step++; show(); return; }
+    if (step < steps.length - 1) { step = step === 0 && fromTemplate() ? 2 : step + 1; show(); return; }
     next.disabled = true;
     const s = spec();
     try {
-      await api('POST', '/api/v1/vms', s);
+      let r = await api('POST', '/api/v1/vms', s);
+      // a full clone is a task (qemu-img convert): wait for it before starting
+      while (r && r.state === 'running' && r.id && !r.name) {
+        next.textContent = `Copying… ${r.progress != null ? `${Math.round(r.progress)} %` : ''}`;
+        await new Promise((res) => setTimeout(res, 1000));
+        r = await api('GET', `/api/v1/tasks/${encodeURIComponent(r.id)}`);
+      }
+      if (r && r.state === 'failed') throw new Error((r.error && r.error.message) || 'the clone failed');
       toast(`Created ${s.name}`, 'ok');
       location.hash = `#/vms/${encodeURIComponent(s.name)}/${f.start.checked ? 'console' : 'summary'}`;
       if (f.start.checked) {

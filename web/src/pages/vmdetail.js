@@ -4,6 +4,7 @@ import { api, vmPath } from '../api.js';
 import { store, subscribe, loadVms } from '../store.js';
 import { actionButtons, stateBadge } from '../actions.js';
 import { eventRow } from './events.js';
+import { snapshotsPanel } from './snapshots.js';
 import { lineChart, pollMetrics, column, chartsGrid } from '../chart.js';
 
 const RANGE = 300; // seconds of history in the charts
@@ -35,6 +36,7 @@ const TABS = [
   { id: 'summary', label: 'Summary' },
   { id: 'console', label: 'Console' },
   { id: 'display', label: 'Display' },
+  { id: 'snapshots', label: 'Snapshots' },
   { id: 'settings', label: 'Settings' },
   { id: 'events', label: 'Events' },
 ];
@@ -86,13 +88,24 @@ function settingsForm(vm) {
   const graphics = h('select', { id: 'set-graphics', disabled: !stopped },
     h('option', { value: 'none' }, 'none (serial console only)'), h('option', { value: 'vnc' }, 'VNC display'));
   graphics.value = vm.graphics || 'none';
+  // limits apply live on a running VM too (PATCH merges them key by key;
+  // an emptied field sends null, which removes that limit)
+  const lim = vm.limits || {};
+  const LIMITS = [
+    ['cpu_max_percent', 'CPU cap (% of one host CPU)', 1, 100 * (vm.vcpus || 1)],
+    ['cpu_weight', 'CPU weight (relative share)', 1, 10000],
+    ['memory_max_mib', 'Memory hard limit (MiB)', vm.memory_mib || 16, 16777216],
+  ].map(([key, label, min, max]) => ({ key, label,
+    input: h('input', { id: `lim-${key}`, type: 'number', min, max, step: 1, value: lim[key] ?? '', placeholder: 'none' }) }));
   const form = h('form', { class: 'card form', 'aria-labelledby': 'set-title' },
     h('h2', { id: 'set-title' }, 'Settings'),
-    stopped ? null : h('p', { class: 'note' }, 'CPU, memory and graphics can be changed while the VM is stopped.'),
+    stopped ? null : h('p', { class: 'note' }, 'CPU, memory and graphics can be changed while the VM is stopped; description and limits now.'),
     h('div', { class: 'field' }, h('label', { for: 'set-vcpus' }, 'vCPUs'), vcpus),
     h('div', { class: 'field' }, h('label', { for: 'set-memory' }, 'Memory (MiB)'), mem),
     h('div', { class: 'field' }, h('label', { for: 'set-graphics' }, 'Graphics'), graphics),
     h('div', { class: 'field' }, h('label', { for: 'set-desc' }, 'Description'), desc),
+    h('fieldset', { class: 'limits' }, h('legend', {}, 'Limits (applied live; empty = none)'),
+      LIMITS.map((l) => h('div', { class: 'field' }, h('label', { for: l.input.id }, l.label), l.input))),
     err,
     h('div', { class: 'buttons' }, h('button', { type: 'submit', class: 'btn primary' }, 'Save')));
   form.addEventListener('submit', async (e) => {
@@ -103,6 +116,10 @@ function settingsForm(vm) {
     if (stopped && Number(mem.value) !== vm.memory_mib) patch.memory_mib = Number(mem.value);
     if (stopped && graphics.value !== (vm.graphics || 'none')) patch.graphics = graphics.value;
     if (desc.value !== (vm.description || '')) patch.description = desc.value;
+    for (const l of LIMITS) {
+      const v = l.input.value === '' ? null : Number(l.input.value);
+      if (v !== (lim[l.key] ?? null)) (patch.limits ||= {})[l.key] = v;
+    }
     if (!Object.keys(patch).length) { toast('Nothing changed'); return; }
     try {
       const updated = await api('PATCH', vmPath(vm.name), patch);
@@ -222,17 +239,20 @@ export function vmDetailPage(main, params) {
     screenBox = null;
   }
 
+  let snaps = null; // the snapshots panel, kept across state changes
   let chartsFor = null; // the VM state the charts were last refreshed for, on the summary tab
   function renderPanel(vm) {
     if (tab !== 'summary') chartsFor = null;
     if (tab !== 'console') dropConsole();
     if (tab !== 'display') dropDisplay();
+    if (tab !== 'snapshots') snaps = null;
     if (tab === 'summary') {
       if (!UP.includes(vm.state)) charts.notRunning();
       else if (chartsFor !== vm.state) charts.refresh(); // the tab shows, or the VM came up
       chartsFor = vm.state;
       replace(panel, summary(vm, charts));
     } else if (tab === 'settings') replace(panel, settingsForm(vm));
+    else if (tab === 'snapshots') replace(panel, snaps = snapshotsPanel(vm));
     else if (tab === 'events') {
       const evs = store.events.filter((e) => e.vm === name);
       replace(panel, h('section', { class: 'card' }, h('h2', {}, 'Events'),
@@ -255,6 +275,7 @@ export function vmDetailPage(main, params) {
     // Settings and console keep their state across live updates; the
     // console reconnects when the VM comes up.
     if (full || tab === 'summary' || tab === 'events' || (tab === 'settings' && stateChanged)) renderPanel(vm);
+    else if (tab === 'snapshots' && stateChanged && snaps) snaps.refresh(vm);
     else if (tab === 'console' && stateChanged) showConsole(vm);
     else if (tab === 'display' && stateChanged) showDisplay(vm);
   }

@@ -1,0 +1,104 @@
+// snapshots.js - the VM detail's Snapshots tab: list, take, revert, delete.
+import { h, replace, fmtTime, toast } from '../dom.js';
+import { api, vmPath } from '../api.js';
+
+const when = (t) => fmtTime(typeof t === 'number' ? t * 1000 : t);
+
+// A modal yes/no; resolves true when the user confirms.
+export function confirmDialog(title, text, yes) {
+  return new Promise((resolve) => {
+    const dlg = h('dialog', { class: 'dialog', 'aria-labelledby': 'cfm-title', 'aria-describedby': 'cfm-desc' },
+      h('h2', { id: 'cfm-title' }, title), h('p', { id: 'cfm-desc' }, text),
+      h('form', { method: 'dialog', class: 'dialog-buttons' },
+        h('button', { class: 'btn', value: 'cancel', autofocus: true }, 'Cancel'),
+        h('button', { class: 'btn danger', value: 'yes' }, yes)));
+    dlg.addEventListener('close', () => { const y = dlg.returnValue === 'yes'; dlg.remove(); resolve(y); });
+    document.body.append(dlg);
+    dlg.showModal();
+  });
+}
+
+export function snapshotsPanel(vm) {
+  const name = vm.name;
+  let running = false;
+  let seq = 0; // only the latest listing is shown
+  const err = h('p', { class: 'error', role: 'alert', id: 'snap-error', hidden: true });
+  const list = h('div', { id: 'snap-list', 'aria-live': 'polite' }, h('p', { class: 'muted' }, 'Loading…'));
+  const input = h('input', { id: 'snap-name', type: 'text', required: true, maxlength: 64,
+    pattern: '[A-Za-z0-9_][A-Za-z0-9_.\\-]*', autocomplete: 'off' });
+  const take = h('button', { type: 'submit', class: 'btn primary' });
+  const note = h('p', { class: 'muted small' });
+  const showErr = (m) => { err.textContent = m; err.hidden = !m; };
+
+  async function run(label, method, path, body) {
+    showErr('');
+    try {
+      const t = await api(method, vmPath(name, path), body);
+      if (t && t.state === 'running') toast(`${label}: still running (task ${t.id})`);
+      else toast(`${label}: done`, 'ok');
+    } catch (e) {
+      showErr(`${label}: ${e.message}`);
+    }
+    await load();
+  }
+
+  async function load() {
+    let snaps;
+    const my = ++seq;
+    try {
+      snaps = (await api('GET', vmPath(name, '/snapshots'))).snapshots || [];
+    } catch (e) {
+      if (my === seq) replace(list, h('p', { class: 'muted' }, `Cannot list snapshots: ${e.message}`));
+      return;
+    }
+    if (my !== seq) return;
+    if (!snaps.length) { replace(list, h('p', { class: 'muted' }, 'No snapshots.')); return; }
+    replace(list, h('table', { class: 'mini', id: 'snap-table' },
+      h('thead', {}, h('tr', {}, h('th', { scope: 'col' }, 'Name'), h('th', { scope: 'col' }, 'Kind'),
+        h('th', { scope: 'col' }, 'Taken'), h('th', { scope: 'col' }, h('span', { class: 'sr-only' }, 'Actions')))),
+      h('tbody', {}, snaps.map((s) => h('tr', { dataset: { snap: s.name } },
+        h('td', {}, h('code', {}, s.name)),
+        h('td', {}, s.memory ? 'memory' : 'disk-only'),
+        h('td', {}, when(s.created_at)),
+        h('td', {}, h('div', { class: 'actions' },
+          h('button', { type: 'button', class: 'btn small', 'aria-label': `Revert to ${s.name}`,
+            title: s.memory ? 'The VM must be running' : 'The VM must be stopped',
+            onclick: async () => {
+              if (await confirmDialog('Revert to snapshot', `Revert ${name} to ${s.name}? Changes since then are lost.`, 'Revert')) {
+                run(`Revert to ${s.name}`, 'POST', `/snapshots/${encodeURIComponent(s.name)}/revert`, { wait: 120 });
+              }
+            } }, 'Revert'),
+          h('button', { type: 'button', class: 'btn small danger', 'aria-label': `Delete snapshot ${s.name}`,
+            onclick: async () => {
+              if (await confirmDialog('Delete snapshot', `Delete the snapshot ${s.name} of ${name}?`, 'Delete')) {
+                run(`Delete ${s.name}`, 'DELETE', `/snapshots/${encodeURIComponent(s.name)}?wait=120`);
+              }
+            } }, 'Delete'))))))));
+  }
+
+  const form = h('form', { class: 'form', 'aria-label': 'Take a snapshot' },
+    h('div', { class: 'field' }, h('label', { for: 'snap-name' }, 'Snapshot name'), input),
+    note,
+    h('div', { class: 'buttons' }, take));
+  form.addEventListener('submit', async (e) => {
+    e.preventDefault();
+    take.disabled = true;
+    await run(`Snapshot ${input.value}`, 'POST', '/snapshots', { name: input.value, wait: 120 });
+    take.disabled = false;
+    if (err.hidden) input.value = '';
+  });
+  // the VM's state changed: the kind of snapshot it takes, and the list
+  function refresh(v) {
+    running = v.state === 'running' || v.state === 'paused';
+    take.textContent = running ? 'Take snapshot (with memory)' : 'Take snapshot (disk-only)';
+    note.textContent = `${running
+      ? 'The VM runs: a snapshot includes its memory; reverting to a memory snapshot needs the VM running.'
+      : 'The VM is stopped: a snapshot is disk-only; reverting to a disk-only snapshot needs the VM stopped.'} Every writable disk must be a qcow2 volume.`;
+    load();
+  }
+  refresh(vm);
+  const el = h('section', { class: 'card wide', 'aria-labelledby': 'snap-title' },
+    h('h2', { id: 'snap-title' }, 'Snapshots'), form, err, list);
+  el.refresh = refresh;
+  return el;
+}
