@@ -554,6 +554,7 @@ class Daemon:
         self.vm_ids = set()
         self.api = Api(self.socket, on_vm=self._note_vm)
         self.runs = 0
+        self.procs = []  # every kvmhostd this object started, for cleanup
         _LIVE.append(self)
 
     def _note_vm(self, vm):
@@ -574,6 +575,7 @@ class Daemon:
         log.flush()
         self.proc = subprocess.Popen(self.argv(), stdin=subprocess.DEVNULL, stdout=log,
                                      stderr=subprocess.STDOUT, start_new_session=True)
+        self.procs.append(self.proc)
         log.close()
         deadline = time.time() + timeout
         last = None
@@ -658,6 +660,15 @@ class Daemon:
                     pass
             self.stop()
         finally:
+            # A test may start() twice on one object (a second daemon that
+            # must be refused, or one that was not): stop every one of them.
+            for p in self.procs:
+                if p.poll() is None:
+                    p.kill()
+                    try:
+                        p.wait(10)
+                    except subprocess.TimeoutExpired:
+                        pass
             for pid in self.qemu_pids():
                 kill_pid(pid)
             for pid in self.qemu_pids():
