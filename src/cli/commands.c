@@ -1203,3 +1203,32 @@ cli_client *cli_ctx_client(cli_ctx *ctx, kh_err *err)
     ctx->client = cli_client_new(sock, NULL, NULL);
     return ctx->client;
 }
+
+int cli_show(cli_ctx *ctx, const char *method, const char *path, const json_t *body,
+             void (*human)(const json_t *), kh_err *err)
+{
+    cli_client *c = cli_ctx_client(ctx, err);
+    json_t *resp = NULL;
+    if (!c || cli_client_json(c, method, path, body, &resp, NULL, err) < 0)
+        return -1;
+    if (ctx->json)
+        cli_print_json(stdout, resp);
+    else
+        human(resp);
+    json_decref(resp);
+    return 0;
+}
+
+void cli_show_kv(const json_t *o)
+{
+    cli_kv *kv = cli_kv_new();
+    cli_kv_add_json(kv, NULL, o, NULL);
+    cli_print_free(cli_kv_render(kv));
+    cli_kv_free(kv);
+}
+
+void cli_print_free(char *s)
+{
+    fputs(s, stdout);
+    free(s);
+}

@@ -110,4 +110,13 @@ char *cli_usage_line(const cli_cmd *cmd, bool full);
  * NULL with err (usage error or unreadable token file). */
 cli_client *cli_ctx_client(cli_ctx *ctx, kh_err *err);
 
+/* Send method path (body borrowed, may be NULL) and print the answer: the
+ * JSON as it is with --json, else through human(). 0, or -1 with err. */
+int cli_show(cli_ctx *ctx, const char *method, const char *path, const json_t *body,
+             void (*human)(const json_t *), kh_err *err);
+/* A human() for cli_show: every member of the object as "key: value". */
+void cli_show_kv(const json_t *o);
+/* Write s (rendered output) to stdout and free it. */
+void cli_print_free(char *s);
+
 #endif

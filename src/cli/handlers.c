@@ -35,9 +35,7 @@ static void mark_usage(cli_ctx *ctx, const cli_args *a)
 /* Print s on stdout, or the JSON. */
 static void print_kv(cli_kv *kv)
 {
-    char *s = cli_kv_render(kv);
-    fputs(s, stdout);
-    free(s);
+    cli_print_free(cli_kv_render(kv));
 }
 
 static void print_table(cli_table *t)
@@ -261,17 +259,8 @@ out:
     return rc;
 }
 
-int cli_do_vm_list(cli_ctx *ctx, const cli_args *a, kh_err *err)
+static void vms_human(const json_t *resp)
 {
-    cli_client *c = cli_ctx_client(ctx, err);
-    json_t *resp = NULL;
-    if (!c || cli_client_json(c, "GET", "/api/v1/vms", NULL, &resp, NULL, err) < 0)
-        return -1;
-    if (ctx->json) {
-        cli_print_json(stdout, resp);
-        json_decref(resp);
-        return 0;
-    }
     static const char *const head[] = { "NAME", "STATE", "VCPUS", "MEMORY", "ACCEL", "PID",
                                         "UPTIME" };
     cli_table *t = cli_table_new(KH_ARRAY_LEN(head), head);
@@ -300,8 +289,11 @@ int cli_do_vm_list(cli_ctx *ctx, const cli_args *a, kh_err *err)
     }
     print_table(t);
     cli_table_free(t);
-    json_decref(resp);
-    return 0;
+}
+
+int cli_do_vm_list(cli_ctx *ctx, const cli_args *a, kh_err *err)
+{
+    return cli_show(ctx, "GET", "/api/v1/vms", NULL, vms_human, err);
 }
 
 static void vm_kv(cli_kv *kv, const json_t *vm)
@@ -367,27 +359,20 @@ static void vm_kv(cli_kv *kv, const json_t *vm)
     cli_kv_add_json(kv, NULL, vm, known);
 }
 
+static void vm_human(const json_t *vm)
+{
+    cli_kv *kv = cli_kv_new();
+    vm_kv(kv, vm);
+    print_kv(kv);
+    cli_kv_free(kv);
+}
+
 int cli_do_vm_show(cli_ctx *ctx, const cli_args *a, kh_err *err)
 {
-    cli_client *c = cli_ctx_client(ctx, err);
-    if (!c)
-        return -1;
     char *path = cli_api_path("vms", a->pos, NULL);
-    json_t *vm = NULL;
-    int rc = cli_client_json(c, "GET", path, NULL, &vm, NULL, err);
+    int rc = cli_show(ctx, "GET", path, NULL, vm_human, err);
     free(path);
-    if (rc < 0)
-        return -1;
-    if (ctx->json) {
-        cli_print_json(stdout, vm);
-    } else {
-        cli_kv *kv = cli_kv_new();
-        vm_kv(kv, vm);
-        print_kv(kv);
-        cli_kv_free(kv);
-    }
-    json_decref(vm);
-    return 0;
+    return rc;
 }
 
 int cli_do_vm_edit(cli_ctx *ctx, const cli_args *a, kh_err *err)
@@ -758,17 +743,8 @@ int cli_do_task_show(cli_ctx *ctx, const cli_args *a, kh_err *err)
     return 0;
 }
 
-int cli_do_task_list(cli_ctx *ctx, const cli_args *a, kh_err *err)
+static void tasks_human(const json_t *resp)
 {
-    cli_client *c = cli_ctx_client(ctx, err);
-    json_t *resp = NULL;
-    if (!c || cli_client_json(c, "GET", "/api/v1/tasks", NULL, &resp, NULL, err) < 0)
-        return -1;
-    if (ctx->json) {
-        cli_print_json(stdout, resp);
-        json_decref(resp);
-        return 0;
-    }
     static const char *const head[] = { "ID", "KIND", "VM", "STATE", "PROGRESS", "CREATED",
                                         "MESSAGE" };
     cli_table *t = cli_table_new(KH_ARRAY_LEN(head), head);
@@ -788,8 +764,11 @@ int cli_do_task_list(cli_ctx *ctx, const cli_args *a, kh_err *err)
     }
     print_table(t);
     cli_table_free(t);
-    json_decref(resp);
-    return 0;
+}
+
+int cli_do_task_list(cli_ctx *ctx, const cli_args *a, kh_err *err)
+{
+    return cli_show(ctx, "GET", "/api/v1/tasks", NULL, tasks_human, err);
 }
 
 /* ---- events ---- */

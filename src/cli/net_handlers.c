@@ -8,12 +8,6 @@
 #include "cli/output.h"
 #include "util/mem.h"
 
-static void print_out(char *s)
-{
-    fputs(s, stdout);
-    free(s);
-}
-
 static int set_str(json_t *o, const char *key, const char *v, kh_err *err)
 {
     json_t *s = v ? json_string(v) : NULL;
@@ -83,7 +77,7 @@ int cli_do_net_list(cli_ctx *ctx, const cli_args *a, kh_err *err)
         cli_table_addf(t, "%zu", json_array_size(json_object_get(n, "nics")));
         cli_table_addf(t, "%zu", json_array_size(json_object_get(n, "forwards")));
     }
-    print_out(cli_table_render(t));
+    cli_print_free(cli_table_render(t));
     cli_table_free(t);
     json_decref(resp);
     return 0;
@@ -91,25 +85,10 @@ int cli_do_net_list(cli_ctx *ctx, const cli_args *a, kh_err *err)
 
 int cli_do_net_show(cli_ctx *ctx, const cli_args *a, kh_err *err)
 {
-    cli_client *c = cli_ctx_client(ctx, err);
-    if (!c)
-        return -1;
     char *path = cli_api_path("networks", a->pos, NULL);
-    json_t *resp = NULL;
-    int rc = cli_client_json(c, "GET", path, NULL, &resp, NULL, err);
+    int rc = cli_show(ctx, "GET", path, NULL, cli_show_kv, err);
     free(path);
-    if (rc < 0)
-        return -1;
-    if (ctx->json) {
-        cli_print_json(stdout, resp);
-    } else {
-        cli_kv *kv = cli_kv_new();
-        cli_kv_add_json(kv, "", resp, NULL);
-        print_out(cli_kv_render(kv));
-        cli_kv_free(kv);
-    }
-    json_decref(resp);
-    return 0;
+    return rc;
 }
 
 int cli_do_net_delete(cli_ctx *ctx, const cli_args *a, kh_err *err)
@@ -157,7 +136,7 @@ int cli_do_net_leases(cli_ctx *ctx, const cli_args *a, kh_err *err)
         cli_table_addf(t, "%" JSON_INTEGER_FORMAT,
                        json_integer_value(json_object_get(l, "expires")));
     }
-    print_out(cli_table_render(t));
+    cli_print_free(cli_table_render(t));
     cli_table_free(t);
     json_decref(resp);
     return 0;

@@ -36,12 +36,6 @@ static void add_bytes(cli_table *t, const json_t *o, const char *key)
     cli_table_add(t, buf);
 }
 
-static void print_out(char *s)
-{
-    fputs(s, stdout);
-    free(s);
-}
-
 /* "POOL/NAME" or "NAME" (the default pool) -> the API path. */
 static char *volume_path(const char *ref, const char *suffix)
 {
@@ -53,29 +47,6 @@ static char *volume_path(const char *ref, const char *suffix)
     free(pe);
     free(ne);
     return p;
-}
-
-static int show_json(cli_ctx *ctx, const char *method, const char *path, const json_t *body,
-                     void (*human)(const json_t *), kh_err *err)
-{
-    cli_client *c = cli_ctx_client(ctx, err);
-    json_t *resp = NULL;
-    if (!c || cli_client_json(c, method, path, body, &resp, NULL, err) < 0)
-        return -1;
-    if (ctx->json)
-        cli_print_json(stdout, resp);
-    else
-        human(resp);
-    json_decref(resp);
-    return 0;
-}
-
-static void pool_human(const json_t *p)
-{
-    cli_kv *kv = cli_kv_new();
-    cli_kv_add_json(kv, NULL, p, NULL);
-    print_out(cli_kv_render(kv));
-    cli_kv_free(kv);
 }
 
 static void pools_human(const json_t *resp)
@@ -94,7 +65,7 @@ static void pools_human(const json_t *resp)
         cli_table_addf(t, "%" JSON_INTEGER_FORMAT, json_integer_value(json_object_get(p, "volumes")));
         cli_table_add(t, cli_jstr(p, "path"));
     }
-    print_out(cli_table_render(t));
+    cli_print_free(cli_table_render(t));
     cli_table_free(t);
 }
 
@@ -123,20 +94,20 @@ static void volumes_human(const json_t *resp)
         free(s);
         kh_strv_free(users);
     }
-    print_out(cli_table_render(t));
+    cli_print_free(cli_table_render(t));
     cli_table_free(t);
 }
 
 int cli_do_pool_list(cli_ctx *ctx, const cli_args *a, kh_err *err)
 {
     (void)a;
-    return show_json(ctx, "GET", "/api/v1/pools", NULL, pools_human, err);
+    return cli_show(ctx, "GET", "/api/v1/pools", NULL, pools_human, err);
 }
 
 int cli_do_pool_show(cli_ctx *ctx, const cli_args *a, kh_err *err)
 {
     char *path = cli_api_path("pools", a->pos, NULL);
-    int rc = show_json(ctx, "GET", path, NULL, pool_human, err);
+    int rc = cli_show(ctx, "GET", path, NULL, cli_show_kv, err);
     free(path);
     return rc;
 }
@@ -155,7 +126,7 @@ int cli_do_pool_create(cli_ctx *ctx, const cli_args *a, kh_err *err)
         kh_err_set(err, KH_E_INVALID, "the name and path must be valid UTF-8");
         return -1;
     }
-    int rc = show_json(ctx, "POST", "/api/v1/pools", body, pool_human, err);
+    int rc = cli_show(ctx, "POST", "/api/v1/pools", body, cli_show_kv, err);
     json_decref(body);
     return rc;
 }
@@ -183,7 +154,7 @@ static void volume_human(const json_t *v)
 {
     cli_kv *kv = cli_kv_new();
     cli_kv_add_json(kv, NULL, v, NULL);
-    print_out(cli_kv_render(kv));
+    cli_print_free(cli_kv_render(kv));
     cli_kv_free(kv);
 }
 
@@ -222,7 +193,7 @@ int cli_do_volume_create(cli_ctx *ctx, const cli_args *a, kh_err *err)
     char *pe = cli_path_escape(pool);
     path = xasprintf("/api/v1/pools/%s/volumes", pe);
     free(pe);
-    rc = show_json(ctx, "POST", path, body, volume_human, err);
+    rc = cli_show(ctx, "POST", path, body, volume_human, err);
 out:
     free(path);
     free(pool);
@@ -234,7 +205,7 @@ int cli_do_volume_list(cli_ctx *ctx, const cli_args *a, kh_err *err)
 {
     const char *pool = cli_arg(a, "pool") ? cli_arg(a, "pool") : "default";
     char *path = cli_api_path("pools", pool, "/volumes");
-    int rc = show_json(ctx, "GET", path, NULL, volumes_human, err);
+    int rc = cli_show(ctx, "GET", path, NULL, volumes_human, err);
     free(path);
     return rc;
 }
@@ -242,7 +213,7 @@ int cli_do_volume_list(cli_ctx *ctx, const cli_args *a, kh_err *err)
 int cli_do_volume_show(cli_ctx *ctx, const cli_args *a, kh_err *err)
 {
     char *path = volume_path(a->pos, NULL);
-    int rc = show_json(ctx, "GET", path, NULL, volume_human, err);
+    int rc = cli_show(ctx, "GET", path, NULL, volume_human, err);
     free(path);
     return rc;
 }
@@ -255,7 +226,7 @@ int cli_do_volume_resize(cli_ctx *ctx, const cli_args *a, kh_err *err)
     if (!body)
         kh_err_set(err, KH_E_INVALID, "--size must be valid UTF-8");
     else
-        rc = show_json(ctx, "POST", path, body, volume_human, err);
+        rc = cli_show(ctx, "POST", path, body, volume_human, err);
     json_decref(body);
     free(path);
     return rc;
@@ -310,14 +281,14 @@ static void templates_human(const json_t *resp)
         free(s);
         kh_strv_free(disks);
     }
-    print_out(cli_table_render(t));
+    cli_print_free(cli_table_render(t));
     cli_table_free(t);
 }
 
 int cli_do_template_list(cli_ctx *ctx, const cli_args *a, kh_err *err)
 {
     (void)a;
-    return show_json(ctx, "GET", "/api/v1/templates", NULL, templates_human, err);
+    return cli_show(ctx, "GET", "/api/v1/templates", NULL, templates_human, err);
 }
 
 int cli_task_wait(cli_ctx *ctx, json_t **task, kh_err *err)
@@ -423,14 +394,14 @@ static void snapshots_human(const json_t *resp)
         cli_table_add(t, json_is_true(json_object_get(s, "memory")) ? "yes" : "no");
         cli_table_add(t, cli_jstr(s, "created_at"));
     }
-    print_out(cli_table_render(t));
+    cli_print_free(cli_table_render(t));
     cli_table_free(t);
 }
 
 int cli_do_snapshot_list(cli_ctx *ctx, const cli_args *a, kh_err *err)
 {
     char *path = snap_path(a->pos, NULL, NULL);
-    int rc = show_json(ctx, "GET", path, NULL, snapshots_human, err);
+    int rc = cli_show(ctx, "GET", path, NULL, snapshots_human, err);
     free(path);
     return rc;
 }
