@@ -414,6 +414,37 @@ static void add_machine(argv_builder *b, const kh_vm_spec *spec, const kh_argv_e
     addf(b, "%u", spec->vcpus);
 }
 
+/* The protocol ("file") node of one image layer: through an fd set when
+ * the runner passed an fd (-add-fd first), else by path. The caller adds
+ * its own keys (discard) before emitting it. NULL when the path cannot be
+ * expressed (the error is set on the builder). */
+static json_t *file_node_new(argv_builder *b, const kh_qemu_caps *caps, int fd, size_t set,
+                             const char *opaque, const char *node_name, const char *path,
+                             const char *what, bool readonly)
+{
+    char *fdset_path = NULL;
+    if (fd >= 0) {
+        add(b, "-add-fd");
+        addf(b, "fd=%d,set=%zu,opaque=%s", fd, set, opaque);
+        fdset_path = xasprintf("/dev/fdset/%zu", set);
+    }
+    json_t *filename = fdset_path ? json_string(fdset_path) : jstr(b, path, what);
+    free(fdset_path);
+    if (!filename)
+        return NULL;
+    json_t *file = json_object();
+    json_object_set_new(file, "driver", json_string("file"));
+    json_object_set_new(file, "node-name", json_string(node_name));
+    json_object_set_new(file, "filename", filename);
+    json_object_set_new(file, "read-only", json_boolean(readonly));
+    json_object_set_new(file, "aio", json_string(caps->io_uring ? "io_uring" : "threads"));
+    json_t *cache = json_object();
+    json_object_set_new(cache, "direct", json_false());
+    json_object_set_new(cache, "no-flush", json_false());
+    json_object_set_new(file, "cache", cache);
+    return file;
+}
+
 /* One read-only backing layer: its file node and format node. */
 static void add_backing_layer(argv_builder *b, const kh_qemu_caps *caps, const kh_argv_env *env,
                               const kh_disk_spec *d, size_t i, size_t j)
@@ -424,28 +455,10 @@ static void add_backing_layer(argv_builder *b, const kh_qemu_caps *caps, const k
     snprintf(file_node, sizeof(file_node), "disk%zu-b%zu-file", i, j + 1);
     snprintf(next, sizeof(next), "disk%zu-b%zu", i, j + 2);
     snprintf(what, sizeof(what), "disks[%zu].backing[%zu].path", i, j);
-    int fd = backing_fd(env, i, j);
-    char *fdset_path = NULL;
-    if (fd >= 0) {
-        size_t set = (i + 1) * 100 + j + 1;
-        add(b, "-add-fd");
-        addf(b, "fd=%d,set=%zu,opaque=%s", fd, set, node);
-        fdset_path = xasprintf("/dev/fdset/%zu", set);
-    }
-    json_t *filename = fdset_path ? json_string(fdset_path) : jstr(b, l->path, what);
-    free(fdset_path);
-    if (!filename)
+    json_t *file = file_node_new(b, caps, backing_fd(env, i, j), (i + 1) * 100 + j + 1, node,
+                                 file_node, l->path, what, true);
+    if (!file)
         return;
-    json_t *file = json_object();
-    json_object_set_new(file, "driver", json_string("file"));
-    json_object_set_new(file, "node-name", json_string(file_node));
-    json_object_set_new(file, "filename", filename);
-    json_object_set_new(file, "read-only", json_true());
-    json_object_set_new(file, "aio", json_string(caps->io_uring ? "io_uring" : "threads"));
-    json_t *cache = json_object();
-    json_object_set_new(cache, "direct", json_false());
-    json_object_set_new(cache, "no-flush", json_false());
-    json_object_set_new(file, "cache", cache);
     add_json(b, "-blockdev", file);
 
     json_t *fmt = json_object();
@@ -495,28 +508,10 @@ static void add_disk(argv_builder *b, const kh_vm_spec *spec, const kh_qemu_caps
         add_json(b, "-object", sec);
     }
 
-    int fd = disk_fd(env, i);
-    char *fdset_path = NULL;
-    if (fd >= 0) {
-        add(b, "-add-fd");
-        addf(b, "fd=%d,set=%zu,opaque=%s", fd, i + 1, node);
-        fdset_path = xasprintf("/dev/fdset/%zu", i + 1);
-    }
-
-    json_t *filename = fdset_path ? json_string(fdset_path) : jstr(b, d->path, what);
-    free(fdset_path);
-    if (!filename)
+    json_t *file = file_node_new(b, caps, disk_fd(env, i), i + 1, node, file_node, d->path,
+                                 what, d->readonly);
+    if (!file)
         return;
-    json_t *file = json_object();
-    json_object_set_new(file, "driver", json_string("file"));
-    json_object_set_new(file, "node-name", json_string(file_node));
-    json_object_set_new(file, "filename", filename);
-    json_object_set_new(file, "read-only", json_boolean(d->readonly));
-    json_object_set_new(file, "aio", json_string(caps->io_uring ? "io_uring" : "threads"));
-    json_t *cache = json_object();
-    json_object_set_new(cache, "direct", json_false());
-    json_object_set_new(cache, "no-flush", json_false());
-    json_object_set_new(file, "cache", cache);
     if (!d->readonly)
         json_object_set_new(file, "discard", json_string("unmap"));
     add_json(b, "-blockdev", file);
