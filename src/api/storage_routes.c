@@ -54,6 +54,19 @@ static pending *pending_new(kh_http_req *req, int status, bool location)
     return p;
 }
 
+/* After starting the asynchronous call that will answer p: on failure (rc
+ * < 0) free p and answer the error now, else follow the client. */
+static void pending_started(pending *p, int rc, const kh_err *err)
+{
+    kh_http_req *req = p->req;
+    if (rc < 0) {
+        free(p);
+        kh_http_reply_error(req, err);
+        return;
+    }
+    kh_http_req_on_abort(req, on_gone, p);
+}
+
 static bool storage_ready(kh_http_req *req, kh_api *api)
 {
     if (api->storage)
@@ -141,13 +154,9 @@ void kh_storage_routes_volume_create(kh_http_req *req, void *app)
         return;
     }
     pending *p = pending_new(req, 201, true);
-    if (kh_storage_volume_create(api->storage, kh_http_req_param(req, "pool"), body, on_done, p,
-                                 &err) < 0) {
-        free(p);
-        kh_http_reply_error(req, &err);
-        return;
-    }
-    kh_http_req_on_abort(req, on_gone, p);
+    int rc = kh_storage_volume_create(api->storage, kh_http_req_param(req, "pool"), body,
+                                      on_done, p, &err);
+    pending_started(p, rc, &err);
 }
 
 void kh_storage_routes_volume_get(kh_http_req *req, void *app)
@@ -157,13 +166,9 @@ void kh_storage_routes_volume_get(kh_http_req *req, void *app)
     if (!storage_ready(req, api))
         return;
     pending *p = pending_new(req, 200, false);
-    if (kh_storage_volume_show(api->storage, kh_http_req_param(req, "pool"),
-                               kh_http_req_param(req, "volume"), on_done, p, &err) < 0) {
-        free(p);
-        kh_http_reply_error(req, &err);
-        return;
-    }
-    kh_http_req_on_abort(req, on_gone, p);
+    int rc = kh_storage_volume_show(api->storage, kh_http_req_param(req, "pool"),
+                                    kh_http_req_param(req, "volume"), on_done, p, &err);
+    pending_started(p, rc, &err);
 }
 
 void kh_storage_routes_volume_resize(kh_http_req *req, void *app)
@@ -178,13 +183,9 @@ void kh_storage_routes_volume_resize(kh_http_req *req, void *app)
         return;
     }
     pending *p = pending_new(req, 200, false);
-    if (kh_storage_volume_resize(api->storage, kh_http_req_param(req, "pool"),
-                                 kh_http_req_param(req, "volume"), body, on_done, p, &err) < 0) {
-        free(p);
-        kh_http_reply_error(req, &err);
-        return;
-    }
-    kh_http_req_on_abort(req, on_gone, p);
+    int rc = kh_storage_volume_resize(api->storage, kh_http_req_param(req, "pool"),
+                                      kh_http_req_param(req, "volume"), body, on_done, p, &err);
+    pending_started(p, rc, &err);
 }
 
 void kh_storage_routes_volume_delete(kh_http_req *req, void *app)
