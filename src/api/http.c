@@ -61,6 +61,7 @@
 #include <openssl/evp.h>
 
 #include "api/session.h"
+#include "util/check.h"
 #include "util/fs.h"
 #include "util/log.h"
 #include "util/mem.h"
@@ -331,17 +332,6 @@ static void lis_kick(listener *lis)
 
 /* ---- small helpers ---- */
 
-static int hexval(int c)
-{
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F')
-        return c - 'A' + 10;
-    return -1;
-}
-
 /* %XX-decode s[0..n) into a new string; NULL when an escape is malformed
  * or the result holds a NUL. '+' stays '+' (this is a path). */
 static char *pct_decode(const char *s, size_t n)
@@ -356,7 +346,8 @@ static char *pct_decode(const char *s, size_t n)
         }
         if (i + 2 >= n)
             goto bad;
-        int h = hexval((unsigned char)s[i + 1]), l = hexval((unsigned char)s[i + 2]);
+        int h = kh_hex_digit((unsigned char)s[i + 1]);
+        int l = kh_hex_digit((unsigned char)s[i + 2]);
         if (h < 0 || l < 0 || (h == 0 && l == 0))
             goto bad;
         *o++ = (char)(h * 16 + l);

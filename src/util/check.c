@@ -133,3 +133,14 @@ bool kh_check_uuid(const char *s)
     }
     return true;
 }
+
+int kh_hex_digit(int c)
+{
+    if (c >= '0' && c <= '9')
+        return c - '0';
+    if (c >= 'a' && c <= 'f')
+        return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F')
+        return c - 'A' + 10;
+    return -1;
+}

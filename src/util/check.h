@@ -23,6 +23,8 @@ int kh_check_text(const char *s, size_t max, const char *what, kh_err *err);
 /* An absolute host path: starts with '/', no control characters, no "/../"
  * or "/./" components, at most 4095 bytes. Existence is not checked. */
 int kh_check_abs_path(const char *path, const char *what, kh_err *err);
+/* The value of one hex digit (0-15), or -1 when c is not one. */
+int kh_hex_digit(int c);
 /* A hex string of exactly len characters (hashes from elsewhere). */
 bool kh_check_hex(const char *s, size_t len);
 /* A canonical lowercase UUID string. */

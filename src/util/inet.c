@@ -1,26 +1,17 @@
 /* inet.c - MAC and IPv4 address text (see inet.h). */
 #include "util/inet.h"
 
+#include "util/check.h"
+
 #include <stdio.h>
 #include <string.h>
-
-static int hexval(char c)
-{
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F')
-        return c - 'A' + 10;
-    return -1;
-}
 
 int kh_inet_mac_parse(const char *s, uint8_t mac[6], const char *what, kh_err *err)
 {
     if (!s || strlen(s) != 17)
         goto bad;
     for (int i = 0; i < 6; i++) {
-        int hi = hexval(s[i * 3]), lo = hexval(s[i * 3 + 1]);
+        int hi = kh_hex_digit(s[i * 3]), lo = kh_hex_digit(s[i * 3 + 1]);
         if (hi < 0 || lo < 0 || (i < 5 && s[i * 3 + 2] != ':'))
             goto bad;
         mac[i] = (uint8_t)(hi << 4 | lo);
