@@ -32,6 +32,10 @@
  *              "id":"net<i>-dev"[,"bus":"pcie.0","addr":"0x14"+i]}
  *   [-device {"driver":"virtio-balloon-pci","id":"balloon0","bus":"pcie.0",
  *             "addr":"0x3"}]                                          (q35)
+ *   per hot-plug port i < KH_QEMU_HOTPLUG_PORTS:                     (q35)
+ *     -device {"driver":"pcie-root-port","id":"hp<i>","bus":"pcie.0",
+ *              "addr":"0x1c.<i>","chassis":i+1,"port":0x10+i,"io-reserve":0
+ *              [,"multifunction":true]}
  *   [-chardev socket,id=serial0,fd=<serial_fd>,server=on,wait=off
  *    -device {"driver":"isa-serial","chardev":"serial0","id":"serial0-dev","index":0}]
  *   -display none
@@ -85,6 +89,7 @@
 #define VGA_PCI_SLOT 0x1
 #define NIC_PCI_SLOT_BASE 0x14
 #define BALLOON_PCI_SLOT 0x3
+#define HOTPLUG_PCI_SLOT 0x1c
 
 const char *kh_accel_name(kh_accel a)
 {
@@ -599,6 +604,38 @@ static void add_balloon(argv_builder *b, const kh_vm_spec *spec)
     add_json(b, "-device", dev);
 }
 
+/* q35 VMs get KH_QEMU_HOTPLUG_PORTS empty PCIe root ports, the eight
+ * functions of slot 0x1c: devices hot-plugged into a running VM (disks,
+ * NICs) go there, because pcie.0 itself takes no hot-plug. io-reserve=0:
+ * virtio devices behind PCIe ports are modern-only and need no I/O BAR, so
+ * the ports do not eat the 64 KiB I/O space. */
+static void add_hotplug_ports(argv_builder *b, const kh_vm_spec *spec)
+{
+    if (spec->machine != KH_MACHINE_Q35)
+        return;
+    for (unsigned i = 0; i < KH_QEMU_HOTPLUG_PORTS; i++) {
+        char id[16], addr[16];
+        kh_qemu_hotplug_port_id(i, id, sizeof(id));
+        snprintf(addr, sizeof(addr), "0x%x.%u", HOTPLUG_PCI_SLOT, i);
+        json_t *dev = json_object();
+        json_object_set_new(dev, "driver", json_string("pcie-root-port"));
+        json_object_set_new(dev, "id", json_string(id));
+        json_object_set_new(dev, "bus", json_string("pcie.0"));
+        json_object_set_new(dev, "addr", json_string(addr));
+        json_object_set_new(dev, "chassis", json_integer(i + 1));
+        json_object_set_new(dev, "port", json_integer(0x10 + i));
+        json_object_set_new(dev, "io-reserve", json_integer(0));
+        if (i == 0)
+            json_object_set_new(dev, "multifunction", json_true());
+        add_json(b, "-device", dev);
+    }
+}
+
+void kh_qemu_hotplug_port_id(unsigned i, char *buf, size_t size)
+{
+    snprintf(buf, size, "hp%u", i);
+}
+
 static void add_serial(argv_builder *b, const kh_vm_spec *spec, const kh_argv_env *env)
 {
     if (!spec->serial)
@@ -687,6 +724,7 @@ kh_strv *kh_qemu_argv_build(const kh_vm_spec *spec, const kh_qemu_caps *caps,
     for (size_t i = 0; i < spec->nnics; i++)
         add_nic(&b, spec, env, i);
     add_balloon(&b, spec);
+    add_hotplug_ports(&b, spec);
     add_serial(&b, spec, env);
     add_display(&b, spec, env);
 

@@ -17,6 +17,7 @@
 #define KH_QEMU_ARGV_H
 
 #include <stdbool.h>
+#include <stddef.h>
 
 #include "conf/vm_spec.h"
 #include "util/err.h"
@@ -72,6 +73,12 @@ typedef struct kh_argv_env {
      * /proc/self/fd/N: the key is never in the argv. */
     const int *secret_fds;
 } kh_argv_env;
+
+/* Empty PCIe root ports every q35 VM has for hot-plug (disks, NICs):
+ * ids "hp0".."hp7", slot 0x1c of pcie.0. A hot-plugged device names one of
+ * them as its "bus"; which are free is QEMU's to say (query-pci). */
+#define KH_QEMU_HOTPLUG_PORTS 8
+void kh_qemu_hotplug_port_id(unsigned i, char *buf, size_t size);
 
 /* Build the argv. Returns NULL with err set when the spec cannot be
  * expressed safely (KH_E_INVALID) or the host cannot run it
