@@ -115,7 +115,8 @@ static const kh_route routes[] = {
     { "GET", "/api/v1/alerts", kh_metrics_routes_alerts, 0,
       "Alert rules and the alerts pending or firing now", NULL, NULL },
     { "PUT", "/api/v1/alerts/rules", kh_metrics_routes_alert_rules, 0,
-      "Replace the alert rules (body {\"rules\": [...]}; until the daemon restarts)", NULL,
+      "Replace the alert rules and the webhook (body {\"rules\": [...], \"webhook\": {\"url\", "
+      "\"timeout_seconds\"} | null}; until the daemon restarts)", NULL,
       NULL },
 };
 

@@ -1028,6 +1028,17 @@ char *kh_metrics_render(kh_metrics *m, size_t *len)
         kh_prom_histogram(p, "kvmhost_http_request_duration_seconds", l, latency_bounds,
                           m->lats[i].buckets, NBOUNDS, m->lats[i].sum);
     }
+    if (m->alerts && kh_alerts_webhook(m->alerts)) {
+        unsigned long long wv[3];
+        kh_webhook_counts(kh_alerts_webhook(m->alerts), &wv[0], &wv[1], &wv[2]);
+        static const char *const results[3] = { "sent", "failed", "dropped" };
+        kh_prom_family(p, "kvmhost_alert_webhook_posts_total", "counter",
+                       "Alert webhook POSTs by result (sent: 2xx; failed; dropped: queue full)");
+        for (int i = 0; i < 3; i++) {
+            const char *l[] = { "result", results[i], NULL };
+            kh_prom_sample(p, "kvmhost_alert_webhook_posts_total", l, (double)wv[i]);
+        }
+    }
     kh_prom_family(p, "kvmhost_sampler_runs_total", "counter", "Sampler rounds");
     kh_prom_sample(p, "kvmhost_sampler_runs_total", NULL, (double)m->samples);
     kh_prom_family(p, "kvmhost_sampler_seconds_total", "counter",
