@@ -152,7 +152,9 @@ static const struct {
     { "VMSpec",
       "{\"type\":\"object\",\"additionalProperties\":false,\"required\":[\"name\"],\""
       "properties\":{\"name\":{\"type\":\"string\",\"pattern\":\"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$\"},\"vc"
-      "pus\":{\"type\":\"integer\",\"minimum\":1,\"maximum\":255},\"memory_mib\":{\"type\":\"integer\",\"minimu"
+      "pus\":{\"type\":\"integer\",\"minimum\":1,\"maximum\":255},"
+      "\"max_vcpus\":{\"type\":\"integer\",\"minimum\":1,\"maximum\":255,\"description\":\"q35: vCPU "
+      "hot-plug up to this; absent = vcpus\"},\"memory_mib\":{\"type\":\"integer\",\"minimu"
       "m\":16,\"maximum\":16777216},\"machine\":{\"type\":\"string\",\"enum\":[\"q35\",\"microvm\"],\"default\":"
       "\"q35\"},\"boot\":{\"$ref\":\"#/components/schemas/Boot\"},\"disks\":{\"type\":\"array\",\"maxItems\":16"
       ",\"items\":{\"$ref\":\"#/components/schemas/Disk\"}},\"serial\":{\"type\":\"boolean\",\"default\":true"
@@ -160,8 +162,9 @@ static const struct {
       "pe\":\"string\",\"maxLength\":1024},\"nics\":{\"type\":\"array\",\"maxItems\":8,\"items\":{\"$ref\":\"#/co"
       "mponents/schemas/NIC\"}},\"limits\":{\"$ref\":\"#/components/schemas/Limits\"}}}" },
     { "VMPatch",
-      "{\"type\":\"object\",\"additionalProperties\":false,\"properties\":{\"vcpus\":{\"type\":\"integer\"},\""
-      "memory_mib\":{\"type\":\"integer\"},\"machine\":{\"type\":\"string\"},\"boot\":{\"$ref\":\"#/components/"
+      "{\"type\":\"object\",\"additionalProperties\":false,\"properties\":{\"vcpus\":{\"type\":\"integer\","
+      "\"description\":\"alone on a running q35 VM: hot-plug or unplug, up to max_vcpus\"},"
+      "\"max_vcpus\":{\"type\":\"integer\"},\"memory_mib\":{\"type\":\"integer\"},\"machine\":{\"type\":\"string\"},\"boot\":{\"$ref\":\"#/components/"
       "schemas/Boot\"},\"disks\":{\"type\":\"array\",\"items\":{\"$ref\":\"#/components/schemas/Disk\"}},\"se"
       "rial\":{\"type\":\"boolean\"},\"graphics\":{\"type\":\"string\"},\"description\":{\"type\":\"string\"},"
       "\"limits\":{\"$ref\":\"#/components/schemas/Limits\"},"

@@ -31,6 +31,8 @@
 static const cli_opt opts_vm_create[] = {
     { "vcpus", "N", CLI_OPT_ARG,
       "Number of virtual CPUs, 1 to 255 (default 1; with --from-template, the template's)." },
+    { "max-vcpus", "N", CLI_OPT_ARG,
+      "Most vCPUs the VM may have while it runs (vCPU hot-plug, q35 only; default: --vcpus)." },
     { "memory", "MIB", CLI_OPT_ARG,
       "Guest memory in MiB, 16 to 16777216 (default 512; with --from-template, the "
       "template's). A suffix M or G (512M, 2G) is accepted." },
@@ -71,7 +73,12 @@ static const cli_opt opts_vm_create[] = {
     "a path and format (see 'kvmhost volume')."
 
 static const cli_opt opts_vm_edit[] = {
-    { "vcpus", "N", CLI_OPT_ARG, "New number of virtual CPUs." },
+    { "vcpus", "N", CLI_OPT_ARG,
+      "New number of virtual CPUs. On a running q35 VM (given alone) the vCPUs are "
+      "hot-plugged or unplugged at once, up to --max-vcpus; unplugging needs the guest's "
+      "consent and fails with exit status 8 if it does not release them within 20 s." },
+    { "max-vcpus", "N", CLI_OPT_ARG,
+      "Most vCPUs the VM may have while it runs (q35; takes effect at the next start)." },
     { "memory", "MIB", CLI_OPT_ARG, "New guest memory in MiB (suffix M or G accepted)." },
     { "machine", "TYPE", CLI_OPT_ARG, "q35 or microvm." },
     { "kernel", "PATH", CLI_OPT_ARG, "Boot this kernel directly (keeps initrd and cmdline)." },

@@ -6,7 +6,7 @@
  * the VM record (vm/vm.h), not here.
  *
  * JSON form (also the flattened user part of the API's VM object):
- *   { "name": "web1", "vcpus": 2, "memory_mib": 512,
+ *   { "name": "web1", "vcpus": 2, "max_vcpus": 4, "memory_mib": 512,
  *     "machine": "q35" | "microvm",
  *     "boot": { "kernel": "/abs", "initrd": "/abs", "cmdline": "console=ttyS0" },
  *     "disks": [ { "path": "/abs/img.qcow2", "format": "qcow2" | "raw",
@@ -19,6 +19,8 @@
  *                "security_groups": ["web"] } ],
  *     "limits": { ... } }      (conf/limits.h; PATCH merges it key by key)
  * Only name is required: vcpus defaults to 1, memory_mib to 512.
+ * max_vcpus (q35 only, >= vcpus; absent = vcpus) is how far vCPUs can be
+ * hot-plugged while the VM runs (vm/hotplug.h).
  * `boot` absent or without `kernel` = boot from the first disk (q35 only).
  */
 #ifndef KH_CONF_VM_SPEC_H
@@ -89,6 +91,7 @@ typedef struct kh_nic_spec {
 typedef struct kh_vm_spec {
     char *name;
     unsigned vcpus;
+    unsigned max_vcpus; /* 0 = vcpus (no hot-plug) */
     uint64_t memory_mib;
     kh_machine machine;
     char *kernel;   /* NULL: boot from disk */

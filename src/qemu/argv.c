@@ -6,7 +6,7 @@
  *   BINARY -name guest=<vm id>,debug-threads=on -uuid <vm id> -S
  *   -msg timestamp=on -no-user-config -nodefaults -no-shutdown
  *   -machine q35,usb=off,vmport=off,dump-guest-core=off | microvm,dump-guest-core=off
- *   -accel kvm|tcg -cpu host|max -m size=<MiB>M -smp <vcpus>
+ *   -accel kvm|tcg -cpu host|max -m size=<MiB>M -smp <vcpus>[,maxcpus=<max_vcpus>]
  *   -chardev socket,id=qmp,fd=<qmp_fd>,server=on,wait=off -mon chardev=qmp,mode=control
  *   [-sandbox on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny]
  *   [-pidfile <path>]
@@ -411,7 +411,10 @@ static void add_machine(argv_builder *b, const kh_vm_spec *spec, const kh_argv_e
     add(b, "-m");
     addf(b, "size=%lluM", (unsigned long long)spec->memory_mib);
     add(b, "-smp");
-    addf(b, "%u", spec->vcpus);
+    if (spec->max_vcpus > spec->vcpus)
+        addf(b, "%u,maxcpus=%u", spec->vcpus, spec->max_vcpus);
+    else
+        addf(b, "%u", spec->vcpus);
 }
 
 /* The protocol ("file") node of one image layer: through an fd set when

@@ -1924,6 +1924,45 @@ json_t *kh_manager_patch(kh_manager *mgr, const char *name, const json_t *patch,
     return j;
 }
 
+json_t *kh_manager_set_live_vcpus(kh_manager *mgr, const char *id, unsigned vcpus, kh_err *err)
+{
+    vm *v = mgr->vms;
+    while (v && strcmp(v->id, id) != 0)
+        v = v->next;
+    if (!v) {
+        kh_err_set(err, KH_E_NOTFOUND, "no vm with id %s", id);
+        return NULL;
+    }
+    unsigned max = v->spec->max_vcpus ? v->spec->max_vcpus : v->spec->vcpus;
+    if (vcpus < 1 || vcpus > max) {
+        kh_err_set(err, KH_E_INVALID, "vcpus: must be from 1 to max_vcpus (%u)", max);
+        return NULL;
+    }
+    kh_vm_spec *next = kh_vm_spec_dup(v->spec);
+    if (!next->max_vcpus)
+        next->max_vcpus = max;
+    next->vcpus = vcpus;
+    json_t *sj = kh_vm_spec_to_json(next);
+    char *text = json_dumps(sj, JSON_COMPACT | JSON_SORT_KEYS);
+    json_decref(sj);
+    double now = kh_wall_time();
+    int rc = kh_store_vm_update_spec(mgr->store, v->id, text, now, err);
+    free(text);
+    if (rc < 0) {
+        kh_vm_spec_free(next);
+        return NULL;
+    }
+    kh_vm_spec_free(v->spec);
+    v->spec = next;
+    v->updated_at = now;
+    if (v->pid > 0 && v->spec->limits && v->spec->limits->cpus)
+        send_pinning(v); /* new vCPU threads take the pinning too */
+    kh_log(KH_LOG_INFO, "vm.vcpus", "vm=%s vcpus=%u live=true", v->spec->name, vcpus);
+    json_t *j = vm_json(v);
+    kh_events_publish(mgr->events, "vm.updated", v->spec->name, json_incref(j));
+    return j;
+}
+
 int kh_manager_delete(kh_manager *mgr, const char *name, kh_err *err)
 {
     vm *v = find(mgr, name, err);

@@ -475,7 +475,7 @@ static void sample_vm(const kh_vm_info *info, void *opaque)
         return;
     if (info->qmp_ready) {
         ask(m, e, "query-blockstats", Q_BLOCKSTATS);
-        if (e->nvcpus == 0)
+        if (e->nvcpus != info->spec->vcpus) /* new QEMU, or vCPUs hot-plugged */
             ask(m, e, "query-cpus-fast", Q_CPUS);
         if (info->spec->machine == KH_MACHINE_Q35) {
             ask(m, e, "query-balloon", Q_BALLOON);
