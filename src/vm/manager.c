@@ -93,6 +93,9 @@ struct vm {
     char *going_down;      /* why QEMU is expected to exit ("stopped", ...) */
     bool reattaching;
     bool await_accel;      /* a start waiting for the accelerator probe */
+    pid_t *vcpu_tids;      /* from the last query-cpus-fast (pinning) */
+    size_t nvcpu_tids;
+    bool pinned_others;    /* emulator/iothread pinning applied: undo it when unset */
 
     kh_task *task;         /* the action in progress */
     kh_vm_action task_action;
@@ -313,6 +316,10 @@ static void release_runtime(vm *v)
     timer_stop(v);
     v->reattaching = false;
     v->await_accel = false;
+    free(v->vcpu_tids);
+    v->vcpu_tids = NULL;
+    v->nvcpu_tids = 0;
+    v->pinned_others = false;
     if (v->start_job) {
         v->start_job->cancelled = true;
         v->start_job = NULL;
@@ -566,6 +573,32 @@ static void on_throttle_reply(kh_qmp *q, json_t *ret, const kh_err *err, void *o
     }
 }
 
+static void pin_failed(vm *v, const kh_err *e)
+{
+    kh_log(KH_LOG_WARN, "vm.limits", "vm=%s error=\"%s\"", v->spec->name, e->msg);
+    kh_events_publish(v->mgr->events, "vm.limits_failed", v->spec->name,
+                      json_pack("{s:s}", "message", e->msg));
+}
+
+/* Iothreads and the emulator's other threads, once the vCPU threads are
+ * known (they keep cpu_affinity). */
+static void on_iothreads_pin(kh_qmp *q, json_t *ret, const kh_err *err, void *opaque)
+{
+    (void)q;
+    vm *v = link_vm(opaque);
+    if (!v || v->pid <= 0)
+        return;
+    kh_err e = KH_ERR_INIT;
+    pid_t io[64];
+    size_t n = err ? 0 : kh_quota_vcpu_threads(ret, io, KH_ARRAY_LEN(io));
+    if (err)
+        kh_err_set(&e, KH_E_QEMU, "query-iothreads: %s", err->msg);
+    else if (kh_quota_pin_others(v->pid, v->vcpu_tids, v->nvcpu_tids, io, n, v->spec->limits,
+                                 &e) == 0)
+        return;
+    pin_failed(v, &e);
+}
+
 static void on_cpus_pin(kh_qmp *q, json_t *ret, const kh_err *err, void *opaque)
 {
     (void)q;
@@ -575,13 +608,23 @@ static void on_cpus_pin(kh_qmp *q, json_t *ret, const kh_err *err, void *opaque)
     kh_err e = KH_ERR_INIT;
     pid_t tids[256];
     size_t n = err ? 0 : kh_quota_vcpu_threads(ret, tids, KH_ARRAY_LEN(tids));
-    if (err)
+    if (err) {
         kh_err_set(&e, KH_E_QEMU, "query-cpus-fast: %s", err->msg);
-    else if (kh_quota_pin(v->pid, tids, n, v->spec->limits, &e) == 0)
+    } else if (kh_quota_pin(v->pid, tids, n, v->spec->limits, &e) == 0) {
+        free(v->vcpu_tids);
+        v->vcpu_tids = n ? xcalloc(n, sizeof(*tids)) : NULL;
+        if (n)
+            memcpy(v->vcpu_tids, tids, n * sizeof(*tids));
+        v->nvcpu_tids = n;
+        const kh_limits *l = v->spec->limits;
+        if (v->pinned_others || (l && (l->nemu_cpus || l->nio_cpus))) {
+            v->pinned_others = l && (l->nemu_cpus || l->nio_cpus);
+            if (kh_qmp_command(q, "query-iothreads", NULL, on_iothreads_pin, v->qlink, &e) < 0)
+                pin_failed(v, &e);
+        }
         return;
-    kh_log(KH_LOG_WARN, "vm.limits", "vm=%s error=\"%s\"", v->spec->name, e.msg);
-    kh_events_publish(v->mgr->events, "vm.limits_failed", v->spec->name,
-                      json_pack("{s:s}", "message", e.msg));
+    }
+    pin_failed(v, &e);
 }
 
 /* vCPU pinning: ask QEMU for its vCPU threads, then pin them. */
@@ -619,10 +662,22 @@ static uint64_t balloon_of(const kh_limits *l)
     return l ? l->balloon_mib : 0;
 }
 
+static bool same_list(const unsigned *a, size_t na, const unsigned *b, size_t nb)
+{
+    return na == nb && (na == 0 || memcmp(a, b, na * sizeof(*a)) == 0);
+}
+
+/* cpu_affinity, emulator_cpus and iothread_cpus all equal. */
 static bool same_affinity(const kh_limits *a, const kh_limits *b)
 {
-    size_t na = a ? a->ncpus : 0, nb = b ? b->ncpus : 0;
-    return na == nb && (na == 0 || memcmp(a->cpus, b->cpus, na * sizeof(*a->cpus)) == 0);
+    static const kh_limits none;
+    if (!a)
+        a = &none;
+    if (!b)
+        b = &none;
+    return same_list(a->cpus, a->ncpus, b->cpus, b->ncpus) &&
+           same_list(a->emu_cpus, a->nemu_cpus, b->emu_cpus, b->nemu_cpus) &&
+           same_list(a->io_cpus, a->nio_cpus, b->io_cpus, b->nio_cpus);
 }
 
 /* Disk limits through QMP, for each disk whose limits differ from old (old
@@ -668,7 +723,8 @@ static void on_qmp_ready(kh_qmp *q, const kh_err *err, void *opaque)
         if (v->task)
             kh_task_progress(v->task, 80, "starting vCPUs");
         send_throttles(v, NULL); /* queued before cont: the guest never runs unthrottled */
-        if (v->spec->limits && v->spec->limits->ncpus)
+        if (v->spec->limits && (v->spec->limits->ncpus || v->spec->limits->nemu_cpus ||
+                                v->spec->limits->nio_cpus))
             send_pinning(v);
         send_balloon(v, true);
         qmp_send(v, "cont", on_cont);

@@ -189,13 +189,23 @@ static void test_limits_validation(void)
     CHECK_STR(spec_err(SPEC("{\"cpu_affinity\":[]}")),
               "limits.cpu_affinity: must be a non-empty array of host CPU numbers");
     CHECK_STR(spec_err(SPEC("{\"cpu_affinity\":[0,2,0]}")),
-              "limits.cpu_affinity[2]: CPU 0 appears twice");
+              "limits.cpu_affinity[2]: 0 appears twice");
     CHECK_STR(spec_err(SPEC("{\"cpu_affinity\":[1024]}")),
               "limits.cpu_affinity[0]: must be an integer between 0 and 1023");
     CHECK_STR(spec_err(SPEC("{\"cpu_affinity\":[-1]}")),
               "limits.cpu_affinity[0]: must be an integer between 0 and 1023");
     CHECK_STR(spec_err(SPEC("{\"cpu_affinity\":\"0-3\"}")),
               "limits.cpu_affinity: must be a non-empty array of host CPU numbers");
+    CHECK_STR(spec_err(SPEC("{\"emulator_cpus\":[1],\"iothread_cpus\":[0,1],"
+                            "\"numa_nodes\":[0]}")), "");
+    CHECK_STR(spec_err(SPEC("{\"emulator_cpus\":[]}")),
+              "limits.emulator_cpus: must be a non-empty array of host CPU numbers");
+    CHECK_STR(spec_err(SPEC("{\"iothread_cpus\":[1,1]}")),
+              "limits.iothread_cpus[1]: 1 appears twice");
+    CHECK_STR(spec_err(SPEC("{\"numa_nodes\":[\"0\"]}")),
+              "limits.numa_nodes[0]: must be an integer between 0 and 1023");
+    CHECK_STR(spec_err(SPEC("{\"numa_nodes\":0}")),
+              "limits.numa_nodes: must be a non-empty array of host NUMA node numbers");
 }
 
 static void test_limits_patch(void)
