@@ -209,3 +209,25 @@ bool kh_proc_fs_usage(const char *path, double *size, double *used, double *avai
     *avail = (double)sv.f_bavail * bs;
     return true;
 }
+
+static unsigned long read_ulong(const char *path)
+{
+    FILE *fp = fopen(path, "re");
+    unsigned long v = 0;
+    if (!fp)
+        return 0;
+    if (fscanf(fp, "%lu", &v) != 1)
+        v = 0;
+    fclose(fp);
+    return v;
+}
+
+unsigned long kh_proc_hugepages_free(unsigned kib)
+{
+    char p[128];
+    snprintf(p, sizeof(p), "/sys/kernel/mm/hugepages/hugepages-%ukB/free_hugepages", kib);
+    unsigned long free_pages = read_ulong(p);
+    snprintf(p, sizeof(p), "/sys/kernel/mm/hugepages/hugepages-%ukB/resv_hugepages", kib);
+    unsigned long resv = read_ulong(p);
+    return free_pages > resv ? free_pages - resv : 0;
+}

@@ -39,6 +39,10 @@ typedef struct kh_proc_netdev {
 /* Every interface, lo included. *out as for kh_proc_diskstats. */
 size_t kh_proc_netdevs(kh_proc_netdev **out);
 
+/* Huge pages of size kib (2048: 2 MiB) free and not reserved, from
+ * /sys/kernel/mm/hugepages; 0 when that size does not exist. */
+unsigned long kh_proc_hugepages_free(unsigned kib);
+
 /* Size of the filesystem holding path, and its bytes used and available
  * to unprivileged users (statvfs). False when path cannot be examined. */
 bool kh_proc_fs_usage(const char *path, double *size, double *used, double *avail);

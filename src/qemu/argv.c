@@ -402,10 +402,20 @@ static int check_env(const kh_vm_spec *spec, const kh_argv_env *env, kh_err *err
 
 static void add_machine(argv_builder *b, const kh_vm_spec *spec, const kh_argv_env *env)
 {
+    const char *ram = spec->hugepages ? ",memory-backend=ram0" : "";
+    add(b, "-machine");
     if (spec->machine == KH_MACHINE_Q35)
-        add2(b, "-machine", "q35,usb=off,vmport=off,dump-guest-core=off");
+        addf(b, "q35,usb=off,vmport=off,dump-guest-core=off%s", ram);
     else
-        add2(b, "-machine", "microvm,dump-guest-core=off");
+        addf(b, "microvm,dump-guest-core=off%s", ram);
+    if (spec->hugepages) {
+        /* memfd: no hugetlbfs mount or path for QEMU to open; prealloc:
+         * the pages are taken at start, not at the first guest fault. */
+        add(b, "-object");
+        addf(b, "{\"hugetlb\":true,\"hugetlbsize\":%u,\"id\":\"ram0\",\"prealloc\":true,"
+             "\"qom-type\":\"memory-backend-memfd\",\"size\":%llu}",
+             KH_VM_HUGEPAGE_KIB * 1024U, (unsigned long long)spec->memory_mib << 20);
+    }
     add2(b, "-accel", kh_accel_name(env->accel));
     add2(b, "-cpu", env->accel == KH_ACCEL_KVM ? "host" : "max");
     add(b, "-m");

@@ -616,23 +616,27 @@ static void on_cpus_pin(kh_qmp *q, json_t *ret, const kh_err *err, void *opaque)
         if (n)
             memcpy(v->vcpu_tids, tids, n * sizeof(*tids));
         v->nvcpu_tids = n;
-        const kh_limits *l = v->spec->limits;
-        if (v->pinned_others || (l && (l->nemu_cpus || l->nio_cpus))) {
-            v->pinned_others = l && (l->nemu_cpus || l->nio_cpus);
-            if (kh_qmp_command(q, "query-iothreads", NULL, on_iothreads_pin, v->qlink, &e) < 0)
-                pin_failed(v, &e);
-        }
         return;
     }
     pin_failed(v, &e);
 }
 
-/* vCPU pinning: ask QEMU for its vCPU threads, then pin them. */
+/* Pinning: ask QEMU for its vCPU threads, then pin them (and the others). */
 static void send_pinning(vm *v)
 {
     kh_err e = KH_ERR_INIT;
     if (v->qmp && kh_qmp_command(v->qmp, "query-cpus-fast", NULL, on_cpus_pin, v->qlink, &e) < 0)
         kh_log(KH_LOG_WARN, "vm.limits", "vm=%s error=\"%s\"", v->spec->name, e.msg);
+    /* The other threads after the vCPUs (replies come in order, so the
+     * vCPU thread ids are known by then); again once after they were
+     * unpinned, to let them run anywhere. Both before `cont` at start. */
+    const kh_limits *l = v->spec->limits;
+    bool others = l && (l->nemu_cpus || l->nio_cpus);
+    if (v->qmp && (others || v->pinned_others)) {
+        v->pinned_others = others;
+        if (kh_qmp_command(v->qmp, "query-iothreads", NULL, on_iothreads_pin, v->qlink, &e) < 0)
+            kh_log(KH_LOG_WARN, "vm.limits", "vm=%s error=\"%s\"", v->spec->name, e.msg);
+    }
 }
 
 /* The balloon target (q35 only): limits.balloon_mib, or all of the guest's
@@ -1409,6 +1413,16 @@ static int check_action(const vm *v, kh_vm_action action, kh_err *err)
                    kh_vm_action_name(action) + 3, name, st);
         return -1;
     }
+    if (action == KH_ACTION_START && v->spec->hugepages) {
+        unsigned long need = (unsigned long)(v->spec->memory_mib * 1024 / KH_VM_HUGEPAGE_KIB);
+        unsigned long have = kh_proc_hugepages_free(KH_VM_HUGEPAGE_KIB);
+        if (have < need) {
+            kh_err_set(err, KH_E_CONFLICT,
+                       "cannot start vm %s: it needs %lu free huge pages of 2 MiB and the host "
+                       "has %lu (raise /proc/sys/vm/nr_hugepages)", name, need, have);
+            return -1;
+        }
+    }
     return 0;
 }
 
@@ -2011,8 +2025,10 @@ json_t *kh_manager_set_live_vcpus(kh_manager *mgr, const char *id, unsigned vcpu
     kh_vm_spec_free(v->spec);
     v->spec = next;
     v->updated_at = now;
-    if (v->pid > 0 && v->spec->limits && v->spec->limits->cpus)
-        send_pinning(v); /* new vCPU threads take the pinning too */
+    const kh_limits *l = v->spec->limits;
+    if (v->pid > 0 && l && (l->ncpus || l->nemu_cpus || l->nio_cpus))
+        send_pinning(v); /* new vCPU threads take the pinning too (they are born
+                          * with the emulator thread's affinity) */
     kh_log(KH_LOG_INFO, "vm.vcpus", "vm=%s vcpus=%u live=true", v->spec->name, vcpus);
     json_t *j = vm_json(v);
     kh_events_publish(mgr->events, "vm.updated", v->spec->name, json_incref(j));

@@ -125,3 +125,152 @@ def test_vcpu_hotplug_and_unplug(daemons, guest, consoles):
         assert b"\0-smp\x002,maxcpus=3\0" in f.read()
     st, j = api.action("hp", "kill")
     assert st == 200, j
+
+
+def thread_affinity(pid):
+    """[(tid, comm, Cpus_allowed_list)] for every thread of a process."""
+    out = []
+    for tid in os.listdir("/proc/%d/task" % pid):
+        try:
+            with open("/proc/%d/task/%s/comm" % (pid, tid)) as f:
+                comm = f.read().strip()
+            with open("/proc/%d/task/%s/status" % (pid, tid)) as f:
+                allowed = [ln.split(":", 1)[1].strip() for ln in f
+                           if ln.startswith("Cpus_allowed_list:")][0]
+        except OSError:
+            continue  # a worker thread that ended
+        out.append((int(tid), comm, allowed))
+    return out
+
+
+def classify(pid, iothread_cpus):
+    """vCPU, iothread and emulator affinities. QEMU names vCPU threads
+    "CPU n/TCG"; the disk's iothread ("IO iothread-disk0" is too long for a
+    thread name, so it keeps QEMU's) is the one thread besides the vCPUs
+    whose affinity is iothread_cpus."""
+    t = thread_affinity(pid)
+    vcpu = [a for _, c, a in t if c.startswith("CPU ")]
+    main = [a for tid, _, a in t if tid == pid]
+    rest = [a for tid, c, a in t if tid != pid and not c.startswith("CPU ")]
+    io = [a for a in rest if a == iothread_cpus]
+    emu = main + [a for a in rest if a != iothread_cpus]
+    return vcpu, io, emu, t
+
+
+def cpuset_mems(vm_id):
+    for p in ("/sys/fs/cgroup/cpuset/kvmhost/vm-%s/cpuset.mems" % vm_id,
+              "/sys/fs/cgroup/kvmhost/vm-%s/cpuset.mems" % vm_id):
+        if os.path.exists(p):
+            with open(p) as f:
+                return f.read().strip()
+    return None
+
+
+@pytest.mark.slow
+def test_emulator_iothread_pinning_and_numa(daemons, guest):
+    if os.cpu_count() < 2:
+        pytest.skip("needs two host CPUs")
+    d = daemons()
+    api = d.api
+    work = d.base + "/w"
+    os.makedirs(work)
+    os.chmod(work, 0o755)
+    spec = guest.spec("pin", work, memory_mib=128)
+    nodes = sorted(int(n[4:]) for n in os.listdir("/sys/devices/system/node")
+                   if re.fullmatch(r"node\d+", n))
+    for bad, msg in (({"emulator_cpus": [os.cpu_count()]}, "no CPU"),
+                     ({"iothread_cpus": []}, "non-empty"),
+                     ({"numa_nodes": [max(nodes) + 1]}, "no NUMA node"),
+                     ({"numa_nodes": [0, 0]}, "appears twice")):
+        r = api.request("POST", "/api/v1/vms", dict(spec, limits=bad))
+        assert r.status == 400 and msg in r.error["message"], (bad, r)
+    assert api.get("/api/v1/vms/pin").status == 404
+    spec["limits"] = {"cpu_affinity": [0], "emulator_cpus": [1], "iothread_cpus": [0],
+                      "numa_nodes": [nodes[0]]}
+    r = api.request("POST", "/api/v1/vms", spec)
+    assert r.status == 201, r
+    st, j = api.action("pin", "start")
+    assert st == 200, j
+    vm = api.vm("pin")
+    pid, vid = vm["pid"], vm["id"]
+    # Applied at start, before the guest runs: read back from /proc.
+    vcpu, io, emu, t = classify(pid, "0")
+    assert vcpu and all(a == "0" for a in vcpu), t
+    assert len(io) == 1, t  # the one disk's iothread
+    assert emu and all(a == "1" for a in emu), t  # main loop, RCU, monitor, workers
+    assert cpuset_mems(vid) == str(nodes[0]), cpuset_mems(vid)
+    # Live: the emulator moves, the iothread is unpinned, vCPUs keep theirs.
+    r = api.patch("/api/v1/vms/pin", {"limits": {"emulator_cpus": [0], "iothread_cpus": None}})
+    assert r.status == 200 and "iothread_cpus" not in r.json["limits"], r
+    allcpus = "0-%d" % (os.cpu_count() - 1)
+    deadline = time.time() + 10
+    while time.time() < deadline:
+        vcpu, io, emu, t = classify(pid, allcpus)
+        if len(io) == 1 and all(a == "0" for a in emu):
+            break
+        time.sleep(0.2)
+    assert len(io) == 1 and all(a == "0" for a in emu + vcpu), t
+    r = api.patch("/api/v1/vms/pin", {"limits": {"numa_nodes": None}})
+    assert r.status == 200, r
+    with open("/sys/devices/system/node/online") as f:
+        online = f.read().strip()
+    assert cpuset_mems(vid) in (online, ""), cpuset_mems(vid)
+    r = api.patch("/api/v1/vms/pin", {"limits": {"numa_nodes": [max(nodes) + 1]}})
+    assert r.status == 400 and "no NUMA node" in r.error["message"], r
+    assert api.vm("pin")["limits"].get("numa_nodes") is None
+    st, j = api.action("pin", "kill")
+    assert st == 200, j
+
+
+def hugepages_free():
+    with open("/proc/meminfo") as f:
+        return int(re.search(r"HugePages_Free:\s+(\d+)", f.read()).group(1))
+
+
+@pytest.mark.slow
+def test_hugepage_backing(daemons, guest):
+    path = "/proc/sys/vm/nr_hugepages"
+    with open(path) as f:
+        old = int(f.read())
+    d = daemons()
+    api = d.api
+    work = d.base + "/w"
+    os.makedirs(work)
+    os.chmod(work, 0o755)
+    try:
+        free0 = hugepages_free()
+        with open(path, "w") as f:
+            f.write(str(old + 64))  # 128 MiB
+        if hugepages_free() < free0 + 64:
+            pytest.skip("the host could not reserve 64 huge pages")
+        spec = guest.spec("huge", work, memory_mib=128)
+        spec["hugepages"] = True
+        r = api.request("POST", "/api/v1/vms", dict(spec, memory_mib=129))
+        assert r.status == 400 and "multiple of 2" in r.error["message"], r
+        r = api.request("POST", "/api/v1/vms", dict(spec, name="huge2", memory_mib=1024))
+        assert r.status == 201 and r.json["hugepages"] is True, r
+        # Too few free pages: a clear 409, nothing started.
+        st, j = api.action("huge2", "start")
+        assert st == 409 and "huge pages" in j["error"]["message"], j
+        assert api.vm("huge2")["state"] == "stopped"
+        r = api.request("POST", "/api/v1/vms", spec)
+        assert r.status == 201, r
+        before = hugepages_free()
+        st, j = api.action("huge", "start")
+        assert st == 200, j
+        api.wait_console("huge", khlib.GUEST_READY, timeout=150)
+        after = hugepages_free()
+        print("\nfigures: HugePages_Free %d -> %d with a 128 MiB hugepage guest" % (before, after))
+        assert before - after == 64, (before, after)
+        st, j = api.action("huge", "kill")
+        assert st == 200, j
+        deadline = time.time() + 10
+        while hugepages_free() < before and time.time() < deadline:
+            time.sleep(0.2)
+        assert hugepages_free() == before
+    finally:
+        for n in ("huge", "huge2"):
+            if api.get("/api/v1/vms/" + n).status == 200 and api.vm(n)["state"] != "stopped":
+                api.action(n, "kill")
+        with open(path, "w") as f:
+            f.write(str(old))
