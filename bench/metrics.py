@@ -130,7 +130,7 @@ def main():
                 m[k] = float(v)
         per_round = m["kvmhost_sampler_seconds_total"] / m["kvmhost_sampler_runs_total"]
         # The whole daemon's CPU while it only samples (no requests).
-        pid = d.pid()
+        pid = d.pid
         runs0, c0 = m["kvmhost_sampler_runs_total"], cpu_seconds(pid)
         time.sleep(10)
         c1 = cpu_seconds(pid)
