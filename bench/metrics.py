@@ -68,7 +68,21 @@ def libvirt_part(a, kernel, initrd):
             lv.define(n, with_disk=False)
         for n in names[:a.running]:
             lv.start(n)
-        time.sleep(5)  # as for kvmhost: a few seconds with every QEMU up
+        # As for kvmhost: every guest booted, then a few seconds.
+        deadline = time.time() + 600
+        pending = set(names[:a.running])
+        while pending and time.time() < deadline:
+            for n in list(pending):
+                try:
+                    with open(lv.serial(n), "rb") as f:
+                        if khbench.MARKER in f.read():
+                            pending.discard(n)
+                except OSError:
+                    pass
+            time.sleep(0.5)
+        if pending:
+            raise RuntimeError("libvirt guests did not boot: %s" % sorted(pending))
+        time.sleep(5)
         lvpid = khbench.libvirtd_pid()
         lat, size = [], 0
         reps = max(a.requests // 10, 10)  # each call is a process: fewer of them
@@ -115,7 +129,10 @@ def main():
             assert st in (200, 202), j
         for i in range(a.running):
             api.wait_state("mb%03d" % i, "running", timeout=300)
-        time.sleep(5)  # a few sampler rounds with every QEMU up
+        # Every guest booted (the host idle again), then a few rounds.
+        api.wait_consoles(["mb%03d" % i for i in range(a.running)], khlib.GUEST_READY,
+                          timeout=600)
+        time.sleep(5)
         lat, size = [], 0
         for _ in range(a.requests):
             t0 = time.perf_counter()

@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "conf/limits.h"
 #include "util/log.h"
 #include "util/mem.h"
 #include "util/misc.h"
@@ -51,7 +52,7 @@ typedef struct find_ctx {
     bool found, running, q35;
     char id[37];
     pid_t pid;
-    unsigned vcpus, max;
+    unsigned vcpus, max, cpu_max_percent;
 } find_ctx;
 
 static void find_vm(const kh_vm_info *info, void *opaque)
@@ -66,6 +67,7 @@ static void find_vm(const kh_vm_info *info, void *opaque)
     snprintf(c->id, sizeof(c->id), "%s", info->id);
     c->vcpus = info->spec->vcpus;
     c->max = info->spec->max_vcpus ? info->spec->max_vcpus : info->spec->vcpus;
+    c->cpu_max_percent = info->spec->limits ? info->spec->limits->cpu_max_percent : 0;
 }
 
 static void job_closed(uv_handle_t *h)
@@ -298,6 +300,11 @@ int kh_hotplug_vcpus(kh_manager *mgr, uv_loop_t *loop, const char *name, unsigne
     if (target < 1 || target > c.max) {
         kh_err_set(err, KH_E_INVALID, "vcpus: a running VM can have 1 to max_vcpus (%u); stop "
                    "it to raise max_vcpus", c.max);
+        return -1;
+    }
+    if (c.cpu_max_percent > 100 * target) {
+        kh_err_set(err, KH_E_INVALID, "vcpus: limits.cpu_max_percent (%u) is more than %u vCPUs "
+                   "can use; lower it first", c.cpu_max_percent, target);
         return -1;
     }
     for (scar **pp = &scars; *pp;) {

@@ -87,6 +87,14 @@ def test_vcpu_hotplug_and_unplug(daemons, guest, consoles):
         time.sleep(0.5)
     assert sample(m, "kvmhost_vm_vcpu_seconds_total", vm="hp", vcpu="2") is not None
 
+    # A CPU cap above what fewer vCPUs can use blocks the unplug.
+    r = api.patch("/api/v1/vms/hp", {"limits": {"cpu_max_percent": 250}})
+    assert r.status == 200, r
+    r = api.patch("/api/v1/vms/hp", {"vcpus": 2})
+    assert r.status == 400 and "cpu_max_percent" in r.error["message"], r
+    r = api.patch("/api/v1/vms/hp", {"limits": {"cpu_max_percent": None}})
+    assert r.status == 200 and api.vm("hp")["vcpus"] == 3, r
+
     # Unplug needs the guest: whatever happens, the spec tells what is present.
     r = api.patch("/api/v1/vms/hp", {"vcpus": 1})
     present = guest_cpus(c, "present")
