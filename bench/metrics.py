@@ -60,7 +60,7 @@ def libvirt_part(a, kernel, initrd):
     k, i = os.path.join(work, "vmlinuz"), os.path.join(work, "initrd.img")
     shutil.copyfile(kernel, k)
     shutil.copyfile(initrd, i)
-    lv = khbench.Libvirt(work, k, i, None, mem=64)
+    lv = khbench.Libvirt(work, k, i, None, mem=128)
     names = ["%sm%03d" % (khbench.PREFIX, n) for n in range(a.defined)]
     try:
         lv.cleanup_all()
@@ -69,7 +69,7 @@ def libvirt_part(a, kernel, initrd):
         for n in names[:a.running]:
             lv.start(n)
         # As for kvmhost: every guest booted, then a few seconds.
-        deadline = time.time() + 600
+        deadline = time.time() + 300
         pending = set(names[:a.running])
         while pending and time.time() < deadline:
             for n in list(pending):
@@ -121,7 +121,7 @@ def main():
         api = d.api
         api.wait_accel()
         for i in range(a.defined):
-            api.create({"name": "mb%03d" % i, "memory_mib": 64,
+            api.create({"name": "mb%03d" % i, "memory_mib": 128,
                         "boot": {"kernel": kernel, "initrd": initrd,
                                  "cmdline": khlib.GUEST_CMDLINE}})
         for i in range(a.running):
@@ -131,7 +131,7 @@ def main():
             api.wait_state("mb%03d" % i, "running", timeout=300)
         # Every guest booted (the host idle again), then a few rounds.
         api.wait_consoles(["mb%03d" % i for i in range(a.running)], khlib.GUEST_READY,
-                          timeout=600)
+                          timeout=300)
         time.sleep(5)
         lat, size = [], 0
         for _ in range(a.requests):
