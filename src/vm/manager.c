@@ -93,9 +93,9 @@ struct vm {
     char *going_down;      /* why QEMU is expected to exit ("stopped", ...) */
     bool reattaching;
     bool await_accel;      /* a start waiting for the accelerator probe */
+    bool pinned_others;    /* emulator/iothread pinning applied: undo it when unset */
     pid_t *vcpu_tids;      /* from the last query-cpus-fast (pinning) */
     size_t nvcpu_tids;
-    bool pinned_others;    /* emulator/iothread pinning applied: undo it when unset */
 
     kh_task *task;         /* the action in progress */
     kh_vm_action task_action;
