@@ -293,13 +293,18 @@ int kh_hotplug_vcpus(kh_manager *mgr, uv_loop_t *loop, const char *name, unsigne
         return -1;
     }
     if (!c.q35) {
-        kh_err_set(err, KH_E_INVALID, "vcpus: hot-plug needs machine \"q35\"; stop the VM to "
-                   "change vcpus");
+        kh_err_set(err, KH_E_CONFLICT, "vm %s is running: vCPU hot-plug needs machine "
+                   "\"q35\"; stop it to change vcpus", name);
         return -1;
     }
-    if (target < 1 || target > c.max) {
-        kh_err_set(err, KH_E_INVALID, "vcpus: a running VM can have 1 to max_vcpus (%u); stop "
-                   "it to raise max_vcpus", c.max);
+    if (target < 1) {
+        kh_err_set(err, KH_E_INVALID, "vcpus: must be at least 1");
+        return -1;
+    }
+    if (target > c.max) {
+        kh_err_set(err, KH_E_CONFLICT, "vm %s is running: it can have 1 to max_vcpus (%u) "
+                   "vCPUs; stop it to change vcpus beyond that (and raise max_vcpus)", name,
+                   c.max);
         return -1;
     }
     if (c.cpu_max_percent > 100 * target) {

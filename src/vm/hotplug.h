@@ -29,8 +29,8 @@ typedef void (*kh_hotplug_cb)(json_t *vm, const kh_err *err, void *opaque);
 
 /* Begin changing a running VM's vCPU count to target. -1 with err and no
  * callback when it cannot start: KH_E_NOTFOUND, KH_E_CONFLICT (not running,
- * or a change already under way), KH_E_INVALID (not q35, target outside
- * 1..max_vcpus). timeout_s bounds the wait for an unplug. */
+ * a change already under way, not q35, target above max_vcpus: stop it
+ * first), KH_E_INVALID (target 0, or a CPU cap more vCPUs would need). timeout_s bounds the wait for an unplug. */
 int kh_hotplug_vcpus(kh_manager *mgr, uv_loop_t *loop, const char *name, unsigned target,
                      double timeout_s, kh_hotplug_cb cb, void *opaque, kh_err *err);
 

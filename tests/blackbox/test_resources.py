@@ -56,7 +56,7 @@ def test_vcpu_hotplug_and_unplug(daemons, guest, consoles):
 
     # Bad live changes: clear errors, nothing changes.
     r = api.patch("/api/v1/vms/hp", {"vcpus": 4})
-    assert r.status == 400 and "max_vcpus (3)" in r.error["message"], r
+    assert r.status == 409 and "max_vcpus (3)" in r.error["message"], r
     r = api.patch("/api/v1/vms/hp", {"vcpus": 2, "memory_mib": 256})
     assert r.status == 409 and "vcpus alone" in r.error["message"], r
     r = api.patch("/api/v1/vms/hp", {"vcpus": "two"})
