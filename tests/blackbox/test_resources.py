@@ -208,8 +208,12 @@ def test_emulator_iothread_pinning_and_numa(daemons, guest):
     assert emu and all(a == "1" for a in emu), t  # main loop, RCU, monitor, workers
     assert cpuset_mems(vid) == str(nodes[0]), cpuset_mems(vid)
     # Live: the emulator moves, the iothread is unpinned, vCPUs keep theirs.
-    r = api.patch("/api/v1/vms/pin", {"limits": {"emulator_cpus": [0], "iothread_cpus": None}})
-    assert r.status == 200 and "iothread_cpus" not in r.json["limits"], r
+    p = khlib.cli(d, "vm", "limit", "pin", "--emulator-cpus", "0", "--iothread-cpus", "none")
+    assert p.returncode == 0, p
+    lim = api.vm("pin")["limits"]
+    assert lim["emulator_cpus"] == [0] and "iothread_cpus" not in lim, lim
+    p = khlib.cli(d, "vm", "limit", "pin", "--numa-nodes", "0,x")
+    assert p.returncode == 2 and "--numa-nodes" in p.stderr, p
     allcpus = "0-%d" % (os.cpu_count() - 1)
     deadline = time.time() + 10
     while time.time() < deadline:
