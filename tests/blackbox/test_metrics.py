@@ -319,7 +319,7 @@ def test_alert_rules_fire_and_resolve(qd):
 class Hook:
     """A tiny HTTP server on loopback that records the JSON bodies POSTed to it."""
 
-    def __init__(self, status=204):
+    def __init__(self, status=204, delay=0):
         import http.server
         import threading
         self.bodies = []
@@ -333,6 +333,7 @@ class Hook:
                 with hook.cond:
                     hook.bodies.append((self.path, self.headers.get("Content-Type"), body))
                     hook.cond.notify_all()
+                time.sleep(delay)
                 self.send_response(status)
                 self.end_headers()
 
@@ -406,6 +407,25 @@ def test_alert_webhook_fires_and_resolves(qd):
         while api.get("/api/v1/alerts").json["webhook"]["failed"] < 1 and time.time() < deadline:
             time.sleep(0.1)
         assert api.get("/api/v1/alerts").json["webhook"]["failed"] == 1
+        # A receiver slower than the timeout: the POST times out on a worker
+        # thread and is counted; the API answers meanwhile.
+        slow = Hook(delay=4)
+        try:
+            r = api.request("PUT", "/api/v1/alerts/rules", {"rules": []})
+            r = api.request("PUT", "/api/v1/alerts/rules",
+                            {"rules": [rule], "webhook": {"url": slow.url, "timeout_seconds": 1}})
+            assert r.status == 200, r
+            assert slow.wait(lambda b: b["type"] == "alert.firing"), slow.bodies
+            t0 = time.time()
+            assert api.get("/api/v1/host").status == 200
+            assert time.time() - t0 < 0.5
+            deadline = time.time() + 10
+            while api.get("/api/v1/alerts").json["webhook"]["failed"] < 2 and \
+                    time.time() < deadline:
+                time.sleep(0.1)
+            assert api.get("/api/v1/alerts").json["webhook"]["failed"] == 2
+        finally:
+            slow.close()
         r = api.request("PUT", "/api/v1/alerts/rules", {"rules": [], "webhook": None})
         assert r.status == 200 and r.json["webhook"] is None, r
     finally:
