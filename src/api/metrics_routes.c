@@ -69,7 +69,7 @@ void kh_metrics_routes_alert_rules(kh_http_req *req, void *app)
     kh_api *api = app;
     kh_err err = KH_ERR_INIT;
     json_t *body = kh_http_req_json(req, &err);
-    if (!body || kh_alerts_set_rules(api->alerts, json_object_get(body, "rules"), &err) < 0) {
+    if (!body || kh_alerts_configure(api->alerts, body, &err) < 0) {
         kh_http_reply_error(req, &err);
         return;
     }

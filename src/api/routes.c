@@ -115,7 +115,8 @@ static const kh_route routes[] = {
     { "GET", "/api/v1/alerts", kh_metrics_routes_alerts, 0,
       "Alert rules and the alerts pending or firing now", NULL, NULL },
     { "PUT", "/api/v1/alerts/rules", kh_metrics_routes_alert_rules, 0,
-      "Replace the alert rules (body {\"rules\": [...]}; until the daemon restarts)", NULL,
+      "Replace the alert rules and the webhook (body {\"rules\": [...], \"webhook\": {\"url\", "
+      "\"timeout_seconds\"} | null}; until the daemon restarts)", NULL,
       NULL },
 };
 
@@ -151,7 +152,10 @@ static const struct {
     { "VMSpec",
       "{\"type\":\"object\",\"additionalProperties\":false,\"required\":[\"name\"],\""
       "properties\":{\"name\":{\"type\":\"string\",\"pattern\":\"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$\"},\"vc"
-      "pus\":{\"type\":\"integer\",\"minimum\":1,\"maximum\":255},\"memory_mib\":{\"type\":\"integer\",\"minimu"
+      "pus\":{\"type\":\"integer\",\"minimum\":1,\"maximum\":255},"
+      "\"max_vcpus\":{\"type\":\"integer\",\"minimum\":1,\"maximum\":255,\"description\":\"q35: vCPU "
+      "hot-plug up to this; absent = vcpus\"},\"hugepages\":{\"type\":\"boolean\",\"default\":false,"
+      "\"description\":\"guest RAM from 2 MiB huge pages (memory_mib even)\"},\"memory_mib\":{\"type\":\"integer\",\"minimu"
       "m\":16,\"maximum\":16777216},\"machine\":{\"type\":\"string\",\"enum\":[\"q35\",\"microvm\"],\"default\":"
       "\"q35\"},\"boot\":{\"$ref\":\"#/components/schemas/Boot\"},\"disks\":{\"type\":\"array\",\"maxItems\":16"
       ",\"items\":{\"$ref\":\"#/components/schemas/Disk\"}},\"serial\":{\"type\":\"boolean\",\"default\":true"
@@ -159,8 +163,9 @@ static const struct {
       "pe\":\"string\",\"maxLength\":1024},\"nics\":{\"type\":\"array\",\"maxItems\":8,\"items\":{\"$ref\":\"#/co"
       "mponents/schemas/NIC\"}},\"limits\":{\"$ref\":\"#/components/schemas/Limits\"}}}" },
     { "VMPatch",
-      "{\"type\":\"object\",\"additionalProperties\":false,\"properties\":{\"vcpus\":{\"type\":\"integer\"},\""
-      "memory_mib\":{\"type\":\"integer\"},\"machine\":{\"type\":\"string\"},\"boot\":{\"$ref\":\"#/components/"
+      "{\"type\":\"object\",\"additionalProperties\":false,\"properties\":{\"vcpus\":{\"type\":\"integer\","
+      "\"description\":\"alone on a running q35 VM: hot-plug or unplug, up to max_vcpus\"},"
+      "\"max_vcpus\":{\"type\":\"integer\"},\"hugepages\":{\"type\":\"boolean\"},\"memory_mib\":{\"type\":\"integer\"},\"machine\":{\"type\":\"string\"},\"boot\":{\"$ref\":\"#/components/"
       "schemas/Boot\"},\"disks\":{\"type\":\"array\",\"items\":{\"$ref\":\"#/components/schemas/Disk\"}},\"se"
       "rial\":{\"type\":\"boolean\"},\"graphics\":{\"type\":\"string\"},\"description\":{\"type\":\"string\"},"
       "\"limits\":{\"$ref\":\"#/components/schemas/Limits\"},"
@@ -173,7 +178,12 @@ static const struct {
       "tems\":{\"type\":\"integer\",\"minimum\":0},\"description\":\"host CPUs the vCPU threads run on\"},"
       "\"balloon_mib\":{\"type\":\"integer\",\"description\":\"balloon target, at most memory_mib (q35)\"},"
       "\"memory_max_mib\":{\"type\":\"intege"
-      "r\",\"description\":\"at least memory_mib\"},\"disk\":{\"type\":\"array\",\"items\":{\"type\":\"o"
+      "r\",\"description\":\"at least memory_mib\"},\"emulator_cpus\":{\"type\":\"array\",\"items"
+      "\":{\"type\":\"integer\",\"minimum\":0},\"description\":\"host CPUs QEMU's other threads run on\"}"
+      ",\"iothread_cpus\":{\"type\":\"array\",\"items\":{\"type\":\"integer\",\"minimum\":0},\"desc"
+      "ription\":\"host CPUs the disks' iothreads run on\"},\"numa_nodes\":{\"type\":\"array\",\"items"
+      "\":{\"type\":\"integer\",\"minimum\":0},\"description\":\"host NUMA nodes for guest memory (cpu"
+      "set.mems)\"},\"disk\":{\"type\":\"array\",\"items\":{\"type\":\"o"
       "bject\",\"required\":[\"index\"],\"properties\":{\"index\":{\"type\":\"integer\"},\"iops_total\":"
       "{\"type\":\"integer\"},\"iops_read\":{\"type\":\"integer\"},\"iops_write\":{\"type\":\"integer\"}"
       ",\"bps_total\":{\"type\":\"integer\"},\"bps_read\":{\"type\":\"integer\"},\"bps_write\":{\"type\""

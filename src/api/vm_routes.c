@@ -4,10 +4,12 @@
  * request waits for the task up to "wait" seconds and answers 200 with the
  * finished task, the task's error, or 202 with the running task.
  */
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "api/api.h"
+#include "vm/hotplug.h"
 #include "util/mem.h"
 
 #define WAIT_DEFAULT 30
@@ -56,11 +58,58 @@ void kh_vm_routes_get(kh_http_req *req, void *app)
     kh_http_reply_json(req, 200, vm);
 }
 
+#define HOTPLUG_TIMEOUT_S 20
+
+static void vcpus_done(json_t *vm, const kh_err *err, void *opaque)
+{
+    kh_http_req *req = opaque;
+    if (!vm) {
+        reply_err(req, err);
+        return;
+    }
+    kh_http_reply_json(req, 200, vm);
+}
+
+/* {"vcpus": N} alone on a running VM: hot-plug or unplug (vm/hotplug.h);
+ * the reply waits for the result. True when the request was taken. */
+static bool patch_live_vcpus(kh_http_req *req, kh_api *api, const json_t *body)
+{
+    const json_t *n = json_object_get(body, "vcpus");
+    if (!n)
+        return false;
+    const char *name = kh_http_req_param(req, "name");
+    kh_err err = KH_ERR_INIT;
+    json_t *vm = kh_manager_vm_json(api->mgr, name, &err);
+    if (!vm)
+        return false; /* kh_manager_patch reports it */
+    char state[16];
+    snprintf(state, sizeof(state), "%s", json_string_value(json_object_get(vm, "state")));
+    bool live = strcmp(state, "running") == 0 || strcmp(state, "paused") == 0;
+    json_decref(vm);
+    if (!live)
+        return false;
+    if (json_object_size(body) != 1) {
+        kh_err_set(&err, KH_E_CONFLICT, "vm %s is %s: change vcpus alone (in a PATCH of its "
+                   "own)", name, state);
+    } else if (!json_is_integer(n) || json_integer_value(n) < 1 ||
+               json_integer_value(n) > KH_VM_VCPUS_MAX) {
+        kh_err_set(&err, KH_E_INVALID, "vcpus: must be an integer between 1 and %d",
+                   KH_VM_VCPUS_MAX);
+    } else if (kh_hotplug_vcpus(api->mgr, api->loop, name, (unsigned)json_integer_value(n),
+                                HOTPLUG_TIMEOUT_S, vcpus_done, req, &err) == 0) {
+        return true;
+    }
+    reply_err(req, &err);
+    return true;
+}
+
 void kh_vm_routes_patch(kh_http_req *req, void *app)
 {
     kh_api *api = app;
     kh_err err = KH_ERR_INIT;
     json_t *body = kh_http_req_json(req, &err);
+    if (body && patch_live_vcpus(req, api, body))
+        return;
     json_t *vm = body ? kh_manager_patch(api->mgr, kh_http_req_param(req, "name"), body, &err)
                       : NULL;
     if (!vm) {

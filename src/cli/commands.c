@@ -31,6 +31,10 @@
 static const cli_opt opts_vm_create[] = {
     { "vcpus", "N", CLI_OPT_ARG,
       "Number of virtual CPUs, 1 to 255 (default 1; with --from-template, the template's)." },
+    { "max-vcpus", "N", CLI_OPT_ARG,
+      "Most vCPUs the VM may have while it runs (vCPU hot-plug, q35 only; default: --vcpus)." },
+    { "hugepages", "on|off", CLI_OPT_ARG,
+      "Back guest RAM with 2 MiB huge pages (taken at start; --memory even)." },
     { "memory", "MIB", CLI_OPT_ARG,
       "Guest memory in MiB, 16 to 16777216 (default 512; with --from-template, the "
       "template's). A suffix M or G (512M, 2G) is accepted." },
@@ -71,7 +75,14 @@ static const cli_opt opts_vm_create[] = {
     "a path and format (see 'kvmhost volume')."
 
 static const cli_opt opts_vm_edit[] = {
-    { "vcpus", "N", CLI_OPT_ARG, "New number of virtual CPUs." },
+    { "vcpus", "N", CLI_OPT_ARG,
+      "New number of virtual CPUs. On a running q35 VM (given alone) the vCPUs are "
+      "hot-plugged or unplugged at once, up to --max-vcpus; unplugging needs the guest's "
+      "consent and fails with exit status 8 if it does not release them within 20 s." },
+    { "max-vcpus", "N", CLI_OPT_ARG,
+      "Most vCPUs the VM may have while it runs (q35; takes effect at the next start)." },
+    { "hugepages", "on|off", CLI_OPT_ARG,
+      "Back guest RAM with 2 MiB huge pages (from the next start)." },
     { "memory", "MIB", CLI_OPT_ARG, "New guest memory in MiB (suffix M or G accepted)." },
     { "machine", "TYPE", CLI_OPT_ARG, "q35 or microvm." },
     { "kernel", "PATH", CLI_OPT_ARG, "Boot this kernel directly (keeps initrd and cmdline)." },
@@ -109,6 +120,11 @@ static const cli_opt opts_vm_limit[] = {
       "Balloon target: the memory the guest keeps (suffix M or G; q35 only)." },
     { "cpu-affinity", "LIST", CLI_OPT_ARG,
       "Host CPUs the vCPU threads may run on, comma-separated (\"0,2,3\")." },
+    { "emulator-cpus", "LIST", CLI_OPT_ARG,
+      "Host CPUs QEMU's other threads (main loop, workers) may run on." },
+    { "iothread-cpus", "LIST", CLI_OPT_ARG, "Host CPUs the disks' iothreads may run on." },
+    { "numa-nodes", "LIST", CLI_OPT_ARG,
+      "Host NUMA nodes the guest's memory may come from (cgroup cpuset.mems)." },
     { "disk", "INDEX", CLI_OPT_ARG, "The disk the --disk-* options apply to (default 0)." },
     { "disk-iops", "N", CLI_OPT_ARG, "Total I/O operations per second." },
     { "disk-read-iops", "N", CLI_OPT_ARG, "Read operations per second." },

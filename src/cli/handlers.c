@@ -153,6 +153,18 @@ static int spec_common(const cli_args *a, const char *cwd, json_t *spec, kh_err 
             return -1;
         json_object_set_new(spec, "vcpus", json_integer(n));
     }
+    if ((v = cli_arg(a, "hugepages"))) {
+        if (strcmp(v, "on") != 0 && strcmp(v, "off") != 0) {
+            kh_err_set(err, KH_E_INVALID, "--hugepages: on or off");
+            return -1;
+        }
+        json_object_set_new(spec, "hugepages", json_boolean(strcmp(v, "on") == 0));
+    }
+    if ((v = cli_arg(a, "max-vcpus"))) {
+        if (cli_parse_int(v, 0, INT32_MAX, "--max-vcpus", &n, err) < 0)
+            return -1;
+        json_object_set_new(spec, "max_vcpus", json_integer(n));
+    }
     if ((v = cli_arg(a, "memory"))) {
         if (cli_parse_mib(v, "--memory", &n, err) < 0)
             return -1;

@@ -292,27 +292,41 @@ int cli_do_vm_limit(cli_ctx *ctx, const cli_args *a, kh_err *err)
         }
         json_object_set_new(limits, top_opts[i].key, v);
     }
-    const char *aff = cli_arg(a, "cpu-affinity");
-    if (aff && strcmp(aff, "none") == 0) {
-        json_object_set_new(limits, "cpu_affinity", json_null());
-    } else if (aff) {
+    static const struct {
+        const char *opt, *key, *what;
+    } list_opts[] = {
+        { "cpu-affinity", "cpu_affinity", "CPU numbers (0,2,3)" },
+        { "emulator-cpus", "emulator_cpus", "CPU numbers (0,2,3)" },
+        { "iothread-cpus", "iothread_cpus", "CPU numbers (0,2,3)" },
+        { "numa-nodes", "numa_nodes", "NUMA node numbers (0,1)" },
+    };
+    for (size_t i = 0; i < sizeof(list_opts) / sizeof(list_opts[0]); i++) {
+        const char *lv = cli_arg(a, list_opts[i].opt);
+        if (!lv)
+            continue;
+        if (strcmp(lv, "none") == 0) {
+            json_object_set_new(limits, list_opts[i].key, json_null());
+            continue;
+        }
+        char flag[32];
+        snprintf(flag, sizeof(flag), "--%s", list_opts[i].opt);
         json_t *list = json_array();
-        char *copy = xstrdup(aff), *save = NULL;
+        char *copy = xstrdup(lv), *save = NULL;
         for (char *tok = strtok_r(copy, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
-            int64_t cpu;
-            if (cli_parse_int(tok, 0, 1023, "--cpu-affinity", &cpu, err) < 0)
+            int64_t n;
+            if (cli_parse_int(tok, 0, 1023, flag, &n, err) < 0)
                 break;
-            json_array_append_new(list, json_integer(cpu));
+            json_array_append_new(list, json_integer(n));
         }
         free(copy);
         if (err->code != KH_OK || json_array_size(list) == 0) {
             json_decref(list);
             if (err->code == KH_OK)
-                kh_err_set(err, KH_E_INVALID, "--cpu-affinity: a list of CPU numbers (0,2,3)");
+                kh_err_set(err, KH_E_INVALID, "%s: a list of %s", flag, list_opts[i].what);
             usage_again(ctx, a, err);
             goto out;
         }
-        json_object_set_new(limits, "cpu_affinity", list);
+        json_object_set_new(limits, list_opts[i].key, list);
     }
     int64_t index = 0;
     if (cli_arg(a, "disk") && cli_parse_int(cli_arg(a, "disk"), 0, 15, "--disk", &index, err)) {

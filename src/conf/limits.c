@@ -116,10 +116,66 @@ static int parse_disk(kh_disk_limits *d, const json_t *obj, size_t i, kh_err *er
     return 0;
 }
 
+/* An optional key holding a non-empty list of numbers 0..max: kept
+ * ascending, duplicates refused. */
+static int parse_list(const json_t *obj, const char *key, const char *what, unsigned max,
+                      unsigned **out, size_t *n, kh_err *err)
+{
+    const json_t *v = json_object_get(obj, key);
+    if (!v)
+        return 0;
+    if (!json_is_array(v) || json_array_size(v) == 0 || json_array_size(v) > max + 1) {
+        kh_err_set(err, KH_E_INVALID, "limits.%s: must be a non-empty array of %s", key, what);
+        return -1;
+    }
+    *n = json_array_size(v);
+    *out = xcalloc(*n, sizeof(**out));
+    unsigned *a = *out;
+    for (size_t i = 0; i < *n; i++) {
+        char field[64];
+        unsigned long long u;
+        snprintf(field, sizeof(field), "limits.%s[%zu]", key, i);
+        if (get_uint(json_array_get(v, i), field, 0, max, &u, err) < 0)
+            return -1;
+        size_t j = i;
+        while (j > 0 && a[j - 1] > u) {
+            a[j] = a[j - 1];
+            j--;
+        }
+        if (j > 0 && a[j - 1] == u) {
+            kh_err_set(err, KH_E_INVALID, "%s: %llu appears twice", field, u);
+            return -1;
+        }
+        a[j] = (unsigned)u;
+    }
+    return 0;
+}
+
+static void list_to_json(json_t *o, const char *key, const unsigned *a, size_t n)
+{
+    if (!n)
+        return;
+    json_t *arr = json_array();
+    for (size_t i = 0; i < n; i++)
+        json_array_append_new(arr, json_integer(a[i]));
+    json_object_set_new(o, key, arr);
+}
+
+static unsigned *list_dup(const unsigned *a, size_t n)
+{
+    if (!n)
+        return NULL;
+    unsigned *d = xcalloc(n, sizeof(*d));
+    memcpy(d, a, n * sizeof(*d));
+    return d;
+}
+
 kh_limits *kh_limits_from_json(const json_t *obj, kh_err *err)
 {
-    static const char *const keys[] = { "cpu_weight", "cpu_max_percent", "memory_max_mib",
-                                        "disk", "cpu_affinity", "balloon_mib", NULL };
+    static const char *const keys[] = { "cpu_weight",    "cpu_max_percent", "memory_max_mib",
+                                        "disk",          "cpu_affinity",    "balloon_mib",
+                                        "emulator_cpus", "iothread_cpus",   "numa_nodes",
+                                        NULL };
     if (!json_is_object(obj)) {
         kh_err_set(err, KH_E_INVALID, "limits: must be an object");
         return NULL;
@@ -159,33 +215,15 @@ kh_limits *kh_limits_from_json(const json_t *obj, kh_err *err)
             goto fail;
         l->balloon_mib = u;
     }
-    if ((v = json_object_get(obj, "cpu_affinity"))) {
-        if (!json_is_array(v) || json_array_size(v) == 0 ||
-            json_array_size(v) > KH_LIMITS_CPU_MAX + 1) {
-            kh_err_set(err, KH_E_INVALID,
-                       "limits.cpu_affinity: must be a non-empty array of host CPU numbers");
-            goto fail;
-        }
-        l->ncpus = json_array_size(v);
-        l->cpus = xcalloc(l->ncpus, sizeof(*l->cpus));
-        for (size_t i = 0; i < l->ncpus; i++) {
-            char field[48];
-            snprintf(field, sizeof(field), "limits.cpu_affinity[%zu]", i);
-            if (get_uint(json_array_get(v, i), field, 0, KH_LIMITS_CPU_MAX, &u, err) < 0)
-                goto fail;
-            /* Kept ascending and unique: insertion sort, duplicates refused. */
-            size_t j = i;
-            while (j > 0 && l->cpus[j - 1] > u) {
-                l->cpus[j] = l->cpus[j - 1];
-                j--;
-            }
-            if (j > 0 && l->cpus[j - 1] == u) {
-                kh_err_set(err, KH_E_INVALID, "%s: CPU %llu appears twice", field, u);
-                goto fail;
-            }
-            l->cpus[j] = (unsigned)u;
-        }
-    }
+    if (parse_list(obj, "cpu_affinity", "host CPU numbers", KH_LIMITS_CPU_MAX, &l->cpus,
+                   &l->ncpus, err) < 0 ||
+        parse_list(obj, "emulator_cpus", "host CPU numbers", KH_LIMITS_CPU_MAX, &l->emu_cpus,
+                   &l->nemu_cpus, err) < 0 ||
+        parse_list(obj, "iothread_cpus", "host CPU numbers", KH_LIMITS_CPU_MAX, &l->io_cpus,
+                   &l->nio_cpus, err) < 0 ||
+        parse_list(obj, "numa_nodes", "host NUMA node numbers", KH_LIMITS_NODE_MAX, &l->nodes,
+                   &l->nnodes, err) < 0)
+        goto fail;
     if ((v = json_object_get(obj, "disk"))) {
         if (!json_is_array(v) || json_array_size(v) > 16) {
             kh_err_set(err, KH_E_INVALID, "limits.disk: must be an array of at most 16 objects");
@@ -256,12 +294,10 @@ json_t *kh_limits_to_json(const kh_limits *l)
         json_object_set_new(o, "memory_max_mib", json_integer((json_int_t)l->memory_max_mib));
     if (l->balloon_mib)
         json_object_set_new(o, "balloon_mib", json_integer((json_int_t)l->balloon_mib));
-    if (l->ncpus) {
-        json_t *arr = json_array();
-        for (size_t i = 0; i < l->ncpus; i++)
-            json_array_append_new(arr, json_integer(l->cpus[i]));
-        json_object_set_new(o, "cpu_affinity", arr);
-    }
+    list_to_json(o, "cpu_affinity", l->cpus, l->ncpus);
+    list_to_json(o, "emulator_cpus", l->emu_cpus, l->nemu_cpus);
+    list_to_json(o, "iothread_cpus", l->io_cpus, l->nio_cpus);
+    list_to_json(o, "numa_nodes", l->nodes, l->nnodes);
     if (l->ndisks) {
         json_t *arr = json_array();
         for (size_t i = 0; i < l->ndisks; i++) {
@@ -285,11 +321,10 @@ kh_limits *kh_limits_dup(const kh_limits *l)
     kh_limits *d = xcalloc(1, sizeof(*d));
     *d = *l;
     d->disks = NULL;
-    d->cpus = NULL;
-    if (l->ncpus) {
-        d->cpus = xcalloc(l->ncpus, sizeof(*d->cpus));
-        memcpy(d->cpus, l->cpus, l->ncpus * sizeof(*d->cpus));
-    }
+    d->cpus = list_dup(l->cpus, l->ncpus);
+    d->emu_cpus = list_dup(l->emu_cpus, l->nemu_cpus);
+    d->io_cpus = list_dup(l->io_cpus, l->nio_cpus);
+    d->nodes = list_dup(l->nodes, l->nnodes);
     if (l->ndisks) {
         d->disks = xcalloc(l->ndisks, sizeof(*d->disks));
         memcpy(d->disks, l->disks, l->ndisks * sizeof(*d->disks));
@@ -303,6 +338,9 @@ void kh_limits_free(kh_limits *l)
         return;
     free(l->disks);
     free(l->cpus);
+    free(l->emu_cpus);
+    free(l->io_cpus);
+    free(l->nodes);
     free(l);
 }
 

@@ -8,6 +8,11 @@
  *     "cpu_max_percent": 1..100*vcpus   hard cap in percent of one host CPU
  *     "memory_max_mib": N           hard limit of the QEMU cgroup, >= memory_mib
  *     "cpu_affinity": [0, 2, ...]   host CPUs the vCPU threads may run on
+ *     "emulator_cpus": [1]          host CPUs QEMU's other threads run on (main
+ *                                   loop, workers: neither vCPU nor iothread)
+ *     "iothread_cpus": [1]          host CPUs the disks' iothreads run on
+ *     "numa_nodes": [0]             host NUMA nodes guest memory comes from
+ *                                   (cgroup cpuset.mems)
  *     "balloon_mib": N              balloon target: the RAM the guest keeps,
  *                                   16..memory_mib (q35 only)
  *     "disk": [ { "index": 0,       the disk (position in "disks")
@@ -30,6 +35,7 @@
 #define KH_LIMITS_WEIGHT_MAX 10000
 #define KH_LIMITS_DISK_FIELDS 12
 #define KH_LIMITS_CPU_MAX 1023 /* highest host CPU number accepted */
+#define KH_LIMITS_NODE_MAX 1023 /* highest NUMA node number accepted */
 
 /* Field order of kh_disk_limits.v: QEMU's block_set_io_throttle names. */
 extern const char *const kh_disk_limit_names[KH_LIMITS_DISK_FIELDS];
@@ -47,6 +53,12 @@ typedef struct kh_limits {
     uint64_t balloon_mib;      /* 0 = unset (the balloon stays deflated) */
     unsigned *cpus;            /* cpu_affinity, ascending; NULL = unset */
     size_t ncpus;
+    unsigned *emu_cpus;        /* emulator_cpus, the same way */
+    size_t nemu_cpus;
+    unsigned *io_cpus;         /* iothread_cpus */
+    size_t nio_cpus;
+    unsigned *nodes;           /* numa_nodes */
+    size_t nnodes;
     kh_disk_limits *disks;
     size_t ndisks;
 } kh_limits;

@@ -21,16 +21,16 @@
 #define FIELD_MAX 64
 
 static const char *const top_keys[] = {
-    "name", "vcpus", "memory_mib", "machine", "boot", "disks", "serial", "graphics",
-    "description", "nics", "limits", NULL,
+    "name", "vcpus", "max_vcpus", "memory_mib", "hugepages", "machine", "boot", "disks",
+    "serial", "graphics", "description", "nics", "limits", NULL,
 };
 static const char *const boot_keys[] = { "kernel", "initrd", "cmdline", NULL };
 static const char *const disk_keys[] = { "path", "format", "readonly", "volume", NULL };
 static const char *const nic_keys[] = { "network", "mac", "ip", "security_groups", NULL };
 /* What PATCH may touch: everything but the name. */
 static const char *const patch_keys[] = {
-    "vcpus", "memory_mib", "machine", "boot", "disks", "serial", "graphics", "description",
-    "nics", "limits", NULL,
+    "vcpus", "max_vcpus", "memory_mib", "hugepages", "machine", "boot", "disks", "serial",
+    "graphics", "description", "nics", "limits", NULL,
 };
 
 /* jansson's iterators take a non-const object but do not change it. */
@@ -463,6 +463,20 @@ static int spec_check_whole(const kh_vm_spec *spec, kh_err *err)
                    graphics_name(spec->graphics));
         return -1;
     }
+    if (spec->hugepages && spec->memory_mib % (KH_VM_HUGEPAGE_KIB / 1024) != 0) {
+        kh_err_set(err, KH_E_INVALID, "memory_mib: must be a multiple of %d with hugepages "
+                   "(%d MiB pages)", KH_VM_HUGEPAGE_KIB / 1024, KH_VM_HUGEPAGE_KIB / 1024);
+        return -1;
+    }
+    if (spec->max_vcpus && spec->max_vcpus < spec->vcpus) {
+        kh_err_set(err, KH_E_INVALID, "vcpus: %u is more than max_vcpus (%u)", spec->vcpus,
+                   spec->max_vcpus);
+        return -1;
+    }
+    if (spec->max_vcpus > spec->vcpus && spec->machine != KH_MACHINE_Q35) {
+        kh_err_set(err, KH_E_INVALID, "max_vcpus: vCPU hot-plug needs machine \"q35\"");
+        return -1;
+    }
     if (spec->limits && spec->limits->balloon_mib && spec->machine != KH_MACHINE_Q35) {
         kh_err_set(err, KH_E_INVALID, "limits.balloon_mib: only q35 VMs have a balloon");
         return -1;
@@ -495,11 +509,19 @@ static int spec_parse(kh_vm_spec *spec, const json_t *obj, kh_err *err)
         get_uint(v, "vcpus", 1, KH_VM_VCPUS_MAX, &u, err) < 0)
         return -1;
     spec->vcpus = (unsigned)u;
+    u = 0;
+    if ((v = json_object_get(obj, "max_vcpus")) &&
+        get_uint(v, "max_vcpus", 1, KH_VM_VCPUS_MAX, &u, err) < 0)
+        return -1;
+    spec->max_vcpus = (unsigned)u;
     u = KH_VM_MEMORY_DEFAULT_MIB;
     if ((v = json_object_get(obj, "memory_mib")) &&
         get_uint(v, "memory_mib", KH_VM_MEMORY_MIN_MIB, KH_VM_MEMORY_MAX_MIB, &u, err) < 0)
         return -1;
     spec->memory_mib = u;
+    if ((v = json_object_get(obj, "hugepages")) &&
+        get_bool(v, "hugepages", &spec->hugepages, err) < 0)
+        return -1;
 
     int e;
     spec->machine = KH_MACHINE_Q35;
@@ -552,7 +574,11 @@ json_t *kh_vm_spec_to_json(const kh_vm_spec *spec)
     json_t *o = json_object();
     json_object_set_new(o, "name", json_string(spec->name ? spec->name : ""));
     json_object_set_new(o, "vcpus", json_integer((json_int_t)spec->vcpus));
+    if (spec->max_vcpus) /* absent when unset: older VMs keep their shape */
+        json_object_set_new(o, "max_vcpus", json_integer((json_int_t)spec->max_vcpus));
     json_object_set_new(o, "memory_mib", json_integer((json_int_t)spec->memory_mib));
+    if (spec->hugepages) /* absent when off: older VMs keep their shape */
+        json_object_set_new(o, "hugepages", json_true());
     json_object_set_new(o, "machine", json_string(kh_machine_name(spec->machine)));
     json_t *boot = json_object();
     if (spec->kernel)

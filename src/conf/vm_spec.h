@@ -6,7 +6,7 @@
  * the VM record (vm/vm.h), not here.
  *
  * JSON form (also the flattened user part of the API's VM object):
- *   { "name": "web1", "vcpus": 2, "memory_mib": 512,
+ *   { "name": "web1", "vcpus": 2, "max_vcpus": 4, "memory_mib": 512,
  *     "machine": "q35" | "microvm",
  *     "boot": { "kernel": "/abs", "initrd": "/abs", "cmdline": "console=ttyS0" },
  *     "disks": [ { "path": "/abs/img.qcow2", "format": "qcow2" | "raw",
@@ -19,6 +19,11 @@
  *                "security_groups": ["web"] } ],
  *     "limits": { ... } }      (conf/limits.h; PATCH merges it key by key)
  * Only name is required: vcpus defaults to 1, memory_mib to 512.
+ * max_vcpus (q35 only, >= vcpus; absent = vcpus) is how far vCPUs can be
+ * hot-plugged while the VM runs (vm/hotplug.h).
+ * "hugepages": true backs guest RAM with 2 MiB huge pages, allocated at
+ * start (memory_mib a multiple of 2; the start fails with 409 when the host
+ * has too few free).
  * `boot` absent or without `kernel` = boot from the first disk (q35 only).
  */
 #ifndef KH_CONF_VM_SPEC_H
@@ -41,6 +46,7 @@
 #define KH_VM_CMDLINE_MAX 4096
 #define KH_VM_DESCRIPTION_MAX 1024
 #define KH_VM_NICS_MAX 8
+#define KH_VM_HUGEPAGE_KIB 2048 /* the huge page size "hugepages" uses */
 
 typedef enum kh_machine {
     KH_MACHINE_Q35,
@@ -89,7 +95,9 @@ typedef struct kh_nic_spec {
 typedef struct kh_vm_spec {
     char *name;
     unsigned vcpus;
+    unsigned max_vcpus; /* 0 = vcpus (no hot-plug) */
     uint64_t memory_mib;
+    bool hugepages;     /* guest RAM from 2 MiB huge pages (memfd hugetlb) */
     kh_machine machine;
     char *kernel;   /* NULL: boot from disk */
     char *initrd;   /* optional, only with kernel */

@@ -74,6 +74,7 @@ static struct daemon {
     kh_netmgr *net;
     kh_metrics *metrics;
     kh_alerts *alerts;
+    kh_webhook *webhook;
     kh_http_server *http;
     kh_api api;
     kh_cgroups cgroups;
@@ -477,9 +478,12 @@ int main(int argc, char **argv)
 
     d.metrics = kh_metrics_new(d.loop, d.mgr, d.tasks, &d.cgroups, o.sample_interval_ms);
     d.alerts = kh_alerts_new(d.events);
+    d.webhook = kh_webhook_new(d.loop);
+    kh_alerts_set_webhook(d.alerts, d.webhook);
     if (o.alert_rules && kh_alerts_load_file(d.alerts, o.alert_rules, &err) < 0)
         die("--alert-rules %s", err.msg);
     kh_metrics_set_alerts(d.metrics, d.alerts);
+    kh_metrics_set_host(d.metrics, state_dir, d.storage);
 
     size_t nroutes;
     const kh_route *routes = kh_routes_table(&nroutes);

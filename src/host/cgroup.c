@@ -2,6 +2,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -11,8 +12,8 @@
 #include "util/fs.h"
 #include "util/mem.h"
 
-static const char *const v1_controllers[] = { "cpu", "cpuacct", "memory", "pids", "blkio",
-                                              "devices" };
+static const char *const v1_controllers[] = { "cpu",   "cpuacct", "memory", "pids",
+                                              "blkio", "devices", "cpuset" };
 
 /* Device nodes QEMU may open (v1 devices controller): null, zero, full,
  * random, urandom, tty, ptmx, pts, kvm, net/tun, vhost-net. */
@@ -96,11 +97,44 @@ static int v2_enable_controllers(const char *dir)
 {
     /* Enable what the parent offers among the ones we use; missing ones
      * (io on some kernels) are skipped. */
-    static const char *const want[] = { "+cpu", "+memory", "+io", "+pids" };
+    static const char *const want[] = { "+cpu", "+memory", "+io", "+pids", "+cpuset" };
     char p[600];
     kh_fmt(p, sizeof(p), "%s/cgroup.subtree_control", dir);
     for (size_t i = 0; i < KH_ARRAY_LEN(want); i++)
         (void)write_str(p, want[i]);
+    return 0;
+}
+
+/* A new v1 cpuset cgroup starts with no CPUs and no memory nodes, and no
+ * task can join it: copy them from its parent where they are empty. */
+static int v1_cpuset_fill(const char *dir, kh_err *err)
+{
+    static const char *const files[] = { "cpuset.cpus", "cpuset.mems" };
+    for (size_t i = 0; i < KH_ARRAY_LEN(files); i++) {
+        char p[700], pp[700], cur[256] = "", up[256] = "";
+        kh_fmt(p, sizeof(p), "%s/%s", dir, files[i]);
+        kh_fmt(pp, sizeof(pp), "%s/../%s", dir, files[i]);
+        FILE *f = fopen(p, "re");
+        if (!f)
+            continue;
+        bool empty = !fgets(cur, sizeof(cur), f) || cur[0] == '\n' || cur[0] == '\0';
+        fclose(f);
+        if (!empty)
+            continue;
+        f = fopen(pp, "re");
+        if (!f || !fgets(up, sizeof(up), f)) {
+            if (f)
+                fclose(f);
+            kh_err_set(err, KH_E_INTERNAL, "cannot read %s", pp);
+            return -1;
+        }
+        fclose(f);
+        up[strcspn(up, "\n")] = '\0';
+        if (write_str(p, up) < 0) {
+            kh_err_errno(err, KH_E_INTERNAL, errno, "cannot write %s", p);
+            return -1;
+        }
+    }
     return 0;
 }
 
@@ -125,6 +159,12 @@ int kh_cgroups_vm_create(const kh_cgroups *cg, const char *vm_id, kh_err *err)
         kh_fmt(dir, sizeof(dir), "%s/%s/vm-%s", cg->v1_dirs[i], cg->root, vm_id);
         if (kh_fs_mkdir_p(dir, 0755, err) < 0)
             return -1;
+        if (strcmp(v1_name(cg->v1_dirs[i]), "cpuset") == 0) {
+            char top[600];
+            kh_fmt(top, sizeof(top), "%s/%s", cg->v1_dirs[i], cg->root);
+            if (v1_cpuset_fill(top, err) < 0 || v1_cpuset_fill(dir, err) < 0)
+                return -1;
+        }
         if (strcmp(v1_name(cg->v1_dirs[i]), "devices") == 0) {
             char p[600];
             kh_fmt(p, sizeof(p), "%s/devices.deny", dir);

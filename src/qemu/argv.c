@@ -6,7 +6,7 @@
  *   BINARY -name guest=<vm id>,debug-threads=on -uuid <vm id> -S
  *   -msg timestamp=on -no-user-config -nodefaults -no-shutdown
  *   -machine q35,usb=off,vmport=off,dump-guest-core=off | microvm,dump-guest-core=off
- *   -accel kvm|tcg -cpu host|max -m size=<MiB>M -smp <vcpus>
+ *   -accel kvm|tcg -cpu host|max -m size=<MiB>M -smp <vcpus>[,maxcpus=<max_vcpus>]
  *   -chardev socket,id=qmp,fd=<qmp_fd>,server=on,wait=off -mon chardev=qmp,mode=control
  *   [-sandbox on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny]
  *   [-pidfile <path>]
@@ -407,16 +407,29 @@ static int check_env(const kh_vm_spec *spec, const kh_argv_env *env, kh_err *err
 
 static void add_machine(argv_builder *b, const kh_vm_spec *spec, const kh_argv_env *env)
 {
+    const char *ram = spec->hugepages ? ",memory-backend=ram0" : "";
+    add(b, "-machine");
     if (spec->machine == KH_MACHINE_Q35)
-        add2(b, "-machine", "q35,usb=off,vmport=off,dump-guest-core=off");
+        addf(b, "q35,usb=off,vmport=off,dump-guest-core=off%s", ram);
     else
-        add2(b, "-machine", "microvm,dump-guest-core=off");
+        addf(b, "microvm,dump-guest-core=off%s", ram);
+    if (spec->hugepages) {
+        /* memfd: no hugetlbfs mount or path for QEMU to open; prealloc:
+         * the pages are taken at start, not at the first guest fault. */
+        add(b, "-object");
+        addf(b, "{\"hugetlb\":true,\"hugetlbsize\":%u,\"id\":\"ram0\",\"prealloc\":true,"
+             "\"qom-type\":\"memory-backend-memfd\",\"size\":%llu}",
+             KH_VM_HUGEPAGE_KIB * 1024U, (unsigned long long)spec->memory_mib << 20);
+    }
     add2(b, "-accel", kh_accel_name(env->accel));
     add2(b, "-cpu", env->accel == KH_ACCEL_KVM ? "host" : "max");
     add(b, "-m");
     addf(b, "size=%lluM", (unsigned long long)spec->memory_mib);
     add(b, "-smp");
-    addf(b, "%u", spec->vcpus);
+    if (spec->max_vcpus > spec->vcpus)
+        addf(b, "%u,maxcpus=%u", spec->vcpus, spec->max_vcpus);
+    else
+        addf(b, "%u", spec->vcpus);
 }
 
 /* The protocol ("file") node of one image layer: through an fd set when

@@ -11,9 +11,12 @@
 #include "util/fs.h"
 #include "util/log.h"
 #include "util/mem.h"
+#include "util/misc.h"
 
 #define RULES_MAX 64
 #define NAME_MAX_LEN 64
+#define TREND_SLOTS 720    /* samples a trend rule regresses over, at most */
+#define TREND_MIN_SAMPLES 5
 
 typedef enum { OP_GT, OP_GE, OP_LT, OP_LE } alert_op;
 static const char *const op_names[] = { ">", ">=", "<", "<=" };
@@ -25,7 +28,19 @@ typedef struct rule {
     alert_op op;
     double threshold;
     double for_seconds;
+    double predict_seconds;  /* > 0: a trend rule */
+    double window_seconds;   /* its regression window */
 } rule;
+
+/* The recent values of one (trend rule, subject), for the regression. */
+typedef struct trend {
+    size_t rule;
+    char *vm;                /* NULL = host */
+    double t[TREND_SLOTS], v[TREND_SLOTS];
+    size_t head, n;          /* ring: oldest at head */
+    bool fed;
+    struct trend *next;
+} trend;
 
 /* One (rule, subject) whose condition holds now. */
 typedef struct active {
@@ -33,6 +48,7 @@ typedef struct active {
     char *vm;                /* NULL = host */
     double since;
     double value;
+    double predicted, eta;   /* trend rules: value at the horizon, seconds to the crossing */
     bool firing;
     bool fed;                /* seen this round */
     struct active *next;
@@ -40,9 +56,11 @@ typedef struct active {
 
 struct kh_alerts {
     kh_events *events;
+    kh_webhook *webhook;     /* borrowed, optional */
     rule rules[RULES_MAX];
     size_t nrules;
     active *act;
+    trend *trends;
 };
 
 static void publish(kh_alerts *a, const active *x, const char *type)
@@ -50,10 +68,21 @@ static void publish(kh_alerts *a, const active *x, const char *type)
     const rule *r = &a->rules[x->rule];
     kh_log(KH_LOG_INFO, type, "rule=%s vm=%s value=%g threshold=%g", r->name,
            x->vm ? x->vm : "-", x->value, r->threshold);
-    kh_events_publish(a->events, type, x->vm,
-                      json_pack("{s:s, s:s, s:s, s:f, s:s, s:f}", "rule", r->name, "scope",
-                                r->vm ? "vm" : "host", "metric", r->metric, "value", x->value,
-                                "op", op_names[r->op], "threshold", r->threshold));
+    json_t *data = json_pack("{s:s, s:s, s:s, s:f, s:s, s:f}", "rule", r->name, "scope",
+                             r->vm ? "vm" : "host", "metric", r->metric, "value", x->value,
+                             "op", op_names[r->op], "threshold", r->threshold);
+    if (r->predict_seconds > 0) {
+        json_object_set_new(data, "predict_seconds", json_real(r->predict_seconds));
+        json_object_set_new(data, "predicted", json_real(x->predicted));
+        json_object_set_new(data, "eta_seconds", json_real(x->eta));
+    }
+    if (a->webhook) {
+        json_t *body = json_pack("{s:s, s:s?, s:f, s:O}", "type", type, "vm", x->vm, "time",
+                                 kh_wall_time(), "data", data);
+        kh_webhook_post(a->webhook, body);
+        json_decref(body);
+    }
+    kh_events_publish(a->events, type, x->vm, data);
 }
 
 static void active_drop(kh_alerts *a, active **pp, bool announce)
@@ -71,6 +100,11 @@ static const struct {
 } defaults[] = {
     { "{\"name\":\"host_memory_high\",\"scope\":\"host\",\"metric\":\"memory_used_percent\","
       "\"op\":\">\",\"threshold\":90,\"for_seconds\":60}" },
+    { "{\"name\":\"host_disk_high\",\"scope\":\"host\",\"metric\":\"disk_used_percent\","
+      "\"op\":\">\",\"threshold\":90,\"for_seconds\":60}" },
+    { "{\"name\":\"host_disk_full_soon\",\"scope\":\"host\",\"metric\":\"disk_used_percent\","
+      "\"op\":\">=\",\"threshold\":100,\"predict_seconds\":86400,\"window_seconds\":3600,"
+      "\"for_seconds\":600}" },
     { "{\"name\":\"vm_cpu_saturated\",\"scope\":\"vm\",\"metric\":\"cpu_saturation_percent\","
       "\"op\":\">=\",\"threshold\":95,\"for_seconds\":60}" },
 };
@@ -89,19 +123,36 @@ kh_alerts *kh_alerts_new(kh_events *events)
     return a;
 }
 
+static void trends_clear(kh_alerts *a)
+{
+    while (a->trends) {
+        trend *t = a->trends;
+        a->trends = t->next;
+        free(t->vm);
+        free(t);
+    }
+}
+
 void kh_alerts_free(kh_alerts *a)
 {
     if (!a)
         return;
     while (a->act)
         active_drop(a, &a->act, false);
+    trends_clear(a);
     free(a);
+}
+
+void kh_alerts_set_webhook(kh_alerts *a, kh_webhook *w)
+{
+    a->webhook = w;
 }
 
 static int parse_rule(rule *r, const json_t *o, size_t i, kh_err *err)
 {
-    static const char *const keys[] = { "name", "scope", "metric", "op", "threshold",
-                                        "for_seconds", NULL };
+    static const char *const keys[] = { "name",        "scope",           "metric",
+                                        "op",          "threshold",       "for_seconds",
+                                        "predict_seconds", "window_seconds", NULL };
     if (!json_is_object(o)) {
         kh_err_set(err, KH_E_INVALID, "rules[%zu]: must be an object", i);
         return -1;
@@ -130,9 +181,12 @@ static int parse_rule(rule *r, const json_t *o, size_t i, kh_err *err)
         return -1;
     }
     r->vm = strcmp(scope, "vm") == 0;
-    static const char *const host_metrics[] = { "cpu_percent", "memory_used_bytes",
-                                                "memory_total_bytes", "load1", "vms_running",
-                                                "memory_used_percent", NULL };
+    static const char *const host_metrics[] = {
+        "cpu_percent", "memory_used_bytes", "memory_total_bytes", "load1", "vms_running",
+        "disk_used_bytes", "disk_total_bytes", "disk_read_bytes_per_second",
+        "disk_write_bytes_per_second", "net_rx_bytes_per_second", "net_tx_bytes_per_second",
+        "memory_used_percent", "disk_used_percent", NULL,
+    };
     static const char *const vm_metrics[] = {
         "cpu_percent", "memory_bytes", "rss_bytes", "disk_read_bytes_per_second",
         "disk_write_bytes_per_second", "disk_read_ops_per_second", "disk_write_ops_per_second",
@@ -174,6 +228,29 @@ static int parse_rule(rule *r, const json_t *o, size_t i, kh_err *err)
     }
     if (f)
         r->for_seconds = json_number_value(f);
+    const json_t *ps = json_object_get(o, "predict_seconds");
+    const json_t *ws = json_object_get(o, "window_seconds");
+    r->predict_seconds = 0;
+    r->window_seconds = 3600;
+    if (ps && (!json_is_number(ps) || json_number_value(ps) < 1 ||
+               json_number_value(ps) > 30 * 86400)) {
+        kh_err_set(err, KH_E_INVALID, "rules[%zu].predict_seconds: must be from 1 to 2592000", i);
+        return -1;
+    }
+    if (ws && !ps) {
+        kh_err_set(err, KH_E_INVALID, "rules[%zu].window_seconds: only for a trend rule "
+                   "(with predict_seconds)", i);
+        return -1;
+    }
+    if (ws && (!json_is_number(ws) || json_number_value(ws) < 1 ||
+               json_number_value(ws) > 3600)) {
+        kh_err_set(err, KH_E_INVALID, "rules[%zu].window_seconds: must be from 1 to 3600", i);
+        return -1;
+    }
+    if (ps)
+        r->predict_seconds = json_number_value(ps);
+    if (ws)
+        r->window_seconds = json_number_value(ws);
     return 0;
 }
 
@@ -201,9 +278,43 @@ int kh_alerts_set_rules(kh_alerts *a, const json_t *rules, kh_err *err)
     }
     while (a->act)
         active_drop(a, &a->act, true);
+    trends_clear(a);
     memcpy(a->rules, next, sizeof(a->rules));
     a->nrules = n;
     free(next);
+    return 0;
+}
+
+const kh_webhook *kh_alerts_webhook(const kh_alerts *a)
+{
+    return a->webhook;
+}
+
+int kh_alerts_configure(kh_alerts *a, const json_t *conf, kh_err *err)
+{
+    if (!json_is_object(conf)) {
+        kh_err_set(err, KH_E_INVALID, "body: must be {\"rules\": [...], \"webhook\": ...}");
+        return -1;
+    }
+    const char *key;
+    json_t *val;
+    json_object_foreach((json_t *)(uintptr_t)conf, key, val) {
+        if (strcmp(key, "rules") != 0 && strcmp(key, "webhook") != 0) {
+            kh_err_set(err, KH_E_INVALID, "unknown field %.64s", key);
+            return -1;
+        }
+    }
+    const json_t *wh = json_object_get(conf, "webhook");
+    if (wh && !a->webhook) {
+        kh_err_set(err, KH_E_UNSUPPORTED, "webhook: not available in this daemon");
+        return -1;
+    }
+    if (wh && kh_webhook_check(wh, err) < 0)
+        return -1;
+    if (kh_alerts_set_rules(a, json_object_get(conf, "rules"), err) < 0)
+        return -1;
+    if (wh)
+        kh_webhook_set(a->webhook, wh);
     return 0;
 }
 
@@ -219,7 +330,7 @@ int kh_alerts_load_file(kh_alerts *a, const char *path, kh_err *err)
         kh_err_set(err, KH_E_INVALID, "%s: %s at line %d", path, jerr.text, jerr.line);
         return -1;
     }
-    int rc = kh_alerts_set_rules(a, json_object_get(j, "rules"), err);
+    int rc = kh_alerts_configure(a, j, err);
     if (rc < 0) {
         kh_err e2 = KH_ERR_INIT;
         kh_err_set(&e2, err->code, "%s: %s", path, err->msg);
@@ -251,6 +362,89 @@ static bool same_subject(const active *x, const char *vm)
     return (!x->vm && !vm) || (x->vm && vm && strcmp(x->vm, vm) == 0);
 }
 
+static trend *trend_get(kh_alerts *a, size_t rule_idx, const char *vm)
+{
+    for (trend *t = a->trends; t; t = t->next)
+        if (t->rule == rule_idx && ((!t->vm && !vm) || (t->vm && vm && strcmp(t->vm, vm) == 0)))
+            return t;
+    trend *t = xcalloc(1, sizeof(*t));
+    t->rule = rule_idx;
+    t->vm = vm ? xstrdup(vm) : NULL;
+    t->next = a->trends;
+    a->trends = t;
+    return t;
+}
+
+static void trend_push(trend *t, double now, double v, double window)
+{
+    while (t->n > 0 && (t->t[t->head] < now - window || t->n == TREND_SLOTS)) {
+        t->head = (t->head + 1) % TREND_SLOTS;
+        t->n--;
+    }
+    size_t k = (t->head + t->n) % TREND_SLOTS;
+    t->t[k] = now;
+    t->v[k] = v;
+    t->n++;
+    t->fed = true;
+}
+
+/* Least squares line through the window's samples: its slope (per second)
+ * and its value at now. False with too few samples, or when they span less
+ * than half the window (a fresh start must not extrapolate from noise). */
+static bool trend_fit(const trend *t, double now, double window, double *slope, double *at_now)
+{
+    if (t->n < TREND_MIN_SAMPLES)
+        return false;
+    double first = t->t[t->head], last = t->t[(t->head + t->n - 1) % TREND_SLOTS];
+    if (last - first < window / 2)
+        return false;
+    double mt = 0, mv = 0;
+    for (size_t i = 0; i < t->n; i++) {
+        size_t k = (t->head + i) % TREND_SLOTS;
+        mt += t->t[k] - first;
+        mv += t->v[k];
+    }
+    mt /= (double)t->n;
+    mv /= (double)t->n;
+    double sxx = 0, sxy = 0;
+    for (size_t i = 0; i < t->n; i++) {
+        size_t k = (t->head + i) % TREND_SLOTS;
+        double dt = t->t[k] - first - mt;
+        sxx += dt * dt;
+        sxy += dt * (t->v[k] - mv);
+    }
+    if (sxx <= 0)
+        return false;
+    *slope = sxy / sxx;
+    *at_now = mv + *slope * (now - first - mt);
+    return true;
+}
+
+/* Whether rule r holds for this value now; for a trend rule, also when the
+ * fitted line crosses the threshold within predict_seconds. */
+static bool rule_holds(kh_alerts *a, size_t i, const char *vm, double v, double now,
+                       double *predicted, double *eta)
+{
+    const rule *r = &a->rules[i];
+    *predicted = v;
+    *eta = 0;
+    if (r->predict_seconds <= 0)
+        return holds(r, v);
+    trend *t = trend_get(a, i, vm);
+    trend_push(t, now, v, r->window_seconds);
+    if (holds(r, v))
+        return true;
+    double slope, at_now;
+    if (!trend_fit(t, now, r->window_seconds, &slope, &at_now))
+        return false;
+    *predicted = at_now + slope * r->predict_seconds;
+    if (!holds(r, *predicted))
+        return false;
+    double e = slope != 0 ? (r->threshold - at_now) / slope : 0;
+    *eta = e > 0 ? e : 0;
+    return true;
+}
+
 void kh_alerts_feed(kh_alerts *a, const char *vm, const char *const *fields,
                     const double *values, size_t n, double now)
 {
@@ -266,9 +460,12 @@ void kh_alerts_feed(kh_alerts *a, const char *vm, const char *const *fields,
         active **pp = &a->act;
         while (*pp && !((*pp)->rule == i && same_subject(*pp, vm)))
             pp = &(*pp)->next;
-        if (!holds(r, values[f])) {
+        double predicted, eta;
+        if (!rule_holds(a, i, vm, values[f], now, &predicted, &eta)) {
             if (*pp) {
                 (*pp)->value = values[f]; /* the resolved event tells the new value */
+                (*pp)->predicted = predicted;
+                (*pp)->eta = eta;
                 active_drop(a, pp, true);
             }
             continue;
@@ -284,6 +481,8 @@ void kh_alerts_feed(kh_alerts *a, const char *vm, const char *const *fields,
         }
         x->fed = true;
         x->value = values[f];
+        x->predicted = predicted;
+        x->eta = eta;
         if (!x->firing && now - x->since >= r->for_seconds) {
             x->firing = true;
             publish(a, x, "alert.firing");
@@ -302,6 +501,17 @@ void kh_alerts_end(kh_alerts *a, double now)
         else
             pp = &(*pp)->next;
     }
+    for (trend **pp = &a->trends; *pp;) {
+        trend *t = *pp;
+        if (!t->fed) {
+            *pp = t->next;
+            free(t->vm);
+            free(t);
+        } else {
+            t->fed = false;
+            pp = &t->next;
+        }
+    }
 }
 
 json_t *kh_alerts_json(const kh_alerts *a)
@@ -309,16 +519,27 @@ json_t *kh_alerts_json(const kh_alerts *a)
     json_t *rules = json_array();
     for (size_t i = 0; i < a->nrules; i++) {
         const rule *r = &a->rules[i];
-        json_array_append_new(rules, json_pack("{s:s, s:s, s:s, s:s, s:f, s:f}", "name", r->name,
-                                               "scope", r->vm ? "vm" : "host", "metric",
-                                               r->metric, "op", op_names[r->op], "threshold",
-                                               r->threshold, "for_seconds", r->for_seconds));
+        json_t *o = json_pack("{s:s, s:s, s:s, s:s, s:f, s:f}", "name", r->name, "scope",
+                              r->vm ? "vm" : "host", "metric", r->metric, "op",
+                              op_names[r->op], "threshold", r->threshold, "for_seconds",
+                              r->for_seconds);
+        if (r->predict_seconds > 0) {
+            json_object_set_new(o, "predict_seconds", json_real(r->predict_seconds));
+            json_object_set_new(o, "window_seconds", json_real(r->window_seconds));
+        }
+        json_array_append_new(rules, o);
     }
     json_t *act = json_array();
-    for (const active *x = a->act; x; x = x->next)
-        json_array_append_new(act, json_pack("{s:s, s:s?, s:s, s:f, s:f}", "rule",
-                                             a->rules[x->rule].name, "vm", x->vm, "state",
-                                             x->firing ? "firing" : "pending", "since", x->since,
-                                             "value", x->value));
-    return json_pack("{s:o, s:o}", "rules", rules, "active", act);
+    for (const active *x = a->act; x; x = x->next) {
+        json_t *o = json_pack("{s:s, s:s?, s:s, s:f, s:f}", "rule", a->rules[x->rule].name,
+                              "vm", x->vm, "state", x->firing ? "firing" : "pending", "since",
+                              x->since, "value", x->value);
+        if (a->rules[x->rule].predict_seconds > 0) {
+            json_object_set_new(o, "predicted", json_real(x->predicted));
+            json_object_set_new(o, "eta_seconds", json_real(x->eta));
+        }
+        json_array_append_new(act, o);
+    }
+    return json_pack("{s:o, s:o, s:o}", "rules", rules, "active", act, "webhook",
+                     kh_webhook_json(a->webhook));
 }

@@ -93,6 +93,9 @@ struct vm {
     char *going_down;      /* why QEMU is expected to exit ("stopped", ...) */
     bool reattaching;
     bool await_accel;      /* a start waiting for the accelerator probe */
+    bool pinned_others;    /* emulator/iothread pinning applied: undo it when unset */
+    pid_t *vcpu_tids;      /* from the last query-cpus-fast (pinning) */
+    size_t nvcpu_tids;
 
     kh_task *task;         /* the action in progress */
     kh_vm_action task_action;
@@ -313,6 +316,10 @@ static void release_runtime(vm *v)
     timer_stop(v);
     v->reattaching = false;
     v->await_accel = false;
+    free(v->vcpu_tids);
+    v->vcpu_tids = NULL;
+    v->nvcpu_tids = 0;
+    v->pinned_others = false;
     if (v->start_job) {
         v->start_job->cancelled = true;
         v->start_job = NULL;
@@ -566,6 +573,32 @@ static void on_throttle_reply(kh_qmp *q, json_t *ret, const kh_err *err, void *o
     }
 }
 
+static void pin_failed(vm *v, const kh_err *e)
+{
+    kh_log(KH_LOG_WARN, "vm.limits", "vm=%s error=\"%s\"", v->spec->name, e->msg);
+    kh_events_publish(v->mgr->events, "vm.limits_failed", v->spec->name,
+                      json_pack("{s:s}", "message", e->msg));
+}
+
+/* Iothreads and the emulator's other threads, once the vCPU threads are
+ * known (they keep cpu_affinity). */
+static void on_iothreads_pin(kh_qmp *q, json_t *ret, const kh_err *err, void *opaque)
+{
+    (void)q;
+    vm *v = link_vm(opaque);
+    if (!v || v->pid <= 0)
+        return;
+    kh_err e = KH_ERR_INIT;
+    pid_t io[64];
+    size_t n = err ? 0 : kh_quota_vcpu_threads(ret, io, KH_ARRAY_LEN(io));
+    if (err)
+        kh_err_set(&e, KH_E_QEMU, "query-iothreads: %s", err->msg);
+    else if (kh_quota_pin_others(v->pid, v->vcpu_tids, v->nvcpu_tids, io, n, v->spec->limits,
+                                 &e) == 0)
+        return;
+    pin_failed(v, &e);
+}
+
 static void on_cpus_pin(kh_qmp *q, json_t *ret, const kh_err *err, void *opaque)
 {
     (void)q;
@@ -575,21 +608,35 @@ static void on_cpus_pin(kh_qmp *q, json_t *ret, const kh_err *err, void *opaque)
     kh_err e = KH_ERR_INIT;
     pid_t tids[256];
     size_t n = err ? 0 : kh_quota_vcpu_threads(ret, tids, KH_ARRAY_LEN(tids));
-    if (err)
+    if (err) {
         kh_err_set(&e, KH_E_QEMU, "query-cpus-fast: %s", err->msg);
-    else if (kh_quota_pin(v->pid, tids, n, v->spec->limits, &e) == 0)
+    } else if (kh_quota_pin(v->pid, tids, n, v->spec->limits, &e) == 0) {
+        free(v->vcpu_tids);
+        v->vcpu_tids = n ? xcalloc(n, sizeof(*tids)) : NULL;
+        if (n)
+            memcpy(v->vcpu_tids, tids, n * sizeof(*tids));
+        v->nvcpu_tids = n;
         return;
-    kh_log(KH_LOG_WARN, "vm.limits", "vm=%s error=\"%s\"", v->spec->name, e.msg);
-    kh_events_publish(v->mgr->events, "vm.limits_failed", v->spec->name,
-                      json_pack("{s:s}", "message", e.msg));
+    }
+    pin_failed(v, &e);
 }
 
-/* vCPU pinning: ask QEMU for its vCPU threads, then pin them. */
+/* Pinning: ask QEMU for its vCPU threads, then pin them (and the others). */
 static void send_pinning(vm *v)
 {
     kh_err e = KH_ERR_INIT;
     if (v->qmp && kh_qmp_command(v->qmp, "query-cpus-fast", NULL, on_cpus_pin, v->qlink, &e) < 0)
         kh_log(KH_LOG_WARN, "vm.limits", "vm=%s error=\"%s\"", v->spec->name, e.msg);
+    /* The other threads after the vCPUs (replies come in order, so the
+     * vCPU thread ids are known by then); again once after they were
+     * unpinned, to let them run anywhere. Both before `cont` at start. */
+    const kh_limits *l = v->spec->limits;
+    bool others = l && (l->nemu_cpus || l->nio_cpus);
+    if (v->qmp && (others || v->pinned_others)) {
+        v->pinned_others = others;
+        if (kh_qmp_command(v->qmp, "query-iothreads", NULL, on_iothreads_pin, v->qlink, &e) < 0)
+            kh_log(KH_LOG_WARN, "vm.limits", "vm=%s error=\"%s\"", v->spec->name, e.msg);
+    }
 }
 
 /* The balloon target (q35 only): limits.balloon_mib, or all of the guest's
@@ -619,10 +666,22 @@ static uint64_t balloon_of(const kh_limits *l)
     return l ? l->balloon_mib : 0;
 }
 
+static bool same_list(const unsigned *a, size_t na, const unsigned *b, size_t nb)
+{
+    return na == nb && (na == 0 || memcmp(a, b, na * sizeof(*a)) == 0);
+}
+
+/* cpu_affinity, emulator_cpus and iothread_cpus all equal. */
 static bool same_affinity(const kh_limits *a, const kh_limits *b)
 {
-    size_t na = a ? a->ncpus : 0, nb = b ? b->ncpus : 0;
-    return na == nb && (na == 0 || memcmp(a->cpus, b->cpus, na * sizeof(*a->cpus)) == 0);
+    static const kh_limits none;
+    if (!a)
+        a = &none;
+    if (!b)
+        b = &none;
+    return same_list(a->cpus, a->ncpus, b->cpus, b->ncpus) &&
+           same_list(a->emu_cpus, a->nemu_cpus, b->emu_cpus, b->nemu_cpus) &&
+           same_list(a->io_cpus, a->nio_cpus, b->io_cpus, b->nio_cpus);
 }
 
 /* Disk limits through QMP, for each disk whose limits differ from old (old
@@ -668,7 +727,8 @@ static void on_qmp_ready(kh_qmp *q, const kh_err *err, void *opaque)
         if (v->task)
             kh_task_progress(v->task, 80, "starting vCPUs");
         send_throttles(v, NULL); /* queued before cont: the guest never runs unthrottled */
-        if (v->spec->limits && v->spec->limits->ncpus)
+        if (v->spec->limits && (v->spec->limits->ncpus || v->spec->limits->nemu_cpus ||
+                                v->spec->limits->nio_cpus))
             send_pinning(v);
         send_balloon(v, true);
         qmp_send(v, "cont", on_cont);
@@ -1353,6 +1413,16 @@ static int check_action(const vm *v, kh_vm_action action, kh_err *err)
                    kh_vm_action_name(action) + 3, name, st);
         return -1;
     }
+    if (action == KH_ACTION_START && v->spec->hugepages) {
+        unsigned long need = (unsigned long)(v->spec->memory_mib * 1024 / KH_VM_HUGEPAGE_KIB);
+        unsigned long have = kh_proc_hugepages_free(KH_VM_HUGEPAGE_KIB);
+        if (have < need) {
+            kh_err_set(err, KH_E_CONFLICT,
+                       "cannot start vm %s: it needs %lu free huge pages of 2 MiB and the host "
+                       "has %lu (raise /proc/sys/vm/nr_hugepages)", name, need, have);
+            return -1;
+        }
+    }
     return 0;
 }
 
@@ -1921,6 +1991,47 @@ json_t *kh_manager_patch(kh_manager *mgr, const char *name, const json_t *patch,
     kh_vm_spec_free(prev);
     json_t *j = vm_json(v);
     kh_events_publish(mgr->events, "vm.updated", name, json_incref(j));
+    return j;
+}
+
+json_t *kh_manager_set_live_vcpus(kh_manager *mgr, const char *id, unsigned vcpus, kh_err *err)
+{
+    vm *v = mgr->vms;
+    while (v && strcmp(v->id, id) != 0)
+        v = v->next;
+    if (!v) {
+        kh_err_set(err, KH_E_NOTFOUND, "no vm with id %s", id);
+        return NULL;
+    }
+    unsigned max = v->spec->max_vcpus ? v->spec->max_vcpus : v->spec->vcpus;
+    if (vcpus < 1 || vcpus > max) {
+        kh_err_set(err, KH_E_INVALID, "vcpus: must be from 1 to max_vcpus (%u)", max);
+        return NULL;
+    }
+    kh_vm_spec *next = kh_vm_spec_dup(v->spec);
+    if (!next->max_vcpus)
+        next->max_vcpus = max;
+    next->vcpus = vcpus;
+    json_t *sj = kh_vm_spec_to_json(next);
+    char *text = json_dumps(sj, JSON_COMPACT | JSON_SORT_KEYS);
+    json_decref(sj);
+    double now = kh_wall_time();
+    int rc = kh_store_vm_update_spec(mgr->store, v->id, text, now, err);
+    free(text);
+    if (rc < 0) {
+        kh_vm_spec_free(next);
+        return NULL;
+    }
+    kh_vm_spec_free(v->spec);
+    v->spec = next;
+    v->updated_at = now;
+    const kh_limits *l = v->spec->limits;
+    if (v->pid > 0 && l && (l->ncpus || l->nemu_cpus || l->nio_cpus))
+        send_pinning(v); /* new vCPU threads take the pinning too (they are born
+                          * with the emulator thread's affinity) */
+    kh_log(KH_LOG_INFO, "vm.vcpus", "vm=%s vcpus=%u live=true", v->spec->name, vcpus);
+    json_t *j = vm_json(v);
+    kh_events_publish(mgr->events, "vm.updated", v->spec->name, json_incref(j));
     return j;
 }
 

@@ -84,6 +84,10 @@ json_t *kh_manager_vm_json(kh_manager *mgr, const char *name, kh_err *err);
 json_t *kh_manager_create(kh_manager *mgr, const json_t *spec, kh_err *err);
 json_t *kh_manager_patch(kh_manager *mgr, const char *name, const json_t *patch, kh_err *err);
 int kh_manager_delete(kh_manager *mgr, const char *name, kh_err *err);
+/* Record the vCPU count a running VM has after a hot-plug (vm/hotplug.c):
+ * the spec's vcpus (max_vcpus is kept) in the store, the vCPU pinning
+ * re-applied. Returns the VM object. */
+json_t *kh_manager_set_live_vcpus(kh_manager *mgr, const char *id, unsigned vcpus, kh_err *err);
 
 /* Check and begin an action. opts may hold "timeout" (stop). Returns the
  * running task, or NULL with err set (KH_E_CONFLICT when the state forbids

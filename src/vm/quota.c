@@ -1,7 +1,10 @@
 #include "vm/quota.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <stdbool.h>
+#include <stdlib.h>
 #include <sched.h>
 #include <stdio.h>
 #include <string.h>
@@ -91,30 +94,118 @@ static int apply_v1(const kh_cgroups *cg, const char *vm_id, const kh_limits *l,
     return 0;
 }
 
+/* numa_nodes -> cpuset.mems. Unset: v2 "" (the parent's), v1 the parent's
+ * list (v1 has no inheritance). */
+static int apply_mems(const kh_cgroups *cg, const char *vm_id, const kh_limits *l, kh_err *err)
+{
+    char dir[600], val[512] = "";
+    if (kh_cgroups_vm_dir(cg, vm_id, cg->version == 2 ? NULL : "cpuset", dir, sizeof(dir)) < 0) {
+        if (l && l->nnodes) {
+            kh_err_set(err, KH_E_UNSUPPORTED, "limits.numa_nodes needs the cpuset cgroup "
+                       "controller");
+            return -1;
+        }
+        return 0;
+    }
+    char p[700];
+    kh_fmt(p, sizeof(p), "%s/cpuset.mems", dir);
+    if (access(p, F_OK) < 0) {
+        if (l && l->nnodes) {
+            kh_err_set(err, KH_E_UNSUPPORTED, "limits.numa_nodes needs the cpuset cgroup "
+                       "controller (no %s)", p);
+            return -1;
+        }
+        return 0;
+    }
+    if (l && l->nnodes) {
+        size_t off = 0;
+        for (size_t i = 0; i < l->nnodes && off < sizeof(val) - 12; i++)
+            off += (size_t)snprintf(val + off, sizeof(val) - off, "%s%u", i ? "," : "",
+                                    l->nodes[i]);
+    } else if (cg->version == 1) {
+        kh_fmt(p, sizeof(p), "%s/../cpuset.mems", dir);
+        FILE *f = fopen(p, "re");
+        if (!f || !fgets(val, sizeof(val), f))
+            val[0] = '\0';
+        if (f)
+            fclose(f);
+        val[strcspn(val, "\n")] = '\0';
+        if (!val[0])
+            return 0;
+    }
+    return write_file(dir, "cpuset.mems", val[0] ? val : "\n", err);
+}
+
 int kh_quota_apply_cgroup(const kh_cgroups *cg, const char *vm_id, const kh_limits *l,
                           kh_err *err)
 {
     if (!cg || cg->version == 0) {
-        if (l && (l->cpu_weight || l->cpu_max_percent || l->memory_max_mib)) {
-            kh_err_set(err, KH_E_UNSUPPORTED, "CPU and memory limits need cgroups: %s",
+        if (l && (l->cpu_weight || l->cpu_max_percent || l->memory_max_mib || l->nnodes)) {
+            kh_err_set(err, KH_E_UNSUPPORTED, "CPU, memory and NUMA limits need cgroups: %s",
                        cg ? cg->reason : "none");
             return -1;
         }
         return 0;
     }
-    return cg->version == 2 ? apply_v2(cg, vm_id, l, err) : apply_v1(cg, vm_id, l, err);
+    int rc = cg->version == 2 ? apply_v2(cg, vm_id, l, err) : apply_v1(cg, vm_id, l, err);
+    return rc < 0 ? -1 : apply_mems(cg, vm_id, l, err);
+}
+
+static int check_cpus(const char *key, const unsigned *cpus, size_t n, kh_err *err)
+{
+    long have = sysconf(_SC_NPROCESSORS_CONF);
+    for (size_t i = 0; i < n; i++) {
+        if (have > 0 && cpus[i] >= (unsigned long)have) {
+            kh_err_set(err, KH_E_INVALID, "limits.%s: the host has no CPU %u (CPUs 0 to %ld)",
+                       key, cpus[i], have - 1);
+            return -1;
+        }
+    }
+    return 0;
 }
 
 int kh_quota_check_host(const kh_limits *l, kh_err *err)
 {
-    long n = sysconf(_SC_NPROCESSORS_CONF);
-    for (size_t i = 0; l && i < l->ncpus; i++) {
-        if (n > 0 && l->cpus[i] >= (unsigned long)n) {
-            kh_err_set(err, KH_E_INVALID,
-                       "limits.cpu_affinity: the host has no CPU %u (CPUs 0 to %ld)",
-                       l->cpus[i], n - 1);
+    if (!l)
+        return 0;
+    if (check_cpus("cpu_affinity", l->cpus, l->ncpus, err) < 0 ||
+        check_cpus("emulator_cpus", l->emu_cpus, l->nemu_cpus, err) < 0 ||
+        check_cpus("iothread_cpus", l->io_cpus, l->nio_cpus, err) < 0)
+        return -1;
+    for (size_t i = 0; i < l->nnodes; i++) {
+        char p[96];
+        snprintf(p, sizeof(p), "/sys/devices/system/node/node%u", l->nodes[i]);
+        if (access(p, F_OK) < 0) {
+            kh_err_set(err, KH_E_INVALID, "limits.numa_nodes: the host has no NUMA node %u "
+                       "(see /sys/devices/system/node)", l->nodes[i]);
             return -1;
         }
+    }
+    return 0;
+}
+
+/* The set of cpus, or every host CPU when n is 0. */
+static void cpu_set_of(cpu_set_t *set, const unsigned *cpus, size_t n)
+{
+    CPU_ZERO(set);
+    if (n) {
+        for (size_t i = 0; i < n; i++)
+            if (cpus[i] < CPU_SETSIZE)
+                CPU_SET(cpus[i], set);
+        return;
+    }
+    long ncpu = sysconf(_SC_NPROCESSORS_CONF);
+    for (long c = 0; c < ncpu && c < CPU_SETSIZE; c++)
+        CPU_SET((size_t)c, set);
+}
+
+static int pin_tid(pid_t pid, pid_t tid, const cpu_set_t *set, const char *what, kh_err *err)
+{
+    if (sched_setaffinity(tid, sizeof(*set), set) < 0 && errno != ESRCH) {
+        kh_err_set(err, errno == EINVAL ? KH_E_INVALID : KH_E_INTERNAL,
+                   "cannot pin %s thread %d of QEMU %d: %s", what, (int)tid, (int)pid,
+                   strerror(errno));
+        return -1;
     }
     return 0;
 }
@@ -122,25 +213,48 @@ int kh_quota_check_host(const kh_limits *l, kh_err *err)
 int kh_quota_pin(pid_t pid, const pid_t *tids, size_t n, const kh_limits *l, kh_err *err)
 {
     cpu_set_t set;
-    CPU_ZERO(&set);
-    if (l && l->ncpus) {
-        for (size_t i = 0; i < l->ncpus; i++)
-            if (l->cpus[i] < CPU_SETSIZE)
-                CPU_SET(l->cpus[i], &set);
-    } else {
-        long ncpu = sysconf(_SC_NPROCESSORS_CONF);
-        for (long c = 0; c < ncpu && c < CPU_SETSIZE; c++)
-            CPU_SET((size_t)c, &set);
-    }
-    for (size_t i = 0; i < n; i++) {
-        if (sched_setaffinity(tids[i], sizeof(set), &set) < 0) {
-            kh_err_set(err, errno == EINVAL ? KH_E_INVALID : KH_E_INTERNAL,
-                       "cannot pin vCPU thread %d of QEMU %d: %s", (int)tids[i], (int)pid,
-                       strerror(errno));
+    cpu_set_of(&set, l ? l->cpus : NULL, l ? l->ncpus : 0);
+    for (size_t i = 0; i < n; i++)
+        if (pin_tid(pid, tids[i], &set, "vCPU", err) < 0)
             return -1;
-        }
-    }
     return 0;
+}
+
+static bool has_tid(const pid_t *tids, size_t n, pid_t t)
+{
+    for (size_t i = 0; i < n; i++)
+        if (tids[i] == t)
+            return true;
+    return false;
+}
+
+int kh_quota_pin_others(pid_t pid, const pid_t *vcpus, size_t nv, const pid_t *io, size_t ni,
+                        const kh_limits *l, kh_err *err)
+{
+    cpu_set_t ioset, emuset;
+    cpu_set_of(&ioset, l ? l->io_cpus : NULL, l ? l->nio_cpus : 0);
+    cpu_set_of(&emuset, l ? l->emu_cpus : NULL, l ? l->nemu_cpus : 0);
+    for (size_t i = 0; i < ni; i++)
+        if (pin_tid(pid, io[i], &ioset, "iothread", err) < 0)
+            return -1;
+    char p[64];
+    snprintf(p, sizeof(p), "/proc/%d/task", (int)pid);
+    DIR *d = opendir(p);
+    if (!d) {
+        kh_err_set(err, KH_E_INTERNAL, "cannot list %s: %s", p, strerror(errno));
+        return -1;
+    }
+    int rc = 0;
+    const struct dirent *de;
+    while (rc == 0 && (de = readdir(d))) {
+        char *end;
+        long t = strtol(de->d_name, &end, 10);
+        if (*end || t <= 0 || has_tid(vcpus, nv, (pid_t)t) || has_tid(io, ni, (pid_t)t))
+            continue;
+        rc = pin_tid(pid, (pid_t)t, &emuset, "emulator", err);
+    }
+    closedir(d);
+    return rc;
 }
 
 size_t kh_quota_vcpu_threads(const json_t *reply, pid_t *tids, size_t max)

@@ -8,7 +8,10 @@
  * An unset limit writes the kernel's default (100 / 1024, "max" / -1), so
  * removing a limit on a running VM takes effect too.
  * cpu_affinity pins every vCPU thread (sched_setaffinity on the thread ids
- * QEMU reports in query-cpus-fast), at start before `cont` and live.
+ * QEMU reports in query-cpus-fast), at start before `cont` and live;
+ * iothread_cpus the iothreads (query-iothreads), emulator_cpus every other
+ * QEMU thread. numa_nodes goes to the cgroup's cpuset.mems (v1 cpuset
+ * hierarchy, v2 cpuset controller).
  * Disk limits go to QEMU: block_set_io_throttle on the disk's device
  * "disk<i>-dev" (the argv builder's ids; on q35 its virtio-backend child),
  * at start before `cont` and live.
@@ -35,6 +38,13 @@ int kh_quota_check_host(const kh_limits *l, kh_err *err);
 /* Pin threads (the vCPU threads of QEMU pid) to l's cpu_affinity, or to
  * every CPU when l has none. Returns 0, or -1 with err set. */
 int kh_quota_pin(pid_t pid, const pid_t *tids, size_t n, const kh_limits *l, kh_err *err);
+/* Pin QEMU pid's iothreads (io, from query-iothreads) to l's
+ * iothread_cpus and every other thread that is neither a vCPU (vcpus) nor
+ * an iothread (the main loop, RCU, workers: /proc/PID/task) to
+ * emulator_cpus; unset lists mean every CPU. Threads that end meanwhile
+ * are skipped. Returns 0, or -1 with err set. */
+int kh_quota_pin_others(pid_t pid, const pid_t *vcpus, size_t nv, const pid_t *io, size_t ni,
+                        const kh_limits *l, kh_err *err);
 /* The thread ids in a query-cpus-fast reply (at most max). */
 size_t kh_quota_vcpu_threads(const json_t *reply, pid_t *tids, size_t max);
 

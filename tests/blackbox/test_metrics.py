@@ -98,6 +98,35 @@ def test_metrics_unix_socket_and_promtool(qd, fake_boot):
     assert sample(m, "kvmhost_sampler_runs_total") >= 1
     # A stopped VM has no runtime series.
     assert sample(m, "kvmhost_vm_cpu_seconds_total", vm="idle1") is None
+    # Host disks (whole disks only, as /proc/diskstats counts them),
+    # filesystems (the state dir and each pool) and interfaces.
+    disks = {}
+    with open("/proc/diskstats") as f:
+        for ln in f:
+            x = ln.split()
+            disks[x[2]] = (int(x[3]), int(x[5]) * 512)
+    whole = [d for d in disks if os.path.exists("/sys/block/" + d.replace("/", "!"))
+             and not d.startswith(("loop", "ram", "fd"))]
+    assert whole, disks
+    for d in whole:
+        assert sample(m, "kvmhost_host_disk_read_ops_total", device=d) <= disks[d][0] + 1e6
+        assert sample(m, "kvmhost_host_disk_read_bytes_total", device=d) >= 0
+    parts = [d for d in disks if d not in whole]
+    for d in parts:
+        assert sample(m, "kvmhost_host_disk_read_bytes_total", device=d) is None, d
+    st = os.statvfs(qd.state_dir)
+    size = sample(m, "kvmhost_host_filesystem_size_bytes", path=qd.state_dir)
+    assert size == st.f_blocks * st.f_frsize, (size, st)
+    assert 0 < sample(m, "kvmhost_host_filesystem_avail_bytes", path=qd.state_dir) <= size
+    assert sample(m, "kvmhost_host_filesystem_size_bytes", pool="default") == size
+    with open("/proc/net/dev") as f:
+        devs = [ln.split(":")[0].strip() for ln in f if ":" in ln]
+    assert "lo" in devs
+    for d in devs:
+        assert sample(m, "kvmhost_host_network_receive_bytes_total", device=d) is not None, d
+        assert sample(m, "kvmhost_host_network_transmit_drop_total", device=d) is not None, d
+    lo = sample(m, "kvmhost_host_network_receive_packets_total", device="lo")
+    assert lo > 0
 
 
 def test_metrics_tcp_needs_token_unless_loopback_public(qd, daemons):
@@ -133,6 +162,13 @@ def test_history_endpoints(qd, fake_boot):
     assert len(row) == len(h["fields"])
     assert abs(row[0] - time.time()) < 30
     assert 0 <= row[1] <= 100 and row[3] > 0, row
+    assert h["fields"][6:] == ["disk_used_bytes", "disk_total_bytes",
+                               "disk_read_bytes_per_second", "disk_write_bytes_per_second",
+                               "net_rx_bytes_per_second", "net_tx_bytes_per_second"], h
+    st = os.statvfs(qd.state_dir)
+    assert row[7] == st.f_blocks * st.f_frsize, row
+    assert 0 < row[6] <= row[7], row
+    assert all(v >= 0 for v in row[8:]), row
     assert h["interval_seconds"] == 0.2
     assert h["vms"]["hist1"]["state"] == "stopped", h["vms"]
     assert h["vms"]["hist1"]["cpu_percent"] is None
@@ -247,7 +283,8 @@ def rule_of(e):
 def test_alert_rules_fire_and_resolve(qd):
     api = qd.api
     names = [r["name"] for r in api.get("/api/v1/alerts").json["rules"]]
-    assert names == ["host_memory_high", "vm_cpu_saturated"], names
+    assert names == ["host_memory_high", "host_disk_high", "host_disk_full_soon",
+                     "vm_cpu_saturated"], names
     bad = [
         {"rules": [{"name": "x", "scope": "host", "metric": "nope", "op": ">", "threshold": 1}]},
         {"rules": [{"name": "x", "scope": "host", "metric": "load1", "op": "~", "threshold": 1}]},
@@ -271,12 +308,172 @@ def test_alert_rules_fire_and_resolve(qd):
         act = api.get("/api/v1/alerts").json["active"]
         assert act and act[0]["rule"] == "load_any" and act[0]["state"] == "firing", act
         r = api.request("PUT", "/api/v1/alerts/rules", {"rules": []})
-        assert r.status == 200 and r.json == {"rules": [], "active": []}, r
+        assert r.status == 200 and r.json == {"rules": [], "active": [], "webhook": None}, r
         ev = sse.read_until(lambda e: e.get("event") == "alert.resolved"
                             and rule_of(e) == "load_any", timeout=10)
         assert ev, "no alert.resolved event"
     finally:
         sse.close()
+
+
+class Hook:
+    """A tiny HTTP server on loopback that records the JSON bodies POSTed to it."""
+
+    def __init__(self, status=204, delay=0):
+        import http.server
+        import threading
+        self.bodies = []
+        self.cond = threading.Condition()
+        hook = self
+
+        class H(http.server.BaseHTTPRequestHandler):
+            def do_POST(self):
+                n = int(self.headers.get("Content-Length", "0"))
+                body = json.loads(self.rfile.read(n))
+                with hook.cond:
+                    hook.bodies.append((self.path, self.headers.get("Content-Type"), body))
+                    hook.cond.notify_all()
+                time.sleep(delay)
+                self.send_response(status)
+                self.end_headers()
+
+            def log_message(self, *a):
+                pass
+
+        self.srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), H)
+        self.url = "http://127.0.0.1:%d/hook?k=1" % self.srv.server_address[1]
+        self.thread = threading.Thread(target=self.srv.serve_forever, daemon=True)
+        self.thread.start()
+
+    def wait(self, pred, timeout=15):
+        deadline = time.time() + timeout
+        with self.cond:
+            while True:
+                for b in self.bodies:
+                    if pred(b[2]):
+                        return b
+                left = deadline - time.time()
+                if left <= 0:
+                    return None
+                self.cond.wait(left)
+
+    def close(self):
+        self.srv.shutdown()
+        self.srv.server_close()
+
+
+def test_alert_webhook_fires_and_resolves(qd):
+    api = qd.api
+    hook = Hook()
+    sse = khlib.SSE(qd.socket)
+    try:
+        for bad in ({"url": "file:///etc/passwd"}, {"url": "ftp://127.0.0.1/"},
+                    {"url": "http://127.0.0.1/", "timeout_seconds": 600}, "http://x/"):
+            r = api.request("PUT", "/api/v1/alerts/rules", {"rules": [], "webhook": bad})
+            assert r.status == 400 and "webhook" in r.error["message"], (bad, r)
+        assert api.get("/api/v1/alerts").json["webhook"] is None
+        rule = {"name": "hook_load", "scope": "host", "metric": "load1", "op": ">=",
+                "threshold": 0, "for_seconds": 0}
+        r = api.request("PUT", "/api/v1/alerts/rules",
+                        {"rules": [rule], "webhook": {"url": hook.url, "timeout_seconds": 2}})
+        assert r.status == 200 and r.json["webhook"]["url"] == hook.url, r
+        got = hook.wait(lambda b: b["type"] == "alert.firing"
+                        and b["data"]["rule"] == "hook_load")
+        assert got, hook.bodies
+        path, ctype, body = got
+        assert path == "/hook?k=1" and ctype == "application/json", got
+        assert body["vm"] is None and body["data"]["metric"] == "load1", body
+        assert abs(body["time"] - time.time()) < 30
+        assert sse.read_until(lambda e: e.get("event") == "alert.firing"
+                              and rule_of(e) == "hook_load", timeout=10)
+        # Rules replaced: the alert resolves; the webhook stays (not named).
+        r = api.request("PUT", "/api/v1/alerts/rules", {"rules": []})
+        assert r.status == 200 and r.json["webhook"]["url"] == hook.url, r
+        assert hook.wait(lambda b: b["type"] == "alert.resolved"
+                         and b["data"]["rule"] == "hook_load"), hook.bodies
+        deadline = time.time() + 10
+        while api.get("/api/v1/alerts").json["webhook"]["sent"] < 2 and time.time() < deadline:
+            time.sleep(0.1)
+        wh = api.get("/api/v1/alerts").json["webhook"]
+        assert wh["sent"] >= 2 and wh["failed"] == 0, wh
+        m = parse_prom(api.get("/metrics").text)
+        assert sample(m, "kvmhost_alert_webhook_posts_total", result="sent") >= 2
+        # A dead endpoint: counted as failed, not retried, the daemon carries on.
+        dead = "http://127.0.0.1:%d/" % khlib.free_port()
+        r = api.request("PUT", "/api/v1/alerts/rules",
+                        {"rules": [rule], "webhook": {"url": dead, "timeout_seconds": 1}})
+        assert r.status == 200, r
+        deadline = time.time() + 10
+        while api.get("/api/v1/alerts").json["webhook"]["failed"] < 1 and time.time() < deadline:
+            time.sleep(0.1)
+        assert api.get("/api/v1/alerts").json["webhook"]["failed"] == 1
+        # A receiver slower than the timeout: the POST times out on a worker
+        # thread and is counted; the API answers meanwhile.
+        slow = Hook(delay=4)
+        try:
+            r = api.request("PUT", "/api/v1/alerts/rules", {"rules": []})
+            r = api.request("PUT", "/api/v1/alerts/rules",
+                            {"rules": [rule], "webhook": {"url": slow.url, "timeout_seconds": 1}})
+            assert r.status == 200, r
+            assert slow.wait(lambda b: b["type"] == "alert.firing"), slow.bodies
+            t0 = time.time()
+            assert api.get("/api/v1/host").status == 200
+            assert time.time() - t0 < 0.5
+            deadline = time.time() + 10
+            while api.get("/api/v1/alerts").json["webhook"]["failed"] < 2 and \
+                    time.time() < deadline:
+                time.sleep(0.1)
+            assert api.get("/api/v1/alerts").json["webhook"]["failed"] == 2
+        finally:
+            slow.close()
+        r = api.request("PUT", "/api/v1/alerts/rules", {"rules": [], "webhook": None})
+        assert r.status == 200 and r.json["webhook"] is None, r
+    finally:
+        sse.close()
+        hook.close()
+
+
+def test_alert_trend_disk_fills(qd):
+    """A trend rule on the state dir's filesystem: writing fast predicts a
+    crossing (fires), deleting the file flattens the line (resolves)."""
+    api = qd.api
+    st = os.statvfs(qd.state_dir)
+    used = (st.f_blocks - st.f_bfree) * st.f_frsize
+    rule = {"name": "fills", "scope": "host", "metric": "disk_used_bytes", "op": ">=",
+            "threshold": used + 1024 ** 3, "predict_seconds": 600, "window_seconds": 2}
+    hook = Hook()
+    sse = khlib.SSE(qd.socket)
+    big = os.path.join(qd.state_dir, "filler")
+    try:
+        r = api.request("PUT", "/api/v1/alerts/rules", {"rules": [rule],
+                                                        "webhook": {"url": hook.url}})
+        assert r.status == 200 and r.json["rules"][0]["predict_seconds"] == 600, r
+        with open(big, "wb") as f:
+            chunk = b"\1" * (4 << 20)
+            deadline = time.time() + 20
+            ev = None
+            while time.time() < deadline and not ev:
+                f.write(chunk)
+                f.flush()
+                os.fsync(f.fileno())
+                ev = sse.read_until(lambda e: e.get("event") == "alert.firing"
+                                    and rule_of(e) == "fills", timeout=0.2)
+        assert ev, "no trend alert while the disk filled"
+        d = ev["data"]["data"]
+        assert d["predicted"] >= rule["threshold"] and 0 < d["eta_seconds"] <= 600, d
+        assert d["value"] < rule["threshold"], d
+        assert hook.wait(lambda b: b["type"] == "alert.firing"
+                         and b["data"]["rule"] == "fills"), hook.bodies
+        os.unlink(big)
+        ev = sse.read_until(lambda e: e.get("event") == "alert.resolved"
+                            and rule_of(e) == "fills", timeout=30)
+        assert ev, "the trend alert did not resolve"
+    finally:
+        if os.path.exists(big):
+            os.unlink(big)
+        api.request("PUT", "/api/v1/alerts/rules", {"rules": [], "webhook": None})
+        sse.close()
+        hook.close()
 
 
 # --------------------------------------------------------------------------

@@ -189,13 +189,23 @@ static void test_limits_validation(void)
     CHECK_STR(spec_err(SPEC("{\"cpu_affinity\":[]}")),
               "limits.cpu_affinity: must be a non-empty array of host CPU numbers");
     CHECK_STR(spec_err(SPEC("{\"cpu_affinity\":[0,2,0]}")),
-              "limits.cpu_affinity[2]: CPU 0 appears twice");
+              "limits.cpu_affinity[2]: 0 appears twice");
     CHECK_STR(spec_err(SPEC("{\"cpu_affinity\":[1024]}")),
               "limits.cpu_affinity[0]: must be an integer between 0 and 1023");
     CHECK_STR(spec_err(SPEC("{\"cpu_affinity\":[-1]}")),
               "limits.cpu_affinity[0]: must be an integer between 0 and 1023");
     CHECK_STR(spec_err(SPEC("{\"cpu_affinity\":\"0-3\"}")),
               "limits.cpu_affinity: must be a non-empty array of host CPU numbers");
+    CHECK_STR(spec_err(SPEC("{\"emulator_cpus\":[1],\"iothread_cpus\":[0,1],"
+                            "\"numa_nodes\":[0]}")), "");
+    CHECK_STR(spec_err(SPEC("{\"emulator_cpus\":[]}")),
+              "limits.emulator_cpus: must be a non-empty array of host CPU numbers");
+    CHECK_STR(spec_err(SPEC("{\"iothread_cpus\":[1,1]}")),
+              "limits.iothread_cpus[1]: 1 appears twice");
+    CHECK_STR(spec_err(SPEC("{\"numa_nodes\":[\"0\"]}")),
+              "limits.numa_nodes[0]: must be an integer between 0 and 1023");
+    CHECK_STR(spec_err(SPEC("{\"numa_nodes\":0}")),
+              "limits.numa_nodes: must be a non-empty array of host NUMA node numbers");
 }
 
 static void test_limits_patch(void)
@@ -443,7 +453,8 @@ static void test_alerts(void)
     kh_event_sub *sub = kh_events_subscribe(ev, 0, on_event, NULL);
     kh_alerts *a = kh_alerts_new(ev);
     json_t *j = kh_alerts_json(a);
-    CHECK(json_array_size(json_object_get(j, "rules")) == 2); /* the defaults */
+    CHECK(json_array_size(json_object_get(j, "rules")) == 4); /* the defaults */
+    CHECK(json_is_null(json_object_get(j, "webhook")));
     json_decref(j);
     kh_err err = KH_ERR_INIT;
     json_t *rules = json_loads(
@@ -536,6 +547,126 @@ static void test_alerts(void)
     kh_events_free(ev);
 }
 
+/* A trend rule: disk use rising 1 %/s from 50 % is predicted to reach 100 %
+ * within 60 s once 5 samples span half the window; flat use resolves it. */
+static void test_alert_trend(void)
+{
+    seen[0] = '\0';
+    kh_events *ev = kh_events_new();
+    kh_event_sub *sub = kh_events_subscribe(ev, 0, on_event, NULL);
+    kh_alerts *a = kh_alerts_new(ev);
+    kh_err err = KH_ERR_INIT;
+    json_t *rules = json_loads(
+        "[{\"name\":\"full\",\"scope\":\"host\",\"metric\":\"disk_used_percent\","
+        "\"op\":\">=\",\"threshold\":100,\"predict_seconds\":60,\"window_seconds\":8}]",
+        0, NULL);
+    CHECK(kh_alerts_set_rules(a, rules, &err) == 0);
+    json_decref(rules);
+    const char *hf[] = { "disk_used_percent" };
+    double t = 1000, v = 50;
+    for (int i = 0; i < 4; i++, t += 1, v += 1) { /* 4 samples: too few to predict */
+        kh_alerts_begin(a);
+        kh_alerts_feed(a, NULL, hf, &v, 1, t);
+        kh_alerts_end(a, t);
+    }
+    CHECK_STR(seen, "");
+    kh_alerts_begin(a);
+    kh_alerts_feed(a, NULL, hf, &v, 1, t); /* 5th: 54 %, +1 %/s -> 100 % in 46 s */
+    kh_alerts_end(a, t);
+    CHECK_STR(seen, "alert.firing:-:full;");
+    json_t *j = kh_alerts_json(a);
+    json_t *act = json_array_get(json_object_get(j, "active"), 0);
+    double eta = json_number_value(json_object_get(act, "eta_seconds"));
+    double pred = json_number_value(json_object_get(act, "predicted"));
+    CHECK(eta > 45.9 && eta < 46.1);
+    CHECK(pred > 113.9 && pred < 114.1);
+    json_decref(j);
+    /* Flat for a whole window: the line flattens, the alert resolves. */
+    for (int i = 0; i < 12; i++) {
+        t += 1;
+        kh_alerts_begin(a);
+        kh_alerts_feed(a, NULL, hf, &v, 1, t);
+        kh_alerts_end(a, t);
+    }
+    CHECK_STR(seen, "alert.firing:-:full;alert.resolved:-:full;");
+    /* A slow rise (0.01 %/s) is not predicted to cross within 60 s. */
+    seen[0] = '\0';
+    for (int i = 0; i < 20; i++, t += 1, v += 0.01) {
+        kh_alerts_begin(a);
+        kh_alerts_feed(a, NULL, hf, &v, 1, t);
+        kh_alerts_end(a, t);
+    }
+    CHECK_STR(seen, "");
+    /* Bad trend rules. */
+    const char *bad[][2] = {
+        { "[{\"name\":\"x\",\"scope\":\"host\",\"metric\":\"load1\",\"op\":\">\","
+          "\"threshold\":1,\"predict_seconds\":0}]", "predict_seconds" },
+        { "[{\"name\":\"x\",\"scope\":\"host\",\"metric\":\"load1\",\"op\":\">\","
+          "\"threshold\":1,\"window_seconds\":60}]", "only for a trend rule" },
+        { "[{\"name\":\"x\",\"scope\":\"host\",\"metric\":\"load1\",\"op\":\">\","
+          "\"threshold\":1,\"predict_seconds\":60,\"window_seconds\":7200}]",
+          "window_seconds" },
+    };
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        json_t *r = json_loads(bad[i][0], 0, NULL);
+        kh_err_clear(&err);
+        CHECK(r && kh_alerts_set_rules(a, r, &err) < 0 && strstr(err.msg, bad[i][1]));
+        json_decref(r);
+    }
+    kh_alerts_free(a);
+    kh_events_unsubscribe(ev, sub);
+    kh_events_free(ev);
+}
+
+/* Webhook configuration: http/https URLs with a host, nothing else. */
+static void test_webhook_config(void)
+{
+    uv_loop_t loop;
+    uv_loop_init(&loop);
+    kh_events *ev = kh_events_new();
+    kh_alerts *a = kh_alerts_new(ev);
+    kh_webhook *w = kh_webhook_new(&loop);
+    kh_alerts_set_webhook(a, w);
+    kh_err err = KH_ERR_INIT;
+    const char *bad[][2] = {
+        { "{\"rules\":[],\"webhook\":{\"url\":\"file:///etc/passwd\"}}", "webhook.url" },
+        { "{\"rules\":[],\"webhook\":{\"url\":\"gopher://x/\"}}", "http or https" },
+        { "{\"rules\":[],\"webhook\":{\"url\":\"/hook\"}}", "absolute URL" },
+        { "{\"rules\":[],\"webhook\":{\"url\":\"http://a b/\"}}", "spaces" },
+        { "{\"rules\":[],\"webhook\":{\"url\":\"http://x/\",\"timeout_seconds\":0}}",
+          "timeout_seconds" },
+        { "{\"rules\":[],\"webhook\":{\"url\":\"http://x/\",\"secret\":1}}", "unknown" },
+        { "{\"rules\":[],\"webhook\":\"http://x/\"}", "must be an object" },
+        { "{\"rules\":[],\"hook\":1}", "unknown field hook" },
+        { "{\"webhook\":null}", "rules" },
+    };
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        json_t *r = json_loads(bad[i][0], 0, NULL);
+        kh_err_clear(&err);
+        CHECK(r && kh_alerts_configure(a, r, &err) < 0 && strstr(err.msg, bad[i][1]));
+        if (!strstr(err.msg, bad[i][1]))
+            printf("# %s -> %s\n", bad[i][0], err.msg);
+        json_decref(r);
+    }
+    json_t *j = kh_alerts_json(a); /* nothing changed */
+    CHECK(json_array_size(json_object_get(j, "rules")) == 4);
+    CHECK(json_is_null(json_object_get(j, "webhook")));
+    json_decref(j);
+    json_t *ok = json_loads("{\"rules\":[],\"webhook\":{\"url\":\"https://h.example:8443/x?a=1\","
+                            "\"timeout_seconds\":2}}", 0, NULL);
+    CHECK(kh_alerts_configure(a, ok, &err) == 0);
+    json_decref(ok);
+    j = kh_alerts_json(a);
+    CHECK_STR(json_string_value(json_object_get(json_object_get(j, "webhook"), "url")),
+              "https://h.example:8443/x?a=1");
+    json_decref(j);
+    kh_alerts_free(a);
+    kh_webhook_free(w);
+    kh_events_free(ev);
+    uv_run(&loop, UV_RUN_DEFAULT);
+    uv_loop_close(&loop);
+}
+
 int main(void)
 {
     RUN(test_prom_values);
@@ -547,6 +678,8 @@ int main(void)
     RUN(test_throttle_args);
     RUN(test_quota_cgroup);
     RUN(test_alerts);
+    RUN(test_alert_trend);
+    RUN(test_webhook_config);
     RUN(test_pin_self);
     TEST_DONE();
 }
