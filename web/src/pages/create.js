@@ -1,18 +1,12 @@
 // create.js - the create wizard: basics, boot, review. Talks only to
 // POST /api/v1/vms (and start, when asked).
-import { h, replace, toast, fmtMiB } from '../dom.js';
+import { h, replace, toast, fmtMiB, field } from '../dom.js';
 import { api, vmPath } from '../api.js';
 
 const NAME_RE = /^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$/;
 
-function field(id, label, input, help) {
-  input.id = id;
-  if (help) input.setAttribute('aria-describedby', `${id}-help`);
-  return h('div', { class: 'field' }, h('label', { for: id }, label), input,
-    help ? h('p', { class: 'muted small', id: `${id}-help` }, help) : null);
-}
-
-export function createPage(main) {
+export function createPage(main, params = []) {
+  const wantTemplate = params[0] ? decodeURIComponent(params[0]) : '';
   const f = {
     name: h('input', { type: 'text', required: true, maxlength: 64, pattern: NAME_RE.source, autocomplete: 'off', spellcheck: 'false' }),
     vcpus: h('input', { type: 'number', min: 1, max: 255, value: 1, required: true }),
@@ -49,6 +43,10 @@ export function createPage(main) {
       for (const t of templates || []) tpls.set(t.name, t);
       for (const t of templates || []) f.template.append(h('option', { value: t.name }, `${t.name} (${t.vcpus} vCPU, ${fmtMiB(t.memory_mib)})`));
       templateBox.hidden = !(templates || []).length;
+      if (wantTemplate && tpls.has(wantTemplate)) {
+        f.template.value = wantTemplate;
+        f.template.dispatchEvent(new Event('change'));
+      }
       cloneBox.hidden = !fromTemplate();
     } catch { /* no templates */ }
     try {

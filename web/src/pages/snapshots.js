@@ -1,22 +1,8 @@
 // snapshots.js - the VM detail's Snapshots tab: list, take, revert, delete.
-import { h, replace, fmtTime, toast } from '../dom.js';
+import { h, replace, fmtTime, toast, confirmDialog } from '../dom.js';
 import { api, vmPath } from '../api.js';
 
 const when = (t) => fmtTime(typeof t === 'number' ? t * 1000 : t);
-
-// A modal yes/no; resolves true when the user confirms.
-export function confirmDialog(title, text, yes) {
-  return new Promise((resolve) => {
-    const dlg = h('dialog', { class: 'dialog', 'aria-labelledby': 'cfm-title', 'aria-describedby': 'cfm-desc' },
-      h('h2', { id: 'cfm-title' }, title), h('p', { id: 'cfm-desc' }, text),
-      h('form', { method: 'dialog', class: 'dialog-buttons' },
-        h('button', { class: 'btn', value: 'cancel', autofocus: true }, 'Cancel'),
-        h('button', { class: 'btn danger', value: 'yes' }, yes)));
-    dlg.addEventListener('close', () => { const y = dlg.returnValue === 'yes'; dlg.remove(); resolve(y); });
-    document.body.append(dlg);
-    dlg.showModal();
-  });
-}
 
 export function snapshotsPanel(vm) {
   const name = vm.name;

@@ -1,10 +1,11 @@
 // vmdetail.js - one VM: summary, serial console, settings, events (tabs).
-import { h, replace, fmtMiB, fmtTime, toast } from '../dom.js';
+import { h, replace, fmtMiB, fmtTime, toast, confirmDialog } from '../dom.js';
 import { api, vmPath } from '../api.js';
 import { store, subscribe, loadVms } from '../store.js';
 import { actionButtons, stateBadge } from '../actions.js';
 import { eventRow } from './events.js';
 import { snapshotsPanel } from './snapshots.js';
+import { nicsEditor } from './nics.js';
 import { lineChart, pollMetrics, column, chartsGrid } from '../chart.js';
 
 const RANGE = 300; // seconds of history in the charts
@@ -74,7 +75,9 @@ function summary(vm, charts) {
         `${d.format ? ` ${d.format}` : ''}${d.readonly ? ', read-only' : ''}`)))
         : h('p', { class: 'muted' }, 'No disks.'),
       (vm.nics || []).length ? h('ul', { class: 'disks', 'aria-label': 'Network interfaces' }, vm.nics.map((n, i) => h('li', {},
-        h('span', { class: 'badge' }, `nic${i}`), ` network ${n.network}`, n.mac ? [' ', h('code', {}, n.mac)] : null, n.ip ? ` ${n.ip}` : '')))
+        h('span', { class: 'badge' }, `nic${i}`), ' network ', h('a', { href: `#/networks/${encodeURIComponent(n.network)}` }, n.network),
+        n.mac ? [' ', h('code', {}, n.mac)] : null, n.ip ? ` ${n.ip}` : '',
+        (n.security_groups || []).length ? h('span', { class: 'muted small' }, ` security groups: ${n.security_groups.join(', ')}`) : null)))
         : null),
     charts.card);
 }
@@ -97,6 +100,7 @@ function settingsForm(vm) {
     ['memory_max_mib', 'Memory hard limit (MiB)', vm.memory_mib || 16, 16777216],
   ].map(([key, label, min, max]) => ({ key, label,
     input: h('input', { id: `lim-${key}`, type: 'number', min, max, step: 1, value: lim[key] ?? '', placeholder: 'none' }) }));
+  const nics = nicsEditor(vm, stopped && !vm.template);
   const form = h('form', { class: 'card form', 'aria-labelledby': 'set-title' },
     h('h2', { id: 'set-title' }, 'Settings'),
     stopped ? null : h('p', { class: 'note' }, 'CPU, memory and graphics can be changed while the VM is stopped; description and limits now.'),
@@ -106,8 +110,23 @@ function settingsForm(vm) {
     h('div', { class: 'field' }, h('label', { for: 'set-desc' }, 'Description'), desc),
     h('fieldset', { class: 'limits' }, h('legend', {}, 'Limits (applied live; empty = none)'),
       LIMITS.map((l) => h('div', { class: 'field' }, h('label', { for: l.input.id }, l.label), l.input))),
+    nics.el,
     err,
-    h('div', { class: 'buttons' }, h('button', { type: 'submit', class: 'btn primary' }, 'Save')));
+    h('div', { class: 'buttons' }, h('button', { type: 'submit', class: 'btn primary' }, 'Save'),
+      vm.template ? h('span', { class: 'badge' }, 'template')
+        : h('button', { type: 'button', class: 'btn', disabled: !stopped, id: 'make-template',
+          title: stopped ? 'Its volumes turn read-only; it can no longer start' : 'Stop the VM first',
+          onclick: async () => {
+            if (!await confirmDialog('Make a template', `Make ${vm.name} a template? Its volumes turn read-only and it can no longer start; new VMs clone it.`, 'Make template')) return;
+            try {
+              const updated = await api('POST', vmPath(vm.name, '/template'));
+              store.vms.set(vm.name, updated);
+              toast(`${vm.name} is now a template`, 'ok');
+            } catch (ex) {
+              err.textContent = ex.message;
+              err.hidden = false;
+            }
+          } }, 'Make template')));
   form.addEventListener('submit', async (e) => {
     e.preventDefault();
     err.hidden = true;
@@ -120,6 +139,7 @@ function settingsForm(vm) {
       const v = l.input.value === '' ? null : Number(l.input.value);
       if (v !== (lim[l.key] ?? null)) (patch.limits ||= {})[l.key] = v;
     }
+    if (nics.changed()) patch.nics = nics.value();
     if (!Object.keys(patch).length) { toast('Nothing changed'); return; }
     try {
       const updated = await api('PATCH', vmPath(vm.name), patch);

@@ -1,0 +1,170 @@
+// storage.js - storage pools and their volumes (#/storage): add and forget
+// pools; create, resize and delete volumes; the templates.
+import { h, replace, toast, field, errorLine, confirmDialog, fmtBytes, fmtMiB } from '../dom.js';
+import { api } from '../api.js';
+
+const NAME_RE = /^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$/;
+const SIZE_RE = /^\d+(\.\d+)?\s*[KMGTP]?i?B?$/i;
+const poolPath = (p, rest = '') => `/api/v1/pools/${encodeURIComponent(p)}${rest}`;
+const volPath = (p, v, rest = '') => poolPath(p, `/volumes/${encodeURIComponent(v)}${rest}`);
+
+const sizeArg = (s) => (/^\d+$/.test(s) ? Number(s) : s.replace(/\s+/g, '').replace(/i?B$/i, ''));
+
+function poolForm(reload) {
+  const name = h('input', { type: 'text', required: true, maxlength: 64, autocomplete: 'off', spellcheck: 'false' });
+  const path = h('input', { type: 'text', required: true, placeholder: '/srv/images', spellcheck: 'false' });
+  const err = errorLine('pool-error');
+  const form = h('form', { class: 'card form', 'aria-labelledby': 'pool-new-title', novalidate: true },
+    h('h2', { id: 'pool-new-title' }, 'Add a pool'),
+    field('pool-name', 'Pool name', name),
+    field('pool-path', 'Directory (absolute path, must exist)', path),
+    err, h('div', { class: 'buttons' }, h('button', { type: 'submit', class: 'btn primary' }, 'Add pool')));
+  form.addEventListener('submit', async (e) => {
+    e.preventDefault();
+    err.set('');
+    const n = name.value.trim(), p = path.value.trim();
+    if (!NAME_RE.test(n)) { name.focus(); err.set('The name must be 1-64 letters, digits, - _ . and not start with . or -.'); return; }
+    if (!p.startsWith('/')) { path.focus(); err.set('The directory must be an absolute path.'); return; }
+    try {
+      await api('POST', '/api/v1/pools', { name: n, type: 'dir', path: p });
+      toast(`Added pool ${n}`, 'ok');
+      name.value = ''; path.value = '';
+      reload();
+    } catch (ex) { err.set(ex.message); }
+  });
+  return form;
+}
+
+function volumeForm(pool, reload) {
+  const id = (k) => `vol-${pool}-${k}`;
+  const name = h('input', { type: 'text', required: true, maxlength: 64, autocomplete: 'off', spellcheck: 'false' });
+  const size = h('input', { type: 'text', required: true, placeholder: '10G', size: 8, spellcheck: 'false' });
+  const format = h('select', {}, h('option', { value: 'qcow2' }, 'qcow2'), h('option', { value: 'raw' }, 'raw'));
+  const err = errorLine(id('error'));
+  const form = h('form', { class: 'form inline', 'aria-label': `New volume in ${pool}`, novalidate: true },
+    h('div', { class: 'row' },
+      field(id('name'), 'Volume name', name),
+      field(id('size'), 'Size', size),
+      field(id('format'), 'Format', format),
+      h('div', { class: 'field end' }, h('button', { type: 'submit', class: 'btn primary', 'aria-label': `Create volume in ${pool}` }, 'Create volume'))),
+    err);
+  form.addEventListener('submit', async (e) => {
+    e.preventDefault();
+    err.set('');
+    const n = name.value.trim(), s = size.value.trim();
+    if (!NAME_RE.test(n)) { name.focus(); err.set('The name must be 1-64 letters, digits, - _ . and not start with . or -.'); return; }
+    if (!SIZE_RE.test(s)) { size.focus(); err.set('The size is bytes or a number with K, M, G or T (e.g. 10G).'); return; }
+    try {
+      await api('POST', poolPath(pool, '/volumes'), { name: n, size: sizeArg(s), format: format.value });
+      toast(`Created volume ${pool}/${n}`, 'ok');
+      reload();
+    } catch (ex) { err.set(ex.message); }
+  });
+  return form;
+}
+
+// Grow a volume: a small dialog asking for the new size.
+function resizeDialog(pool, v, reload) {
+  const size = h('input', { id: 'resize-size', type: 'text', required: true, spellcheck: 'false', value: fmtBytes(v.capacity).replace(/ |iB/g, '') });
+  const err = errorLine('resize-error');
+  const ok = h('button', { type: 'submit', class: 'btn primary' }, 'Resize');
+  const dlg = h('dialog', { class: 'dialog', 'aria-labelledby': 'resize-title' },
+    h('h2', { id: 'resize-title' }, `Resize ${pool}/${v.name}`),
+    h('form', { class: 'form', novalidate: true },
+      field('resize-size', 'New size (grow only, e.g. 2G)', size, `Now ${fmtBytes(v.capacity)}. A running VM sees the new size at once.`),
+      err,
+      h('div', { class: 'dialog-buttons' },
+        h('button', { type: 'button', class: 'btn', onclick: () => dlg.close() }, 'Cancel'), ok)));
+  dlg.querySelector('form').addEventListener('submit', async (e) => {
+    e.preventDefault();
+    const s = size.value.trim();
+    if (!SIZE_RE.test(s)) { err.set('The size is bytes or a number with K, M, G or T (e.g. 10G).'); size.focus(); return; }
+    ok.disabled = true;
+    try {
+      await api('POST', volPath(pool, v.name, '/resize'), { size: sizeArg(s) });
+      toast(`Resized ${pool}/${v.name}`, 'ok');
+      dlg.close();
+      reload();
+    } catch (ex) {
+      err.set(ex.message);
+      ok.disabled = false;
+    }
+  });
+  dlg.addEventListener('close', () => dlg.remove());
+  document.body.append(dlg);
+  dlg.showModal();
+  size.select();
+}
+
+function poolCard(p, vols, reload) {
+  const used = p.capacity ? Math.round(((p.capacity - (p.free ?? 0)) / p.capacity) * 100) : null;
+  return h('section', { class: 'card wide', dataset: { pool: p.name }, 'aria-labelledby': `pool-${p.name}-title` },
+    h('h2', { id: `pool-${p.name}-title` }, `Pool ${p.name}`, p.default ? h('span', { class: 'badge' }, 'default') : null,
+      p.available === false ? h('span', { class: 'badge state-paused' }, 'unavailable') : null),
+    h('p', { class: 'muted small' }, h('code', {}, p.path), ` · ${fmtBytes(p.free)} free of ${fmtBytes(p.capacity)}`,
+      used !== null ? h('meter', { min: 0, max: 100, value: used, class: 'meter', 'aria-label': `pool ${p.name} ${used}% used` }) : null),
+    vols.length ? h('div', { class: 'table-wrap flat' }, h('table', { class: 'mini', 'aria-label': `Volumes in ${p.name}` },
+      h('thead', {}, h('tr', {}, ['Volume', 'Format', 'Size', 'On disk', 'Based on', 'Used by', ''].map((c) => h('th', { scope: 'col' }, c || h('span', { class: 'sr-only' }, 'Actions'))))),
+      h('tbody', {}, vols.map((v) => h('tr', { dataset: { vol: v.name } },
+        h('th', { scope: 'row' }, h('code', {}, v.name), v.readonly ? h('span', { class: 'badge', title: 'a template base' }, 'read-only') : null,
+          v.encrypted ? h('span', { class: 'badge' }, 'encrypted') : null),
+        h('td', {}, v.format),
+        h('td', { class: 'num vol-size' }, fmtBytes(v.capacity)),
+        h('td', { class: 'num' }, fmtBytes(v.allocation)),
+        h('td', {}, v.backing ? h('code', {}, typeof v.backing === 'string' ? v.backing : v.backing.ref || '') : '–'),
+        h('td', {}, (v.used_by || []).length ? v.used_by.map((u, i) => [i ? ', ' : '', h('a', { href: `#/vms/${encodeURIComponent(u.vm)}` }, u.vm)]) : '–'),
+        h('td', {}, h('div', { class: 'actions' },
+          h('button', { type: 'button', class: 'btn small', 'aria-label': `Resize ${p.name}/${v.name}`, onclick: () => resizeDialog(p.name, v, reload) }, 'Resize'),
+          h('button', { type: 'button', class: 'btn small danger', 'aria-label': `Delete volume ${p.name}/${v.name}`,
+            onclick: async () => {
+              if (!await confirmDialog('Delete volume', `Delete the volume ${p.name}/${v.name} and its data?`, 'Delete')) return;
+              try {
+                await api('DELETE', volPath(p.name, v.name));
+                toast(`Deleted ${p.name}/${v.name}`, 'ok');
+              } catch (e) { toast(`Delete ${p.name}/${v.name}: ${e.message}`, 'error'); }
+              reload();
+            } }, 'Delete'))))))))
+      : h('p', { class: 'muted' }, 'No volumes.'),
+    volumeForm(p.name, reload),
+    p.default ? null : h('div', { class: 'buttons' }, h('button', { type: 'button', class: 'btn small danger', 'aria-label': `Forget pool ${p.name}`,
+      onclick: async () => {
+        if (!await confirmDialog('Forget pool', `Forget the pool ${p.name}? Its directory stays on the host.`, 'Forget')) return;
+        try {
+          await api('DELETE', poolPath(p.name));
+          toast(`Forgot pool ${p.name}`, 'ok');
+        } catch (e) { toast(`Forget ${p.name}: ${e.message}`, 'error'); }
+        reload();
+      } }, 'Forget pool')));
+}
+
+function templatesCard(tpls) {
+  return h('section', { class: 'card wide', 'aria-labelledby': 'tpl-title' },
+    h('h2', { id: 'tpl-title' }, 'Templates'),
+    tpls.length ? h('table', { class: 'mini', id: 'templates', 'aria-label': 'Templates' },
+      h('thead', {}, h('tr', {}, ['Template', 'CPU / memory', 'Volumes', ''].map((c) => h('th', { scope: 'col' }, c || h('span', { class: 'sr-only' }, 'Actions'))))),
+      h('tbody', {}, tpls.map((t) => h('tr', { dataset: { tpl: t.name } },
+        h('th', { scope: 'row' }, h('a', { href: `#/vms/${encodeURIComponent(t.name)}` }, t.name)),
+        h('td', {}, `${t.vcpus} vCPU, ${fmtMiB(t.memory_mib)}`),
+        h('td', {}, (t.disks || []).map((d) => d.volume || d.path).join(', ') || '–'),
+        h('td', {}, h('a', { class: 'btn small', href: `#/create?template=${encodeURIComponent(t.name)}` }, 'New VM from it'))))))
+      : h('p', { class: 'muted' }, 'No templates. A stopped VM whose disks are all volumes becomes one from its Settings tab.'));
+}
+
+export function storagePage(main) {
+  const box = h('div', { class: 'grid', id: 'pools' }, h('p', { class: 'muted' }, 'Loading…'));
+  const tplBox = h('div', {});
+  async function load() {
+    try {
+      const pools = (await api('GET', '/api/v1/pools')).pools || [];
+      const vols = await Promise.all(pools.map((p) => api('GET', poolPath(p.name, '/volumes')).then((r) => r.volumes || []).catch(() => [])));
+      replace(box, pools.map((p, i) => poolCard(p, vols[i], load)), poolForm(load));
+    } catch (e) {
+      replace(box, h('p', { class: 'muted' }, `Cannot list pools: ${e.message}`));
+    }
+    try {
+      replace(tplBox, templatesCard((await api('GET', '/api/v1/templates')).templates || []));
+    } catch { replace(tplBox); }
+  }
+  replace(main, h('h1', { class: 'page-title' }, 'Storage'), box, h('div', { class: 'grid top-gap' }, tplBox));
+  load();
+}
