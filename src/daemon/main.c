@@ -480,6 +480,7 @@ int main(int argc, char **argv)
     if (o.alert_rules && kh_alerts_load_file(d.alerts, o.alert_rules, &err) < 0)
         die("--alert-rules %s", err.msg);
     kh_metrics_set_alerts(d.metrics, d.alerts);
+    kh_metrics_set_host(d.metrics, state_dir, d.storage);
 
     size_t nroutes;
     const kh_route *routes = kh_routes_table(&nroutes);

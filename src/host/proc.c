@@ -4,7 +4,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/statvfs.h>
 #include <unistd.h>
+
+#include "util/mem.h"
 
 /* Read /proc/PID/stat; returns the state char and start time. */
 static int read_stat(pid_t pid, char *state, unsigned long long *start)
@@ -111,4 +114,98 @@ unsigned kh_proc_cpu_khz(void)
     }
     fclose(fp);
     return khz;
+}
+
+/* diskstats names may hold '/', which /sys/block spells '!'. */
+static bool whole_disk(const char *name)
+{
+    static const char *const skip[] = { "loop", "ram", "fd" };
+    for (size_t i = 0; i < sizeof(skip) / sizeof(skip[0]); i++)
+        if (strncmp(name, skip[i], strlen(skip[i])) == 0)
+            return false;
+    char path[96];
+    snprintf(path, sizeof(path), "/sys/block/%s", name);
+    for (char *p = path + 11; *p; p++)
+        if (*p == '/')
+            *p = '!';
+    return access(path, F_OK) == 0;
+}
+
+size_t kh_proc_diskstats(kh_proc_disk **out)
+{
+    *out = NULL;
+    FILE *fp = fopen("/proc/diskstats", "re");
+    if (!fp)
+        return 0;
+    char line[512];
+    size_t n = 0, cap = 0;
+    kh_proc_disk *v = NULL;
+    while (fgets(line, sizeof(line), fp)) {
+        kh_proc_disk d = { 0 };
+        unsigned long long rsec = 0, wsec = 0;
+        /* major minor name reads merged sectors ms writes merged sectors ms
+         * in-flight io_ms ... (sectors are 512 bytes whatever the device) */
+        if (sscanf(line, " %*u %*u %31s %llu %*u %llu %*u %llu %*u %llu %*u %*u %llu", d.name,
+                   &d.reads, &rsec, &d.writes, &wsec, &d.io_ms) != 6 ||
+            !whole_disk(d.name))
+            continue;
+        d.read_bytes = rsec * 512;
+        d.write_bytes = wsec * 512;
+        if (n == cap) {
+            cap = cap ? cap * 2 : 8;
+            v = xrealloc(v, cap * sizeof(*v));
+        }
+        v[n++] = d;
+    }
+    fclose(fp);
+    *out = v;
+    return n;
+}
+
+size_t kh_proc_netdevs(kh_proc_netdev **out)
+{
+    *out = NULL;
+    FILE *fp = fopen("/proc/net/dev", "re");
+    if (!fp)
+        return 0;
+    char line[512];
+    size_t n = 0, cap = 0;
+    kh_proc_netdev *v = NULL;
+    while (fgets(line, sizeof(line), fp)) {
+        char *colon = strchr(line, ':');
+        if (!colon)
+            continue; /* the two header lines */
+        *colon = '\0';
+        const char *name = line;
+        while (*name == ' ')
+            name++;
+        kh_proc_netdev d = { 0 };
+        if (!*name || strlen(name) >= sizeof(d.name))
+            continue;
+        memcpy(d.name, name, strlen(name) + 1);
+        if (sscanf(colon + 1, "%llu %llu %llu %llu %*u %*u %*u %*u %llu %llu %llu %llu",
+                   &d.rx_bytes, &d.rx_packets, &d.rx_errs, &d.rx_drop, &d.tx_bytes,
+                   &d.tx_packets, &d.tx_errs, &d.tx_drop) != 8)
+            continue;
+        if (n == cap) {
+            cap = cap ? cap * 2 : 8;
+            v = xrealloc(v, cap * sizeof(*v));
+        }
+        v[n++] = d;
+    }
+    fclose(fp);
+    *out = v;
+    return n;
+}
+
+bool kh_proc_fs_usage(const char *path, double *size, double *used, double *avail)
+{
+    struct statvfs sv;
+    if (statvfs(path, &sv) < 0)
+        return false;
+    double bs = (double)sv.f_frsize;
+    *size = (double)sv.f_blocks * bs;
+    *used = (double)(sv.f_blocks - sv.f_bfree) * bs;
+    *avail = (double)sv.f_bavail * bs;
+    return true;
 }

@@ -130,9 +130,12 @@ static int parse_rule(rule *r, const json_t *o, size_t i, kh_err *err)
         return -1;
     }
     r->vm = strcmp(scope, "vm") == 0;
-    static const char *const host_metrics[] = { "cpu_percent", "memory_used_bytes",
-                                                "memory_total_bytes", "load1", "vms_running",
-                                                "memory_used_percent", NULL };
+    static const char *const host_metrics[] = {
+        "cpu_percent", "memory_used_bytes", "memory_total_bytes", "load1", "vms_running",
+        "disk_used_bytes", "disk_total_bytes", "disk_read_bytes_per_second",
+        "disk_write_bytes_per_second", "net_rx_bytes_per_second", "net_tx_bytes_per_second",
+        "memory_used_percent", "disk_used_percent", NULL,
+    };
     static const char *const vm_metrics[] = {
         "cpu_percent", "memory_bytes", "rss_bytes", "disk_read_bytes_per_second",
         "disk_write_bytes_per_second", "disk_read_ops_per_second", "disk_write_ops_per_second",

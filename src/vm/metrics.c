@@ -10,6 +10,7 @@
 
 #include "conf/limits.h"
 #include "host/proc.h"
+#include "storage/storage.h"
 #include "util/fs.h"
 #include "util/log.h"
 #include "util/mem.h"
@@ -29,9 +30,14 @@ static const char *const vm_fields[VF_N] = {
     "cpu_percent", "memory_bytes", "rss_bytes", "disk_read_bytes_per_second",
     "disk_write_bytes_per_second", "disk_read_ops_per_second", "disk_write_ops_per_second",
 };
-enum { HF_CPU, HF_MEM_USED, HF_MEM_TOTAL, HF_LOAD1, HF_RUNNING, HF_N };
+enum {
+    HF_CPU, HF_MEM_USED, HF_MEM_TOTAL, HF_LOAD1, HF_RUNNING, HF_DISK_USED, HF_DISK_TOTAL,
+    HF_DISK_RD_BPS, HF_DISK_WR_BPS, HF_NET_RX_BPS, HF_NET_TX_BPS, HF_N
+};
 static const char *const host_fields[HF_N] = {
     "cpu_percent", "memory_used_bytes", "memory_total_bytes", "load1", "vms_running",
+    "disk_used_bytes", "disk_total_bytes", "disk_read_bytes_per_second",
+    "disk_write_bytes_per_second", "net_rx_bytes_per_second", "net_tx_bytes_per_second",
 };
 
 static const double latency_bounds[] = { 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
@@ -88,6 +94,9 @@ struct kh_metrics {
     vm_entry *vms;
     kh_series *host_hist;
     double last_host_t, last_busy, last_total;
+    double last_disk_rd, last_disk_wr, last_net_rx, last_net_tx; /* host counters */
+    char *state_dir;         /* its filesystem is the host's "disk" */
+    kh_storage *storage;     /* optional, borrowed: pool paths */
     req_key reqs[REQ_KEYS_MAX];
     size_t nreqs;
     lat_key lats[REQ_KEYS_MAX];
@@ -246,6 +255,29 @@ static void read_mem(double *total, double *avail)
     read_keyed("/proc/meminfo", "MemAvailable", &a);
     *total = (double)t * 1024;
     *avail = (double)a * 1024;
+}
+
+/* Whole-disk bytes read and written, and network bytes received and sent
+ * on every interface but lo, since boot. */
+static void host_io_totals(double *drd, double *dwr, double *nrx, double *ntx)
+{
+    *drd = *dwr = *nrx = *ntx = 0;
+    kh_proc_disk *d;
+    size_t n = kh_proc_diskstats(&d);
+    for (size_t i = 0; i < n; i++) {
+        *drd += (double)d[i].read_bytes;
+        *dwr += (double)d[i].write_bytes;
+    }
+    free(d);
+    kh_proc_netdev *nd;
+    n = kh_proc_netdevs(&nd);
+    for (size_t i = 0; i < n; i++) {
+        if (strcmp(nd[i].name, "lo") == 0)
+            continue;
+        *nrx += (double)nd[i].rx_bytes;
+        *ntx += (double)nd[i].tx_bytes;
+    }
+    free(nd);
 }
 
 /* ---- VM entries ---- */
@@ -534,18 +566,39 @@ static void sample(kh_metrics *m)
     unsigned total_vms, running;
     kh_manager_counts(m->mgr, &total_vms, &running);
     row[HF_RUNNING] = running;
+    double fs_size, fs_avail, fs_used;
+    if (m->state_dir && kh_proc_fs_usage(m->state_dir, &fs_size, &fs_used, &fs_avail)) {
+        row[HF_DISK_USED] = fs_used;
+        row[HF_DISK_TOTAL] = fs_size;
+    }
+    double drd, dwr, nrx, ntx;
+    host_io_totals(&drd, &dwr, &nrx, &ntx);
+    if (m->last_host_t > 0 && now > m->last_host_t) {
+        double dt = now - m->last_host_t;
+        row[HF_DISK_RD_BPS] = drd >= m->last_disk_rd ? (drd - m->last_disk_rd) / dt : 0;
+        row[HF_DISK_WR_BPS] = dwr >= m->last_disk_wr ? (dwr - m->last_disk_wr) / dt : 0;
+        row[HF_NET_RX_BPS] = nrx >= m->last_net_rx ? (nrx - m->last_net_rx) / dt : 0;
+        row[HF_NET_TX_BPS] = ntx >= m->last_net_tx ? (ntx - m->last_net_tx) / dt : 0;
+    }
+    m->last_disk_rd = drd;
+    m->last_disk_wr = dwr;
+    m->last_net_rx = nrx;
+    m->last_net_tx = ntx;
     if (m->last_host_t > 0) {
         kh_series_push(m->host_hist, now, row);
         if (m->alerts) {
-            const char *fields[HF_N + 1];
-            double vals[HF_N + 1];
+            const char *fields[HF_N + 2];
+            double vals[HF_N + 2];
             for (size_t k = 0; k < HF_N; k++) {
                 fields[k] = host_fields[k];
                 vals[k] = row[k];
             }
             fields[HF_N] = "memory_used_percent";
             vals[HF_N] = mt > 0 ? (mt - ma) / mt * 100 : 0;
-            kh_alerts_feed(m->alerts, NULL, fields, vals, HF_N + 1, now);
+            fields[HF_N + 1] = "disk_used_percent";
+            vals[HF_N + 1] = row[HF_DISK_TOTAL] > 0 ? row[HF_DISK_USED] / row[HF_DISK_TOTAL] * 100
+                                                    : 0;
+            kh_alerts_feed(m->alerts, NULL, fields, vals, HF_N + 2, now);
         }
     }
     if (m->alerts)
@@ -595,6 +648,7 @@ static void metrics_destroy(kh_metrics *m)
         entry_free(e);
     }
     kh_series_free(m->host_hist);
+    free(m->state_dir);
     free(m);
 }
 
@@ -612,6 +666,13 @@ void kh_metrics_free(kh_metrics *m)
 void kh_metrics_set_alerts(kh_metrics *m, kh_alerts *alerts)
 {
     m->alerts = alerts;
+}
+
+void kh_metrics_set_host(kh_metrics *m, const char *state_dir, kh_storage *storage)
+{
+    free(m->state_dir);
+    m->state_dir = state_dir ? xstrdup(state_dir) : NULL;
+    m->storage = storage;
 }
 
 void kh_metrics_set_accel(kh_metrics *m, const char *accel)
@@ -805,6 +866,95 @@ static const struct {
     { "kvmhost_vm_disk_write_time_seconds_total", "counter", "Time spent writing, per disk" },
 };
 
+static void fs_samples(kh_prom *p, const char *path, const char *pool, int which)
+{
+    double size, used, avail;
+    if (!kh_proc_fs_usage(path, &size, &used, &avail))
+        return;
+    const char *l[] = { "path", path, pool ? "pool" : NULL, pool, NULL };
+    kh_prom_sample(p, which ? "kvmhost_host_filesystem_avail_bytes"
+                            : "kvmhost_host_filesystem_size_bytes",
+                   l, which ? avail : size);
+}
+
+/* Host block devices (whole disks), filesystems (the state dir and each
+ * pool) and network interfaces. */
+static void render_host_io(kh_metrics *m, kh_prom *p)
+{
+    static const struct {
+        const char *name, *help;
+    } dfam[] = {
+        { "kvmhost_host_disk_read_bytes_total", "Bytes read, per whole disk (/proc/diskstats)" },
+        { "kvmhost_host_disk_written_bytes_total", "Bytes written, per whole disk" },
+        { "kvmhost_host_disk_read_ops_total", "Reads completed, per whole disk" },
+        { "kvmhost_host_disk_write_ops_total", "Writes completed, per whole disk" },
+        { "kvmhost_host_disk_io_time_seconds_total", "Time spent doing I/O, per whole disk" },
+    };
+    kh_proc_disk *d;
+    size_t nd = kh_proc_diskstats(&d);
+    for (size_t f = 0; f < sizeof(dfam) / sizeof(dfam[0]); f++) {
+        kh_prom_family(p, dfam[f].name, "counter", dfam[f].help);
+        for (size_t i = 0; i < nd; i++) {
+            const char *l[] = { "device", d[i].name, NULL };
+            double v = f == 0   ? (double)d[i].read_bytes
+                       : f == 1 ? (double)d[i].write_bytes
+                       : f == 2 ? (double)d[i].reads
+                       : f == 3 ? (double)d[i].writes
+                                : (double)d[i].io_ms / 1000.0;
+            kh_prom_sample(p, dfam[f].name, l, v);
+        }
+    }
+    free(d);
+
+    json_t *pools = m->storage ? kh_storage_pools_json(m->storage) : NULL;
+    for (int which = 0; which < 2; which++) {
+        if (which == 0)
+            kh_prom_family(p, "kvmhost_host_filesystem_size_bytes", "gauge",
+                           "Size of the filesystem holding the state dir (path) or a pool");
+        else
+            kh_prom_family(p, "kvmhost_host_filesystem_avail_bytes", "gauge",
+                           "Bytes available to unprivileged users on that filesystem");
+        if (m->state_dir)
+            fs_samples(p, m->state_dir, NULL, which);
+        size_t i;
+        json_t *pl;
+        json_array_foreach(pools, i, pl) {
+            const char *name = json_string_value(json_object_get(pl, "name"));
+            const char *path = json_string_value(json_object_get(pl, "path"));
+            if (name && path)
+                fs_samples(p, path, name, which);
+        }
+    }
+    json_decref(pools);
+
+    static const struct {
+        const char *name, *help;
+    } nfam[] = {
+        { "kvmhost_host_network_receive_bytes_total", "Bytes received, per interface" },
+        { "kvmhost_host_network_transmit_bytes_total", "Bytes sent, per interface" },
+        { "kvmhost_host_network_receive_packets_total", "Packets received, per interface" },
+        { "kvmhost_host_network_transmit_packets_total", "Packets sent, per interface" },
+        { "kvmhost_host_network_receive_errs_total", "Receive errors, per interface" },
+        { "kvmhost_host_network_transmit_errs_total", "Transmit errors, per interface" },
+        { "kvmhost_host_network_receive_drop_total", "Received packets dropped, per interface" },
+        { "kvmhost_host_network_transmit_drop_total", "Packets dropped on send, per interface" },
+    };
+    kh_proc_netdev *nv;
+    size_t nn = kh_proc_netdevs(&nv);
+    for (size_t f = 0; f < sizeof(nfam) / sizeof(nfam[0]); f++) {
+        kh_prom_family(p, nfam[f].name, "counter", nfam[f].help);
+        for (size_t i = 0; i < nn; i++) {
+            const kh_proc_netdev *x = &nv[i];
+            const char *l[] = { "device", x->name, NULL };
+            const unsigned long long v[] = { x->rx_bytes, x->tx_bytes, x->rx_packets,
+                                             x->tx_packets, x->rx_errs, x->tx_errs,
+                                             x->rx_drop, x->tx_drop };
+            kh_prom_sample(p, nfam[f].name, l, (double)v[f]);
+        }
+    }
+    free(nv);
+}
+
 char *kh_metrics_render(kh_metrics *m, size_t *len)
 {
     kh_prom *p = kh_prom_new();
@@ -837,6 +987,7 @@ char *kh_metrics_render(kh_metrics *m, size_t *len)
         const char *l[] = { "period", periods[i], NULL };
         kh_prom_sample(p, "kvmhost_host_load_average", l, load[i]);
     }
+    render_host_io(m, p);
     kh_prom_family(p, "kvmhost_host_accelerator_info", "gauge",
                    "The accelerator VMs run under (label), always 1");
     const char *al[] = { "accelerator", m->accel, NULL };

@@ -18,6 +18,7 @@
 #include <uv.h>
 
 #include "host/cgroup.h"
+#include "storage/storage.h"
 #include "util/err.h"
 #include "vm/alert.h"
 #include "vm/manager.h"
@@ -34,6 +35,10 @@ kh_metrics *kh_metrics_new(uv_loop_t *loop, kh_manager *mgr, kh_tasks *tasks,
 void kh_metrics_free(kh_metrics *m);
 /* Feed every sampling round to these alert rules (borrowed; NULL: none). */
 void kh_metrics_set_alerts(kh_metrics *m, kh_alerts *alerts);
+/* The host's "disk" for the history and disk alerts is the filesystem of
+ * state_dir (copied); storage (borrowed, NULL: none) gives the pool paths
+ * whose filesystems /metrics reports too. */
+void kh_metrics_set_host(kh_metrics *m, const char *state_dir, kh_storage *storage);
 /* The accelerator VMs run under ("kvm", "tcg", "probing"); copied. */
 void kh_metrics_set_accel(kh_metrics *m, const char *accel);
 /* One finished API request (the HTTP server's hook). route is the route

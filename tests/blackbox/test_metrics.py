@@ -98,6 +98,35 @@ def test_metrics_unix_socket_and_promtool(qd, fake_boot):
     assert sample(m, "kvmhost_sampler_runs_total") >= 1
     # A stopped VM has no runtime series.
     assert sample(m, "kvmhost_vm_cpu_seconds_total", vm="idle1") is None
+    # Host disks (whole disks only, as /proc/diskstats counts them),
+    # filesystems (the state dir and each pool) and interfaces.
+    disks = {}
+    with open("/proc/diskstats") as f:
+        for ln in f:
+            x = ln.split()
+            disks[x[2]] = (int(x[3]), int(x[5]) * 512)
+    whole = [d for d in disks if os.path.exists("/sys/block/" + d.replace("/", "!"))
+             and not d.startswith(("loop", "ram", "fd"))]
+    assert whole, disks
+    for d in whole:
+        assert sample(m, "kvmhost_host_disk_read_ops_total", device=d) <= disks[d][0] + 1e6
+        assert sample(m, "kvmhost_host_disk_read_bytes_total", device=d) >= 0
+    parts = [d for d in disks if d not in whole]
+    for d in parts:
+        assert sample(m, "kvmhost_host_disk_read_bytes_total", device=d) is None, d
+    st = os.statvfs(qd.state_dir)
+    size = sample(m, "kvmhost_host_filesystem_size_bytes", path=qd.state_dir)
+    assert size == st.f_blocks * st.f_frsize, (size, st)
+    assert 0 < sample(m, "kvmhost_host_filesystem_avail_bytes", path=qd.state_dir) <= size
+    assert sample(m, "kvmhost_host_filesystem_size_bytes", pool="default") == size
+    with open("/proc/net/dev") as f:
+        devs = [ln.split(":")[0].strip() for ln in f if ":" in ln]
+    assert "lo" in devs
+    for d in devs:
+        assert sample(m, "kvmhost_host_network_receive_bytes_total", device=d) is not None, d
+        assert sample(m, "kvmhost_host_network_transmit_drop_total", device=d) is not None, d
+    lo = sample(m, "kvmhost_host_network_receive_packets_total", device="lo")
+    assert lo > 0
 
 
 def test_metrics_tcp_needs_token_unless_loopback_public(qd, daemons):
@@ -133,6 +162,13 @@ def test_history_endpoints(qd, fake_boot):
     assert len(row) == len(h["fields"])
     assert abs(row[0] - time.time()) < 30
     assert 0 <= row[1] <= 100 and row[3] > 0, row
+    assert h["fields"][6:] == ["disk_used_bytes", "disk_total_bytes",
+                               "disk_read_bytes_per_second", "disk_write_bytes_per_second",
+                               "net_rx_bytes_per_second", "net_tx_bytes_per_second"], h
+    st = os.statvfs(qd.state_dir)
+    assert row[7] == st.f_blocks * st.f_frsize, row
+    assert 0 < row[6] <= row[7], row
+    assert all(v >= 0 for v in row[8:]), row
     assert h["interval_seconds"] == 0.2
     assert h["vms"]["hist1"]["state"] == "stopped", h["vms"]
     assert h["vms"]["hist1"]["cpu_percent"] is None
