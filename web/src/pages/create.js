@@ -21,6 +21,7 @@ export function createPage(main, params = []) {
     start: h('input', { type: 'checkbox', checked: true }),
     volume: h('select', {}, h('option', { value: '' }, 'none')),
     network: h('select', {}, h('option', { value: '' }, 'none (no network card)')),
+    nicIp: h('input', { type: 'text', placeholder: 'dynamic (from DHCP)', spellcheck: 'false' }),
     template: h('select', {}, h('option', { value: '' }, 'none: define the VM in the next step')),
   };
   const cloneLinked = h('input', { type: 'radio', name: 'clone', id: 'clone-linked', value: 'linked', checked: true });
@@ -61,6 +62,10 @@ export function createPage(main, params = []) {
       for (const n of networks || []) f.network.append(h('option', { value: n.name }, `${n.name}${n.type ? ` (${n.type})` : ''}`));
     } catch { /* no networks on this daemon */ }
   })();
+  const ipBox = field('nic-ip', 'Reserved IP on that network (optional)', f.nicIp, 'A static DHCP reservation (nat and isolated networks).');
+  const syncNet = () => { ipBox.hidden = !f.network.value; };
+  f.network.addEventListener('change', syncNet);
+  syncNet();
   const bootKernel = h('input', { type: 'radio', name: 'bootmode', id: 'boot-kernel', value: 'kernel', checked: true });
   const bootDisk = h('input', { type: 'radio', name: 'bootmode', id: 'boot-disk', value: 'disk' });
   const kernelBox = h('div', { class: 'sub' },
@@ -85,6 +90,7 @@ export function createPage(main, params = []) {
       field('disk-path', 'Or a disk image (absolute path; optional with a kernel)', f.disk),
       field('disk-format', 'Disk format', f.format),
       field('network', 'Network', f.network),
+      ipBox,
       field('graphics', 'Graphics', f.graphics)),
     h('fieldset', { class: 'step' }, h('legend', {}, '3. Review'),
       review,
@@ -121,7 +127,10 @@ export function createPage(main, params = []) {
     if (f.volume.value) disks.push({ volume: f.volume.value });
     if (f.disk.value.trim()) disks.push({ path: f.disk.value.trim(), format: f.format.value });
     if (disks.length) s.disks = disks;
-    if (f.network.value) s.nics = [{ network: f.network.value }];
+    if (f.network.value) {
+      s.nics = [{ network: f.network.value }];
+      if (f.nicIp.value.trim()) s.nics[0].ip = f.nicIp.value.trim();
+    }
     return s;
   }
 
@@ -139,6 +148,7 @@ export function createPage(main, params = []) {
       if (f.initrd.value.trim() && !f.initrd.value.trim().startsWith('/')) return bad(f.initrd, 'The initrd must be an absolute path.');
       if (bootDisk.checked && !f.disk.value.trim() && !f.volume.value) return bad(f.volume, 'Booting from a disk needs a volume or a disk image.');
       if (f.disk.value.trim() && !f.disk.value.trim().startsWith('/')) return bad(f.disk, 'The disk must be an absolute path.');
+      if (f.network.value && f.nicIp.value.trim() && !/^\d{1,3}(\.\d{1,3}){3}$/.test(f.nicIp.value.trim())) return bad(f.nicIp, 'The reserved IP must be an IPv4 address such as 10.10.0.5.');
     }
     return null;
   }
@@ -161,7 +171,7 @@ export function createPage(main, params = []) {
         h('dt', {}, 'Boot'), h('dd', {}, s.boot ? h('code', {}, `${s.boot.kernel}${s.boot.initrd ? ` + ${s.boot.initrd}` : ''}`) : 'first disk'),
         s.boot && s.boot.cmdline ? [h('dt', {}, 'Command line'), h('dd', {}, h('code', {}, s.boot.cmdline))] : null,
         h('dt', {}, 'Disks'), h('dd', {}, s.disks ? s.disks.map((d) => h('div', {}, h('code', {}, d.volume ? `volume ${d.volume}` : `${d.path} (${d.format})`))) : 'none'),
-        h('dt', {}, 'Network'), h('dd', {}, s.nics ? s.nics[0].network : 'none'),
+        h('dt', {}, 'Network'), h('dd', {}, s.nics ? `${s.nics[0].network}${s.nics[0].ip ? `, reserved IP ${s.nics[0].ip}` : ''}` : 'none'),
         h('dt', {}, 'Graphics'), h('dd', {}, s.graphics));
     }
     const first = steps[step].querySelector('input:not([type=radio]), select');

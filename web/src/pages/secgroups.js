@@ -103,13 +103,10 @@ export function securityGroupsPage(main) {
     err.set('');
     const n = name.value.trim();
     if (!NAME_RE.test(n)) { name.focus(); err.set('The name must be 1-64 letters, digits, - _ . and not start with . or -.'); return; }
-    try {
-      await api('GET', sgPath(n));
-      err.set(`A security group named ${n} exists already.`);
-      return;
-    } catch (ex) {
-      if (ex.status !== 404) { err.set(ex.message); return; }
-    }
+    try { // PUT would replace a group of that name: refuse here instead
+      const gs = (await api('GET', '/api/v1/security-groups')).security_groups || [];
+      if (gs.some((g) => g.name === n)) { err.set(`A security group named ${n} exists already.`); return; }
+    } catch (ex) { err.set(ex.message); return; }
     try {
       await api('PUT', sgPath(n), { rules: [{ direction: 'in', proto: 'tcp', ports: '22' }] });
       toast(`Created security group ${n}`, 'ok');
