@@ -69,7 +69,9 @@ function inNetns() {
   if (r.status !== 0) throw new Error(`ip netns add ${ns}: ${r.stderr}`);
   run('netns', 'exec', ns, 'ip', 'link', 'set', 'lo', 'up');
   return new Promise((res) => {
-    const child = spawn('ip', ['netns', 'exec', ns, process.execPath, fileURLToPath(import.meta.url)],
+    // nsenter, not `ip netns exec`: that one mounts a fresh /sys without the
+    // cgroup hierarchies the daemon puts VMs in
+    const child = spawn('nsenter', [`--net=/run/netns/${ns}`, process.execPath, fileURLToPath(import.meta.url)],
       { stdio: 'inherit', env: { ...process.env, KH_WEB_NETNS: ns } });
     child.on('exit', async (code, sig) => {
       // whatever the test started and left in the namespace (a daemon, QEMU, dnsmasq)
@@ -527,10 +529,10 @@ async function main() {
     await poolCard.locator('tr[data-vol="data1"]').waitFor();
     ok((await unlabelled(page)).length === 0, `every field on the storage page has a label (${await unlabelled(page)})`);
     await poolCard.getByLabel('Volume name').fill('vol2');
-    await poolCard.getByLabel('Size').fill('lots');
+    await poolCard.getByLabel('Size', { exact: true }).fill('lots');
     await poolCard.getByRole('button', { name: 'Create volume in webpool' }).click();
     ok((await page.locator('#vol-webpool-error').textContent()).includes('K, M, G or T'), 'a bad size is refused in the page');
-    await poolCard.getByLabel('Size').fill('8M');
+    await poolCard.getByLabel('Size', { exact: true }).fill('8M');
     await poolCard.getByRole('button', { name: 'Create volume in webpool' }).click();
     await poolCard.locator('tr[data-vol="vol2"]').waitFor();
     ok((await api('/api/v1/pools/webpool/volumes/vol2')).capacity === 8 * 1048576, 'the page creates an 8 MiB qcow2 volume');

@@ -4,6 +4,7 @@ import { h, replace, toast, fmtMiB, field } from '../dom.js';
 import { api, vmPath } from '../api.js';
 
 const NAME_RE = /^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$/;
+const isIPv4 = (s) => /^\d{1,3}(\.\d{1,3}){3}$/.test(s) && s.split('.').every((o) => Number(o) <= 255);
 
 export function createPage(main, params = []) {
   const wantTemplate = params[0] ? decodeURIComponent(params[0]) : '';
@@ -148,7 +149,7 @@ export function createPage(main, params = []) {
       if (f.initrd.value.trim() && !f.initrd.value.trim().startsWith('/')) return bad(f.initrd, 'The initrd must be an absolute path.');
       if (bootDisk.checked && !f.disk.value.trim() && !f.volume.value) return bad(f.volume, 'Booting from a disk needs a volume or a disk image.');
       if (f.disk.value.trim() && !f.disk.value.trim().startsWith('/')) return bad(f.disk, 'The disk must be an absolute path.');
-      if (f.network.value && f.nicIp.value.trim() && !/^\d{1,3}(\.\d{1,3}){3}$/.test(f.nicIp.value.trim())) return bad(f.nicIp, 'The reserved IP must be an IPv4 address such as 10.10.0.5.');
+      if (f.network.value && f.nicIp.value.trim() && !isIPv4(f.nicIp.value.trim())) return bad(f.nicIp, 'The reserved IP must be an IPv4 address such as 10.10.0.5.');
     }
     return null;
   }
