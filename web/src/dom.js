@@ -35,6 +35,7 @@ export function toast(msg, kind = 'info') {
   const box = document.getElementById('toasts');
   const t = h('div', { class: `toast ${kind}`, id: `toast-${++toastSeq}` }, msg);
   box.append(t);
+  while (box.children.length > 4) box.firstElementChild.remove(); // the newest few only
   setTimeout(() => t.remove(), kind === 'error' ? 9000 : 4000);
 }
 

@@ -236,6 +236,7 @@ async function main() {
     const c2 = await waitFor(async () => { const c = await chartState(); return (c.n > c1.n || c.latest !== c1.latest) && c; }, 15000, 'the VM CPU chart to update');
     ok(true, `the VM CPU chart updates by itself (${c1.n} -> ${c2.n} points, latest ${Number(c1.latest).toFixed(1)} -> ${Number(c2.latest).toFixed(1)} %)`);
     ok(Number(await page.locator('figure#vm-mem-chart').getAttribute('data-points')) >= 1, 'the VM memory chart has points');
+    await page.evaluate(() => document.getElementById('toasts').replaceChildren());
     await page.screenshot({ path: join(logs, 'web-vm-summary.png'), fullPage: true });
     // the tabs work from the keyboard
     await page.getByRole('tab', { name: 'Summary' }).focus();
@@ -323,6 +324,7 @@ async function main() {
     ok(true, 'the alerts page saves a new rule (PUT /api/v1/alerts/rules)');
     await page.locator('#alerts-active tr', { hasText: 'web_test_cpu' }).filter({ hasText: 'firing' }).waitFor({ timeout: 20000 });
     ok(true, 'the new rule shows firing on the alerts page');
+    await page.evaluate(() => document.getElementById('toasts').replaceChildren());
     await page.screenshot({ path: join(logs, 'web-alerts.png'), fullPage: true });
 
     // 4. the dashboard counts it, live
@@ -353,6 +355,10 @@ async function main() {
     ok(io.n.series === 2 && io.n.lines === 2 && /in .*\/s.*out .*\/s/.test(io.n.caption),
       `the dashboard draws host network in and out (${io.n.n} points: ${io.n.caption})`);
     ok(await page.locator('#recent-events .ev-alert-firing').count() >= 1, 'the dashboard lists the alert that fired among recent events');
+    await page.locator('#dash-alerts li', { hasText: 'web_test_cpu' }).waitFor({ timeout: 10000 });
+    ok((await page.locator('#dash-alerts li', { hasText: 'web_test_cpu' }).textContent()).startsWith('firing') &&
+      /[1-9]\d* firing/.test(await page.locator('#alerts-firing').textContent()), 'the dashboard\'s alerts card shows the rule firing');
+    await page.evaluate(() => document.getElementById('toasts').replaceChildren()); // screenshots without passing toasts
     await page.screenshot({ path: join(logs, 'web-dashboard.png'), fullPage: true });
 
     // topology: the host, the VM, its kernel
@@ -366,6 +372,7 @@ async function main() {
     }));
     ok(topo.text.includes('weblan (nat)') && topo.nicEdges === 1 && topo.vols.includes('webpool/data1'),
       `the topology shows the VM connected to the network and to its volume (${JSON.stringify(topo)})`);
+    await page.evaluate(() => document.getElementById('toasts').replaceChildren());
     await page.screenshot({ path: join(logs, 'web-topology.png') });
 
     // networks: the list, one network's NICs, reservations, leases and port
@@ -416,6 +423,7 @@ async function main() {
     await page.locator('#fwd-error:not([hidden])').waitFor();
     ok((await api('/api/v1/networks/weblan')).forwards.length === 1, `a second forward of the same port shows the API's error (${await page.locator('#fwd-error').textContent()})`);
     await forgive(m); }
+    await page.evaluate(() => document.getElementById('toasts').replaceChildren());
     await page.screenshot({ path: join(logs, 'web-network.png'), fullPage: true });
     await page.getByRole('button', { name: 'Remove forward tcp 8080' }).click();
     await page.locator('#net-forwards-none').waitFor();
@@ -447,6 +455,7 @@ async function main() {
     ok(JSON.stringify((await api('/api/v1/security-groups/websg')).rules) === JSON.stringify(sg.rules),
       `a bad port shows the API's error and changes nothing (${await page.locator('#sg-websg-error').textContent()})`);
     await forgive(m); }
+    await page.evaluate(() => document.getElementById('toasts').replaceChildren());
     await page.screenshot({ path: join(logs, 'web-security-groups.png'), fullPage: true });
 
     // 5. stop from the list; the state changes without a reload
@@ -480,6 +489,7 @@ async function main() {
     await page.getByRole('tab', { name: 'Settings' }).click();
     await page.getByLabel('websg').check();
     ok((await unlabelled(page)).length === 0, `every field in the VM settings has a label (${await unlabelled(page)})`);
+    await page.evaluate(() => document.getElementById('toasts').replaceChildren());
     await page.screenshot({ path: join(logs, 'web-vm-settings-nics.png'), fullPage: true });
     const nicsBefore = (await api(`/api/v1/vms/${VM}`)).nics;
     await page.getByRole('button', { name: 'Save' }).click();
@@ -558,6 +568,7 @@ async function main() {
     await page.getByRole('button', { name: 'Add pool' }).click();
     await page.locator('section[data-pool="pool2"]').waitFor();
     ok((await api('/api/v1/pools/pool2')).path === pool2, 'the page adds a pool');
+    await page.evaluate(() => document.getElementById('toasts').replaceChildren());
     await page.screenshot({ path: join(logs, 'web-storage.png'), fullPage: true });
     await page.getByRole('button', { name: 'Forget pool pool2' }).click();
     await page.getByRole('dialog').getByRole('button', { name: 'Forget' }).click();

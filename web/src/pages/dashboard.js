@@ -1,6 +1,7 @@
 // dashboard.js - host facts, VMs by state, recent events (live).
 import { h, replace, fmtMiB, fmtDuration, fmtBytes } from '../dom.js';
 import { store, subscribe, loadHost } from '../store.js';
+import { api } from '../api.js';
 import { stateBadge } from '../actions.js';
 import { eventRow } from './events.js';
 import { lineChart, pollMetrics, column, chartsGrid } from '../chart.js';
@@ -86,6 +87,22 @@ function activeList() {
     })));
 }
 
+// Alerts pending or firing now (GET /api/v1/alerts), null before the first answer.
+function alertsCard(alerts) {
+  const act = alerts ? alerts.active || [] : null;
+  const firing = act ? act.filter((a) => a.state === 'firing').length : 0;
+  return h('section', { class: 'card', 'aria-labelledby': 'alerts-title' },
+    h('h2', { id: 'alerts-title' }, h('a', { href: '#/alerts' }, 'Alerts'),
+      act ? h('span', { class: `badge ${firing ? 'state-paused' : 'state-running'}`, id: 'alerts-firing' }, `${firing} firing`) : null),
+    !act ? h('p', { class: 'muted' }, 'Loading…')
+      : act.length ? h('ul', { class: 'alerts-list', id: 'dash-alerts' }, act.slice(0, 8).map((a) => h('li', {},
+        h('span', { class: `badge ${a.state === 'firing' ? 'state-paused' : ''}` }, a.state), ' ', h('strong', {}, a.rule),
+        a.vm ? [' on ', h('a', { href: `#/vms/${encodeURIComponent(a.vm)}` }, a.vm)] : ' (host)',
+        typeof a.value === 'number' ? h('span', { class: 'muted small' }, ` now ${a.value.toFixed(1)}`) : null)))
+        : h('p', { class: 'muted' }, 'No alert is pending or firing.'),
+    alerts ? h('p', { class: 'muted small' }, `${(alerts.rules || []).length} rules`) : null);
+}
+
 function eventsCard() {
   const list = store.events.slice(0, 12);
   return h('section', { class: 'card wide', 'aria-labelledby': 'ev-title' },
@@ -121,13 +138,18 @@ function hostCharts(onData) {
 
 export function dashboardPage(main) {
   const root = h('div', { class: 'grid' });
-  let metrics = null;
-  const render = () => replace(root, hostCard(store.host, metrics), vmsCard(), charts.card, eventsCard());
+  let metrics = null, alerts = null;
+  const render = () => replace(root, hostCard(store.host, metrics), vmsCard(), alertsCard(alerts), charts.card, eventsCard());
+  const loadAlerts = () => api('GET', '/api/v1/alerts').then((a) => { alerts = a; render(); }).catch(() => {});
   const charts = hostCharts((d) => { metrics = d; render(); });
   replace(main, h('h1', { class: 'page-title' }, 'Dashboard'), root);
   render();
   loadHost().catch(() => {});
-  const timer = setInterval(() => loadHost().catch(() => {}), 5000);
-  const unsub = subscribe(render);
+  loadAlerts();
+  const timer = setInterval(() => { loadHost().catch(() => {}); loadAlerts(); }, 5000);
+  const unsub = subscribe((kind, ev) => {
+    if (kind === 'event' && ev.type.startsWith('alert.')) loadAlerts();
+    render();
+  });
   return () => { clearInterval(timer); unsub(); charts.stop(); };
 }
