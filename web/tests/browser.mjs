@@ -561,6 +561,45 @@ async function main() {
     await page.getByRole('dialog').getByRole('button', { name: 'Delete' }).click();
     await waitFor(async () => (await page.locator('section[data-pool="webpool"] tr[data-vol="vol2"]').count()) === 0, 10000, 'vol2 to go');
     ok((await fetch(`${url}/api/v1/pools/webpool/volumes/vol2`, { headers: { Authorization: `Bearer ${token}` } })).status === 404, 'the page deletes the volume');
+    // a linked clone, an encrypted volume and an import, from the same form
+    await poolCard.getByLabel('Volume name').fill('data1-overlay');
+    await poolCard.getByLabel('Source').selectOption('clone');
+    await poolCard.getByLabel('Based on').selectOption('webpool/data1');
+    await poolCard.getByRole('button', { name: 'Create volume in webpool' }).click();
+    await poolCard.locator('tr[data-vol="data1-overlay"]').waitFor();
+    const ov = await api('/api/v1/pools/webpool/volumes/data1-overlay');
+    ok(ov.backing === 'webpool/data1' && ov.capacity === 16777216 && (await poolCard.locator('tr[data-vol="data1-overlay"]').textContent()).includes('webpool/data1'),
+      `the page makes a linked clone of a volume (backing ${ov.backing})`);
+    { const m = mark();
+    await page.getByRole('button', { name: 'Delete volume webpool/data1', exact: true }).click();
+    await page.getByRole('dialog').getByRole('button', { name: 'Delete' }).click();
+    await page.locator('.toast.error', { hasText: 'Delete webpool/data1' }).waitFor();
+    ok((await fetch(`${url}/api/v1/pools/webpool/volumes/data1`, { headers: { Authorization: `Bearer ${token}` } })).status === 200,
+      `a volume another is based on is not deleted; the page says why (${await page.locator('.toast.error').last().textContent()})`);
+    await forgive(m); }
+    await page.getByRole('button', { name: 'Delete volume webpool/data1-overlay' }).click();
+    await page.getByRole('dialog').getByRole('button', { name: 'Delete' }).click();
+    await waitFor(async () => (await poolCard.locator('tr[data-vol="data1-overlay"]').count()) === 0, 10000, 'the overlay to go');
+    await poolCard.getByLabel('Volume name').fill('sec1');
+    await poolCard.getByLabel('Size', { exact: true }).fill('1M');
+    await poolCard.getByLabel('Encrypt (LUKS)').check();
+    await poolCard.getByRole('button', { name: 'Create volume in webpool' }).click();
+    await poolCard.locator('tr[data-vol="sec1"]').waitFor({ timeout: 30000 });
+    ok((await api('/api/v1/pools/webpool/volumes/sec1')).encrypted === true && (await poolCard.locator('tr[data-vol="sec1"]').textContent()).includes('encrypted'),
+      'the page makes an encrypted volume and marks it');
+    await poolCard.getByLabel('Volume name').fill('imported');
+    await poolCard.getByLabel('Source').selectOption('import');
+    await poolCard.getByLabel('Format').selectOption('raw');
+    await poolCard.getByLabel('Host image (absolute path)').fill(join(guest, 'disk.ext4'));
+    await poolCard.getByRole('button', { name: 'Create volume in webpool' }).click();
+    await poolCard.locator('tr[data-vol="imported"]').waitFor({ timeout: 30000 });
+    const imp = await api('/api/v1/pools/webpool/volumes/imported');
+    ok(imp.format === 'raw' && imp.capacity === 16777216, `the page imports a host image as a raw volume (${imp.format}, ${imp.capacity} bytes)`);
+    for (const v of ['sec1', 'imported']) {
+      await page.getByRole('button', { name: `Delete volume webpool/${v}` }).click();
+      await page.getByRole('dialog').getByRole('button', { name: 'Delete' }).click();
+      await waitFor(async () => (await poolCard.locator(`tr[data-vol="${v}"]`).count()) === 0, 10000, `${v} to go`);
+    }
     const pool2 = join(base, 'pool2');
     mkdirSync(pool2, { mode: 0o755 });
     await page.getByLabel('Pool name').fill('pool2');

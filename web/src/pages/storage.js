@@ -35,27 +35,64 @@ function poolForm(reload) {
   return form;
 }
 
-function volumeForm(pool, reload) {
+// allVols: every volume's ref (pool/name), for a linked clone's backing.
+function volumeForm(pool, allVols, reload) {
   const id = (k) => `vol-${pool}-${k}`;
   const name = h('input', { type: 'text', required: true, maxlength: 64, autocomplete: 'off', spellcheck: 'false' });
+  const source = h('select', {}, h('option', { value: 'empty' }, 'empty'),
+    h('option', { value: 'clone', disabled: !allVols.length }, 'linked clone of a volume'),
+    h('option', { value: 'import' }, 'copy of a host image'));
   const size = h('input', { type: 'text', required: true, placeholder: '10G', size: 8, spellcheck: 'false' });
   const format = h('select', {}, h('option', { value: 'qcow2' }, 'qcow2'), h('option', { value: 'raw' }, 'raw'));
+  const backing = h('select', {}, allVols.map((r) => h('option', { value: r }, r)));
+  const path = h('input', { type: 'text', placeholder: '/path/to/image.qcow2', spellcheck: 'false', size: 28 });
+  const encrypt = h('input', { type: 'checkbox', id: id('encrypt') });
+  const boxes = {
+    size: field(id('size'), 'Size', size),
+    format: field(id('format'), 'Format', format),
+    backing: field(id('backing'), 'Based on', backing),
+    path: field(id('import'), 'Host image (absolute path)', path),
+    encrypt: h('div', { class: 'field end' }, h('label', { class: 'check', for: id('encrypt') }, encrypt, ' Encrypt (LUKS)')),
+  };
+  const sync = () => {
+    const src = source.value;
+    boxes.size.hidden = src === 'import';
+    size.placeholder = src === 'clone' ? 'as the base' : '10G';
+    boxes.format.hidden = src === 'clone';
+    boxes.backing.hidden = src !== 'clone';
+    boxes.path.hidden = src !== 'import';
+    boxes.encrypt.hidden = src !== 'empty' || format.value !== 'qcow2';
+  };
+  source.addEventListener('change', sync);
+  format.addEventListener('change', sync);
   const err = errorLine(id('error'));
   const form = h('form', { class: 'form inline', 'aria-label': `New volume in ${pool}`, novalidate: true },
     h('div', { class: 'row' },
       field(id('name'), 'Volume name', name),
-      field(id('size'), 'Size', size),
-      field(id('format'), 'Format', format),
+      field(id('source'), 'Source', source),
+      boxes.size, boxes.format, boxes.backing, boxes.path, boxes.encrypt,
       h('div', { class: 'field end' }, h('button', { type: 'submit', class: 'btn primary', 'aria-label': `Create volume in ${pool}` }, 'Create volume'))),
     err);
+  sync();
   form.addEventListener('submit', async (e) => {
     e.preventDefault();
     err.set('');
-    const n = name.value.trim(), s = size.value.trim();
+    const n = name.value.trim(), sz = size.value.trim(), src = source.value;
     if (!NAME_RE.test(n)) { name.focus(); err.set('The name must be 1-64 letters, digits, - _ . and not start with . or -.'); return; }
-    if (!SIZE_RE.test(s)) { size.focus(); err.set('The size is bytes or a number with K, M, G or T (e.g. 10G).'); return; }
+    const body = { name: n };
+    if (src !== 'import' && (sz || src === 'empty')) {
+      if (!SIZE_RE.test(sz)) { size.focus(); err.set('The size is bytes or a number with K, M, G or T (e.g. 10G).'); return; }
+      body.size = sizeArg(sz);
+    }
+    if (src === 'clone') body.backing = backing.value;
+    else body.format = format.value;
+    if (src === 'import') {
+      if (!path.value.trim().startsWith('/')) { path.focus(); err.set('The host image must be an absolute path.'); return; }
+      body.import = path.value.trim();
+    }
+    if (src === 'empty' && format.value === 'qcow2' && encrypt.checked) body.encrypt = true;
     try {
-      await api('POST', poolPath(pool, '/volumes'), { name: n, size: sizeArg(s), format: format.value });
+      await api('POST', poolPath(pool, '/volumes'), body);
       toast(`Created volume ${pool}/${n}`, 'ok');
       reload();
     } catch (ex) { err.set(ex.message); }
@@ -96,7 +133,7 @@ function resizeDialog(pool, v, reload) {
   size.select();
 }
 
-function poolCard(p, vols, reload) {
+function poolCard(p, vols, allVols, reload) {
   const used = p.capacity ? Math.round(((p.capacity - (p.free ?? 0)) / p.capacity) * 100) : null;
   return h('section', { class: 'card wide', dataset: { pool: p.name }, 'aria-labelledby': `pool-${p.name}-title` },
     h('h2', { id: `pool-${p.name}-title` }, `Pool ${p.name}`, p.default ? h('span', { class: 'badge' }, 'default') : null,
@@ -125,7 +162,7 @@ function poolCard(p, vols, reload) {
               reload();
             } }, 'Delete'))))))))
       : h('p', { class: 'muted' }, 'No volumes.'),
-    volumeForm(p.name, reload),
+    volumeForm(p.name, allVols, reload),
     p.default ? null : h('div', { class: 'buttons' }, h('button', { type: 'button', class: 'btn small danger', 'aria-label': `Forget pool ${p.name}`,
       onclick: async () => {
         if (!await confirmDialog('Forget pool', `Forget the pool ${p.name}? Its directory stays on the host.`, 'Forget')) return;
@@ -157,7 +194,8 @@ export function storagePage(main) {
     try {
       const pools = (await api('GET', '/api/v1/pools')).pools || [];
       const vols = await Promise.all(pools.map((p) => api('GET', poolPath(p.name, '/volumes')).then((r) => r.volumes || []).catch(() => [])));
-      replace(box, pools.map((p, i) => poolCard(p, vols[i], load)), poolForm(load));
+      const allVols = pools.flatMap((p, i) => vols[i].map((v) => `${p.name}/${v.name}`));
+      replace(box, pools.map((p, i) => poolCard(p, vols[i], allVols, load)), poolForm(load));
     } catch (e) {
       replace(box, h('p', { class: 'muted' }, `Cannot list pools: ${e.message}`));
     }
