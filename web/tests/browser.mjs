@@ -5,7 +5,11 @@
 // dir on a free loopback port with --web-dir web/dist, then: log in with
 // the token, create a VM in the wizard, start it, see the guest's marker on
 // the serial console, type a command and see its output, stop it and see
-// the state change without a reload, delete it; no console errors. Saves
+// the state change without a reload, delete it; no console errors. With
+// the same guest: snapshot take/change/revert, limits, the network picked in
+// the wizard (reserved IP, lease, port forwards), the topology; then the
+// networks, security groups, storage, alerts and template pages, each with
+// a refused bad input. Runs in a network namespace of its own. Saves
 // screenshots under $KH_TEST_LOGS (default test-logs/) as web-*.png.
 // Prints TAP-like "ok"/"not ok" lines and a "N passed, M failed" summary.
 import { chromium } from 'playwright-core';
@@ -73,7 +77,9 @@ function inNetns() {
     // cgroup hierarchies the daemon puts VMs in
     const child = spawn('nsenter', [`--net=/run/netns/${ns}`, process.execPath, fileURLToPath(import.meta.url)],
       { stdio: 'inherit', env: { ...process.env, KH_WEB_NETNS: ns } });
-    child.on('exit', async (code, sig) => {
+    // a timeout or ^C ends the inner run; the namespace is cleaned below
+    for (const sig of ['SIGTERM', 'SIGINT']) process.on(sig, () => child.kill(sig));
+    child.on('exit', async (code) => {
       // whatever the test started and left in the namespace (a daemon, QEMU, dnsmasq)
       for (let i = 0; i < 50; i++) {
         const pids = run('netns', 'pids', ns).stdout.split(/\s+/).filter(Boolean).map(Number);
@@ -182,6 +188,7 @@ async function main() {
     await page.getByLabel('Graphics').selectOption('vnc');
     await page.getByLabel('Disk from a storage pool').selectOption('webpool/data1');
     await page.getByLabel('Network', { exact: true }).selectOption('weblan');
+    ok((await unlabelled(page)).length === 0, `every field in the create wizard has a label (${await unlabelled(page)})`);
     await page.getByLabel('Reserved IP on that network (optional)').fill('10.98.0.300');
     await page.getByRole('button', { name: 'Next' }).click();
     ok((await page.locator('#wizard-error').textContent()).includes('IPv4 address'), 'the wizard refuses a bad reserved IP before sending anything');
