@@ -13,6 +13,7 @@ import { networksPage } from './pages/networks.js';
 import { securityGroupsPage } from './pages/secgroups.js';
 import { storagePage } from './pages/storage.js';
 import { alertsPage } from './pages/alerts.js';
+import { tasksPage } from './pages/tasks.js';
 
 const main = document.getElementById('main');
 const top = document.getElementById('top');
@@ -31,6 +32,7 @@ const ROUTES = [
   { re: /^#\/security-groups\/?$/, nav: 'networks', page: securityGroupsPage, title: 'Security groups' },
   { re: /^#\/storage\/?$/, nav: 'storage', page: storagePage, title: 'Storage' },
   { re: /^#\/alerts\/?$/, nav: 'alerts', page: alertsPage, title: 'Alerts' },
+  { re: /^#\/tasks\/?$/, nav: 'dashboard', page: tasksPage, title: 'Tasks' },
 ];
 
 function teardown() {

@@ -214,6 +214,9 @@ async function main() {
     await page.keyboard.type('echo hi-web\n', { delay: 20 });
     await waitFor(async () => (await termText()).some((l) => l.trim() === 'hi-web'), 30000, 'hi-web echoed back');
     ok(true, 'typing "echo hi-web" in the console prints hi-web');
+    const logHref = await page.locator('#console-log').getAttribute('href');
+    const logText = await page.evaluate(async (href) => (await fetch(href)).text(), logHref);
+    ok(logText.includes('KVMHOST-GUEST-READY') && logText.includes('hi-web'), `the console's "Download log" link gives the serial output (${logText.length} bytes)`);
     await page.screenshot({ path: join(logs, 'web-vm-console.png') });
 
     // the graphical console: noVNC through the daemon's VNC relay
@@ -660,6 +663,16 @@ async function main() {
     await page.waitForURL(/#\/vms\/clone1\/summary$/);
     const clone = await (await fetch(`${url}/api/v1/vms/clone1`, { headers: { Authorization: `Bearer ${token}` } })).json();
     ok(clone.disks && clone.disks[0] && clone.disks[0].volume === 'webpool/clone1-disk0', `the wizard made a linked clone of the template (${JSON.stringify(clone.disks)})`);
+
+    // the tasks page lists what ran, with how it ended
+    await page.getByRole('link', { name: 'Dashboard', exact: true }).click();
+    await page.getByRole('link', { name: 'All tasks' }).click();
+    await page.locator('#tasks tr[data-kind="clone"]').first().waitFor();
+    const kinds = await page.locator('#tasks tbody tr').evaluateAll((rows) => rows.map((r) => `${r.dataset.kind}:${r.querySelector('.badge').textContent}`));
+    ok(kinds.includes('clone:succeeded') && kinds.includes('snapshot.revert:succeeded') && kinds.includes('vm.start:succeeded'),
+      `the tasks page lists the clone, the revert and the start, succeeded (${kinds.length} tasks)`);
+    await page.evaluate(() => document.getElementById('toasts').replaceChildren());
+    await page.screenshot({ path: join(logs, 'web-tasks.png'), fullPage: true });
 
     ok(errors.length === 0, `no console errors${errors.length ? ':\n  ' + errors.join('\n  ') : ''}`);
 

@@ -106,7 +106,8 @@ function alertsCard(alerts) {
 function eventsCard() {
   const list = store.events.slice(0, 12);
   return h('section', { class: 'card wide', 'aria-labelledby': 'ev-title' },
-    h('h2', { id: 'ev-title' }, 'Recent events ', h('span', { class: `live-dot ${store.connected ? 'on' : ''}`, title: store.connected ? 'live' : 'disconnected' })),
+    h('h2', { id: 'ev-title' }, 'Recent events ', h('span', { class: `live-dot ${store.connected ? 'on' : ''}`, title: store.connected ? 'live' : 'disconnected' }),
+      h('a', { href: '#/tasks', class: 'btn small', id: 'tasks-link' }, 'All tasks')),
     list.length ? h('ol', { class: 'events', id: 'recent-events' }, list.map((ev) => eventRow(ev, true)))
       : h('p', { class: 'muted' }, 'No events yet.'));
 }

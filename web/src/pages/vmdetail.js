@@ -202,7 +202,8 @@ export function vmDetailPage(main, params) {
     if (!termBox) {
       termBox = h('div', { class: 'terminal', id: 'terminal' });
       consoleStatus = h('span', { class: 'muted small', id: 'console-status', role: 'status' });
-      replace(panel, h('div', { class: 'console-head' }, h('h2', {}, 'Serial console'), consoleStatus), termBox);
+      replace(panel, h('div', { class: 'console-head' }, h('h2', {}, 'Serial console'), consoleStatus,
+        h('a', { href: vmPath(name, '/console/log'), download: `${name}-console.log`, class: 'btn small', id: 'console-log' }, 'Download log')), termBox);
       consoleStatus.textContent = 'loading…';
       const mod = await import('../console.js');
       if (!termBox.isConnected) return;
