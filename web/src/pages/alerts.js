@@ -24,13 +24,17 @@ function ruleRow(i, r, onRemove) {
   const forS = h('input', { id: id('for'), type: 'number', min: 0, step: 'any', value: r.for_seconds ?? 60, size: 6 });
   const cell = (input, label) => h('td', {}, h('label', { class: 'sr-only', for: input.id }, `Rule ${n} ${label}`), input);
   const el = h('tr', { dataset: { rule: r.name || '' } },
-    cell(name, 'name'), cell(scope, 'scope'), cell(metric, 'metric'), cell(op, 'comparison'), cell(threshold, 'threshold'),
+    r.predict_seconds ? h('td', {}, h('label', { class: 'sr-only', for: name.id }, `Rule ${n} name`), name,
+      h('div', { class: 'muted small' }, `trend: predicts ${Math.round(r.predict_seconds / 3600)} h ahead`)) : cell(name, 'name'),
+    cell(scope, 'scope'), cell(metric, 'metric'), cell(op, 'comparison'), cell(threshold, 'threshold'),
     cell(forS, 'for seconds'),
     h('td', {}, h('button', { type: 'button', class: 'btn small danger', 'aria-label': `Remove rule ${n}`, onclick: onRemove }, 'Remove')));
   return {
     el,
+    // keys this table does not edit (e.g. a trend rule's predict_seconds)
+    // go back as they came
     value() {
-      return { name: name.value.trim(), scope: scope.value, metric: metric.value.trim(), op: op.value,
+      return { ...r, name: name.value.trim(), scope: scope.value, metric: metric.value.trim(), op: op.value,
         threshold: threshold.value === '' ? NaN : Number(threshold.value), for_seconds: forS.value === '' ? 0 : Number(forS.value) };
     },
     check() {
