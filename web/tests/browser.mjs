@@ -178,7 +178,7 @@ async function main() {
 
     // 2. the create wizard
     await page.getByRole('link', { name: 'Create VM' }).first().click();
-    await page.getByLabel('Name').fill(VM);
+    await page.getByLabel('Name', { exact: true }).fill(VM);
     await page.getByLabel('vCPUs').fill('1');
     await page.getByLabel('Memory (MiB)').fill('256');
     await page.getByRole('button', { name: 'Next' }).click();
@@ -636,7 +636,9 @@ async function main() {
     // a full copy from the storage page's template list
     await page.getByRole('link', { name: 'Storage', exact: true }).click();
     await page.locator('#templates tr[data-tpl="tplsrc"]').getByRole('link', { name: 'New VM from it' }).click();
-    await page.getByLabel('Name').fill('clone2');
+    await page.waitForURL(/#\/create\?template=tplsrc$/);
+    await page.locator('#create-title').waitFor();
+    await page.getByLabel('Name', { exact: true }).fill('clone2');
     await waitFor(async () => (await page.getByLabel('From template').inputValue()) === 'tplsrc', 10000, 'the template preselected');
     ok(await page.getByLabel('Memory (MiB)').inputValue() === '64', 'the template link opens the wizard with the template picked');
     await page.getByLabel('Full copy').check();
@@ -650,7 +652,8 @@ async function main() {
     ok(full.disks[0].volume === 'webpool/clone2-disk0' && fullVol.backing === null && fullVol.capacity === 16777216,
       `the wizard made a full copy of the template: a volume without backing (${JSON.stringify(full.disks)}, backing ${JSON.stringify(fullVol.backing)})`);
     await page.getByRole('link', { name: 'Create VM' }).first().click();
-    await page.getByLabel('Name').fill('clone1');
+    await page.locator('#create-title').waitFor();
+    await page.getByLabel('Name', { exact: true }).fill('clone1');
     await page.locator('#vm-template option[value="tplsrc"]').waitFor({ state: 'attached' });
     await page.getByLabel('From template').selectOption('tplsrc');
     await page.getByLabel('Linked clone').check();
