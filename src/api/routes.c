@@ -32,6 +32,14 @@ static const kh_route routes[] = {
       "ActionOptions", "Task" },
     { "POST", "/api/v1/vms/{name}/template", kh_template_routes_make, 0,
       "Make a stopped VM a template: its volumes become read-only bases", NULL, "VM" },
+    { "POST", "/api/v1/vms/{name}/disks", kh_disk_routes_attach, 0,
+      "Attach a volume as a disk: edits a stopped VM, hot-plugs into a running q35 VM "
+      "(virtio-blk on a free hot-plug port); the next start has it as an ordinary disk",
+      "DiskAttach", "VM" },
+    { "DELETE", "/api/v1/vms/{name}/disks/{index}", kh_disk_routes_detach, 0,
+      "Detach disk {index} (0 is the first): edits a stopped VM, hot-unplugs a hot-plugged "
+      "disk of a running VM (?timeout=SECONDS for the guest to release it, default 30; 504 "
+      "and still attached when it does not)", NULL, "VM" },
     { "GET", "/api/v1/vms/{name}/snapshots", kh_snapshot_routes_list, 0,
       "List the VM's snapshots", NULL, "SnapshotList" },
     { "POST", "/api/v1/vms/{name}/snapshots", kh_snapshot_routes_create, 0,
@@ -158,6 +166,10 @@ static const struct {
       "},\"graphics\":{\"type\":\"string\",\"enum\":[\"none\",\"vnc\"],\"default\":\"none\"},\"description\":{\"ty"
       "pe\":\"string\",\"maxLength\":1024},\"nics\":{\"type\":\"array\",\"maxItems\":8,\"items\":{\"$ref\":\"#/co"
       "mponents/schemas/NIC\"}},\"limits\":{\"$ref\":\"#/components/schemas/Limits\"}}}" },
+    { "DiskAttach",
+      "{\"type\":\"object\",\"additionalProperties\":false,\"required\":[\"volume\"],\"propert"
+      "ies\":{\"volume\":{\"type\":\"string\",\"pattern\":\"^[A-Za-z0-9_][A-Za-z0-9_.-]*/[A-Za"
+      "-z0-9_][A-Za-z0-9_.-]*$\"},\"readonly\":{\"type\":\"boolean\",\"default\":false}}}" },
     { "VMPatch",
       "{\"type\":\"object\",\"additionalProperties\":false,\"properties\":{\"vcpus\":{\"type\":\"integer\"},\""
       "memory_mib\":{\"type\":\"integer\"},\"machine\":{\"type\":\"string\"},\"boot\":{\"$ref\":\"#/components/"

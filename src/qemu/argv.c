@@ -437,17 +437,47 @@ static json_t *file_node_new(argv_builder *b, const kh_qemu_caps *caps, int fd, 
     free(fdset_path);
     if (!filename)
         return NULL;
+    json_t *file = kh_qemu_blockdev_file(caps, node_name, "", readonly);
+    json_object_set_new(file, "filename", filename);
+    return file;
+}
+
+json_t *kh_qemu_blockdev_file(const kh_qemu_caps *caps, const char *node_name,
+                              const char *filename, bool readonly)
+{
     json_t *file = json_object();
     json_object_set_new(file, "driver", json_string("file"));
     json_object_set_new(file, "node-name", json_string(node_name));
-    json_object_set_new(file, "filename", filename);
+    json_object_set_new(file, "filename", json_string(filename));
     json_object_set_new(file, "read-only", json_boolean(readonly));
     json_object_set_new(file, "aio", json_string(caps->io_uring ? "io_uring" : "threads"));
     json_t *cache = json_object();
     json_object_set_new(cache, "direct", json_false());
     json_object_set_new(cache, "no-flush", json_false());
     json_object_set_new(file, "cache", cache);
+    if (!readonly)
+        json_object_set_new(file, "discard", json_string("unmap"));
     return file;
+}
+
+json_t *kh_qemu_blockdev_format(kh_disk_format format, const char *node_name,
+                                const char *file_node, bool readonly, const char *backing,
+                                const char *key_secret)
+{
+    json_t *fmt = json_object();
+    json_object_set_new(fmt, "driver", json_string(kh_disk_format_name(format)));
+    json_object_set_new(fmt, "node-name", json_string(node_name));
+    json_object_set_new(fmt, "file", json_string(file_node));
+    json_object_set_new(fmt, "read-only", json_boolean(readonly));
+    if (!readonly)
+        json_object_set_new(fmt, "discard", json_string("unmap"));
+    if (format == KH_DISK_QCOW2) {
+        json_object_set_new(fmt, "backing", backing ? json_string(backing) : json_null());
+        if (key_secret)
+            json_object_set_new(fmt, "encrypt", json_pack("{s:s, s:s}", "format", "luks",
+                                                          "key-secret", key_secret));
+    }
+    return fmt;
 }
 
 /* One read-only backing layer: its file node and format node. */
@@ -466,15 +496,8 @@ static void add_backing_layer(argv_builder *b, const kh_qemu_caps *caps, const k
         return;
     add_json(b, "-blockdev", file);
 
-    json_t *fmt = json_object();
-    json_object_set_new(fmt, "driver", json_string(kh_disk_format_name(l->format)));
-    json_object_set_new(fmt, "node-name", json_string(node));
-    json_object_set_new(fmt, "file", json_string(file_node));
-    json_object_set_new(fmt, "read-only", json_true());
-    if (l->format == KH_DISK_QCOW2)
-        json_object_set_new(fmt, "backing",
-                            j + 1 < d->nbacking ? json_string(next) : json_null());
-    add_json(b, "-blockdev", fmt);
+    add_json(b, "-blockdev", kh_qemu_blockdev_format(l->format, node, file_node, true,
+                                                     j + 1 < d->nbacking ? next : NULL, NULL));
 }
 
 static void add_disk(argv_builder *b, const kh_vm_spec *spec, const kh_qemu_caps *caps,
@@ -517,26 +540,14 @@ static void add_disk(argv_builder *b, const kh_vm_spec *spec, const kh_qemu_caps
                                  what, d->readonly);
     if (!file)
         return;
-    if (!d->readonly)
-        json_object_set_new(file, "discard", json_string("unmap"));
     add_json(b, "-blockdev", file);
 
-    json_t *fmt = json_object();
-    json_object_set_new(fmt, "driver", json_string(kh_disk_format_name(d->format)));
-    json_object_set_new(fmt, "node-name", json_string(node));
-    json_object_set_new(fmt, "file", json_string(file_node));
-    json_object_set_new(fmt, "read-only", json_boolean(d->readonly));
-    if (!d->readonly)
-        json_object_set_new(fmt, "discard", json_string("unmap"));
-    if (d->format == KH_DISK_QCOW2) {
-        char first[48];
-        snprintf(first, sizeof(first), "disk%zu-b1", i);
-        json_object_set_new(fmt, "backing", d->nbacking ? json_string(first) : json_null());
-        if (d->encrypted)
-            json_object_set_new(fmt, "encrypt", json_pack("{s:s, s:s}", "format", "luks",
-                                                          "key-secret", secret_id));
-    }
-    add_json(b, "-blockdev", fmt);
+    char first[48];
+    snprintf(first, sizeof(first), "disk%zu-b1", i);
+    add_json(b, "-blockdev",
+             kh_qemu_blockdev_format(d->format, node, file_node, d->readonly,
+                                     d->nbacking ? first : NULL,
+                                     d->encrypted ? secret_id : NULL));
 
     json_t *dev = json_object();
     json_object_set_new(dev, "driver", json_string(q35 ? "virtio-blk-pci" : "virtio-blk-device"));

@@ -346,7 +346,7 @@ static int collect_disks(snap_op *o, const json_t *vm, kh_err *err)
             return -1;
         }
         char node[32];
-        snprintf(node, sizeof(node), "disk%zu", i);
+        snprintf(node, sizeof(node), "disk%d", kh_manager_disk_node(o->s->mgr, o->vm_id, i));
         json_array_append_new(o->devices, json_string(node));
         if (!o->vmstate)
             o->vmstate = xstrdup(node);
