@@ -237,6 +237,57 @@ int cli_do_volume_delete(cli_ctx *ctx, const cli_args *a, kh_err *err)
     return do_delete(ctx, volume_path(a->pos, NULL), "volume", a->pos, err);
 }
 
+/* ---- disks ---- */
+
+static void disks_human(const json_t *vm)
+{
+    static const char *const head[] = { "INDEX", "DISK", "MODE" };
+    cli_table *t = cli_table_new(KH_ARRAY_LEN(head), head);
+    size_t i;
+    json_t *d;
+    json_array_foreach(json_object_get(vm, "disks"), i, d) {
+        cli_table_addf(t, "%zu", i);
+        const char *what = cli_jstr(d, "volume");
+        cli_table_add(t, what ? what : cli_jstr(d, "path"));
+        cli_table_add(t, json_is_true(json_object_get(d, "readonly")) ? "ro" : "rw");
+    }
+    cli_print_free(cli_table_render(t));
+    cli_table_free(t);
+}
+
+int cli_do_disk_attach(cli_ctx *ctx, const cli_args *a, kh_err *err)
+{
+    const char *ref = a->pos2;
+    char *full = strchr(ref, '/') ? xstrdup(ref) : xasprintf("default/%s", ref);
+    json_t *body = json_pack("{s:s, s:b}", "volume", full, "readonly",
+                             cli_flag(a, "readonly"));
+    free(full);
+    if (!body) {
+        kh_err_set(err, KH_E_INVALID, "the volume must be valid UTF-8");
+        return -1;
+    }
+    char *path = cli_api_path("vms", a->pos, "/disks");
+    int rc = cli_show(ctx, "POST", path, body, disks_human, err);
+    json_decref(body);
+    free(path);
+    return rc;
+}
+
+int cli_do_disk_detach(cli_ctx *ctx, const cli_args *a, kh_err *err)
+{
+    char *ie = cli_path_escape(a->pos2);
+    const char *timeout = cli_arg(a, "timeout");
+    char *te = timeout ? cli_path_escape(timeout) : NULL;
+    char *suffix = xasprintf("/disks/%s%s%s", ie, te ? "?timeout=" : "", te ? te : "");
+    char *path = cli_api_path("vms", a->pos, suffix);
+    int rc = cli_show(ctx, "DELETE", path, NULL, disks_human, err);
+    free(ie);
+    free(te);
+    free(suffix);
+    free(path);
+    return rc;
+}
+
 /* ---- templates ---- */
 
 int cli_do_template_create(cli_ctx *ctx, const cli_args *a, kh_err *err)

@@ -725,6 +725,16 @@ def test_disk_attach_detach_stopped(daemon, fake_boot):
     r = api.delete("/api/v1/vms/ds/disks/0")
     assert r.status == 200 and r.json["disks"] == [{"volume": "default/d2", "readonly": True}], r
     assert api.delete("/api/v1/pools/default/volumes/d1").status == 204
+    # the CLI
+    cli = khlib.cli
+    p = cli(daemon, "disk", "attach", "other", "c1")
+    assert p.returncode == 0 and "default/c1" in p.stdout and "rw" in p.stdout, p
+    p = cli(daemon, "disk", "attach", "ds", "default/c1")
+    assert p.returncode == 5 and "attached to vm other" in p.stderr, p
+    p = cli(daemon, "disk", "detach", "other", "0", json_out=True)
+    assert p.returncode == 0, p
+    assert json.loads(p.stdout)["disks"] == [{"volume": "default/c1", "readonly": False}]
+    assert cli(daemon, "disk", "detach", "other", "7").returncode == 4
 
 
 @pytest.mark.slow
