@@ -79,6 +79,8 @@ void kh_storage_routes_volume_create(kh_http_req *req, void *app);
 void kh_storage_routes_volume_get(kh_http_req *req, void *app);
 void kh_storage_routes_volume_resize(kh_http_req *req, void *app);
 void kh_storage_routes_volume_delete(kh_http_req *req, void *app);
+void kh_storage_routes_volume_upload(kh_http_req *req, void *app);
+void kh_storage_routes_volume_download(kh_http_req *req, void *app);
 
 void kh_template_routes_make(kh_http_req *req, void *app);
 void kh_template_routes_list(kh_http_req *req, void *app);

@@ -77,6 +77,15 @@ static const kh_route routes[] = {
       "Show a volume with its backing chain (qemu-img info)", NULL, "Volume" },
     { "POST", "/api/v1/pools/{pool}/volumes/{volume}/resize", kh_storage_routes_volume_resize,
       0, "Grow a volume (online through QMP block_resize while a VM runs on it)", "VolumeResize", "Volume" },
+    { "PUT", "/api/v1/pools/{pool}/volumes/{volume}/data", kh_storage_routes_volume_upload,
+      KH_ROUTE_RAW | KH_ROUTE_STREAM,
+      "Upload a new volume: the body is the image (?format=qcow2|raw, required: checked with "
+      "qemu-img, never guessed), streamed to disk with the pool's free space as the byte cap "
+      "(413); an image with a backing or data file, encrypted, or of another format is 400; "
+      "201 with the Volume; any failure leaves nothing", NULL, "Volume" },
+    { "GET", "/api/v1/pools/{pool}/volumes/{volume}/data", kh_storage_routes_volume_download, 0,
+      "Download a volume's image file (application/octet-stream, streamed); 409 while a "
+      "running VM writes to it", NULL, NULL },
     { "DELETE", "/api/v1/pools/{pool}/volumes/{volume}", kh_storage_routes_volume_delete, 0,
       "Delete a volume no VM and no other volume depends on", NULL, NULL },
     { "GET", "/api/v1/networks", kh_net_routes_list, 0, "List networks", NULL, "NetworkList" },

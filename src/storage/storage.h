@@ -86,6 +86,28 @@ int kh_storage_volume_resize(kh_storage *st, const char *pool, const char *name,
 /* KH_E_CONFLICT while a VM refers to it or another volume is based on it. */
 int kh_storage_volume_delete(kh_storage *st, const char *pool, const char *name, kh_err *err);
 
+/* Upload: a new volume from bytes streamed in (the API's PUT), written to
+ * a "<id>.part" file in the pool (removed at the next daemon start if the
+ * daemon dies meanwhile). begin: format is the caller's word ("qcow2" |
+ * "raw"); expected is the announced length or UINT64_MAX. 409 for a name in
+ * use, 413 when expected is over the cap (the pool's free space, at most
+ * KH_VOLUME_SIZE_MAX). write: 413 past the cap or on ENOSPC. finish: qemu-img
+ * info -f FORMAT checks the result (the format matches; no backing or data
+ * file; not encrypted; virtual size at most KH_VOLUME_SIZE_MAX), then the
+ * file is renamed into place and recorded; cb gets the volume. After a
+ * failed write the caller aborts. Every failure leaves nothing behind. */
+typedef struct kh_volume_upload kh_volume_upload;
+kh_volume_upload *kh_storage_upload_begin(kh_storage *st, const char *pool, const char *name,
+                                          const char *format, uint64_t expected, kh_err *err);
+int kh_storage_upload_write(kh_volume_upload *u, const void *data, size_t len, kh_err *err);
+/* Consumes u (also on -1, when cb is never called). */
+int kh_storage_upload_finish(kh_volume_upload *u, kh_storage_cb cb, void *opaque, kh_err *err);
+void kh_storage_upload_abort(kh_volume_upload *u);
+/* Download: the volume's image file, opened read-only (the caller closes
+ * it), and its size. 409 while a running VM writes to it. */
+int kh_storage_volume_open(kh_storage *st, const char *pool, const char *name, uint64_t *size,
+                           kh_err *err);
+
 /* A full copy of volume src_ref (its whole chain flattened) as a new
  * volume dst_name in the same pool, with qemu-img convert -p; on_progress
  * (may be NULL) gets 0..100 as it goes. */
