@@ -226,6 +226,12 @@ static const cli_opt opts_volume_list[] = {
     { NULL, NULL, 0, NULL },
 };
 
+static const cli_opt opts_volume_upload[] = {
+    { "format", "FORMAT", CLI_OPT_ARG | CLI_OPT_REQUIRED,
+      "What the file is: qcow2 or raw. kvmhostd checks it (qemu-img), never guesses it." },
+    { NULL, NULL, 0, NULL },
+};
+
 static const cli_opt opts_disk_attach[] = {
     { "readonly", NULL, 0,
       "Attach read-only: the guest cannot write. A template's base, or a volume other VMs "
@@ -628,6 +634,25 @@ const cli_cmd cli_commands[] = {
         opts_volume_resize,
         "$ kvmhost volume resize data1 --size 20G",
         cli_do_volume_resize,
+    },
+    {
+        "volume", "upload", "[POOL/]NAME FILE", "make a volume from an image file",
+        "Send FILE to kvmhostd, streamed, as the new volume NAME. The pool's free space is the "
+        "limit (exit status 2 beyond it). The image must be of the --format given, and one "
+        "that names no other file (no backing file, no external data file; exit status 2 "
+        "otherwise). A failed upload leaves nothing.",
+        opts_volume_upload,
+        "$ kvmhost volume upload default/debian debian-12.qcow2 --format qcow2",
+        cli_do_volume_upload,
+    },
+    {
+        "volume", "download", "[POOL/]NAME FILE", "save a volume's image to a file",
+        "Stream the volume's image file (as it is: qcow2 or raw) into FILE, which must not "
+        "exist (written as FILE.part, renamed when complete). Refused (exit status 5) while a "
+        "running VM writes to the volume.",
+        NULL,
+        "$ kvmhost volume download default/debian backup.qcow2",
+        cli_do_volume_download,
     },
     {
         "disk", "attach", "VM [POOL/]VOLUME", "attach a volume to a VM as a disk",

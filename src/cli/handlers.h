@@ -27,6 +27,8 @@ int cli_do_volume_list(cli_ctx *ctx, const cli_args *a, kh_err *err);
 int cli_do_volume_show(cli_ctx *ctx, const cli_args *a, kh_err *err);
 int cli_do_volume_resize(cli_ctx *ctx, const cli_args *a, kh_err *err);
 int cli_do_volume_delete(cli_ctx *ctx, const cli_args *a, kh_err *err);
+int cli_do_volume_upload(cli_ctx *ctx, const cli_args *a, kh_err *err);
+int cli_do_volume_download(cli_ctx *ctx, const cli_args *a, kh_err *err);
 int cli_do_disk_attach(cli_ctx *ctx, const cli_args *a, kh_err *err);
 int cli_do_disk_detach(cli_ctx *ctx, const cli_args *a, kh_err *err);
 int cli_do_snapshot_create(cli_ctx *ctx, const cli_args *a, kh_err *err);

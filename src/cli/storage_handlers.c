@@ -2,7 +2,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
+#include <errno.h>
 
 #include "cli/args.h"
 #include "cli/handlers.h"
@@ -235,6 +237,76 @@ int cli_do_volume_resize(cli_ctx *ctx, const cli_args *a, kh_err *err)
 int cli_do_volume_delete(cli_ctx *ctx, const cli_args *a, kh_err *err)
 {
     return do_delete(ctx, volume_path(a->pos, NULL), "volume", a->pos, err);
+}
+
+/* ---- upload and download ---- */
+
+int cli_do_volume_upload(cli_ctx *ctx, const cli_args *a, kh_err *err)
+{
+    const char *file = a->pos2;
+    FILE *f = fopen(file, "rb");
+    struct stat sb;
+    if (!f || fstat(fileno(f), &sb) < 0 || !S_ISREG(sb.st_mode)) {
+        kh_err_set(err, KH_E_INVALID, "%s: not a readable regular file", file);
+        if (f)
+            fclose(f);
+        return -1;
+    }
+    char *fe = cli_path_escape(cli_arg(a, "format"));
+    char *suffix = xasprintf("/data?format=%s", fe);
+    char *path = volume_path(a->pos, suffix);
+    free(fe);
+    free(suffix);
+    cli_client *c = cli_ctx_client(ctx, err);
+    json_t *vol = NULL;
+    int rc = c ? cli_client_upload(c, path, f, (uint64_t)sb.st_size, &vol, err) : -1;
+    fclose(f);
+    free(path);
+    if (rc < 0)
+        return -1;
+    if (ctx->json)
+        cli_print_json(stdout, vol);
+    else
+        volume_human(vol);
+    json_decref(vol);
+    return 0;
+}
+
+static int write_out(const char *data, size_t len, void *ud)
+{
+    return fwrite(data, 1, len, ud) == len ? 0 : 1;
+}
+
+int cli_do_volume_download(cli_ctx *ctx, const cli_args *a, kh_err *err)
+{
+    const char *file = a->pos2;
+    char *tmp = xasprintf("%s.part", file);
+    FILE *f = access(file, F_OK) == 0 ? NULL : fopen(tmp, "wbx");
+    if (!f) {
+        if (access(file, F_OK) == 0)
+            errno = EEXIST;
+        kh_err_errno(err, errno == EEXIST ? KH_E_CONFLICT : KH_E_INVALID, errno,
+                     "cannot create %s", errno == EEXIST && access(file, F_OK) == 0 ? file : tmp);
+        free(tmp);
+        return -1;
+    }
+    char *path = volume_path(a->pos, "/data");
+    cli_client *c = cli_ctx_client(ctx, err);
+    int rc = c ? cli_client_stream(c, path, NULL, write_out, f, 0, err) : -1;
+    free(path);
+    if (fclose(f) != 0 && rc == 0) {
+        kh_err_errno(err, KH_E_INTERNAL, errno, "writing %s", tmp);
+        rc = -1;
+    }
+    /* link, not rename: an existing FILE is never replaced */
+    if (rc == 0 && link(tmp, file) < 0) {
+        kh_err_errno(err, errno == EEXIST ? KH_E_CONFLICT : KH_E_INTERNAL, errno,
+                     "cannot create %s", file);
+        rc = -1;
+    }
+    unlink(tmp);
+    free(tmp);
+    return rc;
 }
 
 /* ---- disks ---- */

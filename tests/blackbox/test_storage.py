@@ -893,6 +893,19 @@ def test_volume_upload_download(daemon, tmp_path):
     names = [v["name"] for v in api.get("/api/v1/pools/default/volumes").json["volumes"]]
     assert names == ["r1", "up"]
     assert api.get("/api/v1/pools/default/volumes/nope/data").status == 404
+    # the CLI, both ways
+    cli = khlib.cli
+    p = cli(daemon, "volume", "upload", "up2", str(img), "--format", "qcow2")
+    assert p.returncode == 0 and "default/up2" in p.stdout, p
+    out = tmp_path / "down.qcow2"
+    p = cli(daemon, "volume", "download", "default/up2", str(out))
+    assert p.returncode == 0, p
+    assert out.read_bytes() == data
+    p = cli(daemon, "volume", "download", "default/up2", str(out))
+    assert p.returncode != 0 and "exists" in p.stderr, p
+    p = cli(daemon, "volume", "upload", "bad", str(back), "--format", "qcow2")
+    assert p.returncode == 2 and "backing file" in p.stderr, p
+    assert not (tmp_path / "none.part").exists()
 
 
 def test_volume_upload_over_the_cap(daemons, tmp_path):
