@@ -74,6 +74,7 @@ typedef struct kh_disk_spec {
     kh_disk_layer *backing;
     size_t nbacking;
     bool encrypted;        /* runtime only: the top image is LUKS-encrypted qcow2 */
+    bool direct;           /* runtime only: every layer's file takes O_DIRECT (cache=none) */
 } kh_disk_spec;
 
 /* A NIC on a network (net/netmgr.h). mac is filled by the VM manager when

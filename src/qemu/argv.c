@@ -53,11 +53,14 @@
  *    explicit "vnc=" key so a '=' in the path cannot turn into a key).
  *    -initrd is plain for Linux/PVH kernels, but a multiboot kernel splits
  *    it at ',' (modules) and ' ' (arguments), so those are rejected there.
- *  - Disks are two JSON -blockdev nodes each: a "file" protocol node
- *    (host page cache with flushes honoured: cache.direct=false,
- *    no-flush=false; aio io_uring when QEMU has it, else threads;
- *    discard=unmap for writable disks so guest TRIM frees host space) and a
- *    format node whose driver is the user's declared format. qcow2 gets
+ *  - Disks are two JSON -blockdev nodes each: a "file" protocol node and a
+ *    format node whose driver is the user's declared format. Performance
+ *    defaults (kh_qemu_blockdev_file/format): cache=none (cache.direct=true,
+ *    flushes honoured) when the disk's files take O_DIRECT (the runner
+ *    opened them so: d->direct), else the host page cache; aio io_uring
+ *    when QEMU has it, else native (needs O_DIRECT), else threads;
+ *    discard=unmap and detect-zeroes=unmap for writable disks, so guest
+ *    TRIM and zero writes free host space. qcow2 gets
  *    "backing":null: QEMU never opens a backing file named inside the
  *    image. A volume's chain comes from kvmhost's own records, one node
  *    per layer, and each qcow2 layer names the next node explicitly. Disks on q35 are virtio-blk-pci at fixed slots 0x4 + i of
@@ -425,7 +428,7 @@ static void add_machine(argv_builder *b, const kh_vm_spec *spec, const kh_argv_e
  * expressed (the error is set on the builder). */
 static json_t *file_node_new(argv_builder *b, const kh_qemu_caps *caps, int fd, size_t set,
                              const char *opaque, const char *node_name, const char *path,
-                             const char *what, bool readonly)
+                             const char *what, bool readonly, bool direct)
 {
     char *fdset_path = NULL;
     if (fd >= 0) {
@@ -437,22 +440,24 @@ static json_t *file_node_new(argv_builder *b, const kh_qemu_caps *caps, int fd, 
     free(fdset_path);
     if (!filename)
         return NULL;
-    json_t *file = kh_qemu_blockdev_file(caps, node_name, "", readonly);
+    json_t *file = kh_qemu_blockdev_file(caps, node_name, "", readonly, direct);
     json_object_set_new(file, "filename", filename);
     return file;
 }
 
 json_t *kh_qemu_blockdev_file(const kh_qemu_caps *caps, const char *node_name,
-                              const char *filename, bool readonly)
+                              const char *filename, bool readonly, bool direct)
 {
     json_t *file = json_object();
     json_object_set_new(file, "driver", json_string("file"));
     json_object_set_new(file, "node-name", json_string(node_name));
     json_object_set_new(file, "filename", json_string(filename));
     json_object_set_new(file, "read-only", json_boolean(readonly));
-    json_object_set_new(file, "aio", json_string(caps->io_uring ? "io_uring" : "threads"));
+    json_object_set_new(file, "aio", json_string(caps->io_uring ? "io_uring"
+                                                 : direct       ? "native"
+                                                                : "threads"));
     json_t *cache = json_object();
-    json_object_set_new(cache, "direct", json_false());
+    json_object_set_new(cache, "direct", json_boolean(direct));
     json_object_set_new(cache, "no-flush", json_false());
     json_object_set_new(file, "cache", cache);
     if (!readonly)
@@ -469,8 +474,10 @@ json_t *kh_qemu_blockdev_format(kh_disk_format format, const char *node_name,
     json_object_set_new(fmt, "node-name", json_string(node_name));
     json_object_set_new(fmt, "file", json_string(file_node));
     json_object_set_new(fmt, "read-only", json_boolean(readonly));
-    if (!readonly)
+    if (!readonly) {
         json_object_set_new(fmt, "discard", json_string("unmap"));
+        json_object_set_new(fmt, "detect-zeroes", json_string("unmap"));
+    }
     if (format == KH_DISK_QCOW2) {
         json_object_set_new(fmt, "backing", backing ? json_string(backing) : json_null());
         if (key_secret)
@@ -491,7 +498,7 @@ static void add_backing_layer(argv_builder *b, const kh_qemu_caps *caps, const k
     snprintf(next, sizeof(next), "disk%zu-b%zu", i, j + 2);
     snprintf(what, sizeof(what), "disks[%zu].backing[%zu].path", i, j);
     json_t *file = file_node_new(b, caps, backing_fd(env, i, j), (i + 1) * 100 + j + 1, node,
-                                 file_node, l->path, what, true);
+                                 file_node, l->path, what, true, d->direct);
     if (!file)
         return;
     add_json(b, "-blockdev", file);
@@ -537,7 +544,7 @@ static void add_disk(argv_builder *b, const kh_vm_spec *spec, const kh_qemu_caps
     }
 
     json_t *file = file_node_new(b, caps, disk_fd(env, i), i + 1, node, file_node, d->path,
-                                 what, d->readonly);
+                                 what, d->readonly, d->direct);
     if (!file)
         return;
     add_json(b, "-blockdev", file);

@@ -83,6 +83,11 @@ typedef struct kh_argv_env {
 void kh_qemu_hotplug_port_id(unsigned i, char *buf, size_t size);
 
 /* The -blockdev nodes of one image layer, as JSON objects (new references),
+ * with the disk performance defaults (see argv.c): direct (the file was
+ * opened with O_DIRECT, its filesystem takes it) gives cache.direct=true,
+ * i.e. cache=none; aio is io_uring when QEMU has it, else native with
+ * direct, else threads; writable format nodes get discard=unmap and
+ * detect-zeroes=unmap.
  * shared with disk hot-plug (vm/disk.c, blockdev-add) so that a hot-plugged
  * disk gets exactly the options of a cold-plugged one. The protocol node:
  * driver "file" with the cache and aio defaults and, when writable,
@@ -91,7 +96,7 @@ void kh_qemu_hotplug_port_id(unsigned i, char *buf, size_t size);
  * file named in the image); key_secret (qcow2 only, NULL: not encrypted) the
  * secret object holding its LUKS passphrase. */
 json_t *kh_qemu_blockdev_file(const kh_qemu_caps *caps, const char *node_name,
-                              const char *filename, bool readonly);
+                              const char *filename, bool readonly, bool direct);
 json_t *kh_qemu_blockdev_format(kh_disk_format format, const char *node_name,
                                 const char *file_node, bool readonly, const char *backing,
                                 const char *key_secret);

@@ -8,6 +8,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "util/fs.h"
 #include "util/log.h"
 #include "util/mem.h"
 
@@ -351,11 +352,15 @@ static int build_attach(disk_op *o, kh_err *err)
     int k = o->node;
     char node[32], file_node[48], next[32], opaque[48];
     int rc = -1;
+    bool direct = true; /* cache=none when every layer takes O_DIRECT */
+    for (size_t j = 0; j < c.n && direct; j++)
+        direct = kh_fs_direct_ok(c.layer[j].path);
     /* Deepest layer first: a node exists before the node that names it. */
     for (size_t j = c.n; j-- > 0;) {
         bool top = j == 0;
         bool ro = !top || o->readonly;
-        int fd = open(c.layer[j].path, (ro ? O_RDONLY : O_RDWR) | O_CLOEXEC);
+        int fd = open(c.layer[j].path,
+                      (ro ? O_RDONLY : O_RDWR) | O_CLOEXEC | (direct ? O_DIRECT : 0));
         if (fd < 0) {
             kh_err_errno(err, KH_E_INTERNAL, errno, "cannot open layer %zu of %s", j,
                          o->volume);
@@ -374,7 +379,8 @@ static int build_attach(disk_op *o, kh_err *err)
                  "remove-fd", fdset_args(set));
         char fdpath[32];
         snprintf(fdpath, sizeof(fdpath), "/dev/fdset/%d", set);
-        add_step(o, "blockdev-add", kh_qemu_blockdev_file(&o->d->caps, file_node, fdpath, ro),
+        add_step(o, "blockdev-add",
+                 kh_qemu_blockdev_file(&o->d->caps, file_node, fdpath, ro, direct),
                  -1, "blockdev-del", json_pack("{s:s}", "node-name", file_node));
         const char *secret = NULL;
         char secret_id[40];

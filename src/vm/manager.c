@@ -958,9 +958,15 @@ static void start_spawn(vm *v, const char *kernel_file)
     if (resolve_volumes(mgr, v, rs, KH_E_CONFLICT, &err) < 0)
         goto fail;
     for (size_t i = 0; i < rs->ndisks; i++) {
-        const kh_disk_spec *d = &rs->disks[i];
+        kh_disk_spec *d = &rs->disks[i];
+        /* cache=none when every layer's filesystem takes O_DIRECT; the fds
+         * carry the flag (QEMU's fd-set dups share it) */
+        d->direct = kh_fs_direct_ok(d->path);
+        for (size_t j = 0; j < d->nbacking && d->direct; j++)
+            d->direct = kh_fs_direct_ok(d->backing[j].path);
+        int odirect = d->direct ? O_DIRECT : 0;
         for (size_t j = 0; j < d->nbacking; j++) {
-            int bfd = open(d->backing[j].path, O_RDONLY | O_CLOEXEC);
+            int bfd = open(d->backing[j].path, O_RDONLY | O_CLOEXEC | odirect);
             if (bfd < 0) {
                 kh_err_errno(&err, KH_E_INTERNAL, errno, "disks[%zu]: cannot open layer %zu of %s",
                              i, j + 1, d->volume ? d->volume : d->path);
@@ -985,7 +991,7 @@ static void start_spawn(vm *v, const char *kernel_file)
             fds[FD_SECRET0 + i] = sfd;
             secret_fds[i] = FD_SECRET0 + (int)i;
         }
-        int fd = open(d->path, (d->readonly ? O_RDONLY : O_RDWR) | O_CLOEXEC);
+        int fd = open(d->path, (d->readonly ? O_RDONLY : O_RDWR) | O_CLOEXEC | odirect);
         if (fd < 0) {
             kh_err_errno(&err, errno == ENOENT || errno == EACCES || errno == EROFS
                                    ? KH_E_INVALID : KH_E_INTERNAL,

@@ -315,6 +315,12 @@ def test_linked_clone_boots_writes_base_unchanged(daemon, guest, consoles, tmp_p
     nodes = [json.loads(argv[i + 1]) for i, a in enumerate(argv) if a == "-blockdev"]
     fmt = {n["node-name"]: n for n in nodes if n["driver"] != "file"}
     assert fmt["disk0"]["backing"] == "disk0-b1" and fmt["disk0-b1"]["read-only"] is True
+    # performance defaults: the pool's filesystem takes O_DIRECT, so cache=none
+    files = [n for n in nodes if n["driver"] == "file"]
+    direct = subprocess.run(["dd", "if=" + base_file, "of=/dev/null", "bs=4096", "count=1",
+                             "iflag=direct"], capture_output=True).returncode == 0
+    assert all(f["cache"]["direct"] is direct for f in files), files
+    assert fmt["disk0"]["detect-zeroes"] == "unmap" and fmt["disk0"]["discard"] == "unmap"
     # used by a running VM: grown online (QMP block_resize); the guest sees it
     r = api.post("/api/v1/pools/default/volumes/c1/resize", {"size": "64M"})
     assert r.status == 200 and r.json["capacity"] == 64 << 20, r

@@ -189,7 +189,8 @@ static char *run_case(const char *name, const json_t *tc, bool *is_err)
 
     /* "resolved": what the VM manager fills in for volume disks at start
      * (file, format and backing chain from the storage records), per disk
-     * index: {"path", "format", "backing": [{"path", "format"}, ...]}. */
+     * index: {"path", "format", "backing": [{"path", "format"}, ...],
+     * "encrypted", "direct"}. */
     const json_t *rj = json_object_get(tc, "resolved");
     for (size_t i = 0; i < json_array_size(rj) && i < spec->ndisks; i++) {
         const json_t *r = json_array_get(rj, i);
@@ -201,6 +202,7 @@ static char *run_case(const char *name, const json_t *tc, bool *is_err)
         d->format = strcmp(opt_str(r, "format", "raw"), "qcow2") == 0 ? KH_DISK_QCOW2
                                                                        : KH_DISK_RAW;
         d->encrypted = json_is_true(json_object_get(r, "encrypted"));
+        d->direct = json_is_true(json_object_get(r, "direct"));
         const json_t *bk = json_object_get(r, "backing");
         d->nbacking = json_array_size(bk);
         d->backing = d->nbacking ? xcalloc(d->nbacking, sizeof(*d->backing)) : NULL;
