@@ -61,6 +61,7 @@ typedef enum kh_graphics {
 typedef struct kh_disk_layer {
     char *path;
     kh_disk_format format;
+    bool encrypted; /* LUKS-encrypted qcow2, with its own secret */
 } kh_disk_layer;
 
 typedef struct kh_disk_spec {

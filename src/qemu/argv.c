@@ -18,6 +18,7 @@
  *     per backing layer j of a volume's chain, deepest first (read-only):
  *       [-add-fd fd=<fd>,set=<(i+1)*100+j+1>,opaque=disk<i>-b<j+1>]
  *       -blockdev {"driver":"file","node-name":"disk<i>-b<j+1>-file",...}
+ *       [-object {"qom-type":"secret","id":"disk<i>-b<j+1>-secret",...}] (encrypted layer)
  *       -blockdev {"driver":"raw|qcow2","node-name":"disk<i>-b<j+1>",
  *                  "backing":"disk<i>-b<j+2>"|null,...}
  *     [-object {"qom-type":"secret","id":"disk<i>-secret","format":"raw",
@@ -284,7 +285,8 @@ static int check_spec(const kh_vm_spec *spec, kh_err *err)
             if (kh_check_abs_path(l->path, lwhat, err) < 0)
                 return -1;
             if ((l->format != KH_DISK_RAW && l->format != KH_DISK_QCOW2) ||
-                (j + 1 < d->nbacking && l->format != KH_DISK_QCOW2)) {
+                (j + 1 < d->nbacking && l->format != KH_DISK_QCOW2) ||
+                (l->encrypted && l->format != KH_DISK_QCOW2)) {
                 kh_err_set(err, KH_E_INVALID, "disks[%zu].backing[%zu]: bad format", i, j);
                 return -1;
             }
@@ -380,6 +382,16 @@ static int check_env(const kh_vm_spec *spec, const kh_argv_env *env, kh_err *err
             fd = backing_fd(env, i, j);
             if (fd != -1 && check_fd(fd, lwhat, err) < 0)
                 return -1;
+            if (spec->disks[i].backing[j].encrypted) {
+                const int *sf = env->backing_secret_fds ? env->backing_secret_fds[i] : NULL;
+                snprintf(lwhat, sizeof(lwhat), "disks[%zu].backing[%zu] secret fd", i, j);
+                if (!sf || sf[j] == -1) {
+                    kh_err_set(err, KH_E_INTERNAL, "%s: encrypted, but none given", lwhat);
+                    return -1;
+                }
+                if (check_fd(sf[j], lwhat, err) < 0)
+                    return -1;
+            }
         }
     }
     if (spec->nnics > KH_VM_NICS_MAX) {
@@ -503,8 +515,21 @@ static void add_backing_layer(argv_builder *b, const kh_qemu_caps *caps, const k
         return;
     add_json(b, "-blockdev", file);
 
+    char secret_id[64];
+    snprintf(secret_id, sizeof(secret_id), "%s-secret", node);
+    if (l->encrypted) {
+        json_t *sec = json_object();
+        char *sfile = xasprintf("/proc/self/fd/%d", env->backing_secret_fds[i][j]);
+        json_object_set_new(sec, "qom-type", json_string("secret"));
+        json_object_set_new(sec, "id", json_string(secret_id));
+        json_object_set_new(sec, "format", json_string("raw"));
+        json_object_set_new(sec, "file", json_string(sfile));
+        free(sfile);
+        add_json(b, "-object", sec);
+    }
     add_json(b, "-blockdev", kh_qemu_blockdev_format(l->format, node, file_node, true,
-                                                     j + 1 < d->nbacking ? next : NULL, NULL));
+                                                     j + 1 < d->nbacking ? next : NULL,
+                                                     l->encrypted ? secret_id : NULL));
 }
 
 static void add_disk(argv_builder *b, const kh_vm_spec *spec, const kh_qemu_caps *caps,

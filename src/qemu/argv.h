@@ -74,6 +74,9 @@ typedef struct kh_argv_env {
      * (-1 for the others); NULL: none. Read by a secret object from
      * /proc/self/fd/N: the key is never in the argv. */
     const int *secret_fds;
+    /* Per disk, NULL or one fd per backing layer holding the passphrase of
+     * an encrypted layer (-1 for the others). NULL: none. */
+    const int *const *backing_secret_fds;
 } kh_argv_env;
 
 /* Empty PCIe root ports every q35 VM has for hot-plug (disks, NICs):

@@ -978,11 +978,12 @@ int kh_storage_volume_create(kh_storage *st, const char *pool_name, const json_t
         kh_err_set(err, KH_E_INVALID, "encrypt: must be true or false");
         return -1;
     }
-    if (json_is_true(jenc) && (strcmp(fmt ? fmt : "", "qcow2") != 0 || jback || jimp)) {
-        kh_err_set(err, KH_E_INVALID, "encrypt: only a new empty qcow2 volume can be encrypted "
-                                      "(not raw, not a clone, not an import)");
+    if (json_is_true(jenc) && (strcmp(fmt ? fmt : "", "qcow2") != 0 || jimp)) {
+        kh_err_set(err, KH_E_INVALID, "encrypt: only a new qcow2 volume or clone can be "
+                                      "encrypted (not raw, not an import)");
         return -1;
     }
+    bool encrypt = json_is_true(jenc);
     if (!fmt || (strcmp(fmt, "qcow2") != 0 && strcmp(fmt, "raw") != 0)) {
         kh_err_set(err, KH_E_INVALID, "format: must be \"qcow2\" or \"raw\"");
         return -1;
@@ -1058,12 +1059,8 @@ int kh_storage_volume_create(kh_storage *st, const char *pool_name, const json_t
             kh_err_set(err, KH_E_CONFLICT, "backing: volume %s is busy", base.name);
             goto out;
         }
-        if (base.key_wrapped) {
-            kh_err_set(err, KH_E_UNSUPPORTED, "backing: volume %s is encrypted: clones of "
-                                              "encrypted volumes are not supported yet",
-                       base.name);
-            goto out;
-        }
+        if (base.key_wrapped)
+            encrypt = true; /* a clone of an encrypted base: encrypted, with its own key */
         if (base.capacity > size)
             size = base.capacity;
         /* A base written by a running VM would corrupt every clone. */
@@ -1143,7 +1140,7 @@ int kh_storage_volume_create(kh_storage *st, const char *pool_name, const json_t
             kh_strv_add(a, "-o");
             kh_strv_add(a, "preallocation=full");
         }
-        if (json_is_true(jenc)) {
+        if (encrypt) {
             /* a random key per volume, wrapped by the master key; the
              * passphrase reaches qemu-img through fd 3 only */
             unsigned char key[KEY_LEN], wrapped[WRAPPED_LEN];
@@ -1700,6 +1697,7 @@ int kh_storage_resolve(kh_storage *st, const char *ref, kh_volume_chain *out, kh
         snprintf(out->layer[out->n].id, 37, "%s", v.id);
         out->layer[out->n].path = volume_path(&p, v.id, NULL);
         out->layer[out->n].format = strcmp(v.format, "qcow2") == 0 ? KH_DISK_QCOW2 : KH_DISK_RAW;
+        out->layer[out->n].encrypted = v.key_wrapped != NULL;
         out->n++;
         if (!v.backing_id[0])
             break;

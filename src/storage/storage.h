@@ -142,6 +142,7 @@ typedef struct kh_volume_chain {
         char id[37];
         char *path;
         kh_disk_format format;
+        bool encrypted; /* LUKS: its own key (kh_storage_volume_secret_fd) */
     } layer[KH_VOLUME_CHAIN_MAX];
     bool readonly;       /* the top volume is a read-only base (a template) */
     unsigned dependents; /* volumes based on the top one */

@@ -383,13 +383,14 @@ static int build_attach(disk_op *o, kh_err *err)
                  kh_qemu_blockdev_file(&o->d->caps, file_node, fdpath, ro, direct),
                  -1, "blockdev-del", json_pack("{s:s}", "node-name", file_node));
         const char *secret = NULL;
-        char secret_id[40];
-        if (top && c.encrypted) {
-            snprintf(secret_id, sizeof(secret_id), "disk%d-secret", k);
-            int sfd = kh_storage_volume_secret_fd(o->d->st, c.layer[0].id, err);
+        char secret_id[64];
+        if (c.layer[j].encrypted) {
+            /* every encrypted layer has its own key and secret object */
+            snprintf(secret_id, sizeof(secret_id), "%s-secret", node);
+            int sfd = kh_storage_volume_secret_fd(o->d->st, c.layer[j].id, err);
             if (sfd < 0)
                 goto out;
-            int sset = FDSET_BASE + 16 * k + 15;
+            int sset = FDSET_BASE + 16 * k + 8 + (int)j;
             add_step(o, "add-fd", json_pack("{s:i, s:s}", "fdset-id", sset, "opaque", secret_id),
                      sfd, "remove-fd", fdset_args(sset));
             o->steps[o->n - 1].secret_fd = true;
@@ -653,8 +654,11 @@ static void build_cleanup(disk_op *o)
     }
     snprintf(name, sizeof(name), "iothread-disk%d", k);
     add_step(o, "object-del", json_pack("{s:s}", "id", name), -1, NULL, NULL);
-    if (o->vd.spec->disks[o->index].volume) {
-        snprintf(name, sizeof(name), "disk%d-secret", k);
+    for (size_t j = 0; j < layers; j++) {
+        if (j == 0)
+            snprintf(name, sizeof(name), "disk%d-secret", k);
+        else
+            snprintf(name, sizeof(name), "disk%d-b%zu-secret", k, j);
         add_step(o, "object-del", json_pack("{s:s}", "id", name), -1, NULL, NULL);
     }
     for (size_t j = 0; j < layers; j++)

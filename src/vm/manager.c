@@ -45,7 +45,9 @@ enum { FD_QMP = 3, FD_SERIAL, FD_KERNEL, FD_INITRD, FD_DISK0 };
 /* Backing layers of volume disks: FD_BACKING0 + i * KH_DISK_BACKING_MAX + j. */
 #define FD_BACKING0 (FD_DISK0 + KH_VM_DISKS_MAX)
 #define FD_SECRET0 (FD_BACKING0 + KH_VM_DISKS_MAX * KH_DISK_BACKING_MAX)
-#define FD_COUNT (FD_SECRET0 + KH_VM_DISKS_MAX)
+/* Secrets of encrypted backing layers: FD_BSECRET0 + i * KH_DISK_BACKING_MAX + j. */
+#define FD_BSECRET0 (FD_SECRET0 + KH_VM_DISKS_MAX)
+#define FD_COUNT (FD_BSECRET0 + KH_VM_DISKS_MAX * KH_DISK_BACKING_MAX)
 /* Then per NIC i: the tap at FD_NIC0 + 2i, its vhost-net fd at FD_NIC0 + 2i + 1. */
 enum { FD_NIC0 = FD_COUNT, FD_END = FD_NIC0 + 2 * KH_VM_NICS_MAX };
 
@@ -777,6 +779,7 @@ static int resolve_volumes(kh_manager *mgr, const vm *self, kh_vm_spec *spec, kh
                 for (size_t j = 1; j < c.n; j++) {
                     d->backing[j - 1].path = xstrdup(c.layer[j].path);
                     d->backing[j - 1].format = c.layer[j].format;
+                    d->backing[j - 1].encrypted = c.layer[j].encrypted;
                 }
             }
         }
@@ -913,6 +916,8 @@ static void start_spawn(vm *v, const char *kernel_file)
     int backing_fds[KH_VM_DISKS_MAX][KH_DISK_BACKING_MAX];
     const int *backing_ptrs[KH_VM_DISKS_MAX] = { NULL };
     int secret_fds[KH_VM_DISKS_MAX];
+    int bsecret_fds[KH_VM_DISKS_MAX][KH_DISK_BACKING_MAX];
+    const int *bsecret_ptrs[KH_VM_DISKS_MAX] = { NULL };
     kh_vm_spec *rs = kh_vm_spec_dup(v->spec); /* volumes resolved to files */
     int nic_fds[KH_VM_NICS_MAX], nic_vhost_fds[KH_VM_NICS_MAX];
     int dirfd = -1, log_fd = -1, qmp_conn = -1, serial_conn = -1;
@@ -976,6 +981,23 @@ static void start_spawn(vm *v, const char *kernel_file)
             fds[target] = bfd;
             backing_fds[i][j] = target;
             backing_ptrs[i] = backing_fds[i];
+            bsecret_fds[i][j] = -1;
+            if (d->backing[j].encrypted) {
+                /* each encrypted layer has its own key, in its own memfd */
+                kh_volume_chain c;
+                int sfd = -1;
+                if (kh_storage_resolve(mgr->cfg.storage, d->volume, &c, &err) == 0) {
+                    sfd = kh_storage_volume_secret_fd(mgr->cfg.storage, c.layer[j + 1].id,
+                                                      &err);
+                    kh_volume_chain_clear(&c);
+                }
+                if (sfd < 0)
+                    goto fail;
+                int starget = FD_BSECRET0 + (int)(i * KH_DISK_BACKING_MAX + j);
+                fds[starget] = sfd;
+                bsecret_fds[i][j] = starget;
+                bsecret_ptrs[i] = bsecret_fds[i];
+            }
         }
         secret_fds[i] = -1;
         if (d->encrypted) {
@@ -1020,6 +1042,7 @@ static void start_spawn(vm *v, const char *kernel_file)
         .disk_fds = disk_fds,
         .backing_fds = backing_ptrs,
         .secret_fds = secret_fds,
+        .backing_secret_fds = bsecret_ptrs,
         .nic_fds = nic_fds,
         .nic_vhost_fds = nic_vhost_fds,
     };
