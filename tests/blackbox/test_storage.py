@@ -616,10 +616,14 @@ def test_encrypted_volume_api(daemon, fake_boot):
     assert info["encrypted"] is True
     assert info["format-specific"]["data"]["encrypt"]["format"] == "luks"
     for body in ({"name": "e1", "size": "1M", "encrypt": True, "format": "raw"},
-                 {"name": "e2", "backing": "sec", "encrypt": True},
                  {"name": "e3", "size": "1M", "encrypt": "yes"}):
         assert api.post("/api/v1/pools/default/volumes", body).status == 400, body
-    assert api.post("/api/v1/pools/default/volumes", {"name": "e4", "backing": "sec"}).status == 415
+    # a clone of an encrypted volume is encrypted too, with its own key
+    for body in ({"name": "e2", "backing": "sec", "encrypt": True},
+                 {"name": "e4", "backing": "sec"}):
+        r = api.post("/api/v1/pools/default/volumes", body)
+        assert r.status == 201 and r.json["encrypted"] is True, r
+        assert qinfo(vol_path(daemon, r.json))["encrypted"] is True
     assert api.post("/api/v1/pools/default/volumes/sec/resize", {"size": "32M"}).status == 415
     # the key is wrapped in the database, never stored or logged in clear
     with open(os.path.join(daemon.state_dir, "kvmhost.db"), "rb") as f:
@@ -945,3 +949,58 @@ def test_volume_upload_over_the_cap(daemons, tmp_path):
         assert api.delete("/api/v1/pools/small").status == 204
     finally:
         subprocess.run(["umount", "-l", str(mnt)])
+
+
+@pytest.mark.slow
+def test_encrypted_linked_clone_boots(daemon, guest, consoles):
+    """The guest's disk copied (inside a guest) onto an encrypted volume; a
+    linked clone of it is an encrypted overlay with its own key; a VM boots
+    from the two-layer encrypted chain (one secret object per layer) and what
+    it writes is not in clear in the overlay."""
+    api = daemon.api
+    khlib.wait_accel(api)
+    assert api.post("/api/v1/pools/default/volumes", {"name": "gb", "format": "raw",
+                                                      "import": guest.disk}).status == 201
+    size = os.path.getsize(guest.disk)
+    r = api.post("/api/v1/pools/default/volumes", {"name": "ebase", "size": size,
+                                                   "encrypt": True})
+    assert r.status == 201, r
+    ebase = r.json
+    api.create(guest_vm(guest, "copier", [{"volume": "default/gb", "readonly": True},
+                                          {"volume": "default/ebase"}]))
+    api.act_ok("copier", "start")
+    con = consoles(daemon, "copier")
+    api.wait_console("copier", "KVMHOST-DISK: kvmhost-disk-ok")
+    con.run("umount /mnt; dd if=/dev/vda of=/dev/vdb bs=65536 conv=fsync 2>/dev/null; "
+            "echo kh-$((%d+1))", timeout=120)
+    api.act_ok("copier", "kill")
+    assert api.delete("/api/v1/vms/copier").status == 204
+
+    r = api.post("/api/v1/pools/default/volumes", {"name": "eclone", "backing": "ebase"})
+    assert r.status == 201 and r.json["encrypted"] is True, r
+    eclone = r.json
+    info = qinfo(vol_path(daemon, eclone))
+    assert info["encrypted"] is True and info["format-specific"]["data"]["encrypt"]["format"] == "luks"
+    api.create(guest_vm(guest, "ec", [{"volume": "default/eclone"}]))
+    api.act_ok("ec", "start")
+    con = consoles(daemon, "ec")
+    api.wait_console("ec", "KVMHOST-DISK: kvmhost-disk-ok")
+    argv = khlib.proc_cmdline(api.vm("ec")["pid"])
+    objs = [json.loads(argv[i + 1]) for i, a in enumerate(argv) if a == "-object"]
+    sec = sorted((o["id"], o["file"]) for o in objs if o["qom-type"] == "secret")
+    assert [s[0] for s in sec] == ["disk0-b1-secret", "disk0-secret"], sec
+    assert sec[0][1] != sec[1][1] and all("data" not in o for o in objs)
+    con.run("mount -o remount,rw /mnt && echo KH-CLONE-PLAINTEXT > /mnt/c.txt && "
+            "mount -o remount,ro /mnt && sync && echo kh-$((%d+1))", timeout=60)
+    api.act_ok("ec", "kill")
+    for v in (eclone, ebase):
+        with open(vol_path(daemon, v), "rb") as f:
+            body = f.read()
+        assert b"KH-CLONE-PLAINTEXT" not in body and b"kvmhost-disk-ok" not in body
+    # it boots again and reads back what it wrote
+    api.act_ok("ec", "start")
+    con = consoles(daemon, "ec")
+    api.wait_console("ec", "KVMHOST-DISK: kvmhost-disk-ok")
+    con.run("echo kh-$((%d+1))", timeout=60)
+    assert shell_value(con, "$(cat /mnt/c.txt)") == "KH-CLONE-PLAINTEXT"
+    api.act_ok("ec", "kill")
