@@ -67,6 +67,7 @@ void kh_disk_routes_detach(kh_http_req *req, void *app);
 
 void kh_snapshot_routes_list(kh_http_req *req, void *app);
 void kh_snapshot_routes_create(kh_http_req *req, void *app);
+void kh_snapshot_routes_get(kh_http_req *req, void *app);
 void kh_snapshot_routes_revert(kh_http_req *req, void *app);
 void kh_snapshot_routes_delete(kh_http_req *req, void *app);
 

@@ -45,6 +45,9 @@ static const kh_route routes[] = {
     { "POST", "/api/v1/vms/{name}/snapshots", kh_snapshot_routes_create, 0,
       "Snapshot the VM: with its memory while it runs, disk-only when stopped (a task)",
       "SnapshotSpec", "Task" },
+    { "GET", "/api/v1/vms/{name}/snapshots/{snap}", kh_snapshot_routes_get, 0,
+      "One snapshot: memory, created_at, parent, current, children (the tree)", NULL,
+      "Snapshot" },
     { "POST", "/api/v1/vms/{name}/snapshots/{snap}/revert", kh_snapshot_routes_revert, 0,
       "Revert to a snapshot: a running VM runs on from that instant (a task)",
       "ActionOptions", "Task" },
@@ -278,10 +281,17 @@ static const struct {
       "{\"type\":\"object\",\"additionalProperties\":false,\"required\":[\"name\"],\"properties\":{"
       "\"name\":{\"type\":\"string\",\"pattern\":\"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$\"},\"wait\":{"
       "\"type\":\"integer\",\"minimum\":0,\"maximum\":3600,\"default\":30}}}" },
+    { "Snapshot",
+      "{\"type\":\"object\",\"properties\":{\"name\":{\"type\":\"string\"},\"memory\":{\"type"
+      "\":\"boolean\"},\"created_at\":{\"type\":\"string\"},\"parent\":{\"type\":\"string\",\"n"
+      "ullable\":true,\"description\":\"the snapshot the VM was at when this one was taken\"},"
+      "\"current\":{\"type\":\"boolean\",\"description\":\"the VM is at this snapshot (taken "
+      "or reverted to last)\"},\"children\":{\"type\":\"array\",\"items\":{\"type\":\"str"
+      "ing\"}}}}" },
     { "SnapshotList",
-      "{\"type\":\"object\",\"properties\":{\"snapshots\":{\"type\":\"array\",\"items\":{\"type\":"
-      "\"object\",\"properties\":{\"name\":{\"type\":\"string\"},\"memory\":{\"type\":\"boolean\"},"
-      "\"created_at\":{\"type\":\"string\"}}}}}}" },
+      "{\"type\":\"object\",\"properties\":{\"current\":{\"type\":\"string\",\"nullable\":"
+      "true},\"snapshots\":{\"type\":\"array\",\"items\":{\"$ref\":\"#/components/schemas/S"
+      "napshot\"}}}}" },
     { "CloneSpec",
       "{\"type\":\"object\",\"additionalProperties\":false,\"required\":[\"name\",\"from_template\"],"
       "\"properties\":{\"name\":{\"type\":\"string\"},\"from_template\":{\"type\":\"string\"},\"clone\":{"

@@ -508,12 +508,15 @@ int cli_do_snapshot_delete(cli_ctx *ctx, const cli_args *a, kh_err *err)
 
 static void snapshots_human(const json_t *resp)
 {
-    static const char *const head[] = { "NAME", "MEMORY", "CREATED" };
+    static const char *const head[] = { "NAME", "PARENT", "MEMORY", "CREATED" };
     cli_table *t = cli_table_new(KH_ARRAY_LEN(head), head);
     size_t i;
     json_t *s;
     json_array_foreach(json_object_get(resp, "snapshots"), i, s) {
-        cli_table_add(t, cli_jstr(s, "name"));
+        /* "*" marks the current one: where the VM is */
+        cli_table_addf(t, "%s%s", cli_jstr(s, "name"),
+                       json_is_true(json_object_get(s, "current")) ? " *" : "");
+        cli_table_add(t, cli_jstr(s, "parent"));
         cli_table_add(t, json_is_true(json_object_get(s, "memory")) ? "yes" : "no");
         cli_table_add(t, cli_jstr(s, "created_at"));
     }

@@ -131,8 +131,16 @@ int kh_storage_snapshot_add(kh_storage *st, const char *vm_id, const char *name,
 int kh_storage_snapshot_get(kh_storage *st, const char *vm_id, const char *name, bool *memory,
                             kh_err *err);
 int kh_storage_snapshot_remove(kh_storage *st, const char *vm_id, const char *name, kh_err *err);
-/* [{"name", "memory", "created_at"}], oldest first. */
+/* [{"name", "memory", "created_at", "parent", "current"}], oldest first.
+ * The snapshots of a VM form a tree: a new one's parent is the VM's current
+ * snapshot (NULL at first), and it becomes current; a revert makes its
+ * target current; a removed one's children take its parent, and if it was
+ * current its parent becomes current. */
 json_t *kh_storage_snapshot_list(kh_storage *st, const char *vm_id);
+/* The VM's current snapshot (caller frees), NULL when none. */
+char *kh_storage_snapshot_current(kh_storage *st, const char *vm_id);
+int kh_storage_snapshot_set_current(kh_storage *st, const char *vm_id, const char *name,
+                                    kh_err *err);
 void kh_storage_snapshot_forget_vm(kh_storage *st, const char *vm_id);
 
 /* A volume reference "pool/name" resolved to its chain of files, top first. */

@@ -1004,3 +1004,69 @@ def test_encrypted_linked_clone_boots(daemon, guest, consoles):
     con.run("echo kh-$((%d+1))", timeout=60)
     assert shell_value(con, "$(cat /mnt/c.txt)") == "KH-CLONE-PLAINTEXT"
     api.act_ok("ec", "kill")
+
+
+def test_snapshot_tree(daemon, fake_boot, tmp_path):
+    """Snapshots form a tree: a new one hangs from the current one, a revert
+    moves "current", deleting a node re-parents its children and keeps the
+    others' data; the tree survives a daemon restart."""
+    api = daemon.api
+    assert api.post("/api/v1/pools/default/volumes", {"name": "tr", "size": "4M"}).status == 201
+    vol = api.get("/api/v1/pools/default/volumes/tr").json
+    api.create({"name": "tv", "vcpus": 1, "boot": fake_boot, "disks": [{"volume": "default/tr"}]})
+
+    def mark(text):  # what "the guest" wrote before a snapshot (VM stopped)
+        subprocess.run([QIMG, "convert", "-q", "-n", "-f", "raw", "-O", "qcow2",
+                        str(write_raw(text)), vol_path(daemon, vol)], check=True)
+
+    def write_raw(text):
+        f = tmp_path / "m.raw"
+        with open(f, "wb") as fh:
+            fh.truncate(4 << 20)
+            fh.write(text.encode())
+        return f
+
+    def read():
+        out = tmp_path / "r.raw"
+        subprocess.run([QIMG, "convert", "-q", "-O", "raw", vol_path(daemon, vol), str(out)],
+                       check=True)
+        return out.read_bytes()[:8].rstrip(b"\0").decode()
+
+    def tree():
+        j = api.get("/api/v1/vms/tv/snapshots").json
+        return {x["name"]: x["parent"] for x in j["snapshots"]}, j["current"]
+
+    def do(verb, name):
+        r = snap(api, "tv", verb, name)[0]
+        assert r.status == 200 and r.json["state"] == "succeeded", r
+
+    mark("A")
+    do("create", "a")
+    mark("B")
+    do("create", "b")
+    assert tree() == ({"a": None, "b": "a"}, "b")
+    do("revert", "a")
+    assert read() == "A" and tree()[1] == "a"
+    mark("C")
+    do("create", "c")
+    mark("D")
+    do("create", "d")
+    assert tree() == ({"a": None, "b": "a", "c": "a", "d": "c"}, "d")
+    s = api.get("/api/v1/vms/tv/snapshots/a").json
+    assert sorted(s["children"]) == ["b", "c"] and s["current"] is False and s["parent"] is None
+    assert api.get("/api/v1/vms/tv/snapshots/zz").status == 404
+    # delete a middle node: its child takes its parent; the others' data stay
+    do("delete", "c")
+    assert tree() == ({"a": None, "b": "a", "d": "a"}, "d")
+    daemon.restart()
+    api = daemon.api
+    assert tree() == ({"a": None, "b": "a", "d": "a"}, "d")
+    do("delete", "a")
+    assert tree() == ({"b": None, "d": None}, "d")
+    for name, text in (("b", "B"), ("d", "D")):
+        do("revert", name)
+        assert read() == text and tree()[1] == name
+    do("delete", "d")  # current, without a parent: none is current now
+    assert tree() == ({"b": None}, None)
+    do("delete", "b")
+    assert tree() == ({}, None)
