@@ -773,6 +773,8 @@ typedef struct op {
     kh_storage_progress_cb on_progress;
     int last_percent;
     int secret_fd; /* encrypted create: closed when the op ends */
+    int xfds[KH_QIMG_FDS_MAX]; /* encrypted copy: the secrets qemu-img inherits (owned) */
+    size_t nxfds;
     kh_strv *retry_argv; /* encrypted create: run again after a PBKDF timing glitch */
     int retries;
     int upload_fd;       /* OP_UPLOAD: the .part being written */
@@ -785,6 +787,8 @@ static void op_free(op *o)
 {
     if (o->secret_fd > 0)
         close(o->secret_fd);
+    for (size_t i = 0; i < o->nxfds; i++)
+        close(o->xfds[i]);
     if (o->upload_fd > 0)
         close(o->upload_fd);
     kh_strv_free(o->retry_argv);
@@ -814,6 +818,28 @@ static void qimg_error(const kh_qimg_result *r, const char *what, kh_err *err)
     /* qemu-img names the file; keep only its own words after the path. */
     kh_code code = strstr(msg, "No space left") ? KH_E_TOOLARGE : KH_E_INTERNAL;
     kh_err_set(err, code, "%s: %s", what, msg);
+}
+
+/* A new random key for volume v, wrapped by the master key into
+ * v->key_wrapped; returns a memfd holding the passphrase, or -1. */
+static int new_key(kh_storage *st, volume *v, kh_err *err)
+{
+    unsigned char key[KEY_LEN], wrapped[WRAPPED_LEN];
+    char secret[2 * KEY_LEN + 1], whex[2 * WRAPPED_LEN + 1];
+    kh_random_bytes(key, sizeof(key));
+    int krc = key_crypt(st, true, v->id, key, wrapped);
+    hex_encode(key, KEY_LEN, secret);
+    OPENSSL_cleanse(key, sizeof(key));
+    hex_encode(wrapped, WRAPPED_LEN, whex);
+    int fd = krc == 0 ? secret_fd(secret, err) : -1;
+    OPENSSL_cleanse(secret, sizeof(secret));
+    if (krc < 0)
+        kh_err_set(err, KH_E_INTERNAL, "wrapping the volume key failed");
+    if (fd >= 0) {
+        free(v->key_wrapped);
+        v->key_wrapped = xstrdup(whex);
+    }
+    return fd;
 }
 
 static int volume_insert(kh_storage *st, const volume *v, kh_err *err)
@@ -849,6 +875,8 @@ static int volume_insert(kh_storage *st, const volume *v, kh_err *err)
     return 0;
 }
 
+static void copy_progress(const char *line, void *opaque);
+
 static void create_done(const kh_qimg_result *r, void *opaque)
 {
     op *o = opaque;
@@ -860,8 +888,10 @@ static void create_done(const kh_qimg_result *r, void *opaque)
         strstr(r->errtext, "accurate CPU usage")) {
         o->retries++;
         unlink(o->part);
-        if (kh_qimg_run_fd(o->st->qimg, o->retry_argv->v, o->secret_fd, QIMG_TIMEOUT_MS, NULL,
-                           create_done, o, &err) >= 0)
+        bool copy = o->kind == OP_COPY;
+        if (kh_qimg_run_fds(o->st->qimg, o->retry_argv->v, copy ? o->xfds : &o->secret_fd,
+                            copy ? o->nxfds : 1, copy ? QIMG_CONVERT_TIMEOUT_MS : QIMG_TIMEOUT_MS,
+                            copy ? copy_progress : NULL, create_done, o, &err) >= 0)
             return;
     }
     if (kh_err_isset(&err)) {
@@ -1144,17 +1174,7 @@ int kh_storage_volume_create(kh_storage *st, const char *pool_name, const json_t
         if (encrypt) {
             /* a random key per volume, wrapped by the master key; the
              * passphrase reaches qemu-img through fd 3 only */
-            unsigned char key[KEY_LEN], wrapped[WRAPPED_LEN];
-            char secret[2 * KEY_LEN + 1], whex[2 * WRAPPED_LEN + 1];
-            kh_random_bytes(key, sizeof(key));
-            int krc = key_crypt(st, true, o->v.id, key, wrapped);
-            hex_encode(key, KEY_LEN, secret);
-            OPENSSL_cleanse(key, sizeof(key));
-            hex_encode(wrapped, WRAPPED_LEN, whex);
-            o->secret_fd = krc == 0 ? secret_fd(secret, err) : -1;
-            OPENSSL_cleanse(secret, sizeof(secret));
-            if (krc < 0)
-                kh_err_set(err, KH_E_INTERNAL, "wrapping the volume key failed");
+            o->secret_fd = new_key(st, &o->v, err);
             if (o->secret_fd < 0) {
                 kh_strv_free(a);
                 busy_release(st, o->p.id, name);
@@ -1162,7 +1182,6 @@ int kh_storage_volume_create(kh_storage *st, const char *pool_name, const json_t
                 o = NULL;
                 goto out;
             }
-            o->v.key_wrapped = xstrdup(whex);
             kh_strv_add(a, "--object");
             kh_strv_add(a, "secret,id=sec0,file=/proc/self/fd/3,format=raw");
             kh_strv_add(a, "-o");
@@ -1491,12 +1510,57 @@ int kh_storage_volume_copy(kh_storage *st, const char *src_ref, const char *dst_
         op_free(o);
         return -1;
     }
-    if (o->v.key_wrapped) {
-        kh_err_set(err, KH_E_UNSUPPORTED, "volume %s is encrypted: copies of encrypted volumes "
-                                          "are not supported yet", o->v.name);
+    /* An encrypted chain is read through a json: description with a secret
+     * per encrypted layer, and the copy is encrypted with a key of its own. */
+    kh_volume_chain chain;
+    bool encrypted = false;
+    if (kh_storage_resolve(st, src_ref, &chain, err) < 0) {
         op_free(o);
         return -1;
     }
+    for (size_t j = 0; j < chain.n; j++)
+        encrypted = encrypted || chain.layer[j].encrypted;
+    json_t *src_json = NULL;
+    kh_strv *objs = kh_strv_new();
+    if (encrypted) {
+        json_t *below = json_null();
+        for (size_t j = chain.n; j-- > 0;) {
+            json_t *node = json_pack("{s:s, s:{s:s, s:s}}", "driver",
+                                     kh_disk_format_name(chain.layer[j].format), "file",
+                                     "driver", "file", "filename", chain.layer[j].path);
+            if (chain.layer[j].format == KH_DISK_QCOW2)
+                json_object_set_new(node, "backing", below);
+            else
+                json_decref(below);
+            if (chain.layer[j].encrypted) {
+                int sfd = kh_storage_volume_secret_fd(st, chain.layer[j].id, err);
+                if (sfd < 0 || o->nxfds + 1 >= KH_QIMG_FDS_MAX) {
+                    if (sfd >= 0)
+                        close(sfd);
+                    kh_err_set(err, KH_E_INTERNAL, "volume %s: its layers' keys", o->v.name);
+                    json_decref(node);
+                    below = NULL; /* node owns what was below */
+                    break;
+                }
+                char id[32];
+                snprintf(id, sizeof(id), "s%zu", j);
+                kh_strv_addf(objs, "secret,id=%s,file=/proc/self/fd/%zu,format=raw", id,
+                             3 + o->nxfds);
+                o->xfds[o->nxfds++] = sfd;
+                json_object_set_new(node, "encrypt",
+                                    json_pack("{s:s, s:s}", "format", "luks", "key-secret", id));
+            }
+            below = node;
+        }
+        src_json = below;
+        if (!src_json) {
+            kh_volume_chain_clear(&chain);
+            kh_strv_free(objs);
+            op_free(o);
+            return -1;
+        }
+    }
+    kh_volume_chain_clear(&chain);
     char *src = o->final;
     char *src_fmt = xstrdup(o->v.format);
     uint64_t capacity = o->v.capacity;
@@ -1512,22 +1576,54 @@ int kh_storage_volume_copy(kh_storage *st, const char *src_ref, const char *dst_
     o->part = volume_path(&o->p, o->v.id, ".part");
     o->on_progress = on_progress;
     o->last_percent = -1;
-    busy_take(st, o->p.id, dst_name, NULL);
     kh_strv *a = kh_strv_new();
     kh_strv_add(a, kh_qimg_binary(st->qimg));
     kh_strv_add(a, "convert");
     kh_strv_add(a, "-p");
     kh_strv_add(a, "-U");
-    kh_strv_add(a, "-f");
-    kh_strv_add(a, src_fmt);
-    kh_strv_add(a, "-O");
-    kh_strv_add(a, src_fmt);
-    kh_strv_add(a, src);
+    if (encrypted) {
+        int tfd = new_key(st, &o->v, err);
+        if (tfd < 0) {
+            json_decref(src_json);
+            kh_strv_free(objs);
+            kh_strv_free(a);
+            free(src);
+            op_free(o);
+            return -1;
+        }
+        size_t tnum = 3 + o->nxfds;
+        o->xfds[o->nxfds++] = tfd;
+        for (size_t k = 0; k < objs->n; k++) {
+            kh_strv_add(a, "--object");
+            kh_strv_add(a, objs->v[k]);
+        }
+        kh_strv_add(a, "--object");
+        kh_strv_addf(a, "secret,id=st,file=/proc/self/fd/%zu,format=raw", tnum);
+        kh_strv_add(a, "-O");
+        kh_strv_add(a, src_fmt);
+        kh_strv_add(a, "-o");
+        kh_strv_add(a, "encrypt.format=luks,encrypt.key-secret=st");
+        char *js = json_dumps(src_json, JSON_COMPACT);
+        kh_strv_addf(a, "json:%s", js);
+        free(js);
+        json_decref(src_json);
+    } else {
+        kh_strv_add(a, "-f");
+        kh_strv_add(a, src_fmt);
+        kh_strv_add(a, "-O");
+        kh_strv_add(a, src_fmt);
+        kh_strv_add(a, src);
+    }
+    kh_strv_free(objs);
     kh_strv_add(a, o->part);
     free(src);
-    pid_t pid = kh_qimg_run(st->qimg, a->v, QIMG_CONVERT_TIMEOUT_MS, copy_progress, create_done,
-                            o, err);
-    kh_strv_free(a);
+    busy_take(st, o->p.id, dst_name, NULL);
+    pid_t pid = kh_qimg_run_fds(st->qimg, a->v, o->xfds, o->nxfds, QIMG_CONVERT_TIMEOUT_MS,
+                                copy_progress, create_done, o, err);
+    if (pid >= 0 && encrypted)
+        o->retry_argv = a; /* LUKS PBKDF timing: create_done may run it again */
+    else
+        kh_strv_free(a);
     if (pid < 0) {
         busy_release(st, o->p.id, dst_name);
         op_free(o);

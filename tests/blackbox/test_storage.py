@@ -625,6 +625,8 @@ def test_encrypted_volume_api(daemon, fake_boot):
         assert r.status == 201 and r.json["encrypted"] is True, r
         assert qinfo(vol_path(daemon, r.json))["encrypted"] is True
     assert api.post("/api/v1/pools/default/volumes/sec/resize", {"size": "32M"}).status == 415
+    for v in ("e2", "e4"):
+        assert api.delete("/api/v1/pools/default/volumes/" + v).status == 204
     # the key is wrapped in the database, never stored or logged in clear
     with open(os.path.join(daemon.state_dir, "kvmhost.db"), "rb") as f:
         db = f.read()
@@ -1004,6 +1006,26 @@ def test_encrypted_linked_clone_boots(daemon, guest, consoles):
     con.run("echo kh-$((%d+1))", timeout=60)
     assert shell_value(con, "$(cat /mnt/c.txt)") == "KH-CLONE-PLAINTEXT"
     api.act_ok("ec", "kill")
+
+    # a full copy of the encrypted chain (a template's full clone) is one
+    # encrypted image with its own key, and boots with what the chain held
+    assert api.post("/api/v1/vms/ec/template", {}).status == 200
+    r = api.post("/api/v1/vms", {"name": "ef", "from_template": "ec", "clone": "full"})
+    assert r.status == 202, r
+    t = wait_task(api, r.json["id"], timeout=180)
+    assert t["state"] == "succeeded", t
+    full = api.get("/api/v1/pools/default/volumes/ef-disk0").json
+    assert full["encrypted"] is True and full["backing"] is None, full
+    info = qinfo(vol_path(daemon, full))
+    assert info["encrypted"] is True and "backing-filename" not in info
+    with open(vol_path(daemon, full), "rb") as f:
+        assert b"KH-CLONE-PLAINTEXT" not in f.read()
+    api.act_ok("ef", "start")
+    con = consoles(daemon, "ef")
+    api.wait_console("ef", "KVMHOST-DISK: kvmhost-disk-ok")
+    con.run("echo kh-$((%d+1))", timeout=60)
+    assert shell_value(con, "$(cat /mnt/c.txt)") == "KH-CLONE-PLAINTEXT"
+    api.act_ok("ef", "kill")
 
 
 def test_snapshot_tree(daemon, fake_boot, tmp_path):
