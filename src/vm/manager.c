@@ -95,16 +95,16 @@ struct vm {
     char *going_down;      /* why QEMU is expected to exit ("stopped", ...) */
     bool reattaching;
     bool await_accel;      /* a start waiting for the accelerator probe */
+    bool disk_busy;        /* a disk attach or detach is under way (vm/disk.c) */
 
     kh_task *task;         /* the action in progress */
     kh_vm_action task_action;
     kh_task *kill_task;    /* a kill that overtook task */
+    vm *next;
     /* Disks (vm/disk.c): the QEMU node index ("disk<N>") of each spec disk
      * while a QEMU runs; hot-plug and -unplug break the identity, so it is
      * kept in RUN_DIR/vms/<id>/disks.json for a daemon restart. */
     int disk_node[KH_VM_DISKS_MAX];
-    bool disk_busy;        /* a disk attach or detach is under way */
-    vm *next;
 };
 
 struct start_job {
