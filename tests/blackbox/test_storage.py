@@ -819,6 +819,22 @@ def test_disk_hotplug_survives_daemon_kill(daemons, guest, consoles, tmp_path):
     r = api.delete("/api/v1/vms/hp/disks/1")  # data2, QEMU node disk2
     assert r.status == 200, r
     wait_blocks(con, ["vda", "vdb"])
+    # an encrypted volume hot-plugs too: its key goes over QMP in a memfd
+    r = api.post("/api/v1/pools/default/volumes", {"name": "edata", "size": "8M",
+                                                   "encrypt": True})
+    assert r.status == 201, r
+    edata = r.json
+    r = api.post("/api/v1/vms/hp/disks", {"volume": "default/edata"})
+    assert r.status == 200, r
+    wait_blocks(con, ["vda", "vdb", "vdc"])
+    con.run("echo KH-HOTPLUG-SECRET | dd of=/dev/vdc conv=fsync 2>/dev/null; "
+            "echo kh-$((%d+1))", timeout=60)
+    assert shell_value(con, "$(head -c 17 /dev/vdc)") == "KH-HOTPLUG-SECRET"
+    assert api.delete("/api/v1/vms/hp/disks/2").status == 200
+    wait_blocks(con, ["vda", "vdb"])
+    with open(vol_path(daemon, edata), "rb") as f:
+        assert b"KH-HOTPLUG-SECRET" not in f.read()
+    assert "KH-HOTPLUG" not in daemon.log()
     print("hot-plug %.2f s, hot-unplug %.2f s (TCG)" % (t_attach, t_detach))
 
     # the next start has the hot-plugged disk as an ordinary one
