@@ -1,10 +1,11 @@
-// vmdetail.js - one VM: summary, serial console, settings, events (tabs).
+// vmdetail.js - one VM: summary, consoles, disks, snapshots, settings, events (tabs).
 import { h, replace, fmtMiB, fmtTime, toast, confirmDialog } from '../dom.js';
 import { api, vmPath } from '../api.js';
 import { store, subscribe, loadVms } from '../store.js';
 import { actionButtons, stateBadge } from '../actions.js';
 import { eventRow } from './events.js';
 import { snapshotsPanel } from './snapshots.js';
+import { disksPanel } from './disks.js';
 import { nicsEditor } from './nics.js';
 import { lineChart, pollMetrics, column, chartsGrid } from '../chart.js';
 
@@ -37,6 +38,7 @@ const TABS = [
   { id: 'summary', label: 'Summary' },
   { id: 'console', label: 'Console' },
   { id: 'display', label: 'Display' },
+  { id: 'disks', label: 'Disks' },
   { id: 'snapshots', label: 'Snapshots' },
   { id: 'settings', label: 'Settings' },
   { id: 'events', label: 'Events' },
@@ -261,12 +263,14 @@ export function vmDetailPage(main, params) {
   }
 
   let snaps = null; // the snapshots panel, kept across state changes
+  let disksP = null; // the disks panel: its form is kept across updates
   let chartsFor = null; // the VM state the charts were last refreshed for, on the summary tab
   function renderPanel(vm) {
     if (tab !== 'summary') chartsFor = null;
     if (tab !== 'console') dropConsole();
     if (tab !== 'display') dropDisplay();
     if (tab !== 'snapshots') snaps = null;
+    if (tab !== 'disks') disksP = null;
     if (tab === 'summary') {
       if (!UP.includes(vm.state)) charts.notRunning();
       else if (chartsFor !== vm.state) charts.refresh(); // the tab shows, or the VM came up
@@ -274,6 +278,7 @@ export function vmDetailPage(main, params) {
       replace(panel, summary(vm, charts));
     } else if (tab === 'settings') replace(panel, settingsForm(vm));
     else if (tab === 'snapshots') replace(panel, snaps = snapshotsPanel(vm));
+    else if (tab === 'disks') replace(panel, disksP = disksPanel(vm));
     else if (tab === 'events') {
       const evs = store.events.filter((e) => e.vm === name);
       replace(panel, h('section', { class: 'card' }, h('h2', {}, 'Events'),
@@ -297,6 +302,7 @@ export function vmDetailPage(main, params) {
     // console reconnects when the VM comes up.
     if (full || tab === 'summary' || tab === 'events' || (tab === 'settings' && stateChanged)) renderPanel(vm);
     else if (tab === 'snapshots' && stateChanged && snaps) snaps.refresh(vm);
+    else if (tab === 'disks' && disksP) disksP.refresh(vm);
     else if (tab === 'console' && stateChanged) showConsole(vm);
     else if (tab === 'display' && stateChanged) showDisplay(vm);
   }
