@@ -1,7 +1,7 @@
 // storage.js - storage pools and their volumes (#/storage): add and forget
-// pools; create, resize and delete volumes; the templates.
+// pools; create, resize, upload, download and delete volumes; the templates.
 import { h, replace, toast, field, errorLine, confirmDialog, fmtBytes, fmtMiB } from '../dom.js';
-import { api } from '../api.js';
+import { api, upload } from '../api.js';
 
 const NAME_RE = /^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$/;
 const SIZE_RE = /^\d+(\.\d+)?\s*[KMGTP]?i?B?$/i;
@@ -133,6 +133,73 @@ function resizeDialog(pool, v, reload) {
   size.select();
 }
 
+// Upload an image file as a new volume: a dialog with the name, the
+// declared format and the file; the file is streamed (PUT .../data) with a
+// progress bar, and the daemon checks it is an image of that format.
+function uploadDialog(pool, reload) {
+  const name = h('input', { type: 'text', required: true, maxlength: 64, autocomplete: 'off', spellcheck: 'false' });
+  const format = h('select', {}, h('option', { value: 'raw' }, 'raw'), h('option', { value: 'qcow2' }, 'qcow2'));
+  const file = h('input', { type: 'file' });
+  const bar = h('progress', { id: 'upload-progress', max: 100, value: 0, hidden: true, 'aria-label': 'Upload progress' });
+  const status = h('span', { class: 'muted small', id: 'upload-status', role: 'status' });
+  const err = errorLine('upload-error');
+  const ok = h('button', { type: 'submit', class: 'btn primary' }, 'Upload');
+  const cancel = h('button', { type: 'button', class: 'btn', onclick: () => dlg.close() }, 'Cancel');
+  let busy = false;
+  const dlg = h('dialog', { class: 'dialog', 'aria-labelledby': 'upload-title' },
+    h('h2', { id: 'upload-title' }, `Upload an image to ${pool}`),
+    h('form', { class: 'form', novalidate: true },
+      field('upload-file', 'Image file', file, 'A raw or qcow2 image; it is sent as it is, not converted.'),
+      field('upload-name', 'Name of the new volume', name),
+      field('upload-format', 'The file\'s format', format, 'The daemon refuses a file that is not an image of this format.'),
+      h('div', { class: 'field' }, bar, status),
+      err,
+      h('div', { class: 'dialog-buttons' }, cancel, ok)));
+  file.addEventListener('change', () => {
+    const f = file.files[0];
+    if (!f) return;
+    if (!name.value) name.value = f.name.replace(/\.(img|raw|qcow2|ext4|bin)$/i, '').replace(/[^A-Za-z0-9_.-]/g, '_').replace(/^[.-]+/, '').slice(0, 64);
+    if (/\.qcow2$/i.test(f.name)) format.value = 'qcow2';
+    else if (/\.(img|raw|ext4|bin)$/i.test(f.name)) format.value = 'raw';
+  });
+  dlg.querySelector('form').addEventListener('submit', async (e) => {
+    e.preventDefault();
+    err.set('');
+    const f = file.files[0], n = name.value.trim();
+    if (!f) { file.focus(); err.set('Pick an image file.'); return; }
+    if (!NAME_RE.test(n)) { name.focus(); err.set('The name must be 1-64 letters, digits, - _ . and not start with . or -.'); return; }
+    busy = true;
+    ok.disabled = true;
+    bar.hidden = false;
+    bar.value = 0;
+    status.textContent = `sending ${fmtBytes(f.size)}…`;
+    try {
+      await upload('PUT', `${volPath(pool, n, '/data')}?format=${encodeURIComponent(format.value)}`, f, (done, total) => {
+        bar.value = total ? Math.round((done / total) * 100) : 0;
+        status.textContent = done >= total ? 'checking the image…' : `${fmtBytes(done)} of ${fmtBytes(total)}`;
+      });
+      busy = false;
+      toast(`Uploaded ${pool}/${n}`, 'ok');
+      dlg.close();
+      reload();
+    } catch (ex) {
+      busy = false;
+      bar.hidden = true;
+      status.textContent = '';
+      err.set(ex.message);
+      ok.disabled = false;
+    }
+  });
+  dlg.addEventListener('cancel', (e) => { if (busy) e.preventDefault(); });
+  dlg.addEventListener('close', () => dlg.remove());
+  document.body.append(dlg);
+  dlg.showModal();
+  file.focus();
+}
+
+// A running VM that writes to the volume: the daemon refuses a download (409).
+const writtenBy = (v) => (v.used_by || []).find((u) => u.running && !u.readonly);
+
 function poolCard(p, vols, allVols, reload) {
   const used = p.capacity ? Math.round(((p.capacity - (p.free ?? 0)) / p.capacity) * 100) : null;
   return h('section', { class: 'card wide', dataset: { pool: p.name }, 'aria-labelledby': `pool-${p.name}-title` },
@@ -152,6 +219,11 @@ function poolCard(p, vols, allVols, reload) {
         h('td', {}, (v.used_by || []).length ? v.used_by.map((u, i) => [i ? ', ' : '', h('a', { href: `#/vms/${encodeURIComponent(u.vm)}` }, u.vm)]) : '–'),
         h('td', {}, h('div', { class: 'actions' },
           h('button', { type: 'button', class: 'btn small', 'aria-label': `Resize ${p.name}/${v.name}`, onclick: () => resizeDialog(p.name, v, reload) }, 'Resize'),
+          writtenBy(v)
+            ? h('a', { class: 'btn small', role: 'link', 'aria-disabled': 'true', tabindex: 0, 'aria-label': `Download ${p.name}/${v.name}`,
+              title: `The running VM ${writtenBy(v).vm} writes to it: stop it to download a consistent image` }, 'Download')
+            : h('a', { class: 'btn small', href: volPath(p.name, v.name, '/data'), download: `${v.name}.${v.format === 'qcow2' ? 'qcow2' : 'img'}`,
+              'aria-label': `Download ${p.name}/${v.name}`, title: `The ${v.format} image as it is (${fmtBytes(v.allocation)} on disk)` }, 'Download'),
           h('button', { type: 'button', class: 'btn small danger', 'aria-label': `Delete volume ${p.name}/${v.name}`,
             onclick: async () => {
               if (!await confirmDialog('Delete volume', `Delete the volume ${p.name}/${v.name} and its data?`, 'Delete')) return;
@@ -163,7 +235,9 @@ function poolCard(p, vols, allVols, reload) {
             } }, 'Delete'))))))))
       : h('p', { class: 'muted' }, 'No volumes.'),
     volumeForm(p.name, allVols, reload),
-    p.default ? null : h('div', { class: 'buttons' }, h('button', { type: 'button', class: 'btn small danger', 'aria-label': `Forget pool ${p.name}`,
+    h('div', { class: 'buttons' },
+      h('button', { type: 'button', class: 'btn small', 'aria-label': `Upload an image to ${p.name}`, onclick: () => uploadDialog(p.name, reload) }, 'Upload image…'),
+      p.default ? null : h('button', { type: 'button', class: 'btn small danger', 'aria-label': `Forget pool ${p.name}`,
       onclick: async () => {
         if (!await confirmDialog('Forget pool', `Forget the pool ${p.name}? Its directory stays on the host.`, 'Forget')) return;
         try {
