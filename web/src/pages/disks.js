@@ -7,14 +7,15 @@ import { api, vmPath } from '../api.js';
 import { store } from '../store.js';
 
 const UP = ['running', 'paused'];
+let lastPool = null; // the pool picked last, picked again on the next VM's tab
 const poolPath = (p, rest = '') => `/api/v1/pools/${encodeURIComponent(p)}${rest}`;
 
 // "Refused (409): vm web1 already has ..." - the status tells a refusal
 // (nothing changed) from a failure.
 function why(what, ex) {
   if (!ex.status) return `${what}: ${ex.message}`;
-  const kind = ex.status === 504 ? 'the guest did not release it in time' : ex.status < 500 ? 'refused' : 'failed';
-  return `${what} ${kind} (${ex.status}): ${ex.message}`;
+  if (ex.status === 504) return `${what}: the guest did not release the disk in time (504), so it stays attached; try again once the guest has let it go. ${ex.message}`;
+  return `${what} ${ex.status < 500 ? 'refused' : 'failed'} (${ex.status}): ${ex.message}`;
 }
 
 export function disksPanel(vm) {
@@ -37,12 +38,14 @@ export function disksPanel(vm) {
     try {
       const vols = (await api('GET', poolPath(p, '/volumes'))).volumes || [];
       if (pool.value !== p) return;
+      const keep = vol.value;
       replace(vol, vols.length ? vols.map((v) => {
         const users = (v.used_by || []).map((u) => u.vm);
         const extra = [v.format, fmtBytes(v.capacity), v.readonly ? 'template base, read-only' : null,
           users.length ? `used by ${users.join(', ')}` : null].filter(Boolean).join(', ');
         return h('option', { value: `${p}/${v.name}` }, `${v.name} (${extra})`);
       }) : h('option', { value: '' }, 'no volumes in this pool'));
+      if (vols.some((v) => `${p}/${v.name}` === keep)) vol.value = keep;
     } catch (ex) {
       replace(vol, h('option', { value: '' }, 'cannot list volumes'));
       err.set(`Cannot list the volumes of ${p}: ${ex.message}`);
@@ -56,17 +59,17 @@ export function disksPanel(vm) {
       err.set(`Cannot list pools: ${ex.message}`);
       return;
     }
-    const keep = pool.value;
+    const keep = pool.value || lastPool;
     replace(pool, pools.map((p) => h('option', { value: p.name }, p.name)));
     if (pools.some((p) => p.name === keep)) pool.value = keep;
     await loadVolumes();
   }
-  pool.addEventListener('change', () => { err.set(''); loadVolumes(); });
+  pool.addEventListener('change', () => { lastPool = pool.value; err.set(''); loadVolumes(); });
 
   function setBusy(on, text) {
     busy = on;
     attach.disabled = on || !!cur.template;
-    for (const b of list.querySelectorAll('button')) b.disabled = on;
+    for (const b of list.querySelectorAll('button')) b.disabled = on || !!cur.template;
     status.textContent = text || '';
   }
 

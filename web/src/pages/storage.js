@@ -236,7 +236,7 @@ function poolCard(p, vols, allVols, reload) {
       : h('p', { class: 'muted' }, 'No volumes.'),
     volumeForm(p.name, allVols, reload),
     h('div', { class: 'buttons' },
-      h('button', { type: 'button', class: 'btn small', 'aria-label': `Upload an image to ${p.name}`, onclick: () => uploadDialog(p.name, reload) }, 'Upload image…'),
+      h('button', { type: 'button', class: 'btn small', 'aria-label': `Upload an image to ${p.name}`, onclick: () => uploadDialog(p.name, reload) }, 'Upload an image…'),
       p.default ? null : h('button', { type: 'button', class: 'btn small danger', 'aria-label': `Forget pool ${p.name}`,
       onclick: async () => {
         if (!await confirmDialog('Forget pool', `Forget the pool ${p.name}? Its directory stays on the host.`, 'Forget')) return;
