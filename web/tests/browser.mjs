@@ -14,7 +14,7 @@
 // Prints TAP-like "ok"/"not ok" lines and a "N passed, M failed" summary.
 import { chromium } from 'playwright-core';
 import { spawn, spawnSync } from 'node:child_process';
-import { mkdtempSync, mkdirSync, readFileSync, existsSync, rmSync, chmodSync } from 'node:fs';
+import { mkdtempSync, mkdirSync, readFileSync, writeFileSync, existsSync, rmSync, chmodSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join, resolve, dirname } from 'node:path';
@@ -303,6 +303,58 @@ async function main() {
     const snapsLeft = await (await fetch(`${url}/api/v1/vms/${VM}/snapshots`, { headers: { Authorization: `Bearer ${token}` } })).json();
     ok(snapsLeft.snapshots && snapsLeft.snapshots.length === 0, 'confirm deletes the snapshot');
 
+    // disks: hot-plug a volume into the running guest from the Disks tab and
+    // see the guest get /sys/block/vdb; refusals show the API's error and
+    // change nothing; hot-unplug it and see it leave the guest
+    r = await fetch(`${url}/api/v1/pools/webpool/volumes`, { method: 'POST', headers: bearer, body: JSON.stringify({ name: 'hp1', format: 'qcow2', size: 8388608 }) });
+    ok(r.status === 201, `a volume to hot-plug (${r.status})`);
+    await page.getByRole('tab', { name: 'Disks' }).click();
+    await page.locator('#disk-table tr[data-disk="0"]').waitFor();
+    ok((await page.locator('#disk-table tr[data-disk="0"]').textContent()).includes('webpool/data1'), 'the Disks tab lists the VM\'s disk');
+    ok((await unlabelled(page)).length === 0, `every field on the Disks tab has a label (${await unlabelled(page)})`);
+    await page.getByLabel('Pool', { exact: true }).selectOption('webpool');
+    await page.locator('#disk-volume option[value="webpool/hp1"]').waitFor({ state: 'attached' });
+    { const m = mark();
+    await page.getByLabel('Volume', { exact: true }).selectOption('webpool/data1');
+    await page.getByRole('button', { name: 'Attach disk' }).click();
+    await page.locator('#disk-error:not([hidden])').waitFor();
+    const t = await page.locator('#disk-error').textContent();
+    ok(/refused \(409\)/.test(t) && /already has/.test(t) && (await api(`/api/v1/vms/${VM}`)).disks.length === 1,
+      `attaching a volume the VM already has shows the API's 409 and changes nothing (${t})`);
+    await forgive(m); }
+    await page.getByLabel('Volume', { exact: true }).selectOption('webpool/hp1');
+    await page.getByRole('button', { name: 'Attach disk' }).click();
+    await page.locator('#disk-table tr[data-vol="webpool/hp1"]').waitFor({ timeout: 60000 });
+    ok(await page.locator('#disk-error').isHidden() && JSON.stringify((await api(`/api/v1/vms/${VM}`)).disks[1]) === '{"volume":"webpool/hp1","readonly":false}',
+      'the Disks tab hot-plugs the volume into the running VM (POST .../disks)');
+    await page.evaluate(() => document.getElementById('toasts').replaceChildren());
+    await page.screenshot({ path: join(logs, 'web-vm-disks.png'), fullPage: true });
+    const guestSays = async (cmd, marker) => {
+      await page.getByRole('tab', { name: 'Console' }).click();
+      await page.locator('#console-status[data-status="connected"]').waitFor({ timeout: 30000 });
+      await page.locator('#terminal').click();
+      await sleep(300);
+      await page.keyboard.type(`${cmd}\n`, { delay: 10 });
+      return waitFor(async () => (await termText()).find((l) => l.startsWith(marker)), 90000, marker);
+    };
+    const plugged = await guestSays('while ! test -e /sys/block/vdb; do sleep 1; done; echo HOTPLUG-$((6+1)) $(ls /sys/block)', 'HOTPLUG-7');
+    ok(/\bvdb\b/.test(plugged), `the guest's serial console lists the hot-plugged disk (${plugged.trim()})`);
+    await page.getByRole('tab', { name: 'Disks' }).click();
+    { const m = mark();
+    await page.getByRole('button', { name: 'Detach disk0' }).click();
+    await page.getByRole('dialog').getByRole('button', { name: 'Detach' }).click();
+    await page.locator('#disk-error:not([hidden])').waitFor({ timeout: 30000 });
+    const t = await page.locator('#disk-error').textContent();
+    ok(/refused \(409\)/.test(t) && (await api(`/api/v1/vms/${VM}`)).disks.length === 2,
+      `detaching the disk attached at start from the running VM shows the API's 409 (${t})`);
+    await forgive(m); }
+    await page.getByRole('button', { name: 'Detach disk1' }).click();
+    await page.getByRole('dialog').getByRole('button', { name: 'Detach' }).click();
+    await waitFor(async () => (await page.locator('#disk-table tr[data-vol="webpool/hp1"]').count()) === 0, 60000, 'disk1 to go');
+    ok((await api(`/api/v1/vms/${VM}`)).disks.length === 1 && await page.locator('#disk-error').isHidden(), 'the Disks tab hot-unplugs the disk (DELETE .../disks/1)');
+    await guestSays('while test -e /sys/block/vdb; do sleep 1; done; echo UNPLUGGED-$((8+1))', 'UNPLUGGED-9');
+    ok(true, 'the guest no longer has /sys/block/vdb');
+
     // limits, applied live to the running VM (PATCH {"limits": {...}})
     await page.getByRole('tab', { name: 'Settings' }).click();
     await page.getByLabel('CPU cap (% of one host CPU)').fill('50');
@@ -514,10 +566,61 @@ async function main() {
     ok((await fetch(`${url}/api/v1/security-groups/websg`, { headers: { Authorization: `Bearer ${token}` } })).status === 200,
       `a security group a NIC names is not deleted; the page says why (${await page.locator('#sg-websg-error').textContent()})`);
     await forgive(m); }
+    // disks on the stopped VM: attach read-only and detach edit the spec
+    await page.evaluate((x) => { location.hash = x; }, `#/vms/${VM}/disks`);
+    await page.locator('#disk-pool option[value="webpool"]').waitFor({ state: 'attached' });
+    await page.getByLabel('Pool', { exact: true }).selectOption('webpool');
+    await page.locator('#disk-volume option[value="webpool/hp1"]').waitFor({ state: 'attached' });
+    await page.getByLabel('Volume', { exact: true }).selectOption('webpool/hp1');
+    await page.getByLabel('Read-only').check();
+    await page.getByRole('button', { name: 'Attach disk' }).click();
+    await page.locator('#disk-table tr[data-vol="webpool/hp1"]').waitFor();
+    ok((await page.locator('#disk-table tr[data-disk="1"]').textContent()).includes('read-only') &&
+      JSON.stringify((await api(`/api/v1/vms/${VM}`)).disks[1]) === '{"volume":"webpool/hp1","readonly":true}', 'the Disks tab attaches a volume read-only to the stopped VM');
+    await page.getByRole('button', { name: 'Detach disk1' }).click();
+    await page.getByRole('dialog').getByRole('button', { name: 'Detach' }).click();
+    await waitFor(async () => (await page.locator('#disk-table tr[data-disk="1"]').count()) === 0, 10000, 'disk1 to go');
+    ok((await api(`/api/v1/vms/${VM}`)).disks.length === 1, 'the Disks tab detaches it from the stopped VM');
+    ok((await fetch(`${url}/api/v1/pools/webpool/volumes/hp1`, { method: 'DELETE', headers: bearer })).status === 204, 'the detached volume is free to delete');
+
+    // the snapshot tree: base, left; revert to base; right: left and right
+    // are children of base, right is current; deleting base lifts them up
+    await page.getByRole('tab', { name: 'Snapshots' }).click();
+    for (const [what, sn] of [['take', 'base'], ['take', 'left'], ['revert', 'base'], ['take', 'right']]) {
+      if (what === 'take') {
+        await page.getByLabel('Snapshot name').fill(sn);
+        await page.getByRole('button', { name: 'Take snapshot (disk-only)' }).click();
+        await page.locator(`#snap-table tr[data-snap="${sn}"]`).waitFor({ timeout: 60000 });
+      } else {
+        await page.getByRole('button', { name: `Revert to ${sn}` }).click();
+        await page.getByRole('dialog').getByRole('button', { name: 'Revert' }).click();
+        await page.locator(`#snap-table tr.current[data-snap="${sn}"]`).waitFor({ timeout: 60000 });
+      }
+    }
+    await page.locator('#snap-table tr.current[data-snap="right"]').waitFor();
+    const tree = await page.locator('#snap-table tbody tr').evaluateAll((rows) => rows.map((r) => `${r.dataset.snap}:${r.dataset.depth}:${r.dataset.parent}${r.classList.contains('current') ? '*' : ''}`).join(' '));
+    const apiSnaps = await api(`/api/v1/vms/${VM}/snapshots`);
+    ok(tree === 'base:0: left:1:base right:1:base*' && apiSnaps.current === 'right' && (await page.locator('#snap-table tr[data-snap="right"] .current-badge').count()) === 1,
+      `the Snapshots tab shows the tree, children under their parent, the current one marked (${tree})`);
+    await page.evaluate(() => document.getElementById('toasts').replaceChildren());
+    await page.screenshot({ path: join(logs, 'web-vm-snapshot-tree.png'), fullPage: true });
+    await page.getByRole('button', { name: 'Delete snapshot base' }).click();
+    ok((await page.getByRole('dialog').textContent()).includes('left, right'), 'deleting a parent says its children move up');
+    await page.getByRole('dialog').getByRole('button', { name: 'Delete' }).click();
+    await waitFor(async () => (await page.locator('#snap-table tr[data-snap="base"]').count()) === 0, 60000, 'base to go');
+    const tree2 = await page.locator('#snap-table tbody tr').evaluateAll((rows) => rows.map((r) => `${r.dataset.snap}:${r.dataset.depth}`).join(' '));
+    ok(tree2 === 'left:0 right:0', `after deleting the parent its children are roots (${tree2})`);
+    for (const sn of ['left', 'right']) {
+      await page.getByRole('button', { name: `Delete snapshot ${sn}` }).click();
+      await page.getByRole('dialog').getByRole('button', { name: 'Delete' }).click();
+      await waitFor(async () => (await page.locator(`#snap-table tr[data-snap="${sn}"]`).count()) === 0, 60000, `${sn} to go`);
+    }
+    ok((await api(`/api/v1/vms/${VM}/snapshots`)).snapshots.length === 0, 'the snapshots are deleted');
+
     // a laptop screen: no page sticks out sideways at 1024 px
     await page.setViewportSize({ width: 1024, height: 640 });
     const wide = [];
-    for (const hash of ['#/', '#/networks', '#/networks/weblan', '#/security-groups', '#/storage', '#/alerts', '#/topology', '#/create', `#/vms/${VM}/settings`]) {
+    for (const hash of ['#/', '#/networks', '#/networks/weblan', '#/security-groups', '#/storage', '#/alerts', '#/topology', '#/create', `#/vms/${VM}/settings`, `#/vms/${VM}/disks`, `#/vms/${VM}/snapshots`]) {
       await page.evaluate((x) => { location.hash = x; }, hash);
       await sleep(700);
       const o = await page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
@@ -605,7 +708,38 @@ async function main() {
     await poolCard.locator('tr[data-vol="imported"]').waitFor({ timeout: 30000 });
     const imp = await api('/api/v1/pools/webpool/volumes/imported');
     ok(imp.format === 'raw' && imp.capacity === 16777216, `the page imports a host image as a raw volume (${imp.format}, ${imp.capacity} bytes)`);
-    for (const v of ['sec1', 'imported']) {
+    // upload a small raw image (streamed PUT .../data?format=raw): a wrong
+    // declared format shows the API's error; the right one lists it with
+    // its size; the Download link gives the same bytes back
+    const upFile = join(base, 'up1.img');
+    { const b = Buffer.alloc(1048576); b.write('KH-UPLOAD-MARK'); writeFileSync(upFile, b); }
+    await page.getByRole('button', { name: 'Upload an image to webpool' }).click();
+    const upDlg = page.getByRole('dialog');
+    await upDlg.getByLabel('Image file').setInputFiles(upFile);
+    ok(await upDlg.getByLabel('Name of the new volume').inputValue() === 'up1' && await upDlg.getByLabel('The file\'s format').inputValue() === 'raw',
+      'picking the file fills in the volume name and the format');
+    ok(await page.evaluate(() => [...document.querySelectorAll('dialog input, dialog select')].every((e) => e.labels && e.labels.length)), 'every field in the upload dialog has a label');
+    { const m = mark();
+    await upDlg.getByLabel('The file\'s format').selectOption('qcow2');
+    await upDlg.getByRole('button', { name: 'Upload' }).click();
+    await page.locator('#upload-error:not([hidden])').waitFor({ timeout: 30000 });
+    const t = await page.locator('#upload-error').textContent();
+    ok(/not a qcow2 image/.test(t) && (await fetch(`${url}/api/v1/pools/webpool/volumes/up1`, { headers: { Authorization: `Bearer ${token}` } })).status === 404,
+      `an upload declared qcow2 that is raw shows the API's error and makes nothing (${t})`);
+    await forgive(m); }
+    await upDlg.getByLabel('The file\'s format').selectOption('raw');
+    await upDlg.getByRole('button', { name: 'Upload' }).click();
+    await poolCard.locator('tr[data-vol="up1"]').waitFor({ timeout: 30000 });
+    const up = await api('/api/v1/pools/webpool/volumes/up1');
+    ok(up.format === 'raw' && up.capacity === 1048576 && (await poolCard.locator('tr[data-vol="up1"] .vol-size').textContent()) === '1.0 MiB',
+      `the page uploads a raw image and lists it with its size (${up.format}, ${up.capacity} bytes)`);
+    const dl = page.getByRole('link', { name: 'Download webpool/up1' });
+    const got = await page.evaluate(async (href) => {
+      const b = new Uint8Array(await (await fetch(href)).arrayBuffer());
+      return { n: b.length, head: new TextDecoder().decode(b.slice(0, 14)) };
+    }, await dl.getAttribute('href'));
+    ok(got.n === 1048576 && got.head === 'KH-UPLOAD-MARK' && await dl.getAttribute('download') === 'up1.img', `the Download link gives the volume's bytes (${got.n} bytes, ${got.head})`);
+    for (const v of ['sec1', 'imported', 'up1']) {
       await page.getByRole('button', { name: `Delete volume webpool/${v}` }).click();
       await page.getByRole('dialog').getByRole('button', { name: 'Delete' }).click();
       await waitFor(async () => (await poolCard.locator(`tr[data-vol="${v}"]`).count()) === 0, 10000, `${v} to go`);
