@@ -76,7 +76,9 @@ kh_disks *kh_disks_new(uv_loop_t *loop, kh_manager *mgr, kh_storage *st,
     d->mgr = mgr;
     d->st = st;
     d->caps = *caps;
-    kh_manager_set_event_hook(mgr, on_qmp_event, d);
+    if (kh_manager_add_event_hook(mgr, on_qmp_event, d) < 0)
+        kh_log(KH_LOG_ERROR, "vm.disk", "reason=\"no free event hook: hot-unplug waits time "
+                                        "out\"");
     return d;
 }
 
@@ -84,7 +86,7 @@ void kh_disks_free(kh_disks *d)
 {
     if (!d)
         return;
-    kh_manager_set_event_hook(d->mgr, NULL, NULL);
+    kh_manager_remove_event_hook(d->mgr, on_qmp_event, d);
     for (disk_op *o = d->ops; o; o = o->link)
         o->d = NULL; /* operations still running end with the daemon */
     free(d);
