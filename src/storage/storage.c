@@ -16,6 +16,7 @@
 #include <sys/statvfs.h>
 #include <unistd.h>
 
+#include "storage/key.h"
 #include "util/check.h"
 #include "util/fs.h"
 #include "util/log.h"
@@ -62,7 +63,7 @@ struct kh_storage {
     void *users_opaque;
     kh_volume_live_resize_fn live_resize;
     void *live_resize_opaque;
-    unsigned char master[32]; /* STATE_DIR/master.key */
+    kh_key_master master;     /* STATE_DIR/master.key */
 };
 
 /* ---- small helpers ---- */
@@ -606,147 +607,19 @@ json_t *kh_storage_volumes_json(kh_storage *st, const char *pool_name, kh_err *e
     return arr;
 }
 
-/* ---- encryption keys ---- */
-
-static void hex_encode(const unsigned char *in, size_t n, char *out)
-{
-    static const char digits[] = "0123456789abcdef";
-    for (size_t i = 0; i < n; i++) {
-        out[2 * i] = digits[in[i] >> 4];
-        out[2 * i + 1] = digits[in[i] & 15];
-    }
-    out[2 * n] = '\0';
-}
-
-static int hex_decode(const char *in, unsigned char *out, size_t n)
-{
-    if (!in || strlen(in) != 2 * n)
-        return -1;
-    for (size_t i = 0; i < n; i++) {
-        unsigned v;
-        if (sscanf(in + 2 * i, "%2x", &v) != 1)
-            return -1;
-        out[i] = (unsigned char)v;
-    }
-    return 0;
-}
-
-#define KEY_LEN 32
-#define IV_LEN 12
-#define TAG_LEN 16
-#define WRAPPED_LEN (IV_LEN + KEY_LEN + TAG_LEN)
-
-/* AES-256-GCM with the master key; the volume id is the associated data, so
- * a wrapped key moved to another volume does not unwrap. */
-static int key_crypt(kh_storage *st, bool wrap, const char *vol_id, const unsigned char *in,
-                     unsigned char *out)
-{
-    EVP_CIPHER_CTX *c = EVP_CIPHER_CTX_new();
-    int ok = 0, len = 0;
-    if (!c)
-        return -1;
-    if (wrap) {
-        unsigned char *iv = out, *ct = out + IV_LEN, *tag = out + IV_LEN + KEY_LEN;
-        kh_random_bytes(iv, IV_LEN);
-        ok = EVP_EncryptInit_ex(c, EVP_aes_256_gcm(), NULL, st->master, iv) == 1 &&
-             EVP_EncryptUpdate(c, NULL, &len, (const unsigned char *)vol_id,
-                               (int)strlen(vol_id)) == 1 &&
-             EVP_EncryptUpdate(c, ct, &len, in, KEY_LEN) == 1 &&
-             EVP_EncryptFinal_ex(c, ct + len, &len) == 1 &&
-             EVP_CIPHER_CTX_ctrl(c, EVP_CTRL_GCM_GET_TAG, TAG_LEN, tag) == 1;
-    } else {
-        const unsigned char *iv = in, *ct = in + IV_LEN, *tag = in + IV_LEN + KEY_LEN;
-        ok = EVP_DecryptInit_ex(c, EVP_aes_256_gcm(), NULL, st->master, iv) == 1 &&
-             EVP_DecryptUpdate(c, NULL, &len, (const unsigned char *)vol_id,
-                               (int)strlen(vol_id)) == 1 &&
-             EVP_DecryptUpdate(c, out, &len, ct, KEY_LEN) == 1 &&
-             EVP_CIPHER_CTX_ctrl(c, EVP_CTRL_GCM_SET_TAG, TAG_LEN,
-                                 (void *)(uintptr_t)tag) == 1 &&
-             EVP_DecryptFinal_ex(c, out + len, &len) == 1;
-    }
-    EVP_CIPHER_CTX_free(c);
-    return ok ? 0 : -1;
-}
-
-/* The volume's passphrase: the hex of its key (what qemu-img and QEMU read
- * from the secret object). */
-static int secret_of(kh_storage *st, const volume *v, char out[65], kh_err *err)
-{
-    unsigned char wrapped[WRAPPED_LEN], key[KEY_LEN];
-    if (hex_decode(v->key_wrapped, wrapped, sizeof(wrapped)) < 0 ||
-        key_crypt(st, false, v->id, wrapped, key) < 0) {
-        kh_err_set(err, KH_E_INTERNAL, "volume %s: its key does not unwrap with this host's "
-                                       "master key", v->name);
-        return -1;
-    }
-    hex_encode(key, KEY_LEN, out);
-    OPENSSL_cleanse(key, sizeof(key));
-    return 0;
-}
-
-/* A sealed in-memory file holding the secret, to hand to a child as an fd. */
-static int secret_fd(const char *secret, kh_err *err)
-{
-    int fd = memfd_create("kh-secret", MFD_CLOEXEC | MFD_ALLOW_SEALING);
-    if (fd < 0) {
-        kh_err_errno(err, KH_E_INTERNAL, errno, "memfd_create");
-        return -1;
-    }
-    size_t n = strlen(secret);
-    if (write(fd, secret, n) != (ssize_t)n || lseek(fd, 0, SEEK_SET) < 0 ||
-        fcntl(fd, F_ADD_SEALS, F_SEAL_WRITE | F_SEAL_GROW | F_SEAL_SHRINK | F_SEAL_SEAL) < 0) {
-        kh_err_errno(err, KH_E_INTERNAL, errno, "writing a secret");
-        close(fd);
-        return -1;
-    }
-    return fd;
-}
+/* ---- encryption keys (storage/key.h) ---- */
 
 int kh_storage_volume_secret_fd(kh_storage *st, const char *volume_id, kh_err *err)
 {
     volume v = { 0 };
-    char secret[2 * KEY_LEN + 1];
     int fd = -1;
     int rc = volume_get(st, NULL, NULL, volume_id, &v, err);
-    if (rc == 1 && v.key_wrapped) {
-        if (secret_of(st, &v, secret, err) == 0)
-            fd = secret_fd(secret, err);
-        OPENSSL_cleanse(secret, sizeof(secret));
-    } else if (rc >= 0) {
+    if (rc == 1 && v.key_wrapped)
+        fd = kh_key_secret_fd(&st->master, v.id, v.key_wrapped, v.name, err);
+    else if (rc >= 0)
         kh_err_set(err, KH_E_NOTFOUND, "no encrypted volume %s", volume_id);
-    }
     volume_clear(&v);
     return fd;
-}
-
-static int master_key_load(kh_storage *st, const char *state_dir, kh_err *err)
-{
-    char *path = xasprintf("%s/master.key", state_dir);
-    int rc = -1;
-    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
-    if (fd < 0 && errno == ENOENT) {
-        unsigned char k[32];
-        kh_random_bytes(k, sizeof(k));
-        rc = kh_fs_write_atomic(path, k, sizeof(k), 0600, err);
-        OPENSSL_cleanse(k, sizeof(k));
-        if (rc == 0)
-            fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
-        rc = -1;
-    }
-    struct stat sb;
-    if (fd < 0 || fstat(fd, &sb) < 0) {
-        kh_err_errno(err, KH_E_INTERNAL, errno, "master key %s", path);
-    } else if ((sb.st_mode & 077) != 0 || sb.st_size != 32) {
-        kh_err_set(err, KH_E_INTERNAL, "master key %s: must be 32 bytes with mode 0600", path);
-    } else if (read(fd, st->master, 32) != 32) {
-        kh_err_errno(err, KH_E_INTERNAL, errno, "reading %s", path);
-    } else {
-        rc = 0;
-    }
-    if (fd >= 0)
-        close(fd);
-    free(path);
-    return rc;
 }
 
 /* ---- volumes: operations ---- */
@@ -820,21 +693,12 @@ static void qimg_error(const kh_qimg_result *r, const char *what, kh_err *err)
     kh_err_set(err, code, "%s: %s", what, msg);
 }
 
-/* A new random key for volume v, wrapped by the master key into
- * v->key_wrapped; returns a memfd holding the passphrase, or -1. */
+/* A new random key for volume v (its wrapped form into v->key_wrapped); a
+ * memfd holding the passphrase, or -1. */
 static int new_key(kh_storage *st, volume *v, kh_err *err)
 {
-    unsigned char key[KEY_LEN], wrapped[WRAPPED_LEN];
-    char secret[2 * KEY_LEN + 1], whex[2 * WRAPPED_LEN + 1];
-    kh_random_bytes(key, sizeof(key));
-    int krc = key_crypt(st, true, v->id, key, wrapped);
-    hex_encode(key, KEY_LEN, secret);
-    OPENSSL_cleanse(key, sizeof(key));
-    hex_encode(wrapped, WRAPPED_LEN, whex);
-    int fd = krc == 0 ? secret_fd(secret, err) : -1;
-    OPENSSL_cleanse(secret, sizeof(secret));
-    if (krc < 0)
-        kh_err_set(err, KH_E_INTERNAL, "wrapping the volume key failed");
+    char whex[KH_KEY_WRAPPED_HEX];
+    int fd = kh_key_new(&st->master, v->id, whex, err);
     if (fd >= 0) {
         free(v->key_wrapped);
         v->key_wrapped = xstrdup(whex);
@@ -2153,7 +2017,7 @@ kh_storage *kh_storage_new(uv_loop_t *loop, kh_store *store, kh_qimg *qimg,
     st->db = kh_store_sqlite(store);
     st->qimg = qimg;
     st->state_dir = xstrdup(state_dir);
-    if (master_key_load(st, state_dir, err) < 0) {
+    if (kh_key_master_load(&st->master, state_dir, err) < 0) {
         kh_err_prefix(err, "storage");
         kh_storage_free(st);
         return NULL;
@@ -2194,7 +2058,7 @@ void kh_storage_free(kh_storage *st)
         free(b->name);
         free(b);
     }
-    OPENSSL_cleanse(st->master, sizeof(st->master));
+    kh_key_master_clear(&st->master);
     free(st->state_dir);
     free(st);
 }

@@ -47,6 +47,7 @@ struct disk_op {
     char dev_id[40];
     bool waiting;       /* for DEVICE_DELETED */
     bool deleted;       /* DEVICE_DELETED seen */
+    uint64_t wait_start; /* loop time the wait began */
     uv_timer_t *timer;
     /* the QMP script */
     step *steps;
@@ -76,7 +77,9 @@ kh_disks *kh_disks_new(uv_loop_t *loop, kh_manager *mgr, kh_storage *st,
     d->mgr = mgr;
     d->st = st;
     d->caps = *caps;
-    kh_manager_set_event_hook(mgr, on_qmp_event, d);
+    if (kh_manager_add_event_hook(mgr, on_qmp_event, d) < 0)
+        kh_log(KH_LOG_ERROR, "vm.disk", "reason=\"no free event hook: hot-unplug waits time "
+                                        "out\"");
     return d;
 }
 
@@ -84,7 +87,7 @@ void kh_disks_free(kh_disks *d)
 {
     if (!d)
         return;
-    kh_manager_set_event_hook(d->mgr, NULL, NULL);
+    kh_manager_remove_event_hook(d->mgr, on_qmp_event, d);
     for (disk_op *o = d->ops; o; o = o->link)
         o->d = NULL; /* operations still running end with the daemon */
     free(d);
@@ -154,6 +157,7 @@ static void add_step(disk_op *o, const char *cmd, json_t *args, int fd, const ch
 
 static void run_next(disk_op *o);
 static void commit(disk_op *o);
+static void detach_timeout(disk_op *o);
 
 static void on_undo(kh_qmp *q, json_t *ret, const kh_err *err, void *opaque)
 {
@@ -667,9 +671,33 @@ static void build_cleanup(disk_op *o)
     run_next(o);
 }
 
-static void detach_timeout(uv_timer_t *t)
+#define WAIT_TICK_MS 250
+
+/* While waiting for the guest: every tick, whether QEMU is still there. A
+ * VM that stopped meanwhile (killed, powered off) has no device left to
+ * release: the detach completes as an edit of the stopped VM's spec. */
+static void detach_tick(uv_timer_t *t)
 {
     disk_op *o = t->data;
+    if (!o->waiting)
+        return;
+    if (kh_manager_qmp(o->d->mgr, o->vd.id, "query-status", NULL, NULL, NULL, NULL) < 0) {
+        o->waiting = false;
+        o->vd.live = false;
+        remove_disk(&o->vd, o->index);
+        commit(o);
+        return;
+    }
+    uint64_t waited = (uint64_t)(uv_now(o->d->loop) - o->wait_start);
+    if (waited >= o->timeout_ms) {
+        detach_timeout(o);
+        return;
+    }
+    uv_timer_start(o->timer, detach_tick, WAIT_TICK_MS, 0);
+}
+
+static void detach_timeout(disk_op *o)
+{
     o->waiting = false;
     kh_err e = KH_ERR_INIT;
     kh_err_set(&e, KH_E_TIMEOUT, "vm %s: the guest did not release disk %zu within %u s; it "
@@ -717,10 +745,11 @@ static void on_device_del(kh_qmp *q, json_t *ret, const kh_err *err, void *opaqu
         return;
     }
     o->waiting = true;
+    o->wait_start = uv_now(o->d->loop);
     o->timer = xcalloc(1, sizeof(*o->timer));
     uv_timer_init(o->d->loop, o->timer);
     o->timer->data = o;
-    uv_timer_start(o->timer, detach_timeout, o->timeout_ms, 0);
+    uv_timer_start(o->timer, detach_tick, WAIT_TICK_MS, 0);
 }
 
 static void on_pci_detach(kh_qmp *q, json_t *ret, const kh_err *err, void *opaque)

@@ -141,8 +141,10 @@ struct kh_manager {
     vm *vms;
     unsigned count;
     kernel_memo *kernels;
-    kh_manager_event_fn event_hook;
-    void *event_hook_opaque;
+    struct {
+        kh_manager_event_fn fn;
+        void *opaque;
+    } event_hooks[KH_MANAGER_EVENT_HOOKS];
 };
 
 /* ---- helpers ---- */
@@ -495,8 +497,9 @@ static void on_qmp_event(kh_qmp *q, const char *event, json_t *data, double ts, 
     if (!v)
         return;
     kh_log(KH_LOG_DEBUG, "vm.qmp_event", "vm=%s event=%s", v->spec->name, event);
-    if (v->mgr->event_hook)
-        v->mgr->event_hook(v->mgr->event_hook_opaque, v->id, event, data);
+    for (size_t i = 0; i < KH_MANAGER_EVENT_HOOKS; i++)
+        if (v->mgr->event_hooks[i].fn)
+            v->mgr->event_hooks[i].fn(v->mgr->event_hooks[i].opaque, v->id, event, data);
     if (strcmp(event, "SHUTDOWN") == 0) {
         /* With -no-shutdown QEMU stays until told: the reason is ours to keep. */
         const char *reason = json_string_value(json_object_get(data, "reason"));
@@ -2126,10 +2129,23 @@ int kh_manager_qmp(kh_manager *mgr, const char *id, const char *command, json_t 
 
 /* ---- disk changes (vm/disk.c) ---- */
 
-void kh_manager_set_event_hook(kh_manager *mgr, kh_manager_event_fn fn, void *opaque)
+int kh_manager_add_event_hook(kh_manager *mgr, kh_manager_event_fn fn, void *opaque)
 {
-    mgr->event_hook = fn;
-    mgr->event_hook_opaque = opaque;
+    for (size_t i = 0; i < KH_MANAGER_EVENT_HOOKS; i++) {
+        if (!mgr->event_hooks[i].fn) {
+            mgr->event_hooks[i].fn = fn;
+            mgr->event_hooks[i].opaque = opaque;
+            return 0;
+        }
+    }
+    return -1;
+}
+
+void kh_manager_remove_event_hook(kh_manager *mgr, kh_manager_event_fn fn, void *opaque)
+{
+    for (size_t i = 0; i < KH_MANAGER_EVENT_HOOKS; i++)
+        if (mgr->event_hooks[i].fn == fn && mgr->event_hooks[i].opaque == opaque)
+            mgr->event_hooks[i].fn = NULL;
 }
 
 static vm *find_id(kh_manager *mgr, const char *id)

@@ -130,10 +130,13 @@ int kh_manager_qmp(kh_manager *mgr, const char *id, const char *command, json_t 
 
 /* ---- disk attach and detach (vm/disk.c) ---- */
 
-/* Every QMP event of every VM, after the manager's own handling. */
+/* Every QMP event of every VM, after the manager's own handling, goes to
+ * each hook (at most KH_MANAGER_EVENT_HOOKS; add returns -1 beyond). */
+#define KH_MANAGER_EVENT_HOOKS 4
 typedef void (*kh_manager_event_fn)(void *opaque, const char *vm_id, const char *event,
                                     json_t *data);
-void kh_manager_set_event_hook(kh_manager *mgr, kh_manager_event_fn fn, void *opaque);
+int kh_manager_add_event_hook(kh_manager *mgr, kh_manager_event_fn fn, void *opaque);
+void kh_manager_remove_event_hook(kh_manager *mgr, kh_manager_event_fn fn, void *opaque);
 /* kh_manager_qmp with an fd passed along (SCM_RIGHTS; for add-fd/getfd).
  * fd is owned from the call on, also when it fails. */
 int kh_manager_qmp_fd(kh_manager *mgr, const char *id, const char *command, json_t *args,

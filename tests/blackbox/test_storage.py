@@ -844,7 +844,39 @@ def test_disk_hotplug_survives_daemon_kill(daemons, guest, consoles, tmp_path):
     con = consoles(daemon, "hp")
     con.run("echo kh-$((%d+1))", timeout=60)
     assert guest_blocks(con) == ["vda", "vdb"]
+    # a disk attached at start sits on pcie.0: no hot-unplug
+    r = api.delete("/api/v1/vms/hp/disks/1")
+    assert r.status == 409 and "stop the vm" in r.error["message"], r
+
+    # a guest that does not release the disk (paused) within the timeout:
+    # 504, and the disk stays attached and in the spec
+    assert api.post("/api/v1/vms/hp/disks", {"volume": "default/data2"}).status == 200
+    wait_blocks(con, ["vda", "vdb", "vdc"])
+    api.act_ok("hp", "pause")
+    r = api.delete("/api/v1/vms/hp/disks/2?timeout=2")
+    assert r.status == 504 and "did not release" in r.error["message"], r
+    assert len(api.vm("hp")["disks"]) == 3
+    api.act_ok("hp", "resume")
+    wait_blocks(con, ["vda", "vdb"])  # the guest ejects it once it runs again
+    r = api.delete("/api/v1/vms/hp/disks/2")  # finishes the job
+    assert r.status == 200 and len(r.json["disks"]) == 2, r
+    # a VM killed while a detach waits for its guest: the detach completes
+    # as an edit of the stopped VM
+    assert api.post("/api/v1/vms/hp/disks", {"volume": "default/data2"}).status == 200
+    wait_blocks(con, ["vda", "vdb", "vdc"])
+    api.act_ok("hp", "pause")
+    res = {}
+
+    def detach():
+        res["r"] = khlib.Api(daemon.socket).delete("/api/v1/vms/hp/disks/2?timeout=60")
+    import threading
+    th = threading.Thread(target=detach)
+    th.start()
+    time.sleep(1)
+    assert api.post("/api/v1/vms/hp/start", {}).status == 409  # busy meanwhile
     api.act_ok("hp", "kill")
+    th.join(30)
+    assert res["r"].status == 200 and len(res["r"].json["disks"]) == 2, res
     assert api.delete("/api/v1/vms/hp/disks/1").status == 200
     assert api.delete("/api/v1/pools/default/volumes/data").status == 204
 
