@@ -6,10 +6,12 @@
 // the token, create a VM in the wizard, start it, see the guest's marker on
 // the serial console, type a command and see its output, stop it and see
 // the state change without a reload, delete it; no console errors. With
-// the same guest: snapshot take/change/revert, limits, the network picked in
-// the wizard (reserved IP, lease, port forwards), the topology; then the
-// networks, security groups, storage, alerts and template pages, each with
-// a refused bad input. Runs in a network namespace of its own. Saves
+// the same guest: snapshot take/change/revert, a volume hot-plugged from the
+// Disks tab (seen in the guest's /sys/block) and unplugged, limits, the
+// network picked in the wizard (reserved IP, lease, port forwards), the
+// topology; stopped: disk attach/detach and the snapshot tree; then the
+// networks, security groups, storage (with upload and download), alerts and
+// template pages, each with a refused bad input. Runs in a network namespace of its own. Saves
 // screenshots under $KH_TEST_LOGS (default test-logs/) as web-*.png.
 // Prints TAP-like "ok"/"not ok" lines and a "N passed, M failed" summary.
 import { chromium } from 'playwright-core';
