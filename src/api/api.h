@@ -14,6 +14,7 @@
 
 #include "api/http.h"
 #include "storage/storage.h"
+#include "vm/disk.h"
 #include "vm/snapshot.h"
 #include "vm/event.h"
 #include "vm/manager.h"
@@ -28,6 +29,7 @@ typedef struct kh_api {
     kh_events *events;
     kh_storage *storage; /* pools and volumes (NULL: storage unavailable) */
     kh_snapshots *snapshots;
+    kh_disks *disks;     /* disk attach/detach, hot-plug (vm/disk.h) */
     json_t *host;      /* static host facts, computed at start (owned) */
     char *openapi;     /* generated once from the route table, serialised (owned):
                         * as text it is a fraction of its jansson tree */
@@ -60,8 +62,12 @@ void kh_vm_routes_resume(kh_http_req *req, void *app);
  * or its error), else 202 with the running task (vm_routes.c). */
 void kh_vm_routes_reply_task(kh_http_req *req, kh_api *api, kh_task *task, int wait);
 
+void kh_disk_routes_attach(kh_http_req *req, void *app);
+void kh_disk_routes_detach(kh_http_req *req, void *app);
+
 void kh_snapshot_routes_list(kh_http_req *req, void *app);
 void kh_snapshot_routes_create(kh_http_req *req, void *app);
+void kh_snapshot_routes_get(kh_http_req *req, void *app);
 void kh_snapshot_routes_revert(kh_http_req *req, void *app);
 void kh_snapshot_routes_delete(kh_http_req *req, void *app);
 
@@ -74,6 +80,8 @@ void kh_storage_routes_volume_create(kh_http_req *req, void *app);
 void kh_storage_routes_volume_get(kh_http_req *req, void *app);
 void kh_storage_routes_volume_resize(kh_http_req *req, void *app);
 void kh_storage_routes_volume_delete(kh_http_req *req, void *app);
+void kh_storage_routes_volume_upload(kh_http_req *req, void *app);
+void kh_storage_routes_volume_download(kh_http_req *req, void *app);
 
 void kh_template_routes_make(kh_http_req *req, void *app);
 void kh_template_routes_list(kh_http_req *req, void *app);

@@ -79,6 +79,7 @@
 #define SSE_KEEPALIVE_MS 15000u
 #define SSE_BLOCK 16384u
 #define WS_LINGER_MS 1000u            /* TLS: wait for MHD to relay our last bytes */
+#define STREAM_DROP_MAX (64u << 20) /* a refused streamed body is read this far, then cut */
 #define DRAIN_MS 10000u               /* read and drop an unwanted body this long at most */
 #define DRAIN_MAX_OPEN 64u
 
@@ -203,6 +204,12 @@ struct kh_http_req {
     uv_poll_t *watch;          /* hang-up watch while suspended */
     kh_sse *sse;
     kh_ws *ws;                 /* pending WebSocket (before the upgrade) */
+    /* KH_ROUTE_STREAM: the handler's body sink (kh_http_req_stream) */
+    kh_http_data_fn stream_data;
+    kh_http_end_fn stream_end;
+    void *stream_opaque;
+    bool stream_failed;        /* the sink refused: the rest is dropped */
+    uint64_t stream_dropped;
     uint64_t start_ms;
     uint64_t start_ns;         /* uv_hrtime(), for the latency hook */
     kh_http_req *prev, *next;
@@ -909,6 +916,74 @@ static bool path_is_api(const char *path)
     return strcmp(path, "/api") == 0 || strncmp(path, "/api/", 5) == 0;
 }
 
+/* A streamed body: the handler runs now, before the body, and either
+ * replies (an error: the body is then drained) or takes the body with
+ * kh_http_req_stream. */
+static enum MHD_Result req_stream_begin(kh_http_req *req)
+{
+    req->app_holds = true;
+    req->route->handler(req, req->srv->app);
+    if (req->resp) {
+        req->early = true;
+        return req_queue(req);
+    }
+    if (!req->app_holds)
+        return MHD_NO;
+    if (!req->stream_data) {
+        kh_log(KH_LOG_ERROR, "http.bug", "reason=\"stream route took no body\" path=%s",
+               req->path);
+        return MHD_NO;
+    }
+    return MHD_YES;
+}
+
+/* A piece of a streamed body. After the sink refused one (it replied with
+ * an error), the rest is read and dropped, up to a bound. */
+static enum MHD_Result req_stream_data(kh_http_req *req, const char *data, size_t n)
+{
+    if (!req->stream_failed && !req->replied &&
+        req->stream_data(req, data, n, req->stream_opaque) < 0)
+        req->stream_failed = true;
+    if (req->stream_failed || req->replied) {
+        req->stream_dropped += n;
+        if (req->stream_dropped > STREAM_DROP_MAX)
+            return MHD_NO;
+    }
+    return MHD_YES;
+}
+
+static enum MHD_Result req_stream_done(kh_http_req *req)
+{
+    req->state = REQ_WAIT;
+    if (!req->replied)
+        req->stream_end(req, req->stream_opaque);
+    if (req->resp)
+        return req_queue(req);
+    if (!req->app_holds)
+        return MHD_NO;
+    req_suspend(req);
+    return MHD_YES;
+}
+
+void kh_http_req_stream(kh_http_req *req, kh_http_data_fn on_data, kh_http_end_fn on_end,
+                        void *opaque)
+{
+    req->stream_data = on_data;
+    req->stream_end = on_end;
+    req->stream_opaque = opaque;
+}
+
+uint64_t kh_http_req_content_length(const kh_http_req *req)
+{
+    const char *cl = conn_header(req, MHD_HTTP_HEADER_CONTENT_LENGTH);
+    if (!cl || conn_header(req, MHD_HTTP_HEADER_TRANSFER_ENCODING))
+        return UINT64_MAX;
+    char *end;
+    errno = 0;
+    unsigned long long n = strtoull(cl, &end, 10);
+    return errno || end == cl || *end ? UINT64_MAX : (uint64_t)n;
+}
+
 /* First call: route, authenticate, check the announced body. */
 static enum MHD_Result req_begin(kh_http_req *req, const char *method)
 {
@@ -986,7 +1061,7 @@ static enum MHD_Result req_begin(kh_http_req *req, const char *method)
         unsigned long long n = strtoull(cl, &end, 10);
         if (errno || end == cl || *end || cl[0] == '-')
             return req_fail(req, KH_E_INVALID, "bad Content-Length");
-        if (n > srv->max_body)
+        if (n > srv->max_body && !(route->flags & KH_ROUTE_STREAM))
             return req_fail(req, KH_E_TOOLARGE, "request body over %zu bytes", srv->max_body);
         has_body = has_body || n > 0;
     }
@@ -994,6 +1069,8 @@ static enum MHD_Result req_begin(kh_http_req *req, const char *method)
         !is_json_type(conn_header(req, MHD_HTTP_HEADER_CONTENT_TYPE)))
         return req_fail(req, KH_E_UNSUPPORTED, "the request body must be application/json");
     req->state = REQ_BODY;
+    if (route->flags & KH_ROUTE_STREAM)
+        return req_stream_begin(req);
     return MHD_YES;
 }
 
@@ -1059,6 +1136,13 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *conn, const c
         req->conn = conn;
         return req_begin(req, method);
     case REQ_BODY:
+        if (req->stream_data) {
+            if (!*upload_data_size)
+                return req_stream_done(req);
+            enum MHD_Result r = req_stream_data(req, upload_data, *upload_data_size);
+            *upload_data_size = 0;
+            return r;
+        }
         if (*upload_data_size) {
             enum MHD_Result r = req_body(req, upload_data, *upload_data_size);
             *upload_data_size = 0;
@@ -1653,6 +1737,22 @@ void kh_http_reply_error(kh_http_req *req, const kh_err *err)
     unsigned status;
     struct MHD_Response *resp = error_response(err, &status);
     req_set_response(req, status, resp);
+}
+
+void kh_http_reply_fd(kh_http_req *req, int status, const char *content_type, int fd,
+                      uint64_t size)
+{
+    struct MHD_Response *resp = MHD_create_response_from_fd64(size, fd);
+    if (!resp) {
+        close(fd);
+        kh_err err = KH_ERR_INIT;
+        kh_err_set(&err, KH_E_INTERNAL, "cannot stream the file");
+        kh_http_reply_error(req, &err);
+        return;
+    }
+    add_hdr(resp, MHD_HTTP_HEADER_CONTENT_TYPE,
+            content_type ? content_type : "application/octet-stream");
+    req_set_response(req, (unsigned)status, resp);
 }
 
 void kh_http_reply_data(kh_http_req *req, int status, const char *content_type,

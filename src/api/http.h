@@ -36,6 +36,7 @@
 
 #include <jansson.h>
 #include <stdbool.h>
+#include <stdint.h>
 #include <stddef.h>
 #include <sys/types.h>
 #include <uv.h>
@@ -56,6 +57,8 @@ enum {
     KH_ROUTE_RAW = 1u << 3,       /* body is not JSON (not parsed) */
     KH_ROUTE_LOOPBACK_PUBLIC = 1u << 4, /* no token from a loopback TCP client when the
                                          * server has loopback_public */
+    KH_ROUTE_STREAM = 1u << 5,    /* body streamed to the handler (kh_http_req_stream),
+                                   * not collected; no body size limit of its own */
 };
 
 /* Called once per answered request (after the reply is queued): the method,
@@ -128,6 +131,22 @@ void kh_http_reply_json(kh_http_req *req, int status, json_t *body /* stolen */)
 void kh_http_reply_error(kh_http_req *req, const kh_err *err);
 void kh_http_reply_data(kh_http_req *req, int status, const char *content_type,
                         const void *data, size_t len);
+/* KH_ROUTE_STREAM routes: the handler runs once the headers are in, before
+ * the body. It replies at once (an error; the body is then drained), or
+ * hands the body to a sink: on_data gets each piece as it arrives (return
+ * -1 after replying with an error: the rest of the body is read and
+ * dropped, then the reply goes out), on_end runs when the body is complete
+ * (reply then or later). Neither runs after a reply; a client that goes
+ * away meanwhile gets the abort callback (kh_http_req_on_abort) instead. */
+typedef int (*kh_http_data_fn)(kh_http_req *req, const char *data, size_t len, void *opaque);
+typedef void (*kh_http_end_fn)(kh_http_req *req, void *opaque);
+void kh_http_req_stream(kh_http_req *req, kh_http_data_fn on_data, kh_http_end_fn on_end,
+                        void *opaque);
+/* The announced Content-Length, UINT64_MAX when none (chunked). */
+uint64_t kh_http_req_content_length(const kh_http_req *req);
+/* Reply with a file's bytes, streamed by MHD (fd is owned from the call on). */
+void kh_http_reply_fd(kh_http_req *req, int status, const char *content_type, int fd,
+                      uint64_t size);
 /* Add a response header to the coming reply (e.g. Location). */
 void kh_http_req_add_header(kh_http_req *req, const char *name, const char *value);
 /* Called if the client goes away before a late reply. */

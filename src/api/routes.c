@@ -32,11 +32,22 @@ static const kh_route routes[] = {
       "ActionOptions", "Task" },
     { "POST", "/api/v1/vms/{name}/template", kh_template_routes_make, 0,
       "Make a stopped VM a template: its volumes become read-only bases", NULL, "VM" },
+    { "POST", "/api/v1/vms/{name}/disks", kh_disk_routes_attach, 0,
+      "Attach a volume as a disk: edits a stopped VM, hot-plugs into a running q35 VM "
+      "(virtio-blk on a free hot-plug port); the next start has it as an ordinary disk",
+      "DiskAttach", "VM" },
+    { "DELETE", "/api/v1/vms/{name}/disks/{index}", kh_disk_routes_detach, 0,
+      "Detach disk {index} (0 is the first): edits a stopped VM, hot-unplugs a hot-plugged "
+      "disk of a running VM (?timeout=SECONDS for the guest to release it, default 30; 504 "
+      "and still attached when it does not)", NULL, "VM" },
     { "GET", "/api/v1/vms/{name}/snapshots", kh_snapshot_routes_list, 0,
       "List the VM's snapshots", NULL, "SnapshotList" },
     { "POST", "/api/v1/vms/{name}/snapshots", kh_snapshot_routes_create, 0,
       "Snapshot the VM: with its memory while it runs, disk-only when stopped (a task)",
       "SnapshotSpec", "Task" },
+    { "GET", "/api/v1/vms/{name}/snapshots/{snap}", kh_snapshot_routes_get, 0,
+      "One snapshot: memory, created_at, parent, current, children (the tree)", NULL,
+      "Snapshot" },
     { "POST", "/api/v1/vms/{name}/snapshots/{snap}/revert", kh_snapshot_routes_revert, 0,
       "Revert to a snapshot: a running VM runs on from that instant (a task)",
       "ActionOptions", "Task" },
@@ -69,6 +80,15 @@ static const kh_route routes[] = {
       "Show a volume with its backing chain (qemu-img info)", NULL, "Volume" },
     { "POST", "/api/v1/pools/{pool}/volumes/{volume}/resize", kh_storage_routes_volume_resize,
       0, "Grow a volume (online through QMP block_resize while a VM runs on it)", "VolumeResize", "Volume" },
+    { "PUT", "/api/v1/pools/{pool}/volumes/{volume}/data", kh_storage_routes_volume_upload,
+      KH_ROUTE_RAW | KH_ROUTE_STREAM,
+      "Upload a new volume: the body is the image (?format=qcow2|raw, required: checked with "
+      "qemu-img, never guessed), streamed to disk with the pool's free space as the byte cap "
+      "(413); an image with a backing or data file, encrypted, or of another format is 400; "
+      "201 with the Volume; any failure leaves nothing", NULL, "Volume" },
+    { "GET", "/api/v1/pools/{pool}/volumes/{volume}/data", kh_storage_routes_volume_download, 0,
+      "Download a volume's image file (application/octet-stream, streamed); 409 while a "
+      "running VM writes to it", NULL, NULL },
     { "DELETE", "/api/v1/pools/{pool}/volumes/{volume}", kh_storage_routes_volume_delete, 0,
       "Delete a volume no VM and no other volume depends on", NULL, NULL },
     { "GET", "/api/v1/networks", kh_net_routes_list, 0, "List networks", NULL, "NetworkList" },
@@ -162,6 +182,10 @@ static const struct {
       "},\"graphics\":{\"type\":\"string\",\"enum\":[\"none\",\"vnc\"],\"default\":\"none\"},\"description\":{\"ty"
       "pe\":\"string\",\"maxLength\":1024},\"nics\":{\"type\":\"array\",\"maxItems\":8,\"items\":{\"$ref\":\"#/co"
       "mponents/schemas/NIC\"}},\"limits\":{\"$ref\":\"#/components/schemas/Limits\"}}}" },
+    { "DiskAttach",
+      "{\"type\":\"object\",\"additionalProperties\":false,\"required\":[\"volume\"],\"propert"
+      "ies\":{\"volume\":{\"type\":\"string\",\"pattern\":\"^[A-Za-z0-9_][A-Za-z0-9_.-]*/[A-Za"
+      "-z0-9_][A-Za-z0-9_.-]*$\"},\"readonly\":{\"type\":\"boolean\",\"default\":false}}}" },
     { "VMPatch",
       "{\"type\":\"object\",\"additionalProperties\":false,\"properties\":{\"vcpus\":{\"type\":\"integer\","
       "\"description\":\"alone on a running q35 VM: hot-plug or unplug, up to max_vcpus\"},"
@@ -267,10 +291,17 @@ static const struct {
       "{\"type\":\"object\",\"additionalProperties\":false,\"required\":[\"name\"],\"properties\":{"
       "\"name\":{\"type\":\"string\",\"pattern\":\"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$\"},\"wait\":{"
       "\"type\":\"integer\",\"minimum\":0,\"maximum\":3600,\"default\":30}}}" },
+    { "Snapshot",
+      "{\"type\":\"object\",\"properties\":{\"name\":{\"type\":\"string\"},\"memory\":{\"type"
+      "\":\"boolean\"},\"created_at\":{\"type\":\"string\"},\"parent\":{\"type\":\"string\",\"n"
+      "ullable\":true,\"description\":\"the snapshot the VM was at when this one was taken\"},"
+      "\"current\":{\"type\":\"boolean\",\"description\":\"the VM is at this snapshot (taken "
+      "or reverted to last)\"},\"children\":{\"type\":\"array\",\"items\":{\"type\":\"str"
+      "ing\"}}}}" },
     { "SnapshotList",
-      "{\"type\":\"object\",\"properties\":{\"snapshots\":{\"type\":\"array\",\"items\":{\"type\":"
-      "\"object\",\"properties\":{\"name\":{\"type\":\"string\"},\"memory\":{\"type\":\"boolean\"},"
-      "\"created_at\":{\"type\":\"string\"}}}}}}" },
+      "{\"type\":\"object\",\"properties\":{\"current\":{\"type\":\"string\",\"nullable\":"
+      "true},\"snapshots\":{\"type\":\"array\",\"items\":{\"$ref\":\"#/components/schemas/S"
+      "napshot\"}}}}" },
     { "CloneSpec",
       "{\"type\":\"object\",\"additionalProperties\":false,\"required\":[\"name\",\"from_template\"],"
       "\"properties\":{\"name\":{\"type\":\"string\"},\"from_template\":{\"type\":\"string\"},\"clone\":{"

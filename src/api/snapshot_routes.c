@@ -38,6 +38,18 @@ void kh_snapshot_routes_list(kh_http_req *req, void *app)
         kh_http_reply_json(req, 200, l);
 }
 
+void kh_snapshot_routes_get(kh_http_req *req, void *app)
+{
+    kh_api *api = app;
+    kh_err err = KH_ERR_INIT;
+    json_t *j = kh_snapshot_show(api->snapshots, kh_http_req_param(req, "name"),
+                                 kh_http_req_param(req, "snap"), &err);
+    if (!j)
+        kh_http_reply_error(req, &err);
+    else
+        kh_http_reply_json(req, 200, j);
+}
+
 void kh_snapshot_routes_create(kh_http_req *req, void *app)
 {
     kh_api *api = app;

@@ -201,3 +201,103 @@ void kh_storage_routes_volume_delete(kh_http_req *req, void *app)
     }
     kh_http_reply_data(req, 204, "application/json", "", 0);
 }
+
+/* ---- upload and download: PUT/GET /api/v1/pools/{pool}/volumes/{volume}/data ---- */
+
+typedef struct upload {
+    kh_http_req *req; /* NULL once the client went away */
+    kh_volume_upload *u;
+} upload;
+
+static void upload_gone(kh_http_req *req, void *opaque)
+{
+    (void)req;
+    upload *up = opaque;
+    up->req = NULL;
+    if (up->u) { /* still receiving: nothing is kept */
+        kh_storage_upload_abort(up->u);
+        free(up);
+    }
+}
+
+static int upload_data(kh_http_req *req, const char *data, size_t len, void *opaque)
+{
+    upload *up = opaque;
+    kh_err err = KH_ERR_INIT;
+    if (kh_storage_upload_write(up->u, data, len, &err) == 0)
+        return 0;
+    kh_storage_upload_abort(up->u);
+    free(up);
+    kh_http_req_on_abort(req, NULL, NULL);
+    kh_http_reply_error(req, &err);
+    return -1;
+}
+
+static void upload_done(json_t *result, const kh_err *err, void *opaque)
+{
+    upload *up = opaque;
+    if (up->req) {
+        kh_http_req_on_abort(up->req, NULL, NULL);
+        if (result) {
+            char *loc = xasprintf("/api/v1/pools/%s/volumes/%s",
+                                  json_string_value(json_object_get(result, "pool")),
+                                  json_string_value(json_object_get(result, "name")));
+            kh_http_req_add_header(up->req, "Location", loc);
+            free(loc);
+            kh_http_reply_json(up->req, 201, result);
+            result = NULL;
+        } else {
+            kh_http_reply_error(up->req, err);
+        }
+    }
+    json_decref(result);
+    free(up);
+}
+
+static void upload_end(kh_http_req *req, void *opaque)
+{
+    upload *up = opaque;
+    kh_err err = KH_ERR_INIT;
+    kh_volume_upload *u = up->u;
+    up->u = NULL; /* checked and recorded from here; the client may leave */
+    if (kh_storage_upload_finish(u, upload_done, up, &err) < 0) {
+        kh_http_req_on_abort(req, NULL, NULL);
+        free(up);
+        kh_http_reply_error(req, &err);
+    }
+}
+
+void kh_storage_routes_volume_upload(kh_http_req *req, void *app)
+{
+    kh_api *api = app;
+    kh_err err = KH_ERR_INIT;
+    if (!storage_ready(req, api))
+        return;
+    kh_volume_upload *u = kh_storage_upload_begin(
+        api->storage, kh_http_req_param(req, "pool"), kh_http_req_param(req, "volume"),
+        kh_http_req_query(req, "format"), kh_http_req_content_length(req), &err);
+    if (!u) {
+        kh_http_reply_error(req, &err);
+        return;
+    }
+    upload *up = xcalloc(1, sizeof(*up));
+    up->req = req;
+    up->u = u;
+    kh_http_req_on_abort(req, upload_gone, up);
+    kh_http_req_stream(req, upload_data, upload_end, up);
+}
+
+void kh_storage_routes_volume_download(kh_http_req *req, void *app)
+{
+    kh_api *api = app;
+    kh_err err = KH_ERR_INIT;
+    if (!storage_ready(req, api))
+        return;
+    uint64_t size = 0;
+    int fd = kh_storage_volume_open(api->storage, kh_http_req_param(req, "pool"),
+                                    kh_http_req_param(req, "volume"), &size, &err);
+    if (fd < 0)
+        kh_http_reply_error(req, &err);
+    else
+        kh_http_reply_fd(req, 200, "application/octet-stream", fd, size);
+}

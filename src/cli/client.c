@@ -4,6 +4,7 @@
 #include <errno.h>
 #include <netdb.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -328,6 +329,37 @@ int cli_client_get_raw(cli_client *c, const char *path, char **out, size_t *len,
     *out = b.data ? b.data : xstrdup("");
     *len = b.len;
     return 0;
+}
+
+int cli_client_upload(cli_client *c, const char *path, FILE *f, uint64_t size, json_t **out,
+                      kh_err *err)
+{
+    char errbuf[CURL_ERROR_SIZE] = "";
+    *out = NULL;
+    struct curl_slist *hdr = prepare(c, "PUT", path, NULL, errbuf);
+    hdr = curl_slist_append(hdr, "Content-Type: application/octet-stream");
+    curl_easy_setopt(c->curl, CURLOPT_HTTPHEADER, hdr);
+    curl_easy_setopt(c->curl, CURLOPT_UPLOAD, 1L);
+    curl_easy_setopt(c->curl, CURLOPT_READDATA, f);
+    curl_easy_setopt(c->curl, CURLOPT_INFILESIZE_LARGE, (curl_off_t)size);
+    body_buf b = { 0 };
+    curl_easy_setopt(c->curl, CURLOPT_WRITEFUNCTION, write_buf);
+    curl_easy_setopt(c->curl, CURLOPT_WRITEDATA, &b);
+    CURLcode rc = curl_easy_perform(c->curl);
+    curl_slist_free_all(hdr);
+    long status = 0;
+    curl_easy_getinfo(c->curl, CURLINFO_RESPONSE_CODE, &status);
+    int ret = -1;
+    if (status >= 300)
+        cli_error_from_answer(status, b.data, b.len, err);
+    else if (rc != CURLE_OK)
+        set_transport_error(c, rc, errbuf, err);
+    else if (!b.len || !(*out = json_loadb(b.data, b.len, 0, NULL)))
+        kh_err_set(err, KH_E_INTERNAL, "kvmhostd sent bad JSON for PUT %s", path);
+    else
+        ret = (int)status;
+    free(b.data);
+    return ret;
 }
 
 int cli_client_stream(cli_client *c, const char *path, const char *const *headers,

@@ -11,6 +11,8 @@
 #include <jansson.h>
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
 
 #include "util/err.h"
 
@@ -35,6 +37,11 @@ int cli_client_json(cli_client *c, const char *method, const char *path, const j
 /* A GET whose answer is not JSON (the console log): the body into *out
  * (caller frees, NUL-terminated), its length into *len. */
 int cli_client_get_raw(cli_client *c, const char *path, char **out, size_t *len, kh_err *err);
+
+/* A PUT whose body is the file f (size bytes, streamed), answered with
+ * JSON: as cli_client_json. */
+int cli_client_upload(cli_client *c, const char *path, FILE *f, uint64_t size, json_t **out,
+                      kh_err *err);
 
 /* A streaming GET (server-sent events): on_data gets the body as it
  * arrives and returns nonzero to stop. timeout_ms > 0 ends the stream

@@ -242,6 +242,25 @@ static const cli_opt opts_volume_list[] = {
     { NULL, NULL, 0, NULL },
 };
 
+static const cli_opt opts_volume_upload[] = {
+    { "format", "FORMAT", CLI_OPT_ARG | CLI_OPT_REQUIRED,
+      "What the file is: qcow2 or raw. kvmhostd checks it (qemu-img), never guesses it." },
+    { NULL, NULL, 0, NULL },
+};
+
+static const cli_opt opts_disk_attach[] = {
+    { "readonly", NULL, 0,
+      "Attach read-only: the guest cannot write. A template's base, or a volume other VMs "
+      "also use, is attached only read-only." },
+    { NULL, NULL, 0, NULL },
+};
+
+static const cli_opt opts_disk_detach[] = {
+    { "timeout", "SECONDS", CLI_OPT_ARG,
+      "How long the guest of a running VM may take to release the disk (default 30)." },
+    { NULL, NULL, 0, NULL },
+};
+
 static const cli_opt opts_volume_resize[] = {
     { "size", "SIZE", CLI_OPT_ARG | CLI_OPT_REQUIRED,
       "The new size (512M, 10G, ...); volumes only grow." },
@@ -633,6 +652,46 @@ const cli_cmd cli_commands[] = {
         cli_do_volume_resize,
     },
     {
+        "volume", "upload", "[POOL/]NAME FILE", "make a volume from an image file",
+        "Send FILE to kvmhostd, streamed, as the new volume NAME. The pool's free space is the "
+        "limit (exit status 2 beyond it). The image must be of the --format given, and one "
+        "that names no other file (no backing file, no external data file; exit status 2 "
+        "otherwise). A failed upload leaves nothing.",
+        opts_volume_upload,
+        "$ kvmhost volume upload default/debian debian-12.qcow2 --format qcow2",
+        cli_do_volume_upload,
+    },
+    {
+        "volume", "download", "[POOL/]NAME FILE", "save a volume's image to a file",
+        "Stream the volume's image file (as it is: qcow2 or raw) into FILE, which must not "
+        "exist (written as FILE.part, renamed when complete). Refused (exit status 5) while a "
+        "running VM writes to the volume.",
+        NULL,
+        "$ kvmhost volume download default/debian backup.qcow2",
+        cli_do_volume_download,
+    },
+    {
+        "disk", "attach", "VM [POOL/]VOLUME", "attach a volume to a VM as a disk",
+        "Add the volume as the VM's last disk. A stopped VM's spec changes. A running q35 VM "
+        "gets it at once (hot-plug: a virtio disk on a free PCIe hot-plug port, with its own "
+        "I/O thread; up to 4 hot-plugged disks) and keeps it as an ordinary disk at the next "
+        "start. Refused (exit status 5) for a volume another VM writes to, a template's base "
+        "attached writable, or a VM that is busy.",
+        opts_disk_attach,
+        "$ kvmhost disk attach web1 default/data1\n"
+        "$ kvmhost disk attach web1 iso/tools --readonly",
+        cli_do_disk_attach,
+    },
+    {
+        "disk", "detach", "VM INDEX", "detach disk INDEX (0 is the first) of a VM",
+        "Remove the disk from the VM; the volume stays. On a running VM only a hot-plugged "
+        "disk can go: the guest is asked to release it, and kvmhost waits for that (exit "
+        "status 8 on a timeout, and the disk stays attached).",
+        opts_disk_detach,
+        "$ kvmhost disk detach web1 1",
+        cli_do_disk_detach,
+    },
+    {
         "volume", "delete", "[POOL/]NAME", "delete a volume",
         "Delete the volume and its file. Refused (exit status 5) while a VM refers to it or "
         "another volume is based on it.",
@@ -652,6 +711,7 @@ static const struct {
     { "host", "show the host" },
     { "task", "follow long operations" },
     { "pool", "manage storage pools" },
+    { "disk", "attach and detach the disks of VMs (hot-plug when they run)" },
     { "template", "make templates of VMs, to clone" },
     { "snapshot", "snapshot VMs and go back to a snapshot" },
     { "volume", "manage disk volumes in pools" },

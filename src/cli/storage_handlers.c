@@ -2,7 +2,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
+#include <errno.h>
 
 #include "cli/args.h"
 #include "cli/handlers.h"
@@ -237,6 +239,127 @@ int cli_do_volume_delete(cli_ctx *ctx, const cli_args *a, kh_err *err)
     return do_delete(ctx, volume_path(a->pos, NULL), "volume", a->pos, err);
 }
 
+/* ---- upload and download ---- */
+
+int cli_do_volume_upload(cli_ctx *ctx, const cli_args *a, kh_err *err)
+{
+    const char *file = a->pos2;
+    FILE *f = fopen(file, "rb");
+    struct stat sb;
+    if (!f || fstat(fileno(f), &sb) < 0 || !S_ISREG(sb.st_mode)) {
+        kh_err_set(err, KH_E_INVALID, "%s: not a readable regular file", file);
+        if (f)
+            fclose(f);
+        return -1;
+    }
+    char *fe = cli_path_escape(cli_arg(a, "format"));
+    char *suffix = xasprintf("/data?format=%s", fe);
+    char *path = volume_path(a->pos, suffix);
+    free(fe);
+    free(suffix);
+    cli_client *c = cli_ctx_client(ctx, err);
+    json_t *vol = NULL;
+    int rc = c ? cli_client_upload(c, path, f, (uint64_t)sb.st_size, &vol, err) : -1;
+    fclose(f);
+    free(path);
+    if (rc < 0)
+        return -1;
+    if (ctx->json)
+        cli_print_json(stdout, vol);
+    else
+        volume_human(vol);
+    json_decref(vol);
+    return 0;
+}
+
+static int write_out(const char *data, size_t len, void *ud)
+{
+    return fwrite(data, 1, len, ud) == len ? 0 : 1;
+}
+
+int cli_do_volume_download(cli_ctx *ctx, const cli_args *a, kh_err *err)
+{
+    const char *file = a->pos2;
+    char *tmp = xasprintf("%s.part", file);
+    FILE *f = access(file, F_OK) == 0 ? NULL : fopen(tmp, "wbx");
+    if (!f) {
+        if (access(file, F_OK) == 0)
+            errno = EEXIST;
+        kh_err_errno(err, errno == EEXIST ? KH_E_CONFLICT : KH_E_INVALID, errno,
+                     "cannot create %s", errno == EEXIST && access(file, F_OK) == 0 ? file : tmp);
+        free(tmp);
+        return -1;
+    }
+    char *path = volume_path(a->pos, "/data");
+    cli_client *c = cli_ctx_client(ctx, err);
+    int rc = c ? cli_client_stream(c, path, NULL, write_out, f, 0, err) : -1;
+    free(path);
+    if (fclose(f) != 0 && rc == 0) {
+        kh_err_errno(err, KH_E_INTERNAL, errno, "writing %s", tmp);
+        rc = -1;
+    }
+    /* link, not rename: an existing FILE is never replaced */
+    if (rc == 0 && link(tmp, file) < 0) {
+        kh_err_errno(err, errno == EEXIST ? KH_E_CONFLICT : KH_E_INTERNAL, errno,
+                     "cannot create %s", file);
+        rc = -1;
+    }
+    unlink(tmp);
+    free(tmp);
+    return rc;
+}
+
+/* ---- disks ---- */
+
+static void disks_human(const json_t *vm)
+{
+    static const char *const head[] = { "INDEX", "DISK", "MODE" };
+    cli_table *t = cli_table_new(KH_ARRAY_LEN(head), head);
+    size_t i;
+    json_t *d;
+    json_array_foreach(json_object_get(vm, "disks"), i, d) {
+        cli_table_addf(t, "%zu", i);
+        const char *what = cli_jstr(d, "volume");
+        cli_table_add(t, what ? what : cli_jstr(d, "path"));
+        cli_table_add(t, json_is_true(json_object_get(d, "readonly")) ? "ro" : "rw");
+    }
+    cli_print_free(cli_table_render(t));
+    cli_table_free(t);
+}
+
+int cli_do_disk_attach(cli_ctx *ctx, const cli_args *a, kh_err *err)
+{
+    const char *ref = a->pos2;
+    char *full = strchr(ref, '/') ? xstrdup(ref) : xasprintf("default/%s", ref);
+    json_t *body = json_pack("{s:s, s:b}", "volume", full, "readonly",
+                             cli_flag(a, "readonly"));
+    free(full);
+    if (!body) {
+        kh_err_set(err, KH_E_INVALID, "the volume must be valid UTF-8");
+        return -1;
+    }
+    char *path = cli_api_path("vms", a->pos, "/disks");
+    int rc = cli_show(ctx, "POST", path, body, disks_human, err);
+    json_decref(body);
+    free(path);
+    return rc;
+}
+
+int cli_do_disk_detach(cli_ctx *ctx, const cli_args *a, kh_err *err)
+{
+    char *ie = cli_path_escape(a->pos2);
+    const char *timeout = cli_arg(a, "timeout");
+    char *te = timeout ? cli_path_escape(timeout) : NULL;
+    char *suffix = xasprintf("/disks/%s%s%s", ie, te ? "?timeout=" : "", te ? te : "");
+    char *path = cli_api_path("vms", a->pos, suffix);
+    int rc = cli_show(ctx, "DELETE", path, NULL, disks_human, err);
+    free(ie);
+    free(te);
+    free(suffix);
+    free(path);
+    return rc;
+}
+
 /* ---- templates ---- */
 
 int cli_do_template_create(cli_ctx *ctx, const cli_args *a, kh_err *err)
@@ -385,12 +508,15 @@ int cli_do_snapshot_delete(cli_ctx *ctx, const cli_args *a, kh_err *err)
 
 static void snapshots_human(const json_t *resp)
 {
-    static const char *const head[] = { "NAME", "MEMORY", "CREATED" };
+    static const char *const head[] = { "NAME", "PARENT", "MEMORY", "CREATED" };
     cli_table *t = cli_table_new(KH_ARRAY_LEN(head), head);
     size_t i;
     json_t *s;
     json_array_foreach(json_object_get(resp, "snapshots"), i, s) {
-        cli_table_add(t, cli_jstr(s, "name"));
+        /* "*" marks the current one: where the VM is */
+        cli_table_addf(t, "%s%s", cli_jstr(s, "name"),
+                       json_is_true(json_object_get(s, "current")) ? " *" : "");
+        cli_table_add(t, cli_jstr(s, "parent"));
         cli_table_add(t, json_is_true(json_object_get(s, "memory")) ? "yes" : "no");
         cli_table_add(t, cli_jstr(s, "created_at"));
     }

@@ -67,6 +67,7 @@ typedef enum kh_graphics {
 typedef struct kh_disk_layer {
     char *path;
     kh_disk_format format;
+    bool encrypted; /* LUKS-encrypted qcow2, with its own secret */
 } kh_disk_layer;
 
 typedef struct kh_disk_spec {
@@ -80,6 +81,7 @@ typedef struct kh_disk_spec {
     kh_disk_layer *backing;
     size_t nbacking;
     bool encrypted;        /* runtime only: the top image is LUKS-encrypted qcow2 */
+    bool direct;           /* runtime only: every layer's file takes O_DIRECT (cache=none) */
 } kh_disk_spec;
 
 /* A NIC on a network (net/netmgr.h). mac is filled by the VM manager when

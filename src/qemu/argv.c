@@ -18,6 +18,7 @@
  *     per backing layer j of a volume's chain, deepest first (read-only):
  *       [-add-fd fd=<fd>,set=<(i+1)*100+j+1>,opaque=disk<i>-b<j+1>]
  *       -blockdev {"driver":"file","node-name":"disk<i>-b<j+1>-file",...}
+ *       [-object {"qom-type":"secret","id":"disk<i>-b<j+1>-secret",...}] (encrypted layer)
  *       -blockdev {"driver":"raw|qcow2","node-name":"disk<i>-b<j+1>",
  *                  "backing":"disk<i>-b<j+2>"|null,...}
  *     [-object {"qom-type":"secret","id":"disk<i>-secret","format":"raw",
@@ -53,11 +54,14 @@
  *    explicit "vnc=" key so a '=' in the path cannot turn into a key).
  *    -initrd is plain for Linux/PVH kernels, but a multiboot kernel splits
  *    it at ',' (modules) and ' ' (arguments), so those are rejected there.
- *  - Disks are two JSON -blockdev nodes each: a "file" protocol node
- *    (host page cache with flushes honoured: cache.direct=false,
- *    no-flush=false; aio io_uring when QEMU has it, else threads;
- *    discard=unmap for writable disks so guest TRIM frees host space) and a
- *    format node whose driver is the user's declared format. qcow2 gets
+ *  - Disks are two JSON -blockdev nodes each: a "file" protocol node and a
+ *    format node whose driver is the user's declared format. Performance
+ *    defaults (kh_qemu_blockdev_file/format): cache=none (cache.direct=true,
+ *    flushes honoured) when the disk's files take O_DIRECT (the runner
+ *    opened them so: d->direct), else the host page cache; aio io_uring
+ *    when QEMU has it, else native (needs O_DIRECT), else threads;
+ *    discard=unmap and detect-zeroes=unmap for writable disks, so guest
+ *    TRIM and zero writes free host space. qcow2 gets
  *    "backing":null: QEMU never opens a backing file named inside the
  *    image. A volume's chain comes from kvmhost's own records, one node
  *    per layer, and each qcow2 layer names the next node explicitly. Disks on q35 are virtio-blk-pci at fixed slots 0x4 + i of
@@ -281,7 +285,8 @@ static int check_spec(const kh_vm_spec *spec, kh_err *err)
             if (kh_check_abs_path(l->path, lwhat, err) < 0)
                 return -1;
             if ((l->format != KH_DISK_RAW && l->format != KH_DISK_QCOW2) ||
-                (j + 1 < d->nbacking && l->format != KH_DISK_QCOW2)) {
+                (j + 1 < d->nbacking && l->format != KH_DISK_QCOW2) ||
+                (l->encrypted && l->format != KH_DISK_QCOW2)) {
                 kh_err_set(err, KH_E_INVALID, "disks[%zu].backing[%zu]: bad format", i, j);
                 return -1;
             }
@@ -377,6 +382,16 @@ static int check_env(const kh_vm_spec *spec, const kh_argv_env *env, kh_err *err
             fd = backing_fd(env, i, j);
             if (fd != -1 && check_fd(fd, lwhat, err) < 0)
                 return -1;
+            if (spec->disks[i].backing[j].encrypted) {
+                const int *sf = env->backing_secret_fds ? env->backing_secret_fds[i] : NULL;
+                snprintf(lwhat, sizeof(lwhat), "disks[%zu].backing[%zu] secret fd", i, j);
+                if (!sf || sf[j] == -1) {
+                    kh_err_set(err, KH_E_INTERNAL, "%s: encrypted, but none given", lwhat);
+                    return -1;
+                }
+                if (check_fd(sf[j], lwhat, err) < 0)
+                    return -1;
+            }
         }
     }
     if (spec->nnics > KH_VM_NICS_MAX) {
@@ -438,7 +453,7 @@ static void add_machine(argv_builder *b, const kh_vm_spec *spec, const kh_argv_e
  * expressed (the error is set on the builder). */
 static json_t *file_node_new(argv_builder *b, const kh_qemu_caps *caps, int fd, size_t set,
                              const char *opaque, const char *node_name, const char *path,
-                             const char *what, bool readonly)
+                             const char *what, bool readonly, bool direct)
 {
     char *fdset_path = NULL;
     if (fd >= 0) {
@@ -450,17 +465,51 @@ static json_t *file_node_new(argv_builder *b, const kh_qemu_caps *caps, int fd, 
     free(fdset_path);
     if (!filename)
         return NULL;
+    json_t *file = kh_qemu_blockdev_file(caps, node_name, "", readonly, direct);
+    json_object_set_new(file, "filename", filename);
+    return file;
+}
+
+json_t *kh_qemu_blockdev_file(const kh_qemu_caps *caps, const char *node_name,
+                              const char *filename, bool readonly, bool direct)
+{
     json_t *file = json_object();
     json_object_set_new(file, "driver", json_string("file"));
     json_object_set_new(file, "node-name", json_string(node_name));
-    json_object_set_new(file, "filename", filename);
+    json_object_set_new(file, "filename", json_string(filename));
     json_object_set_new(file, "read-only", json_boolean(readonly));
-    json_object_set_new(file, "aio", json_string(caps->io_uring ? "io_uring" : "threads"));
+    json_object_set_new(file, "aio", json_string(caps->io_uring ? "io_uring"
+                                                 : direct       ? "native"
+                                                                : "threads"));
     json_t *cache = json_object();
-    json_object_set_new(cache, "direct", json_false());
+    json_object_set_new(cache, "direct", json_boolean(direct));
     json_object_set_new(cache, "no-flush", json_false());
     json_object_set_new(file, "cache", cache);
+    if (!readonly)
+        json_object_set_new(file, "discard", json_string("unmap"));
     return file;
+}
+
+json_t *kh_qemu_blockdev_format(kh_disk_format format, const char *node_name,
+                                const char *file_node, bool readonly, const char *backing,
+                                const char *key_secret)
+{
+    json_t *fmt = json_object();
+    json_object_set_new(fmt, "driver", json_string(kh_disk_format_name(format)));
+    json_object_set_new(fmt, "node-name", json_string(node_name));
+    json_object_set_new(fmt, "file", json_string(file_node));
+    json_object_set_new(fmt, "read-only", json_boolean(readonly));
+    if (!readonly) {
+        json_object_set_new(fmt, "discard", json_string("unmap"));
+        json_object_set_new(fmt, "detect-zeroes", json_string("unmap"));
+    }
+    if (format == KH_DISK_QCOW2) {
+        json_object_set_new(fmt, "backing", backing ? json_string(backing) : json_null());
+        if (key_secret)
+            json_object_set_new(fmt, "encrypt", json_pack("{s:s, s:s}", "format", "luks",
+                                                          "key-secret", key_secret));
+    }
+    return fmt;
 }
 
 /* One read-only backing layer: its file node and format node. */
@@ -474,20 +523,26 @@ static void add_backing_layer(argv_builder *b, const kh_qemu_caps *caps, const k
     snprintf(next, sizeof(next), "disk%zu-b%zu", i, j + 2);
     snprintf(what, sizeof(what), "disks[%zu].backing[%zu].path", i, j);
     json_t *file = file_node_new(b, caps, backing_fd(env, i, j), (i + 1) * 100 + j + 1, node,
-                                 file_node, l->path, what, true);
+                                 file_node, l->path, what, true, d->direct);
     if (!file)
         return;
     add_json(b, "-blockdev", file);
 
-    json_t *fmt = json_object();
-    json_object_set_new(fmt, "driver", json_string(kh_disk_format_name(l->format)));
-    json_object_set_new(fmt, "node-name", json_string(node));
-    json_object_set_new(fmt, "file", json_string(file_node));
-    json_object_set_new(fmt, "read-only", json_true());
-    if (l->format == KH_DISK_QCOW2)
-        json_object_set_new(fmt, "backing",
-                            j + 1 < d->nbacking ? json_string(next) : json_null());
-    add_json(b, "-blockdev", fmt);
+    char secret_id[64];
+    snprintf(secret_id, sizeof(secret_id), "%s-secret", node);
+    if (l->encrypted) {
+        json_t *sec = json_object();
+        char *sfile = xasprintf("/proc/self/fd/%d", env->backing_secret_fds[i][j]);
+        json_object_set_new(sec, "qom-type", json_string("secret"));
+        json_object_set_new(sec, "id", json_string(secret_id));
+        json_object_set_new(sec, "format", json_string("raw"));
+        json_object_set_new(sec, "file", json_string(sfile));
+        free(sfile);
+        add_json(b, "-object", sec);
+    }
+    add_json(b, "-blockdev", kh_qemu_blockdev_format(l->format, node, file_node, true,
+                                                     j + 1 < d->nbacking ? next : NULL,
+                                                     l->encrypted ? secret_id : NULL));
 }
 
 static void add_disk(argv_builder *b, const kh_vm_spec *spec, const kh_qemu_caps *caps,
@@ -527,29 +582,17 @@ static void add_disk(argv_builder *b, const kh_vm_spec *spec, const kh_qemu_caps
     }
 
     json_t *file = file_node_new(b, caps, disk_fd(env, i), i + 1, node, file_node, d->path,
-                                 what, d->readonly);
+                                 what, d->readonly, d->direct);
     if (!file)
         return;
-    if (!d->readonly)
-        json_object_set_new(file, "discard", json_string("unmap"));
     add_json(b, "-blockdev", file);
 
-    json_t *fmt = json_object();
-    json_object_set_new(fmt, "driver", json_string(kh_disk_format_name(d->format)));
-    json_object_set_new(fmt, "node-name", json_string(node));
-    json_object_set_new(fmt, "file", json_string(file_node));
-    json_object_set_new(fmt, "read-only", json_boolean(d->readonly));
-    if (!d->readonly)
-        json_object_set_new(fmt, "discard", json_string("unmap"));
-    if (d->format == KH_DISK_QCOW2) {
-        char first[48];
-        snprintf(first, sizeof(first), "disk%zu-b1", i);
-        json_object_set_new(fmt, "backing", d->nbacking ? json_string(first) : json_null());
-        if (d->encrypted)
-            json_object_set_new(fmt, "encrypt", json_pack("{s:s, s:s}", "format", "luks",
-                                                          "key-secret", secret_id));
-    }
-    add_json(b, "-blockdev", fmt);
+    char first[48];
+    snprintf(first, sizeof(first), "disk%zu-b1", i);
+    add_json(b, "-blockdev",
+             kh_qemu_blockdev_format(d->format, node, file_node, d->readonly,
+                                     d->nbacking ? first : NULL,
+                                     d->encrypted ? secret_id : NULL));
 
     json_t *dev = json_object();
     json_object_set_new(dev, "driver", json_string(q35 ? "virtio-blk-pci" : "virtio-blk-device"));

@@ -19,6 +19,8 @@
 #include <stdbool.h>
 #include <stddef.h>
 
+#include <jansson.h>
+
 #include "conf/vm_spec.h"
 #include "util/err.h"
 #include "util/strv.h"
@@ -72,6 +74,9 @@ typedef struct kh_argv_env {
      * (-1 for the others); NULL: none. Read by a secret object from
      * /proc/self/fd/N: the key is never in the argv. */
     const int *secret_fds;
+    /* Per disk, NULL or one fd per backing layer holding the passphrase of
+     * an encrypted layer (-1 for the others). NULL: none. */
+    const int *const *backing_secret_fds;
 } kh_argv_env;
 
 /* Empty PCIe root ports every q35 VM has for hot-plug (disks, NICs):
@@ -79,6 +84,25 @@ typedef struct kh_argv_env {
  * them as its "bus"; which are free is QEMU's to say (query-pci). */
 #define KH_QEMU_HOTPLUG_PORTS 8
 void kh_qemu_hotplug_port_id(unsigned i, char *buf, size_t size);
+
+/* The -blockdev nodes of one image layer, as JSON objects (new references),
+ * with the disk performance defaults (see argv.c): direct (the file was
+ * opened with O_DIRECT, its filesystem takes it) gives cache.direct=true,
+ * i.e. cache=none; aio is io_uring when QEMU has it, else native with
+ * direct, else threads; writable format nodes get discard=unmap and
+ * detect-zeroes=unmap.
+ * shared with disk hot-plug (vm/disk.c, blockdev-add) so that a hot-plugged
+ * disk gets exactly the options of a cold-plugged one. The protocol node:
+ * driver "file" with the cache and aio defaults and, when writable,
+ * discard=unmap. The format node on top of file_node: backing is the node
+ * below (NULL: none; qcow2 always names it, so QEMU never opens a backing
+ * file named in the image); key_secret (qcow2 only, NULL: not encrypted) the
+ * secret object holding its LUKS passphrase. */
+json_t *kh_qemu_blockdev_file(const kh_qemu_caps *caps, const char *node_name,
+                              const char *filename, bool readonly, bool direct);
+json_t *kh_qemu_blockdev_format(kh_disk_format format, const char *node_name,
+                                const char *file_node, bool readonly, const char *backing,
+                                const char *key_secret);
 
 /* Build the argv. Returns NULL with err set when the spec cannot be
  * expressed safely (KH_E_INVALID) or the host cannot run it

@@ -17,6 +17,7 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <sys/un.h>
 #include <unistd.h>
 
@@ -182,6 +183,7 @@ typedef struct qmp_cmd {
     void *opaque;
     uint64_t sent_ns;
     bool internal;       /* qmp_capabilities, ours */
+    int fd;              /* sent with the command's bytes (SCM_RIGHTS), or -1; owned */
 } qmp_cmd;
 
 typedef struct qmp_write {
@@ -248,6 +250,8 @@ static void cmd_free(qmp_cmd *c)
 {
     if (!c)
         return;
+    if (c->fd >= 0)
+        close(c->fd);
     free(c->text);
     free(c);
 }
@@ -327,6 +331,32 @@ static void on_write(uv_write_t *req, int status)
         qmp_shutdown_msg(qmp, "write", status);
 }
 
+/* Write (the start of) c's text with c->fd attached; the bytes written or
+ * -1 with errno set. */
+static ssize_t qmp_send_fd(kh_qmp *qmp, const qmp_cmd *c)
+{
+    uv_os_fd_t sock;
+    if (uv_fileno((const uv_handle_t *)&qmp->pipe, &sock) != 0) {
+        errno = EBADF;
+        return -1;
+    }
+    char cbuf[CMSG_SPACE(sizeof(int))];
+    memset(cbuf, 0, sizeof(cbuf));
+    struct iovec iov = { .iov_base = c->text, .iov_len = c->text_len };
+    struct msghdr msg = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = cbuf,
+                          .msg_controllen = sizeof(cbuf) };
+    struct cmsghdr *cm = CMSG_FIRSTHDR(&msg);
+    cm->cmsg_level = SOL_SOCKET;
+    cm->cmsg_type = SCM_RIGHTS;
+    cm->cmsg_len = CMSG_LEN(sizeof(int));
+    memcpy(CMSG_DATA(cm), &c->fd, sizeof(int));
+    for (;;) {
+        ssize_t n = sendmsg(sock, &msg, MSG_NOSIGNAL);
+        if (n >= 0 || errno != EINTR)
+            return n;
+    }
+}
+
 /* Send the head of the queue if nothing is in flight and the handshake is
  * far enough along. */
 static void qmp_pump(kh_qmp *qmp)
@@ -336,13 +366,29 @@ static void qmp_pump(kh_qmp *qmp)
     if (qmp->state != QMP_CAPS && qmp->state != QMP_READY)
         return;
     qmp_cmd *c = qmp->head;
-    qmp_write *w = xmalloc(sizeof(*w) + c->text_len);
-    w->qmp = qmp;
-    w->len = c->text_len;
-    memcpy(w->data, c->text, c->text_len);
-    uv_buf_t buf = uv_buf_init(w->data, (unsigned)w->len);
+    size_t off = 0;
     qmp->inflight = c;
     c->sent_ns = uv_hrtime();
+    if (c->fd >= 0) {
+        /* The fd rides on the command's own bytes. Nothing else is queued
+         * on the stream: one command is in flight at a time and the
+         * previous one was answered, so its bytes were all written. */
+        ssize_t n = qmp_send_fd(qmp, c);
+        if (n < 0) {
+            qmp_shutdown_msg(qmp, "sendmsg", uv_translate_sys_error(errno));
+            return;
+        }
+        close(c->fd);
+        c->fd = -1;
+        off = (size_t)n;
+        if (off == c->text_len)
+            return;
+    }
+    qmp_write *w = xmalloc(sizeof(*w) + c->text_len - off);
+    w->qmp = qmp;
+    w->len = c->text_len - off;
+    memcpy(w->data, c->text + off, w->len);
+    uv_buf_t buf = uv_buf_init(w->data, (unsigned)w->len);
     int rc = uv_write(&w->req, (uv_stream_t *)&qmp->pipe, &buf, 1, on_write);
     if (rc < 0) {
         free(w);
@@ -374,6 +420,7 @@ static qmp_cmd *cmd_build(kh_qmp *qmp, const char *command, json_t *args, kh_err
     }
     size_t n = strlen(s);
     qmp_cmd *c = xcalloc(1, sizeof(*c));
+    c->fd = -1;
     c->id = id;
     c->text_len = n + 2;
     c->text = xmalloc(n + 3);
@@ -386,19 +433,33 @@ static qmp_cmd *cmd_build(kh_qmp *qmp, const char *command, json_t *args, kh_err
 int kh_qmp_command(kh_qmp *qmp, const char *command, json_t *args, kh_qmp_reply_cb cb,
                    void *opaque, kh_err *err)
 {
+    return kh_qmp_command_fd(qmp, command, args, -1, cb, opaque, err);
+}
+
+int kh_qmp_command_fd(kh_qmp *qmp, const char *command, json_t *args, int fd,
+                      kh_qmp_reply_cb cb, void *opaque, kh_err *err)
+{
     if (qmp->closing) {
+        if (fd >= 0)
+            close(fd);
         json_decref(args);
         kh_err_set(err, KH_E_QEMU, "QMP connection closed");
         return -1;
     }
     if (!command || !*command || (args && !json_is_object(args))) {
         json_decref(args);
+        if (fd >= 0)
+            close(fd);
         kh_err_set(err, KH_E_INVALID, "QMP command needs a name and object arguments");
         return -1;
     }
     qmp_cmd *c = cmd_build(qmp, command, args, err);
-    if (!c)
+    if (!c) {
+        if (fd >= 0)
+            close(fd);
         return -1;
+    }
+    c->fd = fd;
     c->cb = cb;
     c->opaque = opaque;
     if (qmp->tail)

@@ -74,6 +74,11 @@ int kh_qmp_connect_path(kh_qmp *qmp, const char *path, kh_err *err);
  * with err set if the connection is closed. */
 int kh_qmp_command(kh_qmp *qmp, const char *command, json_t *args, kh_qmp_reply_cb cb,
                    void *opaque, kh_err *err);
+/* As kh_qmp_command, with fd passed to QEMU (SCM_RIGHTS) on the bytes of
+ * this command, for "getfd" and "add-fd". The qmp owns fd from the call
+ * on and closes it once sent (or when the call or the connection fails). */
+int kh_qmp_command_fd(kh_qmp *qmp, const char *command, json_t *args, int fd,
+                      kh_qmp_reply_cb cb, void *opaque, kh_err *err);
 /* Round-trip time of the last completed command, in microseconds. */
 unsigned long kh_qmp_last_rtt_us(const kh_qmp *qmp);
 /* Close now; pending callbacks get an error, then on_closed runs (from a

@@ -208,12 +208,24 @@ static int stream_open(kh_qimg *q, stream *s, job *j, int fd, size_t max, kh_err
 pid_t kh_qimg_run(kh_qimg *q, char *const *argv, unsigned timeout_ms, kh_qimg_line_cb on_line,
                   kh_qimg_done_cb done, void *opaque, kh_err *err)
 {
-    return kh_qimg_run_fd(q, argv, -1, timeout_ms, on_line, done, opaque, err);
+    return kh_qimg_run_fds(q, argv, NULL, 0, timeout_ms, on_line, done, opaque, err);
 }
 
 pid_t kh_qimg_run_fd(kh_qimg *q, char *const *argv, int fd3, unsigned timeout_ms,
                      kh_qimg_line_cb on_line, kh_qimg_done_cb done, void *opaque, kh_err *err)
 {
+    return kh_qimg_run_fds(q, argv, &fd3, fd3 >= 0 ? 1 : 0, timeout_ms, on_line, done, opaque,
+                           err);
+}
+
+pid_t kh_qimg_run_fds(kh_qimg *q, char *const *argv, const int *fds, size_t nfds,
+                      unsigned timeout_ms, kh_qimg_line_cb on_line, kh_qimg_done_cb done,
+                      void *opaque, kh_err *err)
+{
+    if (nfds > KH_QIMG_FDS_MAX) {
+        kh_err_set(err, KH_E_INTERNAL, "qemu-img: more than %d inherited fds", KH_QIMG_FDS_MAX);
+        return -1;
+    }
     static char env_lc[] = "LC_ALL=C", env_path[] = "PATH=/usr/sbin:/usr/bin:/sbin:/bin";
     static char *const envp[] = { env_lc, env_path, NULL };
     int outp[2] = { -1, -1 }, errp[2] = { -1, -1 };
@@ -234,15 +246,16 @@ pid_t kh_qimg_run_fd(kh_qimg *q, char *const *argv, int fd3, unsigned timeout_ms
         sigprocmask(SIG_SETMASK, &all, NULL);
         if (dup2(devnull, 0) < 0 || dup2(outp[1], 1) < 0 || dup2(errp[1], 2) < 0)
             _exit(127);
-        if (fd3 >= 0) {
-            if (fd3 != 3 && dup2(fd3, 3) < 0)
+        /* fds[k] becomes 3 + k: first out of the way (a source may be a
+         * target number), then into place, inheritable. */
+        int high[KH_QIMG_FDS_MAX];
+        for (size_t k = 0; k < nfds; k++)
+            if ((high[k] = fcntl(fds[k], F_DUPFD_CLOEXEC, 64)) < 0)
                 _exit(127);
-            if (fcntl(3, F_SETFD, 0) < 0) /* dup2 clears it; fd3 == 3 keeps CLOEXEC */
+        for (size_t k = 0; k < nfds; k++)
+            if (dup2(high[k], 3 + (int)k) < 0) /* dup2 leaves the copy inheritable */
                 _exit(127);
-            syscall(SYS_close_range, 4u, ~0u, 0u);
-        } else {
-            syscall(SYS_close_range, 3u, ~0u, 0u);
-        }
+        syscall(SYS_close_range, 3u + (unsigned)nfds, ~0u, 0u);
         execve(argv[0], argv, envp);
         _exit(127);
     }

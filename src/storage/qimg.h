@@ -49,6 +49,11 @@ pid_t kh_qimg_run(kh_qimg *q, char *const *argv, unsigned timeout_ms, kh_qimg_li
  * caller keeps and closes its fd. */
 pid_t kh_qimg_run_fd(kh_qimg *q, char *const *argv, int fd3, unsigned timeout_ms,
                      kh_qimg_line_cb on_line, kh_qimg_done_cb done, void *opaque, kh_err *err);
+/* As kh_qimg_run_fd with fds[k] inherited as fd 3 + k (k < KH_QIMG_FDS_MAX). */
+#define KH_QIMG_FDS_MAX 16
+pid_t kh_qimg_run_fds(kh_qimg *q, char *const *argv, const int *fds, size_t nfds,
+                      unsigned timeout_ms, kh_qimg_line_cb on_line, kh_qimg_done_cb done,
+                      void *opaque, kh_err *err);
 /* The reaper's hook: true when pid was one of ours (its status is taken). */
 bool kh_qimg_child_exited(kh_qimg *q, pid_t pid, int status);
 /* Jobs still running. */

@@ -6,6 +6,7 @@
 #include <inttypes.h>
 #include <openssl/evp.h>
 #include <sqlite3.h>
+#include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -15,6 +16,7 @@
 #include <sys/statvfs.h>
 #include <unistd.h>
 
+#include "storage/key.h"
 #include "util/check.h"
 #include "util/fs.h"
 #include "util/log.h"
@@ -61,7 +63,7 @@ struct kh_storage {
     void *users_opaque;
     kh_volume_live_resize_fn live_resize;
     void *live_resize_opaque;
-    unsigned char master[32]; /* STATE_DIR/master.key */
+    kh_key_master master;     /* STATE_DIR/master.key */
 };
 
 /* ---- small helpers ---- */
@@ -605,147 +607,19 @@ json_t *kh_storage_volumes_json(kh_storage *st, const char *pool_name, kh_err *e
     return arr;
 }
 
-/* ---- encryption keys ---- */
-
-static void hex_encode(const unsigned char *in, size_t n, char *out)
-{
-    static const char digits[] = "0123456789abcdef";
-    for (size_t i = 0; i < n; i++) {
-        out[2 * i] = digits[in[i] >> 4];
-        out[2 * i + 1] = digits[in[i] & 15];
-    }
-    out[2 * n] = '\0';
-}
-
-static int hex_decode(const char *in, unsigned char *out, size_t n)
-{
-    if (!in || strlen(in) != 2 * n)
-        return -1;
-    for (size_t i = 0; i < n; i++) {
-        unsigned v;
-        if (sscanf(in + 2 * i, "%2x", &v) != 1)
-            return -1;
-        out[i] = (unsigned char)v;
-    }
-    return 0;
-}
-
-#define KEY_LEN 32
-#define IV_LEN 12
-#define TAG_LEN 16
-#define WRAPPED_LEN (IV_LEN + KEY_LEN + TAG_LEN)
-
-/* AES-256-GCM with the master key; the volume id is the associated data, so
- * a wrapped key moved to another volume does not unwrap. */
-static int key_crypt(kh_storage *st, bool wrap, const char *vol_id, const unsigned char *in,
-                     unsigned char *out)
-{
-    EVP_CIPHER_CTX *c = EVP_CIPHER_CTX_new();
-    int ok = 0, len = 0;
-    if (!c)
-        return -1;
-    if (wrap) {
-        unsigned char *iv = out, *ct = out + IV_LEN, *tag = out + IV_LEN + KEY_LEN;
-        kh_random_bytes(iv, IV_LEN);
-        ok = EVP_EncryptInit_ex(c, EVP_aes_256_gcm(), NULL, st->master, iv) == 1 &&
-             EVP_EncryptUpdate(c, NULL, &len, (const unsigned char *)vol_id,
-                               (int)strlen(vol_id)) == 1 &&
-             EVP_EncryptUpdate(c, ct, &len, in, KEY_LEN) == 1 &&
-             EVP_EncryptFinal_ex(c, ct + len, &len) == 1 &&
-             EVP_CIPHER_CTX_ctrl(c, EVP_CTRL_GCM_GET_TAG, TAG_LEN, tag) == 1;
-    } else {
-        const unsigned char *iv = in, *ct = in + IV_LEN, *tag = in + IV_LEN + KEY_LEN;
-        ok = EVP_DecryptInit_ex(c, EVP_aes_256_gcm(), NULL, st->master, iv) == 1 &&
-             EVP_DecryptUpdate(c, NULL, &len, (const unsigned char *)vol_id,
-                               (int)strlen(vol_id)) == 1 &&
-             EVP_DecryptUpdate(c, out, &len, ct, KEY_LEN) == 1 &&
-             EVP_CIPHER_CTX_ctrl(c, EVP_CTRL_GCM_SET_TAG, TAG_LEN,
-                                 (void *)(uintptr_t)tag) == 1 &&
-             EVP_DecryptFinal_ex(c, out + len, &len) == 1;
-    }
-    EVP_CIPHER_CTX_free(c);
-    return ok ? 0 : -1;
-}
-
-/* The volume's passphrase: the hex of its key (what qemu-img and QEMU read
- * from the secret object). */
-static int secret_of(kh_storage *st, const volume *v, char out[65], kh_err *err)
-{
-    unsigned char wrapped[WRAPPED_LEN], key[KEY_LEN];
-    if (hex_decode(v->key_wrapped, wrapped, sizeof(wrapped)) < 0 ||
-        key_crypt(st, false, v->id, wrapped, key) < 0) {
-        kh_err_set(err, KH_E_INTERNAL, "volume %s: its key does not unwrap with this host's "
-                                       "master key", v->name);
-        return -1;
-    }
-    hex_encode(key, KEY_LEN, out);
-    OPENSSL_cleanse(key, sizeof(key));
-    return 0;
-}
-
-/* A sealed in-memory file holding the secret, to hand to a child as an fd. */
-static int secret_fd(const char *secret, kh_err *err)
-{
-    int fd = memfd_create("kh-secret", MFD_CLOEXEC | MFD_ALLOW_SEALING);
-    if (fd < 0) {
-        kh_err_errno(err, KH_E_INTERNAL, errno, "memfd_create");
-        return -1;
-    }
-    size_t n = strlen(secret);
-    if (write(fd, secret, n) != (ssize_t)n || lseek(fd, 0, SEEK_SET) < 0 ||
-        fcntl(fd, F_ADD_SEALS, F_SEAL_WRITE | F_SEAL_GROW | F_SEAL_SHRINK | F_SEAL_SEAL) < 0) {
-        kh_err_errno(err, KH_E_INTERNAL, errno, "writing a secret");
-        close(fd);
-        return -1;
-    }
-    return fd;
-}
+/* ---- encryption keys (storage/key.h) ---- */
 
 int kh_storage_volume_secret_fd(kh_storage *st, const char *volume_id, kh_err *err)
 {
     volume v = { 0 };
-    char secret[2 * KEY_LEN + 1];
     int fd = -1;
     int rc = volume_get(st, NULL, NULL, volume_id, &v, err);
-    if (rc == 1 && v.key_wrapped) {
-        if (secret_of(st, &v, secret, err) == 0)
-            fd = secret_fd(secret, err);
-        OPENSSL_cleanse(secret, sizeof(secret));
-    } else if (rc >= 0) {
+    if (rc == 1 && v.key_wrapped)
+        fd = kh_key_secret_fd(&st->master, v.id, v.key_wrapped, v.name, err);
+    else if (rc >= 0)
         kh_err_set(err, KH_E_NOTFOUND, "no encrypted volume %s", volume_id);
-    }
     volume_clear(&v);
     return fd;
-}
-
-static int master_key_load(kh_storage *st, const char *state_dir, kh_err *err)
-{
-    char *path = xasprintf("%s/master.key", state_dir);
-    int rc = -1;
-    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
-    if (fd < 0 && errno == ENOENT) {
-        unsigned char k[32];
-        kh_random_bytes(k, sizeof(k));
-        rc = kh_fs_write_atomic(path, k, sizeof(k), 0600, err);
-        OPENSSL_cleanse(k, sizeof(k));
-        if (rc == 0)
-            fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
-        rc = -1;
-    }
-    struct stat sb;
-    if (fd < 0 || fstat(fd, &sb) < 0) {
-        kh_err_errno(err, KH_E_INTERNAL, errno, "master key %s", path);
-    } else if ((sb.st_mode & 077) != 0 || sb.st_size != 32) {
-        kh_err_set(err, KH_E_INTERNAL, "master key %s: must be 32 bytes with mode 0600", path);
-    } else if (read(fd, st->master, 32) != 32) {
-        kh_err_errno(err, KH_E_INTERNAL, errno, "reading %s", path);
-    } else {
-        rc = 0;
-    }
-    if (fd >= 0)
-        close(fd);
-    free(path);
-    return rc;
 }
 
 /* ---- volumes: operations ---- */
@@ -757,6 +631,7 @@ typedef enum op_kind {
     OP_SHOW,
     OP_RESIZE,
     OP_COPY,
+    OP_UPLOAD,
 } op_kind;
 
 typedef struct op {
@@ -771,8 +646,12 @@ typedef struct op {
     kh_storage_progress_cb on_progress;
     int last_percent;
     int secret_fd; /* encrypted create: closed when the op ends */
+    int xfds[KH_QIMG_FDS_MAX]; /* encrypted copy: the secrets qemu-img inherits (owned) */
+    size_t nxfds;
     kh_strv *retry_argv; /* encrypted create: run again after a PBKDF timing glitch */
     int retries;
+    int upload_fd;       /* OP_UPLOAD: the .part being written */
+    uint64_t upload_len, upload_cap;
     kh_storage_cb cb;
     void *opaque;
 } op;
@@ -781,6 +660,10 @@ static void op_free(op *o)
 {
     if (o->secret_fd > 0)
         close(o->secret_fd);
+    for (size_t i = 0; i < o->nxfds; i++)
+        close(o->xfds[i]);
+    if (o->upload_fd > 0)
+        close(o->upload_fd);
     kh_strv_free(o->retry_argv);
     pool_clear(&o->p);
     volume_clear(&o->v);
@@ -808,6 +691,19 @@ static void qimg_error(const kh_qimg_result *r, const char *what, kh_err *err)
     /* qemu-img names the file; keep only its own words after the path. */
     kh_code code = strstr(msg, "No space left") ? KH_E_TOOLARGE : KH_E_INTERNAL;
     kh_err_set(err, code, "%s: %s", what, msg);
+}
+
+/* A new random key for volume v (its wrapped form into v->key_wrapped); a
+ * memfd holding the passphrase, or -1. */
+static int new_key(kh_storage *st, volume *v, kh_err *err)
+{
+    char whex[KH_KEY_WRAPPED_HEX];
+    int fd = kh_key_new(&st->master, v->id, whex, err);
+    if (fd >= 0) {
+        free(v->key_wrapped);
+        v->key_wrapped = xstrdup(whex);
+    }
+    return fd;
 }
 
 static int volume_insert(kh_storage *st, const volume *v, kh_err *err)
@@ -843,6 +739,8 @@ static int volume_insert(kh_storage *st, const volume *v, kh_err *err)
     return 0;
 }
 
+static void copy_progress(const char *line, void *opaque);
+
 static void create_done(const kh_qimg_result *r, void *opaque)
 {
     op *o = opaque;
@@ -854,8 +752,10 @@ static void create_done(const kh_qimg_result *r, void *opaque)
         strstr(r->errtext, "accurate CPU usage")) {
         o->retries++;
         unlink(o->part);
-        if (kh_qimg_run_fd(o->st->qimg, o->retry_argv->v, o->secret_fd, QIMG_TIMEOUT_MS, NULL,
-                           create_done, o, &err) >= 0)
+        bool copy = o->kind == OP_COPY;
+        if (kh_qimg_run_fds(o->st->qimg, o->retry_argv->v, copy ? o->xfds : &o->secret_fd,
+                            copy ? o->nxfds : 1, copy ? QIMG_CONVERT_TIMEOUT_MS : QIMG_TIMEOUT_MS,
+                            copy ? copy_progress : NULL, create_done, o, &err) >= 0)
             return;
     }
     if (kh_err_isset(&err)) {
@@ -973,11 +873,12 @@ int kh_storage_volume_create(kh_storage *st, const char *pool_name, const json_t
         kh_err_set(err, KH_E_INVALID, "encrypt: must be true or false");
         return -1;
     }
-    if (json_is_true(jenc) && (strcmp(fmt ? fmt : "", "qcow2") != 0 || jback || jimp)) {
-        kh_err_set(err, KH_E_INVALID, "encrypt: only a new empty qcow2 volume can be encrypted "
-                                      "(not raw, not a clone, not an import)");
+    if (json_is_true(jenc) && (strcmp(fmt ? fmt : "", "qcow2") != 0 || jimp)) {
+        kh_err_set(err, KH_E_INVALID, "encrypt: only a new qcow2 volume or clone can be "
+                                      "encrypted (not raw, not an import)");
         return -1;
     }
+    bool encrypt = json_is_true(jenc);
     if (!fmt || (strcmp(fmt, "qcow2") != 0 && strcmp(fmt, "raw") != 0)) {
         kh_err_set(err, KH_E_INVALID, "format: must be \"qcow2\" or \"raw\"");
         return -1;
@@ -1053,12 +954,8 @@ int kh_storage_volume_create(kh_storage *st, const char *pool_name, const json_t
             kh_err_set(err, KH_E_CONFLICT, "backing: volume %s is busy", base.name);
             goto out;
         }
-        if (base.key_wrapped) {
-            kh_err_set(err, KH_E_UNSUPPORTED, "backing: volume %s is encrypted: clones of "
-                                              "encrypted volumes are not supported yet",
-                       base.name);
-            goto out;
-        }
+        if (base.key_wrapped)
+            encrypt = true; /* a clone of an encrypted base: encrypted, with its own key */
         if (base.capacity > size)
             size = base.capacity;
         /* A base written by a running VM would corrupt every clone. */
@@ -1138,20 +1035,10 @@ int kh_storage_volume_create(kh_storage *st, const char *pool_name, const json_t
             kh_strv_add(a, "-o");
             kh_strv_add(a, "preallocation=full");
         }
-        if (json_is_true(jenc)) {
+        if (encrypt) {
             /* a random key per volume, wrapped by the master key; the
              * passphrase reaches qemu-img through fd 3 only */
-            unsigned char key[KEY_LEN], wrapped[WRAPPED_LEN];
-            char secret[2 * KEY_LEN + 1], whex[2 * WRAPPED_LEN + 1];
-            kh_random_bytes(key, sizeof(key));
-            int krc = key_crypt(st, true, o->v.id, key, wrapped);
-            hex_encode(key, KEY_LEN, secret);
-            OPENSSL_cleanse(key, sizeof(key));
-            hex_encode(wrapped, WRAPPED_LEN, whex);
-            o->secret_fd = krc == 0 ? secret_fd(secret, err) : -1;
-            OPENSSL_cleanse(secret, sizeof(secret));
-            if (krc < 0)
-                kh_err_set(err, KH_E_INTERNAL, "wrapping the volume key failed");
+            o->secret_fd = new_key(st, &o->v, err);
             if (o->secret_fd < 0) {
                 kh_strv_free(a);
                 busy_release(st, o->p.id, name);
@@ -1159,7 +1046,6 @@ int kh_storage_volume_create(kh_storage *st, const char *pool_name, const json_t
                 o = NULL;
                 goto out;
             }
-            o->v.key_wrapped = xstrdup(whex);
             kh_strv_add(a, "--object");
             kh_strv_add(a, "secret,id=sec0,file=/proc/self/fd/3,format=raw");
             kh_strv_add(a, "-o");
@@ -1488,12 +1374,57 @@ int kh_storage_volume_copy(kh_storage *st, const char *src_ref, const char *dst_
         op_free(o);
         return -1;
     }
-    if (o->v.key_wrapped) {
-        kh_err_set(err, KH_E_UNSUPPORTED, "volume %s is encrypted: copies of encrypted volumes "
-                                          "are not supported yet", o->v.name);
+    /* An encrypted chain is read through a json: description with a secret
+     * per encrypted layer, and the copy is encrypted with a key of its own. */
+    kh_volume_chain chain;
+    bool encrypted = false;
+    if (kh_storage_resolve(st, src_ref, &chain, err) < 0) {
         op_free(o);
         return -1;
     }
+    for (size_t j = 0; j < chain.n; j++)
+        encrypted = encrypted || chain.layer[j].encrypted;
+    json_t *src_json = NULL;
+    kh_strv *objs = kh_strv_new();
+    if (encrypted) {
+        json_t *below = json_null();
+        for (size_t j = chain.n; j-- > 0;) {
+            json_t *node = json_pack("{s:s, s:{s:s, s:s}}", "driver",
+                                     kh_disk_format_name(chain.layer[j].format), "file",
+                                     "driver", "file", "filename", chain.layer[j].path);
+            if (chain.layer[j].format == KH_DISK_QCOW2)
+                json_object_set_new(node, "backing", below);
+            else
+                json_decref(below);
+            if (chain.layer[j].encrypted) {
+                int sfd = kh_storage_volume_secret_fd(st, chain.layer[j].id, err);
+                if (sfd < 0 || o->nxfds + 1 >= KH_QIMG_FDS_MAX) {
+                    if (sfd >= 0)
+                        close(sfd);
+                    kh_err_set(err, KH_E_INTERNAL, "volume %s: its layers' keys", o->v.name);
+                    json_decref(node);
+                    below = NULL; /* node owns what was below */
+                    break;
+                }
+                char id[32];
+                snprintf(id, sizeof(id), "s%zu", j);
+                kh_strv_addf(objs, "secret,id=%s,file=/proc/self/fd/%zu,format=raw", id,
+                             3 + o->nxfds);
+                o->xfds[o->nxfds++] = sfd;
+                json_object_set_new(node, "encrypt",
+                                    json_pack("{s:s, s:s}", "format", "luks", "key-secret", id));
+            }
+            below = node;
+        }
+        src_json = below;
+        if (!src_json) {
+            kh_volume_chain_clear(&chain);
+            kh_strv_free(objs);
+            op_free(o);
+            return -1;
+        }
+    }
+    kh_volume_chain_clear(&chain);
     char *src = o->final;
     char *src_fmt = xstrdup(o->v.format);
     uint64_t capacity = o->v.capacity;
@@ -1509,22 +1440,54 @@ int kh_storage_volume_copy(kh_storage *st, const char *src_ref, const char *dst_
     o->part = volume_path(&o->p, o->v.id, ".part");
     o->on_progress = on_progress;
     o->last_percent = -1;
-    busy_take(st, o->p.id, dst_name, NULL);
     kh_strv *a = kh_strv_new();
     kh_strv_add(a, kh_qimg_binary(st->qimg));
     kh_strv_add(a, "convert");
     kh_strv_add(a, "-p");
     kh_strv_add(a, "-U");
-    kh_strv_add(a, "-f");
-    kh_strv_add(a, src_fmt);
-    kh_strv_add(a, "-O");
-    kh_strv_add(a, src_fmt);
-    kh_strv_add(a, src);
+    if (encrypted) {
+        int tfd = new_key(st, &o->v, err);
+        if (tfd < 0) {
+            json_decref(src_json);
+            kh_strv_free(objs);
+            kh_strv_free(a);
+            free(src);
+            op_free(o);
+            return -1;
+        }
+        size_t tnum = 3 + o->nxfds;
+        o->xfds[o->nxfds++] = tfd;
+        for (size_t k = 0; k < objs->n; k++) {
+            kh_strv_add(a, "--object");
+            kh_strv_add(a, objs->v[k]);
+        }
+        kh_strv_add(a, "--object");
+        kh_strv_addf(a, "secret,id=st,file=/proc/self/fd/%zu,format=raw", tnum);
+        kh_strv_add(a, "-O");
+        kh_strv_add(a, src_fmt);
+        kh_strv_add(a, "-o");
+        kh_strv_add(a, "encrypt.format=luks,encrypt.key-secret=st");
+        char *js = json_dumps(src_json, JSON_COMPACT);
+        kh_strv_addf(a, "json:%s", js);
+        free(js);
+        json_decref(src_json);
+    } else {
+        kh_strv_add(a, "-f");
+        kh_strv_add(a, src_fmt);
+        kh_strv_add(a, "-O");
+        kh_strv_add(a, src_fmt);
+        kh_strv_add(a, src);
+    }
+    kh_strv_free(objs);
     kh_strv_add(a, o->part);
     free(src);
-    pid_t pid = kh_qimg_run(st->qimg, a->v, QIMG_CONVERT_TIMEOUT_MS, copy_progress, create_done,
-                            o, err);
-    kh_strv_free(a);
+    busy_take(st, o->p.id, dst_name, NULL);
+    pid_t pid = kh_qimg_run_fds(st->qimg, a->v, o->xfds, o->nxfds, QIMG_CONVERT_TIMEOUT_MS,
+                                copy_progress, create_done, o, err);
+    if (pid >= 0 && encrypted)
+        o->retry_argv = a; /* LUKS PBKDF timing: create_done may run it again */
+    else
+        kh_strv_free(a);
     if (pid < 0) {
         busy_release(st, o->p.id, dst_name);
         op_free(o);
@@ -1587,19 +1550,73 @@ void kh_storage_template_forget(kh_storage *st, const char *vm_id)
 
 /* ---- snapshot records ---- */
 
+/* Run one statement with text arguments (NULL binds NULL). */
+static int exec_args(kh_storage *st, const char *sql, const char *what, kh_err *err, int n, ...)
+{
+    sqlite3_stmt *s = prep(st, sql, err);
+    if (!s)
+        return -1;
+    va_list ap;
+    va_start(ap, n);
+    for (int i = 0; i < n; i++) {
+        const char *a = va_arg(ap, const char *);
+        if (a)
+            sqlite3_bind_text(s, i + 1, a, -1, SQLITE_TRANSIENT);
+        else
+            sqlite3_bind_null(s, i + 1);
+    }
+    va_end(ap);
+    int rc = sqlite3_step(s) == SQLITE_DONE ? 0 : db_fail(st, err, what);
+    sqlite3_finalize(s);
+    return rc;
+}
+
+char *kh_storage_snapshot_current(kh_storage *st, const char *vm_id)
+{
+    sqlite3_stmt *s = prep(st, "SELECT name FROM snapshot_current WHERE vm_id = ?", NULL);
+    if (!s)
+        return NULL;
+    sqlite3_bind_text(s, 1, vm_id, -1, SQLITE_TRANSIENT);
+    char *name = sqlite3_step(s) == SQLITE_ROW ? col_text(s, 0) : NULL;
+    sqlite3_finalize(s);
+    return name;
+}
+
+int kh_storage_snapshot_set_current(kh_storage *st, const char *vm_id, const char *name,
+                                    kh_err *err)
+{
+    if (!name)
+        return exec_args(st, "DELETE FROM snapshot_current WHERE vm_id = ?",
+                         "recording the current snapshot", err, 1, vm_id);
+    return exec_args(st, "INSERT INTO snapshot_current (vm_id, name) VALUES (?, ?) "
+                         "ON CONFLICT (vm_id) DO UPDATE SET name = excluded.name",
+                     "recording the current snapshot", err, 2, vm_id, name);
+}
+
 int kh_storage_snapshot_add(kh_storage *st, const char *vm_id, const char *name, bool memory,
                             kh_err *err)
 {
-    sqlite3_stmt *s = prep(st, "INSERT INTO snapshots (vm_id, name, memory, created_at) "
-                               "VALUES (?, ?, ?, ?)", err);
-    if (!s)
+    /* Its parent is where the VM was; it becomes where the VM is. */
+    char *parent = kh_storage_snapshot_current(st, vm_id);
+    sqlite3_stmt *s = prep(st, "INSERT INTO snapshots (vm_id, name, memory, created_at, parent) "
+                               "VALUES (?, ?, ?, ?, ?)", err);
+    if (!s) {
+        free(parent);
         return -1;
+    }
     sqlite3_bind_text(s, 1, vm_id, -1, SQLITE_TRANSIENT);
     sqlite3_bind_text(s, 2, name, -1, SQLITE_TRANSIENT);
     sqlite3_bind_int(s, 3, memory);
     sqlite3_bind_double(s, 4, kh_wall_time());
+    if (parent)
+        sqlite3_bind_text(s, 5, parent, -1, SQLITE_TRANSIENT);
+    else
+        sqlite3_bind_null(s, 5);
     int rc = sqlite3_step(s) == SQLITE_DONE ? 0 : db_fail(st, err, "recording a snapshot");
     sqlite3_finalize(s);
+    free(parent);
+    if (rc == 0)
+        rc = kh_storage_snapshot_set_current(st, vm_id, name, err);
     return rc;
 }
 
@@ -1624,36 +1641,66 @@ int kh_storage_snapshot_get(kh_storage *st, const char *vm_id, const char *name,
 
 int kh_storage_snapshot_remove(kh_storage *st, const char *vm_id, const char *name, kh_err *err)
 {
-    sqlite3_stmt *s = prep(st, "DELETE FROM snapshots WHERE vm_id = ? AND name = ?", err);
-    if (!s)
+    /* Its children hang from its parent now; "current" moves up too. One
+     * transaction: the tree is never seen half-changed. */
+    if (exec_args(st, "SAVEPOINT snap_remove", "removing a snapshot", err, 0) < 0)
         return -1;
-    sqlite3_bind_text(s, 1, vm_id, -1, SQLITE_TRANSIENT);
-    sqlite3_bind_text(s, 2, name, -1, SQLITE_TRANSIENT);
-    int rc = sqlite3_step(s) == SQLITE_DONE ? 0 : db_fail(st, err, "removing a snapshot");
-    sqlite3_finalize(s);
-    return rc;
+    const char *parent_of = "(SELECT parent FROM snapshots WHERE vm_id = ?1 AND name = ?2)";
+    char *reparent = xasprintf("UPDATE snapshots SET parent = %s WHERE vm_id = ?1 AND "
+                               "parent = ?2", parent_of);
+    char *uncur = xasprintf("DELETE FROM snapshot_current WHERE vm_id = ?1 AND name = ?2 AND "
+                            "%s IS NULL", parent_of);
+    char *recur = xasprintf("UPDATE snapshot_current SET name = %s WHERE vm_id = ?1 AND "
+                            "name = ?2", parent_of);
+    int rc = exec_args(st, reparent, "removing a snapshot", err, 2, vm_id, name);
+    if (rc == 0)
+        rc = exec_args(st, uncur, "removing a snapshot", err, 2, vm_id, name);
+    if (rc == 0)
+        rc = exec_args(st, recur, "removing a snapshot", err, 2, vm_id, name);
+    if (rc == 0)
+        rc = exec_args(st, "DELETE FROM snapshots WHERE vm_id = ? AND name = ?",
+                       "removing a snapshot", err, 2, vm_id, name);
+    free(reparent);
+    free(uncur);
+    free(recur);
+    if (rc == 0)
+        return exec_args(st, "RELEASE snap_remove", "removing a snapshot", err, 0);
+    exec_args(st, "ROLLBACK TO snap_remove", "removing a snapshot", NULL, 0);
+    exec_args(st, "RELEASE snap_remove", "removing a snapshot", NULL, 0);
+    return -1;
 }
 
 json_t *kh_storage_snapshot_list(kh_storage *st, const char *vm_id)
 {
     json_t *arr = json_array();
-    sqlite3_stmt *s = prep(st, "SELECT name, memory, created_at FROM snapshots WHERE vm_id = ? "
-                               "ORDER BY created_at, name", NULL);
-    if (!s)
+    char *current = kh_storage_snapshot_current(st, vm_id);
+    sqlite3_stmt *s = prep(st, "SELECT name, memory, created_at, parent FROM snapshots "
+                               "WHERE vm_id = ? ORDER BY created_at, name", NULL);
+    if (!s) {
+        free(current);
         return arr;
+    }
     sqlite3_bind_text(s, 1, vm_id, -1, SQLITE_TRANSIENT);
     while (sqlite3_step(s) == SQLITE_ROW) {
-        json_array_append_new(arr, json_pack("{s:s, s:b, s:o}", "name",
-                                             (const char *)sqlite3_column_text(s, 0), "memory",
-                                             sqlite3_column_int(s, 1) != 0, "created_at",
-                                             time_json(sqlite3_column_double(s, 2))));
+        const char *name = (const char *)sqlite3_column_text(s, 0);
+        const char *parent = (const char *)sqlite3_column_text(s, 3);
+        json_array_append_new(arr, json_pack("{s:s, s:b, s:o, s:o, s:b}", "name", name,
+                                             "memory", sqlite3_column_int(s, 1) != 0,
+                                             "created_at",
+                                             time_json(sqlite3_column_double(s, 2)), "parent",
+                                             parent ? json_string(parent) : json_null(),
+                                             "current", current && strcmp(current, name) == 0));
     }
     sqlite3_finalize(s);
+    free(current);
     return arr;
 }
 
 void kh_storage_snapshot_forget_vm(kh_storage *st, const char *vm_id)
 {
+    if (st)
+        exec_args(st, "DELETE FROM snapshot_current WHERE vm_id = ?", "forgetting snapshots",
+                  NULL, 1, vm_id);
     sqlite3_stmt *s = st ? prep(st, "DELETE FROM snapshots WHERE vm_id = ?", NULL) : NULL;
     if (!s)
         return;
@@ -1695,6 +1742,7 @@ int kh_storage_resolve(kh_storage *st, const char *ref, kh_volume_chain *out, kh
         snprintf(out->layer[out->n].id, 37, "%s", v.id);
         out->layer[out->n].path = volume_path(&p, v.id, NULL);
         out->layer[out->n].format = strcmp(v.format, "qcow2") == 0 ? KH_DISK_QCOW2 : KH_DISK_RAW;
+        out->layer[out->n].encrypted = v.key_wrapped != NULL;
         out->n++;
         if (!v.backing_id[0])
             break;
@@ -1717,6 +1765,225 @@ out:
     pool_clear(&p);
     volume_clear(&v);
     return rc;
+}
+
+/* ---- upload and download ---- */
+
+struct kh_volume_upload {
+    op *o;
+};
+
+kh_volume_upload *kh_storage_upload_begin(kh_storage *st, const char *pool_name,
+                                          const char *name, const char *format,
+                                          uint64_t expected, kh_err *err)
+{
+    if (kh_check_name(name, "volume name", err) < 0)
+        return NULL;
+    if (!format || (strcmp(format, "qcow2") != 0 && strcmp(format, "raw") != 0)) {
+        kh_err_set(err, KH_E_INVALID, "format: say what the image is, \"qcow2\" or \"raw\" "
+                                      "(?format=); it is checked, never guessed");
+        return NULL;
+    }
+    pool p = { 0 };
+    if (pool_find(st, pool_name, &p, err) < 0)
+        return NULL;
+    volume existing = { 0 };
+    int have = volume_get(st, p.id, name, NULL, &existing, err);
+    volume_clear(&existing);
+    if (have != 0 || busy_find(st, p.id, name)) {
+        if (have >= 0)
+            kh_err_set(err, KH_E_CONFLICT, "a volume named %s already exists in pool %s", name,
+                       p.name);
+        pool_clear(&p);
+        return NULL;
+    }
+    uint64_t cap = pool_free(&p);
+    if (cap > KH_VOLUME_SIZE_MAX)
+        cap = KH_VOLUME_SIZE_MAX;
+    if (expected != UINT64_MAX && expected > cap) {
+        kh_err_set(err, KH_E_TOOLARGE, "upload: %" PRIu64 " bytes is more than the %" PRIu64
+                                       " bytes pool %s can take", expected, cap, p.name);
+        pool_clear(&p);
+        return NULL;
+    }
+    op *o = xcalloc(1, sizeof(*o));
+    o->st = st;
+    o->kind = OP_UPLOAD;
+    o->p = p;
+    kh_uuid_generate(o->v.id);
+    snprintf(o->v.pool_id, sizeof(o->v.pool_id), "%s", o->p.id);
+    o->v.name = xstrdup(name);
+    o->v.format = xstrdup(format);
+    o->v.created_at = kh_wall_time();
+    o->part = volume_path(&o->p, o->v.id, ".part");
+    o->final = volume_path(&o->p, o->v.id, NULL);
+    o->upload_cap = cap;
+    o->upload_fd = open(o->part, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0600);
+    if (o->upload_fd < 0) {
+        kh_err_errno(err, KH_E_INTERNAL, errno, "upload: cannot create %s", o->part);
+        o->upload_fd = 0;
+        op_free(o);
+        return NULL;
+    }
+    busy_take(st, o->p.id, name, NULL);
+    kh_volume_upload *u = xcalloc(1, sizeof(*u));
+    u->o = o;
+    return u;
+}
+
+void kh_storage_upload_abort(kh_volume_upload *u)
+{
+    if (!u)
+        return;
+    op *o = u->o;
+    unlink(o->part);
+    kh_log(KH_LOG_INFO, "volume.upload", "pool=%s volume=%s bytes=%" PRIu64 " result=abandoned",
+           o->p.name, o->v.name, o->upload_len);
+    busy_release(o->st, o->p.id, o->v.name);
+    op_free(o);
+    free(u);
+}
+
+int kh_storage_upload_write(kh_volume_upload *u, const void *data, size_t len, kh_err *err)
+{
+    op *o = u->o;
+    if (o->upload_len + len > o->upload_cap) {
+        kh_err_set(err, KH_E_TOOLARGE, "upload: more than the %" PRIu64 " bytes pool %s can "
+                                       "take", o->upload_cap, o->p.name);
+        return -1;
+    }
+    const char *p = data;
+    while (len > 0) {
+        ssize_t n = write(o->upload_fd, p, len);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0) {
+            kh_err_errno(err, errno == ENOSPC || errno == EDQUOT ? KH_E_TOOLARGE : KH_E_INTERNAL,
+                         errno, "upload: writing pool %s", o->p.name);
+            return -1;
+        }
+        p += n;
+        len -= (size_t)n;
+        o->upload_len += (uint64_t)n;
+    }
+    return 0;
+}
+
+/* The uploaded bytes are an image of the declared format that names no
+ * other file (security case 5) and is not larger than allowed (case 6). */
+static void upload_checked(const kh_qimg_result *r, void *opaque)
+{
+    op *o = opaque;
+    kh_err err = KH_ERR_INIT;
+    json_t *info = NULL;
+    if (r->status != 0) {
+        /* qemu-img names the .part file: keep its own words only */
+        const char *why = r->errtext && *r->errtext ? r->errtext : "qemu-img failed";
+        const char *tail = strstr(why, "': ");
+        kh_err_set(&err, KH_E_INVALID, "upload: not a %s image (%s)", o->v.format,
+                   tail ? tail + 3 : why);
+    } else {
+        info = json_loads(r->out, 0, NULL);
+        const char *fmt = json_string_value(json_object_get(info, "format"));
+        json_t *vsize = json_object_get(info, "virtual-size");
+        json_t *fsd = json_object_get(json_object_get(info, "format-specific"), "data");
+        if (!fmt || strcmp(fmt, o->v.format) != 0 || !json_is_integer(vsize))
+            kh_err_set(&err, KH_E_INVALID, "upload: not a %s image", o->v.format);
+        else if (json_object_get(info, "backing-filename") ||
+                 json_object_get(info, "full-backing-filename"))
+            kh_err_set(&err, KH_E_INVALID, "upload: the image has a backing file; images that "
+                                           "name other files are refused");
+        else if (json_object_get(fsd, "data-file") ||
+                 json_is_true(json_object_get(fsd, "data-file-raw")))
+            kh_err_set(&err, KH_E_INVALID, "upload: the image has an external data file; "
+                                           "images that name other files are refused");
+        else if (json_object_get(fsd, "encrypt"))
+            kh_err_set(&err, KH_E_INVALID, "upload: encrypted images are not accepted (kvmhost "
+                                           "would not have their key)");
+        else if ((uint64_t)json_integer_value(vsize) > KH_VOLUME_SIZE_MAX)
+            kh_err_set(&err, KH_E_TOOLARGE, "upload: the image claims %" JSON_INTEGER_FORMAT
+                                            " bytes, over the maximum volume size",
+                       json_integer_value(vsize));
+        else
+            o->v.capacity = (uint64_t)json_integer_value(vsize);
+    }
+    json_decref(info);
+    if (kh_err_isset(&err)) {
+        unlink(o->part);
+        kh_log(KH_LOG_WARN, "volume.upload", "pool=%s volume=%s error=\"%s\"", o->p.name,
+               o->v.name, err.msg);
+        op_end(o, NULL, &err);
+        return;
+    }
+    kh_qimg_result ok = { 0 };
+    create_done(&ok, o); /* rename into place and record */
+}
+
+int kh_storage_upload_finish(kh_volume_upload *u, kh_storage_cb cb, void *opaque, kh_err *err)
+{
+    op *o = u->o;
+    free(u);
+    o->cb = cb;
+    o->opaque = opaque;
+    int rc = fsync(o->upload_fd);
+    close(o->upload_fd);
+    o->upload_fd = 0;
+    if (rc < 0) {
+        kh_err_errno(err, errno == ENOSPC ? KH_E_TOOLARGE : KH_E_INTERNAL, errno,
+                     "upload: writing pool %s", o->p.name);
+    } else if (o->upload_len == 0) {
+        kh_err_set(err, KH_E_INVALID, "upload: the body is empty");
+    } else {
+        /* -f: the declared format is the one probed; never guessed */
+        char *argv[] = { (char *)(uintptr_t)kh_qimg_binary(o->st->qimg),
+                         (char *)(uintptr_t) "info", (char *)(uintptr_t) "--output=json",
+                         (char *)(uintptr_t) "-f", o->v.format, o->part, NULL };
+        if (kh_qimg_run(o->st->qimg, argv, QIMG_TIMEOUT_MS, NULL, upload_checked, o, err) >= 0)
+            return 0;
+    }
+    unlink(o->part);
+    busy_release(o->st, o->p.id, o->v.name);
+    op_free(o);
+    return -1;
+}
+
+int kh_storage_volume_open(kh_storage *st, const char *pool_name, const char *name,
+                           uint64_t *size, kh_err *err)
+{
+    op *o = op_for(st, pool_name, name, OP_SHOW, NULL, NULL, err);
+    if (!o)
+        return -1;
+    int fd = -1;
+    json_t *u = users_of(st, o->p.name, o->v.name);
+    size_t i;
+    json_t *e;
+    json_array_foreach(u, i, e) {
+        if (json_is_true(json_object_get(e, "running")) &&
+            !json_is_true(json_object_get(e, "readonly"))) {
+            kh_err_set(err, KH_E_CONFLICT, "volume %s is written by the running vm %s; stop it "
+                                           "(or snapshot it) to download a consistent image",
+                       name, json_string_value(json_object_get(e, "vm")));
+            goto out;
+        }
+    }
+    if (busy_find(st, o->p.id, o->v.name)) {
+        kh_err_set(err, KH_E_CONFLICT, "volume %s: another operation on it is under way", name);
+        goto out;
+    }
+    fd = open(o->final, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+    struct stat sb;
+    if (fd < 0 || fstat(fd, &sb) < 0) {
+        kh_err_errno(err, KH_E_INTERNAL, errno, "volume %s: cannot open its file", name);
+        if (fd >= 0)
+            close(fd);
+        fd = -1;
+        goto out;
+    }
+    *size = (uint64_t)sb.st_size;
+out:
+    json_decref(u);
+    op_free(o);
+    return fd;
 }
 
 /* ---- set-up ---- */
@@ -1750,7 +2017,7 @@ kh_storage *kh_storage_new(uv_loop_t *loop, kh_store *store, kh_qimg *qimg,
     st->db = kh_store_sqlite(store);
     st->qimg = qimg;
     st->state_dir = xstrdup(state_dir);
-    if (master_key_load(st, state_dir, err) < 0) {
+    if (kh_key_master_load(&st->master, state_dir, err) < 0) {
         kh_err_prefix(err, "storage");
         kh_storage_free(st);
         return NULL;
@@ -1791,7 +2058,7 @@ void kh_storage_free(kh_storage *st)
         free(b->name);
         free(b);
     }
-    OPENSSL_cleanse(st->master, sizeof(st->master));
+    kh_key_master_clear(&st->master);
     free(st->state_dir);
     free(st);
 }

@@ -86,6 +86,28 @@ int kh_storage_volume_resize(kh_storage *st, const char *pool, const char *name,
 /* KH_E_CONFLICT while a VM refers to it or another volume is based on it. */
 int kh_storage_volume_delete(kh_storage *st, const char *pool, const char *name, kh_err *err);
 
+/* Upload: a new volume from bytes streamed in (the API's PUT), written to
+ * a "<id>.part" file in the pool (removed at the next daemon start if the
+ * daemon dies meanwhile). begin: format is the caller's word ("qcow2" |
+ * "raw"); expected is the announced length or UINT64_MAX. 409 for a name in
+ * use, 413 when expected is over the cap (the pool's free space, at most
+ * KH_VOLUME_SIZE_MAX). write: 413 past the cap or on ENOSPC. finish: qemu-img
+ * info -f FORMAT checks the result (the format matches; no backing or data
+ * file; not encrypted; virtual size at most KH_VOLUME_SIZE_MAX), then the
+ * file is renamed into place and recorded; cb gets the volume. After a
+ * failed write the caller aborts. Every failure leaves nothing behind. */
+typedef struct kh_volume_upload kh_volume_upload;
+kh_volume_upload *kh_storage_upload_begin(kh_storage *st, const char *pool, const char *name,
+                                          const char *format, uint64_t expected, kh_err *err);
+int kh_storage_upload_write(kh_volume_upload *u, const void *data, size_t len, kh_err *err);
+/* Consumes u (also on -1, when cb is never called). */
+int kh_storage_upload_finish(kh_volume_upload *u, kh_storage_cb cb, void *opaque, kh_err *err);
+void kh_storage_upload_abort(kh_volume_upload *u);
+/* Download: the volume's image file, opened read-only (the caller closes
+ * it), and its size. 409 while a running VM writes to it. */
+int kh_storage_volume_open(kh_storage *st, const char *pool, const char *name, uint64_t *size,
+                           kh_err *err);
+
 /* A full copy of volume src_ref (its whole chain flattened) as a new
  * volume dst_name in the same pool, with qemu-img convert -p; on_progress
  * (may be NULL) gets 0..100 as it goes. */
@@ -109,8 +131,16 @@ int kh_storage_snapshot_add(kh_storage *st, const char *vm_id, const char *name,
 int kh_storage_snapshot_get(kh_storage *st, const char *vm_id, const char *name, bool *memory,
                             kh_err *err);
 int kh_storage_snapshot_remove(kh_storage *st, const char *vm_id, const char *name, kh_err *err);
-/* [{"name", "memory", "created_at"}], oldest first. */
+/* [{"name", "memory", "created_at", "parent", "current"}], oldest first.
+ * The snapshots of a VM form a tree: a new one's parent is the VM's current
+ * snapshot (NULL at first), and it becomes current; a revert makes its
+ * target current; a removed one's children take its parent, and if it was
+ * current its parent becomes current. */
 json_t *kh_storage_snapshot_list(kh_storage *st, const char *vm_id);
+/* The VM's current snapshot (caller frees), NULL when none. */
+char *kh_storage_snapshot_current(kh_storage *st, const char *vm_id);
+int kh_storage_snapshot_set_current(kh_storage *st, const char *vm_id, const char *name,
+                                    kh_err *err);
 void kh_storage_snapshot_forget_vm(kh_storage *st, const char *vm_id);
 
 /* A volume reference "pool/name" resolved to its chain of files, top first. */
@@ -120,6 +150,7 @@ typedef struct kh_volume_chain {
         char id[37];
         char *path;
         kh_disk_format format;
+        bool encrypted; /* LUKS: its own key (kh_storage_volume_secret_fd) */
     } layer[KH_VOLUME_CHAIN_MAX];
     bool readonly;       /* the top volume is a read-only base (a template) */
     unsigned dependents; /* volumes based on the top one */

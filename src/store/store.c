@@ -89,6 +89,13 @@ static const char *const migrations[] = {
     "  created_at REAL NOT NULL,"
     "  PRIMARY KEY (vm_id, name)"
     ");",
+    /* 6: the snapshot tree (storage/storage.c): each snapshot's parent (the
+     * snapshot the VM was at when it was taken) and each VM's current one. */
+    "ALTER TABLE snapshots ADD COLUMN parent TEXT;"
+    "CREATE TABLE snapshot_current ("
+    "  vm_id TEXT PRIMARY KEY,"
+    "  name TEXT NOT NULL"
+    ");",
 };
 
 static int db_error(kh_store *st, kh_err *err, const char *what)

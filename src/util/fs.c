@@ -168,3 +168,12 @@ int kh_fmt(char *buf, size_t size, const char *fmt, ...)
     va_end(ap);
     return (n < 0 || (size_t)n >= size) ? -1 : 0;
 }
+
+bool kh_fs_direct_ok(const char *path)
+{
+    int fd = open(path, O_RDONLY | O_DIRECT | O_CLOEXEC);
+    if (fd < 0)
+        return false;
+    close(fd);
+    return true;
+}

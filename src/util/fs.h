@@ -3,6 +3,7 @@
 #define KH_UTIL_FS_H
 
 #include <stddef.h>
+#include <stdbool.h>
 #include <sys/types.h>
 
 #include "util/err.h"
@@ -17,6 +18,9 @@ int kh_fs_write_atomic(const char *path, const void *data, size_t len, mode_t mo
 char *kh_fs_read(const char *path, size_t max, size_t *len_out, kh_err *err);
 /* Remove a directory tree (no symlinks followed). Missing is not an error. */
 int kh_fs_rm_rf(const char *path, kh_err *err);
+/* Whether path's filesystem takes O_DIRECT for it (an open with O_DIRECT
+ * works: not on tmpfs before Linux 6.6, nor on some FUSE). */
+bool kh_fs_direct_ok(const char *path);
 /* snprintf that reports truncation: returns -1 (and leaves a truncated
  * string) when the result does not fit. Paths are built with it so that a
  * long name can never silently become another path. */

@@ -45,7 +45,9 @@ enum { FD_QMP = 3, FD_SERIAL, FD_KERNEL, FD_INITRD, FD_DISK0 };
 /* Backing layers of volume disks: FD_BACKING0 + i * KH_DISK_BACKING_MAX + j. */
 #define FD_BACKING0 (FD_DISK0 + KH_VM_DISKS_MAX)
 #define FD_SECRET0 (FD_BACKING0 + KH_VM_DISKS_MAX * KH_DISK_BACKING_MAX)
-#define FD_COUNT (FD_SECRET0 + KH_VM_DISKS_MAX)
+/* Secrets of encrypted backing layers: FD_BSECRET0 + i * KH_DISK_BACKING_MAX + j. */
+#define FD_BSECRET0 (FD_SECRET0 + KH_VM_DISKS_MAX)
+#define FD_COUNT (FD_BSECRET0 + KH_VM_DISKS_MAX * KH_DISK_BACKING_MAX)
 /* Then per NIC i: the tap at FD_NIC0 + 2i, its vhost-net fd at FD_NIC0 + 2i + 1. */
 enum { FD_NIC0 = FD_COUNT, FD_END = FD_NIC0 + 2 * KH_VM_NICS_MAX };
 
@@ -94,6 +96,7 @@ struct vm {
     bool reattaching;
     bool await_accel;      /* a start waiting for the accelerator probe */
     bool pinned_others;    /* emulator/iothread pinning applied: undo it when unset */
+    bool disk_busy;        /* a disk attach or detach is under way (vm/disk.c) */
     pid_t *vcpu_tids;      /* from the last query-cpus-fast (pinning) */
     size_t nvcpu_tids;
 
@@ -101,6 +104,10 @@ struct vm {
     kh_vm_action task_action;
     kh_task *kill_task;    /* a kill that overtook task */
     vm *next;
+    /* Disks (vm/disk.c): the QEMU node index ("disk<N>") of each spec disk
+     * while a QEMU runs; hot-plug and -unplug break the identity, so it is
+     * kept in RUN_DIR/vms/<id>/disks.json for a daemon restart. */
+    int disk_node[KH_VM_DISKS_MAX];
 };
 
 struct start_job {
@@ -137,6 +144,10 @@ struct kh_manager {
     vm *vms;
     unsigned count;
     kernel_memo *kernels;
+    struct {
+        kh_manager_event_fn fn;
+        void *opaque;
+    } event_hooks[KH_MANAGER_EVENT_HOOKS];
 };
 
 /* ---- helpers ---- */
@@ -311,9 +322,16 @@ static void pidfd_closed(uv_handle_t *h)
     free(h);
 }
 
+static void disk_nodes_reset(vm *v)
+{
+    for (int i = 0; i < KH_VM_DISKS_MAX; i++)
+        v->disk_node[i] = i;
+}
+
 static void release_runtime(vm *v)
 {
     timer_stop(v);
+    disk_nodes_reset(v);
     v->reattaching = false;
     v->await_accel = false;
     free(v->vcpu_tids);
@@ -486,6 +504,9 @@ static void on_qmp_event(kh_qmp *q, const char *event, json_t *data, double ts, 
     if (!v)
         return;
     kh_log(KH_LOG_DEBUG, "vm.qmp_event", "vm=%s event=%s", v->spec->name, event);
+    for (size_t i = 0; i < KH_MANAGER_EVENT_HOOKS; i++)
+        if (v->mgr->event_hooks[i].fn)
+            v->mgr->event_hooks[i].fn(v->mgr->event_hooks[i].opaque, v->id, event, data);
     if (strcmp(event, "SHUTDOWN") == 0) {
         /* With -no-shutdown QEMU stays until told: the reason is ours to keep. */
         const char *reason = json_string_value(json_object_get(data, "reason"));
@@ -821,6 +842,7 @@ static int resolve_volumes(kh_manager *mgr, const vm *self, kh_vm_spec *spec, kh
                 for (size_t j = 1; j < c.n; j++) {
                     d->backing[j - 1].path = xstrdup(c.layer[j].path);
                     d->backing[j - 1].format = c.layer[j].format;
+                    d->backing[j - 1].encrypted = c.layer[j].encrypted;
                 }
             }
         }
@@ -877,7 +899,7 @@ static int volume_live_resize(void *opaque, const char *ref, uint64_t size,
             if (!d->volume || strcmp(d->volume, ref) != 0 || d->readonly)
                 continue;
             char node[32];
-            snprintf(node, sizeof(node), "disk%zu", i);
+            snprintf(node, sizeof(node), "disk%d", v->disk_node[i]);
             live_resize *lr = xcalloc(1, sizeof(*lr));
             lr->done = done;
             lr->opaque = done_opaque;
@@ -957,6 +979,8 @@ static void start_spawn(vm *v, const char *kernel_file)
     int backing_fds[KH_VM_DISKS_MAX][KH_DISK_BACKING_MAX];
     const int *backing_ptrs[KH_VM_DISKS_MAX] = { NULL };
     int secret_fds[KH_VM_DISKS_MAX];
+    int bsecret_fds[KH_VM_DISKS_MAX][KH_DISK_BACKING_MAX];
+    const int *bsecret_ptrs[KH_VM_DISKS_MAX] = { NULL };
     kh_vm_spec *rs = kh_vm_spec_dup(v->spec); /* volumes resolved to files */
     int nic_fds[KH_VM_NICS_MAX], nic_vhost_fds[KH_VM_NICS_MAX];
     int dirfd = -1, log_fd = -1, qmp_conn = -1, serial_conn = -1;
@@ -966,6 +990,7 @@ static void start_spawn(vm *v, const char *kernel_file)
     char *kernel_arg = NULL, *initrd_arg = NULL;
     kh_strv *argv = NULL;
 
+    disk_nodes_reset(v);
     if (kh_fs_mkdir_p(state, 0700, &err) < 0)
         goto fail;
     kh_fs_rm_rf(run, NULL);
@@ -1001,9 +1026,15 @@ static void start_spawn(vm *v, const char *kernel_file)
     if (resolve_volumes(mgr, v, rs, KH_E_CONFLICT, &err) < 0)
         goto fail;
     for (size_t i = 0; i < rs->ndisks; i++) {
-        const kh_disk_spec *d = &rs->disks[i];
+        kh_disk_spec *d = &rs->disks[i];
+        /* cache=none when every layer's filesystem takes O_DIRECT; the fds
+         * carry the flag (QEMU's fd-set dups share it) */
+        d->direct = kh_fs_direct_ok(d->path);
+        for (size_t j = 0; j < d->nbacking && d->direct; j++)
+            d->direct = kh_fs_direct_ok(d->backing[j].path);
+        int odirect = d->direct ? O_DIRECT : 0;
         for (size_t j = 0; j < d->nbacking; j++) {
-            int bfd = open(d->backing[j].path, O_RDONLY | O_CLOEXEC);
+            int bfd = open(d->backing[j].path, O_RDONLY | O_CLOEXEC | odirect);
             if (bfd < 0) {
                 kh_err_errno(&err, KH_E_INTERNAL, errno, "disks[%zu]: cannot open layer %zu of %s",
                              i, j + 1, d->volume ? d->volume : d->path);
@@ -1013,6 +1044,23 @@ static void start_spawn(vm *v, const char *kernel_file)
             fds[target] = bfd;
             backing_fds[i][j] = target;
             backing_ptrs[i] = backing_fds[i];
+            bsecret_fds[i][j] = -1;
+            if (d->backing[j].encrypted) {
+                /* each encrypted layer has its own key, in its own memfd */
+                kh_volume_chain c;
+                int sfd = -1;
+                if (kh_storage_resolve(mgr->cfg.storage, d->volume, &c, &err) == 0) {
+                    sfd = kh_storage_volume_secret_fd(mgr->cfg.storage, c.layer[j + 1].id,
+                                                      &err);
+                    kh_volume_chain_clear(&c);
+                }
+                if (sfd < 0)
+                    goto fail;
+                int starget = FD_BSECRET0 + (int)(i * KH_DISK_BACKING_MAX + j);
+                fds[starget] = sfd;
+                bsecret_fds[i][j] = starget;
+                bsecret_ptrs[i] = bsecret_fds[i];
+            }
         }
         secret_fds[i] = -1;
         if (d->encrypted) {
@@ -1028,7 +1076,7 @@ static void start_spawn(vm *v, const char *kernel_file)
             fds[FD_SECRET0 + i] = sfd;
             secret_fds[i] = FD_SECRET0 + (int)i;
         }
-        int fd = open(d->path, (d->readonly ? O_RDONLY : O_RDWR) | O_CLOEXEC);
+        int fd = open(d->path, (d->readonly ? O_RDONLY : O_RDWR) | O_CLOEXEC | odirect);
         if (fd < 0) {
             kh_err_errno(&err, errno == ENOENT || errno == EACCES || errno == EROFS
                                    ? KH_E_INVALID : KH_E_INTERNAL,
@@ -1057,6 +1105,7 @@ static void start_spawn(vm *v, const char *kernel_file)
         .disk_fds = disk_fds,
         .backing_fds = backing_ptrs,
         .secret_fds = secret_fds,
+        .backing_secret_fds = bsecret_ptrs,
         .nic_fds = nic_fds,
         .nic_vhost_fds = nic_vhost_fds,
     };
@@ -1394,6 +1443,11 @@ static int check_action(const vm *v, kh_vm_action action, kh_err *err)
                    kh_vm_action_name(v->task_action));
         return -1;
     }
+    if (v->disk_busy) {
+        kh_err_set(err, KH_E_CONFLICT, "vm %s is busy: a disk attach or detach is in progress",
+                   name);
+        return -1;
+    }
     if (action == KH_ACTION_START && kh_storage_is_template(v->mgr->cfg.storage, v->id)) {
         kh_err_set(err, KH_E_CONFLICT, "vm %s is a template: create a clone of it and start that",
                    name);
@@ -1539,6 +1593,31 @@ static void kill_strays(vm *v)
     free(pids);
 }
 
+/* The node map a hot-plug left (disks.json), else the identity. */
+static void disk_nodes_load(vm *v)
+{
+    disk_nodes_reset(v);
+    char *path = vm_run_path(v, "disks.json");
+    size_t len = 0;
+    char *text = kh_fs_read(path, 65536, &len, NULL);
+    free(path);
+    json_t *j = text ? json_loadb(text, len, 0, NULL) : NULL;
+    free(text);
+    json_t *nodes = json_object_get(j, "nodes");
+    if (json_is_array(nodes) && json_array_size(nodes) == v->spec->ndisks) {
+        for (size_t i = 0; i < v->spec->ndisks; i++) {
+            json_t *n = json_array_get(nodes, i);
+            if (json_is_integer(n) && json_integer_value(n) >= 0 &&
+                json_integer_value(n) < 1000)
+                v->disk_node[i] = (int)json_integer_value(n);
+        }
+    } else if (j) {
+        kh_log(KH_LOG_WARN, "vm.disks", "vm=%s disks.json does not match the spec",
+               v->spec->name);
+    }
+    json_decref(j);
+}
+
 static void reattach(vm *v)
 {
     kh_err err = KH_ERR_INIT;
@@ -1586,6 +1665,7 @@ static void reattach(vm *v)
         }
     }
     close(dirfd);
+    disk_nodes_load(v);
     kh_log(KH_LOG_INFO, "vm.reattach", "vm=%s pid=%d", v->spec->name, (int)v->pid);
     return;
 fail:
@@ -1609,6 +1689,7 @@ static vm *vm_new(kh_manager *mgr, const char *id, kh_vm_spec *spec)
     snprintf(v->id, sizeof(v->id), "%s", id);
     v->spec = spec;
     v->pidfd = -1;
+    disk_nodes_reset(v);
     /* Keep the list in name order. */
     vm **pp = &mgr->vms;
     while (*pp && strcmp((*pp)->spec->name, spec->name) < 0)
@@ -1934,6 +2015,11 @@ json_t *kh_manager_patch(kh_manager *mgr, const char *name, const json_t *patch,
     vm *v = find(mgr, name, err);
     if (!v)
         return NULL;
+    if (v->disk_busy && json_object_get(patch, "disks")) {
+        kh_err_set(err, KH_E_CONFLICT, "vm %s is busy: a disk attach or detach is in progress",
+                   name);
+        return NULL;
+    }
     if (v->state != VM_STOPPED || v->task) {
         const char *key;
         json_t *val;
@@ -2150,4 +2236,143 @@ int kh_manager_qmp(kh_manager *mgr, const char *id, const char *command, json_t 
     json_decref(args);
     kh_err_set(err, KH_E_NOTFOUND, "no vm with id %s", id);
     return -1;
+}
+
+/* ---- disk changes (vm/disk.c) ---- */
+
+int kh_manager_add_event_hook(kh_manager *mgr, kh_manager_event_fn fn, void *opaque)
+{
+    for (size_t i = 0; i < KH_MANAGER_EVENT_HOOKS; i++) {
+        if (!mgr->event_hooks[i].fn) {
+            mgr->event_hooks[i].fn = fn;
+            mgr->event_hooks[i].opaque = opaque;
+            return 0;
+        }
+    }
+    return -1;
+}
+
+void kh_manager_remove_event_hook(kh_manager *mgr, kh_manager_event_fn fn, void *opaque)
+{
+    for (size_t i = 0; i < KH_MANAGER_EVENT_HOOKS; i++)
+        if (mgr->event_hooks[i].fn == fn && mgr->event_hooks[i].opaque == opaque)
+            mgr->event_hooks[i].fn = NULL;
+}
+
+static vm *find_id(kh_manager *mgr, const char *id)
+{
+    for (vm *v = mgr->vms; v; v = v->next)
+        if (strcmp(v->id, id) == 0)
+            return v;
+    return NULL;
+}
+
+int kh_manager_qmp_fd(kh_manager *mgr, const char *id, const char *command, json_t *args,
+                      int fd, kh_qmp_reply_cb cb, void *opaque, kh_err *err)
+{
+    vm *v = find_id(mgr, id);
+    if (!v || !v->qmp || (v->state != VM_RUNNING && v->state != VM_PAUSED)) {
+        json_decref(args);
+        if (fd >= 0)
+            close(fd);
+        kh_err_set(err, KH_E_CONFLICT, "vm %s is not running", v ? v->spec->name : id);
+        return -1;
+    }
+    return kh_qmp_command_fd(v->qmp, command, args, fd, cb, opaque, err);
+}
+
+int kh_manager_disk_begin(kh_manager *mgr, const char *name, kh_vm_disks *out, kh_err *err)
+{
+    memset(out, 0, sizeof(*out));
+    vm *v = find(mgr, name, err);
+    if (!v)
+        return -1;
+    if (v->disk_busy || v->task) {
+        kh_err_set(err, KH_E_CONFLICT, "vm %s is busy: %s is in progress", name,
+                   v->disk_busy ? "a disk attach or detach" : kh_vm_action_name(v->task_action));
+        return -1;
+    }
+    bool live = v->pid > 0;
+    if (live && (!v->qmp || (v->state != VM_RUNNING && v->state != VM_PAUSED))) {
+        kh_err_set(err, KH_E_CONFLICT, "vm %s is %s: wait until it runs or stops", name,
+                   state_names[v->state]);
+        return -1;
+    }
+    if (kh_storage_is_template(mgr->cfg.storage, v->id)) {
+        kh_err_set(err, KH_E_CONFLICT, "vm %s is a template: its disks do not change", name);
+        return -1;
+    }
+    snprintf(out->id, sizeof(out->id), "%s", v->id);
+    out->live = live;
+    out->spec = kh_vm_spec_dup(v->spec);
+    memcpy(out->node, v->disk_node, sizeof(out->node));
+    v->disk_busy = true;
+    return 0;
+}
+
+void kh_manager_disk_end(kh_manager *mgr, const char *id)
+{
+    vm *v = find_id(mgr, id);
+    if (v)
+        v->disk_busy = false;
+}
+
+int kh_manager_disk_node(kh_manager *mgr, const char *id, size_t i)
+{
+    vm *v = find_id(mgr, id);
+    return v && i < KH_VM_DISKS_MAX ? v->disk_node[i] : (int)i;
+}
+
+json_t *kh_manager_volume_users(kh_manager *mgr, const char *ref)
+{
+    return volume_users(mgr, ref);
+}
+
+json_t *kh_manager_disk_commit(kh_manager *mgr, const char *id, kh_vm_spec *spec,
+                               const int *node, kh_err *err)
+{
+    vm *v = find_id(mgr, id);
+    if (!v) {
+        kh_vm_spec_free(spec);
+        kh_err_set(err, KH_E_NOTFOUND, "the vm is gone");
+        return NULL;
+    }
+    if (check_volumes(mgr, spec, err) < 0) {
+        kh_vm_spec_free(spec);
+        return NULL;
+    }
+    json_t *sj = kh_vm_spec_to_json(spec);
+    char *text = json_dumps(sj, JSON_COMPACT | JSON_SORT_KEYS);
+    json_decref(sj);
+    double now = kh_wall_time();
+    int rc = kh_store_vm_update_spec(mgr->store, v->id, text, now, err);
+    free(text);
+    if (rc < 0) {
+        kh_vm_spec_free(spec);
+        return NULL;
+    }
+    kh_vm_spec_free(v->spec);
+    v->spec = spec;
+    v->updated_at = now;
+    if (node && v->pid > 0) {
+        disk_nodes_reset(v);
+        json_t *arr = json_array();
+        for (size_t i = 0; i < spec->ndisks; i++) {
+            v->disk_node[i] = node[i];
+            json_array_append_new(arr, json_integer(node[i]));
+        }
+        json_t *doc = json_pack("{s:o}", "nodes", arr);
+        char *dtext = json_dumps(doc, JSON_COMPACT);
+        json_decref(doc);
+        char *path = vm_run_path(v, "disks.json");
+        kh_err werr = KH_ERR_INIT;
+        if (kh_fs_write_atomic(path, dtext, strlen(dtext), 0600, &werr) < 0)
+            kh_log(KH_LOG_ERROR, "vm.disks", "vm=%s error=\"%s\"", v->spec->name, werr.msg);
+        free(path);
+        free(dtext);
+    }
+    sync_bindings(mgr);
+    json_t *j = vm_json(v);
+    kh_events_publish(mgr->events, "vm.updated", v->spec->name, json_incref(j));
+    return j;
 }

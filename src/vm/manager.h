@@ -34,7 +34,6 @@
 #include "qemu/argv.h"
 #include "qemu/qmp.h"
 #include "storage/storage.h"
-#include "qemu/qmp.h"
 #include "store/store.h"
 #include "util/err.h"
 #include "vm/console.h"
@@ -132,5 +131,42 @@ void kh_manager_foreach(kh_manager *mgr, kh_manager_vm_fn fn, void *opaque);
  * (KH_E_CONFLICT when the VM is not running) and no callback otherwise. */
 int kh_manager_qmp(kh_manager *mgr, const char *id, const char *command, json_t *args,
                    kh_qmp_reply_cb cb, void *opaque, kh_err *err);
+
+/* ---- disk attach and detach (vm/disk.c) ---- */
+
+/* Every QMP event of every VM, after the manager's own handling, goes to
+ * each hook (at most KH_MANAGER_EVENT_HOOKS; add returns -1 beyond). */
+#define KH_MANAGER_EVENT_HOOKS 4
+typedef void (*kh_manager_event_fn)(void *opaque, const char *vm_id, const char *event,
+                                    json_t *data);
+int kh_manager_add_event_hook(kh_manager *mgr, kh_manager_event_fn fn, void *opaque);
+void kh_manager_remove_event_hook(kh_manager *mgr, kh_manager_event_fn fn, void *opaque);
+/* kh_manager_qmp with an fd passed along (SCM_RIGHTS; for add-fd/getfd).
+ * fd is owned from the call on, also when it fails. */
+int kh_manager_qmp_fd(kh_manager *mgr, const char *id, const char *command, json_t *args,
+                      int fd, kh_qmp_reply_cb cb, void *opaque, kh_err *err);
+
+/* A VM's disks, taken for a change. */
+typedef struct kh_vm_disks {
+    char id[37];
+    bool live;                    /* a QEMU runs it (running or paused, QMP up) */
+    kh_vm_spec *spec;             /* a copy (owned by the caller) */
+    int node[KH_VM_DISKS_MAX];    /* QEMU node "disk<N>" of each spec disk */
+} kh_vm_disks;
+/* Take a VM's disks for a change: 409 while an action or another disk
+ * change runs, while it starts or stops, and for a template. Until
+ * kh_manager_disk_end the VM refuses actions (but kill) and disk PATCHes. */
+int kh_manager_disk_begin(kh_manager *mgr, const char *name, kh_vm_disks *out, kh_err *err);
+void kh_manager_disk_end(kh_manager *mgr, const char *id);
+/* Store a new disk list: spec (stolen) becomes the VM's spec; for a VM
+ * with a QEMU, node gives the QEMU node of each disk (kept across a daemon
+ * restart). Returns the VM object, or NULL with err set and nothing
+ * changed. */
+json_t *kh_manager_disk_commit(kh_manager *mgr, const char *id, kh_vm_spec *spec,
+                               const int *node, kh_err *err);
+/* The QEMU node index of disk i of a running VM ("disk<N>"). */
+int kh_manager_disk_node(kh_manager *mgr, const char *id, size_t i);
+/* Which VMs refer to a volume: [{"vm", "running", "readonly"}]. */
+json_t *kh_manager_volume_users(kh_manager *mgr, const char *ref);
 
 #endif

@@ -104,6 +104,8 @@ static void op_finish(snap_op *o, const kh_err *err)
             kh_storage_snapshot_add(o->s->st, o->vm_id, o->name, o->memory, &e);
         else if (o->kind == SNAP_DELETE)
             kh_storage_snapshot_remove(o->s->st, o->vm_id, o->name, &e);
+        else if (o->kind == SNAP_REVERT)
+            kh_storage_snapshot_set_current(o->s->st, o->vm_id, o->name, &e);
         if (kh_err_isset(&e))
             err = &e;
     }
@@ -346,7 +348,7 @@ static int collect_disks(snap_op *o, const json_t *vm, kh_err *err)
             return -1;
         }
         char node[32];
-        snprintf(node, sizeof(node), "disk%zu", i);
+        snprintf(node, sizeof(node), "disk%d", kh_manager_disk_node(o->s->mgr, o->vm_id, i));
         json_array_append_new(o->devices, json_string(node));
         if (!o->vmstate)
             o->vmstate = xstrdup(node);
@@ -470,10 +472,38 @@ json_t *kh_snapshot_list(kh_snapshots *s, const char *vm_name, kh_err *err)
     json_t *vm = kh_manager_vm_json(s->mgr, vm_name, err);
     if (!vm)
         return NULL;
-    json_t *out = json_pack("{s:o}", "snapshots",
-                            s->st ? kh_storage_snapshot_list(s->st,
-                                        json_string_value(json_object_get(vm, "id")))
-                                  : json_array());
+    const char *id = json_string_value(json_object_get(vm, "id"));
+    char *cur = s->st ? kh_storage_snapshot_current(s->st, id) : NULL;
+    json_t *out = json_pack("{s:o, s:o}", "snapshots",
+                            s->st ? kh_storage_snapshot_list(s->st, id) : json_array(),
+                            "current", cur ? json_string(cur) : json_null());
+    free(cur);
     json_decref(vm);
     return out;
+}
+
+json_t *kh_snapshot_show(kh_snapshots *s, const char *vm_name, const char *snap, kh_err *err)
+{
+    json_t *all = kh_snapshot_list(s, vm_name, err);
+    if (!all)
+        return NULL;
+    json_t *found = NULL, *children = json_array();
+    size_t i;
+    json_t *e;
+    json_array_foreach(json_object_get(all, "snapshots"), i, e) {
+        const char *name = json_string_value(json_object_get(e, "name"));
+        const char *parent = json_string_value(json_object_get(e, "parent"));
+        if (name && strcmp(name, snap) == 0)
+            found = json_incref(e);
+        else if (parent && strcmp(parent, snap) == 0)
+            json_array_append_new(children, json_string(name));
+    }
+    json_decref(all);
+    if (!found) {
+        json_decref(children);
+        kh_err_set(err, KH_E_NOTFOUND, "vm %s has no snapshot named %s", vm_name, snap);
+        return NULL;
+    }
+    json_object_set_new(found, "children", children);
+    return found;
 }

@@ -32,7 +32,10 @@ void kh_snapshots_free(kh_snapshots *s);
 kh_task *kh_snapshot_create(kh_snapshots *s, const char *vm, const json_t *body, kh_err *err);
 kh_task *kh_snapshot_revert(kh_snapshots *s, const char *vm, const char *snap, kh_err *err);
 kh_task *kh_snapshot_delete(kh_snapshots *s, const char *vm, const char *snap, kh_err *err);
-/* {"snapshots": [...]} */
+/* {"snapshots": [{"name", "memory", "created_at", "parent", "current"}],
+ * "current": NAME|null}: a tree (storage.h, kh_storage_snapshot_list). */
 json_t *kh_snapshot_list(kh_snapshots *s, const char *vm, kh_err *err);
+/* One snapshot, with "children" (names). */
+json_t *kh_snapshot_show(kh_snapshots *s, const char *vm, const char *snap, kh_err *err);
 
 #endif

@@ -315,6 +315,12 @@ def test_linked_clone_boots_writes_base_unchanged(daemon, guest, consoles, tmp_p
     nodes = [json.loads(argv[i + 1]) for i, a in enumerate(argv) if a == "-blockdev"]
     fmt = {n["node-name"]: n for n in nodes if n["driver"] != "file"}
     assert fmt["disk0"]["backing"] == "disk0-b1" and fmt["disk0-b1"]["read-only"] is True
+    # performance defaults: the pool's filesystem takes O_DIRECT, so cache=none
+    files = [n for n in nodes if n["driver"] == "file"]
+    direct = subprocess.run(["dd", "if=" + base_file, "of=/dev/null", "bs=4096", "count=1",
+                             "iflag=direct"], capture_output=True).returncode == 0
+    assert all(f["cache"]["direct"] is direct for f in files), files
+    assert fmt["disk0"]["detect-zeroes"] == "unmap" and fmt["disk0"]["discard"] == "unmap"
     # used by a running VM: grown online (QMP block_resize); the guest sees it
     r = api.post("/api/v1/pools/default/volumes/c1/resize", {"size": "64M"})
     assert r.status == 200 and r.json["capacity"] == 64 << 20, r
@@ -610,11 +616,17 @@ def test_encrypted_volume_api(daemon, fake_boot):
     assert info["encrypted"] is True
     assert info["format-specific"]["data"]["encrypt"]["format"] == "luks"
     for body in ({"name": "e1", "size": "1M", "encrypt": True, "format": "raw"},
-                 {"name": "e2", "backing": "sec", "encrypt": True},
                  {"name": "e3", "size": "1M", "encrypt": "yes"}):
         assert api.post("/api/v1/pools/default/volumes", body).status == 400, body
-    assert api.post("/api/v1/pools/default/volumes", {"name": "e4", "backing": "sec"}).status == 415
+    # a clone of an encrypted volume is encrypted too, with its own key
+    for body in ({"name": "e2", "backing": "sec", "encrypt": True},
+                 {"name": "e4", "backing": "sec"}):
+        r = api.post("/api/v1/pools/default/volumes", body)
+        assert r.status == 201 and r.json["encrypted"] is True, r
+        assert qinfo(vol_path(daemon, r.json))["encrypted"] is True
     assert api.post("/api/v1/pools/default/volumes/sec/resize", {"size": "32M"}).status == 415
+    for v in ("e2", "e4"):
+        assert api.delete("/api/v1/pools/default/volumes/" + v).status == 204
     # the key is wrapped in the database, never stored or logged in clear
     with open(os.path.join(daemon.state_dir, "kvmhost.db"), "rb") as f:
         db = f.read()
@@ -657,3 +669,474 @@ def test_encrypted_volume_in_a_guest(daemon, guest, consoles):
     con.run("echo kh-$((%d+1))", timeout=60)  # the shell is ready
     assert shell_value(con, "$(head -c 17 /dev/vdb)").startswith("KH-PLAINTEXT-MARK")
     api.act_ok("enc", "kill")
+
+
+def guest_blocks(con):
+    """The guest's block devices, from sysfs (e.g. ["vda", "vdb"])."""
+    return sorted(shell_value(con, "$(ls /sys/block | tr '\\n' ,)").strip(",").split(","))
+
+
+def wait_blocks(con, want, timeout=60):
+    import time
+    deadline = time.time() + timeout
+    while True:
+        got = guest_blocks(con)
+        if got == want:
+            return
+        assert time.time() < deadline, "guest block devices %r, wanted %r" % (got, want)
+        time.sleep(0.5)
+
+
+def read_volume(daemon, vol, n, tmp_path):
+    flat = tmp_path / ("%s.raw" % vol["name"])
+    subprocess.run([QIMG, "convert", "-U", "-O", "raw", vol_path(daemon, vol), str(flat)],
+                   check=True)
+    with open(flat, "rb") as f:
+        return f.read(n)
+
+
+def test_disk_attach_detach_stopped(daemon, fake_boot):
+    """On a stopped VM attach and detach edit the spec; every refusal is a
+    clear 4xx and changes nothing."""
+    api = daemon.api
+    for name in ("d1", "d2"):
+        assert api.post("/api/v1/pools/default/volumes", {"name": name, "size": "8M"}).status == 201
+    assert api.post("/api/v1/pools/default/volumes", {"name": "c1", "backing": "d2"}).status == 201
+    api.create({"name": "ds", "boot": fake_boot})
+    api.create({"name": "other", "boot": fake_boot})
+    r = api.post("/api/v1/vms/ds/disks", {"volume": "default/d1"})
+    assert r.status == 200, r
+    assert r.json["disks"] == [{"volume": "default/d1", "readonly": False}]
+    assert api.get("/api/v1/pools/default/volumes/d1").json["used_by"][0]["vm"] == "ds"
+    bad = [
+        ("ds", {"volume": "default/d1"}, 409, "already has"),
+        ("other", {"volume": "default/d1"}, 409, "attached to vm ds"),
+        ("other", {"volume": "default/d1", "readonly": True}, 409, "attached to vm ds"),
+        ("other", {"volume": "default/d2"}, 409, "base of 1"),
+        ("other", {"volume": "default/nope"}, 404, ""),
+        ("other", {"volume": "../x"}, 400, ""),
+        ("other", {"volume": "default/d1,file=/etc/shadow"}, 400, ""),
+        ("other", {"volume": "default/c1", "extra": 1}, 400, "unknown"),
+        ("other", {"volume": "default/c1", "readonly": "yes"}, 400, ""),
+        ("other", {}, 400, "volume"),
+        ("nope", {"volume": "default/c1"}, 404, ""),
+    ]
+    for vm, body, status, msg in bad:
+        r = api.post("/api/v1/vms/%s/disks" % vm, body)
+        assert r.status == status and msg in r.error["message"], (vm, body, r)
+    assert api.vm("other")["disks"] == []
+    # a read-only base may be shared read-only
+    r = api.post("/api/v1/vms/other/disks", {"volume": "default/d2", "readonly": True})
+    assert r.status == 200, r
+    r = api.post("/api/v1/vms/ds/disks", {"volume": "default/d2", "readonly": True})
+    assert r.status == 200 and len(r.json["disks"]) == 2, r
+    # volumes in use are not deleted
+    assert api.delete("/api/v1/pools/default/volumes/d1").status == 409
+    assert api.delete("/api/v1/vms/ds/disks/2").status == 404
+    assert api.delete("/api/v1/vms/ds/disks/x").status == 400
+    r = api.delete("/api/v1/vms/ds/disks/0")
+    assert r.status == 200 and r.json["disks"] == [{"volume": "default/d2", "readonly": True}], r
+    assert api.delete("/api/v1/pools/default/volumes/d1").status == 204
+    # the CLI
+    cli = khlib.cli
+    p = cli(daemon, "disk", "attach", "other", "c1")
+    assert p.returncode == 0 and "default/c1" in p.stdout and "rw" in p.stdout, p
+    p = cli(daemon, "disk", "attach", "ds", "default/c1")
+    assert p.returncode == 5 and "attached to vm other" in p.stderr, p
+    p = cli(daemon, "disk", "detach", "other", "0", json_out=True)
+    assert p.returncode == 0, p
+    assert json.loads(p.stdout)["disks"] == [{"volume": "default/c1", "readonly": False}]
+    assert cli(daemon, "disk", "detach", "other", "7").returncode == 4
+
+
+@pytest.mark.slow
+def test_disk_hotplug_survives_daemon_kill(daemons, guest, consoles, tmp_path):
+    """A volume hot-plugged into a running q35 guest shows up as /sys/block/vdb,
+    what the guest writes lands in the volume, the daemon is killed -9 and
+    restarted while it is plugged, the detach after the restart removes it
+    from the guest, and the next start has a hot-plugged disk as an
+    ordinary one."""
+    import time
+    daemon = daemons()
+    api = daemon.api
+    khlib.wait_accel(api)
+    assert api.post("/api/v1/pools/default/volumes", {"name": "gbase", "format": "raw",
+                                                      "import": guest.disk}).status == 201
+    assert api.post("/api/v1/pools/default/volumes", {"name": "root",
+                                                      "backing": "gbase"}).status == 201
+    r = api.post("/api/v1/pools/default/volumes", {"name": "data", "size": "16M"})
+    assert r.status == 201, r
+    data = r.json
+    # a linked clone: a two-layer chain, each layer passed as an fd
+    assert api.post("/api/v1/pools/default/volumes", {"name": "data2",
+                                                      "backing": "gbase"}).status == 201
+    api.create(guest_vm(guest, "hp", [{"volume": "default/root"}]))
+    api.act_ok("hp", "start")
+    con = consoles(daemon, "hp")
+    api.wait_console("hp", "KVMHOST-DISK: kvmhost-disk-ok")
+    con.run("echo kh-$((%d+1))", timeout=60)
+    assert guest_blocks(con) == ["vda"]
+
+    t0 = time.time()
+    r = api.post("/api/v1/vms/hp/disks", {"volume": "default/data"})
+    t_attach = time.time() - t0
+    assert r.status == 200, r
+    assert r.json["disks"][1] == {"volume": "default/data", "readonly": False}
+    wait_blocks(con, ["vda", "vdb"])
+    # the device sits on a hot-plug port with its own iothread
+    pid = api.vm("hp")["pid"]
+    r = api.post("/api/v1/vms/hp/disks", {"volume": "default/data2"})
+    assert r.status == 200, r
+    wait_blocks(con, ["vda", "vdb", "vdc"])
+    # busy refusals and the other rules hold on a running VM
+    assert api.post("/api/v1/vms/hp/disks", {"volume": "default/gbase"}).status == 409
+    assert api.delete("/api/v1/vms/hp/disks/0").status == 409  # cold-plugged on pcie.0
+
+    con.run("echo hotplug-bytes-42 | dd of=/dev/vdb bs=512 conv=sync 2>/dev/null; sync; "
+            "echo kh-$((%d+1))", timeout=60)
+
+    # kill -9 of the daemon while both are plugged: adopted with its disks
+    daemon.kill9()
+    daemon.restart()
+    vm = api.wait_state("hp", ["running"])
+    assert vm["pid"] == pid and len(vm["disks"]) == 3
+    con = consoles(daemon, "hp")
+    # detach the first hot-plugged disk: the spec index of data2 shifts to 1,
+    # its QEMU node stays disk2 (the node map survived the restart)
+    t0 = time.time()
+    r = api.delete("/api/v1/vms/hp/disks/1")
+    t_detach = time.time() - t0
+    assert r.status == 200, r
+    assert [d["volume"] for d in r.json["disks"]] == ["default/root", "default/data2"]
+    con.run("echo kh-$((%d+1))", timeout=60)
+    wait_blocks(con, ["vda", "vdc"])
+    assert read_volume(daemon, data, 16, tmp_path) == b"hotplug-bytes-42"
+    # detached: deletable, attachable again (a fresh node and port)
+    r = api.post("/api/v1/vms/hp/disks", {"volume": "default/data", "readonly": True})
+    assert r.status == 200, r
+    wait_blocks(con, ["vda", "vdb", "vdc"])
+    assert shell_value(con, "$(dd if=/dev/vdb bs=16 count=1 2>/dev/null)") == "hotplug-bytes-42"
+    r = api.delete("/api/v1/vms/hp/disks/1")  # data2, QEMU node disk2
+    assert r.status == 200, r
+    wait_blocks(con, ["vda", "vdb"])
+    # an encrypted volume hot-plugs too: its key goes over QMP in a memfd
+    r = api.post("/api/v1/pools/default/volumes", {"name": "edata", "size": "8M",
+                                                   "encrypt": True})
+    assert r.status == 201, r
+    edata = r.json
+    r = api.post("/api/v1/vms/hp/disks", {"volume": "default/edata"})
+    assert r.status == 200, r
+    wait_blocks(con, ["vda", "vdb", "vdc"])
+    con.run("echo KH-HOTPLUG-SECRET | dd of=/dev/vdc conv=fsync 2>/dev/null; "
+            "echo kh-$((%d+1))", timeout=60)
+    assert shell_value(con, "$(head -c 17 /dev/vdc)") == "KH-HOTPLUG-SECRET"
+    assert api.delete("/api/v1/vms/hp/disks/2").status == 200
+    wait_blocks(con, ["vda", "vdb"])
+    with open(vol_path(daemon, edata), "rb") as f:
+        assert b"KH-HOTPLUG-SECRET" not in f.read()
+    assert "KH-HOTPLUG" not in daemon.log()
+    print("hot-plug %.2f s, hot-unplug %.2f s (TCG)" % (t_attach, t_detach))
+
+    # the next start has the hot-plugged disk as an ordinary one
+    api.act_ok("hp", "kill")
+    api.act_ok("hp", "start")
+    api.wait_console("hp", "KVMHOST-DISK: kvmhost-disk-ok")
+    con = consoles(daemon, "hp")
+    con.run("echo kh-$((%d+1))", timeout=60)
+    assert guest_blocks(con) == ["vda", "vdb"]
+    # a disk attached at start sits on pcie.0: no hot-unplug
+    r = api.delete("/api/v1/vms/hp/disks/1")
+    assert r.status == 409 and "stop the vm" in r.error["message"], r
+
+    # a guest that does not release the disk (paused) within the timeout:
+    # 504, and the disk stays attached and in the spec
+    assert api.post("/api/v1/vms/hp/disks", {"volume": "default/data2"}).status == 200
+    wait_blocks(con, ["vda", "vdb", "vdc"])
+    api.act_ok("hp", "pause")
+    r = api.delete("/api/v1/vms/hp/disks/2?timeout=2")
+    assert r.status == 504 and "did not release" in r.error["message"], r
+    assert len(api.vm("hp")["disks"]) == 3
+    api.act_ok("hp", "resume")
+    wait_blocks(con, ["vda", "vdb"])  # the guest ejects it once it runs again
+    r = api.delete("/api/v1/vms/hp/disks/2")  # finishes the job
+    assert r.status == 200 and len(r.json["disks"]) == 2, r
+    # a VM killed while a detach waits for its guest: the detach completes
+    # as an edit of the stopped VM
+    assert api.post("/api/v1/vms/hp/disks", {"volume": "default/data2"}).status == 200
+    wait_blocks(con, ["vda", "vdb", "vdc"])
+    api.act_ok("hp", "pause")
+    res = {}
+
+    def detach():
+        res["r"] = khlib.Api(daemon.socket).delete("/api/v1/vms/hp/disks/2?timeout=60")
+    import threading
+    th = threading.Thread(target=detach)
+    th.start()
+    time.sleep(1)
+    assert api.post("/api/v1/vms/hp/start", {}).status == 409  # busy meanwhile
+    api.act_ok("hp", "kill")
+    th.join(30)
+    assert res["r"].status == 200 and len(res["r"].json["disks"]) == 2, res
+    assert api.delete("/api/v1/vms/hp/disks/1").status == 200
+    assert api.delete("/api/v1/pools/default/volumes/data").status == 204
+
+
+def put_stream(daemon, path, chunks, headers=None):
+    """PUT a body without a Content-Length (chunked), piece by piece."""
+    c = khlib.UnixHTTPConnection(daemon.socket, timeout=120)
+    try:
+        c.request("PUT", path, body=iter(chunks), headers=headers or {}, encode_chunked=True)
+        r = c.getresponse()
+        return r.status, json.loads(r.read() or b"null")
+    finally:
+        c.close()
+
+
+def test_volume_upload_download(daemon, tmp_path):
+    """Streamed upload and download: bytes round-trip identical; the declared
+    format is checked; an image naming another file is refused; nothing is
+    left behind by a refusal."""
+    api = daemon.api
+    img = tmp_path / "up.qcow2"
+    src = tmp_path / "src.raw"
+    with open(src, "wb") as f:
+        f.truncate(32 << 20)
+        f.seek(1 << 20)
+        f.write(b"\x5a" * (3 << 20))
+    subprocess.run([QIMG, "convert", "-q", "-f", "raw", "-O", "qcow2", str(src), str(img)],
+                   check=True)
+    data = img.read_bytes()
+    r = api.request("PUT", "/api/v1/pools/default/volumes/up/data?format=qcow2", raw=data,
+                    headers={"Content-Type": "application/octet-stream"})
+    assert r.status == 201, r
+    assert r.headers["location"] == "/api/v1/pools/default/volumes/up"
+    vol = r.json
+    assert vol["format"] == "qcow2" and vol["capacity"] == 32 << 20
+    r = api.get("/api/v1/pools/default/volumes/up/data")
+    assert r.status == 200 and r.headers["content-type"] == "application/octet-stream"
+    assert r.data == data
+    # chunked, raw
+    raw = os.urandom(3 << 20)
+    st, j = put_stream(daemon, "/api/v1/pools/default/volumes/r1/data?format=raw",
+                       [raw[i:i + 65536] for i in range(0, len(raw), 65536)])
+    assert st == 201 and j["capacity"] == len(raw), j
+    assert api.get("/api/v1/pools/default/volumes/r1/data").data == raw
+    before = pool_files(daemon)
+
+    # refusals: nothing is left behind
+    r = api.request("PUT", "/api/v1/pools/default/volumes/up/data?format=qcow2", raw=data)
+    assert r.status == 409, r
+    r = api.request("PUT", "/api/v1/pools/default/volumes/x1/data", raw=data)
+    assert r.status == 400 and "format" in r.error["message"], r
+    r = api.request("PUT", "/api/v1/pools/default/volumes/x1/data?format=raw", raw=data)
+    assert r.status == 201, r  # a qcow2 file is a valid raw image: the caller said raw
+    assert api.delete("/api/v1/pools/default/volumes/x1").status == 204
+    r = api.request("PUT", "/api/v1/pools/default/volumes/x2/data?format=qcow2", raw=raw)
+    assert r.status == 400 and "not a qcow2" in r.error["message"], r
+    back = tmp_path / "back.qcow2"
+    subprocess.run([QIMG, "create", "-q", "-f", "qcow2", "-b", "/etc/passwd", "-F", "raw",
+                    str(back)], check=True)
+    r = api.request("PUT", "/api/v1/pools/default/volumes/x3/data?format=qcow2",
+                    raw=back.read_bytes())
+    assert r.status == 400 and "backing file" in r.error["message"], r
+    huge = tmp_path / "huge.qcow2"
+    subprocess.run([QIMG, "create", "-q", "-f", "qcow2", str(huge), "100T"], check=True)
+    r = api.request("PUT", "/api/v1/pools/default/volumes/x4/data?format=qcow2",
+                    raw=huge.read_bytes())
+    assert r.status == 413, r
+    r = api.request("PUT", "/api/v1/pools/default/volumes/x5/data?format=qcow2", raw=b"")
+    assert r.status == 400, r
+    for bad in ("a,b", "..", "x%2Fy"):
+        r = api.request("PUT", "/api/v1/pools/default/volumes/%s/data?format=raw" % bad, raw=raw)
+        assert r.status in (400, 404), (bad, r)
+    assert pool_files(daemon) == before
+    names = [v["name"] for v in api.get("/api/v1/pools/default/volumes").json["volumes"]]
+    assert names == ["r1", "up"]
+    assert api.get("/api/v1/pools/default/volumes/nope/data").status == 404
+    # the CLI, both ways
+    cli = khlib.cli
+    p = cli(daemon, "volume", "upload", "up2", str(img), "--format", "qcow2")
+    assert p.returncode == 0 and "default/up2" in p.stdout, p
+    out = tmp_path / "down.qcow2"
+    p = cli(daemon, "volume", "download", "default/up2", str(out))
+    assert p.returncode == 0, p
+    assert out.read_bytes() == data
+    p = cli(daemon, "volume", "download", "default/up2", str(out))
+    assert p.returncode != 0 and "exists" in p.stderr, p
+    p = cli(daemon, "volume", "upload", "bad", str(back), "--format", "qcow2")
+    assert p.returncode == 2 and "backing file" in p.stderr, p
+    assert not (tmp_path / "none.part").exists()
+
+
+def test_volume_upload_over_the_cap(daemons, tmp_path):
+    """An upload bigger than the pool can take is 413: at once when the
+    Content-Length says so, mid-stream when chunked; no file is left."""
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    m = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mnt)],
+                       capture_output=True, text=True)
+    if m.returncode != 0:
+        pytest.skip("cannot mount a small tmpfs here: " + m.stderr.strip())
+    try:
+        d = daemons()
+        api = d.api
+        assert api.post("/api/v1/pools", {"name": "small", "path": str(mnt)}).status == 201
+        c = khlib.UnixHTTPConnection(d.socket, timeout=60)
+        c.putrequest("PUT", "/api/v1/pools/small/volumes/big/data?format=raw")
+        c.putheader("Content-Length", str(16 << 20))
+        c.endheaders()
+        r = c.getresponse()
+        assert r.status == 413, r.read()
+        c.close()
+        chunk = b"\x01" * (1 << 20)
+        st, j = put_stream(d, "/api/v1/pools/small/volumes/big/data?format=raw", [chunk] * 8)
+        assert st == 413, j
+        assert os.listdir(mnt) == []
+        assert api.get("/api/v1/pools/small/volumes").json["volumes"] == []
+        st, j = put_stream(d, "/api/v1/pools/small/volumes/ok/data?format=raw", [chunk] * 2)
+        assert st == 201, j
+        assert api.delete("/api/v1/pools/small/volumes/ok").status == 204
+        assert api.delete("/api/v1/pools/small").status == 204
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)])
+
+
+@pytest.mark.slow
+def test_encrypted_linked_clone_boots(daemon, guest, consoles):
+    """The guest's disk copied (inside a guest) onto an encrypted volume; a
+    linked clone of it is an encrypted overlay with its own key; a VM boots
+    from the two-layer encrypted chain (one secret object per layer) and what
+    it writes is not in clear in the overlay."""
+    api = daemon.api
+    khlib.wait_accel(api)
+    assert api.post("/api/v1/pools/default/volumes", {"name": "gb", "format": "raw",
+                                                      "import": guest.disk}).status == 201
+    size = os.path.getsize(guest.disk)
+    r = api.post("/api/v1/pools/default/volumes", {"name": "ebase", "size": size,
+                                                   "encrypt": True})
+    assert r.status == 201, r
+    ebase = r.json
+    api.create(guest_vm(guest, "copier", [{"volume": "default/gb", "readonly": True},
+                                          {"volume": "default/ebase"}]))
+    api.act_ok("copier", "start")
+    con = consoles(daemon, "copier")
+    api.wait_console("copier", "KVMHOST-DISK: kvmhost-disk-ok")
+    con.run("umount /mnt; dd if=/dev/vda of=/dev/vdb bs=65536 conv=fsync 2>/dev/null; "
+            "echo kh-$((%d+1))", timeout=120)
+    api.act_ok("copier", "kill")
+    assert api.delete("/api/v1/vms/copier").status == 204
+
+    r = api.post("/api/v1/pools/default/volumes", {"name": "eclone", "backing": "ebase"})
+    assert r.status == 201 and r.json["encrypted"] is True, r
+    eclone = r.json
+    info = qinfo(vol_path(daemon, eclone))
+    assert info["encrypted"] is True and info["format-specific"]["data"]["encrypt"]["format"] == "luks"
+    api.create(guest_vm(guest, "ec", [{"volume": "default/eclone"}]))
+    api.act_ok("ec", "start")
+    con = consoles(daemon, "ec")
+    api.wait_console("ec", "KVMHOST-DISK: kvmhost-disk-ok")
+    argv = khlib.proc_cmdline(api.vm("ec")["pid"])
+    objs = [json.loads(argv[i + 1]) for i, a in enumerate(argv) if a == "-object"]
+    sec = sorted((o["id"], o["file"]) for o in objs if o["qom-type"] == "secret")
+    assert [s[0] for s in sec] == ["disk0-b1-secret", "disk0-secret"], sec
+    assert sec[0][1] != sec[1][1] and all("data" not in o for o in objs)
+    con.run("mount -o remount,rw /mnt && echo KH-CLONE-PLAINTEXT > /mnt/c.txt && "
+            "mount -o remount,ro /mnt && sync && echo kh-$((%d+1))", timeout=60)
+    api.act_ok("ec", "kill")
+    for v in (eclone, ebase):
+        with open(vol_path(daemon, v), "rb") as f:
+            body = f.read()
+        assert b"KH-CLONE-PLAINTEXT" not in body and b"kvmhost-disk-ok" not in body
+    # it boots again and reads back what it wrote
+    api.act_ok("ec", "start")
+    con = consoles(daemon, "ec")
+    api.wait_console("ec", "KVMHOST-DISK: kvmhost-disk-ok")
+    con.run("echo kh-$((%d+1))", timeout=60)
+    assert shell_value(con, "$(cat /mnt/c.txt)") == "KH-CLONE-PLAINTEXT"
+    api.act_ok("ec", "kill")
+
+    # a full copy of the encrypted chain (a template's full clone) is one
+    # encrypted image with its own key, and boots with what the chain held
+    assert api.post("/api/v1/vms/ec/template", {}).status == 200
+    r = api.post("/api/v1/vms", {"name": "ef", "from_template": "ec", "clone": "full"})
+    assert r.status == 202, r
+    t = wait_task(api, r.json["id"], timeout=180)
+    assert t["state"] == "succeeded", t
+    full = api.get("/api/v1/pools/default/volumes/ef-disk0").json
+    assert full["encrypted"] is True and full["backing"] is None, full
+    info = qinfo(vol_path(daemon, full))
+    assert info["encrypted"] is True and "backing-filename" not in info
+    with open(vol_path(daemon, full), "rb") as f:
+        assert b"KH-CLONE-PLAINTEXT" not in f.read()
+    api.act_ok("ef", "start")
+    con = consoles(daemon, "ef")
+    api.wait_console("ef", "KVMHOST-DISK: kvmhost-disk-ok")
+    con.run("echo kh-$((%d+1))", timeout=60)
+    assert shell_value(con, "$(cat /mnt/c.txt)") == "KH-CLONE-PLAINTEXT"
+    api.act_ok("ef", "kill")
+
+
+def test_snapshot_tree(daemon, fake_boot, tmp_path):
+    """Snapshots form a tree: a new one hangs from the current one, a revert
+    moves "current", deleting a node re-parents its children and keeps the
+    others' data; the tree survives a daemon restart."""
+    api = daemon.api
+    assert api.post("/api/v1/pools/default/volumes", {"name": "tr", "size": "4M"}).status == 201
+    vol = api.get("/api/v1/pools/default/volumes/tr").json
+    api.create({"name": "tv", "vcpus": 1, "boot": fake_boot, "disks": [{"volume": "default/tr"}]})
+
+    def mark(text):  # what "the guest" wrote before a snapshot (VM stopped)
+        subprocess.run([QIMG, "convert", "-q", "-n", "-f", "raw", "-O", "qcow2",
+                        str(write_raw(text)), vol_path(daemon, vol)], check=True)
+
+    def write_raw(text):
+        f = tmp_path / "m.raw"
+        with open(f, "wb") as fh:
+            fh.truncate(4 << 20)
+            fh.write(text.encode())
+        return f
+
+    def read():
+        out = tmp_path / "r.raw"
+        subprocess.run([QIMG, "convert", "-q", "-O", "raw", vol_path(daemon, vol), str(out)],
+                       check=True)
+        return out.read_bytes()[:8].rstrip(b"\0").decode()
+
+    def tree():
+        j = api.get("/api/v1/vms/tv/snapshots").json
+        return {x["name"]: x["parent"] for x in j["snapshots"]}, j["current"]
+
+    def do(verb, name):
+        r = snap(api, "tv", verb, name)[0]
+        assert r.status == 200 and r.json["state"] == "succeeded", r
+
+    mark("A")
+    do("create", "a")
+    mark("B")
+    do("create", "b")
+    assert tree() == ({"a": None, "b": "a"}, "b")
+    do("revert", "a")
+    assert read() == "A" and tree()[1] == "a"
+    mark("C")
+    do("create", "c")
+    mark("D")
+    do("create", "d")
+    assert tree() == ({"a": None, "b": "a", "c": "a", "d": "c"}, "d")
+    s = api.get("/api/v1/vms/tv/snapshots/a").json
+    assert sorted(s["children"]) == ["b", "c"] and s["current"] is False and s["parent"] is None
+    assert api.get("/api/v1/vms/tv/snapshots/zz").status == 404
+    # delete a middle node: its child takes its parent; the others' data stay
+    do("delete", "c")
+    assert tree() == ({"a": None, "b": "a", "d": "a"}, "d")
+    daemon.restart()
+    api = daemon.api
+    assert tree() == ({"a": None, "b": "a", "d": "a"}, "d")
+    do("delete", "a")
+    assert tree() == ({"b": None, "d": None}, "d")
+    for name, text in (("b", "B"), ("d", "D")):
+        do("revert", name)
+        assert read() == text and tree()[1] == name
+    do("delete", "d")  # current, without a parent: none is current now
+    assert tree() == ({"b": None}, None)
+    do("delete", "b")
+    assert tree() == ({}, None)

@@ -56,3 +56,28 @@ export async function logout() {
 }
 
 export const vmPath = (name, rest = '') => `/api/v1/vms/${encodeURIComponent(name)}${rest}`;
+
+// Streams a File (or Blob) as the body of a request, with progress
+// (XMLHttpRequest: fetch reports no upload progress). The browser reads the
+// file as it sends it; nothing is collected in memory. Resolves with the
+// JSON answer; rejects with an ApiError as api() does.
+export function upload(method, path, file, onProgress) {
+  return new Promise((resolve, reject) => {
+    const x = new XMLHttpRequest();
+    x.open(method, path);
+    x.setRequestHeader('Accept', 'application/json');
+    x.setRequestHeader('Content-Type', 'application/octet-stream');
+    if (csrf) x.setRequestHeader('X-CSRF-Token', csrf);
+    if (onProgress) x.upload.onprogress = (e) => onProgress(e.loaded, e.lengthComputable ? e.total : file.size);
+    x.onerror = () => reject(new ApiError(0, 'network', 'cannot reach kvmhostd (the upload broke off)'));
+    x.onload = () => {
+      let data = null;
+      try { data = x.responseText ? JSON.parse(x.responseText) : null; } catch { /* not JSON */ }
+      if (x.status >= 200 && x.status < 300) { resolve(data); return; }
+      const err = data && data.error ? data.error : { code: 'http', message: `HTTP ${x.status}` };
+      if (x.status === 401) onUnauthorized();
+      reject(new ApiError(x.status, err.code, err.message));
+    };
+    x.send(file);
+  });
+}

@@ -48,12 +48,19 @@ export function lineChart({ id, title, unit, fmt = (v) => `${v.toFixed(1)} ${uni
     svg.replaceChildren(s('text', { x: W / 2, y: H / 2, 'text-anchor': 'middle', class: 'chart-msg' }, msg));
   }
 
-  function set(points, { range = 300, yMax } = {}) {
-    const pts = points.filter((p) => typeof p[1] === 'number' && isFinite(p[1]));
-    if (!pts.length) { empty('no samples yet'); return; }
-    range = Math.min(range, Math.max(60, Math.ceil((pts[pts.length - 1][0] - pts[0][0]) / 60) * 60));
-    const t1 = pts[pts.length - 1][0], t0 = t1 - range;
-    const top = yMax || niceCeil(Math.max(...pts.map((p) => p[1])) * 1.1);
+  // lines: [[t, v], ...] for one line, or [{name, points}, ...] for
+  // several (a legend in the caption, one colour each).
+  function set(lines, { range = 300, yMax } = {}) {
+    const multi = lines.length > 0 && !Array.isArray(lines[0]);
+    const series = (multi ? lines : [{ name: '', points: lines }])
+      .map((l) => ({ name: l.name, pts: l.points.filter((p) => typeof p[1] === 'number' && isFinite(p[1])) }));
+    const pts = series[0].pts;
+    const all = series.flatMap((x) => x.pts);
+    if (!all.length) { empty('no samples yet'); return; }
+    const tFirst = Math.min(...all.map((p) => p[0])), tLast = Math.max(...all.map((p) => p[0]));
+    range = Math.min(range, Math.max(60, Math.ceil((tLast - tFirst) / 60) * 60));
+    const t1 = tLast, t0 = t1 - range;
+    const top = yMax || niceCeil(Math.max(...all.map((p) => p[1])) * 1.1);
     const x = (t) => L + ((t - t0) / range) * (W - L - R);
     const y = (v) => T + (1 - Math.min(v, top) / top) * (H - T - B);
     const kids = [];
@@ -65,17 +72,25 @@ export function lineChart({ id, title, unit, fmt = (v) => `${v.toFixed(1)} ${uni
     kids.push(s('line', { x1: L, x2: L, y1: T, y2: H - B, class: 'chart-axis' }));
     kids.push(s('text', { x: L, y: H - 6, class: 'chart-tick' }, ago(range)));
     kids.push(s('text', { x: W - R, y: H - 6, 'text-anchor': 'end', class: 'chart-tick' }, 'now'));
-    const line = pts.filter((p) => p[0] >= t0).map((p) => `${x(p[0]).toFixed(1)},${y(p[1]).toFixed(1)}`).join(' ');
-    kids.push(s('polyline', { points: line, class: 'chart-line' }));
-    const [lt, lv] = pts[pts.length - 1];
-    kids.push(s('circle', { cx: x(lt).toFixed(1), cy: y(lv).toFixed(1), r: 3, class: 'chart-dot' }));
+    series.forEach((ser, i) => {
+      if (!ser.pts.length) return;
+      const line = ser.pts.filter((p) => p[0] >= t0).map((p) => `${x(p[0]).toFixed(1)},${y(p[1]).toFixed(1)}`).join(' ');
+      kids.push(s('polyline', { points: line, class: `chart-line chart-s${i}` }));
+      const [lt, lv] = ser.pts[ser.pts.length - 1];
+      kids.push(s('circle', { cx: x(lt).toFixed(1), cy: y(lv).toFixed(1), r: 3, class: `chart-dot chart-s${i}` }));
+    });
     svg.replaceChildren(...kids);
-    const last = pts[pts.length - 1][1];
+    const latest = series.map((ser) => (ser.pts.length ? ser.pts[ser.pts.length - 1][1] : null));
+    const text = series.map((ser, i) => (latest[i] === null ? null : `${ser.name ? `${ser.name} ` : ''}${fmt(latest[i])}`)).filter(Boolean).join(', ');
     el.dataset.points = String(pts.length);
-    el.dataset.latest = String(last);
-    now.textContent = fmt(last);
-    const n = pts.length;
-    svg.setAttribute('aria-label', `${title}: ${fmt(last)} now; ${n} sample${n === 1 ? '' : 's'} over the last ${ago(range).slice(1)}`);
+    el.dataset.series = String(series.length);
+    if (latest[0] !== null) el.dataset.latest = String(latest[0]); else delete el.dataset.latest;
+    if (multi) {
+      replace(now, series.map((ser, i) => h('span', { class: 'chart-key' }, h('span', { class: `chart-swatch chart-s${i}`, 'aria-hidden': 'true' }),
+        `${ser.name} ${latest[i] === null ? '–' : fmt(latest[i])}`)));
+    } else now.textContent = text;
+    const n = all.length;
+    svg.setAttribute('aria-label', `${title}: ${text} now; ${n} sample${n === 1 ? '' : 's'} over the last ${ago(range).slice(1)}`);
   }
 
   empty('loading…');

@@ -35,6 +35,7 @@ export function toast(msg, kind = 'info') {
   const box = document.getElementById('toasts');
   const t = h('div', { class: `toast ${kind}`, id: `toast-${++toastSeq}` }, msg);
   box.append(t);
+  while (box.children.length > 4) box.firstElementChild.remove(); // the newest few only
   setTimeout(() => t.remove(), kind === 'error' ? 9000 : 4000);
 }
 
@@ -58,4 +59,41 @@ export function fmtTime(t) {
   if (!t) return '–';
   const d = new Date(t);
   return isNaN(d) ? t : d.toLocaleString();
+}
+
+// A labelled form field: <div class="field"><label for=id>…</label> input [help]</div>.
+export function field(id, label, input, help) {
+  input.id = id;
+  if (help) input.setAttribute('aria-describedby', `${id}-help`);
+  return h('div', { class: 'field' }, h('label', { for: id }, label), input,
+    help ? h('p', { class: 'muted small', id: `${id}-help` }, help) : null);
+}
+
+export function fmtBytes(b) {
+  if (b === undefined || b === null || !isFinite(b)) return '–';
+  const u = ['B', 'KiB', 'MiB', 'GiB', 'TiB', 'PiB'];
+  let i = 0;
+  while (Math.abs(b) >= 1024 && i < u.length - 1) { b /= 1024; i++; }
+  return `${i ? b.toFixed(b >= 100 ? 0 : 1) : Math.round(b)} ${u[i]}`;
+}
+
+// An error line for a form (role=alert); set('') hides it.
+export function errorLine(id) {
+  const el = h('p', { class: 'error', role: 'alert', id, hidden: true });
+  el.set = (m) => { el.textContent = m || ''; el.hidden = !m; };
+  return el;
+}
+
+// A modal yes/no; resolves true when the user confirms.
+export function confirmDialog(title, text, yes) {
+  return new Promise((resolve) => {
+    const dlg = h('dialog', { class: 'dialog', 'aria-labelledby': 'cfm-title', 'aria-describedby': 'cfm-desc' },
+      h('h2', { id: 'cfm-title' }, title), h('p', { id: 'cfm-desc' }, text),
+      h('form', { method: 'dialog', class: 'dialog-buttons' },
+        h('button', { class: 'btn', value: 'cancel', autofocus: true }, 'Cancel'),
+        h('button', { class: 'btn danger', value: 'yes' }, yes)));
+    dlg.addEventListener('close', () => { const y = dlg.returnValue === 'yes'; dlg.remove(); resolve(y); });
+    document.body.append(dlg);
+    dlg.showModal();
+  });
 }

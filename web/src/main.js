@@ -9,6 +9,11 @@ import { vmListPage } from './pages/vmlist.js';
 import { vmDetailPage } from './pages/vmdetail.js';
 import { createPage } from './pages/create.js';
 import { topologyPage } from './pages/topology.js';
+import { networksPage } from './pages/networks.js';
+import { securityGroupsPage } from './pages/secgroups.js';
+import { storagePage } from './pages/storage.js';
+import { alertsPage } from './pages/alerts.js';
+import { tasksPage } from './pages/tasks.js';
 
 const main = document.getElementById('main');
 const top = document.getElementById('top');
@@ -20,8 +25,14 @@ const ROUTES = [
   { re: /^#?\/?$/, nav: 'dashboard', page: dashboardPage, title: 'Dashboard' },
   { re: /^#\/vms\/?$/, nav: 'vms', page: vmListPage, title: 'Virtual machines' },
   { re: /^#\/vms\/([^/]+)(?:\/([a-z]+))?$/, nav: 'vms', page: vmDetailPage, title: null },
-  { re: /^#\/create$/, nav: 'create', page: createPage, title: 'Create VM' },
+  { re: /^#\/create(?:\?template=([^&]*))?$/, nav: 'create', page: createPage, title: 'Create VM' },
   { re: /^#\/topology$/, nav: 'topology', page: topologyPage, title: 'Topology' },
+  { re: /^#\/networks\/?$/, nav: 'networks', page: networksPage, title: 'Networks' },
+  { re: /^#\/networks\/([^/]+)$/, nav: 'networks', page: networksPage, title: null },
+  { re: /^#\/security-groups\/?$/, nav: 'networks', page: securityGroupsPage, title: 'Security groups' },
+  { re: /^#\/storage\/?$/, nav: 'storage', page: storagePage, title: 'Storage' },
+  { re: /^#\/alerts\/?$/, nav: 'alerts', page: alertsPage, title: 'Alerts' },
+  { re: /^#\/tasks\/?$/, nav: 'dashboard', page: tasksPage, title: 'Tasks' },
 ];
 
 function teardown() {
@@ -53,7 +64,7 @@ function route() {
     if (a.dataset.nav === r.nav) a.setAttribute('aria-current', 'page');
     else a.removeAttribute('aria-current');
   }
-  document.title = `${r.title || decodeURIComponent(params[0])} · kvmhost`;
+  document.title = `${r.title || decodeURIComponent(params[0] || '')} · kvmhost`;
   // Same page with other parameters (a VM's tabs): let it update itself.
   if (current && current.route === r && current.cleanup && current.cleanup.update &&
       current.cleanup.update(params)) return;

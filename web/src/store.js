@@ -7,7 +7,7 @@ export const store = { host: null, vms: new Map(), events: [], connected: false 
 const listeners = new Set();
 const MAX_EVENTS = 300;
 const EVENT_TYPES = ['vm.created', 'vm.updated', 'vm.deleted', 'vm.state', 'vm.reset',
-  'task.updated', 'host.accelerator'];
+  'task.updated', 'host.accelerator', 'vm.limits_failed', 'alert.firing', 'alert.resolved'];
 let source = null;
 const refetchTimers = new Map();
 

@@ -175,8 +175,15 @@ class Case:
                     if j["node-name"] in encrypted:
                         enc = ["--object", "secret,id=s0,data=" + SECRET,
                                "-o", "encrypt.format=luks,encrypt.key-secret=s0"]
-                    subprocess.run(["qemu-img", "create", "-q", "-f", fmt] + enc + [img, "16M"],
-                                   check=True)
+                    # LUKS times its PBKDF on this CPU: on a loaded host qemu-img
+                    # sometimes cannot measure ("accurate CPU usage"); try again
+                    for attempt in range(5):
+                        p = subprocess.run(["qemu-img", "create", "-q", "-f", fmt] + enc +
+                                           [img, "16M"], capture_output=True, text=True)
+                        if p.returncode == 0 or "accurate CPU" not in p.stderr:
+                            break
+                    if p.returncode != 0:
+                        raise RuntimeError("qemu-img create: " + p.stderr.strip())
                     fn = j["filename"]
                     if fn.startswith("/dev/fdset/"):
                         target = addfd[fn[len("/dev/fdset/"):]]

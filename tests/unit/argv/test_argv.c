@@ -167,7 +167,8 @@ static char *run_case(const char *name, const json_t *tc, bool *is_err)
     static const char *const env_keys[] = { "binary", "vm_id", "accel", "qmp_fd", "serial_fd",
                                             "pidfile", "vnc_socket", "kernel_file",
                                             "initrd_file", "disk_fds", "backing_fds", "nic_fds",
-                                            "nic_vhost_fds", "tsc_khz", "secret_fds", NULL };
+                                            "nic_vhost_fds", "tsc_khz", "secret_fds",
+                                            "backing_secret_fds", NULL };
     const json_t *sj = json_object_get(tc, "spec");
     const json_t *cj = json_object_get(tc, "caps");
     const json_t *ej = json_object_get(tc, "env");
@@ -189,7 +190,8 @@ static char *run_case(const char *name, const json_t *tc, bool *is_err)
 
     /* "resolved": what the VM manager fills in for volume disks at start
      * (file, format and backing chain from the storage records), per disk
-     * index: {"path", "format", "backing": [{"path", "format"}, ...]}. */
+     * index: {"path", "format", "backing": [{"path", "format"}, ...],
+     * "encrypted", "direct"}. */
     const json_t *rj = json_object_get(tc, "resolved");
     for (size_t i = 0; i < json_array_size(rj) && i < spec->ndisks; i++) {
         const json_t *r = json_array_get(rj, i);
@@ -201,6 +203,7 @@ static char *run_case(const char *name, const json_t *tc, bool *is_err)
         d->format = strcmp(opt_str(r, "format", "raw"), "qcow2") == 0 ? KH_DISK_QCOW2
                                                                        : KH_DISK_RAW;
         d->encrypted = json_is_true(json_object_get(r, "encrypted"));
+        d->direct = json_is_true(json_object_get(r, "direct"));
         const json_t *bk = json_object_get(r, "backing");
         d->nbacking = json_array_size(bk);
         d->backing = d->nbacking ? xcalloc(d->nbacking, sizeof(*d->backing)) : NULL;
@@ -209,6 +212,7 @@ static char *run_case(const char *name, const json_t *tc, bool *is_err)
             d->backing[j].path = xstrdup(opt_str(l, "path", NULL));
             d->backing[j].format = strcmp(opt_str(l, "format", "raw"), "qcow2") == 0
                                        ? KH_DISK_QCOW2 : KH_DISK_RAW;
+            d->backing[j].encrypted = json_is_true(json_object_get(l, "encrypted"));
         }
     }
     /* "backing_fds": per disk null or an array of fds, one per layer. */
@@ -223,6 +227,21 @@ static char *run_case(const char *name, const json_t *tc, bool *is_err)
             bfds[i] = xcalloc(json_array_size(a) + 1, sizeof(int));
             for (size_t j = 0; j < json_array_size(a); j++)
                 bfds[i][j] = (int)json_integer_value(json_array_get(a, j));
+        }
+    }
+
+    /* "backing_secret_fds": per disk null or an array, one per layer (-1: none). */
+    const json_t *bsj = json_object_get(ej, "backing_secret_fds");
+    int **bsfds = NULL;
+    if (json_is_array(bsj)) {
+        bsfds = xcalloc(spec->ndisks + 1, sizeof(int *));
+        for (size_t i = 0; i < json_array_size(bsj) && i < spec->ndisks; i++) {
+            const json_t *a = json_array_get(bsj, i);
+            if (!json_is_array(a))
+                continue;
+            bsfds[i] = xcalloc(json_array_size(a) + 1, sizeof(int));
+            for (size_t j = 0; j < json_array_size(a); j++)
+                bsfds[i][j] = (int)json_integer_value(json_array_get(a, j));
         }
     }
 
@@ -275,6 +294,7 @@ static char *run_case(const char *name, const json_t *tc, bool *is_err)
         .disk_fds = fds,
         .backing_fds = (const int *const *)bfds,
         .secret_fds = sfds,
+        .backing_secret_fds = (const int *const *)bsfds,
         .nic_fds = nfds,
         .nic_vhost_fds = vfds,
         .tsc_khz = (unsigned)int_or(ej, "tsc_khz", 0),
@@ -303,6 +323,9 @@ static char *run_case(const char *name, const json_t *tc, bool *is_err)
     for (size_t i = 0; bfds && i < spec->ndisks; i++)
         free(bfds[i]);
     free(bfds);
+    for (size_t i = 0; bsfds && i < spec->ndisks; i++)
+        free(bsfds[i]);
+    free(bsfds);
     free(nfds);
     free(vfds);
     kh_vm_spec_free(spec);

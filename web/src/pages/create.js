@@ -1,18 +1,13 @@
 // create.js - the create wizard: basics, boot, review. Talks only to
 // POST /api/v1/vms (and start, when asked).
-import { h, replace, toast, fmtMiB } from '../dom.js';
+import { h, replace, toast, fmtMiB, field } from '../dom.js';
 import { api, vmPath } from '../api.js';
 
 const NAME_RE = /^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$/;
+const isIPv4 = (s) => /^\d{1,3}(\.\d{1,3}){3}$/.test(s) && s.split('.').every((o) => Number(o) <= 255);
 
-function field(id, label, input, help) {
-  input.id = id;
-  if (help) input.setAttribute('aria-describedby', `${id}-help`);
-  return h('div', { class: 'field' }, h('label', { for: id }, label), input,
-    help ? h('p', { class: 'muted small', id: `${id}-help` }, help) : null);
-}
-
-export function createPage(main) {
+export function createPage(main, params = []) {
+  const wantTemplate = params[0] ? decodeURIComponent(params[0]) : '';
   const f = {
     name: h('input', { type: 'text', required: true, maxlength: 64, pattern: NAME_RE.source, autocomplete: 'off', spellcheck: 'false' }),
     vcpus: h('input', { type: 'number', min: 1, max: 255, value: 1, required: true }),
@@ -27,6 +22,7 @@ export function createPage(main) {
     start: h('input', { type: 'checkbox', checked: true }),
     volume: h('select', {}, h('option', { value: '' }, 'none')),
     network: h('select', {}, h('option', { value: '' }, 'none (no network card)')),
+    nicIp: h('input', { type: 'text', placeholder: 'dynamic (from DHCP)', spellcheck: 'false' }),
     template: h('select', {}, h('option', { value: '' }, 'none: define the VM in the next step')),
   };
   const cloneLinked = h('input', { type: 'radio', name: 'clone', id: 'clone-linked', value: 'linked', checked: true });
@@ -49,6 +45,10 @@ export function createPage(main) {
       for (const t of templates || []) tpls.set(t.name, t);
       for (const t of templates || []) f.template.append(h('option', { value: t.name }, `${t.name} (${t.vcpus} vCPU, ${fmtMiB(t.memory_mib)})`));
       templateBox.hidden = !(templates || []).length;
+      if (wantTemplate && tpls.has(wantTemplate)) {
+        f.template.value = wantTemplate;
+        f.template.dispatchEvent(new Event('change'));
+      }
       cloneBox.hidden = !fromTemplate();
     } catch { /* no templates */ }
     try {
@@ -63,6 +63,10 @@ export function createPage(main) {
       for (const n of networks || []) f.network.append(h('option', { value: n.name }, `${n.name}${n.type ? ` (${n.type})` : ''}`));
     } catch { /* no networks on this daemon */ }
   })();
+  const ipBox = field('nic-ip', 'Reserved IP on that network (optional)', f.nicIp, 'A static DHCP reservation (nat and isolated networks).');
+  const syncNet = () => { ipBox.hidden = !f.network.value; };
+  f.network.addEventListener('change', syncNet);
+  syncNet();
   const bootKernel = h('input', { type: 'radio', name: 'bootmode', id: 'boot-kernel', value: 'kernel', checked: true });
   const bootDisk = h('input', { type: 'radio', name: 'bootmode', id: 'boot-disk', value: 'disk' });
   const kernelBox = h('div', { class: 'sub' },
@@ -87,6 +91,7 @@ export function createPage(main) {
       field('disk-path', 'Or a disk image (absolute path; optional with a kernel)', f.disk),
       field('disk-format', 'Disk format', f.format),
       field('network', 'Network', f.network),
+      ipBox,
       field('graphics', 'Graphics', f.graphics)),
     h('fieldset', { class: 'step' }, h('legend', {}, '3. Review'),
       review,
@@ -123,7 +128,10 @@ export function createPage(main) {
     if (f.volume.value) disks.push({ volume: f.volume.value });
     if (f.disk.value.trim()) disks.push({ path: f.disk.value.trim(), format: f.format.value });
     if (disks.length) s.disks = disks;
-    if (f.network.value) s.nics = [{ network: f.network.value }];
+    if (f.network.value) {
+      s.nics = [{ network: f.network.value }];
+      if (f.nicIp.value.trim()) s.nics[0].ip = f.nicIp.value.trim();
+    }
     return s;
   }
 
@@ -141,6 +149,7 @@ export function createPage(main) {
       if (f.initrd.value.trim() && !f.initrd.value.trim().startsWith('/')) return bad(f.initrd, 'The initrd must be an absolute path.');
       if (bootDisk.checked && !f.disk.value.trim() && !f.volume.value) return bad(f.volume, 'Booting from a disk needs a volume or a disk image.');
       if (f.disk.value.trim() && !f.disk.value.trim().startsWith('/')) return bad(f.disk, 'The disk must be an absolute path.');
+      if (f.network.value && f.nicIp.value.trim() && !isIPv4(f.nicIp.value.trim())) return bad(f.nicIp, 'The reserved IP must be an IPv4 address such as 10.10.0.5.');
     }
     return null;
   }
@@ -163,7 +172,7 @@ export function createPage(main) {
         h('dt', {}, 'Boot'), h('dd', {}, s.boot ? h('code', {}, `${s.boot.kernel}${s.boot.initrd ? ` + ${s.boot.initrd}` : ''}`) : 'first disk'),
         s.boot && s.boot.cmdline ? [h('dt', {}, 'Command line'), h('dd', {}, h('code', {}, s.boot.cmdline))] : null,
         h('dt', {}, 'Disks'), h('dd', {}, s.disks ? s.disks.map((d) => h('div', {}, h('code', {}, d.volume ? `volume ${d.volume}` : `${d.path} (${d.format})`))) : 'none'),
-        h('dt', {}, 'Network'), h('dd', {}, s.nics ? s.nics[0].network : 'none'),
+        h('dt', {}, 'Network'), h('dd', {}, s.nics ? `${s.nics[0].network}${s.nics[0].ip ? `, reserved IP ${s.nics[0].ip}` : ''}` : 'none'),
         h('dt', {}, 'Graphics'), h('dd', {}, s.graphics));
     }
     const first = steps[step].querySelector('input:not([type=radio]), select');

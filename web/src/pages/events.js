@@ -11,6 +11,9 @@ function describe(ev) {
     case 'vm.updated': return 'settings changed';
     case 'vm.deleted': return 'deleted';
     case 'vm.reset': return 'reset';
+    case 'vm.limits_failed': return `limits not applied${d.message ? `: ${d.message}` : ''}`;
+    case 'alert.firing': return `${d.rule}: ${d.metric} ${d.op} ${d.threshold} (now ${typeof d.value === 'number' ? d.value.toFixed(1) : '?'})`;
+    case 'alert.resolved': return `${d.rule} resolved`;
     default: return '';
   }
 }

@@ -1,21 +1,35 @@
-// snapshots.js - the VM detail's Snapshots tab: list, take, revert, delete.
-import { h, replace, fmtTime, toast } from '../dom.js';
+// snapshots.js - the VM detail's Snapshots tab: the snapshot tree (each
+// snapshot under its parent, the current one marked), take, revert, delete.
+import { h, replace, fmtTime, toast, confirmDialog } from '../dom.js';
 import { api, vmPath } from '../api.js';
 
 const when = (t) => fmtTime(typeof t === 'number' ? t * 1000 : t);
 
-// A modal yes/no; resolves true when the user confirms.
-export function confirmDialog(title, text, yes) {
-  return new Promise((resolve) => {
-    const dlg = h('dialog', { class: 'dialog', 'aria-labelledby': 'cfm-title', 'aria-describedby': 'cfm-desc' },
-      h('h2', { id: 'cfm-title' }, title), h('p', { id: 'cfm-desc' }, text),
-      h('form', { method: 'dialog', class: 'dialog-buttons' },
-        h('button', { class: 'btn', value: 'cancel', autofocus: true }, 'Cancel'),
-        h('button', { class: 'btn danger', value: 'yes' }, yes)));
-    dlg.addEventListener('close', () => { const y = dlg.returnValue === 'yes'; dlg.remove(); resolve(y); });
-    document.body.append(dlg);
-    dlg.showModal();
-  });
+// The snapshots in tree order (depth first, each parent before its
+// children, siblings oldest first), each with its depth. A snapshot whose
+// parent is not listed is a root.
+export function snapshotTree(snaps) {
+  const names = new Set(snaps.map((s) => s.name));
+  const kids = new Map();
+  const roots = [];
+  for (const s of snaps) {
+    if (s.parent && names.has(s.parent) && s.parent !== s.name) {
+      if (!kids.has(s.parent)) kids.set(s.parent, []);
+      kids.get(s.parent).push(s);
+    } else roots.push(s);
+  }
+  const out = [];
+  const seen = new Set();
+  const walk = (s, depth) => {
+    if (seen.has(s.name)) return; // a cycle would be a daemon bug; never loop
+    seen.add(s.name);
+    const children = kids.get(s.name) || [];
+    out.push({ ...s, depth, children: children.map((c) => c.name) });
+    for (const c of children) walk(c, depth + 1);
+  };
+  for (const r of roots) walk(r, 0);
+  for (const s of snaps) walk(s, 0); // anything left (a cycle): flat
+  return out;
 }
 
 export function snapshotsPanel(vm) {
@@ -43,21 +57,32 @@ export function snapshotsPanel(vm) {
   }
 
   async function load() {
-    let snaps;
+    let snaps, current;
     const my = ++seq;
     try {
-      snaps = (await api('GET', vmPath(name, '/snapshots'))).snapshots || [];
+      const r = await api('GET', vmPath(name, '/snapshots'));
+      snaps = r.snapshots || [];
+      current = r.current ?? (snaps.find((s) => s.current) || {}).name ?? null;
     } catch (e) {
       if (my === seq) replace(list, h('p', { class: 'muted' }, `Cannot list snapshots: ${e.message}`));
       return;
     }
     if (my !== seq) return;
     if (!snaps.length) { replace(list, h('p', { class: 'muted' }, 'No snapshots.')); return; }
-    replace(list, h('table', { class: 'mini', id: 'snap-table' },
-      h('thead', {}, h('tr', {}, h('th', { scope: 'col' }, 'Name'), h('th', { scope: 'col' }, 'Kind'),
+    const tree = snapshotTree(snaps);
+    replace(list, h('table', { class: 'mini snap-tree', id: 'snap-table' },
+      h('caption', { class: 'muted small' }, 'Each snapshot is listed under its parent (the snapshot that was current when it was taken). ',
+        current ? ['The VM derives from ', h('code', {}, current), ' (current): a new snapshot becomes its child.'] : 'No snapshot is current: a new one starts a new tree.'),
+      h('thead', {}, h('tr', {}, h('th', { scope: 'col' }, 'Name'), h('th', { scope: 'col' }, 'Parent'), h('th', { scope: 'col' }, 'Kind'),
         h('th', { scope: 'col' }, 'Taken'), h('th', { scope: 'col' }, h('span', { class: 'sr-only' }, 'Actions')))),
-      h('tbody', {}, snaps.map((s) => h('tr', { dataset: { snap: s.name } },
-        h('td', {}, h('code', {}, s.name)),
+      h('tbody', {}, tree.map((s) => h('tr', { dataset: { snap: s.name, depth: String(s.depth), parent: s.parent || '' }, class: s.name === current ? 'current' : null },
+        h('td', { class: 'snap-name' },
+          h('span', { class: 'snap-indent', style: `padding-left: ${Math.min(s.depth, 12) * 1.25}em` },
+            s.depth ? h('span', { class: 'snap-branch', 'aria-hidden': 'true' }, '└ ') : null,
+            h('code', {}, s.name)),
+          s.name === current ? h('span', { class: 'badge current-badge', title: 'the VM derives from this snapshot' }, 'current') : null,
+          s.children.length ? h('span', { class: 'muted small' }, ` ${s.children.length} ${s.children.length === 1 ? 'child' : 'children'}`) : null),
+        h('td', {}, s.parent ? h('code', {}, s.parent) : h('span', { class: 'muted' }, '– (root)')),
         h('td', {}, s.memory ? 'memory' : 'disk-only'),
         h('td', {}, when(s.created_at)),
         h('td', {}, h('div', { class: 'actions' },
@@ -70,7 +95,8 @@ export function snapshotsPanel(vm) {
             } }, 'Revert'),
           h('button', { type: 'button', class: 'btn small danger', 'aria-label': `Delete snapshot ${s.name}`,
             onclick: async () => {
-              if (await confirmDialog('Delete snapshot', `Delete the snapshot ${s.name} of ${name}?`, 'Delete')) {
+              if (await confirmDialog('Delete snapshot', `Delete the snapshot ${s.name} of ${name}?${s.children.length
+                ? ` Its children (${s.children.join(', ')}) move up to ${s.parent || 'the top'}; their data is kept.` : ''}`, 'Delete')) {
                 run(`Delete ${s.name}`, 'DELETE', `/snapshots/${encodeURIComponent(s.name)}?wait=120`);
               }
             } }, 'Delete'))))))));

@@ -71,7 +71,7 @@ function graph() {
 
 function list() {
   const vms = [...store.vms.values()].sort((a, b) => a.name.localeCompare(b.name));
-  return h('ul', { class: 'topo-list', 'aria-label': 'Host, VMs and their disks' },
+  return h('ul', { class: 'topo-list', 'aria-label': 'Host, VMs, their disks and networks' },
     vms.map((vm) => h('li', {}, h('a', { href: `#/vms/${encodeURIComponent(vm.name)}` }, vm.name), ` (${vm.state})`,
       h('ul', {},
         vm.boot && vm.boot.kernel ? h('li', {}, 'kernel ', h('code', {}, vm.boot.kernel)) : null,
@@ -87,7 +87,7 @@ export function topologyPage(main) {
     replace(details, h('summary', {}, 'As a list'), list());
   };
   replace(main, h('h1', { class: 'page-title' }, 'Topology'),
-    h('p', { class: 'muted small' }, 'The host, its VMs (border: state) and what they boot from. Select a VM to open it.'),
+    h('p', { class: 'muted small' }, 'The host, its networks, its VMs (border: state) and the kernels and volumes they boot from. Select a VM to open it.'),
     box, details);
   render();
   loadVms().catch(() => {});

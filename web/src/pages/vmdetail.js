@@ -1,10 +1,12 @@
-// vmdetail.js - one VM: summary, serial console, settings, events (tabs).
-import { h, replace, fmtMiB, fmtTime, toast } from '../dom.js';
+// vmdetail.js - one VM: summary, consoles, disks, snapshots, settings, events (tabs).
+import { h, replace, fmtMiB, fmtTime, toast, confirmDialog } from '../dom.js';
 import { api, vmPath } from '../api.js';
 import { store, subscribe, loadVms } from '../store.js';
 import { actionButtons, stateBadge } from '../actions.js';
 import { eventRow } from './events.js';
 import { snapshotsPanel } from './snapshots.js';
+import { disksPanel } from './disks.js';
+import { nicsEditor } from './nics.js';
 import { lineChart, pollMetrics, column, chartsGrid } from '../chart.js';
 
 const RANGE = 300; // seconds of history in the charts
@@ -36,6 +38,7 @@ const TABS = [
   { id: 'summary', label: 'Summary' },
   { id: 'console', label: 'Console' },
   { id: 'display', label: 'Display' },
+  { id: 'disks', label: 'Disks' },
   { id: 'snapshots', label: 'Snapshots' },
   { id: 'settings', label: 'Settings' },
   { id: 'events', label: 'Events' },
@@ -74,7 +77,9 @@ function summary(vm, charts) {
         `${d.format ? ` ${d.format}` : ''}${d.readonly ? ', read-only' : ''}`)))
         : h('p', { class: 'muted' }, 'No disks.'),
       (vm.nics || []).length ? h('ul', { class: 'disks', 'aria-label': 'Network interfaces' }, vm.nics.map((n, i) => h('li', {},
-        h('span', { class: 'badge' }, `nic${i}`), ` network ${n.network}`, n.mac ? [' ', h('code', {}, n.mac)] : null, n.ip ? ` ${n.ip}` : '')))
+        h('span', { class: 'badge' }, `nic${i}`), ' network ', h('a', { href: `#/networks/${encodeURIComponent(n.network)}` }, n.network),
+        n.mac ? [' ', h('code', {}, n.mac)] : null, n.ip ? ` ${n.ip}` : '',
+        (n.security_groups || []).length ? h('span', { class: 'muted small' }, ` security groups: ${n.security_groups.join(', ')}`) : null)))
         : null),
     charts.card);
 }
@@ -97,6 +102,7 @@ function settingsForm(vm) {
     ['memory_max_mib', 'Memory hard limit (MiB)', vm.memory_mib || 16, 16777216],
   ].map(([key, label, min, max]) => ({ key, label,
     input: h('input', { id: `lim-${key}`, type: 'number', min, max, step: 1, value: lim[key] ?? '', placeholder: 'none' }) }));
+  const nics = nicsEditor(vm, stopped && !vm.template);
   const form = h('form', { class: 'card form', 'aria-labelledby': 'set-title' },
     h('h2', { id: 'set-title' }, 'Settings'),
     stopped ? null : h('p', { class: 'note' }, 'CPU, memory and graphics can be changed while the VM is stopped; description and limits now.'),
@@ -106,8 +112,23 @@ function settingsForm(vm) {
     h('div', { class: 'field' }, h('label', { for: 'set-desc' }, 'Description'), desc),
     h('fieldset', { class: 'limits' }, h('legend', {}, 'Limits (applied live; empty = none)'),
       LIMITS.map((l) => h('div', { class: 'field' }, h('label', { for: l.input.id }, l.label), l.input))),
+    nics.el,
     err,
-    h('div', { class: 'buttons' }, h('button', { type: 'submit', class: 'btn primary' }, 'Save')));
+    h('div', { class: 'buttons' }, h('button', { type: 'submit', class: 'btn primary' }, 'Save'),
+      vm.template ? h('span', { class: 'badge' }, 'template')
+        : h('button', { type: 'button', class: 'btn', disabled: !stopped, id: 'make-template',
+          title: stopped ? 'Its volumes turn read-only; it can no longer start' : 'Stop the VM first',
+          onclick: async () => {
+            if (!await confirmDialog('Make a template', `Make ${vm.name} a template? Its volumes turn read-only and it can no longer start; new VMs clone it.`, 'Make template')) return;
+            try {
+              const updated = await api('POST', vmPath(vm.name, '/template'));
+              store.vms.set(vm.name, updated);
+              toast(`${vm.name} is now a template`, 'ok');
+            } catch (ex) {
+              err.textContent = ex.message;
+              err.hidden = false;
+            }
+          } }, 'Make template')));
   form.addEventListener('submit', async (e) => {
     e.preventDefault();
     err.hidden = true;
@@ -120,6 +141,7 @@ function settingsForm(vm) {
       const v = l.input.value === '' ? null : Number(l.input.value);
       if (v !== (lim[l.key] ?? null)) (patch.limits ||= {})[l.key] = v;
     }
+    if (nics.changed()) patch.nics = nics.value();
     if (!Object.keys(patch).length) { toast('Nothing changed'); return; }
     try {
       const updated = await api('PATCH', vmPath(vm.name), patch);
@@ -182,7 +204,8 @@ export function vmDetailPage(main, params) {
     if (!termBox) {
       termBox = h('div', { class: 'terminal', id: 'terminal' });
       consoleStatus = h('span', { class: 'muted small', id: 'console-status', role: 'status' });
-      replace(panel, h('div', { class: 'console-head' }, h('h2', {}, 'Serial console'), consoleStatus), termBox);
+      replace(panel, h('div', { class: 'console-head' }, h('h2', {}, 'Serial console'), consoleStatus,
+        h('a', { href: vmPath(name, '/console/log'), download: `${name}-console.log`, class: 'btn small', id: 'console-log' }, 'Download log')), termBox);
       consoleStatus.textContent = 'loading…';
       const mod = await import('../console.js');
       if (!termBox.isConnected) return;
@@ -240,12 +263,14 @@ export function vmDetailPage(main, params) {
   }
 
   let snaps = null; // the snapshots panel, kept across state changes
+  let disksP = null; // the disks panel: its form is kept across updates
   let chartsFor = null; // the VM state the charts were last refreshed for, on the summary tab
   function renderPanel(vm) {
     if (tab !== 'summary') chartsFor = null;
     if (tab !== 'console') dropConsole();
     if (tab !== 'display') dropDisplay();
     if (tab !== 'snapshots') snaps = null;
+    if (tab !== 'disks') disksP = null;
     if (tab === 'summary') {
       if (!UP.includes(vm.state)) charts.notRunning();
       else if (chartsFor !== vm.state) charts.refresh(); // the tab shows, or the VM came up
@@ -253,6 +278,7 @@ export function vmDetailPage(main, params) {
       replace(panel, summary(vm, charts));
     } else if (tab === 'settings') replace(panel, settingsForm(vm));
     else if (tab === 'snapshots') replace(panel, snaps = snapshotsPanel(vm));
+    else if (tab === 'disks') replace(panel, disksP = disksPanel(vm));
     else if (tab === 'events') {
       const evs = store.events.filter((e) => e.vm === name);
       replace(panel, h('section', { class: 'card' }, h('h2', {}, 'Events'),
@@ -276,6 +302,7 @@ export function vmDetailPage(main, params) {
     // console reconnects when the VM comes up.
     if (full || tab === 'summary' || tab === 'events' || (tab === 'settings' && stateChanged)) renderPanel(vm);
     else if (tab === 'snapshots' && stateChanged && snaps) snaps.refresh(vm);
+    else if (tab === 'disks' && disksP) disksP.refresh(vm);
     else if (tab === 'console' && stateChanged) showConsole(vm);
     else if (tab === 'display' && stateChanged) showDisplay(vm);
   }

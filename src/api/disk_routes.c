@@ -1,0 +1,83 @@
+/* disk_routes.c - /api/v1/vms/{name}/disks: attach and detach (vm/disk.h).
+ *
+ * Both answer when the change is done (a hot-unplug waits for the guest);
+ * a client that leaves meanwhile does not stop it. */
+#include <stdlib.h>
+#include <string.h>
+
+#include "api/api.h"
+#include "util/mem.h"
+
+typedef struct pending {
+    kh_http_req *req; /* NULL once the client went away */
+} pending;
+
+static void on_gone(kh_http_req *req, void *opaque)
+{
+    (void)req;
+    pending *p = opaque;
+    p->req = NULL;
+}
+
+static void on_done(json_t *result, const kh_err *err, void *opaque)
+{
+    pending *p = opaque;
+    if (p->req) {
+        kh_http_req_on_abort(p->req, NULL, NULL);
+        if (result)
+            kh_http_reply_json(p->req, 200, result);
+        else
+            kh_http_reply_error(p->req, err);
+    } else {
+        json_decref(result);
+    }
+    free(p);
+}
+
+static void started(kh_http_req *req, pending *p, int rc, const kh_err *err)
+{
+    if (rc < 0) {
+        free(p);
+        kh_http_reply_error(req, err);
+        return;
+    }
+    kh_http_req_on_abort(req, on_gone, p);
+}
+
+void kh_disk_routes_attach(kh_http_req *req, void *app)
+{
+    kh_api *api = app;
+    kh_err err = KH_ERR_INIT;
+    json_t *body = kh_http_req_json(req, &err);
+    if (!body) {
+        kh_http_reply_error(req, &err);
+        return;
+    }
+    pending *p = xcalloc(1, sizeof(*p));
+    p->req = req;
+    int rc = kh_disk_attach(api->disks, kh_http_req_param(req, "name"), body, on_done, p, &err);
+    started(req, p, rc, &err);
+}
+
+void kh_disk_routes_detach(kh_http_req *req, void *app)
+{
+    kh_api *api = app;
+    kh_err err = KH_ERR_INIT;
+    unsigned timeout = 0;
+    const char *t = kh_http_req_query(req, "timeout");
+    if (t) {
+        char *end = NULL;
+        unsigned long v = strtoul(t, &end, 10);
+        if (!*t || *end || v == 0 || v > 600) {
+            kh_err_set(&err, KH_E_INVALID, "timeout: seconds, from 1 to 600");
+            kh_http_reply_error(req, &err);
+            return;
+        }
+        timeout = (unsigned)v;
+    }
+    pending *p = xcalloc(1, sizeof(*p));
+    p->req = req;
+    int rc = kh_disk_detach(api->disks, kh_http_req_param(req, "name"),
+                            kh_http_req_param(req, "index"), timeout, on_done, p, &err);
+    started(req, p, rc, &err);
+}

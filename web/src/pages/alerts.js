@@ -1,0 +1,113 @@
+// alerts.js - alert rules and the alerts pending or firing now (#/alerts):
+// GET /api/v1/alerts; the rules are edited as a table and replaced whole
+// (PUT /api/v1/alerts/rules, until the daemon restarts).
+import { h, replace, toast, errorLine, fmtTime } from '../dom.js';
+import { api } from '../api.js';
+import { subscribe } from '../store.js';
+
+const OPS = ['>', '>=', '<', '<='];
+const METRICS = {
+  host: ['cpu_percent', 'memory_used_percent', 'memory_used_bytes', 'load1', 'vms_running'],
+  vm: ['cpu_percent', 'cpu_saturation_percent', 'memory_bytes', 'rss_bytes'],
+};
+
+function ruleRow(i, r, onRemove) {
+  const id = (k) => `rule-${i}-${k}`;
+  const n = i + 1;
+  const name = h('input', { id: id('name'), type: 'text', value: r.name || '', size: 16, spellcheck: 'false', required: true });
+  const scope = h('select', { id: id('scope') }, h('option', { value: 'host' }, 'host'), h('option', { value: 'vm' }, 'each VM'));
+  scope.value = r.scope || 'host';
+  const metric = h('input', { id: id('metric'), type: 'text', value: r.metric || '', size: 20, spellcheck: 'false', list: 'alert-metrics', required: true });
+  const op = h('select', { id: id('op') }, OPS.map((o) => h('option', { value: o }, o)));
+  op.value = r.op || '>';
+  const threshold = h('input', { id: id('threshold'), type: 'number', step: 'any', value: r.threshold ?? '', size: 8, required: true });
+  const forS = h('input', { id: id('for'), type: 'number', min: 0, step: 'any', value: r.for_seconds ?? 60, size: 6 });
+  const cell = (input, label) => h('td', {}, h('label', { class: 'sr-only', for: input.id }, `Rule ${n} ${label}`), input);
+  const el = h('tr', { dataset: { rule: r.name || '' } },
+    r.predict_seconds ? h('td', {}, h('label', { class: 'sr-only', for: name.id }, `Rule ${n} name`), name,
+      h('div', { class: 'muted small' }, `trend: predicts ${Math.round(r.predict_seconds / 3600)} h ahead`)) : cell(name, 'name'),
+    cell(scope, 'scope'), cell(metric, 'metric'), cell(op, 'comparison'), cell(threshold, 'threshold'),
+    cell(forS, 'for seconds'),
+    h('td', {}, h('button', { type: 'button', class: 'btn small danger', 'aria-label': `Remove rule ${n}`, onclick: onRemove }, 'Remove')));
+  return {
+    el,
+    // keys this table does not edit (e.g. a trend rule's predict_seconds)
+    // go back as they came
+    value() {
+      return { ...r, name: name.value.trim(), scope: scope.value, metric: metric.value.trim(), op: op.value,
+        threshold: threshold.value === '' ? NaN : Number(threshold.value), for_seconds: forS.value === '' ? 0 : Number(forS.value) };
+    },
+    check() {
+      if (!name.value.trim()) { name.focus(); return `Rule ${n} needs a name.`; }
+      if (!metric.value.trim()) { metric.focus(); return `Rule ${n} needs a metric.`; }
+      if (threshold.value === '' || !isFinite(Number(threshold.value))) { threshold.focus(); return `Rule ${n} needs a numeric threshold.`; }
+      if (!(Number(forS.value) >= 0)) { forS.focus(); return `Rule ${n}: "for" must be 0 or more seconds.`; }
+      return null;
+    },
+  };
+}
+
+export function alertsPage(main) {
+  const active = h('div', { id: 'alerts-active', 'aria-live': 'polite' }, h('p', { class: 'muted' }, 'Loading…'));
+  const tbody = h('tbody', { id: 'rule-rows' });
+  const err = errorLine('rules-error');
+  let rules = [];
+  let rows = [];
+  const draw = () => {
+    rows = rules.map((r, i) => ruleRow(i, r, () => { rules = rows.map((x) => x.value()); rules.splice(i, 1); draw(); }));
+    replace(tbody, rows.length ? rows.map((r) => r.el) : h('tr', {}, h('td', { colspan: 7, class: 'muted' }, 'No rules: nothing alerts.')));
+  };
+  async function load(withRules) {
+    let a;
+    try {
+      a = await api('GET', '/api/v1/alerts');
+    } catch (e) {
+      replace(active, h('p', { class: 'muted' }, `Cannot load alerts: ${e.message}`));
+      return;
+    }
+    const act = a.active || [];
+    replace(active, act.length ? h('table', { class: 'mini', 'aria-label': 'Active alerts' },
+      h('thead', {}, h('tr', {}, ['Rule', 'State', 'VM', 'Value', 'Since'].map((c) => h('th', { scope: 'col' }, c)))),
+      h('tbody', {}, act.map((x) => h('tr', {},
+        h('td', {}, x.rule || x.name || '–'),
+        h('td', {}, h('span', { class: `badge ${x.state === 'firing' ? 'state-paused' : ''}` }, x.state || 'firing')),
+        h('td', {}, x.vm ? h('a', { href: `#/vms/${encodeURIComponent(x.vm)}` }, x.vm) : '–'),
+        h('td', { class: 'num' }, typeof x.value === 'number' ? x.value.toFixed(1) : '–'),
+        h('td', {}, fmtTime(typeof x.since === 'number' ? x.since * 1000 : x.since))))))
+      : h('p', { class: 'muted' }, 'No alert is pending or firing.'));
+    if (withRules) { rules = a.rules || []; draw(); }
+  }
+  const form = h('form', { class: 'card form wide', 'aria-labelledby': 'rules-title', novalidate: true },
+    h('h2', { id: 'rules-title' }, 'Rules'),
+    h('p', { class: 'muted small' }, 'A rule fires when its condition has held for "for" seconds; it is checked at every sampling round. Saved rules last until the daemon restarts (kvmhostd --alert-rules FILE makes them permanent).'),
+    h('datalist', { id: 'alert-metrics' }, [...new Set([...METRICS.host, ...METRICS.vm])].map((m) => h('option', { value: m }))),
+    h('div', { class: 'table-wrap flat' }, h('table', { class: 'mini rules', 'aria-label': 'Alert rules' },
+      h('thead', {}, h('tr', {}, ['Name', 'Scope', 'Metric', 'Is', 'Threshold', 'For (s)', ''].map((c) => h('th', { scope: 'col' }, c || h('span', { class: 'sr-only' }, 'Actions'))))),
+      tbody)),
+    err,
+    h('div', { class: 'buttons' },
+      h('button', { type: 'button', class: 'btn', onclick: () => {
+        rules = rows.map((x) => x.value()); rules.push({ scope: 'host', op: '>', for_seconds: 60 }); draw();
+        tbody.querySelector('tr:last-child input')?.focus();
+      } }, 'Add rule'),
+      h('button', { type: 'submit', class: 'btn primary' }, 'Save rules')));
+  form.addEventListener('submit', async (e) => {
+    e.preventDefault();
+    err.set('');
+    for (const r of rows) { const m = r.check(); if (m) { err.set(m); return; } }
+    try {
+      await api('PUT', '/api/v1/alerts/rules', { rules: rows.map((r) => r.value()) });
+      toast('Saved the alert rules', 'ok');
+      load(true);
+    } catch (ex) { err.set(ex.message); }
+  });
+  replace(main, h('h1', { class: 'page-title' }, 'Alerts'),
+    h('div', { class: 'grid' },
+      h('section', { class: 'card wide', 'aria-labelledby': 'active-title' }, h('h2', { id: 'active-title' }, 'Pending and firing'), active),
+      form));
+  draw();
+  load(true);
+  const unsub = subscribe((kind, ev) => { if (kind === 'event' && ev.type.startsWith('alert.')) load(false); });
+  const timer = setInterval(() => load(false), 10000);
+  return () => { unsub(); clearInterval(timer); };
+}
