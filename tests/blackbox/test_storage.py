@@ -790,6 +790,17 @@ def test_disk_hotplug_survives_daemon_kill(daemons, guest, consoles, tmp_path):
     wait_blocks(con, ["vda", "vdb", "vdc"])
     # busy refusals and the other rules hold on a running VM
     assert api.post("/api/v1/vms/hp/disks", {"volume": "default/gbase"}).status == 409
+    # QEMU refuses a broken image: every step is undone (no fd, node or port left)
+    r = api.post("/api/v1/pools/default/volumes", {"name": "broken", "size": "8M"})
+    assert r.status == 201, r
+    with open(vol_path(daemon, r.json), "r+b") as f:
+        f.write(b"QFI\xfb" + b"\xff" * 60)
+    nfds = len(os.listdir("/proc/%d/fd" % pid))
+    r = api.post("/api/v1/vms/hp/disks", {"volume": "default/broken"})
+    assert r.status == 502 and "blockdev-add" in r.error["message"], r
+    assert len(os.listdir("/proc/%d/fd" % pid)) == nfds
+    assert len(api.vm("hp")["disks"]) == 3
+    assert api.delete("/api/v1/pools/default/volumes/broken").status == 204
     assert api.delete("/api/v1/vms/hp/disks/0").status == 409  # cold-plugged on pcie.0
 
     con.run("echo hotplug-bytes-42 | dd of=/dev/vdb bs=512 conv=sync 2>/dev/null; sync; "
