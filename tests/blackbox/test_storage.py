@@ -1151,3 +1151,41 @@ def test_snapshot_tree(daemon, fake_boot, tmp_path):
     assert tree() == ({"b": None}, None)
     do("delete", "b")
     assert tree() == ({}, None)
+
+
+def test_volume_upload_interrupted(daemons):
+    """A client that goes away mid-upload, or a daemon killed -9 mid-upload,
+    leaves no file and no volume."""
+    import socket
+    import time
+    d = daemons()
+    api = d.api
+    pool = os.path.join(d.state_dir, "pools", "default")
+
+    def start_upload(name):
+        s = socket.socket(socket.AF_UNIX)
+        s.connect(d.socket)
+        s.sendall(b"PUT /api/v1/pools/default/volumes/%s/data?format=raw HTTP/1.1\r\n"
+                  b"Host: x\r\nTransfer-Encoding: chunked\r\n\r\n" % name.encode())
+        chunk = b"\x07" * 65536
+        for _ in range(8):
+            s.sendall(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+        deadline = time.time() + 10
+        while not [f for f in os.listdir(pool) if f.endswith(".part")]:
+            assert time.time() < deadline, "no upload under way"
+            time.sleep(0.05)
+        return s
+
+    s = start_upload("gone")
+    s.close()
+    deadline = time.time() + 10
+    while os.listdir(pool):
+        assert time.time() < deadline, os.listdir(pool)
+        time.sleep(0.05)
+    s = start_upload("killed")
+    d.kill9()
+    s.close()
+    assert [f for f in os.listdir(pool) if f.endswith(".part")]
+    d.restart()
+    assert os.listdir(pool) == []
+    assert d.api.get("/api/v1/pools/default/volumes").json["volumes"] == []
