@@ -734,8 +734,13 @@ def test_disk_attach_detach_stopped(daemon, fake_boot):
     assert api.delete("/api/v1/pools/default/volumes/d1").status == 409
     assert api.delete("/api/v1/vms/ds/disks/2").status == 404
     assert api.delete("/api/v1/vms/ds/disks/x").status == 400
+    # per-disk limits follow their disk
+    r = api.patch("/api/v1/vms/ds", {"limits": {"disk": [{"index": 0, "iops_total": 50},
+                                                          {"index": 1, "iops_total": 100}]}})
+    assert r.status == 200, r
     r = api.delete("/api/v1/vms/ds/disks/0")
     assert r.status == 200 and r.json["disks"] == [{"volume": "default/d2", "readonly": True}], r
+    assert r.json["limits"]["disk"] == [{"index": 0, "iops_total": 100}], r.json["limits"]
     assert api.delete("/api/v1/pools/default/volumes/d1").status == 204
     # the CLI
     cli = khlib.cli
