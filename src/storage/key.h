@@ -16,7 +16,7 @@
 #include "util/err.h"
 
 #define KH_KEY_MASTER_LEN 32
-#define KH_KEY_WRAPPED_HEX (2 * (12 + 32 + 16) + 1) /* iv | ciphertext | tag, hex */
+#define KH_KEY_WRAPPED_HEX 121 /* iv (12) | ciphertext (32) | tag (16), in hex, + NUL */
 
 typedef struct kh_key_master {
     unsigned char key[KH_KEY_MASTER_LEN];

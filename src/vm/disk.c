@@ -8,6 +8,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "conf/limits.h"
 #include "util/fs.h"
 #include "util/log.h"
 #include "util/mem.h"
@@ -631,6 +632,19 @@ static void remove_disk(kh_vm_disks *vd, size_t i)
     memmove(ds, ds + 1, (spec->ndisks - i - 1) * sizeof(*ds));
     memmove(&vd->node[i], &vd->node[i + 1], (spec->ndisks - i - 1) * sizeof(int));
     spec->ndisks--;
+    /* per-disk limits follow their disks: the detached one's go, the later
+     * ones move down one index */
+    kh_limits *l = spec->limits;
+    for (size_t k = 0; l && k < l->ndisks;) {
+        if (l->disks[k].index == i) {
+            memmove(&l->disks[k], &l->disks[k + 1], (l->ndisks - k - 1) * sizeof(*l->disks));
+            l->ndisks--;
+            continue;
+        }
+        if (l->disks[k].index > i)
+            l->disks[k].index--;
+        k++;
+    }
 }
 
 /* After the device is gone: every node, the iothread and the fd sets. */

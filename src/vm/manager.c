@@ -719,7 +719,7 @@ static void send_throttles(vm *v, const kh_limits *old)
             continue;
         kh_err e = KH_ERR_INIT;
         if (kh_qmp_command(v->qmp, "block_set_io_throttle",
-                           kh_quota_throttle_args((unsigned)i,
+                           kh_quota_throttle_args((unsigned)v->disk_node[i],
                                                   v->spec->machine == KH_MACHINE_Q35, now),
                            on_throttle_reply, v->qlink,
                            &e) < 0)

@@ -17,6 +17,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -1030,6 +1031,35 @@ static void q_next(qtest *q, json_t *ret, const kh_err *err)
             if (label && fn && strcmp(label, "ser0") == 0)
                 snprintf(q->serial_filename, sizeof(q->serial_filename), "%s", fn);
         }
+        /* An fd passed with the command's bytes (SCM_RIGHTS): disk hot-plug. */
+        int fd = memfd_create("kh-test", MFD_CLOEXEC);
+        kh_err e = KH_ERR_INIT;
+        CHECK(fd >= 0 && kh_qmp_command_fd(q->qmp, "add-fd",
+                                           json_pack("{s:i, s:s}", "fdset-id", 77, "opaque",
+                                                     "kh-test-fd"),
+                                           fd, q_reply, q, &e) == 0);
+        break;
+    }
+    case 7:
+        CHECK(err == NULL);
+        if (err)
+            printf("# add-fd: %s\n", err->msg);
+        CHECK(json_integer_value(json_object_get(ret, "fdset-id")) == 77);
+        CHECK(json_integer_value(json_object_get(ret, "fd")) > 2);
+        q_send(q, "query-fdsets");
+        break;
+    case 8: {
+        CHECK(err == NULL);
+        bool found = false;
+        size_t i;
+        json_t *set;
+        json_array_foreach(ret, i, set) {
+            json_t *f0 = json_array_get(json_object_get(set, "fds"), 0);
+            const char *op = json_string_value(json_object_get(f0, "opaque"));
+            found = found || (json_integer_value(json_object_get(set, "fdset-id")) == 77 && op &&
+                              strcmp(op, "kh-test-fd") == 0);
+        }
+        CHECK(found);
         q_send(q, "quit");
         break;
     }
@@ -1152,7 +1182,7 @@ static void qtest_run(qtest *q)
     uv_run(&q->loop, UV_RUN_DEFAULT);
     CHECK(!q->timed_out);
     CHECK(q->closed);
-    CHECK(q->step >= 7);
+    CHECK(q->step >= 9);
     int code = wait_exit(q->pid, 10);
     CHECK(code == 0);
     uv_close((uv_handle_t *)&q->timeout, NULL);
