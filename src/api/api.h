@@ -14,6 +14,7 @@
 
 #include "api/http.h"
 #include "storage/storage.h"
+#include "vm/nic.h"
 #include "vm/snapshot.h"
 #include "vm/event.h"
 #include "vm/manager.h"
@@ -28,6 +29,7 @@ typedef struct kh_api {
     kh_events *events;
     kh_storage *storage; /* pools and volumes (NULL: storage unavailable) */
     kh_snapshots *snapshots;
+    kh_nics *nics;     /* NIC add/remove/link (vm/nic.h) */
     json_t *host;      /* static host facts, computed at start (owned) */
     char *openapi;     /* generated once from the route table, serialised (owned):
                         * as text it is a fraction of its jansson tree */
@@ -59,6 +61,10 @@ void kh_vm_routes_resume(kh_http_req *req, void *app);
 /* Answer with a task: wait up to `wait` seconds for it (200 with the task,
  * or its error), else 202 with the running task (vm_routes.c). */
 void kh_vm_routes_reply_task(kh_http_req *req, kh_api *api, kh_task *task, int wait);
+
+void kh_nic_routes_add(kh_http_req *req, void *app);
+void kh_nic_routes_remove(kh_http_req *req, void *app);
+void kh_nic_routes_patch(kh_http_req *req, void *app);
 
 void kh_snapshot_routes_list(kh_http_req *req, void *app);
 void kh_snapshot_routes_create(kh_http_req *req, void *app);

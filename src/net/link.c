@@ -327,26 +327,41 @@ int kh_link_foreach(int (*cb)(const char *name, const kh_link_info *info, void *
     return rc;
 }
 
-int kh_link_tap_open(const char *name, kh_err *err)
+int kh_link_tap_open(const char *name, unsigned queues, int *fds, kh_err *err)
 {
     struct ifreq ifr;
     if (strlen(name) >= IFNAMSIZ) {
         kh_err_set(err, KH_E_INTERNAL, "tap name %s is too long", name);
         return -1;
     }
-    int fd = open("/dev/net/tun", O_RDWR | O_CLOEXEC);
-    if (fd < 0) {
-        kh_err_errno(err, KH_E_UNAVAILABLE, errno, "open /dev/net/tun");
+    if (queues < 1 || queues > KH_LINK_TAP_QUEUES_MAX) {
+        kh_err_set(err, KH_E_INTERNAL, "tap %s: %u queues (1..%d)", name, queues,
+                   KH_LINK_TAP_QUEUES_MAX);
         return -1;
     }
-    memset(&ifr, 0, sizeof(ifr));
-    snprintf(ifr.ifr_name, sizeof(ifr.ifr_name), "%s", name);
-    ifr.ifr_flags = IFF_TAP | IFF_NO_PI | IFF_VNET_HDR;
-    if (ioctl(fd, TUNSETIFF, &ifr) < 0) {
-        kh_err_errno(err, errno == EBUSY ? KH_E_CONFLICT : KH_E_INTERNAL, errno,
-                     "create tap %s", name);
-        close(fd);
+    for (unsigned q = 0; q < queues; q++) {
+        int fd = open("/dev/net/tun", O_RDWR | O_CLOEXEC);
+        if (fd < 0) {
+            kh_err_errno(err, KH_E_UNAVAILABLE, errno, "open /dev/net/tun");
+            goto fail;
+        }
+        memset(&ifr, 0, sizeof(ifr));
+        snprintf(ifr.ifr_name, sizeof(ifr.ifr_name), "%s", name);
+        ifr.ifr_flags = IFF_TAP | IFF_NO_PI | IFF_VNET_HDR;
+        if (queues > 1)
+            ifr.ifr_flags |= IFF_MULTI_QUEUE;
+        if (ioctl(fd, TUNSETIFF, &ifr) < 0) {
+            kh_err_errno(err, errno == EBUSY ? KH_E_CONFLICT : KH_E_INTERNAL, errno,
+                         "create tap %s (queue %u)", name, q);
+            close(fd);
+            goto fail;
+        }
+        fds[q] = fd;
+        continue;
+    fail:
+        for (unsigned j = 0; j < q; j++)
+            close(fds[j]);
         return -1;
     }
-    return fd;
+    return 0;
 }

@@ -36,9 +36,11 @@ int kh_link_del(int index, kh_err *err);
 /* Call cb for every link (a dump); stops at the first non-zero return. */
 int kh_link_foreach(int (*cb)(const char *name, const kh_link_info *info, void *opaque),
                     void *opaque, kh_err *err);
+#define KH_LINK_TAP_QUEUES_MAX 8
 /* Open /dev/net/tun as a tap named name (IFF_TAP|IFF_NO_PI|IFF_VNET_HDR,
- * not persistent: the link goes away with the last fd). Returns the fd
- * (O_CLOEXEC) or -1. */
-int kh_link_tap_open(const char *name, kh_err *err);
+ * plus IFF_MULTI_QUEUE when queues > 1; not persistent: the link goes
+ * away with the last fd). Fills fds[0..queues-1] (O_CLOEXEC, one per
+ * queue) and returns 0, or -1 with nothing left open. */
+int kh_link_tap_open(const char *name, unsigned queues, int *fds, kh_err *err);
 
 #endif

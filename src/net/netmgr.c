@@ -879,7 +879,8 @@ void kh_netmgr_set_bindings(kh_netmgr *nm, const kh_net_binding *b, size_t n)
     }
 }
 
-int kh_netmgr_tap_open(kh_netmgr *nm, const char *network, const char *ifname, kh_err *err)
+int kh_netmgr_tap_open(kh_netmgr *nm, const char *network, const char *ifname, unsigned queues,
+                       int *fds, kh_err *err)
 {
     net_rt *r = NULL;
     for (net_rt *x = nm->nets; x; x = x->next)
@@ -903,17 +904,17 @@ int kh_netmgr_tap_open(kh_netmgr *nm, const char *network, const char *ifname, k
                    r->n->bridge);
         return -1;
     }
-    int fd = kh_link_tap_open(ifname, err);
-    if (fd < 0)
+    if (kh_link_tap_open(ifname, queues, fds, err) < 0)
         return -1;
     kh_link_info tap;
     if (kh_link_get(ifname, &tap, err) != 1 || kh_link_set_master(tap.index, br.index, err) < 0 ||
         kh_link_set_up(tap.index, err) < 0) {
         kh_err_set(err, KH_E_INTERNAL, "tap %s: cannot attach it to %s", ifname, r->n->bridge);
-        close(fd);
+        for (unsigned q = 0; q < queues; q++)
+            close(fds[q]);
         return -1;
     }
-    return fd;
+    return 0;
 }
 
 /* ---- security groups ---- */

@@ -17,6 +17,7 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <sys/un.h>
 #include <unistd.h>
 
@@ -182,6 +183,7 @@ typedef struct qmp_cmd {
     void *opaque;
     uint64_t sent_ns;
     bool internal;       /* qmp_capabilities, ours */
+    int fd;              /* sent with the text (SCM_RIGHTS), or -1; owned */
 } qmp_cmd;
 
 typedef struct qmp_write {
@@ -248,6 +250,8 @@ static void cmd_free(qmp_cmd *c)
 {
     if (!c)
         return;
+    if (c->fd >= 0)
+        close(c->fd);
     free(c->text);
     free(c);
 }
@@ -327,6 +331,45 @@ static void on_write(uv_write_t *req, int status)
         qmp_shutdown_msg(qmp, "write", status);
 }
 
+/* Send a command's text with its fd attached, straight on the socket:
+ * nothing else is being written then (one command in flight, and the
+ * previous one's write completed before its reply came). The message is
+ * small; a short or refused write breaks the connection. */
+static int send_with_fd(kh_qmp *qmp, qmp_cmd *c)
+{
+    uv_os_fd_t sock;
+    if (uv_fileno((const uv_handle_t *)&qmp->pipe, &sock) < 0) {
+        errno = EBADF;
+        return -1;
+    }
+    struct iovec iov = { .iov_base = c->text, .iov_len = c->text_len };
+    union {
+        char buf[CMSG_SPACE(sizeof(int))];
+        struct cmsghdr align;
+    } u;
+    memset(&u, 0, sizeof(u));
+    struct msghdr msg = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = u.buf,
+                          .msg_controllen = sizeof(u.buf) };
+    struct cmsghdr *cm = CMSG_FIRSTHDR(&msg);
+    cm->cmsg_level = SOL_SOCKET;
+    cm->cmsg_type = SCM_RIGHTS;
+    cm->cmsg_len = CMSG_LEN(sizeof(int));
+    memcpy(CMSG_DATA(cm), &c->fd, sizeof(int));
+    ssize_t n;
+    do
+        n = sendmsg(sock, &msg, MSG_NOSIGNAL);
+    while (n < 0 && errno == EINTR);
+    if (n < 0)
+        return -1;
+    if ((size_t)n != c->text_len) {
+        errno = EAGAIN;
+        return -1;
+    }
+    close(c->fd); /* QEMU has its own copy now */
+    c->fd = -1;
+    return 0;
+}
+
 /* Send the head of the queue if nothing is in flight and the handshake is
  * far enough along. */
 static void qmp_pump(kh_qmp *qmp)
@@ -336,6 +379,13 @@ static void qmp_pump(kh_qmp *qmp)
     if (qmp->state != QMP_CAPS && qmp->state != QMP_READY)
         return;
     qmp_cmd *c = qmp->head;
+    if (c->fd >= 0) {
+        qmp->inflight = c;
+        c->sent_ns = uv_hrtime();
+        if (send_with_fd(qmp, c) < 0)
+            qmp_shutdown_msg(qmp, "write with an fd", uv_translate_sys_error(errno));
+        return;
+    }
     qmp_write *w = xmalloc(sizeof(*w) + c->text_len);
     w->qmp = qmp;
     w->len = c->text_len;
@@ -374,6 +424,7 @@ static qmp_cmd *cmd_build(kh_qmp *qmp, const char *command, json_t *args, kh_err
     }
     size_t n = strlen(s);
     qmp_cmd *c = xcalloc(1, sizeof(*c));
+    c->fd = -1;
     c->id = id;
     c->text_len = n + 2;
     c->text = xmalloc(n + 3);
@@ -386,19 +437,33 @@ static qmp_cmd *cmd_build(kh_qmp *qmp, const char *command, json_t *args, kh_err
 int kh_qmp_command(kh_qmp *qmp, const char *command, json_t *args, kh_qmp_reply_cb cb,
                    void *opaque, kh_err *err)
 {
+    return kh_qmp_command_fd(qmp, command, args, -1, cb, opaque, err);
+}
+
+int kh_qmp_command_fd(kh_qmp *qmp, const char *command, json_t *args, int fd,
+                      kh_qmp_reply_cb cb, void *opaque, kh_err *err)
+{
     if (qmp->closing) {
         json_decref(args);
+        if (fd >= 0)
+            close(fd);
         kh_err_set(err, KH_E_QEMU, "QMP connection closed");
         return -1;
     }
     if (!command || !*command || (args && !json_is_object(args))) {
         json_decref(args);
+        if (fd >= 0)
+            close(fd);
         kh_err_set(err, KH_E_INVALID, "QMP command needs a name and object arguments");
         return -1;
     }
     qmp_cmd *c = cmd_build(qmp, command, args, err);
-    if (!c)
+    if (!c) {
+        if (fd >= 0)
+            close(fd);
         return -1;
+    }
+    c->fd = fd;
     c->cb = cb;
     c->opaque = opaque;
     if (qmp->tail)

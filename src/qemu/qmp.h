@@ -74,6 +74,11 @@ int kh_qmp_connect_path(kh_qmp *qmp, const char *path, kh_err *err);
  * with err set if the connection is closed. */
 int kh_qmp_command(kh_qmp *qmp, const char *command, json_t *args, kh_qmp_reply_cb cb,
                    void *opaque, kh_err *err);
+/* The same with an fd sent alongside the command's bytes (SCM_RIGHTS), as
+ * "getfd" and "add-fd" need. fd is stolen: closed once sent, or on any
+ * failure (also when the connection closes before it was sent). */
+int kh_qmp_command_fd(kh_qmp *qmp, const char *command, json_t *args, int fd,
+                      kh_qmp_reply_cb cb, void *opaque, kh_err *err);
 /* Round-trip time of the last completed command, in microseconds. */
 unsigned long kh_qmp_last_rtt_us(const kh_qmp *qmp);
 /* Close now; pending callbacks get an error, then on_closed runs (from a
