@@ -140,7 +140,14 @@ int main(int argc, char **argv)
         rc = global_options(&ctx, argc, argv, &i, false);
         if (rc >= 0)
             return rc;
-        if (i >= argc || !(cmd = cli_cmd_find(noun, argv[i]))) {
+        /* two-word verbs first ("nic add", "rule delete") */
+        char two[64];
+        cmd = NULL;
+        if (i + 1 < argc && snprintf(two, sizeof(two), "%s %s", argv[i], argv[i + 1]) <
+                                (int)sizeof(two) &&
+            (cmd = cli_cmd_find(noun, two)))
+            i++;
+        if (i >= argc || (!cmd && !(cmd = cli_cmd_find(noun, argv[i])))) {
             if (i >= argc)
                 fprintf(stderr, "kvmhost: error: '%s' needs a command\n\n", noun);
             else

@@ -300,7 +300,7 @@ def test_nat_two_guests_ping_forward_restart(nsdaemons, netns, guest, consoles):
     assert ips["g1"].startswith("10.96.0.") and ips["g1"] != "10.96.0.50", ips
     leases = api.get("/api/v1/networks/nat1/leases").json["leases"]
     assert sorted(l["vm"] for l in leases) == ["g1", "g2"], leases
-    taps = [l for l in netns.links() if re.fullmatch(r"kh[0-9a-f]{8}0", l)]
+    taps = [l for l in netns.links() if re.fullmatch(r"kh[0-9a-f]{12}", l)]
     assert len(taps) == 2
 
     c1 = consoles(d, "g1")
@@ -378,7 +378,7 @@ def test_isolated_guest_cannot_reach_beyond_bridge(nsdaemons, netns, guest, cons
     netns.sh(BEYOND)
     ips = boot_net_vms(api, guest, [net_vm_spec(guest, "i1", [{"network": "iso"}])])
     assert ips["i1"].startswith("10.97.0."), ips
-    taps = lambda: [l for l in netns.links() if re.fullmatch(r"kh[0-9a-f]{8}\d", l)]  # noqa: E731
+    taps = lambda: [l for l in netns.links() if re.fullmatch(r"kh[0-9a-f]{12}", l)]  # noqa: E731
     assert len(taps()) == 1
     c = consoles(d, "i1")
     # no default route is handed out; the gateway answers
@@ -391,3 +391,108 @@ def test_isolated_guest_cannot_reach_beyond_bridge(nsdaemons, netns, guest, cons
     st, _ = api.action("i1", "kill", wait=30)
     assert st == 200
     netlib.wait_for(lambda: not taps(), 10, "tap removed")
+
+
+# ---------------------------------------------------------------- NICs, CLI
+
+
+def nic_call(api, method, path, body=None, status=200):
+    r = api.request(method, path + ("&" if "?" in path else "?") + "wait=60", body)
+    assert r.status == status, r
+    return r
+
+
+def test_nic_add_remove_link_stopped_and_cli(nsd, netns, fake_boot):
+    api = nsd.api
+    create_net(api, {"name": "lan", "type": "nat", "subnet": "10.89.0.0/24"})
+    api.create({"name": "v", "boot": fake_boot, "nics": [{"network": "lan"}]})
+    # stopped: the spec changes, the task is done at once
+    r = nic_call(api, "POST", "/api/v1/vms/v/nics", {"network": "lan", "ip": "10.89.0.7"})
+    assert r.json["state"] == "succeeded" and r.json["result"]["index"] == 1, r
+    assert "port" not in r.json["result"]
+    nics = api.vm("v")["nics"]
+    assert len(nics) == 2 and nics[1]["ip"] == "10.89.0.7" and nics[1]["mac"] == r.json["result"]["mac"]
+    assert r.json["result"]["tap"] == "kh" + nics[1]["mac"].replace(":", "")
+    hosts = open(os.path.join(nsd.state_dir, "networks",
+                              api.get("/api/v1/networks/lan").json["id"], "hosts")).read()
+    assert "10.89.0.7" in hosts
+    nic_call(api, "PATCH", "/api/v1/vms/v/nics/0", {"link": "down"})
+    assert api.vm("v")["nics"][0]["link"] == "down"
+    # bad input: 4xx, nothing changes
+    before = api.vm("v")["nics"]
+    for method, path, body, code in (
+            ("POST", "/api/v1/vms/v/nics", {"network": "nope"}, 400),
+            ("POST", "/api/v1/vms/v/nics", {"network": "lan", "bogus": 1}, 400),
+            ("POST", "/api/v1/vms/v/nics", {"network": "lan", "ip": "10.89.0.7"}, 400),
+            ("POST", "/api/v1/vms/v/nics", {"network": "lan", "mac": before[0]["mac"]}, 400),
+            ("POST", "/api/v1/vms/v/nics", {"network": "lan", "link": "sideways"}, 400),
+            ("POST", "/api/v1/vms/nosuch/nics", {"network": "lan"}, 404),
+            ("DELETE", "/api/v1/vms/v/nics/2", None, 404),
+            ("DELETE", "/api/v1/vms/v/nics/x", None, 404),
+            ("DELETE", "/api/v1/vms/v/nics/01", None, 404),
+            ("PATCH", "/api/v1/vms/v/nics/0", {"link": "sideways"}, 400),
+            ("PATCH", "/api/v1/vms/v/nics/0", {"mac": "52:54:00:00:00:01"}, 400),
+            ("PATCH", "/api/v1/vms/v/nics/5", {"link": "up"}, 404)):
+        r = api.request(method, path, body)
+        assert r.status == code, (method, path, body, r)
+    r = api.request("POST", "/api/v1/vms/v/nics?wait=x", {"network": "lan"})
+    assert r.status == 400, r
+    assert api.vm("v")["nics"] == before
+    nic_call(api, "DELETE", "/api/v1/vms/v/nics/0")
+    nics = api.vm("v")["nics"]
+    assert len(nics) == 1 and nics[0]["ip"] == "10.89.0.7"
+
+    # the CLI
+    out = khlib.cli(nsd, "vm", "nic", "add", "v", "lan,mac=52:54:00:aa:bb:01,link=down")
+    assert out.returncode == 0 and "NIC 1 added" in out.stdout, out
+    assert api.vm("v")["nics"][1] == {"network": "lan", "mac": "52:54:00:aa:bb:01",
+                                      "link": "down"}
+    out = khlib.cli(nsd, "vm", "nic", "link", "v", "1", "--state", "up")
+    assert out.returncode == 0, out
+    assert "link" not in api.vm("v")["nics"][1]
+    out = khlib.cli(nsd, "vm", "nic", "add", "v", "nope")
+    assert out.returncode == 2 and "nope" in out.stderr, out
+    out = khlib.cli(nsd, "vm", "nic", "remove", "v", "7")
+    assert out.returncode != 0 and "no NIC" in out.stderr, out
+    out = khlib.cli(nsd, "vm", "nic", "remove", "v", "0")
+    assert out.returncode == 0, out
+    assert [n["mac"] for n in api.vm("v")["nics"]] == ["52:54:00:aa:bb:01"]
+
+
+def test_secgroup_cli(nsd, netns, fake_boot):
+    out = khlib.cli(nsd, "secgroup", "create", "web", "--proto", "tcp", "--ports", "80")
+    assert out.returncode == 0 and "created" in out.stdout, out
+    out = khlib.cli(nsd, "secgroup", "create", "web")
+    assert out.returncode == 5 and "exists" in out.stderr, out
+    out = khlib.cli(nsd, "secgroup", "rule", "add", "web", "--proto", "udp", "--ports",
+                    "5000-5010", "--cidr", "10.0.0.0/8")
+    assert out.returncode == 0, out
+    out = khlib.cli(nsd, "secgroup", "rule", "add", "web", "--proto", "icmp", "--ports", "1")
+    assert out.returncode == 2, out  # icmp has no ports: 400, nothing changes
+    rules = nsd.api.get("/api/v1/security-groups/web").json["rules"]
+    assert [(r["proto"], r.get("ports")) for r in rules] == [("tcp", "80"), ("udp", "5000-5010")]
+    out = khlib.cli(nsd, "secgroup", "show", "web")
+    assert out.returncode == 0 and re.search(r"^1\s+in\s+udp\s+5000-5010\s+10\.0\.0\.0/8", out.stdout,
+                                             re.M), out
+    out = khlib.cli(nsd, "secgroup", "list")
+    assert out.returncode == 0 and re.search(r"^web\s+2$", out.stdout, re.M), out
+    out = khlib.cli(nsd, "--json", "secgroup", "show", "web")
+    assert out.returncode == 0 and '"5000-5010"' in out.stdout, out
+    # enforced: the NIC's rules follow the group
+    create_net(nsd.api, {"name": "lan", "type": "nat", "subnet": "10.88.0.0/24"})
+    nsd.api.create({"name": "v", "boot": fake_boot,
+                    "nics": [{"network": "lan", "security_groups": ["web"]}]})
+    table = lambda: netns.exec(["nft", "list", "table", "bridge", "kvmhost"]).stdout  # noqa: E731
+    assert "udp dport 5000-5010" in table()
+    out = khlib.cli(nsd, "secgroup", "rule", "delete", "web", "1")
+    assert out.returncode == 0, out
+    assert "udp dport 5000-5010" not in table() and "tcp dport 80" in table()
+    out = khlib.cli(nsd, "secgroup", "rule", "delete", "web", "5")
+    assert out.returncode == 4, out
+    out = khlib.cli(nsd, "secgroup", "delete", "web")
+    assert out.returncode == 5 and "v" in out.stderr, out  # in use
+    assert nsd.api.delete("/api/v1/vms/v").status == 204
+    out = khlib.cli(nsd, "secgroup", "delete", "web")
+    assert out.returncode == 0, out
+    out = khlib.cli(nsd, "secgroup", "show", "web")
+    assert out.returncode == 4, out
