@@ -28,7 +28,8 @@
  *     -device {"driver":"virtio-blk-pci|virtio-blk-device","drive":"disk<i>",...}
  *   per NIC i (Q = kh_qemu_nic_queues(): min(vcpus, 8) on q35, 1 on microvm):
  *     -netdev {"type":"tap","id":"net<i>","fd":"<fd>","vhost":true|false[,"vhostfd":"<fd>"]}
- *             (Q > 1: "fds":"<fd>:<fd>..","vhostfds":"..","queues":Q)
+ *             (Q > 1: "fds":"<fd>:<fd>..","vhostfds":"..": Q fds each; QEMU
+ *             refuses "queues" beside "fds" and counts the fds instead)
  *     -device {"driver":"virtio-net-pci|virtio-net-device","netdev":"net<i>","mac":...,
  *              "id":"net<i>-dev"[,"bus":"pcie.0","addr":"0x14"+i]
  *              [,"mq":true,"vectors":2Q+2]}
@@ -601,8 +602,7 @@ static void add_nic(argv_builder *b, const kh_vm_spec *spec, const kh_argv_env *
         fd_list(fds, sizeof(fds), vfd, queues);
         json_object_set_new(nd, queues > 1 ? "vhostfds" : "vhostfd", json_string(fds));
     }
-    if (queues > 1)
-        json_object_set_new(nd, "queues", json_integer(queues));
+    /* QEMU counts the queues from fds (it refuses "queues" beside them). */
     add_json(b, "-netdev", nd);
     bool q35 = spec->machine == KH_MACHINE_Q35;
     json_t *dev = json_object();

@@ -268,8 +268,6 @@ static void add_plug(nic_op *o)
         fd_names(vfds, sizeof(vfds), o->tap, 'v', o->queues);
         json_object_set_new(nd, o->queues > 1 ? "vhostfds" : "vhostfd", json_string(vfds));
     }
-    if (o->queues > 1)
-        json_object_set_new(nd, "queues", json_integer(o->queues));
     if (qmp(o, "netdev_add", nd, on_netdev_add, &err) < 0)
         op_finish(o, &err);
 }

@@ -496,3 +496,93 @@ def test_secgroup_cli(nsd, netns, fake_boot):
     assert out.returncode == 0, out
     out = khlib.cli(nsd, "secgroup", "show", "web")
     assert out.returncode == 4, out
+
+
+@pytest.mark.slow
+def test_nic_hotplug_link_multiqueue_guest(nsdaemons, netns, guest, consoles):
+    d = nsdaemons()
+    api = d.api
+    n = create_net(api, {"name": "hp", "type": "nat", "subnet": "10.87.0.0/24"})
+    spec = net_vm_spec(guest, "h1", [{"network": "hp"}])
+    spec["vcpus"] = 2
+    ips = boot_net_vms(api, guest, [spec])
+    assert ips["h1"].startswith("10.87.0."), ips
+    c = consoles(d, "h1")
+    # multiqueue: 2 vCPUs, 2 queue pairs on one multi-queue tap
+    argv = " ".join(khlib.proc_cmdline(api.vm("h1")["pid"]))
+    assert '"fds":"' in argv and '"mq":true' in argv and '"vectors":6' in argv, argv
+    c.run("[ $(ls -d /sys/class/net/eth0/queues/rx-* | wc -l) = 2 ] && echo kh-$((%d+1))")
+    tap0 = "kh" + api.vm("h1")["nics"][0]["mac"].replace(":", "")
+    assert "multi_queue" in netns.exec(["ip", "-d", "link", "show", tap0]).stdout
+
+    # link down: no carrier, no traffic; up again: both back
+    nic_call(api, "PATCH", "/api/v1/vms/h1/nics/0", {"link": "down"})
+    assert api.vm("h1")["nics"][0]["link"] == "down"
+    c.run("[ $(cat /sys/class/net/eth0/carrier) = 0 ] && echo kh-$((%d+1))")
+    c.run("ping -c 2 -W 2 10.87.0.1 >/dev/null || echo kh-$((%d+1))", timeout=40, retries=1)
+    nic_call(api, "PATCH", "/api/v1/vms/h1/nics/0", {"link": "up"})
+    c.run("usleep 500000; [ $(cat /sys/class/net/eth0/carrier) = 1 ] && "
+          "ping -c 1 -W 3 10.87.0.1 >/dev/null && echo kh-$((%d+1))", timeout=30)
+
+    # hot-plug: a tap on the bridge, eth1 in the guest, a DHCP lease, its rules
+    t0 = time.time()
+    r = nic_call(api, "POST", "/api/v1/vms/h1/nics", {"network": "hp"})
+    plug_ms = (time.time() - t0) * 1000
+    res = r.json["result"]
+    assert res["index"] == 1 and res["port"] == "hp4", res
+    tap = res["tap"]
+    links = netns.links()
+    assert tap in links and links[tap].get("master") == n["bridge"], links.get(tap)
+    c.run("i=0; while [ ! -e /sys/class/net/eth1 ] && [ $i -lt 150 ]; do usleep 200000; "
+          "i=$((i+1)); done; [ -e /sys/class/net/eth1 ] && echo kh-$((%d+1))", timeout=45,
+          retries=1)
+    c.run("ip link set eth1 up; udhcpc -i eth1 -q -n -t 10 -T 2 "
+          "-s /usr/share/udhcpc/default.script >/dev/null 2>&1 && echo kh-$((%d+1))",
+          timeout=60, retries=1)
+    mac1 = res["mac"]
+    leases = api.get("/api/v1/networks/hp/leases").json["leases"]
+    assert any(l["mac"] == mac1 and l["vm"] == "h1" for l in leases), leases
+    spoof = lambda: netns.exec(["nft", "list", "table", "bridge", "kvmhost"]).stdout  # noqa: E731
+    assert ('"%s"' % tap) in spoof() and spoof().count("ether saddr != ") == 2
+    assert [x["mac"] for x in api.vm("h1")["nics"]] == [api.vm("h1")["nics"][0]["mac"], mac1]
+    print("hot-plug took %.0f ms" % plug_ms)
+
+    # kill -9 of the daemon and restart: the NIC, its tap and rules stay, once
+    rules = sorted(str(r["expr"]) for r in netns.nft_table())
+    bridge_rules = spoof()
+    c.close()
+    d.kill9()
+    d.restart()
+    api.wait_state("h1", "running", timeout=30)
+    assert len(api.vm("h1")["nics"]) == 2 and tap in netns.links()
+    assert sorted(str(r["expr"]) for r in netns.nft_table()) == rules
+    assert spoof() == bridge_rules
+    c = consoles(d, "h1")
+
+    # unplug: a NIC the VM started with cannot go (root bus); the hot-plugged one can
+    r = api.request("DELETE", "/api/v1/vms/h1/nics/0?wait=60")
+    assert r.status == 409 and "stop the VM" in r.error["message"], r
+    t0 = time.time()
+    nic_call(api, "DELETE", "/api/v1/vms/h1/nics/1")
+    print("hot-unplug took %.0f ms" % ((time.time() - t0) * 1000))
+    netlib.wait_for(lambda: tap not in netns.links(), 10, "tap removed")
+    assert ('"%s"' % tap) not in spoof() and spoof().count("ether saddr != ") == 1
+    assert len(api.vm("h1")["nics"]) == 1
+    c.run("[ ! -e /sys/class/net/eth1 ] && echo kh-$((%d+1))", timeout=20)
+    c.run("ping -c 1 -W 3 10.87.0.1 >/dev/null && echo kh-$((%d+1))", timeout=30)
+
+    # plugged again (same port), then the next start has it as a normal NIC
+    r = nic_call(api, "POST", "/api/v1/vms/h1/nics", {"network": "hp", "link": "down"})
+    assert r.json["result"]["port"] == "hp4"
+    c.close()
+    st, _ = api.action("h1", "kill", wait=30)
+    assert st == 200
+    before = api.console_log("h1").count("KVMHOST-NET: ")
+    st, _ = api.action("h1", "start", wait=0)
+    assert st in (200, 202)
+    api.wait_console("h1", "KVMHOST-NET: ", timeout=150, count=before + 1)
+    argv = " ".join(khlib.proc_cmdline(api.vm("h1")["pid"]))
+    assert '"id":"net1-dev"' in argv and '"addr":"0x15"' in argv, argv
+    c = consoles(d, "h1")
+    c.run("ip link set eth1 up && usleep 300000 && [ $(cat /sys/class/net/eth1/carrier) = 0 ] "
+          "&& echo kh-$((%d+1))", timeout=30)
