@@ -478,6 +478,8 @@ static int spec_check_whole(const kh_vm_spec *spec, kh_err *err)
         kh_err_set(err, KH_E_INVALID, "limits.balloon_mib: only q35 VMs have a balloon");
         return -1;
     }
+    if (kh_limits_check_nics(spec->limits, spec->nnics, err) < 0)
+        return -1;
     return kh_limits_check(spec->limits, spec->vcpus, spec->memory_mib, spec->ndisks, err);
 }
 

@@ -8,6 +8,7 @@
 #include <arpa/inet.h>
 #include <linux/if_link.h>
 #include <linux/if_tun.h>
+#include <linux/pkt_sched.h>
 #include <linux/rtnetlink.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -74,9 +75,11 @@ static int nl_talk(nl_req *r, struct nlmsghdr *nlh, mnl_cb_t cb, void *data, con
             break;
     }
     rc = 0;
-out:
+out:;
+    int saved = errno;
     mnl_socket_close(r->nl);
     r->nl = NULL;
+    errno = saved; /* callers may look at why it failed */
     return rc;
 }
 
@@ -361,6 +364,94 @@ int kh_link_tap_open(const char *name, unsigned queues, int *fds, kh_err *err)
     fail:
         for (unsigned j = 0; j < q; j++)
             close(fds[j]);
+        return -1;
+    }
+    return 0;
+}
+
+/* ---- traffic control: a tbf qdisc at the root of a link ---- */
+
+typedef struct tbf_arg {
+    int index;
+    uint64_t bps, burst;
+} tbf_arg;
+
+static struct nlmsghdr *build_tbf(nl_req *r, const void *arg)
+{
+    const tbf_arg *a = arg;
+    struct nlmsghdr *nlh = nl_msg(r, RTM_NEWQDISC, NLM_F_CREATE | NLM_F_REPLACE | NLM_F_ACK);
+    struct tcmsg *tcm = mnl_nlmsg_put_extra_header(nlh, sizeof(*tcm));
+    tcm->tcm_family = AF_UNSPEC;
+    tcm->tcm_ifindex = a->index;
+    tcm->tcm_handle = 0x10000; /* 1: */
+    tcm->tcm_parent = TC_H_ROOT;
+    mnl_attr_put_strz(nlh, TCA_KIND, "tbf");
+    struct nlattr *opts = mnl_attr_nest_start(nlh, TCA_OPTIONS);
+    struct tc_tbf_qopt q;
+    memset(&q, 0, sizeof(q));
+    q.rate.rate = a->bps >= UINT32_MAX ? UINT32_MAX : (uint32_t)a->bps;
+    q.rate.linklayer = TC_LINKLAYER_ETHERNET;
+    /* bytes that may wait: 50 ms at the rate, plus the bucket */
+    uint64_t limit = a->bps / 20 + a->burst;
+    q.limit = limit > UINT32_MAX ? UINT32_MAX : (uint32_t)limit;
+    /* the bucket as time at the rate, in psched ticks (64 ns) */
+    uint64_t ticks = a->burst * 1000000000ULL / a->bps / 64;
+    q.buffer = ticks > UINT32_MAX ? UINT32_MAX : (uint32_t)ticks;
+    mnl_attr_put(nlh, TCA_TBF_PARMS, sizeof(q), &q);
+    if (a->bps >= UINT32_MAX)
+        mnl_attr_put_u64(nlh, TCA_TBF_RATE64, a->bps);
+    mnl_attr_put_u32(nlh, TCA_TBF_BURST, (uint32_t)a->burst);
+    mnl_attr_nest_end(nlh, opts);
+    return nlh;
+}
+
+static struct nlmsghdr *build_root_del(nl_req *r, const void *arg)
+{
+    const tbf_arg *a = arg;
+    struct nlmsghdr *nlh = nl_msg(r, RTM_DELQDISC, NLM_F_ACK);
+    struct tcmsg *tcm = mnl_nlmsg_put_extra_header(nlh, sizeof(*tcm));
+    tcm->tcm_family = AF_UNSPEC;
+    tcm->tcm_ifindex = a->index;
+    tcm->tcm_parent = TC_H_ROOT;
+    return nlh;
+}
+
+static int link_index(const char *name, kh_err *err)
+{
+    kh_link_info li;
+    int have = kh_link_get(name, &li, err);
+    if (have == 0)
+        kh_err_set(err, KH_E_NOTFOUND, "link %s does not exist", name);
+    return have == 1 ? li.index : -1;
+}
+
+int kh_link_rate_set(const char *name, uint64_t bps, uint64_t burst, kh_err *err)
+{
+    if (bps == 0 || burst == 0 || burst > UINT32_MAX) {
+        kh_err_set(err, KH_E_INVALID, "%s: rate %llu B/s with burst %llu B cannot be shaped",
+                   name, (unsigned long long)bps, (unsigned long long)burst);
+        return -1;
+    }
+    tbf_arg a = { link_index(name, err), bps, burst };
+    if (a.index < 0)
+        return -1;
+    if (simple(build_tbf, &a, "tbf qdisc", err) < 0) {
+        kh_err_prefix(err, "%s", name);
+        return -1;
+    }
+    return 0;
+}
+
+int kh_link_rate_clear(const char *name, kh_err *err)
+{
+    kh_err e = KH_ERR_INIT;
+    tbf_arg a = { link_index(name, &e), 0, 0 };
+    if (a.index < 0)
+        return 0; /* no link, no qdisc */
+    if (simple(build_root_del, &a, "delete root qdisc", &e) < 0 && errno != ENOENT &&
+        errno != EINVAL) {
+        kh_err_copy(err, &e);
+        kh_err_prefix(err, "%s", name);
         return -1;
     }
     return 0;

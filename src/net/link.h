@@ -43,4 +43,12 @@ int kh_link_foreach(int (*cb)(const char *name, const kh_link_info *info, void *
  * queue) and returns 0, or -1 with nothing left open. */
 int kh_link_tap_open(const char *name, unsigned queues, int *fds, kh_err *err);
 
+/* Shape what the link sends (its egress: for a tap, what its guest
+ * receives) to bps bytes/s with a bucket of burst bytes: a tbf qdisc at
+ * the root, created or replaced. */
+int kh_link_rate_set(const char *name, uint64_t bps, uint64_t burst, kh_err *err);
+/* Back to the link's default root qdisc (no error when there was none or
+ * the link is gone). */
+int kh_link_rate_clear(const char *name, kh_err *err);
+
 #endif

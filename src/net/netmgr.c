@@ -863,6 +863,8 @@ static void bindings_replace(kh_netmgr *nm, const kh_net_binding *b, size_t n)
             nm->binds[i].ip = xstrdup(b[i].ip);
             nm->binds[i].tap = xstrdup(b[i].tap);
             nm->binds[i].groups = xstrdup(b[i].groups);
+            nm->binds[i].out_bps = b[i].out_bps;
+            nm->binds[i].out_burst = b[i].out_burst;
         }
         nm->nbinds = n;
     }

@@ -43,6 +43,8 @@ typedef struct kh_net_binding {
     const char *ip;      /* static reservation or NULL */
     const char *tap;     /* the tap's name while (or whenever) the VM runs */
     const char *groups;  /* security group names joined by ',', or NULL */
+    uint64_t out_bps;    /* what the guest may send, bytes/s (0: no limit) */
+    uint64_t out_burst;  /* bytes */
 } kh_net_binding;
 
 typedef struct kh_network {

@@ -74,6 +74,13 @@ static void render_bridge(buf *b, const kh_network *const *nets, size_t n,
         if (!w || !nb->tap || !nb->mac)
             continue;
         put(b, "\t\tiifname \"%s\" ether saddr != %s drop\n", nb->tap, nb->mac);
+        /* limits.nic outbound_bps: a policer on what the guest sends (this
+         * kernel has no tc police action; nft's byte limit is the same
+         * token bucket). */
+        if (nb->out_bps)
+            put(b, "\t\tiifname \"%s\" limit rate over %llu bytes/second burst %llu bytes "
+                   "drop\n",
+                nb->tap, (unsigned long long)nb->out_bps, (unsigned long long)nb->out_burst);
         if (!kh_network_owns_bridge(w))
             continue;
         char allowed[40];

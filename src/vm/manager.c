@@ -16,6 +16,7 @@
 #include "conf/limits.h"
 #include "conf/vm_spec.h"
 #include "host/proc.h"
+#include "net/link.h"
 #include "qemu/kernel.h"
 #include "qemu/process.h"
 #include "qemu/qmp.h"
@@ -926,6 +927,32 @@ static int open_nics(vm *v, int *fds, int *nic_fds, int *nic_vhost_fds, kh_err *
     return 0;
 }
 
+/* limits.nic inbound_bps: a tbf qdisc on each tap's egress (what the
+ * guest receives); NICs whose limit went away get their default qdisc
+ * back. (outbound_bps is policed in nftables: sync_bindings.) */
+static int apply_nic_rates(vm *v, const kh_limits *old, const kh_limits *now, kh_err *err)
+{
+    for (size_t i = 0; i < v->spec->nnics; i++) {
+        const kh_nic_limits *o = kh_limits_nic(old, (unsigned)i);
+        const kh_nic_limits *n = kh_limits_nic(now, (unsigned)i);
+        char tap[16];
+        tap_name(v, i, tap);
+        int rc = 0;
+        if (n && n->inbound_bps) {
+            if (!o || o->inbound_bps != n->inbound_bps || o->inbound_burst != n->inbound_burst)
+                rc = kh_link_rate_set(tap, n->inbound_bps,
+                                      kh_limits_nic_burst(n->inbound_bps, n->inbound_burst), err);
+        } else if (o && o->inbound_bps) {
+            rc = kh_link_rate_clear(tap, err);
+        }
+        if (rc < 0) {
+            kh_err_prefix(err, "limits.nic[%zu]", i);
+            return -1;
+        }
+    }
+    return 0;
+}
+
 /* Create the run dir, sockets and fds, build the argv, spawn QEMU. */
 static void start_spawn(vm *v, const char *kernel_file)
 {
@@ -1020,7 +1047,8 @@ static void start_spawn(vm *v, const char *kernel_file)
         fds[FD_DISK0 + i] = fd;
         disk_fds[i] = FD_DISK0 + (int)i;
     }
-    if (open_nics(v, fds, nic_fds, nic_vhost_fds, &err) < 0)
+    if (open_nics(v, fds, nic_fds, nic_vhost_fds, &err) < 0 ||
+        apply_nic_rates(v, NULL, v->spec->limits, &err) < 0)
         goto fail;
     log_fd = open(log_path, O_WRONLY | O_CREAT | O_CLOEXEC | O_NOFOLLOW |
                   O_TRUNC, 0600);
@@ -1641,8 +1669,11 @@ static void sync_bindings(kh_manager *mgr)
         for (size_t i = 0; i < v->spec->nnics; i++) {
             const kh_nic_spec *nic = &v->spec->nics[i];
             tap_name(v, i, taps[k]);
+            const kh_nic_limits *nl = kh_limits_nic(v->spec->limits, (unsigned)i);
+            uint64_t out = nl ? nl->outbound_bps : 0;
             b[k] = (kh_net_binding){ v->spec->name, nic->network, nic->mac, nic->ip, taps[k],
-                                     nic->security_groups };
+                                     nic->security_groups, out,
+                                     out ? kh_limits_nic_burst(out, nl->outbound_burst) : 0 };
             k++;
         }
     }
@@ -1932,9 +1963,12 @@ json_t *kh_manager_patch(kh_manager *mgr, const char *name, const json_t *patch,
     }
     bool live_limits = v->pid > 0 && json_object_get(patch, "limits");
     if (live_limits &&
-        kh_quota_apply_cgroup(mgr->cfg.cgroups, v->id, next->limits, err) < 0) {
+        (kh_quota_apply_cgroup(mgr->cfg.cgroups, v->id, next->limits, err) < 0 ||
+         apply_nic_rates(v, v->spec->limits, next->limits, err) < 0)) {
         /* Put back what was there; the spec stays as it was. */
         kh_quota_apply_cgroup(mgr->cfg.cgroups, v->id, v->spec->limits, NULL);
+        kh_err e = KH_ERR_INIT;
+        apply_nic_rates(v, next->limits, v->spec->limits, &e);
         kh_vm_spec_free(next);
         return NULL;
     }
@@ -2107,10 +2141,22 @@ int kh_manager_qmp_fd(kh_manager *mgr, const char *id, const char *command, json
 }
 
 /* The spec with its NIC list replaced and checked (MACs assigned). */
-static kh_vm_spec *nics_replaced(kh_manager *mgr, vm *v, const json_t *nics, kh_err *err)
+static kh_vm_spec *nics_replaced(kh_manager *mgr, vm *v, const json_t *nics, int removed,
+                                 kh_err *err)
 {
     kh_vm_spec *next = kh_vm_spec_dup(v->spec);
     json_t *patch = json_pack("{s:O}", "nics", nics);
+    if (removed >= 0 && v->spec->limits && v->spec->limits->nnics) {
+        /* the NIC's bandwidth limit goes with it; later NICs move down */
+        kh_limits *l = kh_limits_dup(v->spec->limits);
+        kh_limits_nic_removed(l, (unsigned)removed);
+        json_t *lj = kh_limits_to_json(l);
+        json_t *nl = json_object_get(lj, "nic");
+        json_object_set_new(patch, "limits",
+                            json_pack("{s:O}", "nic", nl ? nl : json_null()));
+        json_decref(lj);
+        kh_limits_free(l);
+    }
     int rc = kh_vm_spec_patch(next, patch, err);
     json_decref(patch);
     if (rc < 0 || nics_prepare(mgr, v->id, next, err) < 0) {
@@ -2120,12 +2166,13 @@ static kh_vm_spec *nics_replaced(kh_manager *mgr, vm *v, const json_t *nics, kh_
     return next;
 }
 
-json_t *kh_manager_nics_check(kh_manager *mgr, const char *name, const json_t *nics, kh_err *err)
+json_t *kh_manager_nics_check(kh_manager *mgr, const char *name, const json_t *nics,
+                              int removed, kh_err *err)
 {
     vm *v = find(mgr, name, err);
     if (!v)
         return NULL;
-    kh_vm_spec *next = nics_replaced(mgr, v, nics, err);
+    kh_vm_spec *next = nics_replaced(mgr, v, nics, removed, err);
     if (!next)
         return NULL;
     json_t *sj = kh_vm_spec_to_json(next);
@@ -2136,7 +2183,8 @@ json_t *kh_manager_nics_check(kh_manager *mgr, const char *name, const json_t *n
     return out;
 }
 
-int kh_manager_nics_commit(kh_manager *mgr, const char *name, const json_t *nics, kh_err *err)
+int kh_manager_nics_commit(kh_manager *mgr, const char *name, const json_t *nics, int removed,
+                           kh_err *err)
 {
     vm *v = find(mgr, name, err);
     if (!v)
@@ -2146,7 +2194,7 @@ int kh_manager_nics_commit(kh_manager *mgr, const char *name, const json_t *nics
                    state_names[v->state]);
         return -1;
     }
-    kh_vm_spec *next = nics_replaced(mgr, v, nics, err);
+    kh_vm_spec *next = nics_replaced(mgr, v, nics, removed, err);
     if (!next)
         return -1;
     json_t *sj = kh_vm_spec_to_json(next);

@@ -106,10 +106,15 @@ static void op_finish(nic_op *o, const kh_err *err)
     op_free(o);
 }
 
+static int removed_of(const nic_op *o)
+{
+    return o->kind == OP_REMOVE ? (int)o->index : -1;
+}
+
 static void op_commit_finish(nic_op *o)
 {
     kh_err err = KH_ERR_INIT;
-    if (kh_manager_nics_commit(o->n->mgr, o->vm, o->new_nics, &err) < 0)
+    if (kh_manager_nics_commit(o->n->mgr, o->vm, o->new_nics, removed_of(o), &err) < 0)
         op_finish(o, &err);
     else
         op_finish(o, NULL);
@@ -164,7 +169,7 @@ static void on_device_add(kh_qmp *q, json_t *ret, const kh_err *err, void *opaqu
     if (err) {
         kh_err e = KH_ERR_INIT;
         add_undo_netdev(o);
-        kh_manager_nics_commit(o->n->mgr, o->vm, o->old_nics, &e);
+        kh_manager_nics_commit(o->n->mgr, o->vm, o->old_nics, -1, &e);
         kh_err f = KH_ERR_INIT;
         kh_err_set(&f, KH_E_QEMU, "device_add: %s", err->msg);
         op_finish(o, &f);
@@ -199,7 +204,7 @@ static void on_netdev_add(kh_qmp *q, json_t *ret, const kh_err *err, void *opaqu
     }
     /* The rules for the tap (anti-spoofing, groups) before the guest sees it. */
     kh_err e = KH_ERR_INIT;
-    if (kh_manager_nics_commit(o->n->mgr, o->vm, o->new_nics, &e) < 0) {
+    if (kh_manager_nics_commit(o->n->mgr, o->vm, o->new_nics, removed_of(o), &e) < 0) {
         add_undo_netdev(o);
         op_finish(o, &e);
         return;
@@ -213,7 +218,7 @@ static void on_netdev_add(kh_qmp *q, json_t *ret, const kh_err *err, void *opaqu
     }
     if (qmp(o, "device_add", dev, on_device_add, &e) < 0) {
         kh_err u = KH_ERR_INIT;
-        kh_manager_nics_commit(o->n->mgr, o->vm, o->old_nics, &u);
+        kh_manager_nics_commit(o->n->mgr, o->vm, o->old_nics, -1, &u);
         op_finish(o, &e);
     }
 }
@@ -519,7 +524,7 @@ static void op_ids(nic_op *o)
  * done here. Returns the task or NULL (op freed). */
 static kh_task *op_begin(nic_op *o, const json_t *vmj, json_t *candidate, kh_err *err)
 {
-    o->new_nics = kh_manager_nics_check(o->n->mgr, o->vm, candidate, err);
+    o->new_nics = kh_manager_nics_check(o->n->mgr, o->vm, candidate, removed_of(o), err);
     json_decref(candidate);
     if (!o->new_nics) {
         op_free(o);
@@ -536,7 +541,7 @@ static kh_task *op_begin(nic_op *o, const json_t *vmj, json_t *candidate, kh_err
     }
     op_ids(o);
     if (!live) {
-        if (kh_manager_nics_commit(o->n->mgr, o->vm, o->new_nics, err) < 0) {
+        if (kh_manager_nics_commit(o->n->mgr, o->vm, o->new_nics, removed_of(o), err) < 0) {
             op_free(o);
             return NULL;
         }
