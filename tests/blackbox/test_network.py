@@ -586,3 +586,73 @@ def test_nic_hotplug_link_multiqueue_guest(nsdaemons, netns, guest, consoles):
     c = consoles(d, "h1")
     c.run("ip link set eth1 up && usleep 300000 && [ $(cat /sys/class/net/eth1/carrier) = 0 ] "
           "&& echo kh-$((%d+1))", timeout=30)
+
+
+@pytest.mark.slow
+def test_nic_bandwidth_limit_guest(nsdaemons, netns, guest, consoles, tmp_path):
+    import subprocess
+    d = nsdaemons()
+    api = d.api
+    create_net(api, {"name": "bw", "type": "nat", "subnet": "10.86.0.0/24"})
+    ips = boot_net_vms(api, guest, [net_vm_spec(guest, "b1", [{"network": "bw"}])])
+    ip = ips["b1"]
+    tap = "kh" + api.vm("b1")["nics"][0]["mac"].replace(":", "")
+    size = 2 * 1024 * 1024
+    (tmp_path / "big").write_bytes(b"\0" * size)
+    srv = subprocess.Popen(["ip", "netns", "exec", netns.name, "python3", "-m", "http.server",
+                            "--bind", "10.86.0.1", "18000", "--directory", str(tmp_path)],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    up = "import socket; socket.create_connection(('10.86.0.1', 18000), 1)"
+    netlib.wait_for(lambda: srv.poll() is not None or
+                    netns.exec(["python3", "-c", up], check=False).returncode == 0, 10, "server")
+    assert srv.poll() is None, srv.stderr.read()
+    c = consoles(d, "b1")
+    try:
+        def inbound():  # host -> guest
+            t0 = time.time()
+            c.run("wget -q -O /dev/null http://10.86.0.1:18000/big && echo kh-$((%d+1))",
+                  timeout=90, retries=1)
+            return size / (time.time() - t0)
+
+        def outbound():  # guest -> host
+            t0 = time.time()
+            out = netns.exec(["python3", "-c", "import sys, urllib.request; sys.stdout.write("
+                              "str(len(urllib.request.urlopen(sys.argv[1], timeout=60).read())))",
+                              "http://%s/big" % ip], timeout=90)
+            assert out.stdout == str(size), out
+            return size / (time.time() - t0)
+
+        qdisc = lambda: netns.exec(["tc", "qdisc", "show", "dev", tap]).stdout  # noqa: E731
+        c.run("mkdir -p /www && dd if=/dev/zero of=/www/big bs=1024 count=2048 2>/dev/null && "
+              "httpd -p 80 -h /www && echo kh-$((%d+1))", timeout=30)
+        free_in, free_out = inbound(), outbound()
+        limit = 250000
+        r = api.patch("/api/v1/vms/b1", {"limits": {"nic": [{"index": 0, "inbound_bps": limit}]}})
+        assert r.status == 200, r
+        assert "tbf" in qdisc() and "rate 2Mbit" in qdisc(), qdisc()
+        lim_in = inbound()
+        r = api.patch("/api/v1/vms/b1", {"limits": {"nic": [{"index": 0, "outbound_bps": limit}]}})
+        assert r.status == 200, r
+        assert "tbf" not in qdisc(), qdisc()  # the inbound limit went: its qdisc too
+        assert "limit rate over %d bytes/second" % limit in \
+            netns.exec(["nft", "list", "table", "bridge", "kvmhost"]).stdout
+        lim_out = outbound()
+        print("throughput B/s: inbound free %.0f limited %.0f; outbound free %.0f limited %.0f"
+              % (free_in, lim_in, free_out, lim_out))
+        assert 0.3 * limit < lim_in < 1.3 * limit, lim_in
+        assert 0.2 * limit < lim_out < 1.3 * limit, lim_out
+        assert free_in > 2 * lim_in and free_out > 2 * lim_out, (free_in, free_out)
+        # bad limits: 400, nothing changes
+        for bad in ({"nic": [{"index": 1, "inbound_bps": limit}]},
+                    {"nic": [{"index": 0, "inbound_bps": 10}]},
+                    {"nic": [{"index": 0, "outbound_burst": 100000}]}):
+            r = api.patch("/api/v1/vms/b1", {"limits": bad})
+            assert r.status == 400, (bad, r)
+        assert api.vm("b1")["limits"]["nic"] == [{"index": 0, "outbound_bps": limit}]
+        r = api.patch("/api/v1/vms/b1", {"limits": {"nic": None}})
+        assert r.status == 200, r
+        assert "limit rate" not in netns.exec(["nft", "list", "table", "bridge", "kvmhost"]).stdout
+        assert "nic" not in api.vm("b1").get("limits", {})
+    finally:
+        srv.kill()
+        srv.wait()
