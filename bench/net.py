@@ -1,4 +1,5 @@
 """bench/net.py - run by bench/net.sh inside a fresh network namespace."""
+import json
 import os
 import re
 import socket
@@ -78,8 +79,13 @@ def main():
         cs = int(re.search(r"cs=(\d+)", tail).group(1))
         got = int(re.search(r"got=(\d+)", tail).group(1))
         assert got == 32 * 1024 * 1024, "received %d bytes: %r" % (got, tail)
+        mibs = 32 / max(cs / 100.0, 0.01)
         print("guest-to-guest TCP (busybox httpd -> wget, 32 MiB, %s): %.1f MiB/s"
-              % (api.get("/api/v1/host").json.get("accelerator"), 32 / max(cs / 100.0, 0.01)))
+              % (api.get("/api/v1/host").json.get("accelerator"), mibs))
+        if len(sys.argv) > 2:
+            with open(sys.argv[2], "w") as f:
+                json.dump({"kvmhost_mibs": round(mibs, 1),
+                           "net_create_ms": round(statistics.median(tot), 1)}, f)
         c1.close()
         c2.close()
     finally:
