@@ -65,7 +65,7 @@ def main():
                 print(api.get("/api/v1/vms/" + name).json)
                 print(log[-3000:])
                 os.system("ip -d link; nft list ruleset")
-        us = [int(m) for m in re.findall(r"event=vm\.nics vm=\S+ nics=1 us=(\d+)", d.log())]
+        us = [int(m) for m in re.findall(r"event=vm\.nics vm=\S+ nics=1 queues=\d+ us=(\d+)", d.log())]
         print("tap setup per VM start (1 NIC): %s us (target <= 10 ms)" % us)
         c2 = khlib.Console(d.socket, "t2")
         c1 = khlib.Console(d.socket, "t1")

@@ -43,7 +43,7 @@ DOMAIN_XML = """<domain type='qemu'>
     <cmdline>{cmdline}</cmdline>
   </os>
   <features><acpi/></features>
-  <cpu mode='custom' match='exact' check='none'><model fallback='allow'>max</model></cpu>
+  <cpu mode='maximum' check='none'/>
   <on_poweroff>destroy</on_poweroff>
   <devices>
     <emulator>{qemu}</emulator>
