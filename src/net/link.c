@@ -282,6 +282,34 @@ int kh_link_addr_add(int index, uint32_t addr, unsigned prefix, kh_err *err)
     return simple(build_addr, &a, "add address", err);
 }
 
+typedef struct addr6_set {
+    int index;
+    const unsigned char *addr;
+    unsigned prefix;
+} addr6_set;
+
+static struct nlmsghdr *build_addr6(nl_req *r, const void *arg)
+{
+    const addr6_set *a = arg;
+    struct nlmsghdr *nlh = nl_msg(r, RTM_NEWADDR, NLM_F_CREATE | NLM_F_REPLACE | NLM_F_ACK);
+    struct ifaddrmsg *ifa = mnl_nlmsg_put_extra_header(nlh, sizeof(*ifa));
+    ifa->ifa_family = AF_INET6;
+    ifa->ifa_prefixlen = (unsigned char)a->prefix;
+    ifa->ifa_index = (unsigned)a->index;
+    ifa->ifa_scope = RT_SCOPE_UNIVERSE;
+    ifa->ifa_flags = IFA_F_NODAD; /* usable at once: dnsmasq announces it */
+    mnl_attr_put(nlh, IFA_LOCAL, 16, a->addr);
+    mnl_attr_put(nlh, IFA_ADDRESS, 16, a->addr);
+    mnl_attr_put_u32(nlh, IFA_FLAGS, IFA_F_NODAD);
+    return nlh;
+}
+
+int kh_link_addr6_add(int index, const unsigned char addr[16], unsigned prefix, kh_err *err)
+{
+    addr6_set a = { index, addr, prefix };
+    return simple(build_addr6, &a, "add IPv6 address", err);
+}
+
 static struct nlmsghdr *build_del(nl_req *r, const void *arg)
 {
     struct nlmsghdr *nlh = nl_msg(r, RTM_DELLINK, NLM_F_ACK);

@@ -32,6 +32,9 @@ int kh_link_set_up(int index, kh_err *err);
 int kh_link_set_master(int index, int master, kh_err *err);
 /* Add (or replace) an IPv4 address addr/prefix with its broadcast. */
 int kh_link_addr_add(int index, uint32_t addr, unsigned prefix, kh_err *err);
+/* Add (or replace) an IPv6 address addr/prefix, without duplicate
+ * address detection. */
+int kh_link_addr6_add(int index, const unsigned char addr[16], unsigned prefix, kh_err *err);
 int kh_link_del(int index, kh_err *err);
 /* Call cb for every link (a dump); stops at the first non-zero return. */
 int kh_link_foreach(int (*cb)(const char *name, const kh_link_info *info, void *opaque),

@@ -656,3 +656,48 @@ def test_nic_bandwidth_limit_guest(nsdaemons, netns, guest, consoles, tmp_path):
     finally:
         srv.kill()
         srv.wait()
+
+
+@pytest.mark.slow
+def test_ipv6_nat_network_slaac_guest(nsdaemons, netns, guest, consoles):
+    d = nsdaemons()
+    api = d.api
+    for body, code in (({"name": "x", "ipv6": "fd00:86::/48"}, 400),
+                       ({"name": "x", "ipv6": "fd00:86::1/64"}, 400),
+                       ({"name": "x", "ipv6": "fe80::/64"}, 400),
+                       ({"name": "x", "ipv6": "ff02::/64"}, 400),
+                       ({"name": "x", "ipv6": "nonsense/64"}, 400),
+                       ({"name": "x", "ipv6": 64}, 400),
+                       ({"name": "x", "type": "bridged", "bridge": "lo", "ipv6": "fd00:1::/64"},
+                        400)):
+        r = api.post("/api/v1/networks", body)
+        assert r.status == code, (body, r)
+    n = create_net(api, {"name": "v6", "type": "nat", "subnet": "10.85.0.0/24",
+                         "ipv6": "fd00:86::/64"})
+    assert n["ipv6"] == "fd00:86::/64" and n["gateway6"] == "fd00:86::1", n
+    assert api.post("/api/v1/networks", {"name": "y", "ipv6": "fd00:86::/64"}).status == 409
+    assert api.get("/api/v1/networks").json["networks"][0]["ipv6"] == "fd00:86::/64"
+    addrs = netns.exec(["ip", "-6", "addr", "show", n["bridge"]]).stdout
+    assert "fd00:86::1/64" in addrs, addrs
+    rules = str(netns.nft_table())
+    assert "fd00:86::" in rules and "masquerade" in rules
+    boot_net_vms(api, guest, [net_vm_spec(guest, "s1", [{"network": "v6"}])])
+    c = consoles(d, "s1")
+    # SLAAC from dnsmasq's router advertisements
+    c.run("i=0; while ! ip -6 addr show dev eth0 | grep -q 'inet6 fd00:86:'; do "
+          "[ $i -gt 100 ] && break; usleep 200000; i=$((i+1)); done; "
+          "ip -6 addr show dev eth0 | grep -q 'inet6 fd00:86:' && echo kh-$((%d+1))",
+          timeout=45, retries=1)
+    c.run("ping -6 -c 1 -W 3 fd00:86::1 >/dev/null 2>&1 || ping6 -c 1 -W 3 fd00:86::1 "
+          ">/dev/null && echo kh-$((%d+1))", timeout=30)
+    # a source address outside the prefix is dropped at the tap
+    bridge_table = netns.exec(["nft", "list", "table", "bridge", "kvmhost"]).stdout
+    assert "ip6 saddr != { ::, fe80::/10, fd00:86::/64 } drop" in bridge_table, bridge_table
+    c.run("ip -6 addr add fd00:99::5/64 dev eth0 nodad; ip -6 route add fd00:86::1 dev eth0 "
+          "src fd00:99::5 2>/dev/null; ping -6 -c 2 -W 2 -I fd00:99::5 fd00:86::1 >/dev/null "
+          "2>&1 || echo kh-$((%d+1))", timeout=40, retries=1)
+    # kept across a restart
+    d.stop()
+    d.restart()
+    assert "fd00:86::1/64" in netns.exec(["ip", "-6", "addr", "show", n["bridge"]]).stdout
+    assert api.get("/api/v1/networks/v6").json["gateway6"] == "fd00:86::1"
