@@ -557,6 +557,19 @@ static kh_task *op_begin(nic_op *o, const json_t *vmj, json_t *candidate, kh_err
     kh_task_progress(o->task, 10, "asking QEMU");
     kh_task *t = o->task;
     kh_err e = KH_ERR_INIT;
+    if (o->kind == OP_ADD) {
+        /* What a daemon killed in the middle of this same add may have left
+         * in QEMU (named fds, a netdev without its device, holding the
+         * tap): gone before the tap is made again. Errors are expected. */
+        for (unsigned i = 0; i < 2 * o->queues; i++) {
+            char name[32];
+            snprintf(name, sizeof(name), "%s%c%u", o->tap, i < o->queues ? 't' : 'v',
+                     i % o->queues);
+            qmp(o, "closefd", json_pack("{s:s}", "fdname", name), ignore_reply, &e);
+        }
+        qmp(o, "netdev_del", json_pack("{s:s}", "id", o->netdev), ignore_reply, &e);
+        kh_err_clear(&e);
+    }
     int rc = o->kind == OP_ADD ? qmp(o, "query-pci", NULL, on_query_pci, &e)
                                : qmp(o, "query-rx-filter", NULL, on_rx_filter, &e);
     if (rc < 0)

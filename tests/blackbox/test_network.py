@@ -692,7 +692,7 @@ def test_ipv6_nat_network_slaac_guest(nsdaemons, netns, guest, consoles):
           ">/dev/null && echo kh-$((%d+1))", timeout=30)
     # a source address outside the prefix is dropped at the tap
     bridge_table = netns.exec(["nft", "list", "table", "bridge", "kvmhost"]).stdout
-    assert "ip6 saddr != { ::, fe80::/10, fd00:86::/64 } drop" in bridge_table, bridge_table
+    assert "ip6 saddr != { ::, fd00:86::/64, fe80::/10 } drop" in bridge_table, bridge_table
     c.run("ip -6 addr add fd00:99::5/64 dev eth0 nodad; ip -6 route add fd00:86::1 dev eth0 "
           "src fd00:99::5 2>/dev/null; ping -6 -c 2 -W 2 -I fd00:99::5 fd00:86::1 >/dev/null "
           "2>&1 || echo kh-$((%d+1))", timeout=40, retries=1)
