@@ -460,6 +460,10 @@ def test_nic_add_remove_link_stopped_and_cli(nsd, netns, fake_boot):
 
 
 def test_secgroup_cli(nsd, netns, fake_boot):
+    for words in (("help", "secgroup", "rule", "add"), ("secgroup", "rule", "delete", "--help"),
+                  ("help", "vm", "nic", "add")):
+        out = khlib.cli(nsd, *words)
+        assert out.returncode == 0 and "NAME" in out.stdout, (words, out)
     out = khlib.cli(nsd, "secgroup", "create", "web", "--proto", "tcp", "--ports", "80")
     assert out.returncode == 0 and "created" in out.stdout, out
     out = khlib.cli(nsd, "secgroup", "create", "web")
