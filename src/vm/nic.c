@@ -47,6 +47,8 @@ struct nic_op {
     char *found; /* remove/link: the device id QEMU reports for the MAC */
     kh_err failure;
     uv_timer_t *timer;
+    unsigned pending; /* QMP replies still owed to this op */
+    bool finished;    /* the task is done; freed once pending is 0 */
     nic_op *link;
 };
 
@@ -70,7 +72,7 @@ static void timer_closed(uv_handle_t *h)
     free(h);
 }
 
-static void op_free(nic_op *o)
+static void op_unlink(nic_op *o)
 {
     for (nic_op **pp = &o->n->ops; *pp; pp = &(*pp)->link) {
         if (*pp == o) {
@@ -78,6 +80,16 @@ static void op_free(nic_op *o)
             break;
         }
     }
+}
+
+/* Free now, or once the QMP replies still owed to it have come (each
+ * callback starts with stale()). */
+static void op_free(nic_op *o)
+{
+    op_unlink(o);
+    o->finished = true;
+    if (o->pending)
+        return;
     if (o->timer)
         uv_close((uv_handle_t *)o->timer, timer_closed);
     json_decref(o->old_nics);
@@ -122,7 +134,21 @@ static void op_commit_finish(nic_op *o)
 
 static int qmp(nic_op *o, const char *cmd, json_t *args, kh_qmp_reply_cb cb, kh_err *err)
 {
-    return kh_manager_qmp(o->n->mgr, o->vm_id, cmd, args, cb, o, err);
+    int rc = kh_manager_qmp(o->n->mgr, o->vm_id, cmd, args, cb, o, err);
+    if (rc == 0)
+        o->pending++;
+    return rc;
+}
+
+/* A reply arrived: true when the op has finished meanwhile (the callback
+ * must do nothing more; the op is freed with its last reply). */
+static bool stale(nic_op *o)
+{
+    o->pending--;
+    if (!o->finished)
+        return false;
+    op_free(o);
+    return true;
 }
 
 static void ignore_reply(kh_qmp *q, json_t *ret, const kh_err *err, void *opaque)
@@ -130,13 +156,15 @@ static void ignore_reply(kh_qmp *q, json_t *ret, const kh_err *err, void *opaque
     (void)q;
     (void)ret;
     (void)err;
-    (void)opaque;
+    stale(opaque);
 }
 
 /* Record the first error of a batch; the batch's last reply acts on it. */
 static void record_reply(kh_qmp *q, json_t *ret, const kh_err *err, void *opaque)
 {
     nic_op *o = opaque;
+    if (stale(o))
+        return;
     (void)q;
     (void)ret;
     if (err && !kh_err_isset(&o->failure))
@@ -156,6 +184,8 @@ static void on_add_link(kh_qmp *q, json_t *ret, const kh_err *err, void *opaque)
     (void)q;
     (void)ret;
     nic_op *o = opaque;
+    if (stale(o))
+        return;
     if (err) /* the NIC is there; its spec says down: say so */
         kh_log(KH_LOG_WARN, "nic.add", "vm=%s set_link: %s", o->vm, err->msg);
     op_finish(o, NULL);
@@ -166,6 +196,8 @@ static void on_device_add(kh_qmp *q, json_t *ret, const kh_err *err, void *opaqu
     (void)q;
     (void)ret;
     nic_op *o = opaque;
+    if (stale(o))
+        return;
     if (err) {
         kh_err e = KH_ERR_INIT;
         add_undo_netdev(o);
@@ -187,6 +219,8 @@ static void on_netdev_add(kh_qmp *q, json_t *ret, const kh_err *err, void *opaqu
     (void)q;
     (void)ret;
     nic_op *o = opaque;
+    if (stale(o))
+        return;
     if (err || kh_err_isset(&o->failure)) {
         kh_err f = KH_ERR_INIT;
         kh_err_set(&f, KH_E_QEMU, "%s: %s", err ? "netdev_add" : "getfd",
@@ -261,8 +295,9 @@ static void add_plug(nic_op *o)
         snprintf(name, sizeof(name), "%s%c%u", o->tap, v ? 'v' : 't', q);
         kh_err e = KH_ERR_INIT;
         if (kh_manager_qmp_fd(o->n->mgr, o->vm_id, "getfd", json_pack("{s:s}", "fdname", name),
-                              v ? vfd[q] : tfd[q], record_reply, o, &e) < 0 &&
-            !kh_err_isset(&o->failure))
+                              v ? vfd[q] : tfd[q], record_reply, o, &e) == 0)
+            o->pending++;
+        else if (!kh_err_isset(&o->failure))
             kh_err_copy(&o->failure, &e);
     }
     char fds[192], vfds[192];
@@ -281,6 +316,8 @@ static void on_query_pci(kh_qmp *q, json_t *ret, const kh_err *err, void *opaque
 {
     (void)q;
     nic_op *o = opaque;
+    if (stale(o))
+        return;
     if (err) {
         op_finish(o, err);
         return;
@@ -332,6 +369,8 @@ static void on_netdev_del(kh_qmp *q, json_t *ret, const kh_err *err, void *opaqu
     (void)q;
     (void)ret;
     nic_op *o = opaque;
+    if (stale(o))
+        return;
     if (err) /* a netdev that is not there (a daemon killed mid-add) is fine */
         kh_log(KH_LOG_DEBUG, "nic.remove", "vm=%s netdev_del: %s", o->vm, err->msg);
     op_commit_finish(o);
@@ -362,6 +401,8 @@ static void on_unplug_poll(kh_qmp *q, json_t *ret, const kh_err *err, void *opaq
 {
     (void)q;
     nic_op *o = opaque;
+    if (stale(o))
+        return;
     if (err) {
         op_finish(o, err);
         return;
@@ -402,6 +443,8 @@ static void on_device_del(kh_qmp *q, json_t *ret, const kh_err *err, void *opaqu
     (void)q;
     (void)ret;
     nic_op *o = opaque;
+    if (stale(o))
+        return;
     if (err) {
         kh_err e = KH_ERR_INIT;
         kh_err_set(&e, KH_E_QEMU, "device_del: %s", err->msg);
@@ -417,6 +460,8 @@ static void on_link_set(kh_qmp *q, json_t *ret, const kh_err *err, void *opaque)
     (void)q;
     (void)ret;
     nic_op *o = opaque;
+    if (stale(o))
+        return;
     if (err) {
         op_finish(o, err);
         return;
@@ -428,6 +473,8 @@ static void on_rx_filter(kh_qmp *q, json_t *ret, const kh_err *err, void *opaque
 {
     (void)q;
     nic_op *o = opaque;
+    if (stale(o))
+        return;
     if (err) {
         op_finish(o, err);
         return;
