@@ -4,7 +4,7 @@
 #     (bridge + nftables + dnsmasq bound on the gateway), target <= 100 ms;
 #   - tap setup per VM start (create tap, enslave, up: the daemon's vm.nics
 #     log line), target <= 10 ms;
-#   - guest-to-guest TCP throughput (busybox httpd -> wget, 32 MiB) between
+#   - guest-to-guest TCP throughput (busybox httpd -> wget, 32 MiB, median of 3) between
 #     two test guests on kvmhost's NAT network, then the same two guests on
 #     libvirt's default NAT network (virbr0 + its dnsmasq, made with
 #     net-create), under the accelerator the host has (TCG here).
@@ -80,8 +80,10 @@ if os.path.exists(p) and os.path.getsize(p):
 print()
 print("%-48s | %10s | %10s" % ("guest-to-guest TCP, NAT network, TCG", "kvmhost", "libvirt"))
 print("%-48s | %10s | %10s" % ("-" * 48, "-" * 10, "-" * 10))
-print("%-48s | %10.1f | %10s" % ("throughput, 32 MiB httpd -> wget (MiB/s)", k["kvmhost_mibs"],
-                                 "%.1f" % lv["libvirt_mibs"] if lv else "-"))
+print("%-48s | %10.1f | %10s" % ("throughput, 32 MiB httpd -> wget (MiB/s, median)",
+                                 k["kvmhost_mibs"], "%.1f" % lv["libvirt_mibs"] if lv else "-"))
+print("%-48s | %10s | %10s" % ("  the three runs", "/".join("%.0f" % r for r in k["kvmhost_runs"]),
+                               "/".join("%.0f" % r for r in lv["libvirt_runs"]) if lv else "-"))
 print("%-48s | %10.1f | %10s" % ("network create (ms; kvmhost: until DNS answers)",
                                  k["net_create_ms"],
                                  "%.1f" % lv["libvirt_net_create_ms"] if lv else "-"))

@@ -10,6 +10,7 @@ import json
 import os
 import re
 import socket
+import statistics
 import subprocess
 import sys
 import threading
@@ -145,16 +146,20 @@ def main():
         c1, c2 = cons["lv1"], cons["lv2"]
         c2.run("mkdir -p /www && dd if=/dev/zero of=/www/big bs=64k count=512 2>/dev/null && "
                "httpd -p 80 -h /www && echo kh-$((%d+1))")
-        m = c1.run("s=$(cut -d' ' -f1 /proc/uptime | tr -d .); wget -q -O - http://" +
-                   ips["lv2"] + "/big | wc -c > /tmp/got; e=$(cut -d' ' -f1 /proc/uptime | "
-                   "tr -d .); echo kh-$((%d+1)) cs=$((e-s)) got=$(cat /tmp/got)", timeout=300)
-        tail = c1.text()[m.start():m.start() + 200]
-        cs = int(re.search(r"cs=(\d+)", tail).group(1))
-        got = int(re.search(r"got=(\d+)", tail).group(1))
-        assert got == 32 * 1024 * 1024, "received %d bytes: %r" % (got, tail)
-        mibs = 32 / max(cs / 100.0, 0.01)
+        runs = []
+        for _ in range(3):
+            m = c1.run("s=$(cut -d' ' -f1 /proc/uptime | tr -d .); wget -q -O - http://" +
+                       ips["lv2"] + "/big | wc -c > /tmp/got; e=$(cut -d' ' -f1 /proc/uptime | "
+                       "tr -d .); echo kh-$((%d+1)) cs=$((e-s)) got=$(cat /tmp/got)",
+                       timeout=300)
+            tail = c1.text()[m.start():m.start() + 200]
+            cs = int(re.search(r"cs=(\d+)", tail).group(1))
+            got = int(re.search(r"got=(\d+)", tail).group(1))
+            assert got == 32 * 1024 * 1024, "received %d bytes: %r" % (got, tail)
+            runs.append(32 / max(cs / 100.0, 0.01))
+        mibs = statistics.median(runs)
         print(json.dumps({"libvirt_net_create_ms": round(net_ms, 1), "libvirt_mibs": round(mibs, 1),
-                          "ips": ips}))
+                          "libvirt_runs": runs, "ips": ips}))
     finally:
         for c in cons.values():
             c.close()
