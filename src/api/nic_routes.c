@@ -60,8 +60,19 @@ void kh_nic_routes_remove(kh_http_req *req, void *app)
     kh_err err = KH_ERR_INIT;
     int wait = query_wait(req, &err);
     int index = wait >= 0 ? path_index(req, &err) : -1;
+    long timeout = KH_NICS_UNPLUG_TIMEOUT_DEFAULT;
+    const char *t = kh_http_req_query(req, "timeout");
+    if (index >= 0 && t) {
+        char *end = NULL;
+        timeout = strtol(t, &end, 10);
+        if (!*t || *end || timeout < 1 || timeout > KH_NICS_UNPLUG_TIMEOUT_MAX) {
+            kh_err_set(&err, KH_E_INVALID, "timeout: must be 1 to %d seconds",
+                       KH_NICS_UNPLUG_TIMEOUT_MAX);
+            index = -1;
+        }
+    }
     kh_task *task = index >= 0 ? kh_nics_remove(api->nics, kh_http_req_param(req, "name"),
-                                                (unsigned)index, &err)
+                                                (unsigned)index, (unsigned)timeout, &err)
                                : NULL;
     reply(req, api, task, wait, &err);
 }

@@ -47,8 +47,8 @@ static const kh_route routes[] = {
       "?wait=SECONDS, default 30)",
       "NIC", "Task" },
     { "DELETE", "/api/v1/vms/{name}/nics/{index}", kh_nic_routes_remove, 0,
-      "Remove NIC {index}: hot-unplugged from a running VM (the guest must release it), else "
-      "taken out of the spec (a task; ?wait=SECONDS)",
+      "Remove NIC {index}: hot-unplugged from a running VM (the guest must release it within "
+      "?timeout=SECONDS, default 30), else taken out of the spec (a task; ?wait=SECONDS)",
       NULL, "Task" },
     { "PATCH", "/api/v1/vms/{name}/nics/{index}", kh_nic_routes_patch, 0,
       "Set NIC {index}'s link up or down, live on a running VM (a task; ?wait=SECONDS)",

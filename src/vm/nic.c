@@ -15,7 +15,6 @@
 #include "util/mem.h"
 
 #define POLL_MS 200
-#define UNPLUG_TIMEOUT_MS 30000u
 #define NIC_PORT_FIRST 4 /* hp4..hp7: NICs; hp0..hp3 belong to disks */
 
 typedef enum op_kind { OP_ADD, OP_REMOVE, OP_LINK } op_kind;
@@ -43,6 +42,7 @@ struct nic_op {
     bool link_down;
     unsigned queues;
     unsigned waited_ms;
+    unsigned timeout_ms; /* remove: how long the guest may take to release it */
     char mac[18], tap[16], netdev[24], dev[32], port[8];
     char *found; /* remove/link: the device id QEMU reports for the MAC */
     kh_err failure;
@@ -413,12 +413,13 @@ static void on_unplug_poll(kh_qmp *q, json_t *ret, const kh_err *err, void *opaq
         return;
     }
     free(still);
-    if (o->waited_ms >= UNPLUG_TIMEOUT_MS) {
+    if (o->waited_ms >= o->timeout_ms) {
         kh_err e = KH_ERR_INIT;
         kh_err_set(&e, KH_E_TIMEOUT,
                    "nics[%u]: the guest did not release the NIC within %u s (no DEVICE_DELETED; "
-                   "is it up and handling PCIe hot-unplug?); the NIC stays",
-                   o->index, UNPLUG_TIMEOUT_MS / 1000);
+                   "is it up and handling PCIe hot-unplug?); the NIC stays (if the guest "
+                   "releases it later, remove it again to finish)",
+                   o->index, o->timeout_ms / 1000);
         op_finish(o, &e);
         return;
     }
@@ -445,7 +446,9 @@ static void on_device_del(kh_qmp *q, json_t *ret, const kh_err *err, void *opaqu
     nic_op *o = opaque;
     if (stale(o))
         return;
-    if (err) {
+    /* An unplug asked for earlier (one that timed out) is still pending:
+     * wait for it like for a new one. */
+    if (err && !strstr(err->msg, "in the process of unplug")) {
         kh_err e = KH_ERR_INIT;
         kh_err_set(&e, KH_E_QEMU, "device_del: %s", err->msg);
         op_finish(o, &e);
@@ -654,12 +657,19 @@ kh_task *kh_nics_add(kh_nics *n, const char *vm, const json_t *nic, kh_err *err)
     return t;
 }
 
-kh_task *kh_nics_remove(kh_nics *n, const char *vm, unsigned index, kh_err *err)
+kh_task *kh_nics_remove(kh_nics *n, const char *vm, unsigned index, unsigned timeout_s,
+                        kh_err *err)
 {
+    if (timeout_s < 1 || timeout_s > KH_NICS_UNPLUG_TIMEOUT_MAX) {
+        kh_err_set(err, KH_E_INVALID, "timeout: must be 1 to %d seconds",
+                   KH_NICS_UNPLUG_TIMEOUT_MAX);
+        return NULL;
+    }
     json_t *vmj;
     nic_op *o = op_new(n, OP_REMOVE, vm, &vmj, err);
     if (!o)
         return NULL;
+    o->timeout_ms = timeout_s * 1000;
     if (index >= json_array_size(o->old_nics)) {
         kh_err_set(err, KH_E_NOTFOUND, "vm %s has no NIC %u", vm, index);
         json_decref(vmj);

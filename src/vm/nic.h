@@ -11,8 +11,8 @@
  *    the NIC is "down". A failed device_add takes the netdev and the spec
  *    change back.
  *  - remove: the device found by its MAC (query-rx-filter); device_del,
- *    then query-rx-filter every 200 ms until the guest let it go (30 s,
- *    else KH_E_TIMEOUT-like failure and nothing else changes), netdev_del
+ *    then query-rx-filter every 200 ms until the guest let it go (within
+ *    timeout_s, else KH_E_TIMEOUT and nothing else changes), netdev_del
  *    (QEMU closes the tap: the link goes), the spec committed (its rules
  *    go). A NIC the VM started with sits on pcie.0, which takes no
  *    hot-unplug: 409, stop the VM to remove it. A NIC in the spec whose
@@ -41,7 +41,10 @@ void kh_nics_free(kh_nics *n);
  * (400 bad NIC, 404 no VM, 409 busy or a state that forbids it) and
  * nothing changed. */
 kh_task *kh_nics_add(kh_nics *n, const char *vm, const json_t *nic, kh_err *err);
-kh_task *kh_nics_remove(kh_nics *n, const char *vm, unsigned index, kh_err *err);
+#define KH_NICS_UNPLUG_TIMEOUT_DEFAULT 30
+#define KH_NICS_UNPLUG_TIMEOUT_MAX 300
+kh_task *kh_nics_remove(kh_nics *n, const char *vm, unsigned index, unsigned timeout_s,
+                        kh_err *err);
 /* body: {"link": "up"|"down"}, the only NIC field that changes in place. */
 kh_task *kh_nics_set(kh_nics *n, const char *vm, unsigned index, const json_t *body,
                      kh_err *err);

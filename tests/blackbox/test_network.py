@@ -575,6 +575,22 @@ def test_nic_hotplug_link_multiqueue_guest(nsdaemons, netns, guest, consoles):
     c.run("[ ! -e /sys/class/net/eth1 ] && echo kh-$((%d+1))", timeout=20)
     c.run("ping -c 1 -W 3 10.87.0.1 >/dev/null && echo kh-$((%d+1))", timeout=30)
 
+    # a guest that does not release the NIC (paused): 504 after ?timeout, nothing
+    # changes; resumed, it lets go and a second DELETE finishes
+    r = nic_call(api, "POST", "/api/v1/vms/h1/nics", {"network": "hp"})
+    tap2 = r.json["result"]["tap"]
+    st, _ = api.action("h1", "pause", wait=30)
+    assert st == 200
+    r = api.request("DELETE", "/api/v1/vms/h1/nics/1?wait=60&timeout=2")
+    assert r.status == 504 and r.error["code"] == "timeout", r
+    assert len(api.vm("h1")["nics"]) == 2 and tap2 in netns.links()
+    assert api.request("DELETE", "/api/v1/vms/h1/nics/1?timeout=0").status == 400
+    st, _ = api.action("h1", "resume", wait=30)
+    assert st == 200
+    nic_call(api, "DELETE", "/api/v1/vms/h1/nics/1")
+    netlib.wait_for(lambda: tap2 not in netns.links(), 10, "tap removed")
+    assert len(api.vm("h1")["nics"]) == 1
+
     # plugged again (same port), then the next start has it as a normal NIC
     r = nic_call(api, "POST", "/api/v1/vms/h1/nics", {"network": "hp", "link": "down"})
     assert r.json["result"]["port"] == "hp4"
