@@ -1,4 +1,5 @@
 """bench/net.py - run by bench/net.sh inside a fresh network namespace."""
+import json
 import os
 import re
 import socket
@@ -64,22 +65,33 @@ def main():
                 print(api.get("/api/v1/vms/" + name).json)
                 print(log[-3000:])
                 os.system("ip -d link; nft list ruleset")
-        us = [int(m) for m in re.findall(r"event=vm\.nics vm=\S+ nics=1 us=(\d+)", d.log())]
+        us = [int(m) for m in re.findall(r"event=vm\.nics vm=\S+ nics=1 queues=\d+ us=(\d+)", d.log())]
         print("tap setup per VM start (1 NIC): %s us (target <= 10 ms)" % us)
         c2 = khlib.Console(d.socket, "t2")
         c1 = khlib.Console(d.socket, "t1")
         c2.run("mkdir -p /www && dd if=/dev/zero of=/www/big bs=64k count=512 2>/dev/null && "
                "httpd -p 80 -h /www && echo kh-$((%d+1))", timeout=60)
-        # busybox date has no %N: /proc/uptime gives centiseconds
-        m = c1.run("s=$(cut -d' ' -f1 /proc/uptime | tr -d .); wget -q -O - http://" + ips["t2"] +
-                   "/big | wc -c > /tmp/got; e=$(cut -d' ' -f1 /proc/uptime | tr -d .); "
-                   "echo kh-$((%d+1)) cs=$((e-s)) got=$(cat /tmp/got)", timeout=300, retries=1)
-        tail = c1.text()[m.start():m.start() + 200]
-        cs = int(re.search(r"cs=(\d+)", tail).group(1))
-        got = int(re.search(r"got=(\d+)", tail).group(1))
-        assert got == 32 * 1024 * 1024, "received %d bytes: %r" % (got, tail)
-        print("guest-to-guest TCP (busybox httpd -> wget, 32 MiB, %s): %.1f MiB/s"
-              % (api.get("/api/v1/host").json.get("accelerator"), 32 / max(cs / 100.0, 0.01)))
+        # busybox date has no %N: /proc/uptime gives centiseconds. Three runs,
+        # the median reported (the host's CPUs are shared).
+        runs = []
+        for _ in range(3):
+            m = c1.run("s=$(cut -d' ' -f1 /proc/uptime | tr -d .); wget -q -O - http://" +
+                       ips["t2"] + "/big | wc -c > /tmp/got; e=$(cut -d' ' -f1 /proc/uptime | "
+                       "tr -d .); echo kh-$((%d+1)) cs=$((e-s)) got=$(cat /tmp/got)",
+                       timeout=300, retries=1)
+            tail = c1.text()[m.start():m.start() + 200]
+            cs = int(re.search(r"cs=(\d+)", tail).group(1))
+            got = int(re.search(r"got=(\d+)", tail).group(1))
+            assert got == 32 * 1024 * 1024, "received %d bytes: %r" % (got, tail)
+            runs.append(32 / max(cs / 100.0, 0.01))
+        mibs = statistics.median(runs)
+        print("guest-to-guest TCP (busybox httpd -> wget, 32 MiB, %s): median %.1f MiB/s of %s"
+              % (api.get("/api/v1/host").json.get("accelerator"), mibs,
+                 ["%.1f" % r for r in runs]))
+        if len(sys.argv) > 2:
+            with open(sys.argv[2], "w") as f:
+                json.dump({"kvmhost_mibs": round(mibs, 1), "kvmhost_runs": runs,
+                           "net_create_ms": round(statistics.median(tot), 1)}, f)
         c1.close()
         c2.close()
     finally:

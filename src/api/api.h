@@ -15,6 +15,7 @@
 #include "api/http.h"
 #include "storage/storage.h"
 #include "vm/disk.h"
+#include "vm/nic.h"
 #include "vm/snapshot.h"
 #include "vm/event.h"
 #include "vm/manager.h"
@@ -30,6 +31,7 @@ typedef struct kh_api {
     kh_storage *storage; /* pools and volumes (NULL: storage unavailable) */
     kh_snapshots *snapshots;
     kh_disks *disks;     /* disk attach/detach, hot-plug (vm/disk.h) */
+    kh_nics *nics;     /* NIC add/remove/link (vm/nic.h) */
     json_t *host;      /* static host facts, computed at start (owned) */
     char *openapi;     /* generated once from the route table, serialised (owned):
                         * as text it is a fraction of its jansson tree */
@@ -64,6 +66,9 @@ void kh_vm_routes_reply_task(kh_http_req *req, kh_api *api, kh_task *task, int w
 
 void kh_disk_routes_attach(kh_http_req *req, void *app);
 void kh_disk_routes_detach(kh_http_req *req, void *app);
+void kh_nic_routes_add(kh_http_req *req, void *app);
+void kh_nic_routes_remove(kh_http_req *req, void *app);
+void kh_nic_routes_patch(kh_http_req *req, void *app);
 
 void kh_snapshot_routes_list(kh_http_req *req, void *app);
 void kh_snapshot_routes_create(kh_http_req *req, void *app);

@@ -53,6 +53,17 @@ static const kh_route routes[] = {
       "ActionOptions", "Task" },
     { "DELETE", "/api/v1/vms/{name}/snapshots/{snap}", kh_snapshot_routes_delete, 0,
       "Delete one snapshot; the others keep their data (a task)", NULL, "Task" },
+    { "POST", "/api/v1/vms/{name}/nics", kh_nic_routes_add, 0,
+      "Add a NIC: hot-plugged into a running q35 VM, else added to the spec (a task; "
+      "?wait=SECONDS, default 30)",
+      "NIC", "Task" },
+    { "DELETE", "/api/v1/vms/{name}/nics/{index}", kh_nic_routes_remove, 0,
+      "Remove NIC {index}: hot-unplugged from a running VM (the guest must release it within "
+      "?timeout=SECONDS, default 30), else taken out of the spec (a task; ?wait=SECONDS)",
+      NULL, "Task" },
+    { "PATCH", "/api/v1/vms/{name}/nics/{index}", kh_nic_routes_patch, 0,
+      "Set NIC {index}'s link up or down, live on a running VM (a task; ?wait=SECONDS)",
+      "NICPatch", "Task" },
     { "GET", "/api/v1/templates", kh_template_routes_list, 0, "List the templates", NULL,
       "TemplateList" },
     { "GET", "/api/v1/vms/{name}/console", kh_console_routes_ws, KH_ROUTE_WEBSOCKET,
@@ -259,7 +270,11 @@ static const struct {
       "s\":{\"network\":{\"type\":\"string\",\"pattern\":\"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$\"},"
       "\"mac\":{\"type\":\"string\",\"pattern\":\"^[0-9A-Fa-f]{2}(:[0-9A-Fa-f]{2}){5}$\"},\"ip\":"
       "{\"type\":\"string\"},\"security_groups\":{\"type\":\"array\",\"maxItems\":8,\"items\":{"
-      "\"type\":\"string\"}}}}" },
+      "\"type\":\"string\"}},\"link\":{\"type\":\"string\",\"enum\":[\"up\",\"down\"],"
+      "\"default\":\"up\"}}}" },
+    { "NICPatch",
+      "{\"type\":\"object\",\"additionalProperties\":false,\"required\":[\"link\"],"
+      "\"properties\":{\"link\":{\"type\":\"string\",\"enum\":[\"up\",\"down\"]}}}" },
     { "SecurityGroup",
       "{\"type\":\"object\",\"additionalProperties\":false,\"properties\":{\"name\":{\"type\":\"s"
       "tring\"},\"rules\":{\"type\":\"array\",\"maxItems\":64,\"items\":{\"type\":\"object\",\"ad"

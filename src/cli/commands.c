@@ -199,6 +199,20 @@ static const cli_opt opts_net_forward[] = {
     { NULL, NULL, 0, NULL },
 };
 
+static const cli_opt opts_nic_link[] = {
+    { "state", "up|down", CLI_OPT_ARG | CLI_OPT_REQUIRED,
+      "The link state the guest sees (carrier); kept in the spec for the next start." },
+    { NULL, NULL, 0, NULL },
+};
+
+static const cli_opt opts_sg_rule[] = {
+    { "proto", "tcp|udp|icmp|any", CLI_OPT_ARG, "Protocol (default tcp)." },
+    { "ports", "PORT[-PORT]", CLI_OPT_ARG,
+      "Destination port or range, e.g. 80 or 8000-8080 (tcp and udp only; default all)." },
+    { "cidr", "NET/LEN", CLI_OPT_ARG, "Source addresses allowed (default 0.0.0.0/0)." },
+    { NULL, NULL, 0, NULL },
+};
+
 const cli_opt cli_global_opts[] = {
     { "socket", "PATH", CLI_OPT_ARG,
       "The unix socket of kvmhostd. Default: $KVMHOST_SOCKET, else " KH_DEFAULT_SOCKET "." },
@@ -483,6 +497,81 @@ const cli_cmd cli_commands[] = {
         cli_do_net_forward,
     },
     {
+        "vm", "nic add", "VM SPEC", "add a NIC to a VM",
+        "Add a virtio NIC to the VM. SPEC is NETWORK[,mac=MAC][,ip=IP][,link=down], as "
+        "--nic of 'vm create'. A running q35 VM gets it at once (PCIe hot-plug onto a free "
+        "port: at most four hot-plugged NICs at a time); a stopped VM has it from its next "
+        "start. The NIC is the VM's last; its number is printed.",
+        NULL,
+        "$ kvmhost vm nic add web1 lan\n"
+        "$ kvmhost vm nic add web1 lan,ip=10.10.0.20",
+        cli_do_vm_nic_add,
+    },
+    {
+        "vm", "nic remove", "VM INDEX", "remove a NIC from a VM",
+        "Remove NIC number INDEX (0 is the first; see 'vm show'). On a running VM only NICs "
+        "hot-plugged since it started can go: the guest is asked to release the device "
+        "(up to 30 s), then its tap and firewall rules are removed. NICs after it move up "
+        "one number.",
+        NULL,
+        "$ kvmhost vm nic remove web1 1",
+        cli_do_vm_nic_remove,
+    },
+    {
+        "vm", "nic link", "VM INDEX", "set a NIC's link up or down",
+        "Set the link of NIC number INDEX: down, the guest sees no carrier and no traffic "
+        "passes; up, it is back. Applies at once to a running VM and stays in the spec.",
+        opts_nic_link,
+        "$ kvmhost vm nic link web1 0 --state down",
+        cli_do_vm_nic_link,
+    },
+    {
+        "secgroup", "list", NULL, "list the security groups",
+        "One line per security group: its name and how many rules it has.",
+        NULL,
+        "$ kvmhost secgroup list",
+        cli_do_sg_list,
+    },
+    {
+        "secgroup", "show", "NAME", "show a security group's rules",
+        "The group's rules, numbered from 0. A NIC with security groups accepts inbound "
+        "traffic that a rule of one of its groups allows (and replies to its own traffic); "
+        "the rest inbound is dropped. Outbound is always allowed.",
+        NULL,
+        "$ kvmhost secgroup show web",
+        cli_do_sg_show,
+    },
+    {
+        "secgroup", "create", "NAME", "create a security group",
+        "Create the group, empty or with one rule from --proto/--ports/--cidr. Attach it to "
+        "NICs with \"security_groups\": [\"NAME\"] in their spec.",
+        opts_sg_rule,
+        "$ kvmhost secgroup create web --proto tcp --ports 80",
+        cli_do_sg_create,
+    },
+    {
+        "secgroup", "delete", "NAME", "delete a security group",
+        "Delete the group. A group that a NIC uses is refused (exit status 5).",
+        NULL,
+        "$ kvmhost secgroup delete web",
+        cli_do_sg_delete,
+    },
+    {
+        "secgroup", "rule add", "NAME", "add a rule to a security group",
+        "Append an inbound rule; the NICs that use the group get it at once.",
+        opts_sg_rule,
+        "$ kvmhost secgroup rule add web --proto tcp --ports 443\n"
+        "$ kvmhost secgroup rule add web --proto icmp --cidr 10.0.0.0/8",
+        cli_do_sg_rule_add,
+    },
+    {
+        "secgroup", "rule delete", "NAME RULE", "delete a rule of a security group",
+        "Delete rule number RULE (see 'secgroup show'); the rules after it move up one.",
+        NULL,
+        "$ kvmhost secgroup rule delete web 1",
+        cli_do_sg_rule_delete,
+    },
+    {
         "host", "show", NULL, "show facts about the host",
         "The host as kvmhostd sees it: name, versions of kvmhostd and QEMU, the accelerator "
         "VMs get (kvm, or tcg with the reason KVM is not usable), CPUs, memory, cgroup "
@@ -708,6 +797,7 @@ static const struct {
 } noun_summaries[] = {
     { "vm", "manage virtual machines" },
     { "network", "manage networks" },
+    { "secgroup", "manage security groups (inbound firewall rules of NICs)" },
     { "host", "show the host" },
     { "task", "follow long operations" },
     { "pool", "manage storage pools" },

@@ -72,8 +72,13 @@ static int help(int argc, char **argv)
         put(stdout, cli_help_noun(argv[0]));
         return 0;
     }
-    const cli_cmd *cmd = cli_cmd_find(argv[0], argv[1]);
-    if (!cmd || argc > 2) {
+    const cli_cmd *cmd = NULL;
+    char two[64];
+    if (argc == 3 && snprintf(two, sizeof(two), "%s %s", argv[1], argv[2]) < (int)sizeof(two))
+        cmd = cli_cmd_find(argv[0], two); /* "secgroup rule add" */
+    else if (argc == 2)
+        cmd = cli_cmd_find(argv[0], argv[1]);
+    if (!cmd) {
         fprintf(stderr, "kvmhost: error: no help for unknown command '%s %s'\n", argv[0],
                 argv[1]);
         return kh_code_exit_status(KH_E_INVALID);
@@ -140,7 +145,14 @@ int main(int argc, char **argv)
         rc = global_options(&ctx, argc, argv, &i, false);
         if (rc >= 0)
             return rc;
-        if (i >= argc || !(cmd = cli_cmd_find(noun, argv[i]))) {
+        /* two-word verbs first ("nic add", "rule delete") */
+        char two[64];
+        cmd = NULL;
+        if (i + 1 < argc && snprintf(two, sizeof(two), "%s %s", argv[i], argv[i + 1]) <
+                                (int)sizeof(two) &&
+            (cmd = cli_cmd_find(noun, two)))
+            i++;
+        if (i >= argc || (!cmd && !(cmd = cli_cmd_find(noun, argv[i])))) {
             if (i >= argc)
                 fprintf(stderr, "kvmhost: error: '%s' needs a command\n\n", noun);
             else

@@ -1,11 +1,14 @@
 /* net_handlers.c - `kvmhost network create|list|show|delete|leases|forward`. */
 #include "cli/net_handlers.h"
 
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "cli/output.h"
+#include "cli/handlers.h"
+#include "util/check.h"
 #include "util/mem.h"
 
 static int set_str(json_t *o, const char *key, const char *v, kh_err *err)
@@ -208,7 +211,7 @@ json_t *cli_nics_json(const kh_strv *specs, kh_err *err)
                 key = item;
                 val = eq + 1;
                 if (strcmp(key, "mac") != 0 && strcmp(key, "ip") != 0 &&
-                    strcmp(key, "network") != 0) {
+                    strcmp(key, "network") != 0 && strcmp(key, "link") != 0) {
                     kh_err_set(err, KH_E_INVALID, "--nic %s: unknown item %s", specs->v[i], key);
                     rc = -1;
                     break;
@@ -235,4 +238,282 @@ json_t *cli_nics_json(const kh_strv *specs, kh_err *err)
         json_array_append_new(arr, nic);
     }
     return arr;
+}
+
+/* ---- vm nic add|remove|link ---- */
+
+/* Send a NIC request that answers with a task and wait for it. */
+static int nic_task(cli_ctx *ctx, const char *method, char *path, const json_t *body,
+                    json_t **task, kh_err *err)
+{
+    cli_client *c = cli_ctx_client(ctx, err);
+    int rc = c ? cli_client_json(c, method, path, body, task, NULL, err) : -1;
+    free(path);
+    if (rc < 0)
+        return -1;
+    if (rc == 202 && cli_task_wait(ctx, task, err) < 0)
+        return -1;
+    return 0;
+}
+
+static char *nic_path(const char *vm, const char *index)
+{
+    char *ve = cli_path_escape(vm);
+    char *p;
+    if (index) {
+        char *ie = cli_path_escape(index);
+        p = xasprintf("/api/v1/vms/%s/nics/%s?wait=60", ve, ie);
+        free(ie);
+    } else {
+        p = xasprintf("/api/v1/vms/%s/nics?wait=60", ve);
+    }
+    free(ve);
+    return p;
+}
+
+int cli_do_vm_nic_add(cli_ctx *ctx, const cli_args *a, kh_err *err)
+{
+    kh_strv specs = { 0 };
+    char *one[] = { (char *)(uintptr_t)a->pos2, NULL };
+    specs.v = one;
+    specs.n = 1;
+    json_t *arr = cli_nics_json(&specs, err);
+    if (!arr)
+        return -1;
+    json_t *task = NULL;
+    int rc = nic_task(ctx, "POST", nic_path(a->pos, NULL), json_array_get(arr, 0), &task, err);
+    json_decref(arr);
+    if (rc == 0) {
+        const json_t *r = json_object_get(task, "result");
+        if (ctx->json)
+            cli_print_json(stdout, task);
+        else
+            printf("vm %s: NIC %lld added (mac %s, tap %s%s%s)\n", a->pos,
+                   (long long)json_integer_value(json_object_get(r, "index")), cli_jstr(r, "mac"),
+                   cli_jstr(r, "tap"), cli_jstr(r, "port") ? ", hot-plugged on " : "",
+                   cli_jstr(r, "port") ? cli_jstr(r, "port") : "");
+    }
+    json_decref(task);
+    return rc;
+}
+
+int cli_do_vm_nic_remove(cli_ctx *ctx, const cli_args *a, kh_err *err)
+{
+    json_t *task = NULL;
+    int rc = nic_task(ctx, "DELETE", nic_path(a->pos, a->pos2), NULL, &task, err);
+    if (rc == 0) {
+        if (ctx->json)
+            cli_print_json(stdout, task);
+        else
+            printf("vm %s: NIC %s removed\n", a->pos, a->pos2);
+    }
+    json_decref(task);
+    return rc;
+}
+
+int cli_do_vm_nic_link(cli_ctx *ctx, const cli_args *a, kh_err *err)
+{
+    const char *state = cli_arg(a, "state");
+    json_t *body = json_pack("{s:s}", "link", state ? state : "");
+    json_t *task = NULL;
+    int rc = nic_task(ctx, "PATCH", nic_path(a->pos, a->pos2), body, &task, err);
+    json_decref(body);
+    if (rc == 0) {
+        if (ctx->json)
+            cli_print_json(stdout, task);
+        else
+            printf("vm %s: NIC %s link %s\n", a->pos, a->pos2, state);
+    }
+    json_decref(task);
+    return rc;
+}
+
+/* ---- secgroup ---- */
+
+static void rules_human(const json_t *g)
+{
+    static const char *const head[] = { "#", "DIRECTION", "PROTO", "PORTS", "CIDR" };
+    cli_table *t = cli_table_new(KH_ARRAY_LEN(head), head);
+    size_t i;
+    json_t *r;
+    json_array_foreach(json_object_get(g, "rules"), i, r) {
+        char idx[24];
+        snprintf(idx, sizeof(idx), "%zu", i);
+        cli_table_add(t, idx);
+        cli_table_add(t, cli_jstr(r, "direction") ? cli_jstr(r, "direction") : "in");
+        cli_table_add(t, cli_jstr(r, "proto") ? cli_jstr(r, "proto") : "");
+        cli_table_add(t, cli_jstr(r, "ports") ? cli_jstr(r, "ports") : "-");
+        cli_table_add(t, cli_jstr(r, "cidr") ? cli_jstr(r, "cidr") : "");
+    }
+    printf("security group %s (inbound: what no rule allows is dropped; outbound: all)\n",
+           cli_jstr(g, "name") ? cli_jstr(g, "name") : "");
+    cli_print_free(cli_table_render(t));
+    cli_table_free(t);
+}
+
+static void groups_human(const json_t *resp)
+{
+    static const char *const head[] = { "NAME", "RULES" };
+    cli_table *t = cli_table_new(KH_ARRAY_LEN(head), head);
+    size_t i;
+    json_t *g;
+    json_array_foreach(json_object_get(resp, "security_groups"), i, g) {
+        char n[24];
+        snprintf(n, sizeof(n), "%zu", json_array_size(json_object_get(g, "rules")));
+        cli_table_add(t, cli_jstr(g, "name"));
+        cli_table_add(t, n);
+    }
+    cli_print_free(cli_table_render(t));
+    cli_table_free(t);
+}
+
+int cli_do_sg_list(cli_ctx *ctx, const cli_args *a, kh_err *err)
+{
+    (void)a;
+    return cli_show(ctx, "GET", "/api/v1/security-groups", NULL, groups_human, err);
+}
+
+int cli_do_sg_show(cli_ctx *ctx, const cli_args *a, kh_err *err)
+{
+    char *path = cli_api_path("security-groups", a->pos, NULL);
+    int rc = cli_show(ctx, "GET", path, NULL, rules_human, err);
+    free(path);
+    return rc;
+}
+
+/* One rule object from the --proto/--ports/--cidr options. */
+static json_t *rule_json(const cli_args *a, kh_err *err)
+{
+    json_t *r = json_pack("{s:s}", "direction", "in");
+    if (set_str(r, "proto", cli_arg(a, "proto"), err) < 0 ||
+        set_str(r, "ports", cli_arg(a, "ports"), err) < 0 ||
+        set_str(r, "cidr", cli_arg(a, "cidr"), err) < 0) {
+        json_decref(r);
+        return NULL;
+    }
+    return r;
+}
+
+static void print_nothing(const json_t *o)
+{
+    (void)o;
+}
+
+static int sg_put(cli_ctx *ctx, const char *name, const json_t *body, const char *done,
+                  kh_err *err)
+{
+    char *path = cli_api_path("security-groups", name, NULL);
+    int rc = cli_show(ctx, "PUT", path, body, print_nothing, err);
+    free(path);
+    if (rc == 0 && !ctx->json)
+        printf("security group %s %s\n", name, done);
+    return rc;
+}
+
+int cli_do_sg_create(cli_ctx *ctx, const cli_args *a, kh_err *err)
+{
+    cli_client *c = cli_ctx_client(ctx, err);
+    if (!c)
+        return -1;
+    char *path = cli_api_path("security-groups", a->pos, NULL);
+    json_t *resp = NULL;
+    int rc = cli_client_json(c, "GET", path, NULL, &resp, NULL, err);
+    free(path);
+    json_decref(resp);
+    if (rc >= 0) {
+        kh_err_set(err, KH_E_CONFLICT, "security group %s exists", a->pos);
+        return -1;
+    }
+    if (err->code != KH_E_NOTFOUND)
+        return -1;
+    kh_err_clear(err);
+    json_t *rules = json_array();
+    if (cli_arg(a, "proto") || cli_arg(a, "ports") || cli_arg(a, "cidr")) {
+        json_t *r = rule_json(a, err);
+        if (!r) {
+            json_decref(rules);
+            return -1;
+        }
+        json_array_append_new(rules, r);
+    }
+    json_t *body = json_pack("{s:o}", "rules", rules);
+    rc = sg_put(ctx, a->pos, body, "created", err);
+    json_decref(body);
+    return rc;
+}
+
+int cli_do_sg_delete(cli_ctx *ctx, const cli_args *a, kh_err *err)
+{
+    cli_client *c = cli_ctx_client(ctx, err);
+    if (!c)
+        return -1;
+    char *path = cli_api_path("security-groups", a->pos, NULL);
+    json_t *resp = NULL;
+    int rc = cli_client_json(c, "DELETE", path, NULL, &resp, NULL, err);
+    free(path);
+    json_decref(resp);
+    if (rc < 0)
+        return -1;
+    if (!ctx->json)
+        printf("security group %s deleted\n", a->pos);
+    return 0;
+}
+
+/* The group's rules (a new reference), or NULL with err. */
+static json_t *sg_rules(cli_ctx *ctx, const char *name, kh_err *err)
+{
+    cli_client *c = cli_ctx_client(ctx, err);
+    if (!c)
+        return NULL;
+    char *path = cli_api_path("security-groups", name, NULL);
+    json_t *resp = NULL;
+    int rc = cli_client_json(c, "GET", path, NULL, &resp, NULL, err);
+    free(path);
+    if (rc < 0)
+        return NULL;
+    json_t *rules = json_object_get(resp, "rules");
+    rules = json_is_array(rules) ? json_deep_copy(rules) : json_array();
+    json_decref(resp);
+    return rules;
+}
+
+int cli_do_sg_rule_add(cli_ctx *ctx, const cli_args *a, kh_err *err)
+{
+    json_t *r = rule_json(a, err);
+    if (!r)
+        return -1;
+    json_t *rules = sg_rules(ctx, a->pos, err);
+    if (!rules) {
+        json_decref(r);
+        return -1;
+    }
+    json_array_append_new(rules, r);
+    json_t *body = json_pack("{s:o}", "rules", rules);
+    int rc = sg_put(ctx, a->pos, body, "updated: rule added", err);
+    json_decref(body);
+    return rc;
+}
+
+int cli_do_sg_rule_delete(cli_ctx *ctx, const cli_args *a, kh_err *err)
+{
+    char *end = NULL;
+    long idx = strtol(a->pos2, &end, 10);
+    if (!*a->pos2 || *end || idx < 0) {
+        kh_err_set(err, KH_E_INVALID, "rule: '%s' is not a rule number (see secgroup show)",
+                   a->pos2);
+        return -1;
+    }
+    json_t *rules = sg_rules(ctx, a->pos, err);
+    if (!rules)
+        return -1;
+    if ((size_t)idx >= json_array_size(rules)) {
+        kh_err_set(err, KH_E_NOTFOUND, "security group %s has no rule %ld", a->pos, idx);
+        json_decref(rules);
+        return -1;
+    }
+    json_array_remove(rules, (size_t)idx);
+    json_t *body = json_pack("{s:o}", "rules", rules);
+    int rc = sg_put(ctx, a->pos, body, "updated: rule deleted", err);
+    json_decref(body);
+    return rc;
 }

@@ -12,6 +12,15 @@ int cli_do_net_show(cli_ctx *ctx, const cli_args *a, kh_err *err);
 int cli_do_net_delete(cli_ctx *ctx, const cli_args *a, kh_err *err);
 int cli_do_net_leases(cli_ctx *ctx, const cli_args *a, kh_err *err);
 int cli_do_net_forward(cli_ctx *ctx, const cli_args *a, kh_err *err);
+int cli_do_vm_nic_add(cli_ctx *ctx, const cli_args *a, kh_err *err);
+int cli_do_vm_nic_remove(cli_ctx *ctx, const cli_args *a, kh_err *err);
+int cli_do_vm_nic_link(cli_ctx *ctx, const cli_args *a, kh_err *err);
+int cli_do_sg_list(cli_ctx *ctx, const cli_args *a, kh_err *err);
+int cli_do_sg_show(cli_ctx *ctx, const cli_args *a, kh_err *err);
+int cli_do_sg_create(cli_ctx *ctx, const cli_args *a, kh_err *err);
+int cli_do_sg_delete(cli_ctx *ctx, const cli_args *a, kh_err *err);
+int cli_do_sg_rule_add(cli_ctx *ctx, const cli_args *a, kh_err *err);
+int cli_do_sg_rule_delete(cli_ctx *ctx, const cli_args *a, kh_err *err);
 /* The "nics" array for `vm create|edit --nic NETWORK[,mac=MAC][,ip=IP]`
  * values, or NULL with err (KH_E_INVALID). */
 json_t *cli_nics_json(const kh_strv *specs, kh_err *err);

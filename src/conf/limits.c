@@ -151,6 +151,60 @@ static int parse_list(const json_t *obj, const char *key, const char *what, unsi
     return 0;
 }
 
+/* ---- per-NIC bandwidth ---- */
+
+static const char *const nic_limit_keys[] = { "index", "inbound_bps", "outbound_bps",
+                                              "inbound_burst", "outbound_burst", NULL };
+
+static int parse_nic_limit(kh_nic_limits *n, const json_t *obj, size_t i, kh_err *err)
+{
+    char prefix[48], field[80];
+    snprintf(prefix, sizeof(prefix), "limits.nic[%zu].", i);
+    if (!json_is_object(obj)) {
+        kh_err_set(err, KH_E_INVALID, "limits.nic[%zu]: must be an object", i);
+        return -1;
+    }
+    const char *key;
+    size_t len;
+    json_t *val;
+    json_object_keylen_foreach(unconst(obj), key, len, val) {
+        bool known = false;
+        for (size_t k = 0; nic_limit_keys[k] && !known; k++)
+            known = strlen(key) == len && strcmp(key, nic_limit_keys[k]) == 0;
+        if (!known)
+            return bad_key(prefix, key, len, err);
+    }
+    unsigned long long u;
+    const json_t *v = json_object_get(obj, "index");
+    if (!v) {
+        kh_err_set(err, KH_E_INVALID, "%sindex is required", prefix);
+        return -1;
+    }
+    snprintf(field, sizeof(field), "%sindex", prefix);
+    if (get_uint(v, field, 0, 255, &u, err) < 0)
+        return -1;
+    n->index = (unsigned)u;
+    uint64_t *dst[] = { &n->inbound_bps, &n->outbound_bps, &n->inbound_burst,
+                        &n->outbound_burst };
+    for (size_t k = 1; nic_limit_keys[k]; k++) {
+        if (!(v = json_object_get(obj, nic_limit_keys[k])))
+            continue;
+        bool burst = k >= 3;
+        snprintf(field, sizeof(field), "%s%s", prefix, nic_limit_keys[k]);
+        if (get_uint(v, field, burst ? KH_LIMITS_NIC_BURST_MIN : KH_LIMITS_NIC_BPS_MIN,
+                     burst ? KH_LIMITS_NIC_BURST_MAX : KH_LIMITS_NIC_BPS_MAX, &u, err) < 0)
+            return -1;
+        *dst[k - 1] = u;
+    }
+    if ((n->inbound_burst && !n->inbound_bps) || (n->outbound_burst && !n->outbound_bps)) {
+        kh_err_set(err, KH_E_INVALID, "%s%s needs %s", prefix,
+                   n->inbound_burst && !n->inbound_bps ? "inbound_burst" : "outbound_burst",
+                   n->inbound_burst && !n->inbound_bps ? "inbound_bps" : "outbound_bps");
+        return -1;
+    }
+    return 0;
+}
+
 static void list_to_json(json_t *o, const char *key, const unsigned *a, size_t n)
 {
     if (!n)
@@ -170,12 +224,78 @@ static unsigned *list_dup(const unsigned *a, size_t n)
     return d;
 }
 
+int kh_limits_check_nics(const kh_limits *l, size_t nnics, kh_err *err)
+{
+    for (size_t i = 0; l && i < l->nnics; i++) {
+        if (l->nics[i].index >= nnics) {
+            kh_err_set(err, KH_E_INVALID, "limits.nic[%zu].index: the VM has no NIC %u", i,
+                       l->nics[i].index);
+            return -1;
+        }
+        for (size_t j = 0; j < i; j++) {
+            if (l->nics[j].index == l->nics[i].index) {
+                kh_err_set(err, KH_E_INVALID, "limits.nic[%zu].index: NIC %u appears twice", i,
+                           l->nics[i].index);
+                return -1;
+            }
+        }
+    }
+    return 0;
+}
+
+const kh_nic_limits *kh_limits_nic(const kh_limits *l, unsigned index)
+{
+    for (size_t i = 0; l && i < l->nnics; i++)
+        if (l->nics[i].index == index)
+            return &l->nics[i];
+    return NULL;
+}
+
+uint64_t kh_limits_nic_burst(uint64_t bps, uint64_t burst)
+{
+    if (burst)
+        return burst;
+    return bps / 8 > 131072 ? bps / 8 : 131072;
+}
+
+void kh_limits_nic_removed(kh_limits *l, unsigned index)
+{
+    if (!l)
+        return;
+    size_t k = 0;
+    for (size_t i = 0; i < l->nnics; i++) {
+        if (l->nics[i].index == index)
+            continue;
+        l->nics[k] = l->nics[i];
+        if (l->nics[k].index > index)
+            l->nics[k].index--;
+        k++;
+    }
+    l->nnics = k;
+}
+
+static json_t *nic_limits_json(const kh_limits *l)
+{
+    json_t *arr = json_array();
+    for (size_t i = 0; i < l->nnics; i++) {
+        const kh_nic_limits *n = &l->nics[i];
+        json_t *o = json_pack("{s:i}", "index", (json_int_t)n->index);
+        const uint64_t vals[] = { n->inbound_bps, n->outbound_bps, n->inbound_burst,
+                                  n->outbound_burst };
+        for (size_t k = 0; k < 4; k++)
+            if (vals[k])
+                json_object_set_new(o, nic_limit_keys[k + 1], json_integer((json_int_t)vals[k]));
+        json_array_append_new(arr, o);
+    }
+    return arr;
+}
+
 kh_limits *kh_limits_from_json(const json_t *obj, kh_err *err)
 {
     static const char *const keys[] = { "cpu_weight",    "cpu_max_percent", "memory_max_mib",
                                         "disk",          "cpu_affinity",    "balloon_mib",
                                         "emulator_cpus", "iothread_cpus",   "numa_nodes",
-                                        NULL };
+                                        "nic",           NULL };
     if (!json_is_object(obj)) {
         kh_err_set(err, KH_E_INVALID, "limits: must be an object");
         return NULL;
@@ -233,6 +353,17 @@ kh_limits *kh_limits_from_json(const json_t *obj, kh_err *err)
         l->disks = l->ndisks ? xcalloc(l->ndisks, sizeof(*l->disks)) : NULL;
         for (size_t i = 0; i < l->ndisks; i++)
             if (parse_disk(&l->disks[i], json_array_get(v, i), i, err) < 0)
+                goto fail;
+    }
+    if ((v = json_object_get(obj, "nic"))) {
+        if (!json_is_array(v) || json_array_size(v) > 8) {
+            kh_err_set(err, KH_E_INVALID, "limits.nic: must be an array of at most 8 objects");
+            goto fail;
+        }
+        l->nnics = json_array_size(v);
+        l->nics = l->nnics ? xcalloc(l->nnics, sizeof(*l->nics)) : NULL;
+        for (size_t i = 0; i < l->nnics; i++)
+            if (parse_nic_limit(&l->nics[i], json_array_get(v, i), i, err) < 0)
                 goto fail;
     }
     return l;
@@ -311,6 +442,8 @@ json_t *kh_limits_to_json(const kh_limits *l)
         }
         json_object_set_new(o, "disk", arr);
     }
+    if (l->nnics)
+        json_object_set_new(o, "nic", nic_limits_json(l));
     return o;
 }
 
@@ -325,6 +458,11 @@ kh_limits *kh_limits_dup(const kh_limits *l)
     d->emu_cpus = list_dup(l->emu_cpus, l->nemu_cpus);
     d->io_cpus = list_dup(l->io_cpus, l->nio_cpus);
     d->nodes = list_dup(l->nodes, l->nnodes);
+    d->nics = NULL;
+    if (l->nnics) {
+        d->nics = xcalloc(l->nnics, sizeof(*d->nics));
+        memcpy(d->nics, l->nics, l->nnics * sizeof(*d->nics));
+    }
     if (l->ndisks) {
         d->disks = xcalloc(l->ndisks, sizeof(*d->disks));
         memcpy(d->disks, l->disks, l->ndisks * sizeof(*d->disks));
@@ -341,6 +479,7 @@ void kh_limits_free(kh_limits *l)
     free(l->emu_cpus);
     free(l->io_cpus);
     free(l->nodes);
+    free(l->nics);
     free(l);
 }
 

@@ -19,7 +19,14 @@
  *                 "iops_total", "iops_read", "iops_write",
  *                 "bps_total", "bps_read", "bps_write",          (per second)
  *                 "iops_total_max", ..., "bps_write_max" } ]     (bursts)
+ *     "nic": [ { "index": 0,        the NIC (position in "nics")
+ *                "inbound_bps": N,  bytes/s to the guest (tbf on the tap's egress)
+ *                "outbound_bps": N, bytes/s from the guest (policed as the
+ *                                   frames enter the bridge)
+ *                "inbound_burst", "outbound_burst": bytes (default
+ *                                   max(rate/8, 128 KiB)) } ]
  *   }
+ * (inbound/outbound as libvirt names them: from the guest's point of view.)
  * Total and read/write of one kind exclude each other (QEMU's rule); a burst
  * needs its base limit and must be at least as large.
  */
@@ -46,6 +53,17 @@ typedef struct kh_disk_limits {
     uint64_t v[KH_LIMITS_DISK_FIELDS]; /* 0 = unlimited */
 } kh_disk_limits;
 
+typedef struct kh_nic_limits {
+    unsigned index;
+    uint64_t inbound_bps, outbound_bps;     /* 0 = unlimited */
+    uint64_t inbound_burst, outbound_burst; /* bytes; 0 = the default */
+} kh_nic_limits;
+
+#define KH_LIMITS_NIC_BPS_MIN 1000ULL
+#define KH_LIMITS_NIC_BPS_MAX 125000000000ULL /* 1 Tbit/s */
+#define KH_LIMITS_NIC_BURST_MIN 65536ULL      /* a GSO frame must fit */
+#define KH_LIMITS_NIC_BURST_MAX (1ULL << 30)
+
 typedef struct kh_limits {
     unsigned cpu_weight;       /* 0 = unset */
     unsigned cpu_max_percent;  /* 0 = unset */
@@ -61,6 +79,8 @@ typedef struct kh_limits {
     size_t nnodes;
     kh_disk_limits *disks;
     size_t ndisks;
+    kh_nic_limits *nics;
+    size_t nnics;
 } kh_limits;
 
 /* Parse a "limits" object (fields checked alone; kh_limits_check does the
@@ -75,6 +95,14 @@ kh_limits *kh_limits_dup(const kh_limits *l);
 void kh_limits_free(kh_limits *l);
 /* The limits of disk index (NULL when none). */
 const kh_disk_limits *kh_limits_disk(const kh_limits *l, unsigned index);
+/* NIC indexes exist and appear once (beside kh_limits_check). */
+int kh_limits_check_nics(const kh_limits *l, size_t nnics, kh_err *err);
+/* The limits of NIC index (NULL when none). */
+const kh_nic_limits *kh_limits_nic(const kh_limits *l, unsigned index);
+/* The burst that applies: the given one, else max(rate/8, 128 KiB). */
+uint64_t kh_limits_nic_burst(uint64_t bps, uint64_t burst);
+/* NIC index went away: its limits go, those of later NICs move down one. */
+void kh_limits_nic_removed(kh_limits *l, unsigned index);
 /* PATCH merge: top-level keys of patch replace those of base (null removes
  * one; "disk" is replaced whole). A new object. */
 json_t *kh_limits_merge(const json_t *base, const json_t *patch);

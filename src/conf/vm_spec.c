@@ -26,7 +26,8 @@ static const char *const top_keys[] = {
 };
 static const char *const boot_keys[] = { "kernel", "initrd", "cmdline", NULL };
 static const char *const disk_keys[] = { "path", "format", "readonly", "volume", NULL };
-static const char *const nic_keys[] = { "network", "mac", "ip", "security_groups", NULL };
+static const char *const nic_keys[] = { "network", "mac", "ip", "security_groups", "link",
+                                         NULL };
 /* What PATCH may touch: everything but the name. */
 static const char *const patch_keys[] = {
     "vcpus", "max_vcpus", "memory_mib", "hugepages", "machine", "boot", "disks", "serial",
@@ -418,6 +419,16 @@ static int parse_nic(kh_nic_spec *n, const json_t *obj, size_t i, kh_err *err)
         }
         n->security_groups = joined;
     }
+    snprintf(field, sizeof(field), "nics[%zu].link", i);
+    if ((v = json_object_get(obj, "link"))) {
+        if (!(s = get_string(v, field, err)))
+            return -1;
+        if (strcmp(s, "up") != 0 && strcmp(s, "down") != 0) {
+            kh_err_set(err, KH_E_INVALID, "%s: must be \"up\" or \"down\"", field);
+            return -1;
+        }
+        n->link_down = strcmp(s, "down") == 0;
+    }
     return 0;
 }
 
@@ -481,6 +492,8 @@ static int spec_check_whole(const kh_vm_spec *spec, kh_err *err)
         kh_err_set(err, KH_E_INVALID, "limits.balloon_mib: only q35 VMs have a balloon");
         return -1;
     }
+    if (kh_limits_check_nics(spec->limits, spec->nnics, err) < 0)
+        return -1;
     return kh_limits_check(spec->limits, spec->vcpus, spec->memory_mib, spec->ndisks, err);
 }
 
@@ -623,6 +636,8 @@ json_t *kh_vm_spec_to_json(const kh_vm_spec *spec)
                 free(copy);
                 json_object_set_new(nj, "security_groups", ga);
             }
+            if (n->link_down) /* absent when up: unchanged shape for existing NICs */
+                json_object_set_new(nj, "link", json_string("down"));
             json_array_append_new(nics, nj);
         }
         json_object_set_new(o, "nics", nics);
@@ -718,6 +733,7 @@ kh_vm_spec *kh_vm_spec_dup(const kh_vm_spec *spec)
             d->nics[i].mac = xstrdup(spec->nics[i].mac);
             d->nics[i].ip = xstrdup(spec->nics[i].ip);
             d->nics[i].security_groups = xstrdup(spec->nics[i].security_groups);
+            d->nics[i].link_down = spec->nics[i].link_down;
         }
     }
     return d;

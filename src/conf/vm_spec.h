@@ -16,7 +16,7 @@
  *     "graphics": "none" | "vnc",
  *     "description": "free text",
  *     "nics": [ { "network": "net1", "mac": "52:54:00:..", "ip": "10.0.0.5",
- *                "security_groups": ["web"] } ],
+ *                "security_groups": ["web"], "link": "up" | "down" } ],
  *     "limits": { ... } }      (conf/limits.h; PATCH merges it key by key)
  * Only name is required: vcpus defaults to 1, memory_mib to 512.
  * max_vcpus (q35 only, >= vcpus; absent = vcpus) is how far vCPUs can be
@@ -92,6 +92,7 @@ typedef struct kh_nic_spec {
     char *mac; /* canonical lowercase, or NULL until assigned */
     char *ip;  /* dotted quad, or NULL */
     char *security_groups; /* group names joined by ',', or NULL */
+    bool link_down;        /* "link": "down": the guest sees no carrier */
 } kh_nic_spec;
 
 typedef struct kh_vm_spec {

@@ -498,6 +498,7 @@ int main(int argc, char **argv)
     d.api.alerts = d.alerts;
     d.api.snapshots = kh_snapshots_new(d.loop, d.mgr, d.storage, d.tasks);
     d.api.disks = kh_disks_new(d.loop, d.mgr, d.storage, &d.caps);
+    d.api.nics = kh_nics_new(d.loop, d.mgr, d.net, d.tasks);
     d.api.started_at = kh_wall_time();
     d.api.host = host_facts(&o, state_dir, run_dir, socket_path);
     json_t *openapi = kh_http_openapi(routes, nroutes, schemas, KH_VERSION);

@@ -8,6 +8,7 @@
 #include <arpa/inet.h>
 #include <linux/if_link.h>
 #include <linux/if_tun.h>
+#include <linux/pkt_sched.h>
 #include <linux/rtnetlink.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -74,9 +75,11 @@ static int nl_talk(nl_req *r, struct nlmsghdr *nlh, mnl_cb_t cb, void *data, con
             break;
     }
     rc = 0;
-out:
+out:;
+    int saved = errno;
     mnl_socket_close(r->nl);
     r->nl = NULL;
+    errno = saved; /* callers may look at why it failed */
     return rc;
 }
 
@@ -279,6 +282,34 @@ int kh_link_addr_add(int index, uint32_t addr, unsigned prefix, kh_err *err)
     return simple(build_addr, &a, "add address", err);
 }
 
+typedef struct addr6_set {
+    int index;
+    const unsigned char *addr;
+    unsigned prefix;
+} addr6_set;
+
+static struct nlmsghdr *build_addr6(nl_req *r, const void *arg)
+{
+    const addr6_set *a = arg;
+    struct nlmsghdr *nlh = nl_msg(r, RTM_NEWADDR, NLM_F_CREATE | NLM_F_REPLACE | NLM_F_ACK);
+    struct ifaddrmsg *ifa = mnl_nlmsg_put_extra_header(nlh, sizeof(*ifa));
+    ifa->ifa_family = AF_INET6;
+    ifa->ifa_prefixlen = (unsigned char)a->prefix;
+    ifa->ifa_index = (unsigned)a->index;
+    ifa->ifa_scope = RT_SCOPE_UNIVERSE;
+    ifa->ifa_flags = IFA_F_NODAD; /* usable at once: dnsmasq announces it */
+    mnl_attr_put(nlh, IFA_LOCAL, 16, a->addr);
+    mnl_attr_put(nlh, IFA_ADDRESS, 16, a->addr);
+    mnl_attr_put_u32(nlh, IFA_FLAGS, IFA_F_NODAD);
+    return nlh;
+}
+
+int kh_link_addr6_add(int index, const unsigned char addr[16], unsigned prefix, kh_err *err)
+{
+    addr6_set a = { index, addr, prefix };
+    return simple(build_addr6, &a, "add IPv6 address", err);
+}
+
 static struct nlmsghdr *build_del(nl_req *r, const void *arg)
 {
     struct nlmsghdr *nlh = nl_msg(r, RTM_DELLINK, NLM_F_ACK);
@@ -327,26 +358,129 @@ int kh_link_foreach(int (*cb)(const char *name, const kh_link_info *info, void *
     return rc;
 }
 
-int kh_link_tap_open(const char *name, kh_err *err)
+int kh_link_tap_open(const char *name, unsigned queues, int *fds, kh_err *err)
 {
     struct ifreq ifr;
     if (strlen(name) >= IFNAMSIZ) {
         kh_err_set(err, KH_E_INTERNAL, "tap name %s is too long", name);
         return -1;
     }
-    int fd = open("/dev/net/tun", O_RDWR | O_CLOEXEC);
-    if (fd < 0) {
-        kh_err_errno(err, KH_E_UNAVAILABLE, errno, "open /dev/net/tun");
+    if (queues < 1 || queues > KH_LINK_TAP_QUEUES_MAX) {
+        kh_err_set(err, KH_E_INTERNAL, "tap %s: %u queues (1..%d)", name, queues,
+                   KH_LINK_TAP_QUEUES_MAX);
         return -1;
     }
-    memset(&ifr, 0, sizeof(ifr));
-    snprintf(ifr.ifr_name, sizeof(ifr.ifr_name), "%s", name);
-    ifr.ifr_flags = IFF_TAP | IFF_NO_PI | IFF_VNET_HDR;
-    if (ioctl(fd, TUNSETIFF, &ifr) < 0) {
-        kh_err_errno(err, errno == EBUSY ? KH_E_CONFLICT : KH_E_INTERNAL, errno,
-                     "create tap %s", name);
-        close(fd);
+    for (unsigned q = 0; q < queues; q++) {
+        int fd = open("/dev/net/tun", O_RDWR | O_CLOEXEC);
+        if (fd < 0) {
+            kh_err_errno(err, KH_E_UNAVAILABLE, errno, "open /dev/net/tun");
+            goto fail;
+        }
+        memset(&ifr, 0, sizeof(ifr));
+        snprintf(ifr.ifr_name, sizeof(ifr.ifr_name), "%s", name);
+        ifr.ifr_flags = IFF_TAP | IFF_NO_PI | IFF_VNET_HDR;
+        if (queues > 1)
+            ifr.ifr_flags |= IFF_MULTI_QUEUE;
+        if (ioctl(fd, TUNSETIFF, &ifr) < 0) {
+            kh_err_errno(err, errno == EBUSY ? KH_E_CONFLICT : KH_E_INTERNAL, errno,
+                         "create tap %s (queue %u)", name, q);
+            close(fd);
+            goto fail;
+        }
+        fds[q] = fd;
+        continue;
+    fail:
+        for (unsigned j = 0; j < q; j++)
+            close(fds[j]);
         return -1;
     }
-    return fd;
+    return 0;
+}
+
+/* ---- traffic control: a tbf qdisc at the root of a link ---- */
+
+typedef struct tbf_arg {
+    int index;
+    uint64_t bps, burst;
+} tbf_arg;
+
+static struct nlmsghdr *build_tbf(nl_req *r, const void *arg)
+{
+    const tbf_arg *a = arg;
+    struct nlmsghdr *nlh = nl_msg(r, RTM_NEWQDISC, NLM_F_CREATE | NLM_F_REPLACE | NLM_F_ACK);
+    struct tcmsg *tcm = mnl_nlmsg_put_extra_header(nlh, sizeof(*tcm));
+    tcm->tcm_family = AF_UNSPEC;
+    tcm->tcm_ifindex = a->index;
+    tcm->tcm_handle = 0x10000; /* 1: */
+    tcm->tcm_parent = TC_H_ROOT;
+    mnl_attr_put_strz(nlh, TCA_KIND, "tbf");
+    struct nlattr *opts = mnl_attr_nest_start(nlh, TCA_OPTIONS);
+    struct tc_tbf_qopt q;
+    memset(&q, 0, sizeof(q));
+    q.rate.rate = a->bps >= UINT32_MAX ? UINT32_MAX : (uint32_t)a->bps;
+    q.rate.linklayer = TC_LINKLAYER_ETHERNET;
+    /* bytes that may wait: 50 ms at the rate, plus the bucket */
+    uint64_t limit = a->bps / 20 + a->burst;
+    q.limit = limit > UINT32_MAX ? UINT32_MAX : (uint32_t)limit;
+    /* the bucket as time at the rate, in psched ticks (64 ns) */
+    uint64_t ticks = a->burst * 1000000000ULL / a->bps / 64;
+    q.buffer = ticks > UINT32_MAX ? UINT32_MAX : (uint32_t)ticks;
+    mnl_attr_put(nlh, TCA_TBF_PARMS, sizeof(q), &q);
+    if (a->bps >= UINT32_MAX)
+        mnl_attr_put_u64(nlh, TCA_TBF_RATE64, a->bps);
+    mnl_attr_put_u32(nlh, TCA_TBF_BURST, (uint32_t)a->burst);
+    mnl_attr_nest_end(nlh, opts);
+    return nlh;
+}
+
+static struct nlmsghdr *build_root_del(nl_req *r, const void *arg)
+{
+    const tbf_arg *a = arg;
+    struct nlmsghdr *nlh = nl_msg(r, RTM_DELQDISC, NLM_F_ACK);
+    struct tcmsg *tcm = mnl_nlmsg_put_extra_header(nlh, sizeof(*tcm));
+    tcm->tcm_family = AF_UNSPEC;
+    tcm->tcm_ifindex = a->index;
+    tcm->tcm_parent = TC_H_ROOT;
+    return nlh;
+}
+
+static int link_index(const char *name, kh_err *err)
+{
+    kh_link_info li;
+    int have = kh_link_get(name, &li, err);
+    if (have == 0)
+        kh_err_set(err, KH_E_NOTFOUND, "link %s does not exist", name);
+    return have == 1 ? li.index : -1;
+}
+
+int kh_link_rate_set(const char *name, uint64_t bps, uint64_t burst, kh_err *err)
+{
+    if (bps == 0 || burst == 0 || burst > UINT32_MAX) {
+        kh_err_set(err, KH_E_INVALID, "%s: rate %llu B/s with burst %llu B cannot be shaped",
+                   name, (unsigned long long)bps, (unsigned long long)burst);
+        return -1;
+    }
+    tbf_arg a = { link_index(name, err), bps, burst };
+    if (a.index < 0)
+        return -1;
+    if (simple(build_tbf, &a, "tbf qdisc", err) < 0) {
+        kh_err_prefix(err, "%s", name);
+        return -1;
+    }
+    return 0;
+}
+
+int kh_link_rate_clear(const char *name, kh_err *err)
+{
+    kh_err e = KH_ERR_INIT;
+    tbf_arg a = { link_index(name, &e), 0, 0 };
+    if (a.index < 0)
+        return 0; /* no link, no qdisc */
+    if (simple(build_root_del, &a, "delete root qdisc", &e) < 0 && errno != ENOENT &&
+        errno != EINVAL) {
+        kh_err_copy(err, &e);
+        kh_err_prefix(err, "%s", name);
+        return -1;
+    }
+    return 0;
 }

@@ -100,10 +100,11 @@ static int apply_nft(kh_netmgr *nm, kh_err *err)
         count++;
     const kh_network **v = xcalloc(count + 1, sizeof(const kh_network *));
     size_t i = 0;
-    bool nat = false;
+    bool nat = false, nat6 = false;
     for (net_rt *r = nm->nets; r; r = r->next) {
         v[i++] = r->n;
         nat = nat || r->n->type == KH_NET_NAT;
+        nat6 = nat6 || (r->n->type == KH_NET_NAT && r->n->has_v6);
     }
     char *script = kh_nft_render(v, count, nm->binds, nm->nbinds,
                                  (const kh_secgroup *const *)nm->groups, nm->ngroups);
@@ -115,6 +116,14 @@ static int apply_nft(kh_netmgr *nm, kh_err *err)
         int fd = open("/proc/sys/net/ipv4/ip_forward", O_WRONLY | O_CLOEXEC);
         if (fd < 0 || write(fd, "1\n", 2) != 2)
             kh_log(KH_LOG_WARN, "net.forwarding", "error=\"cannot enable ip_forward\"");
+        if (fd >= 0)
+            close(fd);
+    }
+    if (rc == 0 && nat6) {
+        /* the same for IPv6 (this namespace's hosts stop taking RAs then) */
+        int fd = open("/proc/sys/net/ipv6/conf/all/forwarding", O_WRONLY | O_CLOEXEC);
+        if (fd < 0 || write(fd, "1\n", 2) != 2)
+            kh_log(KH_LOG_WARN, "net.forwarding", "error=\"cannot enable IPv6 forwarding\"");
         if (fd >= 0)
             close(fd);
     }
@@ -143,8 +152,16 @@ static int bridge_ensure(kh_netmgr *nm, const kh_network *n, kh_err *err)
             return -1;
         }
     }
-    if (kh_link_addr_add(li.index, kh_network_gateway(n), n->prefix, err) < 0 ||
-        kh_link_set_up(li.index, err) < 0)
+    if (kh_link_addr_add(li.index, kh_network_gateway(n), n->prefix, err) < 0)
+        return -1;
+    if (n->has_v6) {
+        unsigned char g6[16];
+        memcpy(g6, n->prefix6, sizeof(g6));
+        g6[15] = 1;
+        if (kh_link_addr6_add(li.index, g6, 64, err) < 0)
+            return -1;
+    }
+    if (kh_link_set_up(li.index, err) < 0)
         return -1;
     return 0;
 }
@@ -570,9 +587,16 @@ json_t *kh_netmgr_create(kh_netmgr *nm, const json_t *body, kh_err *err)
                        n->bridge);
             goto fail;
         }
-    } else if (n->prefix == 0) {
+    }
+    for (net_rt *r = nm->nets; n->has_v6 && r; r = r->next) {
+        if (r->n->has_v6 && memcmp(r->n->prefix6, n->prefix6, 8) == 0) {
+            kh_err_set(err, KH_E_CONFLICT, "ipv6: network %s has that prefix", r->n->name);
+            goto fail;
+        }
+    }
+    if (n->type != KH_NET_BRIDGED && n->prefix == 0) {
         pick_subnet(nm, n);
-    } else {
+    } else if (n->type != KH_NET_BRIDGED) {
         for (net_rt *r = nm->nets; r; r = r->next) {
             if (kh_network_owns_bridge(r->n) &&
                 kh_inet_cidr_overlap(n->subnet, n->prefix, r->n->subnet, r->n->prefix)) {
@@ -863,6 +887,8 @@ static void bindings_replace(kh_netmgr *nm, const kh_net_binding *b, size_t n)
             nm->binds[i].ip = xstrdup(b[i].ip);
             nm->binds[i].tap = xstrdup(b[i].tap);
             nm->binds[i].groups = xstrdup(b[i].groups);
+            nm->binds[i].out_bps = b[i].out_bps;
+            nm->binds[i].out_burst = b[i].out_burst;
         }
         nm->nbinds = n;
     }
@@ -879,7 +905,8 @@ void kh_netmgr_set_bindings(kh_netmgr *nm, const kh_net_binding *b, size_t n)
     }
 }
 
-int kh_netmgr_tap_open(kh_netmgr *nm, const char *network, const char *ifname, kh_err *err)
+int kh_netmgr_tap_open(kh_netmgr *nm, const char *network, const char *ifname, unsigned queues,
+                       int *fds, kh_err *err)
 {
     net_rt *r = NULL;
     for (net_rt *x = nm->nets; x; x = x->next)
@@ -903,17 +930,17 @@ int kh_netmgr_tap_open(kh_netmgr *nm, const char *network, const char *ifname, k
                    r->n->bridge);
         return -1;
     }
-    int fd = kh_link_tap_open(ifname, err);
-    if (fd < 0)
+    if (kh_link_tap_open(ifname, queues, fds, err) < 0)
         return -1;
     kh_link_info tap;
     if (kh_link_get(ifname, &tap, err) != 1 || kh_link_set_master(tap.index, br.index, err) < 0 ||
         kh_link_set_up(tap.index, err) < 0) {
         kh_err_set(err, KH_E_INTERNAL, "tap %s: cannot attach it to %s", ifname, r->n->bridge);
-        close(fd);
+        for (unsigned q = 0; q < queues; q++)
+            close(fds[q]);
         return -1;
     }
-    return fd;
+    return 0;
 }
 
 /* ---- security groups ---- */

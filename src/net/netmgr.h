@@ -65,7 +65,9 @@ int kh_netmgr_sg_delete(kh_netmgr *nm, const char *name, kh_err *err);
 /* Every name in groups (joined by ',', may be NULL) is a security group. */
 int kh_netmgr_groups_check(kh_netmgr *nm, const char *groups, kh_err *err);
 
-/* Create tap ifname on the network's bridge, up. Returns the tap fd. */
-int kh_netmgr_tap_open(kh_netmgr *nm, const char *network, const char *ifname, kh_err *err);
+/* Create tap ifname on the network's bridge, up, with queues queues
+ * (link.h): fds[0..queues-1] get one fd each. 0, or -1 with none open. */
+int kh_netmgr_tap_open(kh_netmgr *nm, const char *network, const char *ifname, unsigned queues,
+                       int *fds, kh_err *err);
 
 #endif

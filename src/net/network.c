@@ -1,6 +1,8 @@
 /* network.c - network specs (see network.h). */
 #include "net/network.h"
 
+#include <arpa/inet.h>
+
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -128,11 +130,53 @@ static int check_ifname(const char *s, kh_err *err)
     return 0;
 }
 
+/* "fdxx:...::/64": a /64 of global or unique-local unicast, host bits zero. */
+static int parse_prefix6(const json_t *v, unsigned char out[16], kh_err *err)
+{
+    const char *s = json_string_value(v);
+    char addr[INET6_ADDRSTRLEN + 4];
+    const char *slash = s ? strchr(s, '/') : NULL;
+    size_t alen = slash ? (size_t)(slash - s) : 0;
+    if (!slash || alen == 0 || alen >= INET6_ADDRSTRLEN || strcmp(slash, "/64") != 0) {
+        kh_err_set(err, KH_E_INVALID, "ipv6: must be a /64 prefix like fd00:10::/64");
+        return -1;
+    }
+    memcpy(addr, s, alen);
+    addr[alen] = '\0';
+    if (inet_pton(AF_INET6, addr, out) != 1) {
+        kh_err_set(err, KH_E_INVALID, "ipv6: %s is not an IPv6 address", addr);
+        return -1;
+    }
+    for (size_t i = 8; i < 16; i++) {
+        if (out[i]) {
+            kh_err_set(err, KH_E_INVALID, "ipv6: host bits must be zero (a /64 ends in ::)");
+            return -1;
+        }
+    }
+    /* 2000::/3 (global) or fc00::/7 (unique local); not multicast, link-local, ... */
+    if ((out[0] & 0xe0) != 0x20 && (out[0] & 0xfe) != 0xfc) {
+        kh_err_set(err, KH_E_INVALID,
+                   "ipv6: must be global (2000::/3) or unique-local (fc00::/7) unicast");
+        return -1;
+    }
+    return 0;
+}
+
+void kh_network_ipv6(const kh_network *n, unsigned host, char *out, size_t size, int with_len)
+{
+    unsigned char a[16];
+    memcpy(a, n->prefix6, sizeof(a));
+    a[15] = (unsigned char)host;
+    char text[INET6_ADDRSTRLEN];
+    inet_ntop(AF_INET6, a, text, sizeof(text));
+    snprintf(out, size, "%s%s", text, with_len ? "/64" : "");
+}
+
 static kh_network *parse(const json_t *obj, const char *id, bool stored, kh_err *err)
 {
-    static const char *const user_keys[] = { "name", "type", "subnet", "bridge", NULL };
+    static const char *const user_keys[] = { "name", "type", "subnet", "bridge", "ipv6", NULL };
     static const char *const stored_keys[] = { "name", "type", "subnet", "bridge", "forwards",
-                                               NULL };
+                                               "ipv6", NULL };
     if (!json_is_object(obj)) {
         kh_err_set(err, KH_E_INVALID, "network: must be a JSON object");
         return NULL;
@@ -203,6 +247,15 @@ static kh_network *parse(const json_t *obj, const char *id, bool stored, kh_err 
         }
         snprintf(n->bridge, sizeof(n->bridge), "khbr%.8s", n->id);
     }
+    if ((v = json_object_get(obj, "ipv6"))) {
+        if (n->type == KH_NET_BRIDGED) {
+            kh_err_set(err, KH_E_INVALID, "ipv6: only nat and isolated networks have a prefix");
+            goto fail;
+        }
+        if (parse_prefix6(v, n->prefix6, err) < 0)
+            goto fail;
+        n->has_v6 = 1;
+    }
     const json_t *fw = stored ? json_object_get(obj, "forwards") : NULL;
     if (fw) {
         if (!json_is_array(fw) || json_array_size(fw) > KH_NET_FORWARDS_MAX) {
@@ -253,6 +306,11 @@ json_t *kh_network_to_json(const kh_network *n)
         snprintf(s, sizeof(s), "%s/%u", a, n->prefix);
         json_object_set_new(o, "subnet", json_string(s));
     }
+    if (n->has_v6) {
+        char p6[KH_NET_IPV6_STRLEN];
+        kh_network_ipv6(n, 0, p6, sizeof(p6), 1);
+        json_object_set_new(o, "ipv6", json_string(p6));
+    }
     json_t *fw = json_array();
     for (size_t i = 0; i < n->nforwards; i++)
         json_array_append_new(fw, forward_json(&n->forwards[i]));
@@ -274,6 +332,11 @@ json_t *kh_network_api_json(const kh_network *n)
         kh_inet_ipv4_format(last, l);
         json_object_set_new(o, "gateway", json_string(g));
         json_object_set_new(o, "dhcp", json_pack("{s:s,s:s}", "first", f, "last", l));
+    }
+    if (n->has_v6) {
+        char g6[KH_NET_IPV6_STRLEN];
+        kh_network_ipv6(n, 1, g6, sizeof(g6), 0);
+        json_object_set_new(o, "gateway6", json_string(g6));
     }
     return o;
 }

@@ -4,6 +4,8 @@
  *   { "name": "net1", "type": "nat" | "isolated" | "bridged",
  *     "subnet": "10.10.0.0/24",      (nat, isolated; gateway = first address)
  *     "bridge": "br0",               (bridged: the admin's existing bridge)
+ *     "ipv6": "fd00:10::/64",        (optional, nat/isolated: a /64; the
+ *                                     gateway is prefix::1, guests use SLAAC) 
  *     "forwards": [ { "proto": "tcp"|"udp", "host_port": 8080,
  *                     "vm": "web1", "vm_port": 80, "ip": "10.10.0.5" } ] }
  * nat and isolated networks get a bridge owned by kvmhost named
@@ -43,6 +45,8 @@ typedef struct kh_net_binding {
     const char *ip;      /* static reservation or NULL */
     const char *tap;     /* the tap's name while (or whenever) the VM runs */
     const char *groups;  /* security group names joined by ',', or NULL */
+    uint64_t out_bps;    /* what the guest may send, bytes/s (0: no limit) */
+    uint64_t out_burst;  /* bytes */
 } kh_net_binding;
 
 typedef struct kh_network {
@@ -55,7 +59,14 @@ typedef struct kh_network {
     kh_net_forward *forwards;
     size_t nforwards;
     double created_at;
+    int has_v6;                /* an IPv6 /64 (nat, isolated) */
+    unsigned char prefix6[16]; /* network order, the last 8 bytes zero */
 } kh_network;
+
+#define KH_NET_IPV6_STRLEN 52
+/* prefix6 with its last byte set to host (0: the prefix itself, 1: the
+ * gateway), as text, with "/64" when with_len. */
+void kh_network_ipv6(const kh_network *n, unsigned host, char *out, size_t size, int with_len);
 
 /* Parse a user's network (name, type, subnet, bridge; no forwards) for
  * the id given. Unknown keys are rejected. Subnet may be absent (the

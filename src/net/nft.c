@@ -74,6 +74,13 @@ static void render_bridge(buf *b, const kh_network *const *nets, size_t n,
         if (!w || !nb->tap || !nb->mac)
             continue;
         put(b, "\t\tiifname \"%s\" ether saddr != %s drop\n", nb->tap, nb->mac);
+        /* limits.nic outbound_bps: a policer on what the guest sends (this
+         * kernel has no tc police action; nft's byte limit is the same
+         * token bucket). */
+        if (nb->out_bps)
+            put(b, "\t\tiifname \"%s\" limit rate over %llu bytes/second burst %llu bytes "
+                   "drop\n",
+                nb->tap, (unsigned long long)nb->out_bps, (unsigned long long)nb->out_burst);
         if (!kh_network_owns_bridge(w))
             continue;
         char allowed[40];
@@ -87,6 +94,11 @@ static void render_bridge(buf *b, const kh_network *const *nets, size_t n,
         put(b, "\t\tiifname \"%s\" ip saddr != { 0.0.0.0, %s } drop\n", nb->tap, allowed);
         put(b, "\t\tiifname \"%s\" arp saddr ether != %s drop\n", nb->tap, nb->mac);
         put(b, "\t\tiifname \"%s\" arp saddr ip != { 0.0.0.0, %s } drop\n", nb->tap, allowed);
+        if (w->has_v6) {
+            char p6[KH_NET_IPV6_STRLEN];
+            kh_network_ipv6(w, 0, p6, sizeof(p6), 1);
+            put(b, "\t\tiifname \"%s\" ip6 saddr != { ::, fe80::/10, %s } drop\n", nb->tap, p6);
+        }
     }
     put(b, "\t}\n");
 }
@@ -174,8 +186,13 @@ char *kh_nft_render(const kh_network *const *nets, size_t n, const kh_net_bindin
         char s[24];
         cidr(w, s);
         put(&b, "\t\tiifname \"%s\" oifname \"%s\" accept\n", w->bridge, w->bridge);
+        char p6[KH_NET_IPV6_STRLEN] = "";
+        if (w->has_v6)
+            kh_network_ipv6(w, 0, p6, sizeof(p6), 1);
         if (w->type == KH_NET_NAT) {
             put(&b, "\t\tiifname \"%s\" ip saddr %s accept\n", w->bridge, s);
+            if (w->has_v6)
+                put(&b, "\t\tiifname \"%s\" ip6 saddr %s accept\n", w->bridge, p6);
             put(&b, "\t\toifname \"%s\" ct state established,related accept\n", w->bridge);
             put(&b, "\t\toifname \"%s\" ct status dnat accept\n", w->bridge);
         }
@@ -190,6 +207,12 @@ char *kh_nft_render(const kh_network *const *nets, size_t n, const kh_net_bindin
         char g[KH_IPV4_STRLEN];
         kh_inet_ipv4_format(kh_network_gateway(w), g);
         put(&b, "\t\tiifname \"%s\" ip daddr != { %s, 255.255.255.255 } drop\n", w->bridge, g);
+        if (w->has_v6) {
+            char g6[KH_NET_IPV6_STRLEN];
+            kh_network_ipv6(w, 1, g6, sizeof(g6), 0);
+            put(&b, "\t\tiifname \"%s\" ip6 daddr != { %s, fe80::/10, ff00::/8 } drop\n",
+                w->bridge, g6);
+        }
     }
     put(&b, "\t}\n");
     put(&b, "\tchain postrouting {\n\t\ttype nat hook postrouting priority srcnat; "
@@ -202,6 +225,12 @@ char *kh_nft_render(const kh_network *const *nets, size_t n, const kh_net_bindin
         cidr(w, s);
         put(&b, "\t\tip saddr %s ip daddr != %s oifname != \"%s\" masquerade\n", s, s,
             w->bridge);
+        if (w->has_v6) {
+            char p6[KH_NET_IPV6_STRLEN];
+            kh_network_ipv6(w, 0, p6, sizeof(p6), 1);
+            put(&b, "\t\tip6 saddr %s ip6 daddr != %s oifname != \"%s\" masquerade\n", p6, p6,
+                w->bridge);
+        }
     }
     put(&b, "\t}\n");
     static const char *const dnat_chains[2][2] = { { "prerouting", "dstnat" },

@@ -27,10 +27,13 @@
  *     -blockdev {"driver":"raw|qcow2","node-name":"disk<i>","file":"disk<i>-file",
  *                ["encrypt":{"format":"luks","key-secret":"disk<i>-secret"}]}
  *     -device {"driver":"virtio-blk-pci|virtio-blk-device","drive":"disk<i>",...}
- *   per NIC i:
+ *   per NIC i (Q = kh_qemu_nic_queues(): min(vcpus, 8) on q35, 1 on microvm):
  *     -netdev {"type":"tap","id":"net<i>","fd":"<fd>","vhost":true|false[,"vhostfd":"<fd>"]}
+ *             (Q > 1: "fds":"<fd>:<fd>..","vhostfds":"..": Q fds each; QEMU
+ *             refuses "queues" beside "fds" and counts the fds instead)
  *     -device {"driver":"virtio-net-pci|virtio-net-device","netdev":"net<i>","mac":...,
- *              "id":"net<i>-dev"[,"bus":"pcie.0","addr":"0x14"+i]}
+ *              "id":"net<i>-dev"[,"bus":"pcie.0","addr":"0x14"+i]
+ *              [,"mq":true,"vectors":2Q+2]}
  *   [-device {"driver":"virtio-balloon-pci","id":"balloon0","bus":"pcie.0",
  *             "addr":"0x3"}]                                          (q35)
  *   per hot-plug port i < KH_QEMU_HOTPLUG_PORTS:                     (q35)
@@ -403,15 +406,24 @@ static int check_env(const kh_vm_spec *spec, const kh_argv_env *env, kh_err *err
         kh_err_set(err, KH_E_INTERNAL, "nics requested but no tap fds given");
         return -1;
     }
+    unsigned queues = kh_qemu_nic_queues(spec);
     for (size_t i = 0; i < spec->nnics; i++) {
-        char what[48];
-        snprintf(what, sizeof(what), "nics[%zu] tap fd", i);
-        if (check_fd(env->nic_fds[i], what, err) < 0)
-            return -1;
-        int vfd = env->nic_vhost_fds ? env->nic_vhost_fds[i] : -1;
-        snprintf(what, sizeof(what), "nics[%zu] vhost fd", i);
-        if (vfd != -1 && check_fd(vfd, what, err) < 0)
-            return -1;
+        char what[64];
+        for (unsigned q = 0; q < queues; q++) {
+            snprintf(what, sizeof(what), "nics[%zu] tap fd (queue %u)", i, q);
+            if (check_fd(env->nic_fds[i * queues + q], what, err) < 0)
+                return -1;
+        }
+        const int *vfd = env->nic_vhost_fds ? env->nic_vhost_fds + i * queues : NULL;
+        for (unsigned q = 0; vfd && q < queues; q++) {
+            snprintf(what, sizeof(what), "nics[%zu] vhost fd (queue %u)", i, q);
+            if ((vfd[q] == -1) != (vfd[0] == -1)) {
+                kh_err_set(err, KH_E_INTERNAL, "%s: vhost on some queues only", what);
+                return -1;
+            }
+            if (vfd[q] != -1 && check_fd(vfd[q], what, err) < 0)
+                return -1;
+        }
         if (!spec->nics[i].mac) {
             kh_err_set(err, KH_E_INTERNAL, "nics[%zu]: no MAC address assigned", i);
             return -1;
@@ -610,23 +622,43 @@ static void add_disk(argv_builder *b, const kh_vm_spec *spec, const kh_qemu_caps
     add_json(b, "-device", dev);
 }
 
+unsigned kh_qemu_nic_queues(const kh_vm_spec *spec)
+{
+    if (spec->machine != KH_MACHINE_Q35)
+        return 1;
+    return spec->vcpus < KH_QEMU_NIC_QUEUES_MAX ? (spec->vcpus ? spec->vcpus : 1)
+                                                : KH_QEMU_NIC_QUEUES_MAX;
+}
+
+/* "a:b:c" of the fds of NIC i (queues of them, from base). */
+static void fd_list(char *buf, size_t size, const int *base, unsigned queues)
+{
+    size_t off = 0;
+    buf[0] = '\0';
+    for (unsigned q = 0; q < queues && off < size; q++)
+        off += (size_t)snprintf(buf + off, size - off, "%s%d", q ? ":" : "", base[q]);
+}
+
 static void add_nic(argv_builder *b, const kh_vm_spec *spec, const kh_argv_env *env, size_t i)
 {
-    char id[32], dev_id[40], fd[16];
+    char id[32], dev_id[40], fds[160];
+    unsigned queues = kh_qemu_nic_queues(spec);
     snprintf(id, sizeof(id), "net%zu", i);
     snprintf(dev_id, sizeof(dev_id), "net%zu-dev", i);
-    snprintf(fd, sizeof(fd), "%d", env->nic_fds[i]);
-    int vfd = env->nic_vhost_fds ? env->nic_vhost_fds[i] : -1;
+    const int *tfd = env->nic_fds + i * queues;
+    const int *vfd = env->nic_vhost_fds ? env->nic_vhost_fds + i * queues : NULL;
+    bool vhost = vfd && vfd[0] >= 0;
     json_t *nd = json_object();
     json_object_set_new(nd, "type", json_string("tap"));
     json_object_set_new(nd, "id", json_string(id));
-    json_object_set_new(nd, "fd", json_string(fd));
-    json_object_set_new(nd, "vhost", json_boolean(vfd >= 0));
-    if (vfd >= 0) {
-        char vfds[16];
-        snprintf(vfds, sizeof(vfds), "%d", vfd);
-        json_object_set_new(nd, "vhostfd", json_string(vfds));
+    fd_list(fds, sizeof(fds), tfd, queues);
+    json_object_set_new(nd, queues > 1 ? "fds" : "fd", json_string(fds));
+    json_object_set_new(nd, "vhost", json_boolean(vhost));
+    if (vhost) {
+        fd_list(fds, sizeof(fds), vfd, queues);
+        json_object_set_new(nd, queues > 1 ? "vhostfds" : "vhostfd", json_string(fds));
     }
+    /* QEMU counts the queues from fds (it refuses "queues" beside them). */
     add_json(b, "-netdev", nd);
     bool q35 = spec->machine == KH_MACHINE_Q35;
     json_t *dev = json_object();
@@ -640,6 +672,10 @@ static void add_nic(argv_builder *b, const kh_vm_spec *spec, const kh_argv_env *
         json_object_set_new(dev, "bus", json_string("pcie.0"));
         json_object_set_new(dev, "addr", json_string(addr));
         json_object_set_new(dev, "romfile", json_string(""));
+    }
+    if (queues > 1) {
+        json_object_set_new(dev, "mq", json_true());
+        json_object_set_new(dev, "vectors", json_integer(2 * queues + 2));
     }
     add_json(b, "-device", dev);
 }

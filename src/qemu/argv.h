@@ -65,9 +65,11 @@ typedef struct kh_argv_env {
      * same rules as disk_fds: -1 lets QEMU open the layer's path. NULL:
      * all -1. */
     const int *const *backing_fds;
-    /* One per NIC: the inherited tap fd (opened with IFF_VNET_HDR), and a
-     * /dev/vhost-net fd or -1 for no vhost. Required when the spec has
-     * NICs; every NIC must have its mac assigned. */
+    /* Q = kh_qemu_nic_queues(spec) per NIC, NIC i's at [i*Q .. i*Q+Q-1]:
+     * the inherited tap fds (opened with IFF_VNET_HDR, and
+     * IFF_MULTI_QUEUE when Q > 1), and as many /dev/vhost-net fds or -1
+     * (all of a NIC's) for no vhost. Required when the spec has NICs;
+     * every NIC must have its mac assigned. */
     const int *nic_fds;
     const int *nic_vhost_fds;
     /* Per disk, an inherited fd holding the passphrase of an encrypted disk
@@ -78,6 +80,11 @@ typedef struct kh_argv_env {
      * an encrypted layer (-1 for the others). NULL: none. */
     const int *const *backing_secret_fds;
 } kh_argv_env;
+
+/* Queues per NIC: min(vcpus, KH_QEMU_NIC_QUEUES_MAX) on q35 (virtio-net
+ * multiqueue with MSI-X), 1 on microvm. */
+#define KH_QEMU_NIC_QUEUES_MAX 8
+unsigned kh_qemu_nic_queues(const kh_vm_spec *spec);
 
 /* Empty PCIe root ports every q35 VM has for hot-plug (disks, NICs):
  * ids "hp0".."hp7", slot 0x1c of pcie.0. A hot-plugged device names one of

@@ -16,6 +16,7 @@
 #include "conf/limits.h"
 #include "conf/vm_spec.h"
 #include "host/proc.h"
+#include "net/link.h"
 #include "qemu/kernel.h"
 #include "qemu/process.h"
 #include "qemu/qmp.h"
@@ -48,8 +49,10 @@ enum { FD_QMP = 3, FD_SERIAL, FD_KERNEL, FD_INITRD, FD_DISK0 };
 /* Secrets of encrypted backing layers: FD_BSECRET0 + i * KH_DISK_BACKING_MAX + j. */
 #define FD_BSECRET0 (FD_SECRET0 + KH_VM_DISKS_MAX)
 #define FD_COUNT (FD_BSECRET0 + KH_VM_DISKS_MAX * KH_DISK_BACKING_MAX)
-/* Then per NIC i: the tap at FD_NIC0 + 2i, its vhost-net fd at FD_NIC0 + 2i + 1. */
-enum { FD_NIC0 = FD_COUNT, FD_END = FD_NIC0 + 2 * KH_VM_NICS_MAX };
+/* Then per NIC i and queue q < Q (kh_qemu_nic_queues): the tap at
+ * FD_NIC0 + i*2*QMAX + q, its vhost-net fd at FD_NIC0 + i*2*QMAX + QMAX + q. */
+#define NIC_FD_STRIDE (2 * KH_QEMU_NIC_QUEUES_MAX)
+enum { FD_NIC0 = FD_COUNT, FD_END = FD_NIC0 + NIC_FD_STRIDE * KH_VM_NICS_MAX };
 
 typedef enum vm_state {
     VM_STOPPED,
@@ -727,6 +730,21 @@ static void send_throttles(vm *v, const kh_limits *old)
     }
 }
 
+/* NICs with "link": "down" lose their carrier before the guest runs. */
+static void send_links(vm *v)
+{
+    for (size_t i = 0; i < v->spec->nnics && v->qmp; i++) {
+        if (!v->spec->nics[i].link_down)
+            continue;
+        char id[40];
+        snprintf(id, sizeof(id), "net%zu-dev", i);
+        kh_err e = KH_ERR_INIT;
+        if (kh_qmp_command(v->qmp, "set_link", json_pack("{s:s, s:b}", "name", id, "up", 0),
+                           qmp_ignore_reply, v->qlink, &e) < 0)
+            kh_log(KH_LOG_WARN, "vm.nic_link", "vm=%s error=\"%s\"", v->spec->name, e.msg);
+    }
+}
+
 static void on_qmp_ready(kh_qmp *q, const kh_err *err, void *opaque)
 {
     vm *v = link_vm(opaque);
@@ -752,6 +770,7 @@ static void on_qmp_ready(kh_qmp *q, const kh_err *err, void *opaque)
                                 v->spec->limits->nio_cpus))
             send_pinning(v);
         send_balloon(v, true);
+        send_links(v);
         qmp_send(v, "cont", on_cont);
     }
 }
@@ -928,15 +947,27 @@ static int open_ro(const char *path, const char *what, kh_err *err)
     return fd;
 }
 
-/* Create the run dir, sockets and fds, build the argv, spawn QEMU. */
-static void tap_name(const vm *v, size_t i, char out[16])
+void kh_manager_tap_name(const char *mac, char out[16])
 {
-    snprintf(out, 16, "kh%.8s%u", v->id, (unsigned)i % 10u);
+    size_t k = 0;
+    out[k++] = 'k';
+    out[k++] = 'h';
+    for (const char *p = mac; p && *p && k < 15; p++)
+        if (*p != ':')
+            out[k++] = *p;
+    out[k] = '\0';
 }
 
-/* The VM's taps, named kh<first 8 hex of the id><n> (within IFNAMSIZ), on
- * their networks' bridges; QEMU inherits them (it cannot open
- * /dev/net/tun itself), and a /dev/vhost-net fd each when the host has it. */
+static void tap_name(const vm *v, size_t i, char out[16])
+{
+    kh_manager_tap_name(v->spec->nics[i].mac, out);
+}
+
+/* The VM's taps, named kh<the MAC's 12 hex digits> (unique on the host,
+ * within IFNAMSIZ, and stable when other NICs come and go), on their
+ * networks' bridges; QEMU inherits them (it cannot open /dev/net/tun
+ * itself): Q queues each (multiqueue when Q > 1), and as many
+ * /dev/vhost-net fds when the host has it. */
 static int open_nics(vm *v, int *fds, int *nic_fds, int *nic_vhost_fds, kh_err *err)
 {
     const kh_vm_spec *spec = v->spec;
@@ -945,29 +976,66 @@ static int open_nics(vm *v, int *fds, int *nic_fds, int *nic_vhost_fds, kh_err *
         kh_err_set(err, KH_E_UNAVAILABLE, "nics: networks are not available on this daemon");
         return -1;
     }
+    unsigned queues = kh_qemu_nic_queues(spec);
     for (size_t i = 0; i < spec->nnics; i++) {
         char ifname[16];
+        int tfd[KH_QEMU_NIC_QUEUES_MAX];
         tap_name(v, i, ifname);
-        int fd = kh_netmgr_tap_open(v->mgr->cfg.net, spec->nics[i].network, ifname, err);
-        if (fd < 0) {
+        if (kh_netmgr_tap_open(v->mgr->cfg.net, spec->nics[i].network, ifname, queues, tfd,
+                               err) < 0) {
             kh_err_prefix(err, "nics[%zu]", i);
             return -1;
         }
-        fds[FD_NIC0 + 2 * i] = fd;
-        nic_fds[i] = FD_NIC0 + 2 * (int)i;
-        nic_vhost_fds[i] = -1;
-        int vfd = open("/dev/vhost-net", O_RDWR | O_CLOEXEC);
-        if (vfd >= 0) {
-            fds[FD_NIC0 + 2 * i + 1] = vfd;
-            nic_vhost_fds[i] = FD_NIC0 + 2 * (int)i + 1;
+        int base = FD_NIC0 + (int)i * NIC_FD_STRIDE;
+        bool vhost = true;
+        for (unsigned q = 0; q < queues; q++) {
+            fds[base + (int)q] = tfd[q];
+            nic_fds[i * queues + q] = base + (int)q;
+            nic_vhost_fds[i * queues + q] = -1;
+            int vfd = vhost ? open("/dev/vhost-net", O_RDWR | O_CLOEXEC) : -1;
+            if (vfd >= 0) {
+                fds[base + KH_QEMU_NIC_QUEUES_MAX + (int)q] = vfd;
+                nic_vhost_fds[i * queues + q] = base + KH_QEMU_NIC_QUEUES_MAX + (int)q;
+            } else if (vhost) {
+                vhost = false; /* all of a NIC's queues or none */
+                for (unsigned j = 0; j < q; j++)
+                    nic_vhost_fds[i * queues + j] = -1;
+            }
         }
     }
     if (spec->nnics)
-        kh_log(KH_LOG_DEBUG, "vm.nics", "vm=%s nics=%zu us=%llu", spec->name, spec->nnics,
-               (unsigned long long)((kh_now_ns() - t0) / 1000));
+        kh_log(KH_LOG_DEBUG, "vm.nics", "vm=%s nics=%zu queues=%u us=%llu", spec->name,
+               spec->nnics, queues, (unsigned long long)((kh_now_ns() - t0) / 1000));
     return 0;
 }
 
+/* limits.nic inbound_bps: a tbf qdisc on each tap's egress (what the
+ * guest receives); NICs whose limit went away get their default qdisc
+ * back. (outbound_bps is policed in nftables: sync_bindings.) */
+static int apply_nic_rates(vm *v, const kh_limits *old, const kh_limits *now, kh_err *err)
+{
+    for (size_t i = 0; i < v->spec->nnics; i++) {
+        const kh_nic_limits *o = kh_limits_nic(old, (unsigned)i);
+        const kh_nic_limits *n = kh_limits_nic(now, (unsigned)i);
+        char tap[16];
+        tap_name(v, i, tap);
+        int rc = 0;
+        if (n && n->inbound_bps) {
+            if (!o || o->inbound_bps != n->inbound_bps || o->inbound_burst != n->inbound_burst)
+                rc = kh_link_rate_set(tap, n->inbound_bps,
+                                      kh_limits_nic_burst(n->inbound_bps, n->inbound_burst), err);
+        } else if (o && o->inbound_bps) {
+            rc = kh_link_rate_clear(tap, err);
+        }
+        if (rc < 0) {
+            kh_err_prefix(err, "limits.nic[%zu]", i);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+/* Create the run dir, sockets and fds, build the argv, spawn QEMU. */
 static void start_spawn(vm *v, const char *kernel_file)
 {
     kh_manager *mgr = v->mgr;
@@ -982,7 +1050,8 @@ static void start_spawn(vm *v, const char *kernel_file)
     int bsecret_fds[KH_VM_DISKS_MAX][KH_DISK_BACKING_MAX];
     const int *bsecret_ptrs[KH_VM_DISKS_MAX] = { NULL };
     kh_vm_spec *rs = kh_vm_spec_dup(v->spec); /* volumes resolved to files */
-    int nic_fds[KH_VM_NICS_MAX], nic_vhost_fds[KH_VM_NICS_MAX];
+    int nic_fds[KH_VM_NICS_MAX * KH_QEMU_NIC_QUEUES_MAX];
+    int nic_vhost_fds[KH_VM_NICS_MAX * KH_QEMU_NIC_QUEUES_MAX];
     int dirfd = -1, log_fd = -1, qmp_conn = -1, serial_conn = -1;
     char *run = vm_run_path(v, NULL), *state = vm_state_path(v, NULL);
     char *pidfile = vm_run_path(v, "qemu.pid"), *vnc = vm_run_path(v, "vnc.sock");
@@ -1086,7 +1155,8 @@ static void start_spawn(vm *v, const char *kernel_file)
         fds[FD_DISK0 + i] = fd;
         disk_fds[i] = FD_DISK0 + (int)i;
     }
-    if (open_nics(v, fds, nic_fds, nic_vhost_fds, &err) < 0)
+    if (open_nics(v, fds, nic_fds, nic_vhost_fds, &err) < 0 ||
+        apply_nic_rates(v, NULL, v->spec->limits, &err) < 0)
         goto fail;
     log_fd = open(log_path, O_WRONLY | O_CREAT | O_CLOEXEC | O_NOFOLLOW |
                   O_TRUNC, 0600);
@@ -1750,8 +1820,11 @@ static void sync_bindings(kh_manager *mgr)
         for (size_t i = 0; i < v->spec->nnics; i++) {
             const kh_nic_spec *nic = &v->spec->nics[i];
             tap_name(v, i, taps[k]);
+            const kh_nic_limits *nl = kh_limits_nic(v->spec->limits, (unsigned)i);
+            uint64_t out = nl ? nl->outbound_bps : 0;
             b[k] = (kh_net_binding){ v->spec->name, nic->network, nic->mac, nic->ip, taps[k],
-                                     nic->security_groups };
+                                     nic->security_groups, out,
+                                     out ? kh_limits_nic_burst(out, nl->outbound_burst) : 0 };
             k++;
         }
     }
@@ -2046,9 +2119,12 @@ json_t *kh_manager_patch(kh_manager *mgr, const char *name, const json_t *patch,
     }
     bool live_limits = v->pid > 0 && json_object_get(patch, "limits");
     if (live_limits &&
-        kh_quota_apply_cgroup(mgr->cfg.cgroups, v->id, next->limits, err) < 0) {
+        (kh_quota_apply_cgroup(mgr->cfg.cgroups, v->id, next->limits, err) < 0 ||
+         apply_nic_rates(v, v->spec->limits, next->limits, err) < 0)) {
         /* Put back what was there; the spec stays as it was. */
         kh_quota_apply_cgroup(mgr->cfg.cgroups, v->id, v->spec->limits, NULL);
+        kh_err e = KH_ERR_INIT;
+        apply_nic_rates(v, next->limits, v->spec->limits, &e);
         kh_vm_spec_free(next);
         return NULL;
     }
@@ -2375,4 +2451,81 @@ json_t *kh_manager_disk_commit(kh_manager *mgr, const char *id, kh_vm_spec *spec
     json_t *j = vm_json(v);
     kh_events_publish(mgr->events, "vm.updated", v->spec->name, json_incref(j));
     return j;
+}
+
+/* ---- NIC changes (vm/nic.c) ---- */
+
+/* The spec with its NIC list replaced and checked (MACs assigned). */
+static kh_vm_spec *nics_replaced(kh_manager *mgr, vm *v, const json_t *nics, int removed,
+                                 kh_err *err)
+{
+    kh_vm_spec *next = kh_vm_spec_dup(v->spec);
+    json_t *patch = json_pack("{s:O}", "nics", nics);
+    if (removed >= 0 && v->spec->limits && v->spec->limits->nnics) {
+        /* the NIC's bandwidth limit goes with it; later NICs move down */
+        kh_limits *l = kh_limits_dup(v->spec->limits);
+        kh_limits_nic_removed(l, (unsigned)removed);
+        json_t *lj = kh_limits_to_json(l);
+        json_t *nl = json_object_get(lj, "nic");
+        json_object_set_new(patch, "limits",
+                            json_pack("{s:O}", "nic", nl ? nl : json_null()));
+        json_decref(lj);
+        kh_limits_free(l);
+    }
+    int rc = kh_vm_spec_patch(next, patch, err);
+    json_decref(patch);
+    if (rc < 0 || nics_prepare(mgr, v->id, next, err) < 0) {
+        kh_vm_spec_free(next);
+        return NULL;
+    }
+    return next;
+}
+
+json_t *kh_manager_nics_check(kh_manager *mgr, const char *name, const json_t *nics,
+                              int removed, kh_err *err)
+{
+    vm *v = find(mgr, name, err);
+    if (!v)
+        return NULL;
+    kh_vm_spec *next = nics_replaced(mgr, v, nics, removed, err);
+    if (!next)
+        return NULL;
+    json_t *sj = kh_vm_spec_to_json(next);
+    json_t *out = json_object_get(sj, "nics");
+    out = out ? json_incref(out) : json_array();
+    json_decref(sj);
+    kh_vm_spec_free(next);
+    return out;
+}
+
+int kh_manager_nics_commit(kh_manager *mgr, const char *name, const json_t *nics, int removed,
+                           kh_err *err)
+{
+    vm *v = find(mgr, name, err);
+    if (!v)
+        return -1;
+    if (v->state == VM_STARTING || v->state == VM_STOPPING) {
+        kh_err_set(err, KH_E_CONFLICT, "vm %s is %s: its NICs cannot change now", name,
+                   state_names[v->state]);
+        return -1;
+    }
+    kh_vm_spec *next = nics_replaced(mgr, v, nics, removed, err);
+    if (!next)
+        return -1;
+    json_t *sj = kh_vm_spec_to_json(next);
+    char *text = json_dumps(sj, JSON_COMPACT | JSON_SORT_KEYS);
+    json_decref(sj);
+    double now = kh_wall_time();
+    int rc = kh_store_vm_update_spec(mgr->store, v->id, text, now, err);
+    free(text);
+    if (rc < 0) {
+        kh_vm_spec_free(next);
+        return -1;
+    }
+    kh_vm_spec_free(v->spec);
+    v->spec = next;
+    v->updated_at = now;
+    sync_bindings(mgr);
+    kh_events_publish(mgr->events, "vm.updated", name, vm_json(v));
+    return 0;
 }

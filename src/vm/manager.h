@@ -169,4 +169,22 @@ int kh_manager_disk_node(kh_manager *mgr, const char *id, size_t i);
 /* Which VMs refer to a volume: [{"vm", "running", "readonly"}]. */
 json_t *kh_manager_volume_users(kh_manager *mgr, const char *ref);
 
+/* ---- NIC changes (vm/nic.c) ---- */
+
+/* The tap of the NIC with this MAC: "kh" + its 12 hex digits. */
+void kh_manager_tap_name(const char *mac, char out[16]);
+/* Would the VM accept this NIC list (an array of NIC objects)? removed:
+ * the index of the NIC that goes (its limits.nic entry goes too, later
+ * ones move down), or -1. Returns it
+ * checked and completed (MACs assigned), or NULL with err (400/404/409).
+ * Nothing changes. */
+json_t *kh_manager_nics_check(kh_manager *mgr, const char *name, const json_t *nics,
+                              int removed, kh_err *err);
+/* Replace the VM's NIC list in its spec and the store, in any state but
+ * starting/stopping (vm/nic.c changes a running QEMU first); the network
+ * manager's bindings (reservations, anti-spoofing, security groups)
+ * follow at once. */
+int kh_manager_nics_commit(kh_manager *mgr, const char *name, const json_t *nics, int removed,
+                           kh_err *err);
+
 #endif

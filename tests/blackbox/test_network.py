@@ -300,7 +300,7 @@ def test_nat_two_guests_ping_forward_restart(nsdaemons, netns, guest, consoles):
     assert ips["g1"].startswith("10.96.0.") and ips["g1"] != "10.96.0.50", ips
     leases = api.get("/api/v1/networks/nat1/leases").json["leases"]
     assert sorted(l["vm"] for l in leases) == ["g1", "g2"], leases
-    taps = [l for l in netns.links() if re.fullmatch(r"kh[0-9a-f]{8}0", l)]
+    taps = [l for l in netns.links() if re.fullmatch(r"kh[0-9a-f]{12}", l)]
     assert len(taps) == 2
 
     c1 = consoles(d, "g1")
@@ -378,7 +378,7 @@ def test_isolated_guest_cannot_reach_beyond_bridge(nsdaemons, netns, guest, cons
     netns.sh(BEYOND)
     ips = boot_net_vms(api, guest, [net_vm_spec(guest, "i1", [{"network": "iso"}])])
     assert ips["i1"].startswith("10.97.0."), ips
-    taps = lambda: [l for l in netns.links() if re.fullmatch(r"kh[0-9a-f]{8}\d", l)]  # noqa: E731
+    taps = lambda: [l for l in netns.links() if re.fullmatch(r"kh[0-9a-f]{12}", l)]  # noqa: E731
     assert len(taps()) == 1
     c = consoles(d, "i1")
     # no default route is handed out; the gateway answers
@@ -391,3 +391,333 @@ def test_isolated_guest_cannot_reach_beyond_bridge(nsdaemons, netns, guest, cons
     st, _ = api.action("i1", "kill", wait=30)
     assert st == 200
     netlib.wait_for(lambda: not taps(), 10, "tap removed")
+
+
+# ---------------------------------------------------------------- NICs, CLI
+
+
+def nic_call(api, method, path, body=None, status=200):
+    r = api.request(method, path + ("&" if "?" in path else "?") + "wait=60", body)
+    assert r.status == status, r
+    return r
+
+
+def test_nic_add_remove_link_stopped_and_cli(nsd, netns, fake_boot):
+    api = nsd.api
+    create_net(api, {"name": "lan", "type": "nat", "subnet": "10.89.0.0/24"})
+    api.create({"name": "v", "boot": fake_boot, "nics": [{"network": "lan"}]})
+    # stopped: the spec changes, the task is done at once
+    r = nic_call(api, "POST", "/api/v1/vms/v/nics", {"network": "lan", "ip": "10.89.0.7"})
+    assert r.json["state"] == "succeeded" and r.json["result"]["index"] == 1, r
+    assert "port" not in r.json["result"]
+    nics = api.vm("v")["nics"]
+    assert len(nics) == 2 and nics[1]["ip"] == "10.89.0.7" and nics[1]["mac"] == r.json["result"]["mac"]
+    assert r.json["result"]["tap"] == "kh" + nics[1]["mac"].replace(":", "")
+    hosts = open(os.path.join(nsd.state_dir, "networks",
+                              api.get("/api/v1/networks/lan").json["id"], "hosts")).read()
+    assert "10.89.0.7" in hosts
+    nic_call(api, "PATCH", "/api/v1/vms/v/nics/0", {"link": "down"})
+    assert api.vm("v")["nics"][0]["link"] == "down"
+    # bad input: 4xx, nothing changes
+    before = api.vm("v")["nics"]
+    for method, path, body, code in (
+            ("POST", "/api/v1/vms/v/nics", {"network": "nope"}, 400),
+            ("POST", "/api/v1/vms/v/nics", {"network": "lan", "bogus": 1}, 400),
+            ("POST", "/api/v1/vms/v/nics", {"network": "lan", "ip": "10.89.0.7"}, 400),
+            ("POST", "/api/v1/vms/v/nics", {"network": "lan", "mac": before[0]["mac"]}, 400),
+            ("POST", "/api/v1/vms/v/nics", {"network": "lan", "link": "sideways"}, 400),
+            ("POST", "/api/v1/vms/nosuch/nics", {"network": "lan"}, 404),
+            ("DELETE", "/api/v1/vms/v/nics/2", None, 404),
+            ("DELETE", "/api/v1/vms/v/nics/x", None, 404),
+            ("DELETE", "/api/v1/vms/v/nics/01", None, 404),
+            ("PATCH", "/api/v1/vms/v/nics/0", {"link": "sideways"}, 400),
+            ("PATCH", "/api/v1/vms/v/nics/0", {"mac": "52:54:00:00:00:01"}, 400),
+            ("PATCH", "/api/v1/vms/v/nics/5", {"link": "up"}, 404)):
+        r = api.request(method, path, body)
+        assert r.status == code, (method, path, body, r)
+    r = api.request("POST", "/api/v1/vms/v/nics?wait=x", {"network": "lan"})
+    assert r.status == 400, r
+    assert api.vm("v")["nics"] == before
+    nic_call(api, "DELETE", "/api/v1/vms/v/nics/0")
+    nics = api.vm("v")["nics"]
+    assert len(nics) == 1 and nics[0]["ip"] == "10.89.0.7"
+
+    # the CLI
+    out = khlib.cli(nsd, "vm", "nic", "add", "v", "lan,mac=52:54:00:aa:bb:01,link=down")
+    assert out.returncode == 0 and "NIC 1 added" in out.stdout, out
+    assert api.vm("v")["nics"][1] == {"network": "lan", "mac": "52:54:00:aa:bb:01",
+                                      "link": "down"}
+    out = khlib.cli(nsd, "vm", "nic", "link", "v", "1", "--state", "up")
+    assert out.returncode == 0, out
+    assert "link" not in api.vm("v")["nics"][1]
+    out = khlib.cli(nsd, "vm", "nic", "add", "v", "nope")
+    assert out.returncode == 2 and "nope" in out.stderr, out
+    out = khlib.cli(nsd, "vm", "nic", "remove", "v", "7")
+    assert out.returncode != 0 and "no NIC" in out.stderr, out
+    out = khlib.cli(nsd, "vm", "nic", "remove", "v", "0")
+    assert out.returncode == 0, out
+    assert [n["mac"] for n in api.vm("v")["nics"]] == ["52:54:00:aa:bb:01"]
+
+
+def test_secgroup_cli(nsd, netns, fake_boot):
+    for words in (("help", "secgroup", "rule", "add"), ("secgroup", "rule", "delete", "--help"),
+                  ("help", "vm", "nic", "add")):
+        out = khlib.cli(nsd, *words)
+        assert out.returncode == 0 and "NAME" in out.stdout, (words, out)
+    out = khlib.cli(nsd, "secgroup", "create", "web", "--proto", "tcp", "--ports", "80")
+    assert out.returncode == 0 and "created" in out.stdout, out
+    out = khlib.cli(nsd, "secgroup", "create", "web")
+    assert out.returncode == 5 and "exists" in out.stderr, out
+    out = khlib.cli(nsd, "secgroup", "rule", "add", "web", "--proto", "udp", "--ports",
+                    "5000-5010", "--cidr", "10.0.0.0/8")
+    assert out.returncode == 0, out
+    out = khlib.cli(nsd, "secgroup", "rule", "add", "web", "--proto", "icmp", "--ports", "1")
+    assert out.returncode == 2, out  # icmp has no ports: 400, nothing changes
+    rules = nsd.api.get("/api/v1/security-groups/web").json["rules"]
+    assert [(r["proto"], r.get("ports")) for r in rules] == [("tcp", "80"), ("udp", "5000-5010")]
+    out = khlib.cli(nsd, "secgroup", "show", "web")
+    assert out.returncode == 0 and re.search(r"^1\s+in\s+udp\s+5000-5010\s+10\.0\.0\.0/8", out.stdout,
+                                             re.M), out
+    out = khlib.cli(nsd, "secgroup", "list")
+    assert out.returncode == 0 and re.search(r"^web\s+2$", out.stdout, re.M), out
+    out = khlib.cli(nsd, "--json", "secgroup", "show", "web")
+    assert out.returncode == 0 and '"5000-5010"' in out.stdout, out
+    # enforced: the NIC's rules follow the group
+    create_net(nsd.api, {"name": "lan", "type": "nat", "subnet": "10.88.0.0/24"})
+    nsd.api.create({"name": "v", "boot": fake_boot,
+                    "nics": [{"network": "lan", "security_groups": ["web"]}]})
+    table = lambda: netns.exec(["nft", "list", "table", "bridge", "kvmhost"]).stdout  # noqa: E731
+    assert "udp dport 5000-5010" in table()
+    out = khlib.cli(nsd, "secgroup", "rule", "delete", "web", "1")
+    assert out.returncode == 0, out
+    assert "udp dport 5000-5010" not in table() and "tcp dport 80" in table()
+    out = khlib.cli(nsd, "secgroup", "rule", "delete", "web", "5")
+    assert out.returncode == 4, out
+    out = khlib.cli(nsd, "secgroup", "delete", "web")
+    assert out.returncode == 5 and "v" in out.stderr, out  # in use
+    assert nsd.api.delete("/api/v1/vms/v").status == 204
+    out = khlib.cli(nsd, "secgroup", "delete", "web")
+    assert out.returncode == 0, out
+    out = khlib.cli(nsd, "secgroup", "show", "web")
+    assert out.returncode == 4, out
+
+
+@pytest.mark.slow
+def test_nic_hotplug_link_multiqueue_guest(nsdaemons, netns, guest, consoles):
+    d = nsdaemons()
+    api = d.api
+    n = create_net(api, {"name": "hp", "type": "nat", "subnet": "10.87.0.0/24"})
+    spec = net_vm_spec(guest, "h1", [{"network": "hp"}])
+    spec["vcpus"] = 2
+    ips = boot_net_vms(api, guest, [spec])
+    assert ips["h1"].startswith("10.87.0."), ips
+    c = consoles(d, "h1")
+    # multiqueue: 2 vCPUs, 2 queue pairs on one multi-queue tap
+    argv = " ".join(khlib.proc_cmdline(api.vm("h1")["pid"]))
+    assert '"fds":"' in argv and '"mq":true' in argv and '"vectors":6' in argv, argv
+    c.run("[ $(ls -d /sys/class/net/eth0/queues/rx-* | wc -l) = 2 ] && echo kh-$((%d+1))")
+    tap0 = "kh" + api.vm("h1")["nics"][0]["mac"].replace(":", "")
+    assert "multi_queue" in netns.exec(["ip", "-d", "link", "show", tap0]).stdout
+
+    # link down: no carrier, no traffic; up again: both back
+    nic_call(api, "PATCH", "/api/v1/vms/h1/nics/0", {"link": "down"})
+    assert api.vm("h1")["nics"][0]["link"] == "down"
+    c.run("[ $(cat /sys/class/net/eth0/carrier) = 0 ] && echo kh-$((%d+1))")
+    c.run("ping -c 2 -W 2 10.87.0.1 >/dev/null || echo kh-$((%d+1))", timeout=40, retries=1)
+    nic_call(api, "PATCH", "/api/v1/vms/h1/nics/0", {"link": "up"})
+    c.run("usleep 500000; [ $(cat /sys/class/net/eth0/carrier) = 1 ] && "
+          "ping -c 1 -W 3 10.87.0.1 >/dev/null && echo kh-$((%d+1))", timeout=30)
+
+    # hot-plug: a tap on the bridge, eth1 in the guest, a DHCP lease, its rules
+    t0 = time.time()
+    r = nic_call(api, "POST", "/api/v1/vms/h1/nics", {"network": "hp"})
+    plug_ms = (time.time() - t0) * 1000
+    res = r.json["result"]
+    assert res["index"] == 1 and res["port"] == "hp4", res
+    tap = res["tap"]
+    links = netns.links()
+    assert tap in links and links[tap].get("master") == n["bridge"], links.get(tap)
+    c.run("i=0; while [ ! -e /sys/class/net/eth1 ] && [ $i -lt 150 ]; do usleep 200000; "
+          "i=$((i+1)); done; [ -e /sys/class/net/eth1 ] && echo kh-$((%d+1))", timeout=45,
+          retries=1)
+    c.run("ip link set eth1 up; udhcpc -i eth1 -q -n -t 10 -T 2 "
+          "-s /usr/share/udhcpc/default.script >/dev/null 2>&1 && echo kh-$((%d+1))",
+          timeout=60, retries=1)
+    mac1 = res["mac"]
+    leases = api.get("/api/v1/networks/hp/leases").json["leases"]
+    assert any(l["mac"] == mac1 and l["vm"] == "h1" for l in leases), leases
+    spoof = lambda: netns.exec(["nft", "list", "table", "bridge", "kvmhost"]).stdout  # noqa: E731
+    assert ('"%s"' % tap) in spoof() and spoof().count("ether saddr != ") == 2
+    assert [x["mac"] for x in api.vm("h1")["nics"]] == [api.vm("h1")["nics"][0]["mac"], mac1]
+    print("hot-plug took %.0f ms" % plug_ms)
+
+    # kill -9 of the daemon and restart: the NIC, its tap and rules stay, once
+    rules = sorted(str(r["expr"]) for r in netns.nft_table())
+    bridge_rules = spoof()
+    c.close()
+    d.kill9()
+    d.restart()
+    api.wait_state("h1", "running", timeout=30)
+    assert len(api.vm("h1")["nics"]) == 2 and tap in netns.links()
+    assert sorted(str(r["expr"]) for r in netns.nft_table()) == rules
+    assert spoof() == bridge_rules
+    c = consoles(d, "h1")
+
+    # unplug: a NIC the VM started with cannot go (root bus); the hot-plugged one can
+    r = api.request("DELETE", "/api/v1/vms/h1/nics/0?wait=60")
+    assert r.status == 409 and "stop the VM" in r.error["message"], r
+    t0 = time.time()
+    nic_call(api, "DELETE", "/api/v1/vms/h1/nics/1")
+    print("hot-unplug took %.0f ms" % ((time.time() - t0) * 1000))
+    netlib.wait_for(lambda: tap not in netns.links(), 10, "tap removed")
+    assert ('"%s"' % tap) not in spoof() and spoof().count("ether saddr != ") == 1
+    assert len(api.vm("h1")["nics"]) == 1
+    c.run("[ ! -e /sys/class/net/eth1 ] && echo kh-$((%d+1))", timeout=20)
+    c.run("ping -c 1 -W 3 10.87.0.1 >/dev/null && echo kh-$((%d+1))", timeout=30)
+
+    # a guest that does not release the NIC (paused): 504 after ?timeout, nothing
+    # changes; resumed, it lets go and a second DELETE finishes
+    r = nic_call(api, "POST", "/api/v1/vms/h1/nics", {"network": "hp"})
+    tap2 = r.json["result"]["tap"]
+    st, _ = api.action("h1", "pause", wait=30)
+    assert st == 200
+    r = api.request("DELETE", "/api/v1/vms/h1/nics/1?wait=60&timeout=2")
+    assert r.status == 504 and r.error["code"] == "timeout", r
+    assert len(api.vm("h1")["nics"]) == 2 and tap2 in netns.links()
+    assert api.request("DELETE", "/api/v1/vms/h1/nics/1?timeout=0").status == 400
+    st, _ = api.action("h1", "resume", wait=30)
+    assert st == 200
+    nic_call(api, "DELETE", "/api/v1/vms/h1/nics/1")
+    netlib.wait_for(lambda: tap2 not in netns.links(), 10, "tap removed")
+    assert len(api.vm("h1")["nics"]) == 1
+
+    # plugged again (same port), then the next start has it as a normal NIC
+    r = nic_call(api, "POST", "/api/v1/vms/h1/nics", {"network": "hp", "link": "down"})
+    assert r.json["result"]["port"] == "hp4"
+    c.close()
+    st, _ = api.action("h1", "kill", wait=30)
+    assert st == 200
+    before = api.console_log("h1").count("KVMHOST-NET: ")
+    st, _ = api.action("h1", "start", wait=0)
+    assert st in (200, 202)
+    api.wait_console("h1", "KVMHOST-NET: ", timeout=150, count=before + 1)
+    argv = " ".join(khlib.proc_cmdline(api.vm("h1")["pid"]))
+    assert '"id":"net1-dev"' in argv and '"addr":"0x15"' in argv, argv
+    c = consoles(d, "h1")
+    c.run("ip link set eth1 up && usleep 300000 && [ $(cat /sys/class/net/eth1/carrier) = 0 ] "
+          "&& echo kh-$((%d+1))", timeout=30)
+
+
+@pytest.mark.slow
+def test_nic_bandwidth_limit_guest(nsdaemons, netns, guest, consoles, tmp_path):
+    import subprocess
+    d = nsdaemons()
+    api = d.api
+    create_net(api, {"name": "bw", "type": "nat", "subnet": "10.86.0.0/24"})
+    ips = boot_net_vms(api, guest, [net_vm_spec(guest, "b1", [{"network": "bw"}])])
+    ip = ips["b1"]
+    tap = "kh" + api.vm("b1")["nics"][0]["mac"].replace(":", "")
+    size = 2 * 1024 * 1024
+    (tmp_path / "big").write_bytes(b"\0" * size)
+    srv = subprocess.Popen(["ip", "netns", "exec", netns.name, "python3", "-m", "http.server",
+                            "--bind", "10.86.0.1", "18000", "--directory", str(tmp_path)],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    up = "import socket; socket.create_connection(('10.86.0.1', 18000), 1)"
+    netlib.wait_for(lambda: srv.poll() is not None or
+                    netns.exec(["python3", "-c", up], check=False).returncode == 0, 10, "server")
+    assert srv.poll() is None, srv.stderr.read()
+    c = consoles(d, "b1")
+    try:
+        def inbound():  # host -> guest
+            t0 = time.time()
+            c.run("wget -q -O /dev/null http://10.86.0.1:18000/big && echo kh-$((%d+1))",
+                  timeout=90, retries=1)
+            return size / (time.time() - t0)
+
+        def outbound():  # guest -> host
+            t0 = time.time()
+            out = netns.exec(["python3", "-c", "import sys, urllib.request; sys.stdout.write("
+                              "str(len(urllib.request.urlopen(sys.argv[1], timeout=60).read())))",
+                              "http://%s/big" % ip], timeout=90)
+            assert out.stdout == str(size), out
+            return size / (time.time() - t0)
+
+        qdisc = lambda: netns.exec(["tc", "qdisc", "show", "dev", tap]).stdout  # noqa: E731
+        c.run("mkdir -p /www && dd if=/dev/zero of=/www/big bs=1024 count=2048 2>/dev/null && "
+              "httpd -p 80 -h /www && echo kh-$((%d+1))", timeout=30)
+        free_in, free_out = inbound(), outbound()
+        limit = 250000
+        r = api.patch("/api/v1/vms/b1", {"limits": {"nic": [{"index": 0, "inbound_bps": limit}]}})
+        assert r.status == 200, r
+        assert "tbf" in qdisc() and "rate 2Mbit" in qdisc(), qdisc()
+        lim_in = inbound()
+        r = api.patch("/api/v1/vms/b1", {"limits": {"nic": [{"index": 0, "outbound_bps": limit}]}})
+        assert r.status == 200, r
+        assert "tbf" not in qdisc(), qdisc()  # the inbound limit went: its qdisc too
+        assert "limit rate over %d bytes/second" % limit in \
+            netns.exec(["nft", "list", "table", "bridge", "kvmhost"]).stdout
+        lim_out = outbound()
+        print("throughput B/s: inbound free %.0f limited %.0f; outbound free %.0f limited %.0f"
+              % (free_in, lim_in, free_out, lim_out))
+        assert 0.3 * limit < lim_in < 1.3 * limit, lim_in
+        assert 0.2 * limit < lim_out < 1.3 * limit, lim_out
+        assert free_in > 2 * lim_in and free_out > 2 * lim_out, (free_in, free_out)
+        # bad limits: 400, nothing changes
+        for bad in ({"nic": [{"index": 1, "inbound_bps": limit}]},
+                    {"nic": [{"index": 0, "inbound_bps": 10}]},
+                    {"nic": [{"index": 0, "outbound_burst": 100000}]}):
+            r = api.patch("/api/v1/vms/b1", {"limits": bad})
+            assert r.status == 400, (bad, r)
+        assert api.vm("b1")["limits"]["nic"] == [{"index": 0, "outbound_bps": limit}]
+        r = api.patch("/api/v1/vms/b1", {"limits": {"nic": None}})
+        assert r.status == 200, r
+        assert "limit rate" not in netns.exec(["nft", "list", "table", "bridge", "kvmhost"]).stdout
+        assert "nic" not in api.vm("b1").get("limits", {})
+    finally:
+        srv.kill()
+        srv.wait()
+
+
+@pytest.mark.slow
+def test_ipv6_nat_network_slaac_guest(nsdaemons, netns, guest, consoles):
+    d = nsdaemons()
+    api = d.api
+    for body, code in (({"name": "x", "ipv6": "fd00:86::/48"}, 400),
+                       ({"name": "x", "ipv6": "fd00:86::1/64"}, 400),
+                       ({"name": "x", "ipv6": "fe80::/64"}, 400),
+                       ({"name": "x", "ipv6": "ff02::/64"}, 400),
+                       ({"name": "x", "ipv6": "nonsense/64"}, 400),
+                       ({"name": "x", "ipv6": 64}, 400),
+                       ({"name": "x", "type": "bridged", "bridge": "lo", "ipv6": "fd00:1::/64"},
+                        400)):
+        r = api.post("/api/v1/networks", body)
+        assert r.status == code, (body, r)
+    n = create_net(api, {"name": "v6", "type": "nat", "subnet": "10.85.0.0/24",
+                         "ipv6": "fd00:86::/64"})
+    assert n["ipv6"] == "fd00:86::/64" and n["gateway6"] == "fd00:86::1", n
+    assert api.post("/api/v1/networks", {"name": "y", "ipv6": "fd00:86::/64"}).status == 409
+    assert api.get("/api/v1/networks").json["networks"][0]["ipv6"] == "fd00:86::/64"
+    addrs = netns.exec(["ip", "-6", "addr", "show", n["bridge"]]).stdout
+    assert "fd00:86::1/64" in addrs, addrs
+    rules = str(netns.nft_table())
+    assert "fd00:86::" in rules and "masquerade" in rules
+    boot_net_vms(api, guest, [net_vm_spec(guest, "s1", [{"network": "v6"}])])
+    c = consoles(d, "s1")
+    # SLAAC from dnsmasq's router advertisements
+    c.run("i=0; while ! ip -6 addr show dev eth0 | grep -q 'inet6 fd00:86:'; do "
+          "[ $i -gt 100 ] && break; usleep 200000; i=$((i+1)); done; "
+          "ip -6 addr show dev eth0 | grep -q 'inet6 fd00:86:' && echo kh-$((%d+1))",
+          timeout=45, retries=1)
+    c.run("ping -6 -c 1 -W 3 fd00:86::1 >/dev/null 2>&1 || ping6 -c 1 -W 3 fd00:86::1 "
+          ">/dev/null && echo kh-$((%d+1))", timeout=30)
+    # a source address outside the prefix is dropped at the tap
+    bridge_table = netns.exec(["nft", "list", "table", "bridge", "kvmhost"]).stdout
+    assert "ip6 saddr != { ::, fd00:86::/64, fe80::/10 } drop" in bridge_table, bridge_table
+    c.run("ip -6 addr add fd00:99::5/64 dev eth0 nodad; ip -6 route add fd00:86::1 dev eth0 "
+          "src fd00:99::5 2>/dev/null; ping -6 -c 2 -W 2 -I fd00:99::5 fd00:86::1 >/dev/null "
+          "2>&1 || echo kh-$((%d+1))", timeout=40, retries=1)
+    # kept across a restart
+    d.stop()
+    d.restart()
+    assert "fd00:86::1/64" in netns.exec(["ip", "-6", "addr", "show", n["bridge"]]).stdout
+    assert api.get("/api/v1/networks/v6").json["gateway6"] == "fd00:86::1"

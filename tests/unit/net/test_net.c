@@ -261,10 +261,10 @@ static void test_nft_render(void)
     n->nforwards = 1;
     const kh_network *v[] = { n, iso, br };
     kh_net_binding binds[] = {
-        { "web1", "lan", "52:54:00:00:00:01", "10.9.0.5", "kh0000aaaa0", "web,nosuch" },
-        { "web2", "lab", "52:54:00:00:00:02", NULL, "kh0000bbbb0", NULL },
-        { "web3", "up", "52:54:00:00:00:03", NULL, "kh0000cccc0", NULL },
-        { "web4", "gone", "52:54:00:00:00:04", NULL, "kh0000dddd0", NULL },
+        { "web1", "lan", "52:54:00:00:00:01", "10.9.0.5", "kh0000aaaa0", "web,nosuch", 0, 0 },
+        { "web2", "lab", "52:54:00:00:00:02", NULL, "kh0000bbbb0", NULL, 250000, 131072 },
+        { "web3", "up", "52:54:00:00:00:03", NULL, "kh0000cccc0", NULL, 0, 0 },
+        { "web4", "gone", "52:54:00:00:00:04", NULL, "kh0000dddd0", NULL, 0, 0 },
     };
     json_t *gj = J("{\"name\":\"web\",\"rules\":[{\"proto\":\"tcp\",\"ports\":\"80\"},"
                    "{\"proto\":\"udp\",\"ports\":\"5000-5010\",\"cidr\":\"10.0.0.0/8\"},"
@@ -295,6 +295,10 @@ static void test_nft_render(void)
     CHECK(strstr(s, "iifname \"kh0000cccc0\" ether saddr != 52:54:00:00:00:03 drop\n"));
     CHECK(!strstr(s, "iifname \"kh0000cccc0\" ip saddr")); /* bridged: not our subnet */
     CHECK(!strstr(s, "kh0000dddd0")); /* a network that does not exist */
+    /* limits.nic outbound_bps: policed as the guest's frames enter the bridge */
+    CHECK(strstr(s, "iifname \"kh0000bbbb0\" limit rate over 250000 bytes/second burst 131072 "
+                    "bytes drop\n"));
+    CHECK(!strstr(s, "iifname \"kh0000aaaa0\" limit"));
     CHECK(strstr(s, "iifname \"khbr0123abcd\" ip saddr 10.9.0.0/24 accept\n"));
     CHECK(strstr(s, "ip saddr 10.9.0.0/24 ip daddr != 10.9.0.0/24 oifname != \"khbr0123abcd\" "
                     "masquerade\n"));

@@ -1288,6 +1288,115 @@ static void test_qemu_fd(const char *dir)
     unlink(ssock);
 }
 
+/* kh_qmp_command_fd: the command's bytes arrive with the fd (SCM_RIGHTS),
+ * as QEMU's getfd needs; a command without an fd carries none. The monitor
+ * here is the test itself, reading with recvmsg. */
+typedef struct fdpass {
+    int replies;
+    char log[256];
+} fdpass;
+
+static void fdpass_reply(kh_qmp *q, json_t *ret, const kh_err *err, void *opaque)
+{
+    (void)q;
+    (void)ret;
+    fdpass *f = opaque;
+    f->replies++;
+    size_t n = strlen(f->log);
+    snprintf(f->log + n, sizeof(f->log) - n, "%s;", err ? err->msg : "ok");
+}
+
+/* Read one message from the client side; *fd gets a passed fd or -1. */
+static ssize_t fdpass_recv(int s, char *buf, size_t size, int *fd)
+{
+    union {
+        char c[CMSG_SPACE(sizeof(int))];
+        struct cmsghdr align;
+    } u;
+    struct iovec iov = { buf, size - 1 };
+    struct msghdr msg = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = u.c,
+                          .msg_controllen = sizeof(u.c) };
+    *fd = -1;
+    ssize_t n = recvmsg(s, &msg, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
+    if (n <= 0)
+        return n;
+    buf[n] = '\0';
+    for (struct cmsghdr *c = CMSG_FIRSTHDR(&msg); c; c = CMSG_NXTHDR(&msg, c))
+        if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS)
+            memcpy(fd, CMSG_DATA(c), sizeof(int));
+    return n;
+}
+
+static void test_fd_passing(void)
+{
+    uv_loop_t loop;
+    uv_loop_init(&loop);
+    int sv[2], p[2];
+    CHECK(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) == 0);
+    CHECK(pipe2(p, O_CLOEXEC) == 0);
+    const char *greeting = "{\"QMP\": {\"version\": {}, \"capabilities\": []}}\r\n";
+    CHECK(write(sv[1], greeting, strlen(greeting)) == (ssize_t)strlen(greeting));
+    fdpass f = { 0, "" };
+    kh_qmp *q = kh_qmp_new(&loop, NULL, NULL);
+    kh_err err = KH_ERR_INIT;
+    CHECK(kh_qmp_attach_fd(q, sv[0], &err) == 0);
+    CHECK(kh_qmp_command(q, "query-name", NULL, fdpass_reply, &f, &err) == 0);
+    CHECK(kh_qmp_command_fd(q, "getfd", json_pack("{s:s}", "fdname", "tap0"), p[0],
+                            fdpass_reply, &f, &err) == 0);
+    int got_fd = -1, fds_seen = 0;
+    char seen[512] = "";
+    for (int i = 0; i < 2000 && f.replies < 2; i++) {
+        uv_run(&loop, UV_RUN_NOWAIT);
+        char buf[512];
+        int fd;
+        ssize_t n = fdpass_recv(sv[1], buf, sizeof(buf), &fd);
+        if (n <= 0) {
+            usleep(1000);
+            continue;
+        }
+        if (fd >= 0) {
+            fds_seen++;
+            got_fd = fd;
+        }
+        strncat(seen, buf, sizeof(seen) - strlen(seen) - 1);
+        json_t *m = json_loads(buf, JSON_DISABLE_EOF_CHECK, NULL);
+        const char *cmd = json_string_value(json_object_get(m, "execute"));
+        char reply[128];
+        snprintf(reply, sizeof(reply), "{\"return\": {}, \"id\": %lld}\r\n",
+                 (long long)json_integer_value(json_object_get(m, "id")));
+        if (cmd && strcmp(cmd, "getfd") == 0)
+            CHECK(fd >= 0); /* the fd came with the getfd bytes themselves */
+        else
+            CHECK(fd < 0);
+        json_decref(m);
+        CHECK(write(sv[1], reply, strlen(reply)) == (ssize_t)strlen(reply));
+    }
+    CHECK(f.replies == 2);
+    CHECK_STR(f.log, "ok;ok;");
+    CHECK(fds_seen == 1);
+    CHECK(strstr(seen, "\"getfd\"") && strstr(seen, "\"fdname\":\"tap0\""));
+    /* the fd received is the pipe's read end */
+    CHECK(write(p[1], "x", 1) == 1);
+    char c = 0;
+    CHECK(got_fd >= 0 && read(got_fd, &c, 1) == 1 && c == 'x');
+    if (got_fd >= 0)
+        close(got_fd);
+    /* a closed connection: the fd is still taken (closed), the call fails */
+    kh_qmp_close(q);
+    int p2[2];
+    CHECK(pipe2(p2, O_CLOEXEC) == 0);
+    kh_err e2 = KH_ERR_INIT;
+    CHECK(kh_qmp_command_fd(q, "getfd", json_pack("{s:s}", "fdname", "x"), p2[0], fdpass_reply,
+                            &f, &e2) == -1);
+    CHECK(fcntl(p2[0], F_GETFD) == -1 && errno == EBADF);
+    uv_run(&loop, UV_RUN_DEFAULT);
+    CHECK(f.replies == 2);
+    close(sv[1]);
+    close(p[1]);
+    close(p2[1]);
+    CHECK(uv_loop_close(&loop) == 0);
+}
+
 static int run_qemu_tests(void)
 {
     if (access(qemu_binary(), X_OK) < 0) {
@@ -1329,5 +1438,6 @@ int main(int argc, char **argv)
     RUN(test_fake_garbage);
     RUN(test_fake_bad_handshake);
     RUN(test_fake_endless_line);
+    RUN(test_fd_passing);
     TEST_DONE();
 }
