@@ -168,7 +168,9 @@ static json_t *operation(const kh_route *r)
                                           json_content(json_pack("{s:s}", "type", "object"))));
             body = true;
         }
-        const char *ok = strcmp(r->method, "DELETE") == 0 && !r->response_schema ? "204" : "200";
+        const char *ok = strcmp(r->method, "DELETE") == 0 && !r->response_schema ? "204"
+                         : (r->flags & KH_ROUTE_STREAM) ? "201" /* a streamed upload creates */
+                                                        : "200";
         json_t *resp = json_pack("{s:s}", "description", "success");
         if (r->response_schema)
             json_object_set_new(resp, "content", json_content(schema_ref(r->response_schema)));

@@ -55,6 +55,7 @@ struct disk_op {
     size_t n, cap, next;
     bool tolerant;      /* detach cleanup: errors are logged, not fatal */
     int secret_qemu_fd;
+    unsigned busy_tries;
     size_t undo_pending;
     kh_err failure;
     disk_op *link;
@@ -198,11 +199,47 @@ static bool already_gone(const kh_err *err)
            strstr(err->msg, "Cannot find");
 }
 
+static uv_timer_t *op_timer(disk_op *o)
+{
+    if (!o->timer) {
+        o->timer = xcalloc(1, sizeof(*o->timer));
+        uv_timer_init(o->d->loop, o->timer);
+        o->timer->data = o;
+    }
+    return o->timer;
+}
+
+static void retry_step(uv_timer_t *t)
+{
+    run_next(t->data);
+}
+
+/* QEMU finishes a device's removal a moment after the guest let it go:
+ * until then its nodes are still in use. */
+static bool node_busy(const kh_err *err)
+{
+    return strstr(err->msg, "is in use") || strstr(err->msg, "is busy");
+}
+
+#define BUSY_RETRY_MS 100
+#define BUSY_TRIES 100
+
 static void on_step(kh_qmp *q, json_t *ret, const kh_err *err, void *opaque)
 {
     (void)q;
     disk_op *o = opaque;
     step *s = &o->steps[o->next];
+    if (err && o->tolerant && node_busy(err)) {
+        if (o->busy_tries++ < BUSY_TRIES && o->d) {
+            uv_timer_start(op_timer(o), retry_step, BUSY_RETRY_MS, 0);
+            return;
+        }
+        kh_err e = KH_ERR_INIT;
+        kh_err_set(&e, KH_E_QEMU, "vm %s: QEMU still uses disk %zu (%s); try again", o->vm,
+                   o->index, err->msg);
+        op_finish(o, NULL, &e); /* the disk stays in the spec */
+        return;
+    }
     if (err && o->tolerant) {
         if (!already_gone(err))
             kh_log(KH_LOG_WARN, "vm.disk_detach", "vm=%s step=%s error=\"%s\"", o->vm, s->cmd,
@@ -237,9 +274,11 @@ static void run_next(disk_op *o)
         json_object_set_new(s->args, "file", json_string(file));
         free(file);
     }
-    json_t *args = s->args;
+    /* a step without an fd keeps its arguments: it may be run again */
+    json_t *args = s->fd >= 0 ? s->args : json_incref(s->args);
     int fd = s->fd;
-    s->args = NULL;
+    if (fd >= 0)
+        s->args = NULL;
     s->fd = -1;
     kh_err e = KH_ERR_INIT;
     if (kh_manager_qmp_fd(o->d->mgr, o->vd.id, s->cmd, args, fd, on_step, o, &e) < 0)
@@ -760,10 +799,7 @@ static void on_device_del(kh_qmp *q, json_t *ret, const kh_err *err, void *opaqu
     }
     o->waiting = true;
     o->wait_start = uv_now(o->d->loop);
-    o->timer = xcalloc(1, sizeof(*o->timer));
-    uv_timer_init(o->d->loop, o->timer);
-    o->timer->data = o;
-    uv_timer_start(o->timer, detach_tick, WAIT_TICK_MS, 0);
+    uv_timer_start(op_timer(o), detach_tick, WAIT_TICK_MS, 0);
 }
 
 static void on_pci_detach(kh_qmp *q, json_t *ret, const kh_err *err, void *opaque)
