@@ -3,6 +3,7 @@
 #include <sys/sysinfo.h>
 
 #include "api/api.h"
+#include "host/proc.h"
 #include "util/misc.h"
 
 void kh_host_routes_get(kh_http_req *req, void *app)
@@ -20,6 +21,10 @@ void kh_host_routes_get(kh_http_req *req, void *app)
         json_object_set_new(j, "memory_free_mib",
                             json_integer((json_int_t)((unsigned long long)si.freeram *
                                                       si.mem_unit / (1024 * 1024))));
+        double ram, avail;
+        kh_proc_meminfo(&ram, &avail);
+        json_object_set_new(j, "memory_available_mib",
+                            json_integer((json_int_t)(avail / (1024 * 1024))));
         json_object_set_new(j, "load_average",
                             json_pack("[f, f, f]", si.loads[0] / 65536.0, si.loads[1] / 65536.0,
                                       si.loads[2] / 65536.0));

@@ -374,7 +374,10 @@ static const struct {
     { "Host",
       "{\"type\":\"object\",\"properties\":{\"hostname\":{\"type\":\"string\"},\"version\":{\"type\":\"string\"},"
       "\"accelerator\":{\"type\":\"string\",\"enum\":[\"kvm\",\"tcg\"]},\"accelerator_reason\":{\"type\":\"strin"
-      "g\"},\"qemu\":{\"type\":\"object\"},\"cpus\":{\"type\":\"integer\"},\"memory_mib\":{\"type\":\"integer\"},\""
+      "g\"},\"qemu\":{\"type\":\"object\"},\"cpus\":{\"type\":\"integer\"},\"memory_mib\":{\"type\":\"integer\"},"
+      "\"memory_free_mib\":{\"type\":\"integer\",\"description\":\"MemFree\"},"
+      "\"memory_available_mib\":{\"type\":\"integer\",\"description\":\"MemAvailable: free plus "
+      "reclaimable cache; the dashboard's used = memory_mib - this\"},\""
       "cgroup\":{\"type\":\"string\"},\"vms\":{\"type\":\"object\"},\"uptime_seconds\":{\"type\":\"number\"}}}" },
 };
 

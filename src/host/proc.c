@@ -222,6 +222,23 @@ static unsigned long read_ulong(const char *path)
     return v;
 }
 
+void kh_proc_meminfo(double *total, double *avail)
+{
+    *total = *avail = 0;
+    FILE *fp = fopen("/proc/meminfo", "re");
+    if (!fp)
+        return;
+    char line[256];
+    unsigned long long kib;
+    while (fgets(line, sizeof(line), fp)) {
+        if (sscanf(line, "MemTotal: %llu kB", &kib) == 1)
+            *total = (double)kib * 1024;
+        else if (sscanf(line, "MemAvailable: %llu kB", &kib) == 1)
+            *avail = (double)kib * 1024;
+    }
+    fclose(fp);
+}
+
 unsigned long kh_proc_hugepages_free(unsigned kib)
 {
     char p[128];

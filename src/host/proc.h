@@ -43,6 +43,11 @@ size_t kh_proc_netdevs(kh_proc_netdev **out);
  * /sys/kernel/mm/hugepages; 0 when that size does not exist. */
 unsigned long kh_proc_hugepages_free(unsigned kib);
 
+/* Host RAM total and available (MemTotal, MemAvailable of /proc/meminfo),
+ * in bytes; 0 when unknown. "Used" is total - available everywhere
+ * (dashboard, history, /metrics): page cache the kernel can drop is free. */
+void kh_proc_meminfo(double *total, double *avail);
+
 /* Size of the filesystem holding path, and its bytes used and available
  * to unprivileged users (statvfs). False when path cannot be examined. */
 bool kh_proc_fs_usage(const char *path, double *size, double *used, double *avail);

@@ -248,15 +248,6 @@ static void read_load(double load[3])
     fclose(fp);
 }
 
-static void read_mem(double *total, double *avail)
-{
-    unsigned long long t = 0, a = 0;
-    read_keyed("/proc/meminfo", "MemTotal", &t);
-    read_keyed("/proc/meminfo", "MemAvailable", &a);
-    *total = (double)t * 1024;
-    *avail = (double)a * 1024;
-}
-
 /* Whole-disk bytes read and written, and network bytes received and sent
  * on every interface but lo, since boot. */
 static void host_io_totals(double *drd, double *dwr, double *nrx, double *ntx)
@@ -558,7 +549,7 @@ static void sample(kh_metrics *m)
         m->last_total = total;
     }
     double mt, ma, load[3];
-    read_mem(&mt, &ma);
+    kh_proc_meminfo(&mt, &ma);
     read_load(load);
     row[HF_MEM_USED] = mt - ma;
     row[HF_MEM_TOTAL] = mt;
@@ -974,7 +965,7 @@ char *kh_metrics_render(kh_metrics *m, size_t *len)
     kh_prom_family(p, "kvmhost_host_cpus", "gauge", "Online host CPUs");
     kh_prom_sample(p, "kvmhost_host_cpus", NULL, (double)sysconf(_SC_NPROCESSORS_ONLN));
     double mt, ma, load[3];
-    read_mem(&mt, &ma);
+    kh_proc_meminfo(&mt, &ma);
     kh_prom_family(p, "kvmhost_host_memory_total_bytes", "gauge", "Host RAM (MemTotal)");
     kh_prom_sample(p, "kvmhost_host_memory_total_bytes", NULL, mt);
     kh_prom_family(p, "kvmhost_host_memory_available_bytes", "gauge",

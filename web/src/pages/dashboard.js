@@ -27,7 +27,8 @@ const rate = (v) => (v === null ? '–' : `${fmtBytes(v)}/s`);
 
 function hostCard(host, m) {
   if (!host) return h('section', { class: 'card' }, h('p', {}, 'Loading host facts…'));
-  const mem = host.memory_mib, free = host.memory_free_mib;
+  // used = total - available (MemAvailable): the same measure as the chart
+  const mem = host.memory_mib, free = host.memory_available_mib ?? host.memory_free_mib;
   const used = mem && free !== undefined ? mem - free : null;
   const pct = used !== null ? Math.round((used / mem) * 100) : null;
   const load = Array.isArray(host.load_average) ? host.load_average.map((x) => x.toFixed(2)).join('  ') : '–';
