@@ -11,7 +11,9 @@ export function createPage(main, params = []) {
   const f = {
     name: h('input', { type: 'text', required: true, maxlength: 64, pattern: NAME_RE.source, autocomplete: 'off', spellcheck: 'false' }),
     vcpus: h('input', { type: 'number', min: 1, max: 255, value: 1, required: true }),
+    maxVcpus: h('input', { type: 'number', min: 1, max: 255, placeholder: 'same as vCPUs' }),
     memory: h('input', { type: 'number', min: 16, max: 16777216, value: 512, required: true }),
+    hugepages: h('input', { type: 'checkbox' }),
     kernel: h('input', { type: 'text', placeholder: '/path/to/vmlinuz', spellcheck: 'false' }),
     initrd: h('input', { type: 'text', placeholder: '/path/to/initrd.img', spellcheck: 'false' }),
     cmdline: h('input', { type: 'text', value: 'console=ttyS0', spellcheck: 'false' }),
@@ -35,6 +37,7 @@ export function createPage(main, params = []) {
   const tpls = new Map();
   f.template.addEventListener('change', () => {
     cloneBox.hidden = !fromTemplate();
+    specBox.hidden = fromTemplate();
     const t = tpls.get(f.template.value); // start from the template's size
     if (t) { f.vcpus.value = t.vcpus; f.memory.value = t.memory_mib; }
   });
@@ -63,6 +66,13 @@ export function createPage(main, params = []) {
       for (const n of networks || []) f.network.append(h('option', { value: n.name }, `${n.name}${n.type ? ` (${n.type})` : ''}`));
     } catch { /* no networks on this daemon */ }
   })();
+  // spec-only fields (a clone from a template takes the template's)
+  const specBox = h('div', { class: 'sub' },
+    field('vm-max-vcpus', 'Max vCPUs (optional, for hot-plug)', f.maxVcpus, 'q35: vCPUs can be added while it runs, up to this many.'),
+    h('div', { class: 'field' }, h('label', { class: 'check', for: 'vm-hugepages' }, f.hugepages, ' Guest RAM from 2 MiB huge pages'),
+      h('p', { class: 'muted small', id: 'vm-hugepages-help' }, 'The host must have enough free huge pages at start (409 otherwise); memory must be even.')));
+  f.hugepages.id = 'vm-hugepages';
+  f.hugepages.setAttribute('aria-describedby', 'vm-hugepages-help');
   const ipBox = field('nic-ip', 'Reserved IP on that network (optional)', f.nicIp, 'A static DHCP reservation (nat and isolated networks).');
   const syncNet = () => { ipBox.hidden = !f.network.value; };
   f.network.addEventListener('change', syncNet);
@@ -81,6 +91,7 @@ export function createPage(main, params = []) {
       field('vm-name', 'Name', f.name, 'Letters, digits, - _ . ; up to 64; not starting with . or -'),
       field('vm-vcpus', 'vCPUs', f.vcpus),
       field('vm-memory', 'Memory (MiB)', f.memory),
+      specBox,
       field('vm-desc', 'Description (optional)', f.description),
       templateBox),
     h('fieldset', { class: 'step' }, h('legend', {}, '2. Boot and disk'),
@@ -118,6 +129,8 @@ export function createPage(main, params = []) {
       return t;
     }
     const s = { name: f.name.value.trim(), vcpus: Number(f.vcpus.value), memory_mib: Number(f.memory.value), graphics: f.graphics.value };
+    if (f.maxVcpus.value !== '') s.max_vcpus = Number(f.maxVcpus.value);
+    if (f.hugepages.checked) s.hugepages = true;
     if (f.description.value) s.description = f.description.value;
     if (bootKernel.checked) {
       s.boot = { kernel: f.kernel.value.trim() };
@@ -144,6 +157,11 @@ export function createPage(main, params = []) {
       if (!Number.isInteger(v) || v < 1 || v > 255) return bad(f.vcpus, 'vCPUs must be 1 to 255.');
       const m = Number(f.memory.value);
       if (!Number.isInteger(m) || m < 16) return bad(f.memory, 'Memory must be at least 16 MiB.');
+      if (!fromTemplate() && f.maxVcpus.value !== '') {
+        const mv = Number(f.maxVcpus.value);
+        if (!Number.isInteger(mv) || mv < v || mv > 255) return bad(f.maxVcpus, `Max vCPUs must be from the vCPUs (${v}) to 255.`);
+      }
+      if (!fromTemplate() && f.hugepages.checked && m % 2) return bad(f.memory, 'Huge pages need an even memory size (2 MiB pages).');
     } else if (step === 1) {
       if (bootKernel.checked && !f.kernel.value.trim().startsWith('/')) return bad(f.kernel, 'The kernel must be an absolute path.');
       if (f.initrd.value.trim() && !f.initrd.value.trim().startsWith('/')) return bad(f.initrd, 'The initrd must be an absolute path.');
@@ -168,7 +186,7 @@ export function createPage(main, params = []) {
       const s = spec();
       replace(review,
         h('dt', {}, 'Name'), h('dd', {}, s.name),
-        h('dt', {}, 'CPU / memory'), h('dd', {}, `${s.vcpus} vCPU, ${fmtMiB(s.memory_mib)}`),
+        h('dt', {}, 'CPU / memory'), h('dd', {}, `${s.vcpus} vCPU${s.max_vcpus > s.vcpus ? ` (hot-plug up to ${s.max_vcpus})` : ''}, ${fmtMiB(s.memory_mib)}${s.hugepages ? ', huge pages' : ''}`),
         h('dt', {}, 'Boot'), h('dd', {}, s.boot ? h('code', {}, `${s.boot.kernel}${s.boot.initrd ? ` + ${s.boot.initrd}` : ''}`) : 'first disk'),
         s.boot && s.boot.cmdline ? [h('dt', {}, 'Command line'), h('dd', {}, h('code', {}, s.boot.cmdline))] : null,
         h('dt', {}, 'Disks'), h('dd', {}, s.disks ? s.disks.map((d) => h('div', {}, h('code', {}, d.volume ? `volume ${d.volume}` : `${d.path} (${d.format})`))) : 'none'),

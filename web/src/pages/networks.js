@@ -19,16 +19,18 @@ function createForm(onCreated) {
     h('option', { value: 'bridged' }, 'bridged: join an existing bridge'));
   const subnet = h('input', { type: 'text', placeholder: 'picked when empty, e.g. 10.10.0.0/24', spellcheck: 'false' });
   const bridge = h('input', { type: 'text', placeholder: 'br0', spellcheck: 'false' });
+  const ipv6 = h('input', { type: 'text', placeholder: 'none, e.g. fd00:10::/64', spellcheck: 'false' });
   const subnetBox = field('net-subnet', 'Subnet (optional)', subnet);
+  const ipv6Box = field('net-ipv6', 'IPv6 prefix (optional)', ipv6, 'A /64 (unique-local or global): guests configure themselves by SLAAC. It cannot change later.');
   const bridgeBox = field('net-bridge', 'Bridge', bridge, 'An existing bridge on the host.');
   const err = errorLine('net-error');
-  const sync = () => { subnetBox.hidden = type.value === 'bridged'; bridgeBox.hidden = type.value !== 'bridged'; };
+  const sync = () => { subnetBox.hidden = ipv6Box.hidden = type.value === 'bridged'; bridgeBox.hidden = type.value !== 'bridged'; };
   type.addEventListener('change', sync);
   const form = h('form', { class: 'card form', 'aria-labelledby': 'net-new-title', novalidate: true },
     h('h2', { id: 'net-new-title' }, 'New network'),
     field('net-name', 'Network name', name),
     field('net-type', 'Type', type),
-    subnetBox, bridgeBox, err,
+    subnetBox, ipv6Box, bridgeBox, err,
     h('div', { class: 'buttons' }, h('button', { type: 'submit', class: 'btn primary' }, 'Create network')));
   sync();
   form.addEventListener('submit', async (e) => {
@@ -44,11 +46,24 @@ function createForm(onCreated) {
     }
     const body = { name: n, type: type.value };
     if (type.value === 'bridged') body.bridge = bridge.value.trim();
-    else if (subnet.value.trim()) body.subnet = subnet.value.trim();
+    else {
+      if (subnet.value.trim()) body.subnet = subnet.value.trim();
+      const p6 = ipv6.value.trim();
+      ipv6.removeAttribute('aria-invalid');
+      if (p6) {
+        if (!/^[0-9A-Fa-f:]+:[0-9A-Fa-f:]*\/64$/.test(p6)) {
+          ipv6.setAttribute('aria-invalid', 'true');
+          ipv6.focus();
+          err.set('The IPv6 prefix must be a /64 such as fd00:10::/64.');
+          return;
+        }
+        body.ipv6 = p6;
+      }
+    }
     try {
       await api('POST', '/api/v1/networks', body);
       toast(`Created network ${n}`, 'ok');
-      name.value = ''; subnet.value = '';
+      name.value = ''; subnet.value = ''; ipv6.value = '';
       onCreated();
     } catch (ex) {
       err.set(ex.message);
@@ -69,11 +84,11 @@ function listPage(main) {
     }
     if (!nets.length) { replace(box, h('p', { class: 'muted pad' }, 'No networks yet.')); return; }
     replace(box, h('table', { class: 'vms', 'aria-label': 'Networks' },
-      th('Name', 'Type', 'Subnet', 'Bridge', 'NICs', 'Forwards', h('span', { class: 'sr-only' }, 'Actions')),
+      th('Name', 'Type', 'Subnets', 'Bridge', 'NICs', 'Forwards', h('span', { class: 'sr-only' }, 'Actions')),
       h('tbody', {}, nets.map((n) => h('tr', { dataset: { net: n.name } },
         h('th', { scope: 'row' }, h('a', { href: `#/networks/${encodeURIComponent(n.name)}` }, n.name)),
         h('td', {}, n.type),
-        h('td', {}, n.subnet ? h('code', {}, n.subnet) : '–'),
+        h('td', {}, n.subnet ? h('code', {}, n.subnet) : '–', n.ipv6 ? [h('br'), h('code', { class: 'net-ipv6' }, n.ipv6)] : null),
         h('td', {}, n.bridge ? h('code', {}, n.bridge) : '–'),
         h('td', { class: 'num' }, String((n.nics || []).length)),
         h('td', { class: 'num' }, String((n.forwards || []).length)),
@@ -165,6 +180,8 @@ function detailPage(main, name) {
           h('dt', {}, 'Type'), h('dd', {}, net.type),
           h('dt', {}, 'Subnet'), h('dd', {}, net.subnet ? h('code', {}, net.subnet) : '–'),
           h('dt', {}, 'Gateway'), h('dd', {}, net.gateway ? h('code', {}, net.gateway) : '–'),
+          h('dt', {}, 'IPv6 prefix'), h('dd', { id: 'net-ipv6-prefix' }, net.ipv6 ? h('code', {}, net.ipv6) : 'none'),
+          net.gateway6 ? [h('dt', {}, 'IPv6 gateway'), h('dd', {}, h('code', {}, net.gateway6))] : null,
           h('dt', {}, 'DHCP range'), h('dd', {}, net.dhcp ? h('code', {}, `${net.dhcp.first} – ${net.dhcp.last}`) : '–'),
           h('dt', {}, 'Bridge'), h('dd', {}, net.bridge ? h('code', {}, net.bridge) : '–'),
           h('dt', {}, 'dnsmasq'), h('dd', {}, net.dnsmasq_pid ? `pid ${net.dnsmasq_pid}` : '–')),

@@ -6,7 +6,7 @@ import { actionButtons, stateBadge } from '../actions.js';
 import { eventRow } from './events.js';
 import { snapshotsPanel } from './snapshots.js';
 import { disksPanel } from './disks.js';
-import { nicsEditor } from './nics.js';
+import { nicsEditor, liveNics } from './nics.js';
 import { lineChart, pollMetrics, column, chartsGrid } from '../chart.js';
 
 const RANGE = 300; // seconds of history in the charts
@@ -55,7 +55,8 @@ function summary(vm, charts) {
       h('h2', { id: 'sum-title' }, 'Summary'),
       h('dl', { class: 'kv' },
         kv('State', [stateBadge(vm), vm.state_reason ? h('span', { class: 'muted small' }, ` ${vm.state_reason}`) : null]),
-        kv('vCPUs', String(vm.vcpus)),
+        kv('vCPUs', `${vm.vcpus}${vm.max_vcpus && vm.max_vcpus > vm.vcpus ? ` (hot-plug up to ${vm.max_vcpus})` : ''}`),
+        vm.hugepages ? kv('Huge pages', 'guest RAM from 2 MiB pages') : null,
         kv('Memory', fmtMiB(vm.memory_mib)),
         kv('Machine', vm.machine),
         kv('Accelerator', vm.accelerator),
@@ -78,17 +79,46 @@ function summary(vm, charts) {
         : h('p', { class: 'muted' }, 'No disks.'),
       (vm.nics || []).length ? h('ul', { class: 'disks', 'aria-label': 'Network interfaces' }, vm.nics.map((n, i) => h('li', {},
         h('span', { class: 'badge' }, `nic${i}`), ' network ', h('a', { href: `#/networks/${encodeURIComponent(n.network)}` }, n.network),
-        n.mac ? [' ', h('code', {}, n.mac)] : null, n.ip ? ` ${n.ip}` : '',
+        n.mac ? [' ', h('code', {}, n.mac)] : null, n.ip ? ` ${n.ip}` : '', n.link === 'down' ? ' (link down)' : '',
         (n.security_groups || []).length ? h('span', { class: 'muted small' }, ` security groups: ${n.security_groups.join(', ')}`) : null)))
         : null),
     charts.card);
 }
 
+// "0,2-3" -> [0, 2, 3]; '' -> null; a bad list -> undefined.
+function parseCpuList(text) {
+  const t = text.trim();
+  if (!t) return null;
+  const out = [];
+  for (const part of t.split(',')) {
+    const m = /^\s*(\d+)\s*(?:-\s*(\d+)\s*)?$/.exec(part);
+    if (!m) return undefined;
+    const a = Number(m[1]), b = m[2] === undefined ? a : Number(m[2]);
+    if (b < a || b - a > 4096) return undefined;
+    for (let i = a; i <= b; i++) if (!out.includes(i)) out.push(i);
+  }
+  return out;
+}
+const fmtCpuList = (l) => (Array.isArray(l) ? l.join(',') : '');
+
+// "Refused (409): ..." for a live vCPU change; 504: the guest kept them.
+function vcpuWhy(ex) {
+  if (ex.status === 504) return `Changing the vCPUs: the guest did not release them in time (504); the VM keeps what QEMU really has. ${ex.message}`;
+  return `Changing the vCPUs ${ex.status && ex.status < 500 ? 'refused' : 'failed'}${ex.status ? ` (${ex.status})` : ''}: ${ex.message}`;
+}
+
 function settingsForm(vm) {
   const stopped = vm.state === 'stopped';
-  const err = h('p', { class: 'error', role: 'alert', hidden: true });
-  const vcpus = h('input', { id: 'set-vcpus', type: 'number', min: 1, max: 255, required: true, value: vm.vcpus, disabled: !stopped });
+  const up = UP.includes(vm.state) && vm.state !== 'stopping';
+  const q35 = (vm.machine || 'q35') === 'q35';
+  const liveCpus = up && q35 && !vm.template;
+  const err = h('p', { class: 'error', role: 'alert', id: 'settings-error', hidden: true });
+  const status = h('span', { class: 'muted small', id: 'settings-status', role: 'status' });
+  const vcpus = h('input', { id: 'set-vcpus', type: 'number', min: 1, max: 255, required: true, value: vm.vcpus, disabled: !stopped && !liveCpus,
+    'aria-describedby': 'set-vcpus-help' });
+  const maxv = h('input', { id: 'set-max-vcpus', type: 'number', min: 1, max: 255, value: vm.max_vcpus ?? '', placeholder: 'same as vCPUs', disabled: !stopped || !q35 });
   const mem = h('input', { id: 'set-memory', type: 'number', min: 16, max: 16777216, step: 1, required: true, value: vm.memory_mib, disabled: !stopped });
+  const huge = h('input', { id: 'set-hugepages', type: 'checkbox', checked: !!vm.hugepages, disabled: !stopped });
   const desc = h('input', { id: 'set-desc', type: 'text', maxlength: 1024, value: vm.description || '' });
   const graphics = h('select', { id: 'set-graphics', disabled: !stopped },
     h('option', { value: 'none' }, 'none (serial console only)'), h('option', { value: 'vnc' }, 'VNC display'));
@@ -102,19 +132,54 @@ function settingsForm(vm) {
     ['memory_max_mib', 'Memory hard limit (MiB)', vm.memory_mib || 16, 16777216],
   ].map(([key, label, min, max]) => ({ key, label,
     input: h('input', { id: `lim-${key}`, type: 'number', min, max, step: 1, value: lim[key] ?? '', placeholder: 'none' }) }));
-  const nics = nicsEditor(vm, stopped && !vm.template);
-  const form = h('form', { class: 'card form', 'aria-labelledby': 'set-title' },
+  const LISTS = [
+    ['cpu_affinity', 'vCPU threads on host CPUs'],
+    ['emulator_cpus', 'QEMU\'s other threads on host CPUs'],
+    ['iothread_cpus', 'Disk iothreads on host CPUs'],
+    ['numa_nodes', 'Guest memory from host NUMA nodes'],
+  ].map(([key, label]) => ({ key, label,
+    input: h('input', { id: `lim-${key}`, type: 'text', value: fmtCpuList(lim[key]), placeholder: 'any, e.g. 0,2-3', spellcheck: 'false', size: 12 }) }));
+  // per-NIC bandwidth (limits.nic, replaced as a whole); bursts kept as they were
+  const nicLim = new Map((lim.nic || []).map((e) => [e.index, e]));
+  const NICLIM = (vm.nics || []).map((n, i) => {
+    const e = nicLim.get(i) || {};
+    const mk = (k, label) => h('input', { id: `lim-nic${i}-${k}`, type: 'number', min: 1000, max: 125e9, step: 1, value: e[`${k}_bps`] ?? '', placeholder: 'none', 'aria-label': label });
+    return { i, e, inb: mk('inbound', `nic${i} inbound bytes/s`), outb: mk('outbound', `nic${i} outbound bytes/s`) };
+  });
+  let form;
+  const onNicsChanged = (fresh, focusId) => {
+    store.vms.set(fresh.name, fresh);
+    const f = settingsForm(fresh);
+    form.replaceWith(f);
+    if (focusId) document.getElementById(focusId)?.focus();
+  };
+  const nics = up && !vm.template ? liveNics(vm, onNicsChanged) : nicsEditor(vm, stopped && !vm.template);
+  form = h('form', { class: 'card form', 'aria-labelledby': 'set-title', id: 'settings-form' },
     h('h2', { id: 'set-title' }, 'Settings'),
-    stopped ? null : h('p', { class: 'note' }, 'CPU, memory and graphics can be changed while the VM is stopped; description and limits now.'),
-    h('div', { class: 'field' }, h('label', { for: 'set-vcpus' }, 'vCPUs'), vcpus),
+    stopped ? null : h('p', { class: 'note' }, liveCpus
+      ? 'While the VM runs: vCPUs (hot-plug up to the maximum), description, limits and NICs change now; memory, graphics and the rest once it is stopped.'
+      : 'CPU, memory and graphics can be changed while the VM is stopped; description and limits now.'),
+    h('div', { class: 'row' },
+      h('div', { class: 'field' }, h('label', { for: 'set-vcpus' }, 'vCPUs'), vcpus),
+      h('div', { class: 'field' }, h('label', { for: 'set-max-vcpus' }, 'Max vCPUs (hot-plug)'), maxv)),
+    h('p', { class: 'muted small', id: 'set-vcpus-help' }, q35
+      ? `Up to ${vm.max_vcpus || vm.vcpus} while it runs (the maximum changes only while stopped). A guest without udev onlines new vCPUs itself; removing vCPUs needs the guest to release them.`
+      : 'A microvm has no vCPU hot-plug.'),
     h('div', { class: 'field' }, h('label', { for: 'set-memory' }, 'Memory (MiB)'), mem),
+    h('div', { class: 'field' }, h('label', { class: 'check', for: 'set-hugepages' }, huge, ' Guest RAM from 2 MiB huge pages (at the next start; memory must be even)')),
     h('div', { class: 'field' }, h('label', { for: 'set-graphics' }, 'Graphics'), graphics),
     h('div', { class: 'field' }, h('label', { for: 'set-desc' }, 'Description'), desc),
     h('fieldset', { class: 'limits' }, h('legend', {}, 'Limits (applied live; empty = none)'),
-      LIMITS.map((l) => h('div', { class: 'field' }, h('label', { for: l.input.id }, l.label), l.input))),
+      LIMITS.map((l) => h('div', { class: 'field' }, h('label', { for: l.input.id }, l.label), l.input)),
+      h('div', { class: 'row' }, LISTS.map((l) => h('div', { class: 'field' }, h('label', { for: l.input.id }, l.label), l.input))),
+      NICLIM.length ? h('div', { class: 'table-wrap flat' }, h('table', { class: 'mini', id: 'nic-limits', 'aria-label': 'NIC bandwidth limits, bytes per second' },
+        h('caption', { class: 'muted small' }, 'NIC bandwidth, bytes per second as the guest sees it (1000 or more; empty = none)'),
+        h('thead', {}, h('tr', {}, ['NIC', 'Inbound (guest receives)', 'Outbound (guest sends)'].map((c) => h('th', { scope: 'col' }, c)))),
+        h('tbody', {}, NICLIM.map((x) => h('tr', { dataset: { nic: String(x.i) } },
+          h('th', { scope: 'row' }, `nic${x.i}`), h('td', {}, x.inb), h('td', {}, x.outb)))))) : null),
     nics.el,
     err,
-    h('div', { class: 'buttons' }, h('button', { type: 'submit', class: 'btn primary' }, 'Save'),
+    h('div', { class: 'buttons' }, h('button', { type: 'submit', class: 'btn primary', id: 'settings-save' }, 'Save'), status,
       vm.template ? h('span', { class: 'badge' }, 'template')
         : h('button', { type: 'button', class: 'btn', disabled: !stopped, id: 'make-template',
           title: stopped ? 'Its volumes turn read-only; it can no longer start' : 'Stop the VM first',
@@ -129,27 +194,91 @@ function settingsForm(vm) {
               err.hidden = false;
             }
           } }, 'Make template')));
+  const fail = (msg, input) => {
+    err.textContent = msg;
+    err.hidden = false;
+    if (input) { input.setAttribute('aria-invalid', 'true'); input.focus(); }
+  };
   form.addEventListener('submit', async (e) => {
     e.preventDefault();
     err.hidden = true;
+    for (const i of form.querySelectorAll('[aria-invalid]')) i.removeAttribute('aria-invalid');
     const patch = {};
-    if (stopped && Number(vcpus.value) !== vm.vcpus) patch.vcpus = Number(vcpus.value);
+    let liveVcpus = null;
+    const nv = Number(vcpus.value);
+    if (!Number.isInteger(nv) || nv < 1 || nv > 255) return fail('vCPUs must be 1 to 255.', vcpus);
+    if (nv !== vm.vcpus) { if (stopped) patch.vcpus = nv; else if (liveCpus) liveVcpus = nv; }
+    if (stopped && q35) {
+      const mv = maxv.value === '' ? null : Number(maxv.value);
+      if (mv !== null && (!Number.isInteger(mv) || mv < 1 || mv > 255)) return fail('Max vCPUs must be 1 to 255.', maxv);
+      if (mv !== null && mv < nv) return fail(`Max vCPUs must be at least the vCPUs (${nv}).`, maxv);
+      // cleared: the same as vCPUs (no hot-plug)
+      if (mv !== (vm.max_vcpus ?? null)) patch.max_vcpus = mv ?? nv;
+    }
     if (stopped && Number(mem.value) !== vm.memory_mib) patch.memory_mib = Number(mem.value);
+    if (stopped && huge.checked !== !!vm.hugepages) {
+      if (huge.checked && Number(mem.value) % 2) return fail('Huge pages need an even memory size (2 MiB pages).', mem);
+      patch.hugepages = huge.checked;
+    }
     if (stopped && graphics.value !== (vm.graphics || 'none')) patch.graphics = graphics.value;
     if (desc.value !== (vm.description || '')) patch.description = desc.value;
     for (const l of LIMITS) {
       const v = l.input.value === '' ? null : Number(l.input.value);
       if (v !== (lim[l.key] ?? null)) (patch.limits ||= {})[l.key] = v;
     }
+    for (const l of LISTS) {
+      const v = parseCpuList(l.input.value);
+      if (v === undefined) return fail(`${l.label}: a list of numbers such as 0,2-3.`, l.input);
+      if (JSON.stringify(v) !== JSON.stringify(lim[l.key] ?? null)) (patch.limits ||= {})[l.key] = v && v.length ? v : null;
+    }
+    const nicOut = [];
+    for (const x of NICLIM) {
+      const entry = { index: x.i };
+      for (const [k, input] of [['inbound', x.inb], ['outbound', x.outb]]) {
+        if (input.value === '') continue;
+        const v = Number(input.value);
+        if (!Number.isInteger(v) || v < 1000 || v > 125e9) return fail(`nic${x.i} ${k}: 1000 to 125000000000 bytes per second, or empty.`, input);
+        entry[`${k}_bps`] = v;
+        if (x.e[`${k}_burst`] !== undefined) entry[`${k}_burst`] = x.e[`${k}_burst`];
+      }
+      if (Object.keys(entry).length > 1) nicOut.push(entry);
+    }
+    const nicSame = (a, b) => JSON.stringify(a.map((x) => [x.index, x.inbound_bps ?? null, x.outbound_bps ?? null]))
+      === JSON.stringify(b.map((x) => [x.index, x.inbound_bps ?? null, x.outbound_bps ?? null]));
+    if (NICLIM.length && !nicSame(nicOut, (lim.nic || []).filter((x) => x.index < NICLIM.length))) (patch.limits ||= {}).nic = nicOut.length ? nicOut : null;
     if (nics.changed()) patch.nics = nics.value();
-    if (!Object.keys(patch).length) { toast('Nothing changed'); return; }
+    if (!Object.keys(patch).length && liveVcpus === null) { toast('Nothing changed'); return; }
+    let updated = vm;
+    const save = form.querySelector('#settings-save');
+    save.disabled = true;
     try {
-      const updated = await api('PATCH', vmPath(vm.name), patch);
+      // a live vCPU change goes alone (the daemon refuses other keys beside it)
+      if (liveVcpus !== null) {
+        status.textContent = `${liveVcpus > vm.vcpus ? 'Plugging' : 'Unplugging'} vCPUs…`;
+        try {
+          updated = await api('PATCH', vmPath(vm.name), { vcpus: liveVcpus });
+        } catch (ex) {
+          status.textContent = '';
+          return fail(vcpuWhy(ex), vcpus);
+        }
+      }
+      if (Object.keys(patch).length) {
+        status.textContent = 'Saving…';
+        try {
+          updated = await api('PATCH', vmPath(vm.name), patch);
+        } catch (ex) {
+          status.textContent = '';
+          if (updated !== vm) { store.vms.set(vm.name, updated); vm = updated; vcpus.value = updated.vcpus; }
+          return fail(ex.message);
+        }
+      }
       store.vms.set(vm.name, updated);
-      toast(`Saved ${vm.name}`, 'ok');
-    } catch (ex) {
-      err.textContent = ex.message;
-      err.hidden = false;
+      toast(`Saved ${vm.name}${liveVcpus !== null ? `: ${updated.vcpus} vCPUs` : ''}`, 'ok');
+      const f = settingsForm(updated);
+      form.replaceWith(f);
+      f.querySelector('#settings-save')?.focus();
+    } finally {
+      save.disabled = false;
     }
   });
   return form;
