@@ -154,41 +154,48 @@ static int rules_put(cli_ctx *ctx, const json_t *body, const char *done, kh_err 
     return 0;
 }
 
-int cli_do_alert_list(cli_ctx *ctx, const cli_args *a, kh_err *err)
+/* GET the alerts; print them with human(), or with --json the part that
+ * json_part() picks (a new reference). */
+static int alerts_show(cli_ctx *ctx, json_t *(*json_part)(const json_t *),
+                       void (*human)(const json_t *), kh_err *err)
 {
-    (void)a;
     json_t *resp = alerts_get(ctx, err);
     if (!resp)
         return -1;
     if (ctx->json) {
-        json_t *out = json_pack("{s:O, s:O}", "active", json_object_get(resp, "active"),
-                                "webhook", json_object_get(resp, "webhook"));
+        json_t *out = json_part(resp);
         cli_print_json(stdout, out);
         json_decref(out);
     } else {
-        active_human(resp);
+        human(resp);
     }
     json_decref(resp);
     return 0;
 }
 
+static json_t *active_part(const json_t *resp)
+{
+    return json_pack("{s:O, s:O}", "active", json_object_get(resp, "active"), "webhook",
+                     json_object_get(resp, "webhook"));
+}
+
+/* The shape `alert rules set --file` reads back. */
+static json_t *rules_part(const json_t *resp)
+{
+    return json_pack("{s:O, s:o}", "rules", json_object_get(resp, "rules"), "webhook",
+                     webhook_conf(json_object_get(resp, "webhook")));
+}
+
+int cli_do_alert_list(cli_ctx *ctx, const cli_args *a, kh_err *err)
+{
+    (void)a;
+    return alerts_show(ctx, active_part, active_human, err);
+}
+
 int cli_do_alert_rules(cli_ctx *ctx, const cli_args *a, kh_err *err)
 {
     (void)a;
-    json_t *resp = alerts_get(ctx, err);
-    if (!resp)
-        return -1;
-    if (ctx->json) {
-        /* The shape `alert rules set --file` reads back. */
-        json_t *out = json_pack("{s:O, s:o}", "rules", json_object_get(resp, "rules"),
-                                "webhook", webhook_conf(json_object_get(resp, "webhook")));
-        cli_print_json(stdout, out);
-        json_decref(out);
-    } else {
-        rules_human(resp);
-    }
-    json_decref(resp);
-    return 0;
+    return alerts_show(ctx, rules_part, rules_human, err);
 }
 
 int cli_do_alert_rules_set(cli_ctx *ctx, const cli_args *a, kh_err *err)
