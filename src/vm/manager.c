@@ -2083,6 +2083,31 @@ json_t *kh_manager_create(kh_manager *mgr, const json_t *body, kh_err *err)
     return j;
 }
 
+/* Persist next as v's spec, then make it v's spec (next is stolen: freed on
+ * failure). The spec it replaces goes to *prev for the caller to free, or is
+ * freed when prev is NULL. -1 with err (v unchanged) when the store fails. */
+static int spec_store_swap(kh_manager *mgr, vm *v, kh_vm_spec *next, kh_vm_spec **prev,
+                           kh_err *err)
+{
+    json_t *sj = kh_vm_spec_to_json(next);
+    char *text = json_dumps(sj, JSON_COMPACT | JSON_SORT_KEYS);
+    json_decref(sj);
+    double now = kh_wall_time();
+    int rc = kh_store_vm_update_spec(mgr->store, v->id, text, now, err);
+    free(text);
+    if (rc < 0) {
+        kh_vm_spec_free(next);
+        return -1;
+    }
+    if (prev)
+        *prev = v->spec;
+    else
+        kh_vm_spec_free(v->spec);
+    v->spec = next;
+    v->updated_at = now;
+    return 0;
+}
+
 json_t *kh_manager_patch(kh_manager *mgr, const char *name, const json_t *patch, kh_err *err)
 {
     vm *v = find(mgr, name, err);
@@ -2128,19 +2153,9 @@ json_t *kh_manager_patch(kh_manager *mgr, const char *name, const json_t *patch,
         kh_vm_spec_free(next);
         return NULL;
     }
-    json_t *sj = kh_vm_spec_to_json(next);
-    char *text = json_dumps(sj, JSON_COMPACT | JSON_SORT_KEYS);
-    json_decref(sj);
-    double now = kh_wall_time();
-    int rc = kh_store_vm_update_spec(mgr->store, v->id, text, now, err);
-    free(text);
-    if (rc < 0) {
-        kh_vm_spec_free(next);
+    kh_vm_spec *prev = NULL;
+    if (spec_store_swap(mgr, v, next, &prev, err) < 0)
         return NULL;
-    }
-    kh_vm_spec *prev = v->spec;
-    v->spec = next;
-    v->updated_at = now;
     sync_bindings(mgr);
     if (live_limits) {
         send_throttles(v, prev->limits);
@@ -2174,19 +2189,8 @@ json_t *kh_manager_set_live_vcpus(kh_manager *mgr, const char *id, unsigned vcpu
     if (!next->max_vcpus)
         next->max_vcpus = max;
     next->vcpus = vcpus;
-    json_t *sj = kh_vm_spec_to_json(next);
-    char *text = json_dumps(sj, JSON_COMPACT | JSON_SORT_KEYS);
-    json_decref(sj);
-    double now = kh_wall_time();
-    int rc = kh_store_vm_update_spec(mgr->store, v->id, text, now, err);
-    free(text);
-    if (rc < 0) {
-        kh_vm_spec_free(next);
+    if (spec_store_swap(mgr, v, next, NULL, err) < 0)
         return NULL;
-    }
-    kh_vm_spec_free(v->spec);
-    v->spec = next;
-    v->updated_at = now;
     const kh_limits *l = v->spec->limits;
     if (v->pid > 0 && l && (l->ncpus || l->nemu_cpus || l->nio_cpus))
         send_pinning(v); /* new vCPU threads take the pinning too (they are born
@@ -2417,19 +2421,8 @@ json_t *kh_manager_disk_commit(kh_manager *mgr, const char *id, kh_vm_spec *spec
         kh_vm_spec_free(spec);
         return NULL;
     }
-    json_t *sj = kh_vm_spec_to_json(spec);
-    char *text = json_dumps(sj, JSON_COMPACT | JSON_SORT_KEYS);
-    json_decref(sj);
-    double now = kh_wall_time();
-    int rc = kh_store_vm_update_spec(mgr->store, v->id, text, now, err);
-    free(text);
-    if (rc < 0) {
-        kh_vm_spec_free(spec);
+    if (spec_store_swap(mgr, v, spec, NULL, err) < 0)
         return NULL;
-    }
-    kh_vm_spec_free(v->spec);
-    v->spec = spec;
-    v->updated_at = now;
     if (node && v->pid > 0) {
         disk_nodes_reset(v);
         json_t *arr = json_array();
@@ -2512,19 +2505,8 @@ int kh_manager_nics_commit(kh_manager *mgr, const char *name, const json_t *nics
     kh_vm_spec *next = nics_replaced(mgr, v, nics, removed, err);
     if (!next)
         return -1;
-    json_t *sj = kh_vm_spec_to_json(next);
-    char *text = json_dumps(sj, JSON_COMPACT | JSON_SORT_KEYS);
-    json_decref(sj);
-    double now = kh_wall_time();
-    int rc = kh_store_vm_update_spec(mgr->store, v->id, text, now, err);
-    free(text);
-    if (rc < 0) {
-        kh_vm_spec_free(next);
+    if (spec_store_swap(mgr, v, next, NULL, err) < 0)
         return -1;
-    }
-    kh_vm_spec_free(v->spec);
-    v->spec = next;
-    v->updated_at = now;
     sync_bindings(mgr);
     kh_events_publish(mgr->events, "vm.updated", name, vm_json(v));
     return 0;
