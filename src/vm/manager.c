@@ -367,13 +367,21 @@ static void release_runtime(vm *v)
     }
 }
 
+/* Remove the VM's (empty) cgroup dirs; a failure is logged, never fatal. */
+static void cgroup_remove(vm *v)
+{
+    const kh_cgroups *cg = v->mgr->cfg.cgroups;
+    kh_err err = KH_ERR_INIT;
+    if (cg && cg->version && kh_cgroups_vm_remove(cg, v->id, &err) < 0)
+        kh_log(KH_LOG_WARN, "vm.cgroup", "vm=%s error=\"%s\"", v->spec->name, err.msg);
+}
+
 /* QEMU is gone: release everything and settle the state. status < 0 when
  * unknown (not our child). */
 static void process_ended(vm *v, int status)
 {
     if (v->pid <= 0)
         return;
-    kh_manager *mgr = v->mgr;
     char why[256];
     if (v->going_down)
         snprintf(why, sizeof(why), "%s", v->going_down);
@@ -395,7 +403,7 @@ static void process_ended(vm *v, int status)
     KH_FREE(v->going_down);
 
     kh_err err = KH_ERR_INIT;
-    kh_cgroups_vm_remove(mgr->cfg.cgroups, v->id, &err);
+    cgroup_remove(v);
     char *run = vm_run_path(v, NULL);
     kh_fs_rm_rf(run, NULL);
     free(run);
@@ -1276,6 +1284,8 @@ fail_running:
     goto out;
 fail:
     kh_err_prefix(&err, "starting vm %s", v->spec->name);
+    if (v->pid <= 0)
+        cgroup_remove(v); /* made above, and no QEMU ever ran in it */
     start_fail(v, &err);
     kh_fs_rm_rf(run, NULL);
 out:
@@ -1698,7 +1708,7 @@ static void reattach(vm *v)
         v->pid = 0;
         v->pid_start = 0;
         kill_strays(v);
-        kh_cgroups_vm_remove(v->mgr->cfg.cgroups, v->id, NULL);
+        cgroup_remove(v);
         char *run = vm_run_path(v, NULL);
         kh_fs_rm_rf(run, NULL);
         free(run);
@@ -2218,6 +2228,7 @@ int kh_manager_delete(kh_manager *mgr, const char *name, kh_err *err)
     char *dir = vm_state_path(v, NULL);
     kh_fs_rm_rf(dir, NULL);
     free(dir);
+    cgroup_remove(v); /* none should be left; after this no daemon knows the id */
     for (vm **pp = &mgr->vms; *pp; pp = &(*pp)->next) {
         if (*pp == v) {
             *pp = v->next;
