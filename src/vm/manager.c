@@ -507,6 +507,13 @@ static void qmp_open(vm *v)
     v->qlink->v = v;
 }
 
+static void hooks_call(vm *v, const char *event, json_t *data)
+{
+    for (size_t i = 0; i < KH_MANAGER_EVENT_HOOKS; i++)
+        if (v->mgr->event_hooks[i].fn)
+            v->mgr->event_hooks[i].fn(v->mgr->event_hooks[i].opaque, v->id, event, data);
+}
+
 static void on_qmp_event(kh_qmp *q, const char *event, json_t *data, double ts, void *opaque)
 {
     (void)q;
@@ -515,9 +522,7 @@ static void on_qmp_event(kh_qmp *q, const char *event, json_t *data, double ts, 
     if (!v)
         return;
     kh_log(KH_LOG_DEBUG, "vm.qmp_event", "vm=%s event=%s", v->spec->name, event);
-    for (size_t i = 0; i < KH_MANAGER_EVENT_HOOKS; i++)
-        if (v->mgr->event_hooks[i].fn)
-            v->mgr->event_hooks[i].fn(v->mgr->event_hooks[i].opaque, v->id, event, data);
+    hooks_call(v, event, data);
     if (strcmp(event, "SHUTDOWN") == 0) {
         /* With -no-shutdown QEMU stays until told: the reason is ours to keep. */
         const char *reason = json_string_value(json_object_get(data, "reason"));
@@ -1649,13 +1654,18 @@ static void reattach_status(kh_qmp *q, json_t *ret, const kh_err *err, void *opa
     } else if (strcmp(status, "shutdown") == 0) {
         going_down(v, "guest shut down while the daemon was down");
         qmp_send(v, "quit", NULL);
-    } else if (running) {
-        set_state(v, VM_RUNNING, "reattached after a daemon restart");
     } else {
-        char why[128];
-        snprintf(why, sizeof(why), "reattached after a daemon restart (QEMU status: %s)",
-                 status);
-        set_state(v, VM_PAUSED, why);
+        if (running) {
+            set_state(v, VM_RUNNING, "reattached after a daemon restart");
+        } else {
+            char why[128];
+            snprintf(why, sizeof(why), "reattached after a daemon restart (QEMU status: %s)",
+                     status);
+            set_state(v, VM_PAUSED, why);
+        }
+        json_t *data = json_pack("{s:s}", "vm", v->spec->name);
+        hooks_call(v, KH_MANAGER_EVENT_REATTACHED, data);
+        json_decref(data);
     }
 }
 
