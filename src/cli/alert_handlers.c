@@ -201,16 +201,9 @@ int cli_do_alert_rules(cli_ctx *ctx, const cli_args *a, kh_err *err)
 int cli_do_alert_rules_set(cli_ctx *ctx, const cli_args *a, kh_err *err)
 {
     const char *path = cli_arg(a, "file");
-    char *text = kh_fs_read(path, RULES_FILE_MAX, NULL, err);
-    if (!text)
+    json_t *j = kh_fs_read_json(path, RULES_FILE_MAX, err);
+    if (!j)
         return -1;
-    json_error_t jerr;
-    json_t *j = json_loads(text, 0, &jerr);
-    free(text);
-    if (!j) {
-        kh_err_set(err, KH_E_INVALID, "%s: not JSON: %s at line %d", path, jerr.text, jerr.line);
-        return -1;
-    }
     /* A bare array is the rules alone. */
     json_t *body = json_is_array(j) ? json_pack("{s:O}", "rules", j) : json_incref(j);
     json_decref(j);

@@ -1688,11 +1688,8 @@ static void disk_nodes_load(vm *v)
 {
     disk_nodes_reset(v);
     char *path = vm_run_path(v, "disks.json");
-    size_t len = 0;
-    char *text = kh_fs_read(path, 65536, &len, NULL);
+    json_t *j = kh_fs_read_json(path, 65536, NULL);
     free(path);
-    json_t *j = text ? json_loadb(text, len, 0, NULL) : NULL;
-    free(text);
     json_t *nodes = json_object_get(j, "nodes");
     if (json_is_array(nodes) && json_array_size(nodes) == v->spec->ndisks) {
         for (size_t i = 0; i < v->spec->ndisks; i++) {

@@ -155,7 +155,7 @@ def test_cli_alerts(daemon, workdir):
 
     # Bad input: nothing changes, a message, exit status 2 (4 for no file).
     bad = {
-        "notjson": ("{rules: [", 2, "not JSON"),
+        "notjson": ("{rules: [", 2, "at line 1"),
         "shape": ('{"rules": "all"}', 2, "must hold"),
         "rule": (json.dumps([dict(rules[0], metric="nope")]), 2, "metric"),
     }
