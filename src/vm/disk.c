@@ -693,11 +693,55 @@ static void remove_disk(kh_vm_disks *vd, size_t i)
     }
 }
 
+static bool named(const json_t *nodes, const char *name)
+{
+    size_t i;
+    json_t *e;
+    json_array_foreach(nodes, i, e) {
+        const char *n = json_string_value(json_object_get(e, "node-name"));
+        if (n && strcmp(n, name) == 0)
+            return true;
+    }
+    return false;
+}
+
+/* "disk<k>" for layer 0, "disk<k>-b<j>" below, then suffix. */
+static void layer_name(char *buf, size_t size, int k, size_t j, const char *suffix)
+{
+    if (j == 0)
+        snprintf(buf, size, "disk%d%s", k, suffix);
+    else
+        snprintf(buf, size, "disk%d-b%zu%s", k, j, suffix);
+}
+
+/* Steps that take node k's layers out of QEMU (tolerant ops: what is not
+ * there is skipped): blockdev-del of each layer's format then file node,
+ * top first (a format node holds the nodes below it), only those listed in
+ * present (query-named-block-nodes) when it is not NULL; object-del of its
+ * iothread and secrets. The fd sets are the caller's. */
+static void add_teardown(disk_op *o, int k, size_t layers, const json_t *present)
+{
+    char name[48];
+    for (size_t j = 0; j < layers; j++) {
+        for (int file = 0; file < 2; file++) {
+            layer_name(name, sizeof(name), k, j, file ? "-file" : "");
+            if (!present || named(present, name))
+                add_step(o, "blockdev-del", json_pack("{s:s}", "node-name", name), -1, NULL,
+                         NULL);
+        }
+    }
+    snprintf(name, sizeof(name), "iothread-disk%d", k);
+    add_step(o, "object-del", json_pack("{s:s}", "id", name), -1, NULL, NULL);
+    for (size_t j = 0; j < layers; j++) {
+        layer_name(name, sizeof(name), k, j, "-secret");
+        add_step(o, "object-del", json_pack("{s:s}", "id", name), -1, NULL, NULL);
+    }
+}
+
 /* After the device is gone: every node, the iothread and the fd sets. */
 static void build_cleanup(disk_op *o)
 {
     int k = o->node;
-    char name[48];
     o->tolerant = true;
     kh_volume_chain c;
     size_t layers = KH_VOLUME_CHAIN_MAX;
@@ -706,25 +750,7 @@ static void build_cleanup(disk_op *o)
         layers = c.n;
         kh_volume_chain_clear(&c);
     }
-    snprintf(name, sizeof(name), "disk%d", k);
-    add_step(o, "blockdev-del", json_pack("{s:s}", "node-name", name), -1, NULL, NULL);
-    snprintf(name, sizeof(name), "disk%d-file", k);
-    add_step(o, "blockdev-del", json_pack("{s:s}", "node-name", name), -1, NULL, NULL);
-    for (size_t j = 1; j < layers; j++) {
-        snprintf(name, sizeof(name), "disk%d-b%zu", k, j);
-        add_step(o, "blockdev-del", json_pack("{s:s}", "node-name", name), -1, NULL, NULL);
-        snprintf(name, sizeof(name), "disk%d-b%zu-file", k, j);
-        add_step(o, "blockdev-del", json_pack("{s:s}", "node-name", name), -1, NULL, NULL);
-    }
-    snprintf(name, sizeof(name), "iothread-disk%d", k);
-    add_step(o, "object-del", json_pack("{s:s}", "id", name), -1, NULL, NULL);
-    for (size_t j = 0; j < layers; j++) {
-        if (j == 0)
-            snprintf(name, sizeof(name), "disk%d-secret", k);
-        else
-            snprintf(name, sizeof(name), "disk%d-b%zu-secret", k, j);
-        add_step(o, "object-del", json_pack("{s:s}", "id", name), -1, NULL, NULL);
-    }
+    add_teardown(o, k, layers, NULL);
     for (size_t j = 0; j < layers; j++)
         add_step(o, "remove-fd", fdset_args(FDSET_BASE + 16 * k + (int)j), -1, NULL, NULL);
     remove_disk(&o->vd, o->index);
@@ -794,18 +820,6 @@ static bool node_in_spec(const disk_op *o, int n)
     return false;
 }
 
-static bool named(const json_t *nodes, const char *name)
-{
-    size_t i;
-    json_t *e;
-    json_array_foreach(nodes, i, e) {
-        const char *n = json_string_value(json_object_get(e, "node-name"));
-        if (n && strcmp(n, name) == 0)
-            return true;
-    }
-    return false;
-}
-
 static void orphans_done(json_t *result, const kh_err *err, void *opaque)
 {
     (void)err; /* op_finish logged it */
@@ -840,32 +854,9 @@ static void on_orphan_nodes(kh_qmp *q, json_t *ret, const kh_err *err, void *opa
         if (n >= 0 && !node_in_spec(o, n))
             orphan[n] = true;
     }
-    char name[48];
-    for (int n = 0; n <= NODE_MAX; n++) {
-        if (!orphan[n])
-            continue;
-        /* Top layer first: each format node holds its file and backing nodes. */
-        for (size_t j = 0; j < KH_VOLUME_CHAIN_MAX; j++) {
-            for (int file = 0; file < 2; file++) {
-                if (j == 0)
-                    snprintf(name, sizeof(name), "disk%d%s", n, file ? "-file" : "");
-                else
-                    snprintf(name, sizeof(name), "disk%d-b%zu%s", n, j, file ? "-file" : "");
-                if (named(ret, name))
-                    add_step(o, "blockdev-del", json_pack("{s:s}", "node-name", name), -1, NULL,
-                             NULL);
-            }
-        }
-        snprintf(name, sizeof(name), "iothread-disk%d", n);
-        add_step(o, "object-del", json_pack("{s:s}", "id", name), -1, NULL, NULL);
-        for (size_t j = 0; j < KH_VOLUME_CHAIN_MAX; j++) {
-            if (j == 0)
-                snprintf(name, sizeof(name), "disk%d-secret", n);
-            else
-                snprintf(name, sizeof(name), "disk%d-b%zu-secret", n, j);
-            add_step(o, "object-del", json_pack("{s:s}", "id", name), -1, NULL, NULL);
-        }
-    }
+    for (int n = 0; n <= NODE_MAX; n++)
+        if (orphan[n])
+            add_teardown(o, n, KH_VOLUME_CHAIN_MAX, ret);
     kh_err qe = KH_ERR_INIT;
     if (!o->d || kh_manager_qmp(o->d->mgr, o->vd.id, "query-fdsets", NULL, on_orphan_fdsets, o,
                                 &qe) < 0)
