@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "cli/alert_handlers.h"
 #include "cli/handlers.h"
 #include "cli/net_handlers.h"
 #include "cli/output.h"
@@ -73,6 +74,19 @@ static const cli_opt opts_vm_create[] = {
     "resolved by name, without following symlinks. kvmhostd opens the files, so they must " \
     "exist on its host. A volume of a storage pool is given as volume=POOL/NAME instead of " \
     "a path and format (see 'kvmhost volume')."
+
+static const cli_opt opts_alert_rules_set[] = {
+    { "file", "PATH", CLI_OPT_ARG | CLI_OPT_REQUIRED,
+      "A JSON file: {\"rules\": [...]} with an optional \"webhook\" (the shape 'kvmhost "
+      "--json alert rules' prints), or an array of rules alone." },
+    { NULL, NULL, 0, NULL },
+};
+
+static const cli_opt opts_alert_webhook_set[] = {
+    { "timeout", "SECONDS", CLI_OPT_ARG,
+      "Give up a POST after this long, 1 to 60 (default 5)." },
+    { NULL, NULL, 0, NULL },
+};
 
 static const cli_opt opts_vm_edit[] = {
     { "vcpus", "N", CLI_OPT_ARG,
@@ -572,6 +586,54 @@ const cli_cmd cli_commands[] = {
         cli_do_sg_rule_delete,
     },
     {
+        "alert", "list", NULL, "list the alerts pending or firing",
+        "The alerts whose rule holds now, one per line: rule, VM (- for host rules), state "
+        "(pending until the condition has held for the rule's for_seconds, then firing), how "
+        "long, the value, and for a trend rule when the threshold is reached. Then the "
+        "webhook and its counters of POSTs sent, failed and dropped.",
+        NULL,
+        "$ kvmhost alert list\n"
+        "$ kvmhost --json alert list",
+        cli_do_alert_list,
+    },
+    {
+        "alert", "rules", NULL, "show the alert rules",
+        "The rules, one per line: name, scope (host or vm), metric, condition, how long it "
+        "must hold, and for a trend rule its horizon and window; then the webhook. With "
+        "--json, {\"rules\", \"webhook\"} as 'alert rules set --file' reads it. See "
+        "docs/metrics.md for the metrics.",
+        NULL,
+        "$ kvmhost alert rules\n"
+        "$ kvmhost --json alert rules > rules.json",
+        cli_do_alert_rules,
+    },
+    {
+        "alert", "rules set", NULL, "replace the alert rules",
+        "Replace every rule with those of the file (until kvmhostd restarts; "
+        "kvmhostd --alert-rules FILE sets them at start). Alerts pending or firing are "
+        "resolved. The webhook stays as it is unless the file has \"webhook\". A file that "
+        "is not JSON, or a rule kvmhostd refuses, changes nothing (exit status 2).",
+        opts_alert_rules_set,
+        "$ kvmhost alert rules set --file rules.json",
+        cli_do_alert_rules_set,
+    },
+    {
+        "alert", "webhook set", "URL", "POST alerts to a URL",
+        "Make kvmhostd POST every alert.firing and alert.resolved event as JSON to URL (http "
+        "or https). The rules stay as they are. Failed POSTs are counted (see 'alert "
+        "list'), never retried.",
+        opts_alert_webhook_set,
+        "$ kvmhost alert webhook set https://hooks.example/kvmhost --timeout 10",
+        cli_do_alert_webhook_set,
+    },
+    {
+        "alert", "webhook clear", NULL, "stop POSTing alerts",
+        "Turn the webhook off. The rules stay as they are.",
+        NULL,
+        "$ kvmhost alert webhook clear",
+        cli_do_alert_webhook_clear,
+    },
+    {
         "host", "show", NULL, "show facts about the host",
         "The host as kvmhostd sees it: name, versions of kvmhostd and QEMU, the accelerator "
         "VMs get (kvm, or tcg with the reason KVM is not usable), CPUs, memory, cgroup "
@@ -798,6 +860,7 @@ static const struct {
     { "vm", "manage virtual machines" },
     { "network", "manage networks" },
     { "secgroup", "manage security groups (inbound firewall rules of NICs)" },
+    { "alert", "show alerts and set alert rules and the webhook" },
     { "host", "show the host" },
     { "task", "follow long operations" },
     { "pool", "manage storage pools" },

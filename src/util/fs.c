@@ -122,6 +122,20 @@ fail:
     return NULL;
 }
 
+json_t *kh_fs_read_json(const char *path, size_t max, kh_err *err)
+{
+    size_t len = 0;
+    char *text = kh_fs_read(path, max, &len, err);
+    if (!text)
+        return NULL;
+    json_error_t jerr;
+    json_t *j = json_loadb(text, len, 0, &jerr);
+    free(text);
+    if (!j)
+        kh_err_set(err, KH_E_INVALID, "%s: %s at line %d", path, jerr.text, jerr.line);
+    return j;
+}
+
 static int rm_one(const char *path, const struct stat *st, int flag, struct FTW *ftw)
 {
     (void)st;

@@ -6,6 +6,8 @@
 #include <stdbool.h>
 #include <sys/types.h>
 
+#include <jansson.h>
+
 #include "util/err.h"
 
 /* mkdir -p with the given mode for the directories it creates. */
@@ -16,6 +18,9 @@ int kh_fs_write_atomic(const char *path, const void *data, size_t len, mode_t mo
 /* Read a whole file (at most max bytes; more is an error). NUL-terminated;
  * *len_out gets the length when not NULL. The caller frees. */
 char *kh_fs_read(const char *path, size_t max, size_t *len_out, kh_err *err);
+/* kh_fs_read, then parse the text as JSON: a new reference, or NULL with
+ * err (KH_E_INVALID "PATH: TEXT at line N" when it is not JSON). */
+json_t *kh_fs_read_json(const char *path, size_t max, kh_err *err);
 /* Remove a directory tree (no symlinks followed). Missing is not an error. */
 int kh_fs_rm_rf(const char *path, kh_err *err);
 /* Whether path's filesystem takes O_DIRECT for it (an open with O_DIRECT

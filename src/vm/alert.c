@@ -320,16 +320,9 @@ int kh_alerts_configure(kh_alerts *a, const json_t *conf, kh_err *err)
 
 int kh_alerts_load_file(kh_alerts *a, const char *path, kh_err *err)
 {
-    char *text = kh_fs_read(path, 1 << 20, NULL, err);
-    if (!text)
+    json_t *j = kh_fs_read_json(path, 1 << 20, err);
+    if (!j)
         return -1;
-    json_error_t jerr;
-    json_t *j = json_loads(text, 0, &jerr);
-    free(text);
-    if (!j) {
-        kh_err_set(err, KH_E_INVALID, "%s: %s at line %d", path, jerr.text, jerr.line);
-        return -1;
-    }
     int rc = kh_alerts_configure(a, j, err);
     if (rc < 0) {
         kh_err e2 = KH_ERR_INIT;

@@ -54,6 +54,7 @@ struct disk_op {
     step *steps;
     size_t n, cap, next;
     bool tolerant;      /* detach cleanup: errors are logged, not fatal */
+    bool orphans;       /* after a daemon restart: removes what no disk uses, no commit */
     int secret_qemu_fd;
     unsigned busy_tries;
     size_t undo_pending;
@@ -265,7 +266,13 @@ static void run_next(disk_op *o)
         return;
     }
     if (o->next == o->n) {
-        commit(o);
+        if (o->orphans && o->n)
+            kh_log(KH_LOG_WARN, "vm.disk_orphans", "vm=%s removed=%zu (left by an attach "
+                   "a daemon restart interrupted)", o->vm, o->n);
+        if (o->orphans)
+            op_finish(o, NULL, NULL);
+        else
+            commit(o);
         return;
     }
     step *s = &o->steps[o->next];
@@ -686,11 +693,55 @@ static void remove_disk(kh_vm_disks *vd, size_t i)
     }
 }
 
+static bool named(const json_t *nodes, const char *name)
+{
+    size_t i;
+    json_t *e;
+    json_array_foreach(nodes, i, e) {
+        const char *n = json_string_value(json_object_get(e, "node-name"));
+        if (n && strcmp(n, name) == 0)
+            return true;
+    }
+    return false;
+}
+
+/* "disk<k>" for layer 0, "disk<k>-b<j>" below, then suffix. */
+static void layer_name(char *buf, size_t size, int k, size_t j, const char *suffix)
+{
+    if (j == 0)
+        snprintf(buf, size, "disk%d%s", k, suffix);
+    else
+        snprintf(buf, size, "disk%d-b%zu%s", k, j, suffix);
+}
+
+/* Steps that take node k's layers out of QEMU (tolerant ops: what is not
+ * there is skipped): blockdev-del of each layer's format then file node,
+ * top first (a format node holds the nodes below it), only those listed in
+ * present (query-named-block-nodes) when it is not NULL; object-del of its
+ * iothread and secrets. The fd sets are the caller's. */
+static void add_teardown(disk_op *o, int k, size_t layers, const json_t *present)
+{
+    char name[48];
+    for (size_t j = 0; j < layers; j++) {
+        for (int file = 0; file < 2; file++) {
+            layer_name(name, sizeof(name), k, j, file ? "-file" : "");
+            if (!present || named(present, name))
+                add_step(o, "blockdev-del", json_pack("{s:s}", "node-name", name), -1, NULL,
+                         NULL);
+        }
+    }
+    snprintf(name, sizeof(name), "iothread-disk%d", k);
+    add_step(o, "object-del", json_pack("{s:s}", "id", name), -1, NULL, NULL);
+    for (size_t j = 0; j < layers; j++) {
+        layer_name(name, sizeof(name), k, j, "-secret");
+        add_step(o, "object-del", json_pack("{s:s}", "id", name), -1, NULL, NULL);
+    }
+}
+
 /* After the device is gone: every node, the iothread and the fd sets. */
 static void build_cleanup(disk_op *o)
 {
     int k = o->node;
-    char name[48];
     o->tolerant = true;
     kh_volume_chain c;
     size_t layers = KH_VOLUME_CHAIN_MAX;
@@ -699,25 +750,7 @@ static void build_cleanup(disk_op *o)
         layers = c.n;
         kh_volume_chain_clear(&c);
     }
-    snprintf(name, sizeof(name), "disk%d", k);
-    add_step(o, "blockdev-del", json_pack("{s:s}", "node-name", name), -1, NULL, NULL);
-    snprintf(name, sizeof(name), "disk%d-file", k);
-    add_step(o, "blockdev-del", json_pack("{s:s}", "node-name", name), -1, NULL, NULL);
-    for (size_t j = 1; j < layers; j++) {
-        snprintf(name, sizeof(name), "disk%d-b%zu", k, j);
-        add_step(o, "blockdev-del", json_pack("{s:s}", "node-name", name), -1, NULL, NULL);
-        snprintf(name, sizeof(name), "disk%d-b%zu-file", k, j);
-        add_step(o, "blockdev-del", json_pack("{s:s}", "node-name", name), -1, NULL, NULL);
-    }
-    snprintf(name, sizeof(name), "iothread-disk%d", k);
-    add_step(o, "object-del", json_pack("{s:s}", "id", name), -1, NULL, NULL);
-    for (size_t j = 0; j < layers; j++) {
-        if (j == 0)
-            snprintf(name, sizeof(name), "disk%d-secret", k);
-        else
-            snprintf(name, sizeof(name), "disk%d-b%zu-secret", k, j);
-        add_step(o, "object-del", json_pack("{s:s}", "id", name), -1, NULL, NULL);
-    }
+    add_teardown(o, k, layers, NULL);
     for (size_t j = 0; j < layers; j++)
         add_step(o, "remove-fd", fdset_args(FDSET_BASE + 16 * k + (int)j), -1, NULL, NULL);
     remove_disk(&o->vd, o->index);
@@ -759,9 +792,109 @@ static void detach_timeout(disk_op *o)
     op_finish(o, NULL, &e);
 }
 
+/* ---- after a daemon restart: what an interrupted attach left ---- */
+
+/* A daemon killed in the middle of an attach leaves in QEMU the fd sets and
+ * block nodes (and iothread, secret) it had added for node N, which no spec
+ * disk uses: the restarted daemon never learns of them, and a later attach
+ * that picks N collides with them. So on reattach, query both and remove
+ * what belongs to a node index no disk of the spec has. A device already
+ * added for such a node holds its nodes: blockdev-del then fails and is
+ * logged (the guest sees a disk the spec does not have until the VM stops). */
+
+/* "disk<N>" or "disk<N>-..." -> N; -1 for other names. */
+static int node_index(const char *name)
+{
+    int n = -1, len = 0;
+    if (!name || sscanf(name, "disk%d%n", &n, &len) != 1 || n < 0 || n > NODE_MAX ||
+        (name[len] != '\0' && name[len] != '-'))
+        return -1;
+    return n;
+}
+
+static bool node_in_spec(const disk_op *o, int n)
+{
+    for (size_t i = 0; i < o->vd.spec->ndisks; i++)
+        if (o->vd.node[i] == n)
+            return true;
+    return false;
+}
+
+static void orphans_done(json_t *result, const kh_err *err, void *opaque)
+{
+    (void)err; /* op_finish logged it */
+    (void)opaque;
+    json_decref(result);
+}
+
+static void on_orphan_fdsets(kh_qmp *q, json_t *ret, const kh_err *err, void *opaque)
+{
+    (void)q;
+    disk_op *o = opaque;
+    size_t i;
+    json_t *e;
+    json_array_foreach(err ? NULL : ret, i, e) {
+        int set = (int)json_integer_value(json_object_get(e, "fdset-id"));
+        int n = set >= FDSET_BASE ? (set - FDSET_BASE) / 16 : -1;
+        if (n >= 0 && n <= NODE_MAX && !node_in_spec(o, n))
+            add_step(o, "remove-fd", fdset_args(set), -1, NULL, NULL);
+    }
+    run_next(o); /* op_finish at once when there is nothing to remove */
+}
+
+static void on_orphan_nodes(kh_qmp *q, json_t *ret, const kh_err *err, void *opaque)
+{
+    (void)q;
+    disk_op *o = opaque;
+    bool orphan[NODE_MAX + 1] = { false };
+    size_t i;
+    json_t *e;
+    json_array_foreach(err ? NULL : ret, i, e) {
+        int n = node_index(json_string_value(json_object_get(e, "node-name")));
+        if (n >= 0 && !node_in_spec(o, n))
+            orphan[n] = true;
+    }
+    for (int n = 0; n <= NODE_MAX; n++)
+        if (orphan[n])
+            add_teardown(o, n, KH_VOLUME_CHAIN_MAX, ret);
+    kh_err qe = KH_ERR_INIT;
+    if (!o->d || kh_manager_qmp(o->d->mgr, o->vd.id, "query-fdsets", NULL, on_orphan_fdsets, o,
+                                &qe) < 0)
+        op_finish(o, NULL, kh_err_isset(&qe) ? &qe : NULL);
+}
+
+static void orphans_begin(kh_disks *d, const char *vm)
+{
+    disk_op *o = op_new(d, vm, false, orphans_done, NULL);
+    o->orphans = true;
+    o->tolerant = true;
+    kh_err e = KH_ERR_INIT;
+    if (kh_manager_disk_begin(d->mgr, vm, &o->vd, &e) < 0 || !o->vd.live ||
+        o->vd.spec->machine != KH_MACHINE_Q35) {
+        if (o->vd.spec)
+            kh_manager_disk_end(d->mgr, o->vd.id);
+        op_free(o);
+        return;
+    }
+    if (kh_manager_qmp(d->mgr, o->vd.id, "query-named-block-nodes",
+                       json_pack("{s:b}", "flat", 1), on_orphan_nodes, o, &e) < 0) {
+        kh_manager_disk_end(d->mgr, o->vd.id);
+        op_free(o);
+        return;
+    }
+    o->link = d->ops;
+    d->ops = o;
+}
+
 static void on_qmp_event(void *opaque, const char *vm_id, const char *event, json_t *data)
 {
     kh_disks *d = opaque;
+    if (strcmp(event, KH_MANAGER_EVENT_REATTACHED) == 0 && d->st) {
+        const char *vm = json_string_value(json_object_get(data, "vm"));
+        if (vm)
+            orphans_begin(d, vm);
+        return;
+    }
     if (strcmp(event, "DEVICE_DELETED") != 0)
         return;
     const char *dev = json_string_value(json_object_get(data, "device"));

@@ -24,6 +24,10 @@
  *   time gets KH_E_TIMEOUT and the disk stays attached and in the spec
  *   (a later detach finishes the job).
  *
+ *   after a daemon restart (KH_MANAGER_EVENT_REATTACHED): nodes "disk<N>...",
+ *   "iothread-disk<N>", secrets and fd sets 10000 + 16N + j of a node N no
+ *   spec disk uses (an attach the kill interrupted) are removed.
+ *
  * Refusals (nothing changes): 409 for a volume another VM uses when either
  * side writes, a read-only base (template) or the base of other volumes
  * attached writable, a volume the VM already has, a VM that is busy,

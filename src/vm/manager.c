@@ -367,13 +367,21 @@ static void release_runtime(vm *v)
     }
 }
 
+/* Remove the VM's (empty) cgroup dirs; a failure is logged, never fatal. */
+static void cgroup_remove(vm *v)
+{
+    const kh_cgroups *cg = v->mgr->cfg.cgroups;
+    kh_err err = KH_ERR_INIT;
+    if (cg && cg->version && kh_cgroups_vm_remove(cg, v->id, &err) < 0)
+        kh_log(KH_LOG_WARN, "vm.cgroup", "vm=%s error=\"%s\"", v->spec->name, err.msg);
+}
+
 /* QEMU is gone: release everything and settle the state. status < 0 when
  * unknown (not our child). */
 static void process_ended(vm *v, int status)
 {
     if (v->pid <= 0)
         return;
-    kh_manager *mgr = v->mgr;
     char why[256];
     if (v->going_down)
         snprintf(why, sizeof(why), "%s", v->going_down);
@@ -395,7 +403,7 @@ static void process_ended(vm *v, int status)
     KH_FREE(v->going_down);
 
     kh_err err = KH_ERR_INIT;
-    kh_cgroups_vm_remove(mgr->cfg.cgroups, v->id, &err);
+    cgroup_remove(v);
     char *run = vm_run_path(v, NULL);
     kh_fs_rm_rf(run, NULL);
     free(run);
@@ -499,6 +507,13 @@ static void qmp_open(vm *v)
     v->qlink->v = v;
 }
 
+static void hooks_call(vm *v, const char *event, json_t *data)
+{
+    for (size_t i = 0; i < KH_MANAGER_EVENT_HOOKS; i++)
+        if (v->mgr->event_hooks[i].fn)
+            v->mgr->event_hooks[i].fn(v->mgr->event_hooks[i].opaque, v->id, event, data);
+}
+
 static void on_qmp_event(kh_qmp *q, const char *event, json_t *data, double ts, void *opaque)
 {
     (void)q;
@@ -507,9 +522,7 @@ static void on_qmp_event(kh_qmp *q, const char *event, json_t *data, double ts, 
     if (!v)
         return;
     kh_log(KH_LOG_DEBUG, "vm.qmp_event", "vm=%s event=%s", v->spec->name, event);
-    for (size_t i = 0; i < KH_MANAGER_EVENT_HOOKS; i++)
-        if (v->mgr->event_hooks[i].fn)
-            v->mgr->event_hooks[i].fn(v->mgr->event_hooks[i].opaque, v->id, event, data);
+    hooks_call(v, event, data);
     if (strcmp(event, "SHUTDOWN") == 0) {
         /* With -no-shutdown QEMU stays until told: the reason is ours to keep. */
         const char *reason = json_string_value(json_object_get(data, "reason"));
@@ -1276,6 +1289,8 @@ fail_running:
     goto out;
 fail:
     kh_err_prefix(&err, "starting vm %s", v->spec->name);
+    if (v->pid <= 0)
+        cgroup_remove(v); /* made above, and no QEMU ever ran in it */
     start_fail(v, &err);
     kh_fs_rm_rf(run, NULL);
 out:
@@ -1639,13 +1654,18 @@ static void reattach_status(kh_qmp *q, json_t *ret, const kh_err *err, void *opa
     } else if (strcmp(status, "shutdown") == 0) {
         going_down(v, "guest shut down while the daemon was down");
         qmp_send(v, "quit", NULL);
-    } else if (running) {
-        set_state(v, VM_RUNNING, "reattached after a daemon restart");
     } else {
-        char why[128];
-        snprintf(why, sizeof(why), "reattached after a daemon restart (QEMU status: %s)",
-                 status);
-        set_state(v, VM_PAUSED, why);
+        if (running) {
+            set_state(v, VM_RUNNING, "reattached after a daemon restart");
+        } else {
+            char why[128];
+            snprintf(why, sizeof(why), "reattached after a daemon restart (QEMU status: %s)",
+                     status);
+            set_state(v, VM_PAUSED, why);
+        }
+        json_t *data = json_pack("{s:s}", "vm", v->spec->name);
+        hooks_call(v, KH_MANAGER_EVENT_REATTACHED, data);
+        json_decref(data);
     }
 }
 
@@ -1668,11 +1688,8 @@ static void disk_nodes_load(vm *v)
 {
     disk_nodes_reset(v);
     char *path = vm_run_path(v, "disks.json");
-    size_t len = 0;
-    char *text = kh_fs_read(path, 65536, &len, NULL);
+    json_t *j = kh_fs_read_json(path, 65536, NULL);
     free(path);
-    json_t *j = text ? json_loadb(text, len, 0, NULL) : NULL;
-    free(text);
     json_t *nodes = json_object_get(j, "nodes");
     if (json_is_array(nodes) && json_array_size(nodes) == v->spec->ndisks) {
         for (size_t i = 0; i < v->spec->ndisks; i++) {
@@ -1698,7 +1715,7 @@ static void reattach(vm *v)
         v->pid = 0;
         v->pid_start = 0;
         kill_strays(v);
-        kh_cgroups_vm_remove(v->mgr->cfg.cgroups, v->id, NULL);
+        cgroup_remove(v);
         char *run = vm_run_path(v, NULL);
         kh_fs_rm_rf(run, NULL);
         free(run);
@@ -2083,6 +2100,31 @@ json_t *kh_manager_create(kh_manager *mgr, const json_t *body, kh_err *err)
     return j;
 }
 
+/* Persist next as v's spec, then make it v's spec (next is stolen: freed on
+ * failure). The spec it replaces goes to *prev for the caller to free, or is
+ * freed when prev is NULL. -1 with err (v unchanged) when the store fails. */
+static int spec_store_swap(kh_manager *mgr, vm *v, kh_vm_spec *next, kh_vm_spec **prev,
+                           kh_err *err)
+{
+    json_t *sj = kh_vm_spec_to_json(next);
+    char *text = json_dumps(sj, JSON_COMPACT | JSON_SORT_KEYS);
+    json_decref(sj);
+    double now = kh_wall_time();
+    int rc = kh_store_vm_update_spec(mgr->store, v->id, text, now, err);
+    free(text);
+    if (rc < 0) {
+        kh_vm_spec_free(next);
+        return -1;
+    }
+    if (prev)
+        *prev = v->spec;
+    else
+        kh_vm_spec_free(v->spec);
+    v->spec = next;
+    v->updated_at = now;
+    return 0;
+}
+
 json_t *kh_manager_patch(kh_manager *mgr, const char *name, const json_t *patch, kh_err *err)
 {
     vm *v = find(mgr, name, err);
@@ -2128,19 +2170,9 @@ json_t *kh_manager_patch(kh_manager *mgr, const char *name, const json_t *patch,
         kh_vm_spec_free(next);
         return NULL;
     }
-    json_t *sj = kh_vm_spec_to_json(next);
-    char *text = json_dumps(sj, JSON_COMPACT | JSON_SORT_KEYS);
-    json_decref(sj);
-    double now = kh_wall_time();
-    int rc = kh_store_vm_update_spec(mgr->store, v->id, text, now, err);
-    free(text);
-    if (rc < 0) {
-        kh_vm_spec_free(next);
+    kh_vm_spec *prev = NULL;
+    if (spec_store_swap(mgr, v, next, &prev, err) < 0)
         return NULL;
-    }
-    kh_vm_spec *prev = v->spec;
-    v->spec = next;
-    v->updated_at = now;
     sync_bindings(mgr);
     if (live_limits) {
         send_throttles(v, prev->limits);
@@ -2174,19 +2206,8 @@ json_t *kh_manager_set_live_vcpus(kh_manager *mgr, const char *id, unsigned vcpu
     if (!next->max_vcpus)
         next->max_vcpus = max;
     next->vcpus = vcpus;
-    json_t *sj = kh_vm_spec_to_json(next);
-    char *text = json_dumps(sj, JSON_COMPACT | JSON_SORT_KEYS);
-    json_decref(sj);
-    double now = kh_wall_time();
-    int rc = kh_store_vm_update_spec(mgr->store, v->id, text, now, err);
-    free(text);
-    if (rc < 0) {
-        kh_vm_spec_free(next);
+    if (spec_store_swap(mgr, v, next, NULL, err) < 0)
         return NULL;
-    }
-    kh_vm_spec_free(v->spec);
-    v->spec = next;
-    v->updated_at = now;
     const kh_limits *l = v->spec->limits;
     if (v->pid > 0 && l && (l->ncpus || l->nemu_cpus || l->nio_cpus))
         send_pinning(v); /* new vCPU threads take the pinning too (they are born
@@ -2214,6 +2235,7 @@ int kh_manager_delete(kh_manager *mgr, const char *name, kh_err *err)
     char *dir = vm_state_path(v, NULL);
     kh_fs_rm_rf(dir, NULL);
     free(dir);
+    cgroup_remove(v); /* none should be left; after this no daemon knows the id */
     for (vm **pp = &mgr->vms; *pp; pp = &(*pp)->next) {
         if (*pp == v) {
             *pp = v->next;
@@ -2417,19 +2439,8 @@ json_t *kh_manager_disk_commit(kh_manager *mgr, const char *id, kh_vm_spec *spec
         kh_vm_spec_free(spec);
         return NULL;
     }
-    json_t *sj = kh_vm_spec_to_json(spec);
-    char *text = json_dumps(sj, JSON_COMPACT | JSON_SORT_KEYS);
-    json_decref(sj);
-    double now = kh_wall_time();
-    int rc = kh_store_vm_update_spec(mgr->store, v->id, text, now, err);
-    free(text);
-    if (rc < 0) {
-        kh_vm_spec_free(spec);
+    if (spec_store_swap(mgr, v, spec, NULL, err) < 0)
         return NULL;
-    }
-    kh_vm_spec_free(v->spec);
-    v->spec = spec;
-    v->updated_at = now;
     if (node && v->pid > 0) {
         disk_nodes_reset(v);
         json_t *arr = json_array();
@@ -2512,19 +2523,8 @@ int kh_manager_nics_commit(kh_manager *mgr, const char *name, const json_t *nics
     kh_vm_spec *next = nics_replaced(mgr, v, nics, removed, err);
     if (!next)
         return -1;
-    json_t *sj = kh_vm_spec_to_json(next);
-    char *text = json_dumps(sj, JSON_COMPACT | JSON_SORT_KEYS);
-    json_decref(sj);
-    double now = kh_wall_time();
-    int rc = kh_store_vm_update_spec(mgr->store, v->id, text, now, err);
-    free(text);
-    if (rc < 0) {
-        kh_vm_spec_free(next);
+    if (spec_store_swap(mgr, v, next, NULL, err) < 0)
         return -1;
-    }
-    kh_vm_spec_free(v->spec);
-    v->spec = next;
-    v->updated_at = now;
     sync_bindings(mgr);
     kh_events_publish(mgr->events, "vm.updated", name, vm_json(v));
     return 0;

@@ -140,6 +140,9 @@ int kh_manager_qmp(kh_manager *mgr, const char *id, const char *command, json_t 
 typedef void (*kh_manager_event_fn)(void *opaque, const char *vm_id, const char *event,
                                     json_t *data);
 int kh_manager_add_event_hook(kh_manager *mgr, kh_manager_event_fn fn, void *opaque);
+/* Not a QMP event: told to the hooks (data {"vm": NAME}) once a QEMU that
+ * outlived a daemon restart is adopted again (running or paused). */
+#define KH_MANAGER_EVENT_REATTACHED "KVMHOST_REATTACHED"
 void kh_manager_remove_event_hook(kh_manager *mgr, kh_manager_event_fn fn, void *opaque);
 /* kh_manager_qmp with an fd passed along (SCM_RIGHTS; for add-fd/getfd).
  * fd is owned from the call on, also when it fails. */

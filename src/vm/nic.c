@@ -83,7 +83,7 @@ static void op_unlink(nic_op *o)
 }
 
 /* Free now, or once the QMP replies still owed to it have come (each
- * callback starts with stale()). */
+ * on_reply frees it then). */
 static void op_free(nic_op *o)
 {
     op_unlink(o);
@@ -132,40 +132,56 @@ static void op_commit_finish(nic_op *o)
         op_finish(o, NULL);
 }
 
-static int qmp(nic_op *o, const char *cmd, json_t *args, kh_qmp_reply_cb cb, kh_err *err)
+/* What a reply does to its op; ret and err as for kh_qmp_reply_cb. */
+typedef void (*op_reply_fn)(nic_op *o, json_t *ret, const kh_err *err);
+
+typedef struct op_call {
+    nic_op *o;
+    op_reply_fn fn; /* NULL: the reply is only waited for */
+} op_call;
+
+/* Every reply of an op comes here. When the op has finished meanwhile, the
+ * reply does nothing more (the op is freed with its last reply); else its
+ * op_reply_fn runs. */
+static void on_reply(kh_qmp *q, json_t *ret, const kh_err *err, void *opaque)
 {
-    int rc = kh_manager_qmp(o->n->mgr, o->vm_id, cmd, args, cb, o, err);
+    (void)q;
+    op_call c = *(op_call *)opaque;
+    free(opaque);
+    nic_op *o = c.o;
+    o->pending--;
+    if (o->finished) {
+        op_free(o); /* frees once pending is 0 */
+        return;
+    }
+    if (c.fn)
+        c.fn(o, ret, err);
+}
+
+/* Send cmd (args stolen) with fd (-1: none; owned from the call on); fn
+ * runs on the reply. -1 with err, and no reply, when it cannot be sent. */
+static int qmp_fd(nic_op *o, const char *cmd, json_t *args, int fd, op_reply_fn fn, kh_err *err)
+{
+    op_call *c = xmalloc(sizeof(*c));
+    c->o = o;
+    c->fn = fn;
+    int rc = fd >= 0 ? kh_manager_qmp_fd(o->n->mgr, o->vm_id, cmd, args, fd, on_reply, c, err)
+                     : kh_manager_qmp(o->n->mgr, o->vm_id, cmd, args, on_reply, c, err);
     if (rc == 0)
         o->pending++;
+    else
+        free(c);
     return rc;
 }
 
-/* A reply arrived: true when the op has finished meanwhile (the callback
- * must do nothing more; the op is freed with its last reply). */
-static bool stale(nic_op *o)
+static int qmp(nic_op *o, const char *cmd, json_t *args, op_reply_fn fn, kh_err *err)
 {
-    o->pending--;
-    if (!o->finished)
-        return false;
-    op_free(o);
-    return true;
-}
-
-static void ignore_reply(kh_qmp *q, json_t *ret, const kh_err *err, void *opaque)
-{
-    (void)q;
-    (void)ret;
-    (void)err;
-    stale(opaque);
+    return qmp_fd(o, cmd, args, -1, fn, err);
 }
 
 /* Record the first error of a batch; the batch's last reply acts on it. */
-static void record_reply(kh_qmp *q, json_t *ret, const kh_err *err, void *opaque)
+static void record_reply(nic_op *o, json_t *ret, const kh_err *err)
 {
-    nic_op *o = opaque;
-    if (stale(o))
-        return;
-    (void)q;
     (void)ret;
     if (err && !kh_err_isset(&o->failure))
         kh_err_copy(&o->failure, err);
@@ -176,28 +192,20 @@ static void record_reply(kh_qmp *q, json_t *ret, const kh_err *err, void *opaque
 static void add_undo_netdev(nic_op *o)
 {
     kh_err e = KH_ERR_INIT;
-    qmp(o, "netdev_del", json_pack("{s:s}", "id", o->netdev), ignore_reply, &e);
+    qmp(o, "netdev_del", json_pack("{s:s}", "id", o->netdev), NULL, &e);
 }
 
-static void on_add_link(kh_qmp *q, json_t *ret, const kh_err *err, void *opaque)
+static void on_add_link(nic_op *o, json_t *ret, const kh_err *err)
 {
-    (void)q;
     (void)ret;
-    nic_op *o = opaque;
-    if (stale(o))
-        return;
     if (err) /* the NIC is there; its spec says down: say so */
         kh_log(KH_LOG_WARN, "nic.add", "vm=%s set_link: %s", o->vm, err->msg);
     op_finish(o, NULL);
 }
 
-static void on_device_add(kh_qmp *q, json_t *ret, const kh_err *err, void *opaque)
+static void on_device_add(nic_op *o, json_t *ret, const kh_err *err)
 {
-    (void)q;
     (void)ret;
-    nic_op *o = opaque;
-    if (stale(o))
-        return;
     if (err) {
         kh_err e = KH_ERR_INIT;
         add_undo_netdev(o);
@@ -214,13 +222,9 @@ static void on_device_add(kh_qmp *q, json_t *ret, const kh_err *err, void *opaqu
     op_finish(o, NULL);
 }
 
-static void on_netdev_add(kh_qmp *q, json_t *ret, const kh_err *err, void *opaque)
+static void on_netdev_add(nic_op *o, json_t *ret, const kh_err *err)
 {
-    (void)q;
     (void)ret;
-    nic_op *o = opaque;
-    if (stale(o))
-        return;
     if (err || kh_err_isset(&o->failure)) {
         kh_err f = KH_ERR_INIT;
         kh_err_set(&f, KH_E_QEMU, "%s: %s", err ? "netdev_add" : "getfd",
@@ -231,7 +235,7 @@ static void on_netdev_add(kh_qmp *q, json_t *ret, const kh_err *err, void *opaqu
             snprintf(name, sizeof(name), "%s%c%u", o->tap, i < o->queues ? 't' : 'v',
                      i % o->queues);
             kh_err e = KH_ERR_INIT;
-            qmp(o, "closefd", json_pack("{s:s}", "fdname", name), ignore_reply, &e);
+            qmp(o, "closefd", json_pack("{s:s}", "fdname", name), NULL, &e);
         }
         op_finish(o, &f);
         return;
@@ -294,10 +298,9 @@ static void add_plug(nic_op *o)
         char name[32];
         snprintf(name, sizeof(name), "%s%c%u", o->tap, v ? 'v' : 't', q);
         kh_err e = KH_ERR_INIT;
-        if (kh_manager_qmp_fd(o->n->mgr, o->vm_id, "getfd", json_pack("{s:s}", "fdname", name),
-                              v ? vfd[q] : tfd[q], record_reply, o, &e) == 0)
-            o->pending++;
-        else if (!kh_err_isset(&o->failure))
+        if (qmp_fd(o, "getfd", json_pack("{s:s}", "fdname", name), v ? vfd[q] : tfd[q],
+                   record_reply, &e) < 0 &&
+            !kh_err_isset(&o->failure))
             kh_err_copy(&o->failure, &e);
     }
     char fds[192], vfds[192];
@@ -312,12 +315,8 @@ static void add_plug(nic_op *o)
         op_finish(o, &err);
 }
 
-static void on_query_pci(kh_qmp *q, json_t *ret, const kh_err *err, void *opaque)
+static void on_query_pci(nic_op *o, json_t *ret, const kh_err *err)
 {
-    (void)q;
-    nic_op *o = opaque;
-    if (stale(o))
-        return;
     if (err) {
         op_finish(o, err);
         return;
@@ -364,13 +363,9 @@ static void remove_poll(uv_timer_t *t)
     remove_poll_now(t->data);
 }
 
-static void on_netdev_del(kh_qmp *q, json_t *ret, const kh_err *err, void *opaque)
+static void on_netdev_del(nic_op *o, json_t *ret, const kh_err *err)
 {
-    (void)q;
     (void)ret;
-    nic_op *o = opaque;
-    if (stale(o))
-        return;
     if (err) /* a netdev that is not there (a daemon killed mid-add) is fine */
         kh_log(KH_LOG_DEBUG, "nic.remove", "vm=%s netdev_del: %s", o->vm, err->msg);
     op_commit_finish(o);
@@ -397,12 +392,8 @@ static char *rx_filter_find(json_t *ret, const char *mac)
     return NULL;
 }
 
-static void on_unplug_poll(kh_qmp *q, json_t *ret, const kh_err *err, void *opaque)
+static void on_unplug_poll(nic_op *o, json_t *ret, const kh_err *err)
 {
-    (void)q;
-    nic_op *o = opaque;
-    if (stale(o))
-        return;
     if (err) {
         op_finish(o, err);
         return;
@@ -439,13 +430,9 @@ static void remove_poll_now(nic_op *o)
         op_finish(o, &e);
 }
 
-static void on_device_del(kh_qmp *q, json_t *ret, const kh_err *err, void *opaque)
+static void on_device_del(nic_op *o, json_t *ret, const kh_err *err)
 {
-    (void)q;
     (void)ret;
-    nic_op *o = opaque;
-    if (stale(o))
-        return;
     /* An unplug asked for earlier (one that timed out) is still pending:
      * wait for it like for a new one. */
     if (err && !strstr(err->msg, "in the process of unplug")) {
@@ -458,13 +445,9 @@ static void on_device_del(kh_qmp *q, json_t *ret, const kh_err *err, void *opaqu
     remove_poll_now(o);
 }
 
-static void on_link_set(kh_qmp *q, json_t *ret, const kh_err *err, void *opaque)
+static void on_link_set(nic_op *o, json_t *ret, const kh_err *err)
 {
-    (void)q;
     (void)ret;
-    nic_op *o = opaque;
-    if (stale(o))
-        return;
     if (err) {
         op_finish(o, err);
         return;
@@ -472,12 +455,8 @@ static void on_link_set(kh_qmp *q, json_t *ret, const kh_err *err, void *opaque)
     op_commit_finish(o);
 }
 
-static void on_rx_filter(kh_qmp *q, json_t *ret, const kh_err *err, void *opaque)
+static void on_rx_filter(nic_op *o, json_t *ret, const kh_err *err)
 {
-    (void)q;
-    nic_op *o = opaque;
-    if (stale(o))
-        return;
     if (err) {
         op_finish(o, err);
         return;
@@ -615,9 +594,9 @@ static kh_task *op_begin(nic_op *o, const json_t *vmj, json_t *candidate, kh_err
             char name[32];
             snprintf(name, sizeof(name), "%s%c%u", o->tap, i < o->queues ? 't' : 'v',
                      i % o->queues);
-            qmp(o, "closefd", json_pack("{s:s}", "fdname", name), ignore_reply, &e);
+            qmp(o, "closefd", json_pack("{s:s}", "fdname", name), NULL, &e);
         }
-        qmp(o, "netdev_del", json_pack("{s:s}", "id", o->netdev), ignore_reply, &e);
+        qmp(o, "netdev_del", json_pack("{s:s}", "id", o->netdev), NULL, &e);
         kh_err_clear(&e);
     }
     int rc = o->kind == OP_ADD ? qmp(o, "query-pci", NULL, on_query_pci, &e)

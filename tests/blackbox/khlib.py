@@ -5,6 +5,7 @@ over a unix socket (or TCP), a WebSocket console client, guest paths and
 Only the standard library and Debian's python3-websocket are used.
 """
 
+import glob
 import http.client
 import json
 import os
@@ -471,6 +472,12 @@ def pid_alive(pid):
     return st is not None and not st.get("State", "").startswith("Z")
 
 
+def cgroup_dirs(vm_id):
+    """The cgroup dirs of a VM that exist (v2: one; v1: one per controller)."""
+    return sorted(glob.glob("/sys/fs/cgroup/kvmhost/vm-%s" % vm_id) +
+                  glob.glob("/sys/fs/cgroup/*/kvmhost/vm-%s" % vm_id))
+
+
 def qemu_pids(needle):
     """PIDs of QEMU processes whose argv contains needle (e.g. a VM uuid)."""
     out = []
@@ -673,6 +680,15 @@ class Daemon:
                 kill_pid(pid)
             for pid in self.qemu_pids():
                 wait_pid_gone(pid, 10)
+            # QEMUs killed here, with their daemon down, leave their cgroups
+            # (the daemon would remove them when it reattached, but this one
+            # never comes back): remove those of this daemon's VMs, empty now.
+            for vid in self.vm_ids:
+                for cg in cgroup_dirs(vid):
+                    try:
+                        os.rmdir(cg)
+                    except OSError:
+                        pass
             if self in _LIVE:
                 _LIVE.remove(self)
 

@@ -101,6 +101,80 @@ def test_cli_list_show_json(daemon, fake_boot):
         assert json.loads(p.stdout)["accelerator"] == "tcg"
 
 
+def test_cli_alerts(daemon, workdir):
+    """kvmhost alert: rules from a file, the webhook set and cleared (the rules
+    kept), the list; a bad file changes nothing and exits non-zero."""
+    p = cli(daemon, "help")
+    assert p.returncode == 0 and "alert rules set" in p.stdout, p.stdout
+    rules = [
+        {"name": "load_high", "scope": "host", "metric": "load1", "op": ">",
+         "threshold": 1000, "for_seconds": 30},
+        {"name": "vm_hot", "scope": "vm", "metric": "cpu_percent", "op": ">=",
+         "threshold": 99, "for_seconds": 0},
+    ]
+    path = os.path.join(workdir, "rules.json")
+    with open(path, "w") as f:
+        json.dump({"rules": rules}, f)
+    p = cli(daemon, "alert", "rules", "set", "--file", path)
+    assert p.returncode == 0, (p.stdout, p.stderr)
+    assert "load_high" in p.stdout and "vm_hot" in p.stdout, p.stdout
+    got = daemon.api.get("/api/v1/alerts").json
+    assert [r["name"] for r in got["rules"]] == ["load_high", "vm_hot"], got
+    assert got["webhook"] is None
+
+    url = "http://127.0.0.1:9/hook"
+    p = cli(daemon, "alert", "webhook", "set", url, "--timeout", "7")
+    assert p.returncode == 0, (p.stdout, p.stderr)
+    got = daemon.api.get("/api/v1/alerts").json
+    assert got["webhook"]["url"] == url and got["webhook"]["timeout_seconds"] == 7, got
+    assert [r["name"] for r in got["rules"]] == ["load_high", "vm_hot"], got
+    # --json alert rules prints what rules set reads back, webhook included.
+    j = parse_json(cli(daemon, "alert", "rules", json_out=True))
+    assert j["webhook"] == {"url": url, "timeout_seconds": 7}, j
+    assert [r["name"] for r in j["rules"]] == ["load_high", "vm_hot"], j
+    # A file with only rules keeps the webhook.
+    with open(path, "w") as f:
+        json.dump(rules[:1], f)
+    p = cli(daemon, "alert", "rules", "set", "--file", path)
+    assert p.returncode == 0, (p.stdout, p.stderr)
+    got = daemon.api.get("/api/v1/alerts").json
+    assert [r["name"] for r in got["rules"]] == ["load_high"], got
+    assert got["webhook"]["url"] == url, got
+
+    p = cli(daemon, "alert", "list")
+    assert p.returncode == 0, p.stderr
+    assert "webhook: " + url in p.stdout and "sent 0" in p.stdout, p.stdout
+    j = parse_json(cli(daemon, "alert", "list", json_out=True))
+    assert j["active"] == [] and j["webhook"]["sent"] == 0, j
+
+    p = cli(daemon, "alert", "webhook", "clear")
+    assert p.returncode == 0, (p.stdout, p.stderr)
+    got = daemon.api.get("/api/v1/alerts").json
+    assert got["webhook"] is None and [r["name"] for r in got["rules"]] == ["load_high"], got
+    assert "webhook: none" in cli(daemon, "alert", "list").stdout
+
+    # Bad input: nothing changes, a message, exit status 2 (4 for no file).
+    bad = {
+        "notjson": ("{rules: [", 2, "at line 1"),
+        "shape": ('{"rules": "all"}', 2, "must hold"),
+        "rule": (json.dumps([dict(rules[0], metric="nope")]), 2, "metric"),
+    }
+    for name, (text, code, msg) in bad.items():
+        with open(path, "w") as f:
+            f.write(text)
+        p = cli(daemon, "alert", "rules", "set", "--file", path)
+        assert p.returncode == code, (name, p.returncode, p.stderr)
+        assert msg in p.stderr, (name, p.stderr)
+    p = cli(daemon, "alert", "rules", "set", "--file", os.path.join(workdir, "none.json"))
+    assert p.returncode == 4 and "none.json" in p.stderr, (p.returncode, p.stderr)
+    p = cli(daemon, "alert", "rules", "set")
+    assert p.returncode == 2 and "--file" in p.stderr, (p.returncode, p.stderr)
+    p = cli(daemon, "alert", "webhook", "set", "ftp://x/")
+    assert p.returncode == 2 and "scheme" in p.stderr, (p.returncode, p.stderr)
+    got = daemon.api.get("/api/v1/alerts").json
+    assert [r["name"] for r in got["rules"]] == ["load_high"] and got["webhook"] is None, got
+
+
 def console_roundtrip(d, name, timeout=20, tries=3):
     """printf 'echo kh-$((N+1))\\n' | kvmhost vm console NAME --timeout 5"""
     for _ in range(tries):

@@ -210,6 +210,7 @@ def test_stop_acpi_or_timeout(env):
     assert took < 30, "stop with timeout 5 took %.1fs" % took
     assert khlib.wait_pid_gone(vm["pid"], 10), "QEMU still there after stop"
     assert khlib.qemu_pids(vm["id"]) == []
+    assert khlib.cgroup_dirs(vm["id"]) == [], "a stopped VM left its cgroup"
     # the log is kept after the VM stops
     assert khlib.GUEST_READY in api.console_log("c1")
 
@@ -237,6 +238,7 @@ def test_kill(env):
     api = env["api"]
     vm = api.vm("k1")
     assert vm["state"] == "running"
+    cgroups_running = khlib.cgroup_dirs(vm["id"])
     t = time.time()
     res = api.act_ok("k1", "kill")
     assert time.time() - t < 10
@@ -252,8 +254,12 @@ def test_kill(env):
     kinds = {(t["kind"], t["vm"], t["state"]) for t in tasks}
     assert ("vm.kill", "k1", "succeeded") in kinds, kinds
     assert ("vm.start", "k1", "succeeded") in kinds, kinds
+    assert khlib.cgroup_dirs(vm["id"]) == [], "a killed VM left its cgroup"
     # deletable once stopped
     assert api.delete("/api/v1/vms/k1").status == 204
+    assert khlib.cgroup_dirs(vm["id"]) == [], "a deleted VM left its cgroup"
+    if api.get("/api/v1/host").json.get("cgroup") not in (None, "none"):
+        assert cgroups_running, "the running VM had no cgroup dir to check"
 
 
 def test_guest_poweroff_shows_stopped(env, consoles):
@@ -267,6 +273,7 @@ def test_guest_poweroff_shows_stopped(env, consoles):
     assert vm2["pid"] is None, vm2
     assert re.search(r"shut|power|guest", vm2["state_reason"].lower()), vm2["state_reason"]
     assert khlib.wait_pid_gone(vm["pid"], 10)
+    assert khlib.cgroup_dirs(vm["id"]) == [], "a powered-off VM left its cgroup"
 
 
 def test_microvm_boots_to_its_disk(env, guest):
