@@ -12,6 +12,7 @@
 #include "util/fs.h"
 #include "util/log.h"
 #include "util/mem.h"
+#include "vm/hotplug.h"
 
 #define DISK_PORTS 4 /* hp0..hp3; NICs have hp4..hp7 */
 #define DETACH_TIMEOUT_DEFAULT_S 30
@@ -655,7 +656,8 @@ int kh_disk_attach(kh_disks *d, const char *vm, const json_t *body, kh_disk_cb c
                                        "it to attach a disk", vm);
         goto fail;
     }
-    if (kh_manager_qmp(d->mgr, o->vd.id, "query-pci", NULL, on_pci_attach, o, err) < 0)
+    if (kh_hotplug_device_check(d->mgr, vm, "a disk", err) < 0 ||
+        kh_manager_qmp(d->mgr, o->vd.id, "query-pci", NULL, on_pci_attach, o, err) < 0)
         goto fail;
     o->link = d->ops;
     d->ops = o;

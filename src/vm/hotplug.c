@@ -277,6 +277,39 @@ static void query(job *j)
     }
 }
 
+/* Is the QEMU (pid) of VM id scarred by a vCPU unplug? Sets a 409 naming
+ * what would be plugged, and drops the entries of older QEMUs of the VM. */
+static bool scarred(const char *id, pid_t pid, const char *name, const char *what, kh_err *err)
+{
+    bool hit = false;
+    for (scar **pp = &scars; *pp;) {
+        scar *sc = *pp;
+        bool mine = strcmp(sc->id, id) == 0;
+        if (mine && sc->pid == pid)
+            hit = true;
+        if (mine && sc->pid != pid) { /* an older QEMU of this VM */
+            *pp = sc->next;
+            free(sc);
+        } else {
+            pp = &sc->next;
+        }
+    }
+    if (hit)
+        kh_err_set(err, KH_E_CONFLICT, "vm %s: a vCPU was unplugged from this QEMU, and QEMU "
+                   "under TCG crashes at the next device_add; restart the VM before adding %s",
+                   name, what);
+    return hit;
+}
+
+int kh_hotplug_device_check(kh_manager *mgr, const char *name, const char *what, kh_err *err)
+{
+    find_ctx c = { .name = name };
+    kh_manager_foreach(mgr, find_vm, &c);
+    if (!c.found || !c.running)
+        return 0;
+    return scarred(c.id, c.pid, name, what, err) ? -1 : 0;
+}
+
 int kh_hotplug_vcpus(kh_manager *mgr, uv_loop_t *loop, const char *name, unsigned target,
                      double timeout_s, kh_hotplug_cb cb, void *opaque, kh_err *err)
 {
@@ -312,22 +345,8 @@ int kh_hotplug_vcpus(kh_manager *mgr, uv_loop_t *loop, const char *name, unsigne
                    "can use; lower it first", c.cpu_max_percent, target);
         return -1;
     }
-    for (scar **pp = &scars; *pp;) {
-        scar *sc = *pp;
-        bool mine = strcmp(sc->id, c.id) == 0;
-        if (mine && sc->pid == c.pid && target > c.vcpus) {
-            kh_err_set(err, KH_E_CONFLICT, "vm %s: a vCPU was unplugged from this QEMU, and "
-                       "QEMU under TCG crashes when one is plugged again; restart the VM "
-                       "first", name);
-            return -1;
-        }
-        if (mine && sc->pid != c.pid) { /* an older QEMU of this VM */
-            *pp = sc->next;
-            free(sc);
-        } else {
-            pp = &sc->next;
-        }
-    }
+    if (target > c.vcpus && scarred(c.id, c.pid, name, "a vCPU", err))
+        return -1;
     for (const job *o = jobs; o; o = o->next) {
         if (strcmp(o->id, c.id) == 0) {
             kh_err_set(err, KH_E_CONFLICT, "vm %s: a vCPU change is under way", name);

@@ -34,4 +34,10 @@ typedef void (*kh_hotplug_cb)(json_t *vm, const kh_err *err, void *opaque);
 int kh_hotplug_vcpus(kh_manager *mgr, uv_loop_t *loop, const char *name, unsigned target,
                      double timeout_s, kh_hotplug_cb cb, void *opaque, kh_err *err);
 
+/* Before any other device_add into a running VM (disk, NIC): 0, or -1 with
+ * a 409 when a vCPU was unplugged from its QEMU, which QEMU 7.2 under TCG
+ * does not survive (SIGSEGV at the next device_add, seen for vCPUs and
+ * NICs). what names the device in the message ("a disk"). */
+int kh_hotplug_device_check(kh_manager *mgr, const char *name, const char *what, kh_err *err);
+
 #endif

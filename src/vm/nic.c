@@ -13,6 +13,7 @@
 #include "qemu/argv.h"
 #include "util/log.h"
 #include "util/mem.h"
+#include "vm/hotplug.h"
 
 #define POLL_MS 200
 #define NIC_PORT_FIRST 4 /* hp4..hp7: NICs; hp0..hp3 belong to disks */
@@ -565,6 +566,10 @@ static kh_task *op_begin(nic_op *o, const json_t *vmj, json_t *candidate, kh_err
         kh_err_set(err, KH_E_UNSUPPORTED,
                    "vm %s is a microvm: NICs hot-plug on q35 only; stop it to change its NICs",
                    o->vm);
+        op_free(o);
+        return NULL;
+    }
+    if (live && o->kind == OP_ADD && kh_hotplug_device_check(o->n->mgr, o->vm, "a NIC", err) < 0) {
         op_free(o);
         return NULL;
     }

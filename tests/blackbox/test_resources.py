@@ -114,7 +114,16 @@ def test_vcpu_hotplug_and_unplug(daemons, guest, consoles):
         # QEMU 7.2 under TCG crashes on a plug after an unplug: refused.
         r = api.patch("/api/v1/vms/hp", {"vcpus": 2})
         assert r.status == 409 and "restart the VM" in r.error["message"], r
+        # ... and so does any device_add (seen with a NIC): a disk is refused
+        # too, and the VM keeps running with its disks unchanged.
+        r = api.post("/api/v1/pools/default/volumes", {"name": "hpd", "size": "1M"})
+        assert r.status == 201, r
+        ndisks = len(api.vm("hp")["disks"])
+        r = api.post("/api/v1/vms/hp/disks", {"volume": "default/hpd"})
+        assert r.status == 409 and "restart the VM before adding a disk" in \
+            r.error["message"], r
         assert api.vm("hp")["state"] == "running"
+        assert len(api.vm("hp")["disks"]) == ndisks
         st, j = api.action("hp", "kill")
         assert st == 200, j
         st, j = api.action("hp", "start")
