@@ -5,8 +5,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "conf/limits.h"
+#include "util/fs.h"
 #include "util/log.h"
 #include "util/mem.h"
 #include "util/misc.h"
@@ -37,15 +39,11 @@ typedef struct job {
 
 static job *jobs; /* changes under way, one per VM (loop thread only) */
 
-/* QEMUs under TCG that had a vCPU unplugged: QEMU 7.2 crashes (SIGSEGV)
- * when a vCPU is plugged into such a process again, so that is refused
- * until the VM restarts. Entries of QEMUs that are gone are dropped. */
-typedef struct scar {
-    char id[37];
-    pid_t pid;
-    struct scar *next;
-} scar;
-static scar *scars;
+/* QEMUs under TCG that had a vCPU unplugged carry a mark: QEMU 7.2 crashes
+ * (SIGSEGV) at the next device_add into such a process, so hot-plug of any
+ * device is refused until the VM restarts. The mark is a file in the
+ * QEMU's run dir: it survives a daemon restart and goes with the QEMU. */
+#define SCAR_FILE "vcpu-unplugged"
 
 typedef struct find_ctx {
     const char *name;
@@ -87,11 +85,11 @@ static void finish(job *j)
         }
     }
     if (j->tcg && j->ph == PH_REMOVING && j->present > 0) {
-        scar *sc = xcalloc(1, sizeof(*sc));
-        memcpy(sc->id, j->id, sizeof(sc->id));
-        sc->pid = j->pid;
-        sc->next = scars;
-        scars = sc;
+        char *mark = kh_manager_qemu_file(j->mgr, j->id, SCAR_FILE);
+        kh_err me = KH_ERR_INIT;
+        if (mark && kh_fs_write_atomic(mark, "", 0, 0600, &me) < 0)
+            kh_log(KH_LOG_WARN, "vm.vcpus", "vm=%s error=\"%s\"", j->name, me.msg);
+        free(mark);
     }
     json_t *vm = NULL;
     kh_err e2 = KH_ERR_INIT;
@@ -277,23 +275,14 @@ static void query(job *j)
     }
 }
 
-/* Is the QEMU (pid) of VM id scarred by a vCPU unplug? Sets a 409 naming
- * what would be plugged, and drops the entries of older QEMUs of the VM. */
-static bool scarred(const char *id, pid_t pid, const char *name, const char *what, kh_err *err)
+/* Does the QEMU of VM id carry the mark of a vCPU unplug? Sets a 409
+ * naming what would be plugged. */
+static bool scarred(kh_manager *mgr, const char *id, const char *name, const char *what,
+                    kh_err *err)
 {
-    bool hit = false;
-    for (scar **pp = &scars; *pp;) {
-        scar *sc = *pp;
-        bool mine = strcmp(sc->id, id) == 0;
-        if (mine && sc->pid == pid)
-            hit = true;
-        if (mine && sc->pid != pid) { /* an older QEMU of this VM */
-            *pp = sc->next;
-            free(sc);
-        } else {
-            pp = &sc->next;
-        }
-    }
+    char *mark = kh_manager_qemu_file(mgr, id, SCAR_FILE);
+    bool hit = mark && access(mark, F_OK) == 0;
+    free(mark);
     if (hit)
         kh_err_set(err, KH_E_CONFLICT, "vm %s: a vCPU was unplugged from this QEMU, and QEMU "
                    "under TCG crashes at the next device_add; restart the VM before adding %s",
@@ -307,7 +296,7 @@ int kh_hotplug_device_check(kh_manager *mgr, const char *name, const char *what,
     kh_manager_foreach(mgr, find_vm, &c);
     if (!c.found || !c.running)
         return 0;
-    return scarred(c.id, c.pid, name, what, err) ? -1 : 0;
+    return scarred(mgr, c.id, name, what, err) ? -1 : 0;
 }
 
 int kh_hotplug_vcpus(kh_manager *mgr, uv_loop_t *loop, const char *name, unsigned target,
@@ -345,7 +334,7 @@ int kh_hotplug_vcpus(kh_manager *mgr, uv_loop_t *loop, const char *name, unsigne
                    "can use; lower it first", c.cpu_max_percent, target);
         return -1;
     }
-    if (target > c.vcpus && scarred(c.id, c.pid, name, "a vCPU", err))
+    if (target > c.vcpus && scarred(mgr, c.id, name, "a vCPU", err))
         return -1;
     for (const job *o = jobs; o; o = o->next) {
         if (strcmp(o->id, c.id) == 0) {

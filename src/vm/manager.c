@@ -2275,6 +2275,14 @@ char *kh_manager_console_log(kh_manager *mgr, const char *name, size_t tail, siz
     return text;
 }
 
+char *kh_manager_qemu_file(kh_manager *mgr, const char *id, const char *file)
+{
+    for (vm *v = mgr->vms; v; v = v->next)
+        if (strcmp(v->id, id) == 0)
+            return v->pid > 0 ? vm_run_path(v, file) : NULL;
+    return NULL;
+}
+
 char *kh_manager_vnc_path(kh_manager *mgr, const char *name, kh_err *err)
 {
     vm *v = find(mgr, name, err);

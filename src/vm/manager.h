@@ -95,6 +95,10 @@ kh_task *kh_manager_action(kh_manager *mgr, const char *name, kh_vm_action actio
                            const json_t *opts, kh_err *err);
 const char *kh_vm_action_name(kh_vm_action action);
 
+/* A file in the run dir of the QEMU that runs VM id (RUN_DIR/vms/<id>/file):
+ * it lives exactly as long as that QEMU, across daemon restarts (the dir
+ * goes when QEMU exits). NULL when the VM has no QEMU. */
+char *kh_manager_qemu_file(kh_manager *mgr, const char *id, const char *file);
 /* The console of a running VM (KH_E_CONFLICT when it is not running). The
  * pointer is valid until the VM stops; viewers learn it via on_closed. */
 kh_console *kh_manager_console(kh_manager *mgr, const char *name, kh_err *err);

@@ -124,6 +124,15 @@ def test_vcpu_hotplug_and_unplug(daemons, guest, consoles):
             r.error["message"], r
         assert api.vm("hp")["state"] == "running"
         assert len(api.vm("hp")["disks"]) == ndisks
+        # The mark lives with the QEMU, not the daemon: after kill -9 and a
+        # restart of kvmhostd the same QEMU is still refused.
+        pid = api.vm("hp")["pid"]
+        d.kill9()
+        d.restart()
+        api.wait_state("hp", "running", timeout=20)
+        assert api.vm("hp")["pid"] == pid
+        r = api.patch("/api/v1/vms/hp", {"vcpus": 2})
+        assert r.status == 409 and "restart the VM" in r.error["message"], r
         st, j = api.action("hp", "kill")
         assert st == 200, j
         st, j = api.action("hp", "start")
