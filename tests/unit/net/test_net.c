@@ -39,6 +39,26 @@ static void test_cidr(void)
     kh_err e = KH_ERR_INIT;
     CHECK(kh_inet_cidr_parse("10.0.0.1/24", &net, &p, 8, 29, "subnet", &e) < 0);
     CHECK(strstr(e.msg, "10.0.0.0/24") != NULL); /* tells the right network */
+    /* IPv6 networks (security group rules) */
+    uint8_t n6[16];
+    char t6[KH_IPV6_STRLEN];
+    CHECK(kh_inet_cidr6_parse("2001:db8::/32", n6, &p, "cidr", &e) == 0 && p == 32);
+    kh_inet_ipv6_format(n6, t6);
+    CHECK_STR(t6, "2001:db8::");
+    CHECK(kh_inet_cidr6_parse("::/0", n6, &p, "cidr", &e) == 0 && p == 0);
+    CHECK(kh_inet_cidr6_parse("fd00:1:2:2::/63", n6, &p, "cidr", &e) == 0 && p == 63);
+    CHECK(kh_inet_cidr6_parse("fe80::1/128", n6, &p, "cidr", &e) == 0 && p == 128);
+    static const char *const bad6[] = { "2001:db8::1/32", "fd00:1:2:3::/62", "2001:db8::/129",
+                                        "2001:db8::", "/32", "2001:db8::/", "2001:db8::/032",
+                                        "2001:db8::/3a", "2001:gb8::/32", ":::/0", "",
+                                        "10.0.0.0/8", "2001:db8::/1000" };
+    for (size_t i = 0; i < KH_ARRAY_LEN(bad6); i++) {
+        kh_err e6 = KH_ERR_INIT;
+        int rc = kh_inet_cidr6_parse(bad6[i], n6, &p, "cidr", &e6);
+        CHECK(rc < 0 && e6.code == KH_E_INVALID && strstr(e6.msg, "cidr"));
+        if (rc == 0)
+            printf("# accepted %s\n", bad6[i]);
+    }
     CHECK(kh_inet_cidr_overlap(0x0a000000, 24, 0x0a000080, 25));
     CHECK(kh_inet_cidr_overlap(0x0a000000, 8, 0x0a010000, 16));
     CHECK(!kh_inet_cidr_overlap(0x0a000000, 24, 0x0a000100, 24));
