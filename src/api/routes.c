@@ -281,7 +281,8 @@ static const struct {
       "ditionalProperties\":false,\"properties\":{\"direction\":{\"type\":\"string\",\"enum\":[\""
       "in\"]},\"proto\":{\"type\":\"string\",\"enum\":[\"tcp\",\"udp\",\"icmp\",\"any\"],\"defaul"
       "t\":\"tcp\"},\"ports\":{\"type\":\"string\",\"description\":\"80 or 8000-8080\"},\"cidr\":"
-      "{\"type\":\"string\",\"default\":\"0.0.0.0/0\"}}}}}}" },
+      "{\"type\":\"string\",\"description\":\"source network: IPv4 (10.0.0.0/8, IPv4 o"
+      "nly) or IPv6 (2001:db8::/32, IPv6 only); absent = anywhere, both families\"}}}}}}" },
     { "VMList",
       "{\"type\":\"object\",\"properties\":{\"vms\":{\"type\":\"array\",\"items\":{\"$ref\":\"#/components/schem"
       "as/VM\"}}}}" },

@@ -223,7 +223,9 @@ static const cli_opt opts_sg_rule[] = {
     { "proto", "tcp|udp|icmp|any", CLI_OPT_ARG, "Protocol (default tcp)." },
     { "ports", "PORT[-PORT]", CLI_OPT_ARG,
       "Destination port or range, e.g. 80 or 8000-8080 (tcp and udp only; default all)." },
-    { "cidr", "NET/LEN", CLI_OPT_ARG, "Source addresses allowed (default 0.0.0.0/0)." },
+    { "cidr", "NET/LEN", CLI_OPT_ARG,
+      "Source addresses allowed: an IPv4 network (10.0.0.0/8) for IPv4 only or an IPv6 "
+      "network (2001:db8::/32) for IPv6 only (default anywhere, both families)." },
     { NULL, NULL, 0, NULL },
 };
 
@@ -575,7 +577,8 @@ const cli_cmd cli_commands[] = {
         "Append an inbound rule; the NICs that use the group get it at once.",
         opts_sg_rule,
         "$ kvmhost secgroup rule add web --proto tcp --ports 443\n"
-        "$ kvmhost secgroup rule add web --proto icmp --cidr 10.0.0.0/8",
+        "$ kvmhost secgroup rule add web --proto icmp --cidr 10.0.0.0/8\n"
+        "$ kvmhost secgroup rule add web --proto tcp --ports 22 --cidr 2001:db8::/32",
         cli_do_sg_rule_add,
     },
     {

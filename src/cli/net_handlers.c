@@ -343,7 +343,7 @@ static void rules_human(const json_t *g)
         cli_table_add(t, cli_jstr(r, "direction") ? cli_jstr(r, "direction") : "in");
         cli_table_add(t, cli_jstr(r, "proto") ? cli_jstr(r, "proto") : "");
         cli_table_add(t, cli_jstr(r, "ports") ? cli_jstr(r, "ports") : "-");
-        cli_table_add(t, cli_jstr(r, "cidr") ? cli_jstr(r, "cidr") : "");
+        cli_table_add(t, cli_jstr(r, "cidr") ? cli_jstr(r, "cidr") : "any");
     }
     printf("security group %s (inbound: what no rule allows is dropped; outbound: all)\n",
            cli_jstr(g, "name") ? cli_jstr(g, "name") : "");

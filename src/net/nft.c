@@ -112,6 +112,32 @@ static const kh_secgroup *group_named(const kh_secgroup *const *groups, size_t n
     return NULL;
 }
 
+/* One security group rule for one family (4 or 6): a rule without a cidr
+ * is rendered once per family, from 0.0.0.0/0 and ::/0. */
+static void render_rule(buf *b, const char *tap, const kh_sg_rule *rule, int family)
+{
+    char a[KH_IPV6_STRLEN] = "::", match[64] = "";
+    unsigned prefix = rule->family ? rule->prefix : 0;
+    if (family == 4)
+        kh_inet_ipv4_format(rule->family ? rule->cidr : 0, a);
+    else if (rule->family == 6)
+        kh_inet_ipv6_format(rule->cidr6, a);
+    bool any = strcmp(rule->proto, "any") == 0;
+    if (strcmp(rule->proto, "icmp") == 0)
+        snprintf(match, sizeof(match), family == 4 ? " ip protocol icmp"
+                                                   : " meta l4proto ipv6-icmp");
+    else if (!any && rule->port_min && rule->port_min == rule->port_max)
+        snprintf(match, sizeof(match), " %s dport %u", rule->proto, rule->port_min);
+    else if (!any && rule->port_min)
+        snprintf(match, sizeof(match), " %s dport %u-%u", rule->proto, rule->port_min,
+                 rule->port_max);
+    else if (!any)
+        snprintf(match, sizeof(match), family == 4 ? " ip protocol %s" : " meta l4proto %s",
+                 rule->proto);
+    put(b, "\t\toifname \"%s\" %s saddr %s/%u%s accept\n", tap, family == 4 ? "ip" : "ip6", a,
+        prefix, match);
+}
+
 static void render_groups(buf *b, const char *hook, const kh_net_binding *binds, size_t nbinds,
                           const kh_secgroup *const *groups, size_t ngroups)
 {
@@ -122,36 +148,32 @@ static void render_groups(buf *b, const char *hook, const kh_net_binding *binds,
         if (!nb->groups || !nb->tap)
             continue;
         const char *t = nb->tap;
-        /* Stateless (no conntrack in the bridge family here): non-IPv4,
-         * DHCP and DNS replies, TCP segments that do not open a connection
-         * and ICMP errors/echo replies pass; new inbound traffic must match
-         * a rule. */
-        put(b, "\t\toifname \"%s\" ether type != ip accept\n", t);
+        /* Stateless (no conntrack in the bridge family here): neither IPv4
+         * nor IPv6 (ARP), DHCP, DHCPv6 and DNS replies, TCP segments that do
+         * not open a connection, ICMP/ICMPv6 errors and echo replies and
+         * ICMPv6 neighbour discovery and router advertisements (133-137:
+         * without them the guest loses its SLAAC address and neighbours)
+         * pass; new inbound traffic of either family must match a rule. */
+        put(b, "\t\toifname \"%s\" ether type != { ip, ip6 } accept\n", t);
         put(b, "\t\toifname \"%s\" udp sport 67 udp dport 68 accept\n", t);
+        put(b, "\t\toifname \"%s\" udp sport 547 udp dport 546 accept\n", t);
         put(b, "\t\toifname \"%s\" udp sport 53 accept\n", t);
         put(b, "\t\toifname \"%s\" tcp flags & (syn | ack) != syn accept\n", t);
         put(b, "\t\toifname \"%s\" icmp type { echo-reply, destination-unreachable, "
                "time-exceeded } accept\n", t);
+        put(b, "\t\toifname \"%s\" icmpv6 type { echo-reply, destination-unreachable, "
+               "packet-too-big, time-exceeded, parameter-problem, nd-router-solicit, "
+               "nd-router-advert, nd-neighbor-solicit, nd-neighbor-advert, nd-redirect } "
+               "accept\n", t);
         char *copy = xstrdup(nb->groups), *save = NULL;
         for (char *gname = strtok_r(copy, ",", &save); gname;
              gname = strtok_r(NULL, ",", &save)) {
             const kh_secgroup *g = group_named(groups, ngroups, gname);
             for (size_t r = 0; g && r < g->nrules; r++) {
-                const kh_sg_rule *rule = &g->rules[r];
-                char a[KH_IPV4_STRLEN], match[64] = "";
-                kh_inet_ipv4_format(rule->cidr, a);
-                if (strcmp(rule->proto, "icmp") == 0)
-                    snprintf(match, sizeof(match), " ip protocol icmp");
-                else if (strcmp(rule->proto, "any") != 0 && rule->port_min == rule->port_max &&
-                         rule->port_min)
-                    snprintf(match, sizeof(match), " %s dport %u", rule->proto, rule->port_min);
-                else if (strcmp(rule->proto, "any") != 0 && rule->port_min)
-                    snprintf(match, sizeof(match), " %s dport %u-%u", rule->proto,
-                             rule->port_min, rule->port_max);
-                else if (strcmp(rule->proto, "any") != 0)
-                    snprintf(match, sizeof(match), " ip protocol %s", rule->proto);
-                put(b, "\t\toifname \"%s\" ip saddr %s/%u%s accept\n", t, a, rule->prefix,
-                    match);
+                if (g->rules[r].family != 6)
+                    render_rule(b, t, &g->rules[r], 4);
+                if (g->rules[r].family != 4)
+                    render_rule(b, t, &g->rules[r], 6);
             }
         }
         free(copy);

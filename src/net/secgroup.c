@@ -99,11 +99,19 @@ static int parse_rule(const json_t *o, kh_sg_rule *r, size_t i, kh_err *err)
     const json_t *cidr = json_object_get(o, "cidr");
     snprintf(what, sizeof(what), "rules[%zu].cidr", i);
     if (cidr) {
-        if (!json_is_string(cidr) ||
-            kh_inet_cidr_parse(json_string_value(cidr), &r->cidr, &r->prefix, 0, 32, what,
-                               err) < 0) {
-            kh_err_set(err, KH_E_INVALID, "%s: must be an IPv4 network like 10.0.0.0/8", what);
-            return -1;
+        const char *c = json_string_value(cidr);
+        if (c && strchr(c, ':')) {
+            r->family = 6;
+            if (kh_inet_cidr6_parse(c, r->cidr6, &r->prefix, what, err) < 0)
+                return -1;
+        } else {
+            r->family = 4;
+            if (!c || kh_inet_cidr_parse(c, &r->cidr, &r->prefix, 0, 32, what, err) < 0) {
+                kh_err_set(err, KH_E_INVALID,
+                           "%s: must be an IPv4 network like 10.0.0.0/8 or an IPv6 network "
+                           "like 2001:db8::/32", what);
+                return -1;
+            }
         }
     }
     return 0;
@@ -159,10 +167,15 @@ json_t *kh_secgroup_to_json(const kh_secgroup *g)
                 snprintf(p, sizeof(p), "%u-%u", r->port_min, r->port_max);
             json_object_set_new(o, "ports", json_string(p));
         }
-        char a[KH_IPV4_STRLEN], c[24];
-        kh_inet_ipv4_format(r->cidr, a);
-        snprintf(c, sizeof(c), "%s/%u", a, r->prefix);
-        json_object_set_new(o, "cidr", json_string(c));
+        char a[KH_IPV6_STRLEN], c[KH_IPV6_STRLEN + 4];
+        if (r->family == 4)
+            kh_inet_ipv4_format(r->cidr, a);
+        else if (r->family == 6)
+            kh_inet_ipv6_format(r->cidr6, a);
+        if (r->family) { /* absent: anywhere, both families */
+            snprintf(c, sizeof(c), "%s/%u", a, r->prefix);
+            json_object_set_new(o, "cidr", json_string(c));
+        }
         json_array_append_new(rules, o);
     }
     return json_pack("{s:s,s:o}", "name", g->name, "rules", rules);

@@ -3,13 +3,17 @@
  * JSON: { "name": "web",
  *         "rules": [ { "direction": "in", "proto": "tcp"|"udp"|"icmp"|"any",
  *                      "ports": "80" | "8000-8080" (tcp/udp; absent = all),
- *                      "cidr": "0.0.0.0/0" (absent = anywhere) } ] }
- * A NIC with groups accepts new inbound IPv4 traffic only as their rules
+ *                      "cidr": "10.0.0.0/8" | "2001:db8::/32"
+ *                              (absent = anywhere, both families) } ] }
+ * A rule without a cidr applies to IPv4 and IPv6; one with an IPv4 cidr to
+ * IPv4 only, with an IPv6 cidr to IPv6 only ("icmp" is ICMPv6 there). A NIC
+ * with groups accepts new inbound IPv4 and IPv6 traffic only as their rules
  * allow; outbound is always allowed. The filter is stateless (the bridge
  * family has no conntrack on this kernel): TCP segments that do not open a
- * connection, DHCP/DNS replies, ICMP echo replies and errors, and non-IPv4
- * frames (ARP) always pass; UDP replies from other ports need a rule. A
- * NIC without groups is not filtered.
+ * connection, DHCP/DHCPv6/DNS replies, ICMP/ICMPv6 echo replies and errors,
+ * ICMPv6 neighbour discovery and router advertisements (types 133-137) and
+ * frames that are neither IPv4 nor IPv6 (ARP) always pass; UDP replies from
+ * other ports need a rule. A NIC without groups is not filtered.
  */
 #ifndef KH_NET_SECGROUP_H
 #define KH_NET_SECGROUP_H
@@ -25,7 +29,9 @@ typedef struct kh_sg_rule {
     char proto[5];     /* "tcp", "udp", "icmp", "any" */
     unsigned port_min; /* 0: all ports */
     unsigned port_max;
+    int family;        /* 0: both (no cidr), 4: cidr is IPv4, 6: cidr6 is IPv6 */
     uint32_t cidr;
+    uint8_t cidr6[16];
     unsigned prefix;
 } kh_sg_rule;
 

@@ -96,6 +96,13 @@ static const char *const migrations[] = {
     "  vm_id TEXT PRIMARY KEY,"
     "  name TEXT NOT NULL"
     ");",
+    /* 7: security groups filter IPv6 too, and a rule's cidr now names its
+     * family. Until now a rule without a cidr was stored as "0.0.0.0/0"
+     * (specs are compact with sorted keys, so "cidr" is followed by
+     * "direction"); those rules meant "anywhere" while IPv6 was not
+     * filtered at all, so they become rules without a cidr (both
+     * families) rather than IPv4-only ones. */
+    "UPDATE security_groups SET spec = replace(spec, '\"cidr\":\"0.0.0.0/0\",', '');",
 };
 
 static int db_error(kh_store *st, kh_err *err, const char *what)

@@ -1,8 +1,9 @@
-/* inet.c - MAC and IPv4 address text (see inet.h). */
+/* inet.c - MAC, IPv4 and IPv6 address text (see inet.h). */
 #include "util/inet.h"
 
 #include "util/check.h"
 
+#include <arpa/inet.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -127,6 +128,53 @@ int kh_inet_cidr_parse(const char *s, uint32_t *net, unsigned *prefix, unsigned 
     *net = a;
     *prefix = p;
     return 0;
+}
+
+int kh_inet_cidr6_parse(const char *s, uint8_t net[16], unsigned *prefix, const char *what,
+                        kh_err *err)
+{
+    char buf[KH_IPV6_STRLEN];
+    const char *slash = s ? strchr(s, '/') : NULL;
+    size_t alen = slash ? (size_t)(slash - s) : 0;
+    uint8_t a[16];
+    if (!slash || alen == 0 || alen >= sizeof(buf) || !slash[1] || strlen(slash + 1) > 3)
+        goto bad;
+    memcpy(buf, s, alen);
+    buf[alen] = '\0';
+    if (inet_pton(AF_INET6, buf, a) != 1)
+        goto bad;
+    unsigned p = 0;
+    for (const char *q = slash + 1; *q; q++) {
+        if (*q < '0' || *q > '9' || (q == slash + 1 && *q == '0' && q[1])) {
+            kh_err_set(err, KH_E_INVALID, "%s: the prefix length must be a number", what);
+            return -1;
+        }
+        p = p * 10 + (unsigned)(*q - '0');
+    }
+    if (p > 128) {
+        kh_err_set(err, KH_E_INVALID, "%s: the prefix length must be from 0 to 128", what);
+        return -1;
+    }
+    for (unsigned i = 0; i < 16; i++) {
+        unsigned keep = p >= (i + 1) * 8 ? 8 : p > i * 8 ? p - i * 8 : 0;
+        uint8_t host = (uint8_t)(0xffu >> keep);
+        if (a[i] & host) {
+            kh_err_set(err, KH_E_INVALID, "%s: %s has host bits set", what, s);
+            return -1;
+        }
+    }
+    memcpy(net, a, sizeof(a));
+    *prefix = p;
+    return 0;
+bad:
+    kh_err_set(err, KH_E_INVALID, "%s: must be an IPv6 network like 2001:db8::/32", what);
+    return -1;
+}
+
+void kh_inet_ipv6_format(const uint8_t addr[16], char out[KH_IPV6_STRLEN])
+{
+    if (!inet_ntop(AF_INET6, addr, out, KH_IPV6_STRLEN))
+        out[0] = '\0';
 }
 
 bool kh_inet_cidr_overlap(uint32_t a, unsigned pa, uint32_t b, unsigned pb)

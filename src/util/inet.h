@@ -13,6 +13,7 @@
 
 #define KH_MAC_STRLEN 18 /* "52:54:00:12:34:56" + NUL */
 #define KH_IPV4_STRLEN 16
+#define KH_IPV6_STRLEN 46 /* INET6_ADDRSTRLEN */
 
 /* "52:54:00:ab:cd:ef" (either case) -> 6 bytes. Refuses multicast (bit 0 of
  * the first octet), all-zero and anything not six two-digit hex groups. */
@@ -33,6 +34,12 @@ void kh_inet_ipv4_format(uint32_t addr, char out[KH_IPV4_STRLEN]);
 int kh_inet_cidr_parse(const char *s, uint32_t *net, unsigned *prefix, unsigned min_prefix,
                        unsigned max_prefix, const char *what, kh_err *err);
 uint32_t kh_inet_mask(unsigned prefix);
+/* "2001:db8::/32", "::/0": an IPv6 network (inet_pton's text, host bits
+ * zero) and a prefix from 0 to 128. */
+int kh_inet_cidr6_parse(const char *s, uint8_t net[16], unsigned *prefix, const char *what,
+                        kh_err *err);
+/* Compressed text form (inet_ntop) into out[KH_IPV6_STRLEN]. */
+void kh_inet_ipv6_format(const uint8_t addr[16], char out[KH_IPV6_STRLEN]);
 /* Do a/pa and b/pb share any address? */
 bool kh_inet_cidr_overlap(uint32_t a, unsigned pa, uint32_t b, unsigned pb);
 

@@ -721,3 +721,94 @@ def test_ipv6_nat_network_slaac_guest(nsdaemons, netns, guest, consoles):
     d.restart()
     assert "fd00:86::1/64" in netns.exec(["ip", "-6", "addr", "show", n["bridge"]]).stdout
     assert api.get("/api/v1/networks/v6").json["gateway6"] == "fd00:86::1"
+
+
+PING6 = ("import socket, sys, time\n"
+         "s = socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_ICMPV6)\n"
+         "s.settimeout(1)\n"
+         "for _ in range(3):\n"
+         "    s.sendto(bytes([128, 0, 0, 0, 0x6b, 0x68, 0, 1]) + b'kvmhost', (sys.argv[1], 0))\n"
+         "    end = time.time() + 1\n"
+         "    while time.time() < end:\n"
+         "        try:\n"
+         "            d, a = s.recvfrom(2000)\n"
+         "        except socket.timeout:\n"
+         "            break\n"
+         "        if d[0] == 129 and a[0] == sys.argv[1]:\n"
+         "            print('pong')\n"
+         "            sys.exit(0)\n")
+
+
+def ping6_from_host(netns, addr):
+    """An ICMPv6 echo from inside the namespace (there is no ping binary)."""
+    return "pong" in netns.exec(["python3", "-c", PING6, addr], check=False).stdout
+
+
+@pytest.mark.slow
+def test_secgroup_filters_ipv6_guest(nsdaemons, netns, guest, consoles):
+    """A security group means the same for IPv4 and IPv6: a group without a
+    rule for tcp 8080 blocks it on both families, ND/RA keep working (SLAAC,
+    the guest pings its gateway), a rule with an IPv6 cidr opens IPv6 only,
+    one without a cidr opens both."""
+    d = nsdaemons()
+    api = d.api
+    for cidr in ("2001:db8::1/32", "2001:db8::/129", "2001:db8::", "fd00::/01", "zz::/8"):
+        r = api.request("PUT", "/api/v1/security-groups/bad", {"rules": [{"cidr": cidr}]})
+        assert r.status == 400, (cidr, r)
+    r = api.request("PUT", "/api/v1/security-groups/web", {"rules": [{"proto": "tcp",
+                                                                      "ports": "22"}]})
+    assert r.status == 201, r
+    create_net(api, {"name": "v6", "type": "nat", "subnet": "10.87.0.0/24",
+                     "ipv6": "fd00:87::/64"})
+    ips = boot_net_vms(api, guest, [net_vm_spec(guest, "s1", [
+        {"network": "v6", "ip": "10.87.0.50", "security_groups": ["web"]}])])
+    assert ips["s1"] == "10.87.0.50", ips
+    c = consoles(d, "s1")
+    # SLAAC through the group: router advertisements pass
+    c.run("i=0; while ! ip -6 addr show dev eth0 | grep -q 'inet6 fd00:87:'; do "
+          "[ $i -gt 100 ] && break; usleep 200000; i=$((i+1)); done; "
+          "ip -6 addr show dev eth0 | grep -q 'inet6 fd00:87:' && echo kh-$((%d+1))",
+          timeout=45, retries=1)
+    start = len(c.text())
+    c.run("echo ADDR6=$(ip -6 addr show dev eth0 | grep -o 'fd00:87:[0-9a-f:]*' | head -n 1)= "
+          "kh-$((%d+1))", timeout=20)
+    m = re.search(r"ADDR6=(fd00:87:[0-9a-f:]+)=", c.text()[start:])
+    assert m, c.text()[-500:]
+    v6 = m.group(1)
+    # neighbour discovery and echo replies pass: the guest pings its gateway
+    c.run("ping -6 -c 1 -W 3 fd00:87::1 >/dev/null 2>&1 || ping6 -c 1 -W 3 fd00:87::1 "
+          ">/dev/null && echo kh-$((%d+1))", timeout=30)
+    c.run("mkdir -p /www && echo kvmhost-sg6-ok > /www/index.html && httpd -p 8080 -h /www "
+          "&& echo kh-$((%d+1))", timeout=30)
+    url4, url6 = "http://10.87.0.50:8080/", "http://[%s]:8080/" % v6
+    table = netns.exec(["nft", "list", "table", "bridge", "kvmhost"]).stdout
+    assert "ip6 saddr ::/0 tcp dport 22 accept" in table, table
+    # tcp 8080 and ICMPv6 echo requests are not allowed, on either family
+    assert "kvmhost-sg6-ok" not in http_get(netns, url6).stdout
+    assert "kvmhost-sg6-ok" not in http_get(netns, url4).stdout
+    assert not ping6_from_host(netns, v6)
+    # an IPv6 cidr opens IPv6 only
+    r = api.request("PUT", "/api/v1/security-groups/web",
+                    {"rules": [{"proto": "icmp"},
+                               {"proto": "tcp", "ports": "8080", "cidr": "fd00:87::/64"}]})
+    assert r.status == 200, r
+    assert r.json["rules"][0].get("cidr") is None and \
+        r.json["rules"][1]["cidr"] == "fd00:87::/64", r.json
+    assert ping6_from_host(netns, v6)
+    assert "kvmhost-sg6-ok" in http_get(netns, url6).stdout
+    assert "kvmhost-sg6-ok" not in http_get(netns, url4).stdout
+    # no cidr: both families
+    r = api.request("PUT", "/api/v1/security-groups/web",
+                    {"rules": [{"proto": "icmp"}, {"proto": "tcp", "ports": "8080"}]})
+    assert r.status == 200, r
+    assert "kvmhost-sg6-ok" in http_get(netns, url6).stdout
+    assert "kvmhost-sg6-ok" in http_get(netns, url4).stdout
+    # an IPv4 cidr opens IPv4 only
+    r = api.request("PUT", "/api/v1/security-groups/web",
+                    {"rules": [{"proto": "icmp"},
+                               {"proto": "tcp", "ports": "8080", "cidr": "10.87.0.0/24"}]})
+    assert r.status == 200, r
+    assert "kvmhost-sg6-ok" not in http_get(netns, url6).stdout
+    assert "kvmhost-sg6-ok" in http_get(netns, url4).stdout
+    c.run("ping -6 -c 1 -W 3 fd00:87::1 >/dev/null 2>&1 || ping6 -c 1 -W 3 fd00:87::1 "
+          ">/dev/null && echo kh-$((%d+1))", timeout=30)

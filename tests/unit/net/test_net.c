@@ -39,6 +39,26 @@ static void test_cidr(void)
     kh_err e = KH_ERR_INIT;
     CHECK(kh_inet_cidr_parse("10.0.0.1/24", &net, &p, 8, 29, "subnet", &e) < 0);
     CHECK(strstr(e.msg, "10.0.0.0/24") != NULL); /* tells the right network */
+    /* IPv6 networks (security group rules) */
+    uint8_t n6[16];
+    char t6[KH_IPV6_STRLEN];
+    CHECK(kh_inet_cidr6_parse("2001:db8::/32", n6, &p, "cidr", &e) == 0 && p == 32);
+    kh_inet_ipv6_format(n6, t6);
+    CHECK_STR(t6, "2001:db8::");
+    CHECK(kh_inet_cidr6_parse("::/0", n6, &p, "cidr", &e) == 0 && p == 0);
+    CHECK(kh_inet_cidr6_parse("fd00:1:2:2::/63", n6, &p, "cidr", &e) == 0 && p == 63);
+    CHECK(kh_inet_cidr6_parse("fe80::1/128", n6, &p, "cidr", &e) == 0 && p == 128);
+    static const char *const bad6[] = { "2001:db8::1/32", "fd00:1:2:3::/62", "2001:db8::/129",
+                                        "2001:db8::", "/32", "2001:db8::/", "2001:db8::/032",
+                                        "2001:db8::/3a", "2001:gb8::/32", ":::/0", "",
+                                        "10.0.0.0/8", "2001:db8::/1000" };
+    for (size_t i = 0; i < KH_ARRAY_LEN(bad6); i++) {
+        kh_err e6 = KH_ERR_INIT;
+        int rc = kh_inet_cidr6_parse(bad6[i], n6, &p, "cidr", &e6);
+        CHECK(rc < 0 && e6.code == KH_E_INVALID && strstr(e6.msg, "cidr"));
+        if (rc == 0)
+            printf("# accepted %s\n", bad6[i]);
+    }
     CHECK(kh_inet_cidr_overlap(0x0a000000, 24, 0x0a000080, 25));
     CHECK(kh_inet_cidr_overlap(0x0a000000, 8, 0x0a010000, 16));
     CHECK(!kh_inet_cidr_overlap(0x0a000000, 24, 0x0a000100, 24));
@@ -268,10 +288,13 @@ static void test_nft_render(void)
     };
     json_t *gj = J("{\"name\":\"web\",\"rules\":[{\"proto\":\"tcp\",\"ports\":\"80\"},"
                    "{\"proto\":\"udp\",\"ports\":\"5000-5010\",\"cidr\":\"10.0.0.0/8\"},"
-                   "{\"proto\":\"icmp\"}]}");
+                   "{\"proto\":\"icmp\"},"
+                   "{\"proto\":\"tcp\",\"ports\":\"22\",\"cidr\":\"2001:db8::/32\"},"
+                   "{\"proto\":\"any\",\"cidr\":\"fd00:1::/64\"},"
+                   "{\"proto\":\"udp\",\"cidr\":\"192.168.0.0/16\"}]}");
     kh_secgroup *web = kh_secgroup_from_json(gj, &err);
     json_decref(gj);
-    CHECK(web && web->nrules == 3);
+    CHECK(web && web->nrules == 6);
     const kh_secgroup *groups[] = { web };
     char *s = kh_nft_render(v, 3, binds, 4, groups, web ? 1 : 0);
     /* security groups: inbound per the rules, then drop; only NICs with groups */
@@ -279,6 +302,25 @@ static void test_nft_render(void)
     CHECK(strstr(s, "oifname \"kh0000aaaa0\" ip saddr 10.0.0.0/8 udp dport 5000-5010 accept\n"));
     CHECK(strstr(s, "oifname \"kh0000aaaa0\" ip saddr 0.0.0.0/0 ip protocol icmp accept\n"));
     CHECK(strstr(s, "oifname \"kh0000aaaa0\" tcp flags & (syn | ack) != syn accept\n"));
+    /* IPv6 too: a rule without a cidr is rendered for both families, one
+     * with a cidr for its own family only */
+    CHECK(strstr(s, "oifname \"kh0000aaaa0\" ip6 saddr ::/0 tcp dport 80 accept\n"));
+    CHECK(strstr(s, "oifname \"kh0000aaaa0\" ip6 saddr ::/0 meta l4proto ipv6-icmp accept\n"));
+    CHECK(!strstr(s, "ip6 saddr ::/0 udp dport 5000-5010"));
+    CHECK(strstr(s, "oifname \"kh0000aaaa0\" ip6 saddr 2001:db8::/32 tcp dport 22 accept\n"));
+    CHECK(!strstr(s, "ip saddr 0.0.0.0/0 tcp dport 22"));
+    CHECK(strstr(s, "oifname \"kh0000aaaa0\" ip6 saddr fd00:1::/64 accept\n"));
+    CHECK(strstr(s, "oifname \"kh0000aaaa0\" ip saddr 192.168.0.0/16 ip protocol udp accept\n"));
+    CHECK(!strstr(s, "ip6 saddr ::/0 meta l4proto udp"));
+    /* the default drop covers IPv6: only non-IP frames skip the rules, and
+     * ND/RA (133-137), ICMPv6 errors and echo replies always pass */
+    CHECK(strstr(s, "oifname \"kh0000aaaa0\" ether type != { ip, ip6 } accept\n"));
+    CHECK(!strstr(s, "ether type != ip accept"));
+    CHECK(strstr(s, "oifname \"kh0000aaaa0\" icmpv6 type { echo-reply, destination-unreachable, "
+                    "packet-too-big, time-exceeded, parameter-problem, nd-router-solicit, "
+                    "nd-router-advert, nd-neighbor-solicit, nd-neighbor-advert, nd-redirect } "
+                    "accept\n"));
+    CHECK(strstr(s, "oifname \"kh0000aaaa0\" udp sport 547 udp dport 546 accept\n"));
     CHECK(strstr(s, "oifname \"kh0000aaaa0\" drop\n"));
     CHECK(strstr(s, "chain sg_forward {") && strstr(s, "chain sg_output {"));
     CHECK(!strstr(s, "oifname \"kh0000bbbb0\""));
@@ -340,6 +382,14 @@ static void test_secgroup(void)
         "{\"name\":\"g\",\"rules\":[{\"ports\":\"80-65536\"}]}",
         "{\"name\":\"g\",\"rules\":[{\"ports\":\"8x\"}]}",
         "{\"name\":\"g\",\"rules\":[{\"cidr\":\"10.0.0.1/8\"}]}",
+        "{\"name\":\"g\",\"rules\":[{\"cidr\":\"2001:db8::1/32\"}]}",
+        "{\"name\":\"g\",\"rules\":[{\"cidr\":\"2001:db8::/129\"}]}",
+        "{\"name\":\"g\",\"rules\":[{\"cidr\":\"2001:db8::\"}]}",
+        "{\"name\":\"g\",\"rules\":[{\"cidr\":\"2001:zz8::/32\"}]}",
+        "{\"name\":\"g\",\"rules\":[{\"cidr\":\"::/01\"}]}",
+        "{\"name\":\"g\",\"rules\":[{\"cidr\":\"fe80::/-1\"}]}",
+        "{\"name\":\"g\",\"rules\":[{\"cidr\":\"::ffff:10.0.0.0/200\"}]}",
+        "{\"name\":\"g\",\"rules\":[{\"cidr\":8}]}",
         "{\"name\":\"g\",\"rules\":[{\"x\":1}]}",
         "{\"name\":\"g\",\"rules\":{}}",
         "{\"name\":\"g\",\"x\":1}",
@@ -356,16 +406,21 @@ static void test_secgroup(void)
     }
     kh_err err = KH_ERR_INIT;
     json_t *j = J("{\"name\":\"g\",\"rules\":[{\"ports\":443},{\"proto\":\"any\","
-                  "\"cidr\":\"192.168.0.0/16\"}]}");
+                  "\"cidr\":\"192.168.0.0/16\"},{\"proto\":\"icmp\",\"cidr\":\"2001:DB8:0::/32\"},"
+                  "{\"proto\":\"any\",\"cidr\":\"::/0\"},{\"cidr\":\"2001:db8::/127\"}]}");
     kh_secgroup *g = kh_secgroup_from_json(j, &err);
     json_decref(j);
     CHECK(g != NULL);
     if (!g)
         return;
+    CHECK(g->rules[0].family == 0 && g->rules[1].family == 4 && g->rules[2].family == 6);
     json_t *out = kh_secgroup_to_json(g);
     json_t *want = J("{\"name\":\"g\",\"rules\":[{\"direction\":\"in\",\"proto\":\"tcp\","
-                     "\"ports\":\"443\",\"cidr\":\"0.0.0.0/0\"},{\"direction\":\"in\","
-                     "\"proto\":\"any\",\"cidr\":\"192.168.0.0/16\"}]}");
+                     "\"ports\":\"443\"},{\"direction\":\"in\","
+                     "\"proto\":\"any\",\"cidr\":\"192.168.0.0/16\"},{\"direction\":\"in\","
+                     "\"proto\":\"icmp\",\"cidr\":\"2001:db8::/32\"},{\"direction\":\"in\","
+                     "\"proto\":\"any\",\"cidr\":\"::/0\"},{\"direction\":\"in\","
+                     "\"proto\":\"tcp\",\"cidr\":\"2001:db8::/127\"}]}");
     CHECK(json_equal(out, want));
     json_decref(out);
     json_decref(want);

@@ -1,4 +1,5 @@
 /* The store: migrations, VM rows, tasks, constraint errors, reopen. */
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -119,6 +120,42 @@ static void test_newer_schema_refused(void)
     free(path);
 }
 
+static int sg_cb(const char *name, const char *spec_json, double created_at, void *opaque)
+{
+    (void)name;
+    (void)created_at;
+    snprintf(opaque, 256, "%s", spec_json);
+    return 0;
+}
+
+/* Migration 7: a rule stored as "cidr":"0.0.0.0/0" (how a rule without a
+ * cidr was saved while groups filtered IPv4 only) loses its cidr. */
+static void test_sg_cidr_migration(void)
+{
+    kh_err err = KH_ERR_INIT;
+    char *path = xasprintf("%s/db4", dir);
+    kh_store *st = kh_store_open(path, &err);
+    kh_store_close(st);
+    char *cmd = xasprintf(
+        "sqlite3 %s 'PRAGMA user_version=6; INSERT INTO security_groups VALUES (\"web\", "
+        "\"{\"\"name\"\":\"\"web\"\",\"\"rules\"\":[{\"\"cidr\"\":\"\"0.0.0.0/0\"\","
+        "\"\"direction\"\":\"\"in\"\",\"\"proto\"\":\"\"tcp\"\"},{\"\"cidr\"\":"
+        "\"\"10.0.0.0/8\"\",\"\"direction\"\":\"\"in\"\",\"\"proto\"\":\"\"any\"\"}]}\", 1)' "
+        "2>/dev/null",
+        path);
+    if (system(cmd) == 0) {
+        st = kh_store_open(path, &err);
+        CHECK(st != NULL && kh_store_schema_version(st) == kh_store_schema_latest());
+        char spec[256] = "";
+        CHECK(st && kh_store_sg_foreach(st, sg_cb, spec, &err) == 0);
+        CHECK_STR(spec, "{\"name\":\"web\",\"rules\":[{\"direction\":\"in\",\"proto\":\"tcp\"},"
+                        "{\"cidr\":\"10.0.0.0/8\",\"direction\":\"in\",\"proto\":\"any\"}]}");
+        kh_store_close(st);
+    }
+    free(cmd);
+    free(path);
+}
+
 int main(void)
 {
     if (!mkdtemp(dir))
@@ -126,6 +163,7 @@ int main(void)
     RUN(test_vms);
     RUN(test_tasks);
     RUN(test_newer_schema_refused);
+    RUN(test_sg_cidr_migration);
     kh_fs_rm_rf(dir, NULL);
     TEST_DONE();
 }
