@@ -14,7 +14,7 @@ function ruleRow(group, i, rule, onRemove) {
   const proto = h('select', { id: id('proto') }, PROTOS.map((p) => h('option', { value: p }, p)));
   proto.value = rule.proto || 'tcp';
   const ports = h('input', { id: id('ports'), type: 'text', value: rule.ports || '', placeholder: 'all', size: 11, spellcheck: 'false' });
-  const cidr = h('input', { id: id('cidr'), type: 'text', value: rule.cidr || '', placeholder: 'anywhere', size: 16, spellcheck: 'false' });
+  const cidr = h('input', { id: id('cidr'), type: 'text', value: rule.cidr || '', placeholder: 'anywhere (IPv4 and IPv6)', size: 24, spellcheck: 'false' });
   const syncPorts = () => { ports.disabled = proto.value === 'icmp' || proto.value === 'any'; };
   proto.addEventListener('change', syncPorts);
   syncPorts();
