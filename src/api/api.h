@@ -111,6 +111,8 @@ void kh_net_routes_sg_list(kh_http_req *req, void *app);
 void kh_net_routes_sg_get(kh_http_req *req, void *app);
 void kh_net_routes_sg_put(kh_http_req *req, void *app);
 void kh_net_routes_sg_delete(kh_http_req *req, void *app);
+void kh_net_routes_sg_rule_add(kh_http_req *req, void *app);
+void kh_net_routes_sg_rule_delete(kh_http_req *req, void *app);
 void kh_console_routes_log(kh_http_req *req, void *app);
 
 void kh_vnc_routes_ws(kh_http_req *req, void *app);

@@ -147,3 +147,30 @@ void kh_net_routes_sg_delete(kh_http_req *req, void *app)
     }
     kh_http_reply_data(req, 204, "application/json", "", 0);
 }
+
+void kh_net_routes_sg_rule_add(kh_http_req *req, void *app)
+{
+    kh_api *api = app;
+    kh_err err = KH_ERR_INIT;
+    json_t *body = kh_http_req_json(req, &err);
+    json_t *g = body ? kh_netmgr_sg_rule_add(api->net, kh_http_req_param(req, "name"), body, &err)
+                     : NULL;
+    if (!g) {
+        kh_http_reply_error(req, &err);
+        return;
+    }
+    kh_http_reply_json(req, 201, g);
+}
+
+void kh_net_routes_sg_rule_delete(kh_http_req *req, void *app)
+{
+    kh_api *api = app;
+    kh_err err = KH_ERR_INIT;
+    json_t *g = kh_netmgr_sg_rule_delete(api->net, kh_http_req_param(req, "name"),
+                                         kh_http_req_param(req, "index"), &err);
+    if (!g) {
+        kh_http_reply_error(req, &err);
+        return;
+    }
+    kh_http_reply_json(req, 200, g);
+}

@@ -124,6 +124,12 @@ static const kh_route routes[] = {
       "SecurityGroup", "SecurityGroup" },
     { "DELETE", "/api/v1/security-groups/{name}", kh_net_routes_sg_delete, 0,
       "Delete a security group no NIC uses", NULL, NULL },
+    { "POST", "/api/v1/security-groups/{name}/rules", kh_net_routes_sg_rule_add, 0,
+      "Append one rule to a security group (atomic: concurrent adds are all kept)",
+      "SecurityGroupRule", "SecurityGroup" },
+    { "DELETE", "/api/v1/security-groups/{name}/rules/{index}", kh_net_routes_sg_rule_delete, 0,
+      "Delete rule {index} (0 is the first); the rules after it move up one", NULL,
+      "SecurityGroup" },
     { "GET", "/api/v1/tasks", kh_task_routes_list, 0, "Recent tasks", NULL, "TaskList" },
     { "GET", "/api/v1/tasks/{id}", kh_task_routes_get, 0, "Show a task", NULL, "Task" },
     { "GET", "/api/v1/events", kh_event_routes_stream, KH_ROUTE_SSE,
@@ -277,12 +283,15 @@ static const struct {
       "\"properties\":{\"link\":{\"type\":\"string\",\"enum\":[\"up\",\"down\"]}}}" },
     { "SecurityGroup",
       "{\"type\":\"object\",\"additionalProperties\":false,\"properties\":{\"name\":{\"type\":\"s"
-      "tring\"},\"rules\":{\"type\":\"array\",\"maxItems\":64,\"items\":{\"type\":\"object\",\"ad"
-      "ditionalProperties\":false,\"properties\":{\"direction\":{\"type\":\"string\",\"enum\":[\""
-      "in\"]},\"proto\":{\"type\":\"string\",\"enum\":[\"tcp\",\"udp\",\"icmp\",\"any\"],\"defaul"
-      "t\":\"tcp\"},\"ports\":{\"type\":\"string\",\"description\":\"80 or 8000-8080\"},\"cidr\":"
-      "{\"type\":\"string\",\"description\":\"source network: IPv4 (10.0.0.0/8, IPv4 o"
-      "nly) or IPv6 (2001:db8::/32, IPv6 only); absent = anywhere, both families\"}}}}}}" },
+      "tring\"},\"rules\":{\"type\":\"array\",\"maxItems\":64,\"items\":{\"$ref\":\"#/compone"
+      "nts/schemas/SecurityGroupRule\"}}}}" },
+    { "SecurityGroupRule",
+      "{\"type\":\"object\",\"additionalProperties\":false,\"properties\":{\"direction\":{\"type"
+      "\":\"string\",\"enum\":[\"in\"]},\"proto\":{\"type\":\"string\",\"enum\":[\"tcp\",\"udp\","
+      "\"icmp\",\"any\"],\"default\":\"tcp\"},\"ports\":{\"type\":\"string\",\"description\":\"80 "
+      "or 8000-8080\"},\"cidr\":{\"type\":\"string\",\"description\":\"source network: IPv4 "
+      "(10.0.0.0/8, IPv4 only) or IPv6 (2001:db8::/32, IPv6 only); absent = anywhere, both "
+      "families\"}}}" },
     { "VMList",
       "{\"type\":\"object\",\"properties\":{\"vms\":{\"type\":\"array\",\"items\":{\"$ref\":\"#/components/schem"
       "as/VM\"}}}}" },

@@ -459,38 +459,19 @@ int cli_do_sg_delete(cli_ctx *ctx, const cli_args *a, kh_err *err)
     return 0;
 }
 
-/* The group's rules (a new reference), or NULL with err. */
-static json_t *sg_rules(cli_ctx *ctx, const char *name, kh_err *err)
-{
-    cli_client *c = cli_ctx_client(ctx, err);
-    if (!c)
-        return NULL;
-    char *path = cli_api_path("security-groups", name, NULL);
-    json_t *resp = NULL;
-    int rc = cli_client_json(c, "GET", path, NULL, &resp, NULL, err);
-    free(path);
-    if (rc < 0)
-        return NULL;
-    json_t *rules = json_object_get(resp, "rules");
-    rules = json_is_array(rules) ? json_deep_copy(rules) : json_array();
-    json_decref(resp);
-    return rules;
-}
-
+/* rule add / rule delete: one request each, so the daemon changes the
+ * group in one step and concurrent edits do not lose each other. */
 int cli_do_sg_rule_add(cli_ctx *ctx, const cli_args *a, kh_err *err)
 {
     json_t *r = rule_json(a, err);
     if (!r)
         return -1;
-    json_t *rules = sg_rules(ctx, a->pos, err);
-    if (!rules) {
-        json_decref(r);
-        return -1;
-    }
-    json_array_append_new(rules, r);
-    json_t *body = json_pack("{s:o}", "rules", rules);
-    int rc = sg_put(ctx, a->pos, body, "updated: rule added", err);
-    json_decref(body);
+    char *path = cli_api_path("security-groups", a->pos, "/rules");
+    int rc = cli_show(ctx, "POST", path, r, print_nothing, err);
+    free(path);
+    json_decref(r);
+    if (rc == 0 && !ctx->json)
+        printf("security group %s updated: rule added\n", a->pos);
     return rc;
 }
 
@@ -503,17 +484,12 @@ int cli_do_sg_rule_delete(cli_ctx *ctx, const cli_args *a, kh_err *err)
                    a->pos2);
         return -1;
     }
-    json_t *rules = sg_rules(ctx, a->pos, err);
-    if (!rules)
-        return -1;
-    if ((size_t)idx >= json_array_size(rules)) {
-        kh_err_set(err, KH_E_NOTFOUND, "security group %s has no rule %ld", a->pos, idx);
-        json_decref(rules);
-        return -1;
-    }
-    json_array_remove(rules, (size_t)idx);
-    json_t *body = json_pack("{s:o}", "rules", rules);
-    int rc = sg_put(ctx, a->pos, body, "updated: rule deleted", err);
-    json_decref(body);
+    char *suffix = xasprintf("/rules/%ld", idx);
+    char *path = cli_api_path("security-groups", a->pos, suffix);
+    free(suffix);
+    int rc = cli_show(ctx, "DELETE", path, NULL, print_nothing, err);
+    free(path);
+    if (rc == 0 && !ctx->json)
+        printf("security group %s updated: rule deleted\n", a->pos);
     return rc;
 }

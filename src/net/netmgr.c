@@ -1034,6 +1034,72 @@ json_t *kh_netmgr_sg_put(kh_netmgr *nm, const char *name, const json_t *body, bo
     return j;
 }
 
+/* The group's rules (a new reference) for a read-modify-write that the
+ * single-threaded loop makes atomic; NULL with err. */
+static json_t *sg_rules_copy(kh_netmgr *nm, const char *name, kh_err *err)
+{
+    if (kh_check_name(name, "security group name", err) < 0)
+        return NULL;
+    kh_secgroup **slot = sg_find(nm, name);
+    if (!slot) {
+        kh_err_set(err, KH_E_NOTFOUND, "no security group named %s", name);
+        return NULL;
+    }
+    json_t *g = kh_secgroup_to_json(*slot);
+    json_t *rules = json_object_get(g, "rules");
+    rules = json_is_array(rules) ? json_incref(rules) : json_array();
+    json_decref(g);
+    return rules;
+}
+
+static json_t *sg_put_rules(kh_netmgr *nm, const char *name, json_t *rules /* stolen */,
+                            kh_err *err)
+{
+    json_t *body = json_pack("{s:o}", "rules", rules);
+    bool created = false;
+    json_t *g = kh_netmgr_sg_put(nm, name, body, &created, err);
+    json_decref(body);
+    return g;
+}
+
+json_t *kh_netmgr_sg_rule_add(kh_netmgr *nm, const char *name, const json_t *rule, kh_err *err)
+{
+    if (!json_is_object(rule)) {
+        kh_err_set(err, KH_E_INVALID, "rule: must be a JSON object");
+        return NULL;
+    }
+    json_t *rules = sg_rules_copy(nm, name, err);
+    if (!rules)
+        return NULL;
+    if (json_array_size(rules) >= KH_SG_RULES_MAX) {
+        kh_err_set(err, KH_E_INVALID, "security group %s has %d rules, the most it can have",
+                   name, KH_SG_RULES_MAX);
+        json_decref(rules);
+        return NULL;
+    }
+    json_array_append_new(rules, json_deep_copy(rule));
+    return sg_put_rules(nm, name, rules, err);
+}
+
+json_t *kh_netmgr_sg_rule_delete(kh_netmgr *nm, const char *name, const char *index,
+                                 kh_err *err)
+{
+    json_t *rules = sg_rules_copy(nm, name, err);
+    if (!rules)
+        return NULL;
+    char *end = NULL;
+    long i = index ? strtol(index, &end, 10) : -1;
+    if (!index || index[0] < '0' || index[0] > '9' || *end || i < 0 || (index[0] == '0' && index[1]) ||
+        (size_t)i >= json_array_size(rules)) {
+        kh_err_set(err, KH_E_NOTFOUND, "security group %s has no rule %s (rules are numbered "
+                   "from 0, see the group)", name, index ? index : "");
+        json_decref(rules);
+        return NULL;
+    }
+    json_array_remove(rules, (size_t)i);
+    return sg_put_rules(nm, name, rules, err);
+}
+
 int kh_netmgr_sg_delete(kh_netmgr *nm, const char *name, kh_err *err)
 {
     if (kh_check_name(name, "security group name", err) < 0)

@@ -62,6 +62,14 @@ json_t *kh_netmgr_sg_get_json(kh_netmgr *nm, const char *name, kh_err *err);
 json_t *kh_netmgr_sg_put(kh_netmgr *nm, const char *name, const json_t *body, bool *created,
                          kh_err *err);
 int kh_netmgr_sg_delete(kh_netmgr *nm, const char *name, kh_err *err);
+/* Append one rule (a rule object as in the group's "rules") / delete rule
+ * index (a decimal string, 0 is the first) of group name, in one step on
+ * the loop so concurrent requests do not lose each other's change. The
+ * group as it is now (a new reference), or NULL with err (KH_E_NOTFOUND
+ * for no such group or rule, KH_E_INVALID for a bad rule or too many). */
+json_t *kh_netmgr_sg_rule_add(kh_netmgr *nm, const char *name, const json_t *rule, kh_err *err);
+json_t *kh_netmgr_sg_rule_delete(kh_netmgr *nm, const char *name, const char *index,
+                                 kh_err *err);
 /* Every name in groups (joined by ',', may be NULL) is a security group. */
 int kh_netmgr_groups_check(kh_netmgr *nm, const char *groups, kh_err *err);
 

@@ -502,6 +502,57 @@ def test_secgroup_cli(nsd, netns, fake_boot):
     assert out.returncode == 4, out
 
 
+def test_secgroup_rules_concurrent_add_delete(nsd, netns, fake_boot):
+    """rule add / rule delete are one request each (POST .../rules, DELETE
+    .../rules/{index}): concurrent CLI adds and API adds all land."""
+    import threading
+    api = nsd.api
+    assert api.request("PUT", "/api/v1/security-groups/web", {"rules": []}).status == 201
+    n = 24
+    results = [None] * n
+
+    def add(i):
+        if i % 2:
+            results[i] = khlib.cli(nsd, "secgroup", "rule", "add", "web", "--proto", "tcp",
+                                   "--ports", str(1000 + i)).returncode
+        else:
+            results[i] = api.post("/api/v1/security-groups/web/rules",
+                                  {"proto": "tcp", "ports": str(1000 + i)}).status
+
+    threads = [threading.Thread(target=add, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert all(r in (0, 201) for r in results), results
+    rules = api.get("/api/v1/security-groups/web").json["rules"]
+    assert sorted(int(r["ports"]) for r in rules) == [1000 + i for i in range(n)], rules
+    # validated as in the group; unknown group / rule number
+    for body in ({"proto": "icmp", "ports": "1"}, {"direction": "out"}, {"bogus": 1}, [1]):
+        r = api.post("/api/v1/security-groups/web/rules", body)
+        assert r.status == 400, (body, r)
+    assert api.post("/api/v1/security-groups/nosuch/rules", {"proto": "tcp"}).status == 404
+    for idx in ("24", "-1", "01", "x", "+1"):
+        r = api.request("DELETE", "/api/v1/security-groups/web/rules/" + idx)
+        assert r.status == 404, (idx, r)
+    # concurrent deletes of rule 0: each removes one (the rules move up)
+    threads = [threading.Thread(target=lambda: api.request(
+        "DELETE", "/api/v1/security-groups/web/rules/0")) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(api.get("/api/v1/security-groups/web").json["rules"]) == n - 8
+    r = api.request("DELETE", "/api/v1/security-groups/web/rules/0")
+    assert r.status == 200 and len(r.json["rules"]) == n - 9, r
+    # the limit holds for appends
+    api.request("PUT", "/api/v1/security-groups/web",
+                {"rules": [{"proto": "tcp", "ports": str(p)} for p in range(1, 65)]})
+    r = api.post("/api/v1/security-groups/web/rules", {"proto": "udp"})
+    assert r.status == 400 and "64" in r.text, r
+    assert len(api.get("/api/v1/security-groups/web").json["rules"]) == 64
+
+
 @pytest.mark.slow
 def test_nic_hotplug_link_multiqueue_guest(nsdaemons, netns, guest, consoles):
     d = nsdaemons()
