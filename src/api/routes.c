@@ -5,6 +5,13 @@
 
 #include "util/mem.h"
 
+/* The runtime "hotplugged" of a VM's disks and NICs (vm_json). */
+#define HOTPLUGGED_SCHEMA                                                                        \
+    "{\"type\":\"boolean\",\"readOnly\":true,\"description\":\"only while QEMU runs: "       \
+    "true when hot-plugged into it (can be unplugged live), false when there at start (409 on "   \
+    "a live unplug); absent when the daemon does not know (a QEMU started by an older "          \
+    "daemon)\"}"
+
 static const kh_route routes[] = {
     { "GET", "/api/v1/host", kh_host_routes_get, 0, "Host facts: accelerator, QEMU, capacity",
       NULL, "Host" },
@@ -184,7 +191,7 @@ static const struct {
       "format) or a volume (pool/name)\",\"properties\":"
       "{\"path\":{\"type\":\"string\"},\"format\":{\"type\":\"string\",\"enum\":[\"raw\",\"qcow2\"]},\"volume\":{"
       "\"type\":\"string\",\"pattern\":\"^[A-Za-z0-9_][A-Za-z0-9_.-]*/[A-Za-z0-9_][A-Za-z0-9_.-]*$\"},\"readonly\":{"
-      "\"type\":\"boolean\",\"default\":false}},\"oneOf\":[{\"required\":[\"path\",\"format\"]},{\"required\":"
+      "\"type\":\"boolean\",\"default\":false},\"hotplugged\":" HOTPLUGGED_SCHEMA "},\"oneOf\":[{\"required\":[\"path\",\"format\"]},{\"required\":"
       "[\"volume\"]}]}" },
     { "VMSpec",
       "{\"type\":\"object\",\"additionalProperties\":false,\"required\":[\"name\"],\""
@@ -277,7 +284,7 @@ static const struct {
       "\"mac\":{\"type\":\"string\",\"pattern\":\"^[0-9A-Fa-f]{2}(:[0-9A-Fa-f]{2}){5}$\"},\"ip\":"
       "{\"type\":\"string\"},\"security_groups\":{\"type\":\"array\",\"maxItems\":8,\"items\":{"
       "\"type\":\"string\"}},\"link\":{\"type\":\"string\",\"enum\":[\"up\",\"down\"],"
-      "\"default\":\"up\"}}}" },
+      "\"default\":\"up\"},\"hotplugged\":" HOTPLUGGED_SCHEMA "}}" },
     { "NICPatch",
       "{\"type\":\"object\",\"additionalProperties\":false,\"required\":[\"link\"],"
       "\"properties\":{\"link\":{\"type\":\"string\",\"enum\":[\"up\",\"down\"]}}}" },

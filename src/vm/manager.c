@@ -111,6 +111,15 @@ struct vm {
      * while a QEMU runs; hot-plug and -unplug break the identity, so it is
      * kept in RUN_DIR/vms/<id>/disks.json for a daemon restart. */
     int disk_node[KH_VM_DISKS_MAX];
+    /* What the running QEMU was started with, kept in RUN_DIR/vms/<id>/
+     * boot.json for a daemon restart: disks on a node below boot_disks and
+     * NICs with a MAC in boot_macs were there at start (no live unplug),
+     * the others were hot-plugged. Start disks keep nodes 0..n-1 and can
+     * not leave while QEMU runs, so a hot-plug always gets a node >= n.
+     * -1: unknown (no QEMU, or one started without the file). */
+    int boot_disks;
+    int boot_nics;
+    char boot_macs[KH_VM_NICS_MAX][KH_MAC_STRLEN];
 };
 
 struct start_job {
@@ -192,9 +201,35 @@ static json_t *time_json(double t)
     return json_string(s);
 }
 
+static bool boot_has_mac(const vm *v, const char *mac)
+{
+    for (int i = 0; mac && i < v->boot_nics; i++)
+        if (strcmp(v->boot_macs[i], mac) == 0)
+            return true;
+    return false;
+}
+
+/* "hotplugged" on each disk and NIC while a QEMU runs and boot.json says
+ * what it started with: true for what can be unplugged live. Runtime only,
+ * never part of the stored spec. */
+static void hotplugged_json(const vm *v, json_t *j)
+{
+    if (v->pid <= 0)
+        return;
+    json_t *disks = json_object_get(j, "disks");
+    for (size_t i = 0; v->boot_disks >= 0 && i < v->spec->ndisks && i < KH_VM_DISKS_MAX; i++)
+        json_object_set_new(json_array_get(disks, i), "hotplugged",
+                            json_boolean(v->disk_node[i] >= v->boot_disks));
+    json_t *nics = json_object_get(j, "nics");
+    for (size_t i = 0; v->boot_nics >= 0 && i < v->spec->nnics; i++)
+        json_object_set_new(json_array_get(nics, i), "hotplugged",
+                            json_boolean(!boot_has_mac(v, v->spec->nics[i].mac)));
+}
+
 static json_t *vm_json(const vm *v)
 {
     json_t *j = kh_vm_spec_to_json(v->spec);
+    hotplugged_json(v, j);
     json_object_set_new(j, "id", json_string(v->id));
     json_object_set_new(j, "state", json_string(state_names[v->state]));
     json_object_set_new(j, "state_reason", v->reason ? json_string(v->reason) : json_null());
@@ -331,10 +366,61 @@ static void disk_nodes_reset(vm *v)
         v->disk_node[i] = i;
 }
 
+static void boot_reset(vm *v)
+{
+    v->boot_disks = -1;
+    v->boot_nics = -1;
+}
+
+/* At start: what QEMU gets, in memory and in boot.json. */
+static void boot_record(vm *v)
+{
+    v->boot_disks = (int)v->spec->ndisks;
+    v->boot_nics = 0;
+    json_t *macs = json_array();
+    for (size_t i = 0; i < v->spec->nnics && i < KH_VM_NICS_MAX; i++) {
+        const char *mac = v->spec->nics[i].mac ? v->spec->nics[i].mac : "";
+        snprintf(v->boot_macs[v->boot_nics++], KH_MAC_STRLEN, "%s", mac);
+        json_array_append_new(macs, json_string(mac));
+    }
+    json_t *doc = json_pack("{s:i, s:o}", "disks", v->boot_disks, "macs", macs);
+    char *text = json_dumps(doc, JSON_COMPACT);
+    json_decref(doc);
+    char *path = vm_run_path(v, "boot.json");
+    kh_err err = KH_ERR_INIT;
+    if (kh_fs_write_atomic(path, text, strlen(text), 0600, &err) < 0)
+        kh_log(KH_LOG_ERROR, "vm.boot", "vm=%s error=\"%s\"", v->spec->name, err.msg);
+    free(path);
+    free(text);
+}
+
+/* After a daemon restart: boot.json, else unknown. */
+static void boot_load(vm *v)
+{
+    boot_reset(v);
+    char *path = vm_run_path(v, "boot.json");
+    json_t *j = kh_fs_read_json(path, 65536, NULL);
+    free(path);
+    json_t *d = json_object_get(j, "disks"), *macs = json_object_get(j, "macs");
+    if (json_is_integer(d) && json_integer_value(d) >= 0 &&
+        json_integer_value(d) <= KH_VM_DISKS_MAX && json_is_array(macs) &&
+        json_array_size(macs) <= KH_VM_NICS_MAX) {
+        v->boot_disks = (int)json_integer_value(d);
+        v->boot_nics = 0;
+        size_t i;
+        json_t *m;
+        json_array_foreach(macs, i, m)
+            snprintf(v->boot_macs[v->boot_nics++], KH_MAC_STRLEN, "%s",
+                     json_string_value(m) ? json_string_value(m) : "");
+    }
+    json_decref(j);
+}
+
 static void release_runtime(vm *v)
 {
     timer_stop(v);
     disk_nodes_reset(v);
+    boot_reset(v);
     v->reattaching = false;
     v->await_accel = false;
     free(v->vcpu_tids);
@@ -1082,6 +1168,7 @@ static void start_spawn(vm *v, const char *kernel_file)
         kh_err_errno(&err, KH_E_INTERNAL, errno, "chown %s", run);
         goto fail;
     }
+    boot_record(v);
     dirfd = open(run, O_PATH | O_DIRECTORY | O_CLOEXEC);
     if (dirfd < 0) {
         kh_err_errno(&err, KH_E_INTERNAL, errno, "open %s", run);
@@ -1753,6 +1840,7 @@ static void reattach(vm *v)
     }
     close(dirfd);
     disk_nodes_load(v);
+    boot_load(v);
     kh_log(KH_LOG_INFO, "vm.reattach", "vm=%s pid=%d", v->spec->name, (int)v->pid);
     return;
 fail:
@@ -1777,6 +1865,7 @@ static vm *vm_new(kh_manager *mgr, const char *id, kh_vm_spec *spec)
     v->spec = spec;
     v->pidfd = -1;
     disk_nodes_reset(v);
+    boot_reset(v);
     /* Keep the list in name order. */
     vm **pp = &mgr->vms;
     while (*pp && strcmp((*pp)->spec->name, spec->name) < 0)

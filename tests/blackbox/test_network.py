@@ -600,6 +600,7 @@ def test_nic_hotplug_link_multiqueue_guest(nsdaemons, netns, guest, consoles):
     spoof = lambda: netns.exec(["nft", "list", "table", "bridge", "kvmhost"]).stdout  # noqa: E731
     assert ('"%s"' % tap) in spoof() and spoof().count("ether saddr != ") == 2
     assert [x["mac"] for x in api.vm("h1")["nics"]] == [api.vm("h1")["nics"][0]["mac"], mac1]
+    assert [x["hotplugged"] for x in api.vm("h1")["nics"]] == [False, True]
     print("hot-plug took %.0f ms" % plug_ms)
 
     # kill -9 of the daemon and restart: the NIC, its tap and rules stay, once
@@ -610,6 +611,7 @@ def test_nic_hotplug_link_multiqueue_guest(nsdaemons, netns, guest, consoles):
     d.restart()
     api.wait_state("h1", "running", timeout=30)
     assert len(api.vm("h1")["nics"]) == 2 and tap in netns.links()
+    assert [x["hotplugged"] for x in api.vm("h1")["nics"]] == [False, True]  # boot.json
     assert sorted(str(r["expr"]) for r in netns.nft_table()) == rules
     assert spoof() == bridge_rules
     c = consoles(d, "h1")
@@ -653,6 +655,7 @@ def test_nic_hotplug_link_multiqueue_guest(nsdaemons, netns, guest, consoles):
     assert st in (200, 202)
     api.wait_console("h1", "KVMHOST-NET: ", timeout=150, count=before + 1)
     argv = " ".join(khlib.proc_cmdline(api.vm("h1")["pid"]))
+    assert [x["hotplugged"] for x in api.vm("h1")["nics"]] == [False, False]
     assert '"id":"net1-dev"' in argv and '"addr":"0x15"' in argv, argv
     c = consoles(d, "h1")
     c.run("ip link set eth1 up && usleep 300000 && [ $(cat /sys/class/net/eth1/carrier) = 0 ] "

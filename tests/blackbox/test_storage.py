@@ -802,7 +802,9 @@ def test_disk_hotplug_survives_daemon_kill(daemons, guest, consoles, tmp_path):
     r = api.post("/api/v1/vms/hp/disks", {"volume": "default/data"})
     t_attach = time.time() - t0
     assert r.status == 200, r
-    assert r.json["disks"][1] == {"volume": "default/data", "readonly": False}
+    # "hotplugged" (runtime only): the start disk cannot be unplugged live
+    assert r.json["disks"] == [{"volume": "default/root", "readonly": False, "hotplugged": False},
+                               {"volume": "default/data", "readonly": False, "hotplugged": True}]
     wait_blocks(con, ["vda", "vdb"])
     # the device sits on a hot-plug port with its own iothread
     pid = api.vm("hp")["pid"]
@@ -832,6 +834,7 @@ def test_disk_hotplug_survives_daemon_kill(daemons, guest, consoles, tmp_path):
     daemon.restart()
     vm = api.wait_state("hp", ["running"])
     assert vm["pid"] == pid and len(vm["disks"]) == 3
+    assert [d["hotplugged"] for d in vm["disks"]] == [False, True, True]  # from boot.json
     con = consoles(daemon, "hp")
     # detach the first hot-plugged disk: the spec index of data2 shifts to 1,
     # its QEMU node stays disk2 (the node map survived the restart)
@@ -840,6 +843,7 @@ def test_disk_hotplug_survives_daemon_kill(daemons, guest, consoles, tmp_path):
     t_detach = time.time() - t0
     assert r.status == 200, r
     assert [d["volume"] for d in r.json["disks"]] == ["default/root", "default/data2"]
+    assert [d["hotplugged"] for d in r.json["disks"]] == [False, True]
     con.run("echo kh-$((%d+1))", timeout=60)
     wait_blocks(con, ["vda", "vdc"])
     assert read_volume(daemon, data, 16, tmp_path) == b"hotplug-bytes-42"
@@ -871,7 +875,9 @@ def test_disk_hotplug_survives_daemon_kill(daemons, guest, consoles, tmp_path):
 
     # the next start has the hot-plugged disk as an ordinary one
     api.act_ok("hp", "kill")
+    assert all("hotplugged" not in d for d in api.vm("hp")["disks"])  # never in the spec
     api.act_ok("hp", "start")
+    assert [d["hotplugged"] for d in api.vm("hp")["disks"]] == [False, False]
     api.wait_console("hp", "KVMHOST-DISK: kvmhost-disk-ok")
     con = consoles(daemon, "hp")
     con.run("echo kh-$((%d+1))", timeout=60)
