@@ -66,10 +66,15 @@ export function disksPanel(vm) {
   }
   pool.addEventListener('change', () => { lastPool = pool.value; err.set(''); loadVolumes(); });
 
+  // A disk the running QEMU started with ("hotplugged": false, runtime
+  // only) sits on a slot without hot-unplug: the daemon answers 409.
+  const atStart = (d) => UP.includes(cur.state) && d.hotplugged === false;
+  const AT_START = 'Attached at start: this disk cannot be hot-unplugged; stop the VM to detach it';
+
   function setBusy(on, text) {
     busy = on;
     attach.disabled = on || !!cur.template;
-    for (const b of list.querySelectorAll('button')) b.disabled = on || !!cur.template;
+    for (const b of list.querySelectorAll('button')) b.disabled = on || !!cur.template || b.dataset.atStart === 'true';
     status.textContent = text || '';
   }
 
@@ -104,8 +109,9 @@ export function disksPanel(vm) {
         h('td', {}, d.format || (d.volume ? 'from the volume' : '–')),
         h('td', {}, d.readonly ? 'read-only' : 'read-write'),
         h('td', {}, h('div', { class: 'actions' },
-          h('button', { type: 'button', class: 'btn small danger', 'aria-label': `Detach disk${i}`, disabled: busy || !!cur.template,
-            onclick: () => detach(i, d) }, 'Detach')))))))
+          h('button', { type: 'button', class: 'btn small danger', 'aria-label': `Detach disk${i}`,
+            disabled: busy || !!cur.template || atStart(d), title: atStart(d) ? AT_START : null,
+            dataset: { atStart: String(atStart(d)) }, onclick: () => detach(i, d) }, 'Detach')))))))
       : h('p', { class: 'muted' }, 'No disks.'));
   }
 

@@ -134,13 +134,15 @@ export function liveNics(vm, onChanged) {
       err.set(why(what, ex));
       status.textContent = '';
       busy = false;
-      for (const b of box.querySelectorAll('button')) b.disabled = false;
+      for (const b of box.querySelectorAll('button')) b.disabled = microvm || b.dataset.atStart === 'true';
       plug.disabled = !net.value;
     }
   }
 
   const rows = nics.map((n, i) => {
     const isDown = n.link === 'down';
+    // "hotplugged": false (runtime only): on the root bus since the start, 409 on unplug
+    const atStart = n.hotplugged === false;
     return h('tr', { dataset: { nic: String(i), link: isDown ? 'down' : 'up' } },
       h('th', { scope: 'row' }, `nic${i}`),
       h('td', {}, h('a', { href: `#/networks/${encodeURIComponent(n.network)}` }, n.network)),
@@ -151,7 +153,9 @@ export function liveNics(vm, onChanged) {
           onclick: () => run(`Link ${isDown ? 'up' : 'down'} nic${i}`, 'PATCH', `${base}/${i}`, { link: isDown ? 'up' : 'down' }, `nic${i}-link`) },
         isDown ? `Link up nic${i}` : `Link down nic${i}`),
         ' ',
-        h('button', { type: 'button', class: 'btn small danger', disabled: microvm, onclick: async () => {
+        h('button', { type: 'button', class: 'btn small danger', disabled: microvm || atStart,
+          title: atStart ? 'There since the VM started: this NIC cannot be unplugged while it runs; stop the VM to remove it' : null,
+          dataset: { atStart: String(atStart) }, onclick: async () => {
           if (!await confirmDialog('Unplug NIC', `Unplug nic${i} (${n.mac || n.network}) from the running ${vm.name}? The guest must release it. A NIC the VM started with cannot be unplugged while it runs.`, 'Unplug')) return;
           run(`Unplug nic${i}`, 'DELETE', `${base}/${i}`, undefined, 'nic-hotplug');
         } }, `Unplug nic${i}`)));
