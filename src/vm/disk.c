@@ -63,12 +63,27 @@ struct disk_op {
     disk_op *link;
 };
 
+/* An attach or detach that came while the after-restart sweep of its VM
+ * held the VM's disks: it runs when the sweep ends (a few QMP round trips)
+ * instead of failing with a 409 the user could not have avoided. */
+typedef struct deferred {
+    bool attach;
+    char *vm;
+    json_t *body;     /* attach */
+    char *index;      /* detach */
+    unsigned timeout_s;
+    kh_disk_cb cb;
+    void *opaque;
+    struct deferred *next;
+} deferred;
+
 struct kh_disks {
     uv_loop_t *loop;
     kh_manager *mgr;
     kh_storage *st;
     kh_qemu_caps caps;
     disk_op *ops;
+    deferred *deferred;
 };
 
 static void on_qmp_event(void *opaque, const char *vm_id, const char *event, json_t *data);
@@ -94,7 +109,71 @@ void kh_disks_free(kh_disks *d)
     kh_manager_remove_event_hook(d->mgr, on_qmp_event, d);
     for (disk_op *o = d->ops; o; o = o->link)
         o->d = NULL; /* operations still running end with the daemon */
+    while (d->deferred) {
+        deferred *q = d->deferred;
+        d->deferred = q->next;
+        free(q->vm);
+        json_decref(q->body);
+        free(q->index);
+        free(q);
+    }
     free(d);
+}
+
+static bool sweeping(const kh_disks *d, const char *vm)
+{
+    for (const disk_op *o = d->ops; o; o = o->link)
+        if (o->orphans && strcmp(o->vm, vm) == 0)
+            return true;
+    return false;
+}
+
+static void defer(kh_disks *d, bool attach, const char *vm, const json_t *body,
+                  const char *index, unsigned timeout_s, kh_disk_cb cb, void *opaque)
+{
+    deferred *q = xcalloc(1, sizeof(*q));
+    q->attach = attach;
+    q->vm = xstrdup(vm);
+    q->body = body ? json_deep_copy(body) : NULL;
+    q->index = index ? xstrdup(index) : NULL;
+    q->timeout_s = timeout_s;
+    q->cb = cb;
+    q->opaque = opaque;
+    deferred **pp = &d->deferred; /* keep arrival order */
+    while (*pp)
+        pp = &(*pp)->next;
+    *pp = q;
+}
+
+/* The sweep of vm ended: start what waited for it, in order. */
+static void run_deferred(kh_disks *d, const char *vm)
+{
+    deferred *mine = NULL, **tail = &mine;
+    for (deferred **pp = &d->deferred; *pp;) {
+        deferred *q = *pp;
+        if (strcmp(q->vm, vm) == 0) {
+            *pp = q->next;
+            q->next = NULL;
+            *tail = q;
+            tail = &q->next;
+        } else {
+            pp = &q->next;
+        }
+    }
+    while (mine) {
+        deferred *q = mine;
+        mine = q->next;
+        kh_err e = KH_ERR_INIT;
+        int rc = q->attach ? kh_disk_attach(d, q->vm, q->body, q->cb, q->opaque, &e)
+                           : kh_disk_detach(d, q->vm, q->index, q->timeout_s, q->cb, q->opaque,
+                                            &e);
+        if (rc < 0)
+            q->cb(NULL, &e, q->opaque);
+        free(q->vm);
+        json_decref(q->body);
+        free(q->index);
+        free(q);
+    }
 }
 
 /* ---- the operation ---- */
@@ -134,13 +213,18 @@ static void op_free(disk_op *o)
 /* Report and end: the VM is released for other changes. */
 static void op_finish(disk_op *o, json_t *result, const kh_err *err)
 {
-    if (o->d)
-        kh_manager_disk_end(o->d->mgr, o->vd.id);
+    kh_disks *d = o->d;
+    char *swept = d && o->orphans ? xstrdup(o->vm) : NULL;
+    if (d)
+        kh_manager_disk_end(d->mgr, o->vd.id);
     if (err)
         kh_log(KH_LOG_WARN, o->attach ? "vm.disk_attach" : "vm.disk_detach",
                "vm=%s error=\"%s\"", o->vm, err->msg);
     o->cb(result, err, o->opaque);
     op_free(o);
+    if (swept)
+        run_deferred(d, swept);
+    free(swept);
 }
 
 static void add_step(disk_op *o, const char *cmd, json_t *args, int fd, const char *undo_cmd,
@@ -633,6 +717,10 @@ int kh_disk_attach(kh_disks *d, const char *vm, const json_t *body, kh_disk_cb c
     }
     if (parse_attach(body, &ref, &readonly, err) < 0)
         return -1;
+    if (sweeping(d, vm)) {
+        defer(d, true, vm, body, NULL, 0, cb, opaque);
+        return 0;
+    }
     disk_op *o = op_new(d, vm, true, cb, opaque);
     if (kh_manager_disk_begin(d->mgr, vm, &o->vd, err) < 0) {
         op_free(o);
@@ -980,6 +1068,10 @@ int kh_disk_detach(kh_disks *d, const char *vm, const char *index, unsigned time
     if (timeout_s > DETACH_TIMEOUT_MAX_S) {
         kh_err_set(err, KH_E_INVALID, "timeout: at most %d seconds", DETACH_TIMEOUT_MAX_S);
         return -1;
+    }
+    if (sweeping(d, vm)) {
+        defer(d, false, vm, NULL, index, timeout_s, cb, opaque);
+        return 0;
     }
     disk_op *o = op_new(d, vm, false, cb, opaque);
     o->timeout_ms = (timeout_s ? timeout_s : DETACH_TIMEOUT_DEFAULT_S) * 1000u;
