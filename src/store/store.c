@@ -42,7 +42,7 @@ static const char *const migrations[] = {
     "  finished_at REAL NOT NULL DEFAULT 0"
     ");"
     "CREATE INDEX tasks_created ON tasks(created_at);",
-    /* 2: storage pools and volumes (storage/storage.c). */
+    /* 2: storage pools and volumes (storage/pool.c, storage/volume.c). */
     "CREATE TABLE pools ("
     "  id TEXT PRIMARY KEY,"
     "  name TEXT NOT NULL UNIQUE,"
@@ -76,7 +76,8 @@ static const char *const migrations[] = {
     "  created_at REAL NOT NULL"
     ");",
     /* 5: encrypted volumes (their wrapped key), templates, snapshots
-     * (storage/storage.c, vm/template.c, vm/snapshot.c). */
+     * (storage/volume.c, storage/template.c, storage/snapshot.c,
+     * vm/template.c, vm/snapshot.c). */
     "ALTER TABLE volumes ADD COLUMN key_wrapped TEXT;"
     "CREATE TABLE templates ("
     "  vm_id TEXT PRIMARY KEY,"
@@ -89,7 +90,7 @@ static const char *const migrations[] = {
     "  created_at REAL NOT NULL,"
     "  PRIMARY KEY (vm_id, name)"
     ");",
-    /* 6: the snapshot tree (storage/storage.c): each snapshot's parent (the
+    /* 6: the snapshot tree (storage/snapshot.c): each snapshot's parent (the
      * snapshot the VM was at when it was taken) and each VM's current one. */
     "ALTER TABLE snapshots ADD COLUMN parent TEXT;"
     "CREATE TABLE snapshot_current ("
