@@ -683,12 +683,21 @@ class Daemon:
             # QEMUs killed here, with their daemon down, leave their cgroups
             # (the daemon would remove them when it reattached, but this one
             # never comes back): remove those of this daemon's VMs, empty now.
+            # A killed QEMU leaves its cgroup a moment after its pid is gone
+            # (EBUSY until the kernel has released its tasks): retry briefly.
             for vid in self.vm_ids:
                 for cg in cgroup_dirs(vid):
-                    try:
-                        os.rmdir(cg)
-                    except OSError:
-                        pass
+                    deadline = time.time() + 3
+                    while True:
+                        try:
+                            os.rmdir(cg)
+                            break
+                        except FileNotFoundError:
+                            break
+                        except OSError:
+                            if time.time() > deadline:
+                                break
+                            time.sleep(0.05)
             if self in _LIVE:
                 _LIVE.remove(self)
 
