@@ -1451,6 +1451,20 @@ int cli_show(cli_ctx *ctx, const char *method, const char *path, const json_t *b
     return 0;
 }
 
+int cli_delete(cli_ctx *ctx, char *path, const char *what, const char *name, kh_err *err)
+{
+    cli_client *c = cli_ctx_client(ctx, err);
+    json_t *resp = NULL;
+    int rc = c ? cli_client_json(c, "DELETE", path, NULL, &resp, NULL, err) : -1;
+    free(path);
+    json_decref(resp);
+    if (rc < 0)
+        return -1;
+    if (!ctx->json)
+        printf("%s %s deleted\n", what, name);
+    return 0;
+}
+
 void cli_show_kv(const json_t *o)
 {
     cli_kv *kv = cli_kv_new();

@@ -114,6 +114,9 @@ cli_client *cli_ctx_client(cli_ctx *ctx, kh_err *err);
  * JSON as it is with --json, else through human(). 0, or -1 with err. */
 int cli_show(cli_ctx *ctx, const char *method, const char *path, const json_t *body,
              void (*human)(const json_t *), kh_err *err);
+/* DELETE path (stolen) and say "<what> <name> deleted" (nothing with
+ * --json). 0, or -1 with err. */
+int cli_delete(cli_ctx *ctx, char *path, const char *what, const char *name, kh_err *err);
 /* A human() for cli_show: every member of the object as "key: value". */
 void cli_show_kv(const json_t *o);
 /* Write s (rendered output) to stdout and free it. */

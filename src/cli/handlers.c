@@ -636,16 +636,7 @@ int cli_do_vm_delete(cli_ctx *ctx, const cli_args *a, kh_err *err)
             return rc;
         }
     }
-    char *path = cli_api_path("vms", a->pos, NULL);
-    json_t *resp = NULL;
-    int rc = cli_client_json(c, "DELETE", path, NULL, &resp, NULL, err);
-    free(path);
-    json_decref(resp);
-    if (rc < 0)
-        return -1;
-    if (!ctx->json)
-        printf("vm %s deleted\n", a->pos);
-    return 0;
+    return cli_delete(ctx, cli_api_path("vms", a->pos, NULL), "vm", a->pos, err);
 }
 
 /* ---- console and log ---- */

@@ -96,19 +96,7 @@ int cli_do_net_show(cli_ctx *ctx, const cli_args *a, kh_err *err)
 
 int cli_do_net_delete(cli_ctx *ctx, const cli_args *a, kh_err *err)
 {
-    cli_client *c = cli_ctx_client(ctx, err);
-    if (!c)
-        return -1;
-    char *path = cli_api_path("networks", a->pos, NULL);
-    json_t *resp = NULL;
-    int rc = cli_client_json(c, "DELETE", path, NULL, &resp, NULL, err);
-    free(path);
-    json_decref(resp);
-    if (rc < 0)
-        return -1;
-    if (!ctx->json)
-        printf("network %s deleted\n", a->pos);
-    return 0;
+    return cli_delete(ctx, cli_api_path("networks", a->pos, NULL), "network", a->pos, err);
 }
 
 int cli_do_net_leases(cli_ctx *ctx, const cli_args *a, kh_err *err)
@@ -444,19 +432,8 @@ int cli_do_sg_create(cli_ctx *ctx, const cli_args *a, kh_err *err)
 
 int cli_do_sg_delete(cli_ctx *ctx, const cli_args *a, kh_err *err)
 {
-    cli_client *c = cli_ctx_client(ctx, err);
-    if (!c)
-        return -1;
-    char *path = cli_api_path("security-groups", a->pos, NULL);
-    json_t *resp = NULL;
-    int rc = cli_client_json(c, "DELETE", path, NULL, &resp, NULL, err);
-    free(path);
-    json_decref(resp);
-    if (rc < 0)
-        return -1;
-    if (!ctx->json)
-        printf("security group %s deleted\n", a->pos);
-    return 0;
+    return cli_delete(ctx, cli_api_path("security-groups", a->pos, NULL), "security group",
+                      a->pos, err);
 }
 
 /* rule add / rule delete: one request each, so the daemon changes the

@@ -133,23 +133,9 @@ int cli_do_pool_create(cli_ctx *ctx, const cli_args *a, kh_err *err)
     return rc;
 }
 
-static int do_delete(cli_ctx *ctx, char *path, const char *what, const char *name, kh_err *err)
-{
-    cli_client *c = cli_ctx_client(ctx, err);
-    json_t *resp = NULL;
-    int rc = c ? cli_client_json(c, "DELETE", path, NULL, &resp, NULL, err) : -1;
-    free(path);
-    json_decref(resp);
-    if (rc < 0)
-        return -1;
-    if (!ctx->json)
-        printf("%s %s deleted\n", what, name);
-    return 0;
-}
-
 int cli_do_pool_delete(cli_ctx *ctx, const cli_args *a, kh_err *err)
 {
-    return do_delete(ctx, cli_api_path("pools", a->pos, NULL), "pool", a->pos, err);
+    return cli_delete(ctx, cli_api_path("pools", a->pos, NULL), "pool", a->pos, err);
 }
 
 static void volume_human(const json_t *v)
@@ -236,7 +222,7 @@ int cli_do_volume_resize(cli_ctx *ctx, const cli_args *a, kh_err *err)
 
 int cli_do_volume_delete(cli_ctx *ctx, const cli_args *a, kh_err *err)
 {
-    return do_delete(ctx, volume_path(a->pos, NULL), "volume", a->pos, err);
+    return cli_delete(ctx, volume_path(a->pos, NULL), "volume", a->pos, err);
 }
 
 /* ---- upload and download ---- */
