@@ -54,12 +54,14 @@ static int bad_key(const char *prefix, const char *key, size_t len, kh_err *err)
     return -1;
 }
 
-static int parse_disk(kh_disk_limits *d, const json_t *obj, size_t i, kh_err *err)
+/* The part every per-device entry shares: an object of the "index" key
+ * (required, 0..255) and the given names only. prefix ends with '.'. */
+static int parse_entry(const json_t *obj, const char *prefix, const char *const *names,
+                       size_t nnames, unsigned *index, kh_err *err)
 {
-    char prefix[48], field[80];
-    snprintf(prefix, sizeof(prefix), "limits.disk[%zu].", i);
     if (!json_is_object(obj)) {
-        kh_err_set(err, KH_E_INVALID, "limits.disk[%zu]: must be an object", i);
+        kh_err_set(err, KH_E_INVALID, "%.*s: must be an object", (int)strlen(prefix) - 1,
+                   prefix);
         return -1;
     }
     const char *key;
@@ -67,21 +69,33 @@ static int parse_disk(kh_disk_limits *d, const json_t *obj, size_t i, kh_err *er
     json_t *val;
     json_object_keylen_foreach(unconst(obj), key, len, val) {
         bool known = strlen(key) == len && strcmp(key, "index") == 0;
-        for (size_t f = 0; !known && f < KH_LIMITS_DISK_FIELDS; f++)
-            known = strlen(key) == len && strcmp(key, kh_disk_limit_names[f]) == 0;
+        for (size_t f = 0; !known && f < nnames; f++)
+            known = strlen(key) == len && strcmp(key, names[f]) == 0;
         if (!known)
             return bad_key(prefix, key, len, err);
     }
-    unsigned long long u;
     const json_t *v = json_object_get(obj, "index");
     if (!v) {
         kh_err_set(err, KH_E_INVALID, "%sindex is required", prefix);
         return -1;
     }
+    char field[80];
+    unsigned long long u;
     snprintf(field, sizeof(field), "%sindex", prefix);
     if (get_uint(v, field, 0, 255, &u, err) < 0)
         return -1;
-    d->index = (unsigned)u;
+    *index = (unsigned)u;
+    return 0;
+}
+
+static int parse_disk(kh_disk_limits *d, const json_t *obj, size_t i, kh_err *err)
+{
+    char prefix[48], field[80];
+    snprintf(prefix, sizeof(prefix), "limits.disk[%zu].", i);
+    if (parse_entry(obj, prefix, kh_disk_limit_names, KH_LIMITS_DISK_FIELDS, &d->index, err) < 0)
+        return -1;
+    unsigned long long u;
+    const json_t *v;
     for (size_t f = 0; f < KH_LIMITS_DISK_FIELDS; f++) {
         if (!(v = json_object_get(obj, kh_disk_limit_names[f])))
             continue;
@@ -160,30 +174,11 @@ static int parse_nic_limit(kh_nic_limits *n, const json_t *obj, size_t i, kh_err
 {
     char prefix[48], field[80];
     snprintf(prefix, sizeof(prefix), "limits.nic[%zu].", i);
-    if (!json_is_object(obj)) {
-        kh_err_set(err, KH_E_INVALID, "limits.nic[%zu]: must be an object", i);
+    if (parse_entry(obj, prefix, nic_limit_keys + 1, KH_ARRAY_LEN(nic_limit_keys) - 2, &n->index,
+                    err) < 0)
         return -1;
-    }
-    const char *key;
-    size_t len;
-    json_t *val;
-    json_object_keylen_foreach(unconst(obj), key, len, val) {
-        bool known = false;
-        for (size_t k = 0; nic_limit_keys[k] && !known; k++)
-            known = strlen(key) == len && strcmp(key, nic_limit_keys[k]) == 0;
-        if (!known)
-            return bad_key(prefix, key, len, err);
-    }
     unsigned long long u;
-    const json_t *v = json_object_get(obj, "index");
-    if (!v) {
-        kh_err_set(err, KH_E_INVALID, "%sindex is required", prefix);
-        return -1;
-    }
-    snprintf(field, sizeof(field), "%sindex", prefix);
-    if (get_uint(v, field, 0, 255, &u, err) < 0)
-        return -1;
-    n->index = (unsigned)u;
+    const json_t *v;
     uint64_t *dst[] = { &n->inbound_bps, &n->outbound_bps, &n->inbound_burst,
                         &n->outbound_burst };
     for (size_t k = 1; nic_limit_keys[k]; k++) {
