@@ -64,6 +64,19 @@ void kh_vm_routes_resume(kh_http_req *req, void *app);
  * or its error), else 202 with the running task (vm_routes.c). */
 void kh_vm_routes_reply_task(kh_http_req *req, kh_api *api, kh_task *task, int wait);
 
+/* A reply that comes later, from an asynchronous call's callback
+ * (later.c): make it, start the call with it as the opaque, then
+ * kh_api_later_started(); the callback ends with kh_api_later_done(). A
+ * client that leaves meanwhile does not stop the call. */
+typedef struct kh_api_later kh_api_later;
+kh_api_later *kh_api_later_new(kh_http_req *req, int status /* on success */);
+/* rc < 0: answer err now and free l; else follow the client. */
+void kh_api_later_started(kh_api_later *l, int rc, const kh_err *err);
+/* The request, or NULL once the client went away (e.g. to add a header). */
+kh_http_req *kh_api_later_req(const kh_api_later *l);
+/* Answer result (stolen; dropped if the client left) or err; frees l. */
+void kh_api_later_done(kh_api_later *l, json_t *result, const kh_err *err);
+
 void kh_disk_routes_attach(kh_http_req *req, void *app);
 void kh_disk_routes_detach(kh_http_req *req, void *app);
 void kh_nic_routes_add(kh_http_req *req, void *app);

@@ -6,42 +6,10 @@
 #include <string.h>
 
 #include "api/api.h"
-#include "util/mem.h"
-
-typedef struct pending {
-    kh_http_req *req; /* NULL once the client went away */
-} pending;
-
-static void on_gone(kh_http_req *req, void *opaque)
-{
-    (void)req;
-    pending *p = opaque;
-    p->req = NULL;
-}
 
 static void on_done(json_t *result, const kh_err *err, void *opaque)
 {
-    pending *p = opaque;
-    if (p->req) {
-        kh_http_req_on_abort(p->req, NULL, NULL);
-        if (result)
-            kh_http_reply_json(p->req, 200, result);
-        else
-            kh_http_reply_error(p->req, err);
-    } else {
-        json_decref(result);
-    }
-    free(p);
-}
-
-static void started(kh_http_req *req, pending *p, int rc, const kh_err *err)
-{
-    if (rc < 0) {
-        free(p);
-        kh_http_reply_error(req, err);
-        return;
-    }
-    kh_http_req_on_abort(req, on_gone, p);
+    kh_api_later_done(opaque, result, err);
 }
 
 void kh_disk_routes_attach(kh_http_req *req, void *app)
@@ -53,10 +21,9 @@ void kh_disk_routes_attach(kh_http_req *req, void *app)
         kh_http_reply_error(req, &err);
         return;
     }
-    pending *p = xcalloc(1, sizeof(*p));
-    p->req = req;
-    int rc = kh_disk_attach(api->disks, kh_http_req_param(req, "name"), body, on_done, p, &err);
-    started(req, p, rc, &err);
+    kh_api_later *l = kh_api_later_new(req, 200);
+    int rc = kh_disk_attach(api->disks, kh_http_req_param(req, "name"), body, on_done, l, &err);
+    kh_api_later_started(l, rc, &err);
 }
 
 void kh_disk_routes_detach(kh_http_req *req, void *app)
@@ -75,9 +42,8 @@ void kh_disk_routes_detach(kh_http_req *req, void *app)
         }
         timeout = (unsigned)v;
     }
-    pending *p = xcalloc(1, sizeof(*p));
-    p->req = req;
+    kh_api_later *l = kh_api_later_new(req, 200);
     int rc = kh_disk_detach(api->disks, kh_http_req_param(req, "name"),
-                            kh_http_req_param(req, "index"), timeout, on_done, p, &err);
-    started(req, p, rc, &err);
+                            kh_http_req_param(req, "index"), timeout, on_done, l, &err);
+    kh_api_later_started(l, rc, &err);
 }

@@ -10,61 +10,23 @@
 #include "api/api.h"
 #include "util/mem.h"
 
-typedef struct pending {
-    kh_http_req *req; /* NULL once the client went away */
-    int status;       /* on success */
-    bool location;
-} pending;
-
-static void on_gone(kh_http_req *req, void *opaque)
-{
-    (void)req;
-    pending *p = opaque;
-    p->req = NULL;
-}
-
 static void on_done(json_t *result, const kh_err *err, void *opaque)
 {
-    pending *p = opaque;
-    if (p->req) {
-        if (!result) {
-            kh_http_reply_error(p->req, err);
-        } else {
-            if (p->location) {
-                char *loc = xasprintf("/api/v1/pools/%s/volumes/%s",
-                                      json_string_value(json_object_get(result, "pool")),
-                                      json_string_value(json_object_get(result, "name")));
-                kh_http_req_add_header(p->req, "Location", loc);
-                free(loc);
-            }
-            kh_http_reply_json(p->req, p->status, result);
-            result = NULL;
-        }
-    }
-    json_decref(result);
-    free(p);
+    kh_api_later_done(opaque, result, err);
 }
 
-static pending *pending_new(kh_http_req *req, int status, bool location)
+/* A new volume (201) also says where it is. */
+static void on_created(json_t *result, const kh_err *err, void *opaque)
 {
-    pending *p = xcalloc(1, sizeof(*p));
-    p->req = req;
-    p->status = status;
-    p->location = location;
-    return p;
-}
-
-/* After starting the asynchronous call that will answer p: on failure (rc
- * < 0) free p and answer the error now, else follow the client. */
-static void pending_started(pending *p, int rc, const kh_err *err)
-{
-    kh_http_req *req = p->req;
-    if (rc < 0) {
-        free(p);
-        kh_http_reply_error(req, err);
-        return;
+    kh_http_req *req = kh_api_later_req(opaque);
+    if (req && result) {
+        char *loc = xasprintf("/api/v1/pools/%s/volumes/%s",
+                              json_string_value(json_object_get(result, "pool")),
+                              json_string_value(json_object_get(result, "name")));
+        kh_http_req_add_header(req, "Location", loc);
+        free(loc);
     }
-    kh_http_req_on_abort(req, on_gone, p);
+    kh_api_later_done(opaque, result, err);
 }
 
 static bool storage_ready(kh_http_req *req, kh_api *api)
@@ -153,10 +115,10 @@ void kh_storage_routes_volume_create(kh_http_req *req, void *app)
         kh_http_reply_error(req, &err);
         return;
     }
-    pending *p = pending_new(req, 201, true);
+    kh_api_later *l = kh_api_later_new(req, 201);
     int rc = kh_storage_volume_create(api->storage, kh_http_req_param(req, "pool"), body,
-                                      on_done, p, &err);
-    pending_started(p, rc, &err);
+                                      on_created, l, &err);
+    kh_api_later_started(l, rc, &err);
 }
 
 void kh_storage_routes_volume_get(kh_http_req *req, void *app)
@@ -165,10 +127,10 @@ void kh_storage_routes_volume_get(kh_http_req *req, void *app)
     kh_err err = KH_ERR_INIT;
     if (!storage_ready(req, api))
         return;
-    pending *p = pending_new(req, 200, false);
+    kh_api_later *l = kh_api_later_new(req, 200);
     int rc = kh_storage_volume_show(api->storage, kh_http_req_param(req, "pool"),
-                                    kh_http_req_param(req, "volume"), on_done, p, &err);
-    pending_started(p, rc, &err);
+                                    kh_http_req_param(req, "volume"), on_done, l, &err);
+    kh_api_later_started(l, rc, &err);
 }
 
 void kh_storage_routes_volume_resize(kh_http_req *req, void *app)
@@ -182,10 +144,10 @@ void kh_storage_routes_volume_resize(kh_http_req *req, void *app)
         kh_http_reply_error(req, &err);
         return;
     }
-    pending *p = pending_new(req, 200, false);
+    kh_api_later *l = kh_api_later_new(req, 200);
     int rc = kh_storage_volume_resize(api->storage, kh_http_req_param(req, "pool"),
-                                      kh_http_req_param(req, "volume"), body, on_done, p, &err);
-    pending_started(p, rc, &err);
+                                      kh_http_req_param(req, "volume"), body, on_done, l, &err);
+    kh_api_later_started(l, rc, &err);
 }
 
 void kh_storage_routes_volume_delete(kh_http_req *req, void *app)
