@@ -12,7 +12,9 @@
 #include <jansson.h>
 #include <uv.h>
 
-#include "api/http.h"
+#include "api/auth.h"
+#include "api/openapi.h"
+#include "http/http.h"
 #include "storage/storage.h"
 #include "vm/disk.h"
 #include "vm/nic.h"

@@ -4,7 +4,7 @@
  * disagree with the server. Output depends only on the arguments (jansson
  * keeps insertion order; the table order is kept), so it is deterministic.
  */
-#include "api/http.h"
+#include "api/openapi.h"
 
 #include <ctype.h>
 #include <stdio.h>

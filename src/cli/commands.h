@@ -1,5 +1,6 @@
-/* commands.h - the one command table of `kvmhost`, its argument parser
- * and the help generated from it.
+/* commands.h - the one command table of `kvmhost` (commands.c, assembled
+ * from the per-noun rows: nouns.h), its argument parser (parse.c), the help
+ * generated from it (help.c) and the handlers' context (ctx.c).
  *
  * Each row names a command (noun, verb), its positional argument, its
  * options, a one-line summary, a long description and examples, and the
@@ -64,7 +65,9 @@ typedef struct cli_cmd {
     cli_handler handler;
 } cli_cmd;
 
-extern const cli_cmd cli_commands[];
+/* The whole table, ended by a row with a NULL noun (built on first use). */
+const cli_cmd *cli_commands_all(void);
+#define cli_commands (cli_commands_all())
 extern const cli_opt cli_global_opts[];
 
 /* The command for noun and verb (verb NULL for verb-less nouns); NULL if

@@ -7,7 +7,7 @@
 #include <unistd.h>
 
 #include "cli/args.h"
-#include "cli/handlers.h"
+#include "cli/nouns.h"
 #include "cli/output.h"
 #include "util/mem.h"
 #include "util/misc.h"

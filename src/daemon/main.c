@@ -27,7 +27,8 @@
 #include <unistd.h>
 
 #include "api/api.h"
-#include "api/http.h"
+#include "api/auth.h"
+#include "http/http.h"
 #include "host/cgroup.h"
 #include "kh_config.h"
 #include "qemu/accel.h"
@@ -76,6 +77,7 @@ static struct daemon {
     kh_alerts *alerts;
     kh_webhook *webhook;
     kh_http_server *http;
+    kh_auth *auth;           /* the API auth policy (token, browser sessions) */
     kh_api api;
     kh_cgroups cgroups;
     kh_accel_probe accel;
@@ -515,18 +517,20 @@ int main(int argc, char **argv)
     struct stat st;
     if (!web_dir && stat(KH_WEB_DIR "/index.html", &st) == 0)
         web_dir = KH_WEB_DIR;
+    /* Only TCP needs the token; unix-socket-only daemons never touch OpenSSL. */
+    d.auth = kh_auth_new(o.listen ? d.token : NULL, o.metrics_public);
     kh_http_config hcfg = {
         .unix_path = socket_path,
         .unix_mode = 0660,
         .tcp_listen = o.listen,
-        /* Only TCP needs it; unix-socket-only daemons never touch OpenSSL. */
-        .token = o.listen ? d.token : NULL,
         .tls_cert = o.tls_cert,
         .tls_key = o.tls_key,
         .max_body = 1024 * 1024,
         .max_connections = 256,
         .web_dir = web_dir,
-        .loopback_public = o.metrics_public,
+        .web_skip = "/api",
+        .auth = kh_auth_check,
+        .auth_opaque = d.auth,
         .on_request = on_request,
         .on_request_opaque = NULL,
     };
@@ -557,6 +561,8 @@ int main(int argc, char **argv)
     /* Shutdown: stop serving; QEMUs, their sockets and cgroups stay. */
     kh_http_server_free(d.http);
     d.http = NULL;
+    kh_auth_free(d.auth);
+    d.auth = NULL;
     kh_store_close(d.store);
     d.store = NULL;
     kh_log(KH_LOG_INFO, "daemon.exit", "pid=%d", (int)getpid());

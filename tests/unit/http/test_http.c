@@ -34,7 +34,9 @@
 
 #include "../kh_test.h"
 #define KH_HTTP_INTERNAL /* kh_ws__accept_key */
-#include "api/http.h"
+#include "api/auth.h"
+#include "api/openapi.h"
+#include "http/http.h"
 #include "util/fs.h"
 #include "util/log.h"
 #include "util/mem.h"
@@ -48,6 +50,7 @@ static kh_http_server *srv;
 static char tmpdir[256];
 static char sock_path[300];
 static char web_dir[300];
+static kh_auth *auth; /* the API policy with TOKEN (api/auth.h) */
 static int tcp_port;
 
 static atomic_int n_items;      /* POST /api/v1/items handler runs */
@@ -293,9 +296,9 @@ static const kh_route routes[] = {
     { "GET", "/api/v1/public", h_public, KH_ROUTE_PUBLIC, "public", NULL, NULL },
     { "GET", "/api/v1/ws", h_ws, KH_ROUTE_WEBSOCKET, "echo WebSocket", NULL, NULL },
     { "GET", "/api/v1/events", h_events, KH_ROUTE_SSE, "event stream", NULL, NULL },
-    { "POST", "/api/v1/session", kh_http_session_post, KH_ROUTE_PUBLIC, "log in", NULL, NULL },
-    { "GET", "/api/v1/session", kh_http_session_get, KH_ROUTE_PUBLIC, "session", NULL, NULL },
-    { "DELETE", "/api/v1/session", kh_http_session_delete, 0, "log out", NULL, NULL },
+    { "POST", "/api/v1/session", kh_session_routes_post, KH_ROUTE_PUBLIC, "log in", NULL, NULL },
+    { "GET", "/api/v1/session", kh_session_routes_get, KH_ROUTE_PUBLIC, "session", NULL, NULL },
+    { "DELETE", "/api/v1/session", kh_session_routes_delete, 0, "log out", NULL, NULL },
 };
 
 /* ---- libcurl client ---- */
@@ -1527,7 +1530,8 @@ static void tls_start(void *arg)
     snprintf(cert, sizeof(cert), "%s/cert.pem", tmpdir);
     snprintf(key, sizeof(key), "%s/key.pem", tmpdir);
     kh_http_config cfg = {
-        .tcp_listen = "127.0.0.1:0", .token = TOKEN, .tls_cert = cert, .tls_key = key,
+        .tcp_listen = "127.0.0.1:0", .auth = kh_auth_check, .auth_opaque = auth,
+        .tls_cert = cert, .tls_key = key,
         .max_connections = 2, /* a connection leaked by a closed WebSocket shows */
     };
     kh_err err = KH_ERR_INIT;
@@ -1713,7 +1717,8 @@ static void tcp_errors(void *arg)
     const char *specs[] = { "127.0.0.1", "::1:80", "[::1]80", "127.0.0.1:99999", "127.0.0.1:x" };
     for (size_t i = 0; i < KH_ARRAY_LEN(specs); i++) {
         kh_err err = KH_ERR_INIT;
-        kh_http_config cfg = { .tcp_listen = specs[i], .token = "t" };
+        kh_http_config cfg = { .tcp_listen = specs[i], .auth = kh_auth_check,
+                               .auth_opaque = auth };
         kh_http_server *s = kh_http_server_new(&loop, &cfg, routes, 1, NULL, &err);
         if (s || err.code != KH_E_INVALID)
             (*bad)++;
@@ -1721,7 +1726,8 @@ static void tcp_errors(void *arg)
     }
     /* v6 loopback with brackets works (when the host has IPv6). */
     kh_err err = KH_ERR_INIT;
-    kh_http_config cfg = { .tcp_listen = "[::1]:0", .token = "t" };
+    kh_http_config cfg = { .tcp_listen = "[::1]:0", .auth = kh_auth_check,
+                           .auth_opaque = auth };
     kh_http_server *s = kh_http_server_new(&loop, &cfg, routes, 1, NULL, &err);
     if (s && kh_http_server_tcp_port(s) <= 0)
         (*bad)++;
@@ -1927,13 +1933,16 @@ int main(void)
 
     uv_loop_init(&loop);
     uv_async_init(&loop, &call_async, call_async_cb);
+    auth = kh_auth_new(TOKEN, false);
     kh_http_config cfg = {
         .unix_path = sock_path,
         .unix_mode = 0600,
         .tcp_listen = "127.0.0.1:0",
-        .token = TOKEN,
+        .auth = kh_auth_check,
+        .auth_opaque = auth,
         .max_connections = 64,
         .web_dir = web_dir,
+        .web_skip = "/api",
         .idle_timeout = 2,
     };
     kh_err err = KH_ERR_INIT;
@@ -1977,6 +1986,7 @@ int main(void)
     pthread_join(loop_thread, NULL);
     uv_run(&loop, UV_RUN_DEFAULT);
     CHECK(uv_loop_close(&loop) == 0);
+    kh_auth_free(auth);
     curl_global_cleanup();
     kh_err err2 = KH_ERR_INIT;
     kh_fs_rm_rf(tmpdir, &err2);

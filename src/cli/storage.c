@@ -1,4 +1,7 @@
-/* storage_handlers.c - `kvmhost pool ...` and `kvmhost volume ...`. */
+/* storage.c - `kvmhost pool ...`, `kvmhost volume ...` and `kvmhost disk
+ * attach|detach`: the rows and their handlers (sizes shown in bytes units). */
+#include "cli/nouns.h"
+
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -7,7 +10,6 @@
 #include <errno.h>
 
 #include "cli/args.h"
-#include "cli/handlers.h"
 #include "cli/output.h"
 #include "util/mem.h"
 
@@ -100,13 +102,13 @@ static void volumes_human(const json_t *resp)
     cli_table_free(t);
 }
 
-int cli_do_pool_list(cli_ctx *ctx, const cli_args *a, kh_err *err)
+static int cli_do_pool_list(cli_ctx *ctx, const cli_args *a, kh_err *err)
 {
     (void)a;
     return cli_show(ctx, "GET", "/api/v1/pools", NULL, pools_human, err);
 }
 
-int cli_do_pool_show(cli_ctx *ctx, const cli_args *a, kh_err *err)
+static int cli_do_pool_show(cli_ctx *ctx, const cli_args *a, kh_err *err)
 {
     char *path = cli_api_path("pools", a->pos, NULL);
     int rc = cli_show(ctx, "GET", path, NULL, cli_show_kv, err);
@@ -114,7 +116,7 @@ int cli_do_pool_show(cli_ctx *ctx, const cli_args *a, kh_err *err)
     return rc;
 }
 
-int cli_do_pool_create(cli_ctx *ctx, const cli_args *a, kh_err *err)
+static int cli_do_pool_create(cli_ctx *ctx, const cli_args *a, kh_err *err)
 {
     char cwd[4096];
     if (!getcwd(cwd, sizeof(cwd))) {
@@ -133,7 +135,7 @@ int cli_do_pool_create(cli_ctx *ctx, const cli_args *a, kh_err *err)
     return rc;
 }
 
-int cli_do_pool_delete(cli_ctx *ctx, const cli_args *a, kh_err *err)
+static int cli_do_pool_delete(cli_ctx *ctx, const cli_args *a, kh_err *err)
 {
     return cli_delete(ctx, cli_api_path("pools", a->pos, NULL), "pool", a->pos, err);
 }
@@ -146,7 +148,7 @@ static void volume_human(const json_t *v)
     cli_kv_free(kv);
 }
 
-int cli_do_volume_create(cli_ctx *ctx, const cli_args *a, kh_err *err)
+static int cli_do_volume_create(cli_ctx *ctx, const cli_args *a, kh_err *err)
 {
     const char *slash = strchr(a->pos, '/');
     char *pool = slash ? xstrndup(a->pos, (size_t)(slash - a->pos)) : xstrdup("default");
@@ -189,7 +191,7 @@ out:
     return rc;
 }
 
-int cli_do_volume_list(cli_ctx *ctx, const cli_args *a, kh_err *err)
+static int cli_do_volume_list(cli_ctx *ctx, const cli_args *a, kh_err *err)
 {
     const char *pool = cli_arg(a, "pool") ? cli_arg(a, "pool") : "default";
     char *path = cli_api_path("pools", pool, "/volumes");
@@ -198,7 +200,7 @@ int cli_do_volume_list(cli_ctx *ctx, const cli_args *a, kh_err *err)
     return rc;
 }
 
-int cli_do_volume_show(cli_ctx *ctx, const cli_args *a, kh_err *err)
+static int cli_do_volume_show(cli_ctx *ctx, const cli_args *a, kh_err *err)
 {
     char *path = volume_path(a->pos, NULL);
     int rc = cli_show(ctx, "GET", path, NULL, volume_human, err);
@@ -206,7 +208,7 @@ int cli_do_volume_show(cli_ctx *ctx, const cli_args *a, kh_err *err)
     return rc;
 }
 
-int cli_do_volume_resize(cli_ctx *ctx, const cli_args *a, kh_err *err)
+static int cli_do_volume_resize(cli_ctx *ctx, const cli_args *a, kh_err *err)
 {
     char *path = volume_path(a->pos, "/resize");
     json_t *body = json_pack("{s:s}", "size", cli_arg(a, "size"));
@@ -220,14 +222,14 @@ int cli_do_volume_resize(cli_ctx *ctx, const cli_args *a, kh_err *err)
     return rc;
 }
 
-int cli_do_volume_delete(cli_ctx *ctx, const cli_args *a, kh_err *err)
+static int cli_do_volume_delete(cli_ctx *ctx, const cli_args *a, kh_err *err)
 {
     return cli_delete(ctx, volume_path(a->pos, NULL), "volume", a->pos, err);
 }
 
 /* ---- upload and download ---- */
 
-int cli_do_volume_upload(cli_ctx *ctx, const cli_args *a, kh_err *err)
+static int cli_do_volume_upload(cli_ctx *ctx, const cli_args *a, kh_err *err)
 {
     const char *file = a->pos2;
     FILE *f = fopen(file, "rb");
@@ -263,7 +265,7 @@ static int write_out(const char *data, size_t len, void *ud)
     return fwrite(data, 1, len, ud) == len ? 0 : 1;
 }
 
-int cli_do_volume_download(cli_ctx *ctx, const cli_args *a, kh_err *err)
+static int cli_do_volume_download(cli_ctx *ctx, const cli_args *a, kh_err *err)
 {
     const char *file = a->pos2;
     char *tmp = xasprintf("%s.part", file);
@@ -313,7 +315,7 @@ static void disks_human(const json_t *vm)
     cli_table_free(t);
 }
 
-int cli_do_disk_attach(cli_ctx *ctx, const cli_args *a, kh_err *err)
+static int cli_do_disk_attach(cli_ctx *ctx, const cli_args *a, kh_err *err)
 {
     const char *ref = a->pos2;
     char *full = strchr(ref, '/') ? xstrdup(ref) : xasprintf("default/%s", ref);
@@ -331,7 +333,7 @@ int cli_do_disk_attach(cli_ctx *ctx, const cli_args *a, kh_err *err)
     return rc;
 }
 
-int cli_do_disk_detach(cli_ctx *ctx, const cli_args *a, kh_err *err)
+static int cli_do_disk_detach(cli_ctx *ctx, const cli_args *a, kh_err *err)
 {
     char *ie = cli_path_escape(a->pos2);
     const char *timeout = cli_arg(a, "timeout");
@@ -346,174 +348,189 @@ int cli_do_disk_detach(cli_ctx *ctx, const cli_args *a, kh_err *err)
     return rc;
 }
 
-/* ---- templates ---- */
+/* ---- the command rows (assembled in commands.c) ---- */
 
-int cli_do_template_create(cli_ctx *ctx, const cli_args *a, kh_err *err)
-{
-    char *e = cli_path_escape(a->pos);
-    char *path = xasprintf("/api/v1/vms/%s/template", e);
-    free(e);
-    cli_client *c = cli_ctx_client(ctx, err);
-    json_t *resp = NULL, *body = json_object();
-    int rc = c ? cli_client_json(c, "POST", path, body, &resp, NULL, err) : -1;
-    json_decref(body);
-    free(path);
-    if (rc < 0)
-        return -1;
-    if (ctx->json)
-        cli_print_json(stdout, resp);
-    else
-        printf("vm %s is now a template\n", a->pos);
-    json_decref(resp);
-    return 0;
-}
+static const cli_opt opts_pool_create[] = {
+    { "path", "DIR", CLI_OPT_ARG | CLI_OPT_REQUIRED,
+      "An existing directory on the host (an NFS mount, a bigger disk)." },
+    { NULL, NULL, 0, NULL },
+};
 
-static void templates_human(const json_t *resp)
-{
-    static const char *const head[] = { "NAME", "VCPUS", "MEMORY", "DISKS" };
-    cli_table *t = cli_table_new(KH_ARRAY_LEN(head), head);
-    size_t i;
-    json_t *vm;
-    json_array_foreach(json_object_get(resp, "templates"), i, vm) {
-        cli_table_add(t, cli_jstr(vm, "name"));
-        cli_table_addf(t, "%" JSON_INTEGER_FORMAT, json_integer_value(json_object_get(vm, "vcpus")));
-        cli_table_addf(t, "%" JSON_INTEGER_FORMAT " MiB",
-                       json_integer_value(json_object_get(vm, "memory_mib")));
-        kh_strv *disks = kh_strv_new();
-        size_t j;
-        json_t *d;
-        json_array_foreach(json_object_get(vm, "disks"), j, d) {
-            kh_strv_add(disks, cli_jstr(d, "volume") ? cli_jstr(d, "volume") : cli_jstr(d, "path"));
-        }
-        char *s = kh_strv_join(disks, ",");
-        cli_table_add(t, *s ? s : NULL);
-        free(s);
-        kh_strv_free(disks);
-    }
-    cli_print_free(cli_table_render(t));
-    cli_table_free(t);
-}
+static const cli_opt opts_volume_create[] = {
+    { "size", "SIZE", CLI_OPT_ARG,
+      "Virtual size: bytes or with a unit (512M, 10G, 1T; powers of 1024). Required "
+      "unless --backing or --import gives it." },
+    { "format", "FMT", CLI_OPT_ARG, "qcow2 (the default) or raw." },
+    { "backing", "[POOL/]VOL", CLI_OPT_ARG,
+      "Make a qcow2 overlay on this volume: a linked clone, made in O(1)." },
+    { "preallocate", NULL, 0, "Allocate the whole size now (refused if it does not fit)." },
+    { "import", "FILE", CLI_OPT_ARG,
+      "Copy this host image (of --format, never guessed). Images that name a backing or "
+      "data file are refused." },
+    { NULL, NULL, 0, NULL },
+};
 
-int cli_do_template_list(cli_ctx *ctx, const cli_args *a, kh_err *err)
-{
-    (void)a;
-    return cli_show(ctx, "GET", "/api/v1/templates", NULL, templates_human, err);
-}
+static const cli_opt opts_volume_list[] = {
+    { "pool", "POOL", CLI_OPT_ARG, "The pool (default: default)." },
+    { NULL, NULL, 0, NULL },
+};
 
-int cli_task_wait(cli_ctx *ctx, json_t **task, kh_err *err)
-{
-    cli_client *c = cli_ctx_client(ctx, err);
-    if (!c)
-        return -1;
-    for (;;) {
-        const char *state = cli_jstr(*task, "state");
-        if (state && strcmp(state, "running") != 0)
-            break;
-        usleep(200 * 1000);
-        char *e = cli_path_escape(cli_jstr(*task, "id") ? cli_jstr(*task, "id") : "");
-        char *path = xasprintf("/api/v1/tasks/%s", e);
-        free(e);
-        json_t *next = NULL;
-        int rc = cli_client_json(c, "GET", path, NULL, &next, NULL, err);
-        free(path);
-        if (rc < 0)
-            return -1;
-        json_decref(*task);
-        *task = next;
-    }
-    if (strcmp(cli_jstr(*task, "state"), "succeeded") == 0)
-        return 0;
-    const json_t *e = json_object_get(*task, "error");
-    kh_err_set(err, kh_code_from_name(cli_jstr(e, "code") ? cli_jstr(e, "code") : "internal"), "%s",
-               cli_jstr(e, "message") ? cli_jstr(e, "message") : "the task failed");
-    return -1;
-}
+static const cli_opt opts_volume_upload[] = {
+    { "format", "FORMAT", CLI_OPT_ARG | CLI_OPT_REQUIRED,
+      "What the file is: qcow2 or raw. kvmhostd checks it (qemu-img), never guesses it." },
+    { NULL, NULL, 0, NULL },
+};
 
-/* ---- snapshots ---- */
+static const cli_opt opts_volume_resize[] = {
+    { "size", "SIZE", CLI_OPT_ARG | CLI_OPT_REQUIRED,
+      "The new size (512M, 10G, ...); volumes only grow." },
+    { NULL, NULL, 0, NULL },
+};
 
-static char *snap_path(const char *vm, const char *snap, const char *suffix)
-{
-    char *ve = cli_path_escape(vm);
-    char *se = snap ? cli_path_escape(snap) : NULL;
-    char *p = se ? xasprintf("/api/v1/vms/%s/snapshots/%s%s", ve, se, suffix ? suffix : "")
-                 : xasprintf("/api/v1/vms/%s/snapshots", ve);
-    free(ve);
-    free(se);
-    return p;
-}
+static const cli_opt opts_disk_attach[] = {
+    { "readonly", NULL, 0,
+      "Attach read-only: the guest cannot write. A template's base, or a volume other VMs "
+      "also use, is attached only read-only." },
+    { NULL, NULL, 0, NULL },
+};
 
-/* Send the request for a task and wait for it to finish. */
-static int snap_task(cli_ctx *ctx, const char *method, char *path, json_t *body,
-                     const char *done_fmt, const cli_args *a, kh_err *err)
-{
-    cli_client *c = cli_ctx_client(ctx, err);
-    json_t *task = NULL;
-    int rc = c ? cli_client_json(c, method, path, body, &task, NULL, err) : -1;
-    free(path);
-    json_decref(body);
-    if (rc < 0)
-        return -1;
-    if (rc == 202 && cli_task_wait(ctx, &task, err) < 0) {
-        json_decref(task);
-        return -1;
-    }
-    if (ctx->json) {
-        cli_print_json(stdout, task);
-    } else {
-        bool mem = json_is_true(json_object_get(json_object_get(task, "result"), "memory"));
-        printf(done_fmt, a->pos2, a->pos, mem ? " (with memory)" : " (disk only)");
-        putchar('\n');
-    }
-    json_decref(task);
-    return 0;
-}
+static const cli_opt opts_disk_detach[] = {
+    { "timeout", "SECONDS", CLI_OPT_ARG,
+      "How long the guest of a running VM may take to release the disk (default 30)." },
+    { NULL, NULL, 0, NULL },
+};
 
-int cli_do_snapshot_create(cli_ctx *ctx, const cli_args *a, kh_err *err)
-{
-    json_t *body = json_pack("{s:s, s:i}", "name", a->pos2, "wait", 2);
-    if (!body) {
-        kh_err_set(err, KH_E_INVALID, "the snapshot name must be valid UTF-8");
-        return -1;
-    }
-    return snap_task(ctx, "POST", snap_path(a->pos, NULL, NULL), body,
-                     "snapshot %s of vm %s created%s", a, err);
-}
+const cli_cmd cli_pool_cmds[] = {
+    {
+        "pool", "list", NULL, "list the storage pools",
+        "One line per pool: name, type, capacity, space used and free on its file system, "
+        "how many volumes it holds, and its directory. The pool \"default\" lives in the "
+        "state directory and always exists.",
+        NULL,
+        "$ kvmhost pool list",
+        cli_do_pool_list,
+    },
+    {
+        "pool", "show", "NAME", "show one storage pool",
+        "The pool's type, directory, capacity, allocation and free space (statvfs of its "
+        "file system) and its number of volumes.",
+        NULL,
+        "$ kvmhost pool show default",
+        cli_do_pool_show,
+    },
+    {
+        "pool", "create", "NAME", "add a pool at an existing directory",
+        "Add a pool of type dir at an existing, writable directory: an NFS mount or a "
+        "bigger disk. Volumes are files in it named by their id. kvmhostd does not create "
+        "or remove the directory.",
+        opts_pool_create,
+        "$ kvmhost pool create fast --path /srv/nvme/kvmhost",
+        cli_do_pool_create,
+    },
+    {
+        "pool", "delete", "NAME", "forget an empty pool",
+        "Forget a pool that holds no volumes. Its directory stays. The default pool cannot "
+        "be deleted.",
+        NULL,
+        "$ kvmhost pool delete fast",
+        cli_do_pool_delete,
+    },
+    { NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL },
+};
 
-int cli_do_snapshot_revert(cli_ctx *ctx, const cli_args *a, kh_err *err)
-{
-    return snap_task(ctx, "POST", snap_path(a->pos, a->pos2, "/revert"),
-                     json_pack("{s:i}", "wait", 2), "vm %2$s reverted to snapshot %1$s%3$s", a,
-                     err);
-}
+const cli_cmd cli_volume_cmds[] = {
+    {
+        "volume", "create", "[POOL/]NAME", "create a volume",
+        "Create a qcow2 or raw volume in POOL (default: default): empty with --size, a "
+        "linked clone of another volume with --backing, or a copy of a host image with "
+        "--import. A size over the pool's free space is refused (exit status 2). NAME "
+        "takes letters, digits, '-', '_' and '.'.",
+        opts_volume_create,
+        "$ kvmhost volume create data1 --size 10G\n"
+        "$ kvmhost volume create default/web1-root --backing debian12\n"
+        "$ kvmhost volume create debian12 --format qcow2 --import ./debian-12.qcow2",
+        cli_do_volume_create,
+    },
+    {
+        "volume", "list", NULL, "list the volumes of a pool",
+        "One line per volume: pool/name, format, virtual size, space allocated on the host, "
+        "its backing volume and the VMs that use it.",
+        opts_volume_list,
+        "$ kvmhost volume list\n"
+        "$ kvmhost volume list --pool fast",
+        cli_do_volume_list,
+    },
+    {
+        "volume", "show", "[POOL/]NAME", "show one volume",
+        "Everything about the volume, with its backing chain as qemu-img reads it: virtual "
+        "and allocated size and format of every layer.",
+        NULL,
+        "$ kvmhost volume show default/data1",
+        cli_do_volume_show,
+    },
+    {
+        "volume", "resize", "[POOL/]NAME", "grow a volume",
+        "Grow the volume to --size. Volumes never shrink. Refused (exit status 5) while a "
+        "running VM uses it.",
+        opts_volume_resize,
+        "$ kvmhost volume resize data1 --size 20G",
+        cli_do_volume_resize,
+    },
+    {
+        "volume", "upload", "[POOL/]NAME FILE", "make a volume from an image file",
+        "Send FILE to kvmhostd, streamed, as the new volume NAME. The pool's free space is the "
+        "limit (exit status 2 beyond it). The image must be of the --format given, and one "
+        "that names no other file (no backing file, no external data file; exit status 2 "
+        "otherwise). A failed upload leaves nothing.",
+        opts_volume_upload,
+        "$ kvmhost volume upload default/debian debian-12.qcow2 --format qcow2",
+        cli_do_volume_upload,
+    },
+    {
+        "volume", "download", "[POOL/]NAME FILE", "save a volume's image to a file",
+        "Stream the volume's image file (as it is: qcow2 or raw) into FILE, which must not "
+        "exist (written as FILE.part, renamed when complete). Refused (exit status 5) while a "
+        "running VM writes to the volume.",
+        NULL,
+        "$ kvmhost volume download default/debian backup.qcow2",
+        cli_do_volume_download,
+    },
+    { NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL },
+};
 
-int cli_do_snapshot_delete(cli_ctx *ctx, const cli_args *a, kh_err *err)
-{
-    return snap_task(ctx, "DELETE", snap_path(a->pos, a->pos2, "?wait=2"), NULL,
-                     "snapshot %s of vm %s deleted%.0s", a, err);
-}
+const cli_cmd cli_disk_cmds[] = {
+    {
+        "disk", "attach", "VM [POOL/]VOLUME", "attach a volume to a VM as a disk",
+        "Add the volume as the VM's last disk. A stopped VM's spec changes. A running q35 VM "
+        "gets it at once (hot-plug: a virtio disk on a free PCIe hot-plug port, with its own "
+        "I/O thread; up to 4 hot-plugged disks) and keeps it as an ordinary disk at the next "
+        "start. Refused (exit status 5) for a volume another VM writes to, a template's base "
+        "attached writable, or a VM that is busy.",
+        opts_disk_attach,
+        "$ kvmhost disk attach web1 default/data1\n"
+        "$ kvmhost disk attach web1 iso/tools --readonly",
+        cli_do_disk_attach,
+    },
+    {
+        "disk", "detach", "VM INDEX", "detach disk INDEX (0 is the first) of a VM",
+        "Remove the disk from the VM; the volume stays. On a running VM only a hot-plugged "
+        "disk can go: the guest is asked to release it, and kvmhost waits for that (exit "
+        "status 8 on a timeout, and the disk stays attached).",
+        opts_disk_detach,
+        "$ kvmhost disk detach web1 1",
+        cli_do_disk_detach,
+    },
+    { NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL },
+};
 
-static void snapshots_human(const json_t *resp)
-{
-    static const char *const head[] = { "NAME", "PARENT", "MEMORY", "CREATED" };
-    cli_table *t = cli_table_new(KH_ARRAY_LEN(head), head);
-    size_t i;
-    json_t *s;
-    json_array_foreach(json_object_get(resp, "snapshots"), i, s) {
-        /* "*" marks the current one: where the VM is */
-        cli_table_addf(t, "%s%s", cli_jstr(s, "name"),
-                       json_is_true(json_object_get(s, "current")) ? " *" : "");
-        cli_table_add(t, cli_jstr(s, "parent"));
-        cli_table_add(t, json_is_true(json_object_get(s, "memory")) ? "yes" : "no");
-        cli_table_add(t, cli_jstr(s, "created_at"));
-    }
-    cli_print_free(cli_table_render(t));
-    cli_table_free(t);
-}
-
-int cli_do_snapshot_list(cli_ctx *ctx, const cli_args *a, kh_err *err)
-{
-    char *path = snap_path(a->pos, NULL, NULL);
-    int rc = cli_show(ctx, "GET", path, NULL, snapshots_human, err);
-    free(path);
-    return rc;
-}
+const cli_cmd cli_volume_delete_cmds[] = {
+    {
+        "volume", "delete", "[POOL/]NAME", "delete a volume",
+        "Delete the volume and its file. Refused (exit status 5) while a VM refers to it or "
+        "another volume is based on it.",
+        NULL,
+        "$ kvmhost volume delete data1",
+        cli_do_volume_delete,
+    },
+    { NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL },
+};

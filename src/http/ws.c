@@ -16,7 +16,7 @@
  * is acted on from the session's timer, on a later loop iteration.
  */
 #define KH_HTTP_INTERNAL
-#include "api/http.h"
+#include "http/ws.h"
 
 #include <errno.h>
 #include <stdint.h>

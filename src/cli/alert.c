@@ -1,4 +1,4 @@
-/* alert_handlers.c - `kvmhost alert list|rules|rules set|webhook set|webhook clear`.
+/* alert.c - the rows and handlers of `kvmhost alert list|rules|rules set|webhook set|webhook clear`.
  *
  * GET /api/v1/alerts gives {"rules", "active", "webhook"}; PUT
  * /api/v1/alerts/rules takes {"rules": [...], "webhook": {"url",
@@ -6,7 +6,7 @@
  * commands read the rules and send them back unchanged beside the new
  * webhook, and `rules set` leaves "webhook" out (the daemon keeps it) unless
  * the file names one. */
-#include "cli/alert_handlers.h"
+#include "cli/nouns.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -186,19 +186,19 @@ static json_t *rules_part(const json_t *resp)
                      webhook_conf(json_object_get(resp, "webhook")));
 }
 
-int cli_do_alert_list(cli_ctx *ctx, const cli_args *a, kh_err *err)
+static int cli_do_alert_list(cli_ctx *ctx, const cli_args *a, kh_err *err)
 {
     (void)a;
     return alerts_show(ctx, active_part, active_human, err);
 }
 
-int cli_do_alert_rules(cli_ctx *ctx, const cli_args *a, kh_err *err)
+static int cli_do_alert_rules(cli_ctx *ctx, const cli_args *a, kh_err *err)
 {
     (void)a;
     return alerts_show(ctx, rules_part, rules_human, err);
 }
 
-int cli_do_alert_rules_set(cli_ctx *ctx, const cli_args *a, kh_err *err)
+static int cli_do_alert_rules_set(cli_ctx *ctx, const cli_args *a, kh_err *err)
 {
     const char *path = cli_arg(a, "file");
     json_t *j = kh_fs_read_json(path, RULES_FILE_MAX, err);
@@ -239,7 +239,7 @@ static int webhook_put(cli_ctx *ctx, json_t *conf, const char *done, kh_err *err
     return rc;
 }
 
-int cli_do_alert_webhook_set(cli_ctx *ctx, const cli_args *a, kh_err *err)
+static int cli_do_alert_webhook_set(cli_ctx *ctx, const cli_args *a, kh_err *err)
 {
     json_t *conf = json_pack("{s:s?}", "url", a->pos);
     if (!conf || !json_object_get(conf, "url")) {
@@ -258,8 +258,75 @@ int cli_do_alert_webhook_set(cli_ctx *ctx, const cli_args *a, kh_err *err)
     return webhook_put(ctx, conf, "alert webhook set", err);
 }
 
-int cli_do_alert_webhook_clear(cli_ctx *ctx, const cli_args *a, kh_err *err)
+static int cli_do_alert_webhook_clear(cli_ctx *ctx, const cli_args *a, kh_err *err)
 {
     (void)a;
     return webhook_put(ctx, json_null(), "alert webhook cleared", err);
 }
+
+/* ---- the command rows (assembled in commands.c) ---- */
+
+static const cli_opt opts_alert_rules_set[] = {
+    { "file", "PATH", CLI_OPT_ARG | CLI_OPT_REQUIRED,
+      "A JSON file: {\"rules\": [...]} with an optional \"webhook\" (the shape 'kvmhost "
+      "--json alert rules' prints), or an array of rules alone." },
+    { NULL, NULL, 0, NULL },
+};
+
+static const cli_opt opts_alert_webhook_set[] = {
+    { "timeout", "SECONDS", CLI_OPT_ARG,
+      "Give up a POST after this long, 1 to 60 (default 5)." },
+    { NULL, NULL, 0, NULL },
+};
+
+const cli_cmd cli_alert_cmds[] = {
+    {
+        "alert", "list", NULL, "list the alerts pending or firing",
+        "The alerts whose rule holds now, one per line: rule, VM (- for host rules), state "
+        "(pending until the condition has held for the rule's for_seconds, then firing), how "
+        "long, the value, and for a trend rule when the threshold is reached. Then the "
+        "webhook and its counters of POSTs sent, failed and dropped.",
+        NULL,
+        "$ kvmhost alert list\n"
+        "$ kvmhost --json alert list",
+        cli_do_alert_list,
+    },
+    {
+        "alert", "rules", NULL, "show the alert rules",
+        "The rules, one per line: name, scope (host or vm), metric, condition, how long it "
+        "must hold, and for a trend rule its horizon and window; then the webhook. With "
+        "--json, {\"rules\", \"webhook\"} as 'alert rules set --file' reads it. See "
+        "docs/metrics.md for the metrics.",
+        NULL,
+        "$ kvmhost alert rules\n"
+        "$ kvmhost --json alert rules > rules.json",
+        cli_do_alert_rules,
+    },
+    {
+        "alert", "rules set", NULL, "replace the alert rules",
+        "Replace every rule with those of the file (until kvmhostd restarts; "
+        "kvmhostd --alert-rules FILE sets them at start). Alerts pending or firing are "
+        "resolved. The webhook stays as it is unless the file has \"webhook\". A file that "
+        "is not JSON, or a rule kvmhostd refuses, changes nothing (exit status 2).",
+        opts_alert_rules_set,
+        "$ kvmhost alert rules set --file rules.json",
+        cli_do_alert_rules_set,
+    },
+    {
+        "alert", "webhook set", "URL", "POST alerts to a URL",
+        "Make kvmhostd POST every alert.firing and alert.resolved event as JSON to URL (http "
+        "or https). The rules stay as they are. Failed POSTs are counted (see 'alert "
+        "list'), never retried.",
+        opts_alert_webhook_set,
+        "$ kvmhost alert webhook set https://hooks.example/kvmhost --timeout 10",
+        cli_do_alert_webhook_set,
+    },
+    {
+        "alert", "webhook clear", NULL, "stop POSTing alerts",
+        "Turn the webhook off. The rules stay as they are.",
+        NULL,
+        "$ kvmhost alert webhook clear",
+        cli_do_alert_webhook_clear,
+    },
+    { NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL },
+};

@@ -1,5 +1,7 @@
-#include "cli/handlers.h"
-#include "cli/net_handlers.h"
+/* vm.c - `kvmhost vm create|list|show|edit|start|stop|...|delete|console|log`: the
+ * vm rows of the command table and their handlers (vm top and vm limit are in
+ * obs.c, the console relay in console.c, vm nic in network.c). */
+#include "cli/nouns.h"
 
 #include <errno.h>
 #include <signal.h>
@@ -24,26 +26,6 @@
 #define POLL_INTERVAL_MS 200
 
 /* ---- small helpers ---- */
-
-/* The error just set is about how the command was called. */
-static void mark_usage(cli_ctx *ctx, const cli_args *a)
-{
-    ctx->usage_error = true;
-    ctx->usage_cmd = a->cmd;
-}
-
-/* Print s on stdout, or the JSON. */
-static void print_kv(cli_kv *kv)
-{
-    cli_print_free(cli_kv_render(kv));
-}
-
-static void print_table(cli_table *t)
-{
-    char *s = cli_table_render(t);
-    fputs(s, stdout);
-    free(s);
-}
 
 /* A JSON string for a user value; NULL with err when it is not UTF-8. */
 static json_t *user_string(const char *s, const char *what, kh_err *err)
@@ -214,7 +196,7 @@ static int boot_apply(const cli_args *a, const char *cwd, json_t *boot, kh_err *
 
 /* ---- vm create / list / show / edit / delete ---- */
 
-int cli_do_vm_create(cli_ctx *ctx, const cli_args *a, kh_err *err)
+static int cli_do_vm_create(cli_ctx *ctx, const cli_args *a, kh_err *err)
 {
     cli_client *c = cli_ctx_client(ctx, err);
     if (!c)
@@ -226,14 +208,14 @@ int cli_do_vm_create(cli_ctx *ctx, const cli_args *a, kh_err *err)
     json_t *spec = json_object(), *vm = NULL;
     if (set_user_string(spec, "name", a->pos, "the vm name", err) < 0 ||
         spec_common(a, cwd, spec, err) < 0) {
-        mark_usage(ctx, a);
+        cli_mark_usage(ctx, a);
         goto out;
     }
     if (cli_arg(a, "kernel") || cli_arg(a, "initrd") || cli_arg(a, "cmdline")) {
         json_t *boot = json_object();
         json_object_set_new(spec, "boot", boot);
         if (boot_apply(a, cwd, boot, err) < 0) {
-            mark_usage(ctx, a);
+            cli_mark_usage(ctx, a);
             goto out;
         }
     }
@@ -241,7 +223,7 @@ int cli_do_vm_create(cli_ctx *ctx, const cli_args *a, kh_err *err)
         /* kvmhostd refuses what a clone cannot take (--kernel, --disk, ...) */
         if (set_user_string(spec, "from_template", cli_arg(a, "from-template"),
                             "--from-template", err) < 0) {
-            mark_usage(ctx, a);
+            cli_mark_usage(ctx, a);
             goto out;
         }
         json_object_set_new(spec, "clone", json_string(cli_flag(a, "full") ? "full" : "linked"));
@@ -299,11 +281,11 @@ static void vms_human(const json_t *resp)
             cli_table_add(t, NULL);
         }
     }
-    print_table(t);
+    cli_print_table(t);
     cli_table_free(t);
 }
 
-int cli_do_vm_list(cli_ctx *ctx, const cli_args *a, kh_err *err)
+static int cli_do_vm_list(cli_ctx *ctx, const cli_args *a, kh_err *err)
 {
     return cli_show(ctx, "GET", "/api/v1/vms", NULL, vms_human, err);
 }
@@ -375,11 +357,11 @@ static void vm_human(const json_t *vm)
 {
     cli_kv *kv = cli_kv_new();
     vm_kv(kv, vm);
-    print_kv(kv);
+    cli_print_kv(kv);
     cli_kv_free(kv);
 }
 
-int cli_do_vm_show(cli_ctx *ctx, const cli_args *a, kh_err *err)
+static int cli_do_vm_show(cli_ctx *ctx, const cli_args *a, kh_err *err)
 {
     char *path = cli_api_path("vms", a->pos, NULL);
     int rc = cli_show(ctx, "GET", path, NULL, vm_human, err);
@@ -387,7 +369,7 @@ int cli_do_vm_show(cli_ctx *ctx, const cli_args *a, kh_err *err)
     return rc;
 }
 
-int cli_do_vm_edit(cli_ctx *ctx, const cli_args *a, kh_err *err)
+static int cli_do_vm_edit(cli_ctx *ctx, const cli_args *a, kh_err *err)
 {
     bool boot_opts = cli_arg(a, "kernel") || cli_arg(a, "initrd") || cli_arg(a, "cmdline");
     if (cli_flag(a, "no-kernel") && boot_opts) {
@@ -412,7 +394,7 @@ int cli_do_vm_edit(cli_ctx *ctx, const cli_args *a, kh_err *err)
     json_t *patch = json_object(), *vm = NULL, *cur = NULL;
     int rc = -1;
     if (spec_common(a, cwd, patch, err) < 0) {
-        mark_usage(ctx, a);
+        cli_mark_usage(ctx, a);
         goto out;
     }
     if (cli_flag(a, "no-disks"))
@@ -429,7 +411,7 @@ int cli_do_vm_edit(cli_ctx *ctx, const cli_args *a, kh_err *err)
         boot = json_is_object(boot) ? json_deep_copy(boot) : json_object();
         json_object_set_new(patch, "boot", boot);
         if (boot_apply(a, cwd, boot, err) < 0) {
-            mark_usage(ctx, a);
+            cli_mark_usage(ctx, a);
             goto out;
         }
     }
@@ -600,14 +582,14 @@ static int run_action(cli_ctx *ctx, cli_client *c, const char *name, const char 
     return rc;
 }
 
-int cli_do_vm_action(cli_ctx *ctx, const cli_args *a, kh_err *err)
+static int cli_do_vm_action(cli_ctx *ctx, const cli_args *a, kh_err *err)
 {
     json_t *body = json_object();
     const char *verb = a->cmd->verb;
     if (strcmp(verb, "stop") == 0 && cli_arg(a, "timeout")) {
         int64_t t;
         if (cli_parse_int(cli_arg(a, "timeout"), 0, INT32_MAX, "--timeout", &t, err) < 0) {
-            mark_usage(ctx, a);
+            cli_mark_usage(ctx, a);
             json_decref(body);
             return -1;
         }
@@ -619,7 +601,7 @@ int cli_do_vm_action(cli_ctx *ctx, const cli_args *a, kh_err *err)
     return rc;
 }
 
-int cli_do_vm_delete(cli_ctx *ctx, const cli_args *a, kh_err *err)
+static int cli_do_vm_delete(cli_ctx *ctx, const cli_args *a, kh_err *err)
 {
     cli_client *c = cli_ctx_client(ctx, err);
     if (!c)
@@ -641,12 +623,12 @@ int cli_do_vm_delete(cli_ctx *ctx, const cli_args *a, kh_err *err)
 
 /* ---- console and log ---- */
 
-int cli_do_vm_console(cli_ctx *ctx, const cli_args *a, kh_err *err)
+static int cli_do_vm_console(cli_ctx *ctx, const cli_args *a, kh_err *err)
 {
     cli_console_opts o = { .vm = a->pos };
     if (cli_arg(a, "timeout") &&
         cli_parse_seconds(cli_arg(a, "timeout"), "--timeout", &o.timeout, err) < 0) {
-        mark_usage(ctx, a);
+        cli_mark_usage(ctx, a);
         return -1;
     }
     cli_client *c = cli_ctx_client(ctx, err);
@@ -656,13 +638,13 @@ int cli_do_vm_console(cli_ctx *ctx, const cli_args *a, kh_err *err)
     return cli_console_run(c, &o, err);
 }
 
-int cli_do_vm_log(cli_ctx *ctx, const cli_args *a, kh_err *err)
+static int cli_do_vm_log(cli_ctx *ctx, const cli_args *a, kh_err *err)
 {
     cli_console_opts o = { .vm = a->pos, .read_only = true };
     int64_t tail = -1;
     if (cli_arg(a, "tail") &&
         cli_parse_int(cli_arg(a, "tail"), 0, INT64_MAX, "--tail", &tail, err) < 0) {
-        mark_usage(ctx, a);
+        cli_mark_usage(ctx, a);
         return -1;
     }
     if (cli_arg(a, "timeout")) {
@@ -671,7 +653,7 @@ int cli_do_vm_log(cli_ctx *ctx, const cli_args *a, kh_err *err)
             return -1;
         }
         if (cli_parse_seconds(cli_arg(a, "timeout"), "--timeout", &o.timeout, err) < 0) {
-            mark_usage(ctx, a);
+            cli_mark_usage(ctx, a);
             return -1;
         }
     }
@@ -696,218 +678,312 @@ int cli_do_vm_log(cli_ctx *ctx, const cli_args *a, kh_err *err)
     return cli_console_run(c, &o, err);
 }
 
-/* ---- host, tasks ---- */
+/* ---- the command rows (assembled in commands.c) ---- */
 
-int cli_do_host_show(cli_ctx *ctx, const cli_args *a, kh_err *err)
-{
-    cli_client *c = cli_ctx_client(ctx, err);
-    json_t *host = NULL;
-    if (!c || cli_client_json(c, "GET", "/api/v1/host", NULL, &host, NULL, err) < 0)
-        return -1;
-    if (ctx->json) {
-        cli_print_json(stdout, host);
-    } else {
-        cli_kv *kv = cli_kv_new();
-        cli_kv_add_json(kv, NULL, host, NULL);
-        print_kv(kv);
-        cli_kv_free(kv);
-    }
-    json_decref(host);
-    return 0;
-}
+#define DISKS_HELP                                                                          \
+    "DISKS: a --disk SPEC is a comma-separated list of items: the image path, "             \
+    "format=raw or format=qcow2 (required: formats are never guessed), and readonly "       \
+    "(or readonly=on|off). The path comes first, taken literally, '=' included; it can "    \
+    "also be given anywhere as path=PATH. A comma inside the path is written as two "       \
+    "commas (\",,\", as in QEMU). A path that itself begins with \"path=\", \"format=\" or " \
+    "\"readonly\" needs the path= form or a leading \"./\". Relative paths are made "       \
+    "absolute against the current directory before they are sent; \".\" and \"..\" are "   \
+    "resolved by name, without following symlinks. kvmhostd opens the files, so they must " \
+    "exist on its host. A volume of a storage pool is given as volume=POOL/NAME instead of " \
+    "a path and format (see 'kvmhost volume')."
 
-int cli_do_task_show(cli_ctx *ctx, const cli_args *a, kh_err *err)
-{
-    cli_client *c = cli_ctx_client(ctx, err);
-    if (!c)
-        return -1;
-    char *esc = cli_path_escape(a->pos);
-    char *path = xasprintf("/api/v1/tasks/%s", esc);
-    free(esc);
-    json_t *task = NULL;
-    int rc = cli_client_json(c, "GET", path, NULL, &task, NULL, err);
-    free(path);
-    if (rc < 0)
-        return -1;
-    if (ctx->json) {
-        cli_print_json(stdout, task);
-    } else {
-        static const char *const skip[] = { "result", NULL };
-        cli_kv *kv = cli_kv_new();
-        cli_kv_add_json(kv, NULL, task, skip);
-        const json_t *vm = json_object_get(task, "result");
-        if (json_is_object(vm))
-            cli_kv_addf(kv, "result", "vm %s, %s", cli_jstr(vm, "name") ? cli_jstr(vm, "name") : "?",
-                        cli_jstr(vm, "state") ? cli_jstr(vm, "state") : "?");
-        print_kv(kv);
-        cli_kv_free(kv);
-    }
-    json_decref(task);
-    return 0;
-}
+static const cli_opt opts_vm_create[] = {
+    { "vcpus", "N", CLI_OPT_ARG,
+      "Number of virtual CPUs, 1 to 255 (default 1; with --from-template, the template's)." },
+    { "max-vcpus", "N", CLI_OPT_ARG,
+      "Most vCPUs the VM may have while it runs (vCPU hot-plug, q35 only; default: --vcpus)." },
+    { "hugepages", "on|off", CLI_OPT_ARG,
+      "Back guest RAM with 2 MiB huge pages (taken at start; --memory even)." },
+    { "memory", "MIB", CLI_OPT_ARG,
+      "Guest memory in MiB, 16 to 16777216 (default 512; with --from-template, the "
+      "template's). A suffix M or G (512M, 2G) is accepted." },
+    { "from-template", "TPL", CLI_OPT_ARG,
+      "Clone template TPL: its spec, and for each of its volumes a linked clone (a qcow2 "
+      "overlay, made in O(1)). Only --vcpus, --memory and --description may be given too." },
+    { "full", NULL, 0, "With --from-template: full copies of the volumes instead (a task)." },
+    { "machine", "TYPE", CLI_OPT_ARG,
+      "Machine type: q35 (the default, a PC with PCIe) or microvm (minimal, virtio-mmio, "
+      "needs --kernel)." },
+    { "kernel", "PATH", CLI_OPT_ARG,
+      "Boot this kernel image directly. Without it the VM boots from its first disk." },
+    { "initrd", "PATH", CLI_OPT_ARG, "Initial ramdisk loaded with --kernel." },
+    { "cmdline", "STR", CLI_OPT_ARG,
+      "Kernel command line for --kernel, e.g. \"console=ttyS0 root=/dev/vda\"." },
+    { "disk", "SPEC", CLI_OPT_ARG | CLI_OPT_REPEAT,
+      "Attach a disk image; disks keep the order given. SPEC is "
+      "PATH,format=raw|qcow2[,readonly]; see DISKS above." },
+    { "nic", "SPEC", CLI_OPT_ARG | CLI_OPT_REPEAT,
+      "Add a virtio NIC on a network: NETWORK[,mac=MAC][,ip=IP] (ip: a static DHCP "
+      "reservation; mac: generated when absent). At most 8." },
+    { "serial", "on|off", CLI_OPT_ARG, "Serial console (default on)." },
+    { "graphics", "TYPE", CLI_OPT_ARG, "none (the default) or vnc." },
+    { "description", "TEXT", CLI_OPT_ARG, "Free text for people, one line." },
+    { NULL, NULL, 0, NULL },
+};
 
-static void tasks_human(const json_t *resp)
-{
-    static const char *const head[] = { "ID", "KIND", "VM", "STATE", "PROGRESS", "CREATED",
-                                        "MESSAGE" };
-    cli_table *t = cli_table_new(KH_ARRAY_LEN(head), head);
-    size_t i;
-    json_t *task;
-    json_array_foreach(json_object_get(resp, "tasks"), i, task) {
-        cli_table_add(t, cli_jstr(task, "id"));
-        cli_table_add(t, cli_jstr(task, "kind"));
-        cli_table_add(t, cli_jstr(task, "vm"));
-        cli_table_add(t, cli_jstr(task, "state"));
-        cli_table_addf(t, "%" JSON_INTEGER_FORMAT "%%",
-                       json_integer_value(json_object_get(task, "progress")));
-        cli_table_add(t, cli_jstr(task, "created_at"));
-        const char *emsg = cli_jstr(json_object_get(task, "error"), "message");
-        const char *msg = emsg ? emsg : cli_jstr(task, "message");
-        cli_table_add(t, msg && *msg ? msg : NULL);
-    }
-    print_table(t);
-    cli_table_free(t);
-}
+static const cli_opt opts_vm_edit[] = {
+    { "vcpus", "N", CLI_OPT_ARG,
+      "New number of virtual CPUs. On a running q35 VM (given alone) the vCPUs are "
+      "hot-plugged or unplugged at once, up to --max-vcpus; unplugging needs the guest's "
+      "consent and fails with exit status 8 if it does not release them within 20 s." },
+    { "max-vcpus", "N", CLI_OPT_ARG,
+      "Most vCPUs the VM may have while it runs (q35; takes effect at the next start)." },
+    { "hugepages", "on|off", CLI_OPT_ARG,
+      "Back guest RAM with 2 MiB huge pages (from the next start)." },
+    { "memory", "MIB", CLI_OPT_ARG, "New guest memory in MiB (suffix M or G accepted)." },
+    { "machine", "TYPE", CLI_OPT_ARG, "q35 or microvm." },
+    { "kernel", "PATH", CLI_OPT_ARG, "Boot this kernel directly (keeps initrd and cmdline)." },
+    { "initrd", "PATH", CLI_OPT_ARG, "Initial ramdisk for the kernel." },
+    { "cmdline", "STR", CLI_OPT_ARG, "Kernel command line." },
+    { "no-kernel", NULL, 0, "Boot from the first disk again (drops kernel, initrd, cmdline)." },
+    { "disk", "SPEC", CLI_OPT_ARG | CLI_OPT_REPEAT,
+      "Replace the whole disk list with these disks, in order (same SPEC as vm create)." },
+    { "no-disks", NULL, 0, "Remove every disk." },
+    { "nic", "SPEC", CLI_OPT_ARG | CLI_OPT_REPEAT,
+      "Replace the whole NIC list with these NICs (same SPEC as vm create)." },
+    { "no-nics", NULL, 0, "Remove every NIC." },
+    { "serial", "on|off", CLI_OPT_ARG, "Serial console on or off." },
+    { "graphics", "TYPE", CLI_OPT_ARG, "none or vnc." },
+    { "description", "TEXT", CLI_OPT_ARG,
+      "New description (the only field a running VM accepts)." },
+    { NULL, NULL, 0, NULL },
+};
 
-int cli_do_task_list(cli_ctx *ctx, const cli_args *a, kh_err *err)
-{
-    return cli_show(ctx, "GET", "/api/v1/tasks", NULL, tasks_human, err);
-}
+static const cli_opt opts_vm_top[] = {
+    { "once", NULL, 0, "Print one frame and exit (also when stdout is not a terminal)." },
+    { "interval", "SECONDS", CLI_OPT_ARG, "Refresh period (default 2)." },
+    { "sort", "KEY", CLI_OPT_ARG, "cpu (default), mem or name." },
+    { "all", NULL, 0, "Also list VMs that are not running." },
+    { NULL, NULL, 0, NULL },
+};
 
-/* ---- events ---- */
+static const cli_opt opts_vm_limit[] = {
+    { "cpu-weight", "N", CLI_OPT_ARG, "Relative CPU share, 1 to 10000 (100 is the default)." },
+    { "cpu-max", "PERCENT", CLI_OPT_ARG,
+      "Hard CPU cap in percent of one host CPU (at most 100 per vCPU)." },
+    { "memory-max", "MIB", CLI_OPT_ARG,
+      "Hard memory limit of the VM's QEMU (suffix M or G); at least the guest's memory." },
+    { "balloon", "MIB", CLI_OPT_ARG,
+      "Balloon target: the memory the guest keeps (suffix M or G; q35 only)." },
+    { "cpu-affinity", "LIST", CLI_OPT_ARG,
+      "Host CPUs the vCPU threads may run on, comma-separated (\"0,2,3\")." },
+    { "emulator-cpus", "LIST", CLI_OPT_ARG,
+      "Host CPUs QEMU's other threads (main loop, workers) may run on." },
+    { "iothread-cpus", "LIST", CLI_OPT_ARG, "Host CPUs the disks' iothreads may run on." },
+    { "numa-nodes", "LIST", CLI_OPT_ARG,
+      "Host NUMA nodes the guest's memory may come from (cgroup cpuset.mems)." },
+    { "disk", "INDEX", CLI_OPT_ARG, "The disk the --disk-* options apply to (default 0)." },
+    { "disk-iops", "N", CLI_OPT_ARG, "Total I/O operations per second." },
+    { "disk-read-iops", "N", CLI_OPT_ARG, "Read operations per second." },
+    { "disk-write-iops", "N", CLI_OPT_ARG, "Write operations per second." },
+    { "disk-bps", "BYTES", CLI_OPT_ARG, "Total bytes per second." },
+    { "disk-read-bps", "BYTES", CLI_OPT_ARG, "Read bytes per second." },
+    { "disk-write-bps", "BYTES", CLI_OPT_ARG, "Written bytes per second." },
+    { "disk-iops-burst", "N", CLI_OPT_ARG, "Burst for --disk-iops." },
+    { "disk-bps-burst", "BYTES", CLI_OPT_ARG, "Burst for --disk-bps." },
+    { NULL, NULL, 0, NULL },
+};
 
-typedef struct events_state {
-    bool json;
-    int64_t count;   /* events left before we stop; -1 = no limit */
-    cli_sse sse;
-} events_state;
+static const cli_opt opts_wait_only[] = {
+    OPT_NO_WAIT,
+    { NULL, NULL, 0, NULL },
+};
 
-/* "key=value" pairs of the scalars of data (nested objects as a.b=v). */
-static void event_details(kh_strv *out, const char *prefix, const json_t *data)
-{
-    const char *key;
-    json_t *v;
-    json_t *o = (json_t *)(uintptr_t)data;
-    json_object_foreach(o, key, v) {
-        char *full = prefix ? xasprintf("%s.%s", prefix, key) : xstrdup(key);
-        if (json_is_object(v)) {
-            /* One level deep is enough for a line; a task's result (the
-             * whole VM) is too much: --json has it. */
-            if (!prefix && strcmp(key, "result") != 0)
-                event_details(out, full, v);
-        } else if (!json_is_array(v) && !json_is_null(v)) {
-            char *s = cli_json_scalar(v);
-            if (json_is_boolean(v)) {
-                free(s);
-                s = xstrdup(json_is_true(v) ? "true" : "false");
-            }
-            char q[512];
-            bool plain = *s && !strpbrk(s, " \t\"\\=\r\n");
-            kh_strv_addf(out, "%s=%s", full, plain ? s : kh_log_quote(q, sizeof(q), s));
-            free(s);
-        }
-        free(full);
-    }
-}
+static const cli_opt opts_vm_stop[] = {
+    { "timeout", "SECONDS", CLI_OPT_ARG,
+      "How long the guest gets to power down before QEMU is killed: default 60, 0 kills "
+      "at once." },
+    OPT_NO_WAIT,
+    { NULL, NULL, 0, NULL },
+};
 
-static int on_event(const char *type, const char *id, const char *data, void *ud)
-{
-    events_state *st = ud;
-    json_t *ev = json_loads(data, 0, NULL);
-    if (st->json) {
-        if (ev && strchr(data, '\n')) {
-            char *s = json_dumps(ev, JSON_COMPACT);
-            printf("%s\n", s);
-            free(s);
-        } else {
-            printf("%s\n", data);
-        }
-    } else if (!ev || !json_is_object(ev)) {
-        printf("%s %s\n", type, data);
-    } else {
-        kh_strv *parts = kh_strv_new();
-        const char *t = cli_jstr(ev, "type") ? cli_jstr(ev, "type") : type;
-        kh_strv_add(parts, cli_jstr(ev, "time") ? cli_jstr(ev, "time") : "-");
-        kh_strv_add(parts, t);
-        kh_strv_add(parts, cli_jstr(ev, "vm") ? cli_jstr(ev, "vm") : "-");
-        event_details(parts, NULL, json_object_get(ev, "data"));
-        char *line = kh_strv_join(parts, " ");
-        printf("%s\n", line);
-        free(line);
-        kh_strv_free(parts);
-    }
-    fflush(stdout);
-    json_decref(ev);
-    if (st->count > 0 && --st->count == 0)
-        return 1;
-    return 0;
-}
+static const cli_opt opts_vm_delete[] = {
+    { "force", NULL, 0,
+      "Kill the VM first if it is not stopped (no ACPI power-down, no waiting for the "
+      "guest)." },
+    { NULL, NULL, 0, NULL },
+};
 
-static int events_data(const char *data, size_t len, void *ud)
-{
-    events_state *st = ud;
-    return cli_sse_feed(&st->sse, data, len);
-}
+static const cli_opt opts_vm_console[] = {
+    { "timeout", "SECONDS", CLI_OPT_ARG,
+      "Leave after this many seconds (decimals allowed) and exit 0. For scripts." },
+    { NULL, NULL, 0, NULL },
+};
 
-int cli_do_events(cli_ctx *ctx, const cli_args *a, kh_err *err)
-{
-    events_state st = { .json = ctx->json, .count = -1 };
-    int64_t since = -1;
-    double timeout = 0;
-    if ((cli_arg(a, "since") &&
-         cli_parse_int(cli_arg(a, "since"), 0, INT64_MAX, "--since", &since, err) < 0) ||
-        (cli_arg(a, "count") &&
-         cli_parse_int(cli_arg(a, "count"), 1, INT64_MAX, "--count", &st.count, err) < 0) ||
-        (cli_arg(a, "timeout") &&
-         cli_parse_seconds(cli_arg(a, "timeout"), "--timeout", &timeout, err) < 0)) {
-        mark_usage(ctx, a);
-        return -1;
-    }
-    cli_client *c = cli_ctx_client(ctx, err);
-    if (!c)
-        return -1;
-    char *path = since >= 0 ? xasprintf("/api/v1/events?since=%lld", (long long)since)
-                            : xstrdup("/api/v1/events");
-    static const char *const headers[] = { "Accept: text/event-stream", NULL };
-    cli_sse_init(&st.sse, on_event, &st);
-    long timeout_ms = timeout > 0 ? (long)(timeout * 1000.0) : 0;
-    if (timeout > 0 && timeout_ms == 0)
-        timeout_ms = 1;
-    int rc = cli_client_stream(c, path, headers, events_data, &st, timeout_ms, err);
-    free(path);
-    cli_sse_clear(&st.sse);
-    if (rc < 0)
-        return -1;
-    /* Stopped by --count or --timeout: done. Otherwise the daemon hung up. */
-    if (st.count == 0 || timeout_ms > 0)
-        return 0;
-    kh_err_set(err, KH_E_UNAVAILABLE, "kvmhostd ended the event stream");
-    return -1;
-}
+static const cli_opt opts_vm_log[] = {
+    { "tail", "BYTES", CLI_OPT_ARG, "Only the last BYTES bytes of the saved output." },
+    { "follow", NULL, 0,
+      "After the saved output, keep printing new output as it comes (read-only console) "
+      "until the VM's console closes, Ctrl-C, or --timeout." },
+    { "timeout", "SECONDS", CLI_OPT_ARG, "With --follow: stop after this many seconds, exit 0." },
+    { NULL, NULL, 0, NULL },
+};
 
-/* ---- version ---- */
-
-int cli_do_version(cli_ctx *ctx, const cli_args *a, kh_err *err)
-{
-    json_t *host = NULL;
-    cli_client *c = cli_ctx_client(ctx, err);
-    int rc = c ? cli_client_json(c, "GET", "/api/v1/host", NULL, &host, NULL, err) : -1;
-    const json_t *qemu = json_object_get(host, "qemu");
-    if (ctx->json) {
-        json_t *out = json_pack("{s:s}", "client", KH_VERSION);
-        if (rc >= 0) {
-            json_object_set(out, "daemon", json_object_get(host, "version"));
-            json_object_set(out, "qemu", json_object_get(qemu, "version"));
-        }
-        cli_print_json(stdout, out);
-        json_decref(out);
-    } else {
-        printf("client: %s\n", KH_VERSION);
-        if (rc >= 0) {
-            printf("daemon: %s\n", cli_jstr(host, "version") ? cli_jstr(host, "version") : "-");
-            printf("qemu:   %s\n", cli_jstr(qemu, "version") ? cli_jstr(qemu, "version") : "-");
-        }
-    }
-    json_decref(host);
-    return rc < 0 ? -1 : 0;
-}
+const cli_cmd cli_vm_cmds[] = {
+    {
+        "vm", "create", "NAME", "define a new virtual machine",
+        "Define a VM called NAME (letters, digits, '-', '_', '.'; at most 64; not starting "
+        "with '.' or '-'). It is created stopped; start it with 'kvmhost vm start NAME'. "
+        "kvmhostd checks every value and answers with exit status 2 on bad input and 5 when "
+        "the name is taken.\n\n" DISKS_HELP,
+        opts_vm_create,
+        "# a VM booting its own kernel, with a qcow2 root disk\n"
+        "$ kvmhost vm create web1 --vcpus 2 --memory 1G --kernel ./vmlinuz \\\n"
+        "      --initrd ./initrd.img --cmdline \"console=ttyS0 root=/dev/vda\" \\\n"
+        "      --disk web1.qcow2,format=qcow2\n"
+        "# a raw data disk attached read-only; a path holding a comma\n"
+        "$ kvmhost vm create db --vcpus 1 --memory 512 --disk /srv/db,format=raw \\\n"
+        "      --disk /srv/a,,b.img,format=raw,readonly",
+        cli_do_vm_create,
+    },
+    {
+        "vm", "list", NULL, "list the virtual machines",
+        "One line per VM: its name, state, virtual CPUs, memory, the accelerator of its "
+        "QEMU (kvm or tcg) and QEMU's pid while it runs, and how long it has been up.",
+        NULL,
+        "$ kvmhost vm list\n"
+        "$ kvmhost --json vm list",
+        cli_do_vm_list,
+    },
+    {
+        "vm", "show", "NAME", "show one virtual machine",
+        "Everything kvmhostd knows about the VM: its spec (CPUs, memory, boot, disks, "
+        "devices) and its runtime state, with the reason for the state (\"crashed: ...\", "
+        "\"guest shut down\", ...).",
+        NULL,
+        "$ kvmhost vm show web1",
+        cli_do_vm_show,
+    },
+    {
+        "vm", "edit", "NAME", "change the spec of a virtual machine",
+        "Change the given fields and leave the others as they are. A stopped VM accepts every "
+        "field; a running one only --description (anything else fails with exit status 5). "
+        "--kernel, --initrd and --cmdline change only that part of the boot settings. --disk "
+        "replaces the whole disk list, in the order given; the SPEC is the one of vm "
+        "create.\n\n" DISKS_HELP,
+        opts_vm_edit,
+        "$ kvmhost vm edit web1 --vcpus 4 --memory 4G\n"
+        "$ kvmhost vm edit web1 --description \"front end, team A\"\n"
+        "$ kvmhost vm edit web1 --disk web1.qcow2,format=qcow2 \\\n"
+        "      --disk data.img,format=raw",
+        cli_do_vm_edit,
+    },
+    {
+        "vm", "top", NULL, "live CPU, memory and disk use of the VMs",
+        "A virt-top-like view from the daemon's samples (taken every 10 s by default): the "
+        "host's CPU, memory and load, then one line per running VM with its CPU use in "
+        "percent of one host CPU, the memory charged to its cgroup, its QEMU's resident "
+        "memory and its disk rates. Refreshes until Ctrl-C; --once (or --json, or a stdout "
+        "that is not a terminal) prints one frame.",
+        opts_vm_top,
+        "$ kvmhost vm top\n"
+        "$ kvmhost vm top --once --sort mem\n"
+        "$ kvmhost --json vm top",
+        cli_do_vm_top,
+    },
+    {
+        "vm", "limit", "NAME", "show or change the limits of a VM",
+        "Without options, show the VM's limits. With options, change them; a running VM "
+        "takes them at once (CPU and memory through its cgroup, disk limits through QEMU's "
+        "I/O throttling) and keeps them across restarts. The value \"none\" removes a "
+        "limit. A memory limit under what QEMU already uses fails with exit status 5 and "
+        "changes nothing.",
+        opts_vm_limit,
+        "$ kvmhost vm limit web1 --cpu-max 20 --memory-max 1G\n"
+        "$ kvmhost vm limit web1 --disk 0 --disk-iops 100 --disk-bps 10485760\n"
+        "$ kvmhost vm limit web1 --cpu-affinity 2,3\n"
+        "$ kvmhost vm limit web1 --cpu-max none\n"
+        "$ kvmhost vm limit web1",
+        cli_do_vm_limit,
+    },
+    {
+        "vm", "start", "NAME", "start a virtual machine",
+        "Start QEMU for the VM and wait until it runs. " ACTION_TAIL,
+        opts_wait_only,
+        "$ kvmhost vm start web1\n"
+        "$ id=$(kvmhost vm start web1 --no-wait) && kvmhost task show \"$id\"",
+        cli_do_vm_action,
+    },
+    {
+        "vm", "stop", "NAME", "power a virtual machine down",
+        "Ask the guest to power down (ACPI) and kill QEMU if it has not within --timeout "
+        "seconds. " ACTION_TAIL,
+        opts_vm_stop,
+        "$ kvmhost vm stop web1\n"
+        "$ kvmhost vm stop web1 --timeout 10",
+        cli_do_vm_action,
+    },
+    {
+        "vm", "kill", "NAME", "kill the QEMU of a virtual machine at once",
+        "Kill QEMU without asking the guest: like pulling the power cord. " ACTION_TAIL,
+        opts_wait_only,
+        "$ kvmhost vm kill web1",
+        cli_do_vm_action,
+    },
+    {
+        "vm", "reboot", "NAME", "reset a virtual machine",
+        "Reset the VM (QEMU's system_reset): like the reset button, the guest is not asked. "
+        ACTION_TAIL,
+        opts_wait_only,
+        "$ kvmhost vm reboot web1",
+        cli_do_vm_action,
+    },
+    {
+        "vm", "pause", "NAME", "pause the virtual CPUs",
+        "Stop running the VM's virtual CPUs; its memory and devices stay as they are. "
+        ACTION_TAIL,
+        opts_wait_only,
+        "$ kvmhost vm pause web1",
+        cli_do_vm_action,
+    },
+    {
+        "vm", "resume", "NAME", "resume the virtual CPUs of a paused VM",
+        "Run the virtual CPUs of a paused VM again. " ACTION_TAIL,
+        opts_wait_only,
+        "$ kvmhost vm resume web1",
+        cli_do_vm_action,
+    },
+    {
+        "vm", "delete", "NAME", "delete a stopped virtual machine",
+        "Remove the VM's definition and the files kvmhostd keeps for it (logs, sockets). Disk "
+        "images named with --disk are never deleted. A VM that is not stopped is refused "
+        "(exit status 5) unless --force, which kills it first. There is no confirmation "
+        "prompt. With --json nothing is printed on success.",
+        opts_vm_delete,
+        "$ kvmhost vm delete web1\n"
+        "$ kvmhost vm delete web1 --force",
+        cli_do_vm_delete,
+    },
+    {
+        "vm", "console", "NAME", "attach to the serial console",
+        "Connect the terminal to the VM's serial console (a WebSocket of kvmhostd; several "
+        "people may watch the same console). On a terminal, kvmhost prints \"Connected to "
+        "NAME (escape character is ^])\" on stderr, puts the terminal in raw mode (every key, "
+        "Ctrl-C included, goes to the guest) and restores it when it leaves; Ctrl-] detaches. "
+        "When stdin is not a terminal (a pipe or a file), stdin is sent as is until its end, "
+        "the guest's output keeps being copied to stdout, and kvmhost leaves when kvmhostd "
+        "closes the console, on SIGINT or SIGTERM, or after --timeout; all of these exit 0. "
+        "Over --url only http:// works (no TLS for the console).",
+        opts_vm_console,
+        "$ kvmhost vm console web1\n"
+        "$ printf 'uname -a\\n' | kvmhost vm console web1 --timeout 3",
+        cli_do_vm_console,
+    },
+    {
+        "vm", "log", "NAME", "print the serial console output",
+        "Print what the VM wrote on its serial console, as kvmhostd saved it (at most the last "
+        "MiB). The output is the guest's bytes, also with --json. With --follow, kvmhost then "
+        "watches the console (read-only) and prints new output as it comes; output written "
+        "in the instant between the two may be missed or shown twice.",
+        opts_vm_log,
+        "$ kvmhost vm log web1 --tail 4096\n"
+        "$ kvmhost vm log web1 --follow",
+        cli_do_vm_log,
+    },
+    { NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL },
+};

@@ -1,5 +1,6 @@
-/* net_handlers.c - `kvmhost network create|list|show|delete|leases|forward`. */
-#include "cli/net_handlers.h"
+/* network.c - `kvmhost network create|list|show|delete|leases|forward` and
+ * `kvmhost vm nic add|remove|link`: the rows and their handlers. */
+#include "cli/nouns.h"
 
 #include <stdint.h>
 #include <stdio.h>
@@ -7,32 +8,19 @@
 #include <string.h>
 
 #include "cli/output.h"
-#include "cli/handlers.h"
 #include "util/check.h"
 #include "util/mem.h"
 
-static int set_str(json_t *o, const char *key, const char *v, kh_err *err)
-{
-    json_t *s = v ? json_string(v) : NULL;
-    if (v && !s) {
-        kh_err_set(err, KH_E_INVALID, "--%s: must be UTF-8 text", key);
-        return -1;
-    }
-    if (s)
-        json_object_set_new(o, key, s);
-    return 0;
-}
-
-int cli_do_net_create(cli_ctx *ctx, const cli_args *a, kh_err *err)
+static int cli_do_net_create(cli_ctx *ctx, const cli_args *a, kh_err *err)
 {
     json_t *body = json_pack("{s:s}", "name", a->pos);
     if (!body) {
         kh_err_set(err, KH_E_INVALID, "network name: must be UTF-8 text");
         return -1;
     }
-    if (set_str(body, "type", cli_arg(a, "type"), err) < 0 ||
-        set_str(body, "subnet", cli_arg(a, "subnet"), err) < 0 ||
-        set_str(body, "bridge", cli_arg(a, "bridge"), err) < 0) {
+    if (cli_set_str(body, "type", cli_arg(a, "type"), err) < 0 ||
+        cli_set_str(body, "subnet", cli_arg(a, "subnet"), err) < 0 ||
+        cli_set_str(body, "bridge", cli_arg(a, "bridge"), err) < 0) {
         json_decref(body);
         return -1;
     }
@@ -55,7 +43,7 @@ int cli_do_net_create(cli_ctx *ctx, const cli_args *a, kh_err *err)
     return 0;
 }
 
-int cli_do_net_list(cli_ctx *ctx, const cli_args *a, kh_err *err)
+static int cli_do_net_list(cli_ctx *ctx, const cli_args *a, kh_err *err)
 {
     (void)a;
     cli_client *c = cli_ctx_client(ctx, err);
@@ -86,7 +74,7 @@ int cli_do_net_list(cli_ctx *ctx, const cli_args *a, kh_err *err)
     return 0;
 }
 
-int cli_do_net_show(cli_ctx *ctx, const cli_args *a, kh_err *err)
+static int cli_do_net_show(cli_ctx *ctx, const cli_args *a, kh_err *err)
 {
     char *path = cli_api_path("networks", a->pos, NULL);
     int rc = cli_show(ctx, "GET", path, NULL, cli_show_kv, err);
@@ -94,12 +82,12 @@ int cli_do_net_show(cli_ctx *ctx, const cli_args *a, kh_err *err)
     return rc;
 }
 
-int cli_do_net_delete(cli_ctx *ctx, const cli_args *a, kh_err *err)
+static int cli_do_net_delete(cli_ctx *ctx, const cli_args *a, kh_err *err)
 {
     return cli_delete(ctx, cli_api_path("networks", a->pos, NULL), "network", a->pos, err);
 }
 
-int cli_do_net_leases(cli_ctx *ctx, const cli_args *a, kh_err *err)
+static int cli_do_net_leases(cli_ctx *ctx, const cli_args *a, kh_err *err)
 {
     cli_client *c = cli_ctx_client(ctx, err);
     if (!c)
@@ -145,15 +133,15 @@ static int port_arg(const char *s, const char *what, json_int_t *out, kh_err *er
     return 0;
 }
 
-int cli_do_net_forward(cli_ctx *ctx, const cli_args *a, kh_err *err)
+static int cli_do_net_forward(cli_ctx *ctx, const cli_args *a, kh_err *err)
 {
     json_int_t hp, vp;
     if (port_arg(cli_arg(a, "host-port"), "host-port", &hp, err) < 0 ||
         port_arg(cli_arg(a, "vm-port"), "vm-port", &vp, err) < 0)
         return -1;
     json_t *body = json_pack("{s:I,s:I}", "host_port", hp, "vm_port", vp);
-    if (set_str(body, "vm", cli_arg(a, "vm"), err) < 0 ||
-        set_str(body, "proto", cli_arg(a, "proto"), err) < 0) {
+    if (cli_set_str(body, "vm", cli_arg(a, "vm"), err) < 0 ||
+        cli_set_str(body, "proto", cli_arg(a, "proto"), err) < 0) {
         json_decref(body);
         return -1;
     }
@@ -259,7 +247,7 @@ static char *nic_path(const char *vm, const char *index)
     return p;
 }
 
-int cli_do_vm_nic_add(cli_ctx *ctx, const cli_args *a, kh_err *err)
+static int cli_do_vm_nic_add(cli_ctx *ctx, const cli_args *a, kh_err *err)
 {
     kh_strv specs = { 0 };
     char *one[] = { (char *)(uintptr_t)a->pos2, NULL };
@@ -285,7 +273,7 @@ int cli_do_vm_nic_add(cli_ctx *ctx, const cli_args *a, kh_err *err)
     return rc;
 }
 
-int cli_do_vm_nic_remove(cli_ctx *ctx, const cli_args *a, kh_err *err)
+static int cli_do_vm_nic_remove(cli_ctx *ctx, const cli_args *a, kh_err *err)
 {
     json_t *task = NULL;
     int rc = nic_task(ctx, "DELETE", nic_path(a->pos, a->pos2), NULL, &task, err);
@@ -299,7 +287,7 @@ int cli_do_vm_nic_remove(cli_ctx *ctx, const cli_args *a, kh_err *err)
     return rc;
 }
 
-int cli_do_vm_nic_link(cli_ctx *ctx, const cli_args *a, kh_err *err)
+static int cli_do_vm_nic_link(cli_ctx *ctx, const cli_args *a, kh_err *err)
 {
     const char *state = cli_arg(a, "state");
     json_t *body = json_pack("{s:s}", "link", state ? state : "");
@@ -316,157 +304,120 @@ int cli_do_vm_nic_link(cli_ctx *ctx, const cli_args *a, kh_err *err)
     return rc;
 }
 
-/* ---- secgroup ---- */
+/* ---- the command rows (assembled in commands.c) ---- */
 
-static void rules_human(const json_t *g)
-{
-    static const char *const head[] = { "#", "DIRECTION", "PROTO", "PORTS", "CIDR" };
-    cli_table *t = cli_table_new(KH_ARRAY_LEN(head), head);
-    size_t i;
-    json_t *r;
-    json_array_foreach(json_object_get(g, "rules"), i, r) {
-        char idx[24];
-        snprintf(idx, sizeof(idx), "%zu", i);
-        cli_table_add(t, idx);
-        cli_table_add(t, cli_jstr(r, "direction") ? cli_jstr(r, "direction") : "in");
-        cli_table_add(t, cli_jstr(r, "proto") ? cli_jstr(r, "proto") : "");
-        cli_table_add(t, cli_jstr(r, "ports") ? cli_jstr(r, "ports") : "-");
-        cli_table_add(t, cli_jstr(r, "cidr") ? cli_jstr(r, "cidr") : "any");
-    }
-    printf("security group %s (inbound: what no rule allows is dropped; outbound: all)\n",
-           cli_jstr(g, "name") ? cli_jstr(g, "name") : "");
-    cli_print_free(cli_table_render(t));
-    cli_table_free(t);
-}
+static const cli_opt opts_net_create[] = {
+    { "type", "TYPE", CLI_OPT_ARG | CLI_OPT_REQUIRED,
+      "nat (a private subnet with DHCP and masquerade out), isolated (DHCP, no way out) or "
+      "bridged (NICs join an existing host bridge)." },
+    { "subnet", "CIDR", CLI_OPT_ARG,
+      "nat/isolated: the IPv4 network, e.g. 10.10.0.0/24; the gateway is its first address. "
+      "Default: a free 10.X.Y.0/24." },
+    { "bridge", "NAME", CLI_OPT_ARG, "bridged: the existing host bridge." },
+    { NULL, NULL, 0, NULL },
+};
 
-static void groups_human(const json_t *resp)
-{
-    static const char *const head[] = { "NAME", "RULES" };
-    cli_table *t = cli_table_new(KH_ARRAY_LEN(head), head);
-    size_t i;
-    json_t *g;
-    json_array_foreach(json_object_get(resp, "security_groups"), i, g) {
-        char n[24];
-        snprintf(n, sizeof(n), "%zu", json_array_size(json_object_get(g, "rules")));
-        cli_table_add(t, cli_jstr(g, "name"));
-        cli_table_add(t, n);
-    }
-    cli_print_free(cli_table_render(t));
-    cli_table_free(t);
-}
+static const cli_opt opts_net_forward[] = {
+    { "vm", "NAME", CLI_OPT_ARG | CLI_OPT_REQUIRED, "The VM to reach (it has a NIC here)." },
+    { "host-port", "PORT", CLI_OPT_ARG | CLI_OPT_REQUIRED, "Port on the host's addresses." },
+    { "vm-port", "PORT", CLI_OPT_ARG | CLI_OPT_REQUIRED, "Port in the VM." },
+    { "proto", "tcp|udp", CLI_OPT_ARG, "Protocol (default tcp)." },
+    { NULL, NULL, 0, NULL },
+};
 
-int cli_do_sg_list(cli_ctx *ctx, const cli_args *a, kh_err *err)
-{
-    (void)a;
-    return cli_show(ctx, "GET", "/api/v1/security-groups", NULL, groups_human, err);
-}
+static const cli_opt opts_nic_link[] = {
+    { "state", "up|down", CLI_OPT_ARG | CLI_OPT_REQUIRED,
+      "The link state the guest sees (carrier); kept in the spec for the next start." },
+    { NULL, NULL, 0, NULL },
+};
 
-int cli_do_sg_show(cli_ctx *ctx, const cli_args *a, kh_err *err)
-{
-    char *path = cli_api_path("security-groups", a->pos, NULL);
-    int rc = cli_show(ctx, "GET", path, NULL, rules_human, err);
-    free(path);
-    return rc;
-}
+const cli_cmd cli_network_cmds[] = {
+    {
+        "network", "create", "NAME", "create a network",
+        "Create a network called NAME. A nat or isolated network gets a Linux bridge of "
+        "kvmhost's own (khbr + 8 hex digits), an IPv4 subnet whose first address is the "
+        "gateway, and a dnsmasq serving DHCP (and DNS) on that bridge only; a nat network "
+        "also masquerades its guests' traffic out through the host (nftables table "
+        "'inet kvmhost'). A bridged network attaches NICs to a bridge the administrator "
+        "made. VMs join a network with \"nics\": [{\"network\": \"NAME\"}] in their spec.",
+        opts_net_create,
+        "$ kvmhost network create lan --type nat --subnet 10.10.0.0/24\n"
+        "$ kvmhost network create lab --type isolated\n"
+        "$ kvmhost network create uplink --type bridged --bridge br0",
+        cli_do_net_create,
+    },
+    {
+        "network", "list", NULL, "list the networks",
+        "One line per network: name, type, bridge, subnet, and how many NICs and port "
+        "forwards it has.",
+        NULL,
+        "$ kvmhost network list",
+        cli_do_net_list,
+    },
+    {
+        "network", "show", "NAME", "show one network",
+        "Everything about the network: subnet, gateway, DHCP range, bridge, the NICs on it, "
+        "its port forwards and its dnsmasq's pid.",
+        NULL,
+        "$ kvmhost network show lan",
+        cli_do_net_show,
+    },
+    {
+        "network", "delete", "NAME", "delete a network no VM uses",
+        "Remove the network, its bridge, rules and dnsmasq. A network that a VM has a NIC on "
+        "is refused (exit status 5): remove the NIC or the VM first.",
+        NULL,
+        "$ kvmhost network delete lan",
+        cli_do_net_delete,
+    },
+    {
+        "network", "leases", "NAME", "show the DHCP leases of a network",
+        "The leases dnsmasq handed out on a nat or isolated network, with the VM each MAC "
+        "belongs to.",
+        NULL,
+        "$ kvmhost network leases lan",
+        cli_do_net_leases,
+    },
+    {
+        "network", "forward", "NAME", "forward a host port to a VM",
+        "On a nat network, forward --host-port on every address of the host to --vm-port of "
+        "the VM's address on the network (its static ip, else its current DHCP lease).",
+        opts_net_forward,
+        "$ kvmhost network forward lan --vm web1 --host-port 8080 --vm-port 80",
+        cli_do_net_forward,
+    },
+    { NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL },
+};
 
-/* One rule object from the --proto/--ports/--cidr options. */
-static json_t *rule_json(const cli_args *a, kh_err *err)
-{
-    json_t *r = json_pack("{s:s}", "direction", "in");
-    if (set_str(r, "proto", cli_arg(a, "proto"), err) < 0 ||
-        set_str(r, "ports", cli_arg(a, "ports"), err) < 0 ||
-        set_str(r, "cidr", cli_arg(a, "cidr"), err) < 0) {
-        json_decref(r);
-        return NULL;
-    }
-    return r;
-}
-
-static void print_nothing(const json_t *o)
-{
-    (void)o;
-}
-
-static int sg_put(cli_ctx *ctx, const char *name, const json_t *body, const char *done,
-                  kh_err *err)
-{
-    char *path = cli_api_path("security-groups", name, NULL);
-    int rc = cli_show(ctx, "PUT", path, body, print_nothing, err);
-    free(path);
-    if (rc == 0 && !ctx->json)
-        printf("security group %s %s\n", name, done);
-    return rc;
-}
-
-int cli_do_sg_create(cli_ctx *ctx, const cli_args *a, kh_err *err)
-{
-    cli_client *c = cli_ctx_client(ctx, err);
-    if (!c)
-        return -1;
-    char *path = cli_api_path("security-groups", a->pos, NULL);
-    json_t *resp = NULL;
-    int rc = cli_client_json(c, "GET", path, NULL, &resp, NULL, err);
-    free(path);
-    json_decref(resp);
-    if (rc >= 0) {
-        kh_err_set(err, KH_E_CONFLICT, "security group %s exists", a->pos);
-        return -1;
-    }
-    if (err->code != KH_E_NOTFOUND)
-        return -1;
-    kh_err_clear(err);
-    json_t *rules = json_array();
-    if (cli_arg(a, "proto") || cli_arg(a, "ports") || cli_arg(a, "cidr")) {
-        json_t *r = rule_json(a, err);
-        if (!r) {
-            json_decref(rules);
-            return -1;
-        }
-        json_array_append_new(rules, r);
-    }
-    json_t *body = json_pack("{s:o}", "rules", rules);
-    rc = sg_put(ctx, a->pos, body, "created", err);
-    json_decref(body);
-    return rc;
-}
-
-int cli_do_sg_delete(cli_ctx *ctx, const cli_args *a, kh_err *err)
-{
-    return cli_delete(ctx, cli_api_path("security-groups", a->pos, NULL), "security group",
-                      a->pos, err);
-}
-
-/* rule add / rule delete: one request each, so the daemon changes the
- * group in one step and concurrent edits do not lose each other. */
-int cli_do_sg_rule_add(cli_ctx *ctx, const cli_args *a, kh_err *err)
-{
-    json_t *r = rule_json(a, err);
-    if (!r)
-        return -1;
-    char *path = cli_api_path("security-groups", a->pos, "/rules");
-    int rc = cli_show(ctx, "POST", path, r, print_nothing, err);
-    free(path);
-    json_decref(r);
-    if (rc == 0 && !ctx->json)
-        printf("security group %s updated: rule added\n", a->pos);
-    return rc;
-}
-
-int cli_do_sg_rule_delete(cli_ctx *ctx, const cli_args *a, kh_err *err)
-{
-    char *end = NULL;
-    long idx = strtol(a->pos2, &end, 10);
-    if (!*a->pos2 || *end || idx < 0) {
-        kh_err_set(err, KH_E_INVALID, "rule: '%s' is not a rule number (see secgroup show)",
-                   a->pos2);
-        return -1;
-    }
-    char *suffix = xasprintf("/rules/%ld", idx);
-    char *path = cli_api_path("security-groups", a->pos, suffix);
-    free(suffix);
-    int rc = cli_show(ctx, "DELETE", path, NULL, print_nothing, err);
-    free(path);
-    if (rc == 0 && !ctx->json)
-        printf("security group %s updated: rule deleted\n", a->pos);
-    return rc;
-}
+const cli_cmd cli_vm_nic_cmds[] = {
+    {
+        "vm", "nic add", "VM SPEC", "add a NIC to a VM",
+        "Add a virtio NIC to the VM. SPEC is NETWORK[,mac=MAC][,ip=IP][,link=down], as "
+        "--nic of 'vm create'. A running q35 VM gets it at once (PCIe hot-plug onto a free "
+        "port: at most four hot-plugged NICs at a time); a stopped VM has it from its next "
+        "start. The NIC is the VM's last; its number is printed.",
+        NULL,
+        "$ kvmhost vm nic add web1 lan\n"
+        "$ kvmhost vm nic add web1 lan,ip=10.10.0.20",
+        cli_do_vm_nic_add,
+    },
+    {
+        "vm", "nic remove", "VM INDEX", "remove a NIC from a VM",
+        "Remove NIC number INDEX (0 is the first; see 'vm show'). On a running VM only NICs "
+        "hot-plugged since it started can go: the guest is asked to release the device "
+        "(up to 30 s), then its tap and firewall rules are removed. NICs after it move up "
+        "one number.",
+        NULL,
+        "$ kvmhost vm nic remove web1 1",
+        cli_do_vm_nic_remove,
+    },
+    {
+        "vm", "nic link", "VM INDEX", "set a NIC's link up or down",
+        "Set the link of NIC number INDEX: down, the guest sees no carrier and no traffic "
+        "passes; up, it is back. Applies at once to a running VM and stays in the spec.",
+        opts_nic_link,
+        "$ kvmhost vm nic link web1 0 --state down",
+        cli_do_vm_nic_link,
+    },
+    { NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL },
+};

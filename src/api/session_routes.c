@@ -1,0 +1,109 @@
+/* session_routes.c - /api/v1/session: browser login (the API token for a
+ * session cookie and a CSRF token), "am I logged in", and logout. The
+ * policy object comes from the request (kh_http_req_auth_data); see auth.h.
+ */
+#include "api/auth.h"
+
+#include <stdio.h>
+#include <string.h>
+
+#include <openssl/crypto.h>
+
+#include "api/session.h"
+#include "util/misc.h"
+
+static bool req_session_id(const kh_http_req *req, char id[KH_SESSION_HEX + 1])
+{
+    return kh_sessions_cookie(kh_http_req_header(req, "Cookie"), KH_SESSION_COOKIE, id,
+                              KH_SESSION_HEX + 1);
+}
+
+void kh_session_routes_post(kh_http_req *req, void *app)
+{
+    (void)app;
+    kh_err err = KH_ERR_INIT;
+    kh_auth *auth = kh_http_req_auth_data(req);
+    json_t *body = kh_http_req_json(req, &err);
+    if (!body) {
+        kh_http_reply_error(req, &err);
+        return;
+    }
+    const char *key;
+    json_t *v;
+    json_object_foreach(body, key, v) {
+        if (strcmp(key, "token") != 0) {
+            kh_err_set(&err, KH_E_INVALID, "unknown key \"%s\" (only \"token\")", key);
+            kh_http_reply_error(req, &err);
+            return;
+        }
+    }
+    const char *tok = json_string_value(json_object_get(body, "token"));
+    if (!tok || !tok[0]) {
+        kh_err_set(&err, KH_E_INVALID, "\"token\" must be a non-empty string");
+        kh_http_reply_error(req, &err);
+        return;
+    }
+    if (!auth || !kh_auth_has_token(auth)) {
+        kh_err_set(&err, KH_E_UNSUPPORTED, "no API token is configured (no TCP listener)");
+        kh_http_reply_error(req, &err);
+        return;
+    }
+    if (!kh_auth_token_ok(auth, tok, strlen(tok))) {
+        kh_err_set(&err, KH_E_UNAUTHORIZED, "wrong token");
+        kh_http_reply_error(req, &err);
+        return;
+    }
+    char id[KH_SESSION_HEX + 1], csrf[KH_SESSION_HEX + 1];
+    if (kh_sessions_create(kh_auth_sessions(auth), kh_now_ms(), id, csrf, &err) != 0) {
+        kh_http_reply_error(req, &err);
+        return;
+    }
+    char cookie[256];
+    snprintf(cookie, sizeof(cookie), "%s=%s; Path=/; HttpOnly; SameSite=Strict%s",
+             KH_SESSION_COOKIE, id, kh_http_req_is_tls(req) ? "; Secure" : "");
+    OPENSSL_cleanse(id, sizeof(id));
+    kh_http_req_add_header(req, "Set-Cookie", cookie);
+    OPENSSL_cleanse(cookie, sizeof(cookie));
+    kh_http_req_add_header(req, "Cache-Control", "no-store");
+    kh_http_reply_json(req, 201, json_pack("{s:s}", "csrf_token", csrf));
+}
+
+void kh_session_routes_get(kh_http_req *req, void *app)
+{
+    (void)app;
+    kh_auth *auth = kh_http_req_auth_data(req);
+    char id[KH_SESSION_HEX + 1];
+    const char *csrf = NULL;
+    if (auth && req_session_id(req, id))
+        csrf = kh_sessions_lookup(kh_auth_sessions(auth), id, kh_now_ms());
+    const char *via = NULL;
+    if (kh_http_req_is_local(req))
+        via = "unix socket";
+    else if (kh_auth_bearer_ok(auth, kh_http_req_header(req, "Authorization")))
+        via = "token";
+    else if (csrf)
+        via = "session";
+    /* A public route: a page asks it before logging in, and a 401 would
+     * be noise in its console. */
+    json_t *j = json_pack("{s:b}", "authenticated", via != NULL);
+    if (via)
+        json_object_set_new(j, "via", json_string(via));
+    if (csrf && via && strcmp(via, "session") == 0)
+        json_object_set_new(j, "csrf_token", json_string(csrf));
+    kh_http_req_add_header(req, "Cache-Control", "no-store");
+    kh_http_reply_json(req, 200, j);
+}
+
+void kh_session_routes_delete(kh_http_req *req, void *app)
+{
+    (void)app;
+    kh_auth *auth = kh_http_req_auth_data(req);
+    char id[KH_SESSION_HEX + 1];
+    if (auth && req_session_id(req, id))
+        kh_sessions_remove(kh_auth_sessions(auth), id);
+    char cookie[128];
+    snprintf(cookie, sizeof(cookie), "%s=; Path=/; Max-Age=0; HttpOnly; SameSite=Strict",
+             KH_SESSION_COOKIE);
+    kh_http_req_add_header(req, "Set-Cookie", cookie);
+    kh_http_reply_data(req, 204, "application/json", "", 0);
+}

@@ -1,0 +1,219 @@
+/* req.c - a request's lifetime on the server side (suspend while the
+ * application holds it, resume on a late reply or a hang-up, free) and
+ * what a handler reads from it (kh_http_req_*). See internal.h for the
+ * lifetime rules.
+ */
+#include "http/internal.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+
+#include "util/log.h"
+#include "util/mem.h"
+#include "util/misc.h"
+
+/* ---- requests: suspend, resume, free ---- */
+
+static void watch_closed(uv_handle_t *h)
+{
+    free(h);
+}
+
+static void watch_cb(uv_poll_t *h, int status, int events)
+{
+    (void)status;
+    (void)events;
+    kh_http_req *req = h->data;
+    req->peer_gone = true;
+    kh_req_resume(req);
+}
+
+/* Park the connection until a reply or an SSE event comes. */
+void kh_req_suspend(kh_http_req *req)
+{
+    if (req->suspended || !req->conn)
+        return;
+    MHD_suspend_connection(req->conn);
+    req->suspended = true;
+    const union MHD_ConnectionInfo *ci =
+        MHD_get_connection_info(req->conn, MHD_CONNECTION_INFO_CONNECTION_FD);
+    if (!ci)
+        return;
+    uv_poll_t *w = xcalloc(1, sizeof(*w));
+    if (uv_poll_init(req->srv->loop, w, ci->connect_fd) != 0) {
+        free(w);
+        return; /* no hang-up detection; the reply still works */
+    }
+    w->data = req;
+    uv_poll_start(w, UV_DISCONNECT, watch_cb);
+    req->watch = w;
+}
+
+void kh_req_unwatch(kh_http_req *req)
+{
+    if (req->watch) {
+        /* Removes the fd from the loop at once, while it is surely open. */
+        uv_close((uv_handle_t *)req->watch, watch_closed);
+        req->watch = NULL;
+    }
+}
+
+void kh_req_resume(kh_http_req *req)
+{
+    if (!req->suspended)
+        return;
+    req->suspended = false;
+    kh_req_unwatch(req);
+    if (req->conn)
+        MHD_resume_connection(req->conn);
+    kh_listen_kick(req->lis);
+}
+
+void kh_req_free(kh_http_req *req)
+{
+    free(req->target);
+    free(req->method);
+    free(req->path);
+    for (size_t i = 0; i < req->nparams; i++)
+        free(req->params[i].value);
+    free(req->body);
+    json_decref(req->json);
+    kh_strv_free(req->hdrs);
+    free(req);
+}
+
+/* ---- accessors ---- */
+
+/* ---- request accessors and replies ---- */
+
+const char *kh_http_req_method(const kh_http_req *req) { return req->method; }
+const char *kh_http_req_path(const kh_http_req *req) { return req->path; }
+
+const char *kh_http_req_param(const kh_http_req *req, const char *name)
+{
+    size_t n = strlen(name);
+    for (size_t i = 0; i < req->nparams; i++)
+        if (req->params[i].name_len == n && memcmp(req->params[i].name, name, n) == 0)
+            return req->params[i].value;
+    return NULL;
+}
+
+const char *kh_http_req_query(const kh_http_req *req, const char *key)
+{
+    if (!req->conn)
+        return NULL;
+    return MHD_lookup_connection_value(req->conn, MHD_GET_ARGUMENT_KIND, key);
+}
+
+const char *kh_http_req_body(const kh_http_req *req, size_t *len)
+{
+    if (len)
+        *len = req->body_len;
+    return req->body ? req->body : "";
+}
+
+bool kh_http_req_is_local(const kh_http_req *req)
+{
+    return req->local;
+}
+
+json_t *kh_http_req_json(kh_http_req *req, kh_err *err)
+{
+    if (req->json)
+        return req->json;
+    if (req->body_len == 0) {
+        kh_err_set(err, KH_E_INVALID, "a JSON object body is required");
+        return NULL;
+    }
+    json_error_t je;
+    json_t *j = json_loadb(req->body, req->body_len, JSON_REJECT_DUPLICATES, &je);
+    if (!j) {
+        kh_err_set(err, KH_E_INVALID, "malformed JSON at line %d column %d: %s", je.line,
+                   je.column, je.text);
+        return NULL;
+    }
+    if (!json_is_object(j)) {
+        json_decref(j);
+        kh_err_set(err, KH_E_INVALID, "the request body must be a JSON object");
+        return NULL;
+    }
+    req->json = j;
+    return j;
+}
+
+json_t *kh_http_req_json_or_empty(kh_http_req *req, kh_err *err)
+{
+    if (!req->json && req->body_len == 0) {
+        req->json = json_object();
+        return req->json;
+    }
+    return kh_http_req_json(req, err);
+}
+
+void kh_http_req_add_header(kh_http_req *req, const char *name, const char *value)
+{
+    if (!name || !value)
+        return;
+    if (!req->hdrs)
+        req->hdrs = kh_strv_new();
+    kh_strv_add(req->hdrs, name);
+    kh_strv_add(req->hdrs, value);
+}
+
+void kh_http_req_on_abort(kh_http_req *req, void (*cb)(kh_http_req *req, void *opaque),
+                          void *opaque)
+{
+    req->abort_cb = cb;
+    req->abort_opaque = opaque;
+}
+
+
+const char *kh_http_req_header(const kh_http_req *req, const char *name)
+{
+    if (!req->conn)
+        return NULL;
+    return MHD_lookup_connection_value(req->conn, MHD_HEADER_KIND, name);
+}
+
+bool kh_http_req_is_tls(const kh_http_req *req)
+{
+    return req->lis && req->lis->tls;
+}
+
+const kh_route *kh_http_req_route(const kh_http_req *req)
+{
+    return req->route;
+}
+
+void *kh_http_req_auth_data(const kh_http_req *req)
+{
+    return req->srv ? req->srv->auth_opaque : NULL;
+}
+
+/* Did the TCP client connect from a loopback address? */
+bool kh_http_req_is_loopback(const kh_http_req *req)
+{
+    const union MHD_ConnectionInfo *ci =
+        req->conn ? MHD_get_connection_info(req->conn, MHD_CONNECTION_INFO_CLIENT_ADDRESS)
+                  : NULL;
+    const struct sockaddr *sa = ci ? ci->client_addr : NULL;
+    if (!sa || req->local)
+        return false;
+    if (sa->sa_family == AF_INET) {
+        const struct sockaddr_in *in = (const struct sockaddr_in *)(const void *)sa;
+        return (ntohl(in->sin_addr.s_addr) >> 24) == 127;
+    }
+    if (sa->sa_family == AF_INET6) {
+        const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *)(const void *)sa;
+        if (IN6_IS_ADDR_LOOPBACK(&in6->sin6_addr))
+            return true;
+        return IN6_IS_ADDR_V4MAPPED(&in6->sin6_addr) && in6->sin6_addr.s6_addr[12] == 127;
+    }
+    return false;
+}

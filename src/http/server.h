@@ -1,0 +1,62 @@
+/* server.h - the HTTP server object: its configuration, listeners and
+ * the authentication hook.
+ *
+ * Listeners: a unix socket (its file mode is the access control: requests
+ * there are "local") and optionally TCP, optionally with TLS. The server
+ * knows no token or session: every routed request (and every unrouted one,
+ * before its 404/405) goes through cfg->auth, which the application
+ * supplies; a TCP listener without an auth hook is refused. Static files
+ * (web_dir) are served without the hook.
+ */
+#ifndef KH_HTTP_SERVER_H
+#define KH_HTTP_SERVER_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <sys/types.h>
+#include <uv.h>
+
+#include "http/router.h"
+#include "util/err.h"
+
+typedef struct kh_http_server kh_http_server;
+
+/* Called once per answered request (after the reply is queued): the method,
+ * the route pattern (NULL when no route matched) and the latency. */
+typedef void (*kh_http_request_cb)(void *opaque, const char *method, const char *route,
+                                   unsigned status, double seconds);
+
+/* May this request go on? route is NULL when none matched (the answer then
+ * decides between 401/403 and 404/405). 0 to proceed; -1 with err set
+ * (KH_E_UNAUTHORIZED, KH_E_FORBIDDEN ...) to be answered with err. Runs
+ * once the headers are in, before the body. */
+typedef int (*kh_http_auth_fn)(const kh_http_req *req, const kh_route *route, void *opaque,
+                               kh_err *err);
+
+typedef struct kh_http_config {
+    const char *unix_path;   /* NULL: no unix listener */
+    mode_t unix_mode;        /* e.g. 0660; 0 = 0660 */
+    const char *tcp_listen;  /* "ADDR:PORT" ("[::1]:8443" for v6) or NULL */
+    const char *tls_cert;    /* PEM file; with tls_key enables TLS on TCP */
+    const char *tls_key;
+    size_t max_body;         /* bytes; 0 = 1 MiB */
+    unsigned max_connections;/* 0 = 256 */
+    const char *web_dir;     /* static files served under "/" (GET), or NULL */
+    const char *web_skip;    /* a path prefix ("/api") never served from web_dir, or NULL */
+    unsigned idle_timeout;   /* seconds an idle plain HTTP connection is kept;
+                              * 0 = 60 (WebSocket and SSE are exempt) */
+    kh_http_auth_fn auth;    /* required with tcp_listen; NULL: everything allowed */
+    void *auth_opaque;       /* also given to handlers by kh_http_req_auth_data */
+    kh_http_request_cb on_request; /* optional */
+    void *on_request_opaque;
+} kh_http_config;
+
+kh_http_server *kh_http_server_new(uv_loop_t *loop, const kh_http_config *cfg,
+                                   const kh_route *routes, size_t nroutes, void *app,
+                                   kh_err *err);
+/* Stop listening, close every connection (WebSockets and SSE included). */
+void kh_http_server_free(kh_http_server *srv);
+/* The bound TCP port (useful with "ADDR:0"), or -1 without a TCP listener. */
+int kh_http_server_tcp_port(const kh_http_server *srv);
+
+#endif
