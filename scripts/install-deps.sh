@@ -8,10 +8,11 @@ BUILD_PKGS=(gcc clang meson ninja-build pkg-config
   libjansson-dev libuv1-dev libsqlite3-dev libmicrohttpd-dev libcurl4-openssl-dev
   libwslay-dev liblzma-dev zlib1g-dev libzstd-dev libssl-dev libseccomp-dev
   libmnl-dev libnftables-dev)
-RUN_PKGS=(qemu-system-x86 qemu-utils sqlite3 dnsmasq-base)
+RUN_PKGS=(qemu-system-x86 qemu-utils sqlite3 dnsmasq-base etcd-server)
 TEST_PKGS=(busybox-static cpio e2fsprogs xz-utils zstd python3 python3-pytest python3-websocket
   prometheus
-  clang-tidy cppcheck libclang-rt-14-dev iproute2 nftables)
+  clang-tidy cppcheck libclang-rt-14-dev iproute2 nftables
+  etcd-server etcd-client)
 
 want=("${BUILD_PKGS[@]}" "${RUN_PKGS[@]}")
 [ "${1:-}" = "--test" ] && want+=("${TEST_PKGS[@]}")

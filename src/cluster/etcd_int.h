@@ -1,0 +1,74 @@
+/* etcd_int.h - what etcd.c (the client, its transport and the synchronous
+ * calls) shares with etcd_loop.c (libcurl multi on libuv: watch, keeper).
+ * Not for use outside src/cluster.
+ */
+#ifndef KH_CLUSTER_ETCD_INT_H
+#define KH_CLUSTER_ETCD_INT_H
+
+#include <curl/curl.h>
+#include <jansson.h>
+
+#include "cluster/etcd.h"
+
+/* A growing byte buffer, NUL-terminated. */
+typedef struct kh_etcd_buf {
+    char *p;
+    size_t len, cap;
+} kh_etcd_buf;
+
+/* A transfer on the multi handle: done runs on the loop once it ended,
+ * after the easy handle left the multi handle (the owner cleans it up). */
+typedef struct kh_etcd_xfer kh_etcd_xfer;
+struct kh_etcd_xfer {
+    CURL *easy;
+    void (*done)(kh_etcd_xfer *x, CURLcode rc);
+};
+
+struct kh_etcd {
+    char **endpoints;
+    size_t n_endpoints;
+    size_t cur;                 /* where the next synchronous request starts */
+    long timeout_ms, connect_ms;
+    char *ca_file, *cert_file, *key_file;
+    struct curl_slist *headers; /* Content-Type: application/json */
+    CURL *easy;                 /* the synchronous calls' handle (keeps its connection) */
+    kh_etcd_buf reply;
+    /* the asynchronous half (etcd_loop.c) */
+    uv_loop_t *loop;
+    CURLM *multi;
+    uv_timer_t *timer;          /* libcurl's timeout */
+    kh_etcd_watch *watches;
+    kh_etcd_keeper *keepers;
+};
+
+void kh_etcd_buf_add(kh_etcd_buf *b, const char *p, size_t n);
+void kh_etcd_buf_clear(kh_etcd_buf *b);
+/* CURLOPT_WRITEFUNCTION appending to the kh_etcd_buf in its userdata. */
+size_t kh_etcd_buf_write(char *p, size_t size, size_t n, void *userdata);
+
+/* Set c up to POST body to endpoint ep + path (timeout_ms 0: no overall
+ * timeout, a stream). The body is copied. */
+void kh_etcd_easy_setup(kh_etcd *e, CURL *c, size_t ep, const char *path, const char *body,
+                        long timeout_ms);
+/* Parse a gateway reply (HTTP status and body): the JSON object, or NULL with
+ * err set from etcd's error ({"error", "code"}, top level or in a stream). */
+json_t *kh_etcd_reply_parse(long status, const char *body, size_t len, kh_err *err);
+/* Map a gRPC status code and message to a kh_err. */
+void kh_etcd_grpc_err(kh_err *err, int64_t code, const char *msg);
+/* An int64 field that the gateway writes as a string (or a number); 0 if absent. */
+int64_t kh_etcd_jint(const json_t *obj, const char *key);
+/* A JSON string holding an int64 (the gateway's form). */
+json_t *kh_etcd_jint_new(int64_t v);
+/* Fill kv from the gateway's {"key", "value", ...} (base64). -1 with err if malformed. */
+int kh_etcd_kv_parse(const json_t *j, kh_etcd_kv *kv, kh_err *err);
+/* Base64 of key, and of the end of the range of keys under it ("\0" = all). */
+json_t *kh_etcd_key_json(const char *key);
+json_t *kh_etcd_prefix_end_json(const char *key);
+
+/* etcd_loop.c */
+int kh_etcd_loop_init(kh_etcd *e, kh_err *err);
+void kh_etcd_loop_fini(kh_etcd *e);
+void kh_etcd_loop_add(kh_etcd *e, kh_etcd_xfer *x);
+void kh_etcd_loop_remove(kh_etcd *e, kh_etcd_xfer *x);
+
+#endif
