@@ -153,6 +153,39 @@ def test_vcpu_hotplug_and_unplug(daemons, guest, consoles):
     assert st == 200, j
 
 
+@pytest.mark.slow
+def test_refused_vcpu_unplug_leaves_hotplug_usable(daemons, guest):
+    """A vCPU unplug that is refused before anything reaches QEMU (the VM
+    started with 2: boot vCPUs cannot go) must not mark the QEMU as "a vCPU
+    was unplugged": vCPU and disk hot-plug keep working without a restart."""
+    d = daemons()
+    api = d.api
+    work = d.base + "/w"
+    os.makedirs(work)
+    os.chmod(work, 0o755)
+    spec = dict(guest.spec("ru", work, memory_mib=128, vcpus=2), max_vcpus=3)
+    r = api.request("POST", "/api/v1/vms", spec)
+    assert r.status == 201, r
+    st, j = api.action("ru", "start")
+    assert st == 200, j
+    api.wait_console("ru", khlib.GUEST_READY, timeout=150)
+    p = khlib.cli(d, "vm", "edit", "ru", "--vcpus", "1")
+    assert p.returncode != 0 and "only vCPUs plugged while it runs" in p.stderr, p
+    assert api.vm("ru")["vcpus"] == 2
+    # Nothing was unplugged: a vCPU and a disk still plug in.
+    r = api.patch("/api/v1/vms/ru", {"vcpus": 3})
+    assert r.status == 200 and r.json["vcpus"] == 3, r
+    r = api.post("/api/v1/pools/default/volumes", {"name": "rud", "size": "1M"})
+    assert r.status == 201, r
+    ndisks = len(api.vm("ru")["disks"])
+    r = api.post("/api/v1/vms/ru/disks", {"volume": "default/rud"})
+    assert r.status in (200, 201), r
+    assert len(api.vm("ru")["disks"]) == ndisks + 1
+    assert api.vm("ru")["state"] == "running"
+    st, j = api.action("ru", "kill")
+    assert st == 200, j
+
+
 def thread_affinity(pid):
     """[(tid, comm, Cpus_allowed_list)] for every thread of a process."""
     out = []
