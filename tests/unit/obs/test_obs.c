@@ -547,6 +547,64 @@ static void test_alerts(void)
     kh_events_free(ev);
 }
 
+/* Rules set again unchanged (as `alert webhook set` does: it PUTs the
+ * rules it read back, numbers as reals) keep their alerts: nothing resolves
+ * or fires again; a rule that changed resolves. */
+static void test_alert_rules_kept(void)
+{
+    seen[0] = '\0';
+    kh_events *ev = kh_events_new();
+    kh_event_sub *sub = kh_events_subscribe(ev, 0, on_event, NULL);
+    kh_alerts *a = kh_alerts_new(ev);
+    kh_err err = KH_ERR_INIT;
+    json_t *rules = json_loads(
+        "[{\"name\":\"mem\",\"scope\":\"host\",\"metric\":\"memory_used_percent\","
+        "\"op\":\">=\",\"threshold\":90},"
+        "{\"name\":\"busy\",\"scope\":\"vm\",\"metric\":\"cpu_percent\",\"op\":\">\","
+        "\"threshold\":50}]", 0, NULL);
+    CHECK(kh_alerts_set_rules(a, rules, &err) == 0);
+    json_decref(rules);
+    const char *hf[] = { "memory_used_percent" };
+    const char *vf[] = { "cpu_percent" };
+    double mem_hi = 95, hi = 80;
+    kh_alerts_begin(a);
+    kh_alerts_feed(a, NULL, hf, &mem_hi, 1, 100);
+    kh_alerts_feed(a, "web1", vf, &hi, 1, 100);
+    kh_alerts_end(a, 100);
+    CHECK_STR(seen, "alert.firing:-:mem;alert.firing:web1:busy;");
+    seen[0] = '\0';
+    json_t *j = kh_alerts_json(a);
+    json_t *back = json_deep_copy(json_object_get(j, "rules"));
+    json_decref(j);
+    CHECK(kh_alerts_set_rules(a, back, &err) == 0);
+    /* the same rules in another order: still the same rules */
+    json_t *swapped = json_pack("[O, O]", json_array_get(back, 1), json_array_get(back, 0));
+    CHECK(kh_alerts_set_rules(a, swapped, &err) == 0);
+    json_decref(swapped);
+    CHECK_STR(seen, "");
+    j = kh_alerts_json(a);
+    json_t *act = json_object_get(j, "active");
+    CHECK(json_array_size(act) == 2);
+    for (size_t i = 0; i < json_array_size(act); i++) {
+        CHECK_STR(json_string_value(json_object_get(json_array_get(act, i), "state")), "firing");
+        CHECK(json_real_value(json_object_get(json_array_get(act, i), "since")) == 100);
+    }
+    json_decref(j);
+    kh_alerts_begin(a);
+    kh_alerts_feed(a, NULL, hf, &mem_hi, 1, 110);
+    kh_alerts_feed(a, "web1", vf, &hi, 1, 110);
+    kh_alerts_end(a, 110);
+    CHECK_STR(seen, "");
+    /* busy's threshold changes: its alert resolves, mem's stays */
+    json_object_set_new(json_array_get(back, 1), "threshold", json_real(60));
+    CHECK(kh_alerts_set_rules(a, back, &err) == 0);
+    CHECK_STR(seen, "alert.resolved:web1:busy;");
+    json_decref(back);
+    kh_alerts_free(a);
+    kh_events_unsubscribe(ev, sub);
+    kh_events_free(ev);
+}
+
 /* A trend rule: disk use rising 1 %/s from 50 % is predicted to reach 100 %
  * within 60 s once 5 samples span half the window; flat use resolves it. */
 static void test_alert_trend(void)
@@ -678,6 +736,7 @@ int main(void)
     RUN(test_throttle_args);
     RUN(test_quota_cgroup);
     RUN(test_alerts);
+    RUN(test_alert_rules_kept);
     RUN(test_alert_trend);
     RUN(test_webhook_config);
     RUN(test_pin_self);
