@@ -13,6 +13,7 @@
 #include <uv.h>
 
 #include "api/http.h"
+#include "host/cgroup.h"
 #include "storage/storage.h"
 #include "vm/disk.h"
 #include "vm/nic.h"
@@ -38,6 +39,7 @@ typedef struct kh_api {
     double started_at; /* wall time */
     kh_metrics *metrics;
     kh_alerts *alerts;
+    const kh_cgroups *cgroups; /* the host's (NULL: not checked) */
 } kh_api;
 
 /* The route table and its size. */

@@ -411,6 +411,44 @@ static void test_quota_cgroup(void)
     kh_err_clear(&err);
     CHECK(kh_quota_apply_cgroup(&none, id, &l, &err) < 0 && err.code == KH_E_UNSUPPORTED);
     CHECK(kh_quota_apply_cgroup(&none, id, NULL, &err) == 0);
+
+    /* A limit whose controller is missing is refused up front, naming it;
+     * detect lists what is missing. */
+    char v1[600], sub[700];
+    kh_fmt(v1, sizeof(v1), "%s/detect", base);
+    kh_fmt(sub, sizeof(sub), "%s/cpu", v1);
+    CHECK(kh_fs_mkdir_p(sub, 0755, &err) == 0);
+    kh_cgroups det;
+    kh_cgroups_detect(&det, v1, NULL);
+    CHECK(det.version == 1 && kh_cgroups_has(&det, "cpu") && !kh_cgroups_has(&det, "memory"));
+    CHECK(strstr(det.missing, "memory") && strstr(det.missing, "cpuset") &&
+          !strstr(det.missing, "cpu,") && strncmp(det.missing, "cpu", 4) != 0);
+    kh_limits mem = { .memory_max_mib = 256 }, cpu = { .cpu_weight = 10 };
+    kh_limits nodes = { .nodes = (unsigned[]){ 0 }, .nnodes = 1 };
+    kh_err_clear(&err);
+    CHECK(kh_quota_check_cgroup(&det, &mem, &err) < 0 && err.code == KH_E_UNSUPPORTED &&
+          strstr(err.msg, "memory controller"));
+    kh_err_clear(&err);
+    CHECK(kh_quota_check_cgroup(&det, &nodes, &err) < 0 && strstr(err.msg, "cpuset"));
+    kh_err_clear(&err);
+    CHECK(kh_quota_check_cgroup(&det, &cpu, &err) == 0 && kh_quota_check_cgroup(&det, NULL,
+                                                                                  &err) == 0);
+    CHECK(kh_quota_check_cgroup(&none, &cpu, &err) < 0 && strstr(err.msg, "not mounted"));
+    /* v2: the root's cgroup.controllers says what there is */
+    kh_fmt(v1, sizeof(v1), "%s/detect2", base);
+    CHECK(kh_fs_mkdir_p(v1, 0755, &err) == 0);
+    kh_fmt(sub, sizeof(sub), "%s/cgroup.controllers", v1);
+    FILE *f = fopen(sub, "w");
+    if (f) {
+        fputs("cpuset cpu io pids\n", f);
+        fclose(f);
+    }
+    kh_cgroups_detect(&det, v1, NULL);
+    CHECK(det.version == 2 && kh_cgroups_has(&det, "cpu") && kh_cgroups_has(&det, "cpuset") &&
+          !kh_cgroups_has(&det, "memory"));
+    CHECK_STR(det.missing, "memory");
+    kh_err_clear(&err);
+    CHECK(kh_quota_check_cgroup(&det, &mem, &err) < 0 && strstr(err.msg, "memory"));
     kh_fs_rm_rf(base, NULL);
 }
 
