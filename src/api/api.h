@@ -15,6 +15,7 @@
 #include "api/auth.h"
 #include "api/openapi.h"
 #include "http/http.h"
+#include "host/cgroup.h"
 #include "storage/storage.h"
 #include "vm/disk.h"
 #include "vm/nic.h"
@@ -40,6 +41,7 @@ typedef struct kh_api {
     double started_at; /* wall time */
     kh_metrics *metrics;
     kh_alerts *alerts;
+    const kh_cgroups *cgroups; /* the host's (NULL: not checked) */
 } kh_api;
 
 /* The route table and its size. */

@@ -395,7 +395,11 @@ static const struct {
       "\"memory_free_mib\":{\"type\":\"integer\",\"description\":\"MemFree\"},"
       "\"memory_available_mib\":{\"type\":\"integer\",\"description\":\"MemAvailable: free plus "
       "reclaimable cache; the dashboard's used = memory_mib - this\"},\""
-      "cgroup\":{\"type\":\"string\"},\"vms\":{\"type\":\"object\"},\"uptime_seconds\":{\"type\":\"number\"}}}" },
+      "cgroup\":{\"type\":\"string\"},\"cgroup_missing\":{\"type\":\"array\",\"items\":{\"type\":"
+      "\"string\"},\"description\":\"cgroup controllers kvmhost uses that this host lacks; limits "
+      "needing them are refused\"},\"cgroup_mounted_private\":{\"type\":\"boolean\",\"description\":"
+      "\"the hierarchies were not visible (e.g. under ip netns exec) and were mounted in the "
+      "daemon's own mount namespace\"},\"vms\":{\"type\":\"object\"},\"uptime_seconds\":{\"type\":\"number\"}}}" },
 };
 
 json_t *kh_routes_schemas(void)

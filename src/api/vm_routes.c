@@ -9,7 +9,9 @@
 #include <string.h>
 
 #include "api/api.h"
+#include "conf/limits.h"
 #include "vm/hotplug.h"
+#include "vm/quota.h"
 #include "util/mem.h"
 
 #define WAIT_DEFAULT 30
@@ -18,6 +20,24 @@
 static void reply_err(kh_http_req *req, const kh_err *err)
 {
     kh_http_reply_error(req, err);
+}
+
+/* CPU, memory and NUMA limits whose cgroup controller the host lacks are
+ * refused (vm/quota.h) instead of accepted and never enforced. base: the
+ * VM's current "limits", which a PATCH merges into (NULL: none). Limits
+ * that do not parse pass: the manager says what is wrong with them. */
+static int check_limits(const kh_api *api, const json_t *base, const json_t *limits,
+                        kh_err *err)
+{
+    if (!api->cgroups || !json_is_object(limits))
+        return 0;
+    json_t *merged = kh_limits_merge(base, limits);
+    kh_err perr = KH_ERR_INIT;
+    kh_limits *l = kh_limits_from_json(merged, &perr);
+    json_decref(merged);
+    int rc = l ? kh_quota_check_cgroup(api->cgroups, l, err) : 0;
+    kh_limits_free(l);
+    return rc;
 }
 
 void kh_vm_routes_list(kh_http_req *req, void *app)
@@ -33,6 +53,10 @@ void kh_vm_routes_create(kh_http_req *req, void *app)
     json_t *body = kh_http_req_json(req, &err);
     if (body && json_object_get(body, "from_template")) {
         kh_template_routes_clone(req, api, body);
+        return;
+    }
+    if (body && check_limits(api, NULL, json_object_get(body, "limits"), &err) < 0) {
+        reply_err(req, &err);
         return;
     }
     json_t *vm = body ? kh_manager_create(api->mgr, body, &err) : NULL;
@@ -110,6 +134,16 @@ void kh_vm_routes_patch(kh_http_req *req, void *app)
     json_t *body = kh_http_req_json(req, &err);
     if (body && patch_live_vcpus(req, api, body))
         return;
+    if (body && json_object_get(body, "limits")) {
+        json_t *cur = kh_manager_vm_json(api->mgr, kh_http_req_param(req, "name"), NULL);
+        int rc = check_limits(api, json_object_get(cur, "limits"),
+                              json_object_get(body, "limits"), &err);
+        json_decref(cur);
+        if (rc < 0) {
+            reply_err(req, &err);
+            return;
+        }
+    }
     json_t *vm = body ? kh_manager_patch(api->mgr, kh_http_req_param(req, "name"), body, &err)
                       : NULL;
     if (!vm) {

@@ -380,13 +380,22 @@ static json_t *host_facts(const options *o, const char *state_dir, const char *r
     snprintf(ver, sizeof(ver), "%u.%u.%u", d.caps.version / 10000, d.caps.version / 100 % 100,
              d.caps.version % 100);
     const char *cg = d.cgroups.version == 2 ? "v2" : d.cgroups.version == 1 ? "v1" : "none";
-    return json_pack("{s:s, s:s, s:{s:s, s:s, s:b, s:b}, s:s, s:s, s:i, s:s, s:s, s:s, s:s, s:s?}",
+    json_t *missing = json_array();
+    char list[sizeof(d.cgroups.missing)];
+    snprintf(list, sizeof(list), "%s", d.cgroups.missing);
+    char *save = NULL;
+    for (char *c = strtok_r(list, ",", &save); c; c = strtok_r(NULL, ",", &save))
+        json_array_append_new(missing, json_string(c));
+    json_t *facts = json_pack("{s:s, s:s, s:{s:s, s:s, s:b, s:b}, s:s, s:s, s:i, s:s, s:s, s:s, s:s, s:s?}",
                      "hostname", hostname, "version", KH_VERSION, "qemu", "binary",
                      d.qemu_binary, "version", ver, "sandbox", d.caps.sandbox, "io_uring",
                      d.caps.io_uring, "accelerator", "probing",
                      "accelerator_reason", "the KVM probe is running", "cpus",
                      (int)sysconf(_SC_NPROCESSORS_ONLN), "cgroup", cg, "state_dir", state_dir,
                      "run_dir", run_dir, "socket", socket_path, "listen", o->listen);
+    json_object_set_new(facts, "cgroup_missing", missing);
+    json_object_set_new(facts, "cgroup_mounted_private", json_boolean(d.cgroups.mounted_private));
+    return facts;
 }
 
 int main(int argc, char **argv)
@@ -427,9 +436,30 @@ int main(int argc, char **argv)
     if (!d.qemu_binary)
         die("%s", err.msg);
     kh_cgroups_detect(&d.cgroups, NULL, NULL);
+    if (!d.cgroups.version) {
+        /* /sys/fs/cgroup shows nothing, e.g. under `ip netns exec` (a fresh
+         * /sys): mount the kernel's hierarchies in a mount namespace of our
+         * own (before any thread starts). Not /proc/1/root/sys/fs/cgroup:
+         * that needs ptrace access to PID 1 (refused for a non-dumpable
+         * init, and PID 1 may not be the host's in a PID namespace). */
+        kh_err cerr = KH_ERR_INIT;
+        char before[sizeof(d.cgroups.reason)];
+        snprintf(before, sizeof(before), "%s", d.cgroups.reason);
+        if (kh_cgroups_mount_private(d.cgroups.mount, &cerr) == 0) {
+            kh_cgroups_detect(&d.cgroups, NULL, NULL);
+            d.cgroups.mounted_private = d.cgroups.version != 0;
+            kh_log(KH_LOG_INFO, "host.cgroup", "note=\"%s; mounted the hierarchies in the "
+                   "daemon's own mount namespace\" version=%d", before, d.cgroups.version);
+        } else {
+            kh_log(KH_LOG_WARN, "host.cgroup", "reason=\"%s\" error=\"%s\"", before, cerr.msg);
+        }
+    }
     if (!d.cgroups.version)
-        kh_log(KH_LOG_WARN, "host.cgroup", "reason=\"%s\" note=\"VMs run without cgroups\"",
-               d.cgroups.reason);
+        kh_log(KH_LOG_WARN, "host.cgroup", "reason=\"%s\" note=\"VMs run without cgroups; "
+               "CPU, memory and NUMA limits are refused\"", d.cgroups.reason);
+    else if (d.cgroups.missing[0])
+        kh_log(KH_LOG_WARN, "host.cgroup", "missing=\"%s\" note=\"limits that need them are "
+               "refused\"", d.cgroups.missing);
 
     kh_manager_config mcfg = {
         .state_dir = state_dir,
@@ -503,6 +533,7 @@ int main(int argc, char **argv)
     d.api.nics = kh_nics_new(d.loop, d.mgr, d.net, d.tasks);
     d.api.started_at = kh_wall_time();
     d.api.host = host_facts(&o, state_dir, run_dir, socket_path);
+    d.api.cgroups = &d.cgroups;
     json_t *openapi = kh_http_openapi(routes, nroutes, schemas, KH_VERSION);
     d.api.openapi = json_dumps(openapi, JSON_COMPACT);
     json_decref(openapi);

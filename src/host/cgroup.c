@@ -1,11 +1,15 @@
+/* cgroup.c - the VMs' cgroups on v1 or v2, and finding the hierarchies
+ * (cgroup.h). */
 #include "host/cgroup.h"
 
 #include <errno.h>
 #include <fcntl.h>
+#include <sched.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mount.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -44,6 +48,21 @@ static int write_str(const char *path, const char *s)
     return 0;
 }
 
+/* The controllers we use that the layout lacks, into cg->missing. */
+static void note_missing(kh_cgroups *cg)
+{
+    static const char *const v2_used[] = { "cpu", "memory", "io", "pids", "cpuset" };
+    const char *const *used = cg->version == 1 ? v1_controllers : v2_used;
+    size_t n = cg->version == 1 ? KH_ARRAY_LEN(v1_controllers) : KH_ARRAY_LEN(v2_used);
+    cg->missing[0] = '\0';
+    for (size_t i = 0; i < n; i++) {
+        if (kh_cgroups_has(cg, used[i]))
+            continue;
+        size_t len = strlen(cg->missing);
+        kh_fmt(cg->missing + len, sizeof(cg->missing) - len, "%s%s", len ? "," : "", used[i]);
+    }
+}
+
 void kh_cgroups_detect(kh_cgroups *cg, const char *mount, const char *root)
 {
     memset(cg, 0, sizeof(*cg));
@@ -53,6 +72,16 @@ void kh_cgroups_detect(kh_cgroups *cg, const char *mount, const char *root)
     kh_fmt(p, sizeof(p), "%s/cgroup.controllers", cg->mount);
     if (access(p, F_OK) == 0) {
         cg->version = 2;
+        FILE *f = fopen(p, "re");
+        if (f) {
+            if (!fgets(cg->controllers, sizeof(cg->controllers), f))
+                cg->controllers[0] = '\0';
+            fclose(f);
+        }
+        cg->controllers[strcspn(cg->controllers, "\n")] = '\0';
+        if (!cg->controllers[0]) /* read, and empty: none */
+            kh_fmt(cg->controllers, sizeof(cg->controllers), " ");
+        note_missing(cg);
         return;
     }
     for (size_t i = 0; i < KH_ARRAY_LEN(v1_controllers) && cg->v1_count < KH_CGROUP_V1_MAX; i++) {
@@ -64,10 +93,118 @@ void kh_cgroups_detect(kh_cgroups *cg, const char *mount, const char *root)
     }
     if (cg->v1_count) {
         cg->version = 1;
+        note_missing(cg);
         return;
     }
     kh_fmt(cg->reason, sizeof(cg->reason), "no cgroup v2 at %s and no v1 controllers",
              cg->mount);
+    note_missing(cg);
+}
+
+bool kh_cgroups_has(const kh_cgroups *cg, const char *ctrl)
+{
+    if (!cg || cg->version == 0)
+        return false;
+    if (cg->version == 2) {
+        if (!cg->controllers[0])
+            return true; /* not read (a layout made by hand) */
+        size_t n = strlen(ctrl);
+        for (const char *s = cg->controllers; (s = strstr(s, ctrl)) != NULL; s += n)
+            if ((s == cg->controllers || s[-1] == ' ') && (s[n] == ' ' || s[n] == '\0'))
+                return true;
+        return false;
+    }
+    const char *name = strcmp(ctrl, "io") == 0 ? "blkio" : ctrl;
+    for (size_t i = 0; i < cg->v1_count; i++) {
+        const char *d = strrchr(cg->v1_dirs[i], '/');
+        if (strcmp(d ? d + 1 : cg->v1_dirs[i], name) == 0)
+            return true;
+    }
+    return false;
+}
+
+#define MOUNT_FLAGS (MS_NOSUID | MS_NODEV | MS_NOEXEC)
+
+int kh_cgroups_mount_private(const char *at, kh_err *err)
+{
+    FILE *f = fopen("/proc/self/cgroup", "re");
+    if (!f) {
+        kh_err_errno(err, KH_E_INTERNAL, errno, "cannot read /proc/self/cgroup");
+        return -1;
+    }
+    /* "ID:CONTROLLERS:PATH": a v1 hierarchy per line with controllers
+     * (named ones, "name=systemd", are not ours); "0::PATH" is cgroup2. */
+    char sets[KH_CGROUP_V1_MAX * 2][64];
+    size_t nsets = 0;
+    bool v2 = false;
+    char line[512];
+    while (fgets(line, sizeof(line), f)) {
+        char *c = strchr(line, ':');
+        char *e = c ? strchr(c + 1, ':') : NULL;
+        if (!e)
+            continue;
+        *e = '\0';
+        const char *ctrls = c + 1;
+        if (!*ctrls)
+            v2 = v2 || strncmp(line, "0:", 2) == 0;
+        else if (strncmp(ctrls, "name=", 5) != 0 && nsets < KH_ARRAY_LEN(sets) &&
+                 strlen(ctrls) < sizeof(sets[0]))
+            kh_fmt(sets[nsets++], sizeof(sets[0]), "%s", ctrls);
+    }
+    fclose(f);
+    if (!nsets && !v2) {
+        kh_err_set(err, KH_E_UNSUPPORTED, "/proc/self/cgroup names no cgroup hierarchy");
+        return -1;
+    }
+    if (unshare(CLONE_NEWNS) < 0) {
+        kh_err_errno(err, KH_E_INTERNAL, errno, "cannot make a mount namespace of our own");
+        return -1;
+    }
+    if (mount(NULL, "/", NULL, MS_REC | MS_SLAVE, NULL) < 0) {
+        kh_err_errno(err, KH_E_INTERNAL, errno, "cannot make / a slave mount");
+        return -1;
+    }
+    if (!nsets) { /* pure v2 */
+        if (mount("cgroup2", at, "cgroup2", MOUNT_FLAGS, NULL) < 0) {
+            kh_err_errno(err, KH_E_INTERNAL, errno, "cannot mount cgroup2 at %s", at);
+            return -1;
+        }
+        return 0;
+    }
+    if (mount("kvmhost-cgroup", at, "tmpfs", MOUNT_FLAGS, "mode=755") < 0) {
+        kh_err_errno(err, KH_E_INTERNAL, errno, "cannot mount a tmpfs at %s", at);
+        return -1;
+    }
+    for (size_t i = 0; i < nsets; i++) {
+        char dir[600];
+        kh_fmt(dir, sizeof(dir), "%s/%s", at, sets[i]);
+        if (mkdir(dir, 0755) < 0 || mount("cgroup", dir, "cgroup", MOUNT_FLAGS, sets[i]) < 0) {
+            kh_err_errno(err, KH_E_INTERNAL, errno, "cannot mount the cgroup hierarchy %s at %s",
+                         sets[i], dir);
+            return -1;
+        }
+        /* "cpu,cpuacct": reachable as cpu and cpuacct too, as systemd does */
+        if (!strchr(sets[i], ','))
+            continue;
+        char copy[64];
+        kh_fmt(copy, sizeof(copy), "%s", sets[i]);
+        char *save = NULL;
+        for (char *n = strtok_r(copy, ",", &save); n; n = strtok_r(NULL, ",", &save)) {
+            char link[600];
+            kh_fmt(link, sizeof(link), "%s/%s", at, n);
+            if (symlink(sets[i], link) < 0 && errno != EEXIST) {
+                kh_err_errno(err, KH_E_INTERNAL, errno, "cannot link %s", link);
+                return -1;
+            }
+        }
+    }
+    if (v2) { /* hybrid: best effort, as nothing of ours needs it */
+        char dir[600];
+        kh_fmt(dir, sizeof(dir), "%s/unified", at);
+        if (mkdir(dir, 0755) == 0)
+            (void)mount("cgroup2", dir, "cgroup2", MOUNT_FLAGS, NULL);
+    }
+    return 0;
 }
 
 /* The controller name of a v1 dir (its last component). */

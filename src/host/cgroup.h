@@ -12,6 +12,7 @@
 #ifndef KH_HOST_CGROUP_H
 #define KH_HOST_CGROUP_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <sys/types.h>
 
@@ -27,12 +28,27 @@ typedef struct kh_cgroups {
     char v1_dirs[KH_CGROUP_V1_MAX][256];
     size_t v1_count;
     char reason[256];            /* when version is 0 */
+    char controllers[160];       /* v2: <mount>/cgroup.controllers ("": not read, taken as all) */
+    char missing[128];           /* controllers kvmhost uses that are absent: "cpu,memory" */
+    bool mounted_private;        /* found through kh_cgroups_mount_private */
 } kh_cgroups;
 
 /* Detect the layout under mount (NULL: /sys/fs/cgroup). Never fails: an
  * unusable layout gives version 0 with a reason, and VMs run without their
  * own cgroup (with a warning). */
 void kh_cgroups_detect(kh_cgroups *cg, const char *mount, const char *root);
+/* When /sys/fs/cgroup shows no hierarchy (e.g. under `ip netns exec`,
+ * which mounts a fresh /sys without the cgroup mounts), mount them at `at`
+ * in a mount namespace of the daemon's own: unshare(CLONE_NEWNS), / made a
+ * slave (nothing propagates back to the host), then a tmpfs with each v1
+ * hierarchy of /proc/self/cgroup under its controller names (and cgroup2 at
+ * "unified"), or cgroup2 at `at` on a pure v2 host. The hierarchies are the
+ * kernel's, the same the host sees. Must run before any thread starts.
+ * Returns 0, or -1 with err set. */
+int kh_cgroups_mount_private(const char *at, kh_err *err);
+/* Whether controller ctrl ("cpu", "memory", "cpuset", "io", "pids") can be
+ * used: v1 its hierarchy; v2 listed in the root's cgroup.controllers. */
+bool kh_cgroups_has(const kh_cgroups *cg, const char *ctrl);
 /* Create the VM's cgroup(s). */
 int kh_cgroups_vm_create(const kh_cgroups *cg, const char *vm_id, kh_err *err);
 /* In a freshly forked child: move the calling process into the VM's

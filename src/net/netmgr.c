@@ -119,6 +119,25 @@ static int apply_nft(kh_netmgr *nm, kh_err *err)
         if (fd >= 0)
             close(fd);
     }
+    /* A forward used from the host on 127.0.0.1 leaves through the
+     * network's bridge with a loopback source (masqueraded there): the
+     * kernel routes that only with route_localnet on the bridge. Off
+     * without forwards. */
+    for (net_rt *r = nm->nets; rc == 0 && r; r = r->next) {
+        if (r->n->type != KH_NET_NAT)
+            continue;
+        bool fw = false;
+        for (size_t f = 0; f < r->n->nforwards && !fw; f++)
+            fw = r->n->forwards[f].ip != NULL;
+        char p[128];
+        snprintf(p, sizeof(p), "/proc/sys/net/ipv4/conf/%s/route_localnet", r->n->bridge);
+        int fd = open(p, O_WRONLY | O_CLOEXEC);
+        if (fd < 0 || write(fd, fw ? "1\n" : "0\n", 2) != 2)
+            kh_log(KH_LOG_WARN, "net.route_localnet", "bridge=%s error=\"%s\"", r->n->bridge,
+                   strerror(errno));
+        if (fd >= 0)
+            close(fd);
+    }
     if (rc == 0 && nat6) {
         /* the same for IPv6 (this namespace's hosts stop taking RAs then) */
         int fd = open("/proc/sys/net/ipv6/conf/all/forwarding", O_WRONLY | O_CLOEXEC);

@@ -11,11 +11,16 @@
  *   postrouting (nat): ip saddr S ip daddr != S oifname != BR masquerade
  *   prerouting/output (nat, per forward):
  *     fib daddr type local PROTO dport HP dnat ip to IP:VP
+ *   with forwards, for the host's own connections to 127.0.0.1 (the output
+ *   DNAT sends them out of BR, which has route_localnet on, netmgr.c):
+ *     postrouting: ip saddr 127.0.0.0/8 oifname BR ct status dnat masquerade
+ *     input: iifname BR ip daddr 127.0.0.0/8 ct state != established,related drop
  */
 #include "net/nft.h"
 
 #include <nftables/libnftables.h>
 #include <stdarg.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -52,6 +57,15 @@ static void cidr(const kh_network *n, char out[24])
     char a[KH_IPV4_STRLEN];
     kh_inet_ipv4_format(n->subnet, a);
     snprintf(out, 24, "%s/%u", a, n->prefix);
+}
+
+/* Whether a nat network has a port forward to an address (its DNAT rules). */
+static bool has_forwards(const kh_network *w)
+{
+    for (size_t f = 0; w->type == KH_NET_NAT && f < w->nforwards; f++)
+        if (w->forwards[f].ip)
+            return true;
+    return false;
 }
 
 static const kh_network *net_named(const kh_network *const *nets, size_t n, const char *name)
@@ -224,6 +238,12 @@ char *kh_nft_render(const kh_network *const *nets, size_t n, const kh_net_bindin
     put(&b, "\tchain input {\n\t\ttype filter hook input priority filter; policy accept;\n");
     for (size_t i = 0; i < n; i++) {
         const kh_network *w = nets[i];
+        /* route_localnet is on for this bridge (forwards from 127.0.0.1):
+         * only the replies of those connections may come in to 127/8, not
+         * a guest's own packets to the host's loopback services. */
+        if (has_forwards(w))
+            put(&b, "\t\tiifname \"%s\" ip daddr 127.0.0.0/8 ct state != { established, "
+                    "related } drop\n", w->bridge);
         if (w->type != KH_NET_ISOLATED)
             continue;
         char g[KH_IPV4_STRLEN];
@@ -247,6 +267,11 @@ char *kh_nft_render(const kh_network *const *nets, size_t n, const kh_net_bindin
         cidr(w, s);
         put(&b, "\t\tip saddr %s ip daddr != %s oifname != \"%s\" masquerade\n", s, s,
             w->bridge);
+        /* A forward used from the host itself on 127.0.0.1 (output DNAT):
+         * the guest sees the gateway, and its replies come back. */
+        if (has_forwards(w))
+            put(&b, "\t\tip saddr 127.0.0.0/8 oifname \"%s\" ct status dnat masquerade\n",
+                w->bridge);
         if (w->has_v6) {
             char p6[KH_NET_IPV6_STRLEN];
             kh_network_ipv6(w, 0, p6, sizeof(p6), 1);

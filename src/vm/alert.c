@@ -63,11 +63,9 @@ struct kh_alerts {
     trend *trends;
 };
 
-static void publish(kh_alerts *a, const active *x, const char *type)
+static json_t *event_data(const kh_alerts *a, const active *x)
 {
     const rule *r = &a->rules[x->rule];
-    kh_log(KH_LOG_INFO, type, "rule=%s vm=%s value=%g threshold=%g", r->name,
-           x->vm ? x->vm : "-", x->value, r->threshold);
     json_t *data = json_pack("{s:s, s:s, s:s, s:f, s:s, s:f}", "rule", r->name, "scope",
                              r->vm ? "vm" : "host", "metric", r->metric, "value", x->value,
                              "op", op_names[r->op], "threshold", r->threshold);
@@ -76,12 +74,26 @@ static void publish(kh_alerts *a, const active *x, const char *type)
         json_object_set_new(data, "predicted", json_real(x->predicted));
         json_object_set_new(data, "eta_seconds", json_real(x->eta));
     }
-    if (a->webhook) {
-        json_t *body = json_pack("{s:s, s:s?, s:f, s:O}", "type", type, "vm", x->vm, "time",
-                                 kh_wall_time(), "data", data);
-        kh_webhook_post(a->webhook, body);
-        json_decref(body);
-    }
+    return data;
+}
+
+static void post_hook(kh_alerts *a, const active *x, const char *type, const json_t *data)
+{
+    if (!a->webhook)
+        return;
+    json_t *body = json_pack("{s:s, s:s?, s:f, s:O}", "type", type, "vm", x->vm, "time",
+                             kh_wall_time(), "data", data);
+    kh_webhook_post(a->webhook, body);
+    json_decref(body);
+}
+
+static void publish(kh_alerts *a, const active *x, const char *type)
+{
+    const rule *r = &a->rules[x->rule];
+    kh_log(KH_LOG_INFO, type, "rule=%s vm=%s value=%g threshold=%g", r->name,
+           x->vm ? x->vm : "-", x->value, r->threshold);
+    json_t *data = event_data(a, x);
+    post_hook(a, x, type, data);
     kh_events_publish(a->events, type, x->vm, data);
 }
 
@@ -254,6 +266,23 @@ static int parse_rule(rule *r, const json_t *o, size_t i, kh_err *err)
     return 0;
 }
 
+static bool rule_same(const rule *x, const rule *y)
+{
+    return strcmp(x->name, y->name) == 0 && x->vm == y->vm &&
+           strcmp(x->metric, y->metric) == 0 && x->op == y->op &&
+           x->threshold == y->threshold && x->for_seconds == y->for_seconds &&
+           x->predict_seconds == y->predict_seconds && x->window_seconds == y->window_seconds;
+}
+
+/* The index of the rule in v[0..n) that is the same as r, or n. */
+static size_t rule_find(const rule *v, size_t n, const rule *r)
+{
+    for (size_t i = 0; i < n; i++)
+        if (rule_same(&v[i], r))
+            return i;
+    return n;
+}
+
 int kh_alerts_set_rules(kh_alerts *a, const json_t *rules, kh_err *err)
 {
     if (!json_is_array(rules) || json_array_size(rules) > RULES_MAX) {
@@ -276,9 +305,36 @@ int kh_alerts_set_rules(kh_alerts *a, const json_t *rules, kh_err *err)
             }
         }
     }
-    while (a->act)
-        active_drop(a, &a->act, true);
-    trends_clear(a);
+    /* A rule that stays as it was (same name, same definition) keeps its
+     * alerts and trends: nothing resolves or fires again. The others'
+     * alerts resolve. */
+    active *keep = NULL, **tail = &keep;
+    while (a->act) {
+        active *x = a->act;
+        size_t k = rule_find(next, n, &a->rules[x->rule]);
+        if (k == n) {
+            active_drop(a, &a->act, true);
+            continue;
+        }
+        a->act = x->next;
+        x->rule = k;
+        x->next = NULL;
+        *tail = x;
+        tail = &x->next;
+    }
+    a->act = keep;
+    for (trend **pp = &a->trends; *pp;) {
+        trend *t = *pp;
+        size_t k = rule_find(next, n, &a->rules[t->rule]);
+        if (k == n) {
+            *pp = t->next;
+            free(t->vm);
+            free(t);
+        } else {
+            t->rule = k;
+            pp = &t->next;
+        }
+    }
     memcpy(a->rules, next, sizeof(a->rules));
     a->nrules = n;
     free(next);
@@ -313,8 +369,24 @@ int kh_alerts_configure(kh_alerts *a, const json_t *conf, kh_err *err)
         return -1;
     if (kh_alerts_set_rules(a, json_object_get(conf, "rules"), err) < 0)
         return -1;
-    if (wh)
-        kh_webhook_set(a->webhook, wh);
+    if (!wh)
+        return 0;
+    /* A new receiver changes nothing about the alerts (none resolves or
+     * fires again); the new URL is told once of the alerts firing now, as
+     * Alertmanager sends a receiver the alerts active when it is added. */
+    json_t *old = kh_webhook_json(a->webhook);
+    const char *was = json_string_value(json_object_get(old, "url"));
+    const char *now = json_string_value(json_object_get(wh, "url"));
+    bool moved = now && (!was || strcmp(was, now) != 0);
+    json_decref(old);
+    kh_webhook_set(a->webhook, wh);
+    for (const active *x = a->act; moved && x; x = x->next) {
+        if (!x->firing)
+            continue;
+        json_t *data = event_data(a, x);
+        post_hook(a, x, "alert.firing", data);
+        json_decref(data);
+    }
     return 0;
 }
 

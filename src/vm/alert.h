@@ -38,7 +38,9 @@ typedef struct kh_alerts kh_alerts;
 kh_alerts *kh_alerts_new(kh_events *events);
 void kh_alerts_free(kh_alerts *a);
 /* Replace the rules with a JSON array of rule objects (validated as a
- * whole; on error nothing changes). Active alerts of old rules resolve. */
+ * whole; on error nothing changes). A rule given again unchanged (same
+ * name and definition) keeps its alerts and trend; the alerts of the other
+ * old rules resolve. */
 int kh_alerts_set_rules(kh_alerts *a, const json_t *rules, kh_err *err);
 /* POST every firing and resolved alert to this webhook too (borrowed;
  * NULL: none). Its URL is set with kh_alerts_configure. */
@@ -47,7 +49,8 @@ void kh_alerts_set_webhook(kh_alerts *a, kh_webhook *w);
 const kh_webhook *kh_alerts_webhook(const kh_alerts *a);
 /* {"rules": [...], "webhook": {...} | null}: rules are required, webhook
  * optional (absent: unchanged, null: off). All validated first; on error
- * nothing changes. */
+ * nothing changes. A new webhook URL is POSTed the alerts firing now, once
+ * (no event, no state change). */
 int kh_alerts_configure(kh_alerts *a, const json_t *conf, kh_err *err);
 /* The same from a JSON file. */
 int kh_alerts_load_file(kh_alerts *a, const char *path, kh_err *err);

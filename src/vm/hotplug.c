@@ -32,6 +32,7 @@ typedef struct job {
     phase ph;
     int pending;      /* device_add/device_del replies outstanding */
     int present;      /* from the last query, -1 = unknown */
+    bool unplug_sent; /* a device_del went to QEMU */
     kh_err err;       /* the first failure */
     bool done;
     struct job *next;
@@ -84,7 +85,7 @@ static void finish(job *j)
             break;
         }
     }
-    if (j->tcg && j->ph == PH_REMOVING && j->present > 0) {
+    if (j->tcg && j->unplug_sent) {
         char *mark = kh_manager_qemu_file(j->mgr, j->id, SCAR_FILE);
         kh_err me = KH_ERR_INIT;
         if (mark && kh_fs_write_atomic(mark, "", 0, 0600, &me) < 0)
@@ -196,7 +197,9 @@ static void unplug(job *j, const json_t **ours, size_t nours, int present)
     qsort(ours, nours, sizeof(const json_t *), slot_cmp);
     for (size_t i = 0; i < drop; i++) {
         const char *path = json_string_value(json_object_get(ours[nours - 1 - i], "qom-path"));
+        int before = j->pending;
         send_cmd(j, "device_del", json_pack("{s:s}", "id", strrchr(path, '/') + 1));
+        j->unplug_sent = j->unplug_sent || j->pending > before;
     }
 }
 

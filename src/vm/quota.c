@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include "util/fs.h"
+#include "util/mem.h"
 
 #define CFS_PERIOD_US 100000ULL
 
@@ -149,6 +150,31 @@ int kh_quota_apply_cgroup(const kh_cgroups *cg, const char *vm_id, const kh_limi
     }
     int rc = cg->version == 2 ? apply_v2(cg, vm_id, l, err) : apply_v1(cg, vm_id, l, err);
     return rc < 0 ? -1 : apply_mems(cg, vm_id, l, err);
+}
+
+int kh_quota_check_cgroup(const kh_cgroups *cg, const kh_limits *l, kh_err *err)
+{
+    if (!l)
+        return 0;
+    static const struct {
+        const char *ctrl, *what;
+    } need[] = { { "cpu", "cpu_weight and cpu_max_percent" },
+                 { "memory", "memory_max_mib" },
+                 { "cpuset", "numa_nodes" } };
+    bool set[] = { l->cpu_weight || l->cpu_max_percent, l->memory_max_mib != 0, l->nnodes != 0 };
+    for (size_t i = 0; i < KH_ARRAY_LEN(need); i++) {
+        if (!set[i] || kh_cgroups_has(cg, need[i].ctrl))
+            continue;
+        if (!cg || cg->version == 0)
+            kh_err_set(err, KH_E_UNSUPPORTED, "limits.%s need the cgroup %s controller, and "
+                       "this host has no cgroups (%s)", need[i].what, need[i].ctrl,
+                       cg ? cg->reason : "none");
+        else
+            kh_err_set(err, KH_E_UNSUPPORTED, "limits.%s need the cgroup %s controller, which "
+                       "this host's cgroup v%d lacks", need[i].what, need[i].ctrl, cg->version);
+        return -1;
+    }
+    return 0;
 }
 
 static int check_cpus(const char *key, const unsigned *cpus, size_t n, kh_err *err)

@@ -33,6 +33,10 @@
  * or memory limit, else KH_E_UNSUPPORTED. */
 int kh_quota_apply_cgroup(const kh_cgroups *cg, const char *vm_id, const kh_limits *l,
                           kh_err *err);
+/* The cgroup controllers l's CPU, memory and NUMA limits need exist
+ * (KH_E_UNSUPPORTED naming the missing one if not): a limit is refused
+ * rather than accepted and not enforced. */
+int kh_quota_check_cgroup(const kh_cgroups *cg, const kh_limits *l, kh_err *err);
 /* The host has every CPU of l's cpu_affinity (KH_E_INVALID if not). */
 int kh_quota_check_host(const kh_limits *l, kh_err *err);
 /* Pin threads (the vCPU threads of QEMU pid) to l's cpu_affinity, or to

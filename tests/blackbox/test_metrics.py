@@ -362,6 +362,53 @@ class Hook:
         self.srv.server_close()
 
 
+def test_alert_webhook_change_keeps_firing_alerts(qd):
+    """`alert webhook set` while an alert fires: the old URL gets no
+    alert.resolved, no event resolves or fires again, the alert stays firing
+    (same since); the new URL is told once of the alert firing now."""
+    api = qd.api
+    old, new = Hook(), Hook()
+    sse = khlib.SSE(qd.socket)
+    try:
+        rule = {"name": "hook_keep", "scope": "host", "metric": "load1", "op": ">=",
+                "threshold": 0, "for_seconds": 0}
+        r = api.request("PUT", "/api/v1/alerts/rules",
+                        {"rules": [rule], "webhook": {"url": old.url, "timeout_seconds": 2}})
+        assert r.status == 200, r
+        assert old.wait(lambda b: b["type"] == "alert.firing"
+                        and b["data"]["rule"] == "hook_keep"), old.bodies
+        assert sse.read_until(lambda e: e.get("event") == "alert.firing"
+                              and rule_of(e) == "hook_keep", timeout=10)
+        since = [a for a in api.get("/api/v1/alerts").json["active"]
+                 if a["rule"] == "hook_keep"][0]["since"]
+        sse.buf = b""  # read_until scans the whole buffer: only what follows counts
+        p = khlib.cli(qd, "alert", "webhook", "set", new.url)
+        assert p.returncode == 0, (p.stdout, p.stderr)
+        assert new.wait(lambda b: b["type"] == "alert.firing"
+                        and b["data"]["rule"] == "hook_keep"), new.bodies
+        # a few sampler rounds (200 ms each)
+        ev = sse.read_until(lambda e: e.get("event") in ("alert.firing", "alert.resolved")
+                            and rule_of(e) == "hook_keep", timeout=3)
+        assert ev is None, ev
+        assert [b for b in old.bodies if b[2]["type"] == "alert.resolved"] == [], old.bodies
+        assert len(old.bodies) == 1, old.bodies
+        assert len([b for b in new.bodies if b[2]["type"] == "alert.firing"]) == 1, new.bodies
+        act = [a for a in api.get("/api/v1/alerts").json["active"] if a["rule"] == "hook_keep"]
+        assert len(act) == 1 and act[0]["state"] == "firing" and act[0]["since"] == since, act
+        # The same URL again (a timeout change): nothing is re-announced.
+        p = khlib.cli(qd, "alert", "webhook", "set", new.url, "--timeout", "3")
+        assert p.returncode == 0, (p.stdout, p.stderr)
+        time.sleep(1)
+        assert len(new.bodies) == 1, new.bodies
+        # The rule removed: the current receiver gets the resolve.
+        r = api.request("PUT", "/api/v1/alerts/rules", {"rules": [], "webhook": None})
+        assert r.status == 200, r
+    finally:
+        sse.close()
+        old.close()
+        new.close()
+
+
 def test_alert_webhook_fires_and_resolves(qd):
     api = qd.api
     hook = Hook()

@@ -371,6 +371,39 @@ def test_nat_two_guests_ping_forward_restart(nsdaemons, netns, guest, consoles):
 
 
 @pytest.mark.slow
+def test_forward_answers_on_every_local_address(nsdaemons, netns, guest, consoles):
+    """A port forward answers the host itself on 127.0.0.1 as well as on the
+    gateway and the host's other addresses (docs/api.md: "from every local
+    address")."""
+    d = nsdaemons()
+    api = d.api
+    n = create_net(api, {"name": "natl", "type": "nat", "subnet": "10.98.0.0/24"})
+    netns.sh(BEYOND)
+    boot_net_vms(api, guest, [net_vm_spec(guest, "w1", [{"network": "natl",
+                                                          "ip": "10.98.0.60"}])])
+    c = consoles(d, "w1")
+    c.run("mkdir -p /www && echo kvmhost-lo-ok > /www/index.html && httpd -p 80 -h /www "
+          "&& echo kh-$((%d+1))", timeout=30)
+    assert "kvmhost-lo-ok" in http_get(netns, "http://10.98.0.60/").stdout
+    r = api.post("/api/v1/networks/natl/forwards",
+                 {"proto": "tcp", "host_port": 18081, "vm": "w1", "vm_port": 80})
+    assert r.status == 201, r
+    for addr in ("127.0.0.1", "10.98.0.1", "192.0.2.1"):
+        out = http_get(netns, "http://%s:18081/" % addr)
+        assert "kvmhost-lo-ok" in out.stdout, (addr, out)
+    localnet = "/proc/sys/net/ipv4/conf/%s/route_localnet" % n["bridge"]
+    assert netns.exec(["cat", localnet]).stdout.strip() == "1"
+    # the guest cannot reach the host's loopback through the bridge: only
+    # replies to the forwarded connections may come in to 127/8
+    rules = netns.exec(["nft", "list", "table", "inet", "kvmhost"]).stdout
+    assert "ip daddr 127.0.0.0/8 ct state != { established, related } drop" in rules, rules
+    # without forwards, route_localnet goes back off
+    assert api.delete("/api/v1/networks/natl/forwards/tcp/18081").status == 204
+    assert netns.exec(["cat", localnet]).stdout.strip() == "0"
+    assert "kvmhost-lo-ok" not in http_get(netns, "http://127.0.0.1:18081/").stdout
+
+
+@pytest.mark.slow
 def test_isolated_guest_cannot_reach_beyond_bridge(nsdaemons, netns, guest, consoles):
     d = nsdaemons()
     api = d.api

@@ -8,6 +8,7 @@ import time
 import pytest
 
 import khlib
+import netlib
 from test_metrics import parse_prom, sample
 
 
@@ -151,6 +152,97 @@ def test_vcpu_hotplug_and_unplug(daemons, guest, consoles):
         assert b"\0-smp\x002,maxcpus=3\0" in f.read()
     st, j = api.action("hp", "kill")
     assert st == 200, j
+
+
+@pytest.mark.slow
+def test_refused_vcpu_unplug_leaves_hotplug_usable(daemons, guest):
+    """A vCPU unplug that is refused before anything reaches QEMU (the VM
+    started with 2: boot vCPUs cannot go) must not mark the QEMU as "a vCPU
+    was unplugged": vCPU and disk hot-plug keep working without a restart."""
+    d = daemons()
+    api = d.api
+    work = d.base + "/w"
+    os.makedirs(work)
+    os.chmod(work, 0o755)
+    spec = dict(guest.spec("ru", work, memory_mib=128, vcpus=2), max_vcpus=3)
+    r = api.request("POST", "/api/v1/vms", spec)
+    assert r.status == 201, r
+    st, j = api.action("ru", "start")
+    assert st == 200, j
+    api.wait_console("ru", khlib.GUEST_READY, timeout=150)
+    p = khlib.cli(d, "vm", "edit", "ru", "--vcpus", "1")
+    assert p.returncode != 0 and "only vCPUs plugged while it runs" in p.stderr, p
+    assert api.vm("ru")["vcpus"] == 2
+    # Nothing was unplugged: a vCPU and a disk still plug in.
+    r = api.patch("/api/v1/vms/ru", {"vcpus": 3})
+    assert r.status == 200 and r.json["vcpus"] == 3, r
+    r = api.post("/api/v1/pools/default/volumes", {"name": "rud", "size": "1M"})
+    assert r.status == 201, r
+    ndisks = len(api.vm("ru")["disks"])
+    r = api.post("/api/v1/vms/ru/disks", {"volume": "default/rud"})
+    assert r.status in (200, 201), r
+    assert len(api.vm("ru")["disks"]) == ndisks + 1
+    assert api.vm("ru")["state"] == "running"
+    st, j = api.action("ru", "kill")
+    assert st == 200, j
+
+
+def _cgroup_value(vm_id, v1_file, v2_file):
+    for p in ("/sys/fs/cgroup/memory/kvmhost/vm-%s/%s" % (vm_id, v1_file),
+              "/sys/fs/cgroup/kvmhost/vm-%s/%s" % (vm_id, v2_file)):
+        if os.path.exists(p):
+            with open(p) as f:
+                return f.read().strip()
+    return None
+
+
+@pytest.mark.slow
+def test_cgroups_under_ip_netns_exec(guest, workdir):
+    """`ip netns exec` mounts a fresh /sys without the cgroup mounts: the
+    daemon mounts the hierarchies in its own mount namespace, a VM gets its
+    cgroup and its limits; a limit whose controller is missing is refused,
+    naming it; GET /api/v1/host and `kvmhost host show` tell what is missing."""
+    ns = netlib.NetNS()
+    d = netlib.NsDaemon(ns)
+    try:
+        d.start()
+        api = d.api
+        h = api.get("/api/v1/host").json
+        assert h["cgroup"] in ("v1", "v2") and h["cgroup_mounted_private"] is True, h
+        assert isinstance(h["cgroup_missing"], list), h
+        p = khlib.cli(d, "host", "show")
+        assert p.returncode == 0 and "cgroup_missing" in p.stdout, p
+        os.chmod(workdir, 0o755)
+        spec = guest.spec("cgns", workdir, memory_mib=128, disk=False)
+        spec["limits"] = {"memory_max_mib": 200}
+        if "memory" in h["cgroup_missing"]:
+            r = api.request("POST", "/api/v1/vms", spec)
+            assert r.status == 415 and "memory" in r.error["message"], r
+            return
+        r = api.request("POST", "/api/v1/vms", spec)
+        assert r.status == 201, r
+        st, j = api.action("cgns", "start")
+        assert st == 200, j
+        vm = api.vm("cgns")
+        assert khlib.cgroup_dirs(vm["id"]), "the VM has no cgroup"
+        assert _cgroup_value(vm["id"], "memory.limit_in_bytes", "memory.max") == \
+            str(200 << 20)
+        with open("/proc/%d/cgroup" % vm["pid"]) as f:
+            assert "kvmhost/vm-%s" % vm["id"] in f.read()
+        # every controller the host lacks refuses the limits that need it
+        need = {"cpu": {"cpu_weight": 200}, "cpuset": {"numa_nodes": [0]}}
+        for ctrl in h["cgroup_missing"]:
+            if ctrl in need:
+                r = api.patch("/api/v1/vms/cgns", {"limits": need[ctrl]})
+                assert r.status == 415 and ctrl in r.error["message"], r
+        st, j = api.action("cgns", "kill")
+        assert st == 200, j
+    finally:
+        try:
+            d.cleanup()
+        finally:
+            d.remove()
+            ns.delete()
 
 
 def thread_affinity(pid):

@@ -344,6 +344,15 @@ static void test_nft_render(void)
     CHECK(strstr(s, "iifname \"khbr0123abcd\" ip saddr 10.9.0.0/24 accept\n"));
     CHECK(strstr(s, "ip saddr 10.9.0.0/24 ip daddr != 10.9.0.0/24 oifname != \"khbr0123abcd\" "
                     "masquerade\n"));
+    /* forwards answer the host itself on 127.0.0.1 too: the DNATed
+     * loopback source is masqueraded on the bridge, and only replies may
+     * reach 127/8 from it (route_localnet is on there) */
+    CHECK(strstr(s, "ip saddr 127.0.0.0/8 oifname \"khbr0123abcd\" ct status dnat "
+                    "masquerade\n"));
+    CHECK(strstr(s, "iifname \"khbr0123abcd\" ip daddr 127.0.0.0/8 ct state != { established, "
+                    "related } drop\n"));
+    CHECK(!strstr(s, "oifname \"khbr89abcdef\" ct status dnat masquerade"));
+    CHECK(!strstr(s, "iifname \"khbr89abcdef\" ip daddr 127.0.0.0/8"));
     CHECK(!strstr(s, "ip saddr 10.8.0.0/24")); /* isolated: no way out */
     CHECK(strstr(s, "iifname \"khbr89abcdef\" drop\n"));
     CHECK(strstr(s, "iifname \"khbr89abcdef\" ip daddr != { 10.8.0.1, 255.255.255.255 } drop"));

@@ -411,6 +411,44 @@ static void test_quota_cgroup(void)
     kh_err_clear(&err);
     CHECK(kh_quota_apply_cgroup(&none, id, &l, &err) < 0 && err.code == KH_E_UNSUPPORTED);
     CHECK(kh_quota_apply_cgroup(&none, id, NULL, &err) == 0);
+
+    /* A limit whose controller is missing is refused up front, naming it;
+     * detect lists what is missing. */
+    char v1[600], sub[700];
+    kh_fmt(v1, sizeof(v1), "%s/detect", base);
+    kh_fmt(sub, sizeof(sub), "%s/cpu", v1);
+    CHECK(kh_fs_mkdir_p(sub, 0755, &err) == 0);
+    kh_cgroups det;
+    kh_cgroups_detect(&det, v1, NULL);
+    CHECK(det.version == 1 && kh_cgroups_has(&det, "cpu") && !kh_cgroups_has(&det, "memory"));
+    CHECK(strstr(det.missing, "memory") && strstr(det.missing, "cpuset") &&
+          !strstr(det.missing, "cpu,") && strncmp(det.missing, "cpu", 4) != 0);
+    kh_limits mem = { .memory_max_mib = 256 }, cpu = { .cpu_weight = 10 };
+    kh_limits nodes = { .nodes = (unsigned[]){ 0 }, .nnodes = 1 };
+    kh_err_clear(&err);
+    CHECK(kh_quota_check_cgroup(&det, &mem, &err) < 0 && err.code == KH_E_UNSUPPORTED &&
+          strstr(err.msg, "memory controller"));
+    kh_err_clear(&err);
+    CHECK(kh_quota_check_cgroup(&det, &nodes, &err) < 0 && strstr(err.msg, "cpuset"));
+    kh_err_clear(&err);
+    CHECK(kh_quota_check_cgroup(&det, &cpu, &err) == 0 && kh_quota_check_cgroup(&det, NULL,
+                                                                                  &err) == 0);
+    CHECK(kh_quota_check_cgroup(&none, &cpu, &err) < 0 && strstr(err.msg, "not mounted"));
+    /* v2: the root's cgroup.controllers says what there is */
+    kh_fmt(v1, sizeof(v1), "%s/detect2", base);
+    CHECK(kh_fs_mkdir_p(v1, 0755, &err) == 0);
+    kh_fmt(sub, sizeof(sub), "%s/cgroup.controllers", v1);
+    FILE *f = fopen(sub, "w");
+    if (f) {
+        fputs("cpuset cpu io pids\n", f);
+        fclose(f);
+    }
+    kh_cgroups_detect(&det, v1, NULL);
+    CHECK(det.version == 2 && kh_cgroups_has(&det, "cpu") && kh_cgroups_has(&det, "cpuset") &&
+          !kh_cgroups_has(&det, "memory"));
+    CHECK_STR(det.missing, "memory");
+    kh_err_clear(&err);
+    CHECK(kh_quota_check_cgroup(&det, &mem, &err) < 0 && strstr(err.msg, "memory"));
     kh_fs_rm_rf(base, NULL);
 }
 
@@ -547,6 +585,64 @@ static void test_alerts(void)
     kh_events_free(ev);
 }
 
+/* Rules set again unchanged (as `alert webhook set` does: it PUTs the
+ * rules it read back, numbers as reals) keep their alerts: nothing resolves
+ * or fires again; a rule that changed resolves. */
+static void test_alert_rules_kept(void)
+{
+    seen[0] = '\0';
+    kh_events *ev = kh_events_new();
+    kh_event_sub *sub = kh_events_subscribe(ev, 0, on_event, NULL);
+    kh_alerts *a = kh_alerts_new(ev);
+    kh_err err = KH_ERR_INIT;
+    json_t *rules = json_loads(
+        "[{\"name\":\"mem\",\"scope\":\"host\",\"metric\":\"memory_used_percent\","
+        "\"op\":\">=\",\"threshold\":90},"
+        "{\"name\":\"busy\",\"scope\":\"vm\",\"metric\":\"cpu_percent\",\"op\":\">\","
+        "\"threshold\":50}]", 0, NULL);
+    CHECK(kh_alerts_set_rules(a, rules, &err) == 0);
+    json_decref(rules);
+    const char *hf[] = { "memory_used_percent" };
+    const char *vf[] = { "cpu_percent" };
+    double mem_hi = 95, hi = 80;
+    kh_alerts_begin(a);
+    kh_alerts_feed(a, NULL, hf, &mem_hi, 1, 100);
+    kh_alerts_feed(a, "web1", vf, &hi, 1, 100);
+    kh_alerts_end(a, 100);
+    CHECK_STR(seen, "alert.firing:-:mem;alert.firing:web1:busy;");
+    seen[0] = '\0';
+    json_t *j = kh_alerts_json(a);
+    json_t *back = json_deep_copy(json_object_get(j, "rules"));
+    json_decref(j);
+    CHECK(kh_alerts_set_rules(a, back, &err) == 0);
+    /* the same rules in another order: still the same rules */
+    json_t *swapped = json_pack("[O, O]", json_array_get(back, 1), json_array_get(back, 0));
+    CHECK(kh_alerts_set_rules(a, swapped, &err) == 0);
+    json_decref(swapped);
+    CHECK_STR(seen, "");
+    j = kh_alerts_json(a);
+    json_t *act = json_object_get(j, "active");
+    CHECK(json_array_size(act) == 2);
+    for (size_t i = 0; i < json_array_size(act); i++) {
+        CHECK_STR(json_string_value(json_object_get(json_array_get(act, i), "state")), "firing");
+        CHECK(json_real_value(json_object_get(json_array_get(act, i), "since")) == 100);
+    }
+    json_decref(j);
+    kh_alerts_begin(a);
+    kh_alerts_feed(a, NULL, hf, &mem_hi, 1, 110);
+    kh_alerts_feed(a, "web1", vf, &hi, 1, 110);
+    kh_alerts_end(a, 110);
+    CHECK_STR(seen, "");
+    /* busy's threshold changes: its alert resolves, mem's stays */
+    json_object_set_new(json_array_get(back, 1), "threshold", json_real(60));
+    CHECK(kh_alerts_set_rules(a, back, &err) == 0);
+    CHECK_STR(seen, "alert.resolved:web1:busy;");
+    json_decref(back);
+    kh_alerts_free(a);
+    kh_events_unsubscribe(ev, sub);
+    kh_events_free(ev);
+}
+
 /* A trend rule: disk use rising 1 %/s from 50 % is predicted to reach 100 %
  * within 60 s once 5 samples span half the window; flat use resolves it. */
 static void test_alert_trend(void)
@@ -678,6 +774,7 @@ int main(void)
     RUN(test_throttle_args);
     RUN(test_quota_cgroup);
     RUN(test_alerts);
+    RUN(test_alert_rules_kept);
     RUN(test_alert_trend);
     RUN(test_webhook_config);
     RUN(test_pin_self);
