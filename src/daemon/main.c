@@ -292,6 +292,7 @@ static char *load_token(const char *state_dir)
 /* The KVM probe runs a test guest for up to a second: on the thread pool,
  * so that reattaching and serving the API do not wait for it. */
 static uv_work_t accel_work;
+static bool accel_finished;
 
 static void accel_probe_work(uv_work_t *w)
 {
@@ -302,7 +303,9 @@ static void accel_probe_work(uv_work_t *w)
 static void accel_probe_done(uv_work_t *w, int status)
 {
     (void)w;
-    (void)status;
+    accel_finished = true;
+    if (status == UV_ECANCELED) /* shutdown came first */
+        return;
     if (d.accel.accel == KH_ACCEL_TCG)
         kh_log(KH_LOG_WARN, "host.accel",
                "accel=tcg reason=\"%s\" note=\"guests run under software emulation, "
@@ -396,6 +399,82 @@ static json_t *host_facts(const options *o, const char *state_dir, const char *r
     json_object_set_new(facts, "cgroup_missing", missing);
     json_object_set_new(facts, "cgroup_mounted_private", json_boolean(d.cgroups.mounted_private));
     return facts;
+}
+
+static void close_straggler(uv_handle_t *h, void *arg)
+{
+    unsigned *n = arg;
+    if (uv_is_closing(h))
+        return;
+    (*n)++;
+    kh_log(KH_LOG_DEBUG, "daemon.shutdown", "straggler=%s",
+           uv_handle_type_name(uv_handle_get_type(h)));
+    uv_close(h, NULL);
+}
+
+/* Shutdown: free everything in the reverse order of start-up, so that a
+ * leak checker at exit sees only real leaks. QEMUs, dnsmasqs, their sockets
+ * and cgroups stay (the next daemon reattaches); qemu-img jobs are killed. */
+static void shutdown_all(void)
+{
+    /* The KVM probe's callback touches the manager: cancel it, or let it
+     * finish while everything is still there. */
+    if (uv_cancel((uv_req_t *)&accel_work) != 0)
+        while (!accel_finished)
+            uv_run(d.loop, UV_RUN_ONCE);
+    /* Stop serving first: no request may reach a freed module. */
+    kh_http_server_free(d.http);
+    d.http = NULL;
+    kh_auth_free(d.auth);
+    d.auth = NULL;
+    kh_nics_free(d.api.nics);
+    kh_disks_free(d.api.disks);
+    kh_snapshots_free(d.api.snapshots);
+    d.api.nics = NULL;
+    d.api.disks = NULL;
+    d.api.snapshots = NULL;
+    free(d.api.openapi);
+    d.api.openapi = NULL;
+    json_decref(d.api.host);
+    d.api.host = NULL;
+    kh_metrics_free(d.metrics);
+    d.metrics = NULL;
+    kh_alerts_free(d.alerts);
+    d.alerts = NULL;
+    kh_webhook_free(d.webhook);
+    d.webhook = NULL;
+    kh_manager_free(d.mgr);
+    d.mgr = NULL;
+    kh_netmgr_free(d.net);
+    d.net = NULL;
+    kh_storage_free(d.storage);
+    d.storage = NULL;
+    kh_qimg_free(d.qimg);
+    d.qimg = NULL;
+    kh_tasks_free(d.tasks);
+    d.tasks = NULL;
+    kh_events_free(d.events);
+    d.events = NULL;
+    uv_close((uv_handle_t *)&d.sigterm, NULL);
+    uv_close((uv_handle_t *)&d.sigint, NULL);
+    uv_close((uv_handle_t *)&d.sigchld, NULL);
+    kh_store_close(d.store);
+    d.store = NULL;
+    /* Let the close callbacks run, then close what is left (and say so:
+     * a straggler is a module that does not close its own handles). */
+    uv_run(d.loop, UV_RUN_DEFAULT);
+    unsigned stragglers = 0;
+    uv_walk(d.loop, close_straggler, &stragglers);
+    uv_run(d.loop, UV_RUN_DEFAULT);
+    int rc = uv_loop_close(d.loop);
+    if (stragglers || rc != 0)
+        kh_log(KH_LOG_WARN, "daemon.shutdown", "stragglers=%u loop_close=\"%s\"", stragglers,
+               rc ? uv_strerror(rc) : "ok");
+    d.loop = NULL;
+    free(d.qemu_binary);
+    d.qemu_binary = NULL;
+    free(d.token);
+    d.token = NULL;
 }
 
 int main(int argc, char **argv)
@@ -589,13 +668,7 @@ int main(int argc, char **argv)
     malloc_trim(0);
     uv_run(d.loop, UV_RUN_DEFAULT);
 
-    /* Shutdown: stop serving; QEMUs, their sockets and cgroups stay. */
-    kh_http_server_free(d.http);
-    d.http = NULL;
-    kh_auth_free(d.auth);
-    d.auth = NULL;
-    kh_store_close(d.store);
-    d.store = NULL;
+    shutdown_all();
     kh_log(KH_LOG_INFO, "daemon.exit", "pid=%d", (int)getpid());
     free(state_dir);
     free(run_dir);

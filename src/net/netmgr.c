@@ -4,6 +4,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <poll.h>
 #include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -17,7 +18,7 @@
 #include "net/network.h"
 #include "net/nft.h"
 #include "net/secgroup.h"
-#include "qemu/process.h"
+#include "host/spawn.h"
 #include "util/check.h"
 #include "util/fs.h"
 #include "util/inet.h"
@@ -270,23 +271,18 @@ static void dns_kill_stale(net_rt *r)
     free(conf);
     if (!ours)
         return;
-    int pfd = kh_process_pidfd((pid_t)pid);
+    int pfd = kh_spawn_pidfd_open((pid_t)pid);
     kill((pid_t)pid, SIGTERM);
     /* wait up to 1 s for it to let go of the address and port */
-    for (int i = 0; i < 100 && kill((pid_t)pid, 0) == 0; i++) {
-        if (pfd >= 0) {
-            fd_set rd;
-            FD_ZERO(&rd);
-            FD_SET(pfd, &rd);
-            struct timeval tv = { 0, 10000 };
-            if (select(pfd + 1, &rd, NULL, NULL, &tv) > 0)
-                break;
-        } else {
-            usleep(10000);
-        }
-    }
-    if (pfd >= 0)
+    if (pfd >= 0) {
+        struct pollfd p = { pfd, POLLIN, 0 };
+        while (poll(&p, 1, 1000) < 0 && errno == EINTR)
+            ;
         close(pfd);
+    } else {
+        for (int i = 0; i < 100 && kill((pid_t)pid, 0) == 0; i++)
+            usleep(10000); /* no pidfd on this kernel */
+    }
     kh_log(KH_LOG_INFO, "net.dnsmasq.stale", "network=%s pid=%ld note=\"replaced\"",
            r->n->name, pid);
 }
@@ -318,13 +314,17 @@ static void dns_start(net_rt *r)
     char *argv[] = { (char *)(uintptr_t)KH_DNSMASQ_BINARY, conf_arg,
                      (char *)(uintptr_t)"--keep-in-foreground",
                      (char *)(uintptr_t)"--log-facility=-", NULL };
-    kh_process_spec ps = { .argv = argv, .log_fd = log_fd };
-    pid_t pid = kh_process_spawn(&ps, &err);
-    if (pid < 0)
+    /* Its own session and no death signal: it outlives a daemon restart,
+     * and the next daemon replaces it (dns_kill_stale). */
+    kh_spawn_spec ps = { .argv = argv, .stdin_fd = -1, .stdout_fd = log_fd, .stderr_fd = log_fd,
+                         .new_session = true, .no_new_privs = true };
+    kh_spawn_child child;
+    if (kh_spawn(&ps, &child, &err) < 0)
         goto fail;
+    pid_t pid = child.pid;
     r->dns_pid = pid;
     r->dns_started_ms = kh_now_ms();
-    r->dns_pidfd = kh_process_pidfd(pid);
+    r->dns_pidfd = child.pidfd;
     if (r->dns_pidfd >= 0) {
         r->dns_poll = xcalloc(1, sizeof(*r->dns_poll));
         uv_poll_init(r->nm->loop, r->dns_poll, r->dns_pidfd);

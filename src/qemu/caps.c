@@ -19,24 +19,18 @@
 #include <fcntl.h>
 #include <limits.h>
 #include <linux/io_uring.h>
-#include <poll.h>
-#include <signal.h>
-#include <spawn.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
-#include <sys/wait.h>
-#include <time.h>
 #include <unistd.h>
 
+#include "host/spawn.h"
 #include "util/log.h"
 #include "util/mem.h"
 #include "util/misc.h"
 #include "util/strv.h"
-
-extern char **environ;
 
 #define DEFAULT_BINARY "qemu-system-x86_64"
 #define VERSION_TIMEOUT_MS 2000
@@ -96,109 +90,26 @@ static char *find_binary(const char *name, const char *from, kh_err *err)
 static int run_capture(char *const argv[], const char *input, int timeout_ms, char **out,
                        kh_err *err)
 {
-    int outp[2] = { -1, -1 }, inp[2] = { -1, -1 };
+    kh_spawn_spec spec = { .argv = argv, .die_with_parent = true };
+    kh_spawn_run_opts opts = { .input = input, .timeout_ms = (unsigned)timeout_ms,
+                               .max_output = OUTPUT_MAX, .merge_stderr = true };
+    kh_spawn_output res;
+    kh_err serr = KH_ERR_INIT;
     int status = -1;
-    pid_t pid = -1;
-    posix_spawn_file_actions_t fa;
-    size_t len = 0;
-    char *buf = xmalloc(OUTPUT_MAX + 1);
-    buf[0] = '\0';
-    *out = buf;
-
-    if (pipe2(outp, O_CLOEXEC) < 0 || (input && pipe2(inp, O_CLOEXEC) < 0)) {
-        kh_err_errno(err, KH_E_INTERNAL, errno, "pipe");
-        goto done;
-    }
-    if (input) {
-        /* Small enough for the pipe buffer: written before the child runs,
-         * so no SIGPIPE whatever it does. */
-        size_t n = strlen(input);
-        if (write(inp[1], input, n) != (ssize_t)n) {
-            kh_err_errno(err, KH_E_INTERNAL, errno, "writing to a pipe");
-            goto done;
-        }
-        close(inp[1]);
-        inp[1] = -1;
-    }
-    posix_spawn_file_actions_init(&fa);
-    if (input)
-        posix_spawn_file_actions_adddup2(&fa, inp[0], 0);
-    else
-        posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDONLY, 0);
-    posix_spawn_file_actions_adddup2(&fa, outp[1], 1);
-    posix_spawn_file_actions_adddup2(&fa, outp[1], 2);
-    int rc = posix_spawn(&pid, argv[0], &fa, NULL, argv, environ);
-    posix_spawn_file_actions_destroy(&fa);
-    close(outp[1]);
-    outp[1] = -1;
-    if (rc != 0) {
-        kh_err_errno(err, KH_E_QEMU, rc, "cannot run %s", argv[0]);
-        pid = -1;
-        goto done;
-    }
-
-    uint64_t deadline = kh_now_ms() + (uint64_t)timeout_ms;
-    for (;;) {
-        uint64_t now = kh_now_ms();
-        if (now >= deadline)
-            break;
-        struct pollfd pfd = { outp[0], POLLIN, 0 };
-        int pr = poll(&pfd, 1, (int)(deadline - now));
-        if (pr < 0 && errno == EINTR)
-            continue;
-        if (pr <= 0)
-            break;
-        char tmp[4096];
-        ssize_t n = read(outp[0], tmp, sizeof(tmp));
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n <= 0)
-            break; /* end of output */
-        size_t take = (size_t)n < OUTPUT_MAX - len ? (size_t)n : OUTPUT_MAX - len;
-        memcpy(buf + len, tmp, take);
-        len += take;
-        buf[len] = '\0';
-    }
-    /* The output is closed (or the time is up); give the exit the rest. */
-    for (;;) {
-        pid_t w = waitpid(pid, &status, WNOHANG);
-        if (w == pid)
-            break;
-        if (w < 0 && errno != EINTR) {
-            kh_err_errno(err, KH_E_INTERNAL, errno, "waitpid");
-            status = -1;
-            pid = -1;
-            goto done;
-        }
-        if (kh_now_ms() >= deadline) {
-            kill(pid, SIGKILL);
-            while (waitpid(pid, &status, 0) < 0 && errno == EINTR)
-                ;
-            kh_err_set(err, KH_E_TIMEOUT, "%s %s did not finish within %d ms", argv[0],
-                       argv[1] ? argv[1] : "", timeout_ms);
-            status = -1;
-            pid = -1;
-            goto done;
-        }
-        struct timespec ts = { 0, 2 * 1000 * 1000 };
-        nanosleep(&ts, NULL);
-    }
-    pid = -1;
-    if (WIFSIGNALED(status)) {
-        kh_err_set(err, KH_E_QEMU, "%s died of signal %d", argv[0], WTERMSIG(status));
-        status = -1;
+    if (kh_spawn_run(&spec, &opts, &res, &serr) < 0) {
+        kh_err_set(err, KH_E_QEMU, "cannot run %s: %s", argv[0], serr.msg);
+        kh_err_clear(&serr);
+    } else if (res.timed_out) {
+        kh_err_set(err, KH_E_TIMEOUT, "%s %s did not finish within %d ms", argv[0],
+                   argv[1] ? argv[1] : "", timeout_ms);
+    } else if (res.signal) {
+        kh_err_set(err, KH_E_QEMU, "%s died of signal %d", argv[0], res.signal);
     } else {
-        status = WEXITSTATUS(status);
+        status = res.status;
     }
-done:
-    if (outp[0] >= 0)
-        close(outp[0]);
-    if (outp[1] >= 0)
-        close(outp[1]);
-    if (inp[0] >= 0)
-        close(inp[0]);
-    if (inp[1] >= 0)
-        close(inp[1]);
+    *out = res.out;
+    res.out = NULL;
+    kh_spawn_output_clear(&res);
     return status;
 }
 

@@ -1,4 +1,5 @@
-/* process.h - start a QEMU (or any helper) the safe way.
+/* process.h - start a QEMU the safe way: a thin QEMU-specific wrapper over
+ * the one spawner, host/spawn.h (kh_spawn), kept for vm/manager.c.
  *
  * fork + exec of an argv (never a shell). In the child: a new session
  * (setsid, so it survives the daemon and its terminal), the VM's cgroup,

@@ -98,7 +98,7 @@ static json_t *pool_json(kh_storage *st, const pool *p)
     pool_space(p, o);
     json_object_set_new(o, "volumes",
                         json_integer(storage_count_where(st, "SELECT count(*) FROM volumes "
-                                                     "WHERE pool_id = ?", p->id)));
+                                                     "WHERE pool_id = ?", p->id, NULL)));
     return o;
 }
 
@@ -108,11 +108,17 @@ json_t *kh_storage_pools_json(kh_storage *st)
     sqlite3_stmt *s = storage_prep(st, "SELECT " POOL_COLS " FROM pools ORDER BY name", NULL);
     if (!s)
         return arr;
-    while (sqlite3_step(s) == SQLITE_ROW) {
+    int rc;
+    while ((rc = sqlite3_step(s)) == SQLITE_ROW) {
         pool p = { 0 };
         row_pool(s, &p);
         json_array_append_new(arr, pool_json(st, &p));
         pool_clear(&p);
+    }
+    if (rc != SQLITE_DONE) {
+        kh_err err = KH_ERR_INIT;
+        storage_db_fail(st, &err, "listing pools");
+        storage_log_fail(&err, "pools");
     }
     sqlite3_finalize(s);
     return arr;
@@ -212,9 +218,13 @@ int kh_storage_pool_delete(kh_storage *st, const char *name, kh_err *err)
     if (pool_find(st, name, &p, err) < 0)
         return -1;
     int rc = -1;
+    long long nvol;
     if (strcmp(p.name, "default") == 0) {
         kh_err_set(err, KH_E_CONFLICT, "the default pool cannot be deleted");
-    } else if (storage_count_where(st, "SELECT count(*) FROM volumes WHERE pool_id = ?", p.id) != 0) {
+    } else if ((nvol = storage_count_where(st, "SELECT count(*) FROM volumes WHERE pool_id = ?",
+                                           p.id, err)) < 0) {
+        /* err says why */
+    } else if (nvol != 0) {
         kh_err_set(err, KH_E_CONFLICT, "pool %s still holds volumes; delete them first", name);
     } else {
         sqlite3_stmt *s = storage_prep(st, "DELETE FROM pools WHERE id = ?", err);

@@ -5,10 +5,10 @@
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "host/spawn.h"
 #include "util/fs.h"
 #include "util/mem.h"
 
@@ -229,37 +229,27 @@ pid_t kh_qimg_run_fds(kh_qimg *q, char *const *argv, const int *fds, size_t nfds
     static char env_lc[] = "LC_ALL=C", env_path[] = "PATH=/usr/sbin:/usr/bin:/sbin:/bin";
     static char *const envp[] = { env_lc, env_path, NULL };
     int outp[2] = { -1, -1 }, errp[2] = { -1, -1 };
-    int devnull = open("/dev/null", O_RDONLY | O_CLOEXEC);
-    if (devnull < 0 || pipe2(outp, O_CLOEXEC) < 0 || pipe2(errp, O_CLOEXEC) < 0) {
+    if (pipe2(outp, O_CLOEXEC) < 0 || pipe2(errp, O_CLOEXEC) < 0) {
         kh_err_errno(err, KH_E_INTERNAL, errno, "running %s", argv[0]);
         goto fail;
     }
-    pid_t pid = fork();
-    if (pid < 0) {
-        kh_err_errno(err, KH_E_INTERNAL, errno, "fork for %s", argv[0]);
+    /* fds[k] becomes 3 + k. A helper dies with the daemon (it is not
+     * adopted by the next one). */
+    kh_spawn_fd place[KH_QIMG_FDS_MAX];
+    for (size_t k = 0; k < nfds; k++) {
+        place[k].fd = fds[k];
+        place[k].target = 3 + (int)k;
+    }
+    kh_spawn_spec spec = { .argv = argv, .envp = envp, .stdin_fd = -1, .stdout_fd = outp[1],
+                           .stderr_fd = errp[1], .fds = place, .nfds = nfds,
+                           .die_with_parent = true };
+    kh_spawn_child child;
+    if (kh_spawn(&spec, &child, err) < 0)
         goto fail;
-    }
-    if (pid == 0) {
-        /* Child: only async-signal-safe calls from here. */
-        sigset_t all;
-        sigemptyset(&all);
-        sigprocmask(SIG_SETMASK, &all, NULL);
-        if (dup2(devnull, 0) < 0 || dup2(outp[1], 1) < 0 || dup2(errp[1], 2) < 0)
-            _exit(127);
-        /* fds[k] becomes 3 + k: first out of the way (a source may be a
-         * target number), then into place, inheritable. */
-        int high[KH_QIMG_FDS_MAX];
-        for (size_t k = 0; k < nfds; k++)
-            if ((high[k] = fcntl(fds[k], F_DUPFD_CLOEXEC, 64)) < 0)
-                _exit(127);
-        for (size_t k = 0; k < nfds; k++)
-            if (dup2(high[k], 3 + (int)k) < 0) /* dup2 leaves the copy inheritable */
-                _exit(127);
-        syscall(SYS_close_range, 3u + (unsigned)nfds, ~0u, 0u);
-        execve(argv[0], argv, envp);
-        _exit(127);
-    }
-    close(devnull);
+    /* The daemon's reaper (kh_qimg_child_exited) takes the exit status. */
+    if (child.pidfd >= 0)
+        close(child.pidfd);
+    pid_t pid = child.pid;
     close(outp[1]);
     close(errp[1]);
     job *j = xcalloc(1, sizeof(*j));
@@ -287,8 +277,6 @@ pid_t kh_qimg_run_fds(kh_qimg *q, char *const *argv, const int *fds, size_t nfds
     return pid;
 
 fail:
-    if (devnull >= 0)
-        close(devnull);
     for (int i = 0; i < 2; i++) {
         if (outp[i] >= 0)
             close(outp[i]);

@@ -1,10 +1,13 @@
-/* snapshot.c - the records of VMs' internal qcow2 snapshots. */
+/* snapshot.c - the records of VMs' internal qcow2 snapshots (tables
+ * snapshots and snapshot_current, storage/schema.c). They belong to the VM
+ * row: deleting it removes them (ON DELETE CASCADE). */
 #include "storage/storage_int.h"
 
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "util/log.h"
 #include "util/mem.h"
 #include "util/misc.h"
 
@@ -31,14 +34,29 @@ static int exec_args(kh_storage *st, const char *sql, const char *what, kh_err *
     return rc;
 }
 
+int kh_storage_snapshot_current_get(kh_storage *st, const char *vm_id, char **out,
+                                    kh_err *err)
+{
+    *out = NULL;
+    sqlite3_stmt *s = storage_prep(st, "SELECT name FROM snapshot_current WHERE vm_id = ?", err);
+    if (!s)
+        return -1;
+    sqlite3_bind_text(s, 1, vm_id, -1, SQLITE_TRANSIENT);
+    int rc = sqlite3_step(s), ret = 0;
+    if (rc == SQLITE_ROW)
+        *out = storage_col_text(s, 0);
+    else if (rc != SQLITE_DONE)
+        ret = storage_db_fail(st, err, "reading the current snapshot");
+    sqlite3_finalize(s);
+    return ret;
+}
+
 char *kh_storage_snapshot_current(kh_storage *st, const char *vm_id)
 {
-    sqlite3_stmt *s = storage_prep(st, "SELECT name FROM snapshot_current WHERE vm_id = ?", NULL);
-    if (!s)
-        return NULL;
-    sqlite3_bind_text(s, 1, vm_id, -1, SQLITE_TRANSIENT);
-    char *name = sqlite3_step(s) == SQLITE_ROW ? storage_col_text(s, 0) : NULL;
-    sqlite3_finalize(s);
+    kh_err err = KH_ERR_INIT;
+    char *name = NULL;
+    if (kh_storage_snapshot_current_get(st, vm_id, &name, &err) < 0)
+        storage_log_fail(&err, "snapshot.current");
     return name;
 }
 
@@ -56,12 +74,20 @@ int kh_storage_snapshot_set_current(kh_storage *st, const char *vm_id, const cha
 int kh_storage_snapshot_add(kh_storage *st, const char *vm_id, const char *name, bool memory,
                             kh_err *err)
 {
-    /* Its parent is where the VM was; it becomes where the VM is. */
-    char *parent = kh_storage_snapshot_current(st, vm_id);
+    /* Its parent is where the VM was; it becomes where the VM is. One
+     * transaction: the record and "current" change together. */
+    char *parent = NULL;
+    if (kh_store_begin(st->store, err) < 0)
+        return -1;
+    if (kh_storage_snapshot_current_get(st, vm_id, &parent, err) < 0) {
+        kh_store_rollback(st->store);
+        return -1;
+    }
     sqlite3_stmt *s = storage_prep(st, "INSERT INTO snapshots (vm_id, name, memory, created_at, parent) "
                                "VALUES (?, ?, ?, ?, ?)", err);
     if (!s) {
         free(parent);
+        kh_store_rollback(st->store);
         return -1;
     }
     sqlite3_bind_text(s, 1, vm_id, -1, SQLITE_TRANSIENT);
@@ -77,7 +103,11 @@ int kh_storage_snapshot_add(kh_storage *st, const char *vm_id, const char *name,
     free(parent);
     if (rc == 0)
         rc = kh_storage_snapshot_set_current(st, vm_id, name, err);
-    return rc;
+    if (rc < 0) {
+        kh_store_rollback(st->store);
+        return -1;
+    }
+    return kh_store_commit(st->store, err);
 }
 
 int kh_storage_snapshot_get(kh_storage *st, const char *vm_id, const char *name, bool *memory,
@@ -103,7 +133,7 @@ int kh_storage_snapshot_remove(kh_storage *st, const char *vm_id, const char *na
 {
     /* Its children hang from its parent now; "current" moves up too. One
      * transaction: the tree is never seen half-changed. */
-    if (exec_args(st, "SAVEPOINT snap_remove", "removing a snapshot", err, 0) < 0)
+    if (kh_store_begin(st->store, err) < 0)
         return -1;
     const char *parent_of = "(SELECT parent FROM snapshots WHERE vm_id = ?1 AND name = ?2)";
     char *reparent = xasprintf("UPDATE snapshots SET parent = %s WHERE vm_id = ?1 AND "
@@ -124,24 +154,26 @@ int kh_storage_snapshot_remove(kh_storage *st, const char *vm_id, const char *na
     free(uncur);
     free(recur);
     if (rc == 0)
-        return exec_args(st, "RELEASE snap_remove", "removing a snapshot", err, 0);
-    exec_args(st, "ROLLBACK TO snap_remove", "removing a snapshot", NULL, 0);
-    exec_args(st, "RELEASE snap_remove", "removing a snapshot", NULL, 0);
+        return kh_store_commit(st->store, err);
+    kh_store_rollback(st->store);
     return -1;
 }
 
-json_t *kh_storage_snapshot_list(kh_storage *st, const char *vm_id)
+json_t *kh_storage_snapshot_list_err(kh_storage *st, const char *vm_id, kh_err *err)
 {
-    json_t *arr = json_array();
-    char *current = kh_storage_snapshot_current(st, vm_id);
+    char *current = NULL;
+    if (kh_storage_snapshot_current_get(st, vm_id, &current, err) < 0)
+        return NULL;
     sqlite3_stmt *s = storage_prep(st, "SELECT name, memory, created_at, parent FROM snapshots "
-                               "WHERE vm_id = ? ORDER BY created_at, name", NULL);
+                               "WHERE vm_id = ? ORDER BY created_at, name", err);
     if (!s) {
         free(current);
-        return arr;
+        return NULL;
     }
+    json_t *arr = json_array();
     sqlite3_bind_text(s, 1, vm_id, -1, SQLITE_TRANSIENT);
-    while (sqlite3_step(s) == SQLITE_ROW) {
+    int rc;
+    while ((rc = sqlite3_step(s)) == SQLITE_ROW) {
         const char *name = (const char *)sqlite3_column_text(s, 0);
         const char *parent = (const char *)sqlite3_column_text(s, 3);
         json_array_append_new(arr, json_pack("{s:s, s:b, s:o, s:o, s:b}", "name", name,
@@ -151,20 +183,44 @@ json_t *kh_storage_snapshot_list(kh_storage *st, const char *vm_id)
                                              parent ? json_string(parent) : json_null(),
                                              "current", current && strcmp(current, name) == 0));
     }
+    if (rc != SQLITE_DONE) {
+        storage_db_fail(st, err, "listing snapshots");
+        json_decref(arr);
+        arr = NULL;
+    }
     sqlite3_finalize(s);
     free(current);
     return arr;
 }
 
+json_t *kh_storage_snapshot_list(kh_storage *st, const char *vm_id)
+{
+    kh_err err = KH_ERR_INIT;
+    json_t *arr = kh_storage_snapshot_list_err(st, vm_id, &err);
+    if (!arr) {
+        storage_log_fail(&err, "snapshot.list");
+        arr = json_array();
+    }
+    return arr;
+}
+
 void kh_storage_snapshot_forget_vm(kh_storage *st, const char *vm_id)
 {
-    if (st)
-        exec_args(st, "DELETE FROM snapshot_current WHERE vm_id = ?", "forgetting snapshots",
-                  NULL, 1, vm_id);
-    sqlite3_stmt *s = st ? storage_prep(st, "DELETE FROM snapshots WHERE vm_id = ?", NULL) : NULL;
-    if (!s)
+    if (!st)
         return;
-    sqlite3_bind_text(s, 1, vm_id, -1, SQLITE_TRANSIENT);
-    sqlite3_step(s);
-    sqlite3_finalize(s);
+    kh_err err = KH_ERR_INIT;
+    if (kh_store_begin(st->store, &err) < 0) {
+        storage_log_fail(&err, "snapshot.forget");
+        return;
+    }
+    if (exec_args(st, "DELETE FROM snapshot_current WHERE vm_id = ?", "forgetting snapshots",
+                  &err, 1, vm_id) < 0 ||
+        exec_args(st, "DELETE FROM snapshots WHERE vm_id = ?", "forgetting snapshots", &err, 1,
+                  vm_id) < 0) {
+        kh_store_rollback(st->store);
+        storage_log_fail(&err, "snapshot.forget");
+        return;
+    }
+    if (kh_store_commit(st->store, &err) < 0)
+        storage_log_fail(&err, "snapshot.forget");
 }

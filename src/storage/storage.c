@@ -57,17 +57,29 @@ sqlite3_stmt *storage_prep(kh_storage *st, const char *sql, kh_err *err)
     return s;
 }
 
-long long storage_count_where(kh_storage *st, const char *sql, const char *arg)
+long long storage_count_where(kh_storage *st, const char *sql, const char *arg, kh_err *err)
 {
-    sqlite3_stmt *s = NULL;
+    kh_err local = KH_ERR_INIT;
+    kh_err *e = err ? err : &local;
+    sqlite3_stmt *s = storage_prep(st, sql, e);
     long long n = -1;
-    if (sqlite3_prepare_v2(st->db, sql, -1, &s, NULL) == SQLITE_OK) {
+    if (s) {
         sqlite3_bind_text(s, 1, arg, -1, SQLITE_TRANSIENT);
         if (sqlite3_step(s) == SQLITE_ROW)
             n = sqlite3_column_int64(s, 0);
+        else
+            storage_db_fail(st, e, "counting");
+        sqlite3_finalize(s);
     }
-    sqlite3_finalize(s);
+    if (!err && n < 0)
+        storage_log_fail(&local, "count");
     return n;
+}
+
+void storage_log_fail(kh_err *err, const char *what)
+{
+    kh_log(KH_LOG_ERROR, "storage.db", "op=%s error=\"%s\"", what, err->msg);
+    kh_err_clear(err);
 }
 
 busy *storage_busy_find(kh_storage *st, const char *pool_id, const char *name)
@@ -184,12 +196,22 @@ kh_storage *kh_storage_new(uv_loop_t *loop, kh_store *store, kh_qimg *qimg,
         kh_storage_free(st);
         return NULL;
     }
-    sqlite3_stmt *s = storage_prep(st, "SELECT " POOL_COLS " FROM pools", NULL);
-    while (s && sqlite3_step(s) == SQLITE_ROW) {
+    sqlite3_stmt *s = storage_prep(st, "SELECT " POOL_COLS " FROM pools", err);
+    if (!s) {
+        kh_storage_free(st);
+        return NULL;
+    }
+    while ((rc = sqlite3_step(s)) == SQLITE_ROW) {
         pool q = { 0 };
         row_pool(s, &q);
         remove_leftovers(&q);
         pool_clear(&q);
+    }
+    if (rc != SQLITE_DONE) {
+        storage_db_fail(st, err, "listing pools");
+        sqlite3_finalize(s);
+        kh_storage_free(st);
+        return NULL;
     }
     sqlite3_finalize(s);
     return st;

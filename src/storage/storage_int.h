@@ -103,11 +103,16 @@ void storage_col_id(sqlite3_stmt *s, int i, char out[37]);
  * analyzer sees the -1 in every storage file. */
 static inline int storage_db_fail(kh_storage *st, kh_err *err, const char *what)
 {
-    kh_err_set(err, KH_E_INTERNAL, "database: %s: %s", what, sqlite3_errmsg(st->db));
+    kh_store_db_error(st->store, err, what);
     return -1;
 }
 sqlite3_stmt *storage_prep(kh_storage *st, const char *sql, kh_err *err);
-long long storage_count_where(kh_storage *st, const char *sql, const char *arg);
+/* The count(*) of sql with one text argument; -1 with err set (may be
+ * NULL: then the failure is logged) on a database error. */
+long long storage_count_where(kh_storage *st, const char *sql, const char *arg, kh_err *err);
+/* Logs a database failure of a reader that has no error channel (JSON
+ * listings); clears err. */
+void storage_log_fail(kh_err *err, const char *what);
 busy *storage_busy_find(kh_storage *st, const char *pool_id, const char *name);
 int storage_busy_take(kh_storage *st, const char *pool_id, const char *name, kh_err *err);
 void storage_busy_release(kh_storage *st, const char *pool_id, const char *name);

@@ -191,7 +191,7 @@ static json_t *volume_json(kh_storage *st, const pool *p, const volume *v)
     json_object_set_new(o, "encrypted", json_boolean(v->key_wrapped != NULL));
     json_object_set_new(o, "dependents",
                         json_integer(storage_count_where(st, "SELECT count(*) FROM volumes "
-                                                     "WHERE backing_id = ?", v->id)));
+                                                     "WHERE backing_id = ?", v->id, NULL)));
     json_object_set_new(o, "used_by", storage_users_of(st, p->name, v->name));
     return o;
 }
@@ -206,13 +206,22 @@ json_t *kh_storage_volumes_json(kh_storage *st, const char *pool_name, kh_err *e
                                "ORDER BY name", err);
     if (s) {
         sqlite3_bind_text(s, 1, p.id, -1, SQLITE_TRANSIENT);
-        while (sqlite3_step(s) == SQLITE_ROW) {
+        int rc;
+        while ((rc = sqlite3_step(s)) == SQLITE_ROW) {
             volume v = { 0 };
             row_volume(s, &v);
             json_array_append_new(arr, volume_json(st, &p, &v));
             volume_clear(&v);
         }
+        if (rc != SQLITE_DONE) {
+            storage_db_fail(st, err, "listing volumes");
+            json_decref(arr);
+            arr = NULL;
+        }
         sqlite3_finalize(s);
+    } else {
+        json_decref(arr);
+        arr = NULL;
     }
     pool_clear(&p);
     return arr;
@@ -895,8 +904,10 @@ int kh_storage_volume_delete(kh_storage *st, const char *pool_name, const char *
     int rc = -1;
     json_t *u = storage_users_of(st, o->p.name, o->v.name);
     long long deps = storage_count_where(st, "SELECT count(*) FROM volumes WHERE backing_id = ?",
-                                         o->v.id);
-    if (json_array_size(u) > 0) {
+                                         o->v.id, err);
+    if (deps < 0) {
+        /* err says why */
+    } else if (json_array_size(u) > 0) {
         kh_err_set(err, KH_E_CONFLICT, "volume %s is attached to VM %s; detach it first", name,
                    json_string_value(json_object_get(json_array_get(u, 0), "vm")));
     } else if (deps != 0) {
@@ -971,8 +982,11 @@ int kh_storage_resolve(kh_storage *st, const char *ref, kh_volume_chain *out, kh
         goto out;
     out->readonly = v.readonly;
     out->encrypted = v.key_wrapped != NULL;
-    out->dependents = (unsigned)storage_count_where(st, "SELECT count(*) FROM volumes "
-                                                "WHERE backing_id = ?", v.id);
+    long long deps = storage_count_where(st, "SELECT count(*) FROM volumes WHERE backing_id = ?",
+                                         v.id, err);
+    if (deps < 0)
+        goto out;
+    out->dependents = (unsigned)deps;
     for (;;) {
         if (out->n == KH_VOLUME_CHAIN_MAX) {
             kh_err_set(err, KH_E_INVALID, "volume %s: its chain is deeper than %d", ref,

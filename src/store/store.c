@@ -1,3 +1,6 @@
+/* store.c - the database: open (WAL, foreign keys), the migration runner
+ * over the one list in store/migrations.c, transactions, the small
+ * statement helpers every table owner uses, and the VM and task rows. */
 #include "store/store.h"
 
 #include <sqlite3.h>
@@ -5,108 +8,15 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "store/migrations.h"
 #include "util/mem.h"
 
 struct kh_store {
     sqlite3 *db;
+    unsigned depth; /* open transactions: 1 = BEGIN IMMEDIATE, more = savepoints */
 };
 
-/* Migrations, applied in order; user_version is the count applied. Never
- * edit a released step: add a new one. */
-static const char *const migrations[] = {
-    /* 1: VMs and tasks. */
-    "CREATE TABLE vms ("
-    "  id TEXT PRIMARY KEY,"
-    "  name TEXT NOT NULL UNIQUE,"
-    "  spec TEXT NOT NULL,"
-    "  state TEXT NOT NULL DEFAULT 'stopped',"
-    "  state_reason TEXT,"
-    "  pid INTEGER NOT NULL DEFAULT 0,"
-    "  pid_start INTEGER NOT NULL DEFAULT 0,"
-    "  accel TEXT,"
-    "  created_at REAL NOT NULL,"
-    "  updated_at REAL NOT NULL,"
-    "  started_at REAL NOT NULL DEFAULT 0"
-    ");"
-    "CREATE TABLE tasks ("
-    "  id TEXT PRIMARY KEY,"
-    "  kind TEXT NOT NULL,"
-    "  vm_name TEXT,"
-    "  state TEXT NOT NULL,"
-    "  progress INTEGER NOT NULL DEFAULT 0,"
-    "  message TEXT,"
-    "  error_code TEXT,"
-    "  error_message TEXT,"
-    "  result TEXT,"
-    "  created_at REAL NOT NULL,"
-    "  finished_at REAL NOT NULL DEFAULT 0"
-    ");"
-    "CREATE INDEX tasks_created ON tasks(created_at);",
-    /* 2: storage pools and volumes (storage/pool.c, storage/volume.c). */
-    "CREATE TABLE pools ("
-    "  id TEXT PRIMARY KEY,"
-    "  name TEXT NOT NULL UNIQUE,"
-    "  type TEXT NOT NULL,"
-    "  path TEXT NOT NULL UNIQUE,"
-    "  created_at REAL NOT NULL"
-    ");"
-    "CREATE TABLE volumes ("
-    "  id TEXT PRIMARY KEY,"
-    "  pool_id TEXT NOT NULL REFERENCES pools(id),"
-    "  name TEXT NOT NULL,"
-    "  format TEXT NOT NULL,"
-    "  capacity INTEGER NOT NULL,"
-    "  backing_id TEXT REFERENCES volumes(id),"
-    "  readonly INTEGER NOT NULL DEFAULT 0,"
-    "  created_at REAL NOT NULL,"
-    "  UNIQUE (pool_id, name)"
-    ");"
-    "CREATE INDEX volumes_backing ON volumes(backing_id);",
-    /* 3: networks (net/netmgr.c); spec is the stored JSON form. */
-    "CREATE TABLE networks ("
-    "  id TEXT PRIMARY KEY,"
-    "  name TEXT NOT NULL UNIQUE,"
-    "  spec TEXT NOT NULL,"
-    "  created_at REAL NOT NULL"
-    ");",
-    /* 4: security groups (net/netmgr.c), by name; spec is the stored JSON. */
-    "CREATE TABLE security_groups ("
-    "  name TEXT PRIMARY KEY,"
-    "  spec TEXT NOT NULL,"
-    "  created_at REAL NOT NULL"
-    ");",
-    /* 5: encrypted volumes (their wrapped key), templates, snapshots
-     * (storage/volume.c, storage/template.c, storage/snapshot.c,
-     * vm/template.c, vm/snapshot.c). */
-    "ALTER TABLE volumes ADD COLUMN key_wrapped TEXT;"
-    "CREATE TABLE templates ("
-    "  vm_id TEXT PRIMARY KEY,"
-    "  created_at REAL NOT NULL"
-    ");"
-    "CREATE TABLE snapshots ("
-    "  vm_id TEXT NOT NULL,"
-    "  name TEXT NOT NULL,"
-    "  memory INTEGER NOT NULL,"
-    "  created_at REAL NOT NULL,"
-    "  PRIMARY KEY (vm_id, name)"
-    ");",
-    /* 6: the snapshot tree (storage/snapshot.c): each snapshot's parent (the
-     * snapshot the VM was at when it was taken) and each VM's current one. */
-    "ALTER TABLE snapshots ADD COLUMN parent TEXT;"
-    "CREATE TABLE snapshot_current ("
-    "  vm_id TEXT PRIMARY KEY,"
-    "  name TEXT NOT NULL"
-    ");",
-    /* 7: security groups filter IPv6 too, and a rule's cidr now names its
-     * family. Until now a rule without a cidr was stored as "0.0.0.0/0"
-     * (specs are compact with sorted keys, so "cidr" is followed by
-     * "direction"); those rules meant "anywhere" while IPv6 was not
-     * filtered at all, so they become rules without a cidr (both
-     * families) rather than IPv4-only ones. */
-    "UPDATE security_groups SET spec = replace(spec, '\"cidr\":\"0.0.0.0/0\",', '');",
-};
-
-static int db_error(kh_store *st, kh_err *err, const char *what)
+int kh_store_db_error(kh_store *st, kh_err *err, const char *what)
 {
     int rc = sqlite3_extended_errcode(st->db);
     kh_code code = KH_E_INTERNAL;
@@ -118,7 +28,7 @@ static int db_error(kh_store *st, kh_err *err, const char *what)
     return -1;
 }
 
-static int exec_sql(kh_store *st, const char *sql, kh_err *err)
+int kh_store_exec(kh_store *st, const char *sql, kh_err *err)
 {
     char *msg = NULL;
     if (sqlite3_exec(st->db, sql, NULL, NULL, &msg) != SQLITE_OK) {
@@ -129,22 +39,21 @@ static int exec_sql(kh_store *st, const char *sql, kh_err *err)
     return 0;
 }
 
-static sqlite3_stmt *prepare(kh_store *st, const char *sql, kh_err *err)
+sqlite3_stmt *kh_store_prep(kh_store *st, const char *sql, kh_err *err)
 {
     sqlite3_stmt *stmt = NULL;
     if (sqlite3_prepare_v2(st->db, sql, -1, &stmt, NULL) != SQLITE_OK) {
-        db_error(st, err, "prepare");
+        kh_store_db_error(st, err, "prepare");
         return NULL;
     }
     return stmt;
 }
 
-/* Run a statement that returns no rows; finalizes it. */
-static int step_done(kh_store *st, sqlite3_stmt *stmt, const char *what, kh_err *err)
+int kh_store_step_done(kh_store *st, sqlite3_stmt *stmt, const char *what, kh_err *err)
 {
     int rc = sqlite3_step(stmt);
     if (rc != SQLITE_DONE) {
-        db_error(st, err, what);
+        kh_store_db_error(st, err, what);
         sqlite3_finalize(stmt);
         return -1;
     }
@@ -152,7 +61,7 @@ static int step_done(kh_store *st, sqlite3_stmt *stmt, const char *what, kh_err 
     return 0;
 }
 
-static void bind_text(sqlite3_stmt *stmt, int i, const char *s)
+void kh_store_bind_text(sqlite3_stmt *stmt, int i, const char *s)
 {
     if (s)
         sqlite3_bind_text(stmt, i, s, -1, SQLITE_TRANSIENT);
@@ -160,7 +69,7 @@ static void bind_text(sqlite3_stmt *stmt, int i, const char *s)
         sqlite3_bind_null(stmt, i);
 }
 
-static char *col_text(sqlite3_stmt *stmt, int i)
+char *kh_store_col_text(sqlite3_stmt *stmt, int i)
 {
     const unsigned char *s = sqlite3_column_text(stmt, i);
     return s ? xstrdup((const char *)s) : NULL;
@@ -168,7 +77,7 @@ static char *col_text(sqlite3_stmt *stmt, int i)
 
 int kh_store_schema_latest(void)
 {
-    return (int)KH_ARRAY_LEN(migrations);
+    return kh_store_migrations[kh_store_nmigrations - 1].version;
 }
 
 int kh_store_schema_version(kh_store *st)
@@ -182,31 +91,99 @@ int kh_store_schema_version(kh_store *st)
     return v;
 }
 
+/* ---- transactions ---- */
+
+int kh_store_begin(kh_store *st, kh_err *err)
+{
+    char sql[48];
+    if (st->depth == 0)
+        snprintf(sql, sizeof(sql), "BEGIN IMMEDIATE;");
+    else
+        snprintf(sql, sizeof(sql), "SAVEPOINT kh_%u;", st->depth);
+    if (kh_store_exec(st, sql, err) < 0)
+        return -1;
+    st->depth++;
+    return 0;
+}
+
+int kh_store_commit(kh_store *st, kh_err *err)
+{
+    char sql[48];
+    if (st->depth == 0) {
+        kh_err_set(err, KH_E_INTERNAL, "database: commit without a transaction");
+        return -1;
+    }
+    if (st->depth == 1)
+        snprintf(sql, sizeof(sql), "COMMIT;");
+    else
+        snprintf(sql, sizeof(sql), "RELEASE kh_%u;", st->depth - 1);
+    if (kh_store_exec(st, sql, err) < 0) {
+        kh_store_rollback(st);
+        return -1;
+    }
+    st->depth--;
+    return 0;
+}
+
+void kh_store_rollback(kh_store *st)
+{
+    char sql[64];
+    if (st->depth == 0)
+        return;
+    st->depth--;
+    if (st->depth == 0)
+        snprintf(sql, sizeof(sql), "ROLLBACK;");
+    else
+        snprintf(sql, sizeof(sql), "ROLLBACK TO kh_%u; RELEASE kh_%u;", st->depth, st->depth);
+    /* A failed rollback leaves nothing better to do; SQLite has already
+     * rolled back a transaction whose statement failed hard. */
+    kh_store_exec(st, sql, NULL);
+}
+
+/* ---- migrations ---- */
+
 static int migrate(kh_store *st, kh_err *err)
 {
     int have = kh_store_schema_version(st);
-    int want = (int)KH_ARRAY_LEN(migrations);
+    int want = kh_store_schema_latest();
     if (have < 0)
-        return db_error(st, err, "reading schema version");
+        return kh_store_db_error(st, err, "reading schema version");
     if (have > want) {
         kh_err_set(err, KH_E_INTERNAL,
                    "database schema version %d is newer than this kvmhostd knows (%d)", have,
                    want);
         return -1;
     }
-    for (int v = have; v < want; v++) {
+    for (size_t i = 0; i < kh_store_nmigrations; i++) {
+        const kh_store_migration *m = &kh_store_migrations[i];
+        if (m->version <= have)
+            continue;
         char setv[64];
-        snprintf(setv, sizeof(setv), "PRAGMA user_version = %d;", v + 1);
-        if (exec_sql(st, "BEGIN IMMEDIATE;", err) < 0)
+        snprintf(setv, sizeof(setv), "PRAGMA user_version = %d;", m->version);
+        if (kh_store_begin(st, err) < 0)
             return -1;
-        if (exec_sql(st, migrations[v], err) < 0 || exec_sql(st, setv, err) < 0) {
-            exec_sql(st, "ROLLBACK;", NULL);
-            kh_err_prefix(err, "migration %d", v + 1);
+        if (kh_store_exec(st, m->sql, err) < 0 || kh_store_exec(st, setv, err) < 0) {
+            kh_store_rollback(st);
+            kh_err_prefix(err, "migration %d (%s)", m->version, m->owner);
             return -1;
         }
-        if (exec_sql(st, "COMMIT;", err) < 0)
+        if (kh_store_commit(st, err) < 0)
             return -1;
     }
+    /* A foreign key broken by an old database (rows of a VM deleted before
+     * the keys existed are dropped by the migration that adds them) would
+     * make later deletes fail: refuse to run on one. */
+    sqlite3_stmt *chk = kh_store_prep(st, "PRAGMA foreign_key_check", err);
+    if (!chk)
+        return -1;
+    int rc = sqlite3_step(chk);
+    sqlite3_finalize(chk);
+    if (rc == SQLITE_ROW) {
+        kh_err_set(err, KH_E_INTERNAL, "database: foreign key check failed");
+        return -1;
+    }
+    if (rc != SQLITE_DONE)
+        return kh_store_db_error(st, err, "foreign key check");
     return 0;
 }
 
@@ -226,7 +203,7 @@ kh_store *kh_store_open(const char *path, kh_err *err)
     /* WAL: readers never block the writer; NORMAL sync is durable across
      * daemon crashes (not power loss of the last transactions), which is the
      * trade-off SQLite documents for WAL. */
-    if (exec_sql(st, "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;"
+    if (kh_store_exec(st, "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;"
                      "PRAGMA foreign_keys=ON;", err) < 0 ||
         migrate(st, err) < 0) {
         kh_err_prefix(err, "%s", path);
@@ -251,16 +228,16 @@ void kh_store_close(kh_store *st)
 
 int kh_store_vm_insert(kh_store *st, const kh_vm_row *row, kh_err *err)
 {
-    sqlite3_stmt *stmt = prepare(st,
+    sqlite3_stmt *stmt = kh_store_prep(st,
         "INSERT INTO vms (id, name, spec, state, state_reason, created_at, updated_at) "
         "VALUES (?, ?, ?, ?, ?, ?, ?)", err);
     if (!stmt)
         return -1;
-    bind_text(stmt, 1, row->id);
-    bind_text(stmt, 2, row->name);
-    bind_text(stmt, 3, row->spec_json);
-    bind_text(stmt, 4, row->state ? row->state : "stopped");
-    bind_text(stmt, 5, row->state_reason);
+    kh_store_bind_text(stmt, 1, row->id);
+    kh_store_bind_text(stmt, 2, row->name);
+    kh_store_bind_text(stmt, 3, row->spec_json);
+    kh_store_bind_text(stmt, 4, row->state ? row->state : "stopped");
+    kh_store_bind_text(stmt, 5, row->state_reason);
     sqlite3_bind_double(stmt, 6, row->created_at);
     sqlite3_bind_double(stmt, 7, row->updated_at);
     if (sqlite3_step(stmt) != SQLITE_DONE) {
@@ -270,7 +247,7 @@ int kh_store_vm_insert(kh_store *st, const kh_vm_row *row, kh_err *err)
             kh_err_set(err, KH_E_CONFLICT, "a vm named %s already exists", row->name);
             return -1;
         }
-        return db_error(st, err, "inserting vm");
+        return kh_store_db_error(st, err, "inserting vm");
     }
     sqlite3_finalize(stmt);
     return 0;
@@ -288,45 +265,56 @@ static int check_changed(kh_store *st, const char *id, kh_err *err)
 int kh_store_vm_update_spec(kh_store *st, const char *id, const char *spec_json,
                             double updated_at, kh_err *err)
 {
-    sqlite3_stmt *stmt = prepare(st, "UPDATE vms SET spec = ?, updated_at = ? WHERE id = ?", err);
+    sqlite3_stmt *stmt = kh_store_prep(st, "UPDATE vms SET spec = ?, updated_at = ? WHERE id = ?", err);
     if (!stmt)
         return -1;
-    bind_text(stmt, 1, spec_json);
+    kh_store_bind_text(stmt, 1, spec_json);
     sqlite3_bind_double(stmt, 2, updated_at);
-    bind_text(stmt, 3, id);
-    if (step_done(st, stmt, "updating vm", err) < 0)
+    kh_store_bind_text(stmt, 3, id);
+    if (kh_store_step_done(st, stmt, "updating vm", err) < 0)
         return -1;
     return check_changed(st, id, err);
 }
 
 int kh_store_vm_update_runtime(kh_store *st, const kh_vm_row *row, kh_err *err)
 {
-    sqlite3_stmt *stmt = prepare(st,
+    sqlite3_stmt *stmt = kh_store_prep(st,
         "UPDATE vms SET state = ?, state_reason = ?, pid = ?, pid_start = ?, accel = ?, "
         "started_at = ? WHERE id = ?", err);
     if (!stmt)
         return -1;
-    bind_text(stmt, 1, row->state);
-    bind_text(stmt, 2, row->state_reason);
+    kh_store_bind_text(stmt, 1, row->state);
+    kh_store_bind_text(stmt, 2, row->state_reason);
     sqlite3_bind_int64(stmt, 3, row->pid);
     sqlite3_bind_int64(stmt, 4, (sqlite3_int64)row->pid_start);
-    bind_text(stmt, 5, row->accel);
+    kh_store_bind_text(stmt, 5, row->accel);
     sqlite3_bind_double(stmt, 6, row->started_at);
-    bind_text(stmt, 7, row->id);
-    if (step_done(st, stmt, "updating vm state", err) < 0)
+    kh_store_bind_text(stmt, 7, row->id);
+    if (kh_store_step_done(st, stmt, "updating vm state", err) < 0)
         return -1;
     return check_changed(st, row->id, err);
 }
 
 int kh_store_vm_delete(kh_store *st, const char *id, kh_err *err)
 {
-    sqlite3_stmt *stmt = prepare(st, "DELETE FROM vms WHERE id = ?", err);
-    if (!stmt)
+    /* Everything that belongs to the VM (its snapshot records, its current
+     * snapshot, its template mark) goes with it: ON DELETE CASCADE, in the
+     * same transaction. */
+    if (kh_store_begin(st, err) < 0)
         return -1;
-    bind_text(stmt, 1, id);
-    if (step_done(st, stmt, "deleting vm", err) < 0)
+    sqlite3_stmt *stmt = kh_store_prep(st, "DELETE FROM vms WHERE id = ?", err);
+    int rc = -1;
+    if (stmt) {
+        kh_store_bind_text(stmt, 1, id);
+        rc = kh_store_step_done(st, stmt, "deleting vm", err);
+    }
+    if (rc == 0)
+        rc = check_changed(st, id, err);
+    if (rc < 0) {
+        kh_store_rollback(st);
         return -1;
-    return check_changed(st, id, err);
+    }
+    return kh_store_commit(st, err);
 }
 
 void kh_vm_row_clear(kh_vm_row *row)
@@ -344,7 +332,7 @@ void kh_vm_row_clear(kh_vm_row *row)
 int kh_store_vm_foreach(kh_store *st, int (*cb)(const kh_vm_row *row, void *opaque),
                         void *opaque, kh_err *err)
 {
-    sqlite3_stmt *stmt = prepare(st,
+    sqlite3_stmt *stmt = kh_store_prep(st,
         "SELECT id, name, spec, state, state_reason, pid, pid_start, accel, created_at, "
         "updated_at, started_at FROM vms ORDER BY name", err);
     if (!stmt)
@@ -354,13 +342,13 @@ int kh_store_vm_foreach(kh_store *st, int (*cb)(const kh_vm_row *row, void *opaq
         kh_vm_row row = { 0 };
         const unsigned char *id = sqlite3_column_text(stmt, 0);
         snprintf(row.id, sizeof(row.id), "%s", id ? (const char *)id : "");
-        row.name = col_text(stmt, 1);
-        row.spec_json = col_text(stmt, 2);
-        row.state = col_text(stmt, 3);
-        row.state_reason = col_text(stmt, 4);
+        row.name = kh_store_col_text(stmt, 1);
+        row.spec_json = kh_store_col_text(stmt, 2);
+        row.state = kh_store_col_text(stmt, 3);
+        row.state_reason = kh_store_col_text(stmt, 4);
         row.pid = sqlite3_column_int64(stmt, 5);
         row.pid_start = (unsigned long long)sqlite3_column_int64(stmt, 6);
-        row.accel = col_text(stmt, 7);
+        row.accel = kh_store_col_text(stmt, 7);
         row.created_at = sqlite3_column_double(stmt, 8);
         row.updated_at = sqlite3_column_double(stmt, 9);
         row.started_at = sqlite3_column_double(stmt, 10);
@@ -370,7 +358,7 @@ int kh_store_vm_foreach(kh_store *st, int (*cb)(const kh_vm_row *row, void *opaq
             break;
     }
     if (!ret && rc != SQLITE_DONE && rc != SQLITE_ROW) {
-        db_error(st, err, "listing vms");
+        kh_store_db_error(st, err, "listing vms");
         ret = -1;
     }
     sqlite3_finalize(stmt);
@@ -379,24 +367,24 @@ int kh_store_vm_foreach(kh_store *st, int (*cb)(const kh_vm_row *row, void *opaq
 
 int kh_store_task_put(kh_store *st, const kh_task_row *row, kh_err *err)
 {
-    sqlite3_stmt *stmt = prepare(st,
+    sqlite3_stmt *stmt = kh_store_prep(st,
         "INSERT OR REPLACE INTO tasks (id, kind, vm_name, state, progress, message, "
         "error_code, error_message, result, created_at, finished_at) "
         "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", err);
     if (!stmt)
         return -1;
-    bind_text(stmt, 1, row->id);
-    bind_text(stmt, 2, row->kind);
-    bind_text(stmt, 3, row->vm_name);
-    bind_text(stmt, 4, row->state);
+    kh_store_bind_text(stmt, 1, row->id);
+    kh_store_bind_text(stmt, 2, row->kind);
+    kh_store_bind_text(stmt, 3, row->vm_name);
+    kh_store_bind_text(stmt, 4, row->state);
     sqlite3_bind_int(stmt, 5, row->progress);
-    bind_text(stmt, 6, row->message);
-    bind_text(stmt, 7, row->error_code);
-    bind_text(stmt, 8, row->error_message);
-    bind_text(stmt, 9, row->result_json);
+    kh_store_bind_text(stmt, 6, row->message);
+    kh_store_bind_text(stmt, 7, row->error_code);
+    kh_store_bind_text(stmt, 8, row->error_message);
+    kh_store_bind_text(stmt, 9, row->result_json);
     sqlite3_bind_double(stmt, 10, row->created_at);
     sqlite3_bind_double(stmt, 11, row->finished_at);
-    return step_done(st, stmt, "saving task", err);
+    return kh_store_step_done(st, stmt, "saving task", err);
 }
 
 static void task_from_stmt(sqlite3_stmt *stmt, kh_task_row *row)
@@ -404,14 +392,14 @@ static void task_from_stmt(sqlite3_stmt *stmt, kh_task_row *row)
     memset(row, 0, sizeof(*row));
     const unsigned char *id = sqlite3_column_text(stmt, 0);
     snprintf(row->id, sizeof(row->id), "%s", id ? (const char *)id : "");
-    row->kind = col_text(stmt, 1);
-    row->vm_name = col_text(stmt, 2);
-    row->state = col_text(stmt, 3);
+    row->kind = kh_store_col_text(stmt, 1);
+    row->vm_name = kh_store_col_text(stmt, 2);
+    row->state = kh_store_col_text(stmt, 3);
     row->progress = sqlite3_column_int(stmt, 4);
-    row->message = col_text(stmt, 5);
-    row->error_code = col_text(stmt, 6);
-    row->error_message = col_text(stmt, 7);
-    row->result_json = col_text(stmt, 8);
+    row->message = kh_store_col_text(stmt, 5);
+    row->error_code = kh_store_col_text(stmt, 6);
+    row->error_message = kh_store_col_text(stmt, 7);
+    row->result_json = kh_store_col_text(stmt, 8);
     row->created_at = sqlite3_column_double(stmt, 9);
     row->finished_at = sqlite3_column_double(stmt, 10);
 }
@@ -421,10 +409,10 @@ static void task_from_stmt(sqlite3_stmt *stmt, kh_task_row *row)
 
 int kh_store_task_get(kh_store *st, const char *id, kh_task_row *out, kh_err *err)
 {
-    sqlite3_stmt *stmt = prepare(st, "SELECT " TASK_COLUMNS " FROM tasks WHERE id = ?", err);
+    sqlite3_stmt *stmt = kh_store_prep(st, "SELECT " TASK_COLUMNS " FROM tasks WHERE id = ?", err);
     if (!stmt)
         return -1;
-    bind_text(stmt, 1, id);
+    kh_store_bind_text(stmt, 1, id);
     int rc = sqlite3_step(stmt);
     if (rc == SQLITE_ROW) {
         task_from_stmt(stmt, out);
@@ -434,7 +422,7 @@ int kh_store_task_get(kh_store *st, const char *id, kh_task_row *out, kh_err *er
     if (rc == SQLITE_DONE)
         kh_err_set(err, KH_E_NOTFOUND, "no task %s", id);
     else
-        db_error(st, err, "reading task");
+        kh_store_db_error(st, err, "reading task");
     sqlite3_finalize(stmt);
     return -1;
 }
@@ -443,7 +431,7 @@ int kh_store_task_foreach(kh_store *st, unsigned limit,
                           int (*cb)(const kh_task_row *row, void *opaque), void *opaque,
                           kh_err *err)
 {
-    sqlite3_stmt *stmt = prepare(st,
+    sqlite3_stmt *stmt = kh_store_prep(st,
         "SELECT " TASK_COLUMNS " FROM tasks ORDER BY created_at DESC LIMIT ?", err);
     if (!stmt)
         return -1;
@@ -458,7 +446,7 @@ int kh_store_task_foreach(kh_store *st, unsigned limit,
             break;
     }
     if (!ret && rc != SQLITE_DONE && rc != SQLITE_ROW) {
-        db_error(st, err, "listing tasks");
+        kh_store_db_error(st, err, "listing tasks");
         ret = -1;
     }
     sqlite3_finalize(stmt);
@@ -467,25 +455,25 @@ int kh_store_task_foreach(kh_store *st, unsigned limit,
 
 int kh_store_task_fail_unfinished(kh_store *st, const char *reason, double now, kh_err *err)
 {
-    sqlite3_stmt *stmt = prepare(st,
+    sqlite3_stmt *stmt = kh_store_prep(st,
         "UPDATE tasks SET state = 'failed', error_code = 'internal', error_message = ?, "
         "finished_at = ? WHERE state = 'running'", err);
     if (!stmt)
         return -1;
-    bind_text(stmt, 1, reason);
+    kh_store_bind_text(stmt, 1, reason);
     sqlite3_bind_double(stmt, 2, now);
-    return step_done(st, stmt, "failing unfinished tasks", err);
+    return kh_store_step_done(st, stmt, "failing unfinished tasks", err);
 }
 
 int kh_store_task_prune(kh_store *st, unsigned keep, kh_err *err)
 {
-    sqlite3_stmt *stmt = prepare(st,
+    sqlite3_stmt *stmt = kh_store_prep(st,
         "DELETE FROM tasks WHERE state != 'running' AND id NOT IN "
         "(SELECT id FROM tasks ORDER BY created_at DESC LIMIT ?)", err);
     if (!stmt)
         return -1;
     sqlite3_bind_int64(stmt, 1, keep);
-    return step_done(st, stmt, "pruning tasks", err);
+    return kh_store_step_done(st, stmt, "pruning tasks", err);
 }
 
 void kh_task_row_clear(kh_task_row *row)
@@ -506,33 +494,33 @@ void kh_task_row_clear(kh_task_row *row)
 
 int kh_store_net_put(kh_store *st, const kh_net_row *row, kh_err *err)
 {
-    sqlite3_stmt *stmt = prepare(st,
+    sqlite3_stmt *stmt = kh_store_prep(st,
                                  "INSERT INTO networks (id, name, spec, created_at) "
                                  "VALUES (?, ?, ?, ?) ON CONFLICT(id) DO UPDATE SET "
                                  "spec = excluded.spec",
                                  err);
     if (!stmt)
         return -1;
-    bind_text(stmt, 1, row->id);
-    bind_text(stmt, 2, row->name);
-    bind_text(stmt, 3, row->spec_json);
+    kh_store_bind_text(stmt, 1, row->id);
+    kh_store_bind_text(stmt, 2, row->name);
+    kh_store_bind_text(stmt, 3, row->spec_json);
     sqlite3_bind_double(stmt, 4, row->created_at);
-    return step_done(st, stmt, "saving network", err);
+    return kh_store_step_done(st, stmt, "saving network", err);
 }
 
 int kh_store_net_delete(kh_store *st, const char *id, kh_err *err)
 {
-    sqlite3_stmt *stmt = prepare(st, "DELETE FROM networks WHERE id = ?", err);
+    sqlite3_stmt *stmt = kh_store_prep(st, "DELETE FROM networks WHERE id = ?", err);
     if (!stmt)
         return -1;
-    bind_text(stmt, 1, id);
-    return step_done(st, stmt, "deleting network", err);
+    kh_store_bind_text(stmt, 1, id);
+    return kh_store_step_done(st, stmt, "deleting network", err);
 }
 
 int kh_store_net_foreach(kh_store *st, int (*cb)(const kh_net_row *row, void *opaque),
                          void *opaque, kh_err *err)
 {
-    sqlite3_stmt *stmt = prepare(st,
+    sqlite3_stmt *stmt = kh_store_prep(st,
                                  "SELECT id, name, spec, created_at FROM networks "
                                  "ORDER BY created_at, name",
                                  err);
@@ -544,8 +532,8 @@ int kh_store_net_foreach(kh_store *st, int (*cb)(const kh_net_row *row, void *op
         memset(&row, 0, sizeof(row));
         const unsigned char *id = sqlite3_column_text(stmt, 0);
         snprintf(row.id, sizeof(row.id), "%s", id ? (const char *)id : "");
-        row.name = col_text(stmt, 1);
-        row.spec_json = col_text(stmt, 2);
+        row.name = kh_store_col_text(stmt, 1);
+        row.spec_json = kh_store_col_text(stmt, 2);
         row.created_at = sqlite3_column_double(stmt, 3);
         int r = cb(&row, opaque);
         free(row.name);
@@ -557,7 +545,7 @@ int kh_store_net_foreach(kh_store *st, int (*cb)(const kh_net_row *row, void *op
         }
     }
     if (rc != SQLITE_DONE) {
-        db_error(st, err, "reading networks");
+        kh_store_db_error(st, err, "reading networks");
         sqlite3_finalize(stmt);
         return -1;
     }
@@ -570,26 +558,26 @@ int kh_store_net_foreach(kh_store *st, int (*cb)(const kh_net_row *row, void *op
 int kh_store_sg_put(kh_store *st, const char *name, const char *spec_json, double created_at,
                     kh_err *err)
 {
-    sqlite3_stmt *stmt = prepare(st,
+    sqlite3_stmt *stmt = kh_store_prep(st,
                                  "INSERT INTO security_groups (name, spec, created_at) "
                                  "VALUES (?, ?, ?) ON CONFLICT(name) DO UPDATE SET "
                                  "spec = excluded.spec",
                                  err);
     if (!stmt)
         return -1;
-    bind_text(stmt, 1, name);
-    bind_text(stmt, 2, spec_json);
+    kh_store_bind_text(stmt, 1, name);
+    kh_store_bind_text(stmt, 2, spec_json);
     sqlite3_bind_double(stmt, 3, created_at);
-    return step_done(st, stmt, "saving security group", err);
+    return kh_store_step_done(st, stmt, "saving security group", err);
 }
 
 int kh_store_sg_delete(kh_store *st, const char *name, kh_err *err)
 {
-    sqlite3_stmt *stmt = prepare(st, "DELETE FROM security_groups WHERE name = ?", err);
+    sqlite3_stmt *stmt = kh_store_prep(st, "DELETE FROM security_groups WHERE name = ?", err);
     if (!stmt)
         return -1;
-    bind_text(stmt, 1, name);
-    return step_done(st, stmt, "deleting security group", err);
+    kh_store_bind_text(stmt, 1, name);
+    return kh_store_step_done(st, stmt, "deleting security group", err);
 }
 
 int kh_store_sg_foreach(kh_store *st,
@@ -597,7 +585,7 @@ int kh_store_sg_foreach(kh_store *st,
                                   void *opaque),
                         void *opaque, kh_err *err)
 {
-    sqlite3_stmt *stmt = prepare(st,
+    sqlite3_stmt *stmt = kh_store_prep(st,
                                  "SELECT name, spec, created_at FROM security_groups "
                                  "ORDER BY name",
                                  err);
@@ -615,7 +603,7 @@ int kh_store_sg_foreach(kh_store *st,
         }
     }
     if (rc != SQLITE_DONE) {
-        db_error(st, err, "reading security groups");
+        kh_store_db_error(st, err, "reading security groups");
         sqlite3_finalize(stmt);
         return -1;
     }

@@ -1,0 +1,18 @@
+/* migrations.c - the one ordered list of schema steps the store walks; each
+ * step's SQL lives in the schema file of the module that owns its tables. */
+#include "store/migrations.h"
+
+#include "util/mem.h"
+
+const kh_store_migration kh_store_migrations[] = {
+    { 1, "store", kh_store_schema_vms_tasks },
+    { 2, "storage", kh_storage_schema_pools_volumes },
+    { 3, "net", kh_net_schema_networks },
+    { 4, "net", kh_net_schema_security_groups },
+    { 5, "storage", kh_storage_schema_keys_templates_snapshots },
+    { 6, "storage", kh_storage_schema_snapshot_tree },
+    { 7, "net", kh_net_schema_sg_cidr_any },
+    { 8, "storage", kh_storage_schema_vm_cascade },
+};
+
+const size_t kh_store_nmigrations = KH_ARRAY_LEN(kh_store_migrations);
