@@ -627,6 +627,7 @@ class Daemon:
         # "kill9" (a test kills it on purpose: any status), "startup" (it
         # exited by itself while starting: start() raised; any status)
         self.ended = {}
+        self.run_of = {}  # Popen -> its run number in daemon.log
         _LIVE.append(self)
 
     def _note_vm(self, vm):
@@ -641,6 +642,11 @@ class Daemon:
         return a + self.extra_args
 
     def start(self, timeout=30):
+        if self.alive():
+            # a second kvmhostd on the same state dir is refused, and the
+            # first one would answer for it: restart() stops first
+            raise KhError("start() while run %d (pid %d) is alive: use restart(), or stop() first"
+                          % (self.runs, self.proc.pid))
         self.runs += 1
         log = open(self.log_path, "ab")
         log.write(("\n===== run %d: %s\n" % (self.runs, " ".join(self.argv()))).encode())
@@ -649,6 +655,7 @@ class Daemon:
                                      stderr=subprocess.STDOUT, start_new_session=True,
                                      env=sanitizer_env())
         self.procs.append(self.proc)
+        self.run_of[self.proc] = self.runs
         log.close()
         deadline = time.time() + timeout
         last = None
@@ -714,16 +721,19 @@ class Daemon:
             if how in ("kill9", "startup") or rc is None:
                 continue
             if rc != 0:
+                run = "run %s (pid %d)" % (self.run_of.get(p, "?"), p.pid)
                 if how == "sigterm":
-                    out.append("run pid %d exited %s after SIGTERM (expected 0)" % (p.pid, rc))
+                    out.append("%s exited %s after SIGTERM (expected 0)" % (run, rc))
                 else:
-                    out.append("run pid %d died during the test with status %s" % (p.pid, rc))
+                    out.append("%s died during the test with status %s" % (run, rc))
         rep = sanitizer_report(self.log())
         if rep:
             out.append("sanitizer report in %s:\n%s" % (self.log_path, rep))
         return out
 
     def restart(self, timeout=30):
+        """Stop (SIGTERM; a no-op after kill9()) and start again."""
+        self.stop()
         self.start(timeout=timeout)
 
     def log(self):
@@ -762,8 +772,8 @@ class Daemon:
                     pass
             self.stop()
         finally:
-            # A test may start() twice on one object (a second daemon that
-            # must be refused, or one that was not): stop every one of them.
+            # Every run this object started is down (start() refuses a
+            # second live one; this is the safety net).
             for p in self.procs:
                 if p.poll() is None:
                     try:
