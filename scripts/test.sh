@@ -79,10 +79,21 @@ if tests/guest/build.sh >"$LOGS/guest.log" 2>&1; then ok "test guest"
 else tail -n 40 "$LOGS/guest.log"; bad "test guest"; fi
 
 stage "black-box tests (real daemon, real QEMU)"
+# A sanitizer report in a daemon's log or the CLI's stderr, or a daemon that
+# does not exit 0 after SIGTERM, fails the test (tests/blackbox/khlib.py);
+# KH_TEST_LEAKS=0 turns LeakSanitizer off.
 export KH_BUILD_DIR=$ROOT/$ASAN
 export ASAN_OPTIONS=detect_leaks=1:abort_on_error=0
-export UBSAN_OPTIONS=print_stacktrace=1
-out=$(/usr/bin/python3 -m pytest -q -p no:cacheprovider tests/blackbox 2>&1)
+export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
+# Two workers (pytest-xdist), one test file per worker at a time: every test
+# has its own daemon, temp dirs and VM uuids (cgroups vm-<uuid>), and the
+# network tests run in a namespace of their own. KH_TEST_WORKERS=1: serial.
+workers=${KH_TEST_WORKERS:-2}
+par=()
+if [ "$workers" -gt 1 ] && /usr/bin/python3 -c 'import xdist' 2>/dev/null; then
+  par=(-n "$workers" --dist loadfile)
+fi
+out=$(/usr/bin/python3 -m pytest -q -p no:cacheprovider "${par[@]}" tests/blackbox 2>&1)
 echo "$out" | tail -n 60
 summary=$(echo "$out" | grep -E '^[0-9]+ (passed|failed)|^=+ .*(passed|failed)' | tail -1)
 pp=$(echo "$summary" | grep -oE '[0-9]+ passed' | grep -oE '[0-9]+'); pp=${pp:-0}
@@ -103,6 +114,7 @@ elif ! scripts/build-web.sh --force >"$LOGS/web-build.log" 2>&1; then
 else
   tail -n 1 "$LOGS/web-build.log"
   out=$(KH_DAEMON="$ROOT/$ASAN/src/daemon/kvmhostd" KH_TEST_LOGS="$LOGS" \
+        UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
         timeout 600 node web/tests/browser.mjs 2>&1)
   echo "$out" | tail -n 40
   summary=$(echo "$out" | grep -E '^[0-9]+ passed, [0-9]+ failed$' | tail -1)

@@ -4,6 +4,10 @@ Run from the repo root:  /usr/bin/python3 -m pytest -q tests/blackbox
 Quick subset (no guest boots): add  -m "not slow"
 Environment: KH_BUILD_DIR (default <repo>/build), KH_GUEST_KERNEL/INITRD/DISK
 (default: tests/guest/build.sh --print-env, building the guest if needed).
+With the ASan+UBSan build (KH_BUILD_DIR=build-asan) a sanitizer report in a
+daemon's log or the CLI's stderr, or a daemon that does not exit 0 after
+SIGTERM, fails the test (khlib.finish_daemons); KH_TEST_LEAKS=0 turns
+LeakSanitizer off.
 """
 
 import atexit
@@ -67,13 +71,9 @@ class DaemonFactory:
         return d
 
     def finish(self, failed):
-        for d in self.daemons:
-            try:
-                d.cleanup()
-            finally:
-                if failed:
-                    print("\n----- kvmhostd log (%s) -----\n%s" % (d.base, d.log_tail(20000)))
-                d.remove()
+        # raises (the test fails at teardown) on a sanitizer report or a
+        # daemon that did not exit 0 after SIGTERM
+        khlib.finish_daemons(self.daemons, failed)
 
 
 @pytest.fixture

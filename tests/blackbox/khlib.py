@@ -532,6 +532,67 @@ def free_port():
 _LIVE = []  # daemons not cleaned up yet (for the atexit safety net)
 
 
+# --------------------------------------------------------------------------
+# Sanitizers: the ASan+UBSan build (KH_BUILD_DIR=build-asan) reports to
+# stderr, which the harness keeps (BASE/daemon.log for a daemon, the captured
+# stderr for the CLI) and scans. A report, or a daemon that did not exit 0
+# after SIGTERM, fails the test. KH_TEST_LEAKS=0 turns LeakSanitizer off.
+
+SANITIZER_RE = re.compile(r"runtime error:|AddressSanitizer|LeakSanitizer")
+LEAKS = os.environ.get("KH_TEST_LEAKS", "1") != "0"
+
+
+def sanitizer_env(env=None):
+    """env (default os.environ) with the sanitizer options the harness needs
+    appended (the last value of an option wins): reports to stderr, UBSan
+    stops at its first finding, leak checking on unless KH_TEST_LEAKS=0."""
+    env = dict(os.environ if env is None else env)
+
+    def add(var, opts):
+        env[var] = ":".join(x for x in (env.get(var, ""), opts) if x)
+
+    add("ASAN_OPTIONS", "log_path=stderr:abort_on_error=0:detect_leaks=%d" % LEAKS)
+    add("UBSAN_OPTIONS", "log_path=stderr:print_stacktrace=1:halt_on_error=1")
+    add("LSAN_OPTIONS", "log_path=stderr")
+    return env
+
+
+def sanitizer_report(text, context=4000):
+    """The sanitizer reports in text (a log or a stderr), "" when none: from
+    the first line that names a sanitizer, up to context characters."""
+    m = SANITIZER_RE.search(text or "")
+    if not m:
+        return ""
+    start = text.rfind("\n", 0, m.start()) + 1
+    return text[start:start + context]
+
+
+def check_sanitizer(text, what):
+    """Raise KhError with the report when text holds a sanitizer finding."""
+    rep = sanitizer_report(text)
+    if rep:
+        raise KhError("sanitizer report in %s:\n%s" % (what, rep))
+
+
+def finish_daemons(daemons, failed):
+    """Teardown of a test's daemons: stop each one (SIGTERM), kill its QEMUs,
+    print its log when the test failed or the daemon has findings, remove
+    its dir. Raises KhError listing the findings (a sanitizer report in its
+    log, a run that did not exit 0 after SIGTERM) so the test fails."""
+    problems = []
+    for d in daemons:
+        try:
+            d.cleanup()
+            found = d.findings()
+            problems += ["kvmhostd %s: %s" % (d.base, f) for f in found]
+        finally:
+            if failed or problems:
+                print("\n----- kvmhostd log (%s) -----\n%s" % (d.base, d.log_tail(20000)))
+            d.remove()
+    if problems:
+        raise KhError("\n".join(problems))
+
+
 def cleanup_all_daemons():
     """Stop every daemon this process started and kill its QEMUs (QEMU
     outlives kvmhostd by design); for interrupted runs."""
@@ -562,6 +623,11 @@ class Daemon:
         self.api = Api(self.socket, on_vm=self._note_vm)
         self.runs = 0
         self.procs = []  # every kvmhostd this object started, for cleanup
+        # how the harness ended each run (Popen -> "sigterm" (must exit 0),
+        # "kill9" (a test kills it on purpose: any status), "startup" (it
+        # exited by itself while starting: start() raised; any status)
+        self.ended = {}
+        self.run_of = {}  # Popen -> its run number in daemon.log
         _LIVE.append(self)
 
     def _note_vm(self, vm):
@@ -576,18 +642,26 @@ class Daemon:
         return a + self.extra_args
 
     def start(self, timeout=30):
+        if self.alive():
+            # a second kvmhostd on the same state dir is refused, and the
+            # first one would answer for it: restart() stops first
+            raise KhError("start() while run %d (pid %d) is alive: use restart(), or stop() first"
+                          % (self.runs, self.proc.pid))
         self.runs += 1
         log = open(self.log_path, "ab")
         log.write(("\n===== run %d: %s\n" % (self.runs, " ".join(self.argv()))).encode())
         log.flush()
         self.proc = subprocess.Popen(self.argv(), stdin=subprocess.DEVNULL, stdout=log,
-                                     stderr=subprocess.STDOUT, start_new_session=True)
+                                     stderr=subprocess.STDOUT, start_new_session=True,
+                                     env=sanitizer_env())
         self.procs.append(self.proc)
+        self.run_of[self.proc] = self.runs
         log.close()
         deadline = time.time() + timeout
         last = None
         while time.time() < deadline:
             if self.proc.poll() is not None:
+                self.ended[self.proc] = "startup"
                 raise KhError("kvmhostd exited with %s during startup; log:\n%s"
                               % (self.proc.returncode, self.log_tail()))
             try:
@@ -612,23 +686,54 @@ class Daemon:
         """SIGTERM, kill -9 after timeout. Returns the exit status."""
         if not self.proc:
             return None
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
+        return self._term(self.proc, timeout)
+
+    def _term(self, p, timeout=15):
+        if p.poll() is None:
+            self.ended.setdefault(p, "sigterm")
+            p.send_signal(signal.SIGTERM)
             try:
-                self.proc.wait(timeout)
+                p.wait(timeout)
             except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
+                p.kill()
+                p.wait(10)
                 with open(self.log_path, "ab") as f:
                     f.write(b"\n===== test harness: SIGTERM ignored for %ds, sent SIGKILL\n" % timeout)
-        return self.proc.returncode
+        return p.returncode
 
     def kill9(self):
+        """kill -9 on purpose (a crash the test simulates): its exit status is
+        not checked."""
         if self.proc and self.proc.poll() is None:
+            self.ended[self.proc] = "kill9"
             self.proc.kill()
             self.proc.wait(10)
 
+    def findings(self):
+        """What fails the test once the daemon is down: a sanitizer report
+        in its log, a run that was stopped with SIGTERM (or died by itself
+        during the test) and did not exit 0. Runs killed with kill9() or that
+        exited during start() are exempt from the status check."""
+        out = []
+        for p in self.procs:
+            how = self.ended.get(p, "died")
+            rc = p.returncode
+            if how in ("kill9", "startup") or rc is None:
+                continue
+            if rc != 0:
+                run = "run %s (pid %d)" % (self.run_of.get(p, "?"), p.pid)
+                if how == "sigterm":
+                    out.append("%s exited %s after SIGTERM (expected 0)" % (run, rc))
+                else:
+                    out.append("%s died during the test with status %s" % (run, rc))
+        rep = sanitizer_report(self.log())
+        if rep:
+            out.append("sanitizer report in %s:\n%s" % (self.log_path, rep))
+        return out
+
     def restart(self, timeout=30):
+        """Stop (SIGTERM; a no-op after kill9()) and start again."""
+        self.stop()
         self.start(timeout=timeout)
 
     def log(self):
@@ -667,13 +772,12 @@ class Daemon:
                     pass
             self.stop()
         finally:
-            # A test may start() twice on one object (a second daemon that
-            # must be refused, or one that was not): stop every one of them.
+            # Every run this object started is down (start() refuses a
+            # second live one; this is the safety net).
             for p in self.procs:
                 if p.poll() is None:
-                    p.kill()
                     try:
-                        p.wait(10)
+                        self._term(p)
                     except subprocess.TimeoutExpired:
                         pass
             for pid in self.qemu_pids():
@@ -782,6 +886,8 @@ def cli(daemon_or_socket, *args, input=None, timeout=60, json_out=False):
     """Run the kvmhost CLI against a socket. Returns CompletedProcess (text)."""
     sock = daemon_or_socket.socket if hasattr(daemon_or_socket, "socket") else daemon_or_socket
     argv = [CLI_BIN, "--socket", sock] + (["--json"] if json_out else []) + list(args)
-    env = dict(os.environ, KVMHOST_SOCKET=sock)
-    return subprocess.run(argv, input=input, capture_output=True, text=True,
-                          timeout=timeout, env=env, stdin=None if input is not None else subprocess.DEVNULL)
+    env = sanitizer_env(dict(os.environ, KVMHOST_SOCKET=sock))
+    p = subprocess.run(argv, input=input, capture_output=True, text=True,
+                       timeout=timeout, env=env, stdin=None if input is not None else subprocess.DEVNULL)
+    check_sanitizer(p.stderr, "the stderr of `kvmhost %s` (exit %s)" % (" ".join(args), p.returncode))
+    return p

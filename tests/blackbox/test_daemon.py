@@ -71,8 +71,9 @@ def test_second_daemon_same_state_dir_refused(daemon):
     other_sock = os.path.join(daemon.base, "sock2")
     t = time.time()
     p = subprocess.run([khlib.DAEMON_BIN, "--state-dir", daemon.state_dir, "--socket", other_sock],
-                       capture_output=True, text=True, timeout=20)
+                       capture_output=True, text=True, timeout=20, env=khlib.sanitizer_env())
     took = time.time() - t
+    khlib.check_sanitizer(p.stdout + p.stderr, "the refused second kvmhostd")
     assert p.returncode != 0, "second daemon exited 0: %r" % (p.stdout + p.stderr)
     assert took < 5, "second daemon took %.1fs to give up" % took
     msg = (p.stderr + p.stdout).lower()
@@ -91,7 +92,8 @@ def test_second_daemon_same_socket_refused(daemon):
     try:
         p = subprocess.Popen([khlib.DAEMON_BIN, "--state-dir", os.path.join(base2, "state"),
                               "--socket", daemon.socket], stdout=subprocess.PIPE,
-                             stderr=subprocess.STDOUT, start_new_session=True)
+                             stderr=subprocess.STDOUT, start_new_session=True,
+                             env=khlib.sanitizer_env())
         try:
             out, _ = p.communicate(timeout=8)
         except subprocess.TimeoutExpired:
@@ -103,6 +105,7 @@ def test_second_daemon_same_socket_refused(daemon):
                                  "(GET /host now answers state_dir=%s): %r"
                                  % (r.json.get("state_dir"), out[-500:])) from None
         assert p.returncode != 0, out
+        khlib.check_sanitizer(out.decode("utf-8", "replace"), "the refused second kvmhostd")
         assert daemon.api.get("/api/v1/host").json["state_dir"] == daemon.state_dir
     finally:
         subprocess.run(["rm", "-rf", base2])
@@ -123,5 +126,6 @@ def test_sigterm_exits_cleanly(daemon):
 
 def test_bad_command_line(daemon):
     p = subprocess.run([khlib.DAEMON_BIN, "--no-such-option"], capture_output=True,
-                       text=True, timeout=10)
+                       text=True, timeout=10, env=khlib.sanitizer_env())
     assert p.returncode != 0 and p.stderr.strip(), p
+    khlib.check_sanitizer(p.stderr, "kvmhostd --no-such-option")

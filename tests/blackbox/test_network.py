@@ -40,13 +40,7 @@ def nsdaemons(request, netns):
     yield make
     failed = any(getattr(request.node, "rep_" + w, None) is not None and
                  getattr(request.node, "rep_" + w).failed for w in ("setup", "call"))
-    for d in made:
-        try:
-            d.cleanup()
-        finally:
-            if failed:
-                print("\n----- kvmhostd log (%s) -----\n%s" % (d.base, d.log_tail(20000)))
-            d.remove()
+    khlib.finish_daemons(made, failed)
 
 
 @pytest.fixture

@@ -18,7 +18,7 @@
 // Prints TAP-like "ok"/"not ok" lines and a "N passed, M failed" summary.
 import { chromium } from 'playwright-core';
 import { spawn, spawnSync } from 'node:child_process';
-import { mkdtempSync, mkdirSync, readFileSync, writeFileSync, existsSync, rmSync, chmodSync } from 'node:fs';
+import { mkdtempSync, mkdirSync, readFileSync, writeFileSync, existsSync, rmSync, chmodSync, openSync, closeSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { createServer as createHttpServer } from 'node:http';
 import { tmpdir } from 'node:os';
@@ -110,9 +110,17 @@ async function main() {
   const port = await freePort();
   const url = `http://127.0.0.1:${port}`;
   const daemonLog = join(logs, 'web-daemon.log');
+  // the daemon's stdout and stderr (where an ASan/UBSan build reports):
+  // checked at the end; UBSan stops at its first finding
+  const daemonErr = join(logs, 'web-daemon-stderr.log');
+  const errFd = openSync(daemonErr, 'w');
+  const env = { ...process.env };
+  env.ASAN_OPTIONS = [env.ASAN_OPTIONS, `abort_on_error=0:detect_leaks=${process.env.KH_TEST_LEAKS === '0' ? 0 : 1}`].filter(Boolean).join(':');
+  env.UBSAN_OPTIONS = [env.UBSAN_OPTIONS, 'print_stacktrace=1:halt_on_error=1'].filter(Boolean).join(':');
   const daemon = spawn(daemonBin, ['--state-dir', state, '--socket', join(base, 'api.sock'),
     '--listen', `127.0.0.1:${port}`, '--web-dir', webDir, '--log-file', daemonLog,
-    '--log-level', 'debug', '--sample-interval-ms', '1000'], { stdio: ['ignore', 'inherit', 'inherit'] });
+    '--log-level', 'debug', '--sample-interval-ms', '1000'], { stdio: ['ignore', errFd, errFd], env });
+  closeSync(errFd);
   let daemonExit = null;
   daemon.on('exit', (code, sig) => { daemonExit = sig || code; });
   let ctx = null;
@@ -143,8 +151,19 @@ async function main() {
     // errors a step provokes on purpose (a 4xx the page shows): mark, then forgive
     const mark = () => errors.length;
     const forgive = async (m) => {
-      await sleep(200);
+      // the refused request's console error arrives after the page shows it
+      await waitFor(async () => errors.length > m, 3000, 'the refused request\'s console error').catch(() => {});
       errors.splice(m, errors.length - m, ...errors.slice(m).filter((e) => !/status of 4\d\d/.test(e)));
+    };
+    // requests in flight (not the long-lived event stream or consoles): a
+    // page has settled when none is left
+    let inflight = 0;
+    const longLived = (r) => /\/events|\/console$|\/vnc$/.test(r.url());
+    page.on('request', (r) => { if (!longLived(r)) inflight++; });
+    for (const ev of ['requestfinished', 'requestfailed']) page.on(ev, (r) => { if (!longLived(r)) inflight--; });
+    const settled = async (what) => {
+      let quiet = 0;
+      await waitFor(async () => { quiet = inflight <= 0 ? quiet + 1 : 0; return quiet >= 3; }, 15000, `${what}: no request in flight`);
     };
     page.on('requestfailed', (r) => {
       // a console WebSocket or the event stream closed by the test itself is not a failure
@@ -156,7 +175,8 @@ async function main() {
     await page.getByLabel('API token').fill('wrong-token');
     await page.getByRole('button', { name: 'Log in' }).click();
     await page.locator('#login-error').filter({ hasText: 'Wrong token' }).waitFor();
-    ok(true, 'a wrong token is refused with a message');
+    ok((await page.locator('#login-error').textContent()).includes('Wrong token') && await page.getByLabel('API token').isVisible(),
+      'a wrong token is refused with a message, the login form stays');
     errors.length = 0; // the 401 of the wrong token is expected
     await page.getByLabel('API token').fill(token);
     await page.getByRole('button', { name: 'Log in' }).click();
@@ -167,8 +187,9 @@ async function main() {
     const cookies = await ctx.cookies(url);
     const sess = cookies.find((c) => c.name === 'kh_session');
     ok(sess && sess.httpOnly && sess.sameSite === 'Strict', 'the session cookie is HttpOnly and SameSite=Strict');
-    await waitFor(async () => /kvm|tcg/.test(await page.locator('#accel').textContent()), 20000, 'the accelerator probe');
-    ok(true, `dashboard shows the accelerator: ${await page.locator('#accel').textContent()}`);
+    const accelText = await waitFor(async () => { const t = await page.locator('#accel').textContent(); return /kvm|tcg/.test(t) && t; }, 20000, 'the accelerator probe');
+    const hostAccel = (await (await fetch(`${url}/api/v1/host`, { headers: { Authorization: `Bearer ${token}` } })).json()).accelerator;
+    ok(accelText.includes(hostAccel), `dashboard shows the accelerator GET /api/v1/host reports (${hostAccel}): ${accelText}`);
 
     // a storage pool with a volume, for the wizard's disk picker
     const poolDir = join(base, 'pool');
@@ -225,16 +246,20 @@ async function main() {
     ok((await api(`/api/v1/vms/${VM}`)).max_vcpus === 2, 'the wizard created the VM with max_vcpus 2');
     const rows = page.locator('#terminal .xterm-rows');
     const termText = () => rows.evaluate((el) => [...el.children].map((r) => r.textContent.replace(/\u00a0/g, ' ').trimEnd()));
+    // click into the terminal and wait until xterm's input has the focus
+    const focusTerminal = async () => {
+      await page.locator('#terminal').click();
+      await page.waitForFunction(() => document.activeElement && document.activeElement.classList.contains('xterm-helper-textarea'), null, { timeout: 10000 });
+    };
     await waitFor(async () => (await termText()).some((l) => l.includes('KVMHOST-GUEST-READY')), 120000, 'KVMHOST-GUEST-READY on the console');
-    ok(true, 'the serial console shows KVMHOST-GUEST-READY');
+    ok((await api(`/api/v1/vms/${VM}`)).state === 'running', 'the serial console shows KVMHOST-GUEST-READY; the VM is running');
     await waitFor(async () => (await termText()).some((l) => l.startsWith('KVMHOST-NET:')), 60000, 'KVMHOST-NET on the console');
     ok((await termText()).includes('KVMHOST-NET: 10.98.0.50'), 'the guest got its reserved address over DHCP on the wizard\'s network');
     ok(await page.locator('#console-status').textContent() === 'connected', 'the console WebSocket is connected');
-    await page.locator('#terminal').click();
-    await sleep(300);
+    await focusTerminal();
     await page.keyboard.type('echo hi-web\n', { delay: 20 });
-    await waitFor(async () => (await termText()).some((l) => l.trim() === 'hi-web'), 30000, 'hi-web echoed back');
-    ok(true, 'typing "echo hi-web" in the console prints hi-web');
+    const hiWeb = await waitFor(async () => (await termText()).filter((l) => l.trim() === 'hi-web').length, 30000, 'hi-web echoed back');
+    ok(hiWeb >= 1 && (await termText()).some((l) => l.includes('echo hi-web')), 'typing "echo hi-web" in the console echoes the command and prints hi-web');
     const logHref = await page.locator('#console-log').getAttribute('href');
     const logText = await page.evaluate(async (href) => (await fetch(href)).text(), logHref);
     ok(logText.includes('KVMHOST-GUEST-READY') && logText.includes('hi-web'), `the console's "Download log" link gives the serial output (${logText.length} bytes)`);
@@ -249,7 +274,7 @@ async function main() {
 
     await page.getByRole('tab', { name: 'Summary' }).click();
     await page.locator('.tabpanel .state-running').waitFor();
-    ok(true, 'the summary tab shows the VM running');
+    ok(await page.locator('.tabpanel .state-running').isVisible() && (await api(`/api/v1/vms/${VM}`)).state === 'running', 'the summary tab shows the VM running');
     ok((await page.locator('.tabpanel .disks').first().textContent()).includes('webpool/data1'), 'the summary lists the volume disk');
     const nicText = await page.locator('.tabpanel [aria-label="Network interfaces"]').textContent();
     ok(/nic0\s*network weblan 52:54:00:[0-9a-f:]{8} 10\.98\.0\.50/.test(nicText), `the VM page shows the NIC on the network (${nicText})`);
@@ -265,7 +290,7 @@ async function main() {
     ok(c1.drawn >= 2 && /CPU/.test(c1.caption) && /% now/.test(c1.label),
       `the VM CPU chart shows ${c1.n} points, captioned, labelled "${c1.label}"`);
     const c2 = await waitFor(async () => { const c = await chartState(); return (c.n > c1.n || c.latest !== c1.latest) && c; }, 15000, 'the VM CPU chart to update');
-    ok(true, `the VM CPU chart updates by itself (${c1.n} -> ${c2.n} points, latest ${Number(c1.latest).toFixed(1)} -> ${Number(c2.latest).toFixed(1)} %)`);
+    ok((c2.n > c1.n || c2.latest !== c1.latest) && c2.drawn >= 2, `the VM CPU chart updates by itself (${c1.n} -> ${c2.n} points, latest ${Number(c1.latest).toFixed(1)} -> ${Number(c2.latest).toFixed(1)} %)`);
     ok(Number(await page.locator('figure#vm-mem-chart').getAttribute('data-points')) >= 1, 'the VM memory chart has points');
     await page.evaluate(() => document.getElementById('toasts').replaceChildren());
     await page.screenshot({ path: join(logs, 'web-vm-summary.png'), fullPage: true });
@@ -290,8 +315,7 @@ async function main() {
     // change the guest after the snapshot, revert, and see the change gone
     await page.getByRole('tab', { name: 'Console' }).click();
     await page.locator('#console-status[data-status="connected"]').waitFor({ timeout: 30000 });
-    await page.locator('#terminal').click();
-    await sleep(300);
+    await focusTerminal();
     await page.keyboard.type('touch /tmp/after-snap; echo TOUCHED-$((40+2))\n', { delay: 10 });
     await waitFor(async () => (await termText()).some((l) => l.trim() === 'TOUCHED-42'), 30000, 'TOUCHED-42');
     await page.getByRole('tab', { name: 'Snapshots' }).click();
@@ -301,8 +325,7 @@ async function main() {
     ok(await page.locator('#snap-error').isHidden(), 'reverting to the memory snapshot succeeds');
     await page.getByRole('tab', { name: 'Console' }).click();
     await page.locator('#console-status[data-status="connected"]').waitFor({ timeout: 30000 });
-    await page.locator('#terminal').click();
-    await sleep(300);
+    await focusTerminal();
     await page.keyboard.type('\ntest -e /tmp/after-snap && echo STILL-$((1+1)) || echo REVERTED-$((3+4))\n', { delay: 10 });
     const reverted = await waitFor(async () => (await termText()).find((l) => l.trim() === 'REVERTED-7' || l.trim() === 'STILL-2'), 30000, 'REVERTED-7 or STILL-2');
     ok(reverted.trim() === 'REVERTED-7', 'after the revert the guest no longer has the file made after the snapshot');
@@ -353,8 +376,7 @@ async function main() {
     const guestSays = async (cmd, marker) => {
       await page.getByRole('tab', { name: 'Console' }).click();
       await page.locator('#console-status[data-status="connected"]').waitFor({ timeout: 30000 });
-      await page.locator('#terminal').click();
-      await sleep(300);
+      await focusTerminal();
       await page.keyboard.type(`${cmd}\n`, { delay: 10 });
       return waitFor(async () => (await termText()).find((l) => l.startsWith(marker)), 90000, marker);
     };
@@ -370,8 +392,8 @@ async function main() {
     await page.getByRole('dialog').getByRole('button', { name: 'Detach' }).click();
     await waitFor(async () => (await page.locator('#disk-table tr[data-vol="webpool/hp1"]').count()) === 0, 60000, 'disk1 to go');
     ok((await api(`/api/v1/vms/${VM}`)).disks.length === 1 && await page.locator('#disk-error').isHidden(), 'the Disks tab hot-unplugs the disk (DELETE .../disks/1)');
-    await guestSays('while test -e /sys/block/vdb; do sleep 1; done; echo UNPLUGGED-$((8+1))', 'UNPLUGGED-9');
-    ok(true, 'the guest no longer has /sys/block/vdb');
+    const unplugged = await guestSays('while test -e /sys/block/vdb; do sleep 1; done; echo UNPLUGGED-$((8+1)) $(ls /sys/block)', 'UNPLUGGED-9');
+    ok(!/\bvdb\b/.test(unplugged) && /\bvda\b/.test(unplugged), `the guest no longer has /sys/block/vdb (${unplugged.trim()})`);
 
     // limits, applied live to the running VM (PATCH {"limits": {...}})
     await page.getByRole('tab', { name: 'Settings' }).click();
@@ -446,8 +468,8 @@ async function main() {
     await page.getByRole('dialog').getByRole('button', { name: 'Unplug' }).click();
     await waitFor(async () => (await page.locator('#nic-live-table tr[data-nic="1"]').count()) === 0, 90000, 'nic1 to go');
     ok((await api(`/api/v1/vms/${VM}`)).nics.length === 1, 'the Settings tab unplugs the hot-plugged NIC (DELETE .../nics/1)');
-    await guestSays('while test -e /sys/class/net/eth1; do sleep 1; done; echo NICGONE-$((4+5))', 'NICGONE-9');
-    ok(true, 'the guest no longer has eth1');
+    const nicGone = await guestSays('while test -e /sys/class/net/eth1; do sleep 1; done; echo NICGONE-$((4+5)) $(ls /sys/class/net)', 'NICGONE-9');
+    ok(!/\beth1\b/.test(nicGone) && /\beth0\b/.test(nicGone), `the guest no longer has eth1 (${nicGone.trim()})`);
 
     // per-NIC bandwidth and thread pinning, live (limits.nic, emulator_cpus)
     await page.getByRole('tab', { name: 'Settings' }).click();
@@ -465,7 +487,7 @@ async function main() {
     const qd = spawnSync('tc', ['qdisc', 'show', 'dev', tap0], { encoding: 'utf8' }).stdout;
     ok(/\btbf\b/.test(qd), `the NIC's tap has a tbf qdisc for its inbound limit (${qd.trim().split('\n')[0]})`);
     await page.setViewportSize({ width: 1024, height: 640 });
-    await sleep(300);
+    await page.waitForFunction(() => window.innerWidth === 1024);
     const setOver = await page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
     ok(setOver <= 0, `the running VM's settings fit a 1024 px wide screen (overflow ${setOver} px)`);
     await page.setViewportSize({ width: 1366, height: 850 });
@@ -516,10 +538,11 @@ async function main() {
     ok(!(await api('/api/v1/alerts')).rules.some((x) => x.name === 'web_test_cpu'), '... and nothing was saved');
     await page.getByLabel(`Rule ${nr} threshold`).fill('0');
     await page.getByRole('button', { name: 'Save rules' }).click();
-    await waitFor(async () => (await api('/api/v1/alerts')).rules.some((x) => x.name === 'web_test_cpu' && x.op === '>=' && x.threshold === 0), 10000, 'the rule saved');
-    ok(true, 'the alerts page saves a new rule (PUT /api/v1/alerts/rules)');
+    const savedRule = await waitFor(async () => (await api('/api/v1/alerts')).rules.find((x) => x.name === 'web_test_cpu' && x.op === '>=' && x.threshold === 0), 10000, 'the rule saved');
+    ok(savedRule.metric === 'cpu_percent', `the alerts page saves a new rule (PUT /api/v1/alerts/rules: ${JSON.stringify(savedRule)})`);
     await page.locator('#alerts-active tr', { hasText: 'web_test_cpu' }).filter({ hasText: 'firing' }).waitFor({ timeout: 20000 });
-    ok(true, 'the new rule shows firing on the alerts page');
+    ok(((await api('/api/v1/alerts')).active || []).some((x) => (x.rule || x.name) === 'web_test_cpu' && (x.state || 'firing') === 'firing'),
+      'the new rule shows firing on the alerts page, as GET /api/v1/alerts has it');
     const hooked = await waitFor(async () => hookPosts.find((b) => b.type === 'alert.firing' && b.data && b.data.rule === 'web_test_cpu'), 20000, 'the webhook POST');
     ok(hooked.data.op === '>=', `the webhook receiver got the alert.firing POST (${JSON.stringify(hooked).slice(0, 120)})`);
     await waitFor(async () => Number(await page.locator('#hook-sent').textContent()) >= 1, 25000, 'the sent counter');
@@ -695,9 +718,9 @@ async function main() {
     await row.locator('.state-running').waitFor();
     await row.getByRole('button', { name: `Stop ${VM}` }).click();
     await row.locator('.state-stopping, .state-stopped').waitFor({ timeout: 20000 });
-    ok(true, 'the list shows the stop under way');
+    ok(await row.locator('.state-running').count() === 0, 'the list shows the stop under way (the row is no longer running)');
     await row.locator('.state-stopped').waitFor({ timeout: 120000 });
-    ok(true, 'the list shows the VM stopped');
+    ok((await api(`/api/v1/vms/${VM}`)).state === 'stopped', 'the list shows the VM stopped, as the API has it');
     const noReload = await page.evaluate(() => window.__noReload === 1 && performance.getEntriesByType('navigation').length);
     ok(noReload === loadsBefore, 'no page reload happened since the wizard');
     await page.screenshot({ path: join(logs, 'web-vm-list.png') });
@@ -715,19 +738,19 @@ async function main() {
     await page.getByRole('button', { name: 'Save' }).click();
     await page.getByRole('tab', { name: 'Summary' }).click();
     await waitFor(async () => (await page.locator('.tabpanel').textContent()).includes('320 MiB'), 10000, 'memory 320 MiB');
-    ok(true, 'settings change the memory (PATCH), shown live');
+    ok((await api(`/api/v1/vms/${VM}`)).memory_mib === 320, 'settings change the memory (PATCH), shown live');
     // huge pages and max vCPUs are spec fields of the stopped VM
     await page.getByRole('tab', { name: 'Settings' }).click();
     ok(await page.getByLabel('Max vCPUs (hot-plug)').inputValue() === '2' && await page.getByLabel('Max vCPUs (hot-plug)').isEnabled(),
       'the stopped VM\'s settings show max vCPUs, editable');
     await page.getByLabel('Guest RAM from 2 MiB huge pages').check();
     await page.getByRole('button', { name: 'Save' }).click();
-    await waitFor(async () => (await api(`/api/v1/vms/${VM}`)).hugepages === true, 10000, 'hugepages true');
-    ok(true, 'settings turn huge pages on (PATCH {"hugepages": true})');
+    const hugeOn = await waitFor(async () => { const v = await api(`/api/v1/vms/${VM}`); return v.hugepages === true && v; }, 10000, 'hugepages true');
+    ok(hugeOn.memory_mib === 320, 'settings turn huge pages on (PATCH {"hugepages": true}), the memory kept');
     await page.getByLabel('Guest RAM from 2 MiB huge pages').uncheck();
     await page.getByRole('button', { name: 'Save' }).click();
-    await waitFor(async () => !(await api(`/api/v1/vms/${VM}`)).hugepages, 10000, 'hugepages off');
-    ok(true, '... and off again');
+    const hugeOff = await waitFor(async () => { const v = await api(`/api/v1/vms/${VM}`); return !v.hugepages && v; }, 10000, 'hugepages off');
+    ok(hugeOff.memory_mib === 320 && hugeOff.hugepages !== true, '... and off again');
     // attach the security group to the VM's NIC (stopped VM: PATCH nics)
     await page.getByRole('tab', { name: 'Settings' }).click();
     await page.getByLabel('websg').check();
@@ -803,7 +826,7 @@ async function main() {
     const wide = [];
     for (const hash of ['#/', '#/networks', '#/networks/weblan', '#/security-groups', '#/storage', '#/alerts', '#/topology', '#/create', `#/vms/${VM}/settings`, `#/vms/${VM}/disks`, `#/vms/${VM}/snapshots`]) {
       await page.evaluate((x) => { location.hash = x; }, hash);
-      await sleep(700);
+      await settled(hash);
       const o = await page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
       if (o > 0) wide.push(`${hash}: ${o} px`);
     }
@@ -946,8 +969,8 @@ async function main() {
     await page.evaluate(() => { location.hash = '#/vms/tplsrc/settings'; });
     await page.getByRole('button', { name: 'Make template' }).click();
     await page.getByRole('dialog').getByRole('button', { name: 'Make template' }).click();
-    await waitFor(async () => (await api('/api/v1/vms/tplsrc')).template === true, 10000, 'tplsrc a template');
-    ok(true, 'Settings make a stopped VM a template');
+    const tpl = await waitFor(async () => { const v = await api('/api/v1/vms/tplsrc'); return v.template === true && v; }, 10000, 'tplsrc a template');
+    ok(tpl.state === 'stopped' && tpl.disks[0].volume === 'webpool/tpl0', 'Settings make a stopped VM a template');
     // a full copy from the storage page's template list
     await page.getByRole('link', { name: 'Storage', exact: true }).click();
     await page.locator('#templates tr[data-tpl="tplsrc"]').getByRole('link', { name: 'New VM from it' }).click();
@@ -1028,7 +1051,10 @@ async function main() {
       daemon.kill('SIGTERM');
       await waitFor(async () => daemonExit !== null, 15000, 'kvmhostd to exit').catch(() => daemon.kill('SIGKILL'));
     }
-    ok(daemonExit === 0 || daemonExit === 'SIGTERM', `kvmhostd exited cleanly (${daemonExit})`);
+    ok(daemonExit === 0, `kvmhostd exited 0 after SIGTERM (${daemonExit})`);
+    const errText = existsSync(daemonErr) ? readFileSync(daemonErr, 'utf8') : '';
+    const san = errText.search(/runtime error:|AddressSanitizer|LeakSanitizer/);
+    ok(san < 0, `no sanitizer report in kvmhostd's stderr (${daemonErr})${san < 0 ? '' : ':\n' + errText.slice(errText.lastIndexOf('\n', san) + 1).slice(0, 4000)}`);
     // Leftover QEMU (a failed run): kill by the pid files in our own state dir only.
     rmSync(base, { recursive: true, force: true });
   }
