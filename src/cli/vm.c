@@ -654,8 +654,8 @@ static const cli_opt opts_vm_edit[] = {
 static const cli_opt opts_vm_top[] = {
     { "once", NULL, 0, "Print one frame and exit (also when stdout is not a terminal)." },
     { "interval", "SECONDS", CLI_OPT_ARG, "Refresh period (default 2)." },
-    { "sort", "KEY", CLI_OPT_ARG, "cpu (default), mem or name." },
-    { "all", NULL, 0, "Also list VMs that are not running." },
+    { "sort", "KEY", CLI_OPT_ARG, "cpu (default), mem (CGROUP-MEM) or name." },
+    { "all", NULL, 0, "Also list VMs that are not running (with their GUEST-RAM only)." },
     { NULL, NULL, 0, NULL },
 };
 
@@ -781,10 +781,16 @@ const cli_cmd cli_vm_cmds[] = {
     {
         "vm", "top", NULL, "live CPU, memory and disk use of the VMs",
         "A virt-top-like view from the daemon's samples (taken every 10 s by default): the "
-        "host's CPU, memory and load, then one line per running VM with its CPU use in "
-        "percent of one host CPU, the memory charged to its cgroup, its QEMU's resident "
-        "memory and its disk rates. Refreshes until Ctrl-C; --once (or --json, or a stdout "
-        "that is not a terminal) prints one frame.",
+        "host's CPU, memory and load, then one line per running VM. CPU% is its use in "
+        "percent of one host CPU. GUEST-RAM is the memory the guest was given (--memory), "
+        "shown as TARGET/CONFIGURED when a balloon target is set ('vm limit --balloon'). "
+        "QEMU-RSS is the resident memory of the VM's QEMU process: the guest RAM it has "
+        "touched plus QEMU's own overhead (under TCG its translated-code cache too, so it "
+        "can exceed GUEST-RAM). CGROUP-MEM is all the memory charged to "
+        "the VM's cgroup (QEMU-RSS plus page cache and kernel memory; what --memory-max "
+        "limits). Then the disk read and write rates in bytes and operations per second. "
+        "Refreshes until Ctrl-C; --once (or --json, or a stdout that is not a terminal) "
+        "prints one frame. --json output is the daemon's samples as they are.",
         opts_vm_top,
         "$ kvmhost vm top\n"
         "$ kvmhost vm top --once --sort mem\n"
