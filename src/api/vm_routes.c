@@ -40,10 +40,31 @@ static int check_limits(const kh_api *api, const json_t *base, const json_t *lim
     return rc;
 }
 
+/* Each NIC's read-only "addresses": what the network manager knows for its
+ * MAC (kh_netmgr_addresses_of). Self-contained: to move into the VM view. */
+static json_t *with_addresses(kh_api *api, json_t *vm)
+{
+    size_t i;
+    json_t *nic;
+    json_array_foreach(json_object_get(vm, "nics"), i, nic) {
+        const char *mac = json_string_value(json_object_get(nic, "mac"));
+        if (mac)
+            json_object_set_new(nic, "addresses",
+                                kh_netmgr_addresses_of(api->net, json_string_value(json_object_get(
+                                                                     nic, "network")), mac));
+    }
+    return vm;
+}
+
 void kh_vm_routes_list(kh_http_req *req, void *app)
 {
     kh_api *api = app;
-    kh_http_reply_json(req, 200, json_pack("{s:o}", "vms", kh_manager_list_json(api->mgr)));
+    json_t *vms = kh_manager_list_json(api->mgr), *vm;
+    size_t i;
+    json_array_foreach(vms, i, vm) {
+        with_addresses(api, vm);
+    }
+    kh_http_reply_json(req, 200, json_pack("{s:o}", "vms", vms));
 }
 
 void kh_vm_routes_create(kh_http_req *req, void *app)
@@ -79,7 +100,7 @@ void kh_vm_routes_get(kh_http_req *req, void *app)
         reply_err(req, &err);
         return;
     }
-    kh_http_reply_json(req, 200, vm);
+    kh_http_reply_json(req, 200, with_addresses(api, vm));
 }
 
 #define HOTPLUG_TIMEOUT_S 20

@@ -57,7 +57,8 @@ typedef int (*cli_handler)(cli_ctx *ctx, const cli_args *a, kh_err *err);
 typedef struct cli_cmd {
     const char *noun;        /* NULL ends the table */
     const char *verb;        /* NULL: the noun alone is the command (events, version) */
-    const char *positional;  /* "NAME", "ID", "VM SNAP" (two), or NULL; required when set */
+    const char *positional;  /* "NAME", "ID", "VM SNAP" (two), or NULL; required when set,
+                              * unless wholly in brackets ("[POOL]") */
     const char *summary;     /* one line, no final period */
     const char *description; /* paragraphs separated by "\n\n"; lines starting with ' ' verbatim */
     const cli_opt *opts;     /* NULL or a list ended by a NULL name */

@@ -16,6 +16,7 @@
 #include "cli/client.h"
 #include "cli/console.h"
 #include "cli/output.h"
+#include "cli/render.h"
 #include "kh_config.h"
 #include "util/check.h"
 #include "util/log.h"
@@ -33,10 +34,7 @@ static int cli_do_host_show(cli_ctx *ctx, const cli_args *a, kh_err *err)
     if (ctx->json) {
         cli_print_json(stdout, host);
     } else {
-        cli_kv *kv = cli_kv_new();
-        cli_kv_add_json(kv, NULL, host, NULL);
-        cli_print_kv(kv);
-        cli_kv_free(kv);
+        cli_print_free(cli_render_host(host));
     }
     json_decref(host);
     return 0;

@@ -8,8 +8,10 @@
 #include <string.h>
 
 #include "cli/output.h"
+#include "cli/render.h"
 #include "util/check.h"
 #include "util/mem.h"
+#include "util/misc.h"
 
 static int cli_do_net_create(cli_ctx *ctx, const cli_args *a, kh_err *err)
 {
@@ -74,10 +76,15 @@ static int cli_do_net_list(cli_ctx *ctx, const cli_args *a, kh_err *err)
     return 0;
 }
 
+static void net_human(const json_t *net)
+{
+    cli_print_free(cli_render_network(net));
+}
+
 static int cli_do_net_show(cli_ctx *ctx, const cli_args *a, kh_err *err)
 {
     char *path = cli_api_path("networks", a->pos, NULL);
-    int rc = cli_show(ctx, "GET", path, NULL, cli_show_kv, err);
+    int rc = cli_show(ctx, "GET", path, NULL, net_human, err);
     free(path);
     return rc;
 }
@@ -103,20 +110,7 @@ static int cli_do_net_leases(cli_ctx *ctx, const cli_args *a, kh_err *err)
         json_decref(resp);
         return 0;
     }
-    static const char *const head[] = { "IP", "MAC", "VM", "HOSTNAME", "EXPIRES" };
-    cli_table *t = cli_table_new(KH_ARRAY_LEN(head), head);
-    size_t i;
-    json_t *l;
-    json_array_foreach(json_object_get(resp, "leases"), i, l) {
-        cli_table_add(t, cli_jstr(l, "ip"));
-        cli_table_add(t, cli_jstr(l, "mac"));
-        cli_table_add(t, cli_jstr(l, "vm"));
-        cli_table_add(t, cli_jstr(l, "hostname"));
-        cli_table_addf(t, "%" JSON_INTEGER_FORMAT,
-                       json_integer_value(json_object_get(l, "expires")));
-    }
-    cli_print_free(cli_table_render(t));
-    cli_table_free(t);
+    cli_print_free(cli_render_leases(resp, kh_wall_time()));
     json_decref(resp);
     return 0;
 }
@@ -163,6 +157,29 @@ static int cli_do_net_forward(cli_ctx *ctx, const cli_args *a, kh_err *err)
     return 0;
 }
 
+/* security_groups=a+b: '+' never appears in a name (letters, digits, '-',
+ * '_', '.'), ',' already separates the items of SPEC. */
+static json_t *nic_groups(const char *spec, const char *val, kh_err *err)
+{
+    json_t *arr = json_array();
+    const char *p = val;
+    for (;;) {
+        const char *end = strchr(p, '+');
+        size_t n = end ? (size_t)(end - p) : strlen(p);
+        json_t *g = n ? json_stringn(p, n) : NULL;
+        if (!g) {
+            kh_err_set(err, KH_E_INVALID, "--nic %s: security_groups takes names joined by "
+                       "'+' (security_groups=web+ssh)", spec);
+            json_decref(arr);
+            return NULL;
+        }
+        json_array_append_new(arr, g);
+        if (!end)
+            return arr;
+        p = end + 1;
+    }
+}
+
 json_t *cli_nics_json(const kh_strv *specs, kh_err *err)
 {
     json_t *arr = json_array();
@@ -178,14 +195,24 @@ json_t *cli_nics_json(const kh_strv *specs, kh_err *err)
             char *eq = strchr(item, '=');
             if (k > 0 || eq) {
                 if (!eq) {
-                    kh_err_set(err, KH_E_INVALID, "--nic %s: '%s' is not mac=... or ip=...",
-                               specs->v[i], item);
+                    kh_err_set(err, KH_E_INVALID,
+                               "--nic %s: '%s' is not mac=..., ip=..., link=... or "
+                               "security_groups=...", specs->v[i], item);
                     rc = -1;
                     break;
                 }
                 *eq = '\0';
                 key = item;
                 val = eq + 1;
+                if (strcmp(key, "security_groups") == 0) {
+                    json_t *groups = nic_groups(specs->v[i], val, err);
+                    if (!groups) {
+                        rc = -1;
+                        break;
+                    }
+                    json_object_set_new(nic, key, groups);
+                    continue;
+                }
                 if (strcmp(key, "mac") != 0 && strcmp(key, "ip") != 0 &&
                     strcmp(key, "network") != 0 && strcmp(key, "link") != 0) {
                     kh_err_set(err, KH_E_INVALID, "--nic %s: unknown item %s", specs->v[i], key);
@@ -392,13 +419,15 @@ const cli_cmd cli_network_cmds[] = {
 const cli_cmd cli_vm_nic_cmds[] = {
     {
         "vm", "nic add", "VM SPEC", "add a NIC to a VM",
-        "Add a virtio NIC to the VM. SPEC is NETWORK[,mac=MAC][,ip=IP][,link=down], as "
-        "--nic of 'vm create'. A running q35 VM gets it at once (PCIe hot-plug onto a free "
+        "Add a virtio NIC to the VM. SPEC is NETWORK[,mac=MAC][,ip=IP][,link=down]"
+        "[,security_groups=G1+G2], as --nic of 'vm create' (the groups' rules filter the "
+        "NIC's inbound traffic, IPv4 and IPv6). A running q35 VM gets it at once (PCIe hot-plug onto a free "
         "port: at most four hot-plugged NICs at a time); a stopped VM has it from its next "
         "start. The NIC is the VM's last; its number is printed.",
         NULL,
         "$ kvmhost vm nic add web1 lan\n"
-        "$ kvmhost vm nic add web1 lan,ip=10.10.0.20",
+        "$ kvmhost vm nic add web1 lan,ip=10.10.0.20\n"
+        "$ kvmhost vm nic add web1 lan,security_groups=web+ssh",
         cli_do_vm_nic_add,
     },
     {

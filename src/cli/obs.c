@@ -32,13 +32,28 @@ static void top_on_signal(int sig)
 
 static void fmt_bytes(double b, char *buf, size_t size)
 {
-    static const char *const units[] = { "B", "K", "M", "G", "T" };
-    int u = 0;
-    while (b >= 1024 && u < 4) {
-        b /= 1024;
-        u++;
+    cli_fmt_bytes((int64_t)b, buf, size);
+}
+
+/* GUEST-RAM: the memory the guest was given, "BALLOON/CONFIGURED" when a
+ * balloon target below it is set; "-" for a VM the list does not have. */
+static void fmt_guest_ram(const json_t *vm, char *buf, size_t size)
+{
+    json_int_t mib = json_integer_value(json_object_get(vm, "memory_mib"));
+    json_int_t balloon =
+        json_integer_value(json_object_get(json_object_get(vm, "limits"), "balloon_mib"));
+    char conf[32], bal[32];
+    if (!mib) {
+        snprintf(buf, size, "-");
+        return;
     }
-    snprintf(buf, size, u ? "%.1f%s" : "%.0f%s", b, units[u]);
+    cli_fmt_bytes((int64_t)mib << 20, conf, sizeof(conf));
+    if (balloon > 0 && balloon < mib) {
+        cli_fmt_bytes((int64_t)balloon << 20, bal, sizeof(bal));
+        snprintf(buf, size, "%s/%s", bal, conf);
+    } else {
+        snprintf(buf, size, "%s", conf);
+    }
 }
 
 static double num(const json_t *o, const char *key)
@@ -75,8 +90,20 @@ static int by_name(const void *a, const void *b)
     return strcmp(((const top_row *)a)->name, ((const top_row *)b)->name);
 }
 
+/* The VM of that name in a GET /api/v1/vms answer, NULL if absent. */
+static const json_t *vm_named(const json_t *list, const char *name)
+{
+    size_t i;
+    json_t *vm;
+    json_array_foreach(json_object_get(list, "vms"), i, vm) {
+        if (cli_jstr(vm, "name") && strcmp(cli_jstr(vm, "name"), name) == 0)
+            return vm;
+    }
+    return NULL;
+}
+
 /* One frame: the host line and a table of the VMs (running ones first). */
-static void top_print(const json_t *h, const char *sort, bool all)
+static void top_print(const json_t *h, const json_t *vmlist, const char *sort, bool all)
 {
     const json_t *samples = json_object_get(h, "samples");
     const json_t *last = json_array_get(samples, json_array_size(samples) - 1);
@@ -105,23 +132,30 @@ static void top_print(const json_t *h, const char *sort, bool all)
     }
     qsort(rows, k, sizeof(*rows),
           strcmp(sort, "mem") == 0 ? by_mem : strcmp(sort, "name") == 0 ? by_name : by_cpu);
-    static const char *const hdr[] = { "NAME", "STATE", "CPU%", "MEMORY", "RSS", "DISK-R/s",
-                                       "DISK-W/s", "R-IOPS", "W-IOPS" };
-    cli_table *t = cli_table_new(9, hdr);
+    static const char *const hdr[] = { "NAME",       "STATE",    "CPU%",     "GUEST-RAM",
+                                       "QEMU-RSS",   "CGROUP-MEM", "DISK-R/s", "DISK-W/s",
+                                       "R-IOPS",     "W-IOPS" };
+    cli_table *t = cli_table_new(KH_ARRAY_LEN(hdr), hdr);
     for (size_t i = 0; i < k; i++) {
         const json_t *r = rows[i].v;
+        char b[80];
         cli_table_add(t, rows[i].name);
         cli_table_add(t, json_string_value(json_object_get(r, "state")));
-        if (!json_is_number(json_object_get(r, "cpu_percent"))) {
-            for (int c = 0; c < 7; c++)
+        bool sampled = json_is_number(json_object_get(r, "cpu_percent"));
+        if (sampled)
+            cli_table_addf(t, "%.1f", num(r, "cpu_percent"));
+        else
+            cli_table_add(t, "-");
+        fmt_guest_ram(vm_named(vmlist, rows[i].name), b, sizeof(b));
+        cli_table_add(t, b);
+        if (!sampled) {
+            for (int c = 0; c < 6; c++)
                 cli_table_add(t, "-");
             continue;
         }
-        char b[32];
-        cli_table_addf(t, "%.1f", num(r, "cpu_percent"));
-        fmt_bytes(num(r, "memory_bytes"), b, sizeof(b));
-        cli_table_add(t, b);
         fmt_bytes(num(r, "rss_bytes"), b, sizeof(b));
+        cli_table_add(t, b);
+        fmt_bytes(num(r, "memory_bytes"), b, sizeof(b));
         cli_table_add(t, b);
         fmt_bytes(num(r, "disk_read_bytes_per_second"), b, sizeof(b));
         cli_table_add(t, b);
@@ -186,10 +220,17 @@ int cli_do_vm_top(cli_ctx *ctx, const cli_args *a, kh_err *err)
             cli_print_json(stdout, out);
             json_decref(out);
         } else {
+            json_t *vms = NULL;
+            if (cli_client_json(c, "GET", "/api/v1/vms", NULL, &vms, NULL, err) < 0) {
+                json_decref(h);
+                rc = -1;
+                break;
+            }
             if (!once)
                 fputs("\033[H\033[2J", stdout);
-            top_print(h, sort, cli_flag(a, "all"));
+            top_print(h, vms, sort, cli_flag(a, "all"));
             fflush(stdout);
+            json_decref(vms);
         }
         json_decref(h);
         if (once)
@@ -239,6 +280,15 @@ static void usage_again(cli_ctx *ctx, const cli_args *a, kh_err *err)
     cli_usage_error(ctx, a->cmd, err, "%s", msg);
 }
 
+/* What disk index of the VM is: its volume or path, "?" when it has none. */
+static const char *disk_name(const json_t *vm, json_int_t index)
+{
+    const json_t *d = index >= 0 ? json_array_get(json_object_get(vm, "disks"), (size_t)index)
+                                 : NULL;
+    const char *s = cli_jstr(d, "volume") ? cli_jstr(d, "volume") : cli_jstr(d, "path");
+    return s ? s : "?";
+}
+
 static void print_limits(const json_t *vm)
 {
     const json_t *l = json_object_get(vm, "limits");
@@ -252,8 +302,9 @@ static void print_limits(const json_t *vm)
     const json_t *disks = json_object_get(l, "disk");
     for (size_t i = 0; i < json_array_size(disks); i++) {
         char prefix[32];
-        snprintf(prefix, sizeof(prefix), "disk%lld",
-                 (long long)json_integer_value(json_object_get(json_array_get(disks, i), "index")));
+        json_int_t index = json_integer_value(json_object_get(json_array_get(disks, i), "index"));
+        snprintf(prefix, sizeof(prefix), "disk%lld", (long long)index);
+        cli_kv_add(kv, prefix, disk_name(vm, index));
         static const char *const skip_index[] = { "index", NULL };
         cli_kv_add_json(kv, prefix, json_array_get(disks, i), skip_index);
     }
@@ -388,11 +439,16 @@ int cli_do_vm_limit(cli_ctx *ctx, const cli_args *a, kh_err *err)
     patch = json_pack("{s:O}", "limits", limits);
     if (cli_client_json(c, "PATCH", path, patch, &vm, NULL, err) < 0)
         goto out;
-    if (ctx->json)
+    if (ctx->json) {
         cli_print_json(stdout, json_object_get(vm, "limits") ? json_object_get(vm, "limits")
                                                              : json_object());
-    else
+    } else {
+        if (disk_change)
+            printf("disk limits set on disk %lld (%s)%s\n", (long long)index,
+                   disk_name(vm, index),
+                   cli_arg(a, "disk") ? "" : ": the first disk, as no --disk INDEX was given");
         print_limits(vm);
+    }
     rc = 0;
 out:
     free(path);

@@ -322,6 +322,66 @@ void cli_fmt_duration(double seconds, char *buf, size_t size)
         snprintf(buf, size, "%llus", sec);
 }
 
+void cli_fmt_span(double seconds, char *buf, size_t size)
+{
+    if (!(seconds >= 0))
+        seconds = 0;
+    unsigned long long s = (unsigned long long)seconds;
+    unsigned long long d = s / 86400, h = s / 3600 % 24, m = s / 60 % 60;
+    if (d)
+        snprintf(buf, size, "%llud %lluh %llum", d, h, m);
+    else if (h)
+        snprintf(buf, size, "%lluh %llum", h, m);
+    else if (m)
+        snprintf(buf, size, "%llum", m);
+    else
+        snprintf(buf, size, "%llus", s);
+}
+
+void cli_fmt_expiry(double expires, double now, char *buf, size_t size)
+{
+    char span[48];
+    if (expires <= 0) {
+        snprintf(buf, size, "never");
+    } else if (expires >= now) {
+        cli_fmt_span(expires - now, span, sizeof(span));
+        snprintf(buf, size, "in %s", span);
+    } else {
+        cli_fmt_span(now - expires, span, sizeof(span));
+        snprintf(buf, size, "%s ago", span);
+    }
+}
+
+void cli_fmt_bytes(int64_t n, char *buf, size_t size)
+{
+    static const char *const units[] = { "B", "KiB", "MiB", "GiB", "TiB", "PiB" };
+    double v = (double)n;
+    size_t u = 0;
+    while (v >= 1024 && u + 1 < KH_ARRAY_LEN(units)) {
+        v /= 1024;
+        u++;
+    }
+    if (u == 0)
+        snprintf(buf, size, "%lld B", (long long)n);
+    else
+        snprintf(buf, size, "%.1f %s", v, units[u]);
+}
+
+void cli_fmt_load(const json_t *loads, char *buf, size_t size)
+{
+    size_t len = 0, i;
+    json_t *v;
+    buf[0] = '\0';
+    json_array_foreach(loads, i, v) {
+        int w = snprintf(buf + len, size - len, "%s%.2f", i ? " " : "", json_number_value(v));
+        if (w < 0 || (size_t)w >= size - len)
+            break;
+        len += (size_t)w;
+    }
+    if (!len)
+        snprintf(buf, size, "-");
+}
+
 int cli_parse_time(const char *s, double *out)
 {
     if (!s)

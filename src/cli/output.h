@@ -53,6 +53,15 @@ void cli_wrap(FILE *f, const char *text, int indent, int width);
 void cli_fmt_mib(int64_t mib, char *buf, size_t size);
 /* A duration for people: "12s", "5m12s", "2h05m", "3d04h". */
 void cli_fmt_duration(double seconds, char *buf, size_t size);
+/* A span for people, to the minute: "3d 4h 12m", "4h 0m", "52m", "12s". */
+void cli_fmt_span(double seconds, char *buf, size_t size);
+/* When something expires, seen at now (both seconds since the epoch):
+ * "in 52m", "3m ago", "never" (expires 0: dnsmasq's infinite lease). */
+void cli_fmt_expiry(double expires, double now, char *buf, size_t size);
+/* Bytes in one human style everywhere: "512 B", "196.0 KiB", "20.0 GiB". */
+void cli_fmt_bytes(int64_t n, char *buf, size_t size);
+/* A load-average array ([0.52, 0.4, 0.31]) as "0.52 0.40 0.31"; "-" if empty. */
+void cli_fmt_load(const json_t *loads, char *buf, size_t size);
 /* Parse an RFC 3339 time ("2026-11-22T07:50:00Z", fractions and
  * "+hh:mm" allowed) into seconds since the epoch; -1 if malformed. */
 int cli_parse_time(const char *s, double *out);

@@ -92,6 +92,14 @@ static int opt_index(const cli_cmd *cmd, const char *name, size_t nlen)
     return -1;
 }
 
+/* A positional wholly in brackets ("[POOL]") may be left out. */
+static bool positional_optional(const cli_cmd *cmd)
+{
+    size_t n = strlen(cmd->positional);
+    return cmd->positional[0] == '[' && cmd->positional[n - 1] == ']' &&
+           !strchr(cmd->positional, ' ');
+}
+
 int cli_args_parse(const cli_cmd *cmd, int argc, const char *const *argv, cli_ctx *ctx,
                    cli_args *out, kh_err *err)
 {
@@ -169,7 +177,7 @@ int cli_args_parse(const cli_cmd *cmd, int argc, const char *const *argv, cli_ct
         cli_usage_error(ctx, cmd, err, "unexpected argument '%s'", arg);
         return -1;
     }
-    if (cmd->positional && !out->pos) {
+    if (cmd->positional && !out->pos && !positional_optional(cmd)) {
         cli_usage_error(ctx, cmd, err, "missing %s", cmd->positional);
         return -1;
     }

@@ -1,5 +1,5 @@
 /* storage.c - `kvmhost pool ...`, `kvmhost volume ...` and `kvmhost disk
- * attach|detach`: the rows and their handlers (sizes shown in bytes units). */
+ * attach|detach`: the rows and their handlers (sizes for people: cli_fmt_bytes). */
 #include "cli/nouns.h"
 
 #include <stdio.h>
@@ -11,22 +11,8 @@
 
 #include "cli/args.h"
 #include "cli/output.h"
+#include "cli/render.h"
 #include "util/mem.h"
-
-static void human_bytes(json_int_t n, char *buf, size_t size)
-{
-    static const char *const units[] = { "B", "KiB", "MiB", "GiB", "TiB", "PiB" };
-    double v = (double)n;
-    size_t u = 0;
-    while (v >= 1024 && u + 1 < KH_ARRAY_LEN(units)) {
-        v /= 1024;
-        u++;
-    }
-    if (u == 0)
-        snprintf(buf, size, "%lld B", (long long)n);
-    else
-        snprintf(buf, size, "%.1f %s", v, units[u]);
-}
 
 static void add_bytes(cli_table *t, const json_t *o, const char *key)
 {
@@ -36,7 +22,7 @@ static void add_bytes(cli_table *t, const json_t *o, const char *key)
         return;
     }
     char buf[32];
-    human_bytes(json_integer_value(v), buf, sizeof(buf));
+    cli_fmt_bytes(json_integer_value(v), buf, sizeof(buf));
     cli_table_add(t, buf);
 }
 
@@ -108,10 +94,15 @@ static int cli_do_pool_list(cli_ctx *ctx, const cli_args *a, kh_err *err)
     return cli_show(ctx, "GET", "/api/v1/pools", NULL, pools_human, err);
 }
 
+static void pool_human(const json_t *pool)
+{
+    cli_print_free(cli_render_pool(pool));
+}
+
 static int cli_do_pool_show(cli_ctx *ctx, const cli_args *a, kh_err *err)
 {
     char *path = cli_api_path("pools", a->pos, NULL);
-    int rc = cli_show(ctx, "GET", path, NULL, cli_show_kv, err);
+    int rc = cli_show(ctx, "GET", path, NULL, pool_human, err);
     free(path);
     return rc;
 }
@@ -130,7 +121,7 @@ static int cli_do_pool_create(cli_ctx *ctx, const cli_args *a, kh_err *err)
         kh_err_set(err, KH_E_INVALID, "the name and path must be valid UTF-8");
         return -1;
     }
-    int rc = cli_show(ctx, "POST", "/api/v1/pools", body, cli_show_kv, err);
+    int rc = cli_show(ctx, "POST", "/api/v1/pools", body, pool_human, err);
     json_decref(body);
     return rc;
 }
@@ -142,10 +133,7 @@ static int cli_do_pool_delete(cli_ctx *ctx, const cli_args *a, kh_err *err)
 
 static void volume_human(const json_t *v)
 {
-    cli_kv *kv = cli_kv_new();
-    cli_kv_add_json(kv, NULL, v, NULL);
-    cli_print_free(cli_kv_render(kv));
-    cli_kv_free(kv);
+    cli_print_free(cli_render_volume(v));
 }
 
 static int cli_do_volume_create(cli_ctx *ctx, const cli_args *a, kh_err *err)
@@ -193,7 +181,12 @@ out:
 
 static int cli_do_volume_list(cli_ctx *ctx, const cli_args *a, kh_err *err)
 {
-    const char *pool = cli_arg(a, "pool") ? cli_arg(a, "pool") : "default";
+    if (a->pos && cli_arg(a, "pool") && strcmp(a->pos, cli_arg(a, "pool")) != 0) {
+        cli_usage_error(ctx, a->cmd, err, "two pools: %s and --pool %s", a->pos,
+                        cli_arg(a, "pool"));
+        return -1;
+    }
+    const char *pool = a->pos ? a->pos : cli_arg(a, "pool") ? cli_arg(a, "pool") : "default";
     char *path = cli_api_path("pools", pool, "/volumes");
     int rc = cli_show(ctx, "GET", path, NULL, volumes_human, err);
     free(path);
@@ -371,7 +364,7 @@ static const cli_opt opts_volume_create[] = {
 };
 
 static const cli_opt opts_volume_list[] = {
-    { "pool", "POOL", CLI_OPT_ARG, "The pool (default: default)." },
+    { "pool", "POOL", CLI_OPT_ARG, "The pool, as the positional POOL (default: default)." },
     { NULL, NULL, 0, NULL },
 };
 
@@ -452,18 +445,20 @@ const cli_cmd cli_volume_cmds[] = {
         cli_do_volume_create,
     },
     {
-        "volume", "list", NULL, "list the volumes of a pool",
-        "One line per volume: pool/name, format, virtual size, space allocated on the host, "
-        "its backing volume and the VMs that use it.",
+        "volume", "list", "[POOL]", "list the volumes of a pool",
+        "One line per volume of POOL (default: default; --pool POOL says the same): "
+        "pool/name, format, virtual size, space allocated on the host (in KiB, MiB, GiB, "
+        "... as 'volume show'), its backing volume and the VMs that use it.",
         opts_volume_list,
         "$ kvmhost volume list\n"
-        "$ kvmhost volume list --pool fast",
+        "$ kvmhost volume list fast",
         cli_do_volume_list,
     },
     {
         "volume", "show", "[POOL/]NAME", "show one volume",
         "Everything about the volume, with its backing chain as qemu-img reads it: virtual "
-        "and allocated size and format of every layer.",
+        "and allocated size and format of every layer. Sizes are shown as in 'volume list' "
+        "(\"20.0 GiB\"); --json gives them in bytes.",
         NULL,
         "$ kvmhost volume show default/data1",
         cli_do_volume_show,

@@ -15,6 +15,7 @@
 #include "cli/args.h"
 #include "cli/console.h"
 #include "cli/output.h"
+#include "cli/render.h"
 #include "kh_config.h"
 #include "util/log.h"
 #include "util/mem.h"
@@ -64,19 +65,6 @@ static char *current_dir(kh_err *err)
     if (!cwd)
         kh_err_errno(err, KH_E_INVALID, errno, "cannot find the current directory");
     return cwd;
-}
-
-/* Seconds the VM has run, if it runs; -1 otherwise. */
-static double vm_uptime(const json_t *vm)
-{
-    const char *state = cli_jstr(vm, "state");
-    double started;
-    if (!state || (strcmp(state, "running") != 0 && strcmp(state, "paused") != 0))
-        return -1;
-    if (cli_parse_time(cli_jstr(vm, "started_at"), &started) < 0)
-        return -1;
-    double up = kh_wall_time() - started;
-    return up < 0 ? 0 : up;
 }
 
 /* ---- building specs (create, edit) ---- */
@@ -255,34 +243,7 @@ out:
 
 static void vms_human(const json_t *resp)
 {
-    static const char *const head[] = { "NAME", "STATE", "VCPUS", "MEMORY", "ACCEL", "PID",
-                                        "UPTIME" };
-    cli_table *t = cli_table_new(KH_ARRAY_LEN(head), head);
-    size_t i;
-    json_t *vm;
-    json_array_foreach(json_object_get(resp, "vms"), i, vm) {
-        char mem[32], up[32];
-        cli_table_add(t, cli_jstr(vm, "name"));
-        cli_table_add(t, cli_jstr(vm, "state"));
-        cli_table_addf(t, "%" JSON_INTEGER_FORMAT, json_integer_value(json_object_get(vm, "vcpus")));
-        cli_fmt_mib(json_integer_value(json_object_get(vm, "memory_mib")), mem, sizeof(mem));
-        cli_table_add(t, mem);
-        double uptime = vm_uptime(vm);
-        cli_table_add(t, uptime >= 0 ? cli_jstr(vm, "accelerator") : NULL);
-        json_t *pid = json_object_get(vm, "pid");
-        if (json_is_integer(pid))
-            cli_table_addf(t, "%" JSON_INTEGER_FORMAT, json_integer_value(pid));
-        else
-            cli_table_add(t, NULL);
-        if (uptime >= 0) {
-            cli_fmt_duration(uptime, up, sizeof(up));
-            cli_table_add(t, up);
-        } else {
-            cli_table_add(t, NULL);
-        }
-    }
-    cli_print_table(t);
-    cli_table_free(t);
+    cli_print_free(cli_render_vm_list(resp, kh_wall_time()));
 }
 
 static int cli_do_vm_list(cli_ctx *ctx, const cli_args *a, kh_err *err)
@@ -290,75 +251,9 @@ static int cli_do_vm_list(cli_ctx *ctx, const cli_args *a, kh_err *err)
     return cli_show(ctx, "GET", "/api/v1/vms", NULL, vms_human, err);
 }
 
-static void vm_kv(cli_kv *kv, const json_t *vm)
-{
-    static const char *const known[] = { "name", "id", "state", "state_reason", "description",
-                                         "vcpus", "memory_mib", "machine", "boot", "disks",
-                                         "serial", "graphics", "pid", "accelerator",
-                                         "created_at", "updated_at", "started_at", NULL };
-    char buf[64];
-    cli_kv_add(kv, "name", cli_jstr(vm, "name"));
-    cli_kv_add(kv, "id", cli_jstr(vm, "id"));
-    if (cli_jstr(vm, "state_reason") && *cli_jstr(vm, "state_reason"))
-        cli_kv_addf(kv, "state", "%s (%s)", cli_jstr(vm, "state"), cli_jstr(vm, "state_reason"));
-    else
-        cli_kv_add(kv, "state", cli_jstr(vm, "state"));
-    const char *desc = cli_jstr(vm, "description");
-    cli_kv_add(kv, "description", desc && *desc ? desc : "-");
-    cli_kv_addf(kv, "vcpus", "%" JSON_INTEGER_FORMAT,
-                json_integer_value(json_object_get(vm, "vcpus")));
-    cli_fmt_mib(json_integer_value(json_object_get(vm, "memory_mib")), buf, sizeof(buf));
-    cli_kv_add(kv, "memory", buf);
-    cli_kv_add(kv, "machine", cli_jstr(vm, "machine"));
-    const json_t *boot = json_object_get(vm, "boot");
-    if (cli_jstr(boot, "kernel")) {
-        cli_kv_add(kv, "kernel", cli_jstr(boot, "kernel"));
-        cli_kv_add(kv, "initrd", cli_jstr(boot, "initrd"));
-        cli_kv_add(kv, "cmdline", cli_jstr(boot, "cmdline"));
-    } else {
-        cli_kv_add(kv, "boot", "first disk");
-    }
-    kh_strv *lines = kh_strv_new();
-    size_t i;
-    json_t *d;
-    json_array_foreach(json_object_get(vm, "disks"), i, d) {
-        kh_strv_addf(lines, "%s (%s%s)",
-                     cli_jstr(d, "volume") ? cli_jstr(d, "volume")
-                                       : cli_jstr(d, "path") ? cli_jstr(d, "path") : "?",
-                     cli_jstr(d, "volume") ? "volume" : cli_jstr(d, "format") ? cli_jstr(d, "format") : "?",
-                     json_is_true(json_object_get(d, "readonly")) ? ", readonly" : "");
-    }
-    char *joined = lines->n ? kh_strv_join(lines, "\n") : xstrdup("-");
-    cli_kv_add(kv, "disks", joined);
-    free(joined);
-    kh_strv_free(lines);
-    const json_t *serial = json_object_get(vm, "serial");
-    cli_kv_add(kv, "serial", serial ? (json_is_true(serial) ? "yes" : "no") : NULL);
-    cli_kv_add(kv, "graphics", cli_jstr(vm, "graphics"));
-    json_t *pid = json_object_get(vm, "pid");
-    if (json_is_integer(pid))
-        cli_kv_addf(kv, "pid", "%" JSON_INTEGER_FORMAT, json_integer_value(pid));
-    else
-        cli_kv_add(kv, "pid", NULL);
-    double up = vm_uptime(vm);
-    cli_kv_add(kv, "accelerator", up >= 0 ? cli_jstr(vm, "accelerator") : NULL);
-    if (up >= 0) {
-        cli_fmt_duration(up, buf, sizeof(buf));
-        cli_kv_add(kv, "uptime", buf);
-    }
-    cli_kv_add(kv, "created", cli_jstr(vm, "created_at"));
-    cli_kv_add(kv, "updated", cli_jstr(vm, "updated_at"));
-    cli_kv_add(kv, "started", cli_jstr(vm, "started_at"));
-    /* Fields newer than this client, as they are. */
-    cli_kv_add_json(kv, NULL, vm, known);
-}
-
 static void vm_human(const json_t *vm)
 {
-    cli_kv *kv = cli_kv_new();
-    vm_kv(kv, vm);
-    cli_print_kv(kv);
-    cli_kv_free(kv);
+    cli_print_free(cli_render_vm(vm, kh_wall_time()));
 }
 
 static int cli_do_vm_show(cli_ctx *ctx, const cli_args *a, kh_err *err)
@@ -718,8 +613,10 @@ static const cli_opt opts_vm_create[] = {
       "Attach a disk image; disks keep the order given. SPEC is "
       "PATH,format=raw|qcow2[,readonly]; see DISKS above." },
     { "nic", "SPEC", CLI_OPT_ARG | CLI_OPT_REPEAT,
-      "Add a virtio NIC on a network: NETWORK[,mac=MAC][,ip=IP] (ip: a static DHCP "
-      "reservation; mac: generated when absent). At most 8." },
+      "Add a virtio NIC on a network: NETWORK[,mac=MAC][,ip=IP][,link=down]"
+      "[,security_groups=G1+G2] (ip: a static DHCP reservation; mac: generated when absent; "
+      "security_groups: up to 8 groups joined by '+', which no group name contains, whose "
+      "rules filter the NIC's inbound IPv4 and IPv6 traffic). At most 8." },
     { "serial", "on|off", CLI_OPT_ARG, "Serial console (default on)." },
     { "graphics", "TYPE", CLI_OPT_ARG, "none (the default) or vnc." },
     { "description", "TEXT", CLI_OPT_ARG, "Free text for people, one line." },
@@ -750,15 +647,15 @@ static const cli_opt opts_vm_edit[] = {
     { "serial", "on|off", CLI_OPT_ARG, "Serial console on or off." },
     { "graphics", "TYPE", CLI_OPT_ARG, "none or vnc." },
     { "description", "TEXT", CLI_OPT_ARG,
-      "New description (the only field a running VM accepts)." },
+      "New description (a running VM accepts it too)." },
     { NULL, NULL, 0, NULL },
 };
 
 static const cli_opt opts_vm_top[] = {
     { "once", NULL, 0, "Print one frame and exit (also when stdout is not a terminal)." },
     { "interval", "SECONDS", CLI_OPT_ARG, "Refresh period (default 2)." },
-    { "sort", "KEY", CLI_OPT_ARG, "cpu (default), mem or name." },
-    { "all", NULL, 0, "Also list VMs that are not running." },
+    { "sort", "KEY", CLI_OPT_ARG, "cpu (default), mem (CGROUP-MEM) or name." },
+    { "all", NULL, 0, "Also list VMs that are not running (with their GUEST-RAM only)." },
     { NULL, NULL, 0, NULL },
 };
 
@@ -777,7 +674,9 @@ static const cli_opt opts_vm_limit[] = {
     { "iothread-cpus", "LIST", CLI_OPT_ARG, "Host CPUs the disks' iothreads may run on." },
     { "numa-nodes", "LIST", CLI_OPT_ARG,
       "Host NUMA nodes the guest's memory may come from (cgroup cpuset.mems)." },
-    { "disk", "INDEX", CLI_OPT_ARG, "The disk the --disk-* options apply to (default 0)." },
+    { "disk", "INDEX", CLI_OPT_ARG,
+      "The disk the --disk-* options apply to: 0 (the default) is the first, as numbered "
+      "by 'vm show' and 'disk detach'. The output names the disk (its volume or path)." },
     { "disk-iops", "N", CLI_OPT_ARG, "Total I/O operations per second." },
     { "disk-read-iops", "N", CLI_OPT_ARG, "Read operations per second." },
     { "disk-write-iops", "N", CLI_OPT_ARG, "Write operations per second." },
@@ -862,13 +761,19 @@ const cli_cmd cli_vm_cmds[] = {
     {
         "vm", "edit", "NAME", "change the spec of a virtual machine",
         "Change the given fields and leave the others as they are. A stopped VM accepts every "
-        "field; a running one only --description (anything else fails with exit status 5). "
-        "--kernel, --initrd and --cmdline change only that part of the boot settings. --disk "
+        "field. A running or paused VM accepts two, applied at once: --description, and "
+        "--vcpus given alone (q35: vCPU hot-plug or unplug, up to --max-vcpus; with any other "
+        "option it fails with exit status 5). Every other field fails with exit status 5 "
+        "until the VM is stopped. Other live changes have commands of their own: 'vm limit' "
+        "(CPU, memory, balloon, pinning, disk I/O), 'vm nic add|remove|link' and 'disk "
+        "attach|detach'. --kernel, --initrd and --cmdline change only that part of the boot settings. --disk "
         "replaces the whole disk list, in the order given; the SPEC is the one of vm "
         "create.\n\n" DISKS_HELP,
         opts_vm_edit,
         "$ kvmhost vm edit web1 --vcpus 4 --memory 4G\n"
         "$ kvmhost vm edit web1 --description \"front end, team A\"\n"
+        "# on a running q35 VM created with --max-vcpus 4: hot-plug to 3 vCPUs\n"
+        "$ kvmhost vm edit web1 --vcpus 3\n"
         "$ kvmhost vm edit web1 --disk web1.qcow2,format=qcow2 \\\n"
         "      --disk data.img,format=raw",
         cli_do_vm_edit,
@@ -876,10 +781,16 @@ const cli_cmd cli_vm_cmds[] = {
     {
         "vm", "top", NULL, "live CPU, memory and disk use of the VMs",
         "A virt-top-like view from the daemon's samples (taken every 10 s by default): the "
-        "host's CPU, memory and load, then one line per running VM with its CPU use in "
-        "percent of one host CPU, the memory charged to its cgroup, its QEMU's resident "
-        "memory and its disk rates. Refreshes until Ctrl-C; --once (or --json, or a stdout "
-        "that is not a terminal) prints one frame.",
+        "host's CPU, memory and load, then one line per running VM. CPU% is its use in "
+        "percent of one host CPU. GUEST-RAM is the memory the guest was given (--memory), "
+        "shown as TARGET/CONFIGURED when a balloon target is set ('vm limit --balloon'). "
+        "QEMU-RSS is the resident memory of the VM's QEMU process: the guest RAM it has "
+        "touched plus QEMU's own overhead (under TCG its translated-code cache too, so it "
+        "can exceed GUEST-RAM). CGROUP-MEM is all the memory charged to "
+        "the VM's cgroup (QEMU-RSS plus page cache and kernel memory; what --memory-max "
+        "limits). Then the disk read and write rates in bytes and operations per second. "
+        "Refreshes until Ctrl-C; --once (or --json, or a stdout that is not a terminal) "
+        "prints one frame. --json output is the daemon's samples as they are.",
         opts_vm_top,
         "$ kvmhost vm top\n"
         "$ kvmhost vm top --once --sort mem\n"

@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -715,6 +716,42 @@ json_t *kh_netmgr_leases_json(kh_netmgr *nm, const char *name, kh_err *err)
                 json_object_set_new(l, "vm", json_string(nm->binds[k].vm));
     }
     return arr;
+}
+
+json_t *kh_netmgr_addresses_of(kh_netmgr *nm, const char *network, const char *mac)
+{
+    json_t *out = json_array();
+    for (net_rt *r = nm->nets; r && mac; r = r->next) {
+        if (network && strcmp(r->n->name, network) != 0)
+            continue;
+        json_t *res = NULL;
+        for (size_t i = 0; i < nm->nbinds && !res; i++) {
+            const kh_net_binding *b = &nm->binds[i];
+            if (b->ip && strcmp(b->network, r->n->name) == 0 && strcasecmp(b->mac, mac) == 0)
+                res = json_pack("{s:s,s:s,s:s}", "ip", b->ip, "family", "ipv4", "source",
+                                "reservation");
+        }
+        if (res)
+            json_array_append_new(out, res);
+        json_t *leases = kh_network_owns_bridge(r->n) ? read_leases(r) : json_array();
+        size_t i;
+        json_t *l;
+        json_array_foreach(leases, i, l) {
+            const char *ip = json_string_value(json_object_get(l, "ip"));
+            if (strcasecmp(json_string_value(json_object_get(l, "mac")), mac) != 0)
+                continue;
+            json_t *e = res && strcmp(json_string_value(json_object_get(res, "ip")), ip) == 0
+                            ? res
+                            : NULL;
+            if (!e) {
+                e = json_pack("{s:s,s:s,s:s}", "ip", ip, "family", "ipv4", "source", "dhcp");
+                json_array_append_new(out, e);
+            }
+            json_object_set(e, "expires", json_object_get(l, "expires"));
+        }
+        json_decref(leases);
+    }
+    return out;
 }
 
 json_t *kh_netmgr_forward_add(kh_netmgr *nm, const char *name, const json_t *body,

@@ -41,6 +41,12 @@ json_t *kh_netmgr_create(kh_netmgr *nm, const json_t *body, kh_err *err);
 /* KH_E_CONFLICT while a VM has a NIC on it. */
 int kh_netmgr_delete(kh_netmgr *nm, const char *name, kh_err *err);
 json_t *kh_netmgr_leases_json(kh_netmgr *nm, const char *name, kh_err *err);
+/* The addresses known for the NIC with this MAC on network (NULL: any):
+ * [{"ip", "family": "ipv4", "source": "reservation"|"dhcp", "expires"?}]
+ * from its static DHCP reservation and dnsmasq's current leases (a leased
+ * reservation is one entry with "expires"). IPv6 addresses are not known:
+ * guests choose them (SLAAC, stateless DHCPv6). A new reference. */
+json_t *kh_netmgr_addresses_of(kh_netmgr *nm, const char *network, const char *mac);
 /* Port forwards (nat networks): host_port on every local address -> the
  * VM's address on the network (its reservation, else its current lease). */
 json_t *kh_netmgr_forward_add(kh_netmgr *nm, const char *name, const json_t *body,

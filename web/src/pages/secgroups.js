@@ -44,7 +44,7 @@ function groupCard(g, reload) {
   const draw = () => {
     rows = rules.map((r, i) => ruleRow(g.name, i, r, () => { rules = rows.map((x) => x.value()); rules.splice(i, 1); draw(); }));
     replace(tbody, rows.length ? rows.map((r) => r.el)
-      : h('tr', {}, h('td', { colspan: 4, class: 'muted' }, 'No rules: NICs in this group accept no new inbound IPv4 connections.')));
+      : h('tr', {}, h('td', { colspan: 4, class: 'muted' }, 'No rules: NICs in this group accept no new inbound connections (IPv4 or IPv6).')));
   };
   draw();
   const form = h('form', { class: 'card form sg', dataset: { sg: g.name }, 'aria-labelledby': `sg-${g.name}-title`, novalidate: true },
@@ -118,7 +118,7 @@ export function securityGroupsPage(main) {
   });
   replace(main, h('div', { class: 'page-head' }, h('h1', { class: 'page-title' }, 'Security groups'),
     h('a', { class: 'btn', href: '#/networks' }, 'Networks')),
-  h('p', { class: 'muted small' }, 'Inbound IPv4 rules for the NICs that name a group (a NIC names groups in its VM\'s Settings tab). Outbound is always allowed; a NIC without groups is not filtered.'),
+  h('p', { class: 'muted small' }, 'Inbound rules (IPv4 and IPv6) for the NICs that name a group (a NIC names groups in its VM\'s Settings tab). Outbound is always allowed; a NIC without groups is not filtered.'),
   form, list);
   load();
 }
