@@ -124,6 +124,17 @@ static bool has_type(const json_t *v, const char *t)
     return true; /* an unknown type name constrains nothing */
 }
 
+/* What an array's items are called in messages: its "x-noun" ("disks",
+ * "host CPU numbers"), else "objects" when they are objects, else NULL. */
+static const char *noun(const json_t *s)
+{
+    const char *n = json_string_value(json_object_get(s, "x-noun"));
+    if (n)
+        return n;
+    const char *it = json_string_value(json_object_get(resolve(json_object_get(s, "items")), "type"));
+    return it && strcmp(it, "object") == 0 ? "objects" : NULL;
+}
+
 /* "must be an integer between 1 and 255", "must be an array of at most 16
  * objects", ...: what a value of schema s (of type t) must be. */
 static void describe(char *out, size_t size, const json_t *s, const char *t, bool root)
@@ -150,13 +161,20 @@ static void describe(char *out, size_t size, const json_t *s, const char *t, boo
         snprintf(out, size, "a string of at most %lld characters", maxl);
     else if (strcmp(t, "string") == 0)
         snprintf(out, size, "a string");
-    else if (strcmp(t, "array") == 0 && maxn > 0) {
-        const json_t *items = resolve(json_object_get(s, "items"));
-        const char *it = json_string_value(json_object_get(items, "type"));
-        snprintf(out, size, "an array of at most %lld %s", maxn,
-                 it && strcmp(it, "object") == 0 ? "objects" : "items");
-    } else if (strcmp(t, "array") == 0)
-        snprintf(out, size, "an array");
+    else if (strcmp(t, "array") == 0) {
+        /* "an array", "an array of at most 16 disks", "a non-empty array of
+         * host CPU numbers" */
+        const char *n = noun(s);
+        long long minn = json_integer_value(json_object_get(s, "minItems"));
+        char most[32] = "";
+        if (maxn > 0)
+            snprintf(most, sizeof(most), "at most %lld ", maxn);
+        if (maxn > 0 || n)
+            snprintf(out, size, "%s array of %s%s", minn > 0 ? "a non-empty" : "an", most,
+                     n ? n : "items");
+        else
+            snprintf(out, size, "%s array", minn > 0 ? "a non-empty" : "an");
+    }
     else if (strcmp(t, "null") == 0)
         snprintf(out, size, "null");
     else
@@ -261,6 +279,8 @@ static int check_object(const json_t *s, const json_t *v, const char *path, int 
 static int check_value(const json_t *s, const json_t *v, const char *path, int depth,
                        kh_err *err)
 {
+    if (json_is_null(v) && json_is_true(json_object_get(s, "nullable")))
+        return 0; /* before resolve: nullable may sit beside a $ref */
     s = resolve(s);
     if (!json_is_object(s) || depth > 32)
         return 0;
@@ -302,11 +322,17 @@ static int check_value(const json_t *s, const json_t *v, const char *path, int d
             return -1;
         }
     } else if (json_is_array(v)) {
-        const json_t *maxn = json_object_get(s, "maxItems");
+        const json_t *maxn = json_object_get(s, "maxItems"), *minn = json_object_get(s, "minItems");
         if (json_is_integer(maxn) && json_array_size(v) > (size_t)json_integer_value(maxn)) {
-            kh_err_set(err, KH_E_INVALID, "%s%sat most %lld items (got %zu)", path,
-                       *path ? ": " : "", (long long)json_integer_value(maxn), json_array_size(v));
+            kh_err_set(err, KH_E_INVALID, "%s%sat most %lld %s (got %zu)", path, *path ? ": " : "",
+                       (long long)json_integer_value(maxn), noun(s) ? noun(s) : "items",
+                       json_array_size(v));
             return -1;
+        }
+        if (json_is_integer(minn) && json_array_size(v) < (size_t)json_integer_value(minn)) {
+            char what[160];
+            describe(what, sizeof(what), s, "array", false);
+            return fail(err, path, what);
         }
         const json_t *items = json_object_get(s, "items");
         char sub[PATH_MAX_LEN];

@@ -38,7 +38,7 @@ json_t *kh_schema_all(void);
 /* Check v against the schema called name. path is v's place in the request
  * as messages name it ("" or NULL for the body itself, "limits" for a part
  * checked on its own). Checked: type (and nullable), enum, minimum/maximum,
- * minLength/maxLength (in characters), maxItems, items, properties,
+ * minLength/maxLength (in characters), minItems/maxItems, items, properties,
  * additionalProperties: false (a readOnly property counts as unknown: the
  * server sets it), $ref and allOf. Not checked here: required, pattern and
  * oneOf - the validators check those with messages of their own.
@@ -47,7 +47,8 @@ json_t *kh_schema_all(void);
  * "limits.owner: unknown field"). A key from the request appears in a message
  * bare only when it is short printable ASCII without quotes, backslashes or
  * spaces; any other key is quoted, escaped and truncated
- * (kh_schema_quote_key). An unknown schema name is KH_E_INTERNAL. */
+ * (kh_schema_quote_key). An array's "x-noun" names its items in messages
+ * ("at most 16 disks"). An unknown schema name is KH_E_INTERNAL. */
 int kh_schema_check(const char *name, const json_t *v, const char *path, kh_err *err);
 
 /* Write key (len bytes, may hold NUL) into buf as it may appear in a
