@@ -153,7 +153,7 @@ static const kh_route routes[] = {
       "Alert rules and the alerts pending or firing now", NULL, NULL },
     { "PUT", "/api/v1/alerts/rules", kh_metrics_routes_alert_rules, 0,
       "Replace the alert rules and the webhook (body {\"rules\": [...], \"webhook\": {\"url\", "
-      "\"timeout_seconds\"} | null}; until the daemon restarts)", NULL,
+      "\"timeout_seconds\"} | null}; until the daemon restarts)", "AlertConfig",
       NULL },
 };
 

@@ -153,6 +153,9 @@ static void describe(char *out, size_t size, const json_t *s, const char *t, boo
         snprintf(out, size, "an integer of at most %.0f", json_number_value(max));
     else if (strcmp(t, "integer") == 0)
         snprintf(out, size, "an integer");
+    else if (strcmp(t, "number") == 0 && min && max)
+        snprintf(out, size, "a number from %g to %g", json_number_value(min),
+                 json_number_value(max));
     else if (strcmp(t, "number") == 0)
         snprintf(out, size, "a number");
     else if (strcmp(t, "boolean") == 0)
