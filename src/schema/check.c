@@ -300,8 +300,10 @@ static int check_value(const json_t *s, const json_t *v, const char *path, int d
         const json_t *min = json_object_get(s, "minimum"), *max = json_object_get(s, "maximum");
         double d = json_number_value(v);
         if ((min && d < json_number_value(min)) || (max && d > json_number_value(max))) {
+            const char *t = json_string_value(json_object_get(s, "type"));
             char what[160];
-            describe(what, sizeof(what), s, json_is_integer(v) ? "integer" : "number", false);
+            describe(what, sizeof(what), s, t && strcmp(t, "number") == 0 ? "number" : "integer",
+                     false);
             return fail(err, path, what);
         }
         /* doubles lose precision past 2^53: compare integers exactly */
