@@ -12,7 +12,7 @@ static const kh_route routes[] = {
     { "GET", "/api/v1/vms", kh_vm_routes_list, 0, "List VMs", NULL, "VMList" },
     { "POST", "/api/v1/vms", kh_vm_routes_create, 0,
       "Create a VM (a spec, or a clone: CloneSpec; a full clone answers 202 with a Task)",
-      "VMSpec", "VM" },
+      "VMCreate", "VM" },
     { "GET", "/api/v1/vms/{name}", kh_vm_routes_get, 0, "Show a VM", NULL, "VM" },
     { "PATCH", "/api/v1/vms/{name}", kh_vm_routes_patch, 0,
       "Change allow-listed fields of a VM", "VMPatch", "VM" },
