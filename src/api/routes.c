@@ -116,7 +116,7 @@ static const kh_route routes[] = {
     { "DELETE", "/api/v1/networks/{name}/forwards/{proto}/{port}", kh_net_routes_forward_delete,
       0, "Remove a port forward", NULL, NULL },
     { "GET", "/api/v1/security-groups", kh_net_routes_sg_list, 0, "List security groups", NULL,
-      NULL },
+      "SecurityGroupList" },
     { "GET", "/api/v1/security-groups/{name}", kh_net_routes_sg_get, 0, "Show a security group",
       NULL, "SecurityGroup" },
     { "PUT", "/api/v1/security-groups/{name}", kh_net_routes_sg_put, 0,
