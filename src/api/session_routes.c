@@ -10,6 +10,7 @@
 #include <openssl/crypto.h>
 
 #include "api/session.h"
+#include "schema/schema.h"
 #include "util/misc.h"
 
 static bool req_session_id(const kh_http_req *req, char id[KH_SESSION_HEX + 1])
@@ -28,14 +29,9 @@ void kh_session_routes_post(kh_http_req *req, void *app)
         kh_http_reply_error(req, &err);
         return;
     }
-    const char *key;
-    json_t *v;
-    json_object_foreach(body, key, v) {
-        if (strcmp(key, "token") != 0) {
-            kh_err_set(&err, KH_E_INVALID, "unknown key \"%s\" (only \"token\")", key);
-            kh_http_reply_error(req, &err);
-            return;
-        }
+    if (kh_schema_check("SessionLogin", body, "", &err) < 0) {
+        kh_http_reply_error(req, &err);
+        return;
     }
     const char *tok = json_string_value(json_object_get(body, "token"));
     if (!tok || !tok[0]) {

@@ -3,6 +3,7 @@
 #include <string.h>
 
 #include "api/api.h"
+#include "schema/schema.h"
 
 #define WAIT_DEFAULT 30
 
@@ -67,14 +68,9 @@ void kh_snapshot_routes_revert(kh_http_req *req, void *app)
     kh_api *api = app;
     kh_err err = KH_ERR_INIT;
     json_t *body = kh_http_req_json_or_empty(req, &err);
-    const char *key;
-    json_t *val;
-    json_object_foreach(body, key, val) {
-        if (strcmp(key, "wait") != 0) {
-            kh_err_set(&err, KH_E_INVALID, "%s: unknown option", key);
-            kh_http_reply_error(req, &err);
-            return;
-        }
+    if (body && kh_schema_check("ActionOptions", body, "", &err) < 0) {
+        kh_http_reply_error(req, &err);
+        return;
     }
     int wait = body ? body_wait(body, &err) : -1;
     kh_task *task = wait >= 0 ? kh_snapshot_revert(api->snapshots, kh_http_req_param(req, "name"),

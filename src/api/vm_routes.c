@@ -10,6 +10,7 @@
 
 #include "api/api.h"
 #include "conf/limits.h"
+#include "schema/schema.h"
 #include "vm/hotplug.h"
 #include "vm/quota.h"
 #include "util/mem.h"
@@ -257,14 +258,10 @@ static void action(kh_http_req *req, kh_api *api, kh_vm_action act)
         reply_err(req, &err);
         return;
     }
-    const char *key;
-    json_t *val;
-    json_object_foreach(opts, key, val) {
-        if (strcmp(key, "wait") != 0 && !(act == KH_ACTION_STOP && strcmp(key, "timeout") == 0)) {
-            kh_err_set(&err, KH_E_INVALID, "%s: unknown option", key);
-            reply_err(req, &err);
-            return;
-        }
+    if (kh_schema_check(act == KH_ACTION_STOP ? "StopOptions" : "ActionOptions", opts, "",
+                        &err) < 0) {
+        reply_err(req, &err);
+        return;
     }
     json_int_t wait = WAIT_DEFAULT;
     json_t *jw = json_object_get(opts, "wait");

@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "schema/schema.h"
 #include "util/mem.h"
 
 const char *const kh_disk_limit_names[KH_LIMITS_DISK_FIELDS] = {
@@ -41,38 +42,15 @@ static int get_uint(const json_t *v, const char *field, unsigned long long min,
     return 0;
 }
 
-static int bad_key(const char *prefix, const char *key, size_t len, kh_err *err)
-{
-    bool printable = len > 0 && len <= 64 && strlen(key) == len;
-    for (size_t i = 0; printable && i < len; i++)
-        printable = key[i] > 0x20 && key[i] < 0x7f;
-    if (printable)
-        kh_err_set(err, KH_E_INVALID, "%s%s: unknown field", prefix, key);
-    else
-        kh_err_set(err, KH_E_INVALID, "%sunknown field (a key with unprintable characters)",
-                   prefix);
-    return -1;
-}
-
-/* The part every per-device entry shares: an object of the "index" key
- * (required, 0..255) and the given names only. prefix ends with '.'. */
-static int parse_entry(const json_t *obj, const char *prefix, const char *const *names,
-                       size_t nnames, unsigned *index, kh_err *err)
+/* The part every per-device entry shares: an object with the "index" key
+ * (required, 0..255); its other keys are the schema's (Limits.json), checked
+ * already. prefix ends with '.'. */
+static int parse_entry(const json_t *obj, const char *prefix, unsigned *index, kh_err *err)
 {
     if (!json_is_object(obj)) {
         kh_err_set(err, KH_E_INVALID, "%.*s: must be an object", (int)strlen(prefix) - 1,
                    prefix);
         return -1;
-    }
-    const char *key;
-    size_t len;
-    json_t *val;
-    json_object_keylen_foreach(unconst(obj), key, len, val) {
-        bool known = strlen(key) == len && strcmp(key, "index") == 0;
-        for (size_t f = 0; !known && f < nnames; f++)
-            known = strlen(key) == len && strcmp(key, names[f]) == 0;
-        if (!known)
-            return bad_key(prefix, key, len, err);
     }
     const json_t *v = json_object_get(obj, "index");
     if (!v) {
@@ -92,7 +70,7 @@ static int parse_disk(kh_disk_limits *d, const json_t *obj, size_t i, kh_err *er
 {
     char prefix[48], field[80];
     snprintf(prefix, sizeof(prefix), "limits.disk[%zu].", i);
-    if (parse_entry(obj, prefix, kh_disk_limit_names, KH_LIMITS_DISK_FIELDS, &d->index, err) < 0)
+    if (parse_entry(obj, prefix, &d->index, err) < 0)
         return -1;
     unsigned long long u;
     const json_t *v;
@@ -174,8 +152,7 @@ static int parse_nic_limit(kh_nic_limits *n, const json_t *obj, size_t i, kh_err
 {
     char prefix[48], field[80];
     snprintf(prefix, sizeof(prefix), "limits.nic[%zu].", i);
-    if (parse_entry(obj, prefix, nic_limit_keys + 1, KH_ARRAY_LEN(nic_limit_keys) - 2, &n->index,
-                    err) < 0)
+    if (parse_entry(obj, prefix, &n->index, err) < 0)
         return -1;
     unsigned long long u;
     const json_t *v;
@@ -287,26 +264,9 @@ static json_t *nic_limits_json(const kh_limits *l)
 
 kh_limits *kh_limits_from_json(const json_t *obj, kh_err *err)
 {
-    static const char *const keys[] = { "cpu_weight",    "cpu_max_percent", "memory_max_mib",
-                                        "disk",          "cpu_affinity",    "balloon_mib",
-                                        "emulator_cpus", "iothread_cpus",   "numa_nodes",
-                                        "nic",           NULL };
-    if (!json_is_object(obj)) {
-        kh_err_set(err, KH_E_INVALID, "limits: must be an object");
+    /* keys, types and ranges: src/schema/Limits.json */
+    if (kh_schema_check("Limits", obj, "limits", err) < 0)
         return NULL;
-    }
-    const char *key;
-    size_t len;
-    json_t *val;
-    json_object_keylen_foreach(unconst(obj), key, len, val) {
-        bool known = false;
-        for (size_t i = 0; keys[i] && !known; i++)
-            known = strlen(key) == len && strcmp(key, keys[i]) == 0;
-        if (!known) {
-            bad_key("limits.", key, len, err);
-            return NULL;
-        }
-    }
     kh_limits *l = xcalloc(1, sizeof(*l));
     unsigned long long u;
     const json_t *v;

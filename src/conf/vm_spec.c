@@ -1,8 +1,9 @@
 /* vm_spec.c - parse, validate, print and patch the user's VM spec.
  *
- * Everything that comes from a request goes through spec_parse(): unknown
- * keys are rejected first (no mass assignment), then each field is checked
- * for type and range, then the fields are checked together. Every message
+ * Everything that comes from a request goes through spec_parse(): the
+ * schema check comes first (src/schema/VMSpec.json: unknown keys, so no mass
+ * assignment, types, ranges, enums), then each field's meaning (names,
+ * paths, addresses), then the fields together. Every message
  * names the field ("disks[1].format: must be ..."). No file-system access.
  */
 #include "conf/vm_spec.h"
@@ -13,6 +14,7 @@
 #include <string.h>
 
 #include "conf/limits.h"
+#include "schema/schema.h"
 #include "util/check.h"
 #include "util/inet.h"
 #include "util/mem.h"
@@ -20,72 +22,10 @@
 /* Longest field label we print: "disks[15].readonly" and the like. */
 #define FIELD_MAX 64
 
-static const char *const top_keys[] = {
-    "name", "vcpus", "max_vcpus", "memory_mib", "hugepages", "machine", "boot", "disks",
-    "serial", "graphics", "description", "nics", "limits", NULL,
-};
-static const char *const boot_keys[] = { "kernel", "initrd", "cmdline", NULL };
-static const char *const disk_keys[] = { "path", "format", "readonly", "volume", NULL };
-static const char *const nic_keys[] = { "network", "mac", "ip", "security_groups", "link",
-                                         NULL };
-/* What PATCH may touch: everything but the name. */
-static const char *const patch_keys[] = {
-    "vcpus", "max_vcpus", "memory_mib", "hugepages", "machine", "boot", "disks", "serial",
-    "graphics", "description", "nics", "limits", NULL,
-};
-
 /* jansson's iterators take a non-const object but do not change it. */
 static json_t *unconst(const json_t *j)
 {
     return (json_t *)(uintptr_t)j;
-}
-
-static bool key_in(const char *key, size_t len, const char *const *allowed)
-{
-    if (strlen(key) != len) /* a key with a NUL byte in it */
-        return false;
-    for (size_t i = 0; allowed[i]; i++)
-        if (strcmp(key, allowed[i]) == 0)
-            return true;
-    return false;
-}
-
-/* Is key fit to be quoted back in a message (printable ASCII, short)? */
-static bool key_printable(const char *key, size_t len)
-{
-    if (len == 0 || len > 64 || strlen(key) != len)
-        return false;
-    for (size_t i = 0; i < len; i++)
-        if (key[i] <= 0x20 || key[i] >= 0x7f)
-            return false;
-    return true;
-}
-
-static void err_unknown_key(const char *prefix, const char *key, size_t len, kh_err *err)
-{
-    if (key_printable(key, len))
-        kh_err_set(err, KH_E_INVALID, "%s%s: unknown field", prefix, key);
-    else
-        kh_err_set(err, KH_E_INVALID, "%sunknown field (a key with unprintable characters)",
-                   prefix);
-}
-
-/* Reject the first key of obj (in document order) that is not allowed. */
-static int check_keys(const json_t *obj, const char *const *allowed, const char *prefix,
-                      kh_err *err)
-{
-    const char *key;
-    size_t len;
-    json_t *val;
-    json_t *o = unconst(obj);
-    json_object_keylen_foreach(o, key, len, val) {
-        (void)val;
-        if (!key_in(key, len, allowed)) {
-            err_unknown_key(prefix, key, len, err);
-            return -1;
-        }
-    }
-    return 0;
 }
 
 /* A string field: NULL with err set unless it is a JSON string without NUL
@@ -223,8 +163,6 @@ static int parse_boot(kh_vm_spec *spec, const json_t *boot, kh_err *err)
         kh_err_set(err, KH_E_INVALID, "boot: must be an object");
         return -1;
     }
-    if (check_keys(boot, boot_keys, "boot.", err) < 0)
-        return -1;
     const json_t *v;
     const char *s;
     if ((v = json_object_get(boot, "kernel"))) {
@@ -265,8 +203,6 @@ static int parse_disk(kh_disk_spec *d, const json_t *obj, size_t i, kh_err *err)
         kh_err_set(err, KH_E_INVALID, "disks[%zu]: must be an object", i);
         return -1;
     }
-    if (check_keys(obj, disk_keys, prefix, err) < 0)
-        return -1;
 
     snprintf(field, sizeof(field), "disks[%zu].path", i);
     const json_t *v = json_object_get(obj, "path");
@@ -371,8 +307,6 @@ static int parse_nic(kh_nic_spec *n, const json_t *obj, size_t i, kh_err *err)
         kh_err_set(err, KH_E_INVALID, "nics[%zu]: must be an object", i);
         return -1;
     }
-    if (check_keys(obj, nic_keys, prefix, err) < 0)
-        return -1;
     const json_t *v;
     const char *s;
     snprintf(field, sizeof(field), "nics[%zu].network", i);
@@ -503,7 +437,7 @@ static int spec_parse(kh_vm_spec *spec, const json_t *obj, kh_err *err)
         kh_err_set(err, KH_E_INVALID, "vm spec: must be a JSON object");
         return -1;
     }
-    if (check_keys(obj, top_keys, "", err) < 0)
+    if (kh_schema_check("VMSpec", obj, "", err) < 0) /* keys, types, ranges, enums */
         return -1;
 
     const json_t *v;
@@ -660,23 +594,16 @@ int kh_vm_spec_patch(kh_vm_spec *spec, const json_t *patch, kh_err *err)
         kh_err_set(err, KH_E_INVALID, "patch: must be a JSON object");
         return -1;
     }
-    const char *key;
-    size_t len;
-    json_t *val;
-    json_t *p = unconst(patch);
-    json_object_keylen_foreach(p, key, len, val) {
-        (void)val;
-        if (strlen(key) == len && strcmp(key, "name") == 0) {
-            kh_err_set(err, KH_E_INVALID, "name cannot be changed");
-            return -1;
-        }
-        if (!key_in(key, len, patch_keys)) {
-            err_unknown_key("", key, len, err);
-            return -1;
-        }
+    if (json_object_get(patch, "name")) {
+        kh_err_set(err, KH_E_INVALID, "name cannot be changed");
+        return -1;
     }
+    if (kh_schema_check("VMPatch", patch, "", err) < 0)
+        return -1;
+    const char *key;
+    json_t *val;
     json_t *merged = kh_vm_spec_to_json(spec);
-    json_object_foreach(p, key, val) {
+    json_object_foreach(unconst(patch), key, val) {
         if (json_is_null(val))
             json_object_del(merged, key);
         else if (strcmp(key, "limits") == 0) /* merged key by key (see limits.h) */

@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "schema/schema.h"
 #include "util/check.h"
 #include "util/inet.h"
 #include "util/mem.h"
@@ -36,29 +37,6 @@ void kh_network_free(kh_network *n)
     free(n);
 }
 
-static int check_keys(const json_t *obj, const char *const *allowed, const char *what,
-                      kh_err *err)
-{
-    const char *key;
-    json_t *v;
-    json_object_foreach((json_t *)(uintptr_t)obj, key, v) {
-        (void)v;
-        bool ok = false;
-        for (size_t i = 0; allowed[i]; i++)
-            ok = ok || strcmp(key, allowed[i]) == 0;
-        if (!ok) {
-            char safe[65];
-            size_t j = 0;
-            for (; j < 64 && key[j]; j++)
-                safe[j] = key[j] > 0x20 && key[j] < 0x7f ? key[j] : '?';
-            safe[j] = '\0';
-            kh_err_set(err, KH_E_INVALID, "%s%s: unknown field", what, safe);
-            return -1;
-        }
-    }
-    return 0;
-}
-
 static int get_port(const json_t *obj, const char *key, unsigned *out, kh_err *err)
 {
     const json_t *v = json_object_get(obj, key);
@@ -72,13 +50,18 @@ static int get_port(const json_t *obj, const char *key, unsigned *out, kh_err *e
 
 int kh_net_forward_parse(const json_t *obj, kh_net_forward *f, kh_err *err)
 {
-    static const char *const keys[] = { "proto", "host_port", "vm", "vm_port", "ip", NULL };
     memset(f, 0, sizeof(*f));
     if (!json_is_object(obj)) {
         kh_err_set(err, KH_E_INVALID, "forward: must be a JSON object");
         return -1;
     }
-    if (check_keys(obj, keys, "", err) < 0)
+    /* Forward.json; its "ip" is read-only (the daemon looks it up), which a
+     * stored forward has and a request may not (netmgr refuses it) */
+    json_t *keys = json_copy((json_t *)(uintptr_t)obj);
+    json_object_del(keys, "ip");
+    int rc = kh_schema_check("Forward", keys, "", err);
+    json_decref(keys);
+    if (rc < 0)
         return -1;
     const char *proto = json_string_value(json_object_get(obj, "proto"));
     if (!proto)
@@ -174,14 +157,13 @@ void kh_network_ipv6(const kh_network *n, unsigned host, char *out, size_t size,
 
 static kh_network *parse(const json_t *obj, const char *id, bool stored, kh_err *err)
 {
-    static const char *const user_keys[] = { "name", "type", "subnet", "bridge", "ipv6", NULL };
-    static const char *const stored_keys[] = { "name", "type", "subnet", "bridge", "forwards",
-                                               "ipv6", NULL };
     if (!json_is_object(obj)) {
         kh_err_set(err, KH_E_INVALID, "network: must be a JSON object");
         return NULL;
     }
-    if (check_keys(obj, stored ? stored_keys : user_keys, "", err) < 0)
+    /* a request: keys, types and enums are NetworkSpec's; a stored network
+     * (written by this daemon) also has its forwards */
+    if (!stored && kh_schema_check("NetworkSpec", obj, "", err) < 0)
         return NULL;
     if (!kh_check_uuid(id)) {
         kh_err_set(err, KH_E_INTERNAL, "network id: not a uuid");

@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "schema/schema.h"
 #include "util/check.h"
 #include "util/inet.h"
 #include "util/mem.h"
@@ -16,23 +17,6 @@ void kh_secgroup_free(kh_secgroup *g)
     free(g->name);
     free(g->rules);
     free(g);
-}
-
-static bool key_ok(const json_t *obj, const char *const *keys, kh_err *err, const char *what)
-{
-    const char *k;
-    json_t *v;
-    json_object_foreach((json_t *)(uintptr_t)obj, k, v) {
-        (void)v;
-        bool ok = false;
-        for (size_t i = 0; keys[i]; i++)
-            ok = ok || strcmp(k, keys[i]) == 0;
-        if (!ok) {
-            kh_err_set(err, KH_E_INVALID, "%s: unknown field", what);
-            return false;
-        }
-    }
-    return true;
 }
 
 static int parse_ports(const char *s, kh_sg_rule *r, const char *what, kh_err *err)
@@ -52,15 +36,12 @@ static int parse_ports(const char *s, kh_sg_rule *r, const char *what, kh_err *e
 
 static int parse_rule(const json_t *o, kh_sg_rule *r, size_t i, kh_err *err)
 {
-    static const char *const keys[] = { "direction", "proto", "ports", "cidr", NULL };
     char what[48];
     snprintf(what, sizeof(what), "rules[%zu]", i);
     if (!json_is_object(o)) {
         kh_err_set(err, KH_E_INVALID, "%s: must be an object", what);
         return -1;
     }
-    if (!key_ok(o, keys, err, what))
-        return -1;
     const char *dir = json_string_value(json_object_get(o, "direction"));
     if (json_object_get(o, "direction") && (!dir || strcmp(dir, "in") != 0)) {
         kh_err_set(err, KH_E_INVALID,
@@ -119,12 +100,12 @@ static int parse_rule(const json_t *o, kh_sg_rule *r, size_t i, kh_err *err)
 
 kh_secgroup *kh_secgroup_from_json(const json_t *obj, kh_err *err)
 {
-    static const char *const keys[] = { "name", "rules", NULL };
     if (!json_is_object(obj)) {
         kh_err_set(err, KH_E_INVALID, "security group: must be a JSON object");
         return NULL;
     }
-    if (!key_ok(obj, keys, err, "security group"))
+    /* keys, types, enums of the group and its rules: SecurityGroup.json */
+    if (kh_schema_check("SecurityGroup", obj, "", err) < 0)
         return NULL;
     const char *name = json_string_value(json_object_get(obj, "name"));
     if (!name) {

@@ -10,6 +10,7 @@
 #include <sys/statvfs.h>
 #include <unistd.h>
 
+#include "schema/schema.h"
 #include "util/check.h"
 #include "util/log.h"
 #include "util/mem.h"
@@ -171,8 +172,7 @@ int pool_insert(kh_storage *st, const char *name, const char *type, const char *
 
 json_t *kh_storage_pool_create(kh_storage *st, const json_t *body, kh_err *err)
 {
-    static const char *const keys[] = { "name", "type", "path" };
-    if (storage_check_keys(body, keys, KH_ARRAY_LEN(keys), err) < 0)
+    if (kh_schema_check("PoolSpec", body, "", err) < 0)
         return NULL;
     const char *name = json_string_value(json_object_get(body, "name"));
     const char *type = json_string_value(json_object_get(body, "type"));

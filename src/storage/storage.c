@@ -16,25 +16,6 @@
 
 /* ---- small helpers ---- */
 
-/* Every key of obj is one of keys (no mass assignment). */
-int storage_check_keys(const json_t *obj, const char *const *keys, size_t n, kh_err *err)
-{
-    /* jansson's iterators take a non-const object but do not change it. */
-    json_t *o = (json_t *)(uintptr_t)obj;
-    const char *key;
-    json_t *val;
-    json_object_foreach(o, key, val) {
-        bool known = false;
-        for (size_t i = 0; i < n; i++)
-            known = known || strcmp(key, keys[i]) == 0;
-        if (!known) {
-            kh_err_set(err, KH_E_INVALID, "%s: unknown field", key);
-            return -1;
-        }
-    }
-    return 0;
-}
-
 char *storage_col_text(sqlite3_stmt *s, int i)
 {
     const unsigned char *t = sqlite3_column_text(s, i);

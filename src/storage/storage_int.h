@@ -96,7 +96,6 @@ typedef struct op {
 } op;
 
 /* storage.c: store queries, the names in use, JSON bits */
-int storage_check_keys(const json_t *obj, const char *const *keys, size_t n, kh_err *err);
 char *storage_col_text(sqlite3_stmt *s, int i);
 void storage_col_id(sqlite3_stmt *s, int i, char out[37]);
 /* Sets err from the database's last error; always -1. Inline so that the

@@ -11,6 +11,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "schema/schema.h"
 #include "util/check.h"
 #include "util/log.h"
 #include "util/mem.h"
@@ -440,13 +441,10 @@ fail:
     volume_op_end(o, NULL, &err);
 }
 
-static const char *const create_keys[] = { "name", "format", "size", "preallocate", "backing",
-                                           "import", "encrypt" };
-
 int kh_storage_volume_create(kh_storage *st, const char *pool_name, const json_t *body,
                              kh_storage_cb cb, void *opaque, kh_err *err)
 {
-    if (storage_check_keys(body, create_keys, KH_ARRAY_LEN(create_keys), err) < 0)
+    if (kh_schema_check("VolumeSpec", body, "", err) < 0)
         return -1;
     const char *name = json_string_value(json_object_get(body, "name"));
     json_t *jfmt = json_object_get(body, "format");
@@ -801,8 +799,7 @@ static void resize_record(op *o, kh_err *err_in)
 int kh_storage_volume_resize(kh_storage *st, const char *pool_name, const char *name,
                              const json_t *body, kh_storage_cb cb, void *opaque, kh_err *err)
 {
-    static const char *const keys[] = { "size" };
-    if (storage_check_keys(body, keys, KH_ARRAY_LEN(keys), err) < 0)
+    if (kh_schema_check("VolumeResize", body, "", err) < 0)
         return -1;
     uint64_t size = 0;
     json_t *jsize = json_object_get(body, "size");

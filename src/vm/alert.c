@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "schema/schema.h"
 #include "util/check.h"
 #include "util/fs.h"
 #include "util/log.h"
@@ -162,24 +163,10 @@ void kh_alerts_set_webhook(kh_alerts *a, kh_webhook *w)
 
 static int parse_rule(rule *r, const json_t *o, size_t i, kh_err *err)
 {
-    static const char *const keys[] = { "name",        "scope",           "metric",
-                                        "op",          "threshold",       "for_seconds",
-                                        "predict_seconds", "window_seconds", NULL };
-    if (!json_is_object(o)) {
-        kh_err_set(err, KH_E_INVALID, "rules[%zu]: must be an object", i);
+    char path[32];
+    snprintf(path, sizeof(path), "rules[%zu]", i);
+    if (kh_schema_check("AlertRule", o, path, err) < 0) /* keys, types, enums */
         return -1;
-    }
-    const char *key;
-    json_t *val;
-    json_object_foreach((json_t *)(uintptr_t)o, key, val) {
-        bool known = false;
-        for (size_t k = 0; keys[k] && !known; k++)
-            known = strcmp(key, keys[k]) == 0;
-        if (!known) {
-            kh_err_set(err, KH_E_INVALID, "rules[%zu]: unknown field %.64s", i, key);
-            return -1;
-        }
-    }
     const char *name = json_string_value(json_object_get(o, "name"));
     if (!name || kh_check_name(name, "rule name", err) < 0) {
         if (!name)
@@ -352,14 +339,8 @@ int kh_alerts_configure(kh_alerts *a, const json_t *conf, kh_err *err)
         kh_err_set(err, KH_E_INVALID, "body: must be {\"rules\": [...], \"webhook\": ...}");
         return -1;
     }
-    const char *key;
-    json_t *val;
-    json_object_foreach((json_t *)(uintptr_t)conf, key, val) {
-        if (strcmp(key, "rules") != 0 && strcmp(key, "webhook") != 0) {
-            kh_err_set(err, KH_E_INVALID, "unknown field %.64s", key);
-            return -1;
-        }
-    }
+    if (kh_schema_check("AlertConfig", conf, "", err) < 0)
+        return -1;
     const json_t *wh = json_object_get(conf, "webhook");
     if (wh && !a->webhook) {
         kh_err_set(err, KH_E_UNSUPPORTED, "webhook: not available in this daemon");

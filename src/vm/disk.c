@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include "conf/limits.h"
+#include "schema/schema.h"
 #include "util/fs.h"
 #include "util/log.h"
 #include "util/mem.h"
@@ -680,14 +681,8 @@ static int parse_attach(const json_t *body, const char **ref, bool *readonly, kh
         kh_err_set(err, KH_E_INVALID, "the body must be an object {\"volume\", \"readonly\"}");
         return -1;
     }
-    const char *key;
-    json_t *val;
-    json_object_foreach((json_t *)(uintptr_t)body, key, val) {
-        if (strcmp(key, "volume") != 0 && strcmp(key, "readonly") != 0) {
-            kh_err_set(err, KH_E_INVALID, "%s: unknown field (volume, readonly)", key);
-            return -1;
-        }
-    }
+    if (kh_schema_check("DiskAttach", body, "", err) < 0)
+        return -1;
     *ref = json_string_value(json_object_get(body, "volume"));
     if (!*ref) {
         kh_err_set(err, KH_E_INVALID, "volume: required, a string \"pool/name\"");

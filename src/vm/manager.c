@@ -20,6 +20,7 @@
 #include "qemu/kernel.h"
 #include "qemu/process.h"
 #include "qemu/qmp.h"
+#include "schema/schema.h"
 #include "util/check.h"
 #include "util/fs.h"
 #include "util/inet.h"
@@ -2231,11 +2232,13 @@ json_t *kh_manager_patch(kh_manager *mgr, const char *name, const json_t *patch,
             bool live = strcmp(key, "limits") == 0 && !v->task &&
                         (v->state == VM_RUNNING || v->state == VM_PAUSED);
             if (strcmp(key, "description") != 0 && !live) {
+                char q[256]; /* the key is the user's: quoted when odd */
+                kh_schema_quote_key(q, sizeof(q), key, strlen(key));
                 kh_err_set(err, KH_E_CONFLICT,
                            "vm %s is %s: only description%s can change now; stop it to "
                            "change %s", name, state_names[v->state],
                            v->state == VM_RUNNING || v->state == VM_PAUSED ? " and limits" : "",
-                           key);
+                           q);
                 return NULL;
             }
         }

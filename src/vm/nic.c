@@ -11,6 +11,7 @@
 
 #include "net/link.h"
 #include "qemu/argv.h"
+#include "schema/schema.h"
 #include "util/log.h"
 #include "util/mem.h"
 #include "vm/hotplug.h"
@@ -679,16 +680,9 @@ kh_task *kh_nics_set(kh_nics *n, const char *vm, unsigned index, const json_t *b
         kh_err_set(err, KH_E_INVALID, "body: must be a JSON object");
         return NULL;
     }
-    const char *key;
-    json_t *val;
-    json_object_foreach((json_t *)(uintptr_t)body, key, val) {
-        if (strcmp(key, "link") != 0) {
-            kh_err_set(err, KH_E_INVALID,
-                       "%s: only link changes on a NIC in place; remove and add it to change "
-                       "the rest", key);
-            return NULL;
-        }
-    }
+    /* NICPatch.json: only link changes in place (remove and add to change the rest) */
+    if (kh_schema_check("NICPatch", body, "", err) < 0)
+        return NULL;
     json_t *link = json_object_get(body, "link");
     if (!link) {
         kh_err_set(err, KH_E_INVALID, "link is required");

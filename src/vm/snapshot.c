@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "schema/schema.h"
 #include "util/check.h"
 #include "util/log.h"
 #include "util/mem.h"
@@ -446,14 +447,8 @@ fail:
 
 kh_task *kh_snapshot_create(kh_snapshots *s, const char *vm, const json_t *body, kh_err *err)
 {
-    const char *key;
-    json_t *val;
-    json_object_foreach((json_t *)(uintptr_t)body, key, val) {
-        if (strcmp(key, "name") != 0 && strcmp(key, "wait") != 0) {
-            kh_err_set(err, KH_E_INVALID, "%s: unknown field", key);
-            return NULL;
-        }
-    }
+    if (kh_schema_check("SnapshotSpec", body, "", err) < 0)
+        return NULL;
     return start(s, SNAP_CREATE, vm, json_string_value(json_object_get(body, "name")), err);
 }
 

@@ -5,16 +5,11 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "schema/schema.h"
 #include "util/check.h"
 #include "util/log.h"
 #include "util/mem.h"
 #include "util/strv.h"
-
-static json_t *mutable(const json_t *j)
-{
-    /* jansson's getters take a non-const object but do not change it. */
-    return (json_t *)(uintptr_t)j;
-}
 
 json_t *kh_template_make(kh_manager *mgr, kh_storage *st, const char *name, kh_err *err)
 {
@@ -203,24 +198,12 @@ static void clone_step(clone_op *c)
     clone_finish(c, vm, vm ? NULL : &err);
 }
 
-static const char *const clone_keys[] = { "name", "from_template", "clone", "vcpus",
-                                          "memory_mib", "description" };
-
 int kh_template_clone(kh_manager *mgr, kh_storage *st, kh_tasks *tasks, const json_t *body,
                       kh_template_clone_cb cb, void *opaque, kh_task **task, kh_err *err)
 {
-    const char *key;
-    json_t *val;
-    json_object_foreach(mutable(body), key, val) {
-        bool known = false;
-        for (size_t i = 0; i < KH_ARRAY_LEN(clone_keys); i++)
-            known = known || strcmp(key, clone_keys[i]) == 0;
-        if (!known) {
-            kh_err_set(err, KH_E_INVALID, "%s: not allowed with from_template (the template "
-                                          "gives it)", key);
-            return -1;
-        }
-    }
+    /* CloneSpec.json: the template gives everything else */
+    if (kh_schema_check("CloneSpec", body, "", err) < 0)
+        return -1;
     const char *name = json_string_value(json_object_get(body, "name"));
     const char *tpl = json_string_value(json_object_get(body, "from_template"));
     json_t *jmode = json_object_get(body, "clone");

@@ -9,6 +9,7 @@
 #include <string.h>
 #include <strings.h>
 
+#include "schema/schema.h"
 #include "util/log.h"
 #include "util/mem.h"
 
@@ -120,14 +121,8 @@ int kh_webhook_check(const json_t *conf, kh_err *err)
                    "or null");
         return -1;
     }
-    const char *key;
-    json_t *val;
-    json_object_foreach((json_t *)(uintptr_t)conf, key, val) {
-        if (strcmp(key, "url") != 0 && strcmp(key, "timeout_seconds") != 0) {
-            kh_err_set(err, KH_E_INVALID, "webhook: unknown field %.64s", key);
-            return -1;
-        }
-    }
+    if (kh_schema_check("Webhook", conf, "webhook", err) < 0)
+        return -1;
     const json_t *url = json_object_get(conf, "url");
     if (!json_is_string(url)) {
         kh_err_set(err, KH_E_INVALID, "webhook.url is required (a string)");

@@ -19,6 +19,8 @@ import tempfile
 import threading
 import time
 
+import schemas
+
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 BUILD_DIR = os.environ.get("KH_BUILD_DIR", os.path.join(REPO, "build"))
 DAEMON_BIN = os.environ.get("KH_DAEMON", os.path.join(BUILD_DIR, "src", "daemon", "kvmhostd"))
@@ -132,6 +134,7 @@ class Api:
             resp = Resp(r.status, {k.lower(): v for k, v in r.getheaders()}, payload, method, path)
         finally:
             c.close()
+        schemas.check_exchange(self, method, path, body, resp)
         if self.on_vm and resp.headers.get("content-type", "").startswith("application/json"):
             try:
                 self._note_vms(resp.json)

@@ -562,7 +562,7 @@ static void test_alerts(void)
         { "[{\"name\":\"x\",\"scope\":\"host\",\"metric\":\"load1\",\"op\":\">\",\"threshold\":1,"
           "\"for_seconds\":-1}]", "for_seconds" },
         { "[{\"name\":\"x\",\"scope\":\"host\",\"metric\":\"load1\",\"op\":\">\",\"threshold\":1,"
-          "\"webhook\":\"http://x\"}]", "unknown field webhook" },
+          "\"webhook\":\"http://x\"}]", "rules[0].webhook: unknown field" },
         { "[{\"name\":\"x\",\"scope\":\"host\",\"metric\":\"load1\",\"op\":\">\",\"threshold\":1},"
           "{\"name\":\"x\",\"scope\":\"host\",\"metric\":\"load1\",\"op\":\"<\",\"threshold\":1}]",
           "appears twice" },
@@ -733,7 +733,7 @@ static void test_webhook_config(void)
           "timeout_seconds" },
         { "{\"rules\":[],\"webhook\":{\"url\":\"http://x/\",\"secret\":1}}", "unknown" },
         { "{\"rules\":[],\"webhook\":\"http://x/\"}", "must be an object" },
-        { "{\"rules\":[],\"hook\":1}", "unknown field hook" },
+        { "{\"rules\":[],\"hook\":1}", "hook: unknown field" },
         { "{\"webhook\":null}", "rules" },
     };
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
