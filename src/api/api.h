@@ -14,13 +14,13 @@
 
 #include "api/http.h"
 #include "storage/storage.h"
-#include "vm/disk.h"
-#include "vm/nic.h"
-#include "vm/snapshot.h"
-#include "vm/event.h"
-#include "vm/manager.h"
-#include "vm/metrics.h"
-#include "vm/task.h"
+#include "instance/disk.h"
+#include "instance/nic.h"
+#include "instance/snapshot.h"
+#include "instance/event.h"
+#include "instance/manager.h"
+#include "instance/metrics.h"
+#include "instance/task.h"
 
 typedef struct kh_api {
     uv_loop_t *loop;
