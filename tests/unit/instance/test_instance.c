@@ -9,6 +9,8 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <sqlite3.h>
+
 #include "../kh_test.h"
 #include "qemu/caps.h"
 #include "util/fs.h"
@@ -235,6 +237,79 @@ static void test_kill_and_restart(void)
     CHECK(kh_manager_vm_json(mgr, "t1", &err) == NULL && err.code == KH_E_NOTFOUND);
 }
 
+static char *slurp(const char *d, const char *file)
+{
+    char *path = xasprintf("%s/%s", d, file);
+    char *text = kh_fs_read(path, 4096, NULL, NULL);
+    free(path);
+    if (text)
+        text[strcspn(text, "\n")] = '\0';
+    return text;
+}
+
+/* A live limit change the store refuses is undone: the cgroup gets the old
+ * values back and the spec stays. The cgroup is a tree of regular files in
+ * the temp dir (switched in while the VM runs); the store write fails
+ * through SQLite's query_only. */
+static void test_patch_undo(void)
+{
+    kh_err err = KH_ERR_INIT;
+    json_t *s = spec("t3");
+    json_t *vm = kh_config_create(mgr, s, &err);
+    json_decref(s);
+    CHECK(vm != NULL);
+    char id[37];
+    snprintf(id, sizeof(id), "%s", vm ? json_string_value(json_object_get(vm, "id")) : "");
+    json_decref(vm);
+    kh_task *t = kh_lifecycle_action(mgr, "t3", KH_ACTION_START, NULL, &err);
+    CHECK(t && wait_task(t) == KH_TASK_SUCCEEDED);
+
+    no_cgroups.version = 2;
+    kh_fmt(no_cgroups.mount, sizeof(no_cgroups.mount), "%s/cg", dir);
+    kh_fmt(no_cgroups.root, sizeof(no_cgroups.root), "kvmhost");
+    char cg[600];
+    CHECK(kh_cgroups_vm_dir(&no_cgroups, id, NULL, cg, sizeof(cg)) == 0);
+    CHECK(kh_fs_mkdir_p(cg, 0755, &err) == 0);
+    const char *files[] = { "cpu.weight", "cpu.max", "memory.max" };
+    for (size_t i = 0; i < KH_ARRAY_LEN(files); i++) {
+        char *path = xasprintf("%s/%s", cg, files[i]);
+        CHECK(kh_fs_write_atomic(path, "", 0, 0644, &err) == 0);
+        free(path);
+    }
+
+    json_t *patch = json_pack("{s:{s:i}}", "limits", "cpu_max_percent", 20);
+    json_t *j = kh_config_patch(mgr, "t3", patch, &err);
+    json_decref(patch);
+    CHECK(j != NULL);
+    json_decref(j);
+    char *text;
+    CHECK_STR(text = slurp(cg, "cpu.max"), "20000 100000");
+    free(text);
+
+    sqlite3 *db = kh_store_sqlite(store);
+    CHECK(sqlite3_exec(db, "PRAGMA query_only = 1", NULL, NULL, NULL) == SQLITE_OK);
+    patch = json_pack("{s:{s:i}}", "limits", "cpu_max_percent", 50);
+    CHECK(kh_config_patch(mgr, "t3", patch, &err) == NULL);
+    json_decref(patch);
+    CHECK(err.code != KH_OK);
+    kh_err_clear(&err);
+    CHECK(sqlite3_exec(db, "PRAGMA query_only = 0", NULL, NULL, NULL) == SQLITE_OK);
+    /* put back, and the spec kept its limits */
+    CHECK_STR(text = slurp(cg, "cpu.max"), "20000 100000");
+    free(text);
+    j = kh_manager_vm_json(mgr, "t3", &err);
+    CHECK(json_integer_value(json_object_get(json_object_get(j, "limits"), "cpu_max_percent")) ==
+          20);
+    json_decref(j);
+
+    memset(&no_cgroups, 0, sizeof(no_cgroups));
+    t = kh_lifecycle_action(mgr, "t3", KH_ACTION_KILL, NULL, &err);
+    CHECK(t && wait_task(t) == KH_TASK_SUCCEEDED);
+    while (waitpid(-1, NULL, WNOHANG) > 0)
+        ;
+    CHECK(kh_config_delete(mgr, "t3", &err) == 0);
+}
+
 static void test_bad_disk(void)
 {
     kh_err err = KH_ERR_INIT;
@@ -275,6 +350,7 @@ int main(void)
     manager_open();
     RUN(test_lifecycle);
     RUN(test_kill_and_restart);
+    RUN(test_patch_undo);
     RUN(test_bad_disk);
     kh_manager_free(mgr);
     kh_fs_rm_rf(dir, NULL);
