@@ -30,8 +30,8 @@ typedef struct kh_api {
     kh_events *events;
     kh_storage *storage; /* pools and volumes (NULL: storage unavailable) */
     kh_snapshots *snapshots;
-    kh_disks *disks;     /* disk attach/detach, hot-plug (vm/disk.h) */
-    kh_nics *nics;     /* NIC add/remove/link (vm/nic.h) */
+    kh_disks *disks;     /* disk attach/detach, hot-plug (instance/disk.h) */
+    kh_nics *nics;     /* NIC add/remove/link (instance/nic.h) */
     json_t *host;      /* static host facts, computed at start (owned) */
     char *openapi;     /* generated once from the route table, serialised (owned):
                         * as text it is a fraction of its jansson tree */

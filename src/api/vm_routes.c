@@ -72,7 +72,7 @@ static void vcpus_done(json_t *vm, const kh_err *err, void *opaque)
     kh_http_reply_json(req, 200, vm);
 }
 
-/* {"vcpus": N} alone on a running VM: hot-plug or unplug (vm/hotplug.h);
+/* {"vcpus": N} alone on a running VM: hot-plug or unplug (instance/hotplug.h);
  * the reply waits for the result. True when the request was taken. */
 static bool patch_live_vcpus(kh_http_req *req, kh_api *api, const json_t *body)
 {
