@@ -17,13 +17,13 @@
 #include "http/http.h"
 #include "host/cgroup.h"
 #include "storage/storage.h"
-#include "vm/disk.h"
-#include "vm/nic.h"
-#include "vm/snapshot.h"
-#include "vm/event.h"
-#include "vm/manager.h"
-#include "vm/metrics.h"
-#include "vm/task.h"
+#include "instance/disk.h"
+#include "instance/nic.h"
+#include "instance/snapshot.h"
+#include "instance/event.h"
+#include "instance/manager.h"
+#include "instance/metrics.h"
+#include "instance/task.h"
 
 typedef struct kh_api {
     uv_loop_t *loop;
@@ -33,8 +33,8 @@ typedef struct kh_api {
     kh_events *events;
     kh_storage *storage; /* pools and volumes (NULL: storage unavailable) */
     kh_snapshots *snapshots;
-    kh_disks *disks;     /* disk attach/detach, hot-plug (vm/disk.h) */
-    kh_nics *nics;     /* NIC add/remove/link (vm/nic.h) */
+    kh_disks *disks;     /* disk attach/detach, hot-plug (instance/disk.h) */
+    kh_nics *nics;     /* NIC add/remove/link (instance/nic.h) */
     json_t *host;      /* static host facts, computed at start (owned) */
     char *openapi;     /* generated once from the route table, serialised (owned):
                         * as text it is a fraction of its jansson tree */

@@ -1,4 +1,4 @@
-/* disk_routes.c - /api/v1/vms/{name}/disks: attach and detach (vm/disk.h).
+/* disk_routes.c - /api/v1/vms/{name}/disks: attach and detach (instance/disk.h).
  *
  * Both answer when the change is done (a hot-unplug waits for the guest);
  * a client that leaves meanwhile does not stop it. */

@@ -3,7 +3,7 @@
 #include <string.h>
 
 #include "api/api.h"
-#include "vm/metrics.h"
+#include "instance/metrics.h"
 
 void kh_metrics_routes_prometheus(kh_http_req *req, void *app)
 {

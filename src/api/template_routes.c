@@ -4,7 +4,7 @@
 
 #include "api/api.h"
 #include "util/mem.h"
-#include "vm/template.h"
+#include "instance/template.h"
 
 void kh_template_routes_make(kh_http_req *req, void *app)
 {

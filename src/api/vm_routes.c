@@ -10,9 +10,11 @@
 
 #include "api/api.h"
 #include "conf/limits.h"
+#include "instance/config.h"
+#include "instance/hotplug.h"
+#include "instance/lifecycle.h"
+#include "instance/quota.h"
 #include "schema/schema.h"
-#include "vm/hotplug.h"
-#include "vm/quota.h"
 #include "util/mem.h"
 
 #define WAIT_DEFAULT 30
@@ -81,7 +83,7 @@ void kh_vm_routes_create(kh_http_req *req, void *app)
         reply_err(req, &err);
         return;
     }
-    json_t *vm = body ? kh_manager_create(api->mgr, body, &err) : NULL;
+    json_t *vm = body ? kh_config_create(api->mgr, body, &err) : NULL;
     if (!vm) {
         reply_err(req, &err);
         return;
@@ -116,7 +118,7 @@ static void vcpus_done(json_t *vm, const kh_err *err, void *opaque)
     kh_http_reply_json(req, 200, vm);
 }
 
-/* {"vcpus": N} alone on a running VM: hot-plug or unplug (vm/hotplug.h);
+/* {"vcpus": N} alone on a running VM: hot-plug or unplug (instance/hotplug.h);
  * the reply waits for the result. True when the request was taken. */
 static bool patch_live_vcpus(kh_http_req *req, kh_api *api, const json_t *body)
 {
@@ -127,7 +129,7 @@ static bool patch_live_vcpus(kh_http_req *req, kh_api *api, const json_t *body)
     kh_err err = KH_ERR_INIT;
     json_t *vm = kh_manager_vm_json(api->mgr, name, &err);
     if (!vm)
-        return false; /* kh_manager_patch reports it */
+        return false; /* kh_config_patch reports it */
     char state[16];
     snprintf(state, sizeof(state), "%s", json_string_value(json_object_get(vm, "state")));
     bool live = strcmp(state, "running") == 0 || strcmp(state, "paused") == 0;
@@ -166,7 +168,7 @@ void kh_vm_routes_patch(kh_http_req *req, void *app)
             return;
         }
     }
-    json_t *vm = body ? kh_manager_patch(api->mgr, kh_http_req_param(req, "name"), body, &err)
+    json_t *vm = body ? kh_config_patch(api->mgr, kh_http_req_param(req, "name"), body, &err)
                       : NULL;
     if (!vm) {
         reply_err(req, &err);
@@ -179,7 +181,7 @@ void kh_vm_routes_delete(kh_http_req *req, void *app)
 {
     kh_api *api = app;
     kh_err err = KH_ERR_INIT;
-    if (kh_manager_delete(api->mgr, kh_http_req_param(req, "name"), &err) < 0) {
+    if (kh_config_delete(api->mgr, kh_http_req_param(req, "name"), &err) < 0) {
         reply_err(req, &err);
         return;
     }
@@ -275,7 +277,7 @@ static void action(kh_http_req *req, kh_api *api, kh_vm_action act)
         }
         wait = json_integer_value(jw);
     }
-    kh_task *task = kh_manager_action(api->mgr, kh_http_req_param(req, "name"), act, opts, &err);
+    kh_task *task = kh_lifecycle_action(api->mgr, kh_http_req_param(req, "name"), act, opts, &err);
     if (!task) {
         reply_err(req, &err);
         return;

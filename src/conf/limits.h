@@ -1,6 +1,6 @@
 /* limits.h - a VM's resource limits (quotas), as the user sets them.
  *
- * Pure parse/validate/print, like vm_spec.c; applying them is vm/quota.c.
+ * Pure parse/validate/print, like vm_spec.c; applying them is instance/quota.c.
  * JSON form (every key optional; absent = no limit):
  *   "limits": {
  *     "cpu_weight": 1..10000        relative share (cgroup v2 cpu.weight; 100 is

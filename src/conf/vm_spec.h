@@ -20,7 +20,7 @@
  *     "limits": { ... } }      (conf/limits.h; PATCH merges it key by key)
  * Only name is required: vcpus defaults to 1, memory_mib to 512.
  * max_vcpus (q35 only, >= vcpus; absent = vcpus) is how far vCPUs can be
- * hot-plugged while the VM runs (vm/hotplug.h).
+ * hot-plugged while the VM runs (instance/hotplug.h).
  * "hugepages": true backs guest RAM with 2 MiB huge pages, allocated at
  * start (memory_mib a multiple of 2; the start fails with 409 when the host
  * has too few free).

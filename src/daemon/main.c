@@ -40,10 +40,11 @@
 #include "util/log.h"
 #include "util/mem.h"
 #include "util/misc.h"
-#include "vm/event.h"
-#include "vm/manager.h"
-#include "vm/metrics.h"
-#include "vm/task.h"
+#include "instance/event.h"
+#include "instance/lifecycle.h"
+#include "instance/manager.h"
+#include "instance/metrics.h"
+#include "instance/task.h"
 
 typedef struct options {
     const char *state_dir;
@@ -314,7 +315,7 @@ static void accel_probe_done(uv_work_t *w, int status)
         kh_log(KH_LOG_INFO, "host.accel", "accel=kvm reason=\"%s\"", d.accel.reason);
     json_object_set_new(d.api.host, "accelerator", json_string(kh_accel_name(d.accel.accel)));
     json_object_set_new(d.api.host, "accelerator_reason", json_string(d.accel.reason));
-    kh_manager_set_accel(d.mgr, d.accel.accel);
+    kh_lifecycle_set_accel(d.mgr, d.accel.accel);
     kh_metrics_set_accel(d.metrics, kh_accel_name(d.accel.accel));
     kh_events_publish(d.events, "host.accelerator", NULL,
                       json_pack("{s:s, s:s}", "accelerator", kh_accel_name(d.accel.accel),
@@ -345,7 +346,7 @@ static void on_chld(uv_signal_t *h, int sig)
         if (kh_qimg_child_exited(d.qimg, pid, status))
             continue;
         else if (d.mgr)
-            kh_manager_child_exited(d.mgr, pid, status);
+            kh_lifecycle_child_exited(d.mgr, pid, status);
 }
 
 /* Resolve the QEMU user and its groups (kvm for /dev/kvm). */

@@ -98,7 +98,7 @@ void kh_qemu_hotplug_port_id(unsigned i, char *buf, size_t size);
  * i.e. cache=none; aio is io_uring when QEMU has it, else native with
  * direct, else threads; writable format nodes get discard=unmap and
  * detect-zeroes=unmap.
- * shared with disk hot-plug (vm/disk.c, blockdev-add) so that a hot-plugged
+ * shared with disk hot-plug (instance/disk.c, blockdev-add) so that a hot-plugged
  * disk gets exactly the options of a cold-plugged one. The protocol node:
  * driver "file" with the cache and aio defaults and, when writable,
  * discard=unmap. The format node on top of file_node: backing is the node

@@ -51,15 +51,6 @@ int kh_storage_snapshot_current_get(kh_storage *st, const char *vm_id, char **ou
     return ret;
 }
 
-char *kh_storage_snapshot_current(kh_storage *st, const char *vm_id)
-{
-    kh_err err = KH_ERR_INIT;
-    char *name = NULL;
-    if (kh_storage_snapshot_current_get(st, vm_id, &name, &err) < 0)
-        storage_log_fail(&err, "snapshot.current");
-    return name;
-}
-
 int kh_storage_snapshot_set_current(kh_storage *st, const char *vm_id, const char *name,
                                     kh_err *err)
 {
@@ -193,34 +184,3 @@ json_t *kh_storage_snapshot_list_err(kh_storage *st, const char *vm_id, kh_err *
     return arr;
 }
 
-json_t *kh_storage_snapshot_list(kh_storage *st, const char *vm_id)
-{
-    kh_err err = KH_ERR_INIT;
-    json_t *arr = kh_storage_snapshot_list_err(st, vm_id, &err);
-    if (!arr) {
-        storage_log_fail(&err, "snapshot.list");
-        arr = json_array();
-    }
-    return arr;
-}
-
-void kh_storage_snapshot_forget_vm(kh_storage *st, const char *vm_id)
-{
-    if (!st)
-        return;
-    kh_err err = KH_ERR_INIT;
-    if (kh_store_begin(st->store, &err) < 0) {
-        storage_log_fail(&err, "snapshot.forget");
-        return;
-    }
-    if (exec_args(st, "DELETE FROM snapshot_current WHERE vm_id = ?", "forgetting snapshots",
-                  &err, 1, vm_id) < 0 ||
-        exec_args(st, "DELETE FROM snapshots WHERE vm_id = ?", "forgetting snapshots", &err, 1,
-                  vm_id) < 0) {
-        kh_store_rollback(st->store);
-        storage_log_fail(&err, "snapshot.forget");
-        return;
-    }
-    if (kh_store_commit(st->store, &err) < 0)
-        storage_log_fail(&err, "snapshot.forget");
-}

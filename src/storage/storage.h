@@ -127,9 +127,6 @@ int kh_storage_template_get(kh_storage *st, const char *vm_id, kh_err *err);
  * database error is logged and answers true (refuse rather than write
  * into a base). Callers should move to kh_storage_template_get(). */
 bool kh_storage_is_template(kh_storage *st, const char *vm_id);
-/* Redundant since the cascade (kh_store_vm_delete() removes the mark);
- * kept until vm/manager.c stops calling it. Errors are logged. */
-void kh_storage_template_forget(kh_storage *st, const char *vm_id);
 
 /* Snapshot records of VMs (internal qcow2 snapshots; vm/snapshot.c). A
  * record is written only after the snapshot exists in every image. */
@@ -143,23 +140,15 @@ int kh_storage_snapshot_remove(kh_storage *st, const char *vm_id, const char *na
  * The snapshots of a VM form a tree: a new one's parent is the VM's current
  * snapshot (NULL at first), and it becomes current; a revert makes its
  * target current; a removed one's children take its parent, and if it was
- * current its parent becomes current. */
-json_t *kh_storage_snapshot_list(kh_storage *st, const char *vm_id);
-/* The same with an error channel: NULL with err set on a database error. */
+ * current its parent becomes current. NULL with err set on a database
+ * error. */
 json_t *kh_storage_snapshot_list_err(kh_storage *st, const char *vm_id, kh_err *err);
-/* The VM's current snapshot (caller frees), NULL when none; a database
- * error is logged and answers NULL. */
-char *kh_storage_snapshot_current(kh_storage *st, const char *vm_id);
 /* 0 with *out the current snapshot (caller frees) or NULL when none; -1 on
  * a database error. */
 int kh_storage_snapshot_current_get(kh_storage *st, const char *vm_id, char **out,
                                     kh_err *err);
 int kh_storage_snapshot_set_current(kh_storage *st, const char *vm_id, const char *name,
                                     kh_err *err);
-/* Redundant since the cascade (kh_store_vm_delete() removes a VM's
- * snapshot records); kept until vm/manager.c stops calling it. Runs in one
- * transaction; errors are logged. */
-void kh_storage_snapshot_forget_vm(kh_storage *st, const char *vm_id);
 
 /* A volume reference "pool/name" resolved to its chain of files, top first. */
 typedef struct kh_volume_chain {

@@ -44,18 +44,3 @@ bool kh_storage_is_template(kh_storage *st, const char *vm_id)
     return rc == 1;
 }
 
-void kh_storage_template_forget(kh_storage *st, const char *vm_id)
-{
-    if (!st)
-        return;
-    kh_err err = KH_ERR_INIT;
-    sqlite3_stmt *s = storage_prep(st, "DELETE FROM templates WHERE vm_id = ?", &err);
-    if (s) {
-        sqlite3_bind_text(s, 1, vm_id, -1, SQLITE_TRANSIENT);
-        if (sqlite3_step(s) != SQLITE_DONE)
-            storage_db_fail(st, &err, "forgetting a template");
-        sqlite3_finalize(s);
-    }
-    if (kh_err_isset(&err))
-        storage_log_fail(&err, "template.forget");
-}

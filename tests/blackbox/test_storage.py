@@ -1258,7 +1258,7 @@ def test_disk_attach_leftovers_removed_on_reattach(daemon, guest, tmp_path):
     vm = api.act_ok("orph", "start")
     daemon.kill9()
     q = RawQmp(os.path.join(daemon.state_dir, "run", "vms", vm["id"], "qmp.sock"))
-    set_id = 10000 + 16 * 7  # what an attach of node 7 uses (vm/disk.c)
+    set_id = 10000 + 16 * 7  # what an attach of node 7 uses (instance/disk.c)
     img = tmp_path / "half-attached.img"
     img.write_bytes(b"\0" * 65536)
     # QEMU drops an fd set nothing opened when the monitor goes: a file node

@@ -17,8 +17,8 @@
 #include "util/mem.h"
 #include "util/prom.h"
 #include "util/series.h"
-#include "vm/alert.h"
-#include "vm/quota.h"
+#include "instance/alert.h"
+#include "instance/quota.h"
 
 static void test_prom_values(void)
 {

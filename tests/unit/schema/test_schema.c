@@ -21,12 +21,12 @@
 #include "net/secgroup.h"
 #include "schema/schema.h"
 #include "storage/storage.h"
-#include "vm/alert.h"
-#include "vm/event.h"
-#include "vm/nic.h"
-#include "vm/snapshot.h"
-#include "vm/template.h"
-#include "vm/webhook.h"
+#include "instance/alert.h"
+#include "instance/event.h"
+#include "instance/nic.h"
+#include "instance/snapshot.h"
+#include "instance/template.h"
+#include "instance/webhook.h"
 
 #include "../kh_test.h"
 

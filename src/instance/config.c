@@ -1,0 +1,384 @@
+/* config.c - owns what an instance is: create (host-side checks: files,
+ * qcow2 headers, volumes, host CPUs, NICs), patch (limits of a running
+ * instance go live, and come back if the store refuses the change),
+ * delete, and the spec changes behind disk and NIC attach/detach and vCPU
+ * hot-plug. Each writes the store before the instance changes. */
+#include "instance/config.h"
+
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "conf/limits.h"
+#include "instance/instance_int.h"
+#include "instance/quota.h"
+#include "schema/schema.h"
+#include "storage/qcow2.h"
+#include "util/fs.h"
+#include "util/log.h"
+#include "util/mem.h"
+#include "util/misc.h"
+
+/* Host-side checks the pure spec validation cannot do: the files exist, are
+ * what the spec says, and a qcow2 has no backing file of its own. */
+static int check_files(const kh_vm_spec *spec, kh_err *err)
+{
+    struct stat st;
+    const char *files[2] = { spec->kernel, spec->initrd };
+    const char *what[2] = { "boot.kernel", "boot.initrd" };
+    for (int i = 0; i < 2; i++) {
+        if (!files[i])
+            continue;
+        if (stat(files[i], &st) < 0 || !S_ISREG(st.st_mode)) {
+            kh_err_set(err, KH_E_INVALID, "%s: %s is not a readable file", what[i], files[i]);
+            return -1;
+        }
+    }
+    for (size_t i = 0; i < spec->ndisks; i++) {
+        const kh_disk_spec *d = &spec->disks[i];
+        if (d->volume)
+            continue; /* checked against the storage records */
+        if (stat(d->path, &st) < 0 || !(S_ISREG(st.st_mode) || S_ISBLK(st.st_mode))) {
+            kh_err_set(err, KH_E_INVALID, "disks[%zu].path: %s is not a file or block device", i,
+                       d->path);
+            return -1;
+        }
+        if (d->format != KH_DISK_QCOW2)
+            continue;
+        bool backing = false;
+        if (kh_qcow2_probe(d->path, &backing) < 0) {
+            kh_err_set(err, KH_E_INVALID, "disks[%zu]: %s is not a qcow2 image", i, d->path);
+            return -1;
+        }
+        if (backing) {
+            kh_err_set(err, KH_E_INVALID,
+                       "disks[%zu]: %s has a backing file; images with backing files are "
+                       "not accepted as plain disks", i, d->path);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+json_t *kh_config_create(kh_manager *mgr, const json_t *body, kh_err *err)
+{
+    kh_vm_spec *spec = kh_vm_spec_from_json(body, err);
+    if (!spec)
+        return NULL;
+    for (kh_inst *o = mgr->vms; o; o = o->next) {
+        if (strcmp(o->spec->name, spec->name) == 0) {
+            kh_err_set(err, KH_E_CONFLICT, "a vm named %s already exists", spec->name);
+            kh_vm_spec_free(spec);
+            return NULL;
+        }
+    }
+    char id[37];
+    kh_uuid_generate(id);
+    if (check_files(spec, err) < 0 || kh_bindings_check_volumes(mgr, spec, err) < 0 ||
+        kh_quota_check_host(spec->limits, err) < 0 ||
+        kh_bindings_nics_prepare(mgr, id, spec, err) < 0) {
+        kh_vm_spec_free(spec);
+        return NULL;
+    }
+    json_t *sj = kh_vm_spec_to_json(spec);
+    char *text = json_dumps(sj, JSON_COMPACT | JSON_SORT_KEYS);
+    json_decref(sj);
+    double now = kh_wall_time();
+    kh_vm_row row;
+    memset(&row, 0, sizeof(row));
+    memcpy(row.id, id, sizeof(id));
+    row.name = spec->name;
+    row.spec_json = text;
+    row.state = (char *)(uintptr_t)"stopped";
+    row.state_reason = (char *)(uintptr_t)"created";
+    row.created_at = row.updated_at = now;
+    int rc = kh_store_vm_insert(mgr->store, &row, err);
+    free(text);
+    if (rc < 0) {
+        kh_vm_spec_free(spec);
+        return NULL;
+    }
+    kh_inst *v = kh_manager_add(mgr, id, spec);
+    v->reason = xstrdup("created");
+    v->created_at = v->updated_at = now;
+    kh_bindings_sync(mgr);
+    kh_log(KH_LOG_INFO, "vm.create", "vm=%s id=%s", spec->name, id);
+    json_t *j = kh_manager_json(v);
+    kh_events_publish(mgr->events, "vm.created", spec->name, json_incref(j));
+    return j;
+}
+
+/* Persist next as v's spec, then make it v's spec (next is stolen: freed on
+ * failure). The spec it replaces goes to *prev for the caller to free, or is
+ * freed when prev is NULL. -1 with err (v unchanged) when the store fails. */
+static int spec_store_swap(kh_manager *mgr, kh_inst *v, kh_vm_spec *next, kh_vm_spec **prev,
+                           kh_err *err)
+{
+    json_t *sj = kh_vm_spec_to_json(next);
+    char *text = json_dumps(sj, JSON_COMPACT | JSON_SORT_KEYS);
+    json_decref(sj);
+    double now = kh_wall_time();
+    int rc = kh_store_vm_update_spec(mgr->store, v->id, text, now, err);
+    free(text);
+    if (rc < 0) {
+        kh_vm_spec_free(next);
+        return -1;
+    }
+    if (prev)
+        *prev = v->spec;
+    else
+        kh_vm_spec_free(v->spec);
+    v->spec = next;
+    v->updated_at = now;
+    return 0;
+}
+
+json_t *kh_config_patch(kh_manager *mgr, const char *name, const json_t *patch, kh_err *err)
+{
+    kh_inst *v = kh_manager_find(mgr, name, err);
+    if (!v)
+        return NULL;
+    if (v->disk_busy && json_object_get(patch, "disks")) {
+        kh_err_set(err, KH_E_CONFLICT, "vm %s is busy: a disk attach or detach is in progress",
+                   name);
+        return NULL;
+    }
+    if (v->state != KH_INST_STOPPED || v->task) {
+        const char *key;
+        json_t *val;
+        json_object_foreach((json_t *)(uintptr_t)patch, key, val) {
+            bool live = strcmp(key, "limits") == 0 && !v->task &&
+                        (v->state == KH_INST_RUNNING || v->state == KH_INST_PAUSED);
+            if (strcmp(key, "description") != 0 && !live) {
+                char q[256]; /* the key is the user's: quoted when odd */
+                kh_schema_quote_key(q, sizeof(q), key, strlen(key));
+                kh_err_set(err, KH_E_CONFLICT,
+                           "vm %s is %s: only description%s can change now; stop it to "
+                           "change %s", name, kh_lifecycle_state_name(v->state),
+                           v->state == KH_INST_RUNNING || v->state == KH_INST_PAUSED ? " and limits" : "",
+                           q);
+                return NULL;
+            }
+        }
+    }
+    kh_vm_spec *next = kh_vm_spec_dup(v->spec);
+    if (kh_vm_spec_patch(next, patch, err) < 0 || check_files(next, err) < 0 ||
+        kh_bindings_check_volumes(mgr, next, err) < 0 ||
+        kh_quota_check_host(next->limits, err) < 0 ||
+        kh_bindings_nics_prepare(mgr, v->id, next, err) < 0) {
+        kh_vm_spec_free(next);
+        return NULL;
+    }
+    bool live_limits = v->pid > 0 && json_object_get(patch, "limits");
+    if (live_limits && kh_live_apply(v, v->spec->limits, next->limits, err) < 0) {
+        kh_vm_spec_free(next); /* the old limits are back; the spec stays */
+        return NULL;
+    }
+    /* What went live, for an undo if the store refuses the change. */
+    kh_limits *applied = live_limits ? kh_limits_dup(next->limits) : NULL;
+    kh_vm_spec *prev = NULL;
+    if (spec_store_swap(mgr, v, next, &prev, err) < 0) {
+        if (live_limits) {
+            kh_live_undo(v, applied, v->spec->limits);
+            kh_log(KH_LOG_WARN, "vm.limits", "vm=%s undone=\"%s\"", name, err->msg);
+        }
+        kh_limits_free(applied);
+        return NULL;
+    }
+    kh_limits_free(applied);
+    kh_bindings_sync(mgr);
+    if (live_limits) {
+        v->drv->limits_changed(v, prev->limits);
+        kh_log(KH_LOG_INFO, "vm.limits", "vm=%s live=true", name);
+    }
+    kh_vm_spec_free(prev);
+    json_t *j = kh_manager_json(v);
+    kh_events_publish(mgr->events, "vm.updated", name, json_incref(j));
+    return j;
+}
+
+json_t *kh_config_set_live_vcpus(kh_manager *mgr, const char *id, unsigned vcpus, kh_err *err)
+{
+    kh_inst *v = mgr->vms;
+    while (v && strcmp(v->id, id) != 0)
+        v = v->next;
+    if (!v) {
+        kh_err_set(err, KH_E_NOTFOUND, "no vm with id %s", id);
+        return NULL;
+    }
+    unsigned max = v->spec->max_vcpus ? v->spec->max_vcpus : v->spec->vcpus;
+    if (vcpus < 1 || vcpus > max) {
+        kh_err_set(err, KH_E_INVALID, "vcpus: must be from 1 to max_vcpus (%u)", max);
+        return NULL;
+    }
+    kh_vm_spec *next = kh_vm_spec_dup(v->spec);
+    if (!next->max_vcpus)
+        next->max_vcpus = max;
+    next->vcpus = vcpus;
+    if (spec_store_swap(mgr, v, next, NULL, err) < 0)
+        return NULL;
+    const kh_limits *l = v->spec->limits;
+    if (v->pid > 0 && l && (l->ncpus || l->nemu_cpus || l->nio_cpus))
+        v->drv->vcpus_changed(v); /* new vCPU threads take the pinning too (they
+                                   * are born with the emulator thread's affinity) */
+    kh_log(KH_LOG_INFO, "vm.vcpus", "vm=%s vcpus=%u live=true", v->spec->name, vcpus);
+    json_t *j = kh_manager_json(v);
+    kh_events_publish(mgr->events, "vm.updated", v->spec->name, json_incref(j));
+    return j;
+}
+
+int kh_config_delete(kh_manager *mgr, const char *name, kh_err *err)
+{
+    kh_inst *v = kh_manager_find(mgr, name, err);
+    if (!v)
+        return -1;
+    if (v->state != KH_INST_STOPPED || v->task || v->pid > 0) {
+        kh_err_set(err, KH_E_CONFLICT, "vm %s is %s: stop it before deleting it", name,
+                   kh_lifecycle_state_name(v->state));
+        return -1;
+    }
+    if (kh_store_vm_delete(mgr->store, v->id, err) < 0)
+        return -1;
+    char *dir = kh_runtime_state_path(v, NULL);
+    kh_fs_rm_rf(dir, NULL);
+    free(dir);
+    kh_runtime_cgroup_remove(v); /* none should be left; after this no daemon knows the id */
+    kh_manager_unlink(mgr, v);
+    kh_bindings_sync(mgr);
+    kh_log(KH_LOG_INFO, "vm.delete", "vm=%s id=%s", name, v->id);
+    kh_events_publish(mgr->events, "vm.deleted", name, json_pack("{s:s}", "id", v->id));
+    kh_manager_inst_free(v);
+    return 0;
+}
+
+/* ---- disk changes (instance/disk.c) ---- */
+
+int kh_config_disk_begin(kh_manager *mgr, const char *name, kh_vm_disks *out, kh_err *err)
+{
+    memset(out, 0, sizeof(*out));
+    kh_inst *v = kh_manager_find(mgr, name, err);
+    if (!v)
+        return -1;
+    if (v->disk_busy || v->task) {
+        kh_err_set(err, KH_E_CONFLICT, "vm %s is busy: %s is in progress", name,
+                   v->disk_busy ? "a disk attach or detach" : kh_lifecycle_action_name(v->task_action));
+        return -1;
+    }
+    bool live = v->pid > 0;
+    if (live && (!v->drv->monitor_ready(v) || (v->state != KH_INST_RUNNING && v->state != KH_INST_PAUSED))) {
+        kh_err_set(err, KH_E_CONFLICT, "vm %s is %s: wait until it runs or stops", name,
+                   kh_lifecycle_state_name(v->state));
+        return -1;
+    }
+    int tpl = kh_storage_template_get(mgr->cfg.storage, v->id, err);
+    if (tpl < 0)
+        return -1;
+    if (tpl) {
+        kh_err_set(err, KH_E_CONFLICT, "vm %s is a template: its disks do not change", name);
+        return -1;
+    }
+    snprintf(out->id, sizeof(out->id), "%s", v->id);
+    out->live = live;
+    out->spec = kh_vm_spec_dup(v->spec);
+    memcpy(out->node, v->disk_node, sizeof(out->node));
+    v->disk_busy = true;
+    return 0;
+}
+
+void kh_config_disk_end(kh_manager *mgr, const char *id)
+{
+    kh_inst *v = kh_manager_find_id(mgr, id);
+    if (v)
+        v->disk_busy = false;
+}
+
+json_t *kh_config_disk_commit(kh_manager *mgr, const char *id, kh_vm_spec *spec,
+                               const int *node, kh_err *err)
+{
+    kh_inst *v = kh_manager_find_id(mgr, id);
+    if (!v) {
+        kh_vm_spec_free(spec);
+        kh_err_set(err, KH_E_NOTFOUND, "the vm is gone");
+        return NULL;
+    }
+    if (kh_bindings_check_volumes(mgr, spec, err) < 0) {
+        kh_vm_spec_free(spec);
+        return NULL;
+    }
+    if (spec_store_swap(mgr, v, spec, NULL, err) < 0)
+        return NULL;
+    if (node && v->pid > 0)
+        kh_runtime_disk_nodes_save(v, node);
+    kh_bindings_sync(mgr);
+    json_t *j = kh_manager_json(v);
+    kh_events_publish(mgr->events, "vm.updated", v->spec->name, json_incref(j));
+    return j;
+}
+
+/* ---- NIC changes (instance/nic.c) ---- */
+
+/* The spec with its NIC list replaced and checked (MACs assigned). */
+static kh_vm_spec *nics_replaced(kh_manager *mgr, kh_inst *v, const json_t *nics, int removed,
+                                 kh_err *err)
+{
+    kh_vm_spec *next = kh_vm_spec_dup(v->spec);
+    json_t *patch = json_pack("{s:O}", "nics", nics);
+    if (removed >= 0 && v->spec->limits && v->spec->limits->nnics) {
+        /* the NIC's bandwidth limit goes with it; later NICs move down */
+        kh_limits *l = kh_limits_dup(v->spec->limits);
+        kh_limits_nic_removed(l, (unsigned)removed);
+        json_t *lj = kh_limits_to_json(l);
+        json_t *nl = json_object_get(lj, "nic");
+        json_object_set_new(patch, "limits",
+                            json_pack("{s:O}", "nic", nl ? nl : json_null()));
+        json_decref(lj);
+        kh_limits_free(l);
+    }
+    int rc = kh_vm_spec_patch(next, patch, err);
+    json_decref(patch);
+    if (rc < 0 || kh_bindings_nics_prepare(mgr, v->id, next, err) < 0) {
+        kh_vm_spec_free(next);
+        return NULL;
+    }
+    return next;
+}
+
+json_t *kh_config_nics_check(kh_manager *mgr, const char *name, const json_t *nics,
+                              int removed, kh_err *err)
+{
+    kh_inst *v = kh_manager_find(mgr, name, err);
+    if (!v)
+        return NULL;
+    kh_vm_spec *next = nics_replaced(mgr, v, nics, removed, err);
+    if (!next)
+        return NULL;
+    json_t *sj = kh_vm_spec_to_json(next);
+    json_t *out = json_object_get(sj, "nics");
+    out = out ? json_incref(out) : json_array();
+    json_decref(sj);
+    kh_vm_spec_free(next);
+    return out;
+}
+
+int kh_config_nics_commit(kh_manager *mgr, const char *name, const json_t *nics, int removed,
+                           kh_err *err)
+{
+    kh_inst *v = kh_manager_find(mgr, name, err);
+    if (!v)
+        return -1;
+    if (v->state == KH_INST_STARTING || v->state == KH_INST_STOPPING) {
+        kh_err_set(err, KH_E_CONFLICT, "vm %s is %s: its NICs cannot change now", name,
+                   kh_lifecycle_state_name(v->state));
+        return -1;
+    }
+    kh_vm_spec *next = nics_replaced(mgr, v, nics, removed, err);
+    if (!next)
+        return -1;
+    if (spec_store_swap(mgr, v, next, NULL, err) < 0)
+        return -1;
+    kh_bindings_sync(mgr);
+    kh_events_publish(mgr->events, "vm.updated", name, kh_manager_json(v));
+    return 0;
+}

@@ -1,0 +1,185 @@
+/* instance_int.h - private to the instance layer and its drivers: the
+ * manager and instance structs and the calls between the files that split
+ * the job (manager.c registry and view, lifecycle.c state machine, config.c
+ * create/patch/delete, runtime.c run-dir files, reattach.c, live.c live
+ * limits, bindings.c storage and network). Not for src/api or other users.
+ */
+#ifndef KH_INSTANCE_INT_H
+#define KH_INSTANCE_INT_H
+
+#include <stdbool.h>
+#include <sys/types.h>
+#include <uv.h>
+
+#include "instance/driver.h"
+#include "instance/lifecycle.h"
+#include "instance/manager.h"
+#include "util/inet.h"
+
+#define KH_CONSOLE_LOG_MAX (1024 * 1024)
+
+typedef enum kh_inst_state {
+    KH_INST_STOPPED,
+    KH_INST_STARTING,
+    KH_INST_RUNNING,
+    KH_INST_PAUSED,
+    KH_INST_STOPPING,
+} kh_inst_state;
+#define KH_INST_STATES 5
+
+struct kh_inst {
+    kh_manager *mgr;
+    const kh_driver *drv;
+    void *drv_state;       /* the driver's, while it holds anything (release frees) */
+    char id[37];
+    kh_vm_spec *spec;
+    kh_inst_state state;
+    char *reason;
+    double created_at, updated_at, started_at;
+
+    /* While a process exists. */
+    pid_t pid;
+    unsigned long long pid_start;
+    bool is_child;         /* spawned by this daemon: waitpid gives the status */
+    kh_accel accel;
+    int pidfd;
+    uv_poll_t *pidfd_poll;
+    kh_console *console;
+    uv_timer_t *timer;     /* start deadline or stop grace */
+    char *going_down;      /* why the process is expected to exit ("stopped", ...) */
+    bool await_accel;      /* a start waiting for the accelerator probe */
+    bool disk_busy;        /* a disk attach or detach is under way (instance/disk.c) */
+
+    kh_task *task;         /* the action in progress */
+    kh_vm_action task_action;
+    kh_task *kill_task;    /* a kill that overtook task */
+    kh_inst *next;
+    /* Disks (instance/disk.c): the QEMU node index ("disk<N>") of each spec
+     * disk while a QEMU runs; hot-plug and -unplug break the identity, so it
+     * is kept in RUN_DIR/vms/<id>/disks.json for a daemon restart. */
+    int disk_node[KH_VM_DISKS_MAX];
+    /* What the running QEMU was started with, kept in RUN_DIR/vms/<id>/
+     * boot.json for a daemon restart: disks on a node below boot_disks and
+     * NICs with a MAC in boot_macs were there at start (no live unplug),
+     * the others were hot-plugged. Start disks keep nodes 0..n-1 and can
+     * not leave while QEMU runs, so a hot-plug always gets a node >= n.
+     * -1: unknown (no QEMU, or one started without the file). */
+    int boot_disks;
+    int boot_nics;
+    char boot_macs[KH_VM_NICS_MAX][KH_MAC_STRLEN];
+};
+
+struct kh_manager {
+    uv_loop_t *loop;
+    kh_store *store;
+    kh_events *events;
+    kh_tasks *tasks;
+    kh_manager_config cfg;
+    const kh_driver *driver;  /* the one driver today: qemu */
+    void *driver_data;        /* its manager-wide state (init/fini) */
+    char *state_dir, *run_dir, *qemu_binary, *kernel_cache;
+    gid_t *groups;
+    kh_inst *vms;
+    unsigned count;
+    struct {
+        kh_manager_event_fn fn;
+        void *opaque;
+    } event_hooks[KH_MANAGER_EVENT_HOOKS];
+};
+
+/* A process exists or the state says one is on its way or going. */
+static inline bool kh_inst_active(const kh_inst *v)
+{
+    return v->state != KH_INST_STOPPED || v->pid > 0;
+}
+
+/* ---- manager.c: registry and view ---- */
+kh_inst *kh_manager_find(kh_manager *mgr, const char *name, kh_err *err);
+kh_inst *kh_manager_find_id(kh_manager *mgr, const char *id);
+/* A new instance in the registry (spec stolen), in name order. */
+kh_inst *kh_manager_add(kh_manager *mgr, const char *id, kh_vm_spec *spec);
+/* Out of the registry (the caller frees it). */
+void kh_manager_unlink(kh_manager *mgr, kh_inst *v);
+/* Its runtime released, then freed. */
+void kh_manager_inst_free(kh_inst *v);
+json_t *kh_manager_json(const kh_inst *v);
+/* Tell the event hooks (driver monitor events, "reattached"). */
+void kh_manager_hooks_call(kh_inst *v, const char *event, json_t *data);
+
+/* ---- lifecycle.c: the state machine and what drivers tell it ---- */
+const char *kh_lifecycle_state_name(kh_inst_state s);
+void kh_lifecycle_set_state(kh_inst *v, kh_inst_state state, const char *reason);
+/* Why the process is expected to exit; the first cause wins. */
+void kh_lifecycle_going_down(kh_inst *v, const char *why);
+/* Drop everything held while a process exists (driver, timers, pidfd,
+ * console), not the pid itself. */
+void kh_lifecycle_release(kh_inst *v);
+/* Watch the recorded pid: its end settles the state. */
+int kh_lifecycle_watch_pid(kh_inst *v, kh_err *err);
+/* The process is gone (status < 0: unknown, not our child). */
+void kh_lifecycle_process_ended(kh_inst *v, int status);
+/* Driver notifications. */
+void kh_lifecycle_launched(kh_inst *v);
+void kh_lifecycle_started(kh_inst *v);
+void kh_lifecycle_start_fail(kh_inst *v, const kh_err *err);
+void kh_lifecycle_stop_failed(kh_inst *v);
+void kh_lifecycle_action_done(kh_inst *v, const kh_err *err);
+void kh_lifecycle_guest_paused(kh_inst *v);
+void kh_lifecycle_guest_resumed(kh_inst *v);
+void kh_lifecycle_guest_reset(kh_inst *v);
+/* A shutdown came from inside: guest true when the guest asked for it;
+ * reason the monitor's word for it (may be NULL). */
+void kh_lifecycle_guest_shutdown(kh_inst *v, bool guest, const char *reason);
+/* After a restart the driver learnt the guest state again. */
+void kh_lifecycle_reattached(kh_inst *v, bool running, const char *status);
+
+/* ---- runtime.c: the run dir and its files ---- */
+char *kh_runtime_state_path(const kh_inst *v, const char *file);
+char *kh_runtime_run_path(const kh_inst *v, const char *file);
+/* The store row of the runtime fields (state, pid, ...); logged on error. */
+void kh_runtime_persist(kh_inst *v);
+void kh_runtime_disk_nodes_reset(kh_inst *v);
+void kh_runtime_disk_nodes_load(kh_inst *v);
+/* Record node[] (for each spec disk) in memory and disks.json. */
+void kh_runtime_disk_nodes_save(kh_inst *v, const int *node);
+void kh_runtime_boot_reset(kh_inst *v);
+void kh_runtime_boot_record(kh_inst *v);
+void kh_runtime_boot_load(kh_inst *v);
+bool kh_runtime_boot_has_mac(const kh_inst *v, const char *mac);
+/* The last bytes of the process log (newlines flattened), for errors. */
+char *kh_runtime_log_tail(const kh_inst *v);
+/* Remove the run dir (the process is gone). */
+void kh_runtime_clear(kh_inst *v);
+/* Remove the instance's (empty) cgroup dirs; a failure is logged. */
+void kh_runtime_cgroup_remove(kh_inst *v);
+
+/* ---- reattach.c ---- */
+/* Adopt v's process after a daemon restart, or settle a process that ended. */
+void kh_reattach(kh_inst *v);
+
+/* ---- live.c: limits applied to a live instance ---- */
+/* The host-side limits (cgroup, tap rates) of next; on failure the ones
+ * of old are put back and -1 returned with err. */
+int kh_live_apply(kh_inst *v, const kh_limits *old, const kh_limits *next, kh_err *err);
+/* Undo a kh_live_apply(v, old, applied) that may not stay (old back). */
+void kh_live_undo(kh_inst *v, const kh_limits *applied, const kh_limits *old);
+
+/* ---- bindings.c: storage volumes and network ---- */
+/* Resolve the volume disks of spec in place (see bindings.c); self: a
+ * start (checks volume sharing); code: the refusal code. */
+int kh_bindings_resolve_volumes(kh_manager *mgr, const kh_inst *self, kh_vm_spec *spec,
+                                kh_code code, kh_err *err);
+/* Volume disks exist and may be attached as asked (on a copy). */
+int kh_bindings_check_volumes(kh_manager *mgr, const kh_vm_spec *spec, kh_err *err);
+json_t *kh_bindings_volume_users(kh_manager *mgr, const char *ref);
+/* Hook into / out of the storage layer (users, live resize). */
+void kh_bindings_attach(kh_manager *mgr);
+void kh_bindings_detach(kh_manager *mgr);
+/* Tell the network manager every instance's NICs. */
+void kh_bindings_sync(kh_manager *mgr);
+/* Check a spec's NICs and give each a MAC. */
+int kh_bindings_nics_prepare(kh_manager *mgr, const char *vm_id, kh_vm_spec *spec, kh_err *err);
+/* limits.nic inbound rates on the taps (old -> now). */
+int kh_bindings_nic_rates(kh_inst *v, const kh_limits *old, const kh_limits *now, kh_err *err);
+
+#endif

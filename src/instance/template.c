@@ -1,0 +1,277 @@
+#include "instance/template.h"
+
+#include "instance/config.h"
+
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "schema/schema.h"
+#include "util/check.h"
+#include "util/log.h"
+#include "util/mem.h"
+#include "util/strv.h"
+
+json_t *kh_template_make(kh_manager *mgr, kh_storage *st, const char *name, kh_err *err)
+{
+    json_t *vm = kh_manager_vm_json(mgr, name, err);
+    if (!vm)
+        return NULL;
+    json_t *out = NULL;
+    const char *state = json_string_value(json_object_get(vm, "state"));
+    json_t *disks = json_object_get(vm, "disks");
+    size_t i;
+    json_t *d;
+    if (!st) {
+        kh_err_set(err, KH_E_UNAVAILABLE, "storage is not available");
+        goto done;
+    }
+    if (json_is_true(json_object_get(vm, "template"))) {
+        kh_err_set(err, KH_E_CONFLICT, "vm %s is already a template", name);
+        goto done;
+    }
+    if (!state || strcmp(state, "stopped") != 0) {
+        kh_err_set(err, KH_E_CONFLICT, "vm %s is %s: stop it before making it a template", name,
+                   state ? state : "busy");
+        goto done;
+    }
+    if (json_array_size(disks) == 0) {
+        kh_err_set(err, KH_E_INVALID, "vm %s has no disks to make bases of", name);
+        goto done;
+    }
+    json_array_foreach(disks, i, d) {
+        if (!json_object_get(d, "volume")) {
+            kh_err_set(err, KH_E_INVALID,
+                       "disks[%zu] is a host file; only volumes can become template bases", i);
+            goto done;
+        }
+    }
+    /* A volume some running VM writes to cannot become a base. */
+    json_array_foreach(disks, i, d) {
+        const char *ref = json_string_value(json_object_get(d, "volume"));
+        kh_volume_chain c;
+        if (kh_storage_resolve(st, ref, &c, err) < 0)
+            goto done;
+        kh_volume_chain_clear(&c);
+    }
+    json_array_foreach(disks, i, d) {
+        if (json_is_true(json_object_get(d, "readonly")))
+            continue; /* shared as it is */
+        if (kh_storage_volume_set_readonly(st, json_string_value(json_object_get(d, "volume")),
+                                           true, err) < 0)
+            goto done;
+    }
+    if (kh_storage_template_mark(st, json_string_value(json_object_get(vm, "id")), err) < 0)
+        goto done;
+    kh_log(KH_LOG_INFO, "template.create", "vm=%s", name);
+    out = kh_manager_vm_json(mgr, name, err);
+done:
+    json_decref(vm);
+    return out;
+}
+
+json_t *kh_template_list(kh_manager *mgr)
+{
+    json_t *all = kh_manager_list_json(mgr), *out = json_array();
+    size_t i;
+    json_t *vm;
+    json_array_foreach(all, i, vm) {
+        if (json_is_true(json_object_get(vm, "template")))
+            json_array_append(out, vm);
+    }
+    json_decref(all);
+    return out;
+}
+
+/* ---- clones ---- */
+
+typedef struct clone_op {
+    kh_manager *mgr;
+    kh_storage *st;
+    kh_task *task;          /* full clones */
+    kh_template_clone_cb cb;
+    void *opaque;
+    char *name;
+    bool full;
+    json_t *spec;           /* the new VM's spec, disks filled in as volumes are made */
+    json_t *tdisks;         /* the template's disks */
+    size_t next;            /* the disk being made */
+    kh_strv *made;          /* refs of volumes made, for the clean-up */
+} clone_op;
+
+static void clone_free(clone_op *c)
+{
+    free(c->name);
+    json_decref(c->spec);
+    json_decref(c->tdisks);
+    kh_strv_free(c->made);
+    free(c);
+}
+
+static void clone_finish(clone_op *c, json_t *vm, const kh_err *err)
+{
+    if (!vm) {
+        /* nothing half-made stays: the volumes made so far go */
+        for (size_t i = 0; i < c->made->n; i++) {
+            const char *ref = c->made->v[i];
+            const char *slash = strchr(ref, '/');
+            char *pool = xstrndup(ref, (size_t)(slash - ref));
+            kh_storage_volume_delete(c->st, pool, slash + 1, NULL);
+            free(pool);
+        }
+        kh_log(KH_LOG_WARN, "template.clone", "vm=%s error=\"%s\"", c->name, err->msg);
+    } else {
+        kh_log(KH_LOG_INFO, "template.clone", "vm=%s mode=%s", c->name,
+               c->full ? "full" : "linked");
+    }
+    if (c->task) {
+        if (vm)
+            kh_task_succeed(c->task, vm);
+        else
+            kh_task_fail(c->task, err);
+    } else {
+        c->cb(vm, err, c->opaque);
+    }
+    clone_free(c);
+}
+
+static void clone_step(clone_op *c);
+
+static void on_volume(json_t *vol, const kh_err *err, void *opaque)
+{
+    clone_op *c = opaque;
+    if (!vol) {
+        kh_err e = KH_ERR_INIT;
+        kh_err_copy(&e, err);
+        kh_err_prefix(&e, "disks[%zu]", c->next);
+        clone_finish(c, NULL, &e);
+        return;
+    }
+    const char *ref = json_string_value(json_object_get(vol, "ref"));
+    kh_strv_add(c->made, ref);
+    json_array_append_new(json_object_get(c->spec, "disks"),
+                          json_pack("{s:s, s:b}", "volume", ref, "readonly", 0));
+    json_decref(vol);
+    c->next++;
+    clone_step(c);
+}
+
+static void on_progress(int percent, void *opaque)
+{
+    clone_op *c = opaque;
+    size_t n = json_array_size(c->tdisks);
+    int overall = (int)((c->next * 100 + (size_t)percent) / (n ? n : 1));
+    if (c->task)
+        kh_task_progress(c->task, overall > 99 ? 99 : overall, "copying the volumes");
+}
+
+static void clone_step(clone_op *c)
+{
+    kh_err err = KH_ERR_INIT;
+    while (c->next < json_array_size(c->tdisks)) {
+        json_t *d = json_array_get(c->tdisks, c->next);
+        const char *ref = json_string_value(json_object_get(d, "volume"));
+        if (json_is_true(json_object_get(d, "readonly"))) {
+            json_array_append(json_object_get(c->spec, "disks"), d);
+            c->next++;
+            continue;
+        }
+        char *vname = xasprintf("%s-disk%zu", c->name, c->next);
+        int rc;
+        if (c->full) {
+            rc = kh_storage_volume_copy(c->st, ref, vname, on_progress, on_volume, c, &err);
+        } else {
+            const char *slash = strchr(ref, '/');
+            char *pool = xstrndup(ref, (size_t)(slash - ref));
+            json_t *body = json_pack("{s:s, s:s}", "name", vname, "backing", ref);
+            rc = kh_storage_volume_create(c->st, pool, body, on_volume, c, &err);
+            json_decref(body);
+            free(pool);
+        }
+        free(vname);
+        if (rc < 0) {
+            kh_err_prefix(&err, "disks[%zu]", c->next);
+            clone_finish(c, NULL, &err);
+        }
+        return; /* on_volume goes on */
+    }
+    json_t *vm = kh_config_create(c->mgr, c->spec, &err);
+    clone_finish(c, vm, vm ? NULL : &err);
+}
+
+int kh_template_clone(kh_manager *mgr, kh_storage *st, kh_tasks *tasks, const json_t *body,
+                      kh_template_clone_cb cb, void *opaque, kh_task **task, kh_err *err)
+{
+    /* CloneSpec.json: the template gives everything else */
+    if (kh_schema_check("CloneSpec", body, "", err) < 0)
+        return -1;
+    const char *name = json_string_value(json_object_get(body, "name"));
+    const char *tpl = json_string_value(json_object_get(body, "from_template"));
+    json_t *jmode = json_object_get(body, "clone");
+    const char *mode = jmode ? json_string_value(jmode) : "linked";
+    if (kh_check_name(name, "name", err) < 0 || kh_check_name(tpl, "from_template", err) < 0)
+        return -1;
+    if (!mode || (strcmp(mode, "linked") != 0 && strcmp(mode, "full") != 0)) {
+        kh_err_set(err, KH_E_INVALID, "clone: must be \"linked\" or \"full\"");
+        return -1;
+    }
+    if (!st) {
+        kh_err_set(err, KH_E_UNAVAILABLE, "storage is not available");
+        return -1;
+    }
+    kh_err nerr = KH_ERR_INIT;
+    json_t *exists = kh_manager_vm_json(mgr, name, &nerr);
+    if (exists) {
+        json_decref(exists);
+        kh_err_set(err, KH_E_CONFLICT, "a vm named %s already exists", name);
+        return -1;
+    }
+    json_t *t = kh_manager_vm_json(mgr, tpl, err);
+    if (!t) {
+        if (err && err->code == KH_E_NOTFOUND)
+            err->code = KH_E_INVALID;
+        return -1;
+    }
+    if (!json_is_true(json_object_get(t, "template"))) {
+        kh_err_set(err, KH_E_INVALID, "from_template: vm %s is not a template", tpl);
+        json_decref(t);
+        return -1;
+    }
+    json_t *spec = json_object();
+    static const char *const copy_keys[] = { "vcpus", "memory_mib", "machine", "boot", "serial",
+                                             "graphics", "description" };
+    for (size_t i = 0; i < KH_ARRAY_LEN(copy_keys); i++) {
+        json_t *v = json_object_get(body, copy_keys[i]);
+        if (!v)
+            v = json_object_get(t, copy_keys[i]);
+        if (v && !json_is_null(v))
+            json_object_set(spec, copy_keys[i], v);
+    }
+    json_t *boot = json_object_get(spec, "boot");
+    if (json_is_object(boot) && json_object_size(boot) == 0)
+        json_object_del(spec, "boot");
+    json_object_set_new(spec, "name", json_string(name));
+    json_object_set_new(spec, "disks", json_array());
+
+    clone_op *c = xcalloc(1, sizeof(*c));
+    c->mgr = mgr;
+    c->st = st;
+    c->cb = cb;
+    c->opaque = opaque;
+    c->name = xstrdup(name);
+    c->full = strcmp(mode, "full") == 0;
+    c->spec = spec;
+    c->tdisks = json_incref(json_object_get(t, "disks"));
+    c->made = kh_strv_new();
+    json_decref(t);
+    if (c->full) {
+        c->task = kh_task_new(tasks, "clone", name);
+        kh_task_progress(c->task, 0, "copying the volumes");
+        *task = c->task;
+    } else {
+        *task = NULL;
+    }
+    clone_step(c);
+    return 0;
+}

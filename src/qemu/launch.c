@@ -1,0 +1,511 @@
+/* launch.c - owns the start of a QEMU: the kernel preparation (off the
+ * loop thread) and its memo, the fd map QEMU inherits (QMP, serial,
+ * kernel, disks, backing layers, secrets, taps, vhost-net), the run dir,
+ * the argv, the cgroup and its first limits, and the spawn; then QMP and
+ * the console are connected and the lifecycle told. */
+#include "qemu/launch.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "conf/limits.h"
+#include "host/proc.h"
+#include "instance/instance_int.h"
+#include "instance/quota.h"
+#include "net/tap.h"
+#include "qemu/driver.h"
+#include "qemu/kernel.h"
+#include "qemu/process.h"
+#include "util/fs.h"
+#include "util/log.h"
+#include "util/mem.h"
+#include "util/misc.h"
+#include "util/sock.h"
+
+static uint64_t kh_now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+/* Fixed fd numbers inside QEMU (see kh_process_spawn): golden-testable argv. */
+enum { FD_QMP = 3, FD_SERIAL, FD_KERNEL, FD_INITRD, FD_DISK0 };
+/* Backing layers of volume disks: FD_BACKING0 + i * KH_DISK_BACKING_MAX + j. */
+#define FD_BACKING0 (FD_DISK0 + KH_VM_DISKS_MAX)
+#define FD_SECRET0 (FD_BACKING0 + KH_VM_DISKS_MAX * KH_DISK_BACKING_MAX)
+/* Secrets of encrypted backing layers: FD_BSECRET0 + i * KH_DISK_BACKING_MAX + j. */
+#define FD_BSECRET0 (FD_SECRET0 + KH_VM_DISKS_MAX)
+#define FD_COUNT (FD_BSECRET0 + KH_VM_DISKS_MAX * KH_DISK_BACKING_MAX)
+/* Then per NIC i and queue q < Q (kh_qemu_nic_queues): the tap at
+ * FD_NIC0 + i*2*QMAX + q, its vhost-net fd at FD_NIC0 + i*2*QMAX + QMAX + q. */
+#define NIC_FD_STRIDE (2 * KH_QEMU_NIC_QUEUES_MAX)
+enum { FD_NIC0 = FD_COUNT, FD_END = FD_NIC0 + NIC_FD_STRIDE * KH_VM_NICS_MAX };
+
+/* A kernel preparation in the thread pool; cancelled: the VM let go of it
+ * (kill, delete, shutdown) and it frees itself when done. */
+struct kh_launch_job {
+    uv_work_t work;
+    kh_inst *v;
+    char *kernel_in;
+    char *cache_dir;
+    char *kernel_out;
+    kh_err err;
+    bool cancelled;
+};
+
+/* Which boot file a kernel resolved to, remembered by the kernel file's
+ * identity so that a start does not hash the kernel again (~10 ms for a
+ * distribution bzImage). A changed file has a new identity. */
+typedef struct kernel_memo {
+    dev_t dev;
+    ino_t ino;
+    off_t size;
+    struct timespec mtime;
+    char *in;
+    char *out;
+    struct kernel_memo *next;
+} kernel_memo;
+
+static int open_ro(const char *path, const char *what, kh_err *err)
+{
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        kh_err_errno(err, errno == ENOENT ? KH_E_INVALID : KH_E_INTERNAL, errno,
+                     "%s: cannot open %s", what, path);
+    return fd;
+}
+
+/* The VM's taps, named kh<the MAC's 12 hex digits> (unique on the host,
+ * within IFNAMSIZ, and stable when other NICs come and go), on their
+ * networks' bridges; QEMU inherits them (it cannot open /dev/net/tun
+ * itself): Q queues each (multiqueue when Q > 1), and as many
+ * /dev/vhost-net fds when the host has it. */
+static int open_nics(kh_inst *v, int *fds, int *nic_fds, int *nic_vhost_fds, kh_err *err)
+{
+    const kh_vm_spec *spec = v->spec;
+    uint64_t t0 = kh_now_ns();
+    if (spec->nnics && !v->mgr->cfg.net) {
+        kh_err_set(err, KH_E_UNAVAILABLE, "nics: networks are not available on this daemon");
+        return -1;
+    }
+    unsigned queues = kh_qemu_nic_queues(spec);
+    for (size_t i = 0; i < spec->nnics; i++) {
+        char ifname[16];
+        int tfd[KH_QEMU_NIC_QUEUES_MAX];
+        kh_tap_name(spec->nics[i].mac, ifname);
+        if (kh_netmgr_tap_open(v->mgr->cfg.net, spec->nics[i].network, ifname, queues, tfd,
+                               err) < 0) {
+            kh_err_prefix(err, "nics[%zu]", i);
+            return -1;
+        }
+        int base = FD_NIC0 + (int)i * NIC_FD_STRIDE;
+        bool vhost = true;
+        for (unsigned q = 0; q < queues; q++) {
+            fds[base + (int)q] = tfd[q];
+            nic_fds[i * queues + q] = base + (int)q;
+            nic_vhost_fds[i * queues + q] = -1;
+            int vfd = vhost ? open("/dev/vhost-net", O_RDWR | O_CLOEXEC) : -1;
+            if (vfd >= 0) {
+                fds[base + KH_QEMU_NIC_QUEUES_MAX + (int)q] = vfd;
+                nic_vhost_fds[i * queues + q] = base + KH_QEMU_NIC_QUEUES_MAX + (int)q;
+            } else if (vhost) {
+                vhost = false; /* all of a NIC's queues or none */
+                for (unsigned j = 0; j < q; j++)
+                    nic_vhost_fds[i * queues + j] = -1;
+            }
+        }
+    }
+    if (spec->nnics)
+        kh_log(KH_LOG_DEBUG, "vm.nics", "vm=%s nics=%zu queues=%u us=%llu", spec->name,
+               spec->nnics, queues, (unsigned long long)((kh_now_ns() - t0) / 1000));
+    return 0;
+}
+
+/* Create the run dir, sockets and fds, build the argv, spawn QEMU. */
+static void start_spawn(kh_inst *v, const char *kernel_file)
+{
+    kh_manager *mgr = v->mgr;
+    kh_err err = KH_ERR_INIT;
+    int fds[FD_END];
+    for (size_t i = 0; i < KH_ARRAY_LEN(fds); i++)
+        fds[i] = -1;
+    int disk_fds[KH_VM_DISKS_MAX];
+    int backing_fds[KH_VM_DISKS_MAX][KH_DISK_BACKING_MAX];
+    const int *backing_ptrs[KH_VM_DISKS_MAX] = { NULL };
+    int secret_fds[KH_VM_DISKS_MAX];
+    int bsecret_fds[KH_VM_DISKS_MAX][KH_DISK_BACKING_MAX];
+    const int *bsecret_ptrs[KH_VM_DISKS_MAX] = { NULL };
+    kh_vm_spec *rs = kh_vm_spec_dup(v->spec); /* volumes resolved to files */
+    int nic_fds[KH_VM_NICS_MAX * KH_QEMU_NIC_QUEUES_MAX];
+    int nic_vhost_fds[KH_VM_NICS_MAX * KH_QEMU_NIC_QUEUES_MAX];
+    int dirfd = -1, log_fd = -1, serial_conn = -1;
+    char *run = kh_runtime_run_path(v, NULL), *state = kh_runtime_state_path(v, NULL);
+    char *pidfile = kh_runtime_run_path(v, "qemu.pid"), *vnc = kh_runtime_run_path(v, "vnc.sock");
+    char *log_path = kh_runtime_state_path(v, "qemu.log");
+    char *kernel_arg = NULL, *initrd_arg = NULL;
+    kh_strv *argv = NULL;
+
+    kh_runtime_disk_nodes_reset(v);
+    if (kh_fs_mkdir_p(state, 0700, &err) < 0)
+        goto fail;
+    kh_fs_rm_rf(run, NULL);
+    if (kh_fs_mkdir_p(run, 0700, &err) < 0)
+        goto fail;
+    if (mgr->cfg.drop_privileges && chown(run, mgr->cfg.uid, mgr->cfg.gid) < 0) {
+        kh_err_errno(&err, KH_E_INTERNAL, errno, "chown %s", run);
+        goto fail;
+    }
+    kh_runtime_boot_record(v);
+    dirfd = open(run, O_PATH | O_DIRECTORY | O_CLOEXEC);
+    if (dirfd < 0) {
+        kh_err_errno(&err, KH_E_INTERNAL, errno, "open %s", run);
+        goto fail;
+    }
+    fds[FD_QMP] = kh_sock_listen_at(dirfd, "qmp.sock", 4, &err);
+    if (fds[FD_QMP] < 0)
+        goto fail;
+    if (v->spec->serial) {
+        fds[FD_SERIAL] = kh_sock_listen_at(dirfd, "serial.sock", 4, &err);
+        if (fds[FD_SERIAL] < 0)
+            goto fail;
+    }
+    if (kernel_file) {
+        if ((fds[FD_KERNEL] = open_ro(kernel_file, "boot.kernel", &err)) < 0)
+            goto fail;
+        kernel_arg = xasprintf("/proc/self/fd/%d", FD_KERNEL);
+        if (v->spec->initrd) {
+            if ((fds[FD_INITRD] = open_ro(v->spec->initrd, "boot.initrd", &err)) < 0)
+                goto fail;
+            initrd_arg = xasprintf("/proc/self/fd/%d", FD_INITRD);
+        }
+    }
+    if (kh_bindings_resolve_volumes(mgr, v, rs, KH_E_CONFLICT, &err) < 0)
+        goto fail;
+    for (size_t i = 0; i < rs->ndisks; i++) {
+        kh_disk_spec *d = &rs->disks[i];
+        /* cache=none when every layer's filesystem takes O_DIRECT; the fds
+         * carry the flag (QEMU's fd-set dups share it) */
+        d->direct = kh_fs_direct_ok(d->path);
+        for (size_t j = 0; j < d->nbacking && d->direct; j++)
+            d->direct = kh_fs_direct_ok(d->backing[j].path);
+        int odirect = d->direct ? O_DIRECT : 0;
+        for (size_t j = 0; j < d->nbacking; j++) {
+            int bfd = open(d->backing[j].path, O_RDONLY | O_CLOEXEC | odirect);
+            if (bfd < 0) {
+                kh_err_errno(&err, KH_E_INTERNAL, errno, "disks[%zu]: cannot open layer %zu of %s",
+                             i, j + 1, d->volume ? d->volume : d->path);
+                goto fail;
+            }
+            int target = FD_BACKING0 + (int)(i * KH_DISK_BACKING_MAX + j);
+            fds[target] = bfd;
+            backing_fds[i][j] = target;
+            backing_ptrs[i] = backing_fds[i];
+            bsecret_fds[i][j] = -1;
+            if (d->backing[j].encrypted) {
+                /* each encrypted layer has its own key, in its own memfd */
+                kh_volume_chain c;
+                int sfd = -1;
+                if (kh_storage_resolve(mgr->cfg.storage, d->volume, &c, &err) == 0) {
+                    sfd = kh_storage_volume_secret_fd(mgr->cfg.storage, c.layer[j + 1].id,
+                                                      &err);
+                    kh_volume_chain_clear(&c);
+                }
+                if (sfd < 0)
+                    goto fail;
+                int starget = FD_BSECRET0 + (int)(i * KH_DISK_BACKING_MAX + j);
+                fds[starget] = sfd;
+                bsecret_fds[i][j] = starget;
+                bsecret_ptrs[i] = bsecret_fds[i];
+            }
+        }
+        secret_fds[i] = -1;
+        if (d->encrypted) {
+            /* the key reaches QEMU through an inherited memfd only */
+            kh_volume_chain c;
+            int sfd = -1;
+            if (kh_storage_resolve(mgr->cfg.storage, d->volume, &c, &err) == 0) {
+                sfd = kh_storage_volume_secret_fd(mgr->cfg.storage, c.layer[0].id, &err);
+                kh_volume_chain_clear(&c);
+            }
+            if (sfd < 0)
+                goto fail;
+            fds[FD_SECRET0 + i] = sfd;
+            secret_fds[i] = FD_SECRET0 + (int)i;
+        }
+        int fd = open(d->path, (d->readonly ? O_RDONLY : O_RDWR) | O_CLOEXEC | odirect);
+        if (fd < 0) {
+            kh_err_errno(&err, errno == ENOENT || errno == EACCES || errno == EROFS
+                                   ? KH_E_INVALID : KH_E_INTERNAL,
+                         errno, "disks[%zu]: cannot open %s", i, d->path);
+            goto fail;
+        }
+        fds[FD_DISK0 + i] = fd;
+        disk_fds[i] = FD_DISK0 + (int)i;
+    }
+    if (open_nics(v, fds, nic_fds, nic_vhost_fds, &err) < 0 ||
+        kh_bindings_nic_rates(v, NULL, v->spec->limits, &err) < 0)
+        goto fail;
+    log_fd = open(log_path, O_WRONLY | O_CREAT | O_CLOEXEC | O_NOFOLLOW |
+                  O_TRUNC, 0600);
+
+    kh_argv_env env = {
+        .binary = mgr->qemu_binary,
+        .vm_id = v->id,
+        .accel = mgr->cfg.accel,
+        .tsc_khz = kh_proc_cpu_khz(),
+        .qmp_fd = FD_QMP,
+        .serial_fd = v->spec->serial ? FD_SERIAL : -1,
+        .pidfile = pidfile,
+        .vnc_socket = vnc,
+        .kernel_file = kernel_arg,
+        .initrd_file = initrd_arg,
+        .disk_fds = disk_fds,
+        .backing_fds = backing_ptrs,
+        .secret_fds = secret_fds,
+        .backing_secret_fds = bsecret_ptrs,
+        .nic_fds = nic_fds,
+        .nic_vhost_fds = nic_vhost_fds,
+    };
+    argv = kh_qemu_argv_build(rs, &mgr->cfg.caps, &env, &err);
+    if (!argv)
+        goto fail;
+    if (mgr->cfg.cgroups && mgr->cfg.cgroups->version &&
+        kh_cgroups_vm_create(mgr->cfg.cgroups, v->id, &err) < 0)
+        goto fail;
+    /* Limits must hold from the first instruction; without limits the
+     * defaults are written best-effort (a cgroup left over from an earlier
+     * run may still carry old values). */
+    if (v->spec->limits) {
+        if (kh_quota_apply_cgroup(mgr->cfg.cgroups, v->id, v->spec->limits, &err) < 0)
+            goto fail;
+    } else {
+        (void)kh_quota_apply_cgroup(mgr->cfg.cgroups, v->id, NULL, NULL);
+    }
+
+    kh_process_fd pfds[KH_ARRAY_LEN(fds)];
+    size_t npfds = 0;
+    for (int i = 0; i < (int)KH_ARRAY_LEN(fds); i++)
+        if (fds[i] >= 0)
+            pfds[npfds++] = (kh_process_fd){ fds[i], i };
+    kh_process_spec ps = {
+        .argv = argv->v,
+        .fds = pfds,
+        .nfds = npfds,
+        .log_fd = log_fd,
+        .drop_privileges = mgr->cfg.drop_privileges,
+        .uid = mgr->cfg.uid,
+        .gid = mgr->cfg.gid,
+        .groups = mgr->groups,
+        .ngroups = mgr->cfg.ngroups,
+        .cgroups = mgr->cfg.cgroups,
+        .vm_id = v->id,
+    };
+    if (v->task)
+        kh_task_progress(v->task, 40, "starting QEMU");
+    pid_t pid = kh_process_spawn(&ps, &err);
+    if (pid < 0)
+        goto fail;
+    v->pid = pid;
+    v->is_child = true;
+    v->pid_start = kh_proc_start_time(pid);
+    v->accel = mgr->cfg.accel;
+    v->started_at = kh_wall_time();
+    /* Recorded before anything else can fail: a daemon crash from here on
+     * finds this QEMU and kills or adopts it. */
+    kh_runtime_persist(v);
+    {
+        char *line = kh_strv_join(argv, " ");
+        kh_log(KH_LOG_INFO, "vm.spawn", "vm=%s pid=%d accel=%s", v->spec->name, (int)pid,
+               kh_accel_name(v->accel));
+        kh_log(KH_LOG_DEBUG, "vm.argv", "vm=%s argv=\"%s\"", v->spec->name, line);
+        free(line);
+    }
+    if (kh_lifecycle_watch_pid(v, &err) < 0)
+        goto fail_running;
+
+    /* The listening sockets accept our connection through their backlog
+     * even before QEMU runs its main loop. */
+    if (kh_qemu_driver_connect(v, dirfd, &err) < 0)
+        goto fail_running;
+    if (v->spec->serial) {
+        char *clog = kh_runtime_state_path(v, "console.log");
+        v->console = kh_console_new(mgr->loop, clog, KH_CONSOLE_LOG_MAX);
+        free(clog);
+        char note[128], when[32];
+        kh_time_format(kh_wall_time(), when);
+        snprintf(note, sizeof(note), "\r\n[kvmhost: vm started at %s]\r\n", when);
+        kh_console_note(v->console, note);
+        serial_conn = kh_sock_connect_at(dirfd, "serial.sock", &err);
+        if (serial_conn < 0)
+            goto fail_running;
+        int conn = serial_conn;
+        serial_conn = -1; /* the console owns it from here, even on failure */
+        if (kh_console_attach_fd(v->console, conn, &err) < 0)
+            goto fail_running;
+    }
+    kh_lifecycle_launched(v);
+    goto out;
+
+fail_running:
+    if (serial_conn >= 0)
+        close(serial_conn);
+    kh_lifecycle_start_fail(v, &err);
+    goto out;
+fail:
+    kh_err_prefix(&err, "starting vm %s", v->spec->name);
+    if (v->pid <= 0)
+        kh_runtime_cgroup_remove(v); /* made above, and no QEMU ever ran in it */
+    kh_lifecycle_start_fail(v, &err);
+    kh_fs_rm_rf(run, NULL);
+out:
+    for (size_t i = 0; i < KH_ARRAY_LEN(fds); i++)
+        if (fds[i] >= 0)
+            close(fds[i]);
+    if (dirfd >= 0)
+        close(dirfd);
+    if (log_fd >= 0)
+        close(log_fd);
+    kh_strv_free(argv);
+    kh_vm_spec_free(rs);
+    free(run);
+    free(state);
+    free(pidfile);
+    free(vnc);
+    free(log_path);
+    free(kernel_arg);
+    free(initrd_arg);
+}
+
+static void start_resolve_work(uv_work_t *w)
+{
+    kh_launch_job *job = w->data;
+    job->kernel_out = kh_kernel_resolve(job->kernel_in, job->cache_dir, &job->err);
+}
+
+static void job_free(kh_launch_job *job)
+{
+    free(job->kernel_in);
+    free(job->cache_dir);
+    free(job->kernel_out);
+    free(job);
+}
+
+static bool same_file(const kernel_memo *m, const struct stat *st)
+{
+    return m->dev == st->st_dev && m->ino == st->st_ino && m->size == st->st_size &&
+           m->mtime.tv_sec == st->st_mtim.tv_sec && m->mtime.tv_nsec == st->st_mtim.tv_nsec;
+}
+
+/* The remembered resolution of path, or NULL. The result still exists. */
+static const char *kernel_memo_get(kernel_memo *memo, const char *path)
+{
+    struct stat st, out;
+    if (stat(path, &st) < 0)
+        return NULL;
+    for (kernel_memo *m = memo; m; m = m->next)
+        if (strcmp(m->in, path) == 0 && same_file(m, &st) && stat(m->out, &out) == 0)
+            return m->out;
+    return NULL;
+}
+
+static void kernel_memo_put(kh_manager *mgr, const char *path, const char *resolved)
+{
+    struct stat st;
+    if (stat(path, &st) < 0)
+        return;
+    for (kernel_memo **pp = (kernel_memo **)&mgr->driver_data; *pp; pp = &(*pp)->next) {
+        if (strcmp((*pp)->in, path) == 0) {
+            kernel_memo *old = *pp;
+            *pp = old->next;
+            free(old->in);
+            free(old->out);
+            free(old);
+            break;
+        }
+    }
+    kernel_memo *m = xcalloc(1, sizeof(*m));
+    m->dev = st.st_dev;
+    m->ino = st.st_ino;
+    m->size = st.st_size;
+    m->mtime = st.st_mtim;
+    m->in = xstrdup(path);
+    m->out = xstrdup(resolved);
+    m->next = mgr->driver_data;
+    mgr->driver_data = m;
+}
+
+static void start_resolve_done(uv_work_t *w, int status)
+{
+    kh_launch_job *job = w->data;
+    if (job->cancelled) {
+        /* Abandoned (kill, delete, shutdown): the VM may be gone. */
+        job_free(job);
+        return;
+    }
+    kh_inst *v = job->v;
+    kh_qemu_driver_vm(v)->job = NULL;
+    if (job->kernel_out)
+        kernel_memo_put(v->mgr, job->kernel_in, job->kernel_out);
+    if (status == UV_ECANCELED || v->state != KH_INST_STARTING || v->pid > 0) {
+        /* nothing left to do */
+    } else if (!job->kernel_out) {
+        kh_err_prefix(&job->err, "starting vm %s", v->spec->name);
+        kh_lifecycle_start_fail(v, &job->err);
+    } else {
+        start_spawn(v, job->kernel_out);
+    }
+    job_free(job);
+}
+
+void kh_launch_start(kh_inst *v)
+{
+    if (!v->spec->kernel) {
+        start_spawn(v, NULL);
+        return;
+    }
+    const char *known = kernel_memo_get(v->mgr->driver_data, v->spec->kernel);
+    if (known) {
+        char *file = xstrdup(known); /* start_spawn may reach kernel_memo_put */
+        start_spawn(v, file);
+        free(file);
+        return;
+    }
+    kh_task_progress(v->task, 10, "preparing the kernel");
+    /* Decompressing a kernel once takes a second: off the loop thread. */
+    kh_launch_job *job = xcalloc(1, sizeof(*job));
+    job->v = v;
+    job->kernel_in = xstrdup(v->spec->kernel);
+    job->cache_dir = xstrdup(v->mgr->kernel_cache);
+    job->work.data = job;
+    kh_qemu_driver_vm(v)->job = job;
+    uv_queue_work(v->mgr->loop, &job->work, start_resolve_work, start_resolve_done);
+}
+
+int kh_launch_init(kh_manager *mgr, kh_err *err)
+{
+    return kh_fs_mkdir_p(mgr->kernel_cache, 0755, err);
+}
+
+void kh_launch_fini(kh_manager *mgr)
+{
+    for (kernel_memo *m = mgr->driver_data, *n; m; m = n) {
+        n = m->next;
+        free(m->in);
+        free(m->out);
+        free(m);
+    }
+    mgr->driver_data = NULL;
+}
+
+void kh_launch_cancel(kh_launch_job *job)
+{
+    job->cancelled = true;
+}
