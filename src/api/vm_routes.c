@@ -44,17 +44,22 @@ static int check_limits(const kh_api *api, const json_t *base, const json_t *lim
 }
 
 /* Each NIC's read-only "addresses": what the network manager knows for its
- * MAC (kh_netmgr_addresses_of). Self-contained: to move into the VM view. */
+ * MAC (kh_netmgr_addresses_of); absent when it knows none, so a NIC reads
+ * back as it was given. Self-contained: to move into the VM view. */
 static json_t *with_addresses(kh_api *api, json_t *vm)
 {
     size_t i;
     json_t *nic;
     json_array_foreach(json_object_get(vm, "nics"), i, nic) {
         const char *mac = json_string_value(json_object_get(nic, "mac"));
-        if (mac)
-            json_object_set_new(nic, "addresses",
-                                kh_netmgr_addresses_of(api->net, json_string_value(json_object_get(
-                                                                     nic, "network")), mac));
+        if (!mac)
+            continue;
+        json_t *addrs = kh_netmgr_addresses_of(
+            api->net, json_string_value(json_object_get(nic, "network")), mac);
+        if (json_array_size(addrs) > 0)
+            json_object_set_new(nic, "addresses", addrs);
+        else
+            json_decref(addrs);
     }
     return vm;
 }
@@ -91,7 +96,7 @@ void kh_vm_routes_create(kh_http_req *req, void *app)
     char *loc = xasprintf("/api/v1/vms/%s", json_string_value(json_object_get(vm, "name")));
     kh_http_req_add_header(req, "Location", loc);
     free(loc);
-    kh_http_reply_json(req, 201, vm);
+    kh_http_reply_json(req, 201, with_addresses(api, vm));
 }
 
 void kh_vm_routes_get(kh_http_req *req, void *app)
@@ -174,7 +179,7 @@ void kh_vm_routes_patch(kh_http_req *req, void *app)
         reply_err(req, &err);
         return;
     }
-    kh_http_reply_json(req, 200, vm);
+    kh_http_reply_json(req, 200, with_addresses(api, vm));
 }
 
 void kh_vm_routes_delete(kh_http_req *req, void *app)
