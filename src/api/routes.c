@@ -16,7 +16,9 @@ static const kh_route routes[] = {
     { "GET", "/api/v1/vms/{name}", kh_vm_routes_get, 0, "Show a VM", NULL, "VM" },
     { "PATCH", "/api/v1/vms/{name}", kh_vm_routes_patch, 0,
       "Change allow-listed fields of a VM", "VMPatch", "VM" },
-    { "DELETE", "/api/v1/vms/{name}", kh_vm_routes_delete, 0, "Delete a stopped VM", NULL,
+    { "DELETE", "/api/v1/vms/{name}", kh_vm_routes_delete, 0,
+      "Delete a stopped VM; ?volumes=true: also the pool volumes its disks refer to (409, and "
+      "nothing deleted, when another VM uses one or clones are based on one)", NULL,
       NULL },
     { "POST", "/api/v1/vms/{name}/start", kh_vm_routes_start, 0, "Start a VM", "ActionOptions",
       "Task" },

@@ -1,3 +1,6 @@
+/* template.c - templates (stopped VMs whose volumes become read-only bases)
+ * and clones of them: the clone's spec from the template's, a volume per
+ * writable disk, then the VM. */
 #include "instance/template.h"
 
 #include "instance/config.h"
@@ -200,6 +203,49 @@ static void clone_step(clone_op *c)
     clone_finish(c, vm, vm ? NULL : &err);
 }
 
+/* The new VM's spec: everything of the template's a clone should have, with
+ * the request's fields over it. NICs get new MACs (kh_config_create makes
+ * them) and no static ip (the template's reservation is the template's);
+ * network, security groups and link stay. */
+static json_t *clone_spec(const json_t *t, const json_t *body)
+{
+    static const char *const copy_keys[] = { "vcpus",  "max_vcpus", "hugepages", "memory_mib",
+                                             "machine", "boot",     "serial",    "graphics",
+                                             "description", "limits", "nics" };
+    json_t *spec = json_object();
+    for (size_t i = 0; i < KH_ARRAY_LEN(copy_keys); i++) {
+        json_t *v = json_object_get(body, copy_keys[i]);
+        if (!v)
+            v = json_object_get(t, copy_keys[i]);
+        if (v && !json_is_null(v))
+            json_object_set_new(spec, copy_keys[i], json_deep_copy(v));
+    }
+    if (!json_object_get(body, "nics")) {
+        size_t i;
+        json_t *n;
+        json_array_foreach(json_object_get(spec, "nics"), i, n) {
+            static const char *const drop[] = { "mac", "ip", "hotplugged", "addresses" };
+            for (size_t k = 0; k < KH_ARRAY_LEN(drop); k++)
+                json_object_del(n, drop[k]);
+        }
+    } else if (!json_object_get(body, "limits")) {
+        /* the template's per-NIC limits only for NICs the clone has */
+        json_t *nl = json_object_get(json_object_get(spec, "limits"), "nic");
+        size_t nn = json_array_size(json_object_get(spec, "nics"));
+        for (size_t i = json_array_size(nl); i-- > 0;) {
+            json_int_t idx = json_integer_value(json_object_get(json_array_get(nl, i), "index"));
+            if (idx < 0 || (size_t)idx >= nn)
+                json_array_remove(nl, i);
+        }
+    }
+    /* more vCPUs than the template's max_vcpus: the max follows */
+    json_t *bv = json_object_get(body, "vcpus"), *mx = json_object_get(spec, "max_vcpus");
+    if (bv && mx && !json_object_get(body, "max_vcpus") &&
+        json_integer_value(mx) < json_integer_value(bv))
+        json_object_del(spec, "max_vcpus");
+    return spec;
+}
+
 int kh_template_clone(kh_manager *mgr, kh_storage *st, kh_tasks *tasks, const json_t *body,
                       kh_template_clone_cb cb, void *opaque, kh_task **task, kh_err *err)
 {
@@ -238,16 +284,7 @@ int kh_template_clone(kh_manager *mgr, kh_storage *st, kh_tasks *tasks, const js
         json_decref(t);
         return -1;
     }
-    json_t *spec = json_object();
-    static const char *const copy_keys[] = { "vcpus", "memory_mib", "machine", "boot", "serial",
-                                             "graphics", "description" };
-    for (size_t i = 0; i < KH_ARRAY_LEN(copy_keys); i++) {
-        json_t *v = json_object_get(body, copy_keys[i]);
-        if (!v)
-            v = json_object_get(t, copy_keys[i]);
-        if (v && !json_is_null(v))
-            json_object_set(spec, copy_keys[i], v);
-    }
+    json_t *spec = clone_spec(t, body);
     json_t *boot = json_object_get(spec, "boot");
     if (json_is_object(boot) && json_object_size(boot) == 0)
         json_object_del(spec, "boot");

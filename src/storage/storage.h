@@ -85,6 +85,12 @@ int kh_storage_volume_resize(kh_storage *st, const char *pool, const char *name,
                              const json_t *body, kh_storage_cb cb, void *opaque, kh_err *err);
 /* KH_E_CONFLICT while a VM refers to it or another volume is based on it. */
 int kh_storage_volume_delete(kh_storage *st, const char *pool, const char *name, kh_err *err);
+/* Would kh_storage_volume_delete of ref ("pool/name") succeed once VM
+ * `self` (its user, about to go) is gone? 0, or -1 with err: KH_E_CONFLICT
+ * naming the other VM that uses it or a volume based on it (a template's
+ * base with clones), or that another operation on it is under way. */
+int kh_storage_volume_delete_check(kh_storage *st, const char *ref, const char *self,
+                                   kh_err *err);
 
 /* Upload: a new volume from bytes streamed in (the API's PUT), written to
  * a "<id>.part" file in the pool (removed at the next daemon start if the
