@@ -14,9 +14,11 @@
 #include "util/check.h"
 #include "util/log.h"
 #include "util/mem.h"
+#include "util/misc.h"
 #include "util/strv.h"
 
-json_t *kh_template_make(kh_manager *mgr, kh_storage *st, const char *name, kh_err *err)
+json_t *kh_template_make(kh_manager *mgr, kh_storage *st, const char *name, bool reset_identity,
+                         kh_err *err)
 {
     json_t *vm = kh_manager_vm_json(mgr, name, err);
     if (!vm)
@@ -57,6 +59,31 @@ json_t *kh_template_make(kh_manager *mgr, kh_storage *st, const char *name, kh_e
         if (kh_storage_resolve(st, ref, &c, err) < 0)
             goto done;
         kh_volume_chain_clear(&c);
+    }
+    if (reset_identity) {
+        /* before anything is marked: a failure leaves the VM as it was */
+        uint64_t t0 = kh_now_ms();
+        unsigned keys = 0;
+        int found = 0;
+        json_array_foreach(disks, i, d) {
+            if (json_is_true(json_object_get(d, "readonly")))
+                continue; /* shared, not the template's own */
+            int rc = kh_storage_identity_reset(st, json_string_value(json_object_get(d, "volume")),
+                                               &keys, err);
+            if (rc < 0) {
+                kh_err_prefix(err, "reset_identity: disks[%zu]", i);
+                goto done;
+            }
+            found += rc;
+        }
+        if (!found) {
+            kh_err_set(err, KH_E_INVALID,
+                       "reset_identity: no ext2/3/4 filesystem with /etc on the writable disks "
+                       "of vm %s; reset it in the guest, or make the template without it", name);
+            goto done;
+        }
+        kh_log(KH_LOG_INFO, "template.identity", "vm=%s filesystems=%d ssh_host_keys=%u ms=%llu",
+               name, found, keys, (unsigned long long)(kh_now_ms() - t0));
     }
     json_array_foreach(disks, i, d) {
         if (json_is_true(json_object_get(d, "readonly")))

@@ -124,6 +124,15 @@ int kh_storage_volume_copy(kh_storage *st, const char *src_ref, const char *dst_
 /* Mark a volume as a read-only base (templates) or writable again. */
 int kh_storage_volume_set_readonly(kh_storage *st, const char *ref, bool readonly, kh_err *err);
 
+/* Reset the guest identity in volume ref ("pool/name"; the top image is
+ * written): /etc/machine-id emptied, /var/lib/dbus/machine-id and
+ * /etc/ssh/ssh_host_* removed, in the ext2/3/4 filesystem holding /etc
+ * (the whole disk or a partition). 1 done (*nkeys += the host key files
+ * removed), 0 no such filesystem on it (nothing changed), -1 with err (an
+ * encrypted volume, a filesystem whose journal needs recovery, a failed
+ * helper). Synchronous (qemu-storage-daemon FUSE export + debugfs). */
+int kh_storage_identity_reset(kh_storage *st, const char *ref, unsigned *nkeys, kh_err *err);
+
 /* Templates: VMs (by id) whose volumes are read-only bases for clones. The
  * mark belongs to the VM row: kh_store_vm_delete() removes it (cascade). */
 int kh_storage_template_mark(kh_storage *st, const char *vm_id, kh_err *err);

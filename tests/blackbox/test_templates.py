@@ -7,6 +7,7 @@ machine-id and removes the SSH host keys in the template's image.
 
 import os
 import subprocess
+import time
 
 import pytest
 
@@ -162,3 +163,114 @@ def test_delete_with_volumes(daemon, fake_boot, tmp_path):
     api.create({"name": "k", "boot": fake_boot, "disks": [{"volume": "default/keep"}]})
     assert api.delete("/api/v1/vms/k").status == 204
     assert vols(api) == ["keep"]
+
+
+# ---------------------------------------------------------------- item 11
+
+QIMG = "/usr/bin/qemu-img"
+DEBUGFS = "/sbin/debugfs" if os.path.exists("/sbin/debugfs") else "/usr/sbin/debugfs"
+MACHINE_ID = "0123456789abcdef0123456789abcdef\n"
+
+
+def guest_root(tmp_path, name):
+    """An ext4 image (raw) holding a guest's identity files."""
+    root = tmp_path / (name + "-root")
+    (root / "etc" / "ssh").mkdir(parents=True)
+    (root / "var" / "lib" / "dbus").mkdir(parents=True)
+    (root / "etc" / "machine-id").write_text(MACHINE_ID)
+    (root / "var" / "lib" / "dbus" / "machine-id").write_text(MACHINE_ID)
+    (root / "etc" / "os-release").write_text("ID=test\n")
+    (root / "etc" / "ssh" / "sshd_config").write_text("Port 22\n")
+    for kind in ("rsa", "ecdsa", "ed25519"):
+        (root / "etc" / "ssh" / ("ssh_host_%s_key" % kind)).write_text("PRIVATE " + kind)
+        (root / "etc" / "ssh" / ("ssh_host_%s_key.pub" % kind)).write_text("PUBLIC " + kind)
+    img = tmp_path / (name + ".ext4")
+    subprocess.run(["mkfs.ext4", "-q", "-F", "-d", str(root), str(img), "16M"], check=True)
+    return img
+
+
+def ls(img, path):
+    """{name: size} of a directory in an ext4 image (debugfs ls -p)."""
+    p = subprocess.run([DEBUGFS, "-R", "ls -p " + path, str(img)], capture_output=True,
+                       text=True, check=True)
+    out = {}
+    for line in p.stdout.splitlines():
+        f = line.split("/")
+        if len(f) >= 7 and f[5] not in (".", ".."):
+            out[f[5]] = f[6]
+    return out
+
+
+def volume_file(daemon, name):
+    pool = daemon.api.get("/api/v1/pools/default").json["path"]
+    vid = daemon.api.get("/api/v1/pools/default/volumes/" + name).json["id"]
+    return os.path.join(pool, vid)
+
+
+def test_template_reset_identity(daemon, fake_boot, tmp_path):
+    api = daemon.api
+    # a qcow2 volume whose whole disk is the filesystem
+    raw = guest_root(tmp_path, "a")
+    q = tmp_path / "a.qcow2"
+    subprocess.run([QIMG, "convert", "-f", "raw", "-O", "qcow2", str(raw), str(q)], check=True)
+    assert api.post("/api/v1/pools/default/volumes",
+                    {"name": "osa", "format": "qcow2", "import": str(q)}).status == 201
+    # a raw volume with an MBR partition table, the filesystem in partition 1
+    fs = guest_root(tmp_path, "b").read_bytes()
+    mbr = bytearray(512)
+    mbr[446:462] = bytes([0, 0, 0, 0, 0x83, 0, 0, 0]) + (2048).to_bytes(4, "little") + \
+        (len(fs) // 512).to_bytes(4, "little")
+    mbr[510:512] = b"\x55\xaa"
+    part = tmp_path / "b.raw"
+    part.write_bytes(bytes(mbr) + b"\0" * (2048 * 512 - 512) + fs)
+    assert api.post("/api/v1/pools/default/volumes",
+                    {"name": "osb", "format": "raw", "import": str(part)}).status == 201
+    assert api.post("/api/v1/pools/default/volumes", {"name": "blank", "size": "8M"}).status == 201
+
+    # nothing to reset (a blank disk): 400, the VM stays an ordinary VM
+    api.create({"name": "empty", "boot": fake_boot, "disks": [{"volume": "default/blank"}]})
+    r = api.post("/api/v1/vms/empty/template", {"reset_identity": True})
+    assert r.status == 400 and "ext2/3/4" in r.error["message"], r
+    assert api.vm("empty")["template"] is False
+    assert api.get("/api/v1/pools/default/volumes/blank").json["readonly"] is False
+    assert api.post("/api/v1/vms/empty/template", {"reset_identity": "yes"}).status == 400
+
+    # whole-disk qcow2 through the API (and the blank data disk is skipped)
+    api.create({"name": "ta", "boot": fake_boot,
+                "disks": [{"volume": "default/osa"}, {"volume": "default/blank"}]})
+    api.delete("/api/v1/vms/empty")
+    t0 = time.monotonic()
+    r = api.post("/api/v1/vms/ta/template", {"reset_identity": True})
+    took = time.monotonic() - t0
+    assert r.status == 200 and r.json["template"] is True, r
+    print("identity reset (qcow2, whole disk): %.2f s" % took)
+    flat = tmp_path / "a-after.raw"
+    subprocess.run([QIMG, "convert", "-O", "raw", volume_file(daemon, "osa"), str(flat)],
+                   check=True)
+    etc = ls(flat, "/etc")
+    assert etc["machine-id"] == "0", etc
+    assert "machine-id" not in ls(flat, "/var/lib/dbus")
+    assert sorted(ls(flat, "/etc/ssh")) == ["sshd_config"]
+    assert etc["os-release"] == "8"  # the rest is untouched
+    p = subprocess.run(["e2fsck", "-fn", str(flat)], capture_output=True, text=True)
+    assert p.returncode == 0, p
+    # a clone starts from the reset image
+    assert api.post("/api/v1/vms", {"name": "ca", "from_template": "ta"}).status == 201
+
+    # a partitioned raw volume, from the CLI
+    api.create({"name": "tb", "boot": fake_boot, "disks": [{"volume": "default/osb"}]})
+    p = khlib.cli(daemon, "template", "create", "tb", "--reset-identity")
+    assert p.returncode == 0, p
+    with open(volume_file(daemon, "osb"), "rb") as f:
+        f.seek(2048 * 512)
+        (tmp_path / "b-after.ext4").write_bytes(f.read())
+    flat = tmp_path / "b-after.ext4"
+    assert ls(flat, "/etc")["machine-id"] == "0"
+    assert sorted(ls(flat, "/etc/ssh")) == ["sshd_config"]
+
+    # without the option the image is left as it is
+    assert api.post("/api/v1/pools/default/volumes",
+                    {"name": "osc", "format": "raw", "import": str(raw)}).status == 201
+    api.create({"name": "tc", "boot": fake_boot, "disks": [{"volume": "default/osc"}]})
+    assert api.post("/api/v1/vms/tc/template", {}).status == 200
+    assert ls(volume_file(daemon, "osc"), "/etc")["machine-id"] == str(len(MACHINE_ID))
