@@ -16,7 +16,9 @@ static const kh_route routes[] = {
     { "GET", "/api/v1/vms/{name}", kh_vm_routes_get, 0, "Show a VM", NULL, "VM" },
     { "PATCH", "/api/v1/vms/{name}", kh_vm_routes_patch, 0,
       "Change allow-listed fields of a VM", "VMPatch", "VM" },
-    { "DELETE", "/api/v1/vms/{name}", kh_vm_routes_delete, 0, "Delete a stopped VM", NULL,
+    { "DELETE", "/api/v1/vms/{name}", kh_vm_routes_delete, 0,
+      "Delete a stopped VM; ?volumes=true: also the pool volumes its disks refer to (409, and "
+      "nothing deleted, when another VM uses one or clones are based on one)", NULL,
       NULL },
     { "POST", "/api/v1/vms/{name}/start", kh_vm_routes_start, 0, "Start a VM", "ActionOptions",
       "Task" },
@@ -31,7 +33,8 @@ static const kh_route routes[] = {
     { "POST", "/api/v1/vms/{name}/resume", kh_vm_routes_resume, 0, "Resume the vCPUs",
       "ActionOptions", "Task" },
     { "POST", "/api/v1/vms/{name}/template", kh_template_routes_make, 0,
-      "Make a stopped VM a template: its volumes become read-only bases", NULL, "VM" },
+      "Make a stopped VM a template: its volumes become read-only bases; reset_identity: "
+      "first empty machine-id and remove the SSH host keys in them", "TemplateOptions", "VM" },
     { "POST", "/api/v1/vms/{name}/disks", kh_disk_routes_attach, 0,
       "Attach a volume as a disk: edits a stopped VM, hot-plugs into a running q35 VM "
       "(virtio-blk on a free hot-plug port); the next start has it as an ordinary disk",

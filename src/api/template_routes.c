@@ -3,6 +3,7 @@
 #include <string.h>
 
 #include "api/api.h"
+#include "schema/schema.h"
 #include "util/mem.h"
 #include "instance/template.h"
 
@@ -10,7 +11,15 @@ void kh_template_routes_make(kh_http_req *req, void *app)
 {
     kh_api *api = app;
     kh_err err = KH_ERR_INIT;
-    json_t *vm = kh_template_make(api->mgr, api->storage, kh_http_req_param(req, "name"), &err);
+    /* TemplateOptions.json; the body is borrowed */
+    const json_t *body = kh_http_req_json_or_empty(req, &err);
+    if (!body || kh_schema_check("TemplateOptions", body, "", &err) < 0) {
+        kh_http_reply_error(req, &err);
+        return;
+    }
+    bool reset = json_is_true(json_object_get(body, "reset_identity"));
+    json_t *vm = kh_template_make(api->mgr, api->storage, kh_http_req_param(req, "name"), reset,
+                                  &err);
     if (!vm)
         kh_http_reply_error(req, &err);
     else

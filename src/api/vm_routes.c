@@ -186,7 +186,14 @@ void kh_vm_routes_delete(kh_http_req *req, void *app)
 {
     kh_api *api = app;
     kh_err err = KH_ERR_INIT;
-    if (kh_config_delete(api->mgr, kh_http_req_param(req, "name"), &err) < 0) {
+    const char *q = kh_http_req_query(req, "volumes"); /* ?volumes=true: its pool volumes too */
+    if (q && strcmp(q, "true") != 0 && strcmp(q, "false") != 0) {
+        kh_err_set(&err, KH_E_INVALID, "volumes: must be true or false");
+        reply_err(req, &err);
+        return;
+    }
+    if (kh_config_delete_with_volumes(api->mgr, kh_http_req_param(req, "name"),
+                                      q && strcmp(q, "true") == 0, &err) < 0) {
         reply_err(req, &err);
         return;
     }

@@ -31,6 +31,8 @@ static int cli_do_template_create(cli_ctx *ctx, const cli_args *a, kh_err *err)
     free(e);
     cli_client *c = cli_ctx_client(ctx, err);
     json_t *resp = NULL, *body = json_object();
+    if (cli_flag(a, "reset-identity"))
+        json_object_set_new(body, "reset_identity", json_true());
     int rc = c ? cli_client_json(c, "POST", path, body, &resp, NULL, err) : -1;
     json_decref(body);
     free(path);
@@ -107,15 +109,29 @@ int cli_task_wait(cli_ctx *ctx, json_t **task, kh_err *err)
 
 /* ---- the command rows (assembled in commands.c) ---- */
 
+static const cli_opt opts_template_create[] = {
+    { "reset-identity", NULL, 0,
+      "First reset the guest's identity in its volumes, as virt-sysprep --operations "
+      "machine-id,ssh-hostkeys: empty /etc/machine-id, remove /var/lib/dbus/machine-id and "
+      "/etc/ssh/ssh_host_*, so that each clone makes its own at first boot (systemd makes "
+      "the machine-id; the SSH keys need the guest's sshd-keygen, cloud-init or "
+      "'ssh-keygen -A'). Needs an ext2/3/4 root filesystem (whole disk or partition) that "
+      "was cleanly unmounted; refused otherwise, and nothing changes. Off by default: the "
+      "disk is left as it is, as Proxmox's 'convert to template' does." },
+    { NULL, NULL, 0, NULL },
+};
+
 const cli_cmd cli_template_cmds[] = {
     {
         "template", "create", "VM", "make a stopped VM a template",
         "Turn the stopped VM into a template: its volumes become read-only bases and it can "
         "no longer start. Every disk must be a volume. Clone it with 'kvmhost vm create NAME "
         "--from-template VM [--full]': a linked clone is a qcow2 overlay per volume, made "
-        "in O(1) whatever the size; many clones can be made at once.",
-        NULL,
+        "in O(1) whatever the size; many clones can be made at once. Clones share the "
+        "template's machine-id and SSH host keys unless --reset-identity.",
+        opts_template_create,
         "$ kvmhost template create debian12\n"
+        "$ kvmhost template create debian12 --reset-identity\n"
         "$ kvmhost vm create web1 --from-template debian12",
         cli_do_template_create,
     },

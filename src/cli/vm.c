@@ -513,7 +513,26 @@ static int cli_do_vm_delete(cli_ctx *ctx, const cli_args *a, kh_err *err)
             return rc;
         }
     }
-    return cli_delete(ctx, cli_api_path("vms", a->pos, NULL), "vm", a->pos, err);
+    if (!cli_flag(a, "with-volumes"))
+        return cli_delete(ctx, cli_api_path("vms", a->pos, NULL), "vm", a->pos, err);
+    /* the volumes its disks refer to, to say which went */
+    char *path = cli_api_path("vms", a->pos, NULL);
+    json_t *vm = NULL;
+    int rc = cli_client_json(c, "GET", path, NULL, &vm, NULL, err);
+    char *del = xasprintf("%s?volumes=true", path);
+    free(path);
+    if (rc >= 0)
+        rc = cli_delete(ctx, del, "vm", a->pos, err);
+    else
+        free(del);
+    size_t i;
+    json_t *d;
+    json_array_foreach(rc == 0 && !ctx->json ? json_object_get(vm, "disks") : NULL, i, d) {
+        if (cli_jstr(d, "volume"))
+            printf("volume %s deleted\n", cli_jstr(d, "volume"));
+    }
+    json_decref(vm);
+    return rc < 0 ? -1 : 0;
 }
 
 /* ---- console and log ---- */
@@ -598,8 +617,12 @@ static const cli_opt opts_vm_create[] = {
       "Guest memory in MiB, 16 to 16777216 (default 512; with --from-template, the "
       "template's). A suffix M or G (512M, 2G) is accepted." },
     { "from-template", "TPL", CLI_OPT_ARG,
-      "Clone template TPL: its spec, and for each of its volumes a linked clone (a qcow2 "
-      "overlay, made in O(1)). Only --vcpus, --memory and --description may be given too." },
+      "Clone template TPL: its whole spec (boot, machine, vCPUs, memory, limits, serial, "
+      "graphics, description, NICs on the same networks and security groups with NEW MACs "
+      "and no static ip) and for each of its volumes a linked clone (a qcow2 overlay, made "
+      "in O(1)). --vcpus, --max-vcpus, --memory, --hugepages, --nic (replaces all its "
+      "NICs), --serial, --graphics and --description override the template's; --disk, "
+      "--kernel, --machine are refused." },
     { "full", NULL, 0, "With --from-template: full copies of the volumes instead (a task)." },
     { "machine", "TYPE", CLI_OPT_ARG,
       "Machine type: q35 (the default, a PC with PCIe) or microvm (minimal, virtio-mmio, "
@@ -705,6 +728,11 @@ static const cli_opt opts_vm_delete[] = {
     { "force", NULL, 0,
       "Kill the VM first if it is not stopped (no ACPI power-down, no waiting for the "
       "guest)." },
+    { "with-volumes", NULL, 0,
+      "Also delete the pool volumes its disks refer to (for a clone: the volumes made for "
+      "it). All or none: refused (exit status 5, nothing deleted) when another VM uses one "
+      "of them or clones are based on one (a template's base). Disks given by path are "
+      "never deleted." },
     { NULL, NULL, 0, NULL },
 };
 
@@ -862,12 +890,14 @@ const cli_cmd cli_vm_cmds[] = {
     {
         "vm", "delete", "NAME", "delete a stopped virtual machine",
         "Remove the VM's definition and the files kvmhostd keeps for it (logs, sockets). Disk "
-        "images named with --disk are never deleted. A VM that is not stopped is refused "
+        "images named with --disk are never deleted; its pool volumes stay unless "
+        "--with-volumes. A VM that is not stopped is refused "
         "(exit status 5) unless --force, which kills it first. There is no confirmation "
         "prompt. With --json nothing is printed on success.",
         opts_vm_delete,
         "$ kvmhost vm delete web1\n"
-        "$ kvmhost vm delete web1 --force",
+        "$ kvmhost vm delete web1 --force\n"
+        "$ kvmhost vm delete web1 --with-volumes",
         cli_do_vm_delete,
     },
     {

@@ -1,7 +1,7 @@
 /* config.c - owns what an instance is: create (host-side checks: files,
  * qcow2 headers, volumes, host CPUs, NICs), patch (limits of a running
  * instance go live, and come back if the store refuses the change),
- * delete, and the spec changes behind disk and NIC attach/detach and vCPU
+ * delete (with the instance's pool volumes on request), and the spec changes behind disk and NIC attach/detach and vCPU
  * hot-plug. Each writes the store before the instance changes. */
 #include "instance/config.h"
 
@@ -20,6 +20,7 @@
 #include "util/log.h"
 #include "util/mem.h"
 #include "util/misc.h"
+#include "util/strv.h"
 
 /* Host-side checks the pure spec validation cannot do: the files exist, are
  * what the spec says, and a qcow2 has no backing file of its own. */
@@ -229,7 +230,41 @@ json_t *kh_config_set_live_vcpus(kh_manager *mgr, const char *id, unsigned vcpus
     return j;
 }
 
-int kh_config_delete(kh_manager *mgr, const char *name, kh_err *err)
+/* The pool volumes of v's disks, each once, in disk order. */
+static kh_strv *disk_volumes(const kh_inst *v)
+{
+    kh_strv *refs = kh_strv_new();
+    for (size_t i = 0; i < v->spec->ndisks; i++) {
+        const char *ref = v->spec->disks[i].volume;
+        bool seen = false;
+        for (size_t k = 0; ref && k < refs->n; k++)
+            seen = seen || strcmp(refs->v[k], ref) == 0;
+        if (ref && !seen)
+            kh_strv_add(refs, ref);
+    }
+    return refs;
+}
+
+/* Delete v's volumes (refs), after v is gone. A failure here leaves the
+ * volume in its pool, used by no VM, and says so in the log. */
+static void volumes_delete(kh_manager *mgr, const char *name, const kh_strv *refs)
+{
+    for (size_t i = 0; i < refs->n; i++) {
+        kh_err e = KH_ERR_INIT;
+        char *pool = NULL, *vol = NULL;
+        if (kh_volume_ref_parse(refs->v[i], &pool, &vol, &e) < 0 ||
+            kh_storage_volume_delete(mgr->cfg.storage, pool, vol, &e) < 0) {
+            kh_log(KH_LOG_WARN, "vm.delete", "vm=%s volume=%s kept=true error=\"%s\"", name,
+                   refs->v[i], e.msg);
+            kh_err_clear(&e);
+        }
+        free(pool);
+        free(vol);
+    }
+}
+
+int kh_config_delete_with_volumes(kh_manager *mgr, const char *name, bool with_volumes,
+                                  kh_err *err)
 {
     kh_inst *v = kh_manager_find(mgr, name, err);
     if (!v)
@@ -239,18 +274,49 @@ int kh_config_delete(kh_manager *mgr, const char *name, kh_err *err)
                    kh_lifecycle_state_name(v->state));
         return -1;
     }
-    if (kh_store_vm_delete(mgr->store, v->id, err) < 0)
+    if (with_volumes && v->disk_busy) {
+        kh_err_set(err, KH_E_CONFLICT, "vm %s is busy: a disk attach or detach is in progress",
+                   name);
         return -1;
+    }
+    kh_strv *refs = with_volumes ? disk_volumes(v) : kh_strv_new();
+    if (refs->n && !mgr->cfg.storage) {
+        kh_err_set(err, KH_E_UNAVAILABLE, "storage is not available: its volumes cannot go");
+        kh_strv_free(refs);
+        return -1;
+    }
+    /* Every volume must be able to go before anything goes: all or none. */
+    for (size_t i = 0; i < refs->n; i++) {
+        if (kh_storage_volume_delete_check(mgr->cfg.storage, refs->v[i], name, err) < 0) {
+            kh_err_prefix(err, "nothing deleted");
+            kh_strv_free(refs);
+            return -1;
+        }
+    }
+    /* The VM row first (one transaction): from here no VM refers to the
+     * volumes, so a failure below leaves unused volumes, never a VM whose
+     * disk is missing. */
+    if (kh_store_vm_delete(mgr->store, v->id, err) < 0) {
+        kh_strv_free(refs);
+        return -1;
+    }
     char *dir = kh_runtime_state_path(v, NULL);
     kh_fs_rm_rf(dir, NULL);
     free(dir);
     kh_runtime_cgroup_remove(v); /* none should be left; after this no daemon knows the id */
     kh_manager_unlink(mgr, v);
     kh_bindings_sync(mgr);
-    kh_log(KH_LOG_INFO, "vm.delete", "vm=%s id=%s", name, v->id);
+    volumes_delete(mgr, name, refs);
+    kh_log(KH_LOG_INFO, "vm.delete", "vm=%s id=%s volumes=%zu", name, v->id, refs->n);
     kh_events_publish(mgr->events, "vm.deleted", name, json_pack("{s:s}", "id", v->id));
     kh_manager_inst_free(v);
+    kh_strv_free(refs);
     return 0;
+}
+
+int kh_config_delete(kh_manager *mgr, const char *name, kh_err *err)
+{
+    return kh_config_delete_with_volumes(mgr, name, false, err);
 }
 
 /* ---- disk changes (instance/disk.c) ---- */

@@ -17,6 +17,15 @@ json_t *kh_config_create(kh_manager *mgr, const json_t *spec, kh_err *err);
  * write fails afterwards, the old limits are put back. */
 json_t *kh_config_patch(kh_manager *mgr, const char *name, const json_t *patch, kh_err *err);
 int kh_config_delete(kh_manager *mgr, const char *name, kh_err *err);
+/* Delete a stopped VM and, with with_volumes, the pool volumes its disks
+ * refer to (host files given by path never go). All or none: when one of
+ * the volumes cannot go (another VM uses it, a volume is based on it - a
+ * template's base with clones -, an operation on it runs) it is
+ * KH_E_CONFLICT naming it and nothing changes. The VM row goes first, in
+ * one transaction; the volumes after it (a failure there leaves an unused
+ * volume, logged, never a VM whose disk is missing). */
+int kh_config_delete_with_volumes(kh_manager *mgr, const char *name, bool with_volumes,
+                                  kh_err *err);
 /* Record the vCPU count a running VM has after a hot-plug (instance/hotplug.c):
  * the spec's vcpus (max_vcpus is kept) in the store, the vCPU pinning
  * re-applied. Returns the VM object. */

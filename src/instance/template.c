@@ -1,3 +1,6 @@
+/* template.c - templates (stopped VMs whose volumes become read-only bases)
+ * and clones of them: the clone's spec from the template's, a volume per
+ * writable disk, then the VM. */
 #include "instance/template.h"
 
 #include "instance/config.h"
@@ -11,9 +14,11 @@
 #include "util/check.h"
 #include "util/log.h"
 #include "util/mem.h"
+#include "util/misc.h"
 #include "util/strv.h"
 
-json_t *kh_template_make(kh_manager *mgr, kh_storage *st, const char *name, kh_err *err)
+json_t *kh_template_make(kh_manager *mgr, kh_storage *st, const char *name, bool reset_identity,
+                         kh_err *err)
 {
     json_t *vm = kh_manager_vm_json(mgr, name, err);
     if (!vm)
@@ -54,6 +59,31 @@ json_t *kh_template_make(kh_manager *mgr, kh_storage *st, const char *name, kh_e
         if (kh_storage_resolve(st, ref, &c, err) < 0)
             goto done;
         kh_volume_chain_clear(&c);
+    }
+    if (reset_identity) {
+        /* before anything is marked: a failure leaves the VM as it was */
+        uint64_t t0 = kh_now_ms();
+        unsigned keys = 0;
+        int found = 0;
+        json_array_foreach(disks, i, d) {
+            if (json_is_true(json_object_get(d, "readonly")))
+                continue; /* shared, not the template's own */
+            int rc = kh_storage_identity_reset(st, json_string_value(json_object_get(d, "volume")),
+                                               &keys, err);
+            if (rc < 0) {
+                kh_err_prefix(err, "reset_identity: disks[%zu]", i);
+                goto done;
+            }
+            found += rc;
+        }
+        if (!found) {
+            kh_err_set(err, KH_E_INVALID,
+                       "reset_identity: no ext2/3/4 filesystem with /etc on the writable disks "
+                       "of vm %s; reset it in the guest, or make the template without it", name);
+            goto done;
+        }
+        kh_log(KH_LOG_INFO, "template.identity", "vm=%s filesystems=%d ssh_host_keys=%u ms=%llu",
+               name, found, keys, (unsigned long long)(kh_now_ms() - t0));
     }
     json_array_foreach(disks, i, d) {
         if (json_is_true(json_object_get(d, "readonly")))
@@ -200,6 +230,49 @@ static void clone_step(clone_op *c)
     clone_finish(c, vm, vm ? NULL : &err);
 }
 
+/* The new VM's spec: everything of the template's a clone should have, with
+ * the request's fields over it. NICs get new MACs (kh_config_create makes
+ * them) and no static ip (the template's reservation is the template's);
+ * network, security groups and link stay. */
+static json_t *clone_spec(const json_t *t, const json_t *body)
+{
+    static const char *const copy_keys[] = { "vcpus",  "max_vcpus", "hugepages", "memory_mib",
+                                             "machine", "boot",     "serial",    "graphics",
+                                             "description", "limits", "nics" };
+    json_t *spec = json_object();
+    for (size_t i = 0; i < KH_ARRAY_LEN(copy_keys); i++) {
+        json_t *v = json_object_get(body, copy_keys[i]);
+        if (!v)
+            v = json_object_get(t, copy_keys[i]);
+        if (v && !json_is_null(v))
+            json_object_set_new(spec, copy_keys[i], json_deep_copy(v));
+    }
+    if (!json_object_get(body, "nics")) {
+        size_t i;
+        json_t *n;
+        json_array_foreach(json_object_get(spec, "nics"), i, n) {
+            static const char *const drop[] = { "mac", "ip", "hotplugged", "addresses" };
+            for (size_t k = 0; k < KH_ARRAY_LEN(drop); k++)
+                json_object_del(n, drop[k]);
+        }
+    } else if (!json_object_get(body, "limits")) {
+        /* the template's per-NIC limits only for NICs the clone has */
+        json_t *nl = json_object_get(json_object_get(spec, "limits"), "nic");
+        size_t nn = json_array_size(json_object_get(spec, "nics"));
+        for (size_t i = json_array_size(nl); i-- > 0;) {
+            json_int_t idx = json_integer_value(json_object_get(json_array_get(nl, i), "index"));
+            if (idx < 0 || (size_t)idx >= nn)
+                json_array_remove(nl, i);
+        }
+    }
+    /* more vCPUs than the template's max_vcpus: the max follows */
+    json_t *bv = json_object_get(body, "vcpus"), *mx = json_object_get(spec, "max_vcpus");
+    if (bv && mx && !json_object_get(body, "max_vcpus") &&
+        json_integer_value(mx) < json_integer_value(bv))
+        json_object_del(spec, "max_vcpus");
+    return spec;
+}
+
 int kh_template_clone(kh_manager *mgr, kh_storage *st, kh_tasks *tasks, const json_t *body,
                       kh_template_clone_cb cb, void *opaque, kh_task **task, kh_err *err)
 {
@@ -238,16 +311,7 @@ int kh_template_clone(kh_manager *mgr, kh_storage *st, kh_tasks *tasks, const js
         json_decref(t);
         return -1;
     }
-    json_t *spec = json_object();
-    static const char *const copy_keys[] = { "vcpus", "memory_mib", "machine", "boot", "serial",
-                                             "graphics", "description" };
-    for (size_t i = 0; i < KH_ARRAY_LEN(copy_keys); i++) {
-        json_t *v = json_object_get(body, copy_keys[i]);
-        if (!v)
-            v = json_object_get(t, copy_keys[i]);
-        if (v && !json_is_null(v))
-            json_object_set(spec, copy_keys[i], v);
-    }
+    json_t *spec = clone_spec(t, body);
     json_t *boot = json_object_get(spec, "boot");
     if (json_is_object(boot) && json_object_size(boot) == 0)
         json_object_del(spec, "boot");

@@ -12,6 +12,7 @@
 #define KH_VM_TEMPLATE_H
 
 #include <jansson.h>
+#include <stdbool.h>
 
 #include "storage/storage.h"
 #include "util/err.h"
@@ -19,16 +20,23 @@
 #include "instance/task.h"
 
 /* Make VM `name` a template; returns the VM object. KH_E_CONFLICT unless
- * it is stopped, KH_E_INVALID when a disk is not a volume. */
-json_t *kh_template_make(kh_manager *mgr, kh_storage *st, const char *name, kh_err *err);
+ * it is stopped, KH_E_INVALID when a disk is not a volume. reset_identity:
+ * first empty /etc/machine-id and remove the SSH host keys in its writable
+ * volumes (kh_storage_identity_reset), so that clones get their own at
+ * first boot; KH_E_INVALID when none holds an ext2/3/4 root filesystem,
+ * and nothing changes on a failure. */
+json_t *kh_template_make(kh_manager *mgr, kh_storage *st, const char *name, bool reset_identity,
+                         kh_err *err);
 /* The templates: a JSON array of VM objects. */
 json_t *kh_template_list(kh_manager *mgr);
 
 /* Called once with the new VM (linked) or the finished task (full). */
 typedef void (*kh_template_clone_cb)(json_t *vm, const kh_err *err, void *opaque);
 
-/* Create a VM from body {"name", "from_template", "clone": "linked"|"full",
- * "vcpus", "memory_mib", "description"}. A linked clone calls cb when the
+/* Create a VM from body (CloneSpec.json: {"name", "from_template", "clone":
+ * "linked"|"full", and overrides: "vcpus", "max_vcpus", "memory_mib",
+ * "hugepages", "serial", "graphics", "description", "nics", "limits"}): the
+ * template's whole spec, its NICs with new MACs and no static ip. A linked clone calls cb when the
  * VM exists. A full clone returns its task in *task (cb is then never
  * called): the task's result is the VM. -1 with err set, and nothing
  * made, when the request is refused at once. */

@@ -85,6 +85,12 @@ int kh_storage_volume_resize(kh_storage *st, const char *pool, const char *name,
                              const json_t *body, kh_storage_cb cb, void *opaque, kh_err *err);
 /* KH_E_CONFLICT while a VM refers to it or another volume is based on it. */
 int kh_storage_volume_delete(kh_storage *st, const char *pool, const char *name, kh_err *err);
+/* Would kh_storage_volume_delete of ref ("pool/name") succeed once VM
+ * `self` (its user, about to go) is gone? 0, or -1 with err: KH_E_CONFLICT
+ * naming the other VM that uses it or a volume based on it (a template's
+ * base with clones), or that another operation on it is under way. */
+int kh_storage_volume_delete_check(kh_storage *st, const char *ref, const char *self,
+                                   kh_err *err);
 
 /* Upload: a new volume from bytes streamed in (the API's PUT), written to
  * a "<id>.part" file in the pool (removed at the next daemon start if the
@@ -117,6 +123,15 @@ int kh_storage_volume_copy(kh_storage *st, const char *src_ref, const char *dst_
                            kh_err *err);
 /* Mark a volume as a read-only base (templates) or writable again. */
 int kh_storage_volume_set_readonly(kh_storage *st, const char *ref, bool readonly, kh_err *err);
+
+/* Reset the guest identity in volume ref ("pool/name"; the top image is
+ * written): /etc/machine-id emptied, /var/lib/dbus/machine-id and
+ * /etc/ssh/ssh_host_* removed, in the ext2/3/4 filesystem holding /etc
+ * (the whole disk or a partition). 1 done (*nkeys += the host key files
+ * removed), 0 no such filesystem on it (nothing changed), -1 with err (an
+ * encrypted volume, a filesystem whose journal needs recovery, a failed
+ * helper). Synchronous (qemu-storage-daemon FUSE export + debugfs). */
+int kh_storage_identity_reset(kh_storage *st, const char *ref, unsigned *nkeys, kh_err *err);
 
 /* Templates: VMs (by id) whose volumes are read-only bases for clones. The
  * mark belongs to the VM row: kh_store_vm_delete() removes it (cascade). */

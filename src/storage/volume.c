@@ -892,28 +892,106 @@ fail:
     return -1;
 }
 
+/* The first volume based on volume id, as "pool/name (vm X)" (caller
+ * frees), for a 409 that names what is in the way. */
+static char *first_dependent(kh_storage *st, const char *id)
+{
+    kh_err e = KH_ERR_INIT;
+    sqlite3_stmt *s = storage_prep(st, "SELECT p.name, v.name FROM volumes v JOIN pools p "
+                                       "ON p.id = v.pool_id WHERE v.backing_id = ? "
+                                       "ORDER BY p.name, v.name LIMIT 1", &e);
+    if (!s) {
+        storage_log_fail(&e, "listing dependents");
+        return xstrdup("another volume");
+    }
+    sqlite3_bind_text(s, 1, id, -1, SQLITE_TRANSIENT);
+    char *out;
+    if (sqlite3_step(s) == SQLITE_ROW) {
+        const char *pn = (const char *)sqlite3_column_text(s, 0);
+        const char *vn = (const char *)sqlite3_column_text(s, 1);
+        json_t *u = storage_users_of(st, pn, vn);
+        const char *vm = json_string_value(json_object_get(json_array_get(u, 0), "vm"));
+        out = vm ? xasprintf("%s/%s (a disk of vm %s)", pn, vn, vm) : xasprintf("%s/%s", pn, vn);
+        json_decref(u);
+    } else {
+        out = xstrdup("another volume");
+    }
+    sqlite3_finalize(s);
+    return out;
+}
+
+/* Could volume o go, with VM `self` (NULL: none) not counted as a user? */
+static int delete_check(kh_storage *st, const op *o, const char *self, kh_err *err)
+{
+    json_t *u = storage_users_of(st, o->p.name, o->v.name);
+    const char *other = NULL;
+    size_t i;
+    json_t *x;
+    json_array_foreach(u, i, x) {
+        const char *vm = json_string_value(json_object_get(x, "vm"));
+        if (vm && (!self || strcmp(vm, self) != 0)) {
+            other = vm;
+            break;
+        }
+    }
+    int rc = -1;
+    long long deps = storage_count_where(st, "SELECT count(*) FROM volumes WHERE backing_id = ?",
+                                         o->v.id, err);
+    if (deps < 0) {
+        /* err says why */
+    } else if (other && self) {
+        kh_err_set(err, KH_E_CONFLICT, "volume %s/%s is also a disk of vm %s", o->p.name,
+                   o->v.name, other);
+    } else if (other) {
+        kh_err_set(err, KH_E_CONFLICT, "volume %s is attached to VM %s; detach it first",
+                   o->v.name, other);
+    } else if (deps != 0) {
+        char *d = first_dependent(st, o->v.id);
+        if (self)
+            kh_err_set(err, KH_E_CONFLICT,
+                       "volume %s/%s is the base of %lld other volume(s), e.g. %s: a template's "
+                       "base goes only when no clone is left", o->p.name, o->v.name, deps, d);
+        else
+            kh_err_set(err, KH_E_CONFLICT,
+                       "volume %s is the base of %lld other volume(s); delete them first",
+                       o->v.name, deps);
+        free(d);
+    } else if (storage_busy_find(st, o->p.id, o->v.name)) {
+        kh_err_set(err, KH_E_CONFLICT, "volume %s: another operation on it is under way",
+                   o->v.name);
+    } else {
+        rc = 0;
+    }
+    json_decref(u);
+    return rc;
+}
+
+int kh_storage_volume_delete_check(kh_storage *st, const char *ref, const char *self,
+                                   kh_err *err)
+{
+    char *pn = NULL, *vn = NULL;
+    if (kh_volume_ref_parse(ref, &pn, &vn, err) < 0)
+        return -1;
+    op *o = volume_op_for(st, pn, vn, OP_SHOW, NULL, NULL, err);
+    int rc = -1;
+    if (o) {
+        rc = delete_check(st, o, self, err);
+        volume_op_free(o);
+    }
+    free(pn);
+    free(vn);
+    return rc;
+}
+
 int kh_storage_volume_delete(kh_storage *st, const char *pool_name, const char *name,
                              kh_err *err)
 {
     op *o = volume_op_for(st, pool_name, name, OP_SHOW, NULL, NULL, err);
     if (!o)
         return -1;
-    int rc = -1;
-    json_t *u = storage_users_of(st, o->p.name, o->v.name);
-    long long deps = storage_count_where(st, "SELECT count(*) FROM volumes WHERE backing_id = ?",
-                                         o->v.id, err);
-    if (deps < 0) {
-        /* err says why */
-    } else if (json_array_size(u) > 0) {
-        kh_err_set(err, KH_E_CONFLICT, "volume %s is attached to VM %s; detach it first", name,
-                   json_string_value(json_object_get(json_array_get(u, 0), "vm")));
-    } else if (deps != 0) {
-        kh_err_set(err, KH_E_CONFLICT,
-                   "volume %s is the base of %lld other volume(s); delete them first", name,
-                   deps);
-    } else if (storage_busy_find(st, o->p.id, o->v.name)) {
-        kh_err_set(err, KH_E_CONFLICT, "volume %s: another operation on it is under way", name);
-    } else {
+    int rc = delete_check(st, o, NULL, err);
+    if (rc == 0) {
+        rc = -1;
         sqlite3_stmt *s = storage_prep(st, "DELETE FROM volumes WHERE id = ?", err);
         if (s) {
             sqlite3_bind_text(s, 1, o->v.id, -1, SQLITE_TRANSIENT);
@@ -928,7 +1006,6 @@ int kh_storage_volume_delete(kh_storage *st, const char *pool_name, const char *
                    o->v.id);
         }
     }
-    json_decref(u);
     volume_op_free(o);
     return rc;
 }

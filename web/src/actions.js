@@ -45,16 +45,23 @@ export function actionButtons(vm, { compact = false, onDeleted } = {}) {
     title: vm.state === 'stopped' ? 'Delete this VM' : 'Stop the VM to delete it',
     'aria-label': `Delete ${vm.name}`,
     dataset: { action: 'delete' },
-    onclick: () => confirmDelete(vm.name, onDeleted),
+    onclick: () => confirmDelete(vm.name, onDeleted, [...new Set((vm.disks || []).filter((d) => d.volume).map((d) => d.volume))]),
   }, 'Delete'));
   return row;
 }
 
-export function confirmDelete(name, onDeleted) {
+// volumes: the pool volumes its disks refer to (offered for deletion too;
+// the daemon refuses, deleting nothing, when another VM or a clone needs one)
+export function confirmDelete(name, onDeleted, volumes = []) {
   const msg = h('p', { id: 'del-desc' }, 'Delete the VM ', h('strong', {}, name),
-    '? Its definition is removed; disk images you gave it are left as they are.');
+    '? Its definition is removed; disk images you gave it by path are left as they are.');
+  const withVols = h('input', { type: 'checkbox', id: 'del-volumes' });
+  const volBox = volumes.length
+    ? h('p', {}, h('label', { class: 'check', for: 'del-volumes' }, withVols,
+      ` also delete its volumes: ${volumes.join(', ')}`))
+    : null;
   const dlg = h('dialog', { class: 'dialog', 'aria-labelledby': 'del-title', 'aria-describedby': 'del-desc' },
-    h('h2', { id: 'del-title' }, 'Delete VM'), msg,
+    h('h2', { id: 'del-title' }, 'Delete VM'), msg, ...(volBox ? [volBox] : []),
     h('form', { method: 'dialog', class: 'dialog-buttons' },
       h('button', { class: 'btn', value: 'cancel', autofocus: true }, 'Cancel'),
       h('button', { class: 'btn danger', value: 'delete' }, 'Delete')));
@@ -63,7 +70,7 @@ export function confirmDelete(name, onDeleted) {
     dlg.remove();
     if (!ok) return;
     try {
-      await api('DELETE', vmPath(name));
+      await api('DELETE', vmPath(name) + (withVols.checked ? '?volumes=true' : ''));
       toast(`Deleted ${name}`, 'ok');
       if (onDeleted) onDeleted();
     } catch (e) {

@@ -26,17 +26,22 @@ export function createPage(main, params = []) {
     network: h('select', {}, h('option', { value: '' }, 'none (no network card)')),
     nicIp: h('input', { type: 'text', placeholder: 'dynamic (from DHCP)', spellcheck: 'false' }),
     template: h('select', {}, h('option', { value: '' }, 'none: define the VM in the next step')),
+    cloneNet: h('select', {}, h('option', { value: '__tpl' }, 'the template\'s (same networks and security groups, new MACs)'),
+      h('option', { value: '' }, 'none (no network card)')),
   };
   const cloneLinked = h('input', { type: 'radio', name: 'clone', id: 'clone-linked', value: 'linked', checked: true });
   const cloneFull = h('input', { type: 'radio', name: 'clone', id: 'clone-full', value: 'full' });
   const cloneBox = h('div', { class: 'radios', role: 'radiogroup', 'aria-label': 'Clone' },
     h('label', {}, cloneLinked, ' Linked clone (qcow2 overlay, instant)'), h('label', {}, cloneFull, ' Full copy'));
   // the template picker shows only when the daemon has templates
-  const templateBox = h('div', { class: 'sub', hidden: true }, field('vm-template', 'From template', f.template), cloneBox);
+  const cloneNetBox = field('clone-network', 'Network cards', f.cloneNet,
+    'A clone gets the template\'s whole spec (boot, limits, NICs with new MACs); vCPUs, memory and description above replace the template\'s. Pick a network to give it one NIC there instead.');
+  const templateBox = h('div', { class: 'sub', hidden: true }, field('vm-template', 'From template', f.template), cloneBox, cloneNetBox);
   const fromTemplate = () => !!f.template.value;
   const tpls = new Map();
   f.template.addEventListener('change', () => {
     cloneBox.hidden = !fromTemplate();
+    cloneNetBox.hidden = !fromTemplate();
     specBox.hidden = fromTemplate();
     const t = tpls.get(f.template.value); // start from the template's size
     if (t) { f.vcpus.value = t.vcpus; f.memory.value = t.memory_mib; }
@@ -64,6 +69,7 @@ export function createPage(main, params = []) {
     try {
       const { networks } = await api('GET', '/api/v1/networks');
       for (const n of networks || []) f.network.append(h('option', { value: n.name }, `${n.name}${n.type ? ` (${n.type})` : ''}`));
+      for (const n of networks || []) f.cloneNet.append(h('option', { value: n.name }, `one NIC on ${n.name}`));
     } catch { /* no networks on this daemon */ }
   })();
   // spec-only fields (a clone from a template takes the template's)
@@ -126,6 +132,7 @@ export function createPage(main, params = []) {
       const t = { name: f.name.value.trim(), from_template: f.template.value, clone: cloneFull.checked ? 'full' : 'linked',
         vcpus: Number(f.vcpus.value), memory_mib: Number(f.memory.value) };
       if (f.description.value) t.description = f.description.value;
+      if (f.cloneNet.value !== '__tpl') t.nics = f.cloneNet.value ? [{ network: f.cloneNet.value }] : [];
       return t;
     }
     const s = { name: f.name.value.trim(), vcpus: Number(f.vcpus.value), memory_mib: Number(f.memory.value), graphics: f.graphics.value };

@@ -184,7 +184,7 @@ function settingsForm(vm) {
         : h('button', { type: 'button', class: 'btn', disabled: !stopped, id: 'make-template',
           title: stopped ? 'Its volumes turn read-only; it can no longer start' : 'Stop the VM first',
           onclick: async () => {
-            if (!await confirmDialog('Make a template', `Make ${vm.name} a template? Its volumes turn read-only and it can no longer start; new VMs clone it.`, 'Make template')) return;
+            if (!await confirmDialog('Make a template', `Make ${vm.name} a template? Its volumes turn read-only and it can no longer start; new VMs clone it. Clones keep its machine-id and SSH host keys: to reset them first, use kvmhost template create ${vm.name} --reset-identity.`, 'Make template')) return;
             try {
               const updated = await api('POST', vmPath(vm.name, '/template'));
               store.vms.set(vm.name, updated);
