@@ -1,3 +1,5 @@
+/* nic.c - owns a VM's NIC changes one at a time: add, remove, link
+ * up/down, live through the monitor or in the spec (instance/nic.h). */
 #include "instance/nic.h"
 
 #include <fcntl.h>

@@ -1,3 +1,5 @@
+/* template.c - owns templates and clones of VMs: marking a VM a
+ * template, listing them, linked and full clones (instance/template.h). */
 #include "instance/template.h"
 
 #include "instance/config.h"

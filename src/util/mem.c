@@ -1,3 +1,4 @@
+/* mem.c - owns allocation that never returns NULL (util/mem.h). */
 #include "util/mem.h"
 
 #include <stdarg.h>

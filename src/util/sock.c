@@ -1,3 +1,5 @@
+/* sock.c - owns unix sockets addressed relative to a directory fd
+ * (util/sock.h). */
 #include "util/sock.h"
 
 #include <errno.h>

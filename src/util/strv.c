@@ -1,3 +1,5 @@
+/* strv.c - owns the growable, NULL-terminated vector of owned strings
+ * (util/strv.h). */
 #include "util/strv.h"
 
 #include <stdarg.h>
