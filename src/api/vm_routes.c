@@ -16,7 +16,6 @@
 #include "util/mem.h"
 
 #define WAIT_DEFAULT 30
-#define WAIT_MAX 3600
 
 static void reply_err(kh_http_req *req, const kh_err *err)
 {
@@ -210,18 +209,8 @@ static void action(kh_http_req *req, kh_api *api, kh_vm_action act)
         reply_err(req, &err);
         return;
     }
-    json_int_t wait = WAIT_DEFAULT;
-    json_t *jw = json_object_get(opts, "wait");
-    if (jw) {
-        if (!json_is_integer(jw) || json_integer_value(jw) < 0 ||
-            json_integer_value(jw) > WAIT_MAX) {
-            kh_err_set(&err, KH_E_INVALID, "wait: must be an integer from 0 to %d seconds",
-                       WAIT_MAX);
-            reply_err(req, &err);
-            return;
-        }
-        wait = json_integer_value(jw);
-    }
+    json_t *jw = json_object_get(opts, "wait"); /* 0 to 3600: ActionOptions.json */
+    json_int_t wait = jw ? json_integer_value(jw) : WAIT_DEFAULT;
     kh_task *task = kh_lifecycle_action(api->mgr, kh_http_req_param(req, "name"), act, opts, &err);
     if (!task) {
         reply_err(req, &err);
