@@ -29,13 +29,6 @@
 #include "util/err.h"
 #include "util/mem.h"
 
-#define RUN_ARG(fn, arg)                                                               \
-    do {                                                                               \
-        int before_ = kh_test_failures;                                                \
-        fn(arg);                                                                       \
-        printf("%s %s\n", kh_test_failures == before_ ? "ok" : "not ok", #fn);          \
-    } while (0)
-
 static bool starts(const char *s, const char *prefix)
 {
     return strncmp(s, prefix, strlen(prefix)) == 0;
