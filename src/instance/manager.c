@@ -70,7 +70,8 @@ static void hotplugged_json(const kh_inst *v, json_t *j)
 }
 
 /* Each NIC's read-only "addresses": what the network manager knows for its
- * MAC (its reservation and current DHCPv4 leases). Not part of the spec. */
+ * MAC (its reservation and current DHCPv4 leases); absent when it knows
+ * none, so a NIC reads back as it was given. Not part of the spec. */
 static void addresses_json(const kh_inst *v, json_t *j)
 {
     kh_netmgr *net = v->mgr->cfg.net;
@@ -80,11 +81,14 @@ static void addresses_json(const kh_inst *v, json_t *j)
     json_t *nic;
     json_array_foreach(json_object_get(j, "nics"), i, nic) {
         const char *mac = json_string_value(json_object_get(nic, "mac"));
-        if (mac)
-            json_object_set_new(
-                nic, "addresses",
-                kh_netmgr_addresses_of(net, json_string_value(json_object_get(nic, "network")),
-                                       mac));
+        if (!mac)
+            continue;
+        json_t *addrs =
+            kh_netmgr_addresses_of(net, json_string_value(json_object_get(nic, "network")), mac);
+        if (json_array_size(addrs) > 0)
+            json_object_set_new(nic, "addresses", addrs);
+        else
+            json_decref(addrs);
     }
 }
 
