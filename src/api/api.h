@@ -41,7 +41,6 @@ typedef struct kh_api {
     double started_at; /* wall time */
     kh_metrics *metrics;
     kh_alerts *alerts;
-    const kh_cgroups *cgroups; /* the host's (NULL: not checked) */
 } kh_api;
 
 /* The route table and its size. */

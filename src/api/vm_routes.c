@@ -9,70 +9,23 @@
 #include <string.h>
 
 #include "api/api.h"
-#include "conf/limits.h"
 #include "instance/config.h"
 #include "instance/hotplug.h"
 #include "instance/lifecycle.h"
-#include "instance/quota.h"
 #include "schema/schema.h"
 #include "util/mem.h"
 
 #define WAIT_DEFAULT 30
-#define WAIT_MAX 3600
 
 static void reply_err(kh_http_req *req, const kh_err *err)
 {
     kh_http_reply_error(req, err);
 }
 
-/* CPU, memory and NUMA limits whose cgroup controller the host lacks are
- * refused (vm/quota.h) instead of accepted and never enforced. base: the
- * VM's current "limits", which a PATCH merges into (NULL: none). Limits
- * that do not parse pass: the manager says what is wrong with them. */
-static int check_limits(const kh_api *api, const json_t *base, const json_t *limits,
-                        kh_err *err)
-{
-    if (!api->cgroups || !json_is_object(limits))
-        return 0;
-    json_t *merged = kh_limits_merge(base, limits);
-    kh_err perr = KH_ERR_INIT;
-    kh_limits *l = kh_limits_from_json(merged, &perr);
-    json_decref(merged);
-    int rc = l ? kh_quota_check_cgroup(api->cgroups, l, err) : 0;
-    kh_limits_free(l);
-    return rc;
-}
-
-/* Each NIC's read-only "addresses": what the network manager knows for its
- * MAC (kh_netmgr_addresses_of); absent when it knows none, so a NIC reads
- * back as it was given. Self-contained: to move into the VM view. */
-static json_t *with_addresses(kh_api *api, json_t *vm)
-{
-    size_t i;
-    json_t *nic;
-    json_array_foreach(json_object_get(vm, "nics"), i, nic) {
-        const char *mac = json_string_value(json_object_get(nic, "mac"));
-        if (!mac)
-            continue;
-        json_t *addrs = kh_netmgr_addresses_of(
-            api->net, json_string_value(json_object_get(nic, "network")), mac);
-        if (json_array_size(addrs) > 0)
-            json_object_set_new(nic, "addresses", addrs);
-        else
-            json_decref(addrs);
-    }
-    return vm;
-}
-
 void kh_vm_routes_list(kh_http_req *req, void *app)
 {
     kh_api *api = app;
-    json_t *vms = kh_manager_list_json(api->mgr), *vm;
-    size_t i;
-    json_array_foreach(vms, i, vm) {
-        with_addresses(api, vm);
-    }
-    kh_http_reply_json(req, 200, json_pack("{s:o}", "vms", vms));
+    kh_http_reply_json(req, 200, json_pack("{s:o}", "vms", kh_manager_list_json(api->mgr)));
 }
 
 void kh_vm_routes_create(kh_http_req *req, void *app)
@@ -84,10 +37,6 @@ void kh_vm_routes_create(kh_http_req *req, void *app)
         kh_template_routes_clone(req, api, body);
         return;
     }
-    if (body && check_limits(api, NULL, json_object_get(body, "limits"), &err) < 0) {
-        reply_err(req, &err);
-        return;
-    }
     json_t *vm = body ? kh_config_create(api->mgr, body, &err) : NULL;
     if (!vm) {
         reply_err(req, &err);
@@ -96,7 +45,7 @@ void kh_vm_routes_create(kh_http_req *req, void *app)
     char *loc = xasprintf("/api/v1/vms/%s", json_string_value(json_object_get(vm, "name")));
     kh_http_req_add_header(req, "Location", loc);
     free(loc);
-    kh_http_reply_json(req, 201, with_addresses(api, vm));
+    kh_http_reply_json(req, 201, vm);
 }
 
 void kh_vm_routes_get(kh_http_req *req, void *app)
@@ -108,7 +57,7 @@ void kh_vm_routes_get(kh_http_req *req, void *app)
         reply_err(req, &err);
         return;
     }
-    kh_http_reply_json(req, 200, with_addresses(api, vm));
+    kh_http_reply_json(req, 200, vm);
 }
 
 #define HOTPLUG_TIMEOUT_S 20
@@ -163,23 +112,13 @@ void kh_vm_routes_patch(kh_http_req *req, void *app)
     json_t *body = kh_http_req_json(req, &err);
     if (body && patch_live_vcpus(req, api, body))
         return;
-    if (body && json_object_get(body, "limits")) {
-        json_t *cur = kh_manager_vm_json(api->mgr, kh_http_req_param(req, "name"), NULL);
-        int rc = check_limits(api, json_object_get(cur, "limits"),
-                              json_object_get(body, "limits"), &err);
-        json_decref(cur);
-        if (rc < 0) {
-            reply_err(req, &err);
-            return;
-        }
-    }
     json_t *vm = body ? kh_config_patch(api->mgr, kh_http_req_param(req, "name"), body, &err)
                       : NULL;
     if (!vm) {
         reply_err(req, &err);
         return;
     }
-    kh_http_reply_json(req, 200, with_addresses(api, vm));
+    kh_http_reply_json(req, 200, vm);
 }
 
 void kh_vm_routes_delete(kh_http_req *req, void *app)
@@ -277,18 +216,8 @@ static void action(kh_http_req *req, kh_api *api, kh_vm_action act)
         reply_err(req, &err);
         return;
     }
-    json_int_t wait = WAIT_DEFAULT;
-    json_t *jw = json_object_get(opts, "wait");
-    if (jw) {
-        if (!json_is_integer(jw) || json_integer_value(jw) < 0 ||
-            json_integer_value(jw) > WAIT_MAX) {
-            kh_err_set(&err, KH_E_INVALID, "wait: must be an integer from 0 to %d seconds",
-                       WAIT_MAX);
-            reply_err(req, &err);
-            return;
-        }
-        wait = json_integer_value(jw);
-    }
+    json_t *jw = json_object_get(opts, "wait"); /* 0 to 3600: ActionOptions.json */
+    json_int_t wait = jw ? json_integer_value(jw) : WAIT_DEFAULT;
     kh_task *task = kh_lifecycle_action(api->mgr, kh_http_req_param(req, "name"), act, opts, &err);
     if (!task) {
         reply_err(req, &err);

@@ -1,3 +1,5 @@
+/* args.c - owns the parsing of CLI argument values (--disk specs, paths,
+ * integers, sizes): pure, no I/O (cli/args.h). */
 #include "cli/args.h"
 
 #include <errno.h>

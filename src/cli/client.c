@@ -1,3 +1,5 @@
+/* client.c - owns the CLI's HTTP to kvmhostd (libcurl, unix socket or
+ * TCP with the token) and the reading of its replies (cli/client.h). */
 #include "cli/client.h"
 
 #include <curl/curl.h>

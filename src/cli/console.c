@@ -1,3 +1,6 @@
+/* console.c - owns `vm console`: the serial console of a VM over the
+ * daemon's WebSocket, the terminal in raw mode, the escape key
+ * (cli/console.h). */
 #include "cli/console.h"
 
 #include <errno.h>

@@ -1,3 +1,5 @@
+/* output.c - owns formatting for people: tables, key: value blocks,
+ * wrapping, sizes and times (cli/output.h). */
 #include "cli/output.h"
 
 #include <math.h>

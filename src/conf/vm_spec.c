@@ -44,34 +44,6 @@ static const char *get_string(const json_t *v, const char *field, kh_err *err)
     return s;
 }
 
-static int get_uint(const json_t *v, const char *field, unsigned long long min,
-                    unsigned long long max, unsigned long long *out, kh_err *err)
-{
-    if (!v) {
-        kh_err_set(err, KH_E_INVALID, "%s is required", field);
-        return -1;
-    }
-    if (!json_is_integer(v) || json_integer_value(v) < 0 ||
-        (unsigned long long)json_integer_value(v) < min ||
-        (unsigned long long)json_integer_value(v) > max) {
-        kh_err_set(err, KH_E_INVALID, "%s: must be an integer between %llu and %llu", field,
-                   min, max);
-        return -1;
-    }
-    *out = (unsigned long long)json_integer_value(v);
-    return 0;
-}
-
-static int get_bool(const json_t *v, const char *field, bool *out, kh_err *err)
-{
-    if (!json_is_boolean(v)) {
-        kh_err_set(err, KH_E_INVALID, "%s: must be true or false", field);
-        return -1;
-    }
-    *out = json_is_true(v);
-    return 0;
-}
-
 /* A string that must be one of names[0..n); its index goes to *out. */
 static int get_enum(const json_t *v, const char *field, const char *const *names, size_t n,
                     int *out, kh_err *err)
@@ -159,10 +131,6 @@ void kh_vm_spec_free(kh_vm_spec *spec)
 
 static int parse_boot(kh_vm_spec *spec, const json_t *boot, kh_err *err)
 {
-    if (!json_is_object(boot)) {
-        kh_err_set(err, KH_E_INVALID, "boot: must be an object");
-        return -1;
-    }
     const json_t *v;
     const char *s;
     if ((v = json_object_get(boot, "kernel"))) {
@@ -199,10 +167,6 @@ static int parse_disk(kh_disk_spec *d, const json_t *obj, size_t i, kh_err *err)
 {
     char prefix[FIELD_MAX], field[FIELD_MAX];
     snprintf(prefix, sizeof(prefix), "disks[%zu].", i);
-    if (!json_is_object(obj)) {
-        kh_err_set(err, KH_E_INVALID, "disks[%zu]: must be an object", i);
-        return -1;
-    }
 
     snprintf(field, sizeof(field), "disks[%zu].path", i);
     const json_t *v = json_object_get(obj, "path");
@@ -229,10 +193,7 @@ static int parse_disk(kh_disk_spec *d, const json_t *obj, size_t i, kh_err *err)
             return -1;
         }
         d->volume = xstrdup(s);
-        snprintf(field, sizeof(field), "disks[%zu].readonly", i);
-        d->readonly = false;
-        if ((v = json_object_get(obj, "readonly")) && get_bool(v, field, &d->readonly, err) < 0)
-            return -1;
+        d->readonly = json_is_true(json_object_get(obj, "readonly"));
         return 0;
     }
     if (!v) {
@@ -253,25 +214,14 @@ static int parse_disk(kh_disk_spec *d, const json_t *obj, size_t i, kh_err *err)
     if (get_enum(v, field, format_names, KH_ARRAY_LEN(format_names), &fmt, err) < 0)
         return -1;
     d->format = (kh_disk_format)fmt;
-
-    snprintf(field, sizeof(field), "disks[%zu].readonly", i);
-    d->readonly = false;
-    if ((v = json_object_get(obj, "readonly")) && get_bool(v, field, &d->readonly, err) < 0)
-        return -1;
+    d->readonly = json_is_true(json_object_get(obj, "readonly"));
     return 0;
 }
 
+/* arr: an array of at most KH_VM_DISKS_MAX objects (the schema). */
 static int parse_disks(kh_vm_spec *spec, const json_t *arr, kh_err *err)
 {
-    if (!json_is_array(arr)) {
-        kh_err_set(err, KH_E_INVALID, "disks: must be an array");
-        return -1;
-    }
     size_t n = json_array_size(arr);
-    if (n > KH_VM_DISKS_MAX) {
-        kh_err_set(err, KH_E_INVALID, "disks: at most %d disks (got %zu)", KH_VM_DISKS_MAX, n);
-        return -1;
-    }
     if (n == 0)
         return 0;
     spec->disks = xcalloc(n, sizeof(*spec->disks));
@@ -303,10 +253,6 @@ static int parse_nic(kh_nic_spec *n, const json_t *obj, size_t i, kh_err *err)
 {
     char prefix[FIELD_MAX], field[FIELD_MAX];
     snprintf(prefix, sizeof(prefix), "nics[%zu].", i);
-    if (!json_is_object(obj)) {
-        kh_err_set(err, KH_E_INVALID, "nics[%zu]: must be an object", i);
-        return -1;
-    }
     const json_t *v;
     const char *s;
     snprintf(field, sizeof(field), "nics[%zu].network", i);
@@ -334,11 +280,7 @@ static int parse_nic(kh_nic_spec *n, const json_t *obj, size_t i, kh_err *err)
         n->ip = xstrdup(s);
     }
     snprintf(field, sizeof(field), "nics[%zu].security_groups", i);
-    if ((v = json_object_get(obj, "security_groups"))) {
-        if (!json_is_array(v) || json_array_size(v) > 8) {
-            kh_err_set(err, KH_E_INVALID, "%s: must be an array of at most 8 names", field);
-            return -1;
-        }
+    if ((v = json_object_get(obj, "security_groups"))) { /* at most 8 (the schema) */
         size_t k;
         const json_t *g;
         char *joined = NULL;
@@ -353,30 +295,15 @@ static int parse_nic(kh_nic_spec *n, const json_t *obj, size_t i, kh_err *err)
         }
         n->security_groups = joined;
     }
-    snprintf(field, sizeof(field), "nics[%zu].link", i);
-    if ((v = json_object_get(obj, "link"))) {
-        if (!(s = get_string(v, field, err)))
-            return -1;
-        if (strcmp(s, "up") != 0 && strcmp(s, "down") != 0) {
-            kh_err_set(err, KH_E_INVALID, "%s: must be \"up\" or \"down\"", field);
-            return -1;
-        }
-        n->link_down = strcmp(s, "down") == 0;
-    }
+    const char *link = json_string_value(json_object_get(obj, "link")); /* "up" or "down" */
+    n->link_down = link && strcmp(link, "down") == 0;
     return 0;
 }
 
+/* arr: an array of at most KH_VM_NICS_MAX objects (the schema). */
 static int parse_nics(kh_vm_spec *spec, const json_t *arr, kh_err *err)
 {
-    if (!json_is_array(arr)) {
-        kh_err_set(err, KH_E_INVALID, "nics: must be an array");
-        return -1;
-    }
     size_t n = json_array_size(arr);
-    if (n > KH_VM_NICS_MAX) {
-        kh_err_set(err, KH_E_INVALID, "nics: at most %d NICs (got %zu)", KH_VM_NICS_MAX, n);
-        return -1;
-    }
     if (n == 0)
         return 0;
     spec->nics = xcalloc(n, sizeof(*spec->nics));
@@ -450,25 +377,16 @@ static int spec_parse(kh_vm_spec *spec, const json_t *obj, kh_err *err)
         return -1;
     spec->name = xstrdup(s);
 
-    /* Defaults as Proxmox and Incus users know them: 1 vCPU, 512 MiB. */
-    unsigned long long u = KH_VM_VCPUS_DEFAULT;
-    if ((v = json_object_get(obj, "vcpus")) &&
-        get_uint(v, "vcpus", 1, KH_VM_VCPUS_MAX, &u, err) < 0)
-        return -1;
-    spec->vcpus = (unsigned)u;
-    u = 0;
-    if ((v = json_object_get(obj, "max_vcpus")) &&
-        get_uint(v, "max_vcpus", 1, KH_VM_VCPUS_MAX, &u, err) < 0)
-        return -1;
-    spec->max_vcpus = (unsigned)u;
-    u = KH_VM_MEMORY_DEFAULT_MIB;
-    if ((v = json_object_get(obj, "memory_mib")) &&
-        get_uint(v, "memory_mib", KH_VM_MEMORY_MIN_MIB, KH_VM_MEMORY_MAX_MIB, &u, err) < 0)
-        return -1;
-    spec->memory_mib = u;
-    if ((v = json_object_get(obj, "hugepages")) &&
-        get_bool(v, "hugepages", &spec->hugepages, err) < 0)
-        return -1;
+    /* Defaults as Proxmox and Incus users know them: 1 vCPU, 512 MiB. The
+     * numbers are integers in their ranges (1 to KH_VM_VCPUS_MAX,
+     * KH_VM_MEMORY_MIN_MIB to KH_VM_MEMORY_MAX_MIB) and the flags booleans:
+     * the schema says so. */
+    v = json_object_get(obj, "vcpus");
+    spec->vcpus = v ? (unsigned)json_integer_value(v) : KH_VM_VCPUS_DEFAULT;
+    spec->max_vcpus = (unsigned)json_integer_value(json_object_get(obj, "max_vcpus"));
+    v = json_object_get(obj, "memory_mib");
+    spec->memory_mib = v ? (unsigned long long)json_integer_value(v) : KH_VM_MEMORY_DEFAULT_MIB;
+    spec->hugepages = json_is_true(json_object_get(obj, "hugepages"));
 
     int e;
     spec->machine = KH_MACHINE_Q35;
@@ -481,9 +399,7 @@ static int spec_parse(kh_vm_spec *spec, const json_t *obj, kh_err *err)
         return -1;
     if ((v = json_object_get(obj, "disks")) && parse_disks(spec, v, err) < 0)
         return -1;
-    spec->serial = true;
-    if ((v = json_object_get(obj, "serial")) && get_bool(v, "serial", &spec->serial, err) < 0)
-        return -1;
+    spec->serial = !json_is_false(json_object_get(obj, "serial"));
     spec->graphics = KH_GRAPHICS_NONE;
     if ((v = json_object_get(obj, "graphics"))) {
         if (get_enum(v, "graphics", graphics_names, KH_ARRAY_LEN(graphics_names), &e, err) < 0)

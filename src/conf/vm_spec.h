@@ -3,7 +3,8 @@
  * The spec is the user's part of a VM: it is parsed and validated from
  * request JSON here (pure: no file-system access), stored as JSON, and is
  * the input of the QEMU argv builder. Runtime facts (id, state, pid) live in
- * the VM record (vm/vm.h), not here.
+ * the instance (instance/instance_int.h; its JSON view is
+ * instance/manager.c), not here.
  *
  * JSON form (also the flattened user part of the API's VM object):
  *   { "name": "web1", "vcpus": 2, "max_vcpus": 4, "memory_mib": 512,

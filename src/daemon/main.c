@@ -613,7 +613,6 @@ int main(int argc, char **argv)
     d.api.nics = kh_nics_new(d.loop, d.mgr, d.net, d.tasks);
     d.api.started_at = kh_wall_time();
     d.api.host = host_facts(&o, state_dir, run_dir, socket_path);
-    d.api.cgroups = &d.cgroups;
     json_t *openapi = kh_http_openapi(routes, nroutes, schemas, KH_VERSION);
     d.api.openapi = json_dumps(openapi, JSON_COMPACT);
     json_decref(openapi);

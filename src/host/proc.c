@@ -1,3 +1,5 @@
+/* proc.c - owns the facts about host processes read from /proc: start
+ * times and liveness, command lines, RSS, CPU clock, disk statistics (host/proc.h). */
 #include "host/proc.h"
 
 #include <fcntl.h>

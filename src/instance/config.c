@@ -1,5 +1,6 @@
 /* config.c - owns what an instance is: create (host-side checks: files,
- * qcow2 headers, volumes, host CPUs, NICs), patch (limits of a running
+ * qcow2 headers, volumes, host CPUs, cgroup controllers for the limits,
+ * NICs; clones from templates come this way too), patch (limits of a running
  * instance go live, and come back if the store refuses the change),
  * delete (with the instance's pool volumes on request), and the spec changes behind disk and NIC attach/detach and vCPU
  * hot-plug. Each writes the store before the instance changes. */
@@ -63,11 +64,23 @@ static int check_files(const kh_vm_spec *spec, kh_err *err)
     return 0;
 }
 
+/* Limits the host can enforce: CPU, memory and NUMA limits whose cgroup
+ * controller the host lacks are refused (instance/quota.h) instead of
+ * accepted and never enforced. No cgroups configured: not checked. */
+static int check_cgroup_limits(const kh_manager *mgr, const kh_limits *l, kh_err *err)
+{
+    return mgr->cfg.cgroups ? kh_quota_check_cgroup(mgr->cfg.cgroups, l, err) : 0;
+}
+
 json_t *kh_config_create(kh_manager *mgr, const json_t *body, kh_err *err)
 {
     kh_vm_spec *spec = kh_vm_spec_from_json(body, err);
     if (!spec)
         return NULL;
+    if (check_cgroup_limits(mgr, spec->limits, err) < 0) {
+        kh_vm_spec_free(spec);
+        return NULL;
+    }
     for (kh_inst *o = mgr->vms; o; o = o->next) {
         if (strcmp(o->spec->name, spec->name) == 0) {
             kh_err_set(err, KH_E_CONFLICT, "a vm named %s already exists", spec->name);
@@ -165,7 +178,9 @@ json_t *kh_config_patch(kh_manager *mgr, const char *name, const json_t *patch, 
         }
     }
     kh_vm_spec *next = kh_vm_spec_dup(v->spec);
-    if (kh_vm_spec_patch(next, patch, err) < 0 || check_files(next, err) < 0 ||
+    if (kh_vm_spec_patch(next, patch, err) < 0 ||
+        (json_object_get(patch, "limits") && check_cgroup_limits(mgr, next->limits, err) < 0) ||
+        check_files(next, err) < 0 ||
         kh_bindings_check_volumes(mgr, next, err) < 0 ||
         kh_quota_check_host(next->limits, err) < 0 ||
         kh_bindings_nics_prepare(mgr, v->id, next, err) < 0) {

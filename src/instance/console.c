@@ -1,3 +1,5 @@
+/* console.c - owns a running VM's serial console: the console.log
+ * file (capped) and the viewers it fans out to (instance/console.h). */
 #include "instance/console.h"
 
 #include <errno.h>

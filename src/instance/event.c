@@ -1,3 +1,5 @@
+/* event.c - owns the event bus: lifecycle events to subscribers and
+ * the replay ring (instance/event.h). */
 #include "instance/event.h"
 
 #include <stdbool.h>

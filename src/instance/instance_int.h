@@ -114,8 +114,10 @@ void kh_lifecycle_going_down(kh_inst *v, const char *why);
 /* Drop everything held while a process exists (driver, timers, pidfd,
  * console), not the pid itself. */
 void kh_lifecycle_release(kh_inst *v);
-/* Watch the recorded pid: its end settles the state. */
-int kh_lifecycle_watch_pid(kh_inst *v, kh_err *err);
+/* Watch the recorded pid: its end settles the state. pidfd: the spawner's
+ * pidfd of v->pid (host/spawn.h; taken, also on failure), or -1 to open
+ * one (kh_spawn_pidfd_open: a reattached process). */
+int kh_lifecycle_watch_pid(kh_inst *v, int pidfd, kh_err *err);
 /* The process is gone (status < 0: unknown, not our child). */
 void kh_lifecycle_process_ended(kh_inst *v, int status);
 /* Driver notifications. */

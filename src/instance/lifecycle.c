@@ -15,8 +15,8 @@
 #include <unistd.h>
 
 #include "host/proc.h"
+#include "host/spawn.h"
 #include "instance/instance_int.h"
-#include "qemu/process.h"
 #include "util/log.h"
 #include "util/mem.h"
 #include "util/misc.h"
@@ -220,9 +220,9 @@ void kh_lifecycle_child_exited(kh_manager *mgr, pid_t pid, int status)
     }
 }
 
-int kh_lifecycle_watch_pid(kh_inst *v, kh_err *err)
+int kh_lifecycle_watch_pid(kh_inst *v, int pidfd, kh_err *err)
 {
-    v->pidfd = kh_process_pidfd(v->pid);
+    v->pidfd = pidfd >= 0 ? pidfd : kh_spawn_pidfd_open(v->pid);
     if (v->pidfd < 0) {
         kh_err_errno(err, KH_E_INTERNAL, errno, "pidfd_open(%d)", (int)v->pid);
         return -1;

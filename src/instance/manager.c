@@ -1,7 +1,8 @@
 /* manager.c - owns the registry of the instances of this host: loading
  * them from the store at start (then reattach), lookups by name and id,
- * the JSON view, and the ways in for observers (foreach, counts, console,
- * monitor commands, event hooks). Actions are in lifecycle.c, create,
+ * the JSON view (the spec plus runtime facts: state, pid, hot-plugged
+ * devices, each NIC's known addresses), and the ways in for observers
+ * (foreach, counts, console, monitor commands, event hooks). Actions are in lifecycle.c, create,
  * patch and delete in config.c. */
 #include "instance/manager.h"
 
@@ -68,10 +69,34 @@ static void hotplugged_json(const kh_inst *v, json_t *j)
                             json_boolean(!kh_runtime_boot_has_mac(v, v->spec->nics[i].mac)));
 }
 
+/* Each NIC's read-only "addresses": what the network manager knows for its
+ * MAC (its reservation and current DHCPv4 leases); absent when it knows
+ * none, so a NIC reads back as it was given. Not part of the spec. */
+static void addresses_json(const kh_inst *v, json_t *j)
+{
+    kh_netmgr *net = v->mgr->cfg.net;
+    if (!net)
+        return;
+    size_t i;
+    json_t *nic;
+    json_array_foreach(json_object_get(j, "nics"), i, nic) {
+        const char *mac = json_string_value(json_object_get(nic, "mac"));
+        if (!mac)
+            continue;
+        json_t *addrs =
+            kh_netmgr_addresses_of(net, json_string_value(json_object_get(nic, "network")), mac);
+        if (json_array_size(addrs) > 0)
+            json_object_set_new(nic, "addresses", addrs);
+        else
+            json_decref(addrs);
+    }
+}
+
 json_t *kh_manager_json(const kh_inst *v)
 {
     json_t *j = kh_vm_spec_to_json(v->spec);
     hotplugged_json(v, j);
+    addresses_json(v, j);
     json_object_set_new(j, "id", json_string(v->id));
     json_object_set_new(j, "state", json_string(kh_lifecycle_state_name(v->state)));
     json_object_set_new(j, "state_reason", v->reason ? json_string(v->reason) : json_null());

@@ -1,3 +1,5 @@
+/* nic.c - owns a VM's NIC changes one at a time: add, remove, link
+ * up/down, live through the monitor or in the spec (instance/nic.h). */
 #include "instance/nic.h"
 
 #include <fcntl.h>
@@ -535,8 +537,10 @@ static nic_op *op_new(kh_nics *n, op_kind kind, const char *vm, json_t **vmj, kh
     o->old_nics = nics ? json_deep_copy(nics) : json_array();
     size_t i;
     json_t *nic;
-    json_array_foreach(o->old_nics, i, nic)
+    json_array_foreach(o->old_nics, i, nic) {
         json_object_del(nic, "hotplugged"); /* runtime, not spec (vm_json) */
+        json_object_del(nic, "addresses");
+    }
     *vmj = j;
     return o;
 }

@@ -1,3 +1,6 @@
+/* quota.c - owns how a VM's limits (conf/limits.h) reach its cgroup
+ * and QEMU, and the checks that the host can enforce them
+ * (instance/quota.h). */
 #include "instance/quota.h"
 
 #include <dirent.h>

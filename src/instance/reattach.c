@@ -49,7 +49,7 @@ void kh_reattach(kh_inst *v)
     char *run = kh_runtime_run_path(v, NULL);
     int dirfd = open(run, O_PATH | O_DIRECTORY | O_CLOEXEC);
     free(run);
-    if (kh_lifecycle_watch_pid(v, &err) < 0 || dirfd < 0 || v->drv->reattach(v, dirfd, &err) < 0)
+    if (kh_lifecycle_watch_pid(v, -1, &err) < 0 || dirfd < 0 || v->drv->reattach(v, dirfd, &err) < 0)
         goto fail;
     close(dirfd);
     kh_runtime_disk_nodes_load(v);

@@ -1,3 +1,6 @@
+/* snapshot.c - owns the named snapshots of a VM (internal qcow2
+ * snapshots, with memory while it runs): take, revert, delete, list
+ * (instance/snapshot.h). */
 #include "instance/snapshot.h"
 
 #include <stdint.h>

@@ -1,3 +1,5 @@
+/* task.c - owns the long operations that clients can follow: state,
+ * progress, result, waiters, their rows in the store (instance/task.h). */
 #include "instance/task.h"
 
 #include <stdint.h>

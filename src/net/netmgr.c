@@ -16,6 +16,7 @@
 
 #include "net/dnsmasq.h"
 #include "net/link.h"
+#include "net/netdb.h"
 #include "net/network.h"
 #include "net/nft.h"
 #include "net/secgroup.h"
@@ -84,13 +85,13 @@ static int persist(kh_netmgr *nm, const kh_network *n, kh_err *err)
     json_t *j = kh_network_to_json(n);
     char *text = json_dumps(j, JSON_COMPACT | JSON_SORT_KEYS);
     json_decref(j);
-    kh_net_row row;
+    kh_netdb_row row;
     memset(&row, 0, sizeof(row));
     memcpy(row.id, n->id, sizeof(row.id));
     row.name = n->name;
     row.spec_json = text;
     row.created_at = n->created_at;
-    int rc = kh_store_net_put(nm->store, &row, err);
+    int rc = kh_netdb_network_put(nm->store, &row, err);
     free(text);
     return rc;
 }
@@ -418,7 +419,7 @@ static int rt_up(net_rt *r, kh_err *err)
     return 0;
 }
 
-static int load_row(const kh_net_row *row, void *opaque)
+static int load_row(const kh_netdb_row *row, void *opaque)
 {
     kh_netmgr *nm = opaque;
     kh_err err = KH_ERR_INIT;
@@ -485,8 +486,8 @@ kh_netmgr *kh_netmgr_new(uv_loop_t *loop, kh_store *store, const char *state_dir
     for (const char *p = state_dir; *p; p++)
         h = (h ^ (uint8_t)*p) * 16777619u;
     snprintf(nm->owner, sizeof(nm->owner), "%08x", h);
-    if (kh_store_net_foreach(store, load_row, nm, err) < 0 ||
-        kh_store_sg_foreach(store, load_sg, nm, err) < 0) {
+    if (kh_netdb_network_foreach(store, load_row, nm, err) < 0 ||
+        kh_netdb_secgroup_foreach(store, load_sg, nm, err) < 0) {
         kh_netmgr_free(nm);
         return NULL;
     }
@@ -645,7 +646,7 @@ json_t *kh_netmgr_create(kh_netmgr *nm, const json_t *body, kh_err *err)
     if (rt_up(r, err) < 0 || apply_nft(nm, err) < 0) {
         dns_stop(r);
         bridge_remove(nm, r->n);
-        kh_store_net_delete(nm->store, r->n->id, NULL);
+        kh_netdb_network_delete(nm->store, r->n->id, NULL);
         kh_fs_rm_rf(r->dir, NULL);
         rt_unlink_free(r);
         apply_nft(nm, NULL);
@@ -677,7 +678,7 @@ int kh_netmgr_delete(kh_netmgr *nm, const char *name, kh_err *err)
         kh_err_set(err, KH_E_CONFLICT, "network %s is in use by vm %s", name, b->vm);
         return -1;
     }
-    if (kh_store_net_delete(nm->store, r->n->id, err) < 0)
+    if (kh_netdb_network_delete(nm->store, r->n->id, err) < 0)
         return -1;
     dns_stop(r);
     bridge_remove(nm, r->n);
@@ -1068,7 +1069,7 @@ json_t *kh_netmgr_sg_put(kh_netmgr *nm, const char *name, const json_t *body, bo
     g->created_at = slot ? (*slot)->created_at : kh_wall_time();
     json_t *j = kh_secgroup_to_json(g);
     char *text = json_dumps(j, JSON_COMPACT | JSON_SORT_KEYS);
-    int rc = kh_store_sg_put(nm->store, name, text, g->created_at, err);
+    int rc = kh_netdb_secgroup_put(nm->store, name, text, g->created_at, err);
     free(text);
     if (rc < 0) {
         json_decref(j);
@@ -1172,7 +1173,7 @@ int kh_netmgr_sg_delete(kh_netmgr *nm, const char *name, kh_err *err)
             return -1;
         }
     }
-    if (kh_store_sg_delete(nm->store, name, err) < 0)
+    if (kh_netdb_secgroup_delete(nm->store, name, err) < 0)
         return -1;
     size_t idx = (size_t)(slot - nm->groups);
     kh_secgroup_free(*slot);

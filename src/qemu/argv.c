@@ -154,12 +154,9 @@ static void addf(argv_builder *b, const char *fmt, ...)
     if (failed(b))
         return;
     va_list ap;
-    char *s = NULL;
     va_start(ap, fmt);
-    int n = vasprintf(&s, fmt, ap);
+    char *s = xvasprintf(fmt, ap);
     va_end(ap);
-    if (n < 0)
-        abort(); /* out of memory, as xmalloc does */
     kh_strv_add_steal(b->sv, s);
 }
 

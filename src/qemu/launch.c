@@ -310,7 +310,8 @@ static void start_spawn(kh_inst *v, const char *kernel_file)
     };
     if (v->task)
         kh_task_progress(v->task, 40, "starting QEMU");
-    pid_t pid = kh_process_spawn(&ps, &err);
+    int pidfd = -1;
+    pid_t pid = kh_process_spawn(&ps, &pidfd, &err);
     if (pid < 0)
         goto fail;
     v->pid = pid;
@@ -328,7 +329,7 @@ static void start_spawn(kh_inst *v, const char *kernel_file)
         kh_log(KH_LOG_DEBUG, "vm.argv", "vm=%s argv=\"%s\"", v->spec->name, line);
         free(line);
     }
-    if (kh_lifecycle_watch_pid(v, &err) < 0)
+    if (kh_lifecycle_watch_pid(v, pidfd, &err) < 0)
         goto fail_running;
 
     /* The listening sockets accept our connection through their backlog

@@ -9,7 +9,7 @@
 #include "host/spawn.h"
 #include "util/mem.h"
 
-pid_t kh_process_spawn(const kh_process_spec *spec, kh_err *err)
+pid_t kh_process_spawn(const kh_process_spec *spec, int *pidfd, kh_err *err)
 {
     kh_spawn_fd fds[KH_SPAWN_FDS_MAX];
     if (spec->nfds > KH_ARRAY_LEN(fds)) {
@@ -41,13 +41,9 @@ pid_t kh_process_spawn(const kh_process_spec *spec, kh_err *err)
     kh_spawn_child child;
     if (kh_spawn(&s, &child, err) < 0)
         return -1;
-    /* Callers take their own pidfd (kh_process_pidfd) where they watch. */
-    if (child.pidfd >= 0)
+    if (pidfd)
+        *pidfd = child.pidfd;
+    else if (child.pidfd >= 0)
         close(child.pidfd);
     return child.pid;
-}
-
-int kh_process_pidfd(pid_t pid)
-{
-    return kh_spawn_pidfd_open(pid);
 }

@@ -1,5 +1,5 @@
 /* process.h - start a QEMU the safe way: a thin QEMU-specific wrapper over
- * the one spawner, host/spawn.h (kh_spawn), kept for vm/manager.c.
+ * the one spawner, host/spawn.h (kh_spawn), for qemu/launch.c.
  *
  * fork + exec of an argv (never a shell). In the child: a new session
  * (setsid, so it survives the daemon and its terminal), the VM's cgroup,
@@ -39,9 +39,9 @@ typedef struct kh_process_spec {
 } kh_process_spec;
 
 /* Start the process. Returns its pid, or -1 with err set (KH_E_INTERNAL
- * for fork/setup failures, with the child's failing step named). */
-pid_t kh_process_spawn(const kh_process_spec *spec, kh_err *err);
-/* pidfd_open(2): a fd that becomes readable when pid exits; -1 with errno. */
-int kh_process_pidfd(pid_t pid);
+ * for fork/setup failures, with the child's failing step named). *pidfd
+ * gets the spawner's pidfd of it (the caller owns it; -1 when the kernel
+ * has none); pidfd NULL: it is closed. */
+pid_t kh_process_spawn(const kh_process_spec *spec, int *pidfd, kh_err *err);
 
 #endif

@@ -29,16 +29,16 @@ void pool_clear(pool *p)
 void row_pool(sqlite3_stmt *s, pool *p)
 {
     storage_col_id(s, 0, p->id);
-    p->name = storage_col_text(s, 1);
-    p->type = storage_col_text(s, 2);
-    p->path = storage_col_text(s, 3);
+    p->name = kh_store_col_text(s, 1);
+    p->type = kh_store_col_text(s, 2);
+    p->path = kh_store_col_text(s, 3);
     p->created_at = sqlite3_column_double(s, 4);
 }
 
 /* 1 found, 0 not found, -1 error. */
 int pool_get(kh_storage *st, const char *key, bool by_id, pool *out, kh_err *err)
 {
-    sqlite3_stmt *s = storage_prep(st, by_id ? "SELECT " POOL_COLS " FROM pools WHERE id = ?"
+    sqlite3_stmt *s = kh_store_prep(st->store, by_id ? "SELECT " POOL_COLS " FROM pools WHERE id = ?"
                                      : "SELECT " POOL_COLS " FROM pools WHERE name = ?", err);
     if (!s)
         return -1;
@@ -106,7 +106,7 @@ static json_t *pool_json(kh_storage *st, const pool *p)
 json_t *kh_storage_pools_json(kh_storage *st)
 {
     json_t *arr = json_array();
-    sqlite3_stmt *s = storage_prep(st, "SELECT " POOL_COLS " FROM pools ORDER BY name", NULL);
+    sqlite3_stmt *s = kh_store_prep(st->store, "SELECT " POOL_COLS " FROM pools ORDER BY name", NULL);
     if (!s)
         return arr;
     int rc;
@@ -138,7 +138,7 @@ json_t *kh_storage_pool_json(kh_storage *st, const char *name, kh_err *err)
 int pool_insert(kh_storage *st, const char *name, const char *type, const char *path,
                        pool *out, kh_err *err)
 {
-    sqlite3_stmt *s = storage_prep(st, "INSERT INTO pools (id, name, type, path, created_at) "
+    sqlite3_stmt *s = kh_store_prep(st->store, "INSERT INTO pools (id, name, type, path, created_at) "
                                "VALUES (?, ?, ?, ?, ?)", err);
     if (!s)
         return -1;
@@ -227,7 +227,7 @@ int kh_storage_pool_delete(kh_storage *st, const char *name, kh_err *err)
     } else if (nvol != 0) {
         kh_err_set(err, KH_E_CONFLICT, "pool %s still holds volumes; delete them first", name);
     } else {
-        sqlite3_stmt *s = storage_prep(st, "DELETE FROM pools WHERE id = ?", err);
+        sqlite3_stmt *s = kh_store_prep(st->store, "DELETE FROM pools WHERE id = ?", err);
         if (s) {
             sqlite3_bind_text(s, 1, p.id, -1, SQLITE_TRANSIENT);
             rc = sqlite3_step(s) == SQLITE_DONE ? 0 : storage_db_fail(st, err, "deleting a pool");

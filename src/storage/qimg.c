@@ -1,3 +1,5 @@
+/* qimg.c - owns running qemu-img (or any short helper) asynchronously
+ * on the loop, with its output and progress (storage/qimg.h). */
 #include "storage/qimg.h"
 
 #include <errno.h>

@@ -16,7 +16,7 @@
 /* Run one statement with text arguments (NULL binds NULL). */
 static int exec_args(kh_storage *st, const char *sql, const char *what, kh_err *err, int n, ...)
 {
-    sqlite3_stmt *s = storage_prep(st, sql, err);
+    sqlite3_stmt *s = kh_store_prep(st->store, sql, err);
     if (!s)
         return -1;
     va_list ap;
@@ -38,13 +38,13 @@ int kh_storage_snapshot_current_get(kh_storage *st, const char *vm_id, char **ou
                                     kh_err *err)
 {
     *out = NULL;
-    sqlite3_stmt *s = storage_prep(st, "SELECT name FROM snapshot_current WHERE vm_id = ?", err);
+    sqlite3_stmt *s = kh_store_prep(st->store, "SELECT name FROM snapshot_current WHERE vm_id = ?", err);
     if (!s)
         return -1;
     sqlite3_bind_text(s, 1, vm_id, -1, SQLITE_TRANSIENT);
     int rc = sqlite3_step(s), ret = 0;
     if (rc == SQLITE_ROW)
-        *out = storage_col_text(s, 0);
+        *out = kh_store_col_text(s, 0);
     else if (rc != SQLITE_DONE)
         ret = storage_db_fail(st, err, "reading the current snapshot");
     sqlite3_finalize(s);
@@ -74,7 +74,7 @@ int kh_storage_snapshot_add(kh_storage *st, const char *vm_id, const char *name,
         kh_store_rollback(st->store);
         return -1;
     }
-    sqlite3_stmt *s = storage_prep(st, "INSERT INTO snapshots (vm_id, name, memory, created_at, parent) "
+    sqlite3_stmt *s = kh_store_prep(st->store, "INSERT INTO snapshots (vm_id, name, memory, created_at, parent) "
                                "VALUES (?, ?, ?, ?, ?)", err);
     if (!s) {
         free(parent);
@@ -104,7 +104,7 @@ int kh_storage_snapshot_add(kh_storage *st, const char *vm_id, const char *name,
 int kh_storage_snapshot_get(kh_storage *st, const char *vm_id, const char *name, bool *memory,
                             kh_err *err)
 {
-    sqlite3_stmt *s = storage_prep(st, "SELECT memory FROM snapshots WHERE vm_id = ? AND name = ?", err);
+    sqlite3_stmt *s = kh_store_prep(st->store, "SELECT memory FROM snapshots WHERE vm_id = ? AND name = ?", err);
     if (!s)
         return -1;
     sqlite3_bind_text(s, 1, vm_id, -1, SQLITE_TRANSIENT);
@@ -155,7 +155,7 @@ json_t *kh_storage_snapshot_list_err(kh_storage *st, const char *vm_id, kh_err *
     char *current = NULL;
     if (kh_storage_snapshot_current_get(st, vm_id, &current, err) < 0)
         return NULL;
-    sqlite3_stmt *s = storage_prep(st, "SELECT name, memory, created_at, parent FROM snapshots "
+    sqlite3_stmt *s = kh_store_prep(st->store, "SELECT name, memory, created_at, parent FROM snapshots "
                                "WHERE vm_id = ? ORDER BY created_at, name", err);
     if (!s) {
         free(current);

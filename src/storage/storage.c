@@ -16,33 +16,17 @@
 
 /* ---- small helpers ---- */
 
-char *storage_col_text(sqlite3_stmt *s, int i)
-{
-    const unsigned char *t = sqlite3_column_text(s, i);
-    return t ? xstrdup((const char *)t) : NULL;
-}
-
 void storage_col_id(sqlite3_stmt *s, int i, char out[37])
 {
     const unsigned char *t = sqlite3_column_text(s, i);
     snprintf(out, 37, "%s", t ? (const char *)t : "");
 }
 
-sqlite3_stmt *storage_prep(kh_storage *st, const char *sql, kh_err *err)
-{
-    sqlite3_stmt *s = NULL;
-    if (sqlite3_prepare_v2(st->db, sql, -1, &s, NULL) != SQLITE_OK) {
-        storage_db_fail(st, err, "prepare");
-        return NULL;
-    }
-    return s;
-}
-
 long long storage_count_where(kh_storage *st, const char *sql, const char *arg, kh_err *err)
 {
     kh_err local = KH_ERR_INIT;
     kh_err *e = err ? err : &local;
-    sqlite3_stmt *s = storage_prep(st, sql, e);
+    sqlite3_stmt *s = kh_store_prep(st->store, sql, e);
     long long n = -1;
     if (s) {
         sqlite3_bind_text(s, 1, arg, -1, SQLITE_TRANSIENT);
@@ -177,7 +161,7 @@ kh_storage *kh_storage_new(uv_loop_t *loop, kh_store *store, kh_qimg *qimg,
         kh_storage_free(st);
         return NULL;
     }
-    sqlite3_stmt *s = storage_prep(st, "SELECT " POOL_COLS " FROM pools", err);
+    sqlite3_stmt *s = kh_store_prep(st->store, "SELECT " POOL_COLS " FROM pools", err);
     if (!s) {
         kh_storage_free(st);
         return NULL;

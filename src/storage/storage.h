@@ -143,7 +143,7 @@ int kh_storage_template_get(kh_storage *st, const char *vm_id, kh_err *err);
  * into a base). Callers should move to kh_storage_template_get(). */
 bool kh_storage_is_template(kh_storage *st, const char *vm_id);
 
-/* Snapshot records of VMs (internal qcow2 snapshots; vm/snapshot.c). A
+/* Snapshot records of VMs (internal qcow2 snapshots; instance/snapshot.c). A
  * record is written only after the snapshot exists in every image. */
 int kh_storage_snapshot_add(kh_storage *st, const char *vm_id, const char *name, bool memory,
                             kh_err *err);

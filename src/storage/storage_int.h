@@ -95,8 +95,9 @@ typedef struct op {
     void *opaque;
 } op;
 
-/* storage.c: store queries, the names in use, JSON bits */
-char *storage_col_text(sqlite3_stmt *s, int i);
+/* storage.c: store queries (on the store's statement helpers,
+ * store/store.h: kh_store_prep, kh_store_col_text), the names in use, JSON
+ * bits */
 void storage_col_id(sqlite3_stmt *s, int i, char out[37]);
 /* Sets err from the database's last error; always -1. Inline so that the
  * analyzer sees the -1 in every storage file. */
@@ -105,7 +106,6 @@ static inline int storage_db_fail(kh_storage *st, kh_err *err, const char *what)
     kh_store_db_error(st->store, err, what);
     return -1;
 }
-sqlite3_stmt *storage_prep(kh_storage *st, const char *sql, kh_err *err);
 /* The count(*) of sql with one text argument; -1 with err set (may be
  * NULL: then the failure is logged) on a database error. */
 long long storage_count_where(kh_storage *st, const char *sql, const char *arg, kh_err *err);

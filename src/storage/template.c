@@ -8,7 +8,7 @@
 
 int kh_storage_template_mark(kh_storage *st, const char *vm_id, kh_err *err)
 {
-    sqlite3_stmt *s = storage_prep(st, "INSERT OR IGNORE INTO templates (vm_id, created_at) VALUES (?, ?)",
+    sqlite3_stmt *s = kh_store_prep(st->store, "INSERT OR IGNORE INTO templates (vm_id, created_at) VALUES (?, ?)",
                                    err);
     if (!s)
         return -1;

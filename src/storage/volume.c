@@ -31,19 +31,19 @@ void row_volume(sqlite3_stmt *s, volume *v)
 {
     storage_col_id(s, 0, v->id);
     storage_col_id(s, 1, v->pool_id);
-    v->name = storage_col_text(s, 2);
-    v->format = storage_col_text(s, 3);
+    v->name = kh_store_col_text(s, 2);
+    v->format = kh_store_col_text(s, 3);
     v->capacity = (uint64_t)sqlite3_column_int64(s, 4);
     storage_col_id(s, 5, v->backing_id);
     v->readonly = sqlite3_column_int(s, 6) != 0;
     v->created_at = sqlite3_column_double(s, 7);
-    v->key_wrapped = storage_col_text(s, 8);
+    v->key_wrapped = kh_store_col_text(s, 8);
 }
 
 int volume_get(kh_storage *st, const char *pool_id, const char *name, const char *id,
                       volume *out, kh_err *err)
 {
-    sqlite3_stmt *s = storage_prep(st, id ? "SELECT " VOL_COLS " FROM volumes WHERE id = ?"
+    sqlite3_stmt *s = kh_store_prep(st->store, id ? "SELECT " VOL_COLS " FROM volumes WHERE id = ?"
                                   : "SELECT " VOL_COLS " FROM volumes WHERE pool_id = ? AND name = ?",
                            err);
     if (!s)
@@ -203,7 +203,7 @@ json_t *kh_storage_volumes_json(kh_storage *st, const char *pool_name, kh_err *e
     if (pool_find(st, pool_name, &p, err) < 0)
         return NULL;
     json_t *arr = json_array();
-    sqlite3_stmt *s = storage_prep(st, "SELECT " VOL_COLS " FROM volumes WHERE pool_id = ? "
+    sqlite3_stmt *s = kh_store_prep(st->store, "SELECT " VOL_COLS " FROM volumes WHERE pool_id = ? "
                                "ORDER BY name", err);
     if (s) {
         sqlite3_bind_text(s, 1, p.id, -1, SQLITE_TRANSIENT);
@@ -297,7 +297,7 @@ int volume_new_key(kh_storage *st, volume *v, kh_err *err)
 
 static int volume_insert(kh_storage *st, const volume *v, kh_err *err)
 {
-    sqlite3_stmt *s = storage_prep(st, "INSERT INTO volumes (" VOL_COLS ") VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+    sqlite3_stmt *s = kh_store_prep(st->store, "INSERT INTO volumes (" VOL_COLS ") VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                                    err);
     if (!s)
         return -1;
@@ -778,7 +778,7 @@ static void resize_record(op *o, kh_err *err_in)
         volume_op_end(o, NULL, err_in);
         return;
     }
-    sqlite3_stmt *s = storage_prep(o->st, "UPDATE volumes SET capacity = ? WHERE id = ?", &err);
+    sqlite3_stmt *s = kh_store_prep(o->st->store, "UPDATE volumes SET capacity = ? WHERE id = ?", &err);
     if (s) {
         sqlite3_bind_int64(s, 1, (sqlite3_int64)o->new_size);
         sqlite3_bind_text(s, 2, o->v.id, -1, SQLITE_TRANSIENT);
@@ -897,9 +897,10 @@ fail:
 static char *first_dependent(kh_storage *st, const char *id)
 {
     kh_err e = KH_ERR_INIT;
-    sqlite3_stmt *s = storage_prep(st, "SELECT p.name, v.name FROM volumes v JOIN pools p "
-                                       "ON p.id = v.pool_id WHERE v.backing_id = ? "
-                                       "ORDER BY p.name, v.name LIMIT 1", &e);
+    sqlite3_stmt *s = kh_store_prep(st->store,
+                                    "SELECT p.name, v.name FROM volumes v JOIN pools p "
+                                    "ON p.id = v.pool_id WHERE v.backing_id = ? "
+                                    "ORDER BY p.name, v.name LIMIT 1", &e);
     if (!s) {
         storage_log_fail(&e, "listing dependents");
         return xstrdup("another volume");
@@ -992,7 +993,7 @@ int kh_storage_volume_delete(kh_storage *st, const char *pool_name, const char *
     int rc = delete_check(st, o, NULL, err);
     if (rc == 0) {
         rc = -1;
-        sqlite3_stmt *s = storage_prep(st, "DELETE FROM volumes WHERE id = ?", err);
+        sqlite3_stmt *s = kh_store_prep(st->store, "DELETE FROM volumes WHERE id = ?", err);
         if (s) {
             sqlite3_bind_text(s, 1, o->v.id, -1, SQLITE_TRANSIENT);
             rc = sqlite3_step(s) == SQLITE_DONE ? 0 : storage_db_fail(st, err, "deleting a volume");
@@ -1019,7 +1020,7 @@ int kh_storage_volume_set_readonly(kh_storage *st, const char *ref, bool readonl
     volume v = { 0 };
     int rc = -1;
     if (pool_find(st, pn, &p, err) == 0 && volume_find(st, &p, vn, &v, err) == 0) {
-        sqlite3_stmt *s = storage_prep(st, "UPDATE volumes SET readonly = ? WHERE id = ?", err);
+        sqlite3_stmt *s = kh_store_prep(st->store, "UPDATE volumes SET readonly = ? WHERE id = ?", err);
         if (s) {
             sqlite3_bind_int(s, 1, readonly);
             sqlite3_bind_text(s, 2, v.id, -1, SQLITE_TRANSIENT);

@@ -2,8 +2,9 @@
  *
  * One database file (STATE_DIR/kvmhost.db) in WAL mode with foreign keys on.
  * Each table has one owning module, which declares its schema steps in its
- * own schema file (store/schema.c, storage/schema.c, net/schema.c); the one
- * ordered list is store/migrations.c. The schema carries a version in PRAGMA
+ * own schema file (store/schema.c, storage/schema.c, net/schema.c) and
+ * keeps its row SQL in its own code (storage/, net/netdb.c) on the
+ * statement helpers below; the one ordered list is store/migrations.c. The schema carries a version in PRAGMA
  * user_version; kh_store_open() applies the missing steps in order inside
  * one transaction each. All calls are synchronous and fast (indexed
  * single-row statements); they run on the loop thread.
@@ -56,7 +57,7 @@ void kh_store_close(kh_store *st);
 int kh_store_schema_version(kh_store *st);
 /* The schema version this build migrates to (the number of migrations). */
 int kh_store_schema_latest(void);
-/* The connection, for modules that keep their own tables (storage/). It
+/* The connection, for modules that keep their own tables. It
  * stays owned by the store and is used on the loop thread only. */
 typedef struct sqlite3 sqlite3;
 typedef struct sqlite3_stmt sqlite3_stmt;
@@ -113,27 +114,5 @@ int kh_store_task_fail_unfinished(kh_store *st, const char *reason, double now, 
 /* Keep only the newest `keep` finished tasks. */
 int kh_store_task_prune(kh_store *st, unsigned keep, kh_err *err);
 void kh_task_row_clear(kh_task_row *row);
-
-/* Networks (net/netmgr.c): the spec is the network's stored JSON. put
- * inserts or replaces the spec of an existing id. */
-typedef struct kh_net_row {
-    char id[37];
-    char *name;
-    char *spec_json;
-    double created_at;
-} kh_net_row;
-int kh_store_net_put(kh_store *st, const kh_net_row *row, kh_err *err);
-int kh_store_net_delete(kh_store *st, const char *id, kh_err *err);
-int kh_store_net_foreach(kh_store *st, int (*cb)(const kh_net_row *row, void *opaque),
-                         void *opaque, kh_err *err);
-
-/* Security groups (net/netmgr.c), by name. */
-int kh_store_sg_put(kh_store *st, const char *name, const char *spec_json, double created_at,
-                    kh_err *err);
-int kh_store_sg_delete(kh_store *st, const char *name, kh_err *err);
-int kh_store_sg_foreach(kh_store *st,
-                        int (*cb)(const char *name, const char *spec_json, double created_at,
-                                  void *opaque),
-                        void *opaque, kh_err *err);
 
 #endif

@@ -1,3 +1,5 @@
+/* check.c - owns the validation of user strings (names, free text, absolute
+ * paths, hex, UUIDs) in one place (util/check.h). */
 #include "util/check.h"
 
 #include <ctype.h>

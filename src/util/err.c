@@ -1,3 +1,5 @@
+/* err.c - owns the one error type, kh_err: setting, prefixing, codes
+ * and their names and HTTP statuses (util/err.h). */
 #include "util/err.h"
 
 #include <errno.h>

@@ -1,3 +1,5 @@
+/* fs.c - owns small file-system helpers with kh_err reporting: mkdir
+ * -p, atomic writes, reads, rm -rf, fd flags (util/fs.h). */
 #include "util/fs.h"
 
 #include <errno.h>

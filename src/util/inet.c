@@ -91,6 +91,21 @@ uint32_t kh_inet_mask(unsigned prefix)
     return prefix == 0 ? 0 : prefix >= 32 ? 0xffffffffu : ~((1u << (32 - prefix)) - 1);
 }
 
+/* The prefix length after the '/': decimal digits without a leading zero. */
+static int parse_prefix(const char *q, const char *what, unsigned *out, kh_err *err)
+{
+    unsigned p = 0;
+    for (const char *c = q; *c; c++) {
+        if (*c < '0' || *c > '9' || (c == q && *c == '0' && c[1])) {
+            kh_err_set(err, KH_E_INVALID, "%s: the prefix length must be a number", what);
+            return -1;
+        }
+        p = p * 10 + (unsigned)(*c - '0');
+    }
+    *out = p;
+    return 0;
+}
+
 int kh_inet_cidr_parse(const char *s, uint32_t *net, unsigned *prefix, unsigned min_prefix,
                        unsigned max_prefix, const char *what, kh_err *err)
 {
@@ -105,14 +120,9 @@ int kh_inet_cidr_parse(const char *s, uint32_t *net, unsigned *prefix, unsigned 
     uint32_t a;
     if (kh_inet_ipv4_parse(buf, &a, what, err) < 0)
         return -1;
-    unsigned p = 0;
-    for (const char *q = slash + 1; *q; q++) {
-        if (*q < '0' || *q > '9' || (q == slash + 1 && *q == '0' && q[1])) {
-            kh_err_set(err, KH_E_INVALID, "%s: the prefix length must be a number", what);
-            return -1;
-        }
-        p = p * 10 + (unsigned)(*q - '0');
-    }
+    unsigned p;
+    if (parse_prefix(slash + 1, what, &p, err) < 0)
+        return -1;
     if (p < min_prefix || p > max_prefix) {
         kh_err_set(err, KH_E_INVALID, "%s: the prefix length must be from %u to %u", what,
                    min_prefix, max_prefix);
@@ -143,14 +153,9 @@ int kh_inet_cidr6_parse(const char *s, uint8_t net[16], unsigned *prefix, const 
     buf[alen] = '\0';
     if (inet_pton(AF_INET6, buf, a) != 1)
         goto bad;
-    unsigned p = 0;
-    for (const char *q = slash + 1; *q; q++) {
-        if (*q < '0' || *q > '9' || (q == slash + 1 && *q == '0' && q[1])) {
-            kh_err_set(err, KH_E_INVALID, "%s: the prefix length must be a number", what);
-            return -1;
-        }
-        p = p * 10 + (unsigned)(*q - '0');
-    }
+    unsigned p;
+    if (parse_prefix(slash + 1, what, &p, err) < 0)
+        return -1;
     if (p > 128) {
         kh_err_set(err, KH_E_INVALID, "%s: the prefix length must be from 0 to 128", what);
         return -1;

@@ -1,3 +1,5 @@
+/* log.c - owns the structured logs in logfmt (key=value) to stderr or
+ * a file (util/log.h). */
 #include "util/log.h"
 
 #include <stdarg.h>

@@ -6,6 +6,7 @@
 #ifndef KH_UTIL_MEM_H
 #define KH_UTIL_MEM_H
 
+#include <stdarg.h>
 #include <stddef.h>
 
 void *xmalloc(size_t size);
@@ -16,6 +17,7 @@ void *xreallocarray(void *ptr, size_t nmemb, size_t size);
 char *xstrdup(const char *s);  /* NULL in, NULL out */
 char *xstrndup(const char *s, size_t n);
 char *xasprintf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+char *xvasprintf(const char *fmt, va_list ap) __attribute__((format(printf, 1, 0)));
 
 /* Free *pp and set it to NULL. */
 #define KH_FREE(p) do { free(p); (p) = NULL; } while (0)

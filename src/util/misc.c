@@ -1,3 +1,5 @@
+/* misc.c - owns time and identifiers: the clocks, the time format,
+ * random bytes, UUIDs (util/misc.h). */
 #include "util/misc.h"
 
 #include <errno.h>

@@ -1,3 +1,5 @@
+/* prom.c - owns the builder for the Prometheus text exposition format
+ * (util/prom.h). */
 #include "util/prom.h"
 
 #include <math.h>

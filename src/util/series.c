@@ -1,3 +1,5 @@
+/* series.c - owns the fixed-size ring of timestamped samples behind
+ * metric history (util/series.h). */
 #include "util/series.h"
 
 #include <stdlib.h>

@@ -1,3 +1,5 @@
+/* sock.c - owns unix sockets addressed relative to a directory fd
+ * (util/sock.h). */
 #include "util/sock.h"
 
 #include <errno.h>
@@ -19,16 +21,23 @@ static int fill_addr(struct sockaddr_un *sa, int dirfd, const char *name, kh_err
     return 0;
 }
 
+/* A unix stream socket (close-on-exec) for dirfd/name: -1 with err. */
+static int new_socket(struct sockaddr_un *sa, int dirfd, const char *name, kh_err *err)
+{
+    if (fill_addr(sa, dirfd, name, err) < 0)
+        return -1;
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        kh_err_errno(err, KH_E_INTERNAL, errno, "socket");
+    return fd;
+}
+
 int kh_sock_listen_at(int dirfd, const char *name, int backlog, kh_err *err)
 {
     struct sockaddr_un sa;
-    if (fill_addr(&sa, dirfd, name, err) < 0)
+    int fd = new_socket(&sa, dirfd, name, err);
+    if (fd < 0)
         return -1;
-    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    if (fd < 0) {
-        kh_err_errno(err, KH_E_INTERNAL, errno, "socket");
-        return -1;
-    }
     if (unlinkat(dirfd, name, 0) < 0 && errno != ENOENT) {
         kh_err_errno(err, KH_E_INTERNAL, errno, "cannot remove stale socket %s", name);
         close(fd);
@@ -45,13 +54,9 @@ int kh_sock_listen_at(int dirfd, const char *name, int backlog, kh_err *err)
 int kh_sock_connect_at(int dirfd, const char *name, kh_err *err)
 {
     struct sockaddr_un sa;
-    if (fill_addr(&sa, dirfd, name, err) < 0)
+    int fd = new_socket(&sa, dirfd, name, err);
+    if (fd < 0)
         return -1;
-    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    if (fd < 0) {
-        kh_err_errno(err, KH_E_INTERNAL, errno, "socket");
-        return -1;
-    }
     int rc;
     do {
         rc = connect(fd, (struct sockaddr *)&sa, sizeof(sa));

@@ -1,3 +1,5 @@
+/* strv.c - owns the growable, NULL-terminated vector of owned strings
+ * (util/strv.h). */
 #include "util/strv.h"
 
 #include <stdarg.h>
@@ -43,12 +45,9 @@ void kh_strv_add(kh_strv *sv, const char *s)
 void kh_strv_addf(kh_strv *sv, const char *fmt, ...)
 {
     va_list ap;
-    char *s = NULL;
     va_start(ap, fmt);
-    int n = vasprintf(&s, fmt, ap);
+    char *s = xvasprintf(fmt, ap);
     va_end(ap);
-    if (n < 0)
-        abort();
     kh_strv_add_steal(sv, s);
 }
 

@@ -7,6 +7,7 @@
 #include "../kh_test.h"
 #include <sqlite3.h>
 
+#include "net/netdb.h"
 #include "store/migrations.h"
 #include "store/store.h"
 #include "util/fs.h"
@@ -150,7 +151,7 @@ static void test_sg_cidr_migration(void)
         st = kh_store_open(path, &err);
         CHECK(st != NULL && kh_store_schema_version(st) == kh_store_schema_latest());
         char spec[256] = "";
-        CHECK(st && kh_store_sg_foreach(st, sg_cb, spec, &err) == 0);
+        CHECK(st && kh_netdb_secgroup_foreach(st, sg_cb, spec, &err) == 0);
         CHECK_STR(spec, "{\"name\":\"web\",\"rules\":[{\"direction\":\"in\",\"proto\":\"tcp\"},"
                         "{\"cidr\":\"10.0.0.0/8\",\"direction\":\"in\",\"proto\":\"any\"}]}");
         kh_store_close(st);
