@@ -419,6 +419,12 @@ static json_t *call(kh_etcd *e, const char *path, json_t *body, bool may_repeat,
     return reply;
 }
 
+json_t *kh_etcd_request(kh_etcd *e, const char *path, json_t *body, bool may_repeat,
+                        kh_err *err)
+{
+    return call(e, path, body, may_repeat, err);
+}
+
 /* ---- KV ---- */
 
 static json_t *range_request(const char *key, bool prefix, const char *range_end, int64_t limit)
