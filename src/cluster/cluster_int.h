@@ -77,7 +77,7 @@ struct kh_cluster {
     kh_cluster_cache hosts;   /* /kvmhost/hosts/: every member, online or not */
     kh_cluster_cache live;    /* /kvmhost/members/: the online ones (leases) */
     bool keeper_ok;           /* the last keep-alive attempt succeeded */
-    uint64_t renewed_ms;      /* monotonic time of the last renewal */
+    uint64_t renewed_ms;      /* monotonic time the last renewal (or the grant) was sent */
     char last_error[512];
     char *record;             /* the member record as last written */
 };
@@ -86,6 +86,9 @@ struct kh_cluster {
 /* Connect to etcd (starting the local member when local) and start the
  * registration. c->conf must be set. */
 int kh_cluster_start(kh_cluster *c, kh_err *err);
+/* Grant a lease, write the member record on it and start the keeper (the
+ * tick does it when not done; create and join do it at once). */
+int kh_cluster_register(kh_cluster *c, kh_err *err);
 /* Stop registration, client and local etcd (the lease is revoked when
  * revoke). */
 void kh_cluster_stop(kh_cluster *c, bool revoke);

@@ -336,6 +336,11 @@ void kh_etcd_free(kh_etcd *e)
     free(e);
 }
 
+void kh_etcd_prefer_first(kh_etcd *e)
+{
+    e->cur = 0;
+}
+
 const char *kh_etcd_endpoint(const kh_etcd *e)
 {
     return e->endpoints[e->cur];

@@ -36,6 +36,8 @@
 #include "util/strv.h"
 
 #define JOIN_TIMEOUT_MS 30000
+#define JOIN_RETRY_S 30
+#define RETRY_HINT "try again"
 
 static char *token_key(const char *token)
 {
@@ -66,8 +68,9 @@ static int need_advertise(const kh_cluster *c, kh_err *err)
  * failure everything is stopped and the configuration dropped. */
 static int bring_up(kh_cluster *c, unsigned wait_ms, kh_err *err)
 {
-    if (kh_cluster_start(c, err) < 0 || kh_cluster_wait_etcd(c, wait_ms, err) < 0) {
-        kh_cluster_stop(c, false);
+    if (kh_cluster_start(c, err) < 0 || kh_cluster_wait_etcd(c, wait_ms, err) < 0 ||
+        kh_cluster_register(c, err) < 0) {
+        kh_cluster_stop(c, true);
         kh_cluster_conf_fini(&c->conf);
         return -1;
     }
@@ -220,6 +223,18 @@ json_t *kh_cluster_admit(kh_cluster *c, const char *token, const json_t *body, k
     }
     json_t *add = kh_etcd_request(c->etcd, "/v3/cluster/member/add",
                                   json_pack("{s:[s]}", "peerURLs", peer), false, err);
+    if (!add && strstr(err->msg, "unhealthy cluster")) {
+        /* etcd counts a member that joined moments ago only after 5 s: give
+         * the token back (on a short lease) and let the joiner retry */
+        int64_t lease = 0;
+        char *k = token_key(token);
+        if (kh_etcd_lease_grant(c->etcd, 120, &lease, NULL, NULL) == 0)
+            kh_etcd_put(c->etcd, k, "{}", (size_t)-1, lease, NULL, NULL);
+        free(k);
+        kh_err_clear(err);
+        kh_err_set(err, KH_E_UNAVAILABLE, "etcd cannot add a member yet (a member that "
+                   "joined moments ago counts after 5 s): " RETRY_HINT);
+    }
     if (!add) {
         json_decref(eps);
         json_decref(out);
@@ -322,7 +337,15 @@ int kh_cluster_join(kh_cluster *c, const char *address, const char *token, kh_er
     json_t *body = json_pack("{s:s, s:s, s:s*}", "host_id", f->host_id, "name", c->host_name,
                              "peer_url", peer);
     free(peer);
-    json_t *ans = ask_member(address, token, body, err);
+    json_t *ans = NULL;
+    for (unsigned tries = 0; !ans; tries++) {
+        kh_err_clear(err);
+        ans = ask_member(address, token, body, err);
+        if (ans || err->code != KH_E_UNAVAILABLE || !strstr(err->msg, RETRY_HINT) ||
+            tries >= JOIN_RETRY_S)
+            break;
+        sleep(1);
+    }
     json_decref(body);
     if (!ans) {
         kh_cluster_conf_fini(f);
@@ -395,6 +418,9 @@ static int etcd_member_remove(kh_cluster *c, const char *host_id, kh_err *err)
                                     json_pack("{s:s}", "ID", id), false, err);
         rc = r ? 0 : -1;
         json_decref(r);
+        if (!r && strstr(err->msg, "unhealthy cluster"))
+            kh_err_prefix(err, "etcd does not change its members while one is catching up "
+                          "(a member counts 5 s after it is back): try again; ");
     }
     json_decref(ms);
     return rc;
@@ -418,9 +444,9 @@ int kh_cluster_leave(kh_cluster *c, kh_err *err)
         return -1;
     char host_id[37];
     snprintf(host_id, sizeof(host_id), "%s", c->conf.host_id);
-    if (delete_records(c, host_id, err) < 0)
-        return -1;
     if (is_local(c) && etcd_member_remove(c, host_id, err) < 0)
+        return -1;
+    if (delete_records(c, host_id, err) < 0)
         return -1;
     kh_cluster_stop(c, true);
     if (kh_cluster_conf_clear(c->store, err) < 0)

@@ -18,6 +18,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "cluster/etcd_int.h"
 #include "kh_config.h"
 #include "util/log.h"
 #include "util/mem.h"
@@ -49,6 +50,8 @@ bool kh_cluster_enabled(const kh_cluster *c)
 int64_t kh_cluster_fence_left_ms(const kh_cluster *c)
 {
     uint64_t expiry = c->keeper ? kh_etcd_keeper_expiry_ms(c->keeper) : 0;
+    if (!expiry && c->keeper) /* before the first renewal: the grant's deadline */
+        expiry = c->renewed_ms + c->ttl_s * 1000;
     if (!expiry)
         return 0;
     uint64_t margin = c->ttl_s * 1000 / 4 < 1000 ? 1000 : c->ttl_s * 1000 / 4;
@@ -85,7 +88,7 @@ static char *record_json(kh_cluster *c)
     if (c->usage)
         c->usage(c->usage_opaque, &vms, &free_mib);
     long pages = sysconf(_SC_PHYS_PAGES), psize = sysconf(_SC_PAGESIZE);
-    json_t *r = json_pack("{s:s, s:s*, s:s*, s:n, s:{s:i, s:I, s:I}, s:i, s:s, s:f}",
+    json_t *r = json_pack("{s:s, s:s*, s:s*, s:n, s:{s:i, s:I}, s:I, s:i, s:s, s:f}",
                           "name", c->host_name, "address", c->advertise, "api_url", c->api_url,
                           "cert_fingerprint", "capacity", "cpus",
                           (int)sysconf(_SC_NPROCESSORS_ONLN), "memory_mib",
@@ -216,9 +219,10 @@ static void on_keeper(kh_etcd_keeper *k, int64_t ttl, const kh_err *err, void *o
     }
 }
 
-static int do_register(kh_cluster *c, kh_err *err)
+int kh_cluster_register(kh_cluster *c, kh_err *err)
 {
     int64_t ttl = 0;
+    uint64_t sent = kh_now_ms();
     if (kh_etcd_lease_grant(c->etcd, c->ttl_s, &c->lease, &ttl, err) < 0)
         return -1;
     if (put_record(c, err) < 0) {
@@ -229,6 +233,9 @@ static int do_register(kh_cluster *c, kh_err *err)
     c->keeper = kh_etcd_keeper_start(c->etcd, c->lease, c->ttl_s * 1000 / 3, on_keeper, c, err);
     if (!c->keeper)
         return -1;
+    c->keeper_ok = true; /* granted and written: etcd has quorum */
+    c->renewed_ms = sent;
+    c->last_error[0] = '\0';
     kh_log(KH_LOG_INFO, "cluster.register", "host_id=%s name=%s lease=%lld ttl=%u",
            c->conf.host_id, c->host_name, (long long)c->lease, c->ttl_s);
     return 0;
@@ -241,7 +248,7 @@ static void on_tick(uv_timer_t *t)
     kh_cluster *c = t->data;
     kh_err err = KH_ERR_INIT;
     if (!c->keeper) {
-        if (do_register(c, &err) < 0) {
+        if (kh_cluster_register(c, &err) < 0) {
             set_error(c, &err);
             return;
         }
@@ -280,16 +287,27 @@ static kh_strv *split(const char *list)
 int kh_cluster_wait_etcd(kh_cluster *c, unsigned timeout_ms, kh_err *err)
 {
     uint64_t end = kh_now_ms() + timeout_ms;
+    bool local = strcmp(c->conf.mode, "local") == 0;
+    char *own = kh_cluster_client_url(c);
     for (;;) {
-        kh_etcd_kv kv;
+        kh_etcd_kv kv = { 0 };
         kh_err e = KH_ERR_INIT;
-        if (kh_etcd_get(c->etcd, KH_CLUSTER_INFO, &kv, NULL, &e) >= 0) {
-            kh_etcd_kv_clear(&kv);
+        /* With a local member, wait for it (the first endpoint): the watches
+         * and the keeper then start on it, not on a member that a partition
+         * could cut off from this host. */
+        kh_etcd_prefer_first(c->etcd);
+        int rc = kh_etcd_get(c->etcd, KH_CLUSTER_INFO, &kv, NULL, &e);
+        kh_etcd_kv_clear(&kv);
+        if (rc >= 0 && (!local || strcmp(kh_etcd_endpoint(c->etcd), own) == 0)) {
+            free(own);
             return 0;
         }
+        if (rc >= 0)
+            kh_err_set(&e, KH_E_UNAVAILABLE, "the local etcd member at %s does not answer", own);
         if (kh_now_ms() >= end) {
             kh_err_set(err, KH_E_UNAVAILABLE, "etcd did not answer within %u s: %s",
                        timeout_ms / 1000, e.msg);
+            free(own);
             return -1;
         }
         usleep(200000);
