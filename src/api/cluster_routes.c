@@ -19,7 +19,8 @@ static json_t *body_of(kh_http_req *req, const char *schema)
     kh_err err = KH_ERR_INIT;
     size_t len = 0;
     kh_http_req_body(req, &len);
-    json_t *body = len ? kh_http_req_json(req, &err) : json_object();
+    /* the request keeps its parsed body: take a reference of our own */
+    json_t *body = len ? json_incref(kh_http_req_json(req, &err)) : json_object();
     if (body && kh_schema_check(schema, body, "", &err) < 0) {
         json_decref(body);
         body = NULL;
