@@ -317,6 +317,11 @@ int kh_cluster_wait_etcd(kh_cluster *c, unsigned timeout_ms, kh_err *err)
 int kh_cluster_start(kh_cluster *c, kh_err *err)
 {
     bool local = strcmp(c->conf.mode, "local") == 0;
+    if (local && !c->advertise) {
+        kh_err_set(err, KH_E_INVALID, "this host's etcd member needs the address other hosts "
+                   "reach it at: start kvmhostd with --listen ADDR:PORT or --advertise ADDR");
+        return -1;
+    }
     if (local && !c->proc) {
         char *data = xasprintf("%s/etcd", c->state_dir);
         char *log = xasprintf("%s/etcd.log", c->state_dir);
