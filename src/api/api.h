@@ -41,6 +41,7 @@ typedef struct kh_api {
     double started_at; /* wall time */
     kh_metrics *metrics;
     kh_alerts *alerts;
+    struct kh_cluster *cluster; /* membership (cluster/cluster.h); never NULL */
 } kh_api;
 
 /* The route table and its size. */
@@ -132,6 +133,15 @@ void kh_net_routes_sg_rule_delete(kh_http_req *req, void *app);
 void kh_console_routes_log(kh_http_req *req, void *app);
 
 void kh_vnc_routes_ws(kh_http_req *req, void *app);
+void kh_cluster_routes_get(kh_http_req *req, void *app);
+void kh_cluster_routes_hosts(kh_http_req *req, void *app);
+void kh_cluster_routes_create(kh_http_req *req, void *app);
+void kh_cluster_routes_join(kh_http_req *req, void *app);
+void kh_cluster_routes_leave(kh_http_req *req, void *app);
+void kh_cluster_routes_token(kh_http_req *req, void *app);
+void kh_cluster_routes_admit(kh_http_req *req, void *app);
+void kh_cluster_routes_remove(kh_http_req *req, void *app);
+
 void kh_metrics_routes_prometheus(kh_http_req *req, void *app);
 void kh_metrics_routes_vm(kh_http_req *req, void *app);
 void kh_metrics_routes_host(kh_http_req *req, void *app);

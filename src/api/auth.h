@@ -21,6 +21,10 @@ enum {
     KH_ROUTE_PUBLIC = 1u << KH_ROUTE_APP_SHIFT,          /* no token needed, even on TCP */
     KH_ROUTE_LOOPBACK_PUBLIC = 1u << (KH_ROUTE_APP_SHIFT + 1), /* no token from a loopback
                                                            * TCP client when loopback_public */
+    KH_ROUTE_JOIN = 1u << (KH_ROUTE_APP_SHIFT + 2), /* also "Authorization: KH-Join <token>":
+                                                     * the handler checks the one-time join
+                                                     * token (cluster join); no other route
+                                                     * accepts that scheme */
 };
 
 typedef struct kh_auth kh_auth;

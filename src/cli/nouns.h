@@ -1,6 +1,6 @@
 /* nouns.h - the per-noun parts of the command table: each noun's file
- * (vm.c, network.c, secgroup.c, alert.c, host.c, snapshot.c, template.c,
- * storage.c) holds its rows beside its handlers; commands.c assembles the
+ * (vm.c, network.c, secgroup.c, alert.c, host.c, cluster.c, snapshot.c,
+ * template.c, storage.c) holds its rows beside its handlers; commands.c assembles the
  * one table from these, in the order `kvmhost --help` lists them. Each
  * handler returns an exit status >= 0, or -1 with err set (the caller
  * prints it and exits with kh_code_exit_status).
@@ -33,6 +33,7 @@ extern const cli_cmd cli_vm_nic_cmds[];
 extern const cli_cmd cli_secgroup_cmds[];
 extern const cli_cmd cli_alert_cmds[];
 extern const cli_cmd cli_host_cmds[];
+extern const cli_cmd cli_cluster_cmds[];
 extern const cli_cmd cli_snapshot_cmds[];
 extern const cli_cmd cli_template_cmds[];
 extern const cli_cmd cli_pool_cmds[];

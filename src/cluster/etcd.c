@@ -336,6 +336,11 @@ void kh_etcd_free(kh_etcd *e)
     free(e);
 }
 
+void kh_etcd_prefer_first(kh_etcd *e)
+{
+    e->cur = 0;
+}
+
 const char *kh_etcd_endpoint(const kh_etcd *e)
 {
     return e->endpoints[e->cur];
@@ -417,6 +422,12 @@ static json_t *call(kh_etcd *e, const char *path, json_t *body, bool may_repeat,
     if (!reply)
         kh_err_copy(err, &last);
     return reply;
+}
+
+json_t *kh_etcd_request(kh_etcd *e, const char *path, json_t *body, bool may_repeat,
+                        kh_err *err)
+{
+    return call(e, path, body, may_repeat, err);
 }
 
 /* ---- KV ---- */

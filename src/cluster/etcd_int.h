@@ -65,6 +65,16 @@ int kh_etcd_kv_parse(const json_t *j, kh_etcd_kv *kv, kh_err *err);
 json_t *kh_etcd_key_json(const char *key);
 json_t *kh_etcd_prefix_end_json(const char *key);
 
+/* POST body (stolen) to a gateway path with the synchronous calls'
+ * failover (may_repeat: harmless to send twice). The parsed reply, or NULL
+ * with err. For the calls etcd.h has no wrapper for (cluster/member/...). */
+json_t *kh_etcd_request(kh_etcd *e, const char *path, json_t *body, bool may_repeat,
+                        kh_err *err);
+
+/* Send the next synchronous request (and the watches and keepers started
+ * after it) to the first endpoint first again. */
+void kh_etcd_prefer_first(kh_etcd *e);
+
 /* etcd_loop.c */
 int kh_etcd_loop_init(kh_etcd *e, kh_err *err);
 void kh_etcd_loop_fini(kh_etcd *e);

@@ -23,11 +23,13 @@
 #include <sys/file.h>
 #include <sys/prctl.h>
 #include <sys/stat.h>
+#include <sys/sysinfo.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include "api/api.h"
 #include "api/auth.h"
+#include "cluster/cluster.h"
 #include "http/http.h"
 #include "host/cgroup.h"
 #include "kh_config.h"
@@ -61,6 +63,12 @@ typedef struct options {
     bool metrics_public;
     const char *alert_rules;
     unsigned sample_interval_ms;
+    /* instance and cluster */
+    const char *instance;
+    const char *host_name;
+    const char *advertise;
+    const char *etcd_endpoints, *etcd_ca, *etcd_cert, *etcd_key, *etcd_binary;
+    unsigned cluster_ttl_s;
 } options;
 
 /* Everything the daemon holds, reachable from one place (and by leak
@@ -79,6 +87,7 @@ static struct daemon {
     kh_webhook *webhook;
     kh_http_server *http;
     kh_auth *auth;           /* the API auth policy (token, browser sessions) */
+    kh_cluster *cluster;     /* membership (src/cluster); a single host has no etcd */
     kh_api api;
     kh_cgroups cgroups;
     kh_accel_probe accel;
@@ -114,6 +123,18 @@ static void usage(FILE *fp)
             "                      qemu-system-x86_64 from PATH)\n"
             "  --qemu-user USER    run QEMU as this user when started as root\n"
             "                      (default kvmhost-qemu)\n"
+            "  --instance NAME     a daemon instance name, for several daemons on one\n"
+            "                      kernel: nftables tables and the cgroup parent become\n"
+            "                      kvmhost-NAME (default: kvmhost)\n"
+            "  --host-name NAME    this host's name in a cluster (default: the instance\n"
+            "                      name, else the hostname)\n"
+            "  --advertise ADDR    the address other cluster hosts reach this one at\n"
+            "                      (default: the address of --listen)\n"
+            "  --etcd-endpoints URLS  use this existing etcd cluster (comma-separated)\n"
+            "                      instead of a local etcd member\n"
+            "  --etcd-ca FILE, --etcd-cert FILE, --etcd-key FILE  TLS for --etcd-endpoints\n"
+            "  --etcd-binary PATH  the etcd of the local member (default /usr/bin/etcd)\n"
+            "  --cluster-ttl SECONDS  the member lease TTL (default 10, 2 to 300)\n"
             "  --log-file FILE     log here instead of stderr\n"
             "  --log-level LEVEL   debug, info, warn or error (default info)\n"
             "  --version           print the version and exit\n"
@@ -138,7 +159,9 @@ static void die(const char *fmt, ...)
 static void parse_args(int argc, char **argv, options *o)
 {
     enum { O_STATE = 256, O_RUN, O_SOCKET, O_LISTEN, O_CERT, O_KEY, O_LOGF, O_LOGL, O_QEMU,
-           O_QUSER, O_WEB, O_VERSION, O_HELP, O_MPUBLIC, O_SAMPLE, O_ALERTS };
+           O_QUSER, O_WEB, O_VERSION, O_HELP, O_MPUBLIC, O_SAMPLE, O_ALERTS, O_INSTANCE,
+           O_HOSTNAME, O_ADVERTISE, O_ETCD_EPS, O_ETCD_CA, O_ETCD_CERT, O_ETCD_KEY, O_ETCD_BIN,
+           O_CTTL };
     static const struct option longopts[] = {
         { "state-dir", required_argument, NULL, O_STATE },
         { "run-dir", required_argument, NULL, O_RUN },
@@ -154,6 +177,15 @@ static void parse_args(int argc, char **argv, options *o)
         { "metrics-public", no_argument, NULL, O_MPUBLIC },
         { "sample-interval-ms", required_argument, NULL, O_SAMPLE },
         { "alert-rules", required_argument, NULL, O_ALERTS },
+        { "instance", required_argument, NULL, O_INSTANCE },
+        { "host-name", required_argument, NULL, O_HOSTNAME },
+        { "advertise", required_argument, NULL, O_ADVERTISE },
+        { "etcd-endpoints", required_argument, NULL, O_ETCD_EPS },
+        { "etcd-ca", required_argument, NULL, O_ETCD_CA },
+        { "etcd-cert", required_argument, NULL, O_ETCD_CERT },
+        { "etcd-key", required_argument, NULL, O_ETCD_KEY },
+        { "etcd-binary", required_argument, NULL, O_ETCD_BIN },
+        { "cluster-ttl", required_argument, NULL, O_CTTL },
         { "version", no_argument, NULL, O_VERSION },
         { "help", no_argument, NULL, O_HELP },
         { NULL, 0, NULL, 0 },
@@ -175,6 +207,22 @@ static void parse_args(int argc, char **argv, options *o)
         case O_WEB: o->web_dir = optarg; break;
         case O_MPUBLIC: o->metrics_public = true; break;
         case O_ALERTS: o->alert_rules = optarg; break;
+        case O_INSTANCE: o->instance = optarg; break;
+        case O_HOSTNAME: o->host_name = optarg; break;
+        case O_ADVERTISE: o->advertise = optarg; break;
+        case O_ETCD_EPS: o->etcd_endpoints = optarg; break;
+        case O_ETCD_CA: o->etcd_ca = optarg; break;
+        case O_ETCD_CERT: o->etcd_cert = optarg; break;
+        case O_ETCD_KEY: o->etcd_key = optarg; break;
+        case O_ETCD_BIN: o->etcd_binary = optarg; break;
+        case O_CTTL: {
+            char *end;
+            unsigned long s = strtoul(optarg, &end, 10);
+            if (!*optarg || *end || s < 2 || s > 300)
+                die("--cluster-ttl must be from 2 to 300 seconds");
+            o->cluster_ttl_s = (unsigned)s;
+            break;
+        }
         case O_SAMPLE: {
             char *end;
             unsigned long ms = strtoul(optarg, &end, 10);
@@ -197,6 +245,12 @@ static void parse_args(int argc, char **argv, options *o)
         die("--tls-cert and --tls-key go together");
     if (o->tls_cert && !o->listen)
         die("--tls-cert needs --listen");
+    if (o->instance) {
+        size_t n = strlen(o->instance);
+        if (n < 1 || n > 32 || strspn(o->instance, "abcdefghijklmnopqrstuvwxyz0123456789-") != n ||
+            o->instance[0] == '-')
+            die("--instance must be 1 to 32 of a-z, 0-9 and '-' (not first)");
+    }
 }
 
 /* Absolute form of a path given on the command line. */
@@ -402,6 +456,17 @@ static json_t *host_facts(const options *o, const char *state_dir, const char *r
     return facts;
 }
 
+/* What this host has now, for its cluster member record. */
+static void cluster_usage(void *opaque, unsigned *vms, uint64_t *memory_free_mib)
+{
+    (void)opaque;
+    unsigned running;
+    kh_manager_counts(d.mgr, vms, &running);
+    struct sysinfo si;
+    *memory_free_mib = sysinfo(&si) == 0
+                           ? (uint64_t)si.freeram * si.mem_unit / (1024 * 1024) : 0;
+}
+
 static void close_straggler(uv_handle_t *h, void *arg)
 {
     unsigned *n = arg;
@@ -428,6 +493,11 @@ static void shutdown_all(void)
     d.http = NULL;
     kh_auth_free(d.auth);
     d.auth = NULL;
+    /* ---- cluster (src/cluster): shutdown (lease revoked, local etcd stopped) ---- */
+    kh_cluster_free(d.cluster);
+    d.cluster = NULL;
+    d.api.cluster = NULL;
+    /* ---- end of cluster shutdown ---- */
     kh_nics_free(d.api.nics);
     kh_disks_free(d.api.disks);
     kh_snapshots_free(d.api.snapshots);
@@ -515,7 +585,8 @@ int main(int argc, char **argv)
     d.qemu_binary = kh_qemu_caps_probe(o.qemu, &d.caps, &err);
     if (!d.qemu_binary)
         die("%s", err.msg);
-    kh_cgroups_detect(&d.cgroups, NULL, NULL);
+    char *cgroup_root = o.instance ? xasprintf("kvmhost-%s", o.instance) : NULL;
+    kh_cgroups_detect(&d.cgroups, NULL, cgroup_root);
     if (!d.cgroups.version) {
         /* /sys/fs/cgroup shows nothing, e.g. under `ip netns exec` (a fresh
          * /sys): mount the kernel's hierarchies in a mount namespace of our
@@ -526,7 +597,7 @@ int main(int argc, char **argv)
         char before[sizeof(d.cgroups.reason)];
         snprintf(before, sizeof(before), "%s", d.cgroups.reason);
         if (kh_cgroups_mount_private(d.cgroups.mount, &cerr) == 0) {
-            kh_cgroups_detect(&d.cgroups, NULL, NULL);
+            kh_cgroups_detect(&d.cgroups, NULL, cgroup_root);
             d.cgroups.mounted_private = d.cgroups.version != 0;
             kh_log(KH_LOG_INFO, "host.cgroup", "note=\"%s; mounted the hierarchies in the "
                    "daemon's own mount namespace\" version=%d", before, d.cgroups.version);
@@ -580,7 +651,7 @@ int main(int argc, char **argv)
     if (!d.storage)
         die("%s", err.msg);
     mcfg.storage = d.storage;
-    d.net = kh_netmgr_new(d.loop, d.store, state_dir, &err);
+    d.net = kh_netmgr_new(d.loop, d.store, state_dir, o.instance, &err);
     if (!d.net)
         die("%s", err.msg);
     mcfg.net = d.net;
@@ -596,6 +667,19 @@ int main(int argc, char **argv)
         die("--alert-rules %s", err.msg);
     kh_metrics_set_alerts(d.metrics, d.alerts);
     kh_metrics_set_host(d.metrics, state_dir, d.storage);
+
+    /* ---- cluster (src/cluster): start-up ---- */
+    kh_cluster_config ccfg = {
+        .state_dir = state_dir, .host_name = o.host_name, .instance = o.instance,
+        .advertise = o.advertise, .listen = o.listen, .tls = o.tls_cert != NULL,
+        .etcd_endpoints = o.etcd_endpoints, .etcd_ca = o.etcd_ca, .etcd_cert = o.etcd_cert,
+        .etcd_key = o.etcd_key, .etcd_binary = o.etcd_binary, .ttl_s = o.cluster_ttl_s,
+        .usage = cluster_usage, .usage_opaque = NULL,
+    };
+    d.cluster = kh_cluster_new(d.loop, d.store, &ccfg, &err);
+    if (!d.cluster)
+        die("%s", err.msg);
+    /* ---- end of cluster start-up ---- */
 
     size_t nroutes;
     const kh_route *routes = kh_routes_table(&nroutes);
@@ -613,6 +697,7 @@ int main(int argc, char **argv)
     d.api.nics = kh_nics_new(d.loop, d.mgr, d.net, d.tasks);
     d.api.started_at = kh_wall_time();
     d.api.host = host_facts(&o, state_dir, run_dir, socket_path);
+    d.api.cluster = d.cluster;
     json_t *openapi = kh_http_openapi(routes, nroutes, schemas, KH_VERSION);
     d.api.openapi = json_dumps(openapi, JSON_COMPACT);
     json_decref(openapi);
@@ -670,6 +755,7 @@ int main(int argc, char **argv)
 
     shutdown_all();
     kh_log(KH_LOG_INFO, "daemon.exit", "pid=%d", (int)getpid());
+    free(cgroup_root);
     free(state_dir);
     free(run_dir);
     free(socket_path);

@@ -53,6 +53,7 @@ struct kh_netmgr {
     kh_store *store;
     char *state_dir;
     char owner[9];         /* marks our bridges: hash of the state dir */
+    char table[64];        /* our nftables tables' name (per daemon instance) */
     net_rt *nets;
     kh_net_binding *binds;
     size_t nbinds;
@@ -109,8 +110,8 @@ static int apply_nft(kh_netmgr *nm, kh_err *err)
         nat = nat || r->n->type == KH_NET_NAT;
         nat6 = nat6 || (r->n->type == KH_NET_NAT && r->n->has_v6);
     }
-    char *script = kh_nft_render(v, count, nm->binds, nm->nbinds,
-                                 (const kh_secgroup *const *)nm->groups, nm->ngroups);
+    char *script = kh_nft_render_table(nm->table, v, count, nm->binds, nm->nbinds,
+                                       (const kh_secgroup *const *)nm->groups, nm->ngroups);
     free(v);
     int rc = kh_nft_apply(script, err);
     free(script);
@@ -476,9 +477,11 @@ static int orphan_cb(const char *name, const kh_link_info *li, void *opaque)
     return 0;
 }
 
-kh_netmgr *kh_netmgr_new(uv_loop_t *loop, kh_store *store, const char *state_dir, kh_err *err)
+kh_netmgr *kh_netmgr_new(uv_loop_t *loop, kh_store *store, const char *state_dir,
+                         const char *instance, kh_err *err)
 {
     kh_netmgr *nm = xcalloc(1, sizeof(*nm));
+    kh_nft_table_name(instance, nm->table, sizeof(nm->table));
     nm->loop = loop;
     nm->store = store;
     nm->state_dir = xstrdup(state_dir);
@@ -499,7 +502,8 @@ kh_netmgr *kh_netmgr_new(uv_loop_t *loop, kh_store *store, const char *state_dir
         kh_log(KH_LOG_WARN, "net.reconcile", "error=\"%s\"", e.msg);
     for (size_t i = 0; i < o.n; i++)
         kh_link_del(o.idx[i], NULL);
-    for (net_rt *r = nm->nets; r; r = r->next) {
+    unsigned count = 0;
+    for (net_rt *r = nm->nets; r; r = r->next, count++) {
         kh_err_clear(&e);
         if (rt_up(r, &e) < 0)
             kh_log(KH_LOG_ERROR, "net.reconcile", "network=%s error=\"%s\"", r->n->name, e.msg);
@@ -507,9 +511,6 @@ kh_netmgr *kh_netmgr_new(uv_loop_t *loop, kh_store *store, const char *state_dir
     kh_err_clear(&e);
     if (apply_nft(nm, &e) < 0)
         kh_log(KH_LOG_ERROR, "net.reconcile", "error=\"%s\"", e.msg);
-    unsigned count = 0;
-    for (net_rt *r = nm->nets; r; r = r->next)
-        count++;
     kh_log(KH_LOG_INFO, "net.ready", "networks=%u", count);
     return nm;
 }

@@ -2,7 +2,7 @@
  *
  * The network manager owns every network: its spec (in the store), its
  * bridge (nat, isolated: created through netlink, marked with an ifalias
- * "kvmhost:<owner>:<id>"), the `inet kvmhost` nftables table (rebuilt
+ * "kvmhost:<owner>:<id>"), the `inet kvmhost[-INSTANCE]` nftables table (rebuilt
  * whole, atomically, at every change) and one supervised dnsmasq per
  * nat/isolated network (restarted when it dies). It runs on the loop
  * thread, in the daemon's network namespace.
@@ -29,9 +29,10 @@ typedef struct kh_netmgr kh_netmgr;
 
 /* Load the networks and reconcile the host with them. Failures to set up
  * one network are logged and leave it listed (a later start retries);
- * only a store error fails. */
+ * only a store error fails. instance: the daemon instance (NULL or "": the
+ * default), which names the nftables tables (nft.h: kh_nft_table_name). */
 kh_netmgr *kh_netmgr_new(uv_loop_t *loop, kh_store *store, const char *state_dir,
-                         kh_err *err);
+                         const char *instance, kh_err *err);
 /* Stop supervising (daemon shutdown): bridges, rules and dnsmasq stay. */
 void kh_netmgr_free(kh_netmgr *nm);
 

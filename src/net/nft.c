@@ -76,10 +76,10 @@ static const kh_network *net_named(const kh_network *const *nets, size_t n, cons
     return NULL;
 }
 
-static void render_bridge(buf *b, const kh_network *const *nets, size_t n,
+static void render_bridge(buf *b, const char *table, const kh_network *const *nets, size_t n,
                           const kh_net_binding *binds, size_t nbinds)
 {
-    put(b, "table bridge " KH_NFT_TABLE " {\n");
+    put(b, "table bridge %s {\n", table);
     put(b, "\tchain prerouting {\n\t\ttype filter hook prerouting priority filter; "
            "policy accept;\n");
     for (size_t i = 0; i < nbinds; i++) {
@@ -199,12 +199,19 @@ static void render_groups(buf *b, const char *hook, const kh_net_binding *binds,
 char *kh_nft_render(const kh_network *const *nets, size_t n, const kh_net_binding *binds,
                     size_t nbinds, const kh_secgroup *const *groups, size_t ngroups)
 {
+    return kh_nft_render_table(KH_NFT_TABLE, nets, n, binds, nbinds, groups, ngroups);
+}
+
+char *kh_nft_render_table(const char *table, const kh_network *const *nets, size_t n,
+                          const kh_net_binding *binds, size_t nbinds,
+                          const kh_secgroup *const *groups, size_t ngroups)
+{
     buf b = { NULL, 0, 0 };
-    put(&b, "table inet " KH_NFT_TABLE "\ndelete table inet " KH_NFT_TABLE "\n");
-    put(&b, "table bridge " KH_NFT_TABLE "\ndelete table bridge " KH_NFT_TABLE "\n");
+    put(&b, "table inet %s\ndelete table inet %s\n", table, table);
+    put(&b, "table bridge %s\ndelete table bridge %s\n", table, table);
     if (n == 0)
         return b.s;
-    render_bridge(&b, nets, n, binds, nbinds);
+    render_bridge(&b, table, nets, n, binds, nbinds);
     render_groups(&b, "forward", binds, nbinds, groups, ngroups);
     render_groups(&b, "output", binds, nbinds, groups, ngroups);
     put(&b, "}\n");
@@ -213,7 +220,7 @@ char *kh_nft_render(const kh_network *const *nets, size_t n, const kh_net_bindin
         owned += kh_network_owns_bridge(nets[i]) ? 1 : 0;
     if (owned == 0)
         return b.s;
-    put(&b, "table inet " KH_NFT_TABLE " {\n");
+    put(&b, "table inet %s {\n", table);
     put(&b, "\tchain forward {\n\t\ttype filter hook forward priority filter; policy accept;\n");
     for (size_t i = 0; i < n; i++) {
         const kh_network *w = nets[i];
@@ -324,4 +331,12 @@ int kh_nft_apply(const char *script, kh_err *err)
     }
     nft_ctx_free(ctx);
     return rc == 0 ? 0 : -1;
+}
+
+void kh_nft_table_name(const char *instance, char *out, size_t size)
+{
+    if (instance && instance[0])
+        snprintf(out, size, "%s-%s", KH_NFT_TABLE, instance);
+    else
+        snprintf(out, size, "%s", KH_NFT_TABLE);
 }

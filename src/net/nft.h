@@ -14,7 +14,7 @@
 #include "net/secgroup.h"
 #include "util/err.h"
 
-#define KH_NFT_TABLE "kvmhost"
+#define KH_NFT_TABLE "kvmhost" /* the default instance's table */
 
 /* The nft script for these networks and NICs. Returns a new string; with
  * no networks it only removes the tables.
@@ -27,6 +27,15 @@
  * bridge's forward (guest to guest) and output (host to guest) hooks. */
 char *kh_nft_render(const kh_network *const *nets, size_t n, const kh_net_binding *binds,
                     size_t nbinds, const kh_secgroup *const *groups, size_t ngroups);
+/* The same for a table of another name: each daemon instance has its own
+ * (kh_nft_table_name), so several daemons on one kernel never touch each
+ * other's rules. */
+char *kh_nft_render_table(const char *table, const kh_network *const *nets, size_t n,
+                          const kh_net_binding *binds, size_t nbinds,
+                          const kh_secgroup *const *groups, size_t ngroups);
+/* The table of a daemon instance: "kvmhost" for NULL or "", else
+ * "kvmhost-<instance>" (written to out, size at least 64). */
+void kh_nft_table_name(const char *instance, char *out, size_t size);
 /* Run an nft script through libnftables. KH_E_INTERNAL with nft's message. */
 int kh_nft_apply(const char *script, kh_err *err);
 

@@ -36,4 +36,7 @@ extern const char kh_net_schema_networks[];
 extern const char kh_net_schema_security_groups[];
 extern const char kh_net_schema_sg_cidr_any[];
 
+/* cluster/schema.c: cluster */
+extern const char kh_cluster_schema_config[];
+
 #endif

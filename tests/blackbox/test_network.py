@@ -893,3 +893,48 @@ def test_secgroup_filters_ipv6_guest(nsdaemons, netns, guest, consoles):
     assert "kvmhost-sg6-ok" in http_get(netns, url4).stdout
     c.run("ping -6 -c 1 -W 3 fd00:87::1 >/dev/null 2>&1 || ping6 -c 1 -W 3 fd00:87::1 "
           ">/dev/null && echo kh-$((%d+1))", timeout=30)
+
+
+def test_two_instances_share_a_kernel(nsdaemons, netns, fake_boot):
+    """Two daemons with different --instance names in one network namespace
+    (as on one kernel): each has its own nftables tables (kvmhost-NAME), a
+    network of the same name and a port forward each, and deleting one's
+    network removes only its tables."""
+    a = nsdaemons(extra_args=["--instance", "a"])
+    b = nsdaemons(extra_args=["--instance", "b"])
+    for d, sub, port in ((a, "10.93.0", 18090), (b, "10.94.0", 18091)):
+        n = create_net(d.api, {"name": "lan", "type": "nat", "subnet": sub + ".0/24"})
+        d.bridge = n["bridge"]
+        spec = {"name": "g", "vcpus": 1, "memory_mib": 64, "boot": fake_boot,
+                "nics": [{"network": "lan", "ip": sub + ".50"}]}
+        assert d.api.post("/api/v1/vms", spec).status == 201
+        r = d.api.post("/api/v1/networks/lan/forwards",
+                       {"proto": "tcp", "host_port": port, "vm": "g", "vm_port": 80})
+        assert r.status == 201, r
+        assert r.json["forwards"][0]["ip"] == sub + ".50"
+    assert a.bridge != b.bridge
+    tables = netns.nft_tables()
+    for t in (("inet", "kvmhost-a"), ("inet", "kvmhost-b"), ("bridge", "kvmhost-a"),
+              ("bridge", "kvmhost-b")):
+        assert t in tables, tables
+    assert ("inet", "kvmhost") not in tables
+
+    def rules(name):
+        r = netns.exec(["nft", "list", "table", "inet", name], check=False)
+        return r.stdout if r.returncode == 0 else None
+
+    assert "10.93.0.50:80" in rules("kvmhost-a") and "10.94.0.50:80" in rules("kvmhost-b")
+    assert "10.94.0" not in rules("kvmhost-a")
+    # both keep working: each lists its own network, with its dnsmasq up
+    for d in (a, b):
+        assert d.api.get("/api/v1/networks/lan").status == 200
+        assert netlib.dnsmasq_pids(d.state_dir)
+    # deleting a's network removes a's tables and bridge only
+    assert a.api.delete("/api/v1/vms/g").status == 204
+    assert a.api.delete("/api/v1/networks/lan").status == 204
+    tables = netns.nft_tables()
+    assert ("inet", "kvmhost-a") not in tables and ("bridge", "kvmhost-a") not in tables
+    assert ("inet", "kvmhost-b") in tables and "10.94.0.50:80" in rules("kvmhost-b")
+    links = netns.links()
+    assert a.bridge not in links and b.bridge in links
+    assert b.api.get("/api/v1/networks/lan").status == 200

@@ -372,6 +372,20 @@ static void test_nft_render(void)
     CHECK(strncmp(s, head, strlen(head)) == 0 && strstr(s, "table bridge kvmhost {") &&
           !strstr(s, "table inet kvmhost {"));
     free(s);
+    /* a daemon instance's own tables: the same rules under kvmhost-NAME, and
+     * nothing that names the default tables */
+    char table[64];
+    kh_nft_table_name(NULL, table, sizeof(table));
+    CHECK_STR(table, "kvmhost");
+    kh_nft_table_name("", table, sizeof(table));
+    CHECK_STR(table, "kvmhost");
+    kh_nft_table_name("h2", table, sizeof(table));
+    CHECK_STR(table, "kvmhost-h2");
+    s = kh_nft_render_table(table, only_br, 1, binds + 2, 1, NULL, 0);
+    CHECK(strncmp(s, "table inet kvmhost-h2\ndelete table inet kvmhost-h2\n"
+                     "table bridge kvmhost-h2\ndelete table bridge kvmhost-h2\n", 106) == 0);
+    CHECK(strstr(s, "table bridge kvmhost-h2 {") && !strstr(s, "kvmhost "));
+    free(s);
     kh_network_free(n);
     kh_network_free(iso);
     kh_network_free(br);

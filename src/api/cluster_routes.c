@@ -1,0 +1,144 @@
+/* cluster_routes.c - /api/v1/cluster and /api/v1/hosts: handlers only (the
+ * work is in src/cluster). POST /api/v1/cluster/members is the join route:
+ * the one route that accepts "Authorization: KH-Join <token>" (auth.c); the
+ * token is checked and consumed by kh_cluster_admit. */
+#include <stdlib.h>
+#include <string.h>
+
+#include "api/api.h"
+#include "cluster/cluster.h"
+#include "schema/schema.h"
+#include "util/mem.h"
+
+#define TOKEN_TTL_S 3600
+
+/* The body checked against schema (an empty body is {}), or NULL after
+ * replying with the error. */
+static json_t *body_of(kh_http_req *req, const char *schema)
+{
+    kh_err err = KH_ERR_INIT;
+    size_t len = 0;
+    kh_http_req_body(req, &len);
+    /* the request keeps its parsed body: take a reference of our own */
+    json_t *body = len ? json_incref(kh_http_req_json(req, &err)) : json_object();
+    if (body && kh_schema_check(schema, body, "", &err) < 0) {
+        json_decref(body);
+        body = NULL;
+    }
+    if (!body)
+        kh_http_reply_error(req, &err);
+    return body;
+}
+
+static void reply_status(kh_http_req *req, kh_api *api, int status, int rc, const kh_err *err)
+{
+    if (rc < 0)
+        kh_http_reply_error(req, err);
+    else
+        kh_http_reply_json(req, status, kh_cluster_status_json(api->cluster));
+}
+
+void kh_cluster_routes_get(kh_http_req *req, void *app)
+{
+    kh_api *api = app;
+    kh_http_reply_json(req, 200, kh_cluster_status_json(api->cluster));
+}
+
+void kh_cluster_routes_hosts(kh_http_req *req, void *app)
+{
+    kh_api *api = app;
+    kh_http_reply_json(req, 200, kh_cluster_hosts_json(api->cluster));
+}
+
+void kh_cluster_routes_create(kh_http_req *req, void *app)
+{
+    kh_api *api = app;
+    json_t *body = body_of(req, "ClusterCreate");
+    if (!body)
+        return;
+    kh_err err = KH_ERR_INIT;
+    int rc = kh_cluster_create(api->cluster, json_string_value(json_object_get(body, "name")),
+                               &err);
+    json_decref(body);
+    reply_status(req, api, 201, rc, &err);
+}
+
+void kh_cluster_routes_join(kh_http_req *req, void *app)
+{
+    kh_api *api = app;
+    json_t *body = body_of(req, "ClusterJoin");
+    if (!body)
+        return;
+    kh_err err = KH_ERR_INIT;
+    int rc = kh_cluster_join(api->cluster, json_string_value(json_object_get(body, "address")),
+                             json_string_value(json_object_get(body, "token")), &err);
+    json_decref(body);
+    reply_status(req, api, 200, rc, &err);
+}
+
+void kh_cluster_routes_leave(kh_http_req *req, void *app)
+{
+    kh_api *api = app;
+    kh_err err = KH_ERR_INIT;
+    int rc = kh_cluster_leave(api->cluster, &err);
+    reply_status(req, api, 200, rc, &err);
+}
+
+void kh_cluster_routes_token(kh_http_req *req, void *app)
+{
+    kh_api *api = app;
+    json_t *body = body_of(req, "ClusterTokenSpec");
+    if (!body)
+        return;
+    json_int_t ttl = json_integer_value(json_object_get(body, "ttl_s"));
+    json_decref(body);
+    kh_err err = KH_ERR_INIT;
+    char *tok = kh_cluster_token(api->cluster, ttl ? ttl : TOKEN_TTL_S, &err);
+    if (!tok) {
+        kh_http_reply_error(req, &err);
+        return;
+    }
+    json_t *st = kh_cluster_status_json(api->cluster);
+    const char *addr = NULL;
+    size_t i;
+    json_t *h;
+    json_array_foreach(json_object_get(st, "members"), i, h)
+        if (json_is_true(json_object_get(h, "self")))
+            addr = json_string_value(json_object_get(h, "api_url"));
+    kh_http_reply_json(req, 201, json_pack("{s:s, s:I, s:s?}", "token", tok, "ttl_s",
+                                           ttl ? ttl : TOKEN_TTL_S, "address", addr));
+    json_decref(st);
+    free(tok);
+}
+
+void kh_cluster_routes_admit(kh_http_req *req, void *app)
+{
+    kh_api *api = app;
+    const char *auth = kh_http_req_header(req, "Authorization");
+    kh_err err = KH_ERR_INIT;
+    if (!auth || strncmp(auth, "KH-Join ", 8) != 0) {
+        kh_err_set(&err, KH_E_UNAUTHORIZED, "joining needs \"Authorization: KH-Join <token>\"");
+        kh_http_reply_error(req, &err);
+        return;
+    }
+    json_t *body = body_of(req, "ClusterAdmit");
+    if (!body)
+        return;
+    json_t *out = kh_cluster_admit(api->cluster, auth + 8, body, &err);
+    json_decref(body);
+    if (!out)
+        kh_http_reply_error(req, &err);
+    else
+        kh_http_reply_json(req, 200, out);
+}
+
+void kh_cluster_routes_remove(kh_http_req *req, void *app)
+{
+    kh_api *api = app;
+    kh_err err = KH_ERR_INIT;
+    if (kh_cluster_remove(api->cluster, kh_http_req_param(req, "host"), &err) < 0) {
+        kh_http_reply_error(req, &err);
+        return;
+    }
+    kh_http_reply_data(req, 204, "application/json", "", 0);
+}

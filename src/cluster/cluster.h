@@ -1,0 +1,96 @@
+/* cluster.h - the cluster module of kvmhostd: membership of this host in a
+ * cluster of kvmhost hosts coordinated through etcd.
+ *
+ * Opt-in: a daemon that never ran `cluster create` or `cluster join` has no
+ * cluster (kh_cluster_enabled false) and touches no etcd; SQLite stays its
+ * only store. In a cluster the daemon either supervises a local etcd member
+ * (etcdproc.c; data in STATE_DIR/etcd) or uses an existing etcd cluster
+ * (--etcd-endpoints). Each host registers /kvmhost/members/<host-id> on a
+ * lease of its own, kept alive on the loop (member.c); a host that cannot
+ * renew it by TTL - margin on its monotonic clock no longer acts as an
+ * owner ("fenced", shown in the status). Joining goes through an existing
+ * member's TCP API with a one-time token (join.c). hosts.c renders the
+ * views (GET /api/v1/cluster, GET /api/v1/hosts).
+ *
+ * Files: member.c (this interface's life cycle, lease, registration, the
+ * members cache), etcdproc.c (the supervised etcd), join.c (create, tokens,
+ * join, leave, remove), hosts.c (views), config.c + schema.c (the cluster
+ * table in SQLite, migration 11).
+ */
+#ifndef KH_CLUSTER_CLUSTER_H
+#define KH_CLUSTER_CLUSTER_H
+
+#include <jansson.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <uv.h>
+
+#include "store/store.h"
+#include "util/err.h"
+
+typedef struct kh_cluster kh_cluster;
+
+/* What this host has right now, for its member record (the daemon fills it
+ * from the VM manager and the kernel). */
+typedef void (*kh_cluster_usage_fn)(void *opaque, unsigned *vms, uint64_t *memory_free_mib);
+
+typedef struct kh_cluster_config {
+    const char *state_dir;
+    const char *host_name;      /* the member's name (NULL: instance name, else hostname) */
+    const char *instance;       /* the daemon instance (may be NULL) */
+    const char *advertise;      /* the address other hosts reach this one at (NULL:
+                                 * the host part of listen) */
+    const char *listen;         /* the daemon's TCP API ADDR:PORT (NULL: none) */
+    bool tls;                   /* the TCP API speaks TLS */
+    const char *etcd_endpoints; /* comma-separated URLs of an existing etcd cluster (NULL:
+                                 * a local etcd member, supervised) */
+    const char *etcd_ca, *etcd_cert, *etcd_key; /* client TLS for etcd_endpoints */
+    const char *etcd_binary;    /* NULL: /usr/bin/etcd */
+    unsigned ttl_s;             /* member lease TTL (0: 10 s) */
+    unsigned etcd_client_port;  /* 0: 2379 */
+    unsigned etcd_peer_port;    /* 0: 2380 */
+    kh_cluster_usage_fn usage;
+    void *usage_opaque;
+} kh_cluster_config;
+
+/* Load the cluster configuration from the store and, when this host is a
+ * member, start its etcd (local mode) and its registration. A member that
+ * cannot reach etcd yet keeps retrying on the loop. NULL with err only on a
+ * store error or bad options. */
+kh_cluster *kh_cluster_new(uv_loop_t *loop, kh_store *store, const kh_cluster_config *cfg,
+                           kh_err *err);
+/* Daemon shutdown: the lease is revoked (this host shows offline at once),
+ * the local etcd member is stopped (it stays a member and starts again with
+ * the next daemon). The loop must run once more to close the handles. */
+void kh_cluster_free(kh_cluster *c);
+
+bool kh_cluster_enabled(const kh_cluster *c);
+/* Whether cluster-wide writes can be made now: -1 with err (KH_E_UNAVAILABLE,
+ * a message saying why) when not (no cluster: KH_E_INVALID). */
+int kh_cluster_writable(const kh_cluster *c, kh_err *err);
+
+/* ---- join.c: the API's actions ---- */
+/* Make this host the first member of a new cluster (name may be NULL). */
+int kh_cluster_create(kh_cluster *c, const char *name, kh_err *err);
+/* A one-time join token (a new string), valid for ttl_s seconds. */
+char *kh_cluster_token(kh_cluster *c, int64_t ttl_s, kh_err *err);
+/* On a member: admit a host that presents a join token (consumed). body:
+ * {host_id, name, peer_url}. The reply: {cluster, cluster_id, mode,
+ * initial_cluster, endpoints}. KH_E_UNAUTHORIZED for a bad or used token. */
+json_t *kh_cluster_admit(kh_cluster *c, const char *token, const json_t *body, kh_err *err);
+/* On the joining host: ask the member at address (HOST:PORT or a URL) to
+ * admit this host with token, then start its etcd member and register. */
+int kh_cluster_join(kh_cluster *c, const char *address, const char *token, kh_err *err);
+/* Leave the cluster: remove this host's etcd member and record, stop and
+ * delete the local etcd data; the host is single again. */
+int kh_cluster_leave(kh_cluster *c, kh_err *err);
+/* Remove another host (by name or host id) from the cluster. */
+int kh_cluster_remove(kh_cluster *c, const char *host, kh_err *err);
+
+/* ---- hosts.c: views ---- */
+/* GET /api/v1/cluster: a new object. */
+json_t *kh_cluster_status_json(kh_cluster *c);
+/* GET /api/v1/hosts: {"hosts": [...]} (a single host lists itself). */
+json_t *kh_cluster_hosts_json(kh_cluster *c);
+
+#endif

@@ -1,0 +1,107 @@
+/* cluster_int.h - what the files of the cluster module share (member.c,
+ * etcdproc.c, join.c, hosts.c, config.c). Not for use outside src/cluster.
+ */
+#ifndef KH_CLUSTER_CLUSTER_INT_H
+#define KH_CLUSTER_CLUSTER_INT_H
+
+#include "cluster/cluster.h"
+#include "cluster/etcd.h"
+
+#define KH_CLUSTER_PREFIX "/kvmhost/"
+#define KH_CLUSTER_MEMBERS KH_CLUSTER_PREFIX "members/" /* on the host's lease: online */
+#define KH_CLUSTER_HOSTS KH_CLUSTER_PREFIX "hosts/"     /* no lease: every member */
+#define KH_CLUSTER_TOKENS KH_CLUSTER_PREFIX "join-tokens/"
+#define KH_CLUSTER_INFO KH_CLUSTER_PREFIX "cluster"
+#define KH_CLUSTER_ETCD_TIMEOUT_MS 2000
+
+/* The persisted configuration (config.c: the `cluster` table). */
+typedef struct kh_cluster_conf {
+    char name[64];            /* the cluster's name */
+    char cluster_id[37];
+    char host_id[37];         /* this host's id (also its etcd member name) */
+    char mode[16];            /* "local" (supervised etcd) or "external" */
+    char *initial_cluster;    /* local: the --initial-cluster it was started with */
+    char *endpoints;          /* comma-separated etcd client URLs */
+    double created_at;
+} kh_cluster_conf;
+
+int kh_cluster_conf_load(kh_store *st, kh_cluster_conf *out, kh_err *err); /* 1, 0 none, -1 */
+int kh_cluster_conf_save(kh_store *st, const kh_cluster_conf *conf, kh_err *err);
+int kh_cluster_conf_clear(kh_store *st, kh_err *err);
+void kh_cluster_conf_fini(kh_cluster_conf *conf);
+
+/* etcdproc.c: one supervised etcd member. */
+typedef struct kh_etcdproc kh_etcdproc;
+typedef struct kh_etcdproc_spec {
+    const char *binary;
+    const char *name;          /* the member name: the host id */
+    const char *data_dir;
+    const char *log_file;
+    const char *peer_url;      /* http://ADDR:2380 */
+    const char *client_url;    /* http://ADDR:2379 */
+    const char *initial_cluster;
+    bool existing;             /* --initial-cluster-state existing */
+    const char *cluster_token;
+} kh_etcdproc_spec;
+kh_etcdproc *kh_etcdproc_new(uv_loop_t *loop, const kh_etcdproc_spec *spec, kh_err *err);
+/* SIGTERM, wait (up to 5 s, then SIGKILL), reap. NULL is fine. */
+void kh_etcdproc_free(kh_etcdproc *p);
+int kh_etcdproc_pid(const kh_etcdproc *p);
+unsigned kh_etcdproc_restarts(const kh_etcdproc *p);
+
+/* A prefix of etcd mirrored in memory: listed, then watched. */
+typedef struct kh_cluster_cache {
+    struct kh_cluster *c;
+    const char *prefix;
+    json_t *map;              /* host id -> record */
+    kh_etcd_watch *watch;
+} kh_cluster_cache;
+
+struct kh_cluster {
+    uv_loop_t *loop;
+    kh_store *store;
+    char *state_dir, *host_name, *advertise, *api_url, *etcd_binary;
+    char *ext_endpoints, *etcd_ca, *etcd_cert, *etcd_key;
+    unsigned ttl_s, client_port, peer_port;
+    kh_cluster_usage_fn usage;
+    void *usage_opaque;
+
+    bool enabled;
+    kh_cluster_conf conf;
+    kh_etcd *etcd;
+    kh_etcdproc *proc;
+    int64_t lease;
+    kh_etcd_keeper *keeper;
+    kh_etcd_watch *watch;
+    uv_timer_t *timer;        /* registration retries, record refresh */
+    kh_cluster_cache hosts;   /* /kvmhost/hosts/: every member, online or not */
+    kh_cluster_cache live;    /* /kvmhost/members/: the online ones (leases) */
+    bool keeper_ok;           /* the last keep-alive attempt succeeded */
+    uint64_t renewed_ms;      /* monotonic time the last renewal (or the grant) was sent */
+    char last_error[512];
+    char *record;             /* the member record as last written */
+};
+
+/* member.c */
+/* Connect to etcd (starting the local member when local) and start the
+ * registration. c->conf must be set. */
+int kh_cluster_start(kh_cluster *c, kh_err *err);
+/* Grant a lease, write the member record on it and start the keeper (the
+ * tick does it when not done; create and join do it at once). */
+int kh_cluster_register(kh_cluster *c, kh_err *err);
+/* Stop registration, client and local etcd (the lease is revoked when
+ * revoke). */
+void kh_cluster_stop(kh_cluster *c, bool revoke);
+/* The local etcd's URLs: peer and client. */
+char *kh_cluster_peer_url(const kh_cluster *c);
+char *kh_cluster_client_url(const kh_cluster *c);
+/* Wait (blocking, bounded) until etcd answers a linearizable read. */
+int kh_cluster_wait_etcd(kh_cluster *c, unsigned timeout_ms, kh_err *err);
+/* Whether the lease deadline (TTL - margin) has passed: not an owner. */
+bool kh_cluster_fenced(const kh_cluster *c);
+/* The member record of this host (JSON text, a new string). */
+char *kh_cluster_record(kh_cluster *c);
+/* Milliseconds left before the self-fence deadline (<0: past; 0 no lease). */
+int64_t kh_cluster_fence_left_ms(const kh_cluster *c);
+
+#endif

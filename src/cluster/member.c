@@ -1,0 +1,474 @@
+/* member.c - the cluster module's life cycle (cluster.h) and this host's
+ * membership: the etcd client, the lease, the member record
+ * /kvmhost/members/<host-id> attached to it (and the same record, without a
+ * lease, in /kvmhost/hosts/<host-id>: every member, online or not), the
+ * keeper that renews the lease, and watches of both prefixes that keep the
+ * caches the hosts view reads (so reads work without etcd).
+ *
+ * Self-fence: the keeper's expiry deadline (last renewal sent + TTL, on the
+ * monotonic clock) minus a margin (TTL/4, at least 1 s) is when this host
+ * stops acting as an owner; until HA exists that state is only recorded
+ * and shown (GET /api/v1/cluster "fenced"). A lost lease (expired while cut
+ * off) is replaced by a new one and the record written again.
+ */
+#include "cluster/cluster_int.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "cluster/etcd_int.h"
+#include "kh_config.h"
+#include "util/log.h"
+#include "util/mem.h"
+#include "util/misc.h"
+#include "util/strv.h"
+
+#define TICK_MS 1000
+
+static void handle_free(uv_handle_t *h)
+{
+    free(h);
+}
+
+char *kh_cluster_peer_url(const kh_cluster *c)
+{
+    return xasprintf("http://%s:%u", c->advertise, c->peer_port);
+}
+
+char *kh_cluster_client_url(const kh_cluster *c)
+{
+    return xasprintf("http://%s:%u", c->advertise, c->client_port);
+}
+
+bool kh_cluster_enabled(const kh_cluster *c)
+{
+    return c && c->enabled;
+}
+
+int64_t kh_cluster_fence_left_ms(const kh_cluster *c)
+{
+    uint64_t expiry = c->keeper ? kh_etcd_keeper_expiry_ms(c->keeper) : 0;
+    if (!expiry && c->keeper) /* before the first renewal: the grant's deadline */
+        expiry = c->renewed_ms + c->ttl_s * 1000;
+    if (!expiry)
+        return 0;
+    uint64_t margin = c->ttl_s * 1000 / 4 < 1000 ? 1000 : c->ttl_s * 1000 / 4;
+    return (int64_t)(expiry - margin) - (int64_t)kh_now_ms();
+}
+
+bool kh_cluster_fenced(const kh_cluster *c)
+{
+    return !c->keeper || kh_cluster_fence_left_ms(c) <= 0;
+}
+
+int kh_cluster_writable(const kh_cluster *c, kh_err *err)
+{
+    if (!kh_cluster_enabled(c)) {
+        kh_err_set(err, KH_E_INVALID, "this host is not in a cluster (kvmhost cluster create, "
+                   "or kvmhost cluster join)");
+        return -1;
+    }
+    if (!c->keeper_ok || kh_cluster_fenced(c)) {
+        kh_err_set(err, KH_E_UNAVAILABLE, "the cluster has no quorum from this host (etcd: %s): "
+                   "cluster-wide changes are refused until it is back; reads still work",
+                   c->last_error[0] ? c->last_error : "not reachable");
+        return -1;
+    }
+    return 0;
+}
+
+/* ---- the member record ---- */
+
+static char *record_json(kh_cluster *c)
+{
+    unsigned vms = 0;
+    uint64_t free_mib = 0;
+    if (c->usage)
+        c->usage(c->usage_opaque, &vms, &free_mib);
+    long pages = sysconf(_SC_PHYS_PAGES), psize = sysconf(_SC_PAGESIZE);
+    json_t *r = json_pack("{s:s, s:s*, s:s*, s:n, s:{s:i, s:I}, s:I, s:i, s:s, s:f}",
+                          "name", c->host_name, "address", c->advertise, "api_url", c->api_url,
+                          "cert_fingerprint", "capacity", "cpus",
+                          (int)sysconf(_SC_NPROCESSORS_ONLN), "memory_mib",
+                          (json_int_t)((uint64_t)pages * (uint64_t)psize / (1024 * 1024)),
+                          "memory_free_mib", (json_int_t)free_mib, "vms", (int)vms, "version",
+                          KH_VERSION, "registered_at", kh_wall_time());
+    char *s = json_dumps(r, JSON_COMPACT | JSON_SORT_KEYS);
+    json_decref(r);
+    return s;
+}
+
+/* The record without its time, to tell whether it changed. */
+static bool record_same(const char *a, const char *b)
+{
+    if (!a || !b)
+        return false;
+    const char *ta = strstr(a, "\"registered_at\""), *tb = strstr(b, "\"registered_at\"");
+    return ta && tb && ta - a == tb - b && strncmp(a, b, (size_t)(ta - a)) == 0 &&
+           strcmp(strchr(ta, ',') ? strchr(ta, ',') : "", strchr(tb, ',') ? strchr(tb, ',') : "")
+               == 0;
+}
+
+char *kh_cluster_record(kh_cluster *c)
+{
+    return record_json(c);
+}
+
+/* The record goes to hosts/<id> (stays while the host is a member) and to
+ * members/<id> on the lease (gone when the host is). */
+static int put_record(kh_cluster *c, kh_err *err)
+{
+    char *key = xasprintf(KH_CLUSTER_MEMBERS "%s", c->conf.host_id);
+    char *hkey = xasprintf(KH_CLUSTER_HOSTS "%s", c->conf.host_id);
+    char *rec = record_json(c);
+    int rc = kh_etcd_put(c->etcd, hkey, rec, (size_t)-1, 0, NULL, err);
+    if (rc == 0)
+        rc = kh_etcd_put(c->etcd, key, rec, (size_t)-1, c->lease, NULL, err);
+    free(key);
+    free(hkey);
+    if (rc < 0) {
+        free(rec);
+        return -1;
+    }
+    free(c->record);
+    c->record = rec;
+    return 0;
+}
+
+static void set_error(kh_cluster *c, const kh_err *err)
+{
+    snprintf(c->last_error, sizeof(c->last_error), "%s", err ? err->msg : "");
+}
+
+/* ---- the caches of hosts/ and members/ ---- */
+
+static void on_watch(kh_etcd_watch *w, const kh_etcd_event *ev, const kh_err *err, void *opaque)
+{
+    kh_cluster_cache *k = opaque;
+    if (!ev) {
+        kh_log(KH_LOG_WARN, "cluster.watch", "prefix=%s error=\"%s\" note=\"listing again\"",
+               k->prefix, err ? err->msg : "ended");
+        kh_etcd_watch_cancel(w);
+        k->watch = NULL; /* the tick lists and watches again */
+        return;
+    }
+    const char *id = ev->kv->key + strlen(k->prefix);
+    bool live = k == &k->c->live;
+    if (ev->type == KH_ETCD_EV_DELETE) {
+        json_object_del(k->map, id);
+        if (live)
+            kh_log(KH_LOG_INFO, "cluster.member.offline", "host_id=%s", id);
+        return;
+    }
+    json_t *rec = json_loadb(ev->kv->value, ev->kv->value_len, 0, NULL);
+    if (json_is_object(rec)) {
+        if (live && !json_object_get(k->map, id))
+            kh_log(KH_LOG_INFO, "cluster.member.online", "host_id=%s name=%s", id,
+                   json_string_value(json_object_get(rec, "name")));
+        json_object_set_new(k->map, id, rec);
+    } else {
+        json_decref(rec);
+    }
+}
+
+static int list_and_watch(kh_cluster_cache *k, kh_etcd *etcd, kh_err *err)
+{
+    kh_etcd_kvs kvs = { 0 };
+    if (kh_etcd_range(etcd, k->prefix, NULL, 0, &kvs, err) < 0)
+        return -1;
+    json_object_clear(k->map);
+    for (size_t i = 0; i < kvs.n; i++) {
+        json_t *rec = json_loadb(kvs.kv[i].value, kvs.kv[i].value_len, 0, NULL);
+        if (json_is_object(rec))
+            json_object_set_new(k->map, kvs.kv[i].key + strlen(k->prefix), rec);
+        else
+            json_decref(rec);
+    }
+    int64_t rev = kvs.revision;
+    kh_etcd_kvs_clear(&kvs);
+    k->watch = kh_etcd_watch_start(etcd, k->prefix, true, rev + 1, on_watch, k, err);
+    return k->watch ? 0 : -1;
+}
+
+/* ---- lease and keeper ---- */
+
+static void on_keeper(kh_etcd_keeper *k, int64_t ttl, const kh_err *err, void *opaque)
+{
+    kh_cluster *c = opaque;
+    if (ttl > 0) {
+        if (!c->keeper_ok)
+            kh_log(KH_LOG_INFO, "cluster.lease", "lease=%lld state=renewed",
+                   (long long)c->lease);
+        c->keeper_ok = true;
+        c->renewed_ms = kh_now_ms();
+        c->last_error[0] = '\0';
+        return;
+    }
+    if (c->keeper_ok)
+        kh_log(KH_LOG_WARN, "cluster.lease", "lease=%lld error=\"%s\"", (long long)c->lease,
+               err ? err->msg : "?");
+    c->keeper_ok = false;
+    set_error(c, err);
+    if (err && err->code == KH_E_NOTFOUND) {
+        /* expired while we were cut off: the tick registers again */
+        kh_etcd_keeper_stop(k);
+        c->keeper = NULL;
+        c->lease = 0;
+    }
+}
+
+int kh_cluster_register(kh_cluster *c, kh_err *err)
+{
+    int64_t ttl = 0;
+    uint64_t sent = kh_now_ms();
+    if (kh_etcd_lease_grant(c->etcd, c->ttl_s, &c->lease, &ttl, err) < 0)
+        return -1;
+    if (put_record(c, err) < 0) {
+        kh_etcd_lease_revoke(c->etcd, c->lease, NULL);
+        c->lease = 0;
+        return -1;
+    }
+    c->keeper = kh_etcd_keeper_start(c->etcd, c->lease, c->ttl_s * 1000 / 3, on_keeper, c, err);
+    if (!c->keeper)
+        return -1;
+    c->keeper_ok = true; /* granted and written: etcd has quorum */
+    c->renewed_ms = sent;
+    c->last_error[0] = '\0';
+    kh_log(KH_LOG_INFO, "cluster.register", "host_id=%s name=%s lease=%lld ttl=%u",
+           c->conf.host_id, c->host_name, (long long)c->lease, c->ttl_s);
+    return 0;
+}
+
+/* Every second: register when not registered, list and watch when not
+ * watching, and write the record again when what it says changed. */
+static void on_tick(uv_timer_t *t)
+{
+    kh_cluster *c = t->data;
+    kh_err err = KH_ERR_INIT;
+    if (!c->keeper) {
+        if (kh_cluster_register(c, &err) < 0) {
+            set_error(c, &err);
+            return;
+        }
+    }
+    if (!c->keeper_ok)
+        return; /* no quorum: do not block the loop on calls that time out */
+    kh_err_clear(&err);
+    if (!c->hosts.watch && list_and_watch(&c->hosts, c->etcd, &err) < 0)
+        set_error(c, &err);
+    kh_err_clear(&err);
+    if (!c->live.watch && list_and_watch(&c->live, c->etcd, &err) < 0)
+        set_error(c, &err);
+    char *rec = record_json(c);
+    bool same = record_same(rec, c->record);
+    free(rec);
+    kh_err_clear(&err);
+    if (!same && put_record(c, &err) < 0)
+        set_error(c, &err);
+}
+
+/* ---- start and stop ---- */
+
+static kh_strv *split(const char *list)
+{
+    kh_strv *v = kh_strv_new();
+    const char *p = list ? list : "";
+    while (*p) {
+        size_t n = strcspn(p, ",");
+        if (n)
+            kh_strv_add_steal(v, xstrndup(p, n));
+        p += n + (p[n] == ',');
+    }
+    return v;
+}
+
+int kh_cluster_wait_etcd(kh_cluster *c, unsigned timeout_ms, kh_err *err)
+{
+    uint64_t end = kh_now_ms() + timeout_ms;
+    bool local = strcmp(c->conf.mode, "local") == 0;
+    char *own = kh_cluster_client_url(c);
+    for (;;) {
+        kh_etcd_kv kv = { 0 };
+        kh_err e = KH_ERR_INIT;
+        /* With a local member, wait for it (the first endpoint): the watches
+         * and the keeper then start on it, not on a member that a partition
+         * could cut off from this host. */
+        kh_etcd_prefer_first(c->etcd);
+        int rc = kh_etcd_get(c->etcd, KH_CLUSTER_INFO, &kv, NULL, &e);
+        kh_etcd_kv_clear(&kv);
+        if (rc >= 0 && (!local || strcmp(kh_etcd_endpoint(c->etcd), own) == 0)) {
+            free(own);
+            return 0;
+        }
+        if (rc >= 0)
+            kh_err_set(&e, KH_E_UNAVAILABLE, "the local etcd member at %s does not answer", own);
+        if (kh_now_ms() >= end) {
+            kh_err_set(err, KH_E_UNAVAILABLE, "etcd did not answer within %u s: %s",
+                       timeout_ms / 1000, e.msg);
+            free(own);
+            return -1;
+        }
+        usleep(200000);
+    }
+}
+
+int kh_cluster_start(kh_cluster *c, kh_err *err)
+{
+    bool local = strcmp(c->conf.mode, "local") == 0;
+    if (local && !c->advertise) {
+        kh_err_set(err, KH_E_INVALID, "this host's etcd member needs the address other hosts "
+                   "reach it at: start kvmhostd with --listen ADDR:PORT or --advertise ADDR");
+        return -1;
+    }
+    if (local && !c->proc) {
+        char *data = xasprintf("%s/etcd", c->state_dir);
+        char *log = xasprintf("%s/etcd.log", c->state_dir);
+        char *peer = kh_cluster_peer_url(c), *client = kh_cluster_client_url(c);
+        bool existing = access(data, F_OK) == 0 || strchr(c->conf.initial_cluster, ',');
+        kh_etcdproc_spec s = { .binary = c->etcd_binary, .name = c->conf.host_id,
+                               .data_dir = data, .log_file = log, .peer_url = peer,
+                               .client_url = client, .initial_cluster = c->conf.initial_cluster,
+                               .existing = existing, .cluster_token = c->conf.cluster_id };
+        c->proc = kh_etcdproc_new(c->loop, &s, err);
+        free(data);
+        free(log);
+        free(peer);
+        free(client);
+        if (!c->proc)
+            return -1;
+    }
+    if (!c->etcd) {
+        kh_strv *eps = split(c->conf.endpoints);
+        kh_etcd_opts o = { .endpoints = (const char *const *)eps->v, .n_endpoints = eps->n,
+                           .timeout_ms = KH_CLUSTER_ETCD_TIMEOUT_MS, .connect_timeout_ms = 1000,
+                           .ca_file = c->etcd_ca, .cert_file = c->etcd_cert,
+                           .key_file = c->etcd_key };
+        c->etcd = eps->n ? kh_etcd_new(&o, c->loop, err) : NULL;
+        if (!eps->n)
+            kh_err_set(err, KH_E_INVALID, "no etcd endpoints");
+        kh_strv_free(eps);
+        if (!c->etcd)
+            return -1;
+    }
+    c->enabled = true;
+    c->timer = xcalloc(1, sizeof(*c->timer));
+    uv_timer_init(c->loop, c->timer);
+    c->timer->data = c;
+    uv_timer_start(c->timer, on_tick, 0, TICK_MS);
+    return 0;
+}
+
+void kh_cluster_stop(kh_cluster *c, bool revoke)
+{
+    if (c->timer) {
+        uv_timer_stop(c->timer);
+        uv_close((uv_handle_t *)c->timer, handle_free);
+        c->timer = NULL;
+    }
+    kh_etcd_watch_cancel(c->hosts.watch);
+    kh_etcd_watch_cancel(c->live.watch);
+    c->hosts.watch = c->live.watch = NULL;
+    kh_etcd_keeper_stop(c->keeper);
+    c->keeper = NULL;
+    if (revoke && c->lease && c->keeper_ok)
+        kh_etcd_lease_revoke(c->etcd, c->lease, NULL);
+    c->lease = 0;
+    c->keeper_ok = false;
+    kh_etcd_free(c->etcd);
+    c->etcd = NULL;
+    kh_etcdproc_free(c->proc);
+    c->proc = NULL;
+    json_object_clear(c->hosts.map);
+    json_object_clear(c->live.map);
+    free(c->record);
+    c->record = NULL;
+    c->enabled = false;
+}
+
+static char *dup_or_null(const char *s)
+{
+    return s && *s ? xstrdup(s) : NULL;
+}
+
+kh_cluster *kh_cluster_new(uv_loop_t *loop, kh_store *store, const kh_cluster_config *cfg,
+                           kh_err *err)
+{
+    kh_cluster *c = xcalloc(1, sizeof(*c));
+    c->loop = loop;
+    c->store = store;
+    c->state_dir = xstrdup(cfg->state_dir);
+    char host[256] = "";
+    gethostname(host, sizeof(host) - 1);
+    c->host_name = xstrdup(cfg->host_name && *cfg->host_name ? cfg->host_name
+                           : cfg->instance && *cfg->instance ? cfg->instance : host);
+    if (cfg->advertise && *cfg->advertise) {
+        c->advertise = xstrdup(cfg->advertise);
+    } else if (cfg->listen && cfg->listen[0] != '[') {
+        const char *colon = strrchr(cfg->listen, ':');
+        c->advertise = colon ? xstrndup(cfg->listen, (size_t)(colon - cfg->listen)) : NULL;
+    }
+    if (c->advertise && (!*c->advertise || strcmp(c->advertise, "0.0.0.0") == 0)) {
+        free(c->advertise);
+        c->advertise = NULL;
+    }
+    if (cfg->listen && c->advertise) {
+        const char *colon = strrchr(cfg->listen, ':');
+        c->api_url = xasprintf("%s://%s:%s", cfg->tls ? "https" : "http", c->advertise,
+                               colon ? colon + 1 : "8443");
+    }
+    c->etcd_binary = xstrdup(cfg->etcd_binary ? cfg->etcd_binary : "/usr/bin/etcd");
+    c->ext_endpoints = dup_or_null(cfg->etcd_endpoints);
+    c->etcd_ca = dup_or_null(cfg->etcd_ca);
+    c->etcd_cert = dup_or_null(cfg->etcd_cert);
+    c->etcd_key = dup_or_null(cfg->etcd_key);
+    c->ttl_s = cfg->ttl_s ? cfg->ttl_s : 10;
+    c->client_port = cfg->etcd_client_port ? cfg->etcd_client_port : 2379;
+    c->peer_port = cfg->etcd_peer_port ? cfg->etcd_peer_port : 2380;
+    c->usage = cfg->usage;
+    c->usage_opaque = cfg->usage_opaque;
+    c->hosts = (kh_cluster_cache){ c, KH_CLUSTER_HOSTS, json_object(), NULL };
+    c->live = (kh_cluster_cache){ c, KH_CLUSTER_MEMBERS, json_object(), NULL };
+    int have = kh_cluster_conf_load(store, &c->conf, err);
+    if (have < 0) {
+        kh_cluster_free(c);
+        return NULL;
+    }
+    if (have == 0)
+        return c;
+    if (c->ext_endpoints && strcmp(c->conf.mode, "external") == 0) {
+        free(c->conf.endpoints);
+        c->conf.endpoints = xstrdup(c->ext_endpoints);
+    }
+    kh_err e = KH_ERR_INIT;
+    if (kh_cluster_start(c, &e) < 0) {
+        kh_log(KH_LOG_ERROR, "cluster.start", "cluster=%s error=\"%s\"", c->conf.name, e.msg);
+        set_error(c, &e);
+        c->enabled = true; /* a member still: status says what is wrong */
+    } else {
+        kh_log(KH_LOG_INFO, "cluster.start", "cluster=%s host_id=%s mode=%s", c->conf.name,
+               c->conf.host_id, c->conf.mode);
+    }
+    return c;
+}
+
+void kh_cluster_free(kh_cluster *c)
+{
+    if (!c)
+        return;
+    kh_cluster_stop(c, true);
+    kh_cluster_conf_fini(&c->conf);
+    json_decref(c->hosts.map);
+    json_decref(c->live.map);
+    free(c->state_dir);
+    free(c->host_name);
+    free(c->advertise);
+    free(c->api_url);
+    free(c->etcd_binary);
+    free(c->ext_endpoints);
+    free(c->etcd_ca);
+    free(c->etcd_cert);
+    free(c->etcd_key);
+    free(c);
+}

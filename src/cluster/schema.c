@@ -1,0 +1,17 @@
+/* schema.c - the cluster module's table: cluster (this host's membership,
+ * one row or none). Pure data, compiled into the store library and
+ * registered in store/migrations.c. */
+#include "store/migrations.h"
+
+/* 11: the cluster this host belongs to (no row: a single host). */
+const char kh_cluster_schema_config[] =
+    "CREATE TABLE IF NOT EXISTS cluster ("
+    "  id INTEGER PRIMARY KEY CHECK (id = 1),"
+    "  name TEXT NOT NULL,"
+    "  cluster_id TEXT NOT NULL,"
+    "  host_id TEXT NOT NULL,"
+    "  mode TEXT NOT NULL,"
+    "  initial_cluster TEXT,"
+    "  endpoints TEXT NOT NULL,"
+    "  created_at REAL NOT NULL"
+    ");";
