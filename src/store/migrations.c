@@ -13,6 +13,7 @@ const kh_store_migration kh_store_migrations[] = {
     { 6, "storage", kh_storage_schema_snapshot_tree },
     { 7, "net", kh_net_schema_sg_cidr_any },
     { 8, "storage", kh_storage_schema_vm_cascade },
+    { 9, "alert", kh_alert_schema_config },
 };
 
 const size_t kh_store_nmigrations = KH_ARRAY_LEN(kh_store_migrations);

@@ -247,7 +247,8 @@ static void test_old_schema_upgrades(void)
         return;
     }
     CHECK(kh_store_schema_version(st) == kh_store_schema_latest());
-    CHECK(kh_store_schema_latest() == 8);
+    CHECK(kh_store_schema_latest() == 9);
+    CHECK(count(path, "SELECT count(*) FROM alert_config") == 0);
     CHECK(count(path, "SELECT count(*) FROM vms") == 2);
     CHECK(count(path, "SELECT count(*) FROM tasks") == 1);
     CHECK(count(path, "SELECT count(*) FROM networks") == 1);
