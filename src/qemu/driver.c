@@ -11,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/syscall.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "host/proc.h"
@@ -440,6 +441,9 @@ static int qemu_reattach(kh_inst *v, int dirfd, kh_err *err)
         char *clog = kh_runtime_state_path(v, "console.log");
         v->console = kh_console_new(v->mgr->loop, clog, KH_CONSOLE_LOG_MAX);
         free(clog);
+        /* What the guest wrote while no daemon listened is gone: say so
+         * in the log, before anything new arrives. */
+        kh_console_note_gap(v->console, time(NULL));
         int fd = kh_sock_connect_at(dirfd, "serial.sock", err);
         if (fd < 0 || kh_console_attach_fd(v->console, fd, err) < 0) {
             if (fd >= 0)
