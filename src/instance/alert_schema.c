@@ -8,7 +8,7 @@
  * the --alert-rules file's content (compact, sorted keys) when it was last
  * applied, so an unchanged file does not undo changes made through the API. */
 const char kh_alert_schema_config[] =
-    "CREATE TABLE alert_config ("
+    "CREATE TABLE IF NOT EXISTS alert_config ("
     "  id INTEGER PRIMARY KEY CHECK (id = 1),"
     "  config TEXT NOT NULL,"
     "  file_config TEXT,"
