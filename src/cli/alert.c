@@ -147,7 +147,9 @@ static int rules_put(cli_ctx *ctx, const json_t *body, const char *done, kh_err 
     if (ctx->json) {
         cli_print_json(stdout, resp);
     } else {
-        printf("%s\n", done);
+        /* kvmhostd saves them before it applies them: a PUT that could
+         * not save fails and changes nothing. */
+        printf("%s, saved\n", done);
         rules_human(resp);
     }
     json_decref(resp);
@@ -215,8 +217,8 @@ static int cli_do_alert_rules_set(cli_ctx *ctx, const cli_args *a, kh_err *err)
         return -1;
     }
     char done[64];
-    snprintf(done, sizeof(done), "alert rules replaced (%zu)",
-             json_array_size(json_object_get(body, "rules")));
+    size_t n = json_array_size(json_object_get(body, "rules"));
+    snprintf(done, sizeof(done), "alert rules replaced: %zu rule%s", n, n == 1 ? "" : "s");
     int rc = rules_put(ctx, body, done, err);
     json_decref(body);
     return rc;
@@ -304,10 +306,13 @@ const cli_cmd cli_alert_cmds[] = {
     },
     {
         "alert", "rules set", NULL, "replace the alert rules",
-        "Replace every rule with those of the file (until kvmhostd restarts; "
-        "kvmhostd --alert-rules FILE sets them at start). Alerts pending or firing are "
-        "resolved. The webhook stays as it is unless the file has \"webhook\". A file that "
-        "is not JSON, or a rule kvmhostd refuses, changes nothing (exit status 2).",
+        "Replace every rule with those of the file. kvmhostd saves them and keeps them across "
+        "restarts; it prints \"alert rules replaced: N rules, saved\". (A kvmhostd started "
+        "with --alert-rules FILE applies that file at start only when it is new or changed "
+        "since it was last applied: the newer of the two wins.) Alerts of rules that "
+        "changed or went away are resolved. The webhook stays as it is unless the file has "
+        "\"webhook\". A file that is not JSON, or a rule kvmhostd refuses, changes nothing "
+        "(exit status 2).",
         opts_alert_rules_set,
         "$ kvmhost alert rules set --file rules.json",
         cli_do_alert_rules_set,
@@ -315,15 +320,15 @@ const cli_cmd cli_alert_cmds[] = {
     {
         "alert", "webhook set", "URL", "POST alerts to a URL",
         "Make kvmhostd POST every alert.firing and alert.resolved event as JSON to URL (http "
-        "or https). The rules stay as they are. Failed POSTs are counted (see 'alert "
-        "list'), never retried.",
+        "or https). The rules stay as they are. kvmhostd saves the webhook with the rules, "
+        "across restarts. Failed POSTs are counted (see 'alert list'), never retried.",
         opts_alert_webhook_set,
         "$ kvmhost alert webhook set https://hooks.example/kvmhost --timeout 10",
         cli_do_alert_webhook_set,
     },
     {
         "alert", "webhook clear", NULL, "stop POSTing alerts",
-        "Turn the webhook off. The rules stay as they are.",
+        "Turn the webhook off (saved, across restarts). The rules stay as they are.",
         NULL,
         "$ kvmhost alert webhook clear",
         cli_do_alert_webhook_clear,

@@ -27,6 +27,7 @@ static const char *const exit_meaning[] = {
     "kvmhostd is busy; try again later",
     "kvmhostd cannot be reached (is kvmhostd running?), or the host cannot do it now",
     "gave up waiting",
+    "vm stop: the guest did not power off within the timeout and QEMU was killed",
 };
 
 

@@ -356,6 +356,12 @@ static void draw_progress(const json_t *task)
     fflush(stderr);
 }
 
+/* kvmhostd's message of a stop task that ended in a kill ("forced: did not
+ * power off within 60 s and was killed"); `vm stop` exits with this status
+ * then (listed in `kvmhost --help`, EXIT STATUS). */
+#define STOP_FORCED_PREFIX "forced: "
+#define CLI_EXIT_STOP_FORCED 9
+
 /* Report a finished task: the result on stdout (unless quiet), or its error. */
 static int task_outcome(cli_ctx *ctx, const json_t *task, bool quiet, kh_err *err)
 {
@@ -368,13 +374,22 @@ static int task_outcome(cli_ctx *ctx, const json_t *task, bool quiet, kh_err *er
                    msg ? msg : "the task failed without a message");
         return -1;
     }
+    /* A stop that ended in a kill: the VM is stopped, but not the way asked. */
+    const char *kind = cli_jstr(task, "kind"), *tmsg = cli_jstr(task, "message");
+    bool forced = kind && strcmp(kind, "vm.stop") == 0 && tmsg &&
+                  strncmp(tmsg, STOP_FORCED_PREFIX, strlen(STOP_FORCED_PREFIX)) == 0;
     if (quiet)
-        return 0;
+        return forced ? CLI_EXIT_STOP_FORCED : 0;
     if (ctx->json) {
         cli_print_json(stdout, task);
-        return 0;
+        return forced ? CLI_EXIT_STOP_FORCED : 0;
     }
     const json_t *vm = json_object_get(task, "result");
+    if (forced) {
+        const char *fname = cli_jstr(vm, "name") ? cli_jstr(vm, "name") : cli_jstr(task, "vm");
+        fprintf(stderr, "vm %s %s\n", fname ? fname : "?", tmsg + strlen(STOP_FORCED_PREFIX));
+        return CLI_EXIT_STOP_FORCED;
+    }
     const char *name = cli_jstr(vm, "name") ? cli_jstr(vm, "name") : cli_jstr(task, "vm");
     if (cli_jstr(vm, "state"))
         printf("vm %s is %s\n", name ? name : "?", cli_jstr(vm, "state"));
@@ -850,8 +865,11 @@ const cli_cmd cli_vm_cmds[] = {
     },
     {
         "vm", "stop", "NAME", "power a virtual machine down",
-        "Ask the guest to power down (ACPI) and kill QEMU if it has not within --timeout "
-        "seconds. " ACTION_TAIL,
+        "Ask the guest to power down (ACPI), again every 3 seconds (a guest early in boot "
+        "misses the first request), and kill QEMU if it has not powered off within --timeout "
+        "seconds. Then it prints \"vm NAME did not power off within N s and was killed\" on "
+        "stderr and exits with status 9: the VM is stopped, but not cleanly. --timeout 0 "
+        "kills at once and exits 0. " ACTION_TAIL,
         opts_vm_stop,
         "$ kvmhost vm stop web1\n"
         "$ kvmhost vm stop web1 --timeout 10",

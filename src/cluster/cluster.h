@@ -15,7 +15,7 @@
  * Files: member.c (this interface's life cycle, lease, registration, the
  * members cache), etcdproc.c (the supervised etcd), join.c (create, tokens,
  * join, leave, remove), hosts.c (views), config.c + schema.c (the cluster
- * table in SQLite, migration 11).
+ * table in SQLite, migration 10).
  */
 #ifndef KH_CLUSTER_CLUSTER_H
 #define KH_CLUSTER_CLUSTER_H

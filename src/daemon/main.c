@@ -118,7 +118,9 @@ static void usage(FILE *fp)
             "  --metrics-public    serve GET /metrics on TCP without the token, to\n"
             "                      loopback clients only (127.0.0.0/8, ::1)\n"
             "  --sample-interval-ms N  metrics sampling period (default 10000)\n"
-            "  --alert-rules FILE  alert rules ({\"rules\": [...]}) instead of the defaults\n"
+            "  --alert-rules FILE  alert rules ({\"rules\": [...]}) instead of the defaults;\n"
+            "                      applied when new or changed since the last start, else\n"
+            "                      the rules last set (through the API or this file) stay\n"
             "  --qemu PATH         QEMU binary (default: $KVMHOST_QEMU or\n"
             "                      qemu-system-x86_64 from PATH)\n"
             "  --qemu-user USER    run QEMU as this user when started as root\n"
@@ -663,8 +665,8 @@ int main(int argc, char **argv)
     d.alerts = kh_alerts_new(d.events);
     d.webhook = kh_webhook_new(d.loop);
     kh_alerts_set_webhook(d.alerts, d.webhook);
-    if (o.alert_rules && kh_alerts_load_file(d.alerts, o.alert_rules, &err) < 0)
-        die("--alert-rules %s", err.msg);
+    if (kh_alerts_open(d.alerts, d.store, o.alert_rules, &err) < 0)
+        die("--alert-rules: %s", err.msg);
     kh_metrics_set_alerts(d.metrics, d.alerts);
     kh_metrics_set_host(d.metrics, state_dir, d.storage);
 

@@ -1,6 +1,8 @@
-/* alert.c - threshold alerts (alert.h). */
+/* alert.c - threshold alerts (alert.h), and the rules and webhook kept in
+ * the store's alert_config table (instance/alert_schema.c). */
 #include "instance/alert.h"
 
+#include <sqlite3.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -8,6 +10,7 @@
 #include <string.h>
 
 #include "schema/schema.h"
+#include "store/store.h"
 #include "util/check.h"
 #include "util/fs.h"
 #include "util/log.h"
@@ -57,6 +60,7 @@ typedef struct active {
 
 struct kh_alerts {
     kh_events *events;
+    kh_store *store;         /* borrowed; NULL: nothing is saved */
     kh_webhook *webhook;     /* borrowed, optional */
     rule rules[RULES_MAX];
     size_t nrules;
@@ -270,27 +274,187 @@ static size_t rule_find(const rule *v, size_t n, const rule *r)
     return n;
 }
 
-int kh_alerts_set_rules(kh_alerts *a, const json_t *rules, kh_err *err)
+/* ---- alert_config: the rules and webhook across restarts ---- */
+
+/* The webhook part of a saved config: {"url", "timeout_seconds"} or null. */
+static json_t *webhook_saved(const kh_alerts *a, const json_t *wh)
+{
+    json_t *cur = wh ? NULL : kh_webhook_json(a->webhook);
+    const json_t *src = wh ? wh : cur;
+    json_t *out = json_is_object(src)
+                      ? json_pack("{s:O, s:O?}", "url", json_object_get(src, "url"),
+                                  "timeout_seconds", json_object_get(src, "timeout_seconds"))
+                      : json_null();
+    if (json_is_object(out) && !json_object_get(out, "timeout_seconds"))
+        json_object_del(out, "timeout_seconds");
+    json_decref(cur);
+    return out;
+}
+
+/* Write the row: config = {rules, webhook (wh, or the current one when
+ * NULL)}; file_config as given when set_file, else left as it is. */
+static int config_write(kh_alerts *a, const json_t *rules, const json_t *wh, bool set_file,
+                        const char *file_config, kh_err *err)
+{
+    if (!a->store)
+        return 0;
+    json_t *doc = json_pack("{s:O, s:o}", "rules", rules, "webhook", webhook_saved(a, wh));
+    char *text = json_dumps(doc, JSON_COMPACT | JSON_SORT_KEYS);
+    json_decref(doc);
+    sqlite3_stmt *st = kh_store_prep(
+        a->store,
+        set_file ? "INSERT INTO alert_config (id, config, file_config, updated_at) "
+                   "VALUES (1, ?1, ?2, ?3) ON CONFLICT(id) DO UPDATE SET config = ?1, "
+                   "file_config = ?2, updated_at = ?3"
+                 : "INSERT INTO alert_config (id, config, file_config, updated_at) "
+                   "VALUES (1, ?1, NULL, ?3) ON CONFLICT(id) DO UPDATE SET config = ?1, "
+                   "updated_at = ?3",
+        err);
+    if (!st) {
+        free(text);
+        return -1;
+    }
+    kh_store_bind_text(st, 1, text);
+    if (set_file)
+        kh_store_bind_text(st, 2, file_config);
+    sqlite3_bind_double(st, 3, kh_wall_time());
+    int rc = kh_store_step_done(a->store, st, "save the alert rules", err);
+    free(text);
+    return rc;
+}
+
+static int config_save(kh_alerts *a, const json_t *rules, const json_t *wh, kh_err *err)
+{
+    return config_write(a, rules, wh, false, NULL, err);
+}
+
+/* The saved row: config and file_config (either NULL), 0; or -1 on a
+ * database error. */
+static int config_load(kh_alerts *a, char **config, char **file_config, kh_err *err)
+{
+    *config = *file_config = NULL;
+    sqlite3_stmt *st = kh_store_prep(a->store, "SELECT config, file_config FROM alert_config "
+                                     "WHERE id = 1", err);
+    if (!st)
+        return -1;
+    int rc = sqlite3_step(st);
+    if (rc == SQLITE_ROW) {
+        *config = kh_store_col_text(st, 0);
+        *file_config = kh_store_col_text(st, 1);
+    }
+    sqlite3_finalize(st);
+    if (rc != SQLITE_ROW && rc != SQLITE_DONE)
+        return kh_store_db_error(a->store, err, "read the alert rules");
+    return 0;
+}
+
+/* Apply a config without saving it again (the one read at start). */
+static int config_apply(kh_alerts *a, const json_t *conf, kh_err *err)
+{
+    kh_store *st = a->store;
+    a->store = NULL;
+    int rc = kh_alerts_configure(a, conf, err);
+    a->store = st;
+    return rc;
+}
+
+static json_t *rules_json(const kh_alerts *a);
+
+/* Saved: the rules in force and the current webhook, with file_config. */
+static int config_save_current(kh_alerts *a, const char *file_config, kh_err *err)
+{
+    json_t *rules = rules_json(a);
+    int rc = config_write(a, rules, NULL, true, file_config, err);
+    json_decref(rules);
+    return rc;
+}
+
+int kh_alerts_open(kh_alerts *a, kh_store *store, const char *file, kh_err *err)
+{
+    a->store = store;
+    char *saved = NULL, *saved_file = NULL, *ftext = NULL;
+    json_t *fj = NULL;
+    int rc = -1;
+    if (config_load(a, &saved, &saved_file, err) < 0)
+        return -1;
+    if (file) {
+        fj = kh_fs_read_json(file, 1 << 20, err);
+        if (!fj)
+            goto out;
+        ftext = json_dumps(fj, JSON_COMPACT | JSON_SORT_KEYS);
+    }
+    if (saved && (!file || (saved_file && ftext && strcmp(saved_file, ftext) == 0))) {
+        /* What was set last: through the API, or this same file. */
+        kh_err e2 = KH_ERR_INIT;
+        json_t *conf = json_loads(saved, 0, NULL);
+        if (conf && config_apply(a, conf, &e2) == 0)
+            kh_log(KH_LOG_INFO, "alert.rules", "source=saved rules=%zu", a->nrules);
+        else
+            kh_log(KH_LOG_WARN, "alert.rules", "source=saved error=\"%s\" defaults=true",
+                   conf ? e2.msg : "not JSON");
+        json_decref(conf);
+        /* Started without the file: forget it, so a later start with it
+         * applies it again. */
+        rc = !file && saved_file ? config_save_current(a, NULL, err) : 0;
+        goto out;
+    }
+    if (!file) { /* nothing saved: the defaults */
+        rc = 0;
+        goto out;
+    }
+    /* A new or changed file wins over what was saved, and is saved. */
+    if (config_apply(a, fj, err) < 0) {
+        kh_err_prefix(err, "%s", file);
+        goto out;
+    }
+    kh_log(KH_LOG_INFO, "alert.rules", "source=file rules=%zu", a->nrules);
+    rc = config_save_current(a, ftext, err);
+out:
+    json_decref(fj);
+    free(ftext);
+    free(saved);
+    free(saved_file);
+    return rc;
+}
+
+/* Parse and check a rules array into next (RULES_MAX slots); *n rules. */
+static int rules_parse(const json_t *rules, rule *next, size_t *n, kh_err *err)
 {
     if (!json_is_array(rules) || json_array_size(rules) > RULES_MAX) {
         kh_err_set(err, KH_E_INVALID, "rules: must be an array of at most %d rules", RULES_MAX);
         return -1;
     }
-    rule *next = xcalloc(RULES_MAX, sizeof(*next));
-    size_t n = json_array_size(rules);
-    for (size_t i = 0; i < n; i++) {
-        if (parse_rule(&next[i], json_array_get(rules, i), i, err) < 0) {
-            free(next);
+    *n = json_array_size(rules);
+    for (size_t i = 0; i < *n; i++) {
+        if (parse_rule(&next[i], json_array_get(rules, i), i, err) < 0)
             return -1;
-        }
         for (size_t j = 0; j < i; j++) {
             if (strcmp(next[j].name, next[i].name) == 0) {
                 kh_err_set(err, KH_E_INVALID, "rules[%zu].name: %s appears twice", i,
                            next[i].name);
-                free(next);
                 return -1;
             }
         }
+    }
+    return 0;
+}
+
+static int rules_check(const json_t *rules, kh_err *err)
+{
+    rule *next = xcalloc(RULES_MAX, sizeof(*next));
+    size_t n;
+    int rc = rules_parse(rules, next, &n, err);
+    free(next);
+    return rc;
+}
+
+int kh_alerts_set_rules(kh_alerts *a, const json_t *rules, kh_err *err)
+{
+    rule *next = xcalloc(RULES_MAX, sizeof(*next));
+    size_t n;
+    if (rules_parse(rules, next, &n, err) < 0) {
+        free(next);
+        return -1;
     }
     /* A rule that stays as it was (same name, same definition) keeps its
      * alerts and trends: nothing resolves or fires again. The others'
@@ -348,7 +512,12 @@ int kh_alerts_configure(kh_alerts *a, const json_t *conf, kh_err *err)
     }
     if (wh && kh_webhook_check(wh, err) < 0)
         return -1;
-    if (kh_alerts_set_rules(a, json_object_get(conf, "rules"), err) < 0)
+    /* Rules checked (nothing changes), saved, then applied: what the API
+     * answered is what the next start finds. */
+    const json_t *rules = json_object_get(conf, "rules");
+    if (rules_check(rules, err) < 0 || config_save(a, rules, wh, err) < 0)
+        return -1;
+    if (kh_alerts_set_rules(a, rules, err) < 0)
         return -1;
     if (!wh)
         return 0;
@@ -560,7 +729,7 @@ void kh_alerts_end(kh_alerts *a, double now)
     }
 }
 
-json_t *kh_alerts_json(const kh_alerts *a)
+static json_t *rules_json(const kh_alerts *a)
 {
     json_t *rules = json_array();
     for (size_t i = 0; i < a->nrules; i++) {
@@ -575,6 +744,12 @@ json_t *kh_alerts_json(const kh_alerts *a)
         }
         json_array_append_new(rules, o);
     }
+    return rules;
+}
+
+json_t *kh_alerts_json(const kh_alerts *a)
+{
+    json_t *rules = rules_json(a);
     json_t *act = json_array();
     for (const active *x = a->act; x; x = x->next) {
         json_t *o = json_pack("{s:s, s:s?, s:s, s:f, s:f}", "rule", a->rules[x->rule].name,

@@ -54,6 +54,19 @@ const kh_webhook *kh_alerts_webhook(const kh_alerts *a);
 int kh_alerts_configure(kh_alerts *a, const json_t *conf, kh_err *err);
 /* The same from a JSON file. */
 int kh_alerts_load_file(kh_alerts *a, const char *path, kh_err *err);
+/* At start, after kh_alerts_set_webhook: keep the rules and webhook in
+ * store (the alert_config table) from now on - every kh_alerts_configure
+ * saves them before it applies them, and fails (nothing changes) when they
+ * cannot be saved - and load what applies now:
+ *  - file (--alert-rules) given, new or changed since it was last applied:
+ *    the file's rules (and webhook), which are saved; an error in it fails;
+ *  - otherwise what was saved last (set through the API, or the same file
+ *    at an earlier start); a saved config that no longer validates is
+ *    logged and the defaults stay;
+ *  - nothing saved and no file: the defaults.
+ * So the newest of "the file changed" and "the API changed them" wins. */
+typedef struct kh_store kh_store;
+int kh_alerts_open(kh_alerts *a, kh_store *store, const char *file, kh_err *err);
 /* One round: begin, feed each subject's values, end (resolves what was not
  * fed). vm NULL = the host. */
 void kh_alerts_begin(kh_alerts *a);

@@ -1,5 +1,6 @@
-/* console.c - owns a running VM's serial console: the console.log
- * file (capped) and the viewers it fans out to (instance/console.h). */
+/* console.c - owns a running VM's serial console (console.h): the chardev
+ * connection, the bounded log, the viewers, and the note of what a daemon
+ * restart did not capture. */
 #include "instance/console.h"
 
 #include <errno.h>
@@ -9,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "util/fs.h"
@@ -185,6 +187,32 @@ int kh_console_attach_fd(kh_console *con, int fd, kh_err *err)
 void kh_console_note(kh_console *con, const char *text)
 {
     log_append(con, text, strlen(text));
+}
+
+void kh_console_gap_text(char *buf, size_t size, time_t from, time_t to)
+{
+    struct tm a, b;
+    gmtime_r(&from, &a);
+    gmtime_r(&to, &b);
+    /* Times of day, and the date too when the gap spans days. */
+    const char *fmt = a.tm_yday == b.tm_yday && a.tm_year == b.tm_year ? "%H:%M:%S"
+                                                                        : "%Y-%m-%d %H:%M:%S";
+    char f[32], t[32];
+    strftime(f, sizeof(f), fmt, &a);
+    strftime(t, sizeof(t), fmt, &b);
+    snprintf(buf, size,
+             "\r\n[kvmhost: console output from %s to %s UTC was not captured: the daemon was "
+             "not running]\r\n", f, t);
+}
+
+void kh_console_note_gap(kh_console *con, time_t now)
+{
+    struct stat st;
+    if (stat(con->log_path, &st) < 0)
+        return; /* nothing captured before either: no log yet */
+    char line[192];
+    kh_console_gap_text(line, sizeof(line), st.st_mtime, now);
+    log_append(con, line, strlen(line));
 }
 
 typedef struct write_req {

@@ -46,12 +46,15 @@ struct kh_inst {
     uv_poll_t *pidfd_poll;
     kh_console *console;
     uv_timer_t *timer;     /* start deadline or stop grace */
+    uv_timer_t *resend;    /* stop: the ACPI power-down request again, periodically */
+    char *stop_forced;     /* stop: why QEMU was killed instead (NULL: not forced) */
     char *going_down;      /* why the process is expected to exit ("stopped", ...) */
     bool await_accel;      /* a start waiting for the accelerator probe */
     bool disk_busy;        /* a disk attach or detach is under way (instance/disk.c) */
 
     kh_task *task;         /* the action in progress */
     kh_vm_action task_action;
+    unsigned stop_timeout; /* stop: the grace in seconds (for the forced message) */
     kh_task *kill_task;    /* a kill that overtook task */
     kh_inst *next;
     /* Disks (instance/disk.c): the QEMU node index ("disk<N>") of each spec

@@ -23,6 +23,9 @@
 
 #define STOP_TIMEOUT_DEFAULT 60
 #define STOP_TIMEOUT_MAX 3600
+/* The ACPI power-down request is sent again this often while a stop waits:
+ * a guest early in boot (no ACPI handler yet) misses the first one. */
+#define STOP_RESEND_MS 3000
 
 static const char *const state_names[KH_INST_STATES] = { "stopped", "starting", "running",
                                                           "paused", "stopping" };
@@ -81,6 +84,10 @@ static void timer_stop(kh_inst *v)
         uv_close((uv_handle_t *)v->timer, timer_closed);
         v->timer = NULL;
     }
+    if (v->resend) {
+        uv_close((uv_handle_t *)v->resend, timer_closed);
+        v->resend = NULL;
+    }
 }
 
 static void timer_start(kh_inst *v, uint64_t ms, uv_timer_cb cb)
@@ -99,6 +106,24 @@ static void task_finish_ok(kh_inst *v)
         v->task = NULL;
         kh_task_succeed(t, kh_manager_json(v));
     }
+}
+
+/* A stop that ended in a kill (timeout, failed request) still succeeds -
+ * the VM is stopped - but its message says so ("forced: ..."), as
+ * Proxmox's shutdown --forceStop logs the kill. */
+static void task_finish_stop(kh_inst *v)
+{
+    char *forced = v->stop_forced;
+    v->stop_forced = NULL;
+    if (v->task && forced) {
+        kh_task *t = v->task;
+        v->task = NULL;
+        char *msg = xasprintf("forced: %s", forced);
+        kh_task_succeed_message(t, kh_manager_json(v), msg);
+        free(msg);
+    }
+    task_finish_ok(v);
+    free(forced);
 }
 
 static void task_finish_err(kh_inst *v, const kh_err *err)
@@ -179,7 +204,9 @@ void kh_lifecycle_process_ended(kh_inst *v, int status)
         task_finish_err(v, &err);
     } else {
         kh_lifecycle_set_state(v, KH_INST_STOPPED, why);
-        if (v->task && (v->task_action == KH_ACTION_STOP || v->task_action == KH_ACTION_KILL)) {
+        if (v->task && v->task_action == KH_ACTION_STOP) {
+            task_finish_stop(v);
+        } else if (v->task && v->task_action == KH_ACTION_KILL) {
             task_finish_ok(v);
         } else if (v->task) {
             kh_err_set(&err, KH_E_CONFLICT, "vm %s stopped (%s) during %s", v->spec->name, why,
@@ -192,6 +219,7 @@ void kh_lifecycle_process_ended(kh_inst *v, int status)
         v->kill_task = NULL;
         kh_task_succeed(t, kh_manager_json(v));
     }
+    KH_FREE(v->stop_forced);
 }
 
 static void pidfd_ready(uv_poll_t *h, int status, int events)
@@ -307,18 +335,42 @@ void kh_lifecycle_set_accel(kh_manager *mgr, kh_accel accel)
 
 /* ---- other actions ---- */
 
+static void stop_forced(kh_inst *v, const char *why)
+{
+    free(v->stop_forced);
+    v->stop_forced = xstrdup(why);
+}
+
 static void stop_deadline(uv_timer_t *t)
 {
     kh_inst *v = t->data;
+    char why[128];
+    snprintf(why, sizeof(why), "did not power off within %u s and was killed", v->stop_timeout);
+    kh_log(KH_LOG_WARN, "vm.stop_forced", "vm=%s timeout=%u", v->spec->name, v->stop_timeout);
+    stop_forced(v, why);
     going_down_now(v, "stopped: killed after the stop timeout");
     v->drv->kill(v);
 }
 
+/* The power-down request again, until the guest goes down or the deadline
+ * kills it. */
+static void stop_resend(uv_timer_t *t)
+{
+    kh_inst *v = t->data;
+    if (v->state == KH_INST_STOPPING && !v->going_down)
+        v->drv->stop(v);
+}
+
 void kh_lifecycle_stop_failed(kh_inst *v)
 {
-    if (v->state != KH_INST_STOPPING)
+    /* Already going down (the guest powered off; a resent request lost
+     * its reply when QEMU quit): nothing failed. */
+    if (v->state != KH_INST_STOPPING || v->going_down)
         return;
     /* The request failed: no graceful path left. */
+    kh_log(KH_LOG_WARN, "vm.stop_forced", "vm=%s reason=\"ACPI power-down request failed\"",
+           v->spec->name);
+    stop_forced(v, "was killed: the ACPI power-down request failed");
     going_down_now(v, "stopped: killed (ACPI power-down failed)");
     v->drv->kill(v);
 }
@@ -471,7 +523,13 @@ kh_task *kh_lifecycle_action(kh_manager *mgr, const char *name, kh_vm_action act
             break;
         }
         kh_task_progress(task, 20, "waiting for the guest to power off");
+        KH_FREE(v->stop_forced);
+        v->stop_timeout = timeout;
         timer_start(v, (uint64_t)timeout * 1000, stop_deadline);
+        v->resend = xcalloc(1, sizeof(*v->resend));
+        uv_timer_init(v->mgr->loop, v->resend);
+        v->resend->data = v;
+        uv_timer_start(v->resend, stop_resend, STOP_RESEND_MS, STOP_RESEND_MS);
         v->drv->stop(v);
         break;
     case KH_ACTION_REBOOT:

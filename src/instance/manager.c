@@ -155,6 +155,7 @@ void kh_manager_inst_free(kh_inst *v)
     kh_vm_spec_free(v->spec);
     free(v->reason);
     free(v->going_down);
+    free(v->stop_forced);
     free(v);
 }
 

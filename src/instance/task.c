@@ -173,7 +173,7 @@ static void finish(kh_task *task)
     trim(tasks);
 }
 
-void kh_task_succeed(kh_task *task, json_t *result)
+void kh_task_succeed_message(kh_task *task, json_t *result, const char *message)
 {
     if (task->state != KH_TASK_RUNNING) {
         json_decref(result);
@@ -182,9 +182,14 @@ void kh_task_succeed(kh_task *task, json_t *result)
     task->state = KH_TASK_SUCCEEDED;
     task->progress = 100;
     free(task->message);
-    task->message = xstrdup("done");
+    task->message = xstrdup(message);
     task->result = result;
     finish(task);
+}
+
+void kh_task_succeed(kh_task *task, json_t *result)
+{
+    kh_task_succeed_message(task, result, "done");
 }
 
 void kh_task_fail(kh_task *task, const kh_err *err)

@@ -42,6 +42,9 @@ kh_task *kh_task_new(kh_tasks *tasks, const char *kind, const char *vm_name);
 void kh_task_progress(kh_task *task, int percent, const char *message);
 /* result is stolen (may be NULL). */
 void kh_task_succeed(kh_task *task, json_t *result);
+/* The same with a message other than "done" (e.g. a stop that was forced:
+ * "forced: ..."). */
+void kh_task_succeed_message(kh_task *task, json_t *result, const char *message);
 void kh_task_fail(kh_task *task, const kh_err *err);
 
 const char *kh_task_id(const kh_task *task);

@@ -41,7 +41,8 @@
  *              "addr":"0x1c.<i>","chassis":i+1,"port":0x10+i,"io-reserve":0
  *              [,"multifunction":true]}
  *   [-chardev socket,id=serial0,fd=<serial_fd>,server=on,wait=off
- *    -device {"driver":"isa-serial","chardev":"serial0","id":"serial0-dev","index":0}]
+ *    -device {"driver":"isa-serial","chardev":"serial0","id":"serial0-dev","index":0}
+ *    [-fw_cfg name=etc/sercon-port,file=<firmware_serial_file>]]  (q35 without -kernel)
  *   -display none
  *   [-vnc vnc=unix:<socket, commas doubled>
  *    -device {"driver":"VGA","id":"video0","bus":"pcie.0","addr":"0x1"}]
@@ -73,6 +74,16 @@
  *  - The serial port is an isa-serial device (COM1, index 0) on both
  *    machines: with -nodefaults microvm's built-in serial gets no chardev,
  *    while -device isa-serial works on its ISA bus (checked with a guest).
+ *  - A q35 VM that boots from its disk (no -kernel) with a serial console
+ *    gets SeaBIOS's serial console (sercon): the fw_cfg file
+ *    "etc/sercon-port" holds the port (0x3f8, COM1, as 2 little-endian
+ *    bytes), and SeaBIOS then writes its screen - its banner, "Booting
+ *    from Hard Disk...", "No bootable device", a boot loader's text menu -
+ *    to the serial port as well (with a VGA too). Chosen over sgabios
+ *    (-device sga), which QEMU 8.2 dropped in favour of sercon. QEMU warns
+ *    that the name lacks the "opt/" prefix (SeaBIOS reads this name only);
+ *    the warning lands in qemu.log. A -kernel boot does not get it: the
+ *    firmware only hands over to the kernel there.
  *  - -no-shutdown: a guest power-off leaves QEMU in the "shutdown" state,
  *    so the daemon reads the reason over QMP before it quits QEMU.
  *  - Anything that cannot be made safe is KH_E_INVALID, even if the spec
@@ -737,6 +748,15 @@ static void add_serial(argv_builder *b, const kh_vm_spec *spec, const kh_argv_en
     json_object_set_new(dev, "id", json_string("serial0-dev"));
     json_object_set_new(dev, "index", json_integer(0));
     add_json(b, "-device", dev);
+    /* SeaBIOS (q35 without -kernel: the firmware finds the boot loader)
+     * mirrors its screen to the serial port named by fw_cfg
+     * "etc/sercon-port" (a little-endian port number, hence a file). */
+    if (spec->machine == KH_MACHINE_Q35 && !spec->kernel && env->firmware_serial_file) {
+        char *file = kh_qemu_opt_escape(env->firmware_serial_file);
+        add(b, "-fw_cfg");
+        addf(b, "name=etc/sercon-port,file=%s", file);
+        free(file);
+    }
 }
 
 static void add_display(argv_builder *b, const kh_vm_spec *spec, const kh_argv_env *env)

@@ -56,6 +56,10 @@ typedef struct kh_argv_env {
      * kernel. */
     const char *kernel_file;
     const char *initrd_file;
+    /* A file holding the serial port for SeaBIOS's serial console (2 bytes,
+     * 0x3f8 little-endian, e.g. "/proc/self/fd/5"); used for a q35 VM with
+     * a serial console that boots from disk. NULL: none. */
+    const char *firmware_serial_file;
     /* One per disk: an inherited fd to put in an fd set (-add-fd), or -1 to
      * let QEMU open the spec's path. NULL: all -1. QEMU picks an fd-set fd
      * by access mode, so open it O_RDONLY for a read-only disk and O_RDWR

@@ -11,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/syscall.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "host/proc.h"
@@ -46,8 +47,15 @@ static void qmp_ignore_reply(kh_qmp *q, json_t *ret, const kh_err *err, void *op
     (void)q;
     (void)ret;
     kh_inst *v = link_vm(opaque);
-    if (v && err)
-        kh_log(KH_LOG_WARN, "vm.qmp", "vm=%s error=\"%s\"", v->spec->name, err->msg);
+    if (!v || !err)
+        return;
+    /* QEMU on its way out (the guest powered off, or we quit or killed it)
+     * closes QMP before it answers what was in flight, e.g. our "quit":
+     * expected, not worth a warning. */
+    const kh_qemu_vm *qv = v->drv_state;
+    bool expected = v->going_down || (qv && qv->shutdown_seen);
+    kh_log(expected ? KH_LOG_DEBUG : KH_LOG_WARN, "vm.qmp", "vm=%s error=\"%s\"%s",
+           v->spec->name, err->msg, expected ? " expected=true" : "");
 }
 
 static void qmp_send(kh_inst *v, const char *cmd, kh_qmp_reply_cb cb)
@@ -74,6 +82,7 @@ static void on_qmp_event(kh_qmp *q, const char *event, json_t *data, double ts, 
     kh_log(KH_LOG_DEBUG, "vm.qmp_event", "vm=%s event=%s", v->spec->name, event);
     kh_manager_hooks_call(v, event, data);
     if (strcmp(event, "SHUTDOWN") == 0) {
+        kh_qemu_driver_vm(v)->shutdown_seen = true;
         /* With -no-shutdown QEMU stays until told: the reason is ours to keep. */
         kh_lifecycle_guest_shutdown(v, json_is_true(json_object_get(data, "guest")),
                                     json_string_value(json_object_get(data, "reason")));
@@ -432,6 +441,9 @@ static int qemu_reattach(kh_inst *v, int dirfd, kh_err *err)
         char *clog = kh_runtime_state_path(v, "console.log");
         v->console = kh_console_new(v->mgr->loop, clog, KH_CONSOLE_LOG_MAX);
         free(clog);
+        /* What the guest wrote while no daemon listened is gone: say so
+         * in the log, before anything new arrives. */
+        kh_console_note_gap(v->console, time(NULL));
         int fd = kh_sock_connect_at(dirfd, "serial.sock", err);
         if (fd < 0 || kh_console_attach_fd(v->console, fd, err) < 0) {
             if (fd >= 0)

@@ -25,6 +25,7 @@ typedef struct kh_qemu_vm {
     size_t nvcpu_tids;
     bool pinned_others;    /* emulator/iothread pinning applied: undo it when unset */
     bool reattaching;
+    bool shutdown_seen;    /* QMP SHUTDOWN: QEMU is expected to go away */
 } kh_qemu_vm;
 
 /* v's driver state, made on first use. */

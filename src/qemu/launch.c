@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -129,6 +130,21 @@ static int open_nics(kh_inst *v, int *fds, int *nic_fds, int *nic_vhost_fds, kh_
     return 0;
 }
 
+/* A memfd holding 0x3f8 (COM1) as 2 little-endian bytes: SeaBIOS's
+ * "etc/sercon-port" (argv.c). */
+static int firmware_serial_fd(kh_err *err)
+{
+    static const unsigned char port[2] = { 0xf8, 0x03 };
+    int fd = memfd_create("kvmhost-sercon-port", MFD_CLOEXEC);
+    if (fd < 0 || write(fd, port, sizeof(port)) != (ssize_t)sizeof(port)) {
+        kh_err_errno(err, KH_E_INTERNAL, errno, "memfd for the firmware serial console");
+        if (fd >= 0)
+            close(fd);
+        return -1;
+    }
+    return fd;
+}
+
 /* Create the run dir, sockets and fds, build the argv, spawn QEMU. */
 static void start_spawn(kh_inst *v, const char *kernel_file)
 {
@@ -150,7 +166,7 @@ static void start_spawn(kh_inst *v, const char *kernel_file)
     char *run = kh_runtime_run_path(v, NULL), *state = kh_runtime_state_path(v, NULL);
     char *pidfile = kh_runtime_run_path(v, "qemu.pid"), *vnc = kh_runtime_run_path(v, "vnc.sock");
     char *log_path = kh_runtime_state_path(v, "qemu.log");
-    char *kernel_arg = NULL, *initrd_arg = NULL;
+    char *kernel_arg = NULL, *initrd_arg = NULL, *firmware_arg = NULL;
     kh_strv *argv = NULL;
 
     kh_runtime_disk_nodes_reset(v);
@@ -176,6 +192,13 @@ static void start_spawn(kh_inst *v, const char *kernel_file)
         fds[FD_SERIAL] = kh_sock_listen_at(dirfd, "serial.sock", 4, &err);
         if (fds[FD_SERIAL] < 0)
             goto fail;
+    }
+    if (!kernel_file && v->spec->serial && v->spec->machine == KH_MACHINE_Q35) {
+        /* SeaBIOS's serial console (argv.c): the port, in the fd a kernel
+         * would use (a disk boot has none). */
+        if ((fds[FD_KERNEL] = firmware_serial_fd(&err)) < 0)
+            goto fail;
+        firmware_arg = xasprintf("/proc/self/fd/%d", FD_KERNEL);
     }
     if (kernel_file) {
         if ((fds[FD_KERNEL] = open_ro(kernel_file, "boot.kernel", &err)) < 0)
@@ -267,6 +290,7 @@ static void start_spawn(kh_inst *v, const char *kernel_file)
         .vnc_socket = vnc,
         .kernel_file = kernel_arg,
         .initrd_file = initrd_arg,
+        .firmware_serial_file = firmware_arg,
         .disk_fds = disk_fds,
         .backing_fds = backing_ptrs,
         .secret_fds = secret_fds,
@@ -383,6 +407,7 @@ out:
     free(log_path);
     free(kernel_arg);
     free(initrd_arg);
+    free(firmware_arg);
 }
 
 static void start_resolve_work(uv_work_t *w)

@@ -13,12 +13,8 @@ const kh_store_migration kh_store_migrations[] = {
     { 6, "storage", kh_storage_schema_snapshot_tree },
     { 7, "net", kh_net_schema_sg_cidr_any },
     { 8, "storage", kh_storage_schema_vm_cascade },
-    /* 9 and 10 belong to other branches (instance/alert.c; the store): these
-     * placeholders keep the list contiguous on this branch and give way to
-     * the real steps at the merge. */
-    { 9, "placeholder", "SELECT 1;" },
-    { 10, "placeholder", "SELECT 1;" },
-    { 11, "cluster", kh_cluster_schema_config },
+    { 9, "alert", kh_alert_schema_config },
+    { 10, "cluster", kh_cluster_schema_config },
 };
 
 const size_t kh_store_nmigrations = KH_ARRAY_LEN(kh_store_migrations);

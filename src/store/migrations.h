@@ -36,6 +36,9 @@ extern const char kh_net_schema_networks[];
 extern const char kh_net_schema_security_groups[];
 extern const char kh_net_schema_sg_cidr_any[];
 
+/* instance/alert_schema.c: alert_config */
+extern const char kh_alert_schema_config[];
+
 /* cluster/schema.c: cluster */
 extern const char kh_cluster_schema_config[];
 

@@ -783,3 +783,48 @@ def test_busy_guest_cpu_cap_and_iops_cap(daemons, guest, consoles, workdir):
         assert int(open(v1).read()) == 30000
     else:
         assert open(cgroup_file(vid, "cpu", "cpu.max")).read().split()[0] == "30000"
+
+
+def test_alert_rules_and_webhook_survive_restart(daemon, workdir):
+    """Rules and webhook set with the CLI are saved: a restart keeps them. An
+    --alert-rules file wins at start when new or changed; an unchanged one
+    does not undo what was set since."""
+    rules = [{"name": "r_load", "scope": "host", "metric": "load1", "op": ">",
+              "threshold": 50, "for_seconds": 30},
+             {"name": "r_vm", "scope": "vm", "metric": "cpu_percent", "op": ">=",
+              "threshold": 99}]
+    path = os.path.join(workdir, "rules.json")
+    with open(path, "w") as f:
+        json.dump({"rules": rules}, f)
+    p = khlib.cli(daemon, "alert", "rules", "set", "--file", path)
+    assert p.returncode == 0, (p.stdout, p.stderr)
+    assert "alert rules replaced: 2 rules, saved" in p.stdout, p.stdout
+    p = khlib.cli(daemon, "alert", "webhook", "set", "http://127.0.0.1:9/hook", "--timeout", "4")
+    assert p.returncode == 0 and "alert webhook set, saved" in p.stdout, (p.stdout, p.stderr)
+
+    def names():
+        return [r["name"] for r in daemon.api.get("/api/v1/alerts").json["rules"]]
+
+    daemon.restart()
+    assert names() == ["r_load", "r_vm"]
+    a = daemon.api.get("/api/v1/alerts").json
+    assert a["webhook"]["url"] == "http://127.0.0.1:9/hook" and \
+        a["webhook"]["timeout_seconds"] == 4, a["webhook"]
+    assert a["rules"][0]["for_seconds"] == 30, a["rules"][0]
+
+    # a new --alert-rules file wins at start ...
+    fpath = os.path.join(workdir, "start.json")
+    with open(fpath, "w") as f:
+        json.dump({"rules": [dict(rules[0], name="from_file")]}, f)
+    daemon.extra_args += ["--alert-rules", fpath]
+    daemon.restart()
+    assert names() == ["from_file"]
+    # ... the CLI changes them, and the same unchanged file keeps the change
+    p = khlib.cli(daemon, "alert", "rules", "set", "--file", path)
+    assert p.returncode == 0, p.stderr
+    daemon.restart()
+    assert names() == ["r_load", "r_vm"]
+    p = khlib.cli(daemon, "alert", "webhook", "clear")
+    assert p.returncode == 0 and "alert webhook cleared, saved" in p.stdout, p.stdout
+    daemon.restart()
+    assert daemon.api.get("/api/v1/alerts").json["webhook"] is None

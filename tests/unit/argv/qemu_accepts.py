@@ -80,6 +80,7 @@ class Case:
         self.vnc_path = None
         self.pidfile = None
         self.kernel = False
+        self.sercon = False
         self.machine = None
         self.keep = []
 
@@ -156,6 +157,17 @@ class Case:
                 with open(p, "wb") as f:
                     f.write(b"initrd" * 100)
                 a[i + 1] = p
+            elif opt == "-fw_cfg" and val.startswith("name=etc/sercon-port,file="):
+                # SeaBIOS's serial console port, from an inherited fd as kvmhostd passes it
+                fn = val[len("name=etc/sercon-port,file="):]
+                assert fn.startswith("/proc/self/fd/"), val
+                p = os.path.join(self.tmp, "sercon-port")
+                with open(p, "wb") as f:
+                    f.write(struct.pack("<H", 0x3f8))
+                fd = os.open(p, os.O_RDONLY)
+                self.keep.append(fd)
+                self.fd_map[int(fn[len("/proc/self/fd/"):])] = fd
+                self.sercon = True
             elif opt == "-pidfile":
                 self.pidfile = a[i + 1] = self.host(val)
             elif opt == "-chardev":
@@ -306,6 +318,11 @@ def run(name, args):
             out = read_until(serial, b"KH-GUEST-OK", 30)
             assert b"KH-GUEST-OK" in out, "serial said %r" % out
             detail += " serial-ok"
+        if c.sercon and serial:
+            # no boot loader on the blank disks: SeaBIOS says so on COM1
+            out = read_until(serial, b"SeaBIOS", 30)
+            assert b"SeaBIOS" in out, "serial said %r" % out
+            detail += " firmware-serial-ok"
         if c.kernel and c.machine == "q35":
             end = time.time() + 30
             while q.cmd("query-status")["status"] != "shutdown" and time.time() < end:

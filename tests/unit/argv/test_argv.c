@@ -168,7 +168,8 @@ static char *run_case(const char *name, const json_t *tc, bool *is_err)
                                             "pidfile", "vnc_socket", "kernel_file",
                                             "initrd_file", "disk_fds", "backing_fds", "nic_fds",
                                             "nic_vhost_fds", "tsc_khz", "secret_fds",
-                                            "backing_secret_fds", NULL };
+                                            "backing_secret_fds", "firmware_serial_file",
+                                            NULL };
     const json_t *sj = json_object_get(tc, "spec");
     const json_t *cj = json_object_get(tc, "caps");
     const json_t *ej = json_object_get(tc, "env");
@@ -291,6 +292,7 @@ static char *run_case(const char *name, const json_t *tc, bool *is_err)
         .vnc_socket = opt_str(ej, "vnc_socket", "/run/kvmhost/vms/" DEFAULT_ID "/vnc.sock"),
         .kernel_file = opt_str(ej, "kernel_file", NULL),
         .initrd_file = opt_str(ej, "initrd_file", NULL),
+        .firmware_serial_file = opt_str(ej, "firmware_serial_file", "/proc/self/fd/5"),
         .disk_fds = fds,
         .backing_fds = (const int *const *)bfds,
         .secret_fds = sfds,

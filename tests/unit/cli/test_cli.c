@@ -330,6 +330,8 @@ static void test_table_complete(void)
     for (int k = 1; k < KH_CODE__COUNT; k++)
         CHECK(strstr(o, kh_code_name((kh_code)k)) != NULL);
     CHECK(strstr(o, "KVMHOST_SOCKET") && strstr(o, "KVMHOST_TOKEN"));
+    /* vm stop's own status: the guest was killed after the timeout */
+    CHECK(strstr(o, "9  vm stop: the guest did not power off") != NULL);
     free(o);
 
     char *n = cli_help_noun("vm");

@@ -18,7 +18,9 @@
 #include "util/prom.h"
 #include "util/series.h"
 #include "instance/alert.h"
+#include "instance/console.h"
 #include "instance/quota.h"
+#include "store/store.h"
 
 static void test_prom_values(void)
 {
@@ -585,6 +587,139 @@ static void test_alerts(void)
     kh_events_free(ev);
 }
 
+static size_t rule_count(kh_alerts *a, const char *first)
+{
+    json_t *j = kh_alerts_json(a);
+    const json_t *r = json_object_get(j, "rules");
+    size_t n = json_array_size(r);
+    if (first)
+        CHECK_STR(json_string_value(json_object_get(json_array_get(r, 0), "name")), first);
+    json_decref(j);
+    return n;
+}
+
+static void write_file(const char *path, const char *text)
+{
+    FILE *f = fopen(path, "w");
+    CHECK(f != NULL);
+    if (f) {
+        fputs(text, f);
+        fclose(f);
+    }
+}
+
+/* Rules and webhook set through the API survive a restart (a new kh_alerts
+ * on the same store); an --alert-rules file wins when new or changed, and
+ * an unchanged file does not undo what the API set. */
+static void test_alert_rules_saved(void)
+{
+    char dir[] = "/tmp/kh-alert-XXXXXX";
+    CHECK(mkdtemp(dir) != NULL);
+    char *db = xasprintf("%s/kvmhost.db", dir), *file = xasprintf("%s/rules.json", dir);
+    kh_err err = KH_ERR_INIT;
+    kh_events *ev = kh_events_new();
+    uv_loop_t *loop = uv_default_loop();
+    const char *api_conf =
+        "{\"rules\":[{\"name\":\"api1\",\"scope\":\"host\",\"metric\":\"load1\","
+        "\"op\":\">\",\"threshold\":4},{\"name\":\"api2\",\"scope\":\"host\","
+        "\"metric\":\"load1\",\"op\":\">\",\"threshold\":8}],"
+        "\"webhook\":{\"url\":\"http://127.0.0.1:9/h\",\"timeout_seconds\":3}}";
+    write_file(file, "{\"rules\":[{\"name\":\"file1\",\"scope\":\"host\","
+                     "\"metric\":\"load1\",\"op\":\">\",\"threshold\":1}]}");
+
+    /* 1: a fresh store, no file: the defaults, and an API change is saved */
+    kh_store *st = kh_store_open(db, &err);
+    CHECK(st != NULL);
+    kh_webhook *w = kh_webhook_new(loop);
+    kh_alerts *a = kh_alerts_new(ev);
+    kh_alerts_set_webhook(a, w);
+    CHECK(kh_alerts_open(a, st, NULL, &err) == 0);
+    CHECK(rule_count(a, "host_memory_high") == 4);
+    json_t *conf = json_loads(api_conf, 0, NULL);
+    CHECK(kh_alerts_configure(a, conf, &err) == 0);
+    json_decref(conf);
+    kh_alerts_free(a);
+    kh_webhook_free(w);
+    kh_store_close(st);
+
+    /* 2: restart without a file: what the API set, webhook included */
+    st = kh_store_open(db, &err);
+    w = kh_webhook_new(loop);
+    a = kh_alerts_new(ev);
+    kh_alerts_set_webhook(a, w);
+    CHECK(kh_alerts_open(a, st, NULL, &err) == 0);
+    CHECK(rule_count(a, "api1") == 2);
+    json_t *wj = kh_webhook_json(w);
+    CHECK_STR(json_string_value(json_object_get(wj, "url")), "http://127.0.0.1:9/h");
+    CHECK(json_number_value(json_object_get(wj, "timeout_seconds")) == 3);
+    json_decref(wj);
+    kh_alerts_free(a);
+    kh_webhook_free(w);
+    kh_store_close(st);
+
+    /* 3: restart with a new file: the file wins (the webhook it does not
+     * name stays) */
+    st = kh_store_open(db, &err);
+    w = kh_webhook_new(loop);
+    a = kh_alerts_new(ev);
+    kh_alerts_set_webhook(a, w);
+    CHECK(kh_alerts_open(a, st, file, &err) == 0);
+    CHECK(rule_count(a, "file1") == 1);
+    /* then the API changes them again */
+    conf = json_loads(api_conf, 0, NULL);
+    CHECK(kh_alerts_configure(a, conf, &err) == 0);
+    json_decref(conf);
+    kh_alerts_free(a);
+    kh_webhook_free(w);
+    kh_store_close(st);
+
+    /* 4: restart with the same, unchanged file: the API's rules stay */
+    st = kh_store_open(db, &err);
+    w = kh_webhook_new(loop);
+    a = kh_alerts_new(ev);
+    kh_alerts_set_webhook(a, w);
+    CHECK(kh_alerts_open(a, st, file, &err) == 0);
+    CHECK(rule_count(a, "api1") == 2);
+    kh_alerts_free(a);
+    kh_webhook_free(w);
+
+    /* 5: the file changed: it wins again; a bad file fails */
+    write_file(file, "{\"rules\":[]}");
+    w = kh_webhook_new(loop);
+    a = kh_alerts_new(ev);
+    kh_alerts_set_webhook(a, w);
+    CHECK(kh_alerts_open(a, st, file, &err) == 0);
+    CHECK(rule_count(a, NULL) == 0);
+    kh_alerts_free(a);
+    kh_webhook_free(w);
+    write_file(file, "{\"rules\":[{\"name\":\"x\"}]}");
+    w = kh_webhook_new(loop);
+    a = kh_alerts_new(ev);
+    kh_alerts_set_webhook(a, w);
+    CHECK(kh_alerts_open(a, st, file, &err) < 0 && strstr(err.msg, "rules.json"));
+    kh_alerts_free(a);
+    kh_webhook_free(w);
+    kh_store_close(st);
+
+    kh_events_free(ev);
+    kh_fs_rm_rf(dir, NULL);
+    free(db);
+    free(file);
+}
+
+/* The line a daemon restart leaves in the console log. */
+static void test_console_gap_text(void)
+{
+    char buf[192];
+    time_t from = 1700000000; /* 2023-11-14 22:13:20 UTC */
+    kh_console_gap_text(buf, sizeof(buf), from, from + 125);
+    CHECK_STR(buf, "\r\n[kvmhost: console output from 22:13:20 to 22:15:25 UTC was not "
+                   "captured: the daemon was not running]\r\n");
+    kh_console_gap_text(buf, sizeof(buf), from, from + 7200);
+    CHECK_STR(buf, "\r\n[kvmhost: console output from 2023-11-14 22:13:20 to 2023-11-15 "
+                   "00:13:20 UTC was not captured: the daemon was not running]\r\n");
+}
+
 /* Rules set again unchanged (as `alert webhook set` does: it PUTs the
  * rules it read back, numbers as reals) keep their alerts: nothing resolves
  * or fires again; a rule that changed resolves. */
@@ -775,6 +910,8 @@ int main(void)
     RUN(test_quota_cgroup);
     RUN(test_alerts);
     RUN(test_alert_rules_kept);
+    RUN(test_alert_rules_saved);
+    RUN(test_console_gap_text);
     RUN(test_alert_trend);
     RUN(test_webhook_config);
     RUN(test_pin_self);
