@@ -7,7 +7,9 @@
 #   4. fuzz smoke: each libFuzzer target for a bounded number of runs
 #   5. black-box tests: the real daemon (ASan+UBSan build) in temp dirs,
 #      real QEMU guests under whatever accelerator the host can run
-#   6. browser tests: the web console (web/) in headless Chromium against
+#   6. cluster tests: several hosts, each a network namespace with its own
+#      kvmhostd and etcd member (tests/cluster)
+#   7. browser tests: the web console (web/) in headless Chromium against
 #      the real daemon (ASan+UBSan) and the test guest
 #
 # Ends with one line "kvmhost: N passed, N failed".
@@ -93,15 +95,27 @@ par=()
 if [ "$workers" -gt 1 ] && /usr/bin/python3 -c 'import xdist' 2>/dev/null; then
   par=(-n "$workers" --dist loadfile)
 fi
-out=$(/usr/bin/python3 -m pytest -q -p no:cacheprovider "${par[@]}" tests/blackbox 2>&1)
-echo "$out" | tail -n 60
-summary=$(echo "$out" | grep -E '^[0-9]+ (passed|failed)|^=+ .*(passed|failed)' | tail -1)
-pp=$(echo "$summary" | grep -oE '[0-9]+ passed' | grep -oE '[0-9]+'); pp=${pp:-0}
-pf=$(echo "$summary" | grep -oE '[0-9]+ failed' | grep -oE '[0-9]+'); pf=${pf:-0}
-pe=$(echo "$summary" | grep -oE '[0-9]+ error' | grep -oE '[0-9]+'); pe=${pe:-0}
-[ "$pp" -gt 0 ] && ok "black-box ($pp tests)" "$pp"
-[ $((pf + pe)) -gt 0 ] && bad "black-box ($pf failed, $pe errors)" $((pf + pe))
-[ "$pp" -eq 0 ] && [ $((pf + pe)) -eq 0 ] && bad "black-box (no test ran)"
+# pytest: count its closing line (passed, failed, errors).
+pytest_stage() {
+  local name=$1; shift
+  local out
+  out=$(/usr/bin/python3 -m pytest -q -p no:cacheprovider "$@" 2>&1)
+  echo "$out" | tail -n 60
+  local summary pp pf pe
+  summary=$(echo "$out" | grep -E '^[0-9]+ (passed|failed)|^=+ .*(passed|failed)' | tail -1)
+  pp=$(echo "$summary" | grep -oE '[0-9]+ passed' | grep -oE '[0-9]+'); pp=${pp:-0}
+  pf=$(echo "$summary" | grep -oE '[0-9]+ failed' | grep -oE '[0-9]+'); pf=${pf:-0}
+  pe=$(echo "$summary" | grep -oE '[0-9]+ error' | grep -oE '[0-9]+'); pe=${pe:-0}
+  [ "$pp" -gt 0 ] && ok "$name ($pp tests)" "$pp"
+  [ $((pf + pe)) -gt 0 ] && bad "$name ($pf failed, $pe errors)" $((pf + pe))
+  [ "$pp" -eq 0 ] && [ $((pf + pe)) -eq 0 ] && bad "$name (no test ran)"
+}
+pytest_stage black-box "${par[@]}" tests/blackbox
+
+stage "cluster tests (hosts in network namespaces, a real etcd member each)"
+# tests/cluster/hosts.py: one namespace per host on a test bridge, kvmhostd
+# (ASan+UBSan) and etcd in each; serial, since the hosts share one bridge.
+pytest_stage cluster tests/cluster
 
 stage "browser tests (web console in Chromium, real daemon and guest)"
 if [ ! -x /usr/bin/chromium ]; then
