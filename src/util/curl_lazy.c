@@ -29,7 +29,7 @@
     X(curl_multi_info_read)
 
 static struct {
-#define FIELD(name) __typeof__(name) *name;
+#define FIELD(name) __typeof__(name) *(name);
     CURL_FUNCS(FIELD)
 #undef FIELD
 } fn;
