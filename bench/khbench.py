@@ -616,7 +616,10 @@ def main():
                 R["kvmhost_marker"] = med(dts)
                 R["kvmhost_marker_all"] = dts
                 kh.req("DELETE", "/api/v1/vms/s")
-                # (d) list 200, (e) RSS with 200 defined
+                # (d) list 200, (e) RSS with 200 defined; the per-VM cost is
+                # from the RSS just before they are made (what the starts above
+                # loaded once, e.g. the kernel extraction's code, is not theirs)
+                R["kvmhost_rss_before_list_kib"] = rss_kib(kh.p.pid)
                 for i in range(N_LIST):
                     kh.create("l%03d" % i, with_disk=False)
                 time.sleep(1)
@@ -731,7 +734,8 @@ def table(R, n_reattach):
     rows.append(("(e*) idle daemon private dirty", fmt(d0 / 1024 if d0 else None, "MiB"), "-",
                  "-", "(info)", ""))
     k2, l2 = R.get("kvmhost_rss200_kib"), R.get("libvirt_rss200_kib")
-    kper = (k2 - k0) / 200 if None not in (k0, k2) else None
+    kb = R.get("kvmhost_rss_before_list_kib", k0)
+    kper = (k2 - kb) / 200 if None not in (kb, k2) else None
     lper = (l2 - l0) / 200 if None not in (l0, l2) else None
     rows.append(("(e') RSS per defined VM", fmt(kper, "KiB"), fmt(lper, "KiB"), "-", "<= 8 KiB",
                  ok(None if kper is None else kper <= 8)))
