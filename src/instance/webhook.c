@@ -40,7 +40,7 @@ struct kh_webhook {
     bool dead;
 };
 
-/* libcurl's global set-up (OpenSSL, libssh2, ...) touches about 4 MiB
+/* libcurl's global set-up (OpenSSL, libssh2, ...) touches about 2 MiB
  * of library pages: done on the loop thread before the first POST goes
  * to the thread pool, not at start-up, so a daemon without webhooks does
  * not carry it. */

@@ -346,9 +346,11 @@ static void on_qmp_ready(kh_qmp *q, const kh_err *err, void *opaque)
         if (v->spec->limits && (v->spec->limits->ncpus || v->spec->limits->nemu_cpus ||
                                 v->spec->limits->nio_cpus))
             send_pinning(v);
-        send_balloon(v, true);
         send_links(v);
         qmp_send(v, "cont", on_cont);
+        /* After cont: the balloon acts once the guest's driver is up, and
+         * the start's reply does not wait for one more round trip. */
+        send_balloon(v, true);
     }
 }
 
