@@ -36,8 +36,9 @@ typedef struct kh_api {
     kh_disks *disks;     /* disk attach/detach, hot-plug (instance/disk.h) */
     kh_nics *nics;     /* NIC add/remove/link (instance/nic.h) */
     json_t *host;      /* static host facts, computed at start (owned) */
-    char *openapi;     /* generated once from the route table, serialised (owned):
-                        * as text it is a fraction of its jansson tree */
+    char *openapi;     /* generated on first request from the route table,
+                        * serialised (owned): as text it is a fraction of its
+                        * jansson tree; NULL until then */
     double started_at; /* wall time */
     kh_metrics *metrics;
     kh_alerts *alerts;

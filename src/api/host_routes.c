@@ -1,9 +1,12 @@
-/* host_routes.c - GET /api/v1/host and the OpenAPI document. */
+/* host_routes.c - GET /api/v1/host and the OpenAPI document (built on
+ * first request, then kept as text). */
+#include <malloc.h>
 #include <string.h>
 #include <sys/sysinfo.h>
 
 #include "api/api.h"
 #include "host/proc.h"
+#include "kh_config.h"
 #include "util/misc.h"
 
 void kh_host_routes_get(kh_http_req *req, void *app)
@@ -36,5 +39,17 @@ void kh_host_routes_get(kh_http_req *req, void *app)
 void kh_host_routes_openapi(kh_http_req *req, void *app)
 {
     kh_api *api = app;
+    if (!api->openapi) {
+        /* The schemas' trees are ten times the text: parsed for this, then
+         * freed and the heap trimmed, so the idle daemon carries neither. */
+        size_t nroutes;
+        const kh_route *routes = kh_routes_table(&nroutes);
+        json_t *schemas = kh_routes_schemas();
+        json_t *doc = kh_http_openapi(routes, nroutes, schemas, KH_VERSION);
+        api->openapi = json_dumps(doc, JSON_COMPACT);
+        json_decref(doc);
+        json_decref(schemas);
+        malloc_trim(0);
+    }
     kh_http_reply_data(req, 200, "application/json", api->openapi, strlen(api->openapi));
 }

@@ -685,7 +685,6 @@ int main(int argc, char **argv)
 
     size_t nroutes;
     const kh_route *routes = kh_routes_table(&nroutes);
-    json_t *schemas = kh_routes_schemas();
     d.api.loop = d.loop;
     d.api.mgr = d.mgr;
     d.api.net = d.net;
@@ -700,10 +699,6 @@ int main(int argc, char **argv)
     d.api.started_at = kh_wall_time();
     d.api.host = host_facts(&o, state_dir, run_dir, socket_path);
     d.api.cluster = d.cluster;
-    json_t *openapi = kh_http_openapi(routes, nroutes, schemas, KH_VERSION);
-    d.api.openapi = json_dumps(openapi, JSON_COMPACT);
-    json_decref(openapi);
-    json_decref(schemas);
 
     char *sock_dir = xstrdup(socket_path);
     *strrchr(sock_dir, '/') = '\0';
@@ -750,8 +745,8 @@ int main(int argc, char **argv)
     if (o.listen)
         kh_log(KH_LOG_INFO, "daemon.token", "file=%s/api-token", state_dir);
 
-    /* Start-up built and freed large temporaries (schemas, the OpenAPI
-     * tree): give that memory back before settling in. */
+    /* Start-up built and freed temporaries (the store's and the probes'):
+     * give that memory back before settling in. */
     malloc_trim(0);
     uv_run(d.loop, UV_RUN_DEFAULT);
 

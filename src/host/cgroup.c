@@ -329,7 +329,7 @@ int kh_cgroups_vm_enter_self(const kh_cgroups *cg, const char *vm_id)
         return write_str(p, "0");
     }
     for (size_t i = 0; i < cg->v1_count; i++) {
-        kh_fmt(p, sizeof(p), "%s/%s/vm-%s/cgroup.procs", cg->v1_dirs[i], cg->root, vm_id);
+        kh_fmt(p, sizeof(p), "%s/%s/vm-%s/tasks", cg->v1_dirs[i], cg->root, vm_id);
         if (write_str(p, "0") < 0)
             return -1;
     }

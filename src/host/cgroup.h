@@ -53,7 +53,10 @@ bool kh_cgroups_has(const kh_cgroups *cg, const char *ctrl);
 int kh_cgroups_vm_create(const kh_cgroups *cg, const char *vm_id, kh_err *err);
 /* In a freshly forked child: move the calling process into the VM's
  * cgroup(s). Async-signal-safe (open/write/close only). Returns -1 and
- * errno on failure. */
+ * errno on failure. The child has one thread, so on v1 it moves itself
+ * through "tasks": the kernel then skips the global threadgroup lock,
+ * whose writer waits for an RCU grace period (6-15 ms per start through
+ * cgroup.procs). */
 int kh_cgroups_vm_enter_self(const kh_cgroups *cg, const char *vm_id);
 /* The pids in the VM's cgroup (v2: cgroup.procs; v1: the memory or first
  * hierarchy). *out is allocated; returns the count or -1. */

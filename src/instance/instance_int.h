@@ -55,6 +55,7 @@ struct kh_inst {
     kh_task *task;         /* the action in progress */
     kh_vm_action task_action;
     unsigned stop_timeout; /* stop: the grace in seconds (for the forced message) */
+    uint64_t start_us;     /* when the start action began (monotonic; start timing) */
     kh_task *kill_task;    /* a kill that overtook task */
     kh_inst *next;
     /* Disks (instance/disk.c): the QEMU node index ("disk<N>") of each spec

@@ -311,6 +311,7 @@ void kh_lifecycle_started(kh_inst *v)
 
 static void action_start(kh_inst *v)
 {
+    v->start_us = kh_now_us();
     kh_lifecycle_set_state(v, KH_INST_STARTING, "starting");
     KH_FREE(v->going_down);
     if (v->mgr->cfg.accel_pending) {

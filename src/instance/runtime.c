@@ -81,7 +81,7 @@ void kh_runtime_disk_nodes_save(kh_inst *v, const int *node)
     json_decref(doc);
     char *path = kh_runtime_run_path(v, "disks.json");
     kh_err werr = KH_ERR_INIT;
-    if (kh_fs_write_atomic(path, dtext, strlen(dtext), 0600, &werr) < 0)
+    if (kh_fs_write_replace(path, dtext, strlen(dtext), 0600, &werr) < 0)
         kh_log(KH_LOG_ERROR, "vm.disks", "vm=%s error=\"%s\"", v->spec->name, werr.msg);
     free(path);
     free(dtext);
@@ -119,7 +119,7 @@ void kh_runtime_boot_record(kh_inst *v)
     json_decref(doc);
     char *path = kh_runtime_run_path(v, "boot.json");
     kh_err err = KH_ERR_INIT;
-    if (kh_fs_write_atomic(path, text, strlen(text), 0600, &err) < 0)
+    if (kh_fs_write_replace(path, text, strlen(text), 0600, &err) < 0)
         kh_log(KH_LOG_ERROR, "vm.boot", "vm=%s error=\"%s\"", v->spec->name, err.msg);
     free(path);
     free(text);

@@ -40,13 +40,21 @@ struct kh_webhook {
     bool dead;
 };
 
+/* libcurl's global set-up (OpenSSL, libssh2, ...) touches about 2 MiB
+ * of library pages: done on the loop thread before the first POST goes
+ * to the thread pool, not at start-up, so a daemon without webhooks does
+ * not carry it. */
+static void curl_ready(void)
+{
+    static bool ready;
+    if (!ready) {
+        curl_global_init(CURL_GLOBAL_DEFAULT);
+        ready = true;
+    }
+}
+
 kh_webhook *kh_webhook_new(uv_loop_t *loop)
 {
-    static bool curl_ready;
-    if (!curl_ready) {
-        curl_global_init(CURL_GLOBAL_DEFAULT);
-        curl_ready = true;
-    }
     kh_webhook *w = xcalloc(1, sizeof(*w));
     w->loop = loop;
     w->timeout_s = 5;
@@ -214,6 +222,8 @@ static void post_done(uv_work_t *req, int status)
 
 static void dispatch(kh_webhook *w)
 {
+    if (w->queue)
+        curl_ready();
     while (w->queue && w->inflight < WEBHOOK_INFLIGHT) {
         job *j = w->queue;
         w->queue = j->next;

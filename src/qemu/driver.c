@@ -109,6 +109,36 @@ static void on_qmp_closed(kh_qmp *q, void *opaque)
     free(link);
 }
 
+void kh_qemu_driver_step(kh_inst *v, kh_launch_step step)
+{
+    kh_qemu_driver_vm(v)->t[step] = kh_now_us();
+}
+
+/* Where the time of a start went: each step's share in microseconds
+ * (state: the action's "starting" record before the driver ran; done: the
+ * "running" record and the task's end after cont). */
+static void log_start_steps(kh_inst *v, const uint64_t *t, uint64_t done)
+{
+    static const char *const names[KH_LAUNCH_STEPS] = {
+        "state", "kernel", "rundir", "fds", "argv", "cgroup", "spawn", "persist", "connect",
+        "qmp", "cont"
+    };
+    char line[512];
+    size_t off = 0;
+    uint64_t prev = v->start_us;
+    for (int i = 0; i < KH_LAUNCH_STEPS && off < sizeof(line); i++) {
+        if (!t[i] || !prev)
+            continue;
+        int n = snprintf(line + off, sizeof(line) - off, "%s%s=%llu", off ? " " : "", names[i],
+                         (unsigned long long)(t[i] - prev));
+        off += n > 0 ? (size_t)n : 0;
+        prev = t[i];
+    }
+    kh_log(KH_LOG_DEBUG, "vm.start_steps", "vm=%s %s done=%llu total_us=%llu", v->spec->name,
+           line, (unsigned long long)(done - prev),
+           (unsigned long long)(v->start_us ? done - v->start_us : 0));
+}
+
 static void on_cont(kh_qmp *q, json_t *ret, const kh_err *err, void *opaque)
 {
     (void)q;
@@ -122,7 +152,12 @@ static void on_cont(kh_qmp *q, json_t *ret, const kh_err *err, void *opaque)
         kh_lifecycle_start_fail(v, &e);
         return;
     }
+    kh_qemu_vm *qv = kh_qemu_driver_vm(v);
+    qv->t[KH_LAUNCH_CONT] = kh_now_us();
+    uint64_t t[KH_LAUNCH_STEPS];
+    memcpy(t, qv->t, sizeof(t));
     kh_lifecycle_started(v);
+    log_start_steps(v, t, kh_now_us());
 }
 
 static void reattach_status(kh_qmp *q, json_t *ret, const kh_err *err, void *opaque);
@@ -313,15 +348,18 @@ static void on_qmp_ready(kh_qmp *q, const kh_err *err, void *opaque)
         return;
     }
     if (v->state == KH_INST_STARTING) {
+        kh_qemu_driver_step(v, KH_LAUNCH_QMP);
         if (v->task)
             kh_task_progress(v->task, 80, "starting vCPUs");
         send_throttles(v, NULL); /* queued before cont: the guest never runs unthrottled */
         if (v->spec->limits && (v->spec->limits->ncpus || v->spec->limits->nemu_cpus ||
                                 v->spec->limits->nio_cpus))
             send_pinning(v);
-        send_balloon(v, true);
         send_links(v);
         qmp_send(v, "cont", on_cont);
+        /* After cont: the balloon acts once the guest's driver is up, and
+         * the start's reply does not wait for one more round trip. */
+        send_balloon(v, true);
     }
 }
 

@@ -15,7 +15,12 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <lzma.h>
-#include <openssl/evp.h>
+/* The low-level SHA-256 (deprecated in OpenSSL 3 for the EVP interface):
+ * EVP's first use loads the provider machinery and the configuration,
+ * about 2 MiB of libcrypto pages a daemon then keeps for good, to hash
+ * one file. */
+#define OPENSSL_SUPPRESS_DEPRECATED 1
+#include <openssl/sha.h>
 #include <stdarg.h>
 #include <stdbool.h>
 #include <stdint.h>
@@ -344,9 +349,9 @@ static int find_payload(const unsigned char *p, size_t size, size_t *off, size_t
 
 static void sha256_hex(const unsigned char *p, size_t len, char out[65])
 {
-    unsigned char md[EVP_MAX_MD_SIZE];
-    unsigned mdlen = 0;
-    if (!EVP_Digest(p, len, md, &mdlen, EVP_sha256(), NULL) || mdlen != 32)
+    unsigned char md[SHA256_DIGEST_LENGTH];
+    SHA256_CTX c;
+    if (!SHA256_Init(&c) || !SHA256_Update(&c, p, len) || !SHA256_Final(md, &c))
         abort(); /* libcrypto without SHA-256: nothing sensible to do */
     for (unsigned i = 0; i < 32; i++)
         snprintf(out + 2 * i, 3, "%02x", md[i]);

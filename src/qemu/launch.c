@@ -30,13 +30,6 @@
 #include "util/misc.h"
 #include "util/sock.h"
 
-static uint64_t kh_now_ns(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
-}
-
 /* Fixed fd numbers inside QEMU (see kh_process_spawn): golden-testable argv. */
 enum { FD_QMP = 3, FD_SERIAL, FD_KERNEL, FD_INITRD, FD_DISK0 };
 /* Backing layers of volume disks: FD_BACKING0 + i * KH_DISK_BACKING_MAX + j. */
@@ -92,7 +85,7 @@ static int open_ro(const char *path, const char *what, kh_err *err)
 static int open_nics(kh_inst *v, int *fds, int *nic_fds, int *nic_vhost_fds, kh_err *err)
 {
     const kh_vm_spec *spec = v->spec;
-    uint64_t t0 = kh_now_ns();
+    uint64_t t0 = kh_now_us();
     if (spec->nnics && !v->mgr->cfg.net) {
         kh_err_set(err, KH_E_UNAVAILABLE, "nics: networks are not available on this daemon");
         return -1;
@@ -126,7 +119,7 @@ static int open_nics(kh_inst *v, int *fds, int *nic_fds, int *nic_vhost_fds, kh_
     }
     if (spec->nnics)
         kh_log(KH_LOG_DEBUG, "vm.nics", "vm=%s nics=%zu queues=%u us=%llu", spec->name,
-               spec->nnics, queues, (unsigned long long)((kh_now_ns() - t0) / 1000));
+               spec->nnics, queues, (unsigned long long)(kh_now_us() - t0));
     return 0;
 }
 
@@ -148,6 +141,7 @@ static int firmware_serial_fd(kh_err *err)
 /* Create the run dir, sockets and fds, build the argv, spawn QEMU. */
 static void start_spawn(kh_inst *v, const char *kernel_file)
 {
+    kh_qemu_driver_step(v, KH_LAUNCH_KERNEL);
     kh_manager *mgr = v->mgr;
     kh_err err = KH_ERR_INIT;
     int fds[FD_END];
@@ -180,6 +174,7 @@ static void start_spawn(kh_inst *v, const char *kernel_file)
         goto fail;
     }
     kh_runtime_boot_record(v);
+    kh_qemu_driver_step(v, KH_LAUNCH_RUNDIR);
     dirfd = open(run, O_PATH | O_DIRECTORY | O_CLOEXEC);
     if (dirfd < 0) {
         kh_err_errno(&err, KH_E_INTERNAL, errno, "open %s", run);
@@ -278,6 +273,7 @@ static void start_spawn(kh_inst *v, const char *kernel_file)
         goto fail;
     log_fd = open(log_path, O_WRONLY | O_CREAT | O_CLOEXEC | O_NOFOLLOW |
                   O_TRUNC, 0600);
+    kh_qemu_driver_step(v, KH_LAUNCH_FDS);
 
     kh_argv_env env = {
         .binary = mgr->qemu_binary,
@@ -301,6 +297,7 @@ static void start_spawn(kh_inst *v, const char *kernel_file)
     argv = kh_qemu_argv_build(rs, &mgr->cfg.caps, &env, &err);
     if (!argv)
         goto fail;
+    kh_qemu_driver_step(v, KH_LAUNCH_ARGV);
     if (mgr->cfg.cgroups && mgr->cfg.cgroups->version &&
         kh_cgroups_vm_create(mgr->cfg.cgroups, v->id, &err) < 0)
         goto fail;
@@ -314,6 +311,7 @@ static void start_spawn(kh_inst *v, const char *kernel_file)
         (void)kh_quota_apply_cgroup(mgr->cfg.cgroups, v->id, NULL, NULL);
     }
 
+    kh_qemu_driver_step(v, KH_LAUNCH_CGROUP);
     kh_process_fd pfds[KH_ARRAY_LEN(fds)];
     size_t npfds = 0;
     for (int i = 0; i < (int)KH_ARRAY_LEN(fds); i++)
@@ -338,6 +336,7 @@ static void start_spawn(kh_inst *v, const char *kernel_file)
     pid_t pid = kh_process_spawn(&ps, &pidfd, &err);
     if (pid < 0)
         goto fail;
+    kh_qemu_driver_step(v, KH_LAUNCH_SPAWN);
     v->pid = pid;
     v->is_child = true;
     v->pid_start = kh_proc_start_time(pid);
@@ -346,6 +345,7 @@ static void start_spawn(kh_inst *v, const char *kernel_file)
     /* Recorded before anything else can fail: a daemon crash from here on
      * finds this QEMU and kills or adopts it. */
     kh_runtime_persist(v);
+    kh_qemu_driver_step(v, KH_LAUNCH_PERSIST);
     {
         char *line = kh_strv_join(argv, " ");
         kh_log(KH_LOG_INFO, "vm.spawn", "vm=%s pid=%d accel=%s", v->spec->name, (int)pid,
@@ -376,6 +376,7 @@ static void start_spawn(kh_inst *v, const char *kernel_file)
         if (kh_console_attach_fd(v->console, conn, &err) < 0)
             goto fail_running;
     }
+    kh_qemu_driver_step(v, KH_LAUNCH_CONNECT);
     kh_lifecycle_launched(v);
     goto out;
 
@@ -493,6 +494,7 @@ static void start_resolve_done(uv_work_t *w, int status)
 
 void kh_launch_start(kh_inst *v)
 {
+    kh_qemu_driver_step(v, KH_LAUNCH_BEGIN);
     if (!v->spec->kernel) {
         start_spawn(v, NULL);
         return;

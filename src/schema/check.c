@@ -13,33 +13,52 @@
 #define PATH_MAX_LEN 256
 #define KEY_SHOWN 32 /* bytes of an odd key quoted before "..." */
 
-static json_t *all_schemas; /* {name: schema}, built once */
-static pthread_once_t once = PTHREAD_ONCE_INIT;
+/* {name: schema}, each parsed on first use: an idle daemon holds none of
+ * them (all of them parsed are about 1 MiB of heap). Entries are never
+ * removed, so a schema handed out stays valid. */
+static json_t *parsed;
+static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
 
-static void load_all(void)
+/* Under lock: the schema of file i, parsed now if not yet. */
+static json_t *load_locked(size_t i)
 {
-    all_schemas = json_object();
-    for (size_t i = 0; i < kh_schema_nfiles; i++) {
-        json_error_t jerr;
-        json_t *j = json_loadb(kh_schema_files[i].text, kh_schema_files[i].len, 0, &jerr);
-        if (!j) { /* embed.py parsed it already: this cannot happen */
-            fprintf(stderr, "kvmhost: schema %s: %s\n", kh_schema_files[i].name, jerr.text);
-            abort();
-        }
-        json_object_set_new(all_schemas, kh_schema_files[i].name, j);
+    if (!parsed)
+        parsed = json_object();
+    json_t *j = json_object_get(parsed, kh_schema_files[i].name);
+    if (j)
+        return j;
+    json_error_t jerr;
+    j = json_loadb(kh_schema_files[i].text, kh_schema_files[i].len, 0, &jerr);
+    if (!j) { /* embed.py parsed it already: this cannot happen */
+        fprintf(stderr, "kvmhost: schema %s: %s\n", kh_schema_files[i].name, jerr.text);
+        abort();
     }
+    json_object_set_new(parsed, kh_schema_files[i].name, j);
+    return j;
 }
 
 const json_t *kh_schema_get(const char *name)
 {
-    pthread_once(&once, load_all);
-    return name ? json_object_get(all_schemas, name) : NULL;
+    if (!name)
+        return NULL;
+    json_t *j = NULL;
+    pthread_mutex_lock(&lock);
+    for (size_t i = 0; i < kh_schema_nfiles && !j; i++)
+        if (strcmp(kh_schema_files[i].name, name) == 0)
+            j = load_locked(i);
+    pthread_mutex_unlock(&lock);
+    return j;
 }
 
 json_t *kh_schema_all(void)
 {
-    pthread_once(&once, load_all);
-    return json_deep_copy(all_schemas);
+    /* A fresh parse, not the cache: the caller (the OpenAPI document)
+     * wants them once and frees them. */
+    json_t *all = json_object();
+    for (size_t i = 0; i < kh_schema_nfiles; i++)
+        json_object_set_new(all, kh_schema_files[i].name,
+                            json_loadb(kh_schema_files[i].text, kh_schema_files[i].len, 0, NULL));
+    return all;
 }
 
 static bool key_bare(const char *key, size_t len)

@@ -27,7 +27,7 @@ typedef struct kh_schema_file {
 extern const kh_schema_file kh_schema_files[];
 extern const size_t kh_schema_nfiles;
 
-/* The schema called name, parsed once (borrowed, valid for the process's
+/* The schema called name, parsed on first use (borrowed, valid for the process's
  * life); NULL when there is none. */
 const json_t *kh_schema_get(const char *name);
 

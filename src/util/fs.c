@@ -41,7 +41,8 @@ int kh_fs_mkdir_p(const char *path, mode_t mode, kh_err *err)
     return 0;
 }
 
-int kh_fs_write_atomic(const char *path, const void *data, size_t len, mode_t mode, kh_err *err)
+static int write_renamed(const char *path, const void *data, size_t len, mode_t mode, bool sync,
+                         kh_err *err)
 {
     char *tmp = xasprintf("%s.tmp.%d", path, (int)getpid());
     int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, mode);
@@ -63,7 +64,7 @@ int kh_fs_write_atomic(const char *path, const void *data, size_t len, mode_t mo
         p += n;
         left -= (size_t)n;
     }
-    if (fchmod(fd, mode) < 0 || fsync(fd) < 0) {
+    if (fchmod(fd, mode) < 0 || (sync && fsync(fd) < 0)) {
         kh_err_errno(err, KH_E_INTERNAL, errno, "cannot sync %s", tmp);
         goto fail;
     }
@@ -81,6 +82,17 @@ fail:
     unlink(tmp);
     free(tmp);
     return -1;
+}
+
+int kh_fs_write_atomic(const char *path, const void *data, size_t len, mode_t mode, kh_err *err)
+{
+    return write_renamed(path, data, len, mode, true, err);
+}
+
+int kh_fs_write_replace(const char *path, const void *data, size_t len, mode_t mode,
+                        kh_err *err)
+{
+    return write_renamed(path, data, len, mode, false, err);
 }
 
 char *kh_fs_read(const char *path, size_t max, size_t *len_out, kh_err *err)

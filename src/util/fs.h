@@ -15,6 +15,12 @@ int kh_fs_mkdir_p(const char *path, mode_t mode, kh_err *err);
 /* Write data to path atomically (temp file in the same folder, fsync,
  * rename), with the given mode. */
 int kh_fs_write_atomic(const char *path, const void *data, size_t len, mode_t mode, kh_err *err);
+/* The same without the fsync: readers see the old or the new content,
+ * never a mix, and a crash of the writer loses nothing (the page cache
+ * keeps it); for files whose meaning ends with the machine's uptime
+ * (RUN_DIR), where waiting for the disk buys nothing. */
+int kh_fs_write_replace(const char *path, const void *data, size_t len, mode_t mode,
+                        kh_err *err);
 /* Read a whole file (at most max bytes; more is an error). NUL-terminated;
  * *len_out gets the length when not NULL. The caller frees. */
 char *kh_fs_read(const char *path, size_t max, size_t *len_out, kh_err *err);

@@ -6,6 +6,8 @@
 
 /* Milliseconds on the monotonic clock. */
 uint64_t kh_now_ms(void);
+/* Microseconds on the monotonic clock. */
+uint64_t kh_now_us(void);
 /* Seconds since the epoch, as a double with millisecond precision. */
 double kh_wall_time(void);
 /* RFC 3339 UTC time for a wall time in seconds ("2026-11-22T07:50:00Z"). */

@@ -1,8 +1,12 @@
+#include <stdio.h>
 #include <stdlib.h>
+#include <sys/stat.h>
+#include <unistd.h>
 #include <string.h>
 
 #include "../kh_test.h"
 #include "util/check.h"
+#include "util/fs.h"
 #include "util/err.h"
 #include "util/strv.h"
 #include "util/misc.h"
@@ -69,11 +73,33 @@ static void test_strv_uuid(void)
     CHECK(kh_check_uuid(u));
 }
 
+/* kh_fs_write_replace: the same result as kh_fs_write_atomic (content,
+ * mode), only without the fsync. */
+static void test_write_replace(void)
+{
+    char dir[] = "/tmp/kh-test-fs-XXXXXX";
+    CHECK(mkdtemp(dir) != NULL);
+    char path[64];
+    snprintf(path, sizeof(path), "%s/boot.json", dir);
+    kh_err err = KH_ERR_INIT;
+    CHECK(kh_fs_write_replace(path, "{\"a\":1}", 7, 0600, &err) == 0);
+    CHECK(kh_fs_write_replace(path, "{}", 2, 0600, &err) == 0);
+    size_t len = 0;
+    char *text = kh_fs_read(path, 100, &len, &err);
+    CHECK(text && len == 2 && strcmp(text, "{}") == 0);
+    free(text);
+    struct stat st;
+    CHECK(stat(path, &st) == 0 && (st.st_mode & 0777) == 0600);
+    CHECK(kh_fs_rm_rf(dir, &err) == 0);
+    CHECK(access(dir, F_OK) < 0);
+}
+
 int main(void)
 {
     RUN(test_names);
     RUN(test_paths);
     RUN(test_err_table);
     RUN(test_strv_uuid);
+    RUN(test_write_replace);
     TEST_DONE();
 }
