@@ -280,7 +280,8 @@ def run(name, args):
                     raise RuntimeError("QEMU did not answer QMP: " + open(log).read())
                 time.sleep(0.1)
         st = q.cmd("query-status")["status"]
-        assert st == "prelaunch", "status %s, want prelaunch (-S)" % st
+        want = "inmigrate" if "-incoming" in c.args else "prelaunch"
+        assert st == want, "status %s, want %s" % (st, want)
         nodes = q.cmd("query-named-block-nodes", flat=True)
         files = sorted(n["file"] for n in nodes if n["drv"] == "file")
         assert files == sorted(c.files), "file nodes %s, want %s" % (files, c.files)
