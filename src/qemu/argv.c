@@ -46,6 +46,7 @@
  *   -display none
  *   [-vnc vnc=unix:<socket, commas doubled>
  *    -device {"driver":"VGA","id":"video0","bus":"pcie.0","addr":"0x1"}]
+ *   [-incoming defer]                     (the target of a live migration)
  *
  * Decisions:
  *  - The guest is named by its id (-name guest=<uuid>): the user's name
@@ -836,6 +837,8 @@ kh_strv *kh_qemu_argv_build(const kh_vm_spec *spec, const kh_qemu_caps *caps,
     add_hotplug_ports(&b, spec);
     add_serial(&b, spec, env);
     add_display(&b, spec, env);
+    if (env->incoming)
+        add2(&b, "-incoming", "defer");
 
     if (failed(&b)) {
         kh_strv_free(b.sv);

@@ -83,6 +83,9 @@ typedef struct kh_argv_env {
     /* Per disk, NULL or one fd per backing layer holding the passphrase of
      * an encrypted layer (-1 for the others). NULL: none. */
     const int *const *backing_secret_fds;
+    /* The target of a live migration: `-incoming defer` (the guest state
+     * comes later through migrate-incoming; instance/migrate.c). */
+    bool incoming;
 } kh_argv_env;
 
 /* Queues per NIC: min(vcpus, KH_QEMU_NIC_QUEUES_MAX) on q35 (virtio-net

@@ -169,7 +169,7 @@ static char *run_case(const char *name, const json_t *tc, bool *is_err)
                                             "initrd_file", "disk_fds", "backing_fds", "nic_fds",
                                             "nic_vhost_fds", "tsc_khz", "secret_fds",
                                             "backing_secret_fds", "firmware_serial_file",
-                                            NULL };
+                                            "incoming", NULL };
     const json_t *sj = json_object_get(tc, "spec");
     const json_t *cj = json_object_get(tc, "caps");
     const json_t *ej = json_object_get(tc, "env");
@@ -300,6 +300,7 @@ static char *run_case(const char *name, const json_t *tc, bool *is_err)
         .nic_fds = nfds,
         .nic_vhost_fds = vfds,
         .tsc_khz = (unsigned)int_or(ej, "tsc_khz", 0),
+        .incoming = json_is_true(json_object_get(ej, "incoming")),
     };
     if (fds && json_array_size(fdj) != spec->ndisks)
         printf("# %s: disk_fds has %zu entries for %zu disks\n", name, json_array_size(fdj),

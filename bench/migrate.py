@@ -1,0 +1,267 @@
+#!/usr/bin/env python3
+"""bench/migrate.py - live migration by hand between two QEMUs over loopback,
+with exactly the QMP sequence kvmhost's migration sends (qemu/migrate.c):
+target `-incoming defer`, caps (events, pause-before-switchover,
+auto-converge), params (downtime-limit, max-bandwidth), calc-dirty-rate;
+with --local-disk the disk goes over NBD first (nbd-server-start,
+block-export-add on the target; blockdev-add nbd, blockdev-mirror until
+ready on the source), then RAM until pre-switchover, block-job-cancel,
+migrate-continue, cont on the target.
+
+It prints total time, QEMU's downtime, and the gap the guest itself saw:
+a heartbeat loop typed into the serial console counts on, and the longest
+pause between two heartbeats (source console, then target console) is the
+downtime as the guest lives it. Also a check that it kept counting.
+
+    python3 bench/migrate.py [--mem 256] [--local-disk] [--runs 3]
+
+Only raw QEMU is measured here: the kvmhost orchestration (instance/migrate.c)
+and libvirt are not in this run (see docs/migration.md).
+"""
+import argparse
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+GUEST = os.path.join(ROOT, "tests", "guest", "out")
+
+
+class Qmp:
+    def __init__(self, path):
+        self.s = socket.socket(socket.AF_UNIX)
+        self.s.connect(path)
+        self.f = self.s.makefile("rwb")
+        json.loads(self.f.readline())
+        self.cmd("qmp_capabilities")
+
+    def cmd(self, _name, **args):
+        name = _name
+        msg = {"execute": name}
+        if args:
+            msg["arguments"] = args
+        self.f.write(json.dumps(msg).encode() + b"\n")
+        self.f.flush()
+        while True:
+            r = json.loads(self.f.readline())
+            if "return" in r:
+                return r["return"]
+            if "error" in r:
+                raise RuntimeError("%s: %s" % (name, r["error"]["desc"]))
+
+
+class Console:
+    """The serial socket: a reader thread keeps (time, line) pairs."""
+
+    def __init__(self, path):
+        self.s = socket.socket(socket.AF_UNIX)
+        self.s.connect(path)
+        self.lines = []
+        self.buf = b""
+        self.t = threading.Thread(target=self.read, daemon=True)
+        self.t.start()
+
+    def read(self):
+        while True:
+            try:
+                d = self.s.recv(4096)
+            except OSError:
+                return
+            if not d:
+                return
+            self.buf += d
+            while b"\n" in self.buf:
+                line, self.buf = self.buf.split(b"\n", 1)
+                self.lines.append((time.monotonic(), line.decode(errors="replace").strip()))
+
+    def send(self, text):
+        self.s.sendall(text.encode())
+
+    def wait(self, pattern, timeout=60):
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            for _, l in self.lines:
+                if re.search(pattern, l):
+                    return l
+            time.sleep(0.05)
+        raise TimeoutError("console: no %r; last: %s" % (pattern, self.lines[-5:]))
+
+    def heartbeats(self):
+        return [(t, int(m.group(1))) for t, l in self.lines
+                for m in [re.match(r"HB (\d+)$", l)] if m]
+
+
+def qemu(d, name, mem, accel, disk, incoming):
+    qmp, ser = os.path.join(d, name + ".qmp"), os.path.join(d, name + ".ser")
+    argv = ["qemu-system-x86_64", "-name", name, "-S", "-nodefaults", "-no-user-config",
+            "-machine", "q35", "-accel", accel, "-cpu", "max", "-m", "%dM" % mem,
+            "-smp", "1", "-display", "none",
+            "-chardev", "socket,id=qmp,path=%s,server=on,wait=off" % qmp,
+            "-mon", "chardev=qmp,mode=control",
+            "-chardev", "socket,id=ser,path=%s,server=on,wait=off" % ser,
+            "-serial", "chardev:ser",
+            "-kernel", os.path.join(GUEST, "vmlinuz"), "-initrd", os.path.join(GUEST, "initrd.img"),
+            "-append", "console=ttyS0 quiet panic=-1",
+            "-blockdev", json.dumps({"driver": "file", "node-name": "disk0-file",
+                                     "filename": disk}),
+            "-blockdev", json.dumps({"driver": "raw", "node-name": "disk0", "file": "disk0-file"}),
+            "-device", json.dumps({"driver": "virtio-blk-pci", "drive": "disk0", "id": "vda"})]
+    if incoming:
+        argv += ["-incoming", "defer"]
+    p = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=open(os.path.join(d, name + ".log"), "w"))
+    end = time.monotonic() + 20
+    while not (os.path.exists(qmp) and os.path.exists(ser)):
+        if p.poll() is not None or time.monotonic() > end:
+            raise RuntimeError(open(os.path.join(d, name + ".log")).read())
+        time.sleep(0.02)
+    time.sleep(0.1)
+    return p, Qmp(qmp), Console(ser)
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def one_run(mem, accel, local, downtime_ms):
+    d = tempfile.mkdtemp(prefix="khmig-bench-")
+    procs = []
+    try:
+        src_disk = os.path.join(d, "src.raw")
+        shutil.copy(os.path.join(GUEST, "disk.ext4"), src_disk)
+        dst_disk = os.path.join(d, "dst.raw")
+        if local:  # the target's empty disk of the same size
+            with open(dst_disk, "wb") as f:
+                f.truncate(os.path.getsize(src_disk))
+        sp, sq, sc = qemu(d, "src", mem, accel, src_disk, False)
+        procs.append(sp)
+        sq.cmd("cont")
+        sc.wait("kvmhost test guest: shell", 90)
+        sc.send("\ni=0; while true; do echo HB $i; i=$((i+1)); usleep 100000; done &\n")
+        sc.wait(r"^HB 5$", 30)
+
+        tp, tq, tc = qemu(d, "dst", mem, accel, dst_disk if local else src_disk, True)
+        procs.append(tp)
+        t0 = time.monotonic()
+        # prepare: dirty rate, then the target's incoming side
+        sq.cmd("calc-dirty-rate", **{"calc-time": 1})
+        time.sleep(1.1)
+        rate = None
+        for _ in range(50):
+            r = sq.cmd("query-dirty-rate")
+            if r.get("status") == "measured":
+                rate = r.get("dirty-rate")
+                break
+            time.sleep(0.1)
+        caps = [{"capability": "events", "state": True}, {"capability": "multifd", "state": False}]
+        tq.cmd("migrate-set-capabilities", capabilities=caps)
+        mport = free_port()
+        tq.cmd("migrate-incoming", uri="tcp:127.0.0.1:%d" % mport)
+        mirror_s = 0.0
+        if local:
+            nport = free_port()
+            tq.cmd("nbd-server-start", addr={"type": "inet", "data": {"host": "127.0.0.1", "port": str(nport)}})
+            tq.cmd("block-export-add", type="nbd", id="mig-disk0", **{"node-name": "disk0"},
+                   name="disk0", writable=True)
+            # disks: mirror until ready
+            m0 = time.monotonic()
+            sq.cmd("blockdev-add", driver="nbd", **{"node-name": "mig-disk0"},
+                   server={"type": "inet", "host": "127.0.0.1", "port": str(nport)}, export="disk0")
+            sq.cmd("blockdev-mirror", **{"job-id": "mig-disk0", "auto-dismiss": False},
+                   device="disk0", target="mig-disk0", sync="full")
+            while not all(j.get("ready") for j in sq.cmd("query-block-jobs")):
+                time.sleep(0.05)
+            mirror_s = time.monotonic() - m0
+        # memory: caps + params, migrate until pre-switchover
+        sq.cmd("migrate-set-capabilities", capabilities=caps + [
+            {"capability": "pause-before-switchover", "state": True},
+            {"capability": "auto-converge", "state": True}])
+        sq.cmd("migrate-set-parameters", **{"downtime-limit": downtime_ms,
+                                            "max-bandwidth": 10 * 1024 ** 3})
+        sq.cmd("migrate", uri="tcp:127.0.0.1:%d" % mport)
+        while True:
+            st = sq.cmd("query-migrate")
+            if st["status"] == "pre-switchover":
+                break
+            if st["status"] in ("failed", "cancelled"):
+                raise RuntimeError("migration %s: %s" % (st["status"], st.get("error-desc")))
+            time.sleep(0.01)
+        # switch: mirrors stop consistent, RAM finishes, target runs
+        sw0 = time.monotonic()
+        if local:
+            sq.cmd("block-job-cancel", device="mig-disk0")
+        sq.cmd("migrate-continue", state="pre-switchover")
+        while True:
+            st = sq.cmd("query-migrate")
+            if st["status"] == "completed":
+                break
+            if st["status"] in ("failed", "cancelled"):
+                raise RuntimeError("migration %s: %s" % (st["status"], st.get("error-desc")))
+            time.sleep(0.005)
+        while tq.cmd("query-status")["status"] not in ("paused", "postmigrate", "running"):
+            time.sleep(0.005)
+        if local:
+            tq.cmd("nbd-server-stop")
+        tq.cmd("cont")
+        switch_s = time.monotonic() - sw0
+        total_s = time.monotonic() - t0
+        # the guest keeps counting on the target
+        last = sc.heartbeats()[-1][1]
+        tc.wait(r"^HB %d$" % (last + 5), 30)
+        hb = sc.heartbeats() + [x for x in tc.heartbeats() if x[1] > last]
+        gaps = [b[0] - a[0] for a, b in zip(hb, hb[1:])]
+        # each number once, in order; a line cut in the switch (its bytes
+        # half in the source's chardev) may be lost: at most one missing
+        nums = [n for _, n in hb]
+        seq_ok = nums == sorted(set(nums)) and nums[-1] - nums[0] + 1 - len(nums) <= 1
+        sp.kill()
+        data_ok = True
+        if local:  # what the guest read from its disk is on the target's copy
+            with open(dst_disk, "rb") as a, open(src_disk, "rb") as b:
+                data_ok = a.read() == b.read()
+        return {"total_s": total_s, "qemu_downtime_ms": st.get("downtime"),
+                "qemu_total_ms": st.get("total-time"), "switch_s": switch_s,
+                "guest_gap_ms": max(gaps) * 1000, "mirror_s": mirror_s,
+                "dirty_rate_mbps": rate, "counted_on": seq_ok, "missing": nums[-1] - nums[0] + 1 - len(nums), "disk_same": data_ok}
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+            p.wait()
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--mem", type=int, default=256)
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--downtime-ms", type=int, default=300)
+    ap.add_argument("--accel", default="tcg")  # the test guests' accelerator
+    args = ap.parse_args()
+    print("raw QEMU live migration over loopback, %d MiB guest, accel %s, downtime-limit %d ms"
+          % (args.mem, args.accel, args.downtime_ms))
+    print("%-22s %8s %10s %10s %10s %9s %8s %7s %5s" % (
+        "mode", "total_s", "qemu_dt_ms", "guest_gap", "switch_ms", "mirror_s", "dirty", "counts", "disk"))
+    for local in (False, True):
+        for _ in range(args.runs):
+            r = one_run(args.mem, args.accel, local, args.downtime_ms)
+            print("%-22s %8.2f %10s %10.0f %10.0f %9.2f %8s %7s %5s" % (
+                "raw qemu, " + ("local disk/NBD" if local else "shared disk"), r["total_s"],
+                r["qemu_downtime_ms"], r["guest_gap_ms"], r["switch_s"] * 1000, r["mirror_s"],
+                r["dirty_rate_mbps"], r["counted_on"], r["disk_same"]), flush=True)
+    print("kvmhost (instance/migrate.c orchestration): not measured - not built yet on this branch")
+    print("libvirt virsh migrate --live: not measured in this run")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

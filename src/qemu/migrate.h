@@ -1,0 +1,106 @@
+/* migrate.h - the QMP side of live migration (QEMU 7.2), as pure
+ * functions: the arguments of each command (new JSON objects, handed to
+ * kh_qmp_command / the driver's command, which steal them) and the parsing
+ * of the answers. No I/O: tests/unit/qmp/test_migrate.c checks the shapes,
+ * bench/migrate.py and the orchestration (instance/migrate.c) send them.
+ *
+ * Commands, in the order of the phases (docs/migration.md):
+ *   target: [object-add tls-creds-x509 (endpoint server)], migrate-set-capabilities,
+ *           migrate-set-parameters, migrate-incoming, nbd-server-start,
+ *           block-export-add (one per local disk); at switch nbd-server-stop, cont
+ *   source: calc-dirty-rate, query-dirty-rate; [object-add tls-creds-x509
+ *           (endpoint client)], blockdev-add (driver nbd), blockdev-mirror,
+ *           query-block-jobs; migrate-set-capabilities, migrate-set-parameters,
+ *           migrate, query-migrate; at pre-switchover block-job-cancel (a ready
+ *           mirror stops consistent), migrate-continue; on the way back
+ *           migrate_cancel, block-job-cancel, blockdev-del, cont.
+ */
+#ifndef KH_QEMU_MIGRATE_H
+#define KH_QEMU_MIGRATE_H
+
+#include <jansson.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+/* What a migration asks of QEMU. */
+typedef struct kh_qmig_opts {
+    unsigned downtime_ms;      /* downtime-limit (0: 300) */
+    uint64_t bandwidth;        /* max-bandwidth, bytes/s (0: unlimited, i.e. 10 GiB/s) */
+    unsigned multifd_channels; /* 0/1: no multifd; >1 channels (not with TLS on 7.2
+                                * before the cluster CA lands: both sides must agree) */
+    bool auto_converge;        /* throttle the guest's vCPUs when it dirties too fast */
+    const char *tls_creds;     /* id of a tls-creds-x509 object, NULL: plaintext */
+    const char *tls_hostname;  /* the name the target's certificate must carry */
+} kh_qmig_opts;
+
+/* The id the tls-creds-x509 object gets. */
+#define KH_QMIG_TLS_ID "kh-mig-tls"
+
+/* object-add tls-creds-x509: dir holds ca-cert.pem and server-cert.pem /
+ * server-key.pem (endpoint "server", the target) or client-cert.pem /
+ * client-key.pem (endpoint "client", the source); QEMU's layout. */
+json_t *kh_qmig_tls_object(const char *dir, bool server);
+/* migrate-set-capabilities: the source gets pause-before-switchover (the
+ * switch is ours to make: mirrors cancelled and the owner moved first),
+ * both get events, and multifd / auto-converge as asked. */
+json_t *kh_qmig_caps(const kh_qmig_opts *o, bool source);
+/* migrate-set-parameters: downtime-limit, max-bandwidth, multifd-channels,
+ * tls-creds (+ tls-hostname on the source). */
+json_t *kh_qmig_params(const kh_qmig_opts *o, bool source);
+/* migrate / migrate-incoming: {"uri": "tcp:HOST:PORT"}. NULL if host has a
+ * character a URI cannot take here. */
+json_t *kh_qmig_uri_args(const char *host, unsigned port);
+/* nbd-server-start on HOST:PORT (tls_creds may be NULL). */
+json_t *kh_qmig_nbd_server(const char *host, unsigned port, const char *tls_creds);
+/* block-export-add of node (writable, export name = node). */
+json_t *kh_qmig_export(const char *node);
+/* blockdev-add on the source: node "mig-<node>" reading the target's
+ * export of node at HOST:PORT. */
+json_t *kh_qmig_nbd_node(const char *node, const char *host, unsigned port,
+                         const char *tls_creds);
+/* blockdev-mirror node -> mig-<node> (sync full, job "mig-<node>"). */
+json_t *kh_qmig_mirror(const char *node);
+/* The job / nbd node name of a disk node ("mig-disk0"); buf >= 64. */
+void kh_qmig_node_name(const char *node, char *buf, size_t size);
+/* calc-dirty-rate for seconds (1..60). */
+json_t *kh_qmig_calc_dirty_rate(unsigned seconds);
+
+/* query-migrate, parsed. */
+typedef struct kh_qmig_status {
+    char status[32];          /* "active", "pre-switchover", "completed", "failed", ... */
+    uint64_t ram_total, ram_transferred, ram_remaining;
+    uint64_t dirty_pages_rate, dirty_sync_count;
+    int64_t total_time_ms, downtime_ms, expected_downtime_ms, setup_time_ms;
+    unsigned cpu_throttle_pct;
+    char error[256];          /* "error-desc" when failed */
+} kh_qmig_status;
+/* Fill st from query-migrate's return (missing fields stay 0). 0, or -1
+ * if ret has no status. */
+int kh_qmig_status_parse(const json_t *ret, kh_qmig_status *st);
+bool kh_qmig_status_failed(const kh_qmig_status *st);
+
+/* query-dirty-rate: -1 while not measured yet, else MB/s. */
+int64_t kh_qmig_dirty_rate_parse(const json_t *ret);
+
+/* query-block-jobs: how many of the jobs named mig-* are ready, and the
+ * bytes done / total over them. */
+typedef struct kh_qmig_mirrors {
+    unsigned jobs, ready;
+    uint64_t done, total;
+} kh_qmig_mirrors;
+void kh_qmig_mirrors_parse(const json_t *ret, kh_qmig_mirrors *m);
+
+/* Convergence, predicted before starting: with the guest dirtying
+ * dirty_mbps (MB/s, calc-dirty-rate) over a link of bandwidth bytes/s,
+ * can the remaining dirty set shrink below what downtime_ms lets through?
+ * KH_QMIG_CONVERGES; KH_QMIG_THROTTLE (only with auto-converge: start,
+ * QEMU throttles the vCPUs); KH_QMIG_NEVER (refuse: it would migrate
+ * forever). */
+typedef enum kh_qmig_forecast {
+    KH_QMIG_CONVERGES,
+    KH_QMIG_THROTTLE,
+    KH_QMIG_NEVER,
+} kh_qmig_forecast;
+kh_qmig_forecast kh_qmig_predict(int64_t dirty_mbps, uint64_t bandwidth, bool auto_converge);
+
+#endif
