@@ -295,7 +295,7 @@ static json_t *admit_token(kh_cluster *c, const char *token, const char *host_id
     kh_etcd_cmp cmp = { .key = key, .target = KH_ETCD_VERSION, .result = KH_ETCD_GREATER,
                         .number = 0 };
     kh_etcd_op del = { .type = KH_ETCD_OP_DELETE, .key = key };
-    kh_etcd_txn_result res;
+    kh_etcd_txn_result res = { 0 };
     int rc = kh_etcd_txn(c->etcd, &cmp, 1, &del, 1, NULL, 0, &res, err);
     free(key);
     bool ok = rc == 0 && res.succeeded;

@@ -141,7 +141,7 @@ static int claim_txn(kh_cluster *c, const char *id, const char *name, char **hel
         { .type = KH_ETCD_OP_PUT, .key = nk, .value = id },
     };
     kh_etcd_op get = { .type = KH_ETCD_OP_GET, .key = nk };
-    kh_etcd_txn_result res;
+    kh_etcd_txn_result res = { 0 };
     int rc = kh_etcd_txn(c->etcd, cmp, 2, ops, 2, &get, 1, &res, err);
     *held_by = NULL;
     if (rc == 0) {
@@ -269,7 +269,7 @@ static int flush_one(kh_cluster *c, const char *id, json_t *what, kh_err *err)
     char *ok = owner_key(id), *sk = spec_key(id);
     kh_etcd_cmp cmp = { .key = ok, .target = KH_ETCD_VALUE, .result = KH_ETCD_EQUAL,
                         .value = c->conf.host_id };
-    kh_etcd_txn_result res;
+    kh_etcd_txn_result res = { 0 };
     int rc;
     const char *deleted = json_string_value(json_object_get(what, "deleted"));
     if (deleted) {
