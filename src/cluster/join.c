@@ -262,7 +262,18 @@ json_t *kh_cluster_admit(kh_cluster *c, const char *token, const json_t *body, k
     free(ca_key_path);
     free(ca_path);
     char *cert = NULL;
-    if (!ca_key || !ca)
+    /* A token that is not (or no longer) valid is told so first; it is
+     * consumed only once the certificate is signed (admit_token). */
+    char *tkey = token_key(token);
+    kh_etcd_kv tkv = { 0 };
+    int have = kh_etcd_get(c->etcd, tkey, &tkv, NULL, err);
+    kh_etcd_kv_clear(&tkv);
+    free(tkey);
+    if (have <= 0) {
+        if (have == 0)
+            kh_err_set(err, KH_E_UNAUTHORIZED, "the join token is not valid (unknown, used or "
+                       "expired): make one with 'kvmhost cluster token' on a member");
+    } else if (!ca_key || !ca)
         kh_err_set(err, KH_E_CONFLICT, "this host does not hold the cluster CA key: join "
                    "through the host that created the cluster");
     else if (!csr || !address)
