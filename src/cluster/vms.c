@@ -276,8 +276,15 @@ static int flush_one(kh_cluster *c, const char *id, json_t *what, kh_err *err)
         kh_etcd_op ops[2] = { { .type = KH_ETCD_OP_DELETE, .key = ok },
                               { .type = KH_ETCD_OP_DELETE, .key = sk } };
         rc = kh_etcd_txn(c->etcd, &cmp, 1, ops, 2, NULL, 0, &res, err);
+        bool owned = rc == 0 && res.succeeded;
         if (rc == 0)
             kh_etcd_txn_result_clear(&res);
+        if (!owned) {
+            /* another host owns it now (a migration moved it): its keys stay */
+            free(ok);
+            free(sk);
+            return rc;
+        }
         char *nk = name_key(deleted);
         kh_etcd_cmp ncmp = { .key = nk, .target = KH_ETCD_VALUE, .result = KH_ETCD_EQUAL,
                              .value = id };
