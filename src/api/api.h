@@ -142,6 +142,11 @@ void kh_cluster_routes_leave(kh_http_req *req, void *app);
 void kh_cluster_routes_token(kh_http_req *req, void *app);
 void kh_cluster_routes_admit(kh_http_req *req, void *app);
 void kh_cluster_routes_remove(kh_http_req *req, void *app);
+void kh_cluster_routes_ca(kh_http_req *req, void *app);
+
+/* Before each handler (forward.c): a per-VM request for a VM another host
+ * owns goes to that host. True when it took the request. */
+bool kh_api_forward_pre(kh_http_req *req, void *app);
 
 void kh_metrics_routes_prometheus(kh_http_req *req, void *app);
 void kh_metrics_routes_vm(kh_http_req *req, void *app);

@@ -117,3 +117,17 @@ int kh_auth_check(const kh_http_req *req, const kh_route *route, void *opaque, k
         kh_err_set(err, KH_E_UNAUTHORIZED, "missing or invalid bearer token or session");
     return -1;
 }
+
+int kh_auth_check_peer(const kh_http_req *req, const kh_route *route, void *opaque,
+                       kh_err *err)
+{
+    (void)opaque;
+    if (kh_http_req_peer_verified(req))
+        return 0;
+    const char *auth = kh_http_req_header(req, "Authorization");
+    if (auth && route && (route->flags & KH_ROUTE_JOIN) && strncmp(auth, "KH-Join ", 8) == 0)
+        return 0;
+    kh_err_set(err, KH_E_UNAUTHORIZED, "host-to-host calls need a client certificate from "
+               "the cluster CA");
+    return -1;
+}

@@ -25,6 +25,9 @@ enum {
                                                      * the handler checks the one-time join
                                                      * token (cluster join); no other route
                                                      * accepts that scheme */
+    KH_ROUTE_VM = 1u << (KH_ROUTE_APP_SHIFT + 3), /* a per-VM route (/vms/{name}...): sent
+                                                   * on to the owner when another host owns
+                                                   * the VM (api/forward.c) */
 };
 
 typedef struct kh_auth kh_auth;
@@ -58,5 +61,11 @@ struct kh_sessions *kh_auth_sessions(kh_auth *a);
 void kh_session_routes_post(kh_http_req *req, void *app);
 void kh_session_routes_get(kh_http_req *req, void *app);
 void kh_session_routes_delete(kh_http_req *req, void *app);
+
+/* The hook of the host-to-host listener (mutual TLS): a request passes with
+ * a client certificate from the cluster CA (the caller was checked on the
+ * host that forwards it), or on the join route with a KH-Join token. */
+int kh_auth_check_peer(const kh_http_req *req, const kh_route *route, void *opaque,
+                       kh_err *err);
 
 #endif

@@ -142,3 +142,14 @@ void kh_cluster_routes_remove(kh_http_req *req, void *app)
     }
     kh_http_reply_data(req, 204, "application/json", "", 0);
 }
+
+void kh_cluster_routes_ca(kh_http_req *req, void *app)
+{
+    kh_api *api = app;
+    kh_err err = KH_ERR_INIT;
+    json_t *j = kh_cluster_ca_json(api->cluster, &err);
+    if (!j)
+        kh_http_reply_error(req, &err);
+    else
+        kh_http_reply_json(req, 200, j);
+}

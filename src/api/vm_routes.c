@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "api/api.h"
+#include "cluster/cluster.h"
 #include "instance/config.h"
 #include "instance/hotplug.h"
 #include "instance/lifecycle.h"
@@ -25,7 +26,28 @@ static void reply_err(kh_http_req *req, const kh_err *err)
 void kh_vm_routes_list(kh_http_req *req, void *app)
 {
     kh_api *api = app;
-    kh_http_reply_json(req, 200, json_pack("{s:o}", "vms", kh_manager_list_json(api->mgr)));
+    /* This host's VMs, then (in a cluster) the other hosts' from the etcd view;
+     * each with its host, a single host's too (clients need no special case). */
+    const char *only = kh_http_req_query(req, "host");
+    const char *self = kh_cluster_host_name(api->cluster);
+    json_t *all = json_array();
+    if (!only || strcmp(only, self) == 0) {
+        json_t *mine = kh_manager_list_json(api->mgr);
+        size_t i;
+        json_t *vm;
+        json_array_foreach(mine, i, vm) {
+            json_object_set_new(vm, "host", json_string(self));
+            json_array_append(all, vm);
+        }
+        json_decref(mine);
+    }
+    if (!only || strcmp(only, self) != 0)
+        {
+        json_t *remote = kh_cluster_vms_remote(api->cluster, only);
+        json_array_extend(all, remote);
+        json_decref(remote);
+    }
+    kh_http_reply_json(req, 200, json_pack("{s:o}", "vms", all));
 }
 
 void kh_vm_routes_create(kh_http_req *req, void *app)
@@ -57,6 +79,7 @@ void kh_vm_routes_get(kh_http_req *req, void *app)
         reply_err(req, &err);
         return;
     }
+    json_object_set_new(vm, "host", json_string(kh_cluster_host_name(api->cluster)));
     kh_http_reply_json(req, 200, vm);
 }
 

@@ -82,10 +82,19 @@ char *cli_render_vm_addresses(const json_t *vm)
 char *cli_render_vm_list(const json_t *resp, double now)
 {
     static const char *const head[] = { "NAME",    "TYPE",  "STATE", "VCPUS", "MEMORY",
-                                        "ADDRESS", "ACCEL", "PID",   "UPTIME" };
-    cli_table *t = cli_table_new(KH_ARRAY_LEN(head), head);
+                                        "ADDRESS", "ACCEL", "PID",   "UPTIME", "HOST" };
     size_t i;
     json_t *vm;
+    /* A HOST column when the VMs are on more than one host (a cluster). */
+    const char *first = NULL;
+    bool hosts = false;
+    json_array_foreach(json_object_get(resp, "vms"), i, vm) {
+        const char *h = json_string_value(json_object_get(vm, "host"));
+        if (h && !first)
+            first = h;
+        hosts = hosts || (h && strcmp(h, first) != 0);
+    }
+    cli_table *t = cli_table_new(KH_ARRAY_LEN(head) - (hosts ? 0 : 1), head);
     json_array_foreach(json_object_get(resp, "vms"), i, vm) {
         char mem[32], up[32];
         cli_table_add(t, cli_jstr(vm, "name"));
@@ -110,6 +119,8 @@ char *cli_render_vm_list(const json_t *resp, double now)
         } else {
             cli_table_add(t, NULL);
         }
+        if (hosts)
+            cli_table_add(t, cli_jstr(vm, "host"));
     }
     char *s = cli_table_render(t);
     cli_table_free(t);

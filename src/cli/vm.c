@@ -5,6 +5,7 @@
 
 #include <errno.h>
 #include <signal.h>
+#include <curl/curl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -248,7 +249,15 @@ static void vms_human(const json_t *resp)
 
 static int cli_do_vm_list(cli_ctx *ctx, const cli_args *a, kh_err *err)
 {
-    return cli_show(ctx, "GET", "/api/v1/vms", NULL, vms_human, err);
+    const char *host = cli_arg(a, "host");
+    if (!host)
+        return cli_show(ctx, "GET", "/api/v1/vms", NULL, vms_human, err);
+    char *enc = curl_easy_escape(NULL, host, 0);
+    char *path = xasprintf("/api/v1/vms?host=%s", enc ? enc : "");
+    curl_free(enc);
+    int rc = cli_show(ctx, "GET", path, NULL, vms_human, err);
+    free(path);
+    return rc;
 }
 
 static void vm_human(const json_t *vm)
@@ -689,6 +698,11 @@ static const cli_opt opts_vm_edit[] = {
     { NULL, NULL, 0, NULL },
 };
 
+static const cli_opt opts_vm_list[] = {
+    { "host", "NAME", CLI_OPT_ARG, "Only the VMs on this host of the cluster." },
+    { NULL, NULL, 0, NULL },
+};
+
 static const cli_opt opts_vm_top[] = {
     { "once", NULL, 0, "Print one frame and exit (also when stdout is not a terminal)." },
     { "interval", "SECONDS", CLI_OPT_ARG, "Refresh period (default 2)." },
@@ -786,9 +800,12 @@ const cli_cmd cli_vm_cmds[] = {
     {
         "vm", "list", NULL, "list the virtual machines",
         "One line per VM: its name, state, virtual CPUs, memory, the accelerator of its "
-        "QEMU (kvm or tcg) and QEMU's pid while it runs, and how long it has been up.",
-        NULL,
+        "QEMU (kvm or tcg) and QEMU's pid while it runs, and how long it has been up. In a "
+        "cluster every host's VMs, with a HOST column; commands on a VM of another host "
+        "are sent on to that host by kvmhostd.",
+        opts_vm_list,
         "$ kvmhost vm list\n"
+        "$ kvmhost vm list --host h2\n"
         "$ kvmhost --json vm list",
         cli_do_vm_list,
     },

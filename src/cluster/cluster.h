@@ -34,6 +34,15 @@ typedef struct kh_cluster kh_cluster;
  * from the VM manager and the kernel). */
 typedef void (*kh_cluster_usage_fn)(void *opaque, unsigned *vms, uint64_t *memory_free_mib);
 
+/* This host's VMs (kh_manager_list_json's array, a new reference): the
+ * daemon gives it, so that a host that joins claims the VMs it has. */
+typedef json_t *(*kh_cluster_vms_fn)(void *opaque);
+/* The host-to-host TLS material is ready (after create, join, or at start
+ * when it exists): serve listen ("ADDR:PORT") with TLS (cert, key files)
+ * requiring a client certificate from the CA file ca. All NULL: stop (leave). */
+typedef void (*kh_cluster_tls_fn)(void *opaque, const char *listen, const char *ca,
+                                  const char *cert, const char *key);
+
 typedef struct kh_cluster_config {
     const char *state_dir;
     const char *host_name;      /* the member's name (NULL: instance name, else hostname) */
@@ -51,6 +60,10 @@ typedef struct kh_cluster_config {
     unsigned etcd_peer_port;    /* 0: 2380 */
     kh_cluster_usage_fn usage;
     void *usage_opaque;
+    kh_cluster_vms_fn local_vms;
+    void *local_vms_opaque;
+    kh_cluster_tls_fn tls_ready;
+    void *tls_opaque;
 } kh_cluster_config;
 
 /* Load the cluster configuration from the store and, when this host is a
@@ -92,5 +105,34 @@ int kh_cluster_remove(kh_cluster *c, const char *host, kh_err *err);
 json_t *kh_cluster_status_json(kh_cluster *c);
 /* GET /api/v1/hosts: {"hosts": [...]} (a single host lists itself). */
 json_t *kh_cluster_hosts_json(kh_cluster *c);
+/* GET /api/v1/cluster/ca: {ca (PEM), cluster_url, fingerprint}. */
+json_t *kh_cluster_ca_json(kh_cluster *c, kh_err *err);
+
+/* ---- vms.c: ownership and the cluster-wide VM view ----
+ * The first five are the instance layer's hooks (kh_manager_cluster_ops in
+ * instance/manager.h; opaque is the kh_cluster): they do nothing on a
+ * single host. */
+int kh_cluster_vm_claim(void *opaque, const char *id, const char *name, kh_err *err);
+void kh_cluster_vm_unclaim(void *opaque, const char *id, const char *name);
+int kh_cluster_vm_may_run(void *opaque, const char *id, const char *name, kh_err *err);
+void kh_cluster_vm_changed(void *opaque, const char *id, const json_t *vm);
+void kh_cluster_vm_deleted(void *opaque, const char *id, const char *name);
+/* The VMs other hosts own (their views with "host"), only host's when not
+ * NULL: a new array (empty on a single host). */
+json_t *kh_cluster_vms_remote(kh_cluster *c, const char *host);
+/* This host's name (the single host's too). */
+const char *kh_cluster_host_name(const kh_cluster *c);
+/* Is the vm named name owned by another host? 1 with *host (its name) and
+ * *url (its host-to-host URL, NULL when unknown) as new strings; 0 not. */
+int kh_cluster_vm_remote(kh_cluster *c, const char *name, char **host, char **url);
+
+/* ---- forward.c: a request sent to another host over mutual TLS ----
+ * Runs on the loop's thread pool; cb runs on the loop. status is the other
+ * host's HTTP status (0 with err when it could not be reached). */
+typedef void (*kh_forward_cb)(void *opaque, int status, const char *content_type,
+                              const char *body, size_t len, const kh_err *err);
+int kh_cluster_forward(kh_cluster *c, const char *url, const char *method, const char *target,
+                       const char *content_type, const char *body, size_t len,
+                       kh_forward_cb cb, void *opaque, kh_err *err);
 
 #endif

@@ -80,7 +80,50 @@ struct kh_cluster {
     uint64_t renewed_ms;      /* monotonic time the last renewal (or the grant) was sent */
     char last_error[512];
     char *record;             /* the member record as last written */
+
+    /* vms.c: ownership and the cluster-wide view */
+    json_t *vms;              /* vm id -> {owner, spec}: /kvmhost/vms/, watched */
+    kh_etcd_watch *vms_watch;
+    json_t *vms_pending;      /* vm id -> view to write, or {"deleted": name} */
+    uv_timer_t *vms_timer;    /* flushes vms_pending soon */
+    bool vms_claimed;         /* this host's VMs were claimed since it registered */
+    kh_cluster_vms_fn local_vms;
+    void *local_vms_opaque;
+
+    /* pki.c: mutual TLS between hosts (files in STATE_DIR/cluster-tls) */
+    char *tls_dir;
+    char *cluster_url;        /* https://ADVERTISE:PORT+1 (the host-to-host listener) */
+    char *fingerprint;        /* SHA-256 of this host's certificate (hex), or NULL */
+    kh_cluster_tls_fn tls_cb;
+    void *tls_opaque;
 };
+
+/* vms.c */
+int kh_cluster_vms_watch(kh_cluster *c, kh_err *err);
+void kh_cluster_vms_flush(kh_cluster *c);
+void kh_cluster_vms_kick(kh_cluster *c);
+void kh_cluster_vms_claim_local(kh_cluster *c);
+
+/* pki.c: the cluster CA and the host certificates (PEM strings). */
+/* A new EC P-256 CA: key and self-signed certificate (10 years). */
+int kh_pki_make_ca(const char *cn, char **key_pem, char **cert_pem, kh_err *err);
+/* A new EC P-256 key and a CSR for cn. */
+int kh_pki_make_csr(const char *cn, char **key_pem, char **csr_pem, kh_err *err);
+/* Sign csr with the CA: a host certificate (client and server) for cn with
+ * the IP address ip as its subjectAltName (5 years). A new PEM string. */
+char *kh_pki_sign(const char *ca_cert, const char *ca_key, const char *csr, const char *ip,
+                  kh_err *err);
+/* SHA-256 of a PEM certificate's DER, lowercase hex (a new string), or NULL. */
+char *kh_pki_fingerprint(const char *cert_pem);
+/* The files of STATE_DIR/cluster-tls: "ca.pem", "ca.key", "host.pem", "host.key". */
+char *kh_cluster_tls_path(const kh_cluster *c, const char *file);
+/* Read this host's TLS material (fingerprint, cluster_url) and tell the
+ * daemon (tls_cb) to serve the host-to-host listener. 1 ready, 0 no files. */
+int kh_cluster_tls_load(kh_cluster *c);
+/* Write a PEM into STATE_DIR/cluster-tls/file (mode 0600 for keys). */
+int kh_cluster_tls_write(kh_cluster *c, const char *file, const char *pem, kh_err *err);
+/* Remove the directory (leave). */
+void kh_cluster_tls_drop(kh_cluster *c);
 
 /* member.c */
 /* Connect to etcd (starting the local member when local) and start the

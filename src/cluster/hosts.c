@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include "cluster/etcd_int.h"
+#include "util/fs.h"
 #include "util/mem.h"
 
 /* One host of the view from its record. */
@@ -17,8 +18,8 @@ static json_t *host_json(kh_cluster *c, const char *id, const json_t *rec, const
 {
     json_t *h = json_object();
     json_object_set_new(h, "id", json_string(id));
-    const char *keys[] = { "name", "address", "api_url", "cert_fingerprint", "capacity",
-                           "memory_free_mib", "vms", "version" };
+    const char *keys[] = { "name", "address", "api_url", "cluster_url", "cert_fingerprint",
+                           "capacity", "memory_free_mib", "vms", "version" };
     for (size_t i = 0; i < sizeof(keys) / sizeof(keys[0]); i++) {
         json_t *v = json_object_get(rec, keys[i]);
         json_object_set(h, keys[i], v ? v : json_null());
@@ -113,5 +114,24 @@ json_t *kh_cluster_status_json(kh_cluster *c)
                           "online", (int)online);
     if (c->last_error[0])
         json_object_set_new(j, "error", json_string(c->last_error));
+    return j;
+}
+
+json_t *kh_cluster_ca_json(kh_cluster *c, kh_err *err)
+{
+    char *path = kh_cluster_tls_path(c, "ca.pem");
+    char *ca = c->enabled ? kh_fs_read(path, 1 << 20, NULL, NULL) : NULL;
+    free(path);
+    if (!ca || !c->cluster_url) {
+        free(ca);
+        kh_err_set(err, KH_E_NOTFOUND, "this host has no cluster CA (not in a cluster, or no "
+                   "TCP listener)");
+        return NULL;
+    }
+    char *fp = kh_pki_fingerprint(ca);
+    json_t *j = json_pack("{s:s, s:s, s:s*}", "ca", ca, "cluster_url", c->cluster_url,
+                          "fingerprint", fp);
+    free(ca);
+    free(fp);
     return j;
 }

@@ -21,7 +21,9 @@
 #include "cluster/cluster_int.h"
 
 #include <curl/curl.h>
+#include <openssl/crypto.h>
 #include <openssl/evp.h>
+#include <strings.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -94,6 +96,40 @@ static int refuse_member(const kh_cluster *c, kh_err *err)
     return -1;
 }
 
+/* The cluster CA (its key stays on this host: it alone signs joins) and
+ * this host's certificate; the CA certificate goes to /kvmhost/ca. */
+static int make_ca(kh_cluster *c, kh_err *err)
+{
+    char *ca_key = NULL, *ca = NULL, *key = NULL, *csr = NULL, *cert = NULL;
+    char *cn = xasprintf("kvmhost cluster %s CA", c->conf.name);
+    int rc = kh_pki_make_ca(cn, &ca_key, &ca, err);
+    free(cn);
+    if (rc == 0)
+        rc = kh_pki_make_csr(c->host_name, &key, &csr, err);
+    if (rc == 0 && !(cert = kh_pki_sign(ca, ca_key, csr, c->advertise, err)))
+        rc = -1;
+    if (rc == 0)
+        rc = kh_cluster_tls_write(c, "ca.key", ca_key, err);
+    if (rc == 0)
+        rc = kh_cluster_tls_write(c, "ca.pem", ca, err);
+    if (rc == 0)
+        rc = kh_cluster_tls_write(c, "host.key", key, err);
+    if (rc == 0)
+        rc = kh_cluster_tls_write(c, "host.pem", cert, err);
+    if (rc == 0)
+        rc = kh_etcd_put(c->etcd, KH_CLUSTER_PREFIX "ca", ca, (size_t)-1, 0, NULL, err);
+    if (ca_key)
+        OPENSSL_cleanse(ca_key, strlen(ca_key));
+    if (key)
+        OPENSSL_cleanse(key, strlen(key));
+    free(ca_key);
+    free(ca);
+    free(key);
+    free(csr);
+    free(cert);
+    return rc;
+}
+
 int kh_cluster_create(kh_cluster *c, const char *name, kh_err *err)
 {
     if (refuse_member(c, err) < 0 || (is_local(c) && need_advertise(c, err) < 0))
@@ -134,11 +170,14 @@ int kh_cluster_create(kh_cluster *c, const char *name, kh_err *err)
         json_decref(have);
     }
     kh_etcd_kv_clear(&cur);
-    if (won < 0 || kh_cluster_conf_save(c->store, f, err) < 0) {
+    if (won < 0 || (won == 1 && make_ca(c, err) < 0) ||
+        kh_cluster_conf_save(c->store, f, err) < 0) {
         kh_cluster_stop(c, true);
         kh_cluster_conf_fini(f);
+        kh_cluster_tls_drop(c);
         return -1;
     }
+    kh_cluster_tls_load(c);
     kh_log(KH_LOG_INFO, "cluster.create", "cluster=%s id=%s host_id=%s mode=%s", f->name,
            f->cluster_id, f->host_id, f->mode);
     return 0;
@@ -153,20 +192,37 @@ char *kh_cluster_token(kh_cluster *c, int64_t ttl_s, kh_err *err)
     char tok[2 * sizeof(raw) + 1];
     for (size_t i = 0; i < sizeof(raw); i++)
         snprintf(tok + 2 * i, 3, "%02x", raw[i]);
-    int64_t lease = 0;
-    if (kh_etcd_lease_grant(c->etcd, ttl_s, &lease, NULL, err) < 0)
+    /* The token pins the cluster CA: RANDOM.SHA256(CA certificate) */
+    char *ca_path = kh_cluster_tls_path(c, "ca.pem");
+    char *ca = kh_fs_read(ca_path, 1 << 20, NULL, NULL);
+    free(ca_path);
+    char *pin = kh_pki_fingerprint(ca);
+    free(ca);
+    if (!pin) {
+        kh_err_set(err, KH_E_CONFLICT, "this host has no cluster CA certificate "
+                   "(STATE_DIR/cluster-tls/ca.pem): make the token on another member");
         return NULL;
-    char *key = token_key(tok);
+    }
+    char *full = xasprintf("%s.%s", tok, pin);
+    free(pin);
+    int64_t lease = 0;
+    if (kh_etcd_lease_grant(c->etcd, ttl_s, &lease, NULL, err) < 0) {
+        free(full);
+        return NULL;
+    }
+    char *key = token_key(full);
     json_t *v = json_pack("{s:s, s:f}", "made_by", c->conf.host_id, "made_at", kh_wall_time());
     char *text = json_dumps(v, JSON_COMPACT);
     json_decref(v);
     int rc = kh_etcd_put(c->etcd, key, text, (size_t)-1, lease, NULL, err);
     free(text);
     free(key);
-    if (rc < 0)
+    if (rc < 0) {
+        free(full);
         return NULL;
+    }
     kh_log(KH_LOG_INFO, "cluster.token", "ttl=%lld", (long long)ttl_s);
-    return xstrdup(tok);
+    return full;
 }
 
 /* The etcd members: [{ID, name, peerURLs, clientURLs}] (a new reference). */
@@ -179,6 +235,9 @@ static json_t *etcd_members(kh_cluster *c, kh_err *err)
     json_decref(r);
     return m ? m : json_array();
 }
+
+static json_t *admit_token(kh_cluster *c, const char *token, const char *host_id,
+                           const char *peer, const json_t *body, kh_err *err);
 
 json_t *kh_cluster_admit(kh_cluster *c, const char *token, const json_t *body, kh_err *err)
 {
@@ -195,12 +254,59 @@ json_t *kh_cluster_admit(kh_cluster *c, const char *token, const json_t *body, k
                    "own etcd members)");
         return NULL;
     }
+    const char *csr = json_string_value(json_object_get(body, "csr"));
+    const char *address = json_string_value(json_object_get(body, "address"));
+    char *ca_key_path = kh_cluster_tls_path(c, "ca.key"), *ca_path = kh_cluster_tls_path(c, "ca.pem");
+    char *ca_key = kh_fs_read(ca_key_path, 1 << 20, NULL, NULL);
+    char *ca = kh_fs_read(ca_path, 1 << 20, NULL, NULL);
+    free(ca_key_path);
+    free(ca_path);
+    char *cert = NULL;
+    /* A token that is not (or no longer) valid is told so first; it is
+     * consumed only once the certificate is signed (admit_token). */
+    char *tkey = token_key(token);
+    kh_etcd_kv tkv = { 0 };
+    int have = kh_etcd_get(c->etcd, tkey, &tkv, NULL, err);
+    kh_etcd_kv_clear(&tkv);
+    free(tkey);
+    if (have <= 0) {
+        if (have == 0)
+            kh_err_set(err, KH_E_UNAUTHORIZED, "the join token is not valid (unknown, used or "
+                       "expired): make one with 'kvmhost cluster token' on a member");
+    } else if (!ca_key || !ca)
+        kh_err_set(err, KH_E_CONFLICT, "this host does not hold the cluster CA key: join "
+                   "through the host that created the cluster");
+    else if (!csr || !address)
+        kh_err_set(err, KH_E_INVALID, "csr and address are required (a host certificate is "
+                   "issued at join)");
+    else
+        cert = kh_pki_sign(ca, ca_key, csr, address, err);
+    if (ca_key)
+        OPENSSL_cleanse(ca_key, strlen(ca_key));
+    free(ca_key);
+    if (!cert) {
+        free(ca);
+        return NULL;
+    }
+    json_t *out = admit_token(c, token, host_id, peer, body, err);
+    if (out) {
+        json_object_set_new(out, "certificate", json_string(cert));
+        json_object_set_new(out, "ca", json_string(ca));
+    }
+    free(cert);
+    free(ca);
+    return out;
+}
+
+static json_t *admit_token(kh_cluster *c, const char *token, const char *host_id,
+                           const char *peer, const json_t *body, kh_err *err)
+{
     /* Consume the token: exactly one joiner can. */
     char *key = token_key(token);
     kh_etcd_cmp cmp = { .key = key, .target = KH_ETCD_VERSION, .result = KH_ETCD_GREATER,
                         .number = 0 };
     kh_etcd_op del = { .type = KH_ETCD_OP_DELETE, .key = key };
-    kh_etcd_txn_result res;
+    kh_etcd_txn_result res = { 0 };
     int rc = kh_etcd_txn(c->etcd, &cmp, 1, &del, 1, NULL, 0, &res, err);
     free(key);
     bool ok = rc == 0 && res.succeeded;
@@ -275,22 +381,25 @@ static size_t collect(char *p, size_t size, size_t n, void *userdata)
     return size * n;
 }
 
-/* POST body to the member's join route; its JSON answer or NULL with err. */
-static json_t *ask_member(const char *address, const char *token, const json_t *body,
-                          kh_err *err)
+/* POST body (NULL: GET) to the member at url; its JSON answer or NULL with
+ * err. cafile: verify its TLS certificate with this CA only. */
+static json_t *ask_member(const char *url, const char *address, const char *token,
+                          const json_t *body, const char *cafile, kh_err *err)
 {
-    char *url = xasprintf("%s%s/api/v1/cluster/members", strstr(address, "://") ? "" : "http://",
-                          address);
-    char *auth = xasprintf("Authorization: KH-Join %s", token);
-    char *text = json_dumps(body, JSON_COMPACT);
+    char *auth = token ? xasprintf("Authorization: KH-Join %s", token) : NULL;
+    char *text = body ? json_dumps(body, JSON_COMPACT) : NULL;
     CURL *h = curl_easy_init();
     struct curl_slist *hdr = curl_slist_append(NULL, "Content-Type: application/json");
-    hdr = curl_slist_append(hdr, auth);
+    if (auth)
+        hdr = curl_slist_append(hdr, auth);
     kh_etcd_buf reply = { 0 };
     char errbuf[CURL_ERROR_SIZE] = "";
     curl_easy_setopt(h, CURLOPT_URL, url);
     curl_easy_setopt(h, CURLOPT_HTTPHEADER, hdr);
-    curl_easy_setopt(h, CURLOPT_POSTFIELDS, text);
+    if (text)
+        curl_easy_setopt(h, CURLOPT_POSTFIELDS, text);
+    if (cafile)
+        curl_easy_setopt(h, CURLOPT_CAINFO, cafile);
     curl_easy_setopt(h, CURLOPT_TIMEOUT_MS, (long)JOIN_TIMEOUT_MS);
     curl_easy_setopt(h, CURLOPT_CONNECTTIMEOUT_MS, 5000L);
     curl_easy_setopt(h, CURLOPT_NOSIGNAL, 1L);
@@ -323,8 +432,40 @@ static json_t *ask_member(const char *address, const char *token, const json_t *
     }
     kh_etcd_buf_clear(&reply);
     free(reply.p);
-    free(url);
     return j;
+}
+
+/* The member's cluster CA, checked against the pin in the token
+ * (RANDOM.SHA256): a man in the middle cannot pose as the cluster, as it
+ * has no certificate from that CA. Writes ca.pem; the member's host-to-host
+ * URL (a new string) or NULL with err. */
+static char *pinned_ca(kh_cluster *c, const char *address, const char *token, kh_err *err)
+{
+    const char *pin = strchr(token, '.');
+    if (!pin || strlen(pin + 1) != 64) {
+        kh_err_set(err, KH_E_INVALID, "the join token has no cluster CA pin (RANDOM.SHA256): "
+                   "make a new one with 'kvmhost cluster token'");
+        return NULL;
+    }
+    char *url = xasprintf("%s%s/api/v1/cluster/ca", strstr(address, "://") ? "" : "http://",
+                          address);
+    json_t *j = ask_member(url, address, NULL, NULL, NULL, err);
+    free(url);
+    if (!j)
+        return NULL;
+    const char *ca = json_string_value(json_object_get(j, "ca"));
+    const char *curl_ = json_string_value(json_object_get(j, "cluster_url"));
+    char *fp = kh_pki_fingerprint(ca);
+    char *out = NULL;
+    if (!fp || strcasecmp(fp, pin + 1) != 0 || !curl_)
+        kh_err_set(err, KH_E_UNAUTHORIZED, "the cluster CA of the member at %s does not match "
+                   "the CA pinned in the join token: not joining (a man in the middle, or a "
+                   "token of another cluster)", address);
+    else if (kh_cluster_tls_write(c, "ca.pem", ca, err) == 0)
+        out = xstrdup(curl_);
+    free(fp);
+    json_decref(j);
+    return out;
 }
 
 int kh_cluster_join(kh_cluster *c, const char *address, const char *token, kh_err *err)
@@ -334,20 +475,47 @@ int kh_cluster_join(kh_cluster *c, const char *address, const char *token, kh_er
     kh_cluster_conf *f = &c->conf;
     kh_uuid_generate(f->host_id);
     char *peer = c->advertise ? kh_cluster_peer_url(c) : NULL;
-    json_t *body = json_pack("{s:s, s:s, s:s*}", "host_id", f->host_id, "name", c->host_name,
-                             "peer_url", peer);
+    char *key = NULL, *csr = NULL;
+    char *member = pinned_ca(c, address, token, err);
+    if (!member || kh_pki_make_csr(c->host_name, &key, &csr, err) < 0) {
+        free(peer);
+        free(member);
+        kh_cluster_tls_drop(c);
+        kh_cluster_conf_fini(f);
+        return -1;
+    }
+    json_t *body = json_pack("{s:s, s:s, s:s*, s:s, s:s}", "host_id", f->host_id, "name",
+                             c->host_name, "peer_url", peer, "csr", csr, "address",
+                             c->advertise);
     free(peer);
+    free(csr);
+    char *url = xasprintf("%s/api/v1/cluster/members", member);
+    char *cafile = kh_cluster_tls_path(c, "ca.pem");
+    free(member);
     json_t *ans = NULL;
     for (unsigned tries = 0; !ans; tries++) {
         kh_err_clear(err);
-        ans = ask_member(address, token, body, err);
+        ans = ask_member(url, address, token, body, cafile, err);
         if (ans || err->code != KH_E_UNAVAILABLE || !strstr(err->msg, RETRY_HINT) ||
             tries >= JOIN_RETRY_S)
             break;
         sleep(1);
     }
     json_decref(body);
+    free(url);
+    free(cafile);
+    const char *cert = json_string_value(json_object_get(ans, "certificate"));
+    if (ans && (!cert || kh_cluster_tls_write(c, "host.pem", cert, err) < 0 ||
+                kh_cluster_tls_write(c, "host.key", key, err) < 0)) {
+        if (!cert)
+            kh_err_set(err, KH_E_INTERNAL, "the member issued no host certificate");
+        json_decref(ans);
+        ans = NULL;
+    }
+    OPENSSL_cleanse(key, strlen(key));
+    free(key);
     if (!ans) {
+        kh_cluster_tls_drop(c);
         kh_cluster_conf_fini(f);
         return -1;
     }
@@ -387,6 +555,7 @@ int kh_cluster_join(kh_cluster *c, const char *address, const char *token, kh_er
         kh_cluster_conf_fini(f);
         return -1;
     }
+    kh_cluster_tls_load(c);
     kh_log(KH_LOG_INFO, "cluster.join", "cluster=%s host_id=%s via=%s", f->name, f->host_id,
            address);
     return 0;
@@ -453,6 +622,7 @@ int kh_cluster_leave(kh_cluster *c, kh_err *err)
         return -1;
     if (is_local(c))
         drop_etcd_data(c);
+    kh_cluster_tls_drop(c);
     kh_log(KH_LOG_INFO, "cluster.leave", "cluster=%s host_id=%s", c->conf.name, host_id);
     kh_cluster_conf_fini(&c->conf);
     return 0;

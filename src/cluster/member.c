@@ -88,9 +88,10 @@ static char *record_json(kh_cluster *c)
     if (c->usage)
         c->usage(c->usage_opaque, &vms, &free_mib);
     long pages = sysconf(_SC_PHYS_PAGES), psize = sysconf(_SC_PAGESIZE);
-    json_t *r = json_pack("{s:s, s:s*, s:s*, s:n, s:{s:i, s:I}, s:I, s:i, s:s, s:f}",
+    json_t *r = json_pack("{s:s, s:s*, s:s*, s:s*, s:s*, s:{s:i, s:I}, s:I, s:i, s:s, s:f}",
                           "name", c->host_name, "address", c->advertise, "api_url", c->api_url,
-                          "cert_fingerprint", "capacity", "cpus",
+                          "cluster_url", c->fingerprint ? c->cluster_url : NULL,
+                          "cert_fingerprint", c->fingerprint, "capacity", "cpus",
                           (int)sysconf(_SC_NPROCESSORS_ONLN), "memory_mib",
                           (json_int_t)((uint64_t)pages * (uint64_t)psize / (1024 * 1024)),
                           "memory_free_mib", (json_int_t)free_mib, "vms", (int)vms, "version",
@@ -261,6 +262,14 @@ static void on_tick(uv_timer_t *t)
     kh_err_clear(&err);
     if (!c->live.watch && list_and_watch(&c->live, c->etcd, &err) < 0)
         set_error(c, &err);
+    kh_err_clear(&err);
+    if (!c->vms_watch && kh_cluster_vms_watch(c, &err) < 0)
+        set_error(c, &err);
+    if (!c->vms_claimed) {
+        c->vms_claimed = true;
+        kh_cluster_vms_claim_local(c);
+    }
+    kh_cluster_vms_flush(c);
     char *rec = record_json(c);
     bool same = record_same(rec, c->record);
     free(rec);
@@ -356,6 +365,10 @@ int kh_cluster_start(kh_cluster *c, kh_err *err)
     c->timer = xcalloc(1, sizeof(*c->timer));
     uv_timer_init(c->loop, c->timer);
     c->timer->data = c;
+    c->vms_timer = xcalloc(1, sizeof(*c->vms_timer));
+    uv_timer_init(c->loop, c->vms_timer);
+    c->vms_timer->data = c;
+    c->vms_claimed = false;
     uv_timer_start(c->timer, on_tick, 0, TICK_MS);
     return 0;
 }
@@ -367,6 +380,14 @@ void kh_cluster_stop(kh_cluster *c, bool revoke)
         uv_close((uv_handle_t *)c->timer, handle_free);
         c->timer = NULL;
     }
+    if (c->vms_timer) {
+        uv_timer_stop(c->vms_timer);
+        uv_close((uv_handle_t *)c->vms_timer, handle_free);
+        c->vms_timer = NULL;
+    }
+    kh_etcd_watch_cancel(c->vms_watch);
+    c->vms_watch = NULL;
+    json_object_clear(c->vms);
     kh_etcd_watch_cancel(c->hosts.watch);
     kh_etcd_watch_cancel(c->live.watch);
     c->hosts.watch = c->live.watch = NULL;
@@ -417,7 +438,17 @@ kh_cluster *kh_cluster_new(uv_loop_t *loop, kh_store *store, const kh_cluster_co
         const char *colon = strrchr(cfg->listen, ':');
         c->api_url = xasprintf("%s://%s:%s", cfg->tls ? "https" : "http", c->advertise,
                                colon ? colon + 1 : "8443");
+        /* the host-to-host listener (mutual TLS): the API port + 1 */
+        long port = colon ? strtol(colon + 1, NULL, 10) : 8443;
+        c->cluster_url = xasprintf("https://%s:%ld", c->advertise, port + 1);
     }
+    c->tls_dir = xasprintf("%s/cluster-tls", cfg->state_dir);
+    c->tls_cb = cfg->tls_ready;
+    c->tls_opaque = cfg->tls_opaque;
+    c->local_vms = cfg->local_vms;
+    c->local_vms_opaque = cfg->local_vms_opaque;
+    c->vms = json_object();
+    c->vms_pending = json_object();
     c->etcd_binary = xstrdup(cfg->etcd_binary ? cfg->etcd_binary : "/usr/bin/etcd");
     c->ext_endpoints = dup_or_null(cfg->etcd_endpoints);
     c->etcd_ca = dup_or_null(cfg->etcd_ca);
@@ -441,6 +472,7 @@ kh_cluster *kh_cluster_new(uv_loop_t *loop, kh_store *store, const kh_cluster_co
         free(c->conf.endpoints);
         c->conf.endpoints = xstrdup(c->ext_endpoints);
     }
+    kh_cluster_tls_load(c);
     kh_err e = KH_ERR_INIT;
     if (kh_cluster_start(c, &e) < 0) {
         kh_log(KH_LOG_ERROR, "cluster.start", "cluster=%s error=\"%s\"", c->conf.name, e.msg);
@@ -461,6 +493,11 @@ void kh_cluster_free(kh_cluster *c)
     kh_cluster_conf_fini(&c->conf);
     json_decref(c->hosts.map);
     json_decref(c->live.map);
+    json_decref(c->vms);
+    json_decref(c->vms_pending);
+    free(c->tls_dir);
+    free(c->cluster_url);
+    free(c->fingerprint);
     free(c->state_dir);
     free(c->host_name);
     free(c->advertise);

@@ -88,6 +88,9 @@ static struct daemon {
     kh_http_server *http;
     kh_auth *auth;           /* the API auth policy (token, browser sessions) */
     kh_cluster *cluster;     /* membership (src/cluster); a single host has no etcd */
+    kh_http_server *peer_http; /* the host-to-host listener (mutual TLS), in a cluster */
+    char *peer_cfg[4];       /* its listen, ca, cert, key until it can start */
+    bool serving;            /* d.http is up: the peer listener may start at once */
     kh_api api;
     kh_cgroups cgroups;
     kh_accel_probe accel;
@@ -469,6 +472,59 @@ static void cluster_usage(void *opaque, unsigned *vms, uint64_t *memory_free_mib
                            ? (uint64_t)si.freeram * si.mem_unit / (1024 * 1024) : 0;
 }
 
+/* This host's VMs, for the claims of a host that joins. */
+static json_t *cluster_local_vms(void *opaque)
+{
+    (void)opaque;
+    return kh_manager_list_json(d.mgr);
+}
+
+static const kh_manager_cluster_ops cluster_ops = {
+    .claim = kh_cluster_vm_claim,
+    .unclaim = kh_cluster_vm_unclaim,
+    .may_run = kh_cluster_vm_may_run,
+    .changed = kh_cluster_vm_changed,
+    .deleted = kh_cluster_vm_deleted,
+};
+
+/* The host-to-host listener: the same routes, TLS with this host's cluster
+ * certificate, a client certificate from the cluster CA required by its
+ * auth hook (api/auth.c kh_auth_check_peer). */
+static void peer_start(void)
+{
+    if (!d.peer_cfg[0] || d.peer_http)
+        return;
+    size_t nroutes;
+    const kh_route *routes = kh_routes_table(&nroutes);
+    kh_http_config pcfg = {
+        .tcp_listen = d.peer_cfg[0], .tls_trust = d.peer_cfg[1], .tls_cert = d.peer_cfg[2],
+        .tls_key = d.peer_cfg[3], .max_body = 1024 * 1024, .max_connections = 64,
+        .auth = kh_auth_check_peer, .auth_opaque = NULL, .pre = kh_api_forward_pre,
+    };
+    kh_err err = KH_ERR_INIT;
+    d.peer_http = kh_http_server_new(d.loop, &pcfg, routes, nroutes, &d.api, &err);
+    if (!d.peer_http)
+        kh_log(KH_LOG_ERROR, "cluster.listen", "listen=%s error=\"%s\"", d.peer_cfg[0],
+               err.msg);
+    else
+        kh_log(KH_LOG_INFO, "cluster.listen", "listen=%s tls=mutual", d.peer_cfg[0]);
+}
+
+static void cluster_tls_ready(void *opaque, const char *listen, const char *ca, const char *cert,
+                              const char *key)
+{
+    (void)opaque;
+    kh_http_server_free(d.peer_http);
+    d.peer_http = NULL;
+    const char *v[4] = { listen, ca, cert, key };
+    for (int i = 0; i < 4; i++) {
+        free(d.peer_cfg[i]);
+        d.peer_cfg[i] = v[i] ? xstrdup(v[i]) : NULL;
+    }
+    if (d.serving)
+        peer_start();
+}
+
 static void close_straggler(uv_handle_t *h, void *arg)
 {
     unsigned *n = arg;
@@ -493,9 +549,17 @@ static void shutdown_all(void)
     /* Stop serving first: no request may reach a freed module. */
     kh_http_server_free(d.http);
     d.http = NULL;
+    kh_http_server_free(d.peer_http);
+    d.peer_http = NULL;
+    for (int i = 0; i < 4; i++) {
+        free(d.peer_cfg[i]);
+        d.peer_cfg[i] = NULL;
+    }
     kh_auth_free(d.auth);
     d.auth = NULL;
     /* ---- cluster (src/cluster): shutdown (lease revoked, local etcd stopped) ---- */
+    if (d.mgr)
+        kh_manager_set_cluster(d.mgr, NULL, NULL);
     kh_cluster_free(d.cluster);
     d.cluster = NULL;
     d.api.cluster = NULL;
@@ -677,10 +741,12 @@ int main(int argc, char **argv)
         .etcd_endpoints = o.etcd_endpoints, .etcd_ca = o.etcd_ca, .etcd_cert = o.etcd_cert,
         .etcd_key = o.etcd_key, .etcd_binary = o.etcd_binary, .ttl_s = o.cluster_ttl_s,
         .usage = cluster_usage, .usage_opaque = NULL,
+        .local_vms = cluster_local_vms, .tls_ready = cluster_tls_ready,
     };
     d.cluster = kh_cluster_new(d.loop, d.store, &ccfg, &err);
     if (!d.cluster)
         die("%s", err.msg);
+    kh_manager_set_cluster(d.mgr, &cluster_ops, d.cluster);
     /* ---- end of cluster start-up ---- */
 
     size_t nroutes;
@@ -725,10 +791,13 @@ int main(int argc, char **argv)
         .auth_opaque = d.auth,
         .on_request = on_request,
         .on_request_opaque = NULL,
+        .pre = kh_api_forward_pre,
     };
     d.http = kh_http_server_new(d.loop, &hcfg, routes, nroutes, &d.api, &err);
     if (!d.http)
         die("%s", err.msg);
+    d.serving = true;
+    peer_start();
 
     uv_queue_work(d.loop, &accel_work, accel_probe_work, accel_probe_done);
     uv_signal_init(d.loop, &d.sigterm);

@@ -89,6 +89,7 @@ struct listener {
     ino_t unix_ino;
     int port;
     char *tls_cert, *tls_key; /* PEM, kept while the daemon lives */
+    char *tls_trust;          /* PEM: client certificates are checked against it */
 };
 
 /* An upgraded connection, from MHD's upgrade callback until ws.c's gone(). */
@@ -114,6 +115,7 @@ struct kh_http_server {
     void *auth_opaque;
     kh_http_request_cb on_request;
     void *on_request_opaque;
+    bool (*pre)(kh_http_req *req, void *app);
     int web_fd;
     char *web_skip;           /* never served from web_fd: this prefix, or NULL */
     listener *lis[2];

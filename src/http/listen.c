@@ -249,8 +249,9 @@ int kh_listen_start(kh_http_server *srv, listener *lis, int fd, kh_err *err)
 {
     unsigned flags = MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME | MHD_ALLOW_UPGRADE |
                      MHD_USE_ERROR_LOG;
-    struct MHD_OptionItem tls_opts[3] = {
+    struct MHD_OptionItem tls_opts[4] = {
         { MHD_OPTION_END, 0, NULL }, { MHD_OPTION_END, 0, NULL }, { MHD_OPTION_END, 0, NULL },
+        { MHD_OPTION_END, 0, NULL },
     };
     if (lis->tls) {
         if (MHD_is_feature_supported(MHD_FEATURE_TLS) != MHD_YES) {
@@ -261,6 +262,9 @@ int kh_listen_start(kh_http_server *srv, listener *lis, int fd, kh_err *err)
         flags |= MHD_USE_TLS;
         tls_opts[0] = (struct MHD_OptionItem){ MHD_OPTION_HTTPS_MEM_CERT, 0, lis->tls_cert };
         tls_opts[1] = (struct MHD_OptionItem){ MHD_OPTION_HTTPS_MEM_KEY, 0, lis->tls_key };
+        if (lis->tls_trust)
+            tls_opts[2] = (struct MHD_OptionItem){ MHD_OPTION_HTTPS_MEM_TRUST, 0,
+                                                   lis->tls_trust };
     }
     lis->mhd = MHD_start_daemon(
         flags, 0, NULL, NULL, kh_server_on_access, lis,
@@ -322,6 +326,7 @@ void kh_listen_free(listener *lis)
 {
     free(lis->unix_path);
     free(lis->tls_cert);
+    free(lis->tls_trust);
     if (lis->tls_key) {
         OPENSSL_cleanse(lis->tls_key, strlen(lis->tls_key));
         free(lis->tls_key);

@@ -5,6 +5,8 @@
  */
 #include "http/internal.h"
 
+#include <gnutls/gnutls.h>
+
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -184,6 +186,27 @@ const char *kh_http_req_header(const kh_http_req *req, const char *name)
 bool kh_http_req_is_tls(const kh_http_req *req)
 {
     return req->lis && req->lis->tls;
+}
+
+const char *kh_http_req_target(const kh_http_req *req)
+{
+    return req->target;
+}
+
+bool kh_http_req_peer_verified(const kh_http_req *req)
+{
+    if (!req->lis || !req->lis->tls || !req->lis->tls_trust || !req->conn)
+        return false;
+    const union MHD_ConnectionInfo *ci =
+        MHD_get_connection_info(req->conn, MHD_CONNECTION_INFO_GNUTLS_SESSION);
+    if (!ci || !ci->tls_session)
+        return false;
+    gnutls_session_t s = (gnutls_session_t)ci->tls_session;
+    unsigned int n = 0;
+    if (!gnutls_certificate_get_peers(s, &n) || n == 0)
+        return false;
+    unsigned int status = 1;
+    return gnutls_certificate_verify_peers2(s, &status) == GNUTLS_E_SUCCESS && status == 0;
 }
 
 const kh_route *kh_http_req_route(const kh_http_req *req)

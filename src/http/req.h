@@ -21,6 +21,8 @@
 /* ---- reading the request (req.c) ---- */
 const char *kh_http_req_method(const kh_http_req *req);
 const char *kh_http_req_path(const kh_http_req *req);
+/* The raw request-target as sent (path and query). */
+const char *kh_http_req_target(const kh_http_req *req);
 /* Path parameter from the route pattern ("name" for {name}); URL-decoded. */
 const char *kh_http_req_param(const kh_http_req *req, const char *name);
 const char *kh_http_req_query(const kh_http_req *req, const char *key);
@@ -36,6 +38,9 @@ const char *kh_http_req_body(const kh_http_req *req, size_t *len);
 bool kh_http_req_is_local(const kh_http_req *req);
 /* True when it came over TCP with TLS. */
 bool kh_http_req_is_tls(const kh_http_req *req);
+/* True when it came over TLS with a client certificate that the
+ * listener's trust (kh_http_config.tls_trust) verifies. */
+bool kh_http_req_peer_verified(const kh_http_req *req);
 /* True when the TCP client connected from 127.0.0.0/8 or ::1. */
 bool kh_http_req_is_loopback(const kh_http_req *req);
 /* No Origin header, a unix-socket request, or an Origin naming the Host

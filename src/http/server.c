@@ -112,7 +112,8 @@ static enum MHD_Result req_dispatch(kh_http_req *req)
         return kh_reply_fail(req, KH_E_TOOLARGE, "request body over %zu bytes", req->srv->max_body);
     req->state = REQ_WAIT;
     req->app_holds = true;
-    req->route->handler(req, req->srv->app);
+    if (!req->srv->pre || !req->srv->pre(req, req->srv->app))
+        req->route->handler(req, req->srv->app);
     if (req->resp)
         return kh_reply_queue(req);
     if (!req->app_holds)
@@ -271,6 +272,7 @@ kh_http_server *kh_http_server_new(uv_loop_t *loop, const kh_http_config *cfg,
     srv->web_skip = cfg->web_skip ? xstrdup(cfg->web_skip) : NULL;
     srv->on_request = cfg->on_request;
     srv->on_request_opaque = cfg->on_request_opaque;
+    srv->pre = cfg->pre;
     uv_timer_init(loop, &srv->keepalive);
     srv->keepalive.data = srv;
     srv->refs++;
@@ -315,7 +317,9 @@ kh_http_server *kh_http_server_new(uv_loop_t *loop, const kh_http_config *cfg,
             lis->tls_cert = kh_fs_read(cfg->tls_cert, HTTP_TLS_FILE_MAX, NULL, err);
             if (lis->tls_cert)
                 lis->tls_key = kh_fs_read(cfg->tls_key, HTTP_TLS_FILE_MAX, NULL, err);
-            if (!lis->tls_cert || !lis->tls_key) {
+            if (lis->tls_key && cfg->tls_trust)
+                lis->tls_trust = kh_fs_read(cfg->tls_trust, HTTP_TLS_FILE_MAX, NULL, err);
+            if (!lis->tls_cert || !lis->tls_key || (cfg->tls_trust && !lis->tls_trust)) {
                 kh_err_prefix(err, "TLS");
                 goto fail;
             }

@@ -39,6 +39,9 @@ typedef struct kh_http_config {
     const char *tcp_listen;  /* "ADDR:PORT" ("[::1]:8443" for v6) or NULL */
     const char *tls_cert;    /* PEM file; with tls_key enables TLS on TCP */
     const char *tls_key;
+    const char *tls_trust;   /* PEM file of the CA client certificates are checked
+                              * against (requested, not required: the auth hook asks
+                              * kh_http_req_peer_verified), or NULL */
     size_t max_body;         /* bytes; 0 = 1 MiB */
     unsigned max_connections;/* 0 = 256 */
     const char *web_dir;     /* static files served under "/" (GET), or NULL */
@@ -48,6 +51,9 @@ typedef struct kh_http_config {
     kh_http_auth_fn auth;    /* required with tcp_listen; NULL: everything allowed */
     void *auth_opaque;       /* also given to handlers by kh_http_req_auth_data */
     kh_http_request_cb on_request; /* optional */
+    /* Optional, before each handler (after auth and the body): true when it
+     * took the request (it replies, now or later, instead of the handler). */
+    bool (*pre)(kh_http_req *req, void *app);
     void *on_request_opaque;
 } kh_http_config;
 

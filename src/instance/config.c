@@ -96,6 +96,10 @@ json_t *kh_config_create(kh_manager *mgr, const json_t *body, kh_err *err)
         kh_vm_spec_free(spec);
         return NULL;
     }
+    if (mgr->cluster && mgr->cluster->claim(mgr->cluster_opaque, id, spec->name, err) < 0) {
+        kh_vm_spec_free(spec);
+        return NULL;
+    }
     json_t *sj = kh_vm_spec_to_json(spec);
     char *text = json_dumps(sj, JSON_COMPACT | JSON_SORT_KEYS);
     json_decref(sj);
@@ -111,6 +115,8 @@ json_t *kh_config_create(kh_manager *mgr, const json_t *body, kh_err *err)
     int rc = kh_store_vm_insert(mgr->store, &row, err);
     free(text);
     if (rc < 0) {
+        if (mgr->cluster)
+            mgr->cluster->unclaim(mgr->cluster_opaque, id, spec->name);
         kh_vm_spec_free(spec);
         return NULL;
     }
@@ -120,6 +126,7 @@ json_t *kh_config_create(kh_manager *mgr, const json_t *body, kh_err *err)
     kh_bindings_sync(mgr);
     kh_log(KH_LOG_INFO, "vm.create", "vm=%s id=%s", spec->name, id);
     json_t *j = kh_manager_json(v);
+    kh_manager_cluster_changed(v);
     kh_events_publish(mgr->events, "vm.created", spec->name, json_incref(j));
     return j;
 }
@@ -211,6 +218,7 @@ json_t *kh_config_patch(kh_manager *mgr, const char *name, const json_t *patch, 
     }
     kh_vm_spec_free(prev);
     json_t *j = kh_manager_json(v);
+    kh_manager_cluster_changed(v);
     kh_events_publish(mgr->events, "vm.updated", name, json_incref(j));
     return j;
 }
@@ -324,6 +332,8 @@ int kh_config_delete_with_volumes(kh_manager *mgr, const char *name, bool with_v
     volumes_delete(mgr, name, refs);
     kh_log(KH_LOG_INFO, "vm.delete", "vm=%s id=%s volumes=%zu", name, v->id, refs->n);
     kh_events_publish(mgr->events, "vm.deleted", name, json_pack("{s:s}", "id", v->id));
+    if (mgr->cluster)
+        mgr->cluster->deleted(mgr->cluster_opaque, v->id, name);
     kh_manager_inst_free(v);
     kh_strv_free(refs);
     return 0;

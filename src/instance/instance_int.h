@@ -89,6 +89,8 @@ struct kh_manager {
         kh_manager_event_fn fn;
         void *opaque;
     } event_hooks[KH_MANAGER_EVENT_HOOKS];
+    const kh_manager_cluster_ops *cluster; /* NULL: a single host */
+    void *cluster_opaque;
 };
 
 /* A process exists or the state says one is on its way or going. */
@@ -107,6 +109,8 @@ void kh_manager_unlink(kh_manager *mgr, kh_inst *v);
 /* Its runtime released, then freed. */
 void kh_manager_inst_free(kh_inst *v);
 json_t *kh_manager_json(const kh_inst *v);
+/* Tell the cluster hook that v's view changed (nothing on a single host). */
+void kh_manager_cluster_changed(const kh_inst *v);
 /* Tell the event hooks (driver monitor events, "reattached"). */
 void kh_manager_hooks_call(kh_inst *v, const char *event, json_t *data);
 

@@ -57,6 +57,7 @@ void kh_lifecycle_set_state(kh_inst *v, kh_inst_state state, const char *reason)
     kh_events_publish(v->mgr->events, "vm.state", v->spec->name,
                       json_pack("{s:s, s:s, s:s?}", "state", state_names[state], "previous",
                                 state_names[prev], "reason", v->reason));
+    kh_manager_cluster_changed(v);
 }
 
 void kh_lifecycle_going_down(kh_inst *v, const char *why)
@@ -442,6 +443,9 @@ static int check_action(const kh_inst *v, kh_vm_action action, kh_err *err)
                    name);
         return -1;
     }
+    if ((action == KH_ACTION_START || action == KH_ACTION_RESUME) && v->mgr->cluster &&
+        v->mgr->cluster->may_run(v->mgr->cluster_opaque, v->id, name, err) < 0)
+        return -1;
     if (action == KH_ACTION_START) {
         int tpl = kh_storage_template_get(v->mgr->cfg.storage, v->id, err);
         if (tpl < 0)

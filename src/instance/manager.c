@@ -113,6 +113,21 @@ json_t *kh_manager_json(const kh_inst *v)
     return j;
 }
 
+void kh_manager_set_cluster(kh_manager *mgr, const kh_manager_cluster_ops *ops, void *opaque)
+{
+    mgr->cluster = ops;
+    mgr->cluster_opaque = opaque;
+}
+
+void kh_manager_cluster_changed(const kh_inst *v)
+{
+    if (!v->mgr->cluster || !v->mgr->cluster->changed)
+        return;
+    json_t *j = kh_manager_json(v);
+    v->mgr->cluster->changed(v->mgr->cluster_opaque, v->id, j);
+    json_decref(j);
+}
+
 json_t *kh_manager_list_json(kh_manager *mgr)
 {
     json_t *arr = json_array();

@@ -120,6 +120,25 @@ void kh_manager_remove_event_hook(kh_manager *mgr, kh_manager_event_fn fn, void 
 int kh_manager_qmp_fd(kh_manager *mgr, const char *id, const char *command, json_t *args,
                       int fd, kh_qmp_reply_cb cb, void *opaque, kh_err *err);
 
+/* ---- the cluster's hooks (set by the daemon in a cluster; none on a single
+ * host). The instance layer knows no etcd: it asks and tells through these. */
+typedef struct kh_manager_cluster_ops {
+    /* Before a VM is created: claim id as this host's and name cluster-wide.
+     * -1 with err (409 naming the host that has the name, 503 no quorum). */
+    int (*claim)(void *opaque, const char *id, const char *name, kh_err *err);
+    /* A create that failed after its claim gives it back. */
+    void (*unclaim)(void *opaque, const char *id, const char *name);
+    /* Before a start or resume: -1 with err when this host may not run id
+     * now (its lease is not alive, or its claim on id is not current). */
+    int (*may_run)(void *opaque, const char *id, const char *name, kh_err *err);
+    /* The VM's view (kh_manager_vm_json's) changed: created, patched, state. */
+    void (*changed)(void *opaque, const char *id, const json_t *vm);
+    /* The VM was deleted. */
+    void (*deleted)(void *opaque, const char *id, const char *name);
+} kh_manager_cluster_ops;
+/* ops NULL: no cluster (the single host). ops must outlive the manager. */
+void kh_manager_set_cluster(kh_manager *mgr, const kh_manager_cluster_ops *ops, void *opaque);
+
 /* The QEMU node index of disk i of a running VM ("disk<N>"). */
 int kh_manager_disk_node(kh_manager *mgr, const char *id, size_t i);
 /* Which VMs refer to a volume: [{"vm", "running", "readonly"}]. */

@@ -14,6 +14,7 @@ import { securityGroupsPage } from './pages/secgroups.js';
 import { storagePage } from './pages/storage.js';
 import { alertsPage } from './pages/alerts.js';
 import { tasksPage } from './pages/tasks.js';
+import { hostsPage } from './pages/hosts.js';
 
 const main = document.getElementById('main');
 const top = document.getElementById('top');
@@ -33,6 +34,7 @@ const ROUTES = [
   { re: /^#\/storage\/?$/, nav: 'storage', page: storagePage, title: 'Storage' },
   { re: /^#\/alerts\/?$/, nav: 'alerts', page: alertsPage, title: 'Alerts' },
   { re: /^#\/tasks\/?$/, nav: 'dashboard', page: tasksPage, title: 'Tasks' },
+  { re: /^#\/hosts\/?$/, nav: 'hosts', page: hostsPage, title: 'Hosts' },
 ];
 
 function teardown() {

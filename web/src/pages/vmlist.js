@@ -1,4 +1,5 @@
-// vmlist.js - the VMs, state live from the event stream, with actions.
+// vmlist.js - the VMs (in a cluster every host's, with a Host column), state
+// live from the event stream (this host's VMs), with actions.
 import { h, replace, fmtMiB } from '../dom.js';
 import { store, subscribe, loadVms } from '../store.js';
 import { actionButtons, stateBadge } from '../actions.js';
@@ -10,6 +11,7 @@ function row(vm) {
     h('td', { class: 'num' }, String(vm.vcpus)),
     h('td', { class: 'num' }, fmtMiB(vm.memory_mib)),
     h('td', {}, vm.boot && vm.boot.kernel ? 'kernel' : (vm.disks && vm.disks.length ? 'disk' : '–')),
+    h('td', { class: 'host' }, vm.host || '–'),
     h('td', {}, actionButtons(vm, { compact: true })));
 }
 
@@ -56,7 +58,7 @@ export function vmListPage(main) {
         h('thead', {}, h('tr', {},
           h('th', { scope: 'col' }, 'Name'), h('th', { scope: 'col' }, 'State'),
           h('th', { scope: 'col', class: 'num' }, 'vCPUs'), h('th', { scope: 'col', class: 'num' }, 'Memory'),
-          h('th', { scope: 'col' }, 'Boot'), h('th', { scope: 'col' }, 'Actions'))),
+          h('th', { scope: 'col' }, 'Boot'), h('th', { scope: 'col' }, 'Host'), h('th', { scope: 'col' }, 'Actions'))),
         tbody)),
     empty);
   renderAll();
