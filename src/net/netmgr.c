@@ -1,5 +1,5 @@
 /* netmgr.c - networks: store, reconcile, dnsmasq supervision, taps
- * (see netmgr.h). */
+ * (see netmgr.h); the security groups are in netmgr_sg.c. */
 #include "net/netmgr.h"
 
 #include <errno.h>
@@ -17,6 +17,7 @@
 #include "net/dnsmasq.h"
 #include "net/link.h"
 #include "net/netdb.h"
+#include "net/netmgr_int.h"
 #include "net/network.h"
 #include "net/nft.h"
 #include "net/secgroup.h"
@@ -31,35 +32,6 @@
 #define DNS_RESTART_MS 500
 #define DNS_RESTART_SLOW_MS 5000
 #define LEASES_MAX (4 * 1024 * 1024)
-
-typedef struct net_rt net_rt;
-
-struct net_rt {
-    kh_netmgr *nm;
-    kh_network *n;
-    char *dir;             /* STATE_DIR/networks/<id> */
-    pid_t dns_pid;
-    int dns_pidfd;
-    uv_poll_t *dns_poll;
-    uv_timer_t *dns_timer; /* restart delay */
-    uint64_t dns_started_ms;
-    unsigned dns_quick_deaths;
-    char *hosts;           /* the hosts file as last written */
-    net_rt *next;
-};
-
-struct kh_netmgr {
-    uv_loop_t *loop;
-    kh_store *store;
-    char *state_dir;
-    char owner[9];         /* marks our bridges: hash of the state dir */
-    char table[64];        /* our nftables tables' name (per daemon instance) */
-    net_rt *nets;
-    kh_net_binding *binds;
-    size_t nbinds;
-    kh_secgroup **groups;
-    size_t ngroups;
-};
 
 static void bindings_replace(kh_netmgr *nm, const kh_net_binding *b, size_t n);
 
@@ -97,7 +69,7 @@ static int persist(kh_netmgr *nm, const kh_network *n, kh_err *err)
     return rc;
 }
 
-static int apply_nft(kh_netmgr *nm, kh_err *err)
+int kh_netmgr_apply_nft(kh_netmgr *nm, kh_err *err)
 {
     size_t count = 0;
     for (net_rt *r = nm->nets; r; r = r->next)
@@ -398,7 +370,7 @@ static void rt_unlink_free(net_rt *r)
     free(r);
 }
 
-/* Bring up an owned network's bridge and dnsmasq (rules: apply_nft). */
+/* Bring up an owned network's bridge and dnsmasq (rules: kh_netmgr_apply_nft). */
 static int rt_up(net_rt *r, kh_err *err)
 {
     if (!kh_network_owns_bridge(r->n))
@@ -509,7 +481,7 @@ kh_netmgr *kh_netmgr_new(uv_loop_t *loop, kh_store *store, const char *state_dir
             kh_log(KH_LOG_ERROR, "net.reconcile", "network=%s error=\"%s\"", r->n->name, e.msg);
     }
     kh_err_clear(&e);
-    if (apply_nft(nm, &e) < 0)
+    if (kh_netmgr_apply_nft(nm, &e) < 0)
         kh_log(KH_LOG_ERROR, "net.reconcile", "error=\"%s\"", e.msg);
     kh_log(KH_LOG_INFO, "net.ready", "networks=%u", count);
     return nm;
@@ -644,13 +616,13 @@ json_t *kh_netmgr_create(kh_netmgr *nm, const json_t *body, kh_err *err)
         goto fail;
     net_rt *r = rt_new(nm, n);
     n = NULL;
-    if (rt_up(r, err) < 0 || apply_nft(nm, err) < 0) {
+    if (rt_up(r, err) < 0 || kh_netmgr_apply_nft(nm, err) < 0) {
         dns_stop(r);
         bridge_remove(nm, r->n);
         kh_netdb_network_delete(nm->store, r->n->id, NULL);
         kh_fs_rm_rf(r->dir, NULL);
         rt_unlink_free(r);
-        apply_nft(nm, NULL);
+        kh_netmgr_apply_nft(nm, NULL);
         return NULL;
     }
     kh_log(KH_LOG_INFO, "net.create", "network=%s id=%s type=%s bridge=%s", r->n->name,
@@ -687,7 +659,7 @@ int kh_netmgr_delete(kh_netmgr *nm, const char *name, kh_err *err)
     kh_log(KH_LOG_INFO, "net.delete", "network=%s id=%s", name, r->n->id);
     rt_unlink_free(r);
     kh_err e = KH_ERR_INIT;
-    if (apply_nft(nm, &e) < 0)
+    if (kh_netmgr_apply_nft(nm, &e) < 0)
         kh_log(KH_LOG_ERROR, "net.nft", "error=\"%s\"", e.msg);
     return 0;
 }
@@ -818,10 +790,10 @@ json_t *kh_netmgr_forward_add(kh_netmgr *nm, const char *name, const json_t *bod
     kh_network *n = r->n;
     n->forwards = xreallocarray(n->forwards, n->nforwards + 1, sizeof(*n->forwards));
     n->forwards[n->nforwards++] = f;
-    if (persist(nm, n, err) < 0 || apply_nft(nm, err) < 0) {
+    if (persist(nm, n, err) < 0 || kh_netmgr_apply_nft(nm, err) < 0) {
         kh_net_forward_clear(&n->forwards[--n->nforwards]);
         persist(nm, n, NULL);
-        apply_nft(nm, NULL);
+        kh_netmgr_apply_nft(nm, NULL);
         return NULL;
     }
     kh_log(KH_LOG_INFO, "net.forward.add", "network=%s proto=%s host_port=%u to=%s:%u",
@@ -844,7 +816,7 @@ int kh_netmgr_forward_delete(kh_netmgr *nm, const char *name, const char *proto,
             n->nforwards--;
             if (persist(nm, n, err) < 0)
                 return -1;
-            return apply_nft(nm, err);
+            return kh_netmgr_apply_nft(nm, err);
         }
     }
     kh_err_set(err, KH_E_NOTFOUND, "no %s forward of port %u on network %s", proto, host_port,
@@ -958,7 +930,7 @@ void kh_netmgr_set_bindings(kh_netmgr *nm, const kh_net_binding *b, size_t n)
     if (nm->nets) {
         sync_hosts(nm);
         kh_err err = KH_ERR_INIT;
-        if (apply_nft(nm, &err) < 0) /* the anti-spoofing rules follow the NICs */
+        if (kh_netmgr_apply_nft(nm, &err) < 0) /* the anti-spoofing rules follow the NICs */
             kh_log(KH_LOG_ERROR, "net.nft", "error=\"%s\"", err.msg);
     }
 }
@@ -982,7 +954,7 @@ int kh_netmgr_tap_open(kh_netmgr *nm, const char *network, const char *ifname, u
         /* someone removed our bridge: put it back */
         if (rt_up(r, err) < 0 || kh_link_get(r->n->bridge, &br, err) != 1)
             return -1;
-        apply_nft(nm, NULL);
+        kh_netmgr_apply_nft(nm, NULL);
     } else if (!have) {
         kh_err_set(err, KH_E_UNAVAILABLE, "network %s: host bridge %s does not exist", network,
                    r->n->bridge);
@@ -999,203 +971,4 @@ int kh_netmgr_tap_open(kh_netmgr *nm, const char *network, const char *ifname, u
         return -1;
     }
     return 0;
-}
-
-/* ---- security groups ---- */
-
-static kh_secgroup **sg_find(kh_netmgr *nm, const char *name)
-{
-    for (size_t i = 0; i < nm->ngroups; i++)
-        if (strcmp(nm->groups[i]->name, name) == 0)
-            return &nm->groups[i];
-    return NULL;
-}
-
-static bool binding_has_group(const kh_net_binding *b, const char *name)
-{
-    if (!b->groups)
-        return false;
-    size_t len = strlen(name);
-    for (const char *p = b->groups; p && *p;) {
-        const char *comma = strchr(p, ',');
-        size_t l = comma ? (size_t)(comma - p) : strlen(p);
-        if (l == len && strncmp(p, name, len) == 0)
-            return true;
-        p = comma ? comma + 1 : NULL;
-    }
-    return false;
-}
-
-json_t *kh_netmgr_sg_list_json(kh_netmgr *nm)
-{
-    json_t *arr = json_array();
-    for (size_t i = 0; i < nm->ngroups; i++)
-        json_array_append_new(arr, kh_secgroup_to_json(nm->groups[i]));
-    return arr;
-}
-
-json_t *kh_netmgr_sg_get_json(kh_netmgr *nm, const char *name, kh_err *err)
-{
-    if (kh_check_name(name, "security group name", err) < 0)
-        return NULL;
-    kh_secgroup **g = sg_find(nm, name);
-    if (!g) {
-        kh_err_set(err, KH_E_NOTFOUND, "no security group named %s", name);
-        return NULL;
-    }
-    return kh_secgroup_to_json(*g);
-}
-
-json_t *kh_netmgr_sg_put(kh_netmgr *nm, const char *name, const json_t *body, bool *created,
-                         kh_err *err)
-{
-    if (kh_check_name(name, "security group name", err) < 0)
-        return NULL;
-    if (!json_is_object(body)) {
-        kh_err_set(err, KH_E_INVALID, "security group: must be a JSON object");
-        return NULL;
-    }
-    const char *bn = json_string_value(json_object_get(body, "name"));
-    if (bn && strcmp(bn, name) != 0) {
-        kh_err_set(err, KH_E_INVALID, "name: does not match the path");
-        return NULL;
-    }
-    json_t *copy = json_deep_copy(body);
-    json_object_set_new(copy, "name", json_string(name));
-    kh_secgroup *g = kh_secgroup_from_json(copy, err);
-    json_decref(copy);
-    if (!g)
-        return NULL;
-    kh_secgroup **slot = sg_find(nm, name);
-    g->created_at = slot ? (*slot)->created_at : kh_wall_time();
-    json_t *j = kh_secgroup_to_json(g);
-    char *text = json_dumps(j, JSON_COMPACT | JSON_SORT_KEYS);
-    int rc = kh_netdb_secgroup_put(nm->store, name, text, g->created_at, err);
-    free(text);
-    if (rc < 0) {
-        json_decref(j);
-        kh_secgroup_free(g);
-        return NULL;
-    }
-    *created = !slot;
-    if (slot) {
-        kh_secgroup_free(*slot);
-        *slot = g;
-    } else {
-        nm->groups = xreallocarray(nm->groups, nm->ngroups + 1, sizeof(kh_secgroup *));
-        nm->groups[nm->ngroups++] = g;
-    }
-    kh_err e = KH_ERR_INIT;
-    if (nm->nets && apply_nft(nm, &e) < 0)
-        kh_log(KH_LOG_ERROR, "net.nft", "error=\"%s\"", e.msg);
-    kh_log(KH_LOG_INFO, "net.sg.put", "security_group=%s rules=%zu", name, g->nrules);
-    return j;
-}
-
-/* The group's rules (a new reference) for a read-modify-write that the
- * single-threaded loop makes atomic; NULL with err. */
-static json_t *sg_rules_copy(kh_netmgr *nm, const char *name, kh_err *err)
-{
-    if (kh_check_name(name, "security group name", err) < 0)
-        return NULL;
-    kh_secgroup **slot = sg_find(nm, name);
-    if (!slot) {
-        kh_err_set(err, KH_E_NOTFOUND, "no security group named %s", name);
-        return NULL;
-    }
-    json_t *g = kh_secgroup_to_json(*slot);
-    json_t *rules = json_object_get(g, "rules");
-    rules = json_is_array(rules) ? json_incref(rules) : json_array();
-    json_decref(g);
-    return rules;
-}
-
-static json_t *sg_put_rules(kh_netmgr *nm, const char *name, json_t *rules /* stolen */,
-                            kh_err *err)
-{
-    json_t *body = json_pack("{s:o}", "rules", rules);
-    bool created = false;
-    json_t *g = kh_netmgr_sg_put(nm, name, body, &created, err);
-    json_decref(body);
-    return g;
-}
-
-json_t *kh_netmgr_sg_rule_add(kh_netmgr *nm, const char *name, const json_t *rule, kh_err *err)
-{
-    if (!json_is_object(rule)) {
-        kh_err_set(err, KH_E_INVALID, "rule: must be a JSON object");
-        return NULL;
-    }
-    json_t *rules = sg_rules_copy(nm, name, err);
-    if (!rules)
-        return NULL;
-    if (json_array_size(rules) >= KH_SG_RULES_MAX) {
-        kh_err_set(err, KH_E_INVALID, "security group %s has %d rules, the most it can have",
-                   name, KH_SG_RULES_MAX);
-        json_decref(rules);
-        return NULL;
-    }
-    json_array_append_new(rules, json_deep_copy(rule));
-    return sg_put_rules(nm, name, rules, err);
-}
-
-json_t *kh_netmgr_sg_rule_delete(kh_netmgr *nm, const char *name, const char *index,
-                                 kh_err *err)
-{
-    json_t *rules = sg_rules_copy(nm, name, err);
-    if (!rules)
-        return NULL;
-    char *end = NULL;
-    long i = index ? strtol(index, &end, 10) : -1;
-    if (!index || index[0] < '0' || index[0] > '9' || *end || i < 0 || (index[0] == '0' && index[1]) ||
-        (size_t)i >= json_array_size(rules)) {
-        kh_err_set(err, KH_E_NOTFOUND, "security group %s has no rule %s (rules are numbered "
-                   "from 0, see the group)", name, index ? index : "");
-        json_decref(rules);
-        return NULL;
-    }
-    json_array_remove(rules, (size_t)i);
-    return sg_put_rules(nm, name, rules, err);
-}
-
-int kh_netmgr_sg_delete(kh_netmgr *nm, const char *name, kh_err *err)
-{
-    if (kh_check_name(name, "security group name", err) < 0)
-        return -1;
-    kh_secgroup **slot = sg_find(nm, name);
-    if (!slot) {
-        kh_err_set(err, KH_E_NOTFOUND, "no security group named %s", name);
-        return -1;
-    }
-    for (size_t i = 0; i < nm->nbinds; i++) {
-        if (binding_has_group(&nm->binds[i], name)) {
-            kh_err_set(err, KH_E_CONFLICT, "security group %s is used by vm %s", name,
-                       nm->binds[i].vm);
-            return -1;
-        }
-    }
-    if (kh_netdb_secgroup_delete(nm->store, name, err) < 0)
-        return -1;
-    size_t idx = (size_t)(slot - nm->groups);
-    kh_secgroup_free(*slot);
-    memmove(&nm->groups[idx], &nm->groups[idx + 1],
-            (nm->ngroups - idx - 1) * sizeof(kh_secgroup *));
-    nm->ngroups--;
-    return 0;
-}
-
-int kh_netmgr_groups_check(kh_netmgr *nm, const char *groups, kh_err *err)
-{
-    if (!groups)
-        return 0;
-    char *copy = xstrdup(groups), *save = NULL;
-    int rc = 0;
-    for (char *t = strtok_r(copy, ",", &save); t && rc == 0; t = strtok_r(NULL, ",", &save)) {
-        if (!sg_find(nm, t)) {
-            kh_err_set(err, KH_E_INVALID, "security_groups: no security group named %s", t);
-            rc = -1;
-        }
-    }
-    free(copy);
-    return rc;
 }
