@@ -25,6 +25,10 @@ enum {
                                                      * the handler checks the one-time join
                                                      * token (cluster join); no other route
                                                      * accepts that scheme */
+    KH_ROUTE_PEER = 1u << (KH_ROUTE_APP_SHIFT + 3), /* also "Authorization: KH-Peer <token>":
+                                                     * a migration's host-to-host route; the
+                                                     * handler checks the token against the
+                                                     * migration record in etcd */
 };
 
 typedef struct kh_auth kh_auth;

@@ -1,0 +1,702 @@
+/* migrate.c - owns the orchestration of a live migration (shared pool):
+ * on the source, one kh_migration per VM runs the phase machine
+ * (migrate_fsm.c) on the loop: each event gives the next phase (recorded
+ * in etcd through ops->record before its actions run) and the actions,
+ * run here in the order of their bits: the target's host-to-host routes
+ * over HTTP (libcurl, blocking with short timeouts, as cluster/join.c),
+ * the QMP sequence through the driver's command, the owner move through
+ * ops->owner_move. On the target, the routes' work: define the VM with
+ * the same id, start it `-incoming defer` (lifecycle.c), cont on commit,
+ * kill and forget on abort.
+ *
+ * Not yet: the calc-dirty-rate forecast (DIRTY_RATE answers DIRTY_OK at
+ * once), local disks (NBD), the fence txn (a failure after the owner txn
+ * was sent fails the task without guessing), persistence in SQLite and the
+ * restart resolution. */
+#include "instance/migrate.h"
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#define CURL_DISABLE_TYPECHECK 1
+#include <curl/curl.h>
+
+#include "instance/config.h"
+#include "instance/instance_int.h"
+#include "instance/migrate_fsm.h"
+#include "qemu/migrate.h"
+#include "util/log.h"
+#include "util/mem.h"
+#include "util/misc.h"
+
+#define HTTP_TIMEOUT_MS 15000
+#define POLL_MS 100
+#define PREPARE_TIMEOUT_MS 60000
+#define FORGET_TRIES 100
+
+typedef struct kh_migration {
+    kh_manager *mgr;
+    char id[37];
+    char name[128];
+    kh_migrate_peer peer;
+    kh_migrate_ops ops;
+    char token[37];
+    kh_task *task;
+    kh_mig_phase phase;
+    kh_mig_facts facts;
+    unsigned port;
+    uv_timer_t *timer;
+    uint64_t t0_ms, poll_deadline_ms;
+    kh_qmig_status st;
+    bool continued;
+    kh_err err;
+    int pending;       /* an event the actions produced (-1: none) */
+    kh_mig_owner pending_owner;
+    unsigned forget_tries;
+    bool finished;
+} kh_migration;
+
+static kh_migration *migrations[64];
+
+static kh_migration *mig_find(const char *id)
+{
+    for (size_t i = 0; i < KH_ARRAY_LEN(migrations); i++)
+        if (migrations[i] && strcmp(migrations[i]->id, id) == 0)
+            return migrations[i];
+    return NULL;
+}
+
+static void timer_closed(uv_handle_t *h)
+{
+    kh_migration *m = h->data;
+    free(h);
+    if (m && m->finished) {
+        for (size_t i = 0; i < KH_ARRAY_LEN(migrations); i++)
+            if (migrations[i] == m)
+                migrations[i] = NULL;
+        free(m);
+    }
+}
+
+static void timer_start(kh_migration *m, uv_timer_cb cb, uint64_t ms, uint64_t repeat)
+{
+    if (!m->timer) {
+        m->timer = xcalloc(1, sizeof(*m->timer));
+        uv_timer_init(m->mgr->loop, m->timer);
+        m->timer->data = m;
+    }
+    uv_timer_start(m->timer, cb, ms, repeat);
+}
+
+static void timer_stop(kh_migration *m)
+{
+    if (m->timer)
+        uv_timer_stop(m->timer);
+}
+
+/* ---- HTTP to the peer ---- */
+
+static size_t collect(char *p, size_t size, size_t n, void *opaque)
+{
+    char **buf = opaque;
+    size_t len = *buf ? strlen(*buf) : 0, add = size * n;
+    char *nb = xrealloc(*buf, len + add + 1);
+    memcpy(nb + len, p, add);
+    nb[len + add] = 0;
+    *buf = nb;
+    return add;
+}
+
+/* POST (body non-NULL) or GET url; *out (may be NULL) the JSON reply. */
+static int peer_call(const kh_migration *m, const char *path, const json_t *body, json_t **out,
+                     kh_err *err)
+{
+    char *url = xasprintf("%s/api/v1/migrations/%s/%s", m->peer.api_url, m->id, path);
+    char *auth = xasprintf("Authorization: KH-Peer %s", m->token);
+    char *text = body ? json_dumps(body, JSON_COMPACT) : NULL;
+    char *reply = NULL;
+    char errbuf[CURL_ERROR_SIZE] = "";
+    long status = 0;
+    int rc = -1;
+    CURL *h = curl_easy_init();
+    if (!h) {
+        kh_err_set(err, KH_E_INTERNAL, "libcurl is not available");
+        goto out;
+    }
+    struct curl_slist *hdr = curl_slist_append(NULL, "Content-Type: application/json");
+    hdr = curl_slist_append(hdr, auth);
+    curl_easy_setopt(h, CURLOPT_URL, url);
+    curl_easy_setopt(h, CURLOPT_HTTPHEADER, hdr);
+    if (text)
+        curl_easy_setopt(h, CURLOPT_POSTFIELDS, text);
+    curl_easy_setopt(h, CURLOPT_TIMEOUT_MS, (long)HTTP_TIMEOUT_MS);
+    curl_easy_setopt(h, CURLOPT_CONNECTTIMEOUT_MS, 3000L);
+    curl_easy_setopt(h, CURLOPT_NOSIGNAL, 1L);
+    curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, collect);
+    curl_easy_setopt(h, CURLOPT_WRITEDATA, &reply);
+    curl_easy_setopt(h, CURLOPT_ERRORBUFFER, errbuf);
+    CURLcode cc = curl_easy_perform(h);
+    curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &status);
+    curl_easy_cleanup(h);
+    curl_slist_free_all(hdr);
+    if (cc != CURLE_OK) {
+        kh_err_set(err, KH_E_UNAVAILABLE, "%s: %s", url,
+                   errbuf[0] ? errbuf : curl_easy_strerror(cc));
+        goto out;
+    }
+    json_t *j = reply ? json_loads(reply, 0, NULL) : NULL;
+    if (status < 200 || status >= 300) {
+        const char *msg = json_string_value(
+            json_object_get(json_object_get(j, "error"), "message"));
+        kh_err_set(err, status == 404 ? KH_E_NOTFOUND : KH_E_CONFLICT, "%s %s: %ld %s",
+                   m->peer.name, path, status, msg ? msg : "");
+        json_decref(j);
+        goto out;
+    }
+    if (out)
+        *out = j;
+    else
+        json_decref(j);
+    rc = 0;
+out:
+    free(url);
+    free(auth);
+    free(text);
+    free(reply);
+    return rc;
+}
+
+/* ---- the source's machine ---- */
+
+static void feed(kh_migration *m, kh_mig_event ev);
+
+static void fail_with(kh_migration *m, const kh_err *err)
+{
+    if (err && m->err.code == KH_OK)
+        m->err = *err;
+    m->pending = KH_MIG_EV_FAILED;
+}
+
+static kh_inst *mig_vm(kh_migration *m)
+{
+    return kh_manager_find_id(m->mgr, m->id);
+}
+
+static void qmp_ignore(kh_qmp *q, json_t *ret, const kh_err *err, void *opaque)
+{
+    (void)q;
+    (void)ret;
+    kh_migration *m = opaque;
+    if (err)
+        kh_log(KH_LOG_WARN, "vm.migrate", "vm=%s qmp error=\"%s\"", m->name, err->msg);
+}
+
+static int qmp(kh_migration *m, const char *cmd, json_t *args, kh_qmp_reply_cb cb)
+{
+    kh_err err = KH_ERR_INIT;
+    kh_inst *v = mig_vm(m);
+    if (!v || v->pid <= 0) {
+        json_decref(args);
+        kh_err_set(&err, KH_E_CONFLICT, "vm %s has no QEMU any more", m->name);
+        fail_with(m, &err);
+        return -1;
+    }
+    if (v->drv->command(v, cmd, args, -1, cb ? cb : qmp_ignore, m, &err) < 0) {
+        fail_with(m, &err);
+        return -1;
+    }
+    return 0;
+}
+
+static void record(kh_migration *m)
+{
+    json_t *rec = json_pack("{s:s, s:s, s:s, s:s, s:s, s:f}", "source", m->peer.self_id,
+                            "target", m->peer.host_id, "phase",
+                            kh_migrate_fsm_phase_name(m->phase), "token", m->token, "vm",
+                            m->name, "updated_at", kh_wall_time());
+    kh_err err = KH_ERR_INIT;
+    if (m->ops.record(m->ops.opaque, m->id, rec, &err) < 0)
+        kh_log(KH_LOG_WARN, "vm.migrate", "vm=%s record error=\"%s\"", m->name, err.msg);
+    json_decref(rec);
+}
+
+static void on_query(kh_qmp *q, json_t *ret, const kh_err *err, void *opaque)
+{
+    (void)q;
+    kh_migration *m = opaque;
+    if (m->finished || (m->phase != KH_MIG_MEMORY && m->phase != KH_MIG_SWITCH))
+        return;
+    if (err) {
+        m->err = *err;
+        feed(m, KH_MIG_EV_FAILED);
+        return;
+    }
+    kh_qmig_status st;
+    if (kh_qmig_status_parse(ret, &st) < 0)
+        return;
+    m->st = st;
+    if (st.ram_total && m->task) {
+        char msg[128];
+        snprintf(msg, sizeof(msg), "%s: %llu of %llu MiB", st.status,
+                 (unsigned long long)(st.ram_transferred >> 20),
+                 (unsigned long long)(st.ram_total >> 20));
+        uint64_t pct = 10 + 80 * st.ram_transferred / st.ram_total;
+        kh_task_progress(m->task, (int)(pct > 90 ? 90 : pct), msg);
+    }
+    if (kh_qmig_status_failed(&st) || strcmp(st.status, "cancelled") == 0) {
+        kh_err_set(&m->err, KH_E_QEMU, "migration %s: %s", st.status, st.error);
+        timer_stop(m);
+        feed(m, KH_MIG_EV_FAILED);
+    } else if (strcmp(st.status, "pre-switchover") == 0 && m->phase == KH_MIG_MEMORY) {
+        feed(m, KH_MIG_EV_PRESWITCHOVER);
+    } else if (strcmp(st.status, "completed") == 0 && m->phase == KH_MIG_SWITCH) {
+        timer_stop(m);
+        feed(m, KH_MIG_EV_COMPLETED);
+    }
+}
+
+static void poll_qemu(uv_timer_t *t)
+{
+    kh_migration *m = t->data;
+    if (qmp(m, "query-migrate", NULL, on_query) < 0) {
+        timer_stop(m);
+        feed(m, KH_MIG_EV_FAILED);
+    }
+}
+
+static void poll_target(uv_timer_t *t)
+{
+    kh_migration *m = t->data;
+    json_t *st = NULL;
+    kh_err err = KH_ERR_INIT;
+    if (peer_call(m, "status", NULL, &st, &err) < 0) {
+        timer_stop(m);
+        m->err = err;
+        feed(m, KH_MIG_EV_FAILED);
+        return;
+    }
+    const char *state = json_string_value(json_object_get(st, "state"));
+    const char *reason = json_string_value(json_object_get(st, "reason"));
+    bool ready = state && reason && strcmp(state, "starting") == 0 &&
+                 strcmp(reason, "incoming") == 0;
+    bool dead = state && strcmp(state, "stopped") == 0;
+    if (ready || dead || kh_now_ms() > m->poll_deadline_ms) {
+        timer_stop(m);
+        if (!ready)
+            kh_err_set(&m->err, KH_E_UNAVAILABLE, "%s: the target's QEMU %s (%s)", m->peer.name,
+                       dead ? "stopped" : "did not get ready", reason ? reason : "");
+        json_decref(st);
+        feed(m, ready ? KH_MIG_EV_PREPARED : KH_MIG_EV_FAILED);
+        return;
+    }
+    json_decref(st);
+}
+
+static void on_migrate(kh_qmp *q, json_t *ret, const kh_err *err, void *opaque)
+{
+    (void)q;
+    (void)ret;
+    kh_migration *m = opaque;
+    if (m->finished)
+        return;
+    if (err) {
+        m->err = *err;
+        feed(m, KH_MIG_EV_FAILED);
+        return;
+    }
+    timer_start(m, poll_qemu, POLL_MS, POLL_MS);
+}
+
+static void forget_try(uv_timer_t *t)
+{
+    kh_migration *m = t->data;
+    kh_err err = KH_ERR_INIT;
+    kh_inst *v = mig_vm(m);
+    if (!v || kh_config_delete(m->mgr, m->name, &err) == 0 || ++m->forget_tries > FORGET_TRIES) {
+        if (v && m->forget_tries > FORGET_TRIES)
+            kh_log(KH_LOG_WARN, "vm.migrate", "vm=%s forget error=\"%s\"", m->name, err.msg);
+        timer_stop(m);
+        feed(m, KH_MIG_EV_DONE);
+    }
+}
+
+static void do_prepare(kh_migration *m)
+{
+    kh_inst *v = mig_vm(m);
+    if (!v) {
+        kh_err e = KH_ERR_INIT;
+        kh_err_set(&e, KH_E_NOTFOUND, "vm %s went away", m->name);
+        fail_with(m, &e);
+        return;
+    }
+    json_t *body = json_pack("{s:o, s:s}", "spec", kh_vm_spec_to_json(v->spec), "address",
+                             m->peer.address);
+    json_t *out = NULL;
+    kh_err err = KH_ERR_INIT;
+    int rc = peer_call(m, "prepare", body, &out, &err);
+    json_decref(body);
+    if (rc < 0) {
+        fail_with(m, &err);
+        return;
+    }
+    m->port = (unsigned)json_integer_value(json_object_get(out, "port"));
+    json_decref(out);
+    if (m->task)
+        kh_task_progress(m->task, 5, "target QEMU starting");
+    m->poll_deadline_ms = kh_now_ms() + PREPARE_TIMEOUT_MS;
+    timer_start(m, poll_target, POLL_MS, POLL_MS);
+}
+
+static void do_migrate(kh_migration *m)
+{
+    kh_qmig_opts o = { 0 };
+    json_t *uri = kh_qmig_uri_args(m->peer.address, m->port);
+    if (!uri) {
+        kh_err e = KH_ERR_INIT;
+        kh_err_set(&e, KH_E_INVALID, "bad target address %s", m->peer.address);
+        fail_with(m, &e);
+        return;
+    }
+    m->continued = false;
+    if (qmp(m, "migrate-set-capabilities", kh_qmig_caps(&o, true), NULL) < 0 ||
+        qmp(m, "migrate-set-parameters", kh_qmig_params(&o, true), NULL) < 0)
+        json_decref(uri);
+    else
+        (void)qmp(m, "migrate", uri, on_migrate);
+}
+
+static void do_owner(kh_migration *m)
+{
+    char owner[64];
+    kh_err err = KH_ERR_INIT;
+    m->facts.owner_txn_sent = true;
+    if (m->ops.owner_move(m->ops.opaque, m->id, m->peer.host_id, owner, sizeof(owner), &err) < 0) {
+        kh_log(KH_LOG_WARN, "vm.migrate", "vm=%s owner txn error=\"%s\"", m->name, err.msg);
+        m->err = err;
+        m->pending_owner = KH_MIG_OWNER_UNKNOWN;
+    } else if (strcmp(owner, m->peer.host_id) == 0) {
+        m->pending_owner = KH_MIG_OWNER_TARGET;
+    } else if (strcmp(owner, m->peer.self_id) == 0) {
+        m->pending_owner = KH_MIG_OWNER_SOURCE;
+    } else {
+        m->pending_owner = KH_MIG_OWNER_OTHER;
+    }
+    m->pending = KH_MIG_EV_OWNER;
+}
+
+static void run_action(kh_migration *m, uint32_t bit)
+{
+    kh_err err = KH_ERR_INIT;
+    kh_inst *v = mig_vm(m);
+    switch (bit) {
+    case KH_MIG_A_DIRTY_RATE:
+        m->pending = KH_MIG_EV_DIRTY_OK; /* not yet: the forecast */
+        break;
+    case KH_MIG_A_T_PREPARE:
+        do_prepare(m);
+        break;
+    case KH_MIG_A_MIGRATE:
+        do_migrate(m);
+        break;
+    case KH_MIG_A_CONTINUE:
+        if (!m->continued) {
+            m->continued = true;
+            (void)qmp(m, "migrate-continue", json_pack("{s:s}", "state", "pre-switchover"),
+                      NULL);
+        }
+        break;
+    case KH_MIG_A_OWNER_TXN:
+        do_owner(m);
+        break;
+    case KH_MIG_A_MIGRATE_CANCEL:
+        timer_stop(m);
+        if (v && v->pid > 0)
+            (void)qmp(m, "migrate_cancel", NULL, NULL);
+        break;
+    case KH_MIG_A_RESUME:
+        if (v && v->pid > 0)
+            (void)qmp(m, "cont", NULL, NULL);
+        break;
+    case KH_MIG_A_T_ABORT:
+    {
+        json_t *b = json_object();
+        if (peer_call(m, "abort", b, NULL, &err) < 0)
+            kh_log(KH_LOG_WARN, "vm.migrate", "vm=%s abort error=\"%s\"", m->name, err.msg);
+        json_decref(b);
+        break;
+    }
+    case KH_MIG_A_T_COMMIT: {
+        json_t *b = json_object();
+        if (peer_call(m, "commit", b, NULL, &err) < 0)
+            kh_log(KH_LOG_ERROR, "vm.migrate", "vm=%s commit error=\"%s\"", m->name, err.msg);
+        json_decref(b);
+        break;
+    }
+    case KH_MIG_A_KILL:
+        if (v && v->pid > 0) {
+            char why[200];
+            snprintf(why, sizeof(why), "migrated to %s", m->peer.name);
+            kh_lifecycle_going_down(v, why);
+            v->drv->kill(v);
+        }
+        break;
+    case KH_MIG_A_FORGET:
+        m->forget_tries = 0;
+        timer_start(m, forget_try, 0, 50);
+        break;
+    case KH_MIG_A_FENCE_TXN:
+        /* not yet: the fence. Before the txn was sent the owner is the
+         * source; after it, nothing is guessed (the task fails, nobody
+         * resumes or kills anything). */
+        if (!m->facts.owner_txn_sent) {
+            m->pending_owner = KH_MIG_OWNER_SOURCE;
+            m->pending = KH_MIG_EV_OWNER;
+        } else {
+            kh_err_set(&err, KH_E_UNAVAILABLE, "the owner of vm %s is unknown: resolve by hand",
+                       m->name);
+            if (m->task)
+                kh_task_fail(m->task, &err);
+            m->task = NULL;
+        }
+        break;
+    case KH_MIG_A_EVENT:
+        kh_events_publish(m->mgr->events, "vm.migration", m->name,
+                          json_pack("{s:s, s:s}", "phase", kh_migrate_fsm_phase_name(m->phase),
+                                    "target", m->peer.name));
+        break;
+    case KH_MIG_A_REPORT_FAIL:
+        if (m->task) {
+            if (m->err.code == KH_OK)
+                kh_err_set(&m->err, KH_E_INTERNAL, "migration failed");
+            kh_err_prefix(&m->err, "migrating vm %s to %s", m->name, m->peer.name);
+            kh_task_fail(m->task, &m->err);
+            m->task = NULL;
+        }
+        break;
+    default:
+        break;
+    }
+}
+
+static void finish(kh_migration *m)
+{
+    if (m->phase == KH_MIG_DONE && m->task) {
+        double secs = (double)(kh_now_ms() - m->t0_ms) / 1000.0;
+        json_t *res = json_pack("{s:s, s:s, s:f, s:I, s:I, s:I}", "vm", m->name, "target",
+                                m->peer.name, "total_s", secs, "downtime_ms",
+                                (json_int_t)m->st.downtime_ms, "ram_total",
+                                (json_int_t)m->st.ram_total, "ram_transferred",
+                                (json_int_t)m->st.ram_transferred);
+        kh_task_succeed(m->task, res);
+        m->task = NULL;
+    }
+    kh_log(KH_LOG_INFO, "vm.migrate", "vm=%s target=%s phase=%s ms=%llu", m->name, m->peer.name,
+           kh_migrate_fsm_phase_name(m->phase), (unsigned long long)(kh_now_ms() - m->t0_ms));
+    m->finished = true;
+    if (m->timer) {
+        uv_close((uv_handle_t *)m->timer, timer_closed);
+        m->timer = NULL;
+    } else {
+        for (size_t i = 0; i < KH_ARRAY_LEN(migrations); i++)
+            if (migrations[i] == m)
+                migrations[i] = NULL;
+        free(m);
+    }
+}
+
+static void feed(kh_migration *m, kh_mig_event ev)
+{
+    while (!m->finished) {
+        m->facts.owner = m->pending_owner;
+        kh_mig_step s = kh_migrate_fsm_step(KH_MIG_SOURCE, m->phase, ev, &m->facts);
+        kh_log(KH_LOG_INFO, "vm.migrate", "vm=%s phase=%s event=%s next=%s%s", m->name,
+               kh_migrate_fsm_phase_name(m->phase), kh_migrate_fsm_event_name(ev),
+               kh_migrate_fsm_phase_name(s.next), s.ignored ? " (ignored)" : "");
+        if (s.ignored)
+            return;
+        bool changed = s.next != m->phase;
+        m->phase = s.next;
+        if (changed)
+            record(m); /* before its actions */
+        m->pending = -1;
+        uint32_t acts = s.actions & ~(uint32_t)KH_MIG_A_RETRY_LATER;
+        for (unsigned b = 0; b < KH_MIG_ACTIONS; b++)
+            if (acts & (1u << b))
+                run_action(m, 1u << b);
+        if (kh_migrate_fsm_terminal(m->phase)) {
+            finish(m);
+            return;
+        }
+        if ((m->phase == KH_MIG_FINISH || m->phase == KH_MIG_ROLLBACK) && m->pending < 0 &&
+            !(acts & KH_MIG_A_FORGET))
+            m->pending = KH_MIG_EV_DONE;
+        if (m->pending < 0)
+            return;
+        ev = (kh_mig_event)m->pending;
+    }
+}
+
+kh_task *kh_migrate_start(kh_manager *mgr, const char *name, const kh_migrate_peer *peer,
+                          const kh_migrate_ops *ops, kh_err *err)
+{
+    kh_inst *v = kh_manager_find(mgr, name, err);
+    if (!v)
+        return NULL;
+    if (v->state != KH_INST_RUNNING || v->task) {
+        kh_err_set(err, KH_E_CONFLICT, "vm %s is %s%s: only a running vm migrates", name,
+                   kh_lifecycle_state_name(v->state), v->task ? " (busy)" : "");
+        return NULL;
+    }
+    if (mig_find(v->id)) {
+        kh_err_set(err, KH_E_CONFLICT, "vm %s is already migrating", name);
+        return NULL;
+    }
+    size_t slot = KH_ARRAY_LEN(migrations);
+    for (size_t i = 0; i < KH_ARRAY_LEN(migrations); i++)
+        if (!migrations[i]) {
+            slot = i;
+            break;
+        }
+    if (slot == KH_ARRAY_LEN(migrations)) {
+        kh_err_set(err, KH_E_UNAVAILABLE, "too many migrations at once");
+        return NULL;
+    }
+    kh_migration *m = xcalloc(1, sizeof(*m));
+    m->mgr = mgr;
+    memcpy(m->id, v->id, sizeof(m->id));
+    snprintf(m->name, sizeof(m->name), "%s", name);
+    m->peer = *peer;
+    m->ops = *ops;
+    kh_uuid_generate(m->token);
+    m->err = (kh_err)KH_ERR_INIT;
+    m->pending = -1;
+    m->pending_owner = KH_MIG_OWNER_SOURCE;
+    m->t0_ms = kh_now_ms();
+    m->task = kh_task_new(mgr->tasks, "vm.migrate", name);
+    migrations[slot] = m;
+    kh_task *t = m->task;
+    feed(m, KH_MIG_EV_START);
+    return t;
+}
+
+/* ---- the target ---- */
+
+static unsigned free_port(const char *address)
+{
+    struct sockaddr_in a = { .sin_family = AF_INET };
+    if (inet_pton(AF_INET, address, &a.sin_addr) != 1)
+        return 0;
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return 0;
+    socklen_t len = sizeof(a);
+    unsigned port = 0;
+    if (bind(fd, (struct sockaddr *)&a, sizeof(a)) == 0 &&
+        getsockname(fd, (struct sockaddr *)&a, &len) == 0)
+        port = ntohs(a.sin_port);
+    close(fd);
+    return port;
+}
+
+json_t *kh_migrate_prepare(kh_manager *mgr, const char *vm_id, const json_t *body, kh_err *err)
+{
+    const char *address = json_string_value(json_object_get(body, "address"));
+    json_t *spec = json_object_get(body, "spec");
+    if (!address || !json_is_object(spec)) {
+        kh_err_set(err, KH_E_INVALID, "prepare needs spec and address");
+        return NULL;
+    }
+    unsigned port = free_port(address);
+    if (!port) {
+        kh_err_set(err, KH_E_INVALID, "cannot listen on %s", address);
+        return NULL;
+    }
+    json_t *vm = kh_config_create_id(mgr, spec, vm_id, err);
+    if (!vm)
+        return NULL;
+    json_decref(vm);
+    kh_inst *v = kh_manager_find_id(mgr, vm_id);
+    if (!v || kh_lifecycle_start_incoming(v, address, port, err) < 0) {
+        if (v)
+            (void)kh_config_delete(mgr, v->spec->name, NULL);
+        return NULL;
+    }
+    kh_log(KH_LOG_INFO, "vm.migrate", "vm=%s incoming=%s:%u", v->spec->name, address, port);
+    return json_pack("{s:i}", "port", (int)port);
+}
+
+json_t *kh_migrate_status(kh_manager *mgr, const char *vm_id, kh_err *err)
+{
+    kh_inst *v = kh_manager_find_id(mgr, vm_id);
+    if (!v) {
+        kh_err_set(err, KH_E_NOTFOUND, "no vm %s here", vm_id);
+        return NULL;
+    }
+    return json_pack("{s:s, s:s?}", "state", kh_lifecycle_state_name(v->state), "reason",
+                     v->reason);
+}
+
+int kh_migrate_commit(kh_manager *mgr, const char *vm_id, kh_err *err)
+{
+    kh_inst *v = kh_manager_find_id(mgr, vm_id);
+    if (!v) {
+        kh_err_set(err, KH_E_NOTFOUND, "no vm %s here", vm_id);
+        return -1;
+    }
+    if (v->state == KH_INST_RUNNING)
+        return 0; /* repeated */
+    return kh_lifecycle_incoming_commit(v, err);
+}
+
+typedef struct abort_job {
+    kh_manager *mgr;
+    char id[37];
+    unsigned tries;
+} abort_job;
+
+static void abort_closed(uv_handle_t *h)
+{
+    free(h->data);
+    free(h);
+}
+
+static void abort_try(uv_timer_t *t)
+{
+    abort_job *j = t->data;
+    kh_inst *v = kh_manager_find_id(j->mgr, j->id);
+    if (!v || kh_config_delete(j->mgr, v->spec->name, NULL) == 0 || ++j->tries > FORGET_TRIES) {
+        uv_timer_stop(t);
+        uv_close((uv_handle_t *)t, abort_closed);
+    }
+}
+
+int kh_migrate_abort(kh_manager *mgr, const char *vm_id, kh_err *err)
+{
+    kh_inst *v = kh_manager_find_id(mgr, vm_id);
+    if (!v) {
+        kh_err_set(err, KH_E_NOTFOUND, "no vm %s here", vm_id);
+        return -1;
+    }
+    if (v->state == KH_INST_RUNNING || (!v->incoming_port && v->state != KH_INST_STOPPED)) {
+        kh_err_set(err, KH_E_CONFLICT, "vm %s is %s here: not an incoming migration",
+                   v->spec->name, kh_lifecycle_state_name(v->state));
+        return -1;
+    }
+    if (v->pid > 0) {
+        kh_lifecycle_going_down(v, "migration aborted");
+        v->drv->kill(v);
+    }
+    abort_job *j = xcalloc(1, sizeof(*j));
+    j->mgr = mgr;
+    memcpy(j->id, vm_id, sizeof(j->id));
+    uv_timer_t *t = xcalloc(1, sizeof(*t));
+    uv_timer_init(mgr->loop, t);
+    t->data = j;
+    uv_timer_start(t, abort_try, 0, 50);
+    return 0;
+}
