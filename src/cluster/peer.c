@@ -69,7 +69,7 @@ json_t *kh_cluster_migration_get(kh_cluster *c, const char *vm_id, kh_err *err)
         return NULL;
     }
     char *key = xasprintf(MIGRATIONS "%s", vm_id);
-    kh_etcd_kv kv;
+    kh_etcd_kv kv = { 0 };
     int rc = kh_etcd_get(c->etcd, key, &kv, NULL, err);
     free(key);
     if (rc <= 0) {
@@ -90,7 +90,7 @@ json_t *kh_cluster_migration_get(kh_cluster *c, const char *vm_id, kh_err *err)
 static int owner_claim_if_absent(kh_cluster *c, const char *vm_id, const char *from,
                                  kh_err *err)
 {
-    kh_etcd_kv cur;
+    kh_etcd_kv cur = { 0 };
     int rc = kh_etcd_set_owner(c->etcd, vm_id, from, 0, NULL, &cur, err);
     if (rc < 0)
         return -1;
@@ -114,7 +114,7 @@ int kh_cluster_owner_move(kh_cluster *c, const char *vm_id, const char *to, char
     kh_etcd_cmp cmp[] = { { okey, KH_ETCD_VALUE, KH_ETCD_EQUAL, 0, from } };
     kh_etcd_op ok[] = { { KH_ETCD_OP_PUT, okey, to, 0, false } };
     kh_etcd_op fail[] = { { KH_ETCD_OP_GET, okey, NULL, 0, false } };
-    kh_etcd_txn_result res;
+    kh_etcd_txn_result res = { 0 };
     int rc = kh_etcd_txn(c->etcd, cmp, 1, ok, 1, fail, 1, &res, err);
     if (rc == 0) {
         const char *owner = res.succeeded ? to : (res.kvs.n ? res.kvs.kv[0].value : "");

@@ -336,6 +336,9 @@ int kh_lifecycle_start_incoming(kh_inst *v, const char *host, unsigned port, kh_
     free(v->incoming_host);
     v->incoming_host = xstrdup(host);
     v->incoming_port = port;
+    /* a task of its own, as any start: it ends when QEMU listens */
+    v->task = kh_task_new(v->mgr->tasks, "vm.incoming", v->spec->name);
+    v->task_action = KH_ACTION_START;
     action_start(v);
     return 0;
 }
@@ -348,6 +351,7 @@ void kh_lifecycle_incoming(kh_inst *v, const kh_err *err)
     }
     timer_stop(v); /* the start deadline: the source decides from here */
     kh_lifecycle_set_state(v, KH_INST_STARTING, "incoming");
+    task_finish_ok(v);
 }
 
 typedef struct commit_ref {
