@@ -61,8 +61,9 @@ void kh_migrate_routes_start(kh_http_req *req, void *app)
     snprintf(peer.api_url, sizeof(peer.api_url), "%s", mem.api_url);
     snprintf(peer.self_id, sizeof(peer.self_id), "%s", kh_cluster_host_id(api->cluster));
     kh_migrate_ops ops = { api->cluster, ops_owner_move, ops_record };
-    kh_task *task = kh_migrate_start(api->mgr, kh_http_req_param(req, "name"), &peer, &ops,
-                                     &err);
+    uint64_t bw = (uint64_t)json_integer_value(json_object_get(body, "max_bandwidth_mib"));
+    kh_task *task = kh_migrate_start(api->mgr, kh_http_req_param(req, "name"), &peer,
+                                     bw << 20, &ops, &err);
     if (!task) {
         kh_http_reply_error(req, &err);
         return;

@@ -33,6 +33,9 @@
 #include "util/log.h"
 #include "util/mem.h"
 #include "util/misc.h"
+#include "store/store.h"
+
+#include <sqlite3.h>
 
 #define HTTP_TIMEOUT_MS 15000
 #define POLL_MS 100
@@ -50,6 +53,7 @@ typedef struct kh_migration {
     kh_mig_phase phase;
     kh_mig_facts facts;
     unsigned port;
+    uint64_t bandwidth;
     uv_timer_t *timer;
     uint64_t t0_ms, poll_deadline_ms;
     kh_qmig_status st;
@@ -213,8 +217,36 @@ static int qmp(kh_migration *m, const char *cmd, json_t *args, kh_qmp_reply_cb c
     return 0;
 }
 
+/* The migrations row (migrate_schema.c), written before a phase's
+ * actions; a failure is logged (etcd has the record too). */
+static void persist(kh_manager *mgr, const char *vm_id, const char *name, const char *role,
+                    const char *phase, const char *peer, const char *error)
+{
+    kh_err err = KH_ERR_INIT;
+    sqlite3_stmt *s = kh_store_prep(
+        mgr->store,
+        "INSERT INTO migrations (vm_id, vm_name, role, phase, peer, error, started_at, "
+        "updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7) ON CONFLICT (vm_id) DO UPDATE SET "
+        "vm_name = ?2, role = ?3, phase = ?4, peer = ?5, error = ?6, updated_at = ?7, "
+        "started_at = CASE WHEN ?4 = 'prepare' THEN ?7 ELSE started_at END",
+        &err);
+    if (s) {
+        kh_store_bind_text(s, 1, vm_id);
+        kh_store_bind_text(s, 2, name);
+        kh_store_bind_text(s, 3, role);
+        kh_store_bind_text(s, 4, phase);
+        kh_store_bind_text(s, 5, peer);
+        kh_store_bind_text(s, 6, error);
+        sqlite3_bind_double(s, 7, kh_wall_time());
+    }
+    if (!s || kh_store_step_done(mgr->store, s, "saving a migration phase", &err) < 0)
+        kh_log(KH_LOG_WARN, "vm.migrate", "vm=%s store error=\"%s\"", name, err.msg);
+}
+
 static void record(kh_migration *m)
 {
+    persist(m->mgr, m->id, m->name, "source", kh_migrate_fsm_phase_name(m->phase),
+            m->peer.host_id, m->err.code != KH_OK ? m->err.msg : NULL);
     json_t *rec = json_pack("{s:s, s:s, s:s, s:s, s:s, s:f}", "source", m->peer.self_id,
                             "target", m->peer.host_id, "phase",
                             kh_migrate_fsm_phase_name(m->phase), "token", m->token, "vm",
@@ -334,8 +366,8 @@ static void do_prepare(kh_migration *m)
         fail_with(m, &e);
         return;
     }
-    json_t *body = json_pack("{s:o, s:s}", "spec", kh_vm_spec_to_json(v->spec), "address",
-                             m->peer.address);
+    json_t *body = json_pack("{s:o, s:s, s:s}", "spec", kh_vm_spec_to_json(v->spec), "address",
+                             m->peer.address, "source", m->peer.self_id);
     json_t *out = NULL;
     kh_err err = KH_ERR_INIT;
     int rc = peer_call(m, "prepare", body, &out, &err);
@@ -354,7 +386,7 @@ static void do_prepare(kh_migration *m)
 
 static void do_migrate(kh_migration *m)
 {
-    kh_qmig_opts o = { 0 };
+    kh_qmig_opts o = { .bandwidth = m->bandwidth };
     json_t *uri = kh_qmig_uri_args(m->peer.address, m->port);
     if (!uri) {
         kh_err e = KH_ERR_INIT;
@@ -542,7 +574,7 @@ static void feed(kh_migration *m, kh_mig_event ev)
 }
 
 kh_task *kh_migrate_start(kh_manager *mgr, const char *name, const kh_migrate_peer *peer,
-                          const kh_migrate_ops *ops, kh_err *err)
+                          uint64_t max_bandwidth, const kh_migrate_ops *ops, kh_err *err)
 {
     kh_inst *v = kh_manager_find(mgr, name, err);
     if (!v)
@@ -572,6 +604,7 @@ kh_task *kh_migrate_start(kh_manager *mgr, const char *name, const kh_migrate_pe
     snprintf(m->name, sizeof(m->name), "%s", name);
     m->peer = *peer;
     m->ops = *ops;
+    m->bandwidth = max_bandwidth;
     kh_uuid_generate(m->token);
     m->err = (kh_err)KH_ERR_INIT;
     m->pending = -1;
@@ -627,6 +660,8 @@ json_t *kh_migrate_prepare(kh_manager *mgr, const char *vm_id, const json_t *bod
         return NULL;
     }
     kh_log(KH_LOG_INFO, "vm.migrate", "vm=%s incoming=%s:%u", v->spec->name, address, port);
+    const char *source = json_string_value(json_object_get(body, "source"));
+    persist(mgr, vm_id, v->spec->name, "target", "prepare", source ? source : "", NULL);
     return json_pack("{s:i}", "port", (int)port);
 }
 
@@ -650,7 +685,10 @@ int kh_migrate_commit(kh_manager *mgr, const char *vm_id, kh_err *err)
     }
     if (v->state == KH_INST_RUNNING)
         return 0; /* repeated */
-    return kh_lifecycle_incoming_commit(v, err);
+    if (kh_lifecycle_incoming_commit(v, err) < 0)
+        return -1;
+    persist(mgr, vm_id, v->spec->name, "target", "done", "", NULL);
+    return 0;
 }
 
 typedef struct abort_job {
@@ -687,6 +725,7 @@ int kh_migrate_abort(kh_manager *mgr, const char *vm_id, kh_err *err)
                    v->spec->name, kh_lifecycle_state_name(v->state));
         return -1;
     }
+    persist(mgr, vm_id, v->spec->name, "target", "aborted", "", NULL);
     if (v->pid > 0) {
         kh_lifecycle_going_down(v, "migration aborted");
         v->drv->kill(v);

@@ -11,6 +11,7 @@
 
 #include <jansson.h>
 #include <stddef.h>
+#include <stdint.h>
 
 #include "instance/manager.h"
 #include "instance/task.h"
@@ -35,9 +36,10 @@ typedef struct kh_migrate_peer {
 } kh_migrate_peer;
 
 /* Source: migrate the running VM name to peer; the task ("vm.migrate")
- * ends when the VM runs on the peer (or failed, the VM running here). */
+ * ends when the VM runs on the peer (or failed, the VM running here).
+ * max_bandwidth: bytes/s for the RAM copy (0: unlimited). */
 kh_task *kh_migrate_start(kh_manager *mgr, const char *name, const kh_migrate_peer *peer,
-                          const kh_migrate_ops *ops, kh_err *err);
+                          uint64_t max_bandwidth, const kh_migrate_ops *ops, kh_err *err);
 
 /* Target (the host-to-host routes /api/v1/migrations/{vm-id}/...).
  * prepare: body {"spec": VM spec, "address": ADDR}: the VM is defined here

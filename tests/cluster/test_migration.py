@@ -123,12 +123,17 @@ def test_migration(three):
              % (res["total_s"], res["downtime_ms"], res["ram_transferred"] >> 20))
 
         # the target's QEMU killed during a migration: the source keeps it
-        r = d3.api.post("/api/v1/vms/%s/migrate" % name, {"target": "h1", "wait": 0})
+        # (the RAM copy slowed to 16 MiB/s: the memory phase lasts seconds)
+        r = d3.api.post("/api/v1/vms/%s/migrate" % name,
+                        {"target": "h1", "wait": 0, "max_bandwidth_mib": 16})
         assert r.status == 202, r
         task = r.json["id"]
         src_pid = vm_or_none(d3, name)["pid"]
-        tgt = wait_for(lambda: [p for p in khlib.qemu_pids(vm_id) if p != src_pid], 30,
-                       "the target's QEMU on h1")
+        # once the target listens (reason "incoming"): the memory phase
+        wait_for(lambda: (vm_or_none(d1, name) or {}).get("state_reason") == "incoming", 30,
+                 "the target's QEMU on h1 listening")
+        tgt = [p for p in khlib.qemu_pids(vm_id) if p != src_pid]
+        assert len(tgt) == 1, tgt
         os.kill(tgt[0], signal.SIGKILL)
         t = wait_for(lambda: (lambda j: j["state"] != "running" and j)(
             d3.api.get("/api/v1/tasks/%s" % task).json), 60, "the migration task ends")
