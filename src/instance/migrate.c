@@ -62,7 +62,9 @@ typedef struct kh_migration {
     int pending;       /* an event the actions produced (-1: none) */
     kh_mig_owner pending_owner;
     unsigned forget_tries;
+    unsigned inflight; /* QMP calls whose reply has not come: m lives until 0 */
     bool finished;
+    bool timer_closing;
 } kh_migration;
 
 static kh_migration *migrations[64];
@@ -70,21 +72,28 @@ static kh_migration *migrations[64];
 static kh_migration *mig_find(const char *id)
 {
     for (size_t i = 0; i < KH_ARRAY_LEN(migrations); i++)
-        if (migrations[i] && strcmp(migrations[i]->id, id) == 0)
+        if (migrations[i] && !migrations[i]->finished && strcmp(migrations[i]->id, id) == 0)
             return migrations[i];
     return NULL;
+}
+
+/* Free a finished m once nothing refers to it (timer closed, no QMP reply due). */
+static void mig_release(kh_migration *m)
+{
+    if (!m->finished || m->timer || m->timer_closing || m->inflight)
+        return;
+    for (size_t i = 0; i < KH_ARRAY_LEN(migrations); i++)
+        if (migrations[i] == m)
+            migrations[i] = NULL;
+    free(m);
 }
 
 static void timer_closed(uv_handle_t *h)
 {
     kh_migration *m = h->data;
     free(h);
-    if (m && m->finished) {
-        for (size_t i = 0; i < KH_ARRAY_LEN(migrations); i++)
-            if (migrations[i] == m)
-                migrations[i] = NULL;
-        free(m);
-    }
+    m->timer_closing = false;
+    mig_release(m);
 }
 
 static void timer_start(kh_migration *m, uv_timer_cb cb, uint64_t ms, uint64_t repeat)
@@ -200,6 +209,23 @@ static void qmp_ignore(kh_qmp *q, json_t *ret, const kh_err *err, void *opaque)
         kh_log(KH_LOG_WARN, "vm.migrate", "vm=%s qmp error=\"%s\"", m->name, err->msg);
 }
 
+typedef struct qmp_call {
+    kh_migration *m;
+    kh_qmp_reply_cb cb;
+} qmp_call;
+
+static void qmp_reply(kh_qmp *q, json_t *ret, const kh_err *err, void *opaque)
+{
+    qmp_call *c = opaque;
+    kh_migration *m = c->m;
+    kh_qmp_reply_cb cb = c->cb;
+    free(c);
+    if (!m->finished)
+        cb(q, ret, err, m); /* still counted: m cannot go inside */
+    m->inflight--;
+    mig_release(m);
+}
+
 static int qmp(kh_migration *m, const char *cmd, json_t *args, kh_qmp_reply_cb cb)
 {
     kh_err err = KH_ERR_INIT;
@@ -210,10 +236,15 @@ static int qmp(kh_migration *m, const char *cmd, json_t *args, kh_qmp_reply_cb c
         fail_with(m, &err);
         return -1;
     }
-    if (v->drv->command(v, cmd, args, -1, cb ? cb : qmp_ignore, m, &err) < 0) {
+    qmp_call *c = xcalloc(1, sizeof(*c));
+    c->m = m;
+    c->cb = cb ? cb : qmp_ignore;
+    if (v->drv->command(v, cmd, args, -1, qmp_reply, c, &err) < 0) {
+        free(c);
         fail_with(m, &err);
         return -1;
     }
+    m->inflight++;
     return 0;
 }
 
@@ -531,14 +562,11 @@ static void finish(kh_migration *m)
            kh_migrate_fsm_phase_name(m->phase), (unsigned long long)(kh_now_ms() - m->t0_ms));
     m->finished = true;
     if (m->timer) {
+        m->timer_closing = true;
         uv_close((uv_handle_t *)m->timer, timer_closed);
         m->timer = NULL;
-    } else {
-        for (size_t i = 0; i < KH_ARRAY_LEN(migrations); i++)
-            if (migrations[i] == m)
-                migrations[i] = NULL;
-        free(m);
     }
+    mig_release(m);
 }
 
 static void feed(kh_migration *m, kh_mig_event ev)
@@ -573,9 +601,25 @@ static void feed(kh_migration *m, kh_mig_event ev)
     }
 }
 
+/* QEMU's MIGRATION event (the "events" capability): ask query-migrate at
+ * once instead of at the next poll, so pre-switchover and completed are
+ * acted on without the poll's delay (the guest is paused meanwhile). */
+static void on_vm_event(void *opaque, const char *vm_id, const char *event, json_t *data)
+{
+    (void)opaque;
+    (void)data;
+    kh_migration *m = strcmp(event, "MIGRATION") == 0 ? mig_find(vm_id) : NULL;
+    if (m && !m->finished && m->timer && uv_is_active((uv_handle_t *)m->timer) &&
+        (m->phase == KH_MIG_MEMORY || m->phase == KH_MIG_SWITCH))
+        (void)qmp(m, "query-migrate", NULL, on_query);
+}
+
 kh_task *kh_migrate_start(kh_manager *mgr, const char *name, const kh_migrate_peer *peer,
                           uint64_t max_bandwidth, const kh_migrate_ops *ops, kh_err *err)
 {
+    static kh_manager *hooked; /* one manager per daemon */
+    if (hooked != mgr && kh_manager_add_event_hook(mgr, on_vm_event, NULL) == 0)
+        hooked = mgr;
     kh_inst *v = kh_manager_find(mgr, name, err);
     if (!v)
         return NULL;
