@@ -643,7 +643,7 @@ kh_task *kh_migrate_start(kh_manager *mgr, const char *name, const kh_migrate_pe
         return NULL;
     }
     kh_migration *m = xcalloc(1, sizeof(*m));
-    m->mgr = mgr;
+    m->mgr = v->mgr;
     memcpy(m->id, v->id, sizeof(m->id));
     snprintf(m->name, sizeof(m->name), "%s", name);
     m->peer = *peer;
@@ -654,7 +654,7 @@ kh_task *kh_migrate_start(kh_manager *mgr, const char *name, const kh_migrate_pe
     m->pending = -1;
     m->pending_owner = KH_MIG_OWNER_SOURCE;
     m->t0_ms = kh_now_ms();
-    m->task = kh_task_new(mgr->tasks, "vm.migrate", name);
+    m->task = kh_task_new(v->mgr->tasks, "vm.migrate", name);
     migrations[slot] = m;
     kh_task *t = m->task;
     feed(m, KH_MIG_EV_START);
