@@ -26,6 +26,51 @@ static int ops_record(void *opaque, const char *vm_id, const json_t *rec, kh_err
     return kh_cluster_migration_put(opaque, vm_id, rec, err);
 }
 
+static json_t *ops_record_get(void *opaque, const char *vm_id, kh_err *err)
+{
+    return kh_cluster_migration_get(opaque, vm_id, err);
+}
+
+static int ops_owner_get(void *opaque, const char *vm_id, char *owner, size_t size,
+                         kh_err *err)
+{
+    return kh_cluster_owner_get(opaque, vm_id, owner, size, err);
+}
+
+static void peer_fill(kh_cluster *c, const kh_cluster_member *mem, kh_migrate_peer *peer)
+{
+    memset(peer, 0, sizeof(*peer));
+    snprintf(peer->host_id, sizeof(peer->host_id), "%s", mem->host_id);
+    snprintf(peer->name, sizeof(peer->name), "%s", mem->name);
+    snprintf(peer->address, sizeof(peer->address), "%s", mem->address);
+    snprintf(peer->api_url, sizeof(peer->api_url), "%s", mem->api_url);
+    snprintf(peer->self_id, sizeof(peer->self_id), "%s", kh_cluster_host_id(c));
+}
+
+static int ops_peer_find(void *opaque, const char *host_id, kh_migrate_peer *peer, kh_err *err)
+{
+    kh_cluster_member mem;
+    if (kh_cluster_member_find(opaque, host_id, &mem, err) < 0)
+        return -1;
+    peer_fill(opaque, &mem, peer);
+    return 0;
+}
+
+static kh_migrate_ops ops_of(kh_api *api)
+{
+    kh_migrate_ops ops = { api->cluster, ops_owner_move, ops_record, ops_record_get,
+                           ops_owner_get, ops_peer_find };
+    return ops;
+}
+
+void kh_migrate_routes_restart(kh_api *api)
+{
+    if (!kh_cluster_enabled(api->cluster))
+        return;
+    kh_migrate_ops ops = ops_of(api);
+    kh_migrate_restart(api->mgr, &ops);
+}
+
 void kh_migrate_routes_start(kh_http_req *req, void *app)
 {
     kh_api *api = app;
@@ -54,13 +99,8 @@ void kh_migrate_routes_start(kh_http_req *req, void *app)
         return;
     }
     kh_migrate_peer peer;
-    memset(&peer, 0, sizeof(peer));
-    snprintf(peer.host_id, sizeof(peer.host_id), "%s", mem.host_id);
-    snprintf(peer.name, sizeof(peer.name), "%s", mem.name);
-    snprintf(peer.address, sizeof(peer.address), "%s", mem.address);
-    snprintf(peer.api_url, sizeof(peer.api_url), "%s", mem.api_url);
-    snprintf(peer.self_id, sizeof(peer.self_id), "%s", kh_cluster_host_id(api->cluster));
-    kh_migrate_ops ops = { api->cluster, ops_owner_move, ops_record };
+    peer_fill(api->cluster, &mem, &peer);
+    kh_migrate_ops ops = ops_of(api);
     uint64_t bw = (uint64_t)json_integer_value(json_object_get(body, "max_bandwidth_mib"));
     kh_task *task = kh_migrate_start(api->mgr, kh_http_req_param(req, "name"), &peer,
                                      bw << 20, &ops, &err);

@@ -110,6 +110,9 @@ const char *kh_cluster_host_id(const kh_cluster *c);
 /* /kvmhost/migrations/<vm-id>: write it, read it (a new object; KH_E_NOTFOUND). */
 int kh_cluster_migration_put(kh_cluster *c, const char *vm_id, const json_t *rec, kh_err *err);
 json_t *kh_cluster_migration_get(kh_cluster *c, const char *vm_id, kh_err *err);
+/* The owner of vm_id now: its host id, "" when none. 0, or -1 with err. */
+int kh_cluster_owner_get(kh_cluster *c, const char *vm_id, char *owner, size_t size,
+                         kh_err *err);
 /* The owner move, this host -> host id `to` (a txn comparing the owner is
  * this host; a VM without an owner key is claimed for this host first).
  * 0 with owner_out = the owner after it (to: moved), -1 with err (the

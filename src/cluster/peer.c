@@ -84,6 +84,27 @@ json_t *kh_cluster_migration_get(kh_cluster *c, const char *vm_id, kh_err *err)
     return j;
 }
 
+int kh_cluster_owner_get(kh_cluster *c, const char *vm_id, char *owner, size_t size,
+                         kh_err *err)
+{
+    if (size)
+        owner[0] = 0;
+    if (!c->enabled || !c->etcd) {
+        kh_err_set(err, KH_E_INVALID, "this host is not in a cluster");
+        return -1;
+    }
+    char *okey = xasprintf(KH_CLUSTER_PREFIX "vms/%s/owner", vm_id);
+    kh_etcd_kv kv = { 0 };
+    int rc = kh_etcd_get(c->etcd, okey, &kv, NULL, err);
+    free(okey);
+    if (rc < 0)
+        return -1;
+    if (rc > 0 && size)
+        snprintf(owner, size, "%s", kv.value);
+    kh_etcd_kv_clear(&kv);
+    return 0;
+}
+
 /* ---- TEMPORARY (migration): until ownership claims at VM create land, a VM
  * may have no owner key yet: it is created for `from` with a CAS (only if
  * absent) before the move. Remove once every VM gets its owner at create. */

@@ -661,6 +661,106 @@ kh_task *kh_migrate_start(kh_manager *mgr, const char *name, const kh_migrate_pe
     return t;
 }
 
+/* ---- restart resolution (source) ---- */
+
+#define RESTART_TRIES 60
+
+static void restart_try(uv_timer_t *t)
+{
+    kh_migration *m = t->data;
+    kh_inst *v = mig_vm(m);
+    kh_err err = KH_ERR_INIT;
+    if (++m->forget_tries > RESTART_TRIES) {
+        kh_log(KH_LOG_ERROR, "vm.migrate", "vm=%s phase=%s restart unresolved: %s", m->name,
+               kh_migrate_fsm_phase_name(m->phase), m->err.msg);
+        timer_stop(m);
+        finish(m);
+        return;
+    }
+    bool alive = v && v->pid > 0;
+    if (alive && (!v->drv->monitor_ready(v) || v->state == KH_INST_STARTING))
+        return; /* not reattached yet */
+    json_t *rec = NULL;
+    if (m->ops.peer_find(m->ops.opaque, m->peer.host_id, &m->peer, &err) < 0 ||
+        !(rec = m->ops.record_get(m->ops.opaque, m->id, &err))) {
+        m->err = err;
+        return; /* the cluster is not there yet */
+    }
+    snprintf(m->token, sizeof(m->token), "%s",
+             json_string_value(json_object_get(rec, "token")) ?
+                 json_string_value(json_object_get(rec, "token")) : "");
+    json_decref(rec);
+    if (m->phase == KH_MIG_SWITCH) {
+        char owner[64];
+        if (m->ops.owner_get(m->ops.opaque, m->id, owner, sizeof(owner), &err) < 0) {
+            m->err = err;
+            return;
+        }
+        m->pending_owner = strcmp(owner, m->peer.host_id) == 0  ? KH_MIG_OWNER_TARGET
+                           : strcmp(owner, m->peer.self_id) == 0 ? KH_MIG_OWNER_SOURCE
+                           : !owner[0]                           ? KH_MIG_OWNER_SOURCE
+                                                                 : KH_MIG_OWNER_OTHER;
+    }
+    m->facts.qemu_alive = alive;
+    m->err = (kh_err)KH_ERR_INIT;
+    kh_err_set(&m->err, KH_E_UNAVAILABLE, "the daemon restarted during the migration");
+    timer_stop(m);
+    kh_log(KH_LOG_INFO, "vm.migrate", "vm=%s phase=%s restart: resolving (qemu %s)", m->name,
+           kh_migrate_fsm_phase_name(m->phase), alive ? "alive" : "gone");
+    feed(m, KH_MIG_EV_RESTART);
+}
+
+void kh_migrate_restart(kh_manager *mgr, const kh_migrate_ops *ops)
+{
+    kh_err err = KH_ERR_INIT;
+    sqlite3_stmt *s = kh_store_prep(mgr->store,
+                                    "SELECT vm_id, vm_name, phase, peer FROM migrations WHERE "
+                                    "role = 'source' AND phase NOT IN ('done', 'aborted', "
+                                    "'none')",
+                                    &err);
+    if (!s) {
+        kh_log(KH_LOG_WARN, "vm.migrate", "restart: %s", err.msg);
+        return;
+    }
+    static kh_manager *hooked;
+    if (hooked != mgr && kh_manager_add_event_hook(mgr, on_vm_event, NULL) == 0)
+        hooked = mgr;
+    while (sqlite3_step(s) == SQLITE_ROW) {
+        char *id = kh_store_col_text(s, 0), *name = kh_store_col_text(s, 1);
+        char *phase = kh_store_col_text(s, 2), *peer = kh_store_col_text(s, 3);
+        int ph = phase ? kh_migrate_fsm_phase_parse(phase) : -1;
+        size_t slot = KH_ARRAY_LEN(migrations);
+        for (size_t i = 0; i < KH_ARRAY_LEN(migrations); i++)
+            if (!migrations[i]) {
+                slot = i;
+                break;
+            }
+        if (id && name && peer && ph > 0 && slot < KH_ARRAY_LEN(migrations) &&
+            strlen(id) == 36) {
+            kh_migration *m = xcalloc(1, sizeof(*m));
+            m->mgr = mgr;
+            memcpy(m->id, id, sizeof(m->id));
+            snprintf(m->name, sizeof(m->name), "%s", name);
+            snprintf(m->peer.host_id, sizeof(m->peer.host_id), "%s", peer);
+            snprintf(m->peer.name, sizeof(m->peer.name), "%s", peer);
+            m->ops = *ops;
+            m->phase = (kh_mig_phase)ph;
+            m->err = (kh_err)KH_ERR_INIT;
+            m->pending = -1;
+            m->pending_owner = KH_MIG_OWNER_SOURCE;
+            m->t0_ms = kh_now_ms();
+            migrations[slot] = m;
+            kh_log(KH_LOG_INFO, "vm.migrate", "vm=%s phase=%s restart: pending", name, phase);
+            timer_start(m, restart_try, 500, 1000);
+        }
+        free(id);
+        free(name);
+        free(phase);
+        free(peer);
+    }
+    sqlite3_finalize(s);
+}
+
 /* ---- the target ---- */
 
 static unsigned free_port(const char *address)

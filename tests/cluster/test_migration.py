@@ -6,7 +6,9 @@ is shared) running on h1 with a heartbeat loop typed into its console;
 `kvmhost vm migrate` h1 -> h2 (it runs on h2, QEMU in h2's daemon, gone
 from h1, the heartbeat goes on in h2's console log), then h2 -> h3 through
 the API; then the target's QEMU SIGKILLed during a migration: the source
-keeps running the guest and the target forgets it. Bounded; every process,
+keeps running the guest and the target forgets it; then the source's
+daemon killed -9 during a migration: at its restart the migration rolls
+back (the guest runs on the source, the target forgets it). Bounded; every process,
 namespace and file goes at the end.
 
 Run: KH_BUILD_DIR=$PWD/build /usr/bin/python3 -m pytest -q -s -p no:cacheprovider \
@@ -149,6 +151,28 @@ def test_migration(three):
             con.close()
         step("target QEMU killed mid-migration: the source runs on (%s)"
              % t["error"]["message"][:80])
+
+        # kill -9 of the source's daemon in the memory phase: at its restart
+        # the pending migration rolls back (cancel, cont, the target aborts)
+        r = d3.api.post("/api/v1/vms/%s/migrate" % name,
+                        {"target": "h1", "wait": 0, "max_bandwidth_mib": 16})
+        assert r.status == 202, r
+        wait_for(lambda: (vm_or_none(d1, name) or {}).get("state_reason") == "incoming", 30,
+                 "the target's QEMU on h1 listening")
+        d3.kill9()
+        t0 = time.monotonic()
+        d3.start()
+        vm3 = d3.api.wait_state(name, "running", timeout=60)
+        assert vm3["pid"] == src_pid and khlib.pid_alive(src_pid)
+        wait_for(lambda: vm_or_none(d1, name) is None, 60, "h1 forgot the aborted VM")
+        wait_for(lambda: khlib.qemu_pids(vm_id) == [src_pid], 30, "one QEMU left")
+        con = khlib.Console(d3.socket, name)
+        try:
+            con.run("echo kh-$((%d+1))", timeout=30)
+        finally:
+            con.close()
+        step("source daemon kill -9 mid-migration: rolled back at its restart in %.1f s"
+             % (time.monotonic() - t0))
     finally:
         for d in (d1, d2, d3):
             if d.alive() and vm_or_none(d, "mig1"):
