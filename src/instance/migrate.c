@@ -9,10 +9,12 @@
  * the same id, start it `-incoming defer` (lifecycle.c), cont on commit,
  * kill and forget on abort.
  *
- * Not yet: the calc-dirty-rate forecast (DIRTY_RATE answers DIRTY_OK at
- * once), local disks (NBD), the fence txn (a failure after the owner txn
- * was sent fails the task without guessing), persistence in SQLite and the
- * restart resolution. */
+ * Each phase is also a row of the migrations table (migrate_schema.c) on
+ * both sides. At daemon start kh_migrate_restart() feeds RESTART to every
+ * source row left pending. Not yet: the calc-dirty-rate forecast
+ * (DIRTY_RATE answers DIRTY_OK at once), local disks (NBD), the fence txn
+ * (a failure after the owner txn was sent with no answer fails the task
+ * without guessing), the target's own restart resolution. */
 #include "instance/migrate.h"
 
 #include <arpa/inet.h>
