@@ -65,6 +65,9 @@ typedef struct kh_migration {
     kh_mig_owner pending_owner;
     unsigned forget_tries;
     unsigned inflight; /* QMP calls whose reply has not come: m lives until 0 */
+    uint32_t later;    /* actions a RETRY_LATER row delayed */
+    unsigned later_tries;
+    bool stop_batch;   /* an action failed: the rest of its batch waits */
     bool finished;
     bool timer_closing;
 } kh_migration;
@@ -497,8 +500,14 @@ static void run_action(kh_migration *m, uint32_t bit)
     }
     case KH_MIG_A_T_COMMIT: {
         json_t *b = json_object();
-        if (peer_call(m, "commit", b, NULL, &err) < 0)
+        if (peer_call(m, "commit", b, NULL, &err) < 0) {
+            /* the guest's state is on the target: this QEMU must not go
+             * before the target runs it; FAILED retries the batch later */
             kh_log(KH_LOG_ERROR, "vm.migrate", "vm=%s commit error=\"%s\"", m->name, err.msg);
+            m->err = err;
+            m->stop_batch = true;
+            m->pending = KH_MIG_EV_FAILED;
+        }
         json_decref(b);
         break;
     }
@@ -514,21 +523,23 @@ static void run_action(kh_migration *m, uint32_t bit)
         m->forget_tries = 0;
         timer_start(m, forget_try, 0, 50);
         break;
-    case KH_MIG_A_FENCE_TXN:
-        /* not yet: the fence. Before the txn was sent the owner is the
-         * source; after it, nothing is guessed (the task fails, nobody
-         * resumes or kills anything). */
-        if (!m->facts.owner_txn_sent) {
+    case KH_MIG_A_FENCE_TXN: {
+        /* not yet the fence CAS on the migration record: before the txn
+         * was sent the owner is the source; after it, the owner is read
+         * (unknown: the row retries later) */
+        char owner[64];
+        m->pending = KH_MIG_EV_OWNER;
+        if (!m->facts.owner_txn_sent)
             m->pending_owner = KH_MIG_OWNER_SOURCE;
-            m->pending = KH_MIG_EV_OWNER;
-        } else {
-            kh_err_set(&err, KH_E_UNAVAILABLE, "the owner of vm %s is unknown: resolve by hand",
-                       m->name);
-            if (m->task)
-                kh_task_fail(m->task, &err);
-            m->task = NULL;
-        }
+        else if (!m->ops.owner_get ||
+                 m->ops.owner_get(m->ops.opaque, m->id, owner, sizeof(owner), &err) < 0)
+            m->pending_owner = KH_MIG_OWNER_UNKNOWN;
+        else
+            m->pending_owner = strcmp(owner, m->peer.host_id) == 0 ? KH_MIG_OWNER_TARGET
+                               : strcmp(owner, m->peer.self_id) == 0 ? KH_MIG_OWNER_SOURCE
+                                                                     : KH_MIG_OWNER_OTHER;
         break;
+    }
     case KH_MIG_A_EVENT:
         kh_events_publish(m->mgr->events, "vm.migration", m->name,
                           json_pack("{s:s, s:s}", "phase", kh_migrate_fsm_phase_name(m->phase),
@@ -571,6 +582,37 @@ static void finish(kh_migration *m)
     mig_release(m);
 }
 
+#define LATER_MS 1000
+#define LATER_TRIES 30
+
+/* Run a step's actions; the event they produced, or -1. */
+static int run_step(kh_migration *m, uint32_t acts)
+{
+    m->pending = -1;
+    m->stop_batch = false;
+    for (unsigned b = 0; b < KH_MIG_ACTIONS && !m->stop_batch; b++)
+        if (acts & (1u << b))
+            run_action(m, 1u << b);
+    if (kh_migrate_fsm_terminal(m->phase)) {
+        finish(m);
+        return -1;
+    }
+    if ((m->phase == KH_MIG_FINISH || m->phase == KH_MIG_ROLLBACK) && m->pending < 0 &&
+        !m->stop_batch && !(acts & KH_MIG_A_FORGET))
+        m->pending = KH_MIG_EV_DONE;
+    return m->pending;
+}
+
+static void later_fire(uv_timer_t *t)
+{
+    kh_migration *m = t->data;
+    uint32_t acts = m->later;
+    m->later = 0;
+    int next = run_step(m, acts);
+    if (next >= 0 && !m->finished)
+        feed(m, (kh_mig_event)next);
+}
+
 static void feed(kh_migration *m, kh_mig_event ev)
 {
     while (!m->finished) {
@@ -585,21 +627,29 @@ static void feed(kh_migration *m, kh_mig_event ev)
         m->phase = s.next;
         if (changed)
             record(m); /* before its actions */
-        m->pending = -1;
         uint32_t acts = s.actions & ~(uint32_t)KH_MIG_A_RETRY_LATER;
-        for (unsigned b = 0; b < KH_MIG_ACTIONS; b++)
-            if (acts & (1u << b))
-                run_action(m, 1u << b);
-        if (kh_migrate_fsm_terminal(m->phase)) {
-            finish(m);
+        if (s.actions & KH_MIG_A_RETRY_LATER) {
+            if (++m->later_tries > LATER_TRIES) {
+                kh_err e = KH_ERR_INIT;
+                kh_err_set(&e, KH_E_UNAVAILABLE,
+                           "vm %s: phase %s did not settle (%s): resolve by hand", m->name,
+                           kh_migrate_fsm_phase_name(m->phase), m->err.msg);
+                kh_log(KH_LOG_ERROR, "vm.migrate", "%s", e.msg);
+                if (m->task)
+                    kh_task_fail(m->task, &e);
+                m->task = NULL;
+                timer_stop(m);
+                finish(m);
+                return;
+            }
+            m->later = acts;
+            timer_start(m, later_fire, LATER_MS, 0);
             return;
         }
-        if ((m->phase == KH_MIG_FINISH || m->phase == KH_MIG_ROLLBACK) && m->pending < 0 &&
-            !(acts & KH_MIG_A_FORGET))
-            m->pending = KH_MIG_EV_DONE;
-        if (m->pending < 0)
+        int next = run_step(m, acts);
+        if (next < 0)
             return;
-        ev = (kh_mig_event)m->pending;
+        ev = (kh_mig_event)next;
     }
 }
 
