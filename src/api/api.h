@@ -65,6 +65,14 @@ void kh_vm_routes_kill(kh_http_req *req, void *app);
 void kh_vm_routes_reboot(kh_http_req *req, void *app);
 void kh_vm_routes_pause(kh_http_req *req, void *app);
 void kh_vm_routes_resume(kh_http_req *req, void *app);
+/* migrate_routes.c: live migration (the user's route and the host-to-host ones) */
+void kh_migrate_routes_start(kh_http_req *req, void *app);
+void kh_migrate_routes_prepare(kh_http_req *req, void *app);
+void kh_migrate_routes_status(kh_http_req *req, void *app);
+void kh_migrate_routes_commit(kh_http_req *req, void *app);
+void kh_migrate_routes_abort(kh_http_req *req, void *app);
+/* Daemon start: resolve the migrations this host left pending (instance/migrate.h). */
+void kh_migrate_routes_restart(kh_api *api);
 /* Answer with a task: wait up to `wait` seconds for it (200 with the task,
  * or its error), else 202 with the running task (vm_routes.c). */
 void kh_vm_routes_reply_task(kh_http_req *req, kh_api *api, kh_task *task, int wait);

@@ -28,6 +28,10 @@ enum {
     KH_ROUTE_VM = 1u << (KH_ROUTE_APP_SHIFT + 3), /* a per-VM route (/vms/{name}...): sent
                                                    * on to the owner when another host owns
                                                    * the VM (api/forward.c) */
+    KH_ROUTE_PEER = 1u << (KH_ROUTE_APP_SHIFT + 4), /* also "Authorization: KH-Peer <token>":
+                                                     * a migration's host-to-host route; the
+                                                     * handler checks the token against the
+                                                     * migration record in etcd */
 };
 
 typedef struct kh_auth kh_auth;

@@ -57,6 +57,19 @@ static const kh_route routes[] = {
       "ActionOptions", "Task" },
     { "POST", "/api/v1/vms/{name}/resume", kh_vm_routes_resume, KH_ROUTE_VM, "Resume the vCPUs",
       "ActionOptions", "Task" },
+    { "POST", "/api/v1/vms/{name}/migrate", kh_migrate_routes_start, KH_ROUTE_VM,
+      "Live-migrate a running VM to another cluster host (disks on a pool at the same path "
+      "there); answers with a Task (progress: phase, RAM sent)", "MigrateSpec", "Task" },
+    { "POST", "/api/v1/migrations/{id}/prepare", kh_migrate_routes_prepare, KH_ROUTE_PEER,
+      "Host to host (Authorization: KH-Peer <token>): define the VM with its id and start it "
+      "waiting for the migration", "MigratePrepare", "MigrateTarget" },
+    { "GET", "/api/v1/migrations/{id}/status", kh_migrate_routes_status, KH_ROUTE_PEER,
+      "Host to host: the incoming VM's state", NULL, "MigrateTarget" },
+    { "POST", "/api/v1/migrations/{id}/commit", kh_migrate_routes_commit, KH_ROUTE_PEER,
+      "Host to host: the owner moved here, run the guest (cont)", NULL, "MigrateTarget" },
+    { "POST", "/api/v1/migrations/{id}/abort", kh_migrate_routes_abort, KH_ROUTE_PEER,
+      "Host to host: roll back (kill the incoming QEMU, forget the VM)", NULL,
+      "MigrateTarget" },
     { "POST", "/api/v1/vms/{name}/template", kh_template_routes_make, KH_ROUTE_VM,
       "Make a stopped VM a template: its volumes become read-only bases; reset_identity: "
       "first empty machine-id and remove the SSH host keys in them", "TemplateOptions", "VM" },

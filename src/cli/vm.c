@@ -520,6 +520,20 @@ static int cli_do_vm_action(cli_ctx *ctx, const cli_args *a, kh_err *err)
     return rc;
 }
 
+static int cli_do_vm_migrate(cli_ctx *ctx, const cli_args *a, kh_err *err)
+{
+    json_t *body = json_object();
+    if (set_user_string(body, "target", a->pos2, "HOST", err) < 0) {
+        json_decref(body);
+        return -1;
+    }
+    cli_client *c = cli_ctx_client(ctx, err);
+    int rc = c ? run_action(ctx, c, a->pos, "migrate", body, cli_flag(a, "no-wait"), false, err)
+               : -1;
+    json_decref(body);
+    return rc;
+}
+
 static int cli_do_vm_delete(cli_ctx *ctx, const cli_args *a, kh_err *err)
 {
     cli_client *c = cli_ctx_client(ctx, err);
@@ -879,6 +893,16 @@ const cli_cmd cli_vm_cmds[] = {
         "$ kvmhost vm start web1\n"
         "$ id=$(kvmhost vm start web1 --no-wait) && kvmhost task show \"$id\"",
         cli_do_vm_action,
+    },
+    {
+        "vm", "migrate", "NAME HOST", "move a running VM to another host",
+        "Live-migrate the running VM to HOST (a cluster member's name): the guest keeps "
+        "running, paused only for the switch. Its disks must be on a pool at the same path on "
+        "HOST (a shared pool; on one machine every directory is). The VM is gone from this "
+        "host afterwards. A failure before the switch leaves it running here. " ACTION_TAIL,
+        opts_wait_only,
+        "$ kvmhost vm migrate web1 h2",
+        cli_do_vm_migrate,
     },
     {
         "vm", "stop", "NAME", "power a virtual machine down",

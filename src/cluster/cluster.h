@@ -135,4 +135,31 @@ int kh_cluster_forward(kh_cluster *c, const char *url, const char *method, const
                        const char *content_type, const char *body, size_t len,
                        kh_forward_cb cb, void *opaque, kh_err *err);
 
+/* ---- peer.c: lookups for a live migration (instance/migrate.c) ---- */
+typedef struct kh_cluster_member {
+    char host_id[37];
+    char name[128];
+    char address[128];          /* the host's advertised address */
+    char api_url[256];          /* its TCP API */
+    bool self, online;
+} kh_cluster_member;
+/* The member called name (or with that host id). -1 with err
+ * (KH_E_NOTFOUND, KH_E_INVALID without a cluster). */
+int kh_cluster_member_find(kh_cluster *c, const char *name, kh_cluster_member *out,
+                           kh_err *err);
+/* This host's id (NULL without a cluster). */
+const char *kh_cluster_host_id(const kh_cluster *c);
+/* /kvmhost/migrations/<vm-id>: write it, read it (a new object; KH_E_NOTFOUND). */
+int kh_cluster_migration_put(kh_cluster *c, const char *vm_id, const json_t *rec, kh_err *err);
+json_t *kh_cluster_migration_get(kh_cluster *c, const char *vm_id, kh_err *err);
+/* The owner of vm_id now: its host id, "" when none. 0, or -1 with err. */
+int kh_cluster_owner_get(kh_cluster *c, const char *vm_id, char *owner, size_t size,
+                         kh_err *err);
+/* The owner move, this host -> host id `to` (a txn comparing the owner is
+ * this host; a VM without an owner key is claimed for this host first).
+ * 0 with owner_out = the owner after it (to: moved), -1 with err (the
+ * outcome unknown). */
+int kh_cluster_owner_move(kh_cluster *c, const char *vm_id, const char *to, char *owner_out,
+                          size_t owner_size, kh_err *err);
+
 #endif

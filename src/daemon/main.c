@@ -765,6 +765,7 @@ int main(int argc, char **argv)
     d.api.started_at = kh_wall_time();
     d.api.host = host_facts(&o, state_dir, run_dir, socket_path);
     d.api.cluster = d.cluster;
+    kh_migrate_routes_restart(&d.api); /* migrations a kill -9 left pending */
 
     char *sock_dir = xstrdup(socket_path);
     *strrchr(sock_dir, '/') = '\0';

@@ -74,6 +74,12 @@ static int check_cgroup_limits(const kh_manager *mgr, const kh_limits *l, kh_err
 
 json_t *kh_config_create(kh_manager *mgr, const json_t *body, kh_err *err)
 {
+    return kh_config_create_id(mgr, body, NULL, err);
+}
+
+json_t *kh_config_create_id(kh_manager *mgr, const json_t *body, const char *given_id,
+                            kh_err *err)
+{
     kh_vm_spec *spec = kh_vm_spec_from_json(body, err);
     if (!spec)
         return NULL;
@@ -89,14 +95,26 @@ json_t *kh_config_create(kh_manager *mgr, const json_t *body, kh_err *err)
         }
     }
     char id[37];
-    kh_uuid_generate(id);
+    if (given_id && strlen(given_id) == 36 && !kh_manager_find_id(mgr, given_id)) {
+        memcpy(id, given_id, sizeof(id));
+    } else if (given_id) {
+        kh_err_set(err, KH_E_CONFLICT, "vm id %s: bad or already here", given_id);
+        kh_vm_spec_free(spec);
+        return NULL;
+    } else {
+        kh_uuid_generate(id);
+    }
     if (check_files(spec, err) < 0 || kh_bindings_check_volumes(mgr, spec, err) < 0 ||
         kh_quota_check_host(spec->limits, err) < 0 ||
         kh_bindings_nics_prepare(mgr, id, spec, err) < 0) {
         kh_vm_spec_free(spec);
         return NULL;
     }
-    if (mgr->cluster && mgr->cluster->claim(mgr->cluster_opaque, id, spec->name, err) < 0) {
+    /* A VM that arrives by migration (given_id) is still owned by its
+     * source: the owner moves at the switch (instance/migrate.c), so the
+     * target claims nothing here. */
+    if (!given_id && mgr->cluster &&
+        mgr->cluster->claim(mgr->cluster_opaque, id, spec->name, err) < 0) {
         kh_vm_spec_free(spec);
         return NULL;
     }
@@ -115,7 +133,7 @@ json_t *kh_config_create(kh_manager *mgr, const json_t *body, kh_err *err)
     int rc = kh_store_vm_insert(mgr->store, &row, err);
     free(text);
     if (rc < 0) {
-        if (mgr->cluster)
+        if (!given_id && mgr->cluster)
             mgr->cluster->unclaim(mgr->cluster_opaque, id, spec->name);
         kh_vm_spec_free(spec);
         return NULL;

@@ -13,6 +13,9 @@
 
 /* Create from a spec object; returns the VM object. */
 json_t *kh_config_create(kh_manager *mgr, const json_t *spec, kh_err *err);
+/* migration: as kh_config_create with the id given (the VM keeps its id on
+ * the target host). */
+json_t *kh_config_create_id(kh_manager *mgr, const json_t *spec, const char *id, kh_err *err);
 /* Change a VM's spec. Limits of a running VM change live; when the store
  * write fails afterwards, the old limits are put back. */
 json_t *kh_config_patch(kh_manager *mgr, const char *name, const json_t *patch, kh_err *err);

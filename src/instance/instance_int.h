@@ -71,6 +71,12 @@ struct kh_inst {
     int boot_disks;
     int boot_nics;
     char boot_macs[KH_VM_NICS_MAX][KH_MAC_STRLEN];
+    /* migration (instance/migrate.c): this start is a migration target's:
+     * QEMU runs `-incoming defer`, listens on incoming_host:incoming_port
+     * (migrate-incoming) and is not `cont`-ed; the state stays "starting"
+     * with reason "incoming" until kh_lifecycle_incoming_commit(). */
+    char *incoming_host;
+    unsigned incoming_port;
 };
 
 struct kh_manager {
@@ -132,6 +138,12 @@ void kh_lifecycle_process_ended(kh_inst *v, int status);
 void kh_lifecycle_launched(kh_inst *v);
 void kh_lifecycle_started(kh_inst *v);
 void kh_lifecycle_start_fail(kh_inst *v, const kh_err *err);
+/* migration: start v as a migration target (QEMU -incoming defer listening on
+ * host:port, no cont); kh_lifecycle_incoming() is the driver's word that
+ * QEMU listens (err: it failed); commit: cont, then "running". */
+int kh_lifecycle_start_incoming(kh_inst *v, const char *host, unsigned port, kh_err *err);
+void kh_lifecycle_incoming(kh_inst *v, const kh_err *err);
+int kh_lifecycle_incoming_commit(kh_inst *v, kh_err *err);
 void kh_lifecycle_stop_failed(kh_inst *v);
 void kh_lifecycle_action_done(kh_inst *v, const kh_err *err);
 void kh_lifecycle_guest_paused(kh_inst *v);

@@ -191,6 +191,8 @@ void kh_lifecycle_process_ended(kh_inst *v, int status)
     v->pid_start = 0;
     v->is_child = false;
     KH_FREE(v->going_down);
+    KH_FREE(v->incoming_host); /* migration: a target's QEMU that ended */
+    v->incoming_port = 0;
 
     kh_err err = KH_ERR_INIT;
     kh_runtime_cgroup_remove(v);
@@ -321,6 +323,77 @@ static void action_start(kh_inst *v)
         return;
     }
     v->drv->start(v);
+}
+
+/* ---- migration target (instance/migrate.c) ---- */
+
+int kh_lifecycle_start_incoming(kh_inst *v, const char *host, unsigned port, kh_err *err)
+{
+    if (kh_inst_active(v) || v->task) {
+        kh_err_set(err, KH_E_CONFLICT, "vm %s is %s", v->spec->name,
+                   kh_lifecycle_state_name(v->state));
+        return -1;
+    }
+    free(v->incoming_host);
+    v->incoming_host = xstrdup(host);
+    v->incoming_port = port;
+    /* a task of its own, as any start: it ends when QEMU listens */
+    v->task = kh_task_new(v->mgr->tasks, "vm.incoming", v->spec->name);
+    v->task_action = KH_ACTION_START;
+    action_start(v);
+    return 0;
+}
+
+void kh_lifecycle_incoming(kh_inst *v, const kh_err *err)
+{
+    if (err) {
+        kh_lifecycle_start_fail(v, err);
+        return;
+    }
+    timer_stop(v); /* the start deadline: the source decides from here */
+    kh_lifecycle_set_state(v, KH_INST_STARTING, "incoming");
+    task_finish_ok(v);
+}
+
+typedef struct commit_ref {
+    kh_manager *mgr;
+    char id[37];
+} commit_ref;
+
+static void on_commit_cont(kh_qmp *q, json_t *ret, const kh_err *err, void *opaque)
+{
+    (void)q;
+    (void)ret;
+    commit_ref *r = opaque;
+    kh_inst *v = kh_manager_find_id(r->mgr, r->id);
+    free(r);
+    if (!v || v->state != KH_INST_STARTING)
+        return;
+    if (err) {
+        kh_err e = KH_ERR_INIT;
+        kh_err_set(&e, KH_E_QEMU, "cont after migration: %s", err->msg);
+        kh_lifecycle_start_fail(v, &e);
+        return;
+    }
+    KH_FREE(v->incoming_host);
+    v->incoming_port = 0;
+    kh_lifecycle_started(v);
+}
+
+int kh_lifecycle_incoming_commit(kh_inst *v, kh_err *err)
+{
+    if (!v->incoming_port || v->state != KH_INST_STARTING) {
+        kh_err_set(err, KH_E_CONFLICT, "vm %s is not waiting for a migration", v->spec->name);
+        return -1;
+    }
+    commit_ref *r = xcalloc(1, sizeof(*r));
+    r->mgr = v->mgr;
+    memcpy(r->id, v->id, sizeof(r->id));
+    if (v->drv->command(v, "cont", NULL, -1, on_commit_cont, r, err) < 0) {
+        free(r);
+        return -1;
+    }
+    return 0;
 }
 
 void kh_lifecycle_set_accel(kh_manager *mgr, kh_accel accel)

@@ -171,6 +171,7 @@ void kh_manager_inst_free(kh_inst *v)
     free(v->reason);
     free(v->going_down);
     free(v->stop_forced);
+    free(v->incoming_host);
     free(v);
 }
 

@@ -18,6 +18,7 @@
 #include "instance/instance_int.h"
 #include "instance/quota.h"
 #include "qemu/launch.h"
+#include "qemu/migrate.h"
 #include "util/log.h"
 #include "util/mem.h"
 #include "util/misc.h"
@@ -330,6 +331,44 @@ static void send_links(kh_inst *v)
     }
 }
 
+/* ---- migration target (instance/migrate.c): -incoming defer ---- */
+
+static void on_incoming(kh_qmp *q, json_t *ret, const kh_err *err, void *opaque)
+{
+    (void)q;
+    (void)ret;
+    kh_inst *v = link_vm(opaque);
+    if (v && v->state == KH_INST_STARTING)
+        kh_lifecycle_incoming(v, err);
+}
+
+/* Throttles, pinning and links as a normal start; then the capabilities
+ * and migrate-incoming on the address the migration asked for. QMP keeps
+ * the order, so only the last reply is waited for. */
+static void start_incoming(kh_inst *v)
+{
+    kh_qemu_vm *qv = kh_qemu_driver_vm(v);
+    kh_err err = KH_ERR_INIT;
+    send_throttles(v, NULL);
+    if (v->spec->limits && (v->spec->limits->ncpus || v->spec->limits->nemu_cpus ||
+                            v->spec->limits->nio_cpus))
+        send_pinning(v);
+    send_links(v);
+    kh_qmig_opts o = { 0 };
+    json_t *uri = kh_qmig_uri_args(v->incoming_host, v->incoming_port);
+    if (!uri) {
+        kh_err_set(&err, KH_E_INVALID, "bad incoming address %s", v->incoming_host);
+        kh_lifecycle_incoming(v, &err);
+        return;
+    }
+    if (kh_qmp_command(qv->qmp, "migrate-set-capabilities", kh_qmig_caps(&o, false),
+                       qmp_ignore_reply, qv->qlink, &err) < 0 ||
+        kh_qmp_command(qv->qmp, "migrate-set-parameters", kh_qmig_params(&o, false),
+                       qmp_ignore_reply, qv->qlink, &err) < 0 ||
+        kh_qmp_command(qv->qmp, "migrate-incoming", uri, on_incoming, qv->qlink, &err) < 0)
+        kh_lifecycle_incoming(v, &err);
+}
+
 static void on_qmp_ready(kh_qmp *q, const kh_err *err, void *opaque)
 {
     kh_inst *v = link_vm(opaque);
@@ -345,6 +384,10 @@ static void on_qmp_ready(kh_qmp *q, const kh_err *err, void *opaque)
         kh_err e = KH_ERR_INIT;
         if (kh_qmp_command(q, "query-status", NULL, reattach_status, opaque, &e) < 0)
             kh_log(KH_LOG_WARN, "vm.reattach", "vm=%s error=\"%s\"", v->spec->name, e.msg);
+        return;
+    }
+    if (v->state == KH_INST_STARTING && v->incoming_port) {
+        start_incoming(v); /* migration target: listen, no cont */
         return;
     }
     if (v->state == KH_INST_STARTING) {

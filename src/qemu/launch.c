@@ -293,6 +293,7 @@ static void start_spawn(kh_inst *v, const char *kernel_file)
         .backing_secret_fds = bsecret_ptrs,
         .nic_fds = nic_fds,
         .nic_vhost_fds = nic_vhost_fds,
+        .incoming = v->incoming_port != 0, /* migration target (instance/migrate.c) */
     };
     argv = kh_qemu_argv_build(rs, &mgr->cfg.caps, &env, &err);
     if (!argv)

@@ -15,6 +15,7 @@ const kh_store_migration kh_store_migrations[] = {
     { 8, "storage", kh_storage_schema_vm_cascade },
     { 9, "alert", kh_alert_schema_config },
     { 10, "cluster", kh_cluster_schema_config },
+    { 11, "migrate", kh_migrate_schema_migrations },
 };
 
 const size_t kh_store_nmigrations = KH_ARRAY_LEN(kh_store_migrations);

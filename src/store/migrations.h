@@ -39,6 +39,9 @@ extern const char kh_net_schema_sg_cidr_any[];
 /* instance/alert_schema.c: alert_config */
 extern const char kh_alert_schema_config[];
 
+/* instance/migrate_schema.c: migrations */
+extern const char kh_migrate_schema_migrations[];
+
 /* cluster/schema.c: cluster */
 extern const char kh_cluster_schema_config[];
 

@@ -1,0 +1,937 @@
+/* migrate.c - owns the orchestration of a live migration (shared pool):
+ * on the source, one kh_migration per VM runs the phase machine
+ * (migrate_fsm.c) on the loop: each event gives the next phase (recorded
+ * in etcd through ops->record before its actions run) and the actions,
+ * run here in the order of their bits: the target's host-to-host routes
+ * over HTTP (libcurl, blocking with short timeouts, as cluster/join.c),
+ * the QMP sequence through the driver's command, the owner move through
+ * ops->owner_move. On the target, the routes' work: define the VM with
+ * the same id, start it `-incoming defer` (lifecycle.c), cont on commit,
+ * kill and forget on abort.
+ *
+ * Each phase is also a row of the migrations table (migrate_schema.c) on
+ * both sides. At daemon start kh_migrate_restart() feeds RESTART to every
+ * source row left pending. Not yet: the calc-dirty-rate forecast
+ * (DIRTY_RATE answers DIRTY_OK at once), local disks (NBD), the fence txn
+ * (a failure after the owner txn was sent with no answer fails the task
+ * without guessing), the target's own restart resolution. */
+#include "instance/migrate.h"
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#define CURL_DISABLE_TYPECHECK 1
+#include <curl/curl.h>
+
+#include "instance/config.h"
+#include "instance/instance_int.h"
+#include "instance/migrate_fsm.h"
+#include "qemu/migrate.h"
+#include "util/log.h"
+#include "util/mem.h"
+#include "util/misc.h"
+#include "store/store.h"
+
+#include <sqlite3.h>
+
+#define HTTP_TIMEOUT_MS 15000
+#define POLL_MS 100
+#define PREPARE_TIMEOUT_MS 60000
+#define FORGET_TRIES 100
+
+typedef struct kh_migration {
+    kh_manager *mgr;
+    char id[37];
+    char name[128];
+    kh_migrate_peer peer;
+    kh_migrate_ops ops;
+    char token[37];
+    kh_task *task;
+    kh_mig_phase phase;
+    kh_mig_facts facts;
+    unsigned port;
+    uint64_t bandwidth;
+    uv_timer_t *timer;
+    uint64_t t0_ms, poll_deadline_ms;
+    kh_qmig_status st;
+    bool continued;
+    kh_err err;
+    int pending;       /* an event the actions produced (-1: none) */
+    kh_mig_owner pending_owner;
+    unsigned forget_tries;
+    unsigned inflight; /* QMP calls whose reply has not come: m lives until 0 */
+    uint32_t later;    /* actions a RETRY_LATER row delayed */
+    unsigned later_tries;
+    bool stop_batch;   /* an action failed: the rest of its batch waits */
+    bool finished;
+    bool timer_closing;
+} kh_migration;
+
+static kh_migration *migrations[64];
+
+static kh_migration *mig_find(const char *id)
+{
+    for (size_t i = 0; i < KH_ARRAY_LEN(migrations); i++)
+        if (migrations[i] && !migrations[i]->finished && strcmp(migrations[i]->id, id) == 0)
+            return migrations[i];
+    return NULL;
+}
+
+/* Free a finished m once nothing refers to it (timer closed, no QMP reply due). */
+static void mig_release(kh_migration *m)
+{
+    if (!m->finished || m->timer || m->timer_closing || m->inflight)
+        return;
+    for (size_t i = 0; i < KH_ARRAY_LEN(migrations); i++)
+        if (migrations[i] == m)
+            migrations[i] = NULL;
+    free(m);
+}
+
+static void timer_closed(uv_handle_t *h)
+{
+    kh_migration *m = h->data;
+    free(h);
+    m->timer_closing = false;
+    mig_release(m);
+}
+
+static void timer_start(kh_migration *m, uv_timer_cb cb, uint64_t ms, uint64_t repeat)
+{
+    if (!m->timer) {
+        m->timer = xcalloc(1, sizeof(*m->timer));
+        uv_timer_init(m->mgr->loop, m->timer);
+        m->timer->data = m;
+    }
+    uv_timer_start(m->timer, cb, ms, repeat);
+}
+
+static void timer_stop(kh_migration *m)
+{
+    if (m->timer)
+        uv_timer_stop(m->timer);
+}
+
+/* ---- HTTP to the peer ---- */
+
+static size_t collect(char *p, size_t size, size_t n, void *opaque)
+{
+    char **buf = opaque;
+    size_t len = *buf ? strlen(*buf) : 0, add = size * n;
+    char *nb = xrealloc(*buf, len + add + 1);
+    memcpy(nb + len, p, add);
+    nb[len + add] = 0;
+    *buf = nb;
+    return add;
+}
+
+/* POST (body non-NULL) or GET url; *out (may be NULL) the JSON reply. */
+static int peer_call(const kh_migration *m, const char *path, const json_t *body, json_t **out,
+                     kh_err *err)
+{
+    char *url = xasprintf("%s/api/v1/migrations/%s/%s", m->peer.api_url, m->id, path);
+    char *auth = xasprintf("Authorization: KH-Peer %s", m->token);
+    char *text = body ? json_dumps(body, JSON_COMPACT) : NULL;
+    char *reply = NULL;
+    char errbuf[CURL_ERROR_SIZE] = "";
+    long status = 0;
+    int rc = -1;
+    CURL *h = curl_easy_init();
+    if (!h) {
+        kh_err_set(err, KH_E_INTERNAL, "libcurl is not available");
+        goto out;
+    }
+    struct curl_slist *hdr = curl_slist_append(NULL, "Content-Type: application/json");
+    hdr = curl_slist_append(hdr, auth);
+    curl_easy_setopt(h, CURLOPT_URL, url);
+    curl_easy_setopt(h, CURLOPT_HTTPHEADER, hdr);
+    if (text)
+        curl_easy_setopt(h, CURLOPT_POSTFIELDS, text);
+    curl_easy_setopt(h, CURLOPT_TIMEOUT_MS, (long)HTTP_TIMEOUT_MS);
+    curl_easy_setopt(h, CURLOPT_CONNECTTIMEOUT_MS, 3000L);
+    curl_easy_setopt(h, CURLOPT_NOSIGNAL, 1L);
+    curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, collect);
+    curl_easy_setopt(h, CURLOPT_WRITEDATA, &reply);
+    curl_easy_setopt(h, CURLOPT_ERRORBUFFER, errbuf);
+    CURLcode cc = curl_easy_perform(h);
+    curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &status);
+    curl_easy_cleanup(h);
+    curl_slist_free_all(hdr);
+    if (cc != CURLE_OK) {
+        kh_err_set(err, KH_E_UNAVAILABLE, "%s: %s", url,
+                   errbuf[0] ? errbuf : curl_easy_strerror(cc));
+        goto out;
+    }
+    json_t *j = reply ? json_loads(reply, 0, NULL) : NULL;
+    if (status < 200 || status >= 300) {
+        const char *msg = json_string_value(
+            json_object_get(json_object_get(j, "error"), "message"));
+        kh_err_set(err, status == 404 ? KH_E_NOTFOUND : KH_E_CONFLICT, "%s %s: %ld %s",
+                   m->peer.name, path, status, msg ? msg : "");
+        json_decref(j);
+        goto out;
+    }
+    if (out)
+        *out = j;
+    else
+        json_decref(j);
+    rc = 0;
+out:
+    free(url);
+    free(auth);
+    free(text);
+    free(reply);
+    return rc;
+}
+
+/* ---- the source's machine ---- */
+
+static void feed(kh_migration *m, kh_mig_event ev);
+
+static void fail_with(kh_migration *m, const kh_err *err)
+{
+    if (err && m->err.code == KH_OK)
+        m->err = *err;
+    m->pending = KH_MIG_EV_FAILED;
+}
+
+static kh_inst *mig_vm(kh_migration *m)
+{
+    return kh_manager_find_id(m->mgr, m->id);
+}
+
+static void qmp_ignore(kh_qmp *q, json_t *ret, const kh_err *err, void *opaque)
+{
+    (void)q;
+    (void)ret;
+    kh_migration *m = opaque;
+    if (err)
+        kh_log(KH_LOG_WARN, "vm.migrate", "vm=%s qmp error=\"%s\"", m->name, err->msg);
+}
+
+typedef struct qmp_call {
+    kh_migration *m;
+    kh_qmp_reply_cb cb;
+} qmp_call;
+
+static void qmp_reply(kh_qmp *q, json_t *ret, const kh_err *err, void *opaque)
+{
+    qmp_call *c = opaque;
+    kh_migration *m = c->m;
+    kh_qmp_reply_cb cb = c->cb;
+    free(c);
+    if (!m->finished)
+        cb(q, ret, err, m); /* still counted: m cannot go inside */
+    m->inflight--;
+    mig_release(m);
+}
+
+static int qmp(kh_migration *m, const char *cmd, json_t *args, kh_qmp_reply_cb cb)
+{
+    kh_err err = KH_ERR_INIT;
+    kh_inst *v = mig_vm(m);
+    if (!v || v->pid <= 0) {
+        json_decref(args);
+        kh_err_set(&err, KH_E_CONFLICT, "vm %s has no QEMU any more", m->name);
+        fail_with(m, &err);
+        return -1;
+    }
+    qmp_call *c = xcalloc(1, sizeof(*c));
+    c->m = m;
+    c->cb = cb ? cb : qmp_ignore;
+    if (v->drv->command(v, cmd, args, -1, qmp_reply, c, &err) < 0) {
+        free(c);
+        fail_with(m, &err);
+        return -1;
+    }
+    m->inflight++;
+    return 0;
+}
+
+/* The migrations row (migrate_schema.c), written before a phase's
+ * actions; a failure is logged (etcd has the record too). */
+static void persist(kh_manager *mgr, const char *vm_id, const char *name, const char *role,
+                    const char *phase, const char *peer, const char *error)
+{
+    kh_err err = KH_ERR_INIT;
+    sqlite3_stmt *s = kh_store_prep(
+        mgr->store,
+        "INSERT INTO migrations (vm_id, vm_name, role, phase, peer, error, started_at, "
+        "updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7) ON CONFLICT (vm_id) DO UPDATE SET "
+        "vm_name = ?2, role = ?3, phase = ?4, peer = ?5, error = ?6, updated_at = ?7, "
+        "started_at = CASE WHEN ?4 = 'prepare' THEN ?7 ELSE started_at END",
+        &err);
+    if (s) {
+        kh_store_bind_text(s, 1, vm_id);
+        kh_store_bind_text(s, 2, name);
+        kh_store_bind_text(s, 3, role);
+        kh_store_bind_text(s, 4, phase);
+        kh_store_bind_text(s, 5, peer);
+        kh_store_bind_text(s, 6, error);
+        sqlite3_bind_double(s, 7, kh_wall_time());
+    }
+    if (!s || kh_store_step_done(mgr->store, s, "saving a migration phase", &err) < 0)
+        kh_log(KH_LOG_WARN, "vm.migrate", "vm=%s store error=\"%s\"", name, err.msg);
+}
+
+static void record(kh_migration *m)
+{
+    persist(m->mgr, m->id, m->name, "source", kh_migrate_fsm_phase_name(m->phase),
+            m->peer.host_id, m->err.code != KH_OK ? m->err.msg : NULL);
+    json_t *rec = json_pack("{s:s, s:s, s:s, s:s, s:s, s:f}", "source", m->peer.self_id,
+                            "target", m->peer.host_id, "phase",
+                            kh_migrate_fsm_phase_name(m->phase), "token", m->token, "vm",
+                            m->name, "updated_at", kh_wall_time());
+    kh_err err = KH_ERR_INIT;
+    if (m->ops.record(m->ops.opaque, m->id, rec, &err) < 0)
+        kh_log(KH_LOG_WARN, "vm.migrate", "vm=%s record error=\"%s\"", m->name, err.msg);
+    json_decref(rec);
+}
+
+static void on_query(kh_qmp *q, json_t *ret, const kh_err *err, void *opaque)
+{
+    (void)q;
+    kh_migration *m = opaque;
+    if (m->finished || (m->phase != KH_MIG_MEMORY && m->phase != KH_MIG_SWITCH))
+        return;
+    if (err) {
+        m->err = *err;
+        feed(m, KH_MIG_EV_FAILED);
+        return;
+    }
+    kh_qmig_status st;
+    if (kh_qmig_status_parse(ret, &st) < 0)
+        return;
+    m->st = st;
+    if (st.ram_total && m->task) {
+        char msg[128];
+        snprintf(msg, sizeof(msg), "%s: %llu of %llu MiB", st.status,
+                 (unsigned long long)(st.ram_transferred >> 20),
+                 (unsigned long long)(st.ram_total >> 20));
+        uint64_t pct = 10 + 80 * st.ram_transferred / st.ram_total;
+        kh_task_progress(m->task, (int)(pct > 90 ? 90 : pct), msg);
+    }
+    if (kh_qmig_status_failed(&st) || strcmp(st.status, "cancelled") == 0) {
+        kh_err_set(&m->err, KH_E_QEMU, "migration %s: %s", st.status, st.error);
+        timer_stop(m);
+        feed(m, KH_MIG_EV_FAILED);
+    } else if (strcmp(st.status, "pre-switchover") == 0 && m->phase == KH_MIG_MEMORY) {
+        feed(m, KH_MIG_EV_PRESWITCHOVER);
+    } else if (strcmp(st.status, "completed") == 0 && m->phase == KH_MIG_SWITCH) {
+        timer_stop(m);
+        feed(m, KH_MIG_EV_COMPLETED);
+    }
+}
+
+static void poll_qemu(uv_timer_t *t)
+{
+    kh_migration *m = t->data;
+    if (qmp(m, "query-migrate", NULL, on_query) < 0) {
+        timer_stop(m);
+        feed(m, KH_MIG_EV_FAILED);
+    }
+}
+
+static void poll_target(uv_timer_t *t)
+{
+    kh_migration *m = t->data;
+    json_t *st = NULL;
+    kh_err err = KH_ERR_INIT;
+    if (peer_call(m, "status", NULL, &st, &err) < 0) {
+        timer_stop(m);
+        m->err = err;
+        feed(m, KH_MIG_EV_FAILED);
+        return;
+    }
+    const char *state = json_string_value(json_object_get(st, "state"));
+    const char *reason = json_string_value(json_object_get(st, "reason"));
+    bool ready = state && reason && strcmp(state, "starting") == 0 &&
+                 strcmp(reason, "incoming") == 0;
+    bool dead = state && strcmp(state, "stopped") == 0;
+    if (ready || dead || kh_now_ms() > m->poll_deadline_ms) {
+        timer_stop(m);
+        if (!ready)
+            kh_err_set(&m->err, KH_E_UNAVAILABLE, "%s: the target's QEMU %s (%s)", m->peer.name,
+                       dead ? "stopped" : "did not get ready", reason ? reason : "");
+        json_decref(st);
+        feed(m, ready ? KH_MIG_EV_PREPARED : KH_MIG_EV_FAILED);
+        return;
+    }
+    json_decref(st);
+}
+
+static void on_migrate(kh_qmp *q, json_t *ret, const kh_err *err, void *opaque)
+{
+    (void)q;
+    (void)ret;
+    kh_migration *m = opaque;
+    if (m->finished)
+        return;
+    if (err) {
+        m->err = *err;
+        feed(m, KH_MIG_EV_FAILED);
+        return;
+    }
+    timer_start(m, poll_qemu, POLL_MS, POLL_MS);
+}
+
+static void forget_try(uv_timer_t *t)
+{
+    kh_migration *m = t->data;
+    kh_err err = KH_ERR_INIT;
+    kh_inst *v = mig_vm(m);
+    if (!v || kh_config_delete(m->mgr, m->name, &err) == 0 || ++m->forget_tries > FORGET_TRIES) {
+        if (v && m->forget_tries > FORGET_TRIES)
+            kh_log(KH_LOG_WARN, "vm.migrate", "vm=%s forget error=\"%s\"", m->name, err.msg);
+        timer_stop(m);
+        feed(m, KH_MIG_EV_DONE);
+    }
+}
+
+static void do_prepare(kh_migration *m)
+{
+    kh_inst *v = mig_vm(m);
+    if (!v) {
+        kh_err e = KH_ERR_INIT;
+        kh_err_set(&e, KH_E_NOTFOUND, "vm %s went away", m->name);
+        fail_with(m, &e);
+        return;
+    }
+    json_t *body = json_pack("{s:o, s:s, s:s}", "spec", kh_vm_spec_to_json(v->spec), "address",
+                             m->peer.address, "source", m->peer.self_id);
+    json_t *out = NULL;
+    kh_err err = KH_ERR_INIT;
+    int rc = peer_call(m, "prepare", body, &out, &err);
+    json_decref(body);
+    if (rc < 0) {
+        fail_with(m, &err);
+        return;
+    }
+    m->port = (unsigned)json_integer_value(json_object_get(out, "port"));
+    json_decref(out);
+    if (m->task)
+        kh_task_progress(m->task, 5, "target QEMU starting");
+    m->poll_deadline_ms = kh_now_ms() + PREPARE_TIMEOUT_MS;
+    timer_start(m, poll_target, POLL_MS, POLL_MS);
+}
+
+static void do_migrate(kh_migration *m)
+{
+    kh_qmig_opts o = { .bandwidth = m->bandwidth };
+    json_t *uri = kh_qmig_uri_args(m->peer.address, m->port);
+    if (!uri) {
+        kh_err e = KH_ERR_INIT;
+        kh_err_set(&e, KH_E_INVALID, "bad target address %s", m->peer.address);
+        fail_with(m, &e);
+        return;
+    }
+    m->continued = false;
+    if (qmp(m, "migrate-set-capabilities", kh_qmig_caps(&o, true), NULL) < 0 ||
+        qmp(m, "migrate-set-parameters", kh_qmig_params(&o, true), NULL) < 0)
+        json_decref(uri);
+    else
+        (void)qmp(m, "migrate", uri, on_migrate);
+}
+
+static void do_owner(kh_migration *m)
+{
+    char owner[64];
+    kh_err err = KH_ERR_INIT;
+    m->facts.owner_txn_sent = true;
+    if (m->ops.owner_move(m->ops.opaque, m->id, m->peer.host_id, owner, sizeof(owner), &err) < 0) {
+        kh_log(KH_LOG_WARN, "vm.migrate", "vm=%s owner txn error=\"%s\"", m->name, err.msg);
+        m->err = err;
+        m->pending_owner = KH_MIG_OWNER_UNKNOWN;
+    } else if (strcmp(owner, m->peer.host_id) == 0) {
+        m->pending_owner = KH_MIG_OWNER_TARGET;
+    } else if (strcmp(owner, m->peer.self_id) == 0) {
+        m->pending_owner = KH_MIG_OWNER_SOURCE;
+    } else {
+        m->pending_owner = KH_MIG_OWNER_OTHER;
+    }
+    m->pending = KH_MIG_EV_OWNER;
+}
+
+static void run_action(kh_migration *m, uint32_t bit)
+{
+    kh_err err = KH_ERR_INIT;
+    kh_inst *v = mig_vm(m);
+    switch (bit) {
+    case KH_MIG_A_DIRTY_RATE:
+        m->pending = KH_MIG_EV_DIRTY_OK; /* not yet: the forecast */
+        break;
+    case KH_MIG_A_T_PREPARE:
+        do_prepare(m);
+        break;
+    case KH_MIG_A_MIGRATE:
+        do_migrate(m);
+        break;
+    case KH_MIG_A_CONTINUE:
+        if (!m->continued) {
+            m->continued = true;
+            (void)qmp(m, "migrate-continue", json_pack("{s:s}", "state", "pre-switchover"),
+                      NULL);
+        }
+        break;
+    case KH_MIG_A_OWNER_TXN:
+        do_owner(m);
+        break;
+    case KH_MIG_A_MIGRATE_CANCEL:
+        timer_stop(m);
+        if (v && v->pid > 0)
+            (void)qmp(m, "migrate_cancel", NULL, NULL);
+        break;
+    case KH_MIG_A_RESUME:
+        if (v && v->pid > 0)
+            (void)qmp(m, "cont", NULL, NULL);
+        break;
+    case KH_MIG_A_T_ABORT:
+    {
+        json_t *b = json_object();
+        if (peer_call(m, "abort", b, NULL, &err) < 0)
+            kh_log(KH_LOG_WARN, "vm.migrate", "vm=%s abort error=\"%s\"", m->name, err.msg);
+        json_decref(b);
+        break;
+    }
+    case KH_MIG_A_T_COMMIT: {
+        json_t *b = json_object();
+        if (peer_call(m, "commit", b, NULL, &err) < 0) {
+            /* the guest's state is on the target: this QEMU must not go
+             * before the target runs it; FAILED retries the batch later */
+            kh_log(KH_LOG_ERROR, "vm.migrate", "vm=%s commit error=\"%s\"", m->name, err.msg);
+            m->err = err;
+            m->stop_batch = true;
+            m->pending = KH_MIG_EV_FAILED;
+        }
+        json_decref(b);
+        break;
+    }
+    case KH_MIG_A_KILL:
+        if (v && v->pid > 0) {
+            char why[200];
+            snprintf(why, sizeof(why), "migrated to %s", m->peer.name);
+            kh_lifecycle_going_down(v, why);
+            v->drv->kill(v);
+        }
+        break;
+    case KH_MIG_A_FORGET:
+        m->forget_tries = 0;
+        timer_start(m, forget_try, 0, 50);
+        break;
+    case KH_MIG_A_FENCE_TXN: {
+        /* not yet the fence CAS on the migration record: before the txn
+         * was sent the owner is the source; after it, the owner is read
+         * (unknown: the row retries later) */
+        char owner[64];
+        m->pending = KH_MIG_EV_OWNER;
+        if (!m->facts.owner_txn_sent)
+            m->pending_owner = KH_MIG_OWNER_SOURCE;
+        else if (!m->ops.owner_get ||
+                 m->ops.owner_get(m->ops.opaque, m->id, owner, sizeof(owner), &err) < 0)
+            m->pending_owner = KH_MIG_OWNER_UNKNOWN;
+        else
+            m->pending_owner = strcmp(owner, m->peer.host_id) == 0 ? KH_MIG_OWNER_TARGET
+                               : strcmp(owner, m->peer.self_id) == 0 ? KH_MIG_OWNER_SOURCE
+                                                                     : KH_MIG_OWNER_OTHER;
+        break;
+    }
+    case KH_MIG_A_EVENT:
+        kh_events_publish(m->mgr->events, "vm.migration", m->name,
+                          json_pack("{s:s, s:s}", "phase", kh_migrate_fsm_phase_name(m->phase),
+                                    "target", m->peer.name));
+        break;
+    case KH_MIG_A_REPORT_FAIL:
+        if (m->task) {
+            if (m->err.code == KH_OK)
+                kh_err_set(&m->err, KH_E_INTERNAL, "migration failed");
+            kh_err_prefix(&m->err, "migrating vm %s to %s", m->name, m->peer.name);
+            kh_task_fail(m->task, &m->err);
+            m->task = NULL;
+        }
+        break;
+    default:
+        break;
+    }
+}
+
+static void finish(kh_migration *m)
+{
+    if (m->phase == KH_MIG_DONE && m->task) {
+        double secs = (double)(kh_now_ms() - m->t0_ms) / 1000.0;
+        json_t *res = json_pack("{s:s, s:s, s:f, s:I, s:I, s:I}", "vm", m->name, "target",
+                                m->peer.name, "total_s", secs, "downtime_ms",
+                                (json_int_t)m->st.downtime_ms, "ram_total",
+                                (json_int_t)m->st.ram_total, "ram_transferred",
+                                (json_int_t)m->st.ram_transferred);
+        kh_task_succeed(m->task, res);
+        m->task = NULL;
+    }
+    kh_log(KH_LOG_INFO, "vm.migrate", "vm=%s target=%s phase=%s ms=%llu", m->name, m->peer.name,
+           kh_migrate_fsm_phase_name(m->phase), (unsigned long long)(kh_now_ms() - m->t0_ms));
+    m->finished = true;
+    if (m->timer) {
+        m->timer_closing = true;
+        uv_close((uv_handle_t *)m->timer, timer_closed);
+        m->timer = NULL;
+    }
+    mig_release(m);
+}
+
+#define LATER_MS 1000
+#define LATER_TRIES 30
+
+/* Run a step's actions; the event they produced, or -1. */
+static int run_step(kh_migration *m, uint32_t acts)
+{
+    m->pending = -1;
+    m->stop_batch = false;
+    for (unsigned b = 0; b < KH_MIG_ACTIONS && !m->stop_batch; b++)
+        if (acts & (1u << b))
+            run_action(m, 1u << b);
+    if (kh_migrate_fsm_terminal(m->phase)) {
+        finish(m);
+        return -1;
+    }
+    if ((m->phase == KH_MIG_FINISH || m->phase == KH_MIG_ROLLBACK) && m->pending < 0 &&
+        !m->stop_batch && !(acts & KH_MIG_A_FORGET))
+        m->pending = KH_MIG_EV_DONE;
+    return m->pending;
+}
+
+static void later_fire(uv_timer_t *t)
+{
+    kh_migration *m = t->data;
+    uint32_t acts = m->later;
+    m->later = 0;
+    int next = run_step(m, acts);
+    if (next >= 0 && !m->finished)
+        feed(m, (kh_mig_event)next);
+}
+
+static void feed(kh_migration *m, kh_mig_event ev)
+{
+    while (!m->finished) {
+        m->facts.owner = m->pending_owner;
+        kh_mig_step s = kh_migrate_fsm_step(KH_MIG_SOURCE, m->phase, ev, &m->facts);
+        kh_log(KH_LOG_INFO, "vm.migrate", "vm=%s phase=%s event=%s next=%s%s", m->name,
+               kh_migrate_fsm_phase_name(m->phase), kh_migrate_fsm_event_name(ev),
+               kh_migrate_fsm_phase_name(s.next), s.ignored ? " (ignored)" : "");
+        if (s.ignored)
+            return;
+        bool changed = s.next != m->phase;
+        m->phase = s.next;
+        if (changed)
+            record(m); /* before its actions */
+        uint32_t acts = s.actions & ~(uint32_t)KH_MIG_A_RETRY_LATER;
+        if (s.actions & KH_MIG_A_RETRY_LATER) {
+            if (++m->later_tries > LATER_TRIES) {
+                kh_err e = KH_ERR_INIT;
+                kh_err_set(&e, KH_E_UNAVAILABLE,
+                           "vm %s: phase %s did not settle (%s): resolve by hand", m->name,
+                           kh_migrate_fsm_phase_name(m->phase), m->err.msg);
+                kh_log(KH_LOG_ERROR, "vm.migrate", "%s", e.msg);
+                if (m->task)
+                    kh_task_fail(m->task, &e);
+                m->task = NULL;
+                timer_stop(m);
+                finish(m);
+                return;
+            }
+            m->later = acts;
+            timer_start(m, later_fire, LATER_MS, 0);
+            return;
+        }
+        int next = run_step(m, acts);
+        if (next < 0)
+            return;
+        ev = (kh_mig_event)next;
+    }
+}
+
+/* QEMU's MIGRATION event (the "events" capability): ask query-migrate at
+ * once instead of at the next poll, so pre-switchover and completed are
+ * acted on without the poll's delay (the guest is paused meanwhile). */
+static void on_vm_event(void *opaque, const char *vm_id, const char *event, json_t *data)
+{
+    (void)opaque;
+    (void)data;
+    kh_migration *m = strcmp(event, "MIGRATION") == 0 ? mig_find(vm_id) : NULL;
+    if (m && !m->finished && m->timer && uv_is_active((uv_handle_t *)m->timer) &&
+        (m->phase == KH_MIG_MEMORY || m->phase == KH_MIG_SWITCH))
+        (void)qmp(m, "query-migrate", NULL, on_query);
+}
+
+kh_task *kh_migrate_start(kh_manager *mgr, const char *name, const kh_migrate_peer *peer,
+                          uint64_t max_bandwidth, const kh_migrate_ops *ops, kh_err *err)
+{
+    static kh_manager *hooked; /* one manager per daemon */
+    if (hooked != mgr && kh_manager_add_event_hook(mgr, on_vm_event, NULL) == 0)
+        hooked = mgr;
+    kh_inst *v = kh_manager_find(mgr, name, err);
+    if (!v)
+        return NULL;
+    if (v->state != KH_INST_RUNNING || v->task) {
+        kh_err_set(err, KH_E_CONFLICT, "vm %s is %s%s: only a running vm migrates", name,
+                   kh_lifecycle_state_name(v->state), v->task ? " (busy)" : "");
+        return NULL;
+    }
+    if (mig_find(v->id)) {
+        kh_err_set(err, KH_E_CONFLICT, "vm %s is already migrating", name);
+        return NULL;
+    }
+    size_t slot = KH_ARRAY_LEN(migrations);
+    for (size_t i = 0; i < KH_ARRAY_LEN(migrations); i++)
+        if (!migrations[i]) {
+            slot = i;
+            break;
+        }
+    if (slot == KH_ARRAY_LEN(migrations)) {
+        kh_err_set(err, KH_E_UNAVAILABLE, "too many migrations at once");
+        return NULL;
+    }
+    kh_migration *m = xcalloc(1, sizeof(*m));
+    m->mgr = v->mgr;
+    memcpy(m->id, v->id, sizeof(m->id));
+    snprintf(m->name, sizeof(m->name), "%s", name);
+    m->peer = *peer;
+    m->ops = *ops;
+    m->bandwidth = max_bandwidth;
+    kh_uuid_generate(m->token);
+    m->err = (kh_err)KH_ERR_INIT;
+    m->pending = -1;
+    m->pending_owner = KH_MIG_OWNER_SOURCE;
+    m->t0_ms = kh_now_ms();
+    m->task = kh_task_new(v->mgr->tasks, "vm.migrate", name);
+    migrations[slot] = m;
+    kh_task *t = m->task;
+    feed(m, KH_MIG_EV_START);
+    return t;
+}
+
+/* ---- restart resolution (source) ---- */
+
+#define RESTART_TRIES 60
+
+static void restart_try(uv_timer_t *t)
+{
+    kh_migration *m = t->data;
+    kh_inst *v = mig_vm(m);
+    kh_err err = KH_ERR_INIT;
+    if (++m->forget_tries > RESTART_TRIES) {
+        kh_log(KH_LOG_ERROR, "vm.migrate", "vm=%s phase=%s restart unresolved: %s", m->name,
+               kh_migrate_fsm_phase_name(m->phase), m->err.msg);
+        timer_stop(m);
+        finish(m);
+        return;
+    }
+    bool alive = v && v->pid > 0;
+    if (alive && (!v->drv->monitor_ready(v) || v->state == KH_INST_STARTING))
+        return; /* not reattached yet */
+    json_t *rec = NULL;
+    if (m->ops.peer_find(m->ops.opaque, m->peer.host_id, &m->peer, &err) < 0 ||
+        !(rec = m->ops.record_get(m->ops.opaque, m->id, &err))) {
+        m->err = err;
+        return; /* the cluster is not there yet */
+    }
+    snprintf(m->token, sizeof(m->token), "%s",
+             json_string_value(json_object_get(rec, "token")) ?
+                 json_string_value(json_object_get(rec, "token")) : "");
+    json_decref(rec);
+    if (m->phase == KH_MIG_SWITCH) {
+        char owner[64];
+        if (m->ops.owner_get(m->ops.opaque, m->id, owner, sizeof(owner), &err) < 0) {
+            m->err = err;
+            return;
+        }
+        m->pending_owner = strcmp(owner, m->peer.host_id) == 0  ? KH_MIG_OWNER_TARGET
+                           : strcmp(owner, m->peer.self_id) == 0 ? KH_MIG_OWNER_SOURCE
+                           : !owner[0]                           ? KH_MIG_OWNER_SOURCE
+                                                                 : KH_MIG_OWNER_OTHER;
+    }
+    m->facts.qemu_alive = alive;
+    m->err = (kh_err)KH_ERR_INIT;
+    kh_err_set(&m->err, KH_E_UNAVAILABLE, "the daemon restarted during the migration");
+    timer_stop(m);
+    kh_log(KH_LOG_INFO, "vm.migrate", "vm=%s phase=%s restart: resolving (qemu %s)", m->name,
+           kh_migrate_fsm_phase_name(m->phase), alive ? "alive" : "gone");
+    feed(m, KH_MIG_EV_RESTART);
+}
+
+void kh_migrate_restart(kh_manager *mgr, const kh_migrate_ops *ops)
+{
+    kh_err err = KH_ERR_INIT;
+    sqlite3_stmt *s = kh_store_prep(mgr->store,
+                                    "SELECT vm_id, vm_name, phase, peer FROM migrations WHERE "
+                                    "role = 'source' AND phase NOT IN ('done', 'aborted', "
+                                    "'none')",
+                                    &err);
+    if (!s) {
+        kh_log(KH_LOG_WARN, "vm.migrate", "restart: %s", err.msg);
+        return;
+    }
+    static kh_manager *hooked;
+    if (hooked != mgr && kh_manager_add_event_hook(mgr, on_vm_event, NULL) == 0)
+        hooked = mgr;
+    while (sqlite3_step(s) == SQLITE_ROW) {
+        char *id = kh_store_col_text(s, 0), *name = kh_store_col_text(s, 1);
+        char *phase = kh_store_col_text(s, 2), *peer = kh_store_col_text(s, 3);
+        int ph = phase ? kh_migrate_fsm_phase_parse(phase) : -1;
+        size_t slot = KH_ARRAY_LEN(migrations);
+        for (size_t i = 0; i < KH_ARRAY_LEN(migrations); i++)
+            if (!migrations[i]) {
+                slot = i;
+                break;
+            }
+        if (id && name && peer && ph > 0 && slot < KH_ARRAY_LEN(migrations) &&
+            strlen(id) == 36) {
+            kh_migration *m = xcalloc(1, sizeof(*m));
+            m->mgr = mgr;
+            memcpy(m->id, id, sizeof(m->id));
+            snprintf(m->name, sizeof(m->name), "%s", name);
+            snprintf(m->peer.host_id, sizeof(m->peer.host_id), "%s", peer);
+            snprintf(m->peer.name, sizeof(m->peer.name), "%s", peer);
+            m->ops = *ops;
+            m->phase = (kh_mig_phase)ph;
+            m->err = (kh_err)KH_ERR_INIT;
+            m->pending = -1;
+            m->pending_owner = KH_MIG_OWNER_SOURCE;
+            m->t0_ms = kh_now_ms();
+            migrations[slot] = m;
+            kh_log(KH_LOG_INFO, "vm.migrate", "vm=%s phase=%s restart: pending", name, phase);
+            timer_start(m, restart_try, 500, 1000);
+        }
+        free(id);
+        free(name);
+        free(phase);
+        free(peer);
+    }
+    sqlite3_finalize(s);
+}
+
+/* ---- the target ---- */
+
+static unsigned free_port(const char *address)
+{
+    struct sockaddr_in a = { .sin_family = AF_INET };
+    if (inet_pton(AF_INET, address, &a.sin_addr) != 1)
+        return 0;
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return 0;
+    socklen_t len = sizeof(a);
+    unsigned port = 0;
+    if (bind(fd, (struct sockaddr *)&a, sizeof(a)) == 0 &&
+        getsockname(fd, (struct sockaddr *)&a, &len) == 0)
+        port = ntohs(a.sin_port);
+    close(fd);
+    return port;
+}
+
+json_t *kh_migrate_prepare(kh_manager *mgr, const char *vm_id, const json_t *body, kh_err *err)
+{
+    const char *address = json_string_value(json_object_get(body, "address"));
+    json_t *spec = json_object_get(body, "spec");
+    if (!address || !json_is_object(spec)) {
+        kh_err_set(err, KH_E_INVALID, "prepare needs spec and address");
+        return NULL;
+    }
+    unsigned port = free_port(address);
+    if (!port) {
+        kh_err_set(err, KH_E_INVALID, "cannot listen on %s", address);
+        return NULL;
+    }
+    json_t *vm = kh_config_create_id(mgr, spec, vm_id, err);
+    if (!vm)
+        return NULL;
+    json_decref(vm);
+    kh_inst *v = kh_manager_find_id(mgr, vm_id);
+    if (!v || kh_lifecycle_start_incoming(v, address, port, err) < 0) {
+        if (v)
+            (void)kh_config_delete(mgr, v->spec->name, NULL);
+        return NULL;
+    }
+    kh_log(KH_LOG_INFO, "vm.migrate", "vm=%s incoming=%s:%u", v->spec->name, address, port);
+    const char *source = json_string_value(json_object_get(body, "source"));
+    persist(mgr, vm_id, v->spec->name, "target", "prepare", source ? source : "", NULL);
+    return json_pack("{s:i}", "port", (int)port);
+}
+
+json_t *kh_migrate_status(kh_manager *mgr, const char *vm_id, kh_err *err)
+{
+    kh_inst *v = kh_manager_find_id(mgr, vm_id);
+    if (!v) {
+        kh_err_set(err, KH_E_NOTFOUND, "no vm %s here", vm_id);
+        return NULL;
+    }
+    return json_pack("{s:s, s:s?}", "state", kh_lifecycle_state_name(v->state), "reason",
+                     v->reason);
+}
+
+int kh_migrate_commit(kh_manager *mgr, const char *vm_id, kh_err *err)
+{
+    kh_inst *v = kh_manager_find_id(mgr, vm_id);
+    if (!v) {
+        kh_err_set(err, KH_E_NOTFOUND, "no vm %s here", vm_id);
+        return -1;
+    }
+    if (v->state == KH_INST_RUNNING)
+        return 0; /* repeated */
+    if (kh_lifecycle_incoming_commit(v, err) < 0)
+        return -1;
+    persist(mgr, vm_id, v->spec->name, "target", "done", "", NULL);
+    return 0;
+}
+
+typedef struct abort_job {
+    kh_manager *mgr;
+    char id[37];
+    unsigned tries;
+} abort_job;
+
+static void abort_closed(uv_handle_t *h)
+{
+    free(h->data);
+    free(h);
+}
+
+static void abort_try(uv_timer_t *t)
+{
+    abort_job *j = t->data;
+    kh_inst *v = kh_manager_find_id(j->mgr, j->id);
+    if (!v || kh_config_delete(j->mgr, v->spec->name, NULL) == 0 || ++j->tries > FORGET_TRIES) {
+        uv_timer_stop(t);
+        uv_close((uv_handle_t *)t, abort_closed);
+    }
+}
+
+int kh_migrate_abort(kh_manager *mgr, const char *vm_id, kh_err *err)
+{
+    kh_inst *v = kh_manager_find_id(mgr, vm_id);
+    if (!v) {
+        kh_err_set(err, KH_E_NOTFOUND, "no vm %s here", vm_id);
+        return -1;
+    }
+    if (v->state == KH_INST_RUNNING || (!v->incoming_port && v->state != KH_INST_STOPPED)) {
+        kh_err_set(err, KH_E_CONFLICT, "vm %s is %s here: not an incoming migration",
+                   v->spec->name, kh_lifecycle_state_name(v->state));
+        return -1;
+    }
+    persist(mgr, vm_id, v->spec->name, "target", "aborted", "", NULL);
+    if (v->pid > 0) {
+        kh_lifecycle_going_down(v, "migration aborted");
+        v->drv->kill(v);
+    }
+    abort_job *j = xcalloc(1, sizeof(*j));
+    j->mgr = mgr;
+    memcpy(j->id, vm_id, sizeof(j->id));
+    uv_timer_t *t = xcalloc(1, sizeof(*t));
+    uv_timer_init(mgr->loop, t);
+    t->data = j;
+    uv_timer_start(t, abort_try, 0, 50);
+    return 0;
+}

@@ -1,0 +1,71 @@
+/* migrate.h - live migration of a running VM to another cluster host over
+ * a shared pool (the disks keep their paths): the source side runs the
+ * phase machine (instance/migrate_fsm.h) on the loop, the target side
+ * answers the host-to-host routes. Cluster work (the member record, the
+ * migration record /kvmhost/migrations/<vm-id>, the owner move in etcd)
+ * comes in through kh_migrate_ops: the instance layer does not know etcd.
+ * See docs/migration.md.
+ */
+#ifndef KH_INSTANCE_MIGRATE_H
+#define KH_INSTANCE_MIGRATE_H
+
+#include <jansson.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "instance/manager.h"
+#include "instance/task.h"
+#include "util/err.h"
+
+typedef struct kh_migrate_peer {
+    char host_id[37];
+    char name[128];
+    char address[128];   /* where its QEMU listens for the migration */
+    char api_url[256];   /* its TCP API (the host-to-host routes) */
+    char self_id[37];    /* this host's id */
+} kh_migrate_peer;
+
+typedef struct kh_migrate_ops {
+    void *opaque;
+    /* Owner of vm_id: this host -> to (a host id). 0 with owner = the owner
+     * after it; -1: outcome unknown. */
+    int (*owner_move)(void *opaque, const char *vm_id, const char *to, char *owner,
+                      size_t owner_size, kh_err *err);
+    /* Write /kvmhost/migrations/<vm_id> (rec borrowed). */
+    int (*record)(void *opaque, const char *vm_id, const json_t *rec, kh_err *err);
+    /* Restart resolution: the record (a new object), the owner's host id
+     * now ("" when none), a member by host id (peer's self_id filled too). */
+    json_t *(*record_get)(void *opaque, const char *vm_id, kh_err *err);
+    int (*owner_get)(void *opaque, const char *vm_id, char *owner, size_t owner_size,
+                     kh_err *err);
+    int (*peer_find)(void *opaque, const char *host_id, kh_migrate_peer *peer,
+                     kh_err *err);
+} kh_migrate_ops;
+
+
+/* Source: migrate the running VM name to peer; the task ("vm.migrate")
+ * ends when the VM runs on the peer (or failed, the VM running here).
+ * max_bandwidth: bytes/s for the RAM copy (0: unlimited). */
+kh_task *kh_migrate_start(kh_manager *mgr, const char *name, const kh_migrate_peer *peer,
+                          uint64_t max_bandwidth, const kh_migrate_ops *ops, kh_err *err);
+
+/* Daemon start: every migration this host was the source of and that did
+ * not end is resolved by the phase machine's restart rows (before the
+ * switch: cancel, cont, the target aborts; after the owner moved: the
+ * target commits, this QEMU goes), retried each second until the VM's QEMU
+ * is reattached (or known gone) and the cluster answers; a minute at most. */
+void kh_migrate_restart(kh_manager *mgr, const kh_migrate_ops *ops);
+
+/* Target (the host-to-host routes /api/v1/migrations/{vm-id}/...).
+ * prepare: body {"spec": VM spec, "address": ADDR}: the VM is defined here
+ * with the same id and started `-incoming defer`, listening on ADDR:port;
+ * replies {"port": N}. */
+json_t *kh_migrate_prepare(kh_manager *mgr, const char *vm_id, const json_t *body, kh_err *err);
+/* {"state": "starting", "reason": "incoming", ...}: the VM's view. */
+json_t *kh_migrate_status(kh_manager *mgr, const char *vm_id, kh_err *err);
+/* The owner moved to this host: cont, running. */
+int kh_migrate_commit(kh_manager *mgr, const char *vm_id, kh_err *err);
+/* Roll back: kill the incoming QEMU, forget the VM. */
+int kh_migrate_abort(kh_manager *mgr, const char *vm_id, kh_err *err);
+
+#endif

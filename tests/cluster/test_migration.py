@@ -1,0 +1,181 @@
+"""Live migration end to end on a shared pool: three hosts (network
+namespaces, a kvmhostd + etcd member each, as test_membership.py), a
+cluster over them, the test guest (kernel + initrd + a raw disk in one
+directory every host sees at the same path: on one machine every directory
+is shared) running on h1 with a heartbeat loop typed into its console;
+`kvmhost vm migrate` h1 -> h2 (it runs on h2, QEMU in h2's daemon, gone
+from h1, the heartbeat goes on in h2's console log), then h2 -> h3 through
+the API; then the target's QEMU SIGKILLed during a migration: the source
+keeps running the guest and the target forgets it; then the source's
+daemon killed -9 during a migration: at its restart the migration rolls
+back (the guest runs on the source, the target forgets it). Bounded; every process,
+namespace and file goes at the end.
+
+Run: KH_BUILD_DIR=$PWD/build /usr/bin/python3 -m pytest -q -s -p no:cacheprovider \
+     tests/cluster/test_migration.py
+"""
+
+import os
+import re
+import shutil
+import signal
+import sys
+import tempfile
+import time
+
+import pytest
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "blackbox"))
+sys.path.insert(0, os.path.dirname(__file__))
+
+import khlib  # noqa: E402
+from test_membership import (PORT, Phase, cli_json, pytest_runtest_makereport,  # noqa: E402,F401
+                             three, wait_for)
+
+
+def form_cluster(h, daemons):
+    d1 = daemons[0]
+    cli_json(d1, "cluster", "create", "--name", "mig")
+    for d in daemons[1:]:
+        tok = cli_json(d1, "cluster", "token")
+        cli_json(d, "cluster", "join", "%s:%d" % (h.addr(1), PORT), "--token", tok["token"])
+    for d in daemons:
+        wait_for(lambda d=d: cli_json(d, "cluster", "status")["online"] == 3, 30,
+                 "3 members online seen from h%d" % d.i)
+
+
+def vm_or_none(d, name):
+    r = d.api.get("/api/v1/vms/%s" % name)
+    return r.json if r.status == 200 else None
+
+
+def heartbeats(text):
+    return [int(x) for x in re.findall(r"hb-(\d+)", text)]
+
+
+def migrate_api(d, name, target, wait=120):
+    r = d.api.post("/api/v1/vms/%s/migrate" % name, {"target": target, "wait": wait},
+                   timeout=wait + 30)
+    return r
+
+
+def check_moved(src, dst, name, vm_id):
+    vm = wait_for(lambda: (vm_or_none(dst, name) or {}).get("state") == "running"
+                  and vm_or_none(dst, name), 30, "%s running on h%d" % (name, dst.i))
+    assert vm["id"] == vm_id
+    pids = khlib.qemu_pids(vm_id)
+    assert pids == [vm["pid"]], (pids, vm)
+    wait_for(lambda: vm_or_none(src, name) is None, 30, "%s gone from h%d" % (name, src.i))
+    return vm
+
+
+def test_migration(three):
+    h, (d1, d2, d3) = three
+    paths = khlib.guest_paths()
+    if paths is None:
+        pytest.skip("no test guest")
+    guest = khlib.Guest(*paths)
+    step = Phase()
+    shared = tempfile.mkdtemp(prefix="khmig-pool-", dir="/tmp")
+    os.chmod(shared, 0o755)
+    try:
+        form_cluster(h, (d1, d2, d3))
+        step("cluster of h1, h2, h3")
+
+        # the guest on h1, its disk in the shared directory
+        name = "mig1"
+        spec = guest.spec(name, shared, memory_mib=256)
+        d1.api.create(spec)
+        st, j = d1.api.action(name, "start", wait=60)
+        assert st == 200, j
+        d1.api.wait_console(name, khlib.GUEST_READY, timeout=120)
+        vm = d1.api.wait_state(name, "running", timeout=30)
+        vm_id = vm["id"]
+        con = khlib.Console(d1.socket, name)
+        try:
+            con.run("echo kh-$((%d+1))", timeout=30)
+            con.send("i=0; while true; do echo hb-$i; i=$((i+1)); sleep 0.2; done &\n")
+            con.wait_for(r"hb-3\b", timeout=20)
+        finally:
+            con.close()
+        step("guest up on h1, heartbeat running")
+
+        # h1 -> h2 with the CLI
+        t0 = time.monotonic()
+        p = khlib.cli(d1, "vm", "migrate", name, "h2", json_out=True)
+        took = time.monotonic() - t0
+        assert p.returncode == 0, (p.returncode, p.stdout, p.stderr, d1.log_tail())
+        vm2 = check_moved(d1, d2, name, vm_id)
+        assert vm2["state"] == "running"
+        before = max(heartbeats(d2.api.console_log(name)) or [-1])
+        wait_for(lambda: max(heartbeats(d2.api.console_log(name)) or [-1]) >= before + 5, 20,
+                 "heartbeat going on in h2's console log")
+        step("h1 -> h2 (CLI) in %.2f s; heartbeat on h2" % took)
+
+        # h2 -> h3 with the API: the task's result has the numbers
+        r = migrate_api(d2, name, "h3")
+        assert r.status == 200, r
+        res = r.json["result"]
+        assert r.json["state"] == "succeeded" and res["target"] == "h3", r.json
+        check_moved(d2, d3, name, vm_id)
+        before = max(heartbeats(d3.api.console_log(name)) or [-1])
+        wait_for(lambda: max(heartbeats(d3.api.console_log(name)) or [-1]) >= before + 5, 20,
+                 "heartbeat going on in h3's console log")
+        step("h2 -> h3 (API): total %.2f s, QEMU downtime %d ms, RAM %d MiB sent"
+             % (res["total_s"], res["downtime_ms"], res["ram_transferred"] >> 20))
+
+        # the target's QEMU killed during a migration: the source keeps it
+        # (the RAM copy slowed to 16 MiB/s: the memory phase lasts seconds)
+        r = d3.api.post("/api/v1/vms/%s/migrate" % name,
+                        {"target": "h1", "wait": 0, "max_bandwidth_mib": 16})
+        assert r.status == 202, r
+        task = r.json["id"]
+        src_pid = vm_or_none(d3, name)["pid"]
+        # once the target listens (reason "incoming"): the memory phase
+        wait_for(lambda: (vm_or_none(d1, name) or {}).get("state_reason") == "incoming", 30,
+                 "the target's QEMU on h1 listening")
+        tgt = [p for p in khlib.qemu_pids(vm_id) if p != src_pid]
+        assert len(tgt) == 1, tgt
+        os.kill(tgt[0], signal.SIGKILL)
+        t = wait_for(lambda: (lambda j: j["state"] != "running" and j)(
+            d3.api.get("/api/v1/tasks/%s" % task).json), 60, "the migration task ends")
+        assert t["state"] == "failed", t
+        vm3 = d3.api.wait_state(name, "running", timeout=30)
+        assert vm3["pid"] == src_pid and khlib.pid_alive(src_pid)
+        wait_for(lambda: vm_or_none(d1, name) is None, 30, "h1 forgot the aborted VM")
+        assert khlib.qemu_pids(vm_id) == [src_pid]
+        con = khlib.Console(d3.socket, name)
+        try:
+            con.run("echo kh-$((%d+1))", timeout=30)
+        finally:
+            con.close()
+        step("target QEMU killed mid-migration: the source runs on (%s)"
+             % t["error"]["message"][:80])
+
+        # kill -9 of the source's daemon in the memory phase: at its restart
+        # the pending migration rolls back (cancel, cont, the target aborts)
+        r = d3.api.post("/api/v1/vms/%s/migrate" % name,
+                        {"target": "h1", "wait": 0, "max_bandwidth_mib": 16})
+        assert r.status == 202, r
+        wait_for(lambda: (vm_or_none(d1, name) or {}).get("state_reason") == "incoming", 30,
+                 "the target's QEMU on h1 listening")
+        d3.kill9()
+        t0 = time.monotonic()
+        d3.start()
+        vm3 = d3.api.wait_state(name, "running", timeout=60)
+        assert vm3["pid"] == src_pid and khlib.pid_alive(src_pid)
+        wait_for(lambda: vm_or_none(d1, name) is None, 60, "h1 forgot the aborted VM")
+        wait_for(lambda: khlib.qemu_pids(vm_id) == [src_pid], 30, "one QEMU left")
+        con = khlib.Console(d3.socket, name)
+        try:
+            con.run("echo kh-$((%d+1))", timeout=30)
+        finally:
+            con.close()
+        step("source daemon kill -9 mid-migration: rolled back at its restart in %.1f s"
+             % (time.monotonic() - t0))
+    finally:
+        for d in (d1, d2, d3):
+            if d.alive() and vm_or_none(d, "mig1"):
+                d.api.action("mig1", "kill", wait=30)
+                d.api.delete("/api/v1/vms/mig1")
+        shutil.rmtree(shared, ignore_errors=True)
