@@ -1,9 +1,10 @@
 /* config.c - owns what an instance is: create (host-side checks: files,
  * qcow2 headers, volumes, host CPUs, cgroup controllers for the limits,
  * NICs; clones from templates come this way too), patch (limits of a running
- * instance go live, and come back if the store refuses the change),
- * delete (with the instance's pool volumes on request), and the spec changes behind disk and NIC attach/detach and vCPU
- * hot-plug. Each writes the store before the instance changes. */
+ * instance go live, and come back if the store refuses the change), delete
+ * (with the instance's pool volumes on request), and the spec changes behind
+ * disk and NIC attach/detach and vCPU hot-plug. Each writes the store before
+ * the instance changes. */
 #include "instance/config.h"
 
 #include <stdint.h>
