@@ -19,6 +19,8 @@ export async function runAction(name, id) {
     const body = id === 'stop' ? { timeout: 30, wait: 60 } : { wait: 60 };
     const task = await api('POST', vmPath(name, `/${id}`), body);
     if (task && task.state === 'running') toast(`${a.label} ${name}: still running (task ${task.id})`);
+    // a stop that had to kill the guest says so (task message "forced: ...")
+    else if (task && /^forced/.test(task.message || '')) toast(`${a.label} ${name}: ${task.message}`, 'warn');
     else toast(`${a.label} ${name}: done`, 'ok');
   } catch (e) {
     toast(`${a.label} ${name}: ${e.message}`, 'error');

@@ -36,7 +36,7 @@ export function toast(msg, kind = 'info') {
   const t = h('div', { class: `toast ${kind}`, id: `toast-${++toastSeq}` }, msg);
   box.append(t);
   while (box.children.length > 4) box.firstElementChild.remove(); // the newest few only
-  setTimeout(() => t.remove(), kind === 'error' ? 9000 : 4000);
+  setTimeout(() => t.remove(), kind === 'error' || kind === 'warn' ? 9000 : 4000);
 }
 
 export function fmtMiB(mib) {

@@ -721,6 +721,10 @@ async function main() {
     ok(await row.locator('.state-running').count() === 0, 'the list shows the stop under way (the row is no longer running)');
     await row.locator('.state-stopped').waitFor({ timeout: 120000 });
     ok((await api(`/api/v1/vms/${VM}`)).state === 'stopped', 'the list shows the VM stopped, as the API has it');
+    // the busybox guest ignores ACPI: the stop kills it after 30 s, and says so
+    const forced = page.locator('.toast.warn').filter({ hasText: 'was killed' });
+    await forced.waitFor({ timeout: 60000 });
+    ok((await forced.first().textContent()).startsWith(`Stop ${VM}: forced:`), 'a stop that had to kill the guest says so in its toast');
     const noReload = await page.evaluate(() => window.__noReload === 1 && performance.getEntriesByType('navigation').length);
     ok(noReload === loadsBefore, 'no page reload happened since the wizard');
     await page.screenshot({ path: join(logs, 'web-vm-list.png') });
