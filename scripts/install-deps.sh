@@ -11,7 +11,7 @@ BUILD_PKGS=(gcc clang meson ninja-build pkg-config
 RUN_PKGS=(qemu-system-x86 qemu-utils sqlite3 dnsmasq-base etcd-server
   e2fsprogs util-linux)  # debugfs, partx: template create --reset-identity
 TEST_PKGS=(busybox-static cpio e2fsprogs xz-utils zstd python3 python3-pytest python3-websocket
-  python3-pytest-xdist
+  python3-pytest-xdist python3-jsonschema
   prometheus
   clang-tidy cppcheck libclang-rt-14-dev iproute2 nftables
   etcd-server etcd-client)
