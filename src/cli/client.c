@@ -14,6 +14,7 @@
 #include <unistd.h>
 
 #include "kh_config.h"
+#include "util/buf.h"
 #include "util/mem.h"
 
 /* Answers larger than this are a daemon bug; stop reading. */
@@ -28,27 +29,16 @@ struct cli_client {
 };
 
 typedef struct body_buf {
-    char *data;
-    size_t len, cap;
-    bool overflow;
+    kh_buf body;
+    bool overflow; /* over CLIENT_BODY_MAX: the transfer stops */
 } body_buf;
 
 static void buf_append(body_buf *b, const char *data, size_t len)
 {
-    if (b->len + len > CLIENT_BODY_MAX) {
+    if (b->body.len + len > CLIENT_BODY_MAX)
         b->overflow = true;
-        return;
-    }
-    if (b->len + len + 1 > b->cap) {
-        size_t cap = b->cap ? b->cap : 4096;
-        while (cap < b->len + len + 1)
-            cap *= 2;
-        b->data = xrealloc(b->data, cap);
-        b->cap = cap;
-    }
-    memcpy(b->data + b->len, data, len);
-    b->len += len;
-    b->data[b->len] = '\0';
+    else
+        kh_buf_add(&b->body, data, len);
 }
 
 cli_client *cli_client_new(const char *socket_path, const char *url, const char *token)
@@ -289,27 +279,27 @@ int cli_client_json(cli_client *c, const char *method, const char *path, const j
     long status = perform(c, method, path, text, &b, err);
     free(text);
     if (status < 0) {
-        free(b.data);
+        free(b.body.p);
         return -1;
     }
     if (status >= 300) {
-        cli_error_from_answer(status, b.data, b.len, err);
-        if (err_body && b.len)
-            *err_body = json_loadb(b.data, b.len, 0, NULL);
-        free(b.data);
+        cli_error_from_answer(status, b.body.p, b.body.len, err);
+        if (err_body && b.body.len)
+            *err_body = json_loadb(b.body.p, b.body.len, 0, NULL);
+        free(b.body.p);
         return -1;
     }
-    if (b.len) {
+    if (b.body.len) {
         json_error_t je;
-        *out = json_loadb(b.data, b.len, 0, &je);
+        *out = json_loadb(b.body.p, b.body.len, 0, &je);
         if (!*out) {
             kh_err_set(err, KH_E_INTERNAL, "kvmhostd sent bad JSON for %s %s: %s", method,
                        path, je.text);
-            free(b.data);
+            free(b.body.p);
             return -1;
         }
     }
-    free(b.data);
+    free(b.body.p);
     return (int)status;
 }
 
@@ -320,16 +310,16 @@ int cli_client_get_raw(cli_client *c, const char *path, char **out, size_t *len,
     *len = 0;
     long status = perform(c, "GET", path, NULL, &b, err);
     if (status < 0) {
-        free(b.data);
+        free(b.body.p);
         return -1;
     }
     if (status >= 300) {
-        cli_error_from_answer(status, b.data, b.len, err);
-        free(b.data);
+        cli_error_from_answer(status, b.body.p, b.body.len, err);
+        free(b.body.p);
         return -1;
     }
-    *out = b.data ? b.data : xstrdup("");
-    *len = b.len;
+    *out = b.body.p ? b.body.p : xstrdup("");
+    *len = b.body.len;
     return 0;
 }
 
@@ -353,14 +343,14 @@ int cli_client_upload(cli_client *c, const char *path, FILE *f, uint64_t size, j
     curl_easy_getinfo(c->curl, CURLINFO_RESPONSE_CODE, &status);
     int ret = -1;
     if (status >= 300)
-        cli_error_from_answer(status, b.data, b.len, err);
+        cli_error_from_answer(status, b.body.p, b.body.len, err);
     else if (rc != CURLE_OK)
         set_transport_error(c, rc, errbuf, err);
-    else if (!b.len || !(*out = json_loadb(b.data, b.len, 0, NULL)))
+    else if (!b.body.len || !(*out = json_loadb(b.body.p, b.body.len, 0, NULL)))
         kh_err_set(err, KH_E_INTERNAL, "kvmhostd sent bad JSON for PUT %s", path);
     else
         ret = (int)status;
-    free(b.data);
+    free(b.body.p);
     return ret;
 }
 
@@ -383,7 +373,7 @@ int cli_client_stream(cli_client *c, const char *path, const char *const *header
     if (!s.status)
         curl_easy_getinfo(c->curl, CURLINFO_RESPONSE_CODE, &s.status);
     if (s.status >= 300) {
-        cli_error_from_answer(s.status, s.errbody.data, s.errbody.len, err);
+        cli_error_from_answer(s.status, s.errbody.body.p, s.errbody.body.len, err);
         ret = -1;
     } else if (rc == CURLE_OK || s.stopped || (rc == CURLE_OPERATION_TIMEDOUT && s.status)) {
         ret = 0;
@@ -391,7 +381,7 @@ int cli_client_stream(cli_client *c, const char *path, const char *const *header
         set_transport_error(c, rc, errbuf, err);
         ret = -1;
     }
-    free(s.errbody.data);
+    free(s.errbody.body.p);
     return ret;
 }
 
@@ -497,23 +487,9 @@ void cli_sse_clear(cli_sse *s)
 {
     if (!s)
         return;
-    free(s->line);
-    free(s->data);
+    kh_buf_release(&s->line);
+    kh_buf_release(&s->data);
     memset(s, 0, sizeof(*s));
-}
-
-static void grow_append(char **p, size_t *len, size_t *cap, const char *data, size_t n)
-{
-    if (!*p || *len + n + 1 > *cap) {
-        size_t c = *cap ? *cap : 256;
-        while (c < *len + n + 1)
-            c *= 2;
-        *p = xrealloc(*p, c);
-        *cap = c;
-    }
-    memcpy(*p + *len, data, n);
-    *len += n;
-    (*p)[*len] = '\0';
 }
 
 /* Handle one complete line (without its end of line). */
@@ -522,11 +498,10 @@ static int sse_line(cli_sse *s, const char *line, size_t n)
     if (n == 0) {
         int rc = 0;
         if (s->have_data)
-            rc = s->fn(s->type[0] ? s->type : "message", s->id, s->data ? s->data : "", s->ud);
+            rc = s->fn(s->type[0] ? s->type : "message", s->id, s->data.p ? s->data.p : "",
+                       s->ud);
         s->have_data = false;
-        s->data_len = 0;
-        if (s->data)
-            s->data[0] = '\0';
+        kh_buf_reset(&s->data);
         s->type[0] = '\0';
         /* The id persists across events, as in the EventSource spec. */
         return rc;
@@ -543,8 +518,8 @@ static int sse_line(cli_sse *s, const char *line, size_t n)
     }
     if (flen == 4 && strncmp(line, "data", 4) == 0) {
         if (s->have_data)
-            grow_append(&s->data, &s->data_len, &s->data_cap, "\n", 1);
-        grow_append(&s->data, &s->data_len, &s->data_cap, v, vlen);
+            kh_buf_add(&s->data, "\n", 1);
+        kh_buf_add(&s->data, v, vlen);
         s->have_data = true;
     } else if (flen == 5 && strncmp(line, "event", 5) == 0) {
         snprintf(s->type, sizeof(s->type), "%.*s", (int)vlen, v);
@@ -559,15 +534,15 @@ int cli_sse_feed(cli_sse *s, const char *buf, size_t len)
     for (size_t i = 0; i < len; i++) {
         char ch = buf[i];
         if (ch == '\n') {
-            size_t n = s->line_len;
-            if (n && s->line[n - 1] == '\r')
+            size_t n = s->line.len;
+            if (n && s->line.p[n - 1] == '\r')
                 n--;
-            int rc = sse_line(s, s->line ? s->line : "", n);
-            s->line_len = 0;
+            int rc = sse_line(s, s->line.p ? s->line.p : "", n);
+            kh_buf_reset(&s->line);
             if (rc)
                 return rc;
         } else {
-            grow_append(&s->line, &s->line_len, &s->line_cap, &ch, 1);
+            kh_buf_add(&s->line, &ch, 1);
         }
     }
     return 0;

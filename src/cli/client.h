@@ -14,6 +14,7 @@
 #include <stdint.h>
 #include <stdio.h>
 
+#include "util/buf.h"
 #include "util/err.h"
 
 typedef struct cli_client cli_client;
@@ -60,10 +61,8 @@ typedef int (*cli_sse_fn)(const char *type, const char *id, const char *data, vo
 typedef struct cli_sse {
     cli_sse_fn fn;
     void *ud;
-    char *line;   /* the incomplete line */
-    size_t line_len, line_cap;
-    char *data;   /* data lines of the current event */
-    size_t data_len, data_cap;
+    kh_buf line;  /* the incomplete line */
+    kh_buf data;  /* data lines of the current event */
     bool have_data;
     char type[64];
     char id[64];

@@ -21,33 +21,6 @@
 
 /* ---- small pieces ---- */
 
-void kh_etcd_buf_add(kh_etcd_buf *b, const char *p, size_t n)
-{
-    if (b->len + n + 1 > b->cap) {
-        size_t cap = b->cap ? b->cap : 1024;
-        while (cap < b->len + n + 1)
-            cap *= 2;
-        b->p = xrealloc(b->p, cap);
-        b->cap = cap;
-    }
-    memcpy(b->p + b->len, p, n);
-    b->len += n;
-    b->p[b->len] = '\0';
-}
-
-void kh_etcd_buf_clear(kh_etcd_buf *b)
-{
-    b->len = 0;
-    if (b->p)
-        b->p[0] = '\0';
-}
-
-size_t kh_etcd_buf_write(char *p, size_t size, size_t n, void *userdata)
-{
-    kh_etcd_buf_add(userdata, p, size * n);
-    return size * n;
-}
-
 char *kh_etcd_b64_encode(const void *data, size_t len)
 {
     char *out = xmalloc(4 * ((len + 2) / 3) + 1);
@@ -332,7 +305,7 @@ void kh_etcd_free(kh_etcd *e)
     curl_slist_free_all(e->headers);
     if (e->easy)
         curl_easy_cleanup(e->easy);
-    free(e->reply.p);
+    kh_buf_release(&e->reply);
     free(e);
 }
 
@@ -388,10 +361,10 @@ static json_t *call(kh_etcd *e, const char *path, json_t *body, bool may_repeat,
     for (size_t i = 0; i < e->n_endpoints; i++) {
         size_t ep = (e->cur + i) % e->n_endpoints;
         char errbuf[CURL_ERROR_SIZE] = "";
-        kh_etcd_buf_clear(&e->reply);
+        kh_buf_reset(&e->reply);
         curl_easy_reset(e->easy);
         kh_etcd_easy_setup(e, e->easy, ep, path, text, e->timeout_ms);
-        curl_easy_setopt(e->easy, CURLOPT_WRITEFUNCTION, kh_etcd_buf_write);
+        curl_easy_setopt(e->easy, CURLOPT_WRITEFUNCTION, kh_buf_curl_write);
         curl_easy_setopt(e->easy, CURLOPT_WRITEDATA, &e->reply);
         curl_easy_setopt(e->easy, CURLOPT_ERRORBUFFER, errbuf);
         CURLcode rc = curl_easy_perform(e->easy);

@@ -9,12 +9,8 @@
 #include <jansson.h>
 
 #include "cluster/etcd.h"
+#include "util/buf.h"
 
-/* A growing byte buffer, NUL-terminated. */
-typedef struct kh_etcd_buf {
-    char *p;
-    size_t len, cap;
-} kh_etcd_buf;
 
 /* A transfer on the multi handle: done runs on the loop once it ended,
  * after the easy handle left the multi handle (the owner cleans it up). */
@@ -32,7 +28,7 @@ struct kh_etcd {
     char *ca_file, *cert_file, *key_file;
     struct curl_slist *headers; /* Content-Type: application/json */
     CURL *easy;                 /* the synchronous calls' handle (keeps its connection) */
-    kh_etcd_buf reply;
+    kh_buf reply;
     /* the asynchronous half (etcd_loop.c) */
     uv_loop_t *loop;
     CURLM *multi;
@@ -41,10 +37,6 @@ struct kh_etcd {
     kh_etcd_keeper *keepers;
 };
 
-void kh_etcd_buf_add(kh_etcd_buf *b, const char *p, size_t n);
-void kh_etcd_buf_clear(kh_etcd_buf *b);
-/* CURLOPT_WRITEFUNCTION appending to the kh_etcd_buf in its userdata. */
-size_t kh_etcd_buf_write(char *p, size_t size, size_t n, void *userdata);
 
 /* Set c up to POST body to endpoint ep + path (timeout_ms 0: no overall
  * timeout, a stream). The body is copied. */

@@ -28,7 +28,7 @@ typedef struct poll_ctx {
 struct kh_etcd_watch {
     kh_etcd *e;
     kh_etcd_xfer x;
-    kh_etcd_buf buf;
+    kh_buf buf;
     char *key;
     bool prefix;
     int64_t next_rev;        /* 0 until the first reply when started "from now" */
@@ -44,7 +44,7 @@ struct kh_etcd_watch {
 struct kh_etcd_keeper {
     kh_etcd *e;
     kh_etcd_xfer x;
-    kh_etcd_buf buf;
+    kh_buf buf;
     int64_t id;
     uint64_t interval_ms;
     uv_timer_t *timer;
@@ -254,7 +254,7 @@ static void watch_destroy(kh_etcd_watch *w)
     kh_etcd_loop_remove(w->e, &w->x);
     uv_timer_stop(w->retry);
     uv_close((uv_handle_t *)w->retry, close_free);
-    free(w->buf.p);
+    kh_buf_release(&w->buf);
     free(w->key);
     free(w);
 }
@@ -316,7 +316,7 @@ static size_t watch_write(char *p, size_t size, size_t n, void *userdata)
     kh_etcd_watch *w = userdata;
     if (w->canceled || w->finished)
         return 0;
-    kh_etcd_buf_add(&w->buf, p, size * n);
+    kh_buf_add(&w->buf, p, size * n);
     /* the gateway ends each message of a stream with a newline */
     char *nl;
     while (!w->canceled && !w->finished && (nl = memchr(w->buf.p, '\n', w->buf.len))) {
@@ -362,7 +362,7 @@ static void watch_open(kh_etcd_watch *w)
     json_t *req = json_pack("{so}", "create_request", create);
     char *body = json_dumps(req, JSON_COMPACT);
     json_decref(req);
-    kh_etcd_buf_clear(&w->buf);
+    kh_buf_reset(&w->buf);
     w->x.easy = curl_easy_init();
     kh_etcd_easy_setup(w->e, w->x.easy, w->ep, "/v3/watch", body, 0);
     free(body);
@@ -417,7 +417,7 @@ static void keeper_destroy(kh_etcd_keeper *k)
     kh_etcd_loop_remove(k->e, &k->x);
     uv_timer_stop(k->timer);
     uv_close((uv_handle_t *)k->timer, close_free);
-    free(k->buf.p);
+    kh_buf_release(&k->buf);
     free(k);
 }
 
@@ -428,10 +428,10 @@ static void keeper_tick(uv_timer_t *t)
         return; /* the previous one is still on its way */
     char body[64];
     snprintf(body, sizeof(body), "{\"ID\":\"%lld\"}", (long long)k->id);
-    kh_etcd_buf_clear(&k->buf);
+    kh_buf_reset(&k->buf);
     k->x.easy = curl_easy_init();
     kh_etcd_easy_setup(k->e, k->x.easy, k->ep, "/v3/lease/keepalive", body, k->e->timeout_ms);
-    curl_easy_setopt(k->x.easy, CURLOPT_WRITEFUNCTION, kh_etcd_buf_write);
+    curl_easy_setopt(k->x.easy, CURLOPT_WRITEFUNCTION, kh_buf_curl_write);
     curl_easy_setopt(k->x.easy, CURLOPT_WRITEDATA, &k->buf);
     k->sent_ms = kh_now_ms();
     kh_etcd_loop_add(k->e, &k->x);

@@ -23,7 +23,7 @@ typedef struct fwd {
     /* the answer */
     long status;
     char *reply_type;
-    kh_etcd_buf reply;
+    kh_buf reply;
     kh_err err;
 } fwd;
 
@@ -51,7 +51,7 @@ static void run(uv_work_t *w)
     curl_easy_setopt(h, CURLOPT_TIMEOUT_MS, (long)FORWARD_TIMEOUT_MS);
     curl_easy_setopt(h, CURLOPT_CONNECTTIMEOUT_MS, 5000L);
     curl_easy_setopt(h, CURLOPT_NOSIGNAL, 1L);
-    curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, kh_etcd_buf_write);
+    curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, kh_buf_curl_write);
     curl_easy_setopt(h, CURLOPT_WRITEDATA, &f->reply);
     curl_easy_setopt(h, CURLOPT_ERRORBUFFER, errbuf);
     CURLcode rc = curl_easy_perform(h);
@@ -76,8 +76,7 @@ static void done(uv_work_t *w, int status)
         kh_err_set(&f->err, KH_E_UNAVAILABLE, "forwarding was cancelled");
     f->cb(f->opaque, f->err.code == KH_OK ? (int)f->status : 0, f->reply_type,
           f->reply.p ? f->reply.p : "", f->reply.len, f->err.code == KH_OK ? NULL : &f->err);
-    kh_etcd_buf_clear(&f->reply);
-    free(f->reply.p);
+    kh_buf_release(&f->reply);
     free(f->reply_type);
     free(f->url);
     free(f->method);

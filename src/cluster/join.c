@@ -375,12 +375,6 @@ static json_t *admit_token(kh_cluster *c, const char *token, const char *host_id
 
 /* ---- the joining side ---- */
 
-static size_t collect(char *p, size_t size, size_t n, void *userdata)
-{
-    kh_etcd_buf_add(userdata, p, size * n);
-    return size * n;
-}
-
 /* POST body (NULL: GET) to the member at url; its JSON answer or NULL with
  * err. cafile: verify its TLS certificate with this CA only. */
 static json_t *ask_member(const char *url, const char *address, const char *token,
@@ -392,7 +386,7 @@ static json_t *ask_member(const char *url, const char *address, const char *toke
     struct curl_slist *hdr = curl_slist_append(NULL, "Content-Type: application/json");
     if (auth)
         hdr = curl_slist_append(hdr, auth);
-    kh_etcd_buf reply = { 0 };
+    kh_buf reply = { 0 };
     char errbuf[CURL_ERROR_SIZE] = "";
     curl_easy_setopt(h, CURLOPT_URL, url);
     curl_easy_setopt(h, CURLOPT_HTTPHEADER, hdr);
@@ -403,7 +397,7 @@ static json_t *ask_member(const char *url, const char *address, const char *toke
     curl_easy_setopt(h, CURLOPT_TIMEOUT_MS, (long)JOIN_TIMEOUT_MS);
     curl_easy_setopt(h, CURLOPT_CONNECTTIMEOUT_MS, 5000L);
     curl_easy_setopt(h, CURLOPT_NOSIGNAL, 1L);
-    curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, collect);
+    curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, kh_buf_curl_write);
     curl_easy_setopt(h, CURLOPT_WRITEDATA, &reply);
     curl_easy_setopt(h, CURLOPT_ERRORBUFFER, errbuf);
     CURLcode rc = curl_easy_perform(h);
@@ -430,8 +424,7 @@ static json_t *ask_member(const char *url, const char *address, const char *toke
             j = NULL;
         }
     }
-    kh_etcd_buf_clear(&reply);
-    free(reply.p);
+    kh_buf_release(&reply);
     return j;
 }
 

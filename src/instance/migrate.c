@@ -32,6 +32,7 @@
 #include "instance/instance_int.h"
 #include "instance/migrate_fsm.h"
 #include "qemu/migrate.h"
+#include "util/buf.h"
 #include "util/log.h"
 #include "util/mem.h"
 #include "util/misc.h"
@@ -119,17 +120,6 @@ static void timer_stop(kh_migration *m)
 
 /* ---- HTTP to the peer ---- */
 
-static size_t collect(char *p, size_t size, size_t n, void *opaque)
-{
-    char **buf = opaque;
-    size_t len = *buf ? strlen(*buf) : 0, add = size * n;
-    char *nb = xrealloc(*buf, len + add + 1);
-    memcpy(nb + len, p, add);
-    nb[len + add] = 0;
-    *buf = nb;
-    return add;
-}
-
 /* POST (body non-NULL) or GET url; *out (may be NULL) the JSON reply. */
 static int peer_call(const kh_migration *m, const char *path, const json_t *body, json_t **out,
                      kh_err *err)
@@ -137,7 +127,7 @@ static int peer_call(const kh_migration *m, const char *path, const json_t *body
     char *url = xasprintf("%s/api/v1/migrations/%s/%s", m->peer.api_url, m->id, path);
     char *auth = xasprintf("Authorization: KH-Peer %s", m->token);
     char *text = body ? json_dumps(body, JSON_COMPACT) : NULL;
-    char *reply = NULL;
+    kh_buf reply = { 0 };
     char errbuf[CURL_ERROR_SIZE] = "";
     long status = 0;
     int rc = -1;
@@ -155,7 +145,7 @@ static int peer_call(const kh_migration *m, const char *path, const json_t *body
     curl_easy_setopt(h, CURLOPT_TIMEOUT_MS, (long)HTTP_TIMEOUT_MS);
     curl_easy_setopt(h, CURLOPT_CONNECTTIMEOUT_MS, 3000L);
     curl_easy_setopt(h, CURLOPT_NOSIGNAL, 1L);
-    curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, collect);
+    curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, kh_buf_curl_write);
     curl_easy_setopt(h, CURLOPT_WRITEDATA, &reply);
     curl_easy_setopt(h, CURLOPT_ERRORBUFFER, errbuf);
     CURLcode cc = curl_easy_perform(h);
@@ -167,7 +157,7 @@ static int peer_call(const kh_migration *m, const char *path, const json_t *body
                    errbuf[0] ? errbuf : curl_easy_strerror(cc));
         goto out;
     }
-    json_t *j = reply ? json_loads(reply, 0, NULL) : NULL;
+    json_t *j = reply.len ? json_loadb(reply.p, reply.len, 0, NULL) : NULL;
     if (status < 200 || status >= 300) {
         const char *msg = json_string_value(
             json_object_get(json_object_get(j, "error"), "message"));
@@ -185,7 +175,7 @@ out:
     free(url);
     free(auth);
     free(text);
-    free(reply);
+    kh_buf_release(&reply);
     return rc;
 }
 
