@@ -75,6 +75,20 @@ static int opt_kind(int option)
     return 1; /* object, string, list, callback data, function, blob */
 }
 
+/* Take the setopt argument of its kind from ap (curl_easy_setopt and
+ * curl_multi_setopt share the option type ranges). */
+static int opt_take(int option, va_list ap, opt_arg *a)
+{
+    int kind = opt_kind(option);
+    if (kind == 0)
+        a->l = va_arg(ap, long);
+    else if (kind == 2)
+        a->o = va_arg(ap, curl_off_t);
+    else
+        a->p = va_arg(ap, void *);
+    return kind;
+}
+
 CURLcode curl_global_init(long flags)
 {
     return ready() ? fn.curl_global_init(flags) : CURLE_FAILED_INIT;
@@ -109,13 +123,7 @@ CURLcode curl_easy_setopt(CURL *curl, CURLoption option, ...)
     va_list ap;
     va_start(ap, option);
     opt_arg a = { 0, NULL, 0 };
-    int kind = opt_kind((int)option);
-    if (kind == 0)
-        a.l = va_arg(ap, long);
-    else if (kind == 2)
-        a.o = va_arg(ap, curl_off_t);
-    else
-        a.p = va_arg(ap, void *);
+    int kind = opt_take((int)option, ap, &a);
     va_end(ap);
     return kind == 0 ? fn.curl_easy_setopt(curl, option, a.l)
            : kind == 2 ? fn.curl_easy_setopt(curl, option, a.o)
@@ -203,13 +211,7 @@ CURLMcode curl_multi_setopt(CURLM *multi, CURLMoption option, ...)
     va_list ap;
     va_start(ap, option);
     opt_arg a = { 0, NULL, 0 };
-    int kind = opt_kind((int)option);
-    if (kind == 0)
-        a.l = va_arg(ap, long);
-    else if (kind == 2)
-        a.o = va_arg(ap, curl_off_t);
-    else
-        a.p = va_arg(ap, void *);
+    int kind = opt_take((int)option, ap, &a);
     va_end(ap);
     return kind == 0 ? fn.curl_multi_setopt(multi, option, a.l)
            : kind == 2 ? fn.curl_multi_setopt(multi, option, a.o)
