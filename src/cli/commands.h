@@ -118,6 +118,9 @@ cli_client *cli_ctx_client(cli_ctx *ctx, kh_err *err);
  * JSON as it is with --json, else through human(). 0, or -1 with err. */
 int cli_show(cli_ctx *ctx, const char *method, const char *path, const json_t *body,
              void (*human)(const json_t *), kh_err *err);
+/* cli_show of GET /api/v1/<collection>/<name> (the name escaped). */
+int cli_show_one(cli_ctx *ctx, const char *collection, const char *name,
+                 void (*human)(const json_t *), kh_err *err);
 /* DELETE path (stolen) and say "<what> <name> deleted" (nothing with
  * --json). 0, or -1 with err. */
 int cli_delete(cli_ctx *ctx, char *path, const char *what, const char *name, kh_err *err);

@@ -85,6 +85,15 @@ int cli_show(cli_ctx *ctx, const char *method, const char *path, const json_t *b
     return 0;
 }
 
+int cli_show_one(cli_ctx *ctx, const char *collection, const char *name,
+                 void (*human)(const json_t *), kh_err *err)
+{
+    char *path = cli_api_path(collection, name, NULL);
+    int rc = cli_show(ctx, "GET", path, NULL, human, err);
+    free(path);
+    return rc;
+}
+
 int cli_delete(cli_ctx *ctx, char *path, const char *what, const char *name, kh_err *err)
 {
     cli_client *c = cli_ctx_client(ctx, err);

@@ -83,10 +83,7 @@ static void net_human(const json_t *net)
 
 static int cli_do_net_show(cli_ctx *ctx, const cli_args *a, kh_err *err)
 {
-    char *path = cli_api_path("networks", a->pos, NULL);
-    int rc = cli_show(ctx, "GET", path, NULL, net_human, err);
-    free(path);
-    return rc;
+    return cli_show_one(ctx, "networks", a->pos, net_human, err);
 }
 
 static int cli_do_net_delete(cli_ctx *ctx, const cli_args *a, kh_err *err)

@@ -69,10 +69,7 @@ static int cli_do_sg_list(cli_ctx *ctx, const cli_args *a, kh_err *err)
 
 static int cli_do_sg_show(cli_ctx *ctx, const cli_args *a, kh_err *err)
 {
-    char *path = cli_api_path("security-groups", a->pos, NULL);
-    int rc = cli_show(ctx, "GET", path, NULL, rules_human, err);
-    free(path);
-    return rc;
+    return cli_show_one(ctx, "security-groups", a->pos, rules_human, err);
 }
 
 /* One rule object from the --proto/--ports/--cidr options. */

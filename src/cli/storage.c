@@ -101,10 +101,7 @@ static void pool_human(const json_t *pool)
 
 static int cli_do_pool_show(cli_ctx *ctx, const cli_args *a, kh_err *err)
 {
-    char *path = cli_api_path("pools", a->pos, NULL);
-    int rc = cli_show(ctx, "GET", path, NULL, pool_human, err);
-    free(path);
-    return rc;
+    return cli_show_one(ctx, "pools", a->pos, pool_human, err);
 }
 
 static int cli_do_pool_create(cli_ctx *ctx, const cli_args *a, kh_err *err)

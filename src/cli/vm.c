@@ -267,10 +267,7 @@ static void vm_human(const json_t *vm)
 
 static int cli_do_vm_show(cli_ctx *ctx, const cli_args *a, kh_err *err)
 {
-    char *path = cli_api_path("vms", a->pos, NULL);
-    int rc = cli_show(ctx, "GET", path, NULL, vm_human, err);
-    free(path);
-    return rc;
+    return cli_show_one(ctx, "vms", a->pos, vm_human, err);
 }
 
 static int cli_do_vm_edit(cli_ctx *ctx, const cli_args *a, kh_err *err)
