@@ -367,6 +367,7 @@ static void rt_unlink_free(net_rt *r)
     kh_network_free(r->n);
     free(r->dir);
     free(r->hosts);
+    json_decref(r->leases);
     free(r);
 }
 
@@ -664,14 +665,28 @@ int kh_netmgr_delete(kh_netmgr *nm, const char *name, kh_err *err)
     return 0;
 }
 
-static json_t *read_leases(const net_rt *r)
+/* The network's DHCP leases, parsed (borrowed: valid until the next call).
+ * Every VM reply names its NICs' addresses from them, so the file is read
+ * and parsed again only when dnsmasq has rewritten it (mtime or size). */
+static const json_t *leases_of(net_rt *r)
 {
     char *path = xasprintf("%s/leases", r->dir);
-    char *text = kh_fs_read(path, LEASES_MAX, NULL, NULL);
+    struct stat st;
+    bool have = stat(path, &st) == 0;
+    if (r->leases && have && st.st_size == r->leases_size &&
+        st.st_mtim.tv_sec == r->leases_mtime.tv_sec &&
+        st.st_mtim.tv_nsec == r->leases_mtime.tv_nsec) {
+        free(path);
+        return r->leases;
+    }
+    char *text = have ? kh_fs_read(path, LEASES_MAX, NULL, NULL) : NULL;
     free(path);
-    json_t *arr = kh_dnsmasq_leases_parse(text ? text : "");
+    json_decref(r->leases);
+    r->leases = kh_dnsmasq_leases_parse(text ? text : "");
     free(text);
-    return arr;
+    r->leases_mtime = have ? st.st_mtim : (struct timespec){ 0, 0 };
+    r->leases_size = have ? st.st_size : -1;
+    return r->leases;
 }
 
 json_t *kh_netmgr_leases_json(kh_netmgr *nm, const char *name, kh_err *err)
@@ -679,7 +694,7 @@ json_t *kh_netmgr_leases_json(kh_netmgr *nm, const char *name, kh_err *err)
     net_rt *r = find(nm, name, err);
     if (!r)
         return NULL;
-    json_t *arr = read_leases(r);
+    json_t *arr = json_deep_copy(leases_of(r));
     /* name the VM of each lease */
     size_t i;
     json_t *l;
@@ -707,7 +722,7 @@ json_t *kh_netmgr_addresses_of(kh_netmgr *nm, const char *network, const char *m
         }
         if (res)
             json_array_append_new(out, res);
-        json_t *leases = kh_network_owns_bridge(r->n) ? read_leases(r) : json_array();
+        const json_t *leases = kh_network_owns_bridge(r->n) ? leases_of(r) : NULL;
         size_t i;
         json_t *l;
         json_array_foreach(leases, i, l) {
@@ -723,7 +738,6 @@ json_t *kh_netmgr_addresses_of(kh_netmgr *nm, const char *network, const char *m
             }
             json_object_set(e, "expires", json_object_get(l, "expires"));
         }
-        json_decref(leases);
     }
     return out;
 }
@@ -769,7 +783,7 @@ json_t *kh_netmgr_forward_add(kh_netmgr *nm, const char *name, const json_t *bod
     if (b->ip) {
         f.ip = xstrdup(b->ip);
     } else {
-        json_t *leases = read_leases(r);
+        const json_t *leases = leases_of(r);
         size_t i;
         json_t *l;
         json_array_foreach(leases, i, l) {
@@ -778,7 +792,6 @@ json_t *kh_netmgr_forward_add(kh_netmgr *nm, const char *name, const json_t *bod
                 f.ip = xstrdup(json_string_value(json_object_get(l, "ip")));
             }
         }
-        json_decref(leases);
     }
     if (!f.ip) {
         kh_err_set(err, KH_E_CONFLICT,

@@ -3,7 +3,9 @@
 #ifndef KH_NET_NETMGR_INT_H
 #define KH_NET_NETMGR_INT_H
 
+#include <jansson.h>
 #include <stdint.h>
+#include <time.h>
 #include <sys/types.h>
 #include <uv.h>
 
@@ -24,6 +26,9 @@ struct net_rt {
     uint64_t dns_started_ms;
     unsigned dns_quick_deaths;
     char *hosts;           /* the hosts file as last written */
+    json_t *leases;        /* dnsmasq's lease file, parsed (NULL: not read yet) */
+    struct timespec leases_mtime; /* ... as it was when parsed: */
+    off_t leases_size;     /* reread only when it changed */
     net_rt *next;
 };
 
