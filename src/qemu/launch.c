@@ -18,19 +18,19 @@
 
 #include "conf/limits.h"
 #include "host/proc.h"
+#include "host/spawn.h"
 #include "instance/instance_int.h"
 #include "instance/quota.h"
 #include "net/tap.h"
 #include "qemu/driver.h"
 #include "qemu/kernel.h"
-#include "qemu/process.h"
 #include "util/fs.h"
 #include "util/log.h"
 #include "util/mem.h"
 #include "util/misc.h"
 #include "util/sock.h"
 
-/* Fixed fd numbers inside QEMU (see kh_process_spawn): golden-testable argv. */
+/* Fixed fd numbers inside QEMU (see kh_spawn): golden-testable argv. */
 enum { FD_QMP = 3, FD_SERIAL, FD_KERNEL, FD_INITRD, FD_DISK0 };
 /* Backing layers of volume disks: FD_BACKING0 + i * KH_DISK_BACKING_MAX + j. */
 #define FD_BACKING0 (FD_DISK0 + KH_VM_DISKS_MAX)
@@ -313,16 +313,23 @@ static void start_spawn(kh_inst *v, const char *kernel_file)
     }
 
     kh_qemu_driver_step(v, KH_LAUNCH_CGROUP);
-    kh_process_fd pfds[KH_ARRAY_LEN(fds)];
+    kh_spawn_fd pfds[KH_ARRAY_LEN(fds)];
     size_t npfds = 0;
     for (int i = 0; i < (int)KH_ARRAY_LEN(fds); i++)
         if (fds[i] >= 0)
-            pfds[npfds++] = (kh_process_fd){ fds[i], i };
-    kh_process_spec ps = {
+            pfds[npfds++] = (kh_spawn_fd){ fds[i], i };
+    /* QEMU outlives the daemon (own session, no death signal): the next
+     * daemon reattaches to it. */
+    kh_spawn_spec ss = {
         .argv = argv->v,
+        .stdin_fd = -1,
+        .stdout_fd = log_fd,
+        .stderr_fd = log_fd,
         .fds = pfds,
         .nfds = npfds,
-        .log_fd = log_fd,
+        .new_session = true,
+        .die_with_parent = false,
+        .no_new_privs = true,
         .drop_privileges = mgr->cfg.drop_privileges,
         .uid = mgr->cfg.uid,
         .gid = mgr->cfg.gid,
@@ -333,10 +340,11 @@ static void start_spawn(kh_inst *v, const char *kernel_file)
     };
     if (v->task)
         kh_task_progress(v->task, 40, "starting QEMU");
-    int pidfd = -1;
-    pid_t pid = kh_process_spawn(&ps, &pidfd, &err);
-    if (pid < 0)
+    kh_spawn_child child;
+    if (kh_spawn(&ss, &child, &err) < 0)
         goto fail;
+    pid_t pid = child.pid;
+    int pidfd = child.pidfd;
     kh_qemu_driver_step(v, KH_LAUNCH_SPAWN);
     v->pid = pid;
     v->is_child = true;
