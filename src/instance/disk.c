@@ -15,6 +15,7 @@
 #include "util/mem.h"
 #include "instance/config.h"
 #include "instance/hotplug.h"
+#include "instance/vmuid.h"
 
 #define DISK_PORTS 4 /* hp0..hp3; NICs have hp4..hp7 */
 #define DETACH_TIMEOUT_DEFAULT_S 30
@@ -504,6 +505,9 @@ static int build_attach(disk_op *o, kh_err *err)
                          o->volume);
             goto out;
         }
+        kh_vmuid_identity id;
+        if (top && !ro && kh_vmuid_identity_get(o->d->mgr, o->vd.id, &id, NULL) == 0)
+            kh_vmuid_own_fd(&id, fd, c.layer[j].path); /* the VM's own, as at start */
         int set = FDSET_BASE + 16 * k + (int)j;
         if (top) {
             snprintf(node, sizeof(node), "disk%d", k);
@@ -834,6 +838,8 @@ static void build_cleanup(disk_op *o)
     const char *ref = o->vd.spec->disks[o->index].volume;
     if (ref && kh_storage_resolve(o->d->st, ref, &c, NULL) == 0) {
         layers = c.n;
+        if (!o->vd.spec->disks[o->index].readonly) /* no longer the VM's */
+            kh_vmuid_disown_path(kh_vmuid_lookup(o->d->mgr, o->vd.id), c.layer[0].path);
         kh_volume_chain_clear(&c);
     }
     add_teardown(o, k, layers, NULL);

@@ -51,6 +51,9 @@ typedef struct kh_manager_config {
     gid_t gid;
     const gid_t *groups;
     size_t ngroups;
+    uid_t uid_first;           /* per-VM QEMU uids (instance/vmuid.h): the range */
+    unsigned uid_count;        /* 0: every QEMU runs as uid/gid above */
+    gid_t kvm_gid;             /* 0: none; else a supplementary group of each VM uid */
     unsigned start_timeout_ms; /* QMP ready deadline; 0 = 30 s */
     kh_storage *storage;       /* resolves disks given as volumes (NULL: none) */
     kh_netmgr *net;            /* networks for NICs (NULL: VMs with NICs are refused) */

@@ -21,6 +21,7 @@
 #include "host/spawn.h"
 #include "instance/instance_int.h"
 #include "instance/quota.h"
+#include "instance/vmuid.h"
 #include "net/tap.h"
 #include "qemu/driver.h"
 #include "qemu/kernel.h"
@@ -138,6 +139,24 @@ static int firmware_serial_fd(kh_err *err)
     return fd;
 }
 
+/* What QEMU sees of the filesystem (host/confine.h): QEMU gets every disk,
+ * kernel, tap and vhost-net as an fd, so its /dev holds only the plain
+ * character devices (and kvm with KVM), and of the daemon's directories
+ * only its own run dir (pid file, VNC socket) stays; /tmp is private. */
+static void confine_view(const kh_manager *mgr, const char *run, kh_confine *c)
+{
+    static const char *const devs[] = { "null", "zero", "full", "random", "urandom" };
+    memset(c, 0, sizeof(*c));
+    for (size_t i = 0; i < KH_ARRAY_LEN(devs); i++)
+        c->devs[c->ndevs++] = devs[i];
+    if (mgr->cfg.accel == KH_ACCEL_KVM)
+        c->devs[c->ndevs++] = "kvm";
+    kh_confine_hide(c, "/tmp");
+    kh_confine_hide(c, mgr->state_dir);
+    kh_confine_hide(c, mgr->run_dir);
+    c->keep = run;
+}
+
 /* Create the run dir, sockets and fds, build the argv, spawn QEMU. */
 static void start_spawn(kh_inst *v, const char *kernel_file)
 {
@@ -164,12 +183,15 @@ static void start_spawn(kh_inst *v, const char *kernel_file)
     kh_strv *argv = NULL;
 
     kh_runtime_disk_nodes_reset(v);
+    kh_vmuid_identity id = { 0 };
+    if (mgr->cfg.drop_privileges && kh_vmuid_identity_get(mgr, v->id, &id, &err) < 0)
+        goto fail;
     if (kh_fs_mkdir_p(state, 0700, &err) < 0)
         goto fail;
     kh_fs_rm_rf(run, NULL);
     if (kh_fs_mkdir_p(run, 0700, &err) < 0)
         goto fail;
-    if (mgr->cfg.drop_privileges && chown(run, mgr->cfg.uid, mgr->cfg.gid) < 0) {
+    if (mgr->cfg.drop_privileges && chown(run, id.uid, id.gid) < 0) {
         kh_err_errno(&err, KH_E_INTERNAL, errno, "chown %s", run);
         goto fail;
     }
@@ -267,12 +289,15 @@ static void start_spawn(kh_inst *v, const char *kernel_file)
         }
         fds[FD_DISK0 + i] = fd;
         disk_fds[i] = FD_DISK0 + (int)i;
+        if (!d->readonly) /* a writable top layer is the VM's own */
+            kh_vmuid_own_fd(&id, fd, d->path);
     }
     if (open_nics(v, fds, nic_fds, nic_vhost_fds, &err) < 0 ||
         kh_bindings_nic_rates(v, NULL, v->spec->limits, &err) < 0)
         goto fail;
     log_fd = open(log_path, O_WRONLY | O_CREAT | O_CLOEXEC | O_NOFOLLOW |
                   O_TRUNC, 0600);
+    kh_vmuid_own_fd(&id, log_fd, log_path);
     kh_qemu_driver_step(v, KH_LAUNCH_FDS);
 
     kh_argv_env env = {
@@ -331,13 +356,18 @@ static void start_spawn(kh_inst *v, const char *kernel_file)
         .die_with_parent = false,
         .no_new_privs = true,
         .drop_privileges = mgr->cfg.drop_privileges,
-        .uid = mgr->cfg.uid,
-        .gid = mgr->cfg.gid,
-        .groups = mgr->groups,
-        .ngroups = mgr->cfg.ngroups,
+        .uid = id.uid,
+        .gid = id.gid,
+        .groups = id.groups,
+        .ngroups = id.ngroups,
         .cgroups = mgr->cfg.cgroups,
         .vm_id = v->id,
     };
+    kh_confine confine;
+    if (mgr->cfg.drop_privileges) {
+        confine_view(mgr, run, &confine);
+        ss.confine = &confine;
+    }
     if (v->task)
         kh_task_progress(v->task, 40, "starting QEMU");
     kh_spawn_child child;
