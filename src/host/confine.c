@@ -67,6 +67,9 @@ void kh_confine_hide(kh_confine *c, const char *dir)
                                          "/bin", "/sbin", "/lib64" };
     if (!dir || dir[0] != '/' || c->nhide >= KH_CONFINE_HIDE_MAX)
         return;
+    for (const char *p = strstr(dir, "/."); p; p = strstr(p + 1, "/."))
+        if (p[2] == '/' || p[2] == '\0' || (p[2] == '.' && (p[3] == '/' || p[3] == '\0')))
+            return; /* "." or ".." components: not a plain path */
     for (size_t i = 0; i < sizeof(vital) / sizeof(vital[0]); i++)
         if (is_under(vital[i], dir))
             return;

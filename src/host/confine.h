@@ -39,7 +39,8 @@ typedef struct kh_confine {
 } kh_confine;
 
 /* Add dir to c->hide unless it lies inside one already there (or is "/",
- * or holds /usr, /etc, /proc, /sys or /dev); keeps the list outer-first. */
+ * holds /usr, /etc, /proc, /sys, /dev or /lib, or has "." or ".."
+ * components); keeps the list outer-first. */
 void kh_confine_hide(kh_confine *c, const char *dir);
 
 /* In a forked child: enter the confined view. 0, or -1 with errno. */
