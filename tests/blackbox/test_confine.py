@@ -182,6 +182,34 @@ def test_cgroup_denies_other_devices(two):
         assert open_in_cgroup(tasks, "/dev/net/tun") == 1
 
 
+def test_volumes_owned_while_the_vm_has_them(daemon):
+    """A volume disk (at start and hot-plugged) is the VM uid's; once the
+    VM becomes a template its volumes (now shared bases) are root's."""
+    api = daemon.api
+    paths = {}
+    for name in ("root", "data"):
+        r = api.post("/api/v1/pools/default/volumes", {"name": name, "size": "8M"})
+        assert r.status == 201, r
+        paths[name] = os.path.join(daemon.state_dir, "pools", "default", r.json["id"])
+        assert os.stat(paths[name]).st_uid == 0
+    api.create({"name": "cv", "vcpus": 1, "memory_mib": 64, "serial": True,
+                "graphics": "none", "disks": [{"volume": "default/root"}]})
+    vm = api.act_ok("cv", "start")
+    uid = ids(vm["pid"])[0]
+    assert os.stat(paths["root"]).st_uid == uid
+    r = api.post("/api/v1/vms/cv/disks", {"volume": "default/data"})
+    assert r.status == 200, r
+    st = os.stat(paths["data"])
+    assert st.st_uid == uid and stat.S_IMODE(st.st_mode) == 0o600, (st.st_uid, oct(st.st_mode))
+    assert try_open_as(uid + 1, uid + 1, paths["data"]) == 13
+    api.act_ok("cv", "kill")
+    assert os.stat(paths["root"]).st_uid == uid  # stopped: still its own
+    r = api.post("/api/v1/vms/cv/template", {})
+    assert r.status == 200, r
+    for p in paths.values():
+        assert os.stat(p).st_uid == 0, p
+
+
 def test_run_dir_unreachable_is_a_start_error(daemons):
     d = daemons(start=False)
     private = os.path.join(d.base, "private")
