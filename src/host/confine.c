@@ -24,7 +24,8 @@ static int cat2(char *buf, size_t size, const char *a, const char *b)
         return -1;
     }
     memcpy(buf, a, la);
-    memcpy(buf + la, b, lb + 1);
+    memcpy(buf + la, b, lb);
+    buf[la + lb] = '\0';
     return 0;
 }
 

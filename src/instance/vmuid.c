@@ -50,8 +50,7 @@ static uid_t allocate(kh_manager *mgr, const char *vm_id, kh_err *err)
     /* the lowest uid of the range that no row holds and the host does not use */
     uid_t cand = first;
     bool found = false;
-    int rc;
-    while (!found && (rc = sqlite3_step(s)) == SQLITE_ROW) {
+    while (!found && sqlite3_step(s) == SQLITE_ROW) {
         uid_t used = (uid_t)sqlite3_column_int64(s, 0);
         for (; cand < used; cand++)
             if (!taken_on_host(cand)) {
