@@ -838,13 +838,12 @@ static void build_cleanup(disk_op *o)
     const char *ref = o->vd.spec->disks[o->index].volume;
     if (ref && kh_storage_resolve(o->d->st, ref, &c, NULL) == 0) {
         layers = c.n;
-        if (!o->vd.spec->disks[o->index].readonly) /* no longer the VM's */
-            kh_vmuid_disown_path(kh_vmuid_lookup(o->d->mgr, o->vd.id), c.layer[0].path);
         kh_volume_chain_clear(&c);
     }
     add_teardown(o, k, layers, NULL);
     for (size_t j = 0; j < layers; j++)
         add_step(o, "remove-fd", fdset_args(FDSET_BASE + 16 * k + (int)j), -1, NULL, NULL);
+    kh_vmuid_disown_disk(o->d->mgr, o->vd.id, &o->vd.spec->disks[o->index]); /* not its own now */
     remove_disk(&o->vd, o->index);
     run_next(o);
 }
@@ -1092,6 +1091,7 @@ int kh_disk_detach(kh_disks *d, const char *vm, const char *index, unsigned time
     o->link = d->ops;
     d->ops = o;
     if (!o->vd.live) {
+        kh_vmuid_disown_disk(d->mgr, o->vd.id, &o->vd.spec->disks[idx]);
         remove_disk(&o->vd, idx);
         defer_commit(o);
         return 0;

@@ -127,20 +127,29 @@ void kh_vmuid_disown_path(uid_t uid, const char *path)
                "error=\"%s\"", path, (unsigned)uid, strerror(errno));
 }
 
+static void disown_disk(kh_manager *mgr, uid_t uid, const kh_disk_spec *d)
+{
+    kh_volume_chain c;
+    if (d->readonly)
+        return; /* never given to the VM */
+    if (!d->volume) {
+        kh_vmuid_disown_path(uid, d->path);
+    } else if (mgr->cfg.storage && kh_storage_resolve(mgr->cfg.storage, d->volume, &c, NULL) == 0) {
+        kh_vmuid_disown_path(uid, c.layer[0].path);
+        kh_volume_chain_clear(&c);
+    }
+}
+
+void kh_vmuid_disown_disk(kh_manager *mgr, const char *vm_id, const kh_disk_spec *d)
+{
+    uid_t uid = kh_vmuid_lookup(mgr, vm_id);
+    if (uid)
+        disown_disk(mgr, uid, d);
+}
+
 void kh_vmuid_release(kh_manager *mgr, const char *vm_id, const kh_vm_spec *spec)
 {
     uid_t uid = kh_vmuid_lookup(mgr, vm_id);
-    for (size_t i = 0; uid && i < spec->ndisks; i++) {
-        const kh_disk_spec *d = &spec->disks[i];
-        if (d->readonly)
-            continue;
-        kh_volume_chain c;
-        if (!d->volume) {
-            kh_vmuid_disown_path(uid, d->path);
-        } else if (mgr->cfg.storage &&
-                   kh_storage_resolve(mgr->cfg.storage, d->volume, &c, NULL) == 0) {
-            kh_vmuid_disown_path(uid, c.layer[0].path);
-            kh_volume_chain_clear(&c);
-        }
-    }
+    for (size_t i = 0; uid && i < spec->ndisks; i++)
+        disown_disk(mgr, uid, &spec->disks[i]);
 }

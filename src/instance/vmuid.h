@@ -44,6 +44,9 @@ void kh_vmuid_own_fd(const kh_vmuid_identity *id, int fd, const char *what);
  * uid, it goes back to root:root, so the uid can be given to another VM. */
 void kh_vmuid_disown_path(uid_t uid, const char *path);
 
+/* Disk d leaves VM vm_id (detach): its file or volume, when writable and
+ * owned by the VM's uid, goes back to root. */
+void kh_vmuid_disown_disk(kh_manager *mgr, const char *vm_id, const kh_disk_spec *d);
 /* Before VM vm_id is deleted: the writable disks of spec (files and
  * volumes) owned by its uid go back to root. */
 void kh_vmuid_release(kh_manager *mgr, const char *vm_id, const kh_vm_spec *spec);

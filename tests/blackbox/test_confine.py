@@ -183,8 +183,9 @@ def test_cgroup_denies_other_devices(two):
 
 
 def test_volumes_owned_while_the_vm_has_them(daemon):
-    """A volume disk (at start and hot-plugged) is the VM uid's; once the
-    VM becomes a template its volumes (now shared bases) are root's."""
+    """A volume disk (at start and hot-plugged) is the VM uid's; a detached
+    one is root's again, and so are the volumes of a VM that becomes a
+    template (now shared bases)."""
     api = daemon.api
     paths = {}
     for name in ("root", "data"):
@@ -204,6 +205,10 @@ def test_volumes_owned_while_the_vm_has_them(daemon):
     assert try_open_as(uid + 1, uid + 1, paths["data"]) == 13
     api.act_ok("cv", "kill")
     assert os.stat(paths["root"]).st_uid == uid  # stopped: still its own
+    assert os.stat(paths["data"]).st_uid == uid
+    r = api.delete("/api/v1/vms/cv/disks/1")  # detached: no longer its own
+    assert r.status == 200, r
+    assert os.stat(paths["data"]).st_uid == 0
     r = api.post("/api/v1/vms/cv/template", {})
     assert r.status == 200, r
     for p in paths.values():
