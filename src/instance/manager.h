@@ -39,7 +39,7 @@ typedef struct kh_manager kh_manager;
 
 typedef struct kh_manager_config {
     const char *state_dir;     /* kvmhost.db, vms/<id>/{console.log,qemu.log}, cache/ */
-    const char *run_dir;       /* vms/<id>/{qmp.sock,serial.sock,qemu.pid,vnc.sock} */
+    const char *run_dir;       /* vms/<id>/{qmp.sock,serial.sock,qemu/{qemu.pid,vnc.sock}} */
     const char *qemu_binary;
     kh_qemu_caps caps;
     kh_accel accel;

@@ -142,8 +142,9 @@ static int firmware_serial_fd(kh_err *err)
 /* What QEMU sees of the filesystem (host/confine.h): QEMU gets every disk,
  * kernel, tap and vhost-net as an fd, so its /dev holds only the plain
  * character devices (and kvm with KVM), and of the daemon's directories
- * only its own run dir (pid file, VNC socket) stays; /tmp is private. */
-static void confine_view(const kh_manager *mgr, const char *run, kh_confine *c)
+ * only its own dir in the run dir (pid file, VNC socket) stays; /tmp is
+ * private. */
+static void confine_view(const kh_manager *mgr, const char *own, kh_confine *c)
 {
     static const char *const devs[] = { "null", "zero", "full", "random", "urandom" };
     memset(c, 0, sizeof(*c));
@@ -154,7 +155,7 @@ static void confine_view(const kh_manager *mgr, const char *run, kh_confine *c)
     kh_confine_hide(c, "/tmp");
     kh_confine_hide(c, mgr->state_dir);
     kh_confine_hide(c, mgr->run_dir);
-    c->keep = run;
+    c->keep = own;
 }
 
 /* Create the run dir, sockets and fds, build the argv, spawn QEMU. */
@@ -177,7 +178,11 @@ static void start_spawn(kh_inst *v, const char *kernel_file)
     int nic_vhost_fds[KH_VM_NICS_MAX * KH_QEMU_NIC_QUEUES_MAX];
     int dirfd = -1, log_fd = -1, serial_conn = -1;
     char *run = kh_runtime_run_path(v, NULL), *state = kh_runtime_state_path(v, NULL);
-    char *pidfile = kh_runtime_run_path(v, "qemu.pid"), *vnc = kh_runtime_run_path(v, "vnc.sock");
+    /* QEMU's own files in a subdir of its uid: the run dir itself (the
+     * daemon's sockets and records) stays root's */
+    char *own = kh_runtime_run_path(v, KH_RUNTIME_QEMU_DIR);
+    char *pidfile = kh_runtime_run_path(v, KH_RUNTIME_QEMU_DIR "/qemu.pid");
+    char *vnc = kh_runtime_run_path(v, KH_RUNTIME_QEMU_DIR "/vnc.sock");
     char *log_path = kh_runtime_state_path(v, "qemu.log");
     char *kernel_arg = NULL, *initrd_arg = NULL, *firmware_arg = NULL;
     kh_strv *argv = NULL;
@@ -189,10 +194,10 @@ static void start_spawn(kh_inst *v, const char *kernel_file)
     if (kh_fs_mkdir_p(state, 0700, &err) < 0)
         goto fail;
     kh_fs_rm_rf(run, NULL);
-    if (kh_fs_mkdir_p(run, 0700, &err) < 0)
+    if (kh_fs_mkdir_p(run, 0711, &err) < 0 || kh_fs_mkdir_p(own, 0700, &err) < 0)
         goto fail;
-    if (mgr->cfg.drop_privileges && chown(run, id.uid, id.gid) < 0) {
-        kh_err_errno(&err, KH_E_INTERNAL, errno, "chown %s", run);
+    if (chmod(run, 0711) < 0 || (mgr->cfg.drop_privileges && chown(own, id.uid, id.gid) < 0)) {
+        kh_err_errno(&err, KH_E_INTERNAL, errno, "chown %s", own);
         goto fail;
     }
     kh_runtime_boot_record(v);
@@ -365,7 +370,7 @@ static void start_spawn(kh_inst *v, const char *kernel_file)
     };
     kh_confine confine;
     if (mgr->cfg.drop_privileges) {
-        confine_view(mgr, run, &confine);
+        confine_view(mgr, own, &confine);
         ss.confine = &confine;
     }
     if (v->task)
@@ -441,6 +446,7 @@ out:
     kh_strv_free(argv);
     kh_vm_spec_free(rs);
     free(run);
+    free(own);
     free(state);
     free(pidfile);
     free(vnc);

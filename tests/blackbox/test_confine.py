@@ -125,13 +125,18 @@ def test_qemu_uid_per_vm_namespace_and_dev(daemon, two, workdir):
     assert not os.path.exists(root + daemon.state_dir + "/kvmhost.db")
     run_a = os.path.join(daemon.state_dir, "run", "vms", a["id"])
     run_b = os.path.join(daemon.state_dir, "run", "vms", b["id"])
-    assert os.path.exists(run_b + "/qemu.pid")
+    assert os.path.exists(run_b + "/qemu/qemu.pid")
     assert os.listdir(root + os.path.dirname(run_a)) == [a["id"]]
-    assert "qemu.pid" in os.listdir(root + run_a)
+    assert os.listdir(root + run_a) == ["qemu"]  # not the daemon's sockets and records
+    assert "qemu.pid" in os.listdir(root + run_a + "/qemu")
     assert not os.path.exists(root + run_b)
     assert not os.path.exists(root + workdir)  # /tmp is its own too
+    # the run dir is root's; QEMU's own subdir (pid file, VNC socket) is its uid's
     st = os.stat(run_a)
+    assert st.st_uid == 0 and stat.S_IMODE(st.st_mode) == 0o711, (st.st_uid, oct(st.st_mode))
+    st = os.stat(run_a + "/qemu")
     assert st.st_uid == ua and stat.S_IMODE(st.st_mode) == 0o700, (st.st_uid, oct(st.st_mode))
+    assert try_open_as(ub, gb, run_a + "/qemu/qemu.pid") == 13
 
     # the writable disks are the VM's own: another VM's uid cannot open them
     for disk, uid in ((two["a_disk"], ua), (two["b_disk"], ub)):
