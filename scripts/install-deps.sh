@@ -50,8 +50,9 @@ if [ "${1:-}" = "--test" ] && [ "$(id -u)" -eq 0 ]; then
   fi
 fi
 
-# QEMU never runs as root: it runs as this system user (in group kvm for
-# /dev/kvm where KVM works).
+# QEMU never runs as root: each VM's QEMU gets a uid of its own from
+# kvmhostd's --qemu-uid-range (no passwd entry needed); this system user is
+# for --qemu-user (every QEMU as one user, the compatibility mode).
 if [ "$(id -u)" -eq 0 ] && ! getent passwd kvmhost-qemu >/dev/null; then
   getent group kvm >/dev/null || groupadd --system kvm
   useradd --system --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin \

@@ -1,6 +1,6 @@
 /* vnc_routes.c - GET /api/v1/vms/{name}/vnc: the VM's graphical console as
  * a WebSocket (binary frames both ways) relayed to and from QEMU's VNC unix
- * socket (RUN_DIR/vms/<id>/vnc.sock), for noVNC in the browser.
+ * socket (RUN_DIR/vms/<id>/qemu/vnc.sock), for noVNC in the browser.
  *
  * Lifetimes: a link has two owners, the WebSocket (until its on_close) and
  * the pipe to QEMU (from uv_pipe_init until its close callback); the last

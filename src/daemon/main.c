@@ -32,6 +32,7 @@
 #include "cluster/cluster.h"
 #include "http/http.h"
 #include "host/cgroup.h"
+#include "host/confine.h"
 #include "kh_config.h"
 #include "qemu/accel.h"
 #include "qemu/caps.h"
@@ -59,6 +60,7 @@ typedef struct options {
     const char *log_level;
     const char *qemu;
     const char *qemu_user;
+    const char *qemu_uid_range;
     const char *web_dir;
     bool metrics_public;
     const char *alert_rules;
@@ -126,8 +128,12 @@ static void usage(FILE *fp)
             "                      the rules last set (through the API or this file) stay\n"
             "  --qemu PATH         QEMU binary (default: $KVMHOST_QEMU or\n"
             "                      qemu-system-x86_64 from PATH)\n"
-            "  --qemu-user USER    run QEMU as this user when started as root\n"
-            "                      (default kvmhost-qemu)\n"
+            "  --qemu-uid-range FIRST-LAST  when started as root, each VM's QEMU runs\n"
+            "                      as a uid and gid of its own from this range\n"
+            "                      (default 700000000-700065535, shifted by the\n"
+            "                      --instance name)\n"
+            "  --qemu-user USER    instead, run every QEMU as this one user (all VMs\n"
+            "                      share it: compatibility only)\n"
             "  --instance NAME     a daemon instance name, for several daemons on one\n"
             "                      kernel: nftables tables and the cgroup parent become\n"
             "                      kvmhost-NAME (default: kvmhost)\n"
@@ -166,7 +172,7 @@ static void parse_args(int argc, char **argv, options *o)
     enum { O_STATE = 256, O_RUN, O_SOCKET, O_LISTEN, O_CERT, O_KEY, O_LOGF, O_LOGL, O_QEMU,
            O_QUSER, O_WEB, O_VERSION, O_HELP, O_MPUBLIC, O_SAMPLE, O_ALERTS, O_INSTANCE,
            O_HOSTNAME, O_ADVERTISE, O_ETCD_EPS, O_ETCD_CA, O_ETCD_CERT, O_ETCD_KEY, O_ETCD_BIN,
-           O_CTTL };
+           O_CTTL, O_QUIDS };
     static const struct option longopts[] = {
         { "state-dir", required_argument, NULL, O_STATE },
         { "run-dir", required_argument, NULL, O_RUN },
@@ -178,6 +184,7 @@ static void parse_args(int argc, char **argv, options *o)
         { "log-level", required_argument, NULL, O_LOGL },
         { "qemu", required_argument, NULL, O_QEMU },
         { "qemu-user", required_argument, NULL, O_QUSER },
+        { "qemu-uid-range", required_argument, NULL, O_QUIDS },
         { "web-dir", required_argument, NULL, O_WEB },
         { "metrics-public", no_argument, NULL, O_MPUBLIC },
         { "sample-interval-ms", required_argument, NULL, O_SAMPLE },
@@ -209,6 +216,7 @@ static void parse_args(int argc, char **argv, options *o)
         case O_LOGL: o->log_level = optarg; break;
         case O_QEMU: o->qemu = optarg; break;
         case O_QUSER: o->qemu_user = optarg; break;
+        case O_QUIDS: o->qemu_uid_range = optarg; break;
         case O_WEB: o->web_dir = optarg; break;
         case O_MPUBLIC: o->metrics_public = true; break;
         case O_ALERTS: o->alert_rules = optarg; break;
@@ -419,7 +427,7 @@ static void qemu_identity(const char *user, kh_manager_config *cfg, gid_t *group
     if (!pw)
         die("the QEMU user '%s' does not exist. Create it with\n"
             "  useradd --system --no-create-home --shell /usr/sbin/nologin %s\n"
-            "or pass --qemu-user USER (QEMU never runs as root)", user, user);
+            "or leave out --qemu-user (each VM then gets a uid of its own)", user, user);
     if (pw->pw_uid == 0)
         die("--qemu-user %s is root: QEMU never runs as root", user);
     cfg->drop_privileges = true;
@@ -432,6 +440,32 @@ static void qemu_identity(const char *user, kh_manager_config *cfg, gid_t *group
         groups[n++] = kvm->gr_gid;
     cfg->groups = groups;
     cfg->ngroups = n;
+}
+
+/* Per-VM QEMU uids (instance/vmuid.h): the range, checked against the
+ * subordinate ids of the host; the default range moves with --instance so
+ * that daemons sharing a kernel do not hand out the same uids. */
+static void qemu_uid_range(const options *o, kh_manager_config *cfg)
+{
+    kh_err err = KH_ERR_INIT;
+    if (geteuid() != 0)
+        return;
+    if (o->qemu_uid_range) {
+        if (kh_confine_uid_range_parse(o->qemu_uid_range, &cfg->uid_first, &cfg->uid_count,
+                                       &err) < 0)
+            die("%s", err.msg);
+    } else {
+        unsigned shift = 0;
+        for (const char *p = o->instance; p && *p; p++)
+            shift = shift * 31u + (unsigned char)*p;
+        cfg->uid_first = 700000000u + (o->instance ? 1u + shift % 4000u : 0u) * 65536u;
+        cfg->uid_count = 65536;
+    }
+    if (kh_confine_uid_range_check(cfg->uid_first, cfg->uid_count, &err) < 0)
+        die("%s", err.msg);
+    struct group *kvm = getgrnam("kvm");
+    cfg->kvm_gid = kvm ? kvm->gr_gid : 0;
+    cfg->drop_privileges = true;
 }
 
 static json_t *host_facts(const options *o, const char *state_dir, const char *run_dir,
@@ -688,7 +722,25 @@ int main(int argc, char **argv)
         .cgroups = &d.cgroups,
     };
     gid_t groups[4];
-    qemu_identity(o.qemu_user ? o.qemu_user : "kvmhost-qemu", &mcfg, groups, 4);
+    if (o.qemu_user && o.qemu_uid_range)
+        die("--qemu-user and --qemu-uid-range exclude each other");
+    if (o.qemu_user) {
+        qemu_identity(o.qemu_user, &mcfg, groups, 4);
+        if (mcfg.drop_privileges)
+            kh_log(KH_LOG_WARN, "daemon.qemu_user", "user=%s uid=%u note=\"every QEMU runs as "
+                   "this one uid: a QEMU escape reaches every VM's disks; leave out --qemu-user "
+                   "for a uid per VM\"", o.qemu_user, (unsigned)mcfg.uid);
+    } else {
+        qemu_uid_range(&o, &mcfg);
+    }
+    /* QEMU writes its pid file and VNC socket into its run dir: a run dir
+     * it cannot reach would fail every start with a riddle. */
+    if (mcfg.drop_privileges) {
+        uid_t quid = mcfg.uid_count ? mcfg.uid_first : mcfg.uid;
+        gid_t qgid = mcfg.uid_count ? (gid_t)mcfg.uid_first : mcfg.gid;
+        if (kh_confine_check_reachable("run dir", run_dir, quid, qgid, &err) < 0)
+            die("%s", err.msg);
+    }
 
     char *db = xasprintf("%s/kvmhost.db", state_dir);
     d.store = kh_store_open(db, &err);

@@ -29,7 +29,7 @@ struct child_failure {
 };
 
 enum { STEP_SIGNALS = 1, STEP_PDEATHSIG, STEP_SETSID, STEP_CGROUP, STEP_STDIO, STEP_FDS,
-       STEP_GROUPS, STEP_GID, STEP_UID, STEP_NNP, STEP_EXEC };
+       STEP_GROUPS, STEP_GID, STEP_UID, STEP_NNP, STEP_EXEC, STEP_CONFINE };
 
 static const char *step_name(int step)
 {
@@ -45,6 +45,7 @@ static const char *step_name(int step)
     case STEP_UID: return "setuid";
     case STEP_NNP: return "no_new_privs";
     case STEP_EXEC: return "exec";
+    case STEP_CONFINE: return "entering the private mount namespace";
     default: return "setup";
     }
 }
@@ -96,6 +97,9 @@ static void __attribute__((noreturn)) child_run(const kh_spawn_spec *spec, int p
     if (spec->cgroups && spec->cgroups->version && spec->vm_id &&
         kh_cgroups_vm_enter_self(spec->cgroups, spec->vm_id) < 0)
         child_fail(pipe_fd, STEP_CGROUP);
+    /* confinement (host/confine.c): still root, before the fds move */
+    if (spec->confine && kh_confine_enter(spec->confine) < 0)
+        child_fail(pipe_fd, STEP_CONFINE);
 
     /* Every fd the child gets, stdio included: (source, target). */
     struct { int src, target; } place[3 + KH_SPAWN_FDS_MAX];

@@ -4,7 +4,8 @@
  * swtpm, lxc helpers) is started here: fork + exec of an argv (never a
  * shell). One child-side routine sets up, in order: default signal
  * dispositions and an empty mask, the death signal (when asked), a new
- * session (when asked), the cgroup, stdin/stdout/stderr and the inherited
+ * session (when asked), the cgroup, the confined mount namespace (when
+ * asked: host/confine.h), stdin/stdout/stderr and the inherited
  * fds placed at their numbers with every other fd closed, supplementary
  * groups, gid and uid (when asked), no_new_privs (when asked), exec. A
  * failed step is reported to the parent through a close-on-exec pipe, so
@@ -23,6 +24,7 @@
 #include <sys/types.h>
 
 #include "host/cgroup.h"
+#include "host/confine.h"
 #include "util/err.h"
 
 /* At most this many inherited fds besides stdin/stdout/stderr. */
@@ -51,6 +53,9 @@ typedef struct kh_spawn_spec {
     size_t ngroups;
     const kh_cgroups *cgroups; /* NULL or version 0: stay where we are */
     const char *vm_id;         /* the VM cgroup to enter (with cgroups) */
+    const kh_confine *confine; /* NULL: the daemon's mount namespace; else a
+                                * private one (host/confine.h), entered after
+                                * the cgroup, before stdio and the fds */
 } kh_spawn_spec;
 
 /* A started child. pidfd is -1 when the kernel has no pidfd_open. */

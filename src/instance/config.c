@@ -15,6 +15,7 @@
 
 #include "conf/limits.h"
 #include "instance/instance_int.h"
+#include "instance/vmuid.h"
 #include "instance/quota.h"
 #include "schema/schema.h"
 #include "storage/qcow2.h"
@@ -335,6 +336,8 @@ int kh_config_delete_with_volumes(kh_manager *mgr, const char *name, bool with_v
             return -1;
         }
     }
+    /* Its files go back to root before its uid is freed with its row. */
+    kh_vmuid_release(mgr, v->id, v->spec);
     /* The VM row first (one transaction): from here no VM refers to the
      * volumes, so a failure below leaves unused volumes, never a VM whose
      * disk is missing. */

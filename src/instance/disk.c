@@ -15,6 +15,7 @@
 #include "util/mem.h"
 #include "instance/config.h"
 #include "instance/hotplug.h"
+#include "instance/vmuid.h"
 
 #define DISK_PORTS 4 /* hp0..hp3; NICs have hp4..hp7 */
 #define DETACH_TIMEOUT_DEFAULT_S 30
@@ -504,6 +505,9 @@ static int build_attach(disk_op *o, kh_err *err)
                          o->volume);
             goto out;
         }
+        kh_vmuid_identity id;
+        if (top && !ro && kh_vmuid_identity_get(o->d->mgr, o->vd.id, &id, NULL) == 0)
+            kh_vmuid_own_fd(&id, fd, c.layer[j].path); /* the VM's own, as at start */
         int set = FDSET_BASE + 16 * k + (int)j;
         if (top) {
             snprintf(node, sizeof(node), "disk%d", k);
@@ -839,6 +843,7 @@ static void build_cleanup(disk_op *o)
     add_teardown(o, k, layers, NULL);
     for (size_t j = 0; j < layers; j++)
         add_step(o, "remove-fd", fdset_args(FDSET_BASE + 16 * k + (int)j), -1, NULL, NULL);
+    kh_vmuid_disown_disk(o->d->mgr, o->vd.id, &o->vd.spec->disks[o->index]); /* not its own now */
     remove_disk(&o->vd, o->index);
     run_next(o);
 }
@@ -1086,6 +1091,7 @@ int kh_disk_detach(kh_disks *d, const char *vm, const char *index, unsigned time
     o->link = d->ops;
     d->ops = o;
     if (!o->vd.live) {
+        kh_vmuid_disown_disk(d->mgr, o->vd.id, &o->vd.spec->disks[idx]);
         remove_disk(&o->vd, idx);
         defer_commit(o);
         return 0;

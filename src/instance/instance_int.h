@@ -156,6 +156,10 @@ void kh_lifecycle_guest_shutdown(kh_inst *v, bool guest, const char *reason);
 void kh_lifecycle_reattached(kh_inst *v, bool running, const char *status);
 
 /* ---- runtime.c: the run dir and its files ---- */
+/* The run dir (RUN_DIR/vms/<id>, root's, 0711) holds the daemon's sockets
+ * and records; QEMU's own files (qemu.pid, vnc.sock) are in this subdir,
+ * owned by the VM's uid, the one part of the run dir QEMU sees. */
+#define KH_RUNTIME_QEMU_DIR "qemu"
 char *kh_runtime_state_path(const kh_inst *v, const char *file);
 char *kh_runtime_run_path(const kh_inst *v, const char *file);
 /* The store row of the runtime fields (state, pid, ...); logged on error. */

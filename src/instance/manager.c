@@ -323,7 +323,17 @@ char *kh_manager_vnc_path(kh_manager *mgr, const char *name, kh_err *err)
                    kh_lifecycle_state_name(v->state));
         return NULL;
     }
-    return kh_runtime_run_path(v, "vnc.sock");
+    char *path = kh_runtime_run_path(v, KH_RUNTIME_QEMU_DIR "/vnc.sock");
+    if (access(path, F_OK) < 0) {
+        /* a QEMU started by an older daemon has it in the run dir itself */
+        char *old = kh_runtime_run_path(v, "vnc.sock");
+        if (access(old, F_OK) == 0) {
+            free(path);
+            return old;
+        }
+        free(old);
+    }
+    return path;
 }
 
 void kh_manager_counts(const kh_manager *mgr, unsigned *total, unsigned *running)

@@ -39,7 +39,7 @@ typedef struct kh_manager kh_manager;
 
 typedef struct kh_manager_config {
     const char *state_dir;     /* kvmhost.db, vms/<id>/{console.log,qemu.log}, cache/ */
-    const char *run_dir;       /* vms/<id>/{qmp.sock,serial.sock,qemu.pid,vnc.sock} */
+    const char *run_dir;       /* vms/<id>/{qmp.sock,serial.sock,qemu/{qemu.pid,vnc.sock}} */
     const char *qemu_binary;
     kh_qemu_caps caps;
     kh_accel accel;
@@ -51,6 +51,9 @@ typedef struct kh_manager_config {
     gid_t gid;
     const gid_t *groups;
     size_t ngroups;
+    uid_t uid_first;           /* per-VM QEMU uids (instance/vmuid.h): the range */
+    unsigned uid_count;        /* 0: every QEMU runs as uid/gid above */
+    gid_t kvm_gid;             /* 0: none; else a supplementary group of each VM uid */
     unsigned start_timeout_ms; /* QMP ready deadline; 0 = 30 s */
     kh_storage *storage;       /* resolves disks given as volumes (NULL: none) */
     kh_netmgr *net;            /* networks for NICs (NULL: VMs with NICs are refused) */

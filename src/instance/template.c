@@ -4,6 +4,7 @@
 #include "instance/template.h"
 
 #include "instance/config.h"
+#include "instance/vmuid.h"
 
 #include <stdint.h>
 #include <stdio.h>
@@ -85,12 +86,20 @@ json_t *kh_template_make(kh_manager *mgr, kh_storage *st, const char *name, bool
         kh_log(KH_LOG_INFO, "template.identity", "vm=%s filesystems=%d ssh_host_keys=%u ms=%llu",
                name, found, keys, (unsigned long long)(kh_now_ms() - t0));
     }
+    uid_t vm_uid = kh_vmuid_lookup(mgr, json_string_value(json_object_get(vm, "id")));
     json_array_foreach(disks, i, d) {
         if (json_is_true(json_object_get(d, "readonly")))
             continue; /* shared as it is */
-        if (kh_storage_volume_set_readonly(st, json_string_value(json_object_get(d, "volume")),
-                                           true, err) < 0)
+        const char *ref = json_string_value(json_object_get(d, "volume"));
+        if (kh_storage_volume_set_readonly(st, ref, true, err) < 0)
             goto done;
+        /* a base is no VM's own: back to root, so no VM uid can write it
+         * (clones read it through the fd the daemon passes) */
+        kh_volume_chain c;
+        if (vm_uid && kh_storage_resolve(st, ref, &c, NULL) == 0) {
+            kh_vmuid_disown_path(vm_uid, c.layer[0].path);
+            kh_volume_chain_clear(&c);
+        }
     }
     if (kh_storage_template_mark(st, json_string_value(json_object_get(vm, "id")), err) < 0)
         goto done;

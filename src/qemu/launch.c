@@ -21,6 +21,7 @@
 #include "host/spawn.h"
 #include "instance/instance_int.h"
 #include "instance/quota.h"
+#include "instance/vmuid.h"
 #include "net/tap.h"
 #include "qemu/driver.h"
 #include "qemu/kernel.h"
@@ -138,6 +139,25 @@ static int firmware_serial_fd(kh_err *err)
     return fd;
 }
 
+/* What QEMU sees of the filesystem (host/confine.h): QEMU gets every disk,
+ * kernel, tap and vhost-net as an fd, so its /dev holds only the plain
+ * character devices (and kvm with KVM), and of the daemon's directories
+ * only its own dir in the run dir (pid file, VNC socket) stays; /tmp is
+ * private. */
+static void confine_view(const kh_manager *mgr, const char *own, kh_confine *c)
+{
+    static const char *const devs[] = { "null", "zero", "full", "random", "urandom" };
+    memset(c, 0, sizeof(*c));
+    for (size_t i = 0; i < KH_ARRAY_LEN(devs); i++)
+        c->devs[c->ndevs++] = devs[i];
+    if (mgr->cfg.accel == KH_ACCEL_KVM)
+        c->devs[c->ndevs++] = "kvm";
+    kh_confine_hide(c, "/tmp");
+    kh_confine_hide(c, mgr->state_dir);
+    kh_confine_hide(c, mgr->run_dir);
+    c->keep = own;
+}
+
 /* Create the run dir, sockets and fds, build the argv, spawn QEMU. */
 static void start_spawn(kh_inst *v, const char *kernel_file)
 {
@@ -158,19 +178,26 @@ static void start_spawn(kh_inst *v, const char *kernel_file)
     int nic_vhost_fds[KH_VM_NICS_MAX * KH_QEMU_NIC_QUEUES_MAX];
     int dirfd = -1, log_fd = -1, serial_conn = -1;
     char *run = kh_runtime_run_path(v, NULL), *state = kh_runtime_state_path(v, NULL);
-    char *pidfile = kh_runtime_run_path(v, "qemu.pid"), *vnc = kh_runtime_run_path(v, "vnc.sock");
+    /* QEMU's own files in a subdir of its uid: the run dir itself (the
+     * daemon's sockets and records) stays root's */
+    char *own = kh_runtime_run_path(v, KH_RUNTIME_QEMU_DIR);
+    char *pidfile = kh_runtime_run_path(v, KH_RUNTIME_QEMU_DIR "/qemu.pid");
+    char *vnc = kh_runtime_run_path(v, KH_RUNTIME_QEMU_DIR "/vnc.sock");
     char *log_path = kh_runtime_state_path(v, "qemu.log");
     char *kernel_arg = NULL, *initrd_arg = NULL, *firmware_arg = NULL;
     kh_strv *argv = NULL;
 
     kh_runtime_disk_nodes_reset(v);
+    kh_vmuid_identity id = { 0 };
+    if (mgr->cfg.drop_privileges && kh_vmuid_identity_get(mgr, v->id, &id, &err) < 0)
+        goto fail;
     if (kh_fs_mkdir_p(state, 0700, &err) < 0)
         goto fail;
     kh_fs_rm_rf(run, NULL);
-    if (kh_fs_mkdir_p(run, 0700, &err) < 0)
+    if (kh_fs_mkdir_p(run, 0711, &err) < 0 || kh_fs_mkdir_p(own, 0700, &err) < 0)
         goto fail;
-    if (mgr->cfg.drop_privileges && chown(run, mgr->cfg.uid, mgr->cfg.gid) < 0) {
-        kh_err_errno(&err, KH_E_INTERNAL, errno, "chown %s", run);
+    if (chmod(run, 0711) < 0 || (mgr->cfg.drop_privileges && chown(own, id.uid, id.gid) < 0)) {
+        kh_err_errno(&err, KH_E_INTERNAL, errno, "chown %s", own);
         goto fail;
     }
     kh_runtime_boot_record(v);
@@ -267,12 +294,15 @@ static void start_spawn(kh_inst *v, const char *kernel_file)
         }
         fds[FD_DISK0 + i] = fd;
         disk_fds[i] = FD_DISK0 + (int)i;
+        if (!d->readonly) /* a writable top layer is the VM's own */
+            kh_vmuid_own_fd(&id, fd, d->path);
     }
     if (open_nics(v, fds, nic_fds, nic_vhost_fds, &err) < 0 ||
         kh_bindings_nic_rates(v, NULL, v->spec->limits, &err) < 0)
         goto fail;
     log_fd = open(log_path, O_WRONLY | O_CREAT | O_CLOEXEC | O_NOFOLLOW |
                   O_TRUNC, 0600);
+    kh_vmuid_own_fd(&id, log_fd, log_path);
     kh_qemu_driver_step(v, KH_LAUNCH_FDS);
 
     kh_argv_env env = {
@@ -331,13 +361,18 @@ static void start_spawn(kh_inst *v, const char *kernel_file)
         .die_with_parent = false,
         .no_new_privs = true,
         .drop_privileges = mgr->cfg.drop_privileges,
-        .uid = mgr->cfg.uid,
-        .gid = mgr->cfg.gid,
-        .groups = mgr->groups,
-        .ngroups = mgr->cfg.ngroups,
+        .uid = id.uid,
+        .gid = id.gid,
+        .groups = id.groups,
+        .ngroups = id.ngroups,
         .cgroups = mgr->cfg.cgroups,
         .vm_id = v->id,
     };
+    kh_confine confine;
+    if (mgr->cfg.drop_privileges) {
+        confine_view(mgr, own, &confine);
+        ss.confine = &confine;
+    }
     if (v->task)
         kh_task_progress(v->task, 40, "starting QEMU");
     kh_spawn_child child;
@@ -411,6 +446,7 @@ out:
     kh_strv_free(argv);
     kh_vm_spec_free(rs);
     free(run);
+    free(own);
     free(state);
     free(pidfile);
     free(vnc);

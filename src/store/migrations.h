@@ -42,6 +42,9 @@ extern const char kh_alert_schema_config[];
 /* instance/migrate_schema.c: migrations */
 extern const char kh_migrate_schema_migrations[];
 
+/* instance/vmuid_schema.c: vm_uids */
+extern const char kh_vmuid_schema_uids[];
+
 /* cluster/schema.c: cluster */
 extern const char kh_cluster_schema_config[];
 

@@ -248,7 +248,8 @@ static void test_old_schema_upgrades(void)
         return;
     }
     CHECK(kh_store_schema_version(st) == kh_store_schema_latest());
-    CHECK(kh_store_schema_latest() == 11); /* 9: alert_config, 10: cluster, 11: migrations */
+    /* 9: alert_config, 10: cluster, 11: migrations, 23: vm_uids */
+    CHECK(kh_store_schema_latest() == 23);
     CHECK(count(path, "SELECT count(*) FROM alert_config") == 0);
     CHECK(count(path, "SELECT count(*) FROM vms") == 2);
     CHECK(count(path, "SELECT count(*) FROM tasks") == 1);
@@ -265,11 +266,17 @@ static void test_old_schema_upgrades(void)
                         &err) < 0);
     kh_err_clear(&err);
 
+    /* A VM's uid row goes with it (and a uid is one VM's only). */
+    CHECK(kh_store_exec(st, "INSERT INTO vm_uids VALUES ('" VM_A "', 700000001)", &err) == 0);
+    CHECK(kh_store_exec(st, "INSERT INTO vm_uids VALUES ('" VM_GONE "', 700000002)", &err) < 0);
+    kh_err_clear(&err);
+
     /* One call deletes the VM and everything of it. */
     CHECK(kh_store_vm_delete(st, VM_A, &err) == 0);
     CHECK(count(path, "SELECT count(*) FROM snapshots") == 1);
     CHECK(count(path, "SELECT count(*) FROM templates") == 0);
     CHECK(count(path, "SELECT count(*) FROM snapshot_current") == 0);
+    CHECK(count(path, "SELECT count(*) FROM vm_uids") == 0);
     CHECK(count(path, "SELECT count(*) FROM tasks") == 1);
     CHECK(kh_store_vm_delete(st, VM_A, &err) < 0);
     CHECK(err.code == KH_E_NOTFOUND);
@@ -303,9 +310,10 @@ static void test_transactions(void)
     CHECK(count(path, "SELECT count(*) FROM networks") == 1);
     CHECK(kh_store_commit(st, &err) < 0); /* none open */
     kh_err_clear(&err);
-    /* The list is ordered 1, 2, ... with no gap. */
+    /* The list is ordered 1, 2, ...: strictly increasing (each helper of an
+     * issue has its own numbers, so a branch may have a gap). */
     for (size_t i = 0; i < kh_store_nmigrations; i++)
-        CHECK(kh_store_migrations[i].version == (int)i + 1);
+        CHECK(kh_store_migrations[i].version > (i ? kh_store_migrations[i - 1].version : 0));
     kh_store_close(st);
     free(path);
 }
