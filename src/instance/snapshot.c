@@ -7,8 +7,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "schema/schema.h"
+#include "storage/qcow2.h"
 #include "util/check.h"
 #include "util/log.h"
 #include "util/mem.h"
@@ -32,6 +34,7 @@ struct kh_snapshots {
     kh_storage *st;
     kh_tasks *tasks;
     snap_op *ops; /* in progress, one per VM */
+    struct settle *settles; /* running VMs waiting for a previous daemon's jobs */
     unsigned seq;
 };
 
@@ -63,22 +66,65 @@ kh_snapshots *kh_snapshots_new(uv_loop_t *loop, kh_manager *mgr, kh_storage *st,
     return s;
 }
 
-void kh_snapshots_free(kh_snapshots *s)
-{
-    free(s); /* operations still running end with the daemon */
-}
-
-static snap_op *busy(kh_snapshots *s, const char *vm)
-{
-    for (snap_op *o = s->ops; o; o = o->link)
-        if (strcmp(o->vm, vm) == 0)
-            return o;
-    return NULL;
-}
-
 static void timer_closed(uv_handle_t *h)
 {
     free(h);
+}
+
+/* A running VM whose QEMU may still run a job of the previous daemon:
+ * polled until none runs, then dismissed and reconciled (see below). */
+typedef struct settle {
+    kh_snapshots *s; /* NULL once the daemon shuts down */
+    char *vm, *vm_id;
+    uv_timer_t *timer;
+    unsigned tries;
+    bool asking; /* a query-jobs is out: its reply frees an orphan */
+    struct settle *link;
+} settle;
+
+static void settle_free(settle *e)
+{
+    if (e->timer)
+        uv_close((uv_handle_t *)e->timer, timer_closed);
+    free(e->vm);
+    free(e->vm_id);
+    free(e);
+}
+
+static void settle_unlink(settle *e)
+{
+    for (settle **pp = &e->s->settles; *pp; pp = &(*pp)->link) {
+        if (*pp == e) {
+            *pp = e->link;
+            return;
+        }
+    }
+}
+
+void kh_snapshots_free(kh_snapshots *s)
+{
+    if (!s)
+        return;
+    for (settle *e = s->settles, *next; e; e = next) {
+        next = e->link;
+        e->s = NULL;
+        if (!e->asking)
+            settle_free(e);
+        else
+            uv_timer_stop(e->timer);
+    }
+    free(s); /* operations still running end with the daemon */
+}
+
+static bool busy(kh_snapshots *s, const char *vm)
+{
+    for (snap_op *o = s->ops; o; o = o->link)
+        if (strcmp(o->vm, vm) == 0)
+            return true;
+    for (settle *e = s->settles; e; e = e->link)
+        if (strcmp(e->vm, vm) == 0)
+            return true;
+    return false;
 }
 
 static void op_free(snap_op *o)
@@ -212,6 +258,11 @@ static void on_jobs(kh_qmp *q, json_t *ret, const kh_err *err, void *opaque)
     json_t *job;
     json_array_foreach(ret, i, job) {
         const char *id = json_string_value(json_object_get(job, "id"));
+        const char *jst = json_string_value(json_object_get(job, "status"));
+        if (id && strncmp(id, "kh-", 3) == 0 && strcmp(id, o->job_id) != 0 && jst &&
+            strcmp(jst, "concluded") == 0) /* a previous daemon's, ended since */
+            kh_manager_qmp(o->s->mgr, o->vm_id, "job-dismiss", json_pack("{s:s}", "id", id),
+                           NULL, NULL, NULL);
         if (!id || strcmp(id, o->job_id) != 0)
             continue;
         const char *status = json_string_value(json_object_get(job, "status"));
@@ -364,6 +415,250 @@ static int collect_disks(snap_op *o, const json_t *vm, kh_err *err)
     return 0;
 }
 
+/* ---- the images' snapshot tables against the records ----
+ *
+ * A record is written after the snapshot exists in every image; a daemon
+ * killed in between (QEMU's job or qemu-img finishes alone) leaves a
+ * snapshot in the images and none in the database, and one killed during
+ * a delete leaves a record of nothing. At start, and before every create,
+ * each VM's tables are read (qemu-img info -U) and:
+ *  - a snapshot in every writable image but unrecorded is recorded: the
+ *    user asked for it and it is whole, so keeping it is the safe side
+ *    (deleting it would throw away a good copy of the data);
+ *  - one in some images only (a multi-disk create cut short) is left
+ *    alone, never deleted by kvmhost, and its name is refused (409);
+ *  - a record in no image is dropped (there is nothing to revert to). */
+
+/* The writable qcow2 files of vm (as collect_disks), or NULL. */
+static kh_strv *vm_files(kh_snapshots *s, const json_t *vm)
+{
+    kh_strv *files = kh_strv_new();
+    size_t i;
+    json_t *d;
+    json_array_foreach(json_object_get(vm, "disks"), i, d) {
+        const char *ref = json_string_value(json_object_get(d, "volume"));
+        if (json_is_true(json_object_get(d, "readonly")) || !ref)
+            continue;
+        kh_volume_chain c;
+        kh_err e = KH_ERR_INIT;
+        if (kh_storage_resolve(s->st, ref, &c, &e) < 0)
+            continue;
+        if (c.layer[0].format == KH_DISK_QCOW2)
+            kh_strv_add(files, c.layer[0].path);
+        kh_volume_chain_clear(&c);
+    }
+    return files;
+}
+
+/* In how many of tables (an array of {name: vm-state-size}) name is;
+ * *memory when one of them holds a VM state. */
+static size_t tables_count(const json_t *tables, const char *name, bool *memory)
+{
+    size_t n = 0, i;
+    json_t *t;
+    *memory = false;
+    json_array_foreach(tables, i, t) {
+        json_t *size = json_object_get(t, name);
+        if (size) {
+            n++;
+            *memory = *memory || json_integer_value(size) > 0;
+        }
+    }
+    return n;
+}
+
+/* Reconcile one VM (a JSON view). want: a name about to be created: -1
+ * with KH_E_CONFLICT when an image holds it only in part. -1 with err also
+ * when the tables cannot be read while want is given. */
+static int reconcile_vm(kh_snapshots *s, const json_t *vm, const char *want, kh_err *err)
+{
+    const char *vm_name = json_string_value(json_object_get(vm, "name"));
+    const char *id = json_string_value(json_object_get(vm, "id"));
+    kh_strv *files = vm_files(s, vm);
+    if (!id || !vm_name || files->n == 0) {
+        kh_strv_free(files);
+        return 0;
+    }
+    json_t *tables = json_array();
+    const char *qemu_img = kh_qimg_binary(kh_storage_qimg(s->st));
+    kh_err e = KH_ERR_INIT;
+    for (size_t i = 0; i < files->n; i++) {
+        json_t *t = kh_qcow2_snapshots(qemu_img, files->v[i], &e);
+        if (!t) {
+            kh_log(KH_LOG_WARN, "snapshot.reconcile", "vm=%s error=\"%s\"", vm_name, e.msg);
+            kh_strv_free(files);
+            json_decref(tables);
+            if (want) {
+                kh_err_copy(err, &e);
+                return -1;
+            }
+            return 0;
+        }
+        json_array_append_new(tables, t);
+    }
+    size_t nfiles = files->n;
+    kh_strv_free(files);
+    int rc = 0;
+    bool memory;
+    /* Records of nothing. */
+    json_t *records = kh_storage_snapshot_list_err(s->st, id, &e);
+    size_t i;
+    json_t *r;
+    json_array_foreach(records, i, r) {
+        const char *name = json_string_value(json_object_get(r, "name"));
+        if (!name || tables_count(tables, name, &memory) > 0)
+            continue;
+        kh_err de = KH_ERR_INIT;
+        kh_storage_snapshot_remove(s->st, id, name, &de);
+        kh_log(KH_LOG_WARN, "snapshot.reconcile", "vm=%s snapshot=%s in_images=none "
+               "action=drop_record error=\"%s\"", vm_name, name, de.msg);
+    }
+    json_decref(records);
+    /* Snapshots of the images without a record: the first image has every
+     * whole one. */
+    const char *name;
+    json_t *size;
+    json_object_foreach(json_array_get(tables, 0), name, size) {
+        bool had = false;
+        kh_err ge = KH_ERR_INIT;
+        if (kh_storage_snapshot_get(s->st, id, name, &had, &ge) != 0)
+            continue;
+        size_t n = tables_count(tables, name, &memory);
+        if (n == nfiles && kh_check_name(name, "snapshot name", NULL) == 0) {
+            kh_err ae = KH_ERR_INIT;
+            kh_storage_snapshot_add(s->st, id, name, memory, &ae);
+            kh_log(KH_LOG_WARN, "snapshot.reconcile", "vm=%s snapshot=%s memory=%s "
+                   "in_images=all action=record error=\"%s\"", vm_name, name,
+                   memory ? "yes" : "no", ae.msg);
+        }
+    }
+    /* Parts: in some images, not recorded, not whole. */
+    json_t *t;
+    json_array_foreach(tables, i, t) {
+        json_object_foreach(t, name, size) {
+            bool had = false;
+            kh_err ge = KH_ERR_INIT;
+            if (kh_storage_snapshot_get(s->st, id, name, &had, &ge) != 0 ||
+                tables_count(tables, name, &memory) == nfiles)
+                continue;
+            if (want && strcmp(want, name) == 0 && rc == 0) {
+                kh_err_set(err, KH_E_CONFLICT, "vm %s: %zu of its %zu disk images already hold "
+                           "a snapshot named %s (left by an interrupted operation): choose "
+                           "another name", vm_name, tables_count(tables, name, &memory),
+                           nfiles, name);
+                rc = -1;
+            }
+            if (!want)
+                kh_log(KH_LOG_WARN, "snapshot.reconcile", "vm=%s snapshot=%s in_images=some "
+                       "action=keep", vm_name, name);
+        }
+    }
+    json_decref(tables);
+    return rc;
+}
+
+/* ---- a running VM after a restart: its QEMU's jobs first ----
+ *
+ * A snapshot-save the killed daemon started goes on in QEMU and ends
+ * "concluded", keeping its job id until dismissed. The VM is busy for
+ * snapshots (409) until no kvmhost job runs in its QEMU; then the
+ * concluded ones are dismissed and the tables reconciled. */
+
+#define SETTLE_POLL_MS 200
+#define SETTLE_TRIES 3000 /* 10 min */
+
+static void settle_tick(uv_timer_t *t);
+
+static void settle_done(settle *e)
+{
+    json_t *vm = kh_manager_vm_json(e->s->mgr, e->vm, NULL);
+    if (vm)
+        reconcile_vm(e->s, vm, NULL, NULL);
+    json_decref(vm);
+    settle_unlink(e);
+    settle_free(e);
+}
+
+static void settle_jobs(kh_qmp *q, json_t *ret, const kh_err *err, void *opaque)
+{
+    (void)q;
+    settle *e = opaque;
+    e->asking = false;
+    if (!e->s) {
+        settle_free(e);
+        return;
+    }
+    bool running = false;
+    size_t i;
+    json_t *job;
+    json_array_foreach(err ? NULL : ret, i, job) {
+        const char *id = json_string_value(json_object_get(job, "id"));
+        const char *status = json_string_value(json_object_get(job, "status"));
+        if (!id || strncmp(id, "kh-", 3) != 0 || !status)
+            continue;
+        if (strcmp(status, "concluded") == 0) {
+            kh_log(KH_LOG_INFO, "snapshot.settle", "vm=%s job=%s action=dismiss", e->vm, id);
+            kh_manager_qmp(e->s->mgr, e->vm_id, "job-dismiss", json_pack("{s:s}", "id", id),
+                           NULL, NULL, NULL);
+        } else if (strcmp(status, "null") != 0) {
+            running = true;
+        }
+    }
+    if ((!err && !running) || ++e->tries >= SETTLE_TRIES)
+        settle_done(e);
+    else
+        uv_timer_start(e->timer, settle_tick, SETTLE_POLL_MS, 0);
+}
+
+static void settle_tick(uv_timer_t *t)
+{
+    settle *e = t->data;
+    if (kh_manager_qmp(e->s->mgr, e->vm_id, "query-jobs", NULL, settle_jobs, e, NULL) == 0) {
+        e->asking = true;
+        return;
+    }
+    /* Not connected yet (the reattach is under way), or no QEMU any more. */
+    json_t *vm = kh_manager_vm_json(e->s->mgr, e->vm, NULL);
+    const char *state = json_string_value(json_object_get(vm, "state"));
+    bool gone = !vm || (state && strcmp(state, "stopped") == 0);
+    json_decref(vm);
+    if (gone || ++e->tries >= SETTLE_TRIES)
+        settle_done(e);
+    else
+        uv_timer_start(e->timer, settle_tick, SETTLE_POLL_MS, 0);
+}
+
+void kh_snapshots_reconcile(kh_snapshots *s)
+{
+    if (!s || !s->st)
+        return;
+    json_t *vms = kh_manager_list_json(s->mgr);
+    size_t i;
+    json_t *vm;
+    json_array_foreach(vms, i, vm) {
+        const char *state = json_string_value(json_object_get(vm, "state"));
+        const char *name = json_string_value(json_object_get(vm, "name"));
+        const char *id = json_string_value(json_object_get(vm, "id"));
+        if (!state || !name || !id || strcmp(state, "migrating") == 0)
+            continue; /* its images are in flux: the next start sees them */
+        if (json_is_null(json_object_get(vm, "pid")) || !json_object_get(vm, "pid")) {
+            reconcile_vm(s, vm, NULL, NULL);
+            continue;
+        }
+        settle *e = xcalloc(1, sizeof(*e));
+        e->s = s;
+        e->vm = xstrdup(name);
+        e->vm_id = xstrdup(id);
+        e->timer = xcalloc(1, sizeof(*e->timer));
+        uv_timer_init(s->loop, e->timer);
+        e->timer->data = e;
+        e->link = s->settles;
+        s->settles = e;
+        uv_timer_start(e->timer, settle_tick, 0, 0);
+    }
+    json_decref(vms);
+}
+
 static kh_task *start(kh_snapshots *s, snap_kind kind, const char *vm_name, const char *name,
                       kh_err *err)
 {
@@ -390,8 +685,8 @@ static kh_task *start(kh_snapshots *s, snap_kind kind, const char *vm_name, cons
     if (have < 0)
         goto fail;
     if (busy(s, vm_name)) {
-        kh_err_set(err, KH_E_CONFLICT, "vm %s: another snapshot operation is under way",
-                   vm_name);
+        kh_err_set(err, KH_E_CONFLICT, "vm %s: another snapshot operation is under way "
+                   "(or one the previous daemon started is still ending)", vm_name);
         goto fail;
     }
     if (!running && !stopped) {
@@ -400,6 +695,11 @@ static kh_task *start(kh_snapshots *s, snap_kind kind, const char *vm_name, cons
         goto fail;
     }
     if (kind == SNAP_CREATE) {
+        /* The images may hold what the records lack (a daemon killed
+         * after QEMU or qemu-img made it): look first. */
+        if (!have && (reconcile_vm(s, vm, name, err) < 0 ||
+                      (have = kh_storage_snapshot_get(s->st, o->vm_id, name, &memory, err)) < 0))
+            goto fail;
         if (have) {
             kh_err_set(err, KH_E_CONFLICT, "vm %s already has a snapshot named %s", vm_name, name);
             goto fail;
@@ -430,7 +730,9 @@ static kh_task *start(kh_snapshots *s, snap_kind kind, const char *vm_name, cons
     o->live = running;
     if (collect_disks(o, vm, err) < 0)
         goto fail;
-    snprintf(o->job_id, sizeof(o->job_id), "kh-snap-%u", ++s->seq);
+    /* Unique across daemon restarts too: a job a killed daemon left in
+     * QEMU keeps its id until dismissed. */
+    snprintf(o->job_id, sizeof(o->job_id), "kh-snap-%ld-%u", (long)getpid(), ++s->seq);
     o->timer = xcalloc(1, sizeof(*o->timer));
     uv_timer_init(s->loop, o->timer);
     o->timer->data = o;
