@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/statvfs.h>
 #include <unistd.h>
 
 #include "schema/schema.h"
@@ -48,6 +49,9 @@ struct snap_op {
     json_t *devices; /* node names of the writable disks */
     char *vmstate;   /* the node that keeps the memory */
     kh_strv *files;  /* their files (a stopped VM) */
+    kh_strv *pools;  /* the pool of each file */
+    unsigned long long memory_mib; /* the VM's RAM: the most a VM state takes */
+    size_t undo;     /* a failed create: files that got the snapshot */
     size_t next;     /* qemu-img: the file being done */
     kh_err failure;  /* a live failure, kept while the images are repaired */
     int repair_tries;
@@ -143,6 +147,7 @@ static void op_free(snap_op *o)
     free(o->vmstate);
     json_decref(o->devices);
     kh_strv_free(o->files);
+    kh_strv_free(o->pools);
     free(o);
 }
 
@@ -239,6 +244,54 @@ static void live_failed(snap_op *o, const kh_err *err)
     uv_timer_start(o->timer, repair_tick, 100, 0);
 }
 
+/* ---- a full pool ----
+ *
+ * A snapshot needs room in each image's file system: a few clusters of
+ * metadata (the L1 table copy, refcounts, the snapshot table), and with a
+ * running VM the VM state (at most its RAM, in the first disk). A create
+ * is refused at once when a pool has less than the metadata's 1 MiB free;
+ * one that fails for lack of space (QEMU may say "Input/output error") is
+ * told as no_space (507) naming the pool. */
+
+#define SNAP_META_BYTES (1u << 20)
+
+static uint64_t fs_free(const char *path)
+{
+    struct statvfs sv;
+    if (statvfs(path, &sv) < 0)
+        return UINT64_MAX;
+    return (uint64_t)sv.f_bavail * sv.f_frsize;
+}
+
+/* Bytes file i needs. */
+static uint64_t need_of(const snap_op *o, size_t i)
+{
+    return SNAP_META_BYTES + (o->memory && i == 0 ? o->memory_mib << 20 : 0);
+}
+
+/* Set err to no_space when file i's pool is short (or the failure says
+ * so): 0 if it was, -1 otherwise. why: the failure, or NULL. */
+static int nospace(const snap_op *o, const char *why, kh_err *err)
+{
+    bool said = why && strstr(why, "No space left");
+    for (size_t i = 0; i < o->files->n; i++) {
+        uint64_t need = need_of(o, i), free_b = fs_free(o->files->v[i]);
+        if (free_b >= need && !(said && o->files->n == 1))
+            continue;
+        kh_err_set(err, KH_E_NOSPACE, "pool %s: no space left on device (needed ~%llu MiB, "
+                   "%llu MiB free)%s%s", o->pools->v[i],
+                   (unsigned long long)((need + (1u << 20) - 1) >> 20),
+                   (unsigned long long)(free_b >> 20), why ? ": " : "", why ? why : "");
+        return 0;
+    }
+    if (said) {
+        kh_err_set(err, KH_E_NOSPACE, "pool %s: no space left on device: %s", o->pools->v[0],
+                   why);
+        return 0;
+    }
+    return -1;
+}
+
 /* ---- live: QMP jobs ---- */
 
 static void poll_jobs(uv_timer_t *t);
@@ -269,7 +322,7 @@ static void on_jobs(kh_qmp *q, json_t *ret, const kh_err *err, void *opaque)
         if (status && strcmp(status, "concluded") == 0) {
             const char *jerr = json_string_value(json_object_get(job, "error"));
             kh_err e = KH_ERR_INIT;
-            if (jerr)
+            if (jerr && (o->kind != SNAP_CREATE || nospace(o, jerr, &e) < 0))
                 kh_err_set(&e, KH_E_QEMU, "%s: %s", qmp_commands[o->kind], jerr);
             kh_manager_qmp(o->s->mgr, o->vm_id, "job-dismiss",
                            json_pack("{s:s}", "id", o->job_id), NULL, NULL, NULL);
@@ -327,10 +380,34 @@ static int start_live(snap_op *o, kh_err *err)
 
 static int qimg_step(snap_op *o, kh_err *err);
 
+static void undo_done(const kh_qimg_result *r, void *opaque);
+
+/* A failed create: take back what was made, one file after the other (no
+ * half snapshot stays), then reclaim the clusters the failure leaked
+ * (qemu-img check -r leaks on every file), then fail with o->failure. */
+static void undo_step(snap_op *o)
+{
+    kh_qimg *q = kh_storage_qimg(o->s->st);
+    while (o->next < o->undo) {
+        char *argv[] = { (char *)(uintptr_t)kh_qimg_binary(q), (char *)(uintptr_t)"snapshot",
+                         (char *)(uintptr_t)"-d", o->name, o->files->v[o->next], NULL };
+        if (kh_qimg_run(q, argv, QIMG_SNAPSHOT_TIMEOUT_MS, NULL, undo_done, o, NULL) >= 0)
+            return;
+        o->next++;
+    }
+    o->next = 0;
+    kh_task_progress(o->task, 95, "checking the images");
+    repair_step(o);
+}
+
 static void undo_done(const kh_qimg_result *r, void *opaque)
 {
-    (void)r;
-    (void)opaque;
+    snap_op *o = opaque;
+    if (r->status != 0)
+        kh_log(KH_LOG_WARN, "snapshot.undo", "vm=%s file=%s error=\"%s\"", o->vm,
+               o->files->v[o->next], r->errtext ? r->errtext : "");
+    o->next++;
+    undo_step(o);
 }
 
 static void on_qimg(const kh_qimg_result *r, void *opaque)
@@ -338,17 +415,16 @@ static void on_qimg(const kh_qimg_result *r, void *opaque)
     snap_op *o = opaque;
     kh_err err = KH_ERR_INIT;
     if (r->status != 0) {
-        kh_err_set(&err, r->timed_out ? KH_E_TIMEOUT : KH_E_QEMU, "qemu-img snapshot: %s",
-                   r->errtext && *r->errtext ? r->errtext : "failed");
+        const char *why = r->errtext && *r->errtext ? r->errtext : "failed";
+        if (o->kind != SNAP_CREATE || r->timed_out || nospace(o, why, &err) < 0)
+            kh_err_set(&err, r->timed_out ? KH_E_TIMEOUT : KH_E_QEMU, "qemu-img snapshot: %s",
+                       why);
         if (o->kind == SNAP_CREATE) {
-            /* take back what was made: no half snapshot stays */
-            for (size_t i = 0; i < o->next; i++) {
-                char *argv[] = { (char *)(uintptr_t)kh_qimg_binary(kh_storage_qimg(o->s->st)),
-                                 (char *)(uintptr_t)"snapshot", (char *)(uintptr_t)"-d",
-                                 o->name, o->files->v[i], NULL };
-                kh_qimg_run(kh_storage_qimg(o->s->st), argv, QIMG_SNAPSHOT_TIMEOUT_MS, NULL,
-                            undo_done, NULL, NULL);
-            }
+            kh_err_copy(&o->failure, &err);
+            o->undo = o->next;
+            o->next = 0;
+            undo_step(o);
+            return;
         }
         op_finish(o, &err);
         return;
@@ -379,6 +455,7 @@ static int collect_disks(snap_op *o, const json_t *vm, kh_err *err)
 {
     o->devices = json_array();
     o->files = kh_strv_new();
+    o->pools = kh_strv_new();
     size_t i;
     json_t *d;
     json_array_foreach(json_object_get(vm, "disks"), i, d) {
@@ -394,8 +471,11 @@ static int collect_disks(snap_op *o, const json_t *vm, kh_err *err)
         if (kh_storage_resolve(o->s->st, ref, &c, err) < 0)
             return -1;
         bool ok = c.layer[0].format == KH_DISK_QCOW2;
-        if (ok)
+        if (ok) {
             kh_strv_add(o->files, c.layer[0].path);
+            const char *slash = strchr(ref, '/');
+            kh_strv_addf(o->pools, "%.*s", slash ? (int)(slash - ref) : (int)strlen(ref), ref);
+        }
         kh_volume_chain_clear(&c);
         if (!ok) {
             kh_err_set(err, KH_E_INVALID, "disks[%zu]: volume %s is raw: snapshots need qcow2",
@@ -728,8 +808,16 @@ static kh_task *start(kh_snapshots *s, snap_kind kind, const char *vm_name, cons
         }
     }
     o->live = running;
+    o->memory_mib = (unsigned long long)json_integer_value(json_object_get(vm, "memory_mib"));
     if (collect_disks(o, vm, err) < 0)
         goto fail;
+    for (size_t i = 0; kind == SNAP_CREATE && i < o->files->n; i++) {
+        if (fs_free(o->files->v[i]) < SNAP_META_BYTES) {
+            o->memory = false; /* the metadata alone does not fit */
+            nospace(o, NULL, err);
+            goto fail;
+        }
+    }
     /* Unique across daemon restarts too: a job a killed daemon left in
      * QEMU keeps its id until dismissed. */
     snprintf(o->job_id, sizeof(o->job_id), "kh-snap-%ld-%u", (long)getpid(), ++s->seq);
