@@ -249,9 +249,9 @@ static void live_failed(snap_op *o, const kh_err *err)
  * A snapshot needs room in each image's file system: a few clusters of
  * metadata (the L1 table copy, refcounts, the snapshot table), and with a
  * running VM the VM state (at most its RAM, in the first disk). A create
- * is refused at once when a pool has less than the metadata's 1 MiB free;
- * one that fails for lack of space (QEMU may say "Input/output error") is
- * told as no_space (507) naming the pool. */
+ * that fails for lack of space (QEMU may say "Input/output error" only:
+ * then the pools' free space decides) is told as no_space (507), naming
+ * the pool, the space needed and the space free. */
 
 #define SNAP_META_BYTES (1u << 20)
 
@@ -671,6 +671,10 @@ static void settle_jobs(kh_qmp *q, json_t *ret, const kh_err *err, void *opaque)
     bool running = false;
     size_t i;
     json_t *job;
+    char *dump = ret ? json_dumps(ret, JSON_COMPACT) : NULL;
+    kh_log(KH_LOG_DEBUG, "snapshot.settle", "vm=%s jobs=%s error=\"%s\"", e->vm,
+           dump ? dump : "-", err ? err->msg : "");
+    free(dump);
     json_array_foreach(err ? NULL : ret, i, job) {
         const char *id = json_string_value(json_object_get(job, "id"));
         const char *status = json_string_value(json_object_get(job, "status"));
@@ -693,6 +697,7 @@ static void settle_jobs(kh_qmp *q, json_t *ret, const kh_err *err, void *opaque)
 static void settle_tick(uv_timer_t *t)
 {
     settle *e = t->data;
+    kh_log(KH_LOG_DEBUG, "snapshot.settle", "vm=%s tries=%u", e->vm, e->tries);
     if (kh_manager_qmp(e->s->mgr, e->vm_id, "query-jobs", NULL, settle_jobs, e, NULL) == 0) {
         e->asking = true;
         return;
@@ -811,13 +816,7 @@ static kh_task *start(kh_snapshots *s, snap_kind kind, const char *vm_name, cons
     o->memory_mib = (unsigned long long)json_integer_value(json_object_get(vm, "memory_mib"));
     if (collect_disks(o, vm, err) < 0)
         goto fail;
-    for (size_t i = 0; kind == SNAP_CREATE && i < o->files->n; i++) {
-        if (fs_free(o->files->v[i]) < SNAP_META_BYTES) {
-            o->memory = false; /* the metadata alone does not fit */
-            nospace(o, NULL, err);
-            goto fail;
-        }
-    }
+
     /* Unique across daemon restarts too: a job a killed daemon left in
      * QEMU keeps its id until dismissed. */
     snprintf(o->job_id, sizeof(o->job_id), "kh-snap-%ld-%u", (long)getpid(), ++s->seq);
