@@ -671,10 +671,6 @@ static void settle_jobs(kh_qmp *q, json_t *ret, const kh_err *err, void *opaque)
     bool running = false;
     size_t i;
     json_t *job;
-    char *dump = ret ? json_dumps(ret, JSON_COMPACT) : NULL;
-    kh_log(KH_LOG_DEBUG, "snapshot.settle", "vm=%s jobs=%s error=\"%s\"", e->vm,
-           dump ? dump : "-", err ? err->msg : "");
-    free(dump);
     json_array_foreach(err ? NULL : ret, i, job) {
         const char *id = json_string_value(json_object_get(job, "id"));
         const char *status = json_string_value(json_object_get(job, "status"));
@@ -697,7 +693,6 @@ static void settle_jobs(kh_qmp *q, json_t *ret, const kh_err *err, void *opaque)
 static void settle_tick(uv_timer_t *t)
 {
     settle *e = t->data;
-    kh_log(KH_LOG_DEBUG, "snapshot.settle", "vm=%s tries=%u", e->vm, e->tries);
     if (kh_manager_qmp(e->s->mgr, e->vm_id, "query-jobs", NULL, settle_jobs, e, NULL) == 0) {
         e->asking = true;
         return;
