@@ -272,7 +272,7 @@ void kh_lifecycle_start_fail(kh_inst *v, const kh_err *err)
     /* Kill whatever was started; the process end settles the rest. If no
      * process exists yet, settle here. */
     kh_err copy = *err;
-    if (v->pid > 0 && err->code == KH_E_QEMU) {
+    if (v->pid > 0 && err->code == KH_E_QEMU && strstr(err->msg, "QMP connection closed")) {
         /* QMP closed or QEMU refused: QEMU's own words are in qemu.log
          * ("Failed to get \"write\" lock"), the QMP error says little. */
         char *tail = kh_runtime_log_tail(v);
