@@ -219,7 +219,7 @@ def test_qemu_img_dies_with_the_daemon(daemon):
 # ---- defects 1, 3 and 9 with a running guest ----
 
 @pytest.mark.slow
-def test_snapshot_crash_loop(daemon, guest, consoles, fake_boot, workdir):
+def test_snapshot_crash_loop(daemon, guest, consoles, fake_boot, tmpfs):
     api = daemon.api
     khlib.wait_accel(api)
     assert api.post("/api/v1/pools/default/volumes", {"name": "gbase", "format": "raw",
@@ -227,10 +227,12 @@ def test_snapshot_crash_loop(daemon, guest, consoles, fake_boot, workdir):
     r = api.post("/api/v1/pools/default/volumes", {"name": "croot", "backing": "gbase"})
     assert r.status == 201, r
     img = vol_path(daemon, r.json)
-    r = api.post("/api/v1/pools/default/volumes", {"name": "cdata", "size": "8M"})
+    # a second disk, in a small pool: snapshots span both
+    assert api.post("/api/v1/pools", {"name": "small", "path": tmpfs}).status == 201
+    r = api.post("/api/v1/pools/small/volumes", {"name": "cdata", "size": "8M"})
     assert r.status == 201, r
-    shared = vol_path(daemon, r.json)  # a second disk: snapshots span both
-    spec = guest_vm(guest, "cv", [{"volume": "default/croot"}, {"volume": "default/cdata"}])
+    shared = os.path.join(tmpfs, r.json["id"])
+    spec = guest_vm(guest, "cv", [{"volume": "default/croot"}, {"volume": "small/cdata"}])
     api.create(spec)
     api.act_ok("cv", "start")
     con = consoles(daemon, "cv")
@@ -297,6 +299,15 @@ def test_snapshot_crash_loop(daemon, guest, consoles, fake_boot, workdir):
     r = api.post("/api/v1/vms/cv/snapshots/c%d/revert" % last, {"wait": 120}, timeout=180)
     assert r.status == 200 and r.json["state"] == "succeeded", r
     assert shell_value(con, "$X") == str(last)
+    # defect 6: a full pool during a memory snapshot: 507 naming the pool
+    filler = fill(tmpfs)
+    r = api.post("/api/v1/vms/cv/snapshots", {"name": "nospace", "wait": 120}, timeout=180)
+    assert r.status == 507, r
+    assert r.error["code"] == "no_space" and "pool small: no space left" in r.error["message"]
+    os.unlink(filler)
+    assert "nospace" not in recorded(api, "cv")
+    r = api.post("/api/v1/vms/cv/snapshots", {"name": "roomy", "wait": 120}, timeout=180)
+    assert r.status == 200 and r.json["state"] == "succeeded", r
     api.act_ok("cv", "kill")
     chk = subprocess.run([QIMG, "check", "-f", "qcow2", img], capture_output=True, text=True)
     assert chk.returncode in (0, 3), chk  # 3: leaked clusters only (harmless)
