@@ -812,6 +812,7 @@ int main(int argc, char **argv)
     d.api.metrics = d.metrics;
     d.api.alerts = d.alerts;
     d.api.snapshots = kh_snapshots_new(d.loop, d.mgr, d.storage, d.tasks);
+    kh_snapshots_reconcile(d.api.snapshots); /* snapshots a kill -9 left unrecorded */
     d.api.disks = kh_disks_new(d.loop, d.mgr, d.storage, &d.caps);
     d.api.nics = kh_nics_new(d.loop, d.mgr, d.net, d.tasks);
     d.api.started_at = kh_wall_time();

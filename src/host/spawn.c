@@ -86,7 +86,11 @@ static void __attribute__((noreturn)) child_run(const kh_spawn_spec *spec, int p
         if (sig != SIGKILL && sig != SIGSTOP)
             signal(sig, SIG_DFL);
 
-    if (spec->die_with_parent) {
+    /* A child that does not start its own session is a helper (qemu-img,
+     * probes): it dies with the daemon, asked or not, so none writes on
+     * after a kill -9 into files the next daemon cleans up. Only QEMU,
+     * dnsmasq and etcd, in their own sessions, may outlive it. */
+    if (spec->die_with_parent || !spec->new_session) {
         if (prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0) < 0)
             child_fail(pipe_fd, STEP_PDEATHSIG);
         if (getppid() != ppid) /* the daemon died before the prctl */

@@ -44,7 +44,8 @@ typedef struct kh_spawn_spec {
     const kh_spawn_fd *fds;
     size_t nfds;
     bool new_session;         /* setsid: survives the daemon (QEMU, dnsmasq) */
-    bool die_with_parent;     /* PR_SET_PDEATHSIG SIGKILL: helpers that must not outlive us */
+    bool die_with_parent;     /* PR_SET_PDEATHSIG SIGKILL: helpers that must not outlive us
+                               * (implied when new_session is false) */
     bool no_new_privs;
     bool drop_privileges;     /* switch to uid/gid/groups */
     uid_t uid;

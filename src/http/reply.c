@@ -101,6 +101,8 @@ static struct MHD_Response *error_response(const kh_err *err, unsigned *status)
     kh_reply_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, "application/json");
     if (code == KH_E_UNAUTHORIZED)
         kh_reply_header(resp, MHD_HTTP_HEADER_WWW_AUTHENTICATE, "Bearer");
+    if (code == KH_E_BUSY) /* a full queue or a rate limit: worth a retry soon */
+        kh_reply_header(resp, MHD_HTTP_HEADER_RETRY_AFTER, "1");
     *status = (unsigned)kh_code_http_status(code);
     return resp;
 }

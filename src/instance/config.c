@@ -106,7 +106,8 @@ json_t *kh_config_create_id(kh_manager *mgr, const json_t *body, const char *giv
     } else {
         kh_uuid_generate(id);
     }
-    if (check_files(spec, err) < 0 || kh_bindings_check_volumes(mgr, spec, err) < 0 ||
+    if (kh_quota_check_memory(spec->memory_mib, err) < 0 || check_files(spec, err) < 0 ||
+        kh_bindings_check_volumes(mgr, spec, err) < 0 ||
         kh_quota_check_host(spec->limits, err) < 0 ||
         kh_bindings_nics_prepare(mgr, id, spec, err) < 0) {
         kh_vm_spec_free(spec);
@@ -206,6 +207,8 @@ json_t *kh_config_patch(kh_manager *mgr, const char *name, const json_t *patch, 
     }
     kh_vm_spec *next = kh_vm_spec_dup(v->spec);
     if (kh_vm_spec_patch(next, patch, err) < 0 ||
+        (json_object_get(patch, "memory_mib") &&
+         kh_quota_check_memory(next->memory_mib, err) < 0) ||
         (json_object_get(patch, "limits") && check_cgroup_limits(mgr, next->limits, err) < 0) ||
         check_files(next, err) < 0 ||
         kh_bindings_check_volumes(mgr, next, err) < 0 ||

@@ -272,6 +272,16 @@ void kh_lifecycle_start_fail(kh_inst *v, const kh_err *err)
     /* Kill whatever was started; the process end settles the rest. If no
      * process exists yet, settle here. */
     kh_err copy = *err;
+    if (v->pid > 0 && err->code == KH_E_QEMU && strstr(err->msg, "QMP connection closed")) {
+        /* QMP closed or QEMU refused: QEMU's own words are in qemu.log
+         * ("Failed to get \"write\" lock"), the QMP error says little. */
+        char *tail = kh_runtime_log_tail(v);
+        if (*tail) {
+            kh_err_clear(&copy);
+            kh_err_set(&copy, KH_E_QEMU, "QEMU: %s (%s)", tail, err->msg);
+        }
+        free(tail);
+    }
     if (v->pid > 0) {
         kh_lifecycle_going_down(v, "start failed");
         kh_task *t = v->task;

@@ -13,6 +13,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "host/proc.h"
 #include "util/fs.h"
 #include "util/mem.h"
 
@@ -209,6 +210,19 @@ int kh_quota_check_host(const kh_limits *l, kh_err *err)
                        "(see /sys/devices/system/node)", l->nodes[i]);
             return -1;
         }
+    }
+    return 0;
+}
+
+int kh_quota_check_memory(unsigned long long memory_mib, kh_err *err)
+{
+    double total = 0, avail = 0;
+    kh_proc_meminfo(&total, &avail);
+    unsigned long long host_mib = (unsigned long long)(total / (1024.0 * 1024.0));
+    if (host_mib && memory_mib > host_mib) {
+        kh_err_set(err, KH_E_INVALID, "memory_mib: %llu MiB is more than this host's RAM "
+                   "(%llu MiB)", memory_mib, host_mib);
+        return -1;
     }
     return 0;
 }

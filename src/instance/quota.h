@@ -39,6 +39,10 @@ int kh_quota_apply_cgroup(const kh_cgroups *cg, const char *vm_id, const kh_limi
 int kh_quota_check_cgroup(const kh_cgroups *cg, const kh_limits *l, kh_err *err);
 /* The host has every CPU of l's cpu_affinity (KH_E_INVALID if not). */
 int kh_quota_check_host(const kh_limits *l, kh_err *err);
+/* A guest's memory_mib fits this host's RAM (MemTotal): a single VM larger
+ * than the host could never run (KH_E_INVALID naming both figures).
+ * Several VMs may together overcommit the host; one alone may not. */
+int kh_quota_check_memory(unsigned long long memory_mib, kh_err *err);
 /* Pin threads (the vCPU threads of QEMU pid) to l's cpu_affinity, or to
  * every CPU when l has none. Returns 0, or -1 with err set. */
 int kh_quota_pin(pid_t pid, const pid_t *tids, size_t n, const kh_limits *l, kh_err *err);

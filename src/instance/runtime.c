@@ -162,6 +162,8 @@ char *kh_runtime_log_tail(const kh_inst *v)
     for (char *p = text; *p; p++)
         if (*p == '\n' || *p == '\r')
             *p = ' ';
+    for (size_t n = strlen(text); n && text[n - 1] == ' '; n--)
+        text[n - 1] = '\0';
     return text;
 }
 

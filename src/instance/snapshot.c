@@ -7,8 +7,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/statvfs.h>
+#include <unistd.h>
 
 #include "schema/schema.h"
+#include "storage/qcow2.h"
 #include "util/check.h"
 #include "util/log.h"
 #include "util/mem.h"
@@ -32,6 +35,7 @@ struct kh_snapshots {
     kh_storage *st;
     kh_tasks *tasks;
     snap_op *ops; /* in progress, one per VM */
+    struct settle *settles; /* running VMs waiting for a previous daemon's jobs */
     unsigned seq;
 };
 
@@ -45,6 +49,9 @@ struct snap_op {
     json_t *devices; /* node names of the writable disks */
     char *vmstate;   /* the node that keeps the memory */
     kh_strv *files;  /* their files (a stopped VM) */
+    kh_strv *pools;  /* the pool of each file */
+    unsigned long long memory_mib; /* the VM's RAM: the most a VM state takes */
+    size_t undo;     /* a failed create: files that got the snapshot */
     size_t next;     /* qemu-img: the file being done */
     kh_err failure;  /* a live failure, kept while the images are repaired */
     int repair_tries;
@@ -63,22 +70,65 @@ kh_snapshots *kh_snapshots_new(uv_loop_t *loop, kh_manager *mgr, kh_storage *st,
     return s;
 }
 
-void kh_snapshots_free(kh_snapshots *s)
-{
-    free(s); /* operations still running end with the daemon */
-}
-
-static snap_op *busy(kh_snapshots *s, const char *vm)
-{
-    for (snap_op *o = s->ops; o; o = o->link)
-        if (strcmp(o->vm, vm) == 0)
-            return o;
-    return NULL;
-}
-
 static void timer_closed(uv_handle_t *h)
 {
     free(h);
+}
+
+/* A running VM whose QEMU may still run a job of the previous daemon:
+ * polled until none runs, then dismissed and reconciled (see below). */
+typedef struct settle {
+    kh_snapshots *s; /* NULL once the daemon shuts down */
+    char *vm, *vm_id;
+    uv_timer_t *timer;
+    unsigned tries;
+    bool asking; /* a query-jobs is out: its reply frees an orphan */
+    struct settle *link;
+} settle;
+
+static void settle_free(settle *e)
+{
+    if (e->timer)
+        uv_close((uv_handle_t *)e->timer, timer_closed);
+    free(e->vm);
+    free(e->vm_id);
+    free(e);
+}
+
+static void settle_unlink(settle *e)
+{
+    for (settle **pp = &e->s->settles; *pp; pp = &(*pp)->link) {
+        if (*pp == e) {
+            *pp = e->link;
+            return;
+        }
+    }
+}
+
+void kh_snapshots_free(kh_snapshots *s)
+{
+    if (!s)
+        return;
+    for (settle *e = s->settles, *next; e; e = next) {
+        next = e->link;
+        e->s = NULL;
+        if (!e->asking)
+            settle_free(e);
+        else
+            uv_timer_stop(e->timer);
+    }
+    free(s); /* operations still running end with the daemon */
+}
+
+static bool busy(kh_snapshots *s, const char *vm)
+{
+    for (snap_op *o = s->ops; o; o = o->link)
+        if (strcmp(o->vm, vm) == 0)
+            return true;
+    for (settle *e = s->settles; e; e = e->link)
+        if (strcmp(e->vm, vm) == 0)
+            return true;
+    return false;
 }
 
 static void op_free(snap_op *o)
@@ -97,6 +147,7 @@ static void op_free(snap_op *o)
     free(o->vmstate);
     json_decref(o->devices);
     kh_strv_free(o->files);
+    kh_strv_free(o->pools);
     free(o);
 }
 
@@ -193,6 +244,54 @@ static void live_failed(snap_op *o, const kh_err *err)
     uv_timer_start(o->timer, repair_tick, 100, 0);
 }
 
+/* ---- a full pool ----
+ *
+ * A snapshot needs room in each image's file system: a few clusters of
+ * metadata (the L1 table copy, refcounts, the snapshot table), and with a
+ * running VM the VM state (at most its RAM, in the first disk). A create
+ * that fails for lack of space (QEMU may say "Input/output error" only:
+ * then the pools' free space decides) is told as no_space (507), naming
+ * the pool, the space needed and the space free. */
+
+#define SNAP_META_BYTES (1u << 20)
+
+static uint64_t fs_free(const char *path)
+{
+    struct statvfs sv;
+    if (statvfs(path, &sv) < 0)
+        return UINT64_MAX;
+    return (uint64_t)sv.f_bavail * sv.f_frsize;
+}
+
+/* Bytes file i needs. */
+static uint64_t need_of(const snap_op *o, size_t i)
+{
+    return SNAP_META_BYTES + (o->memory && i == 0 ? o->memory_mib << 20 : 0);
+}
+
+/* Set err to no_space when file i's pool is short (or the failure says
+ * so): 0 if it was, -1 otherwise. why: the failure, or NULL. */
+static int nospace(const snap_op *o, const char *why, kh_err *err)
+{
+    bool said = why && strstr(why, "No space left");
+    for (size_t i = 0; i < o->files->n; i++) {
+        uint64_t need = need_of(o, i), free_b = fs_free(o->files->v[i]);
+        if (free_b >= need && !(said && o->files->n == 1))
+            continue;
+        kh_err_set(err, KH_E_NOSPACE, "pool %s: no space left on device (needed ~%llu MiB, "
+                   "%llu MiB free)%s%s", o->pools->v[i],
+                   (unsigned long long)((need + (1u << 20) - 1) >> 20),
+                   (unsigned long long)(free_b >> 20), why ? ": " : "", why ? why : "");
+        return 0;
+    }
+    if (said) {
+        kh_err_set(err, KH_E_NOSPACE, "pool %s: no space left on device: %s", o->pools->v[0],
+                   why);
+        return 0;
+    }
+    return -1;
+}
+
 /* ---- live: QMP jobs ---- */
 
 static void poll_jobs(uv_timer_t *t);
@@ -212,13 +311,18 @@ static void on_jobs(kh_qmp *q, json_t *ret, const kh_err *err, void *opaque)
     json_t *job;
     json_array_foreach(ret, i, job) {
         const char *id = json_string_value(json_object_get(job, "id"));
+        const char *jst = json_string_value(json_object_get(job, "status"));
+        if (id && strncmp(id, "kh-", 3) == 0 && strcmp(id, o->job_id) != 0 && jst &&
+            strcmp(jst, "concluded") == 0) /* a previous daemon's, ended since */
+            kh_manager_qmp(o->s->mgr, o->vm_id, "job-dismiss", json_pack("{s:s}", "id", id),
+                           NULL, NULL, NULL);
         if (!id || strcmp(id, o->job_id) != 0)
             continue;
         const char *status = json_string_value(json_object_get(job, "status"));
         if (status && strcmp(status, "concluded") == 0) {
             const char *jerr = json_string_value(json_object_get(job, "error"));
             kh_err e = KH_ERR_INIT;
-            if (jerr)
+            if (jerr && (o->kind != SNAP_CREATE || nospace(o, jerr, &e) < 0))
                 kh_err_set(&e, KH_E_QEMU, "%s: %s", qmp_commands[o->kind], jerr);
             kh_manager_qmp(o->s->mgr, o->vm_id, "job-dismiss",
                            json_pack("{s:s}", "id", o->job_id), NULL, NULL, NULL);
@@ -276,10 +380,34 @@ static int start_live(snap_op *o, kh_err *err)
 
 static int qimg_step(snap_op *o, kh_err *err);
 
+static void undo_done(const kh_qimg_result *r, void *opaque);
+
+/* A failed create: take back what was made, one file after the other (no
+ * half snapshot stays), then reclaim the clusters the failure leaked
+ * (qemu-img check -r leaks on every file), then fail with o->failure. */
+static void undo_step(snap_op *o)
+{
+    kh_qimg *q = kh_storage_qimg(o->s->st);
+    while (o->next < o->undo) {
+        char *argv[] = { (char *)(uintptr_t)kh_qimg_binary(q), (char *)(uintptr_t)"snapshot",
+                         (char *)(uintptr_t)"-d", o->name, o->files->v[o->next], NULL };
+        if (kh_qimg_run(q, argv, QIMG_SNAPSHOT_TIMEOUT_MS, NULL, undo_done, o, NULL) >= 0)
+            return;
+        o->next++;
+    }
+    o->next = 0;
+    kh_task_progress(o->task, 95, "checking the images");
+    repair_step(o);
+}
+
 static void undo_done(const kh_qimg_result *r, void *opaque)
 {
-    (void)r;
-    (void)opaque;
+    snap_op *o = opaque;
+    if (r->status != 0)
+        kh_log(KH_LOG_WARN, "snapshot.undo", "vm=%s file=%s error=\"%s\"", o->vm,
+               o->files->v[o->next], r->errtext ? r->errtext : "");
+    o->next++;
+    undo_step(o);
 }
 
 static void on_qimg(const kh_qimg_result *r, void *opaque)
@@ -287,17 +415,16 @@ static void on_qimg(const kh_qimg_result *r, void *opaque)
     snap_op *o = opaque;
     kh_err err = KH_ERR_INIT;
     if (r->status != 0) {
-        kh_err_set(&err, r->timed_out ? KH_E_TIMEOUT : KH_E_QEMU, "qemu-img snapshot: %s",
-                   r->errtext && *r->errtext ? r->errtext : "failed");
+        const char *why = r->errtext && *r->errtext ? r->errtext : "failed";
+        if (o->kind != SNAP_CREATE || r->timed_out || nospace(o, why, &err) < 0)
+            kh_err_set(&err, r->timed_out ? KH_E_TIMEOUT : KH_E_QEMU, "qemu-img snapshot: %s",
+                       why);
         if (o->kind == SNAP_CREATE) {
-            /* take back what was made: no half snapshot stays */
-            for (size_t i = 0; i < o->next; i++) {
-                char *argv[] = { (char *)(uintptr_t)kh_qimg_binary(kh_storage_qimg(o->s->st)),
-                                 (char *)(uintptr_t)"snapshot", (char *)(uintptr_t)"-d",
-                                 o->name, o->files->v[i], NULL };
-                kh_qimg_run(kh_storage_qimg(o->s->st), argv, QIMG_SNAPSHOT_TIMEOUT_MS, NULL,
-                            undo_done, NULL, NULL);
-            }
+            kh_err_copy(&o->failure, &err);
+            o->undo = o->next;
+            o->next = 0;
+            undo_step(o);
+            return;
         }
         op_finish(o, &err);
         return;
@@ -328,6 +455,7 @@ static int collect_disks(snap_op *o, const json_t *vm, kh_err *err)
 {
     o->devices = json_array();
     o->files = kh_strv_new();
+    o->pools = kh_strv_new();
     size_t i;
     json_t *d;
     json_array_foreach(json_object_get(vm, "disks"), i, d) {
@@ -343,8 +471,11 @@ static int collect_disks(snap_op *o, const json_t *vm, kh_err *err)
         if (kh_storage_resolve(o->s->st, ref, &c, err) < 0)
             return -1;
         bool ok = c.layer[0].format == KH_DISK_QCOW2;
-        if (ok)
+        if (ok) {
             kh_strv_add(o->files, c.layer[0].path);
+            const char *slash = strchr(ref, '/');
+            kh_strv_addf(o->pools, "%.*s", slash ? (int)(slash - ref) : (int)strlen(ref), ref);
+        }
         kh_volume_chain_clear(&c);
         if (!ok) {
             kh_err_set(err, KH_E_INVALID, "disks[%zu]: volume %s is raw: snapshots need qcow2",
@@ -362,6 +493,250 @@ static int collect_disks(snap_op *o, const json_t *vm, kh_err *err)
         return -1;
     }
     return 0;
+}
+
+/* ---- the images' snapshot tables against the records ----
+ *
+ * A record is written after the snapshot exists in every image; a daemon
+ * killed in between (QEMU's job or qemu-img finishes alone) leaves a
+ * snapshot in the images and none in the database, and one killed during
+ * a delete leaves a record of nothing. At start, and before every create,
+ * each VM's tables are read (qemu-img info -U) and:
+ *  - a snapshot in every writable image but unrecorded is recorded: the
+ *    user asked for it and it is whole, so keeping it is the safe side
+ *    (deleting it would throw away a good copy of the data);
+ *  - one in some images only (a multi-disk create cut short) is left
+ *    alone, never deleted by kvmhost, and its name is refused (409);
+ *  - a record in no image is dropped (there is nothing to revert to). */
+
+/* The writable qcow2 files of vm (as collect_disks), or NULL. */
+static kh_strv *vm_files(kh_snapshots *s, const json_t *vm)
+{
+    kh_strv *files = kh_strv_new();
+    size_t i;
+    json_t *d;
+    json_array_foreach(json_object_get(vm, "disks"), i, d) {
+        const char *ref = json_string_value(json_object_get(d, "volume"));
+        if (json_is_true(json_object_get(d, "readonly")) || !ref)
+            continue;
+        kh_volume_chain c;
+        kh_err e = KH_ERR_INIT;
+        if (kh_storage_resolve(s->st, ref, &c, &e) < 0)
+            continue;
+        if (c.layer[0].format == KH_DISK_QCOW2)
+            kh_strv_add(files, c.layer[0].path);
+        kh_volume_chain_clear(&c);
+    }
+    return files;
+}
+
+/* In how many of tables (an array of {name: vm-state-size}) name is;
+ * *memory when one of them holds a VM state. */
+static size_t tables_count(const json_t *tables, const char *name, bool *memory)
+{
+    size_t n = 0, i;
+    json_t *t;
+    *memory = false;
+    json_array_foreach(tables, i, t) {
+        json_t *size = json_object_get(t, name);
+        if (size) {
+            n++;
+            *memory = *memory || json_integer_value(size) > 0;
+        }
+    }
+    return n;
+}
+
+/* Reconcile one VM (a JSON view). want: a name about to be created: -1
+ * with KH_E_CONFLICT when an image holds it only in part. -1 with err also
+ * when the tables cannot be read while want is given. */
+static int reconcile_vm(kh_snapshots *s, const json_t *vm, const char *want, kh_err *err)
+{
+    const char *vm_name = json_string_value(json_object_get(vm, "name"));
+    const char *id = json_string_value(json_object_get(vm, "id"));
+    kh_strv *files = vm_files(s, vm);
+    if (!id || !vm_name || files->n == 0) {
+        kh_strv_free(files);
+        return 0;
+    }
+    json_t *tables = json_array();
+    const char *qemu_img = kh_qimg_binary(kh_storage_qimg(s->st));
+    kh_err e = KH_ERR_INIT;
+    for (size_t i = 0; i < files->n; i++) {
+        json_t *t = kh_qcow2_snapshots(qemu_img, files->v[i], &e);
+        if (!t) {
+            kh_log(KH_LOG_WARN, "snapshot.reconcile", "vm=%s error=\"%s\"", vm_name, e.msg);
+            kh_strv_free(files);
+            json_decref(tables);
+            if (want) {
+                kh_err_copy(err, &e);
+                return -1;
+            }
+            return 0;
+        }
+        json_array_append_new(tables, t);
+    }
+    size_t nfiles = files->n;
+    kh_strv_free(files);
+    int rc = 0;
+    bool memory;
+    /* Records of nothing. */
+    json_t *records = kh_storage_snapshot_list_err(s->st, id, &e);
+    size_t i;
+    json_t *r;
+    json_array_foreach(records, i, r) {
+        const char *name = json_string_value(json_object_get(r, "name"));
+        if (!name || tables_count(tables, name, &memory) > 0)
+            continue;
+        kh_err de = KH_ERR_INIT;
+        kh_storage_snapshot_remove(s->st, id, name, &de);
+        kh_log(KH_LOG_WARN, "snapshot.reconcile", "vm=%s snapshot=%s in_images=none "
+               "action=drop_record error=\"%s\"", vm_name, name, de.msg);
+    }
+    json_decref(records);
+    /* Snapshots of the images without a record: the first image has every
+     * whole one. */
+    const char *name;
+    json_t *size;
+    json_object_foreach(json_array_get(tables, 0), name, size) {
+        bool had = false;
+        kh_err ge = KH_ERR_INIT;
+        if (kh_storage_snapshot_get(s->st, id, name, &had, &ge) != 0)
+            continue;
+        size_t n = tables_count(tables, name, &memory);
+        if (n == nfiles && kh_check_name(name, "snapshot name", NULL) == 0) {
+            kh_err ae = KH_ERR_INIT;
+            kh_storage_snapshot_add(s->st, id, name, memory, &ae);
+            kh_log(KH_LOG_WARN, "snapshot.reconcile", "vm=%s snapshot=%s memory=%s "
+                   "in_images=all action=record error=\"%s\"", vm_name, name,
+                   memory ? "yes" : "no", ae.msg);
+        }
+    }
+    /* Parts: in some images, not recorded, not whole. */
+    json_t *t;
+    json_array_foreach(tables, i, t) {
+        json_object_foreach(t, name, size) {
+            bool had = false;
+            kh_err ge = KH_ERR_INIT;
+            if (kh_storage_snapshot_get(s->st, id, name, &had, &ge) != 0 ||
+                tables_count(tables, name, &memory) == nfiles)
+                continue;
+            if (want && strcmp(want, name) == 0 && rc == 0) {
+                kh_err_set(err, KH_E_CONFLICT, "vm %s: %zu of its %zu disk images already hold "
+                           "a snapshot named %s (left by an interrupted operation): choose "
+                           "another name", vm_name, tables_count(tables, name, &memory),
+                           nfiles, name);
+                rc = -1;
+            }
+            if (!want)
+                kh_log(KH_LOG_WARN, "snapshot.reconcile", "vm=%s snapshot=%s in_images=some "
+                       "action=keep", vm_name, name);
+        }
+    }
+    json_decref(tables);
+    return rc;
+}
+
+/* ---- a running VM after a restart: its QEMU's jobs first ----
+ *
+ * A snapshot-save the killed daemon started goes on in QEMU and ends
+ * "concluded", keeping its job id until dismissed. The VM is busy for
+ * snapshots (409) until no kvmhost job runs in its QEMU; then the
+ * concluded ones are dismissed and the tables reconciled. */
+
+#define SETTLE_POLL_MS 200
+#define SETTLE_TRIES 3000 /* 10 min */
+
+static void settle_tick(uv_timer_t *t);
+
+static void settle_done(settle *e)
+{
+    json_t *vm = kh_manager_vm_json(e->s->mgr, e->vm, NULL);
+    if (vm)
+        reconcile_vm(e->s, vm, NULL, NULL);
+    json_decref(vm);
+    settle_unlink(e);
+    settle_free(e);
+}
+
+static void settle_jobs(kh_qmp *q, json_t *ret, const kh_err *err, void *opaque)
+{
+    (void)q;
+    settle *e = opaque;
+    e->asking = false;
+    if (!e->s) {
+        settle_free(e);
+        return;
+    }
+    bool running = false;
+    size_t i;
+    json_t *job;
+    json_array_foreach(err ? NULL : ret, i, job) {
+        const char *id = json_string_value(json_object_get(job, "id"));
+        const char *status = json_string_value(json_object_get(job, "status"));
+        if (!id || strncmp(id, "kh-", 3) != 0 || !status)
+            continue;
+        if (strcmp(status, "concluded") == 0) {
+            kh_log(KH_LOG_INFO, "snapshot.settle", "vm=%s job=%s action=dismiss", e->vm, id);
+            kh_manager_qmp(e->s->mgr, e->vm_id, "job-dismiss", json_pack("{s:s}", "id", id),
+                           NULL, NULL, NULL);
+        } else if (strcmp(status, "null") != 0) {
+            running = true;
+        }
+    }
+    if ((!err && !running) || ++e->tries >= SETTLE_TRIES)
+        settle_done(e);
+    else
+        uv_timer_start(e->timer, settle_tick, SETTLE_POLL_MS, 0);
+}
+
+static void settle_tick(uv_timer_t *t)
+{
+    settle *e = t->data;
+    if (kh_manager_qmp(e->s->mgr, e->vm_id, "query-jobs", NULL, settle_jobs, e, NULL) == 0) {
+        e->asking = true;
+        return;
+    }
+    /* Not connected yet (the reattach is under way), or no QEMU any more. */
+    json_t *vm = kh_manager_vm_json(e->s->mgr, e->vm, NULL);
+    const char *state = json_string_value(json_object_get(vm, "state"));
+    bool gone = !vm || (state && strcmp(state, "stopped") == 0);
+    json_decref(vm);
+    if (gone || ++e->tries >= SETTLE_TRIES)
+        settle_done(e);
+    else
+        uv_timer_start(e->timer, settle_tick, SETTLE_POLL_MS, 0);
+}
+
+void kh_snapshots_reconcile(kh_snapshots *s)
+{
+    if (!s || !s->st)
+        return;
+    json_t *vms = kh_manager_list_json(s->mgr);
+    size_t i;
+    json_t *vm;
+    json_array_foreach(vms, i, vm) {
+        const char *state = json_string_value(json_object_get(vm, "state"));
+        const char *name = json_string_value(json_object_get(vm, "name"));
+        const char *id = json_string_value(json_object_get(vm, "id"));
+        if (!state || !name || !id || strcmp(state, "migrating") == 0)
+            continue; /* its images are in flux: the next start sees them */
+        if (json_is_null(json_object_get(vm, "pid")) || !json_object_get(vm, "pid")) {
+            reconcile_vm(s, vm, NULL, NULL);
+            continue;
+        }
+        settle *e = xcalloc(1, sizeof(*e));
+        e->s = s;
+        e->vm = xstrdup(name);
+        e->vm_id = xstrdup(id);
+        e->timer = xcalloc(1, sizeof(*e->timer));
+        uv_timer_init(s->loop, e->timer);
+        e->timer->data = e;
+        e->link = s->settles;
+        s->settles = e;
+        uv_timer_start(e->timer, settle_tick, 0, 0);
+    }
+    json_decref(vms);
 }
 
 static kh_task *start(kh_snapshots *s, snap_kind kind, const char *vm_name, const char *name,
@@ -390,8 +765,8 @@ static kh_task *start(kh_snapshots *s, snap_kind kind, const char *vm_name, cons
     if (have < 0)
         goto fail;
     if (busy(s, vm_name)) {
-        kh_err_set(err, KH_E_CONFLICT, "vm %s: another snapshot operation is under way",
-                   vm_name);
+        kh_err_set(err, KH_E_CONFLICT, "vm %s: another snapshot operation is under way "
+                   "(or one the previous daemon started is still ending)", vm_name);
         goto fail;
     }
     if (!running && !stopped) {
@@ -400,6 +775,11 @@ static kh_task *start(kh_snapshots *s, snap_kind kind, const char *vm_name, cons
         goto fail;
     }
     if (kind == SNAP_CREATE) {
+        /* The images may hold what the records lack (a daemon killed
+         * after QEMU or qemu-img made it): look first. */
+        if (!have && (reconcile_vm(s, vm, name, err) < 0 ||
+                      (have = kh_storage_snapshot_get(s->st, o->vm_id, name, &memory, err)) < 0))
+            goto fail;
         if (have) {
             kh_err_set(err, KH_E_CONFLICT, "vm %s already has a snapshot named %s", vm_name, name);
             goto fail;
@@ -428,9 +808,13 @@ static kh_task *start(kh_snapshots *s, snap_kind kind, const char *vm_name, cons
         }
     }
     o->live = running;
+    o->memory_mib = (unsigned long long)json_integer_value(json_object_get(vm, "memory_mib"));
     if (collect_disks(o, vm, err) < 0)
         goto fail;
-    snprintf(o->job_id, sizeof(o->job_id), "kh-snap-%u", ++s->seq);
+
+    /* Unique across daemon restarts too: a job a killed daemon left in
+     * QEMU keeps its id until dismissed. */
+    snprintf(o->job_id, sizeof(o->job_id), "kh-snap-%ld-%u", (long)getpid(), ++s->seq);
     o->timer = xcalloc(1, sizeof(*o->timer));
     uv_timer_init(s->loop, o->timer);
     o->timer->data = o;

@@ -10,6 +10,9 @@
  *
  * Each operation is a task. A snapshot is recorded only after it exists in
  * every image; a QEMU that dies mid-way fails the task and records nothing.
+ * A daemon that dies mid-way is made good at its next start (and before
+ * each create): the images' snapshot tables are reconciled with the
+ * records, and a new name is checked against the images too.
  * One snapshot operation runs per VM at a time (409 otherwise).
  */
 #ifndef KH_VM_SNAPSHOT_H
@@ -27,6 +30,9 @@ typedef struct kh_snapshots kh_snapshots;
 kh_snapshots *kh_snapshots_new(uv_loop_t *loop, kh_manager *mgr, kh_storage *st,
                                kh_tasks *tasks);
 void kh_snapshots_free(kh_snapshots *s);
+/* At daemon start: each VM's qcow2 snapshot tables against its records
+ * (instance/snapshot.c says which side wins when). Synchronous. */
+void kh_snapshots_reconcile(kh_snapshots *s);
 
 /* body {"name"}. Returns the running task, or NULL with err set. */
 kh_task *kh_snapshot_create(kh_snapshots *s, const char *vm, const json_t *body, kh_err *err);

@@ -516,6 +516,15 @@ static void handle_reply(kh_qmp *qmp, json_t *msg)
      * with every number as a real, our id included. */
     bool id_ok = !id || (json_is_integer(id) && json_integer_value(id) == c->id) ||
                  (c && json_is_real(id) && json_real_value(id) == (double)c->id);
+    if (c && !id_ok && c->internal && id) {
+        /* Before our qmp_capabilities is answered, a reply with another id
+         * is a previous client's: a daemon killed mid-command, whose
+         * answer QEMU writes to whoever connects next. QEMU answers in
+         * order, so ours still comes. */
+        kh_log(KH_LOG_INFO, "qmp.stale_reply", "note=\"a reply meant for the previous "
+               "connection, dropped\"");
+        return;
+    }
     if (!c || !id_ok) {
         qmp_shutdown_msg(qmp, "protocol error: reply to a command not in flight", 0);
         return;

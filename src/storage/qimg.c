@@ -1,5 +1,6 @@
 /* qimg.c - owns running qemu-img (or any short helper) asynchronously
- * on the loop, with its output and progress (storage/qimg.h). */
+ * on the loop, with its output and progress, and the bounded line of jobs
+ * waiting for a free slot (storage/qimg.h). */
 #include "storage/qimg.h"
 
 #include <errno.h>
@@ -13,6 +14,7 @@
 #include "host/spawn.h"
 #include "util/fs.h"
 #include "util/mem.h"
+#include "util/strv.h"
 
 #define OUT_MAX (4u * 1024 * 1024)
 #define ERR_MAX (64u * 1024)
@@ -42,11 +44,29 @@ struct job {
     job *next;
 };
 
+/* A job waiting for a free slot: what kh_qimg_run_fds was given, copied
+ * (the fds dup'ed: the caller may close its own at once). */
+typedef struct waiting {
+    kh_strv *argv;
+    int fds[KH_QIMG_FDS_MAX];
+    size_t nfds;
+    unsigned timeout_ms;
+    kh_qimg_line_cb on_line;
+    kh_qimg_done_cb done;
+    void *opaque;
+    struct waiting *next;
+} waiting;
+
 struct kh_qimg {
     uv_loop_t *loop;
     char *binary;
     job *jobs;
     unsigned running;
+    unsigned max_running, max_waiting;
+    waiting *wait_head, **wait_tail;
+    unsigned nwaiting;
+    unsigned in_done; /* inside a done callback: a job's next step */
+    uv_idle_t *kick;  /* starts waiting jobs from the loop, not from job_finish */
 };
 
 kh_qimg *kh_qimg_new(uv_loop_t *loop, const char *binary)
@@ -54,7 +74,17 @@ kh_qimg *kh_qimg_new(uv_loop_t *loop, const char *binary)
     kh_qimg *q = xcalloc(1, sizeof(*q));
     q->loop = loop;
     q->binary = xstrdup(binary);
+    long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
+    q->max_running = ncpu > 0 ? (unsigned)ncpu : 1;
+    q->max_waiting = 16 * q->max_running;
+    q->wait_tail = &q->wait_head;
     return q;
+}
+
+void kh_qimg_set_limits(kh_qimg *q, unsigned max_running, unsigned max_waiting)
+{
+    q->max_running = max_running ? max_running : 1;
+    q->max_waiting = max_waiting;
 }
 
 const char *kh_qimg_binary(const kh_qimg *q)
@@ -65,6 +95,65 @@ const char *kh_qimg_binary(const kh_qimg *q)
 unsigned kh_qimg_running(const kh_qimg *q)
 {
     return q->running;
+}
+
+unsigned kh_qimg_waiting(const kh_qimg *q)
+{
+    return q->nwaiting;
+}
+
+static void waiting_free(waiting *w)
+{
+    kh_strv_free(w->argv);
+    for (size_t k = 0; k < w->nfds; k++)
+        close(w->fds[k]);
+    free(w);
+}
+
+static pid_t run_now(kh_qimg *q, char *const *argv, const int *fds, size_t nfds,
+                     unsigned timeout_ms, kh_qimg_line_cb on_line, kh_qimg_done_cb done,
+                     void *opaque, kh_err *err);
+
+/* Start waiting jobs while slots are free. One that cannot start ends as
+ * a failed job (its callback runs with the reason), as it would have had
+ * it started at once. */
+static void kick_run(uv_idle_t *h)
+{
+    kh_qimg *q = h->data;
+    uv_idle_stop(h);
+    while (q->wait_head && q->running < q->max_running) {
+        waiting *w = q->wait_head;
+        q->wait_head = w->next;
+        if (!q->wait_head)
+            q->wait_tail = &q->wait_head;
+        q->nwaiting--;
+        kh_err err = KH_ERR_INIT;
+        if (run_now(q, w->argv->v, w->fds, w->nfds, w->timeout_ms, w->on_line, w->done,
+                    w->opaque, &err) < 0) {
+            kh_qimg_result res = { .status = -1, .out = "", .errtext = err.msg };
+            q->in_done++;
+            w->done(&res, w->opaque);
+            q->in_done--;
+        }
+        waiting_free(w);
+    }
+}
+
+static void kick_closed(uv_handle_t *h)
+{
+    free(h);
+}
+
+static void kick(kh_qimg *q)
+{
+    if (!q->wait_head)
+        return;
+    if (!q->kick) {
+        q->kick = xcalloc(1, sizeof(*q->kick));
+        uv_idle_init(q->loop, q->kick);
+        q->kick->data = q;
+    }
+    uv_idle_start(q->kick, kick_run);
 }
 
 static void unlink_job(job *j)
@@ -106,8 +195,11 @@ static void job_finish(job *j)
             .outlen = j->out.len,
             .errtext = j->err.buf,
         };
+        q->in_done++;
         j->done(&res, j->opaque);
+        q->in_done--;
     }
+    kick(q);
     j->closing = 3;
     j->out.pipe.data = j->err.pipe.data = j; /* handle_closed takes the job */
     uv_close((uv_handle_t *)&j->timer, handle_closed);
@@ -228,6 +320,45 @@ pid_t kh_qimg_run_fds(kh_qimg *q, char *const *argv, const int *fds, size_t nfds
         kh_err_set(err, KH_E_INTERNAL, "qemu-img: more than %d inherited fds", KH_QIMG_FDS_MAX);
         return -1;
     }
+    if (q->running < q->max_running && !q->wait_head)
+        return run_now(q, argv, fds, nfds, timeout_ms, on_line, done, opaque, err);
+    /* Full: wait in line, unless the line is full too. A job's next step
+     * (started from its done callback) always gets in line: refusing it
+     * would leave its operation half done. */
+    if (q->nwaiting >= q->max_waiting && !q->in_done) {
+        kh_err_set(err, KH_E_BUSY, "the host is busy: %u qemu-img jobs running and %u "
+                   "waiting (the most); try again later", q->running, q->nwaiting);
+        return -1;
+    }
+    waiting *w = xcalloc(1, sizeof(*w));
+    w->argv = kh_strv_new();
+    for (size_t k = 0; argv[k]; k++)
+        kh_strv_add(w->argv, argv[k]);
+    for (size_t k = 0; k < nfds; k++) {
+        w->fds[k] = fcntl(fds[k], F_DUPFD_CLOEXEC, 3);
+        if (w->fds[k] < 0) {
+            kh_err_errno(err, KH_E_INTERNAL, errno, "qemu-img: keeping an fd for later");
+            w->nfds = k;
+            waiting_free(w);
+            return -1;
+        }
+        w->nfds = k + 1;
+    }
+    w->timeout_ms = timeout_ms;
+    w->on_line = on_line;
+    w->done = done;
+    w->opaque = opaque;
+    *q->wait_tail = w;
+    q->wait_tail = &w->next;
+    q->nwaiting++;
+    kick(q);
+    return 0;
+}
+
+static pid_t run_now(kh_qimg *q, char *const *argv, const int *fds, size_t nfds,
+                     unsigned timeout_ms, kh_qimg_line_cb on_line, kh_qimg_done_cb done,
+                     void *opaque, kh_err *err)
+{
     static char env_lc[] = "LC_ALL=C", env_path[] = "PATH=/usr/sbin:/usr/bin:/sbin:/bin";
     static char *const envp[] = { env_lc, env_path, NULL };
     int outp[2] = { -1, -1 }, errp[2] = { -1, -1 };
@@ -304,6 +435,12 @@ void kh_qimg_free(kh_qimg *q)
         uv_close((uv_handle_t *)&j->out.pipe, handle_closed);
         uv_close((uv_handle_t *)&j->err.pipe, handle_closed);
     }
+    for (waiting *w = q->wait_head, *next; w; w = next) {
+        next = w->next;
+        waiting_free(w); /* never started: their callbacks never run */
+    }
+    if (q->kick)
+        uv_close((uv_handle_t *)q->kick, kick_closed);
     free(q->binary);
     free(q);
 }

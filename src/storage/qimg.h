@@ -3,7 +3,14 @@
  * fork + exec of an argv (never a shell), stdin from /dev/null, stdout and
  * stderr collected through pipes watched by libuv, a hard timeout (SIGKILL),
  * and one completion callback once the process has exited and both pipes
- * are drained. The loop never blocks, so any number of jobs run at once.
+ * are drained. The loop never blocks.
+ *
+ * Load is bounded: at most max_running jobs run at once (default: one per
+ * online CPU); the others wait in line, first come first served, up to
+ * max_waiting (default 16 per CPU). Past that a new job is refused with
+ * KH_E_BUSY (429, "try again later"), before anything is made. A job
+ * started from another job's done callback (the next step of an
+ * operation under way) always gets in line.
  *
  * The daemon has one SIGCHLD reaper (waitpid(-1)); it hands every exit to
  * kh_qimg_child_exited(), which returns true for the pids of this runner.
@@ -36,12 +43,16 @@ typedef void (*kh_qimg_line_cb)(const char *line, void *opaque);
 /* binary: the default argv[0] for kh_qimg_run_img ("qemu-img" found in PATH
  * at start, or an absolute path). */
 kh_qimg *kh_qimg_new(uv_loop_t *loop, const char *binary);
-/* Kills the jobs still running (SIGKILL); their callbacks never run. */
+/* Change the bounds (max_running 0: 1). */
+void kh_qimg_set_limits(kh_qimg *q, unsigned max_running, unsigned max_waiting);
+/* Kills the jobs still running (SIGKILL) and drops those waiting; their
+ * callbacks never run. */
 void kh_qimg_free(kh_qimg *q);
 const char *kh_qimg_binary(const kh_qimg *q);
 
-/* Start argv (argv[0] absolute). Returns the pid, or -1 with err set and
- * no callback. on_line may be NULL. */
+/* Start argv (argv[0] absolute), now or when a slot is free. Returns the
+ * pid, 0 when it waits in line (argv is copied), or -1 with err set and no
+ * callback (KH_E_BUSY: the line is full). on_line may be NULL. */
 pid_t kh_qimg_run(kh_qimg *q, char *const *argv, unsigned timeout_ms, kh_qimg_line_cb on_line,
                   kh_qimg_done_cb done, void *opaque, kh_err *err);
 /* As kh_qimg_run, with fd3 (when >= 0) inherited as fd 3 in the child, for
@@ -56,7 +67,8 @@ pid_t kh_qimg_run_fds(kh_qimg *q, char *const *argv, const int *fds, size_t nfds
                       void *opaque, kh_err *err);
 /* The reaper's hook: true when pid was one of ours (its status is taken). */
 bool kh_qimg_child_exited(kh_qimg *q, pid_t pid, int status);
-/* Jobs still running. */
+/* Jobs still running; jobs waiting for a slot. */
 unsigned kh_qimg_running(const kh_qimg *q);
+unsigned kh_qimg_waiting(const kh_qimg *q);
 
 #endif

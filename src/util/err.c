@@ -26,6 +26,7 @@ static const struct {
     [KH_E_QEMU] = { "qemu", 502, 1 },
     [KH_E_UNAVAILABLE] = { "unavailable", 503, 7 },
     [KH_E_TIMEOUT] = { "timeout", 504, 8 },
+    [KH_E_NOSPACE] = { "no_space", 507, 7 },
 };
 
 static void vset(kh_err *err, kh_code code, int errnum, const char *fmt, va_list ap)

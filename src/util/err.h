@@ -25,6 +25,7 @@ typedef enum kh_code {
     KH_E_QEMU,         /* QEMU refused or died: 502 */
     KH_E_UNAVAILABLE,  /* host cannot do it now (no KVM, shutting down): 503 */
     KH_E_TIMEOUT,      /* gave up waiting: 504 */
+    KH_E_NOSPACE,      /* a pool's file system is full: 507 */
     KH_CODE__COUNT
 } kh_code;
 

@@ -140,8 +140,14 @@ def test_boundaries_accepted(mdaemon, fake_boot):
     api = mdaemon.api
     r = api.post("/api/v1/vms", {"name": "bounds", "vcpus": 255, "memory_mib": 16, "boot": fake_boot})
     assert r.status == 201, r
-    r = api.patch("/api/v1/vms/bounds", {"memory_mib": 16777216, "vcpus": 1})
+    # the schema allows up to 16 TiB; a VM larger than the host's RAM is
+    # refused (test_crashsafety.py): the host's RAM is the boundary
+    with open("/proc/meminfo") as f:
+        host_mib = int(f.readline().split()[1]) // 1024
+    r = api.patch("/api/v1/vms/bounds", {"memory_mib": host_mib, "vcpus": 1})
     assert r.status == 200, r
+    r = api.patch("/api/v1/vms/bounds", {"memory_mib": 16777216})
+    assert r.status == 400 and "host's RAM" in r.error["message"], r
     assert api.delete("/api/v1/vms/bounds").status == 204
 
 

@@ -908,6 +908,20 @@ static void test_fake_bad_handshake(void)
                        "a!QMP connection closed: qmp_capabilities: nope;closed;");
     fake_finish(&f);
 
+    /* A reply before our qmp_capabilities' answer, with another id: a
+     * previous client's (a daemon killed mid-command), dropped. */
+    static const step stale[] = {
+        { "qmp_capabilities", { "{\"return\": {\"status\": \"old\"}, \"id\": 777}",
+                                "{\"return\": {}, \"id\": $ID}" }, 0, 0 },
+        { "query-status", { "{\"return\": {}, \"id\": $ID}" }, 0, 0 },
+    };
+    fake_start(&f, stale, KH_ARRAY_LEN(stale), NULL);
+    cmdctx c3 = { .tag = "a", .action = ACT_CLOSE };
+    fake_cmd(&f, &c3, "query-status", NULL);
+    uv_run(&f.loop, UV_RUN_DEFAULT);
+    CHECK_STR(f.r.log, "ready;a={};closed;");
+    fake_finish(&f);
+
     /* A reply with an id nobody asked for. */
     static const step wrong_id[] = {
         CAPS_OK,
