@@ -102,6 +102,11 @@ static void on_upgrade(void *cls, struct MHD_Connection *conn, void *con_cls,
         return;
     }
     req->ws = NULL;
+    guard_conn *g = kh_guard_of(conn);
+    if (g) { /* a WebSocket now: no head or body clock any more */
+        g->phase = GUARD_HANDLER;
+        g->upgraded = true;
+    }
     ws_link *link = xcalloc(1, sizeof(*link));
     link->lis = lis;
     link->ws = ws;
