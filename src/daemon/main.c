@@ -23,6 +23,7 @@
 #include <arpa/inet.h>
 #include <sys/file.h>
 #include <sys/prctl.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/sysinfo.h>
 #include <sys/wait.h>
@@ -732,6 +733,14 @@ int main(int argc, char **argv)
      * reap them seconds late on some hosts. */
     prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0);
     signal(SIGPIPE, SIG_IGN);
+    /* 1024 TCP connections (http/guard.c) need more than the usual soft
+     * limit of 1024 descriptors. */
+    struct rlimit nofile;
+    if (getrlimit(RLIMIT_NOFILE, &nofile) == 0 && nofile.rlim_cur < nofile.rlim_max &&
+        nofile.rlim_cur < 8192) {
+        nofile.rlim_cur = nofile.rlim_max < 8192 ? nofile.rlim_max : 8192;
+        setrlimit(RLIMIT_NOFILE, &nofile);
+    }
 
     d.token = load_token(state_dir);
 
