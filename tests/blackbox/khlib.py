@@ -624,7 +624,7 @@ class Daemon:
     """One kvmhostd in a fresh temp dir: BASE/state (state dir),
     BASE/sock (socket), BASE/daemon.log (stdout+stderr of every run)."""
 
-    def __init__(self, base=None, listen=None, extra_args=None, tls=True):
+    def __init__(self, base=None, listen=None, extra_args=None, tls=True, env=None):
         if not os.access(DAEMON_BIN, os.X_OK):
             raise FileNotFoundError("no daemon binary at %s (set KH_BUILD_DIR)" % DAEMON_BIN)
         self.base = base or tempfile.mkdtemp(prefix="khbb-", dir="/tmp")
@@ -636,6 +636,7 @@ class Daemon:
         # TCP is TLS by default (a self-signed certificate in STATE/tls);
         # tls=False starts the daemon with --no-tls
         self.tls = tls
+        self.env = dict(env or {})  # extra environment of the daemon
         self.extra_args = list(extra_args or [])
         self.proc = None
         self.vm_ids = set()
@@ -674,7 +675,7 @@ class Daemon:
         log.flush()
         self.proc = subprocess.Popen(self.argv(), stdin=subprocess.DEVNULL, stdout=log,
                                      stderr=subprocess.STDOUT, start_new_session=True,
-                                     env=sanitizer_env())
+                                     env=sanitizer_env(dict(os.environ, **self.env)))
         self.procs.append(self.proc)
         self.run_of[self.proc] = self.runs
         log.close()
