@@ -49,7 +49,8 @@ void kh_guard_on_connection(void *cls, struct MHD_Connection *conn, void **socke
         DL_INSERT(lis->conns, g);
         lis->nconns++;
         *socket_context = g;
-        if (!lis->local && lis->nconns + GUARD_EVICT_RESERVE > srv->max_conn)
+        if (!lis->local && srv->max_conn >= 64 &&
+            lis->nconns + srv->max_conn / GUARD_EVICT_RESERVE_DIV > srv->max_conn)
             kh_guard_evict_oldest(lis, g);
         return;
     }

@@ -46,7 +46,8 @@
 #define HTTP_DEFAULT_MAX_CONN 1024u
 #define HTTP_DEFAULT_PER_IP 64u
 #define HTTP_DEFAULT_HEAD_TIMEOUT_MS 10000u
-#define GUARD_EVICT_RESERVE 16u      /* slots kept free by dropping the oldest slow head */
+#define GUARD_EVICT_RESERVE_DIV 16u  /* 1/16 of the slots (64 and up) kept free by
+                                      * dropping the oldest unfinished head */
 #define GUARD_BODY_WINDOW_MS 10000u
 #define GUARD_BODY_MIN_RATE 1024u    /* bytes per second over each window */
 #define GUARD_MAX_QUERY_ARGS 128u
