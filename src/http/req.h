@@ -50,6 +50,8 @@ bool kh_http_req_host_is_self(const kh_http_req *req);
  * the request was sent to (browsers send Origin; cross-site requests
  * name another host). */
 bool kh_http_req_same_origin(const kh_http_req *req);
+/* The pure part of it: does Origin (NULL: none sent) name Host? */
+bool kh_http_origin_same(const char *origin, const char *host);
 /* The route that matched (NULL before routing or when none did). */
 const kh_route *kh_http_req_route(const kh_http_req *req);
 /* cfg->auth_opaque of the request's server (NULL once the client left). */

@@ -129,10 +129,14 @@ bool kh_http_req_same_origin(const kh_http_req *req)
 {
     if (req->lis->local)
         return true;
-    const char *origin = kh_http_req_header(req, "Origin");
+    return kh_http_origin_same(kh_http_req_header(req, "Origin"),
+                               kh_http_req_header(req, MHD_HTTP_HEADER_HOST));
+}
+
+bool kh_http_origin_same(const char *origin, const char *host)
+{
     if (!origin)
         return true;
-    const char *host = kh_http_req_header(req, MHD_HTTP_HEADER_HOST);
     const char *p = strstr(origin, "://");
     if (!host || !p)
         return false;
