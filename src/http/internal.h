@@ -269,7 +269,6 @@ bool kh_guard_uri(const char *uri);
 /* ---- ratelimit.c ---- */
 kh_ratelimit *kh_ratelimit_new(unsigned rate, unsigned burst);
 void kh_ratelimit_free(kh_ratelimit *rl);
-unsigned kh_ratelimit_size(const kh_ratelimit *rl);
 /* 0: go on; else the seconds to wait (Retry-After). */
 unsigned kh_ratelimit_take(kh_ratelimit *rl, const char *key, bool priority, uint64_t now);
 void kh_ratelimit_key(const kh_http_req *req, char *buf, size_t size);

@@ -65,11 +65,6 @@ void kh_ratelimit_free(kh_ratelimit *rl)
     free(rl);
 }
 
-unsigned kh_ratelimit_size(const kh_ratelimit *rl)
-{
-    return rl ? rl->n : 0;
-}
-
 static uint32_t key_hash(const char *s)
 {
     uint32_t h = 2166136261u;

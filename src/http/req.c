@@ -266,7 +266,7 @@ bool kh_http_req_host_is_self(const kh_http_req *req)
     host[n] = '\0';
     if (strcasecmp(host, "localhost") == 0 || strcasecmp(host, "localhost.") == 0)
         return true;
-    unsigned char want[16];
+    unsigned char want[16] = { 0 };
     int fam = inet_pton(AF_INET, host, want) == 1 ? AF_INET
               : inet_pton(AF_INET6, host, want) == 1 ? AF_INET6 : 0;
     if (!fam)
