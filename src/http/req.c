@@ -278,6 +278,7 @@ bool kh_http_req_host_is_self(const kh_http_req *req)
     const union MHD_ConnectionInfo *ci =
         MHD_get_connection_info(req->conn, MHD_CONNECTION_INFO_CONNECTION_FD);
     struct sockaddr_storage ss;
+    memset(&ss, 0, sizeof(ss));
     socklen_t sl = sizeof(ss);
     if (!ci || getsockname(ci->connect_fd, (struct sockaddr *)&ss, &sl) != 0)
         return false;
