@@ -11,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#define KH_HTTP_INTERNAL /* the server-side helpers of ws.h */
 #include "http/req.h"
 #include "http/ws.h"
 #include "util/mem.h"
