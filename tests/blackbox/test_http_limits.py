@@ -153,13 +153,21 @@ def test_slowloris_keeps_tcp_answering(daemons):
         s.connect(("127.0.0.1", port))
         s.sendall(b"GET /api/v1/host HTTP/1.1\r\n")
         slow.append(s)
+    # and one whose head is complete but whose body trickles
+    body = socket.socket()
+    body.bind(("127.0.0.40", 0))
+    body.settimeout(5)
+    body.connect(("127.0.0.1", port))
+    body.sendall(b"POST /api/v1/vms HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer %s\r\n"
+                 b"Content-Type: application/json\r\nContent-Length: 100000\r\n\r\n{"
+                 % tok.encode())
     stop = threading.Event()
 
     def trickle():
         while not stop.is_set():
-            for s in slow:
+            for s in slow + [body]:
                 try:
-                    s.send(b"X")
+                    s.send(b"X" if s is not body else b" ")
                 except OSError:
                     pass
             stop.wait(1)
@@ -213,12 +221,23 @@ def test_slowloris_keeps_tcp_answering(daemons):
                 break
             time.sleep(0.5)
         assert closed == len(slow), closed
+        body.setblocking(False)
+        try:
+            gone = body.recv(1) == b""
+        except BlockingIOError:
+            gone = False
+        except OSError:
+            gone = True
+        assert gone, "the trickled body's connection is still open"
     finally:
         stop.set()
         t.join(5)
         for s in slow:
             s.close()
+        body.close()
     assert "request head not complete in time" in d.log()
+    assert "request body slower than the minimum rate" in d.log()
+    assert d.api.vms() == []
 
 
 def _rss_kib(pid):
