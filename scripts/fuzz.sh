@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # libFuzzer targets for the untrusted edges (tests/fuzz/). Needs clang.
-#   scripts/fuzz.sh smoke          each target for a bounded run (CI)
+#   scripts/fuzz.sh smoke          each target for a bounded run (CI): KH_FUZZ_RUNS
+#                                  runs (100000) or KH_FUZZ_SECONDS (60), whichever first
 #   scripts/fuzz.sh TARGET [ARGS]  one target, libFuzzer args as given
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -19,7 +20,8 @@ if [ "${1:-smoke}" = smoke ]; then
     work=$(mktemp -d)
     [ -d "$corpus" ] && cp -r "$corpus"/. "$work"/
     echo "fuzz: $name"
-    "$t" -runs="${KH_FUZZ_RUNS:-100000}" -max_len=4096 -timeout=10 "$work" 2>&1 | tail -n 3
+    "$t" -runs="${KH_FUZZ_RUNS:-100000}" -max_total_time="${KH_FUZZ_SECONDS:-60}" \
+      -max_len=4096 -timeout=10 "$work" 2>&1 | tail -n 3
     rm -rf "$work"
   done
   echo "fuzz: all targets ran clean"

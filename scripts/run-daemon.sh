@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Build kvmhost and its web console, and run kvmhostd in the foreground with
-# its defaults plus the web console on http://127.0.0.1:8006/.
+# its defaults plus the web console on https://127.0.0.1:8006/ (TLS with a
+# self-signed certificate made at first start; its fingerprint is printed).
 # KVMHOST_LISTEN=ADDR:PORT changes the TCP address ("" turns TCP off).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -21,7 +22,11 @@ if scripts/build-web.sh; then
 fi
 if [ -n "$listen" ]; then
   args+=(--listen "$listen")
-  tcp="http://$listen/   (token: $state/api-token, created at first start)"
+  fp=$("$daemon" --state-dir "$state" --tls-fingerprint 2>/dev/null || echo "?")
+  tcp="https://$listen/   (token: $state/api-token, created at first start)
+               TLS: self-signed, SHA-256 fingerprint
+               $fp
+               (CLI: --url https://$listen --cacert $state/tls/cert.pem)"
 else
   tcp="off (KVMHOST_LISTEN=127.0.0.1:8006 turns it on)"
 fi

@@ -93,8 +93,13 @@ int kh_auth_check(const kh_http_req *req, const kh_route *route, void *opaque, k
     if (kh_http_req_is_local(req) || (route && (route->flags & KH_ROUTE_PUBLIC)))
         return 0;
     if (route && (route->flags & KH_ROUTE_LOOPBACK_PUBLIC) && a->loopback_public &&
-        kh_http_req_is_loopback(req))
-        return 0;
+        kh_http_req_is_loopback(req) && !kh_http_req_header(req, "Authorization")) {
+        if (kh_http_req_host_is_self(req))
+            return 0;
+        /* DNS rebinding: a page of another site resolved to 127.0.0.1 */
+        kh_err_set(err, KH_E_FORBIDDEN, "the Host header does not name this server");
+        return KH_HTTP_AUTH_MISDIRECTED;
+    }
     kh_code c;
     const char *auth = kh_http_req_header(req, "Authorization");
     if (auth && route && (route->flags & KH_ROUTE_JOIN) && strncmp(auth, "KH-Join ", 8) == 0)

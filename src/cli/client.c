@@ -25,6 +25,7 @@ struct cli_client {
     char *base;        /* "http://localhost" for the socket, else the url without '/' at the end */
     char *token;
     char *where;
+    char *cacert;      /* trust this PEM for https, or NULL: the system's CAs */
     CURL *curl;        /* one handle, so that polling reuses the connection */
 };
 
@@ -39,6 +40,12 @@ static void buf_append(body_buf *b, const char *data, size_t len)
         b->overflow = true;
     else
         kh_buf_add(&b->body, data, len);
+}
+
+void cli_client_set_cacert(cli_client *c, const char *path)
+{
+    free(c->cacert);
+    c->cacert = xstrdup(path);
 }
 
 cli_client *cli_client_new(const char *socket_path, const char *url, const char *token)
@@ -72,6 +79,7 @@ void cli_client_free(cli_client *c)
         free(c->token);
     }
     free(c->where);
+    free(c->cacert);
     free(c);
 }
 
@@ -207,6 +215,8 @@ static struct curl_slist *prepare(cli_client *c, const char *method, const char 
     free(url);
     if (c->socket_path)
         curl_easy_setopt(h, CURLOPT_UNIX_SOCKET_PATH, c->socket_path);
+    if (c->cacert)
+        curl_easy_setopt(h, CURLOPT_CAINFO, c->cacert);
     curl_easy_setopt(h, CURLOPT_NOSIGNAL, 1L);
     curl_easy_setopt(h, CURLOPT_CONNECTTIMEOUT_MS, 10000L);
     curl_easy_setopt(h, CURLOPT_ERRORBUFFER, errbuf);

@@ -22,6 +22,9 @@ typedef struct cli_client cli_client;
 /* socket_path is used when url is NULL. token (may be NULL) is sent as
  * "Authorization: Bearer" with a url only. Strings are copied. */
 cli_client *cli_client_new(const char *socket_path, const char *url, const char *token);
+/* https: trust this PEM certificate file (CURLOPT_CAINFO) instead of the
+ * system's CAs. */
+void cli_client_set_cacert(cli_client *c, const char *path);
 void cli_client_free(cli_client *c);
 /* "socket /run/kvmhost/kvmhostd.sock" or "http://h:port": for messages. */
 const char *cli_client_where(const cli_client *c);

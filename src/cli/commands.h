@@ -22,6 +22,7 @@ typedef struct cli_ctx {
     const char *socket_opt;     /* --socket, NULL if not given */
     const char *url;            /* --url */
     const char *token_file;     /* --token-file */
+    const char *cacert;         /* --cacert */
     bool json;                  /* --json */
     bool stderr_tty;            /* draw progress bars */
     cli_client *client;         /* made by cli_ctx_client on first use */

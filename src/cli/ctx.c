@@ -57,6 +57,9 @@ cli_client *cli_ctx_client(cli_ctx *ctx, kh_err *err)
             return NULL;
         }
         ctx->client = cli_client_new(NULL, ctx->url, token);
+        const char *ca = ctx->cacert ? ctx->cacert : getenv("KVMHOST_CACERT");
+        if (ca && *ca)
+            cli_client_set_cacert(ctx->client, ca);
         explicit_bzero(token, n);
         free(token);
         return ctx->client;

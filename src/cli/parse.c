@@ -21,6 +21,10 @@ const cli_opt cli_global_opts[] = {
     { "url", "URL", CLI_OPT_ARG,
       "Talk to kvmhostd over TCP at http://HOST:PORT or https://HOST:PORT instead (kvmhostd "
       "--listen). Needs the API token. The console over https is not supported." },
+    { "cacert", "FILE", CLI_OPT_ARG,
+      "With an https --url: trust this certificate (PEM), e.g. a copy of the daemon's own "
+      "STATE_DIR/tls/cert.pem (compare `kvmhostd --tls-fingerprint`). Default: "
+      "$KVMHOST_CACERT, else the system's CAs." },
     { "token-file", "FILE", CLI_OPT_ARG,
       "With --url: read the bearer token from FILE (kvmhostd writes it to "
       "STATE_DIR/api-token). Default: $KVMHOST_TOKEN." },
@@ -58,8 +62,8 @@ int cli_global_opt(cli_ctx *ctx, const char *arg, const char *next, bool *used_n
     const char *name = arg + 2;
     const char *eq = strchr(name, '=');
     size_t nlen = eq ? (size_t)(eq - name) : strlen(name);
-    static const char *const valued[] = { "socket", "url", "token-file" };
-    const char **slot[] = { &ctx->socket_opt, &ctx->url, &ctx->token_file };
+    static const char *const valued[] = { "socket", "url", "token-file", "cacert" };
+    const char **slot[] = { &ctx->socket_opt, &ctx->url, &ctx->token_file, &ctx->cacert };
     for (size_t i = 0; i < KH_ARRAY_LEN(valued); i++) {
         if (strlen(valued[i]) != nlen || strncmp(name, valued[i], nlen) != 0)
             continue;

@@ -20,8 +20,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <arpa/inet.h>
 #include <sys/file.h>
 #include <sys/prctl.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/sysinfo.h>
 #include <sys/wait.h>
@@ -63,6 +65,9 @@ typedef struct options {
     const char *qemu_uid_range;
     const char *web_dir;
     bool metrics_public;
+    bool no_tls;             /* --no-tls: plain HTTP on TCP, on purpose */
+    bool tls_fingerprint;    /* --tls-fingerprint: print it and exit */
+    unsigned rate_limit, rate_burst;
     const char *alert_rules;
     unsigned sample_interval_ms;
     /* instance and cluster */
@@ -119,6 +124,15 @@ static void usage(FILE *fp)
             "  --listen ADDR:PORT  also serve the API on TCP (token required)\n"
             "  --tls-cert FILE     serve TCP with TLS (PEM certificate; with --tls-key)\n"
             "  --tls-key FILE      PEM private key for --tls-cert\n"
+            "                      (without them, TCP uses a self-signed certificate made\n"
+            "                      at first start in STATE_DIR/tls; its SHA-256\n"
+            "                      fingerprint is logged)\n"
+            "  --no-tls            serve TCP as plain HTTP (not recommended)\n"
+            "  --tls-fingerprint   print the fingerprint of STATE_DIR/tls/cert.pem (made\n"
+            "                      if missing) and exit\n"
+            "  --rate-limit N      TCP requests per second per caller (default 50; 0: off);\n"
+            "                      over it: 429 with Retry-After\n"
+            "  --rate-burst N      requests a caller may send at once (default 200)\n"
             "  --web-dir DIR       static web console files (default %s if present)\n"
             "  --metrics-public    serve GET /metrics on TCP without the token, to\n"
             "                      loopback clients only (127.0.0.0/8, ::1)\n"
@@ -172,7 +186,7 @@ static void parse_args(int argc, char **argv, options *o)
     enum { O_STATE = 256, O_RUN, O_SOCKET, O_LISTEN, O_CERT, O_KEY, O_LOGF, O_LOGL, O_QEMU,
            O_QUSER, O_WEB, O_VERSION, O_HELP, O_MPUBLIC, O_SAMPLE, O_ALERTS, O_INSTANCE,
            O_HOSTNAME, O_ADVERTISE, O_ETCD_EPS, O_ETCD_CA, O_ETCD_CERT, O_ETCD_KEY, O_ETCD_BIN,
-           O_CTTL, O_QUIDS };
+           O_CTTL, O_QUIDS, O_NOTLS, O_TLSFP, O_RATE, O_BURST };
     static const struct option longopts[] = {
         { "state-dir", required_argument, NULL, O_STATE },
         { "run-dir", required_argument, NULL, O_RUN },
@@ -198,11 +212,17 @@ static void parse_args(int argc, char **argv, options *o)
         { "etcd-key", required_argument, NULL, O_ETCD_KEY },
         { "etcd-binary", required_argument, NULL, O_ETCD_BIN },
         { "cluster-ttl", required_argument, NULL, O_CTTL },
+        { "no-tls", no_argument, NULL, O_NOTLS },
+        { "tls-fingerprint", no_argument, NULL, O_TLSFP },
+        { "rate-limit", required_argument, NULL, O_RATE },
+        { "rate-burst", required_argument, NULL, O_BURST },
         { "version", no_argument, NULL, O_VERSION },
         { "help", no_argument, NULL, O_HELP },
         { NULL, 0, NULL, 0 },
     };
     memset(o, 0, sizeof(*o));
+    o->rate_limit = 50;
+    o->rate_burst = 200;
     int c;
     while ((c = getopt_long(argc, argv, "", longopts, NULL)) != -1) {
         switch (c) {
@@ -236,6 +256,17 @@ static void parse_args(int argc, char **argv, options *o)
             o->cluster_ttl_s = (unsigned)s;
             break;
         }
+        case O_NOTLS: o->no_tls = true; break;
+        case O_TLSFP: o->tls_fingerprint = true; break;
+        case O_RATE:
+        case O_BURST: {
+            char *end;
+            unsigned long v = strtoul(optarg, &end, 10);
+            if (!*optarg || *end || v > 1000000)
+                die("--rate-limit and --rate-burst must be from 0 to 1000000");
+            *(c == O_RATE ? &o->rate_limit : &o->rate_burst) = (unsigned)v;
+            break;
+        }
         case O_SAMPLE: {
             char *end;
             unsigned long ms = strtoul(optarg, &end, 10);
@@ -258,6 +289,8 @@ static void parse_args(int argc, char **argv, options *o)
         die("--tls-cert and --tls-key go together");
     if (o->tls_cert && !o->listen)
         die("--tls-cert needs --listen");
+    if (o->tls_cert && o->no_tls)
+        die("--tls-cert and --no-tls contradict each other");
     if (o->instance) {
         size_t n = strlen(o->instance);
         if (n < 1 || n > 32 || strspn(o->instance, "abcdefghijklmnopqrstuvwxyz0123456789-") != n ||
@@ -648,6 +681,59 @@ static void shutdown_all(void)
     d.token = NULL;
 }
 
+#define KH_HOSTNAME_CHARS "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-."
+
+/* TLS by default on TCP: without --tls-cert (and without --no-tls), the
+ * daemon's own self-signed certificate in STATE_DIR/tls. */
+static char *tls_cert_path, *tls_key_path;
+static void tls_setup(options *o, const char *state_dir)
+{
+    if (o->tls_cert || (!o->tls_fingerprint && (!o->listen || o->no_tls))) {
+        if (o->listen && o->no_tls)
+            kh_log(KH_LOG_WARN, "daemon.tls", "tls=off reason=\"--no-tls: the token and "
+                   "everything else cross the network in clear text\"");
+        return;
+    }
+    char *dir = xasprintf("%s/tls", state_dir);
+    char host[256] = "";
+    gethostname(host, sizeof(host) - 1);
+    char lhost[256] = "";
+    if (o->listen) {
+        const char *c = strrchr(o->listen, ':');
+        const char *b = o->listen[0] == '[' ? o->listen + 1 : o->listen;
+        size_t n = c ? (size_t)(c - b) : 0;
+        if (n && b[n - 1] == ']')
+            n--;
+        if (n < sizeof(lhost))
+            snprintf(lhost, sizeof(lhost), "%.*s", (int)n, b);
+    }
+    unsigned char buf[16];
+    bool lip = inet_pton(AF_INET, lhost, buf) == 1 || inet_pton(AF_INET6, lhost, buf) == 1;
+    bool lname = !lip && lhost[0] && strspn(lhost, KH_HOSTNAME_CHARS) == strlen(lhost);
+    bool hname = host[0] && strspn(host, KH_HOSTNAME_CHARS) == strlen(host);
+    char *san = xasprintf("DNS:localhost,IP:127.0.0.1,IP:::1%s%s%s%s",
+                          hname ? ",DNS:" : "", hname ? host : "",
+                          lip ? ",IP:" : lname ? ",DNS:" : "", lip || lname ? lhost : "");
+    kh_err err = KH_ERR_INIT;
+    bool made = false;
+    if (kh_http_tls_self_signed(dir, san, &tls_cert_path, &tls_key_path, &made, &err) != 0)
+        die("TLS certificate: %s", err.msg);
+    free(san);
+    free(dir);
+    char *fp = kh_http_tls_fingerprint(tls_cert_path, &err);
+    if (!fp)
+        die("TLS certificate: %s", err.msg);
+    if (o->tls_fingerprint) {
+        printf("%s\n", fp);
+        exit(0);
+    }
+    kh_log(KH_LOG_INFO, "daemon.tls", "cert=%s made=%s sha256=%s", tls_cert_path,
+           made ? "yes" : "no", fp);
+    free(fp);
+    o->tls_cert = tls_cert_path;
+    o->tls_key = tls_key_path;
+}
+
 int main(int argc, char **argv)
 {
     options o;
@@ -673,12 +759,22 @@ int main(int argc, char **argv)
         die("%s", err.msg);
     if (chmod(state_dir, 0711) < 0 || chmod(run_dir, 0711) < 0)
         die("cannot set the mode of %s or %s: %s", state_dir, run_dir, strerror(errno));
-    take_lock(state_dir);
+    if (!o.tls_fingerprint)
+        take_lock(state_dir);
+    tls_setup(&o, state_dir);
 
     /* QEMU children reparent to us if a helper between us exits; PID 1 may
      * reap them seconds late on some hosts. */
     prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0);
     signal(SIGPIPE, SIG_IGN);
+    /* 1024 TCP connections (http/guard.c) need more than the usual soft
+     * limit of 1024 descriptors. */
+    struct rlimit nofile;
+    if (getrlimit(RLIMIT_NOFILE, &nofile) == 0 && nofile.rlim_cur < nofile.rlim_max &&
+        nofile.rlim_cur < 8192) {
+        nofile.rlim_cur = nofile.rlim_max < 8192 ? nofile.rlim_max : 8192;
+        setrlimit(RLIMIT_NOFILE, &nofile);
+    }
 
     d.token = load_token(state_dir);
 
@@ -789,7 +885,7 @@ int main(int argc, char **argv)
     /* ---- cluster (src/cluster): start-up ---- */
     kh_cluster_config ccfg = {
         .state_dir = state_dir, .host_name = o.host_name, .instance = o.instance,
-        .advertise = o.advertise, .listen = o.listen, .tls = o.tls_cert != NULL,
+        .advertise = o.advertise, .listen = o.listen, .tls = o.tls_cert != NULL, /* after tls_setup */
         .etcd_endpoints = o.etcd_endpoints, .etcd_ca = o.etcd_ca, .etcd_cert = o.etcd_cert,
         .etcd_key = o.etcd_key, .etcd_binary = o.etcd_binary, .ttl_s = o.cluster_ttl_s,
         .usage = cluster_usage, .usage_opaque = NULL,
@@ -838,7 +934,9 @@ int main(int argc, char **argv)
         .tls_cert = o.tls_cert,
         .tls_key = o.tls_key,
         .max_body = 1024 * 1024,
-        .max_connections = 256,
+        .max_connections = 1024,
+        .rate_limit = o.rate_limit,
+        .rate_burst = o.rate_burst,
         .web_dir = web_dir,
         .web_skip = "/api",
         .auth = kh_auth_check,
@@ -879,5 +977,7 @@ int main(int argc, char **argv)
     free(state_dir);
     free(run_dir);
     free(socket_path);
+    free(tls_cert_path);
+    free(tls_key_path);
     return 0;
 }

@@ -43,7 +43,14 @@
 #include "util/strv.h"
 
 #define HTTP_DEFAULT_MAX_BODY (1024u * 1024u)
-#define HTTP_DEFAULT_MAX_CONN 256u
+#define HTTP_DEFAULT_MAX_CONN 1024u
+#define HTTP_DEFAULT_PER_IP 64u
+#define HTTP_DEFAULT_HEAD_TIMEOUT_MS 10000u
+#define GUARD_EVICT_RESERVE_DIV 16u  /* 1/16 of the slots (64 and up) kept free by
+                                      * dropping the oldest unfinished head */
+#define GUARD_BODY_WINDOW_MS 10000u
+#define GUARD_BODY_MIN_RATE 1024u    /* bytes per second over each window */
+#define GUARD_MAX_QUERY_ARGS 128u
 #define HTTP_DEFAULT_IDLE_S 60u
 #define HTTP_CONN_MEMORY (64u * 1024u)  /* MHD's per-connection pool: headers, buffers */
 #define HTTP_TLS_FILE_MAX (1024u * 1024u)
@@ -58,6 +65,26 @@
 typedef struct listener listener;
 typedef struct ws_link ws_link;
 typedef struct drainer drainer;
+typedef struct guard_conn guard_conn;
+typedef struct kh_ratelimit kh_ratelimit;
+
+enum guard_phase {
+    GUARD_HEAD,    /* TLS handshake and request head: head_timeout */
+    GUARD_BODY,    /* receiving the body: minimum rate */
+    GUARD_HANDLER, /* the application has it (incl. SSE, WebSocket): no limit here */
+};
+
+/* One open connection of a listener (guard.c), MHD's socket context. */
+struct guard_conn {
+    int fd;
+    listener *lis;
+    enum guard_phase phase;
+    uint64_t since_ms;        /* phase start, or the last body-rate window */
+    uint64_t body_bytes, mark_bytes;
+    bool closing;
+    bool upgraded;            /* a WebSocket: phases no longer change */
+    guard_conn *prev, *next;
+};
 
 /* A connection answered before its body was read (413, 401, 404...): MHD
  * closes it after the reply, and a client still sending would get EPIPE or
@@ -90,6 +117,8 @@ struct listener {
     int port;
     char *tls_cert, *tls_key; /* PEM, kept while the daemon lives */
     char *tls_trust;          /* PEM: client certificates are checked against it */
+    guard_conn *conns;        /* open connections (guard.c) */
+    unsigned nconns;
 };
 
 /* An upgraded connection, from MHD's upgrade callback until ws.c's gone(). */
@@ -111,6 +140,11 @@ struct kh_http_server {
     size_t max_body;
     unsigned max_conn;
     unsigned idle_timeout;
+    unsigned per_ip;
+    uint64_t head_timeout_ms;
+    kh_ratelimit *ratelimit;  /* NULL: no rate limit */
+    uv_timer_t sweep;         /* guard.c, each second */
+    const char *(*principal)(const kh_http_req *req, void *opaque);
     kh_http_auth_fn auth;
     void *auth_opaque;
     kh_http_request_cb on_request;
@@ -145,6 +179,7 @@ struct kh_http_req {
     struct MHD_Connection *conn; /* NULL after completion */
     enum req_state state;
     char *target;              /* raw request-target, as sent */
+    const char *uri_raw;       /* MHD's copy in its read buffer (guard.c), or NULL */
     char *method;
     char *path;                /* raw path (no query) */
     const kh_route *route;
@@ -153,6 +188,7 @@ struct kh_http_req {
     char *body;                /* NUL-terminated */
     size_t body_len, body_cap, body_seen;
     bool too_large;
+    bool too_many_args;        /* kh_guard_uri */
     bool body_pending;         /* a body was announced */
     bool early;                /* answered before the body was read */
     json_t *json;
@@ -215,6 +251,28 @@ void kh_server_on_completed(void *cls, struct MHD_Connection *conn, void **con_c
                             enum MHD_RequestTerminationCode toe);
 void kh_server_on_log(void *cls, const char *fmt, va_list ap);
 
+/* ---- guard.c ---- */
+void kh_guard_on_connection(void *cls, struct MHD_Connection *conn, void **socket_context,
+                            enum MHD_ConnectionNotificationCode toe);
+guard_conn *kh_guard_of(struct MHD_Connection *conn);
+void kh_guard_phase(struct MHD_Connection *conn, enum guard_phase phase);
+void kh_guard_body_bytes(struct MHD_Connection *conn, size_t n);
+void kh_guard_evict_oldest(listener *lis, guard_conn *except);
+void kh_guard_sweep(kh_http_server *srv);
+/* The parsed head against the framing rules; -1 with err and the status
+ * to answer (400, 414, 501). */
+int kh_guard_head(kh_http_req *req, const char *version, unsigned *status, kh_err *err);
+/* The raw request target, at the URI-log callback: true (and the query cut
+ * short in MHD's buffer) when it has too many query arguments. */
+bool kh_guard_uri(const char *uri);
+
+/* ---- ratelimit.c ---- */
+kh_ratelimit *kh_ratelimit_new(unsigned rate, unsigned burst);
+void kh_ratelimit_free(kh_ratelimit *rl);
+/* 0: go on; else the seconds to wait (Retry-After). */
+unsigned kh_ratelimit_take(kh_ratelimit *rl, const char *key, bool priority, uint64_t now);
+void kh_ratelimit_key(const kh_http_req *req, char *buf, size_t size);
+
 /* ---- listen.c ---- */
 /* A listening socket: unix (path, mode) or TCP ("ADDR:PORT", bound port out). */
 int kh_listen_unix(const char *path, mode_t mode, kh_err *err);
@@ -244,6 +302,10 @@ enum MHD_Result kh_reply_queue(kh_http_req *req);
 enum MHD_Result kh_reply_fail(kh_http_req *req, kh_code code, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 enum MHD_Result kh_reply_fail_err(kh_http_req *req, const kh_err *err);
+/* As kh_reply_fail_err with another status than the code's (421, 431,
+ * 501...); close: end the connection after the answer (framing errors). */
+enum MHD_Result kh_reply_fail_status(kh_http_req *req, unsigned status, const kh_err *err,
+                                     bool close);
 
 /* ---- limits.c ---- */
 /* The announced body (Content-Length, Content-Type) against the route;

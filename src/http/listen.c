@@ -275,6 +275,11 @@ int kh_listen_start(kh_http_server *srv, listener *lis, int fd, kh_err *err)
         MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)HTTP_CONN_MEMORY,
         MHD_OPTION_NOTIFY_COMPLETED, kh_server_on_completed, lis,
         MHD_OPTION_URI_LOG_CALLBACK, kh_server_on_uri, lis,
+        MHD_OPTION_NOTIFY_CONNECTION, kh_guard_on_connection, lis,
+        /* not MHD's strict mode: its missing-Host answer sends its status
+         * line twice; guard.c checks Host and header names itself */
+        MHD_OPTION_STRICT_FOR_CLIENT, (int)0,
+        MHD_OPTION_PER_IP_CONNECTION_LIMIT, (unsigned int)(lis->local ? 0 : srv->per_ip),
         MHD_OPTION_ARRAY, tls_opts,
         MHD_OPTION_END);
     if (!lis->mhd) {

@@ -58,6 +58,9 @@ void kh_reply_set(kh_http_req *req, unsigned status, struct MHD_Response *resp)
         kh_reply_header(resp, MHD_HTTP_HEADER_CACHE_CONTROL, "no-store");
     if (!MHD_get_response_header(resp, "X-Content-Type-Options"))
         kh_reply_header(resp, "X-Content-Type-Options", "nosniff");
+    if (req->lis && req->lis->tls &&
+        !MHD_get_response_header(resp, "Strict-Transport-Security"))
+        kh_reply_header(resp, "Strict-Transport-Security", "max-age=31536000");
     req->resp = resp;
     req->status = status;
     if (req->suspended)
@@ -181,6 +184,19 @@ enum MHD_Result kh_reply_fail_err(kh_http_req *req, const kh_err *err)
 {
     unsigned status;
     struct MHD_Response *resp = error_response(err, &status);
+    kh_reply_set(req, status, resp);
+    if (!req->resp)
+        return MHD_NO;
+    return kh_reply_queue(req);
+}
+
+enum MHD_Result kh_reply_fail_status(kh_http_req *req, unsigned status, const kh_err *err,
+                                     bool close)
+{
+    unsigned dummy;
+    struct MHD_Response *resp = error_response(err, &dummy);
+    if (close)
+        kh_reply_header(resp, MHD_HTTP_HEADER_CONNECTION, "close");
     kh_reply_set(req, status, resp);
     if (!req->resp)
         return MHD_NO;

@@ -240,3 +240,55 @@ bool kh_http_req_is_loopback(const kh_http_req *req)
     }
     return false;
 }
+
+/* Is the Host header a name of this server: "localhost", or an IP literal
+ * that is a loopback address or the address the connection came in on?
+ * A DNS-rebinding page sends its own domain name and fails this. */
+bool kh_http_req_host_is_self(const kh_http_req *req)
+{
+    const char *h = kh_http_req_header(req, MHD_HTTP_HEADER_HOST);
+    if (!h || !req->conn)
+        return false;
+    char host[INET6_ADDRSTRLEN + 8];
+    size_t n;
+    if (h[0] == '[') {
+        const char *e = strchr(h, ']');
+        if (!e || (e[1] && e[1] != ':'))
+            return false;
+        n = (size_t)(e - h - 1);
+        h++;
+    } else {
+        n = strcspn(h, ":");
+    }
+    if (n == 0 || n >= sizeof(host))
+        return false;
+    memcpy(host, h, n);
+    host[n] = '\0';
+    if (strcasecmp(host, "localhost") == 0 || strcasecmp(host, "localhost.") == 0)
+        return true;
+    unsigned char want[16] = { 0 };
+    int fam = inet_pton(AF_INET, host, want) == 1 ? AF_INET
+              : inet_pton(AF_INET6, host, want) == 1 ? AF_INET6 : 0;
+    if (!fam)
+        return false;
+    if (fam == AF_INET && want[0] == 127)
+        return true;
+    if (fam == AF_INET6 && IN6_IS_ADDR_LOOPBACK((const struct in6_addr *)(const void *)want))
+        return true;
+    const union MHD_ConnectionInfo *ci =
+        MHD_get_connection_info(req->conn, MHD_CONNECTION_INFO_CONNECTION_FD);
+    struct sockaddr_storage ss;
+    memset(&ss, 0, sizeof(ss));
+    socklen_t sl = sizeof(ss);
+    if (!ci || getsockname(ci->connect_fd, (struct sockaddr *)&ss, &sl) != 0)
+        return false;
+    if (ss.ss_family == AF_INET && fam == AF_INET)
+        return memcmp(&((struct sockaddr_in *)&ss)->sin_addr, want, 4) == 0;
+    if (ss.ss_family == AF_INET6) {
+        const struct in6_addr *a = &((struct sockaddr_in6 *)&ss)->sin6_addr;
+        if (fam == AF_INET6)
+            return memcmp(a, want, 16) == 0;
+        return IN6_IS_ADDR_V4MAPPED(a) && memcmp(a->s6_addr + 12, want, 4) == 0;
+    }
+    return false;
+}

@@ -43,10 +43,15 @@ bool kh_http_req_is_tls(const kh_http_req *req);
 bool kh_http_req_peer_verified(const kh_http_req *req);
 /* True when the TCP client connected from 127.0.0.0/8 or ::1. */
 bool kh_http_req_is_loopback(const kh_http_req *req);
+/* Does the Host header name this server ("localhost", a loopback address,
+ * the address the connection came in on)? Against DNS rebinding. */
+bool kh_http_req_host_is_self(const kh_http_req *req);
 /* No Origin header, a unix-socket request, or an Origin naming the Host
  * the request was sent to (browsers send Origin; cross-site requests
  * name another host). */
 bool kh_http_req_same_origin(const kh_http_req *req);
+/* The pure part of it: does Origin (NULL: none sent) name Host? */
+bool kh_http_origin_same(const char *origin, const char *host);
 /* The route that matched (NULL before routing or when none did). */
 const kh_route *kh_http_req_route(const kh_http_req *req);
 /* cfg->auth_opaque of the request's server (NULL once the client left). */

@@ -25,6 +25,8 @@ enum {
     KH_ROUTE_WEBSOCKET = 1u << 1, /* documented as a WebSocket upgrade */
     KH_ROUTE_SSE = 1u << 2,       /* documented as text/event-stream */
     KH_ROUTE_RAW = 1u << 3,       /* body is not JSON (not parsed) */
+    KH_ROUTE_PRIORITY = 1u << 6,  /* its own rate-limit bucket (stop, kill): a flood of
+                                   * ordinary requests never delays it */
     KH_ROUTE_STREAM = 1u << 5,    /* body streamed to the handler (kh_http_req_stream),
                                    * not collected; no body size limit of its own */
 };

@@ -28,12 +28,18 @@ void kh_server_unref(kh_http_server *srv)
     for (size_t i = 0; i < srv->nlis; i++)
         kh_listen_free(srv->lis[i]);
     free(srv->web_skip);
+    kh_ratelimit_free(srv->ratelimit);
     free(srv);
 }
 
 static void srv_handle_closed(uv_handle_t *h)
 {
     kh_server_unref(h->data);
+}
+
+static void srv_sweep_cb(uv_timer_t *t)
+{
+    kh_guard_sweep(t->data);
 }
 
 /* Static files are the fallback for paths no route knows, except under
@@ -46,11 +52,37 @@ static bool path_is_skipped(const kh_http_server *srv, const char *path)
     return strncmp(path, srv->web_skip, n) == 0 && (path[n] == '\0' || path[n] == '/');
 }
 
-/* First call: route, authenticate, check the announced body. */
-static enum MHD_Result req_begin(kh_http_req *req, const char *method)
+/* Charge the caller's bucket; false when it is empty (429 queued in *ret). */
+static bool req_rate_ok(kh_http_req *req, const kh_route *route, enum MHD_Result *ret)
+{
+    kh_http_server *srv = req->srv;
+    if (req->local || !srv->ratelimit)
+        return true;
+    char key[160];
+    kh_ratelimit_key(req, key, sizeof(key));
+    unsigned wait = kh_ratelimit_take(srv->ratelimit, key,
+                                      route && (route->flags & KH_ROUTE_PRIORITY), kh_now_ms());
+    if (!wait)
+        return true;
+    char v[16];
+    snprintf(v, sizeof(v), "%u", wait);
+    kh_http_req_add_header(req, "Retry-After", v);
+    *ret = kh_reply_fail(req, KH_E_BUSY, "too many requests: retry in %u s", wait);
+    return false;
+}
+
+/* First call: check the framing, route, authenticate, rate-limit, check
+ * the announced body. */
+static enum MHD_Result req_begin(kh_http_req *req, const char *method, const char *version)
 {
     kh_http_server *srv = req->srv;
     req->method = xstrdup(method);
+    kh_err ferr = KH_ERR_INIT;
+    unsigned fstatus = 400;
+    if (kh_guard_head(req, version, &fstatus, &ferr) != 0) {
+        req->early = req->body_pending = false; /* nothing of this connection is trusted */
+        return kh_reply_fail_status(req, fstatus, &ferr, true);
+    }
     const char *clen = kh_http_req_header(req, MHD_HTTP_HEADER_CONTENT_LENGTH);
     req->body_pending = kh_http_req_header(req, MHD_HTTP_HEADER_TRANSFER_ENCODING) ||
                         (clen && strspn(clen, "0") != strlen(clen));
@@ -76,11 +108,20 @@ static enum MHD_Result req_begin(kh_http_req *req, const char *method)
     }
     req->route = route;
     kh_err err = KH_ERR_INIT;
-    if (srv->auth && srv->auth(req, route, srv->auth_opaque, &err) != 0) {
+    int arc = srv->auth ? srv->auth(req, route, srv->auth_opaque, &err) : 0;
+    if (arc != 0) {
         kh_router_path_clear(&ps);
+        if (!req_rate_ok(req, NULL, &ret)) /* failed logins count too (by address) */
+            return ret;
         if (!kh_err_isset(&err))
             kh_err_set(&err, KH_E_UNAUTHORIZED, "not authenticated");
+        if (arc == KH_HTTP_AUTH_MISDIRECTED)
+            return kh_reply_fail_status(req, 421, &err, false);
         return kh_reply_fail_err(req, &err);
+    }
+    if (!req_rate_ok(req, route, &ret)) {
+        kh_router_path_clear(&ps);
+        return ret;
     }
     if (!route) {
         kh_router_path_clear(&ps);
@@ -101,6 +142,7 @@ static enum MHD_Result req_begin(kh_http_req *req, const char *method)
     if (!kh_limits_announced(req, route, &err))
         return kh_reply_fail_err(req, &err);
     req->state = REQ_BODY;
+    kh_guard_phase(req->conn, req->body_pending ? GUARD_BODY : GUARD_HANDLER);
     if (route->flags & KH_ROUTE_STREAM)
         return kh_stream_begin(req);
     return MHD_YES;
@@ -112,6 +154,7 @@ static enum MHD_Result req_dispatch(kh_http_req *req)
         return kh_reply_fail(req, KH_E_TOOLARGE, "request body over %zu bytes", req->srv->max_body);
     req->state = REQ_WAIT;
     req->app_holds = true;
+    kh_guard_phase(req->conn, GUARD_HANDLER);
     if (!req->srv->pre || !req->srv->pre(req, req->srv->app))
         req->route->handler(req, req->srv->app);
     if (req->resp)
@@ -129,15 +172,15 @@ enum MHD_Result kh_server_on_access(void *cls, struct MHD_Connection *conn, cons
 {
     (void)cls;
     (void)url; /* MHD's decoded copy: we route on the raw target */
-    (void)version;
     kh_http_req *req = *con_cls;
     if (!req)
         return MHD_NO;
     switch (req->state) {
     case REQ_NEW:
         req->conn = conn;
-        return req_begin(req, method);
+        return req_begin(req, method, version);
     case REQ_BODY:
+        kh_guard_body_bytes(conn, *upload_data_size);
         if (req->stream_data) {
             if (!*upload_data_size)
                 return kh_stream_done(req);
@@ -175,6 +218,8 @@ void *kh_server_on_uri(void *cls, const char *uri, struct MHD_Connection *conn)
     req->lis = lis;
     req->local = lis->local;
     req->target = xstrdup(uri ? uri : "");
+    req->uri_raw = uri;
+    req->too_many_args = kh_guard_uri(uri);
     req->state = REQ_NEW;
     req->start_ms = kh_now_ms();
     req->start_ns = uv_hrtime();
@@ -196,6 +241,7 @@ void kh_server_on_completed(void *cls, struct MHD_Connection *conn, void **con_c
     req->suspended = false;
     if (req->early && req->body_pending && req->srv && toe == MHD_REQUEST_TERMINATED_COMPLETED_OK)
         kh_limits_drain(req->srv, conn);
+    kh_guard_phase(conn, GUARD_HEAD); /* keep-alive: the next head's clock starts */
     req->conn = NULL;
     if (req->srv)
         DL_REMOVE(req->srv->reqs, req);
@@ -265,6 +311,12 @@ kh_http_server *kh_http_server_new(uv_loop_t *loop, const kh_http_config *cfg,
     srv->max_body = cfg->max_body ? cfg->max_body : HTTP_DEFAULT_MAX_BODY;
     srv->max_conn = cfg->max_connections ? cfg->max_connections : HTTP_DEFAULT_MAX_CONN;
     srv->idle_timeout = cfg->idle_timeout ? cfg->idle_timeout : HTTP_DEFAULT_IDLE_S;
+    srv->per_ip = cfg->per_ip_connections ? cfg->per_ip_connections : HTTP_DEFAULT_PER_IP;
+    srv->head_timeout_ms = cfg->head_timeout_ms ? cfg->head_timeout_ms
+                                                : HTTP_DEFAULT_HEAD_TIMEOUT_MS;
+    if (cfg->rate_limit)
+        srv->ratelimit = kh_ratelimit_new(cfg->rate_limit, cfg->rate_burst);
+    srv->principal = cfg->principal;
     srv->web_fd = -1;
     srv->refs = 1;
     srv->auth = cfg->auth;
@@ -281,6 +333,11 @@ kh_http_server *kh_http_server_new(uv_loop_t *loop, const kh_http_config *cfg,
     srv->refs++;
     uv_timer_start(&srv->keepalive, kh_sse_keepalive, SSE_KEEPALIVE_MS, SSE_KEEPALIVE_MS);
     uv_unref((uv_handle_t *)&srv->keepalive);
+    uv_timer_init(loop, &srv->sweep);
+    srv->sweep.data = srv;
+    srv->refs++;
+    uv_timer_start(&srv->sweep, srv_sweep_cb, 1000, 1000);
+    uv_unref((uv_handle_t *)&srv->sweep);
 
     if (cfg->web_dir) {
         srv->web_fd = open(cfg->web_dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
@@ -369,6 +426,7 @@ void kh_http_server_free(kh_http_server *srv)
         kh_listen_stop(srv->lis[i]);
     uv_close((uv_handle_t *)&srv->keepalive, srv_handle_closed);
     uv_close((uv_handle_t *)&srv->linger, srv_handle_closed);
+    uv_close((uv_handle_t *)&srv->sweep, srv_handle_closed);
     if (srv->web_fd >= 0)
         close(srv->web_fd);
     srv->web_fd = -1;

@@ -28,8 +28,10 @@ typedef void (*kh_http_request_cb)(void *opaque, const char *method, const char 
 
 /* May this request go on? route is NULL when none matched (the answer then
  * decides between 401/403 and 404/405). 0 to proceed; -1 with err set
- * (KH_E_UNAUTHORIZED, KH_E_FORBIDDEN ...) to be answered with err. Runs
+ * (KH_E_UNAUTHORIZED, KH_E_FORBIDDEN ...) to be answered with err, or
+ * KH_HTTP_AUTH_MISDIRECTED with err set to be answered 421. Runs
  * once the headers are in, before the body. */
+#define KH_HTTP_AUTH_MISDIRECTED (-2) /* the hook's answer: 421, not this server's Host */
 typedef int (*kh_http_auth_fn)(const kh_http_req *req, const kh_route *route, void *opaque,
                                kh_err *err);
 
@@ -43,7 +45,16 @@ typedef struct kh_http_config {
                               * against (requested, not required: the auth hook asks
                               * kh_http_req_peer_verified), or NULL */
     size_t max_body;         /* bytes; 0 = 1 MiB */
-    unsigned max_connections;/* 0 = 256 */
+    unsigned max_connections;/* per listener; 0 = 1024 */
+    unsigned per_ip_connections; /* TCP, per client address; 0 = 64 */
+    unsigned head_timeout_ms;/* TCP: TLS handshake + request head, from the connection's
+                              * start or its previous reply; 0 = 10000 */
+    unsigned rate_limit;     /* TCP requests per second per caller; 0 = none */
+    unsigned rate_burst;     /* bucket size; 0 = rate_limit */
+    /* The caller's name for the rate limit (e.g. a user or token), or NULL:
+     * its client address is used. Called after the auth hook, with
+     * auth_opaque; the string need only live until it returns. */
+    const char *(*principal)(const kh_http_req *req, void *opaque);
     const char *web_dir;     /* static files served under "/" (GET), or NULL */
     const char *web_skip;    /* a path prefix ("/api") never served from web_dir, or NULL */
     unsigned idle_timeout;   /* seconds an idle plain HTTP connection is kept;
@@ -62,6 +73,15 @@ kh_http_server *kh_http_server_new(uv_loop_t *loop, const kh_http_config *cfg,
                                    kh_err *err);
 /* Stop listening, close every connection (WebSockets and SSE included). */
 void kh_http_server_free(kh_http_server *srv);
+/* tlscert.c: the server's own certificate in dir (cert.pem, key.pem), an
+ * EC P-256 key and a self-signed certificate for san ("DNS:localhost,
+ * IP:127.0.0.1"), made when missing (*made true) and reused after. Paths
+ * out, caller frees. */
+int kh_http_tls_self_signed(const char *dir, const char *san, char **cert_out, char **key_out,
+                            bool *made, kh_err *err);
+/* "AB:CD:..." SHA-256 of a PEM certificate file's DER; caller frees. */
+char *kh_http_tls_fingerprint(const char *cert_path, kh_err *err);
+
 /* The bound TCP port (useful with "ADDR:0"), or -1 without a TCP listener. */
 int kh_http_server_tcp_port(const kh_http_server *srv);
 

@@ -102,6 +102,11 @@ static void on_upgrade(void *cls, struct MHD_Connection *conn, void *con_cls,
         return;
     }
     req->ws = NULL;
+    guard_conn *g = kh_guard_of(conn);
+    if (g) { /* a WebSocket now: no head or body clock any more */
+        g->phase = GUARD_HANDLER;
+        g->upgraded = true;
+    }
     ws_link *link = xcalloc(1, sizeof(*link));
     link->lis = lis;
     link->ws = ws;
@@ -124,10 +129,14 @@ bool kh_http_req_same_origin(const kh_http_req *req)
 {
     if (req->lis->local)
         return true;
-    const char *origin = kh_http_req_header(req, "Origin");
+    return kh_http_origin_same(kh_http_req_header(req, "Origin"),
+                               kh_http_req_header(req, MHD_HTTP_HEADER_HOST));
+}
+
+bool kh_http_origin_same(const char *origin, const char *host)
+{
     if (!origin)
         return true;
-    const char *host = kh_http_req_header(req, MHD_HTTP_HEADER_HOST);
     const char *p = strstr(origin, "://");
     if (!host || !p)
         return false;

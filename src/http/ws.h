@@ -54,6 +54,9 @@ void kh_ws__shutdown(kh_ws *ws);
 /* Sec-WebSocket-Accept for a Sec-WebSocket-Key; false if the key is not
  * base64 of 16 bytes. */
 bool kh_ws__accept_key(const char *key, char out[29]);
+/* Is s[0..len) well-formed UTF-8 (RFC 3629: no overlongs, surrogates, or
+ * code points past U+10FFFF)? Text frames must be. */
+bool kh_ws__utf8_valid(const unsigned char *s, size_t len);
 #endif
 
 #endif

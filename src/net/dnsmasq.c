@@ -101,8 +101,13 @@ json_t *kh_dnsmasq_leases_parse(const char *text)
                 kh_inet_mac_format(m, mtext);
                 json_t *o = json_pack("{s:I,s:s,s:s}", "expires", (json_int_t)t, "mac", mtext,
                                       "ip", ip);
-                json_t *h = host && strcmp(host, "*") != 0 ? json_string(host) : NULL;
-                if (h) /* NULL too when not UTF-8 */
+                /* the name is the DHCP client's: only a plain host name is
+                 * kept (no control characters for the CLI's terminal) */
+                bool plain = host && host[0] && strlen(host) <= 253 &&
+                             strspn(host, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+                                          "0123456789-._") == strlen(host);
+                json_t *h = plain ? json_string(host) : NULL;
+                if (h)
                     json_object_set_new(o, "hostname", h);
                 json_array_append_new(arr, o);
             }

@@ -192,6 +192,13 @@ int kh_storage_volume_secret_fd(kh_storage *st, const char *volume_id, kh_err *e
 
 /* Parse "pool/name" (both checked names) into its parts (caller frees). */
 int kh_volume_ref_parse(const char *ref, char **pool, char **name, kh_err *err);
+/* imginfo.c: may a volume take the image qemu-img describes (info_text,
+ * `qemu-img info --output=json`)? The format asked for, a virtual size up
+ * to KH_VOLUME_SIZE_MAX, no backing or external data file, not encrypted.
+ * 0 with the virtual size and the actual size (-1: not given) out; -1 with
+ * err set, its message starting with what ("import: /x.qcow2"). */
+int kh_imginfo_check(const char *info_text, const char *format, const char *what,
+                     uint64_t *vsize_out, int64_t *actual_out, kh_err *err);
 /* A size: a JSON integer (bytes) or a string "512M", "10G", "1TiB"... */
 int kh_volume_size_parse(const json_t *v, uint64_t *out, kh_err *err);
 

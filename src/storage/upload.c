@@ -124,7 +124,6 @@ static void upload_checked(const kh_qimg_result *r, void *opaque)
 {
     op *o = opaque;
     kh_err err = KH_ERR_INIT;
-    json_t *info = NULL;
     if (r->status != 0) {
         /* qemu-img names the .part file: keep its own words only */
         const char *why = r->errtext && *r->errtext ? r->errtext : "qemu-img failed";
@@ -132,31 +131,10 @@ static void upload_checked(const kh_qimg_result *r, void *opaque)
         kh_err_set(&err, KH_E_INVALID, "upload: not a %s image (%s)", o->v.format,
                    tail ? tail + 3 : why);
     } else {
-        info = json_loads(r->out, 0, NULL);
-        const char *fmt = json_string_value(json_object_get(info, "format"));
-        json_t *vsize = json_object_get(info, "virtual-size");
-        json_t *fsd = json_object_get(json_object_get(info, "format-specific"), "data");
-        if (!fmt || strcmp(fmt, o->v.format) != 0 || !json_is_integer(vsize))
-            kh_err_set(&err, KH_E_INVALID, "upload: not a %s image", o->v.format);
-        else if (json_object_get(info, "backing-filename") ||
-                 json_object_get(info, "full-backing-filename"))
-            kh_err_set(&err, KH_E_INVALID, "upload: the image has a backing file; images that "
-                                           "name other files are refused");
-        else if (json_object_get(fsd, "data-file") ||
-                 json_is_true(json_object_get(fsd, "data-file-raw")))
-            kh_err_set(&err, KH_E_INVALID, "upload: the image has an external data file; "
-                                           "images that name other files are refused");
-        else if (json_object_get(fsd, "encrypt"))
-            kh_err_set(&err, KH_E_INVALID, "upload: encrypted images are not accepted (kvmhost "
-                                           "would not have their key)");
-        else if ((uint64_t)json_integer_value(vsize) > KH_VOLUME_SIZE_MAX)
-            kh_err_set(&err, KH_E_TOOLARGE, "upload: the image claims %" JSON_INTEGER_FORMAT
-                                            " bytes, over the maximum volume size",
-                       json_integer_value(vsize));
-        else
-            o->v.capacity = (uint64_t)json_integer_value(vsize);
+        int64_t actual;
+        kh_imginfo_check(r->out, o->v.format, "upload: the image", &o->v.capacity, &actual,
+                         &err);
     }
-    json_decref(info);
     if (kh_err_isset(&err)) {
         unlink(o->part);
         kh_log(KH_LOG_WARN, "volume.upload", "pool=%s volume=%s error=\"%s\"", o->p.name,

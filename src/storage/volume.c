@@ -401,43 +401,25 @@ static void import_checked(const kh_qimg_result *r, void *opaque)
 {
     op *o = opaque;
     kh_err err = KH_ERR_INIT;
-    json_t *info = NULL;
     if (r->status != 0) {
         kh_err_set(&err, KH_E_INVALID, "import: %s is not a readable %s image: %s", o->import,
                    o->v.format, r->errtext && *r->errtext ? r->errtext : "qemu-img failed");
         goto fail;
     }
-    info = json_loads(r->out, 0, NULL);
-    const char *fmt = json_string_value(json_object_get(info, "format"));
-    json_t *vsize = json_object_get(info, "virtual-size");
-    json_t *fsd = json_object_get(json_object_get(info, "format-specific"), "data");
-    if (!fmt || strcmp(fmt, o->v.format) != 0 || !json_is_integer(vsize)) {
-        kh_err_set(&err, KH_E_INVALID, "import: %s is not a %s image", o->import, o->v.format);
-    } else if (json_object_get(info, "backing-filename") ||
-               json_object_get(info, "full-backing-filename")) {
-        kh_err_set(&err, KH_E_INVALID,
-                   "import: %s has a backing file; images that name other files are refused",
-                   o->import);
-    } else if (json_object_get(fsd, "data-file") || json_is_true(json_object_get(fsd, "data-file-raw"))) {
-        kh_err_set(&err, KH_E_INVALID,
-                   "import: %s has an external data file; images that name other files are "
-                   "refused", o->import);
-    } else if ((uint64_t)json_integer_value(vsize) > KH_VOLUME_SIZE_MAX) {
-        kh_err_set(&err, KH_E_TOOLARGE, "import: the image is larger than the maximum size");
-    } else if (json_is_integer(json_object_get(info, "actual-size")) &&
-               (uint64_t)json_integer_value(json_object_get(info, "actual-size")) >
-                   pool_free_space(&o->p)) {
+    char *what = xasprintf("import: %s", o->import);
+    uint64_t vsize = 0;
+    int64_t actual = -1;
+    if (kh_imginfo_check(r->out, o->v.format, what, &vsize, &actual, &err) == 0 &&
+        actual >= 0 && (uint64_t)actual > pool_free_space(&o->p))
         kh_err_set(&err, KH_E_TOOLARGE, "import: not enough free space in pool %s", o->p.name);
-    }
+    free(what);
     if (kh_err_isset(&err))
         goto fail;
-    o->v.capacity = (uint64_t)json_integer_value(vsize);
-    json_decref(info);
+    o->v.capacity = vsize;
     if (start_copy(o, &err) < 0)
         volume_op_end(o, NULL, &err);
     return;
 fail:
-    json_decref(info);
     volume_op_end(o, NULL, &err);
 }
 

@@ -14,6 +14,7 @@ import select
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import tempfile
 import threading
@@ -101,16 +102,21 @@ class Resp:
 class Api:
     """A small JSON client. unix_path or (host, port); token for TCP."""
 
-    def __init__(self, unix_path=None, host=None, port=None, token=None, on_vm=None):
+    def __init__(self, unix_path=None, host=None, port=None, token=None, on_vm=None,
+                 ssl_context=None):
         self.unix_path = unix_path
         self.host = host
         self.port = port
         self.token = token
+        self.ssl_context = ssl_context  # TCP with TLS (the daemon's default)
         self.on_vm = on_vm  # callback(vm_dict) for every VM object seen (cleanup)
 
     def _conn(self, timeout):
         if self.unix_path:
             return UnixHTTPConnection(self.unix_path, timeout=timeout)
+        if self.ssl_context:
+            return http.client.HTTPSConnection(self.host, self.port, timeout=timeout,
+                                               context=self.ssl_context)
         return http.client.HTTPConnection(self.host, self.port, timeout=timeout)
 
     def request(self, method, path, body=None, raw=None, headers=None, timeout=90):
@@ -357,7 +363,8 @@ class Console:
     """The serial console over the API's WebSocket; a reader thread collects
     everything received."""
 
-    def __init__(self, unix_path, name, host=None, port=None, token=None, timeout=15):
+    def __init__(self, unix_path, name, host=None, port=None, token=None, timeout=15,
+                 ssl_context=None):
         import websocket  # python3-websocket
         hdr = []
         if token:
@@ -370,8 +377,14 @@ class Console:
             self.ws = websocket.create_connection("ws://localhost" + url_path, socket=sock,
                                                   header=hdr, timeout=timeout)
         else:
-            self.ws = websocket.create_connection("ws://%s:%d%s" % (host, port, url_path),
-                                                  header=hdr, timeout=timeout)
+            if ssl_context:
+                raw = socket.create_connection((host, port), timeout=timeout)
+                sock = ssl_context.wrap_socket(raw, server_hostname=host)
+                self.ws = websocket.create_connection("wss://%s:%d%s" % (host, port, url_path),
+                                                      socket=sock, header=hdr, timeout=timeout)
+            else:
+                self.ws = websocket.create_connection("ws://%s:%d%s" % (host, port, url_path),
+                                                      header=hdr, timeout=timeout)
         self.ws.settimeout(0.5)
         self.buf = bytearray()
         self.lock = threading.Lock()
@@ -611,7 +624,7 @@ class Daemon:
     """One kvmhostd in a fresh temp dir: BASE/state (state dir),
     BASE/sock (socket), BASE/daemon.log (stdout+stderr of every run)."""
 
-    def __init__(self, base=None, listen=None, extra_args=None):
+    def __init__(self, base=None, listen=None, extra_args=None, tls=True, env=None):
         if not os.access(DAEMON_BIN, os.X_OK):
             raise FileNotFoundError("no daemon binary at %s (set KH_BUILD_DIR)" % DAEMON_BIN)
         self.base = base or tempfile.mkdtemp(prefix="khbb-", dir="/tmp")
@@ -620,6 +633,10 @@ class Daemon:
         self.socket = os.path.join(self.base, "sock")
         self.log_path = os.path.join(self.base, "daemon.log")
         self.listen = listen
+        # TCP is TLS by default (a self-signed certificate in STATE/tls);
+        # tls=False starts the daemon with --no-tls
+        self.tls = tls
+        self.env = dict(env or {})  # extra environment of the daemon
         self.extra_args = list(extra_args or [])
         self.proc = None
         self.vm_ids = set()
@@ -642,6 +659,8 @@ class Daemon:
              "--log-level", "debug"]
         if self.listen:
             a += ["--listen", self.listen]
+            if not self.tls:
+                a += ["--no-tls"]
         return a + self.extra_args
 
     def start(self, timeout=30):
@@ -656,7 +675,7 @@ class Daemon:
         log.flush()
         self.proc = subprocess.Popen(self.argv(), stdin=subprocess.DEVNULL, stdout=log,
                                      stderr=subprocess.STDOUT, start_new_session=True,
-                                     env=sanitizer_env())
+                                     env=sanitizer_env(dict(os.environ, **self.env)))
         self.procs.append(self.proc)
         self.run_of[self.proc] = self.runs
         log.close()
@@ -753,9 +772,29 @@ class Daemon:
         with open(os.path.join(self.state_dir, "api-token")) as f:
             return f.read().strip()
 
+    @property
+    def tls_cert(self):
+        """The daemon's self-signed certificate (made at its first start)."""
+        return os.path.join(self.state_dir, "tls", "cert.pem")
+
+    def ssl_context(self):
+        """Trusts exactly the daemon's own certificate (host name checked:
+        the certificate names localhost, 127.0.0.1 and the listen address)."""
+        if not self.tls:
+            return None
+        return ssl.create_default_context(cafile=self.tls_cert)
+
     def tcp_api(self, token=None):
         host, port = self.listen.rsplit(":", 1)
-        return Api(host=host, port=int(port), token=token)
+        return Api(host=host, port=int(port), token=token, ssl_context=self.ssl_context())
+
+    def tcp_connect(self, timeout=10, source=None):
+        """A raw socket to the TCP listener (TLS-wrapped when TLS is on)."""
+        host, port = self.listen.rsplit(":", 1)
+        s = socket.create_connection((host, int(port)), timeout=timeout,
+                                     source_address=(source, 0) if source else None)
+        ctx = self.ssl_context()
+        return ctx.wrap_socket(s, server_hostname=host) if ctx else s
 
     def qemu_pids(self):
         """Every QEMU that belongs to this daemon: its VMs' uuids or its dirs

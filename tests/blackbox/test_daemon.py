@@ -40,7 +40,8 @@ def test_tcp_requires_token(daemons):
     host, port_s = d.listen.rsplit(":", 1)
     for path in ("/api/v1/vms/nope/console", "/api/v1/events"):
         try:
-            ws = websocket.create_connection("ws://%s:%s%s" % (host, port_s, path), timeout=5)
+            ws = websocket.create_connection("wss://%s:%s%s" % (host, port_s, path), timeout=5,
+                                             sslopt={"ca_certs": d.tls_cert})
             ws.close()
             raise AssertionError("WebSocket %s opened without a token" % path)
         except websocket.WebSocketBadStatusException as e:

@@ -10,8 +10,11 @@ import socket
 import khlib
 
 
+_CTX = {}  # port -> the daemon's ssl context (TLS is the default on TCP)
+
+
 def _req(port, method, path, body=None, headers=None):
-    c = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    c = http.client.HTTPSConnection("127.0.0.1", port, timeout=10, context=_CTX[port])
     h = dict(headers or {})
     data = None
     if body is not None:
@@ -35,6 +38,7 @@ def _web_daemon(daemons, workdir):
         f.write("<!doctype html><title>kvmhost</title>")
     port = khlib.free_port()
     d = daemons(listen="127.0.0.1:%d" % port, extra_args=["--web-dir", web])
+    _CTX[port] = d.ssl_context()
     return d, port
 
 
@@ -85,7 +89,7 @@ def test_session_cookie_and_csrf(daemons, workdir, fake_boot):
     assert st == 403, j
 
     # the event stream takes the cookie (EventSource cannot send a header)
-    s = socket.create_connection(("127.0.0.1", port), timeout=10)
+    s = d.tcp_connect()
     s.sendall(("GET /api/v1/events?since=0 HTTP/1.1\r\nHost: 127.0.0.1:%d\r\n"
                "Accept: text/event-stream\r\n%s\r\n\r\n" % (port, "Cookie: " + ck["Cookie"]))
               .encode())

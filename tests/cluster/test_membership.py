@@ -33,7 +33,10 @@ class HostDaemon(khlib.Daemon):
     daemon's)."""
 
     def __init__(self, hosts, i):
-        super().__init__(listen="%s:%d" % (hosts.addr(i), PORT),
+        # plain HTTP on the client listener (--no-tls): host-to-host calls
+        # use the cluster CA's mutual TLS listener; the client API's own
+        # self-signed certificate is not what these tests are about
+        super().__init__(listen="%s:%d" % (hosts.addr(i), PORT), tls=False,
                          extra_args=["--instance", "h%d" % i, "--cluster-ttl", str(TTL)])
         self.hosts = hosts
         self.i = i

@@ -416,7 +416,9 @@ static void test_burst(void)
         }
     }
     printf("# burst: %d of %d answered while holding connections\n", answered, N);
-    CHECK(answered >= 64);
+    /* max_connections is 64; near it (the last 1/16) each new connection
+     * drops the oldest one still sending its head (http/guard.c) */
+    CHECK(answered >= 64 - 64 / 16);
     for (int i = 0; i < N; i++)
         if (fds[i] >= 0)
             close(fds[i]);
