@@ -112,6 +112,7 @@ struct kh_http_server {
     unsigned max_conn;
     unsigned idle_timeout;
     kh_http_auth_fn auth;
+    void (*on_reply)(kh_http_req *req, unsigned status, void *auth_opaque);
     void *auth_opaque;
     kh_http_request_cb on_request;
     void *on_request_opaque;
@@ -174,6 +175,7 @@ struct kh_http_req {
     uint64_t stream_dropped;
     uint64_t start_ms;
     uint64_t start_ns;         /* uv_hrtime(), for the latency hook */
+    char *principal;           /* who the auth hook says is calling (owned) */
     kh_http_req *prev, *next;
 };
 

@@ -75,23 +75,22 @@ static enum MHD_Result req_begin(kh_http_req *req, const char *method)
         return ret;
     }
     req->route = route;
+    if (route) /* the parameters, for the auth hook's per-object checks */
+        kh_router_match(route->path, &ps, req->params, &req->nparams);
+    kh_router_path_clear(&ps);
     kh_err err = KH_ERR_INIT;
     if (srv->auth && srv->auth(req, route, srv->auth_opaque, &err) != 0) {
-        kh_router_path_clear(&ps);
         if (!kh_err_isset(&err))
             kh_err_set(&err, KH_E_UNAUTHORIZED, "not authenticated");
         return kh_reply_fail_err(req, &err);
     }
     if (!route) {
-        kh_router_path_clear(&ps);
         if (path_known) {
             kh_http_req_add_header(req, MHD_HTTP_HEADER_ALLOW, allow);
             return kh_reply_fail(req, KH_E_METHOD, "method %s not allowed on this path", method);
         }
         return kh_reply_fail(req, KH_E_NOTFOUND, "no such route");
     }
-    kh_router_match(route->path, &ps, req->params, &req->nparams);
-    kh_router_path_clear(&ps);
     for (size_t i = 0; i < req->nparams; i++) {
         const char *v = req->params[i].value;
         if (strchr(v, '/'))
@@ -269,6 +268,7 @@ kh_http_server *kh_http_server_new(uv_loop_t *loop, const kh_http_config *cfg,
     srv->refs = 1;
     srv->auth = cfg->auth;
     srv->auth_opaque = cfg->auth_opaque;
+    srv->on_reply = cfg->on_reply;
     srv->web_skip = cfg->web_skip ? xstrdup(cfg->web_skip) : NULL;
     srv->on_request = cfg->on_request;
     srv->on_request_opaque = cfg->on_request_opaque;

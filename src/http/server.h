@@ -30,7 +30,7 @@ typedef void (*kh_http_request_cb)(void *opaque, const char *method, const char 
  * decides between 401/403 and 404/405). 0 to proceed; -1 with err set
  * (KH_E_UNAUTHORIZED, KH_E_FORBIDDEN ...) to be answered with err. Runs
  * once the headers are in, before the body. */
-typedef int (*kh_http_auth_fn)(const kh_http_req *req, const kh_route *route, void *opaque,
+typedef int (*kh_http_auth_fn)(kh_http_req *req, const kh_route *route, void *opaque,
                                kh_err *err);
 
 typedef struct kh_http_config {
@@ -55,6 +55,10 @@ typedef struct kh_http_config {
      * took the request (it replies, now or later, instead of the handler). */
     bool (*pre)(kh_http_req *req, void *app);
     void *on_request_opaque;
+    /* Optional, once per answered request, after on_request (the request
+     * with its route, principal and body still readable; the final status):
+     * e.g. an audit trail. Gets auth_opaque. */
+    void (*on_reply)(kh_http_req *req, unsigned status, void *auth_opaque);
 } kh_http_config;
 
 kh_http_server *kh_http_server_new(uv_loop_t *loop, const kh_http_config *cfg,

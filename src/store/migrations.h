@@ -45,4 +45,8 @@ extern const char kh_migrate_schema_migrations[];
 /* cluster/schema.c: cluster */
 extern const char kh_cluster_schema_config[];
 
+/* auth/schema.c: users, groups, roles, ACL, tokens, projects, objects, audit */
+extern const char kh_auth_schema_access[];
+extern const char kh_auth_schema_audit[];
+
 #endif
