@@ -488,3 +488,16 @@ void kh_auth_on_reply(kh_http_req *req, unsigned status, void *opaque)
     if (kh_audit_add(a->st, &e, kh_wall_time(), &err) < 0)
         kh_log(KH_LOG_ERROR, "auth.audit", "error=\"%s\"", err.msg);
 }
+
+void kh_auth_filter(const kh_http_req *req, json_t *arr, const char *prefix, kh_privs need)
+{
+    if (!json_is_array(arr) || is_root(kh_auth_principal(req)))
+        return;
+    for (size_t i = json_array_size(arr); i-- > 0;) {
+        const char *name = json_string_value(json_object_get(json_array_get(arr, i), "name"));
+        char path[KH_AUTH_PATH_MAX];
+        snprintf(path, sizeof(path), "%s%s", prefix, name ? name : "");
+        if (!name || !kh_auth_can(req, path, need))
+            json_array_remove(arr, i);
+    }
+}

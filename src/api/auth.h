@@ -79,6 +79,9 @@ bool kh_auth_can(const kh_http_req *req, const char *path, kh_privs need);
 /* A host path in a request: Sys.HostPath on "/" and inside the allowed
  * directories (403 otherwise). what names the field. */
 int kh_auth_hostpath(const kh_http_req *req, const char *path, const char *what, kh_err *err);
+/* Keep only the items of arr (objects with "name") the caller holds need
+ * on (path prefix + name). */
+void kh_auth_filter(const kh_http_req *req, json_t *arr, const char *prefix, kh_privs need);
 /* A webhook URL's host by the policy (400 for internal addresses). */
 int kh_auth_webhook_host(const kh_http_req *req, const char *host, kh_err *err);
 

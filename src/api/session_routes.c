@@ -34,26 +34,45 @@ void kh_session_routes_post(kh_http_req *req, void *app)
         return;
     }
     const char *tok = json_string_value(json_object_get(body, "token"));
-    if (!tok || !tok[0]) {
-        kh_err_set(&err, KH_E_INVALID, "\"token\" must be a non-empty string");
-        kh_http_reply_error(req, &err);
-        return;
-    }
-    if (!auth || !kh_auth_has_token(auth)) {
-        kh_err_set(&err, KH_E_UNSUPPORTED, "no API token is configured (no TCP listener)");
-        kh_http_reply_error(req, &err);
-        return;
-    }
-    if (!kh_auth_token_ok(auth, tok, strlen(tok))) {
-        kh_err_set(&err, KH_E_UNAUTHORIZED, "wrong token");
-        kh_http_reply_error(req, &err);
-        return;
+    const char *user = json_string_value(json_object_get(body, "user"));
+    const char *pass = json_string_value(json_object_get(body, "password"));
+    const char *principal = KH_AUTH_ROOT;
+    if (user && pass) {
+        if (!auth || !kh_auth_has_users(auth)) {
+            kh_err_set(&err, KH_E_UNSUPPORTED, "no user database");
+            kh_http_reply_error(req, &err);
+            return;
+        }
+        if (!kh_privs_name_ok(user) || !kh_users_verify(kh_auth_store(auth), user, pass)) {
+            kh_err_set(&err, KH_E_UNAUTHORIZED, "wrong user name or password");
+            kh_http_reply_error(req, &err);
+            return;
+        }
+        principal = user;
+    } else {
+        if (!tok || !tok[0]) {
+            kh_err_set(&err, KH_E_INVALID, "\"token\" must be a non-empty string");
+            kh_http_reply_error(req, &err);
+            return;
+        }
+        if (!auth || !kh_auth_has_token(auth)) {
+            kh_err_set(&err, KH_E_UNSUPPORTED, "no API token is configured (no TCP listener)");
+            kh_http_reply_error(req, &err);
+            return;
+        }
+        if (!kh_auth_token_ok(auth, tok, strlen(tok))) {
+            kh_err_set(&err, KH_E_UNAUTHORIZED, "wrong token");
+            kh_http_reply_error(req, &err);
+            return;
+        }
     }
     char id[KH_SESSION_HEX + 1], csrf[KH_SESSION_HEX + 1];
     if (kh_sessions_create(kh_auth_sessions(auth), kh_now_ms(), id, csrf, &err) != 0) {
         kh_http_reply_error(req, &err);
         return;
     }
+    kh_sessions_set_principal(kh_auth_sessions(auth), id, principal, kh_now_ms());
+    kh_http_req_set_principal(req, principal);
     char cookie[256];
     snprintf(cookie, sizeof(cookie), "%s=%s; Path=/; HttpOnly; SameSite=Strict%s",
              KH_SESSION_COOKIE, id, kh_http_req_is_tls(req) ? "; Secure" : "");
@@ -61,7 +80,8 @@ void kh_session_routes_post(kh_http_req *req, void *app)
     kh_http_req_add_header(req, "Set-Cookie", cookie);
     OPENSSL_cleanse(cookie, sizeof(cookie));
     kh_http_req_add_header(req, "Cache-Control", "no-store");
-    kh_http_reply_json(req, 201, json_pack("{s:s}", "csrf_token", csrf));
+    kh_http_reply_json(req, 201, json_pack("{s:s,s:s}", "csrf_token", csrf, "principal",
+                                           principal));
 }
 
 void kh_session_routes_get(kh_http_req *req, void *app)
@@ -73,17 +93,21 @@ void kh_session_routes_get(kh_http_req *req, void *app)
     if (auth && req_session_id(req, id))
         csrf = kh_sessions_lookup(kh_auth_sessions(auth), id, kh_now_ms());
     const char *via = NULL;
+    const char *who = kh_auth_principal(req);
+    const char *authz = kh_http_req_header(req, "Authorization");
     if (kh_http_req_is_local(req))
         via = "unix socket";
-    else if (kh_auth_bearer_ok(auth, kh_http_req_header(req, "Authorization")))
+    else if (who && authz)
         via = "token";
-    else if (csrf)
+    else if (who && csrf)
         via = "session";
     /* A public route: a page asks it before logging in, and a 401 would
      * be noise in its console. */
     json_t *j = json_pack("{s:b}", "authenticated", via != NULL);
-    if (via)
+    if (via) {
         json_object_set_new(j, "via", json_string(via));
+        json_object_set_new(j, "principal", json_string(who));
+    }
     if (csrf && via && strcmp(via, "session") == 0)
         json_object_set_new(j, "csrf_token", json_string(csrf));
     kh_http_req_add_header(req, "Cache-Control", "no-store");

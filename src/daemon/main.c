@@ -69,6 +69,10 @@ typedef struct options {
     const char *advertise;
     const char *etcd_endpoints, *etcd_ca, *etcd_cert, *etcd_key, *etcd_binary;
     unsigned cluster_ttl_s;
+    /* auth: directories host paths may name; webhooks to internal addresses */
+    const char *host_path_allow[16];
+    size_t nhost_path_allow;
+    bool webhook_allow_internal;
 } options;
 
 /* Everything the daemon holds, reachable from one place (and by leak
@@ -140,6 +144,11 @@ static void usage(FILE *fp)
             "  --etcd-ca FILE, --etcd-cert FILE, --etcd-key FILE  TLS for --etcd-endpoints\n"
             "  --etcd-binary PATH  the etcd of the local member (default /usr/bin/etcd)\n"
             "  --cluster-ttl SECONDS  the member lease TTL (default 10, 2 to 300)\n"
+            "  --host-path-allow DIR  host paths (raw disks, imports, pools) may lie in\n"
+            "                      DIR (repeatable; default STATE_DIR and\n"
+            "                      /var/lib/kvmhost/images)\n"
+            "  --webhook-allow-internal  alert webhooks may name loopback, link-local\n"
+            "                      and metadata addresses\n"
             "  --log-file FILE     log here instead of stderr\n"
             "  --log-level LEVEL   debug, info, warn or error (default info)\n"
             "  --version           print the version and exit\n"
@@ -166,7 +175,7 @@ static void parse_args(int argc, char **argv, options *o)
     enum { O_STATE = 256, O_RUN, O_SOCKET, O_LISTEN, O_CERT, O_KEY, O_LOGF, O_LOGL, O_QEMU,
            O_QUSER, O_WEB, O_VERSION, O_HELP, O_MPUBLIC, O_SAMPLE, O_ALERTS, O_INSTANCE,
            O_HOSTNAME, O_ADVERTISE, O_ETCD_EPS, O_ETCD_CA, O_ETCD_CERT, O_ETCD_KEY, O_ETCD_BIN,
-           O_CTTL };
+           O_CTTL, O_HPALLOW, O_WHINTERNAL };
     static const struct option longopts[] = {
         { "state-dir", required_argument, NULL, O_STATE },
         { "run-dir", required_argument, NULL, O_RUN },
@@ -191,6 +200,8 @@ static void parse_args(int argc, char **argv, options *o)
         { "etcd-key", required_argument, NULL, O_ETCD_KEY },
         { "etcd-binary", required_argument, NULL, O_ETCD_BIN },
         { "cluster-ttl", required_argument, NULL, O_CTTL },
+        { "host-path-allow", required_argument, NULL, O_HPALLOW },
+        { "webhook-allow-internal", no_argument, NULL, O_WHINTERNAL },
         { "version", no_argument, NULL, O_VERSION },
         { "help", no_argument, NULL, O_HELP },
         { NULL, 0, NULL, 0 },
@@ -211,6 +222,13 @@ static void parse_args(int argc, char **argv, options *o)
         case O_QUSER: o->qemu_user = optarg; break;
         case O_WEB: o->web_dir = optarg; break;
         case O_MPUBLIC: o->metrics_public = true; break;
+        case O_HPALLOW:
+            if (o->nhost_path_allow >= KH_ARRAY_LEN(o->host_path_allow) || optarg[0] != '/')
+                die("--host-path-allow: an absolute directory, at most %zu times",
+                    KH_ARRAY_LEN(o->host_path_allow));
+            o->host_path_allow[o->nhost_path_allow++] = optarg;
+            break;
+        case O_WHINTERNAL: o->webhook_allow_internal = true; break;
         case O_ALERTS: o->alert_rules = optarg; break;
         case O_INSTANCE: o->instance = optarg; break;
         case O_HOSTNAME: o->host_name = optarg; break;
@@ -778,6 +796,17 @@ int main(int argc, char **argv)
         web_dir = KH_WEB_DIR;
     /* Only TCP needs the token; unix-socket-only daemons never touch OpenSSL. */
     d.auth = kh_auth_new(o.listen ? d.token : NULL, o.metrics_public);
+    if (kh_users_init(&err) < 0)
+        die("%s", err.msg);
+    kh_auth_set_store(d.auth, d.store);
+    {
+        const char *deflt[] = { state_dir, "/var/lib/kvmhost/images" };
+        if (o.nhost_path_allow)
+            kh_auth_set_policy(d.auth, o.host_path_allow, o.nhost_path_allow,
+                               o.webhook_allow_internal);
+        else
+            kh_auth_set_policy(d.auth, deflt, KH_ARRAY_LEN(deflt), o.webhook_allow_internal);
+    }
     kh_http_config hcfg = {
         .unix_path = socket_path,
         .unix_mode = 0660,
@@ -793,6 +822,7 @@ int main(int argc, char **argv)
         .on_request = on_request,
         .on_request_opaque = NULL,
         .pre = kh_api_forward_pre,
+        .on_reply = kh_auth_on_reply,
     };
     d.http = kh_http_server_new(d.loop, &hcfg, routes, nroutes, &d.api, &err);
     if (!d.http)

@@ -611,7 +611,7 @@ class Daemon:
     """One kvmhostd in a fresh temp dir: BASE/state (state dir),
     BASE/sock (socket), BASE/daemon.log (stdout+stderr of every run)."""
 
-    def __init__(self, base=None, listen=None, extra_args=None):
+    def __init__(self, base=None, listen=None, extra_args=None, open_policy=True):
         if not os.access(DAEMON_BIN, os.X_OK):
             raise FileNotFoundError("no daemon binary at %s (set KH_BUILD_DIR)" % DAEMON_BIN)
         self.base = base or tempfile.mkdtemp(prefix="khbb-", dir="/tmp")
@@ -621,6 +621,11 @@ class Daemon:
         self.log_path = os.path.join(self.base, "daemon.log")
         self.listen = listen
         self.extra_args = list(extra_args or [])
+        # the tests' disks, pools and imports live in /tmp and the repo, and
+        # their webhook receivers on loopback: open_policy=False keeps the
+        # daemon's defaults (host paths in its state dir only, no webhooks
+        # to internal addresses)
+        self.open_policy = open_policy
         self.proc = None
         self.vm_ids = set()
         self.api = Api(self.socket, on_vm=self._note_vm)
@@ -642,6 +647,9 @@ class Daemon:
              "--log-level", "debug"]
         if self.listen:
             a += ["--listen", self.listen]
+        if self.open_policy:
+            a += ["--host-path-allow", "/tmp", "--host-path-allow", REPO,
+                  "--webhook-allow-internal"]
         return a + self.extra_args
 
     def start(self, timeout=30):
