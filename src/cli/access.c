@@ -443,54 +443,54 @@ static int do_audit(cli_ctx *ctx, const cli_args *a, kh_err *err)
 static const cli_opt opts_user_add[] = {
     { "password-stdin", NULL, 0, "Read the password (8 characters or more) from the first "
       "line of standard input. Without it the user has no password: API tokens only." },
-    { "project", "PROJECT", 0, "The project the user's new objects go to (default "
+    { "project", "PROJECT", CLI_OPT_ARG, "The project the user's new objects go to (default "
       "\"default\")." },
-    { "group", "GROUP", CLI_OPT_REPEAT, "Put the user in this group (repeatable)." },
+    { "group", "GROUP", CLI_OPT_ARG | CLI_OPT_REPEAT, "Put the user in this group (repeatable)." },
     { NULL, NULL, 0, NULL },
 };
 static const cli_opt opts_user_set[] = {
-    { "project", "PROJECT", 0, "The user's default project." },
+    { "project", "PROJECT", CLI_OPT_ARG, "The user's default project." },
     { "enable", NULL, 0, "Let the user log in again." },
     { "disable", NULL, 0, "Refuse the user's logins, sessions and tokens." },
     { NULL, NULL, 0, NULL },
 };
 static const cli_opt opts_token_add[] = {
-    { "expires-in", "SECONDS", 0, "The token stops working this long from now (default: "
+    { "expires-in", "SECONDS", CLI_OPT_ARG, "The token stops working this long from now (default: "
       "never)." },
-    { "comment", "TEXT", 0, "What the token is for." },
-    { "acl", "PATH=ROLE", CLI_OPT_REPEAT, "An ACL entry of the token (repeatable). The "
+    { "comment", "TEXT", CLI_OPT_ARG, "What the token is for." },
+    { "acl", "PATH=ROLE", CLI_OPT_ARG | CLI_OPT_REPEAT, "An ACL entry of the token (repeatable). The "
       "token's rights are these intersected with its user's: without any it can do nothing." },
     { NULL, NULL, 0, NULL },
 };
 static const cli_opt opts_role_set[] = {
-    { "priv", "PRIVILEGE", CLI_OPT_REPEAT, "A privilege of the role (repeatable), e.g. "
+    { "priv", "PRIVILEGE", CLI_OPT_ARG | CLI_OPT_REPEAT, "A privilege of the role (repeatable), e.g. "
       "VM.PowerMgmt; 'kvmhost role list' shows them all." },
     { NULL, NULL, 0, NULL },
 };
 static const cli_opt opts_acl[] = {
-    { "subject", "SUBJECT", 0, "A user, @group or user!token." },
-    { "role", "ROLE", 0, "A built-in (Administrator, Operator, Auditor) or custom role." },
+    { "subject", "SUBJECT", CLI_OPT_ARG, "A user, @group or user!token." },
+    { "role", "ROLE", CLI_OPT_ARG, "A built-in (Administrator, Operator, Auditor) or custom role." },
     { "no-propagate", NULL, 0, "The entry applies to PATH only, not below it." },
     { NULL, NULL, 0, NULL },
 };
 static const cli_opt opts_perm[] = {
-    { "path", "PATH", 0, "Only the privileges on this path (e.g. /vms/web1)." },
+    { "path", "PATH", CLI_OPT_ARG, "Only the privileges on this path (e.g. /vms/web1)." },
     { NULL, NULL, 0, NULL },
 };
 static const cli_opt opts_quota[] = {
-    { "vms", "N", 0, "At most N VMs (0: no limit)." },
-    { "vcpus", "N", 0, "At most N vCPUs over all its VMs." },
-    { "memory-mib", "MIB", 0, "At most this much memory over all its VMs." },
-    { "disk-bytes", "BYTES", 0, "At most this much disk (recorded; not enforced yet)." },
+    { "vms", "N", CLI_OPT_ARG, "At most N VMs (0: no limit)." },
+    { "vcpus", "N", CLI_OPT_ARG, "At most N vCPUs over all its VMs." },
+    { "memory-mib", "MIB", CLI_OPT_ARG, "At most this much memory over all its VMs." },
+    { "disk-bytes", "BYTES", CLI_OPT_ARG, "At most this much disk (recorded; not enforced yet)." },
     { NULL, NULL, 0, NULL },
 };
 static const cli_opt opts_audit[] = {
-    { "principal", "WHO", 0, "Only entries of this caller (root@local, user, user!token)." },
-    { "method", "METHOD", 0, "Only this HTTP method." },
-    { "path", "PREFIX", 0, "Only request paths starting with PREFIX." },
-    { "object", "OBJECT", 0, "Only this object (e.g. \"vm web1\")." },
-    { "limit", "N", 0, "At most N entries (default 100, at most 1000)." },
-    { "before", "ID", 0, "Entries older than entry ID (the next page)." },
+    { "principal", "WHO", CLI_OPT_ARG, "Only entries of this caller (root@local, user, user!token)." },
+    { "method", "METHOD", CLI_OPT_ARG, "Only this HTTP method." },
+    { "path", "PREFIX", CLI_OPT_ARG, "Only request paths starting with PREFIX." },
+    { "object", "OBJECT", CLI_OPT_ARG, "Only this object (e.g. \"vm web1\")." },
+    { "limit", "N", CLI_OPT_ARG, "At most N entries (default 100, at most 1000)." },
+    { "before", "ID", CLI_OPT_ARG, "Entries older than entry ID (the next page)." },
     { NULL, NULL, 0, NULL },
 };
 
@@ -501,68 +501,67 @@ const cli_cmd cli_access_cmds[] = {
         "Add a user who logs in to the web console with a password, or calls the API with "
         "tokens ('kvmhost token add'). A new user can do nothing until an ACL entry gives "
         "them a role ('kvmhost acl set').",
-        opts_user_add, "$ echo 'long secret' | kvmhost user add alice --password-stdin "
-        "--project team-x", do_user_add),
-    ROW("user", "list", NULL, "list the users", "One line per user.", NULL,
+        opts_user_add, "$ kvmhost user add alice --password-stdin --project x < pw.txt", do_user_add),
+    ROW("user", "list", NULL, "list the users", "One line per user: name, default project, enabled, whether a password is set, groups.", NULL,
         "$ kvmhost user list", do_user_list),
     ROW("user", "set", "NAME", "change a user's project or enable/disable them",
-        "Change a user.", opts_user_set, "$ kvmhost user set alice --disable", do_user_set),
+        "Change a user's default project, or disable the user (their sessions and tokens stop working) and enable them again.", opts_user_set, "$ kvmhost user set alice --disable", do_user_set),
     ROW("user", "passwd", "NAME", "set a user's password (from standard input)",
         "The first line of standard input is the new password. A user may change their own.",
-        NULL, "$ echo 'new secret' | kvmhost user passwd alice", do_user_passwd),
+        NULL, "$ kvmhost user passwd alice < pw.txt", do_user_passwd),
     ROW("user", "delete", "NAME", "delete a user with their tokens and ACL entries",
-        "Delete a user.", NULL, "$ kvmhost user delete alice", do_user_delete),
-    ROW("group", "add", "NAME", "add a group", "Groups are ACL subjects (@NAME).", NULL,
+        "Delete a user together with their API tokens, group memberships and ACL entries.", NULL, "$ kvmhost user delete alice", do_user_delete),
+    ROW("group", "add", "NAME", "add a group", "Add a group of users; an ACL entry whose subject is @NAME gives its role to every member.", NULL,
         "$ kvmhost group add ops", do_group_add),
-    ROW("group", "list", NULL, "list groups and members", "Groups with their members.", NULL,
+    ROW("group", "list", NULL, "list groups and members", "List the groups, each with the names of its members.", NULL,
         "$ kvmhost group list", do_group_list),
-    ROW("group", "delete", "NAME", "delete a group", "Delete a group and its ACL entries.",
+    ROW("group", "delete", "NAME", "delete a group", "Delete a group and its ACL entries; its members stay.",
         NULL, "$ kvmhost group delete ops", do_group_delete),
-    ROW("group", "adduser", "GROUP USER", "put a user in a group", "Put USER in GROUP.", NULL,
+    ROW("group", "adduser", "GROUP USER", "put a user in a group", "Put USER in GROUP: the roles of GROUP's ACL entries apply to USER.", NULL,
         "$ kvmhost group adduser ops alice", do_group_adduser),
     ROW("group", "deluser", "GROUP USER", "take a user out of a group", "Take USER out of "
-        "GROUP.", NULL, "$ kvmhost group deluser ops alice", do_group_deluser),
+        "GROUP: the group's ACL entries no longer apply to USER.", NULL, "$ kvmhost group deluser ops alice", do_group_deluser),
     ROW("token", "add", "USER NAME", "make an API token USER!NAME",
         "Make an API token and print its secret, once: only a hash is kept. Use it as "
         "'--token SECRET' or 'Authorization: Bearer SECRET'. The token's rights are its own "
         "ACL entries (--acl) intersected with its user's: never more than the user.",
         opts_token_add, "$ kvmhost token add alice ci --acl /projects/x=Operator "
         "--expires-in 86400", do_token_add),
-    ROW("token", "list", "USER", "list a user's tokens", "The tokens of USER (no secrets).",
+    ROW("token", "list", "USER", "list a user's tokens", "The tokens of USER with their expiry; the secrets are never shown again.",
         NULL, "$ kvmhost token list alice", do_token_list),
-    ROW("token", "delete", "USER NAME", "revoke a token", "The token stops working at once.",
+    ROW("token", "delete", "USER NAME", "revoke a token", "Revoke the token USER!NAME: requests with it are refused (401) at once.",
         NULL, "$ kvmhost token delete alice ci", do_token_delete),
     ROW("role", "list", NULL, "list roles and their privileges",
-        "Built-in roles (Administrator, Operator, Auditor) and custom ones.", NULL,
+        "Built-in roles (Administrator, Operator, Auditor) and custom ones, with their privileges.", NULL,
         "$ kvmhost role list", do_role_list),
     ROW("role", "set", "NAME", "create or replace a custom role", "A role is a set of "
-        "privileges.", opts_role_set, "$ kvmhost role set snapper --priv VM.Audit --priv "
+        "privileges: create one, or replace the privileges of an existing custom role.", opts_role_set, "$ kvmhost role set snapper --priv VM.Audit --priv "
         "VM.Snapshot", do_role_set),
-    ROW("role", "delete", "NAME", "delete a custom role", "Refused while an ACL entry uses it.",
+    ROW("role", "delete", "NAME", "delete a custom role", "Delete a custom role; refused while an ACL entry uses it.",
         NULL, "$ kvmhost role delete snapper", do_role_delete),
-    ROW("acl", "list", NULL, "list the ACL entries", "Path, subject, role, propagate.", NULL,
+    ROW("acl", "list", NULL, "list the ACL entries", "List every ACL entry: path, subject (user, @group, user!token), role, propagate.", NULL,
         "$ kvmhost acl list", do_acl_list),
     ROW("acl", "set", "PATH", "give a subject a role on a path",
         "Paths: /, /access, /projects/P, /vms/NAME, /pools/P, /pools/P/volumes/V, "
         "/networks/N, /security-groups/N, /hosts/H. VMs, volumes, networks and security "
         "groups are below their project.", opts_acl,
         "$ kvmhost acl set /projects/x --subject @team-x --role Operator", do_acl_set),
-    ROW("acl", "delete", "PATH", "remove an ACL entry", "Remove one entry.", opts_acl,
+    ROW("acl", "delete", "PATH", "remove an ACL entry", "Remove one ACL entry, named by path, subject and role.", opts_acl,
         "$ kvmhost acl delete /projects/x --subject @team-x --role Operator", do_acl_delete),
     ROW("permissions", NULL, NULL, "show the caller's effective privileges",
-        "Per ACL path, or on one path with --path.", opts_perm,
+        "The privileges of the caller, per ACL path, or on one path with --path.", opts_perm,
         "$ kvmhost permissions --path /vms/web1", do_permissions),
     ROW("project", "add", "NAME", "add a project with its quota",
         "VMs, volumes, networks and security groups belong to a project (the 'project' "
         "query parameter or the user's default project at creation); a caller sees only "
         "objects of projects where they hold a privilege.", opts_quota,
         "$ kvmhost project add team-x --vms 10 --vcpus 20 --memory-mib 32768", do_project_add),
-    ROW("project", "set", "NAME", "change a project's quota", "Replace the quota.", opts_quota,
+    ROW("project", "set", "NAME", "change a project's quota", "Replace the quota of a project: each limit not given becomes unlimited.", opts_quota,
         "$ kvmhost project set team-x --vms 20", do_project_set),
-    ROW("project", "list", NULL, "list the projects you can see", "Projects with quotas.",
+    ROW("project", "list", NULL, "list the projects you can see", "The projects where you hold a privilege, with quotas and object counts.",
         NULL, "$ kvmhost project list", do_project_list),
     ROW("project", "delete", "NAME", "delete an empty project", "Refused while objects "
-        "belong to it.", NULL, "$ kvmhost project delete team-x", do_project_delete),
+        "(VMs, volumes, networks, security groups) belong to it.", NULL, "$ kvmhost project delete team-x", do_project_delete),
     ROW("audit", NULL, NULL, "show the audit log",
         "Every write and every login with who, from where, what and the result, newest "
         "first.", opts_audit, "$ kvmhost audit --principal alice --limit 20", do_audit),
