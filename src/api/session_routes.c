@@ -37,6 +37,11 @@ void kh_session_routes_post(kh_http_req *req, void *app)
     const char *user = json_string_value(json_object_get(body, "user"));
     const char *pass = json_string_value(json_object_get(body, "password"));
     const char *principal = KH_AUTH_ROOT;
+    if (tok && (user || pass)) {
+        kh_err_set(&err, KH_E_INVALID, "give \"token\", or \"user\" and \"password\"");
+        kh_http_reply_error(req, &err);
+        return;
+    }
     if (user && pass) {
         if (!auth || !kh_auth_has_users(auth)) {
             kh_err_set(&err, KH_E_UNSUPPORTED, "no user database");
