@@ -247,6 +247,8 @@ bool kh_auth_can(const kh_http_req *req, const char *path, kh_privs need)
 int kh_auth_hostpath(const kh_http_req *req, const char *path, const char *what, kh_err *err)
 {
     kh_auth *a = kh_http_req_auth_data(req);
+    if (!path || path[0] != '/')
+        return 0; /* not a host path: the validators refuse it (400) */
     if (kh_auth_need(req, "/", KH_PRIV_SYS_HOSTPATH, err) < 0) {
         if (err)
             kh_err_prefix(err, "%s: a host path", what);
