@@ -35,8 +35,10 @@ int kh_projects_add(kh_store *st, const char *name, const kh_quota *q, kh_err *e
                             "max_memory_mib, max_disk_bytes, created_at) VALUES "
                             "(?1, ?2, ?3, ?4, ?5, ?6)", name, q ? q : &none,
                             "adding a project", err);
-    if (rc < 0 && err && err->code == KH_E_CONFLICT)
+    if (rc < 0 && err && err->code == KH_E_CONFLICT) {
+        kh_err_clear(err);
         kh_err_set(err, KH_E_CONFLICT, "project \"%s\" exists", name);
+    }
     return rc;
 }
 

@@ -56,8 +56,10 @@ int kh_tokens_create(kh_store *st, const char *user, const char *name, double ex
     kh_store_bind_text(s, 5, comment);
     sqlite3_bind_double(s, 6, kh_wall_time());
     int rc = kh_store_step_done(st, s, "adding a token", err);
-    if (rc < 0 && err && err->code == KH_E_CONFLICT)
+    if (rc < 0 && err && err->code == KH_E_CONFLICT) {
+        kh_err_clear(err);
         kh_err_set(err, KH_E_CONFLICT, "token \"%s!%s\" exists", user, name);
+    }
     if (rc < 0)
         sodium_memzero(out, outsz);
     return rc;

@@ -66,8 +66,10 @@ int kh_users_add(kh_store *st, const char *name, const char *password, const cha
     sqlite3_bind_text(s, 3, project ? project : "default", -1, SQLITE_TRANSIENT);
     sqlite3_bind_double(s, 4, kh_wall_time());
     int rc = kh_store_step_done(st, s, "adding a user", err);
-    if (rc < 0 && err && err->code == KH_E_CONFLICT)
+    if (rc < 0 && err && err->code == KH_E_CONFLICT) {
+        kh_err_clear(err);
         kh_err_set(err, KH_E_CONFLICT, "user \"%s\" exists", name);
+    }
     sodium_memzero(h, sizeof(h));
     return rc;
 }
@@ -246,8 +248,10 @@ int kh_users_group_add(kh_store *st, const char *group, kh_err *err)
     sqlite3_bind_text(s, 1, group, -1, SQLITE_TRANSIENT);
     sqlite3_bind_double(s, 2, kh_wall_time());
     int rc = kh_store_step_done(st, s, "adding a group", err);
-    if (rc < 0 && err && err->code == KH_E_CONFLICT)
+    if (rc < 0 && err && err->code == KH_E_CONFLICT) {
+        kh_err_clear(err);
         kh_err_set(err, KH_E_CONFLICT, "group \"%s\" exists", group);
+    }
     return rc;
 }
 
@@ -277,8 +281,10 @@ int kh_users_group_member(kh_store *st, const char *group, const char *user, boo
     if (add) {
         int rc = exec_bound(st, "INSERT OR IGNORE INTO auth_members (grp, user) VALUES (?, ?)",
                             group, user, "adding a group member", err);
-        if (rc < 0 && err && err->code == KH_E_CONFLICT) /* a foreign key */
+        if (rc < 0 && err && err->code == KH_E_CONFLICT) { /* a foreign key */
+            kh_err_clear(err);
             kh_err_set(err, KH_E_NOTFOUND, "no such group \"%s\" or user \"%s\"", group, user);
+        }
         return rc;
     }
     if (exec_bound(st, "DELETE FROM auth_members WHERE grp = ? AND user = ?", group, user,
