@@ -26,6 +26,13 @@ struct kh_auth {
     char **allow;                 /* directories host paths may name */
     size_t nallow;
     bool webhook_internal;        /* webhooks may name loopback/link-local addresses */
+    /* objects recorded in their project before the handler made them (so
+     * its events already reach the project); forgotten if it fails */
+    struct pending {
+        const kh_http_req *req; /* compared, never followed */
+        char kind[32], name[160];
+    } pending[64];
+    unsigned npending_next;
 };
 
 static void token_hash(const char *s, size_t len, unsigned char out[32])
@@ -239,6 +246,17 @@ int kh_auth_need(const kh_http_req *req, const char *path, kh_privs need, kh_err
     return -1;
 }
 
+bool kh_auth_principal_can(const kh_auth *a, const char *principal, const char *path,
+                           kh_privs need)
+{
+    if (is_root(principal))
+        return true;
+    kh_privs have = 0;
+    return a && a->st && principal &&
+           kh_acl_effective_path(a->st, principal, path, &have, NULL) == 0 &&
+           (have & need) == need;
+}
+
 bool kh_auth_can(const kh_http_req *req, const char *path, kh_privs need)
 {
     return kh_auth_need(req, path, need, NULL) == 0;
@@ -310,14 +328,15 @@ long_:
     return -1;
 }
 
-/* PUT /security-groups/{name} of a group nobody recorded creates one: it is
- * checked on the caller's project. */
+/* PUT /security-groups/{name} of a group without a record creates one: it
+ * is checked on the caller's project (groups that existed before projects
+ * are recorded as "default" at start, so "no record" means "no group"). */
 static const char *route_acl(const kh_auth *a, const kh_http_req *req, const kh_route *route)
 {
     if (strcmp(route->method, "PUT") == 0 && strcmp(route->acl_path, "/security-groups/{name}") == 0) {
-        char *proj = kh_projects_object_project(a->st, "security-group",
-                                                kh_http_req_param(req, "name"));
-        bool recorded = proj && strcmp(proj, "default") != 0;
+        char *proj = kh_projects_object_find(a->st, "security-group",
+                                             kh_http_req_param(req, "name"));
+        bool recorded = proj != NULL;
         free(proj);
         if (!recorded)
             return "/projects/{project}";
@@ -440,6 +459,36 @@ static bool deleted(const kh_http_req *req, const kh_route *route, char *kind, s
     return true;
 }
 
+static struct pending *pending_of(kh_auth *a, const kh_http_req *req)
+{
+    for (size_t i = 0; i < KH_ARRAY_LEN(a->pending); i++)
+        if (a->pending[i].req == req)
+            return &a->pending[i];
+    return NULL;
+}
+
+void kh_auth_pre(kh_http_req *req)
+{
+    kh_auth *a = kh_http_req_auth_data(req);
+    const kh_route *route = kh_http_req_route(req);
+    char kind[32], name[160];
+    if (!a || !a->st || !route || !created(req, route, kind, sizeof(kind), name, sizeof(name)))
+        return;
+    char *have = kh_projects_object_find(a->st, kind, name);
+    if (have) { /* a stale record, or the name is taken: on_reply decides */
+        free(have);
+        return;
+    }
+    char *proj = kh_auth_project(req, NULL);
+    if (proj && kh_projects_object_set(a->st, kind, name, proj, NULL) == 0) {
+        struct pending *p = &a->pending[a->npending_next++ % KH_ARRAY_LEN(a->pending)];
+        p->req = req;
+        snprintf(p->kind, sizeof(p->kind), "%s", kind);
+        snprintf(p->name, sizeof(p->name), "%s", name);
+    }
+    free(proj);
+}
+
 static bool safe_method(const char *m)
 {
     return !m || strcmp(m, "GET") == 0 || strcmp(m, "HEAD") == 0 || strcmp(m, "OPTIONS") == 0;
@@ -452,6 +501,17 @@ void kh_auth_on_reply(kh_http_req *req, unsigned status, void *opaque)
     const char *method = kh_http_req_method(req);
     if (!a || !a->st || safe_method(method))
         return;
+    struct pending *pend = pending_of(a, req);
+    if (pend) {
+        /* (the same object: a request whose client left never gets here, and
+         * a later one may reuse its address) */
+        char pk[32], pn[160];
+        bool same = route && created(req, route, pk, sizeof(pk), pn, sizeof(pn)) &&
+                    strcmp(pk, pend->kind) == 0 && strcmp(pn, pend->name) == 0;
+        if (same && (status < 200 || status >= 300)) /* not made: the name is not ours */
+            kh_projects_object_forget(a->st, pend->kind, pend->name, NULL);
+        pend->req = NULL;
+    }
     char kind[32] = "", name[160] = "", object[KH_AUTH_PATH_MAX] = "";
     bool made = route && status >= 200 && status < 300 &&
                 created(req, route, kind, sizeof(kind), name, sizeof(name));

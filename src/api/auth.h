@@ -65,6 +65,11 @@ int kh_auth_check(kh_http_req *req, const kh_route *route, void *opaque, kh_err 
  * the project of objects created or deleted. */
 void kh_auth_on_reply(kh_http_req *req, unsigned status, void *opaque);
 
+/* Before a handler that creates an object: record it in its project now,
+ * so the events of its creation reach that project (undone by on_reply
+ * when the create fails). Called from the API's pre hook. */
+void kh_auth_pre(kh_http_req *req);
+
 /* ---- for handlers ---- */
 /* The caller (NULL when not authenticated: public routes). */
 const char *kh_auth_principal(const kh_http_req *req);
@@ -76,6 +81,9 @@ char *kh_auth_project(const kh_http_req *req, kh_err *err);
  * rights in). */
 int kh_auth_need(const kh_http_req *req, const char *path, kh_privs need, kh_err *err);
 bool kh_auth_can(const kh_http_req *req, const char *path, kh_privs need);
+/* The same for a principal kept beyond its request (an event stream). */
+bool kh_auth_principal_can(const kh_auth *a, const char *principal, const char *path,
+                           kh_privs need);
 /* A host path in a request: Sys.HostPath on "/" and inside the allowed
  * directories (403 otherwise). what names the field. */
 int kh_auth_hostpath(const kh_http_req *req, const char *path, const char *what, kh_err *err);

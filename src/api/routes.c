@@ -242,8 +242,9 @@ static const kh_route routes[] = {
     { "GET", "/api/v1/tasks/{id}", kh_task_routes_get, 0, "Show a task", NULL, "Task",
       NULL, NULL },
     { "GET", "/api/v1/events", kh_event_routes_stream, KH_ROUTE_SSE,
-      "Event stream (Server-Sent Events; ?since=ID or Last-Event-ID)", NULL, NULL,
-      "Sys.Audit", "/" },
+      "Event stream (Server-Sent Events; ?since=ID or Last-Event-ID): the events of the "
+      "VMs the caller sees (VM.Audit), host events with Sys.Audit on /", NULL, NULL,
+      NULL, NULL },
     { "GET", "/metrics", kh_metrics_routes_prometheus, KH_ROUTE_LOOPBACK_PUBLIC,
       "Prometheus metrics (text format 0.0.4); token on TCP unless --metrics-public and "
       "the client is on loopback", NULL, NULL,

@@ -177,6 +177,11 @@ json_t *kh_projects_json(kh_store *st, const char *name, kh_err *err);
 int kh_projects_object_set(kh_store *st, const char *kind, const char *name,
                            const char *project, kh_err *err);
 int kh_projects_object_forget(kh_store *st, const char *kind, const char *name, kh_err *err);
+/* Record an object that exists without a record as "default" (start-up:
+ * objects made before projects); a recorded one keeps its project. */
+int kh_projects_object_adopt(kh_store *st, const char *kind, const char *name, kh_err *err);
+/* The object's project (owned), or NULL when it has no record. */
+char *kh_projects_object_find(kh_store *st, const char *kind, const char *name);
 /* The object's project (owned); "default" when it has no record. */
 char *kh_projects_object_project(kh_store *st, const char *kind, const char *name);
 

@@ -172,7 +172,18 @@ int kh_projects_object_forget(kh_store *st, const char *kind, const char *name, 
     return kh_store_step_done(st, s, "forgetting an object's project", err);
 }
 
-char *kh_projects_object_project(kh_store *st, const char *kind, const char *name)
+int kh_projects_object_adopt(kh_store *st, const char *kind, const char *name, kh_err *err)
+{
+    sqlite3_stmt *s = kh_store_prep(st, "INSERT OR IGNORE INTO auth_objects (kind, name, "
+                                    "project) VALUES (?, ?, 'default')", err);
+    if (!s)
+        return -1;
+    sqlite3_bind_text(s, 1, kind, -1, SQLITE_TRANSIENT);
+    sqlite3_bind_text(s, 2, name, -1, SQLITE_TRANSIENT);
+    return kh_store_step_done(st, s, "recording an object's project", err);
+}
+
+char *kh_projects_object_find(kh_store *st, const char *kind, const char *name)
 {
     sqlite3_stmt *s = kh_store_prep(st, "SELECT project FROM auth_objects WHERE kind = ? AND "
                                     "name = ?", NULL);
@@ -184,5 +195,11 @@ char *kh_projects_object_project(kh_store *st, const char *kind, const char *nam
             p = kh_store_col_text(s, 0);
         sqlite3_finalize(s);
     }
+    return p;
+}
+
+char *kh_projects_object_project(kh_store *st, const char *kind, const char *name)
+{
+    char *p = kh_projects_object_find(st, kind, name);
     return p ? p : xstrdup("default");
 }

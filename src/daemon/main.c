@@ -800,6 +800,17 @@ int main(int argc, char **argv)
         die("%s", err.msg);
     kh_auth_set_store(d.auth, d.store);
     {
+        /* security groups from before projects belong to "default" (a PUT of
+         * a group without a record creates one in the caller's project) */
+        json_t *sgs = kh_netmgr_sg_list_json(d.net);
+        size_t i;
+        json_t *g;
+        json_array_foreach(sgs, i, g)
+            kh_projects_object_adopt(d.store, "security-group",
+                                     json_string_value(json_object_get(g, "name")), NULL);
+        json_decref(sgs);
+    }
+    {
         const char *deflt[] = { state_dir, "/var/lib/kvmhost/images" };
         if (o.nhost_path_allow)
             kh_auth_set_policy(d.auth, o.host_path_allow, o.nhost_path_allow,

@@ -287,9 +287,13 @@ class Api:
 
 class SSE:
     def __init__(self, unix_path, path="/api/v1/events", headers=None, timeout=10):
-        self.s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.s.settimeout(timeout)
-        self.s.connect(unix_path)
+        # unix_path: a unix socket path, or (host, port) for TCP
+        if isinstance(unix_path, tuple):
+            self.s = socket.create_connection(unix_path, timeout=timeout)
+        else:
+            self.s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            self.s.settimeout(timeout)
+            self.s.connect(unix_path)
         req = "GET %s HTTP/1.1\r\nHost: localhost\r\nAccept: text/event-stream\r\n" % path
         for k, v in (headers or {}).items():
             req += "%s: %s\r\n" % (k, v)

@@ -381,3 +381,33 @@ def test_cli_users_and_tokens(daemons):
     p = khlib.cli(d, "token", "delete", "carol", "ci")
     assert p.returncode == 0, p.stderr
     assert _api(port, secret).get("/api/v1/vms").status == 401
+
+
+def test_events_and_security_groups_per_project(teams, fake_boot):
+    d, port, root, a, b = teams
+    ev_a = khlib.SSE(("127.0.0.1", port), headers={"Authorization": "Bearer " + a.token})
+    ev_root = khlib.SSE(d.socket)
+    try:
+        assert ev_a.status == 200 and ev_root.status == 200
+        _ok(_vm(b, "vb2", fake_boot), 201)
+        _ok(_vm(a, "va2", fake_boot), 201)
+        # root sees both; alice only her project's VM, in order
+        assert ev_root.read_until(lambda e: e["data"].get("vm") == "va2", timeout=10)
+        seen = []
+        got = ev_a.read_until(lambda e: seen.append(e["data"].get("vm")) or
+                              e["data"].get("vm") == "va2", timeout=10)
+        assert got, seen
+        assert "vb2" not in seen and "vb" not in seen, seen
+    finally:
+        ev_a.close()
+        ev_root.close()
+    # security groups: a PUT of a new group creates it in the caller's project
+    sg = {"name": "sga", "rules": [{"direction": "in", "proto": "tcp", "ports": "22"}]}
+    r = a.request("PUT", "/api/v1/security-groups/sga", sg)
+    assert r.status in (200, 201), r
+    assert b.get("/api/v1/security-groups/sga").status == 404
+    assert b.request("PUT", "/api/v1/security-groups/sga", dict(sg, rules=[])).status == 404
+    assert b.delete("/api/v1/security-groups/sga").status == 404
+    assert [g["name"] for g in b.get("/api/v1/security-groups").json["security_groups"]] == []
+    assert [g["name"] for g in a.get("/api/v1/security-groups").json["security_groups"]] == ["sga"]
+    assert len(root.get("/api/v1/security-groups/sga").json["rules"]) == 1
