@@ -119,6 +119,9 @@ def test_two_projects_see_only_their_own(teams, fake_boot):
         "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==", "Sec-WebSocket-Version": "13"})
     assert c.getresponse().status == 404
     c.close()
+    # taking bob's name fails and leaves his VM in his project
+    assert _vm(a, "vb", fake_boot).status == 409
+    assert a.get("/api/v1/vms/vb").status == 404 and b.get("/api/v1/vms/vb").status == 200
     # nothing of bob's changed
     assert root.get("/api/v1/vms/vb").json.get("description", "") == ""
     assert root.get("/api/v1/pools/p/volumes/volb").status == 200
