@@ -23,6 +23,7 @@ struct kh_auth {
     bool loopback_public;         /* KH_ROUTE_LOOPBACK_PUBLIC routes open to 127/8, ::1 */
     kh_sessions *sessions;        /* browser logins (cookie + CSRF token) */
     kh_store *st;                 /* users, tokens, ACLs, projects, audit (NULL: none) */
+    uv_loop_t *loop;              /* password checks on its thread pool (NULL: inline) */
     char **allow;                 /* directories host paths may name */
     size_t nallow;
     bool webhook_internal;        /* webhooks may name loopback/link-local addresses */
@@ -57,6 +58,16 @@ kh_auth *kh_auth_new(const char *token, bool loopback_public)
 void kh_auth_set_store(kh_auth *a, kh_store *st)
 {
     a->st = st;
+}
+
+void kh_auth_set_loop(kh_auth *a, uv_loop_t *loop)
+{
+    a->loop = loop;
+}
+
+uv_loop_t *kh_auth_loop(const kh_auth *a)
+{
+    return a ? a->loop : NULL;
 }
 
 void kh_auth_set_policy(kh_auth *a, const char *const *allow, size_t n, bool webhook_internal)

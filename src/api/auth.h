@@ -12,6 +12,7 @@
 #define KH_API_AUTH_H
 
 #include <stdbool.h>
+#include <uv.h>
 
 #include "auth/auth.h"
 #include "http/http.h"
@@ -46,6 +47,9 @@ void kh_auth_free(kh_auth *a);
  * without a store only the static token and the unix socket work. */
 void kh_auth_set_store(kh_auth *a, kh_store *st);
 bool kh_auth_has_users(const kh_auth *a);
+/* The loop whose thread pool checks passwords (NULL: checked inline). */
+void kh_auth_set_loop(kh_auth *a, uv_loop_t *loop);
+uv_loop_t *kh_auth_loop(const kh_auth *a);
 kh_store *kh_auth_store(const kh_auth *a);
 /* The directories host paths may name (copied), and whether webhooks may
  * name loopback/link-local/metadata addresses. */

@@ -98,8 +98,14 @@ int kh_users_delete(kh_store *st, const char *name, kh_err *err);
  * (name != NULL; NULL with KH_E_NOTFOUND when unknown). */
 json_t *kh_users_json(kh_store *st, const char *name, kh_err *err);
 /* Does name exist and is it enabled, with that password? (constant work
- * for unknown users too). */
+ * for unknown users too). Synchronous: the argon2id check takes tens of ms. */
 bool kh_users_verify(kh_store *st, const char *name, const char *password);
+/* The same in two steps, for a worker thread: the stored hash of an
+ * enabled user (owned; NULL for none), read on the loop thread; then the
+ * check, which touches no shared state but the dummy hash (thread-safe
+ * after kh_users_init). */
+char *kh_users_pwhash(kh_store *st, const char *name);
+bool kh_users_pwcheck(const char *hash, const char *password);
 /* Is the user there and enabled? */
 bool kh_users_enabled(kh_store *st, const char *name);
 /* The user's default project (owned), or NULL. */

@@ -9,12 +9,19 @@
 #include "util/mem.h"
 #include "util/misc.h"
 
+static int hash_password(const char *password, char out[crypto_pwhash_STRBYTES], kh_err *err);
+/* A fixed hash for unknown users, so their answer takes as long (made by
+ * kh_users_init, on the loop thread, before any worker reads it). */
+static char dummy_hash[crypto_pwhash_STRBYTES];
+
 int kh_users_init(kh_err *err)
 {
     if (sodium_init() < 0) {
         kh_err_set(err, KH_E_INTERNAL, "libsodium failed to initialise");
         return -1;
     }
+    if (!dummy_hash[0] && hash_password("not-a-password", dummy_hash, err) < 0)
+        return -1;
     return 0;
 }
 
@@ -188,28 +195,35 @@ json_t *kh_users_json(kh_store *st, const char *name, kh_err *err)
     return one;
 }
 
-bool kh_users_verify(kh_store *st, const char *name, const char *password)
+char *kh_users_pwhash(kh_store *st, const char *name)
 {
-    /* A fixed hash for unknown users, so their answer takes as long. */
-    static char dummy[crypto_pwhash_STRBYTES];
-    if (!dummy[0] && hash_password("not-a-password", dummy, NULL) < 0)
-        return false;
     char *h = NULL;
-    bool enabled = false;
-    sqlite3_stmt *s = kh_store_prep(st, "SELECT pwhash, enabled FROM auth_users WHERE name = ?",
-                                    NULL);
+    sqlite3_stmt *s = kh_store_prep(st, "SELECT pwhash FROM auth_users WHERE name = ? AND "
+                                    "enabled", NULL);
     if (s) {
         sqlite3_bind_text(s, 1, name, -1, SQLITE_TRANSIENT);
-        if (sqlite3_step(s) == SQLITE_ROW) {
+        if (sqlite3_step(s) == SQLITE_ROW)
             h = kh_store_col_text(s, 0);
-            enabled = sqlite3_column_int(s, 1) != 0;
-        }
         sqlite3_finalize(s);
     }
-    bool known = h != NULL;
-    bool ok = crypto_pwhash_str_verify(known ? h : dummy, password, strlen(password)) == 0;
+    return h;
+}
+
+bool kh_users_pwcheck(const char *hash, const char *password)
+{
+    const char *h = hash ? hash : dummy_hash;
+    if (!h[0])
+        return false;
+    bool ok = crypto_pwhash_str_verify(h, password, strlen(password)) == 0;
+    return ok && hash;
+}
+
+bool kh_users_verify(kh_store *st, const char *name, const char *password)
+{
+    char *h = kh_users_pwhash(st, name);
+    bool ok = kh_users_pwcheck(h, password);
     free(h);
-    return ok && known && enabled;
+    return ok;
 }
 
 bool kh_users_enabled(kh_store *st, const char *name)

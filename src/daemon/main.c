@@ -799,6 +799,7 @@ int main(int argc, char **argv)
     if (kh_users_init(&err) < 0)
         die("%s", err.msg);
     kh_auth_set_store(d.auth, d.store);
+    kh_auth_set_loop(d.auth, d.loop);
     {
         /* security groups from before projects belong to "default" (a PUT of
          * a group without a record creates one in the caller's project) */
