@@ -398,8 +398,12 @@ int kh_auth_check(kh_http_req *req, const kh_route *route, void *opaque, kh_err 
 int kh_auth_check_peer(kh_http_req *req, const kh_route *route, void *opaque, kh_err *err)
 {
     (void)opaque;
-    if (kh_http_req_peer_verified(req))
+    if (kh_http_req_peer_verified(req)) {
+        /* another host of the cluster: it checked its caller (handlers see
+         * root@local here; see docs/api.md on projects in a cluster) */
+        kh_http_req_set_principal(req, KH_AUTH_ROOT);
         return 0;
+    }
     const char *auth = kh_http_req_header(req, "Authorization");
     if (auth && route && (route->flags & KH_ROUTE_JOIN) && strncmp(auth, "KH-Join ", 8) == 0)
         return 0;

@@ -517,7 +517,7 @@ static void peer_start(void)
     kh_http_config pcfg = {
         .tcp_listen = d.peer_cfg[0], .tls_trust = d.peer_cfg[1], .tls_cert = d.peer_cfg[2],
         .tls_key = d.peer_cfg[3], .max_body = 1024 * 1024, .max_connections = 64,
-        .auth = kh_auth_check_peer, .auth_opaque = NULL, .pre = kh_api_forward_pre,
+        .auth = kh_auth_check_peer, .auth_opaque = d.auth, .pre = kh_api_forward_pre,
     };
     kh_err err = KH_ERR_INIT;
     d.peer_http = kh_http_server_new(d.loop, &pcfg, routes, nroutes, &d.api, &err);
