@@ -168,6 +168,10 @@ int kh_guard_disks(const kh_http_req *req, const json_t *disks, kh_err *err);
 int kh_guard_volume(const kh_http_req *req, const char *ref, const char *default_pool,
                     kh_err *err);
 int kh_guard_vm_quota(const kh_http_req *req, kh_api *api, const json_t *body, kh_err *err);
+/* The disk quota of project (volume capacities): more bytes on top of what
+ * its volumes have, volume ref except left out (a resize counts anew). */
+int kh_guard_disk_quota(const kh_http_req *req, kh_api *api, const char *project,
+                        uint64_t more, const char *except, kh_err *err);
 
 /* access_routes.c: users, groups, tokens, roles, ACL, projects, permissions, audit */
 void kh_access_routes_users(kh_http_req *req, void *app);

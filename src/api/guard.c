@@ -100,3 +100,39 @@ int kh_guard_vm_quota(const kh_http_req *req, kh_api *api, const json_t *body, k
     free(project);
     return rc;
 }
+
+int kh_guard_disk_quota(const kh_http_req *req, kh_api *api, const char *project,
+                        uint64_t more, const char *except, kh_err *err)
+{
+    kh_store *st = kh_auth_store(kh_http_req_auth_data(req));
+    kh_quota q;
+    if (!st || !api->storage || !project || kh_projects_quota(st, project, &q, err) < 0)
+        return st && project ? -1 : 0;
+    if (!q.disk_bytes)
+        return 0;
+    uint64_t used = 0;
+    json_t *pools = kh_storage_pools_json(api->storage);
+    size_t i, j;
+    json_t *p, *v;
+    json_array_foreach(pools, i, p) {
+        json_t *vols = kh_storage_volumes_json(api->storage,
+                                               json_string_value(json_object_get(p, "name")), NULL);
+        json_array_foreach(vols, j, v) {
+            const char *ref = json_string_value(json_object_get(v, "ref"));
+            if (!ref || (except && strcmp(ref, except) == 0))
+                continue;
+            char *proj = kh_projects_object_project(st, "volume", ref);
+            if (strcmp(proj, project) == 0)
+                used += (uint64_t)json_integer_value(json_object_get(v, "capacity"));
+            free(proj);
+        }
+        json_decref(vols);
+    }
+    json_decref(pools);
+    if (used + more <= (uint64_t)q.disk_bytes)
+        return 0;
+    kh_err_set(err, KH_E_FORBIDDEN, "quota of project %s: at most %lld bytes of disk (%llu in "
+               "use, %llu asked)", project, (long long)q.disk_bytes, (unsigned long long)used,
+               (unsigned long long)more);
+    return -1;
+}

@@ -130,6 +130,17 @@ void kh_storage_routes_volume_create(kh_http_req *req, void *app)
         kh_http_reply_error(req, &err);
         return;
     }
+    uint64_t size = 0;
+    if (json_object_get(body, "size") &&
+        kh_volume_size_parse(json_object_get(body, "size"), &size, NULL) == 0) {
+        char *project = kh_auth_project(req, &err);
+        int rc = project ? kh_guard_disk_quota(req, api, project, size, NULL, &err) : -1;
+        free(project);
+        if (rc < 0) {
+            kh_http_reply_error(req, &err);
+            return;
+        }
+    }
     kh_api_later *l = kh_api_later_new(req, 201);
     int rc = kh_storage_volume_create(api->storage, kh_http_req_param(req, "pool"), body,
                                       on_created, l, &err);
@@ -158,6 +169,21 @@ void kh_storage_routes_volume_resize(kh_http_req *req, void *app)
     if (!body) {
         kh_http_reply_error(req, &err);
         return;
+    }
+    uint64_t size = 0;
+    if (kh_volume_size_parse(json_object_get(body, "size"), &size, NULL) == 0) {
+        /* the new size replaces the volume's in its project's disk quota */
+        char ref[2 * KH_AUTH_NAME_MAX + 2];
+        snprintf(ref, sizeof(ref), "%s/%s", kh_http_req_param(req, "pool"),
+                 kh_http_req_param(req, "volume"));
+        kh_store *st = kh_auth_store(kh_http_req_auth_data(req));
+        char *project = st ? kh_projects_object_project(st, "volume", ref) : NULL;
+        int qrc = kh_guard_disk_quota(req, api, project, size, ref, &err);
+        free(project);
+        if (qrc < 0) {
+            kh_http_reply_error(req, &err);
+            return;
+        }
     }
     kh_api_later *l = kh_api_later_new(req, 200);
     int rc = kh_storage_volume_resize(api->storage, kh_http_req_param(req, "pool"),

@@ -481,7 +481,7 @@ static const cli_opt opts_quota[] = {
     { "vms", "N", CLI_OPT_ARG, "At most N VMs (0: no limit)." },
     { "vcpus", "N", CLI_OPT_ARG, "At most N vCPUs over all its VMs." },
     { "memory-mib", "MIB", CLI_OPT_ARG, "At most this much memory over all its VMs." },
-    { "disk-bytes", "BYTES", CLI_OPT_ARG, "At most this much disk (recorded; not enforced yet)." },
+    { "disk-bytes", "BYTES", CLI_OPT_ARG, "At most this many bytes of volume capacity over all its volumes." },
     { NULL, NULL, 0, NULL },
 };
 static const cli_opt opts_audit[] = {

@@ -333,6 +333,15 @@ def test_quota_and_audit_log(teams, fake_boot):
     r = a.post("/api/v1/vms", {"name": "big", "vcpus": 1, "memory_mib": 64, "boot": fake_boot})
     assert r.status == 403 and "MiB" in r.json["error"]["message"], r
     assert root.delete("/api/v1/projects/x").status == 409  # objects belong to it
+    # disk: the capacities of the project's volumes (vola has 1 MiB)
+    _ok(root.request("PATCH", "/api/v1/projects/x", {"quota": {"disk_bytes": 3 << 20}}), 200)
+    _ok(a.post("/api/v1/pools/p/volumes", {"name": "vola2", "size": "1M"}), 201)
+    r = a.post("/api/v1/pools/p/volumes", {"name": "vola3", "size": "2M"})
+    assert r.status == 403 and "bytes of disk" in r.json["error"]["message"], r
+    _ok(b.post("/api/v1/pools/p/volumes", {"name": "volb2", "size": "2M"}), 201)  # y: no quota
+    r = a.post("/api/v1/pools/p/volumes/vola/resize", {"size": "4M"})
+    assert r.status == 403 and "quota of project x" in r.json["error"]["message"], r
+    _ok(a.post("/api/v1/pools/p/volumes/vola/resize", {"size": "2M"}), 200)
     # every change is in the audit log, with who, from where, what and the result
     log = root.get("/api/v1/audit?limit=1000").json["entries"]
     assert all(e["method"] != "GET" for e in log)
