@@ -423,3 +423,47 @@ def test_events_and_security_groups_per_project(teams, fake_boot):
     assert [g["name"] for g in b.get("/api/v1/security-groups").json["security_groups"]] == []
     assert [g["name"] for g in a.get("/api/v1/security-groups").json["security_groups"]] == ["sga"]
     assert len(root.get("/api/v1/security-groups/sga").json["rules"]) == 1
+
+
+def test_names_paths_and_mass_assignment_refused(teams, fake_boot):
+    """Security cases 4 and 11: names and ACL paths with ../ or other
+    characters are 400 and change nothing; a PATCH or create cannot set an
+    owner or project, a user cannot PATCH their name or groups."""
+    d, port, root, a, b = teams
+    for path, body in [
+        ("/api/v1/users", {"name": "../x"}),
+        ("/api/v1/users", {"name": "root"}),
+        ("/api/v1/users", {"name": "a!b"}),
+        ("/api/v1/users", {"name": "x", "project": "../y"}),
+        ("/api/v1/groups", {"name": "../g"}),
+        ("/api/v1/projects", {"name": "x/../y"}),
+        ("/api/v1/users/alice/tokens", {"name": "../t"}),
+        ("/api/v1/users/alice/tokens", {"name": "t", "acl": [{"path": "/../", "role": "Auditor"}]}),
+        ("/api/v1/users/alice/tokens", {"name": "t2", "acl": [{"path": "/", "role": "God"}]}),
+    ]:
+        r = root.post(path, body)
+        assert r.status == 400, (path, body, r)
+    for body in [{"path": "/vms/../etc", "subject": "alice", "role": "Auditor"},
+                 {"path": "/", "subject": "../alice", "role": "Auditor"},
+                 {"path": "/", "subject": "alice", "role": "../Administrator"},
+                 {"path": "/", "subject": "alice", "role": "Auditor", "owner": "bob"}]:
+        r = root.request("PUT", "/api/v1/acl", body)
+        assert r.status == 400, (body, r)
+    r = root.request("PUT", "/api/v1/roles/..", {"privileges": ["VM.Audit"]})
+    assert r.status in (400, 404), r
+    r = root.request("PUT", "/api/v1/roles/evil", {"privileges": ["Root.All"]})
+    assert r.status == 400, r
+    assert [u["name"] for u in root.get("/api/v1/users").json["users"]] == ["alice", "bob"]
+    assert len(root.get("/api/v1/acl").json["acl"]) == 4  # the fixture's entries only
+    assert [t["name"] for t in root.get("/api/v1/users/alice/tokens").json["tokens"]] == ["cli"]
+    # mass assignment: owner, project, raw arguments are not fields
+    for body in [{"project": "y"}, {"owner": "bob"}, {"qemu_args": ["-S"]}]:
+        r = a.request("PATCH", "/api/v1/vms/va", body)
+        assert r.status == 400, (body, r)
+    r = a.post("/api/v1/vms", {"name": "m1", "vcpus": 1, "memory_mib": 64, "boot": fake_boot,
+                               "project": "y"})
+    assert r.status == 400, r
+    for body in [{"name": "bob"}, {"groups": ["admins"]}, {"role": "Administrator"}]:
+        r = root.request("PATCH", "/api/v1/users/alice", body)
+        assert r.status == 400, (body, r)
+    assert [v["name"] for v in b.get("/api/v1/vms").json["vms"]] == ["vb"]
