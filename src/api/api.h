@@ -162,4 +162,43 @@ void kh_metrics_routes_host(kh_http_req *req, void *app);
 void kh_metrics_routes_alerts(kh_http_req *req, void *app);
 void kh_metrics_routes_alert_rules(kh_http_req *req, void *app);
 
+/* guard.c: what a body names beyond the route's own object (see there).
+ * Each returns 0, or -1 with err set (403/404) and nothing done. */
+int kh_guard_disks(const kh_http_req *req, const json_t *disks, kh_err *err);
+int kh_guard_volume(const kh_http_req *req, const char *ref, const char *default_pool,
+                    kh_err *err);
+int kh_guard_vm_quota(const kh_http_req *req, kh_api *api, const json_t *body, kh_err *err);
+/* The disk quota of project (volume capacities): more bytes on top of what
+ * its volumes have, volume ref except left out (a resize counts anew). */
+int kh_guard_disk_quota(const kh_http_req *req, kh_api *api, const char *project,
+                        uint64_t more, const char *except, kh_err *err);
+
+/* access_routes.c: users, groups, tokens, roles, ACL, projects, permissions, audit */
+void kh_access_routes_users(kh_http_req *req, void *app);
+void kh_access_routes_user_add(kh_http_req *req, void *app);
+void kh_access_routes_user_get(kh_http_req *req, void *app);
+void kh_access_routes_user_patch(kh_http_req *req, void *app);
+void kh_access_routes_user_delete(kh_http_req *req, void *app);
+void kh_access_routes_tokens(kh_http_req *req, void *app);
+void kh_access_routes_token_add(kh_http_req *req, void *app);
+void kh_access_routes_token_delete(kh_http_req *req, void *app);
+void kh_access_routes_groups(kh_http_req *req, void *app);
+void kh_access_routes_group_add(kh_http_req *req, void *app);
+void kh_access_routes_group_delete(kh_http_req *req, void *app);
+void kh_access_routes_member_put(kh_http_req *req, void *app);
+void kh_access_routes_member_delete(kh_http_req *req, void *app);
+void kh_access_routes_roles(kh_http_req *req, void *app);
+void kh_access_routes_role_put(kh_http_req *req, void *app);
+void kh_access_routes_role_delete(kh_http_req *req, void *app);
+void kh_access_routes_acl(kh_http_req *req, void *app);
+void kh_access_routes_acl_put(kh_http_req *req, void *app);
+void kh_access_routes_acl_delete(kh_http_req *req, void *app);
+void kh_access_routes_permissions(kh_http_req *req, void *app);
+void kh_access_routes_projects(kh_http_req *req, void *app);
+void kh_access_routes_project_add(kh_http_req *req, void *app);
+void kh_access_routes_project_get(kh_http_req *req, void *app);
+void kh_access_routes_project_patch(kh_http_req *req, void *app);
+void kh_access_routes_project_delete(kh_http_req *req, void *app);
+void kh_access_routes_audit(kh_http_req *req, void *app);
+
 #endif

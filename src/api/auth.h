@@ -12,7 +12,9 @@
 #define KH_API_AUTH_H
 
 #include <stdbool.h>
+#include <uv.h>
 
+#include "auth/auth.h"
 #include "http/http.h"
 #include "util/err.h"
 
@@ -41,8 +43,59 @@ typedef struct kh_auth kh_auth;
 kh_auth *kh_auth_new(const char *token, bool loopback_public);
 void kh_auth_free(kh_auth *a);
 
-/* The hook for kh_http_config.auth (opaque: the kh_auth). */
-int kh_auth_check(const kh_http_req *req, const kh_route *route, void *opaque, kh_err *err);
+/* Users, tokens, ACLs, projects and the audit log live in st (auth/auth.h);
+ * without a store only the static token and the unix socket work. */
+void kh_auth_set_store(kh_auth *a, kh_store *st);
+bool kh_auth_has_users(const kh_auth *a);
+/* The loop whose thread pool checks passwords (NULL: checked inline). */
+void kh_auth_set_loop(kh_auth *a, uv_loop_t *loop);
+uv_loop_t *kh_auth_loop(const kh_auth *a);
+kh_store *kh_auth_store(const kh_auth *a);
+/* The directories host paths may name (copied), and whether webhooks may
+ * name loopback/link-local/metadata addresses. */
+void kh_auth_set_policy(kh_auth *a, const char *const *allow, size_t n, bool webhook_internal);
+
+/* The hook for kh_http_config.auth (opaque: the kh_auth): identifies the
+ * caller (kh_http_req_set_principal: "root@local" for the unix socket and
+ * the static token, "user" for a session of a user, "user!token" for an
+ * API token), then checks the route's privilege (route->priv) on its path
+ * (route->acl_path with the parameters filled in; {project} = ?project=
+ * or the user's default project). A missing privilege is 403 naming it
+ * and the path; an object of a project where the caller holds nothing is
+ * 404, as if it did not exist. */
+int kh_auth_check(kh_http_req *req, const kh_route *route, void *opaque, kh_err *err);
+/* The hook for kh_http_config.on_reply: the audit log (every write and
+ * login with principal, address, method, path, object and status) and
+ * the project of objects created or deleted. */
+void kh_auth_on_reply(kh_http_req *req, unsigned status, void *opaque);
+
+/* Before a handler that creates an object: record it in its project now,
+ * so the events of its creation reach that project (undone by on_reply
+ * when the create fails). Called from the API's pre hook. */
+void kh_auth_pre(kh_http_req *req);
+
+/* ---- for handlers ---- */
+/* The caller (NULL when not authenticated: public routes). */
+const char *kh_auth_principal(const kh_http_req *req);
+/* The project a create goes to: ?project= (404 when unknown) or the
+ * caller's default project ("default" for root). Owned. */
+char *kh_auth_project(const kh_http_req *req, kh_err *err);
+/* Does the caller hold need on the object path? -1 with err 403 (naming
+ * privilege and path) or 404 (an object of a project the caller has no
+ * rights in). */
+int kh_auth_need(const kh_http_req *req, const char *path, kh_privs need, kh_err *err);
+bool kh_auth_can(const kh_http_req *req, const char *path, kh_privs need);
+/* The same for a principal kept beyond its request (an event stream). */
+bool kh_auth_principal_can(const kh_auth *a, const char *principal, const char *path,
+                           kh_privs need);
+/* A host path in a request: Sys.HostPath on "/" and inside the allowed
+ * directories (403 otherwise). what names the field. */
+int kh_auth_hostpath(const kh_http_req *req, const char *path, const char *what, kh_err *err);
+/* Keep only the items of arr (objects with "name") the caller holds need
+ * on (path prefix + name). */
+void kh_auth_filter(const kh_http_req *req, json_t *arr, const char *prefix, kh_privs need);
+/* A webhook URL's host by the policy (400 for internal addresses). */
+int kh_auth_webhook_host(const kh_http_req *req, const char *host, kh_err *err);
 
 /* Is an API token configured? */
 bool kh_auth_has_token(const kh_auth *a);
@@ -69,7 +122,7 @@ void kh_session_routes_delete(kh_http_req *req, void *app);
 /* The hook of the host-to-host listener (mutual TLS): a request passes with
  * a client certificate from the cluster CA (the caller was checked on the
  * host that forwards it), or on the join route with a KH-Join token. */
-int kh_auth_check_peer(const kh_http_req *req, const kh_route *route, void *opaque,
+int kh_auth_check_peer(kh_http_req *req, const kh_route *route, void *opaque,
                        kh_err *err);
 
 #endif

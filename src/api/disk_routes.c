@@ -17,7 +17,8 @@ void kh_disk_routes_attach(kh_http_req *req, void *app)
     kh_api *api = app;
     kh_err err = KH_ERR_INIT;
     json_t *body = kh_http_req_json(req, &err);
-    if (!body) {
+    const char *vol = body ? json_string_value(json_object_get(body, "volume")) : NULL;
+    if (!body || (vol && kh_guard_volume(req, vol, NULL, &err) < 0)) {
         kh_http_reply_error(req, &err);
         return;
     }

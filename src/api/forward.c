@@ -43,6 +43,7 @@ bool kh_api_forward_pre(kh_http_req *req, void *app)
 {
     kh_api *api = app;
     const kh_route *route = kh_http_req_route(req);
+    kh_auth_pre(req); /* a new object's project, before its creation's events */
     if (!route || !(route->flags & KH_ROUTE_VM) || !kh_cluster_enabled(api->cluster) ||
         kh_http_req_header(req, "KH-Forwarded"))
         return false;

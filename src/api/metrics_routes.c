@@ -2,6 +2,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <curl/curl.h>
+
 #include "api/api.h"
 #include "instance/metrics.h"
 
@@ -64,11 +66,32 @@ void kh_metrics_routes_alerts(kh_http_req *req, void *app)
     kh_http_reply_json(req, 200, kh_alerts_json(api->alerts));
 }
 
+/* The webhook URL's host by the outbound policy (auth: no loopback,
+ * link-local or metadata addresses unless the daemon allows them). */
+static int webhook_policy(const kh_http_req *req, const char *url, kh_err *err)
+{
+    CURLU *u = curl_url();
+    char *host = NULL;
+    int rc = 0;
+    if (u && curl_url_set(u, CURLUPART_URL, url, 0) == CURLUE_OK &&
+        curl_url_get(u, CURLUPART_HOST, &host, 0) == CURLUE_OK && host)
+        rc = kh_auth_webhook_host(req, host, err);
+    curl_free(host);
+    curl_url_cleanup(u);
+    return rc; /* an unparsable URL: kh_alerts_configure says why */
+}
+
 void kh_metrics_routes_alert_rules(kh_http_req *req, void *app)
 {
     kh_api *api = app;
     kh_err err = KH_ERR_INIT;
     json_t *body = kh_http_req_json(req, &err);
+    const char *url = body ? json_string_value(json_object_get(
+                                 json_object_get(body, "webhook"), "url")) : NULL;
+    if (url && webhook_policy(req, url, &err) < 0) {
+        kh_http_reply_error(req, &err);
+        return;
+    }
     if (!body || kh_alerts_configure(api->alerts, body, &err) < 0) {
         kh_http_reply_error(req, &err);
         return;

@@ -8,7 +8,9 @@
 void kh_net_routes_list(kh_http_req *req, void *app)
 {
     kh_api *api = app;
-    kh_http_reply_json(req, 200, json_pack("{s:o}", "networks", kh_netmgr_list_json(api->net)));
+    json_t *nets = kh_netmgr_list_json(api->net);
+    kh_auth_filter(req, nets, "/networks/", KH_PRIV_NETWORK_AUDIT);
+    kh_http_reply_json(req, 200, json_pack("{s:o}", "networks", nets));
 }
 
 void kh_net_routes_create(kh_http_req *req, void *app)
@@ -105,8 +107,9 @@ void kh_net_routes_forward_delete(kh_http_req *req, void *app)
 void kh_net_routes_sg_list(kh_http_req *req, void *app)
 {
     kh_api *api = app;
-    kh_http_reply_json(req, 200,
-                       json_pack("{s:o}", "security_groups", kh_netmgr_sg_list_json(api->net)));
+    json_t *sgs = kh_netmgr_sg_list_json(api->net);
+    kh_auth_filter(req, sgs, "/security-groups/", KH_PRIV_NETWORK_AUDIT);
+    kh_http_reply_json(req, 200, json_pack("{s:o}", "security_groups", sgs));
 }
 
 void kh_net_routes_sg_get(kh_http_req *req, void *app)

@@ -193,6 +193,11 @@ static json_t *operation(const kh_route *r)
     json_object_set_new(op, "responses", responses);
     if (r->flags & KH_ROUTE_PUBLIC)
         json_object_set_new(op, "security", json_array());
+    /* the route's access column: the privilege and the ACL path it is
+     * checked on ({project}: ?project= or the caller's default project) */
+    if (r->priv && r->acl_path)
+        json_object_set_new(op, "x-kvmhost-privilege",
+                            json_pack("{s:s,s:s}", "privilege", r->priv, "path", r->acl_path));
     return op;
 }
 

@@ -2,6 +2,7 @@
 #include "api/session.h"
 
 #include <string.h>
+#include <stdio.h>
 #include <strings.h>
 
 #include <openssl/crypto.h>
@@ -18,6 +19,7 @@ typedef struct session {
     bool used;
     unsigned char id_hash[32];
     char csrf[KH_SESSION_HEX + 1];
+    char principal[KH_SESSION_PRINCIPAL_MAX]; /* who logged in ("" = root@local) */
     uint64_t created_ms, last_ms;
 } session;
 
@@ -217,4 +219,24 @@ kh_code kh_sessions_check(kh_sessions *t, const char *cookie_header, const char 
         CRYPTO_memcmp(csrf_header, csrf, KH_SESSION_HEX) != 0)
         return KH_E_FORBIDDEN;
     return KH_OK;
+}
+
+int kh_sessions_set_principal(kh_sessions *t, const char *id, const char *principal,
+                              uint64_t now_ms)
+{
+    session *s = find(t, id, now_ms);
+    if (!s || !principal || strlen(principal) >= sizeof(s->principal))
+        return -1;
+    snprintf(s->principal, sizeof(s->principal), "%s", principal);
+    return 0;
+}
+
+const char *kh_sessions_principal(kh_sessions *t, const char *cookie_header, uint64_t now_ms)
+{
+    char id[KH_SESSION_HEX + 1];
+    if (!t || !kh_sessions_cookie(cookie_header, KH_SESSION_COOKIE, id, sizeof(id)))
+        return NULL;
+    session *s = find(t, id, now_ms);
+    OPENSSL_cleanse(id, sizeof(id));
+    return s ? s->principal : NULL;
 }

@@ -22,6 +22,7 @@
 
 #define KH_SESSION_COOKIE "kh_session"
 #define KH_SESSION_HEX 64 /* 32 random bytes, hex: the id and the CSRF token */
+#define KH_SESSION_PRINCIPAL_MAX 160 /* "user!token" and its NUL */
 
 typedef struct kh_sessions kh_sessions;
 
@@ -38,6 +39,13 @@ int kh_sessions_create(kh_sessions *t, uint64_t now_ms, char id[KH_SESSION_HEX +
 /* The CSRF token of the live session id (NULL if unknown or expired); a
  * hit counts as use. The pointer lives until the session is removed. */
 const char *kh_sessions_lookup(kh_sessions *t, const char *id, uint64_t now_ms);
+/* Who logged in with session id (a principal such as "alice"); -1 when
+ * the session is unknown or the name too long. */
+int kh_sessions_set_principal(kh_sessions *t, const char *id, const char *principal,
+                              uint64_t now_ms);
+/* The principal of the live session named by a Cookie header, or NULL.
+ * The pointer lives until the session is removed. */
+const char *kh_sessions_principal(kh_sessions *t, const char *cookie_header, uint64_t now_ms);
 /* Forget a session; false if there was none. */
 bool kh_sessions_remove(kh_sessions *t, const char *id);
 /* Live sessions at now_ms. */

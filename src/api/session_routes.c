@@ -8,15 +8,100 @@
 #include <string.h>
 
 #include <openssl/crypto.h>
+#include <uv.h>
 
 #include "api/session.h"
 #include "schema/schema.h"
+#include "util/mem.h"
 #include "util/misc.h"
 
 static bool req_session_id(const kh_http_req *req, char id[KH_SESSION_HEX + 1])
 {
     return kh_sessions_cookie(kh_http_req_header(req, "Cookie"), KH_SESSION_COOKIE, id,
                               KH_SESSION_HEX + 1);
+}
+
+/* Log principal in: a new session, its cookie and CSRF token (201). */
+static void start_session(kh_http_req *req, kh_auth *auth, const char *principal)
+{
+    kh_err err = KH_ERR_INIT;
+    char id[KH_SESSION_HEX + 1], csrf[KH_SESSION_HEX + 1];
+    if (kh_sessions_create(kh_auth_sessions(auth), kh_now_ms(), id, csrf, &err) != 0) {
+        kh_http_reply_error(req, &err);
+        return;
+    }
+    kh_sessions_set_principal(kh_auth_sessions(auth), id, principal, kh_now_ms());
+    kh_http_req_set_principal(req, principal);
+    char cookie[256];
+    snprintf(cookie, sizeof(cookie), "%s=%s; Path=/; HttpOnly; SameSite=Strict%s",
+             KH_SESSION_COOKIE, id, kh_http_req_is_tls(req) ? "; Secure" : "");
+    OPENSSL_cleanse(id, sizeof(id));
+    kh_http_req_add_header(req, "Set-Cookie", cookie);
+    OPENSSL_cleanse(cookie, sizeof(cookie));
+    kh_http_req_add_header(req, "Cache-Control", "no-store");
+    kh_http_reply_json(req, 201, json_pack("{s:s,s:s}", "csrf_token", csrf, "principal",
+                                           principal));
+}
+
+/* A password check on the thread pool (argon2id takes tens of ms; the loop
+ * keeps serving meanwhile). */
+typedef struct login_job {
+    uv_work_t work;
+    kh_http_req *req; /* NULL once the client left */
+    kh_auth *auth;
+    char *hash, *password, *user;
+    bool ok;
+} login_job;
+
+static void login_work(uv_work_t *w)
+{
+    login_job *j = w->data;
+    j->ok = kh_users_pwcheck(j->hash, j->password);
+}
+
+static void login_abort(kh_http_req *req, void *opaque)
+{
+    (void)req;
+    login_job *j = opaque;
+    j->req = NULL;
+}
+
+static void login_done(uv_work_t *w, int status)
+{
+    login_job *j = w->data;
+    if (j->req) {
+        kh_http_req_on_abort(j->req, NULL, NULL);
+        if (status == 0 && j->ok && kh_users_enabled(kh_auth_store(j->auth), j->user)) {
+            start_session(j->req, j->auth, j->user);
+        } else {
+            kh_err err = KH_ERR_INIT;
+            kh_err_set(&err, KH_E_UNAUTHORIZED, "wrong user name or password");
+            kh_http_reply_error(j->req, &err);
+        }
+    }
+    free(j->hash);
+    OPENSSL_cleanse(j->password, strlen(j->password));
+    free(j->password);
+    free(j->user);
+    free(j);
+}
+
+static void password_login(kh_http_req *req, kh_auth *auth, const char *user, const char *pass)
+{
+    login_job *j = xcalloc(1, sizeof(*j));
+    j->req = req;
+    j->auth = auth;
+    j->hash = kh_users_pwhash(kh_auth_store(auth), user);
+    j->password = xstrdup(pass);
+    j->user = xstrdup(user);
+    j->work.data = j;
+    uv_loop_t *loop = kh_auth_loop(auth);
+    if (!loop || uv_queue_work(loop, &j->work, login_work, login_done) != 0) {
+        login_work(&j->work); /* no loop (unit tests): here */
+        login_done(&j->work, 0);
+        return;
+    }
+    kh_http_req_on_abort(req, login_abort, j);
 }
 
 void kh_session_routes_post(kh_http_req *req, void *app)
@@ -34,34 +119,45 @@ void kh_session_routes_post(kh_http_req *req, void *app)
         return;
     }
     const char *tok = json_string_value(json_object_get(body, "token"));
-    if (!tok || !tok[0]) {
-        kh_err_set(&err, KH_E_INVALID, "\"token\" must be a non-empty string");
+    const char *user = json_string_value(json_object_get(body, "user"));
+    const char *pass = json_string_value(json_object_get(body, "password"));
+    const char *principal = KH_AUTH_ROOT;
+    if (tok && (user || pass)) {
+        kh_err_set(&err, KH_E_INVALID, "give \"token\", or \"user\" and \"password\"");
         kh_http_reply_error(req, &err);
         return;
     }
-    if (!auth || !kh_auth_has_token(auth)) {
-        kh_err_set(&err, KH_E_UNSUPPORTED, "no API token is configured (no TCP listener)");
-        kh_http_reply_error(req, &err);
+    if (user && pass) {
+        if (!auth || !kh_auth_has_users(auth)) {
+            kh_err_set(&err, KH_E_UNSUPPORTED, "no user database");
+            kh_http_reply_error(req, &err);
+            return;
+        }
+        if (!kh_privs_name_ok(user)) {
+            kh_err_set(&err, KH_E_UNAUTHORIZED, "wrong user name or password");
+            kh_http_reply_error(req, &err);
+            return;
+        }
+        password_login(req, auth, user, pass);
         return;
+    } else {
+        if (!tok || !tok[0]) {
+            kh_err_set(&err, KH_E_INVALID, "\"token\" must be a non-empty string");
+            kh_http_reply_error(req, &err);
+            return;
+        }
+        if (!auth || !kh_auth_has_token(auth)) {
+            kh_err_set(&err, KH_E_UNSUPPORTED, "no API token is configured (no TCP listener)");
+            kh_http_reply_error(req, &err);
+            return;
+        }
+        if (!kh_auth_token_ok(auth, tok, strlen(tok))) {
+            kh_err_set(&err, KH_E_UNAUTHORIZED, "wrong token");
+            kh_http_reply_error(req, &err);
+            return;
+        }
     }
-    if (!kh_auth_token_ok(auth, tok, strlen(tok))) {
-        kh_err_set(&err, KH_E_UNAUTHORIZED, "wrong token");
-        kh_http_reply_error(req, &err);
-        return;
-    }
-    char id[KH_SESSION_HEX + 1], csrf[KH_SESSION_HEX + 1];
-    if (kh_sessions_create(kh_auth_sessions(auth), kh_now_ms(), id, csrf, &err) != 0) {
-        kh_http_reply_error(req, &err);
-        return;
-    }
-    char cookie[256];
-    snprintf(cookie, sizeof(cookie), "%s=%s; Path=/; HttpOnly; SameSite=Strict%s",
-             KH_SESSION_COOKIE, id, kh_http_req_is_tls(req) ? "; Secure" : "");
-    OPENSSL_cleanse(id, sizeof(id));
-    kh_http_req_add_header(req, "Set-Cookie", cookie);
-    OPENSSL_cleanse(cookie, sizeof(cookie));
-    kh_http_req_add_header(req, "Cache-Control", "no-store");
-    kh_http_reply_json(req, 201, json_pack("{s:s}", "csrf_token", csrf));
+    start_session(req, auth, principal);
 }
 
 void kh_session_routes_get(kh_http_req *req, void *app)
@@ -73,17 +169,21 @@ void kh_session_routes_get(kh_http_req *req, void *app)
     if (auth && req_session_id(req, id))
         csrf = kh_sessions_lookup(kh_auth_sessions(auth), id, kh_now_ms());
     const char *via = NULL;
+    const char *who = kh_auth_principal(req);
+    const char *authz = kh_http_req_header(req, "Authorization");
     if (kh_http_req_is_local(req))
         via = "unix socket";
-    else if (kh_auth_bearer_ok(auth, kh_http_req_header(req, "Authorization")))
+    else if (who && authz)
         via = "token";
-    else if (csrf)
+    else if (who && csrf)
         via = "session";
     /* A public route: a page asks it before logging in, and a 401 would
      * be noise in its console. */
     json_t *j = json_pack("{s:b}", "authenticated", via != NULL);
-    if (via)
+    if (via) {
         json_object_set_new(j, "via", json_string(via));
+        json_object_set_new(j, "principal", json_string(who));
+    }
     if (csrf && via && strcmp(via, "session") == 0)
         json_object_set_new(j, "csrf_token", json_string(csrf));
     kh_http_req_add_header(req, "Cache-Control", "no-store");

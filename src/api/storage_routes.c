@@ -7,6 +7,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <stdio.h>
+
 #include "api/api.h"
 #include "util/mem.h"
 
@@ -67,6 +69,11 @@ void kh_storage_routes_pool_create(kh_http_req *req, void *app)
     if (!storage_ready(req, api))
         return;
     json_t *body = kh_http_req_json(req, &err);
+    const char *path = body ? json_string_value(json_object_get(body, "path")) : NULL;
+    if (path && kh_auth_hostpath(req, path, "path", &err) < 0) {
+        kh_http_reply_error(req, &err);
+        return;
+    }
     json_t *p = body ? kh_storage_pool_create(api->storage, body, &err) : NULL;
     if (!p) {
         kh_http_reply_error(req, &err);
@@ -98,6 +105,11 @@ void kh_storage_routes_volumes(kh_http_req *req, void *app)
     if (!storage_ready(req, api))
         return;
     json_t *v = kh_storage_volumes_json(api->storage, kh_http_req_param(req, "pool"), &err);
+    if (v) {
+        char prefix[KH_AUTH_PATH_MAX];
+        snprintf(prefix, sizeof(prefix), "/pools/%s/volumes/", kh_http_req_param(req, "pool"));
+        kh_auth_filter(req, v, prefix, KH_PRIV_DATASTORE_AUDIT);
+    }
     if (!v)
         kh_http_reply_error(req, &err);
     else
@@ -111,9 +123,23 @@ void kh_storage_routes_volume_create(kh_http_req *req, void *app)
     if (!storage_ready(req, api))
         return;
     json_t *body = kh_http_req_json(req, &err);
-    if (!body) {
+    const char *imp = body ? json_string_value(json_object_get(body, "import")) : NULL;
+    const char *backing = body ? json_string_value(json_object_get(body, "backing")) : NULL;
+    if (!body || (imp && kh_auth_hostpath(req, imp, "import", &err) < 0) ||
+        (backing && kh_guard_volume(req, backing, kh_http_req_param(req, "pool"), &err) < 0)) {
         kh_http_reply_error(req, &err);
         return;
+    }
+    uint64_t size = 0;
+    if (json_object_get(body, "size") &&
+        kh_volume_size_parse(json_object_get(body, "size"), &size, NULL) == 0) {
+        char *project = kh_auth_project(req, &err);
+        int rc = project ? kh_guard_disk_quota(req, api, project, size, NULL, &err) : -1;
+        free(project);
+        if (rc < 0) {
+            kh_http_reply_error(req, &err);
+            return;
+        }
     }
     kh_api_later *l = kh_api_later_new(req, 201);
     int rc = kh_storage_volume_create(api->storage, kh_http_req_param(req, "pool"), body,
@@ -143,6 +169,21 @@ void kh_storage_routes_volume_resize(kh_http_req *req, void *app)
     if (!body) {
         kh_http_reply_error(req, &err);
         return;
+    }
+    uint64_t size = 0;
+    if (kh_volume_size_parse(json_object_get(body, "size"), &size, NULL) == 0) {
+        /* the new size replaces the volume's in its project's disk quota */
+        char ref[2 * KH_AUTH_NAME_MAX + 2];
+        snprintf(ref, sizeof(ref), "%s/%s", kh_http_req_param(req, "pool"),
+                 kh_http_req_param(req, "volume"));
+        kh_store *st = kh_auth_store(kh_http_req_auth_data(req));
+        char *project = st ? kh_projects_object_project(st, "volume", ref) : NULL;
+        int qrc = kh_guard_disk_quota(req, api, project, size, ref, &err);
+        free(project);
+        if (qrc < 0) {
+            kh_http_reply_error(req, &err);
+            return;
+        }
     }
     kh_api_later *l = kh_api_later_new(req, 200);
     int rc = kh_storage_volume_resize(api->storage, kh_http_req_param(req, "pool"),

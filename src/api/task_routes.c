@@ -1,4 +1,6 @@
 /* task_routes.c - GET /api/v1/tasks[/{id}]. */
+#include <stdio.h>
+
 #include "api/api.h"
 #include "util/check.h"
 
@@ -10,6 +12,14 @@ void kh_task_routes_list(kh_http_req *req, void *app)
     if (!arr) {
         kh_http_reply_error(req, &err);
         return;
+    }
+    /* a task of a VM is seen by those who see the VM; others by root */
+    for (size_t i = json_array_size(arr); i-- > 0;) {
+        const char *vm = json_string_value(json_object_get(json_array_get(arr, i), "vm"));
+        char path[KH_AUTH_PATH_MAX];
+        snprintf(path, sizeof(path), "/vms/%s", vm ? vm : "");
+        if (!kh_auth_can(req, vm ? path : "/", vm ? KH_PRIV_VM_AUDIT : KH_PRIV_SYS_AUDIT))
+            json_array_remove(arr, i);
     }
     kh_http_reply_json(req, 200, json_pack("{s:o}", "tasks", arr));
 }

@@ -29,7 +29,9 @@ void kh_template_routes_make(kh_http_req *req, void *app)
 void kh_template_routes_list(kh_http_req *req, void *app)
 {
     kh_api *api = app;
-    kh_http_reply_json(req, 200, json_pack("{s:o}", "templates", kh_template_list(api->mgr)));
+    json_t *t = kh_template_list(api->mgr);
+    kh_auth_filter(req, t, "/vms/", KH_PRIV_VM_AUDIT);
+    kh_http_reply_json(req, 200, json_pack("{s:o}", "templates", t));
 }
 
 typedef struct clone_wait {

@@ -47,6 +47,7 @@ void kh_vm_routes_list(kh_http_req *req, void *app)
         json_array_extend(all, remote);
         json_decref(remote);
     }
+    kh_auth_filter(req, all, "/vms/", KH_PRIV_VM_AUDIT);
     kh_http_reply_json(req, 200, json_pack("{s:o}", "vms", all));
 }
 
@@ -55,6 +56,15 @@ void kh_vm_routes_create(kh_http_req *req, void *app)
     kh_api *api = app;
     kh_err err = KH_ERR_INIT;
     json_t *body = kh_http_req_json(req, &err);
+    const char *tmpl = body ? json_string_value(json_object_get(body, "from_template")) : NULL;
+    char tpath[KH_AUTH_PATH_MAX];
+    snprintf(tpath, sizeof(tpath), "/vms/%s", tmpl ? tmpl : "");
+    if (body && ((tmpl && kh_auth_need(req, tpath, KH_PRIV_VM_AUDIT, &err) < 0) ||
+                 kh_guard_disks(req, json_object_get(body, "disks"), &err) < 0 ||
+                 kh_guard_vm_quota(req, api, body, &err) < 0)) {
+        reply_err(req, &err);
+        return;
+    }
     if (body && json_object_get(body, "from_template")) {
         kh_template_routes_clone(req, api, body);
         return;
@@ -133,6 +143,10 @@ void kh_vm_routes_patch(kh_http_req *req, void *app)
     kh_api *api = app;
     kh_err err = KH_ERR_INIT;
     json_t *body = kh_http_req_json(req, &err);
+    if (body && kh_guard_disks(req, json_object_get(body, "disks"), &err) < 0) {
+        reply_err(req, &err);
+        return;
+    }
     if (body && patch_live_vcpus(req, api, body))
         return;
     json_t *vm = body ? kh_config_patch(api->mgr, kh_http_req_param(req, "name"), body, &err)

@@ -26,6 +26,7 @@ static const cli_cmd *const parts[] = {
     cli_volume_cmds,
     cli_disk_cmds,
     cli_volume_delete_cmds,
+    cli_access_cmds,
 };
 
 #define CLI_MAX_COMMANDS 128
@@ -66,6 +67,14 @@ static const struct {
     { "volume", "manage disk volumes in pools" },
     { "events", "follow what happens on the host" },
     { "version", "show versions" },
+    { "user", "manage local users (password login, tokens)" },
+    { "group", "manage groups of users" },
+    { "token", "manage API tokens of users (user!name)" },
+    { "role", "list and define roles (sets of privileges)" },
+    { "acl", "give users, groups and tokens roles on paths" },
+    { "permissions", "show your effective privileges" },
+    { "project", "manage projects and their quotas" },
+    { "audit", "show the audit log" },
 };
 
 /* ---- lookup ---- */

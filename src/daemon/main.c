@@ -76,6 +76,10 @@ typedef struct options {
     const char *advertise;
     const char *etcd_endpoints, *etcd_ca, *etcd_cert, *etcd_key, *etcd_binary;
     unsigned cluster_ttl_s;
+    /* auth: directories host paths may name; webhooks to internal addresses */
+    const char *host_path_allow[16];
+    size_t nhost_path_allow;
+    bool webhook_allow_internal;
 } options;
 
 /* Everything the daemon holds, reachable from one place (and by leak
@@ -160,6 +164,11 @@ static void usage(FILE *fp)
             "  --etcd-ca FILE, --etcd-cert FILE, --etcd-key FILE  TLS for --etcd-endpoints\n"
             "  --etcd-binary PATH  the etcd of the local member (default /usr/bin/etcd)\n"
             "  --cluster-ttl SECONDS  the member lease TTL (default 10, 2 to 300)\n"
+            "  --host-path-allow DIR  host paths (raw disks, imports, pools) may lie in\n"
+            "                      DIR (repeatable; default STATE_DIR and\n"
+            "                      /var/lib/kvmhost/images)\n"
+            "  --webhook-allow-internal  alert webhooks may name loopback, link-local\n"
+            "                      and metadata addresses\n"
             "  --log-file FILE     log here instead of stderr\n"
             "  --log-level LEVEL   debug, info, warn or error (default info)\n"
             "  --version           print the version and exit\n"
@@ -186,7 +195,8 @@ static void parse_args(int argc, char **argv, options *o)
     enum { O_STATE = 256, O_RUN, O_SOCKET, O_LISTEN, O_CERT, O_KEY, O_LOGF, O_LOGL, O_QEMU,
            O_QUSER, O_WEB, O_VERSION, O_HELP, O_MPUBLIC, O_SAMPLE, O_ALERTS, O_INSTANCE,
            O_HOSTNAME, O_ADVERTISE, O_ETCD_EPS, O_ETCD_CA, O_ETCD_CERT, O_ETCD_KEY, O_ETCD_BIN,
-           O_CTTL, O_QUIDS, O_NOTLS, O_TLSFP, O_RATE, O_BURST };
+           O_CTTL, O_QUIDS, O_NOTLS, O_TLSFP, O_RATE, O_BURST, O_HPALLOW,
+           O_WHINTERNAL };
     static const struct option longopts[] = {
         { "state-dir", required_argument, NULL, O_STATE },
         { "run-dir", required_argument, NULL, O_RUN },
@@ -216,6 +226,8 @@ static void parse_args(int argc, char **argv, options *o)
         { "tls-fingerprint", no_argument, NULL, O_TLSFP },
         { "rate-limit", required_argument, NULL, O_RATE },
         { "rate-burst", required_argument, NULL, O_BURST },
+        { "host-path-allow", required_argument, NULL, O_HPALLOW },
+        { "webhook-allow-internal", no_argument, NULL, O_WHINTERNAL },
         { "version", no_argument, NULL, O_VERSION },
         { "help", no_argument, NULL, O_HELP },
         { NULL, 0, NULL, 0 },
@@ -239,6 +251,13 @@ static void parse_args(int argc, char **argv, options *o)
         case O_QUIDS: o->qemu_uid_range = optarg; break;
         case O_WEB: o->web_dir = optarg; break;
         case O_MPUBLIC: o->metrics_public = true; break;
+        case O_HPALLOW:
+            if (o->nhost_path_allow >= KH_ARRAY_LEN(o->host_path_allow) || optarg[0] != '/')
+                die("--host-path-allow: an absolute directory, at most %zu times",
+                    KH_ARRAY_LEN(o->host_path_allow));
+            o->host_path_allow[o->nhost_path_allow++] = optarg;
+            break;
+        case O_WHINTERNAL: o->webhook_allow_internal = true; break;
         case O_ALERTS: o->alert_rules = optarg; break;
         case O_INSTANCE: o->instance = optarg; break;
         case O_HOSTNAME: o->host_name = optarg; break;
@@ -566,7 +585,7 @@ static void peer_start(void)
     kh_http_config pcfg = {
         .tcp_listen = d.peer_cfg[0], .tls_trust = d.peer_cfg[1], .tls_cert = d.peer_cfg[2],
         .tls_key = d.peer_cfg[3], .max_body = 1024 * 1024, .max_connections = 64,
-        .auth = kh_auth_check_peer, .auth_opaque = NULL, .pre = kh_api_forward_pre,
+        .auth = kh_auth_check_peer, .auth_opaque = d.auth, .pre = kh_api_forward_pre,
     };
     kh_err err = KH_ERR_INIT;
     d.peer_http = kh_http_server_new(d.loop, &pcfg, routes, nroutes, &d.api, &err);
@@ -927,6 +946,29 @@ int main(int argc, char **argv)
         web_dir = KH_WEB_DIR;
     /* Only TCP needs the token; unix-socket-only daemons never touch OpenSSL. */
     d.auth = kh_auth_new(o.listen ? d.token : NULL, o.metrics_public);
+    if (kh_users_init(&err) < 0)
+        die("%s", err.msg);
+    kh_auth_set_store(d.auth, d.store);
+    kh_auth_set_loop(d.auth, d.loop);
+    {
+        /* security groups from before projects belong to "default" (a PUT of
+         * a group without a record creates one in the caller's project) */
+        json_t *sgs = kh_netmgr_sg_list_json(d.net);
+        size_t i;
+        json_t *g;
+        json_array_foreach(sgs, i, g)
+            kh_projects_object_adopt(d.store, "security-group",
+                                     json_string_value(json_object_get(g, "name")), NULL);
+        json_decref(sgs);
+    }
+    {
+        const char *deflt[] = { state_dir, "/var/lib/kvmhost/images" };
+        if (o.nhost_path_allow)
+            kh_auth_set_policy(d.auth, o.host_path_allow, o.nhost_path_allow,
+                               o.webhook_allow_internal);
+        else
+            kh_auth_set_policy(d.auth, deflt, KH_ARRAY_LEN(deflt), o.webhook_allow_internal);
+    }
     kh_http_config hcfg = {
         .unix_path = socket_path,
         .unix_mode = 0660,
@@ -944,6 +986,7 @@ int main(int argc, char **argv)
         .on_request = on_request,
         .on_request_opaque = NULL,
         .pre = kh_api_forward_pre,
+        .on_reply = kh_auth_on_reply,
     };
     d.http = kh_http_server_new(d.loop, &hcfg, routes, nroutes, &d.api, &err);
     if (!d.http)

@@ -144,8 +144,8 @@ struct kh_http_server {
     uint64_t head_timeout_ms;
     kh_ratelimit *ratelimit;  /* NULL: no rate limit */
     uv_timer_t sweep;         /* guard.c, each second */
-    const char *(*principal)(const kh_http_req *req, void *opaque);
     kh_http_auth_fn auth;
+    void (*on_reply)(kh_http_req *req, unsigned status, void *auth_opaque);
     void *auth_opaque;
     kh_http_request_cb on_request;
     void *on_request_opaque;
@@ -210,6 +210,7 @@ struct kh_http_req {
     uint64_t stream_dropped;
     uint64_t start_ms;
     uint64_t start_ns;         /* uv_hrtime(), for the latency hook */
+    char *principal;           /* who the auth hook says is calling (owned) */
     kh_http_req *prev, *next;
 };
 

@@ -139,12 +139,11 @@ unsigned kh_ratelimit_take(kh_ratelimit *rl, const char *key, bool priority, uin
     return s;
 }
 
-/* The caller's key: "p:" + the application's principal, else "a:" + the
- * client address (no port). */
+/* The caller's key: "p:" + the principal the auth hook set on the request
+ * (kh_http_req_set_principal), else "a:" + the client address (no port). */
 void kh_ratelimit_key(const kh_http_req *req, char *buf, size_t size)
 {
-    kh_http_server *srv = req->srv;
-    const char *p = srv && srv->principal ? srv->principal(req, srv->auth_opaque) : NULL;
+    const char *p = kh_http_req_principal(req);
     if (p && *p) {
         snprintf(buf, size, "p:%s", p);
         return;

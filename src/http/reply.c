@@ -88,6 +88,8 @@ enum MHD_Result kh_reply_queue(kh_http_req *req)
         req->srv->on_request(req->srv->on_request_opaque, req->method ? req->method : "?",
                              req->route ? req->route->path : NULL, req->status,
                              (double)(uv_hrtime() - req->start_ns) / 1e9);
+    if (req->srv && req->srv->on_reply)
+        req->srv->on_reply(req, req->status, req->srv->auth_opaque);
     return r;
 }
 

@@ -85,6 +85,7 @@ void kh_req_free(kh_http_req *req)
     for (size_t i = 0; i < req->nparams; i++)
         free(req->params[i].value);
     free(req->body);
+    free(req->principal);
     json_decref(req->json);
     kh_strv_free(req->hdrs);
     free(req);
@@ -291,4 +292,34 @@ bool kh_http_req_host_is_self(const kh_http_req *req)
         return IN6_IS_ADDR_V4MAPPED(a) && memcmp(a->s6_addr + 12, want, 4) == 0;
     }
     return false;
+}
+
+void kh_http_req_set_principal(kh_http_req *req, const char *principal)
+{
+    free(req->principal);
+    req->principal = principal ? xstrdup(principal) : NULL;
+}
+
+const char *kh_http_req_principal(const kh_http_req *req)
+{
+    return req->principal;
+}
+
+/* The client's address as text ("unix" over the unix socket). */
+void kh_http_req_peer_address(const kh_http_req *req, char *buf, size_t len)
+{
+    snprintf(buf, len, "%s", req->local ? "unix" : "?");
+    const union MHD_ConnectionInfo *ci =
+        !req->local && req->conn
+            ? MHD_get_connection_info(req->conn, MHD_CONNECTION_INFO_CLIENT_ADDRESS)
+            : NULL;
+    const struct sockaddr *sa = ci ? ci->client_addr : NULL;
+    if (!sa)
+        return;
+    if (sa->sa_family == AF_INET)
+        inet_ntop(AF_INET, &((const struct sockaddr_in *)(const void *)sa)->sin_addr, buf,
+                  (socklen_t)len);
+    else if (sa->sa_family == AF_INET6)
+        inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)(const void *)sa)->sin6_addr, buf,
+                  (socklen_t)len);
 }

@@ -52,6 +52,13 @@ bool kh_http_req_host_is_self(const kh_http_req *req);
 bool kh_http_req_same_origin(const kh_http_req *req);
 /* The pure part of it: does Origin (NULL: none sent) name Host? */
 bool kh_http_origin_same(const char *origin, const char *host);
+/* The caller's identity as the auth hook named it (e.g. "root@local",
+ * "alice", "alice!ci"), for handlers, rate limits and audit; NULL when
+ * none was set. The request keeps a copy. */
+void kh_http_req_set_principal(kh_http_req *req, const char *principal);
+const char *kh_http_req_principal(const kh_http_req *req);
+/* The client's address as text into buf ("unix" over the unix socket). */
+void kh_http_req_peer_address(const kh_http_req *req, char *buf, size_t len);
 /* The route that matched (NULL before routing or when none did). */
 const kh_route *kh_http_req_route(const kh_http_req *req);
 /* cfg->auth_opaque of the request's server (NULL once the client left). */

@@ -40,6 +40,12 @@ typedef struct kh_route {
     const char *summary;         /* one line, for OpenAPI and docs */
     const char *request_schema;  /* components/schemas name or NULL */
     const char *response_schema; /* components/schemas name or NULL */
+    /* Access tags for the application's auth hook (the server never reads
+     * them): the privilege the route needs (NULL: none beyond being
+     * authenticated) and the object path it is checked on, with {param}s
+     * of the route path ("/vms/{name}"). */
+    const char *priv;
+    const char *acl_path;
 } kh_route;
 
 #define KH_ROUTER_MAX_PARAMS 8

@@ -107,10 +107,12 @@ static enum MHD_Result req_begin(kh_http_req *req, const char *method, const cha
         return ret;
     }
     req->route = route;
+    if (route) /* the parameters, for the auth hook's per-object checks */
+        kh_router_match(route->path, &ps, req->params, &req->nparams);
+    kh_router_path_clear(&ps);
     kh_err err = KH_ERR_INIT;
     int arc = srv->auth ? srv->auth(req, route, srv->auth_opaque, &err) : 0;
     if (arc != 0) {
-        kh_router_path_clear(&ps);
         if (!req_rate_ok(req, NULL, &ret)) /* failed logins count too (by address) */
             return ret;
         if (!kh_err_isset(&err))
@@ -119,20 +121,15 @@ static enum MHD_Result req_begin(kh_http_req *req, const char *method, const cha
             return kh_reply_fail_status(req, 421, &err, false);
         return kh_reply_fail_err(req, &err);
     }
-    if (!req_rate_ok(req, route, &ret)) {
-        kh_router_path_clear(&ps);
+    if (!req_rate_ok(req, route, &ret))
         return ret;
-    }
     if (!route) {
-        kh_router_path_clear(&ps);
         if (path_known) {
             kh_http_req_add_header(req, MHD_HTTP_HEADER_ALLOW, allow);
             return kh_reply_fail(req, KH_E_METHOD, "method %s not allowed on this path", method);
         }
         return kh_reply_fail(req, KH_E_NOTFOUND, "no such route");
     }
-    kh_router_match(route->path, &ps, req->params, &req->nparams);
-    kh_router_path_clear(&ps);
     for (size_t i = 0; i < req->nparams; i++) {
         const char *v = req->params[i].value;
         if (strchr(v, '/'))
@@ -316,11 +313,11 @@ kh_http_server *kh_http_server_new(uv_loop_t *loop, const kh_http_config *cfg,
                                                 : HTTP_DEFAULT_HEAD_TIMEOUT_MS;
     if (cfg->rate_limit)
         srv->ratelimit = kh_ratelimit_new(cfg->rate_limit, cfg->rate_burst);
-    srv->principal = cfg->principal;
     srv->web_fd = -1;
     srv->refs = 1;
     srv->auth = cfg->auth;
     srv->auth_opaque = cfg->auth_opaque;
+    srv->on_reply = cfg->on_reply;
     srv->web_skip = cfg->web_skip ? xstrdup(cfg->web_skip) : NULL;
     srv->on_request = cfg->on_request;
     srv->on_request_opaque = cfg->on_request_opaque;

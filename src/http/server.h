@@ -32,7 +32,7 @@ typedef void (*kh_http_request_cb)(void *opaque, const char *method, const char 
  * KH_HTTP_AUTH_MISDIRECTED with err set to be answered 421. Runs
  * once the headers are in, before the body. */
 #define KH_HTTP_AUTH_MISDIRECTED (-2) /* the hook's answer: 421, not this server's Host */
-typedef int (*kh_http_auth_fn)(const kh_http_req *req, const kh_route *route, void *opaque,
+typedef int (*kh_http_auth_fn)(kh_http_req *req, const kh_route *route, void *opaque,
                                kh_err *err);
 
 typedef struct kh_http_config {
@@ -51,10 +51,6 @@ typedef struct kh_http_config {
                               * start or its previous reply; 0 = 10000 */
     unsigned rate_limit;     /* TCP requests per second per caller; 0 = none */
     unsigned rate_burst;     /* bucket size; 0 = rate_limit */
-    /* The caller's name for the rate limit (e.g. a user or token), or NULL:
-     * its client address is used. Called after the auth hook, with
-     * auth_opaque; the string need only live until it returns. */
-    const char *(*principal)(const kh_http_req *req, void *opaque);
     const char *web_dir;     /* static files served under "/" (GET), or NULL */
     const char *web_skip;    /* a path prefix ("/api") never served from web_dir, or NULL */
     unsigned idle_timeout;   /* seconds an idle plain HTTP connection is kept;
@@ -66,6 +62,10 @@ typedef struct kh_http_config {
      * took the request (it replies, now or later, instead of the handler). */
     bool (*pre)(kh_http_req *req, void *app);
     void *on_request_opaque;
+    /* Optional, once per answered request, after on_request (the request
+     * with its route, principal and body still readable; the final status):
+     * e.g. an audit trail. Gets auth_opaque. */
+    void (*on_reply)(kh_http_req *req, unsigned status, void *auth_opaque);
 } kh_http_config;
 
 kh_http_server *kh_http_server_new(uv_loop_t *loop, const kh_http_config *cfg,

@@ -16,6 +16,9 @@ const kh_store_migration kh_store_migrations[] = {
     { 9, "alert", kh_alert_schema_config },
     { 10, "cluster", kh_cluster_schema_config },
     { 11, "migrate", kh_migrate_schema_migrations },
+    /* auth: 19-22 */
+    { 19, "auth", kh_auth_schema_access },
+    { 20, "auth", kh_auth_schema_audit },
     /* confine (issue 12): per-VM QEMU uids */
     { 23, "vmuid", kh_vmuid_schema_uids },
 };

@@ -293,9 +293,13 @@ class Api:
 
 class SSE:
     def __init__(self, unix_path, path="/api/v1/events", headers=None, timeout=10):
-        self.s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.s.settimeout(timeout)
-        self.s.connect(unix_path)
+        # unix_path: a unix socket path, or (host, port) for TCP
+        if isinstance(unix_path, tuple):
+            self.s = socket.create_connection(unix_path, timeout=timeout)
+        else:
+            self.s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            self.s.settimeout(timeout)
+            self.s.connect(unix_path)
         req = "GET %s HTTP/1.1\r\nHost: localhost\r\nAccept: text/event-stream\r\n" % path
         for k, v in (headers or {}).items():
             req += "%s: %s\r\n" % (k, v)
@@ -624,7 +628,8 @@ class Daemon:
     """One kvmhostd in a fresh temp dir: BASE/state (state dir),
     BASE/sock (socket), BASE/daemon.log (stdout+stderr of every run)."""
 
-    def __init__(self, base=None, listen=None, extra_args=None, tls=True, env=None):
+    def __init__(self, base=None, listen=None, extra_args=None, tls=True, env=None,
+                 open_policy=True):
         if not os.access(DAEMON_BIN, os.X_OK):
             raise FileNotFoundError("no daemon binary at %s (set KH_BUILD_DIR)" % DAEMON_BIN)
         self.base = base or tempfile.mkdtemp(prefix="khbb-", dir="/tmp")
@@ -638,6 +643,11 @@ class Daemon:
         self.tls = tls
         self.env = dict(env or {})  # extra environment of the daemon
         self.extra_args = list(extra_args or [])
+        # the tests' disks, pools and imports live in /tmp and the repo, and
+        # their webhook receivers on loopback: open_policy=False keeps the
+        # daemon's defaults (host paths in its state dir only, no webhooks
+        # to internal addresses)
+        self.open_policy = open_policy
         self.proc = None
         self.vm_ids = set()
         self.api = Api(self.socket, on_vm=self._note_vm)
@@ -661,6 +671,9 @@ class Daemon:
             a += ["--listen", self.listen]
             if not self.tls:
                 a += ["--no-tls"]
+        if self.open_policy:
+            a += ["--host-path-allow", "/tmp", "--host-path-allow", REPO,
+                  "--webhook-allow-internal"]
         return a + self.extra_args
 
     def start(self, timeout=30):

@@ -45,8 +45,9 @@ export async function sessionInfo() {
   return s;
 }
 
-export async function login(token) {
-  const s = await api('POST', '/api/v1/session', { token });
+// With a user name: a local user's password login; else the API token.
+export async function login(token, user) {
+  const s = await api('POST', '/api/v1/session', user ? { user, password: token } : { token });
   csrf = s.csrf_token;
   return s;
 }

@@ -15,6 +15,7 @@ import { storagePage } from './pages/storage.js';
 import { alertsPage } from './pages/alerts.js';
 import { tasksPage } from './pages/tasks.js';
 import { hostsPage } from './pages/hosts.js';
+import { auditPage } from './pages/audit.js';
 
 const main = document.getElementById('main');
 const top = document.getElementById('top');
@@ -35,6 +36,7 @@ const ROUTES = [
   { re: /^#\/alerts\/?$/, nav: 'alerts', page: alertsPage, title: 'Alerts' },
   { re: /^#\/tasks\/?$/, nav: 'dashboard', page: tasksPage, title: 'Tasks' },
   { re: /^#\/hosts\/?$/, nav: 'hosts', page: hostsPage, title: 'Hosts' },
+  { re: /^#\/audit\/?$/, nav: 'audit', page: auditPage, title: 'Audit log' },
 ];
 
 function teardown() {

@@ -123,7 +123,9 @@ async function main() {
   env.UBSAN_OPTIONS = [env.UBSAN_OPTIONS, 'print_stacktrace=1:halt_on_error=1'].filter(Boolean).join(':');
   const daemon = spawn(daemonBin, ['--state-dir', state, '--socket', join(base, 'api.sock'),
     '--listen', `127.0.0.1:${port}`, '--web-dir', webDir, '--log-file', daemonLog,
-    '--log-level', 'debug', '--sample-interval-ms', '1000'], { stdio: ['ignore', errFd, errFd], env });
+    '--log-level', 'debug', '--sample-interval-ms', '1000',
+    // the test's pool and guest files, and its webhook receiver on loopback
+    '--host-path-allow', base, '--host-path-allow', root, '--webhook-allow-internal'], { stdio: ['ignore', errFd, errFd], env });
   closeSync(errFd);
   let daemonExit = null;
   daemon.on('exit', (code, sig) => { daemonExit = sig || code; });
@@ -204,6 +206,19 @@ async function main() {
     const bearer = { Authorization: `Bearer ${token}`, 'Content-Type': 'application/json' };
     let r = await fetch(`${url}/api/v1/pools`, { method: 'POST', headers: bearer, body: JSON.stringify({ name: 'webpool', path: poolDir }) });
     ok(r.status === 201, `a storage pool for the test (${r.status})`);
+    // the audit log page shows that write, with who did it and from where
+    await page.goto(`${url}/#/audit`);
+    const auditRow = page.locator('#audit tbody tr').filter({ hasText: 'POST /api/v1/pools' }).first();
+    await auditRow.waitFor({ timeout: 10000 });
+    const auditText = await auditRow.textContent();
+    ok(/root@local/.test(auditText) && /127\.0\.0\.1/.test(auditText) && /201/.test(auditText),
+      `the Audit page lists the pool creation with principal, address and status (${auditText})`);
+    await page.locator('#audit-principal').fill('nobody');
+    await page.getByRole('button', { name: 'Filter' }).click();
+    await page.locator('#audit p', { hasText: 'No entries.' }).waitFor({ timeout: 10000 });
+    ok(true, 'the Audit page filters by principal');
+    await page.goto(`${url}/#/`);
+    await page.locator('#accel').waitFor();
     r = await fetch(`${url}/api/v1/pools/webpool/volumes`, { method: 'POST', headers: bearer, body: JSON.stringify({ name: 'data1', format: 'qcow2', size: 16777216 }) });
     ok(r.status === 201, `a volume in it (${r.status})`);
     // a network for the wizard, made through the API

@@ -245,19 +245,19 @@ static void h_events(kh_http_req *req, void *app)
 }
 
 const kh_route routes[] = {
-    { "GET", "/api/v1/hello", h_hello, 0, "say hello", NULL, "Hello" },
-    { "GET", "/api/v1/items/{name}", h_item, 0, "one item", NULL, "Item" },
-    { "DELETE", "/api/v1/items/{name}", h_item, 0, "delete an item", NULL, NULL },
-    { "POST", "/api/v1/items", h_items_post, 0, "create an item", "ItemSpec", "Item" },
-    { "POST", "/api/v1/raw", h_raw, KH_ROUTE_RAW, "raw echo", NULL, NULL },
-    { "GET", "/api/v1/slow", h_slow, 0, "late reply", NULL, NULL },
-    { "GET", "/api/v1/noabort", h_noabort, 0, "late reply, no abort callback", NULL, NULL },
-    { "GET", "/api/v1/public", h_public, KH_ROUTE_PUBLIC, "public", NULL, NULL },
-    { "GET", "/api/v1/ws", h_ws, KH_ROUTE_WEBSOCKET, "echo WebSocket", NULL, NULL },
-    { "GET", "/api/v1/events", h_events, KH_ROUTE_SSE, "event stream", NULL, NULL },
-    { "POST", "/api/v1/session", kh_session_routes_post, KH_ROUTE_PUBLIC, "log in", NULL, NULL },
-    { "GET", "/api/v1/session", kh_session_routes_get, KH_ROUTE_PUBLIC, "session", NULL, NULL },
-    { "DELETE", "/api/v1/session", kh_session_routes_delete, 0, "log out", NULL, NULL },
+    { "GET", "/api/v1/hello", h_hello, 0, "say hello", NULL, "Hello", NULL, NULL },
+    { "GET", "/api/v1/items/{name}", h_item, 0, "one item", NULL, "Item", NULL, NULL },
+    { "DELETE", "/api/v1/items/{name}", h_item, 0, "delete an item", NULL, NULL, NULL, NULL },
+    { "POST", "/api/v1/items", h_items_post, 0, "create an item", "ItemSpec", "Item", NULL, NULL },
+    { "POST", "/api/v1/raw", h_raw, KH_ROUTE_RAW, "raw echo", NULL, NULL, NULL, NULL },
+    { "GET", "/api/v1/slow", h_slow, 0, "late reply", NULL, NULL, NULL, NULL },
+    { "GET", "/api/v1/noabort", h_noabort, 0, "late reply, no abort callback", NULL, NULL, NULL, NULL },
+    { "GET", "/api/v1/public", h_public, KH_ROUTE_PUBLIC, "public", NULL, NULL, NULL, NULL },
+    { "GET", "/api/v1/ws", h_ws, KH_ROUTE_WEBSOCKET, "echo WebSocket", NULL, NULL, NULL, NULL },
+    { "GET", "/api/v1/events", h_events, KH_ROUTE_SSE, "event stream", NULL, NULL, NULL, NULL },
+    { "POST", "/api/v1/session", kh_session_routes_post, KH_ROUTE_PUBLIC, "log in", NULL, NULL, NULL, NULL },
+    { "GET", "/api/v1/session", kh_session_routes_get, KH_ROUTE_PUBLIC, "session", NULL, NULL, NULL, NULL },
+    { "DELETE", "/api/v1/session", kh_session_routes_delete, 0, "log out", NULL, NULL, NULL, NULL },
 };
 const size_t nroutes = KH_ARRAY_LEN(routes);
 

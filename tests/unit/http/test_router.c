@@ -15,12 +15,12 @@ static void h(kh_http_req *req, void *app)
 }
 
 static const kh_route routes[] = {
-    { "GET", "/", h, 0, "root", NULL, NULL },
-    { "GET", "/api/v1/vms", h, 0, "list", NULL, NULL },
-    { "POST", "/api/v1/vms", h, 0, "create", NULL, NULL },
-    { "GET", "/api/v1/vms/{name}", h, 0, "get", NULL, NULL },
-    { "DELETE", "/api/v1/vms/{name}", h, 0, "delete", NULL, NULL },
-    { "POST", "/api/v1/vms/{name}/disks/{disk}/resize", h, 0, "resize", NULL, NULL },
+    { "GET", "/", h, 0, "root", NULL, NULL, NULL, NULL },
+    { "GET", "/api/v1/vms", h, 0, "list", NULL, NULL, NULL, NULL },
+    { "POST", "/api/v1/vms", h, 0, "create", NULL, NULL, NULL, NULL },
+    { "GET", "/api/v1/vms/{name}", h, 0, "get", NULL, NULL, NULL, NULL },
+    { "DELETE", "/api/v1/vms/{name}", h, 0, "delete", NULL, NULL, NULL, NULL },
+    { "POST", "/api/v1/vms/{name}/disks/{disk}/resize", h, 0, "resize", NULL, NULL, NULL, NULL },
 };
 
 /* Match path against pattern; the params land in p/np (cleared first). */
@@ -112,14 +112,14 @@ static void test_check(void)
 {
     kh_err err = KH_ERR_INIT;
     CHECK(kh_router_check(routes, KH_ARRAY_LEN(routes), &err) == 0);
-    const kh_route bad_path[] = { { "GET", "nope", h, 0, NULL, NULL, NULL } };
+    const kh_route bad_path[] = { { "GET", "nope", h, 0, NULL, NULL, NULL, NULL, NULL } };
     CHECK(kh_router_check(bad_path, 1, &err) == -1 && err.code == KH_E_INTERNAL);
     kh_err_clear(&err);
-    const kh_route no_handler[] = { { "GET", "/x", NULL, 0, NULL, NULL, NULL } };
+    const kh_route no_handler[] = { { "GET", "/x", NULL, 0, NULL, NULL, NULL, NULL, NULL } };
     CHECK(kh_router_check(no_handler, 1, &err) == -1);
     kh_err_clear(&err);
     const kh_route many[] = { { "GET", "/{a}/{b}/{c}/{d}/{e}/{f}/{g}/{h}/{i}", h, 0, NULL,
-                                NULL, NULL } };
+                                NULL, NULL, NULL, NULL } };
     CHECK(kh_router_check(many, 1, &err) == -1);
 }
 

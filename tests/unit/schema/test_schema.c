@@ -201,6 +201,14 @@ static const struct {
     { "ActionOptions", NULL, NULL },
     { "StopOptions", NULL, NULL },
     { "SessionLogin", NULL, NULL },
+    { "UserSpec", NULL, NULL },
+    { "UserPatch", NULL, NULL },
+    { "TokenSpec", NULL, NULL },
+    { "GroupSpec", NULL, NULL },
+    { "RoleSpec", NULL, NULL },
+    { "ACLEntry", NULL, NULL },
+    { "ProjectSpec", NULL, NULL },
+    { "ProjectPatch", NULL, NULL },
 };
 
 static int refuse(validate_fn fn, const char *schema, const json_t *b, kh_err *err)

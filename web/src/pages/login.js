@@ -1,4 +1,5 @@
-// login.js - log in with the API token (STATE_DIR/api-token). The token is
+// login.js - log in with a local user's name and password, or with the API
+// token (STATE_DIR/api-token) when the user field is empty. The secret is
 // sent once and not kept; the daemon sets a session cookie.
 import { login } from '../api.js';
 import { h, replace } from '../dom.js';
@@ -9,10 +10,16 @@ export function loginPage(main, _params, { onLogin }) {
     id: 'token', name: 'token', type: 'password', required: true, autocomplete: 'current-password',
     spellcheck: 'false', 'aria-describedby': 'token-help login-error',
   });
+  const user = h('input', {
+    id: 'user', name: 'user', type: 'text', autocomplete: 'username', spellcheck: 'false',
+    'aria-describedby': 'token-help',
+  });
   const button = h('button', { type: 'submit', class: 'btn primary' }, 'Log in');
   const form = h('form', { class: 'card login', 'aria-labelledby': 'login-title' },
     h('h1', { id: 'login-title' }, 'kvmhost'),
-    h('label', { for: 'token' }, 'API token'),
+    h('label', { for: 'user' }, 'User (leave empty to log in with the token)'),
+    user,
+    h('label', { for: 'token' }, 'Password or API token'),
     input,
     h('p', { id: 'token-help', class: 'muted small' },
       'The token is in STATE_DIR/api-token on the host (default /var/lib/kvmhost/api-token). ',
@@ -23,11 +30,11 @@ export function loginPage(main, _params, { onLogin }) {
     button.disabled = true;
     err.hidden = true;
     try {
-      await login(input.value.trim());
+      await login(input.value.trim(), user.value.trim());
       input.value = '';
       onLogin();
     } catch (ex) {
-      err.textContent = ex.status === 401 ? 'Wrong token.' : ex.message;
+      err.textContent = ex.status === 401 ? (user.value.trim() ? 'Wrong user name or password.' : 'Wrong token.') : ex.message;
       err.hidden = false;
       input.focus();
     } finally {
@@ -35,5 +42,5 @@ export function loginPage(main, _params, { onLogin }) {
     }
   });
   replace(main, h('div', { class: 'center' }, form));
-  input.focus();
+  user.focus();
 }
