@@ -26,6 +26,7 @@ static const cli_cmd *const parts[] = {
     cli_volume_cmds,
     cli_disk_cmds,
     cli_volume_delete_cmds,
+    cli_backup_cmds,
 };
 
 #define CLI_MAX_COMMANDS 128
@@ -64,6 +65,8 @@ static const struct {
     { "template", "make templates of VMs, to clone" },
     { "snapshot", "snapshot VMs and go back to a snapshot" },
     { "volume", "manage disk volumes in pools" },
+    { "backup", "back up VMs into backup stores, restore, verify, prune" },
+    { "backup-store", "manage backup stores" },
     { "events", "follow what happens on the host" },
     { "version", "show versions" },
 };

@@ -1,0 +1,72 @@
+/* backup_int.h - what the files of backup/ share: the manager's state, the
+ * catalog (backup.c) and the worker helper. */
+#ifndef KH_BACKUP_INT_H
+#define KH_BACKUP_INT_H
+
+#include <jansson.h>
+#include <stdbool.h>
+#include <uv.h>
+
+#include "backup/backup.h"
+#include "backup/chunks.h"
+#include "backup/nbd.h"
+#include "storage/key.h"
+
+typedef struct kh_bop kh_bop;
+
+struct kh_backups {
+    uv_loop_t *loop;
+    kh_store *store;
+    kh_manager *mgr;
+    kh_storage *st;
+    kh_tasks *tasks;
+    kh_events *events;
+    char *state_dir;
+    char *tmp_dir; /* STATE_DIR/backup-tmp: NBD sockets */
+    kh_key_master master;
+    kh_bop *ops;   /* operations under way */
+};
+
+/* One operation under way (a backup, restore, verify or prune): what makes
+ * another one on the same VM or store wait (409). */
+struct kh_bop {
+    kh_backups *b;
+    const char *kind; /* "backup.create", ... */
+    char *vm_id;      /* the VM it reads or writes, or NULL */
+    char *store;      /* the store it writes or prunes, or NULL */
+    bool exclusive;   /* nothing else may run on the store (prune) */
+    kh_task *task;
+    kh_nbd_stats stats;
+    uint64_t total;   /* bytes to handle, for progress */
+    uint64_t t0_ms;
+    uv_timer_t *timer;
+    kh_bop *link;
+};
+
+/* Register an operation; 409 when it conflicts with one under way. The
+ * task is created here; progress is published every 500 ms from stats. */
+kh_bop *kh_backup_op_begin(kh_backups *b, size_t size, const char *kind, const char *vm_name,
+                           const char *vm_id, const char *store, bool exclusive, kh_err *err);
+/* Ends the task (err NULL: succeeded with result, stolen) and frees op
+ * (op is the head of a bigger struct: free_fn frees it). */
+void kh_backup_op_end(kh_bop *op, json_t *result, const kh_err *err);
+
+/* Run fn(opaque) on the thread pool, then done(opaque) on the loop. */
+typedef void (*kh_backup_work_fn)(void *opaque);
+void kh_backup_work(kh_backups *b, kh_backup_work_fn fn, kh_backup_work_fn done, void *opaque);
+
+/* The catalog. A store opened (key unwrapped); caller frees. */
+kh_chunks *kh_backup_store_open(kh_backups *b, const char *name, kh_err *err);
+/* A backup row as JSON {"id", "store", "vm", "vm_id", "kind", "base", "created_at",
+ * ... record}. */
+json_t *kh_backup_row(kh_backups *b, const char *id, kh_err *err);
+/* The newest backup of vm_id in store, or NULL (err unset when none). */
+json_t *kh_backup_last(kh_backups *b, const char *store, const char *vm_id, kh_err *err);
+int kh_backup_insert(kh_backups *b, const json_t *row, kh_err *err);
+/* The folder of backup id in its store (caller frees). */
+char *kh_backup_dir(const kh_chunks *c, const char *id);
+/* Read disk i's index of backup id. */
+int kh_backup_index_read(const kh_chunks *c, const char *id, size_t i, kh_index *ix,
+                         kh_err *err);
+
+#endif
