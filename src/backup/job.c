@@ -626,7 +626,7 @@ kh_task *kh_backup_create(kh_backups *b, const char *vm_name, const json_t *body
     }
     json_decref(vm);
     kh_err e = KH_ERR_INIT;
-    j->base = kh_backup_last(b, store, vm_id, &e);
+    j->base = kh_backup_last(b, j->store, j->vm_id, &e);
     kh_task *task = j->op.task;
     disk_step(j);
     return task;

@@ -187,6 +187,8 @@ int kh_nbd_pull(const kh_nbd_pull_spec *spec, kh_nbd_stats *st, kh_index *out, k
             nbd_fail(err, KH_E_QEMU, "NBD block status");
             goto done;
         }
+        if (getenv("KH_BK_DEBUG"))
+            fprintf(stderr, "piece %zu inc=%d seen=%llu dirty=%d zero=%llu\n", i, incremental, (unsigned long long)ps.dirty_seen, ps.dirty, (unsigned long long)ps.zero_len);
         if (incremental && ps.dirty_seen >= len && !ps.dirty) {
             memcpy(out->digest[i], spec->base->digest[i], KH_DIGEST_HEX);
             if (out->digest[i][0])

