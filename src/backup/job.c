@@ -19,7 +19,7 @@
 #include "util/mem.h"
 #include "util/misc.h"
 
-#define BITMAP_PREFIX "kh-bk-"
+#define BITMAP_PREFIX KH_BACKUP_BITMAP_PREFIX
 #define QIMG_TIMEOUT_MS (5u * 60 * 1000)
 #define NBD_TIMEOUT_MS (24u * 3600 * 1000)
 
@@ -27,51 +27,12 @@ static const char *const spec_keys[] = { "name", "description", "vcpus", "max_vc
                                          "memory_mib", "machine", "boot", "disks", "nics",
                                          "serial", "graphics", "hugepages", "limits" };
 
-typedef struct jdisk {
-    size_t index;       /* in the VM's spec */
-    char *ref;          /* pool/name */
-    char volume_id[37];
-    char *file;         /* the top image */
-    bool qcow2;
-    char *base_bitmap;  /* the last committed backup's bitmap, when usable */
-    json_t *stale;      /* other kh-bk-* bitmaps in the image */
-    bool added;         /* our new bitmap is in the image */
-    kh_index ix;
-    uint64_t size;
-} jdisk;
+static void disk_step(kh_job *j);
+static unsigned job_seq;
+static void finish(kh_job *j);
+static void cleanup_step(kh_job *j);
 
-typedef struct job {
-    kh_bop op; /* first */
-    char id[37];
-    char bitmap[64]; /* BITMAP_PREFIX + id */
-    char *vm, *vm_id, *store;
-    kh_chunks *chunks;
-    json_t *spec;
-    json_t *base; /* the previous backup's row, or NULL */
-    jdisk *disks;
-    size_t ndisks, cur;
-    /* the current disk's export and pull */
-    char sock[256];
-    pid_t nbd_pid;
-    bool nbd_running, pulling;
-    char *nbd_errtext;
-    kh_index base_ix;
-    bool have_base_ix;
-    kh_err pull_err;
-    int pull_rc;
-    /* the end */
-    kh_err failure;
-    bool failed;
-    size_t cleanup_disk;
-    size_t cleanup_item;
-    double time;
-} job;
-
-static void disk_step(job *j);
-static void finish(job *j);
-static void cleanup_step(job *j);
-
-static void job_free_parts(job *j)
+static void job_free_parts(kh_job *j)
 {
     for (size_t i = 0; i < j->ndisks; i++) {
         free(j->disks[i].ref);
@@ -79,6 +40,8 @@ static void job_free_parts(job *j)
         free(j->disks[i].base_bitmap);
         json_decref(j->disks[i].stale);
         kh_index_clear(&j->disks[i].ix);
+        if (j->disks[i].have_base)
+            kh_index_clear(&j->disks[i].base);
     }
     free(j->disks);
     if (j->have_base_ix)
@@ -90,15 +53,16 @@ static void job_free_parts(job *j)
     kh_chunks_free(j->chunks);
     json_decref(j->spec);
     json_decref(j->base);
+    json_decref(j->nodes);
 }
 
-static void job_end(job *j, json_t *result)
+static void job_end(kh_job *j, json_t *result)
 {
     job_free_parts(j);
     kh_backup_op_end(&j->op, result, j->failed ? &j->failure : NULL);
 }
 
-static void fail(job *j, const kh_err *err)
+static void fail(kh_job *j, const kh_err *err)
 {
     if (!j->failed) {
         kh_err_copy(&j->failure, err);
@@ -109,7 +73,7 @@ static void fail(job *j, const kh_err *err)
     cleanup_step(j);
 }
 
-static char *qimg_bin(job *j)
+static char *qimg_bin(kh_job *j)
 {
     return (char *)(uintptr_t)kh_qimg_binary(kh_storage_qimg(j->op.b->st));
 }
@@ -121,7 +85,7 @@ static char *qimg_bin(job *j)
 
 static void cleanup_done(const kh_qimg_result *r, void *opaque)
 {
-    job *j = opaque;
+    kh_job *j = opaque;
     if (r->status != 0)
         kh_log(KH_LOG_WARN, "backup.bitmap", "vm=%s file=%s error=\"%s\"", j->vm,
                j->disks[j->cleanup_disk].file, r->errtext ? r->errtext : "");
@@ -129,7 +93,16 @@ static void cleanup_done(const kh_qimg_result *r, void *opaque)
     cleanup_step(j);
 }
 
-static void cleanup_step(job *j)
+static void cleanup_live_done(kh_job *j, const kh_err *err)
+{
+    if (err)
+        kh_log(KH_LOG_WARN, "backup.bitmap", "vm=%s disk=%zu error=\"%s\"", j->vm,
+               j->disks[j->cleanup_disk].index, err->msg);
+    j->cleanup_item++;
+    cleanup_step(j);
+}
+
+static void cleanup_step(kh_job *j)
 {
     kh_qimg *q = kh_storage_qimg(j->op.b->st);
     while (j->cleanup_disk < j->ndisks) {
@@ -147,6 +120,10 @@ static void cleanup_step(job *j)
             j->cleanup_disk++;
             j->cleanup_item = 0;
             continue;
+        }
+        if (j->live) {
+            kh_live_bitmap_remove(j, j->cleanup_disk, name, cleanup_live_done);
+            return;
         }
         char *argv[] = { qimg_bin(j), (char *)(uintptr_t)"bitmap", (char *)(uintptr_t)"--remove",
                          d->file, (char *)(uintptr_t)name, NULL };
@@ -171,7 +148,7 @@ static int write_json(const char *path, json_t *j, kh_err *err)
     return rc;
 }
 
-static json_t *record_json(job *j)
+static json_t *record_json(kh_job *j)
 {
     json_t *disks = json_array();
     uint64_t size = 0;
@@ -209,7 +186,7 @@ static json_t *record_json(job *j)
 
 /* Indexes and manifest into backups/.tmp-ID, fsync'd, renamed to
  * backups/ID; then the row. Anything before the row is invisible. */
-static int commit(job *j, json_t *rec, kh_err *err)
+static int commit(kh_job *j, json_t *rec, kh_err *err)
 {
     char *dir = kh_backup_dir(j->chunks, j->id);
     char *tmp = xasprintf("%s/backups/.tmp-%s", kh_chunks_path(j->chunks), j->id);
@@ -275,7 +252,7 @@ out:
     return rc;
 }
 
-static void all_pulled(job *j)
+static void all_pulled(kh_job *j)
 {
     kh_err err = KH_ERR_INIT;
     json_t *rec = record_json(j);
@@ -299,7 +276,7 @@ static void all_pulled(job *j)
     cleanup_step(j);
 }
 
-static void finish(job *j)
+static void finish(kh_job *j)
 {
     kh_err err = KH_ERR_INIT;
     json_t *row = kh_backup_row(j->op.b, j->id, &err);
@@ -316,7 +293,7 @@ static void finish(job *j)
 
 static void pull_work(void *opaque)
 {
-    job *j = opaque;
+    kh_job *j = opaque;
     jdisk *d = &j->disks[j->cur];
     kh_nbd_pull_spec spec = { .chunks = j->chunks, .socket = j->sock, .export_name = "",
                               .bitmap = d->base_bitmap,
@@ -325,7 +302,7 @@ static void pull_work(void *opaque)
     j->pull_rc = kh_nbd_pull(&spec, &j->op.stats, &d->ix, &j->pull_err);
 }
 
-static void disk_pulled(job *j)
+static void disk_pulled(kh_job *j)
 {
     if (j->nbd_running || j->pulling)
         return;
@@ -346,7 +323,7 @@ static void disk_pulled(job *j)
 
 static void pull_done(void *opaque)
 {
-    job *j = opaque;
+    kh_job *j = opaque;
     j->pulling = false;
     if (j->pull_rc < 0 && j->nbd_running)
         kill(j->nbd_pid, SIGTERM);
@@ -355,7 +332,7 @@ static void pull_done(void *opaque)
 
 static void nbd_exited(const kh_qimg_result *r, void *opaque)
 {
-    job *j = opaque;
+    kh_job *j = opaque;
     j->nbd_running = false;
     free(j->nbd_errtext);
     j->nbd_errtext = xstrdup(r->errtext ? r->errtext : "");
@@ -364,7 +341,7 @@ static void nbd_exited(const kh_qimg_result *r, void *opaque)
     disk_pulled(j);
 }
 
-static void start_export(job *j)
+static void start_export(kh_job *j)
 {
     jdisk *d = &j->disks[j->cur];
     kh_err err = KH_ERR_INIT;
@@ -413,7 +390,7 @@ static void start_export(job *j)
 
 static void bitmap_added(const kh_qimg_result *r, void *opaque)
 {
-    job *j = opaque;
+    kh_job *j = opaque;
     if (r->status != 0) {
         kh_err err = KH_ERR_INIT;
         kh_err_set(&err, KH_E_QEMU, "qemu-img bitmap --add: %s",
@@ -428,7 +405,7 @@ static void bitmap_added(const kh_qimg_result *r, void *opaque)
 /* qemu-img info: which bitmaps the image has; decide full or incremental. */
 static void info_done(const kh_qimg_result *r, void *opaque)
 {
-    job *j = opaque;
+    kh_job *j = opaque;
     jdisk *d = &j->disks[j->cur];
     kh_err err = KH_ERR_INIT;
     json_error_t je;
@@ -478,8 +455,19 @@ static void info_done(const kh_qimg_result *r, void *opaque)
         fail(j, &err);
 }
 
-static void disk_step(job *j)
+static void live_started(kh_job *j, const kh_err *err);
+
+static void disk_step(kh_job *j)
 {
+    if (j->live) {
+        if (j->cur == 0) {
+            kh_task_progress(j->op.task, 2, "the point in time");
+            kh_live_start(j, live_started);
+        } else {
+            all_pulled(j);
+        }
+        return;
+    }
     if (j->cur == j->ndisks) {
         all_pulled(j);
         return;
@@ -503,9 +491,82 @@ static void disk_step(job *j)
         fail(j, &err);
 }
 
+/* ---- a running VM: every disk through QEMU's own NBD export ---- */
+
+static void live_pull_work(void *opaque)
+{
+    kh_job *j = opaque;
+    j->pull_rc = 0;
+    for (size_t i = 0; i < j->ndisks && j->pull_rc == 0; i++) {
+        jdisk *d = &j->disks[i];
+        kh_nbd_pull_spec spec = {
+            .chunks = j->chunks,
+            .bitmap = d->have_base ? json_string_value(json_object_get(
+                                         json_array_get(j->nodes, i), "snap"))
+                                   : NULL,
+            .base = d->have_base ? &d->base : NULL,
+            .handle = d->nbd };
+        j->pull_rc = kh_nbd_pull(&spec, &j->op.stats, &d->ix, &j->pull_err);
+    }
+}
+
+static void live_stopped(kh_job *j, const kh_err *err)
+{
+    (void)err;
+    kh_live_release(j);
+    unlink(j->sock);
+    j->cur = j->ndisks;
+    if (j->pull_rc < 0) {
+        fail(j, &j->pull_err);
+        return;
+    }
+    all_pulled(j);
+}
+
+static void live_pull_done(void *opaque)
+{
+    kh_job *j = opaque;
+    j->pulling = false;
+    kh_task_progress(j->op.task, 96, "taking the export down");
+    kh_live_stop(j, live_stopped);
+}
+
+static void live_started(kh_job *j, const kh_err *err)
+{
+    if (err) {
+        unlink(j->sock);
+        fail(j, err);
+        return;
+    }
+    kh_err e = KH_ERR_INIT;
+    for (size_t i = 0; i < j->ndisks; i++) {
+        jdisk *d = &j->disks[i];
+        if (d->base_bitmap &&
+            kh_backup_index_read(j->chunks, json_string_value(json_object_get(j->base, "id")),
+                                 i, &d->base, &e) == 0) {
+            d->have_base = true;
+        } else if (d->base_bitmap) {
+            kh_log(KH_LOG_WARN, "backup.create", "vm=%s disk=%zu base index: %s: full read",
+                   j->vm, d->index, e.msg);
+            kh_err_clear(&e);
+            free(d->base_bitmap);
+            d->base_bitmap = NULL;
+        }
+    }
+    if (kh_live_connect(j, &e) < 0) {
+        j->pull_rc = -1;
+        kh_err_copy(&j->pull_err, &e);
+        kh_live_stop(j, live_stopped);
+        return;
+    }
+    kh_task_progress(j->op.task, 5, "reading the disks");
+    j->pulling = true;
+    kh_backup_work(j->op.b, live_pull_work, live_pull_done, j);
+}
+
 /* ---- the request ---- */
 
-static int collect(kh_backups *b, job *j, const json_t *vm, kh_err *err)
+static int collect(kh_backups *b, kh_job *j, const json_t *vm, kh_err *err)
 {
     json_t *all = json_object_get(vm, "disks");
     j->disks = xcalloc(json_array_size(all) + 1, sizeof(*j->disks));
@@ -584,15 +645,16 @@ kh_task *kh_backup_create(kh_backups *b, const char *vm_name, const json_t *body
     const char *state = json_string_value(json_object_get(vm, "state"));
     bool stopped = state && strcmp(state, "stopped") == 0 &&
                    json_is_null(json_object_get(vm, "pid"));
-    if (!stopped) {
-        kh_err_set(err, KH_E_CONFLICT, "vm %s is %s: backups of running VMs are not "
-                   "supported yet; stop it first", vm_name, state ? state : "busy");
+    bool running = state && (strcmp(state, "running") == 0 || strcmp(state, "paused") == 0);
+    if (!stopped && !running) {
+        kh_err_set(err, KH_E_CONFLICT, "vm %s is %s: wait until it runs or is stopped",
+                   vm_name, state ? state : "busy");
         json_decref(vm);
         kh_chunks_free(chunks);
         return NULL;
     }
     const char *vm_id = json_string_value(json_object_get(vm, "id"));
-    job tmp = { 0 };
+    kh_job tmp = { 0 };
     tmp.vm = xstrdup(vm_name);
     if (collect(b, &tmp, vm, err) < 0) {
         tmp.chunks = chunks;
@@ -600,7 +662,7 @@ kh_task *kh_backup_create(kh_backups *b, const char *vm_name, const json_t *body
         json_decref(vm);
         return NULL;
     }
-    kh_bop *op = kh_backup_op_begin(b, sizeof(job), "backup.create", vm_name, vm_id, store,
+    kh_bop *op = kh_backup_op_begin(b, sizeof(kh_job), "backup.create", vm_name, vm_id, store,
                                     false, err);
     if (!op) {
         tmp.chunks = chunks;
@@ -608,7 +670,7 @@ kh_task *kh_backup_create(kh_backups *b, const char *vm_name, const json_t *body
         json_decref(vm);
         return NULL;
     }
-    job *j = (job *)op;
+    kh_job *j = (kh_job *)op;
     kh_bop keep = j->op;
     *j = tmp;
     j->op = keep;
@@ -617,14 +679,28 @@ kh_task *kh_backup_create(kh_backups *b, const char *vm_name, const json_t *body
     j->store = xstrdup(store);
     j->time = kh_wall_time();
     kh_uuid_generate(j->id);
+    j->live = running;
+    j->seq = ++job_seq;
+    snprintf(j->tag, sizeof(j->tag), "%u", j->seq);
     snprintf(j->bitmap, sizeof(j->bitmap), BITMAP_PREFIX "%s", j->id);
     j->spec = json_object();
     for (size_t i = 0; i < sizeof(spec_keys) / sizeof(spec_keys[0]); i++) {
         json_t *v = json_object_get(vm, spec_keys[i]);
         if (v && !json_is_null(v))
-            json_object_set(j->spec, spec_keys[i], v);
+            json_object_set_new(j->spec, spec_keys[i], json_deep_copy(v));
     }
     json_decref(vm);
+    /* runtime facts of a VM reply are not spec */
+    static const char *const runtime[] = { "hotplugged", "addresses" };
+    static const char *const lists[] = { "disks", "nics" };
+    for (size_t l = 0; l < 2; l++) {
+        size_t i;
+        json_t *x;
+        json_array_foreach(json_object_get(j->spec, lists[l]), i, x) {
+            for (size_t k = 0; k < 2; k++)
+                json_object_del(x, runtime[k]);
+        }
+    }
     kh_err e = KH_ERR_INIT;
     j->base = kh_backup_last(b, j->store, j->vm_id, &e);
     kh_task *task = j->op.task;

@@ -152,11 +152,31 @@ static bool all_zero(const unsigned char *p, size_t n)
     return true;
 }
 
+struct nbd_handle *kh_nbd_connect(const char *socket, const char *export_name,
+                                  const char *bitmap, unsigned connect_ms, kh_err *err)
+{
+    char *ctx = bitmap ? xasprintf("qemu:dirty-bitmap:%s", bitmap) : NULL;
+    struct nbd_handle *h = connect_retry(socket, export_name, ctx, connect_ms, err);
+    free(ctx);
+    return h;
+}
+
+int kh_nbd_fd(struct nbd_handle *h)
+{
+    return (int)nbd_aio_get_fd(h);
+}
+
+void kh_nbd_close(struct nbd_handle *h)
+{
+    nbd_close(h);
+}
+
 int kh_nbd_pull(const kh_nbd_pull_spec *spec, kh_nbd_stats *st, kh_index *out, kh_err *err)
 {
     char *bitmap_ctx = spec->bitmap ? xasprintf("qemu:dirty-bitmap:%s", spec->bitmap) : NULL;
-    struct nbd_handle *h = connect_retry(spec->socket, spec->export_name, bitmap_ctx,
-                                         spec->connect_ms, err);
+    struct nbd_handle *h = spec->handle ? spec->handle
+                                        : connect_retry(spec->socket, spec->export_name,
+                                                        bitmap_ctx, spec->connect_ms, err);
     unsigned char *buf = NULL;
     int rc = -1;
     memset(out, 0, sizeof(*out));
@@ -187,8 +207,6 @@ int kh_nbd_pull(const kh_nbd_pull_spec *spec, kh_nbd_stats *st, kh_index *out, k
             nbd_fail(err, KH_E_QEMU, "NBD block status");
             goto done;
         }
-        if (getenv("KH_BK_DEBUG"))
-            fprintf(stderr, "piece %zu inc=%d seen=%llu dirty=%d zero=%llu\n", i, incremental, (unsigned long long)ps.dirty_seen, ps.dirty, (unsigned long long)ps.zero_len);
         if (incremental && ps.dirty_seen >= len && !ps.dirty) {
             memcpy(out->digest[i], spec->base->digest[i], KH_DIGEST_HEX);
             if (out->digest[i][0])
@@ -225,7 +243,7 @@ int kh_nbd_pull(const kh_nbd_pull_spec *spec, kh_nbd_stats *st, kh_index *out, k
     }
     rc = 0;
 done:
-    if (h) {
+    if (h && !spec->handle) {
         nbd_shutdown(h, 0);
         nbd_close(h);
     }

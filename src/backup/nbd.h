@@ -22,6 +22,8 @@
 #include "backup/chunks.h"
 #include "util/err.h"
 
+struct nbd_handle;
+
 /* One disk's index: n entries of KH_CHUNK_SIZE (the last may be shorter);
  * an entry "" is sparse (zeros). */
 typedef struct kh_index {
@@ -54,7 +56,17 @@ typedef struct kh_nbd_pull_spec {
     const char *bitmap;       /* dirty bitmap to read, NULL: full */
     const kh_index *base;     /* the previous index (same size), with bitmap */
     unsigned connect_ms;      /* retry connecting this long (the server starts) */
+    struct nbd_handle *handle; /* already connected (kh_nbd_connect): used, not closed */
 } kh_nbd_pull_spec;
+
+/* Connect to an export (for kh_nbd_pull's handle): with the dirty bitmap's
+ * meta context when bitmap is not NULL. NULL with err. */
+struct nbd_handle *kh_nbd_connect(const char *socket, const char *export_name,
+                                  const char *bitmap, unsigned connect_ms, kh_err *err);
+/* The connection's socket (to hand a copy to a keeper process). */
+int kh_nbd_fd(struct nbd_handle *h);
+/* Close a handle from kh_nbd_connect (NULL is fine). */
+void kh_nbd_close(struct nbd_handle *h);
 
 /* 0 with out filled (caller clears), or -1 with err. */
 int kh_nbd_pull(const kh_nbd_pull_spec *spec, kh_nbd_stats *st, kh_index *out, kh_err *err);

@@ -13,7 +13,8 @@ import time
 import pytest
 
 import khlib
-from storagelib import QIMG, vol_path
+from storagelib import QIMG, guest_vm, shell_value, vol_path
+from test_disks import RawQmp
 
 QIO = "/usr/bin/qemu-io"
 MiB = 1 << 20
@@ -181,3 +182,95 @@ def test_backup_corrupt_chunk_verify_and_restore_refused(daemon, fake_boot, tmp_
     os.unlink(path)
     v = ok_task(api, api.post("/api/v1/backups/%s/verify" % b["id"], {}))
     assert v["damaged"] == [victim], v
+
+
+def guest_sum(con):
+    return shell_value(con, "$(sha256sum /dev/vda | cut -d' ' -f1)", timeout=120)
+
+
+def wait_vda(con, timeout=60):
+    """/dev/vda is probed a little after the guest says it is ready."""
+    deadline = time.time() + timeout
+    while shell_value(con, "$([ -b /dev/vda ] && echo yes || echo no)") != "yes":
+        assert time.time() < deadline, "no /dev/vda in the guest"
+        time.sleep(0.5)
+
+
+def guest_write(con, seek_64k, count=1):
+    """Random data written by the guest at seek_64k * 64 KiB, synced."""
+    con.send("dd if=/dev/urandom of=/dev/vda bs=65536 count=%d seek=%d conv=notrunc "
+             "2>/dev/null; sync\n" % (count, seek_64k))
+    assert shell_value(con, "written", timeout=120) == "written"  # after the dd
+
+
+def test_backup_running_vm_bitmaps_survive(daemon, guest, consoles, tmp_path):
+    """A running guest's disk: full, then incremental backups (about 1%
+    changed: two chunks read and stored), restores of both points match
+    what the guest had; the dirty bitmap survives a VM stop/start and a
+    daemon kill -9, and QEMU keeps nothing of a backup after it."""
+    api = daemon.api
+    khlib.wait_accel(api)
+    store = str(tmp_path / "store")
+    assert api.post("/api/v1/backup-stores", {"name": "s1", "path": store}).status == 201
+    r = api.post("/api/v1/pools/default/volumes", {"name": "gd", "size": "24M"})
+    assert r.status == 201, r
+    disk = vol_path(daemon, r.json)
+    api.create(guest_vm(guest, "lv", [{"volume": "default/gd"}]))
+    api.act_ok("lv", "start")
+    con = consoles(daemon, "lv")
+    api.wait_console("lv", khlib.GUEST_READY)
+    wait_vda(con)
+    guest_write(con, 0, 256)  # 16 MiB
+    sum1 = guest_sum(con)
+    b1 = ok_task(api, api.post("/api/v1/vms/lv/backups", {"wait": 120}), timeout=300)
+    assert b1["kind"] == "full" and b1["chunks_new"] == 4, b1
+    assert b1["bytes_read"] == 16 * MiB, b1
+    # two pieces of 64 KiB in chunks 1 and 3
+    guest_write(con, 1 * 64 + 3)
+    guest_write(con, 3 * 64)
+    sum2 = guest_sum(con)
+    assert sum2 != sum1
+    b2 = ok_task(api, api.post("/api/v1/vms/lv/backups", {"wait": 120}), timeout=300)
+    assert b2["kind"] == "incremental" and b2["base"] == b1["id"], b2
+    assert b2["bytes_read"] == 2 * CHUNK and b2["chunks_new"] == 2, b2
+    for b, want, name in ((b1, sum1, "r1"), (b2, sum2, "r2")):
+        ok_task(api, api.post("/api/v1/backups/%s/restore" % b["id"], {"as": name}))
+        vol = api.get("/api/v1/pools/default/volumes/%s-disk0" % name).json
+        assert disk_sum(vol_path(daemon, vol)) == want, name
+    # the bitmap survives a stop and a start (saved in the qcow2 when QEMU
+    # closes the image)
+    con.send("sync; poweroff -f\n")
+    api.wait_state("lv", ["stopped"], timeout=60)
+    assert bitmaps(disk) == ["kh-bk-" + b2["id"]]
+    api.act_ok("lv", "start")
+    con = consoles(daemon, "lv")
+    api.wait_console("lv", khlib.GUEST_READY, count=2)
+    wait_vda(con)
+    guest_write(con, 2 * 64)
+    b3 = ok_task(api, api.post("/api/v1/vms/lv/backups", {"wait": 120}), timeout=300)
+    assert b3["kind"] == "incremental" and b3["bytes_read"] == CHUNK, b3
+    # ... and a daemon kill -9 (QEMU keeps it; the restarted daemon uses it)
+    vm_id = api.vm("lv")["id"]
+    daemon.kill9()
+    # QEMU kept nothing of the backups but the newest bitmap
+    q = RawQmp(os.path.join(daemon.state_dir, "run", "vms", vm_id, "qmp.sock"))
+    try:
+        nodes = q.cmd("query-named-block-nodes", {"flat": True})
+        assert not [n for n in nodes if n["node-name"].startswith("khf")], nodes
+        assert q.cmd("query-block-jobs") == []
+        d0 = [n for n in nodes if n["node-name"] == "disk0"][0]
+        assert [b["name"] for b in d0["dirty-bitmaps"]] == ["kh-bk-" + b3["id"]], d0
+    finally:
+        q.close()
+    daemon.start()
+    api = daemon.api
+    api.wait_state("lv", ["running"])
+    con = consoles(daemon, "lv")
+    guest_write(con, 5 * 64)
+    sum4 = guest_sum(con)
+    b4 = ok_task(api, api.post("/api/v1/vms/lv/backups", {"wait": 120}), timeout=300)
+    assert b4["kind"] == "incremental" and b4["base"] == b3["id"], b4
+    assert b4["bytes_read"] == CHUNK and b4["chunks_new"] == 1, b4
+    ok_task(api, api.post("/api/v1/backups/%s/restore" % b4["id"], {"as": "r4"}))
+    vol = api.get("/api/v1/pools/default/volumes/r4-disk0").json
+    assert disk_sum(vol_path(daemon, vol)) == sum4
