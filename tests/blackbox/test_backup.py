@@ -188,10 +188,16 @@ def guest_sum(con):
     return shell_value(con, "$(sha256sum /dev/vda | cut -d' ' -f1)", timeout=120)
 
 
-def wait_vda(con, timeout=60):
-    """/dev/vda is probed a little after the guest says it is ready."""
+def wait_vda(con, timeout=150):
+    """The guest's shell answers and /dev/vda is there (it is probed a
+    little after the guest says it is ready)."""
     deadline = time.time() + timeout
-    while shell_value(con, "$([ -b /dev/vda ] && echo yes || echo no)") != "yes":
+    while True:
+        try:
+            if shell_value(con, "$([ -b /dev/vda ] && echo yes || echo no)", timeout=10) == "yes":
+                return
+        except khlib.KhError:
+            pass
         assert time.time() < deadline, "no /dev/vda in the guest"
         time.sleep(0.5)
 
@@ -244,7 +250,6 @@ def test_backup_running_vm_bitmaps_survive(daemon, guest, consoles, tmp_path):
     assert bitmaps(disk) == ["kh-bk-" + b2["id"]]
     api.act_ok("lv", "start")
     con = consoles(daemon, "lv")
-    api.wait_console("lv", khlib.GUEST_READY, count=2)
     wait_vda(con)
     guest_write(con, 2 * 64)
     b3 = ok_task(api, api.post("/api/v1/vms/lv/backups", {"wait": 120}), timeout=300)
