@@ -91,7 +91,7 @@ kh_bop *kh_backup_op_begin(kh_backups *b, size_t size, const char *kind, const c
     op->store = store ? xstrdup(store) : NULL;
     op->exclusive = exclusive;
     op->t0_ms = kh_now_ms();
-    op->task = kh_task_new(b->tasks, kind, vm_name);
+    op->task = kh_task_new(b->tasks, kind, vm_name ? vm_name : ""); /* a prune names no VM */
     op->timer = xcalloc(1, sizeof(*op->timer));
     uv_timer_init(b->loop, op->timer);
     op->timer->data = op;

@@ -12,6 +12,7 @@
 #include <unistd.h>
 
 #include "schema/schema.h"
+#include "util/check.h"
 #include "util/fs.h"
 #include "util/log.h"
 #include "util/mem.h"
@@ -173,8 +174,8 @@ static void gc_work(void *opaque)
     char *cdir = xasprintf("%s/chunks", kh_chunks_path(p->chunks));
     DIR *top = opendir(cdir);
     while (top && (de = readdir(top))) {
-        if (strlen(de->d_name) != 2)
-            continue;
+        if (strlen(de->d_name) != 2 || !kh_check_hex(de->d_name, 2))
+            continue; /* never "..": only the XX folders */
         char *sub = xasprintf("%s/%s", cdir, de->d_name);
         DIR *sd = opendir(sub);
         struct dirent *ce;

@@ -44,13 +44,15 @@ def ok_task(api, r, timeout=180):
 
 def write_random(path, off, length, seed):
     """Write length bytes of seeded pseudo-random data at off (qemu-io)."""
+    import random
     src = "/tmp/khbk-src-%d-%d" % (os.getpid(), seed)
-    data = hashlib.sha256(b"%d" % seed).digest()
+    rnd = random.Random(seed)
     with open(src, "wb") as f:
-        block = b"".join(hashlib.sha256(data + b"%d" % i).digest() for i in range(32768))
-        for _ in range(length // len(block) + 1):
-            f.write(block)
-            block = hashlib.sha256(block[:64]).digest() * 32768
+        left = length
+        while left > 0:
+            n = min(left, 8 * MiB)
+            f.write(rnd.randbytes(n))
+            left -= n
     try:
         p = subprocess.run([QIO, "-f", "qcow2", "-c", "write -s %s %d %d" % (src, off, length),
                             path], capture_output=True, text=True)
@@ -279,3 +281,113 @@ def test_backup_running_vm_bitmaps_survive(daemon, guest, consoles, tmp_path):
     ok_task(api, api.post("/api/v1/backups/%s/restore" % b4["id"], {"as": "r4"}))
     vol = api.get("/api/v1/pools/default/volumes/r4-disk0").json
     assert disk_sum(vol_path(daemon, vol)) == sum4
+
+
+def test_backup_encrypted_store_wrong_key_prune(daemons, fake_boot, tmp_path):
+    """An encrypted store: the key is shown once; chunk names and contents
+    tell nothing (no plaintext digest); another daemon adds the same
+    directory only with the right key (403 otherwise) and restores from it;
+    prune keeps the newest and GC frees the chunks only the others used."""
+    daemon = daemons()
+    api = daemon.api
+    store = str(tmp_path / "enc")
+    r = api.post("/api/v1/backup-stores", {"name": "e", "path": store, "encrypt": True})
+    assert r.status == 201 and r.json["encrypted"] is True and len(r.json["key"]) == 64, r
+    key = r.json["key"]
+    assert "key" not in api.get("/api/v1/backup-stores/e").json
+    disk = setup_vm(api, daemon, fake_boot, size="16M")
+    write_random(disk, 0, 8 * MiB, 11)
+    b1 = ok_task(api, api.post("/api/v1/vms/bk/backups", {"wait": 60}))
+    plain = subprocess.run([QIMG, "convert", "-U", "-O", "raw", disk, str(tmp_path / "p.raw")],
+                           check=True)
+    with open(tmp_path / "p.raw", "rb") as f:
+        first = f.read(CHUNK)
+    idx = json.load(open(os.path.join(store, "backups", b1["id"], "disk0.idx")))
+    assert idx["chunks"][0] != hashlib.sha256(first).hexdigest()
+    with open(os.path.join(store, "chunks", idx["chunks"][0][:2], idx["chunks"][0]), "rb") as f:
+        blob = f.read()
+    assert first[:64] not in blob and blob[:5] == b"KHC1\x01"
+    sum1 = disk_sum(disk)
+    write_random(disk, 0, 8 * MiB, 12)  # every chunk changes
+    b2 = ok_task(api, api.post("/api/v1/vms/bk/backups", {"wait": 60}))
+    assert b2["kind"] == "incremental" and b2["chunks_new"] == 2, b2
+    # another daemon: the store directory with a wrong key, then the right one
+    other = daemons()
+    oapi = other.api
+    bad = ("0" * 64, key[:-1] + ("0" if key[-1] != "0" else "1"))
+    for k in bad:
+        r = oapi.post("/api/v1/backup-stores", {"name": "e", "path": store, "key": k})
+        assert r.status == 403 and "wrong key" in r.error["message"], r
+    r = oapi.post("/api/v1/backup-stores", {"name": "e", "path": store})
+    assert r.status == 400 and "give its key" in r.error["message"], r
+    assert oapi.post("/api/v1/backup-stores", {"name": "e", "path": store, "key": key}).status == 201
+    # restore on the first daemon
+    ok_task(api, api.post("/api/v1/backups/%s/restore" % b1["id"], {"as": "rr"}))
+    vol = api.get("/api/v1/pools/default/volumes/rr-disk0").json
+    assert disk_sum(vol_path(daemon, vol)) == sum1
+    # prune: keep the newest only; the first backup's chunks go
+    n_before = len(chunk_files(store))
+    res = ok_task(api, api.post("/api/v1/backups/prune", {"store": "e", "keep_last": 1,
+                                                          "dry_run": True}))
+    assert res["removed"] == [b1["id"]] and len(chunk_files(store)) == n_before, res
+    res = ok_task(api, api.post("/api/v1/backups/prune", {"store": "e", "keep_last": 1}))
+    # its 2 data chunks (the spec's chunk is the same for both: shared)
+    assert res["removed"] == [b1["id"]] and res["chunks_removed"] == 2, res
+    assert len(chunk_files(store)) == n_before - 2
+    assert os.path.exists(os.path.join(store, "kvmhost-store.json"))
+    assert api.get("/api/v1/backups/%s" % b1["id"]).status == 404
+    v = ok_task(api, api.post("/api/v1/backups/%s/verify" % b2["id"], {}))
+    assert v["ok"] is True, v
+    assert api.delete("/api/v1/backup-stores/e").status == 409
+    assert api.delete("/api/v1/backups/%s" % b2["id"]).status == 204
+    assert api.delete("/api/v1/backup-stores/e").status == 204
+
+
+def test_backup_store_full_and_kill9_mid_backup(daemon, fake_boot, tmp_path):
+    """A full store (a small tmpfs) fails the backup cleanly: nothing
+    recorded, the disk keeps only the previous bitmap. A daemon killed -9
+    mid-backup records nothing either; the next backup is incremental from
+    the last committed one and restores to the right data."""
+    api = daemon.api
+    small = tmp_path / "small"
+    small.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=12M", "tmpfs", str(small)], check=True)
+    try:
+        assert api.post("/api/v1/backup-stores", {"name": "tiny", "path": str(small)}).status == 201
+        big = str(tmp_path / "big")
+        assert api.post("/api/v1/backup-stores", {"name": "big", "path": big}).status == 201
+        disk = setup_vm(api, daemon, fake_boot, size="256M")
+        write_random(disk, 0, 32 * MiB, 21)
+        t = task_wait(api, api.post("/api/v1/vms/bk/backups", {"store": "tiny", "wait": 60}))
+        assert t["state"] == "failed" and "backup store" in t["error"]["message"], t
+        assert t["error"]["code"] == "unavailable", t
+        assert api.get("/api/v1/backups?store=tiny").json["backups"] == []
+        assert os.listdir(os.path.join(small, "backups")) == []
+        assert bitmaps(disk) == []
+    finally:
+        subprocess.run(["umount", str(small)])
+    b1 = ok_task(api, api.post("/api/v1/vms/bk/backups", {"store": "big", "wait": 60}))
+    write_random(disk, 0, 200 * MiB, 22)  # enough to take a few seconds
+    sum2 = disk_sum(disk)
+    r = api.post("/api/v1/vms/bk/backups", {"store": "big", "wait": 0})
+    assert r.status == 202, r
+    deadline = time.time() + 60
+    while api.get("/api/v1/tasks/" + r.json["id"]).json.get("progress", 0) < 10:
+        assert time.time() < deadline
+        time.sleep(0.05)
+    daemon.kill9()
+    daemon.start()
+    api = daemon.api
+    assert [b["id"] for b in api.get("/api/v1/backups?vm=bk").json["backups"]] == [b1["id"]]
+    assert api.get("/api/v1/tasks/" + r.json["id"]).json["state"] == "failed"
+    assert "kh-bk-" + b1["id"] in bitmaps(disk)
+    b2 = ok_task(api, api.post("/api/v1/vms/bk/backups", {"store": "big", "wait": 60}))
+    assert b2["kind"] == "incremental" and b2["base"] == b1["id"], b2
+    assert bitmaps(disk) == ["kh-bk-" + b2["id"]]
+    ok_task(api, api.post("/api/v1/backups/%s/restore" % b2["id"], {"as": "rr"}))
+    vol = api.get("/api/v1/pools/default/volumes/rr-disk0").json
+    assert disk_sum(vol_path(daemon, vol)) == sum2
+    # the prune's GC removes the chunks and the folder the killed one left
+    res = ok_task(api, api.post("/api/v1/backups/prune", {"store": "big"}))
+    assert res["removed"] == [] and res["kept"] == 2, res
+    assert sorted(os.listdir(os.path.join(big, "backups"))) == sorted([b1["id"], b2["id"]])
