@@ -7,7 +7,7 @@
  * once its chunks and indexes are on disk (the commit); "record" is its
  * JSON (disks, their bitmaps and sizes, figures). */
 const char kh_backup_schema_stores_backups[] =
-    "CREATE TABLE backup_stores ("
+    "CREATE TABLE IF NOT EXISTS backup_stores ("
     "  name TEXT PRIMARY KEY,"
     "  id TEXT NOT NULL,"
     "  path TEXT NOT NULL UNIQUE,"
@@ -15,7 +15,7 @@ const char kh_backup_schema_stores_backups[] =
     "  wrapped_key TEXT,"
     "  created_at REAL NOT NULL"
     ");"
-    "CREATE TABLE backups ("
+    "CREATE TABLE IF NOT EXISTS backups ("
     "  id TEXT PRIMARY KEY,"
     "  store TEXT NOT NULL REFERENCES backup_stores(name),"
     "  vm_id TEXT NOT NULL,"
@@ -25,4 +25,4 @@ const char kh_backup_schema_stores_backups[] =
     "  created_at REAL NOT NULL,"
     "  record TEXT NOT NULL"
     ");"
-    "CREATE INDEX backups_vm ON backups(store, vm_id, created_at);";
+    "CREATE INDEX IF NOT EXISTS backups_vm ON backups(store, vm_id, created_at);";

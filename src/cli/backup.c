@@ -276,9 +276,9 @@ const cli_cmd cli_backup_cmds[] = {
       "zstd), deduplicated across disks, VMs and backups.",
       store_add_opts, "$ kvmhost backup-store add nightly --path /srv/backups --encrypt",
       do_store_add },
-    { "backup-store", "list", NULL, "list the backup stores", "One line per store.", NULL,
+    { "backup-store", "list", NULL, "list the backup stores", "One line per backup store: its name, directory, whether it is encrypted, and how many backups it holds.", NULL,
       "$ kvmhost backup-store list", do_store_list },
-    { "backup-store", "show", "NAME", "show a backup store", "Its path, encryption, backups.",
+    { "backup-store", "show", "NAME", "show a backup store", "Show one backup store: its id, directory, whether it is encrypted, when it was added and how many backups it holds.",
       NULL, "$ kvmhost backup-store show nightly", do_store_show },
     { "backup-store", "delete", "NAME", "forget a backup store",
       "Forget a store that holds no backups; its directory stays.", NULL,
@@ -289,9 +289,9 @@ const cli_cmd cli_backup_cmds[] = {
       "dirty bitmaps mark as changed since the last backup. Each backup is a complete restore "
       "point.",
       create_opts, "$ kvmhost backup create web1 --store nightly", do_create },
-    { "backup", "list", NULL, "list backups", "Newest first.", list_opts,
+    { "backup", "list", NULL, "list backups", "One line per backup, newest first: its id, VM, store, kind (full or incremental), when it was taken, the bytes read and written.", list_opts,
       "$ kvmhost backup list --vm web1", do_list },
-    { "backup", "show", "ID", "show a backup", "Its disks and figures.", NULL,
+    { "backup", "show", "ID", "show a backup", "Show one backup: its disks (volume, size, bitmap), the VM spec it holds, and its figures: bytes read, written and deduplicated, new and reused chunks, duration.", NULL,
       "$ kvmhost backup show 6f1c...", do_show },
     { "backup", "restore", "ID", "restore a backup",
       "Restore to a new VM (--as), over a stopped VM (--vm), or one disk of it (--vm --disk). "
