@@ -51,7 +51,8 @@ static void derive(const unsigned char *key, const char *label, unsigned char ou
     size_t n = strlen(label);
     if (n > 64)
         n = 64;
-    memcpy(buf, label, n);
+    for (size_t i = 0; i < n; i++)
+        buf[i] = (unsigned char)label[i];
     memcpy(buf + n, key, KH_CHUNK_KEY_LEN);
     SHA256(buf, n + KH_CHUNK_KEY_LEN, out);
     OPENSSL_cleanse(buf, sizeof(buf));

@@ -251,7 +251,9 @@ kh_task *kh_backup_prune(kh_backups *b, const json_t *body, kh_err *err)
             json_object_set_new(vms, vid, json_pack("{s:i, s:{}, s:{}, s:{}}", "n", 0, "d",
                                                     "w", "m"));
         json_t *st = json_object_get(vms, vid);
-        bool k = !any_rule || (vm && strcmp(vm, json_string_value(json_object_get(bk, "vm"))));
+        /* no rule: keep all; with vm, the other VMs' backups are kept */
+        bool k = !any_rule ||
+                 (vm && strcmp(vm, json_string_value(json_object_get(bk, "vm"))) != 0);
         json_int_t n = json_integer_value(json_object_get(st, "n"));
         if (!k && n < keep_last)
             k = true;
