@@ -71,7 +71,10 @@ static void test_raw_wrap(void)
 {
     kh_err err = KH_ERR_INIT;
     kh_key_master m;
-    CHECK(kh_key_master_load(&m, dir, &err) == 0);
+    char sub[256];
+    snprintf(sub, sizeof(sub), "%s/raw", dir);
+    mkdir(sub, 0700);
+    CHECK(kh_key_master_load(&m, sub, &err) == 0);
     unsigned char key[32], back[32];
     for (size_t i = 0; i < sizeof(key); i++)
         key[i] = (unsigned char)(255 - i);
