@@ -116,6 +116,9 @@ void kh_backup_routes_create(kh_http_req *req, void *app);
 void kh_backup_routes_restore(kh_http_req *req, void *app);
 void kh_backup_routes_verify(kh_http_req *req, void *app);
 void kh_backup_routes_prune(kh_http_req *req, void *app);
+void kh_backup_routes_schedule_get(kh_http_req *req, void *app);
+void kh_backup_routes_schedule_set(kh_http_req *req, void *app);
+void kh_backup_routes_schedule_delete(kh_http_req *req, void *app);
 
 void kh_storage_routes_pools(kh_http_req *req, void *app);
 void kh_storage_routes_pool_get(kh_http_req *req, void *app);

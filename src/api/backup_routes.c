@@ -158,3 +158,37 @@ void kh_backup_routes_prune(kh_http_req *req, void *app)
     kh_task *t = body ? kh_backup_prune(b, body, &err) : NULL;
     task_reply(req, api, t, body_wait(body), &err);
 }
+
+void kh_backup_routes_schedule_get(kh_http_req *req, void *app)
+{
+    kh_backups *b = backups(req, app);
+    kh_err err = KH_ERR_INIT;
+    if (b)
+        reply_json(req, 200, kh_backup_schedule_get(b, kh_http_req_param(req, "name"), &err),
+                   &err);
+}
+
+void kh_backup_routes_schedule_set(kh_http_req *req, void *app)
+{
+    kh_backups *b = backups(req, app);
+    kh_err err = KH_ERR_INIT;
+    if (!b)
+        return;
+    json_t *body = kh_http_req_json(req, &err);
+    reply_json(req, 200,
+               body ? kh_backup_schedule_set(b, kh_http_req_param(req, "name"), body, &err)
+                    : NULL,
+               &err);
+}
+
+void kh_backup_routes_schedule_delete(kh_http_req *req, void *app)
+{
+    kh_backups *b = backups(req, app);
+    kh_err err = KH_ERR_INIT;
+    if (!b)
+        return;
+    if (kh_backup_schedule_delete(b, kh_http_req_param(req, "name"), &err) < 0)
+        kh_http_reply_error(req, &err);
+    else
+        kh_http_reply_data(req, 204, "application/json", "", 0);
+}

@@ -118,6 +118,13 @@ static const kh_route routes[] = {
     { "POST", "/api/v1/vms/{name}/backups", kh_backup_routes_create, KH_ROUTE_VM,
       "Back up a VM (a task): full the first time in a store, then only what its persistent "
       "dirty bitmaps mark as changed", "BackupSpec", "Task" },
+    { "GET", "/api/v1/vms/{name}/backup-schedule", kh_backup_routes_schedule_get, KH_ROUTE_VM,
+      "The VM's nightly backup schedule (404 when none)", NULL, "BackupSchedule" },
+    { "PUT", "/api/v1/vms/{name}/backup-schedule", kh_backup_routes_schedule_set, KH_ROUTE_VM,
+      "Back the VM up every day at daily (HH:MM, UTC) into store, run by the daemon (a time "
+      "missed while it was down runs at its next start)", "BackupSchedule", "BackupSchedule" },
+    { "DELETE", "/api/v1/vms/{name}/backup-schedule", kh_backup_routes_schedule_delete,
+      KH_ROUTE_VM, "Remove the VM's backup schedule", NULL, NULL },
     { "GET", "/api/v1/backups", kh_backup_routes_list, 0,
       "List backups, newest first (?vm=NAME, ?store=NAME)", NULL, "BackupList" },
     { "GET", "/api/v1/backups/{id}", kh_backup_routes_get, 0,

@@ -39,6 +39,7 @@ kh_backups *kh_backup_new(uv_loop_t *loop, kh_store *store, kh_manager *mgr, kh_
         kh_backup_free(b);
         return NULL;
     }
+    kh_schedule_start(b);
     return b;
 }
 
@@ -46,6 +47,7 @@ void kh_backup_free(kh_backups *b)
 {
     if (!b)
         return;
+    kh_schedule_stop(b);
     kh_key_master_clear(&b->master);
     free(b->state_dir);
     free(b->tmp_dir);

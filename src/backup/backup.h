@@ -65,4 +65,10 @@ kh_task *kh_backup_verify(kh_backups *b, const char *id, kh_err *err);
  * "keep_monthly", "dry_run"}: retention, then GC of unreferenced chunks. */
 kh_task *kh_backup_prune(kh_backups *b, const json_t *body, kh_err *err);
 
+/* Schedules (backup/schedule.c): body {"store", "daily": "HH:MM"} (UTC);
+ * one per VM, replaced by a new one. {"vm", "store", "daily", "last_run"}. */
+json_t *kh_backup_schedule_set(kh_backups *b, const char *vm, const json_t *body, kh_err *err);
+json_t *kh_backup_schedule_get(kh_backups *b, const char *vm, kh_err *err);
+int kh_backup_schedule_delete(kh_backups *b, const char *vm, kh_err *err);
+
 #endif

@@ -25,7 +25,12 @@ struct kh_backups {
     char *tmp_dir; /* STATE_DIR/backup-tmp: NBD sockets */
     kh_key_master master;
     kh_bop *ops;   /* operations under way */
+    uv_timer_t *sched_timer; /* schedule.c */
 };
+
+/* schedule.c: the tick (started by kh_backup_new, stopped by _free). */
+void kh_schedule_start(kh_backups *b);
+void kh_schedule_stop(kh_backups *b);
 
 /* One operation under way (a backup, restore, verify or prune): what makes
  * another one on the same VM or store wait (409). */

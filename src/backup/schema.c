@@ -26,3 +26,13 @@ const char kh_backup_schema_stores_backups[] =
     "  record TEXT NOT NULL"
     ");"
     "CREATE INDEX IF NOT EXISTS backups_vm ON backups(store, vm_id, created_at);";
+
+/* 25: nightly schedules, one per VM (backup/schedule.c). */
+const char kh_backup_schema_schedules[] =
+    "CREATE TABLE IF NOT EXISTS backup_schedules ("
+    "  vm_id TEXT PRIMARY KEY,"
+    "  vm_name TEXT NOT NULL,"
+    "  store TEXT NOT NULL,"
+    "  at TEXT NOT NULL,"
+    "  last_run REAL NOT NULL DEFAULT 0"
+    ");";

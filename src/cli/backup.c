@@ -231,6 +231,39 @@ static int do_prune(cli_ctx *ctx, const cli_args *a, kh_err *err)
     return rc;
 }
 
+static int do_schedule(cli_ctx *ctx, const cli_args *a, kh_err *err)
+{
+    char *path = esc_path("/api/v1/vms/%s/backup-schedule", a->pos);
+    int rc;
+    if (cli_flag(a, "off")) {
+        rc = cli_delete(ctx, path, "backup schedule of vm", a->pos, err);
+        return rc;
+    }
+    if (!cli_arg(a, "daily")) {
+        rc = cli_show(ctx, "GET", path, NULL, cli_show_kv, err);
+        free(path);
+        return rc;
+    }
+    json_t *body = json_object();
+    const char *store = cli_arg(a, "store");
+    if (cli_set_str(body, "daily", cli_arg(a, "daily"), err) < 0 ||
+        cli_set_str(body, "store", store, err) < 0) {
+        json_decref(body);
+        free(path);
+        return -1;
+    }
+    if (!store) {
+        json_decref(body);
+        free(path);
+        cli_usage_error(ctx, a->cmd, err, "--store is needed with --daily");
+        return -1;
+    }
+    rc = cli_show(ctx, "PUT", path, body, cli_show_kv, err);
+    json_decref(body);
+    free(path);
+    return rc;
+}
+
 /* ---- the command rows (assembled in commands.c) ---- */
 
 static const cli_opt store_add_opts[] = {
@@ -257,6 +290,12 @@ static const cli_opt restore_opts[] = {
     { "pool", "POOL", CLI_OPT_ARG, "With --as: the pool of the new volumes (default)." },
     { "vm", "VM", CLI_OPT_ARG, "Restore over this stopped VM's disks." },
     { "disk", "N", CLI_OPT_ARG, "With --vm: only disk N." },
+    { NULL, NULL, 0, NULL },
+};
+static const cli_opt schedule_opts[] = {
+    { "daily", "HH:MM", CLI_OPT_ARG, "Back up every day at this time (UTC)." },
+    { "store", "STORE", CLI_OPT_ARG, "The backup store (with --daily)." },
+    { "off", NULL, 0, "Remove the schedule." },
     { NULL, NULL, 0, NULL },
 };
 static const cli_opt prune_opts[] = {
@@ -303,6 +342,12 @@ const cli_cmd cli_backup_cmds[] = {
     { "backup", "prune", "STORE", "apply retention and free unused chunks",
       "Delete the backups no rule keeps, then remove the chunks no backup uses.", prune_opts,
       "$ kvmhost backup prune nightly --keep-daily 7 --keep-weekly 4", do_prune },
+    { "backup", "schedule", "VM", "back a VM up every night",
+      "With --daily HH:MM --store STORE: the daemon backs the VM up every day at that time "
+      "(UTC); a time missed while the daemon was down runs when it starts. Without options: "
+      "show the schedule. --off removes it. Retention is kvmhost backup prune's.",
+      schedule_opts, "$ kvmhost backup schedule web1 --daily 02:00 --store nightly",
+      do_schedule },
     { "backup", "delete", "ID", "delete a backup",
       "Delete its record and indexes; its chunks go at the next prune.", NULL,
       "$ kvmhost backup delete 6f1c...", do_delete },

@@ -17,6 +17,7 @@ const kh_store_migration kh_store_migrations[] = {
     { 10, "cluster", kh_cluster_schema_config },
     { 11, "migrate", kh_migrate_schema_migrations },
     { 24, "backup", kh_backup_schema_stores_backups },
+    { 25, "backup", kh_backup_schema_schedules },
 };
 
 const size_t kh_store_nmigrations = KH_ARRAY_LEN(kh_store_migrations);

@@ -45,7 +45,8 @@ extern const char kh_migrate_schema_migrations[];
 /* cluster/schema.c: cluster */
 extern const char kh_cluster_schema_config[];
 
-/* backup/schema.c: backup_stores, backups */
+/* backup/schema.c: backup_stores, backups, backup_schedules */
 extern const char kh_backup_schema_stores_backups[];
+extern const char kh_backup_schema_schedules[];
 
 #endif

@@ -391,3 +391,45 @@ def test_backup_store_full_and_kill9_mid_backup(daemon, fake_boot, tmp_path):
     res = ok_task(api, api.post("/api/v1/backups/prune", {"store": "big"}))
     assert res["removed"] == [] and res["kept"] == 2, res
     assert sorted(os.listdir(os.path.join(big, "backups"))) == sorted([b1["id"], b2["id"]])
+
+
+def test_backup_schedule_runs_daily(daemon, fake_boot, tmp_path):
+    """A schedule at the current minute (UTC) runs within a tick; one whose
+    time today has passed waits for tomorrow; a restart does not run it
+    again; bad times are refused."""
+    import datetime
+    api = daemon.api
+    assert api.post("/api/v1/backup-stores", {"name": "s", "path": str(tmp_path / "s")}).status == 201
+    disk = setup_vm(api, daemon, fake_boot, size="8M")
+    write_random(disk, 0, 4 * MiB, 5)
+    setup_vm(api, daemon, fake_boot, name="other", size="8M")
+    for bad in ("2:00", "24:00", "02:60", "aa:bb"):
+        r = api.request("PUT", "/api/v1/vms/bk/backup-schedule", {"store": "s", "daily": bad})
+        assert r.status == 400, (bad, r)
+    r = api.request("PUT", "/api/v1/vms/bk/backup-schedule", {"store": "nope", "daily": "02:00"})
+    assert r.status == 404, r
+    if datetime.datetime.utcnow().second > 40:
+        time.sleep(21)
+    now = datetime.datetime.utcnow()
+    past = (now - datetime.timedelta(minutes=5)).strftime("%H:%M")
+    r = api.request("PUT", "/api/v1/vms/bk/backup-schedule",
+                    {"store": "s", "daily": now.strftime("%H:%M")})
+    assert r.status == 200 and r.json["last_run"] is None, r
+    if now.hour * 60 + now.minute >= 5:  # not across midnight
+        r = api.request("PUT", "/api/v1/vms/other/backup-schedule", {"store": "s", "daily": past})
+        assert r.status == 200 and r.json["last_run"] is not None, r
+    deadline = time.time() + 40
+    while not api.get("/api/v1/backups?vm=bk").json["backups"]:
+        assert time.time() < deadline, "the scheduled backup did not run"
+        time.sleep(0.5)
+    assert api.get("/api/v1/vms/bk/backup-schedule").json["last_run"] is not None
+    daemon.restart()
+    api = daemon.api
+    time.sleep(2)
+    assert len(api.get("/api/v1/backups?vm=bk").json["backups"]) == 1
+    assert api.get("/api/v1/backups?vm=other").json["backups"] == []
+    p = khlib.cli(daemon, "backup", "schedule", "bk")
+    assert p.returncode == 0 and "daily" in p.stdout and now.strftime("%H:%M") in p.stdout, p
+    p = khlib.cli(daemon, "backup", "schedule", "bk", "--off")
+    assert p.returncode == 0, p
+    assert api.get("/api/v1/vms/bk/backup-schedule").status == 404

@@ -249,8 +249,9 @@ static void test_old_schema_upgrades(void)
     }
     CHECK(kh_store_schema_version(st) == kh_store_schema_latest());
     /* 9: alert_config, 10: cluster, 11: migrations, 24: backup stores and
-     * backups (helpers hold numbered ranges: gaps are expected) */
-    CHECK(kh_store_schema_latest() == 24);
+     * backups, 25: backup schedules (helpers hold numbered ranges: gaps are
+     * expected) */
+    CHECK(kh_store_schema_latest() == 25);
     CHECK(count(path, "SELECT count(*) FROM alert_config") == 0);
     CHECK(count(path, "SELECT count(*) FROM vms") == 2);
     CHECK(count(path, "SELECT count(*) FROM tasks") == 1);
