@@ -14,6 +14,7 @@
 
 #include "api/auth.h"
 #include "api/openapi.h"
+#include "backup/backup.h"
 #include "http/http.h"
 #include "host/cgroup.h"
 #include "storage/storage.h"
@@ -43,6 +44,7 @@ typedef struct kh_api {
     kh_metrics *metrics;
     kh_alerts *alerts;
     struct kh_cluster *cluster; /* membership (cluster/cluster.h); never NULL */
+    kh_backups *backups; /* backup stores and backups (backup/backup.h; NULL: unavailable) */
 } kh_api;
 
 /* The route table and its size. */
@@ -101,6 +103,22 @@ void kh_snapshot_routes_create(kh_http_req *req, void *app);
 void kh_snapshot_routes_get(kh_http_req *req, void *app);
 void kh_snapshot_routes_revert(kh_http_req *req, void *app);
 void kh_snapshot_routes_delete(kh_http_req *req, void *app);
+
+/* backup_routes.c */
+void kh_backup_routes_stores(kh_http_req *req, void *app);
+void kh_backup_routes_store_add(kh_http_req *req, void *app);
+void kh_backup_routes_store_get(kh_http_req *req, void *app);
+void kh_backup_routes_store_delete(kh_http_req *req, void *app);
+void kh_backup_routes_list(kh_http_req *req, void *app);
+void kh_backup_routes_get(kh_http_req *req, void *app);
+void kh_backup_routes_delete(kh_http_req *req, void *app);
+void kh_backup_routes_create(kh_http_req *req, void *app);
+void kh_backup_routes_restore(kh_http_req *req, void *app);
+void kh_backup_routes_verify(kh_http_req *req, void *app);
+void kh_backup_routes_prune(kh_http_req *req, void *app);
+void kh_backup_routes_schedule_get(kh_http_req *req, void *app);
+void kh_backup_routes_schedule_set(kh_http_req *req, void *app);
+void kh_backup_routes_schedule_delete(kh_http_req *req, void *app);
 
 void kh_storage_routes_pools(kh_http_req *req, void *app);
 void kh_storage_routes_pool_get(kh_http_req *req, void *app);

@@ -27,6 +27,7 @@ static const cli_cmd *const parts[] = {
     cli_disk_cmds,
     cli_volume_delete_cmds,
     cli_access_cmds,
+    cli_backup_cmds,
 };
 
 #define CLI_MAX_COMMANDS 128
@@ -65,6 +66,8 @@ static const struct {
     { "template", "make templates of VMs, to clone" },
     { "snapshot", "snapshot VMs and go back to a snapshot" },
     { "volume", "manage disk volumes in pools" },
+    { "backup", "back up VMs into backup stores, restore, verify, prune" },
+    { "backup-store", "manage backup stores" },
     { "events", "follow what happens on the host" },
     { "version", "show versions" },
     { "user", "manage local users (password login, tokens)" },

@@ -653,6 +653,8 @@ static void shutdown_all(void)
     kh_nics_free(d.api.nics);
     kh_disks_free(d.api.disks);
     kh_snapshots_free(d.api.snapshots);
+    kh_backup_free(d.api.backups);
+    d.api.backups = NULL;
     d.api.nics = NULL;
     d.api.disks = NULL;
     d.api.snapshots = NULL;
@@ -928,6 +930,13 @@ int main(int argc, char **argv)
     d.api.alerts = d.alerts;
     d.api.snapshots = kh_snapshots_new(d.loop, d.mgr, d.storage, d.tasks);
     kh_snapshots_reconcile(d.api.snapshots); /* snapshots a kill -9 left unrecorded */
+    if (d.storage) {
+        kh_err berr = KH_ERR_INIT;
+        d.api.backups = kh_backup_new(d.loop, d.store, d.mgr, d.storage, d.tasks, d.events,
+                                      state_dir, &berr);
+        if (!d.api.backups)
+            kh_log(KH_LOG_WARN, "backup", "backups unavailable: %s", berr.msg);
+    }
     d.api.disks = kh_disks_new(d.loop, d.mgr, d.storage, &d.caps);
     d.api.nics = kh_nics_new(d.loop, d.mgr, d.net, d.tasks);
     d.api.started_at = kh_wall_time();

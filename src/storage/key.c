@@ -130,6 +130,31 @@ int kh_key_secret_fd(const kh_key_master *m, const char *vol_id, const char *wra
     return fd;
 }
 
+int kh_key_wrap(const kh_key_master *m, const char *aad, const unsigned char key[32],
+                char wrapped_hex[KH_KEY_WRAPPED_HEX], kh_err *err)
+{
+    unsigned char wrapped[WRAPPED_LEN];
+    if (key_crypt(m, true, aad, key, wrapped) < 0) {
+        kh_err_set(err, KH_E_INTERNAL, "wrapping a key failed");
+        return -1;
+    }
+    hex_encode(wrapped, WRAPPED_LEN, wrapped_hex);
+    return 0;
+}
+
+int kh_key_unwrap(const kh_key_master *m, const char *aad, const char *wrapped_hex,
+                  unsigned char key[32], kh_err *err)
+{
+    unsigned char wrapped[WRAPPED_LEN];
+    if (hex_decode(wrapped_hex, wrapped, sizeof(wrapped)) < 0 ||
+        key_crypt(m, false, aad, wrapped, key) < 0) {
+        kh_err_set(err, KH_E_INTERNAL, "a backup store key does not unwrap with this host's "
+                                       "master key");
+        return -1;
+    }
+    return 0;
+}
+
 int kh_key_master_load(kh_key_master *m, const char *state_dir, kh_err *err)
 {
     char *path = xasprintf("%s/master.key", state_dir);

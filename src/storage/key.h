@@ -36,4 +36,12 @@ int kh_key_new(const kh_key_master *m, const char *vol_id, char wrapped_hex[KH_K
 int kh_key_secret_fd(const kh_key_master *m, const char *vol_id, const char *wrapped_hex,
                      const char *what, kh_err *err);
 
+/* Wrap a raw 32-byte key (a backup store's) under the master key with aad as
+ * associated data (the store's id): wrapped_hex as kh_key_new's. */
+int kh_key_wrap(const kh_key_master *m, const char *aad, const unsigned char key[32],
+                char wrapped_hex[KH_KEY_WRAPPED_HEX], kh_err *err);
+/* The reverse: -1 with err (KH_E_INTERNAL) when it does not unwrap. */
+int kh_key_unwrap(const kh_key_master *m, const char *aad, const char *wrapped_hex,
+                  unsigned char key[32], kh_err *err);
+
 #endif

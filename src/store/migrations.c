@@ -21,6 +21,8 @@ const kh_store_migration kh_store_migrations[] = {
     { 20, "auth", kh_auth_schema_audit },
     /* confine (issue 12): per-VM QEMU uids */
     { 23, "vmuid", kh_vmuid_schema_uids },
+    { 24, "backup", kh_backup_schema_stores_backups },
+    { 25, "backup", kh_backup_schema_schedules },
 };
 
 const size_t kh_store_nmigrations = KH_ARRAY_LEN(kh_store_migrations);

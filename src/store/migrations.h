@@ -51,5 +51,8 @@ extern const char kh_cluster_schema_config[];
 /* auth/schema.c: users, groups, roles, ACL, tokens, projects, objects, audit */
 extern const char kh_auth_schema_access[];
 extern const char kh_auth_schema_audit[];
+/* backup/schema.c: backup_stores, backups, backup_schedules */
+extern const char kh_backup_schema_stores_backups[];
+extern const char kh_backup_schema_schedules[];
 
 #endif

@@ -66,11 +66,32 @@ static void test_master_and_wrap(void)
     kh_key_master_clear(&m2);
 }
 
+/* Raw keys (backup stores): wrap, unwrap, bound to the associated data. */
+static void test_raw_wrap(void)
+{
+    kh_err err = KH_ERR_INIT;
+    kh_key_master m;
+    char sub[256];
+    snprintf(sub, sizeof(sub), "%s/raw", dir);
+    mkdir(sub, 0700);
+    CHECK(kh_key_master_load(&m, sub, &err) == 0);
+    unsigned char key[32], back[32];
+    for (size_t i = 0; i < sizeof(key); i++)
+        key[i] = (unsigned char)(255 - i);
+    char w[KH_KEY_WRAPPED_HEX];
+    CHECK(kh_key_wrap(&m, "store-1", key, w, &err) == 0 && strlen(w) == KH_KEY_WRAPPED_HEX - 1);
+    CHECK(kh_key_unwrap(&m, "store-1", w, back, &err) == 0 && memcmp(key, back, 32) == 0);
+    CHECK(kh_key_unwrap(&m, "store-2", w, back, &err) < 0 && err.code == KH_E_INTERNAL);
+    CHECK(kh_key_unwrap(&m, "store-1", "zz", back, &err) < 0);
+    kh_key_master_clear(&m);
+}
+
 int main(void)
 {
     if (!mkdtemp(dir))
         return 1;
     RUN(test_master_and_wrap);
+    RUN(test_raw_wrap);
     kh_fs_rm_rf(dir, NULL);
     TEST_DONE();
 }

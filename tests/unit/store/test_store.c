@@ -248,7 +248,7 @@ static void test_old_schema_upgrades(void)
         return;
     }
     CHECK(kh_store_schema_version(st) == kh_store_schema_latest());
-    CHECK(kh_store_schema_latest() >= 23); /* 9: alert_config, 10: cluster, 11: migrations, ... */
+    CHECK(kh_store_schema_latest() >= 25); /* 9: alert_config, 10: cluster, 11: migrations, ... */
     CHECK(count(path, "SELECT count(*) FROM auth_projects WHERE name = 'default'") == 1);
     CHECK(count(path, "SELECT count(*) FROM alert_config") == 0);
     CHECK(count(path, "SELECT count(*) FROM vms") == 2);

@@ -1,0 +1,138 @@
+#!/usr/bin/env python3
+"""bench/backup.py - backup figures of kvmhost (issue 13), side by side.
+
+Starts its own kvmhostd in a temp dir (KH_BUILD_DIR, default <repo>/build;
+use a normal build, not the ASan one) and prints:
+  - a full backup of a 2 GiB disk (a stopped VM's qcow2 volume filled with
+    incompressible data written by qemu-io) into a store on the same
+    filesystem, beside `qemu-img convert -O qcow2` of the same disk to the
+    same filesystem (throughput, MiB/s of guest data);
+  - an incremental backup after about 1% of the disk changed (20 MiB in
+    spread pieces), as a share of the full backup's time;
+  - 10 linked clones of one template disk (each with 1% of its own writes)
+    backed up into one store: the bytes the store holds, beside the bytes of
+    one backup of the template;
+  - libvirt's `virsh backup-begin` (push, full) is not run: there is no
+    libvirtd on this host (the figure is left out, not guessed).
+Environment: KH_BENCH_SIZE_MIB (default 2048). Never run by CI."""
+
+import json
+import os
+import random
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+here = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(here, "..", "tests", "blackbox"))
+import khlib  # noqa: E402
+
+MiB = 1 << 20
+SIZE = int(os.environ.get("KH_BENCH_SIZE_MIB", "2048")) * MiB
+QIMG = "/usr/bin/qemu-img"
+QIO = "/usr/bin/qemu-io"
+
+
+def fill(path, off, length, seed, tmp):
+    """Incompressible data written through qemu-io (in 64 MiB pieces)."""
+    rnd = random.Random(seed)
+    src = os.path.join(tmp, "src")
+    done = 0
+    while done < length:
+        n = min(64 * MiB, length - done)
+        with open(src, "wb") as f:
+            f.write(rnd.randbytes(n))
+        subprocess.run([QIO, "-f", "qcow2", "-c", "write -s %s %d %d" % (src, off + done, n),
+                        path], check=True, capture_output=True)
+        done += n
+    os.unlink(src)
+
+
+def task(api, r, timeout=3600):
+    t = r.json
+    while t["state"] == "running":
+        time.sleep(0.1)
+        t = api.get("/api/v1/tasks/" + t["id"]).json
+    assert t["state"] == "succeeded", t
+    return t["result"]
+
+
+def du(path):
+    return int(subprocess.run(["du", "-sb", path], capture_output=True, text=True,
+                              check=True).stdout.split()[0])
+
+
+def main():
+    d = khlib.Daemon()
+    d.start()
+    api = d.api
+    tmp = tempfile.mkdtemp(prefix="khbench-bk-", dir=d.base)
+    try:
+        store = os.path.join(d.base, "store")
+        assert api.post("/api/v1/backup-stores", {"name": "s", "path": store}).status == 201
+        r = api.post("/api/v1/pools/default/volumes", {"name": "big", "size": SIZE})
+        vol = os.path.join(d.state_dir, "pools", "default", r.json["id"])
+        boot = {"kernel": "/bin/true", "initrd": "/bin/true", "cmdline": "x"}
+        api.create({"name": "big", "boot": boot, "disks": [{"volume": "default/big"}]})
+        fill(vol, 0, SIZE, 1, tmp)
+        subprocess.run(["sync"])
+        # qemu-img convert, same disk, same filesystem
+        out = os.path.join(d.base, "convert.qcow2")
+        t0 = time.time()
+        subprocess.run([QIMG, "convert", "-O", "qcow2", vol, out], check=True)
+        subprocess.run(["sync", "-f", out])
+        t_conv = time.time() - t0
+        os.unlink(out)
+        t0 = time.time()
+        b1 = task(api, api.post("/api/v1/vms/big/backups", {"wait": 0}))
+        t_full = time.time() - t0
+        # 1%: pieces of 256 KiB spread over the disk
+        step = SIZE // 80
+        for k in range(80):
+            fill(vol, k * step, 256 * 1024, 100 + k, tmp)
+        t0 = time.time()
+        b2 = task(api, api.post("/api/v1/vms/big/backups", {"wait": 0}))
+        t_inc = time.time() - t0
+        mib = SIZE / MiB
+        print("full backup of a %d MiB disk (stopped VM, incompressible data):" % mib)
+        print("  kvmhost backup create   %6.2f s  %7.1f MiB/s  (stored %d MiB)"
+              % (t_full, mib / t_full, b1["bytes_written"] // MiB))
+        print("  qemu-img convert        %6.2f s  %7.1f MiB/s  -> ratio %.2fx"
+              % (t_conv, mib / t_conv, t_conv / t_full))
+        print("incremental after ~1%% changed (80 x 256 KiB): %.2f s = %.1f%% of the full; "
+              "read %d MiB, stored %d MiB, %d new chunks"
+              % (t_inc, 100 * t_inc / t_full, b2["bytes_read"] // MiB,
+                 b2["bytes_written"] // MiB, b2["chunks_new"]))
+        # 10 linked clones of one template disk
+        store2 = os.path.join(d.base, "store2")
+        assert api.post("/api/v1/backup-stores", {"name": "c", "path": store2}).status == 201
+        r = api.post("/api/v1/pools/default/volumes", {"name": "tpl", "size": 512 * MiB})
+        tvol = os.path.join(d.state_dir, "pools", "default", r.json["id"])
+        fill(tvol, 0, 512 * MiB, 7, tmp)
+        api.create({"name": "tpl", "boot": boot, "disks": [{"volume": "default/tpl"}]})
+        task(api, api.post("/api/v1/vms/tpl/backups", {"store": "c", "wait": 0}))
+        one = du(store2)
+        api.delete("/api/v1/vms/tpl")
+        assert api.post("/api/v1/vms/tpl/template", {}).status in (200, 404)
+        for i in range(10):
+            r = api.post("/api/v1/pools/default/volumes", {"name": "cl%d" % i, "backing": "tpl"})
+            assert r.status == 201, r
+            cvol = os.path.join(d.state_dir, "pools", "default", r.json["id"])
+            fill(cvol, (i * 37 % 500) * MiB, 5 * MiB, 1000 + i, tmp)  # ~1% of its own
+            api.create({"name": "cl%d" % i, "boot": boot,
+                        "disks": [{"volume": "default/cl%d" % i}]})
+            task(api, api.post("/api/v1/vms/cl%d/backups" % i, {"store": "c", "wait": 0}))
+        ten = du(store2)
+        print("10 linked clones of a 512 MiB template (1%% own writes each): store %d MiB "
+              "after the template alone, %d MiB after the 10 clones too: %.2fx of one"
+              % (one // MiB, ten // MiB, ten / one))
+        print("libvirt virsh backup-begin (push, full): not measured (no libvirtd here)")
+    finally:
+        d.stop()
+        d.cleanup()
+
+
+if __name__ == "__main__":
+    main()

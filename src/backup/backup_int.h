@@ -1,0 +1,152 @@
+/* backup_int.h - what the files of backup/ share: the manager's state, the
+ * catalog (backup.c) and the worker helper. */
+#ifndef KH_BACKUP_INT_H
+#define KH_BACKUP_INT_H
+
+#include <jansson.h>
+#include <stdbool.h>
+#include <uv.h>
+
+#include "backup/backup.h"
+#include "backup/chunks.h"
+#include "backup/nbd.h"
+#include "storage/key.h"
+
+typedef struct kh_bop kh_bop;
+
+struct kh_backups {
+    uv_loop_t *loop;
+    kh_store *store;
+    kh_manager *mgr;
+    kh_storage *st;
+    kh_tasks *tasks;
+    kh_events *events;
+    char *state_dir;
+    char *tmp_dir; /* STATE_DIR/backup-tmp: NBD sockets */
+    kh_key_master master;
+    kh_bop *ops;   /* operations under way */
+    uv_timer_t *sched_timer; /* schedule.c */
+};
+
+/* schedule.c: the tick (started by kh_backup_new, stopped by _free). */
+void kh_schedule_start(kh_backups *b);
+void kh_schedule_stop(kh_backups *b);
+
+/* One operation under way (a backup, restore, verify or prune): what makes
+ * another one on the same VM or store wait (409). */
+struct kh_bop {
+    kh_backups *b;
+    const char *kind; /* "backup.create", ... */
+    char *vm_id;      /* the VM it reads or writes, or NULL */
+    char *store;      /* the store it writes or prunes, or NULL */
+    bool exclusive;   /* nothing else may run on the store (prune) */
+    kh_task *task;
+    kh_nbd_stats stats;
+    uint64_t total;   /* bytes to handle, for progress */
+    uint64_t t0_ms;
+    uv_timer_t *timer;
+    kh_bop *link;
+};
+
+/* Register an operation; 409 when it conflicts with one under way. The
+ * task is created here; progress is published every 500 ms from stats. */
+kh_bop *kh_backup_op_begin(kh_backups *b, size_t size, const char *kind, const char *vm_name,
+                           const char *vm_id, const char *store, bool exclusive, kh_err *err);
+/* Ends the task (err NULL: succeeded with result, stolen) and frees op
+ * (op is the head of a bigger struct: free_fn frees it). */
+void kh_backup_op_end(kh_bop *op, json_t *result, const kh_err *err);
+
+/* Run fn(opaque) on the thread pool, then done(opaque) on the loop. */
+typedef void (*kh_backup_work_fn)(void *opaque);
+void kh_backup_work(kh_backups *b, kh_backup_work_fn fn, kh_backup_work_fn done, void *opaque);
+
+/* The catalog. A store opened (key unwrapped); caller frees. */
+kh_chunks *kh_backup_store_open(kh_backups *b, const char *name, kh_err *err);
+/* A backup row as JSON {"id", "store", "vm", "vm_id", "kind", "base", "created_at",
+ * ... record}. */
+json_t *kh_backup_row(kh_backups *b, const char *id, kh_err *err);
+/* The newest backup of vm_id in store, or NULL (err unset when none). */
+json_t *kh_backup_last(kh_backups *b, const char *store, const char *vm_id, kh_err *err);
+int kh_backup_insert(kh_backups *b, const json_t *row, kh_err *err);
+/* The folder of backup id in its store (caller frees). */
+char *kh_backup_dir(const kh_chunks *c, const char *id);
+/* Read disk i's index of backup id. */
+int kh_backup_index_read(const kh_chunks *c, const char *id, size_t i, kh_index *ix,
+                         kh_err *err);
+
+/* ---- a backup job (job.c; live.c for a running VM) ---- */
+
+#define KH_BACKUP_BITMAP_PREFIX "kh-bk-"
+
+typedef struct jdisk {
+    size_t index;       /* in the VM's spec */
+    char *ref;          /* pool/name */
+    char volume_id[37];
+    char *file;         /* the top image */
+    bool qcow2;
+    char *base_bitmap;  /* the last committed backup's bitmap, when usable */
+    json_t *stale;      /* other kh-bk-* bitmaps in the image */
+    bool added;         /* our new bitmap is in the image */
+    kh_index ix;
+    uint64_t size;
+    kh_index base;      /* live: the base index (with base_bitmap) */
+    bool have_base;
+    struct nbd_handle *nbd; /* live: the connection to its export */
+} jdisk;
+
+struct kh_job;
+typedef void (*kh_live_done_fn)(struct kh_job *j, const kh_err *err);
+
+typedef struct kh_job {
+    kh_bop op; /* first */
+    bool live;       /* the VM runs: QMP (live.c), else qemu-img + qemu-nbd */
+    unsigned seq;    /* unique in this daemon: QEMU object names */
+    char tag[16];    /* "<seq>": in QEMU names */
+    json_t *nodes;   /* live: [{"node", "fleece", "fdset", "job", "export"}] per disk */
+    bool exported, server;
+    pid_t keeper;    /* live: holds copies of the NBD connections (see live.c) */
+    int steps_left;  /* live: replies awaited */
+    kh_live_done_fn live_done; /* live.c: the caller of a failed start */
+    kh_err live_err;
+    void *live_janitor;        /* live.c: the janitor under way */
+    char id[37];
+    char bitmap[64]; /* BITMAP_PREFIX + id */
+    char *vm, *vm_id, *store;
+    kh_chunks *chunks;
+    json_t *spec;
+    json_t *base; /* the previous backup's row, or NULL */
+    jdisk *disks;
+    size_t ndisks, cur;
+    /* the current disk's export and pull */
+    char sock[256];
+    pid_t nbd_pid;
+    bool nbd_running, pulling;
+    char *nbd_errtext;
+    kh_index base_ix;
+    bool have_base_ix;
+    kh_err pull_err;
+    int pull_rc;
+    /* the end */
+    kh_err failure;
+    bool failed;
+    size_t cleanup_disk;
+    size_t cleanup_item;
+    double time;
+} kh_job;
+
+/* live.c: the point in time and the export in the VM's QEMU (fleecing,
+ * new bitmap, frozen copy of the base bitmap, NBD export); done(j, err)
+ * once the export is up (err NULL) or nothing is left in QEMU. */
+typedef kh_live_done_fn kh_live_done;
+void kh_live_start(kh_job *j, kh_live_done done);
+/* Take the export, the fleecing node and the frozen bitmap down (errors
+ * are logged); then done(j, NULL). */
+void kh_live_stop(kh_job *j, kh_live_done done);
+/* Remove bitmap name from disk d of the running VM; done(j, err). */
+void kh_live_bitmap_remove(kh_job *j, size_t d, const char *name, kh_live_done done);
+/* Connect to every disk's export and start the keeper; -1 with err. */
+int kh_live_connect(kh_job *j, kh_err *err);
+/* After kh_live_stop: the keeper killed, the connections closed. */
+void kh_live_release(kh_job *j);
+
+#endif

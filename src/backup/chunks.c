@@ -1,0 +1,356 @@
+/* chunks.c - owns the chunk files and the header of a backup store directory:
+ * digests, zstd compression, AES-256-GCM, atomic writes (backup/chunks.h). */
+#include "backup/chunks.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <openssl/crypto.h>
+#include <openssl/evp.h>
+#include <openssl/hmac.h>
+#include <openssl/sha.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#include <zstd.h>
+
+#include "util/fs.h"
+#include "util/mem.h"
+#include "util/misc.h"
+
+#define MAGIC "KHC1"
+#define HDR_LEN 5
+#define IV_LEN 12
+#define TAG_LEN 16
+#define ZSTD_LEVEL 1
+#define HEADER_FILE "kvmhost-store.json"
+
+struct kh_chunks {
+    char *path;
+    bool encrypted;
+    unsigned char enc_key[KH_CHUNK_KEY_LEN]; /* AES-256-GCM */
+    unsigned char id_key[KH_CHUNK_KEY_LEN];  /* HMAC of chunk names */
+};
+
+static void hex_encode(const unsigned char *in, size_t n, char *out)
+{
+    static const char digits[] = "0123456789abcdef";
+    for (size_t i = 0; i < n; i++) {
+        out[2 * i] = digits[in[i] >> 4];
+        out[2 * i + 1] = digits[in[i] & 15];
+    }
+    out[2 * n] = '\0';
+}
+
+/* A sub-key: SHA-256(label | key). */
+static void derive(const unsigned char *key, const char *label, unsigned char out[32])
+{
+    unsigned char buf[64 + KH_CHUNK_KEY_LEN];
+    size_t n = strlen(label);
+    if (n > 64)
+        n = 64;
+    for (size_t i = 0; i < n; i++)
+        buf[i] = (unsigned char)label[i];
+    memcpy(buf + n, key, KH_CHUNK_KEY_LEN);
+    SHA256(buf, n + KH_CHUNK_KEY_LEN, out);
+    OPENSSL_cleanse(buf, sizeof(buf));
+}
+
+static void key_check_hex(const unsigned char *key, char out[KH_DIGEST_HEX])
+{
+    unsigned char k[32];
+    derive(key, "kvmhost-backup-key-check", k);
+    hex_encode(k, 32, out);
+    OPENSSL_cleanse(k, sizeof(k));
+}
+
+int kh_chunks_probe(const char *path, bool *encrypted, kh_err *err)
+{
+    char *hp = xasprintf("%s/" HEADER_FILE, path);
+    struct stat sb;
+    int rc = 0;
+    if (stat(hp, &sb) == 0) {
+        json_t *h = kh_fs_read_json(hp, 65536, err);
+        rc = h ? 1 : -1;
+        if (h && encrypted)
+            *encrypted = json_is_true(json_object_get(h, "encrypted"));
+        json_decref(h);
+    }
+    free(hp);
+    return rc;
+}
+
+kh_chunks *kh_chunks_open(const char *path, const unsigned char *key, bool create, kh_err *err)
+{
+    kh_chunks *c = xcalloc(1, sizeof(*c));
+    c->path = xstrdup(path);
+    c->encrypted = key != NULL;
+    if (key) {
+        derive(key, "kvmhost-backup-encrypt", c->enc_key);
+        derive(key, "kvmhost-backup-chunk-id", c->id_key);
+    }
+    char check[KH_DIGEST_HEX] = "";
+    if (key)
+        key_check_hex(key, check);
+    char *hp = xasprintf("%s/" HEADER_FILE, path);
+    bool enc = false;
+    int have = kh_chunks_probe(path, &enc, err);
+    if (have < 0)
+        goto fail;
+    if (have == 0) {
+        if (!create) {
+            kh_err_set(err, KH_E_NOTFOUND, "%s holds no backup store", path);
+            goto fail;
+        }
+        char *sub = xasprintf("%s/chunks", path);
+        char *bk = xasprintf("%s/backups", path);
+        int mrc = kh_fs_mkdir_p(sub, 0700, err) < 0 || kh_fs_mkdir_p(bk, 0700, err) < 0 ? -1 : 0;
+        free(sub);
+        free(bk);
+        if (mrc < 0)
+            goto fail;
+        char id[37];
+        kh_uuid_generate(id);
+        json_t *h = json_pack("{s:i, s:s, s:b, s:i}", "format", 1, "id", id, "encrypted",
+                              c->encrypted, "chunk_size", (json_int_t)KH_CHUNK_SIZE);
+        if (key)
+            json_object_set_new(h, "key_check", json_string(check));
+        char *text = json_dumps(h, JSON_INDENT(2));
+        json_decref(h);
+        int wrc = kh_fs_write_atomic(hp, text, strlen(text), 0600, err);
+        free(text);
+        if (wrc < 0)
+            goto fail;
+    } else {
+        json_t *h = kh_fs_read_json(hp, 65536, err);
+        if (!h)
+            goto fail;
+        const char *kc = json_string_value(json_object_get(h, "key_check"));
+        json_int_t cs = json_integer_value(json_object_get(h, "chunk_size"));
+        int bad = 0;
+        if (cs != KH_CHUNK_SIZE) {
+            kh_err_set(err, KH_E_INVALID, "%s: a store with chunk size %lld, not %u", path,
+                       (long long)cs, KH_CHUNK_SIZE);
+            bad = 1;
+        } else if (enc != c->encrypted) {
+            kh_err_set(err, KH_E_INVALID, enc ? "%s is an encrypted store: give its key"
+                                              : "%s is not an encrypted store", path);
+            bad = 1;
+        } else if (key && (!kc || strlen(kc) != 64 ||
+                           CRYPTO_memcmp(kc, check, 64) != 0)) {
+            kh_err_set(err, KH_E_FORBIDDEN, "%s: wrong key for this encrypted store", path);
+            bad = 1;
+        }
+        json_decref(h);
+        if (bad)
+            goto fail;
+    }
+    free(hp);
+    return c;
+fail:
+    free(hp);
+    kh_chunks_free(c);
+    return NULL;
+}
+
+void kh_chunks_free(kh_chunks *c)
+{
+    if (!c)
+        return;
+    OPENSSL_cleanse(c->enc_key, sizeof(c->enc_key));
+    OPENSSL_cleanse(c->id_key, sizeof(c->id_key));
+    free(c->path);
+    free(c);
+}
+
+const char *kh_chunks_path(const kh_chunks *c)
+{
+    return c->path;
+}
+
+bool kh_chunks_encrypted(const kh_chunks *c)
+{
+    return c->encrypted;
+}
+
+void kh_chunks_digest(const kh_chunks *c, const void *data, size_t len, char hex[KH_DIGEST_HEX])
+{
+    unsigned char md[KH_DIGEST_LEN];
+    if (c->encrypted) {
+        unsigned int mdlen = 0;
+        HMAC(EVP_sha256(), c->id_key, KH_CHUNK_KEY_LEN, data, len, md, &mdlen);
+    } else {
+        SHA256(data, len, md);
+    }
+    hex_encode(md, KH_DIGEST_LEN, hex);
+}
+
+char *kh_chunks_file(const kh_chunks *c, const char *hex)
+{
+    return xasprintf("%s/chunks/%.2s/%s", c->path, hex, hex);
+}
+
+/* AES-256-GCM of in (n bytes) into out: iv | ciphertext | tag. */
+static int seal(const kh_chunks *c, const char *hex, const unsigned char *in, size_t n,
+                unsigned char *out)
+{
+    EVP_CIPHER_CTX *x = EVP_CIPHER_CTX_new();
+    int len = 0, ok;
+    unsigned char *iv = out, *ct = out + IV_LEN;
+    kh_random_bytes(iv, IV_LEN);
+    ok = x && EVP_EncryptInit_ex(x, EVP_aes_256_gcm(), NULL, c->enc_key, iv) == 1 &&
+         EVP_EncryptUpdate(x, NULL, &len, (const unsigned char *)hex, 64) == 1 &&
+         EVP_EncryptUpdate(x, ct, &len, in, (int)n) == 1 &&
+         EVP_EncryptFinal_ex(x, ct + len, &len) == 1 &&
+         EVP_CIPHER_CTX_ctrl(x, EVP_CTRL_GCM_GET_TAG, TAG_LEN, ct + n) == 1;
+    EVP_CIPHER_CTX_free(x);
+    return ok ? 0 : -1;
+}
+
+static int unseal(const kh_chunks *c, const char *hex, const unsigned char *in, size_t n,
+                  unsigned char *out)
+{
+    if (n < IV_LEN + TAG_LEN)
+        return -1;
+    size_t ctlen = n - IV_LEN - TAG_LEN;
+    EVP_CIPHER_CTX *x = EVP_CIPHER_CTX_new();
+    int len = 0, ok;
+    ok = x && EVP_DecryptInit_ex(x, EVP_aes_256_gcm(), NULL, c->enc_key, in) == 1 &&
+         EVP_DecryptUpdate(x, NULL, &len, (const unsigned char *)hex, 64) == 1 &&
+         EVP_DecryptUpdate(x, out, &len, in + IV_LEN, (int)ctlen) == 1 &&
+         EVP_CIPHER_CTX_ctrl(x, EVP_CTRL_GCM_SET_TAG, TAG_LEN,
+                             (void *)(uintptr_t)(in + IV_LEN + ctlen)) == 1 &&
+         EVP_DecryptFinal_ex(x, out + len, &len) == 1;
+    EVP_CIPHER_CTX_free(x);
+    return ok ? (int)ctlen : -1;
+}
+
+static int write_all(int fd, const unsigned char *p, size_t n)
+{
+    while (n > 0) {
+        ssize_t w = write(fd, p, n);
+        if (w < 0 && errno == EINTR)
+            continue;
+        if (w <= 0)
+            return -1;
+        p += w;
+        n -= (size_t)w;
+    }
+    return 0;
+}
+
+int kh_chunks_put(const kh_chunks *c, const void *data, size_t len, char hex[KH_DIGEST_HEX],
+                  uint64_t *stored, kh_err *err)
+{
+    *stored = 0;
+    kh_chunks_digest(c, data, len, hex);
+    char *file = kh_chunks_file(c, hex);
+    struct stat sb;
+    if (stat(file, &sb) == 0 && sb.st_size > HDR_LEN) {
+        free(file);
+        return 0;
+    }
+    char dir[4096];
+    if (kh_fmt(dir, sizeof(dir), "%s/chunks/%.2s", c->path, hex) < 0 ||
+        (mkdir(dir, 0700) < 0 && errno != EEXIST)) {
+        kh_err_errno(err, errno == ENOSPC ? KH_E_UNAVAILABLE : KH_E_INTERNAL, errno,
+                     "backup store %s", c->path);
+        free(file);
+        return -1;
+    }
+    size_t bound = ZSTD_compressBound(len);
+    unsigned char *z = xmalloc(bound);
+    size_t zlen = ZSTD_compress(z, bound, data, len, ZSTD_LEVEL);
+    if (ZSTD_isError(zlen)) {
+        kh_err_set(err, KH_E_INTERNAL, "zstd: %s", ZSTD_getErrorName(zlen));
+        free(z);
+        free(file);
+        return -1;
+    }
+    size_t outlen = HDR_LEN + zlen + (c->encrypted ? IV_LEN + TAG_LEN : 0);
+    unsigned char *out = xmalloc(outlen);
+    memcpy(out, MAGIC, 4);
+    out[4] = c->encrypted ? 1 : 0;
+    int rc = 0;
+    if (c->encrypted)
+        rc = seal(c, hex, z, zlen, out + HDR_LEN);
+    else
+        memcpy(out + HDR_LEN, z, zlen);
+    free(z);
+    if (rc < 0) {
+        kh_err_set(err, KH_E_INTERNAL, "encrypting a chunk failed");
+        free(out);
+        free(file);
+        return -1;
+    }
+    char *tmp = xasprintf("%s/.tmp-%.16s-%08x", dir, hex, (unsigned)kh_now_us());
+    int fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+    int e = 0;
+    if (fd < 0 || write_all(fd, out, outlen) < 0 || fsync(fd) < 0)
+        e = errno ? errno : EIO;
+    if (fd >= 0 && close(fd) < 0 && !e)
+        e = errno;
+    if (!e && rename(tmp, file) < 0)
+        e = errno;
+    free(out);
+    if (e) {
+        unlink(tmp);
+        kh_err_errno(err, e == ENOSPC || e == EDQUOT ? KH_E_UNAVAILABLE : KH_E_INTERNAL, e,
+                     "writing chunk %.16s to backup store %s", hex, c->path);
+        free(tmp);
+        free(file);
+        return -1;
+    }
+    free(tmp);
+    free(file);
+    *stored = outlen;
+    return 1;
+}
+
+long kh_chunks_get(const kh_chunks *c, const char *hex, void *buf, kh_err *err)
+{
+    char *file = kh_chunks_file(c, hex);
+    size_t n = 0;
+    kh_err e = KH_ERR_INIT;
+    char *raw = kh_fs_read(file, KH_CHUNK_SIZE + KH_CHUNK_SIZE / 8 + 4096, &n, &e);
+    free(file);
+    if (!raw) {
+        kh_err_set(err, KH_E_CONFLICT, "chunk %s is missing or unreadable: %s", hex, e.msg);
+        return -1;
+    }
+    long res = -1;
+    const unsigned char *p = (const unsigned char *)raw;
+    unsigned char *plain = NULL;
+    size_t zlen = 0;
+    const unsigned char *z = NULL;
+    if (n < HDR_LEN || memcmp(p, MAGIC, 4) != 0 || p[4] != (c->encrypted ? 1 : 0))
+        goto bad;
+    if (c->encrypted) {
+        plain = xmalloc(n);
+        int l = unseal(c, hex, p + HDR_LEN, n - HDR_LEN, plain);
+        if (l < 0)
+            goto bad;
+        z = plain;
+        zlen = (size_t)l;
+    } else {
+        z = p + HDR_LEN;
+        zlen = n - HDR_LEN;
+    }
+    size_t dlen = ZSTD_decompress(buf, KH_CHUNK_SIZE, z, zlen);
+    if (ZSTD_isError(dlen))
+        goto bad;
+    char check[KH_DIGEST_HEX];
+    kh_chunks_digest(c, buf, dlen, check);
+    if (strcmp(check, hex) != 0)
+        goto bad;
+    res = (long)dlen;
+    goto out;
+bad:
+    kh_err_set(err, KH_E_CONFLICT, "chunk %s is damaged", hex);
+out:
+    free(plain);
+    free(raw);
+    return res;
+}

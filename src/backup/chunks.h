@@ -1,0 +1,62 @@
+/* chunks.h - the content-addressed chunk store of a backup store directory.
+ *
+ * A store directory holds:
+ *   kvmhost-store.json   {"format": 1, "id", "encrypted", "chunk_size", "key_check"}
+ *   chunks/XX/DIGEST     one file per distinct chunk (XX: the digest's first two hex digits)
+ *   backups/ID/          one folder per committed backup: manifest.json and disk<N>.idx
+ *
+ * A chunk is at most KH_CHUNK_SIZE bytes of a disk. Its name (digest) is the
+ * SHA-256 of its plaintext, or in an encrypted store an HMAC-SHA-256 of the
+ * plaintext keyed by a key derived from the store key, so names tell nothing
+ * without the key. The file: "KHC1", a flags byte (1: encrypted), then the
+ * zstd frame of the plaintext, encrypted with AES-256-GCM (12-byte random IV
+ * first, 16-byte tag last, the digest as associated data so a chunk renamed
+ * to another digest does not decrypt). Writes are atomic (temp file, fsync,
+ * rename); a chunk that exists is not written again (deduplication across
+ * disks, VMs and backups).
+ *
+ * Every function here is thread-safe: a kh_chunks is immutable once open,
+ * and the worker threads of backups, restores and verifies share it.
+ */
+#ifndef KH_BACKUP_CHUNKS_H
+#define KH_BACKUP_CHUNKS_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "util/err.h"
+
+#define KH_CHUNK_SIZE (4u << 20)
+#define KH_CHUNK_KEY_LEN 32
+#define KH_DIGEST_LEN 32
+#define KH_DIGEST_HEX 65
+
+typedef struct kh_chunks kh_chunks;
+
+/* Open the store at path. create: make the folders and kvmhost-store.json
+ * when the directory holds no store yet (encrypted when key is not NULL).
+ * An existing store is checked: its "encrypted" must match key != NULL and
+ * the key must match its key_check (KH_E_FORBIDDEN "wrong key"). */
+kh_chunks *kh_chunks_open(const char *path, const unsigned char *key, bool create, kh_err *err);
+void kh_chunks_free(kh_chunks *c);
+const char *kh_chunks_path(const kh_chunks *c);
+bool kh_chunks_encrypted(const kh_chunks *c);
+/* 1 when path already holds a store (kvmhost-store.json), with *encrypted. */
+int kh_chunks_probe(const char *path, bool *encrypted, kh_err *err);
+
+/* The digest (hex) of data. */
+void kh_chunks_digest(const kh_chunks *c, const void *data, size_t len, char hex[KH_DIGEST_HEX]);
+/* Store data as a chunk: hex gets its digest; 1 when it was written, 0 when
+ * it existed (deduplicated), -1 with err (KH_E_UNAVAILABLE on a full disk;
+ * nothing is left behind). *stored gets the bytes written to the file. */
+int kh_chunks_put(const kh_chunks *c, const void *data, size_t len, char hex[KH_DIGEST_HEX],
+                  uint64_t *stored, kh_err *err);
+/* Read chunk hex into buf (KH_CHUNK_SIZE bytes), checked: decrypted, the
+ * digest of the plaintext recomputed. Returns its length, or -1 with err
+ * (KH_E_CONFLICT naming the chunk when it is missing or damaged). */
+long kh_chunks_get(const kh_chunks *c, const char *hex, void *buf, kh_err *err);
+/* The file of chunk hex (caller frees). */
+char *kh_chunks_file(const kh_chunks *c, const char *hex);
+
+#endif

@@ -1,0 +1,38 @@
+/* schema.c - the backup module's tables: backup_stores and backups (rows in
+ * backup/catalog.c). Pure data, compiled into the store library and
+ * registered in store/migrations.c. */
+#include "store/migrations.h"
+
+/* 24: backup stores and committed backups. A backup row is written only
+ * once its chunks and indexes are on disk (the commit); "record" is its
+ * JSON (disks, their bitmaps and sizes, figures). */
+const char kh_backup_schema_stores_backups[] =
+    "CREATE TABLE IF NOT EXISTS backup_stores ("
+    "  name TEXT PRIMARY KEY,"
+    "  id TEXT NOT NULL,"
+    "  path TEXT NOT NULL UNIQUE,"
+    "  encrypted INTEGER NOT NULL,"
+    "  wrapped_key TEXT,"
+    "  created_at REAL NOT NULL"
+    ");"
+    "CREATE TABLE IF NOT EXISTS backups ("
+    "  id TEXT PRIMARY KEY,"
+    "  store TEXT NOT NULL REFERENCES backup_stores(name),"
+    "  vm_id TEXT NOT NULL,"
+    "  vm_name TEXT NOT NULL,"
+    "  kind TEXT NOT NULL,"
+    "  base_id TEXT,"
+    "  created_at REAL NOT NULL,"
+    "  record TEXT NOT NULL"
+    ");"
+    "CREATE INDEX IF NOT EXISTS backups_vm ON backups(store, vm_id, created_at);";
+
+/* 25: nightly schedules, one per VM (backup/schedule.c). */
+const char kh_backup_schema_schedules[] =
+    "CREATE TABLE IF NOT EXISTS backup_schedules ("
+    "  vm_id TEXT PRIMARY KEY,"
+    "  vm_name TEXT NOT NULL,"
+    "  store TEXT NOT NULL,"
+    "  at TEXT NOT NULL,"
+    "  last_run REAL NOT NULL DEFAULT 0"
+    ");";
