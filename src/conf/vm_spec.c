@@ -353,6 +353,66 @@ static bool has_nul(const json_t *j)
     return false;
 }
 
+/* 1..max characters of a-z, 0-9 and extra; the first not in not_first.
+ * NULL is not ok. */
+static bool word_ok(const char *s, size_t max, const char *extra, const char *not_first)
+{
+    size_t n = s ? strlen(s) : 0;
+    if (n == 0 || n > max || strchr(not_first, s[0]))
+        return false;
+    for (size_t i = 0; i < n; i++) {
+        char c = s[i];
+        if (!((c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || strchr(extra, c)))
+            return false;
+    }
+    return true;
+}
+
+/* The patterns of CloudInit.json, which the schema checker leaves to us. */
+static int check_cloud_init_words(const json_t *ci, kh_err *err)
+{
+    const json_t *v = json_object_get(ci, "hostname");
+    if (v) { /* an RFC 1123 label */
+        const char *h = json_string_value(v);
+        size_t n = strlen(h);
+        bool ok = n >= 1 && n <= 63 && h[0] != '-' && h[n - 1] != '-';
+        for (size_t i = 0; ok && i < n; i++)
+            ok = (h[i] >= 'a' && h[i] <= 'z') || (h[i] >= 'A' && h[i] <= 'Z') ||
+                 (h[i] >= '0' && h[i] <= '9') || h[i] == '-';
+        if (!ok) {
+            kh_err_set(err, KH_E_INVALID, "cloud_init.hostname: must be 1 to 63 letters, "
+                       "digits and '-', not starting or ending with '-'");
+            return -1;
+        }
+    }
+    size_t i;
+    json_t *e;
+    json_array_foreach(json_object_get(ci, "users"), i, e) {
+        const json_t *name = json_object_get(e, "name");
+        if (!name || !word_ok(json_string_value(name), 32, "_-", "-0123456789")) {
+            kh_err_set(err, KH_E_INVALID, "cloud_init.users[%zu].name: %s", i,
+                       name ? "must be 1 to 32 of a-z, 0-9, '_' and '-', starting with a "
+                              "letter or '_'" : "is required");
+            return -1;
+        }
+        const char *shell = json_string_value(json_object_get(e, "shell"));
+        if (shell && (shell[0] != '/' || !word_ok(shell + 1, 127, "_./-ABCDEFGHIJKLMNOPQRSTUVWXYZ",
+                                                  "") || strstr(shell, ".."))) {
+            kh_err_set(err, KH_E_INVALID, "cloud_init.users[%zu].shell: must be an absolute "
+                       "path of letters, digits, '_', '.', '/' and '-'", i);
+            return -1;
+        }
+    }
+    json_array_foreach(json_object_get(ci, "packages"), i, e) {
+        if (!word_ok(json_string_value(e), 128, "+.-", "+.-")) {
+            kh_err_set(err, KH_E_INVALID, "cloud_init.packages[%zu]: must be a package name "
+                       "(a-z, 0-9, '+', '.', '-')", i);
+            return -1;
+        }
+    }
+    return 0;
+}
+
 /* "cloud_init": the schema checked keys, types and patterns; what is left
  * is that the strings are text (no NUL, valid UTF-8 is jansson's) and that
  * raw user_data is not mixed with the keys kvmhost renders itself. */
@@ -373,6 +433,8 @@ static int parse_cloud_init(kh_vm_spec *spec, const json_t *ci, kh_err *err)
             return -1;
     }
     if ((v = json_object_get(ci, "vendor_data")) && !get_string(v, "cloud_init.vendor_data", err))
+        return -1;
+    if (check_cloud_init_words(ci, err) < 0)
         return -1;
     /* Strings reach the seed as JSON (safe by construction); a NUL would
      * cut them short in the guest, so it is refused anywhere. */

@@ -17,6 +17,7 @@
 #include "host/proc.h"
 #include "instance/instance_int.h"
 #include "instance/quota.h"
+#include "qemu/argv.h"
 #include "qemu/launch.h"
 #include "qemu/migrate.h"
 #include "util/log.h"
@@ -565,6 +566,42 @@ static void qemu_vcpus_changed(kh_inst *v)
     send_pinning(v);
 }
 
+static void on_medium_reply(kh_qmp *q, json_t *ret, const kh_err *err, void *opaque)
+{
+    (void)q;
+    (void)ret;
+    kh_inst *v = link_vm(opaque);
+    if (!v)
+        return;
+    if (err)
+        kh_log(KH_LOG_WARN, "vm.cidata", "vm=%s swapped=false error=\"%s\"", v->spec->name,
+               err->msg);
+    else
+        kh_log(KH_LOG_INFO, "vm.cidata", "vm=%s swapped=true", v->spec->name);
+}
+
+/* A new seed in the run dir (renamed over the old: QEMU keeps reading its
+ * open file until the swap), then blockdev-change-medium on the CD-ROM. */
+static int qemu_cidata_changed(kh_inst *v, kh_err *err)
+{
+    kh_qemu_vm *qv = kh_qemu_driver_vm(v);
+    if (!v->spec->cloud_init || !qv || !qv->qmp) {
+        kh_err_set(err, KH_E_CONFLICT, "vm %s: no cloud-init CD-ROM to change now",
+                   v->spec->name);
+        return -1;
+    }
+    char *path = kh_runtime_run_path(v, "cidata.iso");
+    int rc = kh_launch_cidata_write(v, path, err);
+    if (rc == 0 &&
+        kh_qmp_command(qv->qmp, "blockdev-change-medium",
+                       json_pack("{s:s, s:s, s:s, s:s}", "id", KH_QEMU_CIDATA_DEV, "filename",
+                                 path, "format", "raw", "read-only-mode", "read-only"),
+                       on_medium_reply, qv->qlink, err) < 0)
+        rc = -1;
+    free(path);
+    return rc;
+}
+
 static int qemu_command(kh_inst *v, const char *cmd, json_t *args, int fd, kh_qmp_reply_cb cb,
                         void *opaque, kh_err *err)
 {
@@ -607,6 +644,7 @@ const kh_driver kh_qemu_driver = {
     .release = qemu_release,
     .limits_changed = qemu_limits_changed,
     .vcpus_changed = qemu_vcpus_changed,
+    .cidata_changed = qemu_cidata_changed,
     .command = qemu_command,
     .monitor_ready = qemu_monitor_ready,
     .monitor_rtt_us = qemu_monitor_rtt_us,

@@ -362,6 +362,16 @@ static void start_spawn(kh_inst *v, const char *kernel_file)
                                           ? mgr->cfg.cgroups : NULL,
                            .vm_id = v->id, .key_fd = -1 };
         pid_t tpm_pid;
+        /* swtpm (the QEMU user) walks through STATE/vms/<id> to its own
+         * "tpm" dir: both traverse only (0711, as STATE itself), so it
+         * can list nothing and open only what it owns */
+        char *vms = xasprintf("%s/vms", mgr->state_dir);
+        int ch = mgr->cfg.drop_privileges && (chmod(vms, 0711) < 0 || chmod(state, 0711) < 0);
+        free(vms);
+        if (ch) {
+            kh_err_errno(&err, KH_E_INTERNAL, errno, "chmod %s", state);
+            goto fail;
+        }
         if (kh_tpm_start(&to, &fds[FD_TPM], &tpm_pid, &err) < 0)
             goto fail;
         kh_log(KH_LOG_INFO, "vm.tpm", "vm=%s swtpm=%d", v->spec->name, (int)tpm_pid);
