@@ -887,7 +887,7 @@ const cli_cmd cli_vm_cmds[] = {
         "# a raw data disk attached read-only; a path holding a comma\n"
         "$ kvmhost vm create db --vcpus 1 --memory 512 --disk /srv/db,format=raw \\\n"
         "      --disk /srv/a,,b.img,format=raw,readonly\n"
-        "# a distribution's cloud image, UEFI with Secure Boot and a TPM, reachable over SSH\n"
+        "# a cloud image with UEFI, Secure Boot, a TPM and an SSH key\n"
         "$ kvmhost vm create deb --memory 1G --disk volume=default/deb12 --nic lan \\\n"
         "      --ssh-key ~/.ssh/id_ed25519.pub --hostname deb --secure-boot --tpm",
         cli_do_vm_create,
