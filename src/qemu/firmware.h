@@ -9,7 +9,8 @@
  * "pc-q35-*" machine, and has the features asked for. Secure Boot needs
  * "secure-boot" and "enrolled-keys" (Microsoft's keys in the template);
  * without it the firmware must not have "enrolled-keys" (Secure Boot
- * would be enforced). "requires-smm" sets smm. */
+ * would be enforced), and one without "secure-boot" at all is preferred
+ * (no SMM, faster under TCG). "requires-smm" sets smm. */
 #ifndef KH_QEMU_FIRMWARE_H
 #define KH_QEMU_FIRMWARE_H
 

@@ -182,3 +182,178 @@ def test_tpm_and_cidata_small_guest(daemon, guest, consoles, workdir):
     api.act_ok("tp", "kill")
     api.wait_state("tp", ["stopped"], timeout=30)
     netlib.wait_for(lambda: not swtpm_pids(state), timeout=15, what="swtpm gone with QEMU")
+
+
+# ---------------------------------------------------------------- Debian 12
+
+def debian_paths():
+    """(disk, unsigned overlay) of tests/guest/build-debian.sh, or None."""
+    env = os.path.join(HERE, "..", "guest", "out", "debian.env")
+    if not os.path.exists(env) and os.environ.get("KH_DEBIAN_BUILD") == "1":
+        subprocess.run([os.path.join(HERE, "..", "guest", "build-debian.sh")], check=True,
+                       timeout=3600)
+    if not os.path.exists(env):
+        return None
+    vals = dict(l.strip().split("=", 1) for l in open(env) if "=" in l)
+    disk, unsigned = vals.get("KH_DEBIAN_DISK"), vals.get("KH_DEBIAN_UNSIGNED")
+    if not (disk and os.path.exists(disk) and unsigned and os.path.exists(unsigned)):
+        return None
+    return disk, unsigned
+
+
+@pytest.fixture(scope="session")
+def debian():
+    p = debian_paths()
+    if p is None:
+        pytest.skip("no Debian guest disk: run tests/guest/build-debian.sh (or KH_DEBIAN_BUILD=1)")
+    return p
+
+
+def private_copy(src, workdir, name):
+    """A standalone qcow2 copy (no backing file: kvmhostd refuses those)
+    that QEMU, another user, may open."""
+    dst = os.path.join(workdir, name)
+    subprocess.run(["qemu-img", "convert", "-q", "-O", "qcow2", src, dst], check=True,
+                   timeout=300)
+    os.chmod(dst, 0o666)
+    return dst
+
+
+@pytest.fixture
+def netns():
+    ns = netlib.NetNS()
+    yield ns
+    ns.delete()
+
+
+@pytest.fixture
+def nsd(request, netns):
+    d = netlib.NsDaemon(netns)
+    d.start()
+    yield d
+    failed = any(getattr(request.node, "rep_" + w, None) is not None and
+                 getattr(request.node, "rep_" + w).failed for w in ("setup", "call"))
+    khlib.finish_daemons([d], failed)
+
+
+class Ssh:
+    """ssh into the guest from inside the namespace, through the port
+    forward on 127.0.0.1."""
+
+    def __init__(self, netns, workdir, port, user="kh"):
+        self.netns, self.port, self.user = netns, port, user
+        self.key = os.path.join(workdir, "id_ed25519")
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", self.key],
+                       check=True)
+        self.pub = open(self.key + ".pub").read().strip()
+
+    def run(self, cmd, timeout=60, check=True):
+        argv = ["ssh", "-i", self.key, "-p", str(self.port), "-o", "BatchMode=yes",
+                "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
+                "-o", "ConnectTimeout=10", "-o", "LogLevel=ERROR",
+                "%s@127.0.0.1" % self.user, cmd]
+        r = self.netns.exec(argv, check=False, timeout=timeout)
+        if check and r.returncode != 0:
+            raise khlib.KhError("ssh %r: exit %d: %s" % (cmd, r.returncode, r.stderr))
+        return r
+
+    def wait(self, timeout=900):
+        deadline = time.time() + timeout
+        last = None
+        while time.time() < deadline:
+            last = self.run("true", timeout=30, check=False)
+            if last.returncode == 0:
+                return time.time()
+            time.sleep(3)
+        raise khlib.KhError("no ssh login in %ss: %s" % (timeout, last and last.stderr))
+
+
+def debian_vm(api, netns, workdir, disk, name, port, ssh, **extra):
+    """A Debian VM on nat network "lan" with a static address and a port
+    forward 127.0.0.1:port -> 22, its cloud-init user kh with ssh's key."""
+    if not api.get("/api/v1/networks/lan").status == 200:
+        r = api.post("/api/v1/networks", {"name": "lan", "type": "nat",
+                                          "subnet": "10.87.0.0/24"})
+        assert r.status == 201, r
+    ip = "10.87.0.%d" % (50 + port % 100)
+    spec = {"name": name, "vcpus": 1, "memory_mib": 1024, "serial": True,
+            "disks": [{"path": disk, "format": "qcow2"}],
+            "nics": [{"network": "lan", "ip": ip}],
+            "cloud_init": {"hostname": name + "-ci",
+                           "users": [{"name": "kh", "ssh_authorized_keys": [ssh.pub],
+                                      "sudo": True}]}}
+    spec.update(extra)
+    r = api.post("/api/v1/vms", spec)
+    assert r.status == 201, r
+    r = api.post("/api/v1/networks/lan/forwards", {"host_port": port, "vm": name,
+                                                    "vm_port": 22})
+    assert r.status in (200, 201), r
+    return r
+
+
+@pytest.mark.slow
+def test_debian_bios_cloud_init_ssh(nsd, netns, debian, workdir):
+    """The Debian disk boots from its own GRUB under SeaBIOS; cloud-init
+    (NoCloud, the cidata CD-ROM) sets the hostname and installs the key; we
+    log in over SSH through the port forward."""
+    api = nsd.api
+    disk = private_copy(debian[0], workdir, "deb.qcow2")
+    ssh = Ssh(netns, workdir, 2201)
+    debian_vm(api, netns, workdir, disk, "deb", 2201, ssh)
+    api.act_ok("deb", "start")
+    ssh.wait()
+    assert ssh.run("hostname").stdout.strip() == "deb-ci"
+    assert ssh.run("test -d /sys/firmware/efi || echo bios").stdout.strip() == "bios"
+    # the seed's instance-id: the VM id and re-provision counter 0
+    iid = ssh.run("cat /run/cloud-init/.instance-id").stdout.strip()
+    assert iid == api.vm("deb")["id"] + "-0", iid
+    # the guest agent (virtio-serial org.qemu.guest_agent.0): OS, hostname, addresses
+    info = None
+    for _ in range(30):
+        r = api.get("/api/v1/vms/deb/guest")
+        if r.status == 200:
+            info = r.json
+            break
+        assert r.status == 409, r  # the agent is not up yet
+        time.sleep(2)
+    assert info, "the guest agent never answered"
+    assert info["os"]["id"] == "debian" and info["hostname"] == "deb-ci", info
+    ips = [a["ip"] for i in info["interfaces"] for a in i["addresses"]]
+    assert "10.87.0.51" in ips, info
+    mac = api.vm("deb")["nics"][0]["mac"]
+    assert any(i.get("mac") == mac for i in info["interfaces"]), info
+
+
+@pytest.mark.slow
+def test_debian_uefi_secure_boot_tpm(nsd, netns, debian, workdir):
+    """UEFI with Secure Boot on: Debian's signed shim, grub and kernel boot;
+    the guest sees Secure Boot enabled and a TPM 2.0 whose NV state survives
+    a restart of the VM; an unsigned loader is refused by the firmware."""
+    api = nsd.api
+    disk = private_copy(debian[0], workdir, "sb.qcow2")
+    ssh = Ssh(netns, workdir, 2202)
+    debian_vm(api, netns, workdir, disk, "sb", 2202, ssh,
+              firmware="uefi", secure_boot=True, tpm=True)
+    api.act_ok("sb", "start")
+    ssh.wait()
+    assert "SecureBoot enabled" in ssh.run("mokutil --sb-state").stdout
+    assert ssh.run("cat /sys/class/tpm/tpm0/tpm_version_major").stdout.strip() == "2"
+    ssh.run("sudo -n tpm2_nvdefine 0x1500016 -C o -s 8 -a 'ownerread|ownerwrite' && "
+            "printf kvmhost1 > /tmp/v && sudo -n tpm2_nvwrite 0x1500016 -C o -i /tmp/v")
+    # restart: the same swtpm state and UEFI variables come back
+    api.act_ok("sb", "stop", wait=120)
+    api.wait_state("sb", ["stopped"], timeout=120)
+    api.act_ok("sb", "start")
+    ssh.wait()
+    assert ssh.run("sudo -n tpm2_nvread 0x1500016 -C o -s 8").stdout == "kvmhost1"
+    assert "SecureBoot enabled" in ssh.run("mokutil --sb-state").stdout
+
+    # the same disk with an unsigned loader on its ESP: refused
+    bad = private_copy(debian[1], workdir, "unsigned.qcow2")
+    r = api.post("/api/v1/vms", {"name": "bad", "memory_mib": 512, "serial": True,
+                                 "firmware": "uefi", "secure_boot": True,
+                                 "disks": [{"path": bad, "format": "qcow2"}]})
+    assert r.status == 201, r
+    api.act_ok("bad", "start")
+    api.wait_console("bad", "Access Denied", timeout=240)
+    assert "Welcome to GRUB" not in api.console_log("bad")
