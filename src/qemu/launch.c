@@ -361,6 +361,10 @@ static void start_spawn(kh_inst *v, const char *kernel_file)
                            .cgroups = mgr->cfg.cgroups && mgr->cfg.cgroups->version
                                           ? mgr->cfg.cgroups : NULL,
                            .vm_id = v->id, .key_fd = -1 };
+        /* the state encrypted with the VM's key (derived, never stored) */
+        if (mgr->cfg.storage &&
+            (to.key_fd = kh_storage_vm_tpm_key_fd(mgr->cfg.storage, v->id, &err)) < 0)
+            goto fail;
         pid_t tpm_pid;
         /* swtpm (the QEMU user) walks through STATE/vms/<id> to its own
          * "tpm" dir: both traverse only (0711, as STATE itself), so it
@@ -372,7 +376,10 @@ static void start_spawn(kh_inst *v, const char *kernel_file)
             kh_err_errno(&err, KH_E_INTERNAL, errno, "chmod %s", state);
             goto fail;
         }
-        if (kh_tpm_start(&to, &fds[FD_TPM], &tpm_pid, &err) < 0)
+        int started = kh_tpm_start(&to, &fds[FD_TPM], &tpm_pid, &err);
+        if (to.key_fd >= 0)
+            close(to.key_fd);
+        if (started < 0)
             goto fail;
         kh_log(KH_LOG_INFO, "vm.tpm", "vm=%s swtpm=%d", v->spec->name, (int)tpm_pid);
     }

@@ -52,7 +52,7 @@ int kh_tpm_start(const kh_tpm_opts *o, int *qemu_fd, pid_t *pid, kh_err *err)
     kh_strv_add(argv, "fd=1,level=1");
     if (o->key_fd >= 0) {
         kh_strv_add(argv, "--key");
-        kh_strv_addf(argv, "fd=%d,mode=aes-256-cbc,format=binary", TPM_FD_KEY);
+        kh_strv_addf(argv, "fd=%d,mode=aes-256-cbc,format=hex", TPM_FD_KEY);
     }
     kh_spawn_fd fds[2] = { { sv[1], TPM_FD_CTRL }, { o->key_fd, TPM_FD_KEY } };
     kh_spawn_spec spec = {

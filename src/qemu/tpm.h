@@ -7,7 +7,8 @@
  * (-chardev socket,fd=M, qemu/argv.h tpm_fd). swtpm runs with -t: it ends
  * when that connection is lost, that is when QEMU ends, so it lives exactly
  * as long as its QEMU, across daemon restarts (own session, like QEMU) and
- * in the VM's cgroup. Its log is STATE/swtpm.log. */
+ * in the VM's cgroup. Its log is STATE/swtpm.log. With key_fd the state is
+ * encrypted (--key, AES-256-CBC; the launcher derives the VM's key). */
 #ifndef KH_QEMU_TPM_H
 #define KH_QEMU_TPM_H
 
@@ -25,7 +26,7 @@ typedef struct kh_tpm_opts {
     gid_t gid;
     const kh_cgroups *cgroups;
     const char *vm_id;
-    int key_fd;            /* -1, or a file with a 32-byte AES-256 key (state encryption) */
+    int key_fd;            /* -1, or a file with an AES-256 key in hex (state encryption) */
 } kh_tpm_opts;
 
 /* Start the VM's swtpm; *qemu_fd gets QEMU's end of the control channel

@@ -5,6 +5,7 @@
 #include <fcntl.h>
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
+#include <openssl/hmac.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -123,6 +124,23 @@ int kh_key_secret_fd(const kh_key_master *m, const char *vol_id, const char *wra
                                        "master key", what);
         return -1;
     }
+    hex_encode(key, KEY_LEN, secret);
+    OPENSSL_cleanse(key, sizeof(key));
+    int fd = secret_memfd(secret, err);
+    OPENSSL_cleanse(secret, sizeof(secret));
+    return fd;
+}
+
+int kh_key_derived_fd(const kh_key_master *m, const char *label, kh_err *err)
+{
+    unsigned char key[KEY_LEN];
+    unsigned int len = 0;
+    if (!HMAC(EVP_sha256(), m->key, KH_KEY_MASTER_LEN, (const unsigned char *)label,
+              strlen(label), key, &len) || len != KEY_LEN) {
+        kh_err_set(err, KH_E_INTERNAL, "deriving a key failed");
+        return -1;
+    }
+    char secret[2 * KEY_LEN + 1];
     hex_encode(key, KEY_LEN, secret);
     OPENSSL_cleanse(key, sizeof(key));
     int fd = secret_memfd(secret, err);

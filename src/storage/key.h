@@ -36,4 +36,9 @@ int kh_key_new(const kh_key_master *m, const char *vol_id, char wrapped_hex[KH_K
 int kh_key_secret_fd(const kh_key_master *m, const char *vol_id, const char *wrapped_hex,
                      const char *what, kh_err *err);
 
+/* A key derived from the master key for label (HMAC-SHA256), as 64 hex
+ * digits in a sealed memfd (the caller closes it), or -1: a VM's own
+ * keys ("vm-tpm:<vm id>": its TPM state) without storing anything. */
+int kh_key_derived_fd(const kh_key_master *m, const char *label, kh_err *err);
+
 #endif

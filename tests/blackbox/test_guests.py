@@ -257,7 +257,7 @@ class Ssh:
             raise khlib.KhError("ssh %r: exit %d: %s" % (cmd, r.returncode, r.stderr))
         return r
 
-    def wait(self, timeout=900):
+    def wait(self, api, vm, timeout=900):
         deadline = time.time() + timeout
         last = None
         while time.time() < deadline:
@@ -265,7 +265,8 @@ class Ssh:
             if last.returncode == 0:
                 return time.time()
             time.sleep(3)
-        raise khlib.KhError("no ssh login in %ss: %s" % (timeout, last and last.stderr))
+        raise khlib.KhError("no ssh login in %ss: %s; console:\n%s" % (
+            timeout, last and last.stderr, api.console_log(vm)[-3000:]))
 
 
 def debian_vm(api, netns, workdir, disk, name, port, ssh, **extra):
@@ -301,7 +302,7 @@ def test_debian_bios_cloud_init_ssh(nsd, netns, debian, workdir):
     ssh = Ssh(netns, workdir, 2201)
     debian_vm(api, netns, workdir, disk, "deb", 2201, ssh)
     api.act_ok("deb", "start")
-    ssh.wait()
+    ssh.wait(api, "deb")
     assert ssh.run("hostname").stdout.strip() == "deb-ci"
     assert ssh.run("test -d /sys/firmware/efi || echo bios").stdout.strip() == "bios"
     # the seed's instance-id: the VM id and re-provision counter 0
@@ -335,7 +336,7 @@ def test_debian_uefi_secure_boot_tpm(nsd, netns, debian, workdir):
     debian_vm(api, netns, workdir, disk, "sb", 2202, ssh,
               firmware="uefi", secure_boot=True, tpm=True)
     api.act_ok("sb", "start")
-    ssh.wait()
+    ssh.wait(api, "sb")
     assert "SecureBoot enabled" in ssh.run("mokutil --sb-state").stdout
     assert ssh.run("cat /sys/class/tpm/tpm0/tpm_version_major").stdout.strip() == "2"
     ssh.run("sudo -n tpm2_nvdefine 0x1500016 -C o -s 8 -a 'ownerread|ownerwrite' && "
@@ -344,7 +345,7 @@ def test_debian_uefi_secure_boot_tpm(nsd, netns, debian, workdir):
     api.act_ok("sb", "stop", wait=120)
     api.wait_state("sb", ["stopped"], timeout=120)
     api.act_ok("sb", "start")
-    ssh.wait()
+    ssh.wait(api, "sb")
     assert ssh.run("sudo -n tpm2_nvread 0x1500016 -C o -s 8").stdout == "kvmhost1"
     assert "SecureBoot enabled" in ssh.run("mokutil --sb-state").stdout
 
