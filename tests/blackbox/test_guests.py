@@ -324,6 +324,15 @@ def test_debian_bios_cloud_init_ssh(nsd, netns, debian, workdir):
     mac = api.vm("deb")["nics"][0]["mac"]
     assert any(i.get("mac") == mac for i in info["interfaces"]), info
 
+    # a guest that ignores ACPI (no logind to handle the power button) is
+    # still stopped cleanly: the resent request goes to the agent as well
+    ssh.run("sudo -n systemctl stop systemd-logind && sudo -n systemctl mask systemd-logind",
+            check=False)
+    api.act_ok("deb", "stop", {"timeout": 300}, wait=320)
+    vm = api.wait_state("deb", ["stopped"], timeout=60)
+    assert "killed" not in api.vm("deb")["state_reason"], api.vm("deb")
+    assert "event=vm.stop_agent vm=deb sent=true" in open(nsd.log_path).read()
+
 
 @pytest.mark.slow
 def test_debian_uefi_secure_boot_tpm(nsd, netns, debian, workdir):
