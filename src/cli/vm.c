@@ -336,6 +336,32 @@ static int cli_do_vm_show(cli_ctx *ctx, const cli_args *a, kh_err *err)
     return cli_show_one(ctx, "vms", a->pos, vm_human, err);
 }
 
+static void guest_human(const json_t *g)
+{
+    const json_t *os = json_object_get(g, "os");
+    printf("os:       %s\n", cli_jstr(os, "name") ? cli_jstr(os, "name") : "?");
+    printf("kernel:   %s\n", cli_jstr(os, "kernel") ? cli_jstr(os, "kernel") : "?");
+    printf("hostname: %s\n", cli_jstr(g, "hostname") ? cli_jstr(g, "hostname") : "?");
+    size_t i, j;
+    json_t *nic, *a;
+    json_array_foreach(json_object_get(g, "interfaces"), i, nic) {
+        printf("%-9s %s", cli_jstr(nic, "name") ? cli_jstr(nic, "name") : "?",
+               cli_jstr(nic, "mac") ? cli_jstr(nic, "mac") : "");
+        json_array_foreach(json_object_get(nic, "addresses"), j, a)
+            printf(" %s/%lld", cli_jstr(a, "ip") ? cli_jstr(a, "ip") : "?",
+                   (long long)json_integer_value(json_object_get(a, "prefix")));
+        printf("\n");
+    }
+}
+
+static int cli_do_vm_guest(cli_ctx *ctx, const cli_args *a, kh_err *err)
+{
+    char *path = cli_api_path("vms", a->pos, "/guest");
+    int rc = cli_show(ctx, "GET", path, NULL, guest_human, err);
+    free(path);
+    return rc;
+}
+
 static int cli_do_vm_edit(cli_ctx *ctx, const cli_args *a, kh_err *err)
 {
     bool boot_opts = cli_arg(a, "kernel") || cli_arg(a, "initrd") || cli_arg(a, "cmdline");
@@ -912,6 +938,15 @@ const cli_cmd cli_vm_cmds[] = {
         NULL,
         "$ kvmhost vm show web1",
         cli_do_vm_show,
+    },
+    {
+        "vm", "guest", "NAME", "ask a running VM's guest agent",
+        "What qemu-guest-agent in the guest says: its OS and kernel, hostname, and the "
+        "addresses of its interfaces. Fails (exit status 5, conflict) when the VM is not "
+        "running or the agent does not answer within 5 s.",
+        NULL,
+        "$ kvmhost vm guest web1",
+        cli_do_vm_guest,
     },
     {
         "vm", "edit", "NAME", "change the spec of a virtual machine",
