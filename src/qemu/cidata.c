@@ -178,8 +178,11 @@ int kh_cidata_write_iso(const kh_cidata *c, const char *iso_path, unsigned mode,
     if (kh_spawn_run(&spec, &o, &res, err) < 0)
         goto out;
     if (res.status != 0) {
-        kh_err_set(err, KH_E_INTERNAL, "cloud_init: %s failed (%s): %.200s", tool[0],
-                   res.timed_out ? "timed out" : "exit status", res.out ? res.out : "");
+        if (res.timed_out)
+            kh_err_set(err, KH_E_INTERNAL, "cloud_init: %s timed out", tool[0]);
+        else
+            kh_err_set(err, KH_E_INTERNAL, "cloud_init: %s failed (exit status %d): %.200s",
+                       tool[0], res.status, res.out ? res.out : "");
         kh_spawn_output_clear(&res);
         goto out;
     }

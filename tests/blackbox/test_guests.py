@@ -323,6 +323,8 @@ def test_debian_bios_cloud_init_ssh(nsd, netns, debian, workdir):
     assert "10.87.0.51" in ips, info
     mac = api.vm("deb")["nics"][0]["mac"]
     assert any(i.get("mac") == mac for i in info["interfaces"]), info
+    p = khlib.cli(nsd, "vm", "guest", "deb")
+    assert p.returncode == 0 and "hostname: deb-ci" in p.stdout and "10.87.0.51/24" in p.stdout, p
 
     # a guest that ignores ACPI (no logind to handle the power button) is
     # still stopped cleanly: the resent request goes to the agent as well
