@@ -257,7 +257,7 @@ class Ssh:
             raise khlib.KhError("ssh %r: exit %d: %s" % (cmd, r.returncode, r.stderr))
         return r
 
-    def wait(self, api, vm, timeout=900):
+    def wait(self, api, vm, timeout=1800):
         deadline = time.time() + timeout
         last = None
         while time.time() < deadline:
