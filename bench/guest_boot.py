@@ -129,7 +129,15 @@ def run_qemu(disk, work, key, pub, timeout):
     return t1 - t0
 
 
+def _sigterm(signum, frame):
+    # `timeout` sends SIGTERM: unwind so that the daemons, QEMUs and the
+    # network namespace are cleaned up
+    raise KeyboardInterrupt("SIGTERM")
+
+
 def main():
+    import signal
+    signal.signal(signal.SIGTERM, _sigterm)
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--runs", type=int, default=1)
     ap.add_argument("--timeout", type=int, default=600)
