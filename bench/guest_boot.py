@@ -34,6 +34,7 @@ import khlib  # noqa: E402
 import netlib  # noqa: E402
 
 QEMU = shutil.which("qemu-system-x86_64") or "/usr/bin/qemu-system-x86_64"
+CLEANUPS = []  # what main() undoes when interrupted (the worker threads cannot)
 
 
 def log(*a):
@@ -74,6 +75,7 @@ def seed(pub):
 def run_kvmhost(disk, work, key, pub, timeout):
     ns = netlib.NetNS()
     d = netlib.NsDaemon(ns)
+    CLEANUPS.append(ns.delete)  # kills everything in it (daemon, QEMU, dnsmasq)
     try:
         d.start()
         api = d.api
@@ -121,6 +123,7 @@ def run_qemu(disk, work, key, pub, timeout):
             "-device", "virtio-net-pci,netdev=n0"]
     t0 = time.perf_counter()
     p = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    CLEANUPS.append(p.kill)
     try:
         t1 = ssh_until([], key, 2298, timeout)
     finally:
@@ -163,7 +166,7 @@ def main():
                         res[name].append(s)
                     except Exception as e:  # reported below
                         errors.append("%s: %s" % (name, e))
-                t = threading.Thread(target=one)
+                t = threading.Thread(target=one, daemon=True)
                 t.start()
                 if a.serial:
                     t.join()
@@ -173,6 +176,11 @@ def main():
             if errors:
                 raise SystemExit("bench: " + "; ".join(errors))
     finally:
+        for undo in CLEANUPS:
+            try:
+                undo()
+            except Exception:
+                pass
         shutil.rmtree(work, ignore_errors=True)
     kh, q = min(res["kvmhost"]), min(res["qemu"])
     print("| metric | kvmhost | raw qemu | ratio |")
