@@ -31,7 +31,8 @@ void kh_firmware_choice_clear(kh_firmware_choice *c)
     free(c->descriptor);
     free(c->code);
     free(c->vars_template);
-    *c = (kh_firmware_choice){ 0 };
+    c->descriptor = c->code = c->vars_template = NULL;
+    c->smm = c->secure_boot = false;
 }
 
 static bool has_string(const json_t *arr, const char *s)
@@ -157,7 +158,7 @@ int kh_firmware_select(const char *const *dirs, bool secure_boot, kh_firmware_ch
             kh_strv_free(paths);
             return 0;
         }
-        kh_firmware_choice_clear(out);
+        /* fits() fills out only when it returns true */
     }
     kh_strv_free(paths);
     kh_err_set(err, KH_E_UNSUPPORTED, "no UEFI firmware%s for q35 among QEMU's firmware "
