@@ -11,12 +11,14 @@ BUILD_PKGS=(gcc clang meson ninja-build pkg-config
   libnbd-dev)  # backups: the NBD client (src/backup/nbd.c)
 RUN_PKGS=(qemu-system-x86 qemu-utils sqlite3 dnsmasq-base etcd-server
   e2fsprogs util-linux  # debugfs, partx: template create --reset-identity
-  coreutils)  # qemu-utils: qemu-nbd, qemu-io (backups and their tests); sleep: the backup keeper
+  coreutils  # qemu-utils: qemu-nbd, qemu-io (backups and their tests); sleep: the backup keeper
+  ovmf swtpm swtpm-tools genisoimage)  # UEFI, TPM 2.0, cloud-init cidata (docs/guests.md)
 TEST_PKGS=(busybox-static cpio e2fsprogs xz-utils zstd python3 python3-pytest python3-websocket
   python3-pytest-xdist python3-jsonschema
   prometheus
   clang-tidy cppcheck libclang-rt-14-dev iproute2 nftables
-  etcd-server etcd-client)
+  etcd-server etcd-client
+  mmdebstrap fdisk dosfstools mtools xorriso openssh-client)  # tests/guest/build-debian.sh, test_guests.py
 
 want=("${BUILD_PKGS[@]}" "${RUN_PKGS[@]}")
 [ "${1:-}" = "--test" ] && want+=("${TEST_PKGS[@]}")

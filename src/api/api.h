@@ -94,6 +94,7 @@ void kh_api_later_done(kh_api_later *l, json_t *result, const kh_err *err);
 
 void kh_disk_routes_attach(kh_http_req *req, void *app);
 void kh_disk_routes_detach(kh_http_req *req, void *app);
+void kh_vm_routes_guest(kh_http_req *req, void *app);
 void kh_nic_routes_add(kh_http_req *req, void *app);
 void kh_nic_routes_remove(kh_http_req *req, void *app);
 void kh_nic_routes_patch(kh_http_req *req, void *app);

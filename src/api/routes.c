@@ -101,6 +101,10 @@ static const kh_route routes[] = {
       "Make a stopped VM a template: its volumes become read-only bases; reset_identity: "
       "first empty machine-id and remove the SSH host keys in them", "TemplateOptions", "VM",
       "VM.Allocate", "/vms/{name}" },
+    { "GET", "/api/v1/vms/{name}/guest", kh_vm_routes_guest, KH_ROUTE_VM,
+      "Ask the guest agent of a running VM: its OS, hostname and addresses (409 when the VM "
+      "is not running or its agent does not answer within 5 s)", NULL, "GuestInfo",
+      "VM.Audit", "/vms/{name}" },
     { "POST", "/api/v1/vms/{name}/disks", kh_disk_routes_attach, KH_ROUTE_VM,
       "Attach a volume as a disk: edits a stopped VM, hot-plugs into a running q35 VM "
       "(virtio-blk on a free hot-plug port); the next start has it as an ordinary disk",

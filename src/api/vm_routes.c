@@ -11,6 +11,7 @@
 #include "api/api.h"
 #include "cluster/cluster.h"
 #include "instance/config.h"
+#include "instance/guest.h"
 #include "instance/hotplug.h"
 #include "instance/lifecycle.h"
 #include "schema/schema.h"
@@ -91,6 +92,20 @@ void kh_vm_routes_get(kh_http_req *req, void *app)
     }
     json_object_set_new(vm, "host", json_string(kh_cluster_host_name(api->cluster)));
     kh_http_reply_json(req, 200, vm);
+}
+
+static void guest_done(json_t *info, const kh_err *err, void *opaque)
+{
+    kh_api_later_done(opaque, info ? json_incref(info) : NULL, err);
+}
+
+void kh_vm_routes_guest(kh_http_req *req, void *app)
+{
+    kh_api *api = app;
+    kh_err err = KH_ERR_INIT;
+    kh_api_later *l = kh_api_later_new(req, 200);
+    int rc = kh_guest_info(api->mgr, kh_http_req_param(req, "name"), guest_done, l, &err);
+    kh_api_later_started(l, rc, &err);
 }
 
 #define HOTPLUG_TIMEOUT_S 20

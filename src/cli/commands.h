@@ -43,7 +43,7 @@ typedef struct cli_opt {
     const char *help;    /* one paragraph, wrapped when printed */
 } cli_opt;
 
-#define CLI_MAX_OPTS 20
+#define CLI_MAX_OPTS 32
 
 typedef struct cli_args {
     const struct cli_cmd *cmd;

@@ -18,6 +18,7 @@
 #include "cli/output.h"
 #include "cli/render.h"
 #include "kh_config.h"
+#include "util/fs.h"
 #include "util/log.h"
 #include "util/mem.h"
 #include "util/misc.h"
@@ -183,6 +184,71 @@ static int boot_apply(const cli_args *a, const char *cwd, json_t *boot, kh_err *
     return 0;
 }
 
+/* The text of a file named on the command line (relative to cwd), at most
+ * max bytes; NULL with err. */
+static char *option_file(const char *path, const char *cwd, size_t max, const char *opt,
+                         kh_err *err)
+{
+    char *full = path[0] == '/' ? xstrdup(path) : xasprintf("%s/%s", cwd, path);
+    size_t len = 0;
+    char *text = kh_fs_read(full, max, &len, err);
+    free(full);
+    if (text && strlen(text) != len) {
+        kh_err_set(err, KH_E_INVALID, "%s %s: not a text file", opt, path);
+        free(text);
+        return NULL;
+    }
+    if (!text)
+        kh_err_prefix(err, "%s", opt);
+    return text;
+}
+
+/* The guest OS options of create: --firmware, --secure-boot, --tpm and the
+ * cloud-init ones (--ssh-key, --hostname, --user-data). */
+static int guest_opts(const cli_args *a, const char *cwd, json_t *spec, kh_err *err)
+{
+    const char *v;
+    if ((v = cli_arg(a, "firmware")) && set_user_string(spec, "firmware", v, "--firmware", err) < 0)
+        return -1;
+    if (cli_flag(a, "secure-boot")) {
+        json_object_set_new(spec, "secure_boot", json_true());
+        if (!cli_arg(a, "firmware")) /* Secure Boot is UEFI's */
+            json_object_set_new(spec, "firmware", json_string("uefi"));
+    }
+    if (cli_flag(a, "tpm"))
+        json_object_set_new(spec, "tpm", json_true());
+    const kh_strv *keys = cli_arg_all(a, "ssh-key");
+    if (!keys && !cli_arg(a, "hostname") && !cli_arg(a, "user-data"))
+        return 0;
+    json_t *ci = json_object();
+    json_object_set_new(spec, "cloud_init", ci);
+    if ((v = cli_arg(a, "hostname")) && set_user_string(ci, "hostname", v, "--hostname", err) < 0)
+        return -1;
+    if ((v = cli_arg(a, "user-data"))) {
+        char *text = option_file(v, cwd, 64 * 1024, "--user-data", err);
+        if (!text)
+            return -1;
+        json_object_set_new(ci, "user_data", json_string(text));
+        free(text);
+    }
+    if (keys) {
+        json_t *arr = json_array();
+        json_object_set_new(ci, "ssh_authorized_keys", arr);
+        for (size_t i = 0; i < keys->n; i++) {
+            char *text = option_file(keys->v[i], cwd, 16 * 1024, "--ssh-key", err);
+            if (!text)
+                return -1;
+            /* one key per non-empty line (an authorized_keys file works too) */
+            char *save = NULL;
+            for (char *l = strtok_r(text, "\r\n", &save); l; l = strtok_r(NULL, "\r\n", &save))
+                if (*l && *l != '#')
+                    json_array_append_new(arr, json_string(l));
+            free(text);
+        }
+    }
+    return 0;
+}
+
 /* ---- vm create / list / show / edit / delete ---- */
 
 static int cli_do_vm_create(cli_ctx *ctx, const cli_args *a, kh_err *err)
@@ -196,7 +262,7 @@ static int cli_do_vm_create(cli_ctx *ctx, const cli_args *a, kh_err *err)
     int rc = -1;
     json_t *spec = json_object(), *vm = NULL;
     if (set_user_string(spec, "name", a->pos, "the vm name", err) < 0 ||
-        spec_common(a, cwd, spec, err) < 0) {
+        spec_common(a, cwd, spec, err) < 0 || guest_opts(a, cwd, spec, err) < 0) {
         cli_mark_usage(ctx, a);
         goto out;
     }
@@ -268,6 +334,32 @@ static void vm_human(const json_t *vm)
 static int cli_do_vm_show(cli_ctx *ctx, const cli_args *a, kh_err *err)
 {
     return cli_show_one(ctx, "vms", a->pos, vm_human, err);
+}
+
+static void guest_human(const json_t *g)
+{
+    const json_t *os = json_object_get(g, "os");
+    printf("os:       %s\n", cli_jstr(os, "name") ? cli_jstr(os, "name") : "?");
+    printf("kernel:   %s\n", cli_jstr(os, "kernel") ? cli_jstr(os, "kernel") : "?");
+    printf("hostname: %s\n", cli_jstr(g, "hostname") ? cli_jstr(g, "hostname") : "?");
+    size_t i, j;
+    json_t *nic, *a;
+    json_array_foreach(json_object_get(g, "interfaces"), i, nic) {
+        printf("%-9s %s", cli_jstr(nic, "name") ? cli_jstr(nic, "name") : "?",
+               cli_jstr(nic, "mac") ? cli_jstr(nic, "mac") : "");
+        json_array_foreach(json_object_get(nic, "addresses"), j, a)
+            printf(" %s/%lld", cli_jstr(a, "ip") ? cli_jstr(a, "ip") : "?",
+                   (long long)json_integer_value(json_object_get(a, "prefix")));
+        printf("\n");
+    }
+}
+
+static int cli_do_vm_guest(cli_ctx *ctx, const cli_args *a, kh_err *err)
+{
+    char *path = cli_api_path("vms", a->pos, "/guest");
+    int rc = cli_show(ctx, "GET", path, NULL, guest_human, err);
+    free(path);
+    return rc;
 }
 
 static int cli_do_vm_edit(cli_ctx *ctx, const cli_args *a, kh_err *err)
@@ -678,6 +770,21 @@ static const cli_opt opts_vm_create[] = {
     { "serial", "on|off", CLI_OPT_ARG, "Serial console (default on)." },
     { "graphics", "TYPE", CLI_OPT_ARG, "none (the default) or vnc." },
     { "description", "TEXT", CLI_OPT_ARG, "Free text for people, one line." },
+    { "firmware", "bios|uefi", CLI_OPT_ARG,
+      "Firmware of a q35 VM booting from its disk: bios (SeaBIOS, the default) or uefi "
+      "(OVMF, chosen from QEMU's firmware descriptors; the VM keeps its own UEFI variables)." },
+    { "secure-boot", NULL, 0,
+      "UEFI Secure Boot with Microsoft's keys enrolled (implies --firmware uefi): only "
+      "signed boot loaders and kernels start (shim, Debian's grub and kernel pass)." },
+    { "tpm", NULL, 0, "A TPM 2.0 (swtpm, one per VM; its state is kept with the VM)." },
+    { "ssh-key", "FILE", CLI_OPT_ARG | CLI_OPT_REPEAT,
+      "cloud-init: authorize the OpenSSH public keys of FILE (one per line) for the image's "
+      "default user. The VM gets a cidata CD-ROM (NoCloud) built by kvmhostd." },
+    { "hostname", "NAME", CLI_OPT_ARG,
+      "cloud-init: the guest's hostname (default: the VM name)." },
+    { "user-data", "FILE", CLI_OPT_ARG,
+      "cloud-init: FILE is the user-data as is (#cloud-config, a script...); excludes "
+      "--ssh-key and --hostname (put them in the file)." },
     { NULL, NULL, 0, NULL },
 };
 
@@ -805,7 +912,10 @@ const cli_cmd cli_vm_cmds[] = {
         "      --disk web1.qcow2,format=qcow2\n"
         "# a raw data disk attached read-only; a path holding a comma\n"
         "$ kvmhost vm create db --vcpus 1 --memory 512 --disk /srv/db,format=raw \\\n"
-        "      --disk /srv/a,,b.img,format=raw,readonly",
+        "      --disk /srv/a,,b.img,format=raw,readonly\n"
+        "# a cloud image with UEFI, Secure Boot, a TPM and an SSH key\n"
+        "$ kvmhost vm create deb --memory 1G --disk volume=default/deb12 --nic lan \\\n"
+        "      --ssh-key ~/.ssh/id_ed25519.pub --hostname deb --secure-boot --tpm",
         cli_do_vm_create,
     },
     {
@@ -828,6 +938,15 @@ const cli_cmd cli_vm_cmds[] = {
         NULL,
         "$ kvmhost vm show web1",
         cli_do_vm_show,
+    },
+    {
+        "vm", "guest", "NAME", "ask a running VM's guest agent",
+        "What qemu-guest-agent in the guest says: its OS and kernel, hostname, and the "
+        "addresses of its interfaces. Fails (exit status 5, conflict) when the VM is not "
+        "running or the agent does not answer within 5 s.",
+        NULL,
+        "$ kvmhost vm guest web1",
+        cli_do_vm_guest,
     },
     {
         "vm", "edit", "NAME", "change the spec of a virtual machine",

@@ -69,6 +69,8 @@ static int get_enum(const json_t *v, const char *field, const char *const *names
 static const char *const machine_names[] = { [KH_MACHINE_Q35] = "q35",
                                              [KH_MACHINE_MICROVM] = "microvm" };
 static const char *const format_names[] = { [KH_DISK_RAW] = "raw", [KH_DISK_QCOW2] = "qcow2" };
+static const char *const firmware_names[] = { [KH_FIRMWARE_BIOS] = "bios",
+                                              [KH_FIRMWARE_UEFI] = "uefi" };
 static const char *const graphics_names[] = { [KH_GRAPHICS_NONE] = "none",
                                               [KH_GRAPHICS_VNC] = "vnc" };
 
@@ -80,6 +82,11 @@ const char *kh_machine_name(kh_machine m)
 const char *kh_disk_format_name(kh_disk_format f)
 {
     return (size_t)f < KH_ARRAY_LEN(format_names) ? format_names[f] : "unknown";
+}
+
+const char *kh_firmware_name(kh_firmware f)
+{
+    return (size_t)f < KH_ARRAY_LEN(firmware_names) ? firmware_names[f] : "unknown";
 }
 
 static const char *graphics_name(kh_graphics g)
@@ -103,6 +110,7 @@ static void spec_clear(kh_vm_spec *spec)
     free(spec->kernel);
     free(spec->initrd);
     free(spec->cmdline);
+    json_decref(spec->cloud_init);
     for (size_t i = 0; i < spec->ndisks; i++) {
         free(spec->disks[i].path);
         free(spec->disks[i].volume);
@@ -322,6 +330,129 @@ static int parse_nics(kh_vm_spec *spec, const json_t *arr, kh_err *err)
     return 0;
 }
 
+/* Whether any string (or key) inside j holds a NUL byte. */
+static bool has_nul(const json_t *j)
+{
+    if (json_is_string(j))
+        return strlen(json_string_value(j)) != json_string_length(j);
+    const char *key;
+    json_t *v;
+    size_t i;
+    if (json_is_object(j)) {
+        json_object_foreach(unconst(j), key, v) {
+            if (has_nul(v))
+                return true;
+        }
+    }
+    if (json_is_array(j)) {
+        json_array_foreach(unconst(j), i, v) {
+            if (has_nul(v))
+                return true;
+        }
+    }
+    return false;
+}
+
+/* 1..max characters of a-z, 0-9 and extra; the first not in not_first.
+ * NULL is not ok. */
+static bool word_ok(const char *s, size_t max, const char *extra, const char *not_first)
+{
+    size_t n = s ? strlen(s) : 0;
+    if (n == 0 || n > max || strchr(not_first, s[0]))
+        return false;
+    for (size_t i = 0; i < n; i++) {
+        char c = s[i];
+        if (!((c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || strchr(extra, c)))
+            return false;
+    }
+    return true;
+}
+
+/* The patterns of CloudInit.json, which the schema checker leaves to us. */
+static int check_cloud_init_words(const json_t *ci, kh_err *err)
+{
+    const json_t *v = json_object_get(ci, "hostname");
+    if (v) { /* an RFC 1123 label */
+        const char *h = json_string_value(v);
+        size_t n = strlen(h);
+        bool ok = n >= 1 && n <= 63 && h[0] != '-' && h[n - 1] != '-';
+        for (size_t i = 0; ok && i < n; i++)
+            ok = (h[i] >= 'a' && h[i] <= 'z') || (h[i] >= 'A' && h[i] <= 'Z') ||
+                 (h[i] >= '0' && h[i] <= '9') || h[i] == '-';
+        if (!ok) {
+            kh_err_set(err, KH_E_INVALID, "cloud_init.hostname: must be 1 to 63 letters, "
+                       "digits and '-', not starting or ending with '-'");
+            return -1;
+        }
+    }
+    size_t i;
+    json_t *e;
+    json_array_foreach(json_object_get(ci, "users"), i, e) {
+        const json_t *name = json_object_get(e, "name");
+        if (!name || !word_ok(json_string_value(name), 32, "_-", "-0123456789")) {
+            kh_err_set(err, KH_E_INVALID, "cloud_init.users[%zu].name: %s", i,
+                       name ? "must be 1 to 32 of a-z, 0-9, '_' and '-', starting with a "
+                              "letter or '_'" : "is required");
+            return -1;
+        }
+        const char *shell = json_string_value(json_object_get(e, "shell"));
+        if (shell && (shell[0] != '/' || !word_ok(shell + 1, 127, "_./-ABCDEFGHIJKLMNOPQRSTUVWXYZ",
+                                                  "") || strstr(shell, ".."))) {
+            kh_err_set(err, KH_E_INVALID, "cloud_init.users[%zu].shell: must be an absolute "
+                       "path of letters, digits, '_', '.', '/' and '-'", i);
+            return -1;
+        }
+    }
+    json_array_foreach(json_object_get(ci, "packages"), i, e) {
+        if (!word_ok(json_string_value(e), 128, "+.-", "+.-")) {
+            kh_err_set(err, KH_E_INVALID, "cloud_init.packages[%zu]: must be a package name "
+                       "(a-z, 0-9, '+', '.', '-')", i);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+/* "cloud_init": the schema checked keys, types and patterns; what is left
+ * is that the strings are text (no NUL, valid UTF-8 is jansson's) and that
+ * raw user_data is not mixed with the keys kvmhost renders itself. */
+static int parse_cloud_init(kh_vm_spec *spec, const json_t *ci, kh_err *err)
+{
+    static const char *const rendered[] = { "hostname", "ssh_authorized_keys", "users",
+                                            "packages", "runcmd" };
+    const json_t *v;
+    if ((v = json_object_get(ci, "user_data"))) {
+        for (size_t i = 0; i < KH_ARRAY_LEN(rendered); i++) {
+            if (json_object_get(ci, rendered[i])) {
+                kh_err_set(err, KH_E_INVALID, "cloud_init.%s: not with cloud_init.user_data "
+                           "(put it in the user-data)", rendered[i]);
+                return -1;
+            }
+        }
+        if (!get_string(v, "cloud_init.user_data", err))
+            return -1;
+    }
+    if ((v = json_object_get(ci, "vendor_data")) && !get_string(v, "cloud_init.vendor_data", err))
+        return -1;
+    if (check_cloud_init_words(ci, err) < 0)
+        return -1;
+    /* Strings reach the seed as JSON (safe by construction); a NUL would
+     * cut them short in the guest, so it is refused anywhere. */
+    if (has_nul(ci)) {
+        kh_err_set(err, KH_E_INVALID, "cloud_init: must not contain NUL characters");
+        return -1;
+    }
+    json_t *nc = json_object_get(ci, "network_config");
+    json_t *ver = nc ? json_object_get(nc, "version") : NULL;
+    if (nc && (!json_is_integer(ver) || (json_integer_value(ver) != 1 &&
+                                        json_integer_value(ver) != 2))) {
+        kh_err_set(err, KH_E_INVALID, "cloud_init.network_config.version: must be 1 or 2");
+        return -1;
+    }
+    spec->cloud_init = json_deep_copy(ci);
+    return 0;
+}
+
 /* Checks that need several fields. */
 static int spec_check_whole(const kh_vm_spec *spec, kh_err *err)
 {
@@ -351,6 +482,16 @@ static int spec_check_whole(const kh_vm_spec *spec, kh_err *err)
     }
     if (spec->limits && spec->limits->balloon_mib && spec->machine != KH_MACHINE_Q35) {
         kh_err_set(err, KH_E_INVALID, "limits.balloon_mib: only q35 VMs have a balloon");
+        return -1;
+    }
+    if (spec->machine != KH_MACHINE_Q35 &&
+        (spec->firmware != KH_FIRMWARE_BIOS || spec->tpm || spec->cloud_init)) {
+        kh_err_set(err, KH_E_INVALID, "%s: only q35 VMs have it",
+                   spec->tpm ? "tpm" : spec->cloud_init ? "cloud_init" : "firmware");
+        return -1;
+    }
+    if (spec->secure_boot && spec->firmware != KH_FIRMWARE_UEFI) {
+        kh_err_set(err, KH_E_INVALID, "secure_boot: needs firmware \"uefi\"");
         return -1;
     }
     if (kh_limits_check_nics(spec->limits, spec->nnics, err) < 0)
@@ -396,6 +537,16 @@ static int spec_parse(kh_vm_spec *spec, const json_t *obj, kh_err *err)
         spec->machine = (kh_machine)e;
     }
     if ((v = json_object_get(obj, "boot")) && parse_boot(spec, v, err) < 0)
+        return -1;
+    spec->firmware = KH_FIRMWARE_BIOS;
+    if ((v = json_object_get(obj, "firmware"))) {
+        if (get_enum(v, "firmware", firmware_names, KH_ARRAY_LEN(firmware_names), &e, err) < 0)
+            return -1;
+        spec->firmware = (kh_firmware)e;
+    }
+    spec->secure_boot = json_is_true(json_object_get(obj, "secure_boot"));
+    spec->tpm = json_is_true(json_object_get(obj, "tpm"));
+    if ((v = json_object_get(obj, "cloud_init")) && parse_cloud_init(spec, v, err) < 0)
         return -1;
     if ((v = json_object_get(obj, "disks")) && parse_disks(spec, v, err) < 0)
         return -1;
@@ -451,6 +602,15 @@ json_t *kh_vm_spec_to_json(const kh_vm_spec *spec)
     if (spec->cmdline)
         json_object_set_new(boot, "cmdline", json_string(spec->cmdline));
     json_object_set_new(o, "boot", boot);
+    /* absent when default: older VMs keep their shape */
+    if (spec->firmware != KH_FIRMWARE_BIOS)
+        json_object_set_new(o, "firmware", json_string(kh_firmware_name(spec->firmware)));
+    if (spec->secure_boot)
+        json_object_set_new(o, "secure_boot", json_true());
+    if (spec->tpm)
+        json_object_set_new(o, "tpm", json_true());
+    if (spec->cloud_init)
+        json_object_set_new(o, "cloud_init", json_deep_copy(spec->cloud_init));
     json_t *disks = json_array();
     for (size_t i = 0; i < spec->ndisks; i++) {
         const kh_disk_spec *d = &spec->disks[i];
@@ -548,6 +708,7 @@ kh_vm_spec *kh_vm_spec_dup(const kh_vm_spec *spec)
     d->initrd = xstrdup(spec->initrd);
     d->cmdline = xstrdup(spec->cmdline);
     d->description = xstrdup(spec->description);
+    d->cloud_init = spec->cloud_init ? json_deep_copy(spec->cloud_init) : NULL;
     d->limits = kh_limits_dup(spec->limits);
     d->disks = NULL;
     if (spec->ndisks) {

@@ -26,6 +26,12 @@
  * start (memory_mib a multiple of 2; the start fails with 409 when the host
  * has too few free).
  * `boot` absent or without `kernel` = boot from the first disk (q35 only).
+ * Real guest operating systems (q35 only):
+ *   "firmware": "bios" (SeaBIOS, default) | "uefi" (OVMF, qemu/firmware.h),
+ *   "secure_boot": true (uefi only: Microsoft keys enrolled, SMM),
+ *   "tpm": true (a TPM 2.0 from swtpm, qemu/tpm.h),
+ *   "cloud_init": { ... } (src/schema/CloudInit.json; kept as validated
+ *   JSON and rendered into a NoCloud seed by qemu/cidata.h).
  */
 #ifndef KH_CONF_VM_SPEC_H
 #define KH_CONF_VM_SPEC_H
@@ -58,6 +64,11 @@ typedef enum kh_disk_format {
     KH_DISK_RAW,
     KH_DISK_QCOW2,
 } kh_disk_format;
+
+typedef enum kh_firmware {
+    KH_FIRMWARE_BIOS,
+    KH_FIRMWARE_UEFI,
+} kh_firmware;
 
 typedef enum kh_graphics {
     KH_GRAPHICS_NONE,
@@ -106,6 +117,10 @@ typedef struct kh_vm_spec {
     char *kernel;   /* NULL: boot from disk */
     char *initrd;   /* optional, only with kernel */
     char *cmdline;  /* optional, only with kernel */
+    kh_firmware firmware;
+    bool secure_boot;   /* UEFI Secure Boot (firmware uefi only) */
+    bool tpm;           /* TPM 2.0 through swtpm */
+    json_t *cloud_init; /* the validated "cloud_init" object (owned), or NULL */
     kh_disk_spec *disks;
     size_t ndisks;
     bool serial;
@@ -134,5 +149,6 @@ void kh_vm_spec_free(kh_vm_spec *spec);
 
 const char *kh_machine_name(kh_machine m);
 const char *kh_disk_format_name(kh_disk_format f);
+const char *kh_firmware_name(kh_firmware f);
 
 #endif

@@ -191,15 +191,19 @@ json_t *kh_config_patch(kh_manager *mgr, const char *name, const json_t *patch, 
         const char *key;
         json_t *val;
         json_object_foreach((json_t *)(uintptr_t)patch, key, val) {
-            bool live = strcmp(key, "limits") == 0 && !v->task &&
-                        (v->state == KH_INST_RUNNING || v->state == KH_INST_PAUSED);
+            bool up = !v->task && (v->state == KH_INST_RUNNING || v->state == KH_INST_PAUSED);
+            /* a new cloud-init seed is a new medium in the VM's CD-ROM */
+            bool live = up && (strcmp(key, "limits") == 0 ||
+                               (strcmp(key, "cloud_init") == 0 && v->spec->cloud_init &&
+                                json_is_object(val)));
             if (strcmp(key, "description") != 0 && !live) {
                 char q[256]; /* the key is the user's: quoted when odd */
                 kh_schema_quote_key(q, sizeof(q), key, strlen(key));
                 kh_err_set(err, KH_E_CONFLICT,
                            "vm %s is %s: only description%s can change now; stop it to "
                            "change %s", name, kh_lifecycle_state_name(v->state),
-                           v->state == KH_INST_RUNNING || v->state == KH_INST_PAUSED ? " and limits" : "",
+                           v->state == KH_INST_RUNNING || v->state == KH_INST_PAUSED
+                               ? ", limits and cloud_init" : "",
                            q);
                 return NULL;
             }
@@ -239,6 +243,10 @@ json_t *kh_config_patch(kh_manager *mgr, const char *name, const json_t *patch, 
         v->drv->limits_changed(v, prev->limits);
         kh_log(KH_LOG_INFO, "vm.limits", "vm=%s live=true", name);
     }
+    kh_err cerr = KH_ERR_INIT;
+    if (v->pid > 0 && json_object_get(patch, "cloud_init") && v->drv->cidata_changed &&
+        v->drv->cidata_changed(v, &cerr) < 0) /* stored: the next start uses it */
+        kh_log(KH_LOG_WARN, "vm.cidata", "vm=%s error=\"%s\"", name, cerr.msg);
     kh_vm_spec_free(prev);
     json_t *j = kh_manager_json(v);
     kh_manager_cluster_changed(v);

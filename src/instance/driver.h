@@ -58,6 +58,10 @@ typedef struct kh_driver {
     void (*limits_changed)(kh_inst *v, const kh_limits *old);
     /* The vCPU count changed (hot-plug): re-apply what depends on it. */
     void (*vcpus_changed)(kh_inst *v);
+    /* The cloud-init config of a running instance changed: write the new
+     * seed and swap the medium the guest sees. -1 with err when the seed
+     * cannot be written (the swap itself is asynchronous and logged). */
+    int (*cidata_changed)(kh_inst *v, kh_err *err);
 
     /* The instance's monitor (QMP for QEMU): a command with args (stolen)
      * and an optional fd (owned from the call on); the callback always

@@ -47,6 +47,19 @@
  *   [-vnc vnc=unix:<socket, commas doubled>
  *    -device {"driver":"VGA","id":"video0","bus":"pcie.0","addr":"0x1"}]
  *   [-incoming defer]                     (the target of a live migration)
+ * Real guest operating systems (q35):
+ *   firmware uefi: -blockdev file+raw "fw-code" (read-only, by path) and
+ *     -add-fd set=9001 + -blockdev file+raw "fw-vars" (the VM's VARS copy),
+ *     placed before -machine, which gets pflash0=fw-code,pflash1=fw-vars
+ *     [,smm=on]; secure_boot: -global driver=cfi.pflash01,property=secure,value=on
+ *   cloud_init: -blockdev file+raw "cidata" (read-only, by path)
+ *     -device {"driver":"ide-cd","bus":"ide.1","drive":"cidata","id":"cidata-dev"}
+ *     on q35's built-in AHCI (no bootindex: the disk boots)
+ *   tpm: -chardev socket,id=tpm0-chr,fd=<fd> (connected to swtpm)
+ *     -tpmdev emulator,id=tpm0,chardev=tpm0-chr -device {"driver":"tpm-crb",...}
+ *   guest agent: -chardev socket,id=qga0,fd=<fd>,server=on,wait=off
+ *     -device virtio-serial-pci (pcie.0 slot 0x2)
+ *     -device {"driver":"virtserialport","name":"org.qemu.guest_agent.0",...}
  *
  * Decisions:
  *  - The guest is named by its id (-name guest=<uuid>): the user's name
@@ -109,6 +122,8 @@
 #define NIC_PCI_SLOT_BASE 0x14
 #define BALLOON_PCI_SLOT 0x3
 #define HOTPLUG_PCI_SLOT 0x1c
+#define VSERIAL_PCI_SLOT 0x2
+#define FW_VARS_FDSET 9001
 
 const char *kh_accel_name(kh_accel a)
 {
@@ -315,6 +330,15 @@ static int check_spec(const kh_vm_spec *spec, kh_err *err)
             return -1;
         }
     }
+    if (spec->machine != KH_MACHINE_Q35 &&
+        (spec->firmware != KH_FIRMWARE_BIOS || spec->tpm || spec->cloud_init)) {
+        kh_err_set(err, KH_E_UNSUPPORTED, "machine \"microvm\" has no UEFI, TPM or CD-ROM");
+        return -1;
+    }
+    if (spec->secure_boot && spec->firmware != KH_FIRMWARE_UEFI) {
+        kh_err_set(err, KH_E_INVALID, "secure_boot: needs firmware \"uefi\"");
+        return -1;
+    }
     if (!spec->kernel && spec->ndisks == 0) {
         kh_err_set(err, KH_E_INVALID, "nothing to boot: no boot.kernel and no disks");
         return -1;
@@ -406,6 +430,29 @@ static int check_env(const kh_vm_spec *spec, const kh_argv_env *env, kh_err *err
             }
         }
     }
+    if (spec->firmware == KH_FIRMWARE_UEFI) {
+        if (!env->fw_code) {
+            kh_err_set(err, KH_E_INTERNAL, "firmware uefi: no firmware code given");
+            return -1;
+        }
+        if (kh_check_abs_path(env->fw_code, "firmware code", err) < 0 ||
+            check_fd(env->fw_vars_fd, "firmware vars fd", err) < 0)
+            return -1;
+    }
+    if (spec->cloud_init) {
+        if (!env->cidata_path) {
+            kh_err_set(err, KH_E_INTERNAL, "cloud_init: no cidata image given");
+            return -1;
+        }
+        if (kh_check_abs_path(env->cidata_path, "cidata image", err) < 0)
+            return -1;
+    }
+    if (spec->tpm && check_fd(env->tpm_fd, "tpm socket", err) < 0)
+        return -1;
+    if (env->qga_fd >= 3 && spec->machine != KH_MACHINE_Q35) {
+        kh_err_set(err, KH_E_INTERNAL, "guest agent channel: q35 only");
+        return -1;
+    }
     if (spec->nnics > KH_VM_NICS_MAX) {
         kh_err_set(err, KH_E_INVALID, "nics: at most %d NICs (got %zu)", KH_VM_NICS_MAX,
                    spec->nnics);
@@ -444,8 +491,12 @@ static int check_env(const kh_vm_spec *spec, const kh_argv_env *env, kh_err *err
 static void add_machine(argv_builder *b, const kh_vm_spec *spec, const kh_argv_env *env)
 {
     const char *ram = spec->hugepages ? ",memory-backend=ram0" : "";
+    bool uefi = spec->machine == KH_MACHINE_Q35 && spec->firmware == KH_FIRMWARE_UEFI;
     add(b, "-machine");
-    if (spec->machine == KH_MACHINE_Q35)
+    if (uefi)
+        addf(b, "q35,usb=off,vmport=off,dump-guest-core=off,pflash0=fw-code,pflash1=fw-vars%s%s",
+             env->fw_smm || spec->secure_boot ? ",smm=on" : "", ram);
+    else if (spec->machine == KH_MACHINE_Q35)
         addf(b, "q35,usb=off,vmport=off,dump-guest-core=off%s", ram);
     else
         addf(b, "microvm,dump-guest-core=off%s", ram);
@@ -466,6 +517,87 @@ static void add_machine(argv_builder *b, const kh_vm_spec *spec, const kh_argv_e
         addf(b, "%u,maxcpus=%u", spec->vcpus, spec->max_vcpus);
     else
         addf(b, "%u", spec->vcpus);
+}
+
+/* UEFI: the firmware code (read-only, by path: a distribution file) and
+ * the VM's VARS copy (an inherited fd, writable), each a file node and a
+ * raw node, before -machine names them as pflash0 and pflash1. */
+static void add_firmware(argv_builder *b, const kh_vm_spec *spec, const kh_qemu_caps *caps,
+                         const kh_argv_env *env)
+{
+    if (spec->machine != KH_MACHINE_Q35 || spec->firmware != KH_FIRMWARE_UEFI)
+        return;
+    json_t *code = jstr(b, env->fw_code, "firmware code");
+    if (!code)
+        return;
+    json_t *file = kh_qemu_blockdev_file(caps, "fw-code-file", "", true, false);
+    json_object_set_new(file, "filename", code);
+    add_json(b, "-blockdev", file);
+    add_json(b, "-blockdev", kh_qemu_blockdev_format(KH_DISK_RAW, "fw-code", "fw-code-file", true,
+                                                     NULL, NULL));
+    add(b, "-add-fd");
+    addf(b, "fd=%d,set=%d,opaque=fw-vars", env->fw_vars_fd, FW_VARS_FDSET);
+    char path[32];
+    snprintf(path, sizeof(path), "/dev/fdset/%d", FW_VARS_FDSET);
+    file = kh_qemu_blockdev_file(caps, "fw-vars-file", path, false, false);
+    json_object_del(file, "discard");
+    add_json(b, "-blockdev", file);
+    json_t *vars = kh_qemu_blockdev_format(KH_DISK_RAW, "fw-vars", "fw-vars-file", false, NULL,
+                                           NULL);
+    json_object_del(vars, "discard");
+    json_object_del(vars, "detect-zeroes");
+    add_json(b, "-blockdev", vars);
+    if (spec->secure_boot)
+        add2(b, "-global", "driver=cfi.pflash01,property=secure,value=on");
+}
+
+/* cloud-init's NoCloud seed: a read-only CD-ROM on q35's AHCI. */
+static void add_cidata(argv_builder *b, const kh_vm_spec *spec, const kh_qemu_caps *caps,
+                       const kh_argv_env *env)
+{
+    if (!spec->cloud_init)
+        return;
+    json_t *path = jstr(b, env->cidata_path, "cidata image");
+    if (!path)
+        return;
+    json_t *file = kh_qemu_blockdev_file(caps, "cidata-file", "", true, false);
+    json_object_set_new(file, "filename", path);
+    add_json(b, "-blockdev", file);
+    add_json(b, "-blockdev", kh_qemu_blockdev_format(KH_DISK_RAW, "cidata", "cidata-file", true,
+                                                     NULL, NULL));
+    add_json(b, "-device", json_pack("{s:s, s:s, s:s, s:s}", "driver", "ide-cd", "bus", "ide.1",
+                                     "drive", "cidata", "id", KH_QEMU_CIDATA_DEV));
+}
+
+/* The TPM: QEMU's emulator backend on a socket connected to swtpm's
+ * control channel; a CRB interface (TPM 2.0 only, what Windows 11 and
+ * systemd expect). */
+static void add_tpm(argv_builder *b, const kh_vm_spec *spec, const kh_argv_env *env)
+{
+    if (!spec->tpm)
+        return;
+    add(b, "-chardev");
+    addf(b, "socket,id=tpm0-chr,fd=%d", env->tpm_fd);
+    add2(b, "-tpmdev", "emulator,id=tpm0,chardev=tpm0-chr");
+    add_json(b, "-device", json_pack("{s:s, s:s, s:s}", "driver", "tpm-crb", "tpmdev", "tpm0",
+                                     "id", "tpm0-dev"));
+}
+
+/* The guest agent's channel: virtio-serial port org.qemu.guest_agent.0 on
+ * a listening socket the daemon connects to (qemu/qga.h). */
+static void add_qga(argv_builder *b, const kh_argv_env *env)
+{
+    if (env->qga_fd < 3)
+        return;
+    add(b, "-chardev");
+    addf(b, "socket,id=qga0,fd=%d,server=on,wait=off", env->qga_fd);
+    char addr[16];
+    snprintf(addr, sizeof(addr), "0x%x", VSERIAL_PCI_SLOT);
+    add_json(b, "-device", json_pack("{s:s, s:s, s:s, s:s}", "driver", "virtio-serial-pci", "id",
+                                     "vserial0", "bus", "pcie.0", "addr", addr));
+    add_json(b, "-device", json_pack("{s:s, s:s, s:s, s:s}", "driver", "virtserialport", "bus",
+                                     "vserial0.0", "chardev", "qga0", "name",
+                                     "org.qemu.guest_agent.0"));
 }
 
 /* The protocol ("file") node of one image layer: through an fd set when
@@ -752,7 +884,8 @@ static void add_serial(argv_builder *b, const kh_vm_spec *spec, const kh_argv_en
     /* SeaBIOS (q35 without -kernel: the firmware finds the boot loader)
      * mirrors its screen to the serial port named by fw_cfg
      * "etc/sercon-port" (a little-endian port number, hence a file). */
-    if (spec->machine == KH_MACHINE_Q35 && !spec->kernel && env->firmware_serial_file) {
+    if (spec->machine == KH_MACHINE_Q35 && !spec->kernel && env->firmware_serial_file &&
+        spec->firmware == KH_FIRMWARE_BIOS) {
         char *file = kh_qemu_opt_escape(env->firmware_serial_file);
         add(b, "-fw_cfg");
         addf(b, "name=etc/sercon-port,file=%s", file);
@@ -801,6 +934,7 @@ kh_strv *kh_qemu_argv_build(const kh_vm_spec *spec, const kh_qemu_caps *caps,
     add(&b, "-no-user-config");
     add(&b, "-nodefaults");
     add(&b, "-no-shutdown");
+    add_firmware(&b, spec, caps, env);
     add_machine(&b, spec, env);
 
     add(&b, "-chardev");
@@ -833,8 +967,11 @@ kh_strv *kh_qemu_argv_build(const kh_vm_spec *spec, const kh_qemu_caps *caps,
         add_disk(&b, spec, caps, env, i);
     for (size_t i = 0; i < spec->nnics; i++)
         add_nic(&b, spec, env, i);
+    add_cidata(&b, spec, caps, env);
     add_balloon(&b, spec);
     add_hotplug_ports(&b, spec);
+    add_tpm(&b, spec, env);
+    add_qga(&b, env);
     add_serial(&b, spec, env);
     add_display(&b, spec, env);
     if (env->incoming)

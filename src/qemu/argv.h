@@ -86,7 +86,24 @@ typedef struct kh_argv_env {
     /* The target of a live migration: `-incoming defer` (the guest state
      * comes later through migrate-incoming; instance/migrate.c). */
     bool incoming;
+    /* firmware "uefi" (qemu/firmware.h): the firmware code QEMU reads by
+     * path (read-only), an inherited fd of the VM's own VARS copy
+     * (O_RDWR), and whether the firmware needs SMM (machine smm=on). */
+    const char *fw_code;
+    int fw_vars_fd;
+    bool fw_smm;
+    /* cloud_init: the cidata ISO (in the run dir, QEMU opens it by path so
+     * that an edit can swap the medium); NULL: none. */
+    const char *cidata_path;
+    /* tpm: a connected socket to the VM's swtpm control channel. */
+    int tpm_fd;
+    /* An inherited listening socket for the guest agent's virtio-serial
+     * channel org.qemu.guest_agent.0 (q35); < 3: no channel. */
+    int qga_fd;
 } kh_argv_env;
+
+/* The QEMU device id of the cidata CD-ROM (blockdev-change-medium). */
+#define KH_QEMU_CIDATA_DEV "cidata-dev"
 
 /* Queues per NIC: min(vcpus, KH_QEMU_NIC_QUEUES_MAX) on q35 (virtio-net
  * multiqueue with MSI-X), 1 on microvm. */

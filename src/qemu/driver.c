@@ -17,8 +17,10 @@
 #include "host/proc.h"
 #include "instance/instance_int.h"
 #include "instance/quota.h"
+#include "qemu/argv.h"
 #include "qemu/launch.h"
 #include "qemu/migrate.h"
+#include "qemu/qga.h"
 #include "util/log.h"
 #include "util/mem.h"
 #include "util/misc.h"
@@ -456,10 +458,61 @@ static void on_powerdown(kh_qmp *q, json_t *ret, const kh_err *err, void *opaque
         kh_lifecycle_stop_failed(v);
 }
 
+/* guest-shutdown through the guest agent, in the thread pool (an agent
+ * that is not there never answers); fire and forget: the process end
+ * completes the stop either way. */
+typedef struct agent_stop {
+    uv_work_t work;
+    char *sock;
+    char *name;
+    kh_err err;
+} agent_stop;
+
+static void agent_stop_work(uv_work_t *w)
+{
+    agent_stop *a = w->data;
+    kh_qga *q = kh_qga_open(a->sock, 3000, &a->err);
+    if (!q)
+        return;
+    json_decref(kh_qga_call(q, "guest-shutdown", json_pack("{s:s}", "mode", "powerdown"), true,
+                            &a->err));
+    kh_qga_close(q);
+}
+
+static void agent_stop_done(uv_work_t *w, int status)
+{
+    (void)status;
+    agent_stop *a = w->data;
+    kh_log(KH_LOG_INFO, "vm.stop_agent", "vm=%s sent=%s%s%s%s", a->name,
+           a->err.code == KH_OK ? "true" : "false", a->err.code == KH_OK ? "" : " error=\"",
+           a->err.code == KH_OK ? "" : a->err.msg, a->err.code == KH_OK ? "" : "\"");
+    free(a->sock);
+    free(a->name);
+    free(a);
+}
+
 static void qemu_stop(kh_inst *v)
 {
     qmp_send(v, "cont", NULL); /* a paused guest cannot see the button */
     qmp_send(v, "system_powerdown", on_powerdown);
+    kh_qemu_vm *qv = kh_qemu_driver_vm(v);
+    uint64_t now = uv_now(v->mgr->loop);
+    if (now - qv->stop_last_ms > 10000) /* lifecycle.c resends every 3 s */
+        qv->stop_requests = 0;
+    qv->stop_last_ms = now;
+    /* the request again (lifecycle.c resends it): the guest ignores ACPI
+     * (no acpid, a boot loader menu...), so its agent is asked as well */
+    if (++qv->stop_requests == 2 && v->spec->machine == KH_MACHINE_Q35) {
+        agent_stop *a = xcalloc(1, sizeof(*a));
+        a->work.data = a;
+        a->sock = kh_runtime_run_path(v, "qga.sock");
+        a->name = xstrdup(v->spec->name);
+        if (uv_queue_work(v->mgr->loop, &a->work, agent_stop_work, agent_stop_done) < 0) {
+            free(a->sock);
+            free(a->name);
+            free(a);
+        }
+    }
 }
 
 static void on_simple_reply(kh_qmp *q, json_t *ret, const kh_err *err, void *opaque)
@@ -565,6 +618,42 @@ static void qemu_vcpus_changed(kh_inst *v)
     send_pinning(v);
 }
 
+static void on_medium_reply(kh_qmp *q, json_t *ret, const kh_err *err, void *opaque)
+{
+    (void)q;
+    (void)ret;
+    kh_inst *v = link_vm(opaque);
+    if (!v)
+        return;
+    if (err)
+        kh_log(KH_LOG_WARN, "vm.cidata", "vm=%s swapped=false error=\"%s\"", v->spec->name,
+               err->msg);
+    else
+        kh_log(KH_LOG_INFO, "vm.cidata", "vm=%s swapped=true", v->spec->name);
+}
+
+/* A new seed in the run dir (renamed over the old: QEMU keeps reading its
+ * open file until the swap), then blockdev-change-medium on the CD-ROM. */
+static int qemu_cidata_changed(kh_inst *v, kh_err *err)
+{
+    kh_qemu_vm *qv = kh_qemu_driver_vm(v);
+    if (!v->spec->cloud_init || !qv || !qv->qmp) {
+        kh_err_set(err, KH_E_CONFLICT, "vm %s: no cloud-init CD-ROM to change now",
+                   v->spec->name);
+        return -1;
+    }
+    char *path = kh_runtime_run_path(v, KH_RUNTIME_QEMU_DIR "/cidata.iso");
+    int rc = kh_launch_cidata_write(v, path, err);
+    if (rc == 0 &&
+        kh_qmp_command(qv->qmp, "blockdev-change-medium",
+                       json_pack("{s:s, s:s, s:s, s:s}", "id", KH_QEMU_CIDATA_DEV, "filename",
+                                 path, "format", "raw", "read-only-mode", "read-only"),
+                       on_medium_reply, qv->qlink, err) < 0)
+        rc = -1;
+    free(path);
+    return rc;
+}
+
 static int qemu_command(kh_inst *v, const char *cmd, json_t *args, int fd, kh_qmp_reply_cb cb,
                         void *opaque, kh_err *err)
 {
@@ -607,6 +696,7 @@ const kh_driver kh_qemu_driver = {
     .release = qemu_release,
     .limits_changed = qemu_limits_changed,
     .vcpus_changed = qemu_vcpus_changed,
+    .cidata_changed = qemu_cidata_changed,
     .command = qemu_command,
     .monitor_ready = qemu_monitor_ready,
     .monitor_rtt_us = qemu_monitor_rtt_us,

@@ -44,6 +44,8 @@ typedef struct kh_qemu_vm {
     bool pinned_others;    /* emulator/iothread pinning applied: undo it when unset */
     bool reattaching;
     bool shutdown_seen;    /* QMP SHUTDOWN: QEMU is expected to go away */
+    unsigned stop_requests; /* power-down requests of this stop; the 2nd asks the agent too */
+    uint64_t stop_last_ms;  /* loop time of the last one: a gap means a new stop */
     uint64_t t[KH_LAUNCH_STEPS]; /* start timing */
 } kh_qemu_vm;
 

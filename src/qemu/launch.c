@@ -23,8 +23,11 @@
 #include "instance/quota.h"
 #include "instance/vmuid.h"
 #include "net/tap.h"
+#include "qemu/cidata.h"
 #include "qemu/driver.h"
+#include "qemu/firmware.h"
 #include "qemu/kernel.h"
+#include "qemu/tpm.h"
 #include "util/fs.h"
 #include "util/log.h"
 #include "util/mem.h"
@@ -43,6 +46,8 @@ enum { FD_QMP = 3, FD_SERIAL, FD_KERNEL, FD_INITRD, FD_DISK0 };
  * FD_NIC0 + i*2*QMAX + q, its vhost-net fd at FD_NIC0 + i*2*QMAX + QMAX + q. */
 #define NIC_FD_STRIDE (2 * KH_QEMU_NIC_QUEUES_MAX)
 enum { FD_NIC0 = FD_COUNT, FD_END = FD_NIC0 + NIC_FD_STRIDE * KH_VM_NICS_MAX };
+/* Then the UEFI VARS copy, the swtpm control channel, the guest agent. */
+enum { FD_VARS = FD_END, FD_TPM, FD_QGA, FD_ALL };
 
 /* A kernel preparation in the thread pool; cancelled: the VM let go of it
  * (kill, delete, shutdown) and it frees itself when done. */
@@ -158,13 +163,23 @@ static void confine_view(const kh_manager *mgr, const char *own, kh_confine *c)
     c->keep = own;
 }
 
+int kh_launch_cidata_write(kh_inst *v, const char *path, kh_err *err)
+{
+    kh_cidata c;
+    kh_cidata_render(v->spec->cloud_init, v->id, v->spec->name, &c);
+    /* QEMU opens it by path in its run dir (it may swap it later) */
+    int r = kh_cidata_write_iso(&c, path, 0644, err);
+    kh_cidata_clear(&c);
+    return r;
+}
+
 /* Create the run dir, sockets and fds, build the argv, spawn QEMU. */
 static void start_spawn(kh_inst *v, const char *kernel_file)
 {
     kh_qemu_driver_step(v, KH_LAUNCH_KERNEL);
     kh_manager *mgr = v->mgr;
     kh_err err = KH_ERR_INIT;
-    int fds[FD_END];
+    int fds[FD_ALL];
     for (size_t i = 0; i < KH_ARRAY_LEN(fds); i++)
         fds[i] = -1;
     int disk_fds[KH_VM_DISKS_MAX];
@@ -184,7 +199,8 @@ static void start_spawn(kh_inst *v, const char *kernel_file)
     char *pidfile = kh_runtime_run_path(v, KH_RUNTIME_QEMU_DIR "/qemu.pid");
     char *vnc = kh_runtime_run_path(v, KH_RUNTIME_QEMU_DIR "/vnc.sock");
     char *log_path = kh_runtime_state_path(v, "qemu.log");
-    char *kernel_arg = NULL, *initrd_arg = NULL, *firmware_arg = NULL;
+    char *kernel_arg = NULL, *initrd_arg = NULL, *firmware_arg = NULL, *cidata = NULL;
+    kh_firmware_choice fw = { 0 };
     kh_strv *argv = NULL;
 
     kh_runtime_disk_nodes_reset(v);
@@ -231,6 +247,26 @@ static void start_spawn(kh_inst *v, const char *kernel_file)
                 goto fail;
             initrd_arg = xasprintf("/proc/self/fd/%d", FD_INITRD);
         }
+    }
+    if (rs->machine == KH_MACHINE_Q35) {
+        /* the guest agent's channel (qemu/qga.h connects when asked) */
+        fds[FD_QGA] = kh_sock_listen_at(dirfd, "qga.sock", 4, &err);
+        if (fds[FD_QGA] < 0)
+            goto fail;
+    }
+    if (rs->cloud_init) {
+        /* in QEMU's own dir: the only part of the run dir its namespace sees */
+        cidata = kh_runtime_run_path(v, KH_RUNTIME_QEMU_DIR "/cidata.iso");
+        if (kh_launch_cidata_write(v, cidata, &err) < 0)
+            goto fail;
+    }
+    if (rs->firmware == KH_FIRMWARE_UEFI) {
+        if (kh_firmware_select(NULL, rs->secure_boot, &fw, &err) < 0)
+            goto fail;
+        fds[FD_VARS] = kh_firmware_vars_open(&fw, state, mgr->cfg.drop_privileges, id.uid,
+                                             id.gid, &err);
+        if (fds[FD_VARS] < 0)
+            goto fail;
     }
     if (kh_bindings_resolve_volumes(mgr, v, rs, KH_E_CONFLICT, &err) < 0)
         goto fail;
@@ -324,6 +360,12 @@ static void start_spawn(kh_inst *v, const char *kernel_file)
         .nic_fds = nic_fds,
         .nic_vhost_fds = nic_vhost_fds,
         .incoming = v->incoming_port != 0, /* migration target (instance/migrate.c) */
+        .fw_code = fw.code,
+        .fw_vars_fd = fds[FD_VARS] >= 0 ? FD_VARS : -1,
+        .fw_smm = fw.smm,
+        .cidata_path = cidata,
+        .tpm_fd = rs->tpm ? FD_TPM : -1,
+        .qga_fd = fds[FD_QGA] >= 0 ? FD_QGA : -1,
     };
     argv = kh_qemu_argv_build(rs, &mgr->cfg.caps, &env, &err);
     if (!argv)
@@ -343,6 +385,35 @@ static void start_spawn(kh_inst *v, const char *kernel_file)
     }
 
     kh_qemu_driver_step(v, KH_LAUNCH_CGROUP);
+    if (rs->tpm) {
+        /* swtpm first, in the VM's cgroup; it ends with QEMU's connection */
+        kh_tpm_opts to = { .state_dir = state, .drop_privileges = mgr->cfg.drop_privileges,
+                           .uid = id.uid, .gid = id.gid, /* the VM's own uid */
+                           .cgroups = mgr->cfg.cgroups && mgr->cfg.cgroups->version
+                                          ? mgr->cfg.cgroups : NULL,
+                           .vm_id = v->id, .key_fd = -1 };
+        /* the state encrypted with the VM's key (derived, never stored) */
+        if (mgr->cfg.storage &&
+            (to.key_fd = kh_storage_vm_tpm_key_fd(mgr->cfg.storage, v->id, &err)) < 0)
+            goto fail;
+        pid_t tpm_pid;
+        /* swtpm (the QEMU user) walks through STATE/vms/<id> to its own
+         * "tpm" dir: both traverse only (0711, as STATE itself), so it
+         * can list nothing and open only what it owns */
+        char *vms = xasprintf("%s/vms", mgr->state_dir);
+        int ch = mgr->cfg.drop_privileges && (chmod(vms, 0711) < 0 || chmod(state, 0711) < 0);
+        free(vms);
+        if (ch) {
+            kh_err_errno(&err, KH_E_INTERNAL, errno, "chmod %s", state);
+            goto fail;
+        }
+        int started = kh_tpm_start(&to, &fds[FD_TPM], &tpm_pid, &err);
+        if (to.key_fd >= 0)
+            close(to.key_fd);
+        if (started < 0)
+            goto fail;
+        kh_log(KH_LOG_INFO, "vm.tpm", "vm=%s swtpm=%d", v->spec->name, (int)tpm_pid);
+    }
     kh_spawn_fd pfds[KH_ARRAY_LEN(fds)];
     size_t npfds = 0;
     for (int i = 0; i < (int)KH_ARRAY_LEN(fds); i++)
@@ -454,6 +525,8 @@ out:
     free(kernel_arg);
     free(initrd_arg);
     free(firmware_arg);
+    free(cidata);
+    kh_firmware_choice_clear(&fw);
 }
 
 static void start_resolve_work(uv_work_t *w)

@@ -5,6 +5,7 @@
 #include <fcntl.h>
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
+#include <openssl/hmac.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -153,6 +154,23 @@ int kh_key_unwrap(const kh_key_master *m, const char *aad, const char *wrapped_h
         return -1;
     }
     return 0;
+}
+
+int kh_key_derived_fd(const kh_key_master *m, const char *label, kh_err *err)
+{
+    unsigned char key[KEY_LEN];
+    unsigned int len = 0;
+    if (!HMAC(EVP_sha256(), m->key, KH_KEY_MASTER_LEN, (const unsigned char *)label,
+              strlen(label), key, &len) || len != KEY_LEN) {
+        kh_err_set(err, KH_E_INTERNAL, "deriving a key failed");
+        return -1;
+    }
+    char secret[2 * KEY_LEN + 1];
+    hex_encode(key, KEY_LEN, secret);
+    OPENSSL_cleanse(key, sizeof(key));
+    int fd = secret_memfd(secret, err);
+    OPENSSL_cleanse(secret, sizeof(secret));
+    return fd;
 }
 
 int kh_key_master_load(kh_key_master *m, const char *state_dir, kh_err *err)

@@ -43,5 +43,9 @@ int kh_key_wrap(const kh_key_master *m, const char *aad, const unsigned char key
 /* The reverse: -1 with err (KH_E_INTERNAL) when it does not unwrap. */
 int kh_key_unwrap(const kh_key_master *m, const char *aad, const char *wrapped_hex,
                   unsigned char key[32], kh_err *err);
+/* A key derived from the master key for label (HMAC-SHA256), as 64 hex
+ * digits in a sealed memfd (the caller closes it), or -1: a VM's own
+ * keys ("vm-tpm:<vm id>": its TPM state) without storing anything. */
+int kh_key_derived_fd(const kh_key_master *m, const char *label, kh_err *err);
 
 #endif

@@ -189,6 +189,10 @@ void kh_volume_chain_clear(kh_volume_chain *c);
  * and read as a QEMU secret object ("file=/proc/self/fd/N"). The key never
  * appears in an argv, a file, a log line or the API. -1 with err set. */
 int kh_storage_volume_secret_fd(kh_storage *st, const char *volume_id, kh_err *err);
+/* The key of a VM's TPM state (swtpm --key, AES-256, 64 hex digits in a
+ * sealed memfd): derived from the host master key and the VM id, so it is
+ * never stored. -1 with err set. */
+int kh_storage_vm_tpm_key_fd(kh_storage *st, const char *vm_id, kh_err *err);
 
 /* Parse "pool/name" (both checked names) into its parts (caller frees). */
 int kh_volume_ref_parse(const char *ref, char **pool, char **name, kh_err *err);

@@ -230,6 +230,13 @@ json_t *kh_storage_volumes_json(kh_storage *st, const char *pool_name, kh_err *e
 
 /* ---- encryption keys (storage/key.h) ---- */
 
+int kh_storage_vm_tpm_key_fd(kh_storage *st, const char *vm_id, kh_err *err)
+{
+    char label[64];
+    snprintf(label, sizeof(label), "vm-tpm:%s", vm_id);
+    return kh_key_derived_fd(&st->master, label, err);
+}
+
 int kh_storage_volume_secret_fd(kh_storage *st, const char *volume_id, kh_err *err)
 {
     volume v = { 0 };

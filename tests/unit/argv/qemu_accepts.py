@@ -83,6 +83,7 @@ class Case:
         self.sercon = False
         self.machine = None
         self.keep = []
+        self.procs = []       # helpers (swtpm), ended with the case
 
     def host(self, path):
         """Where an absolute path of the golden lives for this run."""
@@ -102,11 +103,14 @@ class Case:
         a = self.args
         a[0] = QEMU
         addfd = {}  # set -> target fd
+        fw_code = None  # UEFI: the real firmware file the golden names
         formats = {}  # file node -> (format driver, read-only)
         encrypted = set()  # file nodes under a LUKS-encrypted qcow2 node
         for i in range(1, len(a) - 1):
             if a[i] == "-blockdev":
                 j = json.loads(a[i + 1])
+                if j.get("node-name") == "fw-code-file":
+                    fw_code = j["filename"]
                 if j["driver"] in ("raw", "qcow2"):
                     formats[j["file"]] = (j["driver"], j.get("read-only", False))
                     if "encrypt" in j:
@@ -170,6 +174,20 @@ class Case:
                 self.sercon = True
             elif opt == "-pidfile":
                 self.pidfile = a[i + 1] = self.host(val)
+            elif opt == "-chardev" and "server=on" not in val:
+                # a connected socket to a real swtpm (the TPM), as kvmhostd does
+                kv = dict(x.split("=", 1) for x in val.split(",")[1:] if "=" in x)
+                ours, theirs = socket.socketpair()
+                os.makedirs(os.path.join(self.tmp, "tpm"), exist_ok=True)
+                self.procs.append(subprocess.Popen(
+                    ["swtpm", "socket", "--tpm2", "-t", "--tpmstate",
+                     "dir=" + os.path.join(self.tmp, "tpm"),
+                     "--ctrl", "type=unixio,clientfd=%d" % theirs.fileno()],
+                    pass_fds=[theirs.fileno()], stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL))
+                theirs.close()
+                self.keep.append(ours)
+                self.fd_map[int(kv["fd"])] = ours.fileno()
             elif opt == "-chardev":
                 kv = dict(x.split("=", 1) for x in val.split(",")[1:] if "=" in x)
                 self.listener(kv["id"], int(kv["fd"]))
@@ -178,6 +196,18 @@ class Case:
                 path = opt_unescape(val[len("vnc=unix:"):])
                 self.vnc_path = self.host(path)
                 a[i + 1] = "vnc=unix:" + opt_escape(self.vnc_path)
+            elif opt == "-blockdev" and json.loads(val).get("node-name") == "fw-code-file":
+                self.files.append(json.loads(val)["filename"])  # the host's OVMF, read-only
+            elif opt == "-blockdev" and json.loads(val).get("node-name") == "fw-vars-file":
+                # the VM's VARS copy: of the template that goes with the code
+                vars_src = fw_code.replace("OVMF_CODE", "OVMF_VARS")
+                img = os.path.join(self.tmp, "vars.fd")
+                shutil.copyfile(vars_src, img)
+                fn = json.loads(val)["filename"]
+                fd = os.open(img, os.O_RDWR)
+                self.keep.append(fd)
+                self.fd_map[addfd[fn[len("/dev/fdset/"):]]] = fd
+                self.files.append(fn)
             elif opt == "-blockdev":
                 j = json.loads(val)
                 if j["driver"] == "file":
@@ -361,6 +391,9 @@ def run(name, args):
                 os.waitpid(pid, 0)
             except OSError:
                 pass
+        for p in c.procs:
+            p.kill()
+            p.wait()
         shutil.rmtree(tmp, ignore_errors=True)
 
 

@@ -126,7 +126,12 @@ static void check_invariants(const char *name, const kh_vm_spec *spec, const kh_
         json_t *j = json_loads(sv->v[i + 1], JSON_REJECT_DUPLICATES, &jerr);
         CHECK(json_is_object(j));
         const char *driver = json_string_value(json_object_get(j, "driver"));
-        if (strcmp(a, "-blockdev") == 0 && driver && strcmp(driver, "file") == 0) {
+        const char *nn = json_string_value(json_object_get(j, "node-name"));
+        if (strcmp(a, "-blockdev") == 0 && nn && strncmp(nn, "disk", 4) != 0) {
+            /* the firmware's flash and the cidata CD-ROM: their own names */
+            CHECK(strncmp(nn, "fw-code", 7) == 0 || strncmp(nn, "fw-vars", 7) == 0 ||
+                  strncmp(nn, "cidata", 6) == 0);
+        } else if (strcmp(a, "-blockdev") == 0 && driver && strcmp(driver, "file") == 0) {
             nfile++;
             const char *fn = json_string_value(json_object_get(j, "filename"));
             for (size_t d = 0; fn && d < spec->ndisks; d++) {
@@ -169,7 +174,8 @@ static char *run_case(const char *name, const json_t *tc, bool *is_err)
                                             "initrd_file", "disk_fds", "backing_fds", "nic_fds",
                                             "nic_vhost_fds", "tsc_khz", "secret_fds",
                                             "backing_secret_fds", "firmware_serial_file",
-                                            "incoming", NULL };
+                                            "incoming", "fw_code", "fw_vars_fd", "fw_smm",
+                                            "cidata_path", "tpm_fd", "qga_fd", NULL };
     const json_t *sj = json_object_get(tc, "spec");
     const json_t *cj = json_object_get(tc, "caps");
     const json_t *ej = json_object_get(tc, "env");
@@ -301,6 +307,12 @@ static char *run_case(const char *name, const json_t *tc, bool *is_err)
         .nic_vhost_fds = vfds,
         .tsc_khz = (unsigned)int_or(ej, "tsc_khz", 0),
         .incoming = json_is_true(json_object_get(ej, "incoming")),
+        .fw_code = opt_str(ej, "fw_code", NULL),
+        .fw_vars_fd = int_or(ej, "fw_vars_fd", -1),
+        .fw_smm = json_is_true(json_object_get(ej, "fw_smm")),
+        .cidata_path = opt_str(ej, "cidata_path", NULL),
+        .tpm_fd = int_or(ej, "tpm_fd", -1),
+        .qga_fd = int_or(ej, "qga_fd", -1),
     };
     if (fds && json_array_size(fdj) != spec->ndisks)
         printf("# %s: disk_fds has %zu entries for %zu disks\n", name, json_array_size(fdj),

@@ -1,0 +1,37 @@
+/* tpm.h - a VM's TPM 2.0: one swtpm per VM.
+ *
+ * kh_tpm_start() starts `swtpm socket --tpm2` through host/spawn.c with its
+ * state in STATE/tpm (a directory of the VM, kept across starts and
+ * removed with the VM) and its control channel on one end of a socketpair
+ * (--ctrl type=unixio,clientfd=N); the other end goes to QEMU
+ * (-chardev socket,fd=M, qemu/argv.h tpm_fd). swtpm runs with -t: it ends
+ * when that connection is lost, that is when QEMU ends, so it lives exactly
+ * as long as its QEMU, across daemon restarts (own session, like QEMU) and
+ * in the VM's cgroup. Its log is STATE/swtpm.log. With key_fd the state is
+ * encrypted (--key, AES-256-CBC; the launcher derives the VM's key). */
+#ifndef KH_QEMU_TPM_H
+#define KH_QEMU_TPM_H
+
+#include <stdbool.h>
+#include <sys/types.h>
+
+#include "host/spawn.h"
+#include "util/err.h"
+
+typedef struct kh_tpm_opts {
+    const char *binary;    /* NULL: /usr/bin/swtpm */
+    const char *state_dir; /* the VM's state dir; "tpm" is made inside */
+    bool drop_privileges;  /* run as uid/gid (the state dir is chowned) */
+    uid_t uid;
+    gid_t gid;
+    const kh_cgroups *cgroups;
+    const char *vm_id;
+    int key_fd;            /* -1, or a file with an AES-256 key in hex (state encryption) */
+} kh_tpm_opts;
+
+/* Start the VM's swtpm; *qemu_fd gets QEMU's end of the control channel
+ * (CLOEXEC; the caller passes it to QEMU and closes it), *pid the swtpm.
+ * Returns 0, or -1 with err set (nothing left running). */
+int kh_tpm_start(const kh_tpm_opts *o, int *qemu_fd, pid_t *pid, kh_err *err);
+
+#endif
