@@ -25,8 +25,7 @@ static const char *const exit_meaning[] = {
     "no such VM, task or route",
     "the VM's state forbids it now: running, busy, or the name is taken",
     "kvmhostd is busy; try again later",
-    "kvmhostd cannot be reached (is kvmhostd running?), or the host cannot do it now "
-    "(e.g. a pool is full)",
+    "kvmhostd cannot be reached (is it running?), or the host cannot do it now (pool full)",
     "gave up waiting",
     "vm stop: the guest did not power off within the timeout and QEMU was killed",
 };

@@ -431,6 +431,7 @@ void kh_qimg_free(kh_qimg *q)
         kill(j->pid, SIGKILL);
         waitpid(j->pid, NULL, 0);
         j->closing = 3;
+        j->out.pipe.data = j->err.pipe.data = j; /* handle_closed takes the job */
         uv_close((uv_handle_t *)&j->timer, handle_closed);
         uv_close((uv_handle_t *)&j->out.pipe, handle_closed);
         uv_close((uv_handle_t *)&j->err.pipe, handle_closed);

@@ -205,6 +205,8 @@ def test_qemu_img_dies_with_the_daemon(daemon):
         time.sleep(0.01)
     assert kids, "no qemu-img started"
     pool = os.path.join(daemon.state_dir, "pools", "default")
+    while time.time() < deadline and not any(f.endswith(".part") for f in os.listdir(pool)):
+        time.sleep(0.01)
     assert any(f.endswith(".part") for f in os.listdir(pool))
     daemon.kill9()
     for pid in kids:  # at once: the death signal, not a later clean-up
