@@ -80,6 +80,11 @@ struct kh_cluster {
     uint64_t renewed_ms;      /* monotonic time the last renewal (or the grant) was sent */
     char last_error[512];
     char *record;             /* the member record as last written */
+    bool record_busy;         /* a refresh of it is on its way (asynchronous) */
+    json_t *etcd_members;     /* etcd's member list as last read (NULL: never) */
+    bool members_busy;        /* a read of it is on its way */
+    uint64_t register_at_ms;  /* monotonic: the next registration attempt (backoff) */
+    unsigned register_fails;
 
     /* vms.c: ownership and the cluster-wide view */
     json_t *vms;              /* vm id -> {owner, spec}: /kvmhost/vms/, watched */
@@ -140,6 +145,12 @@ char *kh_cluster_peer_url(const kh_cluster *c);
 char *kh_cluster_client_url(const kh_cluster *c);
 /* Wait (blocking, bounded) until etcd answers a linearizable read. */
 int kh_cluster_wait_etcd(kh_cluster *c, unsigned timeout_ms, kh_err *err);
+/* Read etcd's member list into c->etcd_members (asynchronous). */
+void kh_cluster_members_refresh(kh_cluster *c);
+/* Whether etcd looks stalled: the lease renewal on its way has waited
+ * longer than a healthy etcd ever takes. The loop then makes no blocking
+ * etcd call of its own (it would hold every request up to its timeout). */
+bool kh_cluster_etcd_stalled(const kh_cluster *c);
 /* Whether the lease deadline (TTL - margin) has passed: not an owner. */
 bool kh_cluster_fenced(const kh_cluster *c);
 /* The member record of this host (JSON text, a new string). */

@@ -26,6 +26,8 @@
 #include "util/strv.h"
 
 #define TICK_MS 1000
+#define STALLED_MS 500       /* a lease renewal waiting longer: etcd is stalled */
+#define REGISTER_BACKOFF_MAX_MS 16000
 
 static void handle_free(uv_handle_t *h)
 {
@@ -56,6 +58,11 @@ int64_t kh_cluster_fence_left_ms(const kh_cluster *c)
         return 0;
     uint64_t margin = c->ttl_s * 1000 / 4 < 1000 ? 1000 : c->ttl_s * 1000 / 4;
     return (int64_t)(expiry - margin) - (int64_t)kh_now_ms();
+}
+
+bool kh_cluster_etcd_stalled(const kh_cluster *c)
+{
+    return !c->keeper_ok || kh_etcd_keeper_waiting_ms(c->keeper) > STALLED_MS;
 }
 
 bool kh_cluster_fenced(const kh_cluster *c)
@@ -141,6 +148,80 @@ static int put_record(kh_cluster *c, kh_err *err)
 static void set_error(kh_cluster *c, const kh_err *err)
 {
     snprintf(c->last_error, sizeof(c->last_error), "%s", err ? err->msg : "");
+}
+
+typedef struct record_req {
+    kh_cluster *c;
+    char *rec;
+} record_req;
+
+static void on_record_put(json_t *reply, const kh_err *err, void *opaque)
+{
+    record_req *r = opaque;
+    r->c->record_busy = false;
+    if (reply) {
+        free(r->c->record);
+        r->c->record = r->rec;
+        r->rec = NULL;
+    } else {
+        kh_log(KH_LOG_WARN, "cluster.record", "error=\"%s\"", err ? err->msg : "?");
+    }
+    free(r->rec);
+    free(r);
+}
+
+/* The record refresh of the tick, without blocking the loop: both keys in
+ * one txn (a put is harmless to send twice). */
+static void put_record_async(kh_cluster *c, char *rec)
+{
+    char *key = xasprintf(KH_CLUSTER_MEMBERS "%s", c->conf.host_id);
+    char *hkey = xasprintf(KH_CLUSTER_HOSTS "%s", c->conf.host_id);
+    json_t *body = json_pack("{s:[{s:{s:o, s:o}}, {s:{s:o, s:o, s:o}}]}", "success",
+                             "requestPut", "key", kh_etcd_key_json(hkey), "value",
+                             kh_etcd_key_json(rec), "requestPut", "key", kh_etcd_key_json(key),
+                             "value", kh_etcd_key_json(rec), "lease",
+                             kh_etcd_jint_new(c->lease));
+    free(key);
+    free(hkey);
+    record_req *r = xcalloc(1, sizeof(*r));
+    r->c = c;
+    r->rec = rec;
+    kh_err err = KH_ERR_INIT;
+    if (kh_etcd_request_async(c->etcd, "/v3/kv/txn", body, on_record_put, r, &err) < 0) {
+        set_error(c, &err);
+        free(r->rec);
+        free(r);
+        return;
+    }
+    c->record_busy = true;
+}
+
+static void on_members(json_t *reply, const kh_err *err, void *opaque)
+{
+    kh_cluster *c = opaque;
+    c->members_busy = false;
+    if (!reply)
+        return;
+    json_t *ms = json_array();
+    size_t i;
+    json_t *m;
+    json_array_foreach(json_object_get(reply, "members"), i, m) {
+        const char *name = json_string_value(json_object_get(m, "name"));
+        json_t *purls = json_object_get(m, "peerURLs");
+        json_array_append_new(ms, json_pack("{s:s, s:O}", "name", name ? name : "",
+                                            "peer_urls", purls ? purls : json_array()));
+    }
+    json_decref(c->etcd_members);
+    c->etcd_members = ms;
+}
+
+void kh_cluster_members_refresh(kh_cluster *c)
+{
+    if (!c->etcd || c->members_busy)
+        return;
+    if (kh_etcd_request_async(c->etcd, "/v3/cluster/member/list", json_object(), on_members, c,
+                              NULL) == 0)
+        c->members_busy = true;
 }
 
 /* ---- the caches of hosts/ and members/ ---- */
@@ -249,12 +330,22 @@ static void on_tick(uv_timer_t *t)
     kh_cluster *c = t->data;
     kh_err err = KH_ERR_INIT;
     if (!c->keeper) {
+        /* blocking (bounded): back off while etcd does not answer, so that
+         * a host without quorum still serves its reads */
+        if (kh_now_ms() < c->register_at_ms)
+            return;
         if (kh_cluster_register(c, &err) < 0) {
             set_error(c, &err);
+            uint64_t wait = (uint64_t)TICK_MS << (c->register_fails < 4 ? c->register_fails : 4);
+            c->register_at_ms = kh_now_ms() + (wait < REGISTER_BACKOFF_MAX_MS
+                                                   ? wait : REGISTER_BACKOFF_MAX_MS);
+            c->register_fails++;
             return;
         }
+        c->register_fails = 0;
     }
-    if (!c->keeper_ok)
+    kh_cluster_members_refresh(c);
+    if (kh_cluster_etcd_stalled(c))
         return; /* no quorum: do not block the loop on calls that time out */
     kh_err_clear(&err);
     if (!c->hosts.watch && list_and_watch(&c->hosts, c->etcd, &err) < 0)
@@ -271,11 +362,10 @@ static void on_tick(uv_timer_t *t)
     }
     kh_cluster_vms_flush(c);
     char *rec = record_json(c);
-    bool same = record_same(rec, c->record);
-    free(rec);
-    kh_err_clear(&err);
-    if (!same && put_record(c, &err) < 0)
-        set_error(c, &err);
+    if (!c->record_busy && !record_same(rec, c->record))
+        put_record_async(c, rec);
+    else
+        free(rec);
 }
 
 /* ---- start and stop ---- */
@@ -405,6 +495,11 @@ void kh_cluster_stop(kh_cluster *c, bool revoke)
     json_object_clear(c->live.map);
     free(c->record);
     c->record = NULL;
+    c->record_busy = c->members_busy = false;
+    json_decref(c->etcd_members);
+    c->etcd_members = NULL;
+    c->register_at_ms = 0;
+    c->register_fails = 0;
     c->enabled = false;
 }
 

@@ -311,7 +311,7 @@ static int flush_one(kh_cluster *c, const char *id, json_t *what, kh_err *err)
 
 void kh_cluster_vms_flush(kh_cluster *c)
 {
-    if (!c->etcd || !c->keeper_ok || kh_cluster_fenced(c))
+    if (!c->etcd || kh_cluster_etcd_stalled(c) || kh_cluster_fenced(c))
         return; /* kept until etcd answers again */
     const char *id;
     json_t *what;
