@@ -12,6 +12,7 @@
 #define KH_CLUSTER_HOSTS KH_CLUSTER_PREFIX "hosts/"     /* no lease: every member */
 #define KH_CLUSTER_TOKENS KH_CLUSTER_PREFIX "join-tokens/"
 #define KH_CLUSTER_INFO KH_CLUSTER_PREFIX "cluster"
+#define KH_CLUSTER_REMOVED KH_CLUSTER_PREFIX "removed/" /* hosts removed (or left): never back */
 #define KH_CLUSTER_ETCD_TIMEOUT_MS 2000
 
 /* The persisted configuration (config.c: the `cluster` table). */
@@ -80,6 +81,7 @@ struct kh_cluster {
     uint64_t renewed_ms;      /* monotonic time the last renewal (or the grant) was sent */
     char last_error[512];
     char *record;             /* the member record as last written */
+    bool removed;             /* a record write found this host removed: it leaves */
     bool record_busy;         /* a refresh of it is on its way (asynchronous) */
     json_t *etcd_members;     /* etcd's member list as last read (NULL: never) */
     bool members_busy;        /* a read of it is on its way */
@@ -145,6 +147,10 @@ char *kh_cluster_peer_url(const kh_cluster *c);
 char *kh_cluster_client_url(const kh_cluster *c);
 /* Wait (blocking, bounded) until etcd answers a linearizable read. */
 int kh_cluster_wait_etcd(kh_cluster *c, unsigned timeout_ms, kh_err *err);
+/* join.c: the end of a host that another one removed from the cluster
+ * (found at its next record write): it stops, forgets the cluster and is a
+ * single host again, as after leave. */
+void kh_cluster_forget(kh_cluster *c);
 /* Read etcd's member list into c->etcd_members (asynchronous). */
 void kh_cluster_members_refresh(kh_cluster *c);
 /* Whether etcd looks stalled: the lease renewal on its way has waited

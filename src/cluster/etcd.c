@@ -540,11 +540,9 @@ static json_t *ops_json(const kh_etcd_op *ops, size_t n)
     return arr;
 }
 
-int kh_etcd_txn(kh_etcd *e, const kh_etcd_cmp *cmp, size_t n_cmp, const kh_etcd_op *ok,
-                size_t n_ok, const kh_etcd_op *fail, size_t n_fail, kh_etcd_txn_result *res,
-                kh_err *err)
+json_t *kh_etcd_txn_json(const kh_etcd_cmp *cmp, size_t n_cmp, const kh_etcd_op *ok,
+                         size_t n_ok, const kh_etcd_op *fail, size_t n_fail)
 {
-    kh_etcd_txn_result_clear(res);
     json_t *req = json_object();
     json_t *carr = json_array();
     for (size_t i = 0; i < n_cmp; i++)
@@ -552,6 +550,15 @@ int kh_etcd_txn(kh_etcd *e, const kh_etcd_cmp *cmp, size_t n_cmp, const kh_etcd_
     json_object_set_new(req, "compare", carr);
     json_object_set_new(req, "success", ops_json(ok, n_ok));
     json_object_set_new(req, "failure", ops_json(fail, n_fail));
+    return req;
+}
+
+int kh_etcd_txn(kh_etcd *e, const kh_etcd_cmp *cmp, size_t n_cmp, const kh_etcd_op *ok,
+                size_t n_ok, const kh_etcd_op *fail, size_t n_fail, kh_etcd_txn_result *res,
+                kh_err *err)
+{
+    kh_etcd_txn_result_clear(res);
+    json_t *req = kh_etcd_txn_json(cmp, n_cmp, ok, n_ok, fail, n_fail);
     json_t *reply = call(e, "/v3/kv/txn", req, false, err);
     if (!reply)
         return -1;

@@ -588,16 +588,52 @@ static int etcd_member_remove(kh_cluster *c, const char *host_id, kh_err *err)
     return rc;
 }
 
-static int delete_records(kh_cluster *c, const char *host_id, kh_err *err)
+/* The host's records go, and removed/<id> keeps what its certificate was
+ * (its fingerprint): the host can neither write its record again nor be
+ * let in by a peer's mutual TLS (pki.c). One txn. */
+static int retire_records(kh_cluster *c, const char *host_id, kh_err *err)
 {
     char *k1 = xasprintf(KH_CLUSTER_HOSTS "%s", host_id);
     char *k2 = xasprintf(KH_CLUSTER_MEMBERS "%s", host_id);
-    int rc = kh_etcd_delete(c->etcd, k1, false, NULL, err);
+    char *k3 = xasprintf(KH_CLUSTER_REMOVED "%s", host_id);
+    const json_t *rec = json_object_get(c->hosts.map, host_id);
+    const char *fp = json_string_value(json_object_get(rec, "cert_fingerprint"));
+    if (strcmp(host_id, c->conf.host_id) == 0)
+        fp = c->fingerprint;
+    json_t *r = json_pack("{s:s, s:s*, s:f}", "name", str(rec, "name")[0] ? str(rec, "name")
+                                                        : host_id,
+                          "cert_fingerprint", fp, "removed_at", kh_wall_time());
+    char *text = json_dumps(r, JSON_COMPACT | JSON_SORT_KEYS);
+    json_decref(r);
+    kh_etcd_op ops[3] = { { .type = KH_ETCD_OP_PUT, .key = k3, .value = text },
+                          { .type = KH_ETCD_OP_DELETE, .key = k1 },
+                          { .type = KH_ETCD_OP_DELETE, .key = k2 } };
+    kh_etcd_txn_result res = { 0 };
+    int rc = kh_etcd_txn(c->etcd, NULL, 0, ops, 3, NULL, 0, &res, err);
     if (rc == 0)
-        rc = kh_etcd_delete(c->etcd, k2, false, NULL, err);
+        kh_etcd_txn_result_clear(&res);
+    free(text);
     free(k1);
     free(k2);
+    free(k3);
     return rc;
+}
+
+void kh_cluster_forget(kh_cluster *c)
+{
+    char host_id[37];
+    snprintf(host_id, sizeof(host_id), "%s", c->conf.host_id);
+    bool local = is_local(c);
+    kh_log(KH_LOG_WARN, "cluster.removed", "cluster=%s host_id=%s note=\"removed by another "
+           "host: this host is a single host again\"", c->conf.name, host_id);
+    kh_cluster_stop(c, false);
+    kh_err err = KH_ERR_INIT;
+    if (kh_cluster_conf_clear(c->store, &err) < 0)
+        kh_log(KH_LOG_ERROR, "cluster.removed", "error=\"%s\"", err.msg);
+    if (local)
+        drop_etcd_data(c);
+    kh_cluster_tls_drop(c);
+    kh_cluster_conf_fini(&c->conf);
 }
 
 int kh_cluster_leave(kh_cluster *c, kh_err *err)
@@ -608,7 +644,7 @@ int kh_cluster_leave(kh_cluster *c, kh_err *err)
     snprintf(host_id, sizeof(host_id), "%s", c->conf.host_id);
     if (is_local(c) && etcd_member_remove(c, host_id, err) < 0)
         return -1;
-    if (delete_records(c, host_id, err) < 0)
+    if (retire_records(c, host_id, err) < 0)
         return -1;
     kh_cluster_stop(c, true);
     if (kh_cluster_conf_clear(c->store, err) < 0)
@@ -641,7 +677,7 @@ int kh_cluster_remove(kh_cluster *c, const char *host, kh_err *err)
     }
     char *hid = xstrdup(id);
     int rc = (is_local(c) ? etcd_member_remove(c, hid, err) : 0) == 0 ?
-             delete_records(c, hid, err) : -1;
+             retire_records(c, hid, err) : -1;
     if (rc == 0)
         kh_log(KH_LOG_INFO, "cluster.remove", "host_id=%s", hid);
     free(hid);

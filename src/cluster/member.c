@@ -125,17 +125,41 @@ char *kh_cluster_record(kh_cluster *c)
 }
 
 /* The record goes to hosts/<id> (stays while the host is a member) and to
- * members/<id> on the lease (gone when the host is). */
-static int put_record(kh_cluster *c, kh_err *err)
+ * members/<id> on the lease (gone when the host is), in one txn that does
+ * nothing once the host was removed (removed/<id> exists): a removed host
+ * still running cannot bring itself back. The txn's body, a new object. */
+static json_t *record_txn(kh_cluster *c, const char *rec)
 {
     char *key = xasprintf(KH_CLUSTER_MEMBERS "%s", c->conf.host_id);
     char *hkey = xasprintf(KH_CLUSTER_HOSTS "%s", c->conf.host_id);
-    char *rec = record_json(c);
-    int rc = kh_etcd_put(c->etcd, hkey, rec, (size_t)-1, 0, NULL, err);
-    if (rc == 0)
-        rc = kh_etcd_put(c->etcd, key, rec, (size_t)-1, c->lease, NULL, err);
+    char *rkey = xasprintf(KH_CLUSTER_REMOVED "%s", c->conf.host_id);
+    kh_etcd_cmp cmp = { .key = rkey, .target = KH_ETCD_CREATE, .result = KH_ETCD_EQUAL,
+                        .number = 0 };
+    kh_etcd_op ops[2] = { { .type = KH_ETCD_OP_PUT, .key = hkey, .value = rec },
+                          { .type = KH_ETCD_OP_PUT, .key = key, .value = rec,
+                            .lease = c->lease } };
+    json_t *body = kh_etcd_txn_json(&cmp, 1, ops, 2, NULL, 0);
     free(key);
     free(hkey);
+    free(rkey);
+    return body;
+}
+
+static int record_reply(kh_cluster *c, const json_t *reply, kh_err *err)
+{
+    if (json_is_true(json_object_get(reply, "succeeded")))
+        return 0;
+    c->removed = true;
+    kh_err_set(err, KH_E_FORBIDDEN, "this host was removed from cluster %s", c->conf.name);
+    return -1;
+}
+
+static int put_record(kh_cluster *c, kh_err *err)
+{
+    char *rec = record_json(c);
+    json_t *reply = kh_etcd_request(c->etcd, "/v3/kv/txn", record_txn(c, rec), true, err);
+    int rc = reply ? record_reply(c, reply, err) : -1;
+    json_decref(reply);
     if (rc < 0) {
         free(rec);
         return -1;
@@ -158,31 +182,25 @@ typedef struct record_req {
 static void on_record_put(json_t *reply, const kh_err *err, void *opaque)
 {
     record_req *r = opaque;
-    r->c->record_busy = false;
-    if (reply) {
-        free(r->c->record);
-        r->c->record = r->rec;
+    kh_cluster *c = r->c;
+    kh_err e = KH_ERR_INIT;
+    c->record_busy = false;
+    if (reply && record_reply(c, reply, &e) == 0) {
+        free(c->record);
+        c->record = r->rec;
         r->rec = NULL;
     } else {
-        kh_log(KH_LOG_WARN, "cluster.record", "error=\"%s\"", err ? err->msg : "?");
+        kh_log(KH_LOG_WARN, "cluster.record", "error=\"%s\"", reply ? e.msg : err ? err->msg : "?");
     }
     free(r->rec);
     free(r);
 }
 
-/* The record refresh of the tick, without blocking the loop: both keys in
- * one txn (a put is harmless to send twice). */
+/* The record refresh of the tick, without blocking the loop (the txn is
+ * harmless to send twice). */
 static void put_record_async(kh_cluster *c, char *rec)
 {
-    char *key = xasprintf(KH_CLUSTER_MEMBERS "%s", c->conf.host_id);
-    char *hkey = xasprintf(KH_CLUSTER_HOSTS "%s", c->conf.host_id);
-    json_t *body = json_pack("{s:[{s:{s:o, s:o}}, {s:{s:o, s:o, s:o}}]}", "success",
-                             "requestPut", "key", kh_etcd_key_json(hkey), "value",
-                             kh_etcd_key_json(rec), "requestPut", "key", kh_etcd_key_json(key),
-                             "value", kh_etcd_key_json(rec), "lease",
-                             kh_etcd_jint_new(c->lease));
-    free(key);
-    free(hkey);
+    json_t *body = record_txn(c, rec);
     record_req *r = xcalloc(1, sizeof(*r));
     r->c = c;
     r->rec = rec;
@@ -329,6 +347,10 @@ static void on_tick(uv_timer_t *t)
 {
     kh_cluster *c = t->data;
     kh_err err = KH_ERR_INIT;
+    if (c->removed) {
+        kh_cluster_forget(c); /* closes this timer: nothing of c after it */
+        return;
+    }
     if (!c->keeper) {
         /* blocking (bounded): back off while etcd does not answer, so that
          * a host without quorum still serves its reads */
@@ -495,7 +517,7 @@ void kh_cluster_stop(kh_cluster *c, bool revoke)
     json_object_clear(c->live.map);
     free(c->record);
     c->record = NULL;
-    c->record_busy = c->members_busy = false;
+    c->record_busy = c->members_busy = c->removed = false;
     json_decref(c->etcd_members);
     c->etcd_members = NULL;
     c->register_at_ms = 0;

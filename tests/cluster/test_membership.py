@@ -208,6 +208,12 @@ def test_membership(three):
     wait_for(lambda: "h3" not in states(d1), 20, "h3 gone from h1's view")
     wait_for(lambda: khlib.cli(d1, "cluster", "remove", "h2").returncode == 0, 20, "h2 removed")
     wait_for(lambda: set(states(d1)) == {"h1"}, 20, "only h1 left")
+    # the removed host, still running, learns it at its next record write
+    # and is a single host again; its record never comes back
+    wait_for(lambda: cli_json(d2, "cluster", "status")["enabled"] is False, 20,
+             "h2 knows it was removed")
+    time.sleep(2)
+    assert set(states(d1)) == {"h1"}, states(d1)
     wait_for(lambda: len(cli_json(d1, "cluster", "status")["etcd"].get("members", [])) == 1, 10,
              "1 etcd member left")
     step("h3 left, h2 removed")
