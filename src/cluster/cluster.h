@@ -135,6 +135,11 @@ int kh_cluster_forward(kh_cluster *c, const char *url, const char *method, const
                        const char *content_type, const char *body, size_t len,
                        kh_forward_cb cb, void *opaque, kh_err *err);
 
+/* The host-to-host TLS files (cluster CA, this host's certificate and key)
+ * as new path strings, for a WebSocket relayed to another host. -1 with
+ * err (KH_E_UNAVAILABLE) when this host has none. */
+int kh_cluster_peer_tls(kh_cluster *c, char **ca, char **cert, char **key, kh_err *err);
+
 /* ---- peer.c: lookups for a live migration (instance/migrate.c) ---- */
 typedef struct kh_cluster_member {
     char host_id[37];

@@ -76,7 +76,8 @@ void kh_etcd_prefer_first(kh_etcd *e);
 /* One request on the loop (it never blocks it): body (stolen) POSTed to
  * path, failing over to the next endpoint on an error (it must be harmless
  * to send twice). cb runs on the loop with the parsed reply (borrowed) or
- * NULL and err; never after kh_etcd_free. */
+ * NULL and err; kh_etcd_free runs the ones still on their way (err says
+ * the client is closing). */
 typedef void (*kh_etcd_async_cb)(json_t *reply, const kh_err *err, void *opaque);
 int kh_etcd_request_async(kh_etcd *e, const char *path, json_t *body, kh_etcd_async_cb cb,
                           void *opaque, kh_err *err);

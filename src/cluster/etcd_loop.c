@@ -225,8 +225,13 @@ void kh_etcd_loop_fini(kh_etcd *e)
         w->canceled = true;
     for (kh_etcd_keeper *k = e->keepers; k; k = k->next)
         k->canceled = true;
-    for (kh_etcd_async *a = e->asyncs; a; a = a->next)
+    kh_err cancelled = KH_ERR_INIT;
+    kh_err_set(&cancelled, KH_E_UNAVAILABLE, "etcd: the client is closing");
+    for (kh_etcd_async *a = e->asyncs; a; a = a->next) {
+        if (!a->finished && a->cb)
+            a->cb(NULL, &cancelled, a->opaque); /* its owner frees what it gave */
         a->finished = true;
+    }
     reap(e);
     loop_state *st = state(e);
     while (st->polls) {
