@@ -43,6 +43,13 @@ typedef json_t *(*kh_cluster_vms_fn)(void *opaque);
 typedef void (*kh_cluster_tls_fn)(void *opaque, const char *listen, const char *ca,
                                   const char *cert, const char *key);
 
+/* A VM of another host changed (the watch of /kvmhost/vms/ saw it): type
+ * "vm.created", "vm.state" or "vm.deleted", the VM's name, data (stolen:
+ * {state, previous, reason} for vm.state, each with "host", the owner's
+ * name). The daemon publishes it on the local event bus. */
+typedef void (*kh_cluster_event_fn)(void *opaque, const char *type, const char *vm,
+                                    json_t *data);
+
 typedef struct kh_cluster_config {
     const char *state_dir;
     const char *host_name;      /* the member's name (NULL: instance name, else hostname) */
@@ -64,6 +71,8 @@ typedef struct kh_cluster_config {
     void *local_vms_opaque;
     kh_cluster_tls_fn tls_ready;
     void *tls_opaque;
+    kh_cluster_event_fn event;
+    void *event_opaque;
 } kh_cluster_config;
 
 /* Load the cluster configuration from the store and, when this host is a

@@ -85,8 +85,9 @@ struct kh_cluster {
     bool record_busy;         /* a refresh of it is on its way (asynchronous) */
     json_t *etcd_members;     /* etcd's member list as last read (NULL: never) */
     bool members_busy;        /* a read of it is on its way */
-    uint64_t register_at_ms;  /* monotonic: the next registration attempt (backoff) */
-    unsigned register_fails;
+    bool granting;            /* the tick's lease grant is on its way (asynchronous) */
+    int64_t granted_lease;    /* granted, the record not yet written on it */
+    uint64_t grant_sent_ms;
 
     /* vms.c: ownership and the cluster-wide view */
     json_t *vms;              /* vm id -> {owner, spec}: /kvmhost/vms/, watched */
@@ -96,6 +97,8 @@ struct kh_cluster {
     bool vms_claimed;         /* this host's VMs were claimed since it registered */
     kh_cluster_vms_fn local_vms;
     void *local_vms_opaque;
+    kh_cluster_event_fn event;  /* other hosts' VM changes, to the local bus */
+    void *event_opaque;
 
     /* pki.c: mutual TLS between hosts (files in STATE_DIR/cluster-tls) */
     char *tls_dir;

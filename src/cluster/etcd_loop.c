@@ -312,6 +312,9 @@ static void watch_message(kh_etcd_watch *w, const char *line, size_t len)
     if (w->next_rev == 0 && json_is_true(json_object_get(r, "created")))
         w->next_rev = kh_etcd_jint(json_object_get(r, "header"), "revision") + 1;
     const json_t *evs = json_object_get(r, "events");
+    /* every event of a revision comes in one message: a txn's several keys
+     * share its revision, so the floor is the one before this message */
+    int64_t floor = w->next_rev;
     for (size_t i = 0; i < json_array_size(evs) && !w->canceled && !w->finished; i++) {
         const json_t *ev = json_array_get(evs, i);
         kh_etcd_kv kv;
@@ -319,11 +322,12 @@ static void watch_message(kh_etcd_watch *w, const char *line, size_t len)
             watch_finish(w, &err);
             break;
         }
-        if (kv.mod_revision >= w->next_rev) { /* a reopened stream repeats nothing */
+        if (kv.mod_revision >= floor) { /* a reopened stream repeats nothing */
             const char *type = json_string_value(json_object_get(ev, "type"));
             kh_etcd_event e = { type && strcmp(type, "DELETE") == 0 ? KH_ETCD_EV_DELETE
                                                                    : KH_ETCD_EV_PUT, &kv };
-            w->next_rev = kv.mod_revision + 1;
+            if (kv.mod_revision + 1 > w->next_rev)
+                w->next_rev = kv.mod_revision + 1;
             w->cb(w, &e, NULL, w->opaque);
         }
         kh_etcd_kv_clear(&kv);

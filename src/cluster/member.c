@@ -27,7 +27,6 @@
 
 #define TICK_MS 1000
 #define STALLED_MS 500       /* a lease renewal waiting longer: etcd is stalled */
-#define REGISTER_BACKOFF_MAX_MS 16000
 
 static void handle_free(uv_handle_t *h)
 {
@@ -319,12 +318,12 @@ static void on_keeper(kh_etcd_keeper *k, int64_t ttl, const kh_err *err, void *o
     }
 }
 
-int kh_cluster_register(kh_cluster *c, kh_err *err)
+static void on_tick(uv_timer_t *t);
+
+/* Write the record on lease (granted when sent) and start its keeper. */
+static int register_on(kh_cluster *c, int64_t lease, uint64_t sent, kh_err *err)
 {
-    int64_t ttl = 0;
-    uint64_t sent = kh_now_ms();
-    if (kh_etcd_lease_grant(c->etcd, c->ttl_s, &c->lease, &ttl, err) < 0)
-        return -1;
+    c->lease = lease;
     if (put_record(c, err) < 0) {
         kh_etcd_lease_revoke(c->etcd, c->lease, NULL);
         c->lease = 0;
@@ -341,6 +340,44 @@ int kh_cluster_register(kh_cluster *c, kh_err *err)
     return 0;
 }
 
+int kh_cluster_register(kh_cluster *c, kh_err *err)
+{
+    int64_t ttl = 0, lease = 0;
+    uint64_t sent = kh_now_ms();
+    if (kh_etcd_lease_grant(c->etcd, c->ttl_s, &lease, &ttl, err) < 0)
+        return -1;
+    return register_on(c, lease, sent, err);
+}
+
+/* The tick's registration: the lease is asked for without blocking the
+ * loop (etcd may have no quorum for a long time); once granted, the next
+ * tick (at once) writes the record on it. */
+static void on_grant(json_t *reply, const kh_err *err, void *opaque)
+{
+    kh_cluster *c = opaque;
+    c->granting = false;
+    int64_t id = reply ? kh_etcd_jint(reply, "ID") : 0;
+    if (!id) {
+        if (err)
+            set_error(c, err);
+        return;
+    }
+    c->granted_lease = id;
+    if (c->timer)
+        uv_timer_start(c->timer, on_tick, 0, TICK_MS);
+}
+
+static void grant_async(kh_cluster *c)
+{
+    json_t *req = json_pack("{s:o}", "TTL", kh_etcd_jint_new(c->ttl_s));
+    c->grant_sent_ms = kh_now_ms();
+    kh_err err = KH_ERR_INIT;
+    if (kh_etcd_request_async(c->etcd, "/v3/lease/grant", req, on_grant, c, &err) == 0)
+        c->granting = true;
+    else
+        set_error(c, &err);
+}
+
 /* Every second: register when not registered, list and watch when not
  * watching, and write the record again when what it says changed. */
 static void on_tick(uv_timer_t *t)
@@ -352,19 +389,17 @@ static void on_tick(uv_timer_t *t)
         return;
     }
     if (!c->keeper) {
-        /* blocking (bounded): back off while etcd does not answer, so that
-         * a host without quorum still serves its reads */
-        if (kh_now_ms() < c->register_at_ms)
-            return;
-        if (kh_cluster_register(c, &err) < 0) {
-            set_error(c, &err);
-            uint64_t wait = (uint64_t)TICK_MS << (c->register_fails < 4 ? c->register_fails : 4);
-            c->register_at_ms = kh_now_ms() + (wait < REGISTER_BACKOFF_MAX_MS
-                                                   ? wait : REGISTER_BACKOFF_MAX_MS);
-            c->register_fails++;
+        if (!c->granted_lease) {
+            if (!c->granting)
+                grant_async(c);
             return;
         }
-        c->register_fails = 0;
+        int64_t lease = c->granted_lease;
+        c->granted_lease = 0;
+        if (register_on(c, lease, c->grant_sent_ms, &err) < 0) {
+            set_error(c, &err);
+            return;
+        }
     }
     kh_cluster_members_refresh(c);
     if (kh_cluster_etcd_stalled(c))
@@ -520,8 +555,8 @@ void kh_cluster_stop(kh_cluster *c, bool revoke)
     c->record_busy = c->members_busy = c->removed = false;
     json_decref(c->etcd_members);
     c->etcd_members = NULL;
-    c->register_at_ms = 0;
-    c->register_fails = 0;
+    c->granting = false;
+    c->granted_lease = 0;
     c->enabled = false;
 }
 
@@ -564,6 +599,8 @@ kh_cluster *kh_cluster_new(uv_loop_t *loop, kh_store *store, const kh_cluster_co
     c->tls_opaque = cfg->tls_opaque;
     c->local_vms = cfg->local_vms;
     c->local_vms_opaque = cfg->local_vms_opaque;
+    c->event = cfg->event;
+    c->event_opaque = cfg->event_opaque;
     c->vms = json_object();
     c->vms_pending = json_object();
     c->etcd_binary = xstrdup(cfg->etcd_binary ? cfg->etcd_binary : "/usr/bin/etcd");

@@ -487,6 +487,13 @@ static const kh_manager_cluster_ops cluster_ops = {
     .deleted = kh_cluster_vm_deleted,
 };
 
+/* Another host's VM changed: on this host's event stream too. */
+static void cluster_event(void *opaque, const char *type, const char *vm, json_t *data)
+{
+    (void)opaque;
+    kh_events_publish(d.events, type, vm, data);
+}
+
 /* The host-to-host listener: the same routes, TLS with this host's cluster
  * certificate, a client certificate from the cluster CA required by its
  * auth hook (api/auth.c kh_auth_check_peer). */
@@ -742,6 +749,7 @@ int main(int argc, char **argv)
         .etcd_key = o.etcd_key, .etcd_binary = o.etcd_binary, .ttl_s = o.cluster_ttl_s,
         .usage = cluster_usage, .usage_opaque = NULL,
         .local_vms = cluster_local_vms, .tls_ready = cluster_tls_ready,
+        .event = cluster_event,
     };
     d.cluster = kh_cluster_new(d.loop, d.store, &ccfg, &err);
     if (!d.cluster)

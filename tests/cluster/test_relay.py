@@ -3,7 +3,8 @@ test_membership.py). A VM runs on h2 with a serial console and a VNC
 display; through h1's API socket its console is read and typed into (the
 guest's shell answers), the CLI's `vm console` on h1 shows it, and the VNC
 WebSocket speaks RFB from QEMU on h2. When the VM stops on h2, the relayed
-console closes on h1. One guest boot.
+console closes on h1. h1's event stream (SSE) shows c2 created, running and
+deleted on h2, each event with "host". One guest boot.
 
 Run: KH_BUILD_DIR=$PWD/build-asan /usr/bin/python3 -m pytest -q -s -p no:cacheprovider \
      tests/cluster/test_relay.py
@@ -32,6 +33,12 @@ def vnc_ws(d, name, timeout=15):
                                        timeout=timeout)
 
 
+def ev_is(e, typ, vm, state=None):
+    d = e.get("data") or {}
+    return (d.get("type") == typ and d.get("vm") == vm and
+            (state is None or (d.get("data") or {}).get("state") == state))
+
+
 def test_relay(three):
     h, (d1, d2, _d3) = three
     step = Phase()
@@ -41,14 +48,21 @@ def test_relay(three):
     tok = cli_json(d1, "cluster", "token")["token"]
     assert cli_json(d2, "cluster", "join", "%s:%d" % (h.addr(1), PORT), "--token", tok)["enabled"]
     wait_for(lambda: cli_json(d1, "cluster", "status")["online"] == 2, 20, "2 online")
+    sse = khlib.SSE(d1.socket)  # h1's event stream shows h2's VMs
     s = spec("c2", paths[:2])
     s["graphics"] = "vnc"
     r = d2.api.post("/api/v1/vms", s)
     assert r.status == 201, r
     wait_for(lambda: "c2" in {v["name"] for v in d1.api.get("/api/v1/vms").json["vms"]}, 10,
              "h1 lists c2")
+    ev = sse.read_until(lambda e: ev_is(e, "vm.created", "c2"), timeout=10)
+    assert ev and ev["data"]["data"]["host"] == "h2", ev
     r = d1.api.post("/api/v1/vms/c2/start", {"wait": 60}, timeout=90)  # forwarded
     assert r.status == 200, r
+    ev = sse.read_until(lambda e: ev_is(e, "vm.state", "c2", "running"), timeout=10)
+    assert ev and ev["data"]["data"]["host"] == "h2", ev
+    assert ev["data"]["data"]["previous"] == "starting", ev
+    step("h1's event stream: c2 created and running on h2")
     d2.api.wait_console("c2", khlib.GUEST_READY, timeout=150)
     step("c2 runs on h2, its guest is up")
 
@@ -114,3 +128,8 @@ def test_relay(three):
     step("owner cut off: the relayed console closes")
     r = d2.api.post("/api/v1/vms/c2/kill", {"wait": 30}, timeout=60)
     assert r.status == 200, r
+    assert d2.api.delete("/api/v1/vms/c2").status == 204
+    ev = sse.read_until(lambda e: ev_is(e, "vm.deleted", "c2"), timeout=10)
+    assert ev and ev["data"]["data"]["host"] == "h2", ev
+    sse.close()
+    step("h1's event stream: c2 deleted on h2")
