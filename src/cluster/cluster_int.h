@@ -56,6 +56,7 @@ typedef struct kh_cluster_cache {
     const char *prefix;
     json_t *map;              /* host id -> record */
     kh_etcd_watch *watch;
+    int64_t resume_rev;       /* mirrored at (mirror.c): watch from the next one */
 } kh_cluster_cache;
 
 struct kh_cluster {
@@ -92,6 +93,7 @@ struct kh_cluster {
     /* vms.c: ownership and the cluster-wide view */
     json_t *vms;              /* vm id -> {owner, spec}: /kvmhost/vms/, watched */
     kh_etcd_watch *vms_watch;
+    int64_t vms_resume_rev;   /* mirrored at (mirror.c): watch from the next one */
     json_t *vms_pending;      /* vm id -> view to write, or {"deleted": name} */
     uv_timer_t *vms_timer;    /* flushes vms_pending soon */
     bool vms_claimed;         /* this host's VMs were claimed since it registered */
@@ -110,9 +112,22 @@ struct kh_cluster {
 
 /* vms.c */
 int kh_cluster_vms_watch(kh_cluster *c, kh_err *err);
+/* Load the mirrored /kvmhost/vms/ into c->vms (daemon start). */
+void kh_cluster_vms_load(kh_cluster *c);
 void kh_cluster_vms_flush(kh_cluster *c);
 void kh_cluster_vms_kick(kh_cluster *c);
 void kh_cluster_vms_claim_local(kh_cluster *c);
+
+/* mirror.c: the cluster view in SQLite (hosts/ and vms/), at a revision. */
+/* A watch event of prefix. */
+void kh_cluster_mirror_event(kh_cluster *c, const char *prefix, const kh_etcd_kv *kv, bool put);
+/* A full listing of prefix (at kvs->revision) replaces its rows. */
+void kh_cluster_mirror_replace(kh_cluster *c, const char *prefix, const kh_etcd_kvs *kvs);
+/* Feed the rows of prefix to apply; the revision they are at (0: none). */
+int64_t kh_cluster_mirror_load(kh_cluster *c, const char *prefix,
+                               void (*apply)(kh_cluster *c, const kh_etcd_kv *kv));
+/* Forget it all (leave, removed). */
+void kh_cluster_mirror_clear(kh_cluster *c);
 
 /* pki.c: the cluster CA and the host certificates (PEM strings). */
 /* A new EC P-256 CA: key and self-signed certificate (10 years). */

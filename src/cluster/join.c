@@ -627,6 +627,7 @@ void kh_cluster_forget(kh_cluster *c)
     kh_log(KH_LOG_WARN, "cluster.removed", "cluster=%s host_id=%s note=\"removed by another "
            "host: this host is a single host again\"", c->conf.name, host_id);
     kh_cluster_stop(c, false);
+    kh_cluster_mirror_clear(c);
     kh_err err = KH_ERR_INIT;
     if (kh_cluster_conf_clear(c->store, &err) < 0)
         kh_log(KH_LOG_ERROR, "cluster.removed", "error=\"%s\"", err.msg);
@@ -647,6 +648,7 @@ int kh_cluster_leave(kh_cluster *c, kh_err *err)
     if (retire_records(c, host_id, err) < 0)
         return -1;
     kh_cluster_stop(c, true);
+    kh_cluster_mirror_clear(c);
     if (kh_cluster_conf_clear(c->store, err) < 0)
         return -1;
     if (is_local(c))

@@ -255,6 +255,8 @@ static void on_watch(kh_etcd_watch *w, const kh_etcd_event *ev, const kh_err *er
     }
     const char *id = ev->kv->key + strlen(k->prefix);
     bool live = k == &k->c->live;
+    if (k == &k->c->hosts)
+        kh_cluster_mirror_event(k->c, k->prefix, ev->kv, ev->type == KH_ETCD_EV_PUT);
     if (ev->type == KH_ETCD_EV_DELETE) {
         json_object_del(k->map, id);
         if (live)
@@ -272,8 +274,27 @@ static void on_watch(kh_etcd_watch *w, const kh_etcd_event *ev, const kh_err *er
     }
 }
 
+static void load_host(kh_cluster *c, const kh_etcd_kv *kv)
+{
+    json_t *rec = json_loadb(kv->value, kv->value_len, 0, NULL);
+    if (json_is_object(rec))
+        json_object_set_new(c->hosts.map, kv->key + strlen(KH_CLUSTER_HOSTS), rec);
+    else
+        json_decref(rec);
+}
+
 static int list_and_watch(kh_cluster_cache *k, kh_etcd *etcd, kh_err *err)
 {
+    if (k->resume_rev) {
+        /* the mirror's revision: what changed since comes as events (a
+         * compacted revision ends the watch: the next tick lists) */
+        int64_t from = k->resume_rev + 1;
+        k->resume_rev = 0;
+        kh_log(KH_LOG_INFO, "cluster.watch", "prefix=%s from_revision=%lld note=\"resumed from "
+               "the mirror\"", k->prefix, (long long)from);
+        k->watch = kh_etcd_watch_start(etcd, k->prefix, true, from, on_watch, k, err);
+        return k->watch ? 0 : -1;
+    }
     kh_etcd_kvs kvs = { 0 };
     if (kh_etcd_range(etcd, k->prefix, NULL, 0, &kvs, err) < 0)
         return -1;
@@ -286,6 +307,8 @@ static int list_and_watch(kh_cluster_cache *k, kh_etcd *etcd, kh_err *err)
             json_decref(rec);
     }
     int64_t rev = kvs.revision;
+    if (k == &k->c->hosts)
+        kh_cluster_mirror_replace(k->c, k->prefix, &kvs);
     kh_etcd_kvs_clear(&kvs);
     k->watch = kh_etcd_watch_start(etcd, k->prefix, true, rev + 1, on_watch, k, err);
     return k->watch ? 0 : -1;
@@ -613,8 +636,8 @@ kh_cluster *kh_cluster_new(uv_loop_t *loop, kh_store *store, const kh_cluster_co
     c->peer_port = cfg->etcd_peer_port ? cfg->etcd_peer_port : 2380;
     c->usage = cfg->usage;
     c->usage_opaque = cfg->usage_opaque;
-    c->hosts = (kh_cluster_cache){ c, KH_CLUSTER_HOSTS, json_object(), NULL };
-    c->live = (kh_cluster_cache){ c, KH_CLUSTER_MEMBERS, json_object(), NULL };
+    c->hosts = (kh_cluster_cache){ c, KH_CLUSTER_HOSTS, json_object(), NULL, 0 };
+    c->live = (kh_cluster_cache){ c, KH_CLUSTER_MEMBERS, json_object(), NULL, 0 };
     int have = kh_cluster_conf_load(store, &c->conf, err);
     if (have < 0) {
         kh_cluster_free(c);
@@ -627,6 +650,9 @@ kh_cluster *kh_cluster_new(uv_loop_t *loop, kh_store *store, const kh_cluster_co
         c->conf.endpoints = xstrdup(c->ext_endpoints);
     }
     kh_cluster_tls_load(c);
+    /* the cluster view as mirrored: served before etcd answers */
+    c->hosts.resume_rev = kh_cluster_mirror_load(c, KH_CLUSTER_HOSTS, load_host);
+    kh_cluster_vms_load(c);
     kh_err e = KH_ERR_INIT;
     if (kh_cluster_start(c, &e) < 0) {
         kh_log(KH_LOG_ERROR, "cluster.start", "cluster=%s error=\"%s\"", c->conf.name, e.msg);

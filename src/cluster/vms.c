@@ -148,10 +148,30 @@ static void on_vms_watch(kh_etcd_watch *w, const kh_etcd_event *ev, const kh_err
     }
     cache_apply(c, ev->kv->key, ev->kv->value, ev->kv->value_len, ev->type == KH_ETCD_EV_PUT,
                 true);
+    kh_cluster_mirror_event(c, VMS_PREFIX, ev->kv, ev->type == KH_ETCD_EV_PUT);
+}
+
+static void load_one(kh_cluster *c, const kh_etcd_kv *kv)
+{
+    cache_apply(c, kv->key, kv->value, kv->value_len, true, false);
+}
+
+void kh_cluster_vms_load(kh_cluster *c)
+{
+    c->vms_resume_rev = kh_cluster_mirror_load(c, VMS_PREFIX, load_one);
 }
 
 int kh_cluster_vms_watch(kh_cluster *c, kh_err *err)
 {
+    if (c->vms_resume_rev) {
+        int64_t from = c->vms_resume_rev + 1;
+        c->vms_resume_rev = 0;
+        kh_log(KH_LOG_INFO, "cluster.watch", "prefix=%s from_revision=%lld note=\"resumed from "
+               "the mirror\"", VMS_PREFIX, (long long)from);
+        c->vms_watch = kh_etcd_watch_start(c->etcd, VMS_PREFIX, true, from, on_vms_watch, c,
+                                           err);
+        return c->vms_watch ? 0 : -1;
+    }
     kh_etcd_kvs kvs = { 0 };
     if (kh_etcd_range(c->etcd, VMS_PREFIX, NULL, 0, &kvs, err) < 0)
         return -1;
@@ -159,6 +179,7 @@ int kh_cluster_vms_watch(kh_cluster *c, kh_err *err)
     for (size_t i = 0; i < kvs.n; i++)
         cache_apply(c, kvs.kv[i].key, kvs.kv[i].value, kvs.kv[i].value_len, true, false);
     int64_t rev = kvs.revision;
+    kh_cluster_mirror_replace(c, VMS_PREFIX, &kvs);
     kh_etcd_kvs_clear(&kvs);
     c->vms_watch = kh_etcd_watch_start(c->etcd, VMS_PREFIX, true, rev + 1, on_vms_watch, c, err);
     return c->vms_watch ? 0 : -1;

@@ -44,5 +44,6 @@ extern const char kh_migrate_schema_migrations[];
 
 /* cluster/schema.c: cluster */
 extern const char kh_cluster_schema_config[];
+extern const char kh_cluster_schema_mirror[];
 
 #endif
