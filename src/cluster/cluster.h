@@ -149,6 +149,11 @@ int kh_cluster_forward(kh_cluster *c, const char *url, const char *method, const
  * err (KH_E_UNAVAILABLE) when this host has none. */
 int kh_cluster_peer_tls(kh_cluster *c, char **ca, char **cert, char **key, kh_err *err);
 
+/* Is the certificate with this SHA-256 fingerprint (hex) one of a host
+ * removed from the cluster (/kvmhost/removed/, watched and mirrored)? The
+ * host-to-host listener refuses it even though the CA signed it. */
+bool kh_cluster_cert_revoked(kh_cluster *c, const char *fingerprint);
+
 /* ---- peer.c: lookups for a live migration (instance/migrate.c) ---- */
 typedef struct kh_cluster_member {
     char host_id[37];

@@ -78,6 +78,7 @@ struct kh_cluster {
     uv_timer_t *timer;        /* registration retries, record refresh */
     kh_cluster_cache hosts;   /* /kvmhost/hosts/: every member, online or not */
     kh_cluster_cache live;    /* /kvmhost/members/: the online ones (leases) */
+    kh_cluster_cache revoked; /* /kvmhost/removed/: hosts removed, their certificates */
     bool keeper_ok;           /* the last keep-alive attempt succeeded */
     uint64_t renewed_ms;      /* monotonic time the last renewal (or the grant) was sent */
     char last_error[512];

@@ -16,6 +16,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <unistd.h>
 
 #include "cluster/etcd_int.h"
@@ -255,7 +256,7 @@ static void on_watch(kh_etcd_watch *w, const kh_etcd_event *ev, const kh_err *er
     }
     const char *id = ev->kv->key + strlen(k->prefix);
     bool live = k == &k->c->live;
-    if (k == &k->c->hosts)
+    if (!live)
         kh_cluster_mirror_event(k->c, k->prefix, ev->kv, ev->type == KH_ETCD_EV_PUT);
     if (ev->type == KH_ETCD_EV_DELETE) {
         json_object_del(k->map, id);
@@ -274,13 +275,37 @@ static void on_watch(kh_etcd_watch *w, const kh_etcd_event *ev, const kh_err *er
     }
 }
 
-static void load_host(kh_cluster *c, const kh_etcd_kv *kv)
+static void load_into(kh_cluster_cache *k, const kh_etcd_kv *kv)
 {
     json_t *rec = json_loadb(kv->value, kv->value_len, 0, NULL);
     if (json_is_object(rec))
-        json_object_set_new(c->hosts.map, kv->key + strlen(KH_CLUSTER_HOSTS), rec);
+        json_object_set_new(k->map, kv->key + strlen(k->prefix), rec);
     else
         json_decref(rec);
+}
+
+static void load_host(kh_cluster *c, const kh_etcd_kv *kv)
+{
+    load_into(&c->hosts, kv);
+}
+
+static void load_revoked(kh_cluster *c, const kh_etcd_kv *kv)
+{
+    load_into(&c->revoked, kv);
+}
+
+bool kh_cluster_cert_revoked(kh_cluster *c, const char *fingerprint)
+{
+    if (!c || !fingerprint)
+        return false;
+    const char *id;
+    json_t *rec;
+    json_object_foreach(c->revoked.map, id, rec) {
+        const char *fp = json_string_value(json_object_get(rec, "cert_fingerprint"));
+        if (fp && strcasecmp(fp, fingerprint) == 0)
+            return true;
+    }
+    return false;
 }
 
 static int list_and_watch(kh_cluster_cache *k, kh_etcd *etcd, kh_err *err)
@@ -307,7 +332,7 @@ static int list_and_watch(kh_cluster_cache *k, kh_etcd *etcd, kh_err *err)
             json_decref(rec);
     }
     int64_t rev = kvs.revision;
-    if (k == &k->c->hosts)
+    if (k != &k->c->live)
         kh_cluster_mirror_replace(k->c, k->prefix, &kvs);
     kh_etcd_kvs_clear(&kvs);
     k->watch = kh_etcd_watch_start(etcd, k->prefix, true, rev + 1, on_watch, k, err);
@@ -429,6 +454,9 @@ static void on_tick(uv_timer_t *t)
         return; /* no quorum: do not block the loop on calls that time out */
     kh_err_clear(&err);
     if (!c->hosts.watch && list_and_watch(&c->hosts, c->etcd, &err) < 0)
+        set_error(c, &err);
+    kh_err_clear(&err);
+    if (!c->revoked.watch && list_and_watch(&c->revoked, c->etcd, &err) < 0)
         set_error(c, &err);
     kh_err_clear(&err);
     if (!c->live.watch && list_and_watch(&c->live, c->etcd, &err) < 0)
@@ -559,6 +587,8 @@ void kh_cluster_stop(kh_cluster *c, bool revoke)
     c->vms_watch = NULL;
     json_object_clear(c->vms);
     kh_etcd_watch_cancel(c->hosts.watch);
+    kh_etcd_watch_cancel(c->revoked.watch);
+    c->revoked.watch = NULL;
     kh_etcd_watch_cancel(c->live.watch);
     c->hosts.watch = c->live.watch = NULL;
     kh_etcd_keeper_stop(c->keeper);
@@ -572,6 +602,7 @@ void kh_cluster_stop(kh_cluster *c, bool revoke)
     kh_etcdproc_free(c->proc);
     c->proc = NULL;
     json_object_clear(c->hosts.map);
+    json_object_clear(c->revoked.map);
     json_object_clear(c->live.map);
     free(c->record);
     c->record = NULL;
@@ -638,6 +669,7 @@ kh_cluster *kh_cluster_new(uv_loop_t *loop, kh_store *store, const kh_cluster_co
     c->usage_opaque = cfg->usage_opaque;
     c->hosts = (kh_cluster_cache){ c, KH_CLUSTER_HOSTS, json_object(), NULL, 0 };
     c->live = (kh_cluster_cache){ c, KH_CLUSTER_MEMBERS, json_object(), NULL, 0 };
+    c->revoked = (kh_cluster_cache){ c, KH_CLUSTER_REMOVED, json_object(), NULL, 0 };
     int have = kh_cluster_conf_load(store, &c->conf, err);
     if (have < 0) {
         kh_cluster_free(c);
@@ -652,6 +684,7 @@ kh_cluster *kh_cluster_new(uv_loop_t *loop, kh_store *store, const kh_cluster_co
     kh_cluster_tls_load(c);
     /* the cluster view as mirrored: served before etcd answers */
     c->hosts.resume_rev = kh_cluster_mirror_load(c, KH_CLUSTER_HOSTS, load_host);
+    c->revoked.resume_rev = kh_cluster_mirror_load(c, KH_CLUSTER_REMOVED, load_revoked);
     kh_cluster_vms_load(c);
     kh_err e = KH_ERR_INIT;
     if (kh_cluster_start(c, &e) < 0) {
@@ -672,6 +705,7 @@ void kh_cluster_free(kh_cluster *c)
     kh_cluster_stop(c, true);
     kh_cluster_conf_fini(&c->conf);
     json_decref(c->hosts.map);
+    json_decref(c->revoked.map);
     json_decref(c->live.map);
     json_decref(c->vms);
     json_decref(c->vms_pending);

@@ -494,9 +494,25 @@ static void cluster_event(void *opaque, const char *type, const char *vm, json_t
     kh_events_publish(d.events, type, vm, data);
 }
 
+/* The host-to-host listener's check: a client certificate from the cluster
+ * CA (api/auth.c), and not one of a host removed from the cluster. */
+static int peer_auth(const kh_http_req *req, const kh_route *route, void *opaque, kh_err *err)
+{
+    if (kh_auth_check_peer(req, route, opaque, err) < 0)
+        return -1;
+    char *fp = kh_http_req_peer_fingerprint(req);
+    bool revoked = kh_cluster_cert_revoked(d.cluster, fp);
+    free(fp);
+    if (!revoked)
+        return 0;
+    kh_err_set(err, KH_E_FORBIDDEN, "this certificate was revoked: its host was removed from "
+               "the cluster");
+    return -1;
+}
+
 /* The host-to-host listener: the same routes, TLS with this host's cluster
  * certificate, a client certificate from the cluster CA required by its
- * auth hook (api/auth.c kh_auth_check_peer). */
+ * auth hook (peer_auth). */
 static void peer_start(void)
 {
     if (!d.peer_cfg[0] || d.peer_http)
@@ -506,7 +522,7 @@ static void peer_start(void)
     kh_http_config pcfg = {
         .tcp_listen = d.peer_cfg[0], .tls_trust = d.peer_cfg[1], .tls_cert = d.peer_cfg[2],
         .tls_key = d.peer_cfg[3], .max_body = 1024 * 1024, .max_connections = 64,
-        .auth = kh_auth_check_peer, .auth_opaque = NULL, .pre = kh_api_forward_pre,
+        .auth = peer_auth, .auth_opaque = NULL, .pre = kh_api_forward_pre,
     };
     kh_err err = KH_ERR_INIT;
     d.peer_http = kh_http_server_new(d.loop, &pcfg, routes, nroutes, &d.api, &err);

@@ -13,6 +13,7 @@ Run: KH_BUILD_DIR=$PWD/build /usr/bin/python3 -m pytest -q -s -p no:cacheprovide
 
 import json
 import os
+import shutil
 import signal
 import sys
 import time
@@ -206,6 +207,18 @@ def test_membership(three):
                   20, "h3 leaves")
     assert st["enabled"] is False
     wait_for(lambda: "h3" not in states(d1), 20, "h3 gone from h1's view")
+    # h2's host certificate, kept to try it after the removal
+    tls = os.path.join(h.dir, "h2-tls")
+    shutil.copytree(os.path.join(d2.state_dir, "cluster-tls"), tls)
+    url = "https://%s:%d/api/v1/vms" % (h.addr(1), PORT + 1)
+
+    def with_h2_cert():
+        p = h.run(2, ["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "--cacert",
+                      tls + "/ca.pem", "--cert", tls + "/host.pem", "--key", tls + "/host.key",
+                      url], timeout=10)
+        return p.stdout.strip()
+
+    assert with_h2_cert() == "200"
     wait_for(lambda: khlib.cli(d1, "cluster", "remove", "h2").returncode == 0, 20, "h2 removed")
     wait_for(lambda: set(states(d1)) == {"h1"}, 20, "only h1 left")
     # the removed host, still running, learns it at its next record write
@@ -214,6 +227,8 @@ def test_membership(three):
              "h2 knows it was removed")
     time.sleep(2)
     assert set(states(d1)) == {"h1"}, states(d1)
+    # its certificate (signed by the cluster CA) is refused from now on
+    wait_for(lambda: with_h2_cert() == "403", 10, "h2's certificate refused by h1")
     wait_for(lambda: len(cli_json(d1, "cluster", "status")["etcd"].get("members", [])) == 1, 10,
              "1 etcd member left")
     step("h3 left, h2 removed")
