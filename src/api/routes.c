@@ -29,6 +29,12 @@ static const kh_route routes[] = {
     { "GET", "/api/v1/cluster/ca", kh_cluster_routes_ca, KH_ROUTE_PUBLIC,
       "The cluster CA certificate and this host's host-to-host URL (public: a joining host "
       "checks it against the pin in its token)", NULL, "ClusterCA" },
+    { "POST", "/api/v1/cluster/ca/export", kh_cluster_routes_ca_export, 0,
+      "Export the cluster CA key, encrypted with a passphrase (409 on a host without it)",
+      "ClusterCaExport", "ClusterCaBundle" },
+    { "POST", "/api/v1/cluster/ca/import", kh_cluster_routes_ca_import, 0,
+      "Install an exported CA key on this member: it then admits new hosts too",
+      "ClusterCaImport", "Cluster" },
     { "DELETE", "/api/v1/cluster/members/{host}", kh_cluster_routes_remove, 0,
       "Remove another host (name or id) from the cluster", NULL, NULL },
     { "GET", "/api/v1/openapi.json", kh_host_routes_openapi, 0, "This document", NULL, NULL },

@@ -117,6 +117,16 @@ json_t *kh_cluster_hosts_json(kh_cluster *c);
 /* GET /api/v1/cluster/ca: {ca (PEM), cluster_url, fingerprint}. */
 json_t *kh_cluster_ca_json(kh_cluster *c, kh_err *err);
 
+/* ---- pki.c: the CA key's backup ---- */
+/* {ca, key (PKCS#8 PEM encrypted with pass), fingerprint, cluster}: a new
+ * object. KH_E_CONFLICT when this host does not hold the CA key. */
+json_t *kh_cluster_ca_export(kh_cluster *c, const char *pass, kh_err *err);
+/* Install an exported CA key on this member: ca must be this cluster's CA
+ * (KH_E_CONFLICT), pass must decrypt key and key must be its key
+ * (KH_E_INVALID). This host then admits joins too. */
+int kh_cluster_ca_import(kh_cluster *c, const char *ca, const char *key, const char *pass,
+                         kh_err *err);
+
 /* ---- vms.c: ownership and the cluster-wide VM view ----
  * The first five are the instance layer's hooks (kh_manager_cluster_ops in
  * instance/manager.h; opaque is the kh_cluster): they do nothing on a
