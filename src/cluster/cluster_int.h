@@ -43,6 +43,7 @@ typedef struct kh_etcdproc_spec {
     const char *initial_cluster;
     bool existing;             /* --initial-cluster-state existing */
     const char *cluster_token;
+    const char *ca, *cert, *key; /* mutual TLS on both ports (NULL: plain HTTP) */
 } kh_etcdproc_spec;
 kh_etcdproc *kh_etcdproc_new(uv_loop_t *loop, const kh_etcdproc_spec *spec, kh_err *err);
 /* SIGTERM, wait (up to 5 s, then SIGKILL), reap. NULL is fine. */
@@ -83,6 +84,7 @@ struct kh_cluster {
     uint64_t renewed_ms;      /* monotonic time the last renewal (or the grant) was sent */
     char last_error[512];
     char *record;             /* the member record as last written */
+    bool etcd_tls;            /* the local member speaks mutual TLS (https:// URLs) */
     bool removed;             /* a record write found this host removed: it leaves */
     bool record_busy;         /* a refresh of it is on its way (asynchronous) */
     json_t *etcd_members;     /* etcd's member list as last read (NULL: never) */

@@ -97,7 +97,7 @@ static int refuse_member(const kh_cluster *c, kh_err *err)
 }
 
 /* The cluster CA (its key stays on this host: it alone signs joins) and
- * this host's certificate; the CA certificate goes to /kvmhost/ca. */
+ * this host's certificate, in STATE_DIR/cluster-tls (put_ca: to etcd). */
 static int make_ca(kh_cluster *c, kh_err *err)
 {
     char *ca_key = NULL, *ca = NULL, *key = NULL, *csr = NULL, *cert = NULL;
@@ -116,8 +116,6 @@ static int make_ca(kh_cluster *c, kh_err *err)
         rc = kh_cluster_tls_write(c, "host.key", key, err);
     if (rc == 0)
         rc = kh_cluster_tls_write(c, "host.pem", cert, err);
-    if (rc == 0)
-        rc = kh_etcd_put(c->etcd, KH_CLUSTER_PREFIX "ca", ca, (size_t)-1, 0, NULL, err);
     if (ca_key)
         OPENSSL_cleanse(ca_key, strlen(ca_key));
     if (key)
@@ -130,6 +128,17 @@ static int make_ca(kh_cluster *c, kh_err *err)
     return rc;
 }
 
+/* The CA certificate to /kvmhost/ca. */
+static int put_ca(kh_cluster *c, kh_err *err)
+{
+    char *path = kh_cluster_tls_path(c, "ca.pem");
+    char *ca = kh_fs_read(path, 1 << 20, NULL, err);
+    free(path);
+    int rc = ca ? kh_etcd_put(c->etcd, KH_CLUSTER_PREFIX "ca", ca, (size_t)-1, 0, NULL, err) : -1;
+    free(ca);
+    return rc;
+}
+
 int kh_cluster_create(kh_cluster *c, const char *name, kh_err *err)
 {
     if (refuse_member(c, err) < 0 || (is_local(c) && need_advertise(c, err) < 0))
@@ -139,8 +148,15 @@ int kh_cluster_create(kh_cluster *c, const char *name, kh_err *err)
     kh_uuid_generate(f->cluster_id);
     kh_uuid_generate(f->host_id);
     f->created_at = kh_wall_time();
+    c->etcd_tls = is_local(c);
     if (is_local(c)) {
         snprintf(f->mode, sizeof(f->mode), "local");
+        /* the certificates first: the local etcd member speaks mutual TLS */
+        if (make_ca(c, err) < 0) {
+            kh_cluster_tls_drop(c);
+            kh_cluster_conf_fini(f);
+            return -1;
+        }
         char *peer = kh_cluster_peer_url(c);
         f->initial_cluster = xasprintf("%s=%s", f->host_id, peer);
         free(peer);
@@ -150,8 +166,10 @@ int kh_cluster_create(kh_cluster *c, const char *name, kh_err *err)
         snprintf(f->mode, sizeof(f->mode), "external");
         f->endpoints = xstrdup(c->ext_endpoints);
     }
-    if (bring_up(c, 20000, err) < 0)
+    if (bring_up(c, 20000, err) < 0) {
+        kh_cluster_tls_drop(c);
         return -1;
+    }
     /* The cluster's identity: ours, or (external etcd) the one already there. */
     json_t *info = json_pack("{s:s, s:s, s:f}", "name", f->name, "id", f->cluster_id,
                              "created_at", f->created_at);
@@ -170,7 +188,8 @@ int kh_cluster_create(kh_cluster *c, const char *name, kh_err *err)
         json_decref(have);
     }
     kh_etcd_kv_clear(&cur);
-    if (won < 0 || (won == 1 && make_ca(c, err) < 0) ||
+    if (won < 0 || (won == 1 && !is_local(c) && make_ca(c, err) < 0) ||
+        (won == 1 && put_ca(c, err) < 0) ||
         kh_cluster_conf_save(c->store, f, err) < 0) {
         kh_cluster_stop(c, true);
         kh_cluster_conf_fini(f);
@@ -249,9 +268,10 @@ json_t *kh_cluster_admit(kh_cluster *c, const char *token, const json_t *body, k
         kh_err_set(err, KH_E_INVALID, "host_id: must be a uuid");
         return NULL;
     }
-    if (is_local(c) && (!peer || strncmp(peer, "http://", 7) != 0)) {
-        kh_err_set(err, KH_E_INVALID, "peer_url: must be an http:// URL (this cluster runs its "
-                   "own etcd members)");
+    const char *scheme = c->etcd_tls ? "https://" : "http://";
+    if (is_local(c) && (!peer || strncmp(peer, scheme, strlen(scheme)) != 0)) {
+        kh_err_set(err, KH_E_INVALID, "peer_url: must be an %s URL (this cluster runs its own "
+                   "etcd members%s)", scheme, c->etcd_tls ? ", over mutual TLS" : "");
         return NULL;
     }
     const char *csr = json_string_value(json_object_get(body, "csr"));
@@ -467,6 +487,7 @@ int kh_cluster_join(kh_cluster *c, const char *address, const char *token, kh_er
         return -1;
     kh_cluster_conf *f = &c->conf;
     kh_uuid_generate(f->host_id);
+    c->etcd_tls = is_local(c); /* (a member of a cluster made before TLS cannot join one) */
     char *peer = c->advertise ? kh_cluster_peer_url(c) : NULL;
     char *key = NULL, *csr = NULL;
     char *member = pinned_ca(c, address, token, err);

@@ -36,12 +36,13 @@ static void handle_free(uv_handle_t *h)
 
 char *kh_cluster_peer_url(const kh_cluster *c)
 {
-    return xasprintf("http://%s:%u", c->advertise, c->peer_port);
+    return xasprintf("%s://%s:%u", c->etcd_tls ? "https" : "http", c->advertise, c->peer_port);
 }
 
 char *kh_cluster_client_url(const kh_cluster *c)
 {
-    return xasprintf("http://%s:%u", c->advertise, c->client_port);
+    return xasprintf("%s://%s:%u", c->etcd_tls ? "https" : "http", c->advertise,
+                     c->client_port);
 }
 
 bool kh_cluster_enabled(const kh_cluster *c)
@@ -534,11 +535,17 @@ int kh_cluster_start(kh_cluster *c, kh_err *err)
         char *log = xasprintf("%s/etcd.log", c->state_dir);
         char *peer = kh_cluster_peer_url(c), *client = kh_cluster_client_url(c);
         bool existing = access(data, F_OK) == 0 || strchr(c->conf.initial_cluster, ',');
+        char *ca = kh_cluster_tls_path(c, "ca.pem"), *cert = kh_cluster_tls_path(c, "host.pem");
+        char *key = kh_cluster_tls_path(c, "host.key");
         kh_etcdproc_spec s = { .binary = c->etcd_binary, .name = c->conf.host_id,
                                .data_dir = data, .log_file = log, .peer_url = peer,
                                .client_url = client, .initial_cluster = c->conf.initial_cluster,
-                               .existing = existing, .cluster_token = c->conf.cluster_id };
+                               .existing = existing, .cluster_token = c->conf.cluster_id,
+                               .ca = c->etcd_tls ? ca : NULL, .cert = cert, .key = key };
         c->proc = kh_etcdproc_new(c->loop, &s, err);
+        free(ca);
+        free(cert);
+        free(key);
         free(data);
         free(log);
         free(peer);
@@ -548,11 +555,18 @@ int kh_cluster_start(kh_cluster *c, kh_err *err)
     }
     if (!c->etcd) {
         kh_strv *eps = split(c->conf.endpoints);
+        /* the local members' TLS: this host's certificate from the cluster CA */
+        char *ca = local && c->etcd_tls ? kh_cluster_tls_path(c, "ca.pem") : NULL;
+        char *cert = ca ? kh_cluster_tls_path(c, "host.pem") : NULL;
+        char *key = ca ? kh_cluster_tls_path(c, "host.key") : NULL;
         kh_etcd_opts o = { .endpoints = (const char *const *)eps->v, .n_endpoints = eps->n,
                            .timeout_ms = KH_CLUSTER_ETCD_TIMEOUT_MS, .connect_timeout_ms = 1000,
-                           .ca_file = c->etcd_ca, .cert_file = c->etcd_cert,
-                           .key_file = c->etcd_key };
+                           .ca_file = ca ? ca : c->etcd_ca, .cert_file = ca ? cert : c->etcd_cert,
+                           .key_file = ca ? key : c->etcd_key };
         c->etcd = eps->n ? kh_etcd_new(&o, c->loop, err) : NULL;
+        free(ca);
+        free(cert);
+        free(key);
         if (!eps->n)
             kh_err_set(err, KH_E_INVALID, "no etcd endpoints");
         kh_strv_free(eps);
@@ -682,6 +696,8 @@ kh_cluster *kh_cluster_new(uv_loop_t *loop, kh_store *store, const kh_cluster_co
         c->conf.endpoints = xstrdup(c->ext_endpoints);
     }
     kh_cluster_tls_load(c);
+    /* a cluster made before etcd spoke TLS keeps plain HTTP */
+    c->etcd_tls = c->conf.endpoints && strncmp(c->conf.endpoints, "https://", 8) == 0;
     /* the cluster view as mirrored: served before etcd answers */
     c->hosts.resume_rev = kh_cluster_mirror_load(c, KH_CLUSTER_HOSTS, load_host);
     c->revoked.resume_rev = kh_cluster_mirror_load(c, KH_CLUSTER_REMOVED, load_revoked);

@@ -124,7 +124,7 @@ def test_membership(three):
         assert st["enabled"] and st["name"] == "lab"
         # a token is good once
         r = d1.api.post("/api/v1/cluster/members", {"host_id": "0" * 8 + "-0000-4000-8000-" + "0" * 12,
-                                                    "name": "x", "peer_url": "http://192.0.2.9:2380"},
+                                                    "name": "x", "peer_url": "https://192.0.2.9:2380"},
                         headers={"Authorization": "KH-Join " + tok["token"]})
         assert r.status == 401, r
     step("token + join on h2 and h3")
@@ -141,6 +141,18 @@ def test_membership(three):
     ids = {cli_json(d, "cluster", "status")["host_id"] for d in (d1, d2, d3)}
     assert len(ids) == 3
     step("status on each: 3 members online")
+
+    # etcd speaks mutual TLS from the cluster CA: no client certificate, no entry
+    assert all(u.startswith("https://")
+               for u in cli_json(d1, "cluster", "status")["etcd"]["endpoints"].split(","))
+    etcd_url = "https://%s:2379/v3/kv/range" % h.addr(1)
+    tls3 = os.path.join(d3.state_dir, "cluster-tls")
+    curl = ["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "-X", "POST", "-d",
+            '{"key": "L2t2bWhvc3QvY2x1c3Rlcg=="}', "--cacert", tls3 + "/ca.pem", etcd_url]
+    assert h.run(3, curl, timeout=10).stdout.strip() == "000"
+    assert h.run(3, curl + ["--cert", tls3 + "/host.pem", "--key", tls3 + "/host.key"],
+                 timeout=10).stdout.strip() == "200"
+    step("etcd: refused without a client certificate, 200 with h3's")
 
     p = khlib.cli(d3, "host", "list")
     assert p.returncode == 0, p.stderr
