@@ -81,6 +81,7 @@ struct kh_cluster {
     kh_cluster_cache live;    /* /kvmhost/members/: the online ones (leases) */
     kh_cluster_cache revoked; /* /kvmhost/removed/: hosts removed, their certificates */
     bool keeper_ok;           /* the last keep-alive attempt succeeded */
+    unsigned keeper_fails;    /* keep-alive attempts failed in a row */
     uint64_t renewed_ms;      /* monotonic time the last renewal (or the grant) was sent */
     char last_error[512];
     char *record;             /* the member record as last written */
@@ -178,6 +179,9 @@ void kh_cluster_members_refresh(kh_cluster *c);
  * longer than a healthy etcd ever takes. The loop then makes no blocking
  * etcd call of its own (it would hold every request up to its timeout). */
 bool kh_cluster_etcd_stalled(const kh_cluster *c);
+/* Quorum as this host sees it: its lease is renewed (a failed renewal
+ * counts only once every member failed in a row) and not fenced. */
+bool kh_cluster_quorum(const kh_cluster *c);
 /* Whether the lease deadline (TTL - margin) has passed: not an owner. */
 bool kh_cluster_fenced(const kh_cluster *c);
 /* The member record of this host (JSON text, a new string). */

@@ -369,8 +369,11 @@ static json_t *call(kh_etcd *e, const char *path, json_t *body, bool may_repeat,
         curl_easy_setopt(e->easy, CURLOPT_ERRORBUFFER, errbuf);
         CURLcode rc = curl_easy_perform(e->easy);
         if (rc != CURLE_OK) {
+            /* sent (maybe): connected, and past the TLS handshake on https */
             curl_off_t connected = 0;
-            curl_easy_getinfo(e->easy, CURLINFO_CONNECT_TIME_T, &connected);
+            curl_easy_getinfo(e->easy, strncmp(e->endpoints[ep], "https://", 8) == 0
+                                           ? CURLINFO_APPCONNECT_TIME_T
+                                           : CURLINFO_CONNECT_TIME_T, &connected);
             kh_err_clear(&last);
             kh_err_set(&last, KH_E_UNAVAILABLE, "etcd unreachable: %s: %s", e->endpoints[ep],
                        errbuf[0] ? errbuf : curl_easy_strerror(rc));

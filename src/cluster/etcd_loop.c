@@ -18,6 +18,7 @@
 
 #define WATCH_BACKOFF_MIN_MS 100
 #define WATCH_BACKOFF_MAX_MS 2000
+#define KEEPER_RETRY_MS 100
 
 typedef struct poll_ctx {
     uv_poll_t h;
@@ -492,7 +493,9 @@ static void keeper_done(kh_etcd_xfer *x, CURLcode rc)
     } else if (err.code == KH_E_NOTFOUND) {
         uv_timer_stop(k->timer);
     } else {
+        /* the next member, soon: one member down must not cost an interval */
         k->ep = (k->ep + 1) % k->e->n_endpoints;
+        uv_timer_start(k->timer, keeper_tick, KEEPER_RETRY_MS, k->interval_ms);
     }
     if (k->cb)
         k->cb(k, ttl, kh_err_isset(&err) ? &err : NULL, k->opaque);

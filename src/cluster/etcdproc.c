@@ -103,6 +103,8 @@ static int start(kh_etcdproc *p, kh_err *err)
     ARG("--initial-cluster"); ARG(p->initial);
     ARG("--initial-cluster-state"); ARG(p->existing ? "existing" : "new");
     ARG("--initial-cluster-token"); ARG(p->token);
+    /* a member back from a partition does not depose the leader */
+    ARG("--pre-vote");
     if (p->ca) {
         /* mutual TLS from the cluster CA on both ports */
         ARG("--cert-file"); ARG(p->cert);

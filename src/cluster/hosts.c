@@ -46,7 +46,7 @@ json_t *kh_cluster_hosts_json(kh_cluster *c)
         json_decref(rec);
         return json_pack("{s:o}", "hosts", arr);
     }
-    bool quorum = c->keeper_ok && !kh_cluster_fenced(c);
+    bool quorum = kh_cluster_quorum(c);
     const char *id;
     json_t *rec;
     bool self_seen = false;
@@ -71,7 +71,7 @@ json_t *kh_cluster_status_json(kh_cluster *c)
 {
     if (!c->enabled)
         return json_pack("{s:b, s:s}", "enabled", 0, "host_name", c->host_name);
-    bool quorum = c->keeper_ok && !kh_cluster_fenced(c);
+    bool quorum = kh_cluster_quorum(c);
     int64_t left = kh_cluster_fence_left_ms(c);
     json_t *etcd = json_pack("{s:s, s:s, s:b}", "mode", c->conf.mode, "endpoints",
                              c->conf.endpoints ? c->conf.endpoints : "", "healthy", quorum);

@@ -66,6 +66,15 @@ bool kh_cluster_etcd_stalled(const kh_cluster *c)
     return !c->keeper_ok || kh_etcd_keeper_waiting_ms(c->keeper) > STALLED_MS;
 }
 
+bool kh_cluster_quorum(const kh_cluster *c)
+{
+    /* one failed renewal is not a lost quorum: the keeper tries the next
+     * member at once (one member down changes nothing); every member in a
+     * row, or the deadline passed, is */
+    size_t n = c->etcd ? c->etcd->n_endpoints : 1;
+    return c->keeper && !kh_cluster_fenced(c) && (c->keeper_ok || c->keeper_fails < n);
+}
+
 bool kh_cluster_fenced(const kh_cluster *c)
 {
     return !c->keeper || kh_cluster_fence_left_ms(c) <= 0;
@@ -78,7 +87,7 @@ int kh_cluster_writable(const kh_cluster *c, kh_err *err)
                    "or kvmhost cluster join)");
         return -1;
     }
-    if (!c->keeper_ok || kh_cluster_fenced(c)) {
+    if (!kh_cluster_quorum(c)) {
         kh_err_set(err, KH_E_UNAVAILABLE, "the cluster has no quorum from this host (etcd: %s): "
                    "cluster-wide changes are refused until it is back; reads still work",
                    c->last_error[0] ? c->last_error : "not reachable");
@@ -350,6 +359,7 @@ static void on_keeper(kh_etcd_keeper *k, int64_t ttl, const kh_err *err, void *o
             kh_log(KH_LOG_INFO, "cluster.lease", "lease=%lld state=renewed",
                    (long long)c->lease);
         c->keeper_ok = true;
+        c->keeper_fails = 0;
         c->renewed_ms = kh_now_ms();
         c->last_error[0] = '\0';
         return;
@@ -358,6 +368,7 @@ static void on_keeper(kh_etcd_keeper *k, int64_t ttl, const kh_err *err, void *o
         kh_log(KH_LOG_WARN, "cluster.lease", "lease=%lld error=\"%s\"", (long long)c->lease,
                err ? err->msg : "?");
     c->keeper_ok = false;
+    c->keeper_fails++;
     set_error(c, err);
     if (err && err->code == KH_E_NOTFOUND) {
         /* expired while we were cut off: the tick registers again */
@@ -382,6 +393,7 @@ static int register_on(kh_cluster *c, int64_t lease, uint64_t sent, kh_err *err)
     if (!c->keeper)
         return -1;
     c->keeper_ok = true; /* granted and written: etcd has quorum */
+    c->keeper_fails = 0;
     c->renewed_ms = sent;
     c->last_error[0] = '\0';
     kh_log(KH_LOG_INFO, "cluster.register", "host_id=%s name=%s lease=%lld ttl=%u",

@@ -277,7 +277,7 @@ int kh_cluster_vm_may_run(void *opaque, const char *id, const char *name, kh_err
     kh_cluster *c = opaque;
     if (!kh_cluster_enabled(c))
         return 0;
-    if (!c->keeper_ok || kh_cluster_fenced(c)) {
+    if (!kh_cluster_quorum(c)) {
         kh_err_set(err, KH_E_UNAVAILABLE, "this host's cluster lease is not alive (no quorum "
                    "from here: %s): it may not start or resume vm %s until it is back",
                    c->last_error[0] ? c->last_error : "etcd not reachable", name);
