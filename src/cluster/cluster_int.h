@@ -65,11 +65,9 @@ struct kh_cluster {
     kh_store *store;
     char *state_dir, *host_name, *advertise, *api_url, *etcd_binary;
     char *ext_endpoints, *etcd_ca, *etcd_cert, *etcd_key;
-    unsigned ttl_s, client_port, peer_port;
     kh_cluster_usage_fn usage;
     void *usage_opaque;
 
-    bool enabled;
     kh_cluster_conf conf;
     kh_etcd *etcd;
     kh_etcdproc *proc;
@@ -80,17 +78,10 @@ struct kh_cluster {
     kh_cluster_cache hosts;   /* /kvmhost/hosts/: every member, online or not */
     kh_cluster_cache live;    /* /kvmhost/members/: the online ones (leases) */
     kh_cluster_cache revoked; /* /kvmhost/removed/: hosts removed, their certificates */
-    bool keeper_ok;           /* the last keep-alive attempt succeeded */
-    unsigned keeper_fails;    /* keep-alive attempts failed in a row */
     uint64_t renewed_ms;      /* monotonic time the last renewal (or the grant) was sent */
     char last_error[512];
     char *record;             /* the member record as last written */
-    bool etcd_tls;            /* the local member speaks mutual TLS (https:// URLs) */
-    bool removed;             /* a record write found this host removed: it leaves */
-    bool record_busy;         /* a refresh of it is on its way (asynchronous) */
     json_t *etcd_members;     /* etcd's member list as last read (NULL: never) */
-    bool members_busy;        /* a read of it is on its way */
-    bool granting;            /* the tick's lease grant is on its way (asynchronous) */
     int64_t granted_lease;    /* granted, the record not yet written on it */
     uint64_t grant_sent_ms;
 
@@ -100,7 +91,6 @@ struct kh_cluster {
     int64_t vms_resume_rev;   /* mirrored at (mirror.c): watch from the next one */
     json_t *vms_pending;      /* vm id -> view to write, or {"deleted": name} */
     uv_timer_t *vms_timer;    /* flushes vms_pending soon */
-    bool vms_claimed;         /* this host's VMs were claimed since it registered */
     kh_cluster_vms_fn local_vms;
     void *local_vms_opaque;
     kh_cluster_event_fn event;  /* other hosts' VM changes, to the local bus */
@@ -112,6 +102,18 @@ struct kh_cluster {
     char *fingerprint;        /* SHA-256 of this host's certificate (hex), or NULL */
     kh_cluster_tls_fn tls_cb;
     void *tls_opaque;
+
+    /* flags and counters (kept together: no padding) */
+    unsigned ttl_s, client_port, peer_port;
+    unsigned keeper_fails;    /* keep-alive attempts failed in a row */
+    bool enabled;
+    bool keeper_ok;           /* the last keep-alive attempt succeeded */
+    bool etcd_tls;            /* the local member speaks mutual TLS (https:// URLs) */
+    bool removed;             /* a record write found this host removed: it leaves */
+    bool record_busy;         /* a refresh of it is on its way (asynchronous) */
+    bool members_busy;        /* a read of it is on its way */
+    bool granting;            /* the tick's lease grant is on its way (asynchronous) */
+    bool vms_claimed;         /* this host's VMs were claimed since it registered */
 };
 
 /* vms.c */
