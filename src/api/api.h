@@ -170,6 +170,8 @@ void kh_cluster_routes_token(kh_http_req *req, void *app);
 void kh_cluster_routes_admit(kh_http_req *req, void *app);
 void kh_cluster_routes_remove(kh_http_req *req, void *app);
 void kh_cluster_routes_ca(kh_http_req *req, void *app);
+void kh_cluster_routes_ca_export(kh_http_req *req, void *app);
+void kh_cluster_routes_ca_import(kh_http_req *req, void *app);
 
 /* Before each handler (forward.c): a per-VM request for a VM another host
  * owns goes to that host. True when it took the request. */

@@ -153,3 +153,33 @@ void kh_cluster_routes_ca(kh_http_req *req, void *app)
     else
         kh_http_reply_json(req, 200, j);
 }
+
+void kh_cluster_routes_ca_export(kh_http_req *req, void *app)
+{
+    kh_api *api = app;
+    json_t *body = body_of(req, "ClusterCaExport");
+    if (!body)
+        return;
+    kh_err err = KH_ERR_INIT;
+    json_t *j = kh_cluster_ca_export(api->cluster,
+                                     json_string_value(json_object_get(body, "passphrase")), &err);
+    json_decref(body);
+    if (!j)
+        kh_http_reply_error(req, &err);
+    else
+        kh_http_reply_json(req, 200, j);
+}
+
+void kh_cluster_routes_ca_import(kh_http_req *req, void *app)
+{
+    kh_api *api = app;
+    json_t *body = body_of(req, "ClusterCaImport");
+    if (!body)
+        return;
+    kh_err err = KH_ERR_INIT;
+    int rc = kh_cluster_ca_import(api->cluster, json_string_value(json_object_get(body, "ca")),
+                                  json_string_value(json_object_get(body, "key")),
+                                  json_string_value(json_object_get(body, "passphrase")), &err);
+    json_decref(body);
+    reply_status(req, api, 200, rc, &err);
+}

@@ -3,14 +3,18 @@
  * cluster owns is sent on to that host (cluster/forward.c: mutual TLS) and
  * its answer relayed as it is. The caller was authenticated here; the owner
  * trusts this host's certificate. A forwarded request (KH-Forwarded) is
- * never forwarded again. WebSocket routes (console, VNC) are not relayed:
- * they answer 409 naming the owner.
+ * never forwarded again. WebSocket routes (console, VNC) are relayed: the
+ * client's WebSocket is accepted here, and one opened to the owner's route
+ * with this host's certificate (http/wsclient.c); frames go both ways, and
+ * either side closing closes the other.
  */
 #include <stdlib.h>
 #include <string.h>
 
 #include "api/api.h"
 #include "cluster/cluster.h"
+#include "util/buf.h"
+#include "util/log.h"
 #include "util/mem.h"
 
 typedef struct fwd_req {
@@ -39,6 +43,112 @@ static void on_answer(void *opaque, int status, const char *content_type, const 
     free(f);
 }
 
+/* ---- the WebSocket relay ---- */
+
+typedef struct relay {
+    kh_api *api;
+    char *url, *target, *host;
+    kh_ws *down, *up;         /* the client's, the owner's (NULL when not open) */
+    bool up_started, down_done, up_done;
+    kh_buf pending;           /* the client's bytes before the owner's side is open */
+    bool pending_binary;
+} relay;
+
+static void relay_release(relay *r)
+{
+    if (!r->down_done || !r->up_done)
+        return;
+    kh_buf_release(&r->pending);
+    free(r->url);
+    free(r->target);
+    free(r->host);
+    free(r);
+}
+
+static void up_open(kh_ws *ws, void *opaque)
+{
+    relay *r = opaque;
+    r->up = ws;
+    if (r->pending.len)
+        kh_ws_send(ws, r->pending_binary, r->pending.p, r->pending.len);
+    kh_buf_reset(&r->pending);
+    if (r->down_done)
+        kh_ws_close(ws);
+}
+
+static void up_message(kh_ws *ws, bool binary, const void *data, size_t len, void *opaque)
+{
+    (void)ws;
+    relay *r = opaque;
+    if (r->down)
+        kh_ws_send(r->down, binary, data, len);
+}
+
+static void up_close(kh_ws *ws, void *opaque)
+{
+    (void)ws; /* NULL when the owner could not be reached */
+    relay *r = opaque;
+    r->up = NULL;
+    r->up_done = true;
+    if (r->down)
+        kh_ws_close(r->down);
+    relay_release(r);
+}
+
+static const kh_ws_callbacks up_cbs = { up_open, up_message, up_close };
+
+static void down_open(kh_ws *ws, void *opaque)
+{
+    relay *r = opaque;
+    r->down = ws;
+    char *ca = NULL, *cert = NULL, *key = NULL;
+    kh_err err = KH_ERR_INIT;
+    const char *why = NULL;
+    if (kh_cluster_peer_tls(r->api->cluster, &ca, &cert, &key, &err) == 0) {
+        kh_ws_connect_opts o = { .url = r->url, .path = r->target, .ca = ca, .cert = cert,
+                                 .key = key, .header = "KH-Forwarded: 1\r\n" };
+        if (kh_ws_connect(r->api->loop, &o, &up_cbs, r, &why) == 0)
+            r->up_started = true;
+    } else {
+        why = err.msg;
+    }
+    if (!r->up_started) {
+        kh_log(KH_LOG_WARN, "ws.relay", "host=%s error=\"%s\"", r->host, why ? why : "?");
+        r->up_done = true;
+        kh_ws_close(ws);
+    }
+    free(ca);
+    free(cert);
+    free(key);
+}
+
+static void down_message(kh_ws *ws, bool binary, const void *data, size_t len, void *opaque)
+{
+    (void)ws;
+    relay *r = opaque;
+    if (r->up) {
+        kh_ws_send(r->up, binary, data, len);
+    } else if (r->pending.len + len <= 64 * 1024) {
+        r->pending_binary = r->pending_binary || binary;
+        kh_buf_add(&r->pending, data, len);
+    }
+}
+
+static void down_close(kh_ws *ws, void *opaque)
+{
+    (void)ws;
+    relay *r = opaque;
+    r->down = NULL;
+    r->down_done = true;
+    if (!r->up_started)
+        r->up_done = true;
+    if (r->up)
+        kh_ws_close(r->up);
+    relay_release(r);
+}
+
+static const kh_ws_callbacks down_cbs = { down_open, down_message, down_close };
+
 bool kh_api_forward_pre(kh_http_req *req, void *app)
 {
     kh_api *api = app;
@@ -56,8 +166,13 @@ bool kh_api_forward_pre(kh_http_req *req, void *app)
         kh_err_set(&err, KH_E_UNAVAILABLE, "vm %s is on host %s, which has no host-to-host "
                    "URL now (offline?)", name, host);
     } else if (route->flags & KH_ROUTE_WEBSOCKET) {
-        kh_err_set(&err, KH_E_CONFLICT, "vm %s is on host %s: open its console on that host "
-                   "(consoles are not relayed between hosts)", name, host);
+        relay *r = xcalloc(1, sizeof(*r));
+        r->api = api;
+        r->url = url;
+        r->host = host;
+        r->target = xstrdup(kh_http_req_target(req));
+        kh_http_reply_websocket(req, &down_cbs, r);
+        return true;
     } else {
         size_t len = 0;
         const char *body = kh_http_req_body(req, &len);

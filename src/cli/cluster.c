@@ -1,5 +1,5 @@
-/* cluster.c - `kvmhost cluster create|join|token|status|leave|remove` and
- * `kvmhost host list`: the rows and their handlers. */
+/* cluster.c - `kvmhost cluster create|join|token|status|leave|remove|
+ * ca-export|ca-import` and `kvmhost host list`: the rows and their handlers. */
 #include "cli/nouns.h"
 
 #include <stdio.h>
@@ -9,6 +9,7 @@
 #include "cli/args.h"
 #include "cli/client.h"
 #include "cli/output.h"
+#include "util/fs.h"
 #include "util/mem.h"
 #include "util/misc.h"
 
@@ -146,7 +147,68 @@ static int cli_do_cluster_remove(cli_ctx *ctx, const cli_args *a, kh_err *err)
     return cli_delete(ctx, path, "host", a->pos, err);
 }
 
+/* The passphrase: the first line of --passphrase-file (a new string). */
+static char *passphrase(cli_ctx *ctx, const cli_args *a, kh_err *err)
+{
+    char *p = kh_fs_read(cli_arg(a, "passphrase-file"), 4096, NULL, err);
+    if (!p) {
+        kh_err_prefix(err, "--passphrase-file");
+        return NULL;
+    }
+    p[strcspn(p, "\r\n")] = '\0';
+    (void)ctx;
+    return p;
+}
+
+static int cli_do_cluster_ca_export(cli_ctx *ctx, const cli_args *a, kh_err *err)
+{
+    cli_client *cl = cli_ctx_client(ctx, err);
+    char *pass = cl ? passphrase(ctx, a, err) : NULL;
+    if (!pass)
+        return -1;
+    json_t *body = json_pack("{s:s}", "passphrase", pass), *out = NULL;
+    memset(pass, 0, strlen(pass));
+    free(pass);
+    int rc = cli_client_json(cl, "POST", "/api/v1/cluster/ca/export", body, &out, NULL, err);
+    json_decref(body);
+    if (rc < 0)
+        return -1;
+    char *text = json_dumps(out, JSON_INDENT(2) | JSON_SORT_KEYS);
+    json_decref(out);
+    rc = kh_fs_write_atomic(a->pos, text, strlen(text), 0600, err);
+    free(text);
+    if (rc == 0)
+        fprintf(stderr, "The cluster CA key, encrypted, is in %s. On another member:\n"
+                "  kvmhost cluster ca-import %s --passphrase-file FILE\n", a->pos, a->pos);
+    return rc;
+}
+
+static int cli_do_cluster_ca_import(cli_ctx *ctx, const cli_args *a, kh_err *err)
+{
+    json_t *bundle = kh_fs_read_json(a->pos, 1 << 20, err);
+    if (!bundle)
+        return -1;
+    char *pass = passphrase(ctx, a, err);
+    int rc = -1;
+    if (pass) {
+        json_t *body = json_pack("{s:O?, s:O?, s:s}", "ca", json_object_get(bundle, "ca"),
+                                 "key", json_object_get(bundle, "key"), "passphrase", pass);
+        memset(pass, 0, strlen(pass));
+        free(pass);
+        rc = cli_show(ctx, "POST", "/api/v1/cluster/ca/import", body, status_human, err);
+        json_decref(body);
+    }
+    json_decref(bundle);
+    return rc;
+}
+
 /* ---- the command rows (assembled in commands.c) ---- */
+
+static const cli_opt opts_ca[] = {
+    { "passphrase-file", "PATH", CLI_OPT_ARG | CLI_OPT_REQUIRED,
+      "A file whose first line is the passphrase (at least 8 characters)." },
+    { NULL, NULL, 0, NULL },
+};
 
 static const cli_opt opts_create[] = {
     { "name", "NAME", CLI_OPT_ARG, "The cluster's name (default kvmhost)." },
@@ -218,6 +280,24 @@ const cli_cmd cli_cluster_cmds[] = {
         NULL,
         "$ kvmhost cluster remove h3",
         cli_do_cluster_remove,
+    },
+    {
+        "cluster", "ca-export", "FILE", "back up the cluster CA key, encrypted",
+        "Write the cluster CA certificate and its key, encrypted with the passphrase "
+        "(PKCS#8, AES-256-CBC, PBKDF2), to FILE (mode 0600). Only a host that holds the key "
+        "(the one that created the cluster, or one it was imported on) can export it.",
+        opts_ca,
+        "$ kvmhost cluster ca-export /root/lab-ca.json --passphrase-file /root/pass",
+        cli_do_cluster_ca_export,
+    },
+    {
+        "cluster", "ca-import", "FILE", "install a backed-up CA key on this member",
+        "Install the CA key from FILE (made by 'kvmhost cluster ca-export') on this member of "
+        "the same cluster: it can then make tokens that admit new hosts, as the host that "
+        "created the cluster does.",
+        opts_ca,
+        "$ kvmhost cluster ca-import /root/lab-ca.json --passphrase-file /root/pass",
+        cli_do_cluster_ca_import,
     },
     {
         "host", "list", NULL, "list the hosts of the cluster",

@@ -43,6 +43,13 @@ typedef json_t *(*kh_cluster_vms_fn)(void *opaque);
 typedef void (*kh_cluster_tls_fn)(void *opaque, const char *listen, const char *ca,
                                   const char *cert, const char *key);
 
+/* A VM of another host changed (the watch of /kvmhost/vms/ saw it): type
+ * "vm.created", "vm.state" or "vm.deleted", the VM's name, data (stolen:
+ * {state, previous, reason} for vm.state, each with "host", the owner's
+ * name). The daemon publishes it on the local event bus. */
+typedef void (*kh_cluster_event_fn)(void *opaque, const char *type, const char *vm,
+                                    json_t *data);
+
 typedef struct kh_cluster_config {
     const char *state_dir;
     const char *host_name;      /* the member's name (NULL: instance name, else hostname) */
@@ -64,6 +71,8 @@ typedef struct kh_cluster_config {
     void *local_vms_opaque;
     kh_cluster_tls_fn tls_ready;
     void *tls_opaque;
+    kh_cluster_event_fn event;
+    void *event_opaque;
 } kh_cluster_config;
 
 /* Load the cluster configuration from the store and, when this host is a
@@ -108,6 +117,16 @@ json_t *kh_cluster_hosts_json(kh_cluster *c);
 /* GET /api/v1/cluster/ca: {ca (PEM), cluster_url, fingerprint}. */
 json_t *kh_cluster_ca_json(kh_cluster *c, kh_err *err);
 
+/* ---- pki.c: the CA key's backup ---- */
+/* {ca, key (PKCS#8 PEM encrypted with pass), fingerprint, cluster}: a new
+ * object. KH_E_CONFLICT when this host does not hold the CA key. */
+json_t *kh_cluster_ca_export(kh_cluster *c, const char *pass, kh_err *err);
+/* Install an exported CA key on this member: ca must be this cluster's CA
+ * (KH_E_CONFLICT), pass must decrypt key and key must be its key
+ * (KH_E_INVALID). This host then admits joins too. */
+int kh_cluster_ca_import(kh_cluster *c, const char *ca, const char *key, const char *pass,
+                         kh_err *err);
+
 /* ---- vms.c: ownership and the cluster-wide VM view ----
  * The first five are the instance layer's hooks (kh_manager_cluster_ops in
  * instance/manager.h; opaque is the kh_cluster): they do nothing on a
@@ -134,6 +153,16 @@ typedef void (*kh_forward_cb)(void *opaque, int status, const char *content_type
 int kh_cluster_forward(kh_cluster *c, const char *url, const char *method, const char *target,
                        const char *content_type, const char *body, size_t len,
                        kh_forward_cb cb, void *opaque, kh_err *err);
+
+/* The host-to-host TLS files (cluster CA, this host's certificate and key)
+ * as new path strings, for a WebSocket relayed to another host. -1 with
+ * err (KH_E_UNAVAILABLE) when this host has none. */
+int kh_cluster_peer_tls(kh_cluster *c, char **ca, char **cert, char **key, kh_err *err);
+
+/* Is the certificate with this SHA-256 fingerprint (hex) one of a host
+ * removed from the cluster (/kvmhost/removed/, watched and mirrored)? The
+ * host-to-host listener refuses it even though the CA signed it. */
+bool kh_cluster_cert_revoked(kh_cluster *c, const char *fingerprint);
 
 /* ---- peer.c: lookups for a live migration (instance/migrate.c) ---- */
 typedef struct kh_cluster_member {

@@ -12,6 +12,7 @@
 #define KH_CLUSTER_HOSTS KH_CLUSTER_PREFIX "hosts/"     /* no lease: every member */
 #define KH_CLUSTER_TOKENS KH_CLUSTER_PREFIX "join-tokens/"
 #define KH_CLUSTER_INFO KH_CLUSTER_PREFIX "cluster"
+#define KH_CLUSTER_REMOVED KH_CLUSTER_PREFIX "removed/" /* hosts removed (or left): never back */
 #define KH_CLUSTER_ETCD_TIMEOUT_MS 2000
 
 /* The persisted configuration (config.c: the `cluster` table). */
@@ -42,6 +43,7 @@ typedef struct kh_etcdproc_spec {
     const char *initial_cluster;
     bool existing;             /* --initial-cluster-state existing */
     const char *cluster_token;
+    const char *ca, *cert, *key; /* mutual TLS on both ports (NULL: plain HTTP) */
 } kh_etcdproc_spec;
 kh_etcdproc *kh_etcdproc_new(uv_loop_t *loop, const kh_etcdproc_spec *spec, kh_err *err);
 /* SIGTERM, wait (up to 5 s, then SIGKILL), reap. NULL is fine. */
@@ -55,6 +57,7 @@ typedef struct kh_cluster_cache {
     const char *prefix;
     json_t *map;              /* host id -> record */
     kh_etcd_watch *watch;
+    int64_t resume_rev;       /* mirrored at (mirror.c): watch from the next one */
 } kh_cluster_cache;
 
 struct kh_cluster {
@@ -62,11 +65,9 @@ struct kh_cluster {
     kh_store *store;
     char *state_dir, *host_name, *advertise, *api_url, *etcd_binary;
     char *ext_endpoints, *etcd_ca, *etcd_cert, *etcd_key;
-    unsigned ttl_s, client_port, peer_port;
     kh_cluster_usage_fn usage;
     void *usage_opaque;
 
-    bool enabled;
     kh_cluster_conf conf;
     kh_etcd *etcd;
     kh_etcdproc *proc;
@@ -76,19 +77,24 @@ struct kh_cluster {
     uv_timer_t *timer;        /* registration retries, record refresh */
     kh_cluster_cache hosts;   /* /kvmhost/hosts/: every member, online or not */
     kh_cluster_cache live;    /* /kvmhost/members/: the online ones (leases) */
-    bool keeper_ok;           /* the last keep-alive attempt succeeded */
+    kh_cluster_cache revoked; /* /kvmhost/removed/: hosts removed, their certificates */
     uint64_t renewed_ms;      /* monotonic time the last renewal (or the grant) was sent */
     char last_error[512];
     char *record;             /* the member record as last written */
+    json_t *etcd_members;     /* etcd's member list as last read (NULL: never) */
+    int64_t granted_lease;    /* granted, the record not yet written on it */
+    uint64_t grant_sent_ms;
 
     /* vms.c: ownership and the cluster-wide view */
     json_t *vms;              /* vm id -> {owner, spec}: /kvmhost/vms/, watched */
     kh_etcd_watch *vms_watch;
+    int64_t vms_resume_rev;   /* mirrored at (mirror.c): watch from the next one */
     json_t *vms_pending;      /* vm id -> view to write, or {"deleted": name} */
     uv_timer_t *vms_timer;    /* flushes vms_pending soon */
-    bool vms_claimed;         /* this host's VMs were claimed since it registered */
     kh_cluster_vms_fn local_vms;
     void *local_vms_opaque;
+    kh_cluster_event_fn event;  /* other hosts' VM changes, to the local bus */
+    void *event_opaque;
 
     /* pki.c: mutual TLS between hosts (files in STATE_DIR/cluster-tls) */
     char *tls_dir;
@@ -96,13 +102,38 @@ struct kh_cluster {
     char *fingerprint;        /* SHA-256 of this host's certificate (hex), or NULL */
     kh_cluster_tls_fn tls_cb;
     void *tls_opaque;
+
+    /* flags and counters (kept together: no padding) */
+    unsigned ttl_s, client_port, peer_port;
+    unsigned keeper_fails;    /* keep-alive attempts failed in a row */
+    bool enabled;
+    bool keeper_ok;           /* the last keep-alive attempt succeeded */
+    bool etcd_tls;            /* the local member speaks mutual TLS (https:// URLs) */
+    bool removed;             /* a record write found this host removed: it leaves */
+    bool record_busy;         /* a refresh of it is on its way (asynchronous) */
+    bool members_busy;        /* a read of it is on its way */
+    bool granting;            /* the tick's lease grant is on its way (asynchronous) */
+    bool vms_claimed;         /* this host's VMs were claimed since it registered */
 };
 
 /* vms.c */
 int kh_cluster_vms_watch(kh_cluster *c, kh_err *err);
+/* Load the mirrored /kvmhost/vms/ into c->vms (daemon start). */
+void kh_cluster_vms_load(kh_cluster *c);
 void kh_cluster_vms_flush(kh_cluster *c);
 void kh_cluster_vms_kick(kh_cluster *c);
 void kh_cluster_vms_claim_local(kh_cluster *c);
+
+/* mirror.c: the cluster view in SQLite (hosts/ and vms/), at a revision. */
+/* A watch event of prefix. */
+void kh_cluster_mirror_event(kh_cluster *c, const char *prefix, const kh_etcd_kv *kv, bool put);
+/* A full listing of prefix (at kvs->revision) replaces its rows. */
+void kh_cluster_mirror_replace(kh_cluster *c, const char *prefix, const kh_etcd_kvs *kvs);
+/* Feed the rows of prefix to apply; the revision they are at (0: none). */
+int64_t kh_cluster_mirror_load(kh_cluster *c, const char *prefix,
+                               void (*apply)(kh_cluster *c, const kh_etcd_kv *kv));
+/* Forget it all (leave, removed). */
+void kh_cluster_mirror_clear(kh_cluster *c);
 
 /* pki.c: the cluster CA and the host certificates (PEM strings). */
 /* A new EC P-256 CA: key and self-signed certificate (10 years). */
@@ -140,6 +171,19 @@ char *kh_cluster_peer_url(const kh_cluster *c);
 char *kh_cluster_client_url(const kh_cluster *c);
 /* Wait (blocking, bounded) until etcd answers a linearizable read. */
 int kh_cluster_wait_etcd(kh_cluster *c, unsigned timeout_ms, kh_err *err);
+/* join.c: the end of a host that another one removed from the cluster
+ * (found at its next record write): it stops, forgets the cluster and is a
+ * single host again, as after leave. */
+void kh_cluster_forget(kh_cluster *c);
+/* Read etcd's member list into c->etcd_members (asynchronous). */
+void kh_cluster_members_refresh(kh_cluster *c);
+/* Whether etcd looks stalled: the lease renewal on its way has waited
+ * longer than a healthy etcd ever takes. The loop then makes no blocking
+ * etcd call of its own (it would hold every request up to its timeout). */
+bool kh_cluster_etcd_stalled(const kh_cluster *c);
+/* Quorum as this host sees it: its lease is renewed (a failed renewal
+ * counts only once every member failed in a row) and not fenced. */
+bool kh_cluster_quorum(const kh_cluster *c);
 /* Whether the lease deadline (TTL - margin) has passed: not an owner. */
 bool kh_cluster_fenced(const kh_cluster *c);
 /* The member record of this host (JSON text, a new string). */

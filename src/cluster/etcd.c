@@ -369,8 +369,11 @@ static json_t *call(kh_etcd *e, const char *path, json_t *body, bool may_repeat,
         curl_easy_setopt(e->easy, CURLOPT_ERRORBUFFER, errbuf);
         CURLcode rc = curl_easy_perform(e->easy);
         if (rc != CURLE_OK) {
+            /* sent (maybe): connected, and past the TLS handshake on https */
             curl_off_t connected = 0;
-            curl_easy_getinfo(e->easy, CURLINFO_CONNECT_TIME_T, &connected);
+            curl_easy_getinfo(e->easy, strncmp(e->endpoints[ep], "https://", 8) == 0
+                                           ? CURLINFO_APPCONNECT_TIME_T
+                                           : CURLINFO_CONNECT_TIME_T, &connected);
             kh_err_clear(&last);
             kh_err_set(&last, KH_E_UNAVAILABLE, "etcd unreachable: %s: %s", e->endpoints[ep],
                        errbuf[0] ? errbuf : curl_easy_strerror(rc));
@@ -540,11 +543,9 @@ static json_t *ops_json(const kh_etcd_op *ops, size_t n)
     return arr;
 }
 
-int kh_etcd_txn(kh_etcd *e, const kh_etcd_cmp *cmp, size_t n_cmp, const kh_etcd_op *ok,
-                size_t n_ok, const kh_etcd_op *fail, size_t n_fail, kh_etcd_txn_result *res,
-                kh_err *err)
+json_t *kh_etcd_txn_json(const kh_etcd_cmp *cmp, size_t n_cmp, const kh_etcd_op *ok,
+                         size_t n_ok, const kh_etcd_op *fail, size_t n_fail)
 {
-    kh_etcd_txn_result_clear(res);
     json_t *req = json_object();
     json_t *carr = json_array();
     for (size_t i = 0; i < n_cmp; i++)
@@ -552,6 +553,15 @@ int kh_etcd_txn(kh_etcd *e, const kh_etcd_cmp *cmp, size_t n_cmp, const kh_etcd_
     json_object_set_new(req, "compare", carr);
     json_object_set_new(req, "success", ops_json(ok, n_ok));
     json_object_set_new(req, "failure", ops_json(fail, n_fail));
+    return req;
+}
+
+int kh_etcd_txn(kh_etcd *e, const kh_etcd_cmp *cmp, size_t n_cmp, const kh_etcd_op *ok,
+                size_t n_ok, const kh_etcd_op *fail, size_t n_fail, kh_etcd_txn_result *res,
+                kh_err *err)
+{
+    kh_etcd_txn_result_clear(res);
+    json_t *req = kh_etcd_txn_json(cmp, n_cmp, ok, n_ok, fail, n_fail);
     json_t *reply = call(e, "/v3/kv/txn", req, false, err);
     if (!reply)
         return -1;

@@ -35,6 +35,7 @@ struct kh_etcd {
     uv_timer_t *timer;          /* libcurl's timeout */
     kh_etcd_watch *watches;
     kh_etcd_keeper *keepers;
+    struct kh_etcd_async *asyncs;
 };
 
 
@@ -63,11 +64,27 @@ json_t *kh_etcd_prefix_end_json(const char *key);
 json_t *kh_etcd_request(kh_etcd *e, const char *path, json_t *body, bool may_repeat,
                         kh_err *err);
 
+/* The gateway's body of a txn (what kh_etcd_txn sends): a new object. */
+json_t *kh_etcd_txn_json(const kh_etcd_cmp *cmp, size_t n_cmp, const kh_etcd_op *ok,
+                         size_t n_ok, const kh_etcd_op *fail, size_t n_fail);
+
 /* Send the next synchronous request (and the watches and keepers started
  * after it) to the first endpoint first again. */
 void kh_etcd_prefer_first(kh_etcd *e);
 
 /* etcd_loop.c */
+/* One request on the loop (it never blocks it): body (stolen) POSTed to
+ * path, failing over to the next endpoint on an error (it must be harmless
+ * to send twice). cb runs on the loop with the parsed reply (borrowed) or
+ * NULL and err; kh_etcd_free runs the ones still on their way (err says
+ * the client is closing). */
+typedef void (*kh_etcd_async_cb)(json_t *reply, const kh_err *err, void *opaque);
+int kh_etcd_request_async(kh_etcd *e, const char *path, json_t *body, kh_etcd_async_cb cb,
+                          void *opaque, kh_err *err);
+/* How long the keeper's current renewal has been waiting for its answer
+ * (0: none on its way). A renewal answers in milliseconds when etcd has a
+ * leader: one that waits long says etcd is stalled before it times out. */
+uint64_t kh_etcd_keeper_waiting_ms(const kh_etcd_keeper *k);
 int kh_etcd_loop_init(kh_etcd *e, kh_err *err);
 void kh_etcd_loop_fini(kh_etcd *e);
 void kh_etcd_loop_add(kh_etcd *e, kh_etcd_xfer *x);

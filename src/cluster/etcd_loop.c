@@ -1,7 +1,8 @@
 /* etcd_loop.c - the asynchronous half of etcd.h: libcurl's multi interface
  * on a libuv loop (uv_poll per socket, one uv_timer for libcurl's timeout),
- * and the two long-lived users of it: the watch stream (kh_etcd_watch_*)
- * and the periodic lease keep-alive (kh_etcd_keeper_*).
+ * and its users: the watch stream (kh_etcd_watch_*), the periodic lease
+ * keep-alive (kh_etcd_keeper_*), and one-shot requests that must not block
+ * the loop (kh_etcd_request_async).
  *
  * libcurl forbids removing a transfer from inside its own callbacks, and the
  * users' callbacks run there: a watch or keeper that is cancelled is only
@@ -17,6 +18,7 @@
 
 #define WATCH_BACKOFF_MIN_MS 100
 #define WATCH_BACKOFF_MAX_MS 2000
+#define KEEPER_RETRY_MS 100
 
 typedef struct poll_ctx {
     uv_poll_t h;
@@ -55,6 +57,18 @@ struct kh_etcd_keeper {
     bool canceled;
     kh_etcd_keeper *next;
 };
+
+typedef struct kh_etcd_async {
+    kh_etcd *e;
+    kh_etcd_xfer x;
+    kh_buf buf;
+    char *path, *body;
+    size_t ep, tried;
+    kh_etcd_async_cb cb;
+    void *opaque;
+    bool finished;
+    struct kh_etcd_async *next;
+} kh_etcd_async;
 
 /* The loop's state beyond struct kh_etcd: the open sockets and the depth of
  * libcurl calls we are in (reaping waits until it is 0). */
@@ -212,6 +226,13 @@ void kh_etcd_loop_fini(kh_etcd *e)
         w->canceled = true;
     for (kh_etcd_keeper *k = e->keepers; k; k = k->next)
         k->canceled = true;
+    kh_err cancelled = KH_ERR_INIT;
+    kh_err_set(&cancelled, KH_E_UNAVAILABLE, "etcd: the client is closing");
+    for (kh_etcd_async *a = e->asyncs; a; a = a->next) {
+        if (!a->finished && a->cb)
+            a->cb(NULL, &cancelled, a->opaque); /* its owner frees what it gave */
+        a->finished = true;
+    }
     reap(e);
     loop_state *st = state(e);
     while (st->polls) {
@@ -292,6 +313,9 @@ static void watch_message(kh_etcd_watch *w, const char *line, size_t len)
     if (w->next_rev == 0 && json_is_true(json_object_get(r, "created")))
         w->next_rev = kh_etcd_jint(json_object_get(r, "header"), "revision") + 1;
     const json_t *evs = json_object_get(r, "events");
+    /* every event of a revision comes in one message: a txn's several keys
+     * share its revision, so the floor is the one before this message */
+    int64_t floor = w->next_rev;
     for (size_t i = 0; i < json_array_size(evs) && !w->canceled && !w->finished; i++) {
         const json_t *ev = json_array_get(evs, i);
         kh_etcd_kv kv;
@@ -299,11 +323,12 @@ static void watch_message(kh_etcd_watch *w, const char *line, size_t len)
             watch_finish(w, &err);
             break;
         }
-        if (kv.mod_revision >= w->next_rev) { /* a reopened stream repeats nothing */
+        if (kv.mod_revision >= floor) { /* a reopened stream repeats nothing */
             const char *type = json_string_value(json_object_get(ev, "type"));
             kh_etcd_event e = { type && strcmp(type, "DELETE") == 0 ? KH_ETCD_EV_DELETE
                                                                    : KH_ETCD_EV_PUT, &kv };
-            w->next_rev = kv.mod_revision + 1;
+            if (kv.mod_revision + 1 > w->next_rev)
+                w->next_rev = kv.mod_revision + 1;
             w->cb(w, &e, NULL, w->opaque);
         }
         kh_etcd_kv_clear(&kv);
@@ -468,7 +493,9 @@ static void keeper_done(kh_etcd_xfer *x, CURLcode rc)
     } else if (err.code == KH_E_NOTFOUND) {
         uv_timer_stop(k->timer);
     } else {
+        /* the next member, soon: one member down must not cost an interval */
         k->ep = (k->ep + 1) % k->e->n_endpoints;
+        uv_timer_start(k->timer, keeper_tick, KEEPER_RETRY_MS, k->interval_ms);
     }
     if (k->cb)
         k->cb(k, ttl, kh_err_isset(&err) ? &err : NULL, k->opaque);
@@ -511,6 +538,85 @@ uint64_t kh_etcd_keeper_expiry_ms(const kh_etcd_keeper *k)
     return k->expiry_ms;
 }
 
+uint64_t kh_etcd_keeper_waiting_ms(const kh_etcd_keeper *k)
+{
+    return k && k->x.easy ? kh_now_ms() - k->sent_ms : 0;
+}
+
+/* ---- one-shot requests ---- */
+
+static void async_destroy(kh_etcd_async *a)
+{
+    kh_etcd_loop_remove(a->e, &a->x);
+    kh_buf_release(&a->buf);
+    free(a->path);
+    free(a->body);
+    free(a);
+}
+
+static void async_send(kh_etcd_async *a)
+{
+    kh_buf_reset(&a->buf);
+    a->x.easy = curl_easy_init();
+    kh_etcd_easy_setup(a->e, a->x.easy, a->ep, a->path, a->body, a->e->timeout_ms);
+    curl_easy_setopt(a->x.easy, CURLOPT_WRITEFUNCTION, kh_buf_curl_write);
+    curl_easy_setopt(a->x.easy, CURLOPT_WRITEDATA, &a->buf);
+    a->tried++;
+    kh_etcd_loop_add(a->e, &a->x);
+}
+
+static void async_done(kh_etcd_xfer *x, CURLcode rc)
+{
+    kh_etcd_async *a = (kh_etcd_async *)((char *)x - offsetof(kh_etcd_async, x));
+    long status = 0;
+    curl_easy_getinfo(x->easy, CURLINFO_RESPONSE_CODE, &status);
+    curl_easy_cleanup(x->easy);
+    x->easy = NULL;
+    if (a->finished)
+        return;
+    kh_err err = KH_ERR_INIT;
+    json_t *j = NULL;
+    if (rc != CURLE_OK)
+        kh_err_set(&err, KH_E_UNAVAILABLE, "etcd unreachable: %s: %s", a->e->endpoints[a->ep],
+                   curl_easy_strerror(rc));
+    else
+        j = kh_etcd_reply_parse(status, a->buf.p, a->buf.len, &err);
+    if (!j && err.code == KH_E_UNAVAILABLE && a->tried < a->e->n_endpoints) {
+        a->ep = (a->ep + 1) % a->e->n_endpoints;
+        async_send(a); /* added from the done callback: libcurl allows adding */
+        return;
+    }
+    a->finished = true;
+    if (a->cb)
+        a->cb(j, j ? NULL : &err, a->opaque);
+    json_decref(j);
+}
+
+int kh_etcd_request_async(kh_etcd *e, const char *path, json_t *body, kh_etcd_async_cb cb,
+                          void *opaque, kh_err *err)
+{
+    char *text = json_dumps(body, JSON_COMPACT);
+    json_decref(body);
+    if (!e->multi || !text) {
+        free(text);
+        kh_err_set(err, KH_E_INTERNAL, "etcd: an asynchronous request needs a client made "
+                   "with a loop");
+        return -1;
+    }
+    kh_etcd_async *a = xcalloc(1, sizeof(*a));
+    a->e = e;
+    a->path = xstrdup(path);
+    a->body = text;
+    a->ep = e->cur;
+    a->cb = cb;
+    a->opaque = opaque;
+    a->x.done = async_done;
+    a->next = e->asyncs;
+    e->asyncs = a;
+    async_send(a);
+    return 0;
+}
+
 /* ---- reaping ---- */
 
 static void reap(kh_etcd *e)
@@ -524,6 +630,15 @@ static void reap(kh_etcd *e)
             watch_destroy(w);
         } else {
             pw = &w->next;
+        }
+    }
+    for (kh_etcd_async **pa = &e->asyncs; *pa;) {
+        kh_etcd_async *a = *pa;
+        if (a->finished) {
+            *pa = a->next;
+            async_destroy(a);
+        } else {
+            pa = &a->next;
         }
     }
     for (kh_etcd_keeper **pk = &e->keepers; *pk;) {

@@ -31,6 +31,7 @@
 struct kh_etcdproc {
     uv_loop_t *loop;
     char *binary, *name, *data_dir, *log_file, *peer_url, *client_url, *initial, *token;
+    char *ca, *cert, *key;  /* TLS, peers and clients alike (NULL: plain HTTP) */
     bool existing;
     pid_t pid;
     int pidfd;
@@ -87,7 +88,7 @@ static void on_exit_poll(uv_poll_t *h, int status, int events)
 
 static int start(kh_etcdproc *p, kh_err *err)
 {
-    char *args[32];
+    char *args[48];
     size_t n = 0;
 #define ARG(s) (args[n++] = (char *)(uintptr_t)(s))
     /* Only the advertised address (not 127.0.0.1): several daemons, each with
@@ -102,6 +103,19 @@ static int start(kh_etcdproc *p, kh_err *err)
     ARG("--initial-cluster"); ARG(p->initial);
     ARG("--initial-cluster-state"); ARG(p->existing ? "existing" : "new");
     ARG("--initial-cluster-token"); ARG(p->token);
+    /* a member back from a partition does not depose the leader */
+    ARG("--pre-vote");
+    if (p->ca) {
+        /* mutual TLS from the cluster CA on both ports */
+        ARG("--cert-file"); ARG(p->cert);
+        ARG("--key-file"); ARG(p->key);
+        ARG("--trusted-ca-file"); ARG(p->ca);
+        ARG("--client-cert-auth");
+        ARG("--peer-cert-file"); ARG(p->cert);
+        ARG("--peer-key-file"); ARG(p->key);
+        ARG("--peer-trusted-ca-file"); ARG(p->ca);
+        ARG("--peer-client-cert-auth");
+    }
     args[n] = NULL;
 #undef ARG
     int log_fd = open(p->log_file, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC | O_NOFOLLOW, 0600);
@@ -147,6 +161,11 @@ kh_etcdproc *kh_etcdproc_new(uv_loop_t *loop, const kh_etcdproc_spec *s, kh_err 
     p->initial = xstrdup(s->initial_cluster);
     p->token = xstrdup(s->cluster_token);
     p->existing = s->existing;
+    if (s->ca && s->cert && s->key) {
+        p->ca = xstrdup(s->ca);
+        p->cert = xstrdup(s->cert);
+        p->key = xstrdup(s->key);
+    }
     p->pidfd = -1;
     p->timer = xcalloc(1, sizeof(*p->timer));
     uv_timer_init(loop, p->timer);
@@ -186,6 +205,9 @@ void kh_etcdproc_free(kh_etcdproc *p)
     free(p->client_url);
     free(p->initial);
     free(p->token);
+    free(p->ca);
+    free(p->cert);
+    free(p->key);
     free(p);
 }
 

@@ -1,7 +1,8 @@
 /* forward.c - sending an API request on to the host that owns its VM: one
  * libcurl call over mutual TLS (this host's certificate, the cluster CA
  * only), run on the loop's thread pool so the loop never waits for the
- * other host; the callback gets the answer on the loop.
+ * other host; the callback gets the answer on the loop. Also the files of
+ * this host's certificate for the console relay (api/forward.c).
  */
 #include "cluster/cluster_int.h"
 
@@ -125,5 +126,19 @@ int kh_cluster_forward(kh_cluster *c, const char *url, const char *method, const
         free(f);
         return -1;
     }
+    return 0;
+}
+
+int kh_cluster_peer_tls(kh_cluster *c, char **ca, char **cert, char **key, kh_err *err)
+{
+    *ca = *cert = *key = NULL;
+    if (!c->fingerprint) {
+        kh_err_set(err, KH_E_UNAVAILABLE, "this host has no cluster certificate: it cannot "
+                   "call other hosts");
+        return -1;
+    }
+    *ca = kh_cluster_tls_path(c, "ca.pem");
+    *cert = kh_cluster_tls_path(c, "host.pem");
+    *key = kh_cluster_tls_path(c, "host.key");
     return 0;
 }

@@ -46,7 +46,7 @@ json_t *kh_cluster_hosts_json(kh_cluster *c)
         json_decref(rec);
         return json_pack("{s:o}", "hosts", arr);
     }
-    bool quorum = c->keeper_ok && !kh_cluster_fenced(c);
+    bool quorum = kh_cluster_quorum(c);
     const char *id;
     json_t *rec;
     bool self_seen = false;
@@ -71,7 +71,7 @@ json_t *kh_cluster_status_json(kh_cluster *c)
 {
     if (!c->enabled)
         return json_pack("{s:b, s:s}", "enabled", 0, "host_name", c->host_name);
-    bool quorum = c->keeper_ok && !kh_cluster_fenced(c);
+    bool quorum = kh_cluster_quorum(c);
     int64_t left = kh_cluster_fence_left_ms(c);
     json_t *etcd = json_pack("{s:s, s:s, s:b}", "mode", c->conf.mode, "endpoints",
                              c->conf.endpoints ? c->conf.endpoints : "", "healthy", quorum);
@@ -79,25 +79,12 @@ json_t *kh_cluster_status_json(kh_cluster *c)
         json_object_set_new(etcd, "pid", json_integer(kh_etcdproc_pid(c->proc)));
     if (c->proc)
         json_object_set_new(etcd, "restarts", json_integer(kh_etcdproc_restarts(c->proc)));
-    if (quorum && c->etcd) {
-        /* only with quorum: without, the call would block until its timeout */
-        kh_err err = KH_ERR_INIT;
-        json_t *r = kh_etcd_request(c->etcd, "/v3/cluster/member/list", json_object(), true,
-                                    &err);
-        json_t *ms = json_array();
-        size_t i;
-        json_t *m;
-        json_array_foreach(json_object_get(r, "members"), i, m) {
-            json_t *purls = json_object_get(m, "peerURLs");
-            json_array_append_new(ms, json_pack("{s:s, s:O}", "name",
-                                                json_string_value(json_object_get(m, "name"))
-                                                    ? json_string_value(json_object_get(m, "name"))
-                                                    : "",
-                                                "peer_urls", purls ? purls : json_array()));
-        }
-        json_decref(r);
-        json_object_set_new(etcd, "members", ms);
-    }
+    /* read on the loop without blocking it (the tick and here): the list
+     * as last read */
+    if (c->etcd_members)
+        json_object_set_new(etcd, "members", json_deep_copy(c->etcd_members));
+    if (quorum)
+        kh_cluster_members_refresh(c);
     json_t *hosts = kh_cluster_hosts_json(c);
     json_t *members = json_incref(json_object_get(hosts, "hosts"));
     json_decref(hosts);

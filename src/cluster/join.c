@@ -97,7 +97,7 @@ static int refuse_member(const kh_cluster *c, kh_err *err)
 }
 
 /* The cluster CA (its key stays on this host: it alone signs joins) and
- * this host's certificate; the CA certificate goes to /kvmhost/ca. */
+ * this host's certificate, in STATE_DIR/cluster-tls (put_ca: to etcd). */
 static int make_ca(kh_cluster *c, kh_err *err)
 {
     char *ca_key = NULL, *ca = NULL, *key = NULL, *csr = NULL, *cert = NULL;
@@ -116,8 +116,6 @@ static int make_ca(kh_cluster *c, kh_err *err)
         rc = kh_cluster_tls_write(c, "host.key", key, err);
     if (rc == 0)
         rc = kh_cluster_tls_write(c, "host.pem", cert, err);
-    if (rc == 0)
-        rc = kh_etcd_put(c->etcd, KH_CLUSTER_PREFIX "ca", ca, (size_t)-1, 0, NULL, err);
     if (ca_key)
         OPENSSL_cleanse(ca_key, strlen(ca_key));
     if (key)
@@ -130,6 +128,17 @@ static int make_ca(kh_cluster *c, kh_err *err)
     return rc;
 }
 
+/* The CA certificate to /kvmhost/ca. */
+static int put_ca(kh_cluster *c, kh_err *err)
+{
+    char *path = kh_cluster_tls_path(c, "ca.pem");
+    char *ca = kh_fs_read(path, 1 << 20, NULL, err);
+    free(path);
+    int rc = ca ? kh_etcd_put(c->etcd, KH_CLUSTER_PREFIX "ca", ca, (size_t)-1, 0, NULL, err) : -1;
+    free(ca);
+    return rc;
+}
+
 int kh_cluster_create(kh_cluster *c, const char *name, kh_err *err)
 {
     if (refuse_member(c, err) < 0 || (is_local(c) && need_advertise(c, err) < 0))
@@ -139,8 +148,15 @@ int kh_cluster_create(kh_cluster *c, const char *name, kh_err *err)
     kh_uuid_generate(f->cluster_id);
     kh_uuid_generate(f->host_id);
     f->created_at = kh_wall_time();
+    c->etcd_tls = is_local(c);
     if (is_local(c)) {
         snprintf(f->mode, sizeof(f->mode), "local");
+        /* the certificates first: the local etcd member speaks mutual TLS */
+        if (make_ca(c, err) < 0) {
+            kh_cluster_tls_drop(c);
+            kh_cluster_conf_fini(f);
+            return -1;
+        }
         char *peer = kh_cluster_peer_url(c);
         f->initial_cluster = xasprintf("%s=%s", f->host_id, peer);
         free(peer);
@@ -150,8 +166,10 @@ int kh_cluster_create(kh_cluster *c, const char *name, kh_err *err)
         snprintf(f->mode, sizeof(f->mode), "external");
         f->endpoints = xstrdup(c->ext_endpoints);
     }
-    if (bring_up(c, 20000, err) < 0)
+    if (bring_up(c, 20000, err) < 0) {
+        kh_cluster_tls_drop(c);
         return -1;
+    }
     /* The cluster's identity: ours, or (external etcd) the one already there. */
     json_t *info = json_pack("{s:s, s:s, s:f}", "name", f->name, "id", f->cluster_id,
                              "created_at", f->created_at);
@@ -170,7 +188,8 @@ int kh_cluster_create(kh_cluster *c, const char *name, kh_err *err)
         json_decref(have);
     }
     kh_etcd_kv_clear(&cur);
-    if (won < 0 || (won == 1 && make_ca(c, err) < 0) ||
+    if (won < 0 || (won == 1 && !is_local(c) && make_ca(c, err) < 0) ||
+        (won == 1 && put_ca(c, err) < 0) ||
         kh_cluster_conf_save(c->store, f, err) < 0) {
         kh_cluster_stop(c, true);
         kh_cluster_conf_fini(f);
@@ -249,9 +268,10 @@ json_t *kh_cluster_admit(kh_cluster *c, const char *token, const json_t *body, k
         kh_err_set(err, KH_E_INVALID, "host_id: must be a uuid");
         return NULL;
     }
-    if (is_local(c) && (!peer || strncmp(peer, "http://", 7) != 0)) {
-        kh_err_set(err, KH_E_INVALID, "peer_url: must be an http:// URL (this cluster runs its "
-                   "own etcd members)");
+    const char *scheme = c->etcd_tls ? "https://" : "http://";
+    if (is_local(c) && (!peer || strncmp(peer, scheme, strlen(scheme)) != 0)) {
+        kh_err_set(err, KH_E_INVALID, "peer_url: must be an %s URL (this cluster runs its own "
+                   "etcd members%s)", scheme, c->etcd_tls ? ", over mutual TLS" : "");
         return NULL;
     }
     const char *csr = json_string_value(json_object_get(body, "csr"));
@@ -467,6 +487,7 @@ int kh_cluster_join(kh_cluster *c, const char *address, const char *token, kh_er
         return -1;
     kh_cluster_conf *f = &c->conf;
     kh_uuid_generate(f->host_id);
+    c->etcd_tls = is_local(c); /* (a member of a cluster made before TLS cannot join one) */
     char *peer = c->advertise ? kh_cluster_peer_url(c) : NULL;
     char *key = NULL, *csr = NULL;
     char *member = pinned_ca(c, address, token, err);
@@ -588,16 +609,53 @@ static int etcd_member_remove(kh_cluster *c, const char *host_id, kh_err *err)
     return rc;
 }
 
-static int delete_records(kh_cluster *c, const char *host_id, kh_err *err)
+/* The host's records go, and removed/<id> keeps what its certificate was
+ * (its fingerprint): the host can neither write its record again nor be
+ * let in by a peer's mutual TLS (pki.c). One txn. */
+static int retire_records(kh_cluster *c, const char *host_id, kh_err *err)
 {
     char *k1 = xasprintf(KH_CLUSTER_HOSTS "%s", host_id);
     char *k2 = xasprintf(KH_CLUSTER_MEMBERS "%s", host_id);
-    int rc = kh_etcd_delete(c->etcd, k1, false, NULL, err);
+    char *k3 = xasprintf(KH_CLUSTER_REMOVED "%s", host_id);
+    const json_t *rec = json_object_get(c->hosts.map, host_id);
+    const char *fp = json_string_value(json_object_get(rec, "cert_fingerprint"));
+    if (strcmp(host_id, c->conf.host_id) == 0)
+        fp = c->fingerprint;
+    json_t *r = json_pack("{s:s, s:s*, s:f}", "name", str(rec, "name")[0] ? str(rec, "name")
+                                                        : host_id,
+                          "cert_fingerprint", fp, "removed_at", kh_wall_time());
+    char *text = json_dumps(r, JSON_COMPACT | JSON_SORT_KEYS);
+    json_decref(r);
+    kh_etcd_op ops[3] = { { .type = KH_ETCD_OP_PUT, .key = k3, .value = text },
+                          { .type = KH_ETCD_OP_DELETE, .key = k1 },
+                          { .type = KH_ETCD_OP_DELETE, .key = k2 } };
+    kh_etcd_txn_result res = { 0 };
+    int rc = kh_etcd_txn(c->etcd, NULL, 0, ops, 3, NULL, 0, &res, err);
     if (rc == 0)
-        rc = kh_etcd_delete(c->etcd, k2, false, NULL, err);
+        kh_etcd_txn_result_clear(&res);
+    free(text);
     free(k1);
     free(k2);
+    free(k3);
     return rc;
+}
+
+void kh_cluster_forget(kh_cluster *c)
+{
+    char host_id[37];
+    snprintf(host_id, sizeof(host_id), "%s", c->conf.host_id);
+    bool local = is_local(c);
+    kh_log(KH_LOG_WARN, "cluster.removed", "cluster=%s host_id=%s note=\"removed by another "
+           "host: this host is a single host again\"", c->conf.name, host_id);
+    kh_cluster_stop(c, false);
+    kh_cluster_mirror_clear(c);
+    kh_err err = KH_ERR_INIT;
+    if (kh_cluster_conf_clear(c->store, &err) < 0)
+        kh_log(KH_LOG_ERROR, "cluster.removed", "error=\"%s\"", err.msg);
+    if (local)
+        drop_etcd_data(c);
+    kh_cluster_tls_drop(c);
+    kh_cluster_conf_fini(&c->conf);
 }
 
 int kh_cluster_leave(kh_cluster *c, kh_err *err)
@@ -608,9 +666,10 @@ int kh_cluster_leave(kh_cluster *c, kh_err *err)
     snprintf(host_id, sizeof(host_id), "%s", c->conf.host_id);
     if (is_local(c) && etcd_member_remove(c, host_id, err) < 0)
         return -1;
-    if (delete_records(c, host_id, err) < 0)
+    if (retire_records(c, host_id, err) < 0)
         return -1;
     kh_cluster_stop(c, true);
+    kh_cluster_mirror_clear(c);
     if (kh_cluster_conf_clear(c->store, err) < 0)
         return -1;
     if (is_local(c))
@@ -641,7 +700,7 @@ int kh_cluster_remove(kh_cluster *c, const char *host, kh_err *err)
     }
     char *hid = xstrdup(id);
     int rc = (is_local(c) ? etcd_member_remove(c, hid, err) : 0) == 0 ?
-             delete_records(c, hid, err) : -1;
+             retire_records(c, hid, err) : -1;
     if (rc == 0)
         kh_log(KH_LOG_INFO, "cluster.remove", "host_id=%s", hid);
     free(hid);

@@ -3,7 +3,9 @@
  * the CA signing a host certificate (client and server use, the host's IP
  * as subjectAltName), fingerprints; and this host's files in
  * STATE_DIR/cluster-tls (ca.pem, host.pem, host.key; ca.key only on the host
- * that created the cluster: it alone signs joins).
+ * that created the cluster, or one it was imported on: they alone sign
+ * joins); the CA key's backup (export encrypted with a passphrase: PKCS#8,
+ * AES-256-CBC, PBKDF2; import on another member).
  */
 #include "cluster/cluster_int.h"
 
@@ -268,3 +270,115 @@ int kh_cluster_tls_load(kh_cluster *c)
     free(ca);
     return rc;
 }
+
+/* ---- the CA key's backup ---- */
+
+static char *key_encrypt(const char *key, const char *pass, kh_err *err)
+{
+    EVP_PKEY *k = pem_read(key, 1);
+    if (!k) {
+        ssl_fail(err, "reading the CA key");
+        return NULL;
+    }
+    BIO *b = BIO_new(BIO_s_mem());
+    int ok = PEM_write_bio_PKCS8PrivateKey(b, k, EVP_aes_256_cbc(), pass, (int)strlen(pass),
+                                           NULL, NULL);
+    EVP_PKEY_free(k);
+    if (!ok) {
+        BIO_free(b);
+        ssl_fail(err, "encrypting the CA key");
+        return NULL;
+    }
+    return bio_string(b);
+}
+
+/* The plain PEM of an encrypted one; KH_E_INVALID for a wrong passphrase. */
+static char *key_decrypt(const char *enc, const char *pass, EVP_PKEY **out, kh_err *err)
+{
+    BIO *b = BIO_new_mem_buf(enc, -1);
+    char *p = xstrdup(pass);
+    EVP_PKEY *k = PEM_read_bio_PrivateKey(b, NULL, NULL, p);
+    OPENSSL_cleanse(p, strlen(p));
+    free(p);
+    BIO_free(b);
+    if (!k) {
+        ERR_clear_error();
+        kh_err_set(err, KH_E_INVALID, "key: cannot decrypt it (a wrong passphrase, or not "
+                   "an exported CA key)");
+        return NULL;
+    }
+    *out = k;
+    return key_pem(k);
+}
+
+json_t *kh_cluster_ca_export(kh_cluster *c, const char *pass, kh_err *err)
+{
+    if (!c->enabled) {
+        kh_err_set(err, KH_E_INVALID, "this host is not in a cluster");
+        return NULL;
+    }
+    char *kp = kh_cluster_tls_path(c, "ca.key"), *cp = kh_cluster_tls_path(c, "ca.pem");
+    char *key = kh_fs_read(kp, 1 << 20, NULL, NULL), *ca = kh_fs_read(cp, 1 << 20, NULL, NULL);
+    free(kp);
+    free(cp);
+    json_t *j = NULL;
+    char *enc = NULL;
+    if (!key || !ca)
+        kh_err_set(err, KH_E_CONFLICT, "this host does not hold the cluster CA key: export it "
+                   "on the host that created the cluster (or one it was imported on)");
+    else if ((enc = key_encrypt(key, pass, err))) {
+        char *fp = kh_pki_fingerprint(ca);
+        j = json_pack("{s:s, s:s, s:s*, s:s}", "ca", ca, "key", enc, "fingerprint", fp,
+                      "cluster", c->conf.name);
+        free(fp);
+        kh_log(KH_LOG_INFO, "cluster.ca.export", "cluster=%s", c->conf.name);
+    }
+    if (key)
+        OPENSSL_cleanse(key, strlen(key));
+    free(key);
+    free(ca);
+    free(enc);
+    return j;
+}
+
+int kh_cluster_ca_import(kh_cluster *c, const char *ca, const char *enc, const char *pass,
+                         kh_err *err)
+{
+    if (!c->enabled) {
+        kh_err_set(err, KH_E_INVALID, "this host is not in a cluster: join it first");
+        return -1;
+    }
+    char *cp = kh_cluster_tls_path(c, "ca.pem");
+    char *ours = kh_fs_read(cp, 1 << 20, NULL, NULL);
+    free(cp);
+    char *fa = ours ? kh_pki_fingerprint(ours) : NULL, *fb = kh_pki_fingerprint(ca);
+    bool same = fa && fb && strcmp(fa, fb) == 0;
+    free(ours);
+    free(fa);
+    free(fb);
+    if (!same) {
+        kh_err_set(err, KH_E_CONFLICT, "ca: not the CA of cluster %s", c->conf.name);
+        return -1;
+    }
+    EVP_PKEY *k = NULL;
+    char *key = key_decrypt(enc, pass, &k, err);
+    if (!key)
+        return -1;
+    X509 *x = pem_read(ca, 0);
+    int rc = x && X509_check_private_key(x, k) == 1 ? 0 : -1;
+    X509_free(x);
+    EVP_PKEY_free(k);
+    if (rc < 0) {
+        ERR_clear_error();
+        kh_err_set(err, KH_E_INVALID, "key: it is not the key of the cluster CA");
+    } else {
+        rc = kh_cluster_tls_write(c, "ca.key", key, err);
+    }
+    OPENSSL_cleanse(key, strlen(key));
+    free(key);
+    if (rc == 0)
+        kh_log(KH_LOG_INFO, "cluster.ca.import", "cluster=%s note=\"this host can admit new "
+               "hosts\"", c->conf.name);
+    return rc;
+}
+

@@ -1,5 +1,5 @@
 /* schema.c - the cluster module's table: cluster (this host's membership,
- * one row or none). Pure data, compiled into the store library and
+ * one row or none), and the mirror of the cluster's state (mirror.c). Pure data, compiled into the store library and
  * registered in store/migrations.c. */
 #include "store/migrations.h"
 
@@ -14,4 +14,17 @@ const char kh_cluster_schema_config[] =
     "  initial_cluster TEXT,"
     "  endpoints TEXT NOT NULL,"
     "  created_at REAL NOT NULL"
+    ");";
+
+/* 14: the mirror of etcd's /kvmhost/hosts/ and /kvmhost/vms/ (the cluster
+ * view this host serves reads from), with the revision each prefix was
+ * mirrored at: a restarted daemon loads it and watches from the next one. */
+const char kh_cluster_schema_mirror[] =
+    "CREATE TABLE IF NOT EXISTS cluster_mirror ("
+    "  key TEXT PRIMARY KEY,"
+    "  value BLOB NOT NULL"
+    ");"
+    "CREATE TABLE IF NOT EXISTS cluster_mirror_rev ("
+    "  prefix TEXT PRIMARY KEY,"
+    "  revision INTEGER NOT NULL"
     ");";

@@ -10,7 +10,8 @@
  * flushed on the loop, guarded by a txn comparing the owner), and deletes
  * the three keys on delete. A watch of /kvmhost/vms/ keeps c->vms (vm id ->
  * {owner, spec}), from which the API lists other hosts' VMs and finds the
- * owner to forward a request to. The instance layer calls these through
+ * owner to forward a request to, and tells the local event bus of other
+ * hosts' VM changes (c->event). The instance layer calls these through
  * kh_manager_cluster_ops (the daemon wires them; a single host has none).
  *
  * Start and resume (kh_cluster_vm_may_run) need this host's lease alive
@@ -67,7 +68,33 @@ static json_t *entry(kh_cluster *c, const char *id, size_t idlen)
     return e;
 }
 
-static void cache_apply(kh_cluster *c, const char *key, const char *value, size_t len, bool put)
+/* Another host's VM changed (from the watch, not the first listing): tell
+ * the local event bus, as its own VMs' changes are. */
+static void notify(kh_cluster *c, const char *owner, const json_t *before, const json_t *after)
+{
+    if (!c->event || !owner || strcmp(owner, c->conf.host_id) == 0)
+        return;
+    const char *host = host_name_of(c, owner);
+    const json_t *v = after ? after : before;
+    const char *name = json_string_value(json_object_get(v, "name"));
+    if (!name)
+        return;
+    const char *s0 = json_string_value(json_object_get(before, "state"));
+    const char *s1 = json_string_value(json_object_get(after, "state"));
+    if (!before)
+        c->event(c->event_opaque, "vm.created", name,
+                 json_pack("{s:s, s:s?}", "host", host, "state", s1));
+    else if (!after)
+        c->event(c->event_opaque, "vm.deleted", name,
+                 json_pack("{s:s, s:O?}", "host", host, "id", json_object_get(before, "id")));
+    else if (s0 && s1 && strcmp(s0, s1) != 0)
+        c->event(c->event_opaque, "vm.state", name,
+                 json_pack("{s:s, s:s, s:s, s:O?}", "state", s1, "previous", s0, "host", host,
+                           "reason", json_object_get(after, "reason")));
+}
+
+static void cache_apply(kh_cluster *c, const char *key, const char *value, size_t len, bool put,
+                        bool watched)
 {
     const char *rest = key + strlen(VMS_PREFIX);
     const char *slash = strchr(rest, '/');
@@ -76,18 +103,30 @@ static void cache_apply(kh_cluster *c, const char *key, const char *value, size_
     json_t *e = entry(c, rest, (size_t)(slash - rest));
     const char *what = slash + 1;
     if (strcmp(what, "owner") == 0) {
+        /* a delete removes owner, then spec (one txn): the spec's delete
+         * still needs to know whose VM it was */
+        if (!put && json_object_get(e, "owner") && json_object_get(e, "spec"))
+            json_object_set(e, "was_owner", json_object_get(e, "owner"));
+        json_object_del(e, "owner");
         if (put)
             json_object_set_new(e, "owner", json_stringn(value, len));
-        else
-            json_object_del(e, "owner");
     } else if (strcmp(what, "spec") == 0) {
         json_t *spec = put ? json_loadb(value, len, 0, NULL) : NULL;
-        if (json_is_object(spec))
-            json_object_set_new(e, "spec", spec);
-        else {
+        json_t *before = json_incref(json_object_get(e, "spec"));
+        if (!json_is_object(spec)) {
             json_decref(spec);
-            json_object_del(e, "spec");
+            spec = NULL;
         }
+        const char *owner = json_string_value(json_object_get(e, "owner"));
+        if (watched)
+            notify(c, owner ? owner : json_string_value(json_object_get(e, "was_owner")), before,
+                   spec);
+        json_decref(before);
+        if (spec)
+            json_object_set_new(e, "spec", spec);
+        else
+            json_object_del(e, "spec");
+        json_object_del(e, "was_owner");
     }
     if (json_object_size(e) == 0) {
         char *id = xstrndup(rest, (size_t)(slash - rest));
@@ -107,18 +146,40 @@ static void on_vms_watch(kh_etcd_watch *w, const kh_etcd_event *ev, const kh_err
         c->vms_watch = NULL;
         return;
     }
-    cache_apply(c, ev->kv->key, ev->kv->value, ev->kv->value_len, ev->type == KH_ETCD_EV_PUT);
+    cache_apply(c, ev->kv->key, ev->kv->value, ev->kv->value_len, ev->type == KH_ETCD_EV_PUT,
+                true);
+    kh_cluster_mirror_event(c, VMS_PREFIX, ev->kv, ev->type == KH_ETCD_EV_PUT);
+}
+
+static void load_one(kh_cluster *c, const kh_etcd_kv *kv)
+{
+    cache_apply(c, kv->key, kv->value, kv->value_len, true, false);
+}
+
+void kh_cluster_vms_load(kh_cluster *c)
+{
+    c->vms_resume_rev = kh_cluster_mirror_load(c, VMS_PREFIX, load_one);
 }
 
 int kh_cluster_vms_watch(kh_cluster *c, kh_err *err)
 {
+    if (c->vms_resume_rev) {
+        int64_t from = c->vms_resume_rev + 1;
+        c->vms_resume_rev = 0;
+        kh_log(KH_LOG_INFO, "cluster.watch", "prefix=%s from_revision=%lld note=\"resumed from "
+               "the mirror\"", VMS_PREFIX, (long long)from);
+        c->vms_watch = kh_etcd_watch_start(c->etcd, VMS_PREFIX, true, from, on_vms_watch, c,
+                                           err);
+        return c->vms_watch ? 0 : -1;
+    }
     kh_etcd_kvs kvs = { 0 };
     if (kh_etcd_range(c->etcd, VMS_PREFIX, NULL, 0, &kvs, err) < 0)
         return -1;
     json_object_clear(c->vms);
     for (size_t i = 0; i < kvs.n; i++)
-        cache_apply(c, kvs.kv[i].key, kvs.kv[i].value, kvs.kv[i].value_len, true);
+        cache_apply(c, kvs.kv[i].key, kvs.kv[i].value, kvs.kv[i].value_len, true, false);
     int64_t rev = kvs.revision;
+    kh_cluster_mirror_replace(c, VMS_PREFIX, &kvs);
     kh_etcd_kvs_clear(&kvs);
     c->vms_watch = kh_etcd_watch_start(c->etcd, VMS_PREFIX, true, rev + 1, on_vms_watch, c, err);
     return c->vms_watch ? 0 : -1;
@@ -216,7 +277,7 @@ int kh_cluster_vm_may_run(void *opaque, const char *id, const char *name, kh_err
     kh_cluster *c = opaque;
     if (!kh_cluster_enabled(c))
         return 0;
-    if (!c->keeper_ok || kh_cluster_fenced(c)) {
+    if (!kh_cluster_quorum(c)) {
         kh_err_set(err, KH_E_UNAVAILABLE, "this host's cluster lease is not alive (no quorum "
                    "from here: %s): it may not start or resume vm %s until it is back",
                    c->last_error[0] ? c->last_error : "etcd not reachable", name);
@@ -311,7 +372,7 @@ static int flush_one(kh_cluster *c, const char *id, json_t *what, kh_err *err)
 
 void kh_cluster_vms_flush(kh_cluster *c)
 {
-    if (!c->etcd || !c->keeper_ok || kh_cluster_fenced(c))
+    if (!c->etcd || kh_cluster_etcd_stalled(c) || kh_cluster_fenced(c))
         return; /* kept until etcd answers again */
     const char *id;
     json_t *what;

@@ -573,9 +573,32 @@ static const kh_manager_cluster_ops cluster_ops = {
     .deleted = kh_cluster_vm_deleted,
 };
 
+/* Another host's VM changed: on this host's event stream too. */
+static void cluster_event(void *opaque, const char *type, const char *vm, json_t *data)
+{
+    (void)opaque;
+    kh_events_publish(d.events, type, vm, data);
+}
+
+/* The host-to-host listener's check: a client certificate from the cluster
+ * CA (api/auth.c), and not one of a host removed from the cluster. */
+static int peer_auth(kh_http_req *req, const kh_route *route, void *opaque, kh_err *err)
+{
+    if (kh_auth_check_peer(req, route, opaque, err) < 0)
+        return -1;
+    char *fp = kh_http_req_peer_fingerprint(req);
+    bool revoked = kh_cluster_cert_revoked(d.cluster, fp);
+    free(fp);
+    if (!revoked)
+        return 0;
+    kh_err_set(err, KH_E_FORBIDDEN, "this certificate was revoked: its host was removed from "
+               "the cluster");
+    return -1;
+}
+
 /* The host-to-host listener: the same routes, TLS with this host's cluster
  * certificate, a client certificate from the cluster CA required by its
- * auth hook (api/auth.c kh_auth_check_peer). */
+ * auth hook (peer_auth). */
 static void peer_start(void)
 {
     if (!d.peer_cfg[0] || d.peer_http)
@@ -585,7 +608,7 @@ static void peer_start(void)
     kh_http_config pcfg = {
         .tcp_listen = d.peer_cfg[0], .tls_trust = d.peer_cfg[1], .tls_cert = d.peer_cfg[2],
         .tls_key = d.peer_cfg[3], .max_body = 1024 * 1024, .max_connections = 64,
-        .auth = kh_auth_check_peer, .auth_opaque = d.auth, .pre = kh_api_forward_pre,
+        .auth = peer_auth, .auth_opaque = d.auth, .pre = kh_api_forward_pre,
     };
     kh_err err = KH_ERR_INIT;
     d.peer_http = kh_http_server_new(d.loop, &pcfg, routes, nroutes, &d.api, &err);
@@ -911,6 +934,7 @@ int main(int argc, char **argv)
         .etcd_key = o.etcd_key, .etcd_binary = o.etcd_binary, .ttl_s = o.cluster_ttl_s,
         .usage = cluster_usage, .usage_opaque = NULL,
         .local_vms = cluster_local_vms, .tls_ready = cluster_tls_ready,
+        .event = cluster_event,
     };
     d.cluster = kh_cluster_new(d.loop, d.store, &ccfg, &err);
     if (!d.cluster)

@@ -5,6 +5,7 @@
  */
 #include "http/internal.h"
 
+#include <gnutls/crypto.h>
 #include <gnutls/gnutls.h>
 
 #include <errno.h>
@@ -208,6 +209,27 @@ bool kh_http_req_peer_verified(const kh_http_req *req)
         return false;
     unsigned int status = 1;
     return gnutls_certificate_verify_peers2(s, &status) == GNUTLS_E_SUCCESS && status == 0;
+}
+
+char *kh_http_req_peer_fingerprint(const kh_http_req *req)
+{
+    if (!req->lis || !req->lis->tls || !req->conn)
+        return NULL;
+    const union MHD_ConnectionInfo *ci =
+        MHD_get_connection_info(req->conn, MHD_CONNECTION_INFO_GNUTLS_SESSION);
+    if (!ci || !ci->tls_session)
+        return NULL;
+    unsigned int n = 0;
+    const gnutls_datum_t *certs =
+        gnutls_certificate_get_peers((gnutls_session_t)ci->tls_session, &n);
+    unsigned char md[32];
+    if (!certs || n == 0 || gnutls_hash_fast(GNUTLS_DIG_SHA256, certs[0].data, certs[0].size,
+                                             md) != 0)
+        return NULL;
+    char *hex = xmalloc(sizeof(md) * 2 + 1);
+    for (size_t i = 0; i < sizeof(md); i++)
+        snprintf(hex + 2 * i, 3, "%02x", md[i]);
+    return hex;
 }
 
 const kh_route *kh_http_req_route(const kh_http_req *req)

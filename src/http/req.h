@@ -41,6 +41,9 @@ bool kh_http_req_is_tls(const kh_http_req *req);
 /* True when it came over TLS with a client certificate that the
  * listener's trust (kh_http_config.tls_trust) verifies. */
 bool kh_http_req_peer_verified(const kh_http_req *req);
+/* SHA-256 of the TLS client's certificate (DER), lowercase hex: a new
+ * string, NULL without one. */
+char *kh_http_req_peer_fingerprint(const kh_http_req *req);
 /* True when the TCP client connected from 127.0.0.0/8 or ::1. */
 bool kh_http_req_is_loopback(const kh_http_req *req);
 /* Does the Host header name this server ("localhost", a loopback address,

@@ -25,6 +25,8 @@
 #include <sys/socket.h>
 
 #include <openssl/evp.h>
+#include <openssl/rand.h>
+#include <unistd.h>
 #include <wslay/wslay.h>
 
 #include "util/log.h"
@@ -324,11 +326,20 @@ static void ws_update(kh_ws *ws, bool may_finish)
     }
 }
 
-kh_ws *kh_ws__new(uv_loop_t *loop, const kh_ws_callbacks *cbs, void *opaque)
+/* A client masks its frames (RFC 6455 5.3): with unpredictable keys. */
+static int ws_genmask_cb(wslay_event_context_ptr ctx, uint8_t *buf, size_t len, void *user)
+{
+    (void)ctx;
+    (void)user;
+    return RAND_bytes(buf, (int)len) == 1 ? 0 : -1;
+}
+
+static kh_ws *ws_new(uv_loop_t *loop, const kh_ws_callbacks *cbs, void *opaque, bool client)
 {
     static const struct wslay_event_callbacks wcbs = {
         .recv_callback = ws_recv_cb,
         .send_callback = ws_send_cb,
+        .genmask_callback = ws_genmask_cb,
         .on_msg_recv_callback = ws_msg_cb,
     };
     kh_ws *ws = xcalloc(1, sizeof(*ws));
@@ -338,12 +349,30 @@ kh_ws *kh_ws__new(uv_loop_t *loop, const kh_ws_callbacks *cbs, void *opaque)
     ws->opaque = opaque;
     ws->fd = -1;
     ws->state = WS_PENDING;
-    if (wslay_event_context_server_init(&ws->ctx, &wcbs, ws) != 0) {
+    if ((client ? wslay_event_context_client_init(&ws->ctx, &wcbs, ws)
+                : wslay_event_context_server_init(&ws->ctx, &wcbs, ws)) != 0) {
         fprintf(stderr, "kvmhost: out of memory (wslay)\n");
         abort();
     }
     wslay_event_config_set_max_recv_msg_length(ws->ctx, WS_MSG_MAX);
     return ws;
+}
+
+kh_ws *kh_ws__new(uv_loop_t *loop, const kh_ws_callbacks *cbs, void *opaque)
+{
+    return ws_new(loop, cbs, opaque, false);
+}
+
+static void client_gone(kh_ws *ws, void *ctx)
+{
+    (void)ws;
+    close((int)(intptr_t)ctx);
+}
+
+void kh_ws__client_attach(uv_loop_t *loop, int fd, const kh_ws_callbacks *cbs, void *opaque)
+{
+    kh_ws__attach(ws_new(loop, cbs, opaque, true), fd, -1, NULL, 0, client_gone,
+                  (void *)(intptr_t)fd);
 }
 
 void kh_ws__attach(kh_ws *ws, int fd, int hangup_fd, const void *extra, size_t extra_len,

@@ -34,6 +34,22 @@ int kh_ws_send(kh_ws *ws, bool binary, const void *data, size_t len);
 size_t kh_ws_queued(const kh_ws *ws);
 void kh_ws_close(kh_ws *ws);
 
+/* ---- wsclient.c: a WebSocket client over mutual TLS ----
+ * Open wss://HOST:PORT path (url: "https://HOST:PORT", an IP address or
+ * a name the certificate carries) presenting cert/key, trusting only ca;
+ * header: extra request header lines ("Name: value\r\n"...) or NULL. The
+ * TLS connection and the handshake run on a thread of their own, which
+ * then pumps bytes between TLS and a socket pair the loop side frames
+ * (wslay, client mode). on_open runs on the loop once the server answered
+ * 101; on_close once in every case (without on_open when it failed). -1
+ * with *err (a static message) when it cannot even start. */
+typedef struct kh_ws_connect_opts {
+    const char *url, *path, *ca, *cert, *key, *header;
+    unsigned timeout_ms;      /* connect + TLS + handshake (0: 10 s) */
+} kh_ws_connect_opts;
+int kh_ws_connect(uv_loop_t *loop, const kh_ws_connect_opts *o, const kh_ws_callbacks *cbs,
+                  void *opaque, const char **err);
+
 /* ---- internal: shared by upgrade.c and ws.c only, not for callers ---- */
 #ifdef KH_HTTP_INTERNAL
 /* A WebSocket session over a connected, upgraded socket (wslay framing,
@@ -51,6 +67,10 @@ void kh_ws__attach(kh_ws *ws, int fd, int hangup_fd, const void *extra, size_t e
 /* Close now (server shutdown, or an upgrade that never happened): on_close
  * runs if it has not yet, then gone() if attached. */
 void kh_ws__shutdown(kh_ws *ws);
+/* A client session (masked frames) on fd, a connected socket past the
+ * server's 101 answer; fd is closed when the session ends. on_open runs
+ * now; on_close once, as for a server session. */
+void kh_ws__client_attach(uv_loop_t *loop, int fd, const kh_ws_callbacks *cbs, void *opaque);
 /* Sec-WebSocket-Accept for a Sec-WebSocket-Key; false if the key is not
  * base64 of 16 bytes. */
 bool kh_ws__accept_key(const char *key, char out[29]);

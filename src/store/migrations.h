@@ -47,6 +47,7 @@ extern const char kh_vmuid_schema_uids[];
 
 /* cluster/schema.c: cluster */
 extern const char kh_cluster_schema_config[];
+extern const char kh_cluster_schema_mirror[];
 
 /* auth/schema.c: users, groups, roles, ACL, tokens, projects, objects, audit */
 extern const char kh_auth_schema_access[];

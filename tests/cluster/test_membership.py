@@ -13,6 +13,7 @@ Run: KH_BUILD_DIR=$PWD/build /usr/bin/python3 -m pytest -q -s -p no:cacheprovide
 
 import json
 import os
+import shutil
 import signal
 import sys
 import time
@@ -126,7 +127,7 @@ def test_membership(three):
         assert st["enabled"] and st["name"] == "lab"
         # a token is good once
         r = d1.api.post("/api/v1/cluster/members", {"host_id": "0" * 8 + "-0000-4000-8000-" + "0" * 12,
-                                                    "name": "x", "peer_url": "http://192.0.2.9:2380"},
+                                                    "name": "x", "peer_url": "https://192.0.2.9:2380"},
                         headers={"Authorization": "KH-Join " + tok["token"]})
         assert r.status == 401, r
     step("token + join on h2 and h3")
@@ -136,11 +137,25 @@ def test_membership(three):
                  "3 members online seen from h%d" % d.i)
         st = cli_json(d, "cluster", "status")
         assert st["quorum"] is True and st["fenced"] is False
-        assert len(st["etcd"]["members"]) == 3
+        # etcd's member list is read on the loop without blocking it: as last read
+        wait_for(lambda d=d: len(cli_json(d, "cluster", "status")["etcd"].get("members", [])) == 3,
+                 10, "3 etcd members seen from h%d" % d.i)
         assert sum(1 for m in st["members"] if m["self"]) == 1
     ids = {cli_json(d, "cluster", "status")["host_id"] for d in (d1, d2, d3)}
     assert len(ids) == 3
     step("status on each: 3 members online")
+
+    # etcd speaks mutual TLS from the cluster CA: no client certificate, no entry
+    assert all(u.startswith("https://")
+               for u in cli_json(d1, "cluster", "status")["etcd"]["endpoints"].split(","))
+    etcd_url = "https://%s:2379/v3/kv/range" % h.addr(1)
+    tls3 = os.path.join(d3.state_dir, "cluster-tls")
+    curl = ["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "-X", "POST", "-d",
+            '{"key": "L2t2bWhvc3QvY2x1c3Rlcg=="}', "--cacert", tls3 + "/ca.pem", etcd_url]
+    assert h.run(3, curl, timeout=10).stdout.strip() == "000"
+    assert h.run(3, curl + ["--cert", tls3 + "/host.pem", "--key", tls3 + "/host.key"],
+                 timeout=10).stdout.strip() == "200"
+    step("etcd: refused without a client certificate, 200 with h3's")
 
     p = khlib.cli(d3, "host", "list")
     assert p.returncode == 0, p.stderr
@@ -207,7 +222,28 @@ def test_membership(three):
                   20, "h3 leaves")
     assert st["enabled"] is False
     wait_for(lambda: "h3" not in states(d1), 20, "h3 gone from h1's view")
+    # h2's host certificate, kept to try it after the removal
+    tls = os.path.join(h.dir, "h2-tls")
+    shutil.copytree(os.path.join(d2.state_dir, "cluster-tls"), tls)
+    url = "https://%s:%d/api/v1/vms" % (h.addr(1), PORT + 1)
+
+    def with_h2_cert():
+        p = h.run(2, ["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "--cacert",
+                      tls + "/ca.pem", "--cert", tls + "/host.pem", "--key", tls + "/host.key",
+                      url], timeout=10)
+        return p.stdout.strip()
+
+    assert with_h2_cert() == "200"
     wait_for(lambda: khlib.cli(d1, "cluster", "remove", "h2").returncode == 0, 20, "h2 removed")
     wait_for(lambda: set(states(d1)) == {"h1"}, 20, "only h1 left")
-    assert len(cli_json(d1, "cluster", "status")["etcd"]["members"]) == 1
+    # the removed host, still running, learns it at its next record write
+    # and is a single host again; its record never comes back
+    wait_for(lambda: cli_json(d2, "cluster", "status")["enabled"] is False, 20,
+             "h2 knows it was removed")
+    time.sleep(2)
+    assert set(states(d1)) == {"h1"}, states(d1)
+    # its certificate (signed by the cluster CA) is refused from now on
+    wait_for(lambda: with_h2_cert() == "403", 10, "h2's certificate refused by h1")
+    wait_for(lambda: len(cli_json(d1, "cluster", "status")["etcd"].get("members", [])) == 1, 10,
+             "1 etcd member left")
     step("h3 left, h2 removed")
