@@ -106,6 +106,7 @@ void kh_storage_routes_pools(kh_http_req *req, void *app);
 void kh_storage_routes_pool_get(kh_http_req *req, void *app);
 void kh_storage_routes_pool_create(kh_http_req *req, void *app);
 void kh_storage_routes_pool_delete(kh_http_req *req, void *app);
+void kh_storage_routes_pool_patch(kh_http_req *req, void *app);
 void kh_storage_routes_volumes(kh_http_req *req, void *app);
 void kh_storage_routes_volume_create(kh_http_req *req, void *app);
 void kh_storage_routes_volume_get(kh_http_req *req, void *app);

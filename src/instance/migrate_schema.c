@@ -16,3 +16,8 @@ const char kh_migrate_schema_migrations[] =
     "  started_at REAL NOT NULL,"
     "  updated_at REAL NOT NULL"
     ");";
+
+/* 13: the target's copies of local disks ("pool/name" JSON array), deleted
+ * when the migration rolls back (also after a restart); NBD port used. */
+const char kh_migrate_schema_disks[] =
+    "ALTER TABLE migrations ADD COLUMN disks TEXT;";
