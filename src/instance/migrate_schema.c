@@ -17,7 +17,10 @@ const char kh_migrate_schema_migrations[] =
     "  updated_at REAL NOT NULL"
     ");";
 
-/* 13: the target's copies of local disks ("pool/name" JSON array), deleted
- * when the migration rolls back (also after a restart); NBD port used. */
+/* 13: the local disks a target made for an incoming migration ("pool/name"
+ * JSON array), deleted when it rolls back (also after a restart). */
 const char kh_migrate_schema_disks[] =
-    "ALTER TABLE migrations ADD COLUMN disks TEXT;";
+    "CREATE TABLE IF NOT EXISTS migration_disks ("
+    "  vm_id TEXT PRIMARY KEY,"
+    "  disks TEXT NOT NULL"
+    ");";

@@ -173,11 +173,13 @@ int pool_insert(kh_storage *st, const char *name, const char *type, const char *
 
 static int pool_set_shared(kh_storage *st, pool *p, bool shared, kh_err *err)
 {
-    sqlite3_stmt *s = kh_store_prep(st->store, "UPDATE pools SET shared = ? WHERE id = ?", err);
+    sqlite3_stmt *s = kh_store_prep(st->store,
+                                    shared ? "INSERT OR IGNORE INTO pool_shared (pool_id) VALUES (?)"
+                                           : "DELETE FROM pool_shared WHERE pool_id = ?",
+                                    err);
     if (!s)
         return -1;
-    sqlite3_bind_int(s, 1, shared);
-    sqlite3_bind_text(s, 2, p->id, -1, SQLITE_TRANSIENT);
+    sqlite3_bind_text(s, 1, p->id, -1, SQLITE_TRANSIENT);
     int rc = sqlite3_step(s) == SQLITE_DONE ? 0 : storage_db_fail(st, err, "changing a pool");
     sqlite3_finalize(s);
     if (rc == 0)

@@ -89,4 +89,6 @@ const char kh_storage_schema_vm_cascade[] =
 /* 12: a pool may be shared by the cluster's hosts (the same directory on
  * each, such as an NFS mount): live migration leaves its volumes in place. */
 const char kh_storage_schema_pool_shared[] =
-    "ALTER TABLE pools ADD COLUMN shared INTEGER NOT NULL DEFAULT 0;";
+    "CREATE TABLE IF NOT EXISTS pool_shared ("
+    "  pool_id TEXT PRIMARY KEY REFERENCES pools(id) ON DELETE CASCADE"
+    ");";

@@ -12,7 +12,9 @@
 #define QIMG_TIMEOUT_MS 60000u
 #define QIMG_CONVERT_TIMEOUT_MS (3600u * 1000)
 
-#define POOL_COLS "id, name, type, path, created_at, shared"
+#define POOL_COLS \
+    "id, name, type, path, created_at, " \
+    "EXISTS (SELECT 1 FROM pool_shared WHERE pool_shared.pool_id = pools.id)"
 #define VOL_COLS "id, pool_id, name, format, capacity, backing_id, readonly, created_at, key_wrapped"
 
 /* LUKS key slots: the PBKDF is timed to iter-time ms of this CPU. The

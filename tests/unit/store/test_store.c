@@ -248,7 +248,8 @@ static void test_old_schema_upgrades(void)
         return;
     }
     CHECK(kh_store_schema_version(st) == kh_store_schema_latest());
-    CHECK(kh_store_schema_latest() == 11); /* 9: alert_config, 10: cluster, 11: migrations */
+    CHECK(kh_store_schema_latest() == 13); /* 9: alert_config, 10: cluster, 11: migrations,
+                                           * 12: pool_shared, 13: migration_disks */
     CHECK(count(path, "SELECT count(*) FROM alert_config") == 0);
     CHECK(count(path, "SELECT count(*) FROM vms") == 2);
     CHECK(count(path, "SELECT count(*) FROM tasks") == 1);
