@@ -122,6 +122,7 @@ void kh_template_routes_clone(kh_http_req *req, kh_api *api, const json_t *body)
 
 void kh_task_routes_list(kh_http_req *req, void *app);
 void kh_task_routes_get(kh_http_req *req, void *app);
+void kh_task_routes_cancel(kh_http_req *req, void *app);
 
 void kh_event_routes_stream(kh_http_req *req, void *app);
 

@@ -101,9 +101,15 @@ void kh_migrate_routes_start(kh_http_req *req, void *app)
     kh_migrate_peer peer;
     peer_fill(api->cluster, &mem, &peer);
     kh_migrate_ops ops = ops_of(api);
-    uint64_t bw = (uint64_t)json_integer_value(json_object_get(body, "max_bandwidth_mib"));
-    kh_task *task = kh_migrate_start(api->mgr, kh_http_req_param(req, "name"), &peer,
-                                     bw << 20, &ops, &err);
+    kh_migrate_opts opts = {
+        .max_bandwidth = (uint64_t)json_integer_value(json_object_get(body, "max_bandwidth_mib"))
+                         << 20,
+        .downtime_ms = (unsigned)json_integer_value(json_object_get(body, "downtime_ms")),
+        .max_downtime_ms = (unsigned)json_integer_value(json_object_get(body, "max_downtime_ms")),
+        .force = json_is_true(json_object_get(body, "force")),
+    };
+    kh_task *task = kh_migrate_start(api->mgr, kh_http_req_param(req, "name"), &peer, &opts,
+                                     &ops, &err);
     if (!task) {
         kh_http_reply_error(req, &err);
         return;
@@ -154,7 +160,7 @@ void kh_migrate_routes_prepare(kh_http_req *req, void *app)
         kh_http_reply_error(req, &err);
         return;
     }
-    json_t *out = kh_migrate_prepare(api->mgr, id, body, &err);
+    json_t *out = kh_migrate_target_prepare(api->mgr, id, body, &err);
     if (!out)
         kh_http_reply_error(req, &err);
     else
@@ -168,7 +174,7 @@ void kh_migrate_routes_status(kh_http_req *req, void *app)
     if (!peer_ok(req, api, id))
         return;
     kh_err err = KH_ERR_INIT;
-    json_t *out = kh_migrate_status(api->mgr, id, &err);
+    json_t *out = kh_migrate_target_status(api->mgr, id, &err);
     if (!out)
         kh_http_reply_error(req, &err);
     else
@@ -190,10 +196,10 @@ static void end_route(kh_http_req *req, void *app, int (*fn)(kh_manager *, const
 
 void kh_migrate_routes_commit(kh_http_req *req, void *app)
 {
-    end_route(req, app, kh_migrate_commit);
+    end_route(req, app, kh_migrate_target_commit);
 }
 
 void kh_migrate_routes_abort(kh_http_req *req, void *app)
 {
-    end_route(req, app, kh_migrate_abort);
+    end_route(req, app, kh_migrate_target_abort);
 }

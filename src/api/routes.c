@@ -176,6 +176,9 @@ static const kh_route routes[] = {
       "SecurityGroup" },
     { "GET", "/api/v1/tasks", kh_task_routes_list, 0, "Recent tasks", NULL, "TaskList" },
     { "GET", "/api/v1/tasks/{id}", kh_task_routes_get, 0, "Show a task", NULL, "Task" },
+    { "POST", "/api/v1/tasks/{id}/cancel", kh_task_routes_cancel, 0,
+      "Cancel a running task that can be stopped (a live migration before its switch-over: "
+      "it rolls back); 409 otherwise", NULL, "Task" },
     { "GET", "/api/v1/events", kh_event_routes_stream, KH_ROUTE_SSE,
       "Event stream (Server-Sent Events; ?since=ID or Last-Event-ID)", NULL, NULL },
     { "GET", "/metrics", kh_metrics_routes_prometheus, KH_ROUTE_LOOPBACK_PUBLIC,

@@ -77,6 +77,11 @@ struct kh_inst {
      * with reason "incoming" until kh_lifecycle_incoming_commit(). */
     char *incoming_host;
     unsigned incoming_port;
+    /* local disks: before migrate-incoming, nbd-server-start on
+     * incoming_host:incoming_nbd_port and a writable export of node
+     * disk<i> for each bit i of incoming_nbd_disks (0: none) */
+    unsigned incoming_nbd_port;
+    uint64_t incoming_nbd_disks;
 };
 
 struct kh_manager {

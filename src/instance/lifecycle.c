@@ -193,6 +193,8 @@ void kh_lifecycle_process_ended(kh_inst *v, int status)
     KH_FREE(v->going_down);
     KH_FREE(v->incoming_host); /* migration: a target's QEMU that ended */
     v->incoming_port = 0;
+    v->incoming_nbd_port = 0;
+    v->incoming_nbd_disks = 0;
 
     kh_err err = KH_ERR_INIT;
     kh_runtime_cgroup_remove(v);
@@ -377,6 +379,8 @@ static void on_commit_cont(kh_qmp *q, json_t *ret, const kh_err *err, void *opaq
     }
     KH_FREE(v->incoming_host);
     v->incoming_port = 0;
+    v->incoming_nbd_port = 0;
+    v->incoming_nbd_disks = 0;
     kh_lifecycle_started(v);
 }
 
