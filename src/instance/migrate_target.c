@@ -338,7 +338,12 @@ static void abort_try(uv_timer_t *t)
 /* Kill v's incoming QEMU (if any) and forget it and its disk copies. */
 static void abort_vm(kh_manager *mgr, const char *vm_id, kh_inst *v)
 {
-    if (v && v->pid > 0) {
+    if (v && v->state == KH_INST_STARTING) {
+        /* also before QEMU exists (the start still preparing): abandoned */
+        kh_err e = KH_ERR_INIT;
+        kh_err_set(&e, KH_E_CONFLICT, "migration aborted");
+        kh_lifecycle_start_fail(v, &e);
+    } else if (v && v->pid > 0) {
         kh_lifecycle_going_down(v, "migration aborted");
         v->drv->kill(v);
     }
