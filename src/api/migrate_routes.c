@@ -37,6 +37,11 @@ static int ops_owner_get(void *opaque, const char *vm_id, char *owner, size_t si
     return kh_cluster_owner_get(opaque, vm_id, owner, size, err);
 }
 
+static char *ops_qemu_tls(void *opaque, gid_t gid, kh_err *err)
+{
+    return kh_cluster_qemu_tls_dir(opaque, gid, err);
+}
+
 static void peer_fill(kh_cluster *c, const kh_cluster_member *mem, kh_migrate_peer *peer)
 {
     memset(peer, 0, sizeof(*peer));
@@ -59,7 +64,7 @@ static int ops_peer_find(void *opaque, const char *host_id, kh_migrate_peer *pee
 static kh_migrate_ops ops_of(kh_api *api)
 {
     kh_migrate_ops ops = { api->cluster, ops_owner_move, ops_record, ops_record_get,
-                           ops_owner_get, ops_peer_find };
+                           ops_owner_get, ops_peer_find, ops_qemu_tls };
     return ops;
 }
 
@@ -160,7 +165,8 @@ void kh_migrate_routes_prepare(kh_http_req *req, void *app)
         kh_http_reply_error(req, &err);
         return;
     }
-    json_t *out = kh_migrate_target_prepare(api->mgr, id, body, &err);
+    kh_migrate_ops ops = ops_of(api);
+    json_t *out = kh_migrate_target_prepare(api->mgr, id, body, &ops, &err);
     if (!out)
         kh_http_reply_error(req, &err);
     else

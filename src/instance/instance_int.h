@@ -82,6 +82,8 @@ struct kh_inst {
      * disk<i> for each bit i of incoming_nbd_disks (0: none) */
     unsigned incoming_nbd_port;
     uint64_t incoming_nbd_disks;
+    /* migration and NBD over TLS: the tls-creds-x509 dir (NULL: plain) */
+    char *incoming_tls_dir;
 };
 
 struct kh_manager {

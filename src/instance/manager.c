@@ -172,6 +172,7 @@ void kh_manager_inst_free(kh_inst *v)
     free(v->going_down);
     free(v->stop_forced);
     free(v->incoming_host);
+    free(v->incoming_tls_dir);
     free(v);
 }
 

@@ -458,6 +458,8 @@ static void do_prepare(kh_migration *m)
                                                    "size", (json_int_t)m->disks[i].size));
         json_object_set_new(body, "disks", disks);
     }
+    if (m->tls_dir[0])
+        json_object_set_new(body, "tls", json_true());
     json_t *out = NULL;
     kh_err err = KH_ERR_INIT;
     int rc = peer_call(m, "prepare", body, &out, &err);
@@ -476,11 +478,41 @@ static void do_prepare(kh_migration *m)
     kh_migrate_timer_start(m, poll_target, POLL_MS, POLL_MS);
 }
 
+static void qmp_silent(kh_qmp *q, json_t *ret, const kh_err *err, void *opaque)
+{
+    (void)q;
+    (void)ret;
+    (void)err;
+    (void)opaque;
+}
+
+/* The client end of TLS, once per migration (a rolled-back one may have
+ * left its object: it goes first, its absence is no error). */
+void kh_migrate_tls_setup(kh_migration *m)
+{
+    if (!m->tls_dir[0] || m->tls_ready)
+        return;
+    m->tls_ready = true;
+    (void)kh_migrate_qmp(m, "object-del", json_pack("{s:s}", "id", KH_QMIG_TLS_ID), qmp_silent);
+    (void)kh_migrate_qmp(m, "object-add", kh_qmig_tls_object(m->tls_dir, false), NULL);
+}
+
+static void on_params(kh_qmp *q, json_t *ret, const kh_err *err, void *opaque)
+{
+    (void)q;
+    kh_migration *m = opaque;
+    const char *creds = err ? NULL : json_string_value(json_object_get(ret, "tls-creds"));
+    m->tls_confirmed = creds && strcmp(creds, KH_QMIG_TLS_ID) == 0;
+}
+
 static void do_migrate(kh_migration *m)
 {
     kh_qmig_opts o = { .bandwidth = m->opts.max_bandwidth,
                        .downtime_ms = m->plan.downtime_ms,
-                       .auto_converge = m->plan.auto_converge };
+                       .auto_converge = m->plan.auto_converge,
+                       .tls_creds = m->tls_dir[0] ? KH_QMIG_TLS_ID : NULL,
+                       .tls_hostname = m->peer.address };
+    kh_migrate_tls_setup(m);
     json_t *uri = kh_qmig_uri_args(m->peer.address, m->port);
     if (!uri) {
         kh_err e = KH_ERR_INIT;
@@ -489,11 +521,18 @@ static void do_migrate(kh_migration *m)
         return;
     }
     m->continued = false;
-    if (kh_migrate_qmp(m, "migrate-set-capabilities", kh_qmig_caps(&o, true), NULL) < 0 ||
-        kh_migrate_qmp(m, "migrate-set-parameters", kh_qmig_params(&o, true), NULL) < 0)
+    json_t *params = kh_qmig_params(&o, true);
+    if (!o.tls_creds) /* a QEMU that migrated with TLS before keeps it otherwise */
+        json_object_set_new(params, "tls-creds", json_string(""));
+    if (kh_migrate_qmp(m, "migrate-set-capabilities", kh_qmig_caps(&o, true), NULL) < 0) {
+        json_decref(params);
         json_decref(uri);
-    else
+    } else if (kh_migrate_qmp(m, "migrate-set-parameters", params, NULL) < 0 ||
+               kh_migrate_qmp(m, "query-migrate-parameters", NULL, on_params) < 0) {
+        json_decref(uri);
+    } else {
         (void)kh_migrate_qmp(m, "migrate", uri, on_migrate);
+    }
 }
 
 static void do_owner(kh_migration *m)
@@ -642,6 +681,11 @@ static void finish(kh_migration *m)
                                 (json_int_t)m->st.downtime_ms, "ram_total",
                                 (json_int_t)m->st.ram_total, "ram_transferred",
                                 (json_int_t)m->st.ram_transferred);
+        json_object_set_new(res, "tls", json_boolean(m->tls_confirmed));
+        json_object_set_new(res, "disks_copied", json_integer(m->ndisks));
+        json_object_set_new(res, "disk_bytes", json_integer((json_int_t)m->mirrors.total));
+        json_object_set_new(res, "downtime_limit_ms", json_integer(m->plan.downtime_ms));
+        json_object_set_new(res, "auto_converge", json_boolean(m->plan.auto_converge));
         kh_task_succeed(m->task, res);
         m->task = NULL;
     }
@@ -802,6 +846,17 @@ kh_task *kh_migrate_start(kh_manager *mgr, const char *name, const kh_migrate_pe
     if (kh_migrate_disks_collect(m, v, err) < 0) {
         free(m);
         return NULL;
+    }
+    if (ops->qemu_tls) {
+        kh_err e = KH_ERR_INIT;
+        char *dir = ops->qemu_tls(ops->opaque, mgr->cfg.gid, &e);
+        if (!dir && e.code != KH_OK) {
+            *err = e;
+            free(m);
+            return NULL;
+        }
+        snprintf(m->tls_dir, sizeof(m->tls_dir), "%s", dir ? dir : "");
+        free(dir);
     }
     kh_uuid_generate(m->token);
     m->err = (kh_err)KH_ERR_INIT;

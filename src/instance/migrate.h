@@ -13,6 +13,7 @@
 #include <jansson.h>
 #include <stdbool.h>
 #include <stddef.h>
+#include <sys/types.h>
 #include <stdint.h>
 
 #include "instance/manager.h"
@@ -42,6 +43,9 @@ typedef struct kh_migrate_ops {
                      kh_err *err);
     int (*peer_find)(void *opaque, const char *host_id, kh_migrate_peer *peer,
                      kh_err *err);
+    /* QEMU's TLS files (tls-creds-x509 layout) readable by group gid: the
+     * directory (a new string), or NULL (no TLS: err untouched; or err). */
+    char *(*qemu_tls)(void *opaque, gid_t gid, kh_err *err);
 } kh_migrate_ops;
 
 
@@ -84,13 +88,14 @@ json_t *kh_migrate_disks_load(kh_manager *mgr, const char *vm_id);
 /* Target (migrate_target.c; the host-to-host routes
  * /api/v1/migrations/{vm-id}/...). prepare: body {"spec": VM spec,
  * "address": ADDR, "source": HOST-ID, "disks": [{"index", "volume",
- * "format", "size"}]}: the disks are made empty in the pools of the same
+ * "format", "size"}], "tls": bool}: the disks are made empty in the pools of the same
  * names, then the VM is defined here with the same id and started
  * `-incoming defer` listening on ADDR:port, the disks exported over NBD on
- * ADDR:nbd_port; replies {"port": N, "nbd_port": M} at once (status says
+ * ADDR:nbd_port (both over TLS with the cluster's certificates when
+ * "tls"); replies {"port": N, "nbd_port": M} at once (status says
  * when it is ready). */
 json_t *kh_migrate_target_prepare(kh_manager *mgr, const char *vm_id, const json_t *body,
-                                  kh_err *err);
+                                  const kh_migrate_ops *ops, kh_err *err);
 /* {"state": "starting", "reason": "incoming"} once ready ("disks" while
  * they are made, "stopped" with the reason when it failed). */
 json_t *kh_migrate_target_status(kh_manager *mgr, const char *vm_id, kh_err *err);

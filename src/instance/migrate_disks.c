@@ -170,11 +170,13 @@ static void on_mirror(kh_qmp *q, json_t *ret, const kh_err *err, void *opaque)
 
 void kh_migrate_disks_nbd_add(kh_migration *m)
 {
+    kh_migrate_tls_setup(m);
     for (unsigned i = 0; i < m->ndisks; i++) {
         char dev[32], node[32];
         disk_nodes(m, i, dev, node, sizeof(dev));
-        if (kh_migrate_qmp(m, "blockdev-add", kh_qmig_nbd_node(node, m->peer.address, m->nbd_port, NULL),
-                on_mirror) < 0)
+        json_t *a = kh_qmig_nbd_node(node, m->peer.address, m->nbd_port,
+                                     m->tls_dir[0] ? KH_QMIG_TLS_ID : NULL);
+        if (kh_migrate_qmp(m, "blockdev-add", a, on_mirror) < 0)
             return;
     }
 }

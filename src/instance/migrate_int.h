@@ -37,6 +37,9 @@ typedef struct kh_migration {
         char format[8];
         uint64_t size;
     } disks[KH_VM_DISKS_MAX];
+    char tls_dir[256];      /* QEMU's TLS files ("": plain) */
+    bool tls_ready;         /* the tls-creds-x509 object is in this QEMU */
+    bool tls_confirmed;     /* query-migrate-parameters read tls-creds back */
     bool wait_mirrors;      /* switch: migrate-continue once every mirror concluded */
     bool delete_disks;      /* finish: the local copies here go with the definition */
     unsigned dirty_polls;
@@ -66,6 +69,8 @@ int kh_migrate_qmp(kh_migration *m, const char *cmd, json_t *args, kh_qmp_reply_
 void kh_migrate_timer_start(kh_migration *m, uv_timer_cb cb, uint64_t ms, uint64_t repeat);
 void kh_migrate_timer_stop(kh_migration *m);
 kh_inst *kh_migrate_vm(kh_migration *m);
+
+void kh_migrate_tls_setup(kh_migration *m);
 
 /* migrate_disks.c */
 int kh_migrate_disks_collect(kh_migration *m, const kh_inst *v, kh_err *err);

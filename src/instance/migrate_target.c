@@ -32,6 +32,7 @@ typedef struct tprep {
     json_t *spec;
     char *address;
     char *source;
+    char *tls_dir;     /* QEMU's TLS files, NULL: plain */
     unsigned port, nbd_port;
     uint64_t nbd_disks;
     size_t pending;    /* volume creates under way */
@@ -62,6 +63,7 @@ static void prep_free(tprep *p)
     json_decref(p->made);
     free(p->address);
     free(p->source);
+    free(p->tls_dir);
     free(p);
 }
 
@@ -113,6 +115,8 @@ static void prep_start(tprep *p)
     if (v) {
         v->incoming_nbd_port = p->nbd_port;
         v->incoming_nbd_disks = p->nbd_disks;
+        free(v->incoming_tls_dir);
+        v->incoming_tls_dir = p->tls_dir ? xstrdup(p->tls_dir) : NULL;
     }
     if (!v || kh_lifecycle_start_incoming(v, p->address, p->port, &err) < 0) {
         if (v) {
@@ -205,7 +209,7 @@ static int disks_make(tprep *p, const json_t *disks, kh_err *err)
 }
 
 json_t *kh_migrate_target_prepare(kh_manager *mgr, const char *vm_id, const json_t *body,
-                                  kh_err *err)
+                                  const kh_migrate_ops *ops, kh_err *err)
 {
     const char *address = json_string_value(json_object_get(body, "address"));
     json_t *spec = json_object_get(body, "spec");
@@ -243,6 +247,19 @@ json_t *kh_migrate_target_prepare(kh_manager *mgr, const char *vm_id, const json
         kh_err_set(err, KH_E_UNAVAILABLE, "too many incoming migrations at once");
         return NULL;
     }
+    char *tls_dir = NULL;
+    if (json_is_true(json_object_get(body, "tls"))) {
+        kh_err e = KH_ERR_INIT;
+        tls_dir = ops && ops->qemu_tls ? ops->qemu_tls(ops->opaque, mgr->cfg.gid, &e) : NULL;
+        if (!tls_dir) {
+            if (e.code != KH_OK)
+                *err = e;
+            else
+                kh_err_set(err, KH_E_CONFLICT, "TLS asked for, but this host has no "
+                                               "certificate of the cluster");
+            return NULL;
+        }
+    }
     tprep *p = xcalloc(1, sizeof(*p));
     p->mgr = mgr;
     snprintf(p->id, sizeof(p->id), "%s", vm_id);
@@ -252,6 +269,7 @@ json_t *kh_migrate_target_prepare(kh_manager *mgr, const char *vm_id, const json
     p->source = xstrdup(source ? source : "");
     p->port = port;
     p->nbd_port = nbd_port;
+    p->tls_dir = tls_dir;
     p->made = json_array();
     p->err = (kh_err)KH_ERR_INIT;
     preps[slot] = p;

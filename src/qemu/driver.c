@@ -350,7 +350,7 @@ static void on_export(kh_qmp *q, json_t *ret, const kh_err *err, void *opaque)
     kh_inst *v = link_vm(opaque);
     if (v && err && v->state == KH_INST_STARTING && v->incoming_port) {
         kh_err e = KH_ERR_INIT;
-        kh_err_set(&e, KH_E_QEMU, "exporting the disks over NBD: %s", err->msg);
+        kh_err_set(&e, KH_E_QEMU, "preparing the incoming side (TLS, NBD): %s", err->msg);
         kh_lifecycle_incoming(v, &e);
     }
 }
@@ -360,10 +360,15 @@ static void on_export(kh_qmp *q, json_t *ret, const kh_err *err, void *opaque)
 static int send_exports(kh_inst *v, kh_err *err)
 {
     kh_qemu_vm *qv = kh_qemu_driver_vm(v);
+    const char *tls = v->incoming_tls_dir ? KH_QMIG_TLS_ID : NULL;
+    if (tls && kh_qmp_command(qv->qmp, "object-add",
+                              kh_qmig_tls_object(v->incoming_tls_dir, true), on_export,
+                              qv->qlink, err) < 0)
+        return -1;
     if (!v->incoming_nbd_port)
         return 0;
     if (kh_qmp_command(qv->qmp, "nbd-server-start",
-                       kh_qmig_nbd_server(v->incoming_host, v->incoming_nbd_port, NULL),
+                       kh_qmig_nbd_server(v->incoming_host, v->incoming_nbd_port, tls),
                        on_export, qv->qlink, err) < 0)
         return -1;
     for (unsigned i = 0; i < 64; i++) {
@@ -391,7 +396,7 @@ static void start_incoming(kh_inst *v)
                             v->spec->limits->nio_cpus))
         send_pinning(v);
     send_links(v);
-    kh_qmig_opts o = { 0 };
+    kh_qmig_opts o = { .tls_creds = v->incoming_tls_dir ? KH_QMIG_TLS_ID : NULL };
     json_t *uri = kh_qmig_uri_args(v->incoming_host, v->incoming_port);
     if (!uri) {
         kh_err_set(&err, KH_E_INVALID, "bad incoming address %s", v->incoming_host);

@@ -127,6 +127,7 @@ def test_migration(three):
         assert r.status == 200, r
         res = r.json["result"]
         assert r.json["state"] == "succeeded" and res["target"] == "h3", r.json
+        assert res["tls"] is True and res["disks_copied"] == 0, res
         check_moved(d2, d3, name, vm_id)
         before = max(heartbeats(d3.api.console_log(name)) or [-1])
         wait_for(lambda: max(heartbeats(d3.api.console_log(name)) or [-1]) >= before + 5, 20,

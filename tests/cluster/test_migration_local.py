@@ -131,6 +131,11 @@ def test_migration_local_disks(three):
                         timeout=210)
         took = time.monotonic() - t0
         assert r.status == 200 and r.json["state"] == "succeeded", (r, d1.log_tail())
+        res = r.json["result"]
+        # QEMU read tls-creds back: the RAM and NBD streams ran over TLS
+        # (with tls-creds set QEMU never falls back to plaintext)
+        assert res["tls"] is True and res["disks_copied"] == 1, res
+        assert res["disk_bytes"] == 16 << 20, res
         check_moved(d1, d2, name, vm_id)
         assert guest_md5(d2, name) == before
         vols2 = volumes(d2, "local")
