@@ -42,6 +42,12 @@ static char *ops_qemu_tls(void *opaque, gid_t gid, kh_err *err)
     return kh_cluster_qemu_tls_dir(opaque, gid, err);
 }
 
+static int ops_fence(void *opaque, const char *vm_id, const char *source, char *owner,
+                     size_t size, kh_err *err)
+{
+    return kh_cluster_migration_fence(opaque, vm_id, source, owner, size, err);
+}
+
 static void peer_fill(kh_cluster *c, const kh_cluster_member *mem, kh_migrate_peer *peer)
 {
     memset(peer, 0, sizeof(*peer));
@@ -50,6 +56,7 @@ static void peer_fill(kh_cluster *c, const kh_cluster_member *mem, kh_migrate_pe
     snprintf(peer->address, sizeof(peer->address), "%s", mem->address);
     snprintf(peer->api_url, sizeof(peer->api_url), "%s", mem->api_url);
     snprintf(peer->self_id, sizeof(peer->self_id), "%s", kh_cluster_host_id(c));
+    peer->online = mem->online;
 }
 
 static int ops_peer_find(void *opaque, const char *host_id, kh_migrate_peer *peer, kh_err *err)
@@ -64,7 +71,7 @@ static int ops_peer_find(void *opaque, const char *host_id, kh_migrate_peer *pee
 static kh_migrate_ops ops_of(kh_api *api)
 {
     kh_migrate_ops ops = { api->cluster, ops_owner_move, ops_record, ops_record_get,
-                           ops_owner_get, ops_peer_find, ops_qemu_tls };
+                           ops_owner_get, ops_peer_find, ops_qemu_tls, ops_fence };
     return ops;
 }
 

@@ -163,10 +163,15 @@ json_t *kh_cluster_migration_get(kh_cluster *c, const char *vm_id, kh_err *err);
 int kh_cluster_owner_get(kh_cluster *c, const char *vm_id, char *owner, size_t size,
                          kh_err *err);
 /* The owner move, this host -> host id `to` (a txn comparing the owner is
- * this host; a VM without an owner key is claimed for this host first).
- * 0 with owner_out = the owner after it (to: moved), -1 with err (the
- * outcome unknown). */
+ * this host and the migration is not fenced). 0 with owner_out = the owner
+ * after it (to: moved), -1 with err (the outcome unknown). The first
+ * record of a migration (phase "prepare") lifts an old fence. */
 int kh_cluster_owner_move(kh_cluster *c, const char *vm_id, const char *to, char *owner_out,
                           size_t owner_size, kh_err *err);
+/* The fence, from either side: while the owner is still `source`, mark the
+ * migration fenced (the owner move then fails). 0 with owner_out = the
+ * owner (source: fenced; another: the move won first), -1 with err. */
+int kh_cluster_migration_fence(kh_cluster *c, const char *vm_id, const char *source,
+                               char *owner_out, size_t owner_size, kh_err *err);
 
 #endif

@@ -635,20 +635,19 @@ static void run_action(kh_migration *m, uint32_t bit)
         kh_migrate_timer_start(m, forget_try, 0, 50);
         break;
     case KH_MIG_A_FENCE_TXN: {
-        /* not yet the fence CAS on the migration record: before the txn
-         * was sent the owner is the source; after it, the owner is read
-         * (unknown: the row retries later) */
+        /* the fence (a CAS the owner txn also compares): the owner then
+         * cannot move any more; its answer is the owner (unknown: the row
+         * retries later; no owner key: no move could win, the source's) */
         char owner[64];
         m->pending = KH_MIG_EV_OWNER;
-        if (!m->facts.owner_txn_sent)
-            m->pending_owner = KH_MIG_OWNER_SOURCE;
-        else if (!m->ops.owner_get ||
-                 m->ops.owner_get(m->ops.opaque, m->id, owner, sizeof(owner), &err) < 0)
+        if (!m->ops.fence ||
+            m->ops.fence(m->ops.opaque, m->id, m->peer.self_id, owner, sizeof(owner), &err) < 0)
             m->pending_owner = KH_MIG_OWNER_UNKNOWN;
         else
             m->pending_owner = strcmp(owner, m->peer.host_id) == 0 ? KH_MIG_OWNER_TARGET
-                               : strcmp(owner, m->peer.self_id) == 0 ? KH_MIG_OWNER_SOURCE
-                                                                     : KH_MIG_OWNER_OTHER;
+                               : (!owner[0] || strcmp(owner, m->peer.self_id) == 0)
+                                   ? KH_MIG_OWNER_SOURCE
+                                   : KH_MIG_OWNER_OTHER;
         break;
     }
     case KH_MIG_A_EVENT:
@@ -972,4 +971,5 @@ void kh_migrate_restart(kh_manager *mgr, const kh_migrate_ops *ops)
         free(peer);
     }
     sqlite3_finalize(s);
+    kh_migrate_target_restart(mgr, ops);
 }

@@ -26,6 +26,7 @@ typedef struct kh_migrate_peer {
     char address[128];   /* where its QEMU listens for the migration */
     char api_url[256];   /* its TCP API (the host-to-host routes) */
     char self_id[37];    /* this host's id */
+    bool online;         /* its lease is alive */
 } kh_migrate_peer;
 
 typedef struct kh_migrate_ops {
@@ -46,6 +47,9 @@ typedef struct kh_migrate_ops {
     /* QEMU's TLS files (tls-creds-x509 layout) readable by group gid: the
      * directory (a new string), or NULL (no TLS: err untouched; or err). */
     char *(*qemu_tls)(void *opaque, gid_t gid, kh_err *err);
+    /* The fence (kh_cluster_migration_fence): 0 with owner, -1 unknown. */
+    int (*fence)(void *opaque, const char *vm_id, const char *source, char *owner,
+                 size_t owner_size, kh_err *err);
 } kh_migrate_ops;
 
 
@@ -75,6 +79,10 @@ kh_task *kh_migrate_start(kh_manager *mgr, const char *name, const kh_migrate_pe
  * in etcd (moved here: the guest runs here; else the incoming QEMU and the
  * disk copies go). */
 void kh_migrate_restart(kh_manager *mgr, const kh_migrate_ops *ops);
+
+/* Target: the incoming migrations a previous daemon left pending are
+ * resolved by the fence (kh_migrate_restart calls it). */
+void kh_migrate_target_restart(kh_manager *mgr, const kh_migrate_ops *ops);
 
 /* Shared by migrate.c and migrate_target.c: the migrations row of vm_id
  * (a failure is logged), and the list of local disks ("pool/name" JSON

@@ -17,11 +17,14 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <sqlite3.h>
+
 #include "instance/config.h"
 #include "instance/instance_int.h"
 #include "util/log.h"
 #include "util/mem.h"
 #include "util/misc.h"
+#include "store/store.h"
 
 #define FORGET_TRIES 100
 
@@ -33,6 +36,7 @@ typedef struct tprep {
     char *address;
     char *source;
     char *tls_dir;     /* QEMU's TLS files, NULL: plain */
+    kh_migrate_ops ops;
     unsigned port, nbd_port;
     uint64_t nbd_disks;
     size_t pending;    /* volume creates under way */
@@ -105,6 +109,10 @@ static void disks_delete(kh_manager *mgr, const char *vm_id, const json_t *refs)
     kh_migrate_disks_save(mgr, vm_id, NULL);
 }
 
+static void watch_start(kh_manager *mgr, const kh_migrate_ops *ops, const char *vm_id,
+                        const char *source, bool restarted);
+static void abort_vm(kh_manager *mgr, const char *vm_id, kh_inst *v);
+
 /* Every disk is made: define the VM, start it -incoming with the exports. */
 static void prep_start(tprep *p)
 {
@@ -130,6 +138,7 @@ static void prep_start(tprep *p)
         return;
     }
     p->started = true;
+    watch_start(p->mgr, &p->ops, p->id, p->source, false);
     kh_log(KH_LOG_INFO, "vm.migrate", "vm=%s incoming=%s:%u nbd=%u", v->spec->name,
            p->address, p->port, p->nbd_port);
     prep_free(p);
@@ -270,6 +279,8 @@ json_t *kh_migrate_target_prepare(kh_manager *mgr, const char *vm_id, const json
     p->port = port;
     p->nbd_port = nbd_port;
     p->tls_dir = tls_dir;
+    if (ops)
+        p->ops = *ops;
     p->made = json_array();
     p->err = (kh_err)KH_ERR_INIT;
     preps[slot] = p;
@@ -403,4 +414,135 @@ int kh_migrate_target_abort(kh_manager *mgr, const char *vm_id, kh_err *err)
     kh_migrate_persist(mgr, vm_id, v->spec->name, "target", "aborted", "", NULL);
     abort_vm(mgr, vm_id, v);
     return 0;
+}
+
+/* ---- resolution: a restarted target, a source that died ---- */
+
+/* Every incoming migration left pending (after this daemon's restart) or
+ * whose source went offline is settled by the fence: while the owner is
+ * still the source the migration is fenced (its owner move can no longer
+ * win) and this side rolls back; if the owner moved here first, the guest
+ * runs here. Watched every WATCH_MS while the VM is incoming. */
+#define WATCH_MS 2000
+#define WATCH_OFFLINE 3   /* checks in a row with the source offline */
+#define WATCH_TRIES 300   /* with etcd unreachable: give up after 10 min */
+
+typedef struct twatch {
+    kh_manager *mgr;
+    kh_migrate_ops ops;
+    char id[37];
+    char source[64];
+    bool restarted;       /* resolve at once (the daemon restarted) */
+    unsigned offline, tries;
+} twatch;
+
+static void watch_closed(uv_handle_t *h)
+{
+    free(h->data);
+    free(h);
+}
+
+static void watch_end(uv_timer_t *t)
+{
+    uv_timer_stop(t);
+    uv_close((uv_handle_t *)t, watch_closed);
+}
+
+static void watch_tick(uv_timer_t *t)
+{
+    twatch *w = t->data;
+    kh_inst *v = kh_manager_find_id(w->mgr, w->id);
+    if (++w->tries > WATCH_TRIES) {
+        kh_log(KH_LOG_ERROR, "vm.migrate", "vm=%s incoming unresolved: resolve by hand", w->id);
+        watch_end(t);
+        return;
+    }
+    if (prep_find(w->id))
+        return; /* disks still being made */
+    if (!w->restarted) {
+        /* a live incoming: watch its source */
+        if (!v || v->state != KH_INST_STARTING || !v->incoming_port) {
+            watch_end(t);
+            return;
+        }
+        kh_migrate_peer src;
+        kh_err e = KH_ERR_INIT;
+        bool off = w->ops.peer_find &&
+                   w->ops.peer_find(w->ops.opaque, w->source, &src, &e) == 0 && !src.online;
+        w->offline = off ? w->offline + 1 : 0;
+        if (w->offline < WATCH_OFFLINE)
+            return;
+        kh_log(KH_LOG_WARN, "vm.migrate", "vm=%s source=%s offline: resolving", w->id,
+               w->source);
+    } else if (v && v->pid > 0 && (!v->drv->monitor_ready(v) || v->state == KH_INST_STARTING)) {
+        return; /* not reattached yet */
+    }
+    char owner[64];
+    kh_err err = KH_ERR_INIT;
+    if (!w->ops.fence ||
+        w->ops.fence(w->ops.opaque, w->id, w->source, owner, sizeof(owner), &err) < 0)
+        return; /* unknown: nothing is started nor killed; later */
+    const char *self = NULL;
+    kh_migrate_peer me;
+    if (w->ops.peer_find && w->ops.peer_find(w->ops.opaque, w->source, &me, &err) == 0)
+        self = me.self_id;
+    if (self && strcmp(owner, self) == 0) {
+        /* moved here: the guest runs here (it may be paused since the
+         * restart: resumed) */
+        kh_log(KH_LOG_INFO, "vm.migrate", "vm=%s resolved: the owner moved here", w->id);
+        if (v && v->state == KH_INST_STARTING && v->incoming_port)
+            (void)kh_migrate_target_commit(w->mgr, w->id, &err);
+        else if (v && v->state == KH_INST_PAUSED) {
+            kh_task *rt = kh_lifecycle_action(w->mgr, v->spec->name, KH_ACTION_RESUME, NULL, &err);
+            (void)rt;
+        }
+        if (v)
+            kh_migrate_persist(w->mgr, w->id, v->spec->name, "target", "done", w->source, NULL);
+        kh_migrate_disks_save(w->mgr, w->id, NULL);
+    } else {
+        kh_log(KH_LOG_INFO, "vm.migrate", "vm=%s resolved: fenced, the owner is %s: rolling back",
+               w->id, owner[0] ? owner : "none");
+        kh_migrate_persist(w->mgr, w->id, v ? v->spec->name : w->id, "target", "aborted",
+                           w->source, "resolved by the fence");
+        abort_vm(w->mgr, w->id, v);
+    }
+    watch_end(t);
+}
+
+static void watch_start(kh_manager *mgr, const kh_migrate_ops *ops, const char *vm_id,
+                        const char *source, bool restarted)
+{
+    if (!ops || !ops->fence)
+        return;
+    twatch *w = xcalloc(1, sizeof(*w));
+    w->mgr = mgr;
+    w->ops = *ops;
+    snprintf(w->id, sizeof(w->id), "%s", vm_id);
+    snprintf(w->source, sizeof(w->source), "%s", source ? source : "");
+    w->restarted = restarted;
+    uv_timer_t *t = xcalloc(1, sizeof(*t));
+    uv_timer_init(mgr->loop, t);
+    t->data = w;
+    uv_timer_start(t, watch_tick, restarted ? 500 : WATCH_MS, restarted ? 1000 : WATCH_MS);
+}
+
+void kh_migrate_target_restart(kh_manager *mgr, const kh_migrate_ops *ops)
+{
+    sqlite3_stmt *s = kh_store_prep(mgr->store,
+                                    "SELECT vm_id, peer FROM migrations WHERE role = 'target' "
+                                    "AND phase NOT IN ('done', 'aborted', 'none')",
+                                    NULL);
+    if (!s)
+        return;
+    while (sqlite3_step(s) == SQLITE_ROW) {
+        char *id = kh_store_col_text(s, 0), *peer = kh_store_col_text(s, 1);
+        if (id && strlen(id) == 36) {
+            kh_log(KH_LOG_INFO, "vm.migrate", "vm=%s incoming pending at restart: resolving",
+                   id);
+            watch_start(mgr, ops, id, peer, true);
+        }
+        free(id);
+        free(peer);
+    }
+    sqlite3_finalize(s);
 }

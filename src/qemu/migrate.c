@@ -292,9 +292,9 @@ void kh_qmig_decide(const kh_qmig_forecast_in *in, kh_qmig_decision *out)
         }
     }
     /* auto-converge throttles the vCPUs (up to 99 %, in steps that take a
-     * few passes each): a guest dirtying up to twice the link still gets
+     * few passes each): a guest dirtying up to 1.5 times the link still gets
      * through in reasonable time */
-    if (r <= 2.0) {
+    if (r <= 1.5) {
         out->verdict = KH_QMIG_AUTO_CONVERGE;
         out->auto_converge = true;
         out->downtime_ms = cap;

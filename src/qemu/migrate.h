@@ -108,7 +108,7 @@ kh_qmig_forecast kh_qmig_predict(int64_t dirty_mbps, uint64_t bandwidth, bool au
 
 /* The decision before a migration starts, from calc-dirty-rate: go as
  * asked; go with a longer downtime limit (doubling, up to the cap); go with
- * auto-converge (the vCPUs throttled; when it dirties at most twice what
+ * auto-converge (the vCPUs throttled; when it dirties at most 1.5 times what
  * the link takes); or refuse (409; with force: go with
  * auto-converge and the cap). The model: each pass sends what the last one
  * dirtied (r = dirty / link of it); the copy stops once the rest fits in

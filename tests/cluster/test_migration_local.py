@@ -35,7 +35,8 @@ sys.path.insert(0, os.path.dirname(__file__))
 import khlib  # noqa: E402
 from test_membership import (Phase, pytest_runtest_makereport,  # noqa: E402,F401
                              three, wait_for)
-from test_migration import check_moved, form_cluster, local_vm, vm_or_none  # noqa: E402
+from test_migration import (check_moved, form_cluster, local_vm, one_runs,  # noqa: E402
+                            vm_or_none)
 
 MD5 = r"MD5-([0-9a-f]{32})-END"
 READ = "echo MD5-$(dd if=/dev/vda bs=1M skip=2 count=4 2>/dev/null | md5sum | cut -c1-32)-END\n"
@@ -73,6 +74,13 @@ def volumes(d, pool):
 
 def task_of(d, tid):
     return d.api.get("/api/v1/tasks/%s" % tid).json
+
+
+def copying(d, tid):
+    """The task is in its disk copy (an end before it fails the test)."""
+    t = task_of(d, tid)
+    assert t["state"] == "running", (t, d.log_tail(20000))
+    return (t.get("message") or "").startswith("disks:")
 
 
 def test_migration_local_disks(three):
@@ -153,8 +161,7 @@ def test_migration_local_disks(three):
                         {"target": "h3", "wait": 0, "max_bandwidth_mib": 1})
         assert r.status == 202, r
         tid = r.json["id"]
-        wait_for(lambda: (task_of(d2, tid).get("message") or "").startswith("disks:"), 60,
-                 "the disk copy under way")
+        wait_for(lambda: copying(d2, tid), 60, "the disk copy under way")
         r = d2.api.post("/api/v1/tasks/%s/cancel" % tid, {})
         assert r.status == 202, r
         t = wait_for(lambda: (lambda j: j["state"] != "running" and j)(task_of(d2, tid)), 60,
@@ -213,6 +220,40 @@ def test_migration_local_disks(three):
             con.close()
         assert guest_md5(d2, name) == before
         step("forced, then cancelled in the memory phase: the guest runs on h2")
+
+        # kill -9 of the target's daemon during the disk copy: at its
+        # restart it fences (the owner is still h2), its QEMU and its copy
+        # of the disk go; the source's mirror fails and it runs on
+        r = d2.api.post("/api/v1/vms/%s/migrate" % name,
+                        {"target": "h3", "wait": 0, "max_bandwidth_mib": 1})
+        assert r.status == 202, r
+        tid = r.json["id"]
+        wait_for(lambda: copying(d2, tid), 60, "the disk copy under way")
+        d3.kill9()
+        d3.start()
+        t = wait_for(lambda: (lambda j: j["state"] != "running" and j)(task_of(d2, tid)), 90,
+                     "the task ends")
+        assert t["state"] == "failed", t
+        assert one_runs((d1, d2, d3), name, vm_id) is d2
+        assert vm_or_none(d2, name)["pid"] == pid2
+        wait_for(lambda: os.listdir(dirs[3]) == [], 30, "h3's file deleted")
+        step("target daemon kill -9 in the disk copy: rolled back (%s)"
+             % t["error"]["message"][:70])
+
+        # kill -9 of the source's daemon during the disk copy: at its
+        # restart it rolls back (mirror cancelled, the target aborts)
+        r = d2.api.post("/api/v1/vms/%s/migrate" % name,
+                        {"target": "h3", "wait": 0, "max_bandwidth_mib": 1})
+        assert r.status == 202, r
+        tid = r.json["id"]
+        wait_for(lambda: copying(d2, tid), 60, "the disk copy under way")
+        d2.kill9()
+        d2.start()
+        assert one_runs((d1, d2, d3), name, vm_id) is d2
+        assert vm_or_none(d2, name)["pid"] == pid2
+        wait_for(lambda: os.listdir(dirs[3]) == [], 30, "h3's file deleted")
+        assert guest_md5(d2, name) == before
+        step("source daemon kill -9 in the disk copy: rolled back at its restart")
     finally:
         for d in (d1, d2, d3):
             if d.alive() and local_vm(d, name):

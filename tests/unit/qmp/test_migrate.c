@@ -124,8 +124,8 @@ static void test_decide(void)
     kh_qmig_decide(&in, &d);
     CHECK(d.verdict == KH_QMIG_RAISE_DOWNTIME && d.downtime_ms > 100 && d.downtime_ms <= 2000);
     CHECK(d.passes > 0 && d.passes <= 30);
-    /* twice the link: only throttling gets through */
-    in.dirty_mbps = 200;
+    /* 1.5 times the link: only throttling gets through */
+    in.dirty_mbps = 150;
     kh_qmig_decide(&in, &d);
     CHECK(d.verdict == KH_QMIG_AUTO_CONVERGE && d.auto_converge && d.downtime_ms == 2000);
     /* 50 times the link: refuse, with a message; force goes with throttling */
