@@ -215,9 +215,12 @@ def test_migration_local_disks(three):
         wait_for(lambda: khlib.qemu_pids(vm_id) == [pid2], 30, "one QEMU")
         con = khlib.Console(d2.socket, name)
         try:
-            con.run("kill $DIRTY; echo kh-$((%d+1))", timeout=30)
+            # (an interactive shell's subshell ignores SIGTERM); the dd in
+            # flight ends after its one pass
+            con.run("kill -9 $DIRTY; echo kh-$((%d+1))", timeout=30)
         finally:
             con.close()
+        time.sleep(3)
         assert guest_md5(d2, name) == before
         step("forced, then cancelled in the memory phase: the guest runs on h2")
 
