@@ -848,7 +848,7 @@ kh_task *kh_migrate_start(kh_manager *mgr, const char *name, const kh_migrate_pe
     }
     if (ops->qemu_tls) {
         kh_err e = KH_ERR_INIT;
-        char *dir = ops->qemu_tls(ops->opaque, mgr->cfg.gid, &e);
+        char *dir = ops->qemu_tls(ops->opaque, v->mgr->cfg.gid, &e);
         if (!dir && e.code != KH_OK) {
             *err = e;
             free(m);
