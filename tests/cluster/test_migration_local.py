@@ -183,8 +183,8 @@ def test_migration_local_disks(three):
             con.run("echo kh-$((%d+1))", timeout=30)
             # random bytes (zeros over zeros would leave the sampled pages
             # unchanged): a 32 MiB buffer rewritten as fast as TCG goes
-            con.send("(while true; do dd if=/dev/urandom of=/dev/null bs=32M count=1 "
-                     "2>/dev/null; done) & DIRTY=$!\n")
+            con.send("rm -f /tmp/stop; (while [ ! -e /tmp/stop ]; do dd if=/dev/urandom "
+                     "of=/dev/null bs=32M count=1 2>/dev/null; done) &\n")
         finally:
             con.close()
         time.sleep(1)
@@ -215,12 +215,10 @@ def test_migration_local_disks(three):
         wait_for(lambda: khlib.qemu_pids(vm_id) == [pid2], 30, "one QEMU")
         con = khlib.Console(d2.socket, name)
         try:
-            # (an interactive shell's subshell ignores SIGTERM); the dd in
-            # flight ends after its one pass
-            con.run("kill -9 $DIRTY; echo kh-$((%d+1))", timeout=30)
+            # the loop ends after the dd in flight (one pass)
+            con.run("touch /tmp/stop; sleep 4; echo kh-$((%d+1))", timeout=45, retries=1)
         finally:
             con.close()
-        time.sleep(3)
         assert guest_md5(d2, name) == before
         step("forced, then cancelled in the memory phase: the guest runs on h2")
 
