@@ -20,6 +20,7 @@ Run: KH_BUILD_DIR=$PWD/build-asan /usr/bin/python3 -m pytest -q -s -p no:cachepr
 """
 
 import hashlib
+import json
 import os
 import shutil
 import subprocess
@@ -107,6 +108,10 @@ def test_migration_local_disks(three):
         assert r.status == 200 and r.json["shared"] is True, r
         r = d3.api.patch("/api/v1/pools/local", {"shared": False})
         assert r.status == 200 and r.json["shared"] is False, r
+        p = khlib.cli(d3, "pool", "edit", "local", "--shared", json_out=True)
+        assert p.returncode == 0 and json.loads(p.stdout)["shared"] is True, (p.stdout, p.stderr)
+        p = khlib.cli(d3, "pool", "edit", "local", "--not-shared", json_out=True)
+        assert p.returncode == 0 and json.loads(p.stdout)["shared"] is False, (p.stdout, p.stderr)
         r = d1.api.post("/api/v1/pools/local/volumes",
                         {"name": name + "-data", "format": "qcow2", "size": "16M"})
         assert r.status in (201, 202), r
