@@ -167,8 +167,8 @@ def test_migration_local_disks(three):
         assert r.status == 202, r
         tid = r.json["id"]
         wait_for(lambda: copying(d2, tid), 60, "the disk copy under way")
-        r = d2.api.post("/api/v1/tasks/%s/cancel" % tid, {})
-        assert r.status == 202, r
+        p = khlib.cli(d2, "task", "cancel", tid)
+        assert p.returncode == 0 and "cancelling vm.migrate" in p.stdout, (p.stdout, p.stderr)
         t = wait_for(lambda: (lambda j: j["state"] != "running" and j)(task_of(d2, tid)), 60,
                      "the task ends")
         assert t["state"] == "failed" and "cancelled" in t["error"]["message"], t
