@@ -16,8 +16,8 @@ downtime as the guest lives it. Also a check that it kept counting.
     python3 bench/migrate.py [--mem 256] [--local-disk] [--runs 3]
 
 Beside it, the kvmhost column (--parts raw,kvmhost): two kvmhostd (the
-build in KH_BUILD_DIR, default build/) in network namespaces with an etcd
-member each (tests/cluster/hosts.py), a cluster of the two, the same guest
+build in KH_BUILD_DIR, default build/) in network namespaces
+(tests/cluster/hosts.py), each supervising its etcd member, a cluster of the two, the same guest
 migrated back and forth with `POST /vms/{name}/migrate` (dirty-rate
 forecast, TLS on the streams, pause-before-switchover): the API's wall
 time, the task's total and QEMU's downtime; with a local disk (a raw copy of
@@ -263,8 +263,7 @@ def kvmhost_runs(mem, runs, local):
     os.chmod(work, 0o755)
     out = []
     try:
-        h.start_etcd(timeout=30)
-        for i in (1, 2):
+        for i in (1, 2):  # each daemon supervises its own etcd member
             d = HostDaemon(h, i)
             daemons.append(d)
             d.start()

@@ -13,9 +13,8 @@
  * The target's side is migrate_target.c.
  *
  * At daemon start kh_migrate_restart() feeds RESTART to every source row
- * left pending. Not yet: the fence txn (a failure after the owner txn was
- * sent with no answer reads the owner), the target's own restart
- * resolution. */
+ * left pending (and has migrate_target.c resolve the target rows); in the
+ * switch the fence (ops->fence, a CAS the owner move compares) decides. */
 #include "instance/migrate.h"
 
 #include <stdio.h>
