@@ -392,6 +392,12 @@ int kh_lifecycle_incoming_commit(kh_inst *v, kh_err *err)
         kh_err_set(err, KH_E_CONFLICT, "vm %s is not waiting for a migration", v->spec->name);
         return -1;
     }
+    /* local disks: the exports go first (an export left open would keep
+     * the disk writable from outside and block this QEMU's own migration
+     * later); nbd-server-stop closes every NBD export */
+    if (v->incoming_nbd_port &&
+        v->drv->command(v, "nbd-server-stop", NULL, -1, NULL, NULL, err) < 0)
+        return -1;
     commit_ref *r = xcalloc(1, sizeof(*r));
     r->mgr = v->mgr;
     memcpy(r->id, v->id, sizeof(r->id));

@@ -972,3 +972,24 @@ void kh_migrate_restart(kh_manager *mgr, const kh_migrate_ops *ops)
     sqlite3_finalize(s);
     kh_migrate_target_restart(mgr, ops);
 }
+
+void kh_migrate_shutdown(kh_manager *mgr)
+{
+    for (size_t i = 0; i < KH_ARRAY_LEN(migrations); i++) {
+        kh_migration *m = migrations[i];
+        if (!m || m->mgr != mgr)
+            continue;
+        m->task = NULL; /* the tasks end with the daemon */
+        m->finished = true; /* QMP replies due come (with an error) as it closes */
+        if (m->timer) {
+            uv_timer_stop(m->timer);
+            m->timer_closing = true;
+            uv_close((uv_handle_t *)m->timer, timer_closed);
+            m->timer = NULL;
+        } else {
+            mig_release(m);
+        }
+    }
+    kh_migrate_disks_shutdown(mgr);
+    kh_migrate_target_shutdown(mgr);
+}

@@ -84,6 +84,11 @@ void kh_migrate_restart(kh_manager *mgr, const kh_migrate_ops *ops);
  * resolved by the fence (kh_migrate_restart calls it). */
 void kh_migrate_target_restart(kh_manager *mgr, const kh_migrate_ops *ops);
 
+/* Daemon stop (kh_manager_free): every timer of a migration in progress
+ * is closed (the phases are persisted: the next daemon resolves them). */
+void kh_migrate_shutdown(kh_manager *mgr);
+void kh_migrate_target_shutdown(kh_manager *mgr);
+
 /* Shared by migrate.c and migrate_target.c: the migrations row of vm_id
  * (a failure is logged), and the list of local disks ("pool/name" JSON
  * array; NULL deletes it) this host made (target) or copies (source). */

@@ -204,13 +204,34 @@ typedef struct mirror_cleanup {
     kh_manager *mgr;
     char id[37];
     unsigned n, tries;
+    unsigned pending;  /* query-block-jobs replies due (the timer lives until 0) */
+    bool dead;         /* done, or the daemon stops: close once nothing is due */
     char nodes[KH_VM_DISKS_MAX][32];
 } mirror_cleanup;
 
+static uv_timer_t *cleanups[64];
+
 static void cleanup_closed(uv_handle_t *h)
 {
+    for (size_t i = 0; i < KH_ARRAY_LEN(cleanups); i++)
+        if (cleanups[i] == (uv_timer_t *)h)
+            cleanups[i] = NULL;
     free(h->data);
     free(h);
+}
+
+void kh_migrate_disks_shutdown(kh_manager *mgr)
+{
+    for (size_t i = 0; i < KH_ARRAY_LEN(cleanups); i++) {
+        uv_timer_t *t = cleanups[i];
+        if (t && t->loop == mgr->loop && !uv_is_closing((uv_handle_t *)t)) {
+            mirror_cleanup *c = t->data;
+            uv_timer_stop(t);
+            c->dead = true; /* a reply due (QMP closing) closes it */
+            if (!c->pending)
+                uv_close((uv_handle_t *)t, cleanup_closed);
+        }
+    }
 }
 
 static void cleanup_jobs(kh_qmp *q, json_t *ret, const kh_err *err, void *opaque)
@@ -218,6 +239,12 @@ static void cleanup_jobs(kh_qmp *q, json_t *ret, const kh_err *err, void *opaque
     (void)q;
     uv_timer_t *t = opaque;
     mirror_cleanup *c = t->data;
+    c->pending--;
+    if (c->dead) {
+        if (!c->pending && !uv_is_closing((uv_handle_t *)t))
+            uv_close((uv_handle_t *)t, cleanup_closed);
+        return;
+    }
     kh_inst *v = kh_manager_find_id(c->mgr, c->id);
     unsigned left = 0;
     size_t i;
@@ -250,11 +277,16 @@ static void cleanup_tick(uv_timer_t *t)
 {
     mirror_cleanup *c = t->data;
     kh_inst *v = kh_manager_find_id(c->mgr, c->id);
+    if (c->pending)
+        return; /* the last answer first */
     if (++c->tries > 100 || !v || v->pid <= 0 ||
         v->drv->command(v, "query-block-jobs", NULL, -1, cleanup_jobs, t, NULL) < 0) {
         uv_timer_stop(t);
+        c->dead = true;
         uv_close((uv_handle_t *)t, cleanup_closed);
+        return;
     }
+    c->pending++;
 }
 
 void kh_migrate_disks_stop(kh_migration *m)
@@ -289,6 +321,11 @@ void kh_migrate_disks_stop(kh_migration *m)
     uv_timer_t *t = xcalloc(1, sizeof(*t));
     uv_timer_init(m->mgr->loop, t);
     t->data = c;
+    for (size_t i = 0; i < KH_ARRAY_LEN(cleanups); i++)
+        if (!cleanups[i]) {
+            cleanups[i] = t;
+            break;
+        }
     uv_timer_start(t, cleanup_tick, 50, 100);
 }
 

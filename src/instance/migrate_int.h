@@ -79,5 +79,6 @@ void kh_migrate_disks_mirror(kh_migration *m);
 void kh_migrate_disks_stop(kh_migration *m);
 int kh_migrate_disks_switch_poll(kh_migration *m);
 void kh_migrate_disks_drop(kh_migration *m);
+void kh_migrate_disks_shutdown(kh_manager *mgr);
 
 #endif

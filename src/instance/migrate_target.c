@@ -48,6 +48,25 @@ typedef struct tprep {
 
 static tprep *preps[64];
 
+/* The target's timers (abort jobs, watches), closed at shutdown. */
+static uv_timer_t *timers[128];
+
+static void timer_track(uv_timer_t *t)
+{
+    for (size_t i = 0; i < KH_ARRAY_LEN(timers); i++)
+        if (!timers[i]) {
+            timers[i] = t;
+            return;
+        }
+}
+
+static void timer_untrack(const uv_timer_t *t)
+{
+    for (size_t i = 0; i < KH_ARRAY_LEN(timers); i++)
+        if (timers[i] == t)
+            timers[i] = NULL;
+}
+
 static tprep *prep_find(const char *id)
 {
     for (size_t i = 0; i < KH_ARRAY_LEN(preps); i++)
@@ -345,6 +364,7 @@ typedef struct abort_job {
 
 static void abort_closed(uv_handle_t *h)
 {
+    timer_untrack((uv_timer_t *)h);
     free(h->data);
     free(h);
 }
@@ -382,6 +402,7 @@ static void abort_vm(kh_manager *mgr, const char *vm_id, kh_inst *v)
     uv_timer_t *t = xcalloc(1, sizeof(*t));
     uv_timer_init(mgr->loop, t);
     t->data = j;
+    timer_track(t);
     uv_timer_start(t, abort_try, 0, 50);
 }
 
@@ -438,6 +459,7 @@ typedef struct twatch {
 
 static void watch_closed(uv_handle_t *h)
 {
+    timer_untrack((uv_timer_t *)h);
     free(h->data);
     free(h);
 }
@@ -523,6 +545,7 @@ static void watch_start(kh_manager *mgr, const kh_migrate_ops *ops, const char *
     uv_timer_t *t = xcalloc(1, sizeof(*t));
     uv_timer_init(mgr->loop, t);
     t->data = w;
+    timer_track(t);
     uv_timer_start(t, watch_tick, restarted ? 500 : WATCH_MS, restarted ? 1000 : WATCH_MS);
 }
 
@@ -545,4 +568,19 @@ void kh_migrate_target_restart(kh_manager *mgr, const kh_migrate_ops *ops)
         free(peer);
     }
     sqlite3_finalize(s);
+}
+
+void kh_migrate_target_shutdown(kh_manager *mgr)
+{
+    for (size_t i = 0; i < KH_ARRAY_LEN(timers); i++) {
+        uv_timer_t *t = timers[i];
+        if (!t || t->loop != mgr->loop || uv_is_closing((uv_handle_t *)t))
+            continue;
+        uv_timer_stop(t);
+        /* both kinds free their data the same way */
+        uv_close((uv_handle_t *)t, watch_closed);
+    }
+    for (size_t i = 0; i < KH_ARRAY_LEN(preps); i++)
+        if (preps[i] && preps[i]->mgr == mgr && !preps[i]->pending)
+            prep_free(preps[i]); /* (one with creates under way is freed by them) */
 }

@@ -260,6 +260,17 @@ def test_migration_local_disks(three):
         wait_for(lambda: os.listdir(dirs[3]) == [], 30, "h3's file deleted")
         assert guest_md5(d2, name) == before
         step("source daemon kill -9 in the disk copy: rolled back at its restart")
+
+        # and back to h1: h2's QEMU was a target (its NBD exports were closed
+        # at the commit), now it is the source of a full copy again
+        r = d2.api.post("/api/v1/vms/%s/migrate" % name, {"target": "h1", "wait": 180},
+                        timeout=210)
+        assert r.status == 200 and r.json["state"] == "succeeded", (r, d2.log_tail())
+        check_moved(d2, d1, name, vm_id)
+        assert guest_md5(d1, name) == before
+        wait_for(lambda: os.listdir(dirs[2]) == [], 30, "h2's file deleted")
+        assert len(os.listdir(dirs[1])) == 1
+        step("h2 -> h1 with the local disk: same data")
     finally:
         for d in (d1, d2, d3):
             if d.alive() and local_vm(d, name):
