@@ -125,6 +125,7 @@ void kh_storage_routes_pools(kh_http_req *req, void *app);
 void kh_storage_routes_pool_get(kh_http_req *req, void *app);
 void kh_storage_routes_pool_create(kh_http_req *req, void *app);
 void kh_storage_routes_pool_delete(kh_http_req *req, void *app);
+void kh_storage_routes_pool_patch(kh_http_req *req, void *app);
 void kh_storage_routes_volumes(kh_http_req *req, void *app);
 void kh_storage_routes_volume_create(kh_http_req *req, void *app);
 void kh_storage_routes_volume_get(kh_http_req *req, void *app);
@@ -140,6 +141,7 @@ void kh_template_routes_clone(kh_http_req *req, kh_api *api, const json_t *body)
 
 void kh_task_routes_list(kh_http_req *req, void *app);
 void kh_task_routes_get(kh_http_req *req, void *app);
+void kh_task_routes_cancel(kh_http_req *req, void *app);
 
 void kh_event_routes_stream(kh_http_req *req, void *app);
 

@@ -37,6 +37,17 @@ static int ops_owner_get(void *opaque, const char *vm_id, char *owner, size_t si
     return kh_cluster_owner_get(opaque, vm_id, owner, size, err);
 }
 
+static char *ops_qemu_tls(void *opaque, gid_t gid, kh_err *err)
+{
+    return kh_cluster_qemu_tls_dir(opaque, gid, err);
+}
+
+static int ops_fence(void *opaque, const char *vm_id, const char *source, char *owner,
+                     size_t size, kh_err *err)
+{
+    return kh_cluster_migration_fence(opaque, vm_id, source, owner, size, err);
+}
+
 static void peer_fill(kh_cluster *c, const kh_cluster_member *mem, kh_migrate_peer *peer)
 {
     memset(peer, 0, sizeof(*peer));
@@ -45,6 +56,7 @@ static void peer_fill(kh_cluster *c, const kh_cluster_member *mem, kh_migrate_pe
     snprintf(peer->address, sizeof(peer->address), "%s", mem->address);
     snprintf(peer->api_url, sizeof(peer->api_url), "%s", mem->api_url);
     snprintf(peer->self_id, sizeof(peer->self_id), "%s", kh_cluster_host_id(c));
+    peer->online = mem->online;
 }
 
 static int ops_peer_find(void *opaque, const char *host_id, kh_migrate_peer *peer, kh_err *err)
@@ -59,7 +71,7 @@ static int ops_peer_find(void *opaque, const char *host_id, kh_migrate_peer *pee
 static kh_migrate_ops ops_of(kh_api *api)
 {
     kh_migrate_ops ops = { api->cluster, ops_owner_move, ops_record, ops_record_get,
-                           ops_owner_get, ops_peer_find };
+                           ops_owner_get, ops_peer_find, ops_qemu_tls, ops_fence };
     return ops;
 }
 
@@ -101,9 +113,15 @@ void kh_migrate_routes_start(kh_http_req *req, void *app)
     kh_migrate_peer peer;
     peer_fill(api->cluster, &mem, &peer);
     kh_migrate_ops ops = ops_of(api);
-    uint64_t bw = (uint64_t)json_integer_value(json_object_get(body, "max_bandwidth_mib"));
-    kh_task *task = kh_migrate_start(api->mgr, kh_http_req_param(req, "name"), &peer,
-                                     bw << 20, &ops, &err);
+    kh_migrate_opts opts = {
+        .max_bandwidth = (uint64_t)json_integer_value(json_object_get(body, "max_bandwidth_mib"))
+                         << 20,
+        .downtime_ms = (unsigned)json_integer_value(json_object_get(body, "downtime_ms")),
+        .max_downtime_ms = (unsigned)json_integer_value(json_object_get(body, "max_downtime_ms")),
+        .force = json_is_true(json_object_get(body, "force")),
+    };
+    kh_task *task = kh_migrate_start(api->mgr, kh_http_req_param(req, "name"), &peer, &opts,
+                                     &ops, &err);
     if (!task) {
         kh_http_reply_error(req, &err);
         return;
@@ -154,7 +172,8 @@ void kh_migrate_routes_prepare(kh_http_req *req, void *app)
         kh_http_reply_error(req, &err);
         return;
     }
-    json_t *out = kh_migrate_prepare(api->mgr, id, body, &err);
+    kh_migrate_ops ops = ops_of(api);
+    json_t *out = kh_migrate_target_prepare(api->mgr, id, body, &ops, &err);
     if (!out)
         kh_http_reply_error(req, &err);
     else
@@ -168,7 +187,7 @@ void kh_migrate_routes_status(kh_http_req *req, void *app)
     if (!peer_ok(req, api, id))
         return;
     kh_err err = KH_ERR_INIT;
-    json_t *out = kh_migrate_status(api->mgr, id, &err);
+    json_t *out = kh_migrate_target_status(api->mgr, id, &err);
     if (!out)
         kh_http_reply_error(req, &err);
     else
@@ -190,10 +209,10 @@ static void end_route(kh_http_req *req, void *app, int (*fn)(kh_manager *, const
 
 void kh_migrate_routes_commit(kh_http_req *req, void *app)
 {
-    end_route(req, app, kh_migrate_commit);
+    end_route(req, app, kh_migrate_target_commit);
 }
 
 void kh_migrate_routes_abort(kh_http_req *req, void *app)
 {
-    end_route(req, app, kh_migrate_abort);
+    end_route(req, app, kh_migrate_target_abort);
 }

@@ -228,6 +228,10 @@ static const kh_route routes[] = {
     { "GET", "/api/v1/pools/{pool}", kh_storage_routes_pool_get, 0,
       "Show a pool: capacity, allocation, free space", NULL, "Pool",
       NULL, NULL },
+    { "PATCH", "/api/v1/pools/{pool}", kh_storage_routes_pool_patch, 0,
+      "Mark a pool shared by every cluster host (live migration leaves its volumes in place)",
+      "PoolPatch", "Pool",
+      "Datastore.Allocate", "/pools/{pool}" },
     { "DELETE", "/api/v1/pools/{pool}", kh_storage_routes_pool_delete, 0,
       "Forget an empty pool (its directory stays)", NULL, NULL,
       "Datastore.Allocate", "/pools/{pool}" },
@@ -303,6 +307,10 @@ static const kh_route routes[] = {
       NULL, NULL },
     { "GET", "/api/v1/tasks/{id}", kh_task_routes_get, 0, "Show a task", NULL, "Task",
       NULL, NULL },
+    { "POST", "/api/v1/tasks/{id}/cancel", kh_task_routes_cancel, 0,
+      "Cancel a running task that can be stopped (a live migration before its switch-over: "
+      "it rolls back); 409 otherwise", NULL, "Task",
+      "Sys.Modify", "/" },
     { "GET", "/api/v1/events", kh_event_routes_stream, KH_ROUTE_SSE,
       "Event stream (Server-Sent Events; ?since=ID or Last-Event-ID): the events of the "
       "VMs the caller sees (VM.Audit), host events with Sys.Audit on /", NULL, NULL,

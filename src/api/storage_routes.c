@@ -85,6 +85,23 @@ void kh_storage_routes_pool_create(kh_http_req *req, void *app)
     kh_http_reply_json(req, 201, p);
 }
 
+void kh_storage_routes_pool_patch(kh_http_req *req, void *app)
+{
+    kh_api *api = app;
+    kh_err err = KH_ERR_INIT;
+    if (!storage_ready(req, api))
+        return;
+    json_t *body = kh_http_req_json(req, &err);
+    json_t *p = body ? kh_storage_pool_patch(api->storage, kh_http_req_param(req, "pool"), body,
+                                             &err)
+                     : NULL;
+    if (!p) {
+        kh_http_reply_error(req, &err);
+        return;
+    }
+    kh_http_reply_json(req, 200, p);
+}
+
 void kh_storage_routes_pool_delete(kh_http_req *req, void *app)
 {
     kh_api *api = app;

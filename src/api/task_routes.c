@@ -1,4 +1,4 @@
-/* task_routes.c - GET /api/v1/tasks[/{id}]. */
+/* task_routes.c - GET /api/v1/tasks[/{id}], POST /api/v1/tasks/{id}/cancel. */
 #include <stdio.h>
 
 #include "api/api.h"
@@ -40,4 +40,23 @@ void kh_task_routes_get(kh_http_req *req, void *app)
         return;
     }
     kh_http_reply_json(req, 200, j);
+}
+
+void kh_task_routes_cancel(kh_http_req *req, void *app)
+{
+    kh_api *api = app;
+    kh_err err = KH_ERR_INIT;
+    const char *id = kh_http_req_param(req, "id");
+    if (!kh_check_uuid(id)) {
+        kh_err_set(&err, KH_E_NOTFOUND, "no task %s", id ? id : "");
+        kh_http_reply_error(req, &err);
+        return;
+    }
+    json_t *j = NULL;
+    if (kh_tasks_cancel(api->tasks, id, &err) < 0 ||
+        !(j = kh_tasks_get_json(api->tasks, id, &err))) {
+        kh_http_reply_error(req, &err);
+        return;
+    }
+    kh_http_reply_json(req, 202, j);
 }

@@ -236,6 +236,29 @@ static int cli_do_version(cli_ctx *ctx, const cli_args *a, kh_err *err)
     return rc < 0 ? -1 : 0;
 }
 
+static int cli_do_task_cancel(cli_ctx *ctx, const cli_args *a, kh_err *err)
+{
+    cli_client *c = cli_ctx_client(ctx, err);
+    if (!c)
+        return -1;
+    char *esc = cli_path_escape(a->pos);
+    char *path = xasprintf("/api/v1/tasks/%s/cancel", esc);
+    free(esc);
+    json_t *body = json_object(), *task = NULL;
+    int rc = cli_client_json(c, "POST", path, body, &task, NULL, err);
+    json_decref(body);
+    free(path);
+    if (rc < 0)
+        return -1;
+    if (ctx->json)
+        cli_print_json(stdout, task);
+    else
+        printf("cancelling %s %s\n", cli_jstr(task, "kind") ? cli_jstr(task, "kind") : "task",
+               a->pos);
+    json_decref(task);
+    return 0;
+}
+
 /* ---- the command rows (assembled in commands.c) ---- */
 
 static const cli_opt opts_events[] = {
@@ -263,6 +286,16 @@ const cli_cmd cli_host_cmds[] = {
         NULL,
         "$ kvmhost task show c0ffee00-1234-4abc-8def-0123456789ab",
         cli_do_task_show,
+    },
+    {
+        "task", "cancel", "ID", "cancel a running task",
+        "Ask a running task to stop. Only some can: a live migration (`vm migrate`) before "
+        "its switch-over rolls back, the VM running on where it was, and the task fails "
+        "\"cancelled\". Others, and a migration already switching over, answer 409 (exit "
+        "status 5). Run it on the host the task runs on.",
+        NULL,
+        "$ kvmhost task cancel c0ffee00-1234-4abc-8def-0123456789ab",
+        cli_do_task_cancel,
     },
     {
         "task", "list", NULL, "list recent tasks",

@@ -114,11 +114,28 @@ static int cli_do_pool_create(cli_ctx *ctx, const cli_args *a, kh_err *err)
     char *abs = cli_path_absolute(cli_arg(a, "path"), cwd);
     json_t *body = json_pack("{s:s, s:s, s:s?}", "name", a->pos, "type", "dir", "path", abs);
     free(abs);
+    if (body && cli_flag(a, "shared"))
+        json_object_set_new(body, "shared", json_true());
     if (!body) {
         kh_err_set(err, KH_E_INVALID, "the name and path must be valid UTF-8");
         return -1;
     }
     int rc = cli_show(ctx, "POST", "/api/v1/pools", body, pool_human, err);
+    json_decref(body);
+    return rc;
+}
+
+static int cli_do_pool_edit(cli_ctx *ctx, const cli_args *a, kh_err *err)
+{
+    bool on = cli_flag(a, "shared"), off = cli_flag(a, "not-shared");
+    if (on == off) {
+        cli_usage_error(ctx, a->cmd, err, "give --shared or --not-shared");
+        return -1;
+    }
+    json_t *body = json_pack("{s:b}", "shared", on);
+    char *path = cli_api_path("pools", a->pos, NULL);
+    int rc = cli_show(ctx, "PATCH", path, body, pool_human, err);
+    free(path);
     json_decref(body);
     return rc;
 }
@@ -343,6 +360,15 @@ static int cli_do_disk_detach(cli_ctx *ctx, const cli_args *a, kh_err *err)
 static const cli_opt opts_pool_create[] = {
     { "path", "DIR", CLI_OPT_ARG | CLI_OPT_REQUIRED,
       "An existing directory on the host (an NFS mount, a bigger disk)." },
+    { "shared", NULL, 0,
+      "The directory is the same on every cluster host (an NFS mount): a live migration "
+      "leaves the pool's volumes in place. Without it they are copied to the target." },
+    { NULL, NULL, 0, NULL },
+};
+
+static const cli_opt opts_pool_edit[] = {
+    { "shared", NULL, 0, "Mark the pool shared by every cluster host." },
+    { "not-shared", NULL, 0, "Mark it local: a live migration copies its volumes." },
     { NULL, NULL, 0, NULL },
 };
 
@@ -416,6 +442,16 @@ const cli_cmd cli_pool_cmds[] = {
         opts_pool_create,
         "$ kvmhost pool create fast --path /srv/nvme/kvmhost",
         cli_do_pool_create,
+    },
+    {
+        "pool", "edit", "NAME", "mark a pool shared or local",
+        "A shared pool's directory is the same on every cluster host (an NFS mount): "
+        "`vm migrate` leaves its volumes where they are. A local pool's volumes are copied "
+        "to the target host's pool of the same name over NBD while the VM runs, and the "
+        "source's copies are deleted once the VM runs on the target.",
+        opts_pool_edit,
+        "$ kvmhost pool edit nfs --shared",
+        cli_do_pool_edit,
     },
     {
         "pool", "delete", "NAME", "forget an empty pool",

@@ -23,6 +23,7 @@
 #include <jansson.h>
 #include <stdbool.h>
 #include <stdint.h>
+#include <sys/types.h>
 #include <uv.h>
 
 #include "store/store.h"
@@ -178,6 +179,12 @@ int kh_cluster_member_find(kh_cluster *c, const char *name, kh_cluster_member *o
                            kh_err *err);
 /* This host's id (NULL without a cluster). */
 const char *kh_cluster_host_id(const kh_cluster *c);
+/* QEMU's TLS files for live migration and NBD (pki.c), in
+ * STATE_DIR/qemu-tls: ca-cert.pem and the host's certificate and key as
+ * server-cert.pem/server-key.pem and client-cert.pem/client-key.pem, group
+ * gid (QEMU's) may read them. The directory (a new string), or NULL: with
+ * err set on a failure, untouched when this host has no certificate. */
+char *kh_cluster_qemu_tls_dir(kh_cluster *c, gid_t gid, kh_err *err);
 /* /kvmhost/migrations/<vm-id>: write it, read it (a new object; KH_E_NOTFOUND). */
 int kh_cluster_migration_put(kh_cluster *c, const char *vm_id, const json_t *rec, kh_err *err);
 json_t *kh_cluster_migration_get(kh_cluster *c, const char *vm_id, kh_err *err);
@@ -185,10 +192,15 @@ json_t *kh_cluster_migration_get(kh_cluster *c, const char *vm_id, kh_err *err);
 int kh_cluster_owner_get(kh_cluster *c, const char *vm_id, char *owner, size_t size,
                          kh_err *err);
 /* The owner move, this host -> host id `to` (a txn comparing the owner is
- * this host; a VM without an owner key is claimed for this host first).
- * 0 with owner_out = the owner after it (to: moved), -1 with err (the
- * outcome unknown). */
+ * this host and the migration is not fenced). 0 with owner_out = the owner
+ * after it (to: moved), -1 with err (the outcome unknown). The first
+ * record of a migration (phase "prepare") lifts an old fence. */
 int kh_cluster_owner_move(kh_cluster *c, const char *vm_id, const char *to, char *owner_out,
                           size_t owner_size, kh_err *err);
+/* The fence, from either side: while the owner is still `source`, mark the
+ * migration fenced (the owner move then fails). 0 with owner_out = the
+ * owner (source: fenced; another: the move won first), -1 with err. */
+int kh_cluster_migration_fence(kh_cluster *c, const char *vm_id, const char *source,
+                               char *owner_out, size_t owner_size, kh_err *err);
 
 #endif

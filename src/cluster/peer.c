@@ -1,7 +1,10 @@
 /* peer.c - what a live migration (instance/migrate.c, via the API layer)
  * needs from the cluster: a member found by name (its host id, address
  * and api_url), this host's id, the migration record
- * /kvmhost/migrations/<vm-id> and the owner move of /kvmhost/vms/<id>/owner.
+ * /kvmhost/migrations/<vm-id>, the owner move of /kvmhost/vms/<id>/owner
+ * and the fence /kvmhost/migrations/<vm-id>/fenced that the move compares
+ * (absent), so a side that fenced while the owner was still the source
+ * can roll back knowing the move can no longer win.
  * Synchronous etcd calls on the loop thread, as the rest of the module. */
 #include <stdlib.h>
 #include <string.h>
@@ -56,6 +59,19 @@ int kh_cluster_migration_put(kh_cluster *c, const char *vm_id, const json_t *rec
     }
     char *key = xasprintf(MIGRATIONS "%s", vm_id);
     char *text = json_dumps(rec, JSON_COMPACT | JSON_SORT_KEYS);
+    const char *phase = json_string_value(json_object_get(rec, "phase"));
+    if (phase && strcmp(phase, "prepare") == 0) { /* a new migration: no fence yet */
+        char *fkey = xasprintf(MIGRATIONS "%s/fenced", vm_id);
+        kh_etcd_op del[] = { { KH_ETCD_OP_DELETE, fkey, NULL, 0, false },
+                             { KH_ETCD_OP_PUT, key, text, 0, false } };
+        kh_etcd_txn_result res = { 0 };
+        int rc = kh_etcd_txn(c->etcd, NULL, 0, del, 2, NULL, 0, &res, err);
+        kh_etcd_txn_result_clear(&res);
+        free(fkey);
+        free(text);
+        free(key);
+        return rc;
+    }
     int rc = kh_etcd_put(c->etcd, key, text, (size_t)-1, 0, NULL, err);
     free(text);
     free(key);
@@ -105,20 +121,6 @@ int kh_cluster_owner_get(kh_cluster *c, const char *vm_id, char *owner, size_t s
     return 0;
 }
 
-/* ---- TEMPORARY (migration): until ownership claims at VM create land, a VM
- * may have no owner key yet: it is created for `from` with a CAS (only if
- * absent) before the move. Remove once every VM gets its owner at create. */
-static int owner_claim_if_absent(kh_cluster *c, const char *vm_id, const char *from,
-                                 kh_err *err)
-{
-    kh_etcd_kv cur = { 0 };
-    int rc = kh_etcd_set_owner(c->etcd, vm_id, from, 0, NULL, &cur, err);
-    if (rc < 0)
-        return -1;
-    kh_etcd_kv_clear(&cur);
-    return 0; /* set, or someone else's claim is there: the move checks it */
-}
-
 int kh_cluster_owner_move(kh_cluster *c, const char *vm_id, const char *to, char *owner_out,
                           size_t owner_size, kh_err *err)
 {
@@ -129,14 +131,15 @@ int kh_cluster_owner_move(kh_cluster *c, const char *vm_id, const char *to, char
         return -1;
     }
     const char *from = c->conf.host_id;
-    if (owner_claim_if_absent(c, vm_id, from, err) < 0)
-        return -1;
+    /* the VM has its owner key since its claim (a start needs it) */
     char *okey = xasprintf(KH_CLUSTER_PREFIX "vms/%s/owner", vm_id);
-    kh_etcd_cmp cmp[] = { { okey, KH_ETCD_VALUE, KH_ETCD_EQUAL, 0, from } };
+    char *fkey = xasprintf(MIGRATIONS "%s/fenced", vm_id);
+    kh_etcd_cmp cmp[] = { { okey, KH_ETCD_VALUE, KH_ETCD_EQUAL, 0, from },
+                          { fkey, KH_ETCD_VERSION, KH_ETCD_EQUAL, 0, NULL } };
     kh_etcd_op ok[] = { { KH_ETCD_OP_PUT, okey, to, 0, false } };
     kh_etcd_op fail[] = { { KH_ETCD_OP_GET, okey, NULL, 0, false } };
     kh_etcd_txn_result res = { 0 };
-    int rc = kh_etcd_txn(c->etcd, cmp, 1, ok, 1, fail, 1, &res, err);
+    int rc = kh_etcd_txn(c->etcd, cmp, 2, ok, 1, fail, 1, &res, err);
     if (rc == 0) {
         const char *owner = res.succeeded ? to : (res.kvs.n ? res.kvs.kv[0].value : "");
         if (owner_out)
@@ -144,5 +147,33 @@ int kh_cluster_owner_move(kh_cluster *c, const char *vm_id, const char *to, char
         kh_etcd_txn_result_clear(&res);
     }
     free(okey);
+    free(fkey);
+    return rc;
+}
+
+int kh_cluster_migration_fence(kh_cluster *c, const char *vm_id, const char *source,
+                               char *owner_out, size_t owner_size, kh_err *err)
+{
+    if (owner_out && owner_size)
+        owner_out[0] = 0;
+    if (!c->enabled || !c->etcd) {
+        kh_err_set(err, KH_E_INVALID, "this host is not in a cluster");
+        return -1;
+    }
+    char *okey = xasprintf(KH_CLUSTER_PREFIX "vms/%s/owner", vm_id);
+    char *fkey = xasprintf(MIGRATIONS "%s/fenced", vm_id);
+    kh_etcd_cmp cmp[] = { { okey, KH_ETCD_VALUE, KH_ETCD_EQUAL, 0, source } };
+    kh_etcd_op ok[] = { { KH_ETCD_OP_PUT, fkey, c->conf.host_id, 0, false } };
+    kh_etcd_op fail[] = { { KH_ETCD_OP_GET, okey, NULL, 0, false } };
+    kh_etcd_txn_result res = { 0 };
+    int rc = kh_etcd_txn(c->etcd, cmp, 1, ok, 1, fail, 1, &res, err);
+    if (rc == 0) {
+        const char *owner = res.succeeded ? source : (res.kvs.n ? res.kvs.kv[0].value : "");
+        if (owner_out)
+            snprintf(owner_out, owner_size, "%s", owner);
+        kh_etcd_txn_result_clear(&res);
+    }
+    free(okey);
+    free(fkey);
     return rc;
 }

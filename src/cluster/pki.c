@@ -18,6 +18,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "util/fs.h"
@@ -382,3 +383,55 @@ int kh_cluster_ca_import(kh_cluster *c, const char *ca, const char *enc, const c
     return rc;
 }
 
+/* ---- QEMU's TLS files: live migration and NBD (tls-creds-x509) ---- */
+
+/* Copy src into dir/name, mode 0640, group gid (QEMU's). */
+static int qemu_tls_copy(const char *src, const char *dir, const char *name, gid_t gid,
+                         kh_err *err)
+{
+    char *pem = kh_fs_read(src, 1 << 20, NULL, err);
+    if (!pem)
+        return -1;
+    char *dst = xasprintf("%s/%s", dir, name);
+    int rc = kh_fs_write_atomic(dst, pem, strlen(pem), 0640, err);
+    if (rc == 0 && geteuid() == 0 && chown(dst, 0, gid) < 0) {
+        kh_err_errno(err, KH_E_INTERNAL, errno, "chown %s", dst);
+        rc = -1;
+    }
+    free(dst);
+    free(pem);
+    return rc;
+}
+
+char *kh_cluster_qemu_tls_dir(kh_cluster *c, gid_t gid, kh_err *err)
+{
+    if (!c || !c->enabled || !c->fingerprint)
+        return NULL; /* no host certificate: no TLS (err untouched) */
+    char *dir = xasprintf("%s/qemu-tls", c->state_dir);
+    char *ca = kh_cluster_tls_path(c, "ca.pem"), *cert = kh_cluster_tls_path(c, "host.pem");
+    char *key = kh_cluster_tls_path(c, "host.key");
+    int rc = kh_fs_mkdir_p(dir, 0750, err);
+    if (rc == 0 && geteuid() == 0 && (chown(dir, 0, gid) < 0 || chmod(dir, 0750) < 0)) {
+        kh_err_errno(err, KH_E_INTERNAL, errno, "chown %s", dir);
+        rc = -1;
+    }
+    /* the host certificate serves both ends (client and server use) */
+    if (rc == 0)
+        rc = qemu_tls_copy(ca, dir, "ca-cert.pem", gid, err);
+    if (rc == 0)
+        rc = qemu_tls_copy(cert, dir, "server-cert.pem", gid, err);
+    if (rc == 0)
+        rc = qemu_tls_copy(key, dir, "server-key.pem", gid, err);
+    if (rc == 0)
+        rc = qemu_tls_copy(cert, dir, "client-cert.pem", gid, err);
+    if (rc == 0)
+        rc = qemu_tls_copy(key, dir, "client-key.pem", gid, err);
+    free(ca);
+    free(cert);
+    free(key);
+    if (rc < 0) {
+        free(dir);
+        return NULL;
+    }
+    return dir;
+}

@@ -77,6 +77,13 @@ struct kh_inst {
      * with reason "incoming" until kh_lifecycle_incoming_commit(). */
     char *incoming_host;
     unsigned incoming_port;
+    /* local disks: before migrate-incoming, nbd-server-start on
+     * incoming_host:incoming_nbd_port and a writable export of node
+     * disk<i> for each bit i of incoming_nbd_disks (0: none) */
+    unsigned incoming_nbd_port;
+    uint64_t incoming_nbd_disks;
+    /* migration and NBD over TLS: the tls-creds-x509 dir (NULL: plain) */
+    char *incoming_tls_dir;
 };
 
 struct kh_manager {
@@ -162,6 +169,9 @@ void kh_lifecycle_reattached(kh_inst *v, bool running, const char *status);
 #define KH_RUNTIME_QEMU_DIR "qemu"
 char *kh_runtime_state_path(const kh_inst *v, const char *file);
 char *kh_runtime_run_path(const kh_inst *v, const char *file);
+/* The migration TLS files of src copied into QEMU's own run dir, owned by
+ * the VM's uid: that dir (the caller frees it), or NULL with err. */
+char *kh_runtime_qemu_tls(kh_inst *v, const char *src, kh_err *err);
 /* The store row of the runtime fields (state, pid, ...); logged on error. */
 void kh_runtime_persist(kh_inst *v);
 void kh_runtime_disk_nodes_reset(kh_inst *v);

@@ -192,7 +192,10 @@ void kh_lifecycle_process_ended(kh_inst *v, int status)
     v->is_child = false;
     KH_FREE(v->going_down);
     KH_FREE(v->incoming_host); /* migration: a target's QEMU that ended */
+    KH_FREE(v->incoming_tls_dir);
     v->incoming_port = 0;
+    v->incoming_nbd_port = 0;
+    v->incoming_nbd_disks = 0;
 
     kh_err err = KH_ERR_INIT;
     kh_runtime_cgroup_remove(v);
@@ -386,7 +389,10 @@ static void on_commit_cont(kh_qmp *q, json_t *ret, const kh_err *err, void *opaq
         return;
     }
     KH_FREE(v->incoming_host);
+    KH_FREE(v->incoming_tls_dir);
     v->incoming_port = 0;
+    v->incoming_nbd_port = 0;
+    v->incoming_nbd_disks = 0;
     kh_lifecycle_started(v);
 }
 
@@ -396,6 +402,12 @@ int kh_lifecycle_incoming_commit(kh_inst *v, kh_err *err)
         kh_err_set(err, KH_E_CONFLICT, "vm %s is not waiting for a migration", v->spec->name);
         return -1;
     }
+    /* local disks: the exports go first (an export left open would keep
+     * the disk writable from outside and block this QEMU's own migration
+     * later); nbd-server-stop closes every NBD export */
+    if (v->incoming_nbd_port &&
+        v->drv->command(v, "nbd-server-stop", NULL, -1, NULL, NULL, err) < 0)
+        return -1;
     commit_ref *r = xcalloc(1, sizeof(*r));
     r->mgr = v->mgr;
     memcpy(r->id, v->id, sizeof(r->id));

@@ -15,6 +15,7 @@
 #include <unistd.h>
 
 #include "instance/instance_int.h"
+#include "instance/migrate.h"
 #include "qemu/driver.h"
 #include "util/check.h"
 #include "util/fs.h"
@@ -172,6 +173,7 @@ void kh_manager_inst_free(kh_inst *v)
     free(v->going_down);
     free(v->stop_forced);
     free(v->incoming_host);
+    free(v->incoming_tls_dir);
     free(v);
 }
 
@@ -261,6 +263,7 @@ void kh_manager_free(kh_manager *mgr)
     if (!mgr)
         return;
     kh_bindings_detach(mgr);
+    kh_migrate_shutdown(mgr); /* its timers, before the VMs go */
     for (kh_inst *v = mgr->vms, *n; v; v = n) {
         n = v->next;
         /* Tasks in flight end with the daemon; the store marks them failed

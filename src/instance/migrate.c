@@ -1,29 +1,25 @@
-/* migrate.c - owns the orchestration of a live migration (shared pool):
- * on the source, one kh_migration per VM runs the phase machine
- * (migrate_fsm.c) on the loop: each event gives the next phase (recorded
- * in etcd through ops->record before its actions run) and the actions,
- * run here in the order of their bits: the target's host-to-host routes
- * over HTTP (libcurl, blocking with short timeouts, as cluster/join.c),
- * the QMP sequence through the driver's command, the owner move through
- * ops->owner_move. On the target, the routes' work: define the VM with
- * the same id, start it `-incoming defer` (lifecycle.c), cont on commit,
- * kill and forget on abort.
+/* migrate.c - owns the orchestration of a live migration on the source:
+ * one kh_migration per VM runs the phase machine (migrate_fsm.c) on the
+ * loop: each event gives the next phase (recorded in etcd through
+ * ops->record and in the migrations table before its actions run) and the
+ * actions, run here in the order of their bits: calc-dirty-rate and the
+ * forecast (qemu/migrate.c kh_qmig_decide), the target's host-to-host
+ * routes over HTTP (libcurl, blocking with short timeouts, as
+ * cluster/join.c), the QMP sequence through the driver's command (local
+ * disks: NBD nodes and blockdev-mirror until ready; at the switch the
+ * mirrors are cancelled, which completes them consistently while the
+ * guest is paused before the switch-over), the owner move through
+ * ops->owner_move. The task can be cancelled before the switch.
+ * The target's side is migrate_target.c.
  *
- * Each phase is also a row of the migrations table (migrate_schema.c) on
- * both sides. At daemon start kh_migrate_restart() feeds RESTART to every
- * source row left pending. Not yet: the calc-dirty-rate forecast
- * (DIRTY_RATE answers DIRTY_OK at once), local disks (NBD), the fence txn
- * (a failure after the owner txn was sent with no answer fails the task
- * without guessing), the target's own restart resolution. */
+ * At daemon start kh_migrate_restart() feeds RESTART to every source row
+ * left pending (and has migrate_target.c resolve the target rows); in the
+ * switch the fence (ops->fence, a CAS the owner move compares) decides. */
 #include "instance/migrate.h"
 
-#include <arpa/inet.h>
-#include <netinet/in.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/socket.h>
-#include <unistd.h>
 
 #define CURL_DISABLE_TYPECHECK 1
 #include <curl/curl.h>
@@ -31,6 +27,7 @@
 #include "instance/config.h"
 #include "instance/instance_int.h"
 #include "instance/migrate_fsm.h"
+#include "instance/migrate_int.h"
 #include "qemu/migrate.h"
 #include "util/buf.h"
 #include "util/log.h"
@@ -41,37 +38,12 @@
 #include <sqlite3.h>
 
 #define HTTP_TIMEOUT_MS 15000
-#define POLL_MS 100
 #define PREPARE_TIMEOUT_MS 60000
 #define FORGET_TRIES 100
-
-typedef struct kh_migration {
-    kh_manager *mgr;
-    char id[37];
-    char name[128];
-    kh_migrate_peer peer;
-    kh_migrate_ops ops;
-    char token[37];
-    kh_task *task;
-    kh_mig_phase phase;
-    kh_mig_facts facts;
-    unsigned port;
-    uint64_t bandwidth;
-    uv_timer_t *timer;
-    uint64_t t0_ms, poll_deadline_ms;
-    kh_qmig_status st;
-    bool continued;
-    kh_err err;
-    int pending;       /* an event the actions produced (-1: none) */
-    kh_mig_owner pending_owner;
-    unsigned forget_tries;
-    unsigned inflight; /* QMP calls whose reply has not come: m lives until 0 */
-    uint32_t later;    /* actions a RETRY_LATER row delayed */
-    unsigned later_tries;
-    bool stop_batch;   /* an action failed: the rest of its batch waits */
-    bool finished;
-    bool timer_closing;
-} kh_migration;
+#define DIRTY_CALC_S 1
+#define DIRTY_POLLS 50
+#define DEFAULT_DOWNTIME_MS 300
+#define DEFAULT_MAX_DOWNTIME_MS 2000
 
 static kh_migration *migrations[64];
 
@@ -102,7 +74,7 @@ static void timer_closed(uv_handle_t *h)
     mig_release(m);
 }
 
-static void timer_start(kh_migration *m, uv_timer_cb cb, uint64_t ms, uint64_t repeat)
+void kh_migrate_timer_start(kh_migration *m, uv_timer_cb cb, uint64_t ms, uint64_t repeat)
 {
     if (!m->timer) {
         m->timer = xcalloc(1, sizeof(*m->timer));
@@ -112,7 +84,7 @@ static void timer_start(kh_migration *m, uv_timer_cb cb, uint64_t ms, uint64_t r
     uv_timer_start(m->timer, cb, ms, repeat);
 }
 
-static void timer_stop(kh_migration *m)
+void kh_migrate_timer_stop(kh_migration *m)
 {
     if (m->timer)
         uv_timer_stop(m->timer);
@@ -181,7 +153,6 @@ out:
 
 /* ---- the source's machine ---- */
 
-static void feed(kh_migration *m, kh_mig_event ev);
 
 static void fail_with(kh_migration *m, const kh_err *err)
 {
@@ -190,7 +161,7 @@ static void fail_with(kh_migration *m, const kh_err *err)
     m->pending = KH_MIG_EV_FAILED;
 }
 
-static kh_inst *mig_vm(kh_migration *m)
+kh_inst *kh_migrate_vm(kh_migration *m)
 {
     return kh_manager_find_id(m->mgr, m->id);
 }
@@ -221,10 +192,10 @@ static void qmp_reply(kh_qmp *q, json_t *ret, const kh_err *err, void *opaque)
     mig_release(m);
 }
 
-static int qmp(kh_migration *m, const char *cmd, json_t *args, kh_qmp_reply_cb cb)
+int kh_migrate_qmp(kh_migration *m, const char *cmd, json_t *args, kh_qmp_reply_cb cb)
 {
     kh_err err = KH_ERR_INIT;
-    kh_inst *v = mig_vm(m);
+    kh_inst *v = kh_migrate_vm(m);
     if (!v || v->pid <= 0) {
         json_decref(args);
         kh_err_set(&err, KH_E_CONFLICT, "vm %s has no QEMU any more", m->name);
@@ -245,7 +216,7 @@ static int qmp(kh_migration *m, const char *cmd, json_t *args, kh_qmp_reply_cb c
 
 /* The migrations row (migrate_schema.c), written before a phase's
  * actions; a failure is logged (etcd has the record too). */
-static void persist(kh_manager *mgr, const char *vm_id, const char *name, const char *role,
+void kh_migrate_persist(kh_manager *mgr, const char *vm_id, const char *name, const char *role,
                     const char *phase, const char *peer, const char *error)
 {
     kh_err err = KH_ERR_INIT;
@@ -271,7 +242,7 @@ static void persist(kh_manager *mgr, const char *vm_id, const char *name, const 
 
 static void record(kh_migration *m)
 {
-    persist(m->mgr, m->id, m->name, "source", kh_migrate_fsm_phase_name(m->phase),
+    kh_migrate_persist(m->mgr, m->id, m->name, "source", kh_migrate_fsm_phase_name(m->phase),
             m->peer.host_id, m->err.code != KH_OK ? m->err.msg : NULL);
     json_t *rec = json_pack("{s:s, s:s, s:s, s:s, s:s, s:f}", "source", m->peer.self_id,
                             "target", m->peer.host_id, "phase",
@@ -291,7 +262,7 @@ static void on_query(kh_qmp *q, json_t *ret, const kh_err *err, void *opaque)
         return;
     if (err) {
         m->err = *err;
-        feed(m, KH_MIG_EV_FAILED);
+        kh_migrate_feed(m, KH_MIG_EV_FAILED);
         return;
     }
     kh_qmig_status st;
@@ -299,32 +270,113 @@ static void on_query(kh_qmp *q, json_t *ret, const kh_err *err, void *opaque)
         return;
     m->st = st;
     if (st.ram_total && m->task) {
-        char msg[128];
-        snprintf(msg, sizeof(msg), "%s: %llu of %llu MiB", st.status,
-                 (unsigned long long)(st.ram_transferred >> 20),
-                 (unsigned long long)(st.ram_total >> 20));
+        char msg[160];
+        int n = snprintf(msg, sizeof(msg), "%s: RAM %llu of %llu MiB", st.status,
+                         (unsigned long long)(st.ram_transferred >> 20),
+                         (unsigned long long)(st.ram_total >> 20));
+        if (m->ndisks && n > 0 && (size_t)n < sizeof(msg))
+            snprintf(msg + n, sizeof(msg) - (size_t)n, ", disks in sync (%llu MiB)",
+                     (unsigned long long)(m->mirrors.total >> 20));
         uint64_t pct = 10 + 80 * st.ram_transferred / st.ram_total;
         kh_task_progress(m->task, (int)(pct > 90 ? 90 : pct), msg);
     }
     if (kh_qmig_status_failed(&st) || strcmp(st.status, "cancelled") == 0) {
         kh_err_set(&m->err, KH_E_QEMU, "migration %s: %s", st.status, st.error);
-        timer_stop(m);
-        feed(m, KH_MIG_EV_FAILED);
+        kh_migrate_timer_stop(m);
+        kh_migrate_feed(m, KH_MIG_EV_FAILED);
     } else if (strcmp(st.status, "pre-switchover") == 0 && m->phase == KH_MIG_MEMORY) {
-        feed(m, KH_MIG_EV_PRESWITCHOVER);
+        kh_migrate_feed(m, KH_MIG_EV_PRESWITCHOVER);
     } else if (strcmp(st.status, "completed") == 0 && m->phase == KH_MIG_SWITCH) {
-        timer_stop(m);
-        feed(m, KH_MIG_EV_COMPLETED);
+        kh_migrate_timer_stop(m);
+        kh_migrate_feed(m, KH_MIG_EV_COMPLETED);
     }
 }
 
 static void poll_qemu(uv_timer_t *t)
 {
     kh_migration *m = t->data;
-    if (qmp(m, "query-migrate", NULL, on_query) < 0) {
-        timer_stop(m);
-        feed(m, KH_MIG_EV_FAILED);
+    if (m->wait_mirrors && kh_migrate_disks_switch_poll(m) < 0) {
+        kh_migrate_timer_stop(m);
+        kh_migrate_feed(m, KH_MIG_EV_FAILED);
+        return;
     }
+    if (kh_migrate_qmp(m, "query-migrate", NULL, on_query) < 0) {
+        kh_migrate_timer_stop(m);
+        kh_migrate_feed(m, KH_MIG_EV_FAILED);
+    }
+}
+
+/* ---- the dirty-rate forecast ---- */
+
+static void on_dirty(kh_qmp *q, json_t *ret, const kh_err *err, void *opaque);
+
+static void poll_dirty(uv_timer_t *t)
+{
+    kh_migration *m = t->data;
+    kh_migrate_timer_stop(m);
+    if (kh_migrate_qmp(m, "query-dirty-rate", NULL, on_dirty) < 0)
+        kh_migrate_feed(m, KH_MIG_EV_FAILED);
+}
+
+static void decide(kh_migration *m, int64_t rate)
+{
+    kh_inst *v = kh_migrate_vm(m);
+    kh_qmig_forecast_in in = {
+        .dirty_mbps = rate,
+        .bandwidth = m->opts.max_bandwidth,
+        .ram_bytes = v ? (uint64_t)v->spec->memory_mib << 20 : 0,
+        .downtime_ms = m->opts.downtime_ms,
+        .downtime_cap_ms = m->opts.max_downtime_ms,
+        .force = m->opts.force,
+    };
+    kh_qmig_decide(&in, &m->plan);
+    kh_log(KH_LOG_INFO, "vm.migrate", "vm=%s forecast=%d downtime_ms=%u auto_converge=%d why=\"%s\"",
+           m->name, (int)m->plan.verdict, m->plan.downtime_ms, m->plan.auto_converge,
+           m->plan.why);
+    if (m->plan.verdict == KH_QMIG_REFUSE) {
+        kh_err_set(&m->err, KH_E_CONFLICT, "%s", m->plan.why);
+        kh_migrate_feed(m, KH_MIG_EV_DIRTY_HIGH);
+        return;
+    }
+    if (m->task)
+        kh_task_progress(m->task, 4, m->plan.why);
+    kh_migrate_feed(m, KH_MIG_EV_DIRTY_OK);
+}
+
+static void on_dirty(kh_qmp *q, json_t *ret, const kh_err *err, void *opaque)
+{
+    (void)q;
+    kh_migration *m = opaque;
+    if (m->phase != KH_MIG_PREPARE || m->finished)
+        return;
+    int64_t rate = err ? -1 : kh_qmig_dirty_rate_parse(ret);
+    if (rate < 0 && !err && ++m->dirty_polls < DIRTY_POLLS) {
+        kh_migrate_timer_start(m, poll_dirty, POLL_MS, 0);
+        return;
+    }
+    decide(m, rate); /* an error or no answer: not measured, go */
+}
+
+static void on_calc_dirty(kh_qmp *q, json_t *ret, const kh_err *err, void *opaque)
+{
+    (void)q;
+    (void)ret;
+    kh_migration *m = opaque;
+    if (m->phase != KH_MIG_PREPARE || m->finished)
+        return;
+    if (err) { /* e.g. a QEMU without it: go without a forecast */
+        decide(m, -1);
+        return;
+    }
+    kh_migrate_timer_start(m, poll_dirty, DIRTY_CALC_S * 1000 + POLL_MS, 0);
+}
+
+static void do_dirty_rate(kh_migration *m)
+{
+    if (m->task)
+        kh_task_progress(m->task, 2, "measuring the guest's dirty rate");
+    m->dirty_polls = 0;
+    (void)kh_migrate_qmp(m, "calc-dirty-rate", kh_qmig_calc_dirty_rate(DIRTY_CALC_S), on_calc_dirty);
 }
 
 static void poll_target(uv_timer_t *t)
@@ -333,9 +385,9 @@ static void poll_target(uv_timer_t *t)
     json_t *st = NULL;
     kh_err err = KH_ERR_INIT;
     if (peer_call(m, "status", NULL, &st, &err) < 0) {
-        timer_stop(m);
+        kh_migrate_timer_stop(m);
         m->err = err;
-        feed(m, KH_MIG_EV_FAILED);
+        kh_migrate_feed(m, KH_MIG_EV_FAILED);
         return;
     }
     const char *state = json_string_value(json_object_get(st, "state"));
@@ -344,12 +396,12 @@ static void poll_target(uv_timer_t *t)
                  strcmp(reason, "incoming") == 0;
     bool dead = state && strcmp(state, "stopped") == 0;
     if (ready || dead || kh_now_ms() > m->poll_deadline_ms) {
-        timer_stop(m);
+        kh_migrate_timer_stop(m);
         if (!ready)
             kh_err_set(&m->err, KH_E_UNAVAILABLE, "%s: the target's QEMU %s (%s)", m->peer.name,
                        dead ? "stopped" : "did not get ready", reason ? reason : "");
         json_decref(st);
-        feed(m, ready ? KH_MIG_EV_PREPARED : KH_MIG_EV_FAILED);
+        kh_migrate_feed(m, ready ? KH_MIG_EV_PREPARED : KH_MIG_EV_FAILED);
         return;
     }
     json_decref(st);
@@ -364,28 +416,30 @@ static void on_migrate(kh_qmp *q, json_t *ret, const kh_err *err, void *opaque)
         return;
     if (err) {
         m->err = *err;
-        feed(m, KH_MIG_EV_FAILED);
+        kh_migrate_feed(m, KH_MIG_EV_FAILED);
         return;
     }
-    timer_start(m, poll_qemu, POLL_MS, POLL_MS);
+    kh_migrate_timer_start(m, poll_qemu, POLL_MS, POLL_MS);
 }
 
 static void forget_try(uv_timer_t *t)
 {
     kh_migration *m = t->data;
     kh_err err = KH_ERR_INIT;
-    kh_inst *v = mig_vm(m);
+    kh_inst *v = kh_migrate_vm(m);
     if (!v || kh_config_delete(m->mgr, m->name, &err) == 0 || ++m->forget_tries > FORGET_TRIES) {
         if (v && m->forget_tries > FORGET_TRIES)
             kh_log(KH_LOG_WARN, "vm.migrate", "vm=%s forget error=\"%s\"", m->name, err.msg);
-        timer_stop(m);
-        feed(m, KH_MIG_EV_DONE);
+        else if (m->delete_disks)
+            kh_migrate_disks_drop(m);
+        kh_migrate_timer_stop(m);
+        kh_migrate_feed(m, KH_MIG_EV_DONE);
     }
 }
 
 static void do_prepare(kh_migration *m)
 {
-    kh_inst *v = mig_vm(m);
+    kh_inst *v = kh_migrate_vm(m);
     if (!v) {
         kh_err e = KH_ERR_INIT;
         kh_err_set(&e, KH_E_NOTFOUND, "vm %s went away", m->name);
@@ -394,6 +448,17 @@ static void do_prepare(kh_migration *m)
     }
     json_t *body = json_pack("{s:o, s:s, s:s}", "spec", kh_vm_spec_to_json(v->spec), "address",
                              m->peer.address, "source", m->peer.self_id);
+    if (m->ndisks) {
+        json_t *disks = json_array();
+        for (unsigned i = 0; i < m->ndisks; i++)
+            json_array_append_new(disks, json_pack("{s:i, s:s, s:s, s:I}", "index",
+                                                   (int)m->disks[i].index, "volume",
+                                                   m->disks[i].ref, "format", m->disks[i].format,
+                                                   "size", (json_int_t)m->disks[i].size));
+        json_object_set_new(body, "disks", disks);
+    }
+    if (m->tls_dir[0])
+        json_object_set_new(body, "tls", json_true());
     json_t *out = NULL;
     kh_err err = KH_ERR_INIT;
     int rc = peer_call(m, "prepare", body, &out, &err);
@@ -403,16 +468,58 @@ static void do_prepare(kh_migration *m)
         return;
     }
     m->port = (unsigned)json_integer_value(json_object_get(out, "port"));
+    m->nbd_port = (unsigned)json_integer_value(json_object_get(out, "nbd_port"));
     json_decref(out);
     if (m->task)
-        kh_task_progress(m->task, 5, "target QEMU starting");
+        kh_task_progress(m->task, 5, m->ndisks ? "target: making the disks, QEMU starting"
+                                                : "target QEMU starting");
     m->poll_deadline_ms = kh_now_ms() + PREPARE_TIMEOUT_MS;
-    timer_start(m, poll_target, POLL_MS, POLL_MS);
+    kh_migrate_timer_start(m, poll_target, POLL_MS, POLL_MS);
+}
+
+static void qmp_silent(kh_qmp *q, json_t *ret, const kh_err *err, void *opaque)
+{
+    (void)q;
+    (void)ret;
+    (void)err;
+    (void)opaque;
+}
+
+/* The client end of TLS, once per migration (a rolled-back one may have
+ * left its object: it goes first, its absence is no error). */
+void kh_migrate_tls_setup(kh_migration *m)
+{
+    if (!m->tls_dir[0] || m->tls_ready)
+        return;
+    m->tls_ready = true;
+    kh_err e = KH_ERR_INIT;
+    kh_inst *v = kh_migrate_vm(m);
+    char *own = v ? kh_runtime_qemu_tls(v, m->tls_dir, &e) : NULL;
+    if (!own) { /* the migrate command then fails on the missing creds */
+        kh_log(KH_LOG_WARN, "vm.migrate", "tls=false error=\"%s\"", e.msg);
+        return;
+    }
+    (void)kh_migrate_qmp(m, "object-del", json_pack("{s:s}", "id", KH_QMIG_TLS_ID), qmp_silent);
+    (void)kh_migrate_qmp(m, "object-add", kh_qmig_tls_object(own, false), NULL);
+    free(own);
+}
+
+static void on_params(kh_qmp *q, json_t *ret, const kh_err *err, void *opaque)
+{
+    (void)q;
+    kh_migration *m = opaque;
+    const char *creds = err ? NULL : json_string_value(json_object_get(ret, "tls-creds"));
+    m->tls_confirmed = creds && strcmp(creds, KH_QMIG_TLS_ID) == 0;
 }
 
 static void do_migrate(kh_migration *m)
 {
-    kh_qmig_opts o = { .bandwidth = m->bandwidth };
+    kh_qmig_opts o = { .bandwidth = m->opts.max_bandwidth,
+                       .downtime_ms = m->plan.downtime_ms,
+                       .auto_converge = m->plan.auto_converge,
+                       .tls_creds = m->tls_dir[0] ? KH_QMIG_TLS_ID : NULL,
+                       .tls_hostname = m->peer.address };
+    kh_migrate_tls_setup(m);
     json_t *uri = kh_qmig_uri_args(m->peer.address, m->port);
     if (!uri) {
         kh_err e = KH_ERR_INIT;
@@ -421,11 +528,18 @@ static void do_migrate(kh_migration *m)
         return;
     }
     m->continued = false;
-    if (qmp(m, "migrate-set-capabilities", kh_qmig_caps(&o, true), NULL) < 0 ||
-        qmp(m, "migrate-set-parameters", kh_qmig_params(&o, true), NULL) < 0)
+    json_t *params = kh_qmig_params(&o, true);
+    if (!o.tls_creds) /* a QEMU that migrated with TLS before keeps it otherwise */
+        json_object_set_new(params, "tls-creds", json_string(""));
+    if (kh_migrate_qmp(m, "migrate-set-capabilities", kh_qmig_caps(&o, true), NULL) < 0) {
+        json_decref(params);
         json_decref(uri);
-    else
-        (void)qmp(m, "migrate", uri, on_migrate);
+    } else if (kh_migrate_qmp(m, "migrate-set-parameters", params, NULL) < 0 ||
+               kh_migrate_qmp(m, "query-migrate-parameters", NULL, on_params) < 0) {
+        json_decref(uri);
+    } else {
+        (void)kh_migrate_qmp(m, "migrate", uri, on_migrate);
+    }
 }
 
 static void do_owner(kh_migration *m)
@@ -450,10 +564,24 @@ static void do_owner(kh_migration *m)
 static void run_action(kh_migration *m, uint32_t bit)
 {
     kh_err err = KH_ERR_INIT;
-    kh_inst *v = mig_vm(m);
+    kh_inst *v = kh_migrate_vm(m);
     switch (bit) {
     case KH_MIG_A_DIRTY_RATE:
-        m->pending = KH_MIG_EV_DIRTY_OK; /* not yet: the forecast */
+        do_dirty_rate(m);
+        break;
+    case KH_MIG_A_NBD_ADD:
+        kh_migrate_disks_nbd_add(m);
+        break;
+    case KH_MIG_A_MIRROR:
+        kh_migrate_disks_mirror(m);
+        break;
+    case KH_MIG_A_MIRROR_CANCEL:
+        kh_migrate_disks_stop(m);
+        break;
+    case KH_MIG_A_NBD_DEL: /* with the jobs, in do_mirror_stop's cleanup */
+        break;
+    case KH_MIG_A_DISKS_DELETE:
+        m->delete_disks = true; /* once the definition is gone (forget_try) */
         break;
     case KH_MIG_A_T_PREPARE:
         do_prepare(m);
@@ -462,9 +590,9 @@ static void run_action(kh_migration *m, uint32_t bit)
         do_migrate(m);
         break;
     case KH_MIG_A_CONTINUE:
-        if (!m->continued) {
+        if (!m->continued && !m->wait_mirrors) { /* else on_jobs_switch sends it */
             m->continued = true;
-            (void)qmp(m, "migrate-continue", json_pack("{s:s}", "state", "pre-switchover"),
+            (void)kh_migrate_qmp(m, "migrate-continue", json_pack("{s:s}", "state", "pre-switchover"),
                       NULL);
         }
         break;
@@ -472,13 +600,13 @@ static void run_action(kh_migration *m, uint32_t bit)
         do_owner(m);
         break;
     case KH_MIG_A_MIGRATE_CANCEL:
-        timer_stop(m);
+        kh_migrate_timer_stop(m);
         if (v && v->pid > 0)
-            (void)qmp(m, "migrate_cancel", NULL, NULL);
+            (void)kh_migrate_qmp(m, "migrate_cancel", NULL, NULL);
         break;
     case KH_MIG_A_RESUME:
         if (v && v->pid > 0)
-            (void)qmp(m, "cont", NULL, NULL);
+            (void)kh_migrate_qmp(m, "cont", NULL, NULL);
         break;
     case KH_MIG_A_T_ABORT:
     {
@@ -511,23 +639,22 @@ static void run_action(kh_migration *m, uint32_t bit)
         break;
     case KH_MIG_A_FORGET:
         m->forget_tries = 0;
-        timer_start(m, forget_try, 0, 50);
+        kh_migrate_timer_start(m, forget_try, 0, 50);
         break;
     case KH_MIG_A_FENCE_TXN: {
-        /* not yet the fence CAS on the migration record: before the txn
-         * was sent the owner is the source; after it, the owner is read
-         * (unknown: the row retries later) */
+        /* the fence (a CAS the owner txn also compares): the owner then
+         * cannot move any more; its answer is the owner (unknown: the row
+         * retries later; no owner key: no move could win, the source's) */
         char owner[64];
         m->pending = KH_MIG_EV_OWNER;
-        if (!m->facts.owner_txn_sent)
-            m->pending_owner = KH_MIG_OWNER_SOURCE;
-        else if (!m->ops.owner_get ||
-                 m->ops.owner_get(m->ops.opaque, m->id, owner, sizeof(owner), &err) < 0)
+        if (!m->ops.fence ||
+            m->ops.fence(m->ops.opaque, m->id, m->peer.self_id, owner, sizeof(owner), &err) < 0)
             m->pending_owner = KH_MIG_OWNER_UNKNOWN;
         else
             m->pending_owner = strcmp(owner, m->peer.host_id) == 0 ? KH_MIG_OWNER_TARGET
-                               : strcmp(owner, m->peer.self_id) == 0 ? KH_MIG_OWNER_SOURCE
-                                                                     : KH_MIG_OWNER_OTHER;
+                               : (!owner[0] || strcmp(owner, m->peer.self_id) == 0)
+                                   ? KH_MIG_OWNER_SOURCE
+                                   : KH_MIG_OWNER_OTHER;
         break;
     }
     case KH_MIG_A_EVENT:
@@ -551,6 +678,8 @@ static void run_action(kh_migration *m, uint32_t bit)
 
 static void finish(kh_migration *m)
 {
+    if (m->task)
+        kh_task_set_cancel(m->task, NULL, NULL);
     if (m->phase == KH_MIG_DONE && m->task) {
         double secs = (double)(kh_now_ms() - m->t0_ms) / 1000.0;
         json_t *res = json_pack("{s:s, s:s, s:f, s:I, s:I, s:I}", "vm", m->name, "target",
@@ -558,6 +687,11 @@ static void finish(kh_migration *m)
                                 (json_int_t)m->st.downtime_ms, "ram_total",
                                 (json_int_t)m->st.ram_total, "ram_transferred",
                                 (json_int_t)m->st.ram_transferred);
+        json_object_set_new(res, "tls", json_boolean(m->tls_confirmed));
+        json_object_set_new(res, "disks_copied", json_integer(m->ndisks));
+        json_object_set_new(res, "disk_bytes", json_integer((json_int_t)m->mirrors.total));
+        json_object_set_new(res, "downtime_limit_ms", json_integer(m->plan.downtime_ms));
+        json_object_set_new(res, "auto_converge", json_boolean(m->plan.auto_converge));
         kh_task_succeed(m->task, res);
         m->task = NULL;
     }
@@ -600,10 +734,10 @@ static void later_fire(uv_timer_t *t)
     m->later = 0;
     int next = run_step(m, acts);
     if (next >= 0 && !m->finished)
-        feed(m, (kh_mig_event)next);
+        kh_migrate_feed(m, (kh_mig_event)next);
 }
 
-static void feed(kh_migration *m, kh_mig_event ev)
+void kh_migrate_feed(kh_migration *m, kh_mig_event ev)
 {
     while (!m->finished) {
         m->facts.owner = m->pending_owner;
@@ -628,12 +762,12 @@ static void feed(kh_migration *m, kh_mig_event ev)
                 if (m->task)
                     kh_task_fail(m->task, &e);
                 m->task = NULL;
-                timer_stop(m);
+                kh_migrate_timer_stop(m);
                 finish(m);
                 return;
             }
             m->later = acts;
-            timer_start(m, later_fire, LATER_MS, 0);
+            kh_migrate_timer_start(m, later_fire, LATER_MS, 0);
             return;
         }
         int next = run_step(m, acts);
@@ -653,11 +787,30 @@ static void on_vm_event(void *opaque, const char *vm_id, const char *event, json
     kh_migration *m = strcmp(event, "MIGRATION") == 0 ? mig_find(vm_id) : NULL;
     if (m && !m->finished && m->timer && uv_is_active((uv_handle_t *)m->timer) &&
         (m->phase == KH_MIG_MEMORY || m->phase == KH_MIG_SWITCH))
-        (void)qmp(m, "query-migrate", NULL, on_query);
+        (void)kh_migrate_qmp(m, "query-migrate", NULL, on_query);
+}
+
+/* The task's cancel hook: before the switch, roll back. */
+static int on_cancel(void *opaque, kh_err *err)
+{
+    kh_migration *m = opaque;
+    kh_mig_step s = kh_migrate_fsm_step(KH_MIG_SOURCE, m->phase, KH_MIG_EV_CANCEL, &m->facts);
+    if (m->finished || s.ignored) {
+        kh_err_set(err, KH_E_CONFLICT, "vm %s: too late to cancel, the migration is in phase %s",
+                   m->name, kh_migrate_fsm_phase_name(m->phase));
+        return -1;
+    }
+    m->err = (kh_err)KH_ERR_INIT;
+    kh_err_set(&m->err, KH_E_CONFLICT, "cancelled in phase %s; the vm runs on here",
+               kh_migrate_fsm_phase_name(m->phase));
+    kh_migrate_timer_stop(m);
+    m->wait_mirrors = false;
+    kh_migrate_feed(m, KH_MIG_EV_CANCEL);
+    return 0;
 }
 
 kh_task *kh_migrate_start(kh_manager *mgr, const char *name, const kh_migrate_peer *peer,
-                          uint64_t max_bandwidth, const kh_migrate_ops *ops, kh_err *err)
+                          const kh_migrate_opts *opts, const kh_migrate_ops *ops, kh_err *err)
 {
     static kh_manager *hooked; /* one manager per daemon */
     if (hooked != mgr && kh_manager_add_event_hook(mgr, on_vm_event, NULL) == 0)
@@ -690,16 +843,37 @@ kh_task *kh_migrate_start(kh_manager *mgr, const char *name, const kh_migrate_pe
     snprintf(m->name, sizeof(m->name), "%s", name);
     m->peer = *peer;
     m->ops = *ops;
-    m->bandwidth = max_bandwidth;
+    m->opts = *opts;
+    if (!m->opts.downtime_ms)
+        m->opts.downtime_ms = DEFAULT_DOWNTIME_MS;
+    if (!m->opts.max_downtime_ms)
+        m->opts.max_downtime_ms = DEFAULT_MAX_DOWNTIME_MS;
+    m->plan.downtime_ms = m->opts.downtime_ms;
+    if (kh_migrate_disks_collect(m, v, err) < 0) {
+        free(m);
+        return NULL;
+    }
+    if (ops->qemu_tls) {
+        kh_err e = KH_ERR_INIT;
+        char *dir = ops->qemu_tls(ops->opaque, v->mgr->cfg.gid, &e);
+        if (!dir && e.code != KH_OK) {
+            *err = e;
+            free(m);
+            return NULL;
+        }
+        snprintf(m->tls_dir, sizeof(m->tls_dir), "%s", dir ? dir : "");
+        free(dir);
+    }
     kh_uuid_generate(m->token);
     m->err = (kh_err)KH_ERR_INIT;
     m->pending = -1;
     m->pending_owner = KH_MIG_OWNER_SOURCE;
     m->t0_ms = kh_now_ms();
     m->task = kh_task_new(v->mgr->tasks, "vm.migrate", name);
+    kh_task_set_cancel(m->task, on_cancel, m);
     migrations[slot] = m;
     kh_task *t = m->task;
-    feed(m, KH_MIG_EV_START);
+    kh_migrate_feed(m, KH_MIG_EV_START);
     return t;
 }
 
@@ -710,12 +884,12 @@ kh_task *kh_migrate_start(kh_manager *mgr, const char *name, const kh_migrate_pe
 static void restart_try(uv_timer_t *t)
 {
     kh_migration *m = t->data;
-    kh_inst *v = mig_vm(m);
+    kh_inst *v = kh_migrate_vm(m);
     kh_err err = KH_ERR_INIT;
     if (++m->forget_tries > RESTART_TRIES) {
         kh_log(KH_LOG_ERROR, "vm.migrate", "vm=%s phase=%s restart unresolved: %s", m->name,
                kh_migrate_fsm_phase_name(m->phase), m->err.msg);
-        timer_stop(m);
+        kh_migrate_timer_stop(m);
         finish(m);
         return;
     }
@@ -744,12 +918,15 @@ static void restart_try(uv_timer_t *t)
                                                                  : KH_MIG_OWNER_OTHER;
     }
     m->facts.qemu_alive = alive;
+    m->ndisks = 0;
+    if (v && kh_migrate_disks_collect(m, v, &err) < 0) /* the spec is still here */
+        kh_log(KH_LOG_WARN, "vm.migrate", "vm=%s restart: disks: %s", m->name, err.msg);
     m->err = (kh_err)KH_ERR_INIT;
     kh_err_set(&m->err, KH_E_UNAVAILABLE, "the daemon restarted during the migration");
-    timer_stop(m);
+    kh_migrate_timer_stop(m);
     kh_log(KH_LOG_INFO, "vm.migrate", "vm=%s phase=%s restart: resolving (qemu %s)", m->name,
            kh_migrate_fsm_phase_name(m->phase), alive ? "alive" : "gone");
-    feed(m, KH_MIG_EV_RESTART);
+    kh_migrate_feed(m, KH_MIG_EV_RESTART);
 }
 
 void kh_migrate_restart(kh_manager *mgr, const kh_migrate_ops *ops)
@@ -793,7 +970,7 @@ void kh_migrate_restart(kh_manager *mgr, const kh_migrate_ops *ops)
             m->t0_ms = kh_now_ms();
             migrations[slot] = m;
             kh_log(KH_LOG_INFO, "vm.migrate", "vm=%s phase=%s restart: pending", name, phase);
-            timer_start(m, restart_try, 500, 1000);
+            kh_migrate_timer_start(m, restart_try, 500, 1000);
         }
         free(id);
         free(name);
@@ -801,127 +978,26 @@ void kh_migrate_restart(kh_manager *mgr, const kh_migrate_ops *ops)
         free(peer);
     }
     sqlite3_finalize(s);
+    kh_migrate_target_restart(mgr, ops);
 }
 
-/* ---- the target ---- */
-
-static unsigned free_port(const char *address)
+void kh_migrate_shutdown(kh_manager *mgr)
 {
-    struct sockaddr_in a = { .sin_family = AF_INET };
-    if (inet_pton(AF_INET, address, &a.sin_addr) != 1)
-        return 0;
-    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    if (fd < 0)
-        return 0;
-    socklen_t len = sizeof(a);
-    unsigned port = 0;
-    if (bind(fd, (struct sockaddr *)&a, sizeof(a)) == 0 &&
-        getsockname(fd, (struct sockaddr *)&a, &len) == 0)
-        port = ntohs(a.sin_port);
-    close(fd);
-    return port;
-}
-
-json_t *kh_migrate_prepare(kh_manager *mgr, const char *vm_id, const json_t *body, kh_err *err)
-{
-    const char *address = json_string_value(json_object_get(body, "address"));
-    json_t *spec = json_object_get(body, "spec");
-    if (!address || !json_is_object(spec)) {
-        kh_err_set(err, KH_E_INVALID, "prepare needs spec and address");
-        return NULL;
+    for (size_t i = 0; i < KH_ARRAY_LEN(migrations); i++) {
+        kh_migration *m = migrations[i];
+        if (!m || m->mgr != mgr)
+            continue;
+        m->task = NULL; /* the tasks end with the daemon */
+        m->finished = true; /* QMP replies due come (with an error) as it closes */
+        if (m->timer) {
+            uv_timer_stop(m->timer);
+            m->timer_closing = true;
+            uv_close((uv_handle_t *)m->timer, timer_closed);
+            m->timer = NULL;
+        } else {
+            mig_release(m);
+        }
     }
-    unsigned port = free_port(address);
-    if (!port) {
-        kh_err_set(err, KH_E_INVALID, "cannot listen on %s", address);
-        return NULL;
-    }
-    json_t *vm = kh_config_create_id(mgr, spec, vm_id, err);
-    if (!vm)
-        return NULL;
-    json_decref(vm);
-    kh_inst *v = kh_manager_find_id(mgr, vm_id);
-    if (!v || kh_lifecycle_start_incoming(v, address, port, err) < 0) {
-        if (v)
-            (void)kh_config_delete(mgr, v->spec->name, NULL);
-        return NULL;
-    }
-    kh_log(KH_LOG_INFO, "vm.migrate", "vm=%s incoming=%s:%u", v->spec->name, address, port);
-    const char *source = json_string_value(json_object_get(body, "source"));
-    persist(mgr, vm_id, v->spec->name, "target", "prepare", source ? source : "", NULL);
-    return json_pack("{s:i}", "port", (int)port);
-}
-
-json_t *kh_migrate_status(kh_manager *mgr, const char *vm_id, kh_err *err)
-{
-    kh_inst *v = kh_manager_find_id(mgr, vm_id);
-    if (!v) {
-        kh_err_set(err, KH_E_NOTFOUND, "no vm %s here", vm_id);
-        return NULL;
-    }
-    return json_pack("{s:s, s:s?}", "state", kh_lifecycle_state_name(v->state), "reason",
-                     v->reason);
-}
-
-int kh_migrate_commit(kh_manager *mgr, const char *vm_id, kh_err *err)
-{
-    kh_inst *v = kh_manager_find_id(mgr, vm_id);
-    if (!v) {
-        kh_err_set(err, KH_E_NOTFOUND, "no vm %s here", vm_id);
-        return -1;
-    }
-    if (v->state == KH_INST_RUNNING)
-        return 0; /* repeated */
-    if (kh_lifecycle_incoming_commit(v, err) < 0)
-        return -1;
-    persist(mgr, vm_id, v->spec->name, "target", "done", "", NULL);
-    return 0;
-}
-
-typedef struct abort_job {
-    kh_manager *mgr;
-    char id[37];
-    unsigned tries;
-} abort_job;
-
-static void abort_closed(uv_handle_t *h)
-{
-    free(h->data);
-    free(h);
-}
-
-static void abort_try(uv_timer_t *t)
-{
-    abort_job *j = t->data;
-    kh_inst *v = kh_manager_find_id(j->mgr, j->id);
-    if (!v || kh_config_delete(j->mgr, v->spec->name, NULL) == 0 || ++j->tries > FORGET_TRIES) {
-        uv_timer_stop(t);
-        uv_close((uv_handle_t *)t, abort_closed);
-    }
-}
-
-int kh_migrate_abort(kh_manager *mgr, const char *vm_id, kh_err *err)
-{
-    kh_inst *v = kh_manager_find_id(mgr, vm_id);
-    if (!v) {
-        kh_err_set(err, KH_E_NOTFOUND, "no vm %s here", vm_id);
-        return -1;
-    }
-    if (v->state == KH_INST_RUNNING || (!v->incoming_port && v->state != KH_INST_STOPPED)) {
-        kh_err_set(err, KH_E_CONFLICT, "vm %s is %s here: not an incoming migration",
-                   v->spec->name, kh_lifecycle_state_name(v->state));
-        return -1;
-    }
-    persist(mgr, vm_id, v->spec->name, "target", "aborted", "", NULL);
-    if (v->pid > 0) {
-        kh_lifecycle_going_down(v, "migration aborted");
-        v->drv->kill(v);
-    }
-    abort_job *j = xcalloc(1, sizeof(*j));
-    j->mgr = mgr;
-    memcpy(j->id, vm_id, sizeof(j->id));
-    uv_timer_t *t = xcalloc(1, sizeof(*t));
-    uv_timer_init(mgr->loop, t);
-    t->data = j;
-    uv_timer_start(t, abort_try, 0, 50);
-    return 0;
+    kh_migrate_disks_shutdown(mgr);
+    kh_migrate_target_shutdown(mgr);
 }

@@ -16,3 +16,11 @@ const char kh_migrate_schema_migrations[] =
     "  started_at REAL NOT NULL,"
     "  updated_at REAL NOT NULL"
     ");";
+
+/* 13: the local disks a target made for an incoming migration ("pool/name"
+ * JSON array), deleted when it rolls back (also after a restart). */
+const char kh_migrate_schema_disks[] =
+    "CREATE TABLE IF NOT EXISTS migration_disks ("
+    "  vm_id TEXT PRIMARY KEY,"
+    "  disks TEXT NOT NULL"
+    ");";

@@ -2,12 +2,15 @@
  * (STATE_DIR/vms/<id>: logs) and run dir (RUN_DIR/vms/<id>: sockets, pid,
  * boot.json, disks.json), the runtime fields of its store row, and the
  * removal of the run dir and cgroup once its process is gone. */
+#include <errno.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "instance/instance_int.h"
+#include "instance/vmuid.h"
 #include "util/fs.h"
 #include "util/log.h"
 #include "util/mem.h"
@@ -180,4 +183,42 @@ void kh_runtime_cgroup_remove(kh_inst *v)
     kh_err err = KH_ERR_INIT;
     if (cg && cg->version && kh_cgroups_vm_remove(cg, v->id, &err) < 0)
         kh_log(KH_LOG_WARN, "vm.cgroup", "vm=%s error=\"%s\"", v->spec->name, err.msg);
+}
+
+/* QEMU's copy of the live-migration TLS files (tls-creds-x509's layout,
+ * made by cluster/pki.c in src) in its own run dir: the only part of the
+ * daemon's directories its mount namespace sees, owned by the VM's uid so
+ * that no other VM's QEMU can read the host key. */
+char *kh_runtime_qemu_tls(kh_inst *v, const char *src, kh_err *err)
+{
+    static const char *const files[] = { "ca-cert.pem", "server-cert.pem", "server-key.pem",
+                                         "client-cert.pem", "client-key.pem" };
+    char *dir = kh_runtime_run_path(v, KH_RUNTIME_QEMU_DIR "/tls");
+    kh_vmuid_identity id = { 0 };
+    bool chown_it = v->mgr->cfg.drop_privileges;
+    if ((chown_it && kh_vmuid_identity_get(v->mgr, v->id, &id, err) < 0) ||
+        kh_fs_mkdir_p(dir, 0700, err) < 0)
+        goto fail;
+    if (chown_it && chown(dir, id.uid, id.gid) < 0) {
+        kh_err_errno(err, KH_E_INTERNAL, errno, "chown %s", dir);
+        goto fail;
+    }
+    for (size_t i = 0; i < KH_ARRAY_LEN(files); i++) {
+        char *from = xasprintf("%s/%s", src, files[i]), *to = xasprintf("%s/%s", dir, files[i]);
+        char *pem = kh_fs_read(from, 1 << 20, NULL, err);
+        int rc = pem ? kh_fs_write_atomic(to, pem, strlen(pem), 0600, err) : -1;
+        if (rc == 0 && chown_it && chown(to, id.uid, id.gid) < 0) {
+            kh_err_errno(err, KH_E_INTERNAL, errno, "chown %s", to);
+            rc = -1;
+        }
+        free(pem);
+        free(from);
+        free(to);
+        if (rc < 0)
+            goto fail;
+    }
+    return dir;
+fail:
+    free(dir);
+    return NULL;
 }

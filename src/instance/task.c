@@ -29,6 +29,8 @@ struct kh_task {
     json_t *result;
     double created_at, finished_at;
     kh_task_waiter *waiters;
+    kh_task_cancel_fn cancel; /* NULL: cannot be cancelled */
+    void *cancel_opaque;
     kh_task *next; /* registry list, newest first */
 };
 
@@ -157,6 +159,7 @@ void kh_task_progress(kh_task *task, int percent, const char *message)
 static void finish(kh_task *task)
 {
     kh_tasks *tasks = task->owner;
+    task->cancel = NULL;
     task->finished_at = kh_wall_time();
     tasks->running--;
     tasks->finished++;
@@ -202,6 +205,33 @@ void kh_task_fail(kh_task *task, const kh_err *err)
     else
         kh_err_set(&task->error, KH_E_INTERNAL, "task failed");
     finish(task);
+}
+
+void kh_task_set_cancel(kh_task *task, kh_task_cancel_fn fn, void *opaque)
+{
+    task->cancel = fn;
+    task->cancel_opaque = opaque;
+}
+
+int kh_tasks_cancel(kh_tasks *tasks, const char *id, kh_err *err)
+{
+    for (kh_task *t = tasks->list; t; t = t->next) {
+        if (strcmp(t->id, id) != 0)
+            continue;
+        if (t->state != KH_TASK_RUNNING) {
+            kh_err_set(err, KH_E_CONFLICT, "task %s has already ended (%s)", id,
+                       state_name(t->state));
+            return -1;
+        }
+        if (!t->cancel) {
+            kh_err_set(err, KH_E_CONFLICT, "a %s task cannot be cancelled", t->kind);
+            return -1;
+        }
+        kh_log(KH_LOG_INFO, "task.cancel", "task=%s kind=%s", id, t->kind);
+        return t->cancel(t->cancel_opaque, err);
+    }
+    kh_err_set(err, KH_E_NOTFOUND, "no running task %s", id);
+    return -1;
 }
 
 const char *kh_task_id(const kh_task *task) { return task->id; }

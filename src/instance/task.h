@@ -47,6 +47,15 @@ void kh_task_succeed(kh_task *task, json_t *result);
 void kh_task_succeed_message(kh_task *task, json_t *result, const char *message);
 void kh_task_fail(kh_task *task, const kh_err *err);
 
+/* Cancel: a task whose owner can stop it sets a hook (NULL again once it
+ * can no longer be stopped); kh_tasks_cancel() calls it for a running
+ * task: 0 when the cancel was taken (the task then ends, failed, as its
+ * owner rolls back), -1 with err (KH_E_CONFLICT: ended, or not
+ * cancellable now; KH_E_NOTFOUND). */
+typedef int (*kh_task_cancel_fn)(void *opaque, kh_err *err);
+void kh_task_set_cancel(kh_task *task, kh_task_cancel_fn fn, void *opaque);
+int kh_tasks_cancel(kh_tasks *tasks, const char *id, kh_err *err);
+
 const char *kh_task_id(const kh_task *task);
 kh_task_state kh_task_get_state(const kh_task *task);
 const kh_err *kh_task_error(const kh_task *task);

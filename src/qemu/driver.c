@@ -344,9 +344,56 @@ static void on_incoming(kh_qmp *q, json_t *ret, const kh_err *err, void *opaque)
         kh_lifecycle_incoming(v, err);
 }
 
-/* Throttles, pinning and links as a normal start; then the capabilities
- * and migrate-incoming on the address the migration asked for. QMP keeps
- * the order, so only the last reply is waited for. */
+/* An NBD server or export the source needs failed: the start fails. */
+static void on_export(kh_qmp *q, json_t *ret, const kh_err *err, void *opaque)
+{
+    (void)q;
+    (void)ret;
+    kh_inst *v = link_vm(opaque);
+    if (v && err && v->state == KH_INST_STARTING && v->incoming_port) {
+        kh_err e = KH_ERR_INIT;
+        kh_err_set(&e, KH_E_QEMU, "preparing the incoming side (TLS, NBD): %s", err->msg);
+        kh_lifecycle_incoming(v, &e);
+    }
+}
+
+/* Local disks: the NBD server and a writable export per disk the source
+ * mirrors into (block-export-add also activates the node for writes). */
+static int send_exports(kh_inst *v, kh_err *err)
+{
+    kh_qemu_vm *qv = kh_qemu_driver_vm(v);
+    const char *tls = v->incoming_tls_dir ? KH_QMIG_TLS_ID : NULL;
+    if (tls) {
+        char *own = kh_runtime_qemu_tls(v, v->incoming_tls_dir, err);
+        if (!own || kh_qmp_command(qv->qmp, "object-add", kh_qmig_tls_object(own, true),
+                                   on_export, qv->qlink, err) < 0) {
+            free(own);
+            return -1;
+        }
+        free(own);
+    }
+    if (!v->incoming_nbd_port)
+        return 0;
+    if (kh_qmp_command(qv->qmp, "nbd-server-start",
+                       kh_qmig_nbd_server(v->incoming_host, v->incoming_nbd_port, tls),
+                       on_export, qv->qlink, err) < 0)
+        return -1;
+    for (unsigned i = 0; i < 64; i++) {
+        if (!(v->incoming_nbd_disks & (1ull << i)))
+            continue;
+        char node[32];
+        snprintf(node, sizeof(node), "disk%u", i);
+        if (kh_qmp_command(qv->qmp, "block-export-add", kh_qmig_export(node), on_export,
+                           qv->qlink, err) < 0)
+            return -1;
+    }
+    return 0;
+}
+
+/* Throttles, pinning and links as a normal start; then the NBD exports
+ * (local disks), the capabilities and migrate-incoming on the address the
+ * migration asked for. QMP keeps the order, so only the last reply is
+ * waited for (an export's failure fails the start at once). */
 static void start_incoming(kh_inst *v)
 {
     kh_qemu_vm *qv = kh_qemu_driver_vm(v);
@@ -356,14 +403,15 @@ static void start_incoming(kh_inst *v)
                             v->spec->limits->nio_cpus))
         send_pinning(v);
     send_links(v);
-    kh_qmig_opts o = { 0 };
+    kh_qmig_opts o = { .tls_creds = v->incoming_tls_dir ? KH_QMIG_TLS_ID : NULL };
     json_t *uri = kh_qmig_uri_args(v->incoming_host, v->incoming_port);
     if (!uri) {
         kh_err_set(&err, KH_E_INVALID, "bad incoming address %s", v->incoming_host);
         kh_lifecycle_incoming(v, &err);
         return;
     }
-    if (kh_qmp_command(qv->qmp, "migrate-set-capabilities", kh_qmig_caps(&o, false),
+    if (send_exports(v, &err) < 0 ||
+        kh_qmp_command(qv->qmp, "migrate-set-capabilities", kh_qmig_caps(&o, false),
                        qmp_ignore_reply, qv->qlink, &err) < 0 ||
         kh_qmp_command(qv->qmp, "migrate-set-parameters", kh_qmig_params(&o, false),
                        qmp_ignore_reply, qv->qlink, &err) < 0 ||

@@ -124,11 +124,11 @@ json_t *kh_qmig_nbd_node(const char *node, const char *host, unsigned port,
     return a;
 }
 
-json_t *kh_qmig_mirror(const char *node)
+json_t *kh_qmig_mirror(const char *device, const char *node)
 {
     char name[64];
     kh_qmig_node_name(node, name, sizeof(name));
-    return json_pack("{s:s, s:s, s:s, s:s, s:b}", "job-id", name, "device", node, "target",
+    return json_pack("{s:s, s:s, s:s, s:s, s:b}", "job-id", name, "device", device, "target",
                      name, "sync", "full", "auto-dismiss", 0);
 }
 
@@ -200,8 +200,16 @@ void kh_qmig_mirrors_parse(const json_t *ret, kh_qmig_mirrors *m)
         if (!dev || strncmp(dev, "mig-", 4) != 0)
             continue;
         m->jobs++;
-        if (json_is_true(json_object_get(j, "ready")))
+        const char *status = json_string_value(json_object_get(j, "status"));
+        const char *e = json_string_value(json_object_get(j, "error"));
+        if (e || (status && (strcmp(status, "concluded") == 0 ||
+                             strcmp(status, "aborting") == 0 || strcmp(status, "null") == 0))) {
+            m->failed++;
+            if (!m->error[0])
+                snprintf(m->error, sizeof(m->error), "%s: %s", dev, e ? e : status);
+        } else if (json_is_true(json_object_get(j, "ready"))) {
             m->ready++;
+        }
         m->done += u64(j, "offset");
         m->total += u64(j, "len");
     }
@@ -223,4 +231,84 @@ kh_qmig_forecast kh_qmig_predict(int64_t dirty_mbps, uint64_t bandwidth, bool au
     if (auto_converge && (uint64_t)dirty_mbps <= link * 4)
         return KH_QMIG_THROTTLE;
     return KH_QMIG_NEVER;
+}
+
+/* Passes of the RAM copy we accept before calling it "does not converge". */
+#define MAX_PASSES 30
+
+/* Passes until the dirty set fits in the downtime: each pass sends what
+ * the last one dirtied, a fraction r = dirty / link of it; the copy stops
+ * when the rest fits in link * downtime. -1: never (r >= 1). */
+static int passes(double ram_mb, double r, double link_mbps, unsigned downtime_ms)
+{
+    double fits = link_mbps * downtime_ms / 1000.0;
+    if (ram_mb <= fits)
+        return 1;
+    if (r <= 0.0)
+        return 2;
+    if (r >= 1.0)
+        return -1;
+    int k = 1;
+    for (double pending = ram_mb; pending > fits && k <= 1000; k++)
+        pending *= r;
+    return k;
+}
+
+void kh_qmig_decide(const kh_qmig_forecast_in *in, kh_qmig_decision *out)
+{
+    memset(out, 0, sizeof(*out));
+    unsigned dt = in->downtime_ms ? in->downtime_ms : DEFAULT_DOWNTIME_MS;
+    unsigned cap = in->downtime_cap_ms > dt ? in->downtime_cap_ms : dt;
+    double link = in->bandwidth ? (double)in->bandwidth / 1e6 : ASSUMED_LINK_MBPS;
+    double ram = (double)in->ram_bytes / 1e6;
+    out->downtime_ms = dt;
+    out->link_mbps = link;
+    if (in->dirty_mbps < 0) {
+        out->verdict = KH_QMIG_GO;
+        snprintf(out->why, sizeof(out->why), "dirty rate not measured");
+        return;
+    }
+    double r = (double)in->dirty_mbps / link;
+    int k = passes(ram, r, link, dt);
+    out->passes = k;
+    if (k > 0 && k <= MAX_PASSES) {
+        out->verdict = KH_QMIG_GO;
+        snprintf(out->why, sizeof(out->why),
+                 "dirty %lld MB/s over %.0f MB/s: about %d passes within %u ms",
+                 (long long)in->dirty_mbps, link, k, dt);
+        return;
+    }
+    /* a longer switch within the cap */
+    for (unsigned d = dt * 2; d <= cap; d *= 2) {
+        int kd = passes(ram, r, link, d);
+        if (kd > 0 && kd <= MAX_PASSES) {
+            out->verdict = KH_QMIG_RAISE_DOWNTIME;
+            out->downtime_ms = d;
+            out->passes = kd;
+            snprintf(out->why, sizeof(out->why),
+                     "dirty %lld MB/s over %.0f MB/s: downtime limit raised to %u ms",
+                     (long long)in->dirty_mbps, link, d);
+            return;
+        }
+    }
+    /* auto-converge throttles the vCPUs (up to 99 %, in steps that take a
+     * few passes each): a guest dirtying up to 1.5 times the link still gets
+     * through in reasonable time */
+    if (r <= 1.5) {
+        out->verdict = KH_QMIG_AUTO_CONVERGE;
+        out->auto_converge = true;
+        out->downtime_ms = cap;
+        snprintf(out->why, sizeof(out->why),
+                 "dirty %lld MB/s over %.0f MB/s: vCPUs throttled (auto-converge), downtime "
+                 "limit %u ms", (long long)in->dirty_mbps, link, cap);
+        return;
+    }
+    out->verdict = in->force ? KH_QMIG_AUTO_CONVERGE : KH_QMIG_REFUSE;
+    out->auto_converge = in->force;
+    out->downtime_ms = in->force ? cap : dt;
+    snprintf(out->why, sizeof(out->why),
+             "the guest dirties %lld MB/s, %.1f times what the link takes (%.0f MB/s): it "
+             "would not converge within a %u ms downtime%s",
+             (long long)in->dirty_mbps, r, link, cap,
+             in->force ? " (forced: vCPUs throttled)" : "; give force to try anyway");
 }

@@ -58,8 +58,9 @@ json_t *kh_qmig_export(const char *node);
  * export of node at HOST:PORT. */
 json_t *kh_qmig_nbd_node(const char *node, const char *host, unsigned port,
                          const char *tls_creds);
-/* blockdev-mirror node -> mig-<node> (sync full, job "mig-<node>"). */
-json_t *kh_qmig_mirror(const char *node);
+/* blockdev-mirror device (the source's node) -> mig-<node> (the NBD
+ * node of the target's export node; sync full, job "mig-<node>"). */
+json_t *kh_qmig_mirror(const char *device, const char *node);
 /* The job / nbd node name of a disk node ("mig-disk0"); buf >= 64. */
 void kh_qmig_node_name(const char *node, char *buf, size_t size);
 /* calc-dirty-rate for seconds (1..60). */
@@ -86,7 +87,9 @@ int64_t kh_qmig_dirty_rate_parse(const json_t *ret);
  * bytes done / total over them. */
 typedef struct kh_qmig_mirrors {
     unsigned jobs, ready;
+    unsigned failed;          /* concluded/aborting before being cancelled, or an error */
     uint64_t done, total;
+    char error[256];          /* the first failed job's "device: error" */
 } kh_qmig_mirrors;
 void kh_qmig_mirrors_parse(const json_t *ret, kh_qmig_mirrors *m);
 
@@ -102,5 +105,36 @@ typedef enum kh_qmig_forecast {
     KH_QMIG_NEVER,
 } kh_qmig_forecast;
 kh_qmig_forecast kh_qmig_predict(int64_t dirty_mbps, uint64_t bandwidth, bool auto_converge);
+
+/* The decision before a migration starts, from calc-dirty-rate: go as
+ * asked; go with a longer downtime limit (doubling, up to the cap); go with
+ * auto-converge (the vCPUs throttled; when it dirties at most 1.5 times what
+ * the link takes); or refuse (409; with force: go with
+ * auto-converge and the cap). The model: each pass sends what the last one
+ * dirtied (r = dirty / link of it); the copy stops once the rest fits in
+ * link * downtime; more than 30 passes (or r >= 1) does not converge. */
+typedef struct kh_qmig_forecast_in {
+    int64_t dirty_mbps;        /* calc-dirty-rate; -1: not measured (go) */
+    uint64_t bandwidth;        /* bytes/s of the link (0: assume 1 GB/s) */
+    uint64_t ram_bytes;        /* the guest's RAM */
+    unsigned downtime_ms;      /* the limit asked for (0: 300) */
+    unsigned downtime_cap_ms;  /* how far it may be raised */
+    bool force;
+} kh_qmig_forecast_in;
+typedef enum kh_qmig_verdict {
+    KH_QMIG_GO,
+    KH_QMIG_RAISE_DOWNTIME,
+    KH_QMIG_AUTO_CONVERGE,
+    KH_QMIG_REFUSE,
+} kh_qmig_verdict;
+typedef struct kh_qmig_decision {
+    kh_qmig_verdict verdict;
+    unsigned downtime_ms;      /* the limit to set */
+    bool auto_converge;
+    int passes;                /* predicted passes (-1: never) */
+    double link_mbps;
+    char why[256];             /* for the log, the task and a 409 */
+} kh_qmig_decision;
+void kh_qmig_decide(const kh_qmig_forecast_in *in, kh_qmig_decision *out);
 
 #endif

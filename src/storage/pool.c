@@ -33,6 +33,7 @@ void row_pool(sqlite3_stmt *s, pool *p)
     p->type = kh_store_col_text(s, 2);
     p->path = kh_store_col_text(s, 3);
     p->created_at = sqlite3_column_double(s, 4);
+    p->shared = sqlite3_column_int(s, 5) != 0;
 }
 
 /* 1 found, 0 not found, -1 error. */
@@ -92,9 +93,9 @@ uint64_t pool_free_space(const pool *p)
 
 static json_t *pool_json(kh_storage *st, const pool *p)
 {
-    json_t *o = json_pack("{s:s, s:s, s:s, s:s, s:b, s:o}", "id", p->id, "name", p->name,
+    json_t *o = json_pack("{s:s, s:s, s:s, s:s, s:b, s:b, s:o}", "id", p->id, "name", p->name,
                           "type", p->type, "path", p->path, "default",
-                          strcmp(p->name, "default") == 0, "created_at",
+                          strcmp(p->name, "default") == 0, "shared", p->shared, "created_at",
                           storage_time_json(p->created_at));
     pool_space(p, o);
     json_object_set_new(o, "volumes",
@@ -170,6 +171,73 @@ int pool_insert(kh_storage *st, const char *name, const char *type, const char *
     return 0;
 }
 
+static int pool_set_shared(kh_storage *st, pool *p, bool shared, kh_err *err)
+{
+    sqlite3_stmt *s = kh_store_prep(st->store,
+                                    shared ? "INSERT OR IGNORE INTO pool_shared (pool_id) VALUES (?)"
+                                           : "DELETE FROM pool_shared WHERE pool_id = ?",
+                                    err);
+    if (!s)
+        return -1;
+    sqlite3_bind_text(s, 1, p->id, -1, SQLITE_TRANSIENT);
+    int rc = sqlite3_step(s) == SQLITE_DONE ? 0 : storage_db_fail(st, err, "changing a pool");
+    sqlite3_finalize(s);
+    if (rc == 0)
+        p->shared = shared;
+    return rc;
+}
+
+json_t *kh_storage_pool_patch(kh_storage *st, const char *name, const json_t *body,
+                              kh_err *err)
+{
+    if (kh_schema_check("PoolPatch", body, "", err) < 0)
+        return NULL;
+    pool p = { 0 };
+    if (pool_find(st, name, &p, err) < 0)
+        return NULL;
+    json_t *o = NULL;
+    const json_t *sh = json_object_get(body, "shared");
+    if (!sh || pool_set_shared(st, &p, json_is_true(sh), err) == 0) {
+        kh_log(KH_LOG_INFO, "pool.patch", "pool=%s shared=%d", name, p.shared);
+        o = pool_json(st, &p);
+    }
+    pool_clear(&p);
+    return o;
+}
+
+bool kh_storage_pool_shared(kh_storage *st, const char *name)
+{
+    pool p = { 0 };
+    bool shared = pool_get(st, name, false, &p, NULL) == 1 && p.shared;
+    pool_clear(&p);
+    return shared;
+}
+
+int kh_storage_volume_placement(kh_storage *st, const char *ref, kh_volume_placement *out,
+                                kh_err *err)
+{
+    memset(out, 0, sizeof(*out));
+    char *pname = NULL, *vname = NULL;
+    if (kh_volume_ref_parse(ref, &pname, &vname, err) < 0)
+        return -1;
+    pool p = { 0 };
+    volume v = { 0 };
+    int rc = -1;
+    if (pool_find(st, pname, &p, err) == 0 && volume_find(st, &p, vname, &v, err) == 0) {
+        out->shared = p.shared;
+        snprintf(out->format, sizeof(out->format), "%s", v.format ? v.format : "");
+        out->capacity = v.capacity;
+        out->encrypted = v.key_wrapped != NULL;
+        out->readonly = v.readonly;
+        rc = 0;
+    }
+    volume_clear(&v);
+    pool_clear(&p);
+    free(pname);
+    free(vname);
+    return rc;
+}
+
 json_t *kh_storage_pool_create(kh_storage *st, const json_t *body, kh_err *err)
 {
     if (kh_schema_check("PoolSpec", body, "", err) < 0)
@@ -203,8 +271,10 @@ json_t *kh_storage_pool_create(kh_storage *st, const json_t *body, kh_err *err)
     }
     pool p = { 0 };
     json_t *o = NULL;
-    if (pool_insert(st, name, "dir", real, &p, err) == 0) {
-        kh_log(KH_LOG_INFO, "pool.create", "pool=%s path=%s", name, real);
+    if (pool_insert(st, name, "dir", real, &p, err) == 0 &&
+        (!json_is_true(json_object_get(body, "shared")) ||
+         pool_set_shared(st, &p, true, err) == 0)) {
+        kh_log(KH_LOG_INFO, "pool.create", "pool=%s path=%s shared=%d", name, real, p.shared);
         o = pool_json(st, &p);
     }
     pool_clear(&p);

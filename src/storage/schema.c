@@ -85,3 +85,10 @@ const char kh_storage_schema_vm_cascade[] =
     "  SELECT vm_id, name FROM snapshot_current WHERE vm_id IN (SELECT id FROM vms);"
     "DROP TABLE snapshot_current;"
     "ALTER TABLE snapshot_current_new RENAME TO snapshot_current;";
+
+/* 12: a pool may be shared by the cluster's hosts (the same directory on
+ * each, such as an NFS mount): live migration leaves its volumes in place. */
+const char kh_storage_schema_pool_shared[] =
+    "CREATE TABLE IF NOT EXISTS pool_shared ("
+    "  pool_id TEXT PRIMARY KEY REFERENCES pools(id) ON DELETE CASCADE"
+    ");";

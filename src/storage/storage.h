@@ -64,6 +64,22 @@ json_t *kh_storage_pools_json(kh_storage *st);
 json_t *kh_storage_pool_json(kh_storage *st, const char *name, kh_err *err);
 /* {"name", "type": "dir", "path": "/existing/dir"}. */
 json_t *kh_storage_pool_create(kh_storage *st, const json_t *body, kh_err *err);
+/* {"shared": bool}: the pool's directory is the same on every cluster host
+ * (an NFS mount): a live migration leaves its volumes in place. Pools are
+ * not shared unless marked (their volumes are copied over NBD). */
+json_t *kh_storage_pool_patch(kh_storage *st, const char *name, const json_t *body,
+                              kh_err *err);
+/* The pool called name is marked shared (false: not, or no such pool). */
+bool kh_storage_pool_shared(kh_storage *st, const char *name);
+/* Where volume ref ("pool/name") lives, for a live migration. */
+typedef struct kh_volume_placement {
+    bool shared;       /* its pool is shared: it stays in place */
+    char format[8];    /* "qcow2" | "raw" */
+    uint64_t capacity; /* virtual size, bytes */
+    bool encrypted, readonly;
+} kh_volume_placement;
+int kh_storage_volume_placement(kh_storage *st, const char *ref, kh_volume_placement *out,
+                                kh_err *err);
 /* KH_E_CONFLICT while it holds volumes, and for the default pool. The
  * directory itself is left alone. */
 int kh_storage_pool_delete(kh_storage *st, const char *name, kh_err *err);

@@ -12,7 +12,9 @@
 #define QIMG_TIMEOUT_MS 60000u
 #define QIMG_CONVERT_TIMEOUT_MS (3600u * 1000)
 
-#define POOL_COLS "id, name, type, path, created_at"
+#define POOL_COLS \
+    "id, name, type, path, created_at, " \
+    "EXISTS (SELECT 1 FROM pool_shared WHERE pool_shared.pool_id = pools.id)"
 #define VOL_COLS "id, pool_id, name, format, capacity, backing_id, readonly, created_at, key_wrapped"
 
 /* LUKS key slots: the PBKDF is timed to iter-time ms of this CPU. The
@@ -28,6 +30,8 @@ typedef struct pool {
     char id[37];
     char *name, *type, *path;
     double created_at;
+    bool shared; /* the same directory on every cluster host (NFS): a live
+                  * migration leaves its volumes in place; else they are copied */
 } pool;
 
 typedef struct volume {

@@ -16,6 +16,8 @@ const kh_store_migration kh_store_migrations[] = {
     { 9, "alert", kh_alert_schema_config },
     { 10, "cluster", kh_cluster_schema_config },
     { 11, "migrate", kh_migrate_schema_migrations },
+    { 12, "storage", kh_storage_schema_pool_shared },
+    { 13, "migrate", kh_migrate_schema_disks },
     { 14, "cluster", kh_cluster_schema_mirror },
     /* auth: 19-22 */
     { 19, "auth", kh_auth_schema_access },

@@ -41,6 +41,9 @@ extern const char kh_alert_schema_config[];
 
 /* instance/migrate_schema.c: migrations */
 extern const char kh_migrate_schema_migrations[];
+/* mig: 12-13 */
+extern const char kh_storage_schema_pool_shared[];
+extern const char kh_migrate_schema_disks[];
 
 /* instance/vmuid_schema.c: vm_uids */
 extern const char kh_vmuid_schema_uids[];

@@ -8,7 +8,9 @@ from h1, the heartbeat goes on in h2's console log), then h2 -> h3 through
 the API; then the target's QEMU SIGKILLed during a migration: the source
 keeps running the guest and the target forgets it; then the source's
 daemon killed -9 during a migration: at its restart the migration rolls
-back (the guest runs on the source, the target forgets it). Bounded; every process,
+back (the guest runs on the source, the target forgets it); then the
+target's daemon killed -9 during a migration: at its restart the fence
+decides, and exactly one QEMU runs the guest, on the owner. Bounded; every process,
 namespace and file goes at the end.
 
 Run: KH_BUILD_DIR=$PWD/build /usr/bin/python3 -m pytest -q -s -p no:cacheprovider \
@@ -79,6 +81,26 @@ def check_moved(src, dst, name, vm_id):
     return vm
 
 
+def one_runs(daemons, name, vm_id, timeout=90):
+    """After a kill -9 mid-migration: exactly one QEMU runs the guest, the
+    owner's (per etcd, as every host reports it), running; returns it."""
+    def settled():
+        pids = khlib.qemu_pids(vm_id)
+        if len(pids) != 1:
+            return None
+        for d in daemons:
+            vm = local_vm(d, name)
+            if vm and vm.get("state") == "running" and vm.get("pid") == pids[0]:
+                seen = {(vm_or_none(o, name) or {}).get("host") for o in daemons}
+                return d if seen == {"h%d" % d.i} else None
+        return None
+    d = wait_for(settled, timeout, "exactly one QEMU, running on the owner")
+    others = [o for o in daemons if o is not d]
+    wait_for(lambda: all(local_vm(o, name) is None for o in others), 30,
+             "the other hosts forgot the VM")
+    return d
+
+
 def test_migration(three):
     h, (d1, d2, d3) = three
     paths = khlib.guest_paths()
@@ -127,6 +149,7 @@ def test_migration(three):
         assert r.status == 200, r
         res = r.json["result"]
         assert r.json["state"] == "succeeded" and res["target"] == "h3", r.json
+        assert res["tls"] is True and res["disks_copied"] == 0, res
         check_moved(d2, d3, name, vm_id)
         before = max(heartbeats(d3.api.console_log(name)) or [-1])
         wait_for(lambda: max(heartbeats(d3.api.console_log(name)) or [-1]) >= before + 5, 20,
@@ -183,6 +206,28 @@ def test_migration(three):
             con.close()
         step("source daemon kill -9 mid-migration: rolled back at its restart in %.1f s"
              % (time.monotonic() - t0))
+
+        # kill -9 of the target's daemon in the memory phase: at its restart
+        # it resolves by the fence (owner still h3: fenced, its QEMU goes,
+        # the source's migration fails and it resumes; owner moved: the
+        # guest runs on h1). Either way one QEMU, on the owner.
+        r = d3.api.post("/api/v1/vms/%s/migrate" % name,
+                        {"target": "h1", "wait": 0, "max_bandwidth_mib": 16})
+        assert r.status == 202, r
+        wait_for(lambda: (local_vm(d1, name) or {}).get("state_reason") == "incoming", 30,
+                 "the target's QEMU on h1 listening")
+        d1.kill9()
+        t0 = time.monotonic()
+        time.sleep(1)
+        d1.start()
+        owner = one_runs((d1, d2, d3), name, vm_id)
+        con = khlib.Console(owner.socket, name)
+        try:
+            con.run("echo kh-$((%d+1))", timeout=30)
+        finally:
+            con.close()
+        step("target daemon kill -9 mid-migration: resolved in %.1f s, the guest on h%d"
+             % (time.monotonic() - t0, owner.i))
     finally:
         for d in (d1, d2, d3):
             if d.alive() and vm_or_none(d, "mig1"):

@@ -54,8 +54,8 @@ static void test_args(void)
                "{\"driver\":\"nbd\",\"export\":\"disk0\",\"node-name\":\"mig-disk0\",\"server\":"
                "{\"host\":\"10.0.0.2\",\"port\":\"10809\",\"type\":\"inet\"},\"tls-creds\":"
                "\"kh-mig-tls\"}");
-    check_json(kh_qmig_mirror("disk0"),
-               "{\"auto-dismiss\":false,\"device\":\"disk0\",\"job-id\":\"mig-disk0\",\"sync\":"
+    check_json(kh_qmig_mirror("disk3", "disk0"),
+               "{\"auto-dismiss\":false,\"device\":\"disk3\",\"job-id\":\"mig-disk0\",\"sync\":"
                "\"full\",\"target\":\"mig-disk0\"}");
     check_json(kh_qmig_calc_dirty_rate(0), "{\"calc-time\":1}");
     check_json(kh_qmig_tls_object("/etc/kvmhost/tls", true),
@@ -95,8 +95,51 @@ static void test_parse(void)
                    "{\"device\":\"backup\",\"ready\":true,\"offset\":1,\"len\":1}]", 0, NULL);
     kh_qmig_mirrors m;
     kh_qmig_mirrors_parse(r, &m);
-    CHECK(m.jobs == 2 && m.ready == 1 && m.done == 15 && m.total == 30);
+    CHECK(m.jobs == 2 && m.ready == 1 && m.done == 15 && m.total == 30 && m.failed == 0);
     json_decref(r);
+    r = json_loads("[{\"device\":\"mig-disk0\",\"status\":\"concluded\",\"ready\":false,"
+                   "\"error\":\"Connection reset\",\"offset\":1,\"len\":9}]", 0, NULL);
+    kh_qmig_mirrors_parse(r, &m);
+    CHECK(m.jobs == 1 && m.ready == 0 && m.failed == 1);
+    CHECK_STR(m.error, "mig-disk0: Connection reset");
+    json_decref(r);
+}
+
+static void test_decide(void)
+{
+    kh_qmig_decision d;
+    /* unmeasured: go */
+    kh_qmig_forecast_in in = { .dirty_mbps = -1, .ram_bytes = 256u << 20 };
+    kh_qmig_decide(&in, &d);
+    CHECK(d.verdict == KH_QMIG_GO && d.downtime_ms == 300 && !d.auto_converge);
+    /* an idle guest over 1 GB/s: go as asked */
+    in = (kh_qmig_forecast_in){ .dirty_mbps = 2, .ram_bytes = 256u << 20, .downtime_ms = 100,
+                                .downtime_cap_ms = 2000 };
+    kh_qmig_decide(&in, &d);
+    CHECK(d.verdict == KH_QMIG_GO && d.downtime_ms == 100 && d.passes >= 1);
+    /* 90 of 100 MB/s: too many passes at 100 ms, fewer with a longer limit */
+    in = (kh_qmig_forecast_in){ .dirty_mbps = 90, .bandwidth = 100000000,
+                                .ram_bytes = 1024ull << 20, .downtime_ms = 100,
+                                .downtime_cap_ms = 2000 };
+    kh_qmig_decide(&in, &d);
+    CHECK(d.verdict == KH_QMIG_RAISE_DOWNTIME && d.downtime_ms > 100 && d.downtime_ms <= 2000);
+    CHECK(d.passes > 0 && d.passes <= 30);
+    /* 1.5 times the link: only throttling gets through */
+    in.dirty_mbps = 150;
+    kh_qmig_decide(&in, &d);
+    CHECK(d.verdict == KH_QMIG_AUTO_CONVERGE && d.auto_converge && d.downtime_ms == 2000);
+    /* 50 times the link: refuse, with a message; force goes with throttling */
+    in.dirty_mbps = 5000;
+    kh_qmig_decide(&in, &d);
+    CHECK(d.verdict == KH_QMIG_REFUSE && !d.auto_converge && strstr(d.why, "force"));
+    in.force = true;
+    kh_qmig_decide(&in, &d);
+    CHECK(d.verdict == KH_QMIG_AUTO_CONVERGE && d.auto_converge);
+    /* a guest whose RAM fits in the downtime window goes at once */
+    in = (kh_qmig_forecast_in){ .dirty_mbps = 5000, .bandwidth = 1000000000,
+                                .ram_bytes = 64u << 20, .downtime_ms = 300 };
+    kh_qmig_decide(&in, &d);
+    CHECK(d.verdict == KH_QMIG_GO && d.passes == 1);
 }
 
 static void test_predict(void)
@@ -114,5 +157,6 @@ int main(void)
     RUN(test_args);
     RUN(test_parse);
     RUN(test_predict);
+    RUN(test_decide);
     TEST_DONE();
 }

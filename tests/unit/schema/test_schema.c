@@ -192,6 +192,7 @@ static const struct {
     { "AlertRule", v_rule, v_rule },
     { "Webhook", v_webhook, v_webhook },
     { "PoolSpec", NULL, r_pool },
+    { "PoolPatch", NULL, NULL },
     { "VolumeSpec", NULL, r_volume },
     { "VolumeResize", NULL, r_resize },
     { "SnapshotSpec", NULL, r_snapshot },
