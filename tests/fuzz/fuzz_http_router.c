@@ -21,16 +21,16 @@ static void h(kh_http_req *req, void *app)
 }
 
 static const kh_route routes[] = {
-    { "GET", "/api/v1/vms", h, 0, "", NULL, NULL },
-    { "POST", "/api/v1/vms", h, 0, "", NULL, NULL },
-    { "GET", "/api/v1/vms/{name}", h, 0, "", NULL, NULL },
-    { "DELETE", "/api/v1/vms/{name}", h, 0, "", NULL, NULL },
-    { "POST", "/api/v1/vms/{name}/kill", h, 0, "", NULL, NULL },
-    { "GET", "/api/v1/vms/{name}/snapshots/{snap}", h, 0, "", NULL, NULL },
-    { "GET", "/api/v1/pools/{pool}/volumes/{volume}", h, 0, "", NULL, NULL },
-    { "PUT", "/api/v1/pools/{pool}/volumes/{volume}/data", h, 0, "", NULL, NULL },
-    { "GET", "/", h, 0, "", NULL, NULL },
-    { "GET", "/metrics", h, 0, "", NULL, NULL },
+    { "GET", "/api/v1/vms", h, 0, "", NULL, NULL, NULL, NULL },
+    { "POST", "/api/v1/vms", h, 0, "", NULL, NULL, NULL, NULL },
+    { "GET", "/api/v1/vms/{name}", h, 0, "", NULL, NULL, NULL, NULL },
+    { "DELETE", "/api/v1/vms/{name}", h, 0, "", NULL, NULL, NULL, NULL },
+    { "POST", "/api/v1/vms/{name}/kill", h, 0, "", NULL, NULL, NULL, NULL },
+    { "GET", "/api/v1/vms/{name}/snapshots/{snap}", h, 0, "", NULL, NULL, NULL, NULL },
+    { "GET", "/api/v1/pools/{pool}/volumes/{volume}", h, 0, "", NULL, NULL, NULL, NULL },
+    { "PUT", "/api/v1/pools/{pool}/volumes/{volume}/data", h, 0, "", NULL, NULL, NULL, NULL },
+    { "GET", "/", h, 0, "", NULL, NULL, NULL, NULL },
+    { "GET", "/metrics", h, 0, "", NULL, NULL, NULL, NULL },
 };
 
 static const char *const methods[] = { "GET", "POST", "PUT", "PATCH", "DELETE", "HEAD" };
