@@ -20,6 +20,8 @@ import khlib
 
 
 def _tcp_daemon(daemons, **kw):
+    # plain HTTP: these tests are about who may do what (TLS: test_http_limits.py)
+    kw.setdefault("tls", False)
     port = khlib.free_port()
     d = daemons(listen="127.0.0.1:%d" % port, **kw)
     return d, port
