@@ -540,9 +540,10 @@ def test_prometheus_scrapes_kvmhost(daemons, fake_boot):
     with open(cfg, "w") as f:
         f.write("global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n"
                 "scrape_configs:\n  - job_name: kvmhost\n"
+                "    scheme: https\n    tls_config:\n      ca_file: %s\n"
                 "    authorization:\n      type: Bearer\n      credentials_file: %s\n"
                 "    static_configs:\n      - targets: ['127.0.0.1:%d']\n"
-                % (os.path.join(d.state_dir, "api-token"), port))
+                % (d.tls_cert, os.path.join(d.state_dir, "api-token"), port))
     log = open(os.path.join(work, "prometheus.log"), "wb")
     p = subprocess.Popen([prom, "--config.file=" + cfg, "--storage.tsdb.path=" + work + "/data",
                           "--web.listen-address=127.0.0.1:%d" % pport],
