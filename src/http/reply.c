@@ -51,8 +51,17 @@ void kh_reply_set(kh_http_req *req, unsigned status, struct MHD_Response *resp)
         return;
     }
     if (req->hdrs) {
-        for (size_t i = 0; i + 1 < req->hdrs->n; i += 2)
+        for (size_t i = 0; i + 1 < req->hdrs->n; i += 2) {
+            /* the request's own value wins over the error reply's default
+             * (a rate limit's Retry-After over a busy error's "1") */
+            const char *had = MHD_get_response_header(resp, req->hdrs->v[i]);
+            if (had && strcasecmp(req->hdrs->v[i], MHD_HTTP_HEADER_RETRY_AFTER) == 0) {
+                char *copy = xstrdup(had);
+                MHD_del_response_header(resp, req->hdrs->v[i], copy);
+                free(copy);
+            }
             kh_reply_header(resp, req->hdrs->v[i], req->hdrs->v[i + 1]);
+        }
     }
     if (!MHD_get_response_header(resp, MHD_HTTP_HEADER_CACHE_CONTROL))
         kh_reply_header(resp, MHD_HTTP_HEADER_CACHE_CONTROL, "no-store");
