@@ -433,3 +433,57 @@ def test_backup_schedule_runs_daily(daemon, fake_boot, tmp_path):
     p = khlib.cli(daemon, "backup", "schedule", "bk", "--off")
     assert p.returncode == 0, p
     assert api.get("/api/v1/vms/bk/backup-schedule").status == 404
+
+
+def test_backup_live_restore(daemon, guest, consoles, tmp_path):
+    """Live-restore: the new VM runs (and its guest reads the backed-up
+    data through the NBD backing) while block-stream is still copying;
+    when the task ends the volume holds exactly the backup, with no
+    backing left, and the guest still reads the same data."""
+    api = daemon.api
+    khlib.wait_accel(api)
+    store = str(tmp_path / "store")
+    assert api.post("/api/v1/backup-stores", {"name": "s1", "path": store}).status == 201
+    r = api.post("/api/v1/pools/default/volumes", {"name": "ld", "size": "16M"})
+    assert r.status == 201, r
+    disk = vol_path(daemon, r.json)
+    write_random(disk, 0, 12 * MiB, 11)  # chunks 0-2 data, chunk 3 sparse
+    want = disk_sum(disk)
+    api.create(guest_vm(guest, "src", [{"volume": "default/ld"}]))
+    b = ok_task(api, api.post("/api/v1/vms/src/backups", {"wait": 60}))
+    url = "/api/v1/backups/%s/restore" % b["id"]
+    assert api.post(url, {"vm": "src", "live": True}).status == 400
+    assert api.post(url, {"as": "x", "speed": MiB}).status == 400
+    # 1 MiB/s: the stream of 16 MiB lasts about 16 s
+    r = api.post(url, {"as": "lr", "live": True, "speed": MiB, "wait": 0})
+    assert r.status in (200, 202), r
+    tid = r.json["id"]
+    deadline = time.time() + 60
+    while True:
+        t = api.get("/api/v1/tasks/" + tid).json
+        v = api.get("/api/v1/vms/lr")
+        if (v.status == 200 and v.json["state"] == "running" and
+                "streaming" in (t.get("message") or "")):
+            break
+        assert t["state"] == "running" and time.time() < deadline, t
+        time.sleep(0.1)
+    # the guest runs before the copy ends
+    assert t["state"] == "running" and t["progress"] < 95, t
+    con = consoles(daemon, "lr")
+    api.wait_console("lr", khlib.GUEST_READY)
+    wait_vda(con)
+    # (most likely still streaming: reads of pieces not copied yet go to the backup)
+    assert guest_sum(con) == want
+    t = ok_task(api, api.get("/api/v1/tasks/" + tid), timeout=180)
+    assert t["live"] is True and t["vm"] == "lr", t
+    assert t["started_ms"] < t["streamed_ms"] and t["streamed_ms"] > 8000, t
+    # the guest reads the same data, from its own disk now
+    assert guest_sum(con) == want
+    con.send("poweroff -f\n")
+    api.wait_state("lr", ["stopped"], timeout=60)
+    vol = api.get("/api/v1/pools/default/volumes/lr-disk0").json
+    path = vol_path(daemon, vol)
+    assert disk_sum(path) == want
+    info = json.loads(subprocess.run([QIMG, "info", "--output=json", path],
+                                     capture_output=True, text=True, check=True).stdout)
+    assert "backing-filename" not in info, info
