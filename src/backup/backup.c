@@ -49,6 +49,7 @@ void kh_backup_free(kh_backups *b)
         return;
     kh_schedule_stop(b);
     kh_key_master_clear(&b->master);
+    json_decref(b->figures);
     free(b->state_dir);
     free(b->tmp_dir);
     free(b); /* operations still running end with the daemon */

@@ -26,6 +26,7 @@ struct kh_backups {
     kh_key_master master;
     kh_bop *ops;   /* operations under way */
     uv_timer_t *sched_timer; /* schedule.c */
+    json_t *figures;         /* bkmetrics.c: per VM id */
 };
 
 /* schedule.c: the tick (started by kh_backup_new, stopped by _free). */
@@ -59,6 +60,9 @@ void kh_backup_op_end(kh_bop *op, json_t *result, const kh_err *err);
 /* Run fn(opaque) on the thread pool, then done(opaque) on the loop. */
 typedef void (*kh_backup_work_fn)(void *opaque);
 void kh_backup_work(kh_backups *b, kh_backup_work_fn fn, kh_backup_work_fn done, void *opaque);
+
+/* A committed backup's record adds to the figures of /metrics (bkmetrics.c). */
+void kh_bkmetrics_record(kh_backups *b, const json_t *rec);
 
 /* The catalog. A store opened (key unwrapped); caller frees. */
 kh_chunks *kh_backup_store_open(kh_backups *b, const char *name, kh_err *err);

@@ -15,6 +15,7 @@ import pytest
 import khlib
 from storagelib import QIMG, guest_vm, shell_value, vol_path
 from test_disks import RawQmp
+from test_metrics import parse_prom, promtool_check, sample
 
 QIO = "/usr/bin/qemu-io"
 MiB = 1 << 20
@@ -122,6 +123,20 @@ def test_backup_full_incremental_restore(daemon, fake_boot, tmp_path):
     assert b2["chunks_new"] == 2 and b2["bytes_read"] == 2 * CHUNK, b2
     assert len(chunk_files(store)) == nfiles + 2
     assert bitmaps(disk) == ["kh-bk-" + b2["id"]]
+    # the figures in /metrics: counters over both backups, the last duration
+    r = api.get("/metrics")
+    rc, out = promtool_check(r.data)
+    assert rc == 0 and out.strip() == "", out
+    m = parse_prom(r.text)
+    vid = api.vm("bk")["id"]
+    assert sample(m, "kvmhost_backup_bytes_read_total", vm="bk", id=vid) == 88 * MiB
+    assert sample(m, "kvmhost_backup_bytes_written_total", vm="bk") == \
+        b1["bytes_written"] + b2["bytes_written"] > 0
+    assert sample(m, "kvmhost_backup_bytes_deduplicated_total", vm="bk") == \
+        b1["bytes_dedup"] + b2["bytes_dedup"]
+    assert sample(m, "kvmhost_backups_total", vm="bk") == 2
+    assert sample(m, "kvmhost_backup_duration_seconds", vm="bk") == \
+        pytest.approx(b2["duration_ms"] / 1000, abs=0.001)
     # nothing changed: nothing read
     b3 = ok_task(api, api.post("/api/v1/vms/bk/backups", {"wait": 60}))
     assert b3["kind"] == "incremental" and b3["bytes_read"] == 0 and b3["chunks_new"] == 0, b3
