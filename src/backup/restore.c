@@ -381,7 +381,7 @@ static void live_begin(rjob *r)
     free(r->op.vm_id);
     r->op.vm_id = xstrdup(r->vm_id); /* no backup of it while it streams */
     uv_timer_stop(r->op.timer);      /* the progress is the stream's */
-    r->servers = xcalloc(r->ndisks, sizeof(*r->servers));
+    r->servers = xcalloc(r->ndisks, sizeof(kh_nbdserve *));
     int fds[KH_VM_DISKS_MAX];
     for (size_t i = 0; i < KH_VM_DISKS_MAX; i++)
         fds[i] = -1;
