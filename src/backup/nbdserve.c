@@ -57,7 +57,8 @@
 
 struct kh_nbdserve {
     const kh_chunks *chunks;
-    const kh_index *ix;
+    const kh_index *ix; /* &own */
+    kh_index own;
     int fd;
     pthread_t thread;
     _Atomic bool done;
@@ -299,7 +300,10 @@ kh_nbdserve *kh_nbdserve_start(const kh_chunks *chunks, const kh_index *ix, int 
 {
     kh_nbdserve *s = xcalloc(1, sizeof(*s));
     s->chunks = chunks;
-    s->ix = ix;
+    s->own = *ix;
+    s->own.digest = xmalloc((ix->n ? ix->n : 1) * sizeof(*ix->digest));
+    memcpy(s->own.digest, ix->digest, ix->n * sizeof(*ix->digest));
+    s->ix = &s->own;
     s->fd = fd;
     for (size_t i = 0; i < CACHE; i++)
         s->cache[i].piece = SIZE_MAX;
@@ -307,6 +311,7 @@ kh_nbdserve *kh_nbdserve_start(const kh_chunks *chunks, const kh_index *ix, int 
     if (rc != 0) {
         kh_err_errno(err, KH_E_INTERNAL, rc, "cannot start the NBD server's thread");
         close(fd);
+        free(s->own.digest);
         free(s);
         return NULL;
     }
@@ -332,5 +337,6 @@ void kh_nbdserve_free(kh_nbdserve *s)
     close(s->fd);
     for (size_t i = 0; i < CACHE; i++)
         free(s->cache[i].buf);
+    free(s->own.digest);
     free(s);
 }

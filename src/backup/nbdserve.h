@@ -12,7 +12,7 @@
 
 typedef struct kh_nbdserve kh_nbdserve;
 
-/* Serve ix from chunks over fd (owned from the call on). chunks and ix
+/* Serve ix (copied) from chunks over fd (owned from the call on). chunks
  * must outlive the server. The thread ends when the client disconnects. */
 kh_nbdserve *kh_nbdserve_start(const kh_chunks *chunks, const kh_index *ix, int fd, kh_err *err);
 /* The client has gone (the thread is ending or ended). */

@@ -64,6 +64,7 @@ typedef struct rjob {
     int phase;               /* LIVE_* */
     size_t detached;         /* NBD nodes deleted */
     bool qmp_pending;
+    bool orphan;             /* the daemon stopped with a QMP reply pending */
 } rjob;
 
 enum { LIVE_STARTING, LIVE_STREAMING };
@@ -175,8 +176,81 @@ static void live_timer_closed(uv_handle_t *h)
     free(h);
 }
 
-/* The end of a live-restore: every server joined (the VM has left them or
- * is gone), then the task ends. */
+/* The servers of a failed live-restore whose VM still reads from them:
+ * they serve until the VM lets go (it stops), then go. The store stays
+ * open for them. */
+typedef struct kh_linger {
+    struct kh_linger *next;
+    kh_nbdserve **servers;
+    size_t n;
+    kh_chunks *chunks;
+} kh_linger;
+
+static void linger_free(kh_linger *l)
+{
+    for (size_t i = 0; i < l->n; i++)
+        kh_nbdserve_free(l->servers[i]);
+    free(l->servers);
+    kh_chunks_free(l->chunks);
+    free(l);
+}
+
+static void linger_tick(uv_timer_t *t)
+{
+    kh_backups *b = t->data;
+    for (kh_linger **pp = &b->lingering; *pp;) {
+        kh_linger *l = *pp;
+        bool all = true;
+        for (size_t i = 0; i < l->n; i++)
+            all &= !l->servers[i] || kh_nbdserve_done(l->servers[i]);
+        if (all) {
+            *pp = l->next;
+            linger_free(l);
+        } else {
+            pp = &l->next;
+        }
+    }
+    if (!b->lingering)
+        uv_timer_stop(t);
+}
+
+void kh_restore_linger_stop(kh_backups *b)
+{
+    while (b->lingering) {
+        kh_linger *l = b->lingering;
+        b->lingering = l->next;
+        linger_free(l);
+    }
+    if (b->linger_timer) {
+        uv_timer_stop(b->linger_timer);
+        uv_close((uv_handle_t *)b->linger_timer, live_timer_closed);
+        b->linger_timer = NULL;
+    }
+}
+
+/* A failure while the VM may still run on the backup: its servers linger. */
+static void linger(rjob *r)
+{
+    kh_backups *b = r->op.b;
+    kh_linger *l = xcalloc(1, sizeof(*l));
+    l->n = r->ndisks;
+    l->servers = r->servers;
+    r->servers = NULL;
+    l->chunks = r->chunks;
+    r->chunks = NULL;
+    l->next = b->lingering;
+    b->lingering = l;
+    if (!b->linger_timer) {
+        b->linger_timer = xcalloc(1, sizeof(*b->linger_timer));
+        uv_timer_init(b->loop, b->linger_timer);
+        b->linger_timer->data = b;
+    }
+    uv_timer_start(b->linger_timer, linger_tick, 1000, 1000);
+}
+
+/* The end of a live-restore: every server joined (the stream is over, or
+ * the VM is gone), or, after a failure, left serving the running VM; then
+ * the task ends. */
 static void live_end(rjob *r, const kh_err *err)
 {
     if (r->timer) {
@@ -185,13 +259,17 @@ static void live_end(rjob *r, const kh_err *err)
         r->timer = NULL;
     }
     uint64_t served = 0;
-    for (size_t i = 0; r->servers && i < r->ndisks; i++) {
+    for (size_t i = 0; r->servers && i < r->ndisks; i++)
         if (r->servers[i])
             served += kh_nbdserve_bytes(r->servers[i]);
-        kh_nbdserve_free(r->servers[i]);
+    if (err && r->servers) {
+        linger(r);
+    } else {
+        for (size_t i = 0; r->servers && i < r->ndisks; i++)
+            kh_nbdserve_free(r->servers[i]);
+        free(r->servers);
+        r->servers = NULL;
     }
-    free(r->servers);
-    r->servers = NULL;
     if (err) {
         kh_err_copy(&r->failure, err);
         r->failed = true;
@@ -227,6 +305,8 @@ static void stream_started(kh_qmp *q, json_t *ret, const kh_err *err, void *opaq
     (void)q;
     (void)ret;
     rjob *r = opaque;
+    if (r->orphan)
+        return; /* the daemon is gone (kh_restore_stop_live) */
     r->qmp_pending = false;
     if (err) {
         live_fail(r, "block-stream", err);
@@ -240,6 +320,8 @@ static void detached(kh_qmp *q, json_t *ret, const kh_err *err, void *opaque)
     (void)q;
     (void)ret;
     rjob *r = opaque;
+    if (r->orphan)
+        return; /* the daemon is gone (kh_restore_stop_live) */
     r->qmp_pending = false;
     if (err) {
         live_fail(r, "removing the NBD backing", err);
@@ -266,6 +348,8 @@ static void jobs_polled(kh_qmp *q, json_t *ret, const kh_err *err, void *opaque)
 {
     (void)q;
     rjob *r = opaque;
+    if (r->orphan)
+        return; /* the daemon is gone (kh_restore_stop_live) */
     r->qmp_pending = false;
     if (err) {
         live_fail(r, "the VM stopped before the stream ended (its disks are incomplete: "
@@ -366,6 +450,42 @@ static void live_tick(uv_timer_t *t)
         return;
     }
     live_qmp(r, "query-jobs", NULL, jobs_polled);
+}
+
+/* The daemon stops: a live-restore under way fails (its VM runs on; the
+ * NBD servers end with the daemon, see backup.md). With a QMP reply
+ * pending, the job is left to that reply, which returns at once (the rjob
+ * is not freed: the daemon is ending). */
+void kh_restore_stop_live(kh_backups *b)
+{
+    kh_err err = KH_ERR_INIT;
+    kh_err_set(&err, KH_E_UNAVAILABLE, "the daemon stopped");
+    for (kh_bop *o = b->ops, *next; o; o = next) {
+        next = o->link;
+        rjob *r = (rjob *)o;
+        if (strcmp(o->kind, "backup.restore") != 0 || !r->live || !r->timer)
+            continue;
+        if (!r->qmp_pending) {
+            live_end(r, &err);
+            continue;
+        }
+        r->orphan = true;
+        uv_timer_stop(r->timer);
+        uv_close((uv_handle_t *)r->timer, live_timer_closed);
+        r->timer = NULL;
+        for (size_t i = 0; i < r->ndisks; i++)
+            kh_nbdserve_free(r->servers[i]);
+        free(r->servers);
+        r->servers = NULL;
+        for (kh_bop **pp = &b->ops; *pp; pp = &(*pp)->link)
+            if (*pp == o) {
+                *pp = o->link;
+                break;
+            }
+        uv_timer_stop(o->timer);
+        uv_close((uv_handle_t *)o->timer, live_timer_closed);
+        kh_task_fail(o->task, &err);
+    }
 }
 
 /* The volumes are there (empty qcow2 images of the disks' sizes): the VM,

@@ -74,6 +74,13 @@ def disk_sum(path, fmt="qcow2"):
     return h.hexdigest()
 
 
+def disk_raw(path):
+    """The disk's guest-visible bytes in a raw file beside it (a path)."""
+    out = path + ".raw"
+    subprocess.run([QIMG, "convert", "-U", "-f", "qcow2", "-O", "raw", path, out], check=True)
+    return out
+
+
 def bitmaps(path):
     info = json.loads(subprocess.run([QIMG, "info", "-U", "--output=json", path],
                                      capture_output=True, text=True, check=True).stdout)
@@ -502,3 +509,52 @@ def test_backup_live_restore(daemon, guest, consoles, tmp_path):
     info = json.loads(subprocess.run([QIMG, "info", "--output=json", path],
                                      capture_output=True, text=True, check=True).stdout)
     assert "backing-filename" not in info, info
+
+
+def test_backup_live_restore_stream_fails(daemon, guest, consoles, tmp_path):
+    """A chunk damaged after a live-restore began: the stream fails when it
+    reaches it and the task says so, the VM keeps running on the backup
+    (its guest still reads what it can), and the NBD servers end with it."""
+    api = daemon.api
+    khlib.wait_accel(api)
+    store = str(tmp_path / "store")
+    assert api.post("/api/v1/backup-stores", {"name": "s1", "path": store}).status == 201
+    r = api.post("/api/v1/pools/default/volumes", {"name": "fd", "size": "12M"})
+    assert r.status == 201, r
+    disk = vol_path(daemon, r.json)
+    write_random(disk, 0, 12 * MiB, 12)
+    api.create(guest_vm(guest, "src", [{"volume": "default/fd"}]))
+    b = ok_task(api, api.post("/api/v1/vms/src/backups", {"wait": 60}))
+    with open(os.path.join(store, "backups", b["id"], "disk0.idx")) as f:
+        last = json.load(f)["chunks"][2]
+    want0 = hashlib.sha256(open(disk_raw(disk), "rb").read(CHUNK)).hexdigest()
+    r = api.post("/api/v1/backups/%s/restore" % b["id"],
+                 {"as": "lf", "live": True, "speed": MiB, "wait": 0})
+    assert r.status in (200, 202), r
+    tid = r.json["id"]
+    deadline = time.time() + 60
+    while True:
+        v = api.get("/api/v1/vms/lf")
+        if v.status == 200 and v.json["state"] == "running":
+            break
+        assert time.time() < deadline, v
+        time.sleep(0.1)
+    # the third piece goes bad before the stream (1 MiB/s) reaches it
+    victim = os.path.join(store, "chunks", last[:2], last)
+    with open(victim, "r+b") as f:
+        f.seek(300)
+        ch = f.read(1)
+        f.seek(300)
+        f.write(bytes([ch[0] ^ 0x40]))
+    t = task_wait(api, api.get("/api/v1/tasks/" + tid), timeout=120)
+    assert t["state"] == "failed", t
+    assert "block-stream failed" in t["error"]["message"], t
+    assert api.vm("lf")["state"] == "running"
+    con = consoles(daemon, "lf")
+    api.wait_console("lf", khlib.GUEST_READY)
+    wait_vda(con)
+    got = shell_value(con, "$(dd if=/dev/vda bs=1M count=4 2>/dev/null | sha256sum | cut -d' ' -f1)",
+                      timeout=60)
+    assert got == want0
+    con.send("poweroff -f\n")
+    api.wait_state("lf", ["stopped"], timeout=60)
