@@ -5,15 +5,25 @@
 #include <curl/curl.h>
 
 #include "api/api.h"
+#include "backup/backup.h"
 #include "instance/metrics.h"
+#include "util/mem.h"
 
 void kh_metrics_routes_prometheus(kh_http_req *req, void *app)
 {
     kh_api *api = app;
     size_t len;
     char *text = kh_metrics_render(api->metrics, &len);
-    kh_http_reply_data(req, 200, "text/plain; version=0.0.4; charset=utf-8", text, len);
+    size_t blen;
+    char *bk = kh_bkmetrics_render(api->backups, &blen);
+    char *all = xmalloc(len + blen + 1);
+    memcpy(all, text, len);
+    memcpy(all + len, bk, blen);
+    all[len + blen] = 0;
+    kh_http_reply_data(req, 200, "text/plain; version=0.0.4; charset=utf-8", all, len + blen);
     free(text);
+    free(bk);
+    free(all);
 }
 
 /* ?range=SECONDS: 1..3600, default 3600. */

@@ -48,7 +48,10 @@ void kh_backup_free(kh_backups *b)
     if (!b)
         return;
     kh_schedule_stop(b);
+    kh_restore_stop_live(b);
+    kh_restore_linger_stop(b);
     kh_key_master_clear(&b->master);
+    json_decref(b->figures);
     free(b->state_dir);
     free(b->tmp_dir);
     free(b); /* operations still running end with the daemon */

@@ -39,6 +39,10 @@ kh_backups *kh_backup_new(uv_loop_t *loop, kh_store *store, kh_manager *mgr, kh_
                           kh_err *err);
 void kh_backup_free(kh_backups *b);
 
+/* Prometheus text of the backups' figures (bkmetrics.c; caller frees; b
+ * NULL: the families without series). */
+char *kh_bkmetrics_render(const kh_backups *b, size_t *len);
+
 /* Stores. add body {"name", "path", "encrypt", "key"}: a new store in an
  * empty (or missing) directory, or an existing store directory (an
  * encrypted one needs its "key", 64 hex digits: 403 when wrong). The reply

@@ -26,6 +26,9 @@ struct kh_backups {
     kh_key_master master;
     kh_bop *ops;   /* operations under way */
     uv_timer_t *sched_timer; /* schedule.c */
+    json_t *figures;         /* bkmetrics.c: per VM id */
+    struct kh_linger *lingering; /* restore.c: NBD servers of failed live-restores */
+    uv_timer_t *linger_timer;
 };
 
 /* schedule.c: the tick (started by kh_backup_new, stopped by _free). */
@@ -59,6 +62,15 @@ void kh_backup_op_end(kh_bop *op, json_t *result, const kh_err *err);
 /* Run fn(opaque) on the thread pool, then done(opaque) on the loop. */
 typedef void (*kh_backup_work_fn)(void *opaque);
 void kh_backup_work(kh_backups *b, kh_backup_work_fn fn, kh_backup_work_fn done, void *opaque);
+
+/* Live-restore servers left serving a VM after a failed stream end (and
+ * are freed) once their client is gone; at the daemon's end, all of them. */
+void kh_restore_linger_stop(kh_backups *b);
+/* The daemon stops: live-restores under way end (failed). */
+void kh_restore_stop_live(kh_backups *b);
+
+/* A committed backup's record adds to the figures of /metrics (bkmetrics.c). */
+void kh_bkmetrics_record(kh_backups *b, const json_t *rec);
 
 /* The catalog. A store opened (key unwrapped); caller frees. */
 kh_chunks *kh_backup_store_open(kh_backups *b, const char *name, kh_err *err);

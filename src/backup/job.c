@@ -265,6 +265,7 @@ static void all_pulled(kh_job *j)
            j->vm, j->id, json_string_value(json_object_get(rec, "kind")),
            (long long)json_integer_value(json_object_get(rec, "bytes_read")),
            (long long)json_integer_value(json_object_get(rec, "bytes_written")));
+    kh_bkmetrics_record(j->op.b, rec);
     json_decref(rec);
     /* the bitmaps the new one replaces: the base's and stale ones */
     for (size_t i = 0; i < j->ndisks; i++)

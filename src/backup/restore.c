@@ -4,18 +4,23 @@
  * refused and changes nothing (backup/backup.h). */
 #include "backup/backup_int.h"
 
+#include <errno.h>
 #include <signal.h>
+#include <sys/socket.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
+#include "backup/nbdserve.h"
 #include "instance/config.h"
+#include "instance/lifecycle.h"
 #include "schema/schema.h"
 #include "util/check.h"
 #include "util/fs.h"
 #include "util/log.h"
 #include "util/mem.h"
+#include "util/misc.h"
 
 #define NBD_TIMEOUT_MS (24u * 3600 * 1000)
 
@@ -48,7 +53,23 @@ typedef struct rjob {
     kh_err push_err;
     kh_err failure;
     bool failed;
+    /* live-restore */
+    bool live;
+    uint64_t speed;          /* the stream's limit, bytes/s (0: none) */
+    uint64_t t0_ms;          /* the request */
+    uint64_t started_ms;     /* the guest's vCPUs run, after t0_ms */
+    char *vm_id;
+    kh_nbdserve **servers;   /* per rdisk */
+    uv_timer_t *timer;
+    int phase;               /* LIVE_* */
+    size_t detached;         /* NBD nodes deleted */
+    bool qmp_pending;
+    bool orphan;             /* the daemon stopped with a QMP reply pending */
 } rjob;
+
+enum { LIVE_STARTING, LIVE_STREAMING };
+
+static void live_begin(rjob *r);
 
 static void push_step(rjob *r);
 
@@ -65,6 +86,7 @@ static void rjob_end(rjob *r, json_t *result)
     free(r->target);
     free(r->pool);
     free(r->nbd_errtext);
+    free(r->vm_id);
     json_decref(r->row);
     json_decref(r->damaged);
     kh_chunks_free(r->chunks);
@@ -93,11 +115,9 @@ static void rfail(rjob *r, const kh_err *err)
 
 /* ---- the end: a new VM from the spec ---- */
 
-static void make_vm(rjob *r)
+static int new_vm(rjob *r, kh_err *err)
 {
-    kh_err err = KH_ERR_INIT;
-    json_t *result = NULL;
-    if (r->as) {
+    {
         json_t *spec = json_deep_copy(json_object_get(r->row, "spec"));
         json_object_set_new(spec, "name", json_string(r->as));
         json_t *disks = json_object_get(spec, "disks");
@@ -112,21 +132,413 @@ static void make_vm(rjob *r)
             json_object_del(n, "mac"); /* a new VM gets its own */
             json_object_del(n, "ip");
         }
-        json_t *vm = kh_config_create(r->op.b->mgr, spec, &err);
+        json_t *vm = kh_config_create(r->op.b->mgr, spec, err);
         json_decref(spec);
-        if (!vm) {
-            rfail(r, &err);
-            return;
-        }
+        if (!vm)
+            return -1;
         json_decref(vm);
+        vm = kh_manager_vm_json(r->op.b->mgr, r->as, err);
+        const char *id = json_string_value(json_object_get(vm, "id"));
+        r->vm_id = id ? xstrdup(id) : NULL;
+        json_decref(vm);
+        if (!r->vm_id)
+            return -1;
     }
-    result = json_pack("{s:s, s:s}", "backup", r->id, "vm", r->as ? r->as : r->target);
+    return 0;
+}
+
+static json_t *result_new(rjob *r)
+{
+    json_t *result = json_pack("{s:s, s:s}", "backup", r->id, "vm", r->as ? r->as : r->target);
     json_t *dl = json_array();
     for (size_t i = 0; i < r->ndisks; i++)
         json_array_append_new(dl, json_string(r->disks[i].ref));
     json_object_set_new(result, "volumes", dl);
     kh_log(KH_LOG_INFO, "backup.restore", "id=%s vm=%s", r->id, r->as ? r->as : r->target);
+    return result;
+}
+
+static void make_vm(rjob *r)
+{
+    kh_err err = KH_ERR_INIT;
+    if (r->as && new_vm(r, &err) < 0) {
+        rfail(r, &err);
+        return;
+    }
+    rjob_end(r, result_new(r));
+}
+
+/* ---- live-restore: the VM runs on the backup while block-stream fills
+ * its disks ---- */
+
+static void live_timer_closed(uv_handle_t *h)
+{
+    free(h);
+}
+
+/* The servers of a failed live-restore whose VM still reads from them:
+ * they serve until the VM lets go (it stops), then go. The store stays
+ * open for them. */
+typedef struct kh_linger {
+    struct kh_linger *next;
+    kh_nbdserve **servers;
+    size_t n;
+    kh_chunks *chunks;
+} kh_linger;
+
+static void linger_free(kh_linger *l)
+{
+    for (size_t i = 0; i < l->n; i++)
+        kh_nbdserve_free(l->servers[i]);
+    free(l->servers);
+    kh_chunks_free(l->chunks);
+    free(l);
+}
+
+static void linger_tick(uv_timer_t *t)
+{
+    kh_backups *b = t->data;
+    for (kh_linger **pp = &b->lingering; *pp;) {
+        kh_linger *l = *pp;
+        bool all = true;
+        for (size_t i = 0; i < l->n; i++)
+            all &= !l->servers[i] || kh_nbdserve_done(l->servers[i]);
+        if (all) {
+            *pp = l->next;
+            linger_free(l);
+        } else {
+            pp = &l->next;
+        }
+    }
+    if (!b->lingering)
+        uv_timer_stop(t);
+}
+
+void kh_restore_linger_stop(kh_backups *b)
+{
+    while (b->lingering) {
+        kh_linger *l = b->lingering;
+        b->lingering = l->next;
+        linger_free(l);
+    }
+    if (b->linger_timer) {
+        uv_timer_stop(b->linger_timer);
+        uv_close((uv_handle_t *)b->linger_timer, live_timer_closed);
+        b->linger_timer = NULL;
+    }
+}
+
+/* A failure while the VM may still run on the backup: its servers linger. */
+static void linger(rjob *r)
+{
+    kh_backups *b = r->op.b;
+    kh_linger *l = xcalloc(1, sizeof(*l));
+    l->n = r->ndisks;
+    l->servers = r->servers;
+    r->servers = NULL;
+    l->chunks = r->chunks;
+    r->chunks = NULL;
+    l->next = b->lingering;
+    b->lingering = l;
+    if (!b->linger_timer) {
+        b->linger_timer = xcalloc(1, sizeof(*b->linger_timer));
+        uv_timer_init(b->loop, b->linger_timer);
+        b->linger_timer->data = b;
+    }
+    uv_timer_start(b->linger_timer, linger_tick, 1000, 1000);
+}
+
+/* The end of a live-restore: every server joined (the stream is over, or
+ * the VM is gone), or, after a failure, left serving the running VM; then
+ * the task ends. */
+static void live_end(rjob *r, const kh_err *err)
+{
+    if (r->timer) {
+        uv_timer_stop(r->timer);
+        uv_close((uv_handle_t *)r->timer, live_timer_closed);
+        r->timer = NULL;
+    }
+    uint64_t served = 0;
+    for (size_t i = 0; r->servers && i < r->ndisks; i++)
+        if (r->servers[i])
+            served += kh_nbdserve_bytes(r->servers[i]);
+    if (err && r->servers) {
+        linger(r);
+    } else {
+        for (size_t i = 0; r->servers && i < r->ndisks; i++)
+            kh_nbdserve_free(r->servers[i]);
+        free(r->servers);
+        r->servers = NULL;
+    }
+    if (err) {
+        kh_err_copy(&r->failure, err);
+        r->failed = true;
+        rjob_end(r, NULL);
+        return;
+    }
+    json_t *result = result_new(r);
+    json_object_set_new(result, "live", json_true());
+    json_object_set_new(result, "started_ms", json_integer((json_int_t)r->started_ms));
+    json_object_set_new(result, "streamed_ms",
+                        json_integer((json_int_t)(kh_now_ms() - r->t0_ms)));
+    json_object_set_new(result, "bytes_read", json_integer((json_int_t)served));
     rjob_end(r, result);
+}
+
+static void live_fail(rjob *r, const char *what, const kh_err *err)
+{
+    kh_err e = KH_ERR_INIT;
+    kh_err_set(&e, err->code == KH_E_QEMU ? KH_E_CONFLICT : err->code,
+               "live-restore of backup %s into vm %s: %s: %s", r->id, r->as, what, err->msg);
+    live_end(r, &e);
+}
+
+static void live_tick(uv_timer_t *t);
+
+static void live_again(rjob *r, unsigned ms)
+{
+    uv_timer_start(r->timer, live_tick, ms, 0);
+}
+
+static void stream_started(kh_qmp *q, json_t *ret, const kh_err *err, void *opaque)
+{
+    (void)q;
+    (void)ret;
+    rjob *r = opaque;
+    if (r->orphan)
+        return; /* the daemon is gone (kh_restore_stop_live) */
+    r->qmp_pending = false;
+    if (err) {
+        live_fail(r, "block-stream", err);
+        return;
+    }
+    live_again(r, 0);
+}
+
+static void detached(kh_qmp *q, json_t *ret, const kh_err *err, void *opaque)
+{
+    (void)q;
+    (void)ret;
+    rjob *r = opaque;
+    if (r->orphan)
+        return; /* the daemon is gone (kh_restore_stop_live) */
+    r->qmp_pending = false;
+    if (err) {
+        live_fail(r, "removing the NBD backing", err);
+        return;
+    }
+    live_again(r, 0);
+}
+
+static int live_qmp(rjob *r, const char *cmd, json_t *args, kh_qmp_reply_cb cb)
+{
+    kh_err err = KH_ERR_INIT;
+    r->qmp_pending = true;
+    if (kh_manager_qmp(r->op.b->mgr, r->vm_id, cmd, args, cb, r, &err) < 0) {
+        r->qmp_pending = false;
+        live_fail(r, cmd, &err);
+        return -1;
+    }
+    return 0;
+}
+
+/* query-jobs: progress; a concluded stream is dismissed, then its NBD
+ * node deleted (QEMU disconnects, its server ends). */
+static void jobs_polled(kh_qmp *q, json_t *ret, const kh_err *err, void *opaque)
+{
+    (void)q;
+    rjob *r = opaque;
+    if (r->orphan)
+        return; /* the daemon is gone (kh_restore_stop_live) */
+    r->qmp_pending = false;
+    if (err) {
+        live_fail(r, "the VM stopped before the stream ended (its disks are incomplete: "
+                     "delete it and restore again)", err);
+        return;
+    }
+    uint64_t done = 0;
+    size_t running = 0;
+    size_t i;
+    json_t *jb;
+    json_array_foreach(ret, i, jb) {
+        const char *id = json_string_value(json_object_get(jb, "id"));
+        if (!id || strncmp(id, "kh-lr-", 6) != 0)
+            continue;
+        const char *status = json_string_value(json_object_get(jb, "status"));
+        done += (uint64_t)json_integer_value(json_object_get(jb, "current-progress"));
+        if (status && strcmp(status, "concluded") == 0) {
+            const char *e = json_string_value(json_object_get(jb, "error"));
+            if (e) {
+                kh_err ee = KH_ERR_INIT;
+                kh_err_set(&ee, KH_E_CONFLICT, "%s", e);
+                live_fail(r, "block-stream failed; the VM runs on the backup until it stops, "
+                             "its disks are incomplete", &ee);
+                return;
+            }
+            live_qmp(r, "job-dismiss", json_pack("{s:s}", "id", id), detached);
+            return;
+        }
+        running++;
+    }
+    if (done > r->op.total)
+        done = r->op.total;
+    atomic_store(&r->op.stats.done, done);
+    char msg[160];
+    snprintf(msg, sizeof(msg), "vm %s runs on the backup; streaming: %llu of %llu MiB", r->as,
+             (unsigned long long)(done >> 20), (unsigned long long)(r->op.total >> 20));
+    kh_task_progress(r->op.task, 20 + (r->op.total ? (int)(75.0 * (double)done /
+                                                         (double)r->op.total) : 0), msg);
+    if (running == 0) {
+        /* every stream is over (the disks no longer name their backing):
+         * the NBD nodes go, QEMU disconnects */
+        if (r->detached < r->ndisks) {
+            char node[32];
+            snprintf(node, sizeof(node), "disk%zu-lr", r->disks[r->detached++].vm_index);
+            live_qmp(r, "blockdev-del", json_pack("{s:s}", "node-name", node), detached);
+            return;
+        }
+        live_end(r, NULL);
+        return;
+    }
+    live_again(r, 500);
+}
+
+static void live_tick(uv_timer_t *t)
+{
+    rjob *r = t->data;
+    if (r->qmp_pending)
+        return;
+    kh_err err = KH_ERR_INIT;
+    if (r->phase == LIVE_STARTING) {
+        json_t *vm = kh_manager_vm_json(r->op.b->mgr, r->as, &err);
+        const char *state = json_string_value(json_object_get(vm, "state"));
+        if (!state) {
+            json_decref(vm);
+            live_fail(r, "the VM", &err);
+            return;
+        }
+        if (strcmp(state, "running") != 0) {
+            bool stopped = strcmp(state, "stopped") == 0 || strcmp(state, "crashed") == 0;
+            json_decref(vm);
+            if (stopped && kh_now_ms() - r->t0_ms > 2000) {
+                kh_err_set(&err, KH_E_CONFLICT, "it did not start (see its log)");
+                kh_manager_nbd_backing(r->op.b->mgr, r->as, NULL, 0, NULL);
+                live_fail(r, "starting the VM", &err);
+                return;
+            }
+            live_again(r, 20);
+            return;
+        }
+        json_decref(vm);
+        r->started_ms = kh_now_ms() - r->t0_ms;
+        kh_log(KH_LOG_INFO, "backup.live_restore", "id=%s vm=%s started_ms=%llu", r->id, r->as,
+               (unsigned long long)r->started_ms);
+        r->phase = LIVE_STREAMING;
+        r->cur = 0;
+    }
+    if (r->phase == LIVE_STREAMING && r->cur < r->ndisks) {
+        rdisk *d = &r->disks[r->cur++];
+        char job[32], node[32];
+        snprintf(job, sizeof(job), "kh-lr-%zu", d->vm_index);
+        snprintf(node, sizeof(node), "disk%d",
+                 kh_manager_disk_node(r->op.b->mgr, r->vm_id, d->vm_index));
+        json_t *args = json_pack("{s:s, s:s, s:b}", "job-id", job, "device", node,
+                                 "auto-dismiss", 0);
+        if (r->speed)
+            json_object_set_new(args, "speed", json_integer((json_int_t)r->speed));
+        live_qmp(r, "block-stream", args, stream_started);
+        return;
+    }
+    live_qmp(r, "query-jobs", NULL, jobs_polled);
+}
+
+/* The daemon stops: a live-restore under way fails (its VM runs on; the
+ * NBD servers end with the daemon, see backup.md). With a QMP reply
+ * pending, the job is left to that reply, which returns at once (the rjob
+ * is not freed: the daemon is ending). */
+void kh_restore_stop_live(kh_backups *b)
+{
+    kh_err err = KH_ERR_INIT;
+    kh_err_set(&err, KH_E_UNAVAILABLE, "the daemon stopped");
+    for (kh_bop *o = b->ops, *next; o; o = next) {
+        next = o->link;
+        rjob *r = (rjob *)o;
+        if (strcmp(o->kind, "backup.restore") != 0 || !r->live || !r->timer)
+            continue;
+        if (!r->qmp_pending) {
+            live_end(r, &err);
+            continue;
+        }
+        r->orphan = true;
+        uv_timer_stop(r->timer);
+        uv_close((uv_handle_t *)r->timer, live_timer_closed);
+        r->timer = NULL;
+        for (size_t i = 0; i < r->ndisks; i++)
+            kh_nbdserve_free(r->servers[i]);
+        free(r->servers);
+        r->servers = NULL;
+        for (kh_bop **pp = &b->ops; *pp; pp = &(*pp)->link)
+            if (*pp == o) {
+                *pp = o->link;
+                break;
+            }
+        uv_timer_stop(o->timer);
+        uv_close((uv_handle_t *)o->timer, live_timer_closed);
+        kh_task_fail(o->task, &err);
+    }
+}
+
+/* The volumes are there (empty qcow2 images of the disks' sizes): the VM,
+ * one NBD server per disk over a socket pair, the start. */
+static void live_begin(rjob *r)
+{
+    kh_err err = KH_ERR_INIT;
+    if (new_vm(r, &err) < 0) {
+        rfail(r, &err);
+        return;
+    }
+    r->created = 0; /* the volumes are the VM's now */
+    free(r->op.vm_id);
+    r->op.vm_id = xstrdup(r->vm_id); /* no backup of it while it streams */
+    uv_timer_stop(r->op.timer);      /* the progress is the stream's */
+    r->servers = xcalloc(r->ndisks, sizeof(kh_nbdserve *));
+    int fds[KH_VM_DISKS_MAX];
+    for (size_t i = 0; i < KH_VM_DISKS_MAX; i++)
+        fds[i] = -1;
+    for (size_t i = 0; i < r->ndisks; i++) {
+        int sv[2];
+        if (r->disks[i].vm_index >= KH_VM_DISKS_MAX ||
+            socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) < 0) {
+            kh_err_errno(&err, KH_E_INTERNAL, errno, "socketpair");
+            goto fail;
+        }
+        fds[r->disks[i].vm_index] = sv[1];
+        r->servers[i] = kh_nbdserve_start(r->chunks, &r->disks[i].ix, sv[0], &err);
+        if (!r->servers[i])
+            goto fail;
+    }
+    int rc = kh_manager_nbd_backing(r->op.b->mgr, r->as, fds, KH_VM_DISKS_MAX, &err);
+    for (size_t i = 0; i < KH_VM_DISKS_MAX; i++)
+        fds[i] = -1;
+    if (rc < 0)
+        goto fail;
+    kh_task *t = kh_lifecycle_action(r->op.b->mgr, r->as, KH_ACTION_START, NULL, &err);
+    if (!t) {
+        kh_manager_nbd_backing(r->op.b->mgr, r->as, NULL, 0, NULL);
+        goto fail;
+    }
+    kh_task_progress(r->op.task, 10, "starting the VM on the backup");
+    r->timer = xcalloc(1, sizeof(*r->timer));
+    uv_timer_init(r->op.b->loop, r->timer);
+    r->timer->data = r;
+    r->phase = LIVE_STARTING;
+    live_again(r, 0);
+    return;
+fail:
+    for (size_t i = 0; i < KH_VM_DISKS_MAX; i++)
+        if (fds[i] >= 0)
+            close(fds[i]);
+    live_fail(r, "starting", &err);
 }
 
 /* ---- writing each disk through qemu-nbd ---- */
@@ -231,7 +643,10 @@ static void volume_made(json_t *result, const kh_err *err, void *opaque)
 static void create_step(rjob *r)
 {
     if (r->created == r->ndisks) {
-        push_step(r);
+        if (r->live)
+            live_begin(r);
+        else
+            push_step(r);
         return;
     }
     rdisk *d = &r->disks[r->created];
@@ -291,6 +706,16 @@ kh_task *kh_backup_restore(kh_backups *b, const char *id, const json_t *body, kh
     json_t *dsel = json_object_get(body, "disk");
     if (!as == !target) {
         kh_err_set(err, KH_E_INVALID, "give either as (a new VM) or vm (an existing stopped VM)");
+        return NULL;
+    }
+    bool live = json_is_true(json_object_get(body, "live"));
+    json_t *speed = json_object_get(body, "speed");
+    if ((live || speed) && !as) {
+        kh_err_set(err, KH_E_INVALID, "live, speed: only with as (live-restore to a new VM)");
+        return NULL;
+    }
+    if (speed && !live) {
+        kh_err_set(err, KH_E_INVALID, "speed: only with live");
         return NULL;
     }
     if (dsel && as) {
@@ -377,9 +802,20 @@ kh_task *kh_backup_restore(kh_backups *b, const char *id, const json_t *body, kh
     r->disks = disks;
     r->ndisks = nd;
     r->damaged = json_array();
+    r->live = live;
+    r->speed = (uint64_t)json_integer_value(speed);
+    r->t0_ms = kh_now_ms();
     for (size_t i = 0; i < nd; i++)
         r->op.total += disks[i].ix.size;
     json_decref(tvm);
+    if (live) {
+        /* no check first: each chunk is checked when it is read (a damaged
+         * one is an I/O error for the guest and fails the stream) */
+        kh_task_progress(r->op.task, 1, "making the volumes");
+        kh_task *task = r->op.task;
+        create_step(r);
+        return task;
+    }
     kh_task_progress(r->op.task, 1, "checking every chunk");
     kh_task *task = r->op.task;
     kh_backup_work(b, check_work, check_done, r);

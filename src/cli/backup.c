@@ -171,6 +171,19 @@ static int do_restore(cli_ctx *ctx, const cli_args *a, kh_err *err)
         json_decref(body);
         return -1;
     }
+    if (cli_flag(a, "live"))
+        json_object_set_new(body, "live", json_true());
+    const char *speed = cli_arg(a, "speed");
+    if (speed) {
+        char *end = NULL;
+        long long mib = strtoll(speed, &end, 10);
+        if (!*speed || *end || mib < 1 || mib > 1048576) {
+            json_decref(body);
+            cli_usage_error(ctx, a->cmd, err, "--speed: MiB per second, from 1");
+            return -1;
+        }
+        json_object_set_new(body, "speed", json_integer((json_int_t)mib << 20));
+    }
     const char *disk = cli_arg(a, "disk");
     if (disk) {
         char *end = NULL;
@@ -290,6 +303,9 @@ static const cli_opt restore_opts[] = {
     { "pool", "POOL", CLI_OPT_ARG, "With --as: the pool of the new volumes (default)." },
     { "vm", "VM", CLI_OPT_ARG, "Restore over this stopped VM's disks." },
     { "disk", "N", CLI_OPT_ARG, "With --vm: only disk N." },
+    { "live", NULL, 0, "With --as: live-restore: the VM starts at once on the backup while "
+                       "its data streams in behind it." },
+    { "speed", "MIB", CLI_OPT_ARG, "With --live: limit the stream to MIB MiB/s." },
     { NULL, NULL, 0, NULL },
 };
 static const cli_opt schedule_opts[] = {
@@ -334,8 +350,10 @@ const cli_cmd cli_backup_cmds[] = {
       "$ kvmhost backup show 6f1c...", do_show },
     { "backup", "restore", "ID", "restore a backup",
       "Restore to a new VM (--as), over a stopped VM (--vm), or one disk of it (--vm --disk). "
-      "Every chunk is checked first: a damaged backup is refused and nothing is written.",
-      restore_opts, "$ kvmhost backup restore 6f1c... --as web1-yesterday", do_restore },
+      "Every chunk is checked first: a damaged backup is refused and nothing is written. "
+      "--live starts the new VM at once on the backup (each chunk is checked as it is read) "
+      "and the task ends when the data has streamed into its disks.",
+      restore_opts, "$ kvmhost backup restore 6f1c... --as web1-yesterday --live", do_restore },
     { "backup", "verify", "ID", "check every chunk of a backup",
       "Re-read, decrypt and re-hash every chunk; damaged chunks are named.", NULL,
       "$ kvmhost backup verify 6f1c...", do_verify },

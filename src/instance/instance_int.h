@@ -84,6 +84,9 @@ struct kh_inst {
     uint64_t incoming_nbd_disks;
     /* migration and NBD over TLS: the tls-creds-x509 dir (NULL: plain) */
     char *incoming_tls_dir;
+    /* live-restore: per spec disk, a connected socket to a read-only NBD
+     * server or -1, taken by the next launch (kh_manager_nbd_backing) */
+    int *nbd_backing;
 };
 
 struct kh_manager {

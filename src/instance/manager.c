@@ -165,6 +165,17 @@ kh_inst *kh_manager_add(kh_manager *mgr, const char *id, kh_vm_spec *spec)
     return v;
 }
 
+static void nbd_backing_drop(kh_inst *v)
+{
+    if (!v->nbd_backing)
+        return;
+    for (size_t i = 0; i < KH_VM_DISKS_MAX; i++)
+        if (v->nbd_backing[i] >= 0)
+            close(v->nbd_backing[i]);
+    free(v->nbd_backing);
+    v->nbd_backing = NULL;
+}
+
 void kh_manager_inst_free(kh_inst *v)
 {
     kh_lifecycle_release(v);
@@ -174,6 +185,7 @@ void kh_manager_inst_free(kh_inst *v)
     free(v->stop_forced);
     free(v->incoming_host);
     free(v->incoming_tls_dir);
+    nbd_backing_drop(v);
     free(v);
 }
 
@@ -429,6 +441,28 @@ int kh_manager_disk_node(kh_manager *mgr, const char *id, size_t i)
 {
     kh_inst *v = kh_manager_find_id(mgr, id);
     return v && i < KH_VM_DISKS_MAX ? v->disk_node[i] : (int)i;
+}
+
+int kh_manager_nbd_backing(kh_manager *mgr, const char *name, const int *fds, size_t n,
+                           kh_err *err)
+{
+    kh_inst *v = kh_manager_find(mgr, name, err);
+    if (v)
+        nbd_backing_drop(v);
+    if (!fds)
+        return v ? 0 : -1;
+    if (!v || n > KH_VM_DISKS_MAX) {
+        for (size_t i = 0; i < n; i++)
+            if (fds[i] >= 0)
+                close(fds[i]);
+        if (v)
+            kh_err_set(err, KH_E_INVALID, "too many disks");
+        return -1;
+    }
+    v->nbd_backing = xcalloc(KH_VM_DISKS_MAX, sizeof(int));
+    for (size_t i = 0; i < KH_VM_DISKS_MAX; i++)
+        v->nbd_backing[i] = i < n ? fds[i] : -1;
+    return 0;
 }
 
 json_t *kh_manager_volume_users(kh_manager *mgr, const char *ref)

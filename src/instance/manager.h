@@ -144,6 +144,13 @@ void kh_manager_set_cluster(kh_manager *mgr, const kh_manager_cluster_ops *ops, 
 
 /* The QEMU node index of disk i of a running VM ("disk<N>"). */
 int kh_manager_disk_node(kh_manager *mgr, const char *id, size_t i);
+/* Live-restore (backup/restore.c): the next start of VM name gives
+ * each qcow2 disk i with fds[i] >= 0 a read-only NBD backing over that
+ * connected socket (the disk must have no backing layers). The fds are
+ * owned from the call on (closed when not taken). fds NULL: drop any
+ * not taken yet. */
+int kh_manager_nbd_backing(kh_manager *mgr, const char *name, const int *fds, size_t n,
+                           kh_err *err);
 /* Which VMs refer to a volume: [{"vm", "running", "readonly"}]. */
 json_t *kh_manager_volume_users(kh_manager *mgr, const char *ref);
 

@@ -742,9 +742,20 @@ static void add_disk(argv_builder *b, const kh_vm_spec *spec, const kh_qemu_caps
 
     char first[48];
     snprintf(first, sizeof(first), "disk%zu-b1", i);
+    int nbd_fd = env->nbd_backing_fds ? env->nbd_backing_fds[i] : -1;
+    bool lr = nbd_fd >= 0 && !d->nbacking && d->format == KH_DISK_QCOW2 && !d->readonly;
+    if (lr) {
+        /* live-restore: the backup's NBD export under the empty disk */
+        snprintf(first, sizeof(first), "disk%zu-lr", i);
+        char fdstr[16];
+        snprintf(fdstr, sizeof(fdstr), "%d", nbd_fd);
+        add_json(b, "-blockdev",
+                 json_pack("{s:s, s:s, s:{s:s, s:s}, s:b}", "driver", "nbd", "node-name", first,
+                           "server", "type", "fd", "str", fdstr, "read-only", 1));
+    }
     add_json(b, "-blockdev",
              kh_qemu_blockdev_format(d->format, node, file_node, d->readonly,
-                                     d->nbacking ? first : NULL,
+                                     d->nbacking || lr ? first : NULL,
                                      d->encrypted ? secret_id : NULL));
 
     json_t *dev = json_object();

@@ -86,6 +86,11 @@ typedef struct kh_argv_env {
     /* The target of a live migration: `-incoming defer` (the guest state
      * comes later through migrate-incoming; instance/migrate.c). */
     bool incoming;
+    /* Live-restore (backup/restore.c): per disk, an inherited fd of a
+     * connected socket to a read-only NBD server, or -1. A qcow2 disk
+     * without backing layers then gets that export as its backing (node
+     * "disk<i>-lr", which block-stream empties into the disk). NULL: none. */
+    const int *nbd_backing_fds;
     /* firmware "uefi" (qemu/firmware.h): the firmware code QEMU reads by
      * path (read-only), an inherited fd of the VM's own VARS copy
      * (O_RDWR), and whether the firmware needs SMM (machine smm=on). */

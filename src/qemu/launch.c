@@ -47,7 +47,8 @@ enum { FD_QMP = 3, FD_SERIAL, FD_KERNEL, FD_INITRD, FD_DISK0 };
 #define NIC_FD_STRIDE (2 * KH_QEMU_NIC_QUEUES_MAX)
 enum { FD_NIC0 = FD_COUNT, FD_END = FD_NIC0 + NIC_FD_STRIDE * KH_VM_NICS_MAX };
 /* Then the UEFI VARS copy, the swtpm control channel, the guest agent. */
-enum { FD_VARS = FD_END, FD_TPM, FD_QGA, FD_ALL };
+/* Then per disk the socket of a live-restore's NBD backing (FD_NBDB0 + i). */
+enum { FD_VARS = FD_END, FD_TPM, FD_QGA, FD_NBDB0, FD_ALL = FD_NBDB0 + KH_VM_DISKS_MAX };
 
 /* A kernel preparation in the thread pool; cancelled: the VM let go of it
  * (kill, delete, shutdown) and it frees itself when done. */
@@ -183,6 +184,7 @@ static void start_spawn(kh_inst *v, const char *kernel_file)
     for (size_t i = 0; i < KH_ARRAY_LEN(fds); i++)
         fds[i] = -1;
     int disk_fds[KH_VM_DISKS_MAX];
+    int nbd_fds[KH_VM_DISKS_MAX];
     int backing_fds[KH_VM_DISKS_MAX][KH_DISK_BACKING_MAX];
     const int *backing_ptrs[KH_VM_DISKS_MAX] = { NULL };
     int secret_fds[KH_VM_DISKS_MAX];
@@ -330,6 +332,12 @@ static void start_spawn(kh_inst *v, const char *kernel_file)
         }
         fds[FD_DISK0 + i] = fd;
         disk_fds[i] = FD_DISK0 + (int)i;
+        nbd_fds[i] = -1;
+        if (v->nbd_backing && v->nbd_backing[i] >= 0) { /* live-restore: taken once */
+            fds[FD_NBDB0 + i] = v->nbd_backing[i];
+            v->nbd_backing[i] = -1;
+            nbd_fds[i] = FD_NBDB0 + (int)i;
+        }
         if (!d->readonly) /* a writable top layer is the VM's own */
             kh_vmuid_own_fd(&id, fd, d->path);
     }
@@ -354,6 +362,7 @@ static void start_spawn(kh_inst *v, const char *kernel_file)
         .initrd_file = initrd_arg,
         .firmware_serial_file = firmware_arg,
         .disk_fds = disk_fds,
+        .nbd_backing_fds = nbd_fds,
         .backing_fds = backing_ptrs,
         .secret_fds = secret_fds,
         .backing_secret_fds = bsecret_ptrs,

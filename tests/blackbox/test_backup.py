@@ -15,6 +15,7 @@ import pytest
 import khlib
 from storagelib import QIMG, guest_vm, shell_value, vol_path
 from test_disks import RawQmp
+from test_metrics import parse_prom, promtool_check, sample
 
 QIO = "/usr/bin/qemu-io"
 MiB = 1 << 20
@@ -73,6 +74,13 @@ def disk_sum(path, fmt="qcow2"):
     return h.hexdigest()
 
 
+def disk_raw(path):
+    """The disk's guest-visible bytes in a raw file beside it (a path)."""
+    out = path + ".raw"
+    subprocess.run([QIMG, "convert", "-U", "-f", "qcow2", "-O", "raw", path, out], check=True)
+    return out
+
+
 def bitmaps(path):
     info = json.loads(subprocess.run([QIMG, "info", "-U", "--output=json", path],
                                      capture_output=True, text=True, check=True).stdout)
@@ -122,6 +130,20 @@ def test_backup_full_incremental_restore(daemon, fake_boot, tmp_path):
     assert b2["chunks_new"] == 2 and b2["bytes_read"] == 2 * CHUNK, b2
     assert len(chunk_files(store)) == nfiles + 2
     assert bitmaps(disk) == ["kh-bk-" + b2["id"]]
+    # the figures in /metrics: counters over both backups, the last duration
+    r = api.get("/metrics")
+    rc, out = promtool_check(r.data)
+    assert rc == 0 and out.strip() == "", out
+    m = parse_prom(r.text)
+    vid = api.vm("bk")["id"]
+    assert sample(m, "kvmhost_backup_bytes_read_total", vm="bk", id=vid) == 88 * MiB
+    assert sample(m, "kvmhost_backup_bytes_written_total", vm="bk") == \
+        b1["bytes_written"] + b2["bytes_written"] > 0
+    assert sample(m, "kvmhost_backup_bytes_deduplicated_total", vm="bk") == \
+        b1["bytes_dedup"] + b2["bytes_dedup"]
+    assert sample(m, "kvmhost_backups_total", vm="bk") == 2
+    assert sample(m, "kvmhost_backup_duration_seconds", vm="bk") == \
+        pytest.approx(b2["duration_ms"] / 1000, abs=0.001)
     # nothing changed: nothing read
     b3 = ok_task(api, api.post("/api/v1/vms/bk/backups", {"wait": 60}))
     assert b3["kind"] == "incremental" and b3["bytes_read"] == 0 and b3["chunks_new"] == 0, b3
@@ -433,3 +455,106 @@ def test_backup_schedule_runs_daily(daemon, fake_boot, tmp_path):
     p = khlib.cli(daemon, "backup", "schedule", "bk", "--off")
     assert p.returncode == 0, p
     assert api.get("/api/v1/vms/bk/backup-schedule").status == 404
+
+
+def test_backup_live_restore(daemon, guest, consoles, tmp_path):
+    """Live-restore: the new VM runs (and its guest reads the backed-up
+    data through the NBD backing) while block-stream is still copying;
+    when the task ends the volume holds exactly the backup, with no
+    backing left, and the guest still reads the same data."""
+    api = daemon.api
+    khlib.wait_accel(api)
+    store = str(tmp_path / "store")
+    assert api.post("/api/v1/backup-stores", {"name": "s1", "path": store}).status == 201
+    r = api.post("/api/v1/pools/default/volumes", {"name": "ld", "size": "16M"})
+    assert r.status == 201, r
+    disk = vol_path(daemon, r.json)
+    write_random(disk, 0, 12 * MiB, 11)  # chunks 0-2 data, chunk 3 sparse
+    want = disk_sum(disk)
+    api.create(guest_vm(guest, "src", [{"volume": "default/ld"}]))
+    b = ok_task(api, api.post("/api/v1/vms/src/backups", {"wait": 60}))
+    url = "/api/v1/backups/%s/restore" % b["id"]
+    assert api.post(url, {"vm": "src", "live": True}).status == 400
+    assert api.post(url, {"as": "x", "speed": MiB}).status == 400
+    # 1 MiB/s: the stream of 16 MiB lasts about 16 s
+    r = api.post(url, {"as": "lr", "live": True, "speed": MiB, "wait": 0})
+    assert r.status in (200, 202), r
+    tid = r.json["id"]
+    deadline = time.time() + 60
+    while True:
+        t = api.get("/api/v1/tasks/" + tid).json
+        v = api.get("/api/v1/vms/lr")
+        if (v.status == 200 and v.json["state"] == "running" and
+                "streaming" in (t.get("message") or "")):
+            break
+        assert t["state"] == "running" and time.time() < deadline, t
+        time.sleep(0.1)
+    # the guest runs before the copy ends
+    assert t["state"] == "running" and t["progress"] < 95, t
+    con = consoles(daemon, "lr")
+    api.wait_console("lr", khlib.GUEST_READY)
+    wait_vda(con)
+    # (most likely still streaming: reads of pieces not copied yet go to the backup)
+    assert guest_sum(con) == want
+    t = ok_task(api, api.get("/api/v1/tasks/" + tid), timeout=180)
+    assert t["live"] is True and t["vm"] == "lr", t
+    assert t["started_ms"] < t["streamed_ms"] and t["streamed_ms"] > 8000, t
+    # the guest reads the same data, from its own disk now
+    assert guest_sum(con) == want
+    con.send("poweroff -f\n")
+    api.wait_state("lr", ["stopped"], timeout=60)
+    vol = api.get("/api/v1/pools/default/volumes/lr-disk0").json
+    path = vol_path(daemon, vol)
+    assert disk_sum(path) == want
+    info = json.loads(subprocess.run([QIMG, "info", "--output=json", path],
+                                     capture_output=True, text=True, check=True).stdout)
+    assert "backing-filename" not in info, info
+
+
+def test_backup_live_restore_stream_fails(daemon, guest, consoles, tmp_path):
+    """A chunk damaged after a live-restore began: the stream fails when it
+    reaches it and the task says so, the VM keeps running on the backup
+    (its guest still reads what it can), and the NBD servers end with it."""
+    api = daemon.api
+    khlib.wait_accel(api)
+    store = str(tmp_path / "store")
+    assert api.post("/api/v1/backup-stores", {"name": "s1", "path": store}).status == 201
+    r = api.post("/api/v1/pools/default/volumes", {"name": "fd", "size": "12M"})
+    assert r.status == 201, r
+    disk = vol_path(daemon, r.json)
+    write_random(disk, 0, 12 * MiB, 12)
+    api.create(guest_vm(guest, "src", [{"volume": "default/fd"}]))
+    b = ok_task(api, api.post("/api/v1/vms/src/backups", {"wait": 60}))
+    with open(os.path.join(store, "backups", b["id"], "disk0.idx")) as f:
+        last = json.load(f)["chunks"][2]
+    want0 = hashlib.sha256(open(disk_raw(disk), "rb").read(CHUNK)).hexdigest()
+    r = api.post("/api/v1/backups/%s/restore" % b["id"],
+                 {"as": "lf", "live": True, "speed": MiB, "wait": 0})
+    assert r.status in (200, 202), r
+    tid = r.json["id"]
+    deadline = time.time() + 60
+    while True:
+        v = api.get("/api/v1/vms/lf")
+        if v.status == 200 and v.json["state"] == "running":
+            break
+        assert time.time() < deadline, v
+        time.sleep(0.1)
+    # the third piece goes bad before the stream (1 MiB/s) reaches it
+    victim = os.path.join(store, "chunks", last[:2], last)
+    with open(victim, "r+b") as f:
+        f.seek(300)
+        ch = f.read(1)
+        f.seek(300)
+        f.write(bytes([ch[0] ^ 0x40]))
+    t = task_wait(api, api.get("/api/v1/tasks/" + tid), timeout=120)
+    assert t["state"] == "failed", t
+    assert "block-stream failed" in t["error"]["message"], t
+    assert api.vm("lf")["state"] == "running"
+    con = consoles(daemon, "lf")
+    api.wait_console("lf", khlib.GUEST_READY)
+    wait_vda(con)
+    got = shell_value(con, "$(dd if=/dev/vda bs=1M count=4 2>/dev/null | sha256sum | cut -d' ' -f1)",
+                      timeout=60)
+    assert got == want0
+    con.send("poweroff -f\n")
+    api.wait_state("lf", ["stopped"], timeout=60)

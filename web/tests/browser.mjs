@@ -847,10 +847,40 @@ async function main() {
     }
     ok((await api(`/api/v1/vms/${VM}/snapshots`)).snapshots.length === 0, 'the snapshots are deleted');
 
+    // the Backups tab: back up the stopped VM into a store, verify it,
+    // restore it to a new VM
+    const storeDir = join(base, 'bkstore');
+    r = await fetch(`${url}/api/v1/backup-stores`, { method: 'POST', headers: bearer, body: JSON.stringify({ name: 'webstore', path: storeDir }) });
+    ok(r.status === 201, 'a backup store for the Backups tab');
+    await page.getByRole('tab', { name: 'Backups' }).click();
+    await page.locator('#backup-list').filter({ hasText: 'No backups.' }).waitFor();
+    await page.locator('#backup-store option[value="webstore"]').waitFor({ state: 'attached' });
+    await page.getByRole('button', { name: 'Back up now' }).click();
+    await page.locator('#backup-status').filter({ hasText: 'Backup done (full' }).waitFor({ timeout: 60000 });
+    const bks = (await api(`/api/v1/backups?vm=${VM}`)).backups;
+    ok(bks.length === 1 && bks[0].kind === 'full' && bks[0].store === 'webstore', 'the Backups tab backs the VM up (a full backup in the API)');
+    const bid = bks[0].id;
+    await page.locator(`#backup-table tr[data-backup="${bid}"]`).waitFor();
+    ok((await page.locator(`#backup-table tr[data-backup="${bid}"]`).textContent()).includes('full'), 'the Backups tab lists the backup');
+    await page.getByRole('button', { name: `Verify backup ${bid}` }).click();
+    await page.locator('#backup-status').filter({ hasText: 'every chunk is intact' }).waitFor({ timeout: 60000 });
+    ok(true, 'the Backups tab verifies the backup');
+    await page.getByRole('button', { name: `Restore backup ${bid}` }).click();
+    ok((await page.locator('#backup-error').textContent()).includes('give the new VM a name'), 'a restore without a name is refused in the tab');
+    await page.getByLabel(`New VM name for backup ${bid}`).fill('webrestored');
+    await page.getByRole('button', { name: `Restore backup ${bid}` }).click();
+    await page.locator('#backup-status').filter({ hasText: 'Restored to the new VM webrestored' }).waitFor({ timeout: 60000 });
+    const restored = await api('/api/v1/vms/webrestored');
+    ok(restored.name === 'webrestored' && restored.disks.length === 1 && restored.disks[0].volume === 'default/webrestored-disk0', 'the Backups tab restores the backup to a new VM');
+    ok((await unlabelled(page)).length === 0, 'every control of the Backups tab has a label');
+    await page.screenshot({ path: join(logs, 'web-vm-backups.png'), fullPage: true });
+    await fetch(`${url}/api/v1/vms/webrestored`, { method: 'DELETE', headers: bearer });
+    await fetch(`${url}/api/v1/backups/${bid}`, { method: 'DELETE', headers: bearer });
+
     // a laptop screen: no page sticks out sideways at 1024 px
     await page.setViewportSize({ width: 1024, height: 640 });
     const wide = [];
-    for (const hash of ['#/', '#/networks', '#/networks/weblan', '#/security-groups', '#/storage', '#/alerts', '#/topology', '#/create', `#/vms/${VM}/settings`, `#/vms/${VM}/disks`, `#/vms/${VM}/snapshots`]) {
+    for (const hash of ['#/', '#/networks', '#/networks/weblan', '#/security-groups', '#/storage', '#/alerts', '#/topology', '#/create', `#/vms/${VM}/settings`, `#/vms/${VM}/disks`, `#/vms/${VM}/snapshots`, `#/vms/${VM}/backups`]) {
       await page.evaluate((x) => { location.hash = x; }, hash);
       await settled(hash);
       const o = await page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);

@@ -1,10 +1,11 @@
-// vmdetail.js - one VM: summary, consoles, disks, snapshots, settings, events (tabs).
+// vmdetail.js - one VM: summary, consoles, disks, snapshots, backups, settings, events (tabs).
 import { h, replace, fmtMiB, fmtTime, toast, confirmDialog } from '../dom.js';
 import { api, vmPath } from '../api.js';
 import { store, subscribe, loadVms } from '../store.js';
 import { actionButtons, stateBadge } from '../actions.js';
 import { eventRow } from './events.js';
 import { snapshotsPanel } from './snapshots.js';
+import { backupsPanel } from './backups.js';
 import { disksPanel } from './disks.js';
 import { nicsEditor, liveNics } from './nics.js';
 import { lineChart, pollMetrics, column, chartsGrid } from '../chart.js';
@@ -40,6 +41,7 @@ const TABS = [
   { id: 'display', label: 'Display' },
   { id: 'disks', label: 'Disks' },
   { id: 'snapshots', label: 'Snapshots' },
+  { id: 'backups', label: 'Backups' },
   { id: 'settings', label: 'Settings' },
   { id: 'events', label: 'Events' },
 ];
@@ -407,6 +409,7 @@ export function vmDetailPage(main, params) {
       replace(panel, summary(vm, charts));
     } else if (tab === 'settings') replace(panel, settingsForm(vm));
     else if (tab === 'snapshots') replace(panel, snaps = snapshotsPanel(vm));
+    else if (tab === 'backups') replace(panel, backupsPanel(vm));
     else if (tab === 'disks') replace(panel, disksP = disksPanel(vm));
     else if (tab === 'events') {
       const evs = store.events.filter((e) => e.vm === name);
