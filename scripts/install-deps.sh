@@ -14,7 +14,7 @@ RUN_PKGS=(qemu-system-x86 qemu-utils sqlite3 dnsmasq-base etcd-server
   coreutils  # qemu-utils: qemu-nbd, qemu-io (backups and their tests); sleep: the backup keeper
   ovmf swtpm swtpm-tools genisoimage)  # UEFI, TPM 2.0, cloud-init cidata (docs/guests.md)
 TEST_PKGS=(busybox-static cpio e2fsprogs xz-utils zstd python3 python3-pytest python3-websocket
-  python3-pytest-xdist python3-jsonschema
+  python3-pytest-xdist python3-jsonschema python3-cryptography
   prometheus
   clang-tidy cppcheck libclang-rt-14-dev iproute2 nftables
   etcd-server etcd-client
