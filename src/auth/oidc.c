@@ -1,7 +1,8 @@
 /* oidc.c - owns OpenID Connect login (see oidc.h): provider discovery and
  * its JWKS cache, the pending logins (state, nonce, PKCE verifier), the
  * code exchange, the ID token check (libcjose), and the mapping of a
- * verified token to a local user and its group memberships. */
+ * verified token to a local user and its group memberships. Nothing here
+ * that may run on a worker thread logs (kh_log belongs to the loop). */
 #include "auth/oidc.h"
 
 #define CURL_DISABLE_TYPECHECK 1
@@ -224,7 +225,6 @@ int kh_oidc_discover(kh_oidc *o, kh_err *err)
     free(a);
     free(t);
     free(k);
-    kh_log(KH_LOG_INFO, "oidc", "discovered issuer=%s", o->issuer);
     return 0;
 }
 

@@ -6,6 +6,7 @@ endpoint that checks the PKCE verifier and issues an RS256 ID token.
 
 Knobs for the tests (attributes of Provider, set before a login):
   user    the claims of the next login's ID token (sub, groups, ...)
+  alg     "RS256" (default) or "ES256"
   tamper  None, or one of "signature", "aud", "expired", "nonce", "iss",
           "alg-none", "other-key": how the next ID token is spoiled
   verifier_override  a PKCE verifier the daemon is pretended to have sent
@@ -21,8 +22,9 @@ import time
 import urllib.parse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import padding, rsa
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 
 
 def b64u(b):
@@ -39,6 +41,8 @@ class Provider:
         self.key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
         self.other = rsa.generate_private_key(public_exponent=65537, key_size=2048)
         self.kid = "k1"
+        self.ec = ec.generate_private_key(ec.SECP256R1())
+        self.alg = "RS256"  # or "ES256": the next ID tokens' algorithm (key "e1")
         self.user = {"sub": "alice", "groups": ["ops"]}
         self.tamper = None
         self.verifier_override = None
@@ -56,15 +60,22 @@ class Provider:
 
     def jwks(self):
         pub = self.key.public_key().public_numbers()
+        ecp = self.ec.public_key().public_numbers()
         return {"keys": [{"kty": "RSA", "use": "sig", "alg": "RS256", "kid": self.kid,
-                          "n": _int_b64u(pub.n), "e": _int_b64u(pub.e)}]}
+                          "n": _int_b64u(pub.n), "e": _int_b64u(pub.e)},
+                         {"kty": "EC", "use": "sig", "alg": "ES256", "kid": "e1", "crv": "P-256",
+                          "x": b64u(ecp.x.to_bytes(32, "big")),
+                          "y": b64u(ecp.y.to_bytes(32, "big"))}]}
 
     def sign(self, claims, key=None, alg="RS256"):
-        head = {"alg": alg, "typ": "JWT", "kid": self.kid}
+        head = {"alg": alg, "typ": "JWT", "kid": "e1" if alg == "ES256" else self.kid}
         msg = (b64u(json.dumps(head).encode()) + "." +
                b64u(json.dumps(claims).encode())).encode()
         if alg == "none":
             return msg.decode() + "."
+        if alg == "ES256":
+            r, s = decode_dss_signature(self.ec.sign(msg, ec.ECDSA(hashes.SHA256())))
+            return msg.decode() + "." + b64u(r.to_bytes(32, "big") + s.to_bytes(32, "big"))
         sig = (key or self.key).sign(msg, padding.PKCS1v15(), hashes.SHA256())
         return msg.decode() + "." + b64u(sig)
 
@@ -85,7 +96,7 @@ class Provider:
             return self.sign(c, alg="none")
         if t == "other-key":
             return self.sign(c, key=self.other)
-        tok = self.sign(c)
+        tok = self.sign(c, alg=self.alg)
         if t == "signature":
             head, body, sig = tok.split(".")
             # the same signature over a payload that says otherwise

@@ -134,6 +134,25 @@ def test_oidc_login_gives_a_session_with_group_roles(site, provider):
     assert "ops" in ok[-1]["detail"], ok
 
 
+def test_oidc_es256_token_and_user_claim(daemons, provider):
+    """An ES256 ID token; the user named by preferred_username in a realm."""
+    port = khlib.free_port()
+    d = daemons(listen="127.0.0.1:%d" % port,
+                extra_args=["--oidc-issuer", provider.issuer + "/", "--oidc-client-id", "kvmhost",
+                            "--oidc-user-claim", "preferred_username", "--oidc-realm", "corp"])
+    provider.alg = "ES256"
+    provider.user = {"sub": "0f1e2d", "preferred_username": "bob", "groups": []}
+    st, loc, cookies, j, _, _ = _login(d, port, provider)
+    assert st == 302 and _cookie(cookies, "kh_session"), (st, j)
+    st, _, _, j = _get(d, port, "/api/v1/session",
+                       headers={"Cookie": "kh_session=" + _cookie(cookies, "kh_session")})
+    assert j["principal"] == "corp.bob", j
+    # a claim that makes no valid user name is refused
+    provider.user = {"sub": "x", "preferred_username": "bob smith"}
+    st, _, cookies, j, _, _ = _login(d, port, provider)
+    assert st == 401 and "valid user name" in j["error"]["message"], (st, j)
+
+
 @pytest.mark.parametrize("tamper,why", [
     ("signature", "bad signature"),
     ("other-key", "bad signature"),
