@@ -7,14 +7,14 @@ set -euo pipefail
 BUILD_PKGS=(gcc clang meson ninja-build pkg-config
   libjansson-dev libuv1-dev libsqlite3-dev libmicrohttpd-dev libcurl4-openssl-dev
   libwslay-dev liblzma-dev zlib1g-dev libzstd-dev libssl-dev libseccomp-dev
-  libmnl-dev libnftables-dev libgnutls28-dev libsodium-dev
+  libmnl-dev libnftables-dev libgnutls28-dev libsodium-dev libcjose-dev
   libnbd-dev)  # backups: the NBD client (src/backup/nbd.c)
 RUN_PKGS=(qemu-system-x86 qemu-utils sqlite3 dnsmasq-base etcd-server
   e2fsprogs util-linux  # debugfs, partx: template create --reset-identity
   coreutils  # qemu-utils: qemu-nbd, qemu-io (backups and their tests); sleep: the backup keeper
   ovmf swtpm swtpm-tools genisoimage)  # UEFI, TPM 2.0, cloud-init cidata (docs/guests.md)
 TEST_PKGS=(busybox-static cpio e2fsprogs xz-utils zstd python3 python3-pytest python3-websocket
-  python3-pytest-xdist python3-jsonschema
+  python3-pytest-xdist python3-jsonschema python3-cryptography
   prometheus
   clang-tidy cppcheck libclang-rt-14-dev iproute2 nftables
   etcd-server etcd-client

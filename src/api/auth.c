@@ -13,6 +13,7 @@
 #include <openssl/evp.h>
 
 #include "api/session.h"
+#include "auth/oidc.h"
 #include "util/log.h"
 #include "util/mem.h"
 #include "util/misc.h"
@@ -27,6 +28,7 @@ struct kh_auth {
     char **allow;                 /* directories host paths may name */
     size_t nallow;
     bool webhook_internal;        /* webhooks may name loopback/link-local addresses */
+    struct kh_oidc *oidc;         /* OIDC login (NULL: not configured; owned) */
     /* objects recorded in their project before the handler made them (so
      * its events already reach the project); forgotten if it fails */
     struct pending {
@@ -65,6 +67,17 @@ void kh_auth_set_loop(kh_auth *a, uv_loop_t *loop)
     a->loop = loop;
 }
 
+void kh_auth_set_oidc(kh_auth *a, struct kh_oidc *o)
+{
+    kh_oidc_free(a->oidc);
+    a->oidc = o;
+}
+
+struct kh_oidc *kh_auth_oidc(const kh_auth *a)
+{
+    return a ? a->oidc : NULL;
+}
+
 uv_loop_t *kh_auth_loop(const kh_auth *a)
 {
     return a ? a->loop : NULL;
@@ -87,6 +100,7 @@ void kh_auth_free(kh_auth *a)
     if (!a)
         return;
     kh_sessions_free(a->sessions);
+    kh_oidc_free(a->oidc);
     for (size_t i = 0; i < a->nallow; i++)
         free(a->allow[i]);
     free(a->allow);

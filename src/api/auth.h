@@ -51,6 +51,10 @@ bool kh_auth_has_users(const kh_auth *a);
 void kh_auth_set_loop(kh_auth *a, uv_loop_t *loop);
 uv_loop_t *kh_auth_loop(const kh_auth *a);
 kh_store *kh_auth_store(const kh_auth *a);
+/* OIDC login (auth/oidc.h; NULL: none): a takes ownership. */
+struct kh_oidc;
+void kh_auth_set_oidc(kh_auth *a, struct kh_oidc *o);
+struct kh_oidc *kh_auth_oidc(const kh_auth *a);
 /* The directories host paths may name (copied), and whether webhooks may
  * name loopback/link-local/metadata addresses. */
 void kh_auth_set_policy(kh_auth *a, const char *const *allow, size_t n, bool webhook_internal);
@@ -118,6 +122,20 @@ struct kh_sessions *kh_auth_sessions(kh_auth *a);
 void kh_session_routes_post(kh_http_req *req, void *app);
 void kh_session_routes_get(kh_http_req *req, void *app);
 void kh_session_routes_delete(kh_http_req *req, void *app);
+/* Log principal in: a new session and its cookie; 201 with the CSRF token,
+ * or with redirect a 302 to it (OIDC callback: the page asks GET
+ * /api/v1/session for the CSRF token). */
+void kh_session_routes_start(kh_http_req *req, kh_auth *auth, const char *principal,
+                             const char *redirect);
+
+/* ---- OIDC login (oidc_routes.c; public routes) ----
+ * GET /api/v1/oidc/login: 302 to the provider (state, nonce, PKCE S256),
+ * with a short-lived cookie binding the state to this browser.
+ * GET /api/v1/oidc/callback?code&state: the code exchanged and the ID
+ * token checked (auth/oidc.h), the user made or updated, a session
+ * started, 302 to the web console. Every outcome is in the audit log. */
+void kh_oidc_routes_login(kh_http_req *req, void *app);
+void kh_oidc_routes_callback(kh_http_req *req, void *app);
 
 /* The hook of the host-to-host listener (mutual TLS): a request passes with
  * a client certificate from the cluster CA (the caller was checked on the

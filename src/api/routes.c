@@ -336,6 +336,14 @@ static const kh_route routes[] = {
     { "DELETE", "/api/v1/session", kh_session_routes_delete, 0, "Log out (end the session)", NULL,
       NULL,
       NULL, NULL },
+    { "GET", "/api/v1/oidc/login", kh_oidc_routes_login, KH_ROUTE_PUBLIC,
+      "OIDC login: 302 to the provider (authorization code with PKCE); 404 when not "
+      "configured", NULL, NULL,
+      NULL, NULL },
+    { "GET", "/api/v1/oidc/callback", kh_oidc_routes_callback, KH_ROUTE_PUBLIC,
+      "OIDC login: the provider's redirect (?code&state); starts a session and redirects to "
+      "the web console", NULL, NULL,
+      NULL, NULL },
     { "GET", "/api/v1/alerts", kh_metrics_routes_alerts, 0,
       "Alert rules and the alerts pending or firing now", NULL, NULL,
       "Sys.Audit", "/" },

@@ -21,8 +21,8 @@ static bool req_session_id(const kh_http_req *req, char id[KH_SESSION_HEX + 1])
                               KH_SESSION_HEX + 1);
 }
 
-/* Log principal in: a new session, its cookie and CSRF token (201). */
-static void start_session(kh_http_req *req, kh_auth *auth, const char *principal)
+void kh_session_routes_start(kh_http_req *req, kh_auth *auth, const char *principal,
+                             const char *redirect)
 {
     kh_err err = KH_ERR_INIT;
     char id[KH_SESSION_HEX + 1], csrf[KH_SESSION_HEX + 1];
@@ -39,6 +39,12 @@ static void start_session(kh_http_req *req, kh_auth *auth, const char *principal
     kh_http_req_add_header(req, "Set-Cookie", cookie);
     OPENSSL_cleanse(cookie, sizeof(cookie));
     kh_http_req_add_header(req, "Cache-Control", "no-store");
+    if (redirect) {
+        OPENSSL_cleanse(csrf, sizeof(csrf));
+        kh_http_req_add_header(req, "Location", redirect);
+        kh_http_reply_data(req, 302, "text/plain", "", 0);
+        return;
+    }
     kh_http_reply_json(req, 201, json_pack("{s:s,s:s}", "csrf_token", csrf, "principal",
                                            principal));
 }
@@ -72,7 +78,7 @@ static void login_done(uv_work_t *w, int status)
     if (j->req) {
         kh_http_req_on_abort(j->req, NULL, NULL);
         if (status == 0 && j->ok && kh_users_enabled(kh_auth_store(j->auth), j->user)) {
-            start_session(j->req, j->auth, j->user);
+            kh_session_routes_start(j->req, j->auth, j->user, NULL);
         } else {
             kh_err err = KH_ERR_INIT;
             kh_err_set(&err, KH_E_UNAUTHORIZED, "wrong user name or password");
@@ -157,7 +163,7 @@ void kh_session_routes_post(kh_http_req *req, void *app)
             return;
         }
     }
-    start_session(req, auth, principal);
+    kh_session_routes_start(req, auth, principal, NULL);
 }
 
 void kh_session_routes_get(kh_http_req *req, void *app)
@@ -179,7 +185,8 @@ void kh_session_routes_get(kh_http_req *req, void *app)
         via = "session";
     /* A public route: a page asks it before logging in, and a 401 would
      * be noise in its console. */
-    json_t *j = json_pack("{s:b}", "authenticated", via != NULL);
+    json_t *j = json_pack("{s:b,s:b}", "authenticated", via != NULL, "oidc",
+                          kh_auth_oidc(auth) != NULL);
     if (via) {
         json_object_set_new(j, "via", json_string(via));
         json_object_set_new(j, "principal", json_string(who));

@@ -31,6 +31,7 @@
 
 #include "api/api.h"
 #include "api/auth.h"
+#include "auth/oidc.h"
 #include "cluster/cluster.h"
 #include "http/http.h"
 #include "host/cgroup.h"
@@ -80,6 +81,8 @@ typedef struct options {
     const char *host_path_allow[16];
     size_t nhost_path_allow;
     bool webhook_allow_internal;
+    kh_oidc_config oidc; /* issuer NULL: no OIDC login */
+    const char *oidc_secret_file;
 } options;
 
 /* Everything the daemon holds, reachable from one place (and by leak
@@ -176,6 +179,21 @@ static void usage(FILE *fp)
             "\n"
             "Environment: KVMHOST_ACCEL=tcg|kvm forces the accelerator.\n",
             KH_DEFAULT_STATE_DIR, KH_DEFAULT_RUN_DIR, KH_DEFAULT_SOCKET, KH_WEB_DIR);
+    fputs("\nOIDC login (web console; see docs/api.md):\n"
+            "  --oidc-issuer URL   log in with this OpenID Connect provider\n"
+            "                      (discovery at URL/.well-known/openid-configuration;\n"
+            "                      admin-set, so loopback and private addresses are allowed)\n"
+            "  --oidc-client-id ID  the client id registered at the provider\n"
+            "  --oidc-client-secret-file F  its secret (omit for a public client)\n"
+            "  --oidc-groups-claim C  the claim listing groups (default groups); local\n"
+            "                      groups of those names become the user's memberships\n"
+            "  --oidc-user-claim C the claim naming the user (default sub)\n"
+            "  --oidc-realm NAME   user name prefix: NAME.<claim> (default oidc)\n"
+            "  --oidc-redirect-url URL  the callback URL registered at the provider\n"
+            "                      (default: from the request, .../api/v1/oidc/callback)\n"
+            "  --oidc-scopes S     (default \"openid profile email\")\n"
+            "  --oidc-ca-file F    CA certificates for the provider (default: the system's)\n",
+          fp);
 }
 
 static void die(const char *fmt, ...) __attribute__((format(printf, 1, 2), noreturn));
@@ -196,7 +214,8 @@ static void parse_args(int argc, char **argv, options *o)
            O_QUSER, O_WEB, O_VERSION, O_HELP, O_MPUBLIC, O_SAMPLE, O_ALERTS, O_INSTANCE,
            O_HOSTNAME, O_ADVERTISE, O_ETCD_EPS, O_ETCD_CA, O_ETCD_CERT, O_ETCD_KEY, O_ETCD_BIN,
            O_CTTL, O_QUIDS, O_NOTLS, O_TLSFP, O_RATE, O_BURST, O_HPALLOW,
-           O_WHINTERNAL };
+           O_WHINTERNAL, O_OIDC_ISS, O_OIDC_ID, O_OIDC_SECRET, O_OIDC_GROUPS, O_OIDC_USER,
+           O_OIDC_REALM, O_OIDC_REDIRECT, O_OIDC_SCOPES, O_OIDC_CA };
     static const struct option longopts[] = {
         { "state-dir", required_argument, NULL, O_STATE },
         { "run-dir", required_argument, NULL, O_RUN },
@@ -228,6 +247,15 @@ static void parse_args(int argc, char **argv, options *o)
         { "rate-burst", required_argument, NULL, O_BURST },
         { "host-path-allow", required_argument, NULL, O_HPALLOW },
         { "webhook-allow-internal", no_argument, NULL, O_WHINTERNAL },
+        { "oidc-issuer", required_argument, NULL, O_OIDC_ISS },
+        { "oidc-client-id", required_argument, NULL, O_OIDC_ID },
+        { "oidc-client-secret-file", required_argument, NULL, O_OIDC_SECRET },
+        { "oidc-groups-claim", required_argument, NULL, O_OIDC_GROUPS },
+        { "oidc-user-claim", required_argument, NULL, O_OIDC_USER },
+        { "oidc-realm", required_argument, NULL, O_OIDC_REALM },
+        { "oidc-redirect-url", required_argument, NULL, O_OIDC_REDIRECT },
+        { "oidc-scopes", required_argument, NULL, O_OIDC_SCOPES },
+        { "oidc-ca-file", required_argument, NULL, O_OIDC_CA },
         { "version", no_argument, NULL, O_VERSION },
         { "help", no_argument, NULL, O_HELP },
         { NULL, 0, NULL, 0 },
@@ -258,6 +286,15 @@ static void parse_args(int argc, char **argv, options *o)
             o->host_path_allow[o->nhost_path_allow++] = optarg;
             break;
         case O_WHINTERNAL: o->webhook_allow_internal = true; break;
+        case O_OIDC_ISS: o->oidc.issuer = optarg; break;
+        case O_OIDC_ID: o->oidc.client_id = optarg; break;
+        case O_OIDC_SECRET: o->oidc_secret_file = optarg; break;
+        case O_OIDC_GROUPS: o->oidc.groups_claim = optarg; break;
+        case O_OIDC_USER: o->oidc.user_claim = optarg; break;
+        case O_OIDC_REALM: o->oidc.realm = optarg; break;
+        case O_OIDC_REDIRECT: o->oidc.redirect_url = optarg; break;
+        case O_OIDC_SCOPES: o->oidc.scopes = optarg; break;
+        case O_OIDC_CA: o->oidc.ca_file = optarg; break;
         case O_ALERTS: o->alert_rules = optarg; break;
         case O_INSTANCE: o->instance = optarg; break;
         case O_HOSTNAME: o->host_name = optarg; break;
@@ -308,6 +345,11 @@ static void parse_args(int argc, char **argv, options *o)
         die("--tls-cert and --tls-key go together");
     if (o->tls_cert && !o->listen)
         die("--tls-cert needs --listen");
+    if (!!o->oidc.issuer != !!o->oidc.client_id)
+        die("--oidc-issuer and --oidc-client-id go together");
+    if ((o->oidc_secret_file || o->oidc.groups_claim || o->oidc.user_claim || o->oidc.realm ||
+         o->oidc.redirect_url || o->oidc.scopes || o->oidc.ca_file) && !o->oidc.issuer)
+        die("the --oidc-* options need --oidc-issuer");
     if (o->tls_cert && o->no_tls)
         die("--tls-cert and --no-tls contradict each other");
     if (o->instance) {
@@ -1001,6 +1043,26 @@ int main(int argc, char **argv)
                                o.webhook_allow_internal);
         else
             kh_auth_set_policy(d.auth, deflt, KH_ARRAY_LEN(deflt), o.webhook_allow_internal);
+    }
+    if (o.oidc.issuer) {
+        char *secret = NULL;
+        if (o.oidc_secret_file) {
+            secret = kh_fs_read(o.oidc_secret_file, 4096, NULL, &err);
+            if (!secret)
+                die("--oidc-client-secret-file: %s", err.msg);
+            secret[strcspn(secret, "\r\n")] = '\0';
+        }
+        o.oidc.client_secret = secret;
+        kh_oidc *oidc = kh_oidc_new(&o.oidc, &err);
+        if (secret) {
+            memset(secret, 0, strlen(secret));
+            free(secret);
+        }
+        o.oidc.client_secret = NULL;
+        if (!oidc)
+            die("%s", err.msg);
+        kh_auth_set_oidc(d.auth, oidc);
+        kh_log(KH_LOG_INFO, "oidc", "login configured issuer=%s", o.oidc.issuer);
     }
     kh_http_config hcfg = {
         .unix_path = socket_path,

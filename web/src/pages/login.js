@@ -1,7 +1,10 @@
 // login.js - log in with a local user's name and password, or with the API
 // token (STATE_DIR/api-token) when the user field is empty. The secret is
-// sent once and not kept; the daemon sets a session cookie.
-import { login } from '../api.js';
+// sent once and not kept; the daemon sets a session cookie. When the daemon
+// has OIDC login (GET /api/v1/session says "oidc": true), a "Sign in with
+// SSO" link goes to /api/v1/oidc/login; the provider sends the browser back
+// to the daemon, which sets the session cookie and redirects here.
+import { login, sessionInfo } from '../api.js';
 import { h, replace } from '../dom.js';
 
 export function loginPage(main, _params, { onLogin }) {
@@ -41,6 +44,10 @@ export function loginPage(main, _params, { onLogin }) {
       button.disabled = false;
     }
   });
+  const sso = h('p', { id: 'sso', hidden: true },
+    h('a', { class: 'btn', href: '/api/v1/oidc/login', id: 'sso-login' }, 'Sign in with SSO'));
+  form.append(sso);
+  sessionInfo().then((s) => { if (s && s.oidc) sso.hidden = false; }).catch(() => {});
   replace(main, h('div', { class: 'center' }, form));
   user.focus();
 }
