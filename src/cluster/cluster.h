@@ -59,6 +59,7 @@ typedef struct kh_cluster_config {
                                  * the host part of listen) */
     const char *listen;         /* the daemon's TCP API ADDR:PORT (NULL: none) */
     bool tls;                   /* the TCP API speaks TLS */
+    const char *tls_cert;       /* its certificate (PEM file): join tokens pin its key */
     const char *etcd_endpoints; /* comma-separated URLs of an existing etcd cluster (NULL:
                                  * a local etcd member, supervised) */
     const char *etcd_ca, *etcd_cert, *etcd_key; /* client TLS for etcd_endpoints */
@@ -171,6 +172,7 @@ typedef struct kh_cluster_member {
     char name[128];
     char address[128];          /* the host's advertised address */
     char api_url[256];          /* its TCP API */
+    char cluster_url[256];      /* its host-to-host listener (mutual TLS; "" if none) */
     bool self, online;
 } kh_cluster_member;
 /* The member called name (or with that host id). -1 with err

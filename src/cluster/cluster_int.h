@@ -64,6 +64,7 @@ struct kh_cluster {
     uv_loop_t *loop;
     kh_store *store;
     char *state_dir, *host_name, *advertise, *api_url, *etcd_binary;
+    char *api_cert;           /* the TCP API's certificate (PEM file; NULL: no TLS) */
     char *ext_endpoints, *etcd_ca, *etcd_cert, *etcd_key;
     kh_cluster_usage_fn usage;
     void *usage_opaque;
@@ -146,6 +147,13 @@ char *kh_pki_sign(const char *ca_cert, const char *ca_key, const char *csr, cons
                   kh_err *err);
 /* SHA-256 of a PEM certificate's DER, lowercase hex (a new string), or NULL. */
 char *kh_pki_fingerprint(const char *cert_pem);
+/* SHA-256 of a PEM certificate's public key (SubjectPublicKeyInfo DER),
+ * lowercase hex (a new string), or NULL: the pin of the API certificate a
+ * join token carries (libcurl's CURLOPT_PINNEDPUBLICKEY checks it). */
+char *kh_pki_pubkey_pin(const char *cert_pem);
+/* That pin (hex) as libcurl wants it: "sha256//BASE64" (a new string), or
+ * NULL when it is not 64 hex digits. */
+char *kh_cluster_pin_curl(const char *hex);
 /* The files of STATE_DIR/cluster-tls: "ca.pem", "ca.key", "host.pem", "host.key". */
 char *kh_cluster_tls_path(const kh_cluster *c, const char *file);
 /* Read this host's TLS material (fingerprint, cluster_url) and tell the

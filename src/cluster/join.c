@@ -222,7 +222,14 @@ char *kh_cluster_token(kh_cluster *c, int64_t ttl_s, kh_err *err)
                    "(STATE_DIR/cluster-tls/ca.pem): make the token on another member");
         return NULL;
     }
-    char *full = xasprintf("%s.%s", tok, pin);
+    /* ... and, when the API speaks TLS, its certificate's public key:
+     * RANDOM.SHA256(CA).SHA256(API key), so the joiner can trust this
+     * host's self-signed API certificate for its first call */
+    char *api = c->api_cert ? kh_fs_read(c->api_cert, 1 << 20, NULL, NULL) : NULL;
+    char *api_pin = kh_pki_pubkey_pin(api);
+    free(api);
+    char *full = api_pin ? xasprintf("%s.%s.%s", tok, pin, api_pin) : xasprintf("%s.%s", tok, pin);
+    free(api_pin);
     free(pin);
     int64_t lease = 0;
     if (kh_etcd_lease_grant(c->etcd, ttl_s, &lease, NULL, err) < 0) {
@@ -396,9 +403,12 @@ static json_t *admit_token(kh_cluster *c, const char *token, const char *host_id
 /* ---- the joining side ---- */
 
 /* POST body (NULL: GET) to the member at url; its JSON answer or NULL with
- * err. cafile: verify its TLS certificate with this CA only. */
+ * err. cafile: verify its TLS certificate with this CA only; pin (a
+ * libcurl "sha256//BASE64" public key pin): trust exactly that key (the
+ * member's self-signed API certificate), whoever signed it. */
 static json_t *ask_member(const char *url, const char *address, const char *token,
-                          const json_t *body, const char *cafile, kh_err *err)
+                          const json_t *body, const char *cafile, const char *pin,
+                          kh_err *err)
 {
     char *auth = token ? xasprintf("Authorization: KH-Join %s", token) : NULL;
     char *text = body ? json_dumps(body, JSON_COMPACT) : NULL;
@@ -414,6 +424,11 @@ static json_t *ask_member(const char *url, const char *address, const char *toke
         curl_easy_setopt(h, CURLOPT_POSTFIELDS, text);
     if (cafile)
         curl_easy_setopt(h, CURLOPT_CAINFO, cafile);
+    if (pin) { /* libcurl checks the pin whether or not it verifies the chain */
+        curl_easy_setopt(h, CURLOPT_PINNEDPUBLICKEY, pin);
+        curl_easy_setopt(h, CURLOPT_SSL_VERIFYPEER, 0L);
+        curl_easy_setopt(h, CURLOPT_SSL_VERIFYHOST, 0L);
+    }
     curl_easy_setopt(h, CURLOPT_TIMEOUT_MS, (long)JOIN_TIMEOUT_MS);
     curl_easy_setopt(h, CURLOPT_CONNECTTIMEOUT_MS, 5000L);
     curl_easy_setopt(h, CURLOPT_NOSIGNAL, 1L);
@@ -428,7 +443,11 @@ static json_t *ask_member(const char *url, const char *address, const char *toke
     free(text);
     free(auth);
     json_t *j = NULL;
-    if (rc != CURLE_OK) {
+    if (rc == CURLE_SSL_PINNEDPUBKEYNOTMATCH) {
+        kh_err_set(err, KH_E_UNAUTHORIZED, "the TLS certificate of the member at %s is not "
+                   "the one pinned in the join token: not joining (a man in the middle, or "
+                   "its certificate changed: make a new token)", address);
+    } else if (rc != CURLE_OK) {
         kh_err_set(err, KH_E_UNAVAILABLE, "cannot reach the member at %s: %s", url,
                    errbuf[0] ? errbuf : curl_easy_strerror(rc));
     } else {
@@ -455,22 +474,32 @@ static json_t *ask_member(const char *url, const char *address, const char *toke
 static char *pinned_ca(kh_cluster *c, const char *address, const char *token, kh_err *err)
 {
     const char *pin = strchr(token, '.');
-    if (!pin || strlen(pin + 1) != 64) {
+    const char *api_pin = pin ? strchr(pin + 1, '.') : NULL;
+    size_t pin_len = api_pin ? (size_t)(api_pin - pin - 1) : pin ? strlen(pin + 1) : 0;
+    if (!pin || pin_len != 64 || (api_pin && strlen(api_pin + 1) != 64)) {
         kh_err_set(err, KH_E_INVALID, "the join token has no cluster CA pin (RANDOM.SHA256): "
                    "make a new one with 'kvmhost cluster token'");
         return NULL;
     }
-    char *url = xasprintf("%s%s/api/v1/cluster/ca", strstr(address, "://") ? "" : "http://",
-                          address);
-    json_t *j = ask_member(url, address, NULL, NULL, NULL, err);
+    /* a member whose API speaks TLS puts its key's pin in the token: HOST:PORT
+     * then means https, and exactly that key is trusted */
+    char *curl_pin = api_pin ? kh_cluster_pin_curl(api_pin + 1) : NULL;
+    if (api_pin && !curl_pin) {
+        kh_err_set(err, KH_E_INVALID, "the join token's API certificate pin is not hex");
+        return NULL;
+    }
+    char *url = xasprintf("%s%s/api/v1/cluster/ca", strstr(address, "://") ? ""
+                          : api_pin ? "https://" : "http://", address);
+    json_t *j = ask_member(url, address, NULL, NULL, NULL, curl_pin, err);
     free(url);
+    free(curl_pin);
     if (!j)
         return NULL;
     const char *ca = json_string_value(json_object_get(j, "ca"));
     const char *curl_ = json_string_value(json_object_get(j, "cluster_url"));
     char *fp = kh_pki_fingerprint(ca);
     char *out = NULL;
-    if (!fp || strcasecmp(fp, pin + 1) != 0 || !curl_)
+    if (!fp || strncasecmp(fp, pin + 1, 64) != 0 || !curl_)
         kh_err_set(err, KH_E_UNAUTHORIZED, "the cluster CA of the member at %s does not match "
                    "the CA pinned in the join token: not joining (a man in the middle, or a "
                    "token of another cluster)", address);
@@ -509,7 +538,7 @@ int kh_cluster_join(kh_cluster *c, const char *address, const char *token, kh_er
     json_t *ans = NULL;
     for (unsigned tries = 0; !ans; tries++) {
         kh_err_clear(err);
-        ans = ask_member(url, address, token, body, cafile, err);
+        ans = ask_member(url, address, token, body, cafile, NULL, err);
         if (ans || err->code != KH_E_UNAVAILABLE || !strstr(err->msg, RETRY_HINT) ||
             tries >= JOIN_RETRY_S)
             break;

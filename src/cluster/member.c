@@ -675,6 +675,7 @@ kh_cluster *kh_cluster_new(uv_loop_t *loop, kh_store *store, const kh_cluster_co
         c->cluster_url = xasprintf("https://%s:%ld", c->advertise, port + 1);
     }
     c->tls_dir = xasprintf("%s/cluster-tls", cfg->state_dir);
+    c->api_cert = cfg->tls && cfg->tls_cert ? xstrdup(cfg->tls_cert) : NULL;
     c->tls_cb = cfg->tls_ready;
     c->tls_opaque = cfg->tls_opaque;
     c->local_vms = cfg->local_vms;
@@ -744,6 +745,7 @@ void kh_cluster_free(kh_cluster *c)
     free(c->host_name);
     free(c->advertise);
     free(c->api_url);
+    free(c->api_cert);
     free(c->etcd_binary);
     free(c->ext_endpoints);
     free(c->etcd_ca);
