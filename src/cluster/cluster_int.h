@@ -44,6 +44,7 @@ typedef struct kh_etcdproc_spec {
     bool existing;             /* --initial-cluster-state existing */
     const char *cluster_token;
     const char *ca, *cert, *key; /* mutual TLS on both ports (NULL: plain HTTP) */
+    const char *crl;           /* --client-crl-file (with ca; NULL: none) */
 } kh_etcdproc_spec;
 kh_etcdproc *kh_etcdproc_new(uv_loop_t *loop, const kh_etcdproc_spec *spec, kh_err *err);
 /* SIGTERM, wait (up to 5 s, then SIGKILL), reap. NULL is fine. */
@@ -101,6 +102,7 @@ struct kh_cluster {
     char *tls_dir;
     char *cluster_url;        /* https://ADVERTISE:PORT+1 (the host-to-host listener) */
     char *fingerprint;        /* SHA-256 of this host's certificate (hex), or NULL */
+    char *serial;             /* its serial (hex; in the record, for the CRL), or NULL */
     kh_cluster_tls_fn tls_cb;
     void *tls_opaque;
 
@@ -163,6 +165,16 @@ int kh_cluster_tls_load(kh_cluster *c);
 int kh_cluster_tls_write(kh_cluster *c, const char *file, const char *pem, kh_err *err);
 /* Remove the directory (leave). */
 void kh_cluster_tls_drop(kh_cluster *c);
+
+/* crl.c: the CRL of removed hosts' certificates for etcd's --client-crl-file. */
+/* The serial of a PEM certificate, uppercase hex (a new string), or NULL. */
+char *kh_crl_serial(const char *cert_pem);
+/* A PEM CRL listing the serials (hex), issued and signed by issuer/key. */
+char *kh_crl_make(const char *issuer_pem, const char *key_pem, const char *const *serials,
+                  size_t n, kh_err *err);
+/* Write STATE_DIR/cluster-tls/crl.pem from the removed hosts' view (a
+ * no-op without etcd TLS). 0, or -1 (logged). */
+int kh_crl_update(kh_cluster *c);
 
 /* member.c */
 /* Connect to etcd (starting the local member when local) and start the

@@ -648,11 +648,14 @@ static int retire_records(kh_cluster *c, const char *host_id, kh_err *err)
     char *k3 = xasprintf(KH_CLUSTER_REMOVED "%s", host_id);
     const json_t *rec = json_object_get(c->hosts.map, host_id);
     const char *fp = json_string_value(json_object_get(rec, "cert_fingerprint"));
-    if (strcmp(host_id, c->conf.host_id) == 0)
+    const char *serial = json_string_value(json_object_get(rec, "cert_serial"));
+    if (strcmp(host_id, c->conf.host_id) == 0) {
         fp = c->fingerprint;
-    json_t *r = json_pack("{s:s, s:s*, s:f}", "name", str(rec, "name")[0] ? str(rec, "name")
-                                                        : host_id,
-                          "cert_fingerprint", fp, "removed_at", kh_wall_time());
+        serial = c->serial;
+    }
+    json_t *r = json_pack("{s:s, s:s*, s:s*, s:f}", "name", str(rec, "name")[0]
+                          ? str(rec, "name") : host_id, "cert_fingerprint", fp,
+                          "cert_serial", serial, "removed_at", kh_wall_time());
     char *text = json_dumps(r, JSON_COMPACT | JSON_SORT_KEYS);
     json_decref(r);
     kh_etcd_op ops[3] = { { .type = KH_ETCD_OP_PUT, .key = k3, .value = text },

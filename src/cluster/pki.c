@@ -280,6 +280,8 @@ void kh_cluster_tls_drop(kh_cluster *c)
     kh_fs_rm_rf(c->tls_dir, NULL);
     free(c->fingerprint);
     c->fingerprint = NULL;
+    free(c->serial);
+    c->serial = NULL;
     if (c->tls_cb)
         c->tls_cb(c->tls_opaque, NULL, NULL, NULL, NULL);
 }
@@ -294,6 +296,8 @@ int kh_cluster_tls_load(kh_cluster *c)
     if (pem && access(key, R_OK) == 0 && access(ca, R_OK) == 0) {
         free(c->fingerprint);
         c->fingerprint = kh_pki_fingerprint(pem);
+        free(c->serial);
+        c->serial = kh_crl_serial(pem);
         rc = c->fingerprint ? 1 : 0;
     }
     if (rc == 1 && c->tls_cb && c->cluster_url) {

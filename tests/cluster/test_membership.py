@@ -15,6 +15,7 @@ import json
 import os
 import shutil
 import signal
+import subprocess
 import sys
 import time
 
@@ -256,7 +257,20 @@ def test_membership(three):
                       url], timeout=10)
         return p.stdout.strip()
 
+    # ... and h1's etcd, as a client (etcd's --client-crl-file)
+    etcd_h1 = "https://%s:2379/v3/kv/range" % h.addr(1)
+
+    def h2_cert_to_etcd():
+        p = h.run(2, ["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "-X", "POST",
+                      "-d", '{"key": "L2t2bWhvc3QvY2x1c3Rlcg=="}', "--cacert", tls + "/ca.pem",
+                      "--cert", tls + "/host.pem", "--key", tls + "/host.key", etcd_h1],
+                  timeout=10)
+        return p.stdout.strip()
+
     assert with_h2_cert() == "200"
+    assert h2_cert_to_etcd() == "200"
+    crl = os.path.join(d1.state_dir, "cluster-tls", "crl.pem")
+    assert os.path.exists(crl) and ("crl=" + crl) in d1.log()
     wait_for(lambda: khlib.cli(d1, "cluster", "remove", "h2").returncode == 0, 20, "h2 removed")
     wait_for(lambda: set(states(d1)) == {"h1"}, 20, "only h1 left")
     # the removed host, still running, learns it at its next record write
@@ -267,6 +281,16 @@ def test_membership(three):
     assert set(states(d1)) == {"h1"}, states(d1)
     # its certificate (signed by the cluster CA) is refused from now on
     wait_for(lambda: with_h2_cert() == "403", 10, "h2's certificate refused by h1")
+    # h1's etcd too (the CRL now lists its serial; etcd re-reads it at each
+    # handshake): the TLS handshake fails, no HTTP status
+    wait_for(lambda: h2_cert_to_etcd() == "000", 10, "h2's certificate refused by h1's etcd")
+    p = subprocess.run(["openssl", "crl", "-in", crl, "-noout", "-text"], capture_output=True,
+                       text=True, timeout=10)
+    assert p.returncode == 0 and p.stdout.count("Serial Number:") == 2, p.stdout  # h3, h2
+    p = subprocess.run(["openssl", "crl", "-in", crl, "-noout", "-CAfile",
+                        os.path.join(d1.state_dir, "cluster-tls", "ca.pem")],
+                       capture_output=True, text=True, timeout=10)
+    assert p.returncode == 0 and "verify OK" in p.stdout + p.stderr, (p.stdout, p.stderr)
     wait_for(lambda: len(cli_json(d1, "cluster", "status")["etcd"].get("members", [])) == 1, 10,
              "1 etcd member left")
     step("h3 left, h2 removed")
