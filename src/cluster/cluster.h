@@ -98,6 +98,12 @@ int kh_cluster_writable(const kh_cluster *c, kh_err *err);
 int kh_cluster_create(kh_cluster *c, const char *name, kh_err *err);
 /* A one-time join token (a new string), valid for ttl_s seconds. */
 char *kh_cluster_token(kh_cluster *c, int64_t ttl_s, kh_err *err);
+/* The same without blocking the loop (async.c): cb runs on the loop with
+ * the token, or NULL and err. -1 with err when it cannot start (cb not
+ * called). */
+typedef void (*kh_cluster_token_cb)(void *opaque, const char *token, const kh_err *err);
+int kh_cluster_token_async(kh_cluster *c, int64_t ttl_s, kh_cluster_token_cb cb, void *opaque,
+                           kh_err *err);
 /* On a member: admit a host that presents a join token (consumed). body:
  * {host_id, name, peer_url}. The reply: {cluster, cluster_id, mode,
  * initial_cluster, endpoints}. KH_E_UNAUTHORIZED for a bad or used token. */
@@ -110,6 +116,11 @@ int kh_cluster_join(kh_cluster *c, const char *address, const char *token, kh_er
 int kh_cluster_leave(kh_cluster *c, kh_err *err);
 /* Remove another host (by name or host id) from the cluster. */
 int kh_cluster_remove(kh_cluster *c, const char *host, kh_err *err);
+/* The same without blocking the loop (async.c): cb runs on the loop with
+ * NULL (done) or err. -1 with err when it cannot start (cb not called). */
+typedef void (*kh_cluster_done_cb)(void *opaque, const kh_err *err);
+int kh_cluster_remove_async(kh_cluster *c, const char *host, kh_cluster_done_cb cb,
+                            void *opaque, kh_err *err);
 
 /* ---- hosts.c: views ---- */
 /* GET /api/v1/cluster: a new object. */

@@ -166,6 +166,19 @@ int kh_cluster_tls_write(kh_cluster *c, const char *file, const char *pem, kh_er
 /* Remove the directory (leave). */
 void kh_cluster_tls_drop(kh_cluster *c);
 
+/* join.c, for async.c */
+/* A new join token RANDOM.SHA256(CA)[.SHA256(API key)] (not stored yet). */
+char *kh_cluster_token_new(kh_cluster *c, kh_err *err);
+/* Its etcd key (/kvmhost/join-tokens/<sha256>) and value (new strings). */
+char *kh_cluster_token_key(const char *token);
+char *kh_cluster_token_value(const kh_cluster *c);
+/* The host id `cluster remove HOST` removes (a new string), or NULL with
+ * err (not writable, unknown, this host). */
+char *kh_cluster_remove_target(kh_cluster *c, const char *host, kh_err *err);
+/* The txn body retiring host_id: removed/<id> put, its records deleted. */
+json_t *kh_cluster_retire_txn(kh_cluster *c, const char *host_id);
+bool kh_cluster_is_local(const kh_cluster *c);
+
 /* crl.c: the CRL of removed hosts' certificates for etcd's --client-crl-file. */
 /* The serial of a PEM certificate, uppercase hex (a new string), or NULL. */
 char *kh_crl_serial(const char *cert_pem);

@@ -41,7 +41,7 @@
 #define JOIN_RETRY_S 30
 #define RETRY_HINT "try again"
 
-static char *token_key(const char *token)
+char *kh_cluster_token_key(const char *token)
 {
     unsigned char h[32];
     unsigned int n = 0;
@@ -55,6 +55,11 @@ static char *token_key(const char *token)
 static bool is_local(const kh_cluster *c)
 {
     return !c->ext_endpoints;
+}
+
+bool kh_cluster_is_local(const kh_cluster *c)
+{
+    return is_local(c);
 }
 
 static int need_advertise(const kh_cluster *c, kh_err *err)
@@ -202,10 +207,8 @@ int kh_cluster_create(kh_cluster *c, const char *name, kh_err *err)
     return 0;
 }
 
-char *kh_cluster_token(kh_cluster *c, int64_t ttl_s, kh_err *err)
+char *kh_cluster_token_new(kh_cluster *c, kh_err *err)
 {
-    if (kh_cluster_writable(c, err) < 0)
-        return NULL;
     unsigned char raw[24];
     kh_random_bytes(raw, sizeof(raw));
     char tok[2 * sizeof(raw) + 1];
@@ -231,15 +234,31 @@ char *kh_cluster_token(kh_cluster *c, int64_t ttl_s, kh_err *err)
     char *full = api_pin ? xasprintf("%s.%s.%s", tok, pin, api_pin) : xasprintf("%s.%s", tok, pin);
     free(api_pin);
     free(pin);
+    return full;
+}
+
+char *kh_cluster_token_value(const kh_cluster *c)
+{
+    json_t *v = json_pack("{s:s, s:f}", "made_by", c->conf.host_id, "made_at", kh_wall_time());
+    char *text = json_dumps(v, JSON_COMPACT);
+    json_decref(v);
+    return text;
+}
+
+char *kh_cluster_token(kh_cluster *c, int64_t ttl_s, kh_err *err)
+{
+    if (kh_cluster_writable(c, err) < 0)
+        return NULL;
+    char *full = kh_cluster_token_new(c, err);
+    if (!full)
+        return NULL;
     int64_t lease = 0;
     if (kh_etcd_lease_grant(c->etcd, ttl_s, &lease, NULL, err) < 0) {
         free(full);
         return NULL;
     }
-    char *key = token_key(full);
-    json_t *v = json_pack("{s:s, s:f}", "made_by", c->conf.host_id, "made_at", kh_wall_time());
-    char *text = json_dumps(v, JSON_COMPACT);
-    json_decref(v);
+    char *key = kh_cluster_token_key(full);
+    char *text = kh_cluster_token_value(c);
     int rc = kh_etcd_put(c->etcd, key, text, (size_t)-1, lease, NULL, err);
     free(text);
     free(key);
@@ -291,7 +310,7 @@ json_t *kh_cluster_admit(kh_cluster *c, const char *token, const json_t *body, k
     char *cert = NULL;
     /* A token that is not (or no longer) valid is told so first; it is
      * consumed only once the certificate is signed (admit_token). */
-    char *tkey = token_key(token);
+    char *tkey = kh_cluster_token_key(token);
     kh_etcd_kv tkv = { 0 };
     int have = kh_etcd_get(c->etcd, tkey, &tkv, NULL, err);
     kh_etcd_kv_clear(&tkv);
@@ -329,7 +348,7 @@ static json_t *admit_token(kh_cluster *c, const char *token, const char *host_id
                            const char *peer, const json_t *body, kh_err *err)
 {
     /* Consume the token: exactly one joiner can. */
-    char *key = token_key(token);
+    char *key = kh_cluster_token_key(token);
     kh_etcd_cmp cmp = { .key = key, .target = KH_ETCD_VERSION, .result = KH_ETCD_GREATER,
                         .number = 0 };
     kh_etcd_op del = { .type = KH_ETCD_OP_DELETE, .key = key };
@@ -360,7 +379,7 @@ static json_t *admit_token(kh_cluster *c, const char *token, const char *host_id
         /* etcd counts a member that joined moments ago only after 5 s: give
          * the token back (on a short lease) and let the joiner retry */
         int64_t lease = 0;
-        char *k = token_key(token);
+        char *k = kh_cluster_token_key(token);
         if (kh_etcd_lease_grant(c->etcd, 120, &lease, NULL, NULL) == 0)
             kh_etcd_put(c->etcd, k, "{}", (size_t)-1, lease, NULL, NULL);
         free(k);
@@ -643,6 +662,15 @@ static int etcd_member_remove(kh_cluster *c, const char *host_id, kh_err *err)
  * let in by a peer's mutual TLS (pki.c). One txn. */
 static int retire_records(kh_cluster *c, const char *host_id, kh_err *err)
 {
+    json_t *body = kh_cluster_retire_txn(c, host_id);
+    json_t *r = kh_etcd_request(c->etcd, "/v3/kv/txn", body, false, err);
+    int rc = r ? 0 : -1;
+    json_decref(r);
+    return rc;
+}
+
+json_t *kh_cluster_retire_txn(kh_cluster *c, const char *host_id)
+{
     char *k1 = xasprintf(KH_CLUSTER_HOSTS "%s", host_id);
     char *k2 = xasprintf(KH_CLUSTER_MEMBERS "%s", host_id);
     char *k3 = xasprintf(KH_CLUSTER_REMOVED "%s", host_id);
@@ -661,15 +689,12 @@ static int retire_records(kh_cluster *c, const char *host_id, kh_err *err)
     kh_etcd_op ops[3] = { { .type = KH_ETCD_OP_PUT, .key = k3, .value = text },
                           { .type = KH_ETCD_OP_DELETE, .key = k1 },
                           { .type = KH_ETCD_OP_DELETE, .key = k2 } };
-    kh_etcd_txn_result res = { 0 };
-    int rc = kh_etcd_txn(c->etcd, NULL, 0, ops, 3, NULL, 0, &res, err);
-    if (rc == 0)
-        kh_etcd_txn_result_clear(&res);
+    json_t *body = kh_etcd_txn_json(NULL, 0, ops, 3, NULL, 0);
     free(text);
     free(k1);
     free(k2);
     free(k3);
-    return rc;
+    return body;
 }
 
 void kh_cluster_forget(kh_cluster *c)
@@ -712,10 +737,10 @@ int kh_cluster_leave(kh_cluster *c, kh_err *err)
     return 0;
 }
 
-int kh_cluster_remove(kh_cluster *c, const char *host, kh_err *err)
+char *kh_cluster_remove_target(kh_cluster *c, const char *host, kh_err *err)
 {
     if (kh_cluster_writable(c, err) < 0)
-        return -1;
+        return NULL;
     const char *id = NULL, *k;
     json_t *rec;
     json_object_foreach(c->hosts.map, k, rec)
@@ -724,13 +749,20 @@ int kh_cluster_remove(kh_cluster *c, const char *host, kh_err *err)
             id = k;
     if (!id) {
         kh_err_set(err, KH_E_NOTFOUND, "no host %s in cluster %s", host, c->conf.name);
-        return -1;
+        return NULL;
     }
     if (strcmp(id, c->conf.host_id) == 0) {
         kh_err_set(err, KH_E_INVALID, "%s is this host: use 'kvmhost cluster leave'", host);
-        return -1;
+        return NULL;
     }
-    char *hid = xstrdup(id);
+    return xstrdup(id);
+}
+
+int kh_cluster_remove(kh_cluster *c, const char *host, kh_err *err)
+{
+    char *hid = kh_cluster_remove_target(c, host, err);
+    if (!hid)
+        return -1;
     int rc = (is_local(c) ? etcd_member_remove(c, hid, err) : 0) == 0 ?
              retire_records(c, hid, err) : -1;
     if (rc == 0)
