@@ -84,6 +84,58 @@ void kh_cluster_routes_leave(kh_http_req *req, void *app)
     reply_status(req, api, 200, rc, &err);
 }
 
+/* A request answered later, when etcd has (the cluster's writes do not
+ * block the loop); req is NULL once the client left. */
+typedef struct pending {
+    kh_http_req *req;
+    kh_api *api;
+    json_int_t ttl;
+} pending;
+
+static void on_abort(kh_http_req *req, void *opaque)
+{
+    (void)req;
+    pending *p = opaque;
+    p->req = NULL;
+}
+
+static pending *pending_new(kh_http_req *req, kh_api *api)
+{
+    pending *p = xcalloc(1, sizeof(*p));
+    p->req = req;
+    p->api = api;
+    return p;
+}
+
+/* The client is still there: stop watching for its leaving; true. */
+static bool pending_take(pending *p)
+{
+    if (!p->req)
+        return false;
+    kh_http_req_on_abort(p->req, NULL, NULL);
+    return true;
+}
+
+static void on_token(void *opaque, const char *tok, const kh_err *err)
+{
+    pending *p = opaque;
+    if (pending_take(p) && !tok) {
+        kh_http_reply_error(p->req, err);
+    } else if (p->req) {
+        json_t *st = kh_cluster_status_json(p->api->cluster);
+        const char *addr = NULL;
+        size_t i;
+        json_t *h;
+        json_array_foreach(json_object_get(st, "members"), i, h)
+            if (json_is_true(json_object_get(h, "self")))
+                addr = json_string_value(json_object_get(h, "api_url"));
+        kh_http_reply_json(p->req, 201, json_pack("{s:s, s:I, s:s?}", "token", tok, "ttl_s",
+                                                  p->ttl, "address", addr));
+        json_decref(st);
+    }
+    free(p);
+}
+
 void kh_cluster_routes_token(kh_http_req *req, void *app)
 {
     kh_api *api = app;
@@ -93,22 +145,14 @@ void kh_cluster_routes_token(kh_http_req *req, void *app)
     json_int_t ttl = json_integer_value(json_object_get(body, "ttl_s"));
     json_decref(body);
     kh_err err = KH_ERR_INIT;
-    char *tok = kh_cluster_token(api->cluster, ttl ? ttl : TOKEN_TTL_S, &err);
-    if (!tok) {
+    pending *p = pending_new(req, api);
+    p->ttl = ttl ? ttl : TOKEN_TTL_S;
+    if (kh_cluster_token_async(api->cluster, p->ttl, on_token, p, &err) < 0) {
+        free(p);
         kh_http_reply_error(req, &err);
         return;
     }
-    json_t *st = kh_cluster_status_json(api->cluster);
-    const char *addr = NULL;
-    size_t i;
-    json_t *h;
-    json_array_foreach(json_object_get(st, "members"), i, h)
-        if (json_is_true(json_object_get(h, "self")))
-            addr = json_string_value(json_object_get(h, "api_url"));
-    kh_http_reply_json(req, 201, json_pack("{s:s, s:I, s:s?}", "token", tok, "ttl_s",
-                                           ttl ? ttl : TOKEN_TTL_S, "address", addr));
-    json_decref(st);
-    free(tok);
+    kh_http_req_on_abort(req, on_abort, p);
 }
 
 void kh_cluster_routes_admit(kh_http_req *req, void *app)
@@ -132,15 +176,30 @@ void kh_cluster_routes_admit(kh_http_req *req, void *app)
         kh_http_reply_json(req, 200, out);
 }
 
+static void on_removed(void *opaque, const kh_err *err)
+{
+    pending *p = opaque;
+    if (pending_take(p)) {
+        if (err)
+            kh_http_reply_error(p->req, err);
+        else
+            kh_http_reply_data(p->req, 204, "application/json", "", 0);
+    }
+    free(p);
+}
+
 void kh_cluster_routes_remove(kh_http_req *req, void *app)
 {
     kh_api *api = app;
     kh_err err = KH_ERR_INIT;
-    if (kh_cluster_remove(api->cluster, kh_http_req_param(req, "host"), &err) < 0) {
+    pending *p = pending_new(req, api);
+    if (kh_cluster_remove_async(api->cluster, kh_http_req_param(req, "host"), on_removed, p,
+                                &err) < 0) {
+        free(p);
         kh_http_reply_error(req, &err);
         return;
     }
-    kh_http_reply_data(req, 204, "application/json", "", 0);
+    kh_http_req_on_abort(req, on_abort, p);
 }
 
 void kh_cluster_routes_ca(kh_http_req *req, void *app)

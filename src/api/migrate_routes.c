@@ -54,7 +54,22 @@ static void peer_fill(kh_cluster *c, const kh_cluster_member *mem, kh_migrate_pe
     snprintf(peer->host_id, sizeof(peer->host_id), "%s", mem->host_id);
     snprintf(peer->name, sizeof(peer->name), "%s", mem->name);
     snprintf(peer->address, sizeof(peer->address), "%s", mem->address);
-    snprintf(peer->api_url, sizeof(peer->api_url), "%s", mem->api_url);
+    /* host-to-host calls go to the peer's mutual-TLS listener (the cluster
+     * CA is the trust, this host's certificate the client's), never to its
+     * user-facing API with a certificate no other host trusts */
+    char *ca = NULL, *cert = NULL, *key = NULL;
+    kh_err err = KH_ERR_INIT;
+    if (mem->cluster_url[0] && kh_cluster_peer_tls(c, &ca, &cert, &key, &err) == 0) {
+        snprintf(peer->api_url, sizeof(peer->api_url), "%s", mem->cluster_url);
+        snprintf(peer->tls_ca, sizeof(peer->tls_ca), "%s", ca);
+        snprintf(peer->tls_cert, sizeof(peer->tls_cert), "%s", cert);
+        snprintf(peer->tls_key, sizeof(peer->tls_key), "%s", key);
+    } else {
+        snprintf(peer->api_url, sizeof(peer->api_url), "%s", mem->api_url);
+    }
+    free(ca);
+    free(cert);
+    free(key);
     snprintf(peer->self_id, sizeof(peer->self_id), "%s", kh_cluster_host_id(c));
     peer->online = mem->online;
 }

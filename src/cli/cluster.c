@@ -240,9 +240,12 @@ const cli_cmd cli_cluster_cmds[] = {
     },
     {
         "cluster", "join", "ADDRESS", "join the cluster of the member at ADDRESS",
-        "ADDRESS is a member's TCP API (HOST:PORT, as its kvmhostd --listen). The member "
-        "checks the one-time token, adds this host's etcd member and answers how to start "
-        "it; kvmhostd then starts its own etcd member and registers.",
+        "ADDRESS is a member's TCP API (HOST:PORT, as its kvmhostd --listen). The token "
+        "pins the cluster CA and, when the member's API speaks TLS (the default), the key "
+        "of its certificate: kvmhostd trusts exactly that key (a self-signed certificate "
+        "is fine) and refuses any other. The member checks the one-time token, adds this "
+        "host's etcd member and answers how to start it; kvmhostd then starts its own etcd "
+        "member and registers.",
         opts_join,
         "$ kvmhost cluster join 10.0.0.1:8443 --token 3f5c...",
         cli_do_cluster_join,

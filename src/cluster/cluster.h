@@ -59,6 +59,7 @@ typedef struct kh_cluster_config {
                                  * the host part of listen) */
     const char *listen;         /* the daemon's TCP API ADDR:PORT (NULL: none) */
     bool tls;                   /* the TCP API speaks TLS */
+    const char *tls_cert;       /* its certificate (PEM file): join tokens pin its key */
     const char *etcd_endpoints; /* comma-separated URLs of an existing etcd cluster (NULL:
                                  * a local etcd member, supervised) */
     const char *etcd_ca, *etcd_cert, *etcd_key; /* client TLS for etcd_endpoints */
@@ -97,6 +98,12 @@ int kh_cluster_writable(const kh_cluster *c, kh_err *err);
 int kh_cluster_create(kh_cluster *c, const char *name, kh_err *err);
 /* A one-time join token (a new string), valid for ttl_s seconds. */
 char *kh_cluster_token(kh_cluster *c, int64_t ttl_s, kh_err *err);
+/* The same without blocking the loop (async.c): cb runs on the loop with
+ * the token, or NULL and err. -1 with err when it cannot start (cb not
+ * called). */
+typedef void (*kh_cluster_token_cb)(void *opaque, const char *token, const kh_err *err);
+int kh_cluster_token_async(kh_cluster *c, int64_t ttl_s, kh_cluster_token_cb cb, void *opaque,
+                           kh_err *err);
 /* On a member: admit a host that presents a join token (consumed). body:
  * {host_id, name, peer_url}. The reply: {cluster, cluster_id, mode,
  * initial_cluster, endpoints}. KH_E_UNAUTHORIZED for a bad or used token. */
@@ -109,6 +116,11 @@ int kh_cluster_join(kh_cluster *c, const char *address, const char *token, kh_er
 int kh_cluster_leave(kh_cluster *c, kh_err *err);
 /* Remove another host (by name or host id) from the cluster. */
 int kh_cluster_remove(kh_cluster *c, const char *host, kh_err *err);
+/* The same without blocking the loop (async.c): cb runs on the loop with
+ * NULL (done) or err. -1 with err when it cannot start (cb not called). */
+typedef void (*kh_cluster_done_cb)(void *opaque, const kh_err *err);
+int kh_cluster_remove_async(kh_cluster *c, const char *host, kh_cluster_done_cb cb,
+                            void *opaque, kh_err *err);
 
 /* ---- hosts.c: views ---- */
 /* GET /api/v1/cluster: a new object. */
@@ -171,6 +183,7 @@ typedef struct kh_cluster_member {
     char name[128];
     char address[128];          /* the host's advertised address */
     char api_url[256];          /* its TCP API */
+    char cluster_url[256];      /* its host-to-host listener (mutual TLS; "" if none) */
     bool self, online;
 } kh_cluster_member;
 /* The member called name (or with that host id). -1 with err

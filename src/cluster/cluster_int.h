@@ -44,6 +44,7 @@ typedef struct kh_etcdproc_spec {
     bool existing;             /* --initial-cluster-state existing */
     const char *cluster_token;
     const char *ca, *cert, *key; /* mutual TLS on both ports (NULL: plain HTTP) */
+    const char *crl;           /* --client-crl-file (with ca; NULL: none) */
 } kh_etcdproc_spec;
 kh_etcdproc *kh_etcdproc_new(uv_loop_t *loop, const kh_etcdproc_spec *spec, kh_err *err);
 /* SIGTERM, wait (up to 5 s, then SIGKILL), reap. NULL is fine. */
@@ -64,6 +65,7 @@ struct kh_cluster {
     uv_loop_t *loop;
     kh_store *store;
     char *state_dir, *host_name, *advertise, *api_url, *etcd_binary;
+    char *api_cert;           /* the TCP API's certificate (PEM file; NULL: no TLS) */
     char *ext_endpoints, *etcd_ca, *etcd_cert, *etcd_key;
     kh_cluster_usage_fn usage;
     void *usage_opaque;
@@ -100,6 +102,7 @@ struct kh_cluster {
     char *tls_dir;
     char *cluster_url;        /* https://ADVERTISE:PORT+1 (the host-to-host listener) */
     char *fingerprint;        /* SHA-256 of this host's certificate (hex), or NULL */
+    char *serial;             /* its serial (hex; in the record, for the CRL), or NULL */
     kh_cluster_tls_fn tls_cb;
     void *tls_opaque;
 
@@ -146,6 +149,13 @@ char *kh_pki_sign(const char *ca_cert, const char *ca_key, const char *csr, cons
                   kh_err *err);
 /* SHA-256 of a PEM certificate's DER, lowercase hex (a new string), or NULL. */
 char *kh_pki_fingerprint(const char *cert_pem);
+/* SHA-256 of a PEM certificate's public key (SubjectPublicKeyInfo DER),
+ * lowercase hex (a new string), or NULL: the pin of the API certificate a
+ * join token carries (libcurl's CURLOPT_PINNEDPUBLICKEY checks it). */
+char *kh_pki_pubkey_pin(const char *cert_pem);
+/* That pin (hex) as libcurl wants it: "sha256//BASE64" (a new string), or
+ * NULL when it is not 64 hex digits. */
+char *kh_cluster_pin_curl(const char *hex);
 /* The files of STATE_DIR/cluster-tls: "ca.pem", "ca.key", "host.pem", "host.key". */
 char *kh_cluster_tls_path(const kh_cluster *c, const char *file);
 /* Read this host's TLS material (fingerprint, cluster_url) and tell the
@@ -155,6 +165,29 @@ int kh_cluster_tls_load(kh_cluster *c);
 int kh_cluster_tls_write(kh_cluster *c, const char *file, const char *pem, kh_err *err);
 /* Remove the directory (leave). */
 void kh_cluster_tls_drop(kh_cluster *c);
+
+/* join.c, for async.c */
+/* A new join token RANDOM.SHA256(CA)[.SHA256(API key)] (not stored yet). */
+char *kh_cluster_token_new(kh_cluster *c, kh_err *err);
+/* Its etcd key (/kvmhost/join-tokens/<sha256>) and value (new strings). */
+char *kh_cluster_token_key(const char *token);
+char *kh_cluster_token_value(const kh_cluster *c);
+/* The host id `cluster remove HOST` removes (a new string), or NULL with
+ * err (not writable, unknown, this host). */
+char *kh_cluster_remove_target(kh_cluster *c, const char *host, kh_err *err);
+/* The txn body retiring host_id: removed/<id> put, its records deleted. */
+json_t *kh_cluster_retire_txn(kh_cluster *c, const char *host_id);
+bool kh_cluster_is_local(const kh_cluster *c);
+
+/* crl.c: the CRL of removed hosts' certificates for etcd's --client-crl-file. */
+/* The serial of a PEM certificate, uppercase hex (a new string), or NULL. */
+char *kh_crl_serial(const char *cert_pem);
+/* A PEM CRL listing the serials (hex), issued and signed by issuer/key. */
+char *kh_crl_make(const char *issuer_pem, const char *key_pem, const char *const *serials,
+                  size_t n, kh_err *err);
+/* Write STATE_DIR/cluster-tls/crl.pem from the removed hosts' view (a
+ * no-op without etcd TLS). 0, or -1 (logged). */
+int kh_crl_update(kh_cluster *c);
 
 /* member.c */
 /* Connect to etcd (starting the local member when local) and start the

@@ -32,6 +32,7 @@ struct kh_etcdproc {
     uv_loop_t *loop;
     char *binary, *name, *data_dir, *log_file, *peer_url, *client_url, *initial, *token;
     char *ca, *cert, *key;  /* TLS, peers and clients alike (NULL: plain HTTP) */
+    char *crl;              /* the removed hosts' certificates (crl.c; NULL: none) */
     bool existing;
     pid_t pid;
     int pidfd;
@@ -111,6 +112,9 @@ static int start(kh_etcdproc *p, kh_err *err)
         ARG("--key-file"); ARG(p->key);
         ARG("--trusted-ca-file"); ARG(p->ca);
         ARG("--client-cert-auth");
+        if (p->crl) {
+            ARG("--client-crl-file"); ARG(p->crl);
+        }
         ARG("--peer-cert-file"); ARG(p->cert);
         ARG("--peer-key-file"); ARG(p->key);
         ARG("--peer-trusted-ca-file"); ARG(p->ca);
@@ -136,8 +140,9 @@ static int start(kh_etcdproc *p, kh_err *err)
         p->poll->data = p;
         uv_poll_start(p->poll, UV_READABLE, on_exit_poll);
     }
-    kh_log(KH_LOG_INFO, "cluster.etcd.start", "pid=%d name=%s peer=%s client=%s state=%s",
-           (int)p->pid, p->name, p->peer_url, p->client_url, p->existing ? "existing" : "new");
+    kh_log(KH_LOG_INFO, "cluster.etcd.start", "pid=%d name=%s peer=%s client=%s state=%s "
+           "crl=%s", (int)p->pid, p->name, p->peer_url, p->client_url,
+           p->existing ? "existing" : "new", p->crl ? p->crl : "none");
     return 0;
 }
 
@@ -165,6 +170,7 @@ kh_etcdproc *kh_etcdproc_new(uv_loop_t *loop, const kh_etcdproc_spec *s, kh_err 
         p->ca = xstrdup(s->ca);
         p->cert = xstrdup(s->cert);
         p->key = xstrdup(s->key);
+        p->crl = s->crl ? xstrdup(s->crl) : NULL;
     }
     p->pidfd = -1;
     p->timer = xcalloc(1, sizeof(*p->timer));
@@ -208,6 +214,7 @@ void kh_etcdproc_free(kh_etcdproc *p)
     free(p->ca);
     free(p->cert);
     free(p->key);
+    free(p->crl);
     free(p);
 }
 

@@ -41,7 +41,7 @@
 #define JOIN_RETRY_S 30
 #define RETRY_HINT "try again"
 
-static char *token_key(const char *token)
+char *kh_cluster_token_key(const char *token)
 {
     unsigned char h[32];
     unsigned int n = 0;
@@ -55,6 +55,11 @@ static char *token_key(const char *token)
 static bool is_local(const kh_cluster *c)
 {
     return !c->ext_endpoints;
+}
+
+bool kh_cluster_is_local(const kh_cluster *c)
+{
+    return is_local(c);
 }
 
 static int need_advertise(const kh_cluster *c, kh_err *err)
@@ -202,10 +207,8 @@ int kh_cluster_create(kh_cluster *c, const char *name, kh_err *err)
     return 0;
 }
 
-char *kh_cluster_token(kh_cluster *c, int64_t ttl_s, kh_err *err)
+char *kh_cluster_token_new(kh_cluster *c, kh_err *err)
 {
-    if (kh_cluster_writable(c, err) < 0)
-        return NULL;
     unsigned char raw[24];
     kh_random_bytes(raw, sizeof(raw));
     char tok[2 * sizeof(raw) + 1];
@@ -222,17 +225,40 @@ char *kh_cluster_token(kh_cluster *c, int64_t ttl_s, kh_err *err)
                    "(STATE_DIR/cluster-tls/ca.pem): make the token on another member");
         return NULL;
     }
-    char *full = xasprintf("%s.%s", tok, pin);
+    /* ... and, when the API speaks TLS, its certificate's public key:
+     * RANDOM.SHA256(CA).SHA256(API key), so the joiner can trust this
+     * host's self-signed API certificate for its first call */
+    char *api = c->api_cert ? kh_fs_read(c->api_cert, 1 << 20, NULL, NULL) : NULL;
+    char *api_pin = kh_pki_pubkey_pin(api);
+    free(api);
+    char *full = api_pin ? xasprintf("%s.%s.%s", tok, pin, api_pin) : xasprintf("%s.%s", tok, pin);
+    free(api_pin);
     free(pin);
+    return full;
+}
+
+char *kh_cluster_token_value(const kh_cluster *c)
+{
+    json_t *v = json_pack("{s:s, s:f}", "made_by", c->conf.host_id, "made_at", kh_wall_time());
+    char *text = json_dumps(v, JSON_COMPACT);
+    json_decref(v);
+    return text;
+}
+
+char *kh_cluster_token(kh_cluster *c, int64_t ttl_s, kh_err *err)
+{
+    if (kh_cluster_writable(c, err) < 0)
+        return NULL;
+    char *full = kh_cluster_token_new(c, err);
+    if (!full)
+        return NULL;
     int64_t lease = 0;
     if (kh_etcd_lease_grant(c->etcd, ttl_s, &lease, NULL, err) < 0) {
         free(full);
         return NULL;
     }
-    char *key = token_key(full);
-    json_t *v = json_pack("{s:s, s:f}", "made_by", c->conf.host_id, "made_at", kh_wall_time());
-    char *text = json_dumps(v, JSON_COMPACT);
-    json_decref(v);
+    char *key = kh_cluster_token_key(full);
+    char *text = kh_cluster_token_value(c);
     int rc = kh_etcd_put(c->etcd, key, text, (size_t)-1, lease, NULL, err);
     free(text);
     free(key);
@@ -284,7 +310,7 @@ json_t *kh_cluster_admit(kh_cluster *c, const char *token, const json_t *body, k
     char *cert = NULL;
     /* A token that is not (or no longer) valid is told so first; it is
      * consumed only once the certificate is signed (admit_token). */
-    char *tkey = token_key(token);
+    char *tkey = kh_cluster_token_key(token);
     kh_etcd_kv tkv = { 0 };
     int have = kh_etcd_get(c->etcd, tkey, &tkv, NULL, err);
     kh_etcd_kv_clear(&tkv);
@@ -322,7 +348,7 @@ static json_t *admit_token(kh_cluster *c, const char *token, const char *host_id
                            const char *peer, const json_t *body, kh_err *err)
 {
     /* Consume the token: exactly one joiner can. */
-    char *key = token_key(token);
+    char *key = kh_cluster_token_key(token);
     kh_etcd_cmp cmp = { .key = key, .target = KH_ETCD_VERSION, .result = KH_ETCD_GREATER,
                         .number = 0 };
     kh_etcd_op del = { .type = KH_ETCD_OP_DELETE, .key = key };
@@ -353,7 +379,7 @@ static json_t *admit_token(kh_cluster *c, const char *token, const char *host_id
         /* etcd counts a member that joined moments ago only after 5 s: give
          * the token back (on a short lease) and let the joiner retry */
         int64_t lease = 0;
-        char *k = token_key(token);
+        char *k = kh_cluster_token_key(token);
         if (kh_etcd_lease_grant(c->etcd, 120, &lease, NULL, NULL) == 0)
             kh_etcd_put(c->etcd, k, "{}", (size_t)-1, lease, NULL, NULL);
         free(k);
@@ -396,9 +422,12 @@ static json_t *admit_token(kh_cluster *c, const char *token, const char *host_id
 /* ---- the joining side ---- */
 
 /* POST body (NULL: GET) to the member at url; its JSON answer or NULL with
- * err. cafile: verify its TLS certificate with this CA only. */
+ * err. cafile: verify its TLS certificate with this CA only; pin (a
+ * libcurl "sha256//BASE64" public key pin): trust exactly that key (the
+ * member's self-signed API certificate), whoever signed it. */
 static json_t *ask_member(const char *url, const char *address, const char *token,
-                          const json_t *body, const char *cafile, kh_err *err)
+                          const json_t *body, const char *cafile, const char *pin,
+                          kh_err *err)
 {
     char *auth = token ? xasprintf("Authorization: KH-Join %s", token) : NULL;
     char *text = body ? json_dumps(body, JSON_COMPACT) : NULL;
@@ -414,6 +443,11 @@ static json_t *ask_member(const char *url, const char *address, const char *toke
         curl_easy_setopt(h, CURLOPT_POSTFIELDS, text);
     if (cafile)
         curl_easy_setopt(h, CURLOPT_CAINFO, cafile);
+    if (pin) { /* libcurl checks the pin whether or not it verifies the chain */
+        curl_easy_setopt(h, CURLOPT_PINNEDPUBLICKEY, pin);
+        curl_easy_setopt(h, CURLOPT_SSL_VERIFYPEER, 0L);
+        curl_easy_setopt(h, CURLOPT_SSL_VERIFYHOST, 0L);
+    }
     curl_easy_setopt(h, CURLOPT_TIMEOUT_MS, (long)JOIN_TIMEOUT_MS);
     curl_easy_setopt(h, CURLOPT_CONNECTTIMEOUT_MS, 5000L);
     curl_easy_setopt(h, CURLOPT_NOSIGNAL, 1L);
@@ -428,7 +462,11 @@ static json_t *ask_member(const char *url, const char *address, const char *toke
     free(text);
     free(auth);
     json_t *j = NULL;
-    if (rc != CURLE_OK) {
+    if (rc == CURLE_SSL_PINNEDPUBKEYNOTMATCH) {
+        kh_err_set(err, KH_E_UNAUTHORIZED, "the TLS certificate of the member at %s is not "
+                   "the one pinned in the join token: not joining (a man in the middle, or "
+                   "its certificate changed: make a new token)", address);
+    } else if (rc != CURLE_OK) {
         kh_err_set(err, KH_E_UNAVAILABLE, "cannot reach the member at %s: %s", url,
                    errbuf[0] ? errbuf : curl_easy_strerror(rc));
     } else {
@@ -455,22 +493,32 @@ static json_t *ask_member(const char *url, const char *address, const char *toke
 static char *pinned_ca(kh_cluster *c, const char *address, const char *token, kh_err *err)
 {
     const char *pin = strchr(token, '.');
-    if (!pin || strlen(pin + 1) != 64) {
+    const char *api_pin = pin ? strchr(pin + 1, '.') : NULL;
+    size_t pin_len = api_pin ? (size_t)(api_pin - pin - 1) : pin ? strlen(pin + 1) : 0;
+    if (!pin || pin_len != 64 || (api_pin && strlen(api_pin + 1) != 64)) {
         kh_err_set(err, KH_E_INVALID, "the join token has no cluster CA pin (RANDOM.SHA256): "
                    "make a new one with 'kvmhost cluster token'");
         return NULL;
     }
-    char *url = xasprintf("%s%s/api/v1/cluster/ca", strstr(address, "://") ? "" : "http://",
-                          address);
-    json_t *j = ask_member(url, address, NULL, NULL, NULL, err);
+    /* a member whose API speaks TLS puts its key's pin in the token: HOST:PORT
+     * then means https, and exactly that key is trusted */
+    char *curl_pin = api_pin ? kh_cluster_pin_curl(api_pin + 1) : NULL;
+    if (api_pin && !curl_pin) {
+        kh_err_set(err, KH_E_INVALID, "the join token's API certificate pin is not hex");
+        return NULL;
+    }
+    char *url = xasprintf("%s%s/api/v1/cluster/ca", strstr(address, "://") ? ""
+                          : api_pin ? "https://" : "http://", address);
+    json_t *j = ask_member(url, address, NULL, NULL, NULL, curl_pin, err);
     free(url);
+    free(curl_pin);
     if (!j)
         return NULL;
     const char *ca = json_string_value(json_object_get(j, "ca"));
     const char *curl_ = json_string_value(json_object_get(j, "cluster_url"));
     char *fp = kh_pki_fingerprint(ca);
     char *out = NULL;
-    if (!fp || strcasecmp(fp, pin + 1) != 0 || !curl_)
+    if (!fp || strncasecmp(fp, pin + 1, 64) != 0 || !curl_)
         kh_err_set(err, KH_E_UNAUTHORIZED, "the cluster CA of the member at %s does not match "
                    "the CA pinned in the join token: not joining (a man in the middle, or a "
                    "token of another cluster)", address);
@@ -509,7 +557,7 @@ int kh_cluster_join(kh_cluster *c, const char *address, const char *token, kh_er
     json_t *ans = NULL;
     for (unsigned tries = 0; !ans; tries++) {
         kh_err_clear(err);
-        ans = ask_member(url, address, token, body, cafile, err);
+        ans = ask_member(url, address, token, body, cafile, NULL, err);
         if (ans || err->code != KH_E_UNAVAILABLE || !strstr(err->msg, RETRY_HINT) ||
             tries >= JOIN_RETRY_S)
             break;
@@ -614,30 +662,39 @@ static int etcd_member_remove(kh_cluster *c, const char *host_id, kh_err *err)
  * let in by a peer's mutual TLS (pki.c). One txn. */
 static int retire_records(kh_cluster *c, const char *host_id, kh_err *err)
 {
+    json_t *body = kh_cluster_retire_txn(c, host_id);
+    json_t *r = kh_etcd_request(c->etcd, "/v3/kv/txn", body, false, err);
+    int rc = r ? 0 : -1;
+    json_decref(r);
+    return rc;
+}
+
+json_t *kh_cluster_retire_txn(kh_cluster *c, const char *host_id)
+{
     char *k1 = xasprintf(KH_CLUSTER_HOSTS "%s", host_id);
     char *k2 = xasprintf(KH_CLUSTER_MEMBERS "%s", host_id);
     char *k3 = xasprintf(KH_CLUSTER_REMOVED "%s", host_id);
     const json_t *rec = json_object_get(c->hosts.map, host_id);
     const char *fp = json_string_value(json_object_get(rec, "cert_fingerprint"));
-    if (strcmp(host_id, c->conf.host_id) == 0)
+    const char *serial = json_string_value(json_object_get(rec, "cert_serial"));
+    if (strcmp(host_id, c->conf.host_id) == 0) {
         fp = c->fingerprint;
-    json_t *r = json_pack("{s:s, s:s*, s:f}", "name", str(rec, "name")[0] ? str(rec, "name")
-                                                        : host_id,
-                          "cert_fingerprint", fp, "removed_at", kh_wall_time());
+        serial = c->serial;
+    }
+    json_t *r = json_pack("{s:s, s:s*, s:s*, s:f}", "name", str(rec, "name")[0]
+                          ? str(rec, "name") : host_id, "cert_fingerprint", fp,
+                          "cert_serial", serial, "removed_at", kh_wall_time());
     char *text = json_dumps(r, JSON_COMPACT | JSON_SORT_KEYS);
     json_decref(r);
     kh_etcd_op ops[3] = { { .type = KH_ETCD_OP_PUT, .key = k3, .value = text },
                           { .type = KH_ETCD_OP_DELETE, .key = k1 },
                           { .type = KH_ETCD_OP_DELETE, .key = k2 } };
-    kh_etcd_txn_result res = { 0 };
-    int rc = kh_etcd_txn(c->etcd, NULL, 0, ops, 3, NULL, 0, &res, err);
-    if (rc == 0)
-        kh_etcd_txn_result_clear(&res);
+    json_t *body = kh_etcd_txn_json(NULL, 0, ops, 3, NULL, 0);
     free(text);
     free(k1);
     free(k2);
     free(k3);
-    return rc;
+    return body;
 }
 
 void kh_cluster_forget(kh_cluster *c)
@@ -680,10 +737,10 @@ int kh_cluster_leave(kh_cluster *c, kh_err *err)
     return 0;
 }
 
-int kh_cluster_remove(kh_cluster *c, const char *host, kh_err *err)
+char *kh_cluster_remove_target(kh_cluster *c, const char *host, kh_err *err)
 {
     if (kh_cluster_writable(c, err) < 0)
-        return -1;
+        return NULL;
     const char *id = NULL, *k;
     json_t *rec;
     json_object_foreach(c->hosts.map, k, rec)
@@ -692,13 +749,20 @@ int kh_cluster_remove(kh_cluster *c, const char *host, kh_err *err)
             id = k;
     if (!id) {
         kh_err_set(err, KH_E_NOTFOUND, "no host %s in cluster %s", host, c->conf.name);
-        return -1;
+        return NULL;
     }
     if (strcmp(id, c->conf.host_id) == 0) {
         kh_err_set(err, KH_E_INVALID, "%s is this host: use 'kvmhost cluster leave'", host);
-        return -1;
+        return NULL;
     }
-    char *hid = xstrdup(id);
+    return xstrdup(id);
+}
+
+int kh_cluster_remove(kh_cluster *c, const char *host, kh_err *err)
+{
+    char *hid = kh_cluster_remove_target(c, host, err);
+    if (!hid)
+        return -1;
     int rc = (is_local(c) ? etcd_member_remove(c, hid, err) : 0) == 0 ?
              retire_records(c, hid, err) : -1;
     if (rc == 0)

@@ -105,10 +105,12 @@ static char *record_json(kh_cluster *c)
     if (c->usage)
         c->usage(c->usage_opaque, &vms, &free_mib);
     long pages = sysconf(_SC_PHYS_PAGES), psize = sysconf(_SC_PAGESIZE);
-    json_t *r = json_pack("{s:s, s:s*, s:s*, s:s*, s:s*, s:{s:i, s:I}, s:I, s:i, s:s, s:f}",
+    json_t *r = json_pack("{s:s, s:s*, s:s*, s:s*, s:s*, s:s*, s:{s:i, s:I}, s:I, s:i, s:s, "
+                          "s:f}",
                           "name", c->host_name, "address", c->advertise, "api_url", c->api_url,
                           "cluster_url", c->fingerprint ? c->cluster_url : NULL,
-                          "cert_fingerprint", c->fingerprint, "capacity", "cpus",
+                          "cert_fingerprint", c->fingerprint, "cert_serial", c->serial,
+                          "capacity", "cpus",
                           (int)sysconf(_SC_NPROCESSORS_ONLN), "memory_mib",
                           (json_int_t)((uint64_t)pages * (uint64_t)psize / (1024 * 1024)),
                           "memory_free_mib", (json_int_t)free_mib, "vms", (int)vms, "version",
@@ -272,17 +274,19 @@ static void on_watch(kh_etcd_watch *w, const kh_etcd_event *ev, const kh_err *er
         json_object_del(k->map, id);
         if (live)
             kh_log(KH_LOG_INFO, "cluster.member.offline", "host_id=%s", id);
-        return;
-    }
-    json_t *rec = json_loadb(ev->kv->value, ev->kv->value_len, 0, NULL);
-    if (json_is_object(rec)) {
-        if (live && !json_object_get(k->map, id))
-            kh_log(KH_LOG_INFO, "cluster.member.online", "host_id=%s name=%s", id,
-                   json_string_value(json_object_get(rec, "name")));
-        json_object_set_new(k->map, id, rec);
     } else {
-        json_decref(rec);
+        json_t *rec = json_loadb(ev->kv->value, ev->kv->value_len, 0, NULL);
+        if (json_is_object(rec)) {
+            if (live && !json_object_get(k->map, id))
+                kh_log(KH_LOG_INFO, "cluster.member.online", "host_id=%s name=%s", id,
+                       json_string_value(json_object_get(rec, "name")));
+            json_object_set_new(k->map, id, rec);
+        } else {
+            json_decref(rec);
+        }
     }
+    if (k == &k->c->revoked) /* a host removed: etcd refuses its certificate */
+        kh_crl_update(k->c);
 }
 
 static void load_into(kh_cluster_cache *k, const kh_etcd_kv *kv)
@@ -344,6 +348,8 @@ static int list_and_watch(kh_cluster_cache *k, kh_etcd *etcd, kh_err *err)
     int64_t rev = kvs.revision;
     if (k != &k->c->live)
         kh_cluster_mirror_replace(k->c, k->prefix, &kvs);
+    if (k == &k->c->revoked)
+        kh_crl_update(k->c);
     kh_etcd_kvs_clear(&kvs);
     k->watch = kh_etcd_watch_start(etcd, k->prefix, true, rev + 1, on_watch, k, err);
     return k->watch ? 0 : -1;
@@ -549,12 +555,17 @@ int kh_cluster_start(kh_cluster *c, kh_err *err)
         bool existing = access(data, F_OK) == 0 || strchr(c->conf.initial_cluster, ',');
         char *ca = kh_cluster_tls_path(c, "ca.pem"), *cert = kh_cluster_tls_path(c, "host.pem");
         char *key = kh_cluster_tls_path(c, "host.key");
+        char *crl = kh_cluster_tls_path(c, "crl.pem");
+        /* etcd refuses every client while its CRL file is missing or bad */
+        bool have_crl = c->etcd_tls && kh_crl_update(c) == 0;
         kh_etcdproc_spec s = { .binary = c->etcd_binary, .name = c->conf.host_id,
                                .data_dir = data, .log_file = log, .peer_url = peer,
                                .client_url = client, .initial_cluster = c->conf.initial_cluster,
                                .existing = existing, .cluster_token = c->conf.cluster_id,
-                               .ca = c->etcd_tls ? ca : NULL, .cert = cert, .key = key };
+                               .ca = c->etcd_tls ? ca : NULL, .cert = cert, .key = key,
+                               .crl = have_crl ? crl : NULL };
         c->proc = kh_etcdproc_new(c->loop, &s, err);
+        free(crl);
         free(ca);
         free(cert);
         free(key);
@@ -675,6 +686,7 @@ kh_cluster *kh_cluster_new(uv_loop_t *loop, kh_store *store, const kh_cluster_co
         c->cluster_url = xasprintf("https://%s:%ld", c->advertise, port + 1);
     }
     c->tls_dir = xasprintf("%s/cluster-tls", cfg->state_dir);
+    c->api_cert = cfg->tls && cfg->tls_cert ? xstrdup(cfg->tls_cert) : NULL;
     c->tls_cb = cfg->tls_ready;
     c->tls_opaque = cfg->tls_opaque;
     c->local_vms = cfg->local_vms;
@@ -740,10 +752,12 @@ void kh_cluster_free(kh_cluster *c)
     free(c->tls_dir);
     free(c->cluster_url);
     free(c->fingerprint);
+    free(c->serial);
     free(c->state_dir);
     free(c->host_name);
     free(c->advertise);
     free(c->api_url);
+    free(c->api_cert);
     free(c->etcd_binary);
     free(c->ext_endpoints);
     free(c->etcd_ca);

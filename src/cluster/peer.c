@@ -1,6 +1,6 @@
 /* peer.c - what a live migration (instance/migrate.c, via the API layer)
- * needs from the cluster: a member found by name (its host id, address
- * and api_url), this host's id, the migration record
+ * needs from the cluster: a member found by name (its host id, address,
+ * api_url and cluster_url), this host's id, the migration record
  * /kvmhost/migrations/<vm-id>, the owner move of /kvmhost/vms/<id>/owner
  * and the fence /kvmhost/migrations/<vm-id>/fenced that the move compares
  * (absent), so a side that fenced while the owner was still the source
@@ -37,6 +37,8 @@ int kh_cluster_member_find(kh_cluster *c, const char *name, kh_cluster_member *o
             snprintf(out->name, sizeof(out->name), "%s", n ? n : id);
             snprintf(out->address, sizeof(out->address), "%s", addr);
             snprintf(out->api_url, sizeof(out->api_url), "%s", url);
+            const char *cu = json_string_value(json_object_get(rec, "cluster_url"));
+            snprintf(out->cluster_url, sizeof(out->cluster_url), "%s", cu ? cu : "");
             out->self = strcmp(id, c->conf.host_id) == 0;
             out->online = c->live.map && json_object_get(c->live.map, id) != NULL;
             return 0;

@@ -9,6 +9,7 @@
  */
 #include "cluster/cluster_int.h"
 
+#include <ctype.h>
 #include <errno.h>
 #include <openssl/err.h>
 #include <openssl/evp.h>
@@ -221,6 +222,42 @@ char *kh_pki_fingerprint(const char *pem)
     return hex;
 }
 
+char *kh_pki_pubkey_pin(const char *pem)
+{
+    X509 *x = pem ? pem_read(pem, 0) : NULL;
+    EVP_PKEY *k = x ? X509_get0_pubkey(x) : NULL;
+    unsigned char *der = NULL;
+    int len = k ? i2d_PUBKEY(k, &der) : -1;
+    char *hex = NULL;
+    unsigned char md[EVP_MAX_MD_SIZE];
+    unsigned int n = 0;
+    if (len > 0 && EVP_Digest(der, (size_t)len, md, &n, EVP_sha256(), NULL) == 1) {
+        hex = xcalloc(1, 2 * n + 1);
+        for (unsigned i = 0; i < n; i++)
+            snprintf(hex + 2 * i, 3, "%02x", md[i]);
+    }
+    OPENSSL_free(der);
+    X509_free(x);
+    return hex;
+}
+
+char *kh_cluster_pin_curl(const char *hex)
+{
+    unsigned char raw[32];
+    if (!hex || strlen(hex) != 2 * sizeof(raw))
+        return NULL;
+    for (size_t i = 0; i < sizeof(raw); i++) {
+        unsigned v;
+        if (sscanf(hex + 2 * i, "%2x", &v) != 1 || !isxdigit((unsigned char)hex[2 * i]) ||
+            !isxdigit((unsigned char)hex[2 * i + 1]))
+            return NULL;
+        raw[i] = (unsigned char)v;
+    }
+    unsigned char b64[4 * ((sizeof(raw) + 2) / 3) + 1];
+    EVP_EncodeBlock(b64, raw, (int)sizeof(raw));
+    return xasprintf("sha256//%s", (const char *)b64);
+}
+
 /* ---- this host's files ---- */
 
 char *kh_cluster_tls_path(const kh_cluster *c, const char *file)
@@ -243,6 +280,8 @@ void kh_cluster_tls_drop(kh_cluster *c)
     kh_fs_rm_rf(c->tls_dir, NULL);
     free(c->fingerprint);
     c->fingerprint = NULL;
+    free(c->serial);
+    c->serial = NULL;
     if (c->tls_cb)
         c->tls_cb(c->tls_opaque, NULL, NULL, NULL, NULL);
 }
@@ -257,6 +296,8 @@ int kh_cluster_tls_load(kh_cluster *c)
     if (pem && access(key, R_OK) == 0 && access(ca, R_OK) == 0) {
         free(c->fingerprint);
         c->fingerprint = kh_pki_fingerprint(pem);
+        free(c->serial);
+        c->serial = kh_crl_serial(pem);
         rc = c->fingerprint ? 1 : 0;
     }
     if (rc == 1 && c->tls_cb && c->cluster_url) {

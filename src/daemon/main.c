@@ -972,6 +972,7 @@ int main(int argc, char **argv)
     kh_cluster_config ccfg = {
         .state_dir = state_dir, .host_name = o.host_name, .instance = o.instance,
         .advertise = o.advertise, .listen = o.listen, .tls = o.tls_cert != NULL, /* after tls_setup */
+        .tls_cert = o.tls_cert,
         .etcd_endpoints = o.etcd_endpoints, .etcd_ca = o.etcd_ca, .etcd_cert = o.etcd_cert,
         .etcd_key = o.etcd_key, .etcd_binary = o.etcd_binary, .ttl_s = o.cluster_ttl_s,
         .usage = cluster_usage, .usage_opaque = NULL,

@@ -112,6 +112,11 @@ static int peer_call(const kh_migration *m, const char *path, const json_t *body
     hdr = curl_slist_append(hdr, auth);
     curl_easy_setopt(h, CURLOPT_URL, url);
     curl_easy_setopt(h, CURLOPT_HTTPHEADER, hdr);
+    if (m->peer.tls_ca[0]) { /* the peer's host-to-host listener: mutual TLS */
+        curl_easy_setopt(h, CURLOPT_CAINFO, m->peer.tls_ca);
+        curl_easy_setopt(h, CURLOPT_SSLCERT, m->peer.tls_cert);
+        curl_easy_setopt(h, CURLOPT_SSLKEY, m->peer.tls_key);
+    }
     if (text)
         curl_easy_setopt(h, CURLOPT_POSTFIELDS, text);
     curl_easy_setopt(h, CURLOPT_TIMEOUT_MS, (long)HTTP_TIMEOUT_MS);

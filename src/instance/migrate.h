@@ -24,7 +24,11 @@ typedef struct kh_migrate_peer {
     char host_id[37];
     char name[128];
     char address[128];   /* where its QEMU listens for the migration */
-    char api_url[256];   /* its TCP API (the host-to-host routes) */
+    char api_url[256];   /* where the host-to-host routes are called: its
+                          * host-to-host listener (mutual TLS with the files below) */
+    char tls_ca[512];    /* the cluster CA (the only trust), this host's */
+    char tls_cert[512];  /* certificate and key as the client's ("": none) */
+    char tls_key[512];
     char self_id[37];    /* this host's id */
     bool online;         /* its lease is alive */
 } kh_migrate_peer;

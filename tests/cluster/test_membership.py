@@ -15,6 +15,7 @@ import json
 import os
 import shutil
 import signal
+import subprocess
 import sys
 import time
 
@@ -34,10 +35,11 @@ class HostDaemon(khlib.Daemon):
     daemon's)."""
 
     def __init__(self, hosts, i):
-        # plain HTTP on the client listener (--no-tls): host-to-host calls
-        # use the cluster CA's mutual TLS listener; the client API's own
-        # self-signed certificate is not what these tests are about
-        super().__init__(listen="%s:%d" % (hosts.addr(i), PORT), tls=False,
+        # the defaults a user gets: the client API speaks TLS with the
+        # daemon's self-signed certificate (no --no-tls); joins pin it
+        # through the token, host-to-host calls use the cluster CA's mutual
+        # TLS listener
+        super().__init__(listen="%s:%d" % (hosts.addr(i), PORT),
                          extra_args=["--instance", "h%d" % i, "--cluster-ttl", str(TTL)])
         self.hosts = hosts
         self.i = i
@@ -120,9 +122,20 @@ def test_membership(three):
     assert st["enabled"] and st["name"] == "lab" and st["etcd"]["mode"] == "local"
     step("cluster create on h1")
 
+    # the token pins the cluster CA and h1's API key (self-signed): a token
+    # whose API pin is not h1's key is refused before anything is sent
+    tok = cli_json(d1, "cluster", "token")
+    parts = tok["token"].split(".")
+    assert len(parts) == 3 and all(len(x) == 64 for x in parts[1:]), tok
+    bad = ".".join(parts[:2] + ["%064x" % (int(parts[2], 16) ^ 1)])
+    p = cli_json(d2, "cluster", "join", "%s:%d" % (h.addr(1), PORT), "--token", bad, ok=False)
+    assert p.returncode != 0 and "pinned in the join token" in p.stderr, p.stderr
+    assert cli_json(d2, "cluster", "status")["enabled"] is False
+    step("a token with a wrong API pin: refused")
+
     for d in (d2, d3):
         tok = cli_json(d1, "cluster", "token")
-        assert tok["address"] == "http://%s:%d" % (h.addr(1), PORT)
+        assert tok["address"] == "https://%s:%d" % (h.addr(1), PORT)
         st = cli_json(d, "cluster", "join", "%s:%d" % (h.addr(1), PORT), "--token", tok["token"])
         assert st["enabled"] and st["name"] == "lab"
         # a token is good once
@@ -164,8 +177,19 @@ def test_membership(three):
     hl = cli_json(d3, "host", "list")["hosts"]
     assert {x["name"] for x in hl} == {"h1", "h2", "h3"}
     assert all(x["state"] == "online" and x["capacity"]["cpus"] >= 1 for x in hl)
-    assert all(x["api_url"] == "http://%s:%d" % (x["address"], PORT) for x in hl)
+    assert all(x["api_url"] == "https://%s:%d" % (x["address"], PORT) for x in hl)
     step("host list from h3")
+
+    # the CLI against another host's default TLS API: its own certificate
+    # as --cacert, the API token; without --cacert it is refused
+    cli = [khlib.CLI_BIN, "--url", "https://%s:%d" % (h.addr(1), PORT), "--token-file",
+           os.path.join(d1.state_dir, "api-token"), "--json"]
+    p = h.run(3, cli + ["--cacert", d1.tls_cert, "host", "list"], timeout=30)
+    assert p.returncode == 0, p.stderr
+    assert {x["name"] for x in json.loads(p.stdout)["hosts"]} == {"h1", "h2", "h3"}
+    p = h.run(3, cli + ["host", "list"], timeout=30)
+    assert p.returncode != 0 and "certificate" in p.stderr.lower(), (p.returncode, p.stderr)
+    step("CLI over https with --cacert from h3; refused without")
 
     # kill -9 h2's daemon (its etcd dies with it): offline after the TTL
     d2.kill9()
@@ -233,7 +257,20 @@ def test_membership(three):
                       url], timeout=10)
         return p.stdout.strip()
 
+    # ... and h1's etcd, as a client (etcd's --client-crl-file)
+    etcd_h1 = "https://%s:2379/v3/kv/range" % h.addr(1)
+
+    def h2_cert_to_etcd():
+        p = h.run(2, ["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "-X", "POST",
+                      "-d", '{"key": "L2t2bWhvc3QvY2x1c3Rlcg=="}', "--cacert", tls + "/ca.pem",
+                      "--cert", tls + "/host.pem", "--key", tls + "/host.key", etcd_h1],
+                  timeout=10)
+        return p.stdout.strip()
+
     assert with_h2_cert() == "200"
+    assert h2_cert_to_etcd() == "200"
+    crl = os.path.join(d1.state_dir, "cluster-tls", "crl.pem")
+    assert os.path.exists(crl) and ("crl=" + crl) in d1.log()
     wait_for(lambda: khlib.cli(d1, "cluster", "remove", "h2").returncode == 0, 20, "h2 removed")
     wait_for(lambda: set(states(d1)) == {"h1"}, 20, "only h1 left")
     # the removed host, still running, learns it at its next record write
@@ -244,6 +281,16 @@ def test_membership(three):
     assert set(states(d1)) == {"h1"}, states(d1)
     # its certificate (signed by the cluster CA) is refused from now on
     wait_for(lambda: with_h2_cert() == "403", 10, "h2's certificate refused by h1")
+    # h1's etcd too (the CRL now lists its serial; etcd re-reads it at each
+    # handshake): the TLS handshake fails, no HTTP status
+    wait_for(lambda: h2_cert_to_etcd() == "000", 10, "h2's certificate refused by h1's etcd")
+    p = subprocess.run(["openssl", "crl", "-in", crl, "-noout", "-text"], capture_output=True,
+                       text=True, timeout=10)
+    assert p.returncode == 0 and p.stdout.count("Serial Number:") == 2, p.stdout  # h3, h2
+    p = subprocess.run(["openssl", "crl", "-in", crl, "-noout", "-CAfile",
+                        os.path.join(d1.state_dir, "cluster-tls", "ca.pem")],
+                       capture_output=True, text=True, timeout=10)
+    assert p.returncode == 0 and "verify OK" in p.stdout + p.stderr, (p.stdout, p.stderr)
     wait_for(lambda: len(cli_json(d1, "cluster", "status")["etcd"].get("members", [])) == 1, 10,
              "1 etcd member left")
     step("h3 left, h2 removed")
