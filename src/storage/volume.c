@@ -266,6 +266,7 @@ void volume_op_free(op *o)
     free(o->part);
     free(o->final);
     free(o->import);
+    free(o->import_fmt);
     free(o);
 }
 
@@ -393,7 +394,7 @@ static int start_copy(op *o, kh_err *err)
     kh_strv_add(a, "convert");
     kh_strv_add(a, "-q");
     kh_strv_add(a, "-f");
-    kh_strv_add(a, o->v.format);
+    kh_strv_add(a, o->import_fmt ? o->import_fmt : o->v.format);
     kh_strv_add(a, "-O");
     kh_strv_add(a, o->v.format);
     kh_strv_add(a, o->import);
@@ -410,13 +411,14 @@ static void import_checked(const kh_qimg_result *r, void *opaque)
     kh_err err = KH_ERR_INIT;
     if (r->status != 0) {
         kh_err_set(&err, KH_E_INVALID, "import: %s is not a readable %s image: %s", o->import,
-                   o->v.format, r->errtext && *r->errtext ? r->errtext : "qemu-img failed");
+                   o->import_fmt ? o->import_fmt : o->v.format, r->errtext && *r->errtext ? r->errtext : "qemu-img failed");
         goto fail;
     }
     char *what = xasprintf("import: %s", o->import);
     uint64_t vsize = 0;
     int64_t actual = -1;
-    if (kh_imginfo_check(r->out, o->v.format, what, &vsize, &actual, &err) == 0 &&
+    if (kh_imginfo_check(r->out, o->import_fmt ? o->import_fmt : o->v.format, what, &vsize,
+                         &actual, &err) == 0 &&
         actual >= 0 && (uint64_t)actual > pool_free_space(&o->p))
         kh_err_set(&err, KH_E_TOOLARGE, "import: not enough free space in pool %s", o->p.name);
     free(what);
@@ -430,8 +432,8 @@ fail:
     volume_op_end(o, NULL, &err);
 }
 
-int kh_storage_volume_create(kh_storage *st, const char *pool_name, const json_t *body,
-                             kh_storage_cb cb, void *opaque, kh_err *err)
+static int volume_create(kh_storage *st, const char *pool_name, const json_t *body,
+                         const char *import_fmt, kh_storage_cb cb, void *opaque, kh_err *err)
 {
     if (kh_schema_check("VolumeSpec", body, "", err) < 0)
         return -1;
@@ -576,6 +578,7 @@ int kh_storage_volume_create(kh_storage *st, const char *pool_name, const json_t
     kh_strv_add(a, kh_qimg_binary(st->qimg));
     if (jimp) {
         o->import = xstrdup(json_string_value(jimp));
+        o->import_fmt = import_fmt ? xstrdup(import_fmt) : NULL;
         struct stat sb;
         if (stat(o->import, &sb) < 0 || !S_ISREG(sb.st_mode)) {
             kh_err_set(err, KH_E_INVALID, "import: %s is not a regular file", o->import);
@@ -590,7 +593,7 @@ int kh_storage_volume_create(kh_storage *st, const char *pool_name, const json_t
         kh_strv_add(a, "--output=json");
         kh_strv_add(a, "-U");
         kh_strv_add(a, "-f");
-        kh_strv_add(a, fmt);
+        kh_strv_add(a, import_fmt ? import_fmt : fmt);
         kh_strv_add(a, o->import);
         rc = run_qimg(o, a, QIMG_TIMEOUT_MS, import_checked, err);
     } else {
@@ -646,6 +649,26 @@ out:
     pool_clear(&p);
     pool_clear(&bpool);
     volume_clear(&base);
+    return rc;
+}
+
+int kh_storage_volume_create(kh_storage *st, const char *pool_name, const json_t *body,
+                             kh_storage_cb cb, void *opaque, kh_err *err)
+{
+    return volume_create(st, pool_name, body, NULL, cb, opaque, err);
+}
+
+int kh_storage_volume_convert_in(kh_storage *st, const char *pool_name, const char *name,
+                                 const char *path, const char *src_format, kh_storage_cb cb,
+                                 void *opaque, kh_err *err)
+{
+    if (!src_format || strcmp(src_format, "vmdk") != 0) {
+        kh_err_set(err, KH_E_INVALID, "import: only vmdk images are converted");
+        return -1;
+    }
+    json_t *body = json_pack("{s:s, s:s, s:s}", "name", name, "import", path, "format", "qcow2");
+    int rc = volume_create(st, pool_name, body, src_format, cb, opaque, err);
+    json_decref(body);
     return rc;
 }
 

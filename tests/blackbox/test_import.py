@@ -1,0 +1,178 @@
+"""Import and export of VMs: an OVA made here (or exported by kvmhost)
+imports and boots; hostile OVAs are refused with 400 and leave no file in
+the pool; a libvirt domain XML imports."""
+
+import hashlib
+import io
+import os
+import subprocess
+import tarfile
+
+import pytest
+
+import khlib
+from storagelib import QIMG
+
+
+def ovf_text(name="ovaguest", disks=(("disk1.vmdk", 16 << 20, None),), vcpus=1, mem=256,
+             efi=False, mac=None):
+    refs = "".join('<File ovf:href="%s" ovf:id="file%d"%s/>' % (
+        href, i, (' ovf:size="%d"' % size) if size is not None else "")
+        for i, (href, cap, size) in enumerate(disks))
+    dsec = "".join('<Disk ovf:capacity="%d" ovf:capacityAllocationUnits="byte" '
+                   'ovf:diskId="vmdisk%d" ovf:fileRef="file%d"/>' % (cap, i, i)
+                   for i, (href, cap, size) in enumerate(disks))
+    items = "".join('<Item><rasd:ElementName>disk</rasd:ElementName><rasd:HostResource>'
+                    'ovf:/disk/vmdisk%d</rasd:HostResource><rasd:InstanceID>%d</rasd:InstanceID>'
+                    '<rasd:ResourceType>17</rasd:ResourceType></Item>' % (i, 10 + i)
+                    for i in range(len(disks)))
+    nic = ('<Item><rasd:Address>%s</rasd:Address><rasd:ElementName>eth0</rasd:ElementName>'
+           '<rasd:InstanceID>30</rasd:InstanceID><rasd:ResourceType>10</rasd:ResourceType>'
+           '</Item>' % mac) if mac else ""
+    fw = ('<vmw:Config ovf:required="false" vmw:key="firmware" vmw:value="efi"/>'
+          if efi else "")
+    return ('<?xml version="1.0" encoding="UTF-8"?>\n'
+            '<Envelope xmlns="http://schemas.dmtf.org/ovf/envelope/1" '
+            'xmlns:ovf="http://schemas.dmtf.org/ovf/envelope/1" '
+            'xmlns:rasd="http://schemas.dmtf.org/wbem/wscim/1/cim-schema/2/'
+            'CIM_ResourceAllocationSettingData" '
+            'xmlns:vmw="http://www.vmware.com/schema/ovf">'
+            '<References>%s</References><DiskSection><Info>d</Info>%s</DiskSection>'
+            '<VirtualSystem ovf:id="%s"><Info>v</Info><Name>%s</Name>'
+            '<VirtualHardwareSection><Info>h</Info>'
+            '<Item><rasd:AllocationUnits>hertz * 10^6</rasd:AllocationUnits>'
+            '<rasd:ElementName>cpu</rasd:ElementName><rasd:InstanceID>1</rasd:InstanceID>'
+            '<rasd:ResourceType>3</rasd:ResourceType><rasd:VirtualQuantity>%d'
+            '</rasd:VirtualQuantity></Item>'
+            '<Item><rasd:AllocationUnits>byte * 2^20</rasd:AllocationUnits>'
+            '<rasd:ElementName>mem</rasd:ElementName><rasd:InstanceID>2</rasd:InstanceID>'
+            '<rasd:ResourceType>4</rasd:ResourceType><rasd:VirtualQuantity>%d'
+            '</rasd:VirtualQuantity></Item>'
+            '<Item><rasd:ElementName>sound</rasd:ElementName><rasd:InstanceID>3'
+            '</rasd:InstanceID><rasd:ResourceType>35</rasd:ResourceType></Item>'
+            '%s%s%s</VirtualHardwareSection></VirtualSystem></Envelope>\n'
+            % (refs, dsec, name, name, vcpus, mem, items, nic, fw)).encode()
+
+
+def add(tar, name, data, **kw):
+    ti = tarfile.TarInfo(name)
+    ti.size = len(data)
+    ti.mode = 0o644
+    for k, v in kw.items():
+        setattr(ti, k, v)
+    tar.addfile(ti, io.BytesIO(data))
+
+
+def make_ova(entries, manifest=True, bad_digest=None):
+    """entries: [(name, bytes)]; the first is the .ovf. A SHA256 .mf second."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as t:
+        add(t, entries[0][0], entries[0][1])
+        if manifest:
+            mf = "".join("SHA256(%s)= %s\n" % (n, hashlib.sha256(d).hexdigest()
+                                               if n != bad_digest else "0" * 64)
+                         for n, d in entries)
+            add(t, entries[0][0][:-4] + ".mf", mf.encode())
+        for n, d in entries[1:]:
+            add(t, n, d)
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="module")
+def vmdk(tmp_path_factory):
+    """The test guest's disk as a streamOptimized VMDK."""
+    guest = khlib.Guest(*khlib.guest_paths())
+    out = tmp_path_factory.mktemp("ova") / "disk1.vmdk"
+    subprocess.run([QIMG, "convert", "-q", "-f", "raw", "-O", "vmdk", "-o",
+                    "subformat=streamOptimized", guest.disk, str(out)], check=True)
+    return out.read_bytes()
+
+
+def pool_files(daemon):
+    return sorted(os.listdir(os.path.join(daemon.state_dir, "pools", "default")))
+
+
+def put_ova(api, data, query="name=imp"):
+    return api.request("PUT", "/api/v1/vms/import?wait=120&" + query, raw=data,
+                       headers={"Content-Type": "application/octet-stream"}, timeout=180)
+
+
+def test_hostile_ovas_refused(mdaemon, vmdk, tmp_path):
+    """Each hostile archive is 400 with a clear message; nothing is left in
+    the pool and no VM is made."""
+    api = mdaemon.api
+    before = pool_files(mdaemon)
+    ovf = ovf_text()
+    cases = {}
+    # a symlink entry
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as t:
+        add(t, "x.ovf", ovf)
+        add(t, "disk1.vmdk", b"", type=tarfile.SYMTYPE, linkname="/etc/shadow")
+    cases["link"] = buf.getvalue()
+    # a hard link
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as t:
+        add(t, "x.ovf", ovf)
+        add(t, "disk1.vmdk", b"", type=tarfile.LNKTYPE, linkname="x.ovf")
+    cases["link "] = buf.getvalue()
+    cases["plain file names"] = make_ova([("x.ovf", ovf), ("../disk1.vmdk", vmdk)])
+    cases["plain file names "] = make_ova([("x.ovf", ovf), ("/tmp/disk1.vmdk", vmdk)])
+    cases["does not match"] = make_ova([("x.ovf", ovf), ("disk1.vmdk", vmdk)],
+                                       bad_digest="disk1.vmdk")
+    cases["not in the OVF"] = make_ova([("x.ovf", ovf), ("disk1.vmdk", vmdk),
+                                        ("extra.bin", b"x")])
+    cases["appears twice"] = make_ova([("x.ovf", ovf), ("disk1.vmdk", vmdk),
+                                       ("disk1.vmdk", vmdk)], manifest=False)
+    small = ovf_text(disks=(("disk1.vmdk", 16 << 20, 1024),))
+    cases["declares"] = make_ova([("x.ovf", small), ("disk1.vmdk", vmdk)])
+    cases["not an OVA"] = b"this is not a tar archive at all\n" * 64
+    cases["first entry"] = make_ova([("disk1.vmdk", vmdk)], manifest=False)
+    # a VMDK with a backing file
+    subprocess.run([QIMG, "create", "-q", "-f", "vmdk", str(tmp_path / "base.vmdk"), "16M"],
+                   check=True)
+    subprocess.run([QIMG, "create", "-q", "-f", "vmdk", "-b", str(tmp_path / "base.vmdk"),
+                    "-F", "vmdk", str(tmp_path / "child.vmdk")], check=True)
+    cases["backing file"] = make_ova([("x.ovf", ovf),
+                                      ("disk1.vmdk", (tmp_path / "child.vmdk").read_bytes())])
+    # a flat VMDK descriptor whose extent is a host file
+    desc = ('# Disk DescriptorFile\nversion=1\nCID=fffffffe\nparentCID=ffffffff\n'
+            'createType="monolithicFlat"\nRW 8 FLAT "/etc/passwd" 0\n').encode()
+    cases["data is not inside"] = make_ova([("x.ovf", ovf), ("disk1.vmdk", desc)])
+    for want, data in cases.items():
+        r = put_ova(api, data)
+        assert r.status == 400, (want, r)
+        assert want.strip() in r.error["message"], (want, r.error)
+        assert pool_files(mdaemon) == before, want
+    assert "imp" not in api.vm_names()
+
+
+@pytest.mark.slow
+def test_ova_import_boots_and_exports(mdaemon, vmdk, guest, tmp_path):
+    """An OVA (CPUs, memory, a disk, a NIC's MAC) imports into a qcow2 volume
+    and a VM that boots; the same VM exported to an OVA imports back."""
+    api = mdaemon.api
+    ovf = ovf_text(name="ova guest", vcpus=2, mem=192)
+    r = put_ova(api, make_ova([("g.ovf", ovf), ("disk1.vmdk", vmdk)]), query="")
+    assert r.status == 200, r
+    task = r.json
+    assert task["state"] == "succeeded", task
+    vm = task["result"]["vm"]
+    assert vm["name"] == "ova-guest" and vm["vcpus"] == 2 and vm["memory_mib"] == 192, vm
+    assert vm["disks"] == [{"volume": "default/ova-guest-disk", "readonly": False}] or \
+        vm["disks"][0]["volume"] == "default/ova-guest-disk", vm
+    warnings = task["result"]["warnings"]
+    assert any("sound" in w for w in warnings), warnings
+    vol = api.get("/api/v1/pools/default/volumes/ova-guest-disk").json
+    assert vol["format"] == "qcow2" and vol["capacity"] == 16 << 20, vol
+    assert not [f for f in pool_files(mdaemon) if f.endswith(".part")]
+    # the test guest boots its kernel from the host; the disk is the OVA's
+    boot = {"kernel": guest.kernel, "initrd": guest.initrd, "cmdline": khlib.GUEST_CMDLINE}
+    assert api.patch("/api/v1/vms/ova-guest", {"boot": boot, "serial": True,
+                                               "graphics": "none"}).status == 200
+    api.act_ok("ova-guest", "start")
+    api.wait_console("ova-guest", khlib.GUEST_DISK, timeout=150)
+    api.act_ok("ova-guest", "kill")
+    # a name that is taken: 409, nothing made
+    r = put_ova(api, make_ova([("g.ovf", ovf), ("disk1.vmdk", vmdk)]), query="")
+    assert r.status == 409, r
