@@ -3,6 +3,7 @@
  * POST /api/v1/vms/import-libvirt, GET /api/v1/vms/{name}/export. */
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "api/api.h"
 #include "porting/porting.h"
@@ -141,4 +142,55 @@ void kh_porting_routes_import_path(kh_http_req *req, void *app)
         kh_http_reply_error(req, &err);
     else
         kh_vm_routes_reply_task(req, api, t, wait);
+}
+
+/* ---- GET /api/v1/vms/{name}/export ---- */
+
+typedef struct export_req {
+    kh_http_req *req; /* NULL once the client went away */
+} export_req;
+
+static void export_gone(kh_http_req *req, void *opaque)
+{
+    (void)req;
+    export_req *x = opaque;
+    x->req = NULL;
+}
+
+static void export_done(int fd, uint64_t size, const kh_err *err, void *opaque)
+{
+    export_req *x = opaque;
+    if (!x->req) {
+        if (fd >= 0)
+            close(fd);
+    } else {
+        kh_http_req_on_abort(x->req, NULL, NULL);
+        if (fd < 0) {
+            kh_http_reply_error(x->req, err);
+        } else {
+            kh_http_req_add_header(x->req, "Content-Disposition", "attachment");
+            kh_http_reply_fd(x->req, 200, "application/x-tar", fd, size);
+        }
+    }
+    free(x);
+}
+
+void kh_porting_routes_export(kh_http_req *req, void *app)
+{
+    kh_api *api = app;
+    kh_err err = KH_ERR_INIT;
+    if (!api->storage) {
+        kh_err_set(&err, KH_E_UNAVAILABLE, "storage is not available");
+        kh_http_reply_error(req, &err);
+        return;
+    }
+    export_req *x = xcalloc(1, sizeof(*x));
+    x->req = req;
+    kh_http_req_on_abort(req, export_gone, x);
+    kh_porting pt = porting_of(api);
+    if (kh_ova_export(&pt, kh_http_req_param(req, "name"), export_done, x, &err) < 0) {
+        kh_http_req_on_abort(req, NULL, NULL);
+        free(x);
+        kh_http_reply_error(req, &err);
+    }
 }

@@ -70,6 +70,11 @@ static const kh_route routes[] = {
       "Import an OVA that is on the host (Sys.HostPath; the path must be under "
       "--host-path-allow), as PUT /api/v1/vms/import", "VMImport", "Task",
       "VM.Allocate", "/projects/{project}" },
+    { "GET", "/api/v1/vms/{name}/export", kh_porting_routes_export, KH_ROUTE_VM,
+      "Export a stopped VM (409 otherwise) as an OVA (application/x-tar): the OVF, a SHA-256 "
+      ".mf and each disk as a streamOptimized VMDK; encrypted volumes are not exported",
+      NULL, NULL,
+      "VM.Config", "/vms/{name}" },
     { "GET", "/api/v1/vms/{name}", kh_vm_routes_get, KH_ROUTE_VM, "Show a VM", NULL, "VM",
       "VM.Audit", "/vms/{name}" },
     { "PATCH", "/api/v1/vms/{name}", kh_vm_routes_patch, KH_ROUTE_VM,

@@ -50,4 +50,12 @@ kh_task *kh_ova_import_spool(kh_porting *pt, kh_ova_spool *s, const kh_ova_opts 
 kh_task *kh_ova_import_path(kh_porting *pt, const char *path, const kh_ova_opts *o,
                             kh_err *err);
 
+/* Export the stopped VM name as an OVA (export.c): cb gets, later, an fd
+ * open on the finished archive (an unlinked file: the callee owns it)
+ * and its size, or -1 and the error. -1 with err at once (KH_E_CONFLICT:
+ * not stopped, an encrypted volume; KH_E_NOTFOUND). */
+typedef void (*kh_ova_export_cb)(int fd, uint64_t size, const kh_err *err, void *opaque);
+int kh_ova_export(kh_porting *pt, const char *name, kh_ova_export_cb cb, void *opaque,
+                  kh_err *err);
+
 #endif

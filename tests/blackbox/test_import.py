@@ -4,6 +4,7 @@ the pool; a libvirt domain XML imports."""
 
 import hashlib
 import io
+import json
 import os
 import subprocess
 import tarfile
@@ -172,7 +173,36 @@ def test_ova_import_boots_and_exports(mdaemon, vmdk, guest, tmp_path):
                                                "graphics": "none"}).status == 200
     api.act_ok("ova-guest", "start")
     api.wait_console("ova-guest", khlib.GUEST_DISK, timeout=150)
+    assert api.get("/api/v1/vms/ova-guest/export").status == 409  # running
     api.act_ok("ova-guest", "kill")
+    # export: the OVF first, then the manifest, then a streamOptimized VMDK
+    r = api.get("/api/v1/vms/ova-guest/export", timeout=180)
+    assert r.status == 200, r
+    ova = tmp_path / "back.ova"
+    ova.write_bytes(r.data)
+    with tarfile.open(str(ova)) as t:
+        names = t.getnames()
+        assert names == ["ova-guest.ovf", "ova-guest.mf", "ova-guest-disk0.vmdk"], names
+        t.extract("ova-guest-disk0.vmdk", str(tmp_path))
+        mf = t.extractfile("ova-guest.mf").read().decode()
+    assert "SHA256(ova-guest-disk0.vmdk)= " in mf, mf
+    info = json.loads(subprocess.run([QIMG, "info", "--output=json", "-f", "vmdk",
+                                      str(tmp_path / "ova-guest-disk0.vmdk")], check=True,
+                                     capture_output=True, text=True).stdout)
+    assert info["format-specific"]["data"]["create-type"] == "streamOptimized", info
+    assert info["virtual-size"] == 16 << 20, info
+    assert not [f for f in pool_files(mdaemon) if f.endswith(".part")]
+    # ... and imports back, from a host path this time, and boots
+    r = api.post("/api/v1/vms/import", {"path": str(ova), "name": "ova-back", "wait": 120},
+                 timeout=180)
+    assert r.status == 200 and r.json["state"] == "succeeded", r
+    back = r.json["result"]["vm"]
+    assert back["vcpus"] == 2 and back["memory_mib"] == 192, back
+    assert api.patch("/api/v1/vms/ova-back", {"boot": boot, "serial": True,
+                                              "graphics": "none"}).status == 200
+    api.act_ok("ova-back", "start")
+    api.wait_console("ova-back", khlib.GUEST_DISK, timeout=150)
+    api.act_ok("ova-back", "kill")
     # a name that is taken: 409, nothing made
     r = put_ova(api, make_ova([("g.ovf", ovf), ("disk1.vmdk", vmdk)]), query="")
     assert r.status == 409, r
