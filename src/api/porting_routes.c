@@ -6,6 +6,9 @@
 #include <unistd.h>
 
 #include "api/api.h"
+#include "instance/config.h"
+#include "net/netmgr.h"
+#include "porting/libvirt_xml.h"
 #include "porting/porting.h"
 #include "schema/schema.h"
 #include "util/check.h"
@@ -193,4 +196,69 @@ void kh_porting_routes_export(kh_http_req *req, void *app)
         free(x);
         kh_http_reply_error(req, &err);
     }
+}
+
+/* ---- POST /api/v1/vms/import-libvirt ---- */
+
+/* The host paths of a spec (disks, boot files) are allowed to this user;
+ * the networks of its NICs exist. */
+static int libvirt_checks(kh_http_req *req, kh_api *api, const json_t *spec, kh_err *err)
+{
+    size_t i;
+    json_t *d;
+    json_array_foreach(json_object_get(spec, "disks"), i, d) {
+        const char *p = json_string_value(json_object_get(d, "path"));
+        if (p && kh_auth_hostpath(req, p, "disk", err) < 0)
+            return -1;
+    }
+    const json_t *boot = json_object_get(spec, "boot");
+    const char *keys[] = { "kernel", "initrd" };
+    for (size_t k = 0; k < 2; k++) {
+        const char *p = json_string_value(json_object_get(boot, keys[k]));
+        if (p && kh_auth_hostpath(req, p, keys[k], err) < 0)
+            return -1;
+    }
+    json_array_foreach(json_object_get(spec, "nics"), i, d) {
+        const char *net = json_string_value(json_object_get(d, "network"));
+        kh_err e = KH_ERR_INIT;
+        json_t *n = net ? kh_netmgr_get_json(api->net, net, &e) : NULL;
+        if (!n) {
+            kh_err_set(err, KH_E_INVALID, "interface %zu: network %s is not a kvmhost network; "
+                                          "create it (kvmhost network create %s ...) or change "
+                                          "<source network=...> in the XML", i,
+                       net ? net : "?", net ? net : "NAME");
+            return -1;
+        }
+        json_decref(n);
+    }
+    return kh_guard_disks(req, json_object_get(spec, "disks"), err);
+}
+
+void kh_porting_routes_import_libvirt(kh_http_req *req, void *app)
+{
+    kh_api *api = app;
+    kh_err err = KH_ERR_INIT;
+    size_t len = 0;
+    const char *xml = kh_http_req_body(req, &len);
+    json_t *warnings = NULL;
+    json_t *spec = kh_libvirt_xml_parse(xml ? xml : "", xml ? len : 0, &warnings, &err);
+    const char *name = kh_http_req_query(req, "name");
+    if (spec && name) {
+        if (kh_check_name(name, "name", &err) == 0)
+            json_object_set_new(spec, "name", json_string(name));
+    }
+    json_t *vm = NULL;
+    if (spec && !kh_err_isset(&err) && libvirt_checks(req, api, spec, &err) == 0 &&
+        kh_guard_vm_quota(req, api, spec, &err) == 0)
+        vm = kh_config_create(api->mgr, spec, &err);
+    json_decref(spec);
+    if (!vm) {
+        json_decref(warnings);
+        kh_http_reply_error(req, &err);
+        return;
+    }
+    char *loc = xasprintf("/api/v1/vms/%s", json_string_value(json_object_get(vm, "name")));
+    kh_http_req_add_header(req, "Location", loc);
+    free(loc);
+    kh_http_reply_json(req, 201, json_pack("{s:o, s:o}", "vm", vm, "warnings", warnings));
 }

@@ -70,6 +70,13 @@ static const kh_route routes[] = {
       "Import an OVA that is on the host (Sys.HostPath; the path must be under "
       "--host-path-allow), as PUT /api/v1/vms/import", "VMImport", "Task",
       "VM.Allocate", "/projects/{project}" },
+    { "POST", "/api/v1/vms/import-libvirt", kh_porting_routes_import_libvirt, KH_ROUTE_RAW,
+      "Make a VM from a libvirt domain XML (the body, as `virsh dumpxml` writes it; ?name= "
+      "renames it): memory, vCPUs, machine, UEFI/Secure Boot, direct kernel boot, file disks "
+      "used in place (Sys.HostPath), NICs on kvmhost networks of the same name, serial, TPM; "
+      "201 with {vm, warnings}: what is not imported is listed, never dropped silently",
+      NULL, "VMImported",
+      "VM.Allocate", "/projects/{project}" },
     { "GET", "/api/v1/vms/{name}/export", kh_porting_routes_export, KH_ROUTE_VM,
       "Export a stopped VM (409 otherwise) as an OVA (application/x-tar): the OVF, a SHA-256 "
       ".mf and each disk as a streamOptimized VMDK; encrypted volumes are not exported",

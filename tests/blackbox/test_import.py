@@ -206,3 +206,93 @@ def test_ova_import_boots_and_exports(mdaemon, vmdk, guest, tmp_path):
     # a name that is taken: 409, nothing made
     r = put_ova(api, make_ova([("g.ovf", ovf), ("disk1.vmdk", vmdk)]), query="")
     assert r.status == 409, r
+
+
+DOMAIN_XML = """<domain type='kvm'>
+  <name>lvguest</name>
+  <uuid>0b4d9c3e-6f0a-4a57-9c1e-2f3a4b5c6d7e</uuid>
+  <memory unit='KiB'>262144</memory>
+  <currentMemory unit='KiB'>262144</currentMemory>
+  <vcpu placement='static'>2</vcpu>
+  <os>
+    <type arch='x86_64' machine='pc-q35-7.2'>hvm</type>
+    <kernel>{kernel}</kernel>
+    <initrd>{initrd}</initrd>
+    <cmdline>{cmdline}</cmdline>
+    <boot dev='hd'/>
+  </os>
+  <features>
+    <acpi/>
+    <apic/>
+    <vmport state='off'/>
+  </features>
+  <cpu mode='host-passthrough' check='none' migratable='on'/>
+  <clock offset='utc'>
+    <timer name='rtc' tickpolicy='catchup'/>
+  </clock>
+  <on_poweroff>destroy</on_poweroff>
+  <on_reboot>restart</on_reboot>
+  <on_crash>destroy</on_crash>
+  <devices>
+    <emulator>/usr/bin/qemu-system-x86_64</emulator>
+    <disk type='file' device='disk'>
+      <driver name='qemu' type='raw'/>
+      <source file='{disk}'/>
+      <target dev='vda' bus='virtio'/>
+      <address type='pci' domain='0x0000' bus='0x04' slot='0x00' function='0x0'/>
+    </disk>
+    <controller type='usb' index='0' model='qemu-xhci' ports='15'/>
+    <controller type='pci' index='0' model='pcie-root'/>
+    {interface}
+    <serial type='pty'>
+      <target type='isa-serial' port='0'>
+        <model name='isa-serial'/>
+      </target>
+    </serial>
+    <console type='pty'>
+      <target type='serial' port='0'/>
+    </console>
+    <input type='mouse' bus='ps2'/>
+    <memballoon model='virtio'/>
+    <tpm model='tpm-crb'>
+      <backend type='emulator' version='2.0'/>
+    </tpm>
+  </devices>
+</domain>
+"""
+
+
+@pytest.mark.slow
+def test_libvirt_xml_imports_and_boots(mdaemon, guest, tmp_path):
+    """A domain XML as `virsh dumpxml` writes it: memory, vCPUs, direct kernel
+    boot, a raw file disk, serial, TPM become the VM; what is not imported is
+    listed in the warnings; a NIC on a network kvmhost lacks is a clear 400."""
+    api = mdaemon.api
+    disk = tmp_path / "lv.raw"
+    khlib.copy_disk(guest.disk, str(disk))
+    fields = dict(kernel=guest.kernel, initrd=guest.initrd, cmdline=khlib.GUEST_CMDLINE,
+                  disk=str(disk))
+    nic = ("<interface type='network'><mac address='52:54:00:6b:3c:58'/>"
+           "<source network='nosuchnet'/><model type='virtio'/></interface>")
+    r = api.request("POST", "/api/v1/vms/import-libvirt",
+                    raw=DOMAIN_XML.format(interface=nic, **fields).encode(),
+                    headers={"Content-Type": "application/xml"})
+    assert r.status == 400 and "nosuchnet is not a kvmhost network" in r.error["message"], r
+    r = api.request("POST", "/api/v1/vms/import-libvirt", raw=b"<domain><name>x</name>",
+                    headers={"Content-Type": "application/xml"})
+    assert r.status == 400, r
+    r = api.request("POST", "/api/v1/vms/import-libvirt?name=lv1",
+                    raw=DOMAIN_XML.format(interface="", **fields).encode(),
+                    headers={"Content-Type": "application/xml"})
+    assert r.status == 201, r
+    vm, warnings = r.json["vm"], r.json["warnings"]
+    assert vm["name"] == "lv1" and vm["vcpus"] == 2 and vm["memory_mib"] == 256, vm
+    assert vm["tpm"] is True and vm["serial"] is True, vm
+    assert vm["disks"][0]["path"] == str(disk) and vm["disks"][0]["format"] == "raw", vm
+    assert vm["boot"]["kernel"] == guest.kernel, vm
+    for w in ("vmport", "<cpu>", "<clock>", "memballoon", "controller", "input"):
+        assert any(w in x for x in warnings), (w, warnings)
+    assert api.patch("/api/v1/vms/lv1", {"tpm": False}).status == 200  # swtpm: a slow start
+    api.act_ok("lv1", "start")
+    api.wait_console("lv1", khlib.GUEST_DISK, timeout=150)
+    api.act_ok("lv1", "kill")
