@@ -146,6 +146,12 @@ def test_hostile_ovas_refused(mdaemon, vmdk, tmp_path):
         assert want.strip() in r.error["message"], (want, r.error)
         assert pool_files(mdaemon) == before, want
     assert "imp" not in api.vm_names()
+    # the CLI says why, with exit status 2 (bad input)
+    bad = tmp_path / "bad.ova"
+    bad.write_bytes(cases["link"])
+    p = khlib.cli(mdaemon, "vm", "import", str(bad), "--name", "imp")
+    assert p.returncode == 2 and "links are refused" in p.stderr, (p.returncode, p.stderr)
+    assert pool_files(mdaemon) == before
 
 
 @pytest.mark.slow
@@ -203,6 +209,15 @@ def test_ova_import_boots_and_exports(mdaemon, vmdk, guest, tmp_path):
     api.act_ok("ova-back", "start")
     api.wait_console("ova-back", khlib.GUEST_DISK, timeout=150)
     api.act_ok("ova-back", "kill")
+    # the CLI: export to a file (refused over an existing one), import it
+    out = tmp_path / "cli.ova"
+    p = khlib.cli(mdaemon, "vm", "export", "ova-back", str(out), timeout=180)
+    assert p.returncode == 0 and tarfile.is_tarfile(str(out)), p.stderr
+    p = khlib.cli(mdaemon, "vm", "export", "ova-back", str(out))
+    assert p.returncode != 0 and "exists" in p.stderr, p.stderr
+    p = khlib.cli(mdaemon, "vm", "import", str(out), "--name", "ova-cli", timeout=180)
+    assert p.returncode == 0 and p.stdout.strip() == "ova-cli", (p.stdout, p.stderr)
+    assert "default/ova-cli-disk" in json.dumps(api.vm("ova-cli")["disks"])
     # a name that is taken: 409, nothing made
     r = put_ova(api, make_ova([("g.ovf", ovf), ("disk1.vmdk", vmdk)]), query="")
     assert r.status == 409, r
@@ -293,6 +308,11 @@ def test_libvirt_xml_imports_and_boots(mdaemon, guest, tmp_path):
     for w in ("vmport", "<cpu>", "<clock>", "memballoon", "controller", "input"):
         assert any(w in x for x in warnings), (w, warnings)
     assert api.patch("/api/v1/vms/lv1", {"tpm": False}).status == 200  # swtpm: a slow start
+    xml = tmp_path / "lv.xml"
+    xml.write_text(DOMAIN_XML.format(interface="", **fields))
+    p = khlib.cli(mdaemon, "vm", "import-libvirt", str(xml), "--name", "lv2")
+    assert p.returncode == 0 and p.stdout.strip() == "lv2", (p.stdout, p.stderr)
+    assert "warning: " in p.stderr and "memballoon" in p.stderr, p.stderr
     api.act_ok("lv1", "start")
     api.wait_console("lv1", khlib.GUEST_DISK, timeout=150)
     api.act_ok("lv1", "kill")
