@@ -199,7 +199,8 @@ const cli_cmd cli_porting_cmds[] = {
         "interfaces (on the kvmhost network of the same name, which must exist), serial "
         "console and TPM are taken; everything else is printed as a warning on stderr.",
         opts_vm_import_libvirt,
-        "$ virsh dumpxml web1 > web1.xml && kvmhost vm import-libvirt web1.xml",
+        "# on the libvirt host: virsh dumpxml web1 > web1.xml\n"
+        "$ kvmhost vm import-libvirt web1.xml",
         cli_do_vm_import_libvirt,
     },
     {
