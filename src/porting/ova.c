@@ -150,6 +150,9 @@ typedef struct job {
     kh_ovf ovf;
     bool have_ovf;
     char *tmp[KH_OVF_DISKS_MAX]; /* extracted disks, by disk index */
+    uint64_t off[KH_OVF_DISKS_MAX], len[KH_OVF_DISKS_MAX]; /* or: where they lie in src */
+    bool in_src[KH_OVF_DISKS_MAX];
+    int src_fd; /* src, to check where an entry's data lies */
     char *vols[KH_OVF_DISKS_MAX];
     size_t nvols, cur;
     entry_sum sums[KH_OVA_ENTRIES_MAX];
@@ -167,6 +170,8 @@ static void job_free(job *j)
         free(j->tmp[i]);
         free(j->vols[i]);
     }
+    if (j->src_fd >= 0)
+        close(j->src_fd);
     if (j->src_spool)
         unlink(j->src);
     if (j->have_ovf)
@@ -190,14 +195,59 @@ static void hex(const unsigned char *d, unsigned n, char *out)
     out[2 * n] = '\0';
 }
 
-/* Reads the current entry (size bytes declared): into fd (>= 0), or into
- * *text (at most max bytes), or nowhere; hashed with SHA-1 and SHA-256. */
-static int read_entry(job *j, struct archive *a, const char *name, int fd, char **text,
+/* Where a disk entry's bytes go: a file of their own, or nowhere when they
+ * are found at `at` in the archive itself (then qemu-img reads them there;
+ * checked on the first block, else they are copied to fd after all). */
+typedef struct sink {
+    int fd;       /* -1: none yet */
+    int disk;     /* -1: not a disk */
+    uint64_t at;  /* where the data should start in src */
+    bool checked; /* the first block was compared */
+} sink;
+
+/* A copy of the disk's bytes from here on: a "<uuid>.part" in the pool. */
+static int sink_open(job *j, sink *k)
+{
+    j->tmp[k->disk] = part_path(j->dir);
+    k->fd = open(j->tmp[k->disk], O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0600);
+    if (k->fd < 0) {
+        kh_err_errno(&j->err, KH_E_INTERNAL, errno, "import: cannot create a file in pool %s",
+                     j->pool);
+        free(j->tmp[k->disk]);
+        j->tmp[k->disk] = NULL;
+        return -1;
+    }
+    return 0;
+}
+
+/* The first block of a disk: is it at k->at in src? */
+static int sink_check(job *j, sink *k, const char *buf, size_t n)
+{
+    k->checked = true;
+    char *again = xmalloc(n);
+    bool same = pread(j->src_fd, again, n, (off_t)k->at) == (ssize_t)n &&
+                memcmp(again, buf, n) == 0;
+    free(again);
+    if (same) {
+        j->in_src[k->disk] = true;
+        j->off[k->disk] = k->at;
+        return 0;
+    }
+    return sink_open(j, k);
+}
+
+/* Reads the current entry (size bytes declared): into the disk sink k (may
+ * be NULL), or into *text (at most max bytes), or nowhere; hashed with
+ * SHA-256, and SHA-1 unless a manifest without SHA1 lines came first. */
+static int read_entry(job *j, struct archive *a, const char *name, sink *k, char **text,
                       size_t max, entry_sum *sum)
 {
-    EVP_MD_CTX *c1 = EVP_MD_CTX_new(), *c256 = EVP_MD_CTX_new();
-    EVP_DigestInit_ex(c1, EVP_sha1(), NULL);
+    bool sha1 = !j->mf || strstr(j->mf, "SHA1(");
+    EVP_MD_CTX *c1 = sha1 ? EVP_MD_CTX_new() : NULL, *c256 = EVP_MD_CTX_new();
+    if (c1)
+        EVP_DigestInit_ex(c1, EVP_sha1(), NULL);
     EVP_DigestInit_ex(c256, EVP_sha256(), NULL);
+    int fd = -1;
     char *buf = xmalloc(KH_OVA_BLOCK);
     size_t tlen = 0;
     int rc = -1;
@@ -212,8 +262,12 @@ static int read_entry(job *j, struct archive *a, const char *name, int fd, char 
                        archive_error_string(a) ? archive_error_string(a) : "unreadable");
             goto out;
         }
-        EVP_DigestUpdate(c1, buf, (size_t)n);
+        if (c1)
+            EVP_DigestUpdate(c1, buf, (size_t)n);
         EVP_DigestUpdate(c256, buf, (size_t)n);
+        if (k && !k->checked && sink_check(j, k, buf, (size_t)n) < 0)
+            goto out;
+        fd = k ? k->fd : -1;
         if (text) {
             if (tlen + (size_t)n > max) {
                 kh_err_set(&j->err, KH_E_INVALID, "import: entry %s is too large", name);
@@ -237,8 +291,10 @@ static int read_entry(job *j, struct archive *a, const char *name, int fd, char 
     }
     unsigned char d[EVP_MAX_MD_SIZE];
     unsigned dl = 0;
-    EVP_DigestFinal_ex(c1, d, &dl);
-    hex(d, dl, sum->sha1);
+    if (c1) {
+        EVP_DigestFinal_ex(c1, d, &dl);
+        hex(d, dl, sum->sha1);
+    }
     EVP_DigestFinal_ex(c256, d, &dl);
     hex(d, dl, sum->sha256);
     snprintf(sum->name, sizeof(sum->name), "%s", name);
@@ -359,7 +415,7 @@ static int extract_entry(job *j, struct archive *a, struct archive_entry *e, siz
             return -1;
         }
         char *text = NULL;
-        int rc = read_entry(j, a, name, -1, &text, KH_OVF_TEXT_MAX, sum);
+        int rc = read_entry(j, a, name, NULL, &text, KH_OVF_TEXT_MAX, sum);
         if (rc == 0)
             rc = kh_ovf_parse(text, strlen(text), &j->ovf, &j->err);
         free(text);
@@ -375,13 +431,13 @@ static int extract_entry(job *j, struct archive *a, struct archive_entry *e, siz
             return -1;
         }
         entry_sum ignored;
-        return read_entry(j, a, name, -1, &j->mf, KH_OVA_MF_MAX, &ignored);
+        return read_entry(j, a, name, NULL, &j->mf, KH_OVA_MF_MAX, &ignored);
     }
     if (ends_with(name, ".cert")) {
         json_array_append_new(j->ovf.warnings,
                               json_string("the certificate (.cert) is not checked"));
         char *text = NULL;
-        int rc = read_entry(j, a, name, -1, &text, KH_OVA_MF_MAX, sum);
+        int rc = read_entry(j, a, name, NULL, &text, KH_OVA_MF_MAX, sum);
         free(text);
         return rc; /* it signs the manifest: not listed in it */
     }
@@ -402,23 +458,27 @@ static int extract_entry(job *j, struct archive *a, struct archive_entry *e, siz
                    name, j->pool);
         return -1;
     }
-    int fd = -1;
-    if (f->disk >= 0) {
-        j->tmp[f->disk] = part_path(j->dir);
-        fd = open(j->tmp[f->disk], O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0600);
-        if (fd < 0) {
-            kh_err_errno(&j->err, KH_E_INTERNAL, errno, "import: cannot create a file in "
-                                                        "pool %s", j->pool);
-            free(j->tmp[f->disk]);
-            j->tmp[f->disk] = NULL;
-            return -1;
-        }
-    } else {
+    if (archive_entry_sparse_count(e) > 0) {
+        kh_err_set(&j->err, KH_E_INVALID, "import: entry %s is a sparse tar entry: refused",
+                   name);
+        return -1;
+    }
+    /* a ustar entry's data follows its one 512-byte header; checked */
+    sink k = { -1, f->disk, (uint64_t)archive_read_header_position(a) + 512, false };
+    if (f->disk < 0)
         json_array_append_new(j->ovf.warnings,
                               json_sprintf("file %s is not a disk: not imported", name));
+    else
+        j->len[f->disk] = size;
+    int rc = 0;
+    if (f->disk >= 0 && (size == 0 || size % 512 != 0)) {
+        /* QEMU's raw window wants whole sectors: a copy of its own */
+        k.checked = true;
+        rc = sink_open(j, &k);
     }
-    int rc = read_entry(j, a, name, fd, NULL, 0, sum);
-    if (fd >= 0 && close(fd) < 0 && rc == 0) {
+    if (rc == 0)
+        rc = read_entry(j, a, name, f->disk >= 0 ? &k : NULL, NULL, 0, sum);
+    if (k.fd >= 0 && close(k.fd) < 0 && rc == 0) {
         kh_err_errno(&j->err, KH_E_INTERNAL, errno, "import: writing pool %s", j->pool);
         rc = -1;
     }
@@ -433,9 +493,14 @@ static int extract_entry(job *j, struct archive *a, struct archive_entry *e, siz
 static void extract(uv_work_t *w)
 {
     job *j = w->data;
+    j->src_fd = open(j->src, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+    if (j->src_fd < 0) {
+        kh_err_errno(&j->err, KH_E_INVALID, errno, "import: cannot open the archive");
+        return;
+    }
     struct archive *a = archive_read_new();
     archive_read_support_format_tar(a);
-    if (archive_read_open_filename(a, j->src, KH_OVA_BLOCK) != ARCHIVE_OK) {
+    if (archive_read_open_fd(a, j->src_fd, KH_OVA_BLOCK) != ARCHIVE_OK) {
         kh_err_set(&j->err, KH_E_INVALID, "import: not an OVA (a tar archive): %s",
                    archive_error_string(a) ? archive_error_string(a) : "?");
         archive_read_free(a);
@@ -468,7 +533,7 @@ static void extract(uv_work_t *w)
         return;
     }
     for (size_t i = 0; i < j->ovf.ndisks; i++) {
-        if (!j->tmp[i]) {
+        if (!j->tmp[i] && !j->in_src[i]) {
             kh_err_set(&j->err, KH_E_INVALID, "import: disk file %s is missing from the archive",
                        j->ovf.files[j->ovf.disks[i].file].href);
             return;
@@ -536,7 +601,8 @@ static void convert_next(job *j);
 static void converted(json_t *result, const kh_err *err, void *opaque)
 {
     job *j = opaque;
-    unlink(j->tmp[j->cur]);
+    if (j->tmp[j->cur])
+        unlink(j->tmp[j->cur]);
     free(j->tmp[j->cur]);
     j->tmp[j->cur] = NULL;
     if (!result) {
@@ -564,8 +630,14 @@ static void convert_next(job *j)
     j->vols[j->cur] = j->ovf.ndisks == 1 ? xasprintf("%s-disk", j->name)
                                          : xasprintf("%s-disk%zu", j->name, j->cur);
     kh_err err = KH_ERR_INIT;
-    if (kh_storage_volume_convert_in(j->pt.storage, j->pool, j->vols[j->cur],
-                                     j->tmp[j->cur], "vmdk", converted, j, &err) < 0) {
+    size_t i = j->cur;
+    int rc = j->in_src[i]
+                 ? kh_storage_volume_convert_in(j->pt.storage, j->pool, j->vols[i], j->src,
+                                                j->off[i], j->len[i], "vmdk", converted, j,
+                                                &err)
+                 : kh_storage_volume_convert_in(j->pt.storage, j->pool, j->vols[i],
+                                                j->tmp[i], 0, 0, "vmdk", converted, j, &err);
+    if (rc < 0) {
         free(j->vols[j->cur]);
         j->vols[j->cur] = NULL;
         fail(j, &err);
@@ -580,10 +652,6 @@ static void extracted(uv_work_t *w, int status)
         kh_err err = j->err;
         fail(j, &err);
         return;
-    }
-    if (j->src_spool) { /* the archive is no longer needed */
-        unlink(j->src);
-        j->src_spool = false;
     }
     if (!j->name) {
         if (!j->ovf.name[0]) {
@@ -609,6 +677,7 @@ static kh_task *start(kh_porting *pt, char *src, bool spool, const kh_ova_opts *
 {
     job *j = xcalloc(1, sizeof(*j));
     j->pt = *pt;
+    j->src_fd = -1;
     j->src = src;
     j->src_spool = spool;
     j->pool = xstrdup(o->pool ? o->pool : "default");

@@ -22,14 +22,26 @@ static bool vmdk_self_contained(json_t *info, json_t *fsd)
     if (!ct || !self || (strcmp(ct, "streamOptimized") != 0 && strcmp(ct, "monolithicSparse") != 0))
         return false;
     json_t *ext = json_object_get(fsd, "extents");
+    /* a window of a bigger file (an OVA: json:{"driver": "vmdk", "file":
+     * {"driver": "raw", "offset", "size", "file": ...}}): the extent must be
+     * exactly that window */
+    json_t *top = strncmp(self, "json:", 5) == 0 ? json_loads(self + 5, 0, NULL) : NULL;
+    json_t *window = json_object_get(top, "file");
+    bool ok = json_array_size(ext) > 0;
     size_t i;
     json_t *e;
     json_array_foreach(ext, i, e) {
         const char *f = json_string_value(json_object_get(e, "filename"));
-        if (!f || strcmp(f, self) != 0)
-            return false;
+        if (f && strcmp(f, self) == 0)
+            continue;
+        json_t *mine = f && window && strncmp(f, "json:", 5) == 0 ? json_loads(f + 5, 0, NULL)
+                                                                   : NULL;
+        if (!mine || !json_equal(mine, window))
+            ok = false;
+        json_decref(mine);
     }
-    return true;
+    json_decref(top);
+    return ok;
 }
 
 int kh_imginfo_check(const char *info_text, const char *format, const char *what,

@@ -267,6 +267,7 @@ void volume_op_free(op *o)
     free(o->final);
     free(o->import);
     free(o->import_fmt);
+    free(o->import_src);
     free(o);
 }
 
@@ -397,7 +398,7 @@ static int start_copy(op *o, kh_err *err)
     kh_strv_add(a, o->import_fmt ? o->import_fmt : o->v.format);
     kh_strv_add(a, "-O");
     kh_strv_add(a, o->v.format);
-    kh_strv_add(a, o->import);
+    kh_strv_add(a, o->import_src ? o->import_src : o->import);
     kh_strv_add(a, o->part);
     o->kind = OP_IMPORT_COPY;
     return run_qimg(o, a, QIMG_CONVERT_TIMEOUT_MS, volume_create_done, err);
@@ -433,7 +434,8 @@ fail:
 }
 
 static int volume_create(kh_storage *st, const char *pool_name, const json_t *body,
-                         const char *import_fmt, kh_storage_cb cb, void *opaque, kh_err *err)
+                         const char *import_fmt, const char *import_src, kh_storage_cb cb,
+                         void *opaque, kh_err *err)
 {
     if (kh_schema_check("VolumeSpec", body, "", err) < 0)
         return -1;
@@ -579,6 +581,7 @@ static int volume_create(kh_storage *st, const char *pool_name, const json_t *bo
     if (jimp) {
         o->import = xstrdup(json_string_value(jimp));
         o->import_fmt = import_fmt ? xstrdup(import_fmt) : NULL;
+        o->import_src = import_src ? xstrdup(import_src) : NULL;
         struct stat sb;
         if (stat(o->import, &sb) < 0 || !S_ISREG(sb.st_mode)) {
             kh_err_set(err, KH_E_INVALID, "import: %s is not a regular file", o->import);
@@ -594,7 +597,7 @@ static int volume_create(kh_storage *st, const char *pool_name, const json_t *bo
         kh_strv_add(a, "-U");
         kh_strv_add(a, "-f");
         kh_strv_add(a, import_fmt ? import_fmt : fmt);
-        kh_strv_add(a, o->import);
+        kh_strv_add(a, o->import_src ? o->import_src : o->import);
         rc = run_qimg(o, a, QIMG_TIMEOUT_MS, import_checked, err);
     } else {
         o->kind = OP_CREATE;
@@ -655,19 +658,31 @@ out:
 int kh_storage_volume_create(kh_storage *st, const char *pool_name, const json_t *body,
                              kh_storage_cb cb, void *opaque, kh_err *err)
 {
-    return volume_create(st, pool_name, body, NULL, cb, opaque, err);
+    return volume_create(st, pool_name, body, NULL, NULL, cb, opaque, err);
 }
 
 int kh_storage_volume_convert_in(kh_storage *st, const char *pool_name, const char *name,
-                                 const char *path, const char *src_format, kh_storage_cb cb,
-                                 void *opaque, kh_err *err)
+                                 const char *path, uint64_t offset, uint64_t size,
+                                 const char *src_format, kh_storage_cb cb, void *opaque,
+                                 kh_err *err)
 {
     if (!src_format || strcmp(src_format, "vmdk") != 0) {
         kh_err_set(err, KH_E_INVALID, "import: only vmdk images are converted");
         return -1;
     }
     json_t *body = json_pack("{s:s, s:s, s:s}", "name", name, "import", path, "format", "qcow2");
-    int rc = volume_create(st, pool_name, body, src_format, cb, opaque, err);
+    char *src = NULL;
+    if (size > 0) { /* a window of path, through QEMU's raw driver: nothing outside it */
+        json_t *w = json_pack("{s:s, s:{s:s, s:I, s:I, s:{s:s, s:s}}}", "driver", src_format,
+                              "file", "driver", "raw", "offset", (json_int_t)offset, "size",
+                              (json_int_t)size, "file", "driver", "file", "filename", path);
+        char *t = json_dumps(w, JSON_COMPACT);
+        src = xasprintf("json:%s", t);
+        free(t);
+        json_decref(w);
+    }
+    int rc = volume_create(st, pool_name, body, src_format, src, cb, opaque, err);
+    free(src);
     json_decref(body);
     return rc;
 }
