@@ -4,7 +4,7 @@
 # package is missing.
 set -euo pipefail
 
-BUILD_PKGS=(gcc clang meson ninja-build pkg-config
+BUILD_PKGS=(gcc libarchive-dev libxml2-dev clang meson ninja-build pkg-config
   libjansson-dev libuv1-dev libsqlite3-dev libmicrohttpd-dev libcurl4-openssl-dev
   libwslay-dev liblzma-dev zlib1g-dev libzstd-dev libssl-dev libseccomp-dev
   libmnl-dev libnftables-dev libgnutls28-dev libsodium-dev libcjose-dev

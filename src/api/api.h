@@ -106,6 +106,11 @@ void kh_snapshot_routes_revert(kh_http_req *req, void *app);
 void kh_snapshot_routes_delete(kh_http_req *req, void *app);
 
 /* backup_routes.c */
+/* porting_routes.c: import and export of VMs (OVA, libvirt XML) */
+void kh_porting_routes_import_upload(kh_http_req *req, void *app);
+void kh_porting_routes_import_path(kh_http_req *req, void *app);
+void kh_porting_routes_export(kh_http_req *req, void *app);
+void kh_porting_routes_import_libvirt(kh_http_req *req, void *app);
 void kh_backup_routes_stores(kh_http_req *req, void *app);
 void kh_backup_routes_store_add(kh_http_req *req, void *app);
 void kh_backup_routes_store_get(kh_http_req *req, void *app);

@@ -59,6 +59,29 @@ static const kh_route routes[] = {
       "Create a VM (a spec, or a clone: CloneSpec; a full clone answers 202 with a Task)",
       "VMCreate", "VM",
       "VM.Allocate", "/projects/{project}" },
+    { "PUT", "/api/v1/vms/import", kh_porting_routes_import_upload,
+      KH_ROUTE_RAW | KH_ROUTE_STREAM,
+      "Import an OVA sent as the body (?name=, ?pool=, ?network=, ?wait=): streamed into the "
+      "pool, its entries checked (links, paths, names not in the OVF, sizes, the .mf digests: "
+      "400), its VMDK disks converted to qcow2 volumes, then the VM made; a Task whose result "
+      "is {vm, warnings}; any failure leaves nothing", NULL, "Task",
+      "VM.Allocate", "/projects/{project}" },
+    { "POST", "/api/v1/vms/import", kh_porting_routes_import_path, 0,
+      "Import an OVA that is on the host (Sys.HostPath; the path must be under "
+      "--host-path-allow), as PUT /api/v1/vms/import", "VMImport", "Task",
+      "VM.Allocate", "/projects/{project}" },
+    { "POST", "/api/v1/vms/import-libvirt", kh_porting_routes_import_libvirt, KH_ROUTE_RAW,
+      "Make a VM from a libvirt domain XML (the body, as `virsh dumpxml` writes it; ?name= "
+      "renames it): memory, vCPUs, machine, UEFI/Secure Boot, direct kernel boot, file disks "
+      "used in place (Sys.HostPath), NICs on kvmhost networks of the same name, serial, TPM; "
+      "201 with {vm, warnings}: what is not imported is listed, never dropped silently",
+      NULL, "VMImported",
+      "VM.Allocate", "/projects/{project}" },
+    { "GET", "/api/v1/vms/{name}/export", kh_porting_routes_export, KH_ROUTE_VM,
+      "Export a stopped VM (409 otherwise) as an OVA (application/x-tar): the OVF, a SHA-256 "
+      ".mf and each disk as a streamOptimized VMDK; encrypted volumes are not exported",
+      NULL, NULL,
+      "VM.Config", "/vms/{name}" },
     { "GET", "/api/v1/vms/{name}", kh_vm_routes_get, KH_ROUTE_VM, "Show a VM", NULL, "VM",
       "VM.Audit", "/vms/{name}" },
     { "PATCH", "/api/v1/vms/{name}", kh_vm_routes_patch, KH_ROUTE_VM,

@@ -336,10 +336,19 @@ int cli_client_get_raw(cli_client *c, const char *path, char **out, size_t *len,
 int cli_client_upload(cli_client *c, const char *path, FILE *f, uint64_t size, json_t **out,
                       kh_err *err)
 {
+    return cli_client_send_file(c, "PUT", path, "application/octet-stream", f, size, out, err);
+}
+
+int cli_client_send_file(cli_client *c, const char *method, const char *path,
+                         const char *content_type, FILE *f, uint64_t size, json_t **out,
+                         kh_err *err)
+{
     char errbuf[CURL_ERROR_SIZE] = "";
     *out = NULL;
-    struct curl_slist *hdr = prepare(c, "PUT", path, NULL, errbuf);
-    hdr = curl_slist_append(hdr, "Content-Type: application/octet-stream");
+    struct curl_slist *hdr = prepare(c, method, path, NULL, errbuf);
+    char *ct = xasprintf("Content-Type: %s", content_type);
+    hdr = curl_slist_append(hdr, ct);
+    free(ct);
     curl_easy_setopt(c->curl, CURLOPT_HTTPHEADER, hdr);
     curl_easy_setopt(c->curl, CURLOPT_UPLOAD, 1L);
     curl_easy_setopt(c->curl, CURLOPT_READDATA, f);
@@ -357,7 +366,7 @@ int cli_client_upload(cli_client *c, const char *path, FILE *f, uint64_t size, j
     else if (rc != CURLE_OK)
         set_transport_error(c, rc, errbuf, err);
     else if (!b.body.len || !(*out = json_loadb(b.body.p, b.body.len, 0, NULL)))
-        kh_err_set(err, KH_E_INTERNAL, "kvmhostd sent bad JSON for PUT %s", path);
+        kh_err_set(err, KH_E_INTERNAL, "kvmhostd sent bad JSON for %s %s", method, path);
     else
         ret = (int)status;
     free(b.body.p);

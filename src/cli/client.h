@@ -46,6 +46,10 @@ int cli_client_get_raw(cli_client *c, const char *path, char **out, size_t *len,
  * JSON: as cli_client_json. */
 int cli_client_upload(cli_client *c, const char *path, FILE *f, uint64_t size, json_t **out,
                       kh_err *err);
+/* The same with another method (POST) and content type. */
+int cli_client_send_file(cli_client *c, const char *method, const char *path,
+                         const char *content_type, FILE *f, uint64_t size, json_t **out,
+                         kh_err *err);
 
 /* A streaming GET (server-sent events): on_data gets the body as it
  * arrives and returns nonzero to stop. timeout_ms > 0 ends the stream

@@ -14,6 +14,7 @@
  * after disk: the order the single table had). */
 static const cli_cmd *const parts[] = {
     cli_vm_cmds,
+    cli_porting_cmds,
     cli_network_cmds,
     cli_vm_nic_cmds,
     cli_secgroup_cmds,

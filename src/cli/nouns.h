@@ -42,6 +42,7 @@ extern const cli_cmd cli_disk_cmds[];
 extern const cli_cmd cli_volume_delete_cmds[];
 extern const cli_cmd cli_access_cmds[]; /* access.c: user group token role acl permissions project audit */
 extern const cli_cmd cli_backup_cmds[];
+extern const cli_cmd cli_porting_cmds[]; /* porting.c: vm import, import-libvirt, export */
 
 /* Helpers of the handlers (ctx.c): the error just set is about how the
  * command was called; print a rendered key/value list or table on stdout. */

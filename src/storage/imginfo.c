@@ -7,9 +7,42 @@
  */
 #include "storage/storage.h"
 
+#include <stdbool.h>
 #include <string.h>
 
 #include <jansson.h>
+
+/* A VMDK of one of the single-file kinds, every extent of which is the
+ * file itself: a descriptor naming other host files (monolithicFlat with
+ * "/etc/shadow" as its extent) would copy them into the volume. */
+static bool vmdk_self_contained(json_t *info, json_t *fsd)
+{
+    const char *ct = json_string_value(json_object_get(fsd, "create-type"));
+    const char *self = json_string_value(json_object_get(info, "filename"));
+    if (!ct || !self || (strcmp(ct, "streamOptimized") != 0 && strcmp(ct, "monolithicSparse") != 0))
+        return false;
+    json_t *ext = json_object_get(fsd, "extents");
+    /* a window of a bigger file (an OVA: json:{"driver": "vmdk", "file":
+     * {"driver": "raw", "offset", "size", "file": ...}}): the extent must be
+     * exactly that window */
+    json_t *top = strncmp(self, "json:", 5) == 0 ? json_loads(self + 5, 0, NULL) : NULL;
+    json_t *window = json_object_get(top, "file");
+    bool ok = json_array_size(ext) > 0;
+    size_t i;
+    json_t *e;
+    json_array_foreach(ext, i, e) {
+        const char *f = json_string_value(json_object_get(e, "filename"));
+        if (f && strcmp(f, self) == 0)
+            continue;
+        json_t *mine = f && window && strncmp(f, "json:", 5) == 0 ? json_loads(f + 5, 0, NULL)
+                                                                   : NULL;
+        if (!mine || !json_equal(mine, window))
+            ok = false;
+        json_decref(mine);
+    }
+    json_decref(top);
+    return ok;
+}
 
 int kh_imginfo_check(const char *info_text, const char *format, const char *what,
                      uint64_t *vsize_out, int64_t *actual_out, kh_err *err)
@@ -31,6 +64,10 @@ int kh_imginfo_check(const char *info_text, const char *format, const char *what
              json_is_true(json_object_get(fsd, "data-file-raw")))
         kh_err_set(err, KH_E_INVALID, "%s has an external data file; images that name other "
                                       "files are refused", what);
+    else if (strcmp(format, "vmdk") == 0 && !vmdk_self_contained(info, fsd))
+        kh_err_set(err, KH_E_INVALID, "%s is a VMDK whose data is not inside the file "
+                                      "(only monolithicSparse and streamOptimized are taken)",
+                   what);
     else if (json_object_get(fsd, "encrypt"))
         kh_err_set(err, KH_E_INVALID, "%s is encrypted: not accepted (kvmhost would not have "
                                       "its key)", what);

@@ -130,6 +130,18 @@ void kh_storage_upload_abort(kh_volume_upload *u);
 int kh_storage_volume_open(kh_storage *st, const char *pool, const char *name, uint64_t *size,
                            kh_err *err);
 
+/* A new qcow2 volume name in pool, converted from the host file path of
+ * format src_format ("vmdk" only: OVA import) - or, when size > 0, from
+ * the size bytes at offset in path (a disk inside an OVA, read through
+ * QEMU's raw driver, which reads nothing outside that window). The image
+ * is checked first with qemu-img info (kh_imginfo_check: no backing file,
+ * a VMDK whose extents are all the image itself). Asynchronous as
+ * kh_storage_volume_create. */
+int kh_storage_volume_convert_in(kh_storage *st, const char *pool, const char *name,
+                                 const char *path, uint64_t offset, uint64_t size,
+                                 const char *src_format, kh_storage_cb cb, void *opaque,
+                                 kh_err *err);
+
 /* A full copy of volume src_ref (its whole chain flattened) as a new
  * volume dst_name in the same pool, with qemu-img convert -p; on_progress
  * (may be NULL) gets 0..100 as it goes. */

@@ -85,6 +85,8 @@ typedef struct op {
     char *part;   /* the file being made (OP_CREATE, OP_IMPORT_COPY) */
     char *final;
     char *import; /* the host file */
+    char *import_fmt; /* its format when it differs from the volume's ("vmdk"), or NULL */
+    char *import_src; /* what qemu-img opens when not the file itself (a json: window), or NULL */
     uint64_t new_size;
     kh_storage_progress_cb on_progress;
     int last_percent;

@@ -266,6 +266,8 @@ void volume_op_free(op *o)
     free(o->part);
     free(o->final);
     free(o->import);
+    free(o->import_fmt);
+    free(o->import_src);
     free(o);
 }
 
@@ -393,10 +395,10 @@ static int start_copy(op *o, kh_err *err)
     kh_strv_add(a, "convert");
     kh_strv_add(a, "-q");
     kh_strv_add(a, "-f");
-    kh_strv_add(a, o->v.format);
+    kh_strv_add(a, o->import_fmt ? o->import_fmt : o->v.format);
     kh_strv_add(a, "-O");
     kh_strv_add(a, o->v.format);
-    kh_strv_add(a, o->import);
+    kh_strv_add(a, o->import_src ? o->import_src : o->import);
     kh_strv_add(a, o->part);
     o->kind = OP_IMPORT_COPY;
     return run_qimg(o, a, QIMG_CONVERT_TIMEOUT_MS, volume_create_done, err);
@@ -410,13 +412,14 @@ static void import_checked(const kh_qimg_result *r, void *opaque)
     kh_err err = KH_ERR_INIT;
     if (r->status != 0) {
         kh_err_set(&err, KH_E_INVALID, "import: %s is not a readable %s image: %s", o->import,
-                   o->v.format, r->errtext && *r->errtext ? r->errtext : "qemu-img failed");
+                   o->import_fmt ? o->import_fmt : o->v.format, r->errtext && *r->errtext ? r->errtext : "qemu-img failed");
         goto fail;
     }
     char *what = xasprintf("import: %s", o->import);
     uint64_t vsize = 0;
     int64_t actual = -1;
-    if (kh_imginfo_check(r->out, o->v.format, what, &vsize, &actual, &err) == 0 &&
+    if (kh_imginfo_check(r->out, o->import_fmt ? o->import_fmt : o->v.format, what, &vsize,
+                         &actual, &err) == 0 &&
         actual >= 0 && (uint64_t)actual > pool_free_space(&o->p))
         kh_err_set(&err, KH_E_TOOLARGE, "import: not enough free space in pool %s", o->p.name);
     free(what);
@@ -430,8 +433,9 @@ fail:
     volume_op_end(o, NULL, &err);
 }
 
-int kh_storage_volume_create(kh_storage *st, const char *pool_name, const json_t *body,
-                             kh_storage_cb cb, void *opaque, kh_err *err)
+static int volume_create(kh_storage *st, const char *pool_name, const json_t *body,
+                         const char *import_fmt, const char *import_src, kh_storage_cb cb,
+                         void *opaque, kh_err *err)
 {
     if (kh_schema_check("VolumeSpec", body, "", err) < 0)
         return -1;
@@ -576,6 +580,8 @@ int kh_storage_volume_create(kh_storage *st, const char *pool_name, const json_t
     kh_strv_add(a, kh_qimg_binary(st->qimg));
     if (jimp) {
         o->import = xstrdup(json_string_value(jimp));
+        o->import_fmt = import_fmt ? xstrdup(import_fmt) : NULL;
+        o->import_src = import_src ? xstrdup(import_src) : NULL;
         struct stat sb;
         if (stat(o->import, &sb) < 0 || !S_ISREG(sb.st_mode)) {
             kh_err_set(err, KH_E_INVALID, "import: %s is not a regular file", o->import);
@@ -590,8 +596,8 @@ int kh_storage_volume_create(kh_storage *st, const char *pool_name, const json_t
         kh_strv_add(a, "--output=json");
         kh_strv_add(a, "-U");
         kh_strv_add(a, "-f");
-        kh_strv_add(a, fmt);
-        kh_strv_add(a, o->import);
+        kh_strv_add(a, import_fmt ? import_fmt : fmt);
+        kh_strv_add(a, o->import_src ? o->import_src : o->import);
         rc = run_qimg(o, a, QIMG_TIMEOUT_MS, import_checked, err);
     } else {
         o->kind = OP_CREATE;
@@ -646,6 +652,38 @@ out:
     pool_clear(&p);
     pool_clear(&bpool);
     volume_clear(&base);
+    return rc;
+}
+
+int kh_storage_volume_create(kh_storage *st, const char *pool_name, const json_t *body,
+                             kh_storage_cb cb, void *opaque, kh_err *err)
+{
+    return volume_create(st, pool_name, body, NULL, NULL, cb, opaque, err);
+}
+
+int kh_storage_volume_convert_in(kh_storage *st, const char *pool_name, const char *name,
+                                 const char *path, uint64_t offset, uint64_t size,
+                                 const char *src_format, kh_storage_cb cb, void *opaque,
+                                 kh_err *err)
+{
+    if (!src_format || strcmp(src_format, "vmdk") != 0) {
+        kh_err_set(err, KH_E_INVALID, "import: only vmdk images are converted");
+        return -1;
+    }
+    json_t *body = json_pack("{s:s, s:s, s:s}", "name", name, "import", path, "format", "qcow2");
+    char *src = NULL;
+    if (size > 0) { /* a window of path, through QEMU's raw driver: nothing outside it */
+        json_t *w = json_pack("{s:s, s:{s:s, s:I, s:I, s:{s:s, s:s}}}", "driver", src_format,
+                              "file", "driver", "raw", "offset", (json_int_t)offset, "size",
+                              (json_int_t)size, "file", "driver", "file", "filename", path);
+        char *t = json_dumps(w, JSON_COMPACT);
+        src = xasprintf("json:%s", t);
+        free(t);
+        json_decref(w);
+    }
+    int rc = volume_create(st, pool_name, body, src_format, src, cb, opaque, err);
+    free(src);
+    json_decref(body);
     return rc;
 }
 

@@ -1,0 +1,264 @@
+/* porting_routes.c - import and export of VMs: PUT /api/v1/vms/import (an
+ * OVA as the body), POST /api/v1/vms/import (an OVA on the host),
+ * POST /api/v1/vms/import-libvirt, GET /api/v1/vms/{name}/export. */
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "api/api.h"
+#include "instance/config.h"
+#include "net/netmgr.h"
+#include "porting/libvirt_xml.h"
+#include "porting/porting.h"
+#include "schema/schema.h"
+#include "util/check.h"
+#include "util/mem.h"
+
+#define IMPORT_WAIT_DEFAULT 30
+
+static kh_porting porting_of(const kh_api *api)
+{
+    kh_porting pt = { api->loop, api->storage, api->mgr, api->tasks };
+    return pt;
+}
+
+/* The ?name=, ?pool=, ?network= of an upload; -1 with err when one is bad. */
+static int query_opts(kh_http_req *req, kh_ova_opts *o, int *wait, kh_err *err)
+{
+    memset(o, 0, sizeof(*o));
+    o->name = kh_http_req_query(req, "name");
+    o->pool = kh_http_req_query(req, "pool");
+    o->network = kh_http_req_query(req, "network");
+    const char *w = kh_http_req_query(req, "wait");
+    *wait = IMPORT_WAIT_DEFAULT;
+    if (w) {
+        char *end = NULL;
+        long v = strtol(w, &end, 10);
+        if (!*w || *end || v < 0 || v > 3600) {
+            kh_err_set(err, KH_E_INVALID, "wait: seconds, 0 to 3600");
+            return -1;
+        }
+        *wait = (int)v;
+    }
+    if ((o->name && kh_check_name(o->name, "name", err) < 0) ||
+        (o->pool && kh_check_name(o->pool, "pool", err) < 0) ||
+        (o->network && kh_check_name(o->network, "network", err) < 0))
+        return -1;
+    return 0;
+}
+
+typedef struct upload {
+    kh_api *api;
+    kh_ova_spool *s; /* NULL once the body is in */
+    kh_ova_opts o;
+    int wait;
+} upload;
+
+static void upload_gone(kh_http_req *req, void *opaque)
+{
+    (void)req;
+    upload *up = opaque;
+    kh_ova_spool_abort(up->s);
+    free(up);
+}
+
+static int upload_data(kh_http_req *req, const char *data, size_t len, void *opaque)
+{
+    upload *up = opaque;
+    kh_err err = KH_ERR_INIT;
+    if (kh_ova_spool_write(up->s, data, len, &err) == 0)
+        return 0;
+    kh_http_req_on_abort(req, NULL, NULL);
+    upload_gone(req, up);
+    kh_http_reply_error(req, &err);
+    return -1;
+}
+
+static void upload_end(kh_http_req *req, void *opaque)
+{
+    upload *up = opaque;
+    kh_err err = KH_ERR_INIT;
+    kh_http_req_on_abort(req, NULL, NULL);
+    /* the query strings live as long as the request: still valid here */
+    kh_porting pt = porting_of(up->api);
+    kh_task *t = kh_ova_import_spool(&pt, up->s, &up->o, &err);
+    kh_api *api = up->api;
+    int wait = up->wait;
+    free(up);
+    if (!t)
+        kh_http_reply_error(req, &err);
+    else
+        kh_vm_routes_reply_task(req, api, t, wait);
+}
+
+void kh_porting_routes_import_upload(kh_http_req *req, void *app)
+{
+    kh_api *api = app;
+    kh_err err = KH_ERR_INIT;
+    upload *up = xcalloc(1, sizeof(*up));
+    up->api = api;
+    kh_porting pt = porting_of(api);
+    if (!api->storage) {
+        kh_err_set(&err, KH_E_UNAVAILABLE, "storage is not available");
+    } else if (query_opts(req, &up->o, &up->wait, &err) == 0) {
+        up->s = kh_ova_spool_begin(&pt, up->o.pool, kh_http_req_content_length(req), &err);
+    }
+    if (!up->s) {
+        free(up);
+        kh_http_reply_error(req, &err);
+        return;
+    }
+    kh_http_req_on_abort(req, upload_gone, up);
+    kh_http_req_stream(req, upload_data, upload_end, up);
+}
+
+void kh_porting_routes_import_path(kh_http_req *req, void *app)
+{
+    kh_api *api = app;
+    kh_err err = KH_ERR_INIT;
+    json_t *body = kh_http_req_json(req, &err);
+    if (!body || kh_schema_check("VMImport", body, "", &err) < 0) {
+        kh_http_reply_error(req, &err);
+        return;
+    }
+    const char *path = json_string_value(json_object_get(body, "path"));
+    if (!api->storage) {
+        kh_err_set(&err, KH_E_UNAVAILABLE, "storage is not available");
+        kh_http_reply_error(req, &err);
+        return;
+    }
+    if (kh_auth_hostpath(req, path, "path", &err) < 0 ||
+        kh_check_abs_path(path, "path", &err) < 0) {
+        kh_http_reply_error(req, &err);
+        return;
+    }
+    kh_ova_opts o = {
+        json_string_value(json_object_get(body, "name")),
+        json_string_value(json_object_get(body, "pool")),
+        json_string_value(json_object_get(body, "network")),
+    };
+    json_t *jw = json_object_get(body, "wait");
+    int wait = jw ? (int)json_integer_value(jw) : IMPORT_WAIT_DEFAULT;
+    kh_porting pt = porting_of(api);
+    kh_task *t = kh_ova_import_path(&pt, path, &o, &err);
+    if (!t)
+        kh_http_reply_error(req, &err);
+    else
+        kh_vm_routes_reply_task(req, api, t, wait);
+}
+
+/* ---- GET /api/v1/vms/{name}/export ---- */
+
+typedef struct export_req {
+    kh_http_req *req; /* NULL once the client went away */
+} export_req;
+
+static void export_gone(kh_http_req *req, void *opaque)
+{
+    (void)req;
+    export_req *x = opaque;
+    x->req = NULL;
+}
+
+static void export_done(int fd, uint64_t size, const kh_err *err, void *opaque)
+{
+    export_req *x = opaque;
+    if (!x->req) {
+        if (fd >= 0)
+            close(fd);
+    } else {
+        kh_http_req_on_abort(x->req, NULL, NULL);
+        if (fd < 0) {
+            kh_http_reply_error(x->req, err);
+        } else {
+            kh_http_req_add_header(x->req, "Content-Disposition", "attachment");
+            kh_http_reply_fd(x->req, 200, "application/x-tar", fd, size);
+        }
+    }
+    free(x);
+}
+
+void kh_porting_routes_export(kh_http_req *req, void *app)
+{
+    kh_api *api = app;
+    kh_err err = KH_ERR_INIT;
+    if (!api->storage) {
+        kh_err_set(&err, KH_E_UNAVAILABLE, "storage is not available");
+        kh_http_reply_error(req, &err);
+        return;
+    }
+    export_req *x = xcalloc(1, sizeof(*x));
+    x->req = req;
+    kh_http_req_on_abort(req, export_gone, x);
+    kh_porting pt = porting_of(api);
+    if (kh_ova_export(&pt, kh_http_req_param(req, "name"), export_done, x, &err) < 0) {
+        kh_http_req_on_abort(req, NULL, NULL);
+        free(x);
+        kh_http_reply_error(req, &err);
+    }
+}
+
+/* ---- POST /api/v1/vms/import-libvirt ---- */
+
+/* The host paths of a spec (disks, boot files) are allowed to this user;
+ * the networks of its NICs exist. */
+static int libvirt_checks(kh_http_req *req, kh_api *api, const json_t *spec, kh_err *err)
+{
+    size_t i;
+    json_t *d;
+    json_array_foreach(json_object_get(spec, "disks"), i, d) {
+        const char *p = json_string_value(json_object_get(d, "path"));
+        if (p && kh_auth_hostpath(req, p, "disk", err) < 0)
+            return -1;
+    }
+    const json_t *boot = json_object_get(spec, "boot");
+    const char *keys[] = { "kernel", "initrd" };
+    for (size_t k = 0; k < 2; k++) {
+        const char *p = json_string_value(json_object_get(boot, keys[k]));
+        if (p && kh_auth_hostpath(req, p, keys[k], err) < 0)
+            return -1;
+    }
+    json_array_foreach(json_object_get(spec, "nics"), i, d) {
+        const char *net = json_string_value(json_object_get(d, "network"));
+        kh_err e = KH_ERR_INIT;
+        json_t *n = net ? kh_netmgr_get_json(api->net, net, &e) : NULL;
+        if (!n) {
+            kh_err_set(err, KH_E_INVALID, "interface %zu: network %s is not a kvmhost network; "
+                                          "create it (kvmhost network create %s ...) or change "
+                                          "<source network=...> in the XML", i,
+                       net ? net : "?", net ? net : "NAME");
+            return -1;
+        }
+        json_decref(n);
+    }
+    return kh_guard_disks(req, json_object_get(spec, "disks"), err);
+}
+
+void kh_porting_routes_import_libvirt(kh_http_req *req, void *app)
+{
+    kh_api *api = app;
+    kh_err err = KH_ERR_INIT;
+    size_t len = 0;
+    const char *xml = kh_http_req_body(req, &len);
+    json_t *warnings = NULL;
+    json_t *spec = kh_libvirt_xml_parse(xml ? xml : "", xml ? len : 0, &warnings, &err);
+    const char *name = kh_http_req_query(req, "name");
+    if (spec && name) {
+        if (kh_check_name(name, "name", &err) == 0)
+            json_object_set_new(spec, "name", json_string(name));
+    }
+    json_t *vm = NULL;
+    if (spec && !kh_err_isset(&err) && libvirt_checks(req, api, spec, &err) == 0 &&
+        kh_guard_vm_quota(req, api, spec, &err) == 0)
+        vm = kh_config_create(api->mgr, spec, &err);
+    json_decref(spec);
+    if (!vm) {
+        json_decref(warnings);
+        kh_http_reply_error(req, &err);
+        return;
+    }
+    char *loc = xasprintf("/api/v1/vms/%s", json_string_value(json_object_get(vm, "name")));
+    kh_http_req_add_header(req, "Location", loc);
+    free(loc);
+    kh_http_reply_json(req, 201, json_pack("{s:o, s:o}", "vm", vm, "warnings", warnings));
+}

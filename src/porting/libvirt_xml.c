@@ -1,0 +1,375 @@
+/* libvirt_xml.c - a libvirt domain XML (as `virsh dumpxml` writes it) read
+ * with libxml2 into a kvmhost VM spec: name, memory/currentMemory (units),
+ * vcpu, os (machine, loader/nvram: UEFI and Secure Boot, direct kernel
+ * boot), disks (file sources, raw or qcow2: used in place), interfaces
+ * (network name, MAC), serial/console, tpm, graphics. Everything else is
+ * named in the warnings list: nothing is dropped silently. Pure (no host
+ * access): the caller checks host paths and network names. */
+#include "porting/libvirt_xml.h"
+
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <libxml/parser.h>
+#include <libxml/tree.h>
+
+#include "util/mem.h"
+
+static bool is(const xmlNode *n, const char *name)
+{
+    return n && n->type == XML_ELEMENT_NODE && strcmp((const char *)n->name, name) == 0;
+}
+
+static char *prop(const xmlNode *n, const char *name)
+{
+    xmlChar *v = xmlGetNoNsProp(n, (const xmlChar *)name);
+    char *s = v ? xstrdup((const char *)v) : NULL;
+    xmlFree(v);
+    return s;
+}
+
+static char *text(const xmlNode *n)
+{
+    xmlChar *v = xmlNodeGetContent(n);
+    char *s = xstrdup(v ? (const char *)v : "");
+    xmlFree(v);
+    size_t l = strlen(s);
+    while (l > 0 && strchr(" \n\t\r", s[l - 1]))
+        s[--l] = '\0';
+    size_t k = strspn(s, " \n\t\r");
+    memmove(s, s + k, l - k + 1);
+    return s;
+}
+
+static const xmlNode *child(const xmlNode *n, const char *name)
+{
+    for (const xmlNode *c = n ? n->children : NULL; c; c = c->next)
+        if (is(c, name))
+            return c;
+    return NULL;
+}
+
+static void warn(json_t *w, const char *fmt, const char *a, const char *b)
+{
+    char buf[256];
+    snprintf(buf, sizeof(buf), fmt, a ? a : "", b ? b : "");
+    json_array_append_new(w, json_string(buf));
+}
+
+/* A libvirt memory value in MiB: unit KiB (the default), b/bytes, KB,
+ * k/KiB, MB, M/MiB, GB, G/GiB, TB, T/TiB. 0 when not understood. */
+static uint64_t mem_mib(const xmlNode *n)
+{
+    char *v = text(n), *u = prop(n, "unit");
+    uint64_t out = 0;
+    char *end = NULL;
+    unsigned long long x = strtoull(v, &end, 10);
+    if (*v && end && *end == '\0') {
+        const char *unit = u ? u : "KiB";
+        double f = 0;
+        if (!strcmp(unit, "b") || !strcmp(unit, "bytes"))
+            f = 1.0 / 1048576;
+        else if (!strcmp(unit, "KB"))
+            f = 1000.0 / 1048576;
+        else if (!strcmp(unit, "k") || !strcmp(unit, "KiB"))
+            f = 1.0 / 1024;
+        else if (!strcmp(unit, "MB"))
+            f = 1e6 / 1048576;
+        else if (!strcmp(unit, "M") || !strcmp(unit, "MiB"))
+            f = 1;
+        else if (!strcmp(unit, "GB"))
+            f = 1e9 / 1048576;
+        else if (!strcmp(unit, "G") || !strcmp(unit, "GiB"))
+            f = 1024;
+        else if (!strcmp(unit, "TB"))
+            f = 1e12 / 1048576;
+        else if (!strcmp(unit, "T") || !strcmp(unit, "TiB"))
+            f = 1024.0 * 1024;
+        double mib = (double)x * f;
+        if (mib >= 1 && mib < 1e12)
+            out = (uint64_t)mib;
+    }
+    free(v);
+    free(u);
+    return out;
+}
+
+static int parse_os(const xmlNode *os, json_t *spec, json_t *w, kh_err *err)
+{
+    char *fw = prop(os, "firmware");
+    if (fw && strcmp(fw, "efi") == 0)
+        json_object_set_new(spec, "firmware", json_string("uefi"));
+    free(fw);
+    json_t *boot = json_object();
+    for (const xmlNode *c = os->children; c; c = c->next) {
+        if (c->type != XML_ELEMENT_NODE)
+            continue;
+        if (is(c, "type")) {
+            char *m = prop(c, "machine"), *arch = prop(c, "arch"), *t = text(c);
+            if (strcmp(t, "hvm") != 0) {
+                kh_err_set(err, KH_E_INVALID, "libvirt: os type %.32s: only hvm guests are "
+                                              "imported", t);
+            } else if (arch && strcmp(arch, "x86_64") != 0 && strcmp(arch, "i686") != 0) {
+                kh_err_set(err, KH_E_INVALID, "libvirt: arch %.32s: only x86_64 guests are "
+                                              "imported", arch);
+            } else if (m && !strstr(m, "q35")) {
+                warn(w, "machine %s: kvmhost runs q35 (the i440fx 'pc' machine is not "
+                        "offered)%s", m, NULL);
+            }
+            free(m);
+            free(arch);
+            free(t);
+            if (kh_err_isset(err)) {
+                json_decref(boot);
+                return -1;
+            }
+        } else if (is(c, "loader")) {
+            char *type = prop(c, "type"), *secure = prop(c, "secure");
+            json_object_set_new(spec, "firmware", json_string("uefi"));
+            if (secure && strcmp(secure, "yes") == 0)
+                json_object_set_new(spec, "secure_boot", json_true());
+            if (!type || strcmp(type, "pflash") != 0)
+                warn(w, "os/loader of type %s: kvmhost uses its own OVMF (pflash)%s", type,
+                     NULL);
+            free(type);
+            free(secure);
+        } else if (is(c, "nvram")) {
+            warn(w, "os/nvram: the UEFI variables are not imported; a fresh store is made "
+                    "from the template%s%s", NULL, NULL);
+        } else if (is(c, "kernel") || is(c, "initrd") || is(c, "cmdline")) {
+            char *t = text(c);
+            json_object_set_new(boot, (const char *)c->name, json_string(t));
+            free(t);
+        } else if (is(c, "boot") || is(c, "bootmenu") || is(c, "smbios")) {
+            warn(w, "os/%s is not imported (the first disk boots)%s", (const char *)c->name,
+                 NULL);
+        } else {
+            warn(w, "os/%s is not imported%s", (const char *)c->name, NULL);
+        }
+    }
+    if (json_object_size(boot))
+        json_object_set_new(spec, "boot", boot);
+    else
+        json_decref(boot);
+    return 0;
+}
+
+static int parse_disk(const xmlNode *d, json_t *disks, json_t *w, kh_err *err)
+{
+    char *type = prop(d, "type"), *device = prop(d, "device");
+    const xmlNode *src = child(d, "source"), *drv = child(d, "driver");
+    char *file = src ? prop(src, "file") : NULL;
+    char *fmt = drv ? prop(drv, "type") : NULL;
+    int rc = 0;
+    if (device && strcmp(device, "disk") != 0 && strcmp(device, "cdrom") != 0) {
+        warn(w, "disk device %s is not imported%s", device, NULL);
+    } else if (!type || strcmp(type, "file") != 0) {
+        kh_err_set(err, KH_E_INVALID, "libvirt: a disk of type %.32s: only file disks are "
+                                      "imported", type ? type : "?");
+        rc = -1;
+    } else if (!file) {
+        if (device && strcmp(device, "cdrom") == 0)
+            warn(w, "an empty CD-ROM drive is not imported%s%s", NULL, NULL);
+        else {
+            kh_err_set(err, KH_E_INVALID, "libvirt: a disk without a source file");
+            rc = -1;
+        }
+    } else if (!fmt || (strcmp(fmt, "raw") != 0 && strcmp(fmt, "qcow2") != 0)) {
+        kh_err_set(err, KH_E_INVALID, "libvirt: disk %.200s: driver type %.16s; only raw and "
+                                      "qcow2 are imported", file, fmt ? fmt : "(none)");
+        rc = -1;
+    } else {
+        json_t *j = json_pack("{s:s, s:s}", "path", file, "format", fmt);
+        if ((device && strcmp(device, "cdrom") == 0) || child(d, "readonly"))
+            json_object_set_new(j, "readonly", json_true());
+        json_array_append_new(disks, j);
+        for (const xmlNode *c = d->children; c; c = c->next)
+            if (c->type == XML_ELEMENT_NODE && !is(c, "source") && !is(c, "driver") &&
+                !is(c, "target") && !is(c, "address") && !is(c, "readonly") &&
+                !is(c, "alias"))
+                warn(w, "disk %s: <%s> is not imported", file, (const char *)c->name);
+    }
+    free(type);
+    free(device);
+    free(file);
+    free(fmt);
+    return rc;
+}
+
+static int parse_interface(const xmlNode *i, json_t *nics, json_t *w, kh_err *err)
+{
+    char *type = prop(i, "type");
+    const xmlNode *src = child(i, "source"), *mac = child(i, "mac");
+    char *net = src ? prop(src, "network") : NULL;
+    char *addr = mac ? prop(mac, "address") : NULL;
+    int rc = 0;
+    if (!type || strcmp(type, "network") != 0 || !net) {
+        kh_err_set(err, KH_E_INVALID, "libvirt: an interface of type %.32s: only interfaces "
+                                      "on a network (<source network='NAME'/>) are imported",
+                   type ? type : "?");
+        rc = -1;
+    } else {
+        json_t *n = json_pack("{s:s}", "network", net);
+        if (addr)
+            json_object_set_new(n, "mac", json_string(addr));
+        json_array_append_new(nics, n);
+        const xmlNode *model = child(i, "model");
+        char *m = model ? prop(model, "type") : NULL;
+        if (m && strcmp(m, "virtio") != 0)
+            warn(w, "interface model %s: attached as virtio%s", m, NULL);
+        free(m);
+    }
+    free(type);
+    free(net);
+    free(addr);
+    return rc;
+}
+
+static int parse_devices(const xmlNode *devs, json_t *spec, json_t *w, kh_err *err)
+{
+    json_t *disks = json_array(), *nics = json_array();
+    bool serial = false;
+    int rc = 0;
+    for (const xmlNode *c = devs->children; c && rc == 0; c = c->next) {
+        if (c->type != XML_ELEMENT_NODE)
+            continue;
+        if (is(c, "disk")) {
+            rc = parse_disk(c, disks, w, err);
+        } else if (is(c, "interface")) {
+            rc = parse_interface(c, nics, w, err);
+        } else if (is(c, "serial") || is(c, "console")) {
+            serial = true;
+        } else if (is(c, "tpm")) {
+            char *model = prop(c, "model");
+            json_object_set_new(spec, "tpm", json_true());
+            if (model && strcmp(model, "tpm-crb") != 0 && strcmp(model, "tpm-tis") != 0)
+                warn(w, "tpm model %s: a TPM 2.0 is attached%s", model, NULL);
+            free(model);
+        } else if (is(c, "graphics")) {
+            char *type = prop(c, "type");
+            if (type && strcmp(type, "vnc") == 0)
+                json_object_set_new(spec, "graphics", json_string("vnc"));
+            else
+                warn(w, "graphics %s is not imported (VNC is offered)%s", type, NULL);
+            free(type);
+        } else if (is(c, "emulator")) {
+            /* kvmhost runs its own QEMU */
+        } else if (is(c, "controller") || is(c, "input") || is(c, "video") ||
+                   is(c, "memballoon") || is(c, "channel") || is(c, "rng") ||
+                   is(c, "sound") || is(c, "redirdev") || is(c, "watchdog") ||
+                   is(c, "hostdev") || is(c, "filesystem") || is(c, "smartcard") ||
+                   is(c, "panic")) {
+            char *type = prop(c, "type");
+            warn(w, "device <%s%s> is not imported (kvmhost chooses its own)",
+                 (const char *)c->name, type ? type : "");
+            free(type);
+        } else {
+            warn(w, "device <%s> is not imported%s", (const char *)c->name, NULL);
+        }
+    }
+    json_object_set_new(spec, "serial", json_boolean(serial));
+    if (json_array_size(disks))
+        json_object_set_new(spec, "disks", json_incref(disks));
+    if (json_array_size(nics))
+        json_object_set_new(spec, "nics", json_incref(nics));
+    json_decref(disks);
+    json_decref(nics);
+    return rc;
+}
+
+json_t *kh_libvirt_xml_parse(const char *xml, size_t len, json_t **warnings, kh_err *err)
+{
+    *warnings = json_array();
+    if (len == 0 || len > KH_LIBVIRT_XML_MAX) {
+        kh_err_set(err, KH_E_INVALID, "libvirt: the body must be a domain XML of at most 1 MiB");
+        return NULL;
+    }
+    xmlDoc *doc = xmlReadMemory(xml, (int)len, "domain.xml", NULL,
+                                XML_PARSE_NONET | XML_PARSE_NOERROR | XML_PARSE_NOWARNING);
+    xmlNode *dom = doc ? xmlDocGetRootElement(doc) : NULL;
+    json_t *spec = NULL;
+    if (!is(dom, "domain")) {
+        kh_err_set(err, KH_E_INVALID, "libvirt: not a domain XML (no <domain>)");
+        goto out;
+    }
+    char *type = prop(dom, "type");
+    if (type && strcmp(type, "kvm") != 0 && strcmp(type, "qemu") != 0)
+        warn(*warnings, "domain type %s: kvmhost runs QEMU (KVM when it can)%s", type, NULL);
+    free(type);
+    spec = json_object();
+    for (const xmlNode *c = dom->children; c; c = c->next) {
+        if (c->type != XML_ELEMENT_NODE)
+            continue;
+        int rc = 0;
+        if (is(c, "name")) {
+            char *t = text(c);
+            json_object_set_new(spec, "name", json_string(t));
+            free(t);
+        } else if (is(c, "memory")) {
+            uint64_t m = mem_mib(c);
+            if (!m) {
+                kh_err_set(err, KH_E_INVALID, "libvirt: <memory> is not understood");
+                rc = -1;
+            } else {
+                json_object_set_new(spec, "memory_mib", json_integer((json_int_t)m));
+            }
+        } else if (is(c, "currentMemory")) {
+            json_t *m = json_object_get(spec, "memory_mib");
+            if (m && (uint64_t)json_integer_value(m) != mem_mib(c))
+                warn(*warnings, "currentMemory differs from memory: the VM gets all of its "
+                                "memory (no balloon)%s%s", NULL, NULL);
+        } else if (is(c, "vcpu")) {
+            char *t = text(c), *cur = prop(c, "current");
+            long n = strtol(t, NULL, 10);
+            if (n < 1 || n > 255) {
+                kh_err_set(err, KH_E_INVALID, "libvirt: <vcpu> %.16s is not understood", t);
+                rc = -1;
+            } else if (cur) {
+                long k = strtol(cur, NULL, 10);
+                json_object_set_new(spec, "vcpus", json_integer(k >= 1 && k <= n ? k : n));
+                json_object_set_new(spec, "max_vcpus", json_integer(n));
+            } else {
+                json_object_set_new(spec, "vcpus", json_integer(n));
+            }
+            free(t);
+            free(cur);
+        } else if (is(c, "os")) {
+            rc = parse_os(c, spec, *warnings, err);
+        } else if (is(c, "devices")) {
+            rc = parse_devices(c, spec, *warnings, err);
+        } else if (is(c, "description")) {
+            char *t = text(c);
+            if (strlen(t) < 1024)
+                json_object_set_new(spec, "description", json_string(t));
+            free(t);
+        } else if (is(c, "uuid") || is(c, "metadata") || is(c, "title")) {
+            /* the VM gets its own id */
+        } else if (is(c, "features")) {
+            for (const xmlNode *f = c->children; f; f = f->next)
+                if (f->type == XML_ELEMENT_NODE && !is(f, "acpi") && !is(f, "apic"))
+                    warn(*warnings, "feature <%s> is not imported%s", (const char *)f->name,
+                         NULL);
+        } else {
+            warn(*warnings, "<%s> is not imported%s", (const char *)c->name, NULL);
+        }
+        if (rc < 0) {
+            json_decref(spec);
+            spec = NULL;
+            goto out;
+        }
+    }
+    if (!json_object_get(spec, "name")) {
+        kh_err_set(err, KH_E_INVALID, "libvirt: the domain has no <name>");
+        json_decref(spec);
+        spec = NULL;
+    }
+out:
+    xmlFreeDoc(doc);
+    if (!spec) {
+        json_decref(*warnings);
+        *warnings = NULL;
+    }
+    return spec;
+}

@@ -1,0 +1,61 @@
+/* porting.h - VMs brought in from elsewhere and taken out: OVA import
+ * (ova.c, with the descriptor in ovf.c), libvirt domain XML import
+ * (libvirt_xml.c) and OVA export (export.c).
+ *
+ * The layer sits between api/ and instance/ + storage/: it makes pool
+ * volumes (storage) and then the VM (instance/config), and undoes the
+ * volumes when a later step fails. Long work runs as a task.
+ */
+#ifndef KH_PORTING_PORTING_H
+#define KH_PORTING_PORTING_H
+
+#include <jansson.h>
+#include <stdint.h>
+#include <uv.h>
+
+#include "instance/manager.h"
+#include "instance/task.h"
+#include "storage/storage.h"
+#include "util/err.h"
+
+/* The parts an import uses (copied: may live on the caller's stack). */
+typedef struct kh_porting {
+    uv_loop_t *loop;
+    kh_storage *storage;
+    kh_manager *mgr;
+    kh_tasks *tasks;
+} kh_porting;
+
+/* What an import makes; names are checked by the callee. */
+typedef struct kh_ova_opts {
+    const char *name;    /* the VM's name, or NULL: the OVF's */
+    const char *pool;    /* the pool for its volumes, or NULL: "default" */
+    const char *network; /* the network of its NICs, or NULL: NICs are not imported */
+} kh_ova_opts;
+
+/* An archive uploaded as a request body is first spooled into the target
+ * pool (a "<uuid>.part" file: removed at restart if left). */
+typedef struct kh_ova_spool kh_ova_spool;
+kh_ova_spool *kh_ova_spool_begin(kh_porting *pt, const char *pool, uint64_t expected,
+                                 kh_err *err);
+int kh_ova_spool_write(kh_ova_spool *s, const void *data, size_t len, kh_err *err);
+void kh_ova_spool_abort(kh_ova_spool *s);
+
+/* Start an import task of the spooled archive (s is taken, also on
+ * error) or of the host file path (already allowed by the caller). The
+ * task's result: {"vm": VM, "warnings": [...]}. NULL with err set when the
+ * options are refused at once (nothing was made). */
+kh_task *kh_ova_import_spool(kh_porting *pt, kh_ova_spool *s, const kh_ova_opts *o,
+                             kh_err *err);
+kh_task *kh_ova_import_path(kh_porting *pt, const char *path, const kh_ova_opts *o,
+                            kh_err *err);
+
+/* Export the stopped VM name as an OVA (export.c): cb gets, later, an fd
+ * open on the finished archive (an unlinked file: the callee owns it)
+ * and its size, or -1 and the error. -1 with err at once (KH_E_CONFLICT:
+ * not stopped, an encrypted volume; KH_E_NOTFOUND). */
+typedef void (*kh_ova_export_cb)(int fd, uint64_t size, const kh_err *err, void *opaque);
+int kh_ova_export(kh_porting *pt, const char *name, kh_ova_export_cb cb, void *opaque,
+                  kh_err *err);
+
+#endif

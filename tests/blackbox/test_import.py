@@ -1,0 +1,321 @@
+"""Import and export of VMs: an OVA made here (or exported by kvmhost)
+imports and boots; hostile OVAs are refused with 400 and leave no file in
+the pool; a libvirt domain XML imports."""
+
+import hashlib
+import io
+import json
+import os
+import subprocess
+import tarfile
+
+import pytest
+
+import khlib
+from storagelib import QIMG
+
+
+def ovf_text(name="ovaguest", disks=(("disk1.vmdk", 16 << 20, None),), vcpus=1, mem=256,
+             efi=False, mac=None):
+    refs = "".join('<File ovf:href="%s" ovf:id="file%d"%s/>' % (
+        href, i, (' ovf:size="%d"' % size) if size is not None else "")
+        for i, (href, cap, size) in enumerate(disks))
+    dsec = "".join('<Disk ovf:capacity="%d" ovf:capacityAllocationUnits="byte" '
+                   'ovf:diskId="vmdisk%d" ovf:fileRef="file%d"/>' % (cap, i, i)
+                   for i, (href, cap, size) in enumerate(disks))
+    items = "".join('<Item><rasd:ElementName>disk</rasd:ElementName><rasd:HostResource>'
+                    'ovf:/disk/vmdisk%d</rasd:HostResource><rasd:InstanceID>%d</rasd:InstanceID>'
+                    '<rasd:ResourceType>17</rasd:ResourceType></Item>' % (i, 10 + i)
+                    for i in range(len(disks)))
+    nic = ('<Item><rasd:Address>%s</rasd:Address><rasd:ElementName>eth0</rasd:ElementName>'
+           '<rasd:InstanceID>30</rasd:InstanceID><rasd:ResourceType>10</rasd:ResourceType>'
+           '</Item>' % mac) if mac else ""
+    fw = ('<vmw:Config ovf:required="false" vmw:key="firmware" vmw:value="efi"/>'
+          if efi else "")
+    return ('<?xml version="1.0" encoding="UTF-8"?>\n'
+            '<Envelope xmlns="http://schemas.dmtf.org/ovf/envelope/1" '
+            'xmlns:ovf="http://schemas.dmtf.org/ovf/envelope/1" '
+            'xmlns:rasd="http://schemas.dmtf.org/wbem/wscim/1/cim-schema/2/'
+            'CIM_ResourceAllocationSettingData" '
+            'xmlns:vmw="http://www.vmware.com/schema/ovf">'
+            '<References>%s</References><DiskSection><Info>d</Info>%s</DiskSection>'
+            '<VirtualSystem ovf:id="%s"><Info>v</Info><Name>%s</Name>'
+            '<VirtualHardwareSection><Info>h</Info>'
+            '<Item><rasd:AllocationUnits>hertz * 10^6</rasd:AllocationUnits>'
+            '<rasd:ElementName>cpu</rasd:ElementName><rasd:InstanceID>1</rasd:InstanceID>'
+            '<rasd:ResourceType>3</rasd:ResourceType><rasd:VirtualQuantity>%d'
+            '</rasd:VirtualQuantity></Item>'
+            '<Item><rasd:AllocationUnits>byte * 2^20</rasd:AllocationUnits>'
+            '<rasd:ElementName>mem</rasd:ElementName><rasd:InstanceID>2</rasd:InstanceID>'
+            '<rasd:ResourceType>4</rasd:ResourceType><rasd:VirtualQuantity>%d'
+            '</rasd:VirtualQuantity></Item>'
+            '<Item><rasd:ElementName>sound</rasd:ElementName><rasd:InstanceID>3'
+            '</rasd:InstanceID><rasd:ResourceType>35</rasd:ResourceType></Item>'
+            '%s%s%s</VirtualHardwareSection></VirtualSystem></Envelope>\n'
+            % (refs, dsec, name, name, vcpus, mem, items, nic, fw)).encode()
+
+
+def add(tar, name, data, **kw):
+    ti = tarfile.TarInfo(name)
+    ti.size = len(data)
+    ti.mode = 0o644
+    for k, v in kw.items():
+        setattr(ti, k, v)
+    tar.addfile(ti, io.BytesIO(data))
+
+
+def make_ova(entries, manifest=True, bad_digest=None):
+    """entries: [(name, bytes)]; the first is the .ovf. A SHA256 .mf second."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as t:
+        add(t, entries[0][0], entries[0][1])
+        if manifest:
+            mf = "".join("SHA256(%s)= %s\n" % (n, hashlib.sha256(d).hexdigest()
+                                               if n != bad_digest else "0" * 64)
+                         for n, d in entries)
+            add(t, entries[0][0][:-4] + ".mf", mf.encode())
+        for n, d in entries[1:]:
+            add(t, n, d)
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="module")
+def vmdk(tmp_path_factory):
+    """The test guest's disk as a streamOptimized VMDK."""
+    guest = khlib.Guest(*khlib.guest_paths())
+    out = tmp_path_factory.mktemp("ova") / "disk1.vmdk"
+    subprocess.run([QIMG, "convert", "-q", "-f", "raw", "-O", "vmdk", "-o",
+                    "subformat=streamOptimized", guest.disk, str(out)], check=True)
+    return out.read_bytes()
+
+
+def pool_files(daemon):
+    return sorted(os.listdir(os.path.join(daemon.state_dir, "pools", "default")))
+
+
+def put_ova(api, data, query="name=imp"):
+    return api.request("PUT", "/api/v1/vms/import?wait=120&" + query, raw=data,
+                       headers={"Content-Type": "application/octet-stream"}, timeout=180)
+
+
+def test_hostile_ovas_refused(mdaemon, vmdk, tmp_path):
+    """Each hostile archive is 400 with a clear message; nothing is left in
+    the pool and no VM is made."""
+    api = mdaemon.api
+    before = pool_files(mdaemon)
+    ovf = ovf_text()
+    cases = {}
+    # a symlink entry
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as t:
+        add(t, "x.ovf", ovf)
+        add(t, "disk1.vmdk", b"", type=tarfile.SYMTYPE, linkname="/etc/shadow")
+    cases["link"] = buf.getvalue()
+    # a hard link
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as t:
+        add(t, "x.ovf", ovf)
+        add(t, "disk1.vmdk", b"", type=tarfile.LNKTYPE, linkname="x.ovf")
+    cases["link "] = buf.getvalue()
+    cases["plain file names"] = make_ova([("x.ovf", ovf), ("../disk1.vmdk", vmdk)])
+    cases["plain file names "] = make_ova([("x.ovf", ovf), ("/tmp/disk1.vmdk", vmdk)])
+    cases["does not match"] = make_ova([("x.ovf", ovf), ("disk1.vmdk", vmdk)],
+                                       bad_digest="disk1.vmdk")
+    cases["not in the OVF"] = make_ova([("x.ovf", ovf), ("disk1.vmdk", vmdk),
+                                        ("extra.bin", b"x")])
+    cases["appears twice"] = make_ova([("x.ovf", ovf), ("disk1.vmdk", vmdk),
+                                       ("disk1.vmdk", vmdk)], manifest=False)
+    small = ovf_text(disks=(("disk1.vmdk", 16 << 20, 1024),))
+    cases["declares"] = make_ova([("x.ovf", small), ("disk1.vmdk", vmdk)])
+    cases["not an OVA"] = b"this is not a tar archive at all\n" * 64
+    cases["first entry"] = make_ova([("disk1.vmdk", vmdk)], manifest=False)
+    # a VMDK with a backing file
+    subprocess.run([QIMG, "create", "-q", "-f", "vmdk", str(tmp_path / "base.vmdk"), "16M"],
+                   check=True)
+    subprocess.run([QIMG, "create", "-q", "-f", "vmdk", "-b", str(tmp_path / "base.vmdk"),
+                    "-F", "vmdk", str(tmp_path / "child.vmdk")], check=True)
+    cases["backing file"] = make_ova([("x.ovf", ovf),
+                                      ("disk1.vmdk", (tmp_path / "child.vmdk").read_bytes())])
+    # a flat VMDK descriptor whose extent is a host file
+    desc = ('# Disk DescriptorFile\nversion=1\nCID=fffffffe\nparentCID=ffffffff\n'
+            'createType="monolithicFlat"\nRW 8 FLAT "/etc/passwd" 0\n').encode()
+    # read in place (whole sectors) and copied out (not): refused either way
+    cases["data is not inside"] = make_ova([("x.ovf", ovf),
+                                            ("disk1.vmdk", desc.ljust(512, b"\n"))])
+    cases["data is not inside "] = make_ova([("x.ovf", ovf), ("disk1.vmdk", desc)])
+    for want, data in cases.items():
+        r = put_ova(api, data)
+        assert r.status == 400, (want, r)
+        assert want.strip() in r.error["message"], (want, r.error)
+        assert pool_files(mdaemon) == before, want
+    assert "imp" not in api.vm_names()
+    # the CLI says why, with exit status 2 (bad input)
+    bad = tmp_path / "bad.ova"
+    bad.write_bytes(cases["link"])
+    p = khlib.cli(mdaemon, "vm", "import", str(bad), "--name", "imp")
+    assert p.returncode == 2 and "links are refused" in p.stderr, (p.returncode, p.stderr)
+    assert pool_files(mdaemon) == before
+
+
+@pytest.mark.slow
+def test_ova_import_boots_and_exports(mdaemon, vmdk, guest, tmp_path):
+    """An OVA (CPUs, memory, a disk, a NIC's MAC) imports into a qcow2 volume
+    and a VM that boots; the same VM exported to an OVA imports back."""
+    api = mdaemon.api
+    ovf = ovf_text(name="ova guest", vcpus=2, mem=192)
+    r = put_ova(api, make_ova([("g.ovf", ovf), ("disk1.vmdk", vmdk)]), query="")
+    assert r.status == 200, r
+    task = r.json
+    assert task["state"] == "succeeded", task
+    vm = task["result"]["vm"]
+    assert vm["name"] == "ova-guest" and vm["vcpus"] == 2 and vm["memory_mib"] == 192, vm
+    assert vm["disks"] == [{"volume": "default/ova-guest-disk", "readonly": False}] or \
+        vm["disks"][0]["volume"] == "default/ova-guest-disk", vm
+    warnings = task["result"]["warnings"]
+    assert any("sound" in w for w in warnings), warnings
+    vol = api.get("/api/v1/pools/default/volumes/ova-guest-disk").json
+    assert vol["format"] == "qcow2" and vol["capacity"] == 16 << 20, vol
+    assert not [f for f in pool_files(mdaemon) if f.endswith(".part")]
+    # the test guest boots its kernel from the host; the disk is the OVA's
+    boot = {"kernel": guest.kernel, "initrd": guest.initrd, "cmdline": khlib.GUEST_CMDLINE}
+    assert api.patch("/api/v1/vms/ova-guest", {"boot": boot, "serial": True,
+                                               "graphics": "none"}).status == 200
+    api.act_ok("ova-guest", "start")
+    api.wait_console("ova-guest", khlib.GUEST_DISK, timeout=150)
+    assert api.get("/api/v1/vms/ova-guest/export").status == 409  # running
+    api.act_ok("ova-guest", "kill")
+    # export: the OVF first, then the manifest, then a streamOptimized VMDK
+    r = api.get("/api/v1/vms/ova-guest/export", timeout=180)
+    assert r.status == 200, r
+    ova = tmp_path / "back.ova"
+    ova.write_bytes(r.data)
+    with tarfile.open(str(ova)) as t:
+        names = t.getnames()
+        assert names == ["ova-guest.ovf", "ova-guest.mf", "ova-guest-disk0.vmdk"], names
+        t.extract("ova-guest-disk0.vmdk", str(tmp_path))
+        mf = t.extractfile("ova-guest.mf").read().decode()
+    assert "SHA256(ova-guest-disk0.vmdk)= " in mf, mf
+    info = json.loads(subprocess.run([QIMG, "info", "--output=json", "-f", "vmdk",
+                                      str(tmp_path / "ova-guest-disk0.vmdk")], check=True,
+                                     capture_output=True, text=True).stdout)
+    assert info["format-specific"]["data"]["create-type"] == "streamOptimized", info
+    assert info["virtual-size"] == 16 << 20, info
+    assert not [f for f in pool_files(mdaemon) if f.endswith(".part")]
+    # ... and imports back, from a host path this time, and boots
+    r = api.post("/api/v1/vms/import", {"path": str(ova), "name": "ova-back", "wait": 120},
+                 timeout=180)
+    assert r.status == 200 and r.json["state"] == "succeeded", r
+    back = r.json["result"]["vm"]
+    assert back["vcpus"] == 2 and back["memory_mib"] == 192, back
+    assert api.patch("/api/v1/vms/ova-back", {"boot": boot, "serial": True,
+                                              "graphics": "none"}).status == 200
+    api.act_ok("ova-back", "start")
+    api.wait_console("ova-back", khlib.GUEST_DISK, timeout=150)
+    api.act_ok("ova-back", "kill")
+    # the CLI: export to a file (refused over an existing one), import it
+    out = tmp_path / "cli.ova"
+    p = khlib.cli(mdaemon, "vm", "export", "ova-back", str(out), timeout=180)
+    assert p.returncode == 0 and tarfile.is_tarfile(str(out)), p.stderr
+    p = khlib.cli(mdaemon, "vm", "export", "ova-back", str(out))
+    assert p.returncode != 0 and "exists" in p.stderr, p.stderr
+    p = khlib.cli(mdaemon, "vm", "import", str(out), "--name", "ova-cli", timeout=180)
+    assert p.returncode == 0 and p.stdout.strip() == "ova-cli", (p.stdout, p.stderr)
+    assert "default/ova-cli-disk" in json.dumps(api.vm("ova-cli")["disks"])
+    # a name that is taken: 409, nothing made
+    r = put_ova(api, make_ova([("g.ovf", ovf), ("disk1.vmdk", vmdk)]), query="")
+    assert r.status == 409, r
+
+
+DOMAIN_XML = """<domain type='kvm'>
+  <name>lvguest</name>
+  <uuid>0b4d9c3e-6f0a-4a57-9c1e-2f3a4b5c6d7e</uuid>
+  <memory unit='KiB'>262144</memory>
+  <currentMemory unit='KiB'>262144</currentMemory>
+  <vcpu placement='static'>2</vcpu>
+  <os>
+    <type arch='x86_64' machine='pc-q35-7.2'>hvm</type>
+    <kernel>{kernel}</kernel>
+    <initrd>{initrd}</initrd>
+    <cmdline>{cmdline}</cmdline>
+    <boot dev='hd'/>
+  </os>
+  <features>
+    <acpi/>
+    <apic/>
+    <vmport state='off'/>
+  </features>
+  <cpu mode='host-passthrough' check='none' migratable='on'/>
+  <clock offset='utc'>
+    <timer name='rtc' tickpolicy='catchup'/>
+  </clock>
+  <on_poweroff>destroy</on_poweroff>
+  <on_reboot>restart</on_reboot>
+  <on_crash>destroy</on_crash>
+  <devices>
+    <emulator>/usr/bin/qemu-system-x86_64</emulator>
+    <disk type='file' device='disk'>
+      <driver name='qemu' type='raw'/>
+      <source file='{disk}'/>
+      <target dev='vda' bus='virtio'/>
+      <address type='pci' domain='0x0000' bus='0x04' slot='0x00' function='0x0'/>
+    </disk>
+    <controller type='usb' index='0' model='qemu-xhci' ports='15'/>
+    <controller type='pci' index='0' model='pcie-root'/>
+    {interface}
+    <serial type='pty'>
+      <target type='isa-serial' port='0'>
+        <model name='isa-serial'/>
+      </target>
+    </serial>
+    <console type='pty'>
+      <target type='serial' port='0'/>
+    </console>
+    <input type='mouse' bus='ps2'/>
+    <memballoon model='virtio'/>
+    <tpm model='tpm-crb'>
+      <backend type='emulator' version='2.0'/>
+    </tpm>
+  </devices>
+</domain>
+"""
+
+
+@pytest.mark.slow
+def test_libvirt_xml_imports_and_boots(mdaemon, guest, tmp_path):
+    """A domain XML as `virsh dumpxml` writes it: memory, vCPUs, direct kernel
+    boot, a raw file disk, serial, TPM become the VM; what is not imported is
+    listed in the warnings; a NIC on a network kvmhost lacks is a clear 400."""
+    api = mdaemon.api
+    disk = tmp_path / "lv.raw"
+    khlib.copy_disk(guest.disk, str(disk))
+    fields = dict(kernel=guest.kernel, initrd=guest.initrd, cmdline=khlib.GUEST_CMDLINE,
+                  disk=str(disk))
+    nic = ("<interface type='network'><mac address='52:54:00:6b:3c:58'/>"
+           "<source network='nosuchnet'/><model type='virtio'/></interface>")
+    r = api.request("POST", "/api/v1/vms/import-libvirt",
+                    raw=DOMAIN_XML.format(interface=nic, **fields).encode(),
+                    headers={"Content-Type": "application/xml"})
+    assert r.status == 400 and "nosuchnet is not a kvmhost network" in r.error["message"], r
+    r = api.request("POST", "/api/v1/vms/import-libvirt", raw=b"<domain><name>x</name>",
+                    headers={"Content-Type": "application/xml"})
+    assert r.status == 400, r
+    r = api.request("POST", "/api/v1/vms/import-libvirt?name=lv1",
+                    raw=DOMAIN_XML.format(interface="", **fields).encode(),
+                    headers={"Content-Type": "application/xml"})
+    assert r.status == 201, r
+    vm, warnings = r.json["vm"], r.json["warnings"]
+    assert vm["name"] == "lv1" and vm["vcpus"] == 2 and vm["memory_mib"] == 256, vm
+    assert vm["tpm"] is True and vm["serial"] is True, vm
+    assert vm["disks"][0]["path"] == str(disk) and vm["disks"][0]["format"] == "raw", vm
+    assert vm["boot"]["kernel"] == guest.kernel, vm
+    for w in ("vmport", "<cpu>", "<clock>", "memballoon", "controller", "input"):
+        assert any(w in x for x in warnings), (w, warnings)
+    assert api.patch("/api/v1/vms/lv1", {"tpm": False}).status == 200  # swtpm: a slow start
+    xml = tmp_path / "lv.xml"
+    xml.write_text(DOMAIN_XML.format(interface="", **fields))
+    p = khlib.cli(mdaemon, "vm", "import-libvirt", str(xml), "--name", "lv2")
+    assert p.returncode == 0 and p.stdout.strip() == "lv2", (p.stdout, p.stderr)
+    assert "warning: " in p.stderr and "memballoon" in p.stderr, p.stderr
+    api.act_ok("lv1", "start")
+    api.wait_console("lv1", khlib.GUEST_DISK, timeout=150)
+    api.act_ok("lv1", "kill")
