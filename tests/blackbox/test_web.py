@@ -52,7 +52,7 @@ def test_web_dir_served_without_token(daemons, workdir):
     assert st == 401, j
     # a page asks whether it is logged in without a 401
     st, _, j, _, _ = _req(port, "GET", "/api/v1/session")
-    assert st == 200 and j == {"authenticated": False}, j
+    assert st == 200 and j == {"authenticated": False, "oidc": False}, j
 
 
 def test_session_cookie_and_csrf(daemons, workdir, fake_boot):
