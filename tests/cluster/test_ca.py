@@ -67,6 +67,10 @@ def test_ca_backup(three):
     st = cli_json(d3, "cluster", "join", "%s:%d" % (h.addr(2), PORT), "--token", tok)
     assert st["enabled"] and st["name"] == "lab"
     wait_for(lambda: cli_json(d1, "cluster", "status")["online"] == 3, 20, "3 online")
-    hosts = {x["name"]: x for x in cli_json(d1, "host", "list")["hosts"]}
-    assert len(hosts["h3"]["cert_fingerprint"] or "") == 64, hosts["h3"]
+    # h3's record with its certificate reaches h1 through the etcd watch
+    # (online may show first)
+    h3 = wait_for(lambda: (lambda x: len(x.get("cert_fingerprint") or "") == 64 and x)(
+        {y["name"]: y for y in cli_json(d1, "host", "list")["hosts"]}["h3"]), 20,
+        "h3's certificate fingerprint on h1")
+    assert len(h3["cert_fingerprint"]) == 64, h3
     step("h3 joins through h2, certificate signed there")
