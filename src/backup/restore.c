@@ -300,34 +300,31 @@ static void live_again(rjob *r, unsigned ms)
     uv_timer_start(r->timer, live_tick, ms, 0);
 }
 
+/* A QMP step of the live-restore answered: on to the next tick, or fail
+ * naming the step. */
+static void step_done(rjob *r, const char *what, const kh_err *err)
+{
+    if (r->orphan)
+        return; /* the daemon is gone (kh_restore_stop_live) */
+    r->qmp_pending = false;
+    if (err)
+        live_fail(r, what, err);
+    else
+        live_again(r, 0);
+}
+
 static void stream_started(kh_qmp *q, json_t *ret, const kh_err *err, void *opaque)
 {
     (void)q;
     (void)ret;
-    rjob *r = opaque;
-    if (r->orphan)
-        return; /* the daemon is gone (kh_restore_stop_live) */
-    r->qmp_pending = false;
-    if (err) {
-        live_fail(r, "block-stream", err);
-        return;
-    }
-    live_again(r, 0);
+    step_done(opaque, "block-stream", err);
 }
 
 static void detached(kh_qmp *q, json_t *ret, const kh_err *err, void *opaque)
 {
     (void)q;
     (void)ret;
-    rjob *r = opaque;
-    if (r->orphan)
-        return; /* the daemon is gone (kh_restore_stop_live) */
-    r->qmp_pending = false;
-    if (err) {
-        live_fail(r, "removing the NBD backing", err);
-        return;
-    }
-    live_again(r, 0);
+    step_done(opaque, "removing the NBD backing", err);
 }
 
 static int live_qmp(rjob *r, const char *cmd, json_t *args, kh_qmp_reply_cb cb)
