@@ -49,6 +49,7 @@ struct kh_inst {
     uv_timer_t *resend;    /* stop: the ACPI power-down request again, periodically */
     char *stop_forced;     /* stop: why QEMU was killed instead (NULL: not forced) */
     char *going_down;      /* why the process is expected to exit ("stopped", ...) */
+    kh_err *start_err;     /* a failed start: the task fails with it once QEMU has ended */
     bool await_accel;      /* a start waiting for the accelerator probe */
     bool disk_busy;        /* a disk attach or detach is under way (instance/disk.c) */
 

@@ -201,7 +201,13 @@ void kh_lifecycle_process_ended(kh_inst *v, int status)
     kh_runtime_cgroup_remove(v);
     kh_runtime_clear(v);
 
-    if (was == KH_INST_STARTING && v->task && v->task_action == KH_ACTION_START) {
+    kh_err *start_err = v->start_err;
+    v->start_err = NULL;
+    if (start_err) {
+        kh_lifecycle_set_state(v, KH_INST_STOPPED, why);
+        task_finish_err(v, start_err);
+        free(start_err);
+    } else if (was == KH_INST_STARTING && v->task && v->task_action == KH_ACTION_START) {
         char *tail = kh_runtime_log_tail(v);
         kh_err_set(&err, KH_E_QEMU, "QEMU exited during start (%s)%s%s", why,
                    *tail ? ": " : "", tail);
@@ -286,12 +292,14 @@ void kh_lifecycle_start_fail(kh_inst *v, const kh_err *err)
         free(tail);
     }
     if (v->pid > 0) {
+        /* The task ends when the process has: its answer then finds the VM
+         * stopped, not still starting. */
         kh_lifecycle_going_down(v, "start failed");
-        kh_task *t = v->task;
-        v->task = NULL;
+        if (!v->start_err)
+            v->start_err = xmalloc(sizeof(*v->start_err));
+        *v->start_err = copy;
+        timer_stop(v);
         v->drv->kill(v);
-        if (t)
-            kh_task_fail(t, &copy);
         return;
     }
     kh_lifecycle_release(v);
@@ -317,7 +325,7 @@ void kh_lifecycle_launched(kh_inst *v)
 
 void kh_lifecycle_started(kh_inst *v)
 {
-    if (v->state != KH_INST_STARTING)
+    if (v->state != KH_INST_STARTING || v->start_err)
         return;
     timer_stop(v);
     v->started_at = kh_wall_time();

@@ -182,6 +182,7 @@ void kh_manager_inst_free(kh_inst *v)
     kh_vm_spec_free(v->spec);
     free(v->reason);
     free(v->going_down);
+    free(v->start_err);
     free(v->stop_forced);
     free(v->incoming_host);
     free(v->incoming_tls_dir);
