@@ -420,8 +420,12 @@ int kh_auth_check_peer(kh_http_req *req, const kh_route *route, void *opaque, kh
     (void)opaque;
     if (kh_http_req_peer_verified(req)) {
         /* another host of the cluster: it checked its caller (handlers see
-         * root@local here; see docs/api.md on projects in a cluster) */
+         * root@local here; see docs/api.md on projects in a cluster); the
+         * audit names that caller and host */
         kh_http_req_set_principal(req, KH_AUTH_ROOT);
+        char who[300];
+        if (kh_audit_forwarded_for(kh_http_req_header(req, "KH-Forwarded"), who, sizeof(who)))
+            kh_http_req_set_acting_for(req, who);
         return 0;
     }
     const char *auth = kh_http_req_header(req, "Authorization");
@@ -578,7 +582,9 @@ void kh_auth_on_reply(kh_http_req *req, unsigned status, void *opaque)
     char addr[64];
     kh_http_req_peer_address(req, addr, sizeof(addr));
     kh_audit_entry e = {
-        .principal = kh_auth_principal(req), .address = addr, .method = method,
+        .principal = kh_http_req_acting_for(req) ? kh_http_req_acting_for(req)
+                                                  : kh_auth_principal(req),
+        .address = addr, .method = method,
         .path = kh_http_req_path(req), .object = object[0] ? object : NULL, .status = status,
         .detail = detail,
     };

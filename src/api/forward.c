@@ -47,7 +47,7 @@ static void on_answer(void *opaque, int status, const char *content_type, const 
 
 typedef struct relay {
     kh_api *api;
-    char *url, *target, *host;
+    char *url, *target, *host, *principal;
     kh_ws *down, *up;         /* the client's, the owner's (NULL when not open) */
     bool up_started, down_done, up_done;
     kh_buf pending;           /* the client's bytes before the owner's side is open */
@@ -62,6 +62,7 @@ static void relay_release(relay *r)
     free(r->url);
     free(r->target);
     free(r->host);
+    free(r->principal);
     free(r);
 }
 
@@ -105,10 +106,15 @@ static void down_open(kh_ws *ws, void *opaque)
     kh_err err = KH_ERR_INIT;
     const char *why = NULL;
     if (kh_cluster_peer_tls(r->api->cluster, &ca, &cert, &key, &err) == 0) {
+        char *fwd = kh_audit_forwarded_header(kh_cluster_host_name(r->api->cluster),
+                                              r->principal);
+        char *hdr = xasprintf("%s\r\n", fwd);
         kh_ws_connect_opts o = { .url = r->url, .path = r->target, .ca = ca, .cert = cert,
-                                 .key = key, .header = "KH-Forwarded: 1\r\n" };
+                                 .key = key, .header = hdr };
         if (kh_ws_connect(r->api->loop, &o, &up_cbs, r, &why) == 0)
             r->up_started = true;
+        free(hdr);
+        free(fwd);
     } else {
         why = err.msg;
     }
@@ -171,6 +177,8 @@ bool kh_api_forward_pre(kh_http_req *req, void *app)
         r->url = url;
         r->host = host;
         r->target = xstrdup(kh_http_req_target(req));
+        const char *who = kh_auth_principal(req);
+        r->principal = who ? xstrdup(who) : NULL;
         kh_http_reply_websocket(req, &down_cbs, r);
         return true;
     } else {
@@ -178,15 +186,19 @@ bool kh_api_forward_pre(kh_http_req *req, void *app)
         const char *body = kh_http_req_body(req, &len);
         fwd_req *f = xcalloc(1, sizeof(*f));
         f->req = req;
+        char *fwd_hdr = kh_audit_forwarded_header(kh_cluster_host_name(api->cluster),
+                                                  kh_auth_principal(req));
         if (kh_cluster_forward(api->cluster, url, kh_http_req_method(req),
                                kh_http_req_target(req), kh_http_req_header(req, "Content-Type"),
-                               body, len, on_answer, f, &err) == 0) {
+                               fwd_hdr, body, len, on_answer, f, &err) == 0) {
             kh_http_req_on_abort(req, on_abort, f);
+            free(fwd_hdr);
             free(host);
             free(url);
             return true;
         }
         free(f);
+        free(fwd_hdr);
     }
     kh_http_reply_error(req, &err);
     free(host);

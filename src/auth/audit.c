@@ -1,8 +1,12 @@
 /* audit.c - the audit log: one row per write and per login attempt, in an
- * append-only table (triggers refuse UPDATE and DELETE; see schema.c). */
+ * append-only table (triggers refuse UPDATE and DELETE; see schema.c), and
+ * the KH-Forwarded header that carries a caller's name to the host a request
+ * is forwarded to. */
 #include "auth/auth.h"
 
+#include <ctype.h>
 #include <sqlite3.h>
+#include <stdio.h>
 #include <string.h>
 
 #include "util/mem.h"
@@ -85,4 +89,49 @@ json_t *kh_audit_query(kh_store *st, const kh_audit_filter *f, kh_err *err)
         return NULL;
     }
     return json_pack("{s:o,s:o}", "entries", a, "next_before", next);
+}
+
+/* A principal as the auth layer names them: user, realm, token name. */
+static bool principal_ok(const char *p)
+{
+    if (!p || !*p || strlen(p) > 128)
+        return false;
+    for (; *p; p++)
+        if (!isalnum((unsigned char)*p) && !strchr("@._!:+-", *p))
+            return false;
+    return true;
+}
+
+char *kh_audit_forwarded_header(const char *host, const char *principal)
+{
+    if (!principal_ok(host))
+        host = "?";
+    if (principal_ok(principal))
+        return xasprintf("KH-Forwarded: for=%s; host=%s", principal, host);
+    return xasprintf("KH-Forwarded: host=%s", host);
+}
+
+bool kh_audit_forwarded_for(const char *value, char *out, size_t outsz)
+{
+    char who[129] = "", host[129] = "";
+    for (const char *p = value; p && *p;) {
+        while (*p == ' ' || *p == ';')
+            p++;
+        const char *eq = strchr(p, '=');
+        if (!eq)
+            break;
+        size_t klen = (size_t)(eq - p), vlen = strcspn(eq + 1, ";");
+        char *dst = klen == 3 && strncmp(p, "for", 3) == 0    ? who
+                    : klen == 4 && strncmp(p, "host", 4) == 0 ? host
+                                                              : NULL;
+        if (dst && vlen < sizeof(who)) {
+            memcpy(dst, eq + 1, vlen);
+            dst[vlen] = '\0';
+        }
+        p = eq + 1 + vlen;
+    }
+    if (!principal_ok(who))
+        return false;
+    snprintf(out, outsz, "%s via %s", who, principal_ok(host) ? host : "?");
+    return true;
 }

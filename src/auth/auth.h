@@ -200,6 +200,14 @@ typedef struct kh_audit_entry {
     const char *detail;
 } kh_audit_entry;
 int kh_audit_add(kh_store *st, const kh_audit_entry *e, double at, kh_err *err);
+/* A request forwarded to the host owning its VM names the caller this host
+ * checked and this host, so that the owner's audit says who it was:
+ * "KH-Forwarded: for=alice; host=h1" (no CRLF; without "for=" when
+ * principal is NULL or has characters no principal has). Caller frees. */
+char *kh_audit_forwarded_header(const char *host, const char *principal);
+/* The owner's side: a KH-Forwarded value into "alice via h1" (false when it
+ * names no caller or is malformed). */
+bool kh_audit_forwarded_for(const char *value, char *out, size_t outsz);
 typedef struct kh_audit_filter {
     const char *principal, *method, *path_prefix, *object;
     unsigned status_min, status_max; /* 0: any */

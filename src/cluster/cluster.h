@@ -164,8 +164,8 @@ int kh_cluster_vm_remote(kh_cluster *c, const char *name, char **host, char **ur
 typedef void (*kh_forward_cb)(void *opaque, int status, const char *content_type,
                               const char *body, size_t len, const kh_err *err);
 int kh_cluster_forward(kh_cluster *c, const char *url, const char *method, const char *target,
-                       const char *content_type, const char *body, size_t len,
-                       kh_forward_cb cb, void *opaque, kh_err *err);
+                       const char *content_type, const char *forwarded, const char *body,
+                       size_t len, kh_forward_cb cb, void *opaque, kh_err *err);
 
 /* The host-to-host TLS files (cluster CA, this host's certificate and key)
  * as new path strings, for a WebSocket relayed to another host. -1 with

@@ -1,7 +1,8 @@
 /* forward.c - sending an API request on to the host that owns its VM: one
  * libcurl call over mutual TLS (this host's certificate, the cluster CA
  * only), run on the loop's thread pool so the loop never waits for the
- * other host; the callback gets the answer on the loop. Also the files of
+ * other host; the callback gets the answer on the loop. The caller gives
+ * the KH-Forwarded header (auth/audit.c) that marks it as forwarded. Also the files of
  * this host's certificate for the console relay (api/forward.c).
  */
 #include "cluster/cluster_int.h"
@@ -17,7 +18,7 @@
 
 typedef struct fwd {
     uv_work_t work;
-    char *url, *method, *content_type, *body, *ca, *cert, *key;
+    char *url, *method, *content_type, *forwarded, *body, *ca, *cert, *key;
     size_t len;
     kh_forward_cb cb;
     void *opaque;
@@ -36,7 +37,7 @@ static void run(uv_work_t *w)
     char *ct = f->content_type ? xasprintf("Content-Type: %s", f->content_type) : NULL;
     if (ct)
         hdr = curl_slist_append(hdr, ct);
-    hdr = curl_slist_append(hdr, "KH-Forwarded: 1");
+    hdr = curl_slist_append(hdr, f->forwarded);
     hdr = curl_slist_append(hdr, "Expect:");
     char errbuf[CURL_ERROR_SIZE] = "";
     curl_easy_setopt(h, CURLOPT_URL, f->url);
@@ -70,18 +71,14 @@ static void run(uv_work_t *w)
     free(ct);
 }
 
-static void done(uv_work_t *w, int status)
+static void fwd_free(fwd *f)
 {
-    fwd *f = w->data;
-    if (status == UV_ECANCELED && f->err.code == KH_OK)
-        kh_err_set(&f->err, KH_E_UNAVAILABLE, "forwarding was cancelled");
-    f->cb(f->opaque, f->err.code == KH_OK ? (int)f->status : 0, f->reply_type,
-          f->reply.p ? f->reply.p : "", f->reply.len, f->err.code == KH_OK ? NULL : &f->err);
     kh_buf_release(&f->reply);
     free(f->reply_type);
     free(f->url);
     free(f->method);
     free(f->content_type);
+    free(f->forwarded);
     free(f->body);
     free(f->ca);
     free(f->cert);
@@ -89,9 +86,19 @@ static void done(uv_work_t *w, int status)
     free(f);
 }
 
+static void done(uv_work_t *w, int status)
+{
+    fwd *f = w->data;
+    if (status == UV_ECANCELED && f->err.code == KH_OK)
+        kh_err_set(&f->err, KH_E_UNAVAILABLE, "forwarding was cancelled");
+    f->cb(f->opaque, f->err.code == KH_OK ? (int)f->status : 0, f->reply_type,
+          f->reply.p ? f->reply.p : "", f->reply.len, f->err.code == KH_OK ? NULL : &f->err);
+    fwd_free(f);
+}
+
 int kh_cluster_forward(kh_cluster *c, const char *url, const char *method, const char *target,
-                       const char *content_type, const char *body, size_t len,
-                       kh_forward_cb cb, void *opaque, kh_err *err)
+                       const char *content_type, const char *forwarded, const char *body,
+                       size_t len, kh_forward_cb cb, void *opaque, kh_err *err)
 {
     if (!c->fingerprint) {
         kh_err_set(err, KH_E_UNAVAILABLE, "this host has no cluster certificate: it cannot "
@@ -103,6 +110,7 @@ int kh_cluster_forward(kh_cluster *c, const char *url, const char *method, const
     f->url = xasprintf("%s%s", url, target);
     f->method = xstrdup(method);
     f->content_type = content_type ? xstrdup(content_type) : NULL;
+    f->forwarded = xstrdup(forwarded);
     if (len) {
         f->body = xmalloc(len);
         memcpy(f->body, body, len);
@@ -115,15 +123,7 @@ int kh_cluster_forward(kh_cluster *c, const char *url, const char *method, const
     f->opaque = opaque;
     if (uv_queue_work(c->loop, &f->work, run, done) != 0) {
         kh_err_set(err, KH_E_INTERNAL, "cannot queue the forwarded request");
-        f->cb = NULL;
-        free(f->url);
-        free(f->method);
-        free(f->content_type);
-        free(f->body);
-        free(f->ca);
-        free(f->cert);
-        free(f->key);
-        free(f);
+        fwd_free(f);
         return -1;
     }
     return 0;

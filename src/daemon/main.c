@@ -651,6 +651,7 @@ static void peer_start(void)
         .tcp_listen = d.peer_cfg[0], .tls_trust = d.peer_cfg[1], .tls_cert = d.peer_cfg[2],
         .tls_key = d.peer_cfg[3], .max_body = 1024 * 1024, .max_connections = 64,
         .auth = peer_auth, .auth_opaque = d.auth, .pre = kh_api_forward_pre,
+        .on_reply = kh_auth_on_reply, /* the audit: forwarded writes too */
     };
     kh_err err = KH_ERR_INIT;
     d.peer_http = kh_http_server_new(d.loop, &pcfg, routes, nroutes, &d.api, &err);

@@ -211,6 +211,7 @@ struct kh_http_req {
     uint64_t start_ms;
     uint64_t start_ns;         /* uv_hrtime(), for the latency hook */
     char *principal;           /* who the auth hook says is calling (owned) */
+    char *acting_for;          /* a peer host's caller, for the audit (owned) */
     kh_http_req *prev, *next;
 };
 

@@ -87,6 +87,7 @@ void kh_req_free(kh_http_req *req)
         free(req->params[i].value);
     free(req->body);
     free(req->principal);
+    free(req->acting_for);
     json_decref(req->json);
     kh_strv_free(req->hdrs);
     free(req);
@@ -325,6 +326,17 @@ void kh_http_req_set_principal(kh_http_req *req, const char *principal)
 const char *kh_http_req_principal(const kh_http_req *req)
 {
     return req->principal;
+}
+
+void kh_http_req_set_acting_for(kh_http_req *req, const char *who)
+{
+    free(req->acting_for);
+    req->acting_for = who ? xstrdup(who) : NULL;
+}
+
+const char *kh_http_req_acting_for(const kh_http_req *req)
+{
+    return req->acting_for;
 }
 
 /* The client's address as text ("unix" over the unix socket). */

@@ -60,6 +60,10 @@ bool kh_http_origin_same(const char *origin, const char *host);
  * none was set. The request keeps a copy. */
 void kh_http_req_set_principal(kh_http_req *req, const char *principal);
 const char *kh_http_req_principal(const kh_http_req *req);
+/* Who a trusted peer (another host of the cluster) acted for, as the auth
+ * hook recorded it for the audit ("alice via h1"); NULL when none. */
+void kh_http_req_set_acting_for(kh_http_req *req, const char *who);
+const char *kh_http_req_acting_for(const kh_http_req *req);
 /* The client's address as text into buf ("unix" over the unix socket). */
 void kh_http_req_peer_address(const kh_http_req *req, char *buf, size_t len);
 /* The route that matched (NULL before routing or when none did). */

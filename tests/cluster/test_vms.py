@@ -100,6 +100,11 @@ def test_vms(three):
     assert p.returncode == 0 and "HOST" in p.stdout and "h3" in p.stdout, p.stdout
     step("v3 started from h1: runs on h3 (netns, cgroup)")
 
+    # the owner's audit names who asked on which host, not just "a peer"
+    audit = d3.api.get("/api/v1/audit?path=/api/v1/vms/v3/start").json["entries"]
+    assert [e["principal"] for e in audit] == ["root@local via h1"], audit
+    step("h3's audit: the forwarded start by root@local via h1")
+
     # host-to-host listener: no client certificate, no entry
     url = "https://%s:%d/api/v1/vms" % (h.addr(3), PORT + 1)
     p = h.run(1, ["curl", "-sk", "-o", "/dev/null", "-w", "%{http_code}", url], timeout=10)

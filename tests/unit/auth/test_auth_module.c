@@ -224,6 +224,32 @@ static void test_audit(kh_store *st, const char *path)
     sqlite3_close(db);
 }
 
+/* The KH-Forwarded header: made by the forwarding host, read by the owner
+ * for its audit; a hostile value names nobody. */
+static void test_forwarded(void)
+{
+    char who[300];
+    char *h = kh_audit_forwarded_header("h1", "alice@local!ci");
+    CHECK(strcmp(h, "KH-Forwarded: for=alice@local!ci; host=h1") == 0);
+    CHECK(kh_audit_forwarded_for(h + strlen("KH-Forwarded: "), who, sizeof(who)) &&
+          strcmp(who, "alice@local!ci via h1") == 0);
+    free(h);
+    h = kh_audit_forwarded_header("h1", "eve\r\nX-Evil: 1");
+    CHECK(strcmp(h, "KH-Forwarded: host=h1") == 0);
+    CHECK(!kh_audit_forwarded_for("host=h1", who, sizeof(who)));
+    free(h);
+    h = kh_audit_forwarded_header("bad host", NULL);
+    CHECK(strcmp(h, "KH-Forwarded: host=?") == 0);
+    free(h);
+    CHECK(!kh_audit_forwarded_for("1", who, sizeof(who)));
+    CHECK(!kh_audit_forwarded_for(NULL, who, sizeof(who)));
+    CHECK(!kh_audit_forwarded_for("for=a b; host=h1", who, sizeof(who)));
+    CHECK(kh_audit_forwarded_for("host=h2;for=bob", who, sizeof(who)) &&
+          strcmp(who, "bob via h2") == 0);
+    CHECK(kh_audit_forwarded_for("for=bob; host=<h>", who, sizeof(who)) &&
+          strcmp(who, "bob via ?") == 0);
+}
+
 static void test_hostpath(void)
 {
     kh_err err = KH_ERR_INIT;
@@ -296,6 +322,7 @@ int main(void)
     if (st) {
         test_acl(st);
         test_audit(st, path);
+        test_forwarded();
         kh_store_close(st);
     }
     RUN(test_hostpath);
