@@ -706,6 +706,9 @@ static void shutdown_all(void)
         free(d.peer_cfg[i]);
         d.peer_cfg[i] = NULL;
     }
+    /* qemu-img jobs end now, while their owners still exist: each owner's
+     * failure path frees its operation and removes its partial file */
+    kh_qimg_shutdown(d.qimg);
     kh_auth_free(d.auth);
     d.auth = NULL;
     /* ---- cluster (src/cluster): shutdown (lease revoked, local etcd stopped) ---- */
