@@ -200,6 +200,13 @@ int kh_guard_vm_quota(const kh_http_req *req, kh_api *api, const json_t *body, k
  * its volumes have, volume ref except left out (a resize counts anew). */
 int kh_guard_disk_quota(const kh_http_req *req, kh_api *api, const char *project,
                         uint64_t more, const char *except, kh_err *err);
+/* What project may still add to its volumes' capacities (volume except
+ * left out): *left (UINT64_MAX without a disk quota) and, in words, the
+ * start of the refusal ("quota of project x: at most N bytes of disk (U in
+ * use"; the caller ends it). 0, or -1 with err (an unknown project). */
+#define KH_GUARD_QUOTA_WORDS 192
+int kh_guard_disk_room(const kh_http_req *req, kh_api *api, const char *project,
+                       const char *except, uint64_t *left, char *words, size_t wsz, kh_err *err);
 
 /* access_routes.c: users, groups, tokens, roles, ACL, projects, permissions, audit */
 void kh_access_routes_users(kh_http_req *req, void *app);

@@ -101,13 +101,18 @@ int kh_guard_vm_quota(const kh_http_req *req, kh_api *api, const json_t *body, k
     return rc;
 }
 
-int kh_guard_disk_quota(const kh_http_req *req, kh_api *api, const char *project,
-                        uint64_t more, const char *except, kh_err *err)
+int kh_guard_disk_room(const kh_http_req *req, kh_api *api, const char *project,
+                       const char *except, uint64_t *left, char *words, size_t wsz, kh_err *err)
 {
     kh_store *st = kh_auth_store(kh_http_req_auth_data(req));
     kh_quota q;
-    if (!st || !api->storage || !project || kh_projects_quota(st, project, &q, err) < 0)
-        return st && project ? -1 : 0;
+    *left = UINT64_MAX;
+    if (words && wsz)
+        words[0] = '\0';
+    if (!st || !api->storage || !project)
+        return 0;
+    if (kh_projects_quota(st, project, &q, err) < 0)
+        return -1;
     if (!q.disk_bytes)
         return 0;
     uint64_t used = 0;
@@ -129,10 +134,22 @@ int kh_guard_disk_quota(const kh_http_req *req, kh_api *api, const char *project
         json_decref(vols);
     }
     json_decref(pools);
-    if (used + more <= (uint64_t)q.disk_bytes)
+    *left = used < (uint64_t)q.disk_bytes ? (uint64_t)q.disk_bytes - used : 0;
+    if (words && wsz)
+        snprintf(words, wsz, "quota of project %s: at most %lld bytes of disk (%llu in use",
+                 project, (long long)q.disk_bytes, (unsigned long long)used);
+    return 0;
+}
+
+int kh_guard_disk_quota(const kh_http_req *req, kh_api *api, const char *project,
+                        uint64_t more, const char *except, kh_err *err)
+{
+    uint64_t left;
+    char words[KH_GUARD_QUOTA_WORDS];
+    if (kh_guard_disk_room(req, api, project, except, &left, words, sizeof(words), err) < 0)
+        return -1;
+    if (more <= left)
         return 0;
-    kh_err_set(err, KH_E_FORBIDDEN, "quota of project %s: at most %lld bytes of disk (%llu in "
-               "use, %llu asked)", project, (long long)q.disk_bytes, (unsigned long long)used,
-               (unsigned long long)more);
+    kh_err_set(err, KH_E_FORBIDDEN, "%s, %llu asked)", words, (unsigned long long)more);
     return -1;
 }

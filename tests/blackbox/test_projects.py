@@ -4,7 +4,10 @@ caller's project and count in its quotas; backups are seen per project.
 Also: a SIGTERM while qemu-img jobs run ends them cleanly (no leak, no
 partial file). No guest boots; VMs are created, never started."""
 
+import http.client
+import json
 import os
+import subprocess
 import threading
 import time
 
@@ -112,3 +115,52 @@ def test_sigterm_during_qemu_img_leaves_nothing(daemons):
         t.join(5)
     d.start()
     assert d.api.get("/api/v1/pools/default/volumes").json["volumes"] == []
+
+
+# ---- 2: uploads count in the disk quota ----
+
+def _put_chunked(port, token, path, chunks):
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    try:
+        c.request("PUT", path, body=iter(chunks), encode_chunked=True,
+                  headers={"Authorization": "Bearer " + token})
+        r = c.getresponse()
+        return r.status, json.loads(r.read() or b"null")
+    finally:
+        c.close()
+
+
+def _pool_files(d, pool="default"):
+    return sorted(os.listdir(os.path.join(d.state_dir, "pools", pool)))
+
+
+def test_upload_counts_in_the_disk_quota(teams, tmp_path):
+    d, port, root, a, b = teams
+    _ok(root.request("PATCH", "/api/v1/projects/x", {"quota": {"disk_bytes": 3 << 20}}), 200)
+    up = "/api/v1/pools/default/volumes/%s/data?format=%s"
+    # announced over the quota: refused before a byte is written
+    r = a.request("PUT", up % ("big", "raw"), raw=b"\0" * (4 << 20))
+    assert r.status == 403 and "quota of project x" in r.error["message"], r
+    assert "bytes of disk" in r.error["message"], r
+    # within it: made, in alice's project (bob does not see it), and counted
+    _ok(a.request("PUT", up % ("up1", "raw"), raw=b"\1" * (2 << 20)), 201)
+    assert b.get("/api/v1/pools/default/volumes/up1").status == 404
+    assert a.get("/api/v1/pools/default/volumes/up1").status == 200
+    assert [v["name"] for v in b.get("/api/v1/pools/default/volumes").json["volumes"]] == []
+    r = a.request("PUT", up % ("up2", "raw"), raw=b"\2" * (2 << 20))
+    assert r.status == 403 and "(2097152 in use" in r.error["message"], r
+    # streamed without a length: refused once the bytes pass the quota
+    status, body = _put_chunked(port, a.token, up % ("up3", "raw"),
+                                [b"\3" * (512 << 10) for _ in range(4)])
+    assert status == 403 and "quota of project x" in body["error"]["message"], body
+    # a small qcow2 whose virtual size is over the quota (security case 6)
+    img = tmp_path / "claims.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(img), "100M"], check=True)
+    r = a.request("PUT", up % ("up4", "qcow2"), raw=img.read_bytes())
+    assert r.status == 403 and "an image of 104857600 bytes" in r.error["message"], r
+    # nothing half-made: one volume, its file, no .part
+    vols = root.get("/api/v1/pools/default/volumes").json["volumes"]
+    assert [v["name"] for v in vols] == ["up1"]
+    assert _pool_files(d) == [vols[0]["id"]]
+    # project y has no quota: the same upload is fine for bob
+    _ok(b.request("PUT", up % ("upb", "raw"), raw=b"\4" * (4 << 20)), 201)
