@@ -164,3 +164,54 @@ def test_upload_counts_in_the_disk_quota(teams, tmp_path):
     assert _pool_files(d) == [vols[0]["id"]]
     # project y has no quota: the same upload is fine for bob
     _ok(b.request("PUT", up % ("upb", "raw"), raw=b"\4" * (4 << 20)), 201)
+
+
+# ---- 1: the volumes a clone makes ----
+
+def _wait_task(api, tid, timeout=60):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        t = api.get("/api/v1/tasks/" + tid)
+        assert t.status == 200, t
+        if t.json["state"] != "running":
+            return t.json
+        time.sleep(0.1)
+    raise AssertionError("task %s did not finish" % tid)
+
+
+def test_clone_volumes_belong_to_the_clone_project(teams, fake_boot):
+    d, port, root, a, b = teams
+    vols = "/api/v1/pools/default/volumes"
+    _ok(a.post(vols, {"name": "tbase", "size": "1M"}), 201)
+    _ok(a.post("/api/v1/vms", {"name": "tpl", "vcpus": 2, "memory_mib": 64, "boot": fake_boot,
+                               "disks": [{"volume": "default/tbase"}]}), 201)
+    _ok(a.post("/api/v1/vms/tpl/template", {}), 200)
+    # a linked and a full clone: their new volumes are alice's (project x)
+    r = _ok(a.post("/api/v1/vms", {"name": "c1", "from_template": "tpl"}), 201)
+    assert r.json["disks"][0]["volume"] == "default/c1-disk0", r
+    r = _ok(a.post("/api/v1/vms", {"name": "c2", "from_template": "tpl", "clone": "full"}), 202)
+    assert _wait_task(root, r.json["id"])["state"] == "succeeded"
+    for v in ("c1-disk0", "c2-disk0"):
+        assert a.get(vols + "/" + v).status == 200, v
+        assert b.get(vols + "/" + v).status == 404, v
+    assert sorted(v["name"] for v in a.get(vols).json["volumes"]) == [
+        "c1-disk0", "c2-disk0", "tbase"]
+    assert b.get(vols).json["volumes"] == []
+    # ... and count in its quota: 3 MiB in use (1 MiB each)
+    before = _pool_files(d)
+    _ok(root.request("PATCH", "/api/v1/projects/x", {"quota": {"disk_bytes": (7 << 20) // 2}}))
+    for mode in ("linked", "full"):
+        r = a.post("/api/v1/vms", {"name": "c3", "from_template": "tpl", "clone": mode})
+        assert r.status == 403, r
+        assert "bytes of disk (3145728 in use, 1048576 asked)" in r.error["message"], r
+    # the template's size counts (2 vCPUs each; tpl, c1, c2 have 6), not a default
+    _ok(root.request("PATCH", "/api/v1/projects/x", {"quota": {"disk_bytes": 0, "vcpus": 7}}))
+    r = a.post("/api/v1/vms", {"name": "c3", "from_template": "tpl"})
+    assert r.status == 403 and "at most 7 vCPUs (6 in use, 2 asked)" in r.error["message"], r
+    # nothing half-made by the refusals
+    assert a.get("/api/v1/vms/c3").status == 404 and root.get("/api/v1/vms/c3").status == 404
+    assert _pool_files(d) == before
+    assert "c3-disk0" not in [v["name"] for v in root.get(vols).json["volumes"]]
+    # a clone the body makes smaller fits
+    _ok(a.post("/api/v1/vms", {"name": "c3", "from_template": "tpl", "vcpus": 1}), 201)
+    assert a.get(vols + "/c3-disk0").status == 200
