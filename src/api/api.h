@@ -207,6 +207,14 @@ int kh_guard_disk_quota(const kh_http_req *req, kh_api *api, const char *project
 #define KH_GUARD_QUOTA_WORDS 192
 int kh_guard_disk_room(const kh_http_req *req, kh_api *api, const char *project,
                        const char *except, uint64_t *left, char *words, size_t wsz, kh_err *err);
+/* The same for work that outlives its request (an import task): the auth
+ * store (NULL: no projects, all pass) and the project named. */
+int kh_guard_vm_quota_in(kh_store *st, kh_api *api, const char *project, const json_t *body,
+                         kh_err *err);
+int kh_guard_disk_room_in(kh_store *st, kh_api *api, const char *project, const char *except,
+                          uint64_t *left, char *words, size_t wsz, kh_err *err);
+int kh_guard_disk_quota_in(kh_store *st, kh_api *api, const char *project, uint64_t more,
+                           const char *except, kh_err *err);
 
 /* access_routes.c: users, groups, tokens, roles, ACL, projects, permissions, audit */
 void kh_access_routes_users(kh_http_req *req, void *app);

@@ -215,3 +215,64 @@ def test_clone_volumes_belong_to_the_clone_project(teams, fake_boot):
     # a clone the body makes smaller fits
     _ok(a.post("/api/v1/vms", {"name": "c3", "from_template": "tpl", "vcpus": 1}), 201)
     assert a.get(vols + "/c3-disk0").status == 200
+
+
+# ---- 3: OVA and libvirt imports ----
+
+def _ova(tmp_path, name, cap, vcpus=1, mem=64):
+    import test_import as ti  # the OVA builders of the import tests
+    disk = tmp_path / ("%s.vmdk" % name)
+    subprocess.run(["qemu-img", "create", "-q", "-f", "vmdk", "-o",
+                    "subformat=streamOptimized", str(disk), str(cap)], check=True)
+    ovf = ti.ovf_text(name=name, disks=(("disk1.vmdk", cap, None),), vcpus=vcpus, mem=mem)
+    return ti.make_ova([("%s.ovf" % name, ovf), ("disk1.vmdk", disk.read_bytes())])
+
+
+def _put_ova(api, data, name):
+    return api.request("PUT", "/api/v1/vms/import?wait=60&name=" + name, raw=data,
+                       headers={"Content-Type": "application/octet-stream"}, timeout=90)
+
+
+LIBVIRT_XML = ("<domain type='kvm'><name>{name}</name><memory unit='MiB'>{mem}</memory>"
+               "<vcpu>1</vcpu><os><type arch='x86_64' machine='q35'>hvm</type></os></domain>")
+
+
+def test_imports_go_to_the_callers_project_within_its_quotas(teams, tmp_path):
+    d, port, root, a, b = teams
+    vols = "/api/v1/pools/default/volumes"
+    # an OVA: the VM and its volume are alice's
+    r = _put_ova(a, _ova(tmp_path, "o1", 4 << 20), "o1")
+    assert r.status == 200 and r.json["state"] == "succeeded", r
+    assert a.get("/api/v1/vms/o1").status == 200 and b.get("/api/v1/vms/o1").status == 404
+    assert a.get(vols + "/o1-disk").status == 200 and b.get(vols + "/o1-disk").status == 404
+    # its disks' capacities count: 4 MiB in use, 4 more asked, 6 allowed
+    before = _pool_files(d)
+    _ok(root.request("PATCH", "/api/v1/projects/x", {"quota": {"disk_bytes": 6 << 20}}))
+    r = _put_ova(a, _ova(tmp_path, "o2", 4 << 20), "o2")
+    assert r.status == 403, r
+    assert "quota of project x: at most 6291456 bytes of disk (4194304 in use" in \
+        r.error["message"], r
+    # its vCPUs and memory from the OVF
+    _ok(root.request("PATCH", "/api/v1/projects/x", {"quota": {"disk_bytes": 0, "vcpus": 2}}))
+    r = _put_ova(a, _ova(tmp_path, "o3", 1 << 20, vcpus=2), "o3")
+    assert r.status == 403 and "at most 2 vCPUs (1 in use, 2 asked)" in r.error["message"], r
+    # no room for one more VM: refused before the archive is read
+    _ok(root.request("PATCH", "/api/v1/projects/x", {"quota": {"vcpus": 0, "vms": 1}}))
+    r = _put_ova(a, _ova(tmp_path, "o4", 1 << 20), "o4")
+    assert r.status == 403 and "at most 1 VMs" in r.error["message"], r
+    # nothing of the refused imports is left
+    assert _pool_files(d) == before
+    assert sorted(v["name"] for v in root.get("/api/v1/vms").json["vms"]) == ["o1"]
+    # libvirt XML: in alice's project, within its memory quota
+    _ok(root.request("PATCH", "/api/v1/projects/x", {"quota": {"vms": 0, "memory_mib": 128}}))
+    xml = "/api/v1/vms/import-libvirt"
+    hdr = {"Content-Type": "application/xml"}
+    r = a.request("POST", xml, raw=LIBVIRT_XML.format(name="lv1", mem=128), headers=hdr)
+    assert r.status == 403 and "MiB of memory (64 in use, 128 asked)" in r.error["message"], r
+    r = a.request("POST", xml, raw=LIBVIRT_XML.format(name="lv1", mem=64), headers=hdr)
+    assert r.status == 201, r
+    assert a.get("/api/v1/vms/lv1").status == 200 and b.get("/api/v1/vms/lv1").status == 404
+    # bob's project has no quota: his import is his
+    r = _put_ova(b, _ova(tmp_path, "o5", 4 << 20, vcpus=2), "o5")
+    assert r.status == 200 and r.json["state"] == "succeeded", r
+    assert b.get(vols + "/o5-disk").status == 200 and a.get(vols + "/o5-disk").status == 404
