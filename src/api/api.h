@@ -190,6 +190,12 @@ void kh_metrics_routes_host(kh_http_req *req, void *app);
 void kh_metrics_routes_alerts(kh_http_req *req, void *app);
 void kh_metrics_routes_alert_rules(kh_http_req *req, void *app);
 
+/* backup_routes.c: the project of each backup (the backup module's record
+ * hook, set at start with the auth store); unwatch at shutdown, before the
+ * tasks go: the restores still awaited are forgotten. */
+void kh_backup_routes_watch(kh_backups *b, kh_store *auth_store);
+void kh_backup_routes_unwatch(void);
+
 /* guard.c: what a body names beyond the route's own object (see there).
  * Each returns 0, or -1 with err set (403/404) and nothing done. */
 int kh_guard_disks(const kh_http_req *req, const json_t *disks, kh_err *err);

@@ -721,6 +721,7 @@ static void shutdown_all(void)
     kh_nics_free(d.api.nics);
     kh_disks_free(d.api.disks);
     kh_snapshots_free(d.api.snapshots);
+    kh_backup_routes_unwatch();
     kh_backup_free(d.api.backups);
     d.api.backups = NULL;
     d.api.nics = NULL;
@@ -1029,6 +1030,7 @@ int main(int argc, char **argv)
         die("%s", err.msg);
     kh_auth_set_store(d.auth, d.store);
     kh_auth_set_loop(d.auth, d.loop);
+    kh_backup_routes_watch(d.api.backups, d.store); /* backups belong to projects */
     {
         /* security groups from before projects belong to "default" (a PUT of
          * a group without a record creates one in the caller's project) */

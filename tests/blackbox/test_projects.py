@@ -276,3 +276,86 @@ def test_imports_go_to_the_callers_project_within_its_quotas(teams, tmp_path):
     r = _put_ova(b, _ova(tmp_path, "o5", 4 << 20, vcpus=2), "o5")
     assert r.status == 200 and r.json["state"] == "succeeded", r
     assert b.get(vols + "/o5-disk").status == 200 and a.get(vols + "/o5-disk").status == 404
+
+
+# ---- 4: backups belong to their VM's project ----
+
+def _task_done(root, r, timeout=120):
+    if r.status >= 400 and "task" in (r.json or {}).get("error", {}):
+        return root.get("/api/v1/tasks/" + r.json["error"]["task"]).json
+    assert r.status in (200, 202), r
+    return _wait_task(root, r.json["id"], timeout) if r.json["state"] == "running" else r.json
+
+
+def test_backups_are_scoped_by_project(teams, fake_boot, tmp_path):
+    d, port, root, a, b = teams
+    store = str(tmp_path / "store")
+    _ok(root.post("/api/v1/backup-stores", {"name": "s", "path": store}), 201)
+    for api, vm in ((a, "va"), (b, "vb")):
+        _ok(api.post("/api/v1/pools/default/volumes", {"name": vm + "-d0", "size": "8M"}), 201)
+        _ok(api.post("/api/v1/vms", {"name": vm, "memory_mib": 64, "boot": fake_boot,
+                                     "disks": [{"volume": "default/%s-d0" % vm}]}), 201)
+    # each team backs up its own VM (Datastore.Backup on /vms/NAME), not the other's
+    ba = _task_done(root, a.post("/api/v1/vms/va/backups", {"store": "s", "wait": 60}))
+    bb = _task_done(root, b.post("/api/v1/vms/vb/backups", {"store": "s", "wait": 60}))
+    assert ba["state"] == "succeeded" and bb["state"] == "succeeded", (ba, bb)
+    ida, idb = ba["result"]["id"], bb["result"]["id"]
+    assert a.post("/api/v1/vms/vb/backups", {"store": "s"}).status == 404
+    # each sees only its own project's backups; root sees both
+    assert [x["id"] for x in a.get("/api/v1/backups").json["backups"]] == [ida]
+    assert [x["id"] for x in b.get("/api/v1/backups").json["backups"]] == [idb]
+    assert [x["id"] for x in a.get("/api/v1/backups?vm=vb").json["backups"]] == []
+    assert sorted(x["id"] for x in root.get("/api/v1/backups").json["backups"]) == \
+        sorted([ida, idb])
+    # the other project's backup does not exist for alice: 404, never 403
+    for method, path, body in [
+        ("GET", "/api/v1/backups/" + idb, None),
+        ("POST", "/api/v1/backups/%s/verify" % idb, {}),
+        ("POST", "/api/v1/backups/%s/restore" % idb, {"as": "stolen"}),
+        ("DELETE", "/api/v1/backups/" + idb, None),
+    ]:
+        r = a.request(method, path, body)
+        assert r.status == 404, (method, path, r)
+    assert root.get("/api/v1/vms/stolen").status == 404
+    # alice verifies and restores her own; the new VM and its volume are hers
+    assert a.get("/api/v1/backups/" + ida).status == 200
+    t = _task_done(root, a.post("/api/v1/backups/%s/verify" % ida, {"wait": 60}))
+    assert t["state"] == "succeeded", t
+    t = _task_done(root, a.post("/api/v1/backups/%s/restore" % ida, {"as": "va2", "wait": 60}))
+    assert t["state"] == "succeeded", t
+    assert a.get("/api/v1/vms/va2").status == 200 and b.get("/api/v1/vms/va2").status == 404
+    vol = "/api/v1/pools/default/volumes/va2-disk0"
+    assert a.get(vol).status == 200 and b.get(vol).status == 404
+    # a restore to a new VM counts in the caller's quotas; nothing made when refused
+    _ok(root.request("PATCH", "/api/v1/projects/x", {"quota": {"memory_mib": 150}}))
+    r = a.post("/api/v1/backups/%s/restore" % ida, {"as": "va3", "wait": 60})
+    assert r.status == 403 and "MiB of memory (128 in use, 64 asked)" in r.error["message"], r
+    _ok(root.request("PATCH", "/api/v1/projects/x", {"quota": {"memory_mib": 0,
+                                                               "disk_bytes": 20 << 20}}))
+    r = a.post("/api/v1/backups/%s/restore" % ida, {"as": "va3", "wait": 60})
+    assert r.status == 403 and "bytes of disk (16777216 in use, 8388608 asked)" in \
+        r.error["message"], r
+    assert root.get("/api/v1/vms/va3").status == 404
+    assert root.get("/api/v1/pools/default/volumes/va3-disk0").status == 404
+    # restoring over bob's VM from alice's backup: bob's VM does not exist for her
+    r = a.post("/api/v1/backups/%s/restore" % ida, {"vm": "vb"})
+    assert r.status == 404, r
+    # an Auditor of x reads x's backups and changes nothing
+    _ok(root.post("/api/v1/users", {"name": "carol", "project": "x"}), 201)
+    _ok(root.request("PUT", "/api/v1/acl", {"path": "/projects/x", "subject": "carol",
+                                            "role": "Auditor"}))
+    c = _api(port, _token(root, "carol", [("/", "Administrator")]))
+    assert [x["id"] for x in c.get("/api/v1/backups").json["backups"]] == [ida]
+    r = c.post("/api/v1/backups/%s/verify" % ida, {})
+    assert r.status == 403 and "Datastore.Backup on /backups/" + ida in r.error["message"], r
+    assert c.delete("/api/v1/backups/" + ida).status == 403
+    # stores: every caller sees their names; their paths need Datastore.Audit there
+    assert [s.get("path") for s in a.get("/api/v1/backup-stores").json["stores"]] == [None]
+    assert root.get("/api/v1/backup-stores/s").json["path"] == store
+    r = a.delete("/api/v1/backup-stores/s")
+    assert r.status == 403 and "Datastore.Allocate on /backup-stores/s" in r.error["message"], r
+    r = a.post("/api/v1/backups/prune", {"store": "s", "keep_last": 0})
+    assert r.status == 403, r
+    # deleting her backup forgets its record: project x can go once empty
+    _ok(a.delete("/api/v1/backups/" + ida), 204)
+    assert a.get("/api/v1/backups").json["backups"] == []
