@@ -335,10 +335,12 @@ void kh_backup_routes_restore(kh_http_req *req, void *app)
         body = NULL;
     kh_store *st = kh_auth_store(kh_http_req_auth_data(req));
     const char *as = body ? json_string_value(json_object_get(body, "as")) : NULL;
-    char *have = project && as ? kh_projects_object_find(st, "vm", as) : NULL;
-    bool recorded = project && as && !have && kh_projects_object_set(st, "vm", as, project,
-                                                                        NULL) == 0;
-    free(have);
+    /* (a record of a VM that is not there is stale: replaced; a VM that is
+     * there makes the restore a 409, its record untouched) */
+    json_t *exists = project && as ? kh_manager_vm_json(api->mgr, as, NULL) : NULL;
+    bool recorded = project && as && !exists && kh_projects_object_set(st, "vm", as, project,
+                                                                          NULL) == 0;
+    json_decref(exists);
     kh_task *t = body ? kh_backup_restore(b, id, body, &err) : NULL;
     if (recorded && !t)
         kh_projects_object_forget(st, "vm", as, NULL);
