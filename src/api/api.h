@@ -190,6 +190,12 @@ void kh_metrics_routes_host(kh_http_req *req, void *app);
 void kh_metrics_routes_alerts(kh_http_req *req, void *app);
 void kh_metrics_routes_alert_rules(kh_http_req *req, void *app);
 
+/* backup_routes.c: the project of each backup (the backup module's record
+ * hook, set at start with the auth store); unwatch at shutdown, before the
+ * tasks go: the restores still awaited are forgotten. */
+void kh_backup_routes_watch(kh_backups *b, kh_store *auth_store);
+void kh_backup_routes_unwatch(void);
+
 /* guard.c: what a body names beyond the route's own object (see there).
  * Each returns 0, or -1 with err set (403/404) and nothing done. */
 int kh_guard_disks(const kh_http_req *req, const json_t *disks, kh_err *err);
@@ -200,6 +206,21 @@ int kh_guard_vm_quota(const kh_http_req *req, kh_api *api, const json_t *body, k
  * its volumes have, volume ref except left out (a resize counts anew). */
 int kh_guard_disk_quota(const kh_http_req *req, kh_api *api, const char *project,
                         uint64_t more, const char *except, kh_err *err);
+/* What project may still add to its volumes' capacities (volume except
+ * left out): *left (UINT64_MAX without a disk quota) and, in words, the
+ * start of the refusal ("quota of project x: at most N bytes of disk (U in
+ * use"; the caller ends it). 0, or -1 with err (an unknown project). */
+#define KH_GUARD_QUOTA_WORDS 192
+int kh_guard_disk_room(const kh_http_req *req, kh_api *api, const char *project,
+                       const char *except, uint64_t *left, char *words, size_t wsz, kh_err *err);
+/* The same for work that outlives its request (an import task): the auth
+ * store (NULL: no projects, all pass) and the project named. */
+int kh_guard_vm_quota_in(kh_store *st, kh_api *api, const char *project, const json_t *body,
+                         kh_err *err);
+int kh_guard_disk_room_in(kh_store *st, kh_api *api, const char *project, const char *except,
+                          uint64_t *left, char *words, size_t wsz, kh_err *err);
+int kh_guard_disk_quota_in(kh_store *st, kh_api *api, const char *project, uint64_t more,
+                           const char *except, kh_err *err);
 
 /* access_routes.c: users, groups, tokens, roles, ACL, projects, permissions, audit */
 void kh_access_routes_users(kh_http_req *req, void *app);

@@ -56,15 +56,21 @@ int kh_guard_vm_quota(const kh_http_req *req, kh_api *api, const json_t *body, k
     char *project = kh_auth_project(req, err);
     if (!project)
         return -1;
+    int rc = kh_guard_vm_quota_in(st, api, project, body, err);
+    free(project);
+    return rc;
+}
+
+int kh_guard_vm_quota_in(kh_store *st, kh_api *api, const char *project, const json_t *body,
+                         kh_err *err)
+{
     kh_quota q;
-    if (kh_projects_quota(st, project, &q, err) < 0) {
-        free(project);
-        return -1;
-    }
-    if (!q.vms && !q.vcpus && !q.memory_mib) {
-        free(project);
+    if (!st)
         return 0;
-    }
+    if (kh_projects_quota(st, project, &q, err) < 0)
+        return -1;
+    if (!q.vms && !q.vcpus && !q.memory_mib)
+        return 0;
     usage u = { 0 };
     json_t *vms = kh_manager_list_json(api->mgr);
     size_t i;
@@ -83,7 +89,6 @@ int kh_guard_vm_quota(const kh_http_req *req, kh_api *api, const json_t *body, k
     int64_t vcpus = json_object_get(body, "vcpus") ? json_integer_value(json_object_get(body, "vcpus")) : 1;
     int64_t mem = json_object_get(body, "memory_mib")
                       ? json_integer_value(json_object_get(body, "memory_mib")) : 512;
-    int rc = -1;
     if (q.vms && u.vms + 1 > q.vms)
         kh_err_set(err, KH_E_FORBIDDEN, "quota of project %s: at most %lld VMs (it has %lld)",
                    project, (long long)q.vms, (long long)u.vms);
@@ -96,18 +101,28 @@ int kh_guard_vm_quota(const kh_http_req *req, kh_api *api, const json_t *body, k
                    "(%lld in use, %lld asked)", project, (long long)q.memory_mib,
                    (long long)u.memory_mib, (long long)mem);
     else
-        rc = 0;
-    free(project);
-    return rc;
+        return 0;
+    return -1;
 }
 
-int kh_guard_disk_quota(const kh_http_req *req, kh_api *api, const char *project,
-                        uint64_t more, const char *except, kh_err *err)
+int kh_guard_disk_room(const kh_http_req *req, kh_api *api, const char *project,
+                       const char *except, uint64_t *left, char *words, size_t wsz, kh_err *err)
 {
-    kh_store *st = kh_auth_store(kh_http_req_auth_data(req));
+    return kh_guard_disk_room_in(kh_auth_store(kh_http_req_auth_data(req)), api, project,
+                                 except, left, words, wsz, err);
+}
+
+int kh_guard_disk_room_in(kh_store *st, kh_api *api, const char *project, const char *except,
+                          uint64_t *left, char *words, size_t wsz, kh_err *err)
+{
     kh_quota q;
-    if (!st || !api->storage || !project || kh_projects_quota(st, project, &q, err) < 0)
-        return st && project ? -1 : 0;
+    *left = UINT64_MAX;
+    if (words && wsz)
+        words[0] = '\0';
+    if (!st || !api->storage || !project)
+        return 0;
+    if (kh_projects_quota(st, project, &q, err) < 0)
+        return -1;
     if (!q.disk_bytes)
         return 0;
     uint64_t used = 0;
@@ -129,10 +144,29 @@ int kh_guard_disk_quota(const kh_http_req *req, kh_api *api, const char *project
         json_decref(vols);
     }
     json_decref(pools);
-    if (used + more <= (uint64_t)q.disk_bytes)
+    *left = used < (uint64_t)q.disk_bytes ? (uint64_t)q.disk_bytes - used : 0;
+    if (words && wsz)
+        snprintf(words, wsz, "quota of project %s: at most %lld bytes of disk (%llu in use",
+                 project, (long long)q.disk_bytes, (unsigned long long)used);
+    return 0;
+}
+
+int kh_guard_disk_quota(const kh_http_req *req, kh_api *api, const char *project,
+                        uint64_t more, const char *except, kh_err *err)
+{
+    return kh_guard_disk_quota_in(kh_auth_store(kh_http_req_auth_data(req)), api, project, more,
+                                  except, err);
+}
+
+int kh_guard_disk_quota_in(kh_store *st, kh_api *api, const char *project, uint64_t more,
+                           const char *except, kh_err *err)
+{
+    uint64_t left;
+    char words[KH_GUARD_QUOTA_WORDS];
+    if (kh_guard_disk_room_in(st, api, project, except, &left, words, sizeof(words), err) < 0)
+        return -1;
+    if (more <= left)
         return 0;
-    kh_err_set(err, KH_E_FORBIDDEN, "quota of project %s: at most %lld bytes of disk (%llu in "
-               "use, %llu asked)", project, (long long)q.disk_bytes, (unsigned long long)used,
-               (unsigned long long)more);
+    kh_err_set(err, KH_E_FORBIDDEN, "%s, %llu asked)", words, (unsigned long long)more);
     return -1;
 }

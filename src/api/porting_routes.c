@@ -12,9 +12,83 @@
 #include "porting/porting.h"
 #include "schema/schema.h"
 #include "util/check.h"
+#include "util/log.h"
 #include "util/mem.h"
 
 #define IMPORT_WAIT_DEFAULT 30
+
+/* ---- an import's project: its quotas, and the records of what it made ---- */
+
+typedef struct import_owner {
+    kh_api *api;
+    kh_store *st; /* the auth store */
+    char *project;
+    kh_ova_owner hooks; /* opaque: this */
+} import_owner;
+
+static void record(kh_store *st, const char *kind, const char *name, const char *project)
+{
+    kh_err err = KH_ERR_INIT;
+    if (name && kh_projects_object_set(st, kind, name, project, &err) < 0)
+        kh_log(KH_LOG_WARN, "auth.object", "kind=%s name=%s error=\"%s\"", kind, name, err.msg);
+}
+
+static int owner_admit(void *opaque, const json_t *size, kh_err *err)
+{
+    import_owner *o = opaque;
+    if (kh_guard_vm_quota_in(o->st, o->api, o->project, size, err) < 0)
+        return -1;
+    json_int_t bytes = json_integer_value(json_object_get(size, "disk_bytes"));
+    return kh_guard_disk_quota_in(o->st, o->api, o->project, bytes > 0 ? (uint64_t)bytes : 0,
+                                  NULL, err);
+}
+
+/* The new VM and its volumes go to the caller's project. */
+static void owner_made(void *opaque, const json_t *vm)
+{
+    import_owner *o = opaque;
+    record(o->st, "vm", json_string_value(json_object_get(vm, "name")), o->project);
+    size_t i;
+    json_t *d;
+    json_array_foreach(json_object_get(vm, "disks"), i, d)
+        record(o->st, "volume", json_string_value(json_object_get(d, "volume")), o->project);
+}
+
+static void owner_done(void *opaque)
+{
+    import_owner *o = opaque;
+    free(o->project);
+    free(o);
+}
+
+/* The owner of an import by this request (NULL without projects: nothing
+ * to check or record), or -1 with err: an unknown ?project=, or no room
+ * for one more VM in it (checked before the archive is read; the VM's
+ * size is checked once the OVF is read). */
+static int import_owner_new(kh_http_req *req, kh_api *api, import_owner **out, kh_err *err)
+{
+    *out = NULL;
+    kh_store *st = kh_auth_store(kh_http_req_auth_data(req));
+    if (!st)
+        return 0;
+    char *project = kh_auth_project(req, err);
+    if (!project)
+        return -1;
+    json_t *none = json_pack("{s:i, s:i}", "vcpus", 0, "memory_mib", 0);
+    int rc = kh_guard_vm_quota_in(st, api, project, none, err);
+    json_decref(none);
+    if (rc < 0) {
+        free(project);
+        return -1;
+    }
+    import_owner *o = xcalloc(1, sizeof(*o));
+    o->api = api;
+    o->st = st;
+    o->project = project;
+    o->hooks = (kh_ova_owner){ owner_admit, owner_made, owner_done, o };
+    *out = o;
+    return 0;
+}
 
 static kh_porting porting_of(const kh_api *api)
 {
@@ -51,6 +125,7 @@ typedef struct upload {
     kh_api *api;
     kh_ova_spool *s; /* NULL once the body is in */
     kh_ova_opts o;
+    import_owner *owner; /* until the import takes it */
     int wait;
 } upload;
 
@@ -59,6 +134,8 @@ static void upload_gone(kh_http_req *req, void *opaque)
     (void)req;
     upload *up = opaque;
     kh_ova_spool_abort(up->s);
+    if (up->owner)
+        owner_done(up->owner);
     free(up);
 }
 
@@ -81,6 +158,8 @@ static void upload_end(kh_http_req *req, void *opaque)
     kh_http_req_on_abort(req, NULL, NULL);
     /* the query strings live as long as the request: still valid here */
     kh_porting pt = porting_of(up->api);
+    up->o.owner = up->owner ? &up->owner->hooks : NULL;
+    up->owner = NULL; /* the import ends it */
     kh_task *t = kh_ova_import_spool(&pt, up->s, &up->o, &err);
     kh_api *api = up->api;
     int wait = up->wait;
@@ -100,10 +179,13 @@ void kh_porting_routes_import_upload(kh_http_req *req, void *app)
     kh_porting pt = porting_of(api);
     if (!api->storage) {
         kh_err_set(&err, KH_E_UNAVAILABLE, "storage is not available");
-    } else if (query_opts(req, &up->o, &up->wait, &err) == 0) {
+    } else if (query_opts(req, &up->o, &up->wait, &err) == 0 &&
+               import_owner_new(req, api, &up->owner, &err) == 0) {
         up->s = kh_ova_spool_begin(&pt, up->o.pool, kh_http_req_content_length(req), &err);
     }
     if (!up->s) {
+        if (up->owner)
+            owner_done(up->owner);
         free(up);
         kh_http_reply_error(req, &err);
         return;
@@ -127,8 +209,10 @@ void kh_porting_routes_import_path(kh_http_req *req, void *app)
         kh_http_reply_error(req, &err);
         return;
     }
+    import_owner *owner = NULL;
     if (kh_auth_hostpath(req, path, "path", &err) < 0 ||
-        kh_check_abs_path(path, "path", &err) < 0) {
+        kh_check_abs_path(path, "path", &err) < 0 ||
+        import_owner_new(req, api, &owner, &err) < 0) {
         kh_http_reply_error(req, &err);
         return;
     }
@@ -136,6 +220,7 @@ void kh_porting_routes_import_path(kh_http_req *req, void *app)
         json_string_value(json_object_get(body, "name")),
         json_string_value(json_object_get(body, "pool")),
         json_string_value(json_object_get(body, "network")),
+        owner ? &owner->hooks : NULL,
     };
     json_t *jw = json_object_get(body, "wait");
     int wait = jw ? (int)json_integer_value(jw) : IMPORT_WAIT_DEFAULT;
@@ -248,10 +333,16 @@ void kh_porting_routes_import_libvirt(kh_http_req *req, void *app)
             json_object_set_new(spec, "name", json_string(name));
     }
     json_t *vm = NULL;
+    char *project = NULL;
+    kh_store *st = kh_auth_store(kh_http_req_auth_data(req));
     if (spec && !kh_err_isset(&err) && libvirt_checks(req, api, spec, &err) == 0 &&
+        (!st || (project = kh_auth_project(req, &err)) != NULL) &&
         kh_guard_vm_quota(req, api, spec, &err) == 0)
         vm = kh_config_create(api->mgr, spec, &err);
     json_decref(spec);
+    if (vm && st) /* its disks are host files (Sys.HostPath), not volumes */
+        record(st, "vm", json_string_value(json_object_get(vm, "name")), project);
+    free(project);
     if (!vm) {
         json_decref(warnings);
         kh_http_reply_error(req, &err);

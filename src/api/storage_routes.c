@@ -293,13 +293,28 @@ void kh_storage_routes_volume_upload(kh_http_req *req, void *app)
     kh_err err = KH_ERR_INIT;
     if (!storage_ready(req, api))
         return;
-    kh_volume_upload *u = kh_storage_upload_begin(
+    /* the project's disk quota bounds the bytes sent and the image's size:
+     * an announced length over it is refused before a byte is written */
+    uint64_t room = UINT64_MAX, len = kh_http_req_content_length(req);
+    char words[KH_GUARD_QUOTA_WORDS];
+    char *project = kh_auth_project(req, &err);
+    int rc = project ? kh_guard_disk_room(req, api, project, NULL, &room, words, sizeof(words),
+                                          &err) : -1;
+    free(project);
+    if (rc == 0 && len != UINT64_MAX && len > room) {
+        kh_err_set(&err, KH_E_FORBIDDEN, "%s, an upload of %llu bytes asked)", words,
+                   (unsigned long long)len);
+        rc = -1;
+    }
+    kh_volume_upload *u = rc < 0 ? NULL : kh_storage_upload_begin(
         api->storage, kh_http_req_param(req, "pool"), kh_http_req_param(req, "volume"),
-        kh_http_req_query(req, "format"), kh_http_req_content_length(req), &err);
+        kh_http_req_query(req, "format"), len, &err);
     if (!u) {
         kh_http_reply_error(req, &err);
         return;
     }
+    if (room != UINT64_MAX)
+        kh_storage_upload_limit(u, room, words);
     upload *up = xcalloc(1, sizeof(*up));
     up->req = req;
     up->u = u;

@@ -62,7 +62,7 @@ void kh_vm_routes_create(kh_http_req *req, void *app)
     snprintf(tpath, sizeof(tpath), "/vms/%s", tmpl ? tmpl : "");
     if (body && ((tmpl && kh_auth_need(req, tpath, KH_PRIV_VM_AUDIT, &err) < 0) ||
                  kh_guard_disks(req, json_object_get(body, "disks"), &err) < 0 ||
-                 kh_guard_vm_quota(req, api, body, &err) < 0)) {
+                 (!tmpl && kh_guard_vm_quota(req, api, body, &err) < 0))) {
         reply_err(req, &err);
         return;
     }

@@ -162,7 +162,7 @@ static bool object_of(const char *path, char *kind, size_t ksz, char *name, size
     static const struct {
         const char *prefix, *kind;
     } kinds[] = { { "/vms/", "vm" }, { "/networks/", "network" },
-                  { "/security-groups/", "security-group" } };
+                  { "/security-groups/", "security-group" }, { "/backups/", "backup" } };
     for (size_t i = 0; i < KH_ARRAY_LEN(kinds); i++) {
         size_t n = strlen(kinds[i].prefix);
         if (strncmp(path, kinds[i].prefix, n) == 0 && !strchr(path + n, '/') && path[n]) {

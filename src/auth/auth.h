@@ -14,9 +14,10 @@
  *
  * ACL paths: "/", "/access" (users, groups, roles, ACLs), "/projects/P",
  * "/vms/NAME", "/pools/P", "/pools/P/volumes/V", "/networks/N",
- * "/security-groups/N", "/hosts/H". An entry applies to its own path and,
- * with propagate, to every path below it. VMs, volumes, networks and
- * security groups belong to a project: below their own path comes
+ * "/security-groups/N", "/backup-stores/S", "/backups/ID", "/hosts/H". An
+ * entry applies to its own path and, with propagate, to every path below
+ * it. VMs, volumes, networks, security groups and backups (the project of
+ * their VM when made) belong to a project: below their own path comes
  * "/projects/P", then "/". Privileges from every entry that applies are
  * united (no entry takes rights away).
  */
@@ -55,8 +56,9 @@ enum {
     KH_PRIV_DATASTORE_SPACE = 1u << 13,    /* create, resize, upload, delete volumes */
     KH_PRIV_NETWORK_AUDIT = 1u << 14,      /* see networks, leases, security groups */
     KH_PRIV_NETWORK_ALLOCATE = 1u << 15,   /* change networks, forwards, security groups */
+    KH_PRIV_DATASTORE_BACKUP = 1u << 16,   /* back up VMs; restore, verify, delete backups */
 };
-#define KH_PRIV_COUNT 16
+#define KH_PRIV_COUNT 17
 #define KH_PRIV_ALL ((kh_privs)((1u << KH_PRIV_COUNT) - 1))
 
 /* "VM.PowerMgmt" for one bit; NULL for none or several. */
@@ -179,7 +181,8 @@ bool kh_projects_exists(kh_store *st, const char *name);
 int kh_projects_quota(kh_store *st, const char *name, kh_quota *q, kh_err *err);
 /* [{name, quota: {...}, objects: n}] or one project */
 json_t *kh_projects_json(kh_store *st, const char *name, kh_err *err);
-/* Object kinds: "vm", "volume" ("pool/volume"), "network", "security-group". */
+/* Object kinds: "vm", "volume" ("pool/volume"), "network", "security-group",
+ * "backup" (its id). */
 int kh_projects_object_set(kh_store *st, const char *kind, const char *name,
                            const char *project, kh_err *err);
 int kh_projects_object_forget(kh_store *st, const char *kind, const char *name, kh_err *err);

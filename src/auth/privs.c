@@ -11,6 +11,7 @@ static const char *const priv_names[KH_PRIV_COUNT] = {
     "VM.Audit",        "VM.PowerMgmt",     "VM.Console",         "VM.Allocate",
     "VM.Config",       "VM.Snapshot",      "VM.Migrate",         "Datastore.Audit",
     "Datastore.Allocate", "Datastore.AllocateSpace", "Network.Audit", "Network.Allocate",
+    "Datastore.Backup",
 };
 
 #define AUDIT_PRIVS                                                                        \

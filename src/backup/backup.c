@@ -457,6 +457,12 @@ json_t *kh_backup_last(kh_backups *b, const char *store, const char *vm_id, kh_e
     return j;
 }
 
+void kh_backup_set_record_hook(kh_backups *b, kh_backup_record_fn fn, void *opaque)
+{
+    b->on_record = fn;
+    b->on_record_opaque = opaque;
+}
+
 int kh_backup_insert(kh_backups *b, const json_t *row, kh_err *err)
 {
     json_t *rec = json_deep_copy(row);
@@ -481,7 +487,12 @@ int kh_backup_insert(kh_backups *b, const json_t *row, kh_err *err)
     sqlite3_bind_double(s, 7, json_real_value(json_object_get(row, "time")));
     kh_store_bind_text(s, 8, text);
     free(text);
-    return kh_store_step_done(b->store, s, "recording a backup", err);
+    if (kh_store_step_done(b->store, s, "recording a backup", err) < 0)
+        return -1;
+    if (b->on_record)
+        b->on_record(b->on_record_opaque, json_string_value(json_object_get(row, "id")),
+                     json_string_value(json_object_get(row, "vm")), true);
+    return 0;
 }
 
 json_t *kh_backup_list(kh_backups *b, const char *vm, const char *store, kh_err *err)
@@ -546,6 +557,8 @@ int kh_backup_delete(kh_backups *b, const char *id, kh_err *err)
         if (kh_fs_rm_rf(dir, &e) < 0)
             kh_log(KH_LOG_WARN, "backup.delete", "id=%s error=\"%s\"", id, e.msg);
         free(dir);
+        if (b->on_record)
+            b->on_record(b->on_record_opaque, id, NULL, false);
         kh_events_publish(b->events, "backup.deleted", NULL, json_pack("{s:s}", "id", id));
     }
     kh_chunks_free(c);

@@ -38,6 +38,11 @@ kh_backups *kh_backup_new(uv_loop_t *loop, kh_store *store, kh_manager *mgr, kh_
                           kh_tasks *tasks, kh_events *events, const char *state_dir,
                           kh_err *err);
 void kh_backup_free(kh_backups *b);
+/* Told of every backup record: added (its id and its VM's name, when a
+ * backup is committed, by a request or a schedule) or removed (deleted or
+ * pruned; vm NULL). The projects of backups hang on it (api/backup_routes.c). */
+typedef void (*kh_backup_record_fn)(void *opaque, const char *id, const char *vm, bool added);
+void kh_backup_set_record_hook(kh_backups *b, kh_backup_record_fn fn, void *opaque);
 
 /* Prometheus text of the backups' figures (bkmetrics.c; caller frees; b
  * NULL: the families without series). */

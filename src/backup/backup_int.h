@@ -29,6 +29,8 @@ struct kh_backups {
     json_t *figures;         /* bkmetrics.c: per VM id */
     struct kh_linger *lingering; /* restore.c: NBD servers of failed live-restores */
     uv_timer_t *linger_timer;
+    kh_backup_record_fn on_record; /* kh_backup_set_record_hook */
+    void *on_record_opaque;
 };
 
 /* schedule.c: the tick (started by kh_backup_new, stopped by _free). */

@@ -707,6 +707,9 @@ static void shutdown_all(void)
         free(d.peer_cfg[i]);
         d.peer_cfg[i] = NULL;
     }
+    /* qemu-img jobs end now, while their owners still exist: each owner's
+     * failure path frees its operation and removes its partial file */
+    kh_qimg_shutdown(d.qimg);
     kh_auth_free(d.auth);
     d.auth = NULL;
     /* ---- cluster (src/cluster): shutdown (lease revoked, local etcd stopped) ---- */
@@ -719,6 +722,7 @@ static void shutdown_all(void)
     kh_nics_free(d.api.nics);
     kh_disks_free(d.api.disks);
     kh_snapshots_free(d.api.snapshots);
+    kh_backup_routes_unwatch();
     kh_backup_free(d.api.backups);
     d.api.backups = NULL;
     d.api.nics = NULL;
@@ -1027,6 +1031,7 @@ int main(int argc, char **argv)
         die("%s", err.msg);
     kh_auth_set_store(d.auth, d.store);
     kh_auth_set_loop(d.auth, d.loop);
+    kh_backup_routes_watch(d.api.backups, d.store); /* backups belong to projects */
     {
         /* security groups from before projects belong to "default" (a PUT of
          * a group without a record creates one in the caller's project) */

@@ -158,9 +158,17 @@ typedef struct job {
     entry_sum sums[KH_OVA_ENTRIES_MAX];
     size_t nsums;
     char *mf; /* the manifest text, or NULL */
+    kh_ova_owner owner;
     kh_err err;
     uv_work_t work;
 } job;
+
+static void owner_done(kh_ova_owner *ow)
+{
+    if (ow->done)
+        ow->done(ow->opaque);
+    memset(ow, 0, sizeof(*ow));
+}
 
 static void job_free(job *j)
 {
@@ -182,6 +190,7 @@ static void job_free(job *j)
     free(j->name);
     free(j->network);
     free(j->mf);
+    owner_done(&j->owner);
     free(j);
 }
 
@@ -592,6 +601,8 @@ static void make_vm(job *j)
         return;
     }
     kh_log(KH_LOG_INFO, "vm.import", "vm=%s disks=%zu pool=%s", j->name, j->nvols, j->pool);
+    if (j->owner.made)
+        j->owner.made(j->owner.opaque, vm);
     kh_task_succeed(j->task, json_pack("{s:o, s:O}", "vm", vm, "warnings", j->ovf.warnings));
     job_free(j);
 }
@@ -670,6 +681,26 @@ static void extracted(uv_work_t *w, int status)
         fail(j, &err);
         return;
     }
+    if (j->owner.admit) {
+        /* the caller's quotas, before anything is made */
+        json_t *size = json_object();
+        if (j->ovf.vcpus)
+            json_object_set_new(size, "vcpus", json_integer(j->ovf.vcpus));
+        if (j->ovf.memory_mib)
+            json_object_set_new(size, "memory_mib", json_integer((json_int_t)j->ovf.memory_mib));
+        uint64_t bytes = 0;
+        for (size_t i = 0; i < j->ovf.ndisks; i++)
+            bytes += j->ovf.disks[i].capacity;
+        json_object_set_new(size, "disk_bytes", json_integer((json_int_t)bytes));
+        kh_err qerr = KH_ERR_INIT;
+        int rc = j->owner.admit(j->owner.opaque, size, &qerr);
+        json_decref(size);
+        if (rc < 0) {
+            kh_err_prefix(&qerr, "import");
+            fail(j, &qerr);
+            return;
+        }
+    }
     convert_next(j);
 }
 
@@ -683,6 +714,8 @@ static kh_task *start(kh_porting *pt, char *src, bool spool, const kh_ova_opts *
     j->pool = xstrdup(o->pool ? o->pool : "default");
     j->name = o->name ? xstrdup(o->name) : NULL;
     j->network = o->network ? xstrdup(o->network) : NULL;
+    if (o->owner)
+        j->owner = *o->owner; /* job_free ends it */
     if (pool_dir(pt, j->pool, &j->dir, &j->cap, err) < 0) {
         job_free(j);
         return NULL;
@@ -717,14 +750,16 @@ kh_task *kh_ova_import_spool(kh_porting *pt, kh_ova_spool *s, const kh_ova_opts 
     int rc = fsync(s->fd);
     close(s->fd);
     s->fd = -1;
-    if (rc < 0) {
-        kh_err_errno(err, KH_E_INTERNAL, errno, "import: writing pool %s", s->pool);
+    if (rc < 0 || s->len == 0) {
+        if (rc < 0)
+            kh_err_errno(err, KH_E_INTERNAL, errno, "import: writing pool %s", s->pool);
+        else
+            kh_err_set(err, KH_E_INVALID, "import: the body is empty (send the .ova)");
         kh_ova_spool_abort(s);
-        return NULL;
-    }
-    if (s->len == 0) {
-        kh_err_set(err, KH_E_INVALID, "import: the body is empty (send the .ova)");
-        kh_ova_spool_abort(s);
+        if (o->owner) {
+            kh_ova_owner ow = *o->owner;
+            owner_done(&ow);
+        }
         return NULL;
     }
     kh_ova_opts oo = *o;

@@ -26,11 +26,25 @@ typedef struct kh_porting {
     kh_tasks *tasks;
 } kh_porting;
 
+/* The caller's say on an import (each may be NULL): admit is asked once
+ * the OVF is read, before anything is made, with the new VM's size
+ * {"vcpus"?, "memory_mib"? (absent: not in the OVF), "disk_bytes": the
+ * capacities of its disks} (-1 with err refuses the import, nothing made);
+ * made is told the new VM (its disks name the volumes made); done frees
+ * opaque: called exactly once by kh_ova_import_*, whatever happens. */
+typedef struct kh_ova_owner {
+    int (*admit)(void *opaque, const json_t *size, kh_err *err);
+    void (*made)(void *opaque, const json_t *vm);
+    void (*done)(void *opaque);
+    void *opaque;
+} kh_ova_owner;
+
 /* What an import makes; names are checked by the callee. */
 typedef struct kh_ova_opts {
     const char *name;    /* the VM's name, or NULL: the OVF's */
     const char *pool;    /* the pool for its volumes, or NULL: "default" */
     const char *network; /* the network of its NICs, or NULL: NICs are not imported */
+    const kh_ova_owner *owner; /* or NULL (copied) */
 } kh_ova_opts;
 
 /* An archive uploaded as a request body is first spooled into the target

@@ -67,6 +67,7 @@ struct kh_qimg {
     unsigned nwaiting;
     unsigned in_done; /* inside a done callback: a job's next step */
     uv_idle_t *kick;  /* starts waiting jobs from the loop, not from job_finish */
+    bool shutting_down; /* kh_qimg_shutdown: no new job starts */
 };
 
 kh_qimg *kh_qimg_new(uv_loop_t *loop, const char *binary)
@@ -320,6 +321,10 @@ pid_t kh_qimg_run_fds(kh_qimg *q, char *const *argv, const int *fds, size_t nfds
         kh_err_set(err, KH_E_INTERNAL, "qemu-img: more than %d inherited fds", KH_QIMG_FDS_MAX);
         return -1;
     }
+    if (q->shutting_down) {
+        kh_err_set(err, KH_E_UNAVAILABLE, "the daemon is shutting down");
+        return -1;
+    }
     if (q->running < q->max_running && !q->wait_head)
         return run_now(q, argv, fds, nfds, timeout_ms, on_line, done, opaque, err);
     /* Full: wait in line, unless the line is full too. A job's next step
@@ -419,6 +424,55 @@ fail:
     return -1;
 }
 
+/* The job's handles close (and free it) when the loop runs next. */
+static void job_close(job *j)
+{
+    j->closing = 3;
+    j->out.pipe.data = j->err.pipe.data = j; /* handle_closed takes the job */
+    uv_close((uv_handle_t *)&j->timer, handle_closed);
+    uv_close((uv_handle_t *)&j->out.pipe, handle_closed);
+    uv_close((uv_handle_t *)&j->err.pipe, handle_closed);
+}
+
+void kh_qimg_shutdown(kh_qimg *q)
+{
+    if (!q || q->shutting_down)
+        return;
+    q->shutting_down = true;
+    kh_qimg_result res = { .status = -1, .out = "", .errtext = "the daemon is shutting down" };
+    /* waiting jobs never start; their owners hear why */
+    while (q->wait_head) {
+        waiting *w = q->wait_head;
+        q->wait_head = w->next;
+        if (!q->wait_head)
+            q->wait_tail = &q->wait_head;
+        q->nwaiting--;
+        q->in_done++;
+        w->done(&res, w->opaque);
+        q->in_done--;
+        waiting_free(w);
+    }
+    /* running ones are killed and reaped here, then end as failed jobs: the
+     * owner's failure path removes what the job was making */
+    while (q->jobs) {
+        job *j = q->jobs;
+        q->jobs = j->next;
+        q->running--;
+        j->cancelled = true; /* no more output lines */
+        if (!j->exited) {
+            kill(j->pid, SIGKILL);
+            while (waitpid(j->pid, NULL, 0) < 0 && errno == EINTR)
+                ;
+            j->exited = true;
+        }
+        uv_timer_stop(&j->timer);
+        q->in_done++;
+        j->done(&res, j->opaque);
+        q->in_done--;
+        job_close(j);
+    }
+}
+
 void kh_qimg_free(kh_qimg *q)
 {
     if (!q)
@@ -430,11 +484,7 @@ void kh_qimg_free(kh_qimg *q)
         j->cancelled = true;
         kill(j->pid, SIGKILL);
         waitpid(j->pid, NULL, 0);
-        j->closing = 3;
-        j->out.pipe.data = j->err.pipe.data = j; /* handle_closed takes the job */
-        uv_close((uv_handle_t *)&j->timer, handle_closed);
-        uv_close((uv_handle_t *)&j->out.pipe, handle_closed);
-        uv_close((uv_handle_t *)&j->err.pipe, handle_closed);
+        job_close(j);
     }
     for (waiting *w = q->wait_head, *next; w; w = next) {
         next = w->next;

@@ -45,6 +45,12 @@ typedef void (*kh_qimg_line_cb)(const char *line, void *opaque);
 kh_qimg *kh_qimg_new(uv_loop_t *loop, const char *binary);
 /* Change the bounds (max_running 0: 1). */
 void kh_qimg_set_limits(kh_qimg *q, unsigned max_running, unsigned max_waiting);
+/* Daemon shutdown, while the modules that own jobs still exist: every
+ * job waiting or running (killed and reaped) ends now as a failed job
+ * (status -1, "the daemon is shutting down"), so each owner's failure path
+ * frees its operation and removes what it was making; new jobs are
+ * refused from here on (KH_E_UNAVAILABLE, no callback). */
+void kh_qimg_shutdown(kh_qimg *q);
 /* Kills the jobs still running (SIGKILL) and drops those waiting; their
  * callbacks never run. */
 void kh_qimg_free(kh_qimg *q);

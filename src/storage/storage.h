@@ -125,6 +125,10 @@ int kh_storage_upload_write(kh_volume_upload *u, const void *data, size_t len, k
 /* Consumes u (also on -1, when cb is never called). */
 int kh_storage_upload_finish(kh_volume_upload *u, kh_storage_cb cb, void *opaque, kh_err *err);
 void kh_storage_upload_abort(kh_volume_upload *u);
+/* A second bound, a quota's: more than max bytes streamed in, or an image
+ * whose virtual size is more than max, is KH_E_FORBIDDEN "<words>, N
+ * asked)" (words: the start of the quota's refusal, copied). */
+void kh_storage_upload_limit(kh_volume_upload *u, uint64_t max, const char *words);
 /* Download: the volume's image file, opened read-only (the caller closes
  * it), and its size. 409 while a running VM writes to it. */
 int kh_storage_volume_open(kh_storage *st, const char *pool, const char *name, uint64_t *size,

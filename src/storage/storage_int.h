@@ -97,6 +97,8 @@ typedef struct op {
     int retries;
     int upload_fd;       /* OP_UPLOAD: the .part being written */
     uint64_t upload_len, upload_cap;
+    uint64_t quota_max;  /* OP_UPLOAD: a project's room (kh_storage_upload_limit) */
+    char *quota_words;   /* its refusal's words; NULL: no quota */
     kh_storage_cb cb;
     void *opaque;
 } op;

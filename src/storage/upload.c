@@ -93,9 +93,29 @@ void kh_storage_upload_abort(kh_volume_upload *u)
     free(u);
 }
 
+void kh_storage_upload_limit(kh_volume_upload *u, uint64_t max, const char *words)
+{
+    op *o = u->o;
+    free(o->quota_words);
+    o->quota_words = xstrdup(words);
+    o->quota_max = max;
+}
+
+/* Over the quota: err set, true. */
+static bool over_quota(const op *o, uint64_t size, const char *what, kh_err *err)
+{
+    if (!o->quota_words || size <= o->quota_max)
+        return false;
+    kh_err_set(err, KH_E_FORBIDDEN, "%s, %s of %" PRIu64 " bytes asked)", o->quota_words, what,
+               size);
+    return true;
+}
+
 int kh_storage_upload_write(kh_volume_upload *u, const void *data, size_t len, kh_err *err)
 {
     op *o = u->o;
+    if (over_quota(o, o->upload_len + len, "an upload", err))
+        return -1;
     if (o->upload_len + len > o->upload_cap) {
         kh_err_set(err, KH_E_TOOLARGE, "upload: more than the %" PRIu64 " bytes pool %s can "
                                        "take", o->upload_cap, o->p.name);
@@ -132,8 +152,9 @@ static void upload_checked(const kh_qimg_result *r, void *opaque)
                    tail ? tail + 3 : why);
     } else {
         int64_t actual;
-        kh_imginfo_check(r->out, o->v.format, "upload: the image", &o->v.capacity, &actual,
-                         &err);
+        if (kh_imginfo_check(r->out, o->v.format, "upload: the image", &o->v.capacity,
+                             &actual, &err) == 0)
+            over_quota(o, o->v.capacity, "an image", &err);
     }
     if (kh_err_isset(&err)) {
         unlink(o->part);

@@ -268,6 +268,7 @@ void volume_op_free(op *o)
     free(o->import);
     free(o->import_fmt);
     free(o->import_src);
+    free(o->quota_words);
     free(o);
 }
 
