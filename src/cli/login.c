@@ -22,6 +22,7 @@
 #include <openssl/evp.h>
 #include <openssl/rand.h>
 #include <poll.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -417,14 +418,16 @@ out:
 static int cli_do_logout(cli_ctx *ctx, const cli_args *a, kh_err *err)
 {
     (void)a;
-    json_t *l = cli_login_load(err);
+    kh_err lerr = KH_ERR_INIT;
+    json_t *l = cli_login_load(&lerr);
     char *path = login_path();
     if (!l) {
+        /* an unusable file (wrong mode, not JSON) is removed all the same */
+        bool removed = lerr.code && path && unlink(path) == 0;
         free(path);
-        if (err->code)
-            return -1;
         if (!ctx->json)
-            printf("not logged in\n");
+            printf(removed ? "removed an unusable login file (nothing revoked)\n"
+                           : "not logged in\n");
         return 0;
     }
     const char *url = json_string_value(json_object_get(l, "url"));

@@ -73,6 +73,7 @@ typedef struct options {
     unsigned sample_interval_ms;
     /* instance and cluster */
     const char *instance;
+    const char *cgroup_mount; /* --cgroup-mount (NULL: /sys/fs/cgroup) */
     const char *host_name;
     const char *advertise;
     const char *etcd_endpoints, *etcd_ca, *etcd_cert, *etcd_key, *etcd_binary;
@@ -167,6 +168,8 @@ static void usage(FILE *fp)
             "  --etcd-ca FILE, --etcd-cert FILE, --etcd-key FILE  TLS for --etcd-endpoints\n"
             "  --etcd-binary PATH  the etcd of the local member (default /usr/bin/etcd)\n"
             "  --cluster-ttl SECONDS  the member lease TTL (default 10, 2 to 300)\n"
+            "  --cgroup-mount DIR  the cgroup hierarchy VMs go in (default /sys/fs/cgroup;\n"
+            "                      a cgroup2 mount there means cgroup v2)\n"
             "  --host-path-allow DIR  host paths (raw disks, imports, pools) may lie in\n"
             "                      DIR (repeatable; default STATE_DIR and\n"
             "                      /var/lib/kvmhost/images)\n"
@@ -219,7 +222,7 @@ static void parse_args(int argc, char **argv, options *o)
            O_CTTL, O_QUIDS, O_NOTLS, O_TLSFP, O_RATE, O_BURST, O_HPALLOW,
            O_WHINTERNAL, O_OIDC_ISS, O_OIDC_ID, O_OIDC_SECRET, O_OIDC_GROUPS, O_OIDC_USER,
            O_OIDC_REALM, O_OIDC_REDIRECT, O_OIDC_SCOPES, O_OIDC_CA, O_OIDC_NAME,
-           O_OIDC_CLITTL };
+           O_OIDC_CLITTL, O_CGMOUNT };
     static const struct option longopts[] = {
         { "state-dir", required_argument, NULL, O_STATE },
         { "run-dir", required_argument, NULL, O_RUN },
@@ -245,6 +248,7 @@ static void parse_args(int argc, char **argv, options *o)
         { "etcd-key", required_argument, NULL, O_ETCD_KEY },
         { "etcd-binary", required_argument, NULL, O_ETCD_BIN },
         { "cluster-ttl", required_argument, NULL, O_CTTL },
+        { "cgroup-mount", required_argument, NULL, O_CGMOUNT },
         { "no-tls", no_argument, NULL, O_NOTLS },
         { "tls-fingerprint", no_argument, NULL, O_TLSFP },
         { "rate-limit", required_argument, NULL, O_RATE },
@@ -328,6 +332,11 @@ static void parse_args(int argc, char **argv, options *o)
             break;
         }
         case O_NOTLS: o->no_tls = true; break;
+        case O_CGMOUNT:
+            if (optarg[0] != '/' || strlen(optarg) > 200)
+                die("--cgroup-mount must be an absolute path");
+            o->cgroup_mount = optarg;
+            break;
         case O_TLSFP: o->tls_fingerprint = true; break;
         case O_RATE:
         case O_BURST: {
@@ -884,8 +893,8 @@ int main(int argc, char **argv)
     if (!d.qemu_binary)
         die("%s", err.msg);
     char *cgroup_root = o.instance ? xasprintf("kvmhost-%s", o.instance) : NULL;
-    kh_cgroups_detect(&d.cgroups, NULL, cgroup_root);
-    if (!d.cgroups.version) {
+    kh_cgroups_detect(&d.cgroups, o.cgroup_mount, cgroup_root);
+    if (!d.cgroups.version && !o.cgroup_mount) {
         /* /sys/fs/cgroup shows nothing, e.g. under `ip netns exec` (a fresh
          * /sys): mount the kernel's hierarchies in a mount namespace of our
          * own (before any thread starts). Not /proc/1/root/sys/fs/cgroup:
