@@ -8,7 +8,8 @@ BUILD_PKGS=(gcc libarchive-dev libxml2-dev clang meson ninja-build pkg-config
   libjansson-dev libuv1-dev libsqlite3-dev libmicrohttpd-dev libcurl4-openssl-dev
   libwslay-dev liblzma-dev zlib1g-dev libzstd-dev libssl-dev libseccomp-dev
   libmnl-dev libnftables-dev libgnutls28-dev libsodium-dev libcjose-dev
-  libnbd-dev)  # backups: the NBD client (src/backup/nbd.c)
+  libnbd-dev  # backups: the NBD client (src/backup/nbd.c)
+  libbpf-dev)  # cgroup v2 device programs (src/host/devbpf.c)
 RUN_PKGS=(qemu-system-x86 qemu-utils sqlite3 dnsmasq-base etcd-server
   e2fsprogs util-linux  # debugfs, partx: template create --reset-identity
   coreutils  # qemu-utils: qemu-nbd, qemu-io (backups and their tests); sleep: the backup keeper

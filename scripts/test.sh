@@ -10,7 +10,8 @@
 #   6. cluster tests: several hosts, each a network namespace with its own
 #      kvmhostd and etcd member (tests/cluster)
 #   7. browser tests: the web console (web/) in headless Chromium against
-#      the real daemon (ASan+UBSan) and the test guest
+#      the real daemon (ASan+UBSan) and the test guest; web/tests/sso.mjs:
+#      the login page's single sign-on against the test OIDC provider
 #
 # Ends with one line "kvmhost: N passed, N failed".
 set -uo pipefail
@@ -136,6 +137,16 @@ else
   wf=$(echo "$summary" | grep -oE '[0-9]+ failed' | grep -oE '[0-9]+'); wf=${wf:-1}
   [ "$wp" -gt 0 ] && ok "browser ($wp checks; screenshots in $LOGS/web-*.png)" "$wp"
   [ "$wf" -gt 0 ] && bad "browser ($wf failed)" "$wf"
+  # single sign-on on the login page (the test-only OIDC provider; no guest)
+  out=$(KH_DAEMON="$ROOT/$ASAN/src/daemon/kvmhostd" KH_TEST_LOGS="$LOGS" \
+        UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+        timeout 300 node web/tests/sso.mjs 2>&1)
+  echo "$out" | tail -n 20
+  summary=$(echo "$out" | grep -E '^[0-9]+ passed, [0-9]+ failed$' | tail -1)
+  wp=$(echo "$summary" | grep -oE '^[0-9]+'); wp=${wp:-0}
+  wf=$(echo "$summary" | grep -oE '[0-9]+ failed' | grep -oE '[0-9]+'); wf=${wf:-1}
+  [ "$wp" -gt 0 ] && ok "browser SSO ($wp checks; screenshots in $LOGS/sso-*.png)" "$wp"
+  [ "$wf" -gt 0 ] && bad "browser SSO ($wf failed)" "$wf"
 fi
 
 echo

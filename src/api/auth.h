@@ -136,6 +136,12 @@ void kh_session_routes_start(kh_http_req *req, kh_auth *auth, const char *princi
  * started, 302 to the web console. Every outcome is in the audit log. */
 void kh_oidc_routes_login(kh_http_req *req, void *app);
 void kh_oidc_routes_callback(kh_http_req *req, void *app);
+/* With ?cli_port&cli_challenge&cli_state on the login URL the callback
+ * sends the browser to http://127.0.0.1:PORT/callback?state&grant instead
+ * (auth/oidc.h); POST /api/v1/oidc/grant {grant, verifier} then answers
+ * 201 {token, principal, expires_at}: an API token user!oidc-cli-HEX with
+ * the user's rights. DELETE /api/v1/session with such a token revokes it. */
+void kh_oidc_routes_grant(kh_http_req *req, void *app);
 
 /* The hook of the host-to-host listener (mutual TLS): a request passes with
  * a client certificate from the cluster CA (the caller was checked on the

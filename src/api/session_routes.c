@@ -11,6 +11,7 @@
 #include <uv.h>
 
 #include "api/session.h"
+#include "auth/oidc.h"
 #include "schema/schema.h"
 #include "util/mem.h"
 #include "util/misc.h"
@@ -187,6 +188,8 @@ void kh_session_routes_get(kh_http_req *req, void *app)
      * be noise in its console. */
     json_t *j = json_pack("{s:b,s:b}", "authenticated", via != NULL, "oidc",
                           kh_auth_oidc(auth) != NULL);
+    if (kh_auth_oidc(auth))
+        json_object_set_new(j, "oidc_name", json_string(kh_oidc_name(kh_auth_oidc(auth))));
     if (via) {
         json_object_set_new(j, "via", json_string(via));
         json_object_set_new(j, "principal", json_string(who));
@@ -204,6 +207,19 @@ void kh_session_routes_delete(kh_http_req *req, void *app)
     char id[KH_SESSION_HEX + 1];
     if (auth && req_session_id(req, id))
         kh_sessions_remove(kh_auth_sessions(auth), id);
+    /* a CLI login's token (kvmhost logout) ends itself */
+    const char *who = kh_auth_principal(req);
+    const char *bang = who ? strchr(who, '!') : NULL;
+    if (bang && kh_http_req_header(req, "Authorization") && kh_auth_store(auth) &&
+        strncmp(bang + 1, KH_OIDC_CLI_TOKEN_PREFIX, strlen(KH_OIDC_CLI_TOKEN_PREFIX)) == 0) {
+        char user[KH_AUTH_NAME_MAX + 1];
+        snprintf(user, sizeof(user), "%.*s", (int)(bang - who), who);
+        kh_err err = KH_ERR_INIT;
+        if (kh_tokens_delete(kh_auth_store(auth), user, bang + 1, &err) < 0) {
+            kh_http_reply_error(req, &err);
+            return;
+        }
+    }
     char cookie[128];
     snprintf(cookie, sizeof(cookie), "%s=; Path=/; Max-Age=0; HttpOnly; SameSite=Strict",
              KH_SESSION_COOKIE);

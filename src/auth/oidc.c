@@ -13,6 +13,7 @@
 #include <pthread.h>
 #include <stdbool.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "auth/auth.h"
@@ -26,21 +27,34 @@
 #define LEEWAY_S 60.0
 #define JWKS_REFETCH_S 30.0 /* an unknown kid refetches at most this often */
 #define HTTP_MAX_BYTES (1 << 20)
+#define GRANT_MAX 64
+#define CLI_TTL_DEFAULT_S (12u * 3600u)
 
 struct pending {
     char state[48], nonce[48], verifier[48];
     char *redirect;
+    kh_oidc_cli cli;     /* port 0: a browser login */
+    uint64_t expires_ms; /* 0: free slot */
+};
+
+/* A CLI login's one-time grant: only its digest is kept. */
+struct grant {
+    unsigned char hash[32];
+    char challenge[48];
+    char user[KH_AUTH_NAME_MAX + 1];
     uint64_t expires_ms; /* 0: free slot */
 };
 
 struct kh_oidc {
     char *issuer, *client_id, *client_secret, *groups_claim, *user_claim, *realm;
-    char *redirect_url, *scopes, *ca_file;
+    char *redirect_url, *scopes, *ca_file, *name;
+    unsigned cli_ttl_s;
     pthread_mutex_t mu;
     char *auth_ep, *token_ep, *jwks_uri; /* from discovery (NULL until then) */
     json_t *jwks;                        /* the provider's keys ({"keys": [...]}) */
     double jwks_at;                      /* wall time of the last fetch */
     struct pending pending[PENDING_MAX];
+    struct grant grants[GRANT_MAX];
 };
 
 static char *dup_or(const char *s, const char *dflt)
@@ -77,6 +91,13 @@ kh_oidc *kh_oidc_new(const kh_oidc_config *cfg, kh_err *err)
     o->redirect_url = dup_or(cfg->redirect_url, NULL);
     o->scopes = dup_or(cfg->scopes, "openid profile email");
     o->ca_file = dup_or(cfg->ca_file, NULL);
+    if (cfg->name && cfg->name[0]) {
+        o->name = xstrdup(cfg->name);
+    } else { /* the issuer's host[:port] */
+        const char *h = strstr(o->issuer, "://") + 3;
+        o->name = xstrndup(h, strcspn(h, "/"));
+    }
+    o->cli_ttl_s = cfg->cli_ttl_s ? cfg->cli_ttl_s : CLI_TTL_DEFAULT_S;
     pthread_mutex_init(&o->mu, NULL);
     return o;
 }
@@ -98,13 +119,25 @@ void kh_oidc_free(kh_oidc *o)
     free(o->redirect_url);
     free(o->scopes);
     free(o->ca_file);
+    free(o->name);
     free(o->auth_ep);
     free(o->token_ep);
     free(o->jwks_uri);
     json_decref(o->jwks);
     pthread_mutex_destroy(&o->mu);
     OPENSSL_cleanse(o->pending, sizeof(o->pending));
+    OPENSSL_cleanse(o->grants, sizeof(o->grants));
     free(o);
+}
+
+const char *kh_oidc_name(const kh_oidc *o)
+{
+    return o->name;
+}
+
+unsigned kh_oidc_cli_ttl(const kh_oidc *o)
+{
+    return o->cli_ttl_s;
 }
 
 /* ---- HTTP to the provider (libcurl, blocking) ---- */
@@ -278,10 +311,12 @@ static void add_param(kh_buf *b, const char *key, const char *val)
     add_enc(b, val);
 }
 
-char *kh_oidc_begin(kh_oidc *o, const char *redirect_default, uint64_t now_ms,
-                    char state[48], kh_err *err)
+char *kh_oidc_begin(kh_oidc *o, const char *redirect_default, const kh_oidc_cli *cli,
+                    uint64_t now_ms, char state[48], kh_err *err)
 {
     struct pending p = { .expires_ms = now_ms + PENDING_TTL_MS };
+    if (cli && cli->port)
+        p.cli = *cli;
     random_b64(p.state);
     random_b64(p.nonce);
     random_b64(p.verifier);
@@ -357,13 +392,17 @@ static bool take_pending(kh_oidc *o, const char *state, uint64_t now_ms, struct 
 }
 
 json_t *kh_oidc_finish(kh_oidc *o, const char *state, const char *code, uint64_t now_ms,
-                       kh_err *err)
+                       kh_oidc_cli *cli, kh_err *err)
 {
     struct pending p = { .expires_ms = 0 };
+    if (cli)
+        memset(cli, 0, sizeof(*cli));
     if (!state || !code || !code[0] || !take_pending(o, state, now_ms, &p)) {
         kh_err_set(err, KH_E_INVALID, "unknown, expired or already used OIDC login state");
         return NULL;
     }
+    if (cli)
+        *cli = p.cli;
     kh_buf f = { 0 };
     add_param(&f, "grant_type", "authorization_code");
     add_param(&f, "code", code);
@@ -561,6 +600,135 @@ json_t *kh_oidc_verify(kh_oidc *o, const char *id_token, const char *nonce, doub
         return NULL;
     }
     return c;
+}
+
+/* ---- CLI logins: the loopback redirect and the one-time grants ---- */
+
+static bool b64url_ok(const char *s, size_t min, size_t max)
+{
+    size_t n = s ? strlen(s) : 0;
+    return n >= min && n <= max &&
+           strspn(s, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_") == n;
+}
+
+int kh_oidc_cli_parse(const char *port, const char *challenge, const char *state,
+                      kh_oidc_cli *out, kh_err *err)
+{
+    memset(out, 0, sizeof(*out));
+    if (!port && !challenge && !state)
+        return 0;
+    char *end = NULL;
+    unsigned long p = port && port[0] >= '1' && port[0] <= '9' ? strtoul(port, &end, 10) : 0;
+    if (!end || *end || p < 1024 || p > 65535) {
+        kh_err_set(err, KH_E_INVALID, "cli_port must be a port from 1024 to 65535");
+        return -1;
+    }
+    if (!b64url_ok(challenge, 43, 43)) {
+        kh_err_set(err, KH_E_INVALID, "cli_challenge must be a base64url SHA-256 (43 characters)");
+        return -1;
+    }
+    if (!b64url_ok(state, 1, 64)) {
+        kh_err_set(err, KH_E_INVALID, "cli_state must be 1 to 64 base64url characters");
+        return -1;
+    }
+    out->port = (unsigned)p;
+    snprintf(out->challenge, sizeof(out->challenge), "%s", challenge);
+    snprintf(out->state, sizeof(out->state), "%s", state);
+    return 0;
+}
+
+char *kh_oidc_cli_redirect(const kh_oidc_cli *cli, const char *grant, const char *error)
+{
+    kh_buf u = { 0 };
+    char head[64];
+    snprintf(head, sizeof(head), "http://127.0.0.1:%u/callback?", cli->port);
+    kh_buf_add(&u, head, strlen(head));
+    add_param(&u, "state", cli->state);
+    if (grant)
+        add_param(&u, "grant", grant);
+    else
+        add_param(&u, "error", error ? error : "the login failed");
+    char *url = xstrdup(u.p);
+    kh_buf_release(&u);
+    return url;
+}
+
+static void sha256(const char *s, unsigned char out[32])
+{
+    unsigned int n = 0;
+    if (!EVP_Digest(s, strlen(s), out, &n, EVP_sha256(), NULL) || n != 32)
+        memset(out, 0, 32);
+}
+
+int kh_oidc_grant_new(kh_oidc *o, const char *user, const kh_oidc_cli *cli, uint64_t now_ms,
+                      char grant[48], kh_err *err)
+{
+    struct grant g = { .expires_ms = now_ms + KH_OIDC_GRANT_TTL_MS };
+    random_b64(grant);
+    if (!grant[0] || !cli || !cli->port || strlen(user) >= sizeof(g.user)) {
+        kh_err_set(err, KH_E_INTERNAL, "cannot make a login grant");
+        return -1;
+    }
+    sha256(grant, g.hash);
+    snprintf(g.challenge, sizeof(g.challenge), "%s", cli->challenge);
+    snprintf(g.user, sizeof(g.user), "%s", user);
+    pthread_mutex_lock(&o->mu);
+    struct grant *slot = &o->grants[0];
+    for (size_t i = 0; i < GRANT_MAX; i++) {
+        struct grant *q = &o->grants[i];
+        if (q->expires_ms <= now_ms) {
+            slot = q;
+            break;
+        }
+        if (q->expires_ms < slot->expires_ms)
+            slot = q;
+    }
+    *slot = g;
+    pthread_mutex_unlock(&o->mu);
+    OPENSSL_cleanse(&g, sizeof(g));
+    return 0;
+}
+
+int kh_oidc_grant_take(kh_oidc *o, const char *grant, const char *verifier, uint64_t now_ms,
+                       char *user, size_t usersz, kh_err *err)
+{
+    struct grant g = { .expires_ms = 0 };
+    bool found = false;
+    if (b64url_ok(grant, 43, 43)) {
+        unsigned char h[32];
+        sha256(grant, h);
+        pthread_mutex_lock(&o->mu);
+        for (size_t i = 0; i < GRANT_MAX && !found; i++) {
+            struct grant *q = &o->grants[i];
+            if (!q->expires_ms || CRYPTO_memcmp(q->hash, h, 32) != 0)
+                continue;
+            found = q->expires_ms > now_ms;
+            g = *q;
+            OPENSSL_cleanse(q, sizeof(*q)); /* single use: found, expired or refused */
+        }
+        pthread_mutex_unlock(&o->mu);
+    }
+    if (!found) {
+        kh_err_set(err, KH_E_UNAUTHORIZED, "unknown, expired or already used login grant "
+                   "(run `kvmhost login --oidc` again)");
+        return -1;
+    }
+    unsigned char dig[32];
+    char challenge[48] = "";
+    if (b64url_ok(verifier, 43, 128)) {
+        sha256(verifier, dig);
+        b64url(dig, sizeof(dig), challenge, sizeof(challenge));
+    }
+    bool ok = strlen(challenge) == strlen(g.challenge) &&
+              CRYPTO_memcmp(challenge, g.challenge, strlen(challenge)) == 0 && challenge[0];
+    if (ok)
+        snprintf(user, usersz, "%s", g.user);
+    OPENSSL_cleanse(&g, sizeof(g));
+    if (!ok) {
+        kh_err_set(err, KH_E_UNAUTHORIZED, "the login grant's verifier does not match");
+        return -1;
+    }
+    return 0;
 }
 
 /* ---- the local user ---- */

@@ -29,6 +29,7 @@ static const cli_cmd *const parts[] = {
     cli_volume_delete_cmds,
     cli_access_cmds,
     cli_backup_cmds,
+    cli_login_cmds,
 };
 
 #define CLI_MAX_COMMANDS 128
@@ -79,6 +80,8 @@ static const struct {
     { "permissions", "show your effective privileges" },
     { "project", "manage projects and their quotas" },
     { "audit", "show the audit log" },
+    { "login", "log in to a daemon with OIDC (single sign-on)" },
+    { "logout", "revoke the stored OIDC login" },
 };
 
 /* ---- lookup ---- */

@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "cli/output.h"
 #include "kh_config.h"
@@ -15,6 +16,33 @@
 #include "util/mem.h"
 
 /* ---- the client for the global options ---- */
+
+/* The stored login (login.c) as the client, when it is still valid. */
+static cli_client *client_of_login(const json_t *l, kh_err *err)
+{
+    const char *url = json_string_value(json_object_get(l, "url"));
+    double exp = json_number_value(json_object_get(l, "expires_at"));
+    if (exp > 0 && exp <= (double)time(NULL)) {
+        kh_err_set(err, KH_E_UNAUTHORIZED, "your login to %s has expired: run `kvmhost login "
+                   "--oidc --host %s` again (or `kvmhost logout`)", url, url);
+        return NULL;
+    }
+    cli_client *c = cli_client_new(NULL, url, json_string_value(json_object_get(l, "token")));
+    const char *ca = json_string_value(json_object_get(l, "cacert"));
+    if (ca && *ca)
+        cli_client_set_cacert(c, ca);
+    return c;
+}
+
+/* Is the stored login one of the daemon at url? */
+static bool login_is_for(const json_t *l, const char *url)
+{
+    const char *lu = json_string_value(json_object_get(l, "url"));
+    size_t n = strlen(url);
+    while (n > 8 && url[n - 1] == '/')
+        n--;
+    return lu && strlen(lu) == n && strncmp(lu, url, n) == 0;
+}
 
 cli_client *cli_ctx_client(cli_ctx *ctx, kh_err *err)
 {
@@ -42,8 +70,14 @@ cli_client *cli_ctx_client(cli_ctx *ctx, kh_err *err)
         } else if ((env_token = getenv("KVMHOST_TOKEN")) && *env_token) {
             token = xstrdup(env_token);
         } else {
-            cli_usage_error(ctx, NULL, err,
-                            "--url needs the API token: --token-file FILE or KVMHOST_TOKEN");
+            json_t *l = cli_login_load(err);
+            if (l && login_is_for(l, ctx->url))
+                ctx->client = client_of_login(l, err);
+            json_decref(l);
+            if (ctx->client || err->code)
+                return ctx->client;
+            cli_usage_error(ctx, NULL, err, "--url needs the API token: --token-file FILE, "
+                            "KVMHOST_TOKEN or `kvmhost login --oidc`");
             return NULL;
         }
         /* Trim the newline a file usually ends with. */
@@ -67,8 +101,15 @@ cli_client *cli_ctx_client(cli_ctx *ctx, kh_err *err)
     const char *sock = ctx->socket_opt;
     if (!sock || !*sock)
         sock = getenv("KVMHOST_SOCKET");
-    if (!sock || !*sock)
+    if (!sock || !*sock) { /* no socket named: the daemon of `kvmhost login`, if any */
+        json_t *l = cli_login_load(err);
+        if (l)
+            ctx->client = client_of_login(l, err);
+        json_decref(l);
+        if (ctx->client || err->code)
+            return ctx->client;
         sock = KH_DEFAULT_SOCKET;
+    }
     ctx->client = cli_client_new(sock, NULL, NULL);
     return ctx->client;
 }

@@ -43,6 +43,11 @@ extern const cli_cmd cli_volume_delete_cmds[];
 extern const cli_cmd cli_access_cmds[]; /* access.c: user group token role acl permissions project audit */
 extern const cli_cmd cli_backup_cmds[];
 extern const cli_cmd cli_porting_cmds[]; /* porting.c: vm import, import-libvirt, export */
+extern const cli_cmd cli_login_cmds[];   /* login.c: login --oidc, logout */
+
+/* The stored `kvmhost login` ({url, token, principal, expires_at, cacert})
+ * or NULL: none, or unusable (err set) (login.c). */
+json_t *cli_login_load(kh_err *err);
 
 /* Helpers of the handlers (ctx.c): the error just set is about how the
  * command was called; print a rendered key/value list or table on stdout. */

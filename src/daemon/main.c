@@ -73,6 +73,7 @@ typedef struct options {
     unsigned sample_interval_ms;
     /* instance and cluster */
     const char *instance;
+    const char *cgroup_mount; /* --cgroup-mount (NULL: /sys/fs/cgroup) */
     const char *host_name;
     const char *advertise;
     const char *etcd_endpoints, *etcd_ca, *etcd_cert, *etcd_key, *etcd_binary;
@@ -167,6 +168,8 @@ static void usage(FILE *fp)
             "  --etcd-ca FILE, --etcd-cert FILE, --etcd-key FILE  TLS for --etcd-endpoints\n"
             "  --etcd-binary PATH  the etcd of the local member (default /usr/bin/etcd)\n"
             "  --cluster-ttl SECONDS  the member lease TTL (default 10, 2 to 300)\n"
+            "  --cgroup-mount DIR  the cgroup hierarchy VMs go in (default /sys/fs/cgroup;\n"
+            "                      a cgroup2 mount there means cgroup v2)\n"
             "  --host-path-allow DIR  host paths (raw disks, imports, pools) may lie in\n"
             "                      DIR (repeatable; default STATE_DIR and\n"
             "                      /var/lib/kvmhost/images)\n"
@@ -192,7 +195,10 @@ static void usage(FILE *fp)
             "  --oidc-redirect-url URL  the callback URL registered at the provider\n"
             "                      (default: from the request, .../api/v1/oidc/callback)\n"
             "  --oidc-scopes S     (default \"openid profile email\")\n"
-            "  --oidc-ca-file F    CA certificates for the provider (default: the system's)\n",
+            "  --oidc-ca-file F    CA certificates for the provider (default: the system's)\n"
+            "  --oidc-name NAME    shown as \"Sign in with NAME\" (default: the issuer's host)\n"
+            "  --oidc-cli-ttl S    lifetime of a `kvmhost login --oidc` token, seconds\n"
+            "                      (default 43200)\n",
           fp);
 }
 
@@ -215,7 +221,8 @@ static void parse_args(int argc, char **argv, options *o)
            O_HOSTNAME, O_ADVERTISE, O_ETCD_EPS, O_ETCD_CA, O_ETCD_CERT, O_ETCD_KEY, O_ETCD_BIN,
            O_CTTL, O_QUIDS, O_NOTLS, O_TLSFP, O_RATE, O_BURST, O_HPALLOW,
            O_WHINTERNAL, O_OIDC_ISS, O_OIDC_ID, O_OIDC_SECRET, O_OIDC_GROUPS, O_OIDC_USER,
-           O_OIDC_REALM, O_OIDC_REDIRECT, O_OIDC_SCOPES, O_OIDC_CA };
+           O_OIDC_REALM, O_OIDC_REDIRECT, O_OIDC_SCOPES, O_OIDC_CA, O_OIDC_NAME,
+           O_OIDC_CLITTL, O_CGMOUNT };
     static const struct option longopts[] = {
         { "state-dir", required_argument, NULL, O_STATE },
         { "run-dir", required_argument, NULL, O_RUN },
@@ -241,6 +248,7 @@ static void parse_args(int argc, char **argv, options *o)
         { "etcd-key", required_argument, NULL, O_ETCD_KEY },
         { "etcd-binary", required_argument, NULL, O_ETCD_BIN },
         { "cluster-ttl", required_argument, NULL, O_CTTL },
+        { "cgroup-mount", required_argument, NULL, O_CGMOUNT },
         { "no-tls", no_argument, NULL, O_NOTLS },
         { "tls-fingerprint", no_argument, NULL, O_TLSFP },
         { "rate-limit", required_argument, NULL, O_RATE },
@@ -256,6 +264,8 @@ static void parse_args(int argc, char **argv, options *o)
         { "oidc-redirect-url", required_argument, NULL, O_OIDC_REDIRECT },
         { "oidc-scopes", required_argument, NULL, O_OIDC_SCOPES },
         { "oidc-ca-file", required_argument, NULL, O_OIDC_CA },
+        { "oidc-name", required_argument, NULL, O_OIDC_NAME },
+        { "oidc-cli-ttl", required_argument, NULL, O_OIDC_CLITTL },
         { "version", no_argument, NULL, O_VERSION },
         { "help", no_argument, NULL, O_HELP },
         { NULL, 0, NULL, 0 },
@@ -295,6 +305,15 @@ static void parse_args(int argc, char **argv, options *o)
         case O_OIDC_REDIRECT: o->oidc.redirect_url = optarg; break;
         case O_OIDC_SCOPES: o->oidc.scopes = optarg; break;
         case O_OIDC_CA: o->oidc.ca_file = optarg; break;
+        case O_OIDC_NAME: o->oidc.name = optarg; break;
+        case O_OIDC_CLITTL: {
+            char *end;
+            unsigned long s = strtoul(optarg, &end, 10);
+            if (!*optarg || *end || s < 1 || s > 90UL * 86400)
+                die("--oidc-cli-ttl must be from 1 to 7776000 seconds");
+            o->oidc.cli_ttl_s = (unsigned)s;
+            break;
+        }
         case O_ALERTS: o->alert_rules = optarg; break;
         case O_INSTANCE: o->instance = optarg; break;
         case O_HOSTNAME: o->host_name = optarg; break;
@@ -313,6 +332,11 @@ static void parse_args(int argc, char **argv, options *o)
             break;
         }
         case O_NOTLS: o->no_tls = true; break;
+        case O_CGMOUNT:
+            if (optarg[0] != '/' || strlen(optarg) > 200)
+                die("--cgroup-mount must be an absolute path");
+            o->cgroup_mount = optarg;
+            break;
         case O_TLSFP: o->tls_fingerprint = true; break;
         case O_RATE:
         case O_BURST: {
@@ -348,7 +372,8 @@ static void parse_args(int argc, char **argv, options *o)
     if (!!o->oidc.issuer != !!o->oidc.client_id)
         die("--oidc-issuer and --oidc-client-id go together");
     if ((o->oidc_secret_file || o->oidc.groups_claim || o->oidc.user_claim || o->oidc.realm ||
-         o->oidc.redirect_url || o->oidc.scopes || o->oidc.ca_file) && !o->oidc.issuer)
+         o->oidc.redirect_url || o->oidc.scopes || o->oidc.ca_file || o->oidc.name ||
+         o->oidc.cli_ttl_s) && !o->oidc.issuer)
         die("the --oidc-* options need --oidc-issuer");
     if (o->tls_cert && o->no_tls)
         die("--tls-cert and --no-tls contradict each other");
@@ -873,8 +898,8 @@ int main(int argc, char **argv)
     if (!d.qemu_binary)
         die("%s", err.msg);
     char *cgroup_root = o.instance ? xasprintf("kvmhost-%s", o.instance) : NULL;
-    kh_cgroups_detect(&d.cgroups, NULL, cgroup_root);
-    if (!d.cgroups.version) {
+    kh_cgroups_detect(&d.cgroups, o.cgroup_mount, cgroup_root);
+    if (!d.cgroups.version && !o.cgroup_mount) {
         /* /sys/fs/cgroup shows nothing, e.g. under `ip netns exec` (a fresh
          * /sys): mount the kernel's hierarchies in a mount namespace of our
          * own (before any thread starts). Not /proc/1/root/sys/fs/cgroup:

@@ -19,13 +19,15 @@
 static const char *const v1_controllers[] = { "cpu",   "cpuacct", "memory", "pids",
                                               "blkio", "devices", "cpuset" };
 
-/* Device nodes QEMU may open (v1 devices controller): null, zero, full,
- * random, urandom, kvm - the nodes of its private /dev (qemu/launch.c).
- * Taps and vhost-net reach it as fds the daemon opened (an open fd is not
- * checked again), and its consoles are sockets: no tun, tty, ptmx or pts. */
-static const char *const v1_devices_allow[] = {
-    "c 1:3 rwm", "c 1:5 rwm", "c 1:7 rwm", "c 1:8 rwm", "c 1:9 rwm", "c 10:232 rwm",
+/* Device nodes QEMU may open (v1: the devices controller's allow-list; v2:
+ * the device program, host/devbpf.c): null, zero, full, random, urandom,
+ * kvm - the nodes of its private /dev (qemu/launch.c). Taps and vhost-net
+ * reach it as fds the daemon opened (an open fd is not checked again), and
+ * its consoles are sockets: no tun, tty, ptmx or pts. */
+const kh_devbpf_rule kh_cgroups_devices[] = {
+    { 'c', 1, 3 }, { 'c', 1, 5 }, { 'c', 1, 7 }, { 'c', 1, 8 }, { 'c', 1, 9 }, { 'c', 10, 232 },
 };
+const size_t kh_cgroups_ndevices = KH_ARRAY_LEN(kh_cgroups_devices);
 
 static int exists_dir(const char *p)
 {
@@ -291,7 +293,8 @@ int kh_cgroups_vm_create(const kh_cgroups *cg, const char *vm_id, kh_err *err)
             kh_err_errno(err, KH_E_INTERNAL, errno, "cannot create cgroup %s", dir);
             return -1;
         }
-        return 0;
+        /* v2 has no devices.allow: the device program is the allow-list */
+        return kh_devbpf_attach(dir, kh_cgroups_devices, kh_cgroups_ndevices, err);
     }
     for (size_t i = 0; i < cg->v1_count; i++) {
         kh_fmt(dir, sizeof(dir), "%s/%s/vm-%s", cg->v1_dirs[i], cg->root, vm_id);
@@ -311,8 +314,11 @@ int kh_cgroups_vm_create(const kh_cgroups *cg, const char *vm_id, kh_err *err)
                 return -1;
             }
             kh_fmt(p, sizeof(p), "%s/devices.allow", dir);
-            for (size_t j = 0; j < KH_ARRAY_LEN(v1_devices_allow); j++) {
-                if (write_str(p, v1_devices_allow[j]) < 0) {
+            for (size_t j = 0; j < kh_cgroups_ndevices; j++) {
+                const kh_devbpf_rule *r = &kh_cgroups_devices[j];
+                char rule[48];
+                kh_fmt(rule, sizeof(rule), "%c %u:%u rwm", r->type, r->major, r->minor);
+                if (write_str(p, rule) < 0) {
                     kh_err_errno(err, KH_E_INTERNAL, errno, "cannot write %s", p);
                     return -1;
                 }

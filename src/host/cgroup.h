@@ -2,7 +2,8 @@
  *
  * Each VM's QEMU runs in "<root>/vm-<uuid>" (root defaults to "kvmhost"):
  *   v2: /sys/fs/cgroup/<root>/vm-<uuid> with cpu, memory, io, pids enabled
- *       in the parent's subtree_control;
+ *       in the parent's subtree_control, and a device program (devbpf.h)
+ *       allowing the same nodes as v1's devices controller;
  *   v1: the same relative path in each of the cpu, cpuacct, memory, pids,
  *       blkio and devices hierarchies; devices denies everything but the
  *       handful of nodes QEMU needs.
@@ -16,9 +17,14 @@
 #include <stddef.h>
 #include <sys/types.h>
 
+#include "host/devbpf.h"
 #include "util/err.h"
 
 #define KH_CGROUP_V1_MAX 8
+
+/* The device nodes QEMU may open, both versions. */
+extern const kh_devbpf_rule kh_cgroups_devices[];
+extern const size_t kh_cgroups_ndevices;
 
 typedef struct kh_cgroups {
     int version;                 /* 1 or 2; 0 when unusable */

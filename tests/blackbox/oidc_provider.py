@@ -173,3 +173,23 @@ class Provider:
                                         "token_type": "Bearer", "expires_in": 300,
                                         "id_token": prov.id_token(c["nonce"])})
         return H
+
+
+def main():
+    """Run on its own (the browser test web/tests/sso.mjs): print
+    {"issuer": ...} on a line, then read JSON lines on stdin, each setting
+    knobs (user, alg, tamper, ...); ends when stdin closes."""
+    import sys
+    p = Provider(client_id=sys.argv[1] if len(sys.argv) > 1 else "kvmhost")
+    print(json.dumps({"issuer": p.issuer}), flush=True)
+    for line in sys.stdin:
+        line = line.strip()
+        if line:
+            for k, v in json.loads(line).items():
+                setattr(p, k, v)
+            print(json.dumps({"ok": True}), flush=True)
+    p.close()
+
+
+if __name__ == "__main__":
+    main()

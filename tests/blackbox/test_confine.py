@@ -13,6 +13,8 @@ disk: SeaBIOS, then nothing), so the module takes seconds, not minutes."""
 import glob
 import os
 import stat
+import subprocess
+import time
 
 import pytest
 
@@ -247,3 +249,50 @@ def test_qemu_user_compat_shares_one_uid(daemons, workdir):
     assert "every QEMU runs as this one uid" in d.log()
     assert os.stat(disk).st_uid == 0  # the shared uid takes no disk
     d.api.act_ok("cu", "kill")
+
+
+def test_cgroup2_device_program(daemons, workdir):
+    """On cgroup v2 (here a cgroup2 hierarchy the test mounts and names with
+    --cgroup-mount) the VM's cgroup gets a device program: QEMU runs in it,
+    and a process put there opens /dev/null but not a block device of the
+    host, which opens outside (EPERM from the program, not the file)."""
+    mnt = os.path.join("/run", "kh-cg2-%d-%s" % (os.getpid(), os.path.basename(workdir)))
+    os.makedirs(mnt)
+    r = subprocess.run(["mount", "-t", "cgroup2", "none", mnt], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    try:
+        d = daemons(extra_args=["--cgroup-mount", mnt])
+        api = d.api
+        assert api.get("/api/v1/host").json["cgroup"] == "v2"
+        vm, disk = blank_vm(api, workdir, "c2")
+        dirs = glob.glob(os.path.join(mnt, "*", "vm-" + vm["id"]))
+        assert len(dirs) == 1, dirs
+        procs = os.path.join(dirs[0], "cgroup.procs")
+        assert str(vm["pid"]) in open(procs).read().split()
+        blocks = sorted(glob.glob("/sys/dev/block/*"))
+        major, minor = (int(x) for x in os.path.basename(blocks[0]).split(":"))
+        node = os.path.join(workdir, "blockdev")
+        os.mknod(node, 0o600 | stat.S_IFBLK, os.makedev(major, minor))
+        os.close(os.open(node, os.O_RDONLY | os.O_NONBLOCK))  # opens outside
+        assert open_in_cgroup(procs, "/dev/null") == 0
+        assert open_in_cgroup(procs, node) == 1  # EPERM
+        api.act_ok("c2", "kill")
+    finally:
+        # this test's QEMU (the only process in its VM's cgroup), then the
+        # cgroups: the hierarchy is the host's unified one
+        for p in glob.glob(os.path.join(mnt, "*", "vm-*")):
+            for pid in open(os.path.join(p, "cgroup.procs")).read().split():
+                khlib.kill_pid(int(pid))
+            for _ in range(50):
+                try:
+                    os.rmdir(p)
+                    break
+                except OSError:
+                    time.sleep(0.1)
+        for p in glob.glob(os.path.join(mnt, "*/")):
+            try:
+                os.rmdir(p)
+            except OSError:
+                pass
+        subprocess.run(["umount", "-l", mnt])
+        os.rmdir(mnt)

@@ -2,8 +2,9 @@
 // token (STATE_DIR/api-token) when the user field is empty. The secret is
 // sent once and not kept; the daemon sets a session cookie. When the daemon
 // has OIDC login (GET /api/v1/session says "oidc": true), a "Sign in with
-// SSO" link goes to /api/v1/oidc/login; the provider sends the browser back
-// to the daemon, which sets the session cookie and redirects here.
+// NAME" link (NAME: "oidc_name", the provider's) goes to /api/v1/oidc/login;
+// the provider sends the browser back to the daemon, which sets the session
+// cookie and redirects here (a failed login shows the daemon's error page).
 import { login, sessionInfo } from '../api.js';
 import { h, replace } from '../dom.js';
 
@@ -47,7 +48,11 @@ export function loginPage(main, _params, { onLogin }) {
   const sso = h('p', { id: 'sso', hidden: true },
     h('a', { class: 'btn', href: '/api/v1/oidc/login', id: 'sso-login' }, 'Sign in with SSO'));
   form.append(sso);
-  sessionInfo().then((s) => { if (s && s.oidc) sso.hidden = false; }).catch(() => {});
+  sessionInfo().then((s) => {
+    if (!s || !s.oidc) return;
+    sso.firstChild.textContent = `Sign in with ${s.oidc_name || 'SSO'}`;
+    sso.hidden = false;
+  }).catch(() => {});
   replace(main, h('div', { class: 'center' }, form));
   user.focus();
 }
