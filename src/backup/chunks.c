@@ -261,11 +261,19 @@ static int write_all(int fd, const unsigned char *p, size_t n)
     return 0;
 }
 
+typedef struct pending {
+    char *tmp, *file;
+} pending;
+
 struct kh_chunks_scratch {
     ZSTD_CCtx *z;
     unsigned char *zbuf; /* the zstd frame (encrypted stores) */
     unsigned char *out;  /* the file's bytes */
     size_t cap;          /* of zbuf and out */
+    bool defer;          /* written, not yet synced nor renamed: pend */
+    pending *pend;
+    size_t npend, cappend;
+    uint64_t pend_bytes;
 };
 
 kh_chunks_scratch *kh_chunks_scratch_new(void)
@@ -278,10 +286,61 @@ kh_chunks_scratch *kh_chunks_scratch_new(void)
     return s;
 }
 
+void kh_chunks_scratch_defer(kh_chunks_scratch *s)
+{
+    s->defer = true;
+}
+
+uint64_t kh_chunks_scratch_pending(const kh_chunks_scratch *s)
+{
+    return s->pend_bytes;
+}
+
+int kh_chunks_scratch_settle(const kh_chunks *c, kh_chunks_scratch *s, kh_err *err)
+{
+    if (s->npend == 0)
+        return 0;
+    int fd = open(c->path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    int e = 0;
+    if (fd < 0 || syncfs(fd) < 0)
+        e = errno ? errno : EIO;
+    if (fd >= 0)
+        close(fd);
+    for (size_t i = 0; i < s->npend; i++) {
+        if (!e && rename(s->pend[i].tmp, s->pend[i].file) < 0)
+            e = errno;
+        if (e)
+            unlink(s->pend[i].tmp);
+        free(s->pend[i].tmp);
+        free(s->pend[i].file);
+    }
+    s->npend = 0;
+    s->pend_bytes = 0;
+    if (e) {
+        kh_err_errno(err, e == ENOSPC || e == EDQUOT ? KH_E_UNAVAILABLE : KH_E_INTERNAL, e,
+                     "writing chunks to backup store %s", c->path);
+        return -1;
+    }
+    return 0;
+}
+
+void kh_chunks_scratch_discard(kh_chunks_scratch *s)
+{
+    for (size_t i = 0; i < s->npend; i++) {
+        unlink(s->pend[i].tmp);
+        free(s->pend[i].tmp);
+        free(s->pend[i].file);
+    }
+    s->npend = 0;
+    s->pend_bytes = 0;
+}
+
 void kh_chunks_scratch_free(kh_chunks_scratch *s)
 {
     if (!s)
         return;
+    kh_chunks_scratch_discard(s);
+    free(s->pend);
     ZSTD_freeCCtx(s->z);
     free(s->zbuf);
     free(s->out);
@@ -358,10 +417,24 @@ int kh_chunks_put_with(const kh_chunks *c, kh_chunks_scratch *s, const void *dat
     char *tmp = xasprintf("%s/.tmp-%.16s-%s", dir, hex, rhex);
     int fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
     int e = 0;
-    if (fd < 0 || write_all(fd, s->out, outlen) < 0 || fsync(fd) < 0)
+    if (fd < 0 || write_all(fd, s->out, outlen) < 0 || (!s->defer && fsync(fd) < 0))
         e = errno ? errno : EIO;
+    if (!e && s->defer)
+        sync_file_range(fd, 0, 0, SYNC_FILE_RANGE_WRITE); /* the writeback starts now */
     if (fd >= 0 && close(fd) < 0 && !e)
         e = errno;
+    if (!e && s->defer) {
+        if (s->npend == s->cappend) {
+            s->cappend = s->cappend ? 2 * s->cappend : 32;
+            s->pend = xrealloc(s->pend, s->cappend * sizeof(*s->pend));
+        }
+        s->pend[s->npend].tmp = tmp;
+        s->pend[s->npend].file = file;
+        s->npend++;
+        s->pend_bytes += outlen;
+        *stored = outlen;
+        return 1;
+    }
     if (!e && rename(tmp, file) < 0)
         e = errno;
     if (e) {

@@ -12,8 +12,9 @@
  * zstd frame of the plaintext, encrypted with AES-256-GCM (12-byte random IV
  * first, 16-byte tag last, the digest as associated data so a chunk renamed
  * to another digest does not decrypt). Writes are atomic (temp file, fsync,
- * rename); a chunk that exists is not written again (deduplication across
- * disks, VMs and backups).
+ * rename; or many temp files, one syncfs, the renames: deferred below); a
+ * chunk that exists is not written again (deduplication across disks, VMs
+ * and backups).
  *
  * Every function here is thread-safe: a kh_chunks is immutable once open,
  * and the worker threads of backups, restores and verifies share it.
@@ -72,7 +73,22 @@ int kh_chunks_put(const kh_chunks *c, const void *data, size_t len, char hex[KH_
 int kh_chunks_put_with(const kh_chunks *c, kh_chunks_scratch *s, const void *data, size_t len,
                        char hex[KH_DIGEST_HEX], bool known, uint64_t *stored, kh_err *err);
 kh_chunks_scratch *kh_chunks_scratch_new(void);
+/* Frees s; chunks it still holds unsettled are dropped (their temp files
+ * removed). */
 void kh_chunks_scratch_free(kh_chunks_scratch *s);
+/* Deferred durability (a backup's pull): kh_chunks_put_with writes the
+ * chunk's temp file without fsync and keeps it; kh_chunks_scratch_settle
+ * then makes them all durable at once (one syncfs of the store's
+ * filesystem) and only then gives them their names, so a chunk's name never
+ * points at data a crash could lose. Within a batch a chunk stored twice is
+ * written twice (the names are only visible once settled). */
+void kh_chunks_scratch_defer(kh_chunks_scratch *s);
+/* Bytes written and not settled yet. */
+uint64_t kh_chunks_scratch_pending(const kh_chunks_scratch *s);
+/* 0, or -1 with err (the unsettled chunks are dropped). */
+int kh_chunks_scratch_settle(const kh_chunks *c, kh_chunks_scratch *s, kh_err *err);
+/* Drop the unsettled chunks (a failed backup). */
+void kh_chunks_scratch_discard(kh_chunks_scratch *s);
 /* Read chunk hex into buf (KH_CHUNK_SIZE bytes), checked: decrypted, the
  * digest of the plaintext recomputed. Returns its length, or -1 with err
  * (KH_E_CONFLICT naming the chunk when it is missing or damaged). */

@@ -22,6 +22,9 @@
 #define BITMAP_PREFIX KH_BACKUP_BITMAP_PREFIX
 #define QIMG_TIMEOUT_MS (5u * 60 * 1000)
 #define NBD_TIMEOUT_MS (24u * 3600 * 1000)
+/* the pull reads a stopped VM's disk over this many connections at once */
+#define PULL_CONNECTIONS 3
+#define PULL_CONNECTIONS_TEXT "3"
 
 static const char *const spec_keys[] = { "name", "description", "vcpus", "max_vcpus",
                                          "memory_mib", "machine", "boot", "disks", "nics",
@@ -314,7 +317,7 @@ static void pull_work(void *opaque)
     kh_nbd_pull_spec spec = { .chunks = j->chunks, .socket = j->sock, .export_name = "",
                               .bitmap = d->base_bitmap,
                               .base = j->have_base_ix ? &j->base_ix : NULL,
-                              .connect_ms = 20000 };
+                              .connect_ms = 20000, .connections = PULL_CONNECTIONS };
     j->pull_rc = kh_nbd_pull(&spec, &j->op.stats, &d->ix, &j->pull_err);
 }
 
@@ -385,6 +388,7 @@ static void start_export(kh_job *j)
     argv[n++] = (char *)(uintptr_t)"/usr/bin/qemu-nbd";
     argv[n++] = (char *)(uintptr_t)"--read-only";
     argv[n++] = (char *)(uintptr_t)(d->qcow2 ? "--format=qcow2" : "--format=raw");
+    argv[n++] = (char *)(uintptr_t)"--shared=" PULL_CONNECTIONS_TEXT;
     argv[n++] = (char *)(uintptr_t)"--socket";
     argv[n++] = j->sock;
     if (d->base_bitmap) {

@@ -65,6 +65,8 @@ typedef struct kh_nbd_pull_spec {
     const kh_index *base;     /* the previous index (same size), with bitmap */
     unsigned connect_ms;      /* retry connecting this long (the server starts) */
     struct nbd_handle *handle; /* already connected (kh_nbd_connect): used, not closed */
+    unsigned connections;      /* without handle: connect this many times (the server
+                                * takes as many clients at once), each reading a band */
 } kh_nbd_pull_spec;
 
 /* Connect to an export (for kh_nbd_pull's handle): with the dirty bitmap's

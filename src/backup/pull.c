@@ -2,11 +2,15 @@
  * into the chunk store by a pipeline. The calling thread asks the export
  * which chunks hold data and which are dirty (block status over windows of
  * many chunks, not one round trip per chunk) and reads the chunks that
- * must be read; a small fixed pool of worker threads takes each buffer
+ * must be read, several at once (libnbd's asynchronous reads: the server
+ * reads ahead while the workers work); a small fixed pool of worker threads takes each buffer
  * through SHA-256, the dedup lookup, zstd, AES-GCM and the atomic write.
  * Buffers are a fixed set (PULL_SLOTS chunks): memory stays bounded and a
  * slow store slows the reader down. Each worker fills the index entry of
- * its chunk, so chunks may end in any order. */
+ * its chunk, so chunks may end in any order. Chunk files are written
+ * without an fsync each: a worker makes its last SETTLE_BYTES durable with
+ * one syncfs and only then names them (kh_chunks_scratch_settle); the pull
+ * succeeds only once every chunk is settled. */
 #include "backup/nbd.h"
 
 #include <libnbd.h>
@@ -18,6 +22,14 @@
 
 #define PULL_WORKERS 4
 #define PULL_SLOTS (2 * PULL_WORKERS)
+/* a worker settles its chunks (one syncfs, then the renames) every this
+ * many bytes written, and at the end */
+#define SETTLE_BYTES (64ull << 20)
+/* reads in flight at once per connection (the export serves them in
+ * parallel), and connections at most (each read by its own thread, over
+ * its own band of the disk, when the server takes several clients) */
+#define READS_IN_FLIGHT 4
+#define PULL_READERS 4
 /* block status is asked for this many bytes at most at once */
 #define WINDOW_MAX (1ull << 30)
 
@@ -73,6 +85,7 @@ static void worker(void *arg)
 {
     pool *p = arg;
     kh_chunks_scratch *sc = kh_chunks_scratch_new();
+    kh_chunks_scratch_defer(sc);
     uv_mutex_lock(&p->mu);
     for (;;) {
         while (!p->todo && !p->stop)
@@ -87,6 +100,8 @@ static void worker(void *arg)
         uv_mutex_unlock(&p->mu);
         kh_err e = KH_ERR_INIT;
         int rc = skip ? 0 : chunk_store(p, sc, s, &e);
+        if (rc == 0 && !skip && kh_chunks_scratch_pending(sc) >= SETTLE_BYTES)
+            rc = kh_chunks_scratch_settle(p->chunks, sc, &e);
         uv_mutex_lock(&p->mu);
         if (rc < 0 && !p->failed) {
             p->failed = true;
@@ -97,8 +112,19 @@ static void worker(void *arg)
         p->busy--;
         uv_cond_broadcast(&p->cv);
     }
+    /* the end: the rest settled, unless the pull failed */
+    bool failed = p->failed;
     uv_mutex_unlock(&p->mu);
-    kh_chunks_scratch_free(sc);
+    kh_err e = KH_ERR_INIT;
+    if (!failed && kh_chunks_scratch_settle(p->chunks, sc, &e) < 0) {
+        uv_mutex_lock(&p->mu);
+        if (!p->failed) {
+            p->failed = true;
+            kh_err_copy(&p->err, &e);
+        }
+        uv_mutex_unlock(&p->mu);
+    }
+    kh_chunks_scratch_free(sc); /* drops what is unsettled */
 }
 
 static void pool_start(pool *p, const kh_chunks *chunks, kh_nbd_stats *st, kh_index *out)
@@ -134,6 +160,18 @@ static pslot *pool_get(pool *p)
     return s;
 }
 
+/* A free slot now, or NULL (none free, or a worker failed: *failed). */
+static pslot *pool_try_get(pool *p, bool *failed)
+{
+    uv_mutex_lock(&p->mu);
+    *failed = p->failed;
+    pslot *s = p->failed ? NULL : p->free_slots;
+    if (s)
+        p->free_slots = s->next;
+    uv_mutex_unlock(&p->mu);
+    return s;
+}
+
 /* Hand a slot back unused (the reader failed). */
 static void pool_unget(pool *p, pslot *s)
 {
@@ -157,8 +195,9 @@ static void pool_put(pool *p, pslot *s)
     uv_mutex_unlock(&p->mu);
 }
 
-/* Wait for the queued chunks, stop the workers; -1 with err when one failed. */
-static int pool_finish(pool *p, kh_err *err)
+/* Wait for the queued chunks, stop the workers; -1 with err when one
+ * failed. keep_buffers: the slots' buffers are left allocated. */
+static int pool_finish(pool *p, bool keep_buffers, kh_err *err)
 {
     uv_mutex_lock(&p->mu);
     while (p->busy > 0)
@@ -168,7 +207,7 @@ static int pool_finish(pool *p, kh_err *err)
     uv_mutex_unlock(&p->mu);
     for (unsigned i = 0; i < p->nthreads; i++)
         uv_thread_join(&p->tid[i]);
-    for (size_t i = 0; i < PULL_SLOTS; i++)
+    for (size_t i = 0; i < PULL_SLOTS && !keep_buffers; i++)
         free(p->slots[i].buf);
     uv_cond_destroy(&p->cv);
     uv_mutex_destroy(&p->mu);
@@ -262,47 +301,137 @@ static int window_status(struct nbd_handle *h, window *w, const kh_index *out, s
     return 0;
 }
 
+/* ---- the reads in flight ---- */
+
+typedef struct reader {
+    struct nbd_handle *h;
+    pool *p;
+    kh_nbd_stats *st;
+    unsigned inflight;
+    bool orphaned; /* the pull ended with reads still in libnbd's hands */
+    bool failed;   /* a read failed: err */
+    kh_err err;
+} reader;
+
+typedef struct readop {
+    reader *r;
+    pslot *s;
+} readop;
+
+/* A read ended (in nbd_poll, on the reader's thread): to the workers. */
+static int read_done(void *user_data, int *error)
+{
+    readop *o = user_data;
+    reader *r = o->r;
+    if (r->orphaned) {
+        free(o);
+        return 1;
+    }
+    r->inflight--;
+    if (*error) {
+        if (!r->failed)
+            kh_err_set(&r->err, KH_E_QEMU, "NBD read: %s", strerror(*error));
+        r->failed = true;
+        pool_unget(r->p, o->s);
+    } else {
+        atomic_fetch_add(&r->st->read, o->s->len);
+        pool_put(r->p, o->s);
+    }
+    free(o);
+    return 1;
+}
+
+static int reader_poll(reader *r)
+{
+    if (nbd_poll(r->h, -1) < 0) {
+        if (!r->failed)
+            kh_err_set(&r->err, KH_E_QEMU, "NBD: %s",
+                       nbd_get_error() ? nbd_get_error() : "poll failed");
+        r->failed = true;
+        return -1;
+    }
+    return 0;
+}
+
+/* A free slot, the reads in flight moving meanwhile; NULL when a read or a
+ * worker failed. */
+static pslot *reader_slot(reader *r)
+{
+    while (r->inflight >= READS_IN_FLIGHT && !r->failed)
+        reader_poll(r);
+    for (;;) {
+        if (r->failed)
+            return NULL;
+        bool failed = false;
+        pslot *s = pool_try_get(r->p, &failed);
+        if (s || failed)
+            return s;
+        if (r->inflight == 0)
+            return pool_get(r->p);
+        reader_poll(r);
+    }
+}
+
+static int reader_issue(reader *r, pslot *s)
+{
+    readop *o = xcalloc(1, sizeof(*o));
+    o->r = r;
+    o->s = s;
+    nbd_completion_callback cb = { .callback = read_done, .user_data = o };
+    if (nbd_aio_pread(r->h, s->buf, s->len, (uint64_t)s->idx * r->p->out->chunk, cb, 0) < 0) {
+        free(o);
+        pool_unget(r->p, s);
+        kh_err_set(&r->err, KH_E_QEMU, "NBD read: %s",
+                   nbd_get_error() ? nbd_get_error() : "failed");
+        r->failed = true;
+        return -1;
+    }
+    r->inflight++;
+    return 0;
+}
+
 /* ---- the pull ---- */
 
-int kh_nbd_pull(const kh_nbd_pull_spec *spec, kh_nbd_stats *st, kh_index *out, kh_err *err)
+/* One reader: the chunks [first, end) through its own connection. */
+typedef struct band {
+    const kh_nbd_pull_spec *spec;
+    struct nbd_handle *h;
+    pool *p;
+    kh_nbd_stats *st;
+    kh_index *out;
+    const char *bitmap_ctx; /* with incremental */
+    bool incremental;
+    size_t first, end;
+    int rc;
+    bool orphans; /* reads left in libnbd's hands (a broken connection) */
+    kh_err err;
+} band;
+
+static void band_run(void *arg)
 {
-    struct nbd_handle *h = spec->handle ? spec->handle
-                                        : kh_nbd_connect(spec->socket, spec->export_name,
-                                                         spec->bitmap, spec->connect_ms, err);
-    char *bitmap_ctx = spec->bitmap ? xasprintf("qemu:dirty-bitmap:%s", spec->bitmap) : NULL;
-    uint32_t chunk = kh_chunks_chunk_size(spec->chunks);
-    int rc = -1;
-    memset(out, 0, sizeof(*out));
-    if (!h)
-        goto done;
-    int64_t size = nbd_get_size(h);
-    if (size < 0) {
-        nbd_fail(err, "NBD export size");
-        goto done;
-    }
-    if (bitmap_ctx && nbd_can_meta_context(h, bitmap_ctx) != 1) {
-        kh_err_set(err, KH_E_QEMU, "the NBD export has no dirty bitmap %s", spec->bitmap);
-        goto done;
-    }
-    bool incremental = bitmap_ctx && spec->base && spec->base->size == (uint64_t)size &&
-                       spec->base->chunk == chunk;
-    kh_index_init(out, (uint64_t)size, chunk);
+    band *b = arg;
+    const kh_index *base = b->spec->base;
+    kh_index *out = b->out;
+    kh_nbd_stats *st = b->st;
+    uint32_t chunk = out->chunk;
     size_t wmax = (size_t)(WINDOW_MAX / chunk) + 1;
-    window w = { .bitmap_ctx = incremental ? bitmap_ctx : NULL, .chunk = chunk,
+    window w = { .bitmap_ctx = b->incremental ? b->bitmap_ctx : NULL, .chunk = chunk,
                  .data = xmalloc(wmax), .dirty = xmalloc(wmax) };
-    pool p;
-    pool_start(&p, spec->chunks, st, out);
-    int reader = 0;
-    size_t i = 0;
-    while (i < out->n && reader == 0) {
-        if (window_status(h, &w, out, i, err) < 0) {
-            reader = -1;
+    reader *rd = xcalloc(1, sizeof(*rd));
+    rd->h = b->h;
+    rd->p = b->p;
+    rd->st = st;
+    int rrc = 0;
+    size_t i = b->first;
+    while (i < b->end && rrc == 0) {
+        if (window_status(b->h, &w, out, i, &b->err) < 0) {
+            rrc = -1;
             break;
         }
-        for (size_t k = 0; k < w.count && reader == 0; k++, i++) {
+        for (size_t k = 0; k < w.count && i < b->end && rrc == 0; k++, i++) {
             if (atomic_load(&st->cancel)) {
-                kh_err_set(err, KH_E_CONFLICT, "cancelled");
-                reader = -1;
+                kh_err_set(&b->err, KH_E_CONFLICT, "cancelled");
+                rrc = -1;
                 break;
             }
             uint64_t off = (uint64_t)i * chunk;
@@ -311,8 +440,8 @@ int kh_nbd_pull(const kh_nbd_pull_spec *spec, kh_nbd_stats *st, kh_index *out, k
             bool known_dirty = off + len <= w.bitmap_end;
             if (!known && k > 0)
                 break; /* the next window starts here */
-            if (incremental && known_dirty && !w.dirty[k]) {
-                memcpy(out->digest[i], spec->base->digest[i], KH_DIGEST_HEX);
+            if (b->incremental && known_dirty && !w.dirty[k]) {
+                memcpy(out->digest[i], base->digest[i], KH_DIGEST_HEX);
                 if (out->digest[i][0])
                     atomic_fetch_add(&st->chunks_reused, 1);
                 atomic_fetch_add(&st->done, len);
@@ -324,34 +453,112 @@ int kh_nbd_pull(const kh_nbd_pull_spec *spec, kh_nbd_stats *st, kh_index *out, k
                 atomic_fetch_add(&st->done, len);
                 continue;
             }
-            pslot *s = pool_get(&p);
-            if (!s) {
-                reader = -1; /* the worker's error comes from pool_finish */
+            pslot *s = reader_slot(rd);
+            if (!s || (s->idx = i, s->len = len, reader_issue(rd, s) < 0)) {
+                rrc = -1; /* a worker's error comes from pool_finish */
                 break;
             }
-            if (nbd_pread(h, s->buf, len, off, 0) < 0) {
-                nbd_fail(err, "NBD read");
-                pool_unget(&p, s);
-                reader = -1;
-                break;
-            }
-            atomic_fetch_add(&st->read, len);
-            s->idx = i;
-            s->len = len;
-            pool_put(&p, s);
+        }
+    }
+    while (rd->inflight > 0 && reader_poll(rd) == 0)
+        ;
+    if (rd->failed) {
+        rrc = -1;
+        kh_err_copy(&b->err, &rd->err);
+    }
+    b->orphans = rd->inflight > 0;
+    if (b->orphans) {
+        /* the connection broke and libnbd still holds reads (it retires
+         * them with an error when a connection dies, so this is a guard):
+         * the reader and the buffers stay allocated for them */
+        rd->orphaned = true;
+    } else {
+        free(rd);
+    }
+    free(w.data);
+    free(w.dirty);
+    b->rc = rrc;
+}
+
+int kh_nbd_pull(const kh_nbd_pull_spec *spec, kh_nbd_stats *st, kh_index *out, kh_err *err)
+{
+    struct nbd_handle *hs[PULL_READERS] = { 0 };
+    size_t nh = 0;
+    hs[0] = spec->handle ? spec->handle
+                         : kh_nbd_connect(spec->socket, spec->export_name, spec->bitmap,
+                                          spec->connect_ms, err);
+    char *bitmap_ctx = spec->bitmap ? xasprintf("qemu:dirty-bitmap:%s", spec->bitmap) : NULL;
+    uint32_t chunk = kh_chunks_chunk_size(spec->chunks);
+    int rc = -1;
+    memset(out, 0, sizeof(*out));
+    if (!hs[0])
+        goto done;
+    nh = 1;
+    int64_t size = nbd_get_size(hs[0]);
+    if (size < 0) {
+        nbd_fail(err, "NBD export size");
+        goto done;
+    }
+    if (bitmap_ctx && nbd_can_meta_context(hs[0], bitmap_ctx) != 1) {
+        kh_err_set(err, KH_E_QEMU, "the NBD export has no dirty bitmap %s", spec->bitmap);
+        goto done;
+    }
+    bool incremental = bitmap_ctx && spec->base && spec->base->size == (uint64_t)size &&
+                       spec->base->chunk == chunk;
+    kh_index_init(out, (uint64_t)size, chunk);
+    /* more connections to a server that takes them (qemu-nbd --shared) */
+    size_t want = spec->handle ? 1 : spec->connections;
+    if (want > PULL_READERS)
+        want = PULL_READERS;
+    if (want > out->n / 4)
+        want = out->n / 4 ? out->n / 4 : 1;
+    while (nh < want) {
+        kh_err e = KH_ERR_INIT;
+        hs[nh] = kh_nbd_connect(spec->socket, spec->export_name, spec->bitmap,
+                                spec->connect_ms, &e);
+        if (!hs[nh])
+            break; /* fewer readers then */
+        nh++;
+    }
+    pool p;
+    pool_start(&p, spec->chunks, st, out);
+    band bands[PULL_READERS];
+    uv_thread_t tid[PULL_READERS];
+    bool started[PULL_READERS] = { false };
+    for (size_t r = 0; r < nh; r++) {
+        nbd_set_pread_initialize(hs[r], false); /* our buffers: no memset before a read */
+        bands[r] = (band){ .spec = spec, .h = hs[r], .p = &p, .st = st, .out = out,
+                           .bitmap_ctx = bitmap_ctx, .incremental = incremental,
+                           .first = out->n * r / nh, .end = out->n * (r + 1) / nh,
+                           .err = KH_ERR_INIT };
+        if (r > 0)
+            started[r] = uv_thread_create(&tid[r], band_run, &bands[r]) == 0;
+    }
+    band_run(&bands[0]);
+    for (size_t r = 1; r < nh; r++) {
+        if (started[r])
+            uv_thread_join(&tid[r]);
+        else
+            band_run(&bands[r]); /* no thread: this one reads it too */
+    }
+    int rrc = 0;
+    bool orphans = false;
+    for (size_t r = 0; r < nh; r++) {
+        orphans |= bands[r].orphans;
+        if (bands[r].rc < 0 && rrc == 0) {
+            rrc = -1;
+            kh_err_copy(err, &bands[r].err);
         }
     }
     kh_err perr = KH_ERR_INIT;
-    int prc = pool_finish(&p, &perr);
-    free(w.data);
-    free(w.dirty);
+    int prc = pool_finish(&p, orphans, &perr);
     if (prc < 0 && !kh_err_isset(err))
         kh_err_copy(err, &perr);
-    rc = reader < 0 || prc < 0 ? -1 : 0;
+    rc = rrc < 0 || prc < 0 ? -1 : 0;
 done:
-    if (h && !spec->handle) {
-        nbd_shutdown(h, 0);
-        nbd_close(h);
+    for (size_t r = spec->handle ? 1 : 0; r < nh; r++) {
+        nbd_shutdown(hs[r], 0);
+        nbd_close(hs[r]);
     }
     if (rc < 0)
         kh_index_clear(out);

@@ -245,7 +245,8 @@ def test_backup_running_vm_bitmaps_survive(daemon, guest, consoles, tmp_path):
     """A running guest's disk: full, then incremental backups (about 1%
     changed: two chunks read and stored), restores of both points match
     what the guest had; the dirty bitmap survives a VM stop/start and a
-    daemon kill -9, and QEMU keeps nothing of a backup after it."""
+    daemon kill -9, and QEMU keeps nothing of a backup after it; a kill -9
+    mid-backup is cleaned up when the daemon reattaches."""
     api = daemon.api
     khlib.wait_accel(api)
     store = str(tmp_path / "store")
@@ -309,9 +310,67 @@ def test_backup_running_vm_bitmaps_survive(daemon, guest, consoles, tmp_path):
     b4 = ok_task(api, api.post("/api/v1/vms/lv/backups", {"wait": 120}), timeout=300)
     assert b4["kind"] == "incremental" and b4["base"] == b3["id"], b4
     assert b4["bytes_read"] == CHUNK and b4["chunks_new"] == 1, b4
+    assert b4["frozen"] is False, b4  # the test guest runs no agent
     ok_task(api, api.post("/api/v1/backups/%s/restore" % b4["id"], {"as": "r4"}))
     vol = api.get("/api/v1/pools/default/volumes/r4-disk0").json
     assert disk_sum(vol_path(daemon, vol)) == sum4
+    # kill -9 while a backup reads the disk: the restarted daemon cleans the
+    # VM's QEMU up by itself when it reattaches (no backup asked), and the
+    # next backup is incremental from the last committed one, and right
+    guest_write(con, 0, 256)  # all 16 MiB dirty: a longer read
+    mark = os.path.join(daemon.state_dir, "run", "vms", vm_id, "backup-live")
+    for attempt in range(3):
+        t = api.post("/api/v1/vms/lv/backups", {"wait": 0}).json
+        while t["state"] == "running" and t.get("message") != "reading the disks":
+            time.sleep(0.02)
+            t = api.get("/api/v1/tasks/" + t["id"]).json
+        daemon.kill9()
+        if t["state"] == "running" and os.path.exists(mark):
+            break
+        daemon.start()  # the backup ended first: again
+        api = daemon.api
+    else:
+        pytest.fail("the backup always ended before the kill")
+    q = RawQmp(os.path.join(daemon.state_dir, "run", "vms", vm_id, "qmp.sock"))
+    try:
+        nodes = q.cmd("query-named-block-nodes", {"flat": True})
+        assert [n for n in nodes if n["node-name"].startswith("khf")], nodes
+    finally:
+        q.close()
+    daemon.start()
+    api = daemon.api
+    deadline = time.time() + 60
+    while True:
+        cl = [x for x in api.get("/api/v1/tasks").json["tasks"] if x["kind"] == "backup.cleanup"]
+        if cl and cl[0]["state"] != "running":
+            break
+        assert time.time() < deadline, cl
+        time.sleep(0.2)
+    assert cl[0]["state"] == "succeeded" and cl[0]["vm"] == "lv", cl
+    assert not os.path.exists(mark)
+    daemon.kill9()  # to look into QEMU: nothing of the cut backup is left
+    q = RawQmp(os.path.join(daemon.state_dir, "run", "vms", vm_id, "qmp.sock"))
+    try:
+        nodes = q.cmd("query-named-block-nodes", {"flat": True})
+        assert not [n for n in nodes if n["node-name"].startswith("khf")], nodes
+        assert q.cmd("query-block-jobs") == []
+        assert q.cmd("query-block-exports") == []
+        d0 = [n for n in nodes if n["node-name"] == "disk0"][0]
+        names = [b["name"] for b in d0["dirty-bitmaps"]]
+        assert "kh-bk-" + b4["id"] in names and not [n for n in names if n.startswith("khs")], d0
+    finally:
+        q.close()
+    daemon.start()
+    api = daemon.api
+    api.wait_state("lv", ["running"])
+    con = consoles(daemon, "lv")
+    sum5 = guest_sum(con)
+    b5 = ok_task(api, api.post("/api/v1/vms/lv/backups", {"wait": 120}), timeout=300)
+    assert b5["kind"] == "incremental" and b5["base"] == b4["id"], b5
+    assert b5["bytes_read"] == 16 * MiB, b5
+    ok_task(api, api.post("/api/v1/backups/%s/restore" % b5["id"], {"as": "r5"}))
+    vol = api.get("/api/v1/pools/default/volumes/r5-disk0").json
+    assert disk_sum(vol_path(daemon, vol)) == sum5
 
 
 def test_backup_encrypted_store_wrong_key_prune(daemons, fake_boot, tmp_path):

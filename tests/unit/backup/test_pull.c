@@ -2,7 +2,7 @@
  * every chunk's digest is the digest of the disk's bytes there, whatever
  * order the workers end in; holes and chunks of zeros are sparse; a
  * second pull stores nothing new (deduplicated); small chunks (many in
- * flight, many block-status windows); an incremental pull with a dirty
+ * flight, many block-status windows) over three connections (bands); an incremental pull with a dirty
  * bitmap reads only the dirty chunks and keeps the base's others; a pull
  * into a full store fails and leaves no index. */
 #include <fcntl.h>
@@ -48,7 +48,7 @@ static pid_t serve(const char *file, const char *fmt, const char *bitmap, const 
     snprintf(pidf, sizeof(pidf), "%s/nbd.pid", dir);
     unlink(pidf);
     unlink(sock);
-    snprintf(cmd, sizeof(cmd), "/usr/bin/qemu-nbd --fork --persistent --read-only -f %s "
+    snprintf(cmd, sizeof(cmd), "/usr/bin/qemu-nbd --fork --persistent --shared=4 --read-only -f %s "
              "--pid-file=%s --socket=%s %s%s %s", fmt, pidf, sock, bitmap ? "--bitmap=" : "",
              bitmap ? bitmap : "", file);
     if (run(cmd) != 0)
@@ -101,7 +101,7 @@ static void check_index(const kh_chunks *c, const kh_index *ix, const unsigned c
     }
 }
 
-static void test_full_and_dedup(uint32_t chunk, const char *name)
+static void test_full_and_dedup(uint32_t chunk, const char *name, unsigned connections)
 {
     char raw[256], sock[256], sp[256];
     snprintf(raw, sizeof(raw), "%s/disk.raw", dir);
@@ -116,7 +116,7 @@ static void test_full_and_dedup(uint32_t chunk, const char *name)
     kh_nbd_stats st = { 0 };
     kh_index ix;
     kh_nbd_pull_spec spec = { .chunks = c, .socket = sock, .export_name = "",
-                              .connect_ms = 10000 };
+                              .connect_ms = 10000, .connections = connections };
     CHECK(kh_nbd_pull(&spec, &st, &ix, &err) == 0);
     if (kh_err_isset(&err))
         fprintf(stderr, "pull: %s\n", err.msg);
@@ -232,17 +232,17 @@ static void test_store_fails(void)
 
 static void test_full_1m(void)
 {
-    test_full_and_dedup(1u << 20, "s1m");
+    test_full_and_dedup(1u << 20, "s1m", 1);
 }
 
 static void test_full_64k(void)
 {
-    test_full_and_dedup(64u << 10, "s64k");
+    test_full_and_dedup(64u << 10, "s64k", 3); /* three bands */
 }
 
 static void test_full_4m(void)
 {
-    test_full_and_dedup(4u << 20, "s4m");
+    test_full_and_dedup(4u << 20, "s4m", 3); /* 6 chunks: one band */
 }
 
 int main(void)
