@@ -112,7 +112,7 @@ static struct nbd_handle *connect_retry(const char *socket, const char *export_n
             return NULL;
         }
         nbd_close(h);
-        nap_ms(50);
+        nap_ms(10);
     }
 }
 
