@@ -276,13 +276,15 @@ static void nbd_fail(kh_err *err, const char *what)
     kh_err_set(err, KH_E_QEMU, "%s: %s", what, m ? m : "failed");
 }
 
-/* Block status of the chunks from first on (as many as one request
- * covers, at least one); -1 with err. */
+/* Block status of the chunks from first on, before chunk end (as many as
+ * one request covers, at least one); -1 with err. */
 static int window_status(struct nbd_handle *h, window *w, const kh_index *out, size_t first,
-                         kh_err *err)
+                         size_t end, kh_err *err)
 {
     uint64_t start = (uint64_t)first * out->chunk;
-    uint64_t span = out->size - start;
+    uint64_t stop = (uint64_t)end * out->chunk < out->size ? (uint64_t)end * out->chunk
+                                                            : out->size;
+    uint64_t span = stop - start;
     uint64_t cap = WINDOW_MAX - WINDOW_MAX % out->chunk;
     if (span > cap)
         span = cap;
@@ -424,7 +426,7 @@ static void band_run(void *arg)
     int rrc = 0;
     size_t i = b->first;
     while (i < b->end && rrc == 0) {
-        if (window_status(b->h, &w, out, i, &b->err) < 0) {
+        if (window_status(b->h, &w, out, i, b->end, &b->err) < 0) {
             rrc = -1;
             break;
         }
