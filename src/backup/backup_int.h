@@ -122,16 +122,15 @@ typedef struct kh_job {
     char tag[16];    /* "<seq>": in QEMU names */
     json_t *nodes;   /* live: [{"node", "fleece", "fdset", "job", "export"}] per disk */
     bool exported, server;
+    bool thaw;       /* live.c: a freeze was asked: thaw after the transaction */
+    bool frozen;     /* the guest's filesystems were frozen at the point in time */
     pid_t keeper;    /* live: holds copies of the NBD connections (see live.c) */
     int steps_left;  /* live: replies awaited */
     kh_live_done_fn live_done; /* live.c: the caller of a failed start */
-    kh_err live_err;
-    void *live_janitor;        /* live.c: the janitor under way */
-    bool thaw;                 /* live.c: a freeze was asked: thaw after the transaction */
-    bool frozen;               /* the guest's filesystems were frozen at the point in time */
     kh_live_done_fn held_done; /* live.c: the caller, while the guest freezes or thaws */
-    kh_err held_err;
-    bool held_failed;
+    kh_err live_err;
+    kh_err held_err;           /* live.c: the transaction's error, while the guest thaws */
+    void *live_janitor;        /* live.c: the janitor under way */
     char id[37];
     char bitmap[64]; /* BITMAP_PREFIX + id */
     char *vm, *vm_id, *store;
@@ -152,6 +151,7 @@ typedef struct kh_job {
     /* the end */
     kh_err failure;
     bool failed;
+    bool held_failed; /* live.c: held_err is set */
     size_t cleanup_disk;
     size_t cleanup_item;
     double time;

@@ -402,11 +402,11 @@ typedef struct band {
     kh_nbd_stats *st;
     kh_index *out;
     const char *bitmap_ctx; /* with incremental */
-    bool incremental;
     size_t first, end;
-    int rc;
-    bool orphans; /* reads left in libnbd's hands (a broken connection) */
     kh_err err;
+    int rc;
+    bool incremental;
+    bool orphans; /* reads left in libnbd's hands (a broken connection) */
 } band;
 
 static void band_run(void *arg)
@@ -525,6 +525,7 @@ int kh_nbd_pull(const kh_nbd_pull_spec *spec, kh_nbd_stats *st, kh_index *out, k
     pool p;
     pool_start(&p, spec->chunks, st, out);
     band bands[PULL_READERS];
+    memset(bands, 0, sizeof(bands));
     uv_thread_t tid[PULL_READERS];
     bool started[PULL_READERS] = { false };
     for (size_t r = 0; r < nh; r++) {
