@@ -17,7 +17,9 @@ use a normal build, not the ASan one) and prints:
     and until the stream ends, beside a plain restore;
   - libvirt's `virsh backup-begin` (push, full) is not run: there is no
     libvirtd on this host (the figure is left out, not guessed).
-Environment: KH_BENCH_SIZE_MIB (default 2048). Never run by CI."""
+Environment: KH_BENCH_SIZE_MIB (default 2048), KH_BENCH_CHUNK_KIB (the
+stores' chunk size, default: the daemon's, 1 MiB). The load average is
+printed beside the figures. Never run by CI."""
 
 import json
 import os
@@ -67,6 +69,13 @@ def du(path):
                               check=True).stdout.split()[0])
 
 
+def store_spec(name, path):
+    spec = {"name": name, "path": path}
+    if os.environ.get("KH_BENCH_CHUNK_KIB"):
+        spec["chunk_size"] = int(os.environ["KH_BENCH_CHUNK_KIB"]) * 1024
+    return spec
+
+
 def main():
     d = khlib.Daemon()
     d.start()
@@ -74,7 +83,7 @@ def main():
     tmp = tempfile.mkdtemp(prefix="khbench-bk-", dir=d.base)
     try:
         store = os.path.join(d.base, "store")
-        assert api.post("/api/v1/backup-stores", {"name": "s", "path": store}).status == 201
+        assert api.post("/api/v1/backup-stores", store_spec("s", store)).status == 201
         r = api.post("/api/v1/pools/default/volumes", {"name": "big", "size": SIZE})
         vol = os.path.join(d.state_dir, "pools", "default", r.json["id"])
         boot = {"kernel": "/bin/true", "initrd": "/bin/true", "cmdline": "x"}
@@ -99,6 +108,8 @@ def main():
         b2 = task(api, api.post("/api/v1/vms/big/backups", {"wait": 0}))
         t_inc = time.time() - t0
         mib = SIZE / MiB
+        print("load average %.1f %.1f %.1f (2 cores); chunk size %s"
+              % (os.getloadavg() + (api.get("/api/v1/backup-stores/s").json.get("chunk_size"),)))
         print("full backup of a %d MiB disk (stopped VM, incompressible data):" % mib)
         print("  kvmhost backup create   %6.2f s  %7.1f MiB/s  (stored %d MiB)"
               % (t_full, mib / t_full, b1["bytes_written"] // MiB))
@@ -148,7 +159,7 @@ def main():
                      t_start))
         # 10 linked clones of one template disk
         store2 = os.path.join(d.base, "store2")
-        assert api.post("/api/v1/backup-stores", {"name": "c", "path": store2}).status == 201
+        assert api.post("/api/v1/backup-stores", store_spec("c", store2)).status == 201
         r = api.post("/api/v1/pools/default/volumes", {"name": "tpl", "size": 512 * MiB})
         tvol = os.path.join(d.state_dir, "pools", "default", r.json["id"])
         fill(tvol, 0, 512 * MiB, 7, tmp)

@@ -19,6 +19,15 @@
 #include "util/mem.h"
 #include "util/misc.h"
 
+/* A QEMU that outlived a daemon restart: a backup cut short is cleaned up. */
+static void on_vm_event(void *opaque, const char *vm_id, const char *event, json_t *data)
+{
+    kh_backups *b = opaque;
+    const char *name = json_string_value(json_object_get(data, "vm"));
+    if (strcmp(event, KH_MANAGER_EVENT_REATTACHED) == 0 && vm_id && name)
+        kh_live_reattach(b, vm_id, name);
+}
+
 kh_backups *kh_backup_new(uv_loop_t *loop, kh_store *store, kh_manager *mgr, kh_storage *st,
                           kh_tasks *tasks, kh_events *events, const char *state_dir,
                           kh_err *err)
@@ -40,6 +49,9 @@ kh_backups *kh_backup_new(uv_loop_t *loop, kh_store *store, kh_manager *mgr, kh_
         return NULL;
     }
     kh_schedule_start(b);
+    if (kh_manager_add_event_hook(mgr, on_vm_event, b) < 0)
+        kh_log(KH_LOG_WARN, "backup", "no event hook left: a backup a daemon restart cut short "
+                                      "is cleaned up at the VM's next backup");
     return b;
 }
 
@@ -48,6 +60,7 @@ void kh_backup_free(kh_backups *b)
     if (!b)
         return;
     kh_schedule_stop(b);
+    kh_manager_remove_event_hook(b->mgr, on_vm_event, b);
     kh_restore_stop_live(b);
     kh_restore_linger_stop(b);
     kh_key_master_clear(&b->master);
@@ -210,7 +223,7 @@ kh_chunks *kh_backup_store_open(kh_backups *b, const char *name, kh_err *err)
     if (!enc || kh_key_unwrap(&b->master, json_string_value(json_object_get(j, "id")), wrapped,
                               key, err) == 0)
         c = kh_chunks_open(json_string_value(json_object_get(j, "path")), enc ? key : NULL,
-                           false, err);
+                           false, 0, err);
     OPENSSL_cleanse(key, sizeof(key));
     free(wrapped);
     json_decref(j);
@@ -236,6 +249,12 @@ json_t *kh_backup_store_add(kh_backups *b, const json_t *body, kh_err *err)
     const char *path = json_string_value(json_object_get(body, "path"));
     const char *keyhex = json_string_value(json_object_get(body, "key"));
     bool encrypt = json_is_true(json_object_get(body, "encrypt"));
+    json_int_t chunk = json_integer_value(json_object_get(body, "chunk_size"));
+    if (json_object_get(body, "chunk_size") && !kh_chunks_size_ok((uint64_t)chunk)) {
+        kh_err_set(err, KH_E_INVALID, "chunk_size: a power of two from 65536 (64 KiB) to "
+                                      "4194304 (4 MiB)");
+        return NULL;
+    }
     if (kh_check_name(name, "backup store name", err) < 0 ||
         kh_check_abs_path(path, "path", err) < 0)
         return NULL;
@@ -276,7 +295,11 @@ json_t *kh_backup_store_add(kh_backups *b, const json_t *body, kh_err *err)
         kh_err_set(err, KH_E_INVALID, "path %s is not a directory", path);
         return NULL;
     }
-    kh_chunks *c = kh_chunks_open(path, enc ? key : NULL, true, err);
+    if (existing && chunk) {
+        kh_err_set(err, KH_E_INVALID, "chunk_size: only for a new store (%s holds one)", path);
+        return NULL;
+    }
+    kh_chunks *c = kh_chunks_open(path, enc ? key : NULL, true, (uint32_t)chunk, err);
     json_t *out = NULL;
     if (!c)
         goto done;
@@ -308,6 +331,8 @@ json_t *kh_backup_store_add(kh_backups *b, const json_t *body, kh_err *err)
         goto done;
     }
     out = store_row(b, name, NULL, err);
+    if (out)
+        json_object_set_new(out, "chunk_size", json_integer(kh_chunks_chunk_size(c)));
     if (out && new_key) {
         static const char digits[] = "0123456789abcdef";
         char hex[2 * KH_CHUNK_KEY_LEN + 1];
@@ -337,6 +362,14 @@ static json_t *store_with_counts(kh_backups *b, json_t *j)
             json_object_set_new(j, "backups", json_integer(sqlite3_column_int64(s, 0)));
         sqlite3_finalize(s);
     }
+    /* the chunk size is the store's own (its header; stores made before
+     * sizes could be chosen: 4 MiB) */
+    char *hp = xasprintf("%s/kvmhost-store.json", json_string_value(json_object_get(j, "path")));
+    json_t *hdr = kh_fs_read_json(hp, 65536, NULL);
+    free(hp);
+    if (hdr)
+        json_object_set(j, "chunk_size", json_object_get(hdr, "chunk_size"));
+    json_decref(hdr);
     return j;
 }
 

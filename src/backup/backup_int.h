@@ -36,6 +36,11 @@ struct kh_backups {
 /* schedule.c: the tick (started by kh_backup_new, stopped by _free). */
 void kh_schedule_start(kh_backups *b);
 void kh_schedule_stop(kh_backups *b);
+/* A scheduled backup of vm_id committed: its schedule's retention is due. */
+void kh_schedule_backup_done(kh_backups *b, const char *vm_id);
+/* kh_backup_create; scheduled: the schedule's retention runs after it. */
+kh_task *kh_backup_create_job(kh_backups *b, const char *vm, const json_t *body, bool scheduled,
+                              kh_err *err);
 
 /* One operation under way (a backup, restore, verify or prune): what makes
  * another one on the same VM or store wait (409). */
@@ -114,14 +119,19 @@ typedef void (*kh_live_done_fn)(struct kh_job *j, const kh_err *err);
 typedef struct kh_job {
     kh_bop op; /* first */
     bool live;       /* the VM runs: QMP (live.c), else qemu-img + qemu-nbd */
+    bool scheduled;  /* started by a schedule: its retention follows */
     unsigned seq;    /* unique in this daemon: QEMU object names */
     char tag[16];    /* "<seq>": in QEMU names */
     json_t *nodes;   /* live: [{"node", "fleece", "fdset", "job", "export"}] per disk */
     bool exported, server;
+    bool thaw;       /* live.c: a freeze was asked: thaw after the transaction */
+    bool frozen;     /* the guest's filesystems were frozen at the point in time */
     pid_t keeper;    /* live: holds copies of the NBD connections (see live.c) */
     int steps_left;  /* live: replies awaited */
     kh_live_done_fn live_done; /* live.c: the caller of a failed start */
+    kh_live_done_fn held_done; /* live.c: the caller, while the guest freezes or thaws */
     kh_err live_err;
+    kh_err held_err;           /* live.c: the transaction's error, while the guest thaws */
     void *live_janitor;        /* live.c: the janitor under way */
     char id[37];
     char bitmap[64]; /* BITMAP_PREFIX + id */
@@ -143,6 +153,7 @@ typedef struct kh_job {
     /* the end */
     kh_err failure;
     bool failed;
+    bool held_failed; /* live.c: held_err is set */
     size_t cleanup_disk;
     size_t cleanup_item;
     double time;
@@ -162,5 +173,10 @@ void kh_live_bitmap_remove(kh_job *j, size_t d, const char *name, kh_live_done d
 int kh_live_connect(kh_job *j, kh_err *err);
 /* After kh_live_stop: the keeper killed, the connections closed. */
 void kh_live_release(kh_job *j);
+/* The job of a running VM ends: its mark in the VM's run dir goes. */
+void kh_live_unmark(kh_job *j);
+/* A running VM was adopted again after a daemon restart: clean up what a
+ * backup cut short left in its QEMU (and thaw its guest), if anything. */
+void kh_live_reattach(kh_backups *b, const char *vm_id, const char *vm_name);
 
 #endif

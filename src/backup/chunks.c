@@ -30,6 +30,7 @@
 struct kh_chunks {
     char *path;
     bool encrypted;
+    uint32_t chunk_size;
     unsigned char enc_key[KH_CHUNK_KEY_LEN]; /* AES-256-GCM */
     unsigned char id_key[KH_CHUNK_KEY_LEN];  /* HMAC of chunk names */
 };
@@ -82,11 +83,28 @@ int kh_chunks_probe(const char *path, bool *encrypted, kh_err *err)
     return rc;
 }
 
-kh_chunks *kh_chunks_open(const char *path, const unsigned char *key, bool create, kh_err *err)
+bool kh_chunks_size_ok(uint64_t n)
+{
+    return n >= KH_CHUNK_SIZE_MIN && n <= KH_CHUNK_SIZE && (n & (n - 1)) == 0;
+}
+
+uint32_t kh_chunks_chunk_size(const kh_chunks *c)
+{
+    return c->chunk_size;
+}
+
+kh_chunks *kh_chunks_open(const char *path, const unsigned char *key, bool create,
+                          uint32_t chunk_size, kh_err *err)
 {
     kh_chunks *c = xcalloc(1, sizeof(*c));
     c->path = xstrdup(path);
     c->encrypted = key != NULL;
+    c->chunk_size = chunk_size ? chunk_size : KH_CHUNK_SIZE_DEFAULT;
+    if (!kh_chunks_size_ok(c->chunk_size)) {
+        kh_err_set(err, KH_E_INVALID, "chunk size %u: a power of two from 64 KiB to 4 MiB",
+                   c->chunk_size);
+        goto fail_early;
+    }
     if (key) {
         derive(key, "kvmhost-backup-encrypt", c->enc_key);
         derive(key, "kvmhost-backup-chunk-id", c->id_key);
@@ -114,7 +132,7 @@ kh_chunks *kh_chunks_open(const char *path, const unsigned char *key, bool creat
         char id[37];
         kh_uuid_generate(id);
         json_t *h = json_pack("{s:i, s:s, s:b, s:i}", "format", 1, "id", id, "encrypted",
-                              c->encrypted, "chunk_size", (json_int_t)KH_CHUNK_SIZE);
+                              c->encrypted, "chunk_size", (json_int_t)c->chunk_size);
         if (key)
             json_object_set_new(h, "key_check", json_string(check));
         char *text = json_dumps(h, JSON_INDENT(2));
@@ -130,9 +148,9 @@ kh_chunks *kh_chunks_open(const char *path, const unsigned char *key, bool creat
         const char *kc = json_string_value(json_object_get(h, "key_check"));
         json_int_t cs = json_integer_value(json_object_get(h, "chunk_size"));
         int bad = 0;
-        if (cs != KH_CHUNK_SIZE) {
-            kh_err_set(err, KH_E_INVALID, "%s: a store with chunk size %lld, not %u", path,
-                       (long long)cs, KH_CHUNK_SIZE);
+        if (!kh_chunks_size_ok((uint64_t)cs)) {
+            kh_err_set(err, KH_E_INVALID, "%s: a store with chunk size %lld (this version "
+                       "reads 64 KiB..4 MiB)", path, (long long)cs);
             bad = 1;
         } else if (enc != c->encrypted) {
             kh_err_set(err, KH_E_INVALID, enc ? "%s is an encrypted store: give its key"
@@ -146,11 +164,13 @@ kh_chunks *kh_chunks_open(const char *path, const unsigned char *key, bool creat
         json_decref(h);
         if (bad)
             goto fail;
+        c->chunk_size = (uint32_t)cs;
     }
     free(hp);
     return c;
 fail:
     free(hp);
+fail_early:
     kh_chunks_free(c);
     return NULL;
 }
@@ -241,11 +261,135 @@ static int write_all(int fd, const unsigned char *p, size_t n)
     return 0;
 }
 
+typedef struct pending {
+    char *tmp, *file;
+} pending;
+
+struct kh_chunks_scratch {
+    ZSTD_CCtx *z;
+    unsigned char *zbuf; /* the zstd frame (encrypted stores) */
+    unsigned char *out;  /* the file's bytes */
+    size_t cap;          /* of zbuf and out */
+    bool defer;          /* written, not yet synced nor renamed: pend */
+    pending *pend;
+    size_t npend, cappend;
+    uint64_t pend_bytes;
+};
+
+kh_chunks_scratch *kh_chunks_scratch_new(void)
+{
+    kh_chunks_scratch *s = xcalloc(1, sizeof(*s));
+    s->z = ZSTD_createCCtx();
+    if (!s->z)
+        abort();
+    ZSTD_CCtx_setParameter(s->z, ZSTD_c_compressionLevel, ZSTD_LEVEL);
+    return s;
+}
+
+void kh_chunks_scratch_defer(kh_chunks_scratch *s)
+{
+    s->defer = true;
+}
+
+uint64_t kh_chunks_scratch_pending(const kh_chunks_scratch *s)
+{
+    return s->pend_bytes;
+}
+
+int kh_chunks_scratch_settle(const kh_chunks *c, kh_chunks_scratch *s, kh_err *err)
+{
+    if (s->npend == 0)
+        return 0;
+    int fd = open(c->path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    int e = 0;
+    if (fd < 0 || syncfs(fd) < 0)
+        e = errno ? errno : EIO;
+    if (fd >= 0)
+        close(fd);
+    for (size_t i = 0; i < s->npend; i++) {
+        if (!e && rename(s->pend[i].tmp, s->pend[i].file) < 0)
+            e = errno;
+        if (e)
+            unlink(s->pend[i].tmp);
+        free(s->pend[i].tmp);
+        free(s->pend[i].file);
+    }
+    s->npend = 0;
+    s->pend_bytes = 0;
+    if (e) {
+        kh_err_errno(err, e == ENOSPC || e == EDQUOT ? KH_E_UNAVAILABLE : KH_E_INTERNAL, e,
+                     "writing chunks to backup store %s", c->path);
+        return -1;
+    }
+    return 0;
+}
+
+void kh_chunks_scratch_discard(kh_chunks_scratch *s)
+{
+    for (size_t i = 0; i < s->npend; i++) {
+        unlink(s->pend[i].tmp);
+        free(s->pend[i].tmp);
+        free(s->pend[i].file);
+    }
+    s->npend = 0;
+    s->pend_bytes = 0;
+}
+
+void kh_chunks_scratch_free(kh_chunks_scratch *s)
+{
+    if (!s)
+        return;
+    kh_chunks_scratch_discard(s);
+    free(s->pend);
+    ZSTD_freeCCtx(s->z);
+    free(s->zbuf);
+    free(s->out);
+    free(s);
+}
+
 int kh_chunks_put(const kh_chunks *c, const void *data, size_t len, char hex[KH_DIGEST_HEX],
                   uint64_t *stored, kh_err *err)
 {
+    kh_chunks_scratch *s = kh_chunks_scratch_new();
+    int rc = kh_chunks_put_with(c, s, data, len, hex, false, stored, err);
+    kh_chunks_scratch_free(s);
+    return rc;
+}
+
+/* Compress (and seal) data into s->out: *outlen bytes. */
+static int encode(const kh_chunks *c, kh_chunks_scratch *s, const char *hex, const void *data,
+                  size_t len, size_t *outlen, kh_err *err)
+{
+    size_t bound = ZSTD_compressBound(len) + HDR_LEN + IV_LEN + TAG_LEN;
+    if (s->cap < bound) {
+        free(s->zbuf);
+        free(s->out);
+        s->zbuf = xmalloc(bound);
+        s->out = xmalloc(bound);
+        s->cap = bound;
+    }
+    unsigned char *z = c->encrypted ? s->zbuf : s->out + HDR_LEN;
+    size_t zlen = ZSTD_compress2(s->z, z, s->cap - HDR_LEN, data, len);
+    if (ZSTD_isError(zlen)) {
+        kh_err_set(err, KH_E_INTERNAL, "zstd: %s", ZSTD_getErrorName(zlen));
+        return -1;
+    }
+    memcpy(s->out, MAGIC, 4);
+    s->out[4] = c->encrypted ? 1 : 0;
+    *outlen = HDR_LEN + zlen + (c->encrypted ? IV_LEN + TAG_LEN : 0);
+    if (c->encrypted && seal(c, hex, z, zlen, s->out + HDR_LEN) < 0) {
+        kh_err_set(err, KH_E_INTERNAL, "encrypting a chunk failed");
+        return -1;
+    }
+    return 0;
+}
+
+int kh_chunks_put_with(const kh_chunks *c, kh_chunks_scratch *s, const void *data, size_t len,
+                       char hex[KH_DIGEST_HEX], bool known, uint64_t *stored, kh_err *err)
+{
     *stored = 0;
-    kh_chunks_digest(c, data, len, hex);
+    if (!known)
+        kh_chunks_digest(c, data, len, hex);
     char *file = kh_chunks_file(c, hex);
     struct stat sb;
     if (stat(file, &sb) == 0 && sb.st_size > HDR_LEN) {
@@ -260,41 +404,39 @@ int kh_chunks_put(const kh_chunks *c, const void *data, size_t len, char hex[KH_
         free(file);
         return -1;
     }
-    size_t bound = ZSTD_compressBound(len);
-    unsigned char *z = xmalloc(bound);
-    size_t zlen = ZSTD_compress(z, bound, data, len, ZSTD_LEVEL);
-    if (ZSTD_isError(zlen)) {
-        kh_err_set(err, KH_E_INTERNAL, "zstd: %s", ZSTD_getErrorName(zlen));
-        free(z);
+    size_t outlen = 0;
+    if (encode(c, s, hex, data, len, &outlen, err) < 0) {
         free(file);
         return -1;
     }
-    size_t outlen = HDR_LEN + zlen + (c->encrypted ? IV_LEN + TAG_LEN : 0);
-    unsigned char *out = xmalloc(outlen);
-    memcpy(out, MAGIC, 4);
-    out[4] = c->encrypted ? 1 : 0;
-    int rc = 0;
-    if (c->encrypted)
-        rc = seal(c, hex, z, zlen, out + HDR_LEN);
-    else
-        memcpy(out + HDR_LEN, z, zlen);
-    free(z);
-    if (rc < 0) {
-        kh_err_set(err, KH_E_INTERNAL, "encrypting a chunk failed");
-        free(out);
-        free(file);
-        return -1;
-    }
-    char *tmp = xasprintf("%s/.tmp-%.16s-%08x", dir, hex, (unsigned)kh_now_us());
+    /* the temp name is unique among threads and daemons: a random part */
+    unsigned char rnd[8];
+    kh_random_bytes(rnd, sizeof(rnd));
+    char rhex[17];
+    hex_encode(rnd, sizeof(rnd), rhex);
+    char *tmp = xasprintf("%s/.tmp-%.16s-%s", dir, hex, rhex);
     int fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
     int e = 0;
-    if (fd < 0 || write_all(fd, out, outlen) < 0 || fsync(fd) < 0)
+    if (fd < 0 || write_all(fd, s->out, outlen) < 0 || (!s->defer && fsync(fd) < 0))
         e = errno ? errno : EIO;
+    if (!e && s->defer)
+        sync_file_range(fd, 0, 0, SYNC_FILE_RANGE_WRITE); /* the writeback starts now */
     if (fd >= 0 && close(fd) < 0 && !e)
         e = errno;
+    if (!e && s->defer) {
+        if (s->npend == s->cappend) {
+            s->cappend = s->cappend ? 2 * s->cappend : 32;
+            s->pend = xrealloc(s->pend, s->cappend * sizeof(*s->pend));
+        }
+        s->pend[s->npend].tmp = tmp;
+        s->pend[s->npend].file = file;
+        s->npend++;
+        s->pend_bytes += outlen;
+        *stored = outlen;
+        return 1;
+    }
     if (!e && rename(tmp, file) < 0)
         e = errno;
-    free(out);
     if (e) {
         unlink(tmp);
         kh_err_errno(err, e == ENOSPC || e == EDQUOT ? KH_E_UNAVAILABLE : KH_E_INTERNAL, e,

@@ -22,6 +22,9 @@
 #define BITMAP_PREFIX KH_BACKUP_BITMAP_PREFIX
 #define QIMG_TIMEOUT_MS (5u * 60 * 1000)
 #define NBD_TIMEOUT_MS (24u * 3600 * 1000)
+/* the pull reads a stopped VM's disk over this many connections at once */
+#define PULL_CONNECTIONS 3
+#define PULL_CONNECTIONS_TEXT "3"
 
 static const char *const spec_keys[] = { "name", "description", "vcpus", "max_vcpus",
                                          "memory_mib", "machine", "boot", "disks", "nics",
@@ -56,8 +59,18 @@ static void job_free_parts(kh_job *j)
     json_decref(j->nodes);
 }
 
+/* A debug line per step of a job, with the milliseconds since it began. */
+static void step_log(const kh_job *j, const char *step)
+{
+    kh_log(KH_LOG_DEBUG, "backup.step", "vm=%s id=%.8s step=%s ms=%llu", j->vm, j->id, step,
+           (unsigned long long)(kh_now_ms() - j->op.t0_ms));
+}
+
 static void job_end(kh_job *j, json_t *result)
 {
+    step_log(j, "end");
+    if (j->live && j->nodes)
+        kh_live_unmark(j);
     job_free_parts(j);
     kh_backup_op_end(&j->op, result, j->failed ? &j->failure : NULL);
 }
@@ -169,7 +182,7 @@ static json_t *record_json(kh_job *j)
     char t[32];
     kh_time_format(j->time, t);
     return json_pack("{s:s, s:s, s:s, s:s, s:s, s:o, s:s, s:f, s:o, s:O, s:I, s:I, s:I, s:I, "
-                     "s:I, s:I, s:I, s:I}",
+                     "s:I, s:I, s:I, s:I, s:b}",
                      "id", j->id, "store", j->store, "vm", j->vm, "vm_id", j->vm_id, "kind",
                      j->base && j->disks[0].base_bitmap ? "incremental" : "full", "base",
                      j->base ? json_string(json_string_value(json_object_get(j->base, "id")))
@@ -181,7 +194,7 @@ static json_t *record_json(kh_job *j)
                      (json_int_t)atomic_load(&st->dedup), "chunks_new",
                      (json_int_t)atomic_load(&st->chunks_new), "chunks_reused",
                      (json_int_t)atomic_load(&st->chunks_reused), "duration_ms",
-                     (json_int_t)(kh_now_ms() - j->op.t0_ms));
+                     (json_int_t)(kh_now_ms() - j->op.t0_ms), "frozen", j->frozen);
 }
 
 /* Indexes and manifest into backups/.tmp-ID, fsync'd, renamed to
@@ -219,18 +232,16 @@ static int commit(kh_job *j, json_t *rec, kh_err *err)
     json_decref(man);
     if (w < 0)
         goto out;
-    int dfd = open(tmp, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (dfd >= 0) {
-        syncfs(dfd); /* the chunks of this backup, on stores that delay them */
-        close(dfd);
-    }
+    /* every chunk file was fsync'd before its rename (chunks.c), the
+     * indexes and the manifest by kh_fs_write_atomic: no syncfs here (on a
+     * busy filesystem it waits for everybody's dirty pages) */
     if (rename(tmp, dir) < 0) {
         kh_err_errno(err, errno == ENOSPC ? KH_E_UNAVAILABLE : KH_E_INTERNAL, errno,
                      "committing backup %s", j->id);
         goto out;
     }
     char *parent = xasprintf("%s/backups", kh_chunks_path(j->chunks));
-    dfd = open(parent, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    int dfd = open(parent, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     free(parent);
     if (dfd >= 0) {
         fsync(dfd);
@@ -255,12 +266,14 @@ out:
 static void all_pulled(kh_job *j)
 {
     kh_err err = KH_ERR_INIT;
+    step_log(j, "pulled");
     json_t *rec = record_json(j);
     if (commit(j, rec, &err) < 0) {
         json_decref(rec);
         fail(j, &err);
         return;
     }
+    step_log(j, "committed");
     kh_log(KH_LOG_INFO, "backup.create", "vm=%s id=%s kind=%s read=%lld written=%lld",
            j->vm, j->id, json_string_value(json_object_get(rec, "kind")),
            (long long)json_integer_value(json_object_get(rec, "bytes_read")),
@@ -287,7 +300,12 @@ static void finish(kh_job *j)
         j->failed = true;
         kh_err_copy(&j->failure, &err);
     }
+    kh_backups *b = j->op.b;
+    char *vm_id = j->scheduled && !j->failed ? xstrdup(j->vm_id) : NULL;
     job_end(j, row);
+    if (vm_id)
+        kh_schedule_backup_done(b, vm_id); /* after the job: the prune takes the store */
+    free(vm_id);
 }
 
 /* ---- one disk: export and pull ---- */
@@ -299,7 +317,7 @@ static void pull_work(void *opaque)
     kh_nbd_pull_spec spec = { .chunks = j->chunks, .socket = j->sock, .export_name = "",
                               .bitmap = d->base_bitmap,
                               .base = j->have_base_ix ? &j->base_ix : NULL,
-                              .connect_ms = 20000 };
+                              .connect_ms = 20000, .connections = PULL_CONNECTIONS };
     j->pull_rc = kh_nbd_pull(&spec, &j->op.stats, &d->ix, &j->pull_err);
 }
 
@@ -370,6 +388,7 @@ static void start_export(kh_job *j)
     argv[n++] = (char *)(uintptr_t)"/usr/bin/qemu-nbd";
     argv[n++] = (char *)(uintptr_t)"--read-only";
     argv[n++] = (char *)(uintptr_t)(d->qcow2 ? "--format=qcow2" : "--format=raw");
+    argv[n++] = (char *)(uintptr_t)"--shared=" PULL_CONNECTIONS_TEXT;
     argv[n++] = (char *)(uintptr_t)"--socket";
     argv[n++] = j->sock;
     if (d->base_bitmap) {
@@ -400,6 +419,7 @@ static void bitmap_added(const kh_qimg_result *r, void *opaque)
         return;
     }
     j->disks[j->cur].added = true;
+    step_log(j, "bitmap added");
     start_export(j);
 }
 
@@ -409,6 +429,7 @@ static void info_done(const kh_qimg_result *r, void *opaque)
     kh_job *j = opaque;
     jdisk *d = &j->disks[j->cur];
     kh_err err = KH_ERR_INIT;
+    step_log(j, "info");
     json_error_t je;
     json_t *info = r->status == 0 ? json_loads(r->out, 0, &je) : NULL;
     if (!info) {
@@ -630,6 +651,12 @@ static const char *default_store(kh_backups *b, kh_err *err)
 
 kh_task *kh_backup_create(kh_backups *b, const char *vm_name, const json_t *body, kh_err *err)
 {
+    return kh_backup_create_job(b, vm_name, body, false, err);
+}
+
+kh_task *kh_backup_create_job(kh_backups *b, const char *vm_name, const json_t *body,
+                              bool scheduled, kh_err *err)
+{
     if (kh_schema_check("BackupSpec", body, "", err) < 0)
         return NULL;
     const char *store = json_string_value(json_object_get(body, "store"));
@@ -681,6 +708,7 @@ kh_task *kh_backup_create(kh_backups *b, const char *vm_name, const json_t *body
     j->time = kh_wall_time();
     kh_uuid_generate(j->id);
     j->live = running;
+    j->scheduled = scheduled;
     j->seq = ++job_seq;
     snprintf(j->tag, sizeof(j->tag), "%u", j->seq);
     snprintf(j->bitmap, sizeof(j->bitmap), BITMAP_PREFIX "%s", j->id);

@@ -3,8 +3,10 @@
  * copy of the base bitmap, and a fleecing job - blockdev-backup sync=none
  * into a temporary qcow2 overlay whose backing is the disk, so the guest's
  * writes after the point in time copy the old data aside and a slow store
- * never stalls the guest), the NBD export of each fleecing view with its
- * frozen bitmap, and their teardown (backup/backup_int.h). */
+ * never stalls the guest; around it the guest's filesystems frozen and
+ * thawed when its agent has the channel open), the NBD export of each
+ * fleecing view with its frozen bitmap, and their teardown
+ * (backup/backup_int.h). */
 #include "backup/backup_int.h"
 
 #include <errno.h>
@@ -18,11 +20,20 @@
 #include <unistd.h>
 
 #include "host/spawn.h"
+#include "instance/guest.h"
 #include "util/fs.h"
 #include "util/log.h"
 #include "util/mem.h"
 
 #define QIMG_TIMEOUT_MS (60u * 1000)
+/* the guest agent's freeze and thaw (a freeze syncs the guest's caches) */
+#define FREEZE_TIMEOUT_MS 10000u
+#define FROZEN_MARK "backup-frozen"
+/* in the VM's run dir from the start of a live backup until its job ends:
+ * a daemon killed in between cleans the VM's QEMU up when it reattaches */
+#define LIVE_MARK "backup-live"
+#define QGA_CHARDEV "qga0"
+
 #define FDSET_BASE 20000
 
 /* ---- a chain of QMP commands, one after another ---- */
@@ -626,7 +637,95 @@ static void transacted(kh_job *j, const kh_err *err, kh_live_done done)
     chain_next(c);
 }
 
-/* The overlays are in QEMU: one transaction makes the point in time. */
+/* ---- the guest's filesystems around the point in time ----
+ * When the agent's channel is open in the guest (query-chardev: the
+ * frontend is open), guest-fsfreeze-freeze before the transaction and
+ * guest-fsfreeze-thaw after it, whatever its outcome (and after a freeze
+ * that failed or timed out too: it may have half happened). A mark file in
+ * the VM's run dir says a thaw is owed: a daemon killed in between thaws
+ * the guest when it starts again (kh_backup_reattach). */
+
+static void run_transaction(kh_job *j, kh_live_done done);
+
+static void mark_file(kh_backups *b, const char *vm_id, const char *name, bool set);
+static bool mark_exists(kh_backups *b, const char *vm_id, const char *name);
+
+static void frozen_mark(kh_job *j, bool set)
+{
+    mark_file(j->op.b, j->vm_id, FROZEN_MARK, set);
+}
+
+static void froze(int count, const kh_err *err, void *opaque)
+{
+    kh_job *j = opaque;
+    j->frozen = !err && count > 0;
+    kh_log(err ? KH_LOG_WARN : KH_LOG_INFO, "backup.freeze", "vm=%s frozen=%d error=\"%s\"",
+           j->vm, count, err ? err->msg : "");
+    kh_live_done done = j->held_done;
+    j->held_done = NULL;
+    run_transaction(j, done);
+}
+
+static void chardevs_listed(kh_qmp *q, json_t *ret, const kh_err *err, void *opaque)
+{
+    (void)q;
+    kh_job *j = opaque;
+    kh_live_done done = j->held_done;
+    bool open = false;
+    size_t i;
+    json_t *c;
+    json_array_foreach(err ? NULL : ret, i, c) {
+        const char *label = json_string_value(json_object_get(c, "label"));
+        if (label && strcmp(label, QGA_CHARDEV) == 0)
+            open = json_is_true(json_object_get(c, "frontend-open"));
+    }
+    kh_err e = KH_ERR_INIT;
+    if (open) {
+        frozen_mark(j, true);
+        j->thaw = true;
+        if (kh_guest_fsfreeze(j->op.b->mgr, j->vm, true, FREEZE_TIMEOUT_MS, froze, j, &e) == 0)
+            return;
+        kh_log(KH_LOG_WARN, "backup.freeze", "vm=%s error=\"%s\"", j->vm, e.msg);
+    }
+    j->held_done = NULL;
+    run_transaction(j, done);
+}
+
+static void transacted(kh_job *j, const kh_err *err, kh_live_done done);
+
+static void thawed(int count, const kh_err *err, void *opaque)
+{
+    kh_job *j = opaque;
+    kh_log(err ? KH_LOG_WARN : KH_LOG_INFO, "backup.thaw", "vm=%s thawed=%d error=\"%s\"",
+           j->vm, count, err ? err->msg : "");
+    if (!err)
+        frozen_mark(j, false);
+    kh_live_done done = j->held_done;
+    j->held_done = NULL;
+    kh_err cause = j->held_err;
+    transacted(j, j->held_failed ? &cause : NULL, done);
+}
+
+/* After the transaction: the thaw first, when a freeze was asked. */
+static void transacted_thaw(kh_job *j, const kh_err *err, kh_live_done done)
+{
+    if (!j->thaw) {
+        transacted(j, err, done);
+        return;
+    }
+    j->thaw = false;
+    j->held_done = done;
+    j->held_failed = err != NULL;
+    kh_err_clear(&j->held_err);
+    if (err)
+        kh_err_copy(&j->held_err, err);
+    kh_err e = KH_ERR_INIT;
+    if (kh_guest_fsfreeze(j->op.b->mgr, j->vm, false, FREEZE_TIMEOUT_MS, thawed, j, &e) < 0)
+        thawed(0, &e, j);
+}
+
+/* The overlays are in QEMU: one transaction makes the point in time
+ * (between a freeze and a thaw when the guest has an agent). */
 static void overlays_added(kh_job *j, const kh_err *err, kh_live_done done)
 {
     for (size_t i = 0; i < j->ndisks; i++) {
@@ -638,7 +737,17 @@ static void overlays_added(kh_job *j, const kh_err *err, kh_live_done done)
         start_failed(j, err, done);
         return;
     }
-    /* (a guest agent's fsfreeze would go around this transaction) */
+    j->held_done = done;
+    kh_err e = KH_ERR_INIT;
+    if (kh_manager_qmp(j->op.b->mgr, j->vm_id, "query-chardev", NULL, chardevs_listed, j,
+                       &e) < 0) {
+        j->held_done = NULL;
+        run_transaction(j, done);
+    }
+}
+
+static void run_transaction(kh_job *j, kh_live_done done)
+{
     json_t *actions = json_array();
     for (size_t i = 0; i < j->ndisks; i++) {
         jdisk *d = &j->disks[i];
@@ -664,7 +773,7 @@ static void overlays_added(kh_job *j, const kh_err *err, kh_live_done done)
                                                  nget(j, i, "fleece"), "sync", "none"));
     }
     chain *c = chain_new(j, done);
-    c->then = transacted;
+    c->then = transacted_thaw;
     chain_add(c, "transaction", json_pack("{s:o}", "actions", actions), -1, false);
     chain_next(c);
 }
@@ -819,8 +928,36 @@ static void janitor_then_start(kh_job *j, const kh_err *err)
     }
 }
 
+static void mark_file(kh_backups *b, const char *vm_id, const char *name, bool set)
+{
+    char *p = kh_manager_qemu_file(b->mgr, vm_id, name);
+    if (!p)
+        return;
+    if (set) {
+        kh_err e = KH_ERR_INIT;
+        kh_fs_write_replace(p, "1\n", 2, 0600, &e);
+    } else {
+        unlink(p);
+    }
+    free(p);
+}
+
+static bool mark_exists(kh_backups *b, const char *vm_id, const char *name)
+{
+    char *p = kh_manager_qemu_file(b->mgr, vm_id, name);
+    bool there = p && access(p, F_OK) == 0;
+    free(p);
+    return there;
+}
+
+void kh_live_unmark(kh_job *j)
+{
+    mark_file(j->op.b, j->vm_id, LIVE_MARK, false);
+}
+
 void kh_live_start(kh_job *j, kh_live_done done)
 {
+    mark_file(j->op.b, j->vm_id, LIVE_MARK, true);
     j->nodes = json_array();
     for (size_t i = 0; i < j->ndisks; i++) {
         char node[32], name[48];
@@ -845,4 +982,63 @@ void kh_live_start(kh_job *j, kh_live_done done)
     }
     j->live_done = done;
     janitor_run(j, janitor_then_start);
+}
+
+/* ---- after a daemon restart ----
+ * A VM whose QEMU outlived a daemon killed mid-backup: its guest thawed if
+ * a thaw was owed, then the janitor removes the export, the fleecing job
+ * and node, the frozen bitmap copy and the fd sets. The uncommitted
+ * backup's own persistent bitmap stays in the image: no row names it, so
+ * the next backup counts it as stale (incremental from the last committed
+ * backup, whose bitmap went on recording) and removes it after its commit.
+ * It runs as an operation on the VM: a backup asked meanwhile waits (409). */
+
+static void reattach_done(kh_job *j, const kh_err *err)
+{
+    kh_log(err ? KH_LOG_WARN : KH_LOG_INFO, "backup.reattach", "vm=%s cleaned=%s error=\"%s\"",
+           j->vm, err ? "no" : "yes", err ? err->msg : "");
+    if (!err)
+        kh_live_unmark(j);
+    json_t *res = err ? NULL : json_pack("{s:s, s:b}", "vm", j->vm, "thawed", j->frozen);
+    free(j->vm);
+    free(j->vm_id);
+    j->vm = j->vm_id = NULL;
+    kh_backup_op_end(&j->op, res, err);
+}
+
+static void reattach_thawed(int count, const kh_err *err, void *opaque)
+{
+    kh_job *j = opaque;
+    kh_log(err ? KH_LOG_WARN : KH_LOG_INFO, "backup.thaw", "vm=%s thawed=%d error=\"%s\" "
+           "(owed by a daemon killed mid-backup)", j->vm, count, err ? err->msg : "");
+    if (!err) {
+        frozen_mark(j, false);
+        j->frozen = true;
+    }
+    janitor_run(j, reattach_done);
+}
+
+void kh_live_reattach(kh_backups *b, const char *vm_id, const char *vm_name)
+{
+    bool live = mark_exists(b, vm_id, LIVE_MARK), frozen = mark_exists(b, vm_id, FROZEN_MARK);
+    if (!live && !frozen)
+        return;
+    kh_err err = KH_ERR_INIT;
+    kh_bop *op = kh_backup_op_begin(b, sizeof(kh_job), "backup.cleanup", vm_name, vm_id, NULL,
+                                    false, &err);
+    if (!op) {
+        kh_log(KH_LOG_WARN, "backup.reattach", "vm=%s error=\"%s\"", vm_name, err.msg);
+        return;
+    }
+    kh_job *j = (kh_job *)op;
+    j->vm = xstrdup(vm_name);
+    j->vm_id = xstrdup(vm_id);
+    j->live = true;
+    kh_task_progress(op->task, 10, "cleaning up after a backup a daemon restart cut short");
+    if (frozen && kh_guest_fsfreeze(b->mgr, vm_name, false, FREEZE_TIMEOUT_MS, reattach_thawed,
+                                    j, &err) == 0)
+        return;
+    if (frozen)
+        kh_log(KH_LOG_WARN, "backup.thaw", "vm=%s error=\"%s\"", vm_name, err.msg);
+    janitor_run(j, reattach_done);
 }

@@ -1,5 +1,6 @@
-/* nbd.c - owns the data path of backups and restores: NBD export <-> chunk
- * store with libnbd, and the disk index (backup/nbd.h). */
+/* nbd.c - owns the data path of restores and verifies (chunk store -> NBD
+ * export, chunk checks), the NBD connections and the disk index
+ * (backup/nbd.h; the pull of a backup is pull.c). */
 #include "backup/nbd.h"
 
 #include <errno.h>
@@ -12,11 +13,18 @@
 #include "util/mem.h"
 #include "util/misc.h"
 
-void kh_index_init(kh_index *ix, uint64_t size)
+void kh_index_init(kh_index *ix, uint64_t size, uint32_t chunk)
 {
     ix->size = size;
-    ix->n = (size_t)((size + KH_CHUNK_SIZE - 1) / KH_CHUNK_SIZE);
+    ix->chunk = chunk;
+    ix->n = (size_t)((size + chunk - 1) / chunk);
     ix->digest = xcalloc(ix->n ? ix->n : 1, sizeof(*ix->digest));
+}
+
+uint64_t kh_index_len(const kh_index *ix, size_t i)
+{
+    uint64_t off = (uint64_t)i * ix->chunk;
+    return ix->size - off < ix->chunk ? ix->size - off : ix->chunk;
 }
 
 void kh_index_clear(kh_index *ix)
@@ -33,19 +41,20 @@ json_t *kh_index_to_json(const kh_index *ix)
     for (size_t i = 0; i < ix->n; i++)
         json_array_append_new(a, ix->digest[i][0] ? json_string(ix->digest[i]) : json_null());
     return json_pack("{s:I, s:i, s:o}", "size", (json_int_t)ix->size, "chunk_size",
-                     (json_int_t)KH_CHUNK_SIZE, "chunks", a);
+                     (json_int_t)ix->chunk, "chunks", a);
 }
 
 int kh_index_from_json(const json_t *j, kh_index *ix, kh_err *err)
 {
     json_t *a = json_object_get(j, "chunks");
     json_int_t size = json_integer_value(json_object_get(j, "size"));
-    if (!json_is_array(a) || size < 0 ||
-        json_integer_value(json_object_get(j, "chunk_size")) != KH_CHUNK_SIZE) {
+    json_t *cj = json_object_get(j, "chunk_size");
+    json_int_t chunk = cj ? json_integer_value(cj) : (json_int_t)KH_CHUNK_SIZE;
+    if (!json_is_array(a) || size < 0 || !kh_chunks_size_ok((uint64_t)chunk)) {
         kh_err_set(err, KH_E_CONFLICT, "a disk index of the backup is damaged");
         return -1;
     }
-    kh_index_init(ix, (uint64_t)size);
+    kh_index_init(ix, (uint64_t)size, (uint32_t)chunk);
     if (json_array_size(a) != ix->n) {
         kh_index_clear(ix);
         kh_err_set(err, KH_E_CONFLICT, "a disk index of the backup is damaged");
@@ -103,53 +112,15 @@ static struct nbd_handle *connect_retry(const char *socket, const char *export_n
             return NULL;
         }
         nbd_close(h);
-        nap_ms(50);
+        nap_ms(10);
     }
 }
 
-typedef struct piece_status {
-    const char *bitmap_ctx;
-    uint64_t len;
-    uint64_t zero_len;   /* leading bytes known zero (base:allocation) */
-    bool zero_broken;    /* a non-zero extent was seen */
-    uint64_t dirty_seen; /* bytes of the bitmap context reported */
-    bool dirty;
-} piece_status;
-
-static int on_extent(void *opaque, const char *ctx, uint64_t offset, uint32_t *e, size_t n,
-                     int *error)
+bool kh_nbd_all_zero(const void *data, size_t n)
 {
-    (void)offset;
-    (void)error;
-    piece_status *ps = opaque;
-    bool is_alloc = strcmp(ctx, LIBNBD_CONTEXT_BASE_ALLOCATION) == 0;
-    bool is_bitmap = ps->bitmap_ctx && strcmp(ctx, ps->bitmap_ctx) == 0;
-    for (size_t i = 0; i + 1 < n; i += 2) {
-        uint64_t len = e[i];
-        uint32_t flags = e[i + 1];
-        if (is_alloc) {
-            if (!ps->zero_broken && (flags & LIBNBD_STATE_ZERO))
-                ps->zero_len += len;
-            else
-                ps->zero_broken = true;
-        } else if (is_bitmap) {
-            ps->dirty_seen += len;
-            if (flags & 1)
-                ps->dirty = true;
-        }
-    }
-    return 0;
-}
-
-static bool all_zero(const unsigned char *p, size_t n)
-{
-    static const unsigned char zeros[4096];
-    for (size_t off = 0; off < n; off += sizeof(zeros)) {
-        size_t k = n - off < sizeof(zeros) ? n - off : sizeof(zeros);
-        if (memcmp(p + off, zeros, k) != 0)
-            return false;
-    }
-    return true;
+    /* the first byte zero, and every byte equal to the one before */
+    const unsigned char *p = data;
+    return n == 0 || (p[0] == 0 && memcmp(p, p + 1, n - 1) == 0);
 }
 
 struct nbd_handle *kh_nbd_connect(const char *socket, const char *export_name,
@@ -171,89 +142,6 @@ void kh_nbd_close(struct nbd_handle *h)
     nbd_close(h);
 }
 
-int kh_nbd_pull(const kh_nbd_pull_spec *spec, kh_nbd_stats *st, kh_index *out, kh_err *err)
-{
-    char *bitmap_ctx = spec->bitmap ? xasprintf("qemu:dirty-bitmap:%s", spec->bitmap) : NULL;
-    struct nbd_handle *h = spec->handle ? spec->handle
-                                        : connect_retry(spec->socket, spec->export_name,
-                                                        bitmap_ctx, spec->connect_ms, err);
-    unsigned char *buf = NULL;
-    int rc = -1;
-    memset(out, 0, sizeof(*out));
-    if (!h)
-        goto done;
-    int64_t size = nbd_get_size(h);
-    if (size < 0) {
-        nbd_fail(err, KH_E_QEMU, "NBD export size");
-        goto done;
-    }
-    if (bitmap_ctx && nbd_can_meta_context(h, bitmap_ctx) != 1) {
-        kh_err_set(err, KH_E_QEMU, "the NBD export has no dirty bitmap %s", spec->bitmap);
-        goto done;
-    }
-    bool incremental = bitmap_ctx && spec->base && spec->base->size == (uint64_t)size;
-    kh_index_init(out, (uint64_t)size);
-    buf = xmalloc(KH_CHUNK_SIZE);
-    for (size_t i = 0; i < out->n; i++) {
-        if (atomic_load(&st->cancel)) {
-            kh_err_set(err, KH_E_CONFLICT, "cancelled");
-            goto done;
-        }
-        uint64_t off = (uint64_t)i * KH_CHUNK_SIZE;
-        uint64_t len = (uint64_t)size - off < KH_CHUNK_SIZE ? (uint64_t)size - off : KH_CHUNK_SIZE;
-        piece_status ps = { .bitmap_ctx = incremental ? bitmap_ctx : NULL, .len = len };
-        nbd_extent_callback cb = { .callback = on_extent, .user_data = &ps };
-        if (nbd_block_status(h, len, off, cb, 0) < 0) {
-            nbd_fail(err, KH_E_QEMU, "NBD block status");
-            goto done;
-        }
-        if (incremental && ps.dirty_seen >= len && !ps.dirty) {
-            memcpy(out->digest[i], spec->base->digest[i], KH_DIGEST_HEX);
-            if (out->digest[i][0])
-                atomic_fetch_add(&st->chunks_reused, 1);
-            atomic_fetch_add(&st->done, len);
-            continue;
-        }
-        if (ps.zero_len >= len) {
-            out->digest[i][0] = '\0';
-            atomic_fetch_add(&st->done, len);
-            continue;
-        }
-        if (nbd_pread(h, buf, len, off, 0) < 0) {
-            nbd_fail(err, KH_E_QEMU, "NBD read");
-            goto done;
-        }
-        atomic_fetch_add(&st->read, len);
-        if (all_zero(buf, len)) {
-            out->digest[i][0] = '\0';
-        } else {
-            uint64_t stored = 0;
-            int put = kh_chunks_put(spec->chunks, buf, len, out->digest[i], &stored, err);
-            if (put < 0)
-                goto done;
-            if (put) {
-                atomic_fetch_add(&st->written, stored);
-                atomic_fetch_add(&st->chunks_new, 1);
-            } else {
-                atomic_fetch_add(&st->dedup, len);
-                atomic_fetch_add(&st->chunks_reused, 1);
-            }
-        }
-        atomic_fetch_add(&st->done, len);
-    }
-    rc = 0;
-done:
-    if (h && !spec->handle) {
-        nbd_shutdown(h, 0);
-        nbd_close(h);
-    }
-    if (rc < 0)
-        kh_index_clear(out);
-    free(buf);
-    free(bitmap_ctx);
-    return rc;
-}
-
 int kh_nbd_push(const kh_chunks *chunks, const char *socket, const kh_index *ix, bool blank,
                 unsigned connect_ms, kh_nbd_stats *st, kh_err *err)
 {
@@ -272,8 +160,8 @@ int kh_nbd_push(const kh_chunks *chunks, const char *socket, const kh_index *ix,
             kh_err_set(err, KH_E_CONFLICT, "cancelled");
             goto done;
         }
-        uint64_t off = (uint64_t)i * KH_CHUNK_SIZE;
-        uint64_t len = ix->size - off < KH_CHUNK_SIZE ? ix->size - off : KH_CHUNK_SIZE;
+        uint64_t off = (uint64_t)i * ix->chunk;
+        uint64_t len = kh_index_len(ix, i);
         if (!ix->digest[i][0]) {
             if (!blank && nbd_zero(h, len, off, 0) < 0) {
                 nbd_fail(err, KH_E_QEMU, "NBD write zeroes");
@@ -317,8 +205,7 @@ int kh_nbd_check(const kh_chunks *chunks, const kh_index *ix, json_t *damaged, j
             kh_err_set(err, KH_E_CONFLICT, "cancelled");
             return -1;
         }
-        uint64_t off = (uint64_t)i * KH_CHUNK_SIZE;
-        uint64_t len = ix->size - off < KH_CHUNK_SIZE ? ix->size - off : KH_CHUNK_SIZE;
+        uint64_t len = kh_index_len(ix, i);
         const char *d = ix->digest[i];
         if (d[0] && !json_object_get(seen, d)) {
             json_object_set_new(seen, d, json_true());

@@ -2,8 +2,11 @@
  * with libnbd, on a worker thread (blocking calls; no loop, no globals).
  *
  * kh_nbd_pull reads an export (qemu-nbd for a stopped VM, QEMU's own NBD
- * server over a point-in-time fleecing view for a running VM) in
- * KH_CHUNK_SIZE pieces into chunks and returns the disk's index. With a
+ * server over a point-in-time fleecing view for a running VM) in pieces of
+ * the store's chunk size into chunks and returns the disk's index. One
+ * thread reads; a small pool of worker threads hashes, compresses, seals and
+ * writes several chunks at once (bounded: a few chunk buffers per worker),
+ * each filling its own index entry, so the order they end in is free. With a
  * base index and a dirty bitmap exported by the server
  * ("qemu:dirty-bitmap:NAME"), only dirty pieces are read; the others keep
  * the base's entries. Pieces the server reports as zero, or that read as
@@ -24,17 +27,21 @@
 
 struct nbd_handle;
 
-/* One disk's index: n entries of KH_CHUNK_SIZE (the last may be shorter);
+/* One disk's index: n entries of chunk bytes (the last may be shorter);
  * an entry "" is sparse (zeros). */
 typedef struct kh_index {
     uint64_t size;
+    uint32_t chunk;
     size_t n;
     char (*digest)[KH_DIGEST_HEX];
 } kh_index;
 
-void kh_index_init(kh_index *ix, uint64_t size);
+void kh_index_init(kh_index *ix, uint64_t size, uint32_t chunk);
+/* Bytes of entry i. */
+uint64_t kh_index_len(const kh_index *ix, size_t i);
 void kh_index_clear(kh_index *ix);
-/* {"size", "chunk_size", "chunks": [HEX | null]} (a new reference). */
+/* {"size", "chunk_size", "chunks": [HEX | null]} (a new reference); an
+ * index without chunk_size is one of KH_CHUNK_SIZE. */
 json_t *kh_index_to_json(const kh_index *ix);
 int kh_index_from_json(const json_t *j, kh_index *ix, kh_err *err);
 
@@ -46,6 +53,7 @@ typedef struct kh_nbd_stats {
     _Atomic uint64_t dedup;         /* bytes of chunks that already existed */
     _Atomic uint64_t chunks_new;
     _Atomic uint64_t chunks_reused; /* from the base or deduplicated */
+    _Atomic uint64_t chunks_sparse; /* all zeros: no chunk */
     _Atomic bool cancel;            /* set by the loop: stop soon */
 } kh_nbd_stats;
 
@@ -57,6 +65,8 @@ typedef struct kh_nbd_pull_spec {
     const kh_index *base;     /* the previous index (same size), with bitmap */
     unsigned connect_ms;      /* retry connecting this long (the server starts) */
     struct nbd_handle *handle; /* already connected (kh_nbd_connect): used, not closed */
+    unsigned connections;      /* without handle: connect this many times (the server
+                                * takes as many clients at once), each reading a band */
 } kh_nbd_pull_spec;
 
 /* Connect to an export (for kh_nbd_pull's handle): with the dirty bitmap's
@@ -68,7 +78,10 @@ int kh_nbd_fd(struct nbd_handle *h);
 /* Close a handle from kh_nbd_connect (NULL is fine). */
 void kh_nbd_close(struct nbd_handle *h);
 
-/* 0 with out filled (caller clears), or -1 with err. */
+/* 1 when the n bytes at data are all zero. */
+bool kh_nbd_all_zero(const void *data, size_t n);
+
+/* 0 with out filled (caller clears), or -1 with err (pull.c). */
 int kh_nbd_pull(const kh_nbd_pull_spec *spec, kh_nbd_stats *st, kh_index *out, kh_err *err);
 
 /* Write ix into the writable export at socket; blank: the target reads as

@@ -218,9 +218,7 @@ static const unsigned char *piece(kh_nbdserve *s, size_t p, bool *bad)
     kh_err e = KH_ERR_INIT;
     s->cache[victim].piece = SIZE_MAX;
     long n = kh_chunks_get(s->chunks, s->ix->digest[p], s->cache[victim].buf, &e);
-    uint64_t want = s->ix->size - (uint64_t)p * KH_CHUNK_SIZE;
-    if (want > KH_CHUNK_SIZE)
-        want = KH_CHUNK_SIZE;
+    uint64_t want = kh_index_len(s->ix, p);
     if (n < 0 || (uint64_t)n != want) {
         kh_log(KH_LOG_WARN, "backup.live_restore", "chunk=%s error=\"%s\"", s->ix->digest[p],
                n < 0 ? e.msg : "wrong length");
@@ -235,9 +233,10 @@ static const unsigned char *piece(kh_nbdserve *s, size_t p, bool *bad)
 static uint32_t do_read(kh_nbdserve *s, uint64_t off, uint32_t len, unsigned char *out)
 {
     while (len) {
-        size_t p = (size_t)(off / KH_CHUNK_SIZE);
-        uint64_t in = off % KH_CHUNK_SIZE;
-        uint32_t n = (uint32_t)(KH_CHUNK_SIZE - in < len ? KH_CHUNK_SIZE - in : len);
+        uint32_t cs = s->ix->chunk;
+        size_t p = (size_t)(off / cs);
+        uint64_t in = off % cs;
+        uint32_t n = (uint32_t)(cs - in < len ? cs - in : len);
         bool bad = false;
         const unsigned char *src = piece(s, p, &bad);
         if (bad)

@@ -2,7 +2,10 @@
  * the daemon. A tick every 20 s starts the backups whose time today has
  * passed and that have not run since (a daemon that was down at that time
  * runs it at its next tick); the last run is stored, so a restart never
- * runs one twice (backup/backup.h). */
+ * runs one twice. A schedule with keep_* rules prunes the VM's backups in
+ * its store after each scheduled backup that committed; a prune refused
+ * while another operation holds the store stays due and the next tick
+ * retries it (backup/backup.h). */
 #include "backup/backup_int.h"
 
 #include <sqlite3.h>
@@ -41,11 +44,77 @@ static double due_today(const char *at, double now)
     return (double)timegm(&tm);
 }
 
+static const char *const keep_keys[] = { "keep_last", "keep_daily", "keep_weekly",
+                                         "keep_monthly" };
+
+/* Start the due prunes (of vm_id only, unless NULL). */
+static void prune_due(kh_backups *b, const char *vm_id)
+{
+    kh_err err = KH_ERR_INIT;
+    sqlite3_stmt *s = kh_store_prep(b->store, "SELECT vm_id, vm_name, store, keep FROM "
+                                              "backup_schedules WHERE prune_due = 1 AND "
+                                              "keep IS NOT NULL AND (?1 IS NULL OR vm_id = ?1)",
+                                    &err);
+    if (!s)
+        return;
+    kh_store_bind_text(s, 1, vm_id);
+    json_t *due = json_array();
+    while (sqlite3_step(s) == SQLITE_ROW) {
+        json_error_t je;
+        json_t *body = json_loads((const char *)sqlite3_column_text(s, 3), 0, &je);
+        if (!json_is_object(body)) {
+            json_decref(body);
+            continue;
+        }
+        json_object_set_new(body, "store", json_string((const char *)sqlite3_column_text(s, 2)));
+        json_object_set_new(body, "vm", json_string((const char *)sqlite3_column_text(s, 1)));
+        json_object_set_new(body, "wait", json_integer(0));
+        json_array_append_new(due, json_pack("{s:s, s:o}", "vm_id",
+                                             (const char *)sqlite3_column_text(s, 0), "body",
+                                             body));
+    }
+    sqlite3_finalize(s);
+    size_t i;
+    json_t *e;
+    json_array_foreach(due, i, e) {
+        json_t *body = json_object_get(e, "body");
+        kh_err pe = KH_ERR_INIT;
+        kh_task *task = kh_backup_prune(b, body, &pe);
+        kh_log(task ? KH_LOG_INFO : KH_LOG_WARN, "backup.schedule_prune",
+               "vm=%s store=%s task=%s error=\"%s\"",
+               json_string_value(json_object_get(body, "vm")),
+               json_string_value(json_object_get(body, "store")), task ? kh_task_id(task) : "-",
+               task ? "" : pe.msg);
+        if (!task && pe.code == KH_E_CONFLICT)
+            continue; /* the store is busy: the next tick retries */
+        sqlite3_stmt *u = kh_store_prep(b->store, "UPDATE backup_schedules SET prune_due = 0 "
+                                                  "WHERE vm_id = ?", &err);
+        if (u) {
+            kh_store_bind_text(u, 1, json_string_value(json_object_get(e, "vm_id")));
+            kh_store_step_done(b->store, u, "recording a scheduled prune", &err);
+        }
+    }
+    json_decref(due);
+}
+
+void kh_schedule_backup_done(kh_backups *b, const char *vm_id)
+{
+    kh_err err = KH_ERR_INIT;
+    sqlite3_stmt *u = kh_store_prep(b->store, "UPDATE backup_schedules SET prune_due = 1 "
+                                              "WHERE vm_id = ? AND keep IS NOT NULL", &err);
+    if (u)
+        kh_store_bind_text(u, 1, vm_id);
+    if (!u || kh_store_step_done(b->store, u, "recording a due prune", &err) < 0)
+        return;
+    prune_due(b, vm_id);
+}
+
 static void tick(uv_timer_t *t)
 {
     kh_backups *b = t->data;
     double now = kh_wall_time();
     kh_err err = KH_ERR_INIT;
+    prune_due(b, NULL);
     sqlite3_stmt *s = kh_store_prep(b->store, "SELECT vm_id, vm_name, store, at, last_run FROM "
                                               "backup_schedules", &err);
     if (!s)
@@ -68,7 +137,7 @@ static void tick(uv_timer_t *t)
         const char *vm = json_string_value(json_object_get(e, "vm"));
         json_t *body = json_pack("{s:s}", "store", json_string_value(json_object_get(e, "store")));
         kh_err be = KH_ERR_INIT;
-        kh_task *task = kh_backup_create(b, vm, body, &be);
+        kh_task *task = kh_backup_create_job(b, vm, body, true, &be);
         json_decref(body);
         kh_log(task ? KH_LOG_INFO : KH_LOG_WARN, "backup.schedule", "vm=%s task=%s error=\"%s\"",
                vm, task ? kh_task_id(task) : "-", task ? "" : be.msg);
@@ -120,7 +189,7 @@ json_t *kh_backup_schedule_get(kh_backups *b, const char *vm, kh_err *err)
     if (!v)
         return NULL;
     json_decref(v);
-    sqlite3_stmt *s = kh_store_prep(b->store, "SELECT store, at, last_run FROM "
+    sqlite3_stmt *s = kh_store_prep(b->store, "SELECT store, at, last_run, keep FROM "
                                               "backup_schedules WHERE vm_id = ?", err);
     json_t *out = NULL;
     if (s) {
@@ -133,6 +202,11 @@ json_t *kh_backup_schedule_get(kh_backups *b, const char *vm, kh_err *err)
                             (const char *)sqlite3_column_text(s, 0), "daily",
                             (const char *)sqlite3_column_text(s, 1), "last_run",
                             lr > 0 ? json_string(t) : json_null());
+            json_error_t je;
+            const char *kt = (const char *)sqlite3_column_text(s, 3);
+            json_t *keep = kt ? json_loads(kt, 0, &je) : NULL;
+            json_object_update(out, keep);
+            json_decref(keep);
         } else {
             kh_err_set(err, KH_E_NOTFOUND, "vm %s has no backup schedule", vm);
         }
@@ -162,10 +236,18 @@ json_t *kh_backup_schedule_set(kh_backups *b, const char *vm, const json_t *body
     if (!v)
         return NULL;
     json_decref(v);
+    json_t *keep = json_object();
+    for (size_t k = 0; k < 4; k++) {
+        json_t *kv = json_object_get(body, keep_keys[k]);
+        if (kv)
+            json_object_set(keep, keep_keys[k], kv);
+    }
+    char *keep_text = json_object_size(keep) ? json_dumps(keep, JSON_COMPACT) : NULL;
+    json_decref(keep);
     /* a new time today that has already passed waits until tomorrow */
     sqlite3_stmt *s = kh_store_prep(b->store, "INSERT OR REPLACE INTO backup_schedules (vm_id, "
-                                              "vm_name, store, at, last_run) VALUES (?, ?, ?, "
-                                              "?, ?)", err);
+                                              "vm_name, store, at, last_run, keep) VALUES (?, "
+                                              "?, ?, ?, ?, ?)", err);
     int rc = -1;
     if (s) {
         double now = kh_wall_time();
@@ -174,8 +256,10 @@ json_t *kh_backup_schedule_set(kh_backups *b, const char *vm, const json_t *body
         kh_store_bind_text(s, 3, store);
         kh_store_bind_text(s, 4, at);
         sqlite3_bind_double(s, 5, due_today(at, now) < now - 60 ? now : 0);
+        kh_store_bind_text(s, 6, keep_text);
         rc = kh_store_step_done(b->store, s, "setting a backup schedule", err);
     }
+    free(keep_text);
     free(id);
     return rc < 0 ? NULL : kh_backup_schedule_get(b, vm, err);
 }

@@ -1,6 +1,6 @@
-/* schema.c - the backup module's tables: backup_stores and backups (rows in
- * backup/catalog.c). Pure data, compiled into the store library and
- * registered in store/migrations.c. */
+/* schema.c - the backup module's tables: backup_stores, backups and
+ * backup_schedules (rows in backup/backup.c and schedule.c). Pure data,
+ * compiled into the store library and registered in store/migrations.c. */
 #include "store/migrations.h"
 
 /* 24: backup stores and committed backups. A backup row is written only
@@ -36,3 +36,10 @@ const char kh_backup_schema_schedules[] =
     "  at TEXT NOT NULL,"
     "  last_run REAL NOT NULL DEFAULT 0"
     ");";
+
+/* 30: a schedule's retention (keep_* rules as JSON, applied after each
+ * scheduled backup) and whether that prune is still due (a prune waits
+ * while another operation holds the store; the tick retries it). */
+const char kh_backup_schema_schedule_keep[] =
+    "ALTER TABLE backup_schedules ADD COLUMN keep TEXT;"
+    "ALTER TABLE backup_schedules ADD COLUMN prune_due INTEGER NOT NULL DEFAULT 0;";

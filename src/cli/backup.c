@@ -60,6 +60,21 @@ static int do_store_add(cli_ctx *ctx, const cli_args *a, kh_err *err)
     }
     if (cli_flag(a, "encrypt"))
         json_object_set_new(body, "encrypt", json_true());
+    const char *cs = cli_arg(a, "chunk-size");
+    if (cs) {
+        char *end = NULL;
+        long long n = strtoll(cs, &end, 10);
+        if (end && (*end == 'K' || *end == 'k'))
+            n <<= 10, end++;
+        else if (end && (*end == 'M' || *end == 'm'))
+            n <<= 20, end++;
+        if (!*cs || !end || *end || n < 65536 || n > (4ll << 20) || (n & (n - 1)) != 0) {
+            json_decref(body);
+            cli_usage_error(ctx, a->cmd, err, "--chunk-size: a power of two from 64K to 4M");
+            return -1;
+        }
+        json_object_set_new(body, "chunk_size", json_integer(n));
+    }
     int rc = cli_show(ctx, "POST", "/api/v1/backup-stores", body, cli_show_kv, err);
     json_decref(body);
     if (rc == 0 && !ctx->json && cli_flag(a, "encrypt"))
@@ -211,14 +226,9 @@ static int do_verify(cli_ctx *ctx, const cli_args *a, kh_err *err)
     return rc;
 }
 
-static int do_prune(cli_ctx *ctx, const cli_args *a, kh_err *err)
+/* The --keep-* options into body's keep_* (prune, schedule). */
+static int set_keep(cli_ctx *ctx, const cli_args *a, json_t *body, kh_err *err)
 {
-    json_t *body = json_pack("{s:i}", "wait", 2);
-    if (cli_set_str(body, "store", a->pos, err) < 0 ||
-        cli_set_str(body, "vm", cli_arg(a, "vm"), err) < 0) {
-        json_decref(body);
-        return -1;
-    }
     static const char *const rules[] = { "keep-last", "keep-daily", "keep-weekly",
                                          "keep-monthly" };
     static const char *const keys[] = { "keep_last", "keep_daily", "keep_weekly",
@@ -230,11 +240,25 @@ static int do_prune(cli_ctx *ctx, const cli_args *a, kh_err *err)
         char *end = NULL;
         long n = strtol(v, &end, 10);
         if (!*v || *end || n < 0 || n > 100000) {
-            json_decref(body);
             cli_usage_error(ctx, a->cmd, err, "--%s: a count from 0 to 100000", rules[i]);
             return -1;
         }
         json_object_set_new(body, keys[i], json_integer(n));
+    }
+    return 0;
+}
+
+static int do_prune(cli_ctx *ctx, const cli_args *a, kh_err *err)
+{
+    json_t *body = json_pack("{s:i}", "wait", 2);
+    if (cli_set_str(body, "store", a->pos, err) < 0 ||
+        cli_set_str(body, "vm", cli_arg(a, "vm"), err) < 0) {
+        json_decref(body);
+        return -1;
+    }
+    if (set_keep(ctx, a, body, err) < 0) {
+        json_decref(body);
+        return -1;
     }
     if (cli_flag(a, "dry-run"))
         json_object_set_new(body, "dry_run", json_true());
@@ -271,6 +295,11 @@ static int do_schedule(cli_ctx *ctx, const cli_args *a, kh_err *err)
         cli_usage_error(ctx, a->cmd, err, "--store is needed with --daily");
         return -1;
     }
+    if (set_keep(ctx, a, body, err) < 0) {
+        json_decref(body);
+        free(path);
+        return -1;
+    }
     rc = cli_show(ctx, "PUT", path, body, cli_show_kv, err);
     json_decref(body);
     free(path);
@@ -287,6 +316,9 @@ static const cli_opt store_add_opts[] = {
       "Encrypt every chunk (AES-256-GCM) with a new random key, printed once: keep it. "
       "Without it the backups cannot be read." },
     { "key", "HEX", CLI_OPT_ARG, "The key of an existing encrypted store (64 hex digits)." },
+    { "chunk-size", "SIZE", CLI_OPT_ARG,
+      "A new store's chunk size: 64K to 4M, a power of two (default 1M). Smaller chunks make "
+      "incremental backups store less; larger ones mean fewer files." },
     { NULL, NULL, 0, NULL },
 };
 static const cli_opt create_opts[] = {
@@ -312,6 +344,10 @@ static const cli_opt schedule_opts[] = {
     { "daily", "HH:MM", CLI_OPT_ARG, "Back up every day at this time (UTC)." },
     { "store", "STORE", CLI_OPT_ARG, "The backup store (with --daily)." },
     { "off", NULL, 0, "Remove the schedule." },
+    { "keep-last", "N", CLI_OPT_ARG, "After each scheduled backup, keep the VM's N newest." },
+    { "keep-daily", "N", CLI_OPT_ARG, "... and the newest of each of the last N days." },
+    { "keep-weekly", "N", CLI_OPT_ARG, "... and the newest of each of the last N weeks." },
+    { "keep-monthly", "N", CLI_OPT_ARG, "... and the newest of each of the last N months." },
     { NULL, NULL, 0, NULL },
 };
 static const cli_opt prune_opts[] = {
@@ -327,8 +363,8 @@ static const cli_opt prune_opts[] = {
 
 const cli_cmd cli_backup_cmds[] = {
     { "backup-store", "add", "NAME", "add a backup store",
-      "Register a directory as a backup store: content-addressed chunks (4 MiB, SHA-256 names, "
-      "zstd), deduplicated across disks, VMs and backups.",
+      "Register a directory as a backup store: content-addressed chunks (1 MiB unless "
+      "--chunk-size, SHA-256 names, zstd), deduplicated across disks, VMs and backups.",
       store_add_opts, "$ kvmhost backup-store add nightly --path /srv/backups --encrypt",
       do_store_add },
     { "backup-store", "list", NULL, "list the backup stores", "One line per backup store: its name, directory, whether it is encrypted, and how many backups it holds.", NULL,
@@ -363,7 +399,8 @@ const cli_cmd cli_backup_cmds[] = {
     { "backup", "schedule", "VM", "back a VM up every night",
       "With --daily HH:MM --store STORE: the daemon backs the VM up every day at that time "
       "(UTC); a time missed while the daemon was down runs when it starts. Without options: "
-      "show the schedule. --off removes it. Retention is kvmhost backup prune's.",
+      "show the schedule. --off removes it. With --keep-*: after each scheduled backup the "
+      "daemon prunes the VM's backups in the store by those rules (as kvmhost backup prune).",
       schedule_opts, "$ kvmhost backup schedule web1 --daily 02:00 --store nightly",
       do_schedule },
     { "backup", "delete", "ID", "delete a backup",

@@ -26,6 +26,8 @@ const kh_store_migration kh_store_migrations[] = {
     { 23, "vmuid", kh_vmuid_schema_uids },
     { 24, "backup", kh_backup_schema_stores_backups },
     { 25, "backup", kh_backup_schema_schedules },
+    /* bkperf: schedules prune */
+    { 30, "backup", kh_backup_schema_schedule_keep },
 };
 
 const size_t kh_store_nmigrations = KH_ARRAY_LEN(kh_store_migrations);

@@ -58,5 +58,6 @@ extern const char kh_auth_schema_audit[];
 /* backup/schema.c: backup_stores, backups, backup_schedules */
 extern const char kh_backup_schema_stores_backups[];
 extern const char kh_backup_schema_schedules[];
+extern const char kh_backup_schema_schedule_keep[];
 
 #endif

@@ -19,7 +19,7 @@ from test_metrics import parse_prom, promtool_check, sample
 
 QIO = "/usr/bin/qemu-io"
 MiB = 1 << 20
-CHUNK = 4 * MiB
+CHUNK = 4 * MiB  # the stores of most tests here: the size of stores made before 1 MiB
 
 
 def task_wait(api, r, timeout=180):
@@ -107,6 +107,13 @@ def test_backup_full_incremental_restore(daemon, fake_boot, tmp_path):
     store = str(tmp_path / "store")
     r = api.post("/api/v1/backup-stores", {"name": "s1", "path": store})
     assert r.status == 201 and r.json["encrypted"] is False and "key" not in r.json, r
+    C = r.json["chunk_size"]  # a new store's default
+    assert C == MiB, r
+    for bad in (1000, 3 * MiB, 8 * MiB, 32768):
+        r = api.post("/api/v1/backup-stores", {"name": "sx", "path": store + "x",
+                                               "chunk_size": bad})
+        assert r.status == 400, (bad, r)
+    assert api.get("/api/v1/backup-stores/s1").json["chunk_size"] == MiB
     assert api.post("/api/v1/backup-stores", {"name": "s1", "path": store + "x"}).status == 409
     assert api.post("/api/v1/backup-stores", {"name": "s2", "path": "rel"}).status == 400
     assert api.post("/api/v1/backup-stores", {"name": "s2", "path": store}).status == 409
@@ -115,19 +122,19 @@ def test_backup_full_incremental_restore(daemon, fake_boot, tmp_path):
     sum1 = disk_sum(disk)
     b1 = ok_task(api, api.post("/api/v1/vms/bk/backups", {"store": "s1", "wait": 60}))
     assert b1["kind"] == "full" and b1["base"] is None, b1
-    assert b1["chunks_new"] == 20 and b1["bytes_read"] == 80 * MiB, b1
-    assert b1["chunks"] == 20 and b1["size"] == 96 * MiB, b1
+    assert b1["chunks_new"] == 80 and b1["bytes_read"] == 80 * MiB, b1
+    assert b1["chunks"] == 80 and b1["size"] == 96 * MiB, b1
     assert bitmaps(disk) == ["kh-bk-" + b1["id"]]
     nfiles = len(chunk_files(store))
-    assert nfiles == 21  # 20 data chunks + the spec
+    assert nfiles == 81  # 80 data chunks + the spec
     # about 1%: two pieces of 64 KiB, in two chunks
-    write_random(disk, 5 * CHUNK + 4096, 65536, 2)
-    write_random(disk, 17 * CHUNK, 65536, 3)
+    write_random(disk, 5 * C + 4096, 65536, 2)
+    write_random(disk, 17 * C, 65536, 3)
     sum2 = disk_sum(disk)
     assert sum2 != sum1
     b2 = ok_task(api, api.post("/api/v1/vms/bk/backups", {"wait": 60}))  # the only store
     assert b2["kind"] == "incremental" and b2["base"] == b1["id"], b2
-    assert b2["chunks_new"] == 2 and b2["bytes_read"] == 2 * CHUNK, b2
+    assert b2["chunks_new"] == 2 and b2["bytes_read"] == 2 * C, b2
     assert len(chunk_files(store)) == nfiles + 2
     assert bitmaps(disk) == ["kh-bk-" + b2["id"]]
     # the figures in /metrics: counters over both backups, the last duration
@@ -136,7 +143,7 @@ def test_backup_full_incremental_restore(daemon, fake_boot, tmp_path):
     assert rc == 0 and out.strip() == "", out
     m = parse_prom(r.text)
     vid = api.vm("bk")["id"]
-    assert sample(m, "kvmhost_backup_bytes_read_total", vm="bk", id=vid) == 88 * MiB
+    assert sample(m, "kvmhost_backup_bytes_read_total", vm="bk", id=vid) == 82 * MiB
     assert sample(m, "kvmhost_backup_bytes_written_total", vm="bk") == \
         b1["bytes_written"] + b2["bytes_written"] > 0
     assert sample(m, "kvmhost_backup_bytes_deduplicated_total", vm="bk") == \
@@ -162,14 +169,14 @@ def test_backup_full_incremental_restore(daemon, fake_boot, tmp_path):
     ok_task(api, api.post("/api/v1/backups/%s/restore" % b1["id"], {"vm": "bk"}))
     assert disk_sum(disk) == sum1
     # the restore went through the block layer: the bitmap saw every write
-    # (all 20 data chunks), the next backup reads them and stores nothing
+    # (all 80 data chunks), the next backup reads them and stores nothing
     # new (they all exist: deduplicated)
     b4 = ok_task(api, api.post("/api/v1/vms/bk/backups", {"wait": 60}))
     assert b4["kind"] == "incremental" and b4["bytes_read"] == 80 * MiB, b4
     assert b4["chunks_new"] == 0 and b4["bytes_dedup"] == 80 * MiB, b4
     # verify
     v = ok_task(api, api.post("/api/v1/backups/%s/verify" % b2["id"], {}))
-    assert v["ok"] is True and v["damaged"] == [] and v["chunks"] == 20, v
+    assert v["ok"] is True and v["damaged"] == [] and v["chunks"] == 80, v
     # the CLI
     p = khlib.cli(daemon, "backup", "list", "--vm", "bk")
     assert p.returncode == 0 and b1["id"] in p.stdout and "incremental" in p.stdout, p
@@ -180,7 +187,8 @@ def test_backup_full_incremental_restore(daemon, fake_boot, tmp_path):
 def test_backup_corrupt_chunk_verify_and_restore_refused(daemon, fake_boot, tmp_path):
     api = daemon.api
     store = str(tmp_path / "store")
-    assert api.post("/api/v1/backup-stores", {"name": "s1", "path": store}).status == 201
+    assert api.post("/api/v1/backup-stores", {"name": "s1", "path": store,
+                                              "chunk_size": CHUNK}).status == 201
     disk = setup_vm(api, daemon, fake_boot, size="32M")
     write_random(disk, 0, 16 * MiB, 7)
     b = ok_task(api, api.post("/api/v1/vms/bk/backups", {"wait": 60}))
@@ -209,7 +217,13 @@ def test_backup_corrupt_chunk_verify_and_restore_refused(daemon, fake_boot, tmp_
 
 
 def guest_sum(con):
-    return shell_value(con, "$(sha256sum /dev/vda | cut -d' ' -f1)", timeout=120)
+    """SHA-256 of the guest's /dev/vda (asked again when the console line
+    came back cut, as it may right after a reconnect)."""
+    for _ in range(3):
+        v = shell_value(con, "$(sha256sum /dev/vda | cut -d' ' -f1)", timeout=120)
+        if len(v) == 64:
+            return v
+    raise AssertionError("no whole digest from the guest: %r" % v)
 
 
 def wait_vda(con, timeout=150):
@@ -237,11 +251,13 @@ def test_backup_running_vm_bitmaps_survive(daemon, guest, consoles, tmp_path):
     """A running guest's disk: full, then incremental backups (about 1%
     changed: two chunks read and stored), restores of both points match
     what the guest had; the dirty bitmap survives a VM stop/start and a
-    daemon kill -9, and QEMU keeps nothing of a backup after it."""
+    daemon kill -9, and QEMU keeps nothing of a backup after it; a kill -9
+    mid-backup is cleaned up when the daemon reattaches."""
     api = daemon.api
     khlib.wait_accel(api)
     store = str(tmp_path / "store")
-    assert api.post("/api/v1/backup-stores", {"name": "s1", "path": store}).status == 201
+    assert api.post("/api/v1/backup-stores", {"name": "s1", "path": store,
+                                              "chunk_size": CHUNK}).status == 201
     r = api.post("/api/v1/pools/default/volumes", {"name": "gd", "size": "24M"})
     assert r.status == 201, r
     disk = vol_path(daemon, r.json)
@@ -300,9 +316,70 @@ def test_backup_running_vm_bitmaps_survive(daemon, guest, consoles, tmp_path):
     b4 = ok_task(api, api.post("/api/v1/vms/lv/backups", {"wait": 120}), timeout=300)
     assert b4["kind"] == "incremental" and b4["base"] == b3["id"], b4
     assert b4["bytes_read"] == CHUNK and b4["chunks_new"] == 1, b4
+    assert b4["frozen"] is False, b4  # the test guest runs no agent
     ok_task(api, api.post("/api/v1/backups/%s/restore" % b4["id"], {"as": "r4"}))
     vol = api.get("/api/v1/pools/default/volumes/r4-disk0").json
     assert disk_sum(vol_path(daemon, vol)) == sum4
+    # kill -9 while a backup reads the disk: the restarted daemon cleans the
+    # VM's QEMU up by itself when it reattaches (no backup asked), and the
+    # next backup is incremental from the last committed one, and right
+    mark = os.path.join(daemon.state_dir, "run", "vms", vm_id, "backup-live")
+    for attempt in range(3):
+        guest_write(con, 0, 256)  # all 16 MiB dirty: a longer read
+        t = api.post("/api/v1/vms/lv/backups", {"wait": 0}).json
+        while t["state"] == "running" and t.get("message") != "reading the disks":
+            time.sleep(0.02)
+            t = api.get("/api/v1/tasks/" + t["id"]).json
+        daemon.kill9()
+        if t["state"] == "running" and os.path.exists(mark):
+            break
+        daemon.start()  # the backup ended first: again
+        api = daemon.api
+        api.wait_state("lv", ["running"])
+        con = consoles(daemon, "lv")
+    else:
+        pytest.fail("the backup always ended before the kill")
+    q = RawQmp(os.path.join(daemon.state_dir, "run", "vms", vm_id, "qmp.sock"))
+    try:
+        nodes = q.cmd("query-named-block-nodes", {"flat": True})
+        assert [n for n in nodes if n["node-name"].startswith("khf")], nodes
+    finally:
+        q.close()
+    daemon.start()
+    api = daemon.api
+    deadline = time.time() + 60
+    while True:
+        cl = [x for x in api.get("/api/v1/tasks").json["tasks"] if x["kind"] == "backup.cleanup"]
+        if cl and cl[0]["state"] != "running":
+            break
+        assert time.time() < deadline, cl
+        time.sleep(0.2)
+    assert cl[0]["state"] == "succeeded" and cl[0]["vm"] == "lv", cl
+    assert not os.path.exists(mark)
+    last = api.get("/api/v1/backups?vm=lv").json["backups"][0]["id"]  # the last committed
+    daemon.kill9()  # to look into QEMU: nothing of the cut backup is left
+    q = RawQmp(os.path.join(daemon.state_dir, "run", "vms", vm_id, "qmp.sock"))
+    try:
+        nodes = q.cmd("query-named-block-nodes", {"flat": True})
+        assert not [n for n in nodes if n["node-name"].startswith("khf")], nodes
+        assert q.cmd("query-block-jobs") == []
+        assert q.cmd("query-block-exports") == []
+        d0 = [n for n in nodes if n["node-name"] == "disk0"][0]
+        names = [b["name"] for b in d0["dirty-bitmaps"]]
+        assert "kh-bk-" + last in names and not [n for n in names if n.startswith("khs")], d0
+    finally:
+        q.close()
+    daemon.start()
+    api = daemon.api
+    api.wait_state("lv", ["running"])
+    con = consoles(daemon, "lv")
+    sum5 = guest_sum(con)
+    b5 = ok_task(api, api.post("/api/v1/vms/lv/backups", {"wait": 120}), timeout=300)
+    assert b5["kind"] == "incremental" and b5["base"] == last, b5
+    assert b5["bytes_read"] == 16 * MiB, b5
+    ok_task(api, api.post("/api/v1/backups/%s/restore" % b5["id"], {"as": "r5"}))
+    vol = api.get("/api/v1/pools/default/volumes/r5-disk0").json
+    assert disk_sum(vol_path(daemon, vol)) == sum5
 
 
 def test_backup_encrypted_store_wrong_key_prune(daemons, fake_boot, tmp_path):
@@ -313,7 +390,8 @@ def test_backup_encrypted_store_wrong_key_prune(daemons, fake_boot, tmp_path):
     daemon = daemons()
     api = daemon.api
     store = str(tmp_path / "enc")
-    r = api.post("/api/v1/backup-stores", {"name": "e", "path": store, "encrypt": True})
+    r = api.post("/api/v1/backup-stores", {"name": "e", "path": store, "encrypt": True,
+                                           "chunk_size": CHUNK})
     assert r.status == 201 and r.json["encrypted"] is True and len(r.json["key"]) == 64, r
     key = r.json["key"]
     assert "key" not in api.get("/api/v1/backup-stores/e").json
@@ -418,7 +496,8 @@ def test_backup_store_full_and_kill9_mid_backup(daemon, fake_boot, tmp_path):
 def test_backup_schedule_runs_daily(daemon, fake_boot, tmp_path):
     """A schedule at the current minute (UTC) runs within a tick; one whose
     time today has passed waits for tomorrow; a restart does not run it
-    again; bad times are refused."""
+    again; bad times are refused; a schedule with keep_last prunes the VM's
+    backups after its backup (the two manual ones go)."""
     import datetime
     api = daemon.api
     assert api.post("/api/v1/backup-stores", {"name": "s", "path": str(tmp_path / "s")}).status == 201
@@ -430,20 +509,31 @@ def test_backup_schedule_runs_daily(daemon, fake_boot, tmp_path):
         assert r.status == 400, (bad, r)
     r = api.request("PUT", "/api/v1/vms/bk/backup-schedule", {"store": "nope", "daily": "02:00"})
     assert r.status == 404, r
+    manual = [ok_task(api, api.post("/api/v1/vms/bk/backups", {"store": "s", "wait": 30}))["id"]
+              for _ in range(2)]
+    r = api.request("PUT", "/api/v1/vms/bk/backup-schedule",
+                    {"store": "s", "daily": "02:00", "keep_last": -1})
+    assert r.status == 400, r
     if datetime.datetime.utcnow().second > 40:
         time.sleep(21)
     now = datetime.datetime.utcnow()
     past = (now - datetime.timedelta(minutes=5)).strftime("%H:%M")
     r = api.request("PUT", "/api/v1/vms/bk/backup-schedule",
-                    {"store": "s", "daily": now.strftime("%H:%M")})
-    assert r.status == 200 and r.json["last_run"] is None, r
+                    {"store": "s", "daily": now.strftime("%H:%M"), "keep_last": 1})
+    assert r.status == 200 and r.json["last_run"] is None and r.json["keep_last"] == 1, r
     if now.hour * 60 + now.minute >= 5:  # not across midnight
         r = api.request("PUT", "/api/v1/vms/other/backup-schedule", {"store": "s", "daily": past})
         assert r.status == 200 and r.json["last_run"] is not None, r
     deadline = time.time() + 40
-    while not api.get("/api/v1/backups?vm=bk").json["backups"]:
+    while [b["id"] for b in api.get("/api/v1/backups?vm=bk").json["backups"]] == manual[::-1]:
         assert time.time() < deadline, "the scheduled backup did not run"
         time.sleep(0.5)
+    # the schedule's retention: only the scheduled backup is left
+    while len(api.get("/api/v1/backups?vm=bk").json["backups"]) != 1:
+        assert time.time() < deadline, "the scheduled prune did not run"
+        time.sleep(0.5)
+    left = api.get("/api/v1/backups?vm=bk").json["backups"][0]
+    assert left["id"] not in manual, left
     assert api.get("/api/v1/vms/bk/backup-schedule").json["last_run"] is not None
     daemon.restart()
     api = daemon.api
@@ -452,6 +542,12 @@ def test_backup_schedule_runs_daily(daemon, fake_boot, tmp_path):
     assert api.get("/api/v1/backups?vm=other").json["backups"] == []
     p = khlib.cli(daemon, "backup", "schedule", "bk")
     assert p.returncode == 0 and "daily" in p.stdout and now.strftime("%H:%M") in p.stdout, p
+    assert "keep_last" in p.stdout, p
+    p = khlib.cli(daemon, "backup", "schedule", "bk", "--daily", "03:00", "--store", "s",
+                  "--keep-daily", "7", "--keep-weekly", "4")
+    assert p.returncode == 0, p
+    sch = api.get("/api/v1/vms/bk/backup-schedule").json
+    assert sch["keep_daily"] == 7 and sch["keep_weekly"] == 4 and "keep_last" not in sch, sch
     p = khlib.cli(daemon, "backup", "schedule", "bk", "--off")
     assert p.returncode == 0, p
     assert api.get("/api/v1/vms/bk/backup-schedule").status == 404
@@ -465,7 +561,8 @@ def test_backup_live_restore(daemon, guest, consoles, tmp_path):
     api = daemon.api
     khlib.wait_accel(api)
     store = str(tmp_path / "store")
-    assert api.post("/api/v1/backup-stores", {"name": "s1", "path": store}).status == 201
+    assert api.post("/api/v1/backup-stores", {"name": "s1", "path": store,
+                                              "chunk_size": CHUNK}).status == 201
     r = api.post("/api/v1/pools/default/volumes", {"name": "ld", "size": "16M"})
     assert r.status == 201, r
     disk = vol_path(daemon, r.json)
@@ -518,7 +615,8 @@ def test_backup_live_restore_stream_fails(daemon, guest, consoles, tmp_path):
     api = daemon.api
     khlib.wait_accel(api)
     store = str(tmp_path / "store")
-    assert api.post("/api/v1/backup-stores", {"name": "s1", "path": store}).status == 201
+    assert api.post("/api/v1/backup-stores", {"name": "s1", "path": store,
+                                              "chunk_size": CHUNK}).status == 201
     r = api.post("/api/v1/pools/default/volumes", {"name": "fd", "size": "12M"})
     assert r.status == 201, r
     disk = vol_path(daemon, r.json)

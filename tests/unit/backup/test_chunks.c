@@ -29,7 +29,7 @@ static void run(const char *sub, const unsigned char *key)
 {
     kh_err err = KH_ERR_INIT;
     char *path = xasprintf("%s/%s", dir, sub);
-    kh_chunks *c = kh_chunks_open(path, key, true, &err);
+    kh_chunks *c = kh_chunks_open(path, key, true, 0, &err);
     CHECK(c != NULL);
     if (!c) {
         free(path);
@@ -67,7 +67,7 @@ static void run(const char *sub, const unsigned char *key)
     kh_chunks_free(c);
     /* reopen: the same header; the wrong key (or none) is refused */
     kh_err_clear(&err);
-    c = kh_chunks_open(path, key, false, &err);
+    c = kh_chunks_open(path, key, false, 0, &err);
     CHECK(c != NULL);
     kh_chunks_free(c);
     if (key) {
@@ -75,13 +75,13 @@ static void run(const char *sub, const unsigned char *key)
         memcpy(other, key, sizeof(other));
         other[0] ^= 1;
         kh_err_clear(&err);
-        CHECK(kh_chunks_open(path, other, false, &err) == NULL && err.code == KH_E_FORBIDDEN);
+        CHECK(kh_chunks_open(path, other, false, 0, &err) == NULL && err.code == KH_E_FORBIDDEN);
         kh_err_clear(&err);
-        CHECK(kh_chunks_open(path, NULL, false, &err) == NULL && err.code == KH_E_INVALID);
+        CHECK(kh_chunks_open(path, NULL, false, 0, &err) == NULL && err.code == KH_E_INVALID);
     } else {
         unsigned char k[KH_CHUNK_KEY_LEN] = { 0 };
         kh_err_clear(&err);
-        CHECK(kh_chunks_open(path, k, false, &err) == NULL && err.code == KH_E_INVALID);
+        CHECK(kh_chunks_open(path, k, false, 0, &err) == NULL && err.code == KH_E_INVALID);
     }
     free(a);
     free(buf);
@@ -105,8 +105,8 @@ static void test_encrypted(void)
     unsigned char key2[KH_CHUNK_KEY_LEN];
     memcpy(key2, key, sizeof(key2));
     key2[5] ^= 0x80;
-    kh_chunks *a = kh_chunks_open(p1, key, true, &err), *b = kh_chunks_open(p2, key2, true, &err);
-    kh_chunks *plain = kh_chunks_open(dir, NULL, true, &err);
+    kh_chunks *a = kh_chunks_open(p1, key, true, 0, &err), *b = kh_chunks_open(p2, key2, true, 0, &err);
+    kh_chunks *plain = kh_chunks_open(dir, NULL, true, 0, &err);
     CHECK(a && b && plain);
     if (a && b && plain) {
         char ha[KH_DIGEST_HEX], hb[KH_DIGEST_HEX], hp[KH_DIGEST_HEX];
@@ -127,7 +127,7 @@ static void test_index_json(void)
 {
     kh_err err = KH_ERR_INIT;
     kh_index ix, back;
-    kh_index_init(&ix, 3 * (uint64_t)KH_CHUNK_SIZE + 5);
+    kh_index_init(&ix, 3 * (uint64_t)KH_CHUNK_SIZE + 5, KH_CHUNK_SIZE);
     CHECK(ix.n == 4);
     memset(ix.digest[1], 'a', 64);
     ix.digest[1][64] = '\0';

@@ -31,7 +31,7 @@ static unsigned char *pattern(size_t n, unsigned seed)
 static void test_serve(void)
 {
     kh_err err = KH_ERR_INIT;
-    kh_chunks *c = kh_chunks_open(dir, NULL, true, &err);
+    kh_chunks *c = kh_chunks_open(dir, NULL, true, 0, &err);
     CHECK(c != NULL);
     if (!c)
         return;
@@ -39,7 +39,7 @@ static void test_serve(void)
     const uint64_t size = 3ull * KH_CHUNK_SIZE + 1000;
     unsigned char *a = pattern(KH_CHUNK_SIZE, 1), *b = pattern(KH_CHUNK_SIZE, 2);
     kh_index ix;
-    kh_index_init(&ix, size);
+    kh_index_init(&ix, size, KH_CHUNK_SIZE);
     CHECK(ix.n == 4);
     uint64_t stored;
     CHECK(kh_chunks_put(c, a, KH_CHUNK_SIZE, ix.digest[0], &stored, &err) >= 0);
