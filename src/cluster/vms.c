@@ -24,6 +24,7 @@
 #include <string.h>
 
 #include "cluster/etcd_int.h"
+#include "util/buf.h"
 #include "util/log.h"
 #include "util/mem.h"
 
@@ -96,6 +97,7 @@ static void notify(kh_cluster *c, const char *owner, const json_t *before, const
 static void cache_apply(kh_cluster *c, const char *key, const char *value, size_t len, bool put,
                         bool watched)
 {
+    kh_cluster_vms_view_stale(c);
     const char *rest = key + strlen(VMS_PREFIX);
     const char *slash = strchr(rest, '/');
     if (!slash)
@@ -443,11 +445,23 @@ void kh_cluster_vms_claim_local(kh_cluster *c)
 
 /* ---- the view ---- */
 
-json_t *kh_cluster_vms_remote(kh_cluster *c, const char *host)
+void kh_cluster_vms_view_stale(kh_cluster *c)
 {
+    json_decref(c->vms_view);
+    c->vms_view = NULL;
+    free(c->vms_view_text);
+    c->vms_view_text = NULL;
+}
+
+/* The view, built when stale: each other host's VM once, with its host's
+ * name, as objects and as text. */
+static json_t *view(kh_cluster *c)
+{
+    if (c->vms_view)
+        return c->vms_view;
     json_t *arr = json_array();
-    if (!kh_cluster_enabled(c))
-        return arr;
+    kh_buf text = { 0 };
+    kh_buf_add(&text, "", 0);
     const char *id;
     json_t *e;
     json_object_foreach(c->vms, id, e) {
@@ -458,13 +472,41 @@ json_t *kh_cluster_vms_remote(kh_cluster *c, const char *host)
         json_t *vm = json_deep_copy(spec);
         json_object_set_new(vm, "host", json_string(host_name_of(c, owner)));
         json_object_del(vm, "host_id");
-        if (host && strcmp(host, json_string_value(json_object_get(vm, "host"))) != 0) {
-            json_decref(vm);
-            continue;
+        char *s = json_dumps(vm, JSON_COMPACT);
+        if (s) {
+            if (text.len)
+                kh_buf_add(&text, ",", 1);
+            kh_buf_add(&text, s, strlen(s));
+            free(s);
         }
         json_array_append_new(arr, vm);
     }
+    c->vms_view = arr;
+    c->vms_view_text = text.p;
     return arr;
+}
+
+json_t *kh_cluster_vms_remote(kh_cluster *c, const char *host)
+{
+    json_t *arr = json_array();
+    if (!kh_cluster_enabled(c))
+        return arr;
+    size_t i;
+    json_t *vm;
+    json_array_foreach(view(c), i, vm) {
+        const char *h = json_string_value(json_object_get(vm, "host"));
+        if (!host || (h && strcmp(host, h) == 0))
+            json_array_append(arr, vm);
+    }
+    return arr;
+}
+
+const char *kh_cluster_vms_remote_text(kh_cluster *c)
+{
+    if (!kh_cluster_enabled(c))
+        return "";
+    view(c);
+    return c->vms_view_text ? c->vms_view_text : "";
 }
 
 const char *kh_cluster_host_name(const kh_cluster *c)
