@@ -95,6 +95,7 @@ struct kh_cluster {
     uv_timer_t *vms_timer;    /* flushes vms_pending soon */
     json_t *vms_view;         /* the other hosts' VMs for GET /vms (NULL: stale) */
     char *vms_view_text;      /* the same, the items as JSON text ("a,b") */
+    json_t *may_run_ok;       /* vm id -> monotonic ms of an async may-run "yes" */
     json_t *mig_puts;         /* peer.c: vm id -> {rev, busy, next}: the migration
                                * records written off the loop, one at a time */
     kh_cluster_vms_fn local_vms;

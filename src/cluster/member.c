@@ -701,6 +701,7 @@ kh_cluster *kh_cluster_new(uv_loop_t *loop, kh_store *store, const kh_cluster_co
     c->vms = json_object();
     c->vms_pending = json_object();
     c->mig_puts = json_object();
+    c->may_run_ok = json_object();
     c->etcd_binary = xstrdup(cfg->etcd_binary ? cfg->etcd_binary : "/usr/bin/etcd");
     c->ext_endpoints = dup_or_null(cfg->etcd_endpoints);
     c->etcd_ca = dup_or_null(cfg->etcd_ca);
@@ -756,6 +757,7 @@ void kh_cluster_free(kh_cluster *c)
     json_decref(c->vms);
     json_decref(c->vms_pending);
     json_decref(c->mig_puts);
+    json_decref(c->may_run_ok);
     kh_cluster_vms_view_stale(c);
     free(c->tls_dir);
     free(c->cluster_url);
