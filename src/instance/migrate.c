@@ -711,13 +711,16 @@ static void finish(kh_migration *m)
         json_object_set_new(res, "disks_copied", json_integer(m->ndisks));
         json_object_set_new(res, "disk_bytes", json_integer((json_int_t)m->mirrors.total));
         json_object_set_new(res, "downtime_limit_ms", json_integer(m->plan.downtime_ms));
-        /* the guest's pause as it lives it: QEMU's downtime (paused until
-         * completed) plus ours after it (owner txn, commit, the target's cont) */
+        /* the guest's pause as it lives it: from QEMU's STOP event to the
+         * target's answer to the commit (its cont sent); without the event,
+         * QEMU's downtime (paused until completed) plus ours after it */
         int64_t sw = m->completed_ms && m->committed_ms >= m->completed_ms
                          ? (int64_t)(m->committed_ms - m->completed_ms) : -1;
+        int64_t gdt = m->stopped_ms && m->committed_ms >= m->stopped_ms
+                          ? (int64_t)(m->committed_ms - m->stopped_ms)
+                      : sw >= 0 ? m->st.downtime_ms + sw : -1;
         json_object_set_new(res, "switch_ms", json_integer(sw));
-        json_object_set_new(res, "guest_downtime_ms",
-                            json_integer(sw >= 0 ? m->st.downtime_ms + sw : -1));
+        json_object_set_new(res, "guest_downtime_ms", json_integer(gdt));
         json_object_set_new(res, "auto_converge", json_boolean(m->plan.auto_converge));
         kh_task_succeed(m->task, res);
         m->task = NULL;
@@ -813,6 +816,12 @@ void kh_migrate_feed(kh_migration *m, kh_mig_event ev)
 static void on_vm_event(void *opaque, const char *vm_id, const char *event, json_t *data)
 {
     (void)opaque;
+    if (strcmp(event, "STOP") == 0) { /* the guest's pause begins: the switch-over */
+        kh_migration *s = mig_find(vm_id);
+        if (s && !s->stopped_ms && (s->phase == KH_MIG_MEMORY || s->phase == KH_MIG_SWITCH))
+            s->stopped_ms = kh_now_ms();
+        return;
+    }
     kh_migration *m = strcmp(event, "MIGRATION") == 0 ? mig_find(vm_id) : NULL;
     if (!m || m->finished || !m->timer || !uv_is_active((uv_handle_t *)m->timer) ||
         (m->phase != KH_MIG_MEMORY && m->phase != KH_MIG_SWITCH))
