@@ -822,6 +822,14 @@ static void on_vm_event(void *opaque, const char *vm_id, const char *event, json
             s->stopped_ms = kh_now_ms();
         return;
     }
+    if (strcmp(event, "JOB_STATUS_CHANGE") == 0) { /* a mirror concluded: no poll's wait */
+        kh_migration *s = mig_find(vm_id);
+        const char *st = json_string_value(json_object_get(data, "status"));
+        if (s && s->wait_mirrors && s->phase == KH_MIG_SWITCH && st &&
+            strcmp(st, "concluded") == 0)
+            (void)kh_migrate_disks_switch_poll(s);
+        return;
+    }
     kh_migration *m = strcmp(event, "MIGRATION") == 0 ? mig_find(vm_id) : NULL;
     if (!m || m->finished || !m->timer || !uv_is_active((uv_handle_t *)m->timer) ||
         (m->phase != KH_MIG_MEMORY && m->phase != KH_MIG_SWITCH))
