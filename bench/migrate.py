@@ -13,7 +13,13 @@ a heartbeat loop typed into the serial console counts on, and the longest
 pause between two heartbeats (source console, then target console) is the
 downtime as the guest lives it. Also a check that it kept counting.
 
-    python3 bench/migrate.py [--mem 256] [--local-disk] [--runs 3]
+    python3 bench/migrate.py [--mem 256] [--runs 3] [--parts raw,kvmhost]
+                             [--data-gib 1 --written-mib 256] [--downtime-ms 10]
+
+The local-disk runs (both columns) carry a second disk: a qcow2 of
+--data-gib GiB with --written-mib MiB written (issue 11: 1 GiB, 256 MiB),
+mirrored with the root disk; "disk" says the target's copies read the same
+(qemu-img compare).
 
 Beside it, the kvmhost column (--parts raw,kvmhost): two kvmhostd (the
 build in KH_BUILD_DIR, default build/) in network namespaces
@@ -41,6 +47,19 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GUEST = os.path.join(ROOT, "tests", "guest", "out")
+# the local-disk runs' data disk (issue 11: a 1 GiB qcow2 with 256 MiB
+# written), beside the 16 MiB root disk; --data-gib 0: none
+DATA = {"gib": 1, "written_mib": 256}
+
+
+def make_data_disk(path):
+    """A qcow2 of DATA["gib"] GiB with DATA["written_mib"] MiB written."""
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", path, "%dG" % DATA["gib"]],
+                   check=True)
+    if DATA["written_mib"]:
+        subprocess.run(["qemu-io", "-f", "qcow2", "-c",
+                        "write -P 0x5a 0 %dM" % DATA["written_mib"], path],
+                       check=True, stdout=subprocess.DEVNULL)
 
 
 class Qmp:
@@ -107,7 +126,7 @@ class Console:
                 for m in [re.match(r"HB (\d+)$", l)] if m]
 
 
-def qemu(d, name, mem, accel, disk, incoming):
+def qemu(d, name, mem, accel, disk, incoming, data=None):
     qmp, ser = os.path.join(d, name + ".qmp"), os.path.join(d, name + ".ser")
     argv = ["qemu-system-x86_64", "-name", name, "-S", "-nodefaults", "-no-user-config",
             "-machine", "q35", "-accel", accel, "-cpu", "max", "-m", "%dM" % mem,
@@ -122,6 +141,13 @@ def qemu(d, name, mem, accel, disk, incoming):
                                      "filename": disk}),
             "-blockdev", json.dumps({"driver": "raw", "node-name": "disk0", "file": "disk0-file"}),
             "-device", json.dumps({"driver": "virtio-blk-pci", "drive": "disk0", "id": "vda"})]
+    if data:
+        argv += ["-blockdev", json.dumps({"driver": "file", "node-name": "disk1-file",
+                                          "filename": data}),
+                 "-blockdev", json.dumps({"driver": "qcow2", "node-name": "disk1",
+                                          "file": "disk1-file"}),
+                 "-device", json.dumps({"driver": "virtio-blk-pci", "drive": "disk1",
+                                        "id": "vdb"})]
     if incoming:
         argv += ["-incoming", "defer"]
     p = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=open(os.path.join(d, name + ".log"), "w"))
@@ -149,17 +175,23 @@ def one_run(mem, accel, local, downtime_ms):
         src_disk = os.path.join(d, "src.raw")
         shutil.copy(os.path.join(GUEST, "disk.ext4"), src_disk)
         dst_disk = os.path.join(d, "dst.raw")
+        src_data = dst_data = None
         if local:  # the target's empty disk of the same size
             with open(dst_disk, "wb") as f:
                 f.truncate(os.path.getsize(src_disk))
-        sp, sq, sc = qemu(d, "src", mem, accel, src_disk, False)
+            if DATA["gib"]:  # and the data disk, and its empty copy on the target
+                src_data, dst_data = os.path.join(d, "src.qcow2"), os.path.join(d, "dst.qcow2")
+                make_data_disk(src_data)
+                subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", dst_data,
+                                "%dG" % DATA["gib"]], check=True)
+        sp, sq, sc = qemu(d, "src", mem, accel, src_disk, False, src_data)
         procs.append(sp)
         sq.cmd("cont")
         sc.wait("kvmhost test guest: shell", 90)
         sc.send("\ni=0; while true; do echo HB $i; i=$((i+1)); usleep 100000; done &\n")
         sc.wait(r"^HB 5$", 30)
 
-        tp, tq, tc = qemu(d, "dst", mem, accel, dst_disk if local else src_disk, True)
+        tp, tq, tc = qemu(d, "dst", mem, accel, dst_disk if local else src_disk, True, dst_data)
         procs.append(tp)
         t0 = time.monotonic()
         # prepare: dirty rate, then the target's incoming side
@@ -180,14 +212,18 @@ def one_run(mem, accel, local, downtime_ms):
         if local:
             nport = free_port()
             tq.cmd("nbd-server-start", addr={"type": "inet", "data": {"host": "127.0.0.1", "port": str(nport)}})
-            tq.cmd("block-export-add", type="nbd", id="mig-disk0", **{"node-name": "disk0"},
-                   name="disk0", writable=True)
+            disks = ["disk0"] + (["disk1"] if dst_data else [])
+            for n in disks:
+                tq.cmd("block-export-add", type="nbd", id="mig-" + n, **{"node-name": n},
+                       name=n, writable=True)
             # disks: mirror until ready
             m0 = time.monotonic()
-            sq.cmd("blockdev-add", driver="nbd", **{"node-name": "mig-disk0"},
-                   server={"type": "inet", "host": "127.0.0.1", "port": str(nport)}, export="disk0")
-            sq.cmd("blockdev-mirror", **{"job-id": "mig-disk0", "auto-dismiss": False},
-                   device="disk0", target="mig-disk0", sync="full")
+            for n in disks:
+                sq.cmd("blockdev-add", driver="nbd", **{"node-name": "mig-" + n},
+                       server={"type": "inet", "host": "127.0.0.1", "port": str(nport)},
+                       export=n)
+                sq.cmd("blockdev-mirror", **{"job-id": "mig-" + n, "auto-dismiss": False},
+                       device=n, target="mig-" + n, sync="full")
             while not all(j.get("ready") for j in sq.cmd("query-block-jobs")):
                 time.sleep(0.05)
             mirror_s = time.monotonic() - m0
@@ -208,7 +244,8 @@ def one_run(mem, accel, local, downtime_ms):
         # switch: mirrors stop consistent, RAM finishes, target runs
         sw0 = time.monotonic()
         if local:
-            sq.cmd("block-job-cancel", device="mig-disk0")
+            for n in disks:
+                sq.cmd("block-job-cancel", device="mig-" + n)
         sq.cmd("migrate-continue", state="pre-switchover")
         while True:
             st = sq.cmd("query-migrate")
@@ -238,6 +275,9 @@ def one_run(mem, accel, local, downtime_ms):
         if local:  # what the guest read from its disk is on the target's copy
             with open(dst_disk, "rb") as a, open(src_disk, "rb") as b:
                 data_ok = a.read() == b.read()
+            if dst_data:  # the guest view of the data disk (qemu-img compare)
+                data_ok = data_ok and subprocess.run(
+                    ["qemu-img", "compare", "-q", "-U", src_data, dst_data]).returncode == 0
         return {"total_s": total_s, "qemu_downtime_ms": st.get("downtime"),
                 "qemu_total_ms": st.get("total-time"), "switch_s": switch_s,
                 "guest_gap_ms": max(gaps) * 1000, "mirror_s": mirror_s,
@@ -289,6 +329,16 @@ def kvmhost_runs(mem, runs, local):
             wait_for(lambda: d1.api.get("/api/v1/pools/local/volumes").json["volumes"], 60,
                      "the volume")
             spec["disks"] = [{"volume": "local/bench1-disk"}]
+            if DATA["gib"]:
+                data = os.path.join(work, "data.qcow2")
+                make_data_disk(data)
+                os.chmod(data, 0o644)
+                r = d1.api.post("/api/v1/pools/local/volumes",
+                                {"name": "bench1-data", "format": "qcow2", "import": data})
+                assert r.status in (201, 202), r
+                wait_for(lambda: len(d1.api.get("/api/v1/pools/local/volumes").json["volumes"])
+                         == 2, 120, "the data volume")
+                spec["disks"].append({"volume": "local/bench1-data"})
         d1.api.create(spec)
         st, j = d1.api.action("bench1", "start", wait=120)
         assert st == 200, j
@@ -305,7 +355,8 @@ def kvmhost_runs(mem, runs, local):
             wall = time.monotonic() - t0
             assert r.status == 200, r
             res = r.json["result"]
-            out.append((wall, res["total_s"], res["downtime_ms"], res["tls"]))
+            out.append((wall, res["total_s"], res["downtime_ms"], res.get("switch_ms", -1),
+                        res.get("guest_downtime_ms", -1), res["tls"]))
             wait_for(lambda: (dst.api.get("/api/v1/vms/bench1").json or {}).get("state")
                      == "running", 30, "running on the target")
             src, dst = dst, src
@@ -313,6 +364,10 @@ def kvmhost_runs(mem, runs, local):
         src.api.delete("/api/v1/vms/bench1")
         return out
     finally:
+        keep = os.environ.get("KH_BENCH_LOGS")  # a dir: the daemons' logs go there
+        for d in daemons if keep else ():
+            shutil.copy(d.log_path, os.path.join(keep, "h%d-%s.log" % (
+                d.i, "local" if local else "shared")))
         khlib.finish_daemons(daemons, False)
         h.close()
         shutil.rmtree(work, ignore_errors=True)
@@ -322,10 +377,13 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--mem", type=int, default=256)
     ap.add_argument("--runs", type=int, default=3)
-    ap.add_argument("--downtime-ms", type=int, default=300)
+    ap.add_argument("--downtime-ms", type=int, default=10)  # kvmhost's default limit
     ap.add_argument("--accel", default="tcg")  # the test guests' accelerator
     ap.add_argument("--parts", default="raw,kvmhost", help="raw, kvmhost (comma-separated)")
+    ap.add_argument("--data-gib", type=int, default=1, help="local disk runs: a qcow2 data disk")
+    ap.add_argument("--written-mib", type=int, default=256, help="of it written before")
     args = ap.parse_args()
+    DATA.update(gib=args.data_gib, written_mib=args.written_mib)
     parts = args.parts.split(",")
     print("raw QEMU live migration over loopback, %d MiB guest, accel %s, downtime-limit %d ms"
           % (args.mem, args.accel, args.downtime_ms))
@@ -339,12 +397,16 @@ def main():
                 r["qemu_downtime_ms"], r["guest_gap_ms"], r["switch_s"] * 1000, r["mirror_s"],
                 r["dirty_rate_mbps"], r["counted_on"], r["disk_same"]), flush=True)
     if "kvmhost" in parts:
-        print("%-22s %8s %8s %10s %5s" % ("mode", "wall_s", "total_s", "qemu_dt_ms", "tls"))
+        # qemu_dt_ms: QEMU's downtime (its stop to its completion); after_ms:
+        # ours after it (owner txn, commit, the target's cont); guest_dt_ms:
+        # the two, the pause the guest lives
+        print("%-22s %8s %8s %10s %9s %11s %5s" % ("mode", "wall_s", "total_s", "qemu_dt_ms",
+                                                  "after_ms", "guest_dt_ms", "tls"))
         for local in (False, True):
-            for wall, total, dt, tls in kvmhost_runs(args.mem, args.runs, local):
-                print("%-22s %8.2f %8.2f %10s %5s" % (
+            for wall, total, dt, sw, gdt, tls in kvmhost_runs(args.mem, args.runs, local):
+                print("%-22s %8.2f %8.2f %10s %9s %11s %5s" % (
                     "kvmhost, " + ("local disk/NBD" if local else "shared disk"), wall, total,
-                    dt, tls), flush=True)
+                    dt, sw, gdt, tls), flush=True)
     print("libvirt virsh migrate --live: not measured (two libvirtds in namespaces: not set up "
           "by this script)")
 

@@ -91,6 +91,9 @@ void kh_api_later_started(kh_api_later *l, int rc, const kh_err *err);
 kh_http_req *kh_api_later_req(const kh_api_later *l);
 /* Answer result (stolen; dropped if the client left) or err; frees l. */
 void kh_api_later_done(kh_api_later *l, json_t *result, const kh_err *err);
+/* Free l without answering: the request (NULL once the client went away)
+ * is the caller's to answer again. */
+kh_http_req *kh_api_later_take(kh_api_later *l);
 
 void kh_disk_routes_attach(kh_http_req *req, void *app);
 void kh_disk_routes_detach(kh_http_req *req, void *app);

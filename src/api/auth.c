@@ -592,6 +592,11 @@ void kh_auth_on_reply(kh_http_req *req, unsigned status, void *opaque)
         kh_log(KH_LOG_ERROR, "auth.audit", "error=\"%s\"", err.msg);
 }
 
+bool kh_auth_sees_all(const kh_http_req *req)
+{
+    return is_root(kh_auth_principal(req));
+}
+
 void kh_auth_filter(const kh_http_req *req, json_t *arr, const char *prefix, kh_privs need)
 {
     if (!json_is_array(arr) || is_root(kh_auth_principal(req)))

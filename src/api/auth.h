@@ -98,6 +98,8 @@ int kh_auth_hostpath(const kh_http_req *req, const char *path, const char *what,
 /* Keep only the items of arr (objects with "name") the caller holds need
  * on (path prefix + name). */
 void kh_auth_filter(const kh_http_req *req, json_t *arr, const char *prefix, kh_privs need);
+/* True when kh_auth_filter keeps everything for this caller (root). */
+bool kh_auth_sees_all(const kh_http_req *req);
 /* A webhook URL's host by the policy (400 for internal addresses). */
 int kh_auth_webhook_host(const kh_http_req *req, const char *host, kh_err *err);
 

@@ -42,6 +42,15 @@ kh_http_req *kh_api_later_req(const kh_api_later *l)
     return l->req;
 }
 
+kh_http_req *kh_api_later_take(kh_api_later *l)
+{
+    kh_http_req *req = l->req;
+    if (req)
+        kh_http_req_on_abort(req, NULL, NULL);
+    free(l);
+    return req;
+}
+
 void kh_api_later_done(kh_api_later *l, json_t *result, const kh_err *err)
 {
     if (l->req) {

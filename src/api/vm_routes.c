@@ -15,6 +15,7 @@
 #include "instance/hotplug.h"
 #include "instance/lifecycle.h"
 #include "schema/schema.h"
+#include "util/buf.h"
 #include "util/mem.h"
 
 #define WAIT_DEFAULT 30
@@ -22,6 +23,34 @@
 static void reply_err(kh_http_req *req, const kh_err *err)
 {
     kh_http_reply_error(req, err);
+}
+
+/* This host's VMs, then the other hosts' as the cluster's cached text
+ * (built once per change of the view): a caller who sees everything gets
+ * them without a copy or a new encoding per request. */
+static void list_fast(kh_http_req *req, json_t *mine, const char *remote)
+{
+    kh_buf b = { 0 };
+    kh_buf_add(&b, "{\"vms\":[", 8);
+    size_t i;
+    json_t *vm;
+    json_array_foreach(mine, i, vm) {
+        char *s = json_dumps(vm, JSON_COMPACT);
+        if (!s)
+            continue;
+        if (b.len > 8)
+            kh_buf_add(&b, ",", 1);
+        kh_buf_add(&b, s, strlen(s));
+        free(s);
+    }
+    if (*remote) {
+        if (b.len > 8)
+            kh_buf_add(&b, ",", 1);
+        kh_buf_add(&b, remote, strlen(remote));
+    }
+    kh_buf_add(&b, "]}", 2);
+    kh_http_reply_data(req, 200, "application/json", b.p, b.len);
+    kh_buf_release(&b);
 }
 
 void kh_vm_routes_list(kh_http_req *req, void *app)
@@ -42,14 +71,30 @@ void kh_vm_routes_list(kh_http_req *req, void *app)
         }
         json_decref(mine);
     }
-    if (!only || strcmp(only, self) != 0)
-        {
+    if (!only && kh_auth_sees_all(req)) {
+        list_fast(req, all, kh_cluster_vms_remote_text(api->cluster));
+        json_decref(all);
+        return;
+    }
+    if (!only || strcmp(only, self) != 0) {
         json_t *remote = kh_cluster_vms_remote(api->cluster, only);
         json_array_extend(all, remote);
         json_decref(remote);
     }
     kh_auth_filter(req, all, "/vms/", KH_PRIV_VM_AUDIT);
     kh_http_reply_json(req, 200, json_pack("{s:o}", "vms", all));
+}
+
+static void created(void *opaque, json_t *vm, const kh_err *err)
+{
+    kh_api_later *l = opaque;
+    kh_http_req *req = kh_api_later_req(l);
+    if (vm && req) {
+        char *loc = xasprintf("/api/v1/vms/%s", json_string_value(json_object_get(vm, "name")));
+        kh_http_req_add_header(req, "Location", loc);
+        free(loc);
+    }
+    kh_api_later_done(l, vm, err);
 }
 
 void kh_vm_routes_create(kh_http_req *req, void *app)
@@ -70,15 +115,24 @@ void kh_vm_routes_create(kh_http_req *req, void *app)
         kh_template_routes_clone(req, api, body);
         return;
     }
-    json_t *vm = body ? kh_config_create(api->mgr, body, &err) : NULL;
-    if (!vm) {
-        reply_err(req, &err);
+    if (!kh_cluster_enabled(api->cluster)) { /* a single host: no claim, at once */
+        json_t *vm = body ? kh_config_create(api->mgr, body, &err) : NULL;
+        kh_api_later *l = vm ? kh_api_later_new(req, 201) : NULL;
+        if (!vm)
+            reply_err(req, &err);
+        else
+            created(l, vm, NULL);
         return;
     }
-    char *loc = xasprintf("/api/v1/vms/%s", json_string_value(json_object_get(vm, "name")));
-    kh_http_req_add_header(req, "Location", loc);
-    free(loc);
-    kh_http_reply_json(req, 201, vm);
+    /* the cluster claim (an etcd txn) is answered off the loop: other
+     * requests go on meanwhile, even while etcd stalls (the callback runs
+     * later: the claim is always sent) */
+    kh_api_later *l = body ? kh_api_later_new(req, 201) : NULL;
+    int rc = body ? kh_config_create_async(api->mgr, body, created, l, &err) : -1;
+    if (!l)
+        reply_err(req, &err);
+    else
+        kh_api_later_started(l, rc, &err);
 }
 
 void kh_vm_routes_get(kh_http_req *req, void *app)
@@ -255,6 +309,48 @@ static void on_client_gone(kh_http_req *req, void *opaque)
     action_wait_free(opaque);
 }
 
+/* Run the action and answer with its task (req NULL: the client left). */
+static void action_run(kh_http_req *req, kh_api *api, const char *name, kh_vm_action act,
+                       const json_t *opts)
+{
+    kh_err err = KH_ERR_INIT;
+    json_t *jw = json_object_get(opts, "wait"); /* 0 to 3600: ActionOptions.json */
+    json_int_t wait = jw ? json_integer_value(jw) : WAIT_DEFAULT;
+    kh_task *task = kh_lifecycle_action(api->mgr, name, act, opts, &err);
+    if (!req)
+        return;
+    if (!task) {
+        reply_err(req, &err);
+        return;
+    }
+    kh_vm_routes_reply_task(req, api, task, (int)wait);
+}
+
+/* A start or resume in a cluster: the claim is read off the loop first
+ * (kh_cluster_vm_may_run_async); the lifecycle's own check then uses that
+ * read instead of a blocking one. */
+typedef struct action_job {
+    kh_api *api;
+    kh_api_later *l;
+    kh_vm_action act;
+    char *name;
+    json_t *opts;
+} action_job;
+
+static void on_may_run(void *opaque, const kh_err *err)
+{
+    action_job *j = opaque;
+    if (err) {
+        kh_api_later_done(j->l, NULL, err);
+    } else {
+        kh_http_req *req = kh_api_later_take(j->l);
+        action_run(req, j->api, j->name, j->act, j->opts);
+    }
+    free(j->name);
+    json_decref(j->opts);
+    free(j);
+}
+
 static void action(kh_http_req *req, kh_api *api, kh_vm_action act)
 {
     kh_err err = KH_ERR_INIT;
@@ -268,14 +364,31 @@ static void action(kh_http_req *req, kh_api *api, kh_vm_action act)
         reply_err(req, &err);
         return;
     }
-    json_t *jw = json_object_get(opts, "wait"); /* 0 to 3600: ActionOptions.json */
-    json_int_t wait = jw ? json_integer_value(jw) : WAIT_DEFAULT;
-    kh_task *task = kh_lifecycle_action(api->mgr, kh_http_req_param(req, "name"), act, opts, &err);
-    if (!task) {
-        reply_err(req, &err);
+    const char *name = kh_http_req_param(req, "name");
+    if ((act == KH_ACTION_START || act == KH_ACTION_RESUME) && kh_cluster_enabled(api->cluster)) {
+        json_t *vm = kh_manager_vm_json(api->mgr, name, &err);
+        if (!vm) {
+            reply_err(req, &err);
+            return;
+        }
+        action_job *j = xcalloc(1, sizeof(*j));
+        *j = (action_job){ .api = api, .l = kh_api_later_new(req, 200), .act = act,
+                           .name = xstrdup(name), .opts = json_incref(opts) };
+        int rc = kh_cluster_vm_may_run_async(api->cluster,
+                                             json_string_value(json_object_get(vm, "id")), name,
+                                             on_may_run, j, &err);
+        json_decref(vm);
+        if (rc < 0) {
+            kh_api_later_started(j->l, rc, &err);
+            free(j->name);
+            json_decref(j->opts);
+            free(j);
+        } else {
+            kh_api_later_started(j->l, rc, &err);
+        }
         return;
     }
-    kh_vm_routes_reply_task(req, api, task, (int)wait);
+    action_run(req, api, name, act, opts);
 }
 
 void kh_vm_routes_reply_task(kh_http_req *req, kh_api *api, kh_task *task, int wait)

@@ -147,11 +147,27 @@ int kh_cluster_ca_import(kh_cluster *c, const char *ca, const char *key, const c
 int kh_cluster_vm_claim(void *opaque, const char *id, const char *name, kh_err *err);
 void kh_cluster_vm_unclaim(void *opaque, const char *id, const char *name);
 int kh_cluster_vm_may_run(void *opaque, const char *id, const char *name, kh_err *err);
+/* The claim and the may-run check off the loop (kh_etcd_request_async):
+ * done runs once, later, with NULL or the error; -1 with err (done not
+ * called) when nothing can be sent (no quorum). A may-run check that said
+ * yes lets kh_cluster_vm_may_run answer from it for a short while (the
+ * start that follows reads no etcd on the loop). On a single host done
+ * runs at once. */
+typedef void (*kh_cluster_vm_done_cb)(void *done_opaque, const kh_err *err);
+int kh_cluster_vm_claim_async(void *opaque, const char *id, const char *name,
+                              kh_cluster_vm_done_cb done, void *done_opaque, kh_err *err);
+int kh_cluster_vm_may_run_async(void *opaque, const char *id, const char *name,
+                                kh_cluster_vm_done_cb done, void *done_opaque, kh_err *err);
 void kh_cluster_vm_changed(void *opaque, const char *id, const json_t *vm);
 void kh_cluster_vm_deleted(void *opaque, const char *id, const char *name);
 /* The VMs other hosts own (their views with "host"), only host's when not
- * NULL: a new array (empty on a single host). */
+ * NULL: a new array (empty on a single host) whose items are shared with
+ * the cached view: read them, do not change them. */
 json_t *kh_cluster_vms_remote(kh_cluster *c, const char *host);
+/* The same (every host's), as the JSON text of the array's items, comma-
+ * separated ("" none): built once per change of the view (a watch event,
+ * a host record), not per request. Borrowed until the next change. */
+const char *kh_cluster_vms_remote_text(kh_cluster *c);
 /* This host's name (the single host's too). */
 const char *kh_cluster_host_name(const kh_cluster *c);
 /* Is the vm named name owned by another host? 1 with *host (its name) and

@@ -93,6 +93,11 @@ struct kh_cluster {
     int64_t vms_resume_rev;   /* mirrored at (mirror.c): watch from the next one */
     json_t *vms_pending;      /* vm id -> view to write, or {"deleted": name} */
     uv_timer_t *vms_timer;    /* flushes vms_pending soon */
+    json_t *vms_view;         /* the other hosts' VMs for GET /vms (NULL: stale) */
+    char *vms_view_text;      /* the same, the items as JSON text ("a,b") */
+    json_t *may_run_ok;       /* vm id -> monotonic ms of an async may-run "yes" */
+    json_t *mig_puts;         /* peer.c: vm id -> {rev, busy, next}: the migration
+                               * records written off the loop, one at a time */
     kh_cluster_vms_fn local_vms;
     void *local_vms_opaque;
     kh_cluster_event_fn event;  /* other hosts' VM changes, to the local bus */
@@ -125,6 +130,9 @@ int kh_cluster_vms_watch(kh_cluster *c, kh_err *err);
 void kh_cluster_vms_load(kh_cluster *c);
 void kh_cluster_vms_flush(kh_cluster *c);
 void kh_cluster_vms_kick(kh_cluster *c);
+/* The cached view of the other hosts' VMs (GET /vms) is built again on the
+ * next read: c->vms or a host record changed. */
+void kh_cluster_vms_view_stale(kh_cluster *c);
 void kh_cluster_vms_claim_local(kh_cluster *c);
 
 /* mirror.c: the cluster view in SQLite (hosts/ and vms/), at a revision. */

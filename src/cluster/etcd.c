@@ -565,6 +565,14 @@ int kh_etcd_txn(kh_etcd *e, const kh_etcd_cmp *cmp, size_t n_cmp, const kh_etcd_
     json_t *reply = call(e, "/v3/kv/txn", req, false, err);
     if (!reply)
         return -1;
+    int rc = kh_etcd_txn_parse(reply, res, err);
+    json_decref(reply);
+    return rc;
+}
+
+int kh_etcd_txn_parse(const json_t *reply, kh_etcd_txn_result *res, kh_err *err)
+{
+    kh_etcd_txn_result_clear(res);
     res->succeeded = json_is_true(json_object_get(reply, "succeeded"));
     res->revision = kh_etcd_jint(json_object_get(reply, "header"), "revision");
     res->kvs.revision = res->revision;
@@ -576,7 +584,6 @@ int kh_etcd_txn(kh_etcd *e, const kh_etcd_cmp *cmp, size_t n_cmp, const kh_etcd_
             rc = kvs_append(&res->kvs, r, err);
     }
     res->kvs.count = (int64_t)res->kvs.n;
-    json_decref(reply);
     if (rc < 0)
         kh_etcd_txn_result_clear(res);
     return rc;

@@ -64,6 +64,8 @@ json_t *kh_etcd_prefix_end_json(const char *key);
 json_t *kh_etcd_request(kh_etcd *e, const char *path, json_t *body, bool may_repeat,
                         kh_err *err);
 
+/* A txn's reply (the gateway's, borrowed) into res (cleared first); 0 or -1. */
+int kh_etcd_txn_parse(const json_t *reply, kh_etcd_txn_result *res, kh_err *err);
 /* The gateway's body of a txn (what kh_etcd_txn sends): a new object. */
 json_t *kh_etcd_txn_json(const kh_etcd_cmp *cmp, size_t n_cmp, const kh_etcd_op *ok,
                          size_t n_ok, const kh_etcd_op *fail, size_t n_fail);

@@ -287,6 +287,7 @@ static void on_watch(kh_etcd_watch *w, const kh_etcd_event *ev, const kh_err *er
     }
     if (k == &k->c->revoked) /* a host removed: etcd refuses its certificate */
         kh_crl_update(k->c);
+    kh_cluster_vms_view_stale(k->c); /* host names in the view */
 }
 
 static void load_into(kh_cluster_cache *k, const kh_etcd_kv *kv)
@@ -296,6 +297,7 @@ static void load_into(kh_cluster_cache *k, const kh_etcd_kv *kv)
         json_object_set_new(k->map, kv->key + strlen(k->prefix), rec);
     else
         json_decref(rec);
+    kh_cluster_vms_view_stale(k->c);
 }
 
 static void load_host(kh_cluster *c, const kh_etcd_kv *kv)
@@ -346,6 +348,7 @@ static int list_and_watch(kh_cluster_cache *k, kh_etcd *etcd, kh_err *err)
             json_decref(rec);
     }
     int64_t rev = kvs.revision;
+    kh_cluster_vms_view_stale(k->c);
     if (k != &k->c->live)
         kh_cluster_mirror_replace(k->c, k->prefix, &kvs);
     if (k == &k->c->revoked)
@@ -636,11 +639,13 @@ void kh_cluster_stop(kh_cluster *c, bool revoke)
     c->keeper_ok = false;
     kh_etcd_free(c->etcd);
     c->etcd = NULL;
+    json_object_clear(c->mig_puts);
     kh_etcdproc_free(c->proc);
     c->proc = NULL;
     json_object_clear(c->hosts.map);
     json_object_clear(c->revoked.map);
     json_object_clear(c->live.map);
+    kh_cluster_vms_view_stale(c);
     free(c->record);
     c->record = NULL;
     c->record_busy = c->members_busy = c->removed = false;
@@ -695,6 +700,8 @@ kh_cluster *kh_cluster_new(uv_loop_t *loop, kh_store *store, const kh_cluster_co
     c->event_opaque = cfg->event_opaque;
     c->vms = json_object();
     c->vms_pending = json_object();
+    c->mig_puts = json_object();
+    c->may_run_ok = json_object();
     c->etcd_binary = xstrdup(cfg->etcd_binary ? cfg->etcd_binary : "/usr/bin/etcd");
     c->ext_endpoints = dup_or_null(cfg->etcd_endpoints);
     c->etcd_ca = dup_or_null(cfg->etcd_ca);
@@ -749,6 +756,9 @@ void kh_cluster_free(kh_cluster *c)
     json_decref(c->live.map);
     json_decref(c->vms);
     json_decref(c->vms_pending);
+    json_decref(c->mig_puts);
+    json_decref(c->may_run_ok);
+    kh_cluster_vms_view_stale(c);
     free(c->tls_dir);
     free(c->cluster_url);
     free(c->fingerprint);

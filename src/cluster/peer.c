@@ -5,12 +5,17 @@
  * and the fence /kvmhost/migrations/<vm-id>/fenced that the move compares
  * (absent), so a side that fenced while the owner was still the source
  * can roll back knowing the move can no longer win.
- * Synchronous etcd calls on the loop thread, as the rest of the module. */
+ * Synchronous etcd calls on the loop thread (the owner move and the fence
+ * are the commit point: their answer decides the next step), except the
+ * migration record's later phases (below). */
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "cluster/cluster.h"
 #include "cluster/cluster_int.h"
+#include "cluster/etcd_int.h"
+#include "util/log.h"
 #include "util/mem.h"
 
 #define MIGRATIONS KH_CLUSTER_PREFIX "migrations/"
@@ -53,28 +58,108 @@ const char *kh_cluster_host_id(const kh_cluster *c)
     return c->enabled ? c->conf.host_id : NULL;
 }
 
+/* ---- the migration record ----
+ * "prepare" is written at once (the target checks the token against it
+ * before it answers); the later phases go off the loop (the switch's are in
+ * the guest's downtime and nobody decides on them: each side's restart
+ * reads its own SQLite row and the owner key), one at a time per VM, the
+ * latest waiting for the one on its way, each a txn comparing the
+ * mod_revision the chain last wrote: a late write of an older migration
+ * cannot overwrite the next one's record. */
+
+typedef struct put_job {
+    kh_cluster *c;
+    char vm_id[40];
+} put_job;
+
+static void chain_send(kh_cluster *c, const char *vm_id, json_t *e);
+
+static void on_chain_put(json_t *reply, const kh_err *err, void *opaque)
+{
+    put_job *j = opaque;
+    kh_cluster *c = j->c;
+    json_t *e = json_object_get(c->mig_puts, j->vm_id);
+    if (!reply) { /* etcd down or closing: the chain stops (the next prepare starts one) */
+        kh_log(KH_LOG_WARN, "vm.migrate", "vm_id=%s record error=\"%s\"", j->vm_id,
+               err ? err->msg : "?");
+        json_object_del(c->mig_puts, j->vm_id);
+        free(j);
+        return;
+    }
+    if (e) {
+        int64_t rev = kh_etcd_jint(json_object_get(reply, "header"), "revision");
+        json_object_set_new(e, "busy", json_false());
+        if (json_is_true(json_object_get(reply, "succeeded")) &&
+            rev > json_integer_value(json_object_get(e, "rev")))
+            json_object_set_new(e, "rev", json_integer(rev));
+        if (json_object_get(e, "next"))
+            chain_send(c, j->vm_id, e);
+    }
+    free(j);
+}
+
+static void chain_send(kh_cluster *c, const char *vm_id, json_t *e)
+{
+    char *key = xasprintf(MIGRATIONS "%s", vm_id);
+    char *text = xstrdup(json_string_value(json_object_get(e, "next")));
+    json_object_del(e, "next");
+    kh_etcd_cmp cmp = { key, KH_ETCD_MOD, KH_ETCD_EQUAL,
+                        json_integer_value(json_object_get(e, "rev")), NULL };
+    kh_etcd_op op = { KH_ETCD_OP_PUT, key, text, 0, false };
+    json_t *body = kh_etcd_txn_json(&cmp, 1, &op, 1, NULL, 0);
+    free(text);
+    free(key);
+    put_job *j = xcalloc(1, sizeof(*j));
+    j->c = c;
+    snprintf(j->vm_id, sizeof(j->vm_id), "%s", vm_id);
+    kh_err err = KH_ERR_INIT;
+    json_object_set_new(e, "busy", json_true());
+    if (kh_etcd_request_async(c->etcd, "/v3/kv/txn", body, on_chain_put, j, &err) < 0) {
+        kh_log(KH_LOG_WARN, "vm.migrate", "vm_id=%s record error=\"%s\"", vm_id, err.msg);
+        json_object_del(c->mig_puts, vm_id);
+        free(j);
+    }
+}
+
+static void chain_start(kh_cluster *c, const char *vm_id, int64_t rev)
+{
+    json_object_set_new(c->mig_puts, vm_id, json_pack("{s:I, s:b}", "rev", (json_int_t)rev,
+                                                      "busy", 0));
+}
+
 int kh_cluster_migration_put(kh_cluster *c, const char *vm_id, const json_t *rec, kh_err *err)
 {
     if (!c->enabled || !c->etcd) {
         kh_err_set(err, KH_E_INVALID, "this host is not in a cluster");
         return -1;
     }
-    char *key = xasprintf(MIGRATIONS "%s", vm_id);
-    char *text = json_dumps(rec, JSON_COMPACT | JSON_SORT_KEYS);
     const char *phase = json_string_value(json_object_get(rec, "phase"));
+    json_t *e = json_object_get(c->mig_puts, vm_id);
+    char *text = json_dumps(rec, JSON_COMPACT | JSON_SORT_KEYS);
+    if (e && !(phase && strcmp(phase, "prepare") == 0)) {
+        json_object_set_new(e, "next", json_string(text)); /* replaces one not sent yet */
+        free(text);
+        if (!json_is_true(json_object_get(e, "busy")))
+            chain_send(c, vm_id, e);
+        return 0;
+    }
+    char *key = xasprintf(MIGRATIONS "%s", vm_id);
+    int rc;
+    int64_t rev = 0;
     if (phase && strcmp(phase, "prepare") == 0) { /* a new migration: no fence yet */
         char *fkey = xasprintf(MIGRATIONS "%s/fenced", vm_id);
         kh_etcd_op del[] = { { KH_ETCD_OP_DELETE, fkey, NULL, 0, false },
                              { KH_ETCD_OP_PUT, key, text, 0, false } };
         kh_etcd_txn_result res = { 0 };
-        int rc = kh_etcd_txn(c->etcd, NULL, 0, del, 2, NULL, 0, &res, err);
+        rc = kh_etcd_txn(c->etcd, NULL, 0, del, 2, NULL, 0, &res, err);
+        rev = res.revision;
         kh_etcd_txn_result_clear(&res);
         free(fkey);
-        free(text);
-        free(key);
-        return rc;
+    } else { /* no chain (a restart): at once, and a chain from here */
+        rc = kh_etcd_put(c->etcd, key, text, (size_t)-1, 0, &rev, err);
     }
-    int rc = kh_etcd_put(c->etcd, key, text, (size_t)-1, 0, NULL, err);
+    if (rc == 0)
+        chain_start(c, vm_id, rev);
     free(text);
     free(key);
     return rc;

@@ -24,11 +24,15 @@
 #include <string.h>
 
 #include "cluster/etcd_int.h"
+#include "util/buf.h"
 #include "util/log.h"
 #include "util/mem.h"
+#include "util/misc.h"
 
 #define VMS_PREFIX KH_CLUSTER_PREFIX "vms/"
 #define NAMES_PREFIX KH_CLUSTER_PREFIX "vm-names/"
+/* How long an async may-run "yes" stands in for the start's own read. */
+#define MAY_RUN_FRESH_MS 3000
 
 static char *owner_key(const char *id)
 {
@@ -96,6 +100,7 @@ static void notify(kh_cluster *c, const char *owner, const json_t *before, const
 static void cache_apply(kh_cluster *c, const char *key, const char *value, size_t len, bool put,
                         bool watched)
 {
+    kh_cluster_vms_view_stale(c);
     const char *rest = key + strlen(VMS_PREFIX);
     const char *slash = strchr(rest, '/');
     if (!slash)
@@ -283,6 +288,11 @@ int kh_cluster_vm_may_run(void *opaque, const char *id, const char *name, kh_err
                    c->last_error[0] ? c->last_error : "etcd not reachable", name);
         return -1;
     }
+    json_t *yes = json_object_get(c->may_run_ok, id);
+    bool recent = yes && kh_now_ms() - (uint64_t)json_integer_value(yes) <= MAY_RUN_FRESH_MS;
+    json_object_del(c->may_run_ok, id); /* one start per check */
+    if (recent)
+        return 0; /* read just now, off the loop (kh_cluster_vm_may_run_async) */
     bool failed;
     kh_err e = KH_ERR_INIT;
     char *owner = owner_now(c, id, &failed, &e);
@@ -303,6 +313,178 @@ int kh_cluster_vm_may_run(void *opaque, const char *id, const char *name, kh_err
         return -1;
     }
     free(owner);
+    return 0;
+}
+
+/* ---- the same off the loop ---- */
+
+typedef struct vm_job {
+    kh_cluster *c;
+    char id[37];
+    char *name;
+    kh_cluster_vm_done_cb done;
+    void *opaque;
+} vm_job;
+
+static vm_job *job_new(kh_cluster *c, const char *id, const char *name,
+                       kh_cluster_vm_done_cb done, void *opaque)
+{
+    vm_job *j = xcalloc(1, sizeof(*j));
+    j->c = c;
+    snprintf(j->id, sizeof(j->id), "%s", id);
+    j->name = xstrdup(name);
+    j->done = done;
+    j->opaque = opaque;
+    return j;
+}
+
+static void job_end(vm_job *j, const kh_err *err)
+{
+    j->done(j->opaque, err);
+    free(j->name);
+    free(j);
+}
+
+/* The host name of the owner of vm id from the watched view ("another
+ * host" when unknown): no etcd read. */
+static const char *cached_host_of(kh_cluster *c, const char *vm_id)
+{
+    const char *o = json_string_value(json_object_get(json_object_get(c->vms, vm_id), "owner"));
+    return o ? host_name_of(c, o) : "(another host)";
+}
+
+static void on_claim(json_t *reply, const kh_err *err, void *opaque)
+{
+    vm_job *j = opaque;
+    kh_err e = KH_ERR_INIT;
+    kh_etcd_txn_result res = { 0 };
+    if (!reply) {
+        e = *err;
+        kh_err_prefix(&e, "cannot create vm %s", j->name);
+        job_end(j, &e);
+        return;
+    }
+    if (kh_etcd_txn_parse(reply, &res, &e) < 0) {
+        job_end(j, &e);
+        return;
+    }
+    /* lost: unless it is our own txn sent again (a failover repeats it) */
+    const char *name_holder = NULL, *owner = NULL;
+    char *nk = name_key(j->name), *ok = owner_key(j->id);
+    for (size_t i = 0; i < res.kvs.n; i++) {
+        if (strcmp(res.kvs.kv[i].key, nk) == 0)
+            name_holder = res.kvs.kv[i].value;
+        else if (strcmp(res.kvs.kv[i].key, ok) == 0)
+            owner = res.kvs.kv[i].value;
+    }
+    bool won = res.succeeded || (name_holder && owner && strcmp(name_holder, j->id) == 0 &&
+                                 strcmp(owner, j->c->conf.host_id) == 0);
+    if (!won)
+        kh_err_set(&e, KH_E_CONFLICT, "a vm named %s already exists on host %s", j->name,
+                   name_holder && strcmp(name_holder, j->id) != 0
+                       ? cached_host_of(j->c, name_holder) : "(another host)");
+    free(nk);
+    free(ok);
+    kh_etcd_txn_result_clear(&res);
+    job_end(j, won ? NULL : &e);
+}
+
+int kh_cluster_vm_claim_async(void *opaque, const char *id, const char *name,
+                              kh_cluster_vm_done_cb done, void *done_opaque, kh_err *err)
+{
+    kh_cluster *c = opaque;
+    if (!kh_cluster_enabled(c)) {
+        done(done_opaque, NULL);
+        return 0;
+    }
+    if (kh_cluster_writable(c, err) < 0) {
+        kh_err_prefix(err, "cannot create vm %s", name);
+        return -1;
+    }
+    char *okey = owner_key(id), *nk = name_key(name);
+    kh_etcd_cmp cmp[2] = {
+        { .key = okey, .target = KH_ETCD_CREATE, .result = KH_ETCD_EQUAL, .number = 0 },
+        { .key = nk, .target = KH_ETCD_CREATE, .result = KH_ETCD_EQUAL, .number = 0 },
+    };
+    kh_etcd_op ops[2] = {
+        { .type = KH_ETCD_OP_PUT, .key = okey, .value = c->conf.host_id },
+        { .type = KH_ETCD_OP_PUT, .key = nk, .value = id },
+    };
+    kh_etcd_op get[2] = { { .type = KH_ETCD_OP_GET, .key = nk },
+                          { .type = KH_ETCD_OP_GET, .key = okey } };
+    json_t *body = kh_etcd_txn_json(cmp, 2, ops, 2, get, 2);
+    free(okey);
+    free(nk);
+    vm_job *j = job_new(c, id, name, done, done_opaque);
+    if (kh_etcd_request_async(c->etcd, "/v3/kv/txn", body, on_claim, j, err) < 0) {
+        free(j->name);
+        free(j);
+        return -1;
+    }
+    return 0;
+}
+
+static void on_owner(json_t *reply, const kh_err *err, void *opaque)
+{
+    vm_job *j = opaque;
+    kh_cluster *c = j->c;
+    kh_err e = KH_ERR_INIT;
+    kh_etcd_kv kv = { 0 };
+    if (!reply) {
+        kh_err_set(&e, KH_E_UNAVAILABLE, "cannot check this host's claim on vm %s: %s", j->name,
+                   err->msg);
+        job_end(j, &e);
+        return;
+    }
+    const json_t *kvs = json_object_get(reply, "kvs");
+    if (json_array_size(kvs) == 1 && kh_etcd_kv_parse(json_array_get(kvs, 0), &kv, &e) < 0) {
+        job_end(j, &e);
+        return;
+    }
+    const char *owner = kv.value;
+    if (owner && strcmp(owner, c->conf.host_id) == 0 && kh_cluster_quorum(c)) {
+        json_object_set_new(c->may_run_ok, j->id, json_integer((json_int_t)kh_now_ms()));
+        kh_etcd_kv_clear(&kv);
+        job_end(j, NULL);
+        return;
+    }
+    if (!kh_cluster_quorum(c))
+        kh_err_set(&e, KH_E_UNAVAILABLE, "this host's cluster lease is not alive: it may not "
+                   "start or resume vm %s until it is back", j->name);
+    else if (owner)
+        kh_err_set(&e, KH_E_CONFLICT, "vm %s is owned by host %s in the cluster: this host has "
+                   "no current claim on it and may not start or resume it", j->name,
+                   host_name_of(c, owner));
+    else
+        kh_err_set(&e, KH_E_CONFLICT, "vm %s is not claimed by this host in the cluster: it "
+                   "may not start or resume it", j->name);
+    kh_etcd_kv_clear(&kv);
+    job_end(j, &e);
+}
+
+int kh_cluster_vm_may_run_async(void *opaque, const char *id, const char *name,
+                                kh_cluster_vm_done_cb done, void *done_opaque, kh_err *err)
+{
+    kh_cluster *c = opaque;
+    if (!kh_cluster_enabled(c)) {
+        done(done_opaque, NULL);
+        return 0;
+    }
+    if (!kh_cluster_quorum(c)) {
+        kh_err_set(err, KH_E_UNAVAILABLE, "this host's cluster lease is not alive (no quorum "
+                   "from here: %s): it may not start or resume vm %s until it is back",
+                   c->last_error[0] ? c->last_error : "etcd not reachable", name);
+        return -1;
+    }
+    char *k = owner_key(id);
+    json_t *body = json_pack("{s:o}", "key", kh_etcd_key_json(k));
+    free(k);
+    vm_job *j = job_new(c, id, name, done, done_opaque);
+    if (kh_etcd_request_async(c->etcd, "/v3/kv/range", body, on_owner, j, err) < 0) {
+        free(j->name);
+        free(j);
+        return -1;
+    }
     return 0;
 }
 
@@ -443,11 +625,23 @@ void kh_cluster_vms_claim_local(kh_cluster *c)
 
 /* ---- the view ---- */
 
-json_t *kh_cluster_vms_remote(kh_cluster *c, const char *host)
+void kh_cluster_vms_view_stale(kh_cluster *c)
 {
+    json_decref(c->vms_view);
+    c->vms_view = NULL;
+    free(c->vms_view_text);
+    c->vms_view_text = NULL;
+}
+
+/* The view, built when stale: each other host's VM once, with its host's
+ * name, as objects and as text. */
+static json_t *view(kh_cluster *c)
+{
+    if (c->vms_view)
+        return c->vms_view;
     json_t *arr = json_array();
-    if (!kh_cluster_enabled(c))
-        return arr;
+    kh_buf text = { 0 };
+    kh_buf_add(&text, "", 0);
     const char *id;
     json_t *e;
     json_object_foreach(c->vms, id, e) {
@@ -458,13 +652,41 @@ json_t *kh_cluster_vms_remote(kh_cluster *c, const char *host)
         json_t *vm = json_deep_copy(spec);
         json_object_set_new(vm, "host", json_string(host_name_of(c, owner)));
         json_object_del(vm, "host_id");
-        if (host && strcmp(host, json_string_value(json_object_get(vm, "host"))) != 0) {
-            json_decref(vm);
-            continue;
+        char *s = json_dumps(vm, JSON_COMPACT);
+        if (s) {
+            if (text.len)
+                kh_buf_add(&text, ",", 1);
+            kh_buf_add(&text, s, strlen(s));
+            free(s);
         }
         json_array_append_new(arr, vm);
     }
+    c->vms_view = arr;
+    c->vms_view_text = text.p;
     return arr;
+}
+
+json_t *kh_cluster_vms_remote(kh_cluster *c, const char *host)
+{
+    json_t *arr = json_array();
+    if (!kh_cluster_enabled(c))
+        return arr;
+    size_t i;
+    json_t *vm;
+    json_array_foreach(view(c), i, vm) {
+        const char *h = json_string_value(json_object_get(vm, "host"));
+        if (!host || (h && strcmp(host, h) == 0))
+            json_array_append(arr, vm);
+    }
+    return arr;
+}
+
+const char *kh_cluster_vms_remote_text(kh_cluster *c)
+{
+    if (!kh_cluster_enabled(c))
+        return "";
+    view(c);
+    return c->vms_view_text ? c->vms_view_text : "";
 }
 
 const char *kh_cluster_host_name(const kh_cluster *c)

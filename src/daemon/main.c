@@ -634,6 +634,7 @@ static json_t *cluster_local_vms(void *opaque)
 
 static const kh_manager_cluster_ops cluster_ops = {
     .claim = kh_cluster_vm_claim,
+    .claim_async = kh_cluster_vm_claim_async,
     .unclaim = kh_cluster_vm_unclaim,
     .may_run = kh_cluster_vm_may_run,
     .changed = kh_cluster_vm_changed,

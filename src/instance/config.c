@@ -79,8 +79,10 @@ json_t *kh_config_create(kh_manager *mgr, const json_t *body, kh_err *err)
     return kh_config_create_id(mgr, body, NULL, err);
 }
 
-json_t *kh_config_create_id(kh_manager *mgr, const json_t *body, const char *given_id,
-                            kh_err *err)
+/* The checks of a create, before its claim: the spec (the caller's) and
+ * its id in id; NULL with err. */
+static kh_vm_spec *create_check(kh_manager *mgr, const json_t *body, const char *given_id,
+                                char id[37], kh_err *err)
 {
     kh_vm_spec *spec = kh_vm_spec_from_json(body, err);
     if (!spec)
@@ -96,9 +98,8 @@ json_t *kh_config_create_id(kh_manager *mgr, const json_t *body, const char *giv
             return NULL;
         }
     }
-    char id[37];
     if (given_id && strlen(given_id) == 36 && !kh_manager_find_id(mgr, given_id)) {
-        memcpy(id, given_id, sizeof(id));
+        memcpy(id, given_id, 37);
     } else if (given_id) {
         kh_err_set(err, KH_E_CONFLICT, "vm id %s: bad or already here", given_id);
         kh_vm_spec_free(spec);
@@ -113,21 +114,21 @@ json_t *kh_config_create_id(kh_manager *mgr, const json_t *body, const char *giv
         kh_vm_spec_free(spec);
         return NULL;
     }
-    /* A VM that arrives by migration (given_id) is still owned by its
-     * source: the owner moves at the switch (instance/migrate.c), so the
-     * target claims nothing here. */
-    if (!given_id && mgr->cluster &&
-        mgr->cluster->claim(mgr->cluster_opaque, id, spec->name, err) < 0) {
-        kh_vm_spec_free(spec);
-        return NULL;
-    }
+    return spec;
+}
+
+/* The record and the instance of a create once its claim is made (spec
+ * stolen; claimed: give the claim back if the store fails). */
+static json_t *create_commit(kh_manager *mgr, kh_vm_spec *spec, const char *id, bool claimed,
+                             kh_err *err)
+{
     json_t *sj = kh_vm_spec_to_json(spec);
     char *text = json_dumps(sj, JSON_COMPACT | JSON_SORT_KEYS);
     json_decref(sj);
     double now = kh_wall_time();
     kh_vm_row row;
     memset(&row, 0, sizeof(row));
-    memcpy(row.id, id, sizeof(id));
+    memcpy(row.id, id, sizeof(row.id));
     row.name = spec->name;
     row.spec_json = text;
     row.state = (char *)(uintptr_t)"stopped";
@@ -136,7 +137,7 @@ json_t *kh_config_create_id(kh_manager *mgr, const json_t *body, const char *giv
     int rc = kh_store_vm_insert(mgr->store, &row, err);
     free(text);
     if (rc < 0) {
-        if (!given_id && mgr->cluster)
+        if (claimed)
             mgr->cluster->unclaim(mgr->cluster_opaque, id, spec->name);
         kh_vm_spec_free(spec);
         return NULL;
@@ -150,6 +151,77 @@ json_t *kh_config_create_id(kh_manager *mgr, const json_t *body, const char *giv
     kh_manager_cluster_changed(v);
     kh_events_publish(mgr->events, "vm.created", spec->name, json_incref(j));
     return j;
+}
+
+json_t *kh_config_create_id(kh_manager *mgr, const json_t *body, const char *given_id,
+                            kh_err *err)
+{
+    char id[37];
+    kh_vm_spec *spec = create_check(mgr, body, given_id, id, err);
+    if (!spec)
+        return NULL;
+    /* A VM that arrives by migration (given_id) is still owned by its
+     * source: the owner moves at the switch (instance/migrate.c), so the
+     * target claims nothing here. */
+    bool claim = !given_id && mgr->cluster;
+    if (claim && mgr->cluster->claim(mgr->cluster_opaque, id, spec->name, err) < 0) {
+        kh_vm_spec_free(spec);
+        return NULL;
+    }
+    return create_commit(mgr, spec, id, claim, err);
+}
+
+typedef struct create_job {
+    kh_manager *mgr;
+    kh_vm_spec *spec;
+    char id[37];
+    kh_config_created_cb cb;
+    void *opaque;
+} create_job;
+
+static void on_claimed(void *opaque, const kh_err *claim_err)
+{
+    create_job *j = opaque;
+    kh_err err = KH_ERR_INIT;
+    json_t *vm = NULL;
+    if (claim_err) {
+        err = *claim_err;
+        kh_vm_spec_free(j->spec);
+    } else if (kh_manager_find(j->mgr, j->spec->name, NULL)) {
+        /* made here meanwhile (its own claim won first): ours goes back */
+        kh_err_set(&err, KH_E_CONFLICT, "a vm named %s already exists", j->spec->name);
+        j->mgr->cluster->unclaim(j->mgr->cluster_opaque, j->id, j->spec->name);
+        kh_vm_spec_free(j->spec);
+    } else {
+        vm = create_commit(j->mgr, j->spec, j->id, true, &err);
+    }
+    j->cb(j->opaque, vm, vm ? NULL : &err);
+    free(j);
+}
+
+int kh_config_create_async(kh_manager *mgr, const json_t *body, kh_config_created_cb cb,
+                           void *opaque, kh_err *err)
+{
+    char id[37];
+    kh_vm_spec *spec = create_check(mgr, body, NULL, id, err);
+    if (!spec)
+        return -1;
+    if (!mgr->cluster || !mgr->cluster->claim_async) { /* a single host: nothing to wait for */
+        json_t *vm = create_commit(mgr, spec, id, false, err);
+        if (!vm)
+            return -1;
+        cb(opaque, vm, NULL);
+        return 0;
+    }
+    create_job *j = xcalloc(1, sizeof(*j));
+    *j = (create_job){ .mgr = mgr, .spec = spec, .cb = cb, .opaque = opaque };
+    memcpy(j->id, id, sizeof(j->id));
+    if (mgr->cluster->claim_async(mgr->cluster_opaque, id, spec->name, on_claimed, j, err) < 0) {
+        kh_vm_spec_free(spec);
+        free(j);
+        return -1;
+    }
+    return 0;
 }
 
 /* Persist next as v's spec, then make it v's spec (next is stolen: freed on

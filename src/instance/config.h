@@ -16,6 +16,13 @@ json_t *kh_config_create(kh_manager *mgr, const json_t *spec, kh_err *err);
 /* migration: as kh_config_create with the id given (the VM keeps its id on
  * the target host). */
 json_t *kh_config_create_id(kh_manager *mgr, const json_t *spec, const char *id, kh_err *err);
+/* kh_config_create with the cluster claim (an etcd txn) off the loop: cb
+ * gets the VM's JSON (the callback's to keep) or the error, once: later,
+ * on the loop, in a cluster; before this returns when there is no cluster
+ * claim to make. -1 with err (cb not called) when a check fails first. */
+typedef void (*kh_config_created_cb)(void *opaque, json_t *vm, const kh_err *err);
+int kh_config_create_async(kh_manager *mgr, const json_t *spec, kh_config_created_cb cb,
+                           void *opaque, kh_err *err);
 /* Change a VM's spec. Limits of a running VM change live; when the store
  * write fails afterwards, the old limits are put back. */
 json_t *kh_config_patch(kh_manager *mgr, const char *name, const json_t *patch, kh_err *err);

@@ -379,7 +379,11 @@ void kh_lifecycle_incoming(kh_inst *v, const kh_err *err)
 typedef struct commit_ref {
     kh_manager *mgr;
     char id[37];
+    unsigned tries;
 } commit_ref;
+
+/* A commit's query-status answers before the incoming migration ended. */
+#define COMMIT_TRIES 100000
 
 static void on_commit_cont(kh_qmp *q, json_t *ret, const kh_err *err, void *opaque)
 {
@@ -404,22 +408,60 @@ static void on_commit_cont(kh_qmp *q, json_t *ret, const kh_err *err, void *opaq
     kh_lifecycle_started(v);
 }
 
+static int commit_query(kh_inst *v, commit_ref *r, kh_err *err);
+
+/* cont only once this QEMU has loaded all of the guest: the source's
+ * "completed" says everything was sent, not that it was loaded here, and a
+ * cont while still "inmigrate" activates the disks and starts the guest on
+ * QEMU's own at the end of the load (a guest seen crashing right after such
+ * a switch): ask until the incoming side is done. */
+static void on_commit_status(kh_qmp *q, json_t *ret, const kh_err *err, void *opaque)
+{
+    (void)q;
+    commit_ref *r = opaque;
+    kh_inst *v = kh_manager_find_id(r->mgr, r->id);
+    if (!v || v->state != KH_INST_STARTING) {
+        free(r);
+        return;
+    }
+    kh_err e = KH_ERR_INIT;
+    const char *st = err ? NULL : json_string_value(json_object_get(ret, "status"));
+    if (st && strcmp(st, "inmigrate") == 0 && ++r->tries < COMMIT_TRIES) {
+        if (commit_query(v, r, &e) < 0) {
+            free(r);
+            kh_lifecycle_start_fail(v, &e);
+        }
+        return;
+    }
+    if (r->tries)
+        kh_log(KH_LOG_INFO, "vm.migrate", "vm=%s commit: the incoming load ended after %u "
+               "status queries", v->spec->name, r->tries);
+    /* local disks: the exports go first (an export left open would keep
+     * the disk writable from outside and block this QEMU's own migration
+     * later); nbd-server-stop closes every NBD export */
+    if ((v->incoming_nbd_port &&
+         v->drv->command(v, "nbd-server-stop", NULL, -1, NULL, NULL, &e) < 0) ||
+        v->drv->command(v, "cont", NULL, -1, on_commit_cont, r, &e) < 0) {
+        free(r);
+        kh_lifecycle_start_fail(v, &e);
+    }
+}
+
+static int commit_query(kh_inst *v, commit_ref *r, kh_err *err)
+{
+    return v->drv->command(v, "query-status", NULL, -1, on_commit_status, r, err);
+}
+
 int kh_lifecycle_incoming_commit(kh_inst *v, kh_err *err)
 {
     if (!v->incoming_port || v->state != KH_INST_STARTING) {
         kh_err_set(err, KH_E_CONFLICT, "vm %s is not waiting for a migration", v->spec->name);
         return -1;
     }
-    /* local disks: the exports go first (an export left open would keep
-     * the disk writable from outside and block this QEMU's own migration
-     * later); nbd-server-stop closes every NBD export */
-    if (v->incoming_nbd_port &&
-        v->drv->command(v, "nbd-server-stop", NULL, -1, NULL, NULL, err) < 0)
-        return -1;
     commit_ref *r = xcalloc(1, sizeof(*r));
     r->mgr = v->mgr;
     memcpy(r->id, v->id, sizeof(r->id));
-    if (v->drv->command(v, "cont", NULL, -1, on_commit_cont, r, err) < 0) {
+    if (commit_query(v, r, err) < 0) {
         free(r);
         return -1;
     }

@@ -129,6 +129,12 @@ typedef struct kh_manager_cluster_ops {
     /* Before a VM is created: claim id as this host's and name cluster-wide.
      * -1 with err (409 naming the host that has the name, 503 no quorum). */
     int (*claim)(void *opaque, const char *id, const char *name, kh_err *err);
+    /* The same without blocking: done(done_opaque, NULL or the error) runs
+     * once, later, on the loop; -1 with err (done not called) when it cannot
+     * be sent (no quorum). NULL: only the blocking claim. */
+    int (*claim_async)(void *opaque, const char *id, const char *name,
+                       void (*done)(void *done_opaque, const kh_err *err), void *done_opaque,
+                       kh_err *err);
     /* A create that failed after its claim gives it back. */
     void (*unclaim)(void *opaque, const char *id, const char *name);
     /* Before a start or resume: -1 with err when this host may not run id

@@ -42,7 +42,7 @@
 #define FORGET_TRIES 100
 #define DIRTY_CALC_S 1
 #define DIRTY_POLLS 50
-#define DEFAULT_DOWNTIME_MS 300
+#define DEFAULT_DOWNTIME_MS 10 /* as qemu/migrate.c */
 #define DEFAULT_MAX_DOWNTIME_MS 2000
 
 static kh_migration *migrations[64];
@@ -63,6 +63,8 @@ static void mig_release(kh_migration *m)
     for (size_t i = 0; i < KH_ARRAY_LEN(migrations); i++)
         if (migrations[i] == m)
             migrations[i] = NULL;
+    if (m->curl)
+        curl_easy_cleanup(m->curl);
     free(m);
 }
 
@@ -92,8 +94,11 @@ void kh_migrate_timer_stop(kh_migration *m)
 
 /* ---- HTTP to the peer ---- */
 
-/* POST (body non-NULL) or GET url; *out (may be NULL) the JSON reply. */
-static int peer_call(const kh_migration *m, const char *path, const json_t *body, json_t **out,
+/* POST (body non-NULL) or GET url; *out (may be NULL) the JSON reply.
+ * One handle per migration: its connection (and TLS session) stays open
+ * from prepare to commit, so the commit in the guest's downtime makes no
+ * TCP or TLS handshake. */
+static int peer_call(kh_migration *m, const char *path, const json_t *body, json_t **out,
                      kh_err *err)
 {
     char *url = xasprintf("%s/api/v1/migrations/%s/%s", m->peer.api_url, m->id, path);
@@ -103,7 +108,11 @@ static int peer_call(const kh_migration *m, const char *path, const json_t *body
     char errbuf[CURL_ERROR_SIZE] = "";
     long status = 0;
     int rc = -1;
-    CURL *h = curl_easy_init();
+    if (!m->curl)
+        m->curl = curl_easy_init();
+    else
+        curl_easy_reset(m->curl); /* the options go, the connection stays */
+    CURL *h = m->curl;
     if (!h) {
         kh_err_set(err, KH_E_INTERNAL, "libcurl is not available");
         goto out;
@@ -127,7 +136,7 @@ static int peer_call(const kh_migration *m, const char *path, const json_t *body
     curl_easy_setopt(h, CURLOPT_ERRORBUFFER, errbuf);
     CURLcode cc = curl_easy_perform(h);
     curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &status);
-    curl_easy_cleanup(h);
+    curl_easy_setopt(h, CURLOPT_HTTPHEADER, NULL);
     curl_slist_free_all(hdr);
     if (cc != CURLE_OK) {
         kh_err_set(err, KH_E_UNAVAILABLE, "%s: %s", url,
@@ -263,6 +272,10 @@ static void on_query(kh_qmp *q, json_t *ret, const kh_err *err, void *opaque)
 {
     (void)q;
     kh_migration *m = opaque;
+    kh_qmig_status st;
+    bool parsed = !err && kh_qmig_status_parse(ret, &st) == 0;
+    if (parsed && !m->finished)
+        m->st = st; /* also after the switch: the result's downtime and totals */
     if (m->finished || (m->phase != KH_MIG_MEMORY && m->phase != KH_MIG_SWITCH))
         return;
     if (err) {
@@ -270,10 +283,8 @@ static void on_query(kh_qmp *q, json_t *ret, const kh_err *err, void *opaque)
         kh_migrate_feed(m, KH_MIG_EV_FAILED);
         return;
     }
-    kh_qmig_status st;
-    if (kh_qmig_status_parse(ret, &st) < 0)
+    if (!parsed)
         return;
-    m->st = st;
     if (st.ram_total && m->task) {
         char msg[160];
         int n = snprintf(msg, sizeof(msg), "%s: RAM %llu of %llu MiB", st.status,
@@ -291,7 +302,7 @@ static void on_query(kh_qmp *q, json_t *ret, const kh_err *err, void *opaque)
         kh_migrate_feed(m, KH_MIG_EV_FAILED);
     } else if (strcmp(st.status, "pre-switchover") == 0 && m->phase == KH_MIG_MEMORY) {
         kh_migrate_feed(m, KH_MIG_EV_PRESWITCHOVER);
-    } else if (strcmp(st.status, "completed") == 0 && m->phase == KH_MIG_SWITCH) {
+    } else if (strcmp(st.status, "completed") == 0) { /* in switch, or memory without pause */
         kh_migrate_timer_stop(m);
         kh_migrate_feed(m, KH_MIG_EV_COMPLETED);
     }
@@ -522,6 +533,7 @@ static void do_migrate(kh_migration *m)
     kh_qmig_opts o = { .bandwidth = m->opts.max_bandwidth,
                        .downtime_ms = m->plan.downtime_ms,
                        .auto_converge = m->plan.auto_converge,
+                       .pause_switchover = m->ndisks > 0,
                        .tls_creds = m->tls_dir[0] ? KH_QMIG_TLS_ID : NULL,
                        .tls_hostname = m->peer.address };
     kh_migrate_tls_setup(m);
@@ -623,7 +635,10 @@ static void run_action(kh_migration *m, uint32_t bit)
     }
     case KH_MIG_A_T_COMMIT: {
         json_t *b = json_object();
-        if (peer_call(m, "commit", b, NULL, &err) < 0) {
+        int rc = peer_call(m, "commit", b, NULL, &err);
+        if (rc == 0 && !m->committed_ms)
+            m->committed_ms = kh_now_ms();
+        if (rc < 0) {
             /* the guest's state is on the target: this QEMU must not go
              * before the target runs it; FAILED retries the batch later */
             kh_log(KH_LOG_ERROR, "vm.migrate", "vm=%s commit error=\"%s\"", m->name, err.msg);
@@ -696,6 +711,16 @@ static void finish(kh_migration *m)
         json_object_set_new(res, "disks_copied", json_integer(m->ndisks));
         json_object_set_new(res, "disk_bytes", json_integer((json_int_t)m->mirrors.total));
         json_object_set_new(res, "downtime_limit_ms", json_integer(m->plan.downtime_ms));
+        /* the guest's pause as it lives it: from QEMU's STOP event to the
+         * target's answer to the commit (its cont sent); without the event,
+         * QEMU's downtime (paused until completed) plus ours after it */
+        int64_t sw = m->completed_ms && m->committed_ms >= m->completed_ms
+                         ? (int64_t)(m->committed_ms - m->completed_ms) : -1;
+        int64_t gdt = m->stopped_ms && m->committed_ms >= m->stopped_ms
+                          ? (int64_t)(m->committed_ms - m->stopped_ms)
+                      : sw >= 0 ? m->st.downtime_ms + sw : -1;
+        json_object_set_new(res, "switch_ms", json_integer(sw));
+        json_object_set_new(res, "guest_downtime_ms", json_integer(gdt));
         json_object_set_new(res, "auto_converge", json_boolean(m->plan.auto_converge));
         kh_task_succeed(m->task, res);
         m->task = NULL;
@@ -744,6 +769,8 @@ static void later_fire(uv_timer_t *t)
 
 void kh_migrate_feed(kh_migration *m, kh_mig_event ev)
 {
+    if (ev == KH_MIG_EV_COMPLETED && !m->completed_ms)
+        m->completed_ms = kh_now_ms();
     while (!m->finished) {
         m->facts.owner = m->pending_owner;
         kh_mig_step s = kh_migrate_fsm_step(KH_MIG_SOURCE, m->phase, ev, &m->facts);
@@ -782,17 +809,40 @@ void kh_migrate_feed(kh_migration *m, kh_mig_event ev)
     }
 }
 
-/* QEMU's MIGRATION event (the "events" capability): ask query-migrate at
- * once instead of at the next poll, so pre-switchover and completed are
- * acted on without the poll's delay (the guest is paused meanwhile). */
+/* QEMU's MIGRATION event (the "events" capability): pre-switchover and
+ * completed are acted on at once, from the event itself (the guest is
+ * paused meanwhile: no poll's delay, no query's round trip first); the
+ * query-migrate sent before brings the figures (and any failure). */
 static void on_vm_event(void *opaque, const char *vm_id, const char *event, json_t *data)
 {
     (void)opaque;
-    (void)data;
+    if (strcmp(event, "STOP") == 0) { /* the guest's pause begins: the switch-over */
+        kh_migration *s = mig_find(vm_id);
+        if (s && !s->stopped_ms && (s->phase == KH_MIG_MEMORY || s->phase == KH_MIG_SWITCH))
+            s->stopped_ms = kh_now_ms();
+        return;
+    }
+    if (strcmp(event, "JOB_STATUS_CHANGE") == 0) { /* a mirror concluded: no poll's wait */
+        kh_migration *s = mig_find(vm_id);
+        const char *st = json_string_value(json_object_get(data, "status"));
+        if (s && s->wait_mirrors && s->phase == KH_MIG_SWITCH && st &&
+            strcmp(st, "concluded") == 0)
+            (void)kh_migrate_disks_switch_poll(s);
+        return;
+    }
     kh_migration *m = strcmp(event, "MIGRATION") == 0 ? mig_find(vm_id) : NULL;
-    if (m && !m->finished && m->timer && uv_is_active((uv_handle_t *)m->timer) &&
-        (m->phase == KH_MIG_MEMORY || m->phase == KH_MIG_SWITCH))
-        (void)kh_migrate_qmp(m, "query-migrate", NULL, on_query);
+    if (!m || m->finished || !m->timer || !uv_is_active((uv_handle_t *)m->timer) ||
+        (m->phase != KH_MIG_MEMORY && m->phase != KH_MIG_SWITCH))
+        return;
+    if (kh_migrate_qmp(m, "query-migrate", NULL, on_query) < 0)
+        return;
+    const char *st = json_string_value(json_object_get(data, "status"));
+    if (st && strcmp(st, "pre-switchover") == 0 && m->phase == KH_MIG_MEMORY) {
+        kh_migrate_feed(m, KH_MIG_EV_PRESWITCHOVER);
+    } else if (st && strcmp(st, "completed") == 0 && !m->wait_mirrors) {
+        kh_migrate_timer_stop(m);
+        kh_migrate_feed(m, KH_MIG_EV_COMPLETED);
+    }
 }
 
 /* The task's cancel hook: before the switch, roll back. */

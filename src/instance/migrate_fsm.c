@@ -8,7 +8,10 @@
  *  - Before `switch` the owner is the source (the owner txn is only sent in
  *    switch): every failure, cancel or restart rolls back without reading
  *    etcd; the source resumes its guest, the target kills its QEMU and
- *    deletes the disks it made.
+ *    deletes the disks it made. This holds even when the source's QEMU
+ *    already completed in `memory` (shared storage migrates without
+ *    pause-before-switchover): no txn was sent, so the target can never be
+ *    committed and the source's copy is the only one that may run.
  *  - In `switch` only the owner decides. The source sends the owner txn
  *    after QEMU says completed; a restart or a failure fences (below) and
  *    the answer decides: T -> finish (forward), S -> roll back, unknown ->
@@ -76,6 +79,11 @@ static const row table[] = {
       KH_MIG_A_MIRROR_CANCEL | KH_MIG_A_CONTINUE | EV },
     { S, KH_MIG_MEMORY, KH_MIG_EV_PRESWITCHOVER, 0, NO, 0, 0, KH_MIG_SWITCH,
       KH_MIG_A_CONTINUE | EV },
+    /* shared storage: no pause before the switch-over, QEMU completes on
+     * its own (the target stays paused until the commit): the owner txn at
+     * once, nothing else in the guest's downtime */
+    { S, KH_MIG_MEMORY, KH_MIG_EV_COMPLETED, 0, NO, 0, 0, KH_MIG_SWITCH,
+      KH_MIG_A_OWNER_TXN | EV },
     { S, KH_MIG_SWITCH, KH_MIG_EV_COMPLETED, 0, 0, NO, 0, KH_MIG_SWITCH, KH_MIG_A_OWNER_TXN },
     /* ---- source: the commit point and its outcomes ---- */
     { S, KH_MIG_SWITCH, KH_MIG_EV_OWNER, OWN_T, YES, 0, 0, KH_MIG_FINISH,

@@ -45,7 +45,10 @@ typedef struct kh_migration {
     unsigned dirty_polls;
     kh_qmig_mirrors mirrors;
     uv_timer_t *timer;
+    void *curl;             /* the peer calls' libcurl handle: keeps its TLS connection */
     uint64_t t0_ms, poll_deadline_ms;
+    uint64_t stopped_ms;    /* QEMU's STOP of the guest for the switch-over (event) */
+    uint64_t completed_ms, committed_ms; /* QEMU said completed; the target ran it */
     kh_qmig_status st;
     bool continued;
     kh_err err;

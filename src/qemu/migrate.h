@@ -24,11 +24,13 @@
 
 /* What a migration asks of QEMU. */
 typedef struct kh_qmig_opts {
-    unsigned downtime_ms;      /* downtime-limit (0: 300) */
+    unsigned downtime_ms;      /* downtime-limit (0: 10) */
     uint64_t bandwidth;        /* max-bandwidth, bytes/s (0: unlimited, i.e. 10 GiB/s) */
     unsigned multifd_channels; /* 0/1: no multifd; >1 channels (not with TLS on 7.2
                                 * before the cluster CA lands: both sides must agree) */
     bool auto_converge;        /* throttle the guest's vCPUs when it dirties too fast */
+    bool pause_switchover;     /* source: pause-before-switchover (local disks: the
+                                * mirrors must conclude before the block nodes go) */
     const char *tls_creds;     /* id of a tls-creds-x509 object, NULL: plaintext */
     const char *tls_hostname;  /* the name the target's certificate must carry */
 } kh_qmig_opts;
@@ -40,9 +42,11 @@ typedef struct kh_qmig_opts {
  * server-key.pem (endpoint "server", the target) or client-cert.pem /
  * client-key.pem (endpoint "client", the source); QEMU's layout. */
 json_t *kh_qmig_tls_object(const char *dir, bool server);
-/* migrate-set-capabilities: the source gets pause-before-switchover (the
- * switch is ours to make: mirrors cancelled and the owner moved first),
- * both get events, and multifd / auto-converge as asked. */
+/* migrate-set-capabilities: both get events, and multifd / auto-converge
+ * as asked; the source pause-before-switchover when o->pause_switchover
+ * (local disks: the mirrors are cancelled while the guest is paused, before
+ * QEMU inactivates the block nodes at completion). Without local disks the
+ * switch needs no pause: the target stays paused until the owner moved. */
 json_t *kh_qmig_caps(const kh_qmig_opts *o, bool source);
 /* migrate-set-parameters: downtime-limit, max-bandwidth, multifd-channels,
  * tls-creds (+ tls-hostname on the source). */
@@ -117,7 +121,7 @@ typedef struct kh_qmig_forecast_in {
     int64_t dirty_mbps;        /* calc-dirty-rate; -1: not measured (go) */
     uint64_t bandwidth;        /* bytes/s of the link (0: assume 1 GB/s) */
     uint64_t ram_bytes;        /* the guest's RAM */
-    unsigned downtime_ms;      /* the limit asked for (0: 300) */
+    unsigned downtime_ms;      /* the limit asked for (0: 10) */
     unsigned downtime_cap_ms;  /* how far it may be raised */
     bool force;
 } kh_qmig_forecast_in;

@@ -139,6 +139,7 @@ kh_storage *kh_storage_new(uv_loop_t *loop, kh_store *store, kh_qimg *qimg,
     st->loop = loop;
     st->store = store;
     st->db = kh_store_sqlite(store);
+    st->templates_at = -1;
     st->qimg = qimg;
     st->state_dir = xstrdup(state_dir);
     if (kh_key_master_load(&st->master, state_dir, err) < 0) {
@@ -193,6 +194,7 @@ void kh_storage_free(kh_storage *st)
         free(b);
     }
     kh_key_master_clear(&st->master);
+    json_decref(st->templates);
     free(st->state_dir);
     free(st);
 }

@@ -65,6 +65,8 @@ struct kh_storage {
     kh_volume_live_resize_fn live_resize;
     void *live_resize_opaque;
     kh_key_master master;     /* STATE_DIR/master.key */
+    json_t *templates;        /* template.c: vm id -> true, read at templates_at */
+    long long templates_at;   /* sqlite3_total_changes when read (-1: never) */
 };
 
 typedef enum op_kind {

@@ -19,15 +19,34 @@ int kh_storage_template_mark(kh_storage *st, const char *vm_id, kh_err *err)
     return rc;
 }
 
+/* The template ids, read again only when the database changed since
+ * (a VM listing asks once per VM: one query per listing, not per VM). */
 int kh_storage_template_get(kh_storage *st, const char *vm_id, kh_err *err)
 {
     if (!st)
         return 0;
-    long long n = storage_count_where(st, "SELECT count(*) FROM templates WHERE vm_id = ?", vm_id,
-                                      err);
-    if (n < 0)
-        return -1;
-    return n > 0;
+    long long now = (long long)sqlite3_total_changes(st->db);
+    if (!st->templates || st->templates_at != now) {
+        sqlite3_stmt *s = kh_store_prep(st->store, "SELECT vm_id FROM templates", err);
+        if (!s)
+            return -1;
+        json_t *ids = json_object();
+        int rc;
+        while ((rc = sqlite3_step(s)) == SQLITE_ROW) {
+            const char *id = (const char *)sqlite3_column_text(s, 0);
+            if (id)
+                json_object_set_new(ids, id, json_true());
+        }
+        sqlite3_finalize(s);
+        if (rc != SQLITE_DONE) {
+            json_decref(ids);
+            return storage_db_fail(st, err, "reading the templates");
+        }
+        json_decref(st->templates);
+        st->templates = ids;
+        st->templates_at = now;
+    }
+    return json_object_get(st->templates, vm_id) != NULL;
 }
 
 bool kh_storage_is_template(kh_storage *st, const char *vm_id)

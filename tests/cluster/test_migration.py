@@ -211,6 +211,10 @@ def test_migration(three):
         # it resolves by the fence (owner still h3: fenced, its QEMU goes,
         # the source's migration fails and it resumes; owner moved: the
         # guest runs on h1). Either way one QEMU, on the owner.
+        # (the restarted h3 resolves its rollback with etcd reads alone; its
+        # lease, which a write needs, may come a moment later)
+        wait_for(lambda: d3.api.get("/api/v1/cluster").json.get("quorum") is True, 30,
+                 "h3's lease back after its restart")
         r = d3.api.post("/api/v1/vms/%s/migrate" % name,
                         {"target": "h1", "wait": 0, "max_bandwidth_mib": 16})
         assert r.status == 202, r

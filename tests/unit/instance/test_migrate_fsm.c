@@ -40,6 +40,7 @@ typedef struct world {
     side h[2];
     int owner;          /* SRC or TGT: /kvmhost/vms/<id>/owner */
     bool fenced;        /* the migration record says aborted */
+    bool txn_out;       /* an owner txn was ever sent (survives a kill) */
     bool local;
     bool prepare_pending;
     qev q[512];
@@ -128,8 +129,17 @@ static bool act(world *w, int who, uint32_t a)
         if (tgt->qemu != Q_INCOMING)
             goto fail;
         src->migrating = true;
-        src->qemu = Q_PAUSED; /* pause-before-switchover */
-        enqueue(w, SRC, KH_MIG_EV_PRESWITCHOVER, 0);
+        if (w->local) {
+            src->qemu = Q_PAUSED; /* pause-before-switchover */
+            enqueue(w, SRC, KH_MIG_EV_PRESWITCHOVER, 0);
+            break;
+        }
+        /* shared storage: no pause, QEMU completes on its own */
+        src->qemu = Q_POST;
+        tgt->qemu = Q_RECEIVED;
+        enqueue(w, SRC, KH_MIG_EV_COMPLETED, 0);
+        if (tgt->up)
+            enqueue(w, TGT, KH_MIG_EV_COMPLETED, 0);
         break;
     case KH_MIG_A_MIRROR_CANCEL:
     case KH_MIG_A_NBD_DEL:
@@ -148,6 +158,7 @@ static bool act(world *w, int who, uint32_t a)
         break;
     case KH_MIG_A_OWNER_TXN:
         src->txn_sent = true;
+        w->txn_out = true;
         if (w->etcd_unknown > 0) {
             w->etcd_unknown--;
             if (w->unknown_applies && w->owner == SRC && !w->fenced)
@@ -182,8 +193,10 @@ static bool act(world *w, int who, uint32_t a)
     case KH_MIG_A_RESUME:
         if (w->owner != SRC)
             violate(w, "source resumed without being the owner");
-        if (src->qemu == Q_POST && !w->fenced)
-            violate(w, "source resumed after switch without the fence");
+        /* after the owner txn went out only the fence makes a resume safe
+         * (a completed QEMU before any txn is still the only copy allowed) */
+        if (src->qemu == Q_POST && w->txn_out && !w->fenced)
+            violate(w, "source resumed after the owner txn without the fence");
         if (src->qemu == Q_PAUSED || src->qemu == Q_POST)
             src->qemu = Q_RUNNING;
         break;
@@ -495,8 +508,12 @@ static void test_etcd_unknown(void)
                 w.etcd_unknown = 0;
                 w.unknown_applies = applies;
                 enqueue(&w, SRC, KH_MIG_EV_START, 0);
-                /* run to the switch, then make etcd answer "unknown" n times */
+                /* run to the switch, then make etcd answer "unknown" n times
+                 * (shared storage: the owner txn goes with the step into the
+                 * switch, so stop before the source hears "completed") */
                 while (w.qh < w.qt && w.h[SRC].phase != KH_MIG_SWITCH) {
+                    if (w.q[w.qh].who == SRC && w.q[w.qh].ev == KH_MIG_EV_COMPLETED)
+                        break;
                     qev e = w.q[w.qh++];
                     deliver(&w, &e);
                 }
