@@ -87,10 +87,18 @@ static void cache(kh_manager *mgr, const char *id, const json_t *info)
     kh_inst *v = kh_manager_find_id(mgr, id);
     if (!v || v->pid <= 0)
         return;
+    json_t *g = view_of(info);
+    json_t *was = v->guest ? json_copy(v->guest) : NULL, *now = json_copy(g);
+    json_object_del(was, "updated_at");
+    json_object_del(now, "updated_at");
+    bool changed = !was || !json_equal(was, now);
+    json_decref(was);
+    json_decref(now);
     json_decref(v->guest);
-    v->guest = view_of(info);
+    v->guest = g;
     v->guest_due = mono_s() + POLL_EVERY_S;
-    kh_manager_cluster_changed(v);
+    if (changed) /* a cluster's copy of the view follows changes only */
+        kh_manager_cluster_changed(v);
 }
 
 static void job_work(uv_work_t *w)
