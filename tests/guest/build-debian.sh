@@ -113,9 +113,10 @@ printf '%s\n' virtio_pci virtio_blk virtio_scsi virtio_net ext4 crc32c_generic \
     ahci sr_mod cdrom isofs virtio_console > "$root/etc/initramfs-tools/modules"
 chroot "$root" update-initramfs -u -k "$kver" >&2
 echo debian > "$root/etc/hostname"
+# The ESP is mounted when used (an automount): no boot waits for its device.
 cat > "$root/etc/fstab" <<EOF
 UUID=$root_uuid / ext4 errors=remount-ro 0 1
-UUID=${esp_id:0:4}-${esp_id:4:4} /boot/efi vfat umask=0077,nofail 0 0
+UUID=${esp_id:0:4}-${esp_id:4:4} /boot/efi vfat umask=0077,nofail,noauto,x-systemd.automount 0 0
 EOF
 mkdir -p "$root/boot/efi"
 cat > "$root/etc/cloud/cloud.cfg.d/90-kvmhost.cfg" <<'EOF'
@@ -126,6 +127,8 @@ cat > "$root/etc/cloud/cloud.cfg.d/90-kvmhost.cfg" <<'EOF'
 # puppet, chef, locale, ntp...) only cost Python imports at every boot.
 datasource_list: [ NoCloud, None ]
 ssh_genkeytypes: [ ed25519 ]
+# the hostname resolves (127.0.1.1): sudo does not wait for DNS at each call
+manage_etc_hosts: localhost
 cloud_init_modules:
  - migrator
  - seed_random
