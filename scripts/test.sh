@@ -6,7 +6,10 @@
 #   3. lint: cppcheck and clang-tidy over src/
 #   4. fuzz smoke: each libFuzzer target for a bounded number of runs
 #   5. black-box tests: the real daemon (ASan+UBSan build) in temp dirs,
-#      real QEMU guests under whatever accelerator the host can run
+#      real QEMU guests under whatever accelerator the host can run; the
+#      real Debian 12 guests (tests/guest/build-debian.sh, built in the
+#      background from the start, cached by its hash in tests/guest/out) as
+#      their own group beside them
 #   6. cluster tests: several hosts, each a network namespace with its own
 #      kvmhostd and etcd member (tests/cluster)
 #   7. browser tests: the web console (web/) in headless Chromium against
@@ -33,6 +36,12 @@ bad() { failed=$((failed + ${2:-1})); failures+=("$1"); printf -- '--- FAILED: %
 
 stage "dependencies"
 scripts/install-deps.sh --test || { echo "cannot install dependencies"; exit 1; }
+
+# The Debian 12 guest disk (several minutes the first time: mmdebstrap from
+# Debian's mirror; then cached under tests/guest/out by the script's hash)
+# builds in the background while the builds, unit tests, lint and fuzz run.
+rm -f "$LOGS/debian-build.rc"
+(tests/guest/build-debian.sh >"$LOGS/debian-build.log" 2>&1; echo $? >"$LOGS/debian-build.rc") &
 
 # meson test: count its Ok/Fail lines.
 meson_tests() {
@@ -99,8 +108,10 @@ fi
 # pytest: count its closing line (passed, failed, errors).
 pytest_stage() {
   local name=$1; shift
-  local out
-  out=$(/usr/bin/python3 -m pytest -q -p no:cacheprovider "$@" 2>&1)
+  pytest_count "$name" "$(/usr/bin/python3 -m pytest -q -p no:cacheprovider "$@" 2>&1)"
+}
+pytest_count() { # name output
+  local name=$1 out=$2
   echo "$out" | tail -n 60
   local summary pp pf pe
   summary=$(echo "$out" | grep -E '^[0-9]+ (passed|failed)|^=+ .*(passed|failed)' | tail -1)
@@ -111,12 +122,35 @@ pytest_stage() {
   [ $((pf + pe)) -gt 0 ] && bad "$name ($pf failed, $pe errors)" $((pf + pe))
   [ "$pp" -eq 0 ] && [ $((pf + pe)) -eq 0 ] && bad "$name (no test ran)"
 }
-pytest_stage black-box "${par[@]}" tests/blackbox
+# The Debian guests (tests in test_guests.py named test_debian_*): a group
+# of their own, serial, in the background beside the other black-box and
+# the cluster tests, once their disk is built. A failed build fails them
+# (KH_DEBIAN_REQUIRED: no skip) with the build log's tail.
+(
+  while [ ! -s "$LOGS/debian-build.rc" ]; do sleep 5; done
+  if [ "$(cat "$LOGS/debian-build.rc")" = 0 ]; then
+    echo "debian guest disk: built or cached ($(tail -n 1 "$LOGS/debian-build.log"))"
+  else
+    echo "debian guest disk: tests/guest/build-debian.sh FAILED; its log's tail:"
+    tail -n 30 "$LOGS/debian-build.log"
+  fi
+  KH_DEBIAN_REQUIRED=1 KH_DEBIAN_LOG="$LOGS/debian-build.log" timeout 3000 \
+    /usr/bin/python3 -m pytest -q -p no:cacheprovider tests/blackbox/test_guests.py \
+    -k test_debian_ 2>&1
+) >"$LOGS/debian-tests.log" 2>&1 &
+debian_tests=$!
+pytest_stage black-box "${par[@]}" tests/blackbox -k "not test_debian_"
 
 stage "cluster tests (hosts in network namespaces, a real etcd member each)"
 # tests/cluster/hosts.py: one namespace per host on a test bridge, kvmhostd
 # (ASan+UBSan) and etcd in each; serial, since the hosts share one bridge.
 pytest_stage cluster tests/cluster
+
+stage "Debian guests (real Debian 12 disk: cloud-init, SSH, UEFI + Secure Boot, TPM)"
+wait "$debian_tests"
+[ "$(cat "$LOGS/debian-build.rc" 2>/dev/null)" = 0 ] ||
+  bad "Debian guest disk build (tests/guest/build-debian.sh; log $LOGS/debian-build.log)"
+pytest_count "Debian guests" "$(cat "$LOGS/debian-tests.log")"
 
 stage "browser tests (web console in Chromium, real daemon and guest)"
 if [ ! -x /usr/bin/chromium ]; then

@@ -138,6 +138,7 @@ typedef struct kh_job {
     char *vm, *vm_id, *store;
     kh_chunks *chunks;
     json_t *spec;
+    json_t *tpm;  /* the VM's TPM state at the point in time (qemu/tpm.h), or NULL */
     json_t *base; /* the previous backup's row, or NULL */
     jdisk *disks;
     size_t ndisks, cur;

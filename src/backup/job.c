@@ -13,6 +13,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "qemu/tpm.h"
 #include "schema/schema.h"
 #include "util/fs.h"
 #include "util/log.h"
@@ -28,7 +29,8 @@
 
 static const char *const spec_keys[] = { "name", "description", "vcpus", "max_vcpus",
                                          "memory_mib", "machine", "boot", "disks", "nics",
-                                         "serial", "graphics", "hugepages", "limits" };
+                                         "serial", "graphics", "hugepages", "limits",
+                                         "firmware", "secure_boot", "tpm", "cloud_init" };
 
 static void disk_step(kh_job *j);
 static unsigned job_seq;
@@ -55,6 +57,7 @@ static void job_free_parts(kh_job *j)
     free(j->nbd_errtext);
     kh_chunks_free(j->chunks);
     json_decref(j->spec);
+    json_decref(j->tpm);
     json_decref(j->base);
     json_decref(j->nodes);
 }
@@ -226,6 +229,18 @@ static int commit(kh_job *j, json_t *rec, kh_err *err)
     json_t *man = json_pack("{s:i, s:s, s:s, s:s, s:O, s:s}", "format", 1, "id", j->id, "vm_id",
                             j->vm_id, "kind", json_string_value(json_object_get(rec, "kind")),
                             "disks", json_object_get(rec, "disks"), "spec_chunk", spec_digest);
+    if (j->tpm) { /* swtpm's files, a chunk like the spec */
+        char *tpm_text = json_dumps(j->tpm, JSON_COMPACT);
+        char tpm_digest[KH_DIGEST_HEX];
+        prc = kh_chunks_put(j->chunks, tpm_text, strlen(tpm_text), tpm_digest, &stored, err);
+        free(tpm_text);
+        if (prc < 0) {
+            json_decref(man);
+            goto out;
+        }
+        json_object_set_new(man, "tpm_chunk", json_string(tpm_digest));
+        json_object_set_new(rec, "tpm_chunk", json_string(tpm_digest));
+    }
     char *mp = xasprintf("%s/manifest.json", tmp);
     int w = write_json(mp, man, err);
     free(mp);
@@ -719,8 +734,22 @@ kh_task *kh_backup_create_job(kh_backups *b, const char *vm_name, const json_t *
             json_object_set_new(j->spec, spec_keys[i], json_deep_copy(v));
     }
     json_decref(vm);
+    kh_err e = KH_ERR_INIT;
+    if (json_is_true(json_object_get(j->spec, "tpm"))) {
+        /* the TPM state as it is now: swtpm writes its files whole */
+        char *vstate = xasprintf("%s/vms/%s", b->state_dir, j->vm_id);
+        j->tpm = kh_tpm_state_get(vstate, &e);
+        free(vstate);
+        if (json_object_size(j->tpm) == 0) {
+            if (!j->tpm)
+                kh_log(KH_LOG_WARN, "backup.tpm", "vm=%s error=\"%s\"", j->vm, e.msg);
+            json_decref(j->tpm);
+            j->tpm = NULL;
+        }
+    }
     /* runtime facts of a VM reply are not spec */
     static const char *const runtime[] = { "hotplugged", "addresses" };
+    json_object_del(j->spec, "guest");
     static const char *const lists[] = { "disks", "nics" };
     for (size_t l = 0; l < 2; l++) {
         size_t i;
@@ -730,7 +759,6 @@ kh_task *kh_backup_create_job(kh_backups *b, const char *vm_name, const json_t *
                 json_object_del(x, runtime[k]);
         }
     }
-    kh_err e = KH_ERR_INIT;
     j->base = kh_backup_last(b, j->store, j->vm_id, &e);
     kh_task *task = j->op.task;
     disk_step(j);

@@ -683,7 +683,7 @@ static void chardevs_listed(kh_qmp *q, json_t *ret, const kh_err *err, void *opa
     if (open) {
         frozen_mark(j, true);
         j->thaw = true;
-        if (kh_guest_fsfreeze(j->op.b->mgr, j->vm, true, FREEZE_TIMEOUT_MS, froze, j, &e) == 0)
+        if (kh_guest_freeze(j->op.b->mgr, j->vm, FREEZE_TIMEOUT_MS, froze, j, &e) == 0)
             return;
         kh_log(KH_LOG_WARN, "backup.freeze", "vm=%s error=\"%s\"", j->vm, e.msg);
     }
@@ -720,7 +720,7 @@ static void transacted_thaw(kh_job *j, const kh_err *err, kh_live_done done)
     if (err)
         kh_err_copy(&j->held_err, err);
     kh_err e = KH_ERR_INIT;
-    if (kh_guest_fsfreeze(j->op.b->mgr, j->vm, false, FREEZE_TIMEOUT_MS, thawed, j, &e) < 0)
+    if (kh_guest_thaw(j->op.b->mgr, j->vm, thawed, j, &e) < 0)
         thawed(0, &e, j);
 }
 
@@ -1035,8 +1035,7 @@ void kh_live_reattach(kh_backups *b, const char *vm_id, const char *vm_name)
     j->vm_id = xstrdup(vm_id);
     j->live = true;
     kh_task_progress(op->task, 10, "cleaning up after a backup a daemon restart cut short");
-    if (frozen && kh_guest_fsfreeze(b->mgr, vm_name, false, FREEZE_TIMEOUT_MS, reattach_thawed,
-                                    j, &err) == 0)
+    if (frozen && kh_guest_thaw(b->mgr, vm_name, reattach_thawed, j, &err) == 0)
         return;
     if (frozen)
         kh_log(KH_LOG_WARN, "backup.thaw", "vm=%s error=\"%s\"", vm_name, err.msg);

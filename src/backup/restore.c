@@ -15,6 +15,7 @@
 #include "backup/nbdserve.h"
 #include "instance/config.h"
 #include "instance/lifecycle.h"
+#include "qemu/tpm.h"
 #include "schema/schema.h"
 #include "util/check.h"
 #include "util/fs.h"
@@ -38,6 +39,7 @@ typedef struct rjob {
     char *id;
     char *as;      /* a new VM, or NULL */
     char *target;  /* the existing VM, or NULL */
+    bool whole;    /* every disk (no "disk" chosen) */
     char *pool;
     json_t *row;
     kh_chunks *chunks;
@@ -158,10 +160,43 @@ static json_t *result_new(rjob *r)
     return result;
 }
 
+/* A whole restore over the VM the backup is of: its TPM state too. swtpm's
+ * files are encrypted with the VM's own key (derived from its id), so a
+ * new VM ("as") starts with a TPM of its own, as a new machine would. */
+static int put_tpm(rjob *r, kh_err *err)
+{
+    const char *tc = json_string_value(json_object_get(r->row, "tpm_chunk"));
+    if (!tc || r->as || !r->whole)
+        return 0;
+    json_t *vm = kh_manager_vm_json(r->op.b->mgr, r->target, err);
+    if (!vm)
+        return -1;
+    const char *id = json_string_value(json_object_get(vm, "id"));
+    const char *bid = json_string_value(json_object_get(r->row, "vm_id"));
+    int rc = 0;
+    if (id && bid && strcmp(id, bid) == 0) {
+        char *buf = xmalloc(KH_CHUNK_SIZE);
+        long n = kh_chunks_get(r->chunks, tc, buf, err);
+        json_t *files = n >= 0 ? json_loadb(buf, (size_t)n, 0, NULL) : NULL;
+        char *vstate = xasprintf("%s/vms/%s", r->op.b->state_dir, id);
+        if (n >= 0 && !files)
+            kh_err_set(err, KH_E_CONFLICT, "backup %s: its TPM state is not readable", r->id);
+        if (!files || kh_tpm_state_put(vstate, files, err) < 0)
+            rc = -1;
+        else
+            kh_log(KH_LOG_INFO, "backup.restore", "id=%s vm=%s tpm=restored", r->id, r->target);
+        free(vstate);
+        json_decref(files);
+        free(buf);
+    }
+    json_decref(vm);
+    return rc;
+}
+
 static void make_vm(rjob *r)
 {
     kh_err err = KH_ERR_INIT;
-    if (r->as && new_vm(r, &err) < 0) {
+    if ((r->as && new_vm(r, &err) < 0) || put_tpm(r, &err) < 0) {
         rfail(r, &err);
         return;
     }
@@ -793,6 +828,7 @@ kh_task *kh_backup_restore(kh_backups *b, const char *id, const json_t *body, kh
     r->id = xstrdup(id);
     r->as = as ? xstrdup(as) : NULL;
     r->target = target ? xstrdup(target) : NULL;
+    r->whole = !dsel;
     r->pool = xstrdup(pool ? pool : "default");
     r->row = row;
     r->chunks = chunks;

@@ -140,6 +140,9 @@ static void mark_index(kh_chunks *c, const char *id, json_t *refs)
     const char *sc = json_string_value(json_object_get(m, "spec_chunk"));
     if (sc)
         json_object_set_new(refs, sc, json_true());
+    const char *tc = json_string_value(json_object_get(m, "tpm_chunk"));
+    if (tc)
+        json_object_set_new(refs, tc, json_true());
     json_decref(m);
 }
 

@@ -196,7 +196,8 @@ char *cli_render_vm(const json_t *vm, double now)
     static const char *const known[] = { "name", "id", "state", "state_reason", "description",
                                          "vcpus", "memory_mib", "machine", "boot", "disks",
                                          "nics", "serial", "graphics", "pid", "accelerator",
-                                         "created_at", "updated_at", "started_at", NULL };
+                                         "created_at", "updated_at", "started_at", "guest",
+                                         NULL };
     char buf[64];
     cli_kv *kv = cli_kv_new();
     cli_kv_add(kv, "name", cli_jstr(vm, "name"));
@@ -242,6 +243,21 @@ char *cli_render_vm(const json_t *vm, double now)
     char *addr = cli_render_vm_addresses(vm);
     cli_kv_add(kv, "address", addr);
     free(addr);
+    const json_t *guest = json_object_get(vm, "guest");
+    if (guest) { /* what the guest agent said last */
+        const json_t *os = json_object_get(guest, "os");
+        cli_kv_add(kv, "guest os", str_or(os, "name", str_or(os, "id", "-")));
+        cli_kv_add(kv, "guest hostname", str_or(guest, "hostname", "-"));
+        lines = kh_strv_new();
+        json_array_foreach(json_object_get(guest, "addresses"), i, d) {
+            kh_strv_addf(lines, "%s/%" JSON_INTEGER_FORMAT " (%s)", str_or(d, "ip", "?"),
+                         json_integer_value(json_object_get(d, "prefix")),
+                         str_or(d, "interface", "?"));
+        }
+        joined = lines_join_free(lines);
+        cli_kv_add(kv, "guest addresses", joined);
+        free(joined);
+    }
     const json_t *serial = json_object_get(vm, "serial");
     cli_kv_add(kv, "serial", serial ? (json_is_true(serial) ? "yes" : "no") : NULL);
     cli_kv_add(kv, "graphics", cli_jstr(vm, "graphics"));

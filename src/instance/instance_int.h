@@ -88,6 +88,11 @@ struct kh_inst {
     /* live-restore: per spec disk, a connected socket to a read-only NBD
      * server or -1, taken by the next launch (kh_manager_nbd_backing) */
     int *nbd_backing;
+    /* guest agent (instance/guest.c): what it said last (GuestView, NULL:
+     * nothing yet or the process is gone) and when to ask again (monotonic
+     * seconds) */
+    json_t *guest;
+    double guest_due;
 };
 
 struct kh_manager {
@@ -108,6 +113,7 @@ struct kh_manager {
     } event_hooks[KH_MANAGER_EVENT_HOOKS];
     const kh_manager_cluster_ops *cluster; /* NULL: a single host */
     void *cluster_opaque;
+    struct kh_guest_poll *guest_poll; /* instance/guest.c: the agent poller */
 };
 
 /* A process exists or the state says one is on its way or going. */
@@ -192,6 +198,12 @@ char *kh_runtime_log_tail(const kh_inst *v);
 void kh_runtime_clear(kh_inst *v);
 /* Remove the instance's (empty) cgroup dirs; a failure is logged. */
 void kh_runtime_cgroup_remove(kh_inst *v);
+
+/* ---- guest.c: the guest agent poller ---- */
+/* Every running q35 VM's agent is asked now and then (one question at a
+ * time, in the thread pool), its answer kept in v->guest for the view. */
+void kh_guest_poll_start(kh_manager *mgr);
+void kh_guest_poll_stop(kh_manager *mgr);
 
 /* ---- reattach.c ---- */
 /* Adopt v's process after a daemon restart, or settle a process that ended. */

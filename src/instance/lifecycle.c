@@ -164,6 +164,9 @@ void kh_lifecycle_release(kh_inst *v)
         v->console = NULL;
         kh_console_free(c);
     }
+    json_decref(v->guest);
+    v->guest = NULL;
+    v->guest_due = 0;
 }
 
 /* The process is gone: release everything and settle the state. status < 0

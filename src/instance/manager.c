@@ -111,6 +111,8 @@ json_t *kh_manager_json(const kh_inst *v)
                         json_integer(v->console ? kh_console_viewer_count(v->console) : 0));
     json_object_set_new(j, "template",
                         json_boolean(kh_storage_is_template(v->mgr->cfg.storage, v->id)));
+    if (v->guest && v->pid > 0)
+        json_object_set(j, "guest", v->guest);
     return j;
 }
 
@@ -268,6 +270,7 @@ kh_manager *kh_manager_new(uv_loop_t *loop, kh_store *store, kh_events *events,
         kh_reattach(v);
     kh_bindings_attach(mgr);
     kh_bindings_sync(mgr);
+    kh_guest_poll_start(mgr);
     return mgr;
 }
 
@@ -276,6 +279,7 @@ void kh_manager_free(kh_manager *mgr)
     if (!mgr)
         return;
     kh_bindings_detach(mgr);
+    kh_guest_poll_stop(mgr);
     kh_migrate_shutdown(mgr); /* its timers, before the VMs go */
     for (kh_inst *v = mgr->vms, *n; v; v = n) {
         n = v->next;

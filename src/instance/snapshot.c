@@ -3,6 +3,7 @@
  * (instance/snapshot.h). */
 #include "instance/snapshot.h"
 
+#include <errno.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -10,9 +11,13 @@
 #include <sys/statvfs.h>
 #include <unistd.h>
 
+#include "instance/guest.h"
+#include "instance/instance_int.h"
+#include "qemu/tpm.h"
 #include "schema/schema.h"
 #include "storage/qcow2.h"
 #include "util/check.h"
+#include "util/fs.h"
 #include "util/log.h"
 #include "util/mem.h"
 #include "util/strv.h"
@@ -151,9 +156,71 @@ static void op_free(snap_op *o)
     free(o);
 }
 
+/* ---- the TPM state of disk-only snapshots ----
+ *
+ * A snapshot with memory holds the TPM state already (QEMU's tpm-emulator
+ * puts swtpm's state blobs in the VM state, and snapshot-load gives them
+ * back). A disk-only snapshot of a stopped VM keeps a copy of swtpm's files
+ * in STATE/vms/<id>/tpm-snapshots/<name>.json (kh_tpm_state_get), put back
+ * by a revert; a snapshot taken before the VM had a TPM state has none, and
+ * its revert leaves the TPM as it is. */
+
+static int write_json_file(const char *path, const json_t *j, kh_err *err)
+{
+    char *text = json_dumps(j, JSON_COMPACT);
+    int rc = kh_fs_write_atomic(path, text, strlen(text), 0600, err);
+    free(text);
+    return rc;
+}
+
+static char *tpm_snap_path(const snap_op *o, const char *vm_state)
+{
+    return xasprintf("%s/tpm-snapshots/%s.json", vm_state, o->name);
+}
+
+static int tpm_snap(const snap_op *o, kh_err *err)
+{
+    kh_inst *v = kh_manager_find_id(o->s->mgr, o->vm_id);
+    if (!v || o->memory || !v->spec->tpm)
+        return 0;
+    char *state = kh_runtime_state_path(v, NULL);
+    char *path = tpm_snap_path(o, state);
+    int rc = 0;
+    if (o->kind == SNAP_CREATE) {
+        json_t *files = kh_tpm_state_get(state, err);
+        char *dir = xasprintf("%s/tpm-snapshots", state);
+        if (!files || (json_object_size(files) > 0 &&
+                       (kh_fs_mkdir_p(dir, 0700, err) < 0 ||
+                        write_json_file(path, files, err) < 0)))
+            rc = -1;
+        free(dir);
+        json_decref(files);
+    } else if (o->kind == SNAP_REVERT) {
+        kh_err e = KH_ERR_INIT;
+        json_t *files = kh_fs_read_json(path, 64u * 1024 * 1024, &e);
+        if (files && kh_tpm_state_put(state, files, err) < 0)
+            rc = -1;
+        else if (!files && e.code != KH_E_NOTFOUND) {
+            kh_err_copy(err, &e);
+            rc = -1;
+        }
+        json_decref(files);
+    } else if (unlink(path) < 0 && errno != ENOENT) {
+        kh_err_errno(err, KH_E_INTERNAL, errno, "remove %s", path);
+        rc = -1;
+    }
+    if (rc < 0)
+        kh_err_prefix(err, "vm %s: the TPM state", o->vm);
+    free(path);
+    free(state);
+    return rc;
+}
+
 static void op_finish(snap_op *o, const kh_err *err)
 {
     kh_err e = KH_ERR_INIT;
+    if (!err && tpm_snap(o, &e) < 0)
+        err = &e;
     if (!err) {
         if (o->kind == SNAP_CREATE)
             kh_storage_snapshot_add(o->s->st, o->vm_id, o->name, o->memory, &e);
@@ -374,6 +441,84 @@ static int start_live(snap_op *o, kh_err *err)
     if (o->kind != SNAP_DELETE)
         json_object_set_new(args, "vmstate", json_string(o->vmstate));
     return kh_manager_qmp(o->s->mgr, o->vm_id, qmp_commands[o->kind], args, on_job_started, o, err);
+}
+
+/* ---- live, disk-only: the guest's filesystems frozen around it ----
+ *
+ * {"memory": false} on a running VM: the disks' internal snapshots in one
+ * QMP transaction (blockdev-snapshot-internal-sync, all or none), taken
+ * while the guest agent holds the guest's filesystems frozen
+ * (instance/guest.h: guest-fsfreeze-freeze, bounded; then a thaw, always,
+ * whatever the freeze or the snapshot did). A guest without an agent gets
+ * the snapshot unfrozen (crash-consistent, as a power cut); the daemon log
+ * says vm.fsfreeze ... error=. Memory snapshots are never frozen: a revert
+ * would resume a guest with frozen filesystems. */
+
+static void disk_thawed(int count, const kh_err *err, void *opaque)
+{
+    (void)count;
+    (void)err; /* logged by guest.c */
+    snap_op *o = opaque;
+    op_finish(o, kh_err_isset(&o->failure) ? &o->failure : NULL);
+}
+
+static void thaw(snap_op *o)
+{
+    kh_err err = KH_ERR_INIT;
+    kh_task_progress(o->task, 90, "thawing the guest's filesystems");
+    if (kh_guest_thaw(o->s->mgr, o->vm, disk_thawed, o, &err) < 0)
+        op_finish(o, kh_err_isset(&o->failure) ? &o->failure : NULL);
+}
+
+static void disk_taken(kh_qmp *q, json_t *ret, const kh_err *err, void *opaque)
+{
+    (void)q;
+    (void)ret;
+    snap_op *o = opaque;
+    if (err) {
+        kh_err_copy(&o->failure, err);
+        kh_err_prefix(&o->failure, "blockdev-snapshot-internal-sync");
+    }
+    thaw(o);
+}
+
+static void disk_frozen(int count, const kh_err *err, void *opaque)
+{
+    (void)count;
+    (void)err; /* no agent: the snapshot is taken unfrozen */
+    snap_op *o = opaque;
+    kh_task_progress(o->task, 50, "snapshotting the disks");
+    json_t *actions = json_array();
+    size_t i;
+    json_t *dev;
+    json_array_foreach(o->devices, i, dev) {
+        json_array_append_new(actions,
+                              json_pack("{s:s, s:{s:O, s:s}}", "type",
+                                        "blockdev-snapshot-internal-sync", "data", "device", dev,
+                                        "name", o->name));
+    }
+    kh_err e = KH_ERR_INIT;
+    if (kh_manager_qmp(o->s->mgr, o->vm_id, "transaction", json_pack("{s:o}", "actions", actions),
+                       disk_taken, o, &e) < 0) {
+        kh_err_copy(&o->failure, &e);
+        thaw(o);
+    }
+}
+
+static void freeze_skipped(uv_timer_t *t)
+{
+    disk_frozen(-1, NULL, t->data);
+}
+
+static int start_live_disks(snap_op *o, kh_err *err)
+{
+    (void)err;
+    kh_err e = KH_ERR_INIT;
+    if (kh_guest_freeze(o->s->mgr, o->vm, 0, disk_frozen, o, &e) < 0) {
+        /* after start() has returned: the task exists by then */
+        uv_timer_start(o->timer, freeze_skipped, 0, 0);
+    }
+    return 0;
 }
 
 /* ---- stopped: qemu-img snapshot per file ---- */
@@ -740,7 +885,7 @@ void kh_snapshots_reconcile(kh_snapshots *s)
 }
 
 static kh_task *start(kh_snapshots *s, snap_kind kind, const char *vm_name, const char *name,
-                      kh_err *err)
+                      bool no_memory, kh_err *err)
 {
     if (!s || !s->st) {
         kh_err_set(err, KH_E_UNAVAILABLE, "storage is not available");
@@ -789,7 +934,7 @@ static kh_task *start(kh_snapshots *s, snap_kind kind, const char *vm_name, cons
                        vm_name);
             goto fail;
         }
-        o->memory = running;
+        o->memory = running && !no_memory;
     } else {
         if (!have) {
             kh_err_set(err, KH_E_NOTFOUND, "vm %s has no snapshot named %s", vm_name, name);
@@ -818,10 +963,15 @@ static kh_task *start(kh_snapshots *s, snap_kind kind, const char *vm_name, cons
     o->timer = xcalloc(1, sizeof(*o->timer));
     uv_timer_init(s->loop, o->timer);
     o->timer->data = o;
-    if ((o->live ? start_live(o, err) : qimg_step(o, err)) < 0)
+    int started = !o->live                 ? qimg_step(o, err)
+                  : o->memory || kind != SNAP_CREATE ? start_live(o, err)
+                                                     : start_live_disks(o, err);
+    if (started < 0)
         goto fail;
     o->task = kh_task_new(s->tasks, kind_names[kind], vm_name);
-    kh_task_progress(o->task, 5, o->live ? "QEMU is working" : "qemu-img snapshot");
+    kh_task_progress(o->task, 5, !o->live ? "qemu-img snapshot"
+                                 : o->memory || kind != SNAP_CREATE ? "QEMU is working"
+                                                                    : "freezing the guest's filesystems");
     o->link = s->ops;
     s->ops = o;
     json_decref(vm);
@@ -836,17 +986,18 @@ kh_task *kh_snapshot_create(kh_snapshots *s, const char *vm, const json_t *body,
 {
     if (kh_schema_check("SnapshotSpec", body, "", err) < 0)
         return NULL;
-    return start(s, SNAP_CREATE, vm, json_string_value(json_object_get(body, "name")), err);
+    return start(s, SNAP_CREATE, vm, json_string_value(json_object_get(body, "name")),
+                 json_is_false(json_object_get(body, "memory")), err);
 }
 
 kh_task *kh_snapshot_revert(kh_snapshots *s, const char *vm, const char *snap, kh_err *err)
 {
-    return start(s, SNAP_REVERT, vm, snap, err);
+    return start(s, SNAP_REVERT, vm, snap, false, err);
 }
 
 kh_task *kh_snapshot_delete(kh_snapshots *s, const char *vm, const char *snap, kh_err *err)
 {
-    return start(s, SNAP_DELETE, vm, snap, err);
+    return start(s, SNAP_DELETE, vm, snap, false, err);
 }
 
 json_t *kh_snapshot_list(kh_snapshots *s, const char *vm_name, kh_err *err)

@@ -128,6 +128,11 @@ void kh_qga_close(kh_qga *q)
     free(q);
 }
 
+void kh_qga_deadline(kh_qga *q, unsigned timeout_ms)
+{
+    q->deadline = mono() + timeout_ms / 1000.0;
+}
+
 kh_qga *kh_qga_open(const char *sock_path, unsigned timeout_ms, kh_err *err)
 {
     struct sockaddr_un sa = { .sun_family = AF_UNIX };

@@ -19,6 +19,9 @@ typedef struct kh_qga kh_qga;
  * guest agent does not answer" on timeout). */
 kh_qga *kh_qga_open(const char *sock_path, unsigned timeout_ms, kh_err *err);
 void kh_qga_close(kh_qga *q);
+/* A new deadline for what follows: timeout_ms from now (a command that may
+ * take longer than the sync, guest-fsfreeze-freeze). */
+void kh_qga_deadline(kh_qga *q, unsigned timeout_ms);
 /* One command (args stolen, may be NULL): its "return" value (a new
  * reference, json null when the agent returns nothing), or NULL with err
  * (KH_E_QEMU with the agent's error text). no_reply: the command has none

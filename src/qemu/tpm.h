@@ -13,6 +13,8 @@
 #define KH_QEMU_TPM_H
 
 #include <stdbool.h>
+
+#include <jansson.h>
 #include <sys/types.h>
 
 #include "host/spawn.h"
@@ -33,5 +35,16 @@ typedef struct kh_tpm_opts {
  * (CLOEXEC; the caller passes it to QEMU and closes it), *pid the swtpm.
  * Returns 0, or -1 with err set (nothing left running). */
 int kh_tpm_start(const kh_tpm_opts *o, int *qemu_fd, pid_t *pid, kh_err *err);
+
+/* The TPM state as data, for snapshots and backups: STATE/tpm's files as
+ * {"file name": "hex of its bytes"} (swtpm's own files: encrypted with the
+ * VM's key when it has one, so only this VM's swtpm reads them). get: an
+ * empty object when the VM has no state yet, NULL with err. put replaces
+ * the whole directory with files (the old state goes only once the new one
+ * is written; the next kh_tpm_start() hands them to the QEMU user); -1 with
+ * err (KH_E_INVALID for names that are not swtpm's or bytes that are not
+ * hex). Only while no swtpm runs for the VM. */
+json_t *kh_tpm_state_get(const char *state_dir, kh_err *err);
+int kh_tpm_state_put(const char *state_dir, const json_t *files, kh_err *err);
 
 #endif

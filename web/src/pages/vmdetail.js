@@ -65,6 +65,15 @@ function summary(vm, charts) {
         kv('PID', vm.pid ? String(vm.pid) : null),
         kv('Started', vm.started_at ? fmtTime(vm.started_at) : null),
         kv('Graphics', vm.graphics),
+        // what the guest agent said last (the VM view's "guest", while it runs)
+        vm.guest ? [
+          kv('Guest OS', (vm.guest.os && (vm.guest.os.name || vm.guest.os.id)) || null),
+          kv('Guest hostname', vm.guest.hostname || null),
+          kv('Guest addresses', (vm.guest.addresses || []).length
+            ? h('ul', { class: 'plain', 'aria-label': 'Guest addresses' }, vm.guest.addresses.map((a) =>
+              h('li', {}, h('code', {}, `${a.ip}/${a.prefix}`), a.interface ? ` ${a.interface}` : '')))
+            : null),
+        ] : null,
         kv('Description', vm.description || null),
         kv('ID', h('code', {}, vm.id)))),
     h('section', { class: 'card', 'aria-labelledby': 'boot-title' },
