@@ -143,9 +143,76 @@ def test_hostile_ovas_refused(mdaemon, vmdk, tmp_path):
     cases["data is not inside"] = make_ova([("x.ovf", ovf),
                                             ("disk1.vmdk", desc.ljust(512, b"\n"))])
     cases["data is not inside "] = make_ova([("x.ovf", ovf), ("disk1.vmdk", desc)])
+    # device nodes and folders, named like the disk
+    for i, kind in enumerate((tarfile.CHRTYPE, tarfile.BLKTYPE, tarfile.FIFOTYPE,
+                              tarfile.DIRTYPE)):
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as t:
+            add(t, "x.ovf", ovf)
+            add(t, "disk1.vmdk", b"", type=kind, devmajor=1, devminor=3)
+        cases["not a regular file" + " " * i] = buf.getvalue()
+    # a pax header that renames the entry out of the folder
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as t:
+        add(t, "x.ovf", ovf)
+        add(t, "disk1.vmdk", vmdk, pax_headers={"path": "../../disk1.vmdk"})
+    cases["plain file names  "] = buf.getvalue()
+    # a huge declared size (the data is not there): refused before a byte
+    head = tarfile.TarInfo("x.ovf")
+    head.size = len(ovf)
+    huge = tarfile.TarInfo("disk1.vmdk")
+    huge.size = 1 << 50
+    padded = ovf + b"\0" * (-len(ovf) % 512)
+    cases["larger than pool"] = (head.tobuf(tarfile.GNU_FORMAT) + padded +
+                                 huge.tobuf(tarfile.GNU_FORMAT) + vmdk[:4096])
+    # a sparse entry (PAX 0.1: a small map, a large file): refused, any size
+    for size, want in ((16 << 20, "sparse"), (1 << 50, "sparse ")):
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as t:
+            add(t, "x.ovf", ovf)
+            add(t, "disk1.vmdk", b"\0" * 512, pax_headers={
+                "GNU.sparse.numblocks": "1", "GNU.sparse.size": str(size),
+                "GNU.sparse.map": "0,512"})
+        cases[want] = buf.getvalue()
+    # the OVF: a disk referenced twice, files outside the archive
+    twice = ovf.replace(b'<Disk ovf:capacity="16777216" ovf:capacityAllocationUnits="byte" '
+                        b'ovf:diskId="vmdisk0" ovf:fileRef="file0"/>',
+                        b'<Disk ovf:capacity="16777216" ovf:diskId="vmdisk0" '
+                        b'ovf:fileRef="file0"/><Disk ovf:capacity="16777216" '
+                        b'ovf:diskId="vmdisk1" ovf:fileRef="file0"/>')
+    assert twice != ovf
+    cases["another disk's"] = make_ova([("x.ovf", twice), ("disk1.vmdk", vmdk)])
+    for i, href in enumerate(("../disk1.vmdk", "/etc/passwd", "http://example.org/d.vmdk",
+                              "file:///etc/shadow", ".hidden")):
+        outside = ovf_text(disks=((href, 16 << 20, None),))
+        cases["only plain names" + " " * i] = make_ova([("x.ovf", outside), ("disk1.vmdk", vmdk)],
+                                                       manifest=False)
+    cases["listed twice"] = make_ova([("x.ovf", ovf_text(disks=(("disk1.vmdk", 16 << 20, None),
+                                                                ("disk1.vmdk", 16 << 20, None)))),
+                                      ("disk1.vmdk", vmdk)], manifest=False)
+    cases["missing from the archive"] = make_ova([("x.ovf", ovf)])
+    # a manifest that names a file the archive lacks, or misses one
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as t:
+        add(t, "x.ovf", ovf)
+        add(t, "x.mf", ("SHA256(x.ovf)= %s\nSHA256(disk1.vmdk)= %s\nSHA256(y.vmdk)= %s\n" % (
+            hashlib.sha256(ovf).hexdigest(), hashlib.sha256(vmdk).hexdigest(),
+            "0" * 64)).encode())
+        add(t, "disk1.vmdk", vmdk)
+    cases["not in the archive"] = buf.getvalue()
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as t:
+        add(t, "x.ovf", ovf)
+        add(t, "x.mf", ("SHA256(x.ovf)= %s\n" % hashlib.sha256(ovf).hexdigest()).encode())
+        add(t, "disk1.vmdk", vmdk)
+    cases["does not list every file"] = buf.getvalue()
+    # a digest that differs, the disk read in place (whole sectors) or copied
+    # out (not): the volume converted is removed either way
+    cases["does not match "] = make_ova([("x.ovf", ovf), ("disk1.vmdk", vmdk + b"\0" * 100)],
+                                        bad_digest="disk1.vmdk")
     for want, data in cases.items():
         r = put_ova(api, data)
-        assert r.status == 400, (want, r)
+        assert r.status == (413 if want.startswith("larger") else 400), (want, r)
         assert want.strip() in r.error["message"], (want, r.error)
         assert pool_files(mdaemon) == before, want
     assert "imp" not in api.vm_names()
@@ -154,6 +221,59 @@ def test_hostile_ovas_refused(mdaemon, vmdk, tmp_path):
     bad.write_bytes(cases["link"])
     p = khlib.cli(mdaemon, "vm", "import", str(bad), "--name", "imp")
     assert p.returncode == 2 and "links are refused" in p.stderr, (p.returncode, p.stderr)
+    assert pool_files(mdaemon) == before
+
+
+def test_ova_disk_in_place_or_copied(mdaemon, vmdk, tmp_path):
+    """A disk stored as plain ustar data is converted where it lies in the
+    archive (hashed beside the conversion); one behind a pax header is
+    copied out first. Both give the VMDK's exact contents, leave no .part,
+    and a digest that differs removes the converted volume."""
+    api = mdaemon.api
+    before = pool_files(mdaemon)
+    ovf = ovf_text(name="placed")
+    plain = make_ova([("p.ovf", ovf), ("disk1.vmdk", vmdk)])
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as t:
+        add(t, "p.ovf", ovf)
+        add(t, "p.mf", ("SHA1(p.ovf)= %s\nSHA1(disk1.vmdk)= %s\n" % (
+            hashlib.sha1(ovf).hexdigest(), hashlib.sha1(vmdk).hexdigest())).encode())
+        add(t, "disk1.vmdk", vmdk, pax_headers={"comment": "a pax header first"})
+    pax = buf.getvalue()
+    raw = tmp_path / "want.raw"
+    (tmp_path / "d.vmdk").write_bytes(vmdk)
+    subprocess.run([QIMG, "convert", "-q", "-f", "vmdk", "-O", "raw", str(tmp_path / "d.vmdk"),
+                    str(raw)], check=True)
+    for name, data in (("placed-plain", plain), ("placed-pax", pax)):
+        path = tmp_path / (name + ".ova")
+        path.write_bytes(data)
+        r = api.post("/api/v1/vms/import", {"path": str(path), "name": name, "wait": 120},
+                     timeout=180)
+        assert r.status == 200 and r.json["state"] == "succeeded", (name, r)
+        vol = api.get("/api/v1/pools/default/volumes/%s-disk" % name).json
+        f = os.path.join(mdaemon.state_dir, "pools", "default", vol["id"])
+        p = subprocess.run([QIMG, "compare", "-q", "-f", "qcow2", "-F", "raw", f, str(raw)])
+        assert p.returncode == 0, name
+        assert not [x for x in pool_files(mdaemon) if x.endswith(".part")], name
+    log = mdaemon.log()
+    assert "vm=placed-plain disk=0 source=archive" in log, log[-2000:]
+    assert "vm=placed-pax disk=0 source=copy" in log, log[-2000:]
+    # SHA-1 digests, the disk in place, one that differs: no VM, no volume
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as t:
+        add(t, "p.ovf", ovf)
+        add(t, "p.mf", ("SHA1(p.ovf)= %s\nSHA1(disk1.vmdk)= %s\n" % (
+            hashlib.sha1(ovf).hexdigest(), "0" * 40)).encode())
+        add(t, "disk1.vmdk", vmdk)
+    path = tmp_path / "bad.ova"
+    path.write_bytes(buf.getvalue())
+    r = api.post("/api/v1/vms/import", {"path": str(path), "name": "placed-bad", "wait": 120},
+                 timeout=180)
+    assert r.status == 400 and "does not match its SHA1" in r.error["message"], r
+    assert "placed-bad" not in api.vm_names()
+    assert api.get("/api/v1/pools/default/volumes/placed-bad-disk").status == 404
+    for name in ("placed-plain", "placed-pax"):
+        assert api.delete("/api/v1/vms/%s?volumes=true" % name).status == 204
     assert pool_files(mdaemon) == before
 
 
