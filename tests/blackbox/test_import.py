@@ -16,7 +16,7 @@ from storagelib import QIMG
 
 
 def ovf_text(name="ovaguest", disks=(("disk1.vmdk", 16 << 20, None),), vcpus=1, mem=256,
-             efi=False, mac=None):
+             efi=False, mac=None, extra=""):
     refs = "".join('<File ovf:href="%s" ovf:id="file%d"%s/>' % (
         href, i, (' ovf:size="%d"' % size) if size is not None else "")
         for i, (href, cap, size) in enumerate(disks))
@@ -51,8 +51,8 @@ def ovf_text(name="ovaguest", disks=(("disk1.vmdk", 16 << 20, None),), vcpus=1, 
             '</rasd:VirtualQuantity></Item>'
             '<Item><rasd:ElementName>sound</rasd:ElementName><rasd:InstanceID>3'
             '</rasd:InstanceID><rasd:ResourceType>35</rasd:ResourceType></Item>'
-            '%s%s%s</VirtualHardwareSection></VirtualSystem></Envelope>\n'
-            % (refs, dsec, name, name, vcpus, mem, items, nic, fw)).encode()
+            '%s%s%s%s</VirtualHardwareSection></VirtualSystem></Envelope>\n'
+            % (refs, dsec, name, name, vcpus, mem, items, nic, fw, extra)).encode()
 
 
 def add(tar, name, data, **kw):
@@ -275,6 +275,64 @@ def test_ova_disk_in_place_or_copied(mdaemon, vmdk, tmp_path):
     for name in ("placed-plain", "placed-pax"):
         assert api.delete("/api/v1/vms/%s?volumes=true" % name).status == 204
     assert pool_files(mdaemon) == before
+
+
+def test_firmware_and_tpm_round_trip(mdaemon, vmdk, tmp_path):
+    """UEFI, Secure Boot and a TPM come in from an OVA (VMware's way of
+    saying them), go out in an export the same way and come back; a libvirt
+    domain with <os firmware='efi'>, the secure-boot feature, <tpm> and
+    <nvram> gives the same VM (the variables themselves are a warning)."""
+    api = mdaemon.api
+    vtpm = ('<Item ovf:required="false"><rasd:ElementName>Virtual TPM</rasd:ElementName>'
+            '<rasd:InstanceID>40</rasd:InstanceID><rasd:ResourceSubType>vmware.vtpm'
+            '</rasd:ResourceSubType><rasd:ResourceType>1</rasd:ResourceType></Item>'
+            '<vmw:Config ovf:required="false" vmw:key="bootOptions.efiSecureBootEnabled" '
+            'vmw:value="true"/>')
+    ovf = ovf_text(name="fw", efi=True, extra=vtpm)
+    r = put_ova(api, make_ova([("fw.ovf", ovf), ("disk1.vmdk", vmdk)]), query="")
+    assert r.status == 200 and r.json["state"] == "succeeded", r
+    vm = r.json["result"]["vm"]
+    assert vm["firmware"] == "uefi" and vm["secure_boot"] is True and vm["tpm"] is True, vm
+    assert not any("TPM" in w for w in r.json["result"]["warnings"]), r.json
+    r = api.get("/api/v1/vms/fw/export", timeout=180)
+    assert r.status == 200, r
+    with tarfile.open(fileobj=io.BytesIO(r.data)) as t:
+        out = t.extractfile("fw.ovf").read().decode()
+    for want in ('vmw:key="firmware" vmw:value="efi"',
+                 'vmw:key="bootOptions.efiSecureBootEnabled" vmw:value="true"',
+                 "<rasd:ResourceSubType>vmware.vtpm</rasd:ResourceSubType>"):
+        assert want in out, (want, out)
+    r = put_ova(api, r.data, query="name=fw-back")
+    assert r.status == 200 and r.json["state"] == "succeeded", r
+    back = r.json["result"]["vm"]
+    assert back["firmware"] == "uefi" and back["secure_boot"] is True and back["tpm"] is True
+    # BIOS, no TPM: none of it is written, none comes back
+    assert api.patch("/api/v1/vms/fw-back", {"firmware": "bios", "secure_boot": False,
+                                             "tpm": False}).status == 200
+    r = api.get("/api/v1/vms/fw-back/export", timeout=180)
+    with tarfile.open(fileobj=io.BytesIO(r.data)) as t:
+        out = t.extractfile("fw-back.ovf").read().decode()
+    assert "efi" not in out and "vtpm" not in out, out
+    disk = tmp_path / "fw.raw"
+    disk.write_bytes(b"\0" * (1 << 20))
+    xml = ("<domain type='kvm'><name>lvfw</name><memory unit='MiB'>256</memory>"
+           "<vcpu>1</vcpu><os firmware='efi'><type arch='x86_64' machine='q35'>hvm</type>"
+           "<firmware><feature enabled='yes' name='secure-boot'/>"
+           "<feature enabled='yes' name='enrolled-keys'/></firmware>"
+           "<nvram template='/usr/share/OVMF/OVMF_VARS_4M.ms.fd'>/var/lib/libvirt/qemu/"
+           "nvram/lvfw_VARS.fd</nvram></os><devices><disk type='file' device='disk'>"
+           "<driver name='qemu' type='raw'/><source file='%s'/><target dev='vda'/></disk>"
+           "<tpm model='tpm-crb'><backend type='emulator' version='2.0'/></tpm>"
+           "</devices></domain>" % disk)
+    r = api.request("POST", "/api/v1/vms/import-libvirt", raw=xml.encode(),
+                    headers={"Content-Type": "application/xml"})
+    assert r.status == 201, r
+    vm = r.json["vm"]
+    assert vm["firmware"] == "uefi" and vm["secure_boot"] is True and vm["tpm"] is True, vm
+    assert any("nvram" in w for w in r.json["warnings"]), r.json["warnings"]
+    for name in ("fw", "fw-back"):
+        assert api.delete("/api/v1/vms/%s?volumes=true" % name).status == 204
+    assert api.delete("/api/v1/vms/lvfw").status == 204
 
 
 @pytest.mark.slow
