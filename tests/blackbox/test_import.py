@@ -224,6 +224,39 @@ def test_hostile_ovas_refused(mdaemon, vmdk, tmp_path):
     assert pool_files(mdaemon) == before
 
 
+def test_ova_vmdk_bomb_refused(mdaemon, tmp_path):
+    """A small VMDK that expands to more than its pool has free (compressed
+    grains of one repeated byte) is refused with 413 before the copy, on
+    both import paths; the pool (a 24 MiB tmpfs) is left as it was."""
+    api = mdaemon.api
+    raw = tmp_path / "ones.raw"
+    with open(raw, "wb") as f:
+        for _ in range(64):
+            f.write(b"\x01" * (1 << 20))
+    bomb = tmp_path / "bomb.vmdk"
+    subprocess.run([QIMG, "convert", "-q", "-f", "raw", "-O", "vmdk", "-o",
+                    "subformat=streamOptimized", str(raw), str(bomb)], check=True)
+    data = bomb.read_bytes()
+    assert len(data) < 4 << 20, len(data)
+    ovf = ovf_text(name="bomb", disks=(("disk1.vmdk", 64 << 20, None),))
+    small = tmp_path / "small"
+    small.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=24M", "tmpfs", str(small)], check=True)
+    try:
+        assert api.post("/api/v1/pools", {"name": "small", "path": str(small)}).status == 201
+        before = sorted(os.listdir(small))
+        for plain in (True, False):  # read in place; copied out (not whole sectors)
+            disk = data if plain else data + b"\0" * 7
+            r = put_ova(api, make_ova([("b.ovf", ovf), ("disk1.vmdk", disk)]),
+                        query="name=bomb&pool=small")
+            assert r.status == 413 and "bytes of data" in r.error["message"], r
+            assert sorted(os.listdir(small)) == before
+        assert "bomb" not in api.vm_names()
+        assert api.delete("/api/v1/pools/small").status == 204
+    finally:
+        subprocess.run(["umount", str(small)])
+
+
 def test_ova_disk_in_place_or_copied(mdaemon, vmdk, tmp_path):
     """A disk stored as plain ustar data is converted where it lies in the
     archive (hashed beside the conversion); one behind a pax header is
