@@ -51,11 +51,24 @@ static const xmlNode *child(const xmlNode *n, const char *name)
     return NULL;
 }
 
+/* buf, cut at a byte limit, may end inside a UTF-8 character: its bytes
+ * go (json_string refuses invalid UTF-8: the warning would be lost). */
+static json_t *cut_string(char *buf)
+{
+    size_t l = strlen(buf);
+    json_t *s = json_string(buf);
+    while (!s && l > 0) {
+        buf[--l] = '\0';
+        s = json_string(buf);
+    }
+    return s;
+}
+
 static void warn(json_t *w, const char *fmt, const char *a, const char *b)
 {
     char buf[256];
     snprintf(buf, sizeof(buf), fmt, a ? a : "", b ? b : "");
-    json_array_append_new(w, json_string(buf));
+    json_array_append_new(w, cut_string(buf));
 }
 
 /* A libvirt memory value in MiB: unit KiB (the default), b/bytes, KB,

@@ -57,11 +57,24 @@ static char *child_text(const xmlNode *n, const char *name)
     return NULL;
 }
 
+/* buf, cut at a byte limit, may end inside a UTF-8 character: its bytes
+ * go (json_string refuses invalid UTF-8: the warning would be lost). */
+static json_t *cut_string(char *buf)
+{
+    size_t l = strlen(buf);
+    json_t *s = json_string(buf);
+    while (!s && l > 0) {
+        buf[--l] = '\0';
+        s = json_string(buf);
+    }
+    return s;
+}
+
 static void warn(kh_ovf *o, const char *fmt, const char *arg)
 {
     char buf[256];
     snprintf(buf, sizeof(buf), fmt, arg ? arg : "");
-    json_array_append_new(o->warnings, json_string(buf));
+    json_array_append_new(o->warnings, cut_string(buf));
 }
 
 /* "byte * 2^20", "byte*2^30", "byte", "KiloBytes", "MegaBytes",

@@ -321,12 +321,16 @@ def test_firmware_and_tpm_round_trip(mdaemon, vmdk, tmp_path):
             '</rasd:ResourceSubType><rasd:ResourceType>1</rasd:ResourceType></Item>'
             '<vmw:Config ovf:required="false" vmw:key="bootOptions.efiSecureBootEnabled" '
             'vmw:value="true"/>')
-    ovf = ovf_text(name="fw", efi=True, extra=vtpm)
+    # a label cut inside a UTF-8 character still gives its warning
+    odd = ('<Item><rasd:ElementName>%s</rasd:ElementName><rasd:InstanceID>41'
+           '</rasd:InstanceID><rasd:ResourceType>35</rasd:ResourceType></Item>' % ("é" * 150))
+    ovf = ovf_text(name="fw", efi=True, extra=vtpm + odd)
     r = put_ova(api, make_ova([("fw.ovf", ovf), ("disk1.vmdk", vmdk)]), query="")
     assert r.status == 200 and r.json["state"] == "succeeded", r
     vm = r.json["result"]["vm"]
     assert vm["firmware"] == "uefi" and vm["secure_boot"] is True and vm["tpm"] is True, vm
     assert not any("TPM" in w for w in r.json["result"]["warnings"]), r.json
+    assert any(w.startswith("hardware éé") for w in r.json["result"]["warnings"]), r.json
     r = api.get("/api/v1/vms/fw/export", timeout=180)
     assert r.status == 200, r
     with tarfile.open(fileobj=io.BytesIO(r.data)) as t:
