@@ -332,6 +332,8 @@ int kh_ova_export(kh_porting *pt, const char *name, kh_ova_export_cb cb, void *o
     j->ovf.memory_mib = (uint64_t)json_integer_value(json_object_get(vm, "memory_mib"));
     const char *fw = json_string_value(json_object_get(vm, "firmware"));
     j->ovf.uefi = fw && strcmp(fw, "uefi") == 0;
+    j->ovf.secure_boot = j->ovf.uefi && json_is_true(json_object_get(vm, "secure_boot"));
+    j->ovf.tpm = json_is_true(json_object_get(vm, "tpm"));
     size_t i;
     json_t *d;
     json_array_foreach(disks, i, d) {

@@ -51,11 +51,24 @@ static const xmlNode *child(const xmlNode *n, const char *name)
     return NULL;
 }
 
+/* buf, cut at a byte limit, may end inside a UTF-8 character: its bytes
+ * go (json_string refuses invalid UTF-8: the warning would be lost). */
+static json_t *cut_string(char *buf)
+{
+    size_t l = strlen(buf);
+    json_t *s = json_string(buf);
+    while (!s && l > 0) {
+        buf[--l] = '\0';
+        s = json_string(buf);
+    }
+    return s;
+}
+
 static void warn(json_t *w, const char *fmt, const char *a, const char *b)
 {
     char buf[256];
     snprintf(buf, sizeof(buf), fmt, a ? a : "", b ? b : "");
-    json_array_append_new(w, json_string(buf));
+    json_array_append_new(w, cut_string(buf));
 }
 
 /* A libvirt memory value in MiB: unit KiB (the default), b/bytes, KB,
@@ -135,6 +148,17 @@ static int parse_os(const xmlNode *os, json_t *spec, json_t *w, kh_err *err)
                      NULL);
             free(type);
             free(secure);
+        } else if (is(c, "firmware")) {
+            /* <os firmware='efi'> auto-selection: Secure Boot is a feature */
+            for (const xmlNode *f = c->children; f; f = f->next) {
+                char *name = is(f, "feature") ? prop(f, "name") : NULL;
+                char *on = name ? prop(f, "enabled") : NULL;
+                if (name && on && strcmp(name, "secure-boot") == 0)
+                    json_object_set_new(spec, "secure_boot",
+                                        json_boolean(strcmp(on, "yes") == 0));
+                free(name);
+                free(on);
+            }
         } else if (is(c, "nvram")) {
             warn(w, "os/nvram: the UEFI variables are not imported; a fresh store is made "
                     "from the template%s%s", NULL, NULL);
@@ -281,11 +305,12 @@ static int parse_devices(const xmlNode *devs, json_t *spec, json_t *w, kh_err *e
 
 json_t *kh_libvirt_xml_parse(const char *xml, size_t len, json_t **warnings, kh_err *err)
 {
-    *warnings = json_array();
+    *warnings = NULL;
     if (len == 0 || len > KH_LIBVIRT_XML_MAX) {
         kh_err_set(err, KH_E_INVALID, "libvirt: the body must be a domain XML of at most 1 MiB");
         return NULL;
     }
+    *warnings = json_array();
     xmlDoc *doc = xmlReadMemory(xml, (int)len, "domain.xml", NULL,
                                 XML_PARSE_NONET | XML_PARSE_NOERROR | XML_PARSE_NOWARNING);
     xmlNode *dom = doc ? xmlDocGetRootElement(doc) : NULL;

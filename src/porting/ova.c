@@ -1,15 +1,20 @@
 /* ova.c - OVA import: the archive is read once, in order, by libarchive on a
- * worker thread (the .ovf first, parsed by ovf.c; the .mf; the disks written
- * to "<uuid>.part" files in the target pool and hashed as they are written),
- * every entry checked before a byte of it is kept; then each VMDK becomes a
- * qcow2 volume through storage (qemu-img, no backing or foreign extents),
- * then the VM is made. A failure at any step removes what was made.
+ * worker thread (the .ovf first, parsed by ovf.c; the .mf; the disks),
+ * every entry checked before a byte of it is kept. A disk that lies in the
+ * archive as plain ustar data (one header, whole sectors) is not read
+ * there: qemu-img converts it in place (a raw window of the archive) while
+ * a second worker hashes the same window, in parallel; any other disk is
+ * copied to a "<uuid>.part" file in the target pool and hashed in the same
+ * read. The manifest is checked once both are done and BEFORE the VM is
+ * made; a failure at any step (a digest that differs included) removes
+ * the volumes made.
  *
- * Refused with 400 (security case 7): links, directories, absolute paths,
- * `..` or any path with a '/', names not in the OVF's References,
- * duplicates, entries larger than declared or than the pool can take, more
- * than KH_OVA_ENTRIES_MAX entries, a manifest digest that differs, a file
- * the manifest does not list, a compressed or non-tar file.
+ * Refused with 400 (security case 7): links, directories, device nodes,
+ * absolute paths, `..` or any path with a '/', names not in the OVF's
+ * References, duplicates, sparse entries, entries larger than declared or
+ * than the pool can take, more than KH_OVA_ENTRIES_MAX entries, a
+ * manifest digest that differs, a file the manifest does not list, a
+ * compressed or non-tar file.
  */
 #include "porting/porting.h"
 
@@ -18,9 +23,11 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <openssl/evp.h>
@@ -152,12 +159,20 @@ typedef struct job {
     char *tmp[KH_OVF_DISKS_MAX]; /* extracted disks, by disk index */
     uint64_t off[KH_OVF_DISKS_MAX], len[KH_OVF_DISKS_MAX]; /* or: where they lie in src */
     bool in_src[KH_OVF_DISKS_MAX];
+    size_t sumi[KH_OVF_DISKS_MAX]; /* an in-place disk's entry in sums */
     int src_fd; /* src, to check where an entry's data lies */
+    /* the in-place disks' hashing (hash_windows), beside the conversion */
+    uv_work_t hwork;
+    bool hashing; /* queued and not yet back on the loop */
+    bool failing; /* fail() waits for the hashing to come back */
+    atomic_bool cancel;
+    kh_err herr; /* the hashing's own error (its thread's) */
     char *vols[KH_OVF_DISKS_MAX];
     size_t nvols, cur;
     entry_sum sums[KH_OVA_ENTRIES_MAX];
     size_t nsums;
-    char *mf; /* the manifest text, or NULL */
+    char *mf;        /* the manifest text, or NULL (check_manifest cuts it up) */
+    bool mf_checked; /* by extract, when no disk is read in place */
     kh_ova_owner owner;
     kh_err err;
     uv_work_t work;
@@ -204,17 +219,13 @@ static void hex(const unsigned char *d, unsigned n, char *out)
     out[2 * n] = '\0';
 }
 
-/* Where a disk entry's bytes go: a file of their own, or nowhere when they
- * are found at `at` in the archive itself (then qemu-img reads them there;
- * checked on the first block, else they are copied to fd after all). */
+/* Where a disk entry's bytes go: a file of their own in the pool. */
 typedef struct sink {
-    int fd;       /* -1: none yet */
-    int disk;     /* -1: not a disk */
-    uint64_t at;  /* where the data should start in src */
-    bool checked; /* the first block was compared */
+    int fd;   /* -1: none yet */
+    int disk; /* the disk's index */
 } sink;
 
-/* A copy of the disk's bytes from here on: a "<uuid>.part" in the pool. */
+/* A copy of the disk's bytes: a "<uuid>.part" in the pool. */
 static int sink_open(job *j, sink *k)
 {
     j->tmp[k->disk] = part_path(j->dir);
@@ -229,20 +240,57 @@ static int sink_open(job *j, sink *k)
     return 0;
 }
 
-/* The first block of a disk: is it at k->at in src? */
-static int sink_check(job *j, sink *k, const char *buf, size_t n)
+/* A tar number field: octal digits (NUL/space ended) or GNU base-256. */
+static bool tar_number(const unsigned char *f, size_t n, uint64_t *out)
 {
-    k->checked = true;
-    char *again = xmalloc(n);
-    bool same = pread(j->src_fd, again, n, (off_t)k->at) == (ssize_t)n &&
-                memcmp(again, buf, n) == 0;
-    free(again);
-    if (same) {
-        j->in_src[k->disk] = true;
-        j->off[k->disk] = k->at;
-        return 0;
+    uint64_t v = 0;
+    if (f[0] & 0x80) {
+        if (f[0] != 0x80)
+            return false;
+        for (size_t i = 1; i < n; i++) {
+            if (v >> 55)
+                return false;
+            v = v << 8 | f[i];
+        }
+        *out = v;
+        return true;
     }
-    return sink_open(j, k);
+    size_t i = 0;
+    while (i < n && f[i] == ' ')
+        i++;
+    size_t digits = 0;
+    for (; i < n && f[i] >= '0' && f[i] <= '7'; i++, digits++) {
+        if (v >> 60)
+            return false;
+        v = v << 3 | (uint64_t)(f[i] - '0');
+    }
+    if (digits == 0 || (i < n && f[i] != ' ' && f[i] != '\0'))
+        return false;
+    *out = v;
+    return true;
+}
+
+/* Is there, at `at` in src, the one plain ustar header of a regular file
+ * called name of size bytes (checksum right, no prefix), its data wholly
+ * inside src? Then its data is src[at + 512, at + 512 + size) by the
+ * format itself: what qemu-img converts and what is hashed are that
+ * window, whatever libarchive made of extensions. Else false: copied. */
+static bool plain_ustar_at(job *j, uint64_t at, const char *name, uint64_t size)
+{
+    unsigned char h[512];
+    struct stat st;
+    if (fstat(j->src_fd, &st) < 0 || at > (uint64_t)st.st_size ||
+        (uint64_t)st.st_size - at < 512 || (uint64_t)st.st_size - at - 512 < size ||
+        pread(j->src_fd, h, sizeof(h), (off_t)at) != (ssize_t)sizeof(h))
+        return false;
+    uint64_t want = 0, got = 0, hsize = 0;
+    for (size_t i = 0; i < sizeof(h); i++)
+        got += (i >= 148 && i < 156) ? (unsigned)' ' : h[i];
+    size_t nl = strlen(name);
+    return tar_number(h + 148, 8, &want) && want == got && nl < 100 &&
+           memcmp(h, name, nl) == 0 && h[nl] == '\0' && (h[156] == '0' || h[156] == '\0') &&
+           memcmp(h + 257, "ustar", 5) == 0 && h[345] == '\0' &&
+           tar_number(h + 124, 12, &hsize) && hsize == size;
 }
 
 /* Reads the current entry (size bytes declared): into the disk sink k (may
@@ -274,8 +322,6 @@ static int read_entry(job *j, struct archive *a, const char *name, sink *k, char
         if (c1)
             EVP_DigestUpdate(c1, buf, (size_t)n);
         EVP_DigestUpdate(c256, buf, (size_t)n);
-        if (k && !k->checked && sink_check(j, k, buf, (size_t)n) < 0)
-            goto out;
         fd = k ? k->fd : -1;
         if (text) {
             if (tlen + (size_t)n > max) {
@@ -457,6 +503,11 @@ static int extract_entry(job *j, struct archive *a, struct archive_entry *e, siz
         return -1;
     }
     const kh_ovf_file *f = &j->ovf.files[fi];
+    if (archive_entry_sparse_count(e) > 0) {
+        kh_err_set(&j->err, KH_E_INVALID, "import: entry %s is a sparse tar entry: refused",
+                   name);
+        return -1;
+    }
     if (f->size && size != f->size) {
         kh_err_set(&j->err, KH_E_INVALID, "import: entry %s is %" PRIu64 " bytes, the OVF "
                                           "declares %" PRIu64, name, size, f->size);
@@ -467,24 +518,32 @@ static int extract_entry(job *j, struct archive *a, struct archive_entry *e, siz
                    name, j->pool);
         return -1;
     }
-    if (archive_entry_sparse_count(e) > 0) {
-        kh_err_set(&j->err, KH_E_INVALID, "import: entry %s is a sparse tar entry: refused",
-                   name);
-        return -1;
-    }
-    /* a ustar entry's data follows its one 512-byte header; checked */
-    sink k = { -1, f->disk, (uint64_t)archive_read_header_position(a) + 512, false };
     if (f->disk < 0)
         json_array_append_new(j->ovf.warnings,
                               json_sprintf("file %s is not a disk: not imported", name));
     else
         j->len[f->disk] = size;
-    int rc = 0;
-    if (f->disk >= 0 && (size == 0 || size % 512 != 0)) {
-        /* QEMU's raw window wants whole sectors: a copy of its own */
-        k.checked = true;
-        rc = sink_open(j, &k);
+    if (j->cap >= size)
+        j->cap -= size;
+    /* a disk as plain ustar data in whole sectors (QEMU's raw window wants
+     * them) is converted where it lies and hashed then: skipped here */
+    la_int64_t at = archive_read_header_position(a);
+    if (f->disk >= 0 && size > 0 && size % 512 == 0 && at >= 0 &&
+        plain_ustar_at(j, (uint64_t)at, name, size)) {
+        if (archive_read_data_skip(a) != ARCHIVE_OK) {
+            kh_err_set(&j->err, KH_E_INVALID, "import: entry %s: %s", name,
+                       archive_error_string(a) ? archive_error_string(a) : "unreadable");
+            return -1;
+        }
+        j->in_src[f->disk] = true;
+        j->off[f->disk] = (uint64_t)at + 512;
+        j->sumi[f->disk] = j->nsums;
+        snprintf(sum->name, sizeof(sum->name), "%s", name);
+        j->nsums++;
+        return 0;
     }
+    sink k = { -1, f->disk };
+    int rc = f->disk >= 0 ? sink_open(j, &k) : 0;
     if (rc == 0)
         rc = read_entry(j, a, name, f->disk >= 0 ? &k : NULL, NULL, 0, sum);
     if (k.fd >= 0 && close(k.fd) < 0 && rc == 0) {
@@ -493,9 +552,57 @@ static int extract_entry(job *j, struct archive *a, struct archive_entry *e, siz
     }
     if (rc == 0)
         j->nsums++;
-    if (rc == 0 && j->cap >= size)
-        j->cap -= size;
     return rc;
+}
+
+/* The in-place disks' windows of src, hashed (a worker thread, beside the
+ * conversion: both read the same pages) with the digests the manifest
+ * uses. Stops early when the import fails elsewhere (cancel). */
+static void hash_windows(uv_work_t *w)
+{
+    job *j = w->data;
+    bool want1 = strstr(j->mf, "SHA1(") != NULL, want256 = strstr(j->mf, "SHA256(") != NULL;
+    char *buf = xmalloc(4 * KH_OVA_BLOCK);
+    EVP_MD_CTX *c1 = EVP_MD_CTX_new(), *c256 = EVP_MD_CTX_new();
+    for (size_t i = 0; i < j->ovf.ndisks && !kh_err_isset(&j->herr); i++) {
+        if (!j->in_src[i])
+            continue;
+        EVP_DigestInit_ex(c1, EVP_sha1(), NULL);
+        EVP_DigestInit_ex(c256, EVP_sha256(), NULL);
+        (void)posix_fadvise(j->src_fd, (off_t)j->off[i], (off_t)j->len[i],
+                            POSIX_FADV_SEQUENTIAL);
+        for (uint64_t done = 0; done < j->len[i];) {
+            if (atomic_load(&j->cancel)) {
+                kh_err_set(&j->herr, KH_E_INTERNAL, "import: cancelled");
+                break;
+            }
+            size_t want = j->len[i] - done < 4 * KH_OVA_BLOCK ? (size_t)(j->len[i] - done)
+                                                               : 4 * KH_OVA_BLOCK;
+            ssize_t n = pread(j->src_fd, buf, want, (off_t)(j->off[i] + done));
+            if (n < 0 && errno == EINTR)
+                continue;
+            if (n <= 0) {
+                kh_err_errno(&j->herr, KH_E_INTERNAL, n < 0 ? errno : EIO,
+                             "import: reading the archive");
+                break;
+            }
+            if (want1)
+                EVP_DigestUpdate(c1, buf, (size_t)n);
+            if (want256)
+                EVP_DigestUpdate(c256, buf, (size_t)n);
+            done += (uint64_t)n;
+        }
+        unsigned char d[EVP_MAX_MD_SIZE];
+        unsigned dl = 0;
+        entry_sum *sum = &j->sums[j->sumi[i]];
+        EVP_DigestFinal_ex(c1, d, &dl);
+        hex(d, dl, sum->sha1);
+        EVP_DigestFinal_ex(c256, d, &dl);
+        hex(d, dl, sum->sha256);
+    }
+    EVP_MD_CTX_free(c1);
+    EVP_MD_CTX_free(c256);
+    free(buf);
 }
 
 /* The worker thread: nothing here touches the loop. */
@@ -548,15 +655,29 @@ static void extract(uv_work_t *w)
             return;
         }
     }
-    if (j->mf)
+    bool in_place = false;
+    for (size_t i = 0; i < j->ovf.ndisks; i++)
+        in_place |= j->in_src[i];
+    if (j->mf && !in_place) { /* all hashed already: checked before any conversion */
+        j->mf_checked = true;
         check_manifest(j);
-    else
+    } else if (!j->mf)
         json_array_append_new(j->ovf.warnings, json_string("no manifest (.mf): the files are "
                                                            "not verified"));
 }
 
+/* The import failed: the volumes made are removed, the task fails. When
+ * the hashing is still out, its return (hashed) finishes this. */
 static void fail(job *j, const kh_err *err)
 {
+    if (err != &j->err && !j->failing)
+        j->err = *err;
+    atomic_store(&j->cancel, true);
+    if (j->hashing) {
+        j->failing = true;
+        return;
+    }
+    err = &j->err;
     for (size_t i = 0; i < j->nvols; i++) {
         kh_err ignored = KH_ERR_INIT;
         kh_storage_volume_delete(j->pt.storage, j->pool, j->vols[i], &ignored);
@@ -575,6 +696,10 @@ static void make_vm(job *j)
         json_object_set_new(spec, "memory_mib", json_integer((json_int_t)j->ovf.memory_mib));
     if (j->ovf.uefi)
         json_object_set_new(spec, "firmware", json_string("uefi"));
+    if (j->ovf.secure_boot)
+        json_object_set_new(spec, "secure_boot", json_true());
+    if (j->ovf.tpm)
+        json_object_set_new(spec, "tpm", json_true());
     json_t *disks = json_array();
     for (size_t i = 0; i < j->nvols; i++)
         json_array_append_new(disks, json_pack("{s:s++}", "volume", j->pool, "/", j->vols[i]));
@@ -609,6 +734,37 @@ static void make_vm(job *j)
 
 static void convert_next(job *j);
 
+/* Every disk converted and hashed: the manifest decides, before the VM. */
+static void finish(job *j)
+{
+    if (j->hashing)
+        return; /* hashed() comes back here */
+    if (kh_err_isset(&j->herr)) {
+        fail(j, &j->herr);
+        return;
+    }
+    if (j->mf && !j->mf_checked && check_manifest(j) < 0) {
+        fail(j, &j->err);
+        return;
+    }
+    kh_task_progress(j->task, 95, "making the VM");
+    make_vm(j);
+}
+
+static void hashed(uv_work_t *w, int status)
+{
+    job *j = w->data;
+    j->hashing = false;
+    if (status < 0 && !kh_err_isset(&j->herr))
+        kh_err_set(&j->herr, KH_E_INTERNAL, "import: %s", uv_strerror(status));
+    if (j->failing) {
+        j->failing = false;
+        fail(j, &j->err);
+    } else if (j->cur == j->ovf.ndisks) {
+        finish(j);
+    } /* else a conversion is under way: convert_next sees herr */
+}
+
 static void converted(json_t *result, const kh_err *err, void *opaque)
 {
     job *j = opaque;
@@ -630,9 +786,12 @@ static void converted(json_t *result, const kh_err *err, void *opaque)
 
 static void convert_next(job *j)
 {
+    if (!j->hashing && kh_err_isset(&j->herr)) {
+        fail(j, &j->herr);
+        return;
+    }
     if (j->cur == j->ovf.ndisks) {
-        kh_task_progress(j->task, 95, "making the VM");
-        make_vm(j);
+        finish(j);
         return;
     }
     char msg[64];
@@ -642,6 +801,8 @@ static void convert_next(job *j)
                                          : xasprintf("%s-disk%zu", j->name, j->cur);
     kh_err err = KH_ERR_INIT;
     size_t i = j->cur;
+    kh_log(KH_LOG_INFO, "vm.import", "vm=%s disk=%zu source=%s", j->name, i,
+           j->in_src[i] ? "archive" : "copy");
     int rc = j->in_src[i]
                  ? kh_storage_volume_convert_in(j->pt.storage, j->pool, j->vols[i], j->src,
                                                 j->off[i], j->len[i], "vmdk", converted, j,
@@ -701,6 +862,19 @@ static void extracted(uv_work_t *w, int status)
             return;
         }
     }
+    bool in_place = false;
+    for (size_t i = 0; i < j->ovf.ndisks; i++)
+        in_place |= j->in_src[i];
+    if (in_place && j->mf) { /* without a manifest nothing is checked */
+        j->hwork.data = j;
+        int rc = uv_queue_work(j->pt.loop, &j->hwork, hash_windows, hashed);
+        if (rc < 0) {
+            kh_err_set(&err, KH_E_INTERNAL, "import: %s", uv_strerror(rc));
+            fail(j, &err);
+            return;
+        }
+        j->hashing = true;
+    }
     convert_next(j);
 }
 
@@ -709,6 +883,7 @@ static kh_task *start(kh_porting *pt, char *src, bool spool, const kh_ova_opts *
     job *j = xcalloc(1, sizeof(*j));
     j->pt = *pt;
     j->src_fd = -1;
+    atomic_init(&j->cancel, false);
     j->src = src;
     j->src_spool = spool;
     j->pool = xstrdup(o->pool ? o->pool : "default");
@@ -747,8 +922,9 @@ static kh_task *start(kh_porting *pt, char *src, bool spool, const kh_ova_opts *
 kh_task *kh_ova_import_spool(kh_porting *pt, kh_ova_spool *s, const kh_ova_opts *o,
                              kh_err *err)
 {
-    int rc = fsync(s->fd);
-    close(s->fd);
+    /* no fsync: the spool is read back from the page cache and never
+     * outlives the import (a crash leaves a ".part", removed at restart) */
+    int rc = close(s->fd);
     s->fd = -1;
     if (rc < 0 || s->len == 0) {
         if (rc < 0)

@@ -57,11 +57,24 @@ static char *child_text(const xmlNode *n, const char *name)
     return NULL;
 }
 
+/* buf, cut at a byte limit, may end inside a UTF-8 character: its bytes
+ * go (json_string refuses invalid UTF-8: the warning would be lost). */
+static json_t *cut_string(char *buf)
+{
+    size_t l = strlen(buf);
+    json_t *s = json_string(buf);
+    while (!s && l > 0) {
+        buf[--l] = '\0';
+        s = json_string(buf);
+    }
+    return s;
+}
+
 static void warn(kh_ovf *o, const char *fmt, const char *arg)
 {
     char buf[256];
     snprintf(buf, sizeof(buf), fmt, arg ? arg : "");
-    json_array_append_new(o->warnings, json_string(buf));
+    json_array_append_new(o->warnings, cut_string(buf));
 }
 
 /* "byte * 2^20", "byte*2^30", "byte", "KiloBytes", "MegaBytes",
@@ -231,8 +244,11 @@ static int parse_item(const xmlNode *it, kh_ovf *o, kh_err *err)
     char *label = child_text(it, "ElementName");
     uint64_t t = 0, q = 0;
     int rc = 0;
+    char *sub = child_text(it, "ResourceSubType");
     if (!number(type, &t)) {
         warn(o, "hardware item %s: no ResourceType, ignored", label);
+    } else if (t == 1 && sub && strcmp(sub, "vmware.vtpm") == 0) {
+        o->tpm = true;
     } else if (t == 3) {
         if (!number(qty, &q) || q == 0 || q > 256) {
             kh_err_set(err, KH_E_INVALID, "ovf: the CPU count is not understood");
@@ -273,6 +289,7 @@ static int parse_item(const xmlNode *it, kh_ovf *o, kh_err *err)
     free(qty);
     free(units);
     free(label);
+    free(sub);
     return rc;
 }
 
@@ -281,6 +298,8 @@ static void parse_config(const xmlNode *c, kh_ovf *o)
     char *key = attr(c, "key"), *value = attr(c, "value");
     if (key && strcmp(key, "firmware") == 0)
         o->uefi = value && strcmp(value, "efi") == 0;
+    if (key && strcmp(key, "bootOptions.efiSecureBootEnabled") == 0)
+        o->secure_boot = value && strcmp(value, "true") == 0;
     free(key);
     free(value);
 }
@@ -368,6 +387,10 @@ int kh_ovf_parse(const char *text, size_t len, kh_ovf *out, kh_err *err)
     }
     if (parse_system(vs, out, err) < 0)
         goto out;
+    if (out->secure_boot && !out->uefi) {
+        warn(out, "Secure Boot without EFI firmware: not imported%s", NULL);
+        out->secure_boot = false;
+    }
     rc = 0;
 out:
     xmlFreeDoc(doc);
@@ -408,6 +431,14 @@ static void rasd_item(xmlNode *hw, xmlNs *rasd, unsigned id, const char *label, 
     xmlNewChild(it, rasd, XC "ResourceType", XC buf);
     if (qty)
         xmlNewChild(it, rasd, XC "VirtualQuantity", XC qty);
+}
+
+static void vmw_config(xmlNode *hw, xmlNs *ovf, xmlNs *vmw, const char *key, const char *value)
+{
+    xmlNode *c = xmlNewChild(hw, vmw, XC "Config", NULL);
+    xmlNewNsProp(c, ovf, XC "required", XC "false");
+    xmlNewNsProp(c, vmw, XC "key", XC key);
+    xmlNewNsProp(c, vmw, XC "value", XC value);
 }
 
 char *kh_ovf_write(const kh_ovf *o)
@@ -489,12 +520,16 @@ char *kh_ovf_write(const kh_ovf *o)
         xmlNewChild(last, rasd, XC "Connection", XC "default");
         xmlNewChild(last, rasd, XC "ResourceSubType", XC "VirtioNet");
     }
-    if (o->uefi) {
-        xmlNode *c = xmlNewChild(hw, vmw, XC "Config", NULL);
-        xmlNewNsProp(c, ovf, XC "required", XC "false");
-        xmlNewNsProp(c, vmw, XC "key", XC "firmware");
-        xmlNewNsProp(c, vmw, XC "value", XC "efi");
+    if (o->tpm) {
+        rasd_item(hw, rasd, id++, "Virtual TPM", 1, NULL, NULL, NULL, NULL);
+        xmlNode *last = xmlGetLastChild(hw);
+        xmlNewChild(last, rasd, XC "ResourceSubType", XC "vmware.vtpm");
+        xmlNewNsProp(last, ovf, XC "required", XC "false");
     }
+    if (o->uefi)
+        vmw_config(hw, ovf, vmw, "firmware", "efi");
+    if (o->uefi && o->secure_boot)
+        vmw_config(hw, ovf, vmw, "bootOptions.efiSecureBootEnabled", "true");
     xmlChar *mem = NULL;
     int size = 0;
     xmlDocDumpFormatMemoryEnc(doc, &mem, &size, "UTF-8", 1);

@@ -2,8 +2,10 @@
  *
  * Only what kvmhost can use is kept: the virtual system's name, CPUs
  * (RASD ResourceType 3), memory (4, with AllocationUnits), disks (17,
- * through DiskSection and References), NICs (10, their MAC when given) and
- * the firmware (VMware's firmware="efi" config). What is not understood is
+ * through DiskSection and References), NICs (10, their MAC when given), the
+ * firmware (VMware's firmware="efi" config), Secure Boot (VMware's
+ * bootOptions.efiSecureBootEnabled config) and a TPM (VMware's vTPM item:
+ * ResourceType 1, ResourceSubType vmware.vtpm). What is not understood is
  * listed in warnings, never dropped silently. Parsing is libxml2 with no
  * network, no entity substitution, no DTD loading; the text is bounded by
  * the caller (KH_OVF_TEXT_MAX).
@@ -42,6 +44,8 @@ typedef struct kh_ovf {
     unsigned vcpus;      /* 0: not given */
     uint64_t memory_mib; /* 0: not given */
     bool uefi;
+    bool secure_boot; /* only with uefi */
+    bool tpm;
     size_t nfiles, ndisks, nnics;
     kh_ovf_file files[KH_OVF_FILES_MAX];
     kh_ovf_disk disks[KH_OVF_DISKS_MAX]; /* in the order the hardware section attaches them */

@@ -405,6 +405,28 @@ static int start_copy(op *o, kh_err *err)
     return run_qimg(o, a, QIMG_CONVERT_TIMEOUT_MS, volume_create_done, err);
 }
 
+/* A compressed image (a streamOptimized VMDK, a compressed qcow2) can
+ * expand far beyond its file (a few MB of VMDK to a TB of data): `qemu-img
+ * measure` says what the copy will take - the data it holds, not its
+ * virtual size - and the import is refused (413) when the pool lacks it. */
+static void import_measured(const kh_qimg_result *r, void *opaque)
+{
+    op *o = opaque;
+    kh_err err = KH_ERR_INIT;
+    json_t *m = r->status == 0 ? json_loads(r->out, 0, NULL) : NULL;
+    json_t *need = json_object_get(m, "required");
+    if (!json_is_integer(need) || json_integer_value(need) < 0)
+        qimg_error(r, "import: measuring the image", &err);
+    else if ((uint64_t)json_integer_value(need) > pool_free_space(&o->p))
+        kh_err_set(&err, KH_E_TOOLARGE, "import: the image holds %" PRIu64 " bytes of data "
+                                        "once converted; pool %s has not that much free",
+                   (uint64_t)json_integer_value(need), o->p.name);
+    json_decref(m);
+    if (!kh_err_isset(&err) && start_copy(o, &err) == 0)
+        return;
+    volume_op_end(o, NULL, &err);
+}
+
 /* Security case 5: an image to import may not name other files - no
  * backing file, no external data file - and must be of the given format. */
 static void import_checked(const kh_qimg_result *r, void *opaque)
@@ -427,7 +449,16 @@ static void import_checked(const kh_qimg_result *r, void *opaque)
     if (kh_err_isset(&err))
         goto fail;
     o->v.capacity = vsize;
-    if (start_copy(o, &err) < 0)
+    kh_strv *a = kh_strv_new();
+    kh_strv_add(a, kh_qimg_binary(o->st->qimg));
+    kh_strv_add(a, "measure");
+    kh_strv_add(a, "--output=json");
+    kh_strv_add(a, "-f");
+    kh_strv_add(a, o->import_fmt ? o->import_fmt : o->v.format);
+    kh_strv_add(a, "-O");
+    kh_strv_add(a, "qcow2"); /* raw copies are sparse too: the data is what counts */
+    kh_strv_add(a, o->import_src ? o->import_src : o->import);
+    if (run_qimg(o, a, QIMG_TIMEOUT_MS, import_measured, &err) < 0)
         volume_op_end(o, NULL, &err);
     return;
 fail:

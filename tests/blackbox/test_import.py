@@ -16,7 +16,7 @@ from storagelib import QIMG
 
 
 def ovf_text(name="ovaguest", disks=(("disk1.vmdk", 16 << 20, None),), vcpus=1, mem=256,
-             efi=False, mac=None):
+             efi=False, mac=None, extra=""):
     refs = "".join('<File ovf:href="%s" ovf:id="file%d"%s/>' % (
         href, i, (' ovf:size="%d"' % size) if size is not None else "")
         for i, (href, cap, size) in enumerate(disks))
@@ -51,8 +51,8 @@ def ovf_text(name="ovaguest", disks=(("disk1.vmdk", 16 << 20, None),), vcpus=1, 
             '</rasd:VirtualQuantity></Item>'
             '<Item><rasd:ElementName>sound</rasd:ElementName><rasd:InstanceID>3'
             '</rasd:InstanceID><rasd:ResourceType>35</rasd:ResourceType></Item>'
-            '%s%s%s</VirtualHardwareSection></VirtualSystem></Envelope>\n'
-            % (refs, dsec, name, name, vcpus, mem, items, nic, fw)).encode()
+            '%s%s%s%s</VirtualHardwareSection></VirtualSystem></Envelope>\n'
+            % (refs, dsec, name, name, vcpus, mem, items, nic, fw, extra)).encode()
 
 
 def add(tar, name, data, **kw):
@@ -143,9 +143,76 @@ def test_hostile_ovas_refused(mdaemon, vmdk, tmp_path):
     cases["data is not inside"] = make_ova([("x.ovf", ovf),
                                             ("disk1.vmdk", desc.ljust(512, b"\n"))])
     cases["data is not inside "] = make_ova([("x.ovf", ovf), ("disk1.vmdk", desc)])
+    # device nodes and folders, named like the disk
+    for i, kind in enumerate((tarfile.CHRTYPE, tarfile.BLKTYPE, tarfile.FIFOTYPE,
+                              tarfile.DIRTYPE)):
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as t:
+            add(t, "x.ovf", ovf)
+            add(t, "disk1.vmdk", b"", type=kind, devmajor=1, devminor=3)
+        cases["not a regular file" + " " * i] = buf.getvalue()
+    # a pax header that renames the entry out of the folder
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as t:
+        add(t, "x.ovf", ovf)
+        add(t, "disk1.vmdk", vmdk, pax_headers={"path": "../../disk1.vmdk"})
+    cases["plain file names  "] = buf.getvalue()
+    # a huge declared size (the data is not there): refused before a byte
+    head = tarfile.TarInfo("x.ovf")
+    head.size = len(ovf)
+    huge = tarfile.TarInfo("disk1.vmdk")
+    huge.size = 1 << 50
+    padded = ovf + b"\0" * (-len(ovf) % 512)
+    cases["larger than pool"] = (head.tobuf(tarfile.GNU_FORMAT) + padded +
+                                 huge.tobuf(tarfile.GNU_FORMAT) + vmdk[:4096])
+    # a sparse entry (PAX 0.1: a small map, a large file): refused, any size
+    for size, want in ((16 << 20, "sparse"), (1 << 50, "sparse ")):
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as t:
+            add(t, "x.ovf", ovf)
+            add(t, "disk1.vmdk", b"\0" * 512, pax_headers={
+                "GNU.sparse.numblocks": "1", "GNU.sparse.size": str(size),
+                "GNU.sparse.map": "0,512"})
+        cases[want] = buf.getvalue()
+    # the OVF: a disk referenced twice, files outside the archive
+    twice = ovf.replace(b'<Disk ovf:capacity="16777216" ovf:capacityAllocationUnits="byte" '
+                        b'ovf:diskId="vmdisk0" ovf:fileRef="file0"/>',
+                        b'<Disk ovf:capacity="16777216" ovf:diskId="vmdisk0" '
+                        b'ovf:fileRef="file0"/><Disk ovf:capacity="16777216" '
+                        b'ovf:diskId="vmdisk1" ovf:fileRef="file0"/>')
+    assert twice != ovf
+    cases["another disk's"] = make_ova([("x.ovf", twice), ("disk1.vmdk", vmdk)])
+    for i, href in enumerate(("../disk1.vmdk", "/etc/passwd", "http://example.org/d.vmdk",
+                              "file:///etc/shadow", ".hidden")):
+        outside = ovf_text(disks=((href, 16 << 20, None),))
+        cases["only plain names" + " " * i] = make_ova([("x.ovf", outside), ("disk1.vmdk", vmdk)],
+                                                       manifest=False)
+    cases["listed twice"] = make_ova([("x.ovf", ovf_text(disks=(("disk1.vmdk", 16 << 20, None),
+                                                                ("disk1.vmdk", 16 << 20, None)))),
+                                      ("disk1.vmdk", vmdk)], manifest=False)
+    cases["missing from the archive"] = make_ova([("x.ovf", ovf)])
+    # a manifest that names a file the archive lacks, or misses one
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as t:
+        add(t, "x.ovf", ovf)
+        add(t, "x.mf", ("SHA256(x.ovf)= %s\nSHA256(disk1.vmdk)= %s\nSHA256(y.vmdk)= %s\n" % (
+            hashlib.sha256(ovf).hexdigest(), hashlib.sha256(vmdk).hexdigest(),
+            "0" * 64)).encode())
+        add(t, "disk1.vmdk", vmdk)
+    cases["not in the archive"] = buf.getvalue()
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as t:
+        add(t, "x.ovf", ovf)
+        add(t, "x.mf", ("SHA256(x.ovf)= %s\n" % hashlib.sha256(ovf).hexdigest()).encode())
+        add(t, "disk1.vmdk", vmdk)
+    cases["does not list every file"] = buf.getvalue()
+    # a digest that differs, the disk read in place (whole sectors) or copied
+    # out (not): the volume converted is removed either way
+    cases["does not match "] = make_ova([("x.ovf", ovf), ("disk1.vmdk", vmdk + b"\0" * 100)],
+                                        bad_digest="disk1.vmdk")
     for want, data in cases.items():
         r = put_ova(api, data)
-        assert r.status == 400, (want, r)
+        assert r.status == (413 if want.startswith("larger") else 400), (want, r)
         assert want.strip() in r.error["message"], (want, r.error)
         assert pool_files(mdaemon) == before, want
     assert "imp" not in api.vm_names()
@@ -155,6 +222,154 @@ def test_hostile_ovas_refused(mdaemon, vmdk, tmp_path):
     p = khlib.cli(mdaemon, "vm", "import", str(bad), "--name", "imp")
     assert p.returncode == 2 and "links are refused" in p.stderr, (p.returncode, p.stderr)
     assert pool_files(mdaemon) == before
+
+
+def test_ova_vmdk_bomb_refused(mdaemon, tmp_path):
+    """A small VMDK that expands to more than its pool has free (compressed
+    grains of one repeated byte) is refused with 413 before the copy, on
+    both import paths; the pool (a 24 MiB tmpfs) is left as it was."""
+    api = mdaemon.api
+    raw = tmp_path / "ones.raw"
+    with open(raw, "wb") as f:
+        for _ in range(64):
+            f.write(b"\x01" * (1 << 20))
+    bomb = tmp_path / "bomb.vmdk"
+    subprocess.run([QIMG, "convert", "-q", "-f", "raw", "-O", "vmdk", "-o",
+                    "subformat=streamOptimized", str(raw), str(bomb)], check=True)
+    data = bomb.read_bytes()
+    assert len(data) < 4 << 20, len(data)
+    ovf = ovf_text(name="bomb", disks=(("disk1.vmdk", 64 << 20, None),))
+    small = tmp_path / "small"
+    small.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=24M", "tmpfs", str(small)], check=True)
+    try:
+        assert api.post("/api/v1/pools", {"name": "small", "path": str(small)}).status == 201
+        before = sorted(os.listdir(small))
+        for plain in (True, False):  # read in place; copied out (not whole sectors)
+            disk = data if plain else data + b"\0" * 7
+            r = put_ova(api, make_ova([("b.ovf", ovf), ("disk1.vmdk", disk)]),
+                        query="name=bomb&pool=small")
+            assert r.status == 413 and "bytes of data" in r.error["message"], r
+            assert sorted(os.listdir(small)) == before
+        assert "bomb" not in api.vm_names()
+        assert api.delete("/api/v1/pools/small").status == 204
+    finally:
+        subprocess.run(["umount", str(small)])
+
+
+def test_ova_disk_in_place_or_copied(mdaemon, vmdk, tmp_path):
+    """A disk stored as plain ustar data is converted where it lies in the
+    archive (hashed beside the conversion); one behind a pax header is
+    copied out first. Both give the VMDK's exact contents, leave no .part,
+    and a digest that differs removes the converted volume."""
+    api = mdaemon.api
+    before = pool_files(mdaemon)
+    ovf = ovf_text(name="placed")
+    plain = make_ova([("p.ovf", ovf), ("disk1.vmdk", vmdk)])
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as t:
+        add(t, "p.ovf", ovf)
+        add(t, "p.mf", ("SHA1(p.ovf)= %s\nSHA1(disk1.vmdk)= %s\n" % (
+            hashlib.sha1(ovf).hexdigest(), hashlib.sha1(vmdk).hexdigest())).encode())
+        add(t, "disk1.vmdk", vmdk, pax_headers={"comment": "a pax header first"})
+    pax = buf.getvalue()
+    raw = tmp_path / "want.raw"
+    (tmp_path / "d.vmdk").write_bytes(vmdk)
+    subprocess.run([QIMG, "convert", "-q", "-f", "vmdk", "-O", "raw", str(tmp_path / "d.vmdk"),
+                    str(raw)], check=True)
+    for name, data in (("placed-plain", plain), ("placed-pax", pax)):
+        path = tmp_path / (name + ".ova")
+        path.write_bytes(data)
+        r = api.post("/api/v1/vms/import", {"path": str(path), "name": name, "wait": 120},
+                     timeout=180)
+        assert r.status == 200 and r.json["state"] == "succeeded", (name, r)
+        vol = api.get("/api/v1/pools/default/volumes/%s-disk" % name).json
+        f = os.path.join(mdaemon.state_dir, "pools", "default", vol["id"])
+        p = subprocess.run([QIMG, "compare", "-q", "-f", "qcow2", "-F", "raw", f, str(raw)])
+        assert p.returncode == 0, name
+        assert not [x for x in pool_files(mdaemon) if x.endswith(".part")], name
+    log = mdaemon.log()
+    assert "vm=placed-plain disk=0 source=archive" in log, log[-2000:]
+    assert "vm=placed-pax disk=0 source=copy" in log, log[-2000:]
+    # SHA-1 digests, the disk in place, one that differs: no VM, no volume
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as t:
+        add(t, "p.ovf", ovf)
+        add(t, "p.mf", ("SHA1(p.ovf)= %s\nSHA1(disk1.vmdk)= %s\n" % (
+            hashlib.sha1(ovf).hexdigest(), "0" * 40)).encode())
+        add(t, "disk1.vmdk", vmdk)
+    path = tmp_path / "bad.ova"
+    path.write_bytes(buf.getvalue())
+    r = api.post("/api/v1/vms/import", {"path": str(path), "name": "placed-bad", "wait": 120},
+                 timeout=180)
+    assert r.status == 400 and "does not match its SHA1" in r.error["message"], r
+    assert "placed-bad" not in api.vm_names()
+    assert api.get("/api/v1/pools/default/volumes/placed-bad-disk").status == 404
+    for name in ("placed-plain", "placed-pax"):
+        assert api.delete("/api/v1/vms/%s?volumes=true" % name).status == 204
+    assert pool_files(mdaemon) == before
+
+
+def test_firmware_and_tpm_round_trip(mdaemon, vmdk, tmp_path):
+    """UEFI, Secure Boot and a TPM come in from an OVA (VMware's way of
+    saying them), go out in an export the same way and come back; a libvirt
+    domain with <os firmware='efi'>, the secure-boot feature, <tpm> and
+    <nvram> gives the same VM (the variables themselves are a warning)."""
+    api = mdaemon.api
+    vtpm = ('<Item ovf:required="false"><rasd:ElementName>Virtual TPM</rasd:ElementName>'
+            '<rasd:InstanceID>40</rasd:InstanceID><rasd:ResourceSubType>vmware.vtpm'
+            '</rasd:ResourceSubType><rasd:ResourceType>1</rasd:ResourceType></Item>'
+            '<vmw:Config ovf:required="false" vmw:key="bootOptions.efiSecureBootEnabled" '
+            'vmw:value="true"/>')
+    # a label cut inside a UTF-8 character still gives its warning
+    odd = ('<Item><rasd:ElementName>%s</rasd:ElementName><rasd:InstanceID>41'
+           '</rasd:InstanceID><rasd:ResourceType>35</rasd:ResourceType></Item>' % ("é" * 150))
+    ovf = ovf_text(name="fw", efi=True, extra=vtpm + odd)
+    r = put_ova(api, make_ova([("fw.ovf", ovf), ("disk1.vmdk", vmdk)]), query="")
+    assert r.status == 200 and r.json["state"] == "succeeded", r
+    vm = r.json["result"]["vm"]
+    assert vm["firmware"] == "uefi" and vm["secure_boot"] is True and vm["tpm"] is True, vm
+    assert not any("TPM" in w for w in r.json["result"]["warnings"]), r.json
+    assert any(w.startswith("hardware éé") for w in r.json["result"]["warnings"]), r.json
+    r = api.get("/api/v1/vms/fw/export", timeout=180)
+    assert r.status == 200, r
+    with tarfile.open(fileobj=io.BytesIO(r.data)) as t:
+        out = t.extractfile("fw.ovf").read().decode()
+    for want in ('vmw:key="firmware" vmw:value="efi"',
+                 'vmw:key="bootOptions.efiSecureBootEnabled" vmw:value="true"',
+                 "<rasd:ResourceSubType>vmware.vtpm</rasd:ResourceSubType>"):
+        assert want in out, (want, out)
+    r = put_ova(api, r.data, query="name=fw-back")
+    assert r.status == 200 and r.json["state"] == "succeeded", r
+    back = r.json["result"]["vm"]
+    assert back["firmware"] == "uefi" and back["secure_boot"] is True and back["tpm"] is True
+    # BIOS, no TPM: none of it is written, none comes back
+    assert api.patch("/api/v1/vms/fw-back", {"firmware": "bios", "secure_boot": False,
+                                             "tpm": False}).status == 200
+    r = api.get("/api/v1/vms/fw-back/export", timeout=180)
+    with tarfile.open(fileobj=io.BytesIO(r.data)) as t:
+        out = t.extractfile("fw-back.ovf").read().decode()
+    assert "efi" not in out and "vtpm" not in out, out
+    disk = tmp_path / "fw.raw"
+    disk.write_bytes(b"\0" * (1 << 20))
+    xml = ("<domain type='kvm'><name>lvfw</name><memory unit='MiB'>256</memory>"
+           "<vcpu>1</vcpu><os firmware='efi'><type arch='x86_64' machine='q35'>hvm</type>"
+           "<firmware><feature enabled='yes' name='secure-boot'/>"
+           "<feature enabled='yes' name='enrolled-keys'/></firmware>"
+           "<nvram template='/usr/share/OVMF/OVMF_VARS_4M.ms.fd'>/var/lib/libvirt/qemu/"
+           "nvram/lvfw_VARS.fd</nvram></os><devices><disk type='file' device='disk'>"
+           "<driver name='qemu' type='raw'/><source file='%s'/><target dev='vda'/></disk>"
+           "<tpm model='tpm-crb'><backend type='emulator' version='2.0'/></tpm>"
+           "</devices></domain>" % disk)
+    r = api.request("POST", "/api/v1/vms/import-libvirt", raw=xml.encode(),
+                    headers={"Content-Type": "application/xml"})
+    assert r.status == 201, r
+    vm = r.json["vm"]
+    assert vm["firmware"] == "uefi" and vm["secure_boot"] is True and vm["tpm"] is True, vm
+    assert any("nvram" in w for w in r.json["warnings"]), r.json["warnings"]
+    for name in ("fw", "fw-back"):
+        assert api.delete("/api/v1/vms/%s?volumes=true" % name).status == 204
+    assert api.delete("/api/v1/vms/lvfw").status == 204
 
 
 @pytest.mark.slow
