@@ -22,10 +22,9 @@ migrated back and forth with `POST /vms/{name}/migrate` (dirty-rate
 forecast, TLS on the streams, pause-before-switchover): the API's wall
 time, the task's total and QEMU's downtime; with a local disk (a raw copy of
 the same 16 MiB image as a volume on a pool that is not shared) the disk
-goes over NBD with TLS. libvirt (virsh migrate between two libvirtds) is not
-measured: two libvirtds in network namespaces on one machine need their own
-run dirs, sockets and a migration transport between namespaces, which this
-script does not set up.
+goes over NBD with TLS. The libvirt column (--parts ...,libvirt):
+`virsh migrate --live` of the same guest between two private libvirtds
+(bench/libvirt_peer.py), skipped with a printed line when libvirt is absent.
 """
 import argparse
 import json
@@ -38,6 +37,8 @@ import sys
 import tempfile
 import threading
 import time
+
+import libvirt_peer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GUEST = os.path.join(ROOT, "tests", "guest", "out")
@@ -324,7 +325,8 @@ def main():
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--downtime-ms", type=int, default=300)
     ap.add_argument("--accel", default="tcg")  # the test guests' accelerator
-    ap.add_argument("--parts", default="raw,kvmhost", help="raw, kvmhost (comma-separated)")
+    ap.add_argument("--parts", default="raw,kvmhost,libvirt",
+                    help="raw, kvmhost, libvirt (comma-separated)")
     args = ap.parse_args()
     parts = args.parts.split(",")
     print("raw QEMU live migration over loopback, %d MiB guest, accel %s, downtime-limit %d ms"
@@ -345,8 +347,8 @@ def main():
                 print("%-22s %8.2f %8.2f %10s %5s" % (
                     "kvmhost, " + ("local disk/NBD" if local else "shared disk"), wall, total,
                     dt, tls), flush=True)
-    print("libvirt virsh migrate --live: not measured (two libvirtds in namespaces: not set up "
-          "by this script)")
+    if "libvirt" in parts:  # two private libvirtds (bench/libvirt_peer.py)
+        libvirt_peer.migrate_column(args.mem, args.runs, Console)
 
 
 if __name__ == "__main__":
