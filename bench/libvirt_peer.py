@@ -131,6 +131,7 @@ class Libvirtd:
         self.uri = "qemu:///system?socket=%s/libvirt-sock" % self.sock
         self.proc = None
         self.made_run_dir = False
+        self.stopped = False
 
     def path(self, *p):
         return os.path.join(self.work, *p)
@@ -195,6 +196,9 @@ class Libvirtd:
             return ""
 
     def stop(self):
+        if self.stopped:
+            return
+        self.stopped = True
         try:
             if self.proc and self.proc.poll() is None:
                 r = self.virsh("list", "--all", "--name", check=False, timeout=30)
@@ -474,12 +478,14 @@ NAT_XML = """<network>
 """
 
 
-def boot_to_ssh(disk, seed_iso, key, timeout=600, mem=1024):
+def boot_to_ssh(disk, seed_iso, key, timeout=600, mem=1024, cleanups=None):
     """`virsh start` of a Debian disk (a qcow2 overlay on disk; disk is not
     modified) with the NoCloud seed_iso, on a libvirt NAT network (its
     bridge and dnsmasq, in the libvirtd's own network namespace), until
     `ssh true` works on the guest's DHCP address. Returns seconds."""
     lv = Libvirtd("boot")
+    if cleanups is not None:  # the caller's SIGTERM path (worker threads do not unwind)
+        cleanups.append(lv.stop)
     try:
         lv.start()
         ovl = lv.path("overlay.qcow2")
@@ -582,3 +588,35 @@ def backup_line(disk, outdir, mib, t_kvmhost):
             "the file synced; libvirt's job elapsed %s; stored %d MiB)"
             % (r["seconds"], mib / r["seconds"], r["seconds"] / t_kvmhost,
                "%.2f s" % (el / 1000) if el is not None else "-", r["bytes"] // (1 << 20)))
+
+
+def boot_runner(seed_fn, cleanups=None):
+    """bench/guest_boot.py's libvirt runner: fn(disk, work, key, pub, timeout)
+    -> seconds, like its run_kvmhost/run_qemu, with a NoCloud ISO of the same
+    seed_fn(pub) user-data; None (and a printed line) without libvirt."""
+    why = skip_reason()
+    if why:
+        print("libvirt vm start -> ssh: skipped: " + why, flush=True)
+        return None
+
+    def fn(disk, work, key, pub, timeout):
+        sd = tempfile.mkdtemp(prefix="lv-seed-", dir=work)
+        with open(os.path.join(sd, "meta-data"), "w") as f:
+            json.dump({"instance-id": "bench-lv-0", "local-hostname": "bench"}, f)
+        with open(os.path.join(sd, "user-data"), "w") as f:
+            f.write("#cloud-config\n" + json.dumps(seed_fn(pub), indent=2) + "\n")
+        iso = os.path.join(work, "lv-cidata.iso")
+        run(["genisoimage", "-quiet", "-volid", "cidata", "-joliet", "-rock",
+             "-input-charset", "utf-8", "-output", iso, sd])
+        return boot_to_ssh(disk, iso, key, timeout, cleanups=cleanups)
+    return fn
+
+
+def boot_row(times, kh, runs):
+    """The libvirt row of bench/guest_boot.py's table (times: its runs)."""
+    if not times:
+        return "| vm start -> ssh login, libvirt | not measured | | |"
+    lv = min(times)
+    return ("| vm start -> ssh login, libvirt (`virsh start`, NoCloud ISO, NAT network), "
+            "best of %d | kvmhost %.1f s | libvirt %.1f s | kvmhost/libvirt %.2fx |"
+            % (runs, kh, lv, kh / lv))
