@@ -4,7 +4,7 @@ backup.py, guest_boot.py): private libvirtds started and stopped here.
 Each Libvirtd runs in a network namespace of its own making (or shared by
 the two of a migration) and in a private mount + UTS namespace where a
 scratch dir is bind-mounted over /etc/libvirt, /run/libvirt, /var/lib/libvirt,
-/var/log/libvirt and /var/cache/libvirt; its sockets are in the scratch dir
+/var/log/libvirt and /var/cache/libvirt (and a tmpfs over /run); its sockets are in the scratch dir
 (unix_sock_dir), clients reach it with qemu:///system?socket=PATH. Its QEMUs
 run as root under TCG (domain type='qemu'), no cgroups, no security driver,
 no virtlogd. Nothing of the host's libvirt (config, state, units, networks)
@@ -29,7 +29,6 @@ import random
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import threading
@@ -61,10 +60,6 @@ auth_unix_rw = "none"
 host_uuid = "{uuid}"
 log_outputs = "3:file:{log}"
 """
-
-
-def log(*a):
-    print("bench: libvirt:", *a, flush=True, file=__import__("sys").stderr)
 
 
 def skip_reason():
@@ -130,7 +125,6 @@ class Libvirtd:
         self.sock = os.path.join(self.work, "sock")
         self.uri = "qemu:///system?socket=%s/libvirt-sock" % self.sock
         self.proc = None
-        self.made_run_dir = False
         self.stopped = False
 
     def path(self, *p):
@@ -147,12 +141,10 @@ class Libvirtd:
         with open(conf, "w") as f:
             f.write(LIBVIRTD_CONF.format(sock=self.sock, uuid=str(uuid.uuid4()),
                                          log=self.path("libvirtd.log")))
-        if not os.path.isdir("/run/libvirt"):  # the mount point (an empty dir)
-            os.makedirs("/run/libvirt", exist_ok=True)
-            self.made_run_dir = True
         binds = [("etc", "/etc/libvirt"), ("run", "/run/libvirt"), ("lib", "/var/lib/libvirt"),
                  ("log", "/var/log/libvirt")]
-        script = "set -e; "
+        # a tmpfs over /run: /run/libvirt made there, not on the host
+        script = "set -e; mount -t tmpfs -o mode=0755 khbench-run /run; mkdir /run/libvirt; "
         for d in ("/var/lib/libvirt", "/var/log/libvirt", "/var/cache/libvirt", "/etc/libvirt"):
             script += "mkdir -p %s; " % d
         for src, dst in binds:
@@ -222,11 +214,6 @@ class Libvirtd:
             if self.own_ns:
                 self.ns.delete()
             shutil.rmtree(self.work, ignore_errors=True)
-            if self.made_run_dir:
-                try:
-                    os.rmdir("/run/libvirt")
-                except OSError:
-                    pass
 
 
 # ---------------------------------------------------------------- guests
@@ -273,14 +260,6 @@ def ms(v):
     return float(m.group(1)) if m else None
 
 
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
-
-
 def migrate_runs(mem=256, runs=3, console_cls=None):
     """`virsh migrate --live` of the test guest back and forth between two
     libvirtds over loopback (the disk shared: --unsafe, as the raw QEMU run
@@ -308,7 +287,7 @@ def migrate_runs(mem=256, runs=3, console_cls=None):
         con.wait(r"^HB 5$", 60)
         src, dst = a, b
         for i in range(runs):
-            port = ns_free_port(ns)
+            port = 49152 + random.randrange(0, 4000)  # the namespace's loopback is ours
             # the target's serial socket: a path of its own (the source
             # removes its socket when it ends)
             dxml = os.path.join(a.work, "dst-%d.xml" % i)
@@ -370,11 +349,6 @@ def wait_until(fn, timeout, what):
         if time.monotonic() > end:
             raise TimeoutError("libvirt: no " + what)
         time.sleep(0.05)
-
-
-def ns_free_port(ns):
-    # the namespace's loopback is empty but for the QEMUs: any high port
-    return 49152 + random.randrange(0, 4000)
 
 
 # ---------------------------------------------------------------- backup
