@@ -58,12 +58,14 @@ def copy(src, dst):
     os.chmod(dst, 0o666)
 
 
-def ssh_until(prefix, key, port, timeout):
+def ssh_until(prefix, key, port, timeout, proc=None):
     argv = prefix + ["ssh", "-i", key, "-p", str(port), "-o", "BatchMode=yes",
                      "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
                      "-o", "ConnectTimeout=5", "-o", "LogLevel=ERROR", "kh@127.0.0.1", "true"]
     deadline = time.time() + timeout
     while time.time() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError("QEMU ended (status %s) before an ssh login" % proc.returncode)
         if subprocess.run(argv, capture_output=True, timeout=30).returncode == 0:
             return time.perf_counter()
         time.sleep(1)
@@ -113,6 +115,11 @@ def run_kvmhost(disk, work, key, pub, timeout):
 
 
 def run_qemu(disk, work, key, pub, timeout):
+    import socket
+    s = socket.socket()  # a free port (another run of this bench may hold one)
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
     vdisk = os.path.join(work, "raw.qcow2")
     copy(disk, vdisk)
     sd = os.path.join(work, "seed")
@@ -131,13 +138,13 @@ def run_qemu(disk, work, key, pub, timeout):
             "-device", "virtio-blk-pci,drive=d0,bootindex=1",
             "-drive", "file=%s,format=raw,if=none,id=cd0,readonly=on" % iso,
             "-device", "ide-cd,drive=cd0,bus=ide.1",
-            "-netdev", "user,id=n0,hostfwd=tcp:127.0.0.1:2298-:22",
+            "-netdev", "user,id=n0,hostfwd=tcp:127.0.0.1:%d-:22" % port,
             "-device", "virtio-net-pci,netdev=n0"]
     t0 = time.perf_counter()
     p = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     CLEANUPS.append(p.kill)
     try:
-        t1 = ssh_until([], key, 2298, timeout)
+        t1 = ssh_until([], key, port, timeout, p)
     finally:
         p.kill()
         p.wait()
