@@ -28,10 +28,9 @@ migrated back and forth with `POST /vms/{name}/migrate` (dirty-rate
 forecast, TLS on the streams, pause-before-switchover): the API's wall
 time, the task's total and QEMU's downtime; with a local disk (a raw copy of
 the same 16 MiB image as a volume on a pool that is not shared) the disk
-goes over NBD with TLS. libvirt (virsh migrate between two libvirtds) is not
-measured: two libvirtds in network namespaces on one machine need their own
-run dirs, sockets and a migration transport between namespaces, which this
-script does not set up.
+goes over NBD with TLS. The libvirt column (--parts ...,libvirt):
+`virsh migrate --live` of the same guest between two private libvirtds
+(bench/libvirt_peer.py), skipped with a printed line when libvirt is absent.
 """
 import argparse
 import json
@@ -44,6 +43,8 @@ import sys
 import tempfile
 import threading
 import time
+
+import libvirt_peer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GUEST = os.path.join(ROOT, "tests", "guest", "out")
@@ -379,7 +380,8 @@ def main():
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--downtime-ms", type=int, default=10)  # kvmhost's default limit
     ap.add_argument("--accel", default="tcg")  # the test guests' accelerator
-    ap.add_argument("--parts", default="raw,kvmhost", help="raw, kvmhost (comma-separated)")
+    ap.add_argument("--parts", default="raw,kvmhost,libvirt",
+                    help="raw, kvmhost, libvirt (comma-separated)")
     ap.add_argument("--data-gib", type=int, default=1, help="local disk runs: a qcow2 data disk")
     ap.add_argument("--written-mib", type=int, default=256, help="of it written before")
     args = ap.parse_args()
@@ -407,8 +409,8 @@ def main():
                 print("%-22s %8.2f %8.2f %10s %9s %11s %5s" % (
                     "kvmhost, " + ("local disk/NBD" if local else "shared disk"), wall, total,
                     dt, sw, gdt, tls), flush=True)
-    print("libvirt virsh migrate --live: not measured (two libvirtds in namespaces: not set up "
-          "by this script)")
+    if "libvirt" in parts:  # two private libvirtds (bench/libvirt_peer.py)
+        libvirt_peer.migrate_column(args.mem, args.runs, Console)
 
 
 if __name__ == "__main__":

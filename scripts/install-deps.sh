@@ -19,7 +19,10 @@ TEST_PKGS=(busybox-static cpio e2fsprogs xz-utils zstd python3 python3-pytest py
   prometheus
   clang-tidy cppcheck libclang-rt-14-dev iproute2 nftables
   etcd-server etcd-client
-  mmdebstrap fdisk dosfstools mtools xorriso openssh-client)  # tests/guest/build-debian.sh, test_guests.py
+  mmdebstrap fdisk dosfstools mtools xorriso openssh-client  # tests/guest/build-debian.sh, test_guests.py
+  # bench/libvirt_peer.py: the libvirt column of bench/migrate.py, backup.py,
+  # guest_boot.py (private libvirtds; the system's libvirtd is not used)
+  libvirt-daemon-system libvirt-daemon-driver-qemu libvirt-clients python3-libvirt)
 
 want=("${BUILD_PKGS[@]}" "${RUN_PKGS[@]}")
 [ "${1:-}" = "--test" ] && want+=("${TEST_PKGS[@]}")
