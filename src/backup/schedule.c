@@ -51,10 +51,10 @@ static const char *const keep_keys[] = { "keep_last", "keep_daily", "keep_weekly
 static void prune_due(kh_backups *b, const char *vm_id)
 {
     kh_err err = KH_ERR_INIT;
-    sqlite3_stmt *s = kh_store_prep(b->store, "SELECT vm_id, vm_name, store, keep FROM "
-                                              "backup_schedules WHERE prune_due = 1 AND "
-                                              "keep IS NOT NULL AND (?1 IS NULL OR vm_id = ?1)",
-                                    &err);
+    sqlite3_stmt *s = kh_store_prep(b->store, "SELECT s.vm_id, s.vm_name, s.store, k.keep FROM "
+                                              "backup_schedules s JOIN backup_schedule_keep k "
+                                              "ON k.vm_id = s.vm_id WHERE k.prune_due = 1 AND "
+                                              "(?1 IS NULL OR s.vm_id = ?1)", &err);
     if (!s)
         return;
     kh_store_bind_text(s, 1, vm_id);
@@ -87,8 +87,8 @@ static void prune_due(kh_backups *b, const char *vm_id)
                task ? "" : pe.msg);
         if (!task && pe.code == KH_E_CONFLICT)
             continue; /* the store is busy: the next tick retries */
-        sqlite3_stmt *u = kh_store_prep(b->store, "UPDATE backup_schedules SET prune_due = 0 "
-                                                  "WHERE vm_id = ?", &err);
+        sqlite3_stmt *u = kh_store_prep(b->store, "UPDATE backup_schedule_keep SET "
+                                                  "prune_due = 0 WHERE vm_id = ?", &err);
         if (u) {
             kh_store_bind_text(u, 1, json_string_value(json_object_get(e, "vm_id")));
             kh_store_step_done(b->store, u, "recording a scheduled prune", &err);
@@ -100,8 +100,8 @@ static void prune_due(kh_backups *b, const char *vm_id)
 void kh_schedule_backup_done(kh_backups *b, const char *vm_id)
 {
     kh_err err = KH_ERR_INIT;
-    sqlite3_stmt *u = kh_store_prep(b->store, "UPDATE backup_schedules SET prune_due = 1 "
-                                              "WHERE vm_id = ? AND keep IS NOT NULL", &err);
+    sqlite3_stmt *u = kh_store_prep(b->store, "UPDATE backup_schedule_keep SET prune_due = 1 "
+                                              "WHERE vm_id = ?", &err);
     if (u)
         kh_store_bind_text(u, 1, vm_id);
     if (!u || kh_store_step_done(b->store, u, "recording a due prune", &err) < 0)
@@ -174,6 +174,22 @@ void kh_schedule_stop(kh_backups *b)
     }
 }
 
+/* The retention of vm_id's schedule (keep_text NULL: none). */
+static int set_keep(kh_backups *b, const char *vm_id, const char *keep_text, kh_err *err)
+{
+    sqlite3_stmt *s = kh_store_prep(b->store, keep_text
+                                                  ? "INSERT OR REPLACE INTO backup_schedule_keep "
+                                                    "(vm_id, keep, prune_due) VALUES (?, ?, 0)"
+                                                  : "DELETE FROM backup_schedule_keep WHERE "
+                                                    "vm_id = ?", err);
+    if (!s)
+        return -1;
+    kh_store_bind_text(s, 1, vm_id);
+    if (keep_text)
+        kh_store_bind_text(s, 2, keep_text);
+    return kh_store_step_done(b->store, s, "setting a schedule's retention", err);
+}
+
 static json_t *vm_row(kh_backups *b, const char *vm, char **vm_id, kh_err *err)
 {
     json_t *v = kh_manager_vm_json(b->mgr, vm, err);
@@ -189,8 +205,10 @@ json_t *kh_backup_schedule_get(kh_backups *b, const char *vm, kh_err *err)
     if (!v)
         return NULL;
     json_decref(v);
-    sqlite3_stmt *s = kh_store_prep(b->store, "SELECT store, at, last_run, keep FROM "
-                                              "backup_schedules WHERE vm_id = ?", err);
+    sqlite3_stmt *s = kh_store_prep(b->store, "SELECT s.store, s.at, s.last_run, k.keep FROM "
+                                              "backup_schedules s LEFT JOIN "
+                                              "backup_schedule_keep k ON k.vm_id = s.vm_id "
+                                              "WHERE s.vm_id = ?", err);
     json_t *out = NULL;
     if (s) {
         kh_store_bind_text(s, 1, id);
@@ -246,8 +264,8 @@ json_t *kh_backup_schedule_set(kh_backups *b, const char *vm, const json_t *body
     json_decref(keep);
     /* a new time today that has already passed waits until tomorrow */
     sqlite3_stmt *s = kh_store_prep(b->store, "INSERT OR REPLACE INTO backup_schedules (vm_id, "
-                                              "vm_name, store, at, last_run, keep) VALUES (?, "
-                                              "?, ?, ?, ?, ?)", err);
+                                              "vm_name, store, at, last_run) VALUES (?, ?, ?, "
+                                              "?, ?)", err);
     int rc = -1;
     if (s) {
         double now = kh_wall_time();
@@ -256,9 +274,10 @@ json_t *kh_backup_schedule_set(kh_backups *b, const char *vm, const json_t *body
         kh_store_bind_text(s, 3, store);
         kh_store_bind_text(s, 4, at);
         sqlite3_bind_double(s, 5, due_today(at, now) < now - 60 ? now : 0);
-        kh_store_bind_text(s, 6, keep_text);
         rc = kh_store_step_done(b->store, s, "setting a backup schedule", err);
     }
+    if (rc == 0)
+        rc = set_keep(b, id, keep_text, err);
     free(keep_text);
     free(id);
     return rc < 0 ? NULL : kh_backup_schedule_get(b, vm, err);
@@ -280,6 +299,8 @@ int kh_backup_schedule_delete(kh_backups *b, const char *vm, kh_err *err)
         kh_store_bind_text(s, 1, id);
         rc = kh_store_step_done(b->store, s, "deleting a backup schedule", err);
     }
+    if (rc == 0)
+        rc = set_keep(b, id, NULL, err);
     free(id);
     return rc;
 }

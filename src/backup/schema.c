@@ -39,7 +39,11 @@ const char kh_backup_schema_schedules[] =
 
 /* 30: a schedule's retention (keep_* rules as JSON, applied after each
  * scheduled backup) and whether that prune is still due (a prune waits
- * while another operation holds the store; the tick retries it). */
+ * while another operation holds the store; the tick retries it). A table
+ * of its own: CREATE ... IF NOT EXISTS stays right when a step runs again. */
 const char kh_backup_schema_schedule_keep[] =
-    "ALTER TABLE backup_schedules ADD COLUMN keep TEXT;"
-    "ALTER TABLE backup_schedules ADD COLUMN prune_due INTEGER NOT NULL DEFAULT 0;";
+    "CREATE TABLE IF NOT EXISTS backup_schedule_keep ("
+    "  vm_id TEXT PRIMARY KEY,"
+    "  keep TEXT NOT NULL,"
+    "  prune_due INTEGER NOT NULL DEFAULT 0"
+    ");";
