@@ -790,13 +790,14 @@ static void convert_next(job *j)
         fail(j, &j->herr);
         return;
     }
-    if (j->cur == j->ovf.ndisks) {
+    size_t n = j->ovf.ndisks;
+    if (j->cur >= n || n == 0) {
         finish(j);
         return;
     }
     char msg[64];
-    snprintf(msg, sizeof(msg), "converting disk %zu of %zu", j->cur + 1, j->ovf.ndisks);
-    kh_task_progress(j->task, 50 + (int)(40 * j->cur / j->ovf.ndisks), msg);
+    snprintf(msg, sizeof(msg), "converting disk %zu of %zu", j->cur + 1, n);
+    kh_task_progress(j->task, 50 + (int)(40 * j->cur / n), msg);
     j->vols[j->cur] = j->ovf.ndisks == 1 ? xasprintf("%s-disk", j->name)
                                          : xasprintf("%s-disk%zu", j->name, j->cur);
     kh_err err = KH_ERR_INIT;
