@@ -378,7 +378,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--mem", type=int, default=256)
     ap.add_argument("--runs", type=int, default=3)
-    ap.add_argument("--downtime-ms", type=int, default=10)  # kvmhost's default limit
+    ap.add_argument("--downtime-ms", type=int, default=300)  # kvmhost's default limit
     ap.add_argument("--accel", default="tcg")  # the test guests' accelerator
     ap.add_argument("--parts", default="raw,kvmhost,libvirt",
                     help="raw, kvmhost, libvirt (comma-separated)")

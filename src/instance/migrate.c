@@ -42,7 +42,7 @@
 #define FORGET_TRIES 100
 #define DIRTY_CALC_S 1
 #define DIRTY_POLLS 50
-#define DEFAULT_DOWNTIME_MS 10 /* as qemu/migrate.c */
+#define DEFAULT_DOWNTIME_MS 300 /* as qemu/migrate.c */
 #define DEFAULT_MAX_DOWNTIME_MS 2000
 
 static kh_migration *migrations[64];
@@ -533,7 +533,11 @@ static void do_migrate(kh_migration *m)
     kh_qmig_opts o = { .bandwidth = m->opts.max_bandwidth,
                        .downtime_ms = m->plan.downtime_ms,
                        .auto_converge = m->plan.auto_converge,
-                       .pause_switchover = m->ndisks > 0,
+                       /* always, for now: with the shared-disk switch without
+                        * the pause (and a 10 ms limit) the guest failed on the
+                        * target in 3 of 5 runs of test_migration (not
+                        * understood yet) */
+                       .pause_switchover = true,
                        .tls_creds = m->tls_dir[0] ? KH_QMIG_TLS_ID : NULL,
                        .tls_hostname = m->peer.address };
     kh_migrate_tls_setup(m);

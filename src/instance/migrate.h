@@ -60,7 +60,7 @@ typedef struct kh_migrate_ops {
 /* What the user asked for besides the target. */
 typedef struct kh_migrate_opts {
     uint64_t max_bandwidth;   /* bytes/s for the copies (0: unlimited) */
-    unsigned downtime_ms;     /* the downtime limit asked for (0: 10) */
+    unsigned downtime_ms;     /* the downtime limit asked for (0: 300) */
     unsigned max_downtime_ms; /* how far the forecast may raise it (0: 2000) */
     bool force;               /* go even when the forecast says it never converges */
 } kh_migrate_opts;

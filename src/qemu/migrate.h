@@ -24,7 +24,7 @@
 
 /* What a migration asks of QEMU. */
 typedef struct kh_qmig_opts {
-    unsigned downtime_ms;      /* downtime-limit (0: 10) */
+    unsigned downtime_ms;      /* downtime-limit (0: 300) */
     uint64_t bandwidth;        /* max-bandwidth, bytes/s (0: unlimited, i.e. 10 GiB/s) */
     unsigned multifd_channels; /* 0/1: no multifd; >1 channels (not with TLS on 7.2
                                 * before the cluster CA lands: both sides must agree) */
@@ -121,7 +121,7 @@ typedef struct kh_qmig_forecast_in {
     int64_t dirty_mbps;        /* calc-dirty-rate; -1: not measured (go) */
     uint64_t bandwidth;        /* bytes/s of the link (0: assume 1 GB/s) */
     uint64_t ram_bytes;        /* the guest's RAM */
-    unsigned downtime_ms;      /* the limit asked for (0: 10) */
+    unsigned downtime_ms;      /* the limit asked for (0: 300) */
     unsigned downtime_cap_ms;  /* how far it may be raised */
     bool force;
 } kh_qmig_forecast_in;
