@@ -14,7 +14,7 @@ pause between two heartbeats (source console, then target console) is the
 downtime as the guest lives it. Also a check that it kept counting.
 
     python3 bench/migrate.py [--mem 256] [--runs 3] [--parts raw,kvmhost]
-                             [--data-gib 1 --written-mib 256] [--downtime-ms 10]
+                             [--data-gib 1 --written-mib 256] [--downtime-ms 300]
 
 The local-disk runs (both columns) carry a second disk: a qcow2 of
 --data-gib GiB with --written-mib MiB written (issue 11: 1 GiB, 256 MiB),
