@@ -368,16 +368,31 @@ class Ssh:
             timeout, last and last.stderr, api.console_log(vm)[-3000:]))
 
 
+def volume_copy(d, src, name):
+    """src as a qcow2 volume of pool default (snapshots and backups need
+    volumes): its "ref"."""
+    size = json.loads(subprocess.run(["qemu-img", "info", "-U", "--output=json", src],
+                                     capture_output=True, text=True, check=True).stdout)
+    r = d.api.post("/api/v1/pools/default/volumes",
+                   {"name": name, "size": size["virtual-size"], "format": "qcow2"})
+    assert r.status == 201, r
+    dst = os.path.join(d.state_dir, "pools", "default", r.json["id"])
+    subprocess.run(["qemu-img", "convert", "-q", "-n", "-O", "qcow2", src, dst], check=True,
+                   timeout=300)
+    return "default/" + name
+
+
 def debian_vm(api, netns, workdir, disk, name, port, ssh, **extra):
     """A Debian VM on nat network "lan" with a static address and a port
-    forward 127.0.0.1:port -> 22, its cloud-init user kh with ssh's key."""
+    forward 127.0.0.1:port -> 22, its cloud-init user kh with ssh's key.
+    disk: a file, or {"volume": REF}."""
     if not api.get("/api/v1/networks/lan").status == 200:
         r = api.post("/api/v1/networks", {"name": "lan", "type": "nat",
                                           "subnet": "10.87.0.0/24"})
         assert r.status == 201, r
     ip = "10.87.0.%d" % (50 + port % 100)
     spec = {"name": name, "vcpus": 1, "memory_mib": 1024, "serial": True,
-            "disks": [{"path": disk, "format": "qcow2"}],
+            "disks": [disk if isinstance(disk, dict) else {"path": disk, "format": "qcow2"}],
             "nics": [{"network": "lan", "ip": ip}],
             "cloud_init": {"hostname": name + "-ci",
                            "users": [{"name": "kh", "ssh_authorized_keys": [ssh.pub],
@@ -476,7 +491,7 @@ def test_debian_uefi_secure_boot_tpm(nsd, netns, debian, workdir):
     back. A disk-only snapshot of the running VM freezes the guest's
     filesystems through the agent, and thaws them."""
     api = nsd.api
-    disk = private_copy(debian[0], workdir, "sb.qcow2")
+    disk = {"volume": volume_copy(nsd, debian[0], "sb-disk")}
     ssh = Ssh(netns, workdir, 2202)
     debian_vm(api, netns, workdir, disk, "sb", 2202, ssh,
               firmware="uefi", secure_boot=True, tpm=True)
@@ -499,6 +514,7 @@ def test_debian_uefi_secure_boot_tpm(nsd, netns, debian, workdir):
     ssh.close()
     revert(api, "sb", "warm")
     assert ssh.run(read).stdout == "kvmhost1"
+    print("debian uefi: memory snapshot revert rewound the TPM")
 
     # a disk-only snapshot of the running VM: the guest's filesystems frozen
     # through its agent around it, then thawed
@@ -509,6 +525,8 @@ def test_debian_uefi_secure_boot_tpm(nsd, netns, debian, workdir):
     assert re.search(r"event=vm.fsthaw vm=sb count=%s\b" % m.group(1), log), \
         [l for l in log.splitlines() if "fsthaw" in l]
     assert ssh.run("sudo -n touch /var/tmp/thawed && sync", timeout=60).returncode == 0
+    print("debian uefi: disk-only live snapshot froze %s filesystems and thawed them" %
+          m.group(1))
 
     # restart: the same swtpm state and UEFI variables come back
     ssh.close()
