@@ -10,7 +10,12 @@ if [ ! -f "$FUZZ/build.ninja" ]; then
   CC=clang meson setup "$FUZZ" -Dfuzz=true -Db_sanitize=address,undefined -Db_lundef=false \
     -Dbuildtype=debugoptimized >/dev/null
 fi
-ninja -C "$FUZZ" >/dev/null
+# the build's output only when it fails (it was hidden: an empty log)
+if ! out=$(ninja -C "$FUZZ" 2>&1); then
+  printf '%s\n' "$out" | tail -n 40
+  echo "fuzz: the fuzz build failed"
+  exit 1
+fi
 mapfile -t targets < <(find "$FUZZ/tests/fuzz" -maxdepth 1 -type f -executable -name 'fuzz_*' | sort)
 [ ${#targets[@]} -gt 0 ] || { echo "fuzz: no targets built"; exit 1; }
 if [ "${1:-smoke}" = smoke ]; then

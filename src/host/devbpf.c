@@ -98,8 +98,12 @@ int kh_devbpf_attach(const char *dir, const kh_devbpf_rule *rules, size_t n, kh_
         return -1;
     }
     char log[4096] = "";
-    LIBBPF_OPTS(bpf_prog_load_opts, opts, .log_buf = log, .log_size = sizeof(log),
-                .log_level = 0);
+    /* LIBBPF_OPTS() would do this with a GNU statement expression (C11 here) */
+    struct bpf_prog_load_opts opts;
+    memset(&opts, 0, sizeof(opts));
+    opts.sz = sizeof(opts);
+    opts.log_buf = log;
+    opts.log_size = sizeof(log);
     int pfd = bpf_prog_load(BPF_PROG_TYPE_CGROUP_DEVICE, "kh_devices", "GPL", prog, len, &opts);
     if (pfd < 0) {
         int e = errno;
