@@ -490,13 +490,25 @@ static void janitor_tick(uv_timer_t *t)
         janitor_end(w, &e);
 }
 
-static void janitor_exports_chain(kh_job *j, const kh_err *err)
+static void janitor_server_chain(kh_job *j, const kh_err *err)
 {
     (void)err;
     janitor *w = (janitor *)j->live_janitor;
     j->live_janitor = NULL;
-    keeper_kill_file(j); /* the exports are gone: the connections may close */
     janitor_tick(w->timer);
+}
+
+static void janitor_exports_chain(kh_job *j, const kh_err *err)
+{
+    (void)err;
+    /* The exports are gone: the connections may close now, and must before
+     * nbd-server-stop, which waits until every NBD export has no client
+     * left (a client whose replies no one read - the keeper holds the
+     * sockets, the killed daemon read them - can hold it there for good). */
+    keeper_kill_file(j);
+    chain *c = chain_new(j, janitor_server_chain);
+    chain_add(c, "nbd-server-stop", NULL, -1, true);
+    chain_next(c);
 }
 
 static void janitor_exports(kh_qmp *q, json_t *ret, const kh_err *err, void *opaque)
@@ -519,7 +531,6 @@ static void janitor_exports(kh_qmp *q, json_t *ret, const kh_err *err, void *opa
             kh_log(KH_LOG_INFO, "backup.janitor", "vm=%s export=%s", j->vm, id);
         }
     }
-    chain_add(c, "nbd-server-stop", NULL, -1, true);
     j->live_janitor = w;
     chain_next(c);
 }
