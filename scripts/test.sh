@@ -107,8 +107,11 @@ if [ "$workers" -gt 1 ] && /usr/bin/python3 -c 'import xdist' 2>/dev/null; then
 fi
 # pytest: count its closing line (passed, failed, errors).
 pytest_stage() {
-  local name=$1; shift
-  pytest_count "$name" "$(/usr/bin/python3 -m pytest -q -p no:cacheprovider "$@" 2>&1)"
+  local name=$1 out; shift
+  out=$(/usr/bin/python3 -m pytest -q -p no:cacheprovider "$@" 2>&1)
+  # the whole output (daemon logs of failures) beside the tail printed here
+  printf '%s\n' "$out" > "$LOGS/pytest-${name// /-}.log"
+  pytest_count "$name" "$out"
 }
 pytest_count() { # name output
   local name=$1 out=$2
