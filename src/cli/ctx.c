@@ -22,7 +22,9 @@ static cli_client *client_of_login(const json_t *l, kh_err *err)
 {
     const char *url = json_string_value(json_object_get(l, "url"));
     double exp = json_number_value(json_object_get(l, "expires_at"));
-    if (exp > 0 && exp <= (double)time(NULL)) {
+    struct timespec now; /* to the fraction, as the daemon's expiry (time() ran late) */
+    clock_gettime(CLOCK_REALTIME, &now);
+    if (exp > 0 && exp <= (double)now.tv_sec + (double)now.tv_nsec / 1e9) {
         kh_err_set(err, KH_E_UNAUTHORIZED, "your login to %s has expired: run `kvmhost login "
                    "--oidc --host %s` again (or `kvmhost logout`)", url, url);
         return NULL;
