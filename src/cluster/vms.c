@@ -192,20 +192,26 @@ int kh_cluster_vms_watch(kh_cluster *c, kh_err *err)
 
 /* ---- claims ---- */
 
+/* The claim of id and name for this host: both keys must not exist yet;
+ * then the owner key names this host and the name key the id. */
+static void claim_ops(const kh_cluster *c, const char *id, char *okey, char *nk,
+                      kh_etcd_cmp cmp[2], kh_etcd_op ops[2])
+{
+    cmp[0] = (kh_etcd_cmp){ .key = okey, .target = KH_ETCD_CREATE, .result = KH_ETCD_EQUAL };
+    cmp[1] = (kh_etcd_cmp){ .key = nk, .target = KH_ETCD_CREATE, .result = KH_ETCD_EQUAL };
+    ops[0] = (kh_etcd_op){ .type = KH_ETCD_OP_PUT, .key = okey, .value = c->conf.host_id };
+    ops[1] = (kh_etcd_op){ .type = KH_ETCD_OP_PUT, .key = nk, .value = id };
+}
+
 /* Claim id and name for this host in one txn. 1 won, 0 lost (*held_by gets
  * the vm id that has the name, or NULL when it is the id that is owned), -1. */
 static int claim_txn(kh_cluster *c, const char *id, const char *name, char **held_by,
                      kh_err *err)
 {
     char *ok_key = owner_key(id), *nk = name_key(name);
-    kh_etcd_cmp cmp[2] = {
-        { .key = ok_key, .target = KH_ETCD_CREATE, .result = KH_ETCD_EQUAL, .number = 0 },
-        { .key = nk, .target = KH_ETCD_CREATE, .result = KH_ETCD_EQUAL, .number = 0 },
-    };
-    kh_etcd_op ops[2] = {
-        { .type = KH_ETCD_OP_PUT, .key = ok_key, .value = c->conf.host_id },
-        { .type = KH_ETCD_OP_PUT, .key = nk, .value = id },
-    };
+    kh_etcd_cmp cmp[2];
+    kh_etcd_op ops[2];
+    claim_ops(c, id, ok_key, nk, cmp, ops);
     kh_etcd_op get = { .type = KH_ETCD_OP_GET, .key = nk };
     kh_etcd_txn_result res = { 0 };
     int rc = kh_etcd_txn(c->etcd, cmp, 2, ops, 2, &get, 1, &res, err);
@@ -402,14 +408,9 @@ int kh_cluster_vm_claim_async(void *opaque, const char *id, const char *name,
         return -1;
     }
     char *okey = owner_key(id), *nk = name_key(name);
-    kh_etcd_cmp cmp[2] = {
-        { .key = okey, .target = KH_ETCD_CREATE, .result = KH_ETCD_EQUAL, .number = 0 },
-        { .key = nk, .target = KH_ETCD_CREATE, .result = KH_ETCD_EQUAL, .number = 0 },
-    };
-    kh_etcd_op ops[2] = {
-        { .type = KH_ETCD_OP_PUT, .key = okey, .value = c->conf.host_id },
-        { .type = KH_ETCD_OP_PUT, .key = nk, .value = id },
-    };
+    kh_etcd_cmp cmp[2];
+    kh_etcd_op ops[2];
+    claim_ops(c, id, okey, nk, cmp, ops);
     kh_etcd_op get[2] = { { .type = KH_ETCD_OP_GET, .key = nk },
                           { .type = KH_ETCD_OP_GET, .key = okey } };
     json_t *body = kh_etcd_txn_json(cmp, 2, ops, 2, get, 2);
