@@ -23,4 +23,5 @@ def shell_value(con, expr, timeout=60):
     n = random.randint(10000, 999999)
     start = len(con.text())
     con.send("echo kh-$((%d+1))-%s\n" % (n, expr))
-    return con.wait_for(r"kh-%d-(\S+)" % (n + 1), timeout=timeout, start=start).group(1)
+    # up to the line end: a read that ends mid-word must not count ("writte")
+    return con.wait_for(r"kh-%d-(\S+)\r?\n" % (n + 1), timeout=timeout, start=start).group(1)
