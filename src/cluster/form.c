@@ -162,7 +162,6 @@ static void on_finish(uv_timer_t *t)
         if (j->kind == FORM_LEAVE) {
             leave_teardown(c, err);
         } else if (kh_cluster_conf_save(c->store, &c->conf, err) == 0) {
-            kh_cluster_tls_load(c);
             if (j->kind == FORM_CREATE)
                 kh_log(KH_LOG_INFO, "cluster.create", "cluster=%s id=%s host_id=%s mode=%s",
                        c->conf.name, c->conf.cluster_id, c->conf.host_id, c->conf.mode);
@@ -319,6 +318,9 @@ static void on_probe_timer(uv_timer_t *t)
 static void bring_up(form *j, unsigned wait_ms)
 {
     kh_err err = KH_ERR_INIT;
+    /* the certificates are there: the member record carries their
+     * fingerprint and serial from its first write */
+    kh_cluster_tls_load(j->c);
     if (kh_cluster_start(j->c, &err) < 0) {
         j->started = true; /* (a part may have started) */
         form_end(j, &err);
@@ -369,9 +371,12 @@ static void on_info(json_t *reply, const kh_err *err, void *opaque)
     }
     /* the cluster is ours: its CA certificate to /kvmhost/ca (its key stays
      * here); with an external etcd, the CA is made now */
-    if (!kh_cluster_is_local(c) && kh_cluster_make_ca(c, &e) < 0) {
-        form_end(j, &e);
-        return;
+    if (!kh_cluster_is_local(c)) {
+        if (kh_cluster_make_ca(c, &e) < 0) {
+            form_end(j, &e);
+            return;
+        }
+        kh_cluster_tls_load(c); /* the tick's next record write carries it */
     }
     char *path = kh_cluster_tls_path(c, "ca.pem");
     char *ca = kh_fs_read(path, 1 << 20, NULL, &e);

@@ -160,9 +160,21 @@ def test_etcd_stall(three):
         wait_for(lambda: d1.api.post("/api/v1/vms/stall1/start", {"wait": 0}).status
                  in (200, 202), 30, "the start after the stall")
     d1.api.wait_state("stall1", "running", timeout=60)
+
+    def listed(d):
+        return next(v for v in d.api.get("/api/v1/vms").json["vms"] if v["name"] == "stall1")
+
+    def same_as_get(d):
+        # the list's entry (its text cached per VM, instance/jsontext.c) is
+        # the VM's current view: the one GET /vms/NAME builds, plus "host"
+        one = dict(d.api.get("/api/v1/vms/stall1").json, host="h1")
+        return listed(d) == one
+    wait_for(lambda: same_as_get(d1), 10, "h1's list entry of stall1 as its GET (running)")
     d1.api.action("stall1", "kill", wait=30)
+    assert listed(d1)["state"] == "stopped" and same_as_get(d1), listed(d1)
     assert d1.api.delete("/api/v1/vms/stall1").status in (200, 204)
-    step("stall1 ran on h1 and is gone")
+    assert all(v["name"] != "stall1" for v in d1.api.get("/api/v1/vms").json["vms"])
+    step("stall1 ran on h1 and is gone (h1's list followed each change)")
 
 
 # a leave with every etcd member stopped: the etcd client's timeout (2 s)
