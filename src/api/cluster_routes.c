@@ -284,3 +284,24 @@ void kh_cluster_routes_ca_import(kh_http_req *req, void *app)
     json_decref(body);
     reply_status(req, api, 200, rc, &err);
 }
+
+void kh_cluster_routes_crl(kh_http_req *req, void *app)
+{
+    kh_api *api = app;
+    kh_err err = KH_ERR_INIT;
+    if (!kh_http_req_peer_verified(req)) {
+        kh_err_set(&err, KH_E_FORBIDDEN, "only another host of the cluster (mutual TLS, on "
+                   "the host-to-host listener) asks for a signed CRL");
+        kh_http_reply_error(req, &err);
+        return;
+    }
+    json_t *body = body_of(req, "ClusterCrlSign");
+    if (!body)
+        return;
+    json_t *j = kh_cluster_crl_sign(api->cluster, json_object_get(body, "serials"), &err);
+    json_decref(body);
+    if (!j)
+        kh_http_reply_error(req, &err);
+    else
+        kh_http_reply_json(req, 200, j);
+}

@@ -197,6 +197,12 @@ int kh_cluster_peer_tls(kh_cluster *c, char **ca, char **cert, char **key, kh_er
  * host-to-host listener refuses it even though the CA signed it. */
 bool kh_cluster_cert_revoked(kh_cluster *c, const char *fingerprint);
 
+/* ---- crl.c: the CRL signed for a host without the CA key ----
+ * POST /api/v1/cluster/crl (host-to-host only): {"crl": PEM} listing the
+ * serials (hex strings), signed by the cluster CA. KH_E_CONFLICT on a host
+ * without the CA key. */
+json_t *kh_cluster_crl_sign(kh_cluster *c, const json_t *serials, kh_err *err);
+
 /* ---- peer.c: lookups for a live migration (instance/migrate.c) ---- */
 typedef struct kh_cluster_member {
     char host_id[37];

@@ -129,6 +129,8 @@ struct kh_cluster {
     bool stopping;            /* in kh_cluster_stop (a callback it runs must not
                                * stop again) */
     struct kh_cluster_form *forming; /* form.c: the create or join under way */
+    struct kh_crl_ask *crl_ask;  /* crl.c: the CA-signed CRL asked of a key holder */
+    bool crl_again;           /* the revoked view changed meanwhile: ask again */
 };
 
 /* vms.c */
@@ -223,8 +225,14 @@ char *kh_crl_serial(const char *cert_pem);
 char *kh_crl_make(const char *issuer_pem, const char *key_pem, const char *const *serials,
                   size_t n, kh_err *err);
 /* Write STATE_DIR/cluster-tls/crl.pem from the removed hosts' view (a
- * no-op without etcd TLS). 0, or -1 (logged). */
+ * no-op without etcd TLS). 0, or -1 (logged). Without the CA key, the CRL
+ * signed by this host's key, then the CA-signed one asked of a key holder
+ * (it replaces the file when it comes). */
 int kh_crl_update(kh_cluster *c);
+/* Whether this host holds the CA key (its member record says so). */
+bool kh_crl_can_sign(const kh_cluster *c);
+/* The cluster goes: the answer of a CRL request on its way is dropped. */
+void kh_crl_abort(kh_cluster *c);
 
 /* member.c */
 /* Connect to etcd (starting the local member when local) and start the

@@ -106,7 +106,7 @@ static char *record_json(kh_cluster *c)
         c->usage(c->usage_opaque, &vms, &free_mib);
     long pages = sysconf(_SC_PHYS_PAGES), psize = sysconf(_SC_PAGESIZE);
     json_t *r = json_pack("{s:s, s:s*, s:s*, s:s*, s:s*, s:s*, s:{s:i, s:I}, s:I, s:i, s:s, "
-                          "s:f}",
+                          "s:f, s:b}",
                           "name", c->host_name, "address", c->advertise, "api_url", c->api_url,
                           "cluster_url", c->fingerprint ? c->cluster_url : NULL,
                           "cert_fingerprint", c->fingerprint, "cert_serial", c->serial,
@@ -114,7 +114,9 @@ static char *record_json(kh_cluster *c)
                           (int)sysconf(_SC_NPROCESSORS_ONLN), "memory_mib",
                           (json_int_t)((uint64_t)pages * (uint64_t)psize / (1024 * 1024)),
                           "memory_free_mib", (json_int_t)free_mib, "vms", (int)vms, "version",
-                          KH_VERSION, "registered_at", kh_wall_time());
+                          KH_VERSION, "registered_at", kh_wall_time(),
+                          /* it signs CRLs for the others (crl.c) */
+                          "ca_signer", c->fingerprint && kh_crl_can_sign(c));
     char *s = json_dumps(r, JSON_COMPACT | JSON_SORT_KEYS);
     json_decref(r);
     return s;
@@ -585,6 +587,7 @@ void kh_cluster_stop(kh_cluster *c, bool revoke)
     if (c->stopping) /* from a callback that kh_etcd_free below runs */
         return;
     c->stopping = true;
+    kh_crl_abort(c); /* a CA-signed CRL on its way is dropped */
     if (c->timer) {
         uv_timer_stop(c->timer);
         uv_close((uv_handle_t *)c->timer, handle_free);
