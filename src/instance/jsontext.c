@@ -58,7 +58,7 @@ void kh_jsontext_free(struct kh_jsontext *t)
 
 static void pod_of(const kh_inst *v, stamp_pod *p)
 {
-    memset(p, 0, sizeof(*p)); /* padding too: the stamps are compared whole */
+    memset(p, 0, sizeof(*p)); /* boot_macs past boot_nics too: compared whole */
     p->spec = v->spec;
     p->created_at = v->created_at;
     p->updated_at = v->updated_at;
@@ -73,6 +73,17 @@ static void pod_of(const kh_inst *v, stamp_pod *p)
     memcpy(p->disk_node, v->disk_node, sizeof(p->disk_node));
     for (int i = 0; i < v->boot_nics && i < KH_VM_NICS_MAX; i++)
         memcpy(p->boot_macs[i], v->boot_macs[i], KH_MAC_STRLEN);
+}
+
+static bool pod_same(const stamp_pod *a, const stamp_pod *b)
+{
+    return a->spec == b->spec && a->created_at == b->created_at &&
+           a->updated_at == b->updated_at && a->started_at == b->started_at &&
+           a->state == b->state && a->pid == b->pid && a->accel == b->accel &&
+           a->viewers == b->viewers && a->tmpl == b->tmpl && a->boot_disks == b->boot_disks &&
+           a->boot_nics == b->boot_nics &&
+           memcmp(a->disk_node, b->disk_node, sizeof(a->disk_node)) == 0 &&
+           memcmp(a->boot_macs, b->boot_macs, sizeof(a->boot_macs)) == 0;
 }
 
 static json_t *addrs_of(const kh_inst *v)
@@ -106,7 +117,7 @@ static const char *text_of(kh_inst *v, size_t *len)
     pod_of(v, &pod);
     json_t *addrs = addrs_of(v);
     struct kh_jsontext *t = v->jtext;
-    if (t && memcmp(&t->pod, &pod, sizeof(pod)) == 0 && same_str(t->reason, v->reason) &&
+    if (t && pod_same(&t->pod, &pod) && same_str(t->reason, v->reason) &&
         t->guest == v->guest && same_json(t->addrs, addrs)) {
         json_decref(addrs);
         *len = t->len;
