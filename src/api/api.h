@@ -180,6 +180,7 @@ void kh_cluster_routes_token(kh_http_req *req, void *app);
 void kh_cluster_routes_admit(kh_http_req *req, void *app);
 void kh_cluster_routes_remove(kh_http_req *req, void *app);
 void kh_cluster_routes_ca(kh_http_req *req, void *app);
+void kh_cluster_routes_crl(kh_http_req *req, void *app);
 void kh_cluster_routes_ca_export(kh_http_req *req, void *app);
 void kh_cluster_routes_ca_import(kh_http_req *req, void *app);
 

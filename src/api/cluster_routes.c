@@ -1,7 +1,8 @@
 /* cluster_routes.c - /api/v1/cluster and /api/v1/hosts: handlers only (the
  * work is in src/cluster). POST /api/v1/cluster/members is the join route:
  * the one route that accepts "Authorization: KH-Join <token>" (auth.c); the
- * token is checked and consumed by kh_cluster_admit. */
+ * token is checked and consumed by kh_cluster_admit_async. The cluster's
+ * writes answer from their callbacks: none waits for etcd on the loop. */
 #include <stdlib.h>
 #include <string.h>
 
@@ -50,46 +51,13 @@ void kh_cluster_routes_hosts(kh_http_req *req, void *app)
     kh_http_reply_json(req, 200, kh_cluster_hosts_json(api->cluster));
 }
 
-void kh_cluster_routes_create(kh_http_req *req, void *app)
-{
-    kh_api *api = app;
-    json_t *body = body_of(req, "ClusterCreate");
-    if (!body)
-        return;
-    kh_err err = KH_ERR_INIT;
-    int rc = kh_cluster_create(api->cluster, json_string_value(json_object_get(body, "name")),
-                               &err);
-    json_decref(body);
-    reply_status(req, api, 201, rc, &err);
-}
-
-void kh_cluster_routes_join(kh_http_req *req, void *app)
-{
-    kh_api *api = app;
-    json_t *body = body_of(req, "ClusterJoin");
-    if (!body)
-        return;
-    kh_err err = KH_ERR_INIT;
-    int rc = kh_cluster_join(api->cluster, json_string_value(json_object_get(body, "address")),
-                             json_string_value(json_object_get(body, "token")), &err);
-    json_decref(body);
-    reply_status(req, api, 200, rc, &err);
-}
-
-void kh_cluster_routes_leave(kh_http_req *req, void *app)
-{
-    kh_api *api = app;
-    kh_err err = KH_ERR_INIT;
-    int rc = kh_cluster_leave(api->cluster, &err);
-    reply_status(req, api, 200, rc, &err);
-}
-
 /* A request answered later, when etcd has (the cluster's writes do not
  * block the loop); req is NULL once the client left. */
 typedef struct pending {
     kh_http_req *req;
     kh_api *api;
     json_int_t ttl;
+    int status;               /* on success: the cluster's status with it */
 } pending;
 
 static void on_abort(kh_http_req *req, void *opaque)
@@ -105,6 +73,17 @@ static pending *pending_new(kh_http_req *req, kh_api *api)
     p->req = req;
     p->api = api;
     return p;
+}
+
+/* The call started (rc 0): follow the client; else answer err now. */
+static void started(kh_http_req *req, pending *p, int rc, const kh_err *err)
+{
+    if (rc < 0) {
+        free(p);
+        kh_http_reply_error(req, err);
+        return;
+    }
+    kh_http_req_on_abort(req, on_abort, p);
 }
 
 /* The client is still there: stop watching for its leaving; true. */
@@ -155,6 +134,20 @@ void kh_cluster_routes_token(kh_http_req *req, void *app)
     kh_http_req_on_abort(req, on_abort, p);
 }
 
+static void on_admitted(void *opaque, json_t *answer, const kh_err *err)
+{
+    pending *p = opaque;
+    if (pending_take(p)) {
+        if (answer)
+            kh_http_reply_json(p->req, 200, answer);
+        else
+            kh_http_reply_error(p->req, err);
+    } else {
+        json_decref(answer);
+    }
+    free(p);
+}
+
 void kh_cluster_routes_admit(kh_http_req *req, void *app)
 {
     kh_api *api = app;
@@ -168,12 +161,61 @@ void kh_cluster_routes_admit(kh_http_req *req, void *app)
     json_t *body = body_of(req, "ClusterAdmit");
     if (!body)
         return;
-    json_t *out = kh_cluster_admit(api->cluster, auth + 8, body, &err);
+    pending *p = pending_new(req, api);
+    int rc = kh_cluster_admit_async(api->cluster, auth + 8, body, on_admitted, p, &err);
     json_decref(body);
-    if (!out)
-        kh_http_reply_error(req, &err);
-    else
-        kh_http_reply_json(req, 200, out);
+    started(req, p, rc, &err);
+}
+
+/* create, join, leave: the cluster's status when done */
+static void on_done(void *opaque, const kh_err *err)
+{
+    pending *p = opaque;
+    if (pending_take(p))
+        reply_status(p->req, p->api, p->status, err ? -1 : 0, err);
+    free(p);
+}
+
+void kh_cluster_routes_create(kh_http_req *req, void *app)
+{
+    kh_api *api = app;
+    json_t *body = body_of(req, "ClusterCreate");
+    if (!body)
+        return;
+    kh_err err = KH_ERR_INIT;
+    pending *p = pending_new(req, api);
+    p->status = 201;
+    int rc = kh_cluster_create_async(api->cluster,
+                                     json_string_value(json_object_get(body, "name")), on_done,
+                                     p, &err);
+    json_decref(body);
+    started(req, p, rc, &err);
+}
+
+void kh_cluster_routes_join(kh_http_req *req, void *app)
+{
+    kh_api *api = app;
+    json_t *body = body_of(req, "ClusterJoin");
+    if (!body)
+        return;
+    kh_err err = KH_ERR_INIT;
+    pending *p = pending_new(req, api);
+    p->status = 200;
+    int rc = kh_cluster_join_async(api->cluster,
+                                   json_string_value(json_object_get(body, "address")),
+                                   json_string_value(json_object_get(body, "token")), on_done,
+                                   p, &err);
+    json_decref(body);
+    started(req, p, rc, &err);
+}
+
+void kh_cluster_routes_leave(kh_http_req *req, void *app)
+{
+    kh_api *api = app;
+    kh_err err = KH_ERR_INIT;
+    pending *p = pending_new(req, api);
+    p->status = 200;
+    started(req, p, kh_cluster_leave_async(api->cluster, on_done, p, &err), &err);
 }
 
 static void on_removed(void *opaque, const kh_err *err)
@@ -241,4 +283,25 @@ void kh_cluster_routes_ca_import(kh_http_req *req, void *app)
                                   json_string_value(json_object_get(body, "passphrase")), &err);
     json_decref(body);
     reply_status(req, api, 200, rc, &err);
+}
+
+void kh_cluster_routes_crl(kh_http_req *req, void *app)
+{
+    kh_api *api = app;
+    kh_err err = KH_ERR_INIT;
+    if (!kh_http_req_peer_verified(req)) {
+        kh_err_set(&err, KH_E_FORBIDDEN, "only another host of the cluster (mutual TLS, on "
+                   "the host-to-host listener) asks for a signed CRL");
+        kh_http_reply_error(req, &err);
+        return;
+    }
+    json_t *body = body_of(req, "ClusterCrlSign");
+    if (!body)
+        return;
+    json_t *j = kh_cluster_crl_sign(api->cluster, json_object_get(body, "serials"), &err);
+    json_decref(body);
+    if (!j)
+        kh_http_reply_error(req, &err);
+    else
+        kh_http_reply_json(req, 200, j);
 }

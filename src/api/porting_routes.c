@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include "api/api.h"
+#include "cluster/cluster.h"
 #include "instance/config.h"
 #include "net/netmgr.h"
 #include "porting/libvirt_xml.h"
@@ -319,6 +320,33 @@ static int libvirt_checks(kh_http_req *req, kh_api *api, const json_t *spec, kh_
     return kh_guard_disks(req, json_object_get(spec, "disks"), err);
 }
 
+/* The libvirt import's reply once the VM is made (its cluster claim, an
+ * etcd txn, is answered off the loop). */
+typedef struct lv_import {
+    kh_api_later *later;
+    kh_store *st;
+    char *project;
+    json_t *warnings;
+} lv_import;
+
+static void lv_created(void *opaque, json_t *vm, const kh_err *err)
+{
+    lv_import *li = opaque;
+    if (vm && li->st) /* its disks are host files (Sys.HostPath), not volumes */
+        record(li->st, "vm", json_string_value(json_object_get(vm, "name")), li->project);
+    kh_http_req *req = kh_api_later_req(li->later);
+    if (vm && req) {
+        char *loc = xasprintf("/api/v1/vms/%s", json_string_value(json_object_get(vm, "name")));
+        kh_http_req_add_header(req, "Location", loc);
+        free(loc);
+    }
+    kh_api_later_done(li->later, vm ? json_pack("{s:o, s:O}", "vm", vm, "warnings",
+                                                li->warnings) : NULL, err);
+    json_decref(li->warnings);
+    free(li->project);
+    free(li);
+}
+
 void kh_porting_routes_import_libvirt(kh_http_req *req, void *app)
 {
     kh_api *api = app;
@@ -332,24 +360,32 @@ void kh_porting_routes_import_libvirt(kh_http_req *req, void *app)
         if (kh_check_name(name, "name", &err) == 0)
             json_object_set_new(spec, "name", json_string(name));
     }
-    json_t *vm = NULL;
     char *project = NULL;
     kh_store *st = kh_auth_store(kh_http_req_auth_data(req));
-    if (spec && !kh_err_isset(&err) && libvirt_checks(req, api, spec, &err) == 0 &&
-        (!st || (project = kh_auth_project(req, &err)) != NULL) &&
-        kh_guard_vm_quota(req, api, spec, &err) == 0)
-        vm = kh_config_create(api->mgr, spec, &err);
-    json_decref(spec);
-    if (vm && st) /* its disks are host files (Sys.HostPath), not volumes */
-        record(st, "vm", json_string_value(json_object_get(vm, "name")), project);
-    free(project);
-    if (!vm) {
+    if (!spec || kh_err_isset(&err) || libvirt_checks(req, api, spec, &err) < 0 ||
+        (st && (project = kh_auth_project(req, &err)) == NULL) ||
+        kh_guard_vm_quota(req, api, spec, &err) < 0) {
+        json_decref(spec);
         json_decref(warnings);
+        free(project);
         kh_http_reply_error(req, &err);
         return;
     }
-    char *loc = xasprintf("/api/v1/vms/%s", json_string_value(json_object_get(vm, "name")));
-    kh_http_req_add_header(req, "Location", loc);
-    free(loc);
-    kh_http_reply_json(req, 201, json_pack("{s:o, s:o}", "vm", vm, "warnings", warnings));
+    lv_import *li = xcalloc(1, sizeof(*li));
+    *li = (lv_import){ kh_api_later_new(req, 201), st, project, warnings };
+    if (!kh_cluster_enabled(api->cluster)) { /* a single host: no claim, at once */
+        json_t *vm = kh_config_create(api->mgr, spec, &err);
+        json_decref(spec);
+        lv_created(li, vm, vm ? NULL : &err);
+        return;
+    }
+    kh_api_later *l = li->later;
+    int rc = kh_config_create_async(api->mgr, spec, lv_created, li, &err);
+    json_decref(spec);
+    if (rc < 0) {
+        json_decref(li->warnings);
+        free(li->project);
+        free(li);
+    }
+    kh_api_later_started(l, rc, &err);
 }

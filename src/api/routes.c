@@ -46,6 +46,11 @@ static const kh_route routes[] = {
       "Install an exported CA key on this member: it then admits new hosts too",
       "ClusterCaImport", "Cluster",
       "Sys.Modify", "/" },
+    { "POST", "/api/v1/cluster/crl", kh_cluster_routes_crl, 0,
+      "Sign a CRL of removed hosts' certificates with the cluster CA (host-to-host only: "
+      "a host without the CA key asks one that has it; 409 on a host without it)",
+      "ClusterCrlSign", "ClusterCrl",
+      "Sys.Modify", "/hosts" },
     { "DELETE", "/api/v1/cluster/members/{host}", kh_cluster_routes_remove, 0,
       "Remove another host (name or id) from the cluster", NULL, NULL,
       "Sys.Modify", "/hosts/{host}" },

@@ -13,6 +13,7 @@
 #include "instance/config.h"
 #include "instance/guest.h"
 #include "instance/hotplug.h"
+#include "instance/jsontext.h"
 #include "instance/lifecycle.h"
 #include "schema/schema.h"
 #include "util/buf.h"
@@ -25,26 +26,17 @@ static void reply_err(kh_http_req *req, const kh_err *err)
     kh_http_reply_error(req, err);
 }
 
-/* This host's VMs, then the other hosts' as the cluster's cached text
- * (built once per change of the view): a caller who sees everything gets
- * them without a copy or a new encoding per request. */
-static void list_fast(kh_http_req *req, json_t *mine, const char *remote)
+/* This host's VMs (each VM's text cached by the instance layer, built
+ * again only when its view changed) then the other hosts' as the
+ * cluster's cached text (built once per change of the view): a caller who
+ * sees everything gets them without new JSON values or encodings. */
+static void list_fast(kh_http_req *req, kh_api *api, const char *self, const char *remote)
 {
     kh_buf b = { 0 };
     kh_buf_add(&b, "{\"vms\":[", 8);
-    size_t i;
-    json_t *vm;
-    json_array_foreach(mine, i, vm) {
-        char *s = json_dumps(vm, JSON_COMPACT);
-        if (!s)
-            continue;
-        if (b.len > 8)
-            kh_buf_add(&b, ",", 1);
-        kh_buf_add(&b, s, strlen(s));
-        free(s);
-    }
+    size_t n = kh_jsontext_list(api->mgr, self, &b);
     if (*remote) {
-        if (b.len > 8)
+        if (n)
             kh_buf_add(&b, ",", 1);
         kh_buf_add(&b, remote, strlen(remote));
     }
@@ -60,6 +52,10 @@ void kh_vm_routes_list(kh_http_req *req, void *app)
      * each with its host, a single host's too (clients need no special case). */
     const char *only = kh_http_req_query(req, "host");
     const char *self = kh_cluster_host_name(api->cluster);
+    if (!only && kh_auth_sees_all(req)) {
+        list_fast(req, api, self, kh_cluster_vms_remote_text(api->cluster));
+        return;
+    }
     json_t *all = json_array();
     if (!only || strcmp(only, self) == 0) {
         json_t *mine = kh_manager_list_json(api->mgr);
@@ -70,11 +66,6 @@ void kh_vm_routes_list(kh_http_req *req, void *app)
             json_array_append(all, vm);
         }
         json_decref(mine);
-    }
-    if (!only && kh_auth_sees_all(req)) {
-        list_fast(req, all, kh_cluster_vms_remote_text(api->cluster));
-        json_decref(all);
-        return;
     }
     if (!only || strcmp(only, self) != 0) {
         json_t *remote = kh_cluster_vms_remote(api->cluster, only);

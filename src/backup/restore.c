@@ -67,6 +67,7 @@ typedef struct rjob {
     size_t detached;         /* NBD nodes deleted */
     bool qmp_pending;
     bool orphan;             /* the daemon stopped with a QMP reply pending */
+    void (*made)(struct rjob *r); /* after new_vm (its cluster claim is async) */
 } rjob;
 
 enum { LIVE_STARTING, LIVE_STREAMING };
@@ -117,36 +118,48 @@ static void rfail(rjob *r, const kh_err *err)
 
 /* ---- the end: a new VM from the spec ---- */
 
-static int new_vm(rjob *r, kh_err *err)
+static void vm_made(void *opaque, json_t *vm, const kh_err *cerr)
 {
-    {
-        json_t *spec = json_deep_copy(json_object_get(r->row, "spec"));
-        json_object_set_new(spec, "name", json_string(r->as));
-        json_t *disks = json_object_get(spec, "disks");
-        for (size_t i = 0; i < r->ndisks; i++) {
-            json_t *d = json_array_get(disks, r->disks[i].vm_index);
-            if (d)
-                json_object_set_new(d, "volume", json_string(r->disks[i].ref));
-        }
-        size_t i;
-        json_t *n;
-        json_array_foreach(json_object_get(spec, "nics"), i, n) {
-            json_object_del(n, "mac"); /* a new VM gets its own */
-            json_object_del(n, "ip");
-        }
-        json_t *vm = kh_config_create(r->op.b->mgr, spec, err);
-        json_decref(spec);
-        if (!vm)
-            return -1;
-        json_decref(vm);
-        vm = kh_manager_vm_json(r->op.b->mgr, r->as, err);
-        const char *id = json_string_value(json_object_get(vm, "id"));
-        r->vm_id = id ? xstrdup(id) : NULL;
-        json_decref(vm);
-        if (!r->vm_id)
-            return -1;
+    rjob *r = opaque;
+    kh_err err = KH_ERR_INIT;
+    if (!vm) {
+        rfail(r, cerr);
+        return;
     }
-    return 0;
+    json_decref(vm);
+    vm = kh_manager_vm_json(r->op.b->mgr, r->as, &err);
+    const char *id = json_string_value(json_object_get(vm, "id"));
+    r->vm_id = id ? xstrdup(id) : NULL;
+    json_decref(vm);
+    if (!r->vm_id) {
+        rfail(r, &err);
+        return;
+    }
+    r->made(r);
+}
+
+/* The new VM; then made(r) (later: its cluster claim, an etcd txn, is
+ * answered off the loop), or rfail. -1 with err when it cannot start. */
+static int new_vm(rjob *r, void (*made)(rjob *r), kh_err *err)
+{
+    json_t *spec = json_deep_copy(json_object_get(r->row, "spec"));
+    json_object_set_new(spec, "name", json_string(r->as));
+    json_t *disks = json_object_get(spec, "disks");
+    for (size_t i = 0; i < r->ndisks; i++) {
+        json_t *d = json_array_get(disks, r->disks[i].vm_index);
+        if (d)
+            json_object_set_new(d, "volume", json_string(r->disks[i].ref));
+    }
+    size_t i;
+    json_t *n;
+    json_array_foreach(json_object_get(spec, "nics"), i, n) {
+        json_object_del(n, "mac"); /* a new VM gets its own */
+        json_object_del(n, "ip");
+    }
+    r->made = made;
+    int rc = kh_config_create_async(r->op.b->mgr, spec, vm_made, r, err);
+    json_decref(spec);
+    return rc;
 }
 
 static json_t *result_new(rjob *r)
@@ -193,14 +206,23 @@ static int put_tpm(rjob *r, kh_err *err)
     return rc;
 }
 
-static void make_vm(rjob *r)
+static void vm_ready(rjob *r)
 {
     kh_err err = KH_ERR_INIT;
-    if ((r->as && new_vm(r, &err) < 0) || put_tpm(r, &err) < 0) {
+    if (put_tpm(r, &err) < 0) {
         rfail(r, &err);
         return;
     }
     rjob_end(r, result_new(r));
+}
+
+static void make_vm(rjob *r)
+{
+    kh_err err = KH_ERR_INIT;
+    if (!r->as)
+        vm_ready(r);
+    else if (new_vm(r, vm_ready, &err) < 0)
+        rfail(r, &err);
 }
 
 /* ---- live-restore: the VM runs on the backup while block-stream fills
@@ -522,13 +544,18 @@ void kh_restore_stop_live(kh_backups *b)
 
 /* The volumes are there (empty qcow2 images of the disks' sizes): the VM,
  * one NBD server per disk over a socket pair, the start. */
+static void live_made(rjob *r);
+
 static void live_begin(rjob *r)
 {
     kh_err err = KH_ERR_INIT;
-    if (new_vm(r, &err) < 0) {
+    if (new_vm(r, live_made, &err) < 0)
         rfail(r, &err);
-        return;
-    }
+}
+
+static void live_made(rjob *r)
+{
+    kh_err err = KH_ERR_INIT;
     r->created = 0; /* the volumes are the VM's now */
     free(r->op.vm_id);
     r->op.vm_id = xstrdup(r->vm_id); /* no backup of it while it streams */

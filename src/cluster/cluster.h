@@ -9,8 +9,8 @@
  * lease of its own, kept alive on the loop (member.c); a host that cannot
  * renew it by TTL - margin on its monotonic clock no longer acts as an
  * owner ("fenced", shown in the status). Joining goes through an existing
- * member's TCP API with a one-time token (join.c). hosts.c renders the
- * views (GET /api/v1/cluster, GET /api/v1/hosts).
+ * member's TCP API with a one-time token (join.c, form.c). hosts.c renders
+ * the views (GET /api/v1/cluster, GET /api/v1/hosts).
  *
  * Files: member.c (this interface's life cycle, lease, registration, the
  * members cache), etcdproc.c (the supervised etcd), join.c (create, tokens,
@@ -93,32 +93,36 @@ bool kh_cluster_enabled(const kh_cluster *c);
  * a message saying why) when not (no cluster: KH_E_INVALID). */
 int kh_cluster_writable(const kh_cluster *c, kh_err *err);
 
-/* ---- join.c: the API's actions ---- */
+/* ---- the API's actions (form.c, async.c): none blocks the loop ----
+ * Each *_async starts the action and returns 0: its callback runs once,
+ * later, on the loop, with the outcome; or -1 with err when it cannot
+ * start (the callback is not called). */
+typedef void (*kh_cluster_done_cb)(void *opaque, const kh_err *err);
 /* Make this host the first member of a new cluster (name may be NULL). */
-int kh_cluster_create(kh_cluster *c, const char *name, kh_err *err);
-/* A one-time join token (a new string), valid for ttl_s seconds. */
+int kh_cluster_create_async(kh_cluster *c, const char *name, kh_cluster_done_cb cb,
+                            void *opaque, kh_err *err);
+/* A one-time join token (a new string), valid for ttl_s seconds
+ * (blocking: for tests and tools without a loop). */
 char *kh_cluster_token(kh_cluster *c, int64_t ttl_s, kh_err *err);
-/* The same without blocking the loop (async.c): cb runs on the loop with
- * the token, or NULL and err. -1 with err when it cannot start (cb not
- * called). */
+/* The same for the API: cb gets the token, or NULL and err. */
 typedef void (*kh_cluster_token_cb)(void *opaque, const char *token, const kh_err *err);
 int kh_cluster_token_async(kh_cluster *c, int64_t ttl_s, kh_cluster_token_cb cb, void *opaque,
                            kh_err *err);
 /* On a member: admit a host that presents a join token (consumed). body:
- * {host_id, name, peer_url}. The reply: {cluster, cluster_id, mode,
- * initial_cluster, endpoints}. KH_E_UNAUTHORIZED for a bad or used token. */
-json_t *kh_cluster_admit(kh_cluster *c, const char *token, const json_t *body, kh_err *err);
+ * {host_id, name, peer_url, csr, address}. cb gets the answer (stolen:
+ * {cluster, cluster_id, mode, initial_cluster, endpoints, certificate,
+ * ca}) or NULL and err: KH_E_UNAUTHORIZED for a bad or used token. */
+typedef void (*kh_cluster_admit_cb)(void *opaque, json_t *answer, const kh_err *err);
+int kh_cluster_admit_async(kh_cluster *c, const char *token, const json_t *body,
+                           kh_cluster_admit_cb cb, void *opaque, kh_err *err);
 /* On the joining host: ask the member at address (HOST:PORT or a URL) to
  * admit this host with token, then start its etcd member and register. */
-int kh_cluster_join(kh_cluster *c, const char *address, const char *token, kh_err *err);
+int kh_cluster_join_async(kh_cluster *c, const char *address, const char *token,
+                          kh_cluster_done_cb cb, void *opaque, kh_err *err);
 /* Leave the cluster: remove this host's etcd member and record, stop and
  * delete the local etcd data; the host is single again. */
-int kh_cluster_leave(kh_cluster *c, kh_err *err);
+int kh_cluster_leave_async(kh_cluster *c, kh_cluster_done_cb cb, void *opaque, kh_err *err);
 /* Remove another host (by name or host id) from the cluster. */
-int kh_cluster_remove(kh_cluster *c, const char *host, kh_err *err);
-/* The same without blocking the loop (async.c): cb runs on the loop with
- * NULL (done) or err. -1 with err when it cannot start (cb not called). */
-typedef void (*kh_cluster_done_cb)(void *opaque, const kh_err *err);
 int kh_cluster_remove_async(kh_cluster *c, const char *host, kh_cluster_done_cb cb,
                             void *opaque, kh_err *err);
 
@@ -192,6 +196,12 @@ int kh_cluster_peer_tls(kh_cluster *c, char **ca, char **cert, char **key, kh_er
  * removed from the cluster (/kvmhost/removed/, watched and mirrored)? The
  * host-to-host listener refuses it even though the CA signed it. */
 bool kh_cluster_cert_revoked(kh_cluster *c, const char *fingerprint);
+
+/* ---- crl.c: the CRL signed for a host without the CA key ----
+ * POST /api/v1/cluster/crl (host-to-host only): {"crl": PEM} listing the
+ * serials (hex strings), signed by the cluster CA. KH_E_CONFLICT on a host
+ * without the CA key. */
+json_t *kh_cluster_crl_sign(kh_cluster *c, const json_t *serials, kh_err *err);
 
 /* ---- peer.c: lookups for a live migration (instance/migrate.c) ---- */
 typedef struct kh_cluster_member {

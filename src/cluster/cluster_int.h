@@ -14,6 +14,10 @@
 #define KH_CLUSTER_INFO KH_CLUSTER_PREFIX "cluster"
 #define KH_CLUSTER_REMOVED KH_CLUSTER_PREFIX "removed/" /* hosts removed (or left): never back */
 #define KH_CLUSTER_ETCD_TIMEOUT_MS 2000
+/* In an error that the joining host retries by itself (admit's 503). */
+#define KH_CLUSTER_RETRY_HINT "try again"
+
+struct kh_cluster_form;
 
 /* The persisted configuration (config.c: the `cluster` table). */
 typedef struct kh_cluster_conf {
@@ -122,6 +126,11 @@ struct kh_cluster {
     bool members_busy;        /* a read of it is on its way */
     bool granting;            /* the tick's lease grant is on its way (asynchronous) */
     bool vms_claimed;         /* this host's VMs were claimed since it registered */
+    bool stopping;            /* in kh_cluster_stop (a callback it runs must not
+                               * stop again) */
+    struct kh_cluster_form *forming; /* form.c: the create or join under way */
+    struct kh_crl_ask *crl_ask;  /* crl.c: the CA-signed CRL asked of a key holder */
+    bool crl_again;           /* the revoked view changed meanwhile: ask again */
 };
 
 /* vms.c */
@@ -174,7 +183,25 @@ int kh_cluster_tls_write(kh_cluster *c, const char *file, const char *pem, kh_er
 /* Remove the directory (leave). */
 void kh_cluster_tls_drop(kh_cluster *c);
 
-/* join.c, for async.c */
+/* join.c, for form.c and async.c */
+/* The refusals of create and join: a member already (KH_E_CONFLICT), a
+ * create or join under way, no address to advertise (KH_E_INVALID). */
+int kh_cluster_refuse_member(const kh_cluster *c, kh_err *err);
+int kh_cluster_need_advertise(const kh_cluster *c, kh_err *err);
+/* A new cluster CA and this host's certificate from it (files). */
+int kh_cluster_make_ca(kh_cluster *c, kh_err *err);
+/* A previous cluster's etcd data (STATE_DIR/etcd) goes. */
+void kh_cluster_drop_etcd_data(kh_cluster *c);
+/* Blocking calls to a member's API (a worker thread's: they touch nothing
+ * of c). ask_member: GET url, or POST body, trusting only ca_pem or the
+ * public key pin; the JSON answer or NULL with err. pinned_ca: the
+ * member's CA checked against the token's pin (*ca_pem) and its
+ * host-to-host URL (new strings), or NULL with err. */
+json_t *kh_cluster_ask_member(const char *url, const char *address, const char *token,
+                              const json_t *body, const char *ca_pem, const char *pin,
+                              kh_err *err);
+char *kh_cluster_pinned_ca(const char *address, const char *token, char **ca_pem,
+                           kh_err *err);
 /* A new join token RANDOM.SHA256(CA)[.SHA256(API key)] (not stored yet). */
 char *kh_cluster_token_new(kh_cluster *c, kh_err *err);
 /* Its etcd key (/kvmhost/join-tokens/<sha256>) and value (new strings). */
@@ -183,6 +210,10 @@ char *kh_cluster_token_value(const kh_cluster *c);
 /* The host id `cluster remove HOST` removes (a new string), or NULL with
  * err (not writable, unknown, this host). */
 char *kh_cluster_remove_target(kh_cluster *c, const char *host, kh_err *err);
+/* async.c: the retire chain of `cluster remove` for any host id (leave:
+ * this host's): etcd member removal (local mode), then the retire txn. */
+int kh_cluster_retire_async(kh_cluster *c, const char *host_id, kh_cluster_done_cb cb,
+                            void *opaque, kh_err *err);
 /* The txn body retiring host_id: removed/<id> put, its records deleted. */
 json_t *kh_cluster_retire_txn(kh_cluster *c, const char *host_id);
 bool kh_cluster_is_local(const kh_cluster *c);
@@ -194,24 +225,35 @@ char *kh_crl_serial(const char *cert_pem);
 char *kh_crl_make(const char *issuer_pem, const char *key_pem, const char *const *serials,
                   size_t n, kh_err *err);
 /* Write STATE_DIR/cluster-tls/crl.pem from the removed hosts' view (a
- * no-op without etcd TLS). 0, or -1 (logged). */
+ * no-op without etcd TLS). 0, or -1 (logged). Without the CA key, the CRL
+ * signed by this host's key, then the CA-signed one asked of a key holder
+ * (it replaces the file when it comes). */
 int kh_crl_update(kh_cluster *c);
+/* Whether this host holds the CA key (its member record says so). */
+bool kh_crl_can_sign(const kh_cluster *c);
+/* The cluster goes: the answer of a CRL request on its way is dropped. */
+void kh_crl_abort(kh_cluster *c);
 
 /* member.c */
 /* Connect to etcd (starting the local member when local) and start the
  * registration. c->conf must be set. */
 int kh_cluster_start(kh_cluster *c, kh_err *err);
-/* Grant a lease, write the member record on it and start the keeper (the
- * tick does it when not done; create and join do it at once). */
-int kh_cluster_register(kh_cluster *c, kh_err *err);
+/* Write the member record on lease (granted at sent, monotonic ms) and
+ * start the keeper (the tick does it when not done; create and join do it
+ * once etcd answers). */
+int kh_cluster_register_on(kh_cluster *c, int64_t lease, uint64_t sent, kh_err *err);
+/* Start the tick (kh_cluster_start does, unless a create or join is under
+ * way: that one starts it once etcd answers). */
+void kh_cluster_tick_start(kh_cluster *c);
+/* form.c: kh_cluster_free ends the create or join under way (its callback
+ * runs with an error). */
+void kh_cluster_form_abort(kh_cluster *c);
 /* Stop registration, client and local etcd (the lease is revoked when
  * revoke). */
 void kh_cluster_stop(kh_cluster *c, bool revoke);
 /* The local etcd's URLs: peer and client. */
 char *kh_cluster_peer_url(const kh_cluster *c);
 char *kh_cluster_client_url(const kh_cluster *c);
-/* Wait (blocking, bounded) until etcd answers a linearizable read. */
-int kh_cluster_wait_etcd(kh_cluster *c, unsigned timeout_ms, kh_err *err);
 /* join.c: the end of a host that another one removed from the cluster
  * (found at its next record write): it stops, forgets the cluster and is a
  * single host again, as after leave. */

@@ -587,6 +587,8 @@ static void async_done(kh_etcd_xfer *x, CURLcode rc)
         return;
     }
     a->finished = true;
+    if (j)
+        a->e->cur = a->ep; /* as a synchronous call: the next ones start there */
     if (a->cb)
         a->cb(j, j ? NULL : &err, a->opaque);
     json_decref(j);
@@ -595,6 +597,11 @@ static void async_done(kh_etcd_xfer *x, CURLcode rc)
 int kh_etcd_request_async(kh_etcd *e, const char *path, json_t *body, kh_etcd_async_cb cb,
                           void *opaque, kh_err *err)
 {
+    if (!e) { /* the client is gone (the cluster stops, or this host left) */
+        json_decref(body);
+        kh_err_set(err, KH_E_UNAVAILABLE, "etcd: this host has no etcd client now");
+        return -1;
+    }
     char *text = json_dumps(body, JSON_COMPACT);
     json_decref(body);
     if (!e->multi || !text) {

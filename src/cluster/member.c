@@ -106,7 +106,7 @@ static char *record_json(kh_cluster *c)
         c->usage(c->usage_opaque, &vms, &free_mib);
     long pages = sysconf(_SC_PHYS_PAGES), psize = sysconf(_SC_PAGESIZE);
     json_t *r = json_pack("{s:s, s:s*, s:s*, s:s*, s:s*, s:s*, s:{s:i, s:I}, s:I, s:i, s:s, "
-                          "s:f}",
+                          "s:f, s:b}",
                           "name", c->host_name, "address", c->advertise, "api_url", c->api_url,
                           "cluster_url", c->fingerprint ? c->cluster_url : NULL,
                           "cert_fingerprint", c->fingerprint, "cert_serial", c->serial,
@@ -114,7 +114,9 @@ static char *record_json(kh_cluster *c)
                           (int)sysconf(_SC_NPROCESSORS_ONLN), "memory_mib",
                           (json_int_t)((uint64_t)pages * (uint64_t)psize / (1024 * 1024)),
                           "memory_free_mib", (json_int_t)free_mib, "vms", (int)vms, "version",
-                          KH_VERSION, "registered_at", kh_wall_time());
+                          KH_VERSION, "registered_at", kh_wall_time(),
+                          /* it signs CRLs for the others (crl.c) */
+                          "ca_signer", c->fingerprint && kh_crl_can_sign(c));
     char *s = json_dumps(r, JSON_COMPACT | JSON_SORT_KEYS);
     json_decref(r);
     return s;
@@ -390,7 +392,7 @@ static void on_keeper(kh_etcd_keeper *k, int64_t ttl, const kh_err *err, void *o
 static void on_tick(uv_timer_t *t);
 
 /* Write the record on lease (granted when sent) and start its keeper. */
-static int register_on(kh_cluster *c, int64_t lease, uint64_t sent, kh_err *err)
+int kh_cluster_register_on(kh_cluster *c, int64_t lease, uint64_t sent, kh_err *err)
 {
     c->lease = lease;
     if (put_record(c, err) < 0) {
@@ -410,14 +412,6 @@ static int register_on(kh_cluster *c, int64_t lease, uint64_t sent, kh_err *err)
     return 0;
 }
 
-int kh_cluster_register(kh_cluster *c, kh_err *err)
-{
-    int64_t ttl = 0, lease = 0;
-    uint64_t sent = kh_now_ms();
-    if (kh_etcd_lease_grant(c->etcd, c->ttl_s, &lease, &ttl, err) < 0)
-        return -1;
-    return register_on(c, lease, sent, err);
-}
 
 /* The tick's registration: the lease is asked for without blocking the
  * loop (etcd may have no quorum for a long time); once granted, the next
@@ -466,7 +460,7 @@ static void on_tick(uv_timer_t *t)
         }
         int64_t lease = c->granted_lease;
         c->granted_lease = 0;
-        if (register_on(c, lease, c->grant_sent_ms, &err) < 0) {
+        if (kh_cluster_register_on(c, lease, c->grant_sent_ms, &err) < 0) {
             set_error(c, &err);
             return;
         }
@@ -513,34 +507,10 @@ static kh_strv *split(const char *list)
     return v;
 }
 
-int kh_cluster_wait_etcd(kh_cluster *c, unsigned timeout_ms, kh_err *err)
+void kh_cluster_tick_start(kh_cluster *c)
 {
-    uint64_t end = kh_now_ms() + timeout_ms;
-    bool local = strcmp(c->conf.mode, "local") == 0;
-    char *own = kh_cluster_client_url(c);
-    for (;;) {
-        kh_etcd_kv kv = { 0 };
-        kh_err e = KH_ERR_INIT;
-        /* With a local member, wait for it (the first endpoint): the watches
-         * and the keeper then start on it, not on a member that a partition
-         * could cut off from this host. */
-        kh_etcd_prefer_first(c->etcd);
-        int rc = kh_etcd_get(c->etcd, KH_CLUSTER_INFO, &kv, NULL, &e);
-        kh_etcd_kv_clear(&kv);
-        if (rc >= 0 && (!local || strcmp(kh_etcd_endpoint(c->etcd), own) == 0)) {
-            free(own);
-            return 0;
-        }
-        if (rc >= 0)
-            kh_err_set(&e, KH_E_UNAVAILABLE, "the local etcd member at %s does not answer", own);
-        if (kh_now_ms() >= end) {
-            kh_err_set(err, KH_E_UNAVAILABLE, "etcd did not answer within %u s: %s",
-                       timeout_ms / 1000, e.msg);
-            free(own);
-            return -1;
-        }
-        usleep(200000);
-    }
+    if (c->timer)
+        uv_timer_start(c->timer, on_tick, 0, TICK_MS);
 }
 
 int kh_cluster_start(kh_cluster *c, kh_err *err)
@@ -607,12 +577,17 @@ int kh_cluster_start(kh_cluster *c, kh_err *err)
     uv_timer_init(c->loop, c->vms_timer);
     c->vms_timer->data = c;
     c->vms_claimed = false;
-    uv_timer_start(c->timer, on_tick, 0, TICK_MS);
+    if (!c->forming) /* a create or join starts it once etcd answers (form.c) */
+        kh_cluster_tick_start(c);
     return 0;
 }
 
 void kh_cluster_stop(kh_cluster *c, bool revoke)
 {
+    if (c->stopping) /* from a callback that kh_etcd_free below runs */
+        return;
+    c->stopping = true;
+    kh_crl_abort(c); /* a CA-signed CRL on its way is dropped */
     if (c->timer) {
         uv_timer_stop(c->timer);
         uv_close((uv_handle_t *)c->timer, handle_free);
@@ -637,8 +612,9 @@ void kh_cluster_stop(kh_cluster *c, bool revoke)
         kh_etcd_lease_revoke(c->etcd, c->lease, NULL);
     c->lease = 0;
     c->keeper_ok = false;
-    kh_etcd_free(c->etcd);
+    kh_etcd *etcd = c->etcd;
     c->etcd = NULL;
+    kh_etcd_free(etcd); /* the requests on their way end: their callbacks run */
     json_object_clear(c->mig_puts);
     kh_etcdproc_free(c->proc);
     c->proc = NULL;
@@ -654,6 +630,7 @@ void kh_cluster_stop(kh_cluster *c, bool revoke)
     c->granting = false;
     c->granted_lease = 0;
     c->enabled = false;
+    c->stopping = false;
 }
 
 static char *dup_or_null(const char *s)
@@ -749,6 +726,7 @@ void kh_cluster_free(kh_cluster *c)
 {
     if (!c)
         return;
+    kh_cluster_form_abort(c);
     kh_cluster_stop(c, true);
     kh_cluster_conf_fini(&c->conf);
     json_decref(c->hosts.map);

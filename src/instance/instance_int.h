@@ -93,7 +93,11 @@ struct kh_inst {
      * seconds) */
     json_t *guest;
     double guest_due;
+    /* jsontext.c: its JSON view as text, with the stamp it was built at */
+    struct kh_jsontext *jtext;
 };
+
+void kh_jsontext_free(struct kh_jsontext *t);
 
 struct kh_manager {
     uv_loop_t *loop;

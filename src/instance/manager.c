@@ -189,6 +189,7 @@ void kh_manager_inst_free(kh_inst *v)
     free(v->incoming_host);
     free(v->incoming_tls_dir);
     nbd_backing_drop(v);
+    kh_jsontext_free(v->jtext);
     free(v);
 }
 

@@ -205,6 +205,11 @@ static void on_progress(int percent, void *opaque)
         kh_task_progress(c->task, overall > 99 ? 99 : overall, "copying the volumes");
 }
 
+static void on_created(void *opaque, json_t *vm, const kh_err *err)
+{
+    clone_finish(opaque, vm, err);
+}
+
 static void clone_step(clone_op *c)
 {
     kh_err err = KH_ERR_INIT;
@@ -235,8 +240,9 @@ static void clone_step(clone_op *c)
         }
         return; /* on_volume goes on */
     }
-    json_t *vm = kh_config_create(c->mgr, c->spec, &err);
-    clone_finish(c, vm, vm ? NULL : &err);
+    /* the cluster claim (an etcd txn) is answered off the loop */
+    if (kh_config_create_async(c->mgr, c->spec, on_created, c, &err) < 0)
+        clone_finish(c, NULL, &err);
 }
 
 /* The new VM's spec: everything of the template's a clone should have, with

@@ -687,6 +687,8 @@ static void fail(job *j, const kh_err *err)
     job_free(j);
 }
 
+static void made_vm(void *opaque, json_t *vm, const kh_err *err);
+
 static void make_vm(job *j)
 {
     json_t *spec = json_pack("{s:s}", "name", j->name);
@@ -719,10 +721,17 @@ static void make_vm(job *j)
                                           "(--network) to attach them"));
     }
     kh_err err = KH_ERR_INIT;
-    json_t *vm = kh_config_create(j->pt.mgr, spec, &err);
-    json_decref(spec);
-    if (!vm) {
+    /* the cluster claim (an etcd txn) is answered off the loop */
+    if (kh_config_create_async(j->pt.mgr, spec, made_vm, j, &err) < 0)
         fail(j, &err);
+    json_decref(spec);
+}
+
+static void made_vm(void *opaque, json_t *vm, const kh_err *err)
+{
+    job *j = opaque;
+    if (!vm) {
+        fail(j, err);
         return;
     }
     kh_log(KH_LOG_INFO, "vm.import", "vm=%s disks=%zu pool=%s", j->name, j->nvols, j->pool);

@@ -23,6 +23,8 @@ def _sigterm(signum, frame):
 
 def pytest_configure(config):
     signal.signal(signal.SIGTERM, _sigterm)
+    # (test_etcd_stall.py borrows the OVA builder of blackbox/test_import.py)
+    config.addinivalue_line("markers", "slow: boots guests (minutes under TCG)")
 
 
 @pytest.fixture

@@ -78,10 +78,10 @@ static void test_single_host(void)
     CHECK(kh_cluster_token(c, 60, &err) == NULL && err.code == KH_E_INVALID);
     kh_err_clear(&err);
     /* no address for the others to reach: create says how to give one */
-    CHECK(kh_cluster_create(c, "lab", &err) < 0 && err.code == KH_E_INVALID &&
+    CHECK(kh_cluster_create_async(c, "lab", NULL, NULL, &err) < 0 && err.code == KH_E_INVALID &&
           strstr(err.msg, "--advertise"));
     kh_err_clear(&err);
-    CHECK(kh_cluster_leave(c, &err) < 0 && err.code == KH_E_INVALID);
+    CHECK(kh_cluster_leave_async(c, NULL, NULL, &err) < 0 && err.code == KH_E_INVALID);
     kh_cluster_free(c);
     uv_run(loop, UV_RUN_DEFAULT);
     kh_store_close(st);
