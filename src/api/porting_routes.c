@@ -285,12 +285,18 @@ void kh_porting_routes_export(kh_http_req *req, void *app)
 
 /* ---- POST /api/v1/vms/import-libvirt ---- */
 
-/* The host paths of a spec (disks, boot files) are allowed to this user;
- * the networks of its NICs exist. */
-static int libvirt_checks(kh_http_req *req, kh_api *api, const json_t *spec, kh_err *err)
+/* The host paths of a spec (disks, boot files) and of the state the
+ * domain brings (its UEFI variable store) are allowed to this user; the
+ * networks of its NICs exist. */
+static int libvirt_checks(kh_http_req *req, kh_api *api, const json_t *spec,
+                          const json_t *state, kh_err *err)
 {
     size_t i;
     json_t *d;
+    const char *nvram = json_string_value(json_object_get(state, "nvram"));
+    if (nvram && (kh_check_abs_path(nvram, "os/nvram", err) < 0 ||
+                  kh_auth_hostpath(req, nvram, "os/nvram", err) < 0))
+        return -1;
     json_array_foreach(json_object_get(spec, "disks"), i, d) {
         const char *p = json_string_value(json_object_get(d, "path"));
         if (p && kh_auth_hostpath(req, p, "disk", err) < 0)
@@ -325,8 +331,8 @@ void kh_porting_routes_import_libvirt(kh_http_req *req, void *app)
     kh_err err = KH_ERR_INIT;
     size_t len = 0;
     const char *xml = kh_http_req_body(req, &len);
-    json_t *warnings = NULL;
-    json_t *spec = kh_libvirt_xml_parse(xml ? xml : "", xml ? len : 0, &warnings, &err);
+    json_t *warnings = NULL, *state = NULL;
+    json_t *spec = kh_libvirt_xml_parse(xml ? xml : "", xml ? len : 0, &warnings, &state, &err);
     const char *name = kh_http_req_query(req, "name");
     if (spec && name) {
         if (kh_check_name(name, "name", &err) == 0)
@@ -334,11 +340,23 @@ void kh_porting_routes_import_libvirt(kh_http_req *req, void *app)
     }
     json_t *vm = NULL;
     char *project = NULL;
+    kh_libvirt_state *ls = NULL;
     kh_store *st = kh_auth_store(kh_http_req_auth_data(req));
-    if (spec && !kh_err_isset(&err) && libvirt_checks(req, api, spec, &err) == 0 &&
+    if (spec && !kh_err_isset(&err) && libvirt_checks(req, api, spec, state, &err) == 0 &&
         (!st || (project = kh_auth_project(req, &err)) != NULL) &&
-        kh_guard_vm_quota(req, api, spec, &err) == 0)
+        kh_guard_vm_quota(req, api, spec, &err) == 0 &&
+        (ls = kh_libvirt_state_read(state, spec, warnings, &err)) != NULL)
         vm = kh_config_create(api->mgr, spec, &err);
+    const char *vm_name = json_string_value(json_object_get(vm, "name"));
+    if (vm && kh_libvirt_state_write(ls, api->mgr,
+                                     json_string_value(json_object_get(vm, "id")), &err) < 0) {
+        kh_err e = KH_ERR_INIT; /* the VM goes with its half-made state */
+        kh_config_delete(api->mgr, vm_name, &e);
+        json_decref(vm);
+        vm = NULL;
+    }
+    kh_libvirt_state_free(ls);
+    json_decref(state);
     json_decref(spec);
     if (vm && st) /* its disks are host files (Sys.HostPath), not volumes */
         record(st, "vm", json_string_value(json_object_get(vm, "name")), project);

@@ -1,6 +1,7 @@
 /* porting.h - VMs brought in from elsewhere and taken out: OVA import
  * (ova.c, with the descriptor in ovf.c), libvirt domain XML import
- * (libvirt_xml.c) and OVA export (export.c).
+ * (libvirt_xml.c, with the UEFI variables it names: libvirt_state.c) and
+ * OVA export (export.c).
  *
  * The layer sits between api/ and instance/ + storage/: it makes pool
  * volumes (storage) and then the VM (instance/config), and undoes the
@@ -63,6 +64,21 @@ kh_task *kh_ova_import_spool(kh_porting *pt, kh_ova_spool *s, const kh_ova_opts 
                              kh_err *err);
 kh_task *kh_ova_import_path(kh_porting *pt, const char *path, const kh_ova_opts *o,
                             kh_err *err);
+
+/* The host state a libvirt domain brings (libvirt_state.c), from the state
+ * object of kh_libvirt_xml_parse() and the VM spec made of the same XML:
+ * read reads and checks it before the VM is made (the UEFI variable store:
+ * a regular file - no symlink, device or FIFO - of the size of the chosen
+ * firmware's VARS template and a firmware volume like it, else NULL with
+ * err KH_E_INVALID; one that does not exist is a fresh store, named in
+ * warnings); write puts it into the new VM's state dir (STATE/vms/<id>),
+ * before its first start. The caller has allowed the paths (host paths). */
+typedef struct kh_libvirt_state kh_libvirt_state;
+kh_libvirt_state *kh_libvirt_state_read(const json_t *state, const json_t *spec,
+                                        json_t *warnings, kh_err *err);
+int kh_libvirt_state_write(const kh_libvirt_state *s, kh_manager *mgr, const char *vm_id,
+                           kh_err *err);
+void kh_libvirt_state_free(kh_libvirt_state *s);
 
 /* Export the stopped VM name as an OVA (export.c): cb gets, later, an fd
  * open on the finished archive (an unlinked file: the callee owns it)

@@ -315,7 +315,8 @@ def test_firmware_and_tpm_round_trip(mdaemon, vmdk, tmp_path):
     """UEFI, Secure Boot and a TPM come in from an OVA (VMware's way of
     saying them), go out in an export the same way and come back; a libvirt
     domain with <os firmware='efi'>, the secure-boot feature, <tpm> and
-    <nvram> gives the same VM (the variables themselves are a warning)."""
+    <nvram> gives the same VM (an <nvram> file that does not exist yet is
+    a fresh store, as libvirt makes one: a warning)."""
     api = mdaemon.api
     vtpm = ('<Item ovf:required="false"><rasd:ElementName>Virtual TPM</rasd:ElementName>'
             '<rasd:InstanceID>40</rasd:InstanceID><rasd:ResourceSubType>vmware.vtpm'
@@ -357,20 +358,105 @@ def test_firmware_and_tpm_round_trip(mdaemon, vmdk, tmp_path):
            "<vcpu>1</vcpu><os firmware='efi'><type arch='x86_64' machine='q35'>hvm</type>"
            "<firmware><feature enabled='yes' name='secure-boot'/>"
            "<feature enabled='yes' name='enrolled-keys'/></firmware>"
-           "<nvram template='/usr/share/OVMF/OVMF_VARS_4M.ms.fd'>/var/lib/libvirt/qemu/"
-           "nvram/lvfw_VARS.fd</nvram></os><devices><disk type='file' device='disk'>"
+           "<nvram template='/usr/share/OVMF/OVMF_VARS_4M.ms.fd'>%s</nvram></os>"
+           "<devices><disk type='file' device='disk'>"
            "<driver name='qemu' type='raw'/><source file='%s'/><target dev='vda'/></disk>"
            "<tpm model='tpm-crb'><backend type='emulator' version='2.0'/></tpm>"
-           "</devices></domain>" % disk)
+           "</devices></domain>" % (tmp_path / "lvfw_VARS.fd", disk))
     r = api.request("POST", "/api/v1/vms/import-libvirt", raw=xml.encode(),
                     headers={"Content-Type": "application/xml"})
     assert r.status == 201, r
     vm = r.json["vm"]
     assert vm["firmware"] == "uefi" and vm["secure_boot"] is True and vm["tpm"] is True, vm
-    assert any("nvram" in w for w in r.json["warnings"]), r.json["warnings"]
+    assert any("lvfw_VARS.fd does not exist: the VM gets a fresh UEFI variable store" in w
+               for w in r.json["warnings"]), r.json["warnings"]
+    assert not os.path.exists(os.path.join(mdaemon.state_dir, "vms", vm["id"],
+                                           "uefi-vars-sb.fd"))
     for name in ("fw", "fw-back"):
         assert api.delete("/api/v1/vms/%s?volumes=true" % name).status == 204
     assert api.delete("/api/v1/vms/lvfw").status == 204
+
+
+def nvram_domain(name, disk, nvram, secure=True, new_form=False):
+    fw = ("<firmware><feature enabled='yes' name='secure-boot'/>"
+          "<feature enabled='yes' name='enrolled-keys'/></firmware>") if secure else ""
+    nv = ("<nvram type='file' template='/usr/share/OVMF/OVMF_VARS_4M.ms.fd'>"
+          "<source file='%s'/></nvram>" % nvram) if new_form else \
+        "<nvram template='/usr/share/OVMF/OVMF_VARS_4M.ms.fd'>%s</nvram>" % nvram
+    return ("<domain type='kvm'><name>%s</name><memory unit='MiB'>128</memory><vcpu>1</vcpu>"
+            "<os firmware='efi'><type arch='x86_64' machine='q35'>hvm</type>%s%s</os>"
+            "<devices><disk type='file' device='disk'><driver name='qemu' type='raw'/>"
+            "<source file='%s'/><target dev='vda'/></disk></devices></domain>"
+            % (name, fw, nv, disk)).encode()
+
+
+def test_libvirt_nvram_imported(mdaemon, tmp_path):
+    """<os><nvram>: the file's bytes become the new VM's UEFI variable store
+    (its VARS file, what QEMU gets as pflash1), in both of libvirt's forms;
+    a store that does not fit the firmware (size, not a firmware volume) or
+    is not a regular file (symlink, FIFO, directory) is refused with 400, a
+    path outside the allowed host paths with 403, and nothing is made."""
+    api = mdaemon.api
+    disk = tmp_path / "nv.raw"
+    disk.write_bytes(b"\0" * (1 << 20))
+
+    def post(xml, query=""):
+        return api.request("POST", "/api/v1/vms/import-libvirt" + query, raw=xml,
+                           headers={"Content-Type": "application/xml"})
+
+    def vars_of(vm, sb):
+        path = os.path.join(mdaemon.state_dir, "vms", vm["id"],
+                            "uefi-vars-sb.fd" if sb else "uefi-vars.fd")
+        with open(path, "rb") as f:
+            return f.read()
+
+    # Secure Boot's template (Microsoft's keys enrolled) with a changed
+    # region in the fault-tolerant-write spare area: still a valid store
+    with open("/usr/share/OVMF/OVMF_VARS_4M.ms.fd", "rb") as f:
+        ms = f.read()
+    data = bytearray(ms)
+    data[0x60000:0x60020] = b"kvmhost-nvram-import-test-bytes!"
+    nv = tmp_path / "nv_VARS.fd"
+    nv.write_bytes(bytes(data))
+    r = post(nvram_domain("nv1", disk, nv))
+    assert r.status == 201, r
+    vm = r.json["vm"]
+    assert vm["firmware"] == "uefi" and vm["secure_boot"] is True, vm
+    assert not any("nvram" in w for w in r.json["warnings"]), r.json["warnings"]
+    got = vars_of(vm, True)
+    assert got == bytes(data) and got != ms
+    # the newer form (<source file=.../>); a Secure Boot store given to a
+    # VM without Secure Boot is a store of the same size and kind
+    r = post(nvram_domain("nv2", disk, tmp_path / "nv_VARS.fd", secure=False, new_form=True))
+    assert r.status == 201, r
+    assert vars_of(r.json["vm"], False) == bytes(data)
+
+    before = api.vm_names()
+    small = tmp_path / "small_VARS.fd"  # OVMF's 2 MiB build: 128 KiB of variables
+    shutil.copyfile("/usr/share/OVMF/OVMF_VARS.fd", small)
+    junk = tmp_path / "junk_VARS.fd"
+    junk.write_bytes(b"\x5a" * len(ms))
+    link = tmp_path / "link_VARS.fd"
+    os.symlink(nv, link)
+    fifo = tmp_path / "fifo_VARS.fd"
+    os.mkfifo(fifo)
+    refused = [
+        (small, 400, "is 131072 bytes; the VARS template of the firmware chosen"),
+        (junk, 400, "is not a UEFI variable store"),
+        (link, 400, "is a symbolic link, not a regular file"),
+        (fifo, 400, "not a regular file"),
+        (tmp_path, 400, "is a directory, not a regular file"),
+        ("nv_VARS.fd", 400, "os/nvram must be an absolute path"),
+        (str(tmp_path) + "/../x/nv_VARS.fd", 400, "must not contain '.' or '..'"),
+        ("/etc/passwd", 403, "outside the directories allowed for host paths"),
+        ("/var/lib/libvirt/qemu/nvram/x_VARS.fd", 403, "outside the directories allowed"),
+    ]
+    for path, status, msg in refused:
+        r = post(nvram_domain("nvbad", disk, path))
+        assert r.status == status and msg in r.error["message"], (path, r)
+    assert api.vm_names() == before
+    for name in ("nv1", "nv2"):
+        assert api.delete("/api/v1/vms/%s" % name).status == 204
 
 
 @pytest.mark.slow
