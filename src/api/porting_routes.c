@@ -286,10 +286,11 @@ void kh_porting_routes_export(kh_http_req *req, void *app)
 /* ---- POST /api/v1/vms/import-libvirt ---- */
 
 /* The host paths of a spec (disks, boot files) and of the state the
- * domain brings (its UEFI variable store) are allowed to this user; the
- * networks of its NICs exist. */
-static int libvirt_checks(kh_http_req *req, kh_api *api, const json_t *spec,
-                          const json_t *state, kh_err *err)
+ * domain brings (its UEFI variable store, its TPM's state: "tpm_file" set
+ * in state when allowed) are allowed to this user; the networks of its
+ * NICs exist. */
+static int libvirt_checks(kh_http_req *req, kh_api *api, const json_t *spec, json_t *state,
+                          json_t *warnings, kh_err *err)
 {
     size_t i;
     json_t *d;
@@ -297,6 +298,28 @@ static int libvirt_checks(kh_http_req *req, kh_api *api, const json_t *spec,
     if (nvram && (kh_check_abs_path(nvram, "os/nvram", err) < 0 ||
                   kh_auth_hostpath(req, nvram, "os/nvram", err) < 0))
         return -1;
+    char *tpm = kh_libvirt_state_tpm_file(state, spec, warnings);
+    if (tpm) {
+        /* a dir the XML names is a host path as a disk is; libvirt's
+         * default one, when not allowed, leaves the VM a fresh TPM */
+        bool named = json_object_get(json_object_get(state, "tpm"), "dir") != NULL;
+        kh_err e = KH_ERR_INIT;
+        if (kh_check_abs_path(tpm, "tpm state", &e) < 0 ||
+            kh_auth_hostpath(req, tpm, "tpm state", &e) < 0) {
+            if (named) {
+                kh_err_copy(err, &e);
+                free(tpm);
+                return -1;
+            }
+            char msg[512];
+            snprintf(msg, sizeof(msg), "tpm: its state is not imported, the VM gets a fresh "
+                     "TPM: %.400s", e.msg);
+            json_array_append_new(warnings, json_string(msg));
+        } else {
+            json_object_set_new(state, "tpm_file", json_string(tpm));
+        }
+        free(tpm);
+    }
     json_array_foreach(json_object_get(spec, "disks"), i, d) {
         const char *p = json_string_value(json_object_get(d, "path"));
         if (p && kh_auth_hostpath(req, p, "disk", err) < 0)
@@ -342,13 +365,13 @@ void kh_porting_routes_import_libvirt(kh_http_req *req, void *app)
     char *project = NULL;
     kh_libvirt_state *ls = NULL;
     kh_store *st = kh_auth_store(kh_http_req_auth_data(req));
-    if (spec && !kh_err_isset(&err) && libvirt_checks(req, api, spec, state, &err) == 0 &&
+    if (spec && !kh_err_isset(&err) && libvirt_checks(req, api, spec, state, warnings, &err) == 0 &&
         (!st || (project = kh_auth_project(req, &err)) != NULL) &&
         kh_guard_vm_quota(req, api, spec, &err) == 0 &&
         (ls = kh_libvirt_state_read(state, spec, warnings, &err)) != NULL)
         vm = kh_config_create(api->mgr, spec, &err);
     const char *vm_name = json_string_value(json_object_get(vm, "name"));
-    if (vm && kh_libvirt_state_write(ls, api->mgr,
+    if (vm && kh_libvirt_state_write(ls, api->mgr, api->storage,
                                      json_string_value(json_object_get(vm, "id")), &err) < 0) {
         kh_err e = KH_ERR_INIT; /* the VM goes with its half-made state */
         kh_config_delete(api->mgr, vm_name, &e);
