@@ -352,7 +352,7 @@ static unsigned char *seal(const unsigned char key[32], const unsigned char *dat
               EVP_EncryptInit_ex(ctx, EVP_aes_256_cbc(), NULL, key, iv) == 1 &&
               EVP_CIPHER_CTX_set_padding(ctx, 0) == 1 &&
               EVP_EncryptUpdate(ctx, cipher, &l1, plain, (int)clen) == 1 &&
-              EVP_EncryptFinal_ex(ctx, cipher + l1, &l2) == 1 && (size_t)(l1 + l2) == clen;
+              EVP_EncryptFinal_ex(ctx, cipher + l1, &l2) == 1 && (size_t)l1 + (size_t)l2 == clen;
     if (ok) {
         memcpy(cipher + clen, iv, sizeof(iv));
         ok = HMAC(EVP_sha256(), key, 32, cipher, clen + sizeof(iv), mac, &mac_len) &&
