@@ -365,7 +365,8 @@ void kh_porting_routes_import_libvirt(kh_http_req *req, void *app)
     char *project = NULL;
     kh_libvirt_state *ls = NULL;
     kh_store *st = kh_auth_store(kh_http_req_auth_data(req));
-    if (spec && !kh_err_isset(&err) && libvirt_checks(req, api, spec, state, warnings, &err) == 0 &&
+    if (spec && !kh_err_isset(&err) &&
+        libvirt_checks(req, api, spec, state, warnings, &err) == 0 &&
         (!st || (project = kh_auth_project(req, &err)) != NULL) &&
         kh_guard_vm_quota(req, api, spec, &err) == 0 &&
         (ls = kh_libvirt_state_read(state, spec, warnings, &err)) != NULL)
