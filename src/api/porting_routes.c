@@ -286,12 +286,41 @@ void kh_porting_routes_export(kh_http_req *req, void *app)
 
 /* ---- POST /api/v1/vms/import-libvirt ---- */
 
-/* The host paths of a spec (disks, boot files) are allowed to this user;
- * the networks of its NICs exist. */
-static int libvirt_checks(kh_http_req *req, kh_api *api, const json_t *spec, kh_err *err)
+/* The host paths of a spec (disks, boot files) and of the state the
+ * domain brings (its UEFI variable store, its TPM's state: "tpm_file" set
+ * in state when allowed) are allowed to this user; the networks of its
+ * NICs exist. */
+static int libvirt_checks(kh_http_req *req, kh_api *api, const json_t *spec, json_t *state,
+                          json_t *warnings, kh_err *err)
 {
     size_t i;
     json_t *d;
+    const char *nvram = json_string_value(json_object_get(state, "nvram"));
+    if (nvram && (kh_check_abs_path(nvram, "os/nvram", err) < 0 ||
+                  kh_auth_hostpath(req, nvram, "os/nvram", err) < 0))
+        return -1;
+    char *tpm = kh_libvirt_state_tpm_file(state, spec, warnings);
+    if (tpm) {
+        /* a dir the XML names is a host path as a disk is; libvirt's
+         * default one, when not allowed, leaves the VM a fresh TPM */
+        bool named = json_object_get(json_object_get(state, "tpm"), "dir") != NULL;
+        kh_err e = KH_ERR_INIT;
+        if (kh_check_abs_path(tpm, "tpm state", &e) < 0 ||
+            kh_auth_hostpath(req, tpm, "tpm state", &e) < 0) {
+            if (named) {
+                kh_err_copy(err, &e);
+                free(tpm);
+                return -1;
+            }
+            char msg[512];
+            snprintf(msg, sizeof(msg), "tpm: its state is not imported, the VM gets a fresh "
+                     "TPM: %.400s", e.msg);
+            json_array_append_new(warnings, json_string(msg));
+        } else {
+            json_object_set_new(state, "tpm_file", json_string(tpm));
+        }
+        free(tpm);
+    }
     json_array_foreach(json_object_get(spec, "disks"), i, d) {
         const char *p = json_string_value(json_object_get(d, "path"));
         if (p && kh_auth_hostpath(req, p, "disk", err) < 0)
@@ -327,11 +356,23 @@ typedef struct lv_import {
     kh_store *st;
     char *project;
     json_t *warnings;
+    kh_libvirt_state *ls; /* the UEFI variables and TPM state it brings */
+    kh_api *api;
 } lv_import;
 
 static void lv_created(void *opaque, json_t *vm, const kh_err *err)
 {
     lv_import *li = opaque;
+    kh_err werr = KH_ERR_INIT;
+    if (vm && kh_libvirt_state_write(li->ls, li->api->mgr, li->api->storage,
+                                     json_string_value(json_object_get(vm, "id")), &werr) < 0) {
+        kh_err e = KH_ERR_INIT; /* the VM goes with its half-made state */
+        kh_config_delete(li->api->mgr, json_string_value(json_object_get(vm, "name")), &e);
+        json_decref(vm);
+        vm = NULL;
+        err = &werr;
+    }
+    kh_libvirt_state_free(li->ls);
     if (vm && li->st) /* its disks are host files (Sys.HostPath), not volumes */
         record(li->st, "vm", json_string_value(json_object_get(vm, "name")), li->project);
     kh_http_req *req = kh_api_later_req(li->later);
@@ -353,26 +394,31 @@ void kh_porting_routes_import_libvirt(kh_http_req *req, void *app)
     kh_err err = KH_ERR_INIT;
     size_t len = 0;
     const char *xml = kh_http_req_body(req, &len);
-    json_t *warnings = NULL;
-    json_t *spec = kh_libvirt_xml_parse(xml ? xml : "", xml ? len : 0, &warnings, &err);
+    json_t *warnings = NULL, *state = NULL;
+    json_t *spec = kh_libvirt_xml_parse(xml ? xml : "", xml ? len : 0, &warnings, &state, &err);
     const char *name = kh_http_req_query(req, "name");
     if (spec && name) {
         if (kh_check_name(name, "name", &err) == 0)
             json_object_set_new(spec, "name", json_string(name));
     }
     char *project = NULL;
+    kh_libvirt_state *ls = NULL;
     kh_store *st = kh_auth_store(kh_http_req_auth_data(req));
-    if (!spec || kh_err_isset(&err) || libvirt_checks(req, api, spec, &err) < 0 ||
+    if (!spec || kh_err_isset(&err) ||
+        libvirt_checks(req, api, spec, state, warnings, &err) < 0 ||
         (st && (project = kh_auth_project(req, &err)) == NULL) ||
-        kh_guard_vm_quota(req, api, spec, &err) < 0) {
+        kh_guard_vm_quota(req, api, spec, &err) < 0 ||
+        (ls = kh_libvirt_state_read(state, spec, warnings, &err)) == NULL) {
         json_decref(spec);
+        json_decref(state);
         json_decref(warnings);
         free(project);
         kh_http_reply_error(req, &err);
         return;
     }
+    json_decref(state);
     lv_import *li = xcalloc(1, sizeof(*li));
-    *li = (lv_import){ kh_api_later_new(req, 201), st, project, warnings };
+    *li = (lv_import){ kh_api_later_new(req, 201), st, project, warnings, ls, api };
     if (!kh_cluster_enabled(api->cluster)) { /* a single host: no claim, at once */
         json_t *vm = kh_config_create(api->mgr, spec, &err);
         json_decref(spec);
@@ -384,6 +430,7 @@ void kh_porting_routes_import_libvirt(kh_http_req *req, void *app)
     json_decref(spec);
     if (rc < 0) {
         json_decref(li->warnings);
+        kh_libvirt_state_free(li->ls);
         free(li->project);
         free(li);
     }

@@ -330,6 +330,11 @@ char *kh_manager_qemu_file(kh_manager *mgr, const char *id, const char *file)
     return v && v->pid > 0 ? kh_runtime_run_path(v, file) : NULL;
 }
 
+char *kh_manager_state_file(kh_manager *mgr, const char *id, const char *file)
+{
+    return xasprintf("%s/vms/%s%s%s", mgr->cfg.state_dir, id, file ? "/" : "", file ? file : "");
+}
+
 char *kh_manager_vnc_path(kh_manager *mgr, const char *name, kh_err *err)
 {
     kh_inst *v = kh_manager_find(mgr, name, err);

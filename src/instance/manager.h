@@ -73,6 +73,9 @@ json_t *kh_manager_vm_json(kh_manager *mgr, const char *name, kh_err *err);
  * it lives exactly as long as that QEMU, across daemon restarts (the dir
  * goes when QEMU exits). NULL when the VM has no QEMU. */
 char *kh_manager_qemu_file(kh_manager *mgr, const char *id, const char *file);
+/* The state dir of VM id (STATE_DIR/vms/<id>, made at its first start and
+ * removed with it), or a file in it when file is not NULL. */
+char *kh_manager_state_file(kh_manager *mgr, const char *id, const char *file);
 /* The console of a running VM (KH_E_CONFLICT when it is not running). The
  * pointer is valid until the VM stops; viewers learn it via on_closed. */
 kh_console *kh_manager_console(kh_manager *mgr, const char *name, kh_err *err);

@@ -4,7 +4,8 @@
  * boot), disks (file sources, raw or qcow2: used in place), interfaces
  * (network name, MAC), serial/console, tpm, graphics. Everything else is
  * named in the warnings list: nothing is dropped silently. Pure (no host
- * access): the caller checks host paths and network names. */
+ * access): the caller checks host paths and network names, and reads the
+ * host state the domain names (<nvram>, the TPM's state: libvirt_state.c). */
 #include "porting/libvirt_xml.h"
 
 #include <inttypes.h>
@@ -109,7 +110,29 @@ static uint64_t mem_mib(const xmlNode *n)
     return out;
 }
 
-static int parse_os(const xmlNode *os, json_t *spec, json_t *w, kh_err *err)
+/* <nvram template='T'>PATH</nvram>, or (libvirt >= 8.5) <nvram type='file'
+ * template='T'><source file='PATH'/></nvram>: the store's path in state. */
+static void parse_nvram(const xmlNode *n, json_t *state, json_t *w)
+{
+    char *type = prop(n, "type"), *tmpl = prop(n, "template");
+    const xmlNode *src = child(n, "source");
+    if (type && strcmp(type, "file") != 0) {
+        warn(w, "os/nvram of type %s is not imported: the VM gets a fresh UEFI variable "
+                "store%s", type, NULL);
+    } else {
+        char *path = src ? prop(src, "file") : text(n);
+        if (path && *path) {
+            json_object_set_new(state, "nvram", json_string(path));
+            if (tmpl)
+                json_object_set_new(state, "nvram_template", json_string(tmpl));
+        }
+        free(path);
+    }
+    free(type);
+    free(tmpl);
+}
+
+static int parse_os(const xmlNode *os, json_t *spec, json_t *state, json_t *w, kh_err *err)
 {
     char *fw = prop(os, "firmware");
     if (fw && strcmp(fw, "efi") == 0)
@@ -160,8 +183,7 @@ static int parse_os(const xmlNode *os, json_t *spec, json_t *w, kh_err *err)
                 free(on);
             }
         } else if (is(c, "nvram")) {
-            warn(w, "os/nvram: the UEFI variables are not imported; a fresh store is made "
-                    "from the template%s%s", NULL, NULL);
+            parse_nvram(c, state, w);
         } else if (is(c, "kernel") || is(c, "initrd") || is(c, "cmdline")) {
             char *t = text(c);
             json_object_set_new(boot, (const char *)c->name, json_string(t));
@@ -251,7 +273,31 @@ static int parse_interface(const xmlNode *i, json_t *nics, json_t *w, kh_err *er
     return rc;
 }
 
-static int parse_devices(const xmlNode *devs, json_t *spec, json_t *w, kh_err *err)
+/* <tpm><backend type='emulator' version='2.0'>: where libvirt keeps its
+ * swtpm's state (a <source type='dir' path=...>, else libvirt's default
+ * under the domain's uuid) and whether libvirt encrypted it. */
+static void parse_tpm(const xmlNode *t, json_t *state)
+{
+    const xmlNode *be = child(t, "backend");
+    char *type = be ? prop(be, "type") : NULL, *version = be ? prop(be, "version") : NULL;
+    if (type && strcmp(type, "emulator") == 0) {
+        json_t *j = json_pack("{s:s, s:b}", "version", version ? version : "",
+                              "encrypted", child(be, "encryption") != NULL);
+        const xmlNode *src = child(be, "source");
+        char *st = src ? prop(src, "type") : NULL, *path = src ? prop(src, "path") : NULL;
+        if (st && path)
+            json_object_set_new(j, strcmp(st, "dir") == 0 ? "dir" : "other",
+                                json_string(path));
+        free(st);
+        free(path);
+        json_object_set_new(state, "tpm", j);
+    }
+    free(type);
+    free(version);
+}
+
+static int parse_devices(const xmlNode *devs, json_t *spec, json_t *state, json_t *w,
+                         kh_err *err)
 {
     json_t *disks = json_array(), *nics = json_array();
     bool serial = false;
@@ -268,6 +314,7 @@ static int parse_devices(const xmlNode *devs, json_t *spec, json_t *w, kh_err *e
         } else if (is(c, "tpm")) {
             char *model = prop(c, "model");
             json_object_set_new(spec, "tpm", json_true());
+            parse_tpm(c, state);
             if (model && strcmp(model, "tpm-crb") != 0 && strcmp(model, "tpm-tis") != 0)
                 warn(w, "tpm model %s: a TPM 2.0 is attached%s", model, NULL);
             free(model);
@@ -303,14 +350,17 @@ static int parse_devices(const xmlNode *devs, json_t *spec, json_t *w, kh_err *e
     return rc;
 }
 
-json_t *kh_libvirt_xml_parse(const char *xml, size_t len, json_t **warnings, kh_err *err)
+json_t *kh_libvirt_xml_parse(const char *xml, size_t len, json_t **warnings, json_t **state,
+                             kh_err *err)
 {
     *warnings = NULL;
+    *state = NULL;
     if (len == 0 || len > KH_LIBVIRT_XML_MAX) {
         kh_err_set(err, KH_E_INVALID, "libvirt: the body must be a domain XML of at most 1 MiB");
         return NULL;
     }
     *warnings = json_array();
+    *state = json_object();
     xmlDoc *doc = xmlReadMemory(xml, (int)len, "domain.xml", NULL,
                                 XML_PARSE_NONET | XML_PARSE_NOERROR | XML_PARSE_NOWARNING);
     xmlNode *dom = doc ? xmlDocGetRootElement(doc) : NULL;
@@ -361,15 +411,19 @@ json_t *kh_libvirt_xml_parse(const char *xml, size_t len, json_t **warnings, kh_
             free(t);
             free(cur);
         } else if (is(c, "os")) {
-            rc = parse_os(c, spec, *warnings, err);
+            rc = parse_os(c, spec, *state, *warnings, err);
         } else if (is(c, "devices")) {
-            rc = parse_devices(c, spec, *warnings, err);
+            rc = parse_devices(c, spec, *state, *warnings, err);
         } else if (is(c, "description")) {
             char *t = text(c);
             if (strlen(t) < 1024)
                 json_object_set_new(spec, "description", json_string(t));
             free(t);
-        } else if (is(c, "uuid") || is(c, "metadata") || is(c, "title")) {
+        } else if (is(c, "uuid")) {
+            char *t = text(c); /* the VM gets its own id; libvirt's names the TPM's dir */
+            json_object_set_new(*state, "uuid", json_string(t));
+            free(t);
+        } else if (is(c, "metadata") || is(c, "title")) {
             /* the VM gets its own id */
         } else if (is(c, "features")) {
             for (const xmlNode *f = c->children; f; f = f->next)
@@ -395,6 +449,8 @@ out:
     if (!spec) {
         json_decref(*warnings);
         *warnings = NULL;
+        json_decref(*state);
+        *state = NULL;
     }
     return spec;
 }

@@ -1,6 +1,7 @@
 /* porting.h - VMs brought in from elsewhere and taken out: OVA import
  * (ova.c, with the descriptor in ovf.c), libvirt domain XML import
- * (libvirt_xml.c) and OVA export (export.c).
+ * (libvirt_xml.c, with the UEFI variables it names: libvirt_state.c) and
+ * OVA export (export.c).
  *
  * The layer sits between api/ and instance/ + storage/: it makes pool
  * volumes (storage) and then the VM (instance/config), and undoes the
@@ -63,6 +64,29 @@ kh_task *kh_ova_import_spool(kh_porting *pt, kh_ova_spool *s, const kh_ova_opts 
                              kh_err *err);
 kh_task *kh_ova_import_path(kh_porting *pt, const char *path, const kh_ova_opts *o,
                             kh_err *err);
+
+/* The host state a libvirt domain brings (libvirt_state.c), from the state
+ * object of kh_libvirt_xml_parse() and the VM spec made of the same XML.
+ * tpm_file: where libvirt keeps its swtpm's permanent state for a VM with
+ * a TPM (<source type='dir' path> or /var/lib/libvirt/swtpm/UUID/tpm2/,
+ * + tpm2-00.permall; a new string), or NULL with a warning saying why not
+ * (libvirt encrypted it, TPM 1.2, ...). The caller allows it as a host
+ * path and sets it as "tpm_file" in state. read reads and checks both
+ * before the VM is made: the UEFI variable store ("nvram") must be a
+ * regular file - no symlink, device or FIFO - of the size of the chosen
+ * firmware's VARS template and a firmware volume like it, the TPM state a
+ * regular unencrypted swtpm state file, else NULL with err KH_E_INVALID;
+ * one that does not exist is a fresh store or TPM, named in warnings.
+ * write puts them into the new VM's state dir (STATE/vms/<id>) before its
+ * first start, the TPM state encrypted with the VM's key (storage NULL:
+ * none, as the launcher then runs swtpm without one). */
+typedef struct kh_libvirt_state kh_libvirt_state;
+char *kh_libvirt_state_tpm_file(const json_t *state, const json_t *spec, json_t *warnings);
+kh_libvirt_state *kh_libvirt_state_read(const json_t *state, const json_t *spec,
+                                        json_t *warnings, kh_err *err);
+int kh_libvirt_state_write(const kh_libvirt_state *s, kh_manager *mgr, kh_storage *storage,
+                           const char *vm_id, kh_err *err);
+void kh_libvirt_state_free(kh_libvirt_state *s);
 
 /* Export the stopped VM name as an OVA (export.c): cb gets, later, an fd
  * open on the finished archive (an unlinked file: the callee owns it)

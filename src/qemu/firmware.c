@@ -179,11 +179,15 @@ static int copy_template(const char *template, const char *path, kh_err *err)
     return r;
 }
 
+const char *kh_firmware_vars_name(const kh_firmware_choice *c)
+{
+    return c->secure_boot ? "uefi-vars-sb.fd" : "uefi-vars.fd";
+}
+
 int kh_firmware_vars_open(const kh_firmware_choice *c, const char *state_dir, bool chown_it,
                           unsigned uid, unsigned gid, kh_err *err)
 {
-    char *path = xasprintf("%s/%s", state_dir, c->secure_boot ? "uefi-vars-sb.fd"
-                                                              : "uefi-vars.fd");
+    char *path = xasprintf("%s/%s", state_dir, kh_firmware_vars_name(c));
     struct stat st;
     int fd = -1;
     if (lstat(path, &st) < 0 && (errno != ENOENT || copy_template(c->vars_template, path,

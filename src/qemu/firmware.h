@@ -35,6 +35,10 @@ int kh_firmware_select(const char *const *dirs, bool secure_boot, kh_firmware_ch
                        kh_err *err);
 void kh_firmware_choice_clear(kh_firmware_choice *c);
 
+/* The VARS file's name in the state dir for c (an import writes it there
+ * before the first start: kh_firmware_vars_open then keeps it). */
+const char *kh_firmware_vars_name(const kh_firmware_choice *c);
+
 /* The VM's VARS file in state_dir ("uefi-vars.fd", "uefi-vars-sb.fd" for
  * Secure Boot: a different template, so switching keeps both), copied from
  * the template when missing; opened O_RDWR|O_CLOEXEC, owned by uid/gid when

@@ -12,6 +12,11 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <openssl/crypto.h>
+#include <openssl/evp.h>
+#include <openssl/hmac.h>
+#include <openssl/rand.h>
+
 #include "util/check.h"
 #include "util/fs.h"
 #include "util/mem.h"
@@ -238,5 +243,187 @@ out:
     }
     free(tmp);
     free(dir);
+    return rc;
+}
+
+/* ---- a state brought from elsewhere: swtpm's file format ----
+ *
+ * swtpm's state files (swtpm_nvstore.c, stable since swtpm 0.2): a 10-byte
+ * header {version, min_version, hdrsize (BE16), flags (BE16), totlen (BE32)}
+ * then, in version 2, tag-length-value records (tag BE16, length BE32):
+ * plain, the data under TAG_DATA; encrypted with a 256-bit key (flags
+ * ENCRYPTED | 256BIT_KEY), AES-256-CBC of the data padded to a multiple of
+ * the key's length (each pad byte the pad's length) under
+ * TAG_ENCRYPTED_DATA, an IV as long as the key under TAG_IVEC (CBC uses its
+ * first 16 bytes) and HMAC-SHA256 with the same key over the ciphertext and
+ * the IV under TAG_HMAC. The test (tests/blackbox/test_import.py) has
+ * swtpm read what is written here. */
+
+enum { HDR_LEN = 10, FLAG_ENCRYPTED = 0x01, FLAG_256BIT_KEY = 0x08 };
+enum { TAG_DATA = 1, TAG_ENCRYPTED_DATA = 2, TAG_HMAC = 3, TAG_IVEC_ENCRYPTED_DATA = 6 };
+#define PERMALL "tpm2-00.permall"
+
+static uint32_t be32(const unsigned char *p)
+{
+    return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
+}
+
+static void put_tlv(unsigned char **p, unsigned tag, const unsigned char *v, size_t len)
+{
+    unsigned char *o = *p;
+    o[0] = (unsigned char)(tag >> 8);
+    o[1] = (unsigned char)tag;
+    for (int i = 0; i < 4; i++)
+        o[2 + i] = (unsigned char)(len >> (24 - 8 * i));
+    memcpy(o + 6, v, len);
+    *p = o + 6 + len;
+}
+
+int kh_tpm_permall_plain(const unsigned char *file, size_t len, const unsigned char **data,
+                         size_t *data_len, kh_err *err)
+{
+    if (len < HDR_LEN || be32(file + 6) != len || file[2] != 0 || file[3] != HDR_LEN ||
+        file[1] > 2 || file[0] < 1) {
+        kh_err_set(err, KH_E_INVALID, "tpm: not a swtpm state file (its header)");
+        return -1;
+    }
+    unsigned flags = (unsigned)file[4] << 8 | file[5];
+    if (flags & FLAG_ENCRYPTED) {
+        kh_err_set(err, KH_E_INVALID, "tpm: the swtpm state is encrypted (libvirt's "
+                   "<encryption secret=...>): it cannot be read here");
+        return -1;
+    }
+    if (file[0] == 1) { /* the data follows the header */
+        *data = file + HDR_LEN;
+        *data_len = len - HDR_LEN;
+        return 0;
+    }
+    for (size_t off = HDR_LEN; off + 6 <= len;) {
+        unsigned tag = (unsigned)file[off] << 8 | file[off + 1];
+        uint32_t l = be32(file + off + 2);
+        off += 6;
+        if (l > len - off)
+            break;
+        if (tag == TAG_DATA) {
+            *data = file + off;
+            *data_len = l;
+            return 0;
+        }
+        off += l;
+    }
+    kh_err_set(err, KH_E_INVALID, "tpm: the swtpm state file holds no plain data");
+    return -1;
+}
+
+/* The AES-256 key of key_fd (64 hex digits, as swtpm's --key format=hex). */
+static int read_key(int key_fd, unsigned char key[32], kh_err *err)
+{
+    char hex[65] = "";
+    ssize_t n = pread(key_fd, hex, 64, 0);
+    for (int i = 0; n == 64 && i < 32; i++) {
+        int hi = kh_hex_digit(hex[2 * i]), lo = kh_hex_digit(hex[2 * i + 1]);
+        if (hi < 0 || lo < 0)
+            n = -1;
+        else
+            key[i] = (unsigned char)(hi << 4 | lo);
+    }
+    OPENSSL_cleanse(hex, sizeof(hex));
+    if (n != 64) {
+        kh_err_set(err, KH_E_INTERNAL, "tpm: the VM's key cannot be read");
+        return -1;
+    }
+    return 0;
+}
+
+/* data encrypted with key as swtpm does: the TLVs after the header. */
+static unsigned char *seal(const unsigned char key[32], const unsigned char *data, size_t len,
+                           size_t *out_len, kh_err *err)
+{
+    size_t pad = 32 - len % 32, clen = len + pad;
+    unsigned char iv[32], mac[32];
+    /* the ciphertext and the IV after it: what the HMAC covers */
+    unsigned char *plain = xmalloc(clen), *cipher = xmalloc(clen + sizeof(iv)), *out = NULL;
+    unsigned int mac_len = 0;
+    int l1 = 0, l2 = 0;
+    memcpy(plain, data, len);
+    memset(plain + len, (int)pad, pad);
+    EVP_CIPHER_CTX *ctx = EVP_CIPHER_CTX_new();
+    bool ok = RAND_bytes(iv, sizeof(iv)) == 1 && ctx &&
+              EVP_EncryptInit_ex(ctx, EVP_aes_256_cbc(), NULL, key, iv) == 1 &&
+              EVP_CIPHER_CTX_set_padding(ctx, 0) == 1 &&
+              EVP_EncryptUpdate(ctx, cipher, &l1, plain, (int)clen) == 1 &&
+              EVP_EncryptFinal_ex(ctx, cipher + l1, &l2) == 1 && (size_t)l1 + (size_t)l2 == clen;
+    if (ok) {
+        memcpy(cipher + clen, iv, sizeof(iv));
+        ok = HMAC(EVP_sha256(), key, 32, cipher, clen + sizeof(iv), mac, &mac_len) &&
+             mac_len == sizeof(mac);
+    }
+    if (ok) {
+        *out_len = 3 * 6 + clen + sizeof(mac) + sizeof(iv);
+        out = xmalloc(*out_len);
+        unsigned char *p = out;
+        put_tlv(&p, TAG_ENCRYPTED_DATA, cipher, clen);
+        put_tlv(&p, TAG_HMAC, mac, sizeof(mac));
+        put_tlv(&p, TAG_IVEC_ENCRYPTED_DATA, iv, sizeof(iv));
+    } else {
+        kh_err_set(err, KH_E_INTERNAL, "tpm: encrypting the state failed");
+    }
+    EVP_CIPHER_CTX_free(ctx);
+    OPENSSL_cleanse(plain, clen);
+    free(plain);
+    free(cipher);
+    return out;
+}
+
+int kh_tpm_state_import(const char *state_dir, const unsigned char *data, size_t len,
+                        int key_fd, kh_err *err)
+{
+    if (len > STATE_FILE_MAX) {
+        kh_err_set(err, KH_E_INVALID, "tpm: a state of %zu bytes is too large", len);
+        return -1;
+    }
+    size_t body_len = 0;
+    unsigned char *body = NULL;
+    unsigned flags = 0;
+    if (key_fd >= 0) {
+        unsigned char key[32];
+        if (read_key(key_fd, key, err) < 0)
+            return -1;
+        body = seal(key, data, len, &body_len, err);
+        OPENSSL_cleanse(key, sizeof(key));
+        if (!body)
+            return -1;
+        flags = FLAG_ENCRYPTED | FLAG_256BIT_KEY;
+    } else {
+        body_len = 6 + len;
+        body = xmalloc(body_len);
+        unsigned char *p = body;
+        put_tlv(&p, TAG_DATA, data, len);
+    }
+    size_t total = HDR_LEN + body_len;
+    unsigned char *file = xmalloc(total);
+    file[0] = 2; /* version */
+    file[1] = 1; /* readable by swtpm's of version 1 and up */
+    file[2] = 0;
+    file[3] = HDR_LEN;
+    file[4] = (unsigned char)(flags >> 8);
+    file[5] = (unsigned char)flags;
+    for (int i = 0; i < 4; i++)
+        file[6 + i] = (unsigned char)(total >> (24 - 8 * i));
+    memcpy(file + HDR_LEN, body, body_len);
+    free(body);
+    /* as one state file of the VM's: the whole tpm/ dir replaced */
+    char *hex = xmalloc(2 * total + 1);
+    static const char digits[] = "0123456789abcdef";
+    for (size_t i = 0; i < total; i++) {
+        hex[2 * i] = digits[file[i] >> 4];
+        hex[2 * i + 1] = digits[file[i] & 15];
+    }
+    hex[2 * total] = '\0';
+    free(file);
+    json_t *files = json_pack("{s:s}", PERMALL, hex);
+    free(hex);
+    int rc = kh_tpm_state_put(state_dir, files, err);
+    json_decref(files);
     return rc;
 }

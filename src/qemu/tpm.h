@@ -47,4 +47,16 @@ int kh_tpm_start(const kh_tpm_opts *o, int *qemu_fd, pid_t *pid, kh_err *err);
 json_t *kh_tpm_state_get(const char *state_dir, kh_err *err);
 int kh_tpm_state_put(const char *state_dir, const json_t *files, kh_err *err);
 
+/* A TPM state brought from another host (libvirt's swtpm): _plain finds
+ * the data of an unencrypted swtpm state file (its permanent state,
+ * tpm2-00.permall), pointing into file; -1 with err KH_E_INVALID when it
+ * is not one or is encrypted. _import makes it the VM's whole TPM state
+ * (STATE/tpm/tpm2-00.permall, written in swtpm's format and encrypted with
+ * the key of key_fd, as kh_tpm_start gives it to swtpm; key_fd -1: plain),
+ * replacing what was there. Only while no swtpm runs for the VM. */
+int kh_tpm_permall_plain(const unsigned char *file, size_t len, const unsigned char **data,
+                         size_t *data_len, kh_err *err);
+int kh_tpm_state_import(const char *state_dir, const unsigned char *data, size_t len,
+                        int key_fd, kh_err *err);
+
 #endif

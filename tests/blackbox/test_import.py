@@ -6,9 +6,13 @@ import hashlib
 import io
 import json
 import os
+import random
+import re
 import shutil
+import socket
 import subprocess
 import tarfile
+import time
 
 import pytest
 
@@ -315,7 +319,8 @@ def test_firmware_and_tpm_round_trip(mdaemon, vmdk, tmp_path):
     """UEFI, Secure Boot and a TPM come in from an OVA (VMware's way of
     saying them), go out in an export the same way and come back; a libvirt
     domain with <os firmware='efi'>, the secure-boot feature, <tpm> and
-    <nvram> gives the same VM (the variables themselves are a warning)."""
+    <nvram> gives the same VM (an <nvram> file that does not exist yet is
+    a fresh store, as libvirt makes one: a warning)."""
     api = mdaemon.api
     vtpm = ('<Item ovf:required="false"><rasd:ElementName>Virtual TPM</rasd:ElementName>'
             '<rasd:InstanceID>40</rasd:InstanceID><rasd:ResourceSubType>vmware.vtpm'
@@ -357,20 +362,234 @@ def test_firmware_and_tpm_round_trip(mdaemon, vmdk, tmp_path):
            "<vcpu>1</vcpu><os firmware='efi'><type arch='x86_64' machine='q35'>hvm</type>"
            "<firmware><feature enabled='yes' name='secure-boot'/>"
            "<feature enabled='yes' name='enrolled-keys'/></firmware>"
-           "<nvram template='/usr/share/OVMF/OVMF_VARS_4M.ms.fd'>/var/lib/libvirt/qemu/"
-           "nvram/lvfw_VARS.fd</nvram></os><devices><disk type='file' device='disk'>"
+           "<nvram template='/usr/share/OVMF/OVMF_VARS_4M.ms.fd'>%s</nvram></os>"
+           "<devices><disk type='file' device='disk'>"
            "<driver name='qemu' type='raw'/><source file='%s'/><target dev='vda'/></disk>"
            "<tpm model='tpm-crb'><backend type='emulator' version='2.0'/></tpm>"
-           "</devices></domain>" % disk)
+           "</devices></domain>" % (tmp_path / "lvfw_VARS.fd", disk))
     r = api.request("POST", "/api/v1/vms/import-libvirt", raw=xml.encode(),
                     headers={"Content-Type": "application/xml"})
     assert r.status == 201, r
     vm = r.json["vm"]
     assert vm["firmware"] == "uefi" and vm["secure_boot"] is True and vm["tpm"] is True, vm
-    assert any("nvram" in w for w in r.json["warnings"]), r.json["warnings"]
+    assert any("lvfw_VARS.fd does not exist: the VM gets a fresh UEFI variable store" in w
+               for w in r.json["warnings"]), r.json["warnings"]
+    assert not os.path.exists(os.path.join(mdaemon.state_dir, "vms", vm["id"],
+                                           "uefi-vars-sb.fd"))
     for name in ("fw", "fw-back"):
         assert api.delete("/api/v1/vms/%s?volumes=true" % name).status == 204
     assert api.delete("/api/v1/vms/lvfw").status == 204
+
+
+def nvram_domain(name, disk, nvram, secure=True, new_form=False):
+    fw = ("<firmware><feature enabled='yes' name='secure-boot'/>"
+          "<feature enabled='yes' name='enrolled-keys'/></firmware>") if secure else ""
+    nv = ("<nvram type='file' template='/usr/share/OVMF/OVMF_VARS_4M.ms.fd'>"
+          "<source file='%s'/></nvram>" % nvram) if new_form else \
+        "<nvram template='/usr/share/OVMF/OVMF_VARS_4M.ms.fd'>%s</nvram>" % nvram
+    return ("<domain type='kvm'><name>%s</name><memory unit='MiB'>128</memory><vcpu>1</vcpu>"
+            "<os firmware='efi'><type arch='x86_64' machine='q35'>hvm</type>%s%s</os>"
+            "<devices><disk type='file' device='disk'><driver name='qemu' type='raw'/>"
+            "<source file='%s'/><target dev='vda'/></disk></devices></domain>"
+            % (name, fw, nv, disk)).encode()
+
+
+def test_libvirt_nvram_imported(mdaemon, tmp_path):
+    """<os><nvram>: the file's bytes become the new VM's UEFI variable store
+    (its VARS file, what QEMU gets as pflash1), in both of libvirt's forms;
+    a store that does not fit the firmware (size, not a firmware volume) or
+    is not a regular file (symlink, FIFO, directory) is refused with 400, a
+    path outside the allowed host paths with 403, and nothing is made."""
+    api = mdaemon.api
+    disk = tmp_path / "nv.raw"
+    disk.write_bytes(b"\0" * (1 << 20))
+
+    def post(xml, query=""):
+        return api.request("POST", "/api/v1/vms/import-libvirt" + query, raw=xml,
+                           headers={"Content-Type": "application/xml"})
+
+    def vars_of(vm, sb):
+        path = os.path.join(mdaemon.state_dir, "vms", vm["id"],
+                            "uefi-vars-sb.fd" if sb else "uefi-vars.fd")
+        with open(path, "rb") as f:
+            return f.read()
+
+    # Secure Boot's template (Microsoft's keys enrolled) with a changed
+    # region in the fault-tolerant-write spare area: still a valid store
+    with open("/usr/share/OVMF/OVMF_VARS_4M.ms.fd", "rb") as f:
+        ms = f.read()
+    data = bytearray(ms)
+    data[0x60000:0x60020] = b"kvmhost-nvram-import-test-bytes!"
+    nv = tmp_path / "nv_VARS.fd"
+    nv.write_bytes(bytes(data))
+    r = post(nvram_domain("nv1", disk, nv))
+    assert r.status == 201, r
+    vm = r.json["vm"]
+    assert vm["firmware"] == "uefi" and vm["secure_boot"] is True, vm
+    assert not any("nvram" in w for w in r.json["warnings"]), r.json["warnings"]
+    got = vars_of(vm, True)
+    assert got == bytes(data) and got != ms
+    # the newer form (<source file=.../>); a Secure Boot store given to a
+    # VM without Secure Boot is a store of the same size and kind
+    r = post(nvram_domain("nv2", disk, tmp_path / "nv_VARS.fd", secure=False, new_form=True))
+    assert r.status == 201, r
+    assert vars_of(r.json["vm"], False) == bytes(data)
+
+    before = api.vm_names()
+    small = tmp_path / "small_VARS.fd"  # OVMF's 2 MiB build: 128 KiB of variables
+    shutil.copyfile("/usr/share/OVMF/OVMF_VARS.fd", small)
+    junk = tmp_path / "junk_VARS.fd"
+    junk.write_bytes(b"\x5a" * len(ms))
+    link = tmp_path / "link_VARS.fd"
+    os.symlink(nv, link)
+    fifo = tmp_path / "fifo_VARS.fd"
+    os.mkfifo(fifo)
+    refused = [
+        (small, 400, "is 131072 bytes; the VARS template of the firmware chosen"),
+        (junk, 400, "is not a UEFI variable store"),
+        (link, 400, "is a symbolic link, not a regular file"),
+        (fifo, 400, "not a regular file"),
+        (tmp_path, 400, "is a directory, not a regular file"),
+        ("nv_VARS.fd", 400, "os/nvram must be an absolute path"),
+        (str(tmp_path) + "/../x/nv_VARS.fd", 400, "must not contain '.' or '..'"),
+        ("/etc/passwd", 403, "outside the directories allowed for host paths"),
+        ("/var/lib/libvirt/qemu/nvram/x_VARS.fd", 403, "outside the directories allowed"),
+    ]
+    for path, status, msg in refused:
+        r = post(nvram_domain("nvbad", disk, path))
+        assert r.status == status and msg in r.error["message"], (path, r)
+    assert api.vm_names() == before
+    for name in ("nv1", "nv2"):
+        assert api.delete("/api/v1/vms/%s" % name).status == 204
+
+
+NV_INDEX = 0x01500016  # an NV index defined in the TPM state libvirt's swtpm leaves
+
+
+def tpm_cmd(tag, cc, body):
+    return tag.to_bytes(2, "big") + (10 + len(body)).to_bytes(4, "big") \
+        + cc.to_bytes(4, "big") + body
+
+
+def nv_read_public_cmd(index):
+    """TPM2_NV_ReadPublic (TPM_ST_NO_SESSIONS) of index."""
+    return tpm_cmd(0x8001, 0x169, index.to_bytes(4, "big"))
+
+
+def libvirt_swtpm_state(d):
+    """A TPM 2.0 state as libvirt's swtpm leaves it in its state dir d
+    (plain tpm2-00.permall): swtpm started on it, an NV index defined with
+    TPM2_NV_DefineSpace (owner auth, empty password session) through its
+    server socket, then shut down through its control channel."""
+    os.makedirs(d, exist_ok=True)
+    srv, ctrl = os.path.join(d, "srv.sock"), os.path.join(d, "ctrl.sock")
+    p = subprocess.Popen(["swtpm", "socket", "--tpm2", "--tpmstate", "dir=%s" % d,
+                          "--server", "type=unixio,path=%s" % srv,
+                          "--ctrl", "type=unixio,path=%s" % ctrl,
+                          "--flags", "not-need-init,startup-clear"])
+    try:
+        deadline = time.time() + 10
+        while not os.path.exists(srv) and time.time() < deadline:
+            time.sleep(0.05)
+        nv_public = (NV_INDEX.to_bytes(4, "big") + bytes.fromhex("000b")   # SHA-256 name
+                     + (0x02020002).to_bytes(4, "big")  # OWNERWRITE | OWNERREAD | NO_DA
+                     + b"\0\0" + (8).to_bytes(2, "big"))  # no policy, 8 bytes
+        body = (bytes.fromhex("40000001") + (9).to_bytes(4, "big")   # TPM_RH_OWNER
+                + bytes.fromhex("40000009") + b"\0" * 5             # TPM_RS_PW, empty
+                + b"\0\0" + len(nv_public).to_bytes(2, "big") + nv_public)
+        with socket.socket(socket.AF_UNIX) as c:
+            c.settimeout(10)
+            c.connect(srv)
+            c.sendall(tpm_cmd(0x8002, 0x12A, body))
+            rsp = c.recv(4096)
+        assert rsp[6:10] == b"\0\0\0\0", rsp.hex()  # TPM_RC_SUCCESS
+        subprocess.run(["swtpm_ioctl", "--unix", ctrl, "-s"], check=True, timeout=10)
+        p.wait(timeout=10)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    for sock in (srv, ctrl):
+        if os.path.exists(sock):
+            os.unlink(sock)
+    return os.path.join(d, "tpm2-00.permall")
+
+
+def tpm_domain(name, disk, backend):
+    return ("<domain type='kvm'><name>%s</name><uuid>0b3b5a3e-6a1b-4a4c-9d55-6f1b0e6e2a10"
+            "</uuid><memory unit='MiB'>128</memory><vcpu>1</vcpu><os><type arch='x86_64' "
+            "machine='q35'>hvm</type></os><devices><disk type='file' device='disk'>"
+            "<driver name='qemu' type='raw'/><source file='%s'/><target dev='vda'/></disk>"
+            "<tpm model='tpm-crb'>%s</tpm></devices></domain>" % (name, disk, backend)).encode()
+
+
+def test_libvirt_tpm_state_imported(mdaemon, tmp_path):
+    """libvirt's swtpm state (tpm2-00.permall in <backend><source type='dir'
+    path=...>) becomes the VM's TPM state, in swtpm's format and encrypted
+    with the VM's key (the slow boot test has the guest see its content);
+    libvirt's default dir (/var/lib/libvirt/swtpm/UUID) outside the allowed
+    host paths, an encrypted state and TPM 1.2 are warnings (a fresh TPM);
+    a state that is no plain swtpm file or not a regular file is a 400."""
+    api = mdaemon.api
+    disk = tmp_path / "t.raw"
+    disk.write_bytes(b"\0" * (1 << 20))
+    permall = libvirt_swtpm_state(str(tmp_path / "swtpm" / "tpm2"))
+    with open(permall, "rb") as f:
+        plain = f.read()
+    assert plain[4:6] == b"\0\0", plain[:10].hex()  # swtpm's header: not encrypted
+
+    def post(xml):
+        return api.request("POST", "/api/v1/vms/import-libvirt", raw=xml,
+                           headers={"Content-Type": "application/xml"})
+
+    src = "<backend type='emulator' version='2.0'><source type='dir' path='%s'/></backend>"
+    r = post(tpm_domain("tpm1", disk, src % (tmp_path / "swtpm" / "tpm2")))
+    assert r.status == 201, r
+    assert not any("tpm" in w for w in r.json["warnings"]), r.json["warnings"]
+    got = os.path.join(mdaemon.state_dir, "vms", r.json["vm"]["id"], "tpm", "tpm2-00.permall")
+    with open(got, "rb") as f:
+        sealed = f.read()
+    # swtpm's header: version 2, encrypted with a 256-bit key; none of the
+    # plain state's bytes
+    assert sealed[:6] == bytes.fromhex("0201000a0009") and plain[16:80] not in sealed
+
+    before = api.vm_names()
+    r = post(tpm_domain("tpm2", disk, "<backend type='emulator' version='2.0'/>"))
+    assert r.status == 201, r
+    assert any("/var/lib/libvirt/swtpm/0b3b5a3e-6a1b-4a4c-9d55-6f1b0e6e2a10/tpm2/"
+               "tpm2-00.permall is outside the directories allowed" in w
+               for w in r.json["warnings"]), r.json["warnings"]
+    r = post(tpm_domain("tpm3", disk, "<backend type='emulator' version='2.0'><encryption "
+                                      "secret='6dd3e4a5-1d76-44ce-961f-f119f5aad935'/>"
+                                      "</backend>"))
+    assert r.status == 201 and any("libvirt encrypted its state" in w
+                                   for w in r.json["warnings"]), r
+    r = post(tpm_domain("tpm4", disk, "<backend type='emulator' version='1.2'/>"))
+    assert r.status == 201 and any("TPM 1.2 state is not imported" in w
+                                   for w in r.json["warnings"]), r
+    after = api.vm_names()
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "tpm2-00.permall").write_bytes(b"not a swtpm state file at all")
+    enc = tmp_path / "enc"
+    enc.mkdir()
+    (enc / "tpm2-00.permall").write_bytes(plain[:4] + b"\0\x09" + plain[6:])
+    link = tmp_path / "link"
+    link.mkdir()
+    os.symlink(permall, link / "tpm2-00.permall")
+    dev = tmp_path / "dev"
+    dev.mkdir()
+    os.mkfifo(dev / "tpm2-00.permall")
+    for d, msg in ((bad, "not a swtpm state file"), (enc, "the swtpm state is encrypted"),
+                   (link, "is a symbolic link, not a regular file"),
+                   (dev, "not a regular file")):
+        r = post(tpm_domain("tpmbad", disk, src % d))
+        assert r.status == 400 and msg in r.error["message"], (d, r)
+    r = post(tpm_domain("tpmbad", disk, src % "/etc"))
+    assert r.status == 403 and "outside the directories allowed" in r.error["message"], r
+    assert api.vm_names() == after and set(after) - set(before) == {"tpm2", "tpm3", "tpm4"}
+    for name in ("tpm1", "tpm2", "tpm3", "tpm4"):
+        assert api.delete("/api/v1/vms/%s" % name).status == 204
 
 
 @pytest.mark.slow
@@ -512,14 +731,23 @@ def virsh_dumpxml(xml, tmp_path):
 @pytest.mark.slow
 def test_libvirt_xml_imports_and_boots(mdaemon, guest, tmp_path):
     """A domain XML written by `virsh dumpxml`: memory, vCPUs, direct kernel
-    boot, a raw file disk, serial, TPM become the VM; what is not imported is
-    listed in the warnings; a NIC on a network kvmhost lacks is a clear 400."""
+    boot, a raw file disk, serial, TPM (with the state libvirt's swtpm left:
+    the guest finds the NV index defined in it) become the VM; what is not
+    imported is listed in the warnings; a NIC on a network kvmhost lacks is
+    a clear 400."""
     api = mdaemon.api
     disk = tmp_path / "lv.raw"
     khlib.copy_disk(guest.disk, str(disk))
     fields = dict(kernel=guest.kernel, initrd=guest.initrd, cmdline=khlib.GUEST_CMDLINE,
                   disk=str(disk))
     dumped = virsh_dumpxml(DOMAIN_XML.format(interface="", **fields), tmp_path)
+    tpm_dir = tmp_path / "swtpm" / "tpm2"
+    libvirt_swtpm_state(str(tpm_dir))
+    # the state dir named in the XML (<source type='dir' path=...>, newer libvirt)
+    dumped, n = re.subn(r"<backend type=.emulator. version=.2\.0.\s*/>",
+                        "<backend type='emulator' version='2.0'><source type='dir' path='%s'/>"
+                        "</backend>" % tpm_dir, dumped)
+    assert n == 1, dumped
     nic = ("<interface type='network'><mac address='52:54:00:6b:3c:58'/>"
            "<source network='nosuchnet'/><model type='virtio'/></interface>")
     r = api.request("POST", "/api/v1/vms/import-libvirt",
@@ -539,7 +767,6 @@ def test_libvirt_xml_imports_and_boots(mdaemon, guest, tmp_path):
     assert vm["boot"]["kernel"] == guest.kernel, vm
     for w in ("vmport", "<cpu>", "<clock>", "memballoon", "controller", "input"):
         assert any(w in x for x in warnings), (w, warnings)
-    assert api.patch("/api/v1/vms/lv1", {"tpm": False}).status == 200  # swtpm: a slow start
     xml = tmp_path / "lv.xml"
     xml.write_text(dumped)
     p = khlib.cli(mdaemon, "vm", "import-libvirt", str(xml), "--name", "lv2")
@@ -547,4 +774,19 @@ def test_libvirt_xml_imports_and_boots(mdaemon, guest, tmp_path):
     assert "warning: " in p.stderr and "memballoon" in p.stderr, p.stderr
     api.act_ok("lv1", "start")
     api.wait_console("lv1", khlib.GUEST_DISK, timeout=150)
+    # the TPM is the one libvirt's swtpm had: TPM2_NV_ReadPublic of the NV
+    # index defined there answers TPM_RC_SUCCESS (a fresh TPM: TPM_RC_HANDLE)
+    con = khlib.Console(mdaemon.socket, "lv1")
+    try:
+        con.run("echo kh-$((%d+1))", timeout=60)
+        n = random.randint(10000, 999999)
+        start = len(con.text())
+        cmd = "".join("\\%03o" % b for b in nv_read_public_cmd(NV_INDEX))
+        con.send("exec 3<>/dev/tpm0; printf '%s' >&3; echo rsp=$(dd bs=64 count=1 <&3 "
+                 "2>/dev/null | od -An -tx1); exec 3>&-; echo kh-$((%d+1))\n" % (cmd, n))
+        m = con.wait_for(r"kh-%d\b" % (n + 1), timeout=30, start=start)
+        out = con.text()[start:m.start()]
+        assert re.search(r"rsp=\s*80 01 00 00 00 [0-9a-f]{2} 00 00 00 00", out), out
+    finally:
+        con.close()
     api.act_ok("lv1", "kill")

@@ -1,18 +1,22 @@
 """Live migration of a VM with a TPM 2.0 (issue 14: the TPM state follows the
 VM): three hosts as in test_migration.py, the test guest with `tpm: true` on
-a shared directory; h1 -> h2. The migration succeeds, the target runs a
-swtpm of its own for the VM with a state written (encrypted with its own
-host's key: QEMU's tpm-emulator takes swtpm's state out decrypted and sets
-it on the target's swtpm), the source's swtpm ends with its QEMU, and the
-guest runs on. What this does not show: that the state's content is the
-source's (the small guest's PVH boot cannot see the CRB TPM; the Debian
-tests check a TPM's content across restart and revert on one host).
+a shared directory; h1 -> h2. The guest extends PCR 16 with a raw
+TPM2_PCR_Extend written to /dev/tpm0 (the kernel's CRB driver is built
+in; a VM with a TPM boots its bzImage, not through PVH, which hid the ACPI
+tables and so the TPM); after the migration the target's swtpm (its own,
+encrypting with its own host's key: QEMU's tpm-emulator takes swtpm's
+state out decrypted and sets it on the target's swtpm) has the same PCR
+value: SHA-256(zeros || digest), not the initial zeros. The source's swtpm
+ends with its QEMU, and the guest runs on.
 
 Run: KH_BUILD_DIR=$PWD/build-asan /usr/bin/python3 -m pytest -q -s -p no:cacheprovider \
      tests/cluster/test_migration_tpm.py
 """
 
+import hashlib
 import os
+import random
+import re
 import shutil
 import sys
 import tempfile
@@ -46,6 +50,39 @@ def tpm_files(d, vm_id):
         if os.path.isdir(tpm) else []
 
 
+PCR = 16  # the debug PCR: extendable at locality 0, unused by firmware
+
+
+def pcr_extend_cmd(index, digest):
+    """A TPM2_PCR_Extend command (TPM_ST_SESSIONS, TPM_CC_PCR_Extend) of one
+    SHA-256 digest into PCR index, with an empty password session, as a
+    busybox printf of octal escapes."""
+    body = (index.to_bytes(4, "big")
+            + (9).to_bytes(4, "big")                       # authorization size
+            + bytes.fromhex("40000009") + b"\0\0" + b"\0" + b"\0\0"  # TPM_RS_PW, empty
+            + (1).to_bytes(4, "big") + bytes.fromhex("000b") + digest)  # 1 x SHA-256
+    cmd = bytes.fromhex("8002") + (10 + len(body)).to_bytes(4, "big") \
+        + bytes.fromhex("00000182") + body
+    return "".join("\\%03o" % b for b in cmd)
+
+
+def guest_sh(con, cmd, timeout=30):
+    """Run cmd once in the guest's shell (no retry: cmd may not be
+    idempotent); returns its output up to the end marker."""
+    n = random.randint(10000, 999999)
+    start = len(con.text())
+    con.send("%s; echo kh-$((%d+1))\n" % (cmd, n))
+    m = con.wait_for(r"kh-%d\b" % (n + 1), timeout=timeout, start=start)
+    return con.text()[start:m.start()]
+
+
+def read_pcr(con):
+    out = guest_sh(con, "echo pcr=$(cat /sys/class/tpm/tpm0/pcr-sha256/%d)" % PCR)
+    m = re.search(r"pcr=([0-9A-Fa-f]{64})", out)
+    assert m, "no PCR %d in the guest's output: %r" % (PCR, out)
+    return m.group(1).lower()
+
+
 def test_migration_with_tpm(three):
     h, (d1, d2, d3) = three
     paths = khlib.guest_paths()
@@ -70,7 +107,22 @@ def test_migration_with_tpm(three):
         src_state = os.path.join(d1.state_dir, "vms", vm_id)
         assert len(swtpm_pids(src_state)) == 1
         wait_for(lambda: tpm_files(d1, vm_id), 15, "swtpm's state written on h1")
-        step("guest with a TPM up on h1 (swtpm %s)" % tpm_files(d1, vm_id))
+        con = khlib.Console(d1.socket, name)
+        try:
+            con.run("echo kh-$((%d+1))", timeout=60)  # the shell is up
+            assert read_pcr(con) == "0" * 64
+            digest = hashlib.sha256(b"kvmhost-tpm-migration").digest()
+            want = hashlib.sha256(b"\0" * 32 + digest).hexdigest()
+            out = guest_sh(con, "exec 3<>/dev/tpm0; printf '%s' >&3; "
+                                "echo rsp=$(dd bs=64 count=1 <&3 2>/dev/null | od -An -tx1); "
+                                "exec 3>&-" % pcr_extend_cmd(PCR, digest))
+            # the response: TPM_ST_SESSIONS, its size, TPM_RC_SUCCESS
+            assert re.search(r"rsp=\s*80 02 00 00 00 13 00 00 00 00", out), out
+            assert read_pcr(con) == want
+        finally:
+            con.close()
+        step("guest with a TPM up on h1 (swtpm %s), PCR %d extended" % (tpm_files(d1, vm_id),
+                                                                         PCR))
 
         r = migrate_api(d1, name, "h2")
         assert r.status == 200 and r.json["state"] == "succeeded", r
@@ -83,9 +135,11 @@ def test_migration_with_tpm(three):
         con = khlib.Console(d2.socket, name)
         try:
             con.run("echo kh-$((%d+1))", timeout=30)
+            assert read_pcr(con) == want, "PCR %d on h2 is not the one extended on h1" % PCR
         finally:
             con.close()
-        step("h1 -> h2 with the TPM: swtpm and its state on h2, none left on h1")
+        step("h1 -> h2 with the TPM: swtpm and its state on h2 (PCR %d as extended on h1), "
+             "none left on h1" % PCR)
     finally:
         for d in (d1, d2, d3):
             if d.alive() and vm_or_none(d, name):

@@ -14,15 +14,15 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
-    json_t *warnings = NULL;
+    json_t *warnings = NULL, *state = NULL;
     kh_err err = KH_ERR_INIT;
-    json_t *spec = kh_libvirt_xml_parse((const char *)data, size, &warnings, &err);
+    json_t *spec = kh_libvirt_xml_parse((const char *)data, size, &warnings, &state, &err);
     if (!spec) {
-        if (!err.msg[0] || warnings)
+        if (!err.msg[0] || warnings || state)
             abort();
         return 0;
     }
-    if (!json_is_object(spec) || !json_is_array(warnings))
+    if (!json_is_object(spec) || !json_is_array(warnings) || !json_is_object(state))
         abort();
     size_t i;
     json_t *v;
@@ -41,7 +41,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     json_t *mem = json_object_get(spec, "memory_mib"), *cpus = json_object_get(spec, "vcpus");
     if ((mem && json_integer_value(mem) <= 0) || (cpus && json_integer_value(cpus) <= 0))
         abort();
+    json_t *nv = json_object_get(state, "nvram");
+    if (nv && !json_is_string(nv))
+        abort();
     json_decref(spec);
     json_decref(warnings);
+    json_decref(state);
     return 0;
 }
