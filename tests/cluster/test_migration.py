@@ -137,6 +137,9 @@ def test_migration(three):
         p = khlib.cli(d1, "vm", "migrate", name, "h2", json_out=True)
         took = time.monotonic() - t0
         assert p.returncode == 0, (p.returncode, p.stdout, p.stderr, d1.log_tail())
+        # the source's QEMU goes only once the target runs the guest: when
+        # the migration says done, the target already says running
+        assert (local_vm(d2, name) or {}).get("state") == "running", local_vm(d2, name)
         vm2 = check_moved(d1, d2, name, vm_id)
         assert vm2["state"] == "running"
         before = max(heartbeats(d2.api.console_log(name)) or [-1])
@@ -150,6 +153,14 @@ def test_migration(three):
         res = r.json["result"]
         assert r.json["state"] == "succeeded" and res["target"] == "h3", r.json
         assert res["tls"] is True and res["disks_copied"] == 0, res
+        # shared storage: the fast switch (no pause before it, 10 ms limit)
+        # unless the forecast raised it; the phases the time went to
+        assert res["downtime_limit_ms"] >= 10, res
+        ph = res["phases"]
+        assert all(ph[k] >= 0 for k in ("dirty_rate_s", "target_prepare_s", "prepare_s",
+                                          "memory_s", "switch_s", "finish_s")), ph
+        assert ph["disks_s"] == -1, ph
+        assert (local_vm(d3, name) or {}).get("state") == "running", local_vm(d3, name)
         check_moved(d2, d3, name, vm_id)
         before = max(heartbeats(d3.api.console_log(name)) or [-1])
         wait_for(lambda: max(heartbeats(d3.api.console_log(name)) or [-1]) >= before + 5, 20,
