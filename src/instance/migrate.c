@@ -46,7 +46,6 @@
 #define PREP_TICK_MS 20
 #define CONFIRM_POLL_MS 5       /* finish: is the guest running on the target yet */
 #define CONFIRM_TIMEOUT_MS 10000    /* prepare's timer (the target is asked every POLL_MS) */
-#define DEFAULT_DOWNTIME_MS 10 /* as qemu/migrate.c */
 #define DEFAULT_MAX_DOWNTIME_MS 2000
 
 static kh_migration *migrations[64];
@@ -836,6 +835,7 @@ static void finish(kh_migration *m)
         json_object_set_new(res, "switch_ms", json_integer(sw));
         json_object_set_new(res, "guest_downtime_ms", json_integer(gdt));
         json_object_set_new(res, "auto_converge", json_boolean(m->plan.auto_converge));
+        json_object_set_new(res, "accel", json_string(kh_accel_name(m->mgr->cfg.accel)));
         json_object_set_new(res, "phases", phase_times(m));
         kh_task_succeed(m->task, res);
         m->task = NULL;
@@ -1030,10 +1030,19 @@ kh_task *kh_migrate_start(kh_manager *mgr, const char *name, const kh_migrate_pe
     m->peer = *peer;
     m->ops = *ops;
     m->opts = *opts;
+    bool tcg = v->mgr->cfg.accel == KH_ACCEL_TCG;
+    unsigned qv = v->mgr->cfg.caps.version;
     if (!m->opts.downtime_ms)
-        m->opts.downtime_ms = DEFAULT_DOWNTIME_MS;
+        m->opts.downtime_ms = kh_qmig_default_downtime(tcg, qv);
+    else if (kh_qmig_lossy_passes(tcg, qv) && m->opts.downtime_ms < KH_QMIG_TCG_SAFE_DOWNTIME_MS)
+        kh_log(KH_LOG_WARN, "vm.migrate", "vm=%s downtime_ms=%u: QEMU %u.%u under TCG may lose "
+               "guest writes in live passes after the first (see qemu/migrate.h); the default "
+               "would be %u", name, m->opts.downtime_ms, qv / 10000, qv / 100 % 100,
+               KH_QMIG_TCG_SAFE_DOWNTIME_MS);
     if (!m->opts.max_downtime_ms)
         m->opts.max_downtime_ms = DEFAULT_MAX_DOWNTIME_MS;
+    if (m->opts.max_downtime_ms < m->opts.downtime_ms)
+        m->opts.max_downtime_ms = m->opts.downtime_ms;
     m->plan.downtime_ms = m->opts.downtime_ms;
     if (kh_migrate_disks_collect(m, v, err) < 0) {
         free(m);

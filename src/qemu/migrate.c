@@ -14,7 +14,7 @@
  * bandwidth: QEMU's own default (300 ms) let it stop with 300 ms of RAM
  * still to send (a 307 ms downtime measured); downtime_ms in the request
  * still sets it, and the forecast raises it for a guest that dirties fast. */
-#define DEFAULT_DOWNTIME_MS 10
+#define DEFAULT_DOWNTIME_MS KH_QMIG_DOWNTIME_MS
 /* When no bandwidth is given: QEMU's own default (128 MiB/s) is far below
  * a LAN; 10 GiB/s means "as fast as the link goes". */
 #define UNLIMITED_BW (10ull * 1024 * 1024 * 1024)
@@ -315,4 +315,15 @@ void kh_qmig_decide(const kh_qmig_forecast_in *in, kh_qmig_decision *out)
              "would not converge within a %u ms downtime%s",
              (long long)in->dirty_mbps, r, link, cap,
              in->force ? " (forced: vCPUs throttled)" : "; give force to try anyway");
+}
+
+bool kh_qmig_lossy_passes(bool tcg, unsigned qemu_version)
+{
+    return tcg && qemu_version < 90000;
+}
+
+unsigned kh_qmig_default_downtime(bool tcg, unsigned qemu_version)
+{
+    return kh_qmig_lossy_passes(tcg, qemu_version) ? KH_QMIG_TCG_SAFE_DOWNTIME_MS
+                                                   : KH_QMIG_DOWNTIME_MS;
 }

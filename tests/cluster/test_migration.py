@@ -21,6 +21,7 @@ import os
 import re
 import shutil
 import signal
+import subprocess
 import sys
 import tempfile
 import time
@@ -44,6 +45,13 @@ def form_cluster(h, daemons):
     for d in daemons:
         wait_for(lambda d=d: cli_json(d, "cluster", "status")["online"] == 3, 30,
                  "3 members online seen from h%d" % d.i)
+
+
+def qemu_major():
+    out = subprocess.run(["qemu-system-x86_64", "--version"], capture_output=True,
+                         text=True).stdout
+    m = re.search(r"version (\d+)\.", out)
+    return int(m.group(1)) if m else 0
 
 
 def vm_or_none(d, name):
@@ -153,9 +161,13 @@ def test_migration(three):
         res = r.json["result"]
         assert r.json["state"] == "succeeded" and res["target"] == "h3", r.json
         assert res["tls"] is True and res["disks_copied"] == 0, res
-        # shared storage: the fast switch (no pause before it, 10 ms limit)
-        # unless the forecast raised it; the phases the time went to
-        assert res["downtime_limit_ms"] >= 10, res
+        # the downtime limit: 10 ms, but under TCG with a QEMU before 9.0
+        # (this machine) 2000 ms, so that QEMU stops the guest after its
+        # first pass: live passes after a dirty sync lose guest writes there
+        # (qemu/migrate.h; the guest crashed after the switch in 2 of 8
+        # moves here with 10 ms); the phases the time went to
+        lossy = res["accel"] == "tcg" and qemu_major() < 9
+        assert res["downtime_limit_ms"] == (2000 if lossy else 10), res
         ph = res["phases"]
         assert all(ph[k] >= 0 for k in ("dirty_rate_s", "target_prepare_s", "prepare_s",
                                           "memory_s", "switch_s", "finish_s")), ph
