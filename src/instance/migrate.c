@@ -170,7 +170,6 @@ out:
 
 /* ---- the source's machine ---- */
 
-
 static void fail_with(kh_migration *m, const kh_err *err)
 {
     if (err && m->err.code == KH_OK)
@@ -582,6 +581,8 @@ static void do_migrate(kh_migration *m)
                        .tls_creds = m->tls_dir[0] ? KH_QMIG_TLS_ID : NULL,
                        .tls_hostname = m->peer.address };
     kh_migrate_tls_setup(m);
+    if (m->paused_copy) /* the way back's cont undoes it */
+        (void)kh_migrate_qmp(m, "stop", NULL, NULL);
     json_t *uri = kh_qmig_uri_args(m->peer.address, m->port);
     if (!uri) {
         kh_err e = KH_ERR_INIT;
@@ -836,6 +837,7 @@ static void finish(kh_migration *m)
         json_object_set_new(res, "guest_downtime_ms", json_integer(gdt));
         json_object_set_new(res, "auto_converge", json_boolean(m->plan.auto_converge));
         json_object_set_new(res, "accel", json_string(kh_accel_name(m->mgr->cfg.accel)));
+        json_object_set_new(res, "live", json_boolean(!m->paused_copy));
         json_object_set_new(res, "phases", phase_times(m));
         kh_task_succeed(m->task, res);
         m->task = NULL;
@@ -1030,15 +1032,15 @@ kh_task *kh_migrate_start(kh_manager *mgr, const char *name, const kh_migrate_pe
     m->peer = *peer;
     m->ops = *ops;
     m->opts = *opts;
-    bool tcg = v->mgr->cfg.accel == KH_ACCEL_TCG;
-    unsigned qv = v->mgr->cfg.caps.version;
     if (!m->opts.downtime_ms)
-        m->opts.downtime_ms = kh_qmig_default_downtime(tcg, qv);
-    else if (kh_qmig_lossy_passes(tcg, qv) && m->opts.downtime_ms < KH_QMIG_TCG_SAFE_DOWNTIME_MS)
-        kh_log(KH_LOG_WARN, "vm.migrate", "vm=%s downtime_ms=%u: QEMU %u.%u under TCG may lose "
-               "guest writes in live passes after the first (see qemu/migrate.h); the default "
-               "would be %u", name, m->opts.downtime_ms, qv / 10000, qv / 100 % 100,
-               KH_QMIG_TCG_SAFE_DOWNTIME_MS);
+        m->opts.downtime_ms = KH_QMIG_DOWNTIME_MS;
+    /* QEMU < 9.0 under TCG loses guest writes made while a migration runs
+     * (qemu/migrate.h): the guest is paused for the RAM copy there */
+    m->paused_copy = kh_qmig_lossy_passes(v->mgr->cfg.accel == KH_ACCEL_TCG,
+                                          v->mgr->cfg.caps.version);
+    if (m->paused_copy)
+        kh_log(KH_LOG_INFO, "vm.migrate", "vm=%s paused for the RAM copy: QEMU %u under TCG "
+               "loses writes made during it (qemu/migrate.h)", name, v->mgr->cfg.caps.version);
     if (!m->opts.max_downtime_ms)
         m->opts.max_downtime_ms = DEFAULT_MAX_DOWNTIME_MS;
     if (m->opts.max_downtime_ms < m->opts.downtime_ms)

@@ -61,6 +61,7 @@ typedef struct kh_migration {
     uint64_t completed_ms, committed_ms; /* QEMU said completed; the target ran it */
     kh_qmig_status st;
     bool continued;
+    bool paused_copy;       /* the guest paused for the RAM copy (qemu/migrate.h) */
     kh_err err;
     int pending;       /* an event the actions produced (-1: none) */
     kh_mig_owner pending_owner;

@@ -322,8 +322,3 @@ bool kh_qmig_lossy_passes(bool tcg, unsigned qemu_version)
     return tcg && qemu_version < 90000;
 }
 
-unsigned kh_qmig_default_downtime(bool tcg, unsigned qemu_version)
-{
-    return kh_qmig_lossy_passes(tcg, qemu_version) ? KH_QMIG_TCG_SAFE_DOWNTIME_MS
-                                                   : KH_QMIG_DOWNTIME_MS;
-}

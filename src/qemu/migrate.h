@@ -141,21 +141,19 @@ typedef struct kh_qmig_decision {
 } kh_qmig_decision;
 void kh_qmig_decide(const kh_qmig_forecast_in *in, kh_qmig_decision *out);
 
-/* The downtime limit when none is asked for: KH_QMIG_DOWNTIME_MS, except
- * where QEMU loses guest writes during live passes. QEMU before 9.0 under
- * TCG does: the fast path of its dirty-bitmap sync clears the bits without
- * bringing the TCG TLB up to date, so stores through an entry made before
- * the sync set no bit again (fixed upstream by "physmem: Fix migration dirty
- * bitmap coherency with TCG memory access", QEMU 9.0). A page sent after such
- * a sync and written through that entry before the guest stops reaches the
- * target stale (seen here: guest kernels crashing right after the switch in
- * RCU callbacks on per-CPU data, then resetting). There the limit is
- * KH_QMIG_TCG_SAFE_DOWNTIME_MS: QEMU stops the guest as soon as the first
- * full pass is sent and sends the rest paused, with no live pass after a
- * sync. qemu_version as kh_qemu_caps (major * 10000 + minor * 100 + micro). */
+/* Whether QEMU loses guest writes while the guest runs during a migration.
+ * QEMU before 9.0 under TCG does: the fast path of its dirty-bitmap sync
+ * clears the bits 64 pages at a time without bringing the TCG TLB up to date,
+ * so a store through an entry made while the page was dirty sets no bit again
+ * until the entry is refilled (fixed upstream by "physmem: Fix migration dirty
+ * bitmap coherency with TCG memory access", QEMU 9.0). A page sent and then
+ * written that way before the guest stops reaches the target stale (seen
+ * here: guest kernels crashing right after the switch in RCU callbacks on
+ * per-CPU data, then resetting; with a 10 ms limit in 2 of 8 moves, with
+ * 2000 ms still in 1 of 4 runs). No downtime limit avoids it; there the
+ * guest is paused before the RAM copy (instance/migrate.c). qemu_version as
+ * kh_qemu_caps (major * 10000 + minor * 100 + micro). */
 #define KH_QMIG_DOWNTIME_MS 10
-#define KH_QMIG_TCG_SAFE_DOWNTIME_MS 2000
 bool kh_qmig_lossy_passes(bool tcg, unsigned qemu_version);
-unsigned kh_qmig_default_downtime(bool tcg, unsigned qemu_version);
 
 #endif
