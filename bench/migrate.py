@@ -1,12 +1,14 @@
 #!/usr/bin/env python3
 """bench/migrate.py - live migration by hand between two QEMUs over loopback,
 with exactly the QMP sequence kvmhost's migration sends (qemu/migrate.c):
-target `-incoming defer`, caps (events, pause-before-switchover,
-auto-converge), params (downtime-limit, max-bandwidth), calc-dirty-rate;
-with --local-disk the disk goes over NBD first (nbd-server-start,
+target `-incoming defer`, caps (events, pause-before-switchover with local
+disks only), params (downtime-limit, max-bandwidth), calc-dirty-rate;
+with local disks the disk goes over NBD first (nbd-server-start,
 block-export-add on the target; blockdev-add nbd, blockdev-mirror until
 ready on the source), then RAM until pre-switchover, block-job-cancel,
-migrate-continue, cont on the target.
+migrate-continue; on a shared disk RAM until completed; cont on the target
+once its load ended. Under TCG with a QEMU before 9.0 the guest is paused
+before `migrate`, as kvmhost does (qemu/migrate.h says why).
 
 It prints total time, QEMU's downtime, and the gap the guest itself saw:
 a heartbeat loop typed into the serial console counts on, and the longest
@@ -14,7 +16,7 @@ pause between two heartbeats (source console, then target console) is the
 downtime as the guest lives it. Also a check that it kept counting.
 
     python3 bench/migrate.py [--mem 256] [--runs 3] [--parts raw,kvmhost]
-                             [--data-gib 1 --written-mib 256] [--downtime-ms 300]
+                             [--data-gib 1 --written-mib 256] [--downtime-ms N]
 
 The local-disk runs (both columns) carry a second disk: a qcow2 of
 --data-gib GiB with --written-mib MiB written (issue 11: 1 GiB, 256 MiB),
@@ -25,8 +27,8 @@ Beside it, the kvmhost column (--parts raw,kvmhost): two kvmhostd (the
 build in KH_BUILD_DIR, default build/) in network namespaces
 (tests/cluster/hosts.py), each supervising its etcd member, a cluster of the two, the same guest
 migrated back and forth with `POST /vms/{name}/migrate` (dirty-rate
-forecast, TLS on the streams, pause-before-switchover): the API's wall
-time, the task's total and QEMU's downtime; with a local disk (a raw copy of
+forecast beside the target's prepare, TLS on the streams): the API's wall
+time, the task's total, QEMU's downtime and the task's phase timings; with a local disk (a raw copy of
 the same 16 MiB image as a volume on a pool that is not shared) the disk
 goes over NBD with TLS. The libvirt column (--parts ...,libvirt):
 `virsh migrate --live` of the same guest between two private libvirtds
@@ -169,6 +171,10 @@ def free_port():
     return port
 
 
+# QEMU < 9.0 under TCG: the guest paused for the RAM copy (qemu/migrate.h)
+PAUSED = {"copy": False}
+
+
 def one_run(mem, accel, local, downtime_ms):
     d = tempfile.mkdtemp(prefix="khmig-bench-")
     procs = []
@@ -197,14 +203,15 @@ def one_run(mem, accel, local, downtime_ms):
         t0 = time.monotonic()
         # prepare: dirty rate, then the target's incoming side
         sq.cmd("calc-dirty-rate", **{"calc-time": 1})
-        time.sleep(1.1)
+        time.sleep(1.0)
         rate = None
-        for _ in range(50):
+        for _ in range(100):
             r = sq.cmd("query-dirty-rate")
             if r.get("status") == "measured":
                 rate = r.get("dirty-rate")
                 break
-            time.sleep(0.1)
+            time.sleep(0.02)
+        dirty_s = time.monotonic() - t0
         caps = [{"capability": "events", "state": True}, {"capability": "multifd", "state": False}]
         tq.cmd("migrate-set-capabilities", capabilities=caps)
         mport = free_port()
@@ -228,16 +235,19 @@ def one_run(mem, accel, local, downtime_ms):
             while not all(j.get("ready") for j in sq.cmd("query-block-jobs")):
                 time.sleep(0.05)
             mirror_s = time.monotonic() - m0
-        # memory: caps + params, migrate until pre-switchover
+        # memory: caps + params, migrate until pre-switchover (local disks)
+        # or completed (shared: no pause, as kvmhost)
         sq.cmd("migrate-set-capabilities", capabilities=caps + [
-            {"capability": "pause-before-switchover", "state": True},
-            {"capability": "auto-converge", "state": True}])
+            {"capability": "pause-before-switchover", "state": local},
+            {"capability": "auto-converge", "state": False}])
         sq.cmd("migrate-set-parameters", **{"downtime-limit": downtime_ms,
                                             "max-bandwidth": 10 * 1024 ** 3})
+        if PAUSED["copy"]:  # as kvmhost: QEMU < 9.0 under TCG loses writes made meanwhile
+            sq.cmd("stop")
         sq.cmd("migrate", uri="tcp:127.0.0.1:%d" % mport)
         while True:
             st = sq.cmd("query-migrate")
-            if st["status"] == "pre-switchover":
+            if st["status"] in ("pre-switchover", "completed"):
                 break
             if st["status"] in ("failed", "cancelled"):
                 raise RuntimeError("migration %s: %s" % (st["status"], st.get("error-desc")))
@@ -247,7 +257,8 @@ def one_run(mem, accel, local, downtime_ms):
         if local:
             for n in disks:
                 sq.cmd("block-job-cancel", device="mig-" + n)
-        sq.cmd("migrate-continue", state="pre-switchover")
+        if local:
+            sq.cmd("migrate-continue", state="pre-switchover")
         while True:
             st = sq.cmd("query-migrate")
             if st["status"] == "completed":
@@ -280,7 +291,7 @@ def one_run(mem, accel, local, downtime_ms):
                 data_ok = data_ok and subprocess.run(
                     ["qemu-img", "compare", "-q", "-U", src_data, dst_data]).returncode == 0
         return {"total_s": total_s, "qemu_downtime_ms": st.get("downtime"),
-                "qemu_total_ms": st.get("total-time"), "switch_s": switch_s,
+                "qemu_total_ms": st.get("total-time"), "switch_s": switch_s, "dirty_s": dirty_s,
                 "guest_gap_ms": max(gaps) * 1000, "mirror_s": mirror_s,
                 "dirty_rate_mbps": rate, "counted_on": seq_ok, "missing": nums[-1] - nums[0] + 1 - len(nums), "disk_same": data_ok}
     finally:
@@ -357,7 +368,8 @@ def kvmhost_runs(mem, runs, local):
             assert r.status == 200, r
             res = r.json["result"]
             out.append((wall, res["total_s"], res["downtime_ms"], res.get("switch_ms", -1),
-                        res.get("guest_downtime_ms", -1), res["tls"]))
+                        res.get("guest_downtime_ms", -1), res["tls"],
+                        dict(res.get("phases", {}), live=res.get("live", True))))
             wait_for(lambda: (dst.api.get("/api/v1/vms/bench1").json or {}).get("state")
                      == "running", 30, "running on the target")
             src, dst = dst, src
@@ -378,37 +390,54 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--mem", type=int, default=256)
     ap.add_argument("--runs", type=int, default=3)
-    ap.add_argument("--downtime-ms", type=int, default=300)  # kvmhost's default limit
+    ap.add_argument("--downtime-ms", type=int, default=10)  # kvmhost's default limit
     ap.add_argument("--accel", default="tcg")  # the test guests' accelerator
     ap.add_argument("--parts", default="raw,kvmhost,libvirt",
                     help="raw, kvmhost, libvirt (comma-separated)")
     ap.add_argument("--data-gib", type=int, default=1, help="local disk runs: a qcow2 data disk")
     ap.add_argument("--written-mib", type=int, default=256, help="of it written before")
     args = ap.parse_args()
+    out = subprocess.run(["qemu-system-x86_64", "--version"], capture_output=True,
+                         text=True).stdout
+    m = re.search(r"version (\d+)\.", out)
+    PAUSED["copy"] = args.accel == "tcg" and (int(m.group(1)) if m else 0) < 9
     DATA.update(gib=args.data_gib, written_mib=args.written_mib)
     parts = args.parts.split(",")
-    print("raw QEMU live migration over loopback, %d MiB guest, accel %s, downtime-limit %d ms"
-          % (args.mem, args.accel, args.downtime_ms))
-    print("%-22s %8s %10s %10s %10s %9s %8s %7s %5s" % (
-        "mode", "total_s", "qemu_dt_ms", "guest_gap", "switch_ms", "mirror_s", "dirty", "counts", "disk"))
+    print("raw QEMU live migration over loopback, %d MiB guest, accel %s, downtime-limit %d ms%s"
+          % (args.mem, args.accel, args.downtime_ms,
+             ", guest paused for the RAM copy (QEMU < 9.0 under TCG)" if PAUSED["copy"] else ""))
+    # total_s: from calc-dirty-rate to the target's cont; -dirty: without the
+    # dirty-rate step (1 s), i.e. mirror + migrate by hand alone
+    print("%-22s %8s %8s %10s %10s %10s %9s %8s %7s %5s %5s" % (
+        "mode", "total_s", "-dirty", "qemu_dt_ms", "guest_gap", "switch_ms", "mirror_s", "dirty",
+        "counts", "disk", "load"))
     for local in (False, True) if "raw" in parts else ():
         for _ in range(args.runs):
             r = one_run(args.mem, args.accel, local, args.downtime_ms)
-            print("%-22s %8.2f %10s %10.0f %10.0f %9.2f %8s %7s %5s" % (
+            print("%-22s %8.2f %8.2f %10s %10.0f %10.0f %9.2f %8s %7s %5s %5.1f" % (
                 "raw qemu, " + ("local disk/NBD" if local else "shared disk"), r["total_s"],
-                r["qemu_downtime_ms"], r["guest_gap_ms"], r["switch_s"] * 1000, r["mirror_s"],
-                r["dirty_rate_mbps"], r["counted_on"], r["disk_same"]), flush=True)
+                r["total_s"] - r["dirty_s"], r["qemu_downtime_ms"], r["guest_gap_ms"], r["switch_s"] * 1000, r["mirror_s"],
+                r["dirty_rate_mbps"], r["counted_on"], r["disk_same"], os.getloadavg()[0]),
+                flush=True)
     if "kvmhost" in parts:
         # qemu_dt_ms: QEMU's downtime (its stop to its completion); after_ms:
-        # ours after it (owner txn, commit, the target's cont); guest_dt_ms:
-        # the two, the pause the guest lives
-        print("%-22s %8s %8s %10s %9s %11s %5s" % ("mode", "wall_s", "total_s", "qemu_dt_ms",
-                                                  "after_ms", "guest_dt_ms", "tls"))
+        # ours after it (owner txn, commit, the target's cont, until the
+        # target says it runs: polled every 5 ms); guest_dt_ms: QEMU's stop
+        # to the target running, the pause the guest lives (an upper bound);
+        # phases: prepare (dirty rate and the target's start side by side),
+        # disks, memory, switch, finish in seconds; load: the 1-min load average
+        print("%-22s %8s %8s %10s %9s %11s %5s %5s  %s" % (
+            "mode", "wall_s", "total_s", "qemu_dt_ms", "after_ms", "guest_dt_ms", "tls", "load",
+            "phases"))
         for local in (False, True):
-            for wall, total, dt, sw, gdt, tls in kvmhost_runs(args.mem, args.runs, local):
-                print("%-22s %8.2f %8.2f %10s %9s %11s %5s" % (
+            for wall, total, dt, sw, gdt, tls, ph in kvmhost_runs(args.mem, args.runs, local):
+                phases = " ".join("%s=%.2f" % (k[:-2], v) for k, v in ph.items()
+                                  if k in ("prepare_s", "dirty_rate_s", "target_prepare_s",
+                                           "disks_s", "memory_s", "switch_s", "finish_s")
+                                  and v >= 0) + " live=%s" % ph.get("live")
+                print("%-22s %8.2f %8.2f %10s %9s %11s %5s %5.1f  %s" % (
                     "kvmhost, " + ("local disk/NBD" if local else "shared disk"), wall, total,
-                    dt, sw, gdt, tls), flush=True)
+                    dt, sw, gdt, tls, os.getloadavg()[0], phases), flush=True)
     if "libvirt" in parts:  # two private libvirtds (bench/libvirt_peer.py)
         libvirt_peer.migrate_column(args.mem, args.runs, Console)
 

@@ -42,7 +42,10 @@
 #define FORGET_TRIES 100
 #define DIRTY_CALC_S 1
 #define DIRTY_POLLS 50
-#define DEFAULT_DOWNTIME_MS 300 /* as qemu/migrate.c */
+#define DIRTY_REPOLL_MS 20 /* the measurement due but not in yet: ask again */
+#define PREP_TICK_MS 20
+#define CONFIRM_POLL_MS 5       /* finish: is the guest running on the target yet */
+#define CONFIRM_TIMEOUT_MS 10000    /* prepare's timer (the target is asked every POLL_MS) */
 #define DEFAULT_MAX_DOWNTIME_MS 2000
 
 static kh_migration *migrations[64];
@@ -166,7 +169,6 @@ out:
 }
 
 /* ---- the source's machine ---- */
-
 
 static void fail_with(kh_migration *m, const kh_err *err)
 {
@@ -322,16 +324,24 @@ static void poll_qemu(uv_timer_t *t)
     }
 }
 
-/* ---- the dirty-rate forecast ---- */
+/* ---- prepare: the dirty-rate forecast and the target's start, at once ----
+ *
+ * Both wait on different things (QEMU's calc-dirty-rate takes whole
+ * seconds; the target makes its disks and starts its QEMU), so they run
+ * side by side: one timer (prep_tick) asks the target how far it got and
+ * QEMU for the measurement once it is due; PREPARED is fed once both are
+ * in (a forecast that refuses rolls back at once, which aborts the
+ * target's prepare). */
 
 static void on_dirty(kh_qmp *q, json_t *ret, const kh_err *err, void *opaque);
 
-static void poll_dirty(uv_timer_t *t)
+/* Both halves in: on to the disks or the memory. */
+static void prep_check(kh_migration *m)
 {
-    kh_migration *m = t->data;
+    if (m->phase != KH_MIG_PREPARE || m->finished || !m->target_ready || !m->dirty_done)
+        return;
     kh_migrate_timer_stop(m);
-    if (kh_migrate_qmp(m, "query-dirty-rate", NULL, on_dirty) < 0)
-        kh_migrate_feed(m, KH_MIG_EV_FAILED);
+    kh_migrate_feed(m, KH_MIG_EV_PREPARED);
 }
 
 static void decide(kh_migration *m, int64_t rate)
@@ -346,28 +356,32 @@ static void decide(kh_migration *m, int64_t rate)
         .force = m->opts.force,
     };
     kh_qmig_decide(&in, &m->plan);
+    m->dirty_ms = kh_now_ms();
     kh_log(KH_LOG_INFO, "vm.migrate", "vm=%s forecast=%d downtime_ms=%u auto_converge=%d why=\"%s\"",
            m->name, (int)m->plan.verdict, m->plan.downtime_ms, m->plan.auto_converge,
            m->plan.why);
     if (m->plan.verdict == KH_QMIG_REFUSE) {
         kh_err_set(&m->err, KH_E_CONFLICT, "%s", m->plan.why);
+        kh_migrate_timer_stop(m);
         kh_migrate_feed(m, KH_MIG_EV_DIRTY_HIGH);
         return;
     }
     if (m->task)
         kh_task_progress(m->task, 4, m->plan.why);
-    kh_migrate_feed(m, KH_MIG_EV_DIRTY_OK);
+    m->dirty_done = true;
+    prep_check(m);
 }
 
 static void on_dirty(kh_qmp *q, json_t *ret, const kh_err *err, void *opaque)
 {
     (void)q;
     kh_migration *m = opaque;
-    if (m->phase != KH_MIG_PREPARE || m->finished)
+    m->dirty_asking = false;
+    if (m->phase != KH_MIG_PREPARE || m->finished || m->dirty_done)
         return;
     int64_t rate = err ? -1 : kh_qmig_dirty_rate_parse(ret);
     if (rate < 0 && !err && ++m->dirty_polls < DIRTY_POLLS) {
-        kh_migrate_timer_start(m, poll_dirty, POLL_MS, 0);
+        m->dirty_due_ms = kh_now_ms() + DIRTY_REPOLL_MS; /* prep_tick asks again */
         return;
     }
     decide(m, rate); /* an error or no answer: not measured, go */
@@ -384,7 +398,7 @@ static void on_calc_dirty(kh_qmp *q, json_t *ret, const kh_err *err, void *opaqu
         decide(m, -1);
         return;
     }
-    kh_migrate_timer_start(m, poll_dirty, DIRTY_CALC_S * 1000 + POLL_MS, 0);
+    m->dirty_due_ms = kh_now_ms() + DIRTY_CALC_S * 1000;
 }
 
 static void do_dirty_rate(kh_migration *m)
@@ -392,35 +406,60 @@ static void do_dirty_rate(kh_migration *m)
     if (m->task)
         kh_task_progress(m->task, 2, "measuring the guest's dirty rate");
     m->dirty_polls = 0;
+    m->dirty_done = false;
+    m->dirty_asking = false;
+    m->dirty_due_ms = 0;
     (void)kh_migrate_qmp(m, "calc-dirty-rate", kh_qmig_calc_dirty_rate(DIRTY_CALC_S), on_calc_dirty);
 }
 
-static void poll_target(uv_timer_t *t)
+/* The target's half: false when the tick must end (failed, fed). */
+static bool prep_target(kh_migration *m)
 {
-    kh_migration *m = t->data;
     json_t *st = NULL;
     kh_err err = KH_ERR_INIT;
     if (peer_call(m, "status", NULL, &st, &err) < 0) {
         kh_migrate_timer_stop(m);
         m->err = err;
         kh_migrate_feed(m, KH_MIG_EV_FAILED);
-        return;
+        return false;
     }
     const char *state = json_string_value(json_object_get(st, "state"));
     const char *reason = json_string_value(json_object_get(st, "reason"));
     bool ready = state && reason && strcmp(state, "starting") == 0 &&
                  strcmp(reason, "incoming") == 0;
     bool dead = state && strcmp(state, "stopped") == 0;
-    if (ready || dead || kh_now_ms() > m->poll_deadline_ms) {
+    if (ready) {
+        m->target_ready = true;
+        m->ready_ms = kh_now_ms();
+    } else if (dead || kh_now_ms() > m->poll_deadline_ms) {
         kh_migrate_timer_stop(m);
-        if (!ready)
-            kh_err_set(&m->err, KH_E_UNAVAILABLE, "%s: the target's QEMU %s (%s)", m->peer.name,
-                       dead ? "stopped" : "did not get ready", reason ? reason : "");
+        kh_err_set(&m->err, KH_E_UNAVAILABLE, "%s: the target's QEMU %s (%s)", m->peer.name,
+                   dead ? "stopped" : "did not get ready", reason ? reason : "");
         json_decref(st);
-        kh_migrate_feed(m, ready ? KH_MIG_EV_PREPARED : KH_MIG_EV_FAILED);
-        return;
+        kh_migrate_feed(m, KH_MIG_EV_FAILED);
+        return false;
     }
     json_decref(st);
+    return true;
+}
+
+static void prep_tick(uv_timer_t *t)
+{
+    kh_migration *m = t->data;
+    if (!m->target_ready && kh_now_ms() >= m->target_next_ms) {
+        m->target_next_ms = kh_now_ms() + POLL_MS;
+        if (!prep_target(m))
+            return;
+    }
+    if (!m->dirty_done && !m->dirty_asking && m->dirty_due_ms && kh_now_ms() >= m->dirty_due_ms) {
+        m->dirty_asking = true;
+        if (kh_migrate_qmp(m, "query-dirty-rate", NULL, on_dirty) < 0) {
+            kh_migrate_timer_stop(m);
+            kh_migrate_feed(m, KH_MIG_EV_FAILED);
+            return;
+        }
+    }
+    prep_check(m);
 }
 
 static void on_migrate(kh_qmp *q, json_t *ret, const kh_err *err, void *opaque)
@@ -490,7 +529,9 @@ static void do_prepare(kh_migration *m)
         kh_task_progress(m->task, 5, m->ndisks ? "target: making the disks, QEMU starting"
                                                 : "target QEMU starting");
     m->poll_deadline_ms = kh_now_ms() + PREPARE_TIMEOUT_MS;
-    kh_migrate_timer_start(m, poll_target, POLL_MS, POLL_MS);
+    m->target_ready = false;
+    m->target_next_ms = kh_now_ms() + PREP_TICK_MS;
+    kh_migrate_timer_start(m, prep_tick, PREP_TICK_MS, PREP_TICK_MS);
 }
 
 static void qmp_silent(kh_qmp *q, json_t *ret, const kh_err *err, void *opaque)
@@ -533,14 +574,15 @@ static void do_migrate(kh_migration *m)
     kh_qmig_opts o = { .bandwidth = m->opts.max_bandwidth,
                        .downtime_ms = m->plan.downtime_ms,
                        .auto_converge = m->plan.auto_converge,
-                       /* always, for now: with the shared-disk switch without
-                        * the pause (and a 10 ms limit) the guest failed on the
-                        * target in 3 of 5 runs of test_migration (not
-                        * understood yet) */
-                       .pause_switchover = true,
+                       /* shared storage: QEMU switches over on its own
+                        * (the target stays paused until the commit);
+                        * local disks: the pause lets the mirrors complete */
+                       .pause_switchover = m->ndisks > 0,
                        .tls_creds = m->tls_dir[0] ? KH_QMIG_TLS_ID : NULL,
                        .tls_hostname = m->peer.address };
     kh_migrate_tls_setup(m);
+    if (m->paused_copy) /* the way back's cont undoes it */
+        (void)kh_migrate_qmp(m, "stop", NULL, NULL);
     json_t *uri = kh_qmig_uri_args(m->peer.address, m->port);
     if (!uri) {
         kh_err e = KH_ERR_INIT;
@@ -580,6 +622,37 @@ static void do_owner(kh_migration *m)
         m->pending_owner = KH_MIG_OWNER_OTHER;
     }
     m->pending = KH_MIG_EV_OWNER;
+}
+
+static int run_step(kh_migration *m, uint32_t acts);
+
+/* finish: the target answered the commit; once it says the guest runs
+ * there (or after CONFIRM_TIMEOUT_MS: the commit stands either way), the
+ * rest of the batch. */
+static void confirm_tick(uv_timer_t *t)
+{
+    kh_migration *m = t->data;
+    json_t *st = NULL;
+    kh_err err = KH_ERR_INIT;
+    bool running = false;
+    if (peer_call(m, "status", NULL, &st, &err) == 0) {
+        const char *state = json_string_value(json_object_get(st, "state"));
+        running = state && strcmp(state, "running") == 0;
+        json_decref(st);
+    }
+    bool late = kh_now_ms() > m->poll_deadline_ms;
+    if (!running && !late)
+        return;
+    if (!running)
+        kh_log(KH_LOG_WARN, "vm.migrate", "vm=%s the target did not say running within %d ms "
+               "of the commit (%s): going on", m->name, CONFIRM_TIMEOUT_MS, err.msg);
+    m->running_ms = kh_now_ms();
+    kh_migrate_timer_stop(m);
+    uint32_t acts = m->resume_acts;
+    m->resume_acts = 0;
+    int next = run_step(m, acts);
+    if (next >= 0 && !m->finished)
+        kh_migrate_feed(m, (kh_mig_event)next);
 }
 
 static void run_action(kh_migration *m, uint32_t bit)
@@ -642,6 +715,15 @@ static void run_action(kh_migration *m, uint32_t bit)
         int rc = peer_call(m, "commit", b, NULL, &err);
         if (rc == 0 && !m->committed_ms)
             m->committed_ms = kh_now_ms();
+        if (rc == 0) {
+            /* the rest (this QEMU killed, forgotten) once the target runs
+             * the guest: its QEMU may still be loading the last of the
+             * stream, which must not be cut */
+            m->resume_acts = m->cur_acts & ~(((uint32_t)KH_MIG_A_T_COMMIT << 1) - 1);
+            m->stop_batch = true;
+            m->poll_deadline_ms = kh_now_ms() + CONFIRM_TIMEOUT_MS;
+            kh_migrate_timer_start(m, confirm_tick, CONFIRM_POLL_MS, CONFIRM_POLL_MS);
+        }
         if (rc < 0) {
             /* the guest's state is on the target: this QEMU must not go
              * before the target runs it; FAILED retries the batch later */
@@ -700,6 +782,32 @@ static void run_action(kh_migration *m, uint32_t bit)
     }
 }
 
+/* Seconds from a to b (both set, in order), or -1. */
+static double span(uint64_t a, uint64_t b)
+{
+    return a && b >= a ? (double)(b - a) / 1000.0 : -1.0;
+}
+
+/* Where a migration's time went: prepare (the dirty-rate measurement and
+ * the target's start side by side), disks (the mirrors to ready), memory
+ * (RAM until QEMU completed), switch (the owner txn and commit), finish
+ * (the target running the guest, this side's QEMU gone). */
+static json_t *phase_times(const kh_migration *m)
+{
+    const uint64_t *p = m->phase_ms;
+    uint64_t after_prepare = p[KH_MIG_DISKS] ? p[KH_MIG_DISKS] : p[KH_MIG_MEMORY];
+    json_t *o = json_object();
+    json_object_set_new(o, "dirty_rate_s", json_real(span(m->t0_ms, m->dirty_ms)));
+    json_object_set_new(o, "target_prepare_s", json_real(span(m->t0_ms, m->ready_ms)));
+    json_object_set_new(o, "prepare_s", json_real(span(m->t0_ms, after_prepare)));
+    json_object_set_new(o, "disks_s", json_real(span(p[KH_MIG_DISKS], p[KH_MIG_MEMORY])));
+    json_object_set_new(o, "memory_s", json_real(span(p[KH_MIG_MEMORY], p[KH_MIG_SWITCH])));
+    json_object_set_new(o, "switch_s", json_real(span(p[KH_MIG_SWITCH], p[KH_MIG_FINISH])));
+    json_object_set_new(o, "finish_s", json_real(span(p[KH_MIG_FINISH], kh_now_ms())));
+    json_object_set_new(o, "target_running_s", json_real(span(m->committed_ms, m->running_ms)));
+    return o;
+}
+
 static void finish(kh_migration *m)
 {
     if (m->task)
@@ -716,16 +824,21 @@ static void finish(kh_migration *m)
         json_object_set_new(res, "disk_bytes", json_integer((json_int_t)m->mirrors.total));
         json_object_set_new(res, "downtime_limit_ms", json_integer(m->plan.downtime_ms));
         /* the guest's pause as it lives it: from QEMU's STOP event to the
-         * target's answer to the commit (its cont sent); without the event,
-         * QEMU's downtime (paused until completed) plus ours after it */
-        int64_t sw = m->completed_ms && m->committed_ms >= m->completed_ms
-                         ? (int64_t)(m->committed_ms - m->completed_ms) : -1;
-        int64_t gdt = m->stopped_ms && m->committed_ms >= m->stopped_ms
-                          ? (int64_t)(m->committed_ms - m->stopped_ms)
+         * target saying it runs the guest (an upper bound: that answer is
+         * polled every CONFIRM_POLL_MS); without the event, QEMU's
+         * downtime (paused until completed) plus ours after it */
+        uint64_t ran = m->running_ms ? m->running_ms : m->committed_ms;
+        int64_t sw = m->completed_ms && ran >= m->completed_ms
+                         ? (int64_t)(ran - m->completed_ms) : -1;
+        int64_t gdt = m->stopped_ms && ran >= m->stopped_ms
+                          ? (int64_t)(ran - m->stopped_ms)
                       : sw >= 0 ? m->st.downtime_ms + sw : -1;
         json_object_set_new(res, "switch_ms", json_integer(sw));
         json_object_set_new(res, "guest_downtime_ms", json_integer(gdt));
         json_object_set_new(res, "auto_converge", json_boolean(m->plan.auto_converge));
+        json_object_set_new(res, "accel", json_string(kh_accel_name(m->mgr->cfg.accel)));
+        json_object_set_new(res, "live", json_boolean(!m->paused_copy));
+        json_object_set_new(res, "phases", phase_times(m));
         kh_task_succeed(m->task, res);
         m->task = NULL;
     }
@@ -748,6 +861,7 @@ static int run_step(kh_migration *m, uint32_t acts)
 {
     m->pending = -1;
     m->stop_batch = false;
+    m->cur_acts = acts;
     for (unsigned b = 0; b < KH_MIG_ACTIONS && !m->stop_batch; b++)
         if (acts & (1u << b))
             run_action(m, 1u << b);
@@ -785,6 +899,8 @@ void kh_migrate_feed(kh_migration *m, kh_mig_event ev)
             return;
         bool changed = s.next != m->phase;
         m->phase = s.next;
+        if (changed && (unsigned)m->phase < KH_MIG_PHASES)
+            m->phase_ms[m->phase] = kh_now_ms();
         if (changed)
             record(m); /* before its actions */
         uint32_t acts = s.actions & ~(uint32_t)KH_MIG_A_RETRY_LATER;
@@ -832,9 +948,17 @@ static void on_vm_event(void *opaque, const char *vm_id, const char *event, json
         if (s && s->wait_mirrors && s->phase == KH_MIG_SWITCH && st &&
             strcmp(st, "concluded") == 0)
             (void)kh_migrate_disks_switch_poll(s);
+        else if (s && s->phase == KH_MIG_DISKS && st && strcmp(st, "ready") == 0)
+            kh_migrate_disks_check(s); /* maybe the last one: no poll's wait */
         return;
     }
     kh_migration *m = strcmp(event, "MIGRATION") == 0 ? mig_find(vm_id) : NULL;
+    if (!m && strcmp(event, "MIGRATION") == 0) { /* an incoming one, maybe */
+        const char *st = json_string_value(json_object_get(data, "status"));
+        if (st && strcmp(st, "completed") == 0)
+            kh_migrate_target_loaded(opaque, vm_id);
+        return;
+    }
     if (!m || m->finished || !m->timer || !uv_is_active((uv_handle_t *)m->timer) ||
         (m->phase != KH_MIG_MEMORY && m->phase != KH_MIG_SWITCH))
         return;
@@ -847,6 +971,13 @@ static void on_vm_event(void *opaque, const char *vm_id, const char *event, json
         kh_migrate_timer_stop(m);
         kh_migrate_feed(m, KH_MIG_EV_COMPLETED);
     }
+}
+
+void kh_migrate_hook(kh_manager *mgr)
+{
+    static kh_manager *hooked; /* one manager per daemon */
+    if (hooked != mgr && kh_manager_add_event_hook(mgr, on_vm_event, mgr) == 0)
+        hooked = mgr;
 }
 
 /* The task's cancel hook: before the switch, roll back. */
@@ -871,9 +1002,7 @@ static int on_cancel(void *opaque, kh_err *err)
 kh_task *kh_migrate_start(kh_manager *mgr, const char *name, const kh_migrate_peer *peer,
                           const kh_migrate_opts *opts, const kh_migrate_ops *ops, kh_err *err)
 {
-    static kh_manager *hooked; /* one manager per daemon */
-    if (hooked != mgr && kh_manager_add_event_hook(mgr, on_vm_event, NULL) == 0)
-        hooked = mgr;
+    kh_migrate_hook(mgr);
     kh_inst *v = kh_manager_find(mgr, name, err);
     if (!v)
         return NULL;
@@ -904,9 +1033,18 @@ kh_task *kh_migrate_start(kh_manager *mgr, const char *name, const kh_migrate_pe
     m->ops = *ops;
     m->opts = *opts;
     if (!m->opts.downtime_ms)
-        m->opts.downtime_ms = DEFAULT_DOWNTIME_MS;
+        m->opts.downtime_ms = KH_QMIG_DOWNTIME_MS;
+    /* QEMU < 9.0 under TCG loses guest writes made while a migration runs
+     * (qemu/migrate.h): the guest is paused for the RAM copy there */
+    m->paused_copy = kh_qmig_lossy_passes(v->mgr->cfg.accel == KH_ACCEL_TCG,
+                                          v->mgr->cfg.caps.version);
+    if (m->paused_copy)
+        kh_log(KH_LOG_INFO, "vm.migrate", "vm=%s paused for the RAM copy: QEMU %u under TCG "
+               "loses writes made during it (qemu/migrate.h)", name, v->mgr->cfg.caps.version);
     if (!m->opts.max_downtime_ms)
         m->opts.max_downtime_ms = DEFAULT_MAX_DOWNTIME_MS;
+    if (m->opts.max_downtime_ms < m->opts.downtime_ms)
+        m->opts.max_downtime_ms = m->opts.downtime_ms;
     m->plan.downtime_ms = m->opts.downtime_ms;
     if (kh_migrate_disks_collect(m, v, err) < 0) {
         free(m);
@@ -1000,9 +1138,7 @@ void kh_migrate_restart(kh_manager *mgr, const kh_migrate_ops *ops)
         kh_log(KH_LOG_WARN, "vm.migrate", "restart: %s", err.msg);
         return;
     }
-    static kh_manager *hooked;
-    if (hooked != mgr && kh_manager_add_event_hook(mgr, on_vm_event, NULL) == 0)
-        hooked = mgr;
+    kh_migrate_hook(mgr);
     while (sqlite3_step(s) == SQLITE_ROW) {
         char *id = kh_store_col_text(s, 0), *name = kh_store_col_text(s, 1);
         char *phase = kh_store_col_text(s, 2), *peer = kh_store_col_text(s, 3);

@@ -146,6 +146,14 @@ static void on_jobs(kh_qmp *q, json_t *ret, const kh_err *err, void *opaque)
     }
 }
 
+void kh_migrate_disks_check(kh_migration *m)
+{
+    if (m->phase == KH_MIG_DISKS && kh_migrate_qmp(m, "query-block-jobs", NULL, on_jobs) < 0) {
+        kh_migrate_timer_stop(m);
+        kh_migrate_feed(m, KH_MIG_EV_FAILED);
+    }
+}
+
 static void poll_mirrors(uv_timer_t *t)
 {
     kh_migration *m = t->data;

@@ -68,8 +68,12 @@ typedef struct row {
 
 static const row table[] = {
     /* ---- source: the way forward ---- */
-    { S, KH_MIG_NONE, KH_MIG_EV_START, 0, 0, 0, 0, KH_MIG_PREPARE, KH_MIG_A_DIRTY_RATE | EV },
-    { S, KH_MIG_PREPARE, KH_MIG_EV_DIRTY_OK, 0, 0, 0, 0, KH_MIG_PREPARE, KH_MIG_A_T_PREPARE },
+    /* the dirty-rate measurement and the target's prepare run side by
+     * side; migrate.c feeds PREPARED once both are in (DIRTY_OK alone
+     * changes nothing; DIRTY_HIGH rolls back, which aborts the target) */
+    { S, KH_MIG_NONE, KH_MIG_EV_START, 0, 0, 0, 0, KH_MIG_PREPARE,
+      KH_MIG_A_DIRTY_RATE | KH_MIG_A_T_PREPARE | EV },
+    { S, KH_MIG_PREPARE, KH_MIG_EV_DIRTY_OK, 0, 0, 0, 0, KH_MIG_PREPARE, 0 },
     { S, KH_MIG_PREPARE, KH_MIG_EV_DIRTY_HIGH, 0, 0, 0, 0, KH_MIG_ROLLBACK, SRC_BACK | FAIL },
     { S, KH_MIG_PREPARE, KH_MIG_EV_PREPARED, 0, YES, 0, 0, KH_MIG_DISKS,
       KH_MIG_A_NBD_ADD | KH_MIG_A_MIRROR | EV },

@@ -43,6 +43,16 @@ typedef struct kh_migration {
     bool wait_mirrors;      /* switch: migrate-continue once every mirror concluded */
     bool delete_disks;      /* finish: the local copies here go with the definition */
     unsigned dirty_polls;
+    bool dirty_done;        /* prepare: the forecast is in (and allows it) */
+    bool dirty_asking;      /* a query-dirty-rate is under way */
+    bool target_ready;      /* prepare: the target's QEMU listens */
+    uint64_t dirty_due_ms;  /* when the measurement should be in (0: not begun) */
+    uint64_t target_next_ms;/* the next status call to the target */
+    uint64_t dirty_ms, ready_ms; /* the forecast in; the target ready */
+    uint64_t phase_ms[KH_MIG_PHASES]; /* when each phase was entered */
+    uint32_t cur_acts;      /* the batch run_step runs */
+    uint64_t running_ms;    /* finish: the target said the guest runs there */
+    uint32_t resume_acts;   /* finish: the actions after the commit, once the target runs */
     kh_qmig_mirrors mirrors;
     uv_timer_t *timer;
     void *curl;             /* the peer calls' libcurl handle: keeps its TLS connection */
@@ -51,6 +61,7 @@ typedef struct kh_migration {
     uint64_t completed_ms, committed_ms; /* QEMU said completed; the target ran it */
     kh_qmig_status st;
     bool continued;
+    bool paused_copy;       /* the guest paused for the RAM copy (qemu/migrate.h) */
     kh_err err;
     int pending;       /* an event the actions produced (-1: none) */
     kh_mig_owner pending_owner;
@@ -74,6 +85,13 @@ void kh_migrate_timer_stop(kh_migration *m);
 kh_inst *kh_migrate_vm(kh_migration *m);
 
 void kh_migrate_tls_setup(kh_migration *m);
+/* QEMU's events reach on_vm_event (once per daemon): the source's phase
+ * machine, and the target's commits waiting for the load to end. */
+void kh_migrate_hook(kh_manager *mgr);
+
+/* migrate_target.c */
+/* The MIGRATION event "completed" of an incoming QEMU: its load ended. */
+void kh_migrate_target_loaded(kh_manager *mgr, const char *vm_id);
 
 /* migrate_disks.c */
 int kh_migrate_disks_collect(kh_migration *m, const kh_inst *v, kh_err *err);
@@ -81,6 +99,8 @@ void kh_migrate_disks_nbd_add(kh_migration *m);
 void kh_migrate_disks_mirror(kh_migration *m);
 void kh_migrate_disks_stop(kh_migration *m);
 int kh_migrate_disks_switch_poll(kh_migration *m);
+/* A mirror said ready (JOB_STATUS_CHANGE): check them all now, not at the next poll. */
+void kh_migrate_disks_check(kh_migration *m);
 void kh_migrate_disks_drop(kh_migration *m);
 void kh_migrate_disks_shutdown(kh_manager *mgr);
 

@@ -21,6 +21,7 @@
 
 #include "instance/config.h"
 #include "instance/instance_int.h"
+#include "instance/migrate_int.h"
 #include "util/log.h"
 #include "util/mem.h"
 #include "util/misc.h"
@@ -340,6 +341,126 @@ json_t *kh_migrate_target_status(kh_manager *mgr, const char *vm_id, kh_err *err
                      v->reason);
 }
 
+/* ---- commit: cont once the incoming load ended ----
+ *
+ * The source's "completed" says everything was sent, not that this QEMU
+ * loaded it; a cont during the load would make QEMU start the guest on its
+ * own at the end. A commit waits for this QEMU's MIGRATION event
+ * "completed" (sent once the run state is set: kh_migrate_target_loaded),
+ * with a query-status every COMMIT_POLL_MS in case the event went by. */
+#define COMMIT_POLL_MS 20
+#define COMMIT_TRIES 3000 /* a minute of polls */
+
+typedef struct tcommit {
+    kh_manager *mgr;
+    char id[37];
+    uv_timer_t *timer;
+    bool asking;
+    unsigned tries;
+} tcommit;
+
+static tcommit *commits[64];
+
+static tcommit *commit_find(const char *id)
+{
+    for (size_t i = 0; i < KH_ARRAY_LEN(commits); i++)
+        if (commits[i] && strcmp(commits[i]->id, id) == 0)
+            return commits[i];
+    return NULL;
+}
+
+static void commit_closed(uv_handle_t *h)
+{
+    timer_untrack((uv_timer_t *)h);
+    free(h);
+}
+
+static void commit_end(tcommit *c)
+{
+    for (size_t i = 0; i < KH_ARRAY_LEN(commits); i++)
+        if (commits[i] == c)
+            commits[i] = NULL;
+    if (c->timer) {
+        uv_timer_stop(c->timer);
+        c->timer->data = NULL;
+        uv_close((uv_handle_t *)c->timer, commit_closed);
+    }
+    free(c);
+}
+
+/* The load ended: the exports go, cont (instance/lifecycle.c). */
+static void commit_now(tcommit *c)
+{
+    kh_manager *mgr = c->mgr;
+    char id[37];
+    memcpy(id, c->id, sizeof(id));
+    unsigned tries = c->tries;
+    commit_end(c);
+    kh_inst *v = kh_manager_find_id(mgr, id);
+    kh_err err = KH_ERR_INIT;
+    if (!v || v->state != KH_INST_STARTING || !v->incoming_port)
+        return;
+    kh_log(KH_LOG_INFO, "vm.migrate", "vm=%s commit: the incoming load ended (%u polls)",
+           v->spec->name, tries);
+    if (kh_lifecycle_incoming_commit(v, &err) < 0)
+        kh_log(KH_LOG_ERROR, "vm.migrate", "vm=%s commit error=\"%s\"", v->spec->name, err.msg);
+}
+
+typedef struct commit_ask {
+    kh_manager *mgr;
+    char id[37];
+} commit_ask;
+
+static void on_commit_status(kh_qmp *q, json_t *ret, const kh_err *err, void *opaque)
+{
+    (void)q;
+    commit_ask *a = opaque;
+    tcommit *c = commit_find(a->id);
+    free(a);
+    if (!c)
+        return; /* done meanwhile */
+    c->asking = false;
+    const char *st = err ? NULL : json_string_value(json_object_get(ret, "status"));
+    if (st && strcmp(st, "inmigrate") != 0)
+        commit_now(c);
+}
+
+static void commit_ask_status(tcommit *c)
+{
+    kh_inst *v = kh_manager_find_id(c->mgr, c->id);
+    if (!v || v->state != KH_INST_STARTING || ++c->tries > COMMIT_TRIES) {
+        if (v)
+            kh_log(KH_LOG_WARN, "vm.migrate", "vm=%s commit: the incoming load did not end",
+                   c->id);
+        commit_end(c);
+        return;
+    }
+    if (c->asking)
+        return;
+    commit_ask *a = xcalloc(1, sizeof(*a));
+    a->mgr = c->mgr;
+    memcpy(a->id, c->id, sizeof(a->id));
+    kh_err err = KH_ERR_INIT;
+    if (v->drv->command(v, "query-status", NULL, -1, on_commit_status, a, &err) < 0) {
+        free(a);
+        return; /* the next tick asks again */
+    }
+    c->asking = true;
+}
+
+static void commit_tick(uv_timer_t *t)
+{
+    if (t->data)
+        commit_ask_status(t->data);
+}
+
+void kh_migrate_target_loaded(kh_manager *mgr, const char *vm_id)
+{
+    tcommit *c = mgr ? commit_find(vm_id) : NULL;
+    if (c && c->mgr == mgr)
+        commit_now(c);
+}
+
 int kh_migrate_target_commit(kh_manager *mgr, const char *vm_id, kh_err *err)
 {
     kh_inst *v = kh_manager_find_id(mgr, vm_id);
@@ -347,10 +468,34 @@ int kh_migrate_target_commit(kh_manager *mgr, const char *vm_id, kh_err *err)
         kh_err_set(err, KH_E_NOTFOUND, "no vm %s here", vm_id);
         return -1;
     }
-    if (v->state == KH_INST_RUNNING)
+    if (v->state == KH_INST_RUNNING || commit_find(vm_id))
         return 0; /* repeated */
-    if (kh_lifecycle_incoming_commit(v, err) < 0)
+    if (!v->incoming_port || v->state != KH_INST_STARTING) {
+        kh_err_set(err, KH_E_CONFLICT, "vm %s is not waiting for a migration", v->spec->name);
         return -1;
+    }
+    size_t slot = KH_ARRAY_LEN(commits);
+    for (size_t i = 0; i < KH_ARRAY_LEN(commits); i++)
+        if (!commits[i]) {
+            slot = i;
+            break;
+        }
+    if (slot == KH_ARRAY_LEN(commits)) { /* no room to wait: the lifecycle asks itself */
+        if (kh_lifecycle_incoming_commit(v, err) < 0)
+            return -1;
+    } else {
+        kh_migrate_hook(mgr);
+        tcommit *c = xcalloc(1, sizeof(*c));
+        c->mgr = mgr;
+        memcpy(c->id, vm_id, sizeof(c->id));
+        c->timer = xcalloc(1, sizeof(*c->timer));
+        uv_timer_init(mgr->loop, c->timer);
+        c->timer->data = c;
+        timer_track(c->timer);
+        commits[slot] = c;
+        uv_timer_start(c->timer, commit_tick, COMMIT_POLL_MS, COMMIT_POLL_MS);
+        commit_ask_status(c); /* the load may have ended already */
+    }
     kh_migrate_persist(mgr, vm_id, v->spec->name, "target", "done", "", NULL);
     kh_migrate_disks_save(mgr, vm_id, NULL); /* the copies are the VM's disks now */
     return 0;
@@ -572,6 +717,9 @@ void kh_migrate_target_restart(kh_manager *mgr, const kh_migrate_ops *ops)
 
 void kh_migrate_target_shutdown(kh_manager *mgr)
 {
+    for (size_t i = 0; i < KH_ARRAY_LEN(commits); i++)
+        if (commits[i] && commits[i]->mgr == mgr)
+            commit_end(commits[i]);
     for (size_t i = 0; i < KH_ARRAY_LEN(timers); i++) {
         uv_timer_t *t = timers[i];
         if (!t || t->loop != mgr->loop || uv_is_closing((uv_handle_t *)t))

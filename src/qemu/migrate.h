@@ -141,4 +141,19 @@ typedef struct kh_qmig_decision {
 } kh_qmig_decision;
 void kh_qmig_decide(const kh_qmig_forecast_in *in, kh_qmig_decision *out);
 
+/* Whether QEMU loses guest writes while the guest runs during a migration.
+ * QEMU before 9.0 under TCG does: the fast path of its dirty-bitmap sync
+ * clears the bits 64 pages at a time without bringing the TCG TLB up to date,
+ * so a store through an entry made while the page was dirty sets no bit again
+ * until the entry is refilled (fixed upstream by "physmem: Fix migration dirty
+ * bitmap coherency with TCG memory access", QEMU 9.0). A page sent and then
+ * written that way before the guest stops reaches the target stale (seen
+ * here: guest kernels crashing right after the switch in RCU callbacks on
+ * per-CPU data, then resetting; with a 10 ms limit in 2 of 8 moves, with
+ * 2000 ms still in 1 of 4 runs). No downtime limit avoids it; there the
+ * guest is paused before the RAM copy (instance/migrate.c). qemu_version as
+ * kh_qemu_caps (major * 10000 + minor * 100 + micro). */
+#define KH_QMIG_DOWNTIME_MS 10
+bool kh_qmig_lossy_passes(bool tcg, unsigned qemu_version);
+
 #endif

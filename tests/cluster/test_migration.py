@@ -21,6 +21,7 @@ import os
 import re
 import shutil
 import signal
+import subprocess
 import sys
 import tempfile
 import time
@@ -44,6 +45,13 @@ def form_cluster(h, daemons):
     for d in daemons:
         wait_for(lambda d=d: cli_json(d, "cluster", "status")["online"] == 3, 30,
                  "3 members online seen from h%d" % d.i)
+
+
+def qemu_major():
+    out = subprocess.run(["qemu-system-x86_64", "--version"], capture_output=True,
+                         text=True).stdout
+    m = re.search(r"version (\d+)\.", out)
+    return int(m.group(1)) if m else 0
 
 
 def vm_or_none(d, name):
@@ -137,6 +145,9 @@ def test_migration(three):
         p = khlib.cli(d1, "vm", "migrate", name, "h2", json_out=True)
         took = time.monotonic() - t0
         assert p.returncode == 0, (p.returncode, p.stdout, p.stderr, d1.log_tail())
+        # the source's QEMU goes only once the target runs the guest: when
+        # the migration says done, the target already says running
+        assert (local_vm(d2, name) or {}).get("state") == "running", local_vm(d2, name)
         vm2 = check_moved(d1, d2, name, vm_id)
         assert vm2["state"] == "running"
         before = max(heartbeats(d2.api.console_log(name)) or [-1])
@@ -150,6 +161,18 @@ def test_migration(three):
         res = r.json["result"]
         assert r.json["state"] == "succeeded" and res["target"] == "h3", r.json
         assert res["tls"] is True and res["disks_copied"] == 0, res
+        # QEMU < 9.0 under TCG (this machine) loses guest writes made while
+        # a migration runs (qemu/migrate.h; the guest crashed right after the
+        # switch here, 2 of 8 moves with a 10 ms limit, 1 of 4 runs with 2000
+        # ms): there the guest is paused for the RAM copy; the phases the time
+        # went to
+        lossy = res["accel"] == "tcg" and qemu_major() < 9
+        assert res["live"] is (not lossy) and res["downtime_limit_ms"] == 10, res
+        ph = res["phases"]
+        assert all(ph[k] >= 0 for k in ("dirty_rate_s", "target_prepare_s", "prepare_s",
+                                          "memory_s", "switch_s", "finish_s")), ph
+        assert ph["disks_s"] == -1, ph
+        assert (local_vm(d3, name) or {}).get("state") == "running", local_vm(d3, name)
         check_moved(d2, d3, name, vm_id)
         before = max(heartbeats(d3.api.console_log(name)) or [-1])
         wait_for(lambda: max(heartbeats(d3.api.console_log(name)) or [-1]) >= before + 5, 20,

@@ -149,6 +149,9 @@ def test_migration_local_disks(three):
         # (with tls-creds set QEMU never falls back to plaintext)
         assert res["tls"] is True and res["disks_copied"] == 1, res
         assert res["disk_bytes"] == 16 << 20, res
+        # local disks keep the pause before the switch-over (the mirrors
+        # complete in it); the disks had a phase of their own
+        assert res["phases"]["disks_s"] >= 0 and res["phases"]["memory_s"] >= 0, res
         check_moved(d1, d2, name, vm_id)
         assert guest_md5(d2, name) == before
         vols2 = volumes(d2, "local")
