@@ -47,6 +47,11 @@ void kh_schedule_backup_done(kh_backups *b, const char *vm_id);
 kh_task *kh_backup_create_job(kh_backups *b, const char *vm, const json_t *body, bool scheduled,
                               kh_err *err);
 
+/* kh_backup_prune of the backups of the VM whose id is vm_id (whatever its
+ * name was when each was made; NULL: by body's "vm" name, or all); body
+ * already checked against BackupPrune ("vm" names the task). */
+kh_task *kh_backup_prune_vm(kh_backups *b, const json_t *body, const char *vm_id, kh_err *err);
+
 /* One operation under way (a backup, restore, verify or prune): what makes
  * another one on the same VM or store wait (409). */
 struct kh_bop {
