@@ -19,8 +19,11 @@ use a normal build, not the ASan one) and prints:
     filesystem, by a private libvirtd (bench/libvirt_peer.py; a line says
     so when libvirt is not installed).
 Environment: KH_BENCH_SIZE_MIB (default 2048), KH_BENCH_CHUNK_KIB (the
-stores' chunk size, default: the daemon's, 1 MiB). The load average is
-printed beside the figures. Never run by CI."""
+stores' chunk size, default: the daemon's, 1 MiB), KH_BENCH_RUNS (full +
+incremental runs, each into a store of its own; default 3), KH_BENCH_EXTRA=0
+(only those runs: no libvirt, live-restore or clones), KH_BENCH_LOG (copy
+the daemon's log there: per-step timings). The load average is printed
+beside the figures. Never run by CI."""
 
 import json
 import os
@@ -166,6 +169,8 @@ def main():
                      t_inc, 100 * t_inc / t_full, b2["bytes_read"] // MiB,
                      b2["bytes_written"] // MiB, b2["chunks_new"]))
             sys.stdout.flush()
+            if k > 0:  # the disk space (s0 stays: the live-restore below uses it)
+                shutil.rmtree(store, ignore_errors=True)
         print("full backup of a %d MiB disk (stopped VM, incompressible data), chunk size %s: "
               "median %.2f s = %.1f MiB/s; throughput vs qemu-img convert: median %.2fx "
               "(runs: %s)"
@@ -242,7 +247,10 @@ def main():
               % (one // MiB, ten // MiB, ten / one))
     finally:
         d.stop()
+        if os.environ.get("KH_BENCH_LOG"):  # the daemon's log (its step timings)
+            shutil.copy(d.log_path, os.environ["KH_BENCH_LOG"])
         d.cleanup()
+        d.remove()  # its dir: the disk, the stores (gigabytes)
 
 
 if __name__ == "__main__":
