@@ -81,8 +81,10 @@ void kh_backup_free(kh_backups *b)
      * monitor, a qemu-img killed, work on the pool done) without touching
      * the manager or the tasks, which go next; the last one frees b. */
     b->closing = true;
-    for (kh_bop *o = b->ops; o; o = o->link)
+    for (kh_bop *o = b->ops; o; o = o->link) {
         uv_timer_stop(o->timer); /* no progress into freed tasks */
+        atomic_store(&o->stats.cancel, true); /* a pull or push stops at its next chunk */
+    }
 }
 
 /* ---- operations ---- */

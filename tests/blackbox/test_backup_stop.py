@@ -1,10 +1,11 @@
-"""Backups and the daemon's stop: a SIGTERM while a backup's janitor still
+"""Backups and the daemon's stop. A SIGTERM while a backup's janitor still
 waits on QEMU (the VM's QEMU is stopped with SIGSTOP, so its monitor does
 not answer) ends the daemon cleanly (exit 0, no sanitizer report: the
 janitor's callbacks come back after the manager and the tasks are gone);
 the next daemon cleans the VM's QEMU up when it reattaches and backs it up.
 The VM boots no OS (a blank disk: SeaBIOS, then nothing): seconds, not
-minutes."""
+minutes. A SIGTERM while a stopped VM's backup reads its disk: the pull
+stops, the daemon exits at once, and the next backup is full and right."""
 
 import os
 import signal
@@ -76,3 +77,36 @@ def test_backup_sigterm_while_janitor_waits(daemon, tmp_path):
     assert t["state"] == "succeeded" and t["result"]["kind"] == "full", t
     assert api.get("/api/v1/vms/jv").json["state"] == "running"
     assert os.path.getsize(disk) > 0
+
+
+def test_backup_sigterm_mid_pull(daemon, fake_boot, tmp_path):
+    """A SIGTERM while a stopped VM's backup reads its disk: the pull stops
+    at its next chunk, the daemon exits 0 at once (no sanitizer report),
+    nothing is recorded, and the next backup is full and right."""
+    from test_backup import disk_sum, ok_task, setup_vm, write_random
+    api = daemon.api
+    store = str(tmp_path / "s")
+    assert api.post("/api/v1/backup-stores", {"name": "s", "path": store}).status == 201
+    disk = setup_vm(api, daemon, fake_boot, name="pv", size="512M")
+    write_random(disk, 0, 512 * MiB, 21)
+    want = disk_sum(disk)
+    r = api.post("/api/v1/vms/pv/backups", {"store": "s", "wait": 0})
+    t = r.json
+    while t["state"] == "running" and "MiB/s" not in (t.get("message") or ""):
+        time.sleep(0.02)
+        t = api.get("/api/v1/tasks/" + t["id"]).json
+    assert t["state"] == "running", t  # 512 MiB: still reading
+    t0 = time.time()
+    assert daemon.stop(timeout=20) == 0
+    assert time.time() - t0 < 10
+    assert not daemon.findings(), daemon.findings()
+    assert not os.listdir(os.path.join(store, "backups")) or \
+        all(n.startswith(".tmp") for n in os.listdir(os.path.join(store, "backups")))
+    daemon.start()
+    api = daemon.api
+    assert api.get("/api/v1/backups?vm=pv").json["backups"] == []
+    b = ok_task(api, api.post("/api/v1/vms/pv/backups", {"store": "s", "wait": 60}), timeout=300)
+    assert b["kind"] == "full", b
+    ok_task(api, api.post("/api/v1/backups/%s/restore" % b["id"], {"as": "pv2"}), timeout=300)
+    vol = api.get("/api/v1/pools/default/volumes/pv2-disk0").json
+    assert disk_sum(os.path.join(daemon.state_dir, "pools", "default", vol["id"])) == want
