@@ -216,7 +216,8 @@ static void jobwait_tick(uv_timer_t *t)
 {
     jobwait *w = t->data;
     kh_err err = KH_ERR_INIT;
-    if (stopping(w->j, &err) || kh_manager_qmp(w->j->op.b->mgr, w->j->vm_id, "query-block-jobs", NULL, jobs_polled, w,
+    if (stopping(w->j, &err) ||
+        kh_manager_qmp(w->j->op.b->mgr, w->j->vm_id, "query-block-jobs", NULL, jobs_polled, w,
                        &err) < 0)
         jobs_polled(NULL, NULL, &err, w);
 }
@@ -428,7 +429,8 @@ static void janitor_nodes_chain(kh_job *j, const kh_err *err)
     janitor *w = (janitor *)j->live_janitor;
     j->live_janitor = NULL;
     kh_err e = KH_ERR_INIT;
-    if (stopping(j, &e) || kh_manager_qmp(j->op.b->mgr, j->vm_id, "query-fdsets", NULL, janitor_fdsets, w, &e) < 0)
+    if (stopping(j, &e) ||
+        kh_manager_qmp(j->op.b->mgr, j->vm_id, "query-fdsets", NULL, janitor_fdsets, w, &e) < 0)
         janitor_end(w, &e);
 }
 

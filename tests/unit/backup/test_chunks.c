@@ -147,7 +147,8 @@ static void test_index_json(void)
  * sample compresses is compressed. */
 static void test_raw(void)
 {
-    const unsigned char *keys[2] = { NULL, (const unsigned char *)"0123456789abcdef0123456789abcdef" };
+    const unsigned char *keys[2] = { NULL,
+                                     (const unsigned char *)"0123456789abcdef0123456789abcdef" };
     for (int k = 0; k < 2; k++) {
         kh_err err = KH_ERR_INIT;
         char *path = xasprintf("%s/raw%d", dir, k);
