@@ -9,6 +9,16 @@ use a normal build, not the ASan one) and prints:
     same filesystem (throughput, MiB/s of guest data);
   - an incremental backup after about 1% of the disk changed (20 MiB in
     spread pieces), as a share of the full backup's time;
+    both in several runs (each into a new store, so the full backup finds
+    nothing to deduplicate), with the medians. The comparison is kept fair:
+    the same disk file, the target on the same filesystem, both under the
+    same nice level; the disk file is warm in the page cache for both (read
+    once before the runs; caches are not dropped, other work runs on this
+    host), a `sync` goes before each timed step so none pays for another's
+    writeback, the order of the two alternates from run to run; the convert
+    is timed until `sync -f` of its output returned, the backup from the
+    request until its task ended (polled every 20 ms), after its chunks
+    were made durable (syncfs) and it was committed;
   - 10 linked clones of one template disk (each with 1% of its own writes)
     backed up into one store: the bytes the store holds, beside the bytes of
     one backup of the template;
@@ -19,12 +29,16 @@ use a normal build, not the ASan one) and prints:
     filesystem, by a private libvirtd (bench/libvirt_peer.py; a line says
     so when libvirt is not installed).
 Environment: KH_BENCH_SIZE_MIB (default 2048), KH_BENCH_CHUNK_KIB (the
-stores' chunk size, default: the daemon's, 1 MiB). The load average is
-printed beside the figures. Never run by CI."""
+stores' chunk size, default: the daemon's, 1 MiB), KH_BENCH_RUNS (full +
+incremental runs, each into a store of its own; default 3), KH_BENCH_EXTRA=0
+(only those runs: no libvirt, live-restore or clones), KH_BENCH_LOG (copy
+the daemon's log there: per-step timings). The load average is printed
+beside the figures. Never run by CI."""
 
 import json
 import os
 import random
+import resource
 import shutil
 import subprocess
 import sys
@@ -78,51 +92,126 @@ def store_spec(name, path):
     return spec
 
 
+def timed_task(api, path, body):
+    """Wall time from the request to the task's end as a client sees it
+    (polled every 20 ms), and its result."""
+    t0 = time.time()
+    r = api.post(path, dict(body, wait=0))
+    t = r.json
+    while t["state"] == "running":
+        time.sleep(0.02)
+        t = api.get("/api/v1/tasks/" + t["id"]).json
+    assert t["state"] == "succeeded", t
+    return time.time() - t0, t["result"]
+
+
+def convert(vol, out):
+    """qemu-img convert of the disk into a qcow2 beside it, until synced:
+    the wall time and the CPU time of qemu-img (user + system)."""
+    r0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    t0 = time.time()
+    subprocess.run([QIMG, "convert", "-O", "qcow2", vol, out], check=True)
+    r1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    subprocess.run(["sync", "-f", out], check=True)
+    t = time.time() - t0
+    os.unlink(out)
+    return t, (r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime)
+
+
+def daemon_cpu(d):
+    """CPU seconds of the daemon (all its threads) and of its children it
+    waited for (qemu-nbd, qemu-img): utime + stime + cutime + cstime."""
+    with open("/proc/%d/stat" % d.proc.pid) as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return sum(int(x) for x in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+
+
+def warm(path):
+    """Read a file once (into the page cache)."""
+    with open(path, "rb") as f:
+        while f.read(8 * MiB):
+            pass
+
+
+def median(v):
+    v = sorted(v)
+    return v[len(v) // 2] if len(v) % 2 else (v[len(v) // 2 - 1] + v[len(v) // 2]) / 2
+
+
 def main():
     d = khlib.Daemon()
     d.start()
     api = d.api
     tmp = tempfile.mkdtemp(prefix="khbench-bk-", dir=d.base)
+    runs = int(os.environ.get("KH_BENCH_RUNS", "3"))
+    extra = os.environ.get("KH_BENCH_EXTRA", "1") != "0"
     try:
-        store = os.path.join(d.base, "store")
-        assert api.post("/api/v1/backup-stores", store_spec("s", store)).status == 201
         r = api.post("/api/v1/pools/default/volumes", {"name": "big", "size": SIZE})
         vol = os.path.join(d.state_dir, "pools", "default", r.json["id"])
         boot = {"kernel": "/bin/true", "initrd": "/bin/true", "cmdline": "x"}
         api.create({"name": "big", "boot": boot, "disks": [{"volume": "default/big"}]})
         fill(vol, 0, SIZE, 1, tmp)
-        subprocess.run(["sync"])
-        # qemu-img convert, same disk, same filesystem
-        out = os.path.join(d.base, "convert.qcow2")
-        t0 = time.time()
-        subprocess.run([QIMG, "convert", "-O", "qcow2", vol, out], check=True)
-        subprocess.run(["sync", "-f", out])
-        t_conv = time.time() - t0
-        os.unlink(out)
-        t0 = time.time()
-        b1 = task(api, api.post("/api/v1/vms/big/backups", {"wait": 0}))
-        t_full = time.time() - t0
-        lv_line = libvirt_peer.backup_line(vol, d.base, SIZE / MiB, t_full)
-        # 1%: pieces of 256 KiB spread over the disk
-        step = SIZE // 80
-        for k in range(80):
-            fill(vol, k * step, 256 * 1024, 100 + k, tmp)
-        t0 = time.time()
-        b2 = task(api, api.post("/api/v1/vms/big/backups", {"wait": 0}))
-        t_inc = time.time() - t0
         mib = SIZE / MiB
-        print("load average %.1f %.1f %.1f (2 cores); chunk size %s"
-              % (os.getloadavg() + (api.get("/api/v1/backup-stores/s").json.get("chunk_size"),)))
-        print("full backup of a %d MiB disk (stopped VM, incompressible data):" % mib)
-        print("  kvmhost backup create   %6.2f s  %7.1f MiB/s  (stored %d MiB)"
-              % (t_full, mib / t_full, b1["bytes_written"] // MiB))
-        print("  qemu-img convert        %6.2f s  %7.1f MiB/s  -> ratio %.2fx"
-              % (t_conv, mib / t_conv, t_conv / t_full))
+        print("load average %.1f %.1f %.1f (2 cores) at the start; %d runs; the disk, the "
+              "stores and the convert target on one filesystem (%s); the disk file warm in "
+              "the page cache for both (read once before the runs; caches are not dropped: "
+              "other work runs on this host); a sync before each timed step, so none pays "
+              "for the writeback of another; the order of convert and backup alternates"
+              % (os.getloadavg() + (runs, d.base)))
+        warm(vol)
+        fulls, ratios, incs, cpus = [], [], [], []
+        out = os.path.join(d.base, "convert.qcow2")
+        for k in range(runs):
+            store = os.path.join(d.base, "store%d" % k)
+            assert api.post("/api/v1/backup-stores", store_spec("s%d" % k, store)).status == 201
+            la0 = os.getloadavg()[0]
+            subprocess.run(["sync"])
+            if k % 2:
+                t_conv, c_conv = convert(vol, out)
+                subprocess.run(["sync"])
+            c0 = daemon_cpu(d)
+            t_full, b1 = timed_task(api, "/api/v1/vms/big/backups", {"store": "s%d" % k})
+            c_full = daemon_cpu(d) - c0
+            if k % 2 == 0:
+                subprocess.run(["sync"])
+                t_conv, c_conv = convert(vol, out)
+            # 1%: pieces of 256 KiB spread over the disk
+            step = SIZE // 80
+            for n in range(80):
+                fill(vol, n * step + (k * 4096) % (step - 256 * 1024), 256 * 1024,
+                     100 + 80 * k + n, tmp)
+            subprocess.run(["sync"])
+            t_inc, b2 = timed_task(api, "/api/v1/vms/big/backups", {"store": "s%d" % k})
+            la1 = os.getloadavg()[0]
+            fulls.append(t_full)
+            ratios.append(t_conv / t_full)
+            incs.append(100 * t_inc / t_full)
+            cpus.append((c_full, c_conv))
+            print("run %d (load %.1f -> %.1f): full backup %.2f s %.1f MiB/s (CPU %.1f s), "
+                  "qemu-img convert %.2f s %.1f MiB/s (CPU %.1f s): ratio %.2fx; incremental "
+                  "%.2f s = %.1f%% of the full (read %d MiB, stored %d MiB, %d new chunks)"
+                  % (k + 1, la0, la1, t_full, mib / t_full, c_full, t_conv, mib / t_conv, c_conv,
+                     t_conv / t_full, t_inc, 100 * t_inc / t_full, b2["bytes_read"] // MiB,
+                     b2["bytes_written"] // MiB, b2["chunks_new"]))
+            sys.stdout.flush()
+            if k > 0:  # the disk space (s0 stays: the live-restore below uses it)
+                shutil.rmtree(store, ignore_errors=True)
+        print("full backup of a %d MiB disk (stopped VM, incompressible data), chunk size %s: "
+              "median %.2f s = %.1f MiB/s; throughput vs qemu-img convert: median %.2fx "
+              "(runs: %s)"
+              % (mib, api.get("/api/v1/backup-stores/s0").json.get("chunk_size"),
+                 median(fulls), mib / median(fulls), median(ratios),
+                 " ".join("%.2f" % x for x in ratios)))
+        print("incremental after ~1%% changed (80 x 256 KiB): median %.1f%% of the full "
+              "(runs: %s)" % (median(incs), " ".join("%.1f" % x for x in incs)))
+        print("CPU time (user + system, all threads and children; what a loaded host makes "
+              "the wall time depend on): full backup median %.1f s, qemu-img convert %.1f s"
+              % (median([c[0] for c in cpus]), median([c[1] for c in cpus])))
+        if not extra:
+            return
+        t_full = median(fulls)
+        lv_line = libvirt_peer.backup_line(vol, d.base, SIZE / MiB, t_full)
         print(lv_line)
-        print("incremental after ~1%% changed (80 x 256 KiB): %.2f s = %.1f%% of the full; "
-              "read %d MiB, stored %d MiB, %d new chunks"
-              % (t_inc, 100 * t_inc / t_full, b2["bytes_read"] // MiB,
-                 b2["bytes_written"] // MiB, b2["chunks_new"]))
         # live-restore of a backup of the disk: the new VM (the test guest's
         # kernel and initrd, the disk as its data disk) runs while the stream
         # goes on; beside a plain restore of the same backup
@@ -140,7 +229,7 @@ def main():
             api.act_ok("big", "start")
             t_start = time.time() - t0
             api.act_ok("big", "kill")
-            b3 = task(api, api.post("/api/v1/vms/big/backups", {"wait": 0}))
+            b3 = task(api, api.post("/api/v1/vms/big/backups", {"store": "s0", "wait": 0}))
             t0 = time.time()
             r = api.post("/api/v1/backups/%s/restore" % b3["id"],
                          {"as": "live1", "live": True, "wait": 0})
@@ -162,7 +251,7 @@ def main():
                   % (mib, seen, lr["started_ms"] / 1000, lr["streamed_ms"] / 1000, t_plain,
                      t_start))
         # 10 linked clones of one template disk
-        store2 = os.path.join(d.base, "store2")
+        store2 = os.path.join(d.base, "clones-store")
         assert api.post("/api/v1/backup-stores", store_spec("c", store2)).status == 201
         r = api.post("/api/v1/pools/default/volumes", {"name": "tpl", "size": 512 * MiB})
         tvol = os.path.join(d.state_dir, "pools", "default", r.json["id"])
@@ -186,7 +275,10 @@ def main():
               % (one // MiB, ten // MiB, ten / one))
     finally:
         d.stop()
+        if os.environ.get("KH_BENCH_LOG"):  # the daemon's log (its step timings)
+            shutil.copy(d.log_path, os.environ["KH_BENCH_LOG"])
         d.cleanup()
+        d.remove()  # its dir: the disk, the stores (gigabytes)
 
 
 if __name__ == "__main__":

@@ -55,6 +55,15 @@ kh_backups *kh_backup_new(uv_loop_t *loop, kh_store *store, kh_manager *mgr, kh_
     return b;
 }
 
+static void backups_release(kh_backups *b)
+{
+    kh_key_master_clear(&b->master);
+    json_decref(b->figures);
+    free(b->state_dir);
+    free(b->tmp_dir);
+    free(b);
+}
+
 void kh_backup_free(kh_backups *b)
 {
     if (!b)
@@ -63,11 +72,19 @@ void kh_backup_free(kh_backups *b)
     kh_manager_remove_event_hook(b->mgr, on_vm_event, b);
     kh_restore_stop_live(b);
     kh_restore_linger_stop(b);
-    kh_key_master_clear(&b->master);
-    json_decref(b->figures);
-    free(b->state_dir);
-    free(b->tmp_dir);
-    free(b); /* operations still running end with the daemon */
+    if (!b->ops) {
+        backups_release(b);
+        return;
+    }
+    /* Operations still under way end with the daemon: each ends when its
+     * pending callback comes back (a QMP command failed by the closed
+     * monitor, a qemu-img killed, work on the pool done) without touching
+     * the manager or the tasks, which go next; the last one frees b. */
+    b->closing = true;
+    for (kh_bop *o = b->ops; o; o = o->link) {
+        uv_timer_stop(o->timer); /* no progress into freed tasks */
+        atomic_store(&o->stats.cancel, true); /* a pull or push stops at its next chunk */
+    }
 }
 
 /* ---- operations ---- */
@@ -130,6 +147,17 @@ void kh_backup_op_end(kh_bop *op, json_t *result, const kh_err *err)
     }
     uv_timer_stop(op->timer);
     uv_close((uv_handle_t *)op->timer, timer_closed);
+    if (b->closing) {
+        kh_log(KH_LOG_INFO, op->kind, "ended by the daemon's stop: error=\"%s\"",
+               err ? err->msg : "");
+        json_decref(result);
+        free(op->vm_id);
+        free(op->store);
+        free(op);
+        if (!b->ops)
+            backups_release(b);
+        return;
+    }
     if (err) {
         kh_log(KH_LOG_WARN, op->kind, "error=\"%s\"", err->msg);
         kh_task_fail(op->task, err);

@@ -31,6 +31,11 @@ struct kh_backups {
     uv_timer_t *linger_timer;
     kh_backup_record_fn on_record; /* kh_backup_set_record_hook */
     void *on_record_opaque;
+    /* kh_backup_free ran while operations were still under way: the
+     * manager, tasks and events are gone (or about to go). Their callbacks
+     * (a QMP reply failed by the closed monitor, a timer) end them without
+     * touching any of those; the last one frees this struct. */
+    bool closing;
 };
 
 /* schedule.c: the tick (started by kh_backup_new, stopped by _free). */
@@ -41,6 +46,11 @@ void kh_schedule_backup_done(kh_backups *b, const char *vm_id);
 /* kh_backup_create; scheduled: the schedule's retention runs after it. */
 kh_task *kh_backup_create_job(kh_backups *b, const char *vm, const json_t *body, bool scheduled,
                               kh_err *err);
+
+/* kh_backup_prune of the backups of the VM whose id is vm_id (whatever its
+ * name was when each was made; NULL: by body's "vm" name, or all); body
+ * already checked against BackupPrune ("vm" names the task). */
+kh_task *kh_backup_prune_vm(kh_backups *b, const json_t *body, const char *vm_id, kh_err *err);
 
 /* One operation under way (a backup, restore, verify or prune): what makes
  * another one on the same VM or store wait (409). */
@@ -63,7 +73,9 @@ struct kh_bop {
 kh_bop *kh_backup_op_begin(kh_backups *b, size_t size, const char *kind, const char *vm_name,
                            const char *vm_id, const char *store, bool exclusive, kh_err *err);
 /* Ends the task (err NULL: succeeded with result, stolen) and frees op
- * (op is the head of a bigger struct: free_fn frees it). */
+ * (op is the head of a bigger struct: free_fn frees it). When b->closing,
+ * the task is left alone (the daemon's end fails it; the store marks it
+ * failed at the next start) and the last op frees b. */
 void kh_backup_op_end(kh_bop *op, json_t *result, const kh_err *err);
 
 /* Run fn(opaque) on the thread pool, then done(opaque) on the loop. */

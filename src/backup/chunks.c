@@ -324,6 +324,21 @@ int kh_chunks_scratch_settle(const kh_chunks *c, kh_chunks_scratch *s, kh_err *e
     return 0;
 }
 
+void kh_chunks_scratch_move(kh_chunks_scratch *to, kh_chunks_scratch *from)
+{
+    if (from->npend == 0)
+        return;
+    if (to->npend + from->npend > to->cappend) {
+        to->cappend = 2 * (to->npend + from->npend);
+        to->pend = xrealloc(to->pend, to->cappend * sizeof(*to->pend));
+    }
+    memcpy(to->pend + to->npend, from->pend, from->npend * sizeof(*from->pend));
+    to->npend += from->npend;
+    to->pend_bytes += from->pend_bytes;
+    from->npend = 0;
+    from->pend_bytes = 0;
+}
+
 void kh_chunks_scratch_discard(kh_chunks_scratch *s)
 {
     for (size_t i = 0; i < s->npend; i++) {
@@ -356,11 +371,63 @@ int kh_chunks_put(const kh_chunks *c, const void *data, size_t len, char hex[KH_
     return rc;
 }
 
+/* Data that does not compress (already compressed, encrypted, random) is
+ * stored in a zstd frame of raw blocks: the same format for every reader
+ * (ZSTD_decompress copies them out), without the work of compressing it.
+ * Two samples of RAW_SAMPLE bytes tell: when neither shrinks below
+ * RAW_KEEP/64 of its size, the chunk goes raw. */
+#define RAW_SAMPLE (32u << 10)
+#define RAW_KEEP 63u
+#define ZSTD_RAW_BLOCK (128u << 10)
+
+static bool incompressible(kh_chunks_scratch *s, const unsigned char *data, size_t len)
+{
+    if (len < 8 * RAW_SAMPLE)
+        return false;
+    const size_t at[2] = { 0, len / 2 };
+    for (size_t i = 0; i < 2; i++) { /* into zbuf: cap > len, free until the seal */
+        size_t z = ZSTD_compress2(s->z, s->zbuf, s->cap, data + at[i], RAW_SAMPLE);
+        if (ZSTD_isError(z) || z * 64 < (size_t)RAW_SAMPLE * RAW_KEEP)
+            return false;
+    }
+    return true;
+}
+
+/* A zstd frame of raw blocks (RFC 8878: single segment, 4-byte content
+ * size, no checksum) holding data; its length. dst has room for
+ * raw_frame_bound(len). */
+static size_t raw_frame_bound(size_t len)
+{
+    return 9 + len + 3 * (len / ZSTD_RAW_BLOCK + 1);
+}
+
+static size_t raw_frame(unsigned char *dst, const unsigned char *data, size_t len)
+{
+    static const unsigned char head[5] = { 0x28, 0xb5, 0x2f, 0xfd, 0xa0 };
+    memcpy(dst, head, sizeof(head));
+    for (int i = 0; i < 4; i++)
+        dst[5 + i] = (unsigned char)((uint64_t)len >> (8 * i));
+    size_t n = 9, off = 0;
+    do {
+        size_t b = len - off < ZSTD_RAW_BLOCK ? len - off : ZSTD_RAW_BLOCK;
+        uint32_t h = (uint32_t)(b << 3) | (off + b == len ? 1u : 0u); /* type 0: raw */
+        dst[n++] = (unsigned char)h;
+        dst[n++] = (unsigned char)(h >> 8);
+        dst[n++] = (unsigned char)(h >> 16);
+        memcpy(dst + n, data + off, b);
+        n += b;
+        off += b;
+    } while (off < len);
+    return n;
+}
+
 /* Compress (and seal) data into s->out: *outlen bytes. */
 static int encode(const kh_chunks *c, kh_chunks_scratch *s, const char *hex, const void *data,
                   size_t len, size_t *outlen, kh_err *err)
 {
-    size_t bound = ZSTD_compressBound(len) + HDR_LEN + IV_LEN + TAG_LEN;
+    size_t zb = ZSTD_compressBound(len);
+    size_t bound = (zb > raw_frame_bound(len) ? zb : raw_frame_bound(len)) + HDR_LEN + IV_LEN +
+                   TAG_LEN;
     if (s->cap < bound) {
         free(s->zbuf);
         free(s->out);
@@ -369,7 +436,9 @@ static int encode(const kh_chunks *c, kh_chunks_scratch *s, const char *hex, con
         s->cap = bound;
     }
     unsigned char *z = c->encrypted ? s->zbuf : s->out + HDR_LEN;
-    size_t zlen = ZSTD_compress2(s->z, z, s->cap - HDR_LEN, data, len);
+    size_t zlen = len <= UINT32_MAX && incompressible(s, data, len)
+                      ? raw_frame(z, data, len)
+                      : ZSTD_compress2(s->z, z, s->cap - HDR_LEN, data, len);
     if (ZSTD_isError(zlen)) {
         kh_err_set(err, KH_E_INTERNAL, "zstd: %s", ZSTD_getErrorName(zlen));
         return -1;

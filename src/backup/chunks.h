@@ -87,6 +87,9 @@ void kh_chunks_scratch_defer(kh_chunks_scratch *s);
 uint64_t kh_chunks_scratch_pending(const kh_chunks_scratch *s);
 /* 0, or -1 with err (the unsettled chunks are dropped). */
 int kh_chunks_scratch_settle(const kh_chunks *c, kh_chunks_scratch *s, kh_err *err);
+/* Hand from's unsettled chunks over to to (from is left with none): the
+ * workers of a pull give theirs to one settler. */
+void kh_chunks_scratch_move(kh_chunks_scratch *to, kh_chunks_scratch *from);
 /* Drop the unsettled chunks (a failed backup). */
 void kh_chunks_scratch_discard(kh_chunks_scratch *s);
 /* Read chunk hex into buf (KH_CHUNK_SIZE bytes), checked: decrypted, the

@@ -72,7 +72,8 @@ static void step_log(const kh_job *j, const char *step)
 static void job_end(kh_job *j, json_t *result)
 {
     step_log(j, "end");
-    if (j->live && j->nodes)
+    /* a daemon stopping leaves the mark: the next one's janitor cleans up */
+    if (j->live && j->nodes && !j->op.b->closing)
         kh_live_unmark(j);
     job_free_parts(j);
     kh_backup_op_end(&j->op, result, j->failed ? &j->failure : NULL);
@@ -83,6 +84,12 @@ static void fail(kh_job *j, const kh_err *err)
     if (!j->failed) {
         kh_err_copy(&j->failure, err);
         j->failed = true;
+    }
+    if (j->op.b->closing) {
+        /* no QMP or qemu-img any more: the new bitmap stays, unnamed by any
+         * row, and the next backup removes it as stale (as after a kill) */
+        job_end(j, NULL);
+        return;
     }
     j->cleanup_disk = 0;
     j->cleanup_item = 0;
@@ -345,6 +352,10 @@ static void disk_pulled(kh_job *j)
         kh_index_clear(&j->base_ix);
         j->have_base_ix = false;
     }
+    if (j->pull_rc == 0 && j->op.b->closing) {
+        j->pull_rc = -1;
+        kh_err_set(&j->pull_err, KH_E_UNAVAILABLE, "the daemon is stopping");
+    }
     if (j->pull_rc < 0) {
         if (j->nbd_errtext && *j->nbd_errtext)
             kh_err_prefix(&j->pull_err, "qemu-nbd: %s", j->nbd_errtext);
@@ -564,6 +575,17 @@ static void live_pull_done(void *opaque)
 {
     kh_job *j = opaque;
     j->pulling = false;
+    if (j->op.b->closing) {
+        /* the export stays (QEMU 7.2 aborts when a client of it goes
+         * first): the keeper keeps the connections, the next daemon's
+         * janitor takes them down */
+        j->keeper = 0;
+        kh_live_release(j);
+        kh_err e = KH_ERR_INIT;
+        kh_err_set(&e, KH_E_UNAVAILABLE, "the daemon is stopping");
+        fail(j, &e);
+        return;
+    }
     kh_task_progress(j->op.task, 96, "taking the export down");
     kh_live_stop(j, live_stopped);
 }

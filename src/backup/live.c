@@ -50,6 +50,16 @@ typedef struct chain {
 
 static void chain_next(chain *c);
 
+/* The daemon is stopping (kh_backup_free ran): no more QMP, no more files
+ * in the VM's run dir; what waits on QEMU ends with this error. */
+static bool stopping(const kh_job *j, kh_err *err)
+{
+    if (!j->op.b->closing)
+        return false;
+    kh_err_set(err, KH_E_UNAVAILABLE, "the daemon is stopping");
+    return true;
+}
+
 static void chain_end(chain *c, const kh_err *err)
 {
     for (size_t i = 0; i < c->nfds; i++)
@@ -95,6 +105,11 @@ static void chain_next(chain *c)
         json_t *fdj = json_object_get(st, "fd");
         kh_err err = KH_ERR_INIT;
         int rc;
+        if (stopping(j, &err)) {
+            json_decref(args);
+            chain_end(c, &err);
+            return;
+        }
         if (fdj) {
             size_t k = (size_t)json_integer_value(fdj);
             int fd = c->fds[k];
@@ -201,7 +216,8 @@ static void jobwait_tick(uv_timer_t *t)
 {
     jobwait *w = t->data;
     kh_err err = KH_ERR_INIT;
-    if (kh_manager_qmp(w->j->op.b->mgr, w->j->vm_id, "query-block-jobs", NULL, jobs_polled, w,
+    if (stopping(w->j, &err) ||
+        kh_manager_qmp(w->j->op.b->mgr, w->j->vm_id, "query-block-jobs", NULL, jobs_polled, w,
                        &err) < 0)
         jobs_polled(NULL, NULL, &err, w);
 }
@@ -411,8 +427,10 @@ static void janitor_nodes_chain(kh_job *j, const kh_err *err)
 {
     (void)err;
     janitor *w = (janitor *)j->live_janitor;
+    j->live_janitor = NULL;
     kh_err e = KH_ERR_INIT;
-    if (kh_manager_qmp(j->op.b->mgr, j->vm_id, "query-fdsets", NULL, janitor_fdsets, w, &e) < 0)
+    if (stopping(j, &e) ||
+        kh_manager_qmp(j->op.b->mgr, j->vm_id, "query-fdsets", NULL, janitor_fdsets, w, &e) < 0)
         janitor_end(w, &e);
 }
 
@@ -461,6 +479,11 @@ static void janitor_jobs(kh_qmp *q, json_t *ret, const kh_err *err, void *opaque
     bool left = false;
     size_t i;
     json_t *jb;
+    kh_err e = KH_ERR_INIT;
+    if (stopping(j, &e)) {
+        janitor_end(w, &e);
+        return;
+    }
     json_array_foreach(ret, i, jb) {
         const char *dev = json_string_value(json_object_get(jb, "device"));
         if (ours(dev, "khj")) {
@@ -475,7 +498,6 @@ static void janitor_jobs(kh_qmp *q, json_t *ret, const kh_err *err, void *opaque
         uv_timer_start(w->timer, janitor_tick, 50, 0);
         return;
     }
-    kh_err e = KH_ERR_INIT;
     if (kh_manager_qmp(j->op.b->mgr, j->vm_id, "query-named-block-nodes",
                        json_pack("{s:b}", "flat", true), janitor_nodes, w, &e) < 0)
         janitor_end(w, &e);
@@ -485,7 +507,8 @@ static void janitor_tick(uv_timer_t *t)
 {
     janitor *w = t->data;
     kh_err e = KH_ERR_INIT;
-    if (kh_manager_qmp(w->j->op.b->mgr, w->j->vm_id, "query-block-jobs", NULL, janitor_jobs, w,
+    if (stopping(w->j, &e) ||
+        kh_manager_qmp(w->j->op.b->mgr, w->j->vm_id, "query-block-jobs", NULL, janitor_jobs, w,
                        &e) < 0)
         janitor_end(w, &e);
 }
@@ -501,6 +524,13 @@ static void janitor_server_chain(kh_job *j, const kh_err *err)
 static void janitor_exports_chain(kh_job *j, const kh_err *err)
 {
     (void)err;
+    kh_err e = KH_ERR_INIT;
+    if (stopping(j, &e)) { /* the keeper stays: the next daemon's janitor */
+        janitor *w = (janitor *)j->live_janitor;
+        j->live_janitor = NULL;
+        janitor_end(w, &e);
+        return;
+    }
     /* The exports are gone: the connections may close now, and must before
      * nbd-server-stop, which waits until every NBD export has no client
      * left (a client whose replies no one read - the keeper holds the
@@ -547,7 +577,8 @@ static void janitor_run(kh_job *j, kh_live_done done)
     uv_timer_init(j->op.b->loop, w->timer);
     w->timer->data = w;
     kh_err e = KH_ERR_INIT;
-    if (kh_manager_qmp(j->op.b->mgr, j->vm_id, "query-block-exports", NULL, janitor_exports, w,
+    if (stopping(j, &e) ||
+        kh_manager_qmp(j->op.b->mgr, j->vm_id, "query-block-exports", NULL, janitor_exports, w,
                        &e) < 0)
         janitor_end(w, &e);
 }

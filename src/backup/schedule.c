@@ -44,6 +44,28 @@ static double due_today(const char *at, double now)
     return (double)timegm(&tm);
 }
 
+/* ---- a schedule is the VM's (its id): a renamed VM keeps it ---- */
+
+typedef struct name_find {
+    const char *id;
+    char *name;
+} name_find;
+
+static void name_of_cb(const kh_vm_info *info, void *opaque)
+{
+    name_find *f = opaque;
+    if (!f->name && info->id && strcmp(info->id, f->id) == 0)
+        f->name = xstrdup(info->name);
+}
+
+/* The name VM vm_id has now, or NULL when this host has no such VM. */
+static char *vm_name_of(kh_backups *b, const char *vm_id)
+{
+    name_find f = { .id = vm_id, .name = NULL };
+    kh_manager_foreach(b->mgr, name_of_cb, &f);
+    return f.name;
+}
+
 static const char *const keep_keys[] = { "keep_last", "keep_daily", "keep_weekly",
                                          "keep_monthly" };
 
@@ -78,8 +100,14 @@ static void prune_due(kh_backups *b, const char *vm_id)
     json_t *e;
     json_array_foreach(due, i, e) {
         json_t *body = json_object_get(e, "body");
+        const char *vid = json_string_value(json_object_get(e, "vm_id"));
+        char *now_name = vm_name_of(b, vid);
+        if (now_name) /* the task names the VM as it is called now */
+            json_object_set_new(body, "vm", json_string(now_name));
+        free(now_name);
         kh_err pe = KH_ERR_INIT;
-        kh_task *task = kh_backup_prune(b, body, &pe);
+        /* by the VM's id: its backups made under an earlier name too */
+        kh_task *task = kh_backup_prune_vm(b, body, vid, &pe);
         kh_log(task ? KH_LOG_INFO : KH_LOG_WARN, "backup.schedule_prune",
                "vm=%s store=%s task=%s error=\"%s\"",
                json_string_value(json_object_get(body, "vm")),
@@ -134,13 +162,20 @@ static void tick(uv_timer_t *t)
     size_t i;
     json_t *e;
     json_array_foreach(due, i, e) {
-        const char *vm = json_string_value(json_object_get(e, "vm"));
+        const char *vid = json_string_value(json_object_get(e, "vm_id"));
+        char *vm = vm_name_of(b, vid);
+        if (!vm) { /* gone from this host (deleted, migrated): not another VM of its name */
+            kh_log(KH_LOG_DEBUG, "backup.schedule", "vm_id=%s name=%s skipped=\"no such VM "
+                   "here\"", vid, json_string_value(json_object_get(e, "vm")));
+            continue;
+        }
         json_t *body = json_pack("{s:s}", "store", json_string_value(json_object_get(e, "store")));
         kh_err be = KH_ERR_INIT;
         kh_task *task = kh_backup_create_job(b, vm, body, true, &be);
         json_decref(body);
         kh_log(task ? KH_LOG_INFO : KH_LOG_WARN, "backup.schedule", "vm=%s task=%s error=\"%s\"",
                vm, task ? kh_task_id(task) : "-", task ? "" : be.msg);
+        free(vm);
         sqlite3_stmt *u = kh_store_prep(b->store, "UPDATE backup_schedules SET last_run = ? "
                                                   "WHERE vm_id = ?", &err);
         if (u) {

@@ -221,10 +221,31 @@ static void gc_done(void *opaque)
     kh_backup_op_end(&p->op, res, NULL);
 }
 
+/* The id of the VM named vm now (NULL: none of that name). */
+static char *vm_id_of(kh_backups *b, const char *vm)
+{
+    kh_err e = KH_ERR_INIT;
+    json_t *v = vm ? kh_manager_vm_json(b->mgr, vm, &e) : NULL;
+    const char *id = json_string_value(json_object_get(v, "id"));
+    char *out = id ? xstrdup(id) : NULL;
+    json_decref(v);
+    return out;
+}
+
 kh_task *kh_backup_prune(kh_backups *b, const json_t *body, kh_err *err)
 {
     if (kh_schema_check("BackupPrune", body, "", err) < 0)
         return NULL;
+    /* a VM that exists: its backups by its id, also those made under an
+     * earlier name; else (a VM deleted) the backups recorded with the name */
+    char *vm_id = vm_id_of(b, json_string_value(json_object_get(body, "vm")));
+    kh_task *t = kh_backup_prune_vm(b, body, vm_id, err);
+    free(vm_id);
+    return t;
+}
+
+kh_task *kh_backup_prune_vm(kh_backups *b, const json_t *body, const char *vm_id, kh_err *err)
+{
     const char *store = json_string_value(json_object_get(body, "store"));
     const char *vm = json_string_value(json_object_get(body, "vm"));
     bool dry = json_is_true(json_object_get(body, "dry_run"));
@@ -255,8 +276,8 @@ kh_task *kh_backup_prune(kh_backups *b, const json_t *body, kh_err *err)
                                                     "w", "m"));
         json_t *st = json_object_get(vms, vid);
         /* no rule: keep all; with vm, the other VMs' backups are kept */
-        bool k = !any_rule ||
-                 (vm && strcmp(vm, json_string_value(json_object_get(bk, "vm"))) != 0);
+        bool k = !any_rule || (vm_id && strcmp(vm_id, vid) != 0) ||
+                 (!vm_id && vm && strcmp(vm, json_string_value(json_object_get(bk, "vm"))) != 0);
         json_int_t n = json_integer_value(json_object_get(st, "n"));
         if (!k && n < keep_last)
             k = true;

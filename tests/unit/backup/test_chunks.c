@@ -1,5 +1,6 @@
 /* The chunk store: round trip, deduplication, digests (plain and keyed),
- * damage and missing chunks named, wrong key refused, index JSON. */
+ * damage and missing chunks named, wrong key refused, index JSON, raw
+ * frames for data that does not compress. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -141,6 +142,47 @@ static void test_index_json(void)
     kh_index_clear(&ix);
 }
 
+/* Data that does not compress is stored in a zstd frame of raw blocks
+ * (a few bytes over its size, read back as any chunk); data of which a
+ * sample compresses is compressed. */
+static void test_raw(void)
+{
+    const unsigned char *keys[2] = { NULL,
+                                     (const unsigned char *)"0123456789abcdef0123456789abcdef" };
+    for (int k = 0; k < 2; k++) {
+        kh_err err = KH_ERR_INIT;
+        char *path = xasprintf("%s/raw%d", dir, k);
+        kh_chunks *c = kh_chunks_open(path, keys[k], true, 0, &err);
+        CHECK(c != NULL);
+        free(path);
+        if (!c)
+            continue;
+        size_t n = 1u << 20;
+        unsigned char *a = xmalloc(n), *buf = xmalloc(KH_CHUNK_SIZE);
+        FILE *r = fopen("/dev/urandom", "rb");
+        CHECK(r && fread(a, 1, n, r) == n);
+        if (r)
+            fclose(r);
+        char h[KH_DIGEST_HEX];
+        uint64_t stored = 0;
+        CHECK(kh_chunks_put(c, a, n, h, &stored, &err) == 1);
+        /* header, frame header, 8 block headers (+ IV and tag) */
+        CHECK(stored >= n + 5 + 9 + 8 * 3 && stored <= n + 5 + 9 + 8 * 3 + 28);
+        CHECK(kh_chunks_get(c, h, buf, &err) == (long)n && memcmp(a, buf, n) == 0);
+        /* an odd length: a short last block */
+        CHECK(kh_chunks_put(c, a, n - 12345, h, &stored, &err) == 1);
+        CHECK(kh_chunks_get(c, h, buf, &err) == (long)(n - 12345) &&
+              memcmp(a, buf, n - 12345) == 0);
+        /* random first half, zeros after: compressed */
+        memset(a + n / 2, 0, n / 2);
+        CHECK(kh_chunks_put(c, a, n, h, &stored, &err) == 1 && stored < n / 2 + n / 16);
+        CHECK(kh_chunks_get(c, h, buf, &err) == (long)n && memcmp(a, buf, n) == 0);
+        free(a);
+        free(buf);
+        kh_chunks_free(c);
+    }
+}
+
 int main(void)
 {
     if (!mkdtemp(dir))
@@ -148,6 +190,7 @@ int main(void)
     RUN(test_plain);
     RUN(test_encrypted);
     RUN(test_index_json);
+    RUN(test_raw);
     kh_err err = KH_ERR_INIT;
     kh_fs_rm_rf(dir, &err);
     TEST_DONE();
