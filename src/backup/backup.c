@@ -55,6 +55,8 @@ kh_backups *kh_backup_new(uv_loop_t *loop, kh_store *store, kh_manager *mgr, kh_
     return b;
 }
 
+static void timer_closed(uv_handle_t *h);
+
 void kh_backup_free(kh_backups *b)
 {
     if (!b)
@@ -63,6 +65,14 @@ void kh_backup_free(kh_backups *b)
     kh_manager_remove_event_hook(b->mgr, on_vm_event, b);
     kh_restore_stop_live(b);
     kh_restore_linger_stop(b);
+    /* operations still under way end with the daemon: their progress
+     * timers stop now (the tasks go before the loop runs again) */
+    for (kh_bop *o = b->ops; o; o = o->link)
+        if (o->timer) {
+            uv_timer_stop(o->timer);
+            uv_close((uv_handle_t *)o->timer, timer_closed);
+            o->timer = NULL;
+        }
     kh_key_master_clear(&b->master);
     json_decref(b->figures);
     free(b->state_dir);
@@ -128,8 +138,10 @@ void kh_backup_op_end(kh_bop *op, json_t *result, const kh_err *err)
             break;
         }
     }
-    uv_timer_stop(op->timer);
-    uv_close((uv_handle_t *)op->timer, timer_closed);
+    if (op->timer) {
+        uv_timer_stop(op->timer);
+        uv_close((uv_handle_t *)op->timer, timer_closed);
+    }
     if (err) {
         kh_log(KH_LOG_WARN, op->kind, "error=\"%s\"", err->msg);
         kh_task_fail(op->task, err);

@@ -580,6 +580,7 @@ typedef struct starter {
     size_t made;
     kh_err failure;
     int *keyfd; /* per disk: its overlay's ephemeral key (memfd), or -1 */
+    int tries;  /* of a LUKS overlay's create */
 } starter;
 
 static void starter_free(starter *s)
@@ -824,6 +825,15 @@ static void create_overlay(starter *s);
 static void overlay_made(const kh_qimg_result *r, void *opaque)
 {
     starter *s = opaque;
+    if (r->status != 0 && s->keyfd[s->made] >= 0 && r->errtext &&
+        strstr(r->errtext, "Unable to get accurate CPU usage") && ++s->tries < 30) {
+        /* LUKS times its PBKDF on this CPU and, loaded, sometimes cannot
+         * measure (as volume creates, storage/volume.c): again, a new key */
+        close(s->keyfd[s->made]);
+        s->keyfd[s->made] = -1;
+        create_overlay(s);
+        return;
+    }
     if (r->status != 0) {
         kh_err err = KH_ERR_INIT;
         kh_err_set(&err, KH_E_QEMU, "qemu-img create (fleecing overlay): %s",

@@ -437,13 +437,59 @@ static void on_job_started(kh_qmp *q, json_t *ret, const kh_err *err, void *opaq
     uv_timer_start(o->timer, poll_jobs, POLL_MS, 0);
 }
 
-static int start_live(snap_op *o, kh_err *err)
+static int start_job(snap_op *o, kh_err *err)
 {
     json_t *args = json_pack("{s:s, s:s, s:O}", "job-id", o->job_id, "tag", o->name, "devices",
                              o->devices);
     if (o->kind != SNAP_DELETE)
         json_object_set_new(args, "vmstate", json_string(o->vmstate));
     return kh_manager_qmp(o->s->mgr, o->vm_id, qmp_commands[o->kind], args, on_job_started, o, err);
+}
+
+/* A revert of a running VM: the backups' bitmaps (kh-bk-*) of its disks go
+ * first, as for a stopped VM (see "a revert and the backups' dirty bitmaps"
+ * below); the removes are queued on the monitor before snapshot-load. */
+static void live_bitmaps_listed(kh_qmp *q, json_t *ret, const kh_err *err, void *opaque)
+{
+    (void)q;
+    snap_op *o = opaque;
+    kh_err e = KH_ERR_INIT;
+    if (err) {
+        kh_err_copy(&e, err);
+        kh_err_prefix(&e, "query-named-block-nodes");
+        op_finish(o, &e);
+        return;
+    }
+    size_t i, k, d, removed = 0;
+    json_t *n, *bm, *dev;
+    json_array_foreach(ret, i, n) {
+        const char *node = json_string_value(json_object_get(n, "node-name"));
+        bool ours = false;
+        json_array_foreach(o->devices, d, dev) {
+            ours |= node && strcmp(node, json_string_value(dev)) == 0;
+        }
+        json_array_foreach(ours ? json_object_get(n, "dirty-bitmaps") : NULL, k, bm) {
+            const char *name = json_string_value(json_object_get(bm, "name"));
+            if (!name || strncmp(name, "kh-bk-", 6) != 0)
+                continue;
+            kh_manager_qmp(o->s->mgr, o->vm_id, "block-dirty-bitmap-remove",
+                           json_pack("{s:s, s:s}", "node", node, "name", name), NULL, NULL, NULL);
+            removed++;
+        }
+    }
+    if (removed)
+        kh_log(KH_LOG_INFO, "snapshot.revert", "vm=%s backup_bitmaps=%zu removed: the next "
+               "backup is full", o->vm, removed);
+    if (start_job(o, &e) < 0)
+        op_finish(o, &e);
+}
+
+static int start_live(snap_op *o, kh_err *err)
+{
+    if (o->kind != SNAP_REVERT)
+        return start_job(o, err);
+    return kh_manager_qmp(o->s->mgr, o->vm_id, "query-named-block-nodes",
+                          json_pack("{s:b}", "flat", true), live_bitmaps_listed, o, err);
 }
 
 /* ---- live, disk-only: the guest's filesystems frozen around it ----

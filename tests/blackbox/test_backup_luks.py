@@ -215,10 +215,10 @@ def test_backup_luks_running_fleece_live_restore(daemon, guest, consoles, tmp_pa
     wait_vda(con)
     assert guest_sum(con) == sum1
     qpid = api.vm("lv")["pid"]
-    # the guest overwrites the marker 4 s from now, after the point in time,
-    # while the daemon is stopped mid-pull: copy-before-write puts the old
-    # data (the marker) into the overlay
-    con.send("sleep 4; dd if=/dev/zero of=/dev/vda bs=65536 count=16 conv=notrunc,fsync "
+    # the guest overwrites the marker 15 s from now, after the point in
+    # time, while the daemon is stopped mid-pull: copy-before-write puts the
+    # old data (the marker) into the overlay
+    con.send("sleep 15; dd if=/dev/zero of=/dev/vda bs=65536 count=16 conv=notrunc,fsync "
              "2>/dev/null; sync\n")
     t0 = time.time()
     t = api.post("/api/v1/vms/lv/backups", {"store": "enc", "wait": 0}).json
@@ -229,8 +229,8 @@ def test_backup_luks_running_fleece_live_restore(daemon, guest, consoles, tmp_pa
     try:
         fl = overlay_fds(qpid)
         why = (t["state"], t.get("message"), fl, time.time() - t0)
-        assert t["state"] == "running" and fl and time.time() - t0 < 3.5, why
-        time.sleep(7)
+        assert t["state"] == "running" and fl and time.time() - t0 < 14, why
+        time.sleep(t0 + 15 + 5 - time.time())
         assert all(is_luks(p) for p in fl), fl
         size = max(os.stat(p).st_size for p in fl)
         no_mark_in(fl)

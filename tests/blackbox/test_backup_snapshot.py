@@ -1,9 +1,11 @@
 """A backup's persistent dirty bitmap and snapshots: QEMU applies no
-snapshot to an image with dirty bitmaps, so a revert of a stopped VM
-removes the backups' bitmaps first (instance/snapshot.c) and the next
-backup is full (its disks went back in time: the bitmap could not follow)."""
+snapshot to an image with dirty bitmaps, so a revert (of a stopped VM with
+qemu-img, of a running one with snapshot-load) removes the backups' bitmaps
+first (instance/snapshot.c) and the next backup is full (its disks went back
+in time: the bitmap could not follow)."""
 
-from storagelib import vol_path
+import khlib
+from storagelib import guest_vm, vol_path
 from test_backup import bitmaps, disk_sum, ok_task, write_random, MiB
 
 
@@ -33,3 +35,27 @@ def test_backup_then_snapshot_revert(daemon, fake_boot, tmp_path):
     vol = api.get("/api/v1/pools/default/volumes/sr-disk0").json
     assert disk_sum(vol_path(daemon, vol)) == want
     assert b1["kind"] == "full"
+
+
+def test_backup_then_memory_snapshot_revert(daemon, guest, tmp_path):
+    """The same for a running VM: a memory snapshot's revert (snapshot-load)
+    after a backup removes the backups' bitmaps in QEMU first."""
+    api = daemon.api
+    khlib.wait_accel(api)
+    assert api.post("/api/v1/backup-stores", {"name": "s", "path": str(tmp_path / "s")}).status == 201
+    r = api.post("/api/v1/pools/default/volumes", {"name": "md", "size": "16M"})
+    assert r.status == 201, r
+    api.create(guest_vm(guest, "mv", [{"volume": "default/md"}]))
+    api.act_ok("mv", "start")
+    api.wait_console("mv", khlib.GUEST_READY)
+    r = api.post("/api/v1/vms/mv/snapshots", {"name": "warm", "wait": 300}, timeout=330)
+    assert r.status == 200 and r.json["state"] == "succeeded", r
+    b1 = ok_task(api, api.post("/api/v1/vms/mv/backups", {"wait": 120}), timeout=150)
+    assert b1["kind"] == "full", b1
+    r = api.post("/api/v1/vms/mv/snapshots/warm/revert", {"wait": 300}, timeout=330)
+    assert r.status == 200 and r.json["state"] == "succeeded", r
+    assert "backup_bitmaps=1 removed" in daemon.log_tail(100000)
+    assert api.vm("mv")["state"] == "running"
+    b2 = ok_task(api, api.post("/api/v1/vms/mv/backups", {"wait": 120}), timeout=150)
+    assert b2["kind"] == "full", b2
+    api.act_ok("mv", "kill")
