@@ -489,7 +489,9 @@ def test_debian_uefi_secure_boot_tpm(nsd, netns, debian, workdir):
     VM: a memory snapshot's revert rewinds it, it survives a restart, a
     disk-only snapshot of the stopped VM keeps it and its revert puts it
     back. A disk-only snapshot of the running VM freezes the guest's
-    filesystems through the agent, and thaws them."""
+    filesystems through the agent, and thaws them; so does a backup of the
+    running VM (recorded "frozen": true), and the reverts that follow work
+    although the backup left its dirty bitmap in the image."""
     api = nsd.api
     disk = {"volume": volume_copy(nsd, debian[0], "sb-disk")}
     ssh = Ssh(netns, workdir, 2202)
