@@ -590,6 +590,49 @@ int kh_backup_index_read(const kh_chunks *c, const char *id, size_t i, kh_index 
     return rc;
 }
 
+char *kh_backup_image_json(kh_backups *b, const char *ref, kh_strv *argv, int *fds,
+                           size_t *nfds, size_t max_fds, kh_err *err)
+{
+    kh_volume_chain c;
+    if (kh_storage_resolve(b->st, ref, &c, err) < 0)
+        return NULL;
+    /* the chain from its bottom up, each node the backing of the next */
+    json_t *below = json_null();
+    for (size_t k = c.n; k-- > 0;) {
+        json_t *node = json_pack("{s:s, s:{s:s, s:s}}", "driver",
+                                 kh_disk_format_name(c.layer[k].format), "file", "driver",
+                                 "file", "filename", c.layer[k].path);
+        if (c.layer[k].format == KH_DISK_QCOW2)
+            json_object_set_new(node, "backing", below);
+        else
+            json_decref(below);
+        below = node;
+        if (!c.layer[k].encrypted)
+            continue;
+        int sfd = *nfds < max_fds ? kh_storage_volume_secret_fd(b->st, c.layer[k].id, err) : -1;
+        if (sfd < 0) {
+            if (!kh_err_isset(err))
+                kh_err_set(err, KH_E_INTERNAL, "volume %s: too many encrypted layers", ref);
+            json_decref(below);
+            kh_volume_chain_clear(&c);
+            return NULL;
+        }
+        char id[16];
+        snprintf(id, sizeof(id), "khsec%zu", *nfds);
+        kh_strv_add(argv, "--object");
+        kh_strv_addf(argv, "secret,id=%s,file=/proc/self/fd/%zu,format=raw", id, 3 + *nfds);
+        fds[(*nfds)++] = sfd;
+        json_object_set_new(node, "encrypt",
+                            json_pack("{s:s, s:s}", "format", "luks", "key-secret", id));
+    }
+    kh_volume_chain_clear(&c);
+    char *text = json_dumps(below, JSON_COMPACT);
+    json_decref(below);
+    char *out = xasprintf("json:%s", text);
+    free(text);
+    return out;
+}
+
 int kh_backup_delete(kh_backups *b, const char *id, kh_err *err)
 {
     json_t *row = kh_backup_row(b, id, err);

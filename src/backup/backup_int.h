@@ -11,6 +11,7 @@
 #include "backup/chunks.h"
 #include "backup/nbd.h"
 #include "storage/key.h"
+#include "util/strv.h"
 
 typedef struct kh_bop kh_bop;
 
@@ -104,6 +105,14 @@ char *kh_backup_dir(const kh_chunks *c, const char *id);
 /* Read disk i's index of backup id. */
 int kh_backup_index_read(const kh_chunks *c, const char *id, size_t i, kh_index *ix,
                          kh_err *err);
+/* An encrypted volume (ref) for qemu-img/qemu-nbd: appends a "--object
+ * secret,...,file=/proc/self/fd/N" to argv per encrypted layer of its chain
+ * (its passphrase in a sealed memfd, into fds[*nfds...], the child's fd
+ * 3 + k: never in an argv or a file) and returns the image as
+ * "json:{...}" (caller frees), or NULL with err (fds made so far are the
+ * caller's to close). */
+char *kh_backup_image_json(kh_backups *b, const char *ref, kh_strv *argv, int *fds,
+                           size_t *nfds, size_t max_fds, kh_err *err);
 
 /* ---- a backup job (job.c; live.c for a running VM) ---- */
 
@@ -118,6 +127,7 @@ typedef struct jdisk {
     char *base_bitmap;  /* the last committed backup's bitmap, when usable */
     json_t *stale;      /* other kh-bk-* bitmaps in the image */
     bool added;         /* our new bitmap is in the image */
+    bool encrypted;     /* LUKS: read through its key; only into an encrypted store */
     kh_index ix;
     uint64_t size;
     kh_index base;      /* live: the base index (with base_bitmap) */

@@ -101,6 +101,39 @@ static char *qimg_bin(kh_job *j)
     return (char *)(uintptr_t)kh_qimg_binary(kh_storage_qimg(j->op.b->st));
 }
 
+/* qemu-img or qemu-nbd on disk d: pre (argv[0] and options), the image,
+ * then post. An encrypted volume is described as JSON with its layers'
+ * secrets on inherited fds (kh_backup_image_json): it opens with its key,
+ * which never reaches an argv or a file. */
+static pid_t run_on_image(kh_job *j, const jdisk *d, const char *const *pre,
+                          const char *const *post, unsigned timeout_ms, kh_qimg_done_cb done,
+                          kh_err *err)
+{
+    kh_strv *a = kh_strv_new();
+    for (size_t i = 0; pre[i]; i++)
+        kh_strv_add(a, pre[i]);
+    int fds[KH_QIMG_FDS_MAX];
+    size_t nfds = 0;
+    pid_t pid = -1;
+    if (d->encrypted) {
+        char *img = kh_backup_image_json(j->op.b, d->ref, a, fds, &nfds, KH_QIMG_FDS_MAX, err);
+        if (!img)
+            goto out;
+        kh_strv_add_steal(a, img);
+    } else {
+        kh_strv_add(a, d->file);
+    }
+    for (size_t i = 0; post[i]; i++)
+        kh_strv_add(a, post[i]);
+    pid = kh_qimg_run_fds(kh_storage_qimg(j->op.b->st), a->v, fds, nfds, timeout_ms, NULL, done,
+                          j, err);
+out:
+    for (size_t i = 0; i < nfds; i++)
+        close(fds[i]);
+    kh_strv_free(a);
+    return pid;
+}
+
 /* ---- bitmaps: cleanup after the end ----
  * After a commit: the base bitmap and stale ones go (the new one stays).
  * After a failure: the new one goes (the base stays, so the next backup is
@@ -127,7 +160,6 @@ static void cleanup_live_done(kh_job *j, const kh_err *err)
 
 static void cleanup_step(kh_job *j)
 {
-    kh_qimg *q = kh_storage_qimg(j->op.b->st);
     while (j->cleanup_disk < j->ndisks) {
         jdisk *d = &j->disks[j->cleanup_disk];
         const char *name = NULL;
@@ -148,10 +180,12 @@ static void cleanup_step(kh_job *j)
             kh_live_bitmap_remove(j, j->cleanup_disk, name, cleanup_live_done);
             return;
         }
-        char *argv[] = { qimg_bin(j), (char *)(uintptr_t)"bitmap", (char *)(uintptr_t)"--remove",
-                         d->file, (char *)(uintptr_t)name, NULL };
-        if (kh_qimg_run(q, argv, QIMG_TIMEOUT_MS, NULL, cleanup_done, j, NULL) >= 0)
+        const char *pre[] = { qimg_bin(j), "bitmap", "--remove", NULL };
+        const char *post[] = { name, NULL };
+        kh_err e = KH_ERR_INIT;
+        if (run_on_image(j, d, pre, post, QIMG_TIMEOUT_MS, cleanup_done, &e) >= 0)
             return;
+        kh_log(KH_LOG_WARN, "backup.bitmap", "vm=%s file=%s error=\"%s\"", j->vm, d->file, e.msg);
         j->cleanup_item++;
     }
     if (j->failed) {
@@ -178,12 +212,13 @@ static json_t *record_json(kh_job *j)
     size_t chunks = 0;
     for (size_t i = 0; i < j->ndisks; i++) {
         jdisk *d = &j->disks[i];
-        json_array_append_new(disks, json_pack("{s:I, s:s, s:s, s:I, s:s?, s:b}", "index",
+        json_array_append_new(disks, json_pack("{s:I, s:s, s:s, s:I, s:s?, s:b, s:b}", "index",
                                                (json_int_t)d->index, "volume", d->ref,
                                                "volume_id", d->volume_id, "size",
                                                (json_int_t)d->ix.size, "bitmap",
                                                d->qcow2 ? j->bitmap : NULL, "incremental",
-                                               d->base_bitmap != NULL));
+                                               d->base_bitmap != NULL, "encrypted",
+                                               d->encrypted));
         size += d->ix.size;
         for (size_t k = 0; k < d->ix.n; k++)
             chunks += d->ix.digest[k][0] != 0;
@@ -409,22 +444,22 @@ static void start_export(kh_job *j)
             j->have_base_ix = true;
         }
     }
-    char *argv[12];
+    const char *pre[12];
     size_t n = 0;
-    argv[n++] = (char *)(uintptr_t)"/usr/bin/qemu-nbd";
-    argv[n++] = (char *)(uintptr_t)"--read-only";
-    argv[n++] = (char *)(uintptr_t)(d->qcow2 ? "--format=qcow2" : "--format=raw");
-    argv[n++] = (char *)(uintptr_t)"--shared=" PULL_CONNECTIONS_TEXT;
-    argv[n++] = (char *)(uintptr_t)"--socket";
-    argv[n++] = j->sock;
+    pre[n++] = "/usr/bin/qemu-nbd";
+    pre[n++] = "--read-only";
+    if (!d->encrypted) /* an encrypted one is described as JSON, its format in it */
+        pre[n++] = d->qcow2 ? "--format=qcow2" : "--format=raw";
+    pre[n++] = "--shared=" PULL_CONNECTIONS_TEXT;
+    pre[n++] = "--socket";
+    pre[n++] = j->sock;
     if (d->base_bitmap) {
-        argv[n++] = (char *)(uintptr_t)"--bitmap";
-        argv[n++] = d->base_bitmap;
+        pre[n++] = "--bitmap";
+        pre[n++] = d->base_bitmap;
     }
-    argv[n++] = d->file;
-    argv[n] = NULL;
-    j->nbd_pid = kh_qimg_run(kh_storage_qimg(j->op.b->st), argv, NBD_TIMEOUT_MS, NULL,
-                             nbd_exited, j, &err);
+    pre[n] = NULL;
+    const char *post[] = { NULL };
+    j->nbd_pid = run_on_image(j, d, pre, post, NBD_TIMEOUT_MS, nbd_exited, &err);
     if (j->nbd_pid < 0) {
         fail(j, &err);
         return;
@@ -496,10 +531,9 @@ static void info_done(const kh_qimg_result *r, void *opaque)
     if (want && !d->base_bitmap)
         kh_log(KH_LOG_INFO, "backup.create", "vm=%s disk=%zu bitmap %s is gone or "
                "inconsistent: a full read", j->vm, d->index, want);
-    char *argv[] = { qimg_bin(j), (char *)(uintptr_t)"bitmap", (char *)(uintptr_t)"--add", d->file,
-                     j->bitmap, NULL };
-    if (kh_qimg_run(kh_storage_qimg(j->op.b->st), argv, QIMG_TIMEOUT_MS, NULL, bitmap_added, j,
-                    &err) < 0)
+    const char *pre[] = { qimg_bin(j), "bitmap", "--add", NULL };
+    const char *post[] = { j->bitmap, NULL };
+    if (run_on_image(j, d, pre, post, QIMG_TIMEOUT_MS, bitmap_added, &err) < 0)
         fail(j, &err);
 }
 
@@ -648,20 +682,24 @@ static int collect(kh_backups *b, kh_job *j, const json_t *vm, kh_err *err)
         d->file = xstrdup(c.layer[0].path);
         d->qcow2 = c.layer[0].format == KH_DISK_QCOW2 && !c.readonly;
         d->stale = json_array();
-        bool enc = false;
         for (size_t k = 0; k < c.n; k++)
-            enc |= c.layer[k].encrypted;
+            d->encrypted |= c.layer[k].encrypted;
         kh_volume_chain_clear(&c);
-        if (enc) {
-            kh_err_set(err, KH_E_INVALID, "disks[%zu]: volume %s is encrypted: backups of "
-                                          "encrypted volumes are not supported yet", i, ref);
-            return -1;
-        }
     }
     if (j->ndisks == 0) {
         kh_err_set(err, KH_E_INVALID, "vm %s has no disk to back up", j->vm);
         return -1;
     }
+    /* an encrypted volume's data goes only into an encrypted store: an
+     * unencrypted one would hold it in plaintext (no silent downgrade) */
+    for (i = 0; i < j->ndisks; i++)
+        if (j->disks[i].encrypted && !kh_chunks_encrypted(j->chunks)) {
+            kh_err_set(err, KH_E_INVALID, "disks[%zu]: volume %s is encrypted: back it up "
+                       "into an encrypted store (backup-store add --encrypt); store %s is "
+                       "not encrypted and would hold its data in plaintext",
+                       j->disks[i].index, j->disks[i].ref, j->store);
+            return -1;
+        }
     return 0;
 }
 
@@ -721,8 +759,9 @@ kh_task *kh_backup_create_job(kh_backups *b, const char *vm_name, const json_t *
     const char *vm_id = json_string_value(json_object_get(vm, "id"));
     kh_job tmp = { 0 };
     tmp.vm = xstrdup(vm_name);
+    tmp.chunks = chunks;
+    tmp.store = xstrdup(store);
     if (collect(b, &tmp, vm, err) < 0) {
-        tmp.chunks = chunks;
         job_free_parts(&tmp);
         json_decref(vm);
         return NULL;
@@ -730,7 +769,6 @@ kh_task *kh_backup_create_job(kh_backups *b, const char *vm_name, const json_t *
     kh_bop *op = kh_backup_op_begin(b, sizeof(kh_job), "backup.create", vm_name, vm_id, store,
                                     false, err);
     if (!op) {
-        tmp.chunks = chunks;
         job_free_parts(&tmp);
         json_decref(vm);
         return NULL;
@@ -739,9 +777,7 @@ kh_task *kh_backup_create_job(kh_backups *b, const char *vm_name, const json_t *
     kh_bop keep = j->op;
     *j = tmp;
     j->op = keep;
-    j->chunks = chunks;
     j->vm_id = xstrdup(vm_id);
-    j->store = xstrdup(store);
     j->time = kh_wall_time();
     kh_uuid_generate(j->id);
     j->live = running;

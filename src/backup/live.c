@@ -44,6 +44,7 @@ typedef struct chain {
     int fds[64];
     size_t nfds;
     size_t next;
+    int qemu_fd; /* the fd number of the last add-fd marked "fd_reply" */
     kh_live_done done;
     void (*then)(kh_job *j, const kh_err *err, kh_live_done done); /* instead of done */
 } chain;
@@ -92,6 +93,8 @@ static void chain_reply(kh_qmp *q, json_t *ret, const kh_err *err, void *opaque)
     if (err)
         kh_log(KH_LOG_DEBUG, "backup.live", "vm=%s %s: %s (ignored)", c->j->vm,
                json_string_value(json_object_get(st, "cmd")), err->msg);
+    else if (json_is_true(json_object_get(st, "fd_reply")))
+        c->qemu_fd = (int)json_integer_value(json_object_get(ret, "fd"));
     chain_next(c);
 }
 
@@ -103,6 +106,12 @@ static void chain_next(chain *c)
         const char *cmd = json_string_value(json_object_get(st, "cmd"));
         json_t *args = json_incref(json_object_get(st, "args"));
         json_t *fdj = json_object_get(st, "fd");
+        if (json_is_true(json_object_get(st, "file_from_fd"))) {
+            /* a secret object reads the memfd QEMU got from the add-fd before */
+            char file[40];
+            snprintf(file, sizeof(file), "/proc/self/fd/%d", c->qemu_fd);
+            json_object_set_new(args, "file", json_string(file));
+        }
         kh_err err = KH_ERR_INIT;
         int rc;
         if (stopping(j, &err)) {
@@ -143,6 +152,7 @@ static chain *chain_new(kh_job *j, kh_live_done done)
 {
     chain *c = xcalloc(1, sizeof(*c));
     c->j = j;
+    c->qemu_fd = -1;
     c->steps = json_array();
     c->done = done;
     return c;
@@ -174,6 +184,12 @@ static int fdset(kh_job *j, size_t i)
     return FDSET_BASE + (int)(j->seq % 500) * 32 + (int)i;
 }
 
+/* the fd set of the fleecing overlay's key (disks < KH_VM_DISKS_MAX = 16) */
+static int key_fdset(kh_job *j, size_t i)
+{
+    return fdset(j, i) + 16;
+}
+
 /* ---- teardown ---- */
 
 typedef struct jobwait {
@@ -192,6 +208,10 @@ static void teardown_rest(kh_job *j, kh_live_done done)
             chain_add(c, "blockdev-del", json_pack("{s:s}", "node-name", nget(j, i, "fleece")),
                       -1, true);
         chain_add(c, "remove-fd", json_pack("{s:i}", "fdset-id", fdset(j, i)), -1, true);
+        if (j->disks[i].encrypted) { /* when the start failed half-way */
+            chain_add(c, "remove-fd", json_pack("{s:i}", "fdset-id", key_fdset(j, i)), -1, true);
+            chain_add(c, "object-del", json_pack("{s:s}", "id", nget(j, i, "key")), -1, true);
+        }
         if (json_is_true(json_object_get(n, "frozen")))
             chain_add(c, "block-dirty-bitmap-remove",
                       json_pack("{s:s, s:s}", "node", nget(j, i, "node"), "name",
@@ -590,7 +610,18 @@ typedef struct starter {
     kh_live_done done;
     size_t made;
     kh_err failure;
+    int *keyfd; /* per disk: its overlay's ephemeral key (memfd), or -1 */
+    int tries;  /* of a LUKS overlay's create */
 } starter;
+
+static void starter_free(starter *s)
+{
+    for (size_t i = 0; s->keyfd && i < s->j->ndisks; i++)
+        if (s->keyfd[i] >= 0)
+            close(s->keyfd[i]);
+    free(s->keyfd);
+    free(s);
+}
 
 static void start_failed(kh_job *j, const kh_err *err, kh_live_done done);
 
@@ -825,13 +856,22 @@ static void create_overlay(starter *s);
 static void overlay_made(const kh_qimg_result *r, void *opaque)
 {
     starter *s = opaque;
+    if (r->status != 0 && s->keyfd[s->made] >= 0 && r->errtext &&
+        strstr(r->errtext, "Unable to get accurate CPU usage") && ++s->tries < 30) {
+        /* LUKS times its PBKDF on this CPU and, loaded, sometimes cannot
+         * measure (as volume creates, storage/volume.c): again, a new key */
+        close(s->keyfd[s->made]);
+        s->keyfd[s->made] = -1;
+        create_overlay(s);
+        return;
+    }
     if (r->status != 0) {
         kh_err err = KH_ERR_INIT;
         kh_err_set(&err, KH_E_QEMU, "qemu-img create (fleecing overlay): %s",
                    r->errtext && *r->errtext ? r->errtext : "failed");
         kh_job *j = s->j;
         kh_live_done done = s->done;
-        free(s);
+        starter_free(s);
         start_failed(j, &err, done);
         return;
     }
@@ -846,7 +886,6 @@ static void create_overlay(starter *s)
     if (s->made == j->ndisks) {
         chain *c = chain_new(j, s->done);
         c->then = overlays_added;
-        free(s);
         for (size_t i = 0; i < j->ndisks; i++) {
             char *p = xasprintf("%s/fl-%s-%zu.qcow2", j->op.b->tmp_dir, j->tag, i);
             int fd = open(p, O_RDWR | O_CLOEXEC);
@@ -855,6 +894,7 @@ static void create_overlay(starter *s)
                 kh_err_errno(&err, KH_E_INTERNAL, errno, "fleecing overlay");
                 kh_live_done done = c->done;
                 chain_end_silent(c);
+                starter_free(s);
                 start_failed(j, &err, done);
                 return;
             }
@@ -862,27 +902,70 @@ static void create_overlay(starter *s)
             snprintf(dev, sizeof(dev), "/dev/fdset/%d", fdset(j, i));
             chain_add(c, "add-fd", json_pack("{s:i, s:s}", "fdset-id", fdset(j, i), "opaque",
                                              nget(j, i, "fleece")), fd, false);
-            chain_add(c, "blockdev-add",
-                      json_pack("{s:s, s:s, s:{s:s, s:s}, s:s}", "driver", "qcow2", "node-name",
-                                nget(j, i, "fleece"), "file", "driver", "file", "filename", dev,
-                                "backing", nget(j, i, "node")), -1, false);
+            json_t *node = json_pack("{s:s, s:s, s:{s:s, s:s}, s:s}", "driver", "qcow2",
+                                     "node-name", nget(j, i, "fleece"), "file", "driver", "file",
+                                     "filename", dev, "backing", nget(j, i, "node"));
+            if (s->keyfd[i] >= 0) {
+                /* an encrypted disk's overlay is LUKS too, with its own key:
+                 * the memfd goes to QEMU (add-fd), a secret object reads it,
+                 * the overlay opens with it; then fd and object go (the key
+                 * lives on only in the open image) */
+                const char *key = nget(j, i, "key");
+                chain_add(c, "add-fd", json_pack("{s:i, s:s}", "fdset-id", key_fdset(j, i),
+                                                 "opaque", key), s->keyfd[i], false);
+                s->keyfd[i] = -1;
+                json_object_set_new(json_array_get(c->steps, json_array_size(c->steps) - 1),
+                                    "fd_reply", json_true());
+                chain_add(c, "object-del", json_pack("{s:s}", "id", key), -1, true);
+                chain_add(c, "object-add", json_pack("{s:s, s:s, s:s}", "qom-type", "secret",
+                                                     "id", key, "format", "raw"), -1, false);
+                json_object_set_new(json_array_get(c->steps, json_array_size(c->steps) - 1),
+                                    "file_from_fd", json_true());
+                chain_add(c, "remove-fd", json_pack("{s:i}", "fdset-id", key_fdset(j, i)), -1,
+                          true);
+                json_object_set_new(node, "encrypt", json_pack("{s:s, s:s}", "format", "luks",
+                                                              "key-secret", key));
+            }
+            chain_add(c, "blockdev-add", node, -1, false);
+            if (j->disks[i].encrypted)
+                chain_add(c, "object-del", json_pack("{s:s}", "id", nget(j, i, "key")), -1,
+                          true);
             json_object_set_new(json_array_get(j->nodes, i), "added_node", json_true());
         }
+        starter_free(s);
         chain_next(c);
         return;
     }
     char *p = xasprintf("%s/fl-%s-%zu.qcow2", j->op.b->tmp_dir, j->tag, s->made);
     char size[32];
     snprintf(size, sizeof(size), "%llu", (unsigned long long)j->disks[s->made].size);
-    char *argv[] = { (char *)(uintptr_t)kh_qimg_binary(kh_storage_qimg(j->op.b->st)),
-                     (char *)(uintptr_t)"create", (char *)(uintptr_t)"-q",
-                     (char *)(uintptr_t)"-f", (char *)(uintptr_t)"qcow2", p, size, NULL };
-    pid_t pid = kh_qimg_run(kh_storage_qimg(j->op.b->st), argv, QIMG_TIMEOUT_MS, NULL,
-                            overlay_made, s, &err);
+    const char *qimg = kh_qimg_binary(kh_storage_qimg(j->op.b->st));
+    pid_t pid = -1;
+    if (j->disks[s->made].encrypted) {
+        /* a LUKS overlay: the old data it receives is encrypted on disk */
+        int kfd = s->keyfd[s->made] = kh_key_ephemeral_fd(&err);
+        char *argv[] = { (char *)(uintptr_t)qimg, (char *)(uintptr_t)"create",
+                         (char *)(uintptr_t)"-q", (char *)(uintptr_t)"-f",
+                         (char *)(uintptr_t)"qcow2", (char *)(uintptr_t)"--object",
+                         (char *)(uintptr_t)"secret,id=sec0,file=/proc/self/fd/3,format=raw",
+                         (char *)(uintptr_t)"-o",
+                         (char *)(uintptr_t)"encrypt.format=luks,encrypt.key-secret=sec0,"
+                                            "encrypt.iter-time=10",
+                         p, size, NULL };
+        if (kfd >= 0)
+            pid = kh_qimg_run_fd(kh_storage_qimg(j->op.b->st), argv, kfd, QIMG_TIMEOUT_MS, NULL,
+                                 overlay_made, s, &err);
+    } else {
+        char *argv[] = { (char *)(uintptr_t)qimg, (char *)(uintptr_t)"create",
+                         (char *)(uintptr_t)"-q", (char *)(uintptr_t)"-f",
+                         (char *)(uintptr_t)"qcow2", p, size, NULL };
+        pid = kh_qimg_run(kh_storage_qimg(j->op.b->st), argv, QIMG_TIMEOUT_MS, NULL,
+                          overlay_made, s, &err);
+    }
     free(p);
     if (pid < 0) {
         kh_live_done done = s->done;
-        free(s);
+        starter_free(s);
         start_failed(j, &err, done);
     }
 }
@@ -897,7 +980,7 @@ static void nodes_listed(kh_qmp *q, json_t *ret, const kh_err *err, void *opaque
         kh_err e = KH_ERR_INIT;
         kh_err_copy(&e, err);
         kh_live_done done = s->done;
-        free(s);
+        starter_free(s);
         done(j, &e);
         return;
     }
@@ -943,7 +1026,7 @@ static void nodes_listed(kh_qmp *q, json_t *ret, const kh_err *err, void *opaque
             kh_err e = KH_ERR_INIT;
             kh_err_set(&e, KH_E_QEMU, "vm %s: QEMU has no node %s", j->vm, nget(j, i, "node"));
             kh_live_done done = s->done;
-            free(s);
+            starter_free(s);
             done(j, &e);
             return;
         }
@@ -962,10 +1045,13 @@ static void janitor_then_start(kh_job *j, const kh_err *err)
     starter *s = xcalloc(1, sizeof(*s));
     s->j = j;
     s->done = done;
+    s->keyfd = xcalloc(j->ndisks + 1, sizeof(*s->keyfd));
+    for (size_t i = 0; i < j->ndisks; i++)
+        s->keyfd[i] = -1;
     kh_err e = KH_ERR_INIT;
     if (kh_manager_qmp(j->op.b->mgr, j->vm_id, "query-named-block-nodes",
                        json_pack("{s:b}", "flat", true), nodes_listed, s, &e) < 0) {
-        free(s);
+        starter_free(s);
         done(j, &e);
     }
 }
@@ -1012,6 +1098,8 @@ void kh_live_start(kh_job *j, kh_live_done done)
         json_object_set_new(n, "job", json_string(name));
         snprintf(name, sizeof(name), "khe%sd%zu", j->tag, i);
         json_object_set_new(n, "export", json_string(name));
+        snprintf(name, sizeof(name), "khk%sd%zu", j->tag, i);
+        json_object_set_new(n, "key", json_string(name));
         snprintf(name, sizeof(name), "khs%s", j->tag);
         json_object_set_new(n, "snap", json_string(name));
         json_array_append_new(j->nodes, n);

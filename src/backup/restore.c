@@ -31,6 +31,8 @@ typedef struct rdisk {
     char *ref;       /* the target volume (pool/name) */
     char *file;
     bool qcow2;
+    bool encrypted;  /* the backed-up volume was (LUKS): so is a new one */
+    bool target_enc; /* the target volume's chain has an encrypted layer */
     kh_index ix;
 } rdisk;
 
@@ -661,6 +663,9 @@ static void push_step(rjob *r)
     free(d->file);
     d->file = xstrdup(c.layer[0].path);
     d->qcow2 = c.layer[0].format == KH_DISK_QCOW2;
+    d->target_enc = false;
+    for (size_t k = 0; k < c.n; k++)
+        d->target_enc |= c.layer[k].encrypted;
     kh_volume_chain_clear(&c);
     if (kh_fmt(r->sock, sizeof(r->sock), "%s/r%.8s-%zu.sock", r->op.b->tmp_dir, r->id, r->cur) < 0) {
         kh_err_set(&err, KH_E_INTERNAL, "the state directory's path is too long");
@@ -668,12 +673,32 @@ static void push_step(rjob *r)
         return;
     }
     unlink(r->sock);
-    char *argv[] = { (char *)(uintptr_t)"/usr/bin/qemu-nbd",
-                     (char *)(uintptr_t)(d->qcow2 ? "--format=qcow2" : "--format=raw"),
-                     (char *)(uintptr_t)"--socket", r->sock, (char *)(uintptr_t)"--discard=unmap",
-                     (char *)(uintptr_t)"--detect-zeroes=unmap", d->file, NULL };
-    r->nbd_pid = kh_qimg_run(kh_storage_qimg(r->op.b->st), argv, NBD_TIMEOUT_MS, NULL,
-                             nbd_exited, r, &err);
+    kh_strv *a = kh_strv_new();
+    kh_strv_add(a, "/usr/bin/qemu-nbd");
+    kh_strv_add(a, "--socket");
+    kh_strv_add(a, r->sock);
+    kh_strv_add(a, "--discard=unmap");
+    kh_strv_add(a, "--detect-zeroes=unmap");
+    int fds[KH_QIMG_FDS_MAX];
+    size_t nfds = 0;
+    r->nbd_pid = -1;
+    if (d->target_enc) {
+        /* an encrypted volume (a new one has a key of its own, an existing
+         * one keeps its): written through its key, the data encrypted on
+         * disk as it lands */
+        char *img = kh_backup_image_json(r->op.b, d->ref, a, fds, &nfds, KH_QIMG_FDS_MAX, &err);
+        if (img)
+            kh_strv_add_steal(a, img);
+    } else {
+        kh_strv_add(a, d->qcow2 ? "--format=qcow2" : "--format=raw");
+        kh_strv_add(a, d->file);
+    }
+    if (!kh_err_isset(&err))
+        r->nbd_pid = kh_qimg_run_fds(kh_storage_qimg(r->op.b->st), a->v, fds, nfds,
+                                     NBD_TIMEOUT_MS, NULL, nbd_exited, r, &err);
+    for (size_t k = 0; k < nfds; k++)
+        close(fds[k]);
+    kh_strv_free(a);
     if (r->nbd_pid < 0) {
         rfail(r, &err);
         return;
@@ -712,14 +737,27 @@ static void create_step(rjob *r)
     char *pool = NULL, *name = NULL;
     kh_err err = KH_ERR_INIT;
     kh_volume_ref_parse(d->ref, &pool, &name, &err);
-    json_t *body = json_pack("{s:s, s:s, s:I}", "name", name, "format", "qcow2", "size",
-                             (json_int_t)d->ix.size);
+    json_t *body = json_pack("{s:s, s:s, s:I, s:b}", "name", name, "format", "qcow2", "size",
+                             (json_int_t)d->ix.size, "encrypt", d->encrypted);
     int rc = kh_storage_volume_create(r->op.b->st, pool, body, volume_made, r, &err);
     json_decref(body);
     free(pool);
     free(name);
     if (rc < 0)
         rfail(r, &err);
+}
+
+/* 1 when volume ref has an encrypted layer, 0 when not, -1 with err. */
+static int encrypted_target(kh_backups *b, const char *ref, kh_err *err)
+{
+    kh_volume_chain c;
+    if (kh_storage_resolve(b->st, ref, &c, err) < 0)
+        return -1;
+    bool enc = false;
+    for (size_t k = 0; k < c.n; k++)
+        enc |= c.layer[k].encrypted;
+    kh_volume_chain_clear(&c);
+    return enc;
 }
 
 /* ---- first: every chunk checked ---- */
@@ -826,6 +864,7 @@ kh_task *kh_backup_restore(kh_backups *b, const char *id, const json_t *body, kh
         rdisk *d = &disks[nd];
         d->index = i;
         d->vm_index = vi;
+        d->encrypted = json_is_true(json_object_get(bd, "encrypted"));
         if (as) {
             d->ref = xasprintf("%s/%s-disk%zu", pool ? pool : "default", as, vi);
         } else {
@@ -839,6 +878,14 @@ kh_task *kh_backup_restore(kh_backups *b, const char *id, const json_t *body, kh
             d->ref = xstrdup(ref);
         }
         nd++;
+        if (!as && d->encrypted && encrypted_target(b, d->ref, err) != 1) {
+            /* never the plaintext of an encrypted volume into one that is not */
+            if (!kh_err_isset(err))
+                kh_err_set(err, KH_E_CONFLICT, "disk %zu of backup %s is of an encrypted "
+                           "volume; vm %s's volume %s is not encrypted: restore it as a new "
+                           "VM (as), whose volume is encrypted", vi, id, target, d->ref);
+            goto fail1;
+        }
         if (kh_backup_index_read(chunks, id, i, &d->ix, err) < 0)
             goto fail1;
     }

@@ -58,6 +58,8 @@ struct snap_op {
     unsigned long long memory_mib; /* the VM's RAM: the most a VM state takes */
     size_t undo;     /* a failed create: files that got the snapshot */
     size_t next;     /* qemu-img: the file being done */
+    json_t *drop;    /* a revert: the backups' bitmaps of that file still to remove */
+    bool dropped;    /* ... removed: the snapshot may be applied */
     kh_err failure;  /* a live failure, kept while the images are repaired */
     int repair_tries;
     char job_id[64];
@@ -151,6 +153,7 @@ static void op_free(snap_op *o)
     free(o->name);
     free(o->vmstate);
     json_decref(o->devices);
+    json_decref(o->drop);
     kh_strv_free(o->files);
     kh_strv_free(o->pools);
     free(o);
@@ -434,13 +437,59 @@ static void on_job_started(kh_qmp *q, json_t *ret, const kh_err *err, void *opaq
     uv_timer_start(o->timer, poll_jobs, POLL_MS, 0);
 }
 
-static int start_live(snap_op *o, kh_err *err)
+static int start_job(snap_op *o, kh_err *err)
 {
     json_t *args = json_pack("{s:s, s:s, s:O}", "job-id", o->job_id, "tag", o->name, "devices",
                              o->devices);
     if (o->kind != SNAP_DELETE)
         json_object_set_new(args, "vmstate", json_string(o->vmstate));
     return kh_manager_qmp(o->s->mgr, o->vm_id, qmp_commands[o->kind], args, on_job_started, o, err);
+}
+
+/* A revert of a running VM: the backups' bitmaps (kh-bk-*) of its disks go
+ * first, as for a stopped VM (see "a revert and the backups' dirty bitmaps"
+ * below); the removes are queued on the monitor before snapshot-load. */
+static void live_bitmaps_listed(kh_qmp *q, json_t *ret, const kh_err *err, void *opaque)
+{
+    (void)q;
+    snap_op *o = opaque;
+    kh_err e = KH_ERR_INIT;
+    if (err) {
+        kh_err_copy(&e, err);
+        kh_err_prefix(&e, "query-named-block-nodes");
+        op_finish(o, &e);
+        return;
+    }
+    size_t i, k, d, removed = 0;
+    json_t *n, *bm, *dev;
+    json_array_foreach(ret, i, n) {
+        const char *node = json_string_value(json_object_get(n, "node-name"));
+        bool ours = false;
+        json_array_foreach(o->devices, d, dev) {
+            ours |= node && strcmp(node, json_string_value(dev)) == 0;
+        }
+        json_array_foreach(ours ? json_object_get(n, "dirty-bitmaps") : NULL, k, bm) {
+            const char *name = json_string_value(json_object_get(bm, "name"));
+            if (!name || strncmp(name, "kh-bk-", 6) != 0)
+                continue;
+            kh_manager_qmp(o->s->mgr, o->vm_id, "block-dirty-bitmap-remove",
+                           json_pack("{s:s, s:s}", "node", node, "name", name), NULL, NULL, NULL);
+            removed++;
+        }
+    }
+    if (removed)
+        kh_log(KH_LOG_INFO, "snapshot.revert", "vm=%s backup_bitmaps=%zu removed: the next "
+               "backup is full", o->vm, removed);
+    if (start_job(o, &e) < 0)
+        op_finish(o, &e);
+}
+
+static int start_live(snap_op *o, kh_err *err)
+{
+    if (o->kind != SNAP_REVERT)
+        return start_job(o, err);
+    return kh_manager_qmp(o->s->mgr, o->vm_id, "query-named-block-nodes",
+                          json_pack("{s:b}", "flat", true), live_bitmaps_listed, o, err);
 }
 
 /* ---- live, disk-only: the guest's filesystems frozen around it ----
@@ -575,6 +624,7 @@ static void on_qimg(const kh_qimg_result *r, void *opaque)
         return;
     }
     o->next++;
+    o->dropped = false;
     if (o->next == o->files->n) {
         op_finish(o, NULL);
         return;
@@ -584,9 +634,79 @@ static void on_qimg(const kh_qimg_result *r, void *opaque)
         op_finish(o, &err);
 }
 
+/* ---- a revert and the backups' dirty bitmaps ----
+ * QEMU applies no snapshot to an image with dirty bitmaps ("Device has
+ * active dirty bitmaps": they could not follow the jump back). A revert of
+ * a stopped VM first removes the backups' persistent bitmaps (kh-bk-*,
+ * backup/job.c) from each image: the VM's next backup finds no base bitmap
+ * and reads the whole disk, as it must after its disks went back in time. */
+
+static void bitmap_next(snap_op *o);
+
+static void bitmap_removed(const kh_qimg_result *r, void *opaque)
+{
+    snap_op *o = opaque;
+    if (r->status != 0)
+        kh_log(KH_LOG_WARN, "snapshot.revert", "vm=%s file=%s error=\"%s\"", o->vm,
+               o->files->v[o->next], r->errtext ? r->errtext : "");
+    bitmap_next(o);
+}
+
+static void bitmap_next(snap_op *o)
+{
+    kh_err err = KH_ERR_INIT;
+    kh_qimg *q = kh_storage_qimg(o->s->st);
+    char *name = json_array_size(o->drop)
+                     ? xstrdup(json_string_value(json_array_get(o->drop, 0)))
+                     : NULL;
+    json_array_remove(o->drop, 0);
+    int rc;
+    if (!name) {
+        o->dropped = true;
+        rc = qimg_step(o, &err);
+    } else {
+        char *argv[] = { (char *)(uintptr_t)kh_qimg_binary(q), (char *)(uintptr_t)"bitmap",
+                         (char *)(uintptr_t)"--remove", o->files->v[o->next], name, NULL };
+        rc = kh_qimg_run(q, argv, QIMG_SNAPSHOT_TIMEOUT_MS, NULL, bitmap_removed, o, &err) < 0
+                 ? -1 : 0;
+    }
+    free(name);
+    if (rc < 0)
+        op_finish(o, &err);
+}
+
+static void bitmaps_listed(const kh_qimg_result *r, void *opaque)
+{
+    snap_op *o = opaque;
+    json_decref(o->drop);
+    o->drop = json_array();
+    json_t *info = r->status == 0 && r->out ? json_loads(r->out, 0, NULL) : NULL;
+    size_t i;
+    json_t *bm;
+    json_array_foreach(json_object_get(json_object_get(json_object_get(info, "format-specific"),
+                                                       "data"), "bitmaps"), i, bm) {
+        const char *name = json_string_value(json_object_get(bm, "name"));
+        if (name && strncmp(name, "kh-bk-", 6) == 0)
+            json_array_append_new(o->drop, json_string(name));
+    }
+    json_decref(info);
+    if (json_array_size(o->drop))
+        kh_log(KH_LOG_INFO, "snapshot.revert", "vm=%s file=%s backup_bitmaps=%zu removed: the "
+               "next backup is full", o->vm, o->files->v[o->next], json_array_size(o->drop));
+    bitmap_next(o);
+}
+
 static int qimg_step(snap_op *o, kh_err *err)
 {
     kh_qimg *q = kh_storage_qimg(o->s->st);
+    if (o->kind == SNAP_REVERT && !o->dropped) {
+        char *argv[] = { (char *)(uintptr_t)kh_qimg_binary(q), (char *)(uintptr_t)"info",
+                         (char *)(uintptr_t)"-U", (char *)(uintptr_t)"--output=json",
+                         (char *)(uintptr_t)"-f", (char *)(uintptr_t)"qcow2",
+                         o->files->v[o->next], NULL };
+        return kh_qimg_run(q, argv, QIMG_SNAPSHOT_TIMEOUT_MS, NULL, bitmaps_listed, o, err) < 0
+                   ? -1 : 0;
+    }
     char *argv[] = { (char *)(uintptr_t)kh_qimg_binary(q), (char *)(uintptr_t)"snapshot",
                      (char *)(uintptr_t)qimg_flags[o->kind], o->name, o->files->v[o->next],
                      NULL };

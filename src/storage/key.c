@@ -113,6 +113,18 @@ int kh_key_new(const kh_key_master *m, const char *vol_id, char wrapped_hex[KH_K
     return fd;
 }
 
+int kh_key_ephemeral_fd(kh_err *err)
+{
+    unsigned char key[KEY_LEN];
+    char secret[2 * KEY_LEN + 1];
+    kh_random_bytes(key, sizeof(key));
+    hex_encode(key, KEY_LEN, secret);
+    OPENSSL_cleanse(key, sizeof(key));
+    int fd = secret_memfd(secret, err);
+    OPENSSL_cleanse(secret, sizeof(secret));
+    return fd;
+}
+
 int kh_key_secret_fd(const kh_key_master *m, const char *vol_id, const char *wrapped_hex,
                      const char *what, kh_err *err)
 {

@@ -36,6 +36,11 @@ int kh_key_new(const kh_key_master *m, const char *vol_id, char wrapped_hex[KH_K
 int kh_key_secret_fd(const kh_key_master *m, const char *vol_id, const char *wrapped_hex,
                      const char *what, kh_err *err);
 
+/* A random 256-bit key that belongs to nothing and is never stored (a
+ * temporary image's: a backup's fleecing overlay), its hex in a sealed
+ * memfd (the caller closes it), or -1. */
+int kh_key_ephemeral_fd(kh_err *err);
+
 /* Wrap a raw 32-byte key (a backup store's) under the master key with aad as
  * associated data (the store's id): wrapped_hex as kh_key_new's. */
 int kh_key_wrap(const kh_key_master *m, const char *aad, const unsigned char key[32],
