@@ -214,9 +214,10 @@ typedef struct admit_job {
     void *opaque;
 } admit_job;
 
-static void admit_end(admit_job *j, json_t *out, const kh_err *err)
+static void admit_job_free(admit_job *j)
 {
-    j->cb(j->opaque, out, out ? NULL : err);
+    if (!j)
+        return;
     OPENSSL_cleanse(j->token, strlen(j->token));
     free(j->token);
     free(j->host_id);
@@ -228,6 +229,12 @@ static void admit_end(admit_job *j, json_t *out, const kh_err *err)
     free(j->ca);
     json_decref(j->out);
     free(j);
+}
+
+static void admit_end(admit_job *j, json_t *out, const kh_err *err)
+{
+    j->cb(j->opaque, out, out ? NULL : err);
+    admit_job_free(j);
 }
 
 static void token_invalid(admit_job *j)
@@ -426,15 +433,7 @@ int kh_cluster_admit_async(kh_cluster *c, const char *token, const json_t *body,
     json_t *req = json_pack("{s:o}", "key", kh_etcd_key_json(key));
     free(key);
     if (kh_etcd_request_async(c->etcd, "/v3/kv/range", req, on_token_read, j, err) < 0) {
-        j->cb = NULL;
-        OPENSSL_cleanse(j->token, strlen(j->token));
-        free(j->token);
-        free(j->host_id);
-        free(j->peer);
-        free(j->name);
-        free(j->csr);
-        free(j->address);
-        free(j);
+        admit_job_free(j);
         return -1;
     }
     return 0;
