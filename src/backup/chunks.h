@@ -31,9 +31,11 @@
 /* The largest chunk (and the chunk size of stores made before chunk sizes
  * could be chosen); a store's own size is in its header (kh_chunks_chunk_size). */
 #define KH_CHUNK_SIZE (4u << 20)
-/* New stores: 1 MiB (an incremental backup stores whole chunks: smaller
- * chunks make it cost what changed); any power of two 64 KiB..4 MiB. */
-#define KH_CHUNK_SIZE_DEFAULT (1u << 20)
+/* New stores: 512 KiB (an incremental backup stores whole chunks: smaller
+ * chunks make it cost what changed, larger ones make a full backup cheaper
+ * per byte; bench/backup.py: docs/backup.md "Figures"); any power of two
+ * 64 KiB..4 MiB. */
+#define KH_CHUNK_SIZE_DEFAULT (512u << 10)
 #define KH_CHUNK_SIZE_MIN (64u << 10)
 #define KH_CHUNK_KEY_LEN 32
 #define KH_DIGEST_LEN 32

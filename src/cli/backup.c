@@ -317,7 +317,7 @@ static const cli_opt store_add_opts[] = {
       "Without it the backups cannot be read." },
     { "key", "HEX", CLI_OPT_ARG, "The key of an existing encrypted store (64 hex digits)." },
     { "chunk-size", "SIZE", CLI_OPT_ARG,
-      "A new store's chunk size: 64K to 4M, a power of two (default 1M). Smaller chunks make "
+      "A new store's chunk size: 64K to 4M, a power of two (default 512K). Smaller chunks make "
       "incremental backups store less; larger ones mean fewer files." },
     { NULL, NULL, 0, NULL },
 };
