@@ -62,16 +62,21 @@ def write_random(path, off, length, seed):
         os.unlink(src)
 
 
-def disk_sum(path, fmt="qcow2"):
-    """SHA-256 of the disk's guest-visible bytes."""
-    out = path + ".sum.raw"
-    subprocess.run([QIMG, "convert", "-U", "-f", fmt, "-O", "raw", path, out], check=True)
+def raw_sum(argv, out):
+    """SHA-256 of what `qemu-img convert ARGV... -O raw OUT` writes (OUT
+    removed after)."""
+    subprocess.run([QIMG, "convert", "-U"] + argv + ["-O", "raw", out], check=True)
     h = hashlib.sha256()
     with open(out, "rb") as f:
         for b in iter(lambda: f.read(MiB), b""):
             h.update(b)
     os.unlink(out)
     return h.hexdigest()
+
+
+def disk_sum(path, fmt="qcow2"):
+    """SHA-256 of the disk's guest-visible bytes."""
+    return raw_sum(["-f", fmt, path], path + ".sum.raw")
 
 
 def disk_raw(path):

@@ -10,7 +10,6 @@ The test reads and writes the plaintext with the volume's own key, which
 it unwraps from the daemon's database with STATE_DIR/master.key (as
 storage/key.c does) into a file of its temp dir."""
 
-import hashlib
 import json
 import os
 import signal
@@ -22,7 +21,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 import khlib
 from storagelib import QIMG, guest_vm, vol_path
-from test_backup import MiB, chunk_files, ok_task, wait_vda, guest_sum
+from test_backup import MiB, chunk_files, raw_sum, ok_task, wait_vda, guest_sum
 
 QIO = "/usr/bin/qemu-io"
 MARK = b"KH-LUKS-PLAINTEXT-MARK-0123456789"
@@ -72,15 +71,7 @@ class Keyed:
         assert p.returncode == 0 and "error" not in p.stdout.lower(), p
 
     def sum(self):
-        out = self.keyfile + ".raw"
-        subprocess.run([QIMG, "convert", "-U"] + self.obj() +
-                       ["--image-opts", self.opts(), "-O", "raw", out], check=True)
-        h = hashlib.sha256()
-        with open(out, "rb") as f:
-            for b in iter(lambda: f.read(MiB), b""):
-                h.update(b)
-        os.unlink(out)
-        return h.hexdigest()
+        return raw_sum(self.obj() + ["--image-opts", self.opts()], self.keyfile + ".raw")
 
 
 def qinfo(path):
