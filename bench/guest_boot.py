@@ -6,14 +6,16 @@ kvmhost vs raw QEMU, same image, same cloud-init seed, one run each
 kvmhost: a kvmhostd (KH_BUILD_DIR, default build/) in a network namespace,
 a nat network and a port forward 127.0.0.1:PORT -> guest 22, cloud_init with
 a fresh key; timed from POST .../start to `ssh true` succeeding.
-raw QEMU: qemu-system-x86_64 -machine q35 -accel tcg, virtio-blk, user-mode
+raw QEMU: qemu-system-x86_64 -machine q35 -accel tcg with kvmhost's TCG CPU
+model (KH_CPU_TCG), virtio-blk, user-mode
 networking with hostfwd, a cidata ISO (genisoimage) with the same user-data;
 timed from the spawn to `ssh true` succeeding.
 The two run at the same time (threads), so that on a shared, busy host both
 see the same load; --serial runs them one after the other.
 
 libvirt: `virsh start` of the same image (a qcow2 overlay) with a NoCloud
-ISO of the same user-data, on a libvirt NAT network, by a private libvirtd
+ISO of the same user-data, the CPU as virt-install leaves it under TCG (no
+<cpu>: QEMU's qemu64), on a libvirt NAT network, by a private libvirtd
 in a network namespace (bench/libvirt_peer.py), at the same time as the two
 others; skipped with a printed line when libvirt is not installed.
 
@@ -37,6 +39,16 @@ import netlib  # noqa: E402
 import libvirt_peer  # noqa: E402
 
 QEMU = shutil.which("qemu-system-x86_64") or "/usr/bin/qemu-system-x86_64"
+
+
+def kvmhost_tcg_cpu():
+    """kvmhost's -cpu under TCG (KH_CPU_TCG in src/qemu/argv.h): raw QEMU
+    gets the same guest CPU, so that its column is the same guest hardware."""
+    import re
+    with open(os.path.join(HERE, "..", "src", "qemu", "argv.h")) as f:
+        return re.search(r'#define KH_CPU_TCG "([^"]+)"', f.read()).group(1)
+
+
 CLEANUPS = []  # what main() undoes when interrupted (the worker threads cannot)
 
 
@@ -131,7 +143,7 @@ def run_qemu(disk, work, key, pub, timeout):
     iso = os.path.join(work, "cidata.iso")
     subprocess.run(["genisoimage", "-quiet", "-volid", "cidata", "-joliet", "-rock",
                     "-input-charset", "utf-8", "-output", iso, sd], check=True)
-    argv = [QEMU, "-machine", "q35", "-accel", "tcg", "-cpu", "max", "-m", "1024",
+    argv = [QEMU, "-machine", "q35", "-accel", "tcg", "-cpu", kvmhost_tcg_cpu(), "-m", "1024",
             "-display", "none", "-serial", "file:" + os.path.join(work, "raw-console.log"),
             "-blockdev", json.dumps({"driver": "qcow2", "node-name": "d0",
                                      "file": {"driver": "file", "filename": vdisk}}),

@@ -477,7 +477,9 @@ def boot_to_ssh(disk, seed_iso, key, timeout=600, mem=1024, cleanups=None):
   <vcpu>1</vcpu>
   <os><type arch='x86_64' machine='q35'>hvm</type><boot dev='hd'/></os>
   <features><acpi/></features>
-  <cpu mode='maximum' check='none'/>
+  <!-- no <cpu>: what virt-install 4.1 writes for a TCG (type='qemu') x86
+       guest (virtinst/domain/cpu.py sets a mode only for KVM): QEMU's
+       default model, qemu64 -->
   <devices>
     <emulator>{qemu}</emulator>
     <disk type='file' device='disk'>

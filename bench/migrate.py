@@ -201,16 +201,18 @@ def one_run(mem, accel, local, downtime_ms):
         tp, tq, tc = qemu(d, "dst", mem, accel, dst_disk if local else src_disk, True, dst_data)
         procs.append(tp)
         t0 = time.monotonic()
-        # prepare: dirty rate, then the target's incoming side
-        sq.cmd("calc-dirty-rate", **{"calc-time": 1})
-        time.sleep(1.0)
+        # prepare: dirty rate (as kvmhost: not for a guest paused for the
+        # copy, which dirties nothing), then the target's incoming side
         rate = None
-        for _ in range(100):
-            r = sq.cmd("query-dirty-rate")
-            if r.get("status") == "measured":
-                rate = r.get("dirty-rate")
-                break
-            time.sleep(0.02)
+        if not PAUSED["copy"]:
+            sq.cmd("calc-dirty-rate", **{"calc-time": 1})
+            time.sleep(1.0)
+            for _ in range(100):
+                r = sq.cmd("query-dirty-rate")
+                if r.get("status") == "measured":
+                    rate = r.get("dirty-rate")
+                    break
+                time.sleep(0.02)
         dirty_s = time.monotonic() - t0
         caps = [{"capability": "events", "state": True}, {"capability": "multifd", "state": False}]
         tq.cmd("migrate-set-capabilities", capabilities=caps)

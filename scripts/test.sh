@@ -43,10 +43,10 @@ scripts/install-deps.sh --test || { echo "cannot install dependencies"; exit 1; 
 rm -f "$LOGS/debian-build.rc"
 (tests/guest/build-debian.sh >"$LOGS/debian-build.log" 2>&1; echo $? >"$LOGS/debian-build.rc") &
 
-# meson test: count its Ok/Fail lines.
+# meson test of one suite (unit by default): count its Ok/Fail lines.
 meson_tests() {
-  local dir=$1 name=$2 out
-  out=$(meson test -C "$dir" --suite unit --print-errorlogs --num-processes 2 2>&1)
+  local dir=$1 name=$2 suite=${3:-unit} out
+  out=$(meson test -C "$dir" --suite "$suite" --print-errorlogs --num-processes 2 2>&1)
   local rc=$?
   echo "$out" | tail -n 25
   local okn failn
@@ -62,6 +62,8 @@ stage "build and unit tests"
 if { [ -f "$BUILD/build.ninja" ] || meson setup "$BUILD" >"$LOGS/setup.log" 2>&1; } &&
    ninja -C "$BUILD" >"$LOGS/build.log" 2>&1; then
   meson_tests "$BUILD" "unit tests"
+  # every golden QEMU command line run by the real QEMU (tests/unit/argv)
+  meson_tests "$BUILD" "golden argv under QEMU" qemu
 else
   tail -n 40 "$LOGS/build.log" "$LOGS/setup.log" 2>/dev/null
   bad "build"

@@ -72,6 +72,7 @@ struct kh_inst {
     int boot_disks;
     int boot_nics;
     char boot_macs[KH_VM_NICS_MAX][KH_MAC_STRLEN];
+    char boot_cpu[128];    /* its -cpu ("": unknown) */
     /* migration (instance/migrate.c): this start is a migration target's:
      * QEMU runs `-incoming defer`, listens on incoming_host:incoming_port
      * (migrate-incoming) and is not `cont`-ed; the state stays "starting"
@@ -85,6 +86,8 @@ struct kh_inst {
     uint64_t incoming_nbd_disks;
     /* migration and NBD over TLS: the tls-creds-x509 dir (NULL: plain) */
     char *incoming_tls_dir;
+    /* the source's -cpu, which the incoming QEMU must have ("": default) */
+    char incoming_cpu[128];
     /* live-restore: per spec disk, a connected socket to a read-only NBD
      * server or -1, taken by the next launch (kh_manager_nbd_backing) */
     int *nbd_backing;

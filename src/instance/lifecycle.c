@@ -196,6 +196,7 @@ void kh_lifecycle_process_ended(kh_inst *v, int status)
     KH_FREE(v->going_down);
     KH_FREE(v->incoming_host); /* migration: a target's QEMU that ended */
     KH_FREE(v->incoming_tls_dir);
+    v->incoming_cpu[0] = '\0';
     v->incoming_port = 0;
     v->incoming_nbd_port = 0;
     v->incoming_nbd_disks = 0;
@@ -405,6 +406,7 @@ static void on_commit_cont(kh_qmp *q, json_t *ret, const kh_err *err, void *opaq
     }
     KH_FREE(v->incoming_host);
     KH_FREE(v->incoming_tls_dir);
+    v->incoming_cpu[0] = '\0';
     v->incoming_port = 0;
     v->incoming_nbd_port = 0;
     v->incoming_nbd_disks = 0;

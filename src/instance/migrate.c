@@ -3,9 +3,8 @@
  * loop: each event gives the next phase (recorded in etcd through
  * ops->record and in the migrations table before its actions run) and the
  * actions, run here in the order of their bits: calc-dirty-rate and the
- * forecast (qemu/migrate.c kh_qmig_decide), the target's host-to-host
- * routes over HTTP (libcurl, blocking with short timeouts, as
- * cluster/join.c), the QMP sequence through the driver's command (local
+ * forecast with the target's prepare (migrate_prep.c), the target's
+ * host-to-host routes (migrate_peer.c), the QMP sequence through the driver's command (local
  * disks: NBD nodes and blockdev-mirror until ready; at the switch the
  * mirrors are cancelled, which completes them consistently while the
  * guest is paused before the switch-over), the owner move through
@@ -21,9 +20,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define CURL_DISABLE_TYPECHECK 1
-#include <curl/curl.h>
-
 #include "instance/config.h"
 #include "instance/instance_int.h"
 #include "instance/migrate_fsm.h"
@@ -37,13 +33,7 @@
 
 #include <sqlite3.h>
 
-#define HTTP_TIMEOUT_MS 15000
-#define PREPARE_TIMEOUT_MS 60000
 #define FORGET_TRIES 100
-#define DIRTY_CALC_S 1
-#define DIRTY_POLLS 50
-#define DIRTY_REPOLL_MS 20 /* the measurement due but not in yet: ask again */
-#define PREP_TICK_MS 20
 #define CONFIRM_POLL_MS 5       /* finish: is the guest running on the target yet */
 #define CONFIRM_TIMEOUT_MS 10000    /* prepare's timer (the target is asked every POLL_MS) */
 #define DEFAULT_MAX_DOWNTIME_MS 2000
@@ -66,8 +56,7 @@ static void mig_release(kh_migration *m)
     for (size_t i = 0; i < KH_ARRAY_LEN(migrations); i++)
         if (migrations[i] == m)
             migrations[i] = NULL;
-    if (m->curl)
-        curl_easy_cleanup(m->curl);
+    kh_migrate_peer_close(m);
     free(m);
 }
 
@@ -95,82 +84,9 @@ void kh_migrate_timer_stop(kh_migration *m)
         uv_timer_stop(m->timer);
 }
 
-/* ---- HTTP to the peer ---- */
-
-/* POST (body non-NULL) or GET url; *out (may be NULL) the JSON reply.
- * One handle per migration: its connection (and TLS session) stays open
- * from prepare to commit, so the commit in the guest's downtime makes no
- * TCP or TLS handshake. */
-static int peer_call(kh_migration *m, const char *path, const json_t *body, json_t **out,
-                     kh_err *err)
-{
-    char *url = xasprintf("%s/api/v1/migrations/%s/%s", m->peer.api_url, m->id, path);
-    char *auth = xasprintf("Authorization: KH-Peer %s", m->token);
-    char *text = body ? json_dumps(body, JSON_COMPACT) : NULL;
-    kh_buf reply = { 0 };
-    char errbuf[CURL_ERROR_SIZE] = "";
-    long status = 0;
-    int rc = -1;
-    if (!m->curl)
-        m->curl = curl_easy_init();
-    else
-        curl_easy_reset(m->curl); /* the options go, the connection stays */
-    CURL *h = m->curl;
-    if (!h) {
-        kh_err_set(err, KH_E_INTERNAL, "libcurl is not available");
-        goto out;
-    }
-    struct curl_slist *hdr = curl_slist_append(NULL, "Content-Type: application/json");
-    hdr = curl_slist_append(hdr, auth);
-    curl_easy_setopt(h, CURLOPT_URL, url);
-    curl_easy_setopt(h, CURLOPT_HTTPHEADER, hdr);
-    if (m->peer.tls_ca[0]) { /* the peer's host-to-host listener: mutual TLS */
-        curl_easy_setopt(h, CURLOPT_CAINFO, m->peer.tls_ca);
-        curl_easy_setopt(h, CURLOPT_SSLCERT, m->peer.tls_cert);
-        curl_easy_setopt(h, CURLOPT_SSLKEY, m->peer.tls_key);
-    }
-    if (text)
-        curl_easy_setopt(h, CURLOPT_POSTFIELDS, text);
-    curl_easy_setopt(h, CURLOPT_TIMEOUT_MS, (long)HTTP_TIMEOUT_MS);
-    curl_easy_setopt(h, CURLOPT_CONNECTTIMEOUT_MS, 3000L);
-    curl_easy_setopt(h, CURLOPT_NOSIGNAL, 1L);
-    curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, kh_buf_curl_write);
-    curl_easy_setopt(h, CURLOPT_WRITEDATA, &reply);
-    curl_easy_setopt(h, CURLOPT_ERRORBUFFER, errbuf);
-    CURLcode cc = curl_easy_perform(h);
-    curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &status);
-    curl_easy_setopt(h, CURLOPT_HTTPHEADER, NULL);
-    curl_slist_free_all(hdr);
-    if (cc != CURLE_OK) {
-        kh_err_set(err, KH_E_UNAVAILABLE, "%s: %s", url,
-                   errbuf[0] ? errbuf : curl_easy_strerror(cc));
-        goto out;
-    }
-    json_t *j = reply.len ? json_loadb(reply.p, reply.len, 0, NULL) : NULL;
-    if (status < 200 || status >= 300) {
-        const char *msg = json_string_value(
-            json_object_get(json_object_get(j, "error"), "message"));
-        kh_err_set(err, status == 404 ? KH_E_NOTFOUND : KH_E_CONFLICT, "%s %s: %ld %s",
-                   m->peer.name, path, status, msg ? msg : "");
-        json_decref(j);
-        goto out;
-    }
-    if (out)
-        *out = j;
-    else
-        json_decref(j);
-    rc = 0;
-out:
-    free(url);
-    free(auth);
-    free(text);
-    kh_buf_release(&reply);
-    return rc;
-}
-
 /* ---- the source's machine ---- */
 
-static void fail_with(kh_migration *m, const kh_err *err)
+void kh_migrate_fail(kh_migration *m, const kh_err *err)
 {
     if (err && m->err.code == KH_OK)
         m->err = *err;
@@ -215,7 +131,7 @@ int kh_migrate_qmp(kh_migration *m, const char *cmd, json_t *args, kh_qmp_reply_
     if (!v || v->pid <= 0) {
         json_decref(args);
         kh_err_set(&err, KH_E_CONFLICT, "vm %s has no QEMU any more", m->name);
-        fail_with(m, &err);
+        kh_migrate_fail(m, &err);
         return -1;
     }
     qmp_call *c = xcalloc(1, sizeof(*c));
@@ -223,7 +139,7 @@ int kh_migrate_qmp(kh_migration *m, const char *cmd, json_t *args, kh_qmp_reply_
     c->cb = cb ? cb : qmp_ignore;
     if (v->drv->command(v, cmd, args, -1, qmp_reply, c, &err) < 0) {
         free(c);
-        fail_with(m, &err);
+        kh_migrate_fail(m, &err);
         return -1;
     }
     m->inflight++;
@@ -324,144 +240,6 @@ static void poll_qemu(uv_timer_t *t)
     }
 }
 
-/* ---- prepare: the dirty-rate forecast and the target's start, at once ----
- *
- * Both wait on different things (QEMU's calc-dirty-rate takes whole
- * seconds; the target makes its disks and starts its QEMU), so they run
- * side by side: one timer (prep_tick) asks the target how far it got and
- * QEMU for the measurement once it is due; PREPARED is fed once both are
- * in (a forecast that refuses rolls back at once, which aborts the
- * target's prepare). */
-
-static void on_dirty(kh_qmp *q, json_t *ret, const kh_err *err, void *opaque);
-
-/* Both halves in: on to the disks or the memory. */
-static void prep_check(kh_migration *m)
-{
-    if (m->phase != KH_MIG_PREPARE || m->finished || !m->target_ready || !m->dirty_done)
-        return;
-    kh_migrate_timer_stop(m);
-    kh_migrate_feed(m, KH_MIG_EV_PREPARED);
-}
-
-static void decide(kh_migration *m, int64_t rate)
-{
-    kh_inst *v = kh_migrate_vm(m);
-    kh_qmig_forecast_in in = {
-        .dirty_mbps = rate,
-        .bandwidth = m->opts.max_bandwidth,
-        .ram_bytes = v ? (uint64_t)v->spec->memory_mib << 20 : 0,
-        .downtime_ms = m->opts.downtime_ms,
-        .downtime_cap_ms = m->opts.max_downtime_ms,
-        .force = m->opts.force,
-    };
-    kh_qmig_decide(&in, &m->plan);
-    m->dirty_ms = kh_now_ms();
-    kh_log(KH_LOG_INFO, "vm.migrate", "vm=%s forecast=%d downtime_ms=%u auto_converge=%d why=\"%s\"",
-           m->name, (int)m->plan.verdict, m->plan.downtime_ms, m->plan.auto_converge,
-           m->plan.why);
-    if (m->plan.verdict == KH_QMIG_REFUSE) {
-        kh_err_set(&m->err, KH_E_CONFLICT, "%s", m->plan.why);
-        kh_migrate_timer_stop(m);
-        kh_migrate_feed(m, KH_MIG_EV_DIRTY_HIGH);
-        return;
-    }
-    if (m->task)
-        kh_task_progress(m->task, 4, m->plan.why);
-    m->dirty_done = true;
-    prep_check(m);
-}
-
-static void on_dirty(kh_qmp *q, json_t *ret, const kh_err *err, void *opaque)
-{
-    (void)q;
-    kh_migration *m = opaque;
-    m->dirty_asking = false;
-    if (m->phase != KH_MIG_PREPARE || m->finished || m->dirty_done)
-        return;
-    int64_t rate = err ? -1 : kh_qmig_dirty_rate_parse(ret);
-    if (rate < 0 && !err && ++m->dirty_polls < DIRTY_POLLS) {
-        m->dirty_due_ms = kh_now_ms() + DIRTY_REPOLL_MS; /* prep_tick asks again */
-        return;
-    }
-    decide(m, rate); /* an error or no answer: not measured, go */
-}
-
-static void on_calc_dirty(kh_qmp *q, json_t *ret, const kh_err *err, void *opaque)
-{
-    (void)q;
-    (void)ret;
-    kh_migration *m = opaque;
-    if (m->phase != KH_MIG_PREPARE || m->finished)
-        return;
-    if (err) { /* e.g. a QEMU without it: go without a forecast */
-        decide(m, -1);
-        return;
-    }
-    m->dirty_due_ms = kh_now_ms() + DIRTY_CALC_S * 1000;
-}
-
-static void do_dirty_rate(kh_migration *m)
-{
-    if (m->task)
-        kh_task_progress(m->task, 2, "measuring the guest's dirty rate");
-    m->dirty_polls = 0;
-    m->dirty_done = false;
-    m->dirty_asking = false;
-    m->dirty_due_ms = 0;
-    (void)kh_migrate_qmp(m, "calc-dirty-rate", kh_qmig_calc_dirty_rate(DIRTY_CALC_S), on_calc_dirty);
-}
-
-/* The target's half: false when the tick must end (failed, fed). */
-static bool prep_target(kh_migration *m)
-{
-    json_t *st = NULL;
-    kh_err err = KH_ERR_INIT;
-    if (peer_call(m, "status", NULL, &st, &err) < 0) {
-        kh_migrate_timer_stop(m);
-        m->err = err;
-        kh_migrate_feed(m, KH_MIG_EV_FAILED);
-        return false;
-    }
-    const char *state = json_string_value(json_object_get(st, "state"));
-    const char *reason = json_string_value(json_object_get(st, "reason"));
-    bool ready = state && reason && strcmp(state, "starting") == 0 &&
-                 strcmp(reason, "incoming") == 0;
-    bool dead = state && strcmp(state, "stopped") == 0;
-    if (ready) {
-        m->target_ready = true;
-        m->ready_ms = kh_now_ms();
-    } else if (dead || kh_now_ms() > m->poll_deadline_ms) {
-        kh_migrate_timer_stop(m);
-        kh_err_set(&m->err, KH_E_UNAVAILABLE, "%s: the target's QEMU %s (%s)", m->peer.name,
-                   dead ? "stopped" : "did not get ready", reason ? reason : "");
-        json_decref(st);
-        kh_migrate_feed(m, KH_MIG_EV_FAILED);
-        return false;
-    }
-    json_decref(st);
-    return true;
-}
-
-static void prep_tick(uv_timer_t *t)
-{
-    kh_migration *m = t->data;
-    if (!m->target_ready && kh_now_ms() >= m->target_next_ms) {
-        m->target_next_ms = kh_now_ms() + POLL_MS;
-        if (!prep_target(m))
-            return;
-    }
-    if (!m->dirty_done && !m->dirty_asking && m->dirty_due_ms && kh_now_ms() >= m->dirty_due_ms) {
-        m->dirty_asking = true;
-        if (kh_migrate_qmp(m, "query-dirty-rate", NULL, on_dirty) < 0) {
-            kh_migrate_timer_stop(m);
-            kh_migrate_feed(m, KH_MIG_EV_FAILED);
-            return;
-        }
-    }
-    prep_check(m);
-}
-
 static void on_migrate(kh_qmp *q, json_t *ret, const kh_err *err, void *opaque)
 {
     (void)q;
@@ -490,48 +268,6 @@ static void forget_try(uv_timer_t *t)
         kh_migrate_timer_stop(m);
         kh_migrate_feed(m, KH_MIG_EV_DONE);
     }
-}
-
-static void do_prepare(kh_migration *m)
-{
-    kh_inst *v = kh_migrate_vm(m);
-    if (!v) {
-        kh_err e = KH_ERR_INIT;
-        kh_err_set(&e, KH_E_NOTFOUND, "vm %s went away", m->name);
-        fail_with(m, &e);
-        return;
-    }
-    json_t *body = json_pack("{s:o, s:s, s:s}", "spec", kh_vm_spec_to_json(v->spec), "address",
-                             m->peer.address, "source", m->peer.self_id);
-    if (m->ndisks) {
-        json_t *disks = json_array();
-        for (unsigned i = 0; i < m->ndisks; i++)
-            json_array_append_new(disks, json_pack("{s:i, s:s, s:s, s:I}", "index",
-                                                   (int)m->disks[i].index, "volume",
-                                                   m->disks[i].ref, "format", m->disks[i].format,
-                                                   "size", (json_int_t)m->disks[i].size));
-        json_object_set_new(body, "disks", disks);
-    }
-    if (m->tls_dir[0])
-        json_object_set_new(body, "tls", json_true());
-    json_t *out = NULL;
-    kh_err err = KH_ERR_INIT;
-    int rc = peer_call(m, "prepare", body, &out, &err);
-    json_decref(body);
-    if (rc < 0) {
-        fail_with(m, &err);
-        return;
-    }
-    m->port = (unsigned)json_integer_value(json_object_get(out, "port"));
-    m->nbd_port = (unsigned)json_integer_value(json_object_get(out, "nbd_port"));
-    json_decref(out);
-    if (m->task)
-        kh_task_progress(m->task, 5, m->ndisks ? "target: making the disks, QEMU starting"
-                                                : "target QEMU starting");
-    m->poll_deadline_ms = kh_now_ms() + PREPARE_TIMEOUT_MS;
-    m->target_ready = false;
-    m->target_next_ms = kh_now_ms() + PREP_TICK_MS;
-    kh_migrate_timer_start(m, prep_tick, PREP_TICK_MS, PREP_TICK_MS);
 }
 
 static void qmp_silent(kh_qmp *q, json_t *ret, const kh_err *err, void *opaque)
@@ -587,7 +323,7 @@ static void do_migrate(kh_migration *m)
     if (!uri) {
         kh_err e = KH_ERR_INIT;
         kh_err_set(&e, KH_E_INVALID, "bad target address %s", m->peer.address);
-        fail_with(m, &e);
+        kh_migrate_fail(m, &e);
         return;
     }
     m->continued = false;
@@ -635,7 +371,7 @@ static void confirm_tick(uv_timer_t *t)
     json_t *st = NULL;
     kh_err err = KH_ERR_INIT;
     bool running = false;
-    if (peer_call(m, "status", NULL, &st, &err) == 0) {
+    if (kh_migrate_peer_call(m, "status", NULL, &st, &err) == 0) {
         const char *state = json_string_value(json_object_get(st, "state"));
         running = state && strcmp(state, "running") == 0;
         json_decref(st);
@@ -661,7 +397,7 @@ static void run_action(kh_migration *m, uint32_t bit)
     kh_inst *v = kh_migrate_vm(m);
     switch (bit) {
     case KH_MIG_A_DIRTY_RATE:
-        do_dirty_rate(m);
+        kh_migrate_dirty_rate(m);
         break;
     case KH_MIG_A_NBD_ADD:
         kh_migrate_disks_nbd_add(m);
@@ -678,7 +414,7 @@ static void run_action(kh_migration *m, uint32_t bit)
         m->delete_disks = true; /* once the definition is gone (forget_try) */
         break;
     case KH_MIG_A_T_PREPARE:
-        do_prepare(m);
+        kh_migrate_prepare(m);
         break;
     case KH_MIG_A_MIGRATE:
         do_migrate(m);
@@ -705,14 +441,14 @@ static void run_action(kh_migration *m, uint32_t bit)
     case KH_MIG_A_T_ABORT:
     {
         json_t *b = json_object();
-        if (peer_call(m, "abort", b, NULL, &err) < 0)
+        if (kh_migrate_peer_call(m, "abort", b, NULL, &err) < 0)
             kh_log(KH_LOG_WARN, "vm.migrate", "vm=%s abort error=\"%s\"", m->name, err.msg);
         json_decref(b);
         break;
     }
     case KH_MIG_A_T_COMMIT: {
         json_t *b = json_object();
-        int rc = peer_call(m, "commit", b, NULL, &err);
+        int rc = kh_migrate_peer_call(m, "commit", b, NULL, &err);
         if (rc == 0 && !m->committed_ms)
             m->committed_ms = kh_now_ms();
         if (rc == 0) {

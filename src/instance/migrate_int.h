@@ -1,5 +1,6 @@
 /* migrate_int.h - what migrate.c (the source's phase machine) shares
- * with migrate_disks.c (its local disks): the migration's state and the
+ * with migrate_prep.c (prepare), migrate_peer.c (the target's routes) and
+ * migrate_disks.c (its local disks): the migration's state and the
  * helpers that drive it. Not for use outside src/instance/migrate*.c. */
 #ifndef KH_INSTANCE_MIGRATE_INT_H
 #define KH_INSTANCE_MIGRATE_INT_H
@@ -77,6 +78,8 @@ typedef struct kh_migration {
 
 /* migrate.c */
 void kh_migrate_feed(kh_migration *m, kh_mig_event ev);
+/* Keep err (the first one) and have FAILED fed after the running actions. */
+void kh_migrate_fail(kh_migration *m, const kh_err *err);
 /* A QMP command to the VM's QEMU (args stolen); cb gets m as opaque; -1
  * (m's error set, FAILED pending) when there is no QEMU. */
 int kh_migrate_qmp(kh_migration *m, const char *cmd, json_t *args, kh_qmp_reply_cb cb);
@@ -88,6 +91,21 @@ void kh_migrate_tls_setup(kh_migration *m);
 /* QEMU's events reach on_vm_event (once per daemon): the source's phase
  * machine, and the target's commits waiting for the load to end. */
 void kh_migrate_hook(kh_manager *mgr);
+
+/* migrate_peer.c */
+/* POST (body non-NULL) or GET the target's route path; *out (may be NULL)
+ * its JSON reply. */
+int kh_migrate_peer_call(kh_migration *m, const char *path, const json_t *body, json_t **out,
+                         kh_err *err);
+void kh_migrate_peer_close(kh_migration *m);
+
+/* migrate_prep.c */
+/* The target's prepare call, then its status polled until its QEMU listens. */
+void kh_migrate_prepare(kh_migration *m);
+/* calc-dirty-rate; the forecast once it is in (a paused copy measures
+ * nothing: its forecast is made at prepare's first tick). PREPARED is fed
+ * once the forecast and the target are in. */
+void kh_migrate_dirty_rate(kh_migration *m);
 
 /* migrate_target.c */
 /* The MIGRATION event "completed" of an incoming QEMU: its load ended. */

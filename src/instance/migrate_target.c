@@ -22,6 +22,7 @@
 #include "instance/config.h"
 #include "instance/instance_int.h"
 #include "instance/migrate_int.h"
+#include "qemu/argv.h"
 #include "util/log.h"
 #include "util/mem.h"
 #include "util/misc.h"
@@ -37,6 +38,7 @@ typedef struct tprep {
     char *address;
     char *source;
     char *tls_dir;     /* QEMU's TLS files, NULL: plain */
+    char cpu[128];     /* the source's -cpu */
     kh_migrate_ops ops;
     unsigned port, nbd_port;
     uint64_t nbd_disks;
@@ -145,6 +147,7 @@ static void prep_start(tprep *p)
         v->incoming_nbd_disks = p->nbd_disks;
         free(v->incoming_tls_dir);
         v->incoming_tls_dir = p->tls_dir ? xstrdup(p->tls_dir) : NULL;
+        snprintf(v->incoming_cpu, sizeof(v->incoming_cpu), "%s", p->cpu);
     }
     if (!v || kh_lifecycle_start_incoming(v, p->address, p->port, &err) < 0) {
         if (v) {
@@ -247,6 +250,15 @@ json_t *kh_migrate_target_prepare(kh_manager *mgr, const char *vm_id, const json
         kh_err_set(err, KH_E_INVALID, "prepare needs spec and address");
         return NULL;
     }
+    /* no cpu: a source from before it was sent, whose QEMU got what
+     * kvmhost gave then */
+    const char *cpu = json_string_value(json_object_get(body, "cpu"));
+    if (!cpu)
+        cpu = kh_qemu_cpu_unrecorded(mgr->cfg.accel);
+    if (!kh_qemu_cpu_valid(cpu)) {
+        kh_err_set(err, KH_E_INVALID, "prepare: cpu is not a model and feature list");
+        return NULL;
+    }
     if (kh_manager_find_id(mgr, vm_id)) {
         kh_err_set(err, KH_E_CONFLICT, "vm %s is already on this host", vm_id);
         return NULL;
@@ -299,6 +311,7 @@ json_t *kh_migrate_target_prepare(kh_manager *mgr, const char *vm_id, const json
     p->port = port;
     p->nbd_port = nbd_port;
     p->tls_dir = tls_dir;
+    snprintf(p->cpu, sizeof(p->cpu), "%s", cpu);
     if (ops)
         p->ops = *ops;
     p->made = json_array();

@@ -96,6 +96,7 @@ void kh_runtime_boot_reset(kh_inst *v)
 {
     v->boot_disks = -1;
     v->boot_nics = -1;
+    v->boot_cpu[0] = '\0';
 }
 
 bool kh_runtime_boot_has_mac(const kh_inst *v, const char *mac)
@@ -106,7 +107,8 @@ bool kh_runtime_boot_has_mac(const kh_inst *v, const char *mac)
     return false;
 }
 
-/* At start: what QEMU gets, in memory and in boot.json. */
+/* At start: what QEMU gets, in memory and in boot.json (boot_cpu set by
+ * the driver). */
 void kh_runtime_boot_record(kh_inst *v)
 {
     v->boot_disks = (int)v->spec->ndisks;
@@ -117,7 +119,8 @@ void kh_runtime_boot_record(kh_inst *v)
         snprintf(v->boot_macs[v->boot_nics++], KH_MAC_STRLEN, "%s", mac);
         json_array_append_new(macs, json_string(mac));
     }
-    json_t *doc = json_pack("{s:i, s:o}", "disks", v->boot_disks, "macs", macs);
+    json_t *doc = json_pack("{s:i, s:o, s:s}", "disks", v->boot_disks, "macs", macs, "cpu",
+                            v->boot_cpu);
     char *text = json_dumps(doc, JSON_COMPACT);
     json_decref(doc);
     char *path = kh_runtime_run_path(v, "boot.json");
@@ -146,6 +149,8 @@ void kh_runtime_boot_load(kh_inst *v)
         json_array_foreach(macs, i, m)
             snprintf(v->boot_macs[v->boot_nics++], KH_MAC_STRLEN, "%s",
                      json_string_value(m) ? json_string_value(m) : "");
+        const char *cpu = json_string_value(json_object_get(j, "cpu"));
+        snprintf(v->boot_cpu, sizeof(v->boot_cpu), "%s", cpu ? cpu : "");
     }
     json_decref(j);
 }

@@ -107,6 +107,7 @@
  */
 #include "qemu/argv.h"
 
+#include <ctype.h>
 #include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -134,6 +135,27 @@ const char *kh_accel_name(kh_accel a)
         return "kvm";
     }
     return "unknown";
+}
+
+const char *kh_qemu_cpu_default(kh_accel a)
+{
+    return a == KH_ACCEL_KVM ? "host" : KH_CPU_TCG;
+}
+
+const char *kh_qemu_cpu_unrecorded(kh_accel a)
+{
+    return a == KH_ACCEL_KVM ? "host" : "max";
+}
+
+bool kh_qemu_cpu_valid(const char *cpu)
+{
+    size_t n = cpu ? strlen(cpu) : 0;
+    if (n == 0 || n > 127 || !isalnum((unsigned char)cpu[0]))
+        return false;
+    for (size_t i = 0; i < n; i++)
+        if (!isalnum((unsigned char)cpu[i]) && !strchr("_.,+-", cpu[i]))
+            return false;
+    return true;
 }
 
 char *kh_qemu_opt_escape(const char *s)
@@ -358,6 +380,10 @@ static int check_env(const kh_vm_spec *spec, const kh_argv_env *env, kh_err *err
         kh_err_set(err, KH_E_INTERNAL, "unknown accelerator %d", (int)env->accel);
         return -1;
     }
+    if (env->cpu && !kh_qemu_cpu_valid(env->cpu)) {
+        kh_err_set(err, KH_E_INVALID, "cpu model: not a model and feature list");
+        return -1;
+    }
     if (!kh_check_uuid(env->vm_id)) {
         kh_err_set(err, KH_E_INVALID, "vm id: must be a lowercase UUID");
         return -1;
@@ -509,7 +535,7 @@ static void add_machine(argv_builder *b, const kh_vm_spec *spec, const kh_argv_e
              KH_VM_HUGEPAGE_KIB * 1024U, (unsigned long long)spec->memory_mib << 20);
     }
     add2(b, "-accel", kh_accel_name(env->accel));
-    add2(b, "-cpu", env->accel == KH_ACCEL_KVM ? "host" : "max");
+    add2(b, "-cpu", env->cpu ? env->cpu : kh_qemu_cpu_default(env->accel));
     add(b, "-m");
     addf(b, "size=%lluM", (unsigned long long)spec->memory_mib);
     add(b, "-smp");

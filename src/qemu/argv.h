@@ -33,6 +33,20 @@ typedef enum kh_accel {
 /* QEMU's name for the accelerator ("tcg", "kvm"), as in -accel. */
 const char *kh_accel_name(kh_accel a);
 
+/* The guest's CPU (-cpu). KVM: the host's. TCG: x86-64-v2 with AES (as
+ * Proxmox's default model x86-64-v2-AES: what RHEL 9 needs, the same on
+ * every host of a cluster); under `max` the Debian guest booted to SSH
+ * 10-20 s slower (not for its AVX or 5-level paging: max without them was
+ * as slow; docs/guests.md "The guest's CPU under TCG"). */
+#define KH_CPU_TCG "qemu64,+aes,+cx16,+lahf_lm,+pclmulqdq,+popcnt,+sse4.1,+sse4.2,+ssse3"
+const char *kh_qemu_cpu_default(kh_accel a);
+/* The -cpu of a QEMU whose start did not record one (boot.json before
+ * "cpu"): what kvmhost used then ("host", TCG "max"). */
+const char *kh_qemu_cpu_unrecorded(kh_accel a);
+/* A -cpu value from elsewhere (a migration's source): a model name and
+ * +/-feature names, 1..127 characters of [A-Za-z0-9_.,+-]. */
+bool kh_qemu_cpu_valid(const char *cpu);
+
 typedef struct kh_qemu_caps {
     unsigned version;   /* major * 10000 + minor * 100 + micro, e.g. 70202 */
     bool sandbox;       /* -sandbox (seccomp) compiled in */
@@ -43,6 +57,7 @@ typedef struct kh_argv_env {
     const char *binary;     /* argv[0], e.g. "/usr/bin/qemu-system-x86_64" */
     const char *vm_id;      /* the VM's uuid: -uuid, and the -name guest= */
     kh_accel accel;
+    const char *cpu;        /* -cpu (NULL: kh_qemu_cpu_default(accel)) */
     /* Host TSC frequency in kHz, 0 when unknown. microvm has no HPET or PM
      * timer; under TCG the kernel's PIT calibration fails on a busy host and
      * the boot stalls, so the builder tells the kernel (tsc_early_khz). */

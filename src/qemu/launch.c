@@ -218,6 +218,8 @@ static void start_spawn(kh_inst *v, const char *kernel_file)
         kh_err_errno(&err, KH_E_INTERNAL, errno, "chown %s", own);
         goto fail;
     }
+    snprintf(v->boot_cpu, sizeof(v->boot_cpu), "%s",
+             v->incoming_cpu[0] ? v->incoming_cpu : kh_qemu_cpu_default(mgr->cfg.accel));
     kh_runtime_boot_record(v);
     kh_qemu_driver_step(v, KH_LAUNCH_RUNDIR);
     dirfd = open(run, O_PATH | O_DIRECTORY | O_CLOEXEC);
@@ -353,6 +355,7 @@ static void start_spawn(kh_inst *v, const char *kernel_file)
         .binary = mgr->qemu_binary,
         .vm_id = v->id,
         .accel = mgr->cfg.accel,
+        .cpu = v->boot_cpu,
         .tsc_khz = kh_proc_cpu_khz(),
         .qmp_fd = FD_QMP,
         .serial_fd = v->spec->serial ? FD_SERIAL : -1,

@@ -267,6 +267,17 @@ void kh_qmig_decide(const kh_qmig_forecast_in *in, kh_qmig_decision *out)
     double ram = (double)in->ram_bytes / 1e6;
     out->downtime_ms = dt;
     out->link_mbps = link;
+    if (in->paused) { /* one pass: the pause is the whole copy, at worst ram / link */
+        double pause_ms = ram / link * 1000;
+        out->passes = 1;
+        out->verdict = pause_ms <= cap || in->force ? KH_QMIG_GO : KH_QMIG_REFUSE;
+        snprintf(out->why, sizeof(out->why),
+                 "the guest is paused for the RAM copy (QEMU under TCG before 9.0 loses writes "
+                 "made during a live one): up to %.0f ms for %.0f MB over %.0f MB/s%s", pause_ms,
+                 ram, link, pause_ms <= cap ? "" : in->force ? " (forced)"
+                 : ", more than the max downtime; give force to go anyway");
+        return;
+    }
     if (in->dirty_mbps < 0) {
         out->verdict = KH_QMIG_GO;
         snprintf(out->why, sizeof(out->why), "dirty rate not measured");

@@ -116,9 +116,13 @@ kh_qmig_forecast kh_qmig_predict(int64_t dirty_mbps, uint64_t bandwidth, bool au
  * the link takes); or refuse (409; with force: go with
  * auto-converge and the cap). The model: each pass sends what the last one
  * dirtied (r = dirty / link of it); the copy stops once the rest fits in
- * link * downtime; more than 30 passes (or r >= 1) does not converge. */
+ * link * downtime; more than 30 passes (or r >= 1) does not converge.
+ * A guest paused for the copy (kh_qmig_lossy_passes) dirties nothing: one
+ * pass without a measurement; its pause is the copy, at worst RAM / link:
+ * refused beyond the cap (unless forced). */
 typedef struct kh_qmig_forecast_in {
     int64_t dirty_mbps;        /* calc-dirty-rate; -1: not measured (go) */
+    bool paused;               /* the guest is paused for the RAM copy */
     uint64_t bandwidth;        /* bytes/s of the link (0: assume 1 GB/s) */
     uint64_t ram_bytes;        /* the guest's RAM */
     unsigned downtime_ms;      /* the limit asked for (0: 300) */

@@ -175,7 +175,7 @@ static char *run_case(const char *name, const json_t *tc, bool *is_err)
                                             "nic_vhost_fds", "tsc_khz", "secret_fds",
                                             "backing_secret_fds", "firmware_serial_file",
                                             "incoming", "fw_code", "fw_vars_fd", "fw_smm",
-                                            "cidata_path", "tpm_fd", "qga_fd", NULL };
+                                            "cidata_path", "tpm_fd", "qga_fd", "cpu", NULL };
     const json_t *sj = json_object_get(tc, "spec");
     const json_t *cj = json_object_get(tc, "caps");
     const json_t *ej = json_object_get(tc, "env");
@@ -292,6 +292,7 @@ static char *run_case(const char *name, const json_t *tc, bool *is_err)
         .binary = opt_str(ej, "binary", "/usr/bin/qemu-system-x86_64"),
         .vm_id = opt_str(ej, "vm_id", DEFAULT_ID),
         .accel = accel && strcmp(accel, "tcg") == 0 ? KH_ACCEL_TCG : KH_ACCEL_KVM,
+        .cpu = opt_str(ej, "cpu", NULL),
         .qmp_fd = int_or(ej, "qmp_fd", 3),
         .serial_fd = int_or(ej, "serial_fd", 4),
         .pidfile = opt_str(ej, "pidfile", "/run/kvmhost/vms/" DEFAULT_ID "/qemu.pid"),
@@ -447,6 +448,29 @@ static void test_escape(void)
     CHECK_STR(kh_accel_name(KH_ACCEL_TCG), "tcg");
 }
 
+/* -cpu: the default per accelerator; a value from a peer is a model and
+ * feature names, nothing QEMU would read as another option. */
+static void test_cpu(void)
+{
+    CHECK_STR(kh_qemu_cpu_default(KH_ACCEL_KVM), "host");
+    CHECK_STR(kh_qemu_cpu_default(KH_ACCEL_TCG), KH_CPU_TCG);
+    CHECK(strstr(KH_CPU_TCG, "+sse4.2") && !strstr(KH_CPU_TCG, "avx"));
+    CHECK_STR(kh_qemu_cpu_unrecorded(KH_ACCEL_TCG), "max");
+    CHECK(kh_qemu_cpu_valid(KH_CPU_TCG));
+    CHECK(kh_qemu_cpu_valid("max"));
+    CHECK(kh_qemu_cpu_valid("Skylake-Client-v4,-hle"));
+    CHECK(!kh_qemu_cpu_valid(NULL));
+    CHECK(!kh_qemu_cpu_valid(""));
+    CHECK(!kh_qemu_cpu_valid("+aes"));
+    CHECK(!kh_qemu_cpu_valid("max -m 1"));
+    CHECK(!kh_qemu_cpu_valid("max,x=/etc/passwd"));
+    CHECK(!kh_qemu_cpu_valid("max\n"));
+    char big[200];
+    memset(big, 'a', sizeof(big) - 1);
+    big[sizeof(big) - 1] = '\0';
+    CHECK(!kh_qemu_cpu_valid(big));
+}
+
 /* Missing arguments are a caller bug, reported, never a crash. */
 static void test_null_args(void)
 {
@@ -472,6 +496,7 @@ int main(int argc, char **argv)
     }
     RUN(test_escape);
     RUN(test_null_args);
+    RUN(test_cpu);
     RUN(test_goldens);
     TEST_DONE();
 }

@@ -157,6 +157,18 @@ static void test_decide(void)
                                 .ram_bytes = 64u << 20, .downtime_ms = 300 };
     kh_qmig_decide(&in, &d);
     CHECK(d.verdict == KH_QMIG_GO && d.passes == 1);
+    /* paused for the copy: one pass, no measurement; 1 GiB over the
+     * assumed 1 GB/s fits a 2 s cap, over 1 MB/s it does not (force goes) */
+    in = (kh_qmig_forecast_in){ .dirty_mbps = -1, .paused = true, .ram_bytes = 1024ull << 20,
+                                .downtime_cap_ms = 2000 };
+    kh_qmig_decide(&in, &d);
+    CHECK(d.verdict == KH_QMIG_GO && d.passes == 1 && strstr(d.why, "paused"));
+    in.bandwidth = 1000000;
+    kh_qmig_decide(&in, &d);
+    CHECK(d.verdict == KH_QMIG_REFUSE && strstr(d.why, "force") && strstr(d.why, "1074 MB"));
+    in.force = true;
+    kh_qmig_decide(&in, &d);
+    CHECK(d.verdict == KH_QMIG_GO && strstr(d.why, "forced"));
 }
 
 static void test_predict(void)
