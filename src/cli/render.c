@@ -194,7 +194,7 @@ char *cli_render_nic(size_t index, const json_t *nic, double now)
 char *cli_render_vm(const json_t *vm, double now)
 {
     static const char *const known[] = { "name", "id", "state", "state_reason", "description",
-                                         "vcpus", "memory_mib", "machine", "boot", "disks",
+                                         "vcpus", "memory_mib", "machine", "cpu_model", "boot", "disks",
                                          "nics", "serial", "graphics", "pid", "accelerator",
                                          "created_at", "updated_at", "started_at", "guest",
                                          NULL };
@@ -213,6 +213,7 @@ char *cli_render_vm(const json_t *vm, double now)
     cli_fmt_mib(json_integer_value(json_object_get(vm, "memory_mib")), buf, sizeof(buf));
     cli_kv_add(kv, "memory", buf);
     cli_kv_add(kv, "machine", cli_jstr(vm, "machine"));
+    cli_kv_add(kv, "cpu", cli_jstr(vm, "cpu_model") ? cli_jstr(vm, "cpu_model") : "default");
     const json_t *boot = json_object_get(vm, "boot");
     if (cli_jstr(boot, "kernel")) {
         cli_kv_add(kv, "kernel", cli_jstr(boot, "kernel"));

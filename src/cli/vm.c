@@ -144,6 +144,8 @@ static int spec_common(const cli_args *a, const char *cwd, json_t *spec, kh_err 
     }
     if ((v = cli_arg(a, "machine")) && set_user_string(spec, "machine", v, "--machine", err) < 0)
         return -1;
+    if ((v = cli_arg(a, "cpu")) && set_user_string(spec, "cpu_model", v, "--cpu", err) < 0)
+        return -1;
     if (cli_arg_all(a, "disk")) {
         json_t *disks = disks_json(cli_arg_all(a, "disk"), cwd, err);
         if (!disks)
@@ -754,6 +756,10 @@ static const cli_opt opts_vm_create[] = {
     { "machine", "TYPE", CLI_OPT_ARG,
       "Machine type: q35 (the default, a PC with PCIe) or microvm (minimal, virtio-mmio, "
       "needs --kernel)." },
+    { "cpu", "MODEL", CLI_OPT_ARG,
+      "The guest's CPU, as QEMU's -cpu: a model and +/- features (host, Nehalem, "
+      "Skylake-Client-v4, qemu64,+aes,...). Default: the host's under KVM, x86-64-v2-AES under "
+      "TCG. A named model lets the VM move live between hosts of different CPUs." },
     { "kernel", "PATH", CLI_OPT_ARG,
       "Boot this kernel image directly. Without it the VM boots from its first disk." },
     { "initrd", "PATH", CLI_OPT_ARG, "Initial ramdisk loaded with --kernel." },
@@ -799,6 +805,7 @@ static const cli_opt opts_vm_edit[] = {
       "Back guest RAM with 2 MiB huge pages (from the next start)." },
     { "memory", "MIB", CLI_OPT_ARG, "New guest memory in MiB (suffix M or G accepted)." },
     { "machine", "TYPE", CLI_OPT_ARG, "q35 or microvm." },
+    { "cpu", "MODEL", CLI_OPT_ARG, "The guest's CPU (QEMU's -cpu; the VM stopped)." },
     { "kernel", "PATH", CLI_OPT_ARG, "Boot this kernel directly (keeps initrd and cmdline)." },
     { "initrd", "PATH", CLI_OPT_ARG, "Initial ramdisk for the kernel." },
     { "cmdline", "STR", CLI_OPT_ARG, "Kernel command line." },

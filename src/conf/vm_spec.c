@@ -8,6 +8,7 @@
  */
 #include "conf/vm_spec.h"
 
+#include <ctype.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -74,6 +75,17 @@ static const char *const firmware_names[] = { [KH_FIRMWARE_BIOS] = "bios",
 static const char *const graphics_names[] = { [KH_GRAPHICS_NONE] = "none",
                                               [KH_GRAPHICS_VNC] = "vnc" };
 
+bool kh_vm_cpu_model_valid(const char *cpu)
+{
+    size_t n = cpu ? strlen(cpu) : 0;
+    if (n == 0 || n > 127 || !isalnum((unsigned char)cpu[0]))
+        return false;
+    for (size_t i = 0; i < n; i++)
+        if (!isalnum((unsigned char)cpu[i]) && !strchr("_.,+-", cpu[i]))
+            return false;
+    return true;
+}
+
 const char *kh_machine_name(kh_machine m)
 {
     return (size_t)m < KH_ARRAY_LEN(machine_names) ? machine_names[m] : "unknown";
@@ -125,6 +137,7 @@ static void spec_clear(kh_vm_spec *spec)
     }
     free(spec->nics);
     free(spec->description);
+    free(spec->cpu_model);
     kh_limits_free(spec->limits);
     memset(spec, 0, sizeof(*spec));
 }
@@ -536,6 +549,16 @@ static int spec_parse(kh_vm_spec *spec, const json_t *obj, kh_err *err)
             return -1;
         spec->machine = (kh_machine)e;
     }
+    if ((v = json_object_get(obj, "cpu_model"))) { /* the schema's pattern: no option syntax */
+        if (!(s = get_string(v, "cpu_model", err)))
+            return -1;
+        if (strlen(s) != json_string_length(v) || !kh_vm_cpu_model_valid(s)) {
+            kh_err_set(err, KH_E_INVALID, "cpu_model: a CPU model and +/- features as QEMU's "
+                       "-cpu takes them (letters, digits and _.,+-, up to 127)");
+            return -1;
+        }
+        spec->cpu_model = xstrdup(s);
+    }
     if ((v = json_object_get(obj, "boot")) && parse_boot(spec, v, err) < 0)
         return -1;
     spec->firmware = KH_FIRMWARE_BIOS;
@@ -594,6 +617,8 @@ json_t *kh_vm_spec_to_json(const kh_vm_spec *spec)
     if (spec->hugepages) /* absent when off: older VMs keep their shape */
         json_object_set_new(o, "hugepages", json_true());
     json_object_set_new(o, "machine", json_string(kh_machine_name(spec->machine)));
+    if (spec->cpu_model) /* absent when unset: the default follows the host */
+        json_object_set_new(o, "cpu_model", json_string(spec->cpu_model));
     json_t *boot = json_object();
     if (spec->kernel)
         json_object_set_new(boot, "kernel", json_string(spec->kernel));
@@ -708,6 +733,7 @@ kh_vm_spec *kh_vm_spec_dup(const kh_vm_spec *spec)
     d->initrd = xstrdup(spec->initrd);
     d->cmdline = xstrdup(spec->cmdline);
     d->description = xstrdup(spec->description);
+    d->cpu_model = xstrdup(spec->cpu_model);
     d->cloud_init = spec->cloud_init ? json_deep_copy(spec->cloud_init) : NULL;
     d->limits = kh_limits_dup(spec->limits);
     d->disks = NULL;

@@ -114,6 +114,7 @@ typedef struct kh_vm_spec {
     uint64_t memory_mib;
     bool hugepages;     /* guest RAM from 2 MiB huge pages (memfd hugetlb) */
     kh_machine machine;
+    char *cpu_model; /* QEMU's -cpu; NULL: the accelerator's default (qemu/argv.h) */
     char *kernel;   /* NULL: boot from disk */
     char *initrd;   /* optional, only with kernel */
     char *cmdline;  /* optional, only with kernel */
@@ -147,6 +148,11 @@ kh_vm_spec *kh_vm_spec_dup(const kh_vm_spec *spec);
 void kh_disk_spec_clear_backing(kh_disk_spec *d);
 void kh_vm_spec_free(kh_vm_spec *spec);
 
+/* A guest CPU as QEMU's -cpu takes it (cpu_model, or a migration source's):
+ * a model name and +/-feature names, 1..127 characters of [A-Za-z0-9_.,+-]
+ * starting with a letter or digit: nothing QEMU could read as another
+ * option or a path. */
+bool kh_vm_cpu_model_valid(const char *cpu);
 const char *kh_machine_name(kh_machine m);
 const char *kh_disk_format_name(kh_disk_format f);
 const char *kh_firmware_name(kh_firmware f);

@@ -255,7 +255,7 @@ json_t *kh_migrate_target_prepare(kh_manager *mgr, const char *vm_id, const json
     const char *cpu = json_string_value(json_object_get(body, "cpu"));
     if (!cpu)
         cpu = kh_qemu_cpu_unrecorded(mgr->cfg.accel);
-    if (!kh_qemu_cpu_valid(cpu)) {
+    if (!kh_vm_cpu_model_valid(cpu)) {
         kh_err_set(err, KH_E_INVALID, "prepare: cpu is not a model and feature list");
         return NULL;
     }

@@ -107,7 +107,6 @@
  */
 #include "qemu/argv.h"
 
-#include <ctype.h>
 #include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -145,17 +144,6 @@ const char *kh_qemu_cpu_default(kh_accel a)
 const char *kh_qemu_cpu_unrecorded(kh_accel a)
 {
     return a == KH_ACCEL_KVM ? "host" : "max";
-}
-
-bool kh_qemu_cpu_valid(const char *cpu)
-{
-    size_t n = cpu ? strlen(cpu) : 0;
-    if (n == 0 || n > 127 || !isalnum((unsigned char)cpu[0]))
-        return false;
-    for (size_t i = 0; i < n; i++)
-        if (!isalnum((unsigned char)cpu[i]) && !strchr("_.,+-", cpu[i]))
-            return false;
-    return true;
 }
 
 char *kh_qemu_opt_escape(const char *s)
@@ -270,6 +258,10 @@ static const char *initrd_file(const kh_vm_spec *spec, const kh_argv_env *env)
  * from an older store or a caller that skipped the validator. */
 static int check_spec(const kh_vm_spec *spec, kh_err *err)
 {
+    if (spec->cpu_model && !kh_vm_cpu_model_valid(spec->cpu_model)) {
+        kh_err_set(err, KH_E_INVALID, "cpu_model: not a model and feature list");
+        return -1;
+    }
     if (spec->machine != KH_MACHINE_Q35 && spec->machine != KH_MACHINE_MICROVM) {
         kh_err_set(err, KH_E_INVALID, "machine: unknown machine type %d", (int)spec->machine);
         return -1;
@@ -380,7 +372,7 @@ static int check_env(const kh_vm_spec *spec, const kh_argv_env *env, kh_err *err
         kh_err_set(err, KH_E_INTERNAL, "unknown accelerator %d", (int)env->accel);
         return -1;
     }
-    if (env->cpu && !kh_qemu_cpu_valid(env->cpu)) {
+    if (env->cpu && !kh_vm_cpu_model_valid(env->cpu)) {
         kh_err_set(err, KH_E_INVALID, "cpu model: not a model and feature list");
         return -1;
     }
@@ -535,7 +527,9 @@ static void add_machine(argv_builder *b, const kh_vm_spec *spec, const kh_argv_e
              KH_VM_HUGEPAGE_KIB * 1024U, (unsigned long long)spec->memory_mib << 20);
     }
     add2(b, "-accel", kh_accel_name(env->accel));
-    add2(b, "-cpu", env->cpu ? env->cpu : kh_qemu_cpu_default(env->accel));
+    add2(b, "-cpu", env->cpu         ? env->cpu
+                    : spec->cpu_model ? spec->cpu_model
+                                      : kh_qemu_cpu_default(env->accel));
     add(b, "-m");
     addf(b, "size=%lluM", (unsigned long long)spec->memory_mib);
     add(b, "-smp");

@@ -43,9 +43,6 @@ const char *kh_qemu_cpu_default(kh_accel a);
 /* The -cpu of a QEMU whose start did not record one (boot.json before
  * "cpu"): what kvmhost used then ("host", TCG "max"). */
 const char *kh_qemu_cpu_unrecorded(kh_accel a);
-/* A -cpu value from elsewhere (a migration's source): a model name and
- * +/-feature names, 1..127 characters of [A-Za-z0-9_.,+-]. */
-bool kh_qemu_cpu_valid(const char *cpu);
 
 typedef struct kh_qemu_caps {
     unsigned version;   /* major * 10000 + minor * 100 + micro, e.g. 70202 */
@@ -57,7 +54,7 @@ typedef struct kh_argv_env {
     const char *binary;     /* argv[0], e.g. "/usr/bin/qemu-system-x86_64" */
     const char *vm_id;      /* the VM's uuid: -uuid, and the -name guest= */
     kh_accel accel;
-    const char *cpu;        /* -cpu (NULL: kh_qemu_cpu_default(accel)) */
+    const char *cpu;        /* -cpu (NULL: the spec's cpu_model, else kh_qemu_cpu_default) */
     /* Host TSC frequency in kHz, 0 when unknown. microvm has no HPET or PM
      * timer; under TCG the kernel's PIT calibration fails on a busy host and
      * the boot stalls, so the builder tells the kernel (tsc_early_khz). */

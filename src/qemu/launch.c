@@ -218,8 +218,11 @@ static void start_spawn(kh_inst *v, const char *kernel_file)
         kh_err_errno(&err, KH_E_INTERNAL, errno, "chown %s", own);
         goto fail;
     }
+    /* a migration's target: the source's; else the spec's, else the default */
     snprintf(v->boot_cpu, sizeof(v->boot_cpu), "%s",
-             v->incoming_cpu[0] ? v->incoming_cpu : kh_qemu_cpu_default(mgr->cfg.accel));
+             v->incoming_cpu[0]   ? v->incoming_cpu
+             : rs->cpu_model ? rs->cpu_model
+                             : kh_qemu_cpu_default(mgr->cfg.accel));
     kh_runtime_boot_record(v);
     kh_qemu_driver_step(v, KH_LAUNCH_RUNDIR);
     dirfd = open(run, O_PATH | O_DIRECTORY | O_CLOEXEC);

@@ -15,6 +15,7 @@ import pytest
 
 import khlib
 from conftest import DaemonFactory, boot_vms
+from storagelib import shell_value
 
 pytestmark = pytest.mark.slow
 
@@ -296,3 +297,71 @@ def test_microvm_boots_to_its_disk(env, guest):
         assert any(a.startswith(b"console=ttyS0") and b"tsc_early_khz=" in a for a in args)
     finally:
         api.action("mv", "kill")
+
+
+def qemu_cpu(pid):
+    with open("/proc/%d/cmdline" % pid, "rb") as f:
+        args = f.read().decode().split("\0")
+    return args[args.index("-cpu") + 1]
+
+
+def test_cpu_model(env, guest):
+    """cpu_model is QEMU's -cpu as given; unset, the accelerator's default
+    (under TCG x86-64-v2-AES, not max); a patch takes effect at the next
+    start; option syntax and hostile strings are refused with 400."""
+    api = env["api"]
+    spec = guest.spec("cpu1", env["work"])
+    spec["cpu_model"] = "Nehalem,+aes"
+    r = api.post("/api/v1/vms", spec)
+    assert r.status == 201, r
+    assert api.vm("cpu1")["cpu_model"] == "Nehalem,+aes"
+    st, j = api.action("cpu1", "start")
+    assert st == 200, j
+    try:
+        api.wait_console("cpu1", khlib.GUEST_READY, timeout=120)
+        vm = api.vm("cpu1")
+        assert qemu_cpu(vm["pid"]) == "Nehalem,+aes"
+        # the guest sees it: SSE4.2 and AES, no AVX
+        con = khlib.Console(env["daemon"].socket, "cpu1")
+        try:
+            flags = shell_value(con, "$(grep -m1 ^flags /proc/cpuinfo | tr ' ' '\\n' "
+                                     "| grep -x -e aes -e sse4_2 -e avx | sort | tr '\\n' +)",
+                                timeout=60)
+        finally:
+            con.close()
+        assert flags == "aes+sse4_2+", flags
+        # changed while stopped only (as machine)
+        r = api.patch("/api/v1/vms/cpu1", {"cpu_model": None})
+        assert r.status == 409 and "cpu_model" in r.json["error"]["message"], r
+    finally:
+        api.action("cpu1", "kill")
+    api.wait_state("cpu1", "stopped", timeout=30)
+    # unset: the accelerator's default at the next start
+    r = api.patch("/api/v1/vms/cpu1", {"cpu_model": None})
+    assert r.status == 200, r
+    assert "cpu_model" not in api.vm("cpu1")
+    st, j = api.action("cpu1", "start")
+    assert st == 200, j
+    try:
+        vm = api.wait_state("cpu1", "running", timeout=60)
+        cpu = qemu_cpu(vm["pid"])
+        if vm["accelerator"] == "tcg":
+            assert cpu == "qemu64,+aes,+cx16,+lahf_lm,+pclmulqdq,+popcnt,+sse4.1,+sse4.2,+ssse3"
+        else:
+            assert cpu == "host"
+    finally:
+        api.action("cpu1", "kill")
+    for bad in ("max -m 1", "max,x=/etc/passwd", "-machine", "", "a" * 200, "max\nx", 7):
+        r = api.patch("/api/v1/vms/cpu1", {"cpu_model": bad})
+        assert r.status == 400 and "cpu_model" in r.json["error"]["message"], (bad, r)
+        s = dict(spec, name="cpu2", cpu_model=bad)
+        r = api.post("/api/v1/vms", s)
+        assert r.status == 400 and "cpu_model" in r.json["error"]["message"], (bad, r)
+    assert api.get("/api/v1/vms/cpu2").status == 404
+    # the CLI: --cpu on set, shown by show
+    p = khlib.cli(env["daemon"], "vm", "edit", "cpu1", "--cpu", "Westmere")
+    assert p.returncode == 0, (p.stdout, p.stderr)
+    p = khlib.cli(env["daemon"], "vm", "show", "cpu1")
+    assert re.search(r"cpu\s*:?\s+Westmere", p.stdout), p.stdout
+    p = khlib.cli(env["daemon"], "vm", "edit", "cpu1", "--cpu", "max -m 1")
+    assert p.returncode != 0 and "cpu_model" in p.stderr, (p.returncode, p.stderr)

@@ -456,19 +456,19 @@ static void test_cpu(void)
     CHECK_STR(kh_qemu_cpu_default(KH_ACCEL_TCG), KH_CPU_TCG);
     CHECK(strstr(KH_CPU_TCG, "+sse4.2") && !strstr(KH_CPU_TCG, "avx"));
     CHECK_STR(kh_qemu_cpu_unrecorded(KH_ACCEL_TCG), "max");
-    CHECK(kh_qemu_cpu_valid(KH_CPU_TCG));
-    CHECK(kh_qemu_cpu_valid("max"));
-    CHECK(kh_qemu_cpu_valid("Skylake-Client-v4,-hle"));
-    CHECK(!kh_qemu_cpu_valid(NULL));
-    CHECK(!kh_qemu_cpu_valid(""));
-    CHECK(!kh_qemu_cpu_valid("+aes"));
-    CHECK(!kh_qemu_cpu_valid("max -m 1"));
-    CHECK(!kh_qemu_cpu_valid("max,x=/etc/passwd"));
-    CHECK(!kh_qemu_cpu_valid("max\n"));
+    CHECK(kh_vm_cpu_model_valid(KH_CPU_TCG));
+    CHECK(kh_vm_cpu_model_valid("max"));
+    CHECK(kh_vm_cpu_model_valid("Skylake-Client-v4,-hle"));
+    CHECK(!kh_vm_cpu_model_valid(NULL));
+    CHECK(!kh_vm_cpu_model_valid(""));
+    CHECK(!kh_vm_cpu_model_valid("+aes"));
+    CHECK(!kh_vm_cpu_model_valid("max -m 1"));
+    CHECK(!kh_vm_cpu_model_valid("max,x=/etc/passwd"));
+    CHECK(!kh_vm_cpu_model_valid("max\n"));
     char big[200];
     memset(big, 'a', sizeof(big) - 1);
     big[sizeof(big) - 1] = '\0';
-    CHECK(!kh_qemu_cpu_valid(big));
+    CHECK(!kh_vm_cpu_model_valid(big));
 }
 
 /* Missing arguments are a caller bug, reported, never a crash. */
