@@ -2,11 +2,11 @@
  * source: the dirty-rate forecast (qemu/migrate.c kh_qmig_decide) and the
  * target's start, at once. Both wait on different things (QEMU's
  * calc-dirty-rate takes whole seconds; the target makes its disks and
- * starts its QEMU), so they run
- * side by side: one timer (prep_tick) asks the target how far it got and
- * QEMU for the measurement once it is due; PREPARED is fed once both are
- * in (a forecast that refuses rolls back at once, which aborts the
- * target's prepare). */
+ * starts its QEMU), so they run side by side: one timer (prep_tick) asks
+ * the target how far it got and QEMU for the measurement once it is due;
+ * PREPARED is fed once both are in (a forecast that refuses rolls back at
+ * once, which aborts the target's prepare). A guest paused for the copy
+ * is not measured: its forecast is made at the first tick. */
 #include <stdio.h>
 #include <string.h>
 

@@ -1,8 +1,9 @@
 /* libvirt_xml.c - a libvirt domain XML (as `virsh dumpxml` writes it) read
  * with libxml2 into a kvmhost VM spec: name, memory/currentMemory (units),
  * vcpu, os (machine, loader/nvram: UEFI and Secure Boot, direct kernel
- * boot), disks (file sources, raw or qcow2: used in place), interfaces
- * (network name, MAC), serial/console, tpm, graphics. Everything else is
+ * boot), cpu (model and features: cpu_model), disks (file sources, raw or
+ * qcow2: used in place), interfaces (network name, MAC), serial/console,
+ * tpm, graphics. Everything else is
  * named in the warnings list: nothing is dropped silently. Pure (no host
  * access): the caller checks host paths and network names, and reads the
  * host state the domain names (<nvram>, the TPM's state: libvirt_state.c). */
@@ -16,6 +17,7 @@
 #include <libxml/parser.h>
 #include <libxml/tree.h>
 
+#include "conf/vm_spec.h"
 #include "util/mem.h"
 
 static bool is(const xmlNode *n, const char *name)
@@ -70,6 +72,57 @@ static void warn(json_t *w, const char *fmt, const char *a, const char *b)
     char buf[256];
     snprintf(buf, sizeof(buf), fmt, a ? a : "", b ? b : "");
     json_array_append_new(w, cut_string(buf));
+}
+
+/* <cpu>: a custom model with its required/disabled features becomes
+ * cpu_model "MODEL,+f,-g" (QEMU's -cpu); maximum becomes "max";
+ * host-passthrough and host-model get kvmhost's default (the host's CPU
+ * under KVM, which both are there). Topology, NUMA cells, cache and
+ * optional features are named in the warnings. */
+static void parse_cpu(const xmlNode *cpu, json_t *spec, json_t *w)
+{
+    char *mode = prop(cpu, "mode");
+    const xmlNode *model = child(cpu, "model");
+    if (mode && strcmp(mode, "maximum") == 0) {
+        json_object_set_new(spec, "cpu_model", json_string("max"));
+    } else if (mode && (strcmp(mode, "host-passthrough") == 0 ||
+                        strcmp(mode, "host-model") == 0)) {
+        warn(w, "cpu mode %s: the VM gets kvmhost's default CPU (the host's under KVM, "
+                "x86-64-v2-AES under TCG)%s", mode, NULL);
+    } else if (model) {
+        char *name = text(model);
+        char buf[256];
+        int n = snprintf(buf, sizeof(buf), "%s", name);
+        for (const xmlNode *f = cpu->children; f && n > 0 && (size_t)n < sizeof(buf);
+             f = f->next) {
+            if (f->type != XML_ELEMENT_NODE || !is(f, "feature"))
+                continue;
+            char *pol = prop(f, "policy"), *fname = prop(f, "name");
+            const char *sign = !pol || strcmp(pol, "require") == 0 ||
+                                       strcmp(pol, "force") == 0 ? "+"
+                               : strcmp(pol, "disable") == 0 || strcmp(pol, "forbid") == 0
+                                   ? "-" : NULL;
+            if (sign && fname)
+                n += snprintf(buf + n, sizeof(buf) - (size_t)n, ",%s%s", sign, fname);
+            else
+                warn(w, "cpu feature %s (policy %s) is not imported", fname ? fname : "?",
+                     pol ? pol : "?");
+            free(pol);
+            free(fname);
+        }
+        if (n > 0 && (size_t)n < sizeof(buf) && kh_vm_cpu_model_valid(buf))
+            json_object_set_new(spec, "cpu_model", json_string(buf));
+        else
+            warn(w, "cpu model %.64s is not imported (not a QEMU model and feature list): "
+                    "the VM gets kvmhost's default CPU%s", name, NULL);
+        free(name);
+    }
+    for (const xmlNode *c = cpu->children; c; c = c->next)
+        if (c->type == XML_ELEMENT_NODE && !is(c, "model") && !is(c, "feature") &&
+            !is(c, "vendor"))
+            warn(w, "cpu/%s is not imported (kvmhost gives the VM its vcpus as sockets)%s",
+                 (const char *)c->name, NULL);
+    free(mode);
 }
 
 /* A libvirt memory value in MiB: unit KiB (the default), b/bytes, KB,
@@ -412,6 +465,8 @@ json_t *kh_libvirt_xml_parse(const char *xml, size_t len, json_t **warnings, jso
             free(cur);
         } else if (is(c, "os")) {
             rc = parse_os(c, spec, *state, *warnings, err);
+        } else if (is(c, "cpu")) {
+            parse_cpu(c, spec, *warnings);
         } else if (is(c, "devices")) {
             rc = parse_devices(c, spec, *state, *warnings, err);
         } else if (is(c, "description")) {

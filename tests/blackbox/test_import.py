@@ -381,6 +381,43 @@ def test_firmware_and_tpm_round_trip(mdaemon, vmdk, tmp_path):
     assert api.delete("/api/v1/vms/lvfw").status == 204
 
 
+def test_libvirt_cpu_imported(mdaemon, tmp_path):
+    """<cpu>: a custom model and its required/disabled features become
+    cpu_model; maximum is max; host-passthrough/host-model keep kvmhost's
+    default; topology, optional features and odd names are warned about."""
+    api = mdaemon.api
+    disk = tmp_path / "cpu.raw"
+    disk.write_bytes(b"\0" * (1 << 20))
+
+    def imp(name, cpu):
+        xml = ("<domain type='kvm'><name>%s</name><memory unit='MiB'>128</memory>"
+               "<vcpu>2</vcpu>%s<os><type arch='x86_64' machine='q35'>hvm</type></os>"
+               "<devices><disk type='file' device='disk'><driver name='qemu' type='raw'/>"
+               "<source file='%s'/><target dev='vda'/></disk></devices></domain>"
+               % (name, cpu, disk))
+        r = api.request("POST", "/api/v1/vms/import-libvirt", raw=xml.encode(),
+                        headers={"Content-Type": "application/xml"})
+        assert r.status == 201, r
+        return r.json["vm"], r.json["warnings"]
+
+    vm, w = imp("cpu-custom", "<cpu mode='custom' match='exact' check='partial'>"
+                "<model fallback='forbid'>Skylake-Client-IBRS</model><vendor>Intel</vendor>"
+                "<topology sockets='1' dies='1' cores='2' threads='1'/>"
+                "<feature policy='require' name='ssbd'/><feature policy='disable' name='hle'/>"
+                "<feature policy='optional' name='pcid'/></cpu>")
+    assert vm["cpu_model"] == "Skylake-Client-IBRS,+ssbd,-hle", vm
+    assert any("cpu/topology" in x for x in w) and any("pcid" in x for x in w), w
+    vm, w = imp("cpu-max", "<cpu mode='maximum' check='none'/>")
+    assert vm["cpu_model"] == "max", vm
+    vm, w = imp("cpu-host", "<cpu mode='host-passthrough' check='none' migratable='on'/>")
+    assert "cpu_model" not in vm and any("host-passthrough" in x for x in w), (vm, w)
+    vm, w = imp("cpu-odd", "<cpu mode='custom'><model>bad model -m 1</model></cpu>")
+    assert "cpu_model" not in vm and any("is not imported" in x and "bad model" in x
+                                         for x in w), (vm, w)
+    for n in ("cpu-custom", "cpu-max", "cpu-host", "cpu-odd"):
+        assert api.delete("/api/v1/vms/" + n).status == 204
+
+
 def nvram_domain(name, disk, nvram, secure=True, new_form=False):
     fw = ("<firmware><feature enabled='yes' name='secure-boot'/>"
           "<feature enabled='yes' name='enrolled-keys'/></firmware>") if secure else ""

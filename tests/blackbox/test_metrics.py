@@ -682,6 +682,7 @@ def test_busy_guest_cpu_cap_and_iops_cap(daemons, guest, consoles, workdir):
     assert ev and ev["data"]["vm"] == "busy" and ev["data"]["data"]["value"] > 30, ev
 
     # CPU cap 20%, live: the cgroup file and the counters both show it.
+    t_cap = time.time()
     r = api.patch("/api/v1/vms/busy", {"limits": {"cpu_max_percent": 20}})
     assert r.status == 200 and r.json["limits"]["cpu_max_percent"] == 20, r
     v1 = cgroup_file(vid, "cpu", "cpu.cfs_quota_us")
@@ -702,7 +703,11 @@ def test_busy_guest_cpu_cap_and_iops_cap(daemons, guest, consoles, workdir):
     h = api.get("/api/v1/vms/busy/metrics?range=120").json
     cpu_col = h["fields"].index("cpu_percent")
     assert any(row[cpu_col] > 25 for row in h["samples"]), h["samples"]
-    assert 5 <= h["samples"][-1][cpu_col] <= 35, h["samples"][-3:]
+    # the samples of whole seconds under the cap: none above it (a little
+    # noise aside), and the guest still ran (a loaded host may give the
+    # VMs' cgroup next to nothing in one second: no lower bound per sample)
+    capped_rows = [row[cpu_col] for row in h["samples"] if row[0] >= t_cap + 1.5]
+    assert capped_rows and max(capped_rows) <= 35 and max(capped_rows) >= 1, h["samples"][-5:]
     p = khlib.cli(d, "vm", "top", "--once")
     assert p.returncode == 0 and re.search(r"^busy\s+running\s+\d", p.stdout, re.M), p
 

@@ -777,6 +777,22 @@ async function main() {
     await page.getByRole('button', { name: 'Save' }).click();
     const hugeOff = await waitFor(async () => { const v = await api(`/api/v1/vms/${VM}`); return !v.hugepages && v; }, 10000, 'hugepages off');
     ok(hugeOff.memory_mib === 320 && hugeOff.hugepages !== true, '... and off again');
+    // the CPU model (QEMU's -cpu) of the stopped VM: set, refused when it is
+    // not a model and feature list, cleared back to the default
+    await page.getByLabel('CPU model').fill('max -m 1');
+    await page.getByRole('button', { name: 'Save' }).click();
+    ok((await page.locator('#settings-error').textContent()).includes('CPU model'), 'a CPU model with option syntax is refused in the page');
+    await page.getByLabel('CPU model').fill('Nehalem,+aes');
+    await page.getByRole('button', { name: 'Save' }).click();
+    const cpuSet = await waitFor(async () => { const v = await api(`/api/v1/vms/${VM}`); return v.cpu_model === 'Nehalem,+aes' && v; }, 10000, 'cpu_model set');
+    await page.getByRole('tab', { name: 'Summary' }).click();
+    await waitFor(async () => (await page.locator('.tabpanel').textContent()).includes('Nehalem,+aes'), 10000, 'CPU model shown');
+    await page.getByRole('tab', { name: 'Settings' }).click();
+    await page.getByLabel('CPU model').fill('');
+    await page.getByRole('button', { name: 'Save' }).click();
+    const cpuOff = await waitFor(async () => { const v = await api(`/api/v1/vms/${VM}`); return !('cpu_model' in v) && v; }, 10000, 'cpu_model cleared');
+    ok(cpuSet.memory_mib === 320 && cpuOff.memory_mib === 320,
+      'settings set the CPU model (PATCH {"cpu_model"}), the summary shows it, and clear it (null), the memory kept');
     // attach the security group to the VM's NIC (stopped VM: PATCH nics)
     await page.getByRole('tab', { name: 'Settings' }).click();
     await page.getByLabel('websg').check();

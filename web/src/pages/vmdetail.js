@@ -61,6 +61,7 @@ function summary(vm, charts) {
         vm.hugepages ? kv('Huge pages', 'guest RAM from 2 MiB pages') : null,
         kv('Memory', fmtMiB(vm.memory_mib)),
         kv('Machine', vm.machine),
+        kv('CPU model', vm.cpu_model || 'default'),
         kv('Accelerator', vm.accelerator),
         kv('PID', vm.pid ? String(vm.pid) : null),
         kv('Started', vm.started_at ? fmtTime(vm.started_at) : null),
@@ -130,6 +131,8 @@ function settingsForm(vm) {
   const maxv = h('input', { id: 'set-max-vcpus', type: 'number', min: 1, max: 255, value: vm.max_vcpus ?? '', placeholder: 'same as vCPUs', disabled: !stopped || !q35 });
   const mem = h('input', { id: 'set-memory', type: 'number', min: 16, max: 16777216, step: 1, required: true, value: vm.memory_mib, disabled: !stopped });
   const huge = h('input', { id: 'set-hugepages', type: 'checkbox', checked: !!vm.hugepages, disabled: !stopped });
+  const cpuModel = h('input', { id: 'set-cpu-model', type: 'text', maxlength: 127, value: vm.cpu_model || '', disabled: !stopped,
+    placeholder: 'default', 'aria-describedby': 'set-cpu-model-help' });
   const desc = h('input', { id: 'set-desc', type: 'text', maxlength: 1024, value: vm.description || '' });
   const graphics = h('select', { id: 'set-graphics', disabled: !stopped },
     h('option', { value: 'none' }, 'none (serial console only)'), h('option', { value: 'vnc' }, 'VNC display'));
@@ -178,6 +181,8 @@ function settingsForm(vm) {
       : 'A microvm has no vCPU hot-plug.'),
     h('div', { class: 'field' }, h('label', { for: 'set-memory' }, 'Memory (MiB)'), mem),
     h('div', { class: 'field' }, h('label', { class: 'check', for: 'set-hugepages' }, huge, ' Guest RAM from 2 MiB huge pages (at the next start; memory must be even)')),
+    h('div', { class: 'field' }, h('label', { for: 'set-cpu-model' }, 'CPU model'), cpuModel,
+      h('p', { class: 'muted small', id: 'set-cpu-model-help' }, "QEMU's -cpu: a model and +/- features (Nehalem, Skylake-Client-v4,-hle). Empty: the host's CPU under KVM, x86-64-v2-AES under TCG. A named model lets the VM move between hosts of different CPUs.")),
     h('div', { class: 'field' }, h('label', { for: 'set-graphics' }, 'Graphics'), graphics),
     h('div', { class: 'field' }, h('label', { for: 'set-desc' }, 'Description'), desc),
     h('fieldset', { class: 'limits' }, h('legend', {}, 'Limits (applied live; empty = none)'),
@@ -230,6 +235,11 @@ function settingsForm(vm) {
     if (stopped && huge.checked !== !!vm.hugepages) {
       if (huge.checked && Number(mem.value) % 2) return fail('Huge pages need an even memory size (2 MiB pages).', mem);
       patch.hugepages = huge.checked;
+    }
+    if (stopped && cpuModel.value.trim() !== (vm.cpu_model || '')) {
+      const c = cpuModel.value.trim();
+      if (c && !/^[A-Za-z0-9][A-Za-z0-9_.,+-]{0,126}$/.test(c)) return fail('CPU model: a model and +/- features (letters, digits and _.,+-).', cpuModel);
+      patch.cpu_model = c || null;
     }
     if (stopped && graphics.value !== (vm.graphics || 'none')) patch.graphics = graphics.value;
     if (desc.value !== (vm.description || '')) patch.description = desc.value;
