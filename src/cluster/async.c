@@ -112,6 +112,8 @@ typedef struct remove_job {
 
 static void remove_end(remove_job *j, const kh_err *err)
 {
+    if (j->self && err) /* still a member: its removed/<id> would be another host's */
+        j->c->leaving = false;
     if (!err && !j->self)
         kh_log(KH_LOG_INFO, "cluster.remove", "host_id=%s", j->host_id);
     j->cb(j->opaque, err);
@@ -177,12 +179,15 @@ static int retire_start(kh_cluster *c, char *hid, bool self, kh_cluster_done_cb 
 {
     remove_job *j = xcalloc(1, sizeof(*j));
     *j = (remove_job){ c, hid, cb, opaque, self };
+    c->leaving = c->leaving || self;
     int rc = kh_cluster_is_local(c)
              ? kh_etcd_request_async(c->etcd, "/v3/cluster/member/list", json_object(),
                                      on_member_list, j, err)
              : kh_etcd_request_async(c->etcd, "/v3/kv/txn", kh_cluster_retire_txn(c, hid),
                                      on_retired, j, err);
     if (rc < 0) {
+        if (self)
+            c->leaving = false;
         free(j->host_id);
         free(j);
     }

@@ -121,7 +121,9 @@ struct kh_cluster {
     bool enabled;
     bool keeper_ok;           /* the last keep-alive attempt succeeded */
     bool etcd_tls;            /* the local member speaks mutual TLS (https:// URLs) */
-    bool removed;             /* a record write found this host removed: it leaves */
+    bool removed;             /* found removed (record write or removed/<id>): it leaves */
+    bool leaving;             /* its own retire (cluster leave) is on its way: removed/<id>
+                               * is its own doing, not another host's */
     bool record_busy;         /* a refresh of it is on its way (asynchronous) */
     bool members_busy;        /* a read of it is on its way */
     bool granting;            /* the tick's lease grant is on its way (asynchronous) */

@@ -258,6 +258,19 @@ void kh_cluster_members_refresh(kh_cluster *c)
 
 /* ---- the caches of hosts/ and members/ ---- */
 
+/* removed/<this host> seen (listed, watched or in the mirror): this host was
+ * removed, maybe while it could not write its record; once the CRL names
+ * its certificate etcd refuses it, so the record's txn may never tell it.
+ * The next tick makes it a single host again. */
+static void check_self_removed(kh_cluster *c, const char *id)
+{
+    if (c->removed || c->leaving || strcmp(id, c->conf.host_id) != 0)
+        return;
+    c->removed = true;
+    kh_log(KH_LOG_WARN, "cluster.removed", "host_id=%s note=\"this host was removed from "
+           "cluster %s\"", id, c->conf.name);
+}
+
 static void on_watch(kh_etcd_watch *w, const kh_etcd_event *ev, const kh_err *err, void *opaque)
 {
     kh_cluster_cache *k = opaque;
@@ -287,8 +300,11 @@ static void on_watch(kh_etcd_watch *w, const kh_etcd_event *ev, const kh_err *er
             json_decref(rec);
         }
     }
-    if (k == &k->c->revoked) /* a host removed: etcd refuses its certificate */
+    if (k == &k->c->revoked) { /* a host removed: etcd refuses its certificate */
+        if (ev->type != KH_ETCD_EV_DELETE)
+            check_self_removed(k->c, id);
         kh_crl_update(k->c);
+    }
     kh_cluster_vms_view_stale(k->c); /* host names in the view */
 }
 
@@ -310,6 +326,7 @@ static void load_host(kh_cluster *c, const kh_etcd_kv *kv)
 static void load_revoked(kh_cluster *c, const kh_etcd_kv *kv)
 {
     load_into(&c->revoked, kv);
+    check_self_removed(c, kv->key + strlen(KH_CLUSTER_REMOVED));
 }
 
 bool kh_cluster_cert_revoked(kh_cluster *c, const char *fingerprint)
@@ -348,6 +365,8 @@ static int list_and_watch(kh_cluster_cache *k, kh_etcd *etcd, kh_err *err)
             json_object_set_new(k->map, kvs.kv[i].key + strlen(k->prefix), rec);
         else
             json_decref(rec);
+        if (k == &k->c->revoked)
+            check_self_removed(k->c, kvs.kv[i].key + strlen(k->prefix));
     }
     int64_t rev = kvs.revision;
     kh_cluster_vms_view_stale(k->c);
@@ -624,7 +643,7 @@ void kh_cluster_stop(kh_cluster *c, bool revoke)
     kh_cluster_vms_view_stale(c);
     free(c->record);
     c->record = NULL;
-    c->record_busy = c->members_busy = c->removed = false;
+    c->record_busy = c->members_busy = c->removed = c->leaving = false;
     json_decref(c->etcd_members);
     c->etcd_members = NULL;
     c->granting = false;
