@@ -141,6 +141,11 @@ const char *kh_qemu_cpu_default(kh_accel a)
     return a == KH_ACCEL_KVM ? "host" : KH_CPU_TCG;
 }
 
+const char *kh_qemu_cpu_of(const kh_vm_spec *spec, const char *cpu, kh_accel a)
+{
+    return cpu && *cpu ? cpu : spec->cpu_model ? spec->cpu_model : kh_qemu_cpu_default(a);
+}
+
 const char *kh_qemu_cpu_unrecorded(kh_accel a)
 {
     return a == KH_ACCEL_KVM ? "host" : "max";
@@ -527,9 +532,7 @@ static void add_machine(argv_builder *b, const kh_vm_spec *spec, const kh_argv_e
              KH_VM_HUGEPAGE_KIB * 1024U, (unsigned long long)spec->memory_mib << 20);
     }
     add2(b, "-accel", kh_accel_name(env->accel));
-    add2(b, "-cpu", env->cpu         ? env->cpu
-                    : spec->cpu_model ? spec->cpu_model
-                                      : kh_qemu_cpu_default(env->accel));
+    add2(b, "-cpu", kh_qemu_cpu_of(spec, env->cpu, env->accel));
     add(b, "-m");
     addf(b, "size=%lluM", (unsigned long long)spec->memory_mib);
     add(b, "-smp");

@@ -40,6 +40,10 @@ const char *kh_accel_name(kh_accel a);
  * as slow; docs/guests.md "The guest's CPU under TCG"). */
 #define KH_CPU_TCG "qemu64,+aes,+cx16,+lahf_lm,+pclmulqdq,+popcnt,+sse4.1,+sse4.2,+ssse3"
 const char *kh_qemu_cpu_default(kh_accel a);
+/* The -cpu a QEMU gets: cpu (a migration source's) if given, else the
+ * spec's cpu_model, else the default: the one rule, for the builder and for
+ * what boot.json records. */
+const char *kh_qemu_cpu_of(const kh_vm_spec *spec, const char *cpu, kh_accel a);
 /* The -cpu of a QEMU whose start did not record one (boot.json before
  * "cpu"): what kvmhost used then ("host", TCG "max"). */
 const char *kh_qemu_cpu_unrecorded(kh_accel a);

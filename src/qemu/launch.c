@@ -220,9 +220,7 @@ static void start_spawn(kh_inst *v, const char *kernel_file)
     }
     /* a migration's target: the source's; else the spec's, else the default */
     snprintf(v->boot_cpu, sizeof(v->boot_cpu), "%s",
-             v->incoming_cpu[0]   ? v->incoming_cpu
-             : rs->cpu_model ? rs->cpu_model
-                             : kh_qemu_cpu_default(mgr->cfg.accel));
+             kh_qemu_cpu_of(rs, v->incoming_cpu, mgr->cfg.accel));
     kh_runtime_boot_record(v);
     kh_qemu_driver_step(v, KH_LAUNCH_RUNDIR);
     dirfd = open(run, O_PATH | O_DIRECTORY | O_CLOEXEC);

@@ -498,6 +498,13 @@ def cgroup_dirs(vm_id):
                   glob.glob("/sys/fs/cgroup/*/kvmhost/vm-%s" % vm_id))
 
 
+def qemu_cpu(pid):
+    """The -cpu a running QEMU was given (its command line)."""
+    with open("/proc/%d/cmdline" % pid, "rb") as f:
+        args = f.read().decode().split("\0")
+    return args[args.index("-cpu") + 1]
+
+
 def qemu_pids(needle):
     """PIDs of QEMU processes whose argv contains needle (e.g. a VM uuid)."""
     out = []

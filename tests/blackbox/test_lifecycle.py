@@ -299,12 +299,6 @@ def test_microvm_boots_to_its_disk(env, guest):
         api.action("mv", "kill")
 
 
-def qemu_cpu(pid):
-    with open("/proc/%d/cmdline" % pid, "rb") as f:
-        args = f.read().decode().split("\0")
-    return args[args.index("-cpu") + 1]
-
-
 def test_cpu_model(env, guest):
     """cpu_model is QEMU's -cpu as given; unset, the accelerator's default
     (under TCG x86-64-v2-AES, not max); a patch takes effect at the next
@@ -320,7 +314,7 @@ def test_cpu_model(env, guest):
     try:
         api.wait_console("cpu1", khlib.GUEST_READY, timeout=120)
         vm = api.vm("cpu1")
-        assert qemu_cpu(vm["pid"]) == "Nehalem,+aes"
+        assert khlib.qemu_cpu(vm["pid"]) == "Nehalem,+aes"
         # the guest sees it: SSE4.2 and AES, no AVX
         con = khlib.Console(env["daemon"].socket, "cpu1")
         try:
@@ -344,7 +338,7 @@ def test_cpu_model(env, guest):
     assert st == 200, j
     try:
         vm = api.wait_state("cpu1", "running", timeout=60)
-        cpu = qemu_cpu(vm["pid"])
+        cpu = khlib.qemu_cpu(vm["pid"])
         if vm["accelerator"] == "tcg":
             assert cpu == "qemu64,+aes,+cx16,+lahf_lm,+pclmulqdq,+popcnt,+sse4.1,+sse4.2,+ssse3"
         else:

@@ -76,13 +76,6 @@ def migrate_api(d, name, target, wait=120):
     return r
 
 
-def qemu_cpu(pid):
-    """The -cpu a QEMU runs with (its command line)."""
-    with open("/proc/%d/cmdline" % pid, "rb") as f:
-        a = f.read().decode().split("\0")
-    return a[a.index("-cpu") + 1]
-
-
 def check_moved(src, dst, name, vm_id):
     vm = wait_for(lambda: (vm_or_none(dst, name) or {}).get("state") == "running"
                   and vm_or_none(dst, name), 30, "%s running on h%d" % (name, dst.i))
@@ -149,7 +142,7 @@ def test_migration(three):
 
         # the guest's CPU: under TCG kvmhost's x86-64-v2-AES baseline, which
         # the target's QEMU gets from the source
-        cpu = qemu_cpu(vm["pid"])
+        cpu = khlib.qemu_cpu(vm["pid"])
         if vm["accelerator"] == "tcg":
             assert cpu.startswith("qemu64,") and "+sse4.2" in cpu and "avx" not in cpu, cpu
 
@@ -163,7 +156,7 @@ def test_migration(three):
         assert (local_vm(d2, name) or {}).get("state") == "running", local_vm(d2, name)
         vm2 = check_moved(d1, d2, name, vm_id)
         assert vm2["state"] == "running"
-        assert qemu_cpu(vm2["pid"]) == cpu
+        assert khlib.qemu_cpu(vm2["pid"]) == cpu
         before = max(heartbeats(d2.api.console_log(name)) or [-1])
         wait_for(lambda: max(heartbeats(d2.api.console_log(name)) or [-1]) >= before + 5, 20,
                  "heartbeat going on in h2's console log")

@@ -456,6 +456,14 @@ static void test_cpu(void)
     CHECK_STR(kh_qemu_cpu_default(KH_ACCEL_TCG), KH_CPU_TCG);
     CHECK(strstr(KH_CPU_TCG, "+sse4.2") && !strstr(KH_CPU_TCG, "avx"));
     CHECK_STR(kh_qemu_cpu_unrecorded(KH_ACCEL_TCG), "max");
+    /* the one precedence: a migration source's, the spec's, the default */
+    kh_vm_spec spec = { 0 };
+    CHECK_STR(kh_qemu_cpu_of(&spec, NULL, KH_ACCEL_TCG), KH_CPU_TCG);
+    CHECK_STR(kh_qemu_cpu_of(&spec, "", KH_ACCEL_KVM), "host");
+    char nehalem[] = "Nehalem";
+    spec.cpu_model = nehalem;
+    CHECK_STR(kh_qemu_cpu_of(&spec, NULL, KH_ACCEL_TCG), "Nehalem");
+    CHECK_STR(kh_qemu_cpu_of(&spec, "max", KH_ACCEL_TCG), "max");
     CHECK(kh_vm_cpu_model_valid(KH_CPU_TCG));
     CHECK(kh_vm_cpu_model_valid("max"));
     CHECK(kh_vm_cpu_model_valid("Skylake-Client-v4,-hle"));
